@@ -1,0 +1,590 @@
+"""Import of filing exports from the enterprise-side filing system (企业侧备案系统).
+
+CSV (UTF-8 with or without BOM, or GB18030), JSON, JSONL and XLSX. Columns are documented in
+``docs/records-format.md``. Bad rows are reported as ``file:line: field: reason`` and skipped;
+``strict`` makes any bad row fail the whole import.
+"""
+
+from __future__ import annotations
+
+import codecs
+import heapq
+import csv
+import io
+import os
+import pickle
+import datetime as dt
+import json
+import re
+import socket
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from beiand.model import Filing, FilingStatus, ServiceType
+from beiand.records.domains import DomainError, is_public_suffix, normalise_domain
+from beiand.records.numbers import FilingNumberError, parse_filing_number
+
+MAX_CELL = 65536  # bytes; a bigger cell is an error, not a reason to stop reading
+csv.field_size_limit(min(sys.maxsize, 1 << 28))
+
+# Header spellings (Chinese exports and English ones) → field.
+HEADERS: dict[str, str] = {}
+for _field, _names in {
+    "number": ["备案号", "网站备案号", "服务备案号", "app备案号", "备案编号", "number", "filingnumber", "filing_number", "icp"],
+    "sponsor": ["主办单位", "主办单位名称", "主办者", "sponsor", "sponsorname"],
+    "service_type": ["服务类型", "类型", "备案类型", "service_type", "servicetype", "type"],
+    "service_name": ["网站名称", "服务名称", "app名称", "名称", "service_name", "servicename", "name"],
+    "domains": ["域名", "网站域名", "服务域名", "domains", "domain"],
+    "ips": ["ip", "ip地址", "ips", "服务ip", "ip_addresses"],
+    "access_provider": ["接入商", "接入服务商", "access_provider", "accessprovider", "provider"],
+    "status": ["状态", "备案状态", "status"],
+    "reviewed": ["审核时间", "审核通过时间", "审核通过日期", "reviewed", "review_date", "reviewdate"],
+}.items():
+    for _n in _names:
+        HEADERS[_n.replace("_", "")] = _field
+
+STATUS = {
+    "正常": FilingStatus.ACTIVE, "已备案": FilingStatus.ACTIVE, "active": FilingStatus.ACTIVE,
+    "normal": FilingStatus.ACTIVE, "filed": FilingStatus.ACTIVE,
+    "已注销": FilingStatus.CANCELLED, "注销": FilingStatus.CANCELLED, "cancelled": FilingStatus.CANCELLED,
+    "canceled": FilingStatus.CANCELLED,
+    "已吊销": FilingStatus.REVOKED, "吊销": FilingStatus.REVOKED, "revoked": FilingStatus.REVOKED,
+    "接入审核中": FilingStatus.ACCESS_PENDING, "access-pending": FilingStatus.ACCESS_PENDING,
+    "审核中": FilingStatus.UNDER_REVIEW, "首次备案审核中": FilingStatus.UNDER_REVIEW,
+    "under-review": FilingStatus.UNDER_REVIEW,
+}
+SERVICE_TYPES = {
+    "网站": ServiceType.WEBSITE, "website": ServiceType.WEBSITE,
+    "app": ServiceType.APP, "应用": ServiceType.APP, "移动应用": ServiceType.APP,
+    "小程序": ServiceType.MINI_PROGRAM, "mini-program": ServiceType.MINI_PROGRAM,
+    "miniprogram": ServiceType.MINI_PROGRAM,
+    "快应用": ServiceType.QUICK_APP, "quick-app": ServiceType.QUICK_APP, "quickapp": ServiceType.QUICK_APP,
+}
+_SPLIT = re.compile(r"[;,、；，\s]+")
+_DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%Y-%m-%d %H:%M:%S", "%Y/%m/%d %H:%M:%S", "%Y年%m月%d日", "%Y%m%d")
+
+
+@dataclass(frozen=True, slots=True)
+class ImportIssue:
+    """A problem with one row: ``file:line: field: reason``."""
+
+    file: str
+    line: int
+    field: str
+    reason: str
+    unit: str = ""  # "" for a line; "item" for JSON arrays, "row" for XLSX
+
+    def __str__(self) -> str:
+        where = f"{self.unit} {self.line}" if self.unit else str(self.line)
+        return f"{self.file}:{where}: {self.field}: {self.reason}"
+
+
+@dataclass
+class ImportResult:
+    filings: list[Filing] = field(default_factory=list)
+    errors: list[ImportIssue] = field(default_factory=list)
+    warnings: list[ImportIssue] = field(default_factory=list)
+    rows: int = 0
+    files: list[str] = field(default_factory=list)
+    encoding: str = "utf-8"
+
+
+class ImportRefused(Exception):
+    """The whole import is refused (strict mode, unreadable file, empty or shrinking export)."""
+
+
+class _RowError(Exception):
+    def __init__(self, field_name: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field_name
+        self.reason = reason
+
+
+def detect_encoding(path: Path) -> tuple[str, bool]:
+    """``("utf-8-sig" | "utf-8" | "gb18030", truncated)``; raises ImportRefused if neither decodes."""
+    with path.open("rb") as f:
+        head = f.read(3)
+    bom = head == codecs.BOM_UTF8
+    for enc in ("utf-8", "gb18030"):
+        dec = codecs.getincrementaldecoder(enc)()
+        ok = True
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                try:
+                    dec.decode(chunk)
+                except UnicodeDecodeError:
+                    ok = False
+                    break
+        if not ok:
+            continue
+        try:
+            dec.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return ("utf-8-sig" if bom else enc), True
+        return ("utf-8-sig" if bom and enc == "utf-8" else enc), False
+    raise ImportRefused(f"{path}: not UTF-8 and not GB18030: re-export the file as UTF-8 CSV")
+
+
+_ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+_date_cache: dict[str, str] = {}
+
+
+def _date(text: str) -> str:
+    hit = _date_cache.get(text)
+    if hit is not None:
+        return hit
+    out = _parse_date(text)
+    if len(_date_cache) < 100_000:
+        _date_cache[text] = out
+    return out
+
+
+def _parse_date(text: str) -> str:
+    t = text.strip()
+    if not t:
+        return ""
+    m = _ISO_DATE.match(t)
+    if m:
+        try:
+            return dt.date(int(m[1]), int(m[2]), int(m[3])).isoformat()
+        except ValueError:
+            raise _RowError("reviewed", f"date {t!r} does not exist") from None
+    for fmt in _DATE_FORMATS:
+        try:
+            return dt.datetime.strptime(t, fmt).date().isoformat()
+        except ValueError:
+            continue
+    # 2024-01-02T03:04:05 and similar
+    try:
+        return dt.datetime.fromisoformat(t).date().isoformat()
+    except ValueError:
+        raise _RowError("reviewed", f"date {t!r} not understood: expected YYYY-MM-DD") from None
+
+
+class RowParser:
+    """Turns one row (field → cell text) into a :class:`Filing`, with interned repeats."""
+
+    def __init__(self) -> None:
+        self._intern: dict[str, str] = {}
+
+    def intern(self, s: str) -> str:
+        return self._intern.setdefault(s, s)
+
+    def parse(self, cells: dict[str, str], source: str) -> tuple[Filing, list[tuple[str, str]]]:
+        warnings: list[tuple[str, str]] = []
+        if max(map(len, cells.values()), default=0) > MAX_CELL // 4:
+            for k, v in cells.items():
+                size = len(v.encode("utf-8", "replace"))
+                if size > MAX_CELL:
+                    raise _RowError(k, f"cell is {size} bytes, at most {MAX_CELL}")
+        raw_number = cells.get("number", "")
+        try:
+            num = parse_filing_number(raw_number)
+        except FilingNumberError as exc:
+            raise _RowError("number (备案号)", exc.reason) from None
+        if num.warning:
+            warnings.append(("number (备案号)", num.warning))
+        if num.serial is None:
+            warnings.append(("number (备案号)", "sponsor number without service serial (-N); treated as a website filing"))
+        sponsor = cells.get("sponsor", "").strip()
+        if not sponsor:
+            raise _RowError("sponsor (主办单位)", "empty")
+        stype_text = cells.get("service_type", "").strip()
+        stype = num.service_type or ServiceType.WEBSITE
+        if stype_text:
+            given = SERVICE_TYPES.get(stype_text) or SERVICE_TYPES.get(stype_text.lower())
+            if given is None:
+                raise _RowError("service_type (服务类型)", f"unknown service type {stype_text!r}: 网站/APP/小程序/快应用")
+            if num.service_type is not None and given is not num.service_type:
+                raise _RowError(
+                    "service_type (服务类型)",
+                    f"{stype_text!r} disagrees with the number {num.text} ({num.service_type.value})",
+                )
+            stype = given
+        domains: list[str] = []
+        cell = cells.get("domains", "")
+        for d in (_SPLIT.split(cell) if cell else ()):
+            if not d:
+                continue
+            if d[0] == "*" and d.startswith("*."):
+                d = d[2:]  # *.example.com means the same as example.com: the name and below
+            try:
+                name = normalise_domain(d)
+            except DomainError as exc:
+                raise _RowError("domains (域名)", exc.reason) from None
+            if is_public_suffix(name):
+                raise _RowError("domains (域名)", f"{name} is a public suffix: a filing of it would cover the world")
+            if name not in domains:
+                domains.append(name)
+        ips: list[str] = []
+        cell = cells.get("ips", "")
+        for a in (_SPLIT.split(cell) if cell else ()):
+            if not a:
+                continue
+            ip = canonical_ip(a)
+            if ip is None:
+                raise _RowError("ips (IP)", f"{a!r} is not an IP address")
+            if ip not in ips:
+                ips.append(ip)
+        if not domains and not ips:
+            if stype == ServiceType.WEBSITE:
+                raise _RowError("domains (域名)", "a website filing lists no domain and no IP")
+            warnings.append(("domains (域名)", f"{stype.value} filing lists no domain and no IP: it covers nothing"))
+        status_text = cells.get("status", "").strip()
+        if "status" in cells:
+            status = (STATUS.get(status_text) or STATUS.get(status_text.lower())) if status_text else None
+            if status is None:
+                raise _RowError("status (状态)", f"unknown status {status_text!r}: 正常/已注销/已吊销/接入审核中/审核中")
+        else:
+            status = FilingStatus.ACTIVE
+        reviewed = _date(cells.get("reviewed", ""))
+        if status == FilingStatus.ACCESS_PENDING and not reviewed:
+            raise _RowError("reviewed (审核时间)", "an access-pending (接入审核中) filing needs its review date for the grace period")
+        filing = Filing(
+            number=num.text,
+            sponsor=self.intern(sponsor),
+            service_type=stype,
+            domains=tuple(domains),
+            ips=tuple(ips),
+            access_provider=self.intern(cells.get("access_provider", "").strip()),
+            status=status,
+            reviewed=self.intern(reviewed),
+            service_name=cells.get("service_name", "").strip(),
+            province=num.province,
+            source=source,
+        )
+        return filing, warnings
+
+
+def canonical_ip(text: str) -> str | None:
+    """The canonical text of an IPv4/IPv6 address (``inet_ntop`` form), or ``None``."""
+    t = text.strip("[]")
+    try:
+        if ":" in t:
+            return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, t))
+        packed = socket.inet_pton(socket.AF_INET, t)
+    except OSError:
+        return None
+    return socket.inet_ntop(socket.AF_INET, packed)
+
+
+def _map_header(header: Iterable[object]) -> list[str | None]:
+    out: list[str | None] = []
+    for h in header:
+        key = str(h or "").strip().lstrip("\ufeff").lower().replace(" ", "").replace("_", "")
+        out.append(HEADERS.get(key))
+    return out
+
+
+def _rows_csv(path: Path, result: ImportResult, span: tuple[int, int, int] | None = None
+              ) -> Iterator[tuple[int, str, dict[str, str]]]:
+    """Rows of a CSV export; ``span`` = (start byte, end byte, line number at start) of a chunk."""
+    enc, truncated = detect_encoding(path) if span is None else (result.encoding, False)
+    result.encoding = enc
+    if truncated:
+        result.warnings.append(ImportIssue(str(path), 0, "file", "ends inside a character: truncated? the last row is checked as is"))
+    with path.open("r", encoding=enc, errors="replace", newline="") as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise ImportRefused(f"{path}:1: header: {exc}") from None
+        cols = _map_header(header)
+        if "number" not in cols:
+            raise ImportRefused(f"{path}:1: header: no filing number column (备案号 / number); got {header!r}")
+        if span is not None:
+            with path.open("rb") as fb:
+                fb.seek(span[0])
+                text = fb.read(span[1] - span[0]).decode(enc, errors="replace")
+            reader = csv.reader(io.StringIO(text, newline=""))
+            base = span[2] - 1
+        else:
+            base = 0
+        width = len(header)
+        all_mapped = None not in cols
+        names = [c or "" for c in cols]
+        start = reader.line_num + 1
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield base + start, "", {"__error__": str(exc)}
+                start = reader.line_num + 1
+                continue
+            line = base + start
+            start = reader.line_num + 1
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != width:
+                yield line, "", {"__error__": f"row has {len(row)} fields, the header has {width} (truncated or unquoted separator?)"}
+                continue
+            yield line, "", (dict(zip(names, row)) if all_mapped else {c: v for c, v in zip(cols, row) if c is not None})
+
+
+def _csv_split(path: Path, parts: int) -> list[tuple[int, int, int]]:
+    """Byte ranges of whole rows, for parsing a big CSV on several cores.
+
+    A newline ends a row only outside quotes, i.e. where the number of ``"`` before it is
+    even; neither byte can be part of a multi-byte character in UTF-8 or GB18030.
+    """
+    data = path.read_bytes()
+    first = data.find(b"\n") + 1  # after the header (a header with quoted newlines: no split)
+    if first <= 0 or data.count(b'"', 0, first) % 2:
+        return []
+    size = len(data)
+    cuts = [first]
+    # The first range is parsed by the parent, which also merges the others: give it less.
+    shares = [0.8] + [1.0] * (parts - 1)
+    total = sum(shares)
+    for k in range(1, parts):
+        pos = max(cuts[-1], first + int((size - first) * sum(shares[:k]) / total))
+        while True:
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                break
+            if data.count(b'"', 0, nl) % 2 == 0:
+                cuts.append(nl + 1)
+                break
+            pos = nl + 1
+    cuts.append(size)
+    out = []
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        if b > a:
+            out.append((a, b, data.count(b"\n", 0, a) + 1))
+    return out
+
+
+def _rows_json(path: Path, result: ImportResult) -> Iterator[tuple[int, str, dict[str, str]]]:
+    enc, _ = detect_encoding(path)
+    jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
+    if not jsonl:
+        text = path.read_text(enc, errors="replace")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            if exc.msg == "Extra data":
+                jsonl = True
+            else:
+                raise ImportRefused(f"{path}:{exc.lineno}: json: {exc.msg} (column {exc.colno})") from None
+        if not jsonl:
+            if isinstance(data, dict):
+                data = data.get("filings", data.get("records", data.get("data")))
+            if not isinstance(data, list):
+                raise ImportRefused(f"{path}:1: json: expected a list of filings or {{\"filings\": [...]}}")
+            for i, item in enumerate(data, 1):
+                yield i, "item", _json_cells(item)
+            return
+    with path.open("r", encoding=enc, errors="replace") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield i, "", {"__error__": f"invalid JSON: {exc.msg} (column {exc.colno})"}
+                continue
+            yield i, "", _json_cells(item)
+
+
+def _json_cells(item: object) -> dict[str, str]:
+    if not isinstance(item, dict):
+        return {"__error__": f"expected an object, got {type(item).__name__}"}
+    cols = _map_header(item.keys())
+    out: dict[str, str] = {}
+    for c, v in zip(cols, item.values(), strict=True):
+        if c is None:
+            continue
+        if isinstance(v, list):
+            v = ";".join(str(x) for x in v)
+        out[c] = "" if v is None else str(v)
+    return out
+
+
+def _rows_xlsx(path: Path, result: ImportResult) -> Iterator[tuple[int, str, dict[str, str]]]:
+    import zipfile
+
+    import openpyxl
+
+    try:
+        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except (zipfile.BadZipFile, OSError, KeyError, ValueError) as exc:
+        raise ImportRefused(f"{path}: not a readable XLSX workbook: {exc}") from None
+    try:
+        ws = wb.worksheets[0]
+        it = ws.iter_rows(values_only=True)
+        header = next(it, None)
+        if header is None:
+            return
+        cols = _map_header(header)
+        if "number" not in cols:
+            raise ImportRefused(f"{path}:row 1: header: no filing number column (备案号 / number)")
+        for i, row in enumerate(it, 2):
+            if all(v is None or str(v).strip() == "" for v in row):
+                continue
+            cells: dict[str, str] = {}
+            for c, v in zip(cols, row, strict=False):
+                if c is None:
+                    continue
+                if isinstance(v, dt.datetime | dt.date):
+                    v = v.strftime("%Y-%m-%d")
+                cells[c] = "" if v is None else str(v)
+            yield i, "row", cells
+    finally:
+        wb.close()
+
+
+PARALLEL_MIN_BYTES = 32 << 20
+
+
+def load_file(path: str | Path, *, strict: bool = False, result: ImportResult | None = None,
+              seen: dict[str, tuple[Filing, str]] | None = None, workers: int | None = None) -> ImportResult:
+    """Read one export; rows with errors are reported and skipped (or refused with ``strict``).
+
+    A big CSV is parsed on every core (forked workers, each a range of whole rows); the
+    result, its errors and their order are the same as a one-process parse.
+    """
+    p = Path(path)
+    res = result if result is not None else ImportResult()
+    seen = seen if seen is not None else {}
+    if not p.is_file():
+        raise ImportRefused(f"{p}: no such file")
+    suffix = p.suffix.lower()
+    name = str(p)
+    res.files.append(name)
+    if suffix in (".json", ".jsonl", ".ndjson"):
+        _consume(_rows_json(p, res), name, res, seen)
+    elif suffix in (".xlsx", ".xlsm"):
+        _consume(_rows_xlsx(p, res), name, res, seen)
+    else:
+        n = workers if workers is not None else min(os.cpu_count() or 1, 4)
+        spans = _csv_split(p, n) if n > 1 and p.stat().st_size >= PARALLEL_MIN_BYTES else []
+        if len(spans) > 1:
+            res.encoding, truncated = detect_encoding(p)
+            if truncated:
+                res.warnings.append(ImportIssue(name, 0, "file", "ends inside a character: truncated? the last row is checked as is"))
+            _load_parallel(p, spans, res, seen)
+        else:
+            _consume(_rows_csv(p, res), name, res, seen)
+    if strict and res.errors:
+        raise ImportRefused(f"{len(res.errors)} bad row(s) in strict mode; first: {res.errors[0]}")
+    return res
+
+
+def _consume(rows: Iterable[tuple[int, str, dict[str, str]]], name: str, res: ImportResult,
+             seen: dict[str, tuple[Filing, str]]) -> None:
+    parser = RowParser()
+    for line, unit, cells in rows:
+        res.rows += 1
+        err = cells.get("__error__")
+        if err is not None:
+            res.errors.append(ImportIssue(name, line, "row", err, unit))
+            continue
+        where = f"{name}:{unit + ' ' if unit else ''}{line}"
+        try:
+            filing, warns = parser.parse(cells, where)
+        except _RowError as exc:
+            res.errors.append(ImportIssue(name, line, exc.field, exc.reason, unit))
+            continue
+        for f_name, reason in warns:
+            res.warnings.append(ImportIssue(name, line, f_name, reason, unit))
+        _keep(filing, where, line, unit, name, res, seen)
+
+
+def _keep(filing: Filing, where: str, line: int, unit: str, name: str, res: ImportResult,
+          seen: dict[str, tuple[Filing, str]]) -> None:
+    prev = seen.get(filing.number)
+    if prev is not None:
+        if _same(prev[0], filing):
+            res.warnings.append(ImportIssue(name, line, "number (备案号)", f"duplicate of {prev[1]} (identical; kept once)", unit))
+        else:
+            res.errors.append(ImportIssue(
+                name, line, "number (备案号)",
+                f"{filing.number} already at {prev[1]} with different data ({_diff(prev[0], filing)}); this row is skipped", unit))
+        return
+    seen[filing.number] = (filing, where)
+    res.filings.append(filing)
+
+
+def _load_parallel(p: Path, spans: list[tuple[int, int, int]], res: ImportResult,
+                   seen: dict[str, tuple[Filing, str]]) -> None:
+    name = str(p)
+    children: list[tuple[int, int]] = []
+    for span in spans[1:]:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: parse one range, send plain tuples back (enums as their values)
+            code = 0
+            try:
+                os.close(r)
+                part = ImportResult(encoding=res.encoding)
+                local: dict[str, tuple[Filing, str]] = {}
+                _consume(_rows_csv(p, part, span), name, part, local)
+                payload = pickle.dumps(
+                    ([(*f[:2], f.service_type.value, *f[3:6], f.status.value, f[7], f[8], f[9], f[10][f[10].rfind(":") + 1:])
+                      for f in part.filings],
+                     sorted([(i.line, i.field, i.reason, i.unit, True) for i in part.errors]
+                            + [(i.line, i.field, i.reason, i.unit, False) for i in part.warnings]), part.rows),
+                    protocol=pickle.HIGHEST_PROTOCOL)
+                with os.fdopen(w, "wb") as out:
+                    out.write(payload)
+            except BaseException:  # noqa: BLE001 - the parent reports a failed worker
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(w)
+        children.append((pid, r))
+    _consume(_rows_csv(p, res, spans[0]), name, res, seen)
+    stypes = {t.value: t for t in ServiceType}
+    statuses = {s.value: s for s in FilingStatus}
+    for pid, r in children:
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+        _, status = os.waitpid(pid, 0)
+        if status != 0 or not data:
+            raise ImportRefused(f"{p}: a parser worker failed; re-run with one core")
+        filings, issues, rows = pickle.loads(data)
+        res.rows += rows
+        # Rebuild in file order; a number already seen in an earlier range is a duplicate
+        # exactly as a one-process parse would report it, at this row's line.
+        extra: list[tuple[int, str, str, str, bool]] = []
+        before = len(res.errors) + len(res.warnings)
+        mark_e, mark_w = len(res.errors), len(res.warnings)
+        for t in filings:
+            line = t[10]
+            f = Filing(t[0], t[1], stypes[t[2]], t[3], t[4], t[5], statuses[t[6]], t[7], t[8], t[9], f"{name}:{line}")
+            if f.number in seen:
+                _keep(f, f.source, int(line), "", name, res, seen)
+            else:
+                seen[f.number] = (f, f.source)
+                res.filings.append(f)
+        if len(res.errors) + len(res.warnings) != before:
+            for lst, is_err in ((res.errors, True), (res.warnings, False)):
+                start = mark_e if is_err else mark_w
+                extra += [(i.line, i.field, i.reason, i.unit, is_err) for i in lst[start:]]
+                del lst[start:]
+            issues = list(heapq.merge(issues, sorted(extra)))
+        for line, fld, reason, unit, is_error in issues:
+            (res.errors if is_error else res.warnings).append(ImportIssue(name, line, fld, reason, unit))
+
+
+def _same(a: Filing, b: Filing) -> bool:
+    return not _diff(a, b)
+
+
+def _diff(a: Filing, b: Filing) -> str:
+    fields = ("sponsor", "service_type", "domains", "ips", "access_provider", "status")
+    return ", ".join(f for f in fields if getattr(a, f) != getattr(b, f))
+
+
+def load_files(paths: Iterable[str | Path], *, strict: bool = False) -> ImportResult:
+    res = ImportResult()
+    seen: dict[str, tuple[Filing, str]] = {}
+    for p in paths:
+        load_file(p, strict=strict, result=res, seen=seen)
+    return res
