@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     from beiand import replay_cli
 
     replay_cli.add_parsers(sub, _policy_args)
+    demo = sub.add_parser("demo", help="generate sample records, inventory and traffic, and run the pipeline on them")
+    demo.add_argument("--workdir", help="where to write the samples (default: a new temporary directory)")
+    demo.set_defaults(func=lambda a: __import__("beiand.demo", fromlist=["run"]).run(a.workdir))
     return ap
 
 

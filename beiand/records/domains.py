@@ -115,23 +115,6 @@ def _explain_ascii(text: str, s: str) -> str:
     raise DomainError(text, "not a valid host name")
 
 
-def normalise_seen_name(raw: str) -> str:
-    """Lenient normalisation for names seen on the wire (SNI, Host, DNS).
-
-    Never raises: what cannot be normalised is returned lower-cased, so it is still
-    logged as seen and simply matches no filing.
-    """
-    s = raw.lower()
-    if s.endswith("."):
-        s = s[:-1]
-    if s.isascii():
-        return s
-    try:
-        return idna.encode(s.translate(_DOTS), uts46=True).decode("ascii")
-    except (idna.IDNAError, UnicodeError, ValueError):
-        return s
-
-
 def is_ip_literal(name: str) -> bool:
     # Cheap test first: an IPv4 literal ends in a digit, an IPv6 one holds ":"; no TLD does either.
     if not name or not (name[-1].isdigit() or ":" in name):

@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   - the main job on an embedded default (sample records, inventory and traffic → the pipeline)
+#   make test   - the whole test suite (installs what it needs: Python packages into .venv, Debian tools)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/beiand demo
+
+test: $(VENV)/.installed
+	./scripts/system-deps
+	$(VENV)/bin/ruff check beiand tests bench
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check beiand tests bench
+	$(VENV)/bin/mypy beiand
+	$(VENV)/bin/lint-imports
+
+bench: $(VENV)/.installed
+	./scripts/system-deps
+	$(PY) bench/bench_records.py
+	$(PY) bench/bench_replay.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,175 @@
+"""Streaming pcap and pcapng readers: both byte orders, micro- and nanosecond stamps, several
+interfaces with their own link types (pcapng). A file is read in chunks, never whole.
+
+https://www.ietf.org/archive/id/draft-ietf-opsawg-pcap-04.html (pcap) and
+https://www.ietf.org/archive/id/draft-ietf-opsawg-pcapng-02.html (pcapng).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+CHUNK = 1 << 22
+PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),
+    b"\x4d\x3c\xb2\xa1": ("<", 1e-9), b"\xa1\xb2\x3c\x4d": (">", 1e-9),
+}
+PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+MAX_RECORD = 1 << 18
+
+
+class CaptureError(Exception):
+    """The file is not a capture we can read; says which file and why."""
+
+
+class CaptureReader:
+    """Iterate ``(timestamp, linktype, frame)`` over a pcap or pcapng file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.truncated = False  # the file ended inside a record
+        self.records = 0
+        try:
+            self._f: BinaryIO = self.path.open("rb")
+        except OSError as exc:
+            raise CaptureError(f"{self.path}: cannot open: {exc.strerror}") from None
+        head = self._f.read(4)
+        self._f.seek(0)
+        if head in PCAP_MAGICS:
+            self.format = "pcap"
+        elif head == PCAPNG_SHB:
+            self.format = "pcapng"
+        else:
+            self._f.close()
+            raise CaptureError(f"{self.path}: not a pcap or pcapng file (magic {head.hex() or 'empty'})")
+
+    def __enter__(self) -> CaptureReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __iter__(self) -> Iterator[tuple[float, int, bytes]]:
+        return self._pcap() if self.format == "pcap" else self._pcapng()
+
+    def _pcap(self) -> Iterator[tuple[float, int, bytes]]:
+        f = self._f
+        hdr = f.read(24)
+        if len(hdr) < 24:
+            raise CaptureError(f"{self.path}: truncated pcap header")
+        order, unit = PCAP_MAGICS[hdr[:4]]
+        linktype = struct.unpack(order + "I", hdr[20:24])[0] & 0xFFFF
+        rec = struct.Struct(order + "IIII")
+        unpack = rec.unpack_from
+        buf = b""
+        pos = 0
+        while True:
+            chunk = f.read(CHUNK)
+            if not chunk:
+                if pos < len(buf):
+                    self.truncated = True
+                return
+            buf = buf[pos:] + chunk if pos < len(buf) else chunk
+            pos = 0
+            n = len(buf)
+            count = 0
+            while pos + 16 <= n:
+                sec, frac, incl, _orig = unpack(buf, pos)
+                if incl > MAX_RECORD:
+                    raise CaptureError(f"{self.path}: record {self.records + count + 1} claims {incl} bytes: corrupt file")
+                end = pos + 16 + incl
+                if end > n:
+                    break
+                count += 1
+                yield sec + frac * unit, linktype, buf[pos + 16 : end]
+                pos = end
+            self.records += count
+
+    def _pcapng(self) -> Iterator[tuple[float, int, bytes]]:
+        f = self._f
+        buf = b""
+        pos = 0
+        order = "<"
+        interfaces: list[tuple[int, float]] = []
+        while True:
+            # make sure a whole block is in buf
+            if len(buf) - pos < 12:
+                chunk = f.read(CHUNK)
+                if not chunk:
+                    if pos < len(buf):
+                        self.truncated = True
+                    return
+                buf = buf[pos:] + chunk
+                pos = 0
+                continue
+            btype_raw = buf[pos : pos + 4]
+            if btype_raw == PCAPNG_SHB:
+                bom = buf[pos + 8 : pos + 12]
+                if bom == b"\x4d\x3c\x2b\x1a":
+                    order = "<"
+                elif bom == b"\x1a\x2b\x3c\x4d":
+                    order = ">"
+                else:
+                    raise CaptureError(f"{self.path}: bad pcapng byte-order magic {bom.hex()}")
+                interfaces = []
+            btype, blen = struct.unpack_from(order + "II", buf, pos)
+            if blen < 12 or blen % 4 or blen > MAX_RECORD + 64:
+                raise CaptureError(f"{self.path}: pcapng block of type {btype:#x} claims length {blen}: corrupt file")
+            if len(buf) - pos < blen:
+                chunk = f.read(max(CHUNK, blen))
+                if not chunk:
+                    self.truncated = True
+                    return
+                buf = buf[pos:] + chunk
+                pos = 0
+                continue
+            body = pos + 8
+            if btype == 6:  # Enhanced Packet Block
+                iface, hi, lo, cap, _orig = struct.unpack_from(order + "IIIII", buf, body)
+                if iface >= len(interfaces):
+                    raise CaptureError(f"{self.path}: packet on undeclared interface {iface}")
+                lt, unit = interfaces[iface]
+                self.records += 1
+                yield ((hi << 32) | lo) * unit, lt, buf[body + 20 : body + 20 + cap]
+            elif btype == 3:  # Simple Packet Block: interface 0, no timestamp
+                (orig,) = struct.unpack_from(order + "I", buf, body)
+                cap = min(orig, blen - 16)
+                if not interfaces:
+                    raise CaptureError(f"{self.path}: packet before any interface description")
+                self.records += 1
+                yield 0.0, interfaces[0][0], buf[body + 4 : body + 4 + cap]
+            elif btype == 2:  # obsolete Packet Block
+                iface, _drops, hi, lo, cap, _orig = struct.unpack_from(order + "HHIIII", buf, body)
+                if iface >= len(interfaces):
+                    raise CaptureError(f"{self.path}: packet on undeclared interface {iface}")
+                lt, unit = interfaces[iface]
+                self.records += 1
+                yield ((hi << 32) | lo) * unit, lt, buf[body + 20 : body + 20 + cap]
+            elif btype == 1:  # Interface Description Block
+                lt = struct.unpack_from(order + "H", buf, body)[0]
+                interfaces.append((lt, self._tsresol(buf, body + 8, pos + blen - 4, order)))
+            pos += blen
+
+    @staticmethod
+    def _tsresol(buf: bytes, off: int, end: int, order: str) -> float:
+        # if_tsresol (option 9): 10^-n, or 2^-n with the high bit set; default microseconds
+        while off + 4 <= end:
+            code, ln = struct.unpack_from(order + "HH", buf, off)
+            if code == 0:
+                break
+            if code == 9 and ln >= 1:
+                v = buf[off + 4]
+                return 2.0 ** -(v & 0x7F) if v & 0x80 else 10.0 ** -v
+            off += 4 + ((ln + 3) & ~3)
+        return 1e-6
+
+
+def read_capture(path: str | Path) -> Iterator[tuple[float, int, bytes]]:
+    with CaptureReader(path) as r:
+        yield from r

@@ -1,0 +1,106 @@
+"""HTTP/1.x request heads (RFC 9112 sections 3 and 3.2): the Host of each request.
+
+``parse_requests(buf)`` takes the first client bytes of a flow and returns the requests whose
+heads are complete (pipelining: several may follow each other), ``None`` when the first head is
+not complete yet, or raises :class:`HttpError` when the bytes are not HTTP/1.x.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+from beiand.net.errors import HttpError
+
+MAX_HEAD = 16384
+MAX_REQUESTS = 16
+_METHOD = re.compile(rb"^[A-Z][A-Z-]{1,15} ")
+_KNOWN = (b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC", b"PROP", b"MKCO")
+_CL = re.compile(rb"\r?\ncontent-length[ \t]*:[ \t]*(\d+)", re.I)
+_HOST = re.compile(rb"\r?\nhost[ \t]*:[ \t]*([^\r\n]*)", re.I)
+_TE = re.compile(rb"\r?\ntransfer-encoding[ \t]*:", re.I)
+
+
+class HttpRequest(NamedTuple):
+    method: str
+    target: str
+    host: str  # the authority's host: no port, IPv6 without brackets; "" when absent
+
+
+def looks_like_http(buf: bytes) -> bool:
+    """True if ``buf`` starts like a request line (or could, being shorter than a method)."""
+    if len(buf) >= 4:
+        return buf[:4] in _KNOWN or _METHOD.match(buf[:17]) is not None
+    return bool(buf) and buf.isupper()
+
+
+def host_of(authority: str) -> str:
+    """``example.com:8080`` → ``example.com``; ``[2001:db8::1]:443`` → ``2001:db8::1``."""
+    a = authority.strip()
+    if a.startswith("["):
+        end = a.find("]")
+        return a[1:end] if end > 0 else a[1:]
+    colon = a.rfind(":")
+    if colon >= 0 and a.count(":") == 1 and (a[colon + 1 :].isdigit() or colon == len(a) - 1):
+        return a[:colon]
+    return a
+
+
+def parse_requests(buf: bytes) -> list[HttpRequest] | None:
+    out: list[HttpRequest] = []
+    off = 0
+    n = len(buf)
+    while off < n and len(out) < MAX_REQUESTS:
+        end = buf.find(b"\r\n\r\n", off, off + MAX_HEAD)
+        sep = 4
+        if end < 0:
+            end = buf.find(b"\n\n", off, off + MAX_HEAD)
+            sep = 2
+        if end < 0:
+            if not out and n - off > MAX_HEAD:
+                raise HttpError("head-too-long")
+            if not out:
+                _check_line_start(buf, off)
+                return None
+            break
+        head = buf[off:end]
+        out.append(_parse_head(head))
+        off = end + sep
+        m = _CL.search(head)
+        if m:
+            off += int(m.group(1))
+        elif _TE.search(head):
+            break  # chunked body: the next request is not where we could find it
+    return out
+
+
+def _check_line_start(buf: bytes, off: int) -> None:
+    first = buf[off : off + 17]
+    if len(first) >= 4 and not looks_like_http(first):
+        raise HttpError("not-http")
+
+
+def _parse_head(head: bytes) -> HttpRequest:
+    nl = head.find(b"\n")
+    line = head if nl < 0 else head[:nl]
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    parts = line.split(b" ")
+    if len(parts) != 3 or not _METHOD.match(parts[0] + b" ") or not parts[2].startswith(b"HTTP/1."):
+        raise HttpError("bad-request-line")
+    method = parts[0].decode("ascii")
+    target = parts[1].decode("latin-1")
+    host = ""
+    # RFC 9112 section 3.2.2: an absolute-form target's authority wins over Host.
+    low = target[:8].lower()
+    if low.startswith("http://") or low.startswith("https://"):
+        rest = target.split("//", 1)[1]
+        auth = rest.split("/", 1)[0].split("?", 1)[0]
+        host = host_of(auth.rsplit("@", 1)[-1])
+    elif method == "CONNECT":
+        host = host_of(target)
+    if not host:
+        m = _HOST.search(head)
+        if m:
+            host = host_of(m.group(1).decode("latin-1"))
+    return HttpRequest(method, target, host)

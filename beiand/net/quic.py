@@ -1,0 +1,215 @@
+"""QUIC Initial packets (RFC 9000 section 17.2.2; RFC 9001 section 5; QUIC v2: RFC 9369).
+
+The client's Initial packets are protected with keys anyone can derive from the Destination
+Connection ID. ``QuicInitialReader`` derives them, removes header protection, decrypts, and
+reassembles the CRYPTO stream until the ClientHello inside is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from beiand.net.errors import QuicError
+from beiand.net.tls import ClientHello, parse_handshake
+
+V1 = 0x00000001
+V2 = 0x6B3343CF
+# RFC 9001 section 5.2 and RFC 9369 section 3.3.1
+_SALTS = {
+    V1: bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a"),
+    V2: bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9"),
+}
+_LABELS = {V1: (b"quic key", b"quic iv", b"quic hp"), V2: (b"quicv2 key", b"quicv2 iv", b"quicv2 hp")}
+_INITIAL_TYPE = {V1: 0, V2: 1}  # long-header packet type bits of an Initial (RFC 9369 section 3.2)
+_RETRY_TYPE = {V1: 3, V2: 0}
+MAX_CRYPTO = 1 << 16
+
+
+def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
+    return hmac.new(salt, ikm, hashlib.sha256).digest()
+
+
+def hkdf_expand_label(secret: bytes, label: bytes, length: int) -> bytes:
+    # RFC 8446 section 7.1: HkdfLabel with an empty context; one block suffices (<= 32 bytes).
+    full = b"tls13 " + label
+    info = struct.pack("!HB", length, len(full)) + full + b"\x00"
+    return hmac.new(secret, info + b"\x01", hashlib.sha256).digest()[:length]
+
+
+class InitialKeys:
+    """Client Initial keys for one original Destination Connection ID (RFC 9001 section 5.2)."""
+
+    __slots__ = ("aead", "iv", "hp", "version")
+
+    def __init__(self, dcid: bytes, version: int) -> None:
+        secret = hkdf_extract(_SALTS[version], dcid)
+        client = hkdf_expand_label(secret, b"client in", 32)
+        lk, liv, lhp = _LABELS[version]
+        self.aead = AESGCM(hkdf_expand_label(client, lk, 16))
+        self.iv = hkdf_expand_label(client, liv, 12)
+        self.hp = Cipher(algorithms.AES(hkdf_expand_label(client, lhp, 16)), modes.ECB())
+        self.version = version
+
+
+def read_varint(buf: bytes, off: int) -> tuple[int, int]:
+    # RFC 9000 section 16
+    if off >= len(buf):
+        raise QuicError("truncated-varint")
+    first = buf[off]
+    ln = 1 << (first >> 6)
+    if off + ln > len(buf):
+        raise QuicError("truncated-varint")
+    v = first & 0x3F
+    for i in range(1, ln):
+        v = (v << 8) | buf[off + i]
+    return v, off + ln
+
+
+def is_initial(buf: bytes) -> bool:
+    """Quick test: a long-header Initial of QUIC v1 or v2."""
+    if len(buf) < 7 or buf[0] & 0xC0 != 0xC0:
+        return False
+    version = int.from_bytes(buf[1:5], "big")
+    return version in _INITIAL_TYPE and (buf[0] >> 4) & 3 == _INITIAL_TYPE[version]
+
+
+class QuicInitialReader:
+    """The client side of one QUIC connection's Initial packets, until the ClientHello is known."""
+
+    __slots__ = ("keys", "crypto", "dcid")
+
+    def __init__(self) -> None:
+        self.keys: InitialKeys | None = None
+        self.crypto: dict[int, bytes] = {}
+        self.dcid = b""
+
+    def feed(self, datagram: bytes) -> ClientHello | None:
+        """Process one UDP datagram (possibly coalesced packets); the ClientHello once complete."""
+        off = 0
+        n = len(datagram)
+        got = False
+        while off < n:
+            b0 = datagram[off]
+            if b0 & 0x80 == 0:
+                break  # short header: 1-RTT, nothing for us
+            if off + 7 > n:
+                raise QuicError("truncated-header")
+            version = int.from_bytes(datagram[off + 1 : off + 5], "big")
+            if version not in _INITIAL_TYPE:
+                raise QuicError("unknown-version")
+            p = off + 5
+            dcid_len = datagram[p]
+            if dcid_len > 20:
+                raise QuicError("bad-dcid-length")
+            dcid = datagram[p + 1 : p + 1 + dcid_len]
+            p += 1 + dcid_len
+            if p >= n:
+                raise QuicError("truncated-header")
+            scid_len = datagram[p]
+            if scid_len > 20:
+                raise QuicError("bad-scid-length")
+            p += 1 + scid_len
+            ptype = (b0 >> 4) & 3
+            if ptype != _INITIAL_TYPE[version]:
+                # Not an Initial (0-RTT, Handshake, Retry): skip it if it has a length field.
+                if ptype == _RETRY_TYPE[version]:
+                    break  # Retry has no length field
+                length, p = read_varint(datagram, p)
+                off = p + length
+                continue
+            token_len, p = read_varint(datagram, p)
+            p += token_len
+            length, p = read_varint(datagram, p)
+            if p + length > n:
+                raise QuicError("truncated-packet")
+            if self.keys is None:
+                if dcid_len < 8:
+                    raise QuicError("short-dcid")  # RFC 9000 section 7.2: client's first DCID >= 8 bytes
+                self.keys = InitialKeys(dcid, version)
+                self.dcid = dcid
+            self._packet(datagram, off, p, length)
+            got = True
+            off = p + length
+        if not got:
+            return None
+        return self._hello()
+
+    def _packet(self, d: bytes, start: int, pn_off: int, length: int) -> None:
+        keys = self.keys
+        assert keys is not None
+        if length < 20:
+            raise QuicError("packet-too-short")
+        sample = d[pn_off + 4 : pn_off + 20]
+        enc = keys.hp.encryptor()
+        mask = enc.update(sample) + enc.finalize()
+        b0 = d[start] ^ (mask[0] & 0x0F)
+        pn_len = (b0 & 3) + 1
+        pn_bytes = bytes(x ^ y for x, y in zip(d[pn_off : pn_off + pn_len], mask[1 : 1 + pn_len], strict=True))
+        header = bytes([b0]) + d[start + 1 : pn_off] + pn_bytes
+        pn = int.from_bytes(pn_bytes, "big")
+        nonce = (int.from_bytes(keys.iv, "big") ^ pn).to_bytes(12, "big")
+        try:
+            payload = keys.aead.decrypt(nonce, d[pn_off + pn_len : pn_off + length], header)
+        except InvalidTag:
+            raise QuicError("decrypt-failed") from None
+        self._frames(payload)
+
+    def _frames(self, p: bytes) -> None:
+        # RFC 9000 section 12.4: frames allowed in Initial packets
+        off = 0
+        n = len(p)
+        while off < n:
+            ftype = p[off]
+            if ftype == 0x00:  # PADDING
+                off += 1
+            elif ftype == 0x01:  # PING
+                off += 1
+            elif ftype in (0x02, 0x03):  # ACK
+                off += 1
+                _, off = read_varint(p, off)
+                _, off = read_varint(p, off)
+                count, off = read_varint(p, off)
+                _, off = read_varint(p, off)
+                for _ in range(count):
+                    _, off = read_varint(p, off)
+                    _, off = read_varint(p, off)
+                if ftype == 0x03:
+                    for _ in range(3):
+                        _, off = read_varint(p, off)
+            elif ftype == 0x06:  # CRYPTO
+                coff, off = read_varint(p, off + 1)
+                clen, off = read_varint(p, off)
+                if off + clen > n:
+                    raise QuicError("truncated-crypto")
+                if coff + clen > MAX_CRYPTO:
+                    raise QuicError("crypto-too-long")
+                self.crypto[coff] = p[off : off + clen]
+                off += clen
+            elif ftype in (0x1C, 0x1D):  # CONNECTION_CLOSE
+                return
+            else:
+                raise QuicError("bad-frame")
+
+    def _hello(self) -> ClientHello | None:
+        buf = b""
+        pending = dict(self.crypto)
+        progress = True
+        while progress:
+            progress = False
+            for o in list(pending):
+                data = pending[o]
+                if o <= len(buf) < o + len(data):
+                    buf += data[len(buf) - o :]
+                    del pending[o]
+                    progress = True
+                elif o + len(data) <= len(buf):
+                    del pending[o]
+        if not buf:
+            return None
+        return parse_handshake(buf)

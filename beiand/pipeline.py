@@ -1,0 +1,87 @@
+"""The one wiring of beiand's stages, shared by the daemon, ``replay``, ``audit --pcap`` and tests.
+
+frames → ``Decoder`` → Observation → (DNS: is an answered address ours?) → ``Policy`` → Decision
+→ sinks. Deciding never acts; sinks act (DESIGN.md). One failing sink never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from beiand.model import Decision, Kind, Observation, VerdictKind
+from beiand.net.decoder import Decoder
+from beiand.policy import Policy
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """What acts on decisions: the access log, the enforcer, metrics, the replay printer."""
+
+    def on_decision(self, obs: Observation, decision: Decision) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class Pipeline:
+    def __init__(self, decoder: Decoder, policy: Policy, sinks: Sequence[Sink] = ()) -> None:
+        self.decoder = decoder
+        self.policy = policy
+        self.sinks = list(sinks)
+        self.verdicts: Counter[str] = Counter()
+        self.kinds: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()
+        self.sink_errors: Counter[str] = Counter()
+
+    def feed(self, ts: float, frame: bytes, linktype: int) -> None:
+        obs = self.decoder.feed(ts, frame, linktype)
+        if obs:
+            for o in obs:
+                self.observe(o)
+
+    def run(self, frames: Iterable[tuple[float, int, bytes]]) -> None:
+        feed = self.decoder.feed
+        observe = self.observe
+        for ts, linktype, frame in frames:
+            obs = feed(ts, frame, linktype)
+            if obs:
+                for o in obs:
+                    observe(o)
+        self.finish()
+
+    def finish(self) -> None:
+        for o in self.decoder.flush():
+            self.observe(o)
+        for s in self.sinks:
+            try:
+                s.flush()
+            except Exception:  # noqa: BLE001 - one failing sink never stops the others
+                log.exception("sink %s failed to flush", type(s).__name__)
+                self.sink_errors[type(s).__name__] += 1
+
+    def observe(self, obs: Observation) -> Decision | None:
+        policy = self.policy
+        if obs.kind is Kind.DNS_ANSWER:
+            # A DNS answer is an observation into hosted space when it points a name at us.
+            hosted = [a for a in obs.answers if policy.inventory.lookup(a) is not None]
+            if not hosted:
+                self.skipped["dns-answer-not-hosted"] += 1
+                return None
+            obs = obs._replace(server_ip=hosted[0], server_port=0,
+                               detail=(obs.detail + " " if obs.detail else "") + f"resolver={obs.server_ip}")
+        decision = policy.decide(obs)
+        if decision.verdict.verdict is VerdictKind.NOT_HOSTED:
+            self.skipped["not-hosted"] += 1
+            return decision
+        self.kinds[obs.kind.value] += 1
+        self.verdicts[decision.verdict.verdict.value] += 1
+        for s in self.sinks:
+            try:
+                s.on_decision(obs, decision)
+            except Exception:  # noqa: BLE001 - one failing sink never stops the others
+                log.exception("sink %s failed", type(s).__name__)
+                self.sink_errors[type(s).__name__] += 1
+        return decision

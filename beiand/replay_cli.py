@@ -1,0 +1,121 @@
+"""``beiand replay``: the daemon's pipeline on capture files. It writes no traffic, ever."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from beiand.capture import CaptureError, CaptureReader
+from beiand.model import Decision, Observation, VerdictKind
+from beiand.net.decoder import Decoder, DecoderConfig
+from beiand.pipeline import Pipeline
+
+
+class JsonLines:
+    """Sink: one JSON line per decision on stdout."""
+
+    def __init__(self, out: Any = None) -> None:
+        self.out = out or sys.stdout
+        self.write = self.out.write
+
+    def on_decision(self, obs: Observation, d: Decision) -> None:
+        f = d.verdict.filing
+        self.write(json.dumps({
+            "ts": round(obs.ts, 6), "client": f"{obs.client_ip}:{obs.client_port}", "server": f"{obs.server_ip}:{obs.server_port}",
+            "transport": obs.transport.value, "kind": obs.kind.value, "name_seen": obs.name_seen, "name": obs.name,
+            "answers": list(obs.answers), "detail": obs.detail, "verdict": d.verdict.verdict.value, "reason": d.verdict.reason,
+            "action": d.action.value, "rule": d.rule, "mode": d.mode.value, "account": d.account,
+            "filing": f.number if f else None,
+        }, ensure_ascii=False) + "\n")
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+class Summary:
+    """Sink: counts by kind and verdict, the top unfiled names."""
+
+    def __init__(self) -> None:
+        self.table: Counter[tuple[str, str]] = Counter()
+        self.unfiled: Counter[str] = Counter()
+
+    def on_decision(self, obs: Observation, d: Decision) -> None:
+        v = d.verdict.verdict
+        self.table[(obs.kind.value, v.value)] += 1
+        if v in (VerdictKind.UNFILED, VerdictKind.MISMATCH, VerdictKind.INACTIVE):
+            self.unfiled[f"{obs.name or obs.server_ip} ({v.value}: {d.verdict.reason})"] += 1
+
+    def flush(self) -> None:
+        pass
+
+
+def _ports(text: str) -> frozenset[int]:
+    try:
+        ports = frozenset(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of port numbers") from None
+    if not ports or any(not 0 < p < 65536 for p in ports):
+        raise argparse.ArgumentTypeError(f"{text!r}: ports must be 1..65535")
+    return ports
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from beiand.cli import CliError, _inventory, _out, _policy_from_args, _table, load_records
+
+    index = load_records(args.records, quiet=args.json)
+    inventory = _inventory(args.inventory)
+    policy = _policy_from_args(args, index, inventory)
+    decoder = Decoder(DecoderConfig(tcp_ports=args.tcp_ports, udp_ports=args.udp_ports, all_tcp_ports=args.all_ports))
+    summary = Summary()
+    sinks: list[Any] = [summary]
+    if args.json:
+        sinks.append(JsonLines())
+    pipe = Pipeline(decoder, policy, sinks)
+    readers = []
+    for path in args.files:
+        try:
+            readers.append(CaptureReader(path))
+        except CaptureError as exc:
+            raise CliError(str(exc)) from None
+    try:
+        for r in readers:
+            with r:
+                try:
+                    pipe.run(r)
+                except CaptureError as exc:
+                    raise CliError(str(exc)) from None
+                if r.truncated:
+                    sys.stderr.write(f"warning: {r.path}: the file ends inside a packet record (truncated capture)\n")
+    finally:
+        for r in readers:
+            r.close()
+    report = sys.stderr if args.json else sys.stdout
+    if not args.json:
+        kinds = sorted({k for k, _ in summary.table})
+        verdicts = [v.value for v in VerdictKind if v is not VerdictKind.NOT_HOSTED]
+        _table([[k, *(summary.table[(k, v)] for v in verdicts)] for k in kinds], ["kind", *verdicts])
+        if summary.unfiled:
+            _out("\ntop names not filed for this provider:")
+            _table(summary.unfiled.most_common(args.top), ["name (verdict: reason)", "observations"])
+    print(f"\npackets {decoder.packets}, observations {sum(pipe.kinds.values())} into hosted space, "
+          f"skipped {dict(pipe.skipped)}", file=report)
+    if decoder.drops:
+        print("dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(decoder.drops.items())), file=report)
+    bad = sum(pipe.verdicts[v] for v in ("unfiled", "mismatch", "inactive"))
+    return 1 if bad else 0
+
+
+def add_parsers(sub: Any, policy_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    rp = sub.add_parser("replay", help="run the daemon's pipeline on pcap/pcapng files (sends nothing)")
+    rp.add_argument("files", nargs="+", metavar="FILE")
+    policy_args(rp)
+    rp.add_argument("--json", action="store_true", help="one JSON line per decision")
+    rp.add_argument("--tcp-ports", type=_ports, default=DecoderConfig.tcp_ports, metavar="P,P", help="watched TCP ports")
+    rp.add_argument("--udp-ports", type=_ports, default=DecoderConfig.udp_ports, metavar="P,P", help="watched UDP ports (QUIC)")
+    rp.add_argument("--all-ports", action="store_true", help="recognise TLS/HTTP by content on every TCP port")
+    rp.add_argument("--top", type=int, default=20)
+    rp.set_defaults(func=cmd_replay)
