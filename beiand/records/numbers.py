@@ -65,8 +65,9 @@ class FilingNumber(NamedTuple):
 
 def clean(text: str) -> str:
     """NFKC, one kind of dash, no whitespace: what real exports and footers need first."""
-    s = unicodedata.normalize("NFKC", text).translate(_DASHES)
-    return _SPACE_RE.sub("", s)
+    s = _SPACE_RE.sub("", unicodedata.normalize("NFKC", text).translate(_DASHES))
+    # Removing spaces can join a letter and a combining mark: normalise once more.
+    return _SPACE_RE.sub("", unicodedata.normalize("NFKC", s).translate(_DASHES))
 
 
 def parse_filing_number(text: str) -> FilingNumber:

@@ -1,0 +1,45 @@
+import pytest
+
+from beiand.net.errors import HttpError
+from beiand.net.http import HttpRequest, host_of, parse_requests
+
+
+@pytest.mark.parametrize(
+    ("head", "host"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n", "example.com"),
+        (b"GET / HTTP/1.1\r\nhOsT:   Example.com:8080 \r\n\r\n", "Example.com"),
+        (b"GET / HTTP/1.1\r\nHost: [2001:db8::1]:8443\r\n\r\n", "2001:db8::1"),
+        (b"GET http://abs.example.com:81/x?y HTTP/1.1\r\nHost: ignored.example\r\n\r\n", "abs.example.com"),
+        (b"CONNECT tunnel.example.com:443 HTTP/1.1\r\n\r\n", "tunnel.example.com"),
+        (b"GET / HTTP/1.0\n\n", ""),
+    ],
+)
+def test_host(head, host):
+    (req,) = parse_requests(head)
+    assert req.host == host
+
+
+def test_pipelining_and_bodies():
+    data = (b"GET /a HTTP/1.1\r\nHost: a.example\r\n\r\n"
+            b"POST /b HTTP/1.1\r\nHost: b.example\r\nContent-Length: 5\r\n\r\nhello"
+            b"GET /c HTTP/1.1\r\nHost: c.example\r\n\r\n")
+    assert [r.host for r in parse_requests(data)] == ["a.example", "b.example", "c.example"]
+    for i in range(1, len(data)):
+        got = parse_requests(data[:i])
+        assert got is None or all(r.host in ("a.example", "b.example", "c.example") for r in got)
+    assert parse_requests(b"GET / HTTP/1.1\r\nHost: x") is None
+    assert parse_requests(b"GE") is None
+
+
+@pytest.mark.parametrize(("data", "reason"), [(b"\x16\x03\x01hello world", "not-http"), (b"GET /" + b"a" * 20000, "head-too-long"),
+                                              (b"GET / FTP/1.0\r\n\r\n", "bad-request-line")])
+def test_malformed(data, reason):
+    with pytest.raises(HttpError) as exc:
+        parse_requests(data)
+    assert exc.value.reason == reason
+
+
+def test_host_of():
+    assert host_of("a.example:80") == "a.example" and host_of("[::1]") == "::1" and host_of("2001:db8::1") == "2001:db8::1"
+    assert HttpRequest("GET", "/", "x")._fields == ("method", "target", "host")

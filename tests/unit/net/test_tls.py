@@ -1,0 +1,72 @@
+import pytest
+
+from beiand.net.errors import TlsError
+from beiand.net.tls import ClientHello, parse_client_hello, parse_handshake
+from beiand.testing.traffic import client_hello
+
+
+@pytest.mark.parametrize(
+    ("sni", "alpn", "tls13", "version"),
+    [("www.example.com", ("h2", "http/1.1"), True, "tls1.3"), ("v12.example.com", (), False, "tls1.2"), (None, (), True, "tls1.3")],
+)
+def test_real_client_hellos(sni, alpn, tls13, version):
+    ch = parse_client_hello(client_hello(sni, alpn, tls13))
+    assert ch == ClientHello(sni or "", tuple(alpn), version, False)
+
+
+def test_h11_style_feeding():
+    """Whole; one byte at a time (None until complete); with trailing bytes."""
+    data = client_hello("split.example.com", ["h2"], big=True)
+    assert len(data) > 1500
+    for i in range(len(data)):
+        assert parse_client_hello(data[:i]) is None
+    assert parse_client_hello(data).sni == "split.example.com"
+    assert parse_client_hello(data + b"\x17\x03\x03\x00\x05hello").sni == "split.example.com"
+
+
+def test_handshake_fragmented_over_records():
+    data = client_hello("frag.example.com")
+    hs = data[5:]
+    records = b"".join(b"\x16\x03\x01" + len(c).to_bytes(2, "big") + c for c in (hs[:100], hs[100:101], hs[101:]))
+    assert parse_client_hello(records).sni == "frag.example.com"
+    assert parse_handshake(hs).sni == "frag.example.com"
+
+
+def test_ech_is_flagged():
+    data = bytearray(client_hello("public.example.com"))
+    # append an encrypted_client_hello extension (0xfe0d) and fix the three lengths
+    ext = b"\xfe\x0d\x00\x04\x00\x01\x02\x03"
+    hs = bytes(data[9:]) + b""
+    body = bytearray(hs)
+    ext_len_off = _extensions_length_offset(bytes(body))
+    total = int.from_bytes(body[ext_len_off : ext_len_off + 2], "big") + len(ext)
+    body[ext_len_off : ext_len_off + 2] = total.to_bytes(2, "big")
+    body += ext
+    msg = b"\x01" + len(body).to_bytes(3, "big") + bytes(body)
+    rec = b"\x16\x03\x01" + len(msg).to_bytes(2, "big") + msg
+    ch = parse_client_hello(rec)
+    assert ch.ech and ch.sni == "public.example.com"
+
+
+def _extensions_length_offset(b: bytes) -> int:
+    off = 34
+    off += 1 + b[off]
+    off += 2 + int.from_bytes(b[off : off + 2], "big")
+    off += 1 + b[off]
+    return off
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\x17\x03\x03\x00\x10", "not-handshake"),
+        (b"GET / HTTP/1.1\r\n", "not-handshake"),
+        (b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00", "not-client-hello"),
+        (b"\x16\x03\x01\x00\x00", "bad-record-length"),
+        (b"\x16\x03\x01\x00\x08\x01\x00\x00\x04\x03\x03\x00\x00", "truncated-client-hello"),
+    ],
+)
+def test_malformed(data, reason):
+    with pytest.raises(TlsError) as exc:
+        parse_client_hello(data)
+    assert exc.value.reason == reason
