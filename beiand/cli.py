@@ -11,59 +11,15 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from beiand.inventory import HostedPrefix, Inventory, InventoryError, load_inventory
-from beiand.model import Decision, Mode, PrefixState
-from beiand.policy import Policy, PolicyConfig, PolicyError
-from beiand.records import ImportRefused, build_index, load_files, normalise_domain
+from beiand.cliutil import CliError, err, inventory_from, load_records, out, policy_args, policy_from_args, table
+from beiand.inventory import HostedPrefix
+from beiand.model import Decision, PrefixState
+from beiand.records import ImportRefused, load_files, normalise_domain
 from beiand.records.domains import DomainError, is_ip_literal, registrable_domain
 from beiand.records.importer import canonical_ip
 from beiand.records.index import RecordIndex
-
-
-class CliError(Exception):
-    """A problem the user can fix; printed without a traceback, exit 2."""
-
-
-def _out(line: str = "") -> None:
-    sys.stdout.write(line + "\n")
-
-
-def _err(line: str) -> None:
-    sys.stderr.write(line + "\n")
-
-
-def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> None:
-    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
-    widths = [max(_width(r[i]) for r in cells) for i in range(len(header))]
-    for n, r in enumerate(cells):
-        _out("  ".join(c + " " * (w - _width(c)) for c, w in zip(r, widths, strict=True)).rstrip())
-        if n == 0:
-            _out("  ".join("-" * w for w in widths))
-
-
-def _width(s: str) -> int:
-    # CJK characters take two terminal columns.
-    return sum(2 if "\u2e80" <= ch <= "\uffef" else 1 for ch in s)
-
-
-# -- records ------------------------------------------------------------------------------
-
-
-def load_records(paths: Sequence[str], strict: bool = False, quiet: bool = False) -> RecordIndex:
-    try:
-        result = load_files(paths, strict=strict)
-        index = build_index(result, loaded_at=time.time())
-    except ImportRefused as exc:
-        raise CliError(f"records refused: {exc}") from None
-    if not quiet:
-        for issue in result.errors[:20]:
-            _err(f"warning: skipped {issue}")
-        if len(result.errors) > 20:
-            _err(f"warning: … and {len(result.errors) - 20} more skipped row(s); `beiand records check` lists them all")
-    return index
 
 
 def cmd_records_check(args: argparse.Namespace) -> int:
@@ -75,59 +31,37 @@ def cmd_records_check(args: argparse.Namespace) -> int:
     counts = index.counts()
     st = index.stats()
     if args.json:
-        _out(json.dumps({
+        out(json.dumps({
             "files": result.files, "rows": result.rows, "filings": st.filings, "domains": st.domains, "ips": st.ips,
             "errors": [str(e) for e in result.errors], "warnings": [str(w) for w in result.warnings],
             **{k: dict(v) for k, v in counts.items()},
         }, ensure_ascii=False, indent=2))
     else:
-        _out(f"{', '.join(result.files)}: {result.rows} rows, {st.filings} filings (备案), {st.domains} domains, {st.ips} IPs, "
+        out(f"{', '.join(result.files)}: {result.rows} rows, {st.filings} filings (备案), {st.domains} domains, {st.ips} IPs, "
              f"{len(result.errors)} rejected, {len(result.warnings)} warnings")
         for title, key in (("service type (服务类型)", "service_type"), ("status (状态)", "status"), ("province (省份)", "province")):
-            _out(f"\nby {title}:")
-            _table(sorted(counts[key].items(), key=lambda kv: (-kv[1], kv[0])), [key, "filings"])
+            out(f"\nby {title}:")
+            table(sorted(counts[key].items(), key=lambda kv: (-kv[1], kv[0])), [key, "filings"])
         if result.warnings:
-            _out(f"\nwarnings ({len(result.warnings)}):")
+            out(f"\nwarnings ({len(result.warnings)}):")
             for w in result.warnings[: args.max_warnings]:
-                _out(f"  {w}")
+                out(f"  {w}")
             if len(result.warnings) > args.max_warnings:
-                _out(f"  … {len(result.warnings) - args.max_warnings} more (--max-warnings)")
+                out(f"  … {len(result.warnings) - args.max_warnings} more (--max-warnings)")
         if result.errors:
-            _out(f"\nrejected rows ({len(result.errors)}):")
+            out(f"\nrejected rows ({len(result.errors)}):")
             for e in result.errors:
-                _out(f"  {e}")
+                out(f"  {e}")
     if not result.filings:
-        _err("error: no valid filing: such a file would be refused by the daemon")
+        err("error: no valid filing: such a file would be refused by the daemon")
         return 1
     return 1 if result.errors else 0
 
 
-def _policy_from_args(args: argparse.Namespace, index: RecordIndex, inventory: Inventory) -> Policy:
-    try:
-        cfg = PolicyConfig(
-            provider=args.provider or "",
-            allow_names=frozenset(normalise_domain(n) for n in args.allow or ()),
-            default_mode=Mode(args.mode),
-            access_pending_grace_days=args.grace_days,
-        )
-    except (PolicyError, DomainError, ValueError) as exc:
-        raise CliError(str(exc)) from None
-    return Policy(index, inventory, cfg)
-
-
-def _inventory(path: str | None) -> Inventory:
-    if not path:
-        return Inventory([])
-    try:
-        return load_inventory(path)
-    except InventoryError as exc:
-        raise CliError("inventory invalid:\n  " + "\n  ".join(exc.problems)) from None
-
-
 def cmd_records_lookup(args: argparse.Namespace) -> int:
     index = load_records(args.records, quiet=args.json)
-    inventory = _inventory(args.inventory)
-    policy = _policy_from_args(args, index, inventory)
+    inventory = inventory_from(args.inventory)
+    policy = policy_from_args(args, index, inventory)
     assumed = HostedPrefix("(assumed hosted)", "(unknown)", "", PrefixState.ACTIVE, None)
     ts = time.time() if args.at is None else args.at
     results: list[dict[str, Any]] = []
@@ -161,30 +95,40 @@ def cmd_records_lookup(args: argparse.Namespace) -> int:
         })
     if args.json:
         for r in results:
-            _out(json.dumps(r, ensure_ascii=False))
+            out(json.dumps(r, ensure_ascii=False))
     else:
-        _table([[r["query"], r["verdict"], r["reason"], r["action"], (r["filing"] or {}).get("number", "-"),
+        table([[r["query"], r["verdict"], r["reason"], r["action"], (r["filing"] or {}).get("number", "-"),
                  (r["filing"] or {}).get("sponsor", "-"), (r["filing"] or {}).get("access_provider", "-") or "-",
                  r["account"] or "-"] for r in results],
                ["query", "verdict", "reason", "action", "filing no. (备案号)", "sponsor (主办单位)", "接入商", "account"])
         if not policy.provider_checked:
-            _out("note: 接入商 (access provider) not checked: give --provider (or records.provider in the config)")
+            out("note: 接入商 (access provider) not checked: give --provider (or records.provider in the config)")
         if args.server is None and any(r["name"] for r in results):
-            _out("note: no --server given: names were judged as if served from hosted space")
+            out("note: no --server given: names were judged as if served from hosted space")
     return 1 if any(r["verdict"] in ("unfiled", "mismatch", "inactive") for r in results) else 0
 
 
 # -- parser -------------------------------------------------------------------------------
 
 
-def _policy_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--records", action="append", required=True, metavar="FILE",
-                   help="filing export (CSV, JSON, JSONL, XLSX); repeat for several")
-    p.add_argument("--inventory", metavar="FILE", help="hosted prefixes (CSV or TOML)")
-    p.add_argument("--provider", metavar="NAME", help="this provider's name as filings spell their 接入商 (access provider)")
-    p.add_argument("--mode", choices=[m.value for m in Mode], default="monitor", help="default mode for prefixes without one")
-    p.add_argument("--allow", action="append", metavar="NAME", help="exempt name (allowlist)")
-    p.add_argument("--grace-days", type=int, default=30, help="grace for access-pending (接入审核中) filings, at most 45 days")
+def cmd_demo(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from beiand.demo import build
+    from beiand.records.generate import OUR_PROVIDER
+
+    wd = args.workdir or tempfile.mkdtemp(prefix="beiand-demo-")
+    files = build(wd)
+    out(f"beiand demo: generated {files['records']}, {files['inventory']} and {files['pcap']}\n")
+    out("$ beiand records check records.csv")
+    main(["records", "check", files["records"]])
+    out("\n$ beiand records lookup www.example.com.cn shop.example.net 198.51.100.30 --provider …")
+    main(["records", "lookup", "www.example.com.cn", "shop.example.net", "198.51.100.30", "--records", files["records"],
+          "--inventory", files["inventory"], "--provider", OUR_PROVIDER])
+    out("\n$ beiand replay demo.pcap --records records.csv --inventory inventory.csv --provider …")
+    rc = main(["replay", files["pcap"], "--records", files["records"], "--inventory", files["inventory"], "--provider", OUR_PROVIDER])
+    out(f"\n(replay exit code {rc}: 1 means unfiled, mismatched or inactive services were found)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     chk.set_defaults(func=cmd_records_check)
     lk = rsub.add_parser("lookup", help="the verdict for names or IPs, with the filing and the reason")
     lk.add_argument("query", nargs="+", metavar="NAME|IP")
-    _policy_args(lk)
+    policy_args(lk)
     lk.add_argument("--server", metavar="IP", help="the server address the name is served from")
     lk.add_argument("--at", type=float, metavar="EPOCH", help="judge at this time (default: now)")
     lk.add_argument("--json", action="store_true")
@@ -208,10 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from beiand import replay_cli
 
-    replay_cli.add_parsers(sub, _policy_args)
+    replay_cli.add_parsers(sub, policy_args)
     demo = sub.add_parser("demo", help="generate sample records, inventory and traffic, and run the pipeline on them")
     demo.add_argument("--workdir", help="where to write the samples (default: a new temporary directory)")
-    demo.set_defaults(func=lambda a: __import__("beiand.demo", fromlist=["run"]).run(a.workdir))
+    demo.set_defaults(func=cmd_demo)
     return ap
 
 
@@ -221,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except CliError as exc:
-        _err(f"beiand: error: {exc}")
+        err(f"beiand: error: {exc}")
         return 2
     except BrokenPipeError:
         return 0

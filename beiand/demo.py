@@ -8,7 +8,6 @@ QUIC and DNS cases so every verdict shows.
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 from beiand.records.generate import OUR_PROVIDER
@@ -62,24 +61,3 @@ def build(workdir: str | Path) -> dict[str, str]:
     pcap = d / "demo.pcap"
     t.write_pcap(pcap, frames)
     return {"records": str(rec), "inventory": str(inv), "pcap": str(pcap)}
-
-
-def run(workdir: str | None = None) -> int:
-    import tempfile
-
-    from beiand.cli import main
-
-    wd = workdir or tempfile.mkdtemp(prefix="beiand-demo-")
-    files = build(wd)
-    print(f"beiand demo: generated {files['records']}, {files['inventory']} and {files['pcap']}\n")
-    print("$ beiand records check records.csv")
-    main(["records", "check", files["records"]])
-    print("\n$ beiand records lookup www.example.com.cn shop.example.net 198.51.100.30 --provider … ")
-    main(["records", "lookup", "www.example.com.cn", "shop.example.net", "198.51.100.30", "--records", files["records"],
-          "--inventory", files["inventory"], "--provider", OUR_PROVIDER])
-    print("\n$ beiand replay demo.pcap --records records.csv --inventory inventory.csv --provider …")
-    rc = main(["replay", files["pcap"], "--records", files["records"], "--inventory", files["inventory"],
-               "--provider", OUR_PROVIDER, "--tcp-ports", "80,443,8080,8443"])
-    print(f"\n(replay exit code {rc}: 1 means unfiled, mismatched or inactive services were found)")
-    os.environ.get("BEIAND_DEMO_KEEP")
-    return 0

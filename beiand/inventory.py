@@ -171,7 +171,8 @@ def load_inventory(path: str | Path) -> Inventory:
             raise InventoryError([f"{p}:1: header: empty file; expected prefix,account,site,state,mode"])
         cols = [_HEADERS.get(h.strip().lower()) for h in header]
         if "prefix" not in cols or "account" not in cols:
-            raise InventoryError([f"{p}:1: header: expected prefix,account,site,state,mode (地址段,用户账号,机房,状态,模式); got {header!r}"])
+            raise InventoryError([
+                f"{p}:1: header: expected prefix,account,site,state,mode (地址段,用户账号,机房,状态,模式); got {header!r}"])
         for row in reader:
             line = reader.line_num
             if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):

@@ -58,7 +58,7 @@ class Pipeline:
         for s in self.sinks:
             try:
                 s.flush()
-            except Exception:  # noqa: BLE001 - one failing sink never stops the others
+            except Exception:
                 log.exception("sink %s failed to flush", type(s).__name__)
                 self.sink_errors[type(s).__name__] += 1
 
@@ -81,7 +81,7 @@ class Pipeline:
         for s in self.sinks:
             try:
                 s.on_decision(obs, decision)
-            except Exception:  # noqa: BLE001 - one failing sink never stops the others
+            except Exception:
                 log.exception("sink %s failed", type(s).__name__)
                 self.sink_errors[type(s).__name__] += 1
         return decision

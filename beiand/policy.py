@@ -51,6 +51,13 @@ class PolicyConfig:
                 raise PolicyError(f"allow_prefixes: {p!r} is not a CIDR prefix") from None
 
 
+# Every reason a verdict can carry (docs/verdicts.md explains each; the corpus covers each).
+REASONS = frozenset({
+    "not-in-inventory", "prefix-closed", "allowlist-name", "allowlist-suffix", "allowlist-prefix", "ip-not-filed",
+    "no-filing", "name-not-in-filing", "filing-revoked", "filing-cancelled", "filing-under-review", "other-provider",
+    "ip-not-listed", "access-pending-grace", "access-pending-expired", "filed", "filed-provider-unchecked",
+})
+
 _NOT_IN_INVENTORY = Verdict(VerdictKind.NOT_HOSTED, None, "not-in-inventory")
 _PREFIX_CLOSED = Verdict(VerdictKind.NOT_HOSTED, None, "prefix-closed")
 _PASS = {v: f"pass:{v.value}" for v in (VerdictKind.FILED, VerdictKind.EXEMPT, VerdictKind.NOT_HOSTED)}
@@ -197,7 +204,8 @@ class Policy:
             return Decision(verdict, Action.LOG, "pass:not-hosted", self.config.default_mode, "", "")
         mode = prefix.mode
         if mode is None:
-            mode = self.config.pending_mode if prefix.state is PrefixState.PENDING and self.config.pending_mode else self.config.default_mode
+            pending = prefix.state is PrefixState.PENDING and self.config.pending_mode
+            mode = self.config.pending_mode if pending else self.config.default_mode
         v = verdict.verdict
         if v in _PASS:
             return Decision(verdict, Action.LOG, _PASS[v], mode, prefix.account, prefix.site)

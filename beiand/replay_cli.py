@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from beiand.capture import CaptureError, CaptureReader
+from beiand.cliutil import CliError, inventory_from, load_records, out, policy_from_args, table
 from beiand.model import Decision, Observation, VerdictKind
 from beiand.net.decoder import Decoder, DecoderConfig
 from beiand.pipeline import Pipeline
@@ -64,11 +65,9 @@ def _ports(text: str) -> frozenset[int]:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from beiand.cli import CliError, _inventory, _out, _policy_from_args, _table, load_records
-
     index = load_records(args.records, quiet=args.json)
-    inventory = _inventory(args.inventory)
-    policy = _policy_from_args(args, index, inventory)
+    inventory = inventory_from(args.inventory)
+    policy = policy_from_args(args, index, inventory)
     decoder = Decoder(DecoderConfig(tcp_ports=args.tcp_ports, udp_ports=args.udp_ports, all_tcp_ports=args.all_ports))
     summary = Summary()
     sinks: list[Any] = [summary]
@@ -97,10 +96,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not args.json:
         kinds = sorted({k for k, _ in summary.table})
         verdicts = [v.value for v in VerdictKind if v is not VerdictKind.NOT_HOSTED]
-        _table([[k, *(summary.table[(k, v)] for v in verdicts)] for k in kinds], ["kind", *verdicts])
+        table([[k, *(summary.table[(k, v)] for v in verdicts)] for k in kinds], ["kind", *verdicts])
         if summary.unfiled:
-            _out("\ntop names not filed for this provider:")
-            _table(summary.unfiled.most_common(args.top), ["name (verdict: reason)", "observations"])
+            out("\ntop names not filed for this provider:")
+            table(summary.unfiled.most_common(args.top), ["name (verdict: reason)", "observations"])
     print(f"\npackets {decoder.packets}, observations {sum(pipe.kinds.values())} into hosted space, "
           f"skipped {dict(pipe.skipped)}", file=report)
     if decoder.drops:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import socket
 import struct
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from beiand.model import Kind, Observation, Transport
@@ -66,7 +65,7 @@ class DecoderConfig:
 class Flow:
     """The first client bytes of one TCP connection, reassembled from segments in any order."""
 
-    __slots__ = ("base", "syn", "ts", "segs", "buf", "client", "server", "sport", "dport", "v6", "consumed")
+    __slots__ = ("base", "buf", "client", "consumed", "dport", "segs", "server", "sport", "syn", "ts", "v6")
 
     def __init__(self, base: int, syn: bool, ts: float, src: bytes, dst: bytes, sport: int, dport: int) -> None:
         self.base = base
@@ -126,7 +125,7 @@ class Flow:
 
 
 class FragmentBuffer:
-    __slots__ = ("ts", "parts", "total")
+    __slots__ = ("parts", "total", "ts")
 
     def __init__(self, ts: float) -> None:
         self.ts = ts

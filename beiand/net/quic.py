@@ -45,7 +45,7 @@ def hkdf_expand_label(secret: bytes, label: bytes, length: int) -> bytes:
 class InitialKeys:
     """Client Initial keys for one original Destination Connection ID (RFC 9001 section 5.2)."""
 
-    __slots__ = ("aead", "iv", "hp", "version")
+    __slots__ = ("aead", "hp", "iv", "version")
 
     def __init__(self, dcid: bytes, version: int) -> None:
         secret = hkdf_extract(_SALTS[version], dcid)
@@ -82,7 +82,7 @@ def is_initial(buf: bytes) -> bool:
 class QuicInitialReader:
     """The client side of one QUIC connection's Initial packets, until the ClientHello is known."""
 
-    __slots__ = ("keys", "crypto", "dcid")
+    __slots__ = ("crypto", "dcid", "keys")
 
     def __init__(self) -> None:
         self.keys: InitialKeys | None = None
@@ -166,9 +166,7 @@ class QuicInitialReader:
         n = len(p)
         while off < n:
             ftype = p[off]
-            if ftype == 0x00:  # PADDING
-                off += 1
-            elif ftype == 0x01:  # PING
+            if ftype == 0x00 or ftype == 0x01:  # PADDING
                 off += 1
             elif ftype in (0x02, 0x03):  # ACK
                 off += 1

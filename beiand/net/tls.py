@@ -34,7 +34,7 @@ def parse_client_hello(buf: bytes) -> ClientHello | None:
     """From TLS records (RFC 8446 section 5.1) to the ClientHello they carry."""
     n = len(buf)
     if n < 5:
-        if n >= 1 and buf[0] != 0x16 or n >= 2 and buf[1] != 3:
+        if (n >= 1 and buf[0] != 0x16) or (n >= 2 and buf[1] != 3):
             raise TlsError("not-handshake")
         return None
     # Fast path: the whole handshake message in the first record.

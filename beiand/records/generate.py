@@ -98,13 +98,13 @@ class Generator:
                     sponsor_serial.pop(0)
             t = r.random()
             if t < 0.8:
-                stype, letter, type_text = "website", "", "网站"
+                letter, type_text = "", "网站"
             elif t < 0.92:
-                stype, letter, type_text = "app", "A", "APP"
+                letter, type_text = "A", "APP"
             elif t < 0.98:
-                stype, letter, type_text = "mini-program", "X", "小程序"
+                letter, type_text = "X", "小程序"
             else:
-                stype, letter, type_text = "quick-app", "K", "快应用"
+                letter, type_text = "K", "快应用"
             number = f"{sponsor_num}-{serial}{letter}"
             n_dom = max(1, int(r.expovariate(1 / cfg.domains_per_filing) + 0.5))
             domains = [self.domain(i * 8 + k) for k in range(min(n_dom, 8))]
@@ -127,7 +127,8 @@ class Generator:
     def bad_row(self, i: int) -> list[str]:
         r = self.rng
         kind = r.randrange(7)
-        row = [f"京ICP备{r.randrange(10**7, 10**8)}号-1", f"坏行{i}", "网站", "x", f"bad{i}.com", "", self.cfg.provider, "正常", "2024-01-01"]
+        row = [f"京ICP备{r.randrange(10**7, 10**8)}号-1", f"坏行{i}", "网站", "x", f"bad{i}.com", "", self.cfg.provider, "正常",
+               "2024-01-01"]
         if kind == 0:
             row[0] = f"粤公网安备{r.randrange(10**13, 10**14)}号"
         elif kind == 1:

@@ -8,13 +8,14 @@ CSV (UTF-8 with or without BOM, or GB18030), JSON, JSONL and XLSX. Columns are d
 from __future__ import annotations
 
 import codecs
-import heapq
 import csv
+import datetime as dt
+import heapq
 import io
+import itertools
+import json
 import os
 import pickle
-import datetime as dt
-import json
 import re
 import socket
 import sys
@@ -324,7 +325,8 @@ def _rows_csv(path: Path, result: ImportResult, span: tuple[int, int, int] | Non
             if len(row) != width:
                 yield line, "", {"__error__": f"row has {len(row)} fields, the header has {width} (truncated or unquoted separator?)"}
                 continue
-            yield line, "", (dict(zip(names, row)) if all_mapped else {c: v for c, v in zip(cols, row) if c is not None})
+            yield line, "", (dict(zip(names, row, strict=True)) if all_mapped
+                             else {c: v for c, v in zip(cols, row, strict=True) if c is not None})
 
 
 def _csv_split(path: Path, parts: int) -> list[tuple[int, int, int]]:
@@ -354,7 +356,7 @@ def _csv_split(path: Path, parts: int) -> list[tuple[int, int, int]]:
             pos = nl + 1
     cuts.append(size)
     out = []
-    for a, b in zip(cuts, cuts[1:], strict=False):
+    for a, b in itertools.pairwise(cuts):
         if b > a:
             out.append((a, b, data.count(b"\n", 0, a) + 1))
     return out
@@ -533,7 +535,7 @@ def _load_parallel(p: Path, spans: list[tuple[int, int, int]], res: ImportResult
                     protocol=pickle.HIGHEST_PROTOCOL)
                 with os.fdopen(w, "wb") as out:
                     out.write(payload)
-            except BaseException:  # noqa: BLE001 - the parent reports a failed worker
+            except BaseException:
                 code = 1
             finally:
                 os._exit(code)

@@ -26,7 +26,7 @@ class IndexStats:
 class RecordIndex:
     """Immutable once built; a reload builds a new one and swaps the reference."""
 
-    __slots__ = ("filings", "by_domain", "by_ip", "loaded_at", "sources")
+    __slots__ = ("by_domain", "by_ip", "filings", "loaded_at", "sources")
 
     def __init__(self, filings: Sequence[Filing], loaded_at: float = 0.0, sources: Sequence[str] = ()) -> None:
         self.filings = list(filings)

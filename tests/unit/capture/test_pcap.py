@@ -1,0 +1,60 @@
+import pytest
+
+from beiand.capture import CaptureError, CaptureReader, read_capture
+from beiand.testing import traffic as t
+
+FRAMES = [t.udp("192.0.2.1", "192.0.2.2", 1000 + i, 53, b"x" * i) for i in range(50)]
+
+
+@pytest.mark.parametrize("ns", [False, True])
+@pytest.mark.parametrize("big", [False, True])
+def test_pcap_both_orders_and_resolutions(tmp_path, ns, big):
+    p = tmp_path / "a.pcap"
+    with t.PcapWriter(p, nanosecond=ns, big_endian=big) as w:
+        for i, f in enumerate(FRAMES):
+            w.write(1_700_000_000 + i * 0.25 + 0.000123, f)
+    got = list(read_capture(p))
+    assert [f for _, _, f in got] == FRAMES and all(lt == 1 for _, lt, _ in got)
+    assert got[3][0] == pytest.approx(1_700_000_000.750123, abs=1e-6)
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_pcapng_several_interfaces(tmp_path, big):
+    p = tmp_path / "a.pcapng"
+    raw = [f[14:] for f in FRAMES]
+    pkts = [(i % 2, 1_700_000_000 + i, FRAMES[i] if i % 2 == 0 else raw[i]) for i in range(len(FRAMES))]
+    t.write_pcapng(p, pkts, [1, 101], tsresol=9, big_endian=big)
+    got = list(read_capture(p))
+    assert [(lt, f) for _, lt, f in got] == [(1 if i % 2 == 0 else 101, fr) for i, _, fr in pkts]
+    assert got[5][0] == pytest.approx(1_700_000_005)
+
+
+def test_streams_in_chunks(tmp_path, monkeypatch):
+    import beiand.capture.pcap as pcap
+
+    monkeypatch.setattr(pcap, "CHUNK", 100)  # records straddle every chunk boundary
+    p = tmp_path / "a.pcap"
+    t.write_pcap(p, FRAMES)
+    assert [f for _, _, f in read_capture(p)] == FRAMES
+    q = tmp_path / "a.pcapng"
+    t.write_pcapng(q, [(0, 1.0, f) for f in FRAMES], [1])
+    assert [f for _, _, f in read_capture(q)] == FRAMES
+
+
+def test_truncated_and_bad_files(tmp_path):
+    p = tmp_path / "a.pcap"
+    t.write_pcap(p, FRAMES)
+    data = p.read_bytes()
+    (tmp_path / "cut.pcap").write_bytes(data[:-7])
+    r = CaptureReader(tmp_path / "cut.pcap")
+    assert len(list(r)) == len(FRAMES) - 1 and r.truncated
+    (tmp_path / "junk.pcap").write_bytes(b"hello world")
+    with pytest.raises(CaptureError, match="not a pcap or pcapng"):
+        CaptureReader(tmp_path / "junk.pcap")
+    with pytest.raises(CaptureError, match="cannot open"):
+        CaptureReader(tmp_path / "missing.pcap")
+    bad = bytearray(data)
+    bad[24 + 8 : 24 + 12] = (10**7).to_bytes(4, "little")
+    (tmp_path / "bad.pcap").write_bytes(bytes(bad))
+    with pytest.raises(CaptureError, match="corrupt"):
+        list(read_capture(tmp_path / "bad.pcap"))

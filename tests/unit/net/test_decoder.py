@@ -1,0 +1,185 @@
+"""The decoder on whole frames: every link type, tunnel and reassembly case it claims."""
+
+import pytest
+from scapy.all import GRE, IP, TCP, UDP, CookedLinux, Ether, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop, Raw, fragment
+from scapy.contrib.geneve import GENEVE
+from scapy.contrib.gtp import GTP_U_Header
+from scapy.contrib.mpls import MPLS
+from scapy.layers.inet6 import IPv6ExtHdrFragment, fragment6
+from scapy.layers.ppp import PPP, PPPoE
+from scapy.layers.vxlan import VXLAN
+
+from beiand.model import Kind, Transport
+from beiand.net.decoder import LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW, Decoder, DecoderConfig
+from beiand.testing import traffic as t
+
+C4, S4, C6, S6 = "192.0.2.10", "198.51.100.10", "2001:db8:1::10", "2001:db8:100::10"
+HELLO = t.client_hello("tls.example.com", ["h2"])
+
+
+def run(frames, linktype=1, config=None):
+    d = Decoder(config)
+    out = []
+    for i, f in enumerate(frames):
+        out += d.feed(1000.0 + i * 0.001, bytes(f), linktype)
+    out += d.flush()
+    return out, d
+
+
+def inner_tcp(payload=HELLO, v6=False, dport=443):
+    ip = IPv6(src=C6, dst=S6) if v6 else IP(src=C4, dst=S4)
+    return ip / TCP(sport=40000, dport=dport, flags="PA", seq=100) / Raw(payload)
+
+
+def one(out):
+    assert len(out) == 1, out
+    return out[0]
+
+
+def test_ethernet_ipv4_and_ipv6():
+    for v6, c, s in ((False, C4, S4), (True, C6, S6)):
+        o = one(run([Ether() / inner_tcp(v6=v6)])[0])
+        assert (o.kind, o.name, o.client_ip, o.client_port, o.server_ip, o.server_port, o.transport) == (
+            Kind.TLS_SNI, "tls.example.com", c, 40000, s, 443, Transport.TCP)
+        assert "alpn=h2" in o.detail and "tls1.3" in o.detail
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        Ether(type=0x8100) / b"\x00\x0a\x08\x00" / inner_tcp(),
+        Ether(type=0x88A8) / b"\x00\x64\x81\x00" / b"\x00\x0a\x08\x00" / inner_tcp(),  # QinQ
+        Ether() / MPLS(label=16, s=0) / MPLS(label=17, s=1) / inner_tcp(),
+        Ether() / PPPoE(sessionid=1) / PPP(proto=0x0021) / inner_tcp(),
+        Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1234, dport=4789) / VXLAN(vni=42) / Ether() / inner_tcp(),
+        Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1234, dport=6081) / GENEVE(proto=0x6558) / Ether() / inner_tcp(),
+        Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / GRE() / inner_tcp(),
+        Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / GRE(key_present=1, key=7) / inner_tcp(),
+        Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / GRE(proto=0x6558) / Ether() / inner_tcp(),
+        Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=2152, dport=2152) / GTP_U_Header(teid=9) / inner_tcp(),
+        Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / inner_tcp(),  # IP-in-IP
+        Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / inner_tcp(v6=True),  # 6in4
+        Ether() / IPv6(src=C6, dst=S6) / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / TCP(sport=40000, dport=443, flags="PA") / Raw(HELLO),
+        Ether() / IP(src=C4, dst=S4, options=b"\x01\x01\x01\x00") / TCP(sport=40000, dport=443, flags="PA") / Raw(HELLO),
+    ],
+    ids=["vlan", "qinq", "mpls", "pppoe", "vxlan", "geneve", "gre", "gre-key", "gre-teb", "gtpu", "ipip", "6in4", "ipv6-ext", "ipv4-options"],
+)
+def test_encapsulations(frame):
+    o = one(run([frame])[0])
+    assert o.name == "tls.example.com" and o.server_port == 443 and o.client_port == 40000
+
+
+@pytest.mark.parametrize(("linktype", "head"), [
+    (LINKTYPE_RAW, b""),
+    (LINKTYPE_LINUX_SLL, bytes(CookedLinux(proto=0x0800))),
+    (LINKTYPE_LINUX_SLL2, b"\x08\x00\x00\x00" + b"\x00\x00\x00\x02" + b"\x00\x01\x00\x06" + b"\x02" * 8),
+])
+def test_link_types(linktype, head):
+    o = one(run([head + bytes(inner_tcp())], linktype)[0])
+    assert o.name == "tls.example.com"
+
+
+def test_tls_on_any_watched_port_and_http_on_443():
+    out, _ = run([Ether() / inner_tcp(dport=80), Ether() / IP(src=C4, dst=S4) / TCP(sport=40001, dport=443, flags="PA") /
+                  Raw(b"GET / HTTP/1.1\r\nHost: plain.example.com\r\n\r\n")])
+    assert [(o.kind, o.name) for o in out] == [(Kind.TLS_SNI, "tls.example.com"), (Kind.HTTP_HOST, "plain.example.com")]
+
+
+def test_client_hello_split_out_of_order_with_retransmission():
+    big = t.client_hello("big.example.com", ["h2"], big=True)
+    pk = t.tcp_session(C4, S4, 40000, 443, big, segment=1000, order=[2, 0, 0, 1, 2])
+    o = one(run(pk)[0])
+    assert (o.name, o.client_ip, o.server_ip) == ("big.example.com", C4, S4)
+
+
+def test_split_without_syn_in_order():
+    big = t.client_hello("nosyn.example.com", big=True)
+    pk = t.tcp_session(C4, S4, 40000, 443, big, segment=700, handshake=False)
+    assert one(run(pk)[0]).name == "nosyn.example.com"
+
+
+def test_http_split_and_pipelined():
+    data = b"GET /a HTTP/1.1\r\nHost: one.example\r\n\r\nGET /b HTTP/1.1\r\nHost: two.example:8080\r\n\r\n"
+    out, _ = run(t.tcp_session(C4, S4, 40000, 8080, data, segment=10))
+    assert [o.name for o in out] == ["one.example"]  # the first head completes before the second arrives
+    out, _ = run(t.tcp_session(C4, S4, 40000, 8080, data, segment=len(data)))
+    assert [o.name for o in out] == ["one.example", "two.example"]
+
+
+def test_ip_only_once_per_flow_and_midstream_silence():
+    junk = b"\x00\x01binary protocol" * 10
+    out, d = run(t.tcp_session(C4, S4, 40000, 443, junk, segment=20))
+    o = one(out)
+    assert o.kind is Kind.IP_ONLY and o.name == "" and o.detail == "unknown-protocol" and o.server_ip == S4
+    out, d = run(t.tcp_session(C4, S4, 40000, 443, junk, segment=20, handshake=False))
+    assert out == [] and d.stats["flow:midstream"] == 1
+    out, _ = run(t.tcp_session(C4, S4, 40000, 443, t.client_hello(None)))
+    assert one(out).kind is Kind.IP_ONLY and "no-sni" in one(out).detail
+
+
+def test_unwatched_and_server_to_client_ignored():
+    out, d = run([t.tcp(S4, C4, 443, 40000, 1, flags=0x18, payload=HELLO), t.tcp(C4, S4, 40000, 22, 1, payload=HELLO)])
+    assert out == [] and d.stats["tcp:not-watched"] == 2
+    out, _ = run([t.tcp(C4, S4, 40000, 2222, 1, payload=HELLO)], config=DecoderConfig(all_tcp_ports=True))
+    assert one(out).name == "tls.example.com"
+
+
+def test_dns_udp_tcp_and_fragments():
+    wire = t.dns_response("www.example.com", ["198.51.100.1"], cnames=["edge.example.net"])
+    out, _ = run([t.udp("192.0.2.53", C4, 53, 33333, wire)])
+    o = one(out)
+    assert (o.kind, o.name, o.answers, o.client_ip, o.client_port, o.server_ip) == (
+        Kind.DNS_ANSWER, "www.example.com", ("198.51.100.1",), C4, 33333, "192.0.2.53")
+    assert o.detail == "cname=edge.example.net"
+    # TCP: two messages in one segment, a third split over two
+    w2 = t.dns_response("b.example.com", ["198.51.100.2"])
+    w3 = t.dns_response("c.example.com", ["198.51.100.3"])
+    stream = b"".join(len(w).to_bytes(2, "big") + w for w in (wire, w2, w3))
+    pk = [t.tcp("192.0.2.53", C4, 53, 40000, 7000, flags=0x12)]
+    cut = len(stream) - 10
+    pk += [t.tcp("192.0.2.53", C4, 53, 40000, 7001, payload=stream[:cut]), t.tcp("192.0.2.53", C4, 53, 40000, 7001 + cut, payload=stream[cut:])]
+    out, _ = run(pk)
+    assert [(o.name, o.transport) for o in out] == [(n, Transport.TCP) for n in ("www.example.com", "b.example.com", "c.example.com")]
+    # a big answer in IPv4 and IPv6 fragments, out of order
+    many = t.dns_response("big.example.com", [f"198.51.100.{i}" for i in range(1, 120)])
+    frags = fragment(IP(src="192.0.2.53", dst=C4) / UDP(sport=53, dport=5353) / Raw(many), fragsize=400)
+    out, d = run([Ether() / f for f in reversed(frags)])
+    assert one(out).name == "big.example.com" and len(one(out).answers) == 119 and d.stats["ip:reassembled"] == 1
+    f6 = fragment6(IPv6(src="2001:db8::53", dst=C6) / IPv6ExtHdrFragment() / UDP(sport=53, dport=5353) / Raw(many), 600)
+    out, _ = run([Ether() / f for f in f6])
+    assert one(out).name == "big.example.com"
+
+
+@pytest.mark.parametrize("version", [1, 0x6B3343CF])
+def test_quic(version):
+    dgs = t.quic_initial_datagrams("quic.example.com", version, big=True)
+    out, _ = run([t.udp(C4, S4, 50000, 443, dg) for dg in dgs] + [t.udp(C4, S4, 50000, 443, dgs[0])])
+    o = one(out)
+    assert (o.kind, o.name, o.transport, o.client_port, o.server_ip) == (Kind.QUIC_SNI, "quic.example.com", Transport.UDP, 50000, S4)
+
+
+def test_flow_state_is_bounded():
+    cfg = DecoderConfig(max_flows=100, max_done=200)
+    d = Decoder(cfg)
+    half = t.client_hello("x.example.com", big=True)[:1000]
+    for i in range(5000):
+        d.feed(1.0 + i * 1e-4, t.tcp(C4, S4, 1024 + i % 60000, 443, 1, payload=half))
+        d.feed(1.0 + i * 1e-4, t.tcp(C4, S4, 1024 + i % 60000, 443, 1, flags=0x02))
+    assert len(d.flows) <= 100 and len(d.done) <= 201 and d.drops["flow:evicted"] > 0
+
+
+def test_flows_expire_by_age():
+    d = Decoder(DecoderConfig(flow_timeout=5))
+    d.feed(0.0, t.tcp(C4, S4, 40000, 443, 1, flags=0x02))
+    d.feed(0.1, t.tcp(C4, S4, 40000, 443, 2, payload=HELLO[:100]))
+    out = d.feed(10.0, t.tcp(C4, S4, 40001, 443, 1, flags=0x02))
+    assert len(d.flows) == 1
+    assert [o.detail for o in out] == ["incomplete"] and d.drops["flow:timeout"] == 1
+
+
+def test_bad_frames_are_counted_never_raised():
+    d = Decoder()
+    for frame in (b"", b"\x00" * 13, bytes(Ether() / b"\x45"), bytes(Ether() / IP() / TCP())[:-5], bytes(Ether() / (b"\x70" * 40))):
+        assert d.feed(0.0, frame) == []
+    assert d.feed(0.0, b"\x00", 999) == [] and d.drops["link:unsupported-linktype"] == 1
+    assert sum(d.drops.values()) >= 4
