@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from beiand.inventory import Inventory, InventoryError
+from beiand.inventory import Inventory, InventoryError, load_inventory
 from beiand.model import Mode
 from beiand.policy import Policy, PolicyConfig, PolicyError
 from beiand.records import ImportRefused, build_index, load_files, normalise_domain
