@@ -26,12 +26,19 @@ class CaptureError(Exception):
 
 
 class CaptureReader:
-    """Iterate ``(timestamp, linktype, frame)`` over a pcap or pcapng file."""
+    """Iterate ``(timestamp, linktype, frame)`` over a pcap or pcapng file.
 
-    def __init__(self, path: str | Path) -> None:
+    ``skip_tcp_from`` does in user space what the live daemon's kernel BPF program does: TCP
+    packets from a watched port to an unwatched one (the server's answers) and bare ACKs of
+    Ethernet/IPv4 frames are counted in ``prefiltered`` and never become frame objects.
+    """
+
+    def __init__(self, path: str | Path, skip_tcp_from: frozenset[int] = frozenset()) -> None:
         self.path = Path(path)
         self.truncated = False  # the file ended inside a record
         self.records = 0
+        self.prefiltered = 0
+        self.skip_tcp_from = skip_tcp_from
         try:
             self._f: BinaryIO = self.path.open("rb")
         except OSError as exc:
@@ -67,6 +74,9 @@ class CaptureReader:
         linktype = struct.unpack(order + "I", hdr[20:24])[0] & 0xFFFF
         rec = struct.Struct(order + "IIII")
         unpack = rec.unpack_from
+        watched = self.skip_tcp_from
+        filt = bool(watched) and linktype == 1
+        skipped = 0
         buf = b""
         pos = 0
         while True:
@@ -87,9 +97,21 @@ class CaptureReader:
                 if end > n:
                     break
                 count += 1
-                yield sec + frac * unit, linktype, buf[pos + 16 : end]
+                o = pos + 16
+                # Ethernet, IPv4 without options, TCP (the BPF program's first test)
+                if filt and incl >= 54 and buf[o + 12] == 8 and buf[o + 13] == 0 and buf[o + 14] == 0x45 and buf[o + 23] == 6:
+                    if ((buf[o + 36] << 8) | buf[o + 37]) not in watched and ((buf[o + 34] << 8) | buf[o + 35]) in watched:
+                        skipped += 1
+                        pos = end
+                        continue
+                    if not buf[o + 47] & 7 and ((buf[o + 16] << 8) | buf[o + 17]) == 20 + ((buf[o + 46] >> 4) << 2):
+                        skipped += 1  # a bare ACK: no payload, no SYN/FIN/RST
+                        pos = end
+                        continue
+                yield sec + frac * unit, linktype, buf[o:end]
                 pos = end
             self.records += count
+            self.prefiltered = skipped
 
     def _pcapng(self) -> Iterator[tuple[float, int, bytes]]:
         f = self._f
