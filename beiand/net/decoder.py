@@ -172,7 +172,7 @@ class Decoder:
                     else:
                         total = (frame[16] << 8) | frame[17]
                         end = 14 + total if total else len(frame)
-                        if end > len(frame) or total and total < 20:
+                        if end > len(frame) or (total and total < 20):
                             end = len(frame) if total >= 20 or not total else 34
                         self._tcp(ts, frame, 34, end, frame[26:30], frame[30:34], False)
                 else:
