@@ -58,3 +58,17 @@ def test_truncated_and_bad_files(tmp_path):
     (tmp_path / "bad.pcap").write_bytes(bytes(bad))
     with pytest.raises(CaptureError, match="corrupt"):
         list(read_capture(tmp_path / "bad.pcap"))
+
+
+def test_prefilter_changes_no_observation(tmp_path):
+    from beiand.demo import build
+    from beiand.net.decoder import Decoder
+
+    files = build(tmp_path)
+    results = []
+    for skip in (frozenset(), frozenset({80, 443, 8080, 8443})):
+        d = Decoder()
+        r = CaptureReader(files["pcap"], skip_tcp_from=skip)
+        obs = [o for ts, lt, f in r for o in d.feed(ts, f, lt)] + d.flush()
+        results.append((obs, r.prefiltered))
+    assert results[0][0] == results[1][0] and results[0][1] == 0 and results[1][1] > 0
