@@ -19,6 +19,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	./scripts/system-deps
 	$(VENV)/bin/ruff check beiand tests bench
+	$(VENV)/bin/mypy beiand
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider
 

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,7 +42,8 @@ def cmd_records_check(args: argparse.Namespace) -> int:
              f"{len(result.errors)} rejected, {len(result.warnings)} warnings")
         for title, key in (("service type (服务类型)", "service_type"), ("status (状态)", "status"), ("province (省份)", "province")):
             out(f"\nby {title}:")
-            table(sorted(counts[key].items(), key=lambda kv: (-kv[1], kv[0])), [key, "filings"])
+            by_key: Counter[str] = counts[key]
+            table([[k, c] for k, c in sorted(by_key.items(), key=lambda kv: (-kv[1], kv[0]))], [key, "filings"])
         if result.warnings:
             out(f"\nwarnings ({len(result.warnings)}):")
             for w in result.warnings[: args.max_warnings]:

@@ -202,10 +202,9 @@ class Policy:
     def _decision(self, verdict: Verdict, prefix: HostedPrefix | None) -> Decision:
         if prefix is None:
             return Decision(verdict, Action.LOG, "pass:not-hosted", self.config.default_mode, "", "")
-        mode = prefix.mode
-        if mode is None:
-            pending = prefix.state is PrefixState.PENDING and self.config.pending_mode
-            mode = self.config.pending_mode if pending else self.config.default_mode
+        mode: Mode = prefix.mode or self.config.default_mode
+        if prefix.mode is None and prefix.state is PrefixState.PENDING and self.config.pending_mode is not None:
+            mode = self.config.pending_mode
         v = verdict.verdict
         if v in _PASS:
             return Decision(verdict, Action.LOG, _PASS[v], mode, prefix.account, prefix.site)

@@ -22,12 +22,13 @@ class JsonLines:
     def __init__(self, out: Any = None) -> None:
         self.out = out or sys.stdout.buffer
         self.write = self.out.write
+        self.dumps: Callable[[Any], bytes]
         try:
             import orjson
 
             self.dumps = orjson.dumps
         except ImportError:  # pragma: no cover - orjson is a dependency
-            self.dumps = lambda o: json.dumps(o, ensure_ascii=False).encode()
+            self.dumps = _json_bytes
 
     def on_decision(self, obs: Observation, d: Decision) -> None:
         f = d.verdict.filing
@@ -42,6 +43,10 @@ class JsonLines:
 
     def flush(self) -> None:
         self.out.flush()
+
+
+def _json_bytes(o: Any) -> bytes:
+    return json.dumps(o, ensure_ascii=False).encode()
 
 
 _BAD = frozenset({VerdictKind.UNFILED, VerdictKind.MISMATCH, VerdictKind.INACTIVE})

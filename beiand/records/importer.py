@@ -559,12 +559,12 @@ def _load_parallel(p: Path, spans: list[tuple[int, int, int]], res: ImportResult
         mark_e, mark_w = len(res.errors), len(res.warnings)
         for t in filings:
             line = t[10]
-            f = Filing(t[0], t[1], stypes[t[2]], t[3], t[4], t[5], statuses[t[6]], t[7], t[8], t[9], f"{name}:{line}")
-            if f.number in seen:
-                _keep(f, f.source, int(line), "", name, res, seen)
+            fil = Filing(t[0], t[1], stypes[t[2]], t[3], t[4], t[5], statuses[t[6]], t[7], t[8], t[9], f"{name}:{line}")
+            if fil.number in seen:
+                _keep(fil, fil.source, int(line), "", name, res, seen)
             else:
-                seen[f.number] = (f, f.source)
-                res.filings.append(f)
+                seen[fil.number] = (fil, fil.source)
+                res.filings.append(fil)
         if len(res.errors) + len(res.warnings) != before:
             for lst, is_err in ((res.errors, True), (res.warnings, False)):
                 start = mark_e if is_err else mark_w

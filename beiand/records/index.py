@@ -78,7 +78,7 @@ def _add(d: dict[str, Filing | tuple[Filing, ...]], key: str, f: Filing) -> None
     if old is None:
         d[key] = f
     elif type(old) is tuple:
-        d[key] = (*old, f)  # type: ignore[misc]
+        d[key] = (*old, f)
     else:
         d[key] = (old, f)  # type: ignore[assignment]
 

@@ -79,7 +79,7 @@ def _csum(b: bytes) -> int:
     s = sum(struct.unpack(f"!{len(b) // 2}H", b))
     s = (s >> 16) + (s & 0xFFFF)
     s += s >> 16
-    return ~s & 0xFFFF
+    return int(~s & 0xFFFF)
 
 
 MAC_A = b"\x02\x00\x00\x00\x00\x01"
