@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 from beiand.model import Kind, Observation, Transport
@@ -141,11 +141,15 @@ class Decoder:
         self.tcp_ports = cfg.tcp_ports
         self.udp_ports = cfg.udp_ports
         self.dns_ports = cfg.dns_ports
-        self.flows: dict[bytes, Flow] = {}
-        self.dns_flows: dict[bytes, Flow] = {}
-        self.quic: dict[bytes, tuple[float, QuicInitialReader]] = {}
+        # OrderedDicts: evicting the oldest is O(1) (a plain dict's next(iter()) slows down
+        # as deleted slots pile up at its front).
+        self.flows: OrderedDict[bytes, Flow] = OrderedDict()
+        self.dns_flows: OrderedDict[bytes, Flow] = OrderedDict()
+        self.quic: OrderedDict[bytes, tuple[float, QuicInitialReader]] = OrderedDict()
+        self.frags: OrderedDict[tuple[bytes, bytes, int, int], FragmentBuffer] = OrderedDict()
+        # Flows already named or given up, in two generations: the older one is dropped whole.
         self.done: dict[bytes, float] = {}
-        self.frags: dict[tuple[bytes, bytes, int, int], FragmentBuffer] = {}
+        self._done_old: dict[bytes, float] = {}
         self.drops: Counter[str] = Counter()  # what was dropped, by layer:reason
         self.stats: Counter[str] = Counter()  # what was seen
         self.packets = 0
@@ -384,7 +388,7 @@ class Decoder:
         fb = self.frags.get(key)
         if fb is None:
             if len(self.frags) >= self.config.max_fragments:
-                self.frags.pop(next(iter(self.frags)))
+                self.frags.popitem(last=False)
                 self.drops["ip:fragment-evicted"] += 1
             fb = self.frags[key] = FragmentBuffer(ts)
         if fo + len(data) > 65535:
@@ -498,6 +502,7 @@ class Decoder:
             if flags & ACK:
                 return
             self.done.pop(key, None)
+            self._done_old.pop(key, None)
             self._new_flow(key, Flow(((buf[l4 + 4] << 24) | (buf[l4 + 5] << 16) | (buf[l4 + 6] << 8) | buf[l4 + 7]) + 1,
                                      True, ts, src, dst, sport, dport))
             return
@@ -507,7 +512,7 @@ class Decoder:
                 if flow is not None and flow.buf:
                     self._give_up(flow, ts, "closed")
             return
-        if key in self.done:
+        if key in self.done or key in self._done_old:
             return
         seq = (buf[l4 + 4] << 24) | (buf[l4 + 5] << 16) | (buf[l4 + 6] << 8) | buf[l4 + 7]
         data = buf[l4 + doff : end]
@@ -533,8 +538,7 @@ class Decoder:
     def _new_flow(self, key: bytes, flow: Flow) -> None:
         flows = self.flows
         if len(flows) >= self.config.max_flows and key not in flows:
-            old_key = next(iter(flows))
-            old = flows.pop(old_key)
+            old_key, old = flows.popitem(last=False)
             self.drops["flow:evicted"] += 1
             self._mark_done(old_key, old.ts)
         flows[key] = flow
@@ -542,8 +546,9 @@ class Decoder:
     def _mark_done(self, key: bytes, ts: float) -> None:
         done = self.done
         done[key] = ts
-        if len(done) > self.config.max_done:
-            del done[next(iter(done))]
+        if len(done) > self.config.max_done // 2:
+            self._done_old = done
+            self.done = {}
 
     def _examine(self, flow: Flow, ts: float) -> bool:
         """Look at the flow's first bytes; True when the flow needs no more bytes."""
@@ -634,7 +639,7 @@ class Decoder:
         flows = self.dns_flows
         if flags & SYN:
             if len(flows) >= self.config.max_flows:
-                flows.pop(next(iter(flows)))
+                flows.popitem(last=False)
                 self.drops["flow:evicted"] += 1
             flows[key] = Flow(seq + 1, True, ts, src, dst, sport, dport)
             return
@@ -665,7 +670,7 @@ class Decoder:
 
     def _quic(self, ts: float, payload: bytes, src: bytes, dst: bytes, sport: int, dport: int, v6: bool) -> None:
         key = src + dst + sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
-        if key in self.done:
+        if key in self.done or key in self._done_old:
             return
         entry = self.quic.get(key)
         if entry is None:
@@ -673,7 +678,7 @@ class Decoder:
                 self.stats["quic:not-initial"] += 1
                 return
             if len(self.quic) >= self.config.max_flows:
-                self.quic.pop(next(iter(self.quic)))
+                self.quic.popitem(last=False)
                 self.drops["flow:evicted"] += 1
             entry = self.quic[key] = (ts, QuicInitialReader())
         try:
