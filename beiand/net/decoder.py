@@ -175,9 +175,10 @@ class Decoder:
                         self.server_to_client += 1  # the server's answer: nothing to name
                     else:
                         total = (frame[16] << 8) | frame[17]
-                        end = 14 + total if total else len(frame)
-                        if end > len(frame) or (total and total < 20):
-                            end = len(frame) if total >= 20 or not total else 34
+                        if total < 20:  # 0: a TSO frame as captured on the sender; else invalid
+                            end = len(frame) if total == 0 else 34
+                        else:
+                            end = min(14 + total, len(frame))
                         self._tcp(ts, frame, 34, end, frame[26:30], frame[30:34], False)
                 else:
                     self._ether(ts, frame, 0, 0)
