@@ -83,8 +83,8 @@ def cmd_records_lookup(args: argparse.Namespace) -> int:
         prefix = inventory.lookup(server_ip) if server_ip else assumed
         if server_ip and not len(inventory):
             prefix = assumed
-        verdict, _ = policy._verdict(name, server_ip or "", ts, prefix)
-        decision: Decision = policy._decision(verdict, prefix)
+        decision: Decision = policy.judge(name, server_ip or "", ts, prefix)
+        verdict = decision.verdict
         f = verdict.filing
         results.append({
             "query": q, "name": name, "registrable_domain": registrable_domain(name) if name else None,

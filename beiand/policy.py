@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from beiand.inventory import HostedPrefix, Inventory
 from beiand.model import Action, Decision, Filing, FilingStatus, Mode, Observation, PrefixState, Verdict, VerdictKind
@@ -36,7 +36,6 @@ class PolicyConfig:
     default_mode: Mode = Mode.MONITOR  # passive by default (DESIGN.md failure rules)
     pending_mode: Mode | None = None  # mode for `pending` prefixes without their own; None: default_mode
     access_pending_grace_days: int = 30
-    extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0 <= self.access_pending_grace_days <= MAX_ACCESS_PENDING_GRACE_DAYS:
@@ -120,6 +119,10 @@ class Policy:
 
     def verdict(self, name: str, server_ip: str, ts: float) -> Verdict:
         return self._verdict(name, server_ip, ts, self.inventory.lookup(server_ip))[0]
+
+    def judge(self, name: str, server_ip: str, ts: float, prefix: HostedPrefix | None) -> Decision:
+        """The decision for ``name`` served from ``prefix`` (uncached; for lookups and audits)."""
+        return self._decision(self._verdict(name, server_ip, ts, prefix)[0], prefix)
 
     def _verdict(self, name: str, server_ip: str, ts: float, prefix: HostedPrefix | None) -> tuple[Verdict, bool]:
         if prefix is None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from beiand.model import Kind, Observation, Transport
 from beiand.net import dns as dnsmod
@@ -43,7 +43,7 @@ MAX_DEPTH = 4  # nested encapsulations
 SYN, ACK, FIN, RST = 0x02, 0x10, 0x01, 0x04
 _U32 = struct.Struct("!I")
 _EMPTY: list[Observation] = []
-_ntop4 = socket.inet_ntop
+_ntop = socket.inet_ntop
 _AF4, _AF6 = socket.AF_INET, socket.AF_INET6
 
 
@@ -59,13 +59,12 @@ class DecoderConfig:
     max_done: int = 262144
     max_fragments: int = 1024
     max_dns_tcp_bytes: int = 1 << 17
-    counters: dict[str, int] = field(default_factory=dict)
 
 
 class Flow:
     """The first client bytes of one TCP connection, reassembled from segments in any order."""
 
-    __slots__ = ("base", "buf", "client", "consumed", "dport", "segs", "server", "sport", "syn", "ts", "v6")
+    __slots__ = ("base", "buf", "client", "consumed", "dport", "segs", "server", "sport", "syn", "ts")
 
     def __init__(self, base: int, syn: bool, ts: float, src: bytes, dst: bytes, sport: int, dport: int) -> None:
         self.base = base
@@ -504,8 +503,7 @@ class Decoder:
                 return
             self.done.pop(key, None)
             self._done_old.pop(key, None)
-            self._new_flow(key, Flow(((buf[l4 + 4] << 24) | (buf[l4 + 5] << 16) | (buf[l4 + 6] << 8) | buf[l4 + 7]) + 1,
-                                     True, ts, src, dst, sport, dport))
+            self._new_flow(key, Flow(_U32.unpack_from(buf, l4 + 4)[0] + 1, True, ts, src, dst, sport, dport))
             return
         if l4 + doff == end:
             if flags & (FIN | RST):
@@ -515,7 +513,7 @@ class Decoder:
             return
         if key in self.done or key in self._done_old:
             return
-        seq = (buf[l4 + 4] << 24) | (buf[l4 + 5] << 16) | (buf[l4 + 6] << 8) | buf[l4 + 7]
+        seq = _U32.unpack_from(buf, l4 + 4)[0]
         data = buf[l4 + doff : end]
         flow = self.flows.get(key)
         if flow is None:
@@ -603,7 +601,7 @@ class Decoder:
     def _emit(self, flow: Flow, ts: float, kind: Kind, transport: Transport, name: str, detail: str) -> None:
         af = _AF6 if len(flow.client) == 16 else _AF4
         self._out.append(Observation(
-            ts, _ntop4(af, flow.client), flow.sport, _ntop4(af, flow.server), flow.dport, transport, kind,
+            ts, _ntop(af, flow.client), flow.sport, _ntop(af, flow.server), flow.dport, transport, kind,
             name, normalise_wire_name(name) if name else "", (), detail))
 
     # -- DNS ------------------------------------------------------------------------------
@@ -625,7 +623,7 @@ class Decoder:
         detail = "cname=" + ">".join(chain[1:]) if len(chain) > 1 else ""
         # The querier is the client; the answer points the name at the answered addresses.
         self._out.append(Observation(
-            ts, _ntop4(af, dst), dport, _ntop4(af, src), sport, transport, Kind.DNS_ANSWER,
+            ts, _ntop(af, dst), dport, _ntop(af, src), sport, transport, Kind.DNS_ANSWER,
             msg.qname, normalise_wire_name(msg.qname), tuple(a for a, _ in addrs), detail))
 
     def _dns_tcp(self, ts: float, buf: bytes, l4: int, end: int, src: bytes, dst: bytes, sport: int, dport: int,
@@ -636,7 +634,7 @@ class Decoder:
             raise IpError("bad-tcp-offset")
         flags = buf[l4 + 13]
         key = src + dst + buf[l4 : l4 + 4]
-        seq = (buf[l4 + 4] << 24) | (buf[l4 + 5] << 16) | (buf[l4 + 6] << 8) | buf[l4 + 7]
+        seq = _U32.unpack_from(buf, l4 + 4)[0]
         flows = self.dns_flows
         if flags & SYN:
             if len(flows) >= self.config.max_flows:

@@ -555,7 +555,6 @@ def _load_parallel(p: Path, spans: list[tuple[int, int, int]], res: ImportResult
         # Rebuild in file order; a number already seen in an earlier range is a duplicate
         # exactly as a one-process parse would report it, at this row's line.
         extra: list[tuple[int, str, str, str, bool]] = []
-        before = len(res.errors) + len(res.warnings)
         mark_e, mark_w = len(res.errors), len(res.warnings)
         for t in filings:
             line = t[10]
@@ -565,7 +564,7 @@ def _load_parallel(p: Path, spans: list[tuple[int, int, int]], res: ImportResult
             else:
                 seen[fil.number] = (fil, fil.source)
                 res.filings.append(fil)
-        if len(res.errors) + len(res.warnings) != before:
+        if len(res.errors) != mark_e or len(res.warnings) != mark_w:
             for lst, is_err in ((res.errors, True), (res.warnings, False)):
                 start = mark_e if is_err else mark_w
                 extra += [(i.line, i.field, i.reason, i.unit, is_err) for i in lst[start:]]
