@@ -133,6 +133,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from beiand.config import ConfigError, load_config, reference
+
+    if args.reference:
+        sys.stdout.write(reference())
+        return 0
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        err("\n".join(exc.problems))
+        return 2
+    # The files it names must load as the daemon would load them.
+    if cfg.records.files:
+        index = load_records([str(p) for p in cfg.records.files], strict=cfg.records.strict, quiet=True)
+        out(f"records: {index.stats().filings} filings (备案) from {len(cfg.records.files)} file(s)")
+    else:
+        err(f"{args.config}: records.files: none given: every name would be judged unfiled")
+    inv = inventory_from(str(cfg.inventory.file) if cfg.inventory.file else None)
+    out(f"inventory: {len(inv)} hosted prefix(es)")
+    if not cfg.capture.interfaces:
+        err(f"{args.config}: capture.interfaces: none given: the daemon would capture nothing")
+    out(f"{args.config}: ok (gateway {cfg.gateway}, {cfg.workers} worker(s), log {cfg.accesslog.directory}, "
+        f"retention {cfg.accesslog.retention_days} days)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="beiand", description="先备案后接入: filing (备案) enforcement for access providers")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -155,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     from beiand import replay_cli
 
     replay_cli.add_parsers(sub, policy_args)
+    from beiand import logs_cli
+
+    logs_cli.add_parsers(sub)
+    cc = sub.add_parser("check-config", help="validate the config (and the files it names) without starting")
+    cc.add_argument("config", nargs="?", default="/etc/beiand/beiand.toml")
+    cc.add_argument("--reference", action="store_true", help="print the configuration reference (docs/configuration.md)")
+    cc.set_defaults(func=cmd_check_config)
     demo = sub.add_parser("demo", help="generate sample records, inventory and traffic, and run the pipeline on them")
     demo.add_argument("--workdir", help="where to write the samples (default: a new temporary directory)")
     demo.set_defaults(func=cmd_demo)

@@ -143,5 +143,8 @@ class AccessRecord(NamedTuple):
     verdict: str
     action: str
     filing_number: str
-    gateway: str = ""
-    reason: str = ""
+    gateway: str = ""  # which gateway (and worker) saw it
+    reason: str = ""  # the verdict's machine-readable reason
+    nat: str = ""  # public ip:port of a NAT mapping, where the gateway translates
+    calling_number: str = ""  # 主叫号码, where there is one (dial-up / mobile access)
+    order: str = ""  # closure order (关停指令) number, for enforcement actions taken under one

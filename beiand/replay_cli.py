@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from beiand.capture import CaptureError, CaptureReader
@@ -88,6 +90,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     sinks: list[Any] = [summary]
     if args.json:
         sinks.append(JsonLines())
+    alog = None
+    if args.log_dir:
+        from beiand.accesslog import AccessLog, AccessLogError, AccessLogSink, LogConfig, LogConfigError
+
+        try:
+            alog = AccessLog(LogConfig(Path(args.log_dir), gateway=args.gateway or os.uname().nodename,
+                                       retention_days=args.retention_days))
+        except (LogConfigError, OSError) as exc:
+            raise CliError(f"--log-dir {args.log_dir}: {exc}") from None
+        sinks.append(AccessLogSink(alog, alog.cfg.gateway))
     pipe = Pipeline(decoder, policy, sinks)
     readers = []
     for path in args.files:
@@ -107,6 +119,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     finally:
         for r in readers:
             r.close()
+        if alog is not None:
+            try:
+                alog.close()
+            except AccessLogError as exc:
+                raise CliError(f"access log: {exc}") from None
     report = sys.stderr if args.json else sys.stdout
     if not args.json:
         kinds = sorted({k for k, _ in summary.table})
@@ -119,6 +136,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(f"\npackets {sum(r.records for r in readers)} ({sum(r.prefiltered for r in readers)} skipped by the capture filter, "
           f"{decoder.packets} decoded), observations {sum(pipe.kinds.values())} into hosted space, "
           f"skipped {dict(pipe.skipped)}", file=report)
+    if alog is not None:
+        print(f"access log: {alog.stats.written} record(s) written to {args.log_dir} "
+              f"(chain head {alog.head.hex()[:16]}…; `beiand logs query --log-dir {args.log_dir}`)", file=report)
     if decoder.drops:
         print("dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(decoder.drops.items())), file=report)
     bad = sum(pipe.verdicts[v] for v in ("unfiled", "mismatch", "inactive"))
@@ -134,4 +154,7 @@ def add_parsers(sub: Any, policy_args: Callable[[argparse.ArgumentParser], None]
     rp.add_argument("--udp-ports", type=_ports, default=DecoderConfig.udp_ports, metavar="P,P", help="watched UDP ports (QUIC)")
     rp.add_argument("--all-ports", action="store_true", help="recognise TLS/HTTP by content on every TCP port")
     rp.add_argument("--top", type=int, default=20)
+    rp.add_argument("--log-dir", metavar="DIR", help="write the access log (Order 292 art. 14) here, as the daemon does")
+    rp.add_argument("--gateway", metavar="ID", help="gateway id in the log records (default: the host name)")
+    rp.add_argument("--retention-days", type=int, default=60, help="retention of that log (at least 60)")
     rp.set_defaults(func=cmd_replay)

@@ -1,0 +1,276 @@
+"""On-disk format of the embedded access log (docs/access-log.md).
+
+A *partition* is one day of one worker: ``DIR/YYYY-MM-DD/wN.open`` while written, then
+``wN.sealed``. Records are tab-separated lines in :data:`FIELDS` order. Every record extends a
+hash chain: ``h_i = SHA-256(h_{i-1} ‖ line_i)`` (HMAC-SHA-256 with the key when one is
+configured); a partition starts from the head its predecessor (same worker) ended with, so a
+modified, inserted, deleted or reordered record, and a deleted or truncated partition, all
+show as a broken chain.
+
+Open partition: a JSON header line, then frames (one per group commit)::
+
+    b"F" | count u32 | payload_len u32 | crc32(payload) u32 | head 32 bytes | payload
+
+Sealed partition: the header line, zlib blocks of up to ``block_records`` records, a zlib
+index (keys → blocks), the JSON meta (block table with each block's chain head), and a
+24-byte trailer ``meta_offset u64 | meta_len u64 | b"BEIANDSL"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import struct
+import sys
+import zlib
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from beiand.model import AccessRecord
+
+MAGIC = b"BEIANDLOG/1 "
+SEAL_MAGIC = b"BEIANDSL"
+FRAME = struct.Struct(">cIII32s")
+TRAILER = struct.Struct(">QQ8s")
+GENESIS = bytes(32)
+DAY_MS = 86_400_000
+
+FIELDS = AccessRecord._fields
+NFIELDS = len(FIELDS)
+INT_FIELDS = frozenset({"ts_ms", "client_port", "server_port"})
+_TABS = NFIELDS - 1
+
+
+class FormatError(Exception):
+    """A partition file that does not parse: the message names the file and offset."""
+
+
+# -- records ------------------------------------------------------------------------------------
+
+
+def _esc(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+_FMT = "\t".join(["%s"] * NFIELDS) + "\n"
+
+
+def encode_batch(recs: list[AccessRecord]) -> list[bytes]:
+    """Records as lines (with newlines). Fast path: no escaping needed, checked once for the batch."""
+    fmt = _FMT
+    lines = [(fmt % r).encode("utf-8", "surrogateescape") for r in recs]
+    joined = b"".join(lines)
+    if joined.count(b"\t") != _TABS * len(recs) or joined.count(b"\n") != len(recs) or b"\\" in joined or b"\r" in joined:
+        return [encode(r) for r in recs]
+    return lines
+
+
+def encode(rec: AccessRecord) -> bytes:
+    """One record as a line (with its newline). Tabs, newlines and backslashes in fields are escaped."""
+    line = "\t".join(map(str, rec))
+    if line.count("\t") != _TABS or "\n" in line or "\\" in line or "\r" in line:
+        line = "\t".join(_esc(str(v)) for v in rec)
+    return line.encode("utf-8", "surrogateescape") + b"\n"
+
+
+_UNESC = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+
+
+def _unesc(s: str) -> str:
+    if "\\" not in s:
+        return s
+    out: list[str] = []
+    i = 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\" and i + 1 < len(s):
+            out.append(_UNESC.get(s[i + 1], s[i + 1]))
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def decode(line: bytes | str) -> AccessRecord:
+    text = line.decode("utf-8", "surrogateescape") if isinstance(line, bytes) else line
+    parts = text.rstrip("\n").split("\t")
+    if len(parts) != NFIELDS:
+        raise ValueError(f"expected {NFIELDS} fields, got {len(parts)}")
+    v = [_unesc(p) for p in parts]
+    return AccessRecord(int(v[0]), v[1], v[2], int(v[3]), v[4], int(v[5]), *v[6:])
+
+
+def record_dict(r: AccessRecord) -> dict[str, Any]:
+    return r._asdict()
+
+
+# -- the chain ----------------------------------------------------------------------------------
+
+
+def chain(head: bytes, lines: Iterable[bytes], key: bytes | None = None) -> bytes:
+    """Extend ``head`` over ``lines`` and return the new head."""
+    if key is None:
+        sha = hashlib.sha256
+        for ln in lines:
+            head = sha(head + ln).digest()
+    else:
+        dig = hmac.digest
+        for ln in lines:
+            head = dig(key, head + ln, "sha256")
+    return head
+
+
+def key_id(key: bytes | None) -> str:
+    """Names the key without revealing it (a verifier needs the same key)."""
+    return "" if key is None else hashlib.sha256(b"beiand-key-id\0" + key).hexdigest()[:16]
+
+
+# -- headers ------------------------------------------------------------------------------------
+
+
+def header_line(meta: dict[str, Any]) -> bytes:
+    return MAGIC + json.dumps(meta, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+def parse_header(data: bytes, path: str) -> tuple[dict[str, Any], int]:
+    """Return (header, offset after it)."""
+    end = data.find(b"\n", 0, 4096)
+    if not data.startswith(MAGIC) or end < 0:
+        raise FormatError(f"{path}: not a beiand access-log partition (bad header)")
+    try:
+        hdr = json.loads(data[len(MAGIC):end])
+    except ValueError as exc:
+        raise FormatError(f"{path}: header is not valid JSON: {exc}") from None
+    if not isinstance(hdr, dict):
+        raise FormatError(f"{path}: header is not a JSON object")
+    return hdr, end + 1
+
+
+@dataclass(frozen=True)
+class Frame:
+    offset: int  # of the frame's first byte
+    end: int  # one past its last byte
+    count: int
+    head: bytes
+    payload: bytes
+
+
+def iter_frames(data: bytes, start: int) -> tuple[list[Frame], int, str]:
+    """Parse frames from ``start``; stop at the first incomplete or corrupt one.
+
+    Returns (frames, offset of the end of the last good frame, why parsing stopped or "").
+    """
+    frames: list[Frame] = []
+    pos = start
+    n = len(data)
+    size = FRAME.size
+    while pos < n:
+        if n - pos < size:
+            return frames, pos, f"torn frame header at offset {pos}"
+        magic, count, plen, crc, head = FRAME.unpack_from(data, pos)
+        if magic != b"F":
+            return frames, pos, f"bad frame magic at offset {pos}"
+        body = pos + size
+        if body + plen > n:
+            return frames, pos, f"torn frame at offset {pos} ({n - body} of {plen} payload bytes)"
+        payload = data[body:body + plen]
+        if _crc(payload) != crc:
+            return frames, pos, f"frame checksum mismatch at offset {pos}"
+        held = payload.count(b"\n")
+        if held != count:
+            return frames, pos, f"frame at offset {pos} holds {held} records, header says {count}"
+        frames.append(Frame(pos, body + plen, count, head, payload))
+        pos = body + plen
+    return frames, pos, ""
+
+
+def _crc(b: bytes) -> int:
+    return zlib.crc32(b) & 0xFFFFFFFF
+
+
+def frame_bytes(count: int, head: bytes, payload: bytes) -> bytes:
+    return FRAME.pack(b"F", count, len(payload), _crc(payload), head) + payload
+
+
+# -- the sealed index ---------------------------------------------------------------------------
+# Keys: "n:" + every dot-suffix of the name (so --name and --suffix both use it), "c:" client IP,
+# "s:" server IP, "a:" account. Each key kind is a sorted array of 64-bit key hashes, offsets into
+# a postings array of block numbers. A hash collision only costs reading a block that is then
+# filtered exactly.
+
+KEY_KINDS = ("n", "c", "s", "a")
+_BIG = sys.byteorder == "big"
+
+
+def key_hash(s: str) -> int:
+    return int.from_bytes(hashlib.blake2b(s.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "little")
+
+
+def name_keys(name: str) -> list[str]:
+    if not name:
+        return []
+    keys = [name]
+    i = name.find(".")
+    while i >= 0:
+        keys.append(name[i + 1:])
+        i = name.find(".", i + 1)
+    return keys
+
+
+def build_index(postings: dict[str, dict[str, set[int]]]) -> bytes:
+    out = bytearray()
+    for kind in KEY_KINDS:
+        items = sorted((key_hash(k), sorted(v)) for k, v in postings.get(kind, {}).items())
+        # Merge colliding hashes.
+        keys = array("Q")
+        offs = array("I", [0])
+        blocks = array("I")
+        for h, bl in items:
+            if keys and keys[-1] == h:
+                merged = sorted(set(blocks[offs[-2]:]) | set(bl))
+                del blocks[offs[-2]:]
+                blocks.extend(merged)
+                offs[-1] = len(blocks)
+                continue
+            keys.append(h)
+            blocks.extend(bl)
+            offs.append(len(blocks))
+        if _BIG:  # pragma: no cover - big-endian hosts
+            for a in (keys, offs, blocks):
+                a.byteswap()
+        out += struct.pack("<III", len(keys), len(offs), len(blocks))
+        out += keys.tobytes() + offs.tobytes() + blocks.tobytes()
+    return bytes(out)
+
+
+class Index:
+    """A sealed partition's key → blocks index, loaded without parsing per entry."""
+
+    def __init__(self, data: bytes) -> None:
+        self.kinds: dict[str, tuple[array[int], array[int], array[int]]] = {}
+        pos = 0
+        for kind in KEY_KINDS:
+            nk, no, nb = struct.unpack_from("<III", data, pos)
+            pos += 12
+            arrs = []
+            for code, n in (("Q", nk), ("I", no), ("I", nb)):
+                a = array(code)
+                a.frombytes(data[pos:pos + n * a.itemsize])
+                if _BIG:  # pragma: no cover
+                    a.byteswap()
+                pos += n * a.itemsize
+                arrs.append(a)
+            self.kinds[kind] = (arrs[0], arrs[1], arrs[2])
+
+    def blocks(self, kind: str, key: str) -> list[int]:
+        keys, offs, blocks = self.kinds[kind]
+        h = key_hash(key)
+        i = bisect_left(keys, h)
+        if i == len(keys) or keys[i] != h:
+            return []
+        return list(blocks[offs[i]:offs[i + 1]])

@@ -1,0 +1,36 @@
+"""The pipeline sink that turns decisions into access-log records (Order 292 art. 14)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from beiand.model import AccessRecord, Decision, Observation
+
+
+class RecordWriter(Protocol):
+    def append(self, rec: AccessRecord) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+def to_record(obs: Observation, d: Decision, gateway: str = "") -> AccessRecord:
+    f = d.verdict.filing
+    return AccessRecord(
+        int(obs.ts * 1000), d.account, obs.client_ip, obs.client_port, obs.server_ip, obs.server_port,
+        obs.transport.value, obs.kind.value, obs.name or obs.name_seen, d.verdict.verdict.value, d.action.value,
+        f.number if f is not None else "", gateway, d.verdict.reason,
+    )
+
+
+class AccessLogSink:
+    """Sink: one record per decision into hosted space, written through any :class:`RecordWriter`."""
+
+    def __init__(self, writer: RecordWriter, gateway: str = "") -> None:
+        self.writer = writer
+        self.gateway = gateway
+
+    def on_decision(self, obs: Observation, decision: Decision) -> None:
+        self.writer.append(to_record(obs, decision, self.gateway))
+
+    def flush(self) -> None:
+        self.writer.flush()

@@ -1,0 +1,632 @@
+"""The embedded access-log writer: append, group commit, rotate by day, seal, retain.
+
+One :class:`AccessLog` per worker process; workers write separate partitions, so no locks are
+shared between processes. ``append`` is the hot-path call (a deque append); a committer thread
+writes a frame and fsyncs it every ``commit_interval`` seconds or ``commit_records`` records;
+``flush()`` commits synchronously and returns only when the records are on disk.
+
+Failure rules (DESIGN.md): an acknowledged record is never lost; a torn tail after a crash is
+cut back to the last whole frame at start (reported, counted); a failing disk keeps records in a
+bounded buffer and retries, and nothing already written is touched except to cut a frame the
+failed write left half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import islice
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+
+from beiand.accesslog.format import (
+    DAY_MS,
+    GENESIS,
+    SEAL_MAGIC,
+    TRAILER,
+    FormatError,
+    build_index,
+    chain,
+    decode,
+    encode_batch,
+    frame_bytes,
+    header_line,
+    iter_frames,
+    key_id,
+    name_keys,
+    parse_header,
+)
+from beiand.model import AccessRecord
+
+log = logging.getLogger(__name__)
+_TS = itemgetter(0)
+
+ENCODE_BATCH = 4096  # records encoded and chained together on the appending thread
+RETENTION_FLOOR_DAYS = 60  # Order 292 art. 14 (互联网信息服务管理办法 第十四条)
+HEADS = "heads.log"
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+
+
+class LogConfigError(ValueError):
+    """An access-log setting that may not be used; the message names the field."""
+
+
+class AccessLogError(Exception):
+    """The log could not make records durable (disk full, I/O error); they are kept and retried."""
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    directory: Path
+    worker: int = 0
+    gateway: str = ""
+    retention_days: int = RETENTION_FLOOR_DAYS
+    commit_interval: float = 1.0  # seconds: a record is durable at most this long after append
+    commit_records: int = 16_384  # …or as soon as this many are waiting
+    max_buffer: int = 2_000_000  # records held while the disk refuses writes; beyond this, counted as lost
+    key: bytes | None = None  # HMAC key: makes the chain keyed
+    block_records: int = 1024  # records per compressed block in a sealed partition (smaller: faster queries)
+    checkpoint_interval: float = 60.0  # seconds between chain-head lines in heads.log
+    seal: bool = True  # seal partitions of past days (off for a spill store)
+
+    def __post_init__(self) -> None:
+        if self.retention_days < RETENTION_FLOOR_DAYS:
+            raise LogConfigError(
+                f"accesslog.retention_days = {self.retention_days}: Order 292 art. 14 (互联网信息服务管理办法 第十四条) "
+                f"requires at least {RETENTION_FLOOR_DAYS} days")
+        if not 0 < self.commit_interval <= 60:
+            raise LogConfigError(f"accesslog.commit_interval = {self.commit_interval}: must be in (0, 60] seconds")
+        if self.commit_records < 1 or self.max_buffer < self.commit_records:
+            raise LogConfigError("accesslog.commit_records must be >= 1 and <= accesslog.max_buffer")
+        if not 0 <= self.worker < 1024:
+            raise LogConfigError(f"worker = {self.worker}: must be 0..1023")
+        if self.block_records < 1:
+            raise LogConfigError("accesslog.block_records must be >= 1")
+
+
+@dataclass
+class LogStats:
+    appended: int = 0
+    written: int = 0
+    bytes_written: int = 0
+    commits: int = 0
+    write_errors: int = 0
+    lost: int = 0  # dropped because the buffer was full while the disk refused writes
+    torn_repaired: int = 0
+    torn_bytes: int = 0
+    sealed: int = 0
+    seal_errors: int = 0
+    retired: int = 0
+    failing: str = ""  # the current write error, "" when writes succeed
+    fsync_seconds: list[float] = field(default_factory=list)  # drained by whoever exports metrics
+
+
+def day_of(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%d")
+
+
+def day_start_ms(day: str) -> int:
+    return int(datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def append_heads(directory: Path, event: dict[str, Any]) -> None:
+    """One JSON line in ``heads.log`` (O_APPEND, one write: safe across worker processes)."""
+    line = json.dumps(event, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    fd = os.open(directory / HEADS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def partition_paths(directory: Path, worker: int | None = None) -> list[Path]:
+    """Every partition file, oldest day first (``*.open`` and ``*.sealed``)."""
+    out: list[Path] = []
+    if not directory.is_dir():
+        return out
+    for d in sorted(p for p in directory.iterdir() if p.is_dir() and len(p.name) == 10 and p.name[4] == "-"):
+        for f in sorted(d.iterdir()):
+            if (f.suffix in (".open", ".sealed") and f.name.startswith("w") and not f.name.endswith(".tmp")
+                    and (worker is None or f.stem == f"w{worker}")):
+                out.append(f)
+    return out
+
+
+class AccessLog:
+    """The Order 292 art. 14 log of one worker (see the module docstring)."""
+
+    def __init__(self, config: LogConfig, start: bool = True, on_fsync: Callable[[float], None] | None = None) -> None:
+        self.cfg = config
+        self.dir = Path(config.directory)
+        self.stats = LogStats()
+        self.on_fsync = on_fsync
+        self._queue: deque[AccessRecord] = deque()
+        self._batch = config.commit_records
+        # Chained frames not yet on disk: (day number, records, head before, head after, frame bytes).
+        self._frames: deque[tuple[int, int, bytes, bytes, bytes]] = deque()
+        self._nframed = 0
+        self._elock = threading.Lock()  # encoding and chaining, in order
+        self._wlock = threading.RLock()  # writing, in order
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._seals: list[threading.Thread] = []
+        self._fd = -1
+        self._path: Path | None = None
+        self._day = -1  # day number (ts_ms // DAY_MS) of the open partition
+        self._offset = 0  # end of the last whole frame in the open file
+        self._count = 0  # records in the open partition
+        self.head = GENESIS  # head of the last record on disk
+        self._enc_head = GENESIS  # head of the last record chained (on disk or waiting)
+        self._enc_day = -1
+        self._last_checkpoint = time.monotonic()
+        self._checkpointed = 0
+        self._make_dir()
+        self._recover()
+        self._enc_head = self.head
+        self._enc_day = self._day
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(target=self._run, name=f"accesslog-w{config.worker}", daemon=True)
+            self._thread.start()
+
+    # -- hot path ---------------------------------------------------------------------------
+    # append() queues; every ``encode_records`` records the caller's thread encodes and chains
+    # the batch into a frame (CPU work, done where the GIL already is: no ping-pong with the
+    # committer); the committer thread only writes frames and fsyncs (the GIL is released there).
+
+    def append(self, rec: AccessRecord) -> None:
+        q = self._queue
+        q.append(rec)
+        if len(q) >= ENCODE_BATCH:
+            self._encode()
+
+    def extend(self, recs: Iterable[AccessRecord]) -> None:
+        for r in recs:
+            self.append(r)
+
+    # -- durability -------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Commit everything appended so far; return only when it is on disk (else raise)."""
+        self._encode()
+        self._write()
+        if self._frames:
+            raise AccessLogError(f"{self.dir}: {self._nframed} record(s) not yet durable: {self.stats.failing}")
+
+    def close(self) -> None:
+        """Flush, stop the committer, wait for sealing; the open partition stays open (today)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            self.flush()
+        finally:
+            for t in self._seals:
+                t.join()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    def __enter__(self) -> AccessLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pending(self) -> int:
+        """Records appended but not yet on disk."""
+        return len(self._queue) + self._nframed
+
+    def _run(self) -> None:
+        interval = self.cfg.commit_interval
+        while not self._stop.is_set():
+            self._wake.wait(interval)
+            self._wake.clear()
+            try:
+                self._encode()
+                self._write()
+                self._maybe_checkpoint()
+            except Exception:  # never let the committer die: the next round retries
+                log.exception("access log commit failed")
+
+    def _encode(self) -> None:
+        """Queue → chained frames. A record is chained only once there is room to keep it."""
+        with self._elock:
+            q = self._queue
+            n = len(q)
+            if not n:
+                return
+            pop = q.popleft
+            batch = [pop() for _ in range(n)]
+            self.stats.appended += n
+            room = self.cfg.max_buffer - self._nframed
+            if room < n:
+                lost = n - max(room, 0)
+                self.stats.lost += lost
+                log.error("access log buffer full (%d records) while writes fail: %d record(s) lost", self.cfg.max_buffer, lost)
+                batch = batch[:max(room, 0)]
+                if not batch:
+                    return
+            lines = encode_batch(batch)
+            ts = list(map(_TS, batch))
+            lo, hi = min(ts) // DAY_MS, max(ts) // DAY_MS
+            if lo == hi or hi <= self._enc_day:
+                self._frame(max(hi, self._enc_day), lines)
+                return
+            # The batch crosses into a new day: earlier records (and late ones) stay in the
+            # partition open so far, the rest open the new day's.
+            start = 0
+            for i, t in enumerate(ts):
+                d = t // DAY_MS
+                if d > self._enc_day and self._enc_day >= 0:
+                    self._frame(self._enc_day, lines[start:i])
+                    start = i
+                self._enc_day = max(self._enc_day, d)
+            self._frame(self._enc_day, lines[start:])
+
+    def _frame(self, day: int, lines: list[bytes]) -> None:
+        if not lines:
+            return
+        self._enc_day = max(self._enc_day, day)
+        start = self._enc_head
+        head = chain(start, lines, self.cfg.key)
+        self._enc_head = head
+        self._frames.append((day, len(lines), start, head, frame_bytes(len(lines), head, b"".join(lines))))
+        self._nframed += len(lines)
+        if self._nframed >= self._batch:
+            self._wake.set()
+
+    def _write(self) -> None:
+        """Write every chained frame, then one fdatasync per partition (group commit)."""
+        with self._wlock:
+            while self._frames and self._write_round():
+                pass
+
+    def _write_round(self) -> bool:
+        """Write the frames of one partition and sync; on error cut them and keep them all."""
+        frames = self._frames
+        day, _, start, _, _ = frames[0]
+        start_offset = self._offset
+        written = nframes = 0
+        try:
+            if self._fd < 0 or day > self._day:
+                self._rotate(day, start)
+                start_offset = self._offset
+            for day, count, _, _, data in list(islice(frames, len(frames))):  # the encoder may append meanwhile
+                if day > self._day:
+                    break  # the next round opens the new day's partition
+                _write_all(self._fd, data)
+                self._offset += len(data)
+                written += count
+                nframes += 1
+            self._sync()
+        except Exception as exc:
+            # Cut what this round wrote so the file stays a sequence of whole, synced frames.
+            if self._fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, start_offset)
+                    os.lseek(self._fd, start_offset, os.SEEK_SET)
+            self._offset = start_offset
+            self.stats.write_errors += 1
+            first = not self.stats.failing
+            self.stats.failing = (f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
+                                  if isinstance(exc, OSError) else repr(exc))
+            if first:
+                log.error("access log %s: write failed: %s; %d record(s) kept in memory and retried",
+                          self.dir, self.stats.failing, self._nframed)
+            return False
+        nbytes = 0
+        for _ in range(nframes):
+            f = frames.popleft()
+            nbytes += len(f[4])
+            self.head = f[3]
+        self._nframed -= written
+        self._count += written
+        self.stats.written += written
+        self.stats.bytes_written += nbytes
+        if self.stats.failing:
+            log.warning("access log %s: writes succeed again", self.dir)
+            self.stats.failing = ""
+        return True
+
+    def _sync(self) -> None:
+        t0 = time.perf_counter()
+        os.fdatasync(self._fd)
+        dt = time.perf_counter() - t0
+        self.stats.commits += 1
+        if len(self.stats.fsync_seconds) < 100_000:
+            self.stats.fsync_seconds.append(dt)
+        if self.on_fsync is not None:
+            self.on_fsync(dt)
+
+    # -- partitions -------------------------------------------------------------------------
+
+    def _make_dir(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        os.chmod(self.dir, DIR_MODE)
+
+    def _open_path(self, day: str) -> Path:
+        return self.dir / day / f"w{self.cfg.worker}.open"
+
+    def _rotate(self, day_no: int, prev_head: bytes) -> None:
+        old = self._path
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if old is not None and self.cfg.seal:
+            self._seal_later(old)
+        day = day_of(day_no * DAY_MS)
+        path = self._open_path(day)
+        path.parent.mkdir(exist_ok=True, mode=DIR_MODE)
+        os.chmod(path.parent, DIR_MODE)
+        prev = self._prev_name(day)
+        hdr = header_line({"day": day, "worker": self.cfg.worker, "gateway": self.cfg.gateway, "prev": prev,
+                           "prev_head": prev_head.hex(), "key_id": key_id(self.cfg.key), "created_ms": int(time.time() * 1000)})
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        try:
+            os.write(fd, hdr)
+            os.fsync(fd)
+        except OSError:
+            os.close(fd)
+            path.unlink()
+            raise
+        fsync_dir(path.parent)
+        self._fd, self._path, self._day, self._offset, self._count = fd, path, day_no, len(hdr), 0
+        log.info("access log: opened %s (chain continues from %s)", path, prev_head.hex()[:16])
+
+    def _prev_name(self, day: str) -> str:
+        older = [p for p in partition_paths(self.dir, self.cfg.worker) if p.parent.name < day]
+        return f"{older[-1].parent.name}/{older[-1].stem}" if older else ""
+
+    def _recover(self) -> None:
+        """Continue the chain of this worker; cut a torn tail; seal open partitions of older days."""
+        parts = partition_paths(self.dir, self.cfg.worker)
+        # A crash between writing a sealed file and unlinking its open file leaves both.
+        for p in list(parts):
+            if p.suffix == ".open" and p.with_suffix(".sealed") in parts:
+                p.unlink()
+                parts.remove(p)
+        if not parts:
+            return
+        opens = [p for p in parts if p.suffix == ".open"]
+        latest = parts[-1]
+        for p in opens[:-1] if latest.suffix == ".open" else opens:
+            self._repair(p)
+            if self.cfg.seal:
+                seal_partition(p, self.cfg)
+                self.stats.sealed += 1
+        if latest.suffix == ".sealed":
+            self.head = bytes.fromhex(read_sealed_meta(latest)["head"])
+            return
+        data = latest.read_bytes()
+        hdr, _ = parse_header(data, str(latest))
+        frames, end = self._repair(latest, data)
+        self.head = frames[-1].head if frames else bytes.fromhex(hdr["prev_head"])
+        self._fd = os.open(latest, os.O_WRONLY)
+        os.lseek(self._fd, end, os.SEEK_SET)
+        self._path, self._offset = latest, end
+        self._day = day_start_ms(hdr["day"]) // DAY_MS
+        self._count = sum(f.count for f in frames)
+        self._checkpointed = self._count
+
+    def _repair(self, path: Path, data: bytes | None = None) -> tuple[list[Any], int]:
+        data = path.read_bytes() if data is None else data
+        _, start = parse_header(data, str(path))
+        frames, end, why = iter_frames(data, start)
+        if end < len(data):
+            self.stats.torn_repaired += 1
+            self.stats.torn_bytes += len(data) - end
+            log.warning("access log %s: %s: cut %d byte(s) of a torn tail (records not acknowledged by flush)",
+                        path, why, len(data) - end)
+            with open(path, "r+b") as f:
+                f.truncate(end)
+                f.flush()
+                os.fsync(f.fileno())
+            append_heads(self.dir, {"event": "repair", "partition": f"{path.parent.name}/{path.stem}",
+                                    "cut_bytes": len(data) - end, "why": why, "ts_ms": int(time.time() * 1000)})
+        return frames, end
+
+    def _seal_later(self, path: Path) -> None:
+        def run() -> None:
+            try:
+                seal_partition(path, self.cfg)
+                self.stats.sealed += 1
+            except Exception:
+                self.stats.seal_errors += 1
+                log.exception("access log: sealing %s failed; it stays open and is retried at the next start", path)
+
+        t = threading.Thread(target=run, name=f"seal-{path.parent.name}", daemon=True)
+        self._seals = [s for s in self._seals if s.is_alive()]
+        self._seals.append(t)
+        t.start()
+
+    def _maybe_checkpoint(self) -> None:
+        now = time.monotonic()
+        if self._path is None or self._count == self._checkpointed or now - self._last_checkpoint < self.cfg.checkpoint_interval:
+            return
+        self.checkpoint()
+        self._last_checkpoint = now
+
+    def checkpoint(self) -> None:
+        """Record the chain head in heads.log (and the log): anchors the open partition."""
+        if self._path is None:
+            return
+        part = f"{self._path.parent.name}/{self._path.stem}"
+        try:
+            append_heads(self.dir, {"event": "checkpoint", "partition": part, "count": self._count,
+                                    "head": self.head.hex(), "ts_ms": int(time.time() * 1000)})
+        except OSError as exc:
+            log.error("access log: checkpoint failed: %s", exc)
+            return
+        self._checkpointed = self._count
+        log.info("access log chain head %s %s after %d record(s)", part, self.head.hex(), self._count)
+
+    # -- retention --------------------------------------------------------------------------
+
+    def retire(self, now_ms: int | None = None) -> list[Path]:
+        """Remove sealed partitions whose newest record is older than the retention; never a younger one."""
+        return retire(self.dir, self.cfg.retention_days, now_ms, worker=self.cfg.worker, stats=self.stats)
+
+
+def retire(directory: Path, retention_days: int, now_ms: int | None = None, worker: int | None = None,
+           stats: LogStats | None = None) -> list[Path]:
+    if retention_days < RETENTION_FLOOR_DAYS:
+        raise LogConfigError(f"retention_days = {retention_days}: Order 292 art. 14 requires at least {RETENTION_FLOOR_DAYS} days")
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    cutoff = now_ms - retention_days * DAY_MS
+    removed: list[Path] = []
+    for p in partition_paths(directory, worker):
+        if p.suffix != ".sealed":
+            continue
+        meta = read_sealed_meta(p)
+        if meta["max_ts"] >= cutoff or day_start_ms(p.parent.name) + DAY_MS > cutoff:
+            continue
+        append_heads(directory, {"event": "retire", "partition": f"{p.parent.name}/{p.stem}", "count": meta["count"],
+                                 "head": meta["head"], "prev_head": meta["prev_head"], "max_ts": meta["max_ts"],
+                                 "ts_ms": now_ms})
+        p.unlink()
+        removed.append(p)
+        if stats is not None:
+            stats.retired += 1
+        with contextlib.suppress(OSError):
+            p.parent.rmdir()  # only when empty
+        log.info("access log: retired %s (newest record older than %d days)", p, retention_days)
+    return removed
+
+
+# -- sealing ----------------------------------------------------------------------------------
+
+
+def read_sealed_meta(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if size < TRAILER.size:
+            raise FormatError(f"{path}: truncated sealed partition ({size} bytes)")
+        f.seek(size - TRAILER.size)
+        moff, mlen, magic = TRAILER.unpack(f.read(TRAILER.size))
+        if magic != SEAL_MAGIC or moff + mlen + TRAILER.size != size:
+            raise FormatError(f"{path}: truncated or damaged sealed partition (no valid trailer)")
+        f.seek(moff)
+        try:
+            meta: dict[str, Any] = json.loads(f.read(mlen))
+        except ValueError as exc:
+            raise FormatError(f"{path}: damaged meta: {exc}") from None
+    return meta
+
+
+def seal_partition(path: Path, cfg: LogConfig) -> Path:
+    """Compress an open partition into a sealed one (blocks + index), after checking its chain."""
+    data = path.read_bytes()
+    hdr, start = parse_header(data, str(path))
+    frames, end, why = iter_frames(data, start)
+    if end != len(data):
+        raise FormatError(f"{path}: {why}: repair before sealing")
+    head = bytes.fromhex(hdr["prev_head"])
+    lines: list[bytes] = []
+    for fr in frames:
+        fl = fr.payload.splitlines(keepends=True)
+        head = chain(head, fl, cfg.key)
+        if head != fr.head:
+            raise FormatError(f"{path}: chain broken in the frame at offset {fr.offset}: not sealing a tampered partition")
+        lines.extend(fl)
+    out = path.with_suffix(".sealed.tmp")
+    hdr_bytes = header_line({**hdr, "sealed": True})
+    postings: dict[str, dict[str, set[int]]] = {"n": {}, "c": {}, "s": {}, "a": {}}
+    blocks: list[list[Any]] = []
+    head = bytes.fromhex(hdr["prev_head"])
+    min_ts = max_ts = None
+    bs = cfg.block_records
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(hdr_bytes)
+            pos = len(hdr_bytes)
+            pn, pc, ps, pa = postings["n"], postings["c"], postings["s"], postings["a"]
+            for b, i in enumerate(range(0, len(lines), bs)):
+                chunk = lines[i:i + bs]
+                head = chain(head, chunk, cfg.key)
+                lo = hi = None
+                seen_names: set[str] = set()
+                for ln in chunk:
+                    r = decode(ln)
+                    lo = r.ts_ms if lo is None or r.ts_ms < lo else lo
+                    hi = r.ts_ms if hi is None or r.ts_ms > hi else hi
+                    if r.name not in seen_names:
+                        seen_names.add(r.name)
+                        for k in name_keys(r.name):
+                            pn.setdefault(k, set()).add(b)
+                    pc.setdefault(r.client_ip, set()).add(b)
+                    ps.setdefault(r.server_ip, set()).add(b)
+                    pa.setdefault(r.account, set()).add(b)
+                comp = zlib.compress(b"".join(chunk), 6)
+                f.write(comp)
+                assert lo is not None and hi is not None
+                blocks.append([pos, len(comp), len(chunk), lo, hi, head.hex()])
+                pos += len(comp)
+                min_ts = lo if min_ts is None or lo < min_ts else min_ts
+                max_ts = hi if max_ts is None or hi > max_ts else max_ts
+            idx = zlib.compress(build_index(postings), 6)
+            f.write(idx)
+            meta = {**hdr, "sealed": True, "count": len(lines), "head": head.hex(), "min_ts": min_ts or 0, "max_ts": max_ts or 0,
+                    "blocks": blocks, "index": [pos, len(idx)]}
+            pos += len(idx)
+            mb = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+            f.write(mb)
+            f.write(TRAILER.pack(pos, len(mb), SEAL_MAGIC))
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            out.unlink()
+        raise
+    final = path.with_suffix(".sealed")
+    os.replace(out, final)
+    fsync_dir(final.parent)
+    directory = path.parent.parent
+    append_heads(directory, {"event": "seal", "partition": f"{path.parent.name}/{path.stem}", "count": len(lines),
+                             "prev_head": hdr["prev_head"], "head": head.hex(), "sha256": file_sha256(final),
+                             "ts_ms": int(time.time() * 1000)})
+    path.unlink()
+    fsync_dir(final.parent)
+    log.info("access log: sealed %s: %d records, chain head %s", final, len(lines), head.hex())
+    return final
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

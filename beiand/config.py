@@ -1,0 +1,369 @@
+"""The one TOML config (``/etc/beiand/beiand.toml``), validated completely at start.
+
+Each section is a frozen dataclass; each field's ``metadata["doc"]`` is its documentation, so
+``docs/configuration.md`` is generated from this file (``beiand check-config --reference``) and
+cannot drift. Errors name the file, the line and the field: ``beiand.toml:12: accesslog.retention_days: …``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from beiand.accesslog.store import RETENTION_FLOOR_DAYS
+from beiand.model import Mode
+
+
+class ConfigError(Exception):
+    """One or more problems, each ``file:line: field: reason``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("config invalid:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+def _f(default: Any, doc: str, **kw: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": doc, **kw})
+    return field(default=default, metadata={"doc": doc, **kw})
+
+
+@dataclass(frozen=True)
+class DaemonSection:
+    gateway: str = _f("", "Gateway id written into every access-log record (default: the host name).")
+    workers: int = _f(0, "Capture worker processes, each a whole pipeline with its own log partition (0: one per core).",
+                      min=0, max=64)
+    state_dir: Path = _f(Path("/var/lib/beiand"), "Where closure orders, observations and the enforcement state are kept.")
+    watch_interval: float = _f(5.0, "Seconds between checks for changed records/inventory files (0: off).", min=0.0)
+    log_level: str = _f("info", "debug, info, warning or error.", choices=("debug", "info", "warning", "error"))
+
+
+@dataclass(frozen=True)
+class CaptureSection:
+    interfaces: list[str] = _f([], "Interfaces to capture on (AF_PACKET). Empty: no live capture (check-config warns).")
+    tcp_ports: list[int] = _f([80, 443, 8080, 8443], "TCP ports whose client-to-server packets reach beiand (TLS, HTTP).",
+                              min=1, max=65535)
+    udp_ports: list[int] = _f([443], "UDP ports watched for QUIC Initials.", min=1, max=65535)
+    dns: bool = _f(True, "Capture DNS answers (UDP and TCP port 53).")
+    ring_block_kib: int = _f(1024, "TPACKET_V3 ring block size in KiB.", min=64, max=65536)
+    ring_blocks: int = _f(64, "Blocks in each worker's ring.", min=4, max=4096)
+    fanout_group: int = _f(0, "PACKET_FANOUT group id (0: derived from the process id).", min=0, max=65535)
+
+
+@dataclass(frozen=True)
+class RecordsSection:
+    files: list[Path] = _f([], "Filing exports (CSV, JSON, JSONL, XLSX): the 备案 records of this provider.")
+    provider: str = _f("", "This provider's name as filings spell their 接入商 (access provider).")
+    max_loss: float = _f(0.2, "Refuse a reload that loses more than this share of filings (a truncated export).",
+                         min=0.0, max=1.0)
+    strict: bool = _f(False, "Refuse a file with any bad row (default: skip bad rows, report them).")
+    max_age_hours: float = _f(48.0, "Records older than this are reported stale (metric, readyz note).", min=0.0)
+
+
+@dataclass(frozen=True)
+class InventorySection:
+    file: Path | None = _f(None, "Hosted prefixes → customer account, state and mode (CSV or TOML).")
+
+
+@dataclass(frozen=True)
+class PolicySection:
+    default_mode: str = _f("monitor", "Mode of prefixes without one: monitor (log only), dry-run or enforce.",
+                           choices=tuple(m.value for m in Mode))
+    grace_days: int = _f(30, "Grace for access-pending (接入审核中) filings, at most 45 days.", min=0, max=45)
+    allow: list[str] = _f([], "Exempt names (allowlist), e.g. the provider's own portal.")
+
+
+@dataclass(frozen=True)
+class ClickHouseSection:
+    url: str = _f("", "ClickHouse HTTP interface, e.g. http://127.0.0.1:8123 (empty: embedded store only).")
+    database: str = _f("beiand", "Database of the access_log table.")
+    table: str = _f("access_log", "Table name.")
+    user: str = _f("default", "ClickHouse user.")
+    password_file: Path | None = _f(None, "File holding the ClickHouse password.")
+    batch_records: int = _f(10000, "Records per INSERT.", min=1)
+    spill_dir: Path | None = _f(None, "Where records wait while ClickHouse is down (default: <accesslog.directory>/spill).")
+
+
+@dataclass(frozen=True)
+class AccessLogSection:
+    directory: Path = _f(Path("/var/log/beiand"), "Embedded access-log store (0750; files 0640).")
+    retention_days: int = _f(RETENTION_FLOOR_DAYS, "Days kept; at least 60 (Order 292 art. 14). The Cybersecurity Law asks "
+                             "for network logs of six months (art. 21 of the 2016 text, art. 23 after the 2025 amendment).",
+                             min=RETENTION_FLOOR_DAYS, max=3650,
+                             floor_reason="Order 292 art. 14 (互联网信息服务管理办法 第十四条) requires at least 60 days")
+    commit_interval: float = _f(1.0, "Seconds after which an appended record is on disk (group commit).", min=0.001, max=60.0)
+    commit_records: int = _f(16384, "…or as soon as this many records wait.", min=1)
+    max_buffer: int = _f(2_000_000, "Records held in memory while the disk refuses writes.", min=1000)
+    hmac_key_file: Path | None = _f(None, "Key that makes the hash chain an HMAC chain (keep a copy off the machine).")
+    checkpoint_interval: float = _f(60.0, "Seconds between chain-head checkpoints (heads.log and the log).", min=1.0)
+    clickhouse: ClickHouseSection = field(default_factory=ClickHouseSection, metadata={"doc": "Scale-out sink."})
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    listen: str = _f("127.0.0.1:9640", "Address of /metrics, /healthz, /readyz and /api/v1 (host:port).")
+    token_file: Path | None = _f(None, "Bearer token for the endpoints that change state (block orders, breaker).")
+
+
+@dataclass(frozen=True)
+class EnforceSection:
+    inline: bool = _f(False, "Inline mode: first packets of watched flows go through NFQUEUE (rules installed by beiand).")
+    queue: int = _f(0, "First NFQUEUE number (workers use queue..queue+workers-1).", min=0, max=65000)
+    connbytes: int = _f(8, "Packets of a flow sent through the queue (iptables connbytes).", min=1, max=64)
+    quic_block_seconds: int = _f(30, "How long a QUIC flow to an unfiled name is dropped (client falls back to TCP).", min=1)
+    grace_seconds: int = _f(0, "Do not block names first seen less than this long ago.", min=0)
+    max_blocks_per_minute: int = _f(600, "Circuit breaker: above this, enforcement falls back to dry-run.", min=1)
+    max_unfiled_share: float = _f(0.5, "Circuit breaker: share of unfiled verdicts per minute that opens it.", min=0.0, max=1.0)
+    min_verdicts_for_share: int = _f(200, "Verdicts per minute before the share rule applies.", min=1)
+    contact: str = _f("", "Provider contact shown on the block page (phone, e-mail).")
+    provider_name: str = _f("", "Provider name shown on the block page.")
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonSection = field(default_factory=DaemonSection)
+    capture: CaptureSection = field(default_factory=CaptureSection)
+    records: RecordsSection = field(default_factory=RecordsSection)
+    inventory: InventorySection = field(default_factory=InventorySection)
+    policy: PolicySection = field(default_factory=PolicySection)
+    accesslog: AccessLogSection = field(default_factory=AccessLogSection)
+    server: ServerSection = field(default_factory=ServerSection)
+    enforce: EnforceSection = field(default_factory=EnforceSection)
+    path: str = ""  # the file it came from
+
+    @property
+    def gateway(self) -> str:
+        return self.daemon.gateway or os.uname().nodename
+
+    @property
+    def workers(self) -> int:
+        return self.daemon.workers or os.cpu_count() or 1
+
+    def listen(self) -> tuple[str, int]:
+        host, _, port = self.server.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "path"}
+
+
+def _line_of(text: str, dotted: str) -> int:
+    """Best line for a dotted key: the key's own line inside its table, else the table header."""
+    parts = dotted.split(".")
+    key = parts[-1]
+    table = ".".join(parts[:-1])
+    lines = text.splitlines()
+    cur = ""
+    header_line = 0
+    for n, ln in enumerate(lines, 1):
+        s = ln.strip()
+        m = re.match(r"^\[\s*([^\]]+?)\s*\]", s)
+        if m:
+            cur = m.group(1)
+            if cur == dotted:
+                return n
+            if cur == table:
+                header_line = n
+            continue
+        if cur == table and re.match(rf"^{re.escape(key)}\s*=", s):
+            return n
+    return header_line or 1
+
+
+def _check(value: Any, tp: Any, meta: dict[str, Any], name: str) -> tuple[Any, str | None]:
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _check(value, args[0], meta, name)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            return None, f"expected a list, got {type(value).__name__}"
+        out = []
+        for i, v in enumerate(value):
+            cv, problem = _check(v, item, meta, name)
+            if problem:
+                return None, f"item {i + 1}: {problem}"
+            out.append(cv)
+        return out, None
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            return None, "expected a path (a non-empty string)"
+        return Path(value), None
+    if tp is bool:
+        if not isinstance(value, bool):
+            return None, f"expected true or false, got {value!r}"
+        return value, None
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None, f"expected an integer, got {value!r}"
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None, f"expected a number, got {value!r}"
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            return None, f"expected a string, got {value!r}"
+        if "choices" in meta and value not in meta["choices"]:
+            return None, f"{value!r}: expected one of {', '.join(meta['choices'])}"
+        return value, None
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo:
+        return None, f"{value} is below the minimum {lo}" + (f": {meta['floor_reason']}" if "floor_reason" in meta else "")
+    if hi is not None and value > hi:
+        return None, f"{value} is above the maximum {hi}"
+    return value, None
+
+
+def _build(cls: Any, data: dict[str, Any], prefix: str, text: str, path: str, problems: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in known or key == "path":
+            close = [k for k in known if k != "path" and (k.startswith(key[:3]) or key.startswith(k[:3]))]
+            problems.append(f"{path}:{_line_of(text, dotted)}: {dotted}: unknown setting"
+                            + (f" (did you mean {', '.join(close)}?)" if close else ""))
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                problems.append(f"{path}:{_line_of(text, dotted)}: {dotted}: expected a table [{dotted}]")
+                continue
+            kwargs[key] = _build(tp, value, dotted, text, path, problems)
+            continue
+        cv, problem = _check(value, tp, dict(known[key].metadata), dotted)
+        if problem:
+            problems.append(f"{path}:{_line_of(text, dotted)}: {dotted}: {problem}")
+        else:
+            kwargs[key] = cv
+    return cls(**kwargs)
+
+
+def parse_config(text: str, path: str = "<config>") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        raise ConfigError([f"{path}:{m.group(1) if m else 1}: not valid TOML: {exc}"]) from None
+    problems: list[str] = []
+    cfg: Config = _build(Config, data, "", text, path, problems)
+    base = Path(path).parent if path and not path.startswith("<") else Path(".")
+    cfg = _resolve(cfg, base)
+    problems += _semantic(cfg, text, path)
+    if problems:
+        raise ConfigError(problems)
+    return dataclasses.replace(cfg, path=path)
+
+
+def _resolve(cfg: Config, base: Path) -> Config:
+    """Relative paths are relative to the config file's directory."""
+
+    def fix(p: Path | None) -> Path | None:
+        return None if p is None else (p if p.is_absolute() else base / p)
+
+    rec = dataclasses.replace(cfg.records, files=[fix(p) or p for p in cfg.records.files])
+    inv = dataclasses.replace(cfg.inventory, file=fix(cfg.inventory.file))
+    ch = dataclasses.replace(cfg.accesslog.clickhouse, password_file=fix(cfg.accesslog.clickhouse.password_file),
+                             spill_dir=fix(cfg.accesslog.clickhouse.spill_dir))
+    al = dataclasses.replace(cfg.accesslog, directory=fix(cfg.accesslog.directory) or cfg.accesslog.directory,
+                             hmac_key_file=fix(cfg.accesslog.hmac_key_file), clickhouse=ch)
+    dm = dataclasses.replace(cfg.daemon, state_dir=fix(cfg.daemon.state_dir) or cfg.daemon.state_dir)
+    srv = dataclasses.replace(cfg.server, token_file=fix(cfg.server.token_file))
+    return dataclasses.replace(cfg, records=rec, inventory=inv, accesslog=al, daemon=dm, server=srv)
+
+
+def _semantic(cfg: Config, text: str, path: str) -> list[str]:
+    problems = []
+
+    def bad(dotted: str, why: str) -> None:
+        problems.append(f"{path}:{_line_of(text, dotted)}: {dotted}: {why}")
+
+    for i, f in enumerate(cfg.records.files):
+        if not f.is_file():
+            bad("records.files", f"item {i + 1}: {f}: no such file")
+    if cfg.inventory.file is not None and not cfg.inventory.file.is_file():
+        bad("inventory.file", f"{cfg.inventory.file}: no such file")
+    for dotted, p in (("accesslog.hmac_key_file", cfg.accesslog.hmac_key_file), ("server.token_file", cfg.server.token_file),
+                      ("accesslog.clickhouse.password_file", cfg.accesslog.clickhouse.password_file)):
+        if p is not None and not p.is_file():
+            bad(dotted, f"{p}: no such file")
+    host, _, port = cfg.server.listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        bad("server.listen", f"{cfg.server.listen!r}: expected host:port, e.g. 127.0.0.1:9640")
+    url = cfg.accesslog.clickhouse.url
+    if url and not re.match(r"^https?://[^/\s]+/?$", url):
+        bad("accesslog.clickhouse.url", f"{url!r}: expected http(s)://host:port")
+    for name in cfg.capture.interfaces:
+        if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,15}", name):
+            bad("capture.interfaces", f"{name!r}: not an interface name")
+    return problems
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    p = str(path)
+    try:
+        text = Path(p).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{p}: not UTF-8: {exc.reason} at byte {exc.start}"]) from None
+    return parse_config(text, p)
+
+
+def reference() -> str:
+    """docs/configuration.md, generated from the dataclasses above."""
+    out = ["# Configuration reference", "",
+           "Generated from `beiand/config.py` by `beiand check-config --reference`; do not edit by hand.",
+           "The file is `/etc/beiand/beiand.toml`; relative paths are relative to its directory.", ""]
+
+    def section(cls: Any, prefix: str) -> None:
+        out.append(f"## [{prefix}]")
+        out.append("")
+        out.append("| key | type | default | meaning |")
+        out.append("|---|---|---|---|")
+        nested = []
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                nested.append((tp, f"{prefix}.{f.name}"))
+                continue
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            tname = str(tp).replace("pathlib.", "").replace("typing.", "").replace("<class '", "").replace("'>", "")
+            extra = []
+            if "min" in f.metadata:
+                extra.append(f"min {f.metadata['min']}")
+            if "max" in f.metadata:
+                extra.append(f"max {f.metadata['max']}")
+            if "choices" in f.metadata:
+                extra.append("one of " + ", ".join(f.metadata["choices"]))
+            doc = f.metadata.get("doc", "") + (f" ({'; '.join(extra)})" if extra else "")
+            out.append(f"| `{f.name}` | {tname} | `{_toml(default)}` | {doc} |")
+        out.append("")
+        for tp, p in nested:
+            section(tp, p)
+
+    for name, tp in _SECTIONS.items():
+        section(tp, name)
+    return "\n".join(out) + "\n"
+
+
+def _toml(v: Any) -> str:
+    if v is None:
+        return "(unset)"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str | Path):
+        return f'"{v}"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return str(v)

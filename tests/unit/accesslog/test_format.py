@@ -1,0 +1,99 @@
+"""The record line format and the sealed index: property-based and malformed-input tests."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from beiand.accesslog.format import (
+    GENESIS,
+    FormatError,
+    Index,
+    build_index,
+    chain,
+    decode,
+    encode,
+    encode_batch,
+    frame_bytes,
+    iter_frames,
+    name_keys,
+    parse_header,
+)
+from beiand.model import AccessRecord
+
+text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+records = st.builds(AccessRecord, st.integers(0, 2**53), text, text, st.integers(0, 65535), text, st.integers(0, 65535),
+                    text, text, text, text, text, text, text, text, text, text, text)
+
+
+@given(records)
+def test_any_record_round_trips(r: AccessRecord) -> None:
+    line = encode(r)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert decode(line) == r
+
+
+@given(st.lists(records, max_size=20))
+def test_batch_encoding_equals_one_by_one(rs: list[AccessRecord]) -> None:
+    assert encode_batch(rs) == [encode(r) for r in rs]
+
+
+def test_tabs_newlines_and_backslashes_are_escaped() -> None:
+    r = AccessRecord(1, "a\tb", "c\nd", 1, "e\\f", 2, "tcp", "k", "n\r", "v", "a", "f")
+    line = encode(r)
+    assert line.count(b"\t") == len(AccessRecord._fields) - 1
+    assert decode(line) == r
+
+
+@pytest.mark.parametrize("bad", [b"", b"1\t2\n", b"x" * 50, "\t".join(["notanint"] * 17).encode()])
+def test_malformed_lines_raise_value_error(bad: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode(bad)
+
+
+def test_chain_depends_on_order_content_and_key() -> None:
+    a, b = b"one\n", b"two\n"
+    h = chain(GENESIS, [a, b])
+    assert h != chain(GENESIS, [b, a])
+    assert h != chain(GENESIS, [a])
+    assert h != chain(GENESIS, [a, b], key=b"k")
+    assert chain(chain(GENESIS, [a]), [b]) == h
+
+
+@given(st.binary(max_size=300))
+def test_frames_parser_never_raises_on_garbage(data: bytes) -> None:
+    frames, end, why = iter_frames(data, 0)
+    assert end <= len(data)
+    assert (end == len(data)) == (why == "")
+
+
+def test_torn_and_corrupt_frames_stop_the_parse() -> None:
+    f1 = frame_bytes(1, GENESIS, b"a\n")
+    f2 = frame_bytes(2, GENESIS, b"b\nc\n")
+    frames, end, why = iter_frames(f1 + f2[:-1], 0)
+    assert len(frames) == 1 and end == len(f1) and "torn" in why
+    bad = bytearray(f1 + f2)
+    bad[-1] ^= 1
+    frames, end, why = iter_frames(bytes(bad), 0)
+    assert len(frames) == 1 and "checksum" in why
+
+
+def test_header_errors_name_the_file() -> None:
+    with pytest.raises(FormatError, match="x.open"):
+        parse_header(b"garbage\n", "x.open")
+    with pytest.raises(FormatError, match="JSON"):
+        parse_header(b"BEIANDLOG/1 {nope\n", "x.open")
+
+
+def test_name_keys_cover_every_suffix() -> None:
+    assert name_keys("a.b.example.cn") == ["a.b.example.cn", "b.example.cn", "example.cn", "cn"]
+    assert name_keys("") == []
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=10), st.sets(st.integers(0, 1000), min_size=1, max_size=5), max_size=50))
+def test_index_finds_every_key(post: dict[str, set[int]]) -> None:
+    idx = Index(build_index({"n": post, "c": {}, "s": {}, "a": {}}))
+    for k, blocks in post.items():
+        assert set(blocks) <= set(idx.blocks("n", k))
+    assert idx.blocks("c", "anything") == []
