@@ -312,38 +312,42 @@ class AccessLog:
                 pass
 
     def _write_round(self) -> bool:
-        """Write the frames of one partition and sync; on error cut them and keep them all."""
+        """Write the frames of one partition and sync. On an error, keep the whole frames that
+        made it to disk (cut a half-written one) and keep the rest queued for the next round."""
         frames = self._frames
         day, _, start, _, _ = frames[0]
-        start_offset = self._offset
         written = nframes = 0
+        error: Exception | None = None
         try:
             if self._fd < 0 or day > self._day:
                 self._rotate(day, start)
-                start_offset = self._offset
-            for day, count, _, _, data in list(islice(frames, len(frames))):  # the encoder may append meanwhile
-                if day > self._day:
-                    break  # the next round opens the new day's partition
-                _write_all(self._fd, data)
-                self._offset += len(data)
-                written += count
-                nframes += 1
-            self._sync()
         except Exception as exc:
-            # Cut what this round wrote so the file stays a sequence of whole, synced frames.
-            if self._fd >= 0:
+            error = exc
+        if error is None:
+            start_offset = self._offset
+            try:
+                for day, count, _, _, data in list(islice(frames, len(frames))):  # the encoder may append meanwhile
+                    if day > self._day:
+                        break  # the next round opens the new day's partition
+                    _write_all(self._fd, data)
+                    self._offset += len(data)
+                    written += count
+                    nframes += 1
+            except Exception as exc:
+                error = exc
                 with contextlib.suppress(OSError):
-                    os.ftruncate(self._fd, start_offset)
-                    os.lseek(self._fd, start_offset, os.SEEK_SET)
-            self._offset = start_offset
-            self.stats.write_errors += 1
-            first = not self.stats.failing
-            self.stats.failing = (f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
-                                  if isinstance(exc, OSError) else repr(exc))
-            if first:
-                log.error("access log %s: write failed: %s; %d record(s) kept in memory and retried",
-                          self.dir, self.stats.failing, self._nframed)
-            return False
+                    os.ftruncate(self._fd, self._offset)  # cut the half-written frame
+                    os.lseek(self._fd, self._offset, os.SEEK_SET)
+            if nframes:
+                try:
+                    self._sync()
+                except Exception as exc:
+                    error = error or exc
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(self._fd, start_offset)
+                        os.lseek(self._fd, start_offset, os.SEEK_SET)
+                    self._offset = start_offset
+                    written = nframes = 0
         nbytes = 0
         for _ in range(nframes):
             f = frames.popleft()
@@ -353,6 +357,15 @@ class AccessLog:
         self._count += written
         self.stats.written += written
         self.stats.bytes_written += nbytes
+        if error is not None:
+            self.stats.write_errors += 1
+            first = not self.stats.failing
+            self.stats.failing = (f"{error.strerror or error} ({errno.errorcode.get(error.errno or 0, error.errno)})"
+                                  if isinstance(error, OSError) else repr(error))
+            if first:
+                log.error("access log %s: write failed: %s; %d record(s) kept in memory and retried",
+                          self.dir, self.stats.failing, self._nframed)
+            return False
         if self.stats.failing:
             log.warning("access log %s: writes succeed again", self.dir)
             self.stats.failing = ""

@@ -63,7 +63,7 @@ def test_chain_depends_on_order_content_and_key() -> None:
 
 @given(st.binary(max_size=300))
 def test_frames_parser_never_raises_on_garbage(data: bytes) -> None:
-    frames, end, why = iter_frames(data, 0)
+    _, end, why = iter_frames(data, 0)
     assert end <= len(data)
     assert (end == len(data)) == (why == "")
 
@@ -80,7 +80,7 @@ def test_torn_and_corrupt_frames_stop_the_parse() -> None:
 
 
 def test_header_errors_name_the_file() -> None:
-    with pytest.raises(FormatError, match="x.open"):
+    with pytest.raises(FormatError, match=r"x\.open"):
         parse_header(b"garbage\n", "x.open")
     with pytest.raises(FormatError, match="JSON"):
         parse_header(b"BEIANDLOG/1 {nope\n", "x.open")

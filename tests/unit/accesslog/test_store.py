@@ -216,7 +216,7 @@ def test_keyed_chain_needs_the_key(tmp_path: Path) -> None:
 
 
 def test_retention_below_60_days_is_refused_with_the_article(tmp_path: Path) -> None:
-    with pytest.raises(LogConfigError, match="Order 292 art. 14"):
+    with pytest.raises(LogConfigError, match=r"Order 292 art\. 14"):
         LogConfig(tmp_path, retention_days=59)
     with pytest.raises(LogConfigError):
         retire(tmp_path, 30)
