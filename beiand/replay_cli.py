@@ -82,6 +82,12 @@ def _ports(text: str) -> frozenset[int]:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    if args.log_dir:
+        from beiand.accesslog import RETENTION_FLOOR_DAYS
+
+        if args.retention_days < RETENTION_FLOOR_DAYS:
+            raise CliError(f"--retention-days {args.retention_days}: Order 292 art. 14 (互联网信息服务管理办法 第十四条) "
+                           f"requires at least {RETENTION_FLOOR_DAYS} days")
     index = load_records(args.records, quiet=args.json)
     inventory = inventory_from(args.inventory)
     policy = policy_from_args(args, index, inventory)

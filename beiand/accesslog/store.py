@@ -172,7 +172,7 @@ class AccessLog:
         # Chained frames not yet on disk: (day number, records, head before, head after, frame bytes).
         self._frames: deque[tuple[int, int, bytes, bytes, bytes]] = deque()
         self._nframed = 0
-        self._elock = threading.Lock()  # encoding and chaining, in order
+        self._elock = threading.RLock()  # encoding and chaining, in order
         self._wlock = threading.RLock()  # writing, in order
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -210,6 +210,13 @@ class AccessLog:
     def extend(self, recs: Iterable[AccessRecord]) -> None:
         for r in recs:
             self.append(r)
+
+    def write_batch(self, recs: list[AccessRecord]) -> None:
+        """Append ``recs`` as one frame (one per day they cover) and flush: a spill's unit."""
+        with self._elock:
+            self._queue.extend(recs)
+            self._encode()
+        self.flush()
 
     # -- durability -------------------------------------------------------------------------
 

@@ -1,0 +1,85 @@
+"""A real ClickHouse server (Debian's clickhouse-server) on loopback, for the tests."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+CONFIG = """<?xml version="1.0"?>
+<yandex>
+    <logger><level>warning</level><console>1</console></logger>
+    <http_port>{http}</http_port>
+    <tcp_port>{tcp}</tcp_port>
+    <listen_host>127.0.0.1</listen_host>
+    <path>{d}/data/</path>
+    <tmp_path>{d}/tmp/</tmp_path>
+    <user_files_path>{d}/user_files/</user_files_path>
+    <format_schema_path>{d}/format_schemas/</format_schema_path>
+    <users_config>users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <mark_cache_size>5368709</mark_cache_size>
+    <uncompressed_cache_size>8589934</uncompressed_cache_size>
+</yandex>
+"""
+USERS = """<?xml version="1.0"?>
+<yandex>
+    <profiles><default><max_memory_usage>2000000000</max_memory_usage></default></profiles>
+    <users><default><password></password><networks><ip>127.0.0.1</ip></networks>
+        <profile>default</profile><quota>default</quota></default></users>
+    <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
+        <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
+</yandex>
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ClickHouse:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.http = free_port()
+        self.tcp = free_port()
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.xml").write_text(CONFIG.format(http=self.http, tcp=self.tcp, d=directory))
+        (directory / "users.xml").write_text(USERS)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"http://127.0.0.1:{self.http}"
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("clickhouse-server") is not None
+
+    def start(self) -> None:
+        with open(self.dir / "server.log", "ab") as logf:
+            self.proc = subprocess.Popen(["clickhouse-server", f"--config-file={self.dir / 'config.xml'}"],
+                                         stdout=logf, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                self.query("SELECT 1")
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"clickhouse-server exited: {(self.dir / 'server.log').read_text()[-2000:]}") from None
+                time.sleep(0.2)
+        raise RuntimeError("clickhouse-server did not answer within 60 s")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is not None:
+            (self.proc.kill if kill else self.proc.terminate)()
+            self.proc.wait(60)
+            self.proc = None
+
+    def query(self, sql: str) -> str:
+        req = urllib.request.Request(self.url + "/", data=sql.encode())
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return str(r.read().decode())

@@ -1,0 +1,114 @@
+"""The ClickHouse sink against a real server: stop it mid-stream, start it again, count."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from beiand.accesslog.clickhouse import ClickHouseSink
+from beiand.accesslog.format import DAY_MS
+from tests.integration.clickhouse import ClickHouse
+from tests.unit.accesslog.helpers import DAY0, rec
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    if not ClickHouse.available():
+        pytest.fail("clickhouse-server is not installed (scripts/system-deps installs it)")
+    ch = ClickHouse(tmp_path_factory.mktemp("clickhouse"))
+    ch.start()
+    yield ch
+    ch.stop()
+
+
+def test_records_survive_a_server_outage_without_loss_or_duplicates(server: ClickHouse, tmp_path: Path) -> None:
+    sink = ClickHouseSink(server.url, tmp_path / "spill", table="outage", batch_records=500, interval=0.05, max_backoff=0.5)
+    n = 0
+    for _ in range(10):
+        for _ in range(300):
+            sink.append(rec(n))
+            n += 1
+        time.sleep(0.02)
+    sink.flush()
+    assert server.query("SELECT count() FROM beiand.outage").strip() == str(n)
+    # Stop the server mid-stream (SIGKILL: no graceful goodbye) and keep writing.
+    server.stop(kill=True)
+    for _ in range(20):
+        for _ in range(300):
+            sink.append(rec(n))
+            n += 1
+        time.sleep(0.02)
+    sink.flush()  # durable in the spill
+    assert sink.spilling and sink.stats.spilled > 0
+    server.start()
+    for _ in range(5):
+        for _ in range(300):
+            sink.append(rec(n))
+            n += 1
+    deadline = time.monotonic() + 60
+    while sink.spilling and time.monotonic() < deadline:
+        sink.flush()
+        time.sleep(0.1)
+    sink.close()
+    assert not sink.spilling
+    total, distinct = server.query("SELECT count(), uniqExact(ts_ms) FROM beiand.outage").split()
+    assert int(total) == n and int(distinct) == n
+    # In order within each worker: ClickHouse has them all; the spill is gone.
+    assert not list((tmp_path / "spill").glob("*/w0.open"))
+
+
+def test_a_replay_cut_short_is_not_sent_twice(server: ClickHouse, tmp_path: Path) -> None:
+    # A spill left by a previous process, half of which had already reached ClickHouse.
+    spill = tmp_path / "spill"
+    first = ClickHouseSink("http://127.0.0.1:1", spill, table="crash", batch_records=100, interval=0.05, max_backoff=0.2)
+    for i in range(1000):
+        first.append(rec(i))
+    first.flush()
+    first.close()
+    assert first.stats.spilled == 1000
+    sink = ClickHouseSink(server.url, spill, table="crash", batch_records=100, interval=0.05)
+    deadline = time.monotonic() + 30
+    while sink.spilling and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sink.close()
+    assert server.query("SELECT count() FROM beiand.crash").strip() == "1000"
+    # The same spill again (as if the process died before deleting it): lookups, no duplicates.
+    again = ClickHouseSink("http://127.0.0.1:1", spill, table="crash", batch_records=100, interval=0.05, max_backoff=0.2)
+    for i in range(1000):
+        again.append(rec(i))
+    again.flush()
+    again.close()
+    uncertain = spill / "uncertain-w0.ids"
+    uncertain.write_text("".join(sorted(set(uncertain.read_text().split()) if uncertain.exists() else set())))
+    sink = ClickHouseSink(server.url, spill, table="crash", batch_records=100, interval=0.05)
+    sink._uncertain |= set(_spill_ids(sink))  # every batch is in doubt
+    deadline = time.monotonic() + 30
+    while sink.spilling and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sink.close()
+    assert sink.stats.skipped_duplicates == 1000
+    assert server.query("SELECT count() FROM beiand.crash").strip() == "1000"
+
+
+def _spill_ids(sink: ClickHouseSink) -> list[str]:
+    from beiand.accesslog.clickhouse import batch_id
+
+    return [batch_id(p.splitlines(keepends=True)) for _, _, p in sink._spill_frames()]
+
+
+def test_retention_drops_only_whole_old_days(server: ClickHouse, tmp_path: Path) -> None:
+    sink = ClickHouseSink(server.url, tmp_path / "spill", table="retention", interval=0.05)
+    for day in range(4):
+        for i in range(10):
+            sink.append(rec(i, day))
+    sink.flush()
+    dropped = sink.retire(now_ms=DAY0 + 61 * DAY_MS + 1)
+    assert dropped == ["2026-09-21"]
+    assert server.query("SELECT count() FROM beiand.retention").strip() == "30"
+    sink.close()
+    with pytest.raises(ValueError, match="Order 292"):
+        ClickHouseSink(server.url, tmp_path / "s2", retention_days=30)
