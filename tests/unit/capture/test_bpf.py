@@ -1,0 +1,50 @@
+"""The kernel filter: interpreted packet by packet against the plain rule, and attached for real."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from beiand.capture.bpf import build, reference, run
+from beiand.testing import traffic as t
+
+TCP, UDP = (80, 443, 8080, 8443), (443,)
+PROG = build(TCP, UDP)
+
+
+def accepted(pkt: bytes) -> bool:
+    return run(PROG, pkt) > 0
+
+
+@pytest.mark.parametrize(("pkt", "want"), [
+    (t.tcp("192.0.2.1", "198.51.100.1", 40000, 443, 1, payload=t.client_hello("a.example.cn")), True),
+    (t.tcp("192.0.2.1", "198.51.100.1", 40000, 443, 1, flags=0x02), True),  # SYN
+    (t.tcp("192.0.2.1", "198.51.100.1", 40000, 443, 1, flags=0x10), False),  # bare ACK
+    (t.tcp("198.51.100.1", "192.0.2.1", 443, 40000, 1, payload=b"x" * 100), False),  # server's answer
+    (t.tcp("192.0.2.1", "198.51.100.1", 40000, 22, 1, payload=b"SSH-2.0"), False),
+    (t.udp("192.0.2.53", "192.0.2.1", 53, 3333, b"\0" * 20), True),  # DNS answer
+    (t.tcp("192.0.2.53", "192.0.2.1", 53, 3333, 1, payload=b"\0" * 20), True),  # DNS over TCP
+    (t.udp("192.0.2.1", "198.51.100.1", 5000, 443, b"\xc0" + b"\0" * 1199), True),  # QUIC
+    (t.udp("192.0.2.1", "198.51.100.1", 5000, 4433, b"\0"), False),
+    (b"\xff" * 14 + b"\x08\x06" + b"\0" * 28, False),  # ARP-ish
+])
+def test_known_packets(pkt: bytes, want: bool) -> None:
+    assert accepted(pkt) is want
+    assert reference(pkt, TCP, UDP) is want
+
+
+@settings(max_examples=400)
+@given(st.binary(min_size=0, max_size=120), st.sampled_from([b"\x08\x00", b"\x86\xdd", b"\x81\x00"]), st.integers(0, 120))
+def test_program_equals_the_plain_rule_on_any_bytes(body: bytes, ethertype: bytes, cut: int) -> None:
+    pkt = (b"\0" * 12 + ethertype + body)[: 14 + cut]
+    assert accepted(pkt) == reference(pkt, TCP, UDP)
+
+
+@settings(max_examples=300)
+@given(st.integers(1, 65535), st.integers(1, 65535), st.binary(max_size=40), st.sampled_from([0x02, 0x10, 0x18, 0x11, 0x04]),
+       st.booleans())
+def test_program_equals_the_plain_rule_on_tcp_and_udp(sport: int, dport: int, payload: bytes, flags: int, is_udp: bool) -> None:
+    pkt = (t.udp("192.0.2.1", "198.51.100.1", sport, dport, payload) if is_udp
+           else t.tcp("192.0.2.1", "198.51.100.1", sport, dport, 1, flags=flags, payload=payload))
+    assert accepted(pkt) == reference(pkt, TCP, UDP)
