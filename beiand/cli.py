@@ -184,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     from beiand import logs_cli
 
     logs_cli.add_parsers(sub)
+    rn = sub.add_parser("run", help="the live daemon (systemd service): capture, decide, log, serve /metrics")
+    rn.add_argument("--config", default="/etc/beiand/beiand.toml")
+    rn.set_defaults(func=lambda a: __import__("beiand.daemon", fromlist=["run"]).run(a.config))
+    lab = sub.add_parser("lab", help="bring up a lab on this machine (namespaces, servers, traffic) and run the daemon in it")
+    lab.add_argument("--workdir", help="where to keep the config, records, log (default: a new temporary directory)")
+    lab.add_argument("--keep", action="store_true", help="keep running until Ctrl-C after the traffic")
+    lab.set_defaults(func=lambda a: __import__("beiand.labdemo", fromlist=["main"]).main(a.workdir, a.keep))
     cc = sub.add_parser("check-config", help="validate the config (and the files it names) without starting")
     cc.add_argument("config", nargs="?", default="/etc/beiand/beiand.toml")
     cc.add_argument("--reference", action="store_true", help="print the configuration reference (docs/configuration.md)")

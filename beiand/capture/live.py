@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import os
 import select
 import socket
 import struct
@@ -80,7 +79,7 @@ class LiveCapture:
             if fanout_group is not None:
                 step = "PACKET_FANOUT"
                 s.setsockopt(SOL_PACKET, PACKET_FANOUT,
-                             (fanout_group & 0xFFFF) | ((PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16))
+                             struct.pack("I", (fanout_group & 0xFFFF) | ((PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16)))
         except OSError as exc:
             self.close()
             raise CaptureOpenError(exc.errno, f"capture on {interface}: {step}: {exc.strerror}") from None
@@ -138,16 +137,3 @@ class LiveCapture:
         s = getattr(self, "sock", None)
         if s is not None:
             s.close()
-
-
-def interface_counters(interface: str) -> dict[str, int]:
-    """rx/tx packets and bytes of an interface, from sysfs (in the current network namespace)."""
-    out = {}
-    base = f"/sys/class/net/{interface}/statistics"
-    for k in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "rx_dropped"):
-        try:
-            with open(os.path.join(base, k)) as f:
-                out[k] = int(f.read())
-        except (OSError, ValueError):
-            out[k] = 0
-    return out

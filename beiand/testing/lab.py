@@ -120,12 +120,12 @@ class Lab:
 
     def spawn(self, ns: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
         """Start a process inside a namespace (setns in the child before exec)."""
-        p = subprocess.Popen(list(argv), preexec_fn=lambda: setns(ns), **kw)  # noqa: PLW1509
+        p = subprocess.Popen(list(argv), preexec_fn=lambda: setns(ns), **kw)
         self.procs.append(p)
         return p
 
     def run(self, ns: str, argv: Sequence[str], timeout: float = 30, **kw: Any) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(list(argv), preexec_fn=lambda: setns(ns), timeout=timeout, **kw)  # noqa: PLW1509
+        return subprocess.run(list(argv), preexec_fn=lambda: setns(ns), timeout=timeout, **kw)
 
     def start_servers(self, workdir: Path) -> subprocess.Popen[bytes]:
         """HTTP :80 and :8080, HTTPS :443, QUIC udp/443, DNS :53 in the hosted namespace."""

@@ -97,7 +97,7 @@ async def main(directory: Path, ready: Path) -> None:
     await loop.create_datagram_endpoint(_DnsUdp, local_addr=(DNS_IP, 53))
     await asyncio.start_server(_dns_tcp, DNS_IP, 53)
     try:
-        from aioquic.asyncio import serve
+        from aioquic.asyncio import serve  # type: ignore[attr-defined]
         from aioquic.quic.configuration import QuicConfiguration
 
         qc = QuicConfiguration(is_client=False, alpn_protocols=["h3", "hq-interop"])

@@ -1,0 +1,571 @@
+"""``beiand run``: the live daemon.
+
+The main process loads and validates the config, records and inventory, then forks N capture
+workers (they share the loaded index copy-on-write). Each worker is a whole pipeline: its own
+``AF_PACKET`` sockets in one ``PACKET_FANOUT`` group, its own decoder and its own access-log
+partition. Workers send counters and observation summaries to the main process every second;
+the main process serves ``/metrics`` and the API, talks to systemd (``sd_notify``: READY,
+RELOADING, STOPPING, WATCHDOG), restarts a worker that died, reloads on SIGHUP or when a records
+file changes (a bad file keeps the old state), retires old log partitions, and on SIGTERM stops
+the workers, which flush their logs.
+
+Reload: the new state is built and validated in the main process; only then are the workers
+replaced one at a time (the fanout group keeps capturing on the others meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from aiohttp import web
+
+from beiand import __version__
+from beiand.accesslog import AccessLog, AccessLogSink, LogConfig, retire
+from beiand.accesslog.reader import stats as log_stats
+from beiand.capture.bpf import build as build_bpf
+from beiand.capture.live import LiveCapture
+from beiand.config import Config, ConfigError, load_config
+from beiand.inventory import Inventory, InventoryError, load_inventory
+from beiand.metrics import Metrics
+from beiand.model import Decision, Mode, Observation
+from beiand.net.decoder import Decoder, DecoderConfig
+from beiand.pipeline import Pipeline
+from beiand.policy import Policy, PolicyConfig, PolicyError
+from beiand.records import ImportRefused, build_index, load_files, normalise_domain
+from beiand.records.domains import DomainError
+from beiand.records.importer import canonical_ip
+from beiand.records.index import RecordIndex
+from beiand.server import make_app
+
+log = logging.getLogger("beiand")
+SNAPSHOT_INTERVAL = 1.0
+
+
+# -- systemd --------------------------------------------------------------------------------------
+
+
+def sd_notify(message: str) -> bool:
+    """Send a state line to systemd (``NOTIFY_SOCKET``); no libsystemd needed."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        try:
+            s.sendto(message.encode(), path)
+        except OSError as exc:
+            log.warning("sd_notify failed: %s", exc)
+            return False
+    return True
+
+
+def watchdog_interval() -> float | None:
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and int(pid) != os.getpid()):
+        return None
+    return int(usec) / 1e6 / 2
+
+
+# -- state ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class State:
+    """Everything loaded from files: replaced as a whole on reload, never in part."""
+
+    config: Config
+    index: RecordIndex
+    inventory: Inventory
+    policy: Policy
+    loaded_at: float
+    mtimes: dict[str, float] = field(default_factory=dict)
+
+
+class StateError(Exception):
+    pass
+
+
+def load_state(config_path: str) -> State:
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        raise StateError(str(exc)) from None
+    files = [str(p) for p in cfg.records.files]
+    try:
+        result = load_files(files, strict=cfg.records.strict)
+        index = build_index(result, loaded_at=time.time())
+    except ImportRefused as exc:
+        raise StateError(f"records refused: {exc}") from None
+    for e in result.errors[:20]:
+        log.warning("records: skipped %s", e)
+    try:
+        inv = load_inventory(str(cfg.inventory.file)) if cfg.inventory.file else Inventory([])
+    except InventoryError as exc:
+        raise StateError("inventory invalid: " + "; ".join(exc.problems)) from None
+    try:
+        pcfg = PolicyConfig(provider=cfg.records.provider, allow_names=frozenset(normalise_domain(n) for n in cfg.policy.allow),
+                            default_mode=Mode(cfg.policy.default_mode), access_pending_grace_days=cfg.policy.grace_days)
+    except (PolicyError, DomainError, ValueError) as exc:
+        raise StateError(f"policy: {exc}") from None
+    watched = [*files, *([str(cfg.inventory.file)] if cfg.inventory.file else []), config_path]
+    mtimes = {p: _mtime(p) for p in watched}
+    return State(cfg, index, inv, Policy(index, inv, pcfg), time.time(), mtimes)
+
+
+def _mtime(p: str) -> float:
+    try:
+        return os.stat(p).st_mtime
+    except OSError:
+        return 0.0
+
+
+# -- worker process -------------------------------------------------------------------------------
+
+
+class _Aggregate:
+    """Sink: per-(name, server, account, verdict) summaries for the active-resource view."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str, int, str, str, str, str], list[float]] = {}
+        self.changed: set[tuple[str, str, int, str, str, str, str]] = set()
+        self.counters: dict[str, float] = {}
+        self.latency: list[float] = []
+
+    def on_decision(self, obs: Observation, d: Decision) -> None:
+        key = (obs.name, obs.server_ip, obs.server_port, d.account, d.verdict.verdict.value, obs.kind.value, d.action.value)
+        row = self.rows.get(key)
+        if row is None:
+            self.rows[key] = [obs.ts, obs.ts, 1]
+        else:
+            row[1] = obs.ts
+            row[2] += 1
+        self.changed.add(key)
+        c = self.counters
+        for k in (f"obs:{obs.kind.value}", f"verdict:{d.verdict.verdict.value}", f"action:{d.action.value}"):
+            c[k] = c.get(k, 0) + 1
+        if len(self.latency) < 10_000:
+            self.latency.append(max(0.0, time.time() - obs.ts))
+
+    def flush(self) -> None:
+        pass
+
+    def take(self) -> list[tuple[Any, ...]]:
+        out = [(*k, *self.rows[k]) for k in self.changed]
+        self.changed.clear()
+        if len(self.rows) > 200_000:  # bounded: forget rows not touched in this round
+            self.rows = {}
+        return out
+
+
+def worker_main(idx: int, state: State, conn: Connection, fanout_group: int) -> None:
+    """One capture worker: its own sockets, decoder, pipeline and log partition."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: die with the main process
+    cfg = state.config
+    ifaces = cfg.capture.interfaces
+    prog = build_bpf(cfg.capture.tcp_ports, cfg.capture.udp_ports, dns=cfg.capture.dns)
+    caps = [LiveCapture(i, prog, fanout_group=fanout_group, block_size=cfg.capture.ring_block_kib * 1024,
+                        blocks=cfg.capture.ring_blocks, outgoing=len(ifaces) == 1) for i in ifaces]
+    al = cfg.accesslog
+    key = al.hmac_key_file.read_bytes().strip() if al.hmac_key_file else None
+    alog = AccessLog(LogConfig(al.directory, worker=idx, gateway=cfg.gateway, retention_days=al.retention_days,
+                               commit_interval=al.commit_interval, commit_records=al.commit_records, max_buffer=al.max_buffer,
+                               key=key, checkpoint_interval=al.checkpoint_interval))
+    sinks: list[Any] = []
+    ch = None
+    if al.clickhouse.url:
+        from beiand.accesslog.clickhouse import ClickHouseSink
+
+        c = al.clickhouse
+        ch = ClickHouseSink(c.url, c.spill_dir or al.directory / "spill", database=c.database, table=c.table, user=c.user,
+                            password=c.password_file.read_text().strip() if c.password_file else "", worker=idx,
+                            batch_records=c.batch_records, retention_days=al.retention_days)
+        sinks.append(AccessLogSink(ch, cfg.gateway))
+    else:
+        sinks.append(AccessLogSink(alog, cfg.gateway))
+    agg = _Aggregate()
+    decoder = Decoder(DecoderConfig(tcp_ports=frozenset(cfg.capture.tcp_ports), udp_ports=frozenset(cfg.capture.udp_ports)))
+    pipe = Pipeline(decoder, state.policy, [*sinks, agg])
+    conn.send({"ready": True, "pid": os.getpid()})
+    feed = pipe.feed
+    next_snap = time.monotonic() + SNAPSHOT_INTERVAL
+    import select
+
+    poller = select.poll()
+    for cap in caps:
+        poller.register(cap.fileno(), select.POLLIN)
+
+    def snapshot() -> dict[str, Any]:
+        c = dict(agg.counters)
+        for cap in caps:
+            ks = cap.stats()
+            c["kernel_packets"] = c.get("kernel_packets", 0) + ks.packets
+            c["kernel_drops"] = c.get("kernel_drops", 0) + ks.drops
+            c["userspace_packets"] = c.get("userspace_packets", 0) + cap.frames_read
+            c["userspace_bytes"] = c.get("userspace_bytes", 0) + cap.bytes_read
+        for k, v in decoder.drops.items():
+            c[f"drop:{k}"] = v
+        st = alog.stats
+        c.update(log_records=st.written, log_bytes=st.bytes_written, log_write_errors=st.write_errors, log_lost=st.lost,
+                 log_torn=st.torn_repaired)
+        fs, st.fsync_seconds = st.fsync_seconds, []
+        lat, agg.latency = agg.latency, []
+        return {"counters": c, "gauges": {"flows": decoder.flow_count, "log_pending": alog.pending,
+                                          "chain_head": int.from_bytes(alog.head[:6], "big")},
+                "fsync": fs, "latency": lat, "obs": agg.take(), "log_failing": st.failing}
+
+    while not stop:
+        if len(caps) == 1:
+            for ts, frame in caps[0].read(100):
+                feed(ts, frame, 1)
+        else:
+            for fd, _ in poller.poll(100):
+                for cap in caps:
+                    if cap.fileno() == fd:
+                        for ts, frame in cap.read(0):
+                            feed(ts, frame, 1)
+        now = time.monotonic()
+        if now >= next_snap:
+            next_snap = now + SNAPSHOT_INTERVAL
+            try:
+                conn.send(snapshot())
+            except (BrokenPipeError, OSError):
+                break
+    pipe.finish()
+    alog.close()
+    if ch is not None:
+        ch.close()
+    with contextlib.suppress(BrokenPipeError, OSError):
+        conn.send(snapshot())
+    for cap in caps:
+        cap.close()
+
+
+# -- main process ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    idx: int
+    proc: multiprocessing.process.BaseProcess
+    conn: Connection
+    ready: bool = False
+    last_seen: float = 0.0
+    log_failing: str = ""
+    pid: int = 0
+
+
+class Daemon:
+    def __init__(self, config_path: str) -> None:
+        self.config_path = config_path
+        self.state = load_state(config_path)
+        cfg = self.state.config
+        self.metrics = Metrics(cfg.capture.interfaces, __version__)
+        self.token = cfg.server.token_file.read_text().strip() if cfg.server.token_file else ""
+        self.workers: dict[int, Worker] = {}
+        self.obs: dict[tuple[Any, ...], list[Any]] = {}
+        self.fanout_group = cfg.capture.fanout_group or (os.getpid() & 0xFFFF)
+        self.ctx = multiprocessing.get_context("fork")
+        self.stopping = False
+        self.restarts = 0
+        self._reload_requested = False
+        self._reloading = False
+        self._notified_ready = False
+        self.metrics.retention.set(cfg.accesslog.retention_days)
+        self._records_metrics()
+        self.metrics.reload_ok.set(1)
+        cfg.accesslog.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+
+    # -- DaemonView -------------------------------------------------------------------------
+
+    def ready(self) -> list[str]:
+        problems = []
+        now = time.monotonic()
+        n = self.state.config.workers
+        alive = [w for w in self.workers.values() if w.ready and w.proc.is_alive() and now - w.last_seen < 5]
+        if len(alive) < n:
+            problems.append(f"capture: {len(alive)} of {n} worker(s) running")
+        if not self.state.index.stats().filings:
+            problems.append("records: none loaded")
+        failing = [w.log_failing for w in self.workers.values() if w.log_failing]
+        if failing:
+            problems.append(f"access log not writable: {failing[0]}")
+        return problems
+
+    def lookup(self, name: str, ip: str, server: str) -> dict[str, Any]:
+        st = self.state
+        if name:
+            try:
+                n = normalise_domain(name)
+            except DomainError as exc:
+                raise ValueError(f"name {name!r}: {exc.reason}") from None
+            server_ip = (canonical_ip(server) or "") if server else ""
+            if server and not server_ip:
+                raise ValueError(f"server {server!r} is not an IP address")
+        else:
+            n = ""
+            server_ip = canonical_ip(ip) or ""
+            if not server_ip:
+                raise ValueError(f"ip {ip!r} is not an IP address")
+        prefix = st.inventory.lookup(server_ip) if server_ip else None
+        d = st.policy.judge(n, server_ip, time.time(), prefix)
+        f = d.verdict.filing
+        return {"name": n, "server": server_ip or None, "hosted": prefix is not None, "verdict": d.verdict.verdict.value,
+                "reason": d.verdict.reason, "action": d.action.value, "rule": d.rule, "account": d.account,
+                "filing": None if f is None else {"number": f.number, "sponsor": f.sponsor, "status": f.status.value,
+                                                  "access_provider": f.access_provider, "domains": list(f.domains)}}
+
+    def observations(self, verdict: str, since: float, limit: int) -> list[dict[str, Any]]:
+        from beiand.records.domains import registrable_domain
+
+        rows = []
+        for (name, sip, sport, account, v, kind, action), (first, last, hits) in self.obs.items():
+            if (verdict and v != verdict) or last < since:
+                continue
+            rows.append({"name": name, "registrable_domain": registrable_domain(name) if name else "", "server": f"{sip}:{sport}",
+                         "account": account, "kind": kind, "verdict": v, "first_seen": first, "last_seen": last, "hits": hits,
+                         "blocked": action == "block", "action": action})
+        rows.sort(key=lambda r: -r["hits"])
+        return rows[:limit]
+
+    def status(self) -> dict[str, Any]:
+        return {"version": __version__, "gateway": self.state.config.gateway, "config": self.config_path,
+                "records_loaded_at": self.state.loaded_at, "filings": self.state.index.stats().filings,
+                "workers": [{"worker": w.idx, "pid": w.pid, "ready": w.ready, "alive": w.proc.is_alive()}
+                            for w in self.workers.values()], "worker_restarts": self.restarts}
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+
+    # -- workers ----------------------------------------------------------------------------
+
+    def _start_worker(self, idx: int) -> None:
+        parent, child = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(target=worker_main, args=(idx, self.state, child, self.fanout_group), name=f"beiand-w{idx}",
+                                daemon=False)
+        proc.start()
+        child.close()
+        self.workers[idx] = Worker(idx, proc, parent, last_seen=time.monotonic())
+        asyncio.get_running_loop().add_reader(parent.fileno(), self._on_worker_message, idx)
+
+    def _stop_worker(self, idx: int, timeout: float = 15) -> None:
+        w = self.workers.pop(idx)
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(w.conn.fileno())
+        if w.proc.is_alive():
+            os.kill(w.proc.pid or 0, signal.SIGTERM)
+        w.proc.join(timeout)
+        if w.proc.is_alive():
+            w.proc.kill()
+            w.proc.join()
+        self._drain(w)
+        w.conn.close()
+        self.metrics.forget(w.pid)
+
+    def _drain(self, w: Worker) -> None:
+        with contextlib.suppress(EOFError, OSError):
+            while w.conn.poll():
+                self._handle(w, w.conn.recv())
+
+    def _on_worker_message(self, idx: int) -> None:
+        w = self.workers.get(idx)
+        if w is None:
+            return
+        try:
+            msg = w.conn.recv()
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(w.conn.fileno())
+            return
+        self._handle(w, msg)
+
+    def _handle(self, w: Worker, msg: dict[str, Any]) -> None:
+        w.last_seen = time.monotonic()
+        if msg.get("ready"):
+            w.ready, w.pid = True, msg["pid"]
+            return
+        self.metrics.worker_snapshot(w.idx, w.pid, msg)
+        w.log_failing = msg.get("log_failing", "")
+        for row in msg.get("obs", ()):
+            key, (first, last, hits) = tuple(row[:7]), row[7:]
+            cur = self.obs.get(key)
+            if cur is None:
+                if len(self.obs) >= 100_000:
+                    oldest = min(self.obs, key=lambda k: self.obs[k][1])
+                    del self.obs[oldest]
+                self.obs[key] = [first, last, hits]
+            else:
+                cur[0] = min(cur[0], first)
+                cur[1] = max(cur[1], last)
+                cur[2] += hits
+
+    async def _supervise(self) -> None:
+        """Restart dead workers; watch files; keep systemd's watchdog fed; retire old logs."""
+        wd = watchdog_interval()
+        next_wd = 0.0
+        next_retire = 0.0
+        next_watch = 0.0
+        cfg = self.state.config
+        while not self.stopping:
+            await asyncio.sleep(0.2)
+            now = time.monotonic()
+            for idx, w in list(self.workers.items()):
+                if not w.proc.is_alive() and not self._reloading:
+                    log.error("worker %d (pid %s) died (exit code %s); restarting it", idx, w.pid, w.proc.exitcode)
+                    self._stop_worker(idx)
+                    self.restarts += 1
+                    self.metrics.worker_restarts.inc()
+                    self._start_worker(idx)
+            self.metrics.workers.set(sum(1 for w in self.workers.values() if w.proc.is_alive()))
+            if not self._notified_ready and not self.ready():
+                pass
+            elif not self._notified_ready:
+                self._notified_ready = True
+                sd_notify(f"READY=1\nSTATUS=capturing on {', '.join(cfg.capture.interfaces)} with {len(self.workers)} worker(s)")
+                log.info("ready: %d worker(s) capturing on %s", len(self.workers), ", ".join(cfg.capture.interfaces))
+            if wd and now >= next_wd and not self.ready():
+                pass
+            elif wd and now >= next_wd:
+                sd_notify("WATCHDOG=1")
+                next_wd = now + wd
+            if self._reload_requested:
+                self._reload_requested = False
+                await self.reload("request")
+            interval = self.state.config.daemon.watch_interval
+            if interval and now >= next_watch:
+                next_watch = now + interval
+                changed = [p for p, m in self.state.mtimes.items() if _mtime(p) != m]
+                if changed:
+                    log.info("changed on disk: %s; reloading", ", ".join(changed))
+                    await self.reload("file change")
+            if now >= next_retire:
+                next_retire = now + 3600
+                await asyncio.get_running_loop().run_in_executor(None, self._retire)
+
+    def _retire(self) -> None:
+        al = self.state.config.accesslog
+        try:
+            retire(al.directory, al.retention_days)
+            st = log_stats(al.directory)
+            if st.records:
+                self.metrics.oldest.set(max(0.0, time.time() - st.oldest_ms / 1000))
+            self.metrics.log_free.set(shutil.disk_usage(al.directory).free)
+        except Exception:
+            log.exception("access-log retention failed")
+
+    def _records_metrics(self) -> None:
+        self.metrics.records_filings.set(self.state.index.stats().filings)
+        self.metrics.records_loaded.set(self.state.loaded_at)
+
+    async def reload(self, why: str) -> bool:
+        if self._reloading:
+            return False
+        self._reloading = True
+        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        try:
+            try:
+                new = await asyncio.get_running_loop().run_in_executor(None, load_state, self.config_path)
+            except StateError as exc:
+                log.error("reload (%s) failed, keeping the old state: %s", why, exc)
+                self.metrics.reloads.labels("failure").inc()
+                self.metrics.reload_ok.set(0)
+                # Do not retry the same broken files every few seconds: wait for the next change.
+                self.state.mtimes = {p: _mtime(p) for p in self.state.mtimes}
+                return False
+            old_workers = new.config.workers != self.state.config.workers or new.config.capture != self.state.config.capture
+            self.state = new
+            self._records_metrics()
+            self.metrics.reloads.labels("success").inc()
+            self.metrics.reload_ok.set(1)
+            log.info("reload (%s): %d filings; replacing workers one at a time", why, new.index.stats().filings)
+            for idx in sorted(self.workers):
+                self._stop_worker(idx)
+                if idx < new.config.workers:
+                    self._start_worker(idx)
+            for idx in range(new.config.workers):
+                if idx not in self.workers:
+                    self._start_worker(idx)
+            if old_workers:
+                log.info("capture settings changed: %d worker(s)", new.config.workers)
+            return True
+        finally:
+            self._reloading = False
+            sd_notify("READY=1")
+
+    async def main(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def on_stop() -> None:
+            self.stopping = True
+            stop.set()
+
+        loop.add_signal_handler(signal.SIGTERM, on_stop)
+        loop.add_signal_handler(signal.SIGINT, on_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        cfg = self.state.config
+        runner = web.AppRunner(make_app(self), access_log=None)
+        await runner.setup()
+        host, port = cfg.listen()
+        await web.TCPSite(runner, host, port).start()
+        log.info("serving /metrics and /api/v1 on %s:%d", host, port)
+        for idx in range(cfg.workers):
+            self._start_worker(idx)
+        sup = asyncio.create_task(self._supervise())
+        await stop.wait()
+        sd_notify("STOPPING=1")
+        log.info("stopping: flushing the access log")
+        for idx in sorted(self.workers):
+            self._stop_worker(idx)
+        sup.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sup
+        await runner.cleanup()
+        return 0
+
+
+def run(config_path: str) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        d = Daemon(config_path)
+    except StateError as exc:
+        log.error("%s", exc)
+        return 2
+    for iface in d.state.config.capture.interfaces:
+        try:
+            socket.if_nametoindex(iface)
+        except OSError:
+            log.error("%s: capture.interfaces: %s: no such interface", config_path, iface)
+            return 2
+    if not d.state.config.capture.interfaces:
+        log.error("%s: capture.interfaces: none given", config_path)
+        return 2
+    logging.getLogger().setLevel(d.state.config.daemon.log_level.upper())
+    try:
+        return asyncio.run(d.main())
+    except OSError as exc:
+        log.error("%s", exc)
+        return 2

@@ -1,0 +1,148 @@
+"""Prometheus metrics, all named ``beiand_*`` with their unit in the name.
+
+Worker processes send cumulative counters; :class:`Metrics` turns them into deltas per worker
+process, so counters stay monotonic across worker restarts. No label takes unbounded values:
+labels are worker numbers, interface names from the config, kinds, verdicts, actions and
+decode-error reasons (a fixed set in the decoders).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+# Counter keys a worker snapshot may carry, and the metric + label each feeds.
+WORKER_COUNTERS = {
+    "kernel_packets": ("capture_kernel_packets", "packets that passed the kernel filter (PACKET_STATISTICS)"),
+    "kernel_drops": ("capture_kernel_drops", "packets the kernel dropped because the worker's ring was full"),
+    "userspace_packets": ("capture_userspace_packets", "frames read by the worker from its ring"),
+    "userspace_bytes": ("capture_userspace_bytes", "bytes of the frames read by the worker"),
+}
+
+
+class Metrics:
+    def __init__(self, interfaces: Sequence[str] = (), version: str = "") -> None:
+        r = self.registry = CollectorRegistry()
+        self.worker_counters = {k: Counter(f"beiand_{name}", doc, ["worker"], registry=r) for k, (name, doc) in WORKER_COUNTERS.items()}
+        self.observations = Counter("beiand_observations", "observations into hosted space, by how the name was seen", ["kind"],
+                                    registry=r)
+        self.verdicts = Counter("beiand_verdicts", "verdicts, by verdict", ["verdict"], registry=r)
+        self.actions = Counter("beiand_decisions", "decisions, by action (log, flag, block)", ["action"], registry=r)
+        self.decode_errors = Counter("beiand_decode_errors", "frames or flows dropped by the decoders, by reason", ["reason"],
+                                     registry=r)
+        self.flows = Gauge("beiand_flows", "flows tracked until their name is known", ["worker"], registry=r)
+        self.decision_latency = Histogram("beiand_decision_latency_seconds", "time from the packet carrying the name to its decision",
+                                          buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1),
+                                          registry=r)
+        self.records_filings = Gauge("beiand_records_filings", "filings (备案) loaded", registry=r)
+        self.records_loaded = Gauge("beiand_records_loaded_timestamp_seconds", "when the records in use were loaded", registry=r)
+        self.reloads = Counter("beiand_reloads", "reloads of config, records and inventory, by result", ["result"], registry=r)
+        self.reload_ok = Gauge("beiand_last_reload_successful", "1 if the last reload succeeded (the old state is kept otherwise)",
+                               registry=r)
+        self.log_records = Counter("beiand_accesslog_records", "access-log records written (Order 292 art. 14)", registry=r)
+        self.log_bytes = Counter("beiand_accesslog_bytes", "access-log bytes written", registry=r)
+        self.log_write_errors = Counter("beiand_accesslog_write_errors", "failed access-log writes (records are kept and retried)",
+                                        registry=r)
+        self.log_lost = Counter("beiand_accesslog_lost_records", "access-log records dropped because the buffer was full while "
+                                "writes failed", registry=r)
+        self.log_torn = Counter("beiand_accesslog_torn_repairs", "torn tails cut at start (after a crash)", registry=r)
+        self.fsync = Histogram("beiand_accesslog_fsync_seconds", "access-log group-commit fsync latency",
+                               buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r)
+        self.log_pending = Gauge("beiand_accesslog_pending_records", "records appended but not yet on disk", ["worker"], registry=r)
+        self.chain_head = Gauge("beiand_accesslog_chain_head_prefix", "first 48 bits of the worker's chain head (anchor it elsewhere)",
+                                ["worker"], registry=r)
+        self.oldest = Gauge("beiand_accesslog_oldest_record_age_seconds", "age of the oldest retained access-log record", registry=r)
+        self.retention = Gauge("beiand_accesslog_retention_days", "configured retention (at least 60)", registry=r)
+        self.log_free = Gauge("beiand_accesslog_filesystem_free_bytes", "free space on the access log's file system", registry=r)
+        self.worker_restarts = Counter("beiand_worker_restarts", "capture workers restarted after they died", registry=r)
+        self.workers = Gauge("beiand_workers_running", "capture worker processes running", registry=r)
+        self.blocks = Counter("beiand_enforcement_actions", "enforcement actions taken, by action", ["action"], registry=r)
+        self.breaker_open = Gauge("beiand_enforcement_breaker_open", "1 while the circuit breaker holds enforcement in dry-run",
+                                  registry=r)
+        self.audit_findings = Gauge("beiand_audit_findings", "findings of the last audit run, by kind", ["kind"], registry=r)
+        Info("beiand_build", "beiand version", registry=r).info({"version": version})
+        self._seen: dict[tuple[int, str], float] = {}  # (pid, key) → last cumulative value
+        self._interfaces = list(interfaces)
+        r.register(_InterfaceCollector(self._interfaces))
+
+    def worker_snapshot(self, worker: int, pid: int, snap: Mapping[str, Any]) -> None:
+        """Fold one worker snapshot (cumulative counters since that process started) in."""
+        w = str(worker)
+        for key, value in snap.get("counters", {}).items():
+            delta = value - self._seen.get((pid, key), 0.0)
+            if delta <= 0:
+                continue
+            self._seen[(pid, key)] = value
+            kind, _, label = key.partition(":")
+            if kind in self.worker_counters:
+                self.worker_counters[kind].labels(w).inc(delta)
+            elif kind == "obs":
+                self.observations.labels(label).inc(delta)
+            elif kind == "verdict":
+                self.verdicts.labels(label).inc(delta)
+            elif kind == "action":
+                self.actions.labels(label).inc(delta)
+            elif kind == "drop":
+                self.decode_errors.labels(label).inc(delta)
+            elif kind == "log_records":
+                self.log_records.inc(delta)
+            elif kind == "log_bytes":
+                self.log_bytes.inc(delta)
+            elif kind == "log_write_errors":
+                self.log_write_errors.inc(delta)
+            elif kind == "log_lost":
+                self.log_lost.inc(delta)
+            elif kind == "log_torn":
+                self.log_torn.inc(delta)
+            elif kind == "enforce":
+                self.blocks.labels(label).inc(delta)
+        g = snap.get("gauges", {})
+        if "flows" in g:
+            self.flows.labels(w).set(g["flows"])
+        if "log_pending" in g:
+            self.log_pending.labels(w).set(g["log_pending"])
+        if "chain_head" in g:
+            self.chain_head.labels(w).set(g["chain_head"])
+        for v in snap.get("fsync", ()):
+            self.fsync.observe(v)
+        for v in snap.get("latency", ()):
+            self.decision_latency.observe(v)
+
+    def forget(self, pid: int) -> None:
+        for k in [k for k in self._seen if k[0] == pid]:
+            del self._seen[k]
+
+
+def interface_counters(interface: str) -> dict[str, int]:
+    """rx/tx packets and bytes of an interface, from sysfs (in this network namespace)."""
+    out = {}
+    for k in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes"):
+        try:
+            with open(f"/sys/class/net/{interface}/statistics/{k}") as f:
+                out[k] = int(f.read())
+        except (OSError, ValueError):
+            out[k] = 0
+    return out
+
+
+class _InterfaceCollector(Collector):
+    """Packets and bytes per watched interface, read from sysfs at scrape time."""
+
+    def __init__(self, interfaces: Iterable[str]) -> None:
+        self.interfaces = list(interfaces)
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        pk = CounterMetricFamily("beiand_interface_packets", "packets seen on a watched interface", labels=["interface", "direction"])
+        by = CounterMetricFamily("beiand_interface_bytes", "bytes seen on a watched interface", labels=["interface", "direction"])
+        for i in self.interfaces:
+            c = interface_counters(i)
+            pk.add_metric([i, "rx"], c["rx_packets"])
+            pk.add_metric([i, "tx"], c["tx_packets"])
+            by.add_metric([i, "rx"], c["rx_bytes"])
+            by.add_metric([i, "tx"], c["tx_bytes"])
+        yield pk
+        yield by
