@@ -174,6 +174,9 @@ class _Aggregate:
 
 def worker_main(idx: int, state: State, conn: Connection, fanout_group: int) -> None:
     """One capture worker: its own sockets, decoder, pipeline and log partition."""
+    # The fork inherited the main process's event-loop signal wakeup fd: a signal to this
+    # worker must not be read as one to the main process.
+    signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     stop = False

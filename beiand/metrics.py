@@ -118,15 +118,18 @@ class Metrics:
 
 
 def interface_counters(interface: str) -> dict[str, int]:
-    """rx/tx packets and bytes of an interface, from sysfs (in this network namespace)."""
-    out = {}
-    for k in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes"):
-        try:
-            with open(f"/sys/class/net/{interface}/statistics/{k}") as f:
-                out[k] = int(f.read())
-        except (OSError, ValueError):
-            out[k] = 0
-    return out
+    """rx/tx packets and bytes of an interface, from /proc/net/dev: the calling process's own
+    network namespace (sysfs would show the namespace it was mounted in)."""
+    try:
+        with open("/proc/net/dev") as f:
+            for line in f:
+                name, sep, rest = line.partition(":")
+                if sep and name.strip() == interface:
+                    v = [int(x) for x in rest.split()]
+                    return {"rx_bytes": v[0], "rx_packets": v[1], "tx_bytes": v[8], "tx_packets": v[9]}
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"rx_bytes": 0, "rx_packets": 0, "tx_bytes": 0, "tx_packets": 0}
 
 
 class _InterfaceCollector(Collector):

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from beiand.testing.lab import DNS_IP, ZONE
+from beiand.testing.lab import DNS_IP, SERVER_IPS, ZONE
 
 
 def make_cert(directory: Path, names: list[str]) -> tuple[Path, Path]:
@@ -102,7 +102,9 @@ async def main(directory: Path, ready: Path) -> None:
 
         qc = QuicConfiguration(is_client=False, alpn_protocols=["h3", "hq-interop"])
         qc.load_cert_chain(str(cert), str(key))
-        await serve("0.0.0.0", 443, configuration=qc)
+        # One socket per address: a wildcard UDP socket would answer from the primary address.
+        for ip in SERVER_IPS:
+            await serve(ip, 443, configuration=qc)
     except ImportError:  # aioquic is a test dependency: no QUIC server without it
         pass
     ready.write_text("ok\n")
