@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   - the main job on an embedded default (sample records, inventory and traffic → the pipeline)
+#   make demo   - the main job on an embedded default: a lab of network namespaces, servers and real
+#                 traffic, with `beiand run` on its gateway (needs root)
 #   make test   - the whole test suite (installs what it needs: Python packages into .venv, Debian tools)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,7 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/beiand demo
+	./scripts/system-deps
+	$(VENV)/bin/beiand lab
 
 test: $(VENV)/.installed
 	./scripts/system-deps

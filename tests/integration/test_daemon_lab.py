@@ -87,7 +87,7 @@ def test_observations_match_the_traffic(lab) -> None:  # type: ignore[no-untyped
         assert want in seen, want
     unf = json.loads(http_get(lab["lab"], "/api/v1/observations?verdict=unfiled")[1])
     assert unf and all(r["verdict"] == "unfiled" and r["registrable_domain"] is not None for r in unf)
-    api = [r for r in rows if r["name"] == "api.shapp.cn"][0]
+    api = next(r for r in rows if r["name"] == "api.shapp.cn")
     assert api["hits"] == 2 and api["account"] == "cust-0001" and api["first_seen"] <= api["last_seen"]
 
 
