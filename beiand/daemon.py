@@ -16,8 +16,10 @@ replaced one at a time (the fanout group keeps capturing on the others meanwhile
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -51,7 +53,7 @@ from beiand.records.index import RecordIndex
 from beiand.server import make_app
 
 log = logging.getLogger("beiand")
-SNAPSHOT_INTERVAL = 1.0
+SNAPSHOT_INTERVAL = 0.25  # small deltas often: a big snapshot would stall the capture loop
 
 
 # -- systemd --------------------------------------------------------------------------------------
@@ -143,11 +145,20 @@ class _Aggregate:
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str, int, str, str, str, str], list[float]] = {}
         self.changed: set[tuple[str, str, int, str, str, str, str]] = set()
-        self.counters: dict[str, float] = {}
+        self.counts: dict[tuple[str, str, str], int] = {}
         self.latency: list[float] = []
 
+    @property
+    def counters(self) -> dict[str, float]:
+        c: dict[str, float] = {}
+        for (kind, verdict, action), n in self.counts.items():
+            for k in (f"obs:{kind}", f"verdict:{verdict}", f"action:{action}"):
+                c[k] = c.get(k, 0) + n
+        return c
+
     def on_decision(self, obs: Observation, d: Decision) -> None:
-        key = (obs.name, obs.server_ip, obs.server_port, d.account, d.verdict.verdict.value, obs.kind.value, d.action.value)
+        v = d.verdict.verdict
+        key = (obs.name, obs.server_ip, obs.server_port, d.account, v, obs.kind, d.action)
         row = self.rows.get(key)
         if row is None:
             self.rows[key] = [obs.ts, obs.ts, 1]
@@ -155,17 +166,16 @@ class _Aggregate:
             row[1] = obs.ts
             row[2] += 1
         self.changed.add(key)
-        c = self.counters
-        for k in (f"obs:{obs.kind.value}", f"verdict:{d.verdict.verdict.value}", f"action:{d.action.value}"):
-            c[k] = c.get(k, 0) + 1
+        ck = (obs.kind, v, d.action)
+        self.counts[ck] = self.counts.get(ck, 0) + 1
         if len(self.latency) < 10_000:
-            self.latency.append(max(0.0, time.time() - obs.ts))
+            self.latency.append(time.time() - obs.ts)
 
     def flush(self) -> None:
         pass
 
     def take(self) -> list[tuple[Any, ...]]:
-        out = [(*k, *self.rows[k]) for k in self.changed]
+        out = [(*map(str, k[:2]), k[2], *map(str, k[3:]), *self.rows[k]) for k in self.changed]
         self.changed.clear()
         if len(self.rows) > 200_000:  # bounded: forget rows not touched in this round
             self.rows = {}
@@ -188,11 +198,15 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int) -> 
     signal.signal(signal.SIGTERM, on_term)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: die with the main process
+    # The loaded index is millions of long-lived objects: keep the cyclic GC from walking them
+    # (a full collection would stall capture for tens of milliseconds).
+    gc.freeze()
     cfg = state.config
     ifaces = cfg.capture.interfaces
     prog = build_bpf(cfg.capture.tcp_ports, cfg.capture.udp_ports, dns=cfg.capture.dns)
     caps = [LiveCapture(i, prog, fanout_group=fanout_group, block_size=cfg.capture.ring_block_kib * 1024,
-                        blocks=cfg.capture.ring_blocks, outgoing=len(ifaces) == 1) for i in ifaces]
+                        blocks=cfg.capture.ring_blocks, outgoing=len(ifaces) == 1,
+                        block_timeout_ms=cfg.capture.ring_block_timeout_ms) for i in ifaces]
     al = cfg.accesslog
     key = al.hmac_key_file.read_bytes().strip() if al.hmac_key_file else None
     alog = AccessLog(LogConfig(al.directory, worker=idx, gateway=cfg.gateway, retention_days=al.retention_days,
@@ -291,6 +305,7 @@ class Daemon:
         self.token = cfg.server.token_file.read_text().strip() if cfg.server.token_file else ""
         self.workers: dict[int, Worker] = {}
         self.obs: dict[tuple[Any, ...], list[Any]] = {}
+        self.latencies: collections.deque[float] = collections.deque(maxlen=200_000)  # packet → decision, seconds
         self.fanout_group = cfg.capture.fanout_group or (os.getpid() & 0xFFFF)
         self.ctx = multiprocessing.get_context("fork")
         self.stopping = False
@@ -359,7 +374,8 @@ class Daemon:
         return {"version": __version__, "gateway": self.state.config.gateway, "config": self.config_path,
                 "records_loaded_at": self.state.loaded_at, "filings": self.state.index.stats().filings,
                 "workers": [{"worker": w.idx, "pid": w.pid, "ready": w.ready, "alive": w.proc.is_alive()}
-                            for w in self.workers.values()], "worker_restarts": self.restarts}
+                            for w in self.workers.values()], "worker_restarts": self.restarts,
+                "decision_latency_seconds": _percentiles(self.latencies)}
 
     def request_reload(self) -> None:
         self._reload_requested = True
@@ -411,6 +427,7 @@ class Daemon:
             w.ready, w.pid = True, msg["pid"]
             return
         self.metrics.worker_snapshot(w.idx, w.pid, msg)
+        self.latencies.extend(msg.get("latency", ()))
         w.log_failing = msg.get("log_failing", "")
         for row in msg.get("obs", ()):
             key, (first, last, hits) = tuple(row[:7]), row[7:]
@@ -548,6 +565,13 @@ class Daemon:
             await sup
         await runner.cleanup()
         return 0
+
+
+def _percentiles(values: collections.deque[float]) -> dict[str, float | int]:
+    v = sorted(values)
+    if not v:
+        return {"n": 0}
+    return {"n": len(v), "p50": v[len(v) // 2], "p99": v[min(len(v) - 1, len(v) * 99 // 100)], "max": v[-1]}
 
 
 def run(config_path: str) -> int:

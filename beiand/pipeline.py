@@ -76,8 +76,8 @@ class Pipeline:
         if decision.verdict.verdict is VerdictKind.NOT_HOSTED:
             self.skipped["not-hosted"] += 1
             return decision
-        self.kinds[obs.kind.value] += 1
-        self.verdicts[decision.verdict.verdict.value] += 1
+        self.kinds[obs.kind] += 1  # StrEnum members hash and compare as their values
+        self.verdicts[decision.verdict.verdict] += 1
         for s in self.sinks:
             try:
                 s.on_decision(obs, decision)

@@ -17,7 +17,8 @@ def to_record(obs: Observation, d: Decision, gateway: str = "") -> AccessRecord:
     f = d.verdict.filing
     return AccessRecord(
         int(obs.ts * 1000), d.account, obs.client_ip, obs.client_port, obs.server_ip, obs.server_port,
-        obs.transport.value, obs.kind.value, obs.name or obs.name_seen, d.verdict.verdict.value, d.action.value,
+        # StrEnum members are their values: no .value lookups on the hot path.
+        obs.transport, obs.kind, obs.name or obs.name_seen, d.verdict.verdict, d.action,
         f.number if f is not None else "", gateway, d.verdict.reason,
     )
 

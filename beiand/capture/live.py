@@ -50,7 +50,7 @@ class KernelStats:
 
 class LiveCapture:
     def __init__(self, interface: str, program: list[Insn], *, fanout_group: int | None = None, block_size: int = 1 << 20,
-                 blocks: int = 64, outgoing: bool = True) -> None:
+                 blocks: int = 64, outgoing: bool = True, block_timeout_ms: int = 1) -> None:
         self.interface = interface
         self.outgoing = outgoing  # also frames this host sends on the interface
         self.block_size = block_size
@@ -71,7 +71,7 @@ class LiveCapture:
             step = "PACKET_RX_RING"
             frame = 2048
             s.setsockopt(SOL_PACKET, PACKET_RX_RING,
-                         struct.pack("IIIIIII", block_size, blocks, frame, block_size * blocks // frame, 10, 0, 0))
+                         struct.pack("IIIIIII", block_size, blocks, frame, block_size * blocks // frame, block_timeout_ms, 0, 0))
             step = "mmap"
             self.ring = mmap.mmap(s.fileno(), block_size * blocks, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             step = "bind"
