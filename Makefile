@@ -20,13 +20,13 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	./scripts/system-deps
-	$(VENV)/bin/ruff check beiand tests bench
+	$(VENV)/bin/ruff check beiand tests bench dashboards rules
 	$(VENV)/bin/mypy beiand
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check beiand tests bench
+	$(VENV)/bin/ruff check beiand tests bench dashboards rules
 	$(VENV)/bin/mypy beiand
 	$(VENV)/bin/lint-imports
 

@@ -354,8 +354,9 @@ def reference() -> str:
         for tp, p in nested:
             section(tp, p)
 
-    for name, tp in _SECTIONS.items():
-        section(tp, name)
+    hints = typing.get_type_hints(Config)
+    for name in _SECTIONS:
+        section(hints[name], name)
     return "\n".join(out) + "\n"
 
 

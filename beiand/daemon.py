@@ -152,7 +152,7 @@ class _Aggregate:
     def counters(self) -> dict[str, float]:
         c: dict[str, float] = {}
         for (kind, verdict, action), n in self.counts.items():
-            for k in (f"obs:{kind}", f"verdict:{verdict}", f"action:{action}"):
+            for k in (f"obs:{kind}", f"verdict:{verdict}", f"action:{action}", f"va:{verdict}/{action}"):
                 c[k] = c.get(k, 0) + n
         return c
 
@@ -475,9 +475,10 @@ class Daemon:
                 self._reload_requested = False
                 await self.reload("request")
             interval = self.state.config.daemon.watch_interval
-            if interval and now >= next_watch:
-                next_watch = now + interval
-                changed = [p for p, m in self.state.mtimes.items() if _mtime(p) != m]
+            if now >= next_watch:
+                next_watch = now + (interval or 5.0)
+                self._records_metrics()
+                changed = [p for p, m in self.state.mtimes.items() if _mtime(p) != m] if interval else []
                 if changed:
                     log.info("changed on disk: %s; reloading", ", ".join(changed))
                     await self.reload("file change")
@@ -486,7 +487,20 @@ class Daemon:
                 await asyncio.get_running_loop().run_in_executor(None, self._retire)
 
     def _retire(self) -> None:
+        from beiand.accesslog import verify
+
         al = self.state.config.accesslog
+        try:
+            key = al.hmac_key_file.read_bytes().strip() if al.hmac_key_file else None
+            rep = verify(al.directory, key=key, since_ms=int((time.time() - 2 * 86400) * 1000))
+            self.metrics.verify_failures.set(len(rep.all_problems()))
+            self.metrics.verify_time.set(time.time())
+            for p in rep.all_problems():
+                log.error("access-log verification: %s", p)
+            for w, h in rep.heads.items():
+                log.info("access log chain head %s: %s", w, h)
+        except Exception:
+            log.exception("access-log verification failed to run")
         try:
             retire(al.directory, al.retention_days)
             st = log_stats(al.directory)
@@ -497,6 +511,8 @@ class Daemon:
             log.exception("access-log retention failed")
 
     def _records_metrics(self) -> None:
+        newest = max((_mtime(str(p)) for p in self.state.config.records.files), default=0.0)
+        self.metrics.records_age.set(max(0.0, time.time() - newest) if newest else 0.0)
         self.metrics.records_filings.set(self.state.index.stats().filings)
         self.metrics.records_loaded.set(self.state.loaded_at)
 

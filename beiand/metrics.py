@@ -32,6 +32,8 @@ class Metrics:
                                     registry=r)
         self.verdicts = Counter("beiand_verdicts", "verdicts, by verdict", ["verdict"], registry=r)
         self.actions = Counter("beiand_decisions", "decisions, by action (log, flag, block)", ["action"], registry=r)
+        self.verdict_actions = Counter("beiand_verdict_actions", "decisions, by verdict and action (unfiled and blocked, or not)",
+                                       ["verdict", "action"], registry=r)
         self.decode_errors = Counter("beiand_decode_errors", "frames or flows dropped by the decoders, by reason", ["reason"],
                                      registry=r)
         self.flows = Gauge("beiand_flows", "flows tracked until their name is known", ["worker"], registry=r)
@@ -40,6 +42,8 @@ class Metrics:
                                           registry=r)
         self.records_filings = Gauge("beiand_records_filings", "filings (备案) loaded", registry=r)
         self.records_loaded = Gauge("beiand_records_loaded_timestamp_seconds", "when the records in use were loaded", registry=r)
+        self.records_age = Gauge("beiand_records_age_seconds", "age of the newest records file (a stale export is an alert)",
+                                 registry=r)
         self.reloads = Counter("beiand_reloads", "reloads of config, records and inventory, by result", ["result"], registry=r)
         self.reload_ok = Gauge("beiand_last_reload_successful", "1 if the last reload succeeded (the old state is kept otherwise)",
                                registry=r)
@@ -55,12 +59,20 @@ class Metrics:
         self.log_pending = Gauge("beiand_accesslog_pending_records", "records appended but not yet on disk", ["worker"], registry=r)
         self.chain_head = Gauge("beiand_accesslog_chain_head_prefix", "first 48 bits of the worker's chain head (anchor it elsewhere)",
                                 ["worker"], registry=r)
+        self.verify_failures = Gauge("beiand_accesslog_verify_problems", "problems found by the last chain verification "
+                                     "(recent partitions)", registry=r)
+        self.verify_time = Gauge("beiand_accesslog_last_verify_timestamp_seconds", "when the chain was last verified", registry=r)
         self.oldest = Gauge("beiand_accesslog_oldest_record_age_seconds", "age of the oldest retained access-log record", registry=r)
         self.retention = Gauge("beiand_accesslog_retention_days", "configured retention (at least 60)", registry=r)
         self.log_free = Gauge("beiand_accesslog_filesystem_free_bytes", "free space on the access log's file system", registry=r)
         self.worker_restarts = Counter("beiand_worker_restarts", "capture workers restarted after they died", registry=r)
         self.workers = Gauge("beiand_workers_running", "capture worker processes running", registry=r)
         self.blocks = Counter("beiand_enforcement_actions", "enforcement actions taken, by action", ["action"], registry=r)
+        self.enforce_latency = Histogram("beiand_enforcement_latency_seconds", "time from the packet carrying the name to the "
+                                         "enforcement action on the wire",
+                                         buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1), registry=r)
+        self.enforce_errors = Counter("beiand_enforcement_errors", "enforcement actions that failed (capture goes on)", ["action"],
+                                      registry=r)
         self.breaker_open = Gauge("beiand_enforcement_breaker_open", "1 while the circuit breaker holds enforcement in dry-run",
                                   registry=r)
         self.audit_findings = Gauge("beiand_audit_findings", "findings of the last audit run, by kind", ["kind"], registry=r)
@@ -86,6 +98,9 @@ class Metrics:
                 self.verdicts.labels(label).inc(delta)
             elif kind == "action":
                 self.actions.labels(label).inc(delta)
+            elif kind == "va":
+                v, _, a = label.partition("/")
+                self.verdict_actions.labels(v, a).inc(delta)
             elif kind == "drop":
                 self.decode_errors.labels(label).inc(delta)
             elif kind == "log_records":
