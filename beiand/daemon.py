@@ -161,7 +161,7 @@ class _Aggregate:
         key = (obs.name, obs.server_ip, obs.server_port, d.account, v, obs.kind, d.action)
         row = self.rows.get(key)
         if row is None:
-            self.rows[key] = [obs.ts, obs.ts, 1]
+            self.rows[key] = [obs.ts, obs.ts, 1]  # first seen, last seen, hits since the last take()
         else:
             row[1] = obs.ts
             row[2] += 1
@@ -175,7 +175,12 @@ class _Aggregate:
         pass
 
     def take(self) -> list[tuple[Any, ...]]:
-        out = [(*map(str, k[:2]), k[2], *map(str, k[3:]), *self.rows[k]) for k in self.changed]
+        """The rows touched since the last call, with the hits since then (the main process adds them up)."""
+        out = []
+        for k in self.changed:
+            row = self.rows[k]
+            out.append((*map(str, k[:2]), k[2], *map(str, k[3:]), row[0], row[1], row[2]))
+            row[2] = 0
         self.changed.clear()
         if len(self.rows) > 200_000:  # bounded: forget rows not touched in this round
             self.rows = {}
@@ -313,7 +318,7 @@ class Daemon:
         self._reload_requested = False
         self._reloading = False
         self._notified_ready = False
-        self.metrics.retention.set(cfg.accesslog.retention_days)
+        self.metrics.retention.set(cfg.accesslog.retention_days * 86400)
         self._records_metrics()
         self.metrics.reload_ok.set(1)
         cfg.accesslog.directory.mkdir(parents=True, exist_ok=True, mode=0o750)

@@ -63,7 +63,7 @@ class Metrics:
                                      "(recent partitions)", registry=r)
         self.verify_time = Gauge("beiand_accesslog_last_verify_timestamp_seconds", "when the chain was last verified", registry=r)
         self.oldest = Gauge("beiand_accesslog_oldest_record_age_seconds", "age of the oldest retained access-log record", registry=r)
-        self.retention = Gauge("beiand_accesslog_retention_days", "configured retention (at least 60)", registry=r)
+        self.retention = Gauge("beiand_accesslog_retention_seconds", "configured retention (at least 60 days)", registry=r)
         self.log_free = Gauge("beiand_accesslog_filesystem_free_bytes", "free space on the access log's file system", registry=r)
         self.worker_restarts = Counter("beiand_worker_restarts", "capture workers restarted after they died", registry=r)
         self.workers = Gauge("beiand_workers_running", "capture worker processes running", registry=r)
@@ -84,6 +84,8 @@ class Metrics:
     def worker_snapshot(self, worker: int, pid: int, snap: Mapping[str, Any]) -> None:
         """Fold one worker snapshot (cumulative counters since that process started) in."""
         w = str(worker)
+        for c in self.worker_counters.values():
+            c.labels(w)  # export 0 rather than nothing: "no drops" is an answer
         for key, value in snap.get("counters", {}).items():
             delta = value - self._seen.get((pid, key), 0.0)
             if delta <= 0:

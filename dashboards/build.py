@@ -52,7 +52,7 @@ PANELS = [
     ("Access-log fsync latency", "timeseries", "s",
      [(f"histogram_quantile(0.99, sum by (le) (rate(beiand_accesslog_fsync_seconds_bucket{I}[$__rate_interval])))", "p99")], False),
     ("Retention held vs required (days)", "timeseries", "d",
-     [(f"max(beiand_accesslog_oldest_record_age_seconds{I}) / 86400", "held"), (f"max(beiand_accesslog_retention_days{I})", "required")],
+     [(f"max(beiand_accesslog_oldest_record_age_seconds{I}) / 86400", "held"), (f"max(beiand_accesslog_retention_seconds{I}) / 86400", "required")],
      True),
     ("Access-log write errors and lost records", "timeseries", "short",
      [(f"sum(increase(beiand_accesslog_write_errors_total{I}[$__rate_interval]))", "write errors"),

@@ -201,6 +201,90 @@ def test_a_killed_worker_is_restarted_and_counted(lab) -> None:  # type: ignore[
                            "https://unfiled.example.xyz/"], capture_output=True).returncode == 0
 
 
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "metrics.txt"
+
+
+def test_metrics_pass_promtool_and_match_the_golden_names_and_types(lab) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is not installed (scripts/system-deps installs it)"
+    body = http_get(lab["lab"], "/metrics")[1]
+    r = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True)
+    assert r.returncode == 0, (r.stdout + r.stderr).decode()
+    types = sorted({line.split()[2] + " " + line.split()[3] for line in body.decode().splitlines() if line.startswith("# TYPE ")})
+    if os.environ.get("BEIAND_UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text("\n".join(types) + "\n")
+    golden = GOLDEN.read_text().split("\n")
+    assert types == [g for g in golden if g], (
+        "metric names or types changed (dashboards and alerts depend on them); if intended: "
+        "BEIAND_UPDATE_GOLDEN=1 pytest tests/integration/test_daemon_lab.py, and update rules/ and dashboards/")
+
+
+def test_prometheus_scrapes_beiand_and_every_panel_query_works(lab) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+    import urllib.parse
+    import urllib.request
+
+    from beiand.testing.lab import in_netns
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "dashboards"))
+    import build as dashboard  # type: ignore[import-not-found]
+
+    prom = shutil.which("prometheus")
+    assert prom, "prometheus is not installed (scripts/system-deps installs it)"
+    lb, wd = lab["lab"], lab["wd"]
+    (wd / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "rule_files: [" + str(Path(__file__).resolve().parents[2] / "rules" / "beiand.rules.yml") + "]\n"
+        "scrape_configs:\n  - job_name: beiand\n    static_configs: [{targets: ['127.0.0.1:9640']}]\n")
+    with open(wd / "prometheus.log", "ab") as logf:
+        p = lb.spawn(lb.gw, [prom, f"--config.file={wd / 'prometheus.yml'}", f"--storage.tsdb.path={wd / 'tsdb'}",
+                             "--web.listen-address=127.0.0.1:19090"], stdout=logf, stderr=logf)
+
+    def api(path: str) -> dict:  # type: ignore[type-arg]
+        def get() -> dict:  # type: ignore[type-arg]
+            with urllib.request.urlopen("http://127.0.0.1:19090" + path, timeout=5) as r:
+                return json.loads(r.read())  # type: ignore[no-any-return]
+        return in_netns(lb.gw, get)
+
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if api("/api/v1/query?query=up")["data"]["result"]:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        # Traffic while Prometheus watches, so rates are not zero.
+        drive_more = lb.run(lb.cli, ["curl", "-s", "-k", "-m", "5", "--resolve", "unfiled.example.xyz:443:198.51.100.11",
+                                     "https://unfiled.example.xyz/"], capture_output=True)
+        assert drive_more.returncode == 0
+        time.sleep(6)
+        up = api("/api/v1/query?query=up")["data"]["result"]
+        assert up and up[0]["value"][1] == "1"
+        dash = json.loads((Path(__file__).resolve().parents[2] / "dashboards" / "beiand.json").read_text())
+        core = set(dashboard.core_titles())
+        empty_core = []
+        for panel in dash["panels"]:
+            for t in panel["targets"]:
+                q = t["expr"].replace("$__rate_interval", "30s").replace("$__range", "5m").replace("$instance", ".*")
+                res = api("/api/v1/query?" + urllib.parse.urlencode({"query": q}))
+                assert res["status"] == "success", (panel["title"], q, res)
+                if panel["title"] in core and not res["data"]["result"]:
+                    empty_core.append(panel["title"])
+        assert not empty_core, f"core panels without data: {empty_core}"
+        rules = api("/api/v1/rules")["data"]["groups"]
+        assert {g["name"] for g in rules} == {"beiand.recording", "beiand.alerts"}
+        assert all(r["health"] == "ok" for g in rules for r in g["rules"]), [r for g in rules for r in g["rules"] if r["health"] != "ok"]
+    finally:
+        p.terminate()
+        p.wait(30)
+
+
 def test_sigterm_flushes_and_exits_cleanly(lab) -> None:  # type: ignore[no-untyped-def]
     from beiand.accesslog import stats, verify
 
