@@ -120,6 +120,7 @@ class EnforceSection:
     queue: int = _f(0, "First NFQUEUE number (workers use queue..queue+workers-1).", min=0, max=65000)
     connbytes: int = _f(8, "Packets of a flow sent through the queue (iptables connbytes).", min=1, max=64)
     quic_block_seconds: int = _f(30, "How long a QUIC flow to an unfiled name is dropped (client falls back to TCP).", min=1)
+    ip_block_seconds: int = _f(600, "How long an unfiled IP-only service (address and port) stays blocked in nftables.", min=1)
     grace_seconds: int = _f(0, "Do not block names first seen less than this long ago.", min=0)
     max_blocks_per_minute: int = _f(600, "Circuit breaker: above this, enforcement falls back to dry-run.", min=1)
     max_unfiled_share: float = _f(0.5, "Circuit breaker: share of unfiled verdicts per minute that opens it.", min=0.0, max=1.0)

@@ -40,10 +40,13 @@ from beiand.accesslog.reader import stats as log_stats
 from beiand.capture.bpf import build as build_bpf
 from beiand.capture.live import LiveCapture
 from beiand.config import Config, ConfigError, load_config
+from beiand.enforce import Enforcer, EnforceSettings, Injector, OrderError, OrderStore
+from beiand.enforce.nfqueue import NfQueue, install_rules, remove_rules, rule_specs
+from beiand.enforce.nft import Nft, NftError
 from beiand.inventory import Inventory, InventoryError, load_inventory
 from beiand.metrics import Metrics
 from beiand.model import Decision, Mode, Observation
-from beiand.net.decoder import Decoder, DecoderConfig
+from beiand.net.decoder import LINKTYPE_RAW, Decoder, DecoderConfig
 from beiand.pipeline import Pipeline
 from beiand.policy import Policy, PolicyConfig, PolicyError
 from beiand.records import ImportRefused, build_index, load_files, normalise_domain
@@ -187,6 +190,30 @@ class _Aggregate:
         return out
 
 
+def make_enforcer(cfg: Config) -> Enforcer:
+    e = cfg.enforce
+    settings = EnforceSettings(inline=e.inline, quic_block_seconds=e.quic_block_seconds, ip_block_seconds=e.ip_block_seconds,
+                               grace_seconds=e.grace_seconds, max_blocks_per_minute=e.max_blocks_per_minute,
+                               max_unfiled_share=e.max_unfiled_share, min_verdicts_for_share=e.min_verdicts_for_share,
+                               contact=e.contact, provider_name=e.provider_name)
+    injector: Injector | None = None
+    nft: Nft | None = None
+    try:
+        injector = Injector()
+    except OSError as exc:
+        log.warning("enforcement: no raw socket (%s): resets and block pages are unavailable", exc)
+    try:
+        nft = Nft()
+    except NftError as exc:
+        log.warning("enforcement: %s: QUIC and IP blocks are unavailable", exc)
+    orders = None
+    try:
+        orders = OrderStore(cfg.daemon.state_dir)
+    except OrderError as exc:
+        log.error("%s", exc)
+    return Enforcer(settings, injector, nft, orders)
+
+
 def worker_main(idx: int, state: State, conn: Connection, fanout_group: int) -> None:
     """One capture worker: its own sockets, decoder, pipeline and log partition."""
     # The fork inherited the main process's event-loop signal wakeup fd: a signal to this
@@ -208,7 +235,9 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int) -> 
     gc.freeze()
     cfg = state.config
     ifaces = cfg.capture.interfaces
-    prog = build_bpf(cfg.capture.tcp_ports, cfg.capture.udp_ports, dns=cfg.capture.dns)
+    inline = cfg.enforce.inline
+    # Inline: watched TCP/UDP arrive through NFQUEUE; AF_PACKET carries the DNS answers only.
+    prog = build_bpf(() if inline else cfg.capture.tcp_ports, () if inline else cfg.capture.udp_ports, dns=cfg.capture.dns)
     caps = [LiveCapture(i, prog, fanout_group=fanout_group, block_size=cfg.capture.ring_block_kib * 1024,
                         blocks=cfg.capture.ring_blocks, outgoing=len(ifaces) == 1,
                         block_timeout_ms=cfg.capture.ring_block_timeout_ms) for i in ifaces]
@@ -231,7 +260,9 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int) -> 
         sinks.append(AccessLogSink(alog, cfg.gateway))
     agg = _Aggregate()
     decoder = Decoder(DecoderConfig(tcp_ports=frozenset(cfg.capture.tcp_ports), udp_ports=frozenset(cfg.capture.udp_ports)))
-    pipe = Pipeline(decoder, state.policy, [*sinks, agg])
+    enforcer = make_enforcer(cfg)
+    queue = NfQueue(cfg.enforce.queue + idx) if inline else None
+    pipe = Pipeline(decoder, state.policy, [*sinks, agg], actor=enforcer)
     conn.send({"ready": True, "pid": os.getpid()})
     feed = pipe.feed
     next_snap = time.monotonic() + SNAPSHOT_INTERVAL
@@ -240,6 +271,16 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int) -> 
     poller = select.poll()
     for cap in caps:
         poller.register(cap.fileno(), select.POLLIN)
+    if queue is not None:
+        poller.register(queue.fileno(), select.POLLIN)
+
+    def from_queue() -> None:
+        assert queue is not None
+        for pid, packet in queue.packets():
+            enforcer.drop_current = False
+            feed(time.time(), packet, LINKTYPE_RAW)
+            queue.verdict(pid, not enforcer.drop_current)
+        queue.send()
 
     def snapshot() -> dict[str, Any]:
         c = dict(agg.counters)
@@ -256,16 +297,25 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int) -> 
                  log_torn=st.torn_repaired)
         fs, st.fsync_seconds = st.fsync_seconds, []
         lat, agg.latency = agg.latency, []
+        for k, v in enforcer.actions.items():
+            c[f"enforce:{k}"] = v
+        for k, v in enforcer.errors.items():
+            c[f"enforce_error:{k}"] = v
+        elat, enforcer.latency = enforcer.latency, []
         return {"counters": c, "gauges": {"flows": decoder.flow_count, "log_pending": alog.pending,
                                           "chain_head": int.from_bytes(alog.head[:6], "big")},
-                "fsync": fs, "latency": lat, "obs": agg.take(), "log_failing": st.failing}
+                "fsync": fs, "latency": lat, "enforce_latency": elat, "obs": agg.take(), "log_failing": st.failing,
+                "breaker": enforcer.breaker.why if enforcer.breaker.open else ""}
 
     while not stop:
-        if len(caps) == 1:
+        if len(caps) == 1 and queue is None:
             for ts, frame in caps[0].read(100):
                 feed(ts, frame, 1)
         else:
             for fd, _ in poller.poll(100):
+                if queue is not None and fd == queue.fileno():
+                    from_queue()
+                    continue
                 for cap in caps:
                     if cap.fileno() == fd:
                         for ts, frame in cap.read(0):
@@ -273,11 +323,22 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int) -> 
         now = time.monotonic()
         if now >= next_snap:
             next_snap = now + SNAPSHOT_INTERVAL
+            if enforcer.orders is not None:
+                try:
+                    enforcer.orders.reload()
+                except OrderError as exc:
+                    log.error("%s", exc)
             try:
+                while conn.poll():
+                    cmd = conn.recv()
+                    if cmd.get("cmd") == "close-breaker":
+                        enforcer.breaker.close()
                 conn.send(snapshot())
-            except (BrokenPipeError, OSError):
+            except (BrokenPipeError, EOFError, OSError):
                 break
     pipe.finish()
+    if queue is not None:
+        queue.close()
     alog.close()
     if ch is not None:
         ch.close()
@@ -299,6 +360,7 @@ class Worker:
     last_seen: float = 0.0
     log_failing: str = ""
     pid: int = 0
+    breaker: str = ""
 
 
 class Daemon:
@@ -322,6 +384,51 @@ class Daemon:
         self._records_metrics()
         self.metrics.reload_ok.set(1)
         cfg.accesslog.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self.nft: Nft | None = None
+        self.orders: OrderStore | None = None
+        self._rules: list[list[str]] = []
+
+    def _setup_enforcement(self) -> None:
+        cfg = self.state.config
+        try:
+            self.nft = Nft()
+            self.nft.setup()
+            log.info("enforcement: nftables table inet beiand ready (%s)", self.nft.via)
+        except (NftError, OSError) as exc:
+            self.nft = None
+            log.warning("enforcement: nftables unavailable (%s): QUIC, IP-only and address orders cannot be blocked", exc)
+        try:
+            self.orders = OrderStore(cfg.daemon.state_dir)
+            self._sync_orders(force=True)
+        except OrderError as exc:
+            log.error("%s", exc)
+        if cfg.enforce.inline:
+            self._rules = rule_specs(cfg.capture.tcp_ports, cfg.capture.udp_ports, cfg.enforce.queue, cfg.workers,
+                                     cfg.enforce.connbytes)
+            install_rules(self._rules)
+
+    def _teardown_enforcement(self) -> None:
+        if self._rules:
+            remove_rules(self._rules)
+            self._rules = []
+        if self.nft is not None:
+            self.nft.teardown()
+
+    def _sync_orders(self, force: bool = False) -> None:
+        if self.orders is None:
+            return
+        try:
+            changed = self.orders.reload()
+        except OrderError as exc:
+            log.error("%s", exc)
+            return
+        if (changed or force) and self.nft is not None:
+            try:
+                Enforcer(EnforceSettings(), None, self.nft, self.orders).sync_ip_orders()
+            except NftError as exc:
+                log.error("closure orders: nftables: %s", exc)
+        if changed:
+            log.info("closure orders: %d in force", len(self.orders.orders))
 
     # -- DaemonView -------------------------------------------------------------------------
 
@@ -380,15 +487,24 @@ class Daemon:
                 "records_loaded_at": self.state.loaded_at, "filings": self.state.index.stats().filings,
                 "workers": [{"worker": w.idx, "pid": w.pid, "ready": w.ready, "alive": w.proc.is_alive()}
                             for w in self.workers.values()], "worker_restarts": self.restarts,
-                "decision_latency_seconds": _percentiles(self.latencies)}
+                "decision_latency_seconds": _percentiles(self.latencies),
+                "breaker": {str(w.idx): w.breaker for w in self.workers.values() if w.breaker},
+                "enforcement": {"inline": self.state.config.enforce.inline, "nftables": self.nft.via if self.nft else None,
+                                "orders": len(self.orders.orders) if self.orders else 0}}
 
     def request_reload(self) -> None:
         self._reload_requested = True
 
+    def close_breaker(self) -> None:
+        for w in self.workers.values():
+            with contextlib.suppress(OSError):
+                w.conn.send({"cmd": "close-breaker"})
+        log.warning("circuit breaker close requested by the operator")
+
     # -- workers ----------------------------------------------------------------------------
 
     def _start_worker(self, idx: int) -> None:
-        parent, child = self.ctx.Pipe(duplex=False)
+        parent, child = self.ctx.Pipe(duplex=True)
         proc = self.ctx.Process(target=worker_main, args=(idx, self.state, child, self.fanout_group), name=f"beiand-w{idx}",
                                 daemon=False)
         proc.start()
@@ -434,6 +550,8 @@ class Daemon:
         self.metrics.worker_snapshot(w.idx, w.pid, msg)
         self.latencies.extend(msg.get("latency", ()))
         w.log_failing = msg.get("log_failing", "")
+        w.breaker = msg.get("breaker", "")
+        self.metrics.breaker_open.set(1 if any(x.breaker for x in self.workers.values()) else 0)
         for row in msg.get("obs", ()):
             key, (first, last, hits) = tuple(row[:7]), row[7:]
             cur = self.obs.get(key)
@@ -476,6 +594,7 @@ class Daemon:
             elif wd and now >= next_wd:
                 sd_notify("WATCHDOG=1")
                 next_wd = now + wd
+            self._sync_orders()
             if self._reload_requested:
                 self._reload_requested = False
                 await self.reload("request")
@@ -568,6 +687,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, on_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         cfg = self.state.config
+        self._setup_enforcement()
         runner = web.AppRunner(make_app(self), access_log=None)
         await runner.setup()
         host, port = cfg.listen()
@@ -581,6 +701,7 @@ class Daemon:
         log.info("stopping: flushing the access log")
         for idx in sorted(self.workers):
             self._stop_worker(idx)
+        self._teardown_enforcement()
         sup.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sup

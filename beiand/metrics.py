@@ -117,6 +117,8 @@ class Metrics:
                 self.log_torn.inc(delta)
             elif kind == "enforce":
                 self.blocks.labels(label).inc(delta)
+            elif kind == "enforce_error":
+                self.enforce_errors.labels(label).inc(delta)
         g = snap.get("gauges", {})
         if "flows" in g:
             self.flows.labels(w).set(g["flows"])
@@ -128,6 +130,8 @@ class Metrics:
             self.fsync.observe(v)
         for v in snap.get("latency", ()):
             self.decision_latency.observe(v)
+        for v in snap.get("enforce_latency", ()):
+            self.enforce_latency.observe(v)
 
     def forget(self, pid: int) -> None:
         for k in [k for k in self._seen if k[0] == pid]:

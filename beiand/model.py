@@ -111,6 +111,11 @@ class Observation(NamedTuple):
     name: str  # normalised (A-label, lower case, no trailing dot); "" for ip-only
     answers: tuple[str, ...] = ()  # DNS: the answered addresses
     detail: str = ""  # e.g. "ech-outer", "alpn=h2,http/1.1"
+    # TCP: the client segment that completed the name (sequence, acknowledgement, payload
+    # length): what an enforcer needs to reset the connection. 0 elsewhere.
+    tcp_seq: int = 0
+    tcp_ack: int = 0
+    tcp_len: int = 0
 
 
 class Verdict(NamedTuple):

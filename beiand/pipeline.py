@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from beiand.model import Decision, Kind, Observation, VerdictKind
@@ -27,9 +27,11 @@ class Sink(Protocol):
 
 
 class Pipeline:
-    def __init__(self, decoder: Decoder, policy: Policy, sinks: Sequence[Sink] = ()) -> None:
+    def __init__(self, decoder: Decoder, policy: Policy, sinks: Sequence[Sink] = (),
+                 actor: Callable[[Observation, Decision], Decision] | None = None) -> None:
         self.decoder = decoder
         self.policy = policy
+        self.actor = actor  # the enforcer: acts on a decision and returns what was done
         self.sinks = list(sinks)
         self.verdicts: Counter[str] = Counter()
         self.kinds: Counter[str] = Counter()
@@ -76,6 +78,12 @@ class Pipeline:
         if decision.verdict.verdict is VerdictKind.NOT_HOSTED:
             self.skipped["not-hosted"] += 1
             return decision
+        if self.actor is not None:
+            try:
+                decision = self.actor(obs, decision)
+            except Exception:
+                log.exception("enforcer failed")
+                self.sink_errors["enforcer"] += 1
         self.kinds[obs.kind] += 1  # StrEnum members hash and compare as their values
         self.verdicts[decision.verdict.verdict] += 1
         for s in self.sinks:

@@ -3,7 +3,7 @@
 ``/metrics`` (Prometheus), ``/healthz`` (process alive), ``/readyz`` (capture running, records
 loaded, log writable), ``/api/v1/lookup?name=…|ip=…[&server=…]`` (the verdict the daemon would
 give now), ``/api/v1/observations?verdict=…&since=…`` (the active-resource view),
-``/api/v1/status``; ``POST /api/v1/reload`` changes state and needs the bearer token.
+``/api/v1/status``; ``POST /api/v1/reload`` and ``POST /api/v1/breaker/close`` change state and need the bearer token.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ class DaemonView(Protocol):
     def status(self) -> dict[str, Any]: ...
 
     def request_reload(self) -> None: ...
+
+    def close_breaker(self) -> None: ...
 
 
 def make_app(d: DaemonView) -> web.Application:
@@ -80,7 +82,14 @@ def make_app(d: DaemonView) -> web.Application:
     app.router.add_get("/api/v1/lookup", lookup)
     app.router.add_get("/api/v1/observations", observations)
     app.router.add_get("/api/v1/status", status)
+    async def close_breaker(req: web.Request) -> web.Response:
+        if not _authorised(req, d.token):
+            return web.json_response({"error": "a bearer token (server.token_file) is required"}, status=401)
+        d.close_breaker()
+        return web.json_response({"breaker": "closing"}, status=202)
+
     app.router.add_post("/api/v1/reload", reload)
+    app.router.add_post("/api/v1/breaker/close", close_breaker)
     return app
 
 

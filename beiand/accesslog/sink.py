@@ -19,7 +19,8 @@ def to_record(obs: Observation, d: Decision, gateway: str = "") -> AccessRecord:
         int(obs.ts * 1000), d.account, obs.client_ip, obs.client_port, obs.server_ip, obs.server_port,
         # StrEnum members are their values: no .value lookups on the hot path.
         obs.transport, obs.kind, obs.name or obs.name_seen, d.verdict.verdict, d.action,
-        f.number if f is not None else "", gateway, d.verdict.reason,
+        f.number if f is not None else "", gateway, d.verdict.reason, "", "",
+        d.rule[6:] if d.rule.startswith("order:") else "",
     )
 
 

@@ -150,6 +150,7 @@ class Decoder:
         self.done: dict[bytes, float] = {}
         self._done_old: dict[bytes, float] = {}
         self.drops: Counter[str] = Counter()  # what was dropped, by layer:reason
+        self._seg: tuple[int, int, int] = (0, 0, 0)  # the TCP segment being decoded: seq, ack, payload length
         self.stats: Counter[str] = Counter()  # what was seen
         self.packets = 0
         self.bytes = 0
@@ -515,6 +516,7 @@ class Decoder:
             return
         seq = _U32.unpack_from(buf, l4 + 4)[0]
         data = buf[l4 + doff : end]
+        self._seg = (seq, _U32.unpack_from(buf, l4 + 8)[0], end - l4 - doff)
         flow = self.flows.get(key)
         if flow is None:
             # Most connections: the whole ClientHello or request head in the first segment.
@@ -600,9 +602,10 @@ class Decoder:
 
     def _emit(self, flow: Flow, ts: float, kind: Kind, transport: Transport, name: str, detail: str) -> None:
         af = _AF6 if len(flow.client) == 16 else _AF4
+        seq, ack, ln = self._seg if transport is Transport.TCP else (0, 0, 0)
         self._out.append(Observation(
             ts, _ntop(af, flow.client), flow.sport, _ntop(af, flow.server), flow.dport, transport, kind,
-            name, normalise_wire_name(name) if name else "", (), detail))
+            name, normalise_wire_name(name) if name else "", (), detail, seq, ack, ln))
 
     # -- DNS ------------------------------------------------------------------------------
 

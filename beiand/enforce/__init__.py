@@ -1,0 +1,13 @@
+"""Enforcement (REGULATIONS.md O1, O2, O5, O6): stop unfiled services on the wire, safely.
+
+``Enforcer`` is the pipeline's actor: it turns a policy ``Decision`` into what is done (reset,
+block page, nftables entry), honouring modes, grace, closure orders and the circuit breaker.
+``Injector`` sends hand-built packets on raw sockets opened once; ``Nft`` manages beiand's own
+``inet beiand`` table; ``OrderStore`` keeps closure orders (关停指令); ``nfqueue`` is the inline path.
+"""
+
+from beiand.enforce.actor import Breaker, Enforcer, EnforceSettings
+from beiand.enforce.orders import Order, OrderError, OrderStore
+from beiand.enforce.packets import Injector, block_page
+
+__all__ = ["Breaker", "EnforceSettings", "Enforcer", "Injector", "Order", "OrderError", "OrderStore", "block_page"]

@@ -1,0 +1,170 @@
+"""The enforcer: the pipeline's actor between the policy's decision and the sinks.
+
+It applies closure orders (any mode), the grace period for newly seen names, the circuit
+breaker, and acts: TCP reset, HTTP block page, nftables entries. It never raises: a failed
+action is counted and capture goes on. The decision it returns is what was done, so the access
+log records the action actually taken, with the rule (and order number) that caused it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from beiand.enforce.nft import Nft
+from beiand.enforce.orders import OrderStore
+from beiand.enforce.packets import Injector, block_page
+from beiand.model import Action, Decision, Kind, Observation, Transport, VerdictKind
+
+log = logging.getLogger(__name__)
+_BAD = frozenset({VerdictKind.UNFILED, VerdictKind.MISMATCH, VerdictKind.INACTIVE})
+
+
+@dataclass(frozen=True)
+class EnforceSettings:
+    inline: bool = False  # True: the packet carrying the name is held (NFQUEUE) and dropped, so no race
+    quic_block_seconds: int = 30
+    ip_block_seconds: int = 600
+    grace_seconds: int = 0
+    max_blocks_per_minute: int = 600
+    max_unfiled_share: float = 0.5
+    min_verdicts_for_share: int = 200
+    contact: str = ""
+    provider_name: str = ""
+
+
+class Breaker:
+    """Opens (enforcement falls back to dry-run) when blocks per minute exceed the ceiling or
+    the share of bad verdicts jumps: the sign of a broken records feed. Closed by an operator."""
+
+    def __init__(self, max_blocks: int, max_share: float, min_verdicts: int) -> None:
+        self.max_blocks, self.max_share, self.min_verdicts = max_blocks, max_share, min_verdicts
+        self.window = 0.0
+        self.blocks = self.bad = self.total = 0
+        self.open = False
+        self.why = ""
+
+    def record(self, now: float, bad: bool, block: bool) -> None:
+        if now - self.window >= 60:
+            self.window, self.blocks, self.bad, self.total = now, 0, 0, 0
+        self.total += 1
+        self.bad += bad
+        self.blocks += block
+        if self.open:
+            return
+        if self.blocks > self.max_blocks:
+            self._trip(f"{self.blocks} blocks in the last minute (ceiling {self.max_blocks})")
+        elif self.total >= self.min_verdicts and self.bad / self.total > self.max_share:
+            self._trip(f"{self.bad} of {self.total} verdicts in the last minute not filed "
+                       f"(> {self.max_share:.0%}): a broken records feed?")
+
+    def _trip(self, why: str) -> None:
+        self.open, self.why = True, why
+        log.error("enforcement circuit breaker OPEN, falling back to dry-run: %s", why)
+
+    def close(self) -> None:
+        if self.open:
+            log.warning("enforcement circuit breaker closed by the operator")
+        self.open, self.why = False, ""
+        self.window = 0.0
+
+
+class Enforcer:
+    def __init__(self, settings: EnforceSettings, injector: Injector | None = None, nft: Nft | None = None,
+                 orders: OrderStore | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.s = settings
+        self.injector = injector
+        self.nft = nft
+        self.orders = orders
+        self.clock = clock
+        self.breaker = Breaker(settings.max_blocks_per_minute, settings.max_unfiled_share, settings.min_verdicts_for_share)
+        self.first_seen: OrderedDict[str, float] = OrderedDict()
+        self.actions: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
+        self.latency: list[float] = []
+        self.drop_current = False  # inline: drop the packet being decided
+        self._page_cache: dict[str, bytes] = {}
+
+    def __call__(self, obs: Observation, d: Decision) -> Decision:
+        now = self.clock()
+        order = self.orders.match(obs.name, obs.server_ip, now) if self.orders is not None else None
+        if order is not None:
+            d = d._replace(action=Action.BLOCK, rule=f"order:{order.order}")
+        v = d.verdict.verdict
+        self.breaker.record(now, v in _BAD, d.action is Action.BLOCK)
+        if d.action is not Action.BLOCK:
+            return d
+        if obs.kind is Kind.DNS_ANSWER:
+            # An answer is not a connection: the connection it leads to is what gets blocked.
+            return d._replace(action=Action.FLAG, rule=d.rule + ":dns-answer")
+        if order is None:
+            if self.breaker.open:
+                return d._replace(action=Action.FLAG, rule=f"breaker:would-block:{d.rule}")
+            if self.s.grace_seconds and obs.name:
+                first = self.first_seen.get(obs.name)
+                if first is None:
+                    self.first_seen[obs.name] = first = now
+                    if len(self.first_seen) > 100_000:
+                        self.first_seen.popitem(last=False)
+                if now - first < self.s.grace_seconds:
+                    return d._replace(action=Action.FLAG, rule=f"grace:would-block:{d.rule}")
+        if not self._act(obs, d, order is not None):
+            return d._replace(action=Action.FLAG, rule=d.rule + ":action-failed")
+        return d
+
+    def _count(self, what: str) -> None:
+        self.actions[what] = self.actions.get(what, 0) + 1
+
+    def _act(self, obs: Observation, d: Decision, ordered: bool) -> bool:
+        what = "reset"
+        try:
+            inline = self.s.inline
+            if obs.transport is Transport.UDP:
+                what = "quic-drop"
+                self.drop_current = True
+                if self.nft is None:
+                    return inline  # inline: dropping the Initial is the action; passive needs nftables
+                self.nft.add(Nft.set_for(obs.server_ip, "quic"), (obs.client_ip, obs.server_ip, obs.server_port),
+                             self.s.quic_block_seconds)
+            else:
+                if self.injector is None or not obs.tcp_ack:
+                    return False
+                self.drop_current = True
+                seq, ack, ln = obs.tcp_seq, obs.tcp_ack, obs.tcp_len
+                if obs.kind is Kind.HTTP_HOST:
+                    what = "block-page"
+                    page = self._page_cache.get(obs.name)
+                    if page is None:
+                        page = block_page(obs.name, self.s.contact, self.s.provider_name)
+                        if len(self._page_cache) < 10_000:
+                            self._page_cache[obs.name] = page
+                    self.injector.block_page(obs.client_ip, obs.client_port, obs.server_ip, obs.server_port, seq, ack, ln, page,
+                                             server_saw_segment=not inline)
+                else:
+                    self.injector.reset_both(obs.client_ip, obs.client_port, obs.server_ip, obs.server_port, seq, ack, ln,
+                                             server_saw_segment=not inline)
+                if obs.kind is Kind.IP_ONLY and self.nft is not None and not ordered:
+                    self.nft.add(Nft.set_for(obs.server_ip, "svc"), (obs.server_ip, obs.server_port), self.s.ip_block_seconds)
+        except Exception as exc:  # counted, never stops capture
+            self.errors[what] = self.errors.get(what, 0) + 1
+            log.warning("enforcement %s for %s (%s:%d) failed: %s", what, obs.name or obs.server_ip, obs.server_ip,
+                        obs.server_port, exc)
+            return False
+        self._count(what)
+        if len(self.latency) < 10_000:
+            self.latency.append(max(0.0, time.time() - obs.ts))
+        return True
+
+    def sync_ip_orders(self) -> None:
+        """Put every active closure order on an address into the nftables sets (all traffic)."""
+        if self.nft is None or self.orders is None:
+            return
+        now = self.clock()
+        self.nft.flush("ip4")
+        self.nft.flush("ip6")
+        for o in self.orders.orders.values():
+            if o.is_ip and o.active(now):
+                self.nft.add(Nft.set_for(o.target, "ip"), o.target, int(o.until - now) if o.until else 0)

@@ -1,0 +1,183 @@
+"""Enforcement in the lab, inline (NFQUEUE), with real traffic (issue 6)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from beiand.accesslog import Query, query
+from beiand.cli import main
+from beiand.demo import build
+from beiand.labdemo import QUIC_CLIENT, http_get, wait_ready, write_config
+from beiand.testing.lab import Lab
+
+pytestmark = pytest.mark.integration
+
+INVENTORY = """prefix,account,site,state,mode
+198.51.100.0/28,cust-enf,bj,active,enforce
+198.51.100.16/28,cust-dry,bj,active,dry-run
+198.51.100.24/29,cust-mon,bj,active,monitor
+198.51.100.48/28,cust-dns,bj,active,monitor
+"""
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):  # type: ignore[no-untyped-def]
+    if os.geteuid() != 0:
+        pytest.fail("the lab needs root (network namespaces)")
+    wd = tmp_path_factory.mktemp("enforce")
+    files = build(wd / "samples")
+    Path(files["inventory"]).write_text(INVENTORY)
+    token = wd / "token"
+    token.write_text("t0ken\n")
+    cfg = write_config(wd, files, extra=f'token_file = "{token}"\n\n[enforce]\ninline = true\nmax_blocks_per_minute = 10\n'
+                       'contact = "400-000-0000"\nprovider_name = "示例云计算有限公司"\n')
+    with Lab() as lb:
+        lb.start_servers(wd)
+        with open(wd / "beiand.log", "ab") as logf:
+            daemon = lb.spawn(lb.gw, [sys.executable, "-m", "beiand.cli", "run", "--config", str(cfg)], stdout=logf, stderr=logf)
+        wait_ready(lb, daemon)
+        state = {"lab": lb, "daemon": daemon, "wd": wd, "cfg": cfg}
+        yield state
+        daemon = state["daemon"]
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(30)
+        # A clean stop removes beiand's rules and table.
+        rules = lb.run(lb.gw, ["iptables", "-S", "FORWARD"], capture_output=True, text=True).stdout
+        assert "beiand" not in rules
+        tables = lb.run(lb.gw, ["nft", "list", "tables"], capture_output=True, text=True).stdout
+        assert "beiand" not in tables
+
+
+def curl(lb: Lab, name: str, ip: str, scheme: str = "https") -> tuple[int, bytes, str]:
+    port = 443 if scheme == "https" else 80
+    r = lb.run(lb.cli, ["curl", "-s", "-k", "-m", "5", "-o", "-", "-w", "\n%{http_code}", "--resolve", f"{name}:{port}:{ip}",
+                        f"{scheme}://{name}/"], capture_output=True)
+    body, _, code = r.stdout.rpartition(b"\n")
+    return r.returncode, body, code.decode()
+
+
+def test_https_to_an_unfiled_name_is_reset_before_any_server_byte(lab) -> None:  # type: ignore[no-untyped-def]
+    rc, body, code = curl(lab["lab"], "unfiled.example.xyz", "198.51.100.11")
+    assert rc in (35, 56), rc  # connection reset during the TLS handshake
+    assert body == b"" and code == "000"
+
+
+def test_http_to_an_unfiled_name_gets_the_block_page(lab) -> None:  # type: ignore[no-untyped-def]
+    rc, body, code = curl(lab["lab"], "unfiled.example.xyz", "198.51.100.11", "http")
+    assert code == "451", (rc, code, body[:200])
+    text = body.decode()
+    assert text.index("该网站未在本网络备案") < text.index("not filed for this network")
+    assert "unfiled.example.xyz" in text and "https://beian.miit.gov.cn" in text and "400-000-0000" in text
+    assert "hello from" not in text  # the server's answer never reached the client
+
+
+def test_a_filed_name_on_the_same_server_keeps_working(lab) -> None:  # type: ignore[no-untyped-def]
+    for scheme in ("https", "http"):
+        rc, body, code = curl(lab["lab"], "www.example.com.cn", "198.51.100.11", scheme)
+        assert rc == 0 and code == "200" and body.startswith(b"hello from www.example.com.cn"), (scheme, rc, code)
+
+
+def test_quic_to_an_unfiled_name_fails_and_the_tcp_fallback_is_reset(lab) -> None:  # type: ignore[no-untyped-def]
+    lb = lab["lab"]
+    r = lb.run(lb.cli, [sys.executable, "-c", QUIC_CLIENT, "quic-unfiled.example.top", "198.51.100.14"], capture_output=True)
+    assert r.stdout.decode().strip() != "ok"
+    els = lb.run(lb.gw, ["nft", "-j", "list", "set", "inet", "beiand", "quic4"], capture_output=True, text=True).stdout
+    assert "198.51.100.14" in els
+    rc, body, _ = curl(lb, "quic-unfiled.example.top", "198.51.100.14")
+    assert rc in (35, 56) and body == b""
+
+
+def test_monitor_and_dry_run_block_nothing(lab) -> None:  # type: ignore[no-untyped-def]
+    for ip in ("198.51.100.20", "198.51.100.30"):  # dry-run, monitor
+        for scheme in ("https", "http"):
+            rc, body, code = curl(lab["lab"], "unfiled.example.xyz", ip, scheme)
+            assert rc == 0 and code == "200", (ip, scheme, rc, code)
+    time.sleep(1)
+    recs = [r for r in query(lab["wd"] / "log", Query(name="unfiled.example.xyz")) if r.server_ip in ("198.51.100.20", "198.51.100.30")]
+    assert recs and all(r.action == "flag" for r in recs)
+    assert {r.server_ip for r in recs} == {"198.51.100.20", "198.51.100.30"}
+
+
+def test_a_closure_order_blocks_a_filed_name_and_is_reported(lab, capsys) -> None:  # type: ignore[no-untyped-def]
+    lb, wd = lab["lab"], lab["wd"]
+    assert curl(lb, "api.shapp.cn", "198.51.100.20")[0] == 0  # filed: works
+    state = wd / "state"
+    assert main(["block", "add", "api.shapp.cn", "--order", "京通管〔2026〕117号", "--reason", "closure ordered",
+                 "--state-dir", str(state)]) == 0
+    time.sleep(1.2)  # orders take effect within a second
+    rc, body, _ = curl(lb, "api.shapp.cn", "198.51.100.20")
+    assert rc in (35, 56) and body == b""
+    rc, body, code = curl(lb, "api.shapp.cn", "198.51.100.20", "http")
+    assert code == "451"
+    # An order on an address: all traffic to it, through nftables.
+    assert main(["block", "add", "198.51.100.30", "--order", "京通管〔2026〕118号", "--state-dir", str(state)]) == 0
+    time.sleep(1.2)
+    assert curl(lb, "www.example.com.cn", "198.51.100.30")[0] != 0
+    assert main(["block", "remove", "198.51.100.30", "--state-dir", str(state)]) == 0
+    time.sleep(1.2)
+    assert curl(lb, "www.example.com.cn", "198.51.100.30")[0] == 0
+    time.sleep(1)
+    capsys.readouterr()
+    assert main(["block", "report", "--state-dir", str(state), "--log-dir", str(wd / "log"), "--json"]) == 0
+    rep = {r["order"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rep["京通管〔2026〕117号"]["hits"] >= 2 and rep["京通管〔2026〕117号"]["names"] == ["api.shapp.cn"]
+    assert rep["京通管〔2026〕117号"]["actions"].get("block", 0) >= 2
+    assert main(["block", "remove", "api.shapp.cn", "--state-dir", str(state)]) == 0
+    time.sleep(1.2)
+    assert curl(lb, "api.shapp.cn", "198.51.100.20")[0] == 0
+
+
+def test_every_action_is_in_the_access_log(lab) -> None:  # type: ignore[no-untyped-def]
+    recs = list(query(lab["wd"] / "log", Query(verdict="unfiled")))
+    blocked = [r for r in recs if r.action == "block"]
+    assert blocked and all(r.server_ip.startswith("198.51.100.1") for r in blocked)
+    assert any(r.kind == "http-host" for r in blocked) and any(r.kind == "tls-sni" for r in blocked)
+    text = http_get(lab["lab"], "/metrics")[1].decode()
+    assert 'beiand_enforcement_actions_total{action="reset"}' in text
+    assert 'beiand_enforcement_actions_total{action="block-page"}' in text
+
+
+def test_the_breaker_opens_on_a_flood_and_the_operator_closes_it(lab) -> None:  # type: ignore[no-untyped-def]
+    lb = lab["lab"]
+    for i in range(40):
+        curl(lb, f"flood{i}.unfiled.example.xyz", "198.51.100.11")
+    time.sleep(1)
+    text = http_get(lb, "/metrics")[1].decode()
+    assert "beiand_enforcement_breaker_open 1.0" in text
+    # Open: enforcement fell back to dry-run, so the unfiled name is served (and logged as would-block).
+    rc, _, code = curl(lb, "unfiled.example.xyz", "198.51.100.11")
+    assert rc == 0 and code == "200"
+    assert main(["enforce", "close-breaker", "--config", str(lab["cfg"]), "--url", "http://127.0.0.1:9999"]) == 2  # unreachable
+    r = lb.run(lb.gw, [sys.executable, "-m", "beiand.cli", "enforce", "close-breaker", "--config", str(lab["cfg"])],
+               capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    time.sleep(1)
+    assert "beiand_enforcement_breaker_open 0.0" in http_get(lb, "/metrics")[1].decode()
+    rc, body, _ = curl(lb, "unfiled.example.xyz", "198.51.100.11")
+    assert rc in (35, 56) and body == b""
+
+
+def test_traffic_flows_when_beiand_is_gone(lab) -> None:  # type: ignore[no-untyped-def]
+    """--queue-bypass: fail-open. Killed with SIGKILL, the rules stay but traffic passes."""
+    lb = lab["lab"]
+    d = lab["daemon"]
+    d.send_signal(signal.SIGKILL)
+    d.wait(10)
+    subprocess.run(["pkill", "-KILL", "-f", f"beiand.cli run --config {lab['cfg']}"], check=False)
+    time.sleep(1)
+    rc, _, code = curl(lb, "unfiled.example.xyz", "198.51.100.11")
+    assert rc == 0 and code == "200"
+    # Clean up what a SIGKILL left: a restart and a clean stop remove it.
+    with open(lab["wd"] / "beiand.log", "ab") as logf:
+        d2 = lb.spawn(lb.gw, [sys.executable, "-m", "beiand.cli", "run", "--config", str(lab["cfg"])], stdout=logf, stderr=logf)
+    wait_ready(lb, d2)
+    lab["daemon"] = d2
