@@ -99,7 +99,7 @@ def test_quic_to_an_unfiled_name_fails_and_the_tcp_fallback_is_reset(lab) -> Non
 def test_monitor_and_dry_run_block_nothing(lab) -> None:  # type: ignore[no-untyped-def]
     for ip in ("198.51.100.20", "198.51.100.30"):  # dry-run, monitor
         for scheme in ("https", "http"):
-            rc, body, code = curl(lab["lab"], "unfiled.example.xyz", ip, scheme)
+            rc, _, code = curl(lab["lab"], "unfiled.example.xyz", ip, scheme)
             assert rc == 0 and code == "200", (ip, scheme, rc, code)
     time.sleep(1)
     recs = [r for r in query(lab["wd"] / "log", Query(name="unfiled.example.xyz")) if r.server_ip in ("198.51.100.20", "198.51.100.30")]

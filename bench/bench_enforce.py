@@ -1,0 +1,146 @@
+"""Enforcement benchmark (issue 6), in the lab:
+
+    python bench/bench_enforce.py [--count 1000]
+
+- Effectiveness: COUNT HTTPS and COUNT HTTP connections to unfiled names on an enforce prefix:
+  how many received any byte from the server (TLS ServerHello / the server's page); and COUNT
+  to filed names: how many were disturbed. Inline (NFQUEUE) and passive (AF_PACKET + injection).
+- Latency from the ClientHello on the wire to the RST on the wire, seen from the client's
+  interface (p50, p99), inline and passive.
+- Inline cost for filed flows: first-byte latency with and without beiand in the path (p50,
+  p99), and connections per second with the queue's verdict rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from beiand.demo import build
+from beiand.labdemo import wait_ready, write_config
+from beiand.testing.lab import Lab, setns
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+INVENTORY = "prefix,account,site,state,mode\n198.51.100.0/24,cust-enf,bj,active,enforce\n"
+
+
+def client(lab: Lab, mode: str, name: str, ip: str, count: int, conc: int = 16) -> dict:  # type: ignore[type-arg]
+    r = lab.run(lab.cli, [sys.executable, str(HERE / "enforce_client.py"), mode, name, ip, str(count), str(conc), str(ROOT)],
+                capture_output=True, timeout=900)
+    return json.loads(r.stdout.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+class Sniffer:
+    """Timestamps of ClientHellos sent and RSTs received on the client's interface."""
+
+    def __init__(self, ns: str, iface: str) -> None:
+        self.hello: dict[int, float] = {}
+        self.rst: dict[int, float] = {}
+        self.stop = False
+        ready = threading.Event()
+
+        def run() -> None:
+            setns(ns)
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+            s.bind((iface, 0))
+            s.settimeout(0.2)
+            ready.set()
+            while not self.stop:
+                try:
+                    data = s.recv(65536)
+                except TimeoutError:
+                    continue
+                t = time.perf_counter()
+                if len(data) < 54 or data[12:14] != b"\x08\x00" or data[23] != 6:
+                    continue
+                ihl = (data[14] & 15) * 4
+                l4 = 14 + ihl
+                sport, dport = struct.unpack_from("!HH", data, l4)
+                doff = (data[l4 + 12] >> 4) * 4
+                flags = data[l4 + 13]
+                if dport == 443 and len(data) > l4 + doff and data[l4 + doff] == 0x16:
+                    self.hello.setdefault(sport, t)
+                elif sport == 443 and flags & 4:
+                    self.rst.setdefault(dport, t)
+            s.close()
+
+        self.t = threading.Thread(target=run, daemon=True)
+        self.t.start()
+        ready.wait()
+
+    def close(self) -> list[float]:
+        self.stop = True
+        self.t.join()
+        return sorted(self.rst[p] - self.hello[p] for p in self.rst if p in self.hello)
+
+
+def pct(v: list[float], q: float) -> float:
+    return v[min(len(v) - 1, int(len(v) * q))] * 1e3 if v else float("nan")
+
+
+def run_mode(lab: Lab, wd: Path, files: dict[str, str], inline: bool, count: int) -> None:
+    label = "inline" if inline else "passive"
+    cfg = write_config(wd, files, extra=f"\n[enforce]\ninline = {'true' if inline else 'false'}\nmax_blocks_per_minute = 1000000\n"
+                       "max_unfiled_share = 1.0\n")
+    cfg = cfg.rename(wd / f"{label}.toml")
+    with open(wd / f"beiand-{label}.log", "ab") as logf:
+        d = lab.spawn(lab.gw, [sys.executable, "-m", "beiand.cli", "run", "--config", str(cfg)], stdout=logf, stderr=logf)
+    try:
+        wait_ready(lab, d)
+        sn = Sniffer(lab.cli, "cl0")
+        https = client(lab, "https", "u{i}.unfiled.example.xyz", "198.51.100.11", count)
+        lat = sn.close()
+        http = client(lab, "http", "u{i}.unfiled.example.xyz", "198.51.100.11", count)
+        f_https = client(lab, "https", "www.example.com.cn", "198.51.100.10", count)
+        f_http = client(lab, "http", "www.example.com.cn", "198.51.100.10", count)
+        print(f"{label}: unfiled HTTPS {count}: received a server byte {https.get('server-bytes', 0)}, reset "
+              f"{https.get('reset', 0) + https.get('no-bytes', 0)}, other {https.get('error', 0) + https.get('other', 0)}")
+        print(f"{label}: unfiled HTTP  {count}: received a server byte {http.get('server-bytes', 0)}, block page "
+              f"{http.get('block-page', 0)}, other {count - http.get('server-bytes', 0) - http.get('block-page', 0)}")
+        print(f"{label}: filed HTTPS {count}: disturbed {count - f_https.get('server-bytes', 0)}; "
+              f"filed HTTP {count}: disturbed {count - f_http.get('server-bytes', 0)}")
+        print(f"{label}: ClientHello → RST on the wire (client side, {len(lat)} flows): p50 {pct(lat, 0.5):.3f} ms, "
+              f"p99 {pct(lat, 0.99):.3f} ms")
+        print(f"{label}: filed first byte: HTTPS p50 {f_https.get('first_byte_p50_ms', 0):.2f} ms p99 "
+              f"{f_https.get('first_byte_p99_ms', 0):.2f} ms; HTTP p50 {f_http.get('first_byte_p50_ms', 0):.2f} ms p99 "
+              f"{f_http.get('first_byte_p99_ms', 0):.2f} ms; {count / f_http['seconds']:.0f} connections/s")
+        if inline:
+            q = lab.run(lab.gw, ["cat", "/proc/net/netfilter/nfnetlink_queue"], capture_output=True, text=True).stdout
+            print(f"{label}: /proc/net/netfilter/nfnetlink_queue (queue, portid, waiting, mode, range, queue_dropped, "
+                  f"user_dropped, last id, 1):\n  " + q.strip().replace("\n", "\n  "))
+    finally:
+        d.terminate()
+        d.wait(60)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--count", type=int, default=1000)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("needs root")
+    wd = Path(tempfile.mkdtemp(prefix="beiand-bench-enforce-"))
+    files = build(wd / "samples")
+    Path(files["inventory"]).write_text(INVENTORY)
+    with Lab() as lab:
+        lab.start_servers(wd)
+        base = client(lab, "http", "www.example.com.cn", "198.51.100.10", args.count)
+        base_s = client(lab, "https", "www.example.com.cn", "198.51.100.10", args.count)
+        print(f"no beiand: filed first byte: HTTPS p50 {base_s.get('first_byte_p50_ms', 0):.2f} ms p99 "
+              f"{base_s.get('first_byte_p99_ms', 0):.2f} ms; HTTP p50 {base.get('first_byte_p50_ms', 0):.2f} ms p99 "
+              f"{base.get('first_byte_p99_ms', 0):.2f} ms; {args.count / base['seconds']:.0f} connections/s")
+        for inline in (True, False):
+            run_mode(lab, wd, files, inline, args.count)
+
+
+if __name__ == "__main__":
+    main()
