@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     from beiand import block_cli
 
     block_cli.add_parsers(sub)
+    from beiand import audit_cli
+
+    audit_cli.add_parsers(sub)
     rn = sub.add_parser("run", help="the live daemon (systemd service): capture, decide, log, serve /metrics")
     rn.add_argument("--config", default="/etc/beiand/beiand.toml")
     rn.set_defaults(func=lambda a: __import__("beiand.daemon", fromlist=["run"]).run(a.config))

@@ -20,6 +20,7 @@ import collections
 import contextlib
 import ctypes
 import gc
+import json
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -602,6 +603,7 @@ class Daemon:
             if now >= next_watch:
                 next_watch = now + (interval or 5.0)
                 self._records_metrics()
+                self._audit_metrics()
                 changed = [p for p, m in self.state.mtimes.items() if _mtime(p) != m] if interval else []
                 if changed:
                     log.info("changed on disk: %s; reloading", ", ".join(changed))
@@ -633,6 +635,18 @@ class Daemon:
             self.metrics.log_free.set(shutil.disk_usage(al.directory).free)
         except Exception:
             log.exception("access-log retention failed")
+
+    def _audit_metrics(self) -> None:
+        """Findings of the last audit run (the timer's latest.json), by kind."""
+        p = self.state.config.daemon.state_dir / "audit" / "latest.json"
+        try:
+            by_kind = json.loads(p.read_text(encoding="utf-8"))["summary"]["by_kind"]
+        except (OSError, ValueError, KeyError):
+            return
+        from beiand.audit.findings import KINDS
+
+        for k in KINDS:
+            self.metrics.audit_findings.labels(k).set(by_kind.get(k, 0))
 
     def _records_metrics(self) -> None:
         newest = max((_mtime(str(p)) for p in self.state.config.records.files), default=0.0)

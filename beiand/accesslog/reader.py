@@ -157,6 +157,59 @@ def _query_sealed(p: Path, q: Query, needle: bytes, st: QueryStats) -> Iterator[
             yield from _scan(zlib.decompress(f.read(clen)), q, needle)
 
 
+# -- summaries (the passive audit) -----------------------------------------------------------
+
+SummaryKey = tuple[str, str, int, str, str, str, str, str, str]  # name, server, port, account, verdict, kind, action, reason, filing
+
+
+def summaries(directory: Path, since_ms: int = 0, until_ms: int = 2**62) -> dict[SummaryKey, list[int]]:
+    """(name, server, port, account, verdict, kind, action, reason, filing) → [first, last, hits].
+
+    Sealed partitions carry this summary (written at sealing), so the audit of 60 days reads 60
+    summaries rather than every record; the open partition is scanned. A sealed partition only
+    partly inside the window is read record by record for exactness.
+    """
+    out: dict[SummaryKey, list[int]] = {}
+
+    def add(k: SummaryKey, first: int, last: int, hits: int) -> None:
+        row = out.get(k)
+        if row is None:
+            out[k] = [first, last, hits]
+        else:
+            row[0] = min(row[0], first)
+            row[1] = max(row[1], last)
+            row[2] += hits
+
+    q = Query(since_ms=since_ms, until_ms=until_ms)
+    for p in partition_paths(directory):
+        if not _in_range(p, q):
+            continue
+        if p.suffix == ".sealed":
+            meta = read_sealed_meta(p)
+            if meta["max_ts"] < since_ms or meta["min_ts"] >= until_ms:
+                continue
+            if "summary" in meta and meta["min_ts"] >= since_ms and meta["max_ts"] < until_ms:
+                with open(p, "rb") as f:
+                    off, ln = meta["summary"]
+                    f.seek(off)
+                    for line in zlib.decompress(f.read(ln)).decode("utf-8", "surrogateescape").splitlines():
+                        v = line.split("\t")
+                        add((v[0], v[1], int(v[2]), v[3], v[4], v[5], v[6], v[7], v[8]), int(v[9]), int(v[10]), int(v[11]))
+                continue
+        for r in (_query_sealed(p, q, b"", QueryStats()) if p.suffix == ".sealed" else _open_records(p, q)):
+            add((r.name, r.server_ip, r.server_port, r.account, r.verdict, r.kind, r.action, r.reason, r.filing_number),
+                r.ts_ms, r.ts_ms, 1)
+    return out
+
+
+def _open_records(p: Path, q: Query) -> Iterator[AccessRecord]:
+    data = p.read_bytes()
+    _, start = parse_header(data, str(p))
+    frames, _, _ = iter_frames(data, start)
+    for fr in frames:
+        yield from _scan(fr.payload, q, b"")
+
+
 # -- verify -----------------------------------------------------------------------------------
 
 

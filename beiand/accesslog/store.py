@@ -592,6 +592,7 @@ def seal_partition(path: Path, cfg: LogConfig) -> Path:
             f.write(hdr_bytes)
             pos = len(hdr_bytes)
             pn, pc, ps, pa = postings["n"], postings["c"], postings["s"], postings["a"]
+            summary: dict[tuple[str, ...], list[int]] = {}
             for b, i in enumerate(range(0, len(lines), bs)):
                 chunk = lines[i:i + bs]
                 head = chain(head, chunk, cfg.key)
@@ -608,6 +609,14 @@ def seal_partition(path: Path, cfg: LogConfig) -> Path:
                     pc.setdefault(r.client_ip, set()).add(b)
                     ps.setdefault(r.server_ip, set()).add(b)
                     pa.setdefault(r.account, set()).add(b)
+                    sk = (r.name, r.server_ip, str(r.server_port), r.account, r.verdict, r.kind, r.action, r.reason, r.filing_number)
+                    srow = summary.get(sk)
+                    if srow is None:
+                        summary[sk] = [r.ts_ms, r.ts_ms, 1]
+                    else:
+                        srow[0] = min(srow[0], r.ts_ms)
+                        srow[1] = max(srow[1], r.ts_ms)
+                        srow[2] += 1
                 comp = zlib.compress(b"".join(chunk), 6)
                 f.write(comp)
                 assert lo is not None and hi is not None
@@ -617,9 +626,11 @@ def seal_partition(path: Path, cfg: LogConfig) -> Path:
                 max_ts = hi if max_ts is None or hi > max_ts else max_ts
             idx = zlib.compress(build_index(postings), 6)
             f.write(idx)
+            summ = zlib.compress(encode_summary(summary), 6)
+            f.write(summ)
             meta = {**hdr, "sealed": True, "count": len(lines), "head": head.hex(), "min_ts": min_ts or 0, "max_ts": max_ts or 0,
-                    "blocks": blocks, "index": [pos, len(idx)]}
-            pos += len(idx)
+                    "blocks": blocks, "index": [pos, len(idx)], "summary": [pos + len(idx), len(summ)]}
+            pos += len(idx) + len(summ)
             mb = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
             f.write(mb)
             f.write(TRAILER.pack(pos, len(mb), SEAL_MAGIC))
@@ -640,6 +651,14 @@ def seal_partition(path: Path, cfg: LogConfig) -> Path:
     fsync_dir(final.parent)
     log.info("access log: sealed %s: %d records, chain head %s", final, len(lines), head.hex())
     return final
+
+
+def encode_summary(summary: dict[tuple[str, ...], list[int]]) -> bytes:
+    """Per (name, server, port, account, verdict, kind, action, reason, filing): first, last, hits.
+    What the passive audit reads instead of every record."""
+    esc = str.maketrans({"\t": " ", "\n": " "})
+    return "".join("\t".join(x.translate(esc) for x in k) + f"\t{v[0]}\t{v[1]}\t{v[2]}\n"
+                   for k, v in summary.items()).encode("utf-8", "surrogateescape")
 
 
 def file_sha256(path: Path) -> str:

@@ -1,0 +1,110 @@
+"""The passive audit: from the access log (or a capture) over a window, no traffic sent."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from beiand.audit.findings import Finding
+from beiand.inventory import Inventory
+from beiand.model import FilingStatus, PrefixState
+from beiand.records.domains import registrable_domain
+from beiand.records.index import RecordIndex
+
+# (name, server, port, account, verdict, kind, action, reason, filing) → [first_ms, last_ms, hits]
+Summary = Mapping[tuple[str, str, int, str, str, str, str, str, str], list[int]]
+
+
+@dataclass
+class Resource:
+    """One row of the active-resource view (the ISMS "active resource" report's fields)."""
+
+    name: str
+    registrable_domain: str
+    servers: set[str]
+    account: str
+    kind: str
+    verdict: str
+    reason: str
+    filing: str
+    first_seen: float
+    last_seen: float
+    hits: int
+    blocked: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "registrable_domain": self.registrable_domain, "servers": sorted(self.servers),
+                "account": self.account, "kind": self.kind, "verdict": self.verdict, "reason": self.reason, "filing": self.filing,
+                "first_seen": self.first_seen, "last_seen": self.last_seen, "hits": self.hits, "blocked": self.blocked}
+
+
+def resources(summary: Summary) -> list[Resource]:
+    """Every name and IP-only service seen in hosted space, merged across servers and kinds."""
+    out: dict[tuple[str, str, str], Resource] = {}
+    for (name, server, port, account, verdict, kind, action, reason, filing), (first, last, hits) in summary.items():
+        subject = name or f"{server}:{port}"
+        key = (subject, account, verdict)
+        r = out.get(key)
+        if r is None:
+            r = out[key] = Resource(subject, (registrable_domain(name) or "") if name else "", set(), account,
+                                    "ip-only" if not name else kind, verdict, reason, filing, first / 1000, last / 1000, 0, False)
+        r.servers.add(f"{server}:{port}" if port else server)
+        r.first_seen = min(r.first_seen, first / 1000)
+        r.last_seen = max(r.last_seen, last / 1000)
+        r.hits += hits
+        r.blocked = r.blocked or action == "block"
+    return sorted(out.values(), key=lambda r: (-r.hits, r.name))
+
+
+def findings(summary: Summary, index: RecordIndex, inventory: Inventory, provider: str = "") -> list[Finding]:
+    out: list[Finding] = []
+    res = resources(summary)
+    for r in res:
+        common = {"account": r.account, "server": ", ".join(sorted(r.servers)), "filing": r.filing,
+                  "first_seen": r.first_seen, "last_seen": r.last_seen, "hits": r.hits}
+        if r.verdict == "unfiled":
+            out.append(Finding("unfiled-blocked" if r.blocked else "unfiled-served", r.name, r.reason, **common))  # type: ignore[arg-type]
+        elif r.verdict == "mismatch":
+            kind = "name-on-unlisted-ip" if r.reason == "ip-not-listed" else "mismatch-served"
+            out.append(Finding(kind, r.name, r.reason, **common))  # type: ignore[arg-type]
+        elif r.verdict == "inactive":
+            out.append(Finding("cancelled-served", r.name, r.reason, **common))  # type: ignore[arg-type]
+    # Pending prefixes serving traffic.
+    pending: dict[str, Finding] = {}
+    for (name, server, _port, account, _v, _k, _a, _r, _f), (first, last, hits) in summary.items():
+        p = inventory.lookup(server)
+        if p is not None and p.state is PrefixState.PENDING:
+            pf = pending.get(p.prefix)
+            if pf is None:
+                pf = pending[p.prefix] = Finding("pending-prefix-traffic", p.prefix, "", account=account, first_seen=first / 1000,
+                                                 last_seen=last / 1000)
+            pf.hits += hits
+            pf.first_seen = min(pf.first_seen, first / 1000)
+            pf.last_seen = max(pf.last_seen, last / 1000)
+            if name and len(pf.detail) < 200:
+                pf.detail = ", ".join(sorted(set(filter(None, [*pf.detail.split(", "), name]))))
+    out.extend(pending.values())
+    # Record drift: filings of this provider.
+    # A filed domain counts as seen when it or any name below it was seen.
+    seen: set[str] = set()
+    for n in {k[0] for k in summary if k[0]}:
+        while n and n not in seen:
+            seen.add(n)
+            i = n.find(".")
+            n = n[i + 1:] if i >= 0 else ""
+    ours = [f for f in index.filings if not provider or f.access_provider == provider]
+    for f in ours:
+        if f.status is FilingStatus.ACTIVE and f.domains and not any(d in seen for d in f.domains):
+            out.append(Finding("filed-never-seen", f.number, ", ".join(f.domains), filing=f.number))
+        accounts = {}
+        for ip in f.ips:
+            p = inventory.lookup(ip)
+            if p is None:
+                out.append(Finding("filing-ip-not-hosted", f.number, ip, filing=f.number, server=ip))
+            else:
+                accounts[ip] = p.account
+        if len(set(accounts.values())) > 1:
+            out.append(Finding("filing-ip-other-account", f.number,
+                               ", ".join(f"{ip} ({a})" for ip, a in sorted(accounts.items())), filing=f.number))
+    return out
