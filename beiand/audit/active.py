@@ -10,8 +10,9 @@ import asyncio
 import re
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -217,9 +218,20 @@ class Prober:
 
     # -- the whole probe ---------------------------------------------------------------------
 
+    async def _pool(self, jobs: list[Callable[[], Coroutine[Any, Any, None]]]) -> None:
+        """Run jobs with at most ``concurrency`` alive at once (not one task per job up front:
+        10,000 pending TLS connections would hold their buffers all at once)."""
+        it = iter(jobs)
+
+        async def worker() -> None:
+            for job in it:
+                await job()
+
+        await asyncio.gather(*(worker() for _ in range(min(self.s.concurrency, len(jobs)) or 1)))
+
     async def run(self, names: Iterable[str], ips: Iterable[str]) -> list[Finding]:
         names = sorted(set(names))
-        await asyncio.gather(*(self.check_dns(n) for n in names))
+        await self._pool([partial(self.check_dns, n) for n in names])
         hosted_ips = set(ips)
         by_ip: dict[str, set[str]] = {}
         for n, addrs in self.resolved.items():
@@ -227,20 +239,20 @@ class Prober:
                 if self.inventory.lookup(a) is not None:
                     hosted_ips.add(a)
                     by_ip.setdefault(a, set()).add(n)
-        await asyncio.gather(*(self.check_tls(ip, sorted(by_ip.get(ip, ()))) for ip in sorted(hosted_ips)))
+        await self._pool([partial(self.check_tls, ip, sorted(by_ip.get(ip, ()))) for ip in sorted(hosted_ips)])
         timeout = aiohttp.ClientTimeout(total=self.s.timeout)
-        conn = aiohttp.TCPConnector(limit=self.s.concurrency, ssl=False)
+        conn = aiohttp.TCPConnector(limit=self.s.concurrency, ssl=False, force_close=True)
         async with aiohttp.ClientSession(timeout=timeout, connector=conn) as session:
-            tasks = []
+            jobs: list[Callable[[], Coroutine[Any, Any, None]]] = []
             for n in names:
                 f = self._ours(n)
                 hosted = [a for a in self.resolved.get(n, []) if self.inventory.lookup(a) is not None]
                 if f is not None and f.service_type is ServiceType.WEBSITE and hosted:
-                    tasks.append(self.check_homepage(session, n, hosted[0], f))
-            await asyncio.gather(*tasks)
+                    jobs.append(partial(self.check_homepage, session, n, hosted[0], f))
+            await self._pool(jobs)
         apps = [f for f in self.index.filings if f.service_type is not ServiceType.WEBSITE and f.status is FilingStatus.ACTIVE
                 and (not self.s.provider or f.access_provider == self.s.provider) and f.domains]
-        await asyncio.gather(*(self.check_app(f) for f in apps))
+        await self._pool([partial(self.check_app, f) for f in apps])
         return self.findings
 
 
