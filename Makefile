@@ -34,6 +34,10 @@ bench: $(VENV)/.installed
 	./scripts/system-deps
 	$(PY) bench/bench_records.py
 	$(PY) bench/bench_replay.py
+	$(PY) bench/bench_accesslog.py
+	$(PY) bench/bench_audit.py
+	$(PY) bench/bench_live.py --dense
+	$(PY) bench/bench_enforce.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -87,6 +87,45 @@ def pct(v: list[float], q: float) -> float:
     return v[min(len(v) - 1, int(len(v) * q))] * 1e3 if v else float("nan")
 
 
+FLOOD = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+n = int(sys.argv[1]); payload = b"\\x40" + b"\\0" * 60  # a QUIC short-header-like datagram: decoded, not an Initial
+t0 = time.perf_counter()
+socks = []
+for i in range(n):
+    if i % 8 == 0:
+        s.close(); s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a new source port: a new flow, queued again
+    s.sendto(payload, ("198.51.100.10", 443))
+print(time.perf_counter() - t0)
+"""
+
+
+def _queue_stats(lab: Lab) -> tuple[int, int, int]:
+    """(packets queued so far, dropped by the queue, dropped for the user) over all queues."""
+    q = lab.run(lab.gw, ["cat", "/proc/net/netfilter/nfnetlink_queue"], capture_output=True, text=True).stdout
+    ids = qd = ud = 0
+    for line in q.splitlines():
+        f = line.split()
+        if len(f) >= 8:
+            qd, ud, ids = qd + int(f[5]), ud + int(f[6]), ids + int(f[7])
+    return ids, qd, ud
+
+
+def verdict_rate(lab: Lab, n: int = 200_000) -> None:
+    """Verdicts per second through NFQUEUE: a UDP flood on the queued port, each datagram its own verdict."""
+    ids0, qd0, ud0 = _queue_stats(lab)
+    t0 = time.perf_counter()
+    r = lab.run(lab.cli, [sys.executable, "-c", FLOOD, str(n)], capture_output=True, text=True, timeout=600)
+    send_s = float(r.stdout.strip() or "nan")
+    time.sleep(0.5)
+    ids1, qd1, ud1 = _queue_stats(lab)
+    total = time.perf_counter() - t0 - 0.5
+    queued = ids1 - ids0
+    print(f"inline: NFQUEUE verdicts: {queued:,} packets queued in {total:.2f} s = {queued / total:,.0f} verdicts/s "
+          f"(sender {n / send_s:,.0f} pps; fail-open past a full queue {qd1 - qd0:,}, lost to the reader {ud1 - ud0:,})")
+
+
 def run_mode(lab: Lab, wd: Path, files: dict[str, str], inline: bool, count: int) -> None:
     label = "inline" if inline else "passive"
     cfg = write_config(wd, files, extra=f"\n[enforce]\ninline = {'true' if inline else 'false'}\nmax_blocks_per_minute = 1000000\n"
@@ -114,6 +153,7 @@ def run_mode(lab: Lab, wd: Path, files: dict[str, str], inline: bool, count: int
               f"{f_https.get('first_byte_p99_ms', 0):.2f} ms; HTTP p50 {f_http.get('first_byte_p50_ms', 0):.2f} ms p99 "
               f"{f_http.get('first_byte_p99_ms', 0):.2f} ms; {count / f_http['seconds']:.0f} connections/s")
         if inline:
+            verdict_rate(lab)
             q = lab.run(lab.gw, ["cat", "/proc/net/netfilter/nfnetlink_queue"], capture_output=True, text=True).stdout
             print(f"{label}: /proc/net/netfilter/nfnetlink_queue (queue, portid, waiting, mode, range, queue_dropped, "
                   f"user_dropped, last id, 1):\n  " + q.strip().replace("\n", "\n  "))
