@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import ipaddress
 import json
 import os
@@ -23,7 +22,7 @@ from typing import Any
 
 from beiand.accesslog import Query, QueryStats, query, stats, verify
 from beiand.accesslog.format import FIELDS
-from beiand.accesslog.store import DIR_MODE, FILE_MODE
+from beiand.accesslog.store import DIR_MODE, FILE_MODE, file_sha256
 from beiand.cliutil import CliError, out, table
 from beiand.model import AccessRecord, VerdictKind
 
@@ -187,7 +186,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         "legal_basis": "互联网信息服务管理办法 (State Council Order 292) art. 14: access records kept 60 days, provided on lawful request",
         "query": {k: (str(v) if v is not None else None) for k, v in q.__dict__.items()},
         "records": n, "first_record": fmt_time(lo) if n else None, "last_record": fmt_time(hi) if n else None,
-        "files": [{"name": name, "bytes": path.stat().st_size, "records": n, "sha256": _sha256(path), "format": args.format}],
+        "files": [{"name": name, "bytes": path.stat().st_size, "records": n, "sha256": file_sha256(path), "format": args.format}],
         "chain": {"algorithm": "HMAC-SHA-256" if args.key_file else "SHA-256",
                   "definition": "h_i = H(h_{i-1} || line_i), per worker, across partitions; see docs/access-log.md",
                   "partitions": parts, "verified": all(p["verified"] for p in parts)},
@@ -196,20 +195,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     fd = os.open(mpath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(manifest, f, ensure_ascii=False, indent=2)
-    (dest / "manifest.json.sha256").write_text(f"{_sha256(mpath)}  manifest.json\n")
+    (dest / "manifest.json.sha256").write_text(f"{file_sha256(mpath)}  manifest.json\n")
     out(f"exported {n} record(s) to {path}; manifest {mpath} (SHA-256 of every file, the chain heads)")
     if not all(p["verified"] for p in parts):
         sys.stderr.write("warning: some partitions the records come from failed verification: see the manifest\n")
         return 1
     return 0
-
-
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _key(args: argparse.Namespace) -> bytes | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -71,10 +72,7 @@ def make_app(d: DaemonView) -> web.Application:
         return web.json_response(d.status(), dumps=_dumps)
 
     async def reload(req: web.Request) -> web.Response:
-        if not _authorised(req, d.token):
-            return web.json_response({"error": "a bearer token (server.token_file) is required"}, status=401)
-        d.request_reload()
-        return web.json_response({"reload": "requested"}, status=202)
+        return _guarded(req, d.token, d.request_reload, {"reload": "requested"})
 
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
@@ -83,14 +81,19 @@ def make_app(d: DaemonView) -> web.Application:
     app.router.add_get("/api/v1/observations", observations)
     app.router.add_get("/api/v1/status", status)
     async def close_breaker(req: web.Request) -> web.Response:
-        if not _authorised(req, d.token):
-            return web.json_response({"error": "a bearer token (server.token_file) is required"}, status=401)
-        d.close_breaker()
-        return web.json_response({"breaker": "closing"}, status=202)
+        return _guarded(req, d.token, d.close_breaker, {"breaker": "closing"})
 
     app.router.add_post("/api/v1/reload", reload)
     app.router.add_post("/api/v1/breaker/close", close_breaker)
     return app
+
+
+def _guarded(req: web.Request, token: str, act: Callable[[], None], answer: dict[str, str]) -> web.Response:
+    """Endpoints that change state: only with the bearer token."""
+    if not _authorised(req, token):
+        return web.json_response({"error": "a bearer token (server.token_file) is required"}, status=401)
+    act()
+    return web.json_response(answer, status=202)
 
 
 def _authorised(req: web.Request, token: str) -> bool:

@@ -11,7 +11,8 @@ RST, FIN, PSH, ACK = 0x04, 0x01, 0x08, 0x10
 IPPROTO_RAW = 255
 
 
-def _csum(b: bytes) -> int:
+def checksum(b: bytes) -> int:
+    """The Internet checksum (RFC 1071)."""
     if len(b) % 2:
         b += b"\0"
     s = sum(struct.unpack(f"!{len(b) // 2}H", b))
@@ -28,11 +29,11 @@ def tcp_packet(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, f
     th = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags, 65535, 0, 0)
     seg_len = len(th) + len(payload)
     pseudo = s + d + (struct.pack("!IxxxB", seg_len, 6) if v6 else struct.pack("!BBH", 0, 6, seg_len))
-    th = th[:16] + struct.pack("!H", _csum(pseudo + th + payload)) + th[18:]
+    th = th[:16] + struct.pack("!H", checksum(pseudo + th + payload)) + th[18:]
     if v6:
         return struct.pack("!IHBB", 0x60000000, seg_len, 6, 64) + s + d + th + payload
     ih = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + seg_len, 0, 0x4000, 64, 6, 0, s, d)
-    return ih[:10] + struct.pack("!H", _csum(ih)) + ih[12:] + th + payload
+    return ih[:10] + struct.pack("!H", checksum(ih)) + ih[12:] + th + payload
 
 
 def block_page(name: str, contact: str = "", provider: str = "") -> bytes:

@@ -10,6 +10,8 @@ import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from beiand.enforce.packets import checksum as _csum
+
 
 def client_hello(sni: str | None, alpn: Sequence[str] = (), tls13: bool = True, big: bool = False) -> bytes:
     """The TLS records of a real ClientHello from OpenSSL (Python ``ssl``).
@@ -71,15 +73,6 @@ def dns_response(qname: str, addrs: Iterable[str], cnames: Sequence[str] = (), t
         rtype = "AAAA" if ":" in a else "A"
         r.answer.append(dns.rrset.from_text(owner, ttl, "IN", rtype, a))
     return bytes(r.to_wire())
-
-
-def _csum(b: bytes) -> int:
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return int(~s & 0xFFFF)
 
 
 MAC_A = b"\x02\x00\x00\x00\x00\x01"

@@ -76,6 +76,17 @@ def _mount_tmpfs(path: Path, size: str) -> None:
         pytest.fail(f"cannot mount a tmpfs (this test needs root): {r.stderr.strip()}")
 
 
+def _fill(path: Path) -> None:
+    """Write until the file system is full."""
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
 def test_disk_full_keeps_records_in_memory_and_recovers(tmp_path: Path) -> None:
     mnt = tmp_path / "small"
     _mount_tmpfs(mnt, "2m")
@@ -87,13 +98,7 @@ def test_disk_full_keeps_records_in_memory_and_recovers(tmp_path: Path) -> None:
         log.flush()
         # Fill the file system.
         filler = mnt / "filler"
-        with open(filler, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        _fill(filler)
         for i in range(2000, 10_000):
             log.append(rec(i))
         time.sleep(0.3)
@@ -126,13 +131,7 @@ def test_buffer_bound_counts_lost_records_loudly(tmp_path: Path) -> None:
     try:
         d = mnt / "log"
         log = AccessLog(LogConfig(d, commit_interval=0.05, commit_records=1000, max_buffer=5000), start=False)
-        with open(mnt / "filler", "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        _fill(mnt / "filler")
         for i in range(20_000):
             log.append(rec(i))
         try:

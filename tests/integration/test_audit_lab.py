@@ -19,7 +19,7 @@ from aiohttp import web
 from beiand.cli import main
 from beiand.records.generate import OUR_PROVIDER
 from beiand.testing import traffic as t
-from beiand.testing.labservers import dns_answer, make_cert
+from beiand.testing.labservers import make_cert
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
