@@ -28,6 +28,7 @@ import os
 import shutil
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -191,6 +192,15 @@ class _Aggregate:
         return out
 
 
+def _ch_retire(ch: Any) -> None:
+    try:
+        dropped = ch.retire()
+        if dropped:
+            log.info("ClickHouse: dropped day partitions %s (older than the retention)", ", ".join(dropped))
+    except Exception as exc:
+        log.error("ClickHouse retention failed: %s", exc)
+
+
 def make_enforcer(cfg: Config) -> Enforcer:
     e = cfg.enforce
     settings = EnforceSettings(inline=e.inline, quic_block_seconds=e.quic_block_seconds, ip_block_seconds=e.ip_block_seconds,
@@ -267,6 +277,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int) -> 
     conn.send({"ready": True, "pid": os.getpid()})
     feed = pipe.feed
     next_snap = time.monotonic() + SNAPSHOT_INTERVAL
+    next_retire = time.monotonic() + 60
     import select
 
     poller = select.poll()
@@ -322,6 +333,10 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int) -> 
                         for ts, frame in cap.read(0):
                             feed(ts, frame, 1)
         now = time.monotonic()
+        if ch is not None and idx == 0 and now >= next_retire:
+            # ClickHouse retention (whole day partitions), off the capture loop.
+            next_retire = now + 3600
+            threading.Thread(target=_ch_retire, args=(ch,), daemon=True).start()
         if now >= next_snap:
             next_snap = now + SNAPSHOT_INTERVAL
             if enforcer.orders is not None:
