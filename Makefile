@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	./scripts/system-deps
+	./scripts/system-deps demo
 	$(VENV)/bin/beiand lab
 
 test: $(VENV)/.installed
