@@ -138,6 +138,9 @@ def run_mode(lab: Lab, wd: Path, files: dict[str, str], inline: bool, count: int
         sn = Sniffer(lab.cli, "cl0")
         https = client(lab, "https", "u{i}.unfiled.example.xyz", "198.51.100.11", count)
         lat = sn.close()
+        sn = Sniffer(lab.cli, "cl0")
+        client(lab, "https", "l{i}.unfiled.example.xyz", "198.51.100.11", count, conc=1)
+        lat1 = sn.close()
         http = client(lab, "http", "u{i}.unfiled.example.xyz", "198.51.100.11", count)
         f_https = client(lab, "https", "www.example.com.cn", "198.51.100.10", count)
         f_http = client(lab, "http", "www.example.com.cn", "198.51.100.10", count)
@@ -147,8 +150,9 @@ def run_mode(lab: Lab, wd: Path, files: dict[str, str], inline: bool, count: int
               f"{http.get('block-page', 0)}, other {count - http.get('server-bytes', 0) - http.get('block-page', 0)}")
         print(f"{label}: filed HTTPS {count}: disturbed {count - f_https.get('server-bytes', 0)}; "
               f"filed HTTP {count}: disturbed {count - f_http.get('server-bytes', 0)}")
-        print(f"{label}: ClientHello → RST on the wire (client side, {len(lat)} flows): p50 {pct(lat, 0.5):.3f} ms, "
-              f"p99 {pct(lat, 0.99):.3f} ms")
+        print(f"{label}: ClientHello → RST on the wire (client side, {len(lat)} flows, 16 at a time): p50 {pct(lat, 0.5):.3f} ms, "
+              f"p99 {pct(lat, 0.99):.3f} ms; one at a time ({len(lat1)} flows): p50 {pct(lat1, 0.5):.3f} ms, "
+              f"p99 {pct(lat1, 0.99):.3f} ms")
         print(f"{label}: filed first byte: HTTPS p50 {f_https.get('first_byte_p50_ms', 0):.2f} ms p99 "
               f"{f_https.get('first_byte_p99_ms', 0):.2f} ms; HTTP p50 {f_http.get('first_byte_p50_ms', 0):.2f} ms p99 "
               f"{f_http.get('first_byte_p99_ms', 0):.2f} ms; {count / f_http['seconds']:.0f} connections/s")
