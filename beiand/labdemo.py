@@ -34,7 +34,10 @@ async def main(name, ip):
         print("ok")
     except Exception as e:
         print("failed", type(e).__name__)
-asyncio.run(asyncio.wait_for(main(sys.argv[1], sys.argv[2]), 5))
+try:
+    asyncio.run(asyncio.wait_for(main(sys.argv[1], sys.argv[2]), 5))
+except Exception as e:
+    print("failed", type(e).__name__)
 """
 
 
@@ -148,7 +151,11 @@ def main(workdir: str | None, keep: bool) -> int:
     wd = Path(workdir or tempfile.mkdtemp(prefix="beiand-lab-"))
     wd.mkdir(parents=True, exist_ok=True)
     files = build(wd / "samples")
-    cfg = write_config(wd, files)
+    # Part of the hosted space enforces (198.51.100.8/29: .10 filed, .11 unfiled, .12 filed elsewhere,
+    # .13 cancelled, .14 unfiled QUIC); the rest stays in dry-run. Inline: NFQUEUE holds the first packets.
+    inv = Path(files["inventory"])
+    inv.write_text(inv.read_text() + "198.51.100.8/29,cust-0001,bj-yz-1,active,enforce\n", encoding="utf-8")
+    cfg = write_config(wd, files, extra='\n[enforce]\ninline = true\ncontact = "400-000-0000"\nprovider_name = "示例云计算有限公司"\n')
     lab = Lab()
     try:
         print(f"lab: building namespaces {lab.cli} (client) → {lab.gw} (gateway, beiand) → {lab.srv} (hosted servers)")
@@ -157,10 +164,17 @@ def main(workdir: str | None, keep: bool) -> int:
         logf = open(wd / "beiand.log", "ab")  # noqa: SIM115
         daemon = lab.spawn(lab.gw, [sys.executable, "-m", "beiand.cli", "run", "--config", str(cfg)], stdout=logf, stderr=logf)
         wait_ready(lab, daemon)
-        print(f"beiand run: ready in {lab.gw}, capturing on gw0 with 2 workers (config {cfg})\n")
-        print("traffic from the client (curl HTTPS TLS 1.3/1.2, HTTP/1.1, IP-only, QUIC, DNS over UDP and TCP):")
+        print(f"beiand run: ready in {lab.gw}, capturing on gw0 with 2 workers, inline enforcement (config {cfg})\n")
+        print("traffic from the client (curl HTTPS TLS 1.3/1.2, HTTP/1.1, IP-only, QUIC, DNS over UDP and TCP);")
+        print("curl exit code 0 = answered (for HTTP: possibly beiand's block page, below), 35/56 = connection reset by beiand")
+        print("(198.51.100.8/29 enforces; the rest of 198.51.100.0/24 is dry-run):")
         for k, v in drive(lab).items():
             print(f"  {k:40} {v}")
+        _, page = curl(lab, "http://shop.example.net/", "shop.example.net", "198.51.100.12", "-i")
+        print("\nwhat a blocked HTTP client sees (shop.example.net is filed through another 接入商):")
+        for line in page.decode(errors="replace").splitlines()[:2] + [ln for ln in page.decode(errors="replace").splitlines()
+                                                                        if "<h1>" in ln or "<h2" in ln]:
+            print("  " + line.strip())
         time.sleep(1.5)  # one snapshot round and a group commit
         _, body = http_get(lab, "/api/v1/observations")
         rows = json.loads(body)
