@@ -587,7 +587,6 @@ class Daemon:
         next_wd = 0.0
         next_retire = 0.0
         next_watch = 0.0
-        cfg = self.state.config
         while not self.stopping:
             await asyncio.sleep(0.2)
             now = time.monotonic()
@@ -599,15 +598,14 @@ class Daemon:
                     self.metrics.worker_restarts.inc()
                     self._start_worker(idx)
             self.metrics.workers.set(sum(1 for w in self.workers.values() if w.proc.is_alive()))
-            if not self._notified_ready and not self.ready():
-                pass
-            elif not self._notified_ready:
+            healthy = not self.ready()
+            if healthy and not self._notified_ready:
                 self._notified_ready = True
-                sd_notify(f"READY=1\nSTATUS=capturing on {', '.join(cfg.capture.interfaces)} with {len(self.workers)} worker(s)")
-                log.info("ready: %d worker(s) capturing on %s", len(self.workers), ", ".join(cfg.capture.interfaces))
-            if wd and now >= next_wd and not self.ready():
-                pass
-            elif wd and now >= next_wd:
+                ifaces = ", ".join(self.state.config.capture.interfaces)
+                sd_notify(f"READY=1\nSTATUS=capturing on {ifaces} with {len(self.workers)} worker(s)")
+                log.info("ready: %d worker(s) capturing on %s", len(self.workers), ifaces)
+            # The watchdog is fed only while healthy: systemd restarts a daemon that stays broken.
+            if wd and healthy and now >= next_wd:
                 sd_notify("WATCHDOG=1")
                 next_wd = now + wd
             self._sync_orders()
@@ -684,7 +682,6 @@ class Daemon:
                 # Do not retry the same broken files every few seconds: wait for the next change.
                 self.state.mtimes = {p: _mtime(p) for p in self.state.mtimes}
                 return False
-            old_workers = new.config.workers != self.state.config.workers or new.config.capture != self.state.config.capture
             self.state = new
             self._records_metrics()
             self.metrics.reloads.labels("success").inc()
@@ -697,8 +694,6 @@ class Daemon:
             for idx in range(new.config.workers):
                 if idx not in self.workers:
                     self._start_worker(idx)
-            if old_workers:
-                log.info("capture settings changed: %d worker(s)", new.config.workers)
             return True
         finally:
             self._reloading = False
