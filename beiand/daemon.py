@@ -30,6 +30,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -71,9 +72,14 @@ def sd_notify(message: str) -> bool:
         return False
     if path.startswith("@"):
         path = "\0" + path[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+    # Never block: a manager that does not read its socket must not stall the daemon (a full
+    # datagram queue would otherwise block sendto, and with it the event loop).
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as s:
         try:
             s.sendto(message.encode(), path)
+        except BlockingIOError:
+            log.warning("sd_notify: the manager's socket is full; %r dropped", message.split("\n")[0])
+            return False
         except OSError as exc:
             log.warning("sd_notify failed: %s", exc)
             return False
@@ -179,16 +185,18 @@ class _Aggregate:
     def flush(self) -> None:
         pass
 
-    def take(self) -> list[tuple[Any, ...]]:
-        """The rows touched since the last call, with the hits since then (the main process adds them up)."""
+    def take(self, limit: int = 5000) -> list[tuple[Any, ...]]:
+        """The rows touched since the last call, with the hits since then (the main process adds
+        them up); at most ``limit`` per call so one message stays small."""
         out = []
-        for k in self.changed:
+        keys = list(self.changed)[:limit] if len(self.changed) > limit else list(self.changed)
+        for k in keys:
             row = self.rows[k]
             out.append((*map(str, k[:2]), k[2], *map(str, k[3:]), row[0], row[1], row[2]))
             row[2] = 0
-        self.changed.clear()
-        if len(self.rows) > 200_000:  # bounded: forget rows not touched in this round
-            self.rows = {}
+            self.changed.discard(k)
+        if len(self.rows) > 200_000:  # bounded: forget rows with nothing left to send
+            self.rows = {k: self.rows[k] for k in self.changed}
         return out
 
 
@@ -225,11 +233,24 @@ def make_enforcer(cfg: Config) -> Enforcer:
     return Enforcer(settings, injector, nft, orders)
 
 
-def worker_main(idx: int, state: State, conn: Connection, fanout_group: int) -> None:
+def _writable(conn: Connection, timeout: float) -> bool:
+    """Room to send to the main process: a worker never blocks on a main process that stopped reading."""
+    import select
+
+    return bool(select.select([], [conn.fileno()], [], timeout)[1])
+
+
+def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inherited: Sequence[int] = ()) -> None:
     """One capture worker: its own sockets, decoder, pipeline and log partition."""
     # The fork inherited the main process's event-loop signal wakeup fd: a signal to this
     # worker must not be read as one to the main process.
     signal.set_wakeup_fd(-1)
+    # The main process's ends of the other workers' pipes came with the fork: close them, or a
+    # dead main process would leave those pipes open (a worker would wait on them forever).
+    for fd in inherited:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    ppid = os.getppid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     stop = False
@@ -349,7 +370,11 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int) -> 
                     cmd = conn.recv()
                     if cmd.get("cmd") == "close-breaker":
                         enforcer.breaker.close()
-                conn.send(snapshot())
+                if os.getppid() != ppid:
+                    log.error("worker %d: the main process is gone; stopping", idx)
+                    break
+                if _writable(conn, 0.5):
+                    conn.send(snapshot())
             except (BrokenPipeError, EOFError, OSError):
                 break
     pipe.finish()
@@ -359,7 +384,8 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int) -> 
     if ch is not None:
         ch.close()
     with contextlib.suppress(BrokenPipeError, OSError):
-        conn.send(snapshot())
+        if _writable(conn, 2.0):
+            conn.send(snapshot())
     for cap in caps:
         cap.close()
 
@@ -521,14 +547,15 @@ class Daemon:
 
     def _start_worker(self, idx: int) -> None:
         parent, child = self.ctx.Pipe(duplex=True)
-        proc = self.ctx.Process(target=worker_main, args=(idx, self.state, child, self.fanout_group), name=f"beiand-w{idx}",
+        inherited = [w.conn.fileno() for w in self.workers.values()]
+        proc = self.ctx.Process(target=worker_main, args=(idx, self.state, child, self.fanout_group, inherited), name=f"beiand-w{idx}",
                                 daemon=False)
         proc.start()
         child.close()
         self.workers[idx] = Worker(idx, proc, parent, last_seen=time.monotonic())
         asyncio.get_running_loop().add_reader(parent.fileno(), self._on_worker_message, idx)
 
-    def _stop_worker(self, idx: int, timeout: float = 15) -> None:
+    def _stop_worker(self, idx: int, timeout: float = 10) -> None:
         w = self.workers.pop(idx)
         with contextlib.suppress(Exception):
             asyncio.get_running_loop().remove_reader(w.conn.fileno())
@@ -538,7 +565,8 @@ class Daemon:
         if w.proc.is_alive():
             w.proc.kill()
             w.proc.join()
-        self._drain(w)
+        if w.proc.exitcode == 0:  # a clean stop sent its last snapshot; a killed one may have left half a message
+            self._drain(w)
         w.conn.close()
         self.metrics.forget(w.pid)
 
@@ -746,6 +774,9 @@ def run(config_path: str) -> int:
         d = Daemon(config_path)
     except StateError as exc:
         log.error("%s", exc)
+        return 2
+    except OSError as exc:
+        log.error("%s: %s", config_path, exc)
         return 2
     for iface in d.state.config.capture.interfaces:
         try:

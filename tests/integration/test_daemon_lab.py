@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +43,20 @@ def lab(tmp_path_factory):  # type: ignore[no-untyped-def]
     ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     ns.bind(str(notify))
     ns.settimeout(0.2)
+    # Read the socket all the time, as systemd does (the daemon drops a notification rather than
+    # block when nobody reads).
+    received: list[str] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            try:
+                received.append(ns.recv(4096).decode())
+            except (TimeoutError, OSError):
+                continue
+
+    rt = threading.Thread(target=reader, daemon=True)
+    rt.start()
     with Lab() as lab:
         lab.start_servers(wd)
         env = {**os.environ, "NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "2000000"}
@@ -51,21 +66,19 @@ def lab(tmp_path_factory):  # type: ignore[no-untyped-def]
         wait_ready(lab, daemon)
         traffic = drive(lab)
         time.sleep(1.5)
-        yield {"lab": lab, "daemon": daemon, "wd": wd, "files": files, "traffic": traffic, "notify": ns,
+        yield {"lab": lab, "daemon": daemon, "wd": wd, "files": files, "traffic": traffic, "notify": received,
                "env": {**env, "WATCHDOG_PID": str(daemon.pid)}}
         if daemon.poll() is None:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(30)
+    done.set()
+    rt.join()
     ns.close()
 
 
-def notifications(sock: socket.socket) -> list[str]:
-    out = []
-    while True:
-        try:
-            out.append(sock.recv(4096).decode())
-        except (TimeoutError, BlockingIOError):
-            return out
+def notifications(received: list[str]) -> list[str]:
+    time.sleep(0.3)
+    return list(received)
 
 
 def test_clients_got_their_answers(lab) -> None:  # type: ignore[no-untyped-def]
