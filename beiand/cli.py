@@ -1,7 +1,8 @@
 """The ``beiand`` command line.
 
-Subcommands: ``records check``, ``records lookup``, ``replay``, ``demo``. Exit codes: 0 ok,
-1 findings or bad rows, 2 could not run (bad arguments or unreadable input).
+Subcommands: ``run`` (the daemon), ``check-config``, ``logs``, ``block``, ``enforce``, ``audit``,
+``records check|lookup``, ``replay``, ``lab``, ``demo``. Exit codes: 0 ok, 1 findings or bad rows,
+2 could not run (bad arguments or unreadable input).
 """
 
 from __future__ import annotations
