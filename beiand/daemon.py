@@ -28,6 +28,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -265,6 +266,9 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
     # The loaded index is millions of long-lived objects: keep the cyclic GC from walking them
     # (a full collection would stall capture for tens of milliseconds).
     gc.freeze()
+    # The log's committer thread shares the GIL: a short switch interval bounds how long the
+    # capture loop can wait for it (the default 5 ms would show in the decision latency's tail).
+    sys.setswitchinterval(0.0005)
     cfg = state.config
     ifaces = cfg.capture.interfaces
     inline = cfg.enforce.inline
