@@ -276,7 +276,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
     prog = build_bpf(() if inline else cfg.capture.tcp_ports, () if inline else cfg.capture.udp_ports, dns=cfg.capture.dns)
     caps = [LiveCapture(i, prog, fanout_group=fanout_group, block_size=cfg.capture.ring_block_kib * 1024,
                         blocks=cfg.capture.ring_blocks, outgoing=len(ifaces) == 1,
-                        block_timeout_ms=cfg.capture.ring_block_timeout_ms) for i in ifaces]
+                        block_timeout_ms=cfg.capture.ring_block_timeout_ms, version=cfg.capture.ring_version) for i in ifaces]
     al = cfg.accesslog
     key = al.hmac_key_file.read_bytes().strip() if al.hmac_key_file else None
     alog = AccessLog(LogConfig(al.directory, worker=idx, gateway=cfg.gateway, retention_days=al.retention_days,

@@ -34,6 +34,9 @@ def metric(text: str, name: str) -> float:
                if line.startswith(name) and (line[len(name)] in " {"))
 
 
+RING = 2
+
+
 def config(wd: Path, records: str, inventory: str, workers: int) -> Path:
     cfg = wd / f"bench-{workers}.toml"
     cfg.write_text(f"""[daemon]
@@ -41,6 +44,7 @@ workers = {workers}
 watch_interval = 0
 [capture]
 interfaces = ["gw0"]
+ring_version = {RING}
 [records]
 files = ["{records}"]
 [inventory]
@@ -157,11 +161,14 @@ def main() -> None:
     ap.add_argument("--rates", default="20000,50000,100000,200000")
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--rss", action="store_true", help="also measure memory with 1M filings and 100k live flows")
+    ap.add_argument("--ring", type=int, choices=[2, 3], default=2, help="TPACKET version of the capture ring")
     ap.add_argument("--dense", action="store_true",
                     help="names only: every packet a ClientHello of a new flow or a DNS answer (the names/s ceiling)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
+    global RING
+    RING = args.ring
     wd = Path(tempfile.mkdtemp(prefix="beiand-bench-live-"))
     pcap = wd / "mix.pcap"
     subprocess.run([sys.executable, str(HERE / "gen_capture.py"), str(pcap), "--packets", str(args.packets)], check=True,
