@@ -52,7 +52,7 @@ class CaptureSection:
                               min=1, max=65535)
     udp_ports: list[int] = _f([443], "UDP ports watched for QUIC Initials.", min=1, max=65535)
     dns: bool = _f(True, "Capture DNS answers (UDP and TCP port 53).")
-    ring_block_kib: int = _f(256, "TPACKET_V3 ring block size in KiB.", min=16, max=65536)
+    ring_block_kib: int = _f(256, "Ring block size in KiB (TPACKET_V2 blocks hold 16 KiB frames).", min=16, max=65536)
     ring_blocks: int = _f(256, "Blocks in each worker's ring (ring size = blocks x block size).", min=4, max=8192)
     ring_block_timeout_ms: int = _f(1, "A block is handed over after this long even when not full: bounds the added latency.",
                                     min=1, max=1000)
