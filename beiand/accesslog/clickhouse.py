@@ -27,7 +27,7 @@ from pathlib import Path
 
 import aiohttp
 
-from beiand.accesslog.format import DAY_MS, encode_batch, iter_frames, parse_header
+from beiand.accesslog.format import DAY_MS, encode_batch, read_open
 from beiand.accesslog.store import RETENTION_FLOOR_DAYS, AccessLog, LogConfig, LogConfigError, fsync_dir, partition_paths
 from beiand.model import AccessRecord
 
@@ -225,10 +225,7 @@ class ClickHouseSink:
     def _spill_frames(self) -> list[tuple[Path, int, bytes]]:
         out: list[tuple[Path, int, bytes]] = []
         for p in partition_paths(self.spill_dir, self.worker):
-            data = p.read_bytes()
-            _, start = parse_header(data, str(p))
-            frames, _, _ = iter_frames(data, start)
-            out.extend((p, fr.offset, fr.payload) for fr in frames)
+            out.extend((p, fr.offset, fr.payload) for fr in read_open(p).frames)
         return out
 
     async def _replay_spill(self) -> None:

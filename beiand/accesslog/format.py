@@ -28,6 +28,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from beiand.model import AccessRecord
@@ -191,6 +192,29 @@ def iter_frames(data: bytes, start: int) -> tuple[list[Frame], int, str]:
 
 def _crc(b: bytes) -> int:
     return zlib.crc32(b) & 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class OpenPartition:
+    """An open partition as read from disk: its header, its whole frames, and where they end."""
+
+    header: dict[str, Any]
+    frames: list[Frame]
+    end: int  # one past the last whole frame
+    size: int  # of the file
+    why: str  # why parsing stopped before ``size`` ("" when it did not)
+
+    @property
+    def head(self) -> bytes:
+        """The chain head after its last record (the predecessor's head when it holds none)."""
+        return self.frames[-1].head if self.frames else bytes.fromhex(self.header["prev_head"])
+
+
+def read_open(path: Path) -> OpenPartition:
+    data = path.read_bytes()
+    hdr, start = parse_header(data, str(path))
+    frames, end, why = iter_frames(data, start)
+    return OpenPartition(hdr, frames, end, len(data), why)
 
 
 def frame_bytes(count: int, head: bytes, payload: bytes) -> bytes:

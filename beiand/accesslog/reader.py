@@ -18,9 +18,8 @@ from beiand.accesslog.format import (
     Index,
     chain,
     decode,
-    iter_frames,
     key_id,
-    parse_header,
+    read_open,
 )
 from beiand.accesslog.store import HEADS, day_start_ms, file_sha256, partition_paths, read_sealed_meta
 from beiand.model import AccessRecord
@@ -105,10 +104,7 @@ def query(directory: Path, q: Query, stats: QueryStats | None = None) -> Iterato
         if p.suffix == ".sealed":
             yield from _query_sealed(p, q, needle, st)
         else:
-            data = p.read_bytes()
-            _, start = parse_header(data, str(p))
-            frames, _, _ = iter_frames(data, start)
-            for fr in frames:
+            for fr in read_open(p).frames:
                 yield from _scan(fr.payload, q, needle)
 
 
@@ -203,10 +199,7 @@ def summaries(directory: Path, since_ms: int = 0, until_ms: int = 2**62) -> dict
 
 
 def _open_records(p: Path, q: Query) -> Iterator[AccessRecord]:
-    data = p.read_bytes()
-    _, start = parse_header(data, str(p))
-    frames, _, _ = iter_frames(data, start)
-    for fr in frames:
+    for fr in read_open(p).frames:
         yield from _scan(fr.payload, q, b"")
 
 
@@ -273,15 +266,13 @@ def _key_check(hdr: dict[str, Any], key: bytes | None, chk: PartitionCheck) -> N
 
 
 def _check_open(p: Path, key: bytes | None, chk: PartitionCheck) -> None:
-    data = p.read_bytes()
-    hdr, start = parse_header(data, str(p))
-    _key_check(hdr, key, chk)
-    frames, end, why = iter_frames(data, start)
-    if end != len(data):
-        chk.problems.append(f"{why} ({len(data) - end} trailing byte(s); a running writer repairs a torn tail at start)")
-    head = bytes.fromhex(hdr["prev_head"])
-    chk.prev_head = hdr["prev_head"]
-    for fr in frames:
+    part = read_open(p)
+    _key_check(part.header, key, chk)
+    if part.end != part.size:
+        chk.problems.append(f"{part.why} ({part.size - part.end} trailing byte(s); a running writer repairs a torn tail at start)")
+    head = bytes.fromhex(part.header["prev_head"])
+    chk.prev_head = part.header["prev_head"]
+    for fr in part.frames:
         lines = fr.payload.splitlines(keepends=True)
         head = chain(head, lines, key)
         if head != fr.head:
@@ -348,7 +339,7 @@ def verify(directory: Path, key: bytes | None = None, since_ms: int = 0) -> Veri
             if not in_window:
                 # Outside the window: only its end head is needed to check the next link.
                 try:
-                    head = read_sealed_meta(p)["head"] if p.suffix == ".sealed" else _open_tail_head(p)
+                    head = read_sealed_meta(p)["head"] if p.suffix == ".sealed" else read_open(p).head.hex()
                 except (FormatError, OSError, ValueError, KeyError) as exc:
                     rep.problems.append(f"{p.parent.name}/{p.stem}: unreadable: {exc}")
                     head = ""
@@ -384,13 +375,6 @@ def verify(directory: Path, key: bytes | None = None, since_ms: int = 0) -> Veri
     return rep
 
 
-def _open_tail_head(p: Path) -> str:
-    data = p.read_bytes()
-    hdr, start = parse_header(data, str(p))
-    frames, _, _ = iter_frames(data, start)
-    return frames[-1].head.hex() if frames else str(hdr["prev_head"])
-
-
 # -- stats ------------------------------------------------------------------------------------
 
 
@@ -424,10 +408,7 @@ def stats(directory: Path) -> Stats:
         else:
             st.open += 1
             chk = PartitionCheck(p.name, "open")
-            data = p.read_bytes()
-            _, start = parse_header(data, str(p))
-            frames, _, _ = iter_frames(data, start)
-            for fr in frames:
+            for fr in read_open(p).frames:
                 chk.records += fr.count
                 _ts_range(fr.payload.splitlines(), chk)
             n, lo, hi = chk.records, chk.min_ts, chk.max_ts

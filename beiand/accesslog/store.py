@@ -36,16 +36,16 @@ from beiand.accesslog.format import (
     SEAL_MAGIC,
     TRAILER,
     FormatError,
+    OpenPartition,
     build_index,
     chain,
     decode,
     encode_batch,
     frame_bytes,
     header_line,
-    iter_frames,
     key_id,
     name_keys,
-    parse_header,
+    read_open,
 )
 from beiand.model import AccessRecord
 
@@ -447,33 +447,31 @@ class AccessLog:
         if latest.suffix == ".sealed":
             self.head = bytes.fromhex(read_sealed_meta(latest)["head"])
             return
-        data = latest.read_bytes()
-        hdr, _ = parse_header(data, str(latest))
-        frames, end = self._repair(latest, data)
-        self.head = frames[-1].head if frames else bytes.fromhex(hdr["prev_head"])
+        part = self._repair(latest)
+        self.head = part.head
         self._fd = os.open(latest, os.O_WRONLY)
-        os.lseek(self._fd, end, os.SEEK_SET)
-        self._path, self._offset = latest, end
-        self._day = day_start_ms(hdr["day"]) // DAY_MS
-        self._count = sum(f.count for f in frames)
+        os.lseek(self._fd, part.end, os.SEEK_SET)
+        self._path, self._offset = latest, part.end
+        self._day = day_start_ms(part.header["day"]) // DAY_MS
+        self._count = sum(f.count for f in part.frames)
         self._checkpointed = self._count
 
-    def _repair(self, path: Path, data: bytes | None = None) -> tuple[list[Any], int]:
-        data = path.read_bytes() if data is None else data
-        _, start = parse_header(data, str(path))
-        frames, end, why = iter_frames(data, start)
-        if end < len(data):
+    def _repair(self, path: Path) -> OpenPartition:
+        """Cut a torn tail back to the last whole frame; the partition as it then stands."""
+        part = read_open(path)
+        end, why, size = part.end, part.why, part.size
+        if end < size:
             self.stats.torn_repaired += 1
-            self.stats.torn_bytes += len(data) - end
+            self.stats.torn_bytes += size - end
             log.warning("access log %s: %s: cut %d byte(s) of a torn tail (records not acknowledged by flush)",
-                        path, why, len(data) - end)
+                        path, why, size - end)
             with open(path, "r+b") as f:
                 f.truncate(end)
                 f.flush()
                 os.fsync(f.fileno())
             append_heads(self.dir, {"event": "repair", "partition": f"{path.parent.name}/{path.stem}",
-                                    "cut_bytes": len(data) - end, "why": why, "ts_ms": int(time.time() * 1000)})
-        return frames, end
+                                    "cut_bytes": size - end, "why": why, "ts_ms": int(time.time() * 1000)})
+        return part
 
     def _seal_later(self, path: Path) -> None:
         def run() -> None:
@@ -566,11 +564,10 @@ def read_sealed_meta(path: Path) -> dict[str, Any]:
 
 def seal_partition(path: Path, cfg: LogConfig) -> Path:
     """Compress an open partition into a sealed one (blocks + index), after checking its chain."""
-    data = path.read_bytes()
-    hdr, start = parse_header(data, str(path))
-    frames, end, why = iter_frames(data, start)
-    if end != len(data):
-        raise FormatError(f"{path}: {why}: repair before sealing")
+    part = read_open(path)
+    hdr, frames = part.header, part.frames
+    if part.end != part.size:
+        raise FormatError(f"{path}: {part.why}: repair before sealing")
     head = bytes.fromhex(hdr["prev_head"])
     lines: list[bytes] = []
     for fr in frames:
