@@ -20,7 +20,7 @@ from beiand.audit import resources
 from beiand.audit.active import Prober, ProbeSettings
 from beiand.audit.report import build, to_csv, to_html
 from beiand.cliutil import CliError, err, inventory_from, load_records, out, table
-from beiand.logs_cli import DEFAULT_CONFIG, parse_time
+from beiand.logs_cli import DEFAULT_CONFIG, config_from, parse_time
 from beiand.model import Decision, Mode, Observation
 from beiand.policy import Policy, PolicyConfig
 
@@ -47,14 +47,9 @@ class _Collect:
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, Policy, Any, Path | None, str, str]:
-    cfg = None
-    if args.config or (not args.records and os.path.exists(DEFAULT_CONFIG)):
-        from beiand.config import ConfigError, load_config
-
-        try:
-            cfg = load_config(args.config or DEFAULT_CONFIG)
-        except ConfigError as exc:
-            raise CliError(str(exc)) from None
+    cfg = config_from(args) if args.config or not args.records else None
+    if args.config and cfg is None:
+        raise CliError(f"--config {args.config}: no such file")
     records = args.records or ([str(p) for p in cfg.records.files] if cfg else [])
     if not records:
         raise CliError("no records: give --records FILE or --config")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 import urllib.request
 from pathlib import Path
@@ -19,26 +18,14 @@ from typing import Any
 from beiand.accesslog import Query, query
 from beiand.cliutil import CliError, out, table
 from beiand.enforce import OrderError, OrderStore
-from beiand.logs_cli import DEFAULT_CONFIG, fmt_time, parse_time
-
-
-def _config(args: argparse.Namespace) -> Any:
-    from beiand.config import ConfigError, load_config
-
-    path = args.config or DEFAULT_CONFIG
-    if not os.path.exists(path):
-        return None
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        raise CliError(str(exc)) from None
+from beiand.logs_cli import DEFAULT_CONFIG, config_from, fmt_time, parse_time
 
 
 def _store(args: argparse.Namespace) -> OrderStore:
     if args.state_dir:
         d = Path(args.state_dir)
     else:
-        cfg = _config(args)
+        cfg = config_from(args)
         if cfg is None:
             raise CliError(f"no --state-dir and no config at {args.config or DEFAULT_CONFIG}")
         d = cfg.daemon.state_dir
@@ -103,7 +90,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     st = _store(args)
-    cfg = _config(args)
+    cfg = config_from(args)
     log_dir = Path(args.log_dir) if args.log_dir else (cfg.accesslog.directory if cfg else None)
     if log_dir is None or not log_dir.is_dir():
         raise CliError("no access log: give --log-dir (or a config with accesslog.directory)")
@@ -141,7 +128,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_close_breaker(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = config_from(args)
     url = args.url or (f"http://{cfg.server.listen}" if cfg else "http://127.0.0.1:9640")
     token_file = args.token_file or (str(cfg.server.token_file) if cfg and cfg.server.token_file else None)
     if not token_file:

@@ -18,13 +18,16 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from beiand.accesslog import Query, QueryStats, query, stats, verify
 from beiand.accesslog.format import FIELDS
 from beiand.accesslog.store import DIR_MODE, FILE_MODE, file_sha256
 from beiand.cliutil import CliError, out, table
 from beiand.model import AccessRecord, VerdictKind
+
+if TYPE_CHECKING:
+    from beiand.config import Config
 
 DEFAULT_CONFIG = "/etc/beiand/beiand.toml"
 _REL = re.compile(r"^(\d+)([smhdw])$")
@@ -66,19 +69,28 @@ def _net(text: str | None, field: str) -> ipaddress.IPv4Network | ipaddress.IPv6
         raise CliError(f"{field} {text!r}: not an IP address or CIDR prefix") from None
 
 
+def config_from(args: argparse.Namespace) -> Config | None:
+    """The config of ``--config`` (default /etc/beiand/beiand.toml), or None when there is no such file."""
+    from beiand.config import ConfigError, load_config
+
+    path = args.config or DEFAULT_CONFIG
+    if not os.path.exists(path):
+        return None
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
 def log_dir(args: argparse.Namespace) -> Path:
     if args.log_dir:
         d = Path(args.log_dir)
     else:
-        from beiand.config import ConfigError, load_config
-
-        path = args.config or DEFAULT_CONFIG
-        if not os.path.exists(path):
-            raise CliError(f"no --log-dir given and no config at {path} (--config FILE) to take accesslog.directory from")
-        try:
-            d = load_config(path).accesslog.directory
-        except ConfigError as exc:
-            raise CliError(str(exc)) from None
+        cfg = config_from(args)
+        if cfg is None:
+            raise CliError(f"no --log-dir given and no config at {args.config or DEFAULT_CONFIG} (--config FILE) "
+                           "to take accesslog.directory from")
+        d = cfg.accesslog.directory
     if not d.is_dir():
         raise CliError(f"--log-dir {d}: not a directory")
     return d
