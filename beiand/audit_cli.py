@@ -63,11 +63,11 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Policy, Any, Path | None, str
     return index, policy, inventory, log_dir, provider, gateway
 
 
-def _authority_names(path: str) -> set[str]:
+def _authority_names(entries: list[tuple[int, str]]) -> set[str]:
     from beiand.records.domains import DomainError, is_ip_literal, normalise_domain
 
     out = set()
-    for _, entry in _authority_entries(path):
+    for _, entry in entries:
         if not is_ip_literal(entry.strip("[]")):
             try:
                 out.add(normalise_domain(entry))
@@ -106,12 +106,11 @@ def _authority_entries(path: str) -> list[tuple[int, str]]:
     return entries
 
 
-def _authority(path: str, policy: Policy, inventory: Any, summary: dict[Any, list[int]], resolved: dict[str, list[str]]
-               ) -> list[dict[str, Any]]:
+def _authority(path: str, entries: list[tuple[int, str]], policy: Policy, inventory: Any, summary: dict[Any, list[int]],
+               resolved: dict[str, list[str]]) -> list[dict[str, Any]]:
     from beiand.records.domains import DomainError, is_ip_literal, normalise_domain
     from beiand.records.importer import canonical_ip
 
-    entries = _authority_entries(path)
     seen: dict[str, list[tuple[Any, list[int]]]] = {}
     for k, v in summary.items():
         seen.setdefault(k[0], []).append((k, v))
@@ -174,6 +173,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         summary = summaries(log_dir, since, until)
         source = f"access log {log_dir}"
         window = f"{args.since} back" if not args.until else f"{args.since} .. {args.until}"
+    listed = _authority_entries(args.authority_list) if args.authority_list else []
     found = passive_findings(summary, index, inventory, provider)
     res = resources(summary)
     resolved: dict[str, list[str]] = {}
@@ -184,7 +184,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         if args.names:
             names |= {n.strip().lower() for n in Path(args.names).read_text().split() if n.strip()}
         if args.authority_list:  # where do the sites the authority listed resolve now?
-            names |= _authority_names(args.authority_list)
+            names |= _authority_names(listed)
         ips = {k[1] for k in summary if inventory.lookup(k[1]) is not None}
         ips |= {ip for f in index.filings for ip in f.ips if inventory.lookup(ip) is not None}
         settings = ProbeSettings(resolver=args.resolver, concurrency=args.concurrency, per_host=args.per_host, timeout=args.timeout,
@@ -192,7 +192,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         found += _probe(index, inventory, policy, settings, names, ips, resolved, probe_meta, quiet=args.quiet)
         probe_meta["seconds"] = round(time.perf_counter() - t0, 2)
-    authority = _authority(args.authority_list, policy, inventory, summary, resolved) if args.authority_list else []
+    authority = _authority(args.authority_list, listed, policy, inventory, summary, resolved) if args.authority_list else []
     for a in authority:
         if a["hosted"] and not a["done"].startswith("blocked"):
             from beiand.audit.findings import Finding
