@@ -13,16 +13,17 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from beiand.audit import findings as passive_findings
 from beiand.audit import resources
-from beiand.audit.active import Prober, ProbeSettings
-from beiand.audit.report import build, to_csv, to_html
 from beiand.cliutil import CliError, err, inventory_from, load_records, out, table
 from beiand.logs_cli import DEFAULT_CONFIG, config_from, parse_time
 from beiand.model import Decision, Mode, Observation
 from beiand.policy import Policy, PolicyConfig
+
+if TYPE_CHECKING:
+    from beiand.audit.active import ProbeSettings
 
 
 class _Collect:
@@ -187,6 +188,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             names |= _authority_names(listed)
         ips = {k[1] for k in summary if inventory.lookup(k[1]) is not None}
         ips |= {ip for f in index.filings for ip in f.ips if inventory.lookup(ip) is not None}
+        from beiand.audit.active import ProbeSettings  # aiohttp, dnspython, aioquic: only when probing
+
         settings = ProbeSettings(resolver=args.resolver, concurrency=args.concurrency, per_host=args.per_host, timeout=args.timeout,
                                  provider=provider)
         t0 = time.perf_counter()
@@ -199,6 +202,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
             found.append(Finding("authority-listed-hosted", a["entry"], f"{a['verdict']}: {a['done']}", account=a["account"] or "",
                                  server=", ".join(a["servers"])))
+    from beiand.audit.report import build
+
     rep = build(found, res, {"gateway": gateway, "window": window, "source": source, "probe": probe_meta}, authority)
     _emit(rep, args)
     return 1 if rep["findings"] else 0
@@ -207,6 +212,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def _probe(index: Any, inventory: Any, policy: Policy, settings: ProbeSettings, names: set[str], ips: set[str],
            resolved: dict[str, list[str]], meta: dict[str, Any], quiet: bool) -> list[Any]:
     import resource
+
+    from beiand.audit.active import Prober
 
     total = len(names) * 2 + len(ips) + len(names)
     if quiet or not sys.stderr.isatty():
@@ -227,6 +234,8 @@ def _probe(index: Any, inventory: Any, policy: Policy, settings: ProbeSettings, 
 
 
 def _emit(rep: dict[str, Any], args: argparse.Namespace) -> None:
+    from beiand.audit.report import to_csv, to_html
+
     if args.report_dir:
         d = Path(args.report_dir)
         d.mkdir(parents=True, exist_ok=True, mode=0o750)

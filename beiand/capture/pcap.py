@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-CHUNK = 1 << 22
+CHUNK = 1 << 20
 PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),
     b"\x4d\x3c\xb2\xa1": ("<", 1e-9), b"\xa1\xb2\x3c\x4d": (">", 1e-9),
@@ -30,15 +30,24 @@ class CaptureReader:
 
     ``skip_tcp_from`` does in user space what the live daemon's kernel BPF program does: TCP
     packets from a watched port to an unwatched one (the server's answers) and bare ACKs of
-    Ethernet/IPv4 frames are counted in ``prefiltered`` and never become frame objects.
+    Ethernet/IPv4 and Ethernet/IPv6 frames are counted in ``prefiltered`` and never become frame
+    objects.
+
+    ``shard=(k, n)`` yields only the frames of shard ``k`` of ``n`` (see :func:`shard_key`): ``n``
+    readers of one file, one per worker process, each see every packet of their flows and no
+    other. ``records`` still counts every record of the file.
     """
 
-    def __init__(self, path: str | Path, skip_tcp_from: frozenset[int] = frozenset()) -> None:
+    def __init__(self, path: str | Path, skip_tcp_from: frozenset[int] = frozenset(),
+                 shard: tuple[int, int] = (0, 1)) -> None:
         self.path = Path(path)
         self.truncated = False  # the file ended inside a record
         self.records = 0
         self.prefiltered = 0
         self.skip_tcp_from = skip_tcp_from
+        if not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"shard {shard}: expected (k, n) with 0 <= k < n")
+        self.shard = shard
         try:
             self._f: BinaryIO = self.path.open("rb")
         except OSError as exc:
@@ -76,6 +85,9 @@ class CaptureReader:
         unpack = rec.unpack_from
         watched = self.skip_tcp_from
         filt = bool(watched) and linktype == 1
+        mine, nshards = self.shard
+        sharded = nshards > 1
+        ether = linktype == 1
         skipped = 0
         buf = b""
         pos = 0
@@ -85,8 +97,27 @@ class CaptureReader:
                 if pos < len(buf):
                     self.truncated = True
                 return
-            buf = buf[pos:] + chunk if pos < len(buf) else chunk
-            pos = 0
+            if pos < len(buf):
+                # A record straddles two chunks: complete it alone (copying one record, not the
+                # whole chunk: concatenating chunks cost a tenth of the reading time).
+                tail = buf[pos:]
+                hdr = tail if len(tail) >= 16 else tail + chunk[: 16 - len(tail)]
+                need = -1
+                if len(hdr) >= 16:
+                    sec, frac, incl, _orig = unpack(hdr, 0)
+                    if incl > MAX_RECORD:
+                        raise CaptureError(f"{self.path}: record {self.records + 1} claims {incl} bytes: corrupt file")
+                    need = 16 + incl - len(tail)
+                if 0 <= need <= len(chunk):
+                    self.records += 1
+                    frame = (tail + chunk[:need])[16:]
+                    buf, pos = chunk, need
+                    if not sharded or shard_key(frame, linktype) % nshards == mine:
+                        yield sec + frac * unit, linktype, frame
+                else:  # the new chunk does not finish it either (a short read near the end)
+                    buf, pos = tail + chunk, 0
+            else:
+                buf, pos = chunk, 0
             n = len(buf)
             count = 0
             while pos + 16 <= n:
@@ -98,18 +129,32 @@ class CaptureReader:
                     break
                 count += 1
                 o = pos + 16
-                # Ethernet, IPv4 without options, TCP (the BPF program's first test)
-                if filt and incl >= 54 and buf[o + 12] == 8 and buf[o + 13] == 0 and buf[o + 14] == 0x45 and buf[o + 23] == 6:
-                    if ((buf[o + 36] << 8) | buf[o + 37]) not in watched and ((buf[o + 34] << 8) | buf[o + 35]) in watched:
-                        skipped += 1
-                        pos = end
-                        continue
-                    if not buf[o + 47] & 7 and ((buf[o + 16] << 8) | buf[o + 17]) == 20 + ((buf[o + 46] >> 4) << 2):
-                        skipped += 1  # a bare ACK: no payload, no SYN/FIN/RST
-                        pos = end
-                        continue
-                yield sec + frac * unit, linktype, buf[o:end]
                 pos = end
+                # The two common frames inline (Ethernet + IPv4 without options, Ethernet + IPv6,
+                # both carrying TCP); the shard from the same address bytes as shard_key() hashes.
+                if ether and incl >= 54 and buf[o + 12] == 8 and buf[o + 13] == 0 and buf[o + 14] == 0x45:
+                    if sharded and hash(buf[o + 26 : o + 34]) % nshards != mine:
+                        continue
+                    if filt and buf[o + 23] == 6:
+                        if ((buf[o + 36] << 8) | buf[o + 37]) not in watched and ((buf[o + 34] << 8) | buf[o + 35]) in watched:
+                            skipped += 1
+                            continue
+                        if not buf[o + 47] & 7 and ((buf[o + 16] << 8) | buf[o + 17]) == 20 + ((buf[o + 46] >> 4) << 2):
+                            skipped += 1  # a bare ACK: no payload, no SYN/FIN/RST
+                            continue
+                elif ether and incl >= 74 and buf[o + 12] == 0x86 and buf[o + 13] == 0xDD and buf[o + 14] >> 4 == 6:
+                    if sharded and hash(buf[o + 22 : o + 54]) % nshards != mine:
+                        continue
+                    if filt and buf[o + 20] == 6:
+                        if ((buf[o + 56] << 8) | buf[o + 57]) not in watched and ((buf[o + 54] << 8) | buf[o + 55]) in watched:
+                            skipped += 1
+                            continue
+                        if not buf[o + 67] & 7 and ((buf[o + 18] << 8) | buf[o + 19]) == (buf[o + 66] >> 4) << 2:
+                            skipped += 1  # a bare ACK
+                            continue
+                elif sharded and shard_key(buf[o:end], linktype) % nshards != mine:
+                    continue
+                yield sec + frac * unit, linktype, buf[o:end]
             self.records += count
             self.prefiltered = skipped
 
@@ -119,6 +164,7 @@ class CaptureReader:
         pos = 0
         order = "<"
         interfaces: list[tuple[int, float]] = []
+        mine, nshards = self.shard
         while True:
             # make sure a whole block is in buf
             if len(buf) - pos < 12:
@@ -158,21 +204,27 @@ class CaptureReader:
                     raise CaptureError(f"{self.path}: packet on undeclared interface {iface}")
                 lt, unit = interfaces[iface]
                 self.records += 1
-                yield ((hi << 32) | lo) * unit, lt, buf[body + 20 : body + 20 + cap]
+                frame = buf[body + 20 : body + 20 + cap]
+                if nshards == 1 or shard_key(frame, lt) % nshards == mine:
+                    yield ((hi << 32) | lo) * unit, lt, frame
             elif btype == 3:  # Simple Packet Block: interface 0, no timestamp
                 (orig,) = struct.unpack_from(order + "I", buf, body)
                 cap = min(orig, blen - 16)
                 if not interfaces:
                     raise CaptureError(f"{self.path}: packet before any interface description")
                 self.records += 1
-                yield 0.0, interfaces[0][0], buf[body + 4 : body + 4 + cap]
+                frame = buf[body + 4 : body + 4 + cap]
+                if nshards == 1 or shard_key(frame, interfaces[0][0]) % nshards == mine:
+                    yield 0.0, interfaces[0][0], frame
             elif btype == 2:  # obsolete Packet Block
                 iface, _drops, hi, lo, cap, _orig = struct.unpack_from(order + "HHIIII", buf, body)
                 if iface >= len(interfaces):
                     raise CaptureError(f"{self.path}: packet on undeclared interface {iface}")
                 lt, unit = interfaces[iface]
                 self.records += 1
-                yield ((hi << 32) | lo) * unit, lt, buf[body + 20 : body + 20 + cap]
+                frame = buf[body + 20 : body + 20 + cap]
+                if nshards == 1 or shard_key(frame, lt) % nshards == mine:
+                    yield ((hi << 32) | lo) * unit, lt, frame
             elif btype == 1:  # Interface Description Block
                 lt = struct.unpack_from(order + "H", buf, body)[0]
                 interfaces.append((lt, self._tsresol(buf, body + 8, pos + blen - 4, order)))
@@ -190,6 +242,40 @@ class CaptureReader:
                 return 2.0 ** -(v & 0x7F) if v & 0x80 else 10.0 ** -v
             off += 4 + ((ln + 3) & ~3)
         return 1e-6
+
+
+def shard_key(frame: bytes, linktype: int) -> int:
+    """Which worker a frame belongs to, as a number to take modulo the worker count.
+
+    Built from the outermost IP header's source and destination addresses only: every packet of
+    a TCP flow, a QUIC connection, a DNS exchange and every fragment of one datagram share them,
+    and so do all flows inside one tunnel, which the decoder opens. Frames with no IP header we
+    can find go to shard 0. ``hash()`` of bytes is salted per interpreter: the workers of one
+    replay are forked from one process and agree; the value means nothing across processes.
+    """
+    off = 0
+    if linktype == 1:
+        et, off = (frame[12] << 8) | frame[13] if len(frame) >= 14 else 0, 14
+        while et in (0x8100, 0x88A8, 0x9100) and len(frame) >= off + 4:  # VLAN tags
+            et, off = (frame[off + 2] << 8) | frame[off + 3], off + 4
+        if et != 0x0800 and et != 0x86DD:
+            return 0
+    elif linktype == 113:
+        off = 16
+    elif linktype == 276:
+        off = 20
+    elif linktype in (0, 108):
+        off = 4
+    elif linktype not in (101, 228, 229, 12, 14):
+        return 0
+    if len(frame) <= off:
+        return 0
+    ver = frame[off] >> 4
+    if ver == 4 and len(frame) >= off + 20:
+        return hash(frame[off + 12 : off + 20])
+    if ver == 6 and len(frame) >= off + 40:
+        return hash(frame[off + 8 : off + 40])
+    return 0
 
 
 def read_capture(path: str | Path) -> Iterator[tuple[float, int, bytes]]:

@@ -167,19 +167,32 @@ class Decoder:
         try:
             if linktype == LINKTYPE_ETHERNET:
                 # Fast path: Ethernet + IPv4 without options or fragments + TCP, the bulk of a link.
-                if len(frame) >= 54 and frame[12] == 8 and frame[13] == 0 and frame[14] == 0x45 and frame[23] == 6 \
+                n = len(frame)
+                if n >= 42 and frame[12] == 8 and frame[13] == 0 and frame[14] == 0x45 \
                         and not (frame[20] & 0x3F or frame[21]):
-                    sport = (frame[34] << 8) | frame[35]
-                    dport = (frame[36] << 8) | frame[37]
-                    if dport not in self.tcp_ports and sport in self.tcp_ports:
-                        self.server_to_client += 1  # the server's answer: nothing to name
+                    proto = frame[23]
+                    total = (frame[16] << 8) | frame[17]
+                    if total < 20:  # 0: a TSO frame as captured on the sender; else invalid
+                        end = n if total == 0 else 34
                     else:
-                        total = (frame[16] << 8) | frame[17]
-                        if total < 20:  # 0: a TSO frame as captured on the sender; else invalid
-                            end = len(frame) if total == 0 else 34
+                        end = min(14 + total, n)
+                    if proto == 6 and n >= 54:
+                        if ((frame[36] << 8) | frame[37]) not in self.tcp_ports and ((frame[34] << 8) | frame[35]) in self.tcp_ports:
+                            self.server_to_client += 1  # the server's answer: nothing to name
                         else:
-                            end = min(14 + total, len(frame))
-                        self._tcp(ts, frame, 34, end, frame[26:30], frame[30:34], False)
+                            self._tcp(ts, frame, 34, end, frame[26:30], frame[30:34], False)
+                    elif proto == 17:
+                        self._udp(ts, frame, 34, end, frame[26:30], frame[30:34], False, 0)
+                    else:
+                        self._ip(ts, frame, 14, 0)
+                elif n >= 62 and frame[12] == 0x86 and frame[13] == 0xDD and frame[14] >> 4 == 6 and frame[20] in (6, 17):
+                    # Ethernet + IPv6 without extension headers, TCP or UDP
+                    plen = (frame[18] << 8) | frame[19]
+                    end = min(54 + plen, n) if plen else n
+                    if frame[20] == 6:
+                        self._tcp(ts, frame, 54, end, frame[22:38], frame[38:54], True)
+                    else:
+                        self._udp(ts, frame, 54, end, frame[22:38], frame[38:54], True, 0)
                 else:
                     self._ether(ts, frame, 0, 0)
             elif linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6, 12, 14):
