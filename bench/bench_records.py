@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 
+from _rss import PeakSampler
+
 from beiand.inventory import load_inventory
 from beiand.model import Kind, Observation, Transport
 from beiand.policy import Policy, PolicyConfig
@@ -42,17 +44,19 @@ def main() -> None:
     inv_path = os.path.join(tmp, "inventory.csv")
     write_inventory(inv_path, cfg)
 
-    t0 = time.perf_counter()
-    result = load_file(path)
-    t1 = time.perf_counter()
-    index = build_index(result)
-    t2 = time.perf_counter()
+    with PeakSampler() as sampler:
+        t0 = time.perf_counter()
+        result = load_file(path)
+        t1 = time.perf_counter()
+        index = build_index(result)
+        t2 = time.perf_counter()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rss_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     st = index.stats()
     print(f"load: {st.filings} filings, {st.domains} domains, {st.ips} IPs, {len(result.errors)} rejected rows")
     print(f"load: parse {t1 - t0:.2f} s + index {t2 - t1:.2f} s = {t2 - t0:.2f} s (bar <= 20 s)")
-    print(f"load: peak RSS {rss:.0f} MiB (parse worker {rss_child:.0f} MiB) (bar <= 1536 MiB)")
+    print(f"load: peak RSS {rss:.0f} MiB, parse worker {rss_child:.0f} MiB; both together at most "
+          f"{sampler.peak_kib / 1024:.0f} MiB (bar <= 1536 MiB)")
 
     inventory = load_inventory(inv_path)
     rng = random.Random(7)

@@ -19,24 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from _rss import tree_rss_kib
+
 HERE = Path(__file__).parent
 PY = sys.executable
-
-
-def _tree_rss_kib(pid: int) -> int:
-    """Resident KiB of a process and all its descendants (the replay workers), now."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/status", encoding="ascii") as f:
-                total += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children", encoding="ascii") as f:
-                    todo += [int(c) for c in f.read().split()]
-        except (OSError, ValueError):
-            continue  # it ended meanwhile
-    return total
 
 
 def timed(cmd: list[str], stdout: int | object = subprocess.DEVNULL) -> tuple[float, float]:
@@ -48,7 +34,7 @@ def timed(cmd: list[str], stdout: int | object = subprocess.DEVNULL) -> tuple[fl
         pid, status, ru = os.wait4(p.pid, os.WNOHANG)
         if pid:
             break
-        peak = max(peak, _tree_rss_kib(p.pid))
+        peak = max(peak, tree_rss_kib(p.pid))
         time.sleep(0.02)
     wall = time.perf_counter() - t
     if os.waitstatus_to_exitcode(status) not in (0, 1):

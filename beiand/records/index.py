@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from beiand.model import Filing
-from beiand.records.importer import ImportRefused, ImportResult
+from beiand.records.importer import ImportRefused, ImportResult, gc_paused
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,4 +102,5 @@ def build_index(result: ImportResult, *, previous: RecordIndex | None = None, ma
                 f"the new records hold {new} filings, {old - new} fewer than the {old} loaded "
                 f"({(old - new) / old:.0%} > the allowed {max_loss:.0%}): refused, the current records stay"
             )
-    return RecordIndex(result.filings, loaded_at=loaded_at, sources=result.files)
+    with gc_paused():  # millions of dict entries and tuples, no cycles
+        return RecordIndex(result.filings, loaded_at=loaded_at, sources=result.files)

@@ -148,15 +148,21 @@ def test_empty_or_shrinking_export_is_refused(tmp_path):
 def test_parallel_parse_equals_serial(tmp_path, monkeypatch):
     p = tmp_path / "g.csv"
     write_csv(str(p), GenConfig(filings=3000, bad_rows=30, seed=5))
-    # duplicates across the split point
+    # duplicates across the split points, and inside the last range: identical and conflicting
     lines = p.read_text(encoding="utf-8").splitlines(keepends=True)
-    p.write_text("".join(lines + lines[1:40]), encoding="utf-8")
+    late = lines[-30:-20]
+    conflicting = [line.replace("正常", "已注销", 1) for line in lines[-60:-50]]
+    p.write_text("".join(lines + lines[1:40] + late + conflicting), encoding="utf-8")
     monkeypatch.setattr(importer, "PARALLEL_MIN_BYTES", 1)
+    monkeypatch.setattr(importer, "SPILL_BATCH", 7)  # workers hand their filings on in many batches
     a = load_file(p, workers=1)
-    b = load_file(p, workers=2)
-    assert a.filings == b.filings and a.rows == b.rows
-    assert [str(e) for e in a.errors] == [str(e) for e in b.errors]
-    assert [str(w) for w in a.warnings] == [str(w) for w in b.warnings]
+    assert sum("different data" in e.reason for e in a.errors) >= 2
+    assert sum("identical" in w.reason for w in a.warnings) >= 25
+    for n in (2, 3):
+        b = load_file(p, workers=n)
+        assert a.filings == b.filings and a.rows == b.rows
+        assert [str(e) for e in a.errors] == [str(e) for e in b.errors]
+        assert [str(w) for w in a.warnings] == [str(w) for w in b.warnings]
 
 
 def test_generator_bad_rows_are_all_caught(tmp_path):
