@@ -10,6 +10,7 @@ the decision cache cold (every observation new) and warm (real traffic repeats n
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
 import resource
@@ -59,6 +60,9 @@ def main() -> None:
           f"{sampler.peak_kib / 1024:.0f} MiB (bar <= 1536 MiB)")
 
     inventory = load_inventory(inv_path)
+    # As in the daemon's workers: the loaded index is millions of long-lived objects the cyclic
+    # GC must not walk again and again while verdicts allocate (daemon.worker_main).
+    gc.freeze()
     rng = random.Random(7)
     names = [d for f in rng.sample(result.filings, min(50_000, len(result.filings))) for d in f.domains]
 
