@@ -78,6 +78,9 @@ def run_rates(lab: Lab, wd: Path, pcap: Path, names_in_pcap: int, packets: int, 
         d = lab.spawn(lab.gw, [sys.executable, "-m", "beiand.cli", "run", "--config", str(cfg)], stdout=logf, stderr=logf)
     try:
         wait_ready(lab, d, timeout=120)
+        if os.environ.get("BENCH_RENICE"):
+            for pid in subprocess.run(["pgrep", "-P", str(d.pid)], capture_output=True, text=True).stdout.split():
+                subprocess.run(["renice", "-n", os.environ["BENCH_RENICE"], "-p", pid], capture_output=True)
         for k, rate in enumerate(rates):
             if dense:
                 write_dense(pcap, packets, 20 * workers + k)

@@ -1,0 +1,61 @@
+"""The active-resource view's plumbing: workers pass rows on in small messages; the main process
+keeps a bounded view without scanning it per insert."""
+
+from beiand import daemon
+from beiand.daemon import Daemon, Worker, _Aggregate
+from beiand.model import Action, Decision, Kind, Mode, Observation, Transport, Verdict, VerdictKind
+
+UNFILED = Decision(Verdict(VerdictKind.UNFILED, None, "no-filing"), Action.FLAG, "monitor:unfiled", Mode.MONITOR, "cust-1", "bj")
+
+
+def obs(i: int, ts: float = 1.0) -> Observation:
+    name = f"n{i}.example.com"
+    return Observation(ts, "10.0.0.1", 40000, "198.51.100.7", 443, Transport.TCP, Kind.TLS_SNI, name, name)
+
+
+def test_rows_leave_in_small_messages_with_their_hits():
+    agg = _Aggregate()
+    for i in range(1000):
+        agg.on_decision(obs(i), UNFILED)
+    agg.on_decision(obs(7, ts=5.0), UNFILED)
+    sizes, rows = [], []
+    while batch := agg.take():
+        sizes.append(len(batch))
+        rows += batch
+    assert sizes == [400, 400, 200]
+    assert len({r[0] for r in rows}) == 1000
+    seven = next(r for r in rows if r[0] == "n7.example.com")
+    # plain strings, not enum members: cheap to pickle, equal to what the API shows
+    assert seven[4:7] == ("unfiled", "tls-sni", "flag") and type(seven[4]) is str
+    assert seven[7:] == (1.0, 5.0, 2)
+    agg.on_decision(obs(7, ts=6.0), UNFILED)
+    assert agg.take() == [(*seven[:7], 1.0, 6.0, 1)]  # hits since the last take
+    assert agg.counters["verdict:unfiled"] == 1002
+
+
+def test_rows_beyond_the_bound_are_counted_not_kept(monkeypatch):
+    monkeypatch.setattr(daemon, "MAX_CHANGED_ROWS", 10)
+    agg = _Aggregate()
+    for i in range(25):
+        agg.on_decision(obs(i), UNFILED)
+    assert len(agg.changed) == 10 and agg.view_dropped == 15
+    agg.on_decision(obs(3), UNFILED)  # already waiting: still counted in its row
+    assert agg.view_dropped == 15 and agg.rows[next(k for k in agg.rows if k[0] == "n3.example.com")][2] == 2
+
+
+def test_main_process_view_is_bounded_and_keeps_the_recent(monkeypatch):
+    monkeypatch.setattr(daemon, "MAX_VIEW_ROWS", 100)
+    d = Daemon.__new__(Daemon)  # only the view: no config, no workers started
+    d.obs = {}
+    w = Worker(0, None, None)  # type: ignore[arg-type]
+    agg = _Aggregate()
+    for i in range(250):
+        agg.on_decision(obs(i, ts=float(i)), UNFILED)
+    rows = sorted(agg.take(1000), key=lambda r: r[8])  # as they arrive over time
+    for k in range(0, len(rows), 37):
+        d._handle(w, {"obs": rows[k : k + 37]})  # rows-only messages carry no counters
+    assert 90 <= len(d.obs) <= 100
+    assert min(v[1] for v in d.obs.values()) >= 150  # the oldest were forgotten first
+    d._handle(w, {"obs": [(*next(iter(d.obs)), 0.5, 300.0, 4)]})
+    first = next(iter(d.obs.values()))
+    assert first[0] == 0.5 and first[1] == 300.0 and first[2] == 5
