@@ -8,8 +8,7 @@ For each worker count and rate it prints the packets and names per second offere
 beiand decided, the kernel drops (PACKET_STATISTICS), and the time from the packet carrying a
 name to its decision (p50, p99; the kernel's packet timestamp to the decision). The sender
 shares the 2 cores with beiand (``--timer gtod``, tcpreplay's default, busy-waits on one of them).
-Also ``--rss``: resident memory with 1,000,000 filings loaded
-and 100,000 live flows.
+Also ``--rss``: resident memory with 1,000,000 filings loaded and 100,000 live flows.
 """
 
 from __future__ import annotations
@@ -85,7 +84,8 @@ def run_rates(lab: Lab, wd: Path, pcap: Path, names_in_pcap: int, packets: int, 
                 write_dense(pcap, packets, 20 * workers + k)
             before = http_get(lab, "/metrics")[1].decode()
             t0 = time.monotonic()
-            r = lab.run(lab.cli, ["tcpreplay", "-q", f"--timer={TIMER}", "-i", "cl0", f"--pps={rate}", str(pcap)], capture_output=True, timeout=600)
+            send = ["tcpreplay", "-q", f"--timer={TIMER}", "-i", "cl0", f"--pps={rate}", str(pcap)]
+            r = lab.run(lab.cli, send, capture_output=True, timeout=600)
             sent_time = time.monotonic() - t0
             time.sleep(2.5)
             after = http_get(lab, "/metrics")[1].decode()
