@@ -323,6 +323,13 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
     signal.signal(signal.SIGTERM, on_term)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: die with the main process
+    if cfg_rt := state.config.capture.realtime_priority:
+        # Before any thread starts: the log's committer and the outbox inherit the policy.
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(cfg_rt))
+        except OSError as exc:
+            log.warning("worker %d: capture.realtime_priority = %d not applied (%s); normal scheduling", idx, cfg_rt,
+                        exc.strerror)
     # The loaded index is millions of long-lived objects: keep the cyclic GC from walking them
     # (a full collection would stall capture for tens of milliseconds).
     gc.freeze()

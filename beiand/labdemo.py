@@ -42,7 +42,7 @@ except Exception as e:
 
 
 def write_config(workdir: Path, files: dict[str, str], workers: int = 2, interfaces: tuple[str, ...] = ("gw0",),
-                 extra: str = "") -> Path:
+                 extra: str = "", capture_extra: str = "") -> Path:
     from beiand.records.generate import OUR_PROVIDER
 
     cfg = workdir / "beiand.toml"
@@ -55,6 +55,7 @@ watch_interval = 1.0
 
 [capture]
 interfaces = {json.dumps(list(interfaces))}
+{capture_extra}
 
 [records]
 files = ["{files['records']}"]

@@ -36,6 +36,7 @@ def metric(text: str, name: str) -> float:
 
 RING = 2
 TIMER = "gtod"
+REALTIME = 0
 
 
 def config(wd: Path, records: str, inventory: str, workers: int) -> Path:
@@ -46,6 +47,7 @@ watch_interval = 0
 [capture]
 interfaces = ["gw0"]
 ring_version = {RING}
+realtime_priority = {REALTIME}
 [records]
 files = ["{records}"]
 [inventory]
@@ -164,6 +166,8 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--rss", action="store_true", help="also measure memory with 1M filings and 100k live flows")
     ap.add_argument("--ring", type=int, choices=[2, 3], default=2, help="TPACKET version of the capture ring")
+    ap.add_argument("--realtime", type=int, default=0, metavar="PRIO",
+                    help="capture.realtime_priority of the workers (SCHED_FIFO; 0: normal scheduling)")
     ap.add_argument("--timer", choices=["gtod", "nano"], default="gtod",
                     help="tcpreplay's pacing: gtod busy-waits (a whole core, steady spacing), nano sleeps (bursts)")
     ap.add_argument("--dense", action="store_true",
@@ -171,8 +175,8 @@ def main() -> None:
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
-    global RING, TIMER
-    RING, TIMER = args.ring, args.timer
+    global RING, TIMER, REALTIME
+    RING, TIMER, REALTIME = args.ring, args.timer, args.realtime
     wd = Path(tempfile.mkdtemp(prefix="beiand-bench-live-"))
     pcap = wd / "mix.pcap"
     subprocess.run([sys.executable, str(HERE / "gen_capture.py"), str(pcap), "--packets", str(args.packets)], check=True,

@@ -38,7 +38,7 @@ def lab(tmp_path_factory):  # type: ignore[no-untyped-def]
     files = build(wd / "samples")
     token = wd / "token"
     token.write_text("s3cret\n")
-    cfg = write_config(wd, files, extra=f'token_file = "{token}"')
+    cfg = write_config(wd, files, extra=f'token_file = "{token}"', capture_extra="realtime_priority = 5")
     notify = wd / "notify.sock"
     ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     ns.bind(str(notify))
@@ -191,6 +191,15 @@ def test_sighup_with_a_broken_records_file_keeps_the_old_verdicts(lab) -> None: 
             break
         time.sleep(0.2)
     assert metric(http_get(lb, "/metrics")[1].decode(), "beiand_last_reload_successful") == 1
+
+
+def test_workers_capture_under_the_configured_realtime_priority(lab) -> None:  # type: ignore[no-untyped-def]
+    pids = [int(p) for p in os.listdir(f"/proc/{lab['daemon'].pid}/task")]
+    workers = [int(c) for t in pids for c in Path(f"/proc/{lab['daemon'].pid}/task/{t}/children").read_text().split()]
+    assert len(workers) == 2
+    for pid in workers:
+        assert os.sched_getscheduler(pid) == os.SCHED_FIFO and os.sched_getparam(pid).sched_priority == 5
+    assert os.sched_getscheduler(lab["daemon"].pid) == os.SCHED_OTHER  # the main process: normal
 
 
 def test_a_killed_worker_is_restarted_and_counted(lab) -> None:  # type: ignore[no-untyped-def]
