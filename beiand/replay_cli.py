@@ -211,8 +211,7 @@ def _sharded(args: argparse.Namespace, policy: Policy, n: int) -> ReplayResult:
     outs = [Path(tmp.name) / f"w{k}.jsonl" for k in range(n)]
     sys.stdout.flush()
     sys.stderr.flush()
-    gc.freeze()  # the records index stays shared with the workers, copy-on-write
-    children: list[tuple[int, int]] = []
+    children: list[tuple[int, int]] = []  # forked and not yet reaped
     try:
         for k in range(n):
             rfd, wfd = os.pipe()
@@ -224,10 +223,13 @@ def _sharded(args: argparse.Namespace, policy: Policy, n: int) -> ReplayResult:
             children.append((pid, rfd))
         total = ReplayResult()
         errors: list[str] = []
-        for k, (pid, rfd) in enumerate(children):
-            with os.fdopen(rfd, "rb") as f:
+        for k in range(n):
+            pid, rfd = children[0]
+            with os.fdopen(rfd, "rb", closefd=False) as f:
                 data = f.read()
             _, status = os.waitpid(pid, 0)
+            os.close(rfd)
+            children.pop(0)
             if not data:
                 errors.append(f"replay worker {k} died (wait status {status})")
                 continue
@@ -236,7 +238,6 @@ def _sharded(args: argparse.Namespace, policy: Policy, n: int) -> ReplayResult:
                 total.add(payload)
             else:
                 errors.append(payload)
-        children = []
         if errors:
             raise CliError(errors[0])
         if args.json:
@@ -249,7 +250,8 @@ def _sharded(args: argparse.Namespace, policy: Policy, n: int) -> ReplayResult:
         return total
     finally:
         for pid, rfd in children:  # Ctrl-C or an error in the parent: stop the workers
-            os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
             os.waitpid(pid, 0)
             os.close(rfd)
         tmp.cleanup()
@@ -258,6 +260,9 @@ def _sharded(args: argparse.Namespace, policy: Policy, n: int) -> ReplayResult:
 def _worker(args: argparse.Namespace, policy: Policy, shard: tuple[int, int], out_path: Path | None, wfd: int) -> NoReturn:
     """A forked replay worker: its shard, then the result pickled to the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    # Not in the parent: freezing is O(1) and keeps this process's collector from writing to the
+    # records index it shares with the parent, copy-on-write.
+    gc.freeze()
     msg: tuple[str, Any]
     try:
         with open(out_path, "wb") if out_path else contextlib.nullcontext() as out:

@@ -98,8 +98,8 @@ class CaptureReader:
                     self.truncated = True
                 return
             if pos < len(buf):
-                # A record straddles two chunks: complete it alone (copying one record, not the
-                # whole chunk: concatenating chunks cost a tenth of the reading time).
+                # A record straddles two chunks: complete it alone (one record copied, not the
+                # whole new chunk), then read on in the new chunk itself.
                 tail = buf[pos:]
                 hdr = tail if len(tail) >= 16 else tail + chunk[: 16 - len(tail)]
                 need = -1

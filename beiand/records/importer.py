@@ -544,8 +544,8 @@ SPILL_BATCH = 20_000  # filings a parser worker holds before it hands them on
 
 class _Spill(list[Filing]):
     """A parser worker's list of filings that pickles itself to a file every SPILL_BATCH
-    filings instead of growing: the worker's memory stays at one batch (plus what it needs to
-    find duplicates), not a second copy of half the records."""
+    filings instead of growing: the worker's memory stays at one batch, not a second copy of
+    its share of the records."""
 
     def __init__(self, out: BinaryIO) -> None:
         super().__init__()
@@ -564,6 +564,8 @@ class _Spill(list[Filing]):
 
 
 class _Forgetful(dict[str, tuple[Filing, str]]):
+    """A ``seen`` map that keeps nothing: every filing looks new to the worker."""
+
     def __setitem__(self, key: str, value: tuple[Filing, str]) -> None:
         pass
 
