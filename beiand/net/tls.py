@@ -7,6 +7,7 @@ possibly a handshake message fragmented across records) and returns a :class:`Cl
 
 from __future__ import annotations
 
+import struct
 from typing import NamedTuple
 
 from beiand.net.errors import TlsError
@@ -16,6 +17,7 @@ EXT_SERVER_NAME = 0
 EXT_ALPN = 16
 EXT_SUPPORTED_VERSIONS = 43
 EXT_ECH = 0xFE0D  # draft-ietf-tls-esni: encrypted_client_hello
+_EXT_HEADER = struct.Struct("!HH").unpack_from  # extension type, length (RFC 8446 section 4.2)
 _VERSIONS = {0x0301: "tls1.0", 0x0302: "tls1.1", 0x0303: "tls1.2", 0x0304: "tls1.3"}
 
 
@@ -124,8 +126,7 @@ def parse_client_hello_body(b: bytes) -> ClientHello:
     while off < end:
         if off + 4 > end:
             raise TlsError("bad-extension")
-        etype = (b[off] << 8) | b[off + 1]
-        elen = (b[off + 2] << 8) | b[off + 3]
+        etype, elen = _EXT_HEADER(b, off)
         off += 4
         eend = off + elen
         if eend > end:
@@ -138,9 +139,9 @@ def parse_client_hello_body(b: bytes) -> ClientHello:
             if elen < 1 or b[off] + 1 != elen or b[off] & 1:
                 raise TlsError("bad-supported-versions")
             for i in range(off + 1, eend, 2):
-                v = (b[i] << 8) | b[i + 1]
-                if v == 0x0304:
+                if b[i] == 3 and b[i + 1] == 4:  # 0x0304
                     version = "tls1.3"
+                    break
         elif etype == EXT_ECH:
             ech = True
         off = eend
