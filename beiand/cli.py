@@ -8,7 +8,9 @@ Subcommands: ``run`` (the daemon), ``check-config``, ``logs``, ``block``, ``enfo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -18,6 +20,7 @@ from typing import Any
 from beiand.cliutil import CliError, err, inventory_from, load_records, out, policy_args, policy_from_args, table
 from beiand.inventory import HostedPrefix
 from beiand.model import Decision, PrefixState
+from beiand.pipeline import OutputClosed
 from beiand.records import ImportRefused, load_files, normalise_domain
 from beiand.records.domains import DomainError, is_ip_literal, registrable_domain
 from beiand.records.importer import canonical_ip
@@ -216,7 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         err(f"beiand: error: {exc}")
         return 2
-    except BrokenPipeError:
+    except (BrokenPipeError, OutputClosed):
+        # The reader of our output went away (`| head`): done. Point stdout at /dev/null so the
+        # interpreter's last flush does not complain about the closed pipe as well.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
         return 130

@@ -18,6 +18,11 @@ from beiand.policy import Policy
 log = logging.getLogger(__name__)
 
 
+class OutputClosed(Exception):
+    """Raised by a sink whose reader went away (``beiand replay --json | head``): the run stops
+    there, quietly. Any other sink error is logged and counted, and the run goes on."""
+
+
 class Sink(Protocol):
     """What acts on decisions: the access log, the enforcer, metrics, the replay printer."""
 
@@ -60,6 +65,8 @@ class Pipeline:
         for s in self.sinks:
             try:
                 s.flush()
+            except OutputClosed:
+                raise
             except Exception:
                 log.exception("sink %s failed to flush", type(s).__name__)
                 self.sink_errors[type(s).__name__] += 1
@@ -89,6 +96,8 @@ class Pipeline:
         for s in self.sinks:
             try:
                 s.on_decision(obs, decision)
+            except OutputClosed:
+                raise
             except Exception:
                 log.exception("sink %s failed", type(s).__name__)
                 self.sink_errors[type(s).__name__] += 1

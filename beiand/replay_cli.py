@@ -23,7 +23,7 @@ from beiand.capture import CaptureError, CaptureReader
 from beiand.cliutil import CliError, inventory_from, load_records, out, policy_from_args, table
 from beiand.model import Decision, Observation, VerdictKind
 from beiand.net.decoder import Decoder, DecoderConfig
-from beiand.pipeline import Pipeline
+from beiand.pipeline import OutputClosed, Pipeline
 from beiand.policy import Policy
 
 AUTO_WORKERS_BYTES = 64 << 20  # from this much capture on, replay uses one worker per core
@@ -44,6 +44,12 @@ class JsonLines:
             self.dumps = _json_bytes
 
     def on_decision(self, obs: Observation, d: Decision) -> None:
+        try:
+            self._write(obs, d)
+        except BrokenPipeError:
+            raise OutputClosed from None
+
+    def _write(self, obs: Observation, d: Decision) -> None:
         f = d.verdict.filing
         # Enum members serialise as their values (orjson does it natively, json as str subclasses).
         self.write(self.dumps({
@@ -55,7 +61,10 @@ class JsonLines:
         }))
 
     def flush(self) -> None:
-        self.out.flush()
+        try:
+            self.out.flush()
+        except BrokenPipeError:
+            raise OutputClosed from None
 
 
 def _json_bytes(o: Any) -> bytes:

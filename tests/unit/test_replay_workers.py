@@ -162,3 +162,23 @@ def test_a_worker_error_is_reported_once(capture, capsys, tmp_path):
     assert rc == 2 and err.count("corrupt file") == 1
     rc, _, err = _replay(capsys, ["replay", str(path), "--records", demo["records"], "--workers", "0"])
     assert rc == 2 and "--workers 0: expected 1..64" in err
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_reader_that_goes_away_ends_the_run_quietly(tmp_path, workers):
+    import subprocess
+    import sys
+
+    hello = t.client_hello("gone.example.com.cn")
+    frames = [f for i in range(1500) for f in t.tcp_session(f"10.1.{i // 250}.{i % 250 + 1}", "198.51.100.9", 30000 + i, 443, hello)]
+    t.write_pcap(tmp_path / "many.pcap", frames)  # ~1,500 JSON lines: more than a pipe holds
+    demo = build(tmp_path / "demo")
+    p = subprocess.Popen([sys.executable, "-m", "beiand.cli", "replay", str(tmp_path / "many.pcap"), "--records", demo["records"],
+                          "--inventory", demo["inventory"], "--json", "--workers", workers],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    first = json.loads(p.stdout.readline())
+    p.stdout.close()  # as `| head -1` does
+    err = p.stderr.read().decode()
+    assert p.wait(60) == 0 and first["name"] == "gone.example.com.cn"
+    assert "Traceback" not in err and "Broken pipe" not in err
