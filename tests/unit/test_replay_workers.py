@@ -182,3 +182,14 @@ def test_a_reader_that_goes_away_ends_the_run_quietly(tmp_path, workers):
     err = p.stderr.read().decode()
     assert p.wait(60) == 0 and first["name"] == "gone.example.com.cn"
     assert "Traceback" not in err and "Broken pipe" not in err
+
+
+@pytest.mark.parametrize("shard", [(0, 1), (0, 2), (1, 2), (2, 3)])
+def test_pcap_and_pcapng_select_the_same_frames(capture, tmp_path, shard):
+    path, frames = capture
+    ng = tmp_path / "mixed.pcapng"
+    t.write_pcapng(ng, [(0, 1_700_000_000 + i * 0.001, f) for i, f in enumerate(frames)], [1])
+    a, b = CaptureReader(path, skip_tcp_from=WATCHED, shard=shard), CaptureReader(ng, skip_tcp_from=WATCHED, shard=shard)
+    got_a, got_b = [f for _, _, f in a], [f for _, _, f in b]
+    assert got_a == got_b and a.records == b.records == len(frames)
+    assert a.prefiltered == b.prefiltered > 0  # the servers' answers and the bare ACKs
