@@ -166,6 +166,8 @@ class CaptureReader:
         buf = b""
         pos = 0
         order = "<"
+        block = struct.Struct("<II").unpack_from
+        epb = struct.Struct("<IIIII").unpack_from
         interfaces: list[tuple[int, float]] = []
         watched = self.skip_tcp_from
         mine, nshards = self.shard
@@ -180,8 +182,8 @@ class CaptureReader:
                 buf = buf[pos:] + chunk
                 pos = 0
                 continue
-            btype_raw = buf[pos : pos + 4]
-            if btype_raw == PCAPNG_SHB:
+            btype, blen = block(buf, pos)
+            if btype == 0x0A0D0D0A:  # Section Header Block (the same in both byte orders)
                 bom = buf[pos + 8 : pos + 12]
                 if bom == b"\x4d\x3c\x2b\x1a":
                     order = "<"
@@ -189,8 +191,10 @@ class CaptureReader:
                     order = ">"
                 else:
                     raise CaptureError(f"{self.path}: bad pcapng byte-order magic {bom.hex()}")
+                block = struct.Struct(order + "II").unpack_from
+                epb = struct.Struct(order + "IIIII").unpack_from
+                btype, blen = block(buf, pos)
                 interfaces = []
-            btype, blen = struct.unpack_from(order + "II", buf, pos)
             if blen < 12 or blen % 4 or blen > MAX_RECORD + 64:
                 raise CaptureError(f"{self.path}: pcapng block of type {btype:#x} claims length {blen}: corrupt file")
             if len(buf) - pos < blen:
@@ -203,9 +207,11 @@ class CaptureReader:
                 continue
             body = pos + 8
             if btype == 6:  # Enhanced Packet Block
-                iface, hi, lo, cap, _orig = struct.unpack_from(order + "IIIII", buf, body)
+                iface, hi, lo, cap, _orig = epb(buf, body)
                 if iface >= len(interfaces):
                     raise CaptureError(f"{self.path}: packet on undeclared interface {iface}")
+                if cap > blen - 32:
+                    raise CaptureError(f"{self.path}: packet of {cap} bytes in a block of {blen}: corrupt file")
                 lt, unit = interfaces[iface]
                 self.records += 1
                 keep = _select(buf, body + 20, body + 20 + cap, lt, watched, mine, nshards)
@@ -229,6 +235,8 @@ class CaptureReader:
                 iface, _drops, hi, lo, cap, _orig = struct.unpack_from(order + "HHIIII", buf, body)
                 if iface >= len(interfaces):
                     raise CaptureError(f"{self.path}: packet on undeclared interface {iface}")
+                if cap > blen - 32:
+                    raise CaptureError(f"{self.path}: packet of {cap} bytes in a block of {blen}: corrupt file")
                 lt, unit = interfaces[iface]
                 self.records += 1
                 keep = _select(buf, body + 20, body + 20 + cap, lt, watched, mine, nshards)

@@ -60,6 +60,18 @@ def test_truncated_and_bad_files(tmp_path):
         list(read_capture(tmp_path / "bad.pcap"))
 
 
+def test_pcapng_packet_longer_than_its_block(tmp_path):
+    p = tmp_path / "a.pcapng"
+    t.write_pcapng(p, [(0, 1.0, f) for f in FRAMES[:3]], [1])
+    data = bytearray(p.read_bytes())
+    epb = data.index((6).to_bytes(4, "little"), 28)  # the first Enhanced Packet Block (after SHB, IDB)
+    blen = int.from_bytes(data[epb + 4 : epb + 8], "little")
+    data[epb + 20 : epb + 24] = (blen - 31).to_bytes(4, "little")  # reaches into the next block
+    (tmp_path / "b.pcapng").write_bytes(bytes(data))
+    with pytest.raises(CaptureError, match=r"packet of \d+ bytes in a block of \d+: corrupt"):
+        list(read_capture(tmp_path / "b.pcapng"))
+
+
 def test_prefilter_changes_no_observation(tmp_path):
     from beiand.demo import build
     from beiand.net.decoder import Decoder
