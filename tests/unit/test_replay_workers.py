@@ -133,8 +133,12 @@ def test_workers_decide_exactly_as_one_process(capture, capsys, tmp_path):
     names = {json.loads(line)["name"] for line in three}
     assert {"s0.example.com.cn", "s4.example.com.cn", "v6-3.example.org", "vlan-9.example.net", "d4.example.net",
             "u1.example.net", "q.example.top", "api.shapp.cn"} <= names
-    stamps = [json.loads(line)["ts"] for line in three]
-    assert stamps[: len(stamps) // 2] == sorted(stamps[: len(stamps) // 2])  # merged back in time order
+    # One capture alone: the merged lines are in time order, as one process writes them.
+    single = ["replay", str(path), "--records", demo["records"], "--inventory", str(tmp_path / "inv.csv"), "--json"]
+    _, alone1, _ = _replay(capsys, [*single, "--workers", "1"])
+    _, alone3, _ = _replay(capsys, [*single, "--workers", "3"])
+    stamps = [json.loads(line)["ts"] for line in alone3.splitlines()]
+    assert len(stamps) > 60 and stamps == sorted(stamps) and sorted(alone3.splitlines()) == sorted(alone1.splitlines())
     assert "by 3 workers" in err3
     assert err1.split("packets ")[1].split(" (")[0] == err3.split("packets ")[1].split(" (")[0]  # same record count
     written = [int(e.split("access log: ")[1].split(" ")[0]) for e in (err1, err3)]
