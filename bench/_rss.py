@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 
 def tree_rss_kib(pid: int) -> int:
@@ -35,7 +34,7 @@ class PeakSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak_kib = max(self.peak_kib, tree_rss_kib(self.pid))
-            time.sleep(0.02)
+            self._stop.wait(0.02)
 
     def __enter__(self) -> PeakSampler:
         self._thread.start()

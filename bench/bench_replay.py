@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _rss import tree_rss_kib
+from _rss import PeakSampler
 
 HERE = Path(__file__).parent
 PY = sys.executable
@@ -29,17 +29,12 @@ def timed(cmd: list[str], stdout: int | object = subprocess.DEVNULL) -> tuple[fl
     """Wall seconds and peak RSS (MiB) of one child process with all its descendants, summed."""
     t = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.DEVNULL)  # type: ignore[arg-type]
-    peak = 0
-    while True:
-        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-        if pid:
-            break
-        peak = max(peak, tree_rss_kib(p.pid))
-        time.sleep(0.02)
+    with PeakSampler(p.pid) as sampler:
+        _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t
     if os.waitstatus_to_exitcode(status) not in (0, 1):
         raise SystemExit(f"{cmd[0]} failed: {status}")
-    return wall, max(peak, ru.ru_maxrss) / 1024
+    return wall, max(sampler.peak_kib, ru.ru_maxrss) / 1024
 
 
 def main() -> None:
