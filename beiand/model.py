@@ -64,6 +64,10 @@ class FilingStatus(StrEnum):
     REVOKED = "revoked"  # 已吊销
     ACCESS_PENDING = "access-pending"  # 接入审核中: passed this provider's first review
     UNDER_REVIEW = "under-review"  # first filing still under review: not filed
+    # A status word no table maps (neither the built-in vocabulary nor records.status_map): the
+    # filing is kept in force and the gap reported, never a block (issue 13: a vocabulary gap
+    # must not take sites down).
+    UNMAPPED = "unmapped"
 
 
 class PrefixState(StrEnum):
@@ -88,8 +92,8 @@ class Filing(NamedTuple):
     sponsor: str  # 主办单位
     service_type: ServiceType
     domains: tuple[str, ...]
-    ips: tuple[str, ...]
-    access_provider: str
+    ips: tuple[str, ...]  # addresses, ranges ``lo-hi`` and CIDR prefixes, each in canonical text
+    access_provider: str  # the 接入商 cell as exported: may name several legal entities
     status: FilingStatus
     reviewed: str = ""  # ISO date of the last review (审核时间), may be empty
     service_name: str = ""

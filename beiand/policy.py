@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -18,7 +20,31 @@ from beiand.records.index import RecordIndex
 
 MAX_ACCESS_PENDING_GRACE_DAYS = 45  # providers keep 接入审核中 at most 45 days (REGULATIONS.md)
 _CHINA_TZ = dt.timezone(dt.timedelta(hours=8))
-_RANK = {VerdictKind.FILED: 3, VerdictKind.MISMATCH: 2, VerdictKind.INACTIVE: 1}
+# Coverage precedence (REGULATIONS.md, "Website and APP filings can overlap"): over every filing
+# covering a name, filed beats drift on an unlisted IP of our own filing, which beats another
+# provider's or an expired pending filing, which beats an inactive one.
+_RANK = {VerdictKind.FILED: 4, VerdictKind.MISMATCH: 2, VerdictKind.INACTIVE: 1}
+_IP_DRIFT_RANK = 3
+# Separators between the legal entities named in one 接入商 cell (a site on several clouds).
+_PROVIDER_SPLIT = re.compile(r"[;,、；，|/\n]+")
+
+
+def provider_key(name: str) -> str:
+    """A 接入商 name as compared: NFKC (full-width brackets, digits), no outer space, case-folded."""
+    return unicodedata.normalize("NFKC", name).strip().casefold()
+
+
+def provider_names(cell: str) -> frozenset[str]:
+    """Every provider a 接入商 cell may name: the whole cell, its parts, and their words."""
+    whole = provider_key(cell)
+    out = {whole}
+    for part in _PROVIDER_SPLIT.split(whole):
+        part = part.strip()
+        if part:
+            out.add(part)
+            out.update(part.split())
+    out.discard("")
+    return frozenset(out)
 
 
 class PolicyError(ValueError):
@@ -29,7 +55,8 @@ class PolicyError(ValueError):
 class PolicyConfig:
     """What the operator decides: who we are, what is exempt, the default modes."""
 
-    provider: str = ""  # this provider's name as filings spell their 接入商; "" skips the check
+    provider: str = ""  # this provider's name as filings spell their 接入商; "" (and no providers) skips the check
+    providers: tuple[str, ...] = ()  # more legal entities of this provider (records.provider as a list)
     allow_names: frozenset[str] = frozenset()  # exact names
     allow_suffixes: tuple[str, ...] = ()  # the name and everything below it
     allow_prefixes: tuple[str, ...] = ()  # server prefixes (CIDR)
@@ -78,7 +105,8 @@ class Policy:
         self.inventory = inventory
         self.config = config or PolicyConfig()
         cfg = self.config
-        self._provider = cfg.provider.strip()
+        self._providers = frozenset(provider_key(p) for p in (cfg.provider, *cfg.providers) if p.strip())
+        self._ours: dict[str, bool] = {}  # 接入商 cell → names this provider
         self._allow_names = frozenset(cfg.allow_names)
         self._allow_suffixes = frozenset(s.lstrip("*.").lower() for s in cfg.allow_suffixes)
         self._allow_inv = Inventory(
@@ -91,7 +119,16 @@ class Policy:
 
     @property
     def provider_checked(self) -> bool:
-        return bool(self._provider)
+        return bool(self._providers)
+
+    def is_ours(self, access_provider: str) -> bool:
+        """Whether a filing's 接入商 cell names this provider (any of its legal entities)."""
+        hit = self._ours.get(access_provider)
+        if hit is None:
+            hit = not self._providers.isdisjoint(provider_names(access_provider))
+            if len(self._ours) < 100_000:
+                self._ours[access_provider] = hit
+        return hit
 
     # -- the hot path -------------------------------------------------------------------
 
@@ -149,21 +186,24 @@ class Policy:
             if not filings:
                 return _IP_NOT_FILED, False
             return self._best(filings, server_ip, ts, check_ip=False)
-        covered = self.records.covering(name)
-        if covered is None:
+        covering = self.records.covering_all(name)
+        if not covering:
             # Order 292 art. 11 / Order 33 art. 22: service beyond the filed domains is unfiled,
             # even when the same server IP is filed for other names.
-            return (_NAME_NOT_IN_FILING if self.records.by_ip.get(server_ip) is not None else _NO_FILING), False
-        return self._best(covered[1], server_ip, ts, check_ip=True)
+            return (_NAME_NOT_IN_FILING if self.records.has_address(server_ip) else _NO_FILING), False
+        # Every filing covering the name decides together, most specific first (ties go to it).
+        return self._best(covering, server_ip, ts, check_ip=True)
 
     def _best(self, filings: Iterable[Filing], server_ip: str, ts: float, check_ip: bool) -> tuple[Verdict, bool]:
         best: Verdict | None = None
+        best_rank = 0
         timed = False
         for f in filings:
             v, t = self._judge(f, server_ip, ts, check_ip)
             timed = timed or t
-            if best is None or _RANK[v.verdict] > _RANK[best.verdict]:
-                best = v
+            rank = _IP_DRIFT_RANK if v.reason == "ip-not-listed" else _RANK[v.verdict]
+            if rank > best_rank:
+                best, best_rank = v, rank
                 if v.verdict is VerdictKind.FILED:
                     break
         assert best is not None
@@ -183,16 +223,17 @@ class Policy:
         if status is FilingStatus.UNDER_REVIEW:
             return VerdictKind.INACTIVE, "filing-under-review", False
         # 接入备案: the filing must name the provider that actually serves it (Order 33 art. 19).
-        if self._provider and f.access_provider != self._provider:
+        if self._providers and not self.is_ours(f.access_provider):
             return VerdictKind.MISMATCH, "other-provider", False
-        if check_ip and f.ips and server_ip not in f.ips:
+        if check_ip and f.ips and not self.records.lists_ip(f, server_ip):
             # 501号 art. 7(3): domain/IP in use must match the filing.
             return VerdictKind.MISMATCH, "ip-not-listed", False
         if status is FilingStatus.ACCESS_PENDING:
             if ts <= self._pending_deadline(f):
                 return VerdictKind.FILED, "access-pending-grace", True
             return VerdictKind.MISMATCH, "access-pending-expired", True
-        return VerdictKind.FILED, "filed" if self._provider else "filed-provider-unchecked", False
+        # ACTIVE, and UNMAPPED: a status word nobody mapped keeps the filing in force (issue 13).
+        return VerdictKind.FILED, "filed" if self._providers else "filed-provider-unchecked", False
 
     def _pending_deadline(self, f: Filing) -> float:
         d = self._deadline.get(f.number)

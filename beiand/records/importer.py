@@ -14,6 +14,7 @@ import datetime as dt
 import gc
 import heapq
 import io
+import ipaddress
 import itertools
 import json
 import os
@@ -22,7 +23,8 @@ import re
 import socket
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -50,16 +52,42 @@ for _field, _names in {
     for _n in _names:
         HEADERS[_n.replace("_", "")] = _field
 
-STATUS = {
-    "正常": FilingStatus.ACTIVE, "已备案": FilingStatus.ACTIVE, "active": FilingStatus.ACTIVE,
-    "normal": FilingStatus.ACTIVE, "filed": FilingStatus.ACTIVE,
-    "已注销": FilingStatus.CANCELLED, "注销": FilingStatus.CANCELLED, "cancelled": FilingStatus.CANCELLED,
-    "canceled": FilingStatus.CANCELLED,
+# The status vocabulary as exports spell it (REGULATIONS.md, "Facts the code needs"), in one
+# table; ``records.status_map`` extends it. A word in neither is kept in force (UNMAPPED).
+STATUS: dict[str, FilingStatus] = {
+    "正常": FilingStatus.ACTIVE, "已备案": FilingStatus.ACTIVE, "备案": FilingStatus.ACTIVE, "已接入": FilingStatus.ACTIVE,
+    "active": FilingStatus.ACTIVE, "normal": FilingStatus.ACTIVE, "filed": FilingStatus.ACTIVE,
+    # a change filing under review: the filing stays in force with its current data (every cloud lets it through)
+    "变更审核中": FilingStatus.ACTIVE, "变更中": FilingStatus.ACTIVE, "变更备案审核中": FilingStatus.ACTIVE,
+    "change-pending": FilingStatus.ACTIVE,
+    "已注销": FilingStatus.CANCELLED, "注销": FilingStatus.CANCELLED, "已取消接入": FilingStatus.CANCELLED,
+    "取消接入": FilingStatus.CANCELLED, "cancelled": FilingStatus.CANCELLED, "canceled": FilingStatus.CANCELLED,
     "已吊销": FilingStatus.REVOKED, "吊销": FilingStatus.REVOKED, "revoked": FilingStatus.REVOKED,
-    "接入审核中": FilingStatus.ACCESS_PENDING, "access-pending": FilingStatus.ACCESS_PENDING,
-    "审核中": FilingStatus.UNDER_REVIEW, "首次备案审核中": FilingStatus.UNDER_REVIEW,
+    "接入审核中": FilingStatus.ACCESS_PENDING, "接入备案审核中": FilingStatus.ACCESS_PENDING,
+    "access-pending": FilingStatus.ACCESS_PENDING,
+    "审核中": FilingStatus.UNDER_REVIEW, "首次备案审核中": FilingStatus.UNDER_REVIEW, "首次审核中": FilingStatus.UNDER_REVIEW,
     "under-review": FilingStatus.UNDER_REVIEW,
+    "unmapped": FilingStatus.UNMAPPED,
 }
+
+
+def status_table(extra: Mapping[str, str] | None = None) -> dict[str, FilingStatus]:
+    """The vocabulary extended by ``records.status_map`` (word → a status value or a word above).
+
+    Raises ``ValueError`` naming the word and what was expected.
+    """
+    table = dict(STATUS)
+    for word, target in (extra or {}).items():
+        key = word.strip()
+        st = _STATUS_VALUES.get(target.strip().lower()) or STATUS.get(target.strip())
+        if not key or st is None:
+            raise ValueError(f"records.status_map: {word!r} = {target!r}: expected one of "
+                             f"{', '.join(s.value for s in FilingStatus if s is not FilingStatus.UNMAPPED)}")
+        table[key] = table[key.lower()] = st
+    return table
+
+
+_STATUS_VALUES = {s.value: s for s in FilingStatus if s is not FilingStatus.UNMAPPED}
 SERVICE_TYPES = {
     "网站": ServiceType.WEBSITE, "website": ServiceType.WEBSITE,
     "app": ServiceType.APP, "应用": ServiceType.APP, "移动应用": ServiceType.APP,
@@ -171,8 +199,9 @@ def _parse_date(text: str) -> str:
 class RowParser:
     """Turns one row (field → cell text) into a :class:`Filing`, with interned repeats."""
 
-    def __init__(self) -> None:
+    def __init__(self, statuses: Mapping[str, FilingStatus] | None = None) -> None:
         self._intern: dict[str, str] = {}
+        self._status = statuses if statuses is not None else STATUS
 
     def intern(self, s: str) -> str:
         return self._intern.setdefault(s, s)
@@ -225,23 +254,28 @@ class RowParser:
                 domains.append(name)
         ips: list[str] = []
         cell = cells.get("ips", "")
-        for a in (_SPLIT.split(cell) if cell else ()):
-            if not a:
-                continue
-            ip = canonical_ip(a)
-            if ip is None:
-                raise _RowError("ips (IP)", f"{a!r} is not an IP address")
-            if ip not in ips:
-                ips.append(ip)
+        if cell:
+            for a in _split_ips(cell):
+                try:
+                    ip, note = canonical_ip_entry(a)
+                except ValueError as exc:
+                    raise _RowError("ips (IP)", str(exc)) from None
+                if note:
+                    warnings.append(("ips (IP)", note))
+                if ip not in ips:
+                    ips.append(ip)
         if not domains and not ips:
             if stype == ServiceType.WEBSITE:
                 raise _RowError("domains (域名)", "a website filing lists no domain and no IP")
             warnings.append(("domains (域名)", f"{stype.value} filing lists no domain and no IP: it covers nothing"))
         status_text = cells.get("status", "").strip()
         if "status" in cells:
-            status = (STATUS.get(status_text) or STATUS.get(status_text.lower())) if status_text else None
+            status = self._status.get(status_text) or self._status.get(status_text.lower())
             if status is None:
-                raise _RowError("status (状态)", f"unknown status {status_text!r}: 正常/已注销/已吊销/接入审核中/审核中")
+                # A vocabulary gap must not take sites down: kept in force, reported (issue 13).
+                status = FilingStatus.UNMAPPED
+                warnings.append(("status (状态)", f"unknown status {status_text!r}: kept in force (not blocked); "
+                                 "map it with records.status_map, e.g. {\"待复核\" = \"active\"}"))
         else:
             status = FilingStatus.ACTIVE
         reviewed = _date(cells.get("reviewed", ""))
@@ -274,6 +308,57 @@ def canonical_ip(text: str) -> str | None:
         return None
     return socket.inet_ntop(socket.AF_INET, packed)
 
+
+
+# Separators inside an IP cell: those of domains, but a range may be written with spaces
+# around its dash (``a - b``), a tilde or 至.
+_RANGE_DASH = re.compile(r"\s*(?:-|~|–|—|至|到)\s*")
+_IP_SPLIT = re.compile(r"[;,、；，\s]+")
+
+
+def _split_ips(cell: str) -> list[str]:
+    text = _RANGE_DASH.sub("-", unicodedata.normalize("NFKC", cell).strip())
+    return [a for a in _IP_SPLIT.split(text) if a]
+
+
+def canonical_ip_entry(text: str) -> tuple[str, str]:
+    """One entry of a filing's IP cell in canonical text, and a warning ("" for none).
+
+    An address (``203.0.113.5``), a range (``203.0.113.10-203.0.113.20``, or ``203.0.113.10-20``
+    in the last octet) or a CIDR prefix (``203.0.113.64/28``), IPv4 or IPv6. A range of one
+    address and a /32 (/128) become the address. Raises ``ValueError`` with the reason.
+    """
+    t = text.strip()
+    if "/" in t:
+        addr, _, plen = t.partition("/")
+        try:
+            net = ipaddress.ip_network(f"{addr.strip('[]')}/{plen}", strict=False)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an IP address, range or CIDR prefix") from None
+        note = ""
+        if str(net.network_address) != str(ipaddress.ip_address(addr.strip("[]"))):
+            note = f"{text!r}: host bits set; read as the prefix {net}"
+        if net.num_addresses == 1:
+            return str(net.network_address), note
+        return str(net), note
+    if "-" in t:
+        lo_text, _, hi_text = t.partition("-")
+        lo = canonical_ip(lo_text)
+        if lo is not None and hi_text.isdigit() and "." in lo and len(hi_text) <= 3:
+            hi_text = lo.rsplit(".", 1)[0] + "." + hi_text  # 203.0.113.10-20: the last octet
+        hi = canonical_ip(hi_text)
+        if lo is None or hi is None:
+            raise ValueError(f"{text!r} is not an IP address, range or CIDR prefix")
+        a, b = ipaddress.ip_address(lo), ipaddress.ip_address(hi)
+        if a.version != b.version:
+            raise ValueError(f"{text!r}: the range mixes IPv4 and IPv6")
+        if b < a:
+            raise ValueError(f"{text!r}: the range ends before it starts")
+        return (lo, "") if a == b else (f"{lo}-{hi}", "")
+    ip = canonical_ip(t)
+    if ip is None:
+        raise ValueError(f"{text!r} is not an IP address, range or CIDR prefix")
+    return ip, ""
 
 def _map_header(header: Iterable[object]) -> list[str | None]:
     out: list[str | None] = []
@@ -465,18 +550,19 @@ def gc_paused() -> Iterator[None]:
 
 
 def load_file(path: str | Path, *, strict: bool = False, result: ImportResult | None = None,
-              seen: dict[str, tuple[Filing, str]] | None = None, workers: int | None = None) -> ImportResult:
+              seen: dict[str, tuple[Filing, str]] | None = None, workers: int | None = None,
+              status_map: Mapping[str, str] | None = None) -> ImportResult:
     """Read one export; rows with errors are reported and skipped (or refused with ``strict``).
 
     A big CSV is parsed on every core (forked workers, each a range of whole rows); the
     result, its errors and their order are the same as a one-process parse.
     """
     with gc_paused():
-        return _load_file(path, strict, result, seen, workers)
+        return _load_file(path, strict, result, seen, workers, status_table(status_map))
 
 
 def _load_file(path: str | Path, strict: bool, result: ImportResult | None, seen: dict[str, tuple[Filing, str]] | None,
-               workers: int | None) -> ImportResult:
+               workers: int | None, statuses: Mapping[str, FilingStatus]) -> ImportResult:
     p = Path(path)
     res = result if result is not None else ImportResult()
     seen = seen if seen is not None else {}
@@ -486,9 +572,9 @@ def _load_file(path: str | Path, strict: bool, result: ImportResult | None, seen
     name = str(p)
     res.files.append(name)
     if suffix in (".json", ".jsonl", ".ndjson"):
-        _consume(_rows_json(p, res), name, res, seen)
+        _consume(_rows_json(p, res), name, res, seen, statuses)
     elif suffix in (".xlsx", ".xlsm"):
-        _consume(_rows_xlsx(p, res), name, res, seen)
+        _consume(_rows_xlsx(p, res), name, res, seen, statuses)
     else:
         n = workers if workers is not None else min(os.cpu_count() or 1, 4)
         spans = _csv_split(p, n) if n > 1 and p.stat().st_size >= PARALLEL_MIN_BYTES else []
@@ -496,17 +582,17 @@ def _load_file(path: str | Path, strict: bool, result: ImportResult | None, seen
             res.encoding, truncated = detect_encoding(p)
             if truncated:
                 res.warnings.append(ImportIssue(name, 0, "file", "ends inside a character: truncated? the last row is checked as is"))
-            _load_parallel(p, spans, res, seen)
+            _load_parallel(p, spans, res, seen, statuses)
         else:
-            _consume(_rows_csv(p, res), name, res, seen)
+            _consume(_rows_csv(p, res), name, res, seen, statuses)
     if strict and res.errors:
         raise ImportRefused(f"{len(res.errors)} bad row(s) in strict mode; first: {res.errors[0]}")
     return res
 
 
 def _consume(rows: Iterable[tuple[int, str, dict[str, str]]], name: str, res: ImportResult,
-             seen: dict[str, tuple[Filing, str]]) -> None:
-    parser = RowParser()
+             seen: dict[str, tuple[Filing, str]], statuses: Mapping[str, FilingStatus] | None = None) -> None:
+    parser = RowParser(statuses)
     for line, unit, cells in rows:
         res.rows += 1
         err = cells.get("__error__")
@@ -571,7 +657,7 @@ class _Forgetful(dict[str, tuple[Filing, str]]):
 
 
 def _load_parallel(p: Path, spans: list[tuple[int, int, int]], res: ImportResult,
-                   seen: dict[str, tuple[Filing, str]]) -> None:
+                   seen: dict[str, tuple[Filing, str]], statuses: Mapping[str, FilingStatus]) -> None:
     name = str(p)
     children: list[tuple[int, BinaryIO]] = []
     for span in spans[1:]:
@@ -584,7 +670,7 @@ def _load_parallel(p: Path, spans: list[tuple[int, int, int]], res: ImportResult
                 part.filings = out = _Spill(spill)
                 # Duplicates are found by the parent as it takes the filings back in file order
                 # (it has them all): the worker remembers none.
-                _consume(_rows_csv(p, part, span), name, part, _Forgetful())
+                _consume(_rows_csv(p, part, span), name, part, _Forgetful(), statuses)
                 out.spill()
                 pickle.dump((sorted([(i.line, i.field, i.reason, i.unit, True) for i in part.errors]
                                     + [(i.line, i.field, i.reason, i.unit, False) for i in part.warnings]), part.rows),
@@ -595,7 +681,7 @@ def _load_parallel(p: Path, spans: list[tuple[int, int, int]], res: ImportResult
             finally:
                 os._exit(code)
         children.append((pid, spill))
-    _consume(_rows_csv(p, res, spans[0]), name, res, seen)
+    _consume(_rows_csv(p, res, spans[0]), name, res, seen, statuses)
     stypes = {t.value: t for t in ServiceType}
     statuses = {s.value: s for s in FilingStatus}
     for pid, spilled in children:
@@ -641,9 +727,9 @@ def _diff(a: Filing, b: Filing) -> str:
     return ", ".join(f for f in fields if getattr(a, f) != getattr(b, f))
 
 
-def load_files(paths: Iterable[str | Path], *, strict: bool = False) -> ImportResult:
+def load_files(paths: Iterable[str | Path], *, strict: bool = False, status_map: Mapping[str, str] | None = None) -> ImportResult:
     res = ImportResult()
     seen: dict[str, tuple[Filing, str]] = {}
     for p in paths:
-        load_file(p, strict=strict, result=res, seen=seen)
+        load_file(p, strict=strict, result=res, seen=seen, status_map=status_map)
     return res

@@ -8,6 +8,9 @@ parent within the same registrable domain (Order 33 art. 22: per name, never "pe
 
 from __future__ import annotations
 
+import bisect
+import ipaddress
+import socket
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,12 +24,68 @@ class IndexStats:
     filings: int
     domains: int
     ips: int
+    ip_ranges: int = 0  # ranges and CIDR prefixes, held as intervals
+
+
+def _ip_int(ip: str) -> tuple[int, int]:
+    """(family 4|6, the address as an integer) of a canonical address text."""
+    if ":" in ip:
+        return 6, int.from_bytes(socket.inet_pton(socket.AF_INET6, ip), "big")
+    return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")
+
+
+def ip_interval(entry: str) -> tuple[int, int, int] | None:
+    """(family, first, last) of a range ``lo-hi`` or a CIDR prefix; ``None`` for one address."""
+    if "/" in entry:
+        net = ipaddress.ip_network(entry, strict=False)
+        return net.version, int(net.network_address), int(net.broadcast_address)
+    if "-" in entry:
+        lo, _, hi = entry.partition("-")
+        (fam, a), (_, b) = _ip_int(lo), _ip_int(hi)
+        return fam, a, b
+    return None
+
+
+class _Intervals:
+    """Filing IP ranges and prefixes of one address family, as disjoint elementary segments.
+
+    Every range boundary starts a segment; each segment holds the filings whose ranges cover it,
+    so a lookup is one bisection: no per-address expansion (a /8 in a cell is two boundaries,
+    not 16M entries).
+    """
+
+    __slots__ = ("starts", "values")
+
+    def __init__(self, ranges: list[tuple[int, int, Filing]]) -> None:
+        points = sorted({p for lo, hi, _ in ranges for p in (lo, hi + 1)})
+        by_start: dict[int, list[tuple[int, int, Filing]]] = {}
+        for k, (lo, hi, f) in enumerate(ranges):
+            by_start.setdefault(lo, []).append((k, hi, f))
+        active: dict[int, tuple[int, Filing]] = {}  # range number → (last, filing), in insertion order
+        starts: list[int] = []
+        values: list[tuple[Filing, ...]] = []
+        for p in points:
+            for k in [k for k, (hi, _) in active.items() if hi < p]:
+                del active[k]
+            for k, hi, f in by_start.get(p, ()):
+                active[k] = (hi, f)
+            hit: tuple[Filing, ...] = tuple(dict.fromkeys(f for _, f in active.values()))
+            if values and values[-1] == hit:
+                continue  # same filings as the segment before: extend it
+            starts.append(p)
+            values.append(hit)
+        self.starts = starts
+        self.values = values
+
+    def lookup(self, x: int) -> tuple[Filing, ...]:
+        i = bisect.bisect_right(self.starts, x) - 1
+        return self.values[i] if i >= 0 else ()
 
 
 class RecordIndex:
     """Immutable once built; a reload builds a new one and swaps the reference."""
 
-    __slots__ = ("by_domain", "by_ip", "filings", "loaded_at", "sources")
+    __slots__ = ("_ranges_of", "_v4", "_v6", "by_domain", "by_ip", "filings", "loaded_at", "n_ranges", "sources")
 
     def __init__(self, filings: Sequence[Filing], loaded_at: float = 0.0, sources: Sequence[str] = ()) -> None:
         self.filings = list(filings)
@@ -35,13 +94,24 @@ class RecordIndex:
         # value: one Filing, or a tuple of them when several filings list the same key
         by_domain: dict[str, Filing | tuple[Filing, ...]] = {}
         by_ip: dict[str, Filing | tuple[Filing, ...]] = {}
+        ranges: dict[int, list[tuple[int, int, Filing]]] = {4: [], 6: []}
+        ranges_of: dict[int, list[tuple[int, int, int]]] = {}  # id(filing) → its intervals
         for f in self.filings:
             for d in f.domains:
                 _add(by_domain, d, f)
             for ip in f.ips:
-                _add(by_ip, ip, f)
+                iv = ip_interval(ip) if ("-" in ip or "/" in ip) else None
+                if iv is None:
+                    _add(by_ip, ip, f)
+                else:
+                    ranges[iv[0]].append((iv[1], iv[2], f))
+                    ranges_of.setdefault(id(f), []).append(iv)
         self.by_domain = by_domain
         self.by_ip = by_ip
+        self._v4 = _Intervals(ranges[4]) if ranges[4] else None
+        self._v6 = _Intervals(ranges[6]) if ranges[6] else None
+        self._ranges_of = ranges_of
+        self.n_ranges = len(ranges[4]) + len(ranges[6])
 
     def covering(self, name: str) -> tuple[str, tuple[Filing, ...]] | None:
         """The most specific listed domain covering ``name`` and its filings, or ``None``."""
@@ -56,14 +126,49 @@ class RecordIndex:
                 return None
             cand = cand[dot + 1 :]
 
+    def covering_all(self, name: str) -> tuple[Filing, ...]:
+        """Every filing covering ``name``: its own listing and every parent listing, most specific first.
+
+        The walk cannot leave the registrable domain: no filing lists a public suffix.
+        """
+        get = self.by_domain.get
+        out: tuple[Filing, ...] = ()
+        cand = name
+        while True:
+            hit = get(cand)
+            if hit is not None:
+                out += hit if type(hit) is tuple else (hit,)  # type: ignore[operator]
+            dot = cand.find(".")
+            if dot < 0:
+                return out
+            cand = cand[dot + 1 :]
+
     def by_address(self, ip: str) -> tuple[Filing, ...]:
+        """Every filing listing ``ip``: as an address, in a range or in a CIDR prefix."""
         hit = self.by_ip.get(ip)
-        if hit is None:
-            return ()
-        return hit if type(hit) is tuple else (hit,)  # type: ignore[return-value]
+        out: tuple[Filing, ...] = () if hit is None else (hit if type(hit) is tuple else (hit,))  # type: ignore[assignment]
+        tree = self._v6 if ":" in ip else self._v4
+        if tree is not None:
+            more = tree.lookup(_ip_int(ip)[1])
+            if more:
+                out = tuple(dict.fromkeys(out + more)) if out else more
+        return out
+
+    def lists_ip(self, f: Filing, ip: str) -> bool:
+        """Whether filing ``f`` lists ``ip`` (501号 art. 7(3): the IP in use must match the filing)."""
+        if ip in f.ips:
+            return True
+        ivs = self._ranges_of.get(id(f))
+        if not ivs:
+            return False
+        fam, x = _ip_int(ip)
+        return any(v == fam and lo <= x <= hi for v, lo, hi in ivs)
+
+    def has_address(self, ip: str) -> bool:
+        return ip in self.by_ip or bool(self.by_address(ip))
 
     def stats(self) -> IndexStats:
-        return IndexStats(len(self.filings), len(self.by_domain), len(self.by_ip))
+        return IndexStats(len(self.filings), len(self.by_domain), len(self.by_ip), self.n_ranges)
 
     def counts(self) -> dict[str, Counter[str]]:
         return {

@@ -53,16 +53,17 @@ def test_bad_rows_are_reported_with_file_line_field(tmp_path):
               + "京ICP备12345674号-1,庚,网站,x,g.com,,p,正常,2024-13-01\n"
               + "京ICP备12345675号-1,辛,网站,x\n")
     r = load_file(p)
-    assert [f.sponsor for f in r.filings] == ["甲"]
+    assert [f.sponsor for f in r.filings] == ["甲", "戊"]  # an unknown status keeps the filing in force
+    assert r.filings[1].status is FilingStatus.UNMAPPED
+    assert str(r.warnings[0]).startswith(f"{p}:6: status (状态): unknown status '可疑': kept in force")
     msgs = [str(e) for e in r.errors]
     assert msgs[0] == f"{p}:3: number (备案号): public-security filing (公安备案, 公网安备), not an ICP filing number (备案号)"
     assert msgs[1].startswith(f"{p}:4: domains (域名): com.cn is a public suffix")
     assert msgs[2].startswith(f"{p}:5: ips (IP):")
-    assert msgs[3].startswith(f"{p}:6: status (状态):")
-    assert msgs[4].startswith(f"{p}:7: service_type (服务类型):") and "disagrees" in msgs[4]
-    assert msgs[5].startswith(f"{p}:8: sponsor (主办单位): empty")
-    assert msgs[6].startswith(f"{p}:9: reviewed:")
-    assert msgs[7].startswith(f"{p}:10: row: row has 4 fields")
+    assert msgs[3].startswith(f"{p}:7: service_type (服务类型):") and "disagrees" in msgs[3]
+    assert msgs[4].startswith(f"{p}:8: sponsor (主办单位): empty")
+    assert msgs[5].startswith(f"{p}:9: reviewed:")
+    assert msgs[6].startswith(f"{p}:10: row: row has 4 fields")
     with pytest.raises(ImportRefused, match="strict"):
         load_file(p, strict=True)
 
