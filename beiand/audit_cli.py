@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from beiand.audit import findings as passive_findings
 from beiand.audit import resources
-from beiand.cliutil import CliError, err, inventory_from, load_records, out, table
-from beiand.logs_cli import DEFAULT_CONFIG, config_from, parse_time
-from beiand.model import Decision, Mode, Observation
-from beiand.policy import Policy, PolicyConfig
+from beiand.cliutil import CliError, err, out, policy_setup, table
+from beiand.logs_cli import DEFAULT_CONFIG, parse_time
+from beiand.model import Decision, Observation
+from beiand.policy import Policy
+from beiand.records.index import entry_addresses
 
 if TYPE_CHECKING:
     from beiand.audit.active import ProbeSettings
@@ -47,21 +48,14 @@ class _Collect:
         pass
 
 
-def _setup(args: argparse.Namespace) -> tuple[Any, Policy, Any, Path | None, str, str]:
-    cfg = config_from(args) if args.config or not args.records else None
-    if args.config and cfg is None:
-        raise CliError(f"--config {args.config}: no such file")
-    records = args.records or ([str(p) for p in cfg.records.files] if cfg else [])
-    if not records:
-        raise CliError("no records: give --records FILE or --config")
-    index = load_records(records, quiet=True)
-    inv_path = args.inventory or (str(cfg.inventory.file) if cfg and cfg.inventory.file else None)
-    inventory = inventory_from(inv_path)
-    provider = args.provider if args.provider is not None else (cfg.records.provider if cfg else "")
-    policy = Policy(index, inventory, PolicyConfig(provider=provider, default_mode=Mode.MONITOR))
+def _setup(args: argparse.Namespace) -> tuple[Any, Policy, Any, Path | None, str]:
+    # The audit judges with the daemon's policy (allowlists, grace, providers, status map):
+    # it must not report names the daemon exempts (issue 13: one answer everywhere).
+    setup = policy_setup(args, quiet=True)
+    cfg = setup.config
     log_dir = Path(args.log_dir) if args.log_dir else (cfg.accesslog.directory if cfg else None)
     gateway = cfg.gateway if cfg else os.uname().nodename
-    return index, policy, inventory, log_dir, provider, gateway
+    return setup.index, setup.policy, setup.inventory, log_dir, gateway
 
 
 def _authority_names(entries: list[tuple[int, str]]) -> set[str]:
@@ -146,7 +140,7 @@ def _authority(path: str, entries: list[tuple[int, str]], policy: Policy, invent
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    index, policy, inventory, log_dir, provider, gateway = _setup(args)
+    index, policy, inventory, log_dir, gateway = _setup(args)
     now = time.time()
     since = parse_time(args.since, "--since", now)
     until = parse_time(args.until, "--until", now) if args.until else int((now + 86400) * 1000)
@@ -175,23 +169,24 @@ def cmd_audit(args: argparse.Namespace) -> int:
         source = f"access log {log_dir}"
         window = f"{args.since} back" if not args.until else f"{args.since} .. {args.until}"
     listed = _authority_entries(args.authority_list) if args.authority_list else []
-    found = passive_findings(summary, index, inventory, provider)
+    found = passive_findings(summary, index, inventory, policy.is_ours if policy.provider_checked else None)
     res = resources(summary)
     resolved: dict[str, list[str]] = {}
     probe_meta: dict[str, Any] = {}
     if args.probe:
-        names = {d for f in index.filings if (not provider or f.access_provider == provider) for d in f.domains if "*" not in d}
+        names = {d for f in index.filings if (not policy.provider_checked or policy.is_ours(f.access_provider))
+                 for d in f.domains if "*" not in d}
         names |= {k[0] for k in summary if k[0]}
         if args.names:
             names |= {n.strip().lower() for n in Path(args.names).read_text().split() if n.strip()}
         if args.authority_list:  # where do the sites the authority listed resolve now?
             names |= _authority_names(listed)
         ips = {k[1] for k in summary if inventory.lookup(k[1]) is not None}
-        ips |= {ip for f in index.filings for ip in f.ips if inventory.lookup(ip) is not None}
+        ips |= {ip for f in index.filings for e in f.ips for ip in entry_addresses(e) if inventory.lookup(ip) is not None}
         from beiand.audit.active import ProbeSettings  # aiohttp, dnspython, aioquic: only when probing
 
         settings = ProbeSettings(resolver=args.resolver, concurrency=args.concurrency, per_host=args.per_host, timeout=args.timeout,
-                                 provider=provider)
+)
         t0 = time.perf_counter()
         found += _probe(index, inventory, policy, settings, names, ips, resolved, probe_meta, quiet=args.quiet)
         probe_meta["seconds"] = round(time.perf_counter() - t0, 2)
@@ -281,7 +276,9 @@ def add_parsers(sub: Any) -> None:
     ap.add_argument("--config", metavar="FILE", help=f"(default {DEFAULT_CONFIG} when no --records)")
     ap.add_argument("--records", action="append", metavar="FILE")
     ap.add_argument("--inventory", metavar="FILE")
-    ap.add_argument("--provider", metavar="NAME", help="this provider as filings spell their 接入商")
+    ap.add_argument("--provider", action="append", metavar="NAME",
+                    help="this provider as filings spell their 接入商; repeat for each legal entity (default: records.provider)")
+    ap.add_argument("--status-map", action="append", metavar="WORD=STATUS", help="a status word of the export mapped to a status")
     ap.add_argument("--log-dir", metavar="DIR")
     ap.add_argument("--since", default="7d", metavar="TIME", help="window start (default 7d)")
     ap.add_argument("--until", metavar="TIME")

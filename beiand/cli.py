@@ -17,10 +17,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from beiand.cliutil import CliError, err, inventory_from, load_records, out, policy_args, policy_from_args, table
-from beiand.inventory import HostedPrefix
-from beiand.model import Decision, PrefixState
+from beiand.cliutil import CliError, err, inventory_from, load_records, out, policy_args, policy_setup, table
 from beiand.pipeline import OutputClosed
+from beiand.policy import lookup_answer
 from beiand.records import ImportRefused, load_files, normalise_domain
 from beiand.records.domains import DomainError, is_ip_literal, registrable_domain
 from beiand.records.importer import canonical_ip
@@ -65,40 +64,30 @@ def cmd_records_check(args: argparse.Namespace) -> int:
 
 
 def cmd_records_lookup(args: argparse.Namespace) -> int:
-    index = load_records(args.records, quiet=args.json)
-    inventory = inventory_from(args.inventory)
-    policy = policy_from_args(args, index, inventory)
-    assumed = HostedPrefix("(assumed hosted)", "(unknown)", "", PrefixState.ACTIVE, None)
+    setup = policy_setup(args, quiet=args.json)
+    policy = setup.policy
     ts = time.time() if args.at is None else args.at
+    server_ip = ""
+    if args.server is not None:
+        server_ip = canonical_ip(args.server) or ""
+        if not server_ip:
+            raise CliError(f"--server {args.server!r} is not an IP address")
     results: list[dict[str, Any]] = []
     for q in args.query:
-        server = args.server
         if is_ip_literal(q.strip("[]")):
             ip = canonical_ip(q)
+            if ip is None:
+                raise CliError(f"{q}: not an IP address")
             name, server = "", ip
         else:
             try:
                 name = normalise_domain(q)
             except DomainError as exc:
                 raise CliError(f"{q}: {exc.reason}") from None
-        if server is not None and canonical_ip(server) is None:
-            raise CliError(f"--server {server!r} is not an IP address")
-        server_ip = canonical_ip(server) if server else None
-        prefix = inventory.lookup(server_ip) if server_ip else assumed
-        if server_ip and not len(inventory):
-            prefix = assumed
-        decision: Decision = policy.judge(name, server_ip or "", ts, prefix)
-        verdict = decision.verdict
-        f = verdict.filing
-        results.append({
-            "query": q, "name": name, "registrable_domain": registrable_domain(name) if name else None,
-            "server": server_ip, "verdict": verdict.verdict.value, "reason": verdict.reason,
-            "action": decision.action.value, "rule": decision.rule, "account": decision.account,
-            "filing": None if f is None else {
-                "number": f.number, "sponsor": f.sponsor, "service_type": f.service_type.value, "status": f.status.value,
-                "access_provider": f.access_provider, "domains": list(f.domains), "ips": list(f.ips), "source": f.source,
-            },
-        })
+            server = server_ip
+        # the same function answers /api/v1/lookup on the daemon (issue 13: one answer everywhere)
+        r = lookup_answer(policy, name, server, ts, no_inventory_means_hosted=not setup.inventory_given)
+        results.append({"query": q, "registrable_domain": registrable_domain(name) if name else None, **r})
     if args.json:
         for r in results:
             out(json.dumps(r, ensure_ascii=False))
@@ -109,8 +98,8 @@ def cmd_records_lookup(args: argparse.Namespace) -> int:
                ["query", "verdict", "reason", "action", "filing no. (备案号)", "sponsor (主办单位)", "接入商", "account"])
         if not policy.provider_checked:
             out("note: 接入商 (access provider) not checked: give --provider (or records.provider in the config)")
-        if args.server is None and any(r["name"] for r in results):
-            out("note: no --server given: names were judged as if served from hosted space")
+        for note in sorted({r["assumed"] for r in results if r["assumed"]}):
+            out(f"note: {note}")
     return 1 if any(r["verdict"] in ("unfiled", "mismatch", "inactive") for r in results) else 0
 
 
@@ -150,7 +139,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 2
     # The files it names must load as the daemon would load them.
     if cfg.records.files:
-        index = load_records([str(p) for p in cfg.records.files], strict=cfg.records.strict, quiet=True)
+        index = load_records([str(p) for p in cfg.records.files], strict=cfg.records.strict, quiet=True,
+                             status_map=cfg.records.status_map)
         out(f"records: {index.stats().filings} filings (备案) from {len(cfg.records.files)} file(s)")
     else:
         err(f"{args.config}: records.files: none given: every name would be judged unfiled")

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
+from beiand.config import Config, ConfigError, load_config, policy_config
 from beiand.inventory import Inventory, InventoryError, load_inventory
 from beiand.model import Mode
 from beiand.policy import Policy, PolicyConfig, PolicyError
 from beiand.records import ImportRefused, build_index, load_files, normalise_domain
 from beiand.records.domains import DomainError
 from beiand.records.index import RecordIndex
+
+DEFAULT_CONFIG = "/etc/beiand/beiand.toml"
 
 
 class CliError(Exception):
@@ -44,31 +50,82 @@ def width(s: str) -> int:
 # -- records ------------------------------------------------------------------------------
 
 
-def load_records(paths: Sequence[str], strict: bool = False, quiet: bool = False) -> RecordIndex:
+def load_records(paths: Sequence[str], strict: bool = False, quiet: bool = False,
+                 status_map: Mapping[str, str] | None = None) -> RecordIndex:
     try:
-        result = load_files(paths, strict=strict)
+        result = load_files(paths, strict=strict, status_map=status_map)
         index = build_index(result, loaded_at=time.time())
     except ImportRefused as exc:
         raise CliError(f"records refused: {exc}") from None
+    except ValueError as exc:  # a bad status map
+        raise CliError(str(exc)) from None
     if not quiet:
         for issue in result.errors[:20]:
             err(f"warning: skipped {issue}")
         if len(result.errors) > 20:
             err(f"warning: … and {len(result.errors) - 20} more skipped row(s); `beiand records check` lists them all")
+        if index.unmapped:
+            err(f"warning: {index.unmapped} filing(s) with a status word nobody mapped: kept in force; "
+                "map them with records.status_map (`beiand records check` lists them)")
     return index
 
 
-def policy_from_args(args: argparse.Namespace, index: RecordIndex, inventory: Inventory) -> Policy:
+@dataclass(frozen=True)
+class PolicySetup:
+    """What a command that decides needs, built as the daemon builds it (issue 13: one answer everywhere)."""
+
+    index: RecordIndex
+    inventory: Inventory
+    policy: Policy
+    config: Config | None
+    inventory_given: bool
+
+
+def policy_setup(args: argparse.Namespace, quiet: bool = False) -> PolicySetup:
+    """Records, inventory and policy from ``--config`` (default /etc/beiand/beiand.toml when no
+    ``--records``), with the command line's flags over the config's values."""
+    cfg: Config | None = None
+    config_path = getattr(args, "config", None)
+    if config_path or not args.records:
+        path = config_path or DEFAULT_CONFIG
+        if config_path and not os.path.exists(path):
+            raise CliError(f"--config {path}: no such file")
+        if os.path.exists(path):
+            try:
+                cfg = load_config(path)
+            except ConfigError as exc:
+                raise CliError(str(exc)) from None
+    records = args.records or ([str(p) for p in cfg.records.files] if cfg else [])
+    if not records:
+        raise CliError("no records: give --records FILE or --config FILE")
+    status_map = dict(cfg.records.status_map) if cfg else {}
+    for item in getattr(args, "status_map", None) or ():
+        word, sep, status = item.partition("=")
+        if not sep:
+            raise CliError(f"--status-map {item!r}: expected WORD=STATUS, e.g. 待复核=active")
+        status_map[word.strip()] = status.strip()
+    index = load_records(records, strict=cfg.records.strict if cfg else False, quiet=quiet, status_map=status_map)
+    inv_path = args.inventory or (str(cfg.inventory.file) if cfg and cfg.inventory.file else None)
+    inventory = inventory_from(inv_path)
     try:
-        cfg = PolicyConfig(
-            provider=args.provider or "",
-            allow_names=frozenset(normalise_domain(n) for n in args.allow or ()),
-            default_mode=Mode(args.mode),
-            access_pending_grace_days=args.grace_days,
-        )
+        base = policy_config(cfg) if cfg else PolicyConfig()
+        providers = [p for p in (getattr(args, "provider", None) or ()) if p.strip()]
+        if providers:
+            base = dataclasses.replace(base, provider=providers[0], providers=tuple(providers[1:]))
+        over: dict[str, object] = {}
+        allow, mode, grace = getattr(args, "allow", None), getattr(args, "mode", None), getattr(args, "grace_days", None)
+        if allow:
+            over["allow_names"] = base.allow_names | frozenset(normalise_domain(n) for n in allow)
+        if mode is not None:
+            over["default_mode"] = Mode(mode)
+        if grace is not None:
+            over["access_pending_grace_days"] = grace
+        pcfg = dataclasses.replace(base, **over) if over else base  # type: ignore[arg-type]
     except (PolicyError, DomainError, ValueError) as exc:
         raise CliError(str(exc)) from None
-    return Policy(index, inventory, cfg)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    return PolicySetup(index, inventory, Policy(index, inventory, pcfg), cfg, inv_path is not None)
 
 
 def inventory_from(path: str | None) -> Inventory:
@@ -81,10 +138,16 @@ def inventory_from(path: str | None) -> Inventory:
 
 
 def policy_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--records", action="append", required=True, metavar="FILE",
-                   help="filing export (CSV, JSON, JSONL, XLSX); repeat for several")
-    p.add_argument("--inventory", metavar="FILE", help="hosted prefixes (CSV or TOML)")
-    p.add_argument("--provider", metavar="NAME", help="this provider's name as filings spell their 接入商 (access provider)")
-    p.add_argument("--mode", choices=[m.value for m in Mode], default="monitor", help="default mode for prefixes without one")
+    p.add_argument("--config", metavar="FILE",
+                   help=f"decide as the daemon with this config decides (default {DEFAULT_CONFIG} when no --records); "
+                        "the flags below override its values")
+    p.add_argument("--records", action="append", metavar="FILE",
+                   help="filing export (CSV, JSON, JSONL, XLSX); repeat for several (default: records.files of the config)")
+    p.add_argument("--inventory", metavar="FILE", help="hosted prefixes (CSV or TOML) (default: inventory.file of the config)")
+    p.add_argument("--provider", action="append", metavar="NAME",
+                   help="this provider's name as filings spell their 接入商 (access provider); repeat for each legal entity")
+    p.add_argument("--mode", choices=[m.value for m in Mode], help="default mode for prefixes without one (default monitor)")
     p.add_argument("--allow", action="append", metavar="NAME", help="exempt name (allowlist)")
-    p.add_argument("--grace-days", type=int, default=30, help="grace for access-pending (接入审核中) filings, at most 45 days")
+    p.add_argument("--grace-days", type=int, help="grace for access-pending (接入审核中) filings, at most 45 days (default 30)")
+    p.add_argument("--status-map", action="append", metavar="WORD=STATUS",
+                   help="a status word of the export mapped to active, cancelled, revoked, access-pending or under-review")

@@ -8,6 +8,7 @@ cannot drift. Errors name the file, the line and the field: ``beiand.toml:12: ac
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -19,19 +20,61 @@ from typing import Any
 
 from beiand.accesslog.store import RETENTION_FLOOR_DAYS
 from beiand.model import Mode
+from beiand.policy import PolicyConfig, PolicyError
+from beiand.records.domains import DomainError, normalise_domain
+from beiand.records.importer import status_table
 
 
 class ConfigError(Exception):
     """One or more problems, each ``file:line: field: reason``."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], problems_by_field: list[tuple[str, str]] | None = None) -> None:
         super().__init__("config invalid:\n  " + "\n  ".join(problems))
         self.problems = problems
+        self.problems_by_field = problems_by_field or []
+
+
+def policy_config(cfg: Config) -> PolicyConfig:
+    """The policy every command builds from the config: the daemon, ``replay``, ``audit``,
+    ``records lookup`` and ``/api/v1/lookup`` all decide from this one (issue 13: one answer
+    everywhere). Raises ``ConfigError`` naming the field."""
+    problems: list[tuple[str, str]] = []
+
+    def names(dotted: str, items: list[str]) -> list[str]:
+        out = []
+        for n in items:
+            try:
+                out.append(normalise_domain(n.lstrip("*.") if n.startswith("*.") else n))
+            except DomainError as exc:
+                problems.append((dotted, f"{n!r}: {exc.reason}"))
+        return out
+
+    allow = names("policy.allow", cfg.policy.allow)
+    suffixes = names("policy.allow_suffixes", cfg.policy.allow_suffixes)
+    for i, p in enumerate(cfg.policy.allow_prefixes):
+        try:
+            ipaddress.ip_network(p, strict=False)
+        except ValueError:
+            problems.append(("policy.allow_prefixes", f"item {i + 1}: {p!r} is not a CIDR prefix"))
+    if problems:
+        raise ConfigError([f"{d}: {w}" for d, w in problems], problems)
+    provider = [p.strip() for p in cfg.records.provider if p.strip()]
+    try:
+        return PolicyConfig(
+            provider=provider[0] if provider else "", providers=tuple(provider[1:]), allow_names=frozenset(allow),
+            allow_suffixes=tuple(suffixes),
+            allow_prefixes=tuple(str(ipaddress.ip_network(p, strict=False)) for p in cfg.policy.allow_prefixes),
+            default_mode=Mode(cfg.policy.default_mode), pending_mode=Mode(cfg.policy.pending_mode) if cfg.policy.pending_mode else None,
+            access_pending_grace_days=cfg.policy.grace_days)
+    except PolicyError as exc:
+        raise ConfigError([f"policy: {exc}"], [("policy", str(exc))]) from None
 
 
 def _f(default: Any, doc: str, **kw: Any) -> Any:
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"doc": doc, **kw})
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"doc": doc, **kw})
     return field(default=default, metadata={"doc": doc, **kw})
 
 
@@ -69,7 +112,14 @@ class CaptureSection:
 @dataclass(frozen=True)
 class RecordsSection:
     files: list[Path] = _f([], "Filing exports (CSV, JSON, JSONL, XLSX): the 备案 records of this provider.")
-    provider: str = _f("", "This provider's name as filings spell their 接入商 (access provider).")
+    provider: list[str] = _f([], "This provider's names as filings spell their 接入商 (access provider): one string, or a list "
+                             "when the provider files under several legal entities. A 接入商 cell naming several providers "
+                             "(separated by ; , 、 or /) matches when any of them is one of these. Empty: not checked.",
+                             scalar_ok=True)
+    status_map: dict[str, str] = _f({}, "Status words of your exports that beiand does not know, mapped to active, cancelled, "
+                                    "revoked, access-pending or under-review, e.g. {\"待复核\" = \"active\"}. A word nobody "
+                                    "mapped keeps the filing in force (reported by records check and "
+                                    "beiand_records_unmapped_status_filings; never a block).")
     max_loss: float = _f(0.2, "Refuse a reload that loses more than this share of filings (a truncated export).",
                          min=0.0, max=1.0)
     strict: bool = _f(False, "Refuse a file with any bad row (default: skip bad rows, report them).")
@@ -87,6 +137,10 @@ class PolicySection:
                            choices=tuple(m.value for m in Mode))
     grace_days: int = _f(30, "Grace for access-pending (接入审核中) filings, at most 45 days.", min=0, max=45)
     allow: list[str] = _f([], "Exempt names (allowlist), e.g. the provider's own portal.")
+    allow_suffixes: list[str] = _f([], "Exempt domains with every name below them (allowlist), e.g. the provider's CDN domain.")
+    allow_prefixes: list[str] = _f([], "Exempt server prefixes (CIDR), e.g. the provider's own infrastructure.")
+    pending_mode: str = _f("", "Mode of pending prefixes (501号 art. 11: allocated, filing not yet verified) without their own "
+                           "mode; empty: default_mode.", choices=("", *(m.value for m in Mode)))
 
 
 @dataclass(frozen=True)
@@ -192,8 +246,17 @@ def _check(value: Any, tp: Any, meta: dict[str, Any], name: str) -> tuple[Any, s
     if origin in (types.UnionType, typing.Union):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _check(value, args[0], meta, name)
+    if origin is dict:
+        if not isinstance(value, dict):
+            return None, f"expected a table of strings, got {type(value).__name__}"
+        for k, v in value.items():
+            if not isinstance(v, str):
+                return None, f"{k!r}: expected a string, got {v!r}"
+        return dict(value), None
     if origin is list:
         (item,) = typing.get_args(tp)
+        if isinstance(value, str) and meta.get("scalar_ok"):
+            value = [value]
         if not isinstance(value, list):
             return None, f"expected a list, got {type(value).__name__}"
         out = []
@@ -312,6 +375,18 @@ def _semantic(cfg: Config, text: str, path: str) -> list[str]:
     url = cfg.accesslog.clickhouse.url
     if url and not re.match(r"^https?://[^/\s]+/?$", url):
         bad("accesslog.clickhouse.url", f"{url!r}: expected http(s)://host:port")
+    try:
+        status_table(cfg.records.status_map)
+    except ValueError as exc:
+        bad("records.status_map", str(exc).removeprefix("records.status_map: "))
+    for name in cfg.records.provider:
+        if not name.strip():
+            bad("records.provider", "an empty provider name")
+    try:
+        policy_config(cfg)
+    except ConfigError as exc:
+        for dotted, why in exc.problems_by_field:
+            bad(dotted, why)
     for name in cfg.capture.interfaces:
         if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,15}", name):
             bad("capture.interfaces", f"{name!r}: not an interface name")
@@ -377,4 +452,6 @@ def _toml(v: Any) -> str:
         return f'"{v}"'
     if isinstance(v, list):
         return "[" + ", ".join(_toml(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml(k)} = {_toml(x)}" for k, x in v.items()) + "}"
     return str(v)

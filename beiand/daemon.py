@@ -43,16 +43,16 @@ from beiand.accesslog import AccessLog, AccessLogSink, LogConfig, retire
 from beiand.accesslog.reader import stats as log_stats
 from beiand.capture.bpf import build as build_bpf
 from beiand.capture.live import LiveCapture
-from beiand.config import Config, ConfigError, load_config
+from beiand.config import Config, ConfigError, load_config, policy_config
 from beiand.enforce import Enforcer, EnforceSettings, Injector, OrderError, OrderStore
 from beiand.enforce.nfqueue import NfQueue, install_rules, remove_rules, rule_specs
 from beiand.enforce.nft import Nft, NftError
 from beiand.inventory import Inventory, InventoryError, load_inventory
 from beiand.metrics import Metrics
-from beiand.model import Decision, Mode, Observation
+from beiand.model import Decision, Observation
 from beiand.net.decoder import LINKTYPE_RAW, Decoder, DecoderConfig
 from beiand.pipeline import Pipeline
-from beiand.policy import Policy, PolicyConfig, PolicyError
+from beiand.policy import Policy, lookup_answer
 from beiand.records import ImportRefused, build_index, load_files, normalise_domain
 from beiand.records.domains import DomainError
 from beiand.records.importer import canonical_ip
@@ -129,7 +129,7 @@ def load_state(config_path: str) -> State:
         raise StateError(str(exc)) from None
     files = [str(p) for p in cfg.records.files]
     try:
-        result = load_files(files, strict=cfg.records.strict)
+        result = load_files(files, strict=cfg.records.strict, status_map=cfg.records.status_map)
         index = build_index(result, loaded_at=time.time())
     except ImportRefused as exc:
         raise StateError(f"records refused: {exc}") from None
@@ -140,9 +140,8 @@ def load_state(config_path: str) -> State:
     except InventoryError as exc:
         raise StateError("inventory invalid: " + "; ".join(exc.problems)) from None
     try:
-        pcfg = PolicyConfig(provider=cfg.records.provider, allow_names=frozenset(normalise_domain(n) for n in cfg.policy.allow),
-                            default_mode=Mode(cfg.policy.default_mode), access_pending_grace_days=cfg.policy.grace_days)
-    except (PolicyError, DomainError, ValueError) as exc:
+        pcfg = policy_config(cfg)
+    except ConfigError as exc:
         raise StateError(f"policy: {exc}") from None
     watched = [*files, *([str(cfg.inventory.file)] if cfg.inventory.file else []), config_path]
     mtimes = {p: _mtime(p) for p in watched}
@@ -580,13 +579,7 @@ class Daemon:
             server_ip = canonical_ip(ip) or ""
             if not server_ip:
                 raise ValueError(f"ip {ip!r} is not an IP address")
-        prefix = st.inventory.lookup(server_ip) if server_ip else None
-        d = st.policy.judge(n, server_ip, time.time(), prefix)
-        f = d.verdict.filing
-        return {"name": n, "server": server_ip or None, "hosted": prefix is not None, "verdict": d.verdict.verdict.value,
-                "reason": d.verdict.reason, "action": d.action.value, "rule": d.rule, "account": d.account,
-                "filing": None if f is None else {"number": f.number, "sponsor": f.sponsor, "status": f.status.value,
-                                                  "access_provider": f.access_provider, "domains": list(f.domains)}}
+        return lookup_answer(st.policy, n, server_ip, time.time())
 
     def observations(self, verdict: str, since: float, limit: int) -> list[dict[str, Any]]:
         from beiand.records.domains import registrable_domain
@@ -774,6 +767,7 @@ class Daemon:
         newest = max((_mtime(str(p)) for p in self.state.config.records.files), default=0.0)
         self.metrics.records_age.set(max(0.0, time.time() - newest) if newest else 0.0)
         self.metrics.records_filings.set(self.state.index.stats().filings)
+        self.metrics.records_unmapped.set(self.state.index.unmapped)
         self.metrics.records_loaded.set(self.state.loaded_at)
 
     async def reload(self, why: str) -> bool:

@@ -43,6 +43,9 @@ class Metrics:
                                           buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1),
                                           registry=r)
         self.records_filings = Gauge("beiand_records_filings", "filings (备案) loaded", registry=r)
+        self.records_unmapped = Gauge("beiand_records_unmapped_status_filings",
+                                      "filings whose status word no table maps: kept in force, map it with records.status_map",
+                                      registry=r)
         self.records_loaded = Gauge("beiand_records_loaded_timestamp_seconds", "when the records in use were loaded", registry=r)
         self.records_age = Gauge("beiand_records_age_seconds", "age of the newest records file (a stale export is an alert)",
                                  registry=r)

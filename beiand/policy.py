@@ -93,6 +93,8 @@ _NAME_NOT_IN_FILING = Verdict(VerdictKind.UNFILED, None, "name-not-in-filing")
 _ALLOW_NAME = Verdict(VerdictKind.EXEMPT, None, "allowlist-name")
 _ALLOW_SUFFIX = Verdict(VerdictKind.EXEMPT, None, "allowlist-suffix")
 _ALLOW_PREFIX = Verdict(VerdictKind.EXEMPT, None, "allowlist-prefix")
+# What a lookup without a server (or without any inventory) is judged under.
+ASSUMED_HOSTED = HostedPrefix("(assumed hosted)", "", "", PrefixState.ACTIVE, None)
 
 
 class Policy:
@@ -154,6 +156,29 @@ class Policy:
 
     # -- pieces, also used by `records lookup` and the audit ------------------------------
 
+    def lookup(self, name: str, server_ip: str, ts: float, *, no_inventory_means_hosted: bool = False
+               ) -> tuple[Decision, HostedPrefix | None, str]:
+        """The answer of ``records lookup`` and ``/api/v1/lookup`` (one function, one answer).
+
+        ``name`` normalised ("" for an address alone), ``server_ip`` canonical ("" when not given).
+        Returns the decision, the hosted prefix it was judged under, and what was assumed ("" for
+        nothing): without a server, the name is judged as if served from hosted space with no IP
+        check; ``no_inventory_means_hosted`` (the CLI given no inventory at all) does the same for
+        a server outside an empty inventory. A server outside a loaded inventory is ``not-hosted``,
+        exactly as the daemon decides its traffic.
+        """
+        assumed = ""
+        if not server_ip:
+            prefix: HostedPrefix | None = ASSUMED_HOSTED
+            assumed = "no server given: judged as if served from hosted space, without the filing's IP list"
+        else:
+            prefix = self.inventory.lookup(server_ip)
+            if prefix is None and no_inventory_means_hosted and not len(self.inventory):
+                prefix = ASSUMED_HOSTED
+                assumed = "no inventory given: the server was assumed to be in hosted space"
+        decision = self._decision(self._verdict(name, server_ip, ts, prefix)[0], prefix)
+        return decision, (None if prefix is ASSUMED_HOSTED else prefix), assumed
+
     def verdict(self, name: str, server_ip: str, ts: float) -> Verdict:
         return self._verdict(name, server_ip, ts, self.inventory.lookup(server_ip))[0]
 
@@ -178,7 +203,7 @@ class Policy:
                     if dot < 0:
                         break
                     cand = cand[dot + 1 :]
-        if self._allow_inv.prefixes and self._allow_inv.lookup(server_ip) is not None:
+        if server_ip and self._allow_inv.prefixes and self._allow_inv.lookup(server_ip) is not None:
             return _ALLOW_PREFIX, False
         if not name or is_ip_literal(name):
             # Order 33 art. 5: sites reachable only by IP address need filing too.
@@ -225,7 +250,7 @@ class Policy:
         # 接入备案: the filing must name the provider that actually serves it (Order 33 art. 19).
         if self._providers and not self.is_ours(f.access_provider):
             return VerdictKind.MISMATCH, "other-provider", False
-        if check_ip and f.ips and not self.records.lists_ip(f, server_ip):
+        if check_ip and f.ips and server_ip and not self.records.lists_ip(f, server_ip):
             # 501号 art. 7(3): domain/IP in use must match the filing.
             return VerdictKind.MISMATCH, "ip-not-listed", False
         if status is FilingStatus.ACCESS_PENDING:
@@ -261,3 +286,19 @@ class Policy:
         if mode is Mode.DRY_RUN:
             return Decision(verdict, Action.FLAG, f"dry-run:would-block:{scope}{v.value}", mode, prefix.account, prefix.site)
         return Decision(verdict, Action.FLAG, f"monitor:{scope}{v.value}", mode, prefix.account, prefix.site)
+
+
+def lookup_answer(policy: Policy, name: str, server_ip: str, ts: float, *, no_inventory_means_hosted: bool = False
+                  ) -> dict[str, object]:
+    """One lookup as the CLI's ``--json`` and ``/api/v1/lookup`` both print it."""
+    d, prefix, assumed = policy.lookup(name, server_ip, ts, no_inventory_means_hosted=no_inventory_means_hosted)
+    f = d.verdict.filing
+    return {
+        "name": name, "server": server_ip or None, "hosted": prefix is not None if server_ip else None,
+        "assumed": assumed or None, "verdict": d.verdict.verdict.value, "reason": d.verdict.reason,
+        "action": d.action.value, "rule": d.rule, "mode": d.mode.value, "account": d.account,
+        "filing": None if f is None else {
+            "number": f.number, "sponsor": f.sponsor, "service_type": f.service_type.value, "status": f.status.value,
+            "access_provider": f.access_provider, "domains": list(f.domains), "ips": list(f.ips), "source": f.source,
+        },
+    }

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
 from beiand.capture import CaptureError, CaptureReader
-from beiand.cliutil import CliError, inventory_from, load_records, out, policy_from_args, table
+from beiand.cliutil import CliError, out, policy_setup, table
 from beiand.model import Decision, Observation, VerdictKind
 from beiand.net.decoder import Decoder, DecoderConfig
 from beiand.pipeline import OutputClosed, Pipeline
@@ -297,9 +297,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                            f"requires at least {RETENTION_FLOOR_DAYS} days")
     if args.workers is not None and not 1 <= args.workers <= 64:
         raise CliError(f"--workers {args.workers}: expected 1..64")
-    index = load_records(args.records, quiet=args.json)
-    inventory = inventory_from(args.inventory)
-    policy = policy_from_args(args, index, inventory)
+    policy = policy_setup(args, quiet=args.json).policy
     n = _workers(args)
     res = _replay(args, policy, (0, 1), sys.stdout.buffer if args.json else None) if n == 1 else _sharded(args, policy, n)
     for path in res.truncated:

@@ -10,6 +10,7 @@ import asyncio
 import re
 import ssl
 import time
+import urllib.parse
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -25,10 +26,14 @@ from beiand.audit.findings import Finding
 from beiand.inventory import Inventory
 from beiand.model import Filing, FilingStatus, ServiceType
 from beiand.policy import Policy
+from beiand.records.domains import registrable_domain
 from beiand.records.index import RecordIndex
 from beiand.records.numbers import FilingNumberError, find_filing_numbers, parse_filing_number
 
 _MIIT_LINK = re.compile(r"""<a\b[^>]*href\s*=\s*["']?https?://beian\.miit\.gov\.cn""", re.I)
+
+
+_IN_FORCE = (FilingStatus.ACTIVE, FilingStatus.UNMAPPED)
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,9 @@ class ProbeSettings:
     concurrency: int = 100
     per_host: int = 4
     timeout: float = 3.0
-    provider: str = ""
+    http_port: int = 80
+    https_port: int = 443
+    max_redirects: int = 5  # same-site redirects followed before a homepage is judged
 
 
 @dataclass
@@ -100,14 +107,13 @@ class Prober:
         self.resolved[name] = addrs
         return addrs
 
+    def _is_ours(self, f: Filing) -> bool:
+        """In force and filed through this provider (any of its legal entities)."""
+        return f.status in _IN_FORCE and (not self.policy.provider_checked or self.policy.is_ours(f.access_provider))
+
     def _ours(self, name: str) -> Filing | None:
-        hit = self.index.covering(name)
-        if hit is None:
-            return None
-        for f in hit[1]:
-            if f.status is FilingStatus.ACTIVE and (not self.s.provider or f.access_provider == self.s.provider):
-                return f
-        return None
+        # every filing covering the name, most specific first (coverage precedence, issue 13)
+        return next((f for f in self.index.covering_all(name) if self._is_ours(f)), None)
 
     async def check_dns(self, name: str) -> None:
         addrs = await self.resolve(name)
@@ -163,13 +169,26 @@ class Prober:
     # -- homepages ---------------------------------------------------------------------------
 
     async def fetch(self, session: aiohttp.ClientSession, name: str, ip: str) -> str | None:
+        """The homepage of ``name`` served at ``ip``, after same-site redirects (a homepage that
+        redirects to ``/index.html`` or to ``www.`` shows its 备案号 there, Order 292 art. 12)."""
+        host_ip = f"[{ip}]" if ":" in ip else ip
+
         async def q() -> str | None:
-            for scheme in ("https", "http"):
+            for first in ("https", "http"):
+                scheme, host, path = first, name, "/"
                 try:
-                    kw: dict[str, Any] = {"server_hostname": name, "ssl": False} if scheme == "https" else {}
-                    async with session.get(f"{scheme}://{ip}/", headers={"Host": name}, allow_redirects=False, **kw) as r:
-                        return await r.text(errors="replace")
-                except (aiohttp.ClientError, OSError):
+                    for hop in range(self.s.max_redirects + 1):
+                        port = self.s.https_port if scheme == "https" else self.s.http_port
+                        kw: dict[str, Any] = {"server_hostname": host, "ssl": False} if scheme == "https" else {}
+                        async with session.get(f"{scheme}://{host_ip}:{port}{path}", headers={"Host": host},
+                                               allow_redirects=False, **kw) as r:
+                            if r.status in (301, 302, 303, 307, 308) and hop < self.s.max_redirects:
+                                nxt = same_site_redirect(scheme, host, path, r.headers.get("Location", ""))
+                                if nxt is not None:
+                                    scheme, host, path = nxt
+                                    continue
+                            return await r.text(errors="replace")
+                except (aiohttp.ClientError, OSError, ValueError):
                     continue
             return None
 
@@ -250,10 +269,29 @@ class Prober:
                 if f is not None and f.service_type is ServiceType.WEBSITE and hosted:
                     jobs.append(partial(self.check_homepage, session, n, hosted[0], f))
             await self._pool(jobs)
-        apps = [f for f in self.index.filings if f.service_type is not ServiceType.WEBSITE and f.status is FilingStatus.ACTIVE
-                and (not self.s.provider or f.access_provider == self.s.provider) and f.domains]
+        apps = [f for f in self.index.filings if f.service_type is not ServiceType.WEBSITE and self._is_ours(f) and f.domains]
         await self._pool([partial(self.check_app, f) for f in apps])
         return self.findings
+
+
+def same_site_redirect(scheme: str, host: str, path: str, location: str) -> tuple[str, str, str] | None:
+    """(scheme, host, path) a redirect leads to when it stays on the site (same registrable
+    domain, http or https on the default port); ``None`` otherwise."""
+    if not location:
+        return None
+    target = urllib.parse.urlsplit(urllib.parse.urljoin(f"{scheme}://{host}{path}", location.strip()))
+    if target.scheme not in ("http", "https") or not target.hostname:
+        return None
+    try:
+        port = target.port
+    except ValueError:
+        return None
+    if port not in (None, 80 if target.scheme == "http" else 443):
+        return None
+    new_host = target.hostname.rstrip(".").lower()
+    if new_host != host and registrable_domain(new_host) != registrable_domain(host):
+        return None
+    return target.scheme, new_host, (target.path or "/") + (f"?{target.query}" if target.query else "")
 
 
 def sponsor_of(number: str) -> str:

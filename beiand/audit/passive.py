@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +10,7 @@ from beiand.audit.findings import Finding
 from beiand.inventory import Inventory
 from beiand.model import FilingStatus, PrefixState
 from beiand.records.domains import registrable_domain
-from beiand.records.index import RecordIndex
+from beiand.records.index import RecordIndex, entry_addresses
 
 # (name, server, port, account, verdict, kind, action, reason, filing) → [first_ms, last_ms, hits]
 Summary = Mapping[tuple[str, str, int, str, str, str, str, str, str], list[int]]
@@ -57,7 +57,12 @@ def resources(summary: Summary) -> list[Resource]:
     return sorted(out.values(), key=lambda r: (-r.hits, r.name))
 
 
-def findings(summary: Summary, index: RecordIndex, inventory: Inventory, provider: str = "") -> list[Finding]:
+_IN_FORCE = (FilingStatus.ACTIVE, FilingStatus.UNMAPPED)
+
+
+def findings(summary: Summary, index: RecordIndex, inventory: Inventory,
+             is_ours: Callable[[str], bool] | None = None) -> list[Finding]:
+    """Findings from what was seen; ``is_ours(接入商 cell)`` says which filings are this provider's (None: all)."""
     out: list[Finding] = []
     res = resources(summary)
     for r in res:
@@ -93,16 +98,18 @@ def findings(summary: Summary, index: RecordIndex, inventory: Inventory, provide
             seen.add(n)
             i = n.find(".")
             n = n[i + 1:] if i >= 0 else ""
-    ours = [f for f in index.filings if not provider or f.access_provider == provider]
+    ours = [f for f in index.filings if is_ours is None or is_ours(f.access_provider)]
     for f in ours:
-        if f.status is FilingStatus.ACTIVE and f.domains and not any(d in seen for d in f.domains):
+        if f.status in _IN_FORCE and f.domains and not any(d in seen for d in f.domains):
             out.append(Finding("filed-never-seen", f.number, ", ".join(f.domains), filing=f.number))
         accounts = {}
-        for ip in f.ips:
-            p = inventory.lookup(ip)
-            if p is None:
-                out.append(Finding("filing-ip-not-hosted", f.number, ip, filing=f.number, server=ip))
-            else:
+        for entry in f.ips:
+            # a range or prefix: both ends must be hosted (and by one account)
+            for ip in entry_addresses(entry):
+                p = inventory.lookup(ip)
+                if p is None:
+                    out.append(Finding("filing-ip-not-hosted", f.number, entry, filing=f.number, server=entry))
+                    break
                 accounts[ip] = p.account
         if len(set(accounts.values())) > 1:
             out.append(Finding("filing-ip-other-account", f.number,

@@ -352,7 +352,7 @@ def canonical_ip_entry(text: str) -> tuple[str, str]:
         a, b = ipaddress.ip_address(lo), ipaddress.ip_address(hi)
         if a.version != b.version:
             raise ValueError(f"{text!r}: the range mixes IPv4 and IPv6")
-        if b < a:
+        if int(b) < int(a):
             raise ValueError(f"{text!r}: the range ends before it starts")
         return (lo, "") if a == b else (f"{lo}-{hi}", "")
     ip = canonical_ip(t)

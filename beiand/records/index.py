@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from beiand.model import Filing
+from beiand.model import Filing, FilingStatus
 from beiand.records.importer import ImportRefused, ImportResult, gc_paused
 
 
@@ -44,6 +44,17 @@ def ip_interval(entry: str) -> tuple[int, int, int] | None:
         (fam, a), (_, b) = _ip_int(lo), _ip_int(hi)
         return fam, a, b
     return None
+
+
+def entry_addresses(entry: str) -> tuple[str, ...]:
+    """The address of a single-address entry, or the first and last address of a range or prefix."""
+    if "/" in entry:
+        net = ipaddress.ip_network(entry, strict=False)
+        return str(net.network_address), str(net.broadcast_address)
+    if "-" in entry:
+        lo, _, hi = entry.partition("-")
+        return lo, hi
+    return (entry,)
 
 
 class _Intervals:
@@ -85,7 +96,7 @@ class _Intervals:
 class RecordIndex:
     """Immutable once built; a reload builds a new one and swaps the reference."""
 
-    __slots__ = ("_ranges_of", "_v4", "_v6", "by_domain", "by_ip", "filings", "loaded_at", "n_ranges", "sources")
+    __slots__ = ("_ranges_of", "_v4", "_v6", "by_domain", "by_ip", "filings", "loaded_at", "n_ranges", "sources", "unmapped")
 
     def __init__(self, filings: Sequence[Filing], loaded_at: float = 0.0, sources: Sequence[str] = ()) -> None:
         self.filings = list(filings)
@@ -96,7 +107,11 @@ class RecordIndex:
         by_ip: dict[str, Filing | tuple[Filing, ...]] = {}
         ranges: dict[int, list[tuple[int, int, Filing]]] = {4: [], 6: []}
         ranges_of: dict[int, list[tuple[int, int, int]]] = {}  # id(filing) → its intervals
+        unmapped = FilingStatus.UNMAPPED
+        self.unmapped = 0  # filings whose status word nobody mapped (kept in force, reported)
         for f in self.filings:
+            if f.status is unmapped:
+                self.unmapped += 1
             for d in f.domains:
                 _add(by_domain, d, f)
             for ip in f.ips:
@@ -148,8 +163,11 @@ class RecordIndex:
         hit = self.by_ip.get(ip)
         out: tuple[Filing, ...] = () if hit is None else (hit if type(hit) is tuple else (hit,))  # type: ignore[assignment]
         tree = self._v6 if ":" in ip else self._v4
-        if tree is not None:
-            more = tree.lookup(_ip_int(ip)[1])
+        if tree is not None and ip:
+            try:
+                more = tree.lookup(_ip_int(ip)[1])
+            except OSError:  # not an address: nothing lists it
+                return out
             if more:
                 out = tuple(dict.fromkeys(out + more)) if out else more
         return out
@@ -161,11 +179,14 @@ class RecordIndex:
         ivs = self._ranges_of.get(id(f))
         if not ivs:
             return False
-        fam, x = _ip_int(ip)
+        try:
+            fam, x = _ip_int(ip)
+        except OSError:
+            return False
         return any(v == fam and lo <= x <= hi for v, lo, hi in ivs)
 
     def has_address(self, ip: str) -> bool:
-        return ip in self.by_ip or bool(self.by_address(ip))
+        return ip in self.by_ip or (bool(ip) and bool(self.by_address(ip)))
 
     def stats(self) -> IndexStats:
         return IndexStats(len(self.filings), len(self.by_domain), len(self.by_ip), self.n_ranges)

@@ -73,9 +73,7 @@ def _reference(filings, name, server):
             continue
         if f.status in (FilingStatus.CANCELLED, FilingStatus.REVOKED, FilingStatus.UNDER_REVIEW):
             v = VerdictKind.INACTIVE
-        elif US not in [p.strip() for p in f.access_provider.replace("；", ";").split(";")]:
-            v = VerdictKind.MISMATCH
-        elif f.ips and not lists_ip(f):
+        elif US not in [p.strip() for p in f.access_provider.replace("；", ";").split(";")] or (f.ips and not lists_ip(f)):
             v = VerdictKind.MISMATCH
         else:
             v = VerdictKind.FILED  # active, unmapped (kept in force) or pending within its grace

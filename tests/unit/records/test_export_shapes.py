@@ -141,7 +141,7 @@ def test_status_map_from_the_config_extends_the_vocabulary(tmp_path):
     r = load_files([p], status_map={"待复核": "active", "已撤销": "cancelled"})
     assert [f.status for f in r.filings] == [FilingStatus.ACTIVE, FilingStatus.CANCELLED]
     assert not r.warnings
-    with pytest.raises(ValueError, match="已撤销.*expected one of"):
+    with pytest.raises(ValueError, match=r"已撤销.*expected one of"):
         load_files([p], status_map={"已撤销": "gone"})
 
 
