@@ -137,6 +137,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         err("\n".join(exc.problems))
         return 2
+    for w in cfg.warnings:
+        err(f"warning: {w}")
     # The files it names must load as the daemon would load them.
     if cfg.records.files:
         index = load_records([str(p) for p in cfg.records.files], strict=cfg.records.strict, quiet=True,

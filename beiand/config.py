@@ -181,7 +181,9 @@ class EnforceSection:
     queue: int = _f(0, "First NFQUEUE number (workers use queue..queue+workers-1).", min=0, max=65000)
     connbytes: int = _f(8, "Packets of a flow sent through the queue (iptables connbytes).", min=1, max=64)
     quic_block_seconds: int = _f(30, "How long a QUIC flow to an unfiled name is dropped (client falls back to TCP).", min=1)
-    ip_block_seconds: int = _f(600, "How long an unfiled IP-only service (address and port) stays blocked in nftables.", min=1)
+    ip_block_seconds: int = _f(600, "Deprecated and ignored: an unnamed (IP-only) flow is reset alone, never its address and "
+                               "port for everyone; host- or prefix-wide blocking is a closure order (beiand block add).",
+                               min=1, deprecated="ignored since per-flow blocking of IP-only services; remove it")
     grace_seconds: int = _f(0, "Do not block names first seen less than this long ago.", min=0)
     max_blocks_per_minute: int = _f(600, "Circuit breaker: above this, enforcement falls back to dry-run.", min=1)
     max_unfiled_share: float = _f(0.5, "Circuit breaker: share of unfiled verdicts per minute that opens it.", min=0.0, max=1.0)
@@ -201,6 +203,7 @@ class Config:
     server: ServerSection = field(default_factory=ServerSection)
     enforce: EnforceSection = field(default_factory=EnforceSection)
     path: str = ""  # the file it came from
+    warnings: tuple[str, ...] = ()  # file:line: field: deprecated settings that were given
 
     @property
     def gateway(self) -> str:
@@ -215,7 +218,8 @@ class Config:
         return host.strip("[]"), int(port)
 
 
-_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "path"}
+_NOT_SECTIONS = ("path", "warnings")
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name not in _NOT_SECTIONS}
 
 
 def _line_of(text: str, dotted: str) -> int:
@@ -295,14 +299,15 @@ def _check(value: Any, tp: Any, meta: dict[str, Any], name: str) -> tuple[Any, s
     return value, None
 
 
-def _build(cls: Any, data: dict[str, Any], prefix: str, text: str, path: str, problems: list[str]) -> Any:
+def _build(cls: Any, data: dict[str, Any], prefix: str, text: str, path: str, problems: list[str],
+           warnings: list[str] | None = None) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else key
-        if key not in known or key == "path":
-            close = [k for k in known if k != "path" and (k.startswith(key[:3]) or key.startswith(k[:3]))]
+        if key not in known or key in _NOT_SECTIONS:
+            close = [k for k in known if k not in _NOT_SECTIONS and (k.startswith(key[:3]) or key.startswith(k[:3]))]
             problems.append(f"{path}:{_line_of(text, dotted)}: {dotted}: unknown setting"
                             + (f" (did you mean {', '.join(close)}?)" if close else ""))
             continue
@@ -311,8 +316,10 @@ def _build(cls: Any, data: dict[str, Any], prefix: str, text: str, path: str, pr
             if not isinstance(value, dict):
                 problems.append(f"{path}:{_line_of(text, dotted)}: {dotted}: expected a table [{dotted}]")
                 continue
-            kwargs[key] = _build(tp, value, dotted, text, path, problems)
+            kwargs[key] = _build(tp, value, dotted, text, path, problems, warnings)
             continue
+        if "deprecated" in known[key].metadata and warnings is not None:
+            warnings.append(f"{path}:{_line_of(text, dotted)}: {dotted}: {known[key].metadata['deprecated']}")
         cv, problem = _check(value, tp, dict(known[key].metadata), dotted)
         if problem:
             problems.append(f"{path}:{_line_of(text, dotted)}: {dotted}: {problem}")
@@ -328,13 +335,14 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         m = re.search(r"line (\d+)", str(exc))
         raise ConfigError([f"{path}:{m.group(1) if m else 1}: not valid TOML: {exc}"]) from None
     problems: list[str] = []
-    cfg: Config = _build(Config, data, "", text, path, problems)
+    warnings: list[str] = []
+    cfg: Config = _build(Config, data, "", text, path, problems, warnings)
     base = Path(path).parent if path and not path.startswith("<") else Path(".")
     cfg = _resolve(cfg, base)
     problems += _semantic(cfg, text, path)
     if problems:
         raise ConfigError(problems)
-    return dataclasses.replace(cfg, path=path)
+    return dataclasses.replace(cfg, path=path, warnings=tuple(warnings))
 
 
 def _resolve(cfg: Config, base: Path) -> Config:

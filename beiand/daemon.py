@@ -127,6 +127,8 @@ def load_state(config_path: str) -> State:
         cfg = load_config(config_path)
     except ConfigError as exc:
         raise StateError(str(exc)) from None
+    for w in cfg.warnings:
+        log.warning("config: %s", w)
     files = [str(p) for p in cfg.records.files]
     try:
         result = load_files(files, strict=cfg.records.strict, status_map=cfg.records.status_map)
@@ -231,7 +233,7 @@ def _ch_retire(ch: Any) -> None:
 
 def make_enforcer(cfg: Config) -> Enforcer:
     e = cfg.enforce
-    settings = EnforceSettings(inline=e.inline, quic_block_seconds=e.quic_block_seconds, ip_block_seconds=e.ip_block_seconds,
+    settings = EnforceSettings(inline=e.inline, quic_block_seconds=e.quic_block_seconds,
                                grace_seconds=e.grace_seconds, max_blocks_per_minute=e.max_blocks_per_minute,
                                max_unfiled_share=e.max_unfiled_share, min_verdicts_for_share=e.min_verdicts_for_share,
                                contact=e.contact, provider_name=e.provider_name)

@@ -27,7 +27,6 @@ _BAD = frozenset({VerdictKind.UNFILED, VerdictKind.MISMATCH, VerdictKind.INACTIV
 class EnforceSettings:
     inline: bool = False  # True: the packet carrying the name is held (NFQUEUE) and dropped, so no race
     quic_block_seconds: int = 30
-    ip_block_seconds: int = 600
     grace_seconds: int = 0
     max_blocks_per_minute: int = 600
     max_unfiled_share: float = 0.5
@@ -111,14 +110,14 @@ class Enforcer:
                         self.first_seen.popitem(last=False)
                 if now - first < self.s.grace_seconds:
                     return d._replace(action=Action.FLAG, rule=f"grace:would-block:{d.rule}")
-        if not self._act(obs, d, order is not None):
+        if not self._act(obs, d):
             return d._replace(action=Action.FLAG, rule=d.rule + ":action-failed")
         return d
 
     def _count(self, what: str) -> None:
         self.actions[what] = self.actions.get(what, 0) + 1
 
-    def _act(self, obs: Observation, d: Decision, ordered: bool) -> bool:
+    def _act(self, obs: Observation, d: Decision) -> bool:
         what = "reset"
         try:
             inline = self.s.inline
@@ -127,7 +126,9 @@ class Enforcer:
                 self.drop_current = True
                 if self.nft is None:
                     return inline  # inline: dropping the Initial is the action; passive needs nftables
-                self.nft.add(Nft.set_for(obs.server_ip, "quic"), (obs.client_ip, obs.server_ip, obs.server_port),
+                # This flow only (client address and port, server address and port): other clients and
+                # other names on the same server are untouched (REGULATIONS.md: per name or per flow).
+                self.nft.add(Nft.set_for(obs.server_ip, "quic"), (obs.client_ip, obs.client_port, obs.server_ip, obs.server_port),
                              self.s.quic_block_seconds)
             else:
                 if self.injector is None or not obs.tcp_ack:
@@ -146,8 +147,9 @@ class Enforcer:
                 else:
                     self.injector.reset_both(obs.client_ip, obs.client_port, obs.server_ip, obs.server_port, seq, ack, ln,
                                              server_saw_segment=not inline)
-                if obs.kind is Kind.IP_ONLY and self.nft is not None and not ordered:
-                    self.nft.add(Nft.set_for(obs.server_ip, "svc"), (obs.server_ip, obs.server_port), self.s.ip_block_seconds)
+                # An ip-only flow (no Host, no SNI) is reset like any other: never its server address
+                # and port for everyone (anyone could black-hole a shared IP with one Host-less
+                # request). Host- or prefix-wide blocking is only a closure order (beiand block add).
         except Exception as exc:  # counted, never stops capture
             self.errors[what] = self.errors.get(what, 0) + 1
             log.warning("enforcement %s for %s (%s:%d) failed: %s", what, obs.name or obs.server_ip, obs.server_ip,
@@ -159,7 +161,7 @@ class Enforcer:
         return True
 
     def sync_ip_orders(self) -> None:
-        """Put every active closure order on an address into the nftables sets (all traffic)."""
+        """Put every active closure order on an address or prefix into the nftables sets (all traffic)."""
         if self.nft is None or self.orders is None:
             return
         now = self.clock()
@@ -167,4 +169,4 @@ class Enforcer:
         self.nft.flush("ip6")
         for o in self.orders.orders.values():
             if o.is_ip and o.active(now):
-                self.nft.add(Nft.set_for(o.target, "ip"), o.target, int(o.until - now) if o.until else 0)
+                self.nft.add(Nft.set_for(o.target, "ip"), Nft.address_or_prefix(o.target), int(o.until - now) if o.until else 0)

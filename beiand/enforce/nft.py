@@ -4,10 +4,11 @@ Debian's ``python3-nftables`` (a ctypes binding to libnftables, not on PyPI) is 
 the venv by adding its directory at the end of ``sys.path``; without it the same JSON goes to
 ``nft -j -f -``. beiand never touches another table and deletes its own on a clean stop.
 
-Sets (all with per-element timeouts): ``ip4``/``ip6`` (closure orders on an address: all
-traffic to it dropped), ``svc4``/``svc6`` (IP-only services: address . port, reset),
-``quic4``/``quic6`` (client . server . port: a QUIC flow to an unfiled name, dropped for a short
-time so the client falls back to TCP, where the reset applies).
+Sets (all with per-element timeouts): ``ip4``/``ip6`` (closure orders on an address or a CIDR
+prefix: all traffic to and from it dropped; interval sets), ``quic4``/``quic6`` (client . client
+port . server . server port: one QUIC flow to an unfiled name, dropped for a short time so the
+client falls back to TCP, where the reset applies). Nothing else is ever blocked per host: an
+unnamed flow is reset alone (issue 13; REGULATIONS.md: blocking is per name or per flow).
 """
 
 from __future__ import annotations
@@ -77,10 +78,10 @@ class Nft:
         cmds: list[dict[str, Any]] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}},
                                       {"delete": {"table": {"family": FAMILY, "name": TABLE}}},
                                       {"add": {"table": {"family": FAMILY, "name": TABLE}}}]
-        for name, typ in (("ip4", "ipv4_addr"), ("ip6", "ipv6_addr"), ("svc4", ["ipv4_addr", "inet_service"]),
-                          ("svc6", ["ipv6_addr", "inet_service"]), ("quic4", ["ipv4_addr", "ipv4_addr", "inet_service"]),
-                          ("quic6", ["ipv6_addr", "ipv6_addr", "inet_service"])):
-            cmds.append({"add": {"set": {**t, "name": name, "type": typ, "flags": ["timeout"]}}})
+        for name, typ, flags in (("ip4", "ipv4_addr", ["interval", "timeout"]), ("ip6", "ipv6_addr", ["interval", "timeout"]),
+                                 ("quic4", ["ipv4_addr", "inet_service", "ipv4_addr", "inet_service"], ["timeout"]),
+                                 ("quic6", ["ipv6_addr", "inet_service", "ipv6_addr", "inet_service"], ["timeout"])):
+            cmds.append({"add": {"set": {**t, "name": name, "type": typ, "flags": flags}}})
         cmds.append({"add": {"chain": {**t, "name": CHAIN, "type": "filter", "hook": "forward", "prio": -10, "policy": "accept"}}})
 
         def rule(*expr: dict[str, Any]) -> dict[str, Any]:
@@ -93,11 +94,8 @@ class Nft:
             cmds += [
                 rule(m(_p(ip, "daddr"), f"ip{v}"), {"counter": None}, {"drop": None}),
                 rule(m(_p(ip, "saddr"), f"ip{v}"), {"counter": None}, {"drop": None}),
-                rule(m({"concat": [_p(ip, "daddr"), _p("tcp", "dport")]}, f"svc{v}"), {"counter": None},
-                     {"reject": {"type": "tcp reset"}}),
-                rule(m({"concat": [_p(ip, "daddr"), _p("udp", "dport")]}, f"svc{v}"), {"counter": None}, {"drop": None}),
-                rule(m({"concat": [_p(ip, "saddr"), _p(ip, "daddr"), _p("udp", "dport")]}, f"quic{v}"), {"counter": None},
-                     {"drop": None}),
+                rule(m({"concat": [_p(ip, "saddr"), _p("udp", "sport"), _p(ip, "daddr"), _p("udp", "dport")]}, f"quic{v}"),
+                     {"counter": None}, {"drop": None}),
             ]
         self.run(cmds)
 
@@ -127,6 +125,14 @@ class Nft:
             self.run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}])
         except NftError:
             pass  # already gone
+
+    @staticmethod
+    def address_or_prefix(target: str) -> Any:
+        """An nftables set element for an address or a CIDR prefix (``198.51.100.0/24``)."""
+        if "/" in target:
+            addr, _, plen = target.partition("/")
+            return {"prefix": {"addr": addr, "len": int(plen)}}
+        return target
 
     @staticmethod
     def set_for(ip: str, kind: str) -> str:

@@ -127,3 +127,61 @@ def test_nfqueue_rules_are_bypass_connbytes_and_balanced() -> None:
     for s in specs:
         assert "--queue-bypass" in s and "--connbytes" in s and "0:8" in s and "4:5" in s and "beiand" in s
     assert "--queue-num" in rule_specs([443], [], 0, 1, 8)[0]
+
+
+class FakeNft:
+    def __init__(self) -> None:
+        self.added: list[tuple[str, object, int]] = []
+
+    def add(self, set_name: str, value: object, timeout: int = 0) -> None:
+        self.added.append((set_name, value, timeout))
+
+
+def test_an_ip_only_block_stops_that_flow_only() -> None:
+    """Issue 13: a Host-less request or an SNI-less ClientHello must not black-hole a shared IP:port."""
+    inj, nft = FakeInjector(), FakeNft()
+    e = Enforcer(EnforceSettings(inline=False), inj, nft, None)  # type: ignore[arg-type]
+    ip_only = obs("", Kind.IP_ONLY)
+    d = e(ip_only, decision())
+    assert d.action is Action.BLOCK and inj.calls[-1][0] == "reset"
+    assert inj.calls[-1][1][:4] == ("192.0.2.2", 40000, "198.51.100.11", 443)  # this connection
+    assert nft.added == []  # nothing that blocks other clients or other names on this address
+    # QUIC without SNI: the flow's own 4-tuple, never the server alone
+    quic = ip_only._replace(transport=Transport.UDP)
+    assert e(quic, decision()).action is Action.BLOCK
+    assert nft.added == [("quic4", ("192.0.2.2", 40000, "198.51.100.11", 443), 30)]
+
+
+def test_cidr_orders_match_every_address_in_the_prefix_and_lifted_orders_stay_in_history(tmp_path: Path) -> None:
+    st = OrderStore(tmp_path)
+    st.add("198.51.100.0/24", "京通管〔2026〕4号", "ordered", by="alice")
+    st.add("2001:db8:5::/48", "京通管〔2026〕5号", "", by="alice")
+    now = time.time()
+    assert st.match("", "198.51.100.77", now).order == "京通管〔2026〕4号"  # type: ignore[union-attr]
+    assert st.match("a.example.cn", "2001:db8:5::9", now).order == "京通管〔2026〕5号"  # type: ignore[union-attr]
+    assert st.match("", "198.51.101.1", now) is None
+    st.remove("198.51.100.0/24", by="bob", reason="lifting notice 京通管〔2026〕9号")
+    again = OrderStore(tmp_path)
+    assert again.match("", "198.51.100.77", now) is None
+    (h,) = again.history
+    assert (h.order.order, h.order.created_by, h.lifted_by, h.lift_reason) == ("京通管〔2026〕4号", "alice", "bob",
+                                                                              "lifting notice 京通管〔2026〕9号")
+    assert h.lifted_at >= h.order.created
+
+
+def test_block_cli_takes_cidr_targets_and_reports_lifted_orders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from beiand.cli import main
+
+    sd = ["--state-dir", str(tmp_path)]
+    assert main(["block", "add", "198.51.100.0/24", "--order", "京通管〔2026〕6号", "--by", "carol", *sd]) == 0
+    assert "every address in this prefix" in capsys.readouterr().out
+    assert main(["block", "add", "198.51.100.1/24", "--order", "x", *sd]) == 2  # host bits: a typo, refused
+    assert "not a CIDR prefix" in capsys.readouterr().err
+    assert main(["block", "remove", "198.51.100.0/24", "--reason", "lifted by the authority", "--by", "dave", *sd]) == 0
+    capsys.readouterr()
+    assert main(["block", "list", "--all", "--json", *sd]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["target"], row["state"], row["created_by"], row["lifted_by"], row["lift_reason"]) == (
+        "198.51.100.0/24", "lifted", "carol", "dave", "lifted by the authority")
