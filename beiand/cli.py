@@ -27,9 +27,17 @@ from beiand.records.index import RecordIndex
 
 
 def cmd_records_check(args: argparse.Namespace) -> int:
+    status_map: dict[str, str] = {}
+    for item in args.status_map or ():
+        word, sep, status = item.partition("=")
+        if not sep:
+            raise CliError(f"--status-map {item!r}: expected WORD=STATUS, e.g. 待复核=active")
+        status_map[word.strip()] = status.strip()
     try:
-        result = load_files(args.files, strict=False)
+        result = load_files(args.files, strict=False, status_map=status_map)
     except ImportRefused as exc:
+        raise CliError(str(exc)) from None
+    except ValueError as exc:
         raise CliError(str(exc)) from None
     index = RecordIndex(result.filings)
     counts = index.counts()
@@ -37,6 +45,7 @@ def cmd_records_check(args: argparse.Namespace) -> int:
     if args.json:
         out(json.dumps({
             "files": result.files, "rows": result.rows, "filings": st.filings, "domains": st.domains, "ips": st.ips,
+            "ip_ranges": st.ip_ranges, "unmapped_status": index.unmapped,
             "errors": [str(e) for e in result.errors], "warnings": [str(w) for w in result.warnings],
             **{k: dict(v) for k, v in counts.items()},
         }, ensure_ascii=False, indent=2))
@@ -47,6 +56,9 @@ def cmd_records_check(args: argparse.Namespace) -> int:
             out(f"\nby {title}:")
             by_key: Counter[str] = counts[key]
             table([[k, c] for k, c in sorted(by_key.items(), key=lambda kv: (-kv[1], kv[0]))], [key, "filings"])
+        if index.unmapped:
+            out(f"\n{index.unmapped} filing(s) with a status word nobody mapped: kept in force (never blocked for it); "
+                "map the word with records.status_map or --status-map WORD=STATUS")
         if result.warnings:
             out(f"\nwarnings ({len(result.warnings)}):")
             for w in result.warnings[: args.max_warnings]:
@@ -165,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("files", nargs="+", metavar="FILE")
     chk.add_argument("--json", action="store_true")
     chk.add_argument("--max-warnings", type=int, default=50)
+    chk.add_argument("--status-map", action="append", metavar="WORD=STATUS",
+                     help="a status word of the export mapped to active, cancelled, revoked, access-pending or under-review")
     chk.set_defaults(func=cmd_records_check)
     lk = rsub.add_parser("lookup", help="the verdict for names or IPs, with the filing and the reason")
     lk.add_argument("query", nargs="+", metavar="NAME|IP")

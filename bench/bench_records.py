@@ -34,9 +34,11 @@ def main() -> None:
     ap.add_argument("--population", type=int, default=100_000, help="distinct (name, server) pairs in the traffic")
     ap.add_argument("--servers", type=int, default=5_000, help="distinct hosted server addresses in the traffic")
     ap.add_argument("--file", help="reuse an existing export instead of generating one")
+    ap.add_argument("--range-share", type=float, default=0.3,
+                    help="share of IP cells written as ranges or CIDR prefixes (interval index; default 0.3)")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="beiand-bench-")
-    cfg = GenConfig(filings=a.filings, bad_rows=a.filings // 10000, hosted_v4="10.0.0.0/8", ip_share=0.15)
+    cfg = GenConfig(filings=a.filings, bad_rows=a.filings // 10000, hosted_v4="10.0.0.0/8", ip_share=0.15, range_share=a.range_share)
     path = a.file or os.path.join(tmp, "records.csv")
     if not a.file:
         t = time.perf_counter()
@@ -54,7 +56,8 @@ def main() -> None:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rss_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     st = index.stats()
-    print(f"load: {st.filings} filings, {st.domains} domains, {st.ips} IPs, {len(result.errors)} rejected rows")
+    print(f"load: {st.filings} filings, {st.domains} domains, {st.ips} IPs, {st.ip_ranges} IP ranges/prefixes, "
+          f"{len(result.errors)} rejected rows")
     print(f"load: parse {t1 - t0:.2f} s + index {t2 - t1:.2f} s = {t2 - t0:.2f} s (bar <= 20 s)")
     print(f"load: peak RSS {rss:.0f} MiB, parse worker {rss_child:.0f} MiB; both together at most "
           f"{sampler.peak_kib / 1024:.0f} MiB (bar <= 1536 MiB)")

@@ -39,6 +39,7 @@ class GenConfig:
     provider: str = OUR_PROVIDER
     domains_per_filing: float = 2.0
     ip_share: float = 0.3  # share of filings listing IPs
+    range_share: float = 0.0  # of the IP cells: share written as a range (a-b) or a CIDR prefix, as real exports do
     idn_share: float = 0.03
     other_provider_share: float = 0.05
     inactive_share: float = 0.03
@@ -56,6 +57,15 @@ class Generator:
     def _label(self, i: int) -> str:
         r = self.rng
         return r.choice(SYLLABLES) + r.choice(SYLLABLES) + format(i, "x")
+
+    def ip_range(self) -> str:
+        """A range (``a-b``, up to 64 addresses) or a CIDR prefix (/24../30) inside the hosted IPv4 space."""
+        r = self.rng
+        base = int(self._v4.network_address) + r.randrange(max(1, self._v4.num_addresses - 256))
+        if r.random() < 0.5:
+            return f"{ipaddress.ip_address(base)}-{ipaddress.ip_address(base + r.randrange(1, 64))}"
+        plen = r.randrange(max(24, self._v4.prefixlen), 31)
+        return str(ipaddress.ip_network(f"{ipaddress.ip_address(base)}/{plen}", strict=False))
 
     def domain(self, i: int) -> str:
         r = self.rng
@@ -111,6 +121,8 @@ class Generator:
             if r.random() < 0.05:
                 domains[0] = "*." + domains[0]
             ips = [self.ip() for _ in range(r.randint(1, 3))] if r.random() < cfg.ip_share else []
+            if ips and r.random() < cfg.range_share:
+                ips[0] = self.ip_range()
             provider = cfg.provider if r.random() >= cfg.other_provider_share else r.choice(OTHER_PROVIDERS)
             s = r.random()
             status = "正常"

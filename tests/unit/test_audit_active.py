@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from beiand.audit.active import ProbeSettings, Prober, same_site_redirect
+from beiand.audit.active import Prober, ProbeSettings, same_site_redirect
 from beiand.inventory import Inventory
 from beiand.model import Filing, FilingStatus, ServiceType
 from beiand.policy import Policy
