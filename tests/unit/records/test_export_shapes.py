@@ -151,3 +151,48 @@ def test_status_vocabulary_as_exports_spell_it(tmp_path):
                 "首次备案审核中": "under-review", "已吊销": "revoked"}
     for text, status in expected.items():
         assert STATUS[text].value == status, text
+
+
+# -- the IP cell parser: property tests ------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from beiand.records.importer import canonical_ip_entry  # noqa: E402
+from beiand.records.index import RecordIndex, ip_interval  # noqa: E402
+
+V4 = st.integers(0, 2**32 - 1).map(lambda x: str(__import__("ipaddress").IPv4Address(x)))
+
+
+@settings(max_examples=300)
+@given(st.text(alphabet="0123456789abcdef.:/-~ 至", max_size=40))
+def test_ip_cell_parser_only_raises_value_error_and_is_idempotent(text):
+    try:
+        entry, _ = canonical_ip_entry(text)
+    except ValueError:
+        return
+    assert canonical_ip_entry(entry) == (entry, "")
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(V4, st.integers(0, 300)), min_size=1, max_size=12), st.lists(V4, min_size=1, max_size=20))
+def test_interval_index_agrees_with_brute_force(ranges, probes):
+    import ipaddress
+
+    from beiand.model import Filing, FilingStatus, ServiceType
+
+    filings = []
+    for i, (lo, width) in enumerate(ranges):
+        hi = str(ipaddress.IPv4Address(min(2**32 - 1, int(ipaddress.IPv4Address(lo)) + width)))
+        cell, _ = canonical_ip_entry(f"{lo}-{hi}")
+        filings.append(Filing(f"n{i}", "s", ServiceType.WEBSITE, (), (cell,), "p", FilingStatus.ACTIVE))
+    idx = RecordIndex(filings)
+    for p in probes + [lo for lo, _ in ranges]:
+        x = int(ipaddress.IPv4Address(p))
+        want = set()
+        for f in filings:
+            iv = ip_interval(f.ips[0])
+            if (iv is None and f.ips[0] == p) or (iv is not None and iv[1] <= x <= iv[2]):
+                want.add(f)
+        assert set(idx.by_address(p)) == want, p
+        assert all(idx.lists_ip(f, p) == (f in want) for f in filings)
