@@ -44,8 +44,15 @@ class Metrics:
                                           registry=r)
         self.records_filings = Gauge("beiand_records_filings", "filings (备案) loaded", registry=r)
         self.records_loaded = Gauge("beiand_records_loaded_timestamp_seconds", "when the records in use were loaded", registry=r)
-        self.records_age = Gauge("beiand_records_age_seconds", "age of the newest records file (a stale export is an alert)",
-                                 registry=r)
+        self.records_age = Gauge("beiand_records_age_seconds", "age of the records in service: now minus the mtime of the oldest "
+                                 "records file when it was loaded (a stale export is an alert)", registry=r)
+        self.records_max_age = Gauge("beiand_records_max_age_seconds", "records.max_age_hours: records older than this are stale "
+                                     "(0: never)", registry=r)
+        self.records_stale = Gauge("beiand_records_stale", "1 while the records in service are older than records.max_age_hours",
+                                   registry=r)
+        self.records_reload_refused = Counter("beiand_records_reload_refused", "reloads whose records were refused (more than "
+                                              "records.max_loss of the filings lost, empty or unreadable): the old index serves",
+                                              registry=r)
         self.reloads = Counter("beiand_reloads", "reloads of config, records and inventory, by result", ["result"], registry=r)
         self.reload_ok = Gauge("beiand_last_reload_successful", "1 if the last reload succeeded (the old state is kept otherwise)",
                                registry=r)
