@@ -434,8 +434,12 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
             c[f"enforce_error:{k}"] = v
         elat, enforcer.latency = enforcer.latency, []
         c["view_dropped"] = agg.view_dropped + outbox.dropped_rows
-        return {"counters": c, "gauges": {"flows": decoder.flow_count, "log_pending": alog.pending,
-                                          "chain_head": int.from_bytes(alog.head[:6], "big")},
+        gauges = {"flows": decoder.flow_count, "log_pending": alog.pending, "chain_head": int.from_bytes(alog.head[:6], "big")}
+        if ch is not None:  # the ClickHouse sink's own counters: its write errors and losses alert like the log's
+            for k, v in ch.counters().items():
+                c[f"ch_{k}"] = v
+            gauges["ch_spilling"] = 1 if ch.spilling else 0
+        return {"counters": c, "gauges": gauges,
                 "fsync": fs, "latency": lat, "enforce_latency": elat, "obs": agg.take(), "log_failing": st.failing,
                 "breaker": enforcer.breaker.why if enforcer.breaker.open else ""}
 

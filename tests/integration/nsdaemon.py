@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ class NsDaemon:
     def __init__(self, wd: Path, records: int = 100, workers: int = 1, extra: str = "", records_extra: str = "",
                  daemon_extra: str = "") -> None:
         self.wd = wd
+        wd.mkdir(parents=True, exist_ok=True)
         self.ns = f"bdr{uuid.uuid4().hex[:8]}"
         self.records = wd / "records.csv"
         write_records(self.records, records)
@@ -162,6 +164,18 @@ token_file = "{wd / 'token'}"
             if metric(m, name) > above or time.monotonic() > deadline:
                 return m
             time.sleep(0.1)
+
+    def wait_for(self, ok: Callable[[str], bool], timeout: float = 30, what: str = "") -> str:
+        """The metrics text once ``ok(text)``; fails the test after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self.metrics()
+            if ok(m):
+                return m
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not reached in {timeout} s: {what}\n" + "\n".join(
+                    ln for ln in m.splitlines() if ln.startswith(("beiand_clickhouse", "beiand_verdicts", "beiand_reload"))))
+            time.sleep(0.2)
 
     def dns_answers(self, names: list[str], addr: str = "198.51.100.10") -> None:
         """DNS answers on the namespace's loopback (the daemon captures them), one per name."""
