@@ -70,10 +70,15 @@ class CaptureSection:
 class RecordsSection:
     files: list[Path] = _f([], "Filing exports (CSV, JSON, JSONL, XLSX): the 备案 records of this provider.")
     provider: str = _f("", "This provider's name as filings spell their 接入商 (access provider).")
-    max_loss: float = _f(0.2, "Refuse a reload that loses more than this share of filings (a truncated export).",
+    max_loss: float = _f(0.2, "Refuse a reload (SIGHUP, a changed file, POST /api/v1/reload) whose records lose more than "
+                         "this share of the filings in service (a truncated export): the old records keep serving, the "
+                         "refusal is logged with the file, counted (beiand_records_reload_refused_total) and shown in "
+                         "/readyz and /api/v1/status. The new config's value applies; at start there is nothing to compare.",
                          min=0.0, max=1.0)
     strict: bool = _f(False, "Refuse a file with any bad row (default: skip bad rows, report them).")
-    max_age_hours: float = _f(48.0, "Records older than this are reported stale (metric, readyz note).", min=0.0)
+    max_age_hours: float = _f(48.0, "Records in service older than this are stale (beiand_records_stale, the BeiandRecordsStale "
+                              "alert, /readyz details). Age: now minus the mtime of the oldest records file when it was "
+                              "loaded (exports carry no export time of their own). 0: never stale.", min=0.0)
 
 
 @dataclass(frozen=True)
