@@ -63,6 +63,16 @@ def test_a_truncated_export_is_refused_on_sighup_and_on_the_api_and_verdicts_sta
     assert st["records"]["reload_refused"]["reason"] == refused["reason"] and st["filings"] == 100
     assert "refused" in daemon.log() and str(daemon.records) in daemon.log()
 
+    # The workers decide with the old index too: live traffic after the refusal is still "filed".
+    daemon.dns_answers(["site50.example.cn", "site77.example.cn"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        seen = {r["name"]: r["verdict"] for r in daemon.json("/api/v1/observations")}
+        if {"site50.example.cn", "site77.example.cn"} <= set(seen):
+            break
+        time.sleep(0.2)
+    assert seen == {"site50.example.cn": "filed", "site77.example.cn": "filed"}
+
     assert daemon.post("/api/v1/reload") == 202
     m2 = daemon.wait_metric("beiand_reloads_total", reloads(m1))
     assert metric(m2, "beiand_records_reload_refused_total") == 2
@@ -99,3 +109,18 @@ def test_records_from_an_old_export_are_flagged_stale(daemon: NsDaemon) -> None:
     daemon.hup()
     m2 = daemon.wait_metric("beiand_reloads_total", reloads(m1))
     assert metric(m2, "beiand_records_stale") == 0
+
+
+def test_a_truncated_export_noticed_on_disk_is_refused_too(tmp_path: Path) -> None:
+    require_root()
+    d = NsDaemon(tmp_path, records=100, daemon_extra="watch_interval = 0.2")
+    try:
+        d.start()
+        m0 = d.metrics()
+        write_records(d.records, 50)  # half gone: more than max_loss = 0.2
+        m1 = d.wait_metric("beiand_records_reload_refused_total", 0)
+        assert metric(m1, "beiand_records_reload_refused_total") == 1 and reloads(m1) == reloads(m0) + 1
+        assert d.verdict("site80.example.cn") == "filed"
+        assert d.json("/api/v1/status")["records"]["reload_refused"]["trigger"] == "file change"
+    finally:
+        d.close()
