@@ -151,6 +151,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 2
     for w in cfg.warnings:
         err(f"warning: {w}")
+    from beiand.wiring import policy_config
+
+    try:  # the policy the daemon would build from it
+        policy_config(cfg)
+    except ConfigError as exc:
+        err("\n".join(f"{args.config}: {p}" for p in exc.problems))
+        return 2
     # The files it names must load as the daemon would load them.
     if cfg.records.files:
         index = load_records([str(p) for p in cfg.records.files], strict=cfg.records.strict, quiet=True,

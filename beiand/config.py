@@ -20,7 +20,6 @@ from typing import Any
 
 from beiand.accesslog.store import RETENTION_FLOOR_DAYS
 from beiand.model import Mode
-from beiand.policy import PolicyConfig, PolicyError
 from beiand.records.domains import DomainError, normalise_domain
 from beiand.records.importer import status_table
 
@@ -32,42 +31,6 @@ class ConfigError(Exception):
         super().__init__("config invalid:\n  " + "\n  ".join(problems))
         self.problems = problems
         self.problems_by_field = problems_by_field or []
-
-
-def policy_config(cfg: Config) -> PolicyConfig:
-    """The policy every command builds from the config: the daemon, ``replay``, ``audit``,
-    ``records lookup`` and ``/api/v1/lookup`` all decide from this one (issue 13: one answer
-    everywhere). Raises ``ConfigError`` naming the field."""
-    problems: list[tuple[str, str]] = []
-
-    def names(dotted: str, items: list[str]) -> list[str]:
-        out = []
-        for n in items:
-            try:
-                out.append(normalise_domain(n.lstrip("*.") if n.startswith("*.") else n))
-            except DomainError as exc:
-                problems.append((dotted, f"{n!r}: {exc.reason}"))
-        return out
-
-    allow = names("policy.allow", cfg.policy.allow)
-    suffixes = names("policy.allow_suffixes", cfg.policy.allow_suffixes)
-    for i, p in enumerate(cfg.policy.allow_prefixes):
-        try:
-            ipaddress.ip_network(p, strict=False)
-        except ValueError:
-            problems.append(("policy.allow_prefixes", f"item {i + 1}: {p!r} is not a CIDR prefix"))
-    if problems:
-        raise ConfigError([f"{d}: {w}" for d, w in problems], problems)
-    provider = [p.strip() for p in cfg.records.provider if p.strip()]
-    try:
-        return PolicyConfig(
-            provider=provider[0] if provider else "", providers=tuple(provider[1:]), allow_names=frozenset(allow),
-            allow_suffixes=tuple(suffixes),
-            allow_prefixes=tuple(str(ipaddress.ip_network(p, strict=False)) for p in cfg.policy.allow_prefixes),
-            default_mode=Mode(cfg.policy.default_mode), pending_mode=Mode(cfg.policy.pending_mode) if cfg.policy.pending_mode else None,
-            access_pending_grace_days=cfg.policy.grace_days)
-    except PolicyError as exc:
-        raise ConfigError([f"policy: {exc}"], [("policy", str(exc))]) from None
 
 
 def _f(default: Any, doc: str, **kw: Any) -> Any:
@@ -120,10 +83,15 @@ class RecordsSection:
                                     "revoked, access-pending or under-review, e.g. {\"待复核\" = \"active\"}. A word nobody "
                                     "mapped keeps the filing in force (reported by records check and "
                                     "beiand_records_unmapped_status_filings; never a block).")
-    max_loss: float = _f(0.2, "Refuse a reload that loses more than this share of filings (a truncated export).",
+    max_loss: float = _f(0.2, "Refuse a reload (SIGHUP, a changed file, POST /api/v1/reload) whose records lose more than "
+                         "this share of the filings in service (a truncated export): the old records keep serving, the "
+                         "refusal is logged with the file, counted (beiand_records_reload_refused_total) and shown in "
+                         "/readyz and /api/v1/status. The new config's value applies; at start there is nothing to compare.",
                          min=0.0, max=1.0)
     strict: bool = _f(False, "Refuse a file with any bad row (default: skip bad rows, report them).")
-    max_age_hours: float = _f(48.0, "Records older than this are reported stale (metric, readyz note).", min=0.0)
+    max_age_hours: float = _f(48.0, "Records in service older than this are stale (beiand_records_stale, the BeiandRecordsStale "
+                              "alert, /readyz details). Age: now minus the mtime of the oldest records file when it was "
+                              "loaded (exports carry no export time of their own). 0: never stale.", min=0.0)
 
 
 @dataclass(frozen=True)
@@ -181,9 +149,6 @@ class EnforceSection:
     queue: int = _f(0, "First NFQUEUE number (workers use queue..queue+workers-1).", min=0, max=65000)
     connbytes: int = _f(8, "Packets of a flow sent through the queue (iptables connbytes).", min=1, max=64)
     quic_block_seconds: int = _f(30, "How long a QUIC flow to an unfiled name is dropped (client falls back to TCP).", min=1)
-    ip_block_seconds: int = _f(600, "Deprecated and ignored: an unnamed (IP-only) flow is reset alone, never its address and "
-                               "port for everyone; host- or prefix-wide blocking is a closure order (beiand block add).",
-                               min=1, deprecated="ignored since per-flow blocking of IP-only services; remove it")
     grace_seconds: int = _f(0, "Do not block names first seen less than this long ago.", min=0)
     max_blocks_per_minute: int = _f(600, "Circuit breaker: above this, enforcement falls back to dry-run.", min=1)
     max_unfiled_share: float = _f(0.5, "Circuit breaker: share of unfiled verdicts per minute that opens it.", min=0.0, max=1.0)
@@ -219,6 +184,11 @@ class Config:
 
 
 _NOT_SECTIONS = ("path", "warnings")
+# Keys that no longer mean anything: accepted with a warning so an existing config keeps working.
+DEPRECATED = {
+    "enforce.ip_block_seconds": "an unnamed (IP-only) flow is reset alone, never its address and port for everyone; "
+                                "host- or prefix-wide blocking is a closure order (beiand block add); remove the key",
+}
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name not in _NOT_SECTIONS}
 
 
@@ -306,6 +276,10 @@ def _build(cls: Any, data: dict[str, Any], prefix: str, text: str, path: str, pr
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else key
+        if dotted in DEPRECATED:  # accepted, ignored, said
+            if warnings is not None:
+                warnings.append(f"{path}:{_line_of(text, dotted)}: {dotted}: deprecated and ignored: {DEPRECATED[dotted]}")
+            continue
         if key not in known or key in _NOT_SECTIONS:
             close = [k for k in known if k not in _NOT_SECTIONS and (k.startswith(key[:3]) or key.startswith(k[:3]))]
             problems.append(f"{path}:{_line_of(text, dotted)}: {dotted}: unknown setting"
@@ -318,8 +292,7 @@ def _build(cls: Any, data: dict[str, Any], prefix: str, text: str, path: str, pr
                 continue
             kwargs[key] = _build(tp, value, dotted, text, path, problems, warnings)
             continue
-        if "deprecated" in known[key].metadata and warnings is not None:
-            warnings.append(f"{path}:{_line_of(text, dotted)}: {dotted}: {known[key].metadata['deprecated']}")
+
         cv, problem = _check(value, tp, dict(known[key].metadata), dotted)
         if problem:
             problems.append(f"{path}:{_line_of(text, dotted)}: {dotted}: {problem}")
@@ -390,11 +363,17 @@ def _semantic(cfg: Config, text: str, path: str) -> list[str]:
     for name in cfg.records.provider:
         if not name.strip():
             bad("records.provider", "an empty provider name")
-    try:
-        policy_config(cfg)
-    except ConfigError as exc:
-        for dotted, why in exc.problems_by_field:
-            bad(dotted, why)
+    for dotted, items in (("policy.allow", cfg.policy.allow), ("policy.allow_suffixes", cfg.policy.allow_suffixes)):
+        for i, n in enumerate(items):
+            try:
+                normalise_domain(n[2:] if n.startswith("*.") else n)
+            except DomainError as exc:
+                bad(dotted, f"item {i + 1}: {n!r}: {exc.reason}")
+    for i, prefix in enumerate(cfg.policy.allow_prefixes):
+        try:
+            ipaddress.ip_network(prefix, strict=False)
+        except ValueError:
+            bad("policy.allow_prefixes", f"item {i + 1}: {prefix!r} is not a CIDR prefix")
     for name in cfg.capture.interfaces:
         if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,15}", name):
             bad("capture.interfaces", f"{name!r}: not an interface name")
@@ -448,6 +427,9 @@ def reference() -> str:
     hints = typing.get_type_hints(Config)
     for name in _SECTIONS:
         section(hints[name], name)
+    out += ["## Deprecated keys", "", "Accepted with a warning (`check-config`, the daemon's log) and ignored.", "",
+            "| key | why |", "|---|---|"]
+    out += [f"| `{k}` | {why} |" for k, why in DEPRECATED.items()]
     return "\n".join(out) + "\n"
 
 

@@ -43,7 +43,7 @@ from beiand.accesslog import AccessLog, AccessLogSink, LogConfig, retire
 from beiand.accesslog.reader import stats as log_stats
 from beiand.capture.bpf import build as build_bpf
 from beiand.capture.live import LiveCapture
-from beiand.config import Config, ConfigError, load_config, policy_config
+from beiand.config import Config, ConfigError, load_config
 from beiand.enforce import Enforcer, EnforceSettings, Injector, OrderError, OrderStore
 from beiand.enforce.nfqueue import NfQueue, install_rules, remove_rules, rule_specs
 from beiand.enforce.nft import Nft, NftError
@@ -58,6 +58,7 @@ from beiand.records.domains import DomainError
 from beiand.records.importer import canonical_ip
 from beiand.records.index import RecordIndex
 from beiand.server import make_app
+from beiand.wiring import policy_config
 
 log = logging.getLogger("beiand")
 SNAPSHOT_INTERVAL = 0.25  # small deltas often: a big snapshot would stall the capture loop
@@ -116,13 +117,33 @@ class State:
     policy: Policy
     loaded_at: float
     mtimes: dict[str, float] = field(default_factory=dict)
+    # The export's age is its file's mtime (the CSV/JSON/XLSX exports carry no export time of
+    # their own): the oldest of records.files, taken when they were loaded, so records kept in
+    # service after a refused reload keep ageing.
+    records_mtime: float = 0.0
 
 
 class StateError(Exception):
     pass
 
 
-def load_state(config_path: str) -> State:
+class RecordsRefused(StateError):
+    """The records of a reload were refused; the index in service stays."""
+
+    def __init__(self, message: str, files: Sequence[str], offered: int | None, in_service: int) -> None:
+        super().__init__(message)
+        self.files = list(files)
+        self.offered = offered  # valid filings in the refused files (None: unreadable)
+        self.in_service = in_service
+
+
+def load_state(config_path: str, previous: State | None = None) -> State:
+    """Config, records, inventory and policy, built to the side.
+
+    With ``previous`` (every reload: SIGHUP, a file change, ``POST /api/v1/reload``), the new
+    records must not lose more than ``records.max_loss`` of the filings in service: a truncated
+    export would otherwise turn filed sites "unfiled" at once (DESIGN.md failure rules).
+    """
     try:
         cfg = load_config(config_path)
     except ConfigError as exc:
@@ -130,11 +151,16 @@ def load_state(config_path: str) -> State:
     for w in cfg.warnings:
         log.warning("config: %s", w)
     files = [str(p) for p in cfg.records.files]
+    in_service = len(previous.index.filings) if previous is not None else 0
+    result = None
     try:
         result = load_files(files, strict=cfg.records.strict, status_map=cfg.records.status_map)
-        index = build_index(result, loaded_at=time.time())
+        index = build_index(result, previous=previous.index if previous is not None else None, max_loss=cfg.records.max_loss,
+                            loaded_at=time.time())
     except ImportRefused as exc:
-        raise StateError(f"records refused: {exc}") from None
+        offered = len(result.filings) if result is not None else None
+        guard = f" (records.max_loss = {cfg.records.max_loss:g})" if offered and offered < in_service else ""
+        raise RecordsRefused(f"records refused: {', '.join(files)}: {exc}{guard}", files, offered, in_service) from None
     for e in result.errors[:20]:
         log.warning("records: skipped %s", e)
     try:
@@ -147,7 +173,8 @@ def load_state(config_path: str) -> State:
         raise StateError(f"policy: {exc}") from None
     watched = [*files, *([str(cfg.inventory.file)] if cfg.inventory.file else []), config_path]
     mtimes = {p: _mtime(p) for p in watched}
-    return State(cfg, index, inv, Policy(index, inv, pcfg), time.time(), mtimes)
+    records_mtime = min((mtimes[p] for p in files), default=0.0)
+    return State(cfg, index, inv, Policy(index, inv, pcfg), time.time(), mtimes, records_mtime)
 
 
 def _mtime(p: str) -> float:
@@ -409,8 +436,12 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
             c[f"enforce_error:{k}"] = v
         elat, enforcer.latency = enforcer.latency, []
         c["view_dropped"] = agg.view_dropped + outbox.dropped_rows
-        return {"counters": c, "gauges": {"flows": decoder.flow_count, "log_pending": alog.pending,
-                                          "chain_head": int.from_bytes(alog.head[:6], "big")},
+        gauges = {"flows": decoder.flow_count, "log_pending": alog.pending, "chain_head": int.from_bytes(alog.head[:6], "big")}
+        if ch is not None:  # the ClickHouse sink's own counters: its write errors and losses alert like the log's
+            for k, v in ch.counters().items():
+                c[f"ch_{k}"] = v
+            gauges["ch_spilling"] = 1 if ch.spilling else 0
+        return {"counters": c, "gauges": gauges,
                 "fsync": fs, "latency": lat, "enforce_latency": elat, "obs": agg.take(), "log_failing": st.failing,
                 "breaker": enforcer.breaker.why if enforcer.breaker.open else ""}
 
@@ -497,9 +528,11 @@ class Daemon:
         self.ctx = multiprocessing.get_context("fork")
         self.stopping = False
         self.restarts = 0
-        self._reload_requested = False
+        self._reload_requested = ""  # why, while a reload waits
         self._reloading = False
         self._notified_ready = False
+        self.refused: dict[str, Any] | None = None  # the last refused reload, until one succeeds
+        self.refused_count = 0
         self.metrics.retention.set(cfg.accesslog.retention_days * 86400)
         self._records_metrics()
         self.metrics.reload_ok.set(1)
@@ -566,6 +599,18 @@ class Daemon:
             problems.append(f"access log not writable: {failing[0]}")
         return problems
 
+    def details(self) -> dict[str, Any]:
+        """What /readyz adds to ready or not: conditions that do not stop serving but need an operator."""
+        return {"records": self.records_status()}
+
+    def records_status(self) -> dict[str, Any]:
+        st = self.state
+        age, max_age = self._records_age()
+        return {"filings": st.index.stats().filings, "files": [str(p) for p in st.config.records.files],
+                "loaded_at": st.loaded_at, "age_seconds": age, "max_age_seconds": max_age,
+                "stale": bool(max_age and age > max_age), "max_loss": st.config.records.max_loss,
+                "reload_refused": None if self.refused is None else {**self.refused, "count": self.refused_count}}
+
     def lookup(self, name: str, ip: str, server: str) -> dict[str, Any]:
         st = self.state
         if name:
@@ -599,6 +644,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         return {"version": __version__, "gateway": self.state.config.gateway, "config": self.config_path,
                 "records_loaded_at": self.state.loaded_at, "filings": self.state.index.stats().filings,
+                "records": self.records_status(),
                 "workers": [{"worker": w.idx, "pid": w.pid, "ready": w.ready, "alive": w.proc.is_alive()}
                             for w in self.workers.values()], "worker_restarts": self.restarts,
                 "decision_latency_seconds": _percentiles(self.latencies),
@@ -606,8 +652,8 @@ class Daemon:
                 "enforcement": {"inline": self.state.config.enforce.inline, "nftables": self.nft.via if self.nft else None,
                                 "orders": len(self.orders.orders) if self.orders else 0}}
 
-    def request_reload(self) -> None:
-        self._reload_requested = True
+    def request_reload(self, why: str = "POST /api/v1/reload") -> None:
+        self._reload_requested = why
 
     def close_breaker(self) -> None:
         for w in self.workers.values():
@@ -714,8 +760,8 @@ class Daemon:
                 next_wd = now + wd
             self._sync_orders()
             if self._reload_requested:
-                self._reload_requested = False
-                await self.reload("request")
+                why, self._reload_requested = self._reload_requested, ""
+                await self.reload(why)
             interval = self.state.config.daemon.watch_interval
             if now >= next_watch:
                 next_watch = now + (interval or 5.0)
@@ -765,9 +811,16 @@ class Daemon:
         for k in KINDS:
             self.metrics.audit_findings.labels(k).set(by_kind.get(k, 0))
 
+    def _records_age(self) -> tuple[float, float]:
+        """(age of the records in service, records.max_age_hours) in seconds; 0 max: never stale."""
+        m = self.state.records_mtime
+        return (max(0.0, time.time() - m) if m else 0.0), self.state.config.records.max_age_hours * 3600
+
     def _records_metrics(self) -> None:
-        newest = max((_mtime(str(p)) for p in self.state.config.records.files), default=0.0)
-        self.metrics.records_age.set(max(0.0, time.time() - newest) if newest else 0.0)
+        age, max_age = self._records_age()
+        self.metrics.records_age.set(age)
+        self.metrics.records_max_age.set(max_age)
+        self.metrics.records_stale.set(1 if max_age and age > max_age else 0)
         self.metrics.records_filings.set(self.state.index.stats().filings)
         self.metrics.records_unmapped.set(self.state.index.unmapped)
         self.metrics.records_loaded.set(self.state.loaded_at)
@@ -779,15 +832,21 @@ class Daemon:
         sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         try:
             try:
-                new = await asyncio.get_running_loop().run_in_executor(None, load_state, self.config_path)
+                new = await asyncio.get_running_loop().run_in_executor(None, load_state, self.config_path, self.state)
             except StateError as exc:
                 log.error("reload (%s) failed, keeping the old state: %s", why, exc)
                 self.metrics.reloads.labels("failure").inc()
                 self.metrics.reload_ok.set(0)
+                if isinstance(exc, RecordsRefused):
+                    self.refused_count += 1
+                    self.metrics.records_reload_refused.inc()
+                    self.refused = {"at": time.time(), "trigger": why, "files": exc.files, "reason": str(exc),
+                                    "filings_offered": exc.offered, "filings_in_service": exc.in_service}
                 # Do not retry the same broken files every few seconds: wait for the next change.
                 self.state.mtimes = {p: _mtime(p) for p in self.state.mtimes}
                 return False
             self.state = new
+            self.refused = None
             self._records_metrics()
             self.metrics.reloads.labels("success").inc()
             self.metrics.reload_ok.set(1)
@@ -814,7 +873,7 @@ class Daemon:
 
         loop.add_signal_handler(signal.SIGTERM, on_stop)
         loop.add_signal_handler(signal.SIGINT, on_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload, "SIGHUP")
         cfg = self.state.config
         self._setup_enforcement()
         runner = web.AppRunner(make_app(self), access_log=None)

@@ -47,8 +47,15 @@ class Metrics:
                                       "filings whose status word no table maps: kept in force, map it with records.status_map",
                                       registry=r)
         self.records_loaded = Gauge("beiand_records_loaded_timestamp_seconds", "when the records in use were loaded", registry=r)
-        self.records_age = Gauge("beiand_records_age_seconds", "age of the newest records file (a stale export is an alert)",
-                                 registry=r)
+        self.records_age = Gauge("beiand_records_age_seconds", "age of the records in service: now minus the mtime of the oldest "
+                                 "records file when it was loaded (a stale export is an alert)", registry=r)
+        self.records_max_age = Gauge("beiand_records_max_age_seconds", "records.max_age_hours: records older than this are stale "
+                                     "(0: never)", registry=r)
+        self.records_stale = Gauge("beiand_records_stale", "1 while the records in service are older than records.max_age_hours",
+                                   registry=r)
+        self.records_reload_refused = Counter("beiand_records_reload_refused", "reloads whose records were refused (more than "
+                                              "records.max_loss of the filings lost, empty or unreadable): the old index serves",
+                                              registry=r)
         self.reloads = Counter("beiand_reloads", "reloads of config, records and inventory, by result", ["result"], registry=r)
         self.reload_ok = Gauge("beiand_last_reload_successful", "1 if the last reload succeeded (the old state is kept otherwise)",
                                registry=r)
@@ -58,6 +65,18 @@ class Metrics:
                                         registry=r)
         self.log_lost = Counter("beiand_accesslog_lost_records", "access-log records dropped because the buffer was full while "
                                 "writes failed", registry=r)
+        self.ch_written = Counter("beiand_clickhouse_records_written", "access-log records inserted into ClickHouse (replayed "
+                                  "ones included)", registry=r)
+        self.ch_spilled = Counter("beiand_clickhouse_records_spilled", "access-log records spilled to local disk because "
+                                  "ClickHouse refused or was unreachable", registry=r)
+        self.ch_replayed = Counter("beiand_clickhouse_records_replayed", "spilled records sent to ClickHouse once it was back",
+                                   registry=r)
+        self.ch_write_errors = Counter("beiand_clickhouse_write_errors", "failed ClickHouse inserts and spill writes (records "
+                                       "spill and are replayed)", registry=r)
+        self.ch_lost = Counter("beiand_clickhouse_lost_records", "access-log records dropped because neither ClickHouse nor "
+                               "the local spill took them", registry=r)
+        self.ch_spilling = Gauge("beiand_clickhouse_spilling", "1 while the worker's records go to the local spill", ["worker"],
+                                 registry=r)
         self.log_torn = Counter("beiand_accesslog_torn_repairs", "torn tails cut at start (after a crash)", registry=r)
         self.fsync = Histogram("beiand_accesslog_fsync_seconds", "access-log group-commit fsync latency",
                                buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r)
@@ -82,6 +101,8 @@ class Metrics:
                                   registry=r)
         self.audit_findings = Gauge("beiand_audit_findings", "findings of the last audit run, by kind", ["kind"], registry=r)
         Info("beiand_build", "beiand version", registry=r).info({"version": version})
+        self._ch_counters = {"ch_written": self.ch_written, "ch_spilled": self.ch_spilled, "ch_replayed": self.ch_replayed,
+                             "ch_write_errors": self.ch_write_errors, "ch_lost": self.ch_lost}
         self._seen: dict[tuple[int, str], float] = {}  # (pid, key) → last cumulative value
         self._interfaces = list(interfaces)
         r.register(_InterfaceCollector(self._interfaces))
@@ -120,6 +141,8 @@ class Metrics:
                 self.log_lost.inc(delta)
             elif kind == "log_torn":
                 self.log_torn.inc(delta)
+            elif kind in self._ch_counters:
+                self._ch_counters[kind].inc(delta)
             elif kind == "enforce":
                 self.blocks.labels(label).inc(delta)
             elif kind == "enforce_error":
@@ -131,6 +154,8 @@ class Metrics:
             self.log_pending.labels(w).set(g["log_pending"])
         if "chain_head" in g:
             self.chain_head.labels(w).set(g["chain_head"])
+        if "ch_spilling" in g:
+            self.ch_spilling.labels(w).set(g["ch_spilling"])
         for v in snap.get("fsync", ()):
             self.fsync.observe(v)
         for v in snap.get("latency", ()):

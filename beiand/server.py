@@ -3,7 +3,8 @@
 ``/metrics`` (Prometheus), ``/healthz`` (process alive), ``/readyz`` (capture running, records
 loaded, log writable), ``/api/v1/lookup?name=…|ip=…[&server=…]`` (the verdict the daemon would
 give now), ``/api/v1/observations?verdict=…&since=…`` (the active-resource view),
-``/api/v1/status``; ``POST /api/v1/reload`` and ``POST /api/v1/breaker/close`` change state and need the bearer token.
+``/api/v1/status``; ``/readyz`` also carries ``details`` (records in service, their age, a refused reload);
+``POST /api/v1/reload`` and ``POST /api/v1/breaker/close`` change state and need the bearer token.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class DaemonView(Protocol):
     token: str
 
     def ready(self) -> list[str]: ...
+
+    def details(self) -> dict[str, Any]: ...
 
     def lookup(self, name: str, ip: str, server: str) -> dict[str, Any]: ...
 
@@ -47,7 +50,8 @@ def make_app(d: DaemonView) -> web.Application:
 
     async def readyz(_: web.Request) -> web.Response:
         problems = d.ready()
-        return web.json_response({"ready": not problems, "problems": problems}, status=503 if problems else 200)
+        return web.json_response({"ready": not problems, "problems": problems, "details": d.details()},
+                                 status=503 if problems else 200, dumps=_dumps)
 
     async def lookup(req: web.Request) -> web.Response:
         name, ip, server = req.query.get("name", ""), req.query.get("ip", ""), req.query.get("server", "")

@@ -59,14 +59,17 @@ class ClickHouseError(Exception):
 
 @dataclass
 class SinkStats:
-    inserted: int = 0
+    inserted: int = 0  # records that reached ClickHouse, replayed ones included
     batches: int = 0
     spilled: int = 0
     replayed: int = 0
     checked: int = 0  # uncertain batches looked up before sending again
     skipped_duplicates: int = 0
-    errors: int = 0
+    errors: int = 0  # failed requests to ClickHouse (the batch spills)
     down_since: float = 0.0
+    # Of the spill stores replaced after a replay (each new spill starts its own LogStats at 0):
+    spill_write_errors: int = 0
+    spill_lost: int = 0
 
 
 class ClickHouseSink:
@@ -136,6 +139,15 @@ class ClickHouseSink:
     @property
     def spilling(self) -> bool:
         return self._spilling
+
+    def counters(self) -> dict[str, int]:
+        """Cumulative since this sink started, for the metrics: ``written`` (rows in ClickHouse, replays
+        included), ``spilled``, ``replayed``, ``write_errors`` (failed ClickHouse requests and failed spill
+        writes) and ``lost`` (records the spill dropped because its buffer was full while the disk
+        refused writes: the only way a record is lost here)."""
+        st, sp = self.stats, self.spill.stats
+        return {"written": st.inserted, "spilled": st.spilled, "replayed": st.replayed,
+                "write_errors": st.errors + st.spill_write_errors + sp.write_errors, "lost": st.spill_lost + sp.lost}
 
     # -- the sender thread ------------------------------------------------------------------
 
@@ -252,6 +264,8 @@ class ClickHouseSink:
         with contextlib.suppress(FileNotFoundError):
             self._uncertain_path.unlink()
         fsync_dir(self.spill_dir)
+        self.stats.spill_write_errors += self.spill.stats.write_errors
+        self.stats.spill_lost += self.spill.stats.lost
         self.spill = AccessLog(LogConfig(self.spill_dir, worker=self.worker, seal=False), start=False)
         self._spilling = False
         if frames:

@@ -9,6 +9,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from beiand.testing.lab import in_netns, setns
+
 CONFIG = """<?xml version="1.0"?>
 <yandex>
     <logger><level>warning</level><console>1</console></logger>
@@ -44,8 +46,9 @@ def free_port() -> int:
 
 
 class ClickHouse:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, netns: str | None = None) -> None:
         self.dir = directory
+        self.netns = netns  # run inside this network namespace (beside a daemon started there)
         self.http = free_port()
         self.tcp = free_port()
         directory.mkdir(parents=True, exist_ok=True)
@@ -60,8 +63,9 @@ class ClickHouse:
 
     def start(self) -> None:
         with open(self.dir / "server.log", "ab") as logf:
+            ns = self.netns
             self.proc = subprocess.Popen(["clickhouse-server", f"--config-file={self.dir / 'config.xml'}"],
-                                         stdout=logf, stderr=subprocess.STDOUT)
+                                         stdout=logf, stderr=subprocess.STDOUT, preexec_fn=(lambda: setns(ns)) if ns else None)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -80,6 +84,9 @@ class ClickHouse:
             self.proc = None
 
     def query(self, sql: str) -> str:
-        req = urllib.request.Request(self.url + "/", data=sql.encode())
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return str(r.read().decode())
+        def q() -> str:
+            req = urllib.request.Request(self.url + "/", data=sql.encode())
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return str(r.read().decode())
+
+        return in_netns(self.netns, q) if self.netns else q()

@@ -112,3 +112,47 @@ def test_retention_drops_only_whole_old_days(server: ClickHouse, tmp_path: Path)
     sink.close()
     with pytest.raises(ValueError, match="Order 292"):
         ClickHouseSink(server.url, tmp_path / "s2", retention_days=30)
+
+
+def test_a_daemon_exports_the_sink_counters_through_a_clickhouse_outage(tmp_path: Path) -> None:
+    """``beiand run`` writing to a real ClickHouse that is killed and started again: the written,
+    spilled, replayed and write-error counters move on /metrics (the alerts in rules/ watch them),
+    nothing is lost, and ClickHouse ends with one row per decision."""
+    from tests.integration.nsdaemon import NsDaemon, metric, require_root
+
+    require_root()
+    if not ClickHouse.available():
+        pytest.fail("clickhouse-server is not installed (scripts/system-deps installs it)")
+    ch = ClickHouse(tmp_path / "clickhouse")
+    d = NsDaemon(tmp_path / "daemon", extra=f'\n[accesslog.clickhouse]\nurl = "{ch.url}"\nbatch_records = 20\n')
+    ch.netns = d.ns  # the daemon reaches it on the namespace's loopback
+    W, S, R = ("beiand_clickhouse_records_written_total", "beiand_clickhouse_records_spilled_total",
+               "beiand_clickhouse_records_replayed_total")
+    E, L = "beiand_clickhouse_write_errors_total", "beiand_clickhouse_lost_records_total"
+
+    def decided(m: str) -> float:
+        return metric(m, "beiand_verdicts_total")
+
+    try:
+        ch.start()
+        d.start()
+        d.dns_answers([f"site{i}.example.cn" for i in range(20)])
+        m = d.wait_for(lambda m: decided(m) > 0 and metric(m, W) == decided(m), what="records written to ClickHouse")
+        assert metric(m, S) == metric(m, E) == metric(m, L) == 0
+        ch.stop(kill=True)
+        d.dns_answers([f"site{i}.example.cn" for i in range(20, 40)])
+        m = d.wait_for(lambda m: metric(m, S) > 0 and metric(m, W) + metric(m, S) == decided(m) and metric(m, E) > 0,
+                       what="records spilled while ClickHouse is down")
+        assert metric(m, 'beiand_clickhouse_spilling{worker="0"}') == 1
+        spilled = metric(m, S)
+        ch.start()
+        d.dns_answers([f"site{i}.example.cn" for i in range(40, 60)])  # new records while the spill waits
+        m = d.wait_for(lambda m: metric(m, R) >= spilled and metric(m, W) == decided(m)
+                       and metric(m, 'beiand_clickhouse_spilling{worker="0"}') == 0, timeout=45, what="spill replayed")
+        assert metric(m, L) == 0
+        assert metric(m, R) == metric(m, S)  # every spilled record was replayed
+        rows, names = ch.query("SELECT count(), uniqExact(name) FROM beiand.access_log").split()
+        assert int(rows) == decided(m) and int(names) == 60
+    finally:
+        d.close()
+        ch.stop()

@@ -59,3 +59,37 @@ def test_main_process_view_is_bounded_and_keeps_the_recent(monkeypatch):
     d._handle(w, {"obs": [(*next(iter(d.obs)), 0.5, 300.0, 4)]})
     first = next(iter(d.obs.values()))
     assert first[0] == 0.5 and first[1] == 300.0 and first[2] == 5
+
+
+def test_load_state_applies_records_max_loss_against_the_state_in_service(tmp_path):
+    """The guard of every reload, without a daemon: the new config's max_loss against the index in service."""
+    import os
+
+    import pytest
+
+    from beiand.daemon import RecordsRefused, load_state
+    from beiand.records.generate import HEADER, OUR_PROVIDER
+
+    def write_records(path, n):
+        rows = [",".join(HEADER)] + [f"京ICP备{10_000_000 + i}号-1,示例{i}有限公司,网站,站点{i},site{i}.example.cn,,{OUR_PROVIDER},正常,2024-01-01"
+                                     for i in range(n)]
+        path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+    rec = tmp_path / "r.csv"
+    conf = tmp_path / "beiand.toml"
+
+    def config(max_loss: float) -> str:
+        conf.write_text(f'[records]\nfiles = ["{rec}"]\nprovider = "{OUR_PROVIDER}"\nmax_loss = {max_loss}\nmax_age_hours = 1\n')
+        return str(conf)
+
+    write_records(rec, 100)
+    os.utime(rec, (1_000_000.0, 1_000_000.0))
+    first = load_state(config(0.5))
+    assert len(first.index.filings) == 100 and first.records_mtime == 1_000_000.0
+    write_records(rec, 60)  # 40% lost: within 0.5
+    assert len(load_state(config(0.5), first).index.filings) == 60
+    with pytest.raises(RecordsRefused) as exc:
+        load_state(config(0.3), first)  # the same file, a stricter bound: refused
+    assert exc.value.offered == 60 and exc.value.in_service == 100 and exc.value.files == [str(rec)]
+    assert str(rec) in str(exc.value) and "records.max_loss = 0.3" in str(exc.value)
+    assert len(load_state(config(0.3)).index.filings) == 60  # no index in service (start): nothing to compare

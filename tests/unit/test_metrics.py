@@ -34,3 +34,22 @@ def test_gauges_and_histograms() -> None:
     text = generate_latest(m.registry).decode()
     assert 'beiand_flows{worker="0"} 7.0' in text and "beiand_accesslog_fsync_seconds_count 1.0" in text
     assert 'beiand_interface_packets_total{direction="rx",interface="lo"}' in text
+
+
+def test_clickhouse_sink_counters_are_exported_in_base_units() -> None:
+    m = Metrics()
+    text = generate_latest(m.registry).decode()
+    for name in ("beiand_clickhouse_records_written_total", "beiand_clickhouse_records_spilled_total",
+                 "beiand_clickhouse_records_replayed_total", "beiand_clickhouse_write_errors_total",
+                 "beiand_clickhouse_lost_records_total"):
+        assert f"\n{name} 0.0" in text  # 0 even without ClickHouse: "no errors" is an answer
+    m.worker_snapshot(0, 100, {"counters": {"ch_written": 10, "ch_spilled": 4, "ch_write_errors": 2}, "gauges": {"ch_spilling": 1}})
+    m.worker_snapshot(0, 100, {"counters": {"ch_written": 14, "ch_spilled": 4, "ch_replayed": 4, "ch_write_errors": 2, "ch_lost": 0},
+                               "gauges": {"ch_spilling": 0}})
+    m.worker_snapshot(1, 101, {"counters": {"ch_written": 1, "ch_lost": 3}})
+    assert value(m, "beiand_clickhouse_records_written_total") == 15
+    assert value(m, "beiand_clickhouse_records_spilled_total") == 4
+    assert value(m, "beiand_clickhouse_records_replayed_total") == 4
+    assert value(m, "beiand_clickhouse_write_errors_total") == 2
+    assert value(m, "beiand_clickhouse_lost_records_total") == 3
+    assert value(m, 'beiand_clickhouse_spilling{worker="0"}') == 0
