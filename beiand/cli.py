@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from beiand.cliutil import CliError, err, inventory_from, load_records, out, policy_args, policy_setup, table
+from beiand.cliutil import CliError, err, inventory_from, load_records, out, parse_status_map, policy_args, policy_setup, table
 from beiand.pipeline import OutputClosed
 from beiand.policy import lookup_answer
 from beiand.records import ImportRefused, load_files, normalise_domain
@@ -27,14 +27,8 @@ from beiand.records.index import RecordIndex
 
 
 def cmd_records_check(args: argparse.Namespace) -> int:
-    status_map: dict[str, str] = {}
-    for item in args.status_map or ():
-        word, sep, status = item.partition("=")
-        if not sep:
-            raise CliError(f"--status-map {item!r}: expected WORD=STATUS, e.g. 待复核=active")
-        status_map[word.strip()] = status.strip()
     try:
-        result = load_files(args.files, strict=False, status_map=status_map)
+        result = load_files(args.files, strict=False, status_map=parse_status_map(args.status_map))
     except ImportRefused as exc:
         raise CliError(str(exc)) from None
     except ValueError as exc:

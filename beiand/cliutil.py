@@ -71,6 +71,17 @@ def load_records(paths: Sequence[str], strict: bool = False, quiet: bool = False
     return index
 
 
+def parse_status_map(items: Sequence[str] | None) -> dict[str, str]:
+    """``--status-map WORD=STATUS`` options as a map (checked when the records load)."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        word, sep, status = item.partition("=")
+        if not sep:
+            raise CliError(f"--status-map {item!r}: expected WORD=STATUS, e.g. 待复核=active")
+        out[word.strip()] = status.strip()
+    return out
+
+
 @dataclass(frozen=True)
 class PolicySetup:
     """What a command that decides needs, built as the daemon builds it (issue 13: one answer everywhere)."""
@@ -99,12 +110,7 @@ def policy_setup(args: argparse.Namespace, quiet: bool = False) -> PolicySetup:
     records = args.records or ([str(p) for p in cfg.records.files] if cfg else [])
     if not records:
         raise CliError("no records: give --records FILE or --config FILE")
-    status_map = dict(cfg.records.status_map) if cfg else {}
-    for item in getattr(args, "status_map", None) or ():
-        word, sep, status = item.partition("=")
-        if not sep:
-            raise CliError(f"--status-map {item!r}: expected WORD=STATUS, e.g. 待复核=active")
-        status_map[word.strip()] = status.strip()
+    status_map = {**(cfg.records.status_map if cfg else {}), **parse_status_map(getattr(args, "status_map", None))}
     index = load_records(records, strict=cfg.records.strict if cfg else False, quiet=quiet, status_map=status_map)
     inv_path = args.inventory or (str(cfg.inventory.file) if cfg and cfg.inventory.file else None)
     inventory = inventory_from(inv_path)

@@ -88,3 +88,26 @@ def test_demo_runs(capsys, tmp_path):
     assert main(["demo", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "tls-sni" in out and "unfiled.example.xyz" in out
+
+
+def test_records_check_reports_unmapped_statuses_and_takes_a_status_map(tmp_path, capsys):
+    p = tmp_path / "s.csv"
+    p.write_text("备案号,主办单位,域名,IP,接入商,状态\n京ICP备20000012号-1,甲,a.cn,203.0.113.0/28,p,待复核\n", "utf-8")
+    assert main(["records", "check", str(p), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert (got["unmapped_status"], got["ip_ranges"], got["status"]) == (1, 1, {"unmapped": 1})
+    assert main(["records", "check", str(p), "--json", "--status-map", "待复核=cancelled"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == {"cancelled": 1}
+    assert main(["records", "check", str(p), "--status-map", "待复核"]) == 2
+    assert "expected WORD=STATUS" in capsys.readouterr().err
+
+
+def test_records_lookup_takes_several_provider_names(tmp_path, capsys):
+    p = tmp_path / "r.csv"
+    p.write_text("备案号,主办单位,域名,接入商\n京ICP备20000013号-1,甲,a.cn,乙云（北京）\n", "utf-8")
+    base = ["records", "lookup", "a.cn", "--records", str(p), "--json"]
+    assert main([*base, "--provider", "乙云"]) == 1
+    assert json.loads(capsys.readouterr().out)["reason"] == "other-provider"
+    assert main([*base, "--provider", "乙云", "--provider", "乙云(北京)"]) == 0  # NFKC: full-width brackets compare equal
+    r = json.loads(capsys.readouterr().out)
+    assert (r["verdict"], r["reason"]) == ("filed", "filed") and "no server given" in r["assumed"]
