@@ -120,13 +120,10 @@ def cmd_records_lookup(args: argparse.Namespace) -> int:
 def version_line() -> str:
     """The package version (from its metadata), and the Python and kernel it runs on."""
     import platform
-    from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        v = version("beiand")
-    except PackageNotFoundError:
-        v = "unknown (not installed: run from a checkout without pip install)"
-    return f"beiand {v} (Python {platform.python_version()} {sys.executable}; kernel {platform.system()} {platform.release()})"
+    from beiand import __version__
+
+    return f"beiand {__version__} (Python {platform.python_version()} {sys.executable}; kernel {platform.system()} {platform.release()})"
 
 
 class _Version(argparse.Action):
@@ -248,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit_cli.add_parsers(sub)
     rn = sub.add_parser("run", help="the live daemon (systemd service): capture, decide, log, serve /metrics")
     rn.add_argument("--config", default="/etc/beiand/beiand.toml")
-    rn.set_defaults(func=lambda a: __import__("beiand.daemon", fromlist=["run"]).run(a.config))
+    rn.add_argument("--log-format", choices=("auto", "text", "journal", "json"), default="auto",
+                    help="auto (default): journal (syslog priority prefix, no timestamp) under systemd, else text; json: one object a line")
+    rn.set_defaults(func=lambda a: __import__("beiand.daemon", fromlist=["run"]).run(a.config, a.log_format))
     lab = sub.add_parser("lab", help="bring up a lab on this machine (namespaces, servers, traffic) and run the daemon in it")
     lab.add_argument("--workdir", help="where to keep the config, records, log (default: a new temporary directory)")
     lab.add_argument("--keep", action="store_true", help="keep running until Ctrl-C after the traffic")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import grp
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from beiand.cli import main
@@ -20,7 +22,7 @@ def test_shipped_samples_match_the_generator(tmp_path, capsys):
     shipped = build(tmp_path / "shipped")
     fresh = generate(tmp_path / "fresh")
     for role in ("records", "inventory"):
-        assert open(shipped[role], "rb").read() == open(fresh[role], "rb").read(), f"regenerate beiand/demo_data ({role})"
+        assert Path(shipped[role]).read_bytes() == Path(fresh[role]).read_bytes(), f"regenerate beiand/demo_data ({role})"
     # The capture differs in TLS/QUIC randoms only: the decisions must be the same.
     a, b = _replay(shipped, capsys), _replay(fresh, capsys)
     assert a == b and a.count("\n") >= 10, "regenerate: python -m beiand.testing.demo_fixtures beiand/demo_data"
