@@ -59,9 +59,13 @@ def cmd_records_check(args: argparse.Namespace) -> int:
             for e in result.errors:
                 out(f"  {e}")
     if not result.filings:
-        err("error: no valid filing: such a file would be refused by the daemon")
+        err("error: no valid filing: such a file would be refused by the daemon (exit status 1)")
         return 1
-    return 1 if result.errors else 0
+    if result.errors:
+        err(f"exit status 1: {len(result.errors)} rejected row(s), listed above; the daemon skips them and loads the rest "
+            "(records.strict = true refuses the whole file)")
+        return 1
+    return 0
 
 
 def cmd_records_lookup(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,12 @@ def test_demo_runs(capsys, tmp_path):
     assert main(["demo", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "tls-sni" in out and "unfiled.example.xyz" in out
+
+
+def test_records_check_says_what_exit_1_means(demo, capsys, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(Path(demo["records"]).read_text(encoding="utf-8") + "not-a-number,x,网站,y,bad..domain,,p,正常,2024-01-01\n",
+                   encoding="utf-8")
+    assert main(["records", "check", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "exit status 1" in err and "1 rejected row" in err
