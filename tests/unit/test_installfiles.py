@@ -62,3 +62,19 @@ def test_lab_without_the_lab_extra_says_so_in_one_line(monkeypatch, capsys):
     assert main(["lab"]) == 2
     msg = capsys.readouterr().err.strip()
     assert "\n" not in msg and "pip install 'beiand[lab]'" in msg and "pyroute2" in msg
+
+
+def test_install_doc_names_every_place_install_files_writes() -> None:
+    from pathlib import Path
+
+    from beiand.installfiles import SHARED, UNITS
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "install.md").read_text()
+    assert "/etc/systemd/system/" in doc and "/" + CONFIG in doc and "install-files --prefix /" in doc
+    for unit in UNITS:
+        assert unit in doc, unit
+    for rel in SHARED:
+        assert Path(rel).name in doc, rel
+    assert "/" + SHARE_DIR in doc
+    assert "python3.11/site-packages" not in doc  # no hard-coded .pth (issue 18)
+    assert doc.index("pip install beiand-") < doc.index("beiand install-files --prefix /")
