@@ -58,15 +58,14 @@ def _copy(src: Path, dest: Path, mode: int, dry_run: bool) -> str:
     old = dest.read_bytes() if dest.is_file() else None
     if old == new:
         return "unchanged"
-    action = "installed" if old is None else "updated"
     if dry_run:
-        return f"would-{action[:-1]}" if action == "updated" else "would-install"
+        return "would-install" if old is None else "would-update"
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp")
     tmp.write_bytes(new)
     os.chmod(tmp, mode)
     os.replace(tmp, dest)
-    return action
+    return "installed" if old is None else "updated"
 
 
 def install_files(prefix: str | Path = "/", dry_run: bool = False) -> list[Step]:
@@ -97,6 +96,7 @@ def install_files(prefix: str | Path = "/", dry_run: bool = False) -> list[Step]
         text = (src / "examples/beiand.toml").read_text(encoding="utf-8")
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o640)  # whatever the umask
             f.write(text)
         if gid is not None:
             os.chown(conf, 0, gid)
