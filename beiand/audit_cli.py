@@ -168,6 +168,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         summary = summaries(log_dir, since, until)
         source = f"access log {log_dir}"
         window = f"{args.since} back" if not args.until else f"{args.since} .. {args.until}"
+        if not summary:
+            _explain_empty_window(log_dir, args)
     listed = _authority_entries(args.authority_list) if args.authority_list else []
     found = passive_findings(summary, index, inventory, policy.is_ours if policy.provider_checked else None)
     res = resources(summary)
@@ -202,6 +204,20 @@ def cmd_audit(args: argparse.Namespace) -> int:
     rep = build(found, res, {"gateway": gateway, "window": window, "source": source, "probe": probe_meta}, authority)
     _emit(rep, args)
     return 1 if rep["findings"] else 0
+
+
+def _explain_empty_window(log_dir: Path, args: argparse.Namespace) -> None:
+    """An older log gives "0 services seen" in the default window: say so, and how to widen it."""
+    from beiand.accesslog.reader import stats
+
+    held = stats(log_dir)
+    if not held.records:
+        return
+    day = time.strftime("%Y-%m-%d", time.localtime(held.oldest_ms / 1000))
+    last = time.strftime("%Y-%m-%d", time.localtime(held.newest_ms / 1000))
+    until = f" --until {args.until}" if args.until else ""
+    err(f"note: nothing in the window (--since {args.since}{until}): the log holds {held.records} record(s) from {day} to {last}, "
+        f"outside the window; widen it, e.g. --since {day}")
 
 
 def _probe(index: Any, inventory: Any, policy: Policy, settings: ProbeSettings, names: set[str], ips: set[str],

@@ -1,7 +1,7 @@
 """The ``beiand`` command line.
 
 Subcommands: ``run`` (the daemon), ``check-config``, ``logs``, ``block``, ``enforce``, ``audit``,
-``records check|lookup``, ``replay``, ``lab``, ``demo``. Exit codes: 0 ok, 1 findings or bad rows,
+``records check|lookup``, ``replay``, ``lab``, ``demo``, ``install-files``; ``--version``. Exit codes: 0 ok, 1 findings or bad rows,
 2 could not run (bad arguments or unreadable input).
 """
 
@@ -64,9 +64,13 @@ def cmd_records_check(args: argparse.Namespace) -> int:
             for e in result.errors:
                 out(f"  {e}")
     if not result.filings:
-        err("error: no valid filing: such a file would be refused by the daemon")
+        err("error: no valid filing: such a file would be refused by the daemon (exit status 1)")
         return 1
-    return 1 if result.errors else 0
+    if result.errors:
+        err(f"exit status 1: {len(result.errors)} rejected row(s), listed above; the daemon skips them and loads the rest "
+            "(records.strict = true refuses the whole file)")
+        return 1
+    return 0
 
 
 def cmd_records_lookup(args: argparse.Namespace) -> int:
@@ -112,6 +116,54 @@ def cmd_records_lookup(args: argparse.Namespace) -> int:
 # -- parser -------------------------------------------------------------------------------
 
 
+def version_line() -> str:
+    """The package version (from its metadata), and the Python and kernel it runs on."""
+    import platform
+
+    from beiand import __version__
+
+    return f"beiand {__version__} (Python {platform.python_version()} {sys.executable}; kernel {platform.system()} {platform.release()})"
+
+
+class _Version(argparse.Action):
+    """argparse's own version action wraps the line at the terminal width."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        out(version_line())
+        parser.exit()
+
+
+# What `beiand lab` imports beyond a plain install: the `lab` extra.
+LAB_MODULES = ("pyroute2", "aioquic", "dns")
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    missing = [m for m in LAB_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        err(f"beiand lab needs the [lab] extra ({', '.join(missing)} missing): pip install 'beiand[lab]'")
+        return 2
+    from beiand import labdemo
+
+    return labdemo.main(args.workdir, args.keep)
+
+
+def cmd_install_files(args: argparse.Namespace) -> int:
+    from beiand.installfiles import InstallFilesError, install_files
+
+    try:
+        steps = install_files(args.prefix, dry_run=args.dry_run)
+    except (InstallFilesError, OSError) as exc:
+        raise CliError(str(exc)) from None
+    for s in steps:
+        out(f"{s.action:13} {s.path}" + (f"  ({s.note})" if s.note else ""))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -120,7 +172,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     wd = args.workdir or tempfile.mkdtemp(prefix="beiand-demo-")
     files = build(wd)
-    out(f"beiand demo: generated {files['records']}, {files['inventory']} and {files['pcap']}\n")
+    out(f"beiand demo: sample records, inventory and capture in {wd}\n")
     out("$ beiand records check records.csv")
     main(["records", "check", files["records"]])
     out("\n$ beiand records lookup www.example.com.cn shop.example.net 198.51.100.30 --provider …")
@@ -170,6 +222,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="beiand", description="先备案后接入: filing (备案) enforcement for access providers")
+    ap.add_argument("--version", action=_Version, help="print the version, Python and kernel, and exit")
     sub = ap.add_subparsers(dest="command", required=True)
 
     rec = sub.add_parser("records", help="filing records (备案): check and look up")
@@ -203,18 +256,24 @@ def build_parser() -> argparse.ArgumentParser:
     audit_cli.add_parsers(sub)
     rn = sub.add_parser("run", help="the live daemon (systemd service): capture, decide, log, serve /metrics")
     rn.add_argument("--config", default="/etc/beiand/beiand.toml")
-    rn.set_defaults(func=lambda a: __import__("beiand.daemon", fromlist=["run"]).run(a.config))
+    rn.add_argument("--log-format", choices=("auto", "text", "journal", "json"), default="auto",
+                    help="auto (default): journal (syslog priority prefix, no timestamp) under systemd, else text; json: one object a line")
+    rn.set_defaults(func=lambda a: __import__("beiand.daemon", fromlist=["run"]).run(a.config, a.log_format))
     lab = sub.add_parser("lab", help="bring up a lab on this machine (namespaces, servers, traffic) and run the daemon in it")
     lab.add_argument("--workdir", help="where to keep the config, records, log (default: a new temporary directory)")
     lab.add_argument("--keep", action="store_true", help="keep running until Ctrl-C after the traffic")
-    lab.set_defaults(func=lambda a: __import__("beiand.labdemo", fromlist=["main"]).main(a.workdir, a.keep))
+    lab.set_defaults(func=cmd_lab)
     cc = sub.add_parser("check-config", help="validate the config (and the files it names) without starting")
     cc.add_argument("config", nargs="?", default="/etc/beiand/beiand.toml")
     cc.add_argument("--reference", action="store_true", help="print the configuration reference (docs/configuration.md)")
     cc.set_defaults(func=cmd_check_config)
-    demo = sub.add_parser("demo", help="generate sample records, inventory and traffic, and run the pipeline on them")
+    demo = sub.add_parser("demo", help="replay the shipped sample records, inventory and capture through the pipeline")
     demo.add_argument("--workdir", help="where to write the samples (default: a new temporary directory)")
     demo.set_defaults(func=cmd_demo)
+    inst = sub.add_parser("install-files", help="lay the units, rules, dashboard and example config out (docs/install.md)")
+    inst.add_argument("--prefix", default="/", help="root to install under (default: /)")
+    inst.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+    inst.set_defaults(func=cmd_install_files)
     return ap
 
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from aiohttp import web
 
-from beiand import __version__
+from beiand import __version__, logsetup
 from beiand.accesslog import AccessLog, AccessLogSink, LogConfig, retire
 from beiand.accesslog.reader import stats as log_stats
 from beiand.capture.bpf import build as build_bpf
@@ -904,8 +904,9 @@ def _percentiles(values: collections.deque[float]) -> dict[str, float | int]:
     return {"n": len(v), "p50": v[len(v) // 2], "p99": v[min(len(v) - 1, len(v) * 99 // 100)], "max": v[-1]}
 
 
-def run(config_path: str) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def run(config_path: str, log_format: str = "auto") -> int:
+    # Under systemd: priority prefixes for the journal, no timestamps of our own (beiand.logsetup).
+    logsetup.configure(log_format)
     try:
         d = Daemon(config_path)
     except StateError as exc:

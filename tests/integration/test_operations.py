@@ -122,3 +122,32 @@ def test_configuration_reference_is_generated_from_the_schema() -> None:
 def test_example_config_is_accepted(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", str(ROOT / "examples" / "beiand.toml")]) == 0
     assert "ok" in capsys.readouterr().out
+
+
+def _realtime_dropin() -> str:
+    """The drop-in docs/operations.md gives for capture.realtime_priority."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text[text.index("## Capture priority"):]
+    m = re.search(r"```ini\n(.*?)```", section, re.S)
+    assert m, "no ini block in the capture-priority section"
+    return m.group(1)
+
+
+def test_realtime_dropin_allows_sched_setscheduler(units: Path, tmp_path: Path) -> None:
+    """The documented drop-in must let the workers' sched_setscheduler(SCHED_FIFO) through the unit's filter."""
+    need("systemd-analyze")
+    d = tmp_path / "units"
+    d.mkdir()
+    shutil.copy(units / "beiand.service", d / "beiand.service")
+    (d / "beiand.service.d").mkdir()
+    (d / "beiand.service.d" / "realtime.conf").write_text(_realtime_dropin())
+    r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(d / "beiand.service")], capture_output=True, text=True, cwd=d)
+    assert r.returncode == 0 and not r.stderr.strip() and not r.stdout.strip(), r.stderr + r.stdout
+    r = subprocess.run(["systemd-analyze", "security", "--offline=true", str(d / "beiand.service")], capture_output=True, text=True)
+    lines = {ln.split()[1].split("=")[0] + "=" + (ln.split()[1].split("=", 1)[1] if "=" in ln.split()[1] else ""): ln
+             for ln in r.stdout.splitlines() if ln[:1] in "✓✗" and len(ln.split()) > 1}
+    assert "sched_setscheduler is allowed" in lines["SystemCallFilter=~@resources"], r.stdout
+    assert lines["RestrictRealtime="].startswith("✗"), r.stdout  # the drop-in was read
+    assert lines["CapabilityBoundingSet=~CAP_SYS_(NICE|RESOURCE)"].startswith("✗"), r.stdout
+    m = re.search(r"Overall exposure level for \S+: ([\d.]+)", r.stdout)
+    assert m and float(m.group(1)) <= 2.5, r.stdout

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +112,12 @@ def test_records_lookup_takes_several_provider_names(tmp_path, capsys):
     assert main([*base, "--provider", "乙云", "--provider", "乙云(北京)"]) == 0  # NFKC: full-width brackets compare equal
     r = json.loads(capsys.readouterr().out)
     assert (r["verdict"], r["reason"]) == ("filed", "filed") and "no server given" in r["assumed"]
+
+
+def test_records_check_says_what_exit_1_means(demo, capsys, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(Path(demo["records"]).read_text(encoding="utf-8") + "not-a-number,x,网站,y,bad..domain,,p,正常,2024-01-01\n",
+                   encoding="utf-8")
+    assert main(["records", "check", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "exit status 1" in err and "1 rejected row" in err

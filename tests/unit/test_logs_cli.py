@@ -119,3 +119,22 @@ def test_time_forms() -> None:
     assert parse_time("2026-11-01T08:00:00+08:00", "--since") == 1_793_491_200_000
     assert parse_time("1793491200", "--since") == 1_793_491_200_000
     assert parse_time("7d", "--since", now=1_000_000.0) == (1_000_000 - 7 * 86400) * 1000
+
+
+def test_replay_creates_a_missing_log_dir(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    demo = build(tmp_path / "demo")
+    log = tmp_path / "not" / "yet" / "log"
+    assert main(["replay", demo["pcap"], "--records", demo["records"], "--inventory", demo["inventory"], "--log-dir", str(log)]) == 1
+    assert log.is_dir() and "record(s) written" in capsys.readouterr().out
+
+
+def test_audit_says_why_an_older_log_shows_no_services(logged, capsys) -> None:  # type: ignore[no-untyped-def]
+    # The demo's capture is from 2023: outside the default 7-day window.
+    demo = build(logged.parent / "demo")
+    main(["audit", "--log-dir", str(logged), "--records", demo["records"], "--inventory", demo["inventory"]])
+    cap = capsys.readouterr()
+    assert "; 0 service(s) seen" in cap.out
+    assert "outside the window" in cap.err and "--since 7d" in cap.err and "2023-11-14" in cap.err
+    main(["audit", "--log-dir", str(logged), "--records", demo["records"], "--inventory", demo["inventory"], "--since", "2023-11-01"])
+    cap = capsys.readouterr()
+    assert "; 0 service(s) seen" not in cap.out and "outside the window" not in cap.err
