@@ -66,6 +66,7 @@ from beiand.net.tls import ClientHello, looks_like_tls, parse_client_hello
 __all__ = ["LINKTYPE_ETHERNET", "LINKTYPE_IPV4", "LINKTYPE_IPV6", "LINKTYPE_LINUX_SLL", "LINKTYPE_LINUX_SLL2", "LINKTYPE_LOOP",
            "LINKTYPE_NFLOG", "LINKTYPE_NULL", "LINKTYPE_RAW", "SUPPORTED_LINKTYPES", "Decoder", "DecoderConfig", "Flow"]
 SYN, ACK, FIN, RST = 0x02, 0x10, 0x01, 0x04
+MAX_DETAIL = 256  # Observation.detail: a log field, not a copy of the peer's ALPN list
 _U32 = struct.Struct("!I")
 _EMPTY: list[Observation] = []
 _ntop = socket.inet_ntop
@@ -644,7 +645,8 @@ class Decoder:
                 for r in reqs:
                     if r.host and r.host not in seen:
                         seen.add(r.host)
-                        self._emit(flow, ts, Kind.HTTP_HOST, Transport.TCP, r.host, f"method={r.method}")
+                        self._emit(flow, ts, Kind.HTTP_HOST, Transport.TCP, r.host,
+                                   f"method={r.method} malformed-request-line" if r.malformed else f"method={r.method}")
                 if not seen:
                     self._emit(flow, ts, Kind.IP_ONLY, Transport.TCP, "", "http-no-host")
                 return True
@@ -676,6 +678,8 @@ class Decoder:
     def _emit(self, flow: Flow, ts: float, kind: Kind, transport: Transport, name: str, detail: str) -> None:
         af = _AF6 if len(flow.client) == 16 else _AF4
         seq, ack, ln = self._seg if transport is Transport.TCP else (0, 0, 0)
+        if len(detail) > MAX_DETAIL:
+            detail = detail[: MAX_DETAIL - 3] + "..."
         self._out.append(Observation(
             ts, _ntop(af, flow.client), flow.sport, _ntop(af, flow.server), flow.dport, transport, kind,
             name, normalise_wire_name(name) if name else "", (), detail, seq, ack, ln))
@@ -691,16 +695,23 @@ class Decoder:
         if msg.rcode != 0:
             self.stats["dns:error-rcode"] += 1
             return
-        chain, addrs = dnsmod.resolve_chain(msg)
-        if not addrs:
-            self.stats["dns:no-address"] += 1
-            return
         af = _AF6 if v6 else _AF4
-        detail = "cname=" + ">".join(chain[1:]) if len(chain) > 1 else ""
-        # The querier is the client; the answer points the name at the answered addresses.
-        self._out.append(Observation(
-            ts, _ntop(af, dst), dport, _ntop(af, src), sport, transport, Kind.DNS_ANSWER,
-            msg.qname, normalise_wire_name(msg.qname), tuple(a for a, _ in addrs), detail))
+        client, server = _ntop(af, dst), _ntop(af, src)
+        named = False
+        for qname in msg.questions or (msg.qname,):
+            chain, addrs = dnsmod.resolve_chain(msg, qname)
+            if not addrs:
+                continue
+            named = True
+            detail = "cname=" + ">".join(chain[1:]) if len(chain) > 1 else ""
+            if len(detail) > MAX_DETAIL:
+                detail = detail[: MAX_DETAIL - 3] + "..."
+            # The querier is the client; the answer points the name at the answered addresses.
+            self._out.append(Observation(
+                ts, client, dport, server, sport, transport, Kind.DNS_ANSWER,
+                qname, normalise_wire_name(qname), tuple(a for a, _ in addrs), detail))
+        if not named:
+            self.stats["dns:no-address"] += 1
 
     def _dns_tcp(self, ts: float, buf: bytes, l4: int, end: int, src: bytes, dst: bytes, sport: int, dport: int,
                  v6: bool) -> None:
