@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from beiand.capture import read_capture
 from beiand.capture import bpf as current_bpf
+from beiand.capture import read_capture
 from beiand.net.decoder import Decoder
 from beiand.testing import encap
 
@@ -41,6 +41,7 @@ def program_module(rev: str | None) -> ModuleType:
     spec = importlib.util.spec_from_file_location("bpf_old", path)
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["bpf_old"] = mod  # dataclasses look their module up
     spec.loader.exec_module(mod)
     return mod
 
