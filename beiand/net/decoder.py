@@ -60,7 +60,7 @@ from beiand.net.link import (
     Start,
 )
 from beiand.net.names import normalise_wire_name
-from beiand.net.quic import QuicInitialReader, is_initial
+from beiand.net.quic import V1, QuicInitialReader, gquic_version, is_initial, parse_gquic_chlo, version_name
 from beiand.net.tls import ClientHello, looks_like_tls, parse_client_hello
 
 __all__ = ["LINKTYPE_ETHERNET", "LINKTYPE_IPV4", "LINKTYPE_IPV6", "LINKTYPE_LINUX_SLL", "LINKTYPE_LINUX_SLL2", "LINKTYPE_LOOP",
@@ -664,8 +664,8 @@ class Decoder:
             return
         self._emit(flow, ts, Kind.IP_ONLY, Transport.TCP, "", why)
 
-    def _emit_tls(self, flow: Flow, ts: float, hello: ClientHello, kind: Kind, transport: Transport) -> None:
-        detail = hello.version
+    def _emit_tls(self, flow: Flow, ts: float, hello: ClientHello, kind: Kind, transport: Transport, extra: str = "") -> None:
+        detail = hello.version + extra
         if hello.alpn:
             detail += " alpn=" + ",".join(hello.alpn)
         if hello.ech:
@@ -760,6 +760,10 @@ class Decoder:
             return
         entry = self.quic.get(key)
         if entry is None:
+            gquic = gquic_version(payload)
+            if gquic is not None:
+                self._gquic(ts, payload, key, gquic, src, dst, sport, dport)
+                return
             if not is_initial(payload):
                 self.stats["quic:not-initial"] += 1
                 return
@@ -781,7 +785,19 @@ class Decoder:
         del self.quic[key]
         self._mark_done(key, ts)
         flow = Flow(0, True, ts, src, dst, sport, dport)
-        self._emit_tls(flow, ts, hello, Kind.QUIC_SNI, Transport.UDP)
+        version = entry[1].version
+        self._emit_tls(flow, ts, hello, Kind.QUIC_SNI, Transport.UDP, "" if version == V1 else " quic=" + version_name(version))
+
+    def _gquic(self, ts: float, payload: bytes, key: bytes, version: bytes, src: bytes, dst: bytes, sport: int,
+               dport: int) -> None:
+        # Legacy Google QUIC: the CHLO is plaintext, in the client's first packet(s).
+        hello = parse_gquic_chlo(payload)
+        if hello is None:
+            self.stats["quic:gquic-no-chlo"] += 1
+            return
+        self._mark_done(key, ts)
+        flow = Flow(0, True, ts, src, dst, sport, dport)
+        self._emit_tls(flow, ts, hello, Kind.QUIC_SNI, Transport.UDP, " quic=" + version.decode("ascii"))
 
     # -- housekeeping ---------------------------------------------------------------------
 

@@ -32,6 +32,8 @@ def inner_packets() -> dict[str, bytes]:
     hello = t.client_hello("tls.example.com", ["h2"])
     quic = t.quic_initial_datagrams("quic.example.com")[0]
     dns = t.dns_response("dns.example.com", ["198.51.100.7"])
+    draft = t.quic_initial("draft.example.com", 0xFF00001D, bytes.fromhex("afbfec289993d24c9e9786f19c6111e04390a899"))
+    gquic = t.gquic_chlo("gquic.example.com", b"Q043")
     out = {}
     for v, (c, s) in (("4", (C4, S4)), ("6", (C6, S6))):
         out["tls" + v] = encap.strip_ether(t.tcp(c, s, 40000, 443, 1, payload=hello))
@@ -39,6 +41,8 @@ def inner_packets() -> dict[str, bytes]:
         out["dns" + v] = encap.strip_ether(t.udp(s, c, 53, 3333, dns))
         out["dnstcp" + v] = encap.strip_ether(t.tcp(s, c, 53, 3334, 1, payload=len(dns).to_bytes(2, "big") + dns))
         out["quic" + v] = encap.strip_ether(t.udp(c, s, 40002, 443, quic))
+        out["draft" + v] = encap.strip_ether(t.udp(c, s, 40003, 443, draft))
+        out["gquic" + v] = encap.strip_ether(t.udp(c, s, 40004, 443, gquic))
         out["ack" + v] = encap.strip_ether(t.tcp(c, s, 40000, 443, 1, flags=0x10))
         out["answer" + v] = encap.strip_ether(t.tcp(s, c, 443, 40000, 1, payload=b"\x17\x03\x03" + b"x" * 200))
         out["short-quic" + v] = encap.strip_ether(t.udp(c, s, 40002, 443, b"\x41" + b"\x00" * 60))
@@ -55,7 +59,7 @@ def accepted(frame: bytes, prog: list[tuple[int, int, int, int]] = PROG) -> bool
 
 
 @pytest.mark.parametrize("step", sorted(encap.STEPS))
-@pytest.mark.parametrize("kind", ["tls4", "tls6", "http4", "dns4", "dns6", "dnstcp4", "quic4", "quic6"])
+@pytest.mark.parametrize("kind", ["tls4", "tls6", "http4", "dns4", "dns6", "dnstcp4", "quic4", "quic6", "draft4", "gquic6"])
 def test_each_encapsulation_named_and_accepted(step: str, kind: str) -> None:
     frame = encap.wrap(inner_packets()[kind], [step])
     assert names(frame), f"decoder names nothing in {step}/{kind}"
@@ -71,7 +75,7 @@ def test_bulk_rejected_inside_encapsulations(kind: str, steps: list[str]) -> Non
 
 @settings(max_examples=250, deadline=None)
 @given(st.sampled_from(["tls4", "tls6", "http4", "http6", "dns4", "dns6", "dnstcp4", "dnstcp6", "quic4", "quic6",
-                        "ack4", "answer6", "short-quic4"]),
+                        "draft6", "gquic4", "ack4", "answer6", "short-quic4"]),
        st.lists(st.sampled_from(sorted(encap.STEPS)), max_size=4),
        st.lists(st.booleans(), max_size=4), st.booleans())
 @example("tls4", ["gtpu-ext", "mpls-pw"], [True, False], False)
