@@ -49,7 +49,7 @@ from beiand.enforce.nfqueue import NfQueue, install_rules, remove_rules, rule_sp
 from beiand.enforce.nft import Nft, NftError
 from beiand.inventory import Inventory, InventoryError, load_inventory
 from beiand.metrics import Metrics
-from beiand.model import Decision, Mode, Observation
+from beiand.model import Decision, Mode, Observation, endpoint
 from beiand.net.decoder import LINKTYPE_RAW, Decoder, DecoderConfig
 from beiand.pipeline import Pipeline
 from beiand.policy import Policy, PolicyConfig, PolicyError
@@ -595,7 +595,7 @@ class Daemon:
         for (name, sip, sport, account, v, kind, action), (first, last, hits) in self.obs.items():
             if (verdict and v != verdict) or last < since:
                 continue
-            rows.append({"name": name, "registrable_domain": registrable_domain(name) if name else "", "server": f"{sip}:{sport}",
+            rows.append({"name": name, "registrable_domain": registrable_domain(name) if name else "", "server": endpoint(sip, sport),
                          "account": account, "kind": kind, "verdict": v, "first_seen": first, "last_seen": last, "hits": hits,
                          "blocked": action == "block", "action": action})
         rows.sort(key=lambda r: -r["hits"])
