@@ -20,7 +20,7 @@ unrolled steps is *passed*, never dropped: more than ``BPF_MAX_VLAN_TAGS`` VLAN 
 headers, and IPv6 packets with extension headers (hop-by-hop, routing, destination options,
 AH). The decoder counts such frames in ``stats["capture:bpf-unfollowed"]``.
 
-``extra`` (``capture.filter``, see :mod:`beiand.capture.filterexpr`) is the operator's own
+``condition`` (``capture.filter``, see :mod:`beiand.capture.filterexpr`) is the operator's own
 condition on the outer headers, compiled in front: a frame it rejects costs a few instructions.
 
 :func:`run` interprets a program in Python as the kernel does: the tests check, frame by frame,
@@ -33,6 +33,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from beiand.net.link import (
     BPF_MAX_GTPU_EXTENSIONS,
@@ -167,12 +168,16 @@ class _Asm:
         return out
 
 
+class _Condition(Protocol):
+    def emit(self, a: _Asm, linktype: int) -> None: ...
+
+
 def build(tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True, *,
-          linktype: int = LINKTYPE_ETHERNET, extra: list[_Op | str] | None = None) -> list[Insn]:
+          linktype: int = LINKTYPE_ETHERNET, condition: _Condition | None = None) -> list[Insn]:
     """The capture filter for frames of ``linktype`` (see the module's docstring).
 
-    ``extra``: assembled ops of an operator condition (:mod:`beiand.capture.filterexpr`) that
-    jump to ``"reject"`` or fall through to ``"start"``.
+    ``condition``: the operator's ``capture.filter`` (:class:`beiand.capture.filterexpr.Condition`),
+    compiled in front: it falls through to ``start`` or jumps to ``reject``.
     """
     tcp = sorted(set(tcp_ports))
     udp = sorted(set(udp_ports))
@@ -180,8 +185,8 @@ def build(tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True, 
     if lt is None or lt.start is Start.NFLOG:
         raise ValueError(f"no capture filter for link type {linktype}")
     a = _Asm()
-    if extra:
-        a.ops.extend(extra)
+    if condition is not None:
+        condition.emit(a, linktype)
     a.label("start")
     if lt.start is Start.ETHERNET:
         a.op(LDX | IMM, lt.offset)
