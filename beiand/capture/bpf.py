@@ -188,7 +188,12 @@ def build(tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True, 
     if condition is not None:
         condition.emit(a, linktype)
     a.label("start")
-    if lt.start is Start.ETHERNET:
+    if lt.start is Start.ETHERNET and lt.offset == 0:
+        _fast_path(a, tcp, dns)
+        a.label("generic")
+        a.op(LDX | IMM, 0)
+        a.ja("eth0")
+    elif lt.start is Start.ETHERNET:
         a.op(LDX | IMM, lt.offset)
         a.ja("eth0")
     elif lt.start is Start.ETHERTYPE:
@@ -205,6 +210,62 @@ def build(tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True, 
     a.label("reject")
     a.op(RET | K, 0)
     return a.assemble()
+
+
+def _fast_path(a: _Asm, tcp: list[int], dns: bool) -> None:
+    """Ethernet + IPv4/IPv6 + TCP, not fragmented, no IPv6 extension header: most of a link's
+    bulk, judged with absolute loads in about 20 instructions (the walk below takes twice that).
+    The same rule as the walk's level 0; anything else goes to ``generic``."""
+    a.op(LD | H | ABS, 12)
+    a.op(JMP | JEQ | K, ETH_IPV6, jt="fast6")
+    a.op(JMP | JEQ | K, ETH_IPV4, jf="generic")
+    a.op(LD | B | ABS, 14)
+    a.op(ALU | AND | K, 0xF0)
+    a.op(JMP | JEQ | K, 0x40, jf="generic")
+    a.op(LD | H | ABS, 20)
+    a.op(JMP | JSET | K, 0x3FFF, jt="generic")
+    a.op(LD | B | ABS, 23)
+    a.op(JMP | JEQ | K, 6, jf="generic")
+    a.op(LDX | B | MSH, 14)  # X = IPv4 header length
+    a.op(LD | H | IND, 16)
+    a.jeq_any(tcp, "fastdata4")
+    if dns:
+        a.op(LD | H | IND, 14)
+        a.op(JMP | JEQ | K, 53, jt="accept")
+    a.ja("reject")
+    a.label("fastdata4")
+    a.op(LD | B | IND, 27)
+    a.op(JMP | JSET | K, 0x07, jt="accept")
+    a.op(LD | B | IND, 26)
+    a.op(ALU | AND | K, 0xF0)
+    a.op(ALU | RSH | K, 2)
+    a.op(ALU | ADD | X)
+    a.op(MISC | TAX)  # X = IPv4 + TCP header lengths
+    a.op(LD | H | ABS, 16)
+    a.op(JMP | JEQ | K, 0, jt="accept")
+    a.op(JMP | JGT | X, 0, jt="accept", jf="reject")
+    a.label("fast6")
+    a.op(LD | B | ABS, 14)
+    a.op(ALU | AND | K, 0xF0)
+    a.op(JMP | JEQ | K, 0x60, jf="generic")
+    a.op(LD | B | ABS, 20)
+    a.op(JMP | JEQ | K, 6, jf="generic")
+    a.op(LD | H | ABS, 56)
+    a.jeq_any(tcp, "fastdata6")
+    if dns:
+        a.op(LD | H | ABS, 54)
+        a.op(JMP | JEQ | K, 53, jt="accept")
+    a.ja("reject")
+    a.label("fastdata6")
+    a.op(LD | B | ABS, 67)
+    a.op(JMP | JSET | K, 0x07, jt="accept")
+    a.op(LD | B | ABS, 66)
+    a.op(ALU | AND | K, 0xF0)
+    a.op(ALU | RSH | K, 2)
+    a.op(MISC | TAX)
+    a.op(LD | H | ABS, 18)
+    a.op(JMP | JEQ | K, 0, jt="accept")
+    a.op(JMP | JGT | X, 0, jt="accept", jf="reject")
 
 
 def _level(a: _Asm, lv: int, tcp: list[int], udp: list[int], dns: bool) -> None:
@@ -446,7 +507,13 @@ def pack(prog: list[Insn]) -> bytes:
 
 def run(prog: list[Insn], pkt: bytes) -> int:
     """Interpret a classic BPF program as the kernel does (out-of-bounds loads reject)."""
+    return run_counted(prog, pkt)[0]
+
+
+def run_counted(prog: list[Insn], pkt: bytes) -> tuple[int, int]:
+    """:func:`run`, and how many instructions it executed (the program's cost for this frame)."""
     a = x = 0
+    steps = 0
     mem = [0] * 16
     pc = 0
     n = len(pkt)
@@ -459,13 +526,14 @@ def run(prog: list[Insn], pkt: bytes) -> int:
     while pc < len(prog):
         code, jt, jf, k = prog[pc]
         pc += 1
+        steps += 1
         cls = code & 0x07
         if cls in (LD, LDX):
             mode, size = code & 0xE0, {W: 4, H: 2, B: 1}[code & 0x18]
             if cls == LDX and mode == MSH:
                 v = load(k, 1)
                 if v is None:
-                    return 0
+                    return 0, steps
                 x = (v & 0xF) << 2
                 continue
             if mode == IMM:
@@ -475,7 +543,7 @@ def run(prog: list[Insn], pkt: bytes) -> int:
             else:
                 got = load((k + (x if mode == IND else 0)) & 0xFFFFFFFF, size)
                 if got is None:
-                    return 0
+                    return 0, steps
                 v = got
             if cls == LD:
                 a = v
@@ -498,13 +566,13 @@ def run(prog: list[Insn], pkt: bytes) -> int:
             cond = {JEQ: a == src, JGT: a > src, JGE: a >= src, JSET: bool(a & src)}[op]
             pc += jt if cond else jf
         elif cls == RET:
-            return k if not code & 0x10 else a
+            return (k if not code & 0x10 else a), steps
         elif cls == MISC:
             if code & 0xF8 == TXA:
                 a = x
             else:
                 x = a
-    return 0
+    return 0, steps
 
 
 def reference(pkt: bytes, tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True,
