@@ -4,6 +4,10 @@ sans-IO: ``Decoder.feed(ts, frame, linktype)`` takes one captured frame and retu
 observations it completes (usually none). It never raises on bad input: every ``DecodeError``
 is caught here, in one place, and counted by layer and reason (``Decoder.drops``).
 
+Link types, ethertypes and tunnel headers come from ``net/link.py``, the table the pcap reader
+and the kernel's BPF program (``capture/bpf.py``) are built from too: what replay decodes, the
+live daemon's filter passes (``tests/unit/capture/test_bpf_encapsulations.py``).
+
 Flow state is bounded by count, bytes per flow and age, and dropped as soon as the name is
 known; a flow once named (or given up) is remembered in a bounded "done" table so its bulk
 data costs one dict probe.
