@@ -42,6 +42,7 @@ from beiand import __version__, logsetup
 from beiand.accesslog import AccessLog, AccessLogSink, LogConfig, retire
 from beiand.accesslog.reader import stats as log_stats
 from beiand.capture.bpf import build as build_bpf
+from beiand.capture.filterexpr import Condition
 from beiand.capture.live import LiveCapture
 from beiand.config import Config, ConfigError, load_config
 from beiand.enforce import Enforcer, EnforceSettings, Injector, OrderError, OrderStore
@@ -49,7 +50,7 @@ from beiand.enforce.nfqueue import NfQueue, install_rules, remove_rules, rule_sp
 from beiand.enforce.nft import Nft, NftError
 from beiand.inventory import Inventory, InventoryError, load_inventory
 from beiand.metrics import Metrics
-from beiand.model import Decision, Observation
+from beiand.model import Decision, Observation, endpoint
 from beiand.net.decoder import LINKTYPE_RAW, Decoder, DecoderConfig
 from beiand.pipeline import Pipeline
 from beiand.policy import Policy, lookup_answer
@@ -368,7 +369,8 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
     ifaces = cfg.capture.interfaces
     inline = cfg.enforce.inline
     # Inline: watched TCP/UDP arrive through NFQUEUE; AF_PACKET carries the DNS answers only.
-    prog = build_bpf(() if inline else cfg.capture.tcp_ports, () if inline else cfg.capture.udp_ports, dns=cfg.capture.dns)
+    prog = build_bpf(() if inline else cfg.capture.tcp_ports, () if inline else cfg.capture.udp_ports, dns=cfg.capture.dns,
+                     condition=Condition(cfg.capture.filter) if cfg.capture.filter else None)
     caps = [LiveCapture(i, prog, fanout_group=fanout_group, block_size=cfg.capture.ring_block_kib * 1024,
                         blocks=cfg.capture.ring_blocks, outgoing=len(ifaces) == 1,
                         block_timeout_ms=cfg.capture.ring_block_timeout_ms, version=cfg.capture.ring_version) for i in ifaces]
@@ -425,6 +427,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
             c["userspace_bytes"] = c.get("userspace_bytes", 0) + cap.bytes_read
         for k, v in decoder.drops.items():
             c[f"drop:{k}"] = v
+        c["bpf_unfollowed"] = decoder.stats["capture:bpf-unfollowed"]
         st = alog.stats
         c.update(log_records=st.written, log_bytes=st.bytes_written, log_write_errors=st.write_errors, log_lost=st.lost,
                  log_torn=st.torn_repaired)
@@ -635,7 +638,7 @@ class Daemon:
         for (name, sip, sport, account, v, kind, action), (first, last, hits) in self.obs.items():
             if (verdict and v != verdict) or last < since:
                 continue
-            rows.append({"name": name, "registrable_domain": registrable_domain(name) if name else "", "server": f"{sip}:{sport}",
+            rows.append({"name": name, "registrable_domain": registrable_domain(name) if name else "", "server": endpoint(sip, sport),
                          "account": account, "kind": kind, "verdict": v, "first_seen": first, "last_seen": last, "hits": hits,
                          "blocked": action == "block", "action": action})
         rows.sort(key=lambda r: -r["hits"])

@@ -21,6 +21,9 @@ WORKER_COUNTERS = {
     "kernel_drops": ("capture_kernel_drops", "packets the kernel dropped because the worker's ring was full"),
     "userspace_packets": ("capture_userspace_packets", "frames read by the worker from its ring"),
     "userspace_bytes": ("capture_userspace_bytes", "bytes of the frames read by the worker"),
+    "bpf_unfollowed": ("capture_bpf_unfollowed", "frames the kernel filter passed without following every header (over 3 VLAN "
+                                                 "tags, 4 MPLS labels, 2 GTP-U extensions, IPv6 extension headers); "
+                                                 "the decoder read them"),
     "view_dropped": ("active_view_dropped", "decisions left out of the active-resource view because more distinct "
                                             "services changed than it could pass on (the access log has them all)"),
 }

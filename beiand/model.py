@@ -122,6 +122,11 @@ class Observation(NamedTuple):
     tcp_len: int = 0
 
 
+def endpoint(ip: str, port: int) -> str:
+    """``192.0.2.1:53``, ``[2001:db8::1]:443`` (RFC 3986 section 3.2.2: IPv6 literals in brackets)."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
 class Verdict(NamedTuple):
     verdict: VerdictKind
     filing: Filing | None

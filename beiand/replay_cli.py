@@ -21,7 +21,7 @@ from typing import Any, BinaryIO, NoReturn
 
 from beiand.capture import CaptureError, CaptureReader
 from beiand.cliutil import CliError, out, policy_setup, table
-from beiand.model import Decision, Observation, VerdictKind
+from beiand.model import Decision, Observation, VerdictKind, endpoint
 from beiand.net.decoder import Decoder, DecoderConfig
 from beiand.pipeline import OutputClosed, Pipeline
 from beiand.policy import Policy
@@ -53,7 +53,7 @@ class JsonLines:
         f = d.verdict.filing
         # Enum members serialise as their values (orjson does it natively, json as str subclasses).
         self.write(self.dumps({
-            "ts": round(obs.ts, 6), "client": f"{obs.client_ip}:{obs.client_port}", "server": f"{obs.server_ip}:{obs.server_port}",
+            "ts": round(obs.ts, 6), "client": endpoint(obs.client_ip, obs.client_port), "server": endpoint(obs.server_ip, obs.server_port),
             "transport": obs.transport, "kind": obs.kind, "name_seen": obs.name_seen, "name": obs.name,
             "answers": obs.answers, "detail": obs.detail, "verdict": d.verdict.verdict, "reason": d.verdict.reason,
             "action": d.action, "rule": d.rule, "mode": d.mode, "account": d.account,

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from beiand.net.link import ETH_IPV4, ETH_IPV6, ETH_VLAN, ETHERNET_HEADER, LINK_TYPES, LINKTYPE_ETHERNET, VLAN_TAG, Start
+
 CHUNK = 1 << 20
 PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),
@@ -84,10 +86,10 @@ class CaptureReader:
         rec = struct.Struct(order + "IIII")
         unpack = rec.unpack_from
         watched = self.skip_tcp_from
-        filt = bool(watched) and linktype == 1
+        filt = bool(watched) and linktype == LINKTYPE_ETHERNET
         mine, nshards = self.shard
         sharded = nshards > 1
-        ether = linktype == 1
+        ether = linktype == LINKTYPE_ETHERNET
         skipped = 0
         buf = b""
         pos = 0
@@ -278,7 +280,7 @@ def _select(buf: bytes, o: int, end: int, linktype: int, watched: frozenset[int]
     reads one capture as pcap and as pcapng and asserts both give the same frames.
     """
     incl = end - o
-    if linktype == 1 and incl >= 54 and buf[o + 12] == 8 and buf[o + 13] == 0 and buf[o + 14] == 0x45:
+    if linktype == LINKTYPE_ETHERNET and incl >= 54 and buf[o + 12] == 8 and buf[o + 13] == 0 and buf[o + 14] == 0x45:
         if nshards > 1 and hash(buf[o + 26 : o + 34]) % nshards != mine:
             return None
         if watched and buf[o + 23] == 6:
@@ -287,7 +289,7 @@ def _select(buf: bytes, o: int, end: int, linktype: int, watched: frozenset[int]
             if not buf[o + 47] & 7 and ((buf[o + 16] << 8) | buf[o + 17]) == 20 + ((buf[o + 46] >> 4) << 2):
                 return _FILTERED  # a bare ACK: no payload, no SYN/FIN/RST
         return True
-    if linktype == 1 and incl >= 74 and buf[o + 12] == 0x86 and buf[o + 13] == 0xDD and buf[o + 14] >> 4 == 6:
+    if linktype == LINKTYPE_ETHERNET and incl >= 74 and buf[o + 12] == 0x86 and buf[o + 13] == 0xDD and buf[o + 14] >> 4 == 6:
         if nshards > 1 and hash(buf[o + 22 : o + 54]) % nshards != mine:
             return None
         if watched and buf[o + 20] == 6:
@@ -310,21 +312,20 @@ def shard_key(frame: bytes, linktype: int) -> int:
     can find go to shard 0. ``hash()`` of bytes is salted per interpreter: the workers of one
     replay are forked from one process and agree; the value means nothing across processes.
     """
-    off = 0
-    if linktype == 1:
-        et, off = (frame[12] << 8) | frame[13] if len(frame) >= 14 else 0, 14
-        while et in (0x8100, 0x88A8, 0x9100) and len(frame) >= off + 4:  # VLAN tags
-            et, off = (frame[off + 2] << 8) | frame[off + 3], off + 4
-        if et != 0x0800 and et != 0x86DD:
-            return 0
-    elif linktype == 113:
-        off = 16
-    elif linktype == 276:
-        off = 20
-    elif linktype in (0, 108):
-        off = 4
-    elif linktype not in (101, 228, 229, 12, 14):
+    lt = LINK_TYPES.get(linktype)
+    if lt is None or lt.start is Start.NFLOG:
         return 0
+    off = lt.offset
+    if lt.start is not Start.IP:
+        if lt.start is Start.ETHERNET:
+            et_at, off = off + 12, off + ETHERNET_HEADER
+        else:
+            et_at = lt.ethertype_at
+        et = (frame[et_at] << 8) | frame[et_at + 1] if len(frame) >= et_at + 2 else 0
+        while et in ETH_VLAN and len(frame) >= off + VLAN_TAG:
+            et, off = (frame[off + 2] << 8) | frame[off + 3], off + VLAN_TAG
+        if et != ETH_IPV4 and et != ETH_IPV6:
+            return 0
     if len(frame) <= off:
         return 0
     ver = frame[off] >> 4

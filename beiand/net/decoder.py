@@ -4,6 +4,10 @@ sans-IO: ``Decoder.feed(ts, frame, linktype)`` takes one captured frame and retu
 observations it completes (usually none). It never raises on bad input: every ``DecodeError``
 is caught here, in one place, and counted by layer and reason (``Decoder.drops``).
 
+Link types, ethertypes and tunnel headers come from ``net/link.py``, the table the pcap reader
+and the kernel's BPF program (``capture/bpf.py``) are built from too: what replay decodes, the
+live daemon's filter passes (``tests/unit/capture/test_bpf_encapsulations.py``).
+
 Flow state is bounded by count, bytes per flow and age, and dropped as soon as the name is
 known; a flow once named (or given up) is remembered in a bounded "done" table so its bulk
 data costs one dict probe.
@@ -20,27 +24,53 @@ from beiand.model import Kind, Observation, Transport
 from beiand.net import dns as dnsmod
 from beiand.net.errors import DecodeError, IpError, LinkError, QuicError
 from beiand.net.http import looks_like_http, parse_requests
+from beiand.net.link import (
+    BPF_MAX_GTPU_EXTENSIONS,
+    BPF_MAX_MPLS_LABELS,
+    BPF_MAX_VLAN_TAGS,
+    ERSPAN_II_HEADER,
+    ETH_ERSPAN_II,
+    ETH_IPV4,
+    ETH_IPV6,
+    ETH_MPLS,
+    ETH_PPPOE_SESSION,
+    ETH_TEB,
+    ETH_VLAN,
+    GENEVE_HEADER,
+    GENEVE_PORT,
+    GTPU_HEADER,
+    GTPU_PORT,
+    GTPU_TPDU,
+    IP_IN_IP,
+    IPPROTO_GRE,
+    LINK_TYPES,
+    LINKTYPE_ETHERNET,
+    LINKTYPE_IPV4,
+    LINKTYPE_IPV6,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_LOOP,
+    LINKTYPE_NFLOG,
+    LINKTYPE_NULL,
+    LINKTYPE_RAW,
+    MAX_DEPTH,
+    NFLOG_TLV_PAYLOAD,
+    PPP_IP,
+    PPPOE_HEADER,
+    SUPPORTED_LINKTYPES,
+    VXLAN_FLAG_VNI,
+    VXLAN_HEADER,
+    VXLAN_PORT,
+    Start,
+)
 from beiand.net.names import normalise_wire_name
-from beiand.net.quic import QuicInitialReader, is_initial
+from beiand.net.quic import V1, QuicInitialReader, gquic_version, is_initial, parse_gquic_chlo, version_name
 from beiand.net.tls import ClientHello, looks_like_tls, parse_client_hello
 
-# Link types (https://www.tcpdump.org/linktypes.html)
-LINKTYPE_NULL = 0
-LINKTYPE_ETHERNET = 1
-LINKTYPE_RAW = 101
-LINKTYPE_LOOP = 108
-LINKTYPE_LINUX_SLL = 113
-LINKTYPE_IPV4 = 228
-LINKTYPE_IPV6 = 229
-LINKTYPE_LINUX_SLL2 = 276
-SUPPORTED_LINKTYPES = frozenset({LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LOOP, LINKTYPE_LINUX_SLL,
-                                 LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_LINUX_SLL2, 12, 14})
-
-VXLAN_PORT = 4789  # RFC 7348
-GENEVE_PORT = 6081  # RFC 8926
-GTPU_PORT = 2152  # 3GPP TS 29.281
-MAX_DEPTH = 4  # nested encapsulations
+__all__ = ["LINKTYPE_ETHERNET", "LINKTYPE_IPV4", "LINKTYPE_IPV6", "LINKTYPE_LINUX_SLL", "LINKTYPE_LINUX_SLL2", "LINKTYPE_LOOP",
+           "LINKTYPE_NFLOG", "LINKTYPE_NULL", "LINKTYPE_RAW", "SUPPORTED_LINKTYPES", "Decoder", "DecoderConfig", "Flow"]
 SYN, ACK, FIN, RST = 0x02, 0x10, 0x01, 0x04
+MAX_DETAIL = 256  # Observation.detail: a log field, not a copy of the peer's ALPN list
 _U32 = struct.Struct("!I")
 _EMPTY: list[Observation] = []
 _ntop = socket.inet_ntop
@@ -195,22 +225,22 @@ class Decoder:
                         self._udp(ts, frame, 54, end, frame[22:38], frame[38:54], True, 0)
                 else:
                     self._ether(ts, frame, 0, 0)
-            elif linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6, 12, 14):
-                self._ip(ts, frame, 0, 0)
-            elif linktype == LINKTYPE_LINUX_SLL:
-                if len(frame) < 16:
-                    raise LinkError("truncated-sll")
-                self._ethertype(ts, frame, 16, (frame[14] << 8) | frame[15], 0)
-            elif linktype == LINKTYPE_LINUX_SLL2:
-                if len(frame) < 20:
-                    raise LinkError("truncated-sll2")
-                self._ethertype(ts, frame, 20, (frame[0] << 8) | frame[1], 0)
-            elif linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
-                if len(frame) < 5:
-                    raise LinkError("truncated-null")
-                self._ip(ts, frame, 4, 0)
             else:
-                raise LinkError("unsupported-linktype")
+                lt = LINK_TYPES.get(linktype)
+                if lt is None:
+                    raise LinkError("unsupported-linktype")
+                off = lt.offset
+                if len(frame) <= off:
+                    raise LinkError("truncated-" + lt.name)
+                if lt.start is Start.IP:
+                    self._ip(ts, frame, off, 0)
+                elif lt.start is Start.ETHERTYPE:
+                    et = lt.ethertype_at
+                    self._ethertype(ts, frame, off, (frame[et] << 8) | frame[et + 1], 0)
+                elif lt.start is Start.NFLOG:
+                    self._nflog(ts, frame, off)
+                else:
+                    self._ether(ts, frame, off, 0)
         except DecodeError as exc:
             self.drops[f"{exc.layer}:{exc.reason}"] += 1
         except (IndexError, struct.error, ValueError):
@@ -248,24 +278,32 @@ class Decoder:
 
     def _ethertype(self, ts: float, buf: bytes, off: int, et: int, depth: int) -> None:
         n = len(buf)
+        tags = 0
         while True:
-            if et == 0x0800 or et == 0x86DD:
+            if et in (ETH_IPV4, ETH_IPV6):
                 self._ip(ts, buf, off, depth)
                 return
-            if et in (0x8100, 0x88A8, 0x9100):  # 802.1Q / QinQ
+            if et in ETH_VLAN:  # 802.1Q / QinQ
                 if n < off + 4:
                     raise LinkError("truncated-vlan")
                 et = (buf[off + 2] << 8) | buf[off + 3]
                 off += 4
+                tags += 1
+                if tags == BPF_MAX_VLAN_TAGS + 1:
+                    self.stats["capture:bpf-unfollowed"] += 1
                 continue
-            if et in (0x8847, 0x8848):  # MPLS label stack (RFC 3032)
+            if et in ETH_MPLS:  # MPLS label stack (RFC 3032)
+                labels = 0
                 while True:
                     if n < off + 4:
                         raise LinkError("truncated-mpls")
                     bos = buf[off + 2] & 1
                     off += 4
+                    labels += 1
                     if bos:
                         break
+                if labels > BPF_MAX_MPLS_LABELS:
+                    self.stats["capture:bpf-unfollowed"] += 1
                 if off >= n:
                     raise LinkError("truncated-mpls")
                 nib = buf[off] >> 4
@@ -276,17 +314,40 @@ class Decoder:
                 else:
                     self.drops["link:mpls-payload"] += 1
                 return
-            if et == 0x8864:  # PPPoE session (RFC 2516) + PPP protocol
-                if n < off + 8:
+            if et == ETH_PPPOE_SESSION:  # PPPoE session (RFC 2516) + PPP protocol
+                off += PPPOE_HEADER
+                if n < off + 1:
                     raise LinkError("truncated-pppoe")
-                proto = (buf[off + 6] << 8) | buf[off + 7]
-                if proto in (0x0021, 0x0057):
-                    self._ip(ts, buf, off + 8, depth)
+                if buf[off] & 1:  # RFC 1661 section 6.5: a compressed, one-byte protocol field
+                    proto = buf[off]
+                    off += 1
+                else:
+                    if n < off + 2:
+                        raise LinkError("truncated-pppoe")
+                    proto = (buf[off] << 8) | buf[off + 1]
+                    off += 2
+                if proto in PPP_IP:
+                    self._ip(ts, buf, off, depth)
                 else:
                     self.stats["link:pppoe-control"] += 1
                 return
             self.stats["link:not-ip"] += 1
             return
+
+    def _nflog(self, ts: float, buf: bytes, off: int) -> None:
+        # NFLOG (LINKTYPE_NFLOG): TLVs in host byte order, each padded to 4 bytes; the packet
+        # (from its network header) is the value of NFULA_PAYLOAD.
+        n = len(buf)
+        while off + 4 <= n:
+            ln = buf[off] | (buf[off + 1] << 8)
+            typ = (buf[off + 2] | (buf[off + 3] << 8)) & 0x7FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+            if ln < 4 or off + ln > n:
+                raise LinkError("bad-nflog-tlv")
+            if typ == NFLOG_TLV_PAYLOAD:
+                self._ip(ts, buf[: off + ln], off + 4, 0)
+                return
+            off += (ln + 3) & ~3
+        self.stats["link:nflog-no-payload"] += 1
 
     # -- network layer --------------------------------------------------------------------
 
@@ -331,6 +392,8 @@ class Decoder:
             src = buf[off + 8 : off + 24]
             dst = buf[off + 24 : off + 40]
             l4 = off + 40
+            if proto in (0, 43, 60, 51):
+                self.stats["capture:bpf-unfollowed"] += 1
             # Extension headers (RFC 8200 section 4)
             for _ in range(8):
                 if proto in (0, 43, 60):
@@ -368,11 +431,11 @@ class Decoder:
             self._tcp(ts, buf, l4, end, src, dst, v6)
         elif proto == 17:
             self._udp(ts, buf, l4, end, src, dst, v6, depth)
-        elif proto in (4, 41):  # IP-in-IP, 6in4 (RFC 2003, RFC 4213)
+        elif proto in IP_IN_IP:  # IP-in-IP, 6in4 (RFC 2003, RFC 4213)
             if depth >= MAX_DEPTH:
                 raise IpError("too-deep")
             self._ip(ts, buf[:end], l4, depth + 1)
-        elif proto == 47:
+        elif proto == IPPROTO_GRE:
             self._gre(ts, buf[:end], l4, depth)
         else:
             self.stats["ip:other-protocol"] += 1
@@ -386,12 +449,12 @@ class Decoder:
         flags = buf[off]
         proto = (buf[off + 2] << 8) | buf[off + 3]
         off += 4 + 4 * (bool(flags & 0x80) + bool(flags & 0x20) + bool(flags & 0x10))
-        if proto in (0x0800, 0x86DD):
+        if proto in (ETH_IPV4, ETH_IPV6):
             self._ip(ts, buf, off, depth + 1)
-        elif proto == 0x6558:
+        elif proto == ETH_TEB:
             self._ether(ts, buf, off, depth + 1)
-        elif proto == 0x88BE:
-            self._ether(ts, buf, off + 8, depth + 1)
+        elif proto == ETH_ERSPAN_II:
+            self._ether(ts, buf, off + ERSPAN_II_HEADER, depth + 1)
         else:
             self.stats["gre:other-protocol"] += 1
 
@@ -440,17 +503,17 @@ class Decoder:
         if depth < MAX_DEPTH:
             p = l4 + 8
             if dport == VXLAN_PORT:
-                if end - p >= 8 and buf[p] & 0x08:
-                    self._ether(ts, buf[:end], p + 8, depth + 1)
+                if end - p >= VXLAN_HEADER and buf[p] & VXLAN_FLAG_VNI:
+                    self._ether(ts, buf[:end], p + VXLAN_HEADER, depth + 1)
                 return
             if dport == GENEVE_PORT:
-                if end - p < 8:
+                if end - p < GENEVE_HEADER:
                     raise IpError("truncated-geneve")
-                inner = p + 8 + ((buf[p] & 0x3F) << 2)
+                inner = p + GENEVE_HEADER + ((buf[p] & 0x3F) << 2)
                 proto = (buf[p + 2] << 8) | buf[p + 3]
-                if proto == 0x6558:
+                if proto == ETH_TEB:
                     self._ether(ts, buf[:end], inner, depth + 1)
-                elif proto in (0x0800, 0x86DD):
+                elif proto in (ETH_IPV4, ETH_IPV6):
                     self._ip(ts, buf[:end], inner, depth + 1)
                 return
             if dport == GTPU_PORT:
@@ -464,15 +527,15 @@ class Decoder:
     def _gtpu(self, ts: float, buf: bytes, p: int, depth: int) -> None:
         # 3GPP TS 29.281 section 5: 8-byte header, +4 when E, S or PN is set, then extensions
         n = len(buf)
-        if n < p + 8:
+        if n < p + GTPU_HEADER:
             raise IpError("truncated-gtpu")
         flags, mtype = buf[p], buf[p + 1]
         if flags >> 5 != 1:
             raise IpError("gtp-version")
-        if mtype != 0xFF:
+        if mtype != GTPU_TPDU:
             self.stats["gtpu:signalling"] += 1
             return
-        off = p + 8
+        off = p + GTPU_HEADER
         if flags & 0x07:
             if n < off + 4:
                 raise IpError("truncated-gtpu")
@@ -488,6 +551,8 @@ class Decoder:
                 next_ext = buf[off + ln - 1]
                 off += ln
                 hops += 1
+            if hops > BPF_MAX_GTPU_EXTENSIONS:
+                self.stats["capture:bpf-unfollowed"] += 1
         self._ip(ts, buf, off, depth + 1)
 
     def _tcp(self, ts: float, buf: bytes, l4: int, end: int, src: bytes, dst: bytes, v6: bool) -> None:
@@ -584,7 +649,8 @@ class Decoder:
                 for r in reqs:
                     if r.host and r.host not in seen:
                         seen.add(r.host)
-                        self._emit(flow, ts, Kind.HTTP_HOST, Transport.TCP, r.host, f"method={r.method}")
+                        self._emit(flow, ts, Kind.HTTP_HOST, Transport.TCP, r.host,
+                                   f"method={r.method} malformed-request-line" if r.malformed else f"method={r.method}")
                 if not seen:
                     self._emit(flow, ts, Kind.IP_ONLY, Transport.TCP, "", "http-no-host")
                 return True
@@ -602,8 +668,8 @@ class Decoder:
             return
         self._emit(flow, ts, Kind.IP_ONLY, Transport.TCP, "", why)
 
-    def _emit_tls(self, flow: Flow, ts: float, hello: ClientHello, kind: Kind, transport: Transport) -> None:
-        detail = hello.version
+    def _emit_tls(self, flow: Flow, ts: float, hello: ClientHello, kind: Kind, transport: Transport, extra: str = "") -> None:
+        detail = hello.version + extra
         if hello.alpn:
             detail += " alpn=" + ",".join(hello.alpn)
         if hello.ech:
@@ -616,6 +682,8 @@ class Decoder:
     def _emit(self, flow: Flow, ts: float, kind: Kind, transport: Transport, name: str, detail: str) -> None:
         af = _AF6 if len(flow.client) == 16 else _AF4
         seq, ack, ln = self._seg if transport is Transport.TCP else (0, 0, 0)
+        if len(detail) > MAX_DETAIL:
+            detail = detail[: MAX_DETAIL - 3] + "..."
         self._out.append(Observation(
             ts, _ntop(af, flow.client), flow.sport, _ntop(af, flow.server), flow.dport, transport, kind,
             name, normalise_wire_name(name) if name else "", (), detail, seq, ack, ln))
@@ -631,16 +699,23 @@ class Decoder:
         if msg.rcode != 0:
             self.stats["dns:error-rcode"] += 1
             return
-        chain, addrs = dnsmod.resolve_chain(msg)
-        if not addrs:
-            self.stats["dns:no-address"] += 1
-            return
         af = _AF6 if v6 else _AF4
-        detail = "cname=" + ">".join(chain[1:]) if len(chain) > 1 else ""
-        # The querier is the client; the answer points the name at the answered addresses.
-        self._out.append(Observation(
-            ts, _ntop(af, dst), dport, _ntop(af, src), sport, transport, Kind.DNS_ANSWER,
-            msg.qname, normalise_wire_name(msg.qname), tuple(a for a, _ in addrs), detail))
+        client, server = _ntop(af, dst), _ntop(af, src)
+        named = False
+        for qname in msg.questions or (msg.qname,):
+            chain, addrs = dnsmod.resolve_chain(msg, qname)
+            if not addrs:
+                continue
+            named = True
+            detail = "cname=" + ">".join(chain[1:]) if len(chain) > 1 else ""
+            if len(detail) > MAX_DETAIL:
+                detail = detail[: MAX_DETAIL - 3] + "..."
+            # The querier is the client; the answer points the name at the answered addresses.
+            self._out.append(Observation(
+                ts, client, dport, server, sport, transport, Kind.DNS_ANSWER,
+                qname, normalise_wire_name(qname), tuple(a for a, _ in addrs), detail))
+        if not named:
+            self.stats["dns:no-address"] += 1
 
     def _dns_tcp(self, ts: float, buf: bytes, l4: int, end: int, src: bytes, dst: bytes, sport: int, dport: int,
                  v6: bool) -> None:
@@ -689,6 +764,10 @@ class Decoder:
             return
         entry = self.quic.get(key)
         if entry is None:
+            gquic = gquic_version(payload)
+            if gquic is not None:
+                self._gquic(ts, payload, key, gquic, src, dst, sport, dport)
+                return
             if not is_initial(payload):
                 self.stats["quic:not-initial"] += 1
                 return
@@ -710,7 +789,19 @@ class Decoder:
         del self.quic[key]
         self._mark_done(key, ts)
         flow = Flow(0, True, ts, src, dst, sport, dport)
-        self._emit_tls(flow, ts, hello, Kind.QUIC_SNI, Transport.UDP)
+        version = entry[1].version
+        self._emit_tls(flow, ts, hello, Kind.QUIC_SNI, Transport.UDP, "" if version == V1 else " quic=" + version_name(version))
+
+    def _gquic(self, ts: float, payload: bytes, key: bytes, version: bytes, src: bytes, dst: bytes, sport: int,
+               dport: int) -> None:
+        # Legacy Google QUIC: the CHLO is plaintext, in the client's first packet(s).
+        hello = parse_gquic_chlo(payload)
+        if hello is None:
+            self.stats["quic:gquic-no-chlo"] += 1
+            return
+        self._mark_done(key, ts)
+        flow = Flow(0, True, ts, src, dst, sport, dport)
+        self._emit_tls(flow, ts, hello, Kind.QUIC_SNI, Transport.UDP, " quic=" + version.decode("ascii"))
 
     # -- housekeeping ---------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import NamedTuple
 from beiand.net.errors import DnsError
 
 MAX_ANSWERS = 256
+MAX_QUESTIONS = 16
 MAX_HOPS = 64
 TYPE_A, TYPE_CNAME, TYPE_AAAA = 1, 5, 28
 _HDR = struct.Struct("!HHHHHH")
@@ -30,9 +31,10 @@ class DnsMessage(NamedTuple):
     id: int
     response: bool
     rcode: int
-    qname: str
+    qname: str  # the first valid question's name
     qtype: int
     answers: tuple[Answer, ...]
+    questions: tuple[str, ...] = ()  # every valid question's name, in order, without repeats
 
 
 def read_name(buf: bytes, off: int) -> tuple[str, int]:
@@ -81,13 +83,35 @@ def parse_dns(buf: bytes) -> DnsMessage:
     mid, flags, qd, an, _ns, _ar = _HDR.unpack_from(buf, 0)
     if flags & 0x7800:  # opcode other than QUERY
         raise DnsError("not-query")
-    if qd != 1:
+    if qd == 0:
         raise DnsError("question-count")
-    qname, off = read_name(buf, 12)
-    if off + 4 > len(buf):
-        raise DnsError("truncated-question")
-    qtype = (buf[off] << 8) | buf[off + 1]
-    off += 4
+    # RFC 1035 section 4.1.2. Nearly every message has one question; one with several yields
+    # each valid name, and a bad one (bad label, loop) is skipped to the next root label.
+    off = 12
+    questions: list[str] = []
+    qtype = 0
+    first_error: DnsError | None = None
+    for _ in range(min(qd, MAX_QUESTIONS)):
+        try:
+            name, after = read_name(buf, off)
+        except DnsError as exc:
+            first_error = first_error or exc
+            end = buf.find(b"\x00", off)
+            if end < 0:
+                break
+            off = end + 5
+            continue
+        if after + 4 > len(buf):
+            first_error = first_error or DnsError("truncated-question")
+            break
+        if not questions:
+            qtype = (buf[after] << 8) | buf[after + 1]
+        if name not in questions:
+            questions.append(name)
+        off = after + 4
+    if not questions:
+        raise first_error or DnsError("question-count")
+    qname = questions[0]
     answers: list[Answer] = []
     for _ in range(min(an, MAX_ANSWERS)):
         name, off = read_name(buf, off)
@@ -112,14 +136,14 @@ def parse_dns(buf: bytes) -> DnsMessage:
                 raise DnsError("bad-cname-length")
         answers.append(Answer(name, rtype, ttl, data))
         off += rdlen
-    return DnsMessage(mid, bool(flags & 0x8000), flags & 0xF, qname, qtype, tuple(answers))
+    return DnsMessage(mid, bool(flags & 0x8000), flags & 0xF, qname, qtype, tuple(answers), tuple(questions))
 
 
-def resolve_chain(msg: DnsMessage) -> tuple[list[str], list[tuple[str, int]]]:
-    """Follow the CNAME chain from the question: (chain of names, [(address, ttl)])."""
-    chain = [msg.qname]
-    seen = {msg.qname}
-    cur = msg.qname
+def resolve_chain(msg: DnsMessage, qname: str | None = None) -> tuple[list[str], list[tuple[str, int]]]:
+    """Follow the CNAME chain from the question (``qname``, else the first): (chain of names, [(address, ttl)])."""
+    cur = msg.qname if qname is None else qname
+    chain = [cur]
+    seen = {cur}
     for _ in range(16):
         nxt = next((a.data for a in msg.answers if a.rtype == TYPE_CNAME and a.name == cur), None)
         if nxt is None or nxt in seen:

@@ -25,6 +25,7 @@ class HttpRequest(NamedTuple):
     method: str
     target: str
     host: str  # the authority's host: no port, IPv6 without brackets; "" when absent
+    malformed: bool = False  # the request line is not ``method SP target SP HTTP/1.x``; the Host header named it
 
 
 def looks_like_http(buf: bytes) -> bool:
@@ -87,7 +88,14 @@ def _parse_head(head: bytes) -> HttpRequest:
         line = line[:-1]
     parts = line.split(b" ")
     if len(parts) != 3 or not _METHOD.match(parts[0] + b" ") or not parts[2].startswith(b"HTTP/1."):
-        raise HttpError("bad-request-line")
+        # Servers that accept such a line exist (spaces in the target, HTTP/0.9-style, trailing
+        # blanks); a flow left unnamed is what an evader wants, so a valid Host still names it.
+        m = _HOST.search(head)
+        host = host_of(m.group(1).decode("latin-1")) if m else ""
+        if not host or not nl > 0:
+            raise HttpError("bad-request-line")
+        method = parts[0].decode("latin-1") if _METHOD.match(parts[0] + b" ") else ""
+        return HttpRequest(method, parts[1].decode("latin-1") if len(parts) > 1 else "", host, True)
     method = parts[0].decode("ascii")
     target = parts[1].decode("latin-1")
     host = ""

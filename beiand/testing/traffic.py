@@ -179,3 +179,63 @@ def write_pcapng(path: str | Path, packets: Iterable[tuple[int, float, bytes]], 
 
 def inet(addr: str) -> bytes:
     return socket.inet_pton(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)
+
+
+def quic_initial(sni: str, version: int, salt: bytes, v2_labels: bool = False, dcid: bytes = b"\x83\x94\xc8\xf0\x3e\x51\x57\x08",
+                 alpn: Sequence[str] = ("h3",)) -> bytes:
+    """One client Initial datagram of any QUIC version, protected with ``salt`` (RFC 9001 section 5):
+    for the drafts and Google's T05x, which aioquic no longer speaks. The ClientHello is OpenSSL's."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from beiand.net.quic import hkdf_expand_label, hkdf_extract
+
+    records = client_hello(sni, alpn)
+    hs = b""
+    while records:  # the handshake messages without their TLS record headers
+        ln = int.from_bytes(records[3:5], "big")
+        hs += records[5 : 5 + ln]
+        records = records[5 + ln :]
+    crypto = b"\x06\x00" + (0x4000 | len(hs)).to_bytes(2, "big") + hs
+    payload = crypto + b"\x00" * max(0, 1162 - len(crypto))
+    secret = hkdf_extract(salt, dcid)
+    client = hkdf_expand_label(secret, b"client in", 32)
+    p = "quicv2 " if v2_labels else "quic "
+    key = hkdf_expand_label(client, (p + "key").encode(), 16)
+    iv = hkdf_expand_label(client, (p + "iv").encode(), 12)
+    hp = hkdf_expand_label(client, (p + "hp").encode(), 16)
+    pn = 0
+    b0 = 0xC0 | ((1 if v2_labels else 0) << 4) | 0x01  # Initial, 2-byte packet number
+    length = 2 + len(payload) + 16
+    header = bytes([b0]) + version.to_bytes(4, "big") + bytes([len(dcid)]) + dcid + b"\x00" + b"\x00" \
+        + (0x4000 | length).to_bytes(2, "big") + pn.to_bytes(2, "big")
+    nonce = (int.from_bytes(iv, "big") ^ pn).to_bytes(12, "big")
+    ct = AESGCM(key).encrypt(nonce, payload, header)
+    pn_off = len(header) - 2
+    sample = ct[2:18]  # the sample starts 4 bytes after the packet number's start
+    enc = Cipher(algorithms.AES(hp), modes.ECB()).encryptor()
+    mask = enc.update(sample) + enc.finalize()
+    prot = bytearray(header)
+    prot[0] ^= mask[0] & 0x0F
+    for i in range(2):
+        prot[pn_off + i] ^= mask[1 + i]
+    return bytes(prot) + ct
+
+
+def gquic_chlo(sni: str, version: bytes = b"Q043", cid: bytes = b"\x11" * 8) -> bytes:
+    """A Google QUIC client's first packet (public header, plaintext CHLO in a STREAM frame of stream 1):
+    the QUIC crypto handshake message layout of Chromium's ``crypto_framer.cc``."""
+    tags = sorted([(b"SNI\x00", sni.encode()), (b"VER\x00", version), (b"PAD\x00", b"-" * 40), (b"UAID", b"Chrome/49")],
+                  key=lambda tv: int.from_bytes(tv[0], "little"))
+    index = b""
+    values = b""
+    for tag, value in tags:
+        values += value
+        index += tag + len(values).to_bytes(4, "little")
+    msg = b"CHLO" + len(tags).to_bytes(2, "little") + b"\x00\x00" + index + values
+    if version >= b"Q046":  # IETF-style long header with the gQUIC version (Q046)
+        head = b"\xc3" + version + b"\x50" + cid + (1).to_bytes(4, "big")
+    else:  # public flags: version, 8-byte connection ID, 1-byte packet number
+        head = b"\x09" + cid + version + b"\x01"
+    frame = b"\xa0\x01" + len(msg).to_bytes(2, "big") + msg  # STREAM, stream 1, with data length
+    return head + b"\x00" * 12 + frame + b"\x00" * max(0, 1350 - len(head) - 12 - len(frame))

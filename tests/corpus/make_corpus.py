@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from beiand.testing import encap
 from beiand.testing import traffic as t
 
 HERE = Path(__file__).parent
@@ -69,6 +70,22 @@ CASES: dict[str, dict] = {
                        "sessions": [("198.51.100.15", 443, ("tls", "pending.example.cn")), ("198.51.100.15", 443, ("tls", "late.example.cn"))],
                        "expect": [("tls-sni", "pending.example.cn", "198.51.100.15", "filed", "access-pending-grace", "log"),
                                   ("tls-sni", "late.example.cn", "198.51.100.15", "mismatch", "access-pending-expired", "flag")]},
+    "encapsulated": {"readme": "Names inside the encapsulations of IDC links and mirror ports (issue 15): QinQ inside VXLAN, "
+                                "GTP-U with an extension header, PPPoE with a compressed PPP protocol field inside GRE, "
+                                "MPLS inside Geneve, ERSPAN II, VLAN inside IP-in-IP; a draft-29 QUIC Initial and a "
+                                "Google QUIC Q043 CHLO among them.",
+                     "wrapped": [(("qinq", "vxlan"), ("198.51.100.10", 443, ("tls", "www.example.com.cn"))),
+                                 (("gtpu-ext",), ("203.0.113.10", 443, ("tls", "unfiled.example.xyz"))),
+                                 (("pppoe-compressed", "gre"), ("198.51.100.12", 80, ("http", "shop.example.net"))),
+                                 (("mpls", "geneve"), ("198.51.100.14", 443, ("quic-draft29", "quic29.example.top"))),
+                                 (("erspan",), ("198.51.100.14", 443, ("gquic", "gq.example.top"))),
+                                 (("vlan", "ipip"), ("198.51.100.10", 53, ("dns", "www.example.com.cn")))],
+                     "expect": [("tls-sni", "www.example.com.cn", "198.51.100.10", "filed", "filed", "log"),
+                                ("tls-sni", "unfiled.example.xyz", "203.0.113.10", "unfiled", "no-filing", "block"),
+                                ("http-host", "shop.example.net", "198.51.100.12", "mismatch", "other-provider", "flag"),
+                                ("quic-sni", "quic29.example.top", "198.51.100.14", "unfiled", "no-filing", "flag"),
+                                ("quic-sni", "gq.example.top", "198.51.100.14", "unfiled", "no-filing", "flag"),
+                                ("dns-answer", "www.example.com.cn", "198.51.100.10", "filed", "filed", "log")]},
 }
 RECORDS = """备案号,主办单位,服务类型,网站名称,域名,IP,接入商,状态,审核时间
 京ICP备12345678号-1,北京示例科技有限公司,网站,示例官网,example.com.cn;例子.中国,,示例云计算有限公司,正常,2024-03-01
@@ -111,6 +128,20 @@ def build_case(name: str, spec: dict) -> None:
     for qname, addrs, cnames in spec.get("dns", []):
         port += 1
         frames.append(t.udp("192.0.2.53", C, 53, port, t.dns_response(qname, addrs, cnames)))
+    for steps, (server, dport, (what, arg)) in spec.get("wrapped", []):
+        port += 1
+        if what == "quic-draft29":  # draft-ietf-quic-tls-29 section 5.2 salt
+            inner = [t.udp(C, server, port, dport, t.quic_initial(arg, 0xFF00001D, bytes.fromhex(
+                "afbfec289993d24c9e9786f19c6111e04390a899"), dcid=port.to_bytes(8, "big")))]
+        elif what == "gquic":
+            inner = [t.udp(C, server, port, dport, t.gquic_chlo(arg, b"Q043"))]
+        elif what == "dns":
+            inner = [t.udp("192.0.2.53", C, 53, port, t.dns_response(arg, [server]))]
+        elif what == "http":
+            inner = t.tcp_session(C, server, port, dport, f"GET / HTTP/1.1\r\nHost: {arg}\r\n\r\n".encode())
+        else:
+            inner = t.tcp_session(C, server, port, dport, t.client_hello(arg, ["h2"]))
+        frames += [encap.wrap(f[14:], list(steps)) for f in inner]
     t.write_pcap(d / "input.pcap", frames, t0=T0)
     keys = ("kind", "name", "server", "verdict", "reason", "action")
     (d / "expect.jsonl").write_text("".join(json.dumps(dict(zip(keys, e, strict=True)), ensure_ascii=False) + "\n"
@@ -123,8 +154,10 @@ def build_case(name: str, spec: dict) -> None:
 def main() -> None:
     (HERE / "records.csv").write_text(RECORDS, encoding="utf-8")
     (HERE / "inventory.csv").write_text(INVENTORY, encoding="utf-8")
+    only = set(sys.argv[1:])  # case names: rebuild only these (ClientHellos differ on every run)
     for name, spec in CASES.items():
-        build_case(name, spec)
+        if not only or name in only:
+            build_case(name, spec)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ def test_retention_below_60_days_names_the_article_file_and_line(tmp_path: Path)
     ("[enforce]\nmax_unfiled_share = 2\n", 2, "enforce.max_unfiled_share", "above the maximum"),
     ("[accesslog]\ncommit_interval = true\n", 2, "accesslog.commit_interval", "expected a number"),
     ("[nosuchsection]\n", 1, "nosuchsection", "unknown setting"),
+    ("[capture]\ndns = true\nfilter = \"vlan 100 nett 10.0.0.0/8\"\n", 3, "capture.filter", "missing 'and' or 'or'"),
+    ("[capture]\nfilter = \"net 10.0.0.0/33\"\n", 2, "capture.filter", "expected a prefix"),
 ])
 def test_each_problem_names_file_line_and_field(tmp_path: Path, text: str, line: int, field: str, why: str) -> None:
     p = problems(tmp_path, text)
@@ -209,3 +211,8 @@ def test_a_deprecated_key_is_accepted_with_a_warning() -> None:
     assert cfg.warnings == ("c.toml:3: enforce.ip_block_seconds: deprecated and ignored: an unnamed (IP-only) flow is reset "
                             "alone, never its address and port for everyone; host- or prefix-wide blocking is a closure order "
                             "(beiand block add); remove the key",)
+
+
+def test_capture_filter_accepted(tmp_path: Path) -> None:
+    c = load_config(cfg(tmp_path, '[capture]\nfilter = "vlan 100 and not host 198.51.100.7"\n'))
+    assert c.capture.filter == "vlan 100 and not host 198.51.100.7"

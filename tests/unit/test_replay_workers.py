@@ -80,7 +80,7 @@ def test_shard_key_keeps_flows_and_fragments_together():
     a = t.tcp("10.0.0.1", "198.51.100.1", 1000, 443, 1, 0, 0x02)
     b = t.tcp("10.0.0.1", "198.51.100.1", 1000, 443, 2, 1, 0x18, b"x" * 300, vlan=[5])
     frags = _fragments("192.0.2.53", "10.0.0.9", b"y" * 300, ident=9)
-    assert shard_key(a, 1) == shard_key(b, 1) == shard_key(a[14:], 101) == shard_key(b"\x00" * 16 + a[14:], 113)
+    assert shard_key(a, 1) == shard_key(b, 1) == shard_key(a[14:], 101) == shard_key(b"\x00" * 14 + b"\x08\x00" + a[14:], 113)
     assert len({shard_key(f, 1) for f in frags}) == 1 and len(frags) > 2
     v6 = t.udp("2001:db8::1", "2001:db8::2", 5, 443, b"z")
     assert shard_key(v6, 1) == shard_key(v6[14:], 229)

@@ -84,3 +84,23 @@ def test_prefilter_changes_no_observation(tmp_path):
         obs = [o for ts, lt, f in r for o in d.feed(ts, f, lt)] + d.flush()
         results.append((obs, r.prefiltered))
     assert results[0][0] == results[1][0] and results[0][1] == 0 and results[1][1] > 0
+
+
+def test_nflog_in_pcap_and_pcapng(tmp_path):
+    # what `tcpdump -i nflog:5 -w` writes: LINKTYPE_NFLOG (239), the packet in TLV 9 (NFULA_PAYLOAD)
+    from beiand.net.decoder import Decoder
+    from beiand.net.link import LINKTYPE_NFLOG
+
+    def nflog(packet: bytes) -> bytes:
+        def tlv(typ: int, value: bytes) -> bytes:
+            raw = (4 + len(value)).to_bytes(2, "little") + typ.to_bytes(2, "little") + value
+            return raw + b"\x00" * (-len(raw) % 4)
+        return b"\x02\x00\x00\x05" + tlv(1, b"\x08\x00\x03\x00") + tlv(9, packet)
+
+    frame = nflog(t.tcp("192.0.2.1", "198.51.100.1", 40000, 443, 1, payload=t.client_hello("nflog.example.com"))[14:])
+    t.write_pcap(tmp_path / "a.pcap", [frame], linktype=LINKTYPE_NFLOG)
+    t.write_pcapng(tmp_path / "a.pcapng", [(0, 1.0, frame)], [LINKTYPE_NFLOG])
+    for name in ("a.pcap", "a.pcapng"):
+        d = Decoder()
+        got = [o.name for ts, lt, f in read_capture(tmp_path / name) for o in d.feed(ts, f, lt)]
+        assert got == ["nflog.example.com"], name

@@ -183,3 +183,100 @@ def test_bad_frames_are_counted_never_raised():
         assert d.feed(0.0, frame) == []
     assert d.feed(0.0, b"\x00", 999) == [] and d.drops["link:unsupported-linktype"] == 1
     assert sum(d.drops.values()) >= 4
+
+
+# -- issue 15: decoder gaps --------------------------------------------------------------------
+
+def test_pppoe_with_a_compressed_protocol_field():
+    # RFC 1661 section 6.5: protocol field compression, one byte (0x21 IPv4, 0x57 IPv6)
+    for ip, proto in ((inner_tcp(), b"\x21"), (inner_tcp(v6=True), b"\x57")):
+        body = proto + bytes(ip)
+        frame = bytes(Ether(type=0x8864)) + b"\x11\x00\x00\x01" + len(body).to_bytes(2, "big") + body
+        o = one(run([frame])[0])
+        assert o.name == "tls.example.com"
+
+
+def nflog(packet: bytes, family: int = 2) -> bytes:
+    # LINKTYPE_NFLOG: family, version, resource id (big-endian); TLVs in host order (little-endian here)
+    def tlv(typ: int, value: bytes) -> bytes:
+        raw = (4 + len(value)).to_bytes(2, "little") + typ.to_bytes(2, "little") + value
+        return raw + b"\x00" * (-len(raw) % 4)
+    return bytes([family, 0]) + (7).to_bytes(2, "big") + tlv(1, b"\x08\x00\x01\x00") + tlv(10, b"beiand\x00") + tlv(9, packet)
+
+
+def test_nflog_link_type():
+    from beiand.net.link import LINKTYPE_NFLOG
+    o = one(run([nflog(bytes(inner_tcp()))], LINKTYPE_NFLOG)[0])
+    assert o.name == "tls.example.com" and o.server_ip == S4
+    o = one(run([nflog(bytes(inner_tcp(v6=True)), 10)], LINKTYPE_NFLOG)[0])
+    assert o.server_ip == S6
+    out, d = run([nflog(b"")[:-4] + b"\xff\x00\x09\x00"], LINKTYPE_NFLOG)  # a TLV longer than the frame
+    assert out == [] and d.drops["link:bad-nflog-tlv"] == 1
+
+
+def test_detail_is_bounded():
+    hello = t.client_hello("long.example.com", ["h2"], big=True)
+    o = one(run(t.tcp_session(C4, S4, 40000, 443, hello))[0])
+    assert o.name == "long.example.com" and len(o.detail) <= 256
+
+
+def test_http_malformed_request_line_with_a_host_still_names_the_flow():
+    for req in (b"GET /a b c HTTP/1.1\r\nHost: evasive.example.com\r\n\r\n",
+                b"GET /\r\nHost: evasive.example.com\r\n\r\n",
+                b"GET / HTTP/1.1 \r\nHost: evasive.example.com\r\n\r\n"):
+        o = one(run([t.tcp(C4, S4, 40000, 80, 1, payload=req)])[0])
+        assert (o.kind, o.name) == (Kind.HTTP_HOST, "evasive.example.com"), req
+        assert "malformed-request-line" in o.detail
+
+
+def test_dns_several_questions_each_valid_name():
+    import dns.message
+    q = dns.message.make_query("one.example.com.", "A")
+    r = dns.message.make_response(q)
+    wire = bytearray(r.to_wire())
+    # hand-built: 2 questions (one.example.com, two.example.com), answers for both
+    import struct
+    def name(n):
+        return b"".join(bytes([len(p)]) + p.encode() for p in n.split(".")) + b"\x00"
+    body = name("one.example.com") + b"\x00\x01\x00\x01" + name("two.example.com") + b"\x00\x01\x00\x01"
+    body += name("one.example.com") + struct.pack("!HHIH", 1, 1, 60, 4) + bytes([198, 51, 100, 1])
+    body += name("two.example.com") + struct.pack("!HHIH", 1, 1, 60, 4) + bytes([198, 51, 100, 2])
+    msg = bytes(wire[:4]) + struct.pack("!HHHH", 2, 2, 0, 0) + body
+    out, _ = run([t.udp("192.0.2.53", C4, 53, 3333, msg)])
+    assert sorted((o.name, o.answers) for o in out) == [("one.example.com", ("198.51.100.1",)), ("two.example.com", ("198.51.100.2",))]
+    # one bad question (a label type 0x80) does not discard the other
+    bad = b"\x80abc\x00" + b"\x00\x01\x00\x01"
+    body2 = bad + name("two.example.com") + b"\x00\x01\x00\x01" + name("two.example.com") + struct.pack("!HHIH", 1, 1, 60, 4) + bytes([198, 51, 100, 2])
+    msg2 = bytes(wire[:4]) + struct.pack("!HHHH", 2, 1, 0, 0) + body2
+    out, _ = run([t.udp("192.0.2.53", C4, 53, 3334, msg2)])
+    assert [(o.name, o.answers) for o in out] == [("two.example.com", ("198.51.100.2",))]
+
+
+# RFC 9001 section 5.2 (v1, also drafts 33 and 34), RFC 9369 section 3.3.1 (v2); draft salts from
+# draft-ietf-quic-tls-23 section 5.2 (drafts 23-28) and draft-ietf-quic-tls-29 section 5.2 (29-32);
+# Google T051 from Wireshark's epan/dissectors/packet-quic.c.
+SALT_V1 = bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a")
+SALT_D23 = bytes.fromhex("c3eef712c72ebb5a11a7d2432bb46365bef9f502")
+SALT_D29 = bytes.fromhex("afbfec289993d24c9e9786f19c6111e04390a899")
+SALT_T51 = bytes.fromhex("7a4edef4e7ccee5fa4506c19124fc8ccda6e033d")
+
+
+@pytest.mark.parametrize(("version", "salt", "detail"), [
+    *[(0xFF000000 + d, SALT_D23, f"quic=draft-{d}") for d in (27, 28)],
+    *[(0xFF000000 + d, SALT_D29, f"quic=draft-{d}") for d in (29, 30, 31, 32)],
+    *[(0xFF000000 + d, SALT_V1, f"quic=draft-{d}") for d in (33, 34)],
+    (0x54303531, SALT_T51, "quic=T051"),
+    (0x1A2A3A4A, SALT_V1, "quic=0x1a2a3a4a"),  # unknown (a grease-like version): the v1 salt, as tshark tries
+])
+def test_quic_draft_and_unknown_versions(version, salt, detail):
+    dg = t.quic_initial("draft.example.com", version, salt)
+    o = one(run([t.udp(C4, S4, 50000, 443, dg)])[0])
+    assert (o.kind, o.name) == (Kind.QUIC_SNI, "draft.example.com")
+    assert detail in o.detail.split()
+
+
+@pytest.mark.parametrize("version", [b"Q039", b"Q043", b"Q046"])
+def test_google_quic_plaintext_chlo(version):
+    o = one(run([t.udp(C4, S4, 50000, 443, t.gquic_chlo("gquic.example.com", version))])[0])
+    assert (o.kind, o.name, o.server_ip) == (Kind.QUIC_SNI, "gquic.example.com", S4)
+    assert f"quic={version.decode()}" in o.detail.split()

@@ -42,4 +42,4 @@ def test_malformed(data, reason):
 
 def test_host_of():
     assert host_of("a.example:80") == "a.example" and host_of("[::1]") == "::1" and host_of("2001:db8::1") == "2001:db8::1"
-    assert HttpRequest("GET", "/", "x")._fields == ("method", "target", "host")
+    assert HttpRequest("GET", "/", "x")._fields == ("method", "target", "host", "malformed")

@@ -1,0 +1,95 @@
+"""How much the kernel filter lets through (issue 15): the share of frames the BPF program passes on
+the replay bench capture (bench/gen_capture.py), and whether it passes every frame the decoder names.
+
+    python bench/bench_bpf.py [--packets N] [--keep DIR] [--encap vxlan,qinq] [--program-from REV]
+
+The program is run by ``beiand.capture.bpf.run`` (the kernel's semantics, in Python) on every frame.
+"bulk" is every frame the decoder names nothing from (handshakes, ACKs, server data, uploads);
+"named" the frames that complete an observation. ``--encap`` wraps every frame of the capture in
+the given encapsulations (innermost first, ``beiand.testing.encap.STEPS``), as on a mirror port or
+an overlay; ``--program-from REV`` takes ``beiand/capture/bpf.py`` from a git revision (the
+"before" figure; that older file builds Ethernet programs only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+
+from beiand.capture import bpf as current_bpf
+from beiand.capture import read_capture
+from beiand.net.decoder import Decoder
+from beiand.testing import encap
+
+HERE = Path(__file__).parent
+TCP, UDP = (80, 443, 8080, 8443), (443,)
+
+
+def program_module(rev: str | None) -> ModuleType:
+    if not rev:
+        return current_bpf
+    src = subprocess.run(["git", "-C", str(HERE.parent), "show", f"{rev}:beiand/capture/bpf.py"], check=True,
+                         capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="beiand-bpf-")) / "bpf_old.py"
+    path.write_text(src, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("bpf_old", path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bpf_old"] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--packets", type=int, default=1_000_000)
+    ap.add_argument("--keep", help="directory for the capture (reused if present; bench_replay.py's --keep works)")
+    ap.add_argument("--encap", default="", help="comma-separated encapsulation steps around every frame")
+    ap.add_argument("--program-from", default="", help="git revision of beiand/capture/bpf.py to measure instead")
+    a = ap.parse_args()
+    d = Path(a.keep or tempfile.mkdtemp(prefix="beiand-bench-"))
+    d.mkdir(parents=True, exist_ok=True)
+    pcap = d / "mix.pcap"
+    if not pcap.exists():
+        subprocess.run([sys.executable, str(HERE / "gen_capture.py"), str(pcap), "--packets", str(a.packets)], check=True)
+    steps = [s for s in a.encap.split(",") if s]
+    mod = program_module(a.program_from)
+    prog = mod.build(TCP, UDP)
+    counted = getattr(mod, "run_counted", None) or current_bpf.run_counted  # the older file lacks it: same semantics
+    dec = Decoder()
+    frames = named = bulk = passed_named = passed_bulk = bulk_steps = 0
+    t0 = time.perf_counter()
+    for ts, lt, frame in read_capture(pcap):
+        if frames >= a.packets:
+            break
+        if steps:
+            frame = encap.wrap(frame[14:], steps)
+        frames += 1
+        verdict, cost = counted(prog, frame)
+        ok = verdict > 0
+        if dec.feed(ts, frame, lt):
+            named += 1
+            passed_named += ok
+        else:
+            bulk += 1
+            passed_bulk += ok
+            bulk_steps += cost
+    secs = time.perf_counter() - t0
+    label = a.program_from or "working tree"
+    print(f"program from {label}: {len(prog)} instructions; capture {pcap} ({frames} frames)"
+          f"{', inside ' + '/'.join(steps) if steps else ''}")
+    print(f"  bulk frames passed:  {passed_bulk}/{bulk} = {100 * passed_bulk / max(bulk, 1):.2f}%"
+          f"  ({bulk_steps / max(bulk, 1):.1f} instructions per bulk frame)")
+    print(f"  named frames passed: {passed_named}/{named} = {100 * passed_named / max(named, 1):.2f}%")
+    print(f"  all frames passed:   {passed_bulk + passed_named}/{frames} = {100 * (passed_bulk + passed_named) / max(frames, 1):.2f}%"
+          f"  ({secs:.1f} s in the Python interpreter)")
+
+
+if __name__ == "__main__":
+    main()
