@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from beiand.accesslog import AccessLog, LogConfig, retire, verify
-from beiand.accesslog.format import DAY_MS, parse_header, read_open
+from beiand.accesslog.format import DAY_MS, read_open
 from tests.unit.accesslog.helpers import DAY0, rec
 
 
@@ -53,17 +53,33 @@ def test_a_clock_set_forward_a_year_does_not_retire_young_partitions(tmp_path: P
     assert removed == [], [str(p) for p in removed]
 
 
-def test_anchors_file_reports_a_missing_or_shorter_partition(tmp_path: Path) -> None:
+def test_anchors_from_the_journal_report_a_missing_or_shorter_partition(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
     from beiand.accesslog.reader import read_anchors
 
-    fill(tmp_path)
-    events = [json.loads(x) for x in (tmp_path / "heads.log").read_text().splitlines()]
-    anchors = tmp_path / "anchors.jsonl"
-    anchors.write_text("".join(json.dumps(e) + "\n" for e in events if e["event"] == "checkpoint"))
-    assert read_anchors(anchors)
-    assert verify(tmp_path, anchors=read_anchors(anchors)).ok
-    p = next(tmp_path.glob("*/w0.open"))
-    data = p.read_bytes()
-    _, start = parse_header(data, str(p))
-    p.write_bytes(data[:start])
-    assert not verify(tmp_path, anchors=read_anchors(anchors)).ok
+    d = tmp_path / "log"
+    with caplog.at_level("INFO", logger="beiand.accesslog.store"), AccessLog(LogConfig(d)) as log:
+        for i in range(300):
+            log.append(rec(i))
+        log.flush()
+        log.checkpoint()
+    # What `journalctl -u beiand | grep 'access log anchor'` gives: a prefix, then the JSON.
+    journal = [f"Nov 29 10:00:00 gw beiand[1]: {r.getMessage()}" for r in caplog.records if "access log anchor" in r.getMessage()]
+    anchors = tmp_path / "anchors.txt"
+    anchors.write_text("\n".join(journal) + "\n")
+    got = read_anchors(anchors)
+    assert [(a.count, a.partition) for a in got] == [(0, "2026-09-21/w0"), (300, "2026-09-21/w0")]
+    assert verify(d, anchors=got).ok
+    p = next(d.glob("*/w0.open"))
+    part = read_open(p)
+    with open(p, "r+b") as f:
+        f.truncate(part.frames[0].end)
+    (d / "2026-09-21" / "w0.mark").unlink()  # a careful editor removes the commit mark too
+    probs = verify(d, anchors=got).all_problems()
+    assert any("anchor 2026-09-21/w0 (300 record(s)" in m and "fewer records" in m for m in probs), probs
+    # The whole directory gone, heads.log included: only the anchors say what was there.
+    import shutil
+
+    shutil.rmtree(d)
+    d.mkdir()
+    probs = verify(d, anchors=got).all_problems()
+    assert any("missing" in m for m in probs), probs
