@@ -300,7 +300,7 @@ def _key_check(hdr: dict[str, Any], key: bytes | None, chk: PartitionCheck) -> N
 def describe_damage(part: OpenPartition, risk: int | None) -> str:
     ranges = ", ".join(f"{a}-{b}" for a, b in part.damaged)
     n = sum(b - a for a, b in part.damaged)
-    return (f"damaged: byte(s) {ranges} unreadable ({n} byte(s): {part.why}); "
+    return (f"byte(s) {ranges} unreadable ({n} byte(s): {part.why}); "
             f"{'an unknown number of' if risk is None else risk} record(s) at risk, {part.records} readable")
 
 
@@ -312,7 +312,7 @@ def _check_open(p: Path, key: bytes | None, chk: PartitionCheck) -> None:
         chk.prev_head = part.header["prev_head"]
     aside = p.suffix == ".damaged"
     if part.damaged and (aside or not part.tail_only()):
-        chk.damage = describe_damage(part, at_risk(part.damaged, part, mark))
+        chk.damage = "damaged: " + describe_damage(part, at_risk(part.damaged, part, mark))
         chk.problems.append(chk.damage + ("; set aside at start, its readable records are still queried" if aside
                                           else "; a writer sets the partition aside at its next start"))
     elif part.damaged:
@@ -534,6 +534,7 @@ def verify(directory: Path, key: bytes | None = None, since_ms: int = 0, anchors
     acks: dict[str, str] = {}
     retired: dict[str, dict[str, Any]] = {}
     sealed_ev: dict[str, dict[str, Any]] = {}
+    asides = {e.get("aside"): e for e in events if e.get("event") == "damage"}
     for e in events:
         kind = e.get("event")
         if kind == "damaged":
@@ -586,6 +587,11 @@ def verify(directory: Path, key: bytes | None = None, since_ms: int = 0, anchors
                 if cp is not None and cp.get("event") in ("checkpoint", "open") and cp.get("count", 0) > chk.records:
                     chk.problems.append(f"holds {chk.records} records, but {cp['count']} were checkpointed: "
                                         "records were removed from its end")
+            if p.suffix == ".damaged" and not chk.damage:
+                ev = asides.get(chk.partition)
+                chk.damage = (f"damaged: set aside at start: {ev.get('why')}" if ev is not None
+                              else f"damaged: set aside at start (no damage event in {HEADS})")
+                chk.problems.append(chk.damage)
             if chk.damage and chk.partition in acks:
                 chk.acknowledged = acks[chk.partition]
                 chk.problems = [m for m in chk.problems if not m.startswith("damaged:")]
