@@ -119,3 +119,64 @@ def test_time_forms() -> None:
     assert parse_time("2026-11-01T08:00:00+08:00", "--since") == 1_793_491_200_000
     assert parse_time("1793491200", "--since") == 1_793_491_200_000
     assert parse_time("7d", "--since", now=1_000_000.0) == (1_000_000 - 7 * 86400) * 1000
+
+
+# -- damage, acknowledgement, anchors (issue 14) ---------------------------------------------------
+
+
+def _damaged_log(d: Path) -> Path:
+    """300 committed records in frames of 50, one byte flipped in the middle, a writer restarted."""
+    from beiand.accesslog import AccessLog, LogConfig
+    from tests.unit.accesslog.helpers import rec
+
+    with AccessLog(LogConfig(d)) as log:
+        for i in range(300):
+            log.append(rec(i))
+            if i % 50 == 49:
+                log.flush()
+    p = next(d.glob("*/w0.open"))
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    p.write_bytes(bytes(data))
+    AccessLog(LogConfig(d), start=False).close()
+    return p
+
+
+def test_damage_is_reported_until_acknowledged(tmp_path: Path, logged, capsys) -> None:  # type: ignore[no-untyped-def]
+    d = tmp_path / "log"
+    _damaged_log(d)
+    (aside,) = d.glob("*/w0.*.damaged")
+    name = f"{aside.parent.name}/{aside.stem}"
+    assert main(["logs", "verify", "--log-dir", str(d)]) == 1
+    outp = capsys.readouterr().out
+    assert f"FAILED: {name}: damaged: byte(s) " in outp and "record(s) at risk" in outp
+    # Queries still return its readable records, marked.
+    rows = q(capsys, str(d))
+    assert len(rows) == 250 and all(r.get("set_aside") == name for r in rows)
+    assert main(["logs", "acknowledge", "--log-dir", str(d), "2026-01-01/w0.001", "--reason", "checked"]) == 2
+    assert "not a damaged or missing partition" in capsys.readouterr().err
+    assert main(["logs", "acknowledge", "--log-dir", str(d), name, "--reason", ""]) == 2
+    assert main(["logs", "acknowledge", "--log-dir", str(d), name, "--reason", "bad sector on sda, disk replaced"]) == 0
+    capsys.readouterr()
+    assert main(["logs", "verify", "--log-dir", str(d)]) == 0
+    outp = capsys.readouterr().out
+    assert f"acknowledged: {name}: damaged" in outp and "disk replaced" in outp
+    events = [json.loads(x) for x in (d / "heads.log").read_text().splitlines()]
+    assert {"damage", "acknowledge"} <= {e["event"] for e in events}
+
+
+def test_verify_against_anchors(tmp_path: Path, logged, capsys) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    d = tmp_path / "copy"
+    shutil.copytree(logged, d)
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text((d / "heads.log").read_text())  # a copy of heads.log is an anchors file too
+    assert main(["logs", "verify", "--log-dir", str(d), "--anchors", str(anchors)]) == 0
+    assert "checked against" in capsys.readouterr().out
+    shutil.rmtree(d)
+    assert main(["logs", "verify", "--log-dir", str(d), "--anchors", str(anchors)]) == 1
+    assert "missing" in capsys.readouterr().out
+    anchors.write_text('{"partition": "2026-11-23/w0", "count": 3, "head": "zz"}\n')
+    assert main(["logs", "verify", "--log-dir", str(d), "--anchors", str(anchors)]) == 2
+    assert f"{anchors}:1: head: expected the full chain head" in capsys.readouterr().err
