@@ -221,7 +221,7 @@ def resync(data: bytes, pos: int, head_crc: bool | None = True) -> int:
     n = len(data)
     size = FRAME.size
     if n - pos >= size:
-        plen = FRAME.unpack_from(data, pos)[2]
+        plen: int = FRAME.unpack_from(data, pos)[2]
         nxt = pos + size + plen
         if nxt < n and not isinstance(frame_at(data, nxt, head_crc), str):
             return nxt

@@ -16,9 +16,9 @@ from beiand.accesslog.format import (
     GENESIS,
     FormatError,
     Index,
+    OpenPartition,
     chain,
     decode,
-    OpenPartition,
     key_id,
     read_mark,
     read_open,
@@ -601,7 +601,7 @@ def verify(directory: Path, key: bytes | None = None, since_ms: int = 0, anchors
         if prev is not None:
             rep.heads[worker] = prev.head
     for part, ev in last.items():
-        kind = ev.get("event")
+        kind = str(ev.get("event"))
         if part in present or kind == "retire":
             continue
         if kind == "damage":

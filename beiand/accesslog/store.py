@@ -35,9 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from beiand.accesslog.format import (
-    DAY_MS,
     CRC_HEAD,
-    FRAME,
+    DAY_MS,
     GENESIS,
     MARK_SLOT,
     SEAL_MAGIC,

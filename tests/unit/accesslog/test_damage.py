@@ -108,3 +108,109 @@ def test_flipped_bytes_at_random_offsets(tmp_path: Path) -> None:
         else:
             assert off < header_end
     print(f"200 flipped bytes: {regions}; every record outside the damaged frame returned, verify failed naming the damage")
+
+
+def test_every_byte_of_the_header_line_and_of_a_frame_header(tmp_path: Path) -> None:
+    """The regions 200 random offsets rarely hit: each byte flipped in turn."""
+    base = tmp_path / "base"
+    recs = fill(base, n=150, per_frame=50)
+    part = read_open(open_partition(base))
+    second = part.frames[1]
+    lost_second = [decode(ln) for ln in second.payload.splitlines()]
+    offsets = [*range(part.frames[0].offset), *range(second.offset, second.offset + FRAME.size)]
+    for off in offsets:
+        d = tmp_path / f"o{off}"
+        copy_tree(base, d)
+        flip(open_partition(d), off, 0x04)
+        restart(d)
+        expect = recs if off < part.frames[0].offset else [r for r in recs if r not in lost_second]
+        assert list(query(d, Query())) == expect, off
+        assert any("damaged" in m for m in verify(d).all_problems()), off
+
+
+def test_the_chain_continues_in_a_new_partition_naming_the_damaged_one(tmp_path: Path) -> None:
+    recs = fill(tmp_path, n=300, per_frame=50)
+    p = open_partition(tmp_path)
+    third = read_open(p).frames[2]
+    lost = {decode(ln) for ln in third.payload.splitlines()}
+    flip(p, third.offset + FRAME.size + 10)
+    with AccessLog(LogConfig(tmp_path)) as log:
+        assert log.stats.set_aside == 1
+        for i in range(300, 400):
+            log.append(rec(i))
+    new = read_open(open_partition(tmp_path))
+    aside = read_open(next(tmp_path.glob("*/w0.001.damaged")))
+    assert new.header["prev"] == "2026-09-21/w0.001"
+    assert new.header["prev_head"] == aside.frames[-1].head.hex()
+    assert list(query(tmp_path, Query())) == [r for r in [*recs, *map(rec, range(300, 400))] if r not in lost]
+    rep = verify(tmp_path)
+    probs = rep.all_problems()
+    assert len(probs) == 1 and probs[0].startswith("2026-09-21/w0.001: damaged: byte(s) "), probs
+    assert "50 record(s) at risk, 250 readable" in probs[0]
+
+
+def test_truncation_in_the_middle_is_set_aside_not_taken_for_a_torn_tail(tmp_path: Path) -> None:
+    recs = fill(tmp_path, n=300, per_frame=50)
+    p = open_partition(tmp_path)
+    part = read_open(p)
+    with open(p, "r+b") as f:
+        f.truncate(part.frames[3].offset + 100)  # mid-frame, well before the commit mark
+    restart(tmp_path)
+    assert list(query(tmp_path, Query())) == recs[:150]
+    probs = verify(tmp_path).all_problems()
+    assert any("damaged" in m and "150 record(s) at risk" in m for m in probs), probs
+
+
+def test_bytes_cut_out_of_the_middle_are_reported(tmp_path: Path) -> None:
+    recs = fill(tmp_path, n=300, per_frame=50)
+    p = open_partition(tmp_path)
+    part = read_open(p)
+    data = p.read_bytes()
+    p.write_bytes(data[:part.frames[1].offset + 30] + data[part.frames[2].offset + 30:])
+    restart(tmp_path)
+    got = list(query(tmp_path, Query()))
+    assert got == recs[:50] + recs[150:]
+    assert any("damaged" in m for m in verify(tmp_path).all_problems())
+
+
+def test_a_torn_tail_beyond_the_commit_mark_is_still_cut(tmp_path: Path) -> None:
+    recs = fill(tmp_path, n=100, per_frame=50)
+    p = open_partition(tmp_path)
+    with open(p, "ab") as f:
+        f.write(b"F\0\0\0\x05garbage")  # a frame the crash cut short, never acknowledged
+    log = restart(tmp_path)
+    assert log.stats.torn_repaired == 1 and log.stats.set_aside == 0
+    assert list(query(tmp_path, Query())) == recs
+    assert verify(tmp_path).ok
+
+
+def test_a_swapped_sealed_partition_is_reported(tmp_path: Path) -> None:
+    with AccessLog(LogConfig(tmp_path)) as log:
+        for day in range(3):
+            for i in range(20):
+                log.append(rec(i, day))
+            log.flush()
+    a, b = tmp_path / "2026-09-21" / "w0.sealed", tmp_path / "2026-09-22" / "w0.sealed"
+    da, db = a.read_bytes(), b.read_bytes()
+    a.write_bytes(db)
+    b.write_bytes(da)
+    probs = verify(tmp_path).all_problems()
+    assert any("2026-09-22/w0" in m and "does not continue the chain" in m for m in probs), probs
+    assert any("SHA-256 differs" in m or "differs from its seal event" in m for m in probs), probs
+
+
+def test_an_open_partition_rolled_back_to_an_older_copy_is_reported(tmp_path: Path) -> None:
+    with AccessLog(LogConfig(tmp_path)) as log:
+        for i in range(100):
+            log.append(rec(i))
+        log.flush()
+        p = open_partition(tmp_path)
+        old, old_mark = p.read_bytes(), p.with_suffix(".mark").read_bytes()
+        for i in range(100, 200):
+            log.append(rec(i))
+        log.flush()
+        log.checkpoint()
+    p.write_bytes(old)
+    p.with_suffix(".mark").write_bytes(old_mark)  # consistent with each other: only heads.log knows
+    probs = verify(tmp_path).all_problems()
+    assert any("200 were checkpointed" in m for m in probs), probs
