@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from beiand.accesslog import AccessLog, LogConfig, retire, verify
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from beiand.accesslog import AccessLog, LogConfig, Query, query, retire, verify
 from beiand.accesslog.format import DAY_MS, read_open
 from tests.unit.accesslog.helpers import DAY0, rec
 
@@ -82,3 +86,67 @@ def test_anchors_from_the_journal_report_a_missing_or_shorter_partition(tmp_path
     d.mkdir()
     probs = verify(d, anchors=got).all_problems()
     assert any("missing" in m for m in probs), probs
+
+
+def test_a_clock_set_back_a_day_while_writing_loses_nothing(tmp_path: Path) -> None:
+    recs = [rec(i, 1) for i in range(50)] + [rec(i, 0) for i in range(50, 100)] + [rec(i, 1) for i in range(100, 150)]
+    with AccessLog(LogConfig(tmp_path, commit_records=25)) as log:
+        for r in recs:
+            log.append(r)
+    assert [p.parent.name for p in tmp_path.glob("*/w0.open")] == ["2026-09-22"]  # late records stay in the open day
+    assert sorted(query(tmp_path, Query())) == sorted(recs)
+    assert verify(tmp_path).ok
+    assert retire(tmp_path, 60, now_ms=DAY0) == []  # the clock behind its records: nothing goes
+
+
+def test_a_clock_set_forward_a_year_while_writing_loses_nothing(tmp_path: Path) -> None:
+    recs = [rec(i, 0) for i in range(50)] + [rec(i, 365) for i in range(50, 100)] + [rec(i, 366) for i in range(100, 150)]
+    with AccessLog(LogConfig(tmp_path, commit_records=25)) as log:
+        for r in recs:
+            log.append(r)
+            log.flush()
+    assert list(query(tmp_path, Query())) == recs
+    assert verify(tmp_path).ok
+    assert retire(tmp_path, 60, now_ms=DAY0 + 367 * DAY_MS) == []
+    assert list(query(tmp_path, Query())) == recs
+
+
+# -- anchors files: parsing ---------------------------------------------------------------------
+
+HEX = st.text("0123456789abcdef", min_size=64, max_size=64)
+
+
+@given(part=st.from_regex(r"\A20\d\d-\d\d-\d\d/w\d{1,3}\Z"), count=st.integers(0, 2**40), head=HEX,
+       prefix=st.text(st.characters(blacklist_characters="{\n\r", blacklist_categories=("Cs",)), max_size=40))
+def test_anchor_lines_round_trip_with_any_prefix(part: str, count: int, head: str, prefix: str) -> None:
+    from beiand.accesslog.reader import Anchor, parse_anchor_line
+
+    line = prefix + json.dumps({"partition": part, "count": count, "head": head, "ts_ms": 5})
+    assert parse_anchor_line(line, "f:1") == Anchor(part, count, head, 5)
+
+
+@given(st.text(max_size=200))
+@example('{"partition": "2026-11-23/w0", "count": true, "head": ""}')
+@example('x {"partition": 1}')
+@example('{"event": "retire", "partition": "2026-11-23/w0"}')
+def test_anchor_lines_are_parsed_or_refused_with_file_line_and_field(text: str) -> None:
+    from beiand.accesslog.reader import Anchor, AnchorError, parse_anchor_line
+
+    try:
+        got = parse_anchor_line(text, "anchors.jsonl:7")
+    except AnchorError as exc:
+        assert str(exc).startswith("anchors.jsonl:7: ")
+    else:
+        assert got is None or isinstance(got, Anchor)
+
+
+@given(st.binary(max_size=600), st.integers(0, 599))
+@example(b"", 0)
+def test_any_bytes_read_as_an_open_partition_never_raise(junk: bytes, cut: int) -> None:
+    from beiand.accesslog.format import frame_bytes, header_line, parse_open
+
+    good = header_line({"prev_head": "00" * 32, "crc": "head+payload"}) + frame_bytes(2, bytes(32), b"a\nb\n")
+    data = good[:cut] + junk + good[cut:]
+    part = parse_open(data, "w0.open")
+    assert all(f.count == f.payload.count(b"\n") for f in part.frames)
+    assert all(a < b for a, b in part.damaged)
