@@ -411,7 +411,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
         return {"counters": c, "gauges": {"flows": decoder.flow_count, "log_pending": alog.pending,
                                           "chain_head": int.from_bytes(alog.head[:6], "big")},
                 "fsync": fs, "latency": lat, "enforce_latency": elat, "obs": agg.take(), "log_failing": st.failing,
-                "breaker": enforcer.breaker.why if enforcer.breaker.open else ""}
+                "breaker": enforcer.breaker.why if enforcer.breaker.open else "", "accesslog": alog.position}
 
     outbox = _Outbox(conn)
     while not stop:
@@ -480,6 +480,7 @@ class Worker:
     log_failing: str = ""
     pid: int = 0
     breaker: str = ""
+    accesslog: dict[str, Any] = field(default_factory=dict)  # the worker's log position (full chain head)
 
 
 class Daemon:
@@ -608,6 +609,8 @@ class Daemon:
                             for w in self.workers.values()], "worker_restarts": self.restarts,
                 "decision_latency_seconds": _percentiles(self.latencies),
                 "breaker": {str(w.idx): w.breaker for w in self.workers.values() if w.breaker},
+                # Chain heads in full (anchor them elsewhere; `beiand logs verify --anchors`).
+                "accesslog": {f"w{w.idx}": w.accesslog for w in self.workers.values() if w.accesslog},
                 "enforcement": {"inline": self.state.config.enforce.inline, "nftables": self.nft.via if self.nft else None,
                                 "orders": len(self.orders.orders) if self.orders else 0}}
 
@@ -673,6 +676,7 @@ class Daemon:
             self.latencies.extend(msg.get("latency", ()))
             w.log_failing = msg.get("log_failing", "")
             w.breaker = msg.get("breaker", "")
+            w.accesslog = msg.get("accesslog", w.accesslog)
             self.metrics.breaker_open.set(1 if any(x.breaker for x in self.workers.values()) else 0)
         view = self.obs
         for row in msg.get("obs", ()):

@@ -325,6 +325,13 @@ class AccessLog:
         self.close()
 
     @property
+    def position(self) -> dict[str, Any]:
+        """What is durable now (partition, record count, full chain head) and the last checkpoint:
+        what ``/api/v1/status`` shows, to be anchored elsewhere (a chain head is no float gauge)."""
+        return {"partition": part_name(self._path) if self._path is not None else "", "count": self._count,
+                "head": self.head.hex(), "checkpoint": self.anchor, "set_aside": self.stats.set_aside}
+
+    @property
     def pending(self) -> int:
         """Records appended but not yet on disk."""
         return len(self._queue) + self._nframed

@@ -59,3 +59,27 @@ def test_main_process_view_is_bounded_and_keeps_the_recent(monkeypatch):
     d._handle(w, {"obs": [(*next(iter(d.obs)), 0.5, 300.0, 4)]})
     first = next(iter(d.obs.values()))
     assert first[0] == 0.5 and first[1] == 300.0 and first[2] == 5
+
+
+def test_workers_report_the_full_chain_head_for_the_status_api(tmp_path):
+    """/api/v1/status shows each worker's log position with the chain head in full (issue 14):
+    a line of it is an anchor `beiand logs verify --anchors` reads."""
+    import json
+    from unittest import mock
+
+    from beiand.accesslog import AccessLog, LogConfig
+    from beiand.accesslog.reader import parse_anchor_line
+    from tests.unit.accesslog.helpers import rec
+
+    with AccessLog(LogConfig(tmp_path)) as log:
+        for i in range(10):
+            log.append(rec(i))
+        log.flush()
+        pos = log.position
+    assert pos["count"] == 10 and len(pos["head"]) == 64 and pos["partition"] == "2026-09-21/w0"
+    assert parse_anchor_line(json.dumps(pos), "status") is not None
+    d = Daemon.__new__(Daemon)
+    d.obs, d.latencies, d.metrics, d.workers = {}, [], mock.Mock(), {}
+    w = Worker(0, None, None)  # type: ignore[arg-type]
+    d._handle(w, {"counters": {}, "accesslog": pos})
+    assert w.accesslog == pos
