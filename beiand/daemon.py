@@ -346,9 +346,6 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
                         block_timeout_ms=cfg.capture.ring_block_timeout_ms, version=cfg.capture.ring_version) for i in ifaces]
     al = cfg.accesslog
     key = al.hmac_key_file.read_bytes().strip() if al.hmac_key_file else None
-    alog = AccessLog(LogConfig(al.directory, worker=idx, gateway=cfg.gateway, retention_days=al.retention_days,
-                               commit_interval=al.commit_interval, commit_records=al.commit_records, max_buffer=al.max_buffer,
-                               key=key, checkpoint_interval=al.checkpoint_interval))
     sinks: list[Any] = []
     ch = None
     if al.clickhouse.url:
@@ -358,9 +355,12 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
         ch = ClickHouseSink(c.url, c.spill_dir or al.directory / "spill", database=c.database, table=c.table, user=c.user,
                             password=c.password_file.read_text().strip() if c.password_file else "", worker=idx,
                             batch_records=c.batch_records, retention_days=al.retention_days)
-        sinks.append(AccessLogSink(ch, cfg.gateway))
-    else:
-        sinks.append(AccessLogSink(alog, cfg.gateway))
+    # Checkpoints also go off the machine: the journal (a log line) and, when configured, ClickHouse.
+    alog = AccessLog(LogConfig(al.directory, worker=idx, gateway=cfg.gateway, retention_days=al.retention_days,
+                               commit_interval=al.commit_interval, commit_records=al.commit_records, max_buffer=al.max_buffer,
+                               key=key, checkpoint_interval=al.checkpoint_interval),
+                     on_checkpoint=ch.anchor if ch is not None else None)
+    sinks.append(AccessLogSink(ch if ch is not None else alog, cfg.gateway))
     agg = _Aggregate()
     decoder = Decoder(DecoderConfig(tcp_ports=frozenset(cfg.capture.tcp_ports), udp_ports=frozenset(cfg.capture.udp_ports)))
     enforcer = make_enforcer(cfg)

@@ -668,11 +668,11 @@ class AccessLog:
         self.anchor = {k: event[k] for k in ("partition", "count", "head", "ts_ms")}
         # One JSON object per line: ``journalctl -u beiand | grep 'access log anchor'`` is a file
         # that ``beiand logs verify --anchors`` reads as it is (docs/access-log.md).
-        log.info("access log anchor %s", json.dumps({**self.anchor, "gateway": self.cfg.gateway, "worker": self.cfg.worker},
-                                                     sort_keys=True, separators=(",", ":")))
+        full = {**self.anchor, "gateway": self.cfg.gateway, "worker": self.cfg.worker}
+        log.info("access log anchor %s", json.dumps(full, sort_keys=True, separators=(",", ":")))
         if self.on_checkpoint is not None:
             try:
-                self.on_checkpoint(self.anchor)
+                self.on_checkpoint(full)
             except Exception:
                 log.exception("access log: sending the anchor off the machine failed")
 
