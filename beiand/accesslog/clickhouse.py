@@ -287,6 +287,8 @@ class ClickHouseSink:
         self.spill.close()
         for p in partition_paths(self.spill_dir, self.worker):
             p.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                p.with_suffix(".mark").unlink()  # the partition's commit mark
             with contextlib.suppress(OSError):
                 p.parent.rmdir()
         self._uncertain.clear()

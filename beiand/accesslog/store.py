@@ -431,7 +431,6 @@ class AccessLog:
             if nframes:
                 try:
                     self._sync()
-                    self._write_mark(self._offset, self._count + written, frames[nframes - 1][3])
                 except Exception as exc:
                     error = error or exc
                     with contextlib.suppress(OSError):
@@ -439,6 +438,13 @@ class AccessLog:
                         os.lseek(self._fd, start_offset, os.SEEK_SET)
                     self._offset = start_offset
                     written = nframes = 0
+        if nframes:
+            try:
+                self._write_mark(self._offset, self._count + written, frames[nframes - 1][3])
+            except OSError as exc:
+                # The frames are durable; only the mark lags (the next commit writes it again).
+                self.stats.write_errors += 1
+                log.error("access log %s: commit mark not written: %s", self.dir, exc)
         nbytes = 0
         for _ in range(nframes):
             f = frames.popleft()
@@ -529,10 +535,13 @@ class AccessLog:
         if self._mfd >= 0:
             os.close(self._mfd)
             self._mfd = -1
-        fd = os.open(mark_path(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        # No O_TRUNC, one slot at a time: a crash here leaves an intact mark (old or new) behind.
+        fd = os.open(mark_path(path), os.O_WRONLY | os.O_CREAT, FILE_MODE)
         try:
             body = mark_bytes(mark)
-            os.write(fd, body + bytes(MARK_SLOT - len(body)) + body)
+            os.pwrite(fd, body + bytes(MARK_SLOT - len(body)), 0)
+            os.fsync(fd)
+            os.pwrite(fd, body, MARK_SLOT)
             os.fsync(fd)
         except OSError:
             os.close(fd)

@@ -19,7 +19,7 @@ def test_checkpoints_reach_the_anchors_table(tmp_path: Path) -> None:
     seen: list[tuple[str, bytes]] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             q = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("query", [""])[0]
             seen.append((q or body.decode(errors="replace"), body if q else b""))
