@@ -312,7 +312,7 @@ def _check_open(p: Path, key: bytes | None, chk: PartitionCheck) -> None:
         chk.prev_head = part.header["prev_head"]
     aside = p.suffix == ".damaged"
     if part.damaged and (aside or not part.tail_only()):
-        chk.damage = "damaged: " + describe_damage(part, at_risk(part.damaged, part, mark))
+        chk.damage = "damaged: " + describe_damage(part, at_risk(part, mark))
         chk.problems.append(chk.damage + ("; set aside at start, its readable records are still queried" if aside
                                           else "; a writer sets the partition aside at its next start"))
     elif part.damaged:

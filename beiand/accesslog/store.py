@@ -218,9 +218,8 @@ def assess(part: OpenPartition, mark: Mark | None) -> str:
     return ""
 
 
-def at_risk(data_ranges: tuple[tuple[int, int], ...], part: OpenPartition, mark: Mark | None) -> int | None:
-    """Records committed but unreadable: from the commit mark, else from the damaged frames'
-    headers (None when a header is unreadable too)."""
+def at_risk(part: OpenPartition, mark: Mark | None) -> int | None:
+    """Records committed but unreadable, from the commit mark (None without one)."""
     if mark is not None:
         return max(mark.count - sum(f.count for f in part.frames if f.end <= mark.offset), 0)
     return None
@@ -623,7 +622,7 @@ class AccessLog:
         with contextlib.suppress(FileNotFoundError):
             os.rename(mark_path(path), mark_path(aside))
         fsync_dir(path.parent)
-        risk = at_risk(part.damaged, part, mark)
+        risk = at_risk(part, mark)
         head = part.head
         self.head = head
         self.stats.set_aside += 1

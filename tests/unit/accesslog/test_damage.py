@@ -214,3 +214,39 @@ def test_an_open_partition_rolled_back_to_an_older_copy_is_reported(tmp_path: Pa
     p.with_suffix(".mark").write_bytes(old_mark)  # consistent with each other: only heads.log knows
     probs = verify(tmp_path).all_problems()
     assert any("200 were checkpointed" in m for m in probs), probs
+
+
+def test_zeros_beyond_the_commit_mark_after_a_power_loss_are_cut(tmp_path: Path) -> None:
+    recs = fill(tmp_path, n=100, per_frame=50)
+    p = open_partition(tmp_path)
+    with open(p, "ab") as f:
+        f.write(bytes(4096))  # the file grew, its data never reached the disk
+    log = restart(tmp_path)
+    assert log.stats.torn_repaired == 1 and log.stats.set_aside == 0
+    assert list(query(tmp_path, Query())) == recs
+    assert verify(tmp_path).ok
+
+
+def test_a_partition_written_before_commit_marks_is_continued_and_its_damage_set_aside(tmp_path: Path) -> None:
+    """Upgrade: no mark file, frame CRCs over the payload only."""
+    from beiand.accesslog.format import GENESIS, chain, encode, frame_bytes, header_line
+
+    recs = [rec(i) for i in range(200)]
+    (tmp_path / "2026-09-21").mkdir()
+    p = tmp_path / "2026-09-21" / "w0.open"
+    data, head = header_line({"day": "2026-09-21", "worker": 0, "gateway": "", "prev": "", "prev_head": GENESIS.hex(),
+                              "key_id": "", "created_ms": 0}), GENESIS
+    for i in range(0, 200, 50):
+        lines = [encode(r) for r in recs[i:i + 50]]
+        head = chain(head, lines)
+        data += frame_bytes(50, head, b"".join(lines), head_crc=False)
+    p.write_bytes(data)
+    with AccessLog(LogConfig(tmp_path)) as log:
+        log.append(rec(200))
+    assert verify(tmp_path).ok
+    assert list(query(tmp_path, Query())) == [*recs, rec(200)]
+    part = read_open(p)
+    flip(p, part.frames[1].offset + FRAME.size + 3)
+    restart(tmp_path)
+    assert list(query(tmp_path, Query())) == [*recs[:50], *recs[100:], rec(200)]
+    assert any("damaged" in m for m in verify(tmp_path).all_problems())
