@@ -180,3 +180,24 @@ def test_verify_against_anchors(tmp_path: Path, logged, capsys) -> None:  # type
     anchors.write_text('{"partition": "2026-11-23/w0", "count": 3, "head": "zz"}\n')
     assert main(["logs", "verify", "--log-dir", str(d), "--anchors", str(anchors)]) == 2
     assert f"{anchors}:1: head: expected the full chain head" in capsys.readouterr().err
+
+
+def test_replay_on_a_damaged_log_keeps_every_readable_record(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The reproduction of issue 14 through the command: `replay --log-dir` starts a writer on a
+    log with a flipped byte; it used to cut every record after the damaged frame."""
+    d = tmp_path / "log"
+    _damaged_log(d)
+    # Undo the restart the helper did: the damaged file is the open partition again.
+    (aside,) = d.glob("*/w0.001.damaged")
+    aside.rename(aside.with_name("w0.open"))
+    aside.with_suffix(".mark").rename(aside.with_name("w0.mark"))
+    (d / "heads.log").write_text("".join(x + "\n" for x in (d / "heads.log").read_text().splitlines()
+                                         if '"damage"' not in x))
+    demo = build(tmp_path / "demo")
+    main(["replay", demo["pcap"], "--records", demo["records"], "--inventory", demo["inventory"], "--provider", PROVIDER,
+          "--log-dir", str(d), "--gateway", "gw-test"])
+    capsys.readouterr()
+    rows = q(capsys, str(d))
+    assert len(rows) == 250 + 11
+    assert main(["logs", "verify", "--log-dir", str(d)]) == 1
+    assert "damaged: byte(s) " in capsys.readouterr().out
