@@ -290,8 +290,8 @@ def cmd_acknowledge(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     d = log_dir(args)
     st = stats(d)
-    info = {"directory": str(d), "partitions": st.partitions, "open": st.open, "sealed": st.sealed, "records": st.records,
-            "bytes": st.bytes, "oldest_record": fmt_time(st.oldest_ms) if st.records else None,
+    info = {"directory": str(d), "partitions": st.partitions, "open": st.open, "sealed": st.sealed, "damaged": st.damaged,
+            "records": st.records, "bytes": st.bytes, "oldest_record": fmt_time(st.oldest_ms) if st.records else None,
             "newest_record": fmt_time(st.newest_ms) if st.records else None, "days_held": round(st.days_held, 2),
             "workers": st.workers}
     if args.json:

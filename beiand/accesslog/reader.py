@@ -279,13 +279,14 @@ def read_heads(directory: Path) -> list[dict[str, Any]]:
     return events
 
 
-def check_partition(p: Path, key: bytes | None) -> PartitionCheck:
+def check_partition(p: Path, key: bytes | None, checkpoints: dict[int, str] | None = None) -> PartitionCheck:
+    """Check one partition; ``checkpoints`` (count → head, from heads.log) are compared with an open one."""
     chk = PartitionCheck(part_name(p), p.suffix[1:], bytes=p.stat().st_size)
     try:
         if p.suffix == ".sealed":
             _check_sealed(p, key, chk)
         else:
-            _check_open(p, key, chk)
+            _check_open(p, key, chk, checkpoints or {})
     except (FormatError, OSError, ValueError, KeyError, zlib.error) as exc:
         chk.problems.append(f"unreadable: {exc}")
     return chk
@@ -304,7 +305,7 @@ def describe_damage(part: OpenPartition, risk: int | None) -> str:
             f"{'an unknown number of' if risk is None else risk} record(s) at risk, {part.records} readable")
 
 
-def _check_open(p: Path, key: bytes | None, chk: PartitionCheck) -> None:
+def _check_open(p: Path, key: bytes | None, chk: PartitionCheck, checkpoints: dict[int, str] | None = None) -> None:
     mark = read_mark(mark_path(p))  # before the partition: a running writer only moves it forward
     part = read_open(p)
     if part.header_ok:
@@ -336,6 +337,9 @@ def _check_open(p: Path, key: bytes | None, chk: PartitionCheck) -> None:
                 head = fr.head
         _ts_range(lines, chk)
         chk.records += fr.count
+        if checkpoints and checkpoints.get(chk.records, fr.head.hex()) != fr.head.hex():
+            chk.problems.append(f"its chain head after {chk.records} records differs from the checkpoint in {HEADS}: "
+                                "the partition was replaced or rolled back and written again")
     chk.head = head.hex() if head else ""
 
 
@@ -535,6 +539,7 @@ def verify(directory: Path, key: bytes | None = None, since_ms: int = 0, anchors
     retired: dict[str, dict[str, Any]] = {}
     sealed_ev: dict[str, dict[str, Any]] = {}
     asides = {e.get("aside"): e for e in events if e.get("event") == "damage"}
+    cps: dict[str, dict[int, str]] = {}
     for e in events:
         kind = e.get("event")
         if kind == "damaged":
@@ -543,6 +548,14 @@ def verify(directory: Path, key: bytes | None = None, since_ms: int = 0, anchors
             acks[e.get("partition", "")] = str(e.get("reason", ""))
         elif kind in ("open", "checkpoint", "seal", "retire", "damage") and isinstance(e.get("partition"), str):
             last[e["partition"]] = e
+            # The checkpoints of the partition now open under that name (a damage event starts anew).
+            if kind == "checkpoint" and isinstance(e.get("count"), int) and isinstance(e.get("head"), str):
+                seen = cps.setdefault(e["partition"], {})
+                if seen.setdefault(e["count"], e["head"]) != e["head"]:
+                    rep.problems.append(f"{e['partition']}: two checkpoints in {HEADS} after {e['count']} records disagree "
+                                        "on the chain head: the partition was rolled back and written again")
+            elif kind in ("open", "damage"):
+                cps.pop(e["partition"], None)
             if kind == "retire":
                 retired[e["partition"]] = e
             elif kind == "seal":
@@ -565,7 +578,8 @@ def verify(directory: Path, key: bytes | None = None, since_ms: int = 0, anchors
                     head = ""
                 prev = PartitionCheck(part_name(p), p.suffix[1:], head=head)
                 continue
-            chk = check_partition(p, key)
+            cp = last.get(part_name(p))
+            chk = check_partition(p, key, cps.get(part_name(p)) if p.suffix == ".open" else None)
             if not chk.prev_head:
                 pass  # damaged header: reported as damage
             elif prev is None:
@@ -583,9 +597,9 @@ def verify(directory: Path, key: bytes | None = None, since_ms: int = 0, anchors
                 elif ev.get("sha256") and ev["sha256"] != file_sha256(p):
                     chk.problems.append("file changed since it was sealed (SHA-256 differs from the seal event)")
             elif p.suffix == ".open":
-                cp = last.get(chk.partition)
-                if cp is not None and cp.get("event") in ("checkpoint", "open") and cp.get("count", 0) > chk.records:
-                    chk.problems.append(f"holds {chk.records} records, but {cp['count']} were checkpointed: "
+                most = max(cps.get(part_name(p), {0: ""}))
+                if cp is not None and cp.get("event") in ("checkpoint", "open") and most > chk.records:
+                    chk.problems.append(f"holds {chk.records} records, but {most} were checkpointed: "
                                         "records were removed from its end")
             if p.suffix == ".damaged" and not chk.damage:
                 ev = asides.get(chk.partition)
@@ -627,6 +641,7 @@ class Stats:
     partitions: int = 0
     open: int = 0
     sealed: int = 0
+    damaged: int = 0  # set aside at start (readable records counted)
     records: int = 0
     bytes: int = 0
     oldest_ms: int = 0
@@ -650,7 +665,10 @@ def stats(directory: Path) -> Stats:
             meta = read_sealed_meta(p)
             n, lo, hi = meta["count"], meta["min_ts"], meta["max_ts"]
         else:
-            st.open += 1
+            if p.suffix == ".damaged":
+                st.damaged += 1
+            else:
+                st.open += 1
             chk = PartitionCheck(p.name, "open")
             for fr in read_open(p).frames:
                 chk.records += fr.count

@@ -250,3 +250,26 @@ def test_a_partition_written_before_commit_marks_is_continued_and_its_damage_set
     restart(tmp_path)
     assert list(query(tmp_path, Query())) == [*recs[:50], *recs[100:], rec(200)]
     assert any("damaged" in m for m in verify(tmp_path).all_problems())
+
+
+def test_a_rolled_back_partition_written_again_is_still_reported(tmp_path: Path) -> None:
+    with AccessLog(LogConfig(tmp_path, commit_records=50)) as log:
+        for i in range(100):
+            log.append(rec(i))
+        log.flush()
+        p = open_partition(tmp_path)
+        old, old_mark = p.read_bytes(), p.with_suffix(".mark").read_bytes()
+        for i in range(100, 200):
+            log.append(rec(i))
+        log.flush()
+        log.checkpoint()
+    p.write_bytes(old)
+    p.with_suffix(".mark").write_bytes(old_mark)
+    with AccessLog(LogConfig(tmp_path, commit_records=50)) as log:  # the writer goes on from the old copy
+        for i in range(500, 600):
+            log.append(rec(i))
+            if i % 50 == 49:
+                log.flush()
+        log.checkpoint()  # a later checkpoint does not hide the earlier one
+    probs = verify(tmp_path).all_problems()
+    assert any("differs from the checkpoint" in m for m in probs), probs
