@@ -208,11 +208,15 @@ def assess(part: OpenPartition, mark: Mark | None) -> str:
         return "its header line changed after it was written"
     ends = {f.end: f for f in part.frames}
     committed = sum(f.count for f in part.frames if f.end <= mark.offset)
-    if part.end < mark.offset or committed != mark.count:
+    if part.end < mark.offset:
         return (f"{mark.count - committed} committed record(s) missing: it holds {committed} up to offset "
-                f"{min(part.end, mark.offset)}, its commit mark says {mark.count} up to offset {mark.offset}")
+                f"{part.end}, its commit mark says {mark.count} up to offset {mark.offset}")
     fr = ends.get(mark.offset)
-    head = fr.head if fr is not None else (bytes.fromhex(part.header["prev_head"]) if mark.count == 0 else b"")
+    if fr is None and mark.count:
+        return f"no frame ends at its committed offset {mark.offset} (commit mark): the partition was edited"
+    if committed != mark.count:
+        return f"holds {committed} record(s) up to offset {mark.offset}, its commit mark says {mark.count}: edited"
+    head = fr.head if fr is not None else bytes.fromhex(part.header["prev_head"])
     if head != mark.head:
         return "its chain head at the commit mark differs from the mark's"
     return ""
@@ -569,9 +573,13 @@ class AccessLog:
         opens = [p for p in parts if p.suffix == ".open"]
         latest = parts[-1]
         for p in opens[:-1] if latest.suffix == ".open" else opens:
-            if self._start_check(p) is not None and self.cfg.seal:
-                seal_partition(p, self.cfg)
-                self.stats.sealed += 1
+            found = self._start_check(p)
+            if found is not None and self.cfg.seal:
+                try:
+                    seal_partition(p, self.cfg)
+                    self.stats.sealed += 1
+                except FormatError as exc:  # a broken chain: set aside, never a reason not to start
+                    self._set_aside(p, found[0], found[1], str(exc))
         if latest.suffix == ".sealed":
             self.head = bytes.fromhex(read_sealed_meta(latest)["head"])
             return

@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
+
 from beiand.accesslog import AccessLog, LogConfig, Query, query, verify
 from beiand.accesslog.format import FRAME, decode, read_open
 from tests.unit.accesslog.helpers import rec
@@ -273,3 +275,21 @@ def test_a_rolled_back_partition_written_again_is_still_reported(tmp_path: Path)
         log.checkpoint()  # a later checkpoint does not hide the earlier one
     probs = verify(tmp_path).all_problems()
     assert any("differs from the checkpoint" in m for m in probs), probs
+
+
+@pytest.mark.parametrize("new", [b"http-host", b"tls-SNI"])  # frames move (the mark sees it) / stay (the chain does)
+def test_an_edited_partition_of_an_older_day_is_set_aside_and_the_writer_starts(tmp_path: Path, new: bytes) -> None:
+    from tests.unit.accesslog.test_store import rewrite_open
+
+    recs = fill(tmp_path, n=100, per_frame=50)
+    p = open_partition(tmp_path)
+    rewrite_open(p, lambda ls: [ls[0].replace(b"tls-sni", new), *ls[1:]])  # CRCs fixed, chain not
+    edited = decode(read_open(p).frames[0].payload.splitlines()[0])
+    with AccessLog(LogConfig(tmp_path)) as log:  # a new day: the old open partition would be sealed
+        log.append(rec(1, day=1))
+    restart(tmp_path)  # now an older day's open partition: sealed at start, unless its chain is broken
+    assert list(query(tmp_path, Query())) == [edited, *recs[1:], rec(1, day=1)]
+    probs = verify(tmp_path).all_problems()
+    assert any(m.startswith("2026-09-21/w0.001: damaged: set aside at start: ") for m in probs), probs
+    assert any("2026-09-21/w0.001: chain broken" in m for m in probs), probs
+    assert not list(tmp_path.glob("2026-09-21/w0.sealed"))
