@@ -413,6 +413,8 @@ def parse_anchor_line(line: str, where: str) -> Anchor | None:
     if "event" in obj and obj["event"] not in ANCHOR_EVENTS:
         return None
     part, count, head = obj.get("partition"), obj.get("count"), obj.get("head")
+    if isinstance(count, str) and count.isascii() and count.isdigit():
+        count = int(count)  # ClickHouse's JSONEachRow quotes 64-bit integers
     if not isinstance(part, str) or "/" not in part:
         raise AnchorError(f"{where}: partition: expected a partition name such as \"2026-11-23/w0\", got {part!r}")
     if not isinstance(count, int) or isinstance(count, bool) or count < 0:
@@ -420,7 +422,7 @@ def parse_anchor_line(line: str, where: str) -> Anchor | None:
     if not isinstance(head, str) or len(head) != 64 or any(c not in "0123456789abcdef" for c in head):
         raise AnchorError(f"{where}: head: expected the full chain head, 64 lower-case hex digits, got {head!r}")
     ts = obj.get("ts_ms", 0)
-    return Anchor(part, count, head, ts if isinstance(ts, int) else 0)
+    return Anchor(part, count, head, int(ts) if isinstance(ts, int) or (isinstance(ts, str) and ts.isascii() and ts.isdigit()) else 0)
 
 
 def read_anchors(path: Path) -> list[Anchor]:
