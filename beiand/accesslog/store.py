@@ -59,6 +59,9 @@ from beiand.accesslog.format import (
 from beiand.model import AccessRecord
 
 log = logging.getLogger(__name__)
+# Anchors are evidence kept off the machine (the journal): logged whatever daemon.log_level says.
+anchor_log = logging.getLogger("beiand.accesslog.anchor")
+anchor_log.setLevel(logging.INFO)
 _TS = itemgetter(0)
 
 ENCODE_BATCH = 128  # records encoded and chained together on the appending thread (~0.3 ms of work)
@@ -685,7 +688,7 @@ class AccessLog:
         # One JSON object per line: ``journalctl -u beiand | grep 'access log anchor'`` is a file
         # that ``beiand logs verify --anchors`` reads as it is (docs/access-log.md).
         full = {**self.anchor, "gateway": self.cfg.gateway, "worker": self.cfg.worker}
-        log.info("access log anchor %s", json.dumps(full, sort_keys=True, separators=(",", ":")))
+        anchor_log.info("access log anchor %s", json.dumps(full, sort_keys=True, separators=(",", ":")))
         if self.on_checkpoint is not None:
             try:
                 self.on_checkpoint(full)
