@@ -526,8 +526,11 @@ class AccessLog:
         self._checkpointed = 0
         log.info("access log: opened %s (chain continues from %s)", path, prev_head.hex()[:16])
         # The open event is the partition's first checkpoint: a deleted open partition is noticed.
-        self._anchor({"event": "open", "partition": part_name(path), "prev": prev, "count": 0, "head": prev_head.hex(),
-                      "header_crc": self._hdr_crc})
+        try:
+            self._anchor({"event": "open", "partition": part_name(path), "prev": prev, "count": 0, "head": prev_head.hex(),
+                          "header_crc": self._hdr_crc})
+        except OSError as exc:  # the partition is open and usable; the next checkpoint anchors it
+            log.error("access log: open event for %s not recorded in %s: %s", path, HEADS, exc)
 
     def _prev_name(self, day: str) -> str:
         me = f"w{self.cfg.worker}.open"
