@@ -97,7 +97,7 @@ class ClickHouseSink:
         self.max_backoff = max_backoff
         self.stats = SinkStats()
         self.spill_dir = Path(spill_dir)
-        self.spill = AccessLog(LogConfig(self.spill_dir, worker=worker, seal=False), start=False)
+        self.spill = AccessLog(LogConfig(self.spill_dir, worker=worker, seal=False, anchors=False), start=False)
         self._uncertain_path = self.spill_dir / f"uncertain-w{worker}.ids"
         self._uncertain: set[str] = set()
         if self._uncertain_path.exists():
@@ -295,7 +295,7 @@ class ClickHouseSink:
         with contextlib.suppress(FileNotFoundError):
             self._uncertain_path.unlink()
         fsync_dir(self.spill_dir)
-        self.spill = AccessLog(LogConfig(self.spill_dir, worker=self.worker, seal=False), start=False)
+        self.spill = AccessLog(LogConfig(self.spill_dir, worker=self.worker, seal=False, anchors=False), start=False)
         self._spilling = False
         if frames:
             log.info("ClickHouse sink: replayed %d spilled batch(es)", len(frames))

@@ -96,6 +96,7 @@ class LogConfig:
     block_records: int = 1024  # records per compressed block in a sealed partition (smaller: faster queries)
     checkpoint_interval: float = 60.0  # seconds between chain-head lines in heads.log
     seal: bool = True  # seal partitions of past days (off for a spill store)
+    anchors: bool = True  # log checkpoints as anchors for the journal (off for a spill store: its partitions go)
 
     def __post_init__(self) -> None:
         if self.retention_days < RETENTION_FLOOR_DAYS:
@@ -690,6 +691,8 @@ class AccessLog:
         self.anchor = {k: event[k] for k in ("partition", "count", "head", "ts_ms")}
         # One JSON object per line: ``journalctl -u beiand | grep 'access log anchor'`` is a file
         # that ``beiand logs verify --anchors`` reads as it is (docs/access-log.md).
+        if not self.cfg.anchors:
+            return
         full = {**self.anchor, "gateway": self.cfg.gateway, "worker": self.cfg.worker}
         anchor_log.info("access log anchor %s", json.dumps(full, sort_keys=True, separators=(",", ":")))
         if self.on_checkpoint is not None:
