@@ -299,9 +299,9 @@ def _key_check(hdr: dict[str, Any], key: bytes | None, chk: PartitionCheck) -> N
 
 
 def describe_damage(part: OpenPartition, risk: int | None) -> str:
-    ranges = ", ".join(f"{a}-{b}" for a, b in part.damaged)
+    ranges = ", ".join(f"{a} to {b - 1}" for a, b in part.damaged)
     n = sum(b - a for a, b in part.damaged)
-    return (f"byte(s) {ranges} unreadable ({n} byte(s): {part.why}); "
+    return (f"bytes at offsets {ranges} unreadable ({n} byte(s): {part.why}); "
             f"{'an unknown number of' if risk is None else risk} record(s) at risk, {part.records} readable")
 
 
@@ -314,7 +314,8 @@ def _check_open(p: Path, key: bytes | None, chk: PartitionCheck, checkpoints: di
     aside = p.suffix == ".damaged"
     if part.damaged and (aside or not part.tail_only()):
         chk.damage = "damaged: " + describe_damage(part, at_risk(part, mark))
-        chk.problems.append(chk.damage + ("; set aside at start, its readable records are still queried" if aside
+        chk.problems.append(chk.damage + (f"; set aside at start, its readable records are still queried; once investigated: "
+                                          f"beiand logs acknowledge {chk.partition} --reason '...'" if aside
                                           else "; a writer sets the partition aside at its next start"))
     elif part.damaged:
         chk.problems.append(f"{part.why} ({part.size - part.end} trailing byte(s); a running writer repairs a torn tail "

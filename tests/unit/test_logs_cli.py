@@ -149,7 +149,7 @@ def test_damage_is_reported_until_acknowledged(tmp_path: Path, logged, capsys) -
     name = f"{aside.parent.name}/{aside.stem}"
     assert main(["logs", "verify", "--log-dir", str(d)]) == 1
     outp = capsys.readouterr().out
-    assert f"FAILED: {name}: damaged: byte(s) " in outp and "record(s) at risk" in outp
+    assert f"FAILED: {name}: damaged: bytes at offsets " in outp and "record(s) at risk" in outp
     # Queries still return its readable records, marked.
     rows = q(capsys, str(d))
     assert len(rows) == 250 and all(r.get("set_aside") == name for r in rows)
@@ -200,4 +200,4 @@ def test_replay_on_a_damaged_log_keeps_every_readable_record(tmp_path: Path, cap
     rows = q(capsys, str(d))
     assert len(rows) == 250 + 11
     assert main(["logs", "verify", "--log-dir", str(d)]) == 1
-    assert "damaged: byte(s) " in capsys.readouterr().out
+    assert "damaged: bytes at offsets " in capsys.readouterr().out

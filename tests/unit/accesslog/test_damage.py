@@ -106,7 +106,7 @@ def test_flipped_bytes_at_random_offsets(tmp_path: Path) -> None:
         damage = [m for m in rep.all_problems() if "damaged" in m]
         assert damage, (off, rep.all_problems())
         if hit is not None:
-            assert f"{hit.offset}-{hit.end}" in damage[0], (off, hit.offset, damage)
+            assert f"{hit.offset} to {hit.end - 1}" in damage[0], (off, hit.offset, damage)
         else:
             assert off < header_end
     print(f"200 flipped bytes: {regions}; every record outside the damaged frame returned, verify failed naming the damage")
@@ -147,7 +147,7 @@ def test_the_chain_continues_in_a_new_partition_naming_the_damaged_one(tmp_path:
     assert list(query(tmp_path, Query())) == [r for r in [*recs, *map(rec, range(300, 400))] if r not in lost]
     rep = verify(tmp_path)
     probs = rep.all_problems()
-    assert len(probs) == 1 and probs[0].startswith("2026-09-21/w0.001: damaged: byte(s) "), probs
+    assert len(probs) == 1 and probs[0].startswith("2026-09-21/w0.001: damaged: bytes at offsets "), probs
     assert "50 record(s) at risk, 250 readable" in probs[0]
 
 
