@@ -170,6 +170,8 @@ def cmd_query(args: argparse.Namespace) -> int:
     w.close()
     sys.stderr.write(f"{n} record(s); {st.partitions_opened} of {st.partitions_total} partition(s) opened, "
                      f"{st.blocks_read} of {st.blocks_total} sealed block(s) read\n")
+    for what in st.unreadable:
+        sys.stderr.write(f"warning: not read (damaged; `beiand logs verify` reports it): {what}\n")
     for part, k in sorted(st.set_aside.items()):
         sys.stderr.write(f"note: {k} record(s) come from {part}, set aside as damaged (`beiand logs verify` says what "
                          "is damaged); jsonl rows carry \"set_aside\"\n")

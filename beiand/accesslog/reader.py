@@ -97,6 +97,7 @@ class QueryStats:
     blocks_read: int = 0
     blocks_total: int = 0
     set_aside: dict[str, int] = field(default_factory=dict)  # damaged partition → records returned from it
+    unreadable: list[str] = field(default_factory=list)  # sealed blocks or partitions skipped (damaged)
 
 
 def query_marked(directory: Path, q: Query, stats: QueryStats | None = None) -> Iterator[tuple[AccessRecord, str]]:
@@ -110,8 +111,11 @@ def query_marked(directory: Path, q: Query, stats: QueryStats | None = None) -> 
             continue
         st.partitions_opened += 1
         if p.suffix == ".sealed":
-            for r in _query_sealed(p, q, needle, st):
-                yield r, ""
+            try:
+                for r in _query_sealed(p, q, needle, st):
+                    yield r, ""
+            except (FormatError, OSError, ValueError, KeyError, zlib.error) as exc:
+                st.unreadable.append(f"{part_name(p)}: {exc}")  # its metadata: no block can be found
         else:
             aside = part_name(p) if p.suffix == ".damaged" else ""
             for fr in read_open(p).frames:
@@ -177,7 +181,13 @@ def _query_sealed(p: Path, q: Query, needle: bytes, st: QueryStats) -> Iterator[
                 continue
             f.seek(off)
             st.blocks_read += 1
-            yield from _scan(zlib.decompress(f.read(clen)), q, needle)
+            try:
+                data = zlib.decompress(f.read(clen))
+                found = list(_scan(data, q, needle))
+            except (zlib.error, ValueError) as exc:  # bit rot in one block: the others are still read
+                st.unreadable.append(f"{part_name(p)}: block {b} (offset {off}, {clen} bytes): {exc}")
+                continue
+            yield from found
 
 
 # -- summaries (the passive audit) -----------------------------------------------------------

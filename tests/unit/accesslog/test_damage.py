@@ -293,3 +293,25 @@ def test_an_edited_partition_of_an_older_day_is_set_aside_and_the_writer_starts(
     assert any(m.startswith("2026-09-21/w0.001: damaged: set aside at start: ") for m in probs), probs
     assert any("2026-09-21/w0.001: chain broken" in m for m in probs), probs
     assert not list(tmp_path.glob("2026-09-21/w0.sealed"))
+
+
+def test_a_flipped_byte_in_a_sealed_block_costs_only_that_block(tmp_path: Path) -> None:
+    from beiand.accesslog.reader import QueryStats
+    from beiand.accesslog.store import read_sealed_meta
+
+    with AccessLog(LogConfig(tmp_path, block_records=64)) as log:
+        for day in range(2):
+            for i in range(300):
+                log.append(rec(i, day))
+            log.flush()
+    sealed = tmp_path / "2026-09-21" / "w0.sealed"
+    off, clen, n, *_ = read_sealed_meta(sealed)["blocks"][2]
+    data = bytearray(sealed.read_bytes())
+    data[off + clen // 2] ^= 0x10
+    sealed.write_bytes(bytes(data))
+    st = QueryStats()
+    got = list(query(tmp_path, Query(), st))
+    assert got == [rec(i, d) for d in range(2) for i in range(300) if not (d == 0 and 128 <= i < 128 + n)]
+    assert len(st.unreadable) == 1 and st.unreadable[0].startswith("2026-09-21/w0: block 2 ")
+    probs = verify(tmp_path).all_problems()
+    assert any(m.startswith("2026-09-21/w0:") for m in probs), probs
