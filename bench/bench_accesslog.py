@@ -64,6 +64,8 @@ def bench_append(n: int, directory: Path) -> None:
     print(f"append: {n:,} records in {dt:.2f} s = {n / dt:,.0f} records/s "
           f"(group commit 1 s, {log.stats.commits} commits; fsync p50 {fs[len(fs) // 2] * 1e3:.1f} ms); "
           f"open partition {size / n * 1e6 / 2**20:.1f} MiB per 1M records")
+    if log.stats.lost:  # the committer fell max_buffer behind (a stalled disk): the rate is not sustained
+        print(f"append: INVALID: {log.stats.lost:,} records lost (buffer full); the figure above does not count")
 
 
 def bench_query(days: int, per_day: int, directory: Path) -> None:
