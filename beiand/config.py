@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from beiand.accesslog.store import RETENTION_FLOOR_DAYS
+from beiand.accesslog.store import RETENTION_DEFAULT_DAYS, RETENTION_FLOOR_DAYS
 from beiand.capture.filterexpr import Condition, FilterError
 from beiand.model import Mode
 from beiand.records.domains import DomainError, normalise_domain
@@ -132,8 +132,9 @@ class ClickHouseSection:
 @dataclass(frozen=True)
 class AccessLogSection:
     directory: Path = _f(Path("/var/log/beiand"), "Embedded access-log store (0750; files 0640).")
-    retention_days: int = _f(RETENTION_FLOOR_DAYS, "Days kept; at least 60 (Order 292 art. 14). The Cybersecurity Law asks "
-                             "for network logs of six months (art. 21 of the 2016 text, art. 23 after the 2025 amendment).",
+    retention_days: int = _f(RETENTION_DEFAULT_DAYS, "Days kept, judged by the records' own times: six calendar months "
+                             "(up to 184 days) by default, as the Cybersecurity Law asks for network logs (art. 21(3) of the "
+                             "2016 text, art. 23 after the 2025 amendment); at least 60 (Order 292 art. 14, MPS Order 82 art. 13).",
                              min=RETENTION_FLOOR_DAYS, max=3650,
                              floor_reason="Order 292 art. 14 (互联网信息服务管理办法 第十四条) requires at least 60 days")
     commit_interval: float = _f(1.0, "Seconds after which an appended record is on disk (group commit).", min=0.001, max=60.0)

@@ -376,9 +376,6 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
                         block_timeout_ms=cfg.capture.ring_block_timeout_ms, version=cfg.capture.ring_version) for i in ifaces]
     al = cfg.accesslog
     key = al.hmac_key_file.read_bytes().strip() if al.hmac_key_file else None
-    alog = AccessLog(LogConfig(al.directory, worker=idx, gateway=cfg.gateway, retention_days=al.retention_days,
-                               commit_interval=al.commit_interval, commit_records=al.commit_records, max_buffer=al.max_buffer,
-                               key=key, checkpoint_interval=al.checkpoint_interval))
     sinks: list[Any] = []
     ch = None
     if al.clickhouse.url:
@@ -388,9 +385,12 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
         ch = ClickHouseSink(c.url, c.spill_dir or al.directory / "spill", database=c.database, table=c.table, user=c.user,
                             password=c.password_file.read_text().strip() if c.password_file else "", worker=idx,
                             batch_records=c.batch_records, retention_days=al.retention_days)
-        sinks.append(AccessLogSink(ch, cfg.gateway))
-    else:
-        sinks.append(AccessLogSink(alog, cfg.gateway))
+    # Checkpoints also go off the machine: the journal (a log line) and, when configured, ClickHouse.
+    alog = AccessLog(LogConfig(al.directory, worker=idx, gateway=cfg.gateway, retention_days=al.retention_days,
+                               commit_interval=al.commit_interval, commit_records=al.commit_records, max_buffer=al.max_buffer,
+                               key=key, checkpoint_interval=al.checkpoint_interval),
+                     on_checkpoint=ch.anchor if ch is not None else None)
+    sinks.append(AccessLogSink(ch if ch is not None else alog, cfg.gateway))
     agg = _Aggregate()
     decoder = Decoder(DecoderConfig(tcp_ports=frozenset(cfg.capture.tcp_ports), udp_ports=frozenset(cfg.capture.udp_ports)))
     enforcer = make_enforcer(cfg)
@@ -446,7 +446,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
             gauges["ch_spilling"] = 1 if ch.spilling else 0
         return {"counters": c, "gauges": gauges,
                 "fsync": fs, "latency": lat, "enforce_latency": elat, "obs": agg.take(), "log_failing": st.failing,
-                "breaker": enforcer.breaker.why if enforcer.breaker.open else ""}
+                "breaker": enforcer.breaker.why if enforcer.breaker.open else "", "accesslog": alog.position}
 
     outbox = _Outbox(conn)
     while not stop:
@@ -515,6 +515,7 @@ class Worker:
     log_failing: str = ""
     pid: int = 0
     breaker: str = ""
+    accesslog: dict[str, Any] = field(default_factory=dict)  # the worker's log position (full chain head)
 
 
 class Daemon:
@@ -652,6 +653,8 @@ class Daemon:
                             for w in self.workers.values()], "worker_restarts": self.restarts,
                 "decision_latency_seconds": _percentiles(self.latencies),
                 "breaker": {str(w.idx): w.breaker for w in self.workers.values() if w.breaker},
+                # Chain heads in full (anchor them elsewhere; `beiand logs verify --anchors`).
+                "accesslog": {f"w{w.idx}": w.accesslog for w in self.workers.values() if w.accesslog},
                 "enforcement": {"inline": self.state.config.enforce.inline, "nftables": self.nft.via if self.nft else None,
                                 "orders": len(self.orders.orders) if self.orders else 0}}
 
@@ -717,6 +720,7 @@ class Daemon:
             self.latencies.extend(msg.get("latency", ()))
             w.log_failing = msg.get("log_failing", "")
             w.breaker = msg.get("breaker", "")
+            w.accesslog = msg.get("accesslog", w.accesslog)
             self.metrics.breaker_open.set(1 if any(x.breaker for x in self.workers.values()) else 0)
         view = self.obs
         for row in msg.get("obs", ()):

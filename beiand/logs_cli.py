@@ -1,7 +1,9 @@
 """``beiand logs``: answer a lawful request from the access log (Order 292 art. 14).
 
 ``query`` prints matching records, ``export`` writes them with a manifest the receiver can
-check, ``verify`` recomputes the hash chains, ``stats`` shows what is held. Every command takes
+check, ``verify`` recomputes the hash chains (and checks anchors kept elsewhere), ``acknowledge``
+records that an operator has investigated a damaged partition, ``stats`` shows what is held.
+Every command takes
 ``--log-dir`` (default: ``accesslog.directory`` of the config), the directory that the daemon
 and ``beiand replay --log-dir`` write.
 """
@@ -22,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from beiand.accesslog import Query, QueryStats, query, stats, verify
 from beiand.accesslog.format import FIELDS
-from beiand.accesslog.store import DIR_MODE, FILE_MODE, file_sha256
+from beiand.accesslog.reader import AnchorError, query_marked, read_anchors, read_heads
+from beiand.accesslog.store import DIR_MODE, FILE_MODE, append_heads, file_sha256, part_name, partition_paths
 from beiand.cliutil import CliError, out, table
 from beiand.model import AccessRecord, VerdictKind
 
@@ -82,7 +85,7 @@ def config_from(args: argparse.Namespace) -> Config | None:
         raise CliError(str(exc)) from None
 
 
-def log_dir(args: argparse.Namespace) -> Path:
+def log_dir(args: argparse.Namespace, may_be_missing: bool = False) -> Path:
     if args.log_dir:
         d = Path(args.log_dir)
     else:
@@ -91,7 +94,7 @@ def log_dir(args: argparse.Namespace) -> Path:
             raise CliError(f"no --log-dir given and no config at {args.config or DEFAULT_CONFIG} (--config FILE) "
                            "to take accesslog.directory from")
         d = cfg.accesslog.directory
-    if not d.is_dir():
+    if not d.is_dir() and not (may_be_missing and not d.exists()):
         raise CliError(f"--log-dir {d}: not a directory")
     return d
 
@@ -134,9 +137,12 @@ class _Writer:
         if self.csv is not None:
             self.csv.writerow(["time", *FIELDS])
 
-    def write(self, r: AccessRecord) -> None:
+    def write(self, r: AccessRecord, set_aside: str = "") -> None:
         if self.fmt == "jsonl":
-            self.stream.write(json.dumps(_row(r), ensure_ascii=False) + "\n")
+            row = _row(r)
+            if set_aside:
+                row["set_aside"] = set_aside  # read from a partition set aside as damaged
+            self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
         elif self.csv is not None:
             self.csv.writerow([fmt_time(r.ts_ms), *r])
         else:
@@ -156,14 +162,19 @@ def cmd_query(args: argparse.Namespace) -> int:
     st = QueryStats()
     w = _Writer(args.format, sys.stdout)
     n = 0
-    for r in query(d, q, st):
-        w.write(r)
+    for r, aside in query_marked(d, q, st):
+        w.write(r, aside)
         n += 1
         if args.limit and n >= args.limit:
             break
     w.close()
     sys.stderr.write(f"{n} record(s); {st.partitions_opened} of {st.partitions_total} partition(s) opened, "
                      f"{st.blocks_read} of {st.blocks_total} sealed block(s) read\n")
+    for what in st.unreadable:
+        sys.stderr.write(f"warning: not read (damaged; `beiand logs verify` reports it): {what}\n")
+    for part, k in sorted(st.set_aside.items()):
+        sys.stderr.write(f"note: {k} record(s) come from {part}, set aside as damaged (`beiand logs verify` says what "
+                         "is damaged); jsonl rows carry \"set_aside\"\n")
     return 0
 
 
@@ -225,28 +236,64 @@ def _key(args: argparse.Namespace) -> bytes | None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    d = log_dir(args)
+    anchors = None
+    if args.anchors:
+        try:
+            anchors = read_anchors(Path(args.anchors))
+        except AnchorError as exc:
+            raise CliError(f"--anchors {exc}") from None
+    # With anchors, a directory deleted whole is a finding, not a usage error.
+    d = log_dir(args, may_be_missing=anchors is not None)
     since = parse_time(args.since, "--since") if args.since else 0
-    rep = verify(d, key=_key(args), since_ms=since)
+    rep = verify(d, key=_key(args), since_ms=since, anchors=anchors)
     if args.json:
-        out(json.dumps({"ok": rep.ok, "problems": rep.all_problems(), "heads": rep.heads,
+        out(json.dumps({"ok": rep.ok, "problems": rep.all_problems(), "acknowledged": rep.acknowledged, "heads": rep.heads,
+                        "anchors": len(anchors) if anchors is not None else None,
                         "partitions": [p.__dict__ for p in rep.partitions]}, ensure_ascii=False, indent=2))
     else:
-        table([[p.partition, p.state, p.records, p.head[:16], "ok" if not p.problems else "FAILED"] for p in rep.partitions],
+        table([[p.partition, p.state, p.records, p.head[:16],
+                "ok" if not p.problems else "FAILED"] for p in rep.partitions],
               ["partition", "state", "records", "chain head", "check"])
         for prob in rep.all_problems():
             out(f"FAILED: {prob}")
+        for ack in rep.acknowledged:
+            out(f"acknowledged: {ack}")
+        if anchors is not None:
+            out(f"checked against {len(anchors)} anchor(s) from {args.anchors}")
         for w, h in sorted(rep.heads.items()):
             out(f"current chain head {w}: {h}")
         out("verify: ok" if rep.ok else f"verify: {len(rep.all_problems())} problem(s)")
     return 0 if rep.ok else 1
 
 
+def cmd_acknowledge(args: argparse.Namespace) -> int:
+    """Record (in heads.log) that an operator investigated damage: verify stops failing on it."""
+    d = log_dir(args)
+    reason = (args.reason or "").strip()
+    if len(reason) < 3:
+        raise CliError("--reason: say what was found and done (it is kept in heads.log with the acknowledgement)")
+    part = args.partition.strip().removesuffix(".damaged")
+    events = read_heads(d)
+    damaged = {part_name(p) for p in partition_paths(d) if p.suffix == ".damaged"}
+    rep = verify(d)
+    missing = {m.split(":", 1)[0] for m in rep.problems if "missing" in m}
+    if part not in damaged and part not in missing:
+        known = sorted(damaged | missing)
+        raise CliError(f"{args.partition}: not a damaged or missing partition of {d}"
+                       + (f" (those are: {', '.join(known)})" if known else " (verify reports none)"))
+    if any(e.get("event") == "acknowledge" and e.get("partition") == part for e in events):
+        out(f"{part}: already acknowledged; recording this reason too")
+    user = os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.getuid())
+    append_heads(d, {"event": "acknowledge", "partition": part, "reason": reason, "by": user, "ts_ms": int(time.time() * 1000)})
+    out(f"{part}: acknowledged in {d / 'heads.log'}; `beiand logs verify` lists it as acknowledged, no longer as a problem")
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     d = log_dir(args)
     st = stats(d)
-    info = {"directory": str(d), "partitions": st.partitions, "open": st.open, "sealed": st.sealed, "records": st.records,
-            "bytes": st.bytes, "oldest_record": fmt_time(st.oldest_ms) if st.records else None,
+    info = {"directory": str(d), "partitions": st.partitions, "open": st.open, "sealed": st.sealed, "damaged": st.damaged,
+            "records": st.records, "bytes": st.bytes, "oldest_record": fmt_time(st.oldest_ms) if st.records else None,
             "newest_record": fmt_time(st.newest_ms) if st.records else None, "days_held": round(st.days_held, 2),
             "workers": st.workers}
     if args.json:
@@ -259,7 +306,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    lp = sub.add_parser("logs", help="the access log (Order 292 art. 14): query, export, verify, stats")
+    lp = sub.add_parser("logs", help="the access log (Order 292 art. 14): query, export, verify, acknowledge, stats")
     lsub = lp.add_subparsers(dest="logs_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -296,8 +343,16 @@ def add_parsers(sub: Any) -> None:
     common(v)
     v.add_argument("--since", metavar="TIME", help="check partitions from this day on (links are still checked)")
     v.add_argument("--key-file", metavar="FILE", help="the HMAC key, when the log is keyed")
+    v.add_argument("--anchors", metavar="FILE", help="checkpoints kept off the machine (JSON lines as logged: "
+                   "`access log anchor {...}`); a partition they name that is gone or shorter is reported")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
+
+    a = lsub.add_parser("acknowledge", help="record that a damaged (set-aside) or missing partition was investigated")
+    common(a)
+    a.add_argument("partition", metavar="PARTITION", help="as verify names it, e.g. 2026-11-23/w0.001")
+    a.add_argument("--reason", required=True, help="what was found and done (kept in heads.log)")
+    a.set_defaults(func=cmd_acknowledge)
 
     s = lsub.add_parser("stats", help="partitions, records, bytes, oldest and newest record, days held")
     common(s)

@@ -338,5 +338,7 @@ def add_parsers(sub: Any, policy_args: Callable[[argparse.ArgumentParser], None]
     rp.add_argument("--top", type=int, default=20)
     rp.add_argument("--log-dir", metavar="DIR", help="write the access log (Order 292 art. 14) here, as the daemon does")
     rp.add_argument("--gateway", metavar="ID", help="gateway id in the log records (default: the host name)")
-    rp.add_argument("--retention-days", type=int, default=60, help="retention of that log (at least 60)")
+    # accesslog.store.RETENTION_DEFAULT_DAYS (not imported here: the log is only loaded when used).
+    rp.add_argument("--retention-days", type=int, default=184,
+                    help="retention of that log (default 184: six calendar months; at least 60)")
     rp.set_defaults(func=cmd_replay)

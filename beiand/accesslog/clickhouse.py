@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -24,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -49,6 +51,16 @@ def ddl(database: str, table: str) -> list[str]:
     day Date DEFAULT toDate(toDateTime(intDiv(ts_ms, 1000)), 'UTC')
 ) ENGINE = MergeTree PARTITION BY day ORDER BY (day, name, client_ip, ts_ms)""",
     ]
+
+
+ANCHORS_TABLE = "access_log_anchors"
+
+
+def anchors_ddl(database: str) -> str:
+    """Checkpoints of the embedded log, kept where a local edit cannot reach them (issue 14);
+    ``SELECT * … FORMAT JSONEachRow`` is an anchors file for ``beiand logs verify --anchors``."""
+    return (f"CREATE TABLE IF NOT EXISTS {database}.{ANCHORS_TABLE} (ts_ms UInt64, gateway String, worker UInt16, "
+            "`partition` String, `count` UInt64, head String) ENGINE = MergeTree ORDER BY (gateway, worker, ts_ms)")
 
 
 class ClickHouseError(Exception):
@@ -88,12 +100,14 @@ class ClickHouseSink:
         self.max_backoff = max_backoff
         self.stats = SinkStats()
         self.spill_dir = Path(spill_dir)
-        self.spill = AccessLog(LogConfig(self.spill_dir, worker=worker, seal=False), start=False)
+        self.spill = AccessLog(LogConfig(self.spill_dir, worker=worker, seal=False, anchors=False), start=False)
         self._uncertain_path = self.spill_dir / f"uncertain-w{worker}.ids"
         self._uncertain: set[str] = set()
         if self._uncertain_path.exists():
             self._uncertain = set(self._uncertain_path.read_text().split())
         self._queue: deque[AccessRecord] = deque()
+        self._anchors: deque[dict[str, Any]] = deque(maxlen=10_000)  # checkpoints waiting to be sent
+        self._anchors_table = False
         self._session: aiohttp.ClientSession | None = None
         self._spilling = bool(self._spill_frames()) or bool(self._uncertain)
         self._idle = threading.Event()
@@ -135,6 +149,31 @@ class ClickHouseSink:
                 self._loop.call_soon_threadsafe(self._wake.set)
             self._thread.join(30)
             self.spill.close()
+
+    def anchor(self, checkpoint: dict[str, Any]) -> None:
+        """Queue a checkpoint of the embedded log (``AccessLog(on_checkpoint=…)``) for the anchors table."""
+        self._anchors.append({"ts_ms": int(checkpoint.get("ts_ms", 0)), "gateway": str(checkpoint.get("gateway", "")),
+                              "worker": int(checkpoint.get("worker", self.worker)), "partition": checkpoint["partition"],
+                              "count": int(checkpoint["count"]), "head": checkpoint["head"]})
+        if self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def _send_anchors(self) -> None:
+        """Best effort, in order; kept (bounded) and retried while ClickHouse refuses them."""
+        if not self._anchors:
+            return
+        rows = list(self._anchors)
+        try:
+            if not self._anchors_table:
+                await self._post(anchors_ddl(self.database))
+                self._anchors_table = True
+            body = b"".join(json.dumps(r, sort_keys=True).encode() + b"\n" for r in rows)
+            await self._post(f"INSERT INTO {self.database}.{ANCHORS_TABLE} FORMAT JSONEachRow", body)
+        except ClickHouseError as exc:
+            log.warning("ClickHouse: %d access-log anchor(s) not sent yet: %s", len(rows), exc)
+            return
+        for _ in rows:
+            self._anchors.popleft()
 
     @property
     def spilling(self) -> bool:
@@ -188,6 +227,8 @@ class ClickHouseSink:
                             next_try = time.monotonic() + backoff
                             backoff = min(backoff * 2, self.max_backoff)
                     await self._send_queue(schema_ok)
+                    if schema_ok:
+                        await self._send_anchors()
                 except Exception:
                     log.exception("ClickHouse sink: unexpected error; records stay queued")
                 if not self._queue and not self._wake.is_set():
@@ -258,6 +299,8 @@ class ClickHouseSink:
         self.spill.close()
         for p in partition_paths(self.spill_dir, self.worker):
             p.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                p.with_suffix(".mark").unlink()  # the partition's commit mark
             with contextlib.suppress(OSError):
                 p.parent.rmdir()
         self._uncertain.clear()
@@ -266,7 +309,7 @@ class ClickHouseSink:
         fsync_dir(self.spill_dir)
         self.stats.spill_write_errors += self.spill.stats.write_errors
         self.stats.spill_lost += self.spill.stats.lost
-        self.spill = AccessLog(LogConfig(self.spill_dir, worker=self.worker, seal=False), start=False)
+        self.spill = AccessLog(LogConfig(self.spill_dir, worker=self.worker, seal=False, anchors=False), start=False)
         self._spilling = False
         if frames:
             log.info("ClickHouse sink: replayed %d spilled batch(es)", len(frames))

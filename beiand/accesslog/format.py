@@ -9,7 +9,12 @@ show as a broken chain.
 
 Open partition: a JSON header line, then frames (one per group commit)::
 
-    b"F" | count u32 | payload_len u32 | crc32(payload) u32 | head 32 bytes | payload
+    b"F" | count u32 | payload_len u32 | crc32(head ‖ payload) u32 | head 32 bytes | payload
+
+(partitions whose header lacks ``"crc": "head+payload"`` were written before issue 14, with
+``crc32(payload)``). Beside it, ``wN.mark`` holds the *commit mark*: the offset, record count
+and chain head of the last fsynced frame (two checksummed slots, written alternately), so that
+at start only what lies beyond it can be taken for a torn tail.
 
 Sealed partition: the header line, zlib blocks of up to ``block_records`` records, a zlib
 index (keys → blocks), the JSON meta (block table with each block's chain head), and a
@@ -37,6 +42,10 @@ MAGIC = b"BEIANDLOG/1 "
 SEAL_MAGIC = b"BEIANDSL"
 FRAME = struct.Struct(">cIII32s")
 TRAILER = struct.Struct(">QQ8s")
+MARK = struct.Struct(">4sQQQ32sI")  # magic, sequence, offset, count, head, crc32 of the header line
+MARK_MAGIC = b"BMK1"
+MARK_SLOT = 512  # one slot per sector: a torn write of one leaves the other whole
+CRC_HEAD = "head+payload"  # the header's "crc" value of partitions whose frame CRC covers the head
 GENESIS = bytes(32)
 DAY_MS = 86_400_000
 
@@ -161,7 +170,7 @@ class Frame:
     payload: bytes
 
 
-def iter_frames(data: bytes, start: int) -> tuple[list[Frame], int, str]:
+def iter_frames(data: bytes, start: int, head_crc: bool = True) -> tuple[list[Frame], int, str]:
     """Parse frames from ``start``; stop at the first incomplete or corrupt one.
 
     Returns (frames, offset of the end of the last good frame, why parsing stopped or "").
@@ -169,56 +178,178 @@ def iter_frames(data: bytes, start: int) -> tuple[list[Frame], int, str]:
     frames: list[Frame] = []
     pos = start
     n = len(data)
-    size = FRAME.size
     while pos < n:
-        if n - pos < size:
-            return frames, pos, f"torn frame header at offset {pos}"
-        magic, count, plen, crc, head = FRAME.unpack_from(data, pos)
-        if magic != b"F":
-            return frames, pos, f"bad frame magic at offset {pos}"
-        body = pos + size
-        if body + plen > n:
-            return frames, pos, f"torn frame at offset {pos} ({n - body} of {plen} payload bytes)"
-        payload = data[body:body + plen]
-        if _crc(payload) != crc:
-            return frames, pos, f"frame checksum mismatch at offset {pos}"
-        held = payload.count(b"\n")
-        if held != count:
-            return frames, pos, f"frame at offset {pos} holds {held} records, header says {count}"
-        frames.append(Frame(pos, body + plen, count, head, payload))
-        pos = body + plen
+        fr = frame_at(data, pos, head_crc)
+        if isinstance(fr, str):
+            return frames, pos, fr
+        frames.append(fr)
+        pos = fr.end
     return frames, pos, ""
 
 
-def _crc(b: bytes) -> int:
-    return zlib.crc32(b) & 0xFFFFFFFF
+def frame_at(data: bytes, pos: int, head_crc: bool | None = True) -> Frame | str:
+    """The whole, intact frame at ``pos``, or why there is none (``head_crc`` None: either CRC)."""
+    n = len(data)
+    size = FRAME.size
+    if n - pos < size:
+        return f"torn frame header at offset {pos}"
+    magic, count, plen, crc, head = FRAME.unpack_from(data, pos)
+    if magic != b"F":
+        return f"bad frame magic at offset {pos}"
+    body = pos + size
+    if body + plen > n:
+        return f"torn frame at offset {pos} ({n - body} of {plen} payload bytes)"
+    payload = data[body:body + plen]
+    if head_crc is None:
+        ok = _crc(payload, head) == crc or _crc(payload) == crc
+    else:
+        ok = (_crc(payload, head) if head_crc else _crc(payload)) == crc
+    if not ok:
+        return f"frame checksum mismatch at offset {pos}"
+    held = payload.count(b"\n")
+    if held != count:
+        return f"frame at offset {pos} holds {held} records, header says {count}"
+    return Frame(pos, body + plen, count, head, payload)
+
+
+def resync(data: bytes, pos: int, head_crc: bool | None = True) -> int:
+    """The offset of the next intact frame after a damaged one at ``pos`` (``len(data)``: none).
+
+    First where the damaged frame's own length says the next one starts (damage in a payload
+    leaves the header right), then byte by byte: a frame must end in a newline and pass its CRC.
+    """
+    n = len(data)
+    size = FRAME.size
+    if n - pos >= size:
+        plen: int = FRAME.unpack_from(data, pos)[2]
+        nxt = pos + size + plen
+        if nxt < n and not isinstance(frame_at(data, nxt, head_crc), str):
+            return nxt
+    find = data.find
+    i = find(b"F", pos + 1)
+    while 0 <= i <= n - size:
+        _, count, plen, _, _ = FRAME.unpack_from(data, i)
+        end = i + size + plen
+        if 0 < count <= plen and end <= n and data[end - 1] == 10 and not isinstance(frame_at(data, i, head_crc), str):
+            return i
+        i = find(b"F", i + 1)
+    return n
+
+
+def _crc(b: bytes, head: bytes = b"") -> int:
+    return zlib.crc32(b, zlib.crc32(head)) & 0xFFFFFFFF if head else zlib.crc32(b) & 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
 class OpenPartition:
-    """An open partition as read from disk: its header, its whole frames, and where they end."""
+    """An open partition as read from disk: its header, every intact frame, and what is damaged."""
 
-    header: dict[str, Any]
-    frames: list[Frame]
-    end: int  # one past the last whole frame
+    header: dict[str, Any]  # {} when the header line is damaged
+    frames: list[Frame]  # every intact frame, including those after damage (found by resync)
+    end: int  # one past the last whole frame before the first damage
     size: int  # of the file
     why: str  # why parsing stopped before ``size`` ("" when it did not)
+    damaged: tuple[tuple[int, int], ...] = ()  # byte ranges that do not parse, in order
+    header_crc: int = 0  # crc32 of the header line as it stands
+
+    @property
+    def header_ok(self) -> bool:
+        return bool(self.header)
 
     @property
     def head(self) -> bytes:
-        """The chain head after its last record (the predecessor's head when it holds none)."""
-        return self.frames[-1].head if self.frames else bytes.fromhex(self.header["prev_head"])
+        """The chain head after its last readable record (the predecessor's head when it holds none)."""
+        if self.frames:
+            return self.frames[-1].head
+        return bytes.fromhex(self.header["prev_head"]) if self.header else GENESIS
+
+    @property
+    def records(self) -> int:
+        return sum(f.count for f in self.frames)
+
+    def tail_only(self) -> bool:
+        """Whether the only damage is one run reaching the end of the file with no intact frame
+        after it: what a crash leaves (a torn tail), as opposed to damage inside."""
+        return self.header_ok and len(self.damaged) == 1 and self.damaged[0][1] == self.size
 
 
 def read_open(path: Path) -> OpenPartition:
-    data = path.read_bytes()
-    hdr, start = parse_header(data, str(path))
-    frames, end, why = iter_frames(data, start)
-    return OpenPartition(hdr, frames, end, len(data), why)
+    return parse_open(path.read_bytes(), str(path))
 
 
-def frame_bytes(count: int, head: bytes, payload: bytes) -> bytes:
-    return FRAME.pack(b"F", count, len(payload), _crc(payload), head) + payload
+def parse_open(data: bytes, path: str) -> OpenPartition:
+    """Every intact frame of an open partition; damage is skipped (resync), never fatal."""
+    damaged: list[tuple[int, int]] = []
+    # Either CRC is accepted: a damaged header must not make intact frames unreadable, and a
+    # frame whose CRC covers its head does not pass the payload-only check by accident.
+    head_crc = None
+    hdr: dict[str, Any]
+    try:
+        hdr, start = parse_header(data, path)
+        hcrc = _crc(data[:start])
+    except FormatError:
+        hdr = {}
+        nl = data.find(b"\n", 0, 4096)
+        hcrc = _crc(data[:nl + 1]) if nl >= 0 else 0
+        start = resync(data, 0, None) if not data.startswith(b"F") else 0
+        damaged.append((0, start))
+    frames: list[Frame] = []
+    pos = start
+    n = len(data)
+    end, why = (start, "") if hdr else (0, f"damaged header line (bytes 0-{start})")
+    while pos < n:
+        fr = frame_at(data, pos, head_crc)
+        if isinstance(fr, str):
+            why = why or fr
+            nxt = resync(data, pos, head_crc)
+            damaged.append((pos, nxt))
+            pos = nxt
+            continue
+        frames.append(fr)
+        pos = fr.end
+        if not damaged:
+            end = pos
+    return OpenPartition(hdr, frames, end, n, why, tuple(damaged), hcrc)
+
+
+def frame_bytes(count: int, head: bytes, payload: bytes, head_crc: bool = True) -> bytes:
+    return FRAME.pack(b"F", count, len(payload), _crc(payload, head) if head_crc else _crc(payload), head) + payload
+
+
+# -- the commit mark ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mark:
+    """The last durable commit of an open partition: frames up to ``offset`` are fsynced."""
+
+    seq: int
+    offset: int
+    count: int
+    head: bytes
+    header_crc: int
+
+
+def mark_bytes(m: Mark) -> bytes:
+    body = MARK.pack(MARK_MAGIC, m.seq, m.offset, m.count, m.head, m.header_crc)
+    return body + struct.pack(">I", _crc(body))
+
+
+def read_mark(path: Path) -> Mark | None:
+    """The newest intact slot of a mark file; None when there is no file or no intact slot."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    best: Mark | None = None
+    for slot in (0, MARK_SLOT):
+        raw = data[slot:slot + MARK.size + 4]
+        if len(raw) < MARK.size + 4 or struct.unpack(">I", raw[-4:])[0] != _crc(raw[:-4]):
+            continue
+        magic, seq, off, count, head, hcrc = MARK.unpack(raw[:-4])
+        if magic == MARK_MAGIC and (best is None or seq > best.seq):
+            best = Mark(seq, off, count, head, hcrc)
+    return best
 
 
 # -- the sealed index ---------------------------------------------------------------------------

@@ -16,12 +16,25 @@ from beiand.accesslog.format import (
     GENESIS,
     FormatError,
     Index,
+    OpenPartition,
     chain,
     decode,
     key_id,
+    read_mark,
     read_open,
 )
-from beiand.accesslog.store import HEADS, day_start_ms, file_sha256, partition_paths, read_sealed_meta
+from beiand.accesslog.store import (
+    HEADS,
+    assess,
+    at_risk,
+    day_start_ms,
+    file_sha256,
+    mark_path,
+    part_name,
+    partition_paths,
+    read_sealed_meta,
+    worker_of,
+)
 from beiand.model import AccessRecord
 
 IpNet = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -83,6 +96,33 @@ class QueryStats:
     partitions_opened: int = 0
     blocks_read: int = 0
     blocks_total: int = 0
+    set_aside: dict[str, int] = field(default_factory=dict)  # damaged partition → records returned from it
+    unreadable: list[str] = field(default_factory=list)  # sealed blocks or partitions skipped (damaged)
+
+
+def query_marked(directory: Path, q: Query, stats: QueryStats | None = None) -> Iterator[tuple[AccessRecord, str]]:
+    """Like :func:`query`, with the name of the set-aside (damaged) partition a record comes
+    from, or "" for an intact one."""
+    st = stats if stats is not None else QueryStats()
+    needle = q.needle()
+    for p in partition_paths(directory):
+        st.partitions_total += 1
+        if not _in_range(p, q):
+            continue
+        st.partitions_opened += 1
+        if p.suffix == ".sealed":
+            try:
+                for r in _query_sealed(p, q, needle, st):
+                    yield r, ""
+            except (FormatError, OSError, ValueError, KeyError, zlib.error) as exc:
+                st.unreadable.append(f"{part_name(p)}: {exc}")  # its metadata: no block can be found
+        else:
+            aside = part_name(p) if p.suffix == ".damaged" else ""
+            for fr in read_open(p).frames:
+                for r in _scan(fr.payload, q, needle):
+                    if aside:
+                        st.set_aside[aside] = st.set_aside.get(aside, 0) + 1
+                    yield r, aside
 
 
 def _in_range(path: Path, q: Query) -> bool:
@@ -93,19 +133,10 @@ def _in_range(path: Path, q: Query) -> bool:
 
 
 def query(directory: Path, q: Query, stats: QueryStats | None = None) -> Iterator[AccessRecord]:
-    """Matching records, partition by partition (day order), in log order within each."""
-    st = stats if stats is not None else QueryStats()
-    needle = q.needle()
-    for p in partition_paths(directory):
-        st.partitions_total += 1
-        if not _in_range(p, q):
-            continue
-        st.partitions_opened += 1
-        if p.suffix == ".sealed":
-            yield from _query_sealed(p, q, needle, st)
-        else:
-            for fr in read_open(p).frames:
-                yield from _scan(fr.payload, q, needle)
+    """Matching records, partition by partition (day order), in log order within each; every
+    readable record of a partition set aside as damaged too (:func:`query_marked` says which)."""
+    for r, _ in query_marked(directory, q, stats):
+        yield r
 
 
 def _scan(payload: bytes, q: Query, needle: bytes) -> Iterator[AccessRecord]:
@@ -150,7 +181,13 @@ def _query_sealed(p: Path, q: Query, needle: bytes, st: QueryStats) -> Iterator[
                 continue
             f.seek(off)
             st.blocks_read += 1
-            yield from _scan(zlib.decompress(f.read(clen)), q, needle)
+            try:
+                data = zlib.decompress(f.read(clen))
+                found = list(_scan(data, q, needle))
+            except (zlib.error, ValueError) as exc:  # bit rot in one block: the others are still read
+                st.unreadable.append(f"{part_name(p)}: block {b} (offset {off}, {clen} bytes): {exc}")
+                continue
+            yield from found
 
 
 # -- summaries (the passive audit) -----------------------------------------------------------
@@ -209,7 +246,7 @@ def _open_records(p: Path, q: Query) -> Iterator[AccessRecord]:
 @dataclass
 class PartitionCheck:
     partition: str
-    state: str  # open | sealed
+    state: str  # open | sealed | damaged (set aside at start)
     records: int = 0
     prev_head: str = ""
     head: str = ""
@@ -217,6 +254,8 @@ class PartitionCheck:
     max_ts: int = 0
     bytes: int = 0
     problems: list[str] = field(default_factory=list)
+    damage: str = ""  # what is damaged (byte ranges, records at risk), "" when nothing is
+    acknowledged: str = ""  # the operator's reason, when the damage was acknowledged
 
 
 @dataclass
@@ -224,6 +263,7 @@ class VerifyReport:
     partitions: list[PartitionCheck] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     heads: dict[str, str] = field(default_factory=dict)  # worker → current chain head
+    acknowledged: list[str] = field(default_factory=list)  # damage an operator acknowledged (not problems)
 
     @property
     def ok(self) -> bool:
@@ -240,20 +280,23 @@ def read_heads(directory: Path) -> list[dict[str, Any]]:
     events = []
     for n, line in enumerate(path.read_bytes().splitlines(), 1):
         try:
-            events.append(json.loads(line))
+            ev = json.loads(line)
+            if not isinstance(ev, dict):
+                raise ValueError("not an object")
+            events.append(ev)
         except ValueError:
             events.append({"event": "damaged", "line": n})
     return events
 
 
-def check_partition(p: Path, key: bytes | None) -> PartitionCheck:
-    part = f"{p.parent.name}/{p.stem}"
-    chk = PartitionCheck(part, p.suffix[1:], bytes=p.stat().st_size)
+def check_partition(p: Path, key: bytes | None, checkpoints: dict[int, str] | None = None) -> PartitionCheck:
+    """Check one partition; ``checkpoints`` (count → head, from heads.log) are compared with an open one."""
+    chk = PartitionCheck(part_name(p), p.suffix[1:], bytes=p.stat().st_size)
     try:
         if p.suffix == ".sealed":
             _check_sealed(p, key, chk)
         else:
-            _check_open(p, key, chk)
+            _check_open(p, key, chk, checkpoints or {})
     except (FormatError, OSError, ValueError, KeyError, zlib.error) as exc:
         chk.problems.append(f"unreadable: {exc}")
     return chk
@@ -265,22 +308,50 @@ def _key_check(hdr: dict[str, Any], key: bytes | None, chk: PartitionCheck) -> N
                             else "written without an HMAC key, but one was given")
 
 
-def _check_open(p: Path, key: bytes | None, chk: PartitionCheck) -> None:
+def describe_damage(part: OpenPartition, risk: int | None) -> str:
+    ranges = ", ".join(f"{a} to {b - 1}" for a, b in part.damaged)
+    n = sum(b - a for a, b in part.damaged)
+    return (f"bytes at offsets {ranges} unreadable ({n} byte(s): {part.why}); "
+            f"{'an unknown number of' if risk is None else risk} record(s) at risk, {part.records} readable")
+
+
+def _check_open(p: Path, key: bytes | None, chk: PartitionCheck, checkpoints: dict[int, str] | None = None) -> None:
+    mark = read_mark(mark_path(p))  # before the partition: a running writer only moves it forward
     part = read_open(p)
-    _key_check(part.header, key, chk)
-    if part.end != part.size:
-        chk.problems.append(f"{part.why} ({part.size - part.end} trailing byte(s); a running writer repairs a torn tail at start)")
-    head = bytes.fromhex(part.header["prev_head"])
-    chk.prev_head = part.header["prev_head"]
+    if part.header_ok:
+        _key_check(part.header, key, chk)
+        chk.prev_head = part.header["prev_head"]
+    aside = p.suffix == ".damaged"
+    if part.damaged and (aside or not part.tail_only()):
+        chk.damage = "damaged: " + describe_damage(part, at_risk(part, mark))
+        chk.problems.append(chk.damage + (f"; set aside at start, its readable records are still queried; once investigated: "
+                                          f"beiand logs acknowledge {chk.partition} --reason '...'" if aside
+                                          else "; a writer sets the partition aside at its next start"))
+    elif part.damaged:
+        chk.problems.append(f"{part.why} ({part.size - part.end} trailing byte(s); a running writer repairs a torn tail "
+                            "beyond its last durable commit at start)")
+    if not aside and not part.damaged:
+        why = assess(part, mark)
+        if why:
+            chk.problems.append(why + ": records were removed or the partition was replaced" if "mark" in why else why)
+    head = bytes.fromhex(part.header["prev_head"]) if part.header_ok else b""
+    gaps = {b for _, b in part.damaged}
     for fr in part.frames:
         lines = fr.payload.splitlines(keepends=True)
-        head = chain(head, lines, key)
-        if head != fr.head:
-            chk.problems.append(f"chain broken in the frame at offset {fr.offset}: a record was modified, inserted, deleted or reordered")
-            head = fr.head
+        if fr.offset in gaps or not head:
+            head = fr.head  # after damage the chain cannot be recomputed into this frame
+        else:
+            head = chain(head, lines, key)
+            if head != fr.head:
+                chk.problems.append(f"chain broken in the frame at offset {fr.offset}: a record was modified, inserted, "
+                                    "deleted or reordered")
+                head = fr.head
         _ts_range(lines, chk)
         chk.records += fr.count
-    chk.head = head.hex()
+        if checkpoints and checkpoints.get(chk.records, fr.head.hex()) != fr.head.hex():
+            chk.problems.append(f"its chain head after {chk.records} records differs from the checkpoint in {HEADS}: "
+                                "the partition was replaced or rolled back and written again")
+    chk.head = head.hex() if head else ""
 
 
 def _ts_range(lines: list[bytes], chk: PartitionCheck) -> None:
@@ -315,22 +386,197 @@ def _check_sealed(p: Path, key: bytes | None, chk: PartitionCheck) -> None:
     chk.head = head.hex()
 
 
-def verify(directory: Path, key: bytes | None = None, since_ms: int = 0) -> VerifyReport:
-    """Recompute every chain; check links across partitions and the seal/retire journal."""
+# -- anchors ------------------------------------------------------------------------------------
+
+
+class AnchorError(ValueError):
+    """An anchors file that does not parse: the message names the file, the line and the field."""
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """One checkpoint kept off the machine: after ``count`` records, ``partition``'s chain head was ``head``."""
+
+    partition: str
+    count: int
+    head: str
+    ts_ms: int = 0
+
+
+ANCHOR_EVENTS = frozenset({"checkpoint", "open", "seal"})
+
+
+def parse_anchor_line(line: str, where: str) -> Anchor | None:
+    """One line of an anchors file: a JSON object, optionally after any prefix (a journal line's
+    time and unit); None for a blank line, a ``#`` comment or a heads.log event that is no anchor."""
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return None
+    i = text.find("{")
+    if i < 0:
+        raise AnchorError(f"{where}: expected a JSON object with partition, count and head")
+    try:
+        obj = json.loads(text[i:])
+    except ValueError as exc:
+        raise AnchorError(f"{where}: not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise AnchorError(f"{where}: expected a JSON object")
+    if "event" in obj and obj["event"] not in ANCHOR_EVENTS:
+        return None
+    part, count, head = obj.get("partition"), obj.get("count"), obj.get("head")
+    if isinstance(count, str) and count.isascii() and count.isdigit():
+        count = int(count)  # ClickHouse's JSONEachRow quotes 64-bit integers
+    if not isinstance(part, str) or "/" not in part:
+        raise AnchorError(f"{where}: partition: expected a partition name such as \"2026-11-23/w0\", got {part!r}")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise AnchorError(f"{where}: count: expected a record count (an integer >= 0), got {count!r}")
+    if not isinstance(head, str) or len(head) != 64 or any(c not in "0123456789abcdef" for c in head):
+        raise AnchorError(f"{where}: head: expected the full chain head, 64 lower-case hex digits, got {head!r}")
+    ts = obj.get("ts_ms", 0)
+    return Anchor(part, count, head, int(ts) if isinstance(ts, int) or (isinstance(ts, str) and ts.isascii() and ts.isdigit()) else 0)
+
+
+def read_anchors(path: Path) -> list[Anchor]:
+    """An exported list of checkpoints (docs/access-log.md, "Anchors"): JSON lines as the daemon
+    logs them (``access log anchor {...}``), journal lines holding them, or a copy of heads.log."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise AnchorError(f"{path}: {exc.strerror}") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        a = parse_anchor_line(line, f"{path}:{n}")
+        if a is not None:
+            out.append(a)
+    return out
+
+
+def heads_at(p: Path, counts: set[int], key: bytes | None) -> dict[int, str]:
+    """The chain head of partition file ``p`` after each of ``counts`` records (those it holds)."""
+    out: dict[int, str] = {}
+    if p.suffix == ".sealed":
+        meta = read_sealed_meta(p)
+        head, n = bytes.fromhex(meta["prev_head"]), 0
+        if 0 in counts:
+            out[0] = head.hex()
+        with open(p, "rb") as f:
+            for off, clen, bn, _lo, _hi, bhead in meta["blocks"]:
+                inside = sorted(c for c in counts if n < c <= n + bn)
+                if inside and inside != [n + bn]:
+                    f.seek(off)
+                    lines = zlib.decompress(f.read(clen)).splitlines(keepends=True)
+                    for i, ln in enumerate(lines, n + 1):
+                        head = chain(head, [ln], key)
+                        if i in counts:
+                            out[i] = head.hex()
+                head = bytes.fromhex(bhead)
+                n += bn
+                if n in counts:
+                    out[n] = bhead
+        return out
+    part = read_open(p)
+    n = 0
+    if 0 in counts and part.header_ok:
+        out[0] = part.header["prev_head"]
+    prev = bytes.fromhex(part.header["prev_head"]) if part.header_ok else b""
+    gaps = {b for _, b in part.damaged}
+    for fr in part.frames:
+        if fr.offset in gaps:
+            prev = b""  # after damage, counts are no longer known
+        inside = [c for c in counts if n < c < n + fr.count]
+        if inside and prev:
+            head = prev
+            for i, ln in enumerate(fr.payload.splitlines(keepends=True), n + 1):
+                head = chain(head, [ln], key)
+                if i in counts:
+                    out[i] = head.hex()
+        n += fr.count
+        if n in counts and (prev or not part.damaged):
+            out[n] = fr.head.hex()
+        prev = fr.head
+    return out
+
+
+def _check_anchors(directory: Path, anchors: list[Anchor], events: list[dict[str, Any]], key: bytes | None,
+                   rep: VerifyReport) -> None:
+    files: dict[str, Path] = {part_name(p): p for p in partition_paths(directory)}
+    retired = {e["partition"]: e for e in events if e.get("event") == "retire"}
+    asides: dict[str, list[str]] = {}
+    for e in events:
+        if e.get("event") == "damage":
+            asides.setdefault(e["partition"], []).append(e["aside"])
+    wanted: dict[str, set[int]] = {}
+    for a in anchors:
+        wanted.setdefault(a.partition, set()).add(a.count)
+    found: dict[str, dict[int, str]] = {}
+    for name, counts in wanted.items():
+        got: dict[int, str] = {}
+        for cand in [name, *asides.get(name, [])]:
+            if cand in files:
+                try:
+                    for c, h in heads_at(files[cand], counts, key).items():
+                        got.setdefault(c, h)
+                except (FormatError, OSError, ValueError, KeyError, zlib.error):
+                    pass
+        found[name] = got
+    for a in anchors:
+        where = f"anchor {a.partition} ({a.count} record(s), head {a.head[:16]}…)"
+        got = found[a.partition]
+        if a.count in got:
+            if got[a.count] != a.head:
+                rep.problems.append(f"{where}: the partition's chain head after {a.count} record(s) is {got[a.count][:16]}…: "
+                                    "it was modified or replaced")
+            continue
+        r = retired.get(a.partition)
+        if r is not None and r.get("count", 0) >= a.count:
+            continue
+        damaged = [n for n in asides.get(a.partition, []) if n in files]
+        if damaged:
+            continue  # inside a damaged range: reported as damage of the set-aside partition
+        if a.partition not in files and not damaged:
+            rep.problems.append(f"{where}: the partition is missing (deleted, with its directory?)")
+        else:
+            rep.problems.append(f"{where}: the partition holds fewer records than anchored: records were removed from it")
+
+
+# -- verify -------------------------------------------------------------------------------------
+
+
+def verify(directory: Path, key: bytes | None = None, since_ms: int = 0, anchors: list[Anchor] | None = None) -> VerifyReport:
+    """Recompute every chain; check links across partitions, commit marks, the heads.log journal
+    (open, checkpoint, seal, retire, damage, acknowledge) and, when given, anchors kept elsewhere."""
     rep = VerifyReport()
     events = read_heads(directory)
-    retired = {e["partition"]: e for e in events if e.get("event") == "retire"}
-    sealed_ev = {e["partition"]: e for e in events if e.get("event") == "seal"}
-    checkpoints: dict[str, dict[str, Any]] = {}
+    last: dict[str, dict[str, Any]] = {}  # partition → its latest event (in file order)
+    acks: dict[str, str] = {}
+    retired: dict[str, dict[str, Any]] = {}
+    sealed_ev: dict[str, dict[str, Any]] = {}
+    asides = {e.get("aside"): e for e in events if e.get("event") == "damage"}
+    cps: dict[str, dict[int, str]] = {}
     for e in events:
-        if e.get("event") == "checkpoint":
-            checkpoints[e["partition"]] = e
-        if e.get("event") == "damaged":
+        kind = e.get("event")
+        if kind == "damaged":
             rep.problems.append(f"{HEADS} line {e['line']}: damaged")
+        elif kind == "acknowledge":
+            acks[e.get("partition", "")] = str(e.get("reason", ""))
+        elif kind in ("open", "checkpoint", "seal", "retire", "damage") and isinstance(e.get("partition"), str):
+            last[e["partition"]] = e
+            # The checkpoints of the partition now open under that name (a damage event starts anew).
+            if kind == "checkpoint" and isinstance(e.get("count"), int) and isinstance(e.get("head"), str):
+                seen = cps.setdefault(e["partition"], {})
+                if seen.setdefault(e["count"], e["head"]) != e["head"]:
+                    rep.problems.append(f"{e['partition']}: two checkpoints in {HEADS} after {e['count']} records disagree "
+                                        "on the chain head: the partition was rolled back and written again")
+            elif kind in ("open", "damage"):
+                cps.pop(e["partition"], None)
+            if kind == "retire":
+                retired[e["partition"]] = e
+            elif kind == "seal":
+                sealed_ev[e["partition"]] = e
     by_worker: dict[str, list[Path]] = {}
     for p in partition_paths(directory):
-        by_worker.setdefault(p.stem, []).append(p)
-    present = {f"{p.parent.name}/{p.stem}" for ps in by_worker.values() for p in ps}
+        by_worker.setdefault(worker_of(p), []).append(p)
+    present = {part_name(p) for ps in by_worker.values() for p in ps}
     retired_heads = {e["head"] for e in retired.values()}
     for worker, paths in sorted(by_worker.items()):
         prev: PartitionCheck | None = None
@@ -341,15 +587,18 @@ def verify(directory: Path, key: bytes | None = None, since_ms: int = 0) -> Veri
                 try:
                     head = read_sealed_meta(p)["head"] if p.suffix == ".sealed" else read_open(p).head.hex()
                 except (FormatError, OSError, ValueError, KeyError) as exc:
-                    rep.problems.append(f"{p.parent.name}/{p.stem}: unreadable: {exc}")
+                    rep.problems.append(f"{part_name(p)}: unreadable: {exc}")
                     head = ""
-                prev = PartitionCheck(f"{p.parent.name}/{p.stem}", p.suffix[1:], head=head)
+                prev = PartitionCheck(part_name(p), p.suffix[1:], head=head)
                 continue
-            chk = check_partition(p, key)
-            if prev is None:
+            cp = last.get(part_name(p))
+            chk = check_partition(p, key, cps.get(part_name(p)) if p.suffix == ".open" else None)
+            if not chk.prev_head:
+                pass  # damaged header: reported as damage
+            elif prev is None:
                 if chk.prev_head != GENESIS.hex() and chk.prev_head not in retired_heads:
                     chk.problems.append("its chain continues from a partition that is missing (deleted without retirement)")
-            elif chk.prev_head != prev.head:
+            elif prev.head and chk.prev_head != prev.head:
                 chk.problems.append(f"does not continue the chain of {prev.partition}: a partition between them was deleted, "
                                     "or one was truncated or replaced")
             if p.suffix == ".sealed":
@@ -360,18 +609,40 @@ def verify(directory: Path, key: bytes | None = None, since_ms: int = 0) -> Veri
                     chk.problems.append(f"differs from its seal event in {HEADS} (records {chk.records} vs {ev['count']})")
                 elif ev.get("sha256") and ev["sha256"] != file_sha256(p):
                     chk.problems.append("file changed since it was sealed (SHA-256 differs from the seal event)")
-            else:
-                cp = checkpoints.get(chk.partition)
-                if cp is not None and cp["count"] > chk.records:
-                    chk.problems.append(f"holds {chk.records} records, but {cp['count']} were checkpointed: "
+            elif p.suffix == ".open":
+                most = max(cps.get(part_name(p), {0: ""}))
+                if cp is not None and cp.get("event") in ("checkpoint", "open") and most > chk.records:
+                    chk.problems.append(f"holds {chk.records} records, but {most} were checkpointed: "
                                         "records were removed from its end")
+            if p.suffix == ".damaged" and not chk.damage:
+                ev = asides.get(chk.partition)
+                chk.damage = (f"damaged: set aside at start: {ev.get('why')}" if ev is not None
+                              else f"damaged: set aside at start (no damage event in {HEADS})")
+                chk.problems.append(chk.damage)
+            if chk.damage and chk.partition in acks:
+                chk.acknowledged = acks[chk.partition]
+                chk.problems = [m for m in chk.problems if not m.startswith("damaged:")]
+                rep.acknowledged.append(f"{chk.partition}: {chk.damage}; acknowledged: {chk.acknowledged}")
             rep.partitions.append(chk)
             prev = chk
         if prev is not None:
             rep.heads[worker] = prev.head
-    for part, ev in sealed_ev.items():
-        if part not in present and part not in retired:
-            rep.problems.append(f"{part}: sealed with {ev['count']} records, but the partition is missing and was never retired")
+    for part, ev in last.items():
+        kind = str(ev.get("event"))
+        if part in present or kind == "retire":
+            continue
+        if kind == "damage":
+            if ev.get("aside") not in present and ev.get("aside") not in acks:
+                rep.problems.append(f"{ev.get('aside')}: set aside as damaged, but the file is missing")
+            continue
+        what = {"seal": f"sealed with {ev.get('count')} records",
+                "open": "opened", "checkpoint": f"checkpointed with {ev.get('count')} records"}[kind]
+        if part in acks:
+            rep.acknowledged.append(f"{part}: {what}, missing; acknowledged: {acks[part]}")
+        else:
+            rep.problems.append(f"{part}: {what}, but the partition is missing and was never retired")
+    if anchors:
+        _check_anchors(directory, anchors, events, key, rep)
     return rep
 
 
@@ -383,6 +654,7 @@ class Stats:
     partitions: int = 0
     open: int = 0
     sealed: int = 0
+    damaged: int = 0  # set aside at start (readable records counted)
     records: int = 0
     bytes: int = 0
     oldest_ms: int = 0
@@ -400,13 +672,16 @@ def stats(directory: Path) -> Stats:
     for p in partition_paths(directory):
         st.partitions += 1
         st.bytes += p.stat().st_size
-        workers.add(p.stem)
+        workers.add(worker_of(p))
         if p.suffix == ".sealed":
             st.sealed += 1
             meta = read_sealed_meta(p)
             n, lo, hi = meta["count"], meta["min_ts"], meta["max_ts"]
         else:
-            st.open += 1
+            if p.suffix == ".damaged":
+                st.damaged += 1
+            else:
+                st.open += 1
             chk = PartitionCheck(p.name, "open")
             for fr in read_open(p).frames:
                 chk.records += fr.count

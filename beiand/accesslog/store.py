@@ -5,10 +5,14 @@ shared between processes. ``append`` is the hot-path call (a deque append); a co
 writes a frame and fsyncs it every ``commit_interval`` seconds or ``commit_records`` records;
 ``flush()`` commits synchronously and returns only when the records are on disk.
 
-Failure rules (DESIGN.md): an acknowledged record is never lost; a torn tail after a crash is
-cut back to the last whole frame at start (reported, counted); a failing disk keeps records in a
-bounded buffer and retries, and nothing already written is touched except to cut a frame the
-failed write left half-written.
+Failure rules (DESIGN.md): an acknowledged record is never lost. Every fsync is followed by
+the *commit mark* (``wN.mark``: offset, count and chain head of the last durable frame); at start
+only bytes beyond the mark, with no intact frame after them, are a torn tail and cut (reported,
+counted). Damage before the mark (bit rot, a bad sector, an edit) is never cut: the partition is
+set aside whole (``wN.NNN.damaged``, still read by queries), the chain continues in a new
+partition that names it, and ``verify`` reports it until an operator acknowledges it. A failing
+disk keeps records in a bounded buffer and retries, and nothing already written is touched
+except to cut a frame the failed write left half-written.
 """
 
 from __future__ import annotations
@@ -31,11 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from beiand.accesslog.format import (
+    CRC_HEAD,
     DAY_MS,
     GENESIS,
+    MARK_SLOT,
     SEAL_MAGIC,
     TRAILER,
     FormatError,
+    Mark,
     OpenPartition,
     build_index,
     chain,
@@ -44,16 +51,25 @@ from beiand.accesslog.format import (
     frame_bytes,
     header_line,
     key_id,
+    mark_bytes,
     name_keys,
+    read_mark,
     read_open,
 )
 from beiand.model import AccessRecord
 
 log = logging.getLogger(__name__)
+# Anchors are evidence kept off the machine (the journal): logged whatever daemon.log_level says.
+anchor_log = logging.getLogger("beiand.accesslog.anchor")
+anchor_log.setLevel(logging.INFO)
 _TS = itemgetter(0)
 
 ENCODE_BATCH = 128  # records encoded and chained together on the appending thread (~0.3 ms of work)
-RETENTION_FLOOR_DAYS = 60  # Order 292 art. 14 (互联网信息服务管理办法 第十四条)
+RETENTION_FLOOR_DAYS = 60  # Order 292 art. 14 (互联网信息服务管理办法 第十四条); MPS Order 82 art. 13
+# Cybersecurity Law art. 21(3) (2016 numbering): network logs for at least six months. Six
+# calendar months are up to 184 days (July–December), so "six months" is never 180 days.
+RETENTION_DEFAULT_DAYS = 184
+MAX_GAP_DAYS = 7  # retention: a gap between logged days counts at most this much (clock jumps, downtime)
 HEADS = "heads.log"
 DIR_MODE = 0o750
 FILE_MODE = 0o640
@@ -72,7 +88,7 @@ class LogConfig:
     directory: Path
     worker: int = 0
     gateway: str = ""
-    retention_days: int = RETENTION_FLOOR_DAYS
+    retention_days: int = RETENTION_DEFAULT_DAYS
     commit_interval: float = 1.0  # seconds: a record is durable at most this long after append
     commit_records: int = 16_384  # …or as soon as this many are waiting
     max_buffer: int = 2_000_000  # records held while the disk refuses writes; beyond this, counted as lost
@@ -80,6 +96,7 @@ class LogConfig:
     block_records: int = 1024  # records per compressed block in a sealed partition (smaller: faster queries)
     checkpoint_interval: float = 60.0  # seconds between chain-head lines in heads.log
     seal: bool = True  # seal partitions of past days (off for a spill store)
+    anchors: bool = True  # log checkpoints as anchors for the journal (off for a spill store: its partitions go)
 
     def __post_init__(self) -> None:
         if self.retention_days < RETENTION_FLOOR_DAYS:
@@ -106,6 +123,7 @@ class LogStats:
     lost: int = 0  # dropped because the buffer was full while the disk refused writes
     torn_repaired: int = 0
     torn_bytes: int = 0
+    set_aside: int = 0  # partitions set aside at start because of damage before the commit mark
     sealed: int = 0
     seal_errors: int = 0
     retired: int = 0
@@ -146,23 +164,80 @@ def append_heads(directory: Path, event: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def partition_paths(directory: Path, worker: int | None = None) -> list[Path]:
-    """Every partition file, oldest day first (``*.open`` and ``*.sealed``)."""
+def partition_paths(directory: Path, worker: int | None = None, damaged: bool = True) -> list[Path]:
+    """Every partition file, oldest day first, in chain order within a day (``*.open``,
+    ``*.sealed`` and, unless ``damaged`` is False, ``*.damaged``: set aside at start)."""
     out: list[Path] = []
     if not directory.is_dir():
         return out
+    kinds = (".open", ".sealed", ".damaged") if damaged else (".open", ".sealed")
     for d in sorted(p for p in directory.iterdir() if p.is_dir() and len(p.name) == 10 and p.name[4] == "-"):
         for f in sorted(d.iterdir()):
-            if (f.suffix in (".open", ".sealed") and f.name.startswith("w") and not f.name.endswith(".tmp")
-                    and (worker is None or f.stem == f"w{worker}")):
+            if (f.suffix in kinds and f.name.startswith("w") and not f.name.endswith(".tmp")
+                    and (worker is None or worker_of(f) == f"w{worker}")):
                 out.append(f)
     return out
+
+
+def worker_of(p: Path) -> str:
+    """``w0`` for ``w0.open``, ``w0.sealed`` and ``w0.001.damaged``."""
+    return p.name.split(".", 1)[0]
+
+
+def part_name(p: Path) -> str:
+    """How heads.log and verify name a partition: ``2026-09-21/w0`` (``…/w0.001`` when set aside)."""
+    return f"{p.parent.name}/{p.stem}"
+
+
+def mark_path(p: Path) -> Path:
+    return p.with_suffix(".mark")
+
+
+def assess(part: OpenPartition, mark: Mark | None) -> str:
+    """Why an open partition may not simply be continued (damage before its last durable commit,
+    or a partition that does not match its commit mark), or "" when it may (a torn tail beyond
+    the mark is cut, not reported here)."""
+    if not part.header_ok:
+        return part.why
+    marked = bool(part.header.get("mark"))
+    if part.damaged and not part.tail_only():
+        return f"damaged inside ({part.why}; an intact frame follows the damage)"
+    if mark is None:
+        if marked and part.frames:
+            return "its commit mark is missing (deleted?)"
+        return ""
+    if part.damaged and part.damaged[0][0] < mark.offset:
+        return f"damaged before its last durable commit ({part.why}; committed up to offset {mark.offset})"
+    if mark.header_crc != part.header_crc:
+        return "its header line changed after it was written"
+    ends = {f.end: f for f in part.frames}
+    committed = sum(f.count for f in part.frames if f.end <= mark.offset)
+    if part.end < mark.offset:
+        return (f"{mark.count - committed} committed record(s) missing: it holds {committed} up to offset "
+                f"{part.end}, its commit mark says {mark.count} up to offset {mark.offset}")
+    fr = ends.get(mark.offset)
+    if fr is None and mark.count:
+        return f"no frame ends at its committed offset {mark.offset} (commit mark): the partition was edited"
+    if committed != mark.count:
+        return f"holds {committed} record(s) up to offset {mark.offset}, its commit mark says {mark.count}: edited"
+    head = fr.head if fr is not None else bytes.fromhex(part.header["prev_head"])
+    if head != mark.head:
+        return "its chain head at the commit mark differs from the mark's"
+    return ""
+
+
+def at_risk(part: OpenPartition, mark: Mark | None) -> int | None:
+    """Records committed but unreadable, from the commit mark (None without one)."""
+    if mark is not None:
+        return max(mark.count - sum(f.count for f in part.frames if f.end <= mark.offset), 0)
+    return None
 
 
 class AccessLog:
     """The Order 292 art. 14 log of one worker (see the module docstring)."""
 
-    def __init__(self, config: LogConfig, start: bool = True, on_fsync: Callable[[float], None] | None = None) -> None:
+    def __init__(self, config: LogConfig, start: bool = True, on_fsync: Callable[[float], None] | None = None,
+                 on_checkpoint: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.cfg = config
         self.dir = Path(config.directory)
         self.stats = LogStats()
@@ -187,6 +262,11 @@ class AccessLog:
         self._enc_day = -1
         self._last_checkpoint = time.monotonic()
         self._checkpointed = 0
+        self._mfd = -1  # the open partition's mark file
+        self._mseq = 0
+        self._hdr_crc = 0
+        self.on_checkpoint = on_checkpoint
+        self.anchor: dict[str, Any] = {}  # the last checkpoint (what /api/v1/status shows)
         self._make_dir()
         self._recover()
         self._enc_head = self.head
@@ -241,12 +321,22 @@ class AccessLog:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+            if self._mfd >= 0:
+                os.close(self._mfd)
+                self._mfd = -1
 
     def __enter__(self) -> AccessLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def position(self) -> dict[str, Any]:
+        """What is durable now (partition, record count, full chain head) and the last checkpoint:
+        what ``/api/v1/status`` shows, to be anchored elsewhere (a chain head is no float gauge)."""
+        return {"partition": part_name(self._path) if self._path is not None else "", "count": self._count,
+                "head": self.head.hex(), "checkpoint": self.anchor, "set_aside": self.stats.set_aside}
 
     @property
     def pending(self) -> int:
@@ -355,6 +445,13 @@ class AccessLog:
                         os.lseek(self._fd, start_offset, os.SEEK_SET)
                     self._offset = start_offset
                     written = nframes = 0
+        if nframes:
+            try:
+                self._write_mark(self._offset, self._count + written, frames[nframes - 1][3])
+            except OSError as exc:
+                # The frames are durable; only the mark lags (the next commit writes it again).
+                self.stats.write_errors += 1
+                log.error("access log %s: commit mark not written: %s", self.dir, exc)
         nbytes = 0
         for _ in range(nframes):
             f = frames.popleft()
@@ -402,6 +499,9 @@ class AccessLog:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._mfd >= 0:
+            os.close(self._mfd)
+            self._mfd = -1
         if old is not None and self.cfg.seal:
             self._seal_later(old)
         day = day_of(day_no * DAY_MS)
@@ -410,68 +510,146 @@ class AccessLog:
         os.chmod(path.parent, DIR_MODE)
         prev = self._prev_name(day)
         hdr = header_line({"day": day, "worker": self.cfg.worker, "gateway": self.cfg.gateway, "prev": prev,
-                           "prev_head": prev_head.hex(), "key_id": key_id(self.cfg.key), "created_ms": int(time.time() * 1000)})
+                           "prev_head": prev_head.hex(), "key_id": key_id(self.cfg.key), "created_ms": int(time.time() * 1000),
+                           "crc": CRC_HEAD, "mark": True})
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             os.write(fd, hdr)
             os.fsync(fd)
+            self._hdr_crc = zlib.crc32(hdr) & 0xFFFFFFFF
+            self._open_mark(path, Mark(0, len(hdr), 0, prev_head, self._hdr_crc))
         except OSError:
             os.close(fd)
             path.unlink()
             raise
         fsync_dir(path.parent)
         self._fd, self._path, self._day, self._offset, self._count = fd, path, day_no, len(hdr), 0
+        self._checkpointed = 0
         log.info("access log: opened %s (chain continues from %s)", path, prev_head.hex()[:16])
+        # The open event is the partition's first checkpoint: a deleted open partition is noticed.
+        try:
+            self._anchor({"event": "open", "partition": part_name(path), "prev": prev, "count": 0, "head": prev_head.hex(),
+                          "header_crc": self._hdr_crc})
+        except OSError as exc:  # the partition is open and usable; the next checkpoint anchors it
+            log.error("access log: open event for %s not recorded in %s: %s", path, HEADS, exc)
 
     def _prev_name(self, day: str) -> str:
-        older = [p for p in partition_paths(self.dir, self.cfg.worker) if p.parent.name < day]
-        return f"{older[-1].parent.name}/{older[-1].stem}" if older else ""
+        me = f"w{self.cfg.worker}.open"
+        older = [p for p in partition_paths(self.dir, self.cfg.worker) if (p.parent.name, p.name) < (day, me)]
+        return part_name(older[-1]) if older else ""
+
+    # -- the commit mark ----------------------------------------------------------------------
+
+    def _open_mark(self, path: Path, mark: Mark) -> None:
+        """Create the partition's mark file: both slots written, so later writes never extend it."""
+        if self._mfd >= 0:
+            os.close(self._mfd)
+            self._mfd = -1
+        # No O_TRUNC, one slot at a time: a crash here leaves an intact mark (old or new) behind.
+        fd = os.open(mark_path(path), os.O_WRONLY | os.O_CREAT, FILE_MODE)
+        try:
+            body = mark_bytes(mark)
+            os.pwrite(fd, body + bytes(MARK_SLOT - len(body)), 0)
+            os.fsync(fd)
+            os.pwrite(fd, body, MARK_SLOT)
+            os.fsync(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        self._mfd, self._mseq = fd, mark.seq
+
+    def _write_mark(self, offset: int, count: int, head: bytes) -> None:
+        """After an fsync of frames: record them as committed (the mark slots alternate)."""
+        self._mseq += 1
+        os.pwrite(self._mfd, mark_bytes(Mark(self._mseq, offset, count, head, self._hdr_crc)), (self._mseq % 2) * MARK_SLOT)
+        os.fdatasync(self._mfd)
 
     def _recover(self) -> None:
-        """Continue the chain of this worker; cut a torn tail; seal open partitions of older days."""
-        parts = partition_paths(self.dir, self.cfg.worker)
+        """Continue the chain of this worker: cut a torn tail beyond the commit mark, set aside a
+        partition damaged before it, seal open partitions of older days."""
+        parts = partition_paths(self.dir, self.cfg.worker, damaged=False)
         # A crash between writing a sealed file and unlinking its open file leaves both.
         for p in list(parts):
             if p.suffix == ".open" and p.with_suffix(".sealed") in parts:
                 p.unlink()
                 parts.remove(p)
+                with contextlib.suppress(FileNotFoundError):
+                    mark_path(p).unlink()
         if not parts:
             return
         opens = [p for p in parts if p.suffix == ".open"]
         latest = parts[-1]
         for p in opens[:-1] if latest.suffix == ".open" else opens:
-            self._repair(p)
-            if self.cfg.seal:
-                seal_partition(p, self.cfg)
-                self.stats.sealed += 1
+            found = self._start_check(p)
+            if found is not None and self.cfg.seal:
+                try:
+                    seal_partition(p, self.cfg)
+                    self.stats.sealed += 1
+                except FormatError as exc:  # a broken chain: set aside, never a reason not to start
+                    self._set_aside(p, found[0], found[1], str(exc))
         if latest.suffix == ".sealed":
             self.head = bytes.fromhex(read_sealed_meta(latest)["head"])
             return
-        part = self._repair(latest)
+        self._day = day_start_ms(latest.parent.name) // DAY_MS
+        found = self._start_check(latest)
+        if found is None:  # set aside: the next write opens a new partition that names it
+            return
+        part, mark = found
         self.head = part.head
+        self._hdr_crc = part.header_crc
         self._fd = os.open(latest, os.O_WRONLY)
         os.lseek(self._fd, part.end, os.SEEK_SET)
         self._path, self._offset = latest, part.end
-        self._day = day_start_ms(part.header["day"]) // DAY_MS
-        self._count = sum(f.count for f in part.frames)
+        self._count = part.records
         self._checkpointed = self._count
+        self._open_mark(latest, Mark((mark.seq if mark else 0) + 1, part.end, self._count, part.head, self._hdr_crc))
 
-    def _repair(self, path: Path) -> OpenPartition:
-        """Cut a torn tail back to the last whole frame; the partition as it then stands."""
+    def _start_check(self, path: Path) -> tuple[OpenPartition, Mark | None] | None:
+        """The partition as it may be continued (a torn tail beyond the mark cut), or None when it
+        was set aside. Nothing here reduces the records a reader finds."""
+        mark = read_mark(mark_path(path))
         part = read_open(path)
-        end, why, size = part.end, part.why, part.size
+        why = assess(part, mark)
+        if why:
+            self._set_aside(path, part, mark, why)
+            return None
+        end, size = part.end, part.size
         if end < size:
             self.stats.torn_repaired += 1
             self.stats.torn_bytes += size - end
-            log.warning("access log %s: %s: cut %d byte(s) of a torn tail (records not acknowledged by flush)",
-                        path, why, size - end)
+            log.warning("access log %s: %s: cut %d byte(s) of a torn tail beyond the last durable commit "
+                        "(records not acknowledged by flush)", path, part.why, size - end)
             with open(path, "r+b") as f:
                 f.truncate(end)
                 f.flush()
                 os.fsync(f.fileno())
-            append_heads(self.dir, {"event": "repair", "partition": f"{path.parent.name}/{path.stem}",
-                                    "cut_bytes": size - end, "why": why, "ts_ms": int(time.time() * 1000)})
-        return part
+            append_heads(self.dir, {"event": "repair", "partition": part_name(path), "cut_bytes": size - end,
+                                    "offset": end, "why": part.why, "ts_ms": int(time.time() * 1000)})
+            part = read_open(path)
+        return part, mark
+
+    def _set_aside(self, path: Path, part: OpenPartition, mark: Mark | None, why: str) -> None:
+        """Rename a damaged partition (kept whole, never truncated) and record it in heads.log."""
+        stem = f"w{self.cfg.worker}"
+        taken = [int(p.name.split(".")[1]) for p in path.parent.glob(f"{stem}.*.damaged") if p.name.split(".")[1].isdigit()]
+        aside = path.with_name(f"{stem}.{max(taken, default=0) + 1:03d}.damaged")
+        os.rename(path, aside)
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(mark_path(path), mark_path(aside))
+        fsync_dir(path.parent)
+        risk = at_risk(part, mark)
+        head = part.head
+        self.head = head
+        self.stats.set_aside += 1
+        event = {"event": "damage", "partition": part_name(path), "aside": part_name(aside), "why": why,
+                 "ranges": [list(r) for r in part.damaged], "readable": part.records,
+                 "committed": mark.count if mark else None, "at_risk": risk, "last_good_head": head.hex(),
+                 "ts_ms": int(time.time() * 1000)}
+        append_heads(self.dir, event)
+        log.error("access log %s: %s; set aside whole as %s (%d readable record(s), %s at risk); the chain continues "
+                  "from %s in a new partition; `beiand logs verify` reports it until `beiand logs acknowledge %s "
+                  "--reason ...`", path, why, aside.name, part.records, "unknown" if risk is None else risk,
+                  head.hex()[:16], part_name(aside))
 
     def _seal_later(self, path: Path) -> None:
         def run() -> None:
@@ -495,18 +673,33 @@ class AccessLog:
         self._last_checkpoint = now
 
     def checkpoint(self) -> None:
-        """Record the chain head in heads.log (and the log): anchors the open partition."""
+        """Record the chain head in heads.log and off the machine (the log line is meant for the
+        journal/syslog, ``on_checkpoint`` for ClickHouse): anchors the open partition."""
         if self._path is None:
             return
-        part = f"{self._path.parent.name}/{self._path.stem}"
         try:
-            append_heads(self.dir, {"event": "checkpoint", "partition": part, "count": self._count,
-                                    "head": self.head.hex(), "ts_ms": int(time.time() * 1000)})
+            self._anchor({"event": "checkpoint", "partition": part_name(self._path), "count": self._count,
+                          "head": self.head.hex()})
         except OSError as exc:
             log.error("access log: checkpoint failed: %s", exc)
             return
         self._checkpointed = self._count
-        log.info("access log chain head %s %s after %d record(s)", part, self.head.hex(), self._count)
+
+    def _anchor(self, event: dict[str, Any]) -> None:
+        event = {**event, "gateway": self.cfg.gateway, "worker": self.cfg.worker, "ts_ms": int(time.time() * 1000)}
+        append_heads(self.dir, event)
+        self.anchor = {k: event[k] for k in ("partition", "count", "head", "ts_ms")}
+        # One JSON object per line: ``journalctl -u beiand | grep 'access log anchor'`` is a file
+        # that ``beiand logs verify --anchors`` reads as it is (docs/access-log.md).
+        if not self.cfg.anchors:
+            return
+        full = {**self.anchor, "gateway": self.cfg.gateway, "worker": self.cfg.worker}
+        anchor_log.info("access log anchor %s", json.dumps(full, sort_keys=True, separators=(",", ":")))
+        if self.on_checkpoint is not None:
+            try:
+                self.on_checkpoint(full)
+            except Exception:
+                log.exception("access log: sending the anchor off the machine failed")
 
     # -- retention --------------------------------------------------------------------------
 
@@ -517,18 +710,38 @@ class AccessLog:
 
 def retire(directory: Path, retention_days: int, now_ms: int | None = None, worker: int | None = None,
            stats: LogStats | None = None) -> list[Path]:
+    """Remove sealed partitions older than the retention, judged by the records' own times.
+
+    A partition goes only when both say so: the wall clock (its newest record older than the
+    retention, its whole day too) and the log itself: the days holding records after it, each
+    gap between them counted at most MAX_GAP_DAYS, must add up to the retention. A clock set
+    forward (or back) thus never removes a partition younger than the retention by its records'
+    times; downtime only makes partitions stay longer.
+    """
     if retention_days < RETENTION_FLOOR_DAYS:
         raise LogConfigError(f"retention_days = {retention_days}: Order 292 art. 14 requires at least {RETENTION_FLOOR_DAYS} days")
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     cutoff = now_ms - retention_days * DAY_MS
+    all_parts = partition_paths(directory)
+    days = sorted({day_start_ms(p.parent.name) // DAY_MS for p in all_parts})
+    # elapsed[d]: days of log after day d, gaps capped.
+    elapsed: dict[int, int] = {}
+    acc = 0
+    for i in range(len(days) - 1, -1, -1):
+        elapsed[days[i]] = acc
+        if i:
+            acc += min(days[i] - days[i - 1], MAX_GAP_DAYS)
     removed: list[Path] = []
-    for p in partition_paths(directory, worker):
-        if p.suffix != ".sealed":
+    for p in all_parts:
+        if p.suffix != ".sealed" or (worker is not None and worker_of(p) != f"w{worker}"):
             continue
         meta = read_sealed_meta(p)
+        day_no = day_start_ms(p.parent.name) // DAY_MS
         if meta["max_ts"] >= cutoff or day_start_ms(p.parent.name) + DAY_MS > cutoff:
             continue
-        append_heads(directory, {"event": "retire", "partition": f"{p.parent.name}/{p.stem}", "count": meta["count"],
+        if elapsed.get(day_no, 0) < retention_days:
+            continue  # the records after it span less than the retention: the clock jumped
+        append_heads(directory, {"event": "retire", "partition": part_name(p), "count": meta["count"],
                                  "head": meta["head"], "prev_head": meta["prev_head"], "max_ts": meta["max_ts"],
                                  "ts_ms": now_ms})
         p.unlink()
@@ -645,6 +858,8 @@ def seal_partition(path: Path, cfg: LogConfig) -> Path:
                              "prev_head": hdr["prev_head"], "head": head.hex(), "sha256": file_sha256(final),
                              "ts_ms": int(time.time() * 1000)})
     path.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        mark_path(path).unlink()
     fsync_dir(final.parent)
     log.info("access log: sealed %s: %d records, chain head %s", final, len(lines), head.hex())
     return final

@@ -156,3 +156,29 @@ def test_a_daemon_exports_the_sink_counters_through_a_clickhouse_outage(tmp_path
     finally:
         d.close()
         ch.stop()
+
+
+def test_checkpoints_land_in_the_anchors_table_and_verify_reads_them(server: ClickHouse, tmp_path: Path) -> None:
+    """Issue 14: anchors off the machine; `SELECT … FORMAT JSONEachRow` is an anchors file."""
+    from beiand.accesslog import AccessLog, LogConfig, verify
+    from beiand.accesslog.reader import read_anchors
+
+    sink = ClickHouseSink(server.url, tmp_path / "spill", table="anchored", interval=0.05)
+    d = tmp_path / "log"
+    with AccessLog(LogConfig(d, gateway="gw-ch"), on_checkpoint=sink.anchor) as log:
+        for i in range(100):
+            log.append(rec(i))
+        log.flush()
+        log.checkpoint()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and server.query("EXISTS TABLE beiand.access_log_anchors").strip() != "1":
+        time.sleep(0.1)
+    while time.monotonic() < deadline and server.query("SELECT count() FROM beiand.access_log_anchors").strip() != "2":
+        time.sleep(0.1)
+    sink.close()
+    rows = server.query("SELECT * FROM beiand.access_log_anchors ORDER BY ts_ms, `count` FORMAT JSONEachRow")
+    f = tmp_path / "anchors.jsonl"
+    f.write_text(rows)
+    anchors = read_anchors(f)
+    assert [(a.partition, a.count) for a in anchors] == [("2026-09-21/w0", 0), ("2026-09-21/w0", 100)]
+    assert verify(d, anchors=anchors).ok

@@ -26,9 +26,9 @@ def problems(tmp_path: Path, text: str) -> list[str]:
 
 def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     (tmp_path / "r.csv").write_text("x")
-    c = load_config(cfg(tmp_path, '[records]\nfiles = ["r.csv"]\n[accesslog]\nretention_days = 180\n'))
+    c = load_config(cfg(tmp_path, '[records]\nfiles = ["r.csv"]\n[accesslog]\nretention_days = 190\n'))
     assert c.records.files == [tmp_path / "r.csv"]
-    assert c.accesslog.retention_days == 180 and c.capture.tcp_ports == [80, 443, 8080, 8443]
+    assert c.accesslog.retention_days == 190 and c.capture.tcp_ports == [80, 443, 8080, 8443]
     assert c.listen() == ("127.0.0.1", 9640)
 
 

@@ -93,3 +93,27 @@ def test_load_state_applies_records_max_loss_against_the_state_in_service(tmp_pa
     assert exc.value.offered == 60 and exc.value.in_service == 100 and exc.value.files == [str(rec)]
     assert str(rec) in str(exc.value) and "records.max_loss = 0.3" in str(exc.value)
     assert len(load_state(config(0.3)).index.filings) == 60  # no index in service (start): nothing to compare
+
+
+def test_workers_report_the_full_chain_head_for_the_status_api(tmp_path):
+    """/api/v1/status shows each worker's log position with the chain head in full (issue 14):
+    a line of it is an anchor `beiand logs verify --anchors` reads."""
+    import json
+    from unittest import mock
+
+    from beiand.accesslog import AccessLog, LogConfig
+    from beiand.accesslog.reader import parse_anchor_line
+    from tests.unit.accesslog.helpers import rec
+
+    with AccessLog(LogConfig(tmp_path)) as log:
+        for i in range(10):
+            log.append(rec(i))
+        log.flush()
+        pos = log.position
+    assert pos["count"] == 10 and len(pos["head"]) == 64 and pos["partition"] == "2026-09-21/w0"
+    assert parse_anchor_line(json.dumps(pos), "status") is not None
+    d = Daemon.__new__(Daemon)
+    d.obs, d.latencies, d.metrics, d.workers = {}, [], mock.Mock(), {}
+    w = Worker(0, None, None)  # type: ignore[arg-type]
+    d._handle(w, {"counters": {}, "accesslog": pos})
+    assert w.accesslog == pos

@@ -138,3 +138,85 @@ def test_audit_says_why_an_older_log_shows_no_services(logged, capsys) -> None: 
     main(["audit", "--log-dir", str(logged), "--records", demo["records"], "--inventory", demo["inventory"], "--since", "2023-11-01"])
     cap = capsys.readouterr()
     assert "; 0 service(s) seen" not in cap.out and "outside the window" not in cap.err
+
+
+# -- damage, acknowledgement, anchors (issue 14) ---------------------------------------------------
+
+
+def _damaged_log(d: Path) -> Path:
+    """300 committed records in frames of 50, one byte flipped in the middle, a writer restarted."""
+    from beiand.accesslog import AccessLog, LogConfig
+    from tests.unit.accesslog.helpers import rec
+
+    with AccessLog(LogConfig(d)) as log:
+        for i in range(300):
+            log.append(rec(i))
+            if i % 50 == 49:
+                log.flush()
+    p = next(d.glob("*/w0.open"))
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    p.write_bytes(bytes(data))
+    AccessLog(LogConfig(d), start=False).close()
+    return p
+
+
+def test_damage_is_reported_until_acknowledged(tmp_path: Path, logged, capsys) -> None:  # type: ignore[no-untyped-def]
+    d = tmp_path / "log"
+    _damaged_log(d)
+    (aside,) = d.glob("*/w0.*.damaged")
+    name = f"{aside.parent.name}/{aside.stem}"
+    assert main(["logs", "verify", "--log-dir", str(d)]) == 1
+    outp = capsys.readouterr().out
+    assert f"FAILED: {name}: damaged: bytes at offsets " in outp and "record(s) at risk" in outp
+    # Queries still return its readable records, marked.
+    rows = q(capsys, str(d))
+    assert len(rows) == 250 and all(r.get("set_aside") == name for r in rows)
+    assert main(["logs", "acknowledge", "--log-dir", str(d), "2026-01-01/w0.001", "--reason", "checked"]) == 2
+    assert "not a damaged or missing partition" in capsys.readouterr().err
+    assert main(["logs", "acknowledge", "--log-dir", str(d), name, "--reason", ""]) == 2
+    assert main(["logs", "acknowledge", "--log-dir", str(d), name, "--reason", "bad sector on sda, disk replaced"]) == 0
+    capsys.readouterr()
+    assert main(["logs", "verify", "--log-dir", str(d)]) == 0
+    outp = capsys.readouterr().out
+    assert f"acknowledged: {name}: damaged" in outp and "disk replaced" in outp
+    events = [json.loads(x) for x in (d / "heads.log").read_text().splitlines()]
+    assert {"damage", "acknowledge"} <= {e["event"] for e in events}
+
+
+def test_verify_against_anchors(tmp_path: Path, logged, capsys) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    d = tmp_path / "copy"
+    shutil.copytree(logged, d)
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text((d / "heads.log").read_text())  # a copy of heads.log is an anchors file too
+    assert main(["logs", "verify", "--log-dir", str(d), "--anchors", str(anchors)]) == 0
+    assert "checked against" in capsys.readouterr().out
+    shutil.rmtree(d)
+    assert main(["logs", "verify", "--log-dir", str(d), "--anchors", str(anchors)]) == 1
+    assert "missing" in capsys.readouterr().out
+    anchors.write_text('{"partition": "2026-11-23/w0", "count": 3, "head": "zz"}\n')
+    assert main(["logs", "verify", "--log-dir", str(d), "--anchors", str(anchors)]) == 2
+    assert f"{anchors}:1: head: expected the full chain head" in capsys.readouterr().err
+
+
+def test_replay_on_a_damaged_log_keeps_every_readable_record(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The reproduction of issue 14 through the command: `replay --log-dir` starts a writer on a
+    log with a flipped byte; it used to cut every record after the damaged frame."""
+    d = tmp_path / "log"
+    _damaged_log(d)
+    # Undo the restart the helper did: the damaged file is the open partition again.
+    (aside,) = d.glob("*/w0.001.damaged")
+    aside.rename(aside.with_name("w0.open"))
+    aside.with_suffix(".mark").rename(aside.with_name("w0.mark"))
+    (d / "heads.log").write_text("".join(x + "\n" for x in (d / "heads.log").read_text().splitlines()
+                                         if '"damage"' not in x))
+    demo = build(tmp_path / "demo")
+    main(["replay", demo["pcap"], "--records", demo["records"], "--inventory", demo["inventory"], "--provider", PROVIDER,
+          "--log-dir", str(d), "--gateway", "gw-test"])
+    capsys.readouterr()
+    rows = q(capsys, str(d))
+    assert len(rows) == 250 + 11
+    assert main(["logs", "verify", "--log-dir", str(d)]) == 1
+    assert "damaged: bytes at offsets " in capsys.readouterr().out
