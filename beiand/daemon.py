@@ -425,6 +425,10 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
             c["userspace_bytes"] = c.get("userspace_bytes", 0) + cap.bytes_read
         for k, v in decoder.drops.items():
             c[f"drop:{k}"] = v
+        for k, v in pipe.frame_errors.items():
+            c[f"drop:decide:{k}"] = v
+        for kind, b in decoder.budgets.items():
+            c[f"reassembly_evicted:{kind}"] = b.evicted
         st = alog.stats
         c.update(log_records=st.written, log_bytes=st.bytes_written, log_write_errors=st.write_errors, log_lost=st.lost,
                  log_torn=st.torn_repaired)
@@ -445,48 +449,70 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
                 "fsync": fs, "latency": lat, "enforce_latency": elat, "obs": agg.take(), "log_failing": st.failing,
                 "breaker": enforcer.breaker.why if enforcer.breaker.open else ""}
 
-    outbox = _Outbox(conn)
-    while not stop:
-        if len(caps) == 1 and queue is None:
-            for ts, frame in caps[0].read(100):
-                feed(ts, frame, 1)
-        else:
-            for fd, _ in poller.poll(100):
-                if queue is not None and fd == queue.fileno():
-                    from_queue()
-                    continue
-                for cap in caps:
-                    if cap.fileno() == fd:
-                        for ts, frame in cap.read(0):
-                            feed(ts, frame, 1)
-        now = time.monotonic()
-        if ch is not None and idx == 0 and now >= next_retire:
-            # ClickHouse retention (whole day partitions), off the capture loop.
-            next_retire = now + 3600
-            threading.Thread(target=_ch_retire, args=(ch,), daemon=True).start()
-        if outbox.broken:
-            break
-        if now >= next_rows and agg.changed and now < next_snap:
-            next_rows = now + ROWS_INTERVAL
-            outbox.put({"obs": agg.take()})
-        if now >= next_snap:
-            next_snap = now + SNAPSHOT_INTERVAL
-            if enforcer.orders is not None:
-                try:
-                    enforcer.orders.reload()
-                except OrderError as exc:
-                    log.error("%s", exc)
-            try:
-                while conn.poll():
-                    cmd = conn.recv()
-                    if cmd.get("cmd") == "close-breaker":
-                        enforcer.breaker.close()
-                if os.getppid() != ppid:
-                    log.error("worker %d: the main process is gone; stopping", idx)
-                    break
-            except (BrokenPipeError, EOFError, OSError):
+    def _capture_loop() -> None:
+        nonlocal next_snap, next_rows, next_retire
+        while not stop:
+            if len(caps) == 1 and queue is None:
+                for ts, frame in caps[0].read(100):
+                    feed(ts, frame, 1)
+            else:
+                for fd, _ in poller.poll(100):
+                    if queue is not None and fd == queue.fileno():
+                        from_queue()
+                        continue
+                    for cap in caps:
+                        if cap.fileno() == fd:
+                            for ts, frame in cap.read(0):
+                                feed(ts, frame, 1)
+            now = time.monotonic()
+            if ch is not None and idx == 0 and now >= next_retire:
+                # ClickHouse retention (whole day partitions), off the capture loop.
+                next_retire = now + 3600
+                threading.Thread(target=_ch_retire, args=(ch,), daemon=True).start()
+            if outbox.broken:
                 break
-            outbox.put(snapshot())
+            if now >= next_rows and agg.changed and now < next_snap:
+                next_rows = now + ROWS_INTERVAL
+                outbox.put({"obs": agg.take()})
+            if now >= next_snap:
+                next_snap = now + SNAPSHOT_INTERVAL
+                if enforcer.orders is not None:
+                    try:
+                        enforcer.orders.reload()
+                    except OrderError as exc:
+                        log.error("%s", exc)
+                try:
+                    while conn.poll():
+                        cmd = conn.recv()
+                        if cmd.get("cmd") == "close-breaker":
+                            enforcer.breaker.close()
+                    if os.getppid() != ppid:
+                        log.error("worker %d: the main process is gone; stopping", idx)
+                        break
+                except (BrokenPipeError, EOFError, OSError):
+                    break
+                outbox.put(snapshot())
+
+    outbox = _Outbox(conn)
+    try:
+        _capture_loop()
+    except BaseException as exc:
+        # Issue 17: a worker that dies anyway first flushes and closes its log, where it still
+        # can, so the records since the last commit are not lost with it; the loss is counted.
+        log.critical("worker %d: capture loop died: %s: %s; closing the access log", idx, type(exc).__name__, exc)
+        died = type(exc).__name__
+        for step in (pipe.finish, alog.close, *((ch.close,) if ch is not None else ())):
+            try:
+                step()
+            except BaseException as exc2:  # the next step must still run
+                log.critical("worker %d: %s failed while dying: %s", idx, getattr(step, "__qualname__", step), exc2)
+        snap = snapshot()
+        snap["counters"]["worker_crashes"] = 1
+        snap["counters"]["worker_crash_lost_records"] = alog.pending
+        snap["died"] = died
+        outbox.put(snap)
+        outbox.close(2.0)
+        raise
     pipe.finish()
     if queue is not None:
         queue.close()

@@ -139,7 +139,7 @@ class Decoder:
         self.budgets = {"tcp": Budget("tcp", cfg.reassembly_tcp_bytes), "quic": Budget("quic", cfg.reassembly_quic_bytes),
                         "fragment": Budget("fragment", cfg.reassembly_fragment_bytes)}
         self._tcp_budget = self.budgets["tcp"]
-        self._current: tuple[OrderedDict[bytes, Flow] | None, bytes] = (None, b"")  # the flow the frame touches
+        self._current: bytes | tuple[bytes, bytes, int, int] | None = None  # the flow the frame touches
 
     # -- entry point ----------------------------------------------------------------------
 
@@ -201,7 +201,7 @@ class Decoder:
             # Defensive: a length check we missed must still not stop the daemon.
             self.drops["net:malformed"] += 1
             self._drop_current(ts)
-        except Exception as exc:  # noqa: BLE001 - issue 17: nothing a frame holds may stop the worker
+        except Exception as exc:  # issue 17: nothing a frame holds may stop the worker
             # A bug, not junk: counted by exception type; the frame and its flow are dropped.
             name = type(exc).__name__
             self.drops["frame:" + (name if name in FRAME_EXCEPTIONS else "other")] += 1
@@ -244,6 +244,7 @@ class Decoder:
             if fb is not None:
                 self.budgets["fragment"].held -= fb.cost
             return
+        key = bytes(key)  # the failing frame may have been a bytearray or memoryview
         for table in (self.flows, self.dns_flows):
             flow = table.pop(key, None)
             if flow is not None:
