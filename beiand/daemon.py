@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -43,14 +44,14 @@ from beiand.accesslog import AccessLog, AccessLogSink, LogConfig, retire
 from beiand.accesslog.reader import stats as log_stats
 from beiand.capture.bpf import build as build_bpf
 from beiand.capture.live import LiveCapture
-from beiand.config import Config, ConfigError, load_config
+from beiand.config import Config, ConfigError, load_config, secret_problem
 from beiand.enforce import Enforcer, EnforceSettings, Injector, OrderError, OrderStore
 from beiand.enforce.nfqueue import NfQueue, install_rules, remove_rules, rule_specs
 from beiand.enforce.nft import Nft, NftError
 from beiand.inventory import Inventory, InventoryError, load_inventory
 from beiand.metrics import Metrics
 from beiand.model import Decision, Observation
-from beiand.net.decoder import LINKTYPE_RAW, Decoder, DecoderConfig
+from beiand.net.decoder import LINKTYPE_RAW, Decoder
 from beiand.pipeline import Pipeline
 from beiand.policy import Policy, lookup_answer
 from beiand.records import ImportRefused, build_index, load_files, normalise_domain
@@ -58,7 +59,7 @@ from beiand.records.domains import DomainError
 from beiand.records.importer import canonical_ip
 from beiand.records.index import RecordIndex
 from beiand.server import make_app
-from beiand.wiring import policy_config
+from beiand.wiring import decoder_config, policy_config
 
 log = logging.getLogger("beiand")
 SNAPSHOT_INTERVAL = 0.25  # small deltas often: a big snapshot would stall the capture loop
@@ -182,6 +183,17 @@ def _mtime(p: str) -> float:
         return os.stat(p).st_mtime
     except OSError:
         return 0.0
+
+
+def read_secret(path: Path, permissions: str) -> bytes:
+    """A secret file, checked again as it is read (it may have changed since the config was
+    checked): readable by group or others is refused unless ``daemon.secret_permissions = "warn"``."""
+    why = secret_problem(path)
+    if why:
+        if permissions != "warn":
+            raise StateError(f"{why} (daemon.secret_permissions = \"warn\" accepts it)")
+        log.warning("%s", why)
+    return path.read_bytes()
 
 
 # -- worker process -------------------------------------------------------------------------------
@@ -373,7 +385,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
                         blocks=cfg.capture.ring_blocks, outgoing=len(ifaces) == 1,
                         block_timeout_ms=cfg.capture.ring_block_timeout_ms, version=cfg.capture.ring_version) for i in ifaces]
     al = cfg.accesslog
-    key = al.hmac_key_file.read_bytes().strip() if al.hmac_key_file else None
+    key = read_secret(al.hmac_key_file, cfg.daemon.secret_permissions).strip() if al.hmac_key_file else None
     alog = AccessLog(LogConfig(al.directory, worker=idx, gateway=cfg.gateway, retention_days=al.retention_days,
                                commit_interval=al.commit_interval, commit_records=al.commit_records, max_buffer=al.max_buffer,
                                key=key, checkpoint_interval=al.checkpoint_interval))
@@ -384,13 +396,14 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
 
         c = al.clickhouse
         ch = ClickHouseSink(c.url, c.spill_dir or al.directory / "spill", database=c.database, table=c.table, user=c.user,
-                            password=c.password_file.read_text().strip() if c.password_file else "", worker=idx,
+                            password=read_secret(c.password_file, cfg.daemon.secret_permissions).decode().strip()
+                            if c.password_file else "", worker=idx,
                             batch_records=c.batch_records, retention_days=al.retention_days)
         sinks.append(AccessLogSink(ch, cfg.gateway))
     else:
         sinks.append(AccessLogSink(alog, cfg.gateway))
     agg = _Aggregate()
-    decoder = Decoder(DecoderConfig(tcp_ports=frozenset(cfg.capture.tcp_ports), udp_ports=frozenset(cfg.capture.udp_ports)))
+    decoder = Decoder(decoder_config(cfg))
     enforcer = make_enforcer(cfg)
     queue = NfQueue(cfg.enforce.queue + idx) if inline else None
     pipe = Pipeline(decoder, state.policy, [*sinks, agg], actor=enforcer)
@@ -546,7 +559,8 @@ class Daemon:
         self.state = load_state(config_path)
         cfg = self.state.config
         self.metrics = Metrics(cfg.capture.interfaces, __version__)
-        self.token = cfg.server.token_file.read_text().strip() if cfg.server.token_file else ""
+        self.token = (read_secret(cfg.server.token_file, cfg.daemon.secret_permissions).decode().strip()
+                      if cfg.server.token_file else "")
         self.workers: dict[int, Worker] = {}
         self.obs: dict[tuple[Any, ...], list[Any]] = {}
         self.latencies: collections.deque[float] = collections.deque(maxlen=200_000)  # packet → decision, seconds
