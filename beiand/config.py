@@ -166,6 +166,14 @@ class ReassemblySection:
 class ServerSection:
     listen: str = _f("127.0.0.1:9640", "Address of /metrics, /healthz, /readyz and /api/v1 (host:port).")
     token_file: Path | None = _f(None, "Bearer token for the endpoints that change state (block orders, breaker).")
+    header_timeout: float = _f(10.0, "Seconds a client has to send a whole request head (after connecting, or after the "
+                               "last answer on a kept-alive connection); then the connection is closed.", min=0.1, max=600.0)
+    request_timeout: float = _f(30.0, "Seconds a request's body and its answer may take once its head is in (408 beyond).",
+                                min=0.1, max=3600.0)
+    max_connections: int = _f(256, "Open HTTP connections; a new one beyond this is closed at once.", min=1, max=65536)
+    max_body_bytes: int = _f(65536, "Largest request body (413 beyond).", min=1024, max=1 << 26)
+    max_line_bytes: int = _f(8190, "Longest request line (the URL) and header line (400 beyond, one log line, no traceback).",
+                             min=256, max=1 << 20)
 
 
 @dataclass(frozen=True)

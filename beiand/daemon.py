@@ -37,8 +37,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from beiand import __version__
 from beiand.accesslog import AccessLog, AccessLogSink, LogConfig, retire
 from beiand.accesslog.reader import stats as log_stats
@@ -58,7 +56,8 @@ from beiand.records import ImportRefused, build_index, load_files, normalise_dom
 from beiand.records.domains import DomainError
 from beiand.records.importer import canonical_ip
 from beiand.records.index import RecordIndex
-from beiand.server import make_app
+from beiand.server import HttpLimits, make_app
+from beiand.server import start as start_http
 from beiand.wiring import decoder_config, policy_config
 
 log = logging.getLogger("beiand")
@@ -916,10 +915,12 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.request_reload, "SIGHUP")
         cfg = self.state.config
         self._setup_enforcement()
-        runner = web.AppRunner(make_app(self), access_log=None)
-        await runner.setup()
+        srv = cfg.server
+        limits = HttpLimits(header_timeout=srv.header_timeout, request_timeout=srv.request_timeout,
+                            max_connections=srv.max_connections, max_body_bytes=srv.max_body_bytes,
+                            max_line_bytes=srv.max_line_bytes)
         host, port = cfg.listen()
-        await web.TCPSite(runner, host, port).start()
+        served = await start_http(make_app(self, limits), host, port, limits)
         log.info("serving /metrics and /api/v1 on %s:%d", host, port)
         for idx in range(cfg.workers):
             self._start_worker(idx)
@@ -933,7 +934,7 @@ class Daemon:
         sup.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sup
-        await runner.cleanup()
+        await served.close()
         return 0
 
 
