@@ -15,6 +15,7 @@ from beiand.net.decoder import Decoder, DecoderConfig
 from beiand.net.reassembly import INTERVAL_COST, Stream
 from beiand.testing import traffic as t
 from tests.fuzz import hostile
+from tests.fuzz.test_mutated_frames import budgets_match
 
 MiB = 1 << 20
 PIECE = 2048  # the budget may be passed by the piece that triggers an eviction, never more
@@ -57,6 +58,7 @@ def test_tcp_budget_evicts_the_oldest_and_counts_it():
     b = d.budgets["tcp"]
     assert b.peak <= cfg.reassembly_tcp_bytes + PIECE
     assert b.evicted >= 15
+    budgets_match(d)
     assert d.drops["reassembly:evicted-tcp"] == b.evicted
     assert len(d.flows) <= 5
     # the newest flows survive, the oldest went
