@@ -78,9 +78,9 @@ def _varint(v: int) -> bytes:
     return struct.pack("!I", 0x80000000 | v)
 
 
-def quic_initial(dcid: bytes, frames: bytes, pn: int = 0) -> bytes:
+def quic_initial(dcid: bytes, frames: bytes, pn: int = 0, keys: InitialKeys | None = None) -> bytes:
     """One QUIC v1 client Initial carrying ``frames``, protected as RFC 9001 section 5 says."""
-    keys = InitialKeys(dcid, V1)
+    keys = keys or InitialKeys(dcid, V1)
     frames += b"\0" * max(0, 1100 - len(frames))  # PADDING to the usual datagram size
     pn_bytes = struct.pack("!I", pn)
     length = len(pn_bytes) + len(frames) + 16
@@ -107,5 +107,19 @@ def quic_scatter(flows: int, datagrams: int = 8, first: int = 0) -> Iterator[byt
         for d in range(datagrams):
             frames = b"".join(b"\x06" + _varint(2 + 2 * (d * 300 + k)) + b"\x01" + b"x" for k in range(300))
             pkt = quic_initial(dcid, frames, d)
+            uh = struct.pack("!HHHH", 50000 + f % 10000, 443, 8 + len(pkt), 0)
+            yield _ipv4(c, SERVER, 17, uh + pkt)
+
+
+def quic_holes(flows: int, per: int = 30, size: int = 1000, first: int = 0) -> Iterator[bytes]:
+    """Initials whose CRYPTO frames leave a hole before each (offset 0 never sent): each
+    connection holds per x size bytes of CRYPTO stream that never becomes a ClientHello."""
+    for f in range(first, first + flows):
+        dcid = struct.pack("!Q", 0x5D00000000000000 + f)
+        keys = InitialKeys(dcid, V1)
+        c = client(f)
+        for d in range(per):
+            frame = b"\x06" + _varint(size + 2 * size * d) + _varint(size) + b"y" * size
+            pkt = quic_initial(dcid, frame, d, keys)
             uh = struct.pack("!HHHH", 50000 + f % 10000, 443, 8 + len(pkt), 0)
             yield _ipv4(c, SERVER, 17, uh + pkt)

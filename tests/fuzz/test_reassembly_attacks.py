@@ -142,3 +142,13 @@ def test_stream_agrees_with_a_reference(pieces, limit):
         assert bytes(chunk) == DATA[start : start + len(chunk)]
         assert not mask[start - 1]  # merged: a hole before every pending interval
     assert held <= limit
+
+
+def test_quic_crypto_holes_fill_the_quic_budget_and_evict():
+    cfg = DecoderConfig(reassembly_quic_bytes=256 * 1024)
+    d = Decoder(cfg)
+    feed_all(d, hostile.quic_holes(30, per=20))  # 30 x 20 KB held, never a ClientHello
+    b = d.budgets["quic"]
+    assert b.peak <= cfg.reassembly_quic_bytes + PIECE
+    assert b.evicted > 0 and d.drops["reassembly:evicted-quic"] == b.evicted
+    budgets_match(d)
