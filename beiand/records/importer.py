@@ -559,61 +559,88 @@ def _bounded_lines(f: TextIO) -> Iterator[str]:
         yield line
 
 
-_LIST_OUT = re.compile(r'[\[\]{}",]')
-_LIST_IN = re.compile(r'["\\]')
+_CHUNK = 1 << 20
+_WS = " \t\r\n"
+_SKIP_OUT = re.compile(r'[\[\]{}"]')
+_SKIP_IN = re.compile(r'["\\]')
+_VALUE_END = re.compile(r"[,\]\s]")
 
 
-def _json_list_items(path: Path, enc: str) -> Iterator[tuple[int, str, dict[str, str]]]:
-    """The items of a top-level JSON list, split by a scan of brackets and strings, read in 1 MiB
-    chunks: an item's text is kept only while it stays under MAX_ITEM characters."""
-    depth = 0  # 0: before the list; 1: between items
-    in_str = esc = False
-    item: list[str] = []
-    size = 0
-    too_deep = False
-    n = 0
-    line = 1
-    ended = False
+class _Buffered:
+    """A text file read in chunks, with a cursor; consumed text is let go, its lines counted."""
 
-    def finish() -> tuple[int, str, dict[str, str]] | None:
-        nonlocal item, size, too_deep, n
-        text = "".join(item).strip() if size <= MAX_ITEM else ""
-        big, deep = size > MAX_ITEM, too_deep
-        item, size, too_deep = [], 0, False
-        if not text and not big:
-            return None
-        n += 1
-        if big:
-            return n, "item", {"__error__": f"item longer than {MAX_ITEM} characters: refused unread (a cell is at most "
-                                            f"{MAX_CELL} bytes)"}
-        if deep:
-            return n, "item", {"__error__": f"nested more than {MAX_JSON_DEPTH} levels deep"}
-        return n, "item", _json_text_cells(text)
+    def __init__(self, f: TextIO) -> None:
+        self.f = f
+        self.buf = ""
+        self.pos = 0
+        self.eof = False
+        self.lines = 1  # line number at buf[0]
 
-    with path.open("r", encoding=enc, errors="replace") as f:
-        while not ended and (chunk := f.read(1 << 20)):
-            pos, end = 0, len(chunk)
-            start = 0 if depth >= 1 else -1  # where the current item's text begins in this chunk
-            while pos < end:
+    def more(self) -> bool:
+        if self.eof:
+            return False
+        chunk = self.f.read(_CHUNK)
+        if not chunk:
+            self.eof = True
+            return False
+        if self.pos > _CHUNK:
+            self.lines += self.buf.count("\n", 0, self.pos)
+            self.buf = self.buf[self.pos :]
+            self.pos = 0
+        self.buf += chunk
+        return True
+
+    def line(self) -> int:
+        return self.lines + self.buf.count("\n", 0, self.pos)
+
+    def skip_ws(self) -> str:
+        """The next character that is not white space ("" at the end of the file)."""
+        while True:
+            buf, pos, n = self.buf, self.pos, len(self.buf)
+            while pos < n and buf[pos] in _WS:
+                pos += 1
+            self.pos = pos
+            if pos < n:
+                return buf[pos]
+            if not self.more():
+                return ""
+
+    def skip_value(self) -> bool:
+        """Step over one JSON value of any size or depth without keeping it (a scan of brackets
+        and strings, chunk by chunk); False if the file ends inside it."""
+        depth = 0
+        in_str = esc = False
+        while True:
+            buf, pos, n = self.buf, self.pos, len(self.buf)
+            while pos < n:
                 if in_str:
                     if esc:
                         esc = False
                         pos += 1
                         continue
-                    m = _LIST_IN.search(chunk, pos)
+                    m = _SKIP_IN.search(buf, pos)
                     if m is None:
-                        pos = end
+                        pos = n
                         break
-                    if m.group() == "\\":
-                        pos = m.end()
-                        esc = True
-                        continue
-                    in_str = False
                     pos = m.end()
+                    if m.group() == "\\":
+                        esc = True
+                    else:
+                        in_str = False
+                        if depth == 0:
+                            self.pos = pos
+                            return True
                     continue
-                m = _LIST_OUT.search(chunk, pos)
+                if depth == 0 and buf[pos] not in '[{"':  # a number or literal: up to the next , ] or space
+                    m = _VALUE_END.search(buf, pos)
+                    if m is None:
+                        pos = n
+                        break
+                    self.pos = m.start()
+                    return True
+                m = _SKIP_OUT.search(buf, pos)
                 if m is None:
-                    pos = end
+                    pos = n
                     break
                 c = m.group()
                 pos = m.end()
@@ -621,40 +648,72 @@ def _json_list_items(path: Path, enc: str) -> Iterator[tuple[int, str, dict[str,
                     in_str = True
                 elif c in "[{":
                     depth += 1
-                    if depth == 1:
-                        start = pos  # the list opens: items begin after it
-                    elif depth > MAX_JSON_DEPTH + 1:
-                        too_deep = True
-                elif c in "]}":
+                else:
                     depth -= 1
-                    if depth == 0:  # the list closes
-                        if start >= 0:
-                            size += m.start() - start
-                            if size <= MAX_ITEM:
-                                item.append(chunk[start : m.start()])
-                        line += chunk.count("\n", 0, pos)
-                        if (r := finish()) is not None:
-                            yield r
-                        ended = True
+                    if depth <= 0:
+                        self.pos = pos
+                        return True
+            self.pos = pos
+            if not self.more():
+                return False
+
+
+def _json_list_items(path: Path, enc: str) -> Iterator[tuple[int, str, dict[str, str]]]:
+    """The items of a top-level JSON list, each parsed on its own (``raw_decode``) from a buffer
+    read in 1 MiB chunks: an item over MAX_ITEM characters, or one nested too deep for the parser,
+    is stepped over unread and reported; a syntax error refuses the file, as a whole parse would."""
+    dec = json.JSONDecoder()
+    with path.open("r", encoding=enc, errors="replace") as f:
+        r = _Buffered(f)
+        if r.skip_ws() == "\ufeff":
+            r.pos += 1
+        if r.skip_ws() != "[":
+            raise ImportRefused(f"{path}:{r.line()}: json: expected a list of filings")
+        r.pos += 1
+        n = 0
+        while True:
+            c = r.skip_ws()
+            if c == "":
+                raise ImportRefused(f"{path}:{r.line()}: json: the file ends inside the list (truncated?)")
+            if c == "]":
+                return
+            if n:
+                if c != ",":
+                    raise ImportRefused(f"{path}:{r.line()}: json: expected ',' or ']' between items, got {c!r}")
+                r.pos += 1
+                if r.skip_ws() == "":
+                    raise ImportRefused(f"{path}:{r.line()}: json: the file ends inside the list (truncated?)")
+            n += 1
+            consumed = False
+            while True:  # r.pos is the item's start until it is parsed (more() may move the buffer)
+                try:
+                    item, end = dec.raw_decode(r.buf, r.pos)
+                except json.JSONDecodeError as exc:
+                    if len(r.buf) - r.pos > MAX_ITEM:
+                        reason = f"item longer than {MAX_ITEM} characters: refused unread (a cell is at most {MAX_CELL} bytes)"
                         break
-                elif c == "," and depth == 1:
-                    size += m.start() - start
-                    if size <= MAX_ITEM:
-                        item.append(chunk[start : m.start()])
-                    if (r := finish()) is not None:
-                        yield r
-                    start = pos
-            if not ended:
-                line += chunk.count("\n")
-                if depth >= 1 and start >= 0:
-                    size += end - start
-                    if size <= MAX_ITEM:
-                        item.append(chunk[start:end])
-                    else:
-                        item = []
-    if not ended:
-        raise ImportRefused(f"{path}:{line}: json: the file ends inside the list (truncated?)" if depth else
-                            f"{path}:1: json: expected a list of filings")
+                    cut = exc.pos >= len(r.buf) - 16 or exc.msg.startswith("Unterminated string")
+                    if cut and r.more():
+                        continue  # the item goes on in the next chunk
+                    line = r.lines + r.buf.count("\n", 0, exc.pos)
+                    raise ImportRefused(f"{path}:{line}: json: {exc.msg} (item {n})") from None
+                except RecursionError:
+                    reason = f"nested more than {MAX_JSON_DEPTH} levels deep"
+                    break
+                if end == len(r.buf) and not isinstance(item, dict | list | str) and r.more():
+                    continue  # a number cut by the chunk: read on
+                size = end - r.pos
+                r.pos = end
+                consumed = True
+                reason = "" if size <= MAX_ITEM else \
+                    f"item longer than {MAX_ITEM} characters: refused (a cell is at most {MAX_CELL} bytes)"
+                break
+            if reason:
+                if not consumed and not r.skip_value():
+                    raise ImportRefused(f"{path}:{r.line()}: json: the file ends inside item {n} (truncated?)")
+                yield n, "item", {"__error__": reason}
+                continue
+            yield n, "item", _json_cells(item)
 
 
 def _json_cells(item: object) -> dict[str, str]:
