@@ -197,3 +197,7 @@ def test_fuzzed_requests_never_leave_a_traceback(caplog, batch):
 
     serve(body, HttpLimits(header_timeout=0.3, request_timeout=1.0, max_connections=40, max_body_bytes=4096))
     no_tracebacks(caplog)
+
+
+def teardown_module() -> None:
+    print(f"\nhostile HTTP requests tried: {FUZZ['tried']}")
