@@ -77,7 +77,11 @@ class Flow(Stream):
     __slots__ = ("base", "client", "consumed", "dport", "server", "sport", "syn", "ts")
 
     def __init__(self, base: int, syn: bool, ts: float, src: bytes, dst: bytes, sport: int, dport: int) -> None:
-        Stream.__init__(self)
+        # Stream.__init__, inlined: one Flow per new connection, on the hot path
+        self.buf = b""
+        self.starts = []
+        self.chunks = []
+        self.cost = 0
         self.base = base
         self.syn = syn
         self.ts = ts
