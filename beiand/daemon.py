@@ -31,7 +31,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -193,6 +193,17 @@ def read_secret(path: Path, permissions: str) -> bytes:
             raise StateError(f"{why} (daemon.secret_permissions = \"warn\" accepts it)")
         log.warning("%s", why)
     return path.read_bytes()
+
+
+def close_dying(idx: int, steps: Sequence[Callable[[], object]], alog: AccessLog) -> int:
+    """A dying worker's last steps (flush the pipeline, close the log and sinks), each tried even
+    when one before it failed; returns the records the log still held unwritten (issue 17)."""
+    for step in steps:
+        try:
+            step()
+        except BaseException as exc:  # the next step must still run
+            log.critical("worker %d: %s failed while dying: %s", idx, getattr(step, "__qualname__", step), exc)
+    return alog.pending
 
 
 # -- worker process -------------------------------------------------------------------------------
@@ -512,16 +523,11 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
         # Issue 17: a worker that dies anyway first flushes and closes its log, where it still
         # can, so the records since the last commit are not lost with it; the loss is counted.
         log.critical("worker %d: capture loop died: %s: %s; closing the access log", idx, type(exc).__name__, exc)
-        died = type(exc).__name__
-        for step in (pipe.finish, alog.close, *((ch.close,) if ch is not None else ())):
-            try:
-                step()
-            except BaseException as exc2:  # the next step must still run
-                log.critical("worker %d: %s failed while dying: %s", idx, getattr(step, "__qualname__", step), exc2)
+        lost = close_dying(idx, [pipe.finish, alog.close, *((ch.close,) if ch is not None else ())], alog)
         snap = snapshot()
         snap["counters"]["worker_crashes"] = 1
-        snap["counters"]["worker_crash_lost_records"] = alog.pending
-        snap["died"] = died
+        snap["counters"]["worker_crash_lost_records"] = lost
+        snap["died"] = type(exc).__name__
         outbox.put(snap)
         outbox.close(2.0)
         raise
