@@ -8,9 +8,12 @@ cannot drift. Errors name the file, the line and the field: ``beiand.toml:12: ac
 from __future__ import annotations
 
 import dataclasses
+import grp
 import ipaddress
+import math
 import os
 import re
+import stat
 import tomllib
 import types
 import typing
@@ -50,11 +53,16 @@ class DaemonSection:
     state_dir: Path = _f(Path("/var/lib/beiand"), "Where closure orders, observations and the enforcement state are kept.")
     watch_interval: float = _f(5.0, "Seconds between checks for changed records/inventory files (0: off).", min=0.0)
     log_level: str = _f("info", "debug, info, warning or error.", choices=("debug", "info", "warning", "error"))
+    secret_permissions: str = _f("refuse", "A secret file (accesslog.hmac_key_file, server.token_file, "
+                                 "accesslog.clickhouse.password_file) that group or others may read: refuse (the config "
+                                 "is invalid) or warn (check-config and the daemon's log say so). Fix with chmod 0600 "
+                                 "(or 0400) and chown to the daemon's user.", choices=("refuse", "warn"))
 
 
 @dataclass(frozen=True)
 class CaptureSection:
-    interfaces: list[str] = _f([], "Interfaces to capture on (AF_PACKET). Empty: no live capture (check-config warns).")
+    interfaces: list[str] = _f([], "Interfaces to capture on (AF_PACKET). Left out: no live capture (check-config warns, "
+                               "run refuses); given, at least one.", nonempty=True)
     tcp_ports: list[int] = _f([80, 443, 8080, 8443], "TCP ports whose client-to-server packets reach beiand (TLS, HTTP).",
                               min=1, max=65535)
     udp_ports: list[int] = _f([443], "UDP ports watched for QUIC Initials.", min=1, max=65535)
@@ -81,7 +89,8 @@ class CaptureSection:
 
 @dataclass(frozen=True)
 class RecordsSection:
-    files: list[Path] = _f([], "Filing exports (CSV, JSON, JSONL, XLSX): the 备案 records of this provider.")
+    files: list[Path] = _f([], "Filing exports (CSV, JSON, JSONL, XLSX): the 备案 records of this provider (given, at least "
+                           "one).", nonempty=True)
     provider: list[str] = _f([], "This provider's names as filings spell their 接入商 (access provider): one string, or a list "
                              "when the provider files under several legal entities. A 接入商 cell naming several providers "
                              "(separated by ; , 、 or /) matches when any of them is one of these. Empty: not checked.",
@@ -146,9 +155,34 @@ class AccessLogSection:
 
 
 @dataclass(frozen=True)
+class ReassemblySection:
+    """Per capture worker: what reassembly may hold before the oldest partial flow is dropped (issue 17)."""
+
+    tcp_bytes: int = _f(32 << 20, "Bytes all TCP first-bytes and DNS-over-TCP reassemblies of one worker may hold together; "
+                        "beyond, the oldest flow is dropped and counted (beiand_reassembly_evicted_total{kind=\"tcp\"}). "
+                        "Costs up to about 1.5x this in memory per worker (docs/operations.md).", min=1 << 16, max=1 << 34)
+    quic_bytes: int = _f(16 << 20, "Bytes all QUIC CRYPTO reassemblies of one worker may hold together (kind=\"quic\").",
+                         min=1 << 16, max=1 << 34)
+    fragment_bytes: int = _f(8 << 20, "Bytes all IP fragment reassemblies of one worker may hold together (kind=\"fragment\").",
+                             min=1 << 16, max=1 << 34)
+    max_flow_bytes: int = _f(16384, "First client bytes kept per TCP flow to find the name (bytes held, not offsets).",
+                             min=1024, max=1 << 20)
+    max_holes: int = _f(64, "Out-of-order pieces beyond the first hole kept per flow, datagram or CRYPTO stream.",
+                        min=1, max=4096)
+
+
+@dataclass(frozen=True)
 class ServerSection:
     listen: str = _f("127.0.0.1:9640", "Address of /metrics, /healthz, /readyz and /api/v1 (host:port).")
     token_file: Path | None = _f(None, "Bearer token for the endpoints that change state (block orders, breaker).")
+    header_timeout: float = _f(10.0, "Seconds a client has to send a whole request head (after connecting, or after the "
+                               "last answer on a kept-alive connection); then the connection is closed.", min=0.1, max=600.0)
+    request_timeout: float = _f(30.0, "Seconds a request's body and its answer may take once its head is in (408 beyond).",
+                                min=0.1, max=3600.0)
+    max_connections: int = _f(256, "Open HTTP connections; a new one beyond this is closed at once.", min=1, max=65536)
+    max_body_bytes: int = _f(65536, "Largest request body (413 beyond).", min=1024, max=1 << 26)
+    max_line_bytes: int = _f(8190, "Longest request line (the URL) and header line (400 beyond, one log line, no traceback).",
+                             min=256, max=1 << 20)
 
 
 @dataclass(frozen=True)
@@ -175,6 +209,7 @@ class Config:
     accesslog: AccessLogSection = field(default_factory=AccessLogSection)
     server: ServerSection = field(default_factory=ServerSection)
     enforce: EnforceSection = field(default_factory=EnforceSection)
+    reassembly: ReassemblySection = field(default_factory=ReassemblySection)
     path: str = ""  # the file it came from
     warnings: tuple[str, ...] = ()  # file:line: field: deprecated settings that were given
 
@@ -241,6 +276,8 @@ def _check(value: Any, tp: Any, meta: dict[str, Any], name: str) -> tuple[Any, s
             value = [value]
         if not isinstance(value, list):
             return None, f"expected a list, got {type(value).__name__}"
+        if not value and meta.get("nonempty"):
+            return None, "an empty list: give at least one entry, or leave the key out"
         out = []
         for i, v in enumerate(value):
             cv, problem = _check(v, item, meta, name)
@@ -251,6 +288,10 @@ def _check(value: Any, tp: Any, meta: dict[str, Any], name: str) -> tuple[Any, s
     if tp is Path:
         if not isinstance(value, str) or not value:
             return None, "expected a path (a non-empty string)"
+        if problem := _control(value):
+            return None, problem
+        if ".." in Path(value).parts:
+            return None, f"{value!r}: a path with '..' in it: give the path without climbing out of a directory"
         return Path(value), None
     if tp is bool:
         if not isinstance(value, bool):
@@ -263,9 +304,13 @@ def _check(value: Any, tp: Any, meta: dict[str, Any], name: str) -> tuple[Any, s
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None, f"expected a number, got {value!r}"
         value = float(value)
+        if not math.isfinite(value):
+            return None, f"{value}: expected a finite number"
     elif tp is str:
         if not isinstance(value, str):
             return None, f"expected a string, got {value!r}"
+        if problem := _control(value):
+            return None, problem
         if "choices" in meta and value not in meta["choices"]:
             return None, f"{value!r}: expected one of {', '.join(meta['choices'])}"
         return value, None
@@ -275,6 +320,14 @@ def _check(value: Any, tp: Any, meta: dict[str, Any], name: str) -> tuple[Any, s
     if hi is not None and value > hi:
         return None, f"{value} is above the maximum {hi}"
     return value, None
+
+
+def _control(value: str) -> str | None:
+    """Control characters end up in log records, headers and terminals: refused everywhere."""
+    for i, ch in enumerate(value):
+        if ch < " " or "\x7f" <= ch < "\xa0":
+            return f"a control character (U+{ord(ch):04X}) at position {i + 1}: not allowed in a setting"
+    return None
 
 
 def _build(cls: Any, data: dict[str, Any], prefix: str, text: str, path: str, problems: list[str],
@@ -320,7 +373,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     cfg: Config = _build(Config, data, "", text, path, problems, warnings)
     base = Path(path).parent if path and not path.startswith("<") else Path(".")
     cfg = _resolve(cfg, base)
-    problems += _semantic(cfg, text, path)
+    problems += _semantic(cfg, text, path, warnings)
     if problems:
         raise ConfigError(problems)
     return dataclasses.replace(cfg, path=path, warnings=tuple(warnings))
@@ -343,11 +396,21 @@ def _resolve(cfg: Config, base: Path) -> Config:
     return dataclasses.replace(cfg, records=rec, inventory=inv, accesslog=al, daemon=dm, server=srv)
 
 
-def _semantic(cfg: Config, text: str, path: str) -> list[str]:
+def _semantic(cfg: Config, text: str, path: str, warnings: list[str] | None = None) -> list[str]:
     problems = []
 
     def bad(dotted: str, why: str) -> None:
         problems.append(f"{path}:{_line_of(text, dotted)}: {dotted}: {why}")
+
+    for dotted, secret in (("accesslog.hmac_key_file", cfg.accesslog.hmac_key_file), ("server.token_file", cfg.server.token_file),
+                           ("accesslog.clickhouse.password_file", cfg.accesslog.clickhouse.password_file)):
+        why = secret_problem(secret) if secret is not None else None
+        if why is None:
+            continue
+        if cfg.daemon.secret_permissions == "warn" and warnings is not None:
+            warnings.append(f"{path}:{_line_of(text, dotted)}: {dotted}: {why} (allowed by daemon.secret_permissions = \"warn\")")
+        elif cfg.daemon.secret_permissions != "warn":
+            bad(dotted, why + "; or set daemon.secret_permissions = \"warn\"")
 
     for i, f in enumerate(cfg.records.files):
         if not f.is_file():
@@ -391,6 +454,37 @@ def _semantic(cfg: Config, text: str, path: str) -> list[str]:
         if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,15}", name):
             bad("capture.interfaces", f"{name!r}: not an interface name")
     return problems
+
+
+def secret_problem(p: Path) -> str | None:
+    """Why a secret file is not private enough, or None.
+
+    Nobody but its owner and the daemon may read it: others never; the group only when it is the
+    daemon's own group (``beiand``, the group of this process, or root's), as docs/install.md
+    creates it (0640 root:beiand, the unit runs as beiand:beiand). Nobody but the owner may write it.
+    """
+    try:
+        st = os.stat(p)
+    except OSError:
+        return None  # reported as missing elsewhere
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
+        return f"{p}: readable or writable by others (mode {mode:04o}): a secret must be private: chmod 0600 {p}"
+    if mode & stat.S_IRGRP and not _daemon_group(st.st_gid):
+        return (f"{p}: readable by group {_group_name(st.st_gid)} (mode {mode:04o}), not the daemon's own group: "
+                f"chmod 0600 {p}, or chown root:beiand {p}")
+    return None
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _daemon_group(gid: int) -> bool:
+    return gid in (0, os.getegid()) or _group_name(gid) == "beiand"
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

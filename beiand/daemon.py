@@ -31,12 +31,11 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
-
-from aiohttp import web
 
 from beiand import __version__, logsetup
 from beiand.accesslog import AccessLog, AccessLogSink, LogConfig, retire
@@ -44,22 +43,23 @@ from beiand.accesslog.reader import stats as log_stats
 from beiand.capture.bpf import build as build_bpf
 from beiand.capture.filterexpr import Condition
 from beiand.capture.live import LiveCapture
-from beiand.config import Config, ConfigError, load_config
+from beiand.config import Config, ConfigError, load_config, secret_problem
 from beiand.enforce import Enforcer, EnforceSettings, Injector, OrderError, OrderStore
 from beiand.enforce.nfqueue import NfQueue, install_rules, remove_rules, rule_specs
 from beiand.enforce.nft import Nft, NftError
 from beiand.inventory import Inventory, InventoryError, load_inventory
 from beiand.metrics import Metrics
 from beiand.model import Decision, Observation, endpoint
-from beiand.net.decoder import LINKTYPE_RAW, Decoder, DecoderConfig
+from beiand.net.decoder import LINKTYPE_RAW, Decoder
 from beiand.pipeline import Pipeline
 from beiand.policy import Policy, lookup_answer
 from beiand.records import ImportRefused, build_index, load_files, normalise_domain
 from beiand.records.domains import DomainError
 from beiand.records.importer import canonical_ip
 from beiand.records.index import RecordIndex
-from beiand.server import make_app
-from beiand.wiring import policy_config
+from beiand.server import HttpLimits, make_app
+from beiand.server import start as start_http
+from beiand.wiring import decoder_config, policy_config
 
 log = logging.getLogger("beiand")
 SNAPSHOT_INTERVAL = 0.25  # small deltas often: a big snapshot would stall the capture loop
@@ -183,6 +183,28 @@ def _mtime(p: str) -> float:
         return os.stat(p).st_mtime
     except OSError:
         return 0.0
+
+
+def read_secret(path: Path, permissions: str) -> bytes:
+    """A secret file, checked again as it is read (it may have changed since the config was
+    checked): readable by group or others is refused unless ``daemon.secret_permissions = "warn"``."""
+    why = secret_problem(path)
+    if why:
+        if permissions != "warn":
+            raise StateError(f"{why} (daemon.secret_permissions = \"warn\" accepts it)")
+        log.warning("%s", why)
+    return path.read_bytes()
+
+
+def close_dying(idx: int, steps: Sequence[Callable[[], object]], alog: AccessLog) -> int:
+    """A dying worker's last steps (flush the pipeline, close the log and sinks), each tried even
+    when one before it failed; returns the records the log still held unwritten (issue 17)."""
+    for step in steps:
+        try:
+            step()
+        except BaseException as exc:  # the next step must still run
+            log.critical("worker %d: %s failed while dying: %s", idx, getattr(step, "__qualname__", step), exc)
+    return alog.pending
 
 
 # -- worker process -------------------------------------------------------------------------------
@@ -375,7 +397,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
                         blocks=cfg.capture.ring_blocks, outgoing=len(ifaces) == 1,
                         block_timeout_ms=cfg.capture.ring_block_timeout_ms, version=cfg.capture.ring_version) for i in ifaces]
     al = cfg.accesslog
-    key = al.hmac_key_file.read_bytes().strip() if al.hmac_key_file else None
+    key = read_secret(al.hmac_key_file, cfg.daemon.secret_permissions).strip() if al.hmac_key_file else None
     sinks: list[Any] = []
     ch = None
     if al.clickhouse.url:
@@ -383,7 +405,8 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
 
         c = al.clickhouse
         ch = ClickHouseSink(c.url, c.spill_dir or al.directory / "spill", database=c.database, table=c.table, user=c.user,
-                            password=c.password_file.read_text().strip() if c.password_file else "", worker=idx,
+                            password=read_secret(c.password_file, cfg.daemon.secret_permissions).decode().strip()
+                            if c.password_file else "", worker=idx,
                             batch_records=c.batch_records, retention_days=al.retention_days)
     # Checkpoints also go off the machine: the journal (a log line) and, when configured, ClickHouse.
     alog = AccessLog(LogConfig(al.directory, worker=idx, gateway=cfg.gateway, retention_days=al.retention_days,
@@ -392,7 +415,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
                      on_checkpoint=ch.anchor if ch is not None else None)
     sinks.append(AccessLogSink(ch if ch is not None else alog, cfg.gateway))
     agg = _Aggregate()
-    decoder = Decoder(DecoderConfig(tcp_ports=frozenset(cfg.capture.tcp_ports), udp_ports=frozenset(cfg.capture.udp_ports)))
+    decoder = Decoder(decoder_config(cfg))
     enforcer = make_enforcer(cfg)
     queue = NfQueue(cfg.enforce.queue + idx) if inline else None
     pipe = Pipeline(decoder, state.policy, [*sinks, agg], actor=enforcer)
@@ -428,6 +451,10 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
         for k, v in decoder.drops.items():
             c[f"drop:{k}"] = v
         c["bpf_unfollowed"] = decoder.stats["capture:bpf-unfollowed"]
+        for k, v in pipe.frame_errors.items():
+            c[f"drop:decide:{k}"] = v
+        for kind, b in decoder.budgets.items():
+            c[f"reassembly_evicted:{kind}"] = b.evicted
         st = alog.stats
         c.update(log_records=st.written, log_bytes=st.bytes_written, log_write_errors=st.write_errors, log_lost=st.lost,
                  log_torn=st.torn_repaired)
@@ -448,48 +475,65 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
                 "fsync": fs, "latency": lat, "enforce_latency": elat, "obs": agg.take(), "log_failing": st.failing,
                 "breaker": enforcer.breaker.why if enforcer.breaker.open else "", "accesslog": alog.position}
 
-    outbox = _Outbox(conn)
-    while not stop:
-        if len(caps) == 1 and queue is None:
-            for ts, frame in caps[0].read(100):
-                feed(ts, frame, 1)
-        else:
-            for fd, _ in poller.poll(100):
-                if queue is not None and fd == queue.fileno():
-                    from_queue()
-                    continue
-                for cap in caps:
-                    if cap.fileno() == fd:
-                        for ts, frame in cap.read(0):
-                            feed(ts, frame, 1)
-        now = time.monotonic()
-        if ch is not None and idx == 0 and now >= next_retire:
-            # ClickHouse retention (whole day partitions), off the capture loop.
-            next_retire = now + 3600
-            threading.Thread(target=_ch_retire, args=(ch,), daemon=True).start()
-        if outbox.broken:
-            break
-        if now >= next_rows and agg.changed and now < next_snap:
-            next_rows = now + ROWS_INTERVAL
-            outbox.put({"obs": agg.take()})
-        if now >= next_snap:
-            next_snap = now + SNAPSHOT_INTERVAL
-            if enforcer.orders is not None:
-                try:
-                    enforcer.orders.reload()
-                except OrderError as exc:
-                    log.error("%s", exc)
-            try:
-                while conn.poll():
-                    cmd = conn.recv()
-                    if cmd.get("cmd") == "close-breaker":
-                        enforcer.breaker.close()
-                if os.getppid() != ppid:
-                    log.error("worker %d: the main process is gone; stopping", idx)
-                    break
-            except (BrokenPipeError, EOFError, OSError):
+    def _capture_loop() -> None:
+        nonlocal next_snap, next_rows, next_retire
+        while not stop:
+            if len(caps) == 1 and queue is None:
+                for ts, frame in caps[0].read(100):
+                    feed(ts, frame, 1)
+            else:
+                for fd, _ in poller.poll(100):
+                    if queue is not None and fd == queue.fileno():
+                        from_queue()
+                        continue
+                    for cap in caps:
+                        if cap.fileno() == fd:
+                            for ts, frame in cap.read(0):
+                                feed(ts, frame, 1)
+            now = time.monotonic()
+            if ch is not None and idx == 0 and now >= next_retire:
+                # ClickHouse retention (whole day partitions), off the capture loop.
+                next_retire = now + 3600
+                threading.Thread(target=_ch_retire, args=(ch,), daemon=True).start()
+            if outbox.broken:
                 break
-            outbox.put(snapshot())
+            if now >= next_rows and agg.changed and now < next_snap:
+                next_rows = now + ROWS_INTERVAL
+                outbox.put({"obs": agg.take()})
+            if now >= next_snap:
+                next_snap = now + SNAPSHOT_INTERVAL
+                if enforcer.orders is not None:
+                    try:
+                        enforcer.orders.reload()
+                    except OrderError as exc:
+                        log.error("%s", exc)
+                try:
+                    while conn.poll():
+                        cmd = conn.recv()
+                        if cmd.get("cmd") == "close-breaker":
+                            enforcer.breaker.close()
+                    if os.getppid() != ppid:
+                        log.error("worker %d: the main process is gone; stopping", idx)
+                        break
+                except (BrokenPipeError, EOFError, OSError):
+                    break
+                outbox.put(snapshot())
+
+    outbox = _Outbox(conn)
+    try:
+        _capture_loop()
+    except BaseException as exc:
+        # Issue 17: a worker that dies anyway first flushes and closes its log, where it still
+        # can, so the records since the last commit are not lost with it; the loss is counted.
+        log.critical("worker %d: capture loop died: %s: %s; closing the access log", idx, type(exc).__name__, exc)
+        lost = close_dying(idx, [pipe.finish, alog.close, *((ch.close,) if ch is not None else ())], alog)
+        snap = snapshot()
+        snap["counters"]["worker_crashes"] = 1
+        snap["counters"]["worker_crash_lost_records"] = lost
+        snap["died"] = type(exc).__name__
+        outbox.put(snap)
+        outbox.close(2.0)
+        raise
     pipe.finish()
     if queue is not None:
         queue.close()
@@ -524,7 +568,8 @@ class Daemon:
         self.state = load_state(config_path)
         cfg = self.state.config
         self.metrics = Metrics(cfg.capture.interfaces, __version__)
-        self.token = cfg.server.token_file.read_text().strip() if cfg.server.token_file else ""
+        self.token = (read_secret(cfg.server.token_file, cfg.daemon.secret_permissions).decode().strip()
+                      if cfg.server.token_file else "")
         self.workers: dict[int, Worker] = {}
         self.obs: dict[tuple[Any, ...], list[Any]] = {}
         self.latencies: collections.deque[float] = collections.deque(maxlen=200_000)  # packet → decision, seconds
@@ -883,10 +928,12 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.request_reload, "SIGHUP")
         cfg = self.state.config
         self._setup_enforcement()
-        runner = web.AppRunner(make_app(self), access_log=None)
-        await runner.setup()
+        srv = cfg.server
+        limits = HttpLimits(header_timeout=srv.header_timeout, request_timeout=srv.request_timeout,
+                            max_connections=srv.max_connections, max_body_bytes=srv.max_body_bytes,
+                            max_line_bytes=srv.max_line_bytes)
         host, port = cfg.listen()
-        await web.TCPSite(runner, host, port).start()
+        served = await start_http(make_app(self, limits), host, port, limits)
         log.info("serving /metrics and /api/v1 on %s:%d", host, port)
         for idx in range(cfg.workers):
             self._start_worker(idx)
@@ -900,7 +947,7 @@ class Daemon:
         sup.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sup
-        await runner.cleanup()
+        await served.close()
         return 0
 
 

@@ -166,14 +166,24 @@ def load_inventory(path: str | Path) -> Inventory:
         except UnicodeDecodeError:
             text = raw.decode("gb18030", errors="replace")
         reader = csv.reader(text.splitlines())
-        header = next(reader, None)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            raise InventoryError([f"{p}:1: header: {exc}"]) from None
         if header is None:
             raise InventoryError([f"{p}:1: header: empty file; expected prefix,account,site,state,mode"])
         cols = [_HEADERS.get(h.strip().lower()) for h in header]
         if "prefix" not in cols or "account" not in cols:
             raise InventoryError([
                 f"{p}:1: header: expected prefix,account,site,state,mode (地址段,用户账号,机房,状态,模式); got {header!r}"])
-        for row in reader:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:  # issue 17: a field over the limit, not a traceback
+                problems.append(f"{p}:{reader.line_num}: row: {exc}")
+                continue
             line = reader.line_num
             if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
                 continue

@@ -29,6 +29,9 @@ WORKER_COUNTERS = {
 }
 
 
+REASSEMBLY_KINDS = ("tcp", "quic", "fragment")  # net.decoder's budgets
+
+
 class Metrics:
     def __init__(self, interfaces: Sequence[str] = (), version: str = "") -> None:
         r = self.registry = CollectorRegistry()
@@ -41,6 +44,15 @@ class Metrics:
                                        ["verdict", "action"], registry=r)
         self.decode_errors = Counter("beiand_decode_errors", "frames or flows dropped by the decoders, by reason", ["reason"],
                                      registry=r)
+        self.reassembly_evicted = Counter("beiand_reassembly_evicted", "reassemblies dropped, oldest first, because a "
+                                          "worker's byte budget for their kind was reached (reassembly.* in the config)",
+                                          ["kind"], registry=r)
+        for kind in REASSEMBLY_KINDS:
+            self.reassembly_evicted.labels(kind)
+        self.worker_crashes = Counter("beiand_worker_crashes", "capture workers whose loop died of an exception (their "
+                                      "access log was flushed and closed first where possible)", registry=r)
+        self.crash_lost = Counter("beiand_worker_crash_lost_records", "access-log records still unwritten when a dying "
+                                  "worker could not close its log", registry=r)
         self.flows = Gauge("beiand_flows", "flows tracked until their name is known", ["worker"], registry=r)
         self.decision_latency = Histogram("beiand_decision_latency_seconds", "time from the packet carrying the name to its decision",
                                           buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1),
@@ -134,6 +146,12 @@ class Metrics:
                 self.verdict_actions.labels(v, a).inc(delta)
             elif kind == "drop":
                 self.decode_errors.labels(label).inc(delta)
+            elif kind == "reassembly_evicted":
+                self.reassembly_evicted.labels(label).inc(delta)
+            elif kind == "worker_crashes":
+                self.worker_crashes.inc(delta)
+            elif kind == "worker_crash_lost_records":
+                self.crash_lost.inc(delta)
             elif kind == "log_records":
                 self.log_records.inc(delta)
             elif kind == "log_bytes":

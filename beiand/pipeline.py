@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from beiand.model import Decision, Kind, Observation, VerdictKind
-from beiand.net.decoder import Decoder
+from beiand.net.decoder import FRAME_EXCEPTIONS, Decoder
 from beiand.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,23 @@ class Pipeline:
         self.kinds: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
         self.sink_errors: Counter[str] = Counter()
+        self.frame_errors: Counter[str] = Counter()  # observations whose decision raised, by exception type
 
     def feed(self, ts: float, frame: bytes, linktype: int) -> None:
+        """One frame of the live worker: nothing it carries may stop the loop (issue 17)."""
         obs = self.decoder.feed(ts, frame, linktype)
         if obs:
             for o in obs:
-                self.observe(o)
+                try:
+                    self.observe(o)
+                except OutputClosed:
+                    raise
+                except Exception as exc:
+                    # A bug in deciding, not in the traffic: count it, drop this observation, go on.
+                    name = type(exc).__name__
+                    self.frame_errors[name if name in FRAME_EXCEPTIONS else "other"] += 1
+                    if not self.frame_errors.total() & (self.frame_errors.total() - 1):  # 1, 2, 4, 8...: rate-limited
+                        log.error("deciding an observation raised %s (%d so far); dropped", name, self.frame_errors.total())
 
     def run(self, frames: Iterable[tuple[float, int, bytes]]) -> None:
         feed = self.decoder.feed

@@ -10,6 +10,7 @@ import ipaddress
 
 from beiand.config import Config, ConfigError
 from beiand.model import Mode
+from beiand.net.decoder import DecoderConfig
 from beiand.policy import PolicyConfig, PolicyError
 from beiand.records.domains import DomainError, normalise_domain
 
@@ -48,3 +49,11 @@ def policy_config(cfg: Config) -> PolicyConfig:
             access_pending_grace_days=cfg.policy.grace_days)
     except PolicyError as exc:
         raise ConfigError([f"policy: {exc}"], [("policy", str(exc))]) from None
+
+
+def decoder_config(cfg: Config) -> DecoderConfig:
+    """The decoder of a capture worker: watched ports and the reassembly bounds (issue 17)."""
+    ra = cfg.reassembly
+    return DecoderConfig(tcp_ports=frozenset(cfg.capture.tcp_ports), udp_ports=frozenset(cfg.capture.udp_ports),
+                         max_flow_bytes=ra.max_flow_bytes, max_flow_holes=ra.max_holes, reassembly_tcp_bytes=ra.tcp_bytes,
+                         reassembly_quic_bytes=ra.quic_bytes, reassembly_fragment_bytes=ra.fragment_bytes)

@@ -65,6 +65,7 @@ from beiand.net.link import (
 )
 from beiand.net.names import normalise_wire_name
 from beiand.net.quic import V1, QuicInitialReader, gquic_version, is_initial, parse_gquic_chlo, version_name
+from beiand.net.reassembly import Budget, Stream
 from beiand.net.tls import ClientHello, looks_like_tls, parse_client_hello
 
 __all__ = ["LINKTYPE_ETHERNET", "LINKTYPE_IPV4", "LINKTYPE_IPV6", "LINKTYPE_LINUX_SLL", "LINKTYPE_LINUX_SLL2", "LINKTYPE_LOOP",
@@ -73,6 +74,10 @@ SYN, ACK, FIN, RST = 0x02, 0x10, 0x01, 0x04
 MAX_DETAIL = 256  # Observation.detail: a log field, not a copy of the peer's ALPN list
 _U32 = struct.Struct("!I")
 _EMPTY: list[Observation] = []
+# Exception types a frame was seen to raise past the decoders' own errors (issue 17), counted by
+# name; any other type is counted as "other" so the metric's label set stays fixed.
+FRAME_EXCEPTIONS = frozenset({"KeyError", "TypeError", "RecursionError", "MemoryError", "AttributeError",
+                              "ZeroDivisionError", "OverflowError", "UnicodeError", "AssertionError", "LookupError"})
 _ntop = socket.inet_ntop
 _AF4, _AF6 = socket.AF_INET, socket.AF_INET6
 
@@ -89,76 +94,54 @@ class DecoderConfig:
     max_done: int = 262144
     max_fragments: int = 1024
     max_dns_tcp_bytes: int = 1 << 17
+    # Per worker, bytes held by all reassemblies of one kind (issue 17): beyond, the oldest goes.
+    reassembly_tcp_bytes: int = 32 << 20  # TCP first bytes and DNS over TCP
+    reassembly_quic_bytes: int = 16 << 20  # QUIC CRYPTO streams
+    reassembly_fragment_bytes: int = 8 << 20  # IP fragments
+    max_flow_holes: int = 64  # pending out-of-order intervals per flow, datagram or CRYPTO stream
 
 
-class Flow:
+class Flow(Stream):
     """The first client bytes of one TCP connection, reassembled from segments in any order."""
 
-    __slots__ = ("base", "buf", "client", "consumed", "dport", "segs", "server", "sport", "syn", "ts")
+    __slots__ = ("base", "client", "consumed", "dport", "server", "sport", "syn", "ts")
 
     def __init__(self, base: int, syn: bool, ts: float, src: bytes, dst: bytes, sport: int, dport: int) -> None:
+        # Stream.__init__, inlined: one Flow per new connection, on the hot path
+        self.buf = b""
+        self.starts = []
+        self.chunks = []
+        self.cost = 0
         self.base = base
         self.syn = syn
         self.ts = ts
-        self.segs: dict[int, bytes] = {}
-        self.buf = b""
         self.client = src
         self.server = dst
         self.sport = sport
         self.dport = dport
         self.consumed = 0
 
-    def add(self, seq: int, data: bytes, limit: int) -> bool:
-        """Add a segment; True if the contiguous prefix grew."""
+    def add(self, seq: int, data: bytes, limit: int, max_holes: int = 64) -> int:
+        """Add a segment; how much the contiguous prefix grew (0: not; -1: too many holes)."""
         off = (seq - self.base) & 0xFFFFFFFF
         if off >= 0x80000000:  # before our base: we missed the first segment
             if self.syn:
-                return False  # a retransmission of something before the SYN: ignore
+                return 0  # a retransmission of something before the SYN: ignore
             shift = (self.base - seq) & 0xFFFFFFFF
-            if shift + len(self.buf) > limit:
-                return False
-            self.segs = {o + shift: d for o, d in self.segs.items()}
-            if self.buf:
-                self.segs[shift] = self.buf
-            self.buf = b""
+            if shift + self.extent > limit:
+                return 0
+            self.shift(shift)
             self.base = seq
             off = 0
-        if off >= limit:
-            return False
-        if off + len(data) > limit:
-            data = data[: limit - off]
-        have = len(self.buf)
-        if off + len(data) <= have:
-            return False  # retransmission
-        if off <= have:
-            self.buf += data[have - off :]
-        else:
-            old = self.segs.get(off)
-            if old is None or len(old) < len(data):
-                self.segs[off] = data
-            return False
-        segs = self.segs
-        while segs:
-            grown = False
-            for o in list(segs):
-                d = segs[o]
-                have = len(self.buf)
-                if o <= have:
-                    del segs[o]
-                    if o + len(d) > have:
-                        self.buf += d[have - o :]
-                        grown = True
-            if not grown:
-                break
-        return True
+        return self.insert(off, data, limit, max_holes)
 
 
-class FragmentBuffer:
-    __slots__ = ("parts", "total", "ts")
+class FragmentBuffer(Stream):
+    __slots__ = ("total", "ts")
 
     def __init__(self, ts: float) -> None:
+        Stream.__init__(self)
         self.ts = ts
-        self.parts: dict[int, bytes] = {}
         self.total = -1
 
 
@@ -187,6 +170,10 @@ class Decoder:
         self.server_to_client = 0  # TCP packets from a watched port: skipped
         self._out: list[Observation] = []
         self._clock = 0.0
+        self.budgets = {"tcp": Budget("tcp", cfg.reassembly_tcp_bytes), "quic": Budget("quic", cfg.reassembly_quic_bytes),
+                        "fragment": Budget("fragment", cfg.reassembly_fragment_bytes)}
+        self._tcp_budget = self.budgets["tcp"]
+        self._current: bytes | tuple[bytes, bytes, int, int] | None = None  # the flow the frame touches
 
     # -- entry point ----------------------------------------------------------------------
 
@@ -194,6 +181,7 @@ class Decoder:
         self.packets += 1
         self.bytes += len(frame)
         out = self._out
+        self._current = None
         try:
             if linktype == LINKTYPE_ETHERNET:
                 # Fast path: Ethernet + IPv4 without options or fragments + TCP, the bulk of a link.
@@ -246,6 +234,12 @@ class Decoder:
         except (IndexError, struct.error, ValueError):
             # Defensive: a length check we missed must still not stop the daemon.
             self.drops["net:malformed"] += 1
+            self._drop_current(ts)
+        except Exception as exc:  # issue 17: nothing a frame holds may stop the worker
+            # A bug, not junk: counted by exception type; the frame and its flow are dropped.
+            name = type(exc).__name__
+            self.drops["frame:" + (name if name in FRAME_EXCEPTIONS else "other")] += 1
+            self._drop_current(ts)
         if ts - self._clock > 1.0:
             self._clock = ts
             self._expire(ts)
@@ -262,12 +256,70 @@ class Decoder:
         self.dns_flows.clear()
         self.quic.clear()
         self.frags.clear()
+        for b in self.budgets.values():
+            b.held = 0
         out, self._out = self._out, []
         return out
 
     @property
     def flow_count(self) -> int:
         return len(self.flows) + len(self.dns_flows) + len(self.quic)
+
+    # -- bounds (issue 17) ----------------------------------------------------------------
+
+    def _drop_current(self, ts: float) -> None:
+        """Forget the flow (or datagram) the failing frame belonged to."""
+        key = self._current
+        self._current = None
+        if key is None:
+            return
+        if isinstance(key, tuple):
+            fb = self.frags.pop(key, None)
+            if fb is not None:
+                self.budgets["fragment"].held -= fb.cost
+            return
+        key = bytes(key)  # the failing frame may have been a bytearray or memoryview
+        for table in (self.flows, self.dns_flows):
+            flow = table.pop(key, None)
+            if flow is not None:
+                self._tcp_budget.held -= flow.cost
+        entry = self.quic.pop(key, None)
+        if entry is not None:
+            self.budgets["quic"].held -= entry[1].crypto.cost
+        self._mark_done(key, ts)
+
+    def _evict_tcp(self, ts: float) -> None:
+        """Over the TCP budget: drop the oldest flows (first bytes or DNS over TCP) until under."""
+        b = self._tcp_budget
+        flows, dns_flows = self.flows, self.dns_flows
+        while b.held > b.limit and (flows or dns_flows):
+            if flows and (not dns_flows or next(iter(flows.values())).ts <= next(iter(dns_flows.values())).ts):
+                k, flow = flows.popitem(last=False)
+                self._mark_done(k, flow.ts)
+                if flow.buf:
+                    self._give_up(flow, ts, "evicted")
+            else:
+                k, flow = dns_flows.popitem(last=False)
+            b.held -= flow.cost
+            b.evicted += 1
+            self.drops["reassembly:evicted-tcp"] += 1
+
+    def _evict_quic(self) -> None:
+        b = self.budgets["quic"]
+        while b.held > b.limit and self.quic:
+            k, (ts, reader) = self.quic.popitem(last=False)
+            self._mark_done(k, ts)
+            b.held -= reader.crypto.cost
+            b.evicted += 1
+            self.drops["reassembly:evicted-quic"] += 1
+
+    def _evict_fragments(self) -> None:
+        b = self.budgets["fragment"]
+        while b.held > b.limit and self.frags:
+            _, fb = self.frags.popitem(last=False)
+            b.held -= fb.cost
+            b.evicted += 1
+            self.drops["reassembly:evicted-fragment"] += 1
 
     # -- link layer -----------------------------------------------------------------------
 
@@ -462,30 +514,38 @@ class Decoder:
                   ver: int, depth: int) -> None:
         """UDP fragments (DNS answers over 1232 bytes) reassembled within bounds (RFC 791/8200)."""
         key = (src, dst, ident, ver)
-        fb = self.frags.get(key)
+        self._current = key
+        frags = self.frags
+        budget = self.budgets["fragment"]
+        fb = frags.get(key)
         if fb is None:
-            if len(self.frags) >= self.config.max_fragments:
-                self.frags.popitem(last=False)
+            if len(frags) >= self.config.max_fragments:
+                _, old = frags.popitem(last=False)
+                budget.held -= old.cost
                 self.drops["ip:fragment-evicted"] += 1
-            fb = self.frags[key] = FragmentBuffer(ts)
+            fb = frags[key] = FragmentBuffer(ts)
         if fo + len(data) > 65535:
-            self.frags.pop(key, None)
+            del frags[key]
+            budget.held -= fb.cost
             raise IpError("fragment-too-long")
-        fb.parts[fo] = data
+        before = fb.cost
+        if fb.insert(fo, data, 65535, self.config.max_flow_holes) < 0:
+            del frags[key]
+            budget.held -= before
+            raise IpError("fragment-too-many-holes")
+        budget.charge(fb.cost - before)
         if not more:
             fb.total = fo + len(data)
-        if fb.total < 0:
+        if budget.held > budget.limit:
+            self._evict_fragments()
+            if key not in frags:
+                return
+        if fb.total < 0 or fb.starts or len(fb.buf) < fb.total:
             return
-        whole = b""
-        for o in sorted(fb.parts):
-            if o > len(whole):
-                return  # a hole
-            whole += fb.parts[o][len(whole) - o :]
-        if len(whole) < fb.total:
-            return
-        del self.frags[key]
+        del frags[key]
+        budget.held -= fb.cost
         self.stats["ip:reassembled"] += 1
-        self._udp(ts, whole, 0, fb.total, src, dst, ver == 6, depth)
+        self._udp(ts, fb.buf, 0, fb.total, src, dst, ver == 6, depth)
 
     # -- transport ------------------------------------------------------------------------
 
@@ -577,6 +637,7 @@ class Decoder:
         if l4 + doff == end and not flags & (SYN | FIN | RST):
             return  # a bare ACK
         key = src + dst + buf[l4 : l4 + 4]
+        self._current = key
         if flags & SYN:
             if flags & ACK:
                 return
@@ -587,8 +648,10 @@ class Decoder:
         if l4 + doff == end:
             if flags & (FIN | RST):
                 flow = self.flows.pop(key, None)
-                if flow is not None and flow.buf:
-                    self._give_up(flow, ts, "closed")
+                if flow is not None:
+                    self._tcp_budget.held -= flow.cost
+                    if flow.buf:
+                        self._give_up(flow, ts, "closed")
             return
         if key in self.done or key in self._done_old:
             return
@@ -600,27 +663,49 @@ class Decoder:
             # Most connections: the whole ClientHello or request head in the first segment.
             flow = Flow(seq, False, ts, src, dst, sport, dport)
             flow.buf = data[: self.config.max_flow_bytes]
+            flow.cost = len(flow.buf)
             if self._examine(flow, ts):
                 self._mark_done(key, ts)
             else:
                 self._new_flow(key, flow)
             return
-        if flow.add(seq, data, self.config.max_flow_bytes):
+        budget = self._tcp_budget
+        before = flow.cost
+        grown = flow.add(seq, data, self.config.max_flow_bytes, self.config.max_flow_holes)
+        budget.charge(flow.cost - before)
+        if grown < 0:
+            self.drops["tcp:too-many-holes"] += 1
+        if budget.held > budget.limit:
+            self._evict_tcp(ts)
+            if key not in self.flows:
+                return
+        if grown > 0:
             if self._examine(flow, ts):
                 del self.flows[key]
+                budget.held -= flow.cost
                 self._mark_done(key, ts)
             elif len(flow.buf) >= self.config.max_flow_bytes:
                 del self.flows[key]
+                budget.held -= flow.cost
                 self._mark_done(key, ts)
                 self._give_up(flow, ts, "too-long")
 
     def _new_flow(self, key: bytes, flow: Flow) -> None:
         flows = self.flows
-        if len(flows) >= self.config.max_flows and key not in flows:
+        budget = self._tcp_budget
+        old = flows.get(key)
+        if old is not None:
+            budget.held -= old.cost
+        elif len(flows) >= self.config.max_flows:
             old_key, old = flows.popitem(last=False)
+            budget.held -= old.cost
             self.drops["flow:evicted"] += 1
             self._mark_done(old_key, old.ts)
         flows[key] = flow
+        if flow.cost:
+            budget.charge(flow.cost)
+            if budget.held > budget.limit:
+                self._evict_tcp(flow.ts)
 
     def _mark_done(self, key: bytes, ts: float) -> None:
         done = self.done
@@ -725,11 +810,17 @@ class Decoder:
             raise IpError("bad-tcp-offset")
         flags = buf[l4 + 13]
         key = src + dst + buf[l4 : l4 + 4]
+        self._current = key
         seq = _U32.unpack_from(buf, l4 + 4)[0]
         flows = self.dns_flows
+        budget = self._tcp_budget
         if flags & SYN:
-            if len(flows) >= self.config.max_flows:
-                flows.popitem(last=False)
+            old = flows.pop(key, None)
+            if old is not None:
+                budget.held -= old.cost
+            elif len(flows) >= self.config.max_flows:
+                _, old = flows.popitem(last=False)
+                budget.held -= old.cost
                 self.drops["flow:evicted"] += 1
             flows[key] = Flow(seq + 1, True, ts, src, dst, sport, dport)
             return
@@ -740,7 +831,13 @@ class Decoder:
                 return
             flow = flows[key] = Flow(seq, False, ts, src, dst, sport, dport)
         if data:
-            flow.add(seq, data, self.config.max_dns_tcp_bytes)
+            before = flow.cost
+            flow.add(seq, data, self.config.max_dns_tcp_bytes, self.config.max_flow_holes)
+            budget.charge(flow.cost - before)
+            if budget.held > budget.limit:
+                self._evict_tcp(ts)
+                if key not in flows:
+                    return
             b = flow.buf
             off = flow.consumed
             while off + 2 <= len(b):
@@ -754,7 +851,9 @@ class Decoder:
                 off += 2 + ln
             flow.consumed = off
         if flags & (FIN | RST):
-            flows.pop(key, None)
+            gone = flows.pop(key, None)
+            if gone is not None:
+                budget.held -= gone.cost
 
     # -- QUIC -----------------------------------------------------------------------------
 
@@ -762,6 +861,8 @@ class Decoder:
         key = src + dst + sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
         if key in self.done or key in self._done_old:
             return
+        self._current = key
+        budget = self.budgets["quic"]
         entry = self.quic.get(key)
         if entry is None:
             gquic = gquic_version(payload)
@@ -772,21 +873,29 @@ class Decoder:
                 self.stats["quic:not-initial"] += 1
                 return
             if len(self.quic) >= self.config.max_flows:
-                self.quic.popitem(last=False)
+                _, (_, old) = self.quic.popitem(last=False)
+                budget.held -= old.crypto.cost
                 self.drops["flow:evicted"] += 1
-            entry = self.quic[key] = (ts, QuicInitialReader())
+            entry = self.quic[key] = (ts, QuicInitialReader(self.config.max_flow_holes))
+        reader = entry[1]
+        before = reader.crypto.cost
         try:
-            hello = entry[1].feed(payload)
+            hello = reader.feed(payload)
         except DecodeError as exc:
             del self.quic[key]
+            budget.held -= before
             self._mark_done(key, ts)
             if isinstance(exc, QuicError) and exc.reason == "decrypt-failed":
                 self.drops["quic:decrypt-failed"] += 1
                 return
             raise
+        budget.charge(reader.crypto.cost - before)
         if hello is None:
+            if budget.held > budget.limit:
+                self._evict_quic()
             return
         del self.quic[key]
+        budget.held -= reader.crypto.cost
         self._mark_done(key, ts)
         flow = Flow(0, True, ts, src, dst, sport, dport)
         version = entry[1].version
@@ -814,6 +923,7 @@ class Decoder:
                 if flow.ts >= limit:
                     break
                 del table[k]
+                self._tcp_budget.held -= flow.cost
                 self.drops["flow:timeout"] += 1
                 if table is self.flows and flow.buf:
                     self._mark_done(k, flow.ts)
@@ -822,11 +932,11 @@ class Decoder:
             k = next(iter(self.quic))
             if self.quic[k][0] >= limit:
                 break
-            del self.quic[k]
+            self.budgets["quic"].held -= self.quic.pop(k)[1].crypto.cost
             self.drops["flow:timeout"] += 1
         while self.frags:
             k2 = next(iter(self.frags))
             if self.frags[k2].ts >= now - 5.0:
                 break
-            del self.frags[k2]
+            self.budgets["fragment"].held -= self.frags.pop(k2).cost
             self.drops["ip:fragment-timeout"] += 1

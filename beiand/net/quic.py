@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from beiand.net.errors import QuicError
+from beiand.net.reassembly import Stream
 from beiand.net.tls import ClientHello, parse_handshake
 
 V1 = 0x00000001
@@ -135,11 +136,14 @@ def is_initial(buf: bytes) -> bool:
 class QuicInitialReader:
     """The client side of one QUIC connection's Initial packets, until the ClientHello is known."""
 
-    __slots__ = ("crypto", "dcid", "keys", "version")
+    __slots__ = ("crypto", "dcid", "keys", "max_holes", "version")
 
-    def __init__(self) -> None:
+    def __init__(self, max_holes: int = 64) -> None:
         self.keys: InitialKeys | None = None
-        self.crypto: dict[int, bytes] = {}
+        # The CRYPTO stream, merged as frames arrive (issue 17: a dict of every offset re-joined
+        # on each datagram let one client hold megabytes and take quadratic time).
+        self.crypto = Stream()
+        self.max_holes = max_holes
         self.dcid = b""
         self.version = 0
 
@@ -242,7 +246,8 @@ class QuicInitialReader:
                     raise QuicError("truncated-crypto")
                 if coff + clen > MAX_CRYPTO:
                     raise QuicError("crypto-too-long")
-                self.crypto[coff] = p[off : off + clen]
+                if self.crypto.insert(coff, p[off : off + clen], MAX_CRYPTO, self.max_holes) < 0:
+                    raise QuicError("crypto-too-many-holes")
                 off += clen
             elif ftype in (0x1C, 0x1D):  # CONNECTION_CLOSE
                 return
@@ -250,19 +255,7 @@ class QuicInitialReader:
                 raise QuicError("bad-frame")
 
     def _hello(self) -> ClientHello | None:
-        buf = b""
-        pending = dict(self.crypto)
-        progress = True
-        while progress:
-            progress = False
-            for o in list(pending):
-                data = pending[o]
-                if o <= len(buf) < o + len(data):
-                    buf += data[len(buf) - o :]
-                    del pending[o]
-                    progress = True
-                elif o + len(data) <= len(buf):
-                    del pending[o]
+        buf = self.crypto.buf
         if not buf:
             return None
         return parse_handshake(buf)

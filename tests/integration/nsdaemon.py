@@ -67,6 +67,7 @@ class NsDaemon:
         inv.write_text(f"prefix,account,site,state,mode\n{HOSTED},cust-0001,bj-1,active,monitor\n", encoding="utf-8")
         self.token = "s3cret"
         (wd / "token").write_text(self.token + "\n")
+        (wd / "token").chmod(0o600)  # a secret must be private (issue 17)
         self.config = wd / "beiand.toml"
         self.config.write_text(f"""
 [daemon]

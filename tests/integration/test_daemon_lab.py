@@ -38,6 +38,7 @@ def lab(tmp_path_factory):  # type: ignore[no-untyped-def]
     files = build(wd / "samples")
     token = wd / "token"
     token.write_text("s3cret\n")
+    token.chmod(0o600)  # a secret must be private (issue 17)
     cfg = write_config(wd, files, extra=f'token_file = "{token}"', capture_extra="realtime_priority = 5")
     notify = wd / "notify.sock"
     ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -37,6 +37,7 @@ def lab(tmp_path_factory):  # type: ignore[no-untyped-def]
     Path(files["inventory"]).write_text(INVENTORY)
     token = wd / "token"
     token.write_text("t0ken\n")
+    token.chmod(0o600)  # a secret must be private (issue 17)
     cfg = write_config(wd, files, extra=f'token_file = "{token}"\n\n[enforce]\ninline = true\nmax_blocks_per_minute = 10\n'
                        'contact = "400-000-0000"\nprovider_name = "示例云计算有限公司"\n')
     with Lab() as lb:

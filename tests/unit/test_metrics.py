@@ -53,3 +53,17 @@ def test_clickhouse_sink_counters_are_exported_in_base_units() -> None:
     assert value(m, "beiand_clickhouse_write_errors_total") == 2
     assert value(m, "beiand_clickhouse_lost_records_total") == 3
     assert value(m, 'beiand_clickhouse_spilling{worker="0"}') == 0
+
+
+def test_reassembly_evictions_and_worker_crashes_are_exported() -> None:
+    from prometheus_client import generate_latest
+
+    from beiand.metrics import Metrics
+
+    m = Metrics()
+    m.worker_snapshot(0, 11, {"counters": {"reassembly_evicted:tcp": 5, "worker_crashes": 1, "worker_crash_lost_records": 3}})
+    m.worker_snapshot(0, 11, {"counters": {"reassembly_evicted:tcp": 7}})
+    text = generate_latest(m.registry).decode()
+    assert 'beiand_reassembly_evicted_total{kind="tcp"} 7.0' in text
+    assert 'beiand_reassembly_evicted_total{kind="fragment"} 0.0' in text  # exported before the first eviction
+    assert "beiand_worker_crashes_total 1.0" in text and "beiand_worker_crash_lost_records_total 3.0" in text
