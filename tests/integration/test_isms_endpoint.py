@@ -144,7 +144,7 @@ def test_every_command_type(srv: Server) -> None:
     rules = CommandRules(srv.store.dir.parent)
     assert rules.match(obs("www.bad.example"), 2.0) == ("order:isms:1", "block")
     assert rules.match(obs("www.bad.example", server="192.0.2.1", port=8443), 2.0) is None  # AND with the port rule
-    assert rules.match(obs("filed.example"), 2.0) == ("isms-monitor:2", "flag")
+    assert rules.match(obs("filed.example"), 2.0) == ("order:isms-monitor:2", "flag")
     assert rules.match(obs("evil.example", server="192.0.2.1"), 2.0) == ("order:isms-blacklist:3", "block")
     assert rules.match(obs("good.example", server="192.0.2.1"), 2.0) == ("isms-nofilter:4", "exempt")
     # delete

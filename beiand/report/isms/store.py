@@ -109,7 +109,7 @@ def compile_command(c: SecurityCommand, subdomains: bool = True) -> Compiled:
     if c.type == SecurityType.FILTER:
         hit = RuleHit(f"order:isms:{c.command_id}", "block")
     else:
-        hit = RuleHit(f"isms-monitor:{c.command_id}", "flag")
+        hit = RuleHit(f"order:isms-monitor:{c.command_id}", "flag")  # the order column: DT 4 reads it
     out = Compiled(hit, 3 if hit.effect == "block" else 1)
     for r in c.rules:
         v, e = r.value_start.strip(), r.value_end.strip()
@@ -449,7 +449,7 @@ class CommandRules:
 
     def _build(self) -> None:
         self.matcher = Matcher(self.store.compiled())
-        self._windows = {f"order:isms:{c.command_id}" if c.type == SecurityType.FILTER else f"isms-monitor:{c.command_id}":
+        self._windows = {f"order:isms:{c.command_id}" if c.type == SecurityType.FILTER else f"order:isms-monitor:{c.command_id}":
                          (c.effect_time, c.expired_time) for c in self.store.state.commands.values()}
 
     def reload(self) -> bool:

@@ -33,14 +33,14 @@ def test_sha1_pwdhash_raw_digest_accepted() -> None:
 
 @pytest.mark.parametrize(("enc", "alg", "comp"), COMBOS)
 def test_double_packs_beiand_unpacks(enc: EncryptAlgorithm, alg: HashAlgorithm, comp: Compression) -> None:
-    xml = "<command><commandId>1</commandId></command>".encode()
+    xml = b"<command><commandId>1</commandId></command>"
     payload, phash = dbl.Smms("").pack(xml, int(enc), int(alg), int(comp))
     assert unpack(payload, phash, KEYS, enc, alg, comp) == xml
 
 
 @pytest.mark.parametrize(("enc", "alg", "comp"), COMBOS)
 def test_beiand_packs_double_unpacks(enc: EncryptAlgorithm, alg: HashAlgorithm, comp: Compression) -> None:
-    xml = "<illegalWeb><idcId>x</idcId></illegalWeb>".encode()
+    xml = b"<illegalWeb><idcId>x</idcId></illegalWeb>"
     env = pack(xml, KEYS, enc, alg, comp)
     file = (f"<fileLoad><idcId>x</idcId><dataUpload>{env.payload}</dataUpload><encryptAlgorithm>{int(enc)}</encryptAlgorithm>"
             f"<hashAlgorithm>{int(alg)}</hashAlgorithm><compressionFormat>{int(comp)}</compressionFormat>"
