@@ -204,9 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     from beiand import block_cli
 
     block_cli.add_parsers(sub)
-    from beiand import audit_cli
+    from beiand import audit_cli, isms_cli
 
     audit_cli.add_parsers(sub)
+    isms_cli.add_parsers(sub)
     rn = sub.add_parser("run", help="the live daemon (systemd service): capture, decide, log, serve /metrics")
     rn.add_argument("--config", default="/etc/beiand/beiand.toml")
     rn.set_defaults(func=lambda a: __import__("beiand.daemon", fromlist=["run"]).run(a.config))

@@ -48,6 +48,7 @@ from beiand.enforce import Enforcer, EnforceSettings, Injector, OrderError, Orde
 from beiand.enforce.nfqueue import NfQueue, install_rules, remove_rules, rule_specs
 from beiand.enforce.nft import Nft, NftError
 from beiand.inventory import Inventory, InventoryError, load_inventory
+from beiand.isms_run import IsmsRuntime, rules_for
 from beiand.metrics import Metrics
 from beiand.model import Decision, Observation
 from beiand.net.decoder import LINKTYPE_RAW, Decoder, DecoderConfig
@@ -279,7 +280,7 @@ def make_enforcer(cfg: Config) -> Enforcer:
         orders = OrderStore(cfg.daemon.state_dir)
     except OrderError as exc:
         log.error("%s", exc)
-    return Enforcer(settings, injector, nft, orders)
+    return Enforcer(settings, injector, nft, orders, rules=rules_for(cfg))  # rules: the regulator's ISMS commands
 
 
 class _Outbox:
@@ -476,6 +477,8 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
                     enforcer.orders.reload()
                 except OrderError as exc:
                     log.error("%s", exc)
+            if enforcer.rules is not None:
+                enforcer.rules.reload()  # ISMS commands: within a second on every worker, like closure orders
             try:
                 while conn.poll():
                     cmd = conn.recv()
@@ -540,6 +543,7 @@ class Daemon:
         self.nft: Nft | None = None
         self.orders: OrderStore | None = None
         self._rules: list[list[str]] = []
+        self.isms: IsmsRuntime | None = None
 
     def _setup_enforcement(self) -> None:
         cfg = self.state.config
@@ -759,6 +763,8 @@ class Daemon:
                 sd_notify("WATCHDOG=1")
                 next_wd = now + wd
             self._sync_orders()
+            if self.isms is not None:
+                await self.isms.tick()
             if self._reload_requested:
                 why, self._reload_requested = self._reload_requested, ""
                 await self.reload(why)
@@ -881,6 +887,9 @@ class Daemon:
         host, port = cfg.listen()
         await web.TCPSite(runner, host, port).start()
         log.info("serving /metrics and /api/v1 on %s:%d", host, port)
+        if cfg.isms.enabled:
+            self.isms = IsmsRuntime(cfg, self.metrics.registry)
+            await self.isms.start()
         for idx in range(cfg.workers):
             self._start_worker(idx)
         sup = asyncio.create_task(self._supervise())
@@ -894,6 +903,8 @@ class Daemon:
         with contextlib.suppress(asyncio.CancelledError):
             await sup
         await runner.cleanup()
+        if self.isms is not None:
+            await self.isms.close()
         return 0
 
 

@@ -15,7 +15,7 @@ from beiand.report.isms.codes import DataType
 from beiand.report.isms.envelope import Keys
 from beiand.report.isms.model import LogQuery, parse_time
 from beiand.report.isms.profile import Profile
-from beiand.report.isms.reports import ReportError, Reporter, Spool
+from beiand.report.isms.reports import Reporter, ReportError, Spool
 from tests import isms_double as dbl
 
 KEYS = Keys(dbl.USER_KEY, dbl.ENC_KEY, dbl.IV, dbl.AUTH_KEY)
@@ -119,5 +119,5 @@ def test_fields_table_and_xsd_agree() -> None:
 def test_a_claimed_field_without_a_row_fails() -> None:
     from beiand.report.isms.reports import _row
 
-    with pytest.raises(KeyError, match="not in fields.FIELDS"):
+    with pytest.raises(KeyError, match=r"not in fields\.FIELDS"):
         _row(9, {"invented": 1})
