@@ -133,7 +133,8 @@ class IsmsRuntime:
                 note(DataType.ILLEGAL_WEB, self.reporter.illegal_web(since, until))
                 note(DataType.ACTIVE_RESOURCES, self.reporter.active_resources(since, until))
                 files = self.reporter.command_results(since, until)
-                note(DataType.FILTER_RESULT, files)
+                note(DataType.MONITOR_RESULT, [f for f in files if f.parent.parent.name == "4"])
+                note(DataType.FILTER_RESULT, [f for f in files if f.parent.parent.name == "5"])
                 self._last_report_ms = until
             queries, self._pending_queries = self._pending_queries, []
             for q in queries:

@@ -584,7 +584,8 @@ class Decoder:
                 for r in reqs:
                     if r.host and r.host not in seen:
                         seen.add(r.host)
-                        self._emit(flow, ts, Kind.HTTP_HOST, Transport.TCP, r.host, f"method={r.method}")
+                        # target: the request line's path, for URL rules of the regulator's commands (ISMS)
+                        self._emit(flow, ts, Kind.HTTP_HOST, Transport.TCP, r.host, f"method={r.method} target={r.target[:512]}")
                 if not seen:
                     self._emit(flow, ts, Kind.IP_ONLY, Transport.TCP, "", "http-no-host")
                 return True
