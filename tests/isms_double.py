@@ -113,3 +113,59 @@ def unpack_file(xml: bytes, enc_key: bytes = ENC_KEY, iv: bytes = IV, auth_key: 
     if body[:2] == b"\x1f\x8b":
         return gzip.decompress(body)
     return body
+
+
+class AckServer:
+    """SMMS's ``idc_commandack`` (ISMS.md §2, (1): Aotain): checks pwdHash and resultHash with the
+    double's own code, unpacks ``result`` and keeps each ack row."""
+
+    def __init__(self, host: str = "127.0.0.1", keys: tuple[bytes, bytes, bytes, bytes] = (USER_KEY, ENC_KEY, IV, AUTH_KEY)
+                 ) -> None:
+        import http.server
+        import threading
+
+        self.acks: list[dict[str, str]] = []
+        self.calls: list[tuple[int, str]] = []
+        outer = self
+        user_key, enc_key, iv, auth_key = keys
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                root = ET.fromstring(body)
+                op = next(e for e in root.iter() if e.tag.endswith("idc_commandack"))
+                p = {c.tag.rsplit("}", 1)[-1]: c.text or "" for c in op}
+                alg = int(p["hashAlgorithm"])
+                code, msg = 0, "ok"
+                if base64.b64decode(p["pwdHash"]) != h(alg, user_key + p["randVal"].encode()):
+                    code, msg = 1, "pwdHash"
+                else:
+                    fl = (f"<fileLoad><dataUpload>{p['result']}</dataUpload><encryptAlgorithm>{p['encryptAlgorithm']}"
+                          f"</encryptAlgorithm><hashAlgorithm>{alg}</hashAlgorithm><dataHash>{p['resultHash']}</dataHash></fileLoad>")
+                    try:
+                        xml = ET.fromstring(unpack_file(fl.encode(), enc_key, iv, auth_key))
+                    except AssertionError:
+                        code, msg = 3, "hash"
+                    else:
+                        for a in xml.iter("ack"):
+                            outer.acks.append({c.tag: c.text or "" for c in a})
+                outer.calls.append((code, msg))
+                resp = (f'<soap:Envelope xmlns:soap="{SOAP}"><soap:Body><idc_commandackResponse><return><resultCode>{code}'
+                        f"</resultCode><msg>{msg}</msg></return></idc_commandackResponse></soap:Body></soap:Envelope>").encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/xml")
+                self.send_header("Content-Length", str(len(resp)))
+                self.end_headers()
+                self.wfile.write(resp)
+
+        self.httpd = http.server.ThreadingHTTPServer((host, 0), H)
+        self.url = f"http://{host}:{self.httpd.server_address[1]}/smms/idc_commandack"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
