@@ -130,8 +130,9 @@ class IsmsRuntime:
                 self.metrics.last_heartbeat.set(now)
             if "report" in what:
                 since, until = self._last_report_ms, int(now * 1000)
-                note(DataType.ILLEGAL_WEB, self.reporter.illegal_web(since, until))
-                note(DataType.ACTIVE_RESOURCES, self.reporter.active_resources(since, until))
+                f9, f8 = self.reporter.resources(since, until)
+                note(DataType.ILLEGAL_WEB, f9)
+                note(DataType.ACTIVE_RESOURCES, f8)
                 files = self.reporter.command_results(since, until)
                 note(DataType.MONITOR_RESULT, [f for f in files if f.parent.parent.name == "4"])
                 note(DataType.FILTER_RESULT, [f for f in files if f.parent.parent.name == "5"])

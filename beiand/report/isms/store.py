@@ -15,13 +15,14 @@ from __future__ import annotations
 import bisect
 import contextlib
 import ipaddress
-import json
 import logging
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from beiand.enforce.rules import RuleHit
 from beiand.model import Observation, Transport
@@ -194,6 +195,8 @@ class Matcher:
             else:
                 self.rest.append(c)
         self.ranges = _Intervals(ranges)
+        self.exact = any(k[0] == "=" for k in self.by_name)  # exact-name entries (URL hosts, subdomains = false)
+        self._names: dict[str, list[Compiled]] = {}  # name → its name candidates (most names: none)
         self._ip_cache: dict[str, tuple[int, int] | None] = {}
 
     def _ip(self, ip: str) -> tuple[int, int] | None:
@@ -212,25 +215,46 @@ class Matcher:
         out: list[Compiled] = []
         n = obs.name
         if n and self.by_name:
-            out.extend(self.by_name.get("=" + n, ()))
-            while n:
-                out.extend(self.by_name.get(n, ()))
-                i = n.find(".")
-                n = n[i + 1:] if i >= 0 else ""
+            hit = self._names.get(n)
+            if hit is None:
+                hit = self._name_candidates(n)
+                if len(self._names) >= 65536:
+                    self._names.clear()
+                self._names[n] = hit
+            if hit:
+                out.extend(hit)
         if self.by_addr or self.ranges.rows:
             for ip in (obs.server_ip, obs.client_ip):
                 k = self._ip(ip)
                 if k is not None:
                     out.extend(self.by_addr.get(k, ()))
                     out.extend(self.ranges.find(*k))
-        out.extend(self.rest)
+        if self.rest:
+            out.extend(self.rest)
         return out
+
+    def _name_candidates(self, n: str) -> list[Compiled]:
+        by_name = self.by_name
+        out: list[Compiled] = []
+        if self.exact:
+            out.extend(by_name.get("=" + n, ()))
+        while True:
+            hit = by_name.get(n)
+            if hit is not None:
+                out.extend(hit)
+            i = n.find(".")
+            if i < 0:
+                return out
+            n = n[i + 1:]
 
     def match(self, obs: Observation) -> RuleHit | None:
         if not self.count:
             return None
+        cands = self.candidates(obs)
+        if not cands:  # the common case: one dict lookup per label
+            return None
         best: Compiled | None = None
-        for c in self.candidates(obs):
+        for c in cands:
             if (best is None or c.priority > best.priority) and self._all(c, obs):
                 best = c
         return best.hit if best is not None else None
@@ -266,13 +290,16 @@ class Matcher:
 
 
 def _cmd_to_json(c: SecurityCommand) -> dict[str, Any]:
-    return asdict(c)
+    # by hand, not dataclasses.asdict (a deep copy: seconds for a 50,000-rule command)
+    return {"command_id": c.command_id, "type": c.type, "operation": c.operation,
+            "rules": [[r.subtype, r.value_start, r.value_end, list(r.keyword_range)] for r in c.rules],
+            "block": c.block, "log": c.log, "report": c.report, "reason": c.reason, "effect_time": c.effect_time,
+            "expired_time": c.expired_time, "house_ids": list(c.house_ids), "owner": c.owner, "time_stamp": c.time_stamp}
 
 
 def _cmd_from_json(d: dict[str, Any]) -> SecurityCommand:
     d = dict(d)
-    d["rules"] = tuple(Rule(r["subtype"], r["value_start"], r.get("value_end", ""), tuple(r.get("keyword_range", ())))
-                       for r in d["rules"])
+    d["rules"] = tuple(Rule(r[0], r[1], r[2], tuple(r[3])) for r in d["rules"])
     d["house_ids"] = tuple(d.get("house_ids", ()))
     return SecurityCommand(**d)
 
@@ -310,14 +337,14 @@ class CommandStore:
         if m == self._mtime:
             return False
         try:
-            d = json.loads(self.path.read_text(encoding="utf-8"))
+            d = orjson.loads(self.path.read_bytes())
             st = State(
                 commands={int(k): _cmd_from_json(v) for k, v in d.get("commands", {}).items()},
                 lists={k: ListEntry(**v) for k, v in d.get("lists", {}).items()},
                 code_lists=d.get("code_lists", {}), active_period_s=int(d.get("active_period_s", 0)),
                 sequences=[int(x) for x in d.get("sequences", [])], refused=d.get("refused", []),
                 history=d.get("history", []))
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
             raise RuleError(f"{self.path}: damaged: {exc}") from None
         self.state, self._mtime = st, m
         return True
@@ -330,8 +357,8 @@ class CommandStore:
                 "active_period_s": st.active_period_s, "sequences": st.sequences[-MAX_SEEN:],
                 "refused": st.refused[-1000:], "history": st.history[-10000:]}
         tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, separators=(",", ":"))
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps(data))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)

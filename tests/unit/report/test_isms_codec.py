@@ -92,3 +92,30 @@ def test_data_file_validates() -> None:
     bad = xml.replace(b"<port>443</port>", b"<port>99999</port>")
     assert codec.check_data(bad)
     ET.fromstring(xml)
+
+
+_rule_parts = st.lists(st.sampled_from(["<subtype>1</subtype>", "<subtype>0</subtype>", "<subtype>x</subtype>",
+                                        "<valueStart>a.example</valueStart>", "<valueEnd></valueEnd>", "<valueEnd>b</valueEnd>",
+                                        "<keywordRange>0</keywordRange>", "<keywordRange>z</keywordRange>", "<other/>",
+                                        "<valueStart>" + "v" * 1100 + "</valueStart>"]), max_size=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_rule_parts)
+def test_the_hand_rule_check_agrees_with_the_xsd(parts: list[str]) -> None:
+    from beiand.report.isms.codec import XSD_SAMPLE_RULES
+
+    rule = "<rule>" + "".join(parts) + "</rule>"
+    good = "<rule><subtype>1</subtype><valueStart>ok.example</valueStart></rule>"
+    base = dbl.command_xml(1, 2, [])
+    few = base.replace("<action>", rule + "<action>")
+    many = base.replace("<action>", good * XSD_SAMPLE_RULES + rule + "<action>")
+
+    def code(x: str) -> int | None:
+        try:
+            Codec().parse(2, x.encode())
+        except XmlError as exc:
+            return int(exc.code)
+        return None
+
+    assert code(few) == code(many)

@@ -7,6 +7,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from beiand.accesslog import AccessLog, LogConfig
 from beiand.model import AccessRecord
@@ -121,3 +123,19 @@ def test_a_claimed_field_without_a_row_fails() -> None:
 
     with pytest.raises(KeyError, match=r"not in fields\.FIELDS"):
         _row(9, {"invented": 1})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([f for f in fields.FIELDS if f.dt in (3, 8, 9)]),
+       st.one_of(st.text(max_size=30), st.integers(-5, 70000).map(str), st.just("2026-11-29 10:00:00"), st.just("")))
+def test_fast_row_checks_agree_with_the_xsd(f: fields.Field, value: str) -> None:
+    from beiand.report.isms.codec import Codec
+    from beiand.report.isms.reports import ROOTS, ROW_TAG, check_rows
+
+    codec = Codec()
+    dt = DataType(f.dt)
+    if dt is DataType.LOG_QUERY_RESULT:
+        return  # its rows sit under <result>: covered by test_log_query
+    value = "".join(ch for ch in value if ch.isprintable())
+    xml = codec.data_file(ROOTS[dt], "IDC", (), [{f.element: value}], ROW_TAG[dt], "2026-11-29 12:00:00")
+    assert (codec.check_data(xml) == []) == (check_rows(f.dt, [{f.element: value}]) == []), (f, value)
