@@ -139,7 +139,10 @@ def test_every_command_type(srv: Server) -> None:
     q = srv.queries[0]
     assert isinstance(q, LogQuery) and q.dst_ip == ("203.0.113.5", "203.0.113.5") and q.end - q.start == 7200
     assert q.url == "http://a.example/"
-    assert [type(x).__name__ for x in srv.queries].count("Query") >= 3
+    assert [type(x).__name__ for x in srv.queries] == ["LogQuery"]
+    # DT 6 queries and basic data are not answered yet: acknowledged as not done, never as done
+    assert [(a.command_id, int(a.result)) for a in srv.svc.acks if a.msg.startswith("unsupported: <")] == [
+        (6, 2), (8, 2), (9, 2), (0, 2)]
     # applied through the matcher every worker uses
     rules = CommandRules(srv.store.dir.parent)
     assert rules.match(obs("www.bad.example"), 2.0) == ("order:isms:1", "block")

@@ -159,11 +159,16 @@ class CommandService:
             out, ack_type, cid = self.store.apply_code_list(item), AckType.CODE_LIST, 0
         elif isinstance(item, ActivePeriod):
             out, ack_type, cid = self.store.apply_period(item), AckType.BASIC_DATA, item.command_id
-        else:
+        elif isinstance(item, LogQuery):
             if self.on_query is not None:
                 self.on_query(item)
-            out = Outcome(AckResult.ALL, "query answered in a data file")
-            ack_type = AckType.COMMAND_RECORD if isinstance(item, Query) and item.root == "commandRecord" else AckType.QUERY_VIEW
+            out, ack_type, cid = Outcome(AckResult.ALL, "answered in a DT 3 file"), AckType.QUERY_VIEW, item.command_id
+        else:
+            # commandQuery / queryView / commandRecord (DT 6) and idcInfoManage (基础数据, CU-lite) are
+            # not answered yet: said so, never acknowledged as done (ISMS.md §6: never silently dropped).
+            out = Outcome(AckResult.NONE, f"unsupported: <{item.root}> is not answered by this beiand yet", "unsupported-query")
+            ack_type = {"commandRecord": AckType.COMMAND_RECORD, "idcInfoManage": AckType.BASIC_DATA}.get(item.root,
+                                                                                                       AckType.QUERY_VIEW)
             cid = item.command_id
         if out.reason.startswith("unsupported"):
             self.unsupported[out.reason] += 1
