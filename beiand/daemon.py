@@ -49,6 +49,7 @@ from beiand.enforce.nfqueue import NfQueue, install_rules, remove_rules, rule_sp
 from beiand.enforce.nft import Nft, NftError
 from beiand.inventory import Inventory, InventoryError, load_inventory
 from beiand.isms_run import IsmsRuntime, rules_for
+from beiand.isms_run import check as isms_check
 from beiand.metrics import Metrics
 from beiand.model import Decision, Observation
 from beiand.net.decoder import LINKTYPE_RAW, Decoder, DecoderConfig
@@ -888,6 +889,11 @@ class Daemon:
         await web.TCPSite(runner, host, port).start()
         log.info("serving /metrics and /api/v1 on %s:%d", host, port)
         if cfg.isms.enabled:
+            problem = isms_check(cfg)
+            if problem:
+                log.error("%s: isms: %s", self.config_path, problem)
+                await runner.cleanup()
+                return 2
             self.isms = IsmsRuntime(cfg, self.metrics.registry)
             await self.isms.start()
         for idx in range(cfg.workers):

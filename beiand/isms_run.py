@@ -44,6 +44,21 @@ def profile_of(cfg: Config) -> Profile:
     return load_profile(cfg.isms.profile)
 
 
+def check(cfg: Config) -> str:
+    """What would stop the ISMS interface from starting ("" when nothing): profile, secrets, TLS."""
+    from beiand.report.isms.profile import ProfileError
+    from beiand.report.isms.service import SecretError
+
+    try:
+        load_profile(cfg.isms.profile)
+        load_keys(cfg.isms.secrets_dir)
+        tls_context(cfg.isms.tls_cert, cfg.isms.tls_key)
+        CommandStore(cfg.daemon.state_dir)
+    except (ProfileError, SecretError, OSError, ValueError) as exc:
+        return str(exc)
+    return ""
+
+
 class IsmsMetrics:
     def __init__(self, r: CollectorRegistry) -> None:
         self.commands = Counter("beiand_isms_commands", "idc_command calls, by result (received, applied, refused)", ["result"],

@@ -48,3 +48,14 @@ def test_secrets_readable_by_others_are_refused(tmp_path: Path, capsys: pytest.C
     cfg = make_config(tmp_path, 0o644)
     assert main(["isms", "report", "--now", "--config", str(cfg)]) == 2
     assert "readable by others" in capsys.readouterr().err
+
+
+def test_check_config_checks_the_isms_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = make_config(tmp_path, 0o640)
+    assert main(["check-config", str(cfg)]) == 2
+    assert "isms:" in capsys.readouterr().err
+    os.chmod(tmp_path / "secrets" / "iv", 0o600)
+    for n in ("user_key", "enc_key", "auth_key"):
+        os.chmod(tmp_path / "secrets" / n, 0o600)
+    main(["check-config", str(cfg)])
+    assert "isms: idcId" in capsys.readouterr().out
