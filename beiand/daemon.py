@@ -765,7 +765,7 @@ class Daemon:
                 next_wd = now + wd
             self._sync_orders()
             if self.isms is not None:
-                await self.isms.tick()
+                await self.isms.tick(healthy)
             if self._reload_requested:
                 why, self._reload_requested = self._reload_requested, ""
                 await self.reload(why)

@@ -104,6 +104,7 @@ class IsmsRuntime:
         self._next_hb = 0.0
         self._next_report = clock() + im.report_interval
         self._last_report_ms = int(clock() * 1000)
+        self.healthy = True  # the daemon's readiness (capture running): DT 7 reports the house as faulty otherwise
 
     def _on_query(self, q: LogQuery | Query) -> None:
         self._pending_queries.append(q)  # answered off the request path (a log query may read a day of records)
@@ -141,7 +142,8 @@ class IsmsRuntime:
 
         try:
             if "heartbeat" in what:
-                note(DataType.ACTIVE_STATE, self.reporter.heartbeat())
+                err = () if self.healthy else (self.cfg.isms.house_id or "-",)
+                note(DataType.ACTIVE_STATE, self.reporter.heartbeat(err))
                 self.metrics.last_heartbeat.set(now)
             if "report" in what:
                 since, until = self._last_report_ms, int(now * 1000)
@@ -196,7 +198,8 @@ class IsmsRuntime:
         if s.last_call:
             m.last_call.set(s.last_call)
 
-    async def tick(self) -> None:
+    async def tick(self, healthy: bool = True) -> None:
+        self.healthy = healthy
         what = self.due(self.clock())
         if what or self._pending_queries or (self.uploader is not None and self.service.acks):
             await asyncio.get_running_loop().run_in_executor(None, self.run_due, what)

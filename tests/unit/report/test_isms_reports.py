@@ -92,6 +92,9 @@ def test_command_results_and_heartbeat(reporter: Reporter) -> None:
     (hb,) = reporter.heartbeat()
     root, _ = rows(hb, "x")
     assert root.tag == "activeState" and root.findtext("houseAmount") == "1" and root.findtext("errHouseAmount") == "0"
+    (hb,) = reporter.heartbeat(("H1",))  # capture down: the house is reported faulty
+    root, _ = rows(hb, "x")
+    assert root.findtext("errHouseAmount") == "1" and root.findtext("errHouseId") == "H1"
 
 
 def test_log_query(reporter: Reporter) -> None:
