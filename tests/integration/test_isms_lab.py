@@ -16,7 +16,7 @@ import pytest
 from beiand.accesslog import Query, query
 from beiand.cli import main
 from beiand.demo import build
-from beiand.labdemo import wait_ready, write_config
+from beiand.labdemo import http_get, wait_ready, write_config
 from beiand.report.isms.model import format_time
 from beiand.testing.lab import Lab, in_netns
 from tests import isms_double as dbl
@@ -109,6 +109,13 @@ def test_a_keyword_rule_is_refused_with_its_code(lab, capsys) -> None:  # type: 
     assert code == 0 and msg.startswith("unsupported: subtype 3 关键字")
     assert main(["isms", "status", "--config", str(lab["cfg"]), "--json"]) == 0
     assert '"commandId": 9004' in capsys.readouterr().out
+    deadline = time.time() + 3
+    m = ""
+    while time.time() < deadline and "beiand_isms_unsupported_total{" not in m:
+        time.sleep(0.2)
+        m = http_get(lab["lab"], "/metrics")[1].decode()
+    assert 'beiand_isms_unsupported_total{reason="unsupported-subtype"} 1.0' in m
+    assert "beiand_isms_commands_total{result=\"applied\"}" in m and "beiand_isms_last_command_timestamp_seconds" in m
 
 
 def test_a_log_query_returns_the_records_of_the_window(lab) -> None:  # type: ignore[no-untyped-def]
