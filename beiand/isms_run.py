@@ -150,7 +150,8 @@ class IsmsRuntime:
                 f9, f8 = self.reporter.resources(since, until)
                 note(DataType.ILLEGAL_WEB, f9)
                 note(DataType.ACTIVE_RESOURCES, f8)
-                files = self.reporter.command_results(since, until)
+                quiet = frozenset(str(c.command_id) for c in self.store.state.commands.values() if not c.report)
+                files = self.reporter.command_results(since, until, quiet)
                 note(DataType.MONITOR_RESULT, [f for f in files if f.parent.parent.name == "4"])
                 note(DataType.FILTER_RESULT, [f for f in files if f.parent.parent.name == "5"])
                 self._last_report_ms = until

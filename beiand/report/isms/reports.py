@@ -153,8 +153,10 @@ def active_resource_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id:
                        "topDomainFlag": 0 if top == name else 1})
 
 
-def command_rows(records: Iterable[AccessRecord], house_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """DT 4 (monitor) and DT 5 (filter) rows: access-log records taken under a command (the order column)."""
+def command_rows(records: Iterable[AccessRecord], house_id: str, no_report: frozenset[str] = frozenset()
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """DT 4 (monitor) and DT 5 (filter) rows: access-log records taken under a command (the order
+    column), except those of commands whose ``action/report`` is 0 (``no_report``: their ids)."""
     mon: list[dict[str, Any]] = []
     fil: list[dict[str, Any]] = []
     for r in records:
@@ -162,6 +164,8 @@ def command_rows(records: Iterable[AccessRecord], house_id: str) -> tuple[list[d
         if not o.startswith("isms"):
             continue
         kind, _, cid = o.partition(":")
+        if cid in no_report and kind != "isms-blacklist":
+            continue
         target, dtype = (mon, 4) if kind == "isms-monitor" else (fil, 5)
         target.append(_row(dtype, {"commandId": cid, "houseId": house_id, "srcIp": r.client_ip, "destIp": r.server_ip,
                                    "srcPort": r.client_port, "destPort": r.server_port, "protocol": _proto(r.kind, r.transport),
@@ -346,8 +350,9 @@ class Reporter:
         s = summaries(self.log_dir, since_ms, until_ms)
         return self.illegal_web(since_ms, until_ms, s), self.active_resources(since_ms, until_ms, s)
 
-    def command_results(self, since_ms: int, until_ms: int) -> list[Path]:
-        mon, fil = command_rows(log_query(self.log_dir, LogFilter(since_ms=since_ms, until_ms=until_ms)), self.house_id)
+    def command_results(self, since_ms: int, until_ms: int, no_report: frozenset[str] = frozenset()) -> list[Path]:
+        mon, fil = command_rows(log_query(self.log_dir, LogFilter(since_ms=since_ms, until_ms=until_ms)), self.house_id,
+                                no_report)
         return self.spool.write(DataType.MONITOR_RESULT, mon) + self.spool.write(DataType.FILTER_RESULT, fil)
 
     def heartbeat(self, err_houses: tuple[str, ...] = ()) -> list[Path]:

@@ -89,6 +89,8 @@ def test_command_results_and_heartbeat(reporter: Reporter) -> None:
     mon = [r for f in files if f.parent.parent.name == "4" for r in rows(f, "log")[1]]
     fil = [r for f in files if f.parent.parent.name == "5" for r in rows(f, "log")[1]]
     assert [r["commandId"] for r in mon] == ["12"] and [r["commandId"] for r in fil] == ["11", "11"]
+    quiet = reporter.command_results(T0, T0 + 86400_000, frozenset({"11"}))  # command 11 has action/report 0
+    assert not [r for f in quiet if f.parent.parent.name == "5" for r in rows(f, "log")[1]]
     (hb,) = reporter.heartbeat()
     root, _ = rows(hb, "x")
     assert root.tag == "activeState" and root.findtext("houseAmount") == "1" and root.findtext("errHouseAmount") == "0"
