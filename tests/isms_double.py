@@ -43,6 +43,7 @@ class Smms:
     auth_key: bytes = AUTH_KEY
     seq: int = 1000
     acks: list[dict[str, Any]] = field(default_factory=list)
+    tls: Any = None  # an ssl.SSLContext trusting the endpoint's certificate
 
     def pack(self, xml: bytes, enc: int, alg: int, comp: int) -> tuple[str, str]:
         if comp == 1:
@@ -77,7 +78,7 @@ class Smms:
         body = (f'<soap:Envelope xmlns:soap="{SOAP}"><soap:Body><idc_command xmlns="http://smms.example/">{args}'
                 "</idc_command></soap:Body></soap:Envelope>").encode()
         req = urllib.request.Request(self.url, data=body, headers={"Content-Type": "text/xml; charset=utf-8"})
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=30, context=self.tls) as r:
             root = ET.fromstring(r.read())
         ret = next(e for e in root.iter() if e.tag.endswith("return"))
         return int(ret.findtext("resultCode") or "-1"), ret.findtext("msg") or ""

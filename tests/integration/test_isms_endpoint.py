@@ -172,3 +172,44 @@ def test_commands_persist_across_restart(srv: Server, tmp_path: Path) -> None:
     again = CommandStore(tmp_path)
     assert 50 in again.state.commands
     assert again.seen_sequence(srv.smms.seq)
+
+
+def test_tls_endpoint(tmp_path: Path) -> None:
+    import ssl
+    import subprocess
+
+    from beiand.report.isms.endpoint import tls_context
+
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)], check=True,
+                   capture_output=True)
+    srv = Server.__new__(Server)
+    srv.queries = []
+    srv.store = CommandStore(tmp_path, house_id="H1")
+    srv.svc = CommandService(dbl.IDC_ID, Keys(dbl.USER_KEY, dbl.ENC_KEY, dbl.IV, dbl.AUTH_KEY), Profile(), srv.store)
+    srv.loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    async def start() -> None:
+        runner = await serve(srv.svc, "127.0.0.1", 0, tls_context(cert, key))
+        srv.port = runner.addresses[0][1]
+        started.set()
+
+    def run() -> None:
+        asyncio.set_event_loop(srv.loop)
+        srv.loop.create_task(start())
+        srv.loop.run_forever()
+
+    srv.thread = threading.Thread(target=run, daemon=True)
+    srv.thread.start()
+    assert started.wait(10)
+    try:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        smms = dbl.Smms(f"https://127.0.0.1:{srv.port}/isms/idc_command", tls=ctx)
+        assert smms.send(dbl.command_xml(1, 2, [(1, "tls.example", "")]), 2)[0] == 0
+        plain = dbl.Smms(f"http://127.0.0.1:{srv.port}/isms/idc_command")
+        with pytest.raises(OSError):
+            plain.send(dbl.command_xml(2, 2, [(1, "x.example", "")]), 2)
+    finally:
+        srv.close()
