@@ -162,6 +162,13 @@ class IsmsRuntime:
         except (ReportError, OSError) as exc:
             log.error("isms: report: %s", exc)
             self.metrics.reports.labels("-", "rejected").inc()
+        if self.uploader is None and self.service.acks:  # EU: the CU collects DT 10 from the spool
+            acks, self.service.acks = self.service.acks, []
+            try:
+                note(DataType.COMMAND_ACK, self.reporter.acks(acks))
+            except (ReportError, OSError) as exc:
+                log.error("isms: DT 10: %s", exc)
+                self.service.acks[:0] = acks
         if self.uploader is not None:
             ok, failed = self.uploader.upload_pending()
             self.metrics.reports.labels("-", "uploaded").inc(ok)
@@ -202,7 +209,7 @@ class IsmsRuntime:
     async def tick(self, healthy: bool = True) -> None:
         self.healthy = healthy
         what = self.due(self.clock())
-        if what or self._pending_queries or (self.uploader is not None and self.service.acks):
+        if what or self._pending_queries or self.service.acks:
             await asyncio.get_running_loop().run_in_executor(None, self.run_due, what)
         else:
             self.update_metrics()

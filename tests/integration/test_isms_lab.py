@@ -110,6 +110,12 @@ def test_a_keyword_rule_is_refused_with_its_code(lab, capsys) -> None:  # type: 
     assert main(["isms", "status", "--config", str(lab["cfg"]), "--json"]) == 0
     assert '"commandId": 9004' in capsys.readouterr().out
     deadline = time.time() + 3
+    acks: list[dict[str, str]] = []
+    while time.time() < deadline and not any(a["commandId"] == "9004" for a in acks):
+        time.sleep(0.2)
+        acks = spool_rows(lab["wd"], 10, "ack")  # DT 10 for the CU (EU mode)
+    assert [(a["resultCode"], a["msgInfo"][:14]) for a in acks if a["commandId"] == "9004"] == [("2", "unsupported: s")]
+    deadline = time.time() + 3
     m = ""
     while time.time() < deadline and "beiand_isms_unsupported_total{" not in m:
         time.sleep(0.2)

@@ -139,3 +139,4 @@ class DataType(IntEnum):
     ACTIVE_STATE = 7
     ACTIVE_RESOURCES = 8
     ILLEGAL_WEB = 9
+    COMMAND_ACK = 10

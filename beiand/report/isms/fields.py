@@ -89,6 +89,12 @@ FIELDS: tuple[Field, ...] = (
     Field(9, "regError", "code", "", "1"),
     Field(9, "regDomain", "text", "mismatch: the filing's number (the filed name is not logged)", "1"),
     Field(9, "trueDomain", "text", "mismatch: the name seen", "1"),
+    # -- DT 10 指令执行情况: per command (idc_commandack in CU-lite; a spool file for the CU in EU mode) --
+    Field(10, "houseId", "text", "isms.house_id", "2+"),
+    Field(10, "commandId", "id", "the command's commandId", "2+"),
+    Field(10, "type", "code", "ack type: 1 monitor, 2 filter, 3 基础数据, 4 codeList, 5 noFilter, 6 blacklist, 7, 8", "2+"),
+    Field(10, "resultCode", "code", "0 all executed, 1 some, 2 none", "1"),
+    Field(10, "msgInfo", "text", "what was done, or why not (unsupported: ...)", "2+"),
 )
 
 # beiand verdict → DT 9 illegalType (ISMS.md §6); ``mismatch`` follows the profile.

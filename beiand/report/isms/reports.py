@@ -33,9 +33,9 @@ from beiand.report.isms.profile import Profile
 
 ROOTS = {DataType.LOG_QUERY_RESULT: "logQueryResult", DataType.MONITOR_RESULT: "monitorResult",
          DataType.FILTER_RESULT: "filterResult", DataType.ACTIVE_STATE: "activeState",
-         DataType.ACTIVE_RESOURCES: "activeResources", DataType.ILLEGAL_WEB: "illegalWeb"}
+         DataType.ACTIVE_RESOURCES: "activeResources", DataType.ILLEGAL_WEB: "illegalWeb", DataType.COMMAND_ACK: "commandAck"}
 ROW_TAG = {DataType.LOG_QUERY_RESULT: "log", DataType.MONITOR_RESULT: "log", DataType.FILTER_RESULT: "log",
-           DataType.ACTIVE_RESOURCES: "record", DataType.ILLEGAL_WEB: "record"}
+           DataType.ACTIVE_RESOURCES: "record", DataType.ILLEGAL_WEB: "record", DataType.COMMAND_ACK: "ack"}
 SERVICE_TYPE_OTHER = 24  # fwnr 24 其他: beiand does not classify content
 
 
@@ -354,6 +354,12 @@ class Reporter:
         mon, fil = command_rows(log_query(self.log_dir, LogFilter(since_ms=since_ms, until_ms=until_ms)), self.house_id,
                                 no_report)
         return self.spool.write(DataType.MONITOR_RESULT, mon) + self.spool.write(DataType.FILTER_RESULT, fil)
+
+    def acks(self, acks: Iterable[Any]) -> list[Path]:
+        """DT 10 for the CU (EU mode): what each command did (``service.Ack`` values)."""
+        return self.spool.write(DataType.COMMAND_ACK, (_row(10, {
+            "houseId": a.house_id, "commandId": a.command_id, "type": int(a.type), "resultCode": int(a.result),
+            "msgInfo": a.msg[:1024]}) for a in acks))
 
     def heartbeat(self, err_houses: tuple[str, ...] = ()) -> list[Path]:
         head = (("houseAmount", "1"), ("errHouseAmount", str(len(err_houses))), *(("errHouseId", h) for h in err_houses))

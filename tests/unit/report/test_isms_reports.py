@@ -144,3 +144,14 @@ def test_fast_row_checks_agree_with_the_xsd(f: fields.Field, value: str) -> None
     value = "".join(ch for ch in value if ch.isprintable())
     xml = codec.data_file(ROOTS[dt], "IDC", (), [{f.element: value}], ROW_TAG[dt], "2026-11-29 12:00:00")
     assert (codec.check_data(xml) == []) == (check_rows(f.dt, [{f.element: value}]) == []), (f, value)
+
+
+def test_acks_for_the_cu(reporter: Reporter) -> None:
+    from beiand.report.isms.codes import AckResult, AckType
+    from beiand.report.isms.service import Ack
+
+    (f,) = reporter.acks([Ack(7, AckType.FILTER, AckResult.NONE, "unsupported: subtype 3 关键字 (no content inspection)", "H1")])
+    root, got = rows(f, "ack")
+    assert root.tag == "commandAck" and f.parent.parent.name == "10"
+    assert got == [{"houseId": "H1", "commandId": "7", "type": "2", "resultCode": "2",
+                    "msgInfo": "unsupported: subtype 3 关键字 (no content inspection)"}]
