@@ -137,6 +137,8 @@ class IsmsRuntime:
         written: dict[str, int] = {}
 
         def note(dt: DataType, files: list[Path]) -> None:
+            if not files:
+                return
             written[str(int(dt))] = written.get(str(int(dt)), 0) + len(files)
             self.metrics.reports.labels(str(int(dt)), "written").inc(len(files))
 
@@ -148,7 +150,8 @@ class IsmsRuntime:
             if "report" in what:
                 since, until = self._last_report_ms, int(now * 1000)
                 f9, f8 = self.reporter.resources(since, until)
-                note(DataType.ILLEGAL_WEB, f9)
+                note(DataType.ILLEGAL_WEB, [f for f in f9 if f.parent.parent.name == "9"])
+                note(DataType.IDC_MONITOR, [f for f in f9 if f.parent.parent.name == "2"])
                 note(DataType.ACTIVE_RESOURCES, f8)
                 quiet = frozenset(str(c.command_id) for c in self.store.state.commands.values() if not c.report)
                 files = self.reporter.command_results(since, until, quiet)

@@ -132,6 +132,7 @@ class IllegalType(IntEnum):
 class DataType(IntEnum):
     """Data types (ISMS.md §4) that beiand writes."""
 
+    IDC_MONITOR = 2
     LOG_QUERY_RESULT = 3
     MONITOR_RESULT = 4
     FILTER_RESULT = 5

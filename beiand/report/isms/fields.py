@@ -89,6 +89,17 @@ FIELDS: tuple[Field, ...] = (
     Field(9, "regError", "code", "", "1"),
     Field(9, "regDomain", "text", "mismatch: the filing's number (the filed name is not logged)", "1"),
     Field(9, "trueDomain", "text", "mismatch: the name seen", "1"),
+    # -- DT 2 基础数据监测异常 (idcMonitor): DT 9's shape; a name filed through us served from an IP its filing does not list --
+    *(Field(2, f.element, f.kind, f.source, "1") for f in (
+        Field(2, "houseId", "text", "isms.house_id", ""), Field(2, "ip", "ip", "AccessRecord.server_ip", ""),
+        Field(2, "port", "port", "AccessRecord.server_port", ""), Field(2, "domain", "text", "AccessRecord.name", ""),
+        Field(2, "firstFound", "time", "first ts (UTC+8)", ""), Field(2, "lastFound", "time", "last ts (UTC+8)", ""),
+        Field(2, "visitCount", "int", "records in the aggregate", ""), Field(2, "protocol", "protocol", "AccessRecord.transport", ""),
+        Field(2, "block", "flag", "any record with action block", ""),
+        Field(2, "regError", "code", "2 IP登记域名有误: verdict mismatch, reason ip-not-listed", ""),
+        Field(2, "regDomain", "text", "the filing's number (the filed names are not logged)", ""),
+        Field(2, "trueDomain", "text", "the name seen", ""),
+    )),
     # -- DT 10 指令执行情况: per command (idc_commandack in CU-lite; a spool file for the CU in EU mode) --
     Field(10, "houseId", "text", "isms.house_id", "2+"),
     Field(10, "commandId", "id", "the command's commandId", "2+"),

@@ -32,6 +32,7 @@ class Profile:
     compression: int = Compression.ZIP
     type5: str = "active-period"  # ISMS.md §3 (≠): "active-period" (PHP CU) or "basic-query" (com.act: unsupported)
     subdomains: bool = True  # a domain rule covers the names below it (label boundaries); ISMS.md §6: unknown
+    report_dt2: bool = True  # DT 2 (基础数据监测异常) for names served from an IP their filing does not list
     mismatch_illegal_type: int = 999  # DT 9 illegalType for `mismatch` (ISMS.md §6: a profile may report 1)
     file_seq_digits: int = 10  # <unix-seconds><10-digit seq>.xml (Aotain)
     max_records_per_file: int = 10000

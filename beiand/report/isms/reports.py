@@ -31,10 +31,10 @@ from beiand.report.isms.fields import FIELDS, PROTOCOL, REPORTED_VERDICTS, VERDI
 from beiand.report.isms.model import BEIJING, LogQuery, format_time
 from beiand.report.isms.profile import Profile
 
-ROOTS = {DataType.LOG_QUERY_RESULT: "logQueryResult", DataType.MONITOR_RESULT: "monitorResult",
+ROOTS = {DataType.IDC_MONITOR: "idcMonitor", DataType.LOG_QUERY_RESULT: "logQueryResult", DataType.MONITOR_RESULT: "monitorResult",
          DataType.FILTER_RESULT: "filterResult", DataType.ACTIVE_STATE: "activeState",
          DataType.ACTIVE_RESOURCES: "activeResources", DataType.ILLEGAL_WEB: "illegalWeb", DataType.COMMAND_ACK: "commandAck"}
-ROW_TAG = {DataType.LOG_QUERY_RESULT: "log", DataType.MONITOR_RESULT: "log", DataType.FILTER_RESULT: "log",
+ROW_TAG = {DataType.IDC_MONITOR: "record", DataType.LOG_QUERY_RESULT: "log", DataType.MONITOR_RESULT: "log", DataType.FILTER_RESULT: "log",
            DataType.ACTIVE_RESOURCES: "record", DataType.ILLEGAL_WEB: "record", DataType.COMMAND_ACK: "ack"}
 SERVICE_TYPE_OTHER = 24  # fwnr 24 其他: beiand does not classify content
 
@@ -46,6 +46,8 @@ class ReportError(ValueError):
 XSD_SAMPLE_ROWS = 20  # rows of each file the XSD validator sees; every row gets the field checks below
 _TIME = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})?$")
 _IP = re.compile(r"^[0-9A-Fa-f:.]{0,64}$")
+_UINT = re.compile(r"^[0-9]{1,19}$")  # ASCII digits only: "²".isdigit() is True
+_INT = re.compile(r"^-?[0-9]{1,10}$")
 
 
 def _kind_ok(kind: str, v: Any) -> bool:
@@ -59,8 +61,8 @@ def _kind_ok(kind: str, v: Any) -> bool:
     if kind == "ip":
         return _IP.match(t) is not None
     if kind == "code":
-        return t == "" or t.lstrip("-").isdigit()
-    if not t.isdigit():
+        return t == "" or (_INT.match(t) is not None and -(2**31) <= int(t) < 2**31)
+    if _UINT.match(t) is None:
         return False
     n = int(t)
     return {"port": n <= 65535, "protocol": n <= 2, "flag": n <= 1, "id": True, "int": True}.get(kind, True)
@@ -121,6 +123,24 @@ def illegal_web_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id: str
                        "protocol": proto, "block": int(block), "illegalType": itype, "currentState": int(block),
                        "icpError": 1, "regError": "", "regDomain": filing if mismatch else "",
                        "trueDomain": name if mismatch else ""})
+
+
+def idc_monitor_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id: str) -> Iterator[dict[str, Any]]:
+    """DT 2: a name filed through this provider, served from an IP its filing does not list (regError 2)."""
+    agg: dict[tuple[str, str, int, int], list[Any]] = {}
+    for (name, server, port, _a, verdict, kind, action, reason, filing), (first, last, hits) in summary.items():
+        if verdict != "mismatch" or reason != "ip-not-listed" or kind == "dns-answer":
+            continue
+        k = (name, server, port, _proto(kind))
+        row = agg.get(k)
+        if row is None:
+            agg[k] = [first, last, hits, action == "block", filing]
+        else:
+            row[0], row[1], row[2], row[3] = min(row[0], first), max(row[1], last), row[2] + hits, row[3] or action == "block"
+    for (name, server, port, proto), (first, last, hits, block, filing) in agg.items():
+        yield _row(2, {"houseId": house_id, "ip": server, "port": port, "domain": name, "firstFound": _t(first),
+                       "lastFound": _t(last), "visitCount": hits, "protocol": proto, "block": int(block), "regError": 2,
+                       "regDomain": filing, "trueDomain": name})
 
 
 def _merge(d: dict[Any, list[int]], k: Any, first: int, last: int, hits: int, blk: int) -> None:
@@ -235,8 +255,9 @@ class Spool:
         return n
 
     def write(self, dtype: DataType, rows: Iterable[Mapping[str, Any]], head: tuple[tuple[str, str], ...] = (),
-              result_head: Callable[[int, bool], tuple[tuple[str, str], ...]] | None = None) -> list[Path]:
-        """Rows into as many files as the per-file cap needs (at least one: an empty report is a report)."""
+              result_head: Callable[[int, bool], tuple[tuple[str, str], ...]] | None = None, always: bool = True) -> list[Path]:
+        """Rows into as many files as the per-file cap needs (at least one unless ``always`` is
+        false: an empty report is a report)."""
         cap = self.profile.max_records_per_file
         out: list[Path] = []
         batch: list[Mapping[str, Any]] = []
@@ -250,7 +271,7 @@ class Spool:
                     break
             else:
                 done = True
-            if batch or not out:
+            if batch or (not out and always):
                 out.append(self._file(dtype, batch, head, result_head(len(batch), done) if result_head else ()))
             if len(batch) < cap:
                 done = True
@@ -346,9 +367,13 @@ class Reporter:
         return self.spool.write(DataType.ACTIVE_RESOURCES, active_resource_rows(s, self.house_id))
 
     def resources(self, since_ms: int, until_ms: int) -> tuple[list[Path], list[Path]]:
-        """DT 9 and DT 8 from one pass over the log (sealed partitions: their stored summaries)."""
+        """DT 9 and DT 8 (and DT 2 when the profile asks) from one pass over the log (sealed
+        partitions: their stored summaries)."""
         s = summaries(self.log_dir, since_ms, until_ms)
-        return self.illegal_web(since_ms, until_ms, s), self.active_resources(since_ms, until_ms, s)
+        f9 = self.illegal_web(since_ms, until_ms, s)
+        if self.spool.profile.report_dt2:
+            f9 += self.spool.write(DataType.IDC_MONITOR, idc_monitor_rows(s, self.house_id), always=False)
+        return f9, self.active_resources(since_ms, until_ms, s)
 
     def command_results(self, since_ms: int, until_ms: int, no_report: frozenset[str] = frozenset()) -> list[Path]:
         mon, fil = command_rows(log_query(self.log_dir, LogFilter(since_ms=since_ms, until_ms=until_ms)), self.house_id,
