@@ -655,7 +655,8 @@ class Daemon:
                 "decision_latency_seconds": _percentiles(self.latencies),
                 "breaker": {str(w.idx): w.breaker for w in self.workers.values() if w.breaker},
                 "enforcement": {"inline": self.state.config.enforce.inline, "nftables": self.nft.via if self.nft else None,
-                                "orders": len(self.orders.orders) if self.orders else 0}}
+                                "orders": len(self.orders.orders) if self.orders else 0},
+                "isms": self.isms.status() if self.isms is not None else None}
 
     def request_reload(self, why: str = "POST /api/v1/reload") -> None:
         self._reload_requested = why

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -121,6 +122,8 @@ def test_a_keyword_rule_is_refused_with_its_code(lab, capsys) -> None:  # type: 
         time.sleep(0.2)
         m = http_get(lab["lab"], "/metrics")[1].decode()
     assert 'beiand_isms_unsupported_total{reason="unsupported-subtype"} 1.0' in m
+    st = json.loads(http_get(lab["lab"], "/api/v1/status")[1])["isms"]
+    assert st["idc_id"] == dbl.IDC_ID and st["refused"] >= 1 and st["counts"]["applied"] >= 1
     assert "beiand_isms_commands_total{result=\"applied\"}" in m and "beiand_isms_last_command_timestamp_seconds" in m
 
 
