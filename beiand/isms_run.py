@@ -153,7 +153,8 @@ class IsmsRuntime:
                 note(DataType.ILLEGAL_WEB, [f for f in f9 if f.parent.parent.name == "9"])
                 note(DataType.IDC_MONITOR, [f for f in f9 if f.parent.parent.name == "2"])
                 note(DataType.ACTIVE_RESOURCES, f8)
-                quiet = frozenset(str(c.command_id) for c in self.store.state.commands.values() if not c.report)
+                # list(): one C call, atomic against the endpoint's thread adding a command meanwhile
+                quiet = frozenset(str(c.command_id) for c in list(self.store.state.commands.values()) if not c.report)
                 files = self.reporter.command_results(since, until, quiet)
                 note(DataType.MONITOR_RESULT, [f for f in files if f.parent.parent.name == "4"])
                 note(DataType.FILTER_RESULT, [f for f in files if f.parent.parent.name == "5"])
