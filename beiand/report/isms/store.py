@@ -197,6 +197,7 @@ class Matcher:
         self.ranges = _Intervals(ranges)
         self.exact = any(k[0] == "=" for k in self.by_name)  # exact-name entries (URL hosts, subdomains = false)
         self._names: dict[str, list[Compiled]] = {}  # name → its name candidates (most names: none)
+        self.names_only = not (self.by_addr or ranges or self.rest)  # every command has a domain or URL rule
         self._ip_cache: dict[str, tuple[int, int] | None] = {}
 
     def _ip(self, ip: str) -> tuple[int, int] | None:
@@ -490,7 +491,14 @@ class CommandRules:
         return changed
 
     def match(self, obs: Observation, now: float) -> RuleHit | None:
-        hit = self.matcher.match(obs)
+        m = self.matcher
+        if m.names_only:  # the hot path: a name seen before that no command names is one dict lookup
+            if not obs.name or not m.count:
+                return None
+            known = m._names.get(obs.name)
+            if known is not None and not known:
+                return None
+        hit = m.match(obs)
         if hit is None:
             return None
         w = self._windows.get(hit.rule)
