@@ -106,7 +106,7 @@ def main() -> None:
     logging.getLogger("beiand.enforce.actor").setLevel(logging.CRITICAL)  # the breaker's complaints: not the figure
     for what, fn in (("verdicts (policy + enforcer)", verdicts), ("replay (decode + policy + enforcer)", replay)):
         base = loaded = 0.0
-        for _ in range(5):  # interleaved, best of five: the gateway's other load moves both alike
+        for _ in range(9):  # interleaved, best of nine: the other load on the machine moves both alike
             base = max(base, fn(False))
             loaded = max(loaded, fn(True))
         drop = 1 - loaded / base

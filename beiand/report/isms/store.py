@@ -17,7 +17,7 @@ import contextlib
 import ipaddress
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,9 @@ MAX_SEEN = 100_000  # commandSequence values kept for duplicate detection
 SUPPORTED = frozenset({RuleSubtype.DOMAIN, RuleSubtype.URL, RuleSubtype.SRC_IP, RuleSubtype.DST_IP, RuleSubtype.SRC_PORT,
                        RuleSubtype.DST_PORT, RuleSubtype.PROTOCOL})
 _WHY = {RuleSubtype.KEYWORD: "no content inspection"}
+
+
+_NO_CANDIDATES: list[Any] = []  # shared by every name no command names (never mutated)
 
 
 class RuleError(ValueError):
@@ -245,7 +248,7 @@ class Matcher:
                 out.extend(hit)
             i = n.find(".")
             if i < 0:
-                return out
+                return out or _NO_CANDIDATES
             n = n[i + 1:]
 
     def match(self, obs: Observation) -> RuleHit | None:
@@ -473,10 +476,12 @@ class CommandRules:
         self.store = CommandStore(state_dir, subdomains)
         self._windows: dict[str, tuple[float, float]] = {}
         self.matcher = Matcher(())
+        self._known_names: Callable[[str], list[Compiled] | None] | None = None
         self._build()
 
     def _build(self) -> None:
         self.matcher = Matcher(self.store.compiled())
+        self._known_names = self.matcher._names.get if self.matcher.names_only and self.matcher.count else None
         self._windows = {f"order:isms:{c.command_id}" if c.type == SecurityType.FILTER else f"order:isms-monitor:{c.command_id}":
                          (c.effect_time, c.expired_time) for c in self.store.state.commands.values()}
 
@@ -491,13 +496,19 @@ class CommandRules:
         return changed
 
     def match(self, obs: Observation, now: float) -> RuleHit | None:
-        m = self.matcher
-        if m.names_only:  # the hot path: a name seen before that no command names is one dict lookup
-            if not obs.name or not m.count:
+        # The hot path (every decision on every worker): with only name rules in force, a name seen
+        # before that no command names costs one bound dict lookup.
+        known_names = self._known_names
+        if known_names is not None:
+            n = obs.name
+            if not n:
                 return None
-            known = m._names.get(obs.name)
+            known = known_names(n)
             if known is not None and not known:
                 return None
+        m = self.matcher
+        if not m.count:
+            return None
         hit = m.match(obs)
         if hit is None:
             return None
