@@ -170,3 +170,55 @@ class AckServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class Cu:
+    """A CU double (ISMS.md §1, (1): the PHP CU): serves SMMS's ``idc_command`` and forwards
+    commandType 2 and 4 unchanged (same SOAP body) to each EU's own ``idc_command``; answers the
+    other types itself (0) without forwarding. Keeps what each EU answered."""
+
+    def __init__(self, eu_urls: list[str], host: str = "127.0.0.1") -> None:
+        import http.server
+        import threading
+
+        self.forwarded: list[tuple[int, str, int]] = []  # (commandType, EU url, EU's resultCode)
+        self.kept: list[int] = []
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                root = ET.fromstring(body)
+                op = next(e for e in root.iter() if e.tag.endswith("idc_command"))
+                ctype = int(next(c for c in op if c.tag.endswith("commandType")).text or "-1")
+                code, msg = 0, "received by the CU"
+                if ctype in (2, 4):
+                    for url in eu_urls:
+                        req = urllib.request.Request(url, data=body, headers={"Content-Type": "text/xml; charset=utf-8"})
+                        with urllib.request.urlopen(req, timeout=30) as r:
+                            ret = next(e for e in ET.fromstring(r.read()).iter() if e.tag.endswith("return"))
+                        eu_code = int(ret.findtext("resultCode") or "-1")
+                        outer.forwarded.append((ctype, url, eu_code))
+                        if eu_code != 0:
+                            code, msg = eu_code, ret.findtext("msg") or ""
+                else:
+                    outer.kept.append(ctype)
+                resp = (f'<soap:Envelope xmlns:soap="{SOAP}"><soap:Body><idc_commandResponse><return><resultCode>{code}'
+                        f"</resultCode><msg>{msg}</msg></return></idc_commandResponse></soap:Body></soap:Envelope>").encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/xml")
+                self.send_header("Content-Length", str(len(resp)))
+                self.end_headers()
+                self.wfile.write(resp)
+
+        self.httpd = http.server.ThreadingHTTPServer((host, 0), H)
+        self.url = f"http://{host}:{self.httpd.server_address[1]}/cu/idc_command"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -213,3 +213,18 @@ def test_tls_endpoint(tmp_path: Path) -> None:
             plain.send(dbl.command_xml(2, 2, [(1, "x.example", "")]), 2)
     finally:
         srv.close()
+
+
+def test_through_a_cu_that_forwards_types_2_and_4(srv: Server) -> None:
+    cu = dbl.Cu([srv.smms.url])
+    try:
+        smms = dbl.Smms(cu.url)
+        assert smms.send(dbl.command_xml(70, 2, [(1, "cu.example", "")]), 2)[0] == 0
+        assert smms.send("<codeList><basx><basxXx><id>1</id><mc>经营性</mc></basxXx></basx></codeList>", 4)[0] == 0
+        assert smms.send("<commandQuery><commandId>71</commandId></commandQuery>", 3)[0] == 0  # the CU's own
+        assert [(t, c) for t, _, c in cu.forwarded] == [(2, 0), (4, 0)] and cu.kept == [3]
+        assert 70 in srv.store.state.commands and "basx" in srv.store.state.code_lists
+        bad = smms.params(dbl.command_xml(72, 2, [(1, "x.example", "")]).encode(), 2, pwdHash="AAAA")
+        assert smms.post(bad)[0] == 1  # the EU's refusal comes back through the CU
+    finally:
+        cu.close()
