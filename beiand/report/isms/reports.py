@@ -243,16 +243,22 @@ class Spool:
         self.codec: Codec = CODECS[version_key(self.profile.command_version)](self.profile.xsd_dir)
 
     def _seq(self) -> int:
-        p = self.directory / ".seq"
-        try:
-            n = int(p.read_text()) + 1
-        except (OSError, ValueError):
-            n = 1
-        n = int(n % 10 ** self.profile.file_seq_digits)
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(str(n))
-        os.replace(tmp, p)
-        return n
+        """The next file sequence number, shared by the daemon and ``beiand isms report --now`` (flock)."""
+        import fcntl
+
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+        with open(self.directory / ".seq.lock", "a+") as lk:
+            fcntl.flock(lk, fcntl.LOCK_EX)
+            p = self.directory / ".seq"
+            try:
+                n = int(p.read_text()) + 1
+            except (OSError, ValueError):
+                n = 1
+            n = int(n % 10 ** self.profile.file_seq_digits)
+            tmp = p.with_suffix(".tmp")
+            tmp.write_text(str(n))
+            os.replace(tmp, p)
+            return n
 
     def write(self, dtype: DataType, rows: Iterable[Mapping[str, Any]], head: tuple[tuple[str, str], ...] = (),
               result_head: Callable[[int, bool], tuple[tuple[str, str], ...]] | None = None, always: bool = True) -> list[Path]:
