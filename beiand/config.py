@@ -179,8 +179,9 @@ class IsmsSection:
     heartbeat_interval: float = _f(600.0, "Seconds between DT 7 status files (Byzoro: 600; a CU counts 10 min silent as down).",
                                    min=10.0)
     ack_url: str = _f("", "CU-lite: SMMS's idc_commandack URL (http(s)://...).")
-    upload_url: str = _f("", "CU-lite: where files go: sftp://user@host:port/dir (key auth with upload_key_file).")
-    upload_key_file: Path | None = _f(None, "CU-lite: SSH private key for the SFTP upload (0600).")
+    upload_url: str = _f("", "CU-lite: where files go: sftp://user@host:port/dir (key auth with upload_key_file), or "
+                         "ftp://user@host:port/dir where the province uses FTP.")
+    upload_key_file: Path | None = _f(None, "CU-lite: the SSH private key for SFTP, or the file holding the FTP password (0600).")
 
 
 @dataclass(frozen=True)
@@ -421,8 +422,9 @@ def _semantic(cfg: Config, text: str, path: str) -> list[str]:
                 bad(dotted, f"{p}: no such file")
         if im.mode == "cu-lite" and not (im.ack_url and im.upload_url):
             bad("isms.mode", "cu-lite needs isms.ack_url and isms.upload_url")
-        if im.upload_url and not re.match(r"^sftp://[^@/\s]+@[^/\s]+(/.*)?$", im.upload_url):
-            bad("isms.upload_url", f"{im.upload_url!r}: expected sftp://user@host[:port]/dir")
+        if im.upload_url and not re.match(r"^s?ftp://[^@/:\s]+@[^/\s]+(/.*)?$", im.upload_url):
+            bad("isms.upload_url", f"{im.upload_url!r}: expected sftp://user@host[:port]/dir or ftp://user@host[:port]/dir "
+                "(no password in the URL: upload_key_file)")
     for name in cfg.capture.interfaces:
         if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,15}", name):
             bad("capture.interfaces", f"{name!r}: not an interface name")

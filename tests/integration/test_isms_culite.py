@@ -107,3 +107,44 @@ def test_uploads_reach_sftp_and_acks_reach_smms(tmp_path: Path, sshd: tuple[str,
         assert rt.uploader is not None and rt.uploader.answers() == [(9, got[0].name, 0)]
     finally:
         ack.close()
+
+
+def test_ftp_upload_where_the_province_uses_ftp(tmp_path: Path) -> None:
+    import threading
+
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.handlers import FTPHandler
+    from pyftpdlib.servers import FTPServer
+
+    drop = tmp_path / "ftp-drop"
+    drop.mkdir()
+    auth = DummyAuthorizer()
+    auth.add_user("isms", "pw-0f-the-province", str(drop), perm="elradfmwMT")
+    handler = type("H", (FTPHandler,), {"authorizer": auth})
+    server = FTPServer(("127.0.0.1", 0), handler)
+    port = server.socket.getsockname()[1]
+    t = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.1, "blocking": True}, daemon=True)
+    t.start()
+    pw = tmp_path / "ftp-password"
+    pw.write_text("pw-0f-the-province\n")
+    os.chmod(pw, 0o600)
+    ack = dbl.AckServer()
+    try:
+        cfgfile = make_config(tmp_path)
+        text = cfgfile.read_text() + (f'mode = "cu-lite"\nack_url = "{ack.url}"\nupload_url = "ftp://isms@127.0.0.1:{port}/"\n'
+                                      f'upload_key_file = "{pw}"\n')
+        rt = IsmsRuntime(parse_config(text, str(cfgfile)))
+        rt.run_due(["heartbeat"])
+        got = sorted(drop.rglob("*.xml"))
+        assert [g.parent.parent.name for g in got] == ["7"] and not list(drop.rglob("*.tmp"))
+        assert b"<activeState>" in dbl.unpack_file(got[0].read_bytes())
+        (drop / "999").mkdir()
+        (drop / "999" / f"7-{got[0].name}-0").write_text("")
+        assert rt.uploader is not None and rt.uploader.answers() == [(7, got[0].name, 0)]
+        # a wrong password: the file stays in the spool for the next round, counted
+        pw.write_text("wrong\n")
+        rt.run_due(["heartbeat"])
+        assert len(rt.spool.pending()) == 1 and rt.uploader.failed == 1
+    finally:
+        ack.close()
+        server.close_all()
