@@ -215,6 +215,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     out(f"inventory: {len(inv)} hosted prefix(es)")
     if not cfg.capture.interfaces:
         err(f"{args.config}: capture.interfaces: none given: the daemon would capture nothing")
+    if cfg.isms.enabled:
+        from beiand.isms_run import check as isms_check
+
+        problem = isms_check(cfg)
+        if problem:
+            err(f"{args.config}: isms: {problem}")
+            return 2
+        out(f"isms: idcId {cfg.isms.idc_id}, {cfg.isms.mode}, idc_command on {cfg.isms.listen}{cfg.isms.path}")
     out(f"{args.config}: ok (gateway {cfg.gateway}, {cfg.workers} worker(s), log {cfg.accesslog.directory}, "
         f"retention {cfg.accesslog.retention_days} days)")
     return 0
@@ -251,9 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     from beiand import block_cli
 
     block_cli.add_parsers(sub)
-    from beiand import audit_cli
+    from beiand import audit_cli, isms_cli
 
     audit_cli.add_parsers(sub)
+    isms_cli.add_parsers(sub)
     rn = sub.add_parser("run", help="the live daemon (systemd service): capture, decide, log, serve /metrics")
     rn.add_argument("--config", default="/etc/beiand/beiand.toml")
     rn.add_argument("--log-format", choices=("auto", "text", "journal", "json"), default="auto",

@@ -48,6 +48,8 @@ from beiand.enforce import Enforcer, EnforceSettings, Injector, OrderError, Orde
 from beiand.enforce.nfqueue import NfQueue, install_rules, remove_rules, rule_specs
 from beiand.enforce.nft import Nft, NftError
 from beiand.inventory import Inventory, InventoryError, load_inventory
+from beiand.isms_run import IsmsRuntime, rules_for
+from beiand.isms_run import check as isms_check
 from beiand.metrics import Metrics
 from beiand.model import Decision, Observation, endpoint
 from beiand.net.decoder import LINKTYPE_RAW, Decoder
@@ -302,7 +304,7 @@ def make_enforcer(cfg: Config) -> Enforcer:
         orders = OrderStore(cfg.daemon.state_dir)
     except OrderError as exc:
         log.error("%s", exc)
-    return Enforcer(settings, injector, nft, orders)
+    return Enforcer(settings, injector, nft, orders, rules=rules_for(cfg))  # rules: the regulator's ISMS commands
 
 
 class _Outbox:
@@ -507,6 +509,8 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
                         enforcer.orders.reload()
                     except OrderError as exc:
                         log.error("%s", exc)
+                if enforcer.rules is not None:
+                    enforcer.rules.reload()  # ISMS commands: within a second on every worker, like closure orders
                 try:
                     while conn.poll():
                         cmd = conn.recv()
@@ -589,6 +593,7 @@ class Daemon:
         self.nft: Nft | None = None
         self.orders: OrderStore | None = None
         self._rules: list[list[str]] = []
+        self.isms: IsmsRuntime | None = None
 
     def _setup_enforcement(self) -> None:
         cfg = self.state.config
@@ -701,7 +706,8 @@ class Daemon:
                 # Chain heads in full (anchor them elsewhere; `beiand logs verify --anchors`).
                 "accesslog": {f"w{w.idx}": w.accesslog for w in self.workers.values() if w.accesslog},
                 "enforcement": {"inline": self.state.config.enforce.inline, "nftables": self.nft.via if self.nft else None,
-                                "orders": len(self.orders.orders) if self.orders else 0}}
+                                "orders": len(self.orders.orders) if self.orders else 0},
+                "isms": self.isms.status() if self.isms is not None else None}
 
     def request_reload(self, why: str = "POST /api/v1/reload") -> None:
         self._reload_requested = why
@@ -811,6 +817,8 @@ class Daemon:
                 sd_notify("WATCHDOG=1")
                 next_wd = now + wd
             self._sync_orders()
+            if self.isms is not None:
+                await self.isms.tick(healthy)
             if self._reload_requested:
                 why, self._reload_requested = self._reload_requested, ""
                 await self.reload(why)
@@ -935,6 +943,14 @@ class Daemon:
         host, port = cfg.listen()
         served = await start_http(make_app(self, limits), host, port, limits)
         log.info("serving /metrics and /api/v1 on %s:%d", host, port)
+        if cfg.isms.enabled:
+            problem = isms_check(cfg)
+            if problem:
+                log.error("%s: isms: %s", self.config_path, problem)
+                await served.close()
+                return 2
+            self.isms = IsmsRuntime(cfg, self.metrics.registry)
+            await self.isms.start()
         for idx in range(cfg.workers):
             self._start_worker(idx)
         sup = asyncio.create_task(self._supervise())
@@ -948,6 +964,8 @@ class Daemon:
         with contextlib.suppress(asyncio.CancelledError):
             await sup
         await served.close()
+        if self.isms is not None:
+            await self.isms.close()
         return 0
 
 
