@@ -131,7 +131,10 @@ def test_every_command_type(srv: Server) -> None:
     assert s.send("<activeResourcesPeriod><commandId>7</commandId><period>3600</period></activeResourcesPeriod>", 5)[0] == 0
     assert s.send("<queryView><commandId>8</commandId><type>1</type><content>bad.example</content></queryView>", 6)[0] == 0
     assert s.send("<commandRecord><commandId>9</commandId><controlsId>1</controlsId></commandRecord>", 6)[0] == 0
-    assert s.send("<idcInfoManage><x/></idcInfoManage>", 0)[0] == 0  # CU-lite data: stored as a query for the CU
+    assert s.send("<idcInfoManage><x/></idcInfoManage>", 0)[0] == 6  # basic data: validated (xsd/basic.xsd)
+    bd = ("<idcInfoManage><commandId>10</commandId><monitor>1</monitor><house><houseId>H2</houseId>"
+          "<ipSegment><startIp>198.51.100.0</startIp><endIp>198.51.100.255</endIp></ipSegment></house></idcInfoManage>")
+    assert s.send(bd, 0)[0] == 0
     st = srv.store.state
     assert set(st.commands) == {1, 2}
     assert set(st.lists) == {"blacklist:3", "noFilter:4"}
@@ -139,10 +142,12 @@ def test_every_command_type(srv: Server) -> None:
     q = srv.queries[0]
     assert isinstance(q, LogQuery) and q.dst_ip == ("203.0.113.5", "203.0.113.5") and q.end - q.start == 7200
     assert q.url == "http://a.example/"
-    assert [type(x).__name__ for x in srv.queries] == ["LogQuery"]
-    # DT 6 queries and basic data are not answered yet: acknowledged as not done, never as done
-    assert [(a.command_id, int(a.result)) for a in srv.svc.acks if a.msg.startswith("unsupported: <")] == [
-        (6, 2), (8, 2), (9, 2), (0, 2)]
+    assert [type(x).__name__ for x in srv.queries] == ["LogQuery", "Query", "Query", "Query"]
+    assert [x.root for x in srv.queries[1:]] == ["commandQuery", "queryView", "commandRecord"]  # type: ignore[union-attr]
+    # queries are answered (tests/integration/test_isms_answers.py); basic data is stored
+    assert not [a for a in srv.svc.acks if a.msg.startswith("unsupported: <")]
+    assert st.houses == {"H2": [["198.51.100.0", "198.51.100.255", False]]} and st.dt2 is True
+    assert srv.store.house_of("198.51.100.7") == "H2" and srv.store.house_of("192.0.2.1") == "H1"
     # applied through the matcher every worker uses
     rules = CommandRules(srv.store.dir.parent)
     assert rules.match(obs("www.bad.example"), 2.0) == ("order:isms:1", "block")

@@ -25,7 +25,10 @@ from defusedxml import DefusedXmlException
 from beiand.report.isms.codes import CommandResult, CommandType
 from beiand.report.isms.model import (
     ActivePeriod,
+    BasicData,
     CodeList,
+    House,
+    IpSegment,
     Item,
     ListEntry,
     LogQuery,
@@ -128,7 +131,7 @@ class Codec:
     unsupported_types: frozenset[int] = frozenset({51, 52, 53})
     xsd: Mapping[str, str] = {"command": "command.xsd", "blacklist": "command.xsd", "noFilter": "command.xsd", "logQuery": "queries.xsd",
            "commandQuery": "queries.xsd", "queryView": "queries.xsd", "commandRecord": "queries.xsd",
-           "codeList": "queries.xsd", "activeResourcesPeriod": "queries.xsd"}
+           "codeList": "queries.xsd", "activeResourcesPeriod": "queries.xsd", "idcInfoManage": "basic.xsd"}
 
     def __init__(self, xsd_dir: Path = XSD_DIR, validate: bool = True) -> None:
         self.xsd_dir = xsd_dir
@@ -192,8 +195,31 @@ class Codec:
             return self.code_list(root)
         if tag == "activeResourcesPeriod":
             return ActivePeriod(_int(root.find("commandId"), "commandId", 0), _int(root.find("period"), "period"))
-        fields = {c.tag: _text(c) for c in root if isinstance(c.tag, str)}
+        if tag == "idcInfoManage":
+            return self.basic_data(root)
+        fields: dict[str, str] = {}
+        for c in root:  # a repeated element (houseId*, controlsId*): its values joined by ","
+            if isinstance(c.tag, str):
+                fields[c.tag] = f"{fields[c.tag]},{_text(c)}" if c.tag in fields else _text(c)
         return Query(tag, _int(root.find("commandId"), "commandId", 0), fields)
+
+    def basic_data(self, root: ET.Element) -> BasicData:
+        """``idcInfoManage`` (xsd/basic.xsd): houses (houseId, houseName, ipSegment*{startIp, endIp, type})."""
+        houses = []
+        for h in root.findall("house"):
+            segs = []
+            for g in h.findall("ipSegment"):
+                a, b = _text(g.find("startIp")), _text(g.find("endIp"))
+                try:
+                    lo, hi = ipaddress.ip_address(a), ipaddress.ip_address(b or a)
+                except ValueError:
+                    raise XmlError(CommandResult.XML_CONTENT, f"house/ipSegment: {a[:40]!r}..{b[:40]!r} is not an address range") from None
+                if lo.version != hi.version or int(hi) < int(lo):
+                    raise XmlError(CommandResult.XML_CONTENT, f"house/ipSegment: {a}..{b} is not a range")
+                segs.append(IpSegment(str(lo), str(hi), _int(g.find("type"), "ipSegment/type", 0) == 1))
+            houses.append(House(_text(h.find("houseId")), _text(h.find("houseName")), tuple(segs)))
+        return BasicData(_int(root.find("commandId"), "commandId", 0), tuple(houses),
+                         _int(root.find("operationType"), "operationType", 0), _int(root.find("monitor"), "monitor", 0))
 
     def security(self, root: ET.Element) -> SecurityCommand:
         rules = []

@@ -100,6 +100,16 @@ FIELDS: tuple[Field, ...] = (
         Field(2, "regDomain", "text", "the filing's number (the filed names are not logged)", ""),
         Field(2, "trueDomain", "text", "the name seen", ""),
     )),
+    # -- DT 6 管理指令查询结果 (commandQueryResult): the commands in force (answer to commandQuery, types 3 and 6).
+    # ISMS.md names the root only (mark 1: Aotain): the row elements are beiand's, to correct from the operator's XSD --
+    Field(6, "commandId", "id", "the command's commandId (blacklist/noFilter: theirs)", "1"),
+    Field(6, "type", "code", "ack type: 1 monitor, 2 filter, 5 noFilter, 6 blacklist", "1"),
+    Field(6, "houseId", "text", "range/houseId* joined by ',' (empty: every house)", "1"),
+    Field(6, "effectTime", "time", "time/effectTime (empty: at once)", "1"),
+    Field(6, "expiredTime", "time", "time/expiredTime (empty: until deleted)", "1"),
+    Field(6, "ruleAmount", "int", "rules (list entries) in the command", "1"),
+    Field(6, "rules", "text", "the first rules as subtype:valueStart[-valueEnd];… (≤ 1024 characters)", "1"),
+    Field(6, "state", "code", "1 in force now, 0 outside its effectTime..expiredTime window", "1"),
     # -- DT 10 指令执行情况: per command (idc_commandack in CU-lite; a spool file for the CU in EU mode) --
     Field(10, "houseId", "text", "isms.house_id", "2+"),
     Field(10, "commandId", "id", "the command's commandId", "2+"),

@@ -98,4 +98,34 @@ class Query:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-Item = SecurityCommand | ListEntry | LogQuery | CodeList | ActivePeriod | Query
+@dataclass(frozen=True)
+class IpSegment:
+    """One registered address range of a house (机房): ``reserved`` is 登记保留 (not to be in use)."""
+
+    start: str
+    end: str
+    reserved: bool = False
+
+
+@dataclass(frozen=True)
+class House:
+    house_id: str
+    name: str = ""
+    segments: tuple[IpSegment, ...] = ()
+
+
+@dataclass(frozen=True)
+class BasicData:
+    """Type 0 ``idcInfoManage`` (基础数据管理, CU-lite): the operator's houses and their IP ranges.
+
+    ``monitor``: 1 turns DT 2 (基础数据监测异常) on, 2 off, 0 leaves it as the profile says (ISMS.md
+    §4, (1)). ``operation`` 0 adds or replaces the houses listed, 1 deletes them.
+    """
+
+    command_id: int
+    houses: tuple[House, ...] = ()
+    operation: int = 0
+    monitor: int = 0
+
+
+Item = SecurityCommand | ListEntry | LogQuery | CodeList | ActivePeriod | Query | BasicData

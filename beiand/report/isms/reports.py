@@ -31,16 +31,25 @@ from beiand.report.isms.fields import FIELDS, PROTOCOL, REPORTED_VERDICTS, VERDI
 from beiand.report.isms.model import BEIJING, LogQuery, format_time
 from beiand.report.isms.profile import Profile
 
-ROOTS = {DataType.IDC_MONITOR: "idcMonitor", DataType.LOG_QUERY_RESULT: "logQueryResult", DataType.MONITOR_RESULT: "monitorResult",
+ROOTS = {DataType.IDC_MONITOR: "idcMonitor", DataType.COMMAND_QUERY_RESULT: "commandQueryResult",
+         DataType.LOG_QUERY_RESULT: "logQueryResult", DataType.MONITOR_RESULT: "monitorResult",
          DataType.FILTER_RESULT: "filterResult", DataType.ACTIVE_STATE: "activeState",
          DataType.ACTIVE_RESOURCES: "activeResources", DataType.ILLEGAL_WEB: "illegalWeb", DataType.COMMAND_ACK: "commandAck"}
-ROW_TAG = {DataType.IDC_MONITOR: "record", DataType.LOG_QUERY_RESULT: "log", DataType.MONITOR_RESULT: "log", DataType.FILTER_RESULT: "log",
+ROW_TAG = {DataType.IDC_MONITOR: "record", DataType.COMMAND_QUERY_RESULT: "command",
+           DataType.LOG_QUERY_RESULT: "log", DataType.MONITOR_RESULT: "log", DataType.FILTER_RESULT: "log",
            DataType.ACTIVE_RESOURCES: "record", DataType.ILLEGAL_WEB: "record", DataType.COMMAND_ACK: "ack"}
 SERVICE_TYPE_OTHER = 24  # fwnr 24 其他: beiand does not classify content
 
 
 class ReportError(ValueError):
     pass
+
+
+HouseOf = str | Callable[[str], str]  # one houseId per gateway, or the basic data's per prefix (type 0)
+
+
+def _house(h: HouseOf) -> Callable[[str], str]:
+    return h if callable(h) else (lambda _ip: h)
 
 
 XSD_SAMPLE_ROWS = 20  # rows of each file the XSD validator sees; every row gets the field checks below
@@ -102,8 +111,9 @@ def _row(dt_: int, values: Mapping[str, Any]) -> dict[str, Any]:
 # -- rows ----------------------------------------------------------------------------------------
 
 
-def illegal_web_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id: str, mismatch_type: int) -> Iterator[dict[str, Any]]:
+def illegal_web_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id: HouseOf, mismatch_type: int) -> Iterator[dict[str, Any]]:
     """DT 9 from access-log summaries: unfiled/inactive → illegalType 1, mismatch → the profile's."""
+    house = _house(house_id)
     agg: dict[tuple[str, str, int, int], list[Any]] = {}
     for (name, server, port, _acct, verdict, kind, action, _reason, filing), (first, last, hits) in summary.items():
         if verdict not in REPORTED_VERDICTS or kind == "dns-answer":
@@ -118,29 +128,48 @@ def illegal_web_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id: str
             row[3] = row[3] or action == "block"
     for (name, server, port, proto), (first, last, hits, block, itype, verdict, filing) in agg.items():
         mismatch = verdict == "mismatch"
-        yield _row(9, {"houseId": house_id, "ip": server, "port": port, "domain": name, "url": "",
+        yield _row(9, {"houseId": house(server), "ip": server, "port": port, "domain": name, "url": "",
                        "serviceType": SERVICE_TYPE_OTHER, "firstFound": _t(first), "lastFound": _t(last), "visitCount": hits,
                        "protocol": proto, "block": int(block), "illegalType": itype, "currentState": int(block),
                        "icpError": 1, "regError": "", "regDomain": filing if mismatch else "",
                        "trueDomain": name if mismatch else ""})
 
 
-def idc_monitor_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id: str) -> Iterator[dict[str, Any]]:
-    """DT 2: a name filed through this provider, served from an IP its filing does not list (regError 2)."""
+def idc_monitor_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id: HouseOf,
+                     segment: Callable[[str], tuple[str, bool] | None] | None = None) -> Iterator[dict[str, Any]]:
+    """DT 2: regError 2, a name filed through this provider served from an IP its filing does not
+    list; with the operator's basic data (type 0, ``segment``: houseId and reserved of an IP's
+    registered segment, None if none): regError 3 for an IP in no house's segments (未登记), 1 for
+    an IP registered as reserved that serves (登记保留实际为占用). One row per (name, IP, port,
+    protocol) and code; 2 wins over 1 and 3 for the same flow."""
+    house = _house(house_id)
     agg: dict[tuple[str, str, int, int], list[Any]] = {}
+    seg_cache: dict[str, int] = {}
     for (name, server, port, _a, verdict, kind, action, reason, filing), (first, last, hits) in summary.items():
-        if verdict != "mismatch" or reason != "ip-not-listed" or kind == "dns-answer":
+        if kind == "dns-answer" or not server:
+            continue
+        if verdict == "mismatch" and reason == "ip-not-listed":
+            code = 2
+        elif segment is not None:
+            code = seg_cache.get(server, -1)
+            if code < 0:
+                seg = segment(server)
+                code = seg_cache[server] = 3 if seg is None else (1 if seg[1] else 0)
+            if not code:
+                continue
+            filing = "" if verdict == "mismatch" else filing
+        else:
             continue
         k = (name, server, port, _proto(kind))
         row = agg.get(k)
-        if row is None:
-            agg[k] = [first, last, hits, action == "block", filing]
+        if row is None or (code == 2 and row[5] != 2):
+            agg[k] = [first, last, hits, action == "block", filing, code]
         else:
             row[0], row[1], row[2], row[3] = min(row[0], first), max(row[1], last), row[2] + hits, row[3] or action == "block"
-    for (name, server, port, proto), (first, last, hits, block, filing) in agg.items():
-        yield _row(2, {"houseId": house_id, "ip": server, "port": port, "domain": name, "firstFound": _t(first),
-                       "lastFound": _t(last), "visitCount": hits, "protocol": proto, "block": int(block), "regError": 2,
-                       "regDomain": filing, "trueDomain": name})
+    for (name, server, port, proto), (first, last, hits, block, filing, code) in agg.items():
+        yield _row(2, {"houseId": house(server), "ip": server, "port": port, "domain": name, "firstFound": _t(first),
+                       "lastFound": _t(last), "visitCount": hits, "protocol": proto, "block": int(block), "regError": code,
+                       "regDomain": filing if code == 2 else "", "trueDomain": name})
 
 
 def _merge(d: dict[Any, list[int]], k: Any, first: int, last: int, hits: int, blk: int) -> None:
@@ -151,8 +180,9 @@ def _merge(d: dict[Any, list[int]], k: Any, first: int, last: int, hits: int, bl
         row[0], row[1], row[2], row[3] = min(row[0], first), max(row[1], last), row[2] + hits, row[3] | blk
 
 
-def active_resource_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id: str) -> Iterator[dict[str, Any]]:
+def active_resource_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id: HouseOf) -> Iterator[dict[str, Any]]:
     """DT 8: one IP row per (ip, port, protocol) and one domain row per (name, ip, port, protocol)."""
+    house = _house(house_id)
     ips: dict[tuple[str, int, int], list[int]] = {}
     names: dict[tuple[str, str, int, int], list[int]] = {}
     for (name, server, port, _a, verdict, kind, action, _r, _f), (first, last, hits) in summary.items():
@@ -164,19 +194,20 @@ def active_resource_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id:
         if name:
             _merge(names, (name, server, port, proto), first, last, hits, blk)
     for (server, port, proto), (first, last, hits, blk) in ips.items():
-        yield _row(8, {"ip": server, "port": port, "protocol": proto, "houseId": house_id, "firstFound": _t(first),
+        yield _row(8, {"ip": server, "port": port, "protocol": proto, "houseId": house(server), "firstFound": _t(first),
                        "lastFound": _t(last), "visitsCount": hits, "block": blk})
     for (name, server, port, proto), (first, last, hits, blk) in names.items():
         top = registrable_domain(name) or name
-        yield _row(8, {"ip": server, "port": port, "protocol": proto, "houseId": house_id, "firstFound": _t(first),
+        yield _row(8, {"ip": server, "port": port, "protocol": proto, "houseId": house(server), "firstFound": _t(first),
                        "lastFound": _t(last), "visitsCount": hits, "block": blk, "domain": name, "topDomain": top,
                        "topDomainFlag": 0 if top == name else 1})
 
 
-def command_rows(records: Iterable[AccessRecord], house_id: str, no_report: frozenset[str] = frozenset()
+def command_rows(records: Iterable[AccessRecord], house_id: HouseOf, no_report: frozenset[str] = frozenset()
                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """DT 4 (monitor) and DT 5 (filter) rows: access-log records taken under a command (the order
     column), except those of commands whose ``action/report`` is 0 (``no_report``: their ids)."""
+    house = _house(house_id)
     mon: list[dict[str, Any]] = []
     fil: list[dict[str, Any]] = []
     for r in records:
@@ -187,13 +218,13 @@ def command_rows(records: Iterable[AccessRecord], house_id: str, no_report: froz
         if cid in no_report and kind != "isms-blacklist":
             continue
         target, dtype = (mon, 4) if kind == "isms-monitor" else (fil, 5)
-        target.append(_row(dtype, {"commandId": cid, "houseId": house_id, "srcIp": r.client_ip, "destIp": r.server_ip,
+        target.append(_row(dtype, {"commandId": cid, "houseId": house(r.server_ip), "srcIp": r.client_ip, "destIp": r.server_ip,
                                    "srcPort": r.client_port, "destPort": r.server_port, "protocol": _proto(r.kind, r.transport),
                                    "domain": r.name, "url": "", "gatherTime": _t(r.ts_ms)}))
     return mon, fil
 
 
-def log_query_rows(records: Iterable[AccessRecord], q: LogQuery, house_id: str) -> Iterator[dict[str, Any]]:
+def log_query_rows(records: Iterable[AccessRecord], q: LogQuery, house_id: HouseOf) -> Iterator[dict[str, Any]]:
     """DT 3: the records of the window that match the query's addresses, ports, protocol and URL."""
     import ipaddress
 
@@ -206,10 +237,12 @@ def log_query_rows(records: Iterable[AccessRecord], q: LogQuery, house_id: str) 
             return False
         return a.version == lo.version == hi.version and int(lo) <= int(a) <= int(hi)
 
+    house = _house(house_id)
     host = q.url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0].lower() if q.url else ""
     for r in records:
-        if q.house_ids and house_id not in q.house_ids:
-            return
+        h = house(r.server_ip)
+        if q.house_ids and h not in q.house_ids:
+            continue
         if not (in_range(r.client_ip, q.src_ip) and in_range(r.server_ip, q.dst_ip)):
             continue
         if (q.src_port and r.client_port != q.src_port) or (q.dst_port and r.server_port != q.dst_port):
@@ -221,7 +254,7 @@ def log_query_rows(records: Iterable[AccessRecord], q: LogQuery, house_id: str) 
             continue
         yield _row(3, {"srcIp": r.client_ip, "destIp": r.server_ip, "srcPort": r.client_port, "destPort": r.server_port,
                        "protocol": proto, "accessTime": _t(r.ts_ms), "url": r.name if r.kind == "http-host" else "",
-                       "houseId": house_id})
+                       "houseId": h})
 
 
 # -- the spool -------------------------------------------------------------------------------
@@ -363,26 +396,39 @@ class Reporter:
     spool: Spool
     log_dir: Path
     house_id: str
+    store: Any = None  # the CommandStore: the basic data (type 0) gives a houseId per prefix and DT 2 codes 1, 3
+
+    @property
+    def house(self) -> HouseOf:
+        return self.store.house_of if self.store is not None and self.store.state.houses else self.house_id
+
+    def store_house(self) -> str:
+        return self.house_id
+
+    def dt2_on(self) -> bool:
+        on = self.store.state.dt2 if self.store is not None else None
+        return self.spool.profile.report_dt2 if on is None else bool(on)
 
     def illegal_web(self, since_ms: int, until_ms: int, summary: Mapping[Any, list[int]] | None = None) -> list[Path]:
         s = summaries(self.log_dir, since_ms, until_ms) if summary is None else summary
-        return self.spool.write(DataType.ILLEGAL_WEB, illegal_web_rows(s, self.house_id, self.spool.profile.mismatch_illegal_type))
+        return self.spool.write(DataType.ILLEGAL_WEB, illegal_web_rows(s, self.house, self.spool.profile.mismatch_illegal_type))
 
     def active_resources(self, since_ms: int, until_ms: int, summary: Mapping[Any, list[int]] | None = None) -> list[Path]:
         s = summaries(self.log_dir, since_ms, until_ms) if summary is None else summary
-        return self.spool.write(DataType.ACTIVE_RESOURCES, active_resource_rows(s, self.house_id))
+        return self.spool.write(DataType.ACTIVE_RESOURCES, active_resource_rows(s, self.house))
 
     def resources(self, since_ms: int, until_ms: int) -> tuple[list[Path], list[Path]]:
         """DT 9 and DT 8 (and DT 2 when the profile asks) from one pass over the log (sealed
         partitions: their stored summaries)."""
         s = summaries(self.log_dir, since_ms, until_ms)
         f9 = self.illegal_web(since_ms, until_ms, s)
-        if self.spool.profile.report_dt2:
-            f9 += self.spool.write(DataType.IDC_MONITOR, idc_monitor_rows(s, self.house_id), always=False)
+        if self.dt2_on():
+            seg = self.store.house_segment if self.store is not None and self.store.state.houses else None
+            f9 += self.spool.write(DataType.IDC_MONITOR, idc_monitor_rows(s, self.house, seg), always=False)
         return f9, self.active_resources(since_ms, until_ms, s)
 
     def command_results(self, since_ms: int, until_ms: int, no_report: frozenset[str] = frozenset()) -> list[Path]:
-        mon, fil = command_rows(log_query(self.log_dir, LogFilter(since_ms=since_ms, until_ms=until_ms)), self.house_id,
+        mon, fil = command_rows(log_query(self.log_dir, LogFilter(since_ms=since_ms, until_ms=until_ms)), self.house,
                                 no_report)
         return self.spool.write(DataType.MONITOR_RESULT, mon) + self.spool.write(DataType.FILTER_RESULT, fil)
 
@@ -403,6 +449,6 @@ class Reporter:
         if q.dst_ip[0] and q.dst_ip[0] == q.dst_ip[1]:
             dst = ipaddress.ip_network(q.dst_ip[0])
         recs = log_query(self.log_dir, LogFilter(since_ms=int(q.start * 1000), until_ms=int(q.end * 1000), server=dst))
-        rows = list(log_query_rows(recs, q, self.house_id))
+        rows = list(log_query_rows(recs, q, self.house))
         return self.spool.write(DataType.LOG_QUERY_RESULT, rows, (("commandId", str(q.command_id)),),
                                 result_head=lambda n, last: (("logAmount", str(len(rows))), ("endFlag", "1" if last else "0")))

@@ -19,7 +19,7 @@ from pathlib import Path
 from beiand.report.isms.codec import CODECS, Codec, XmlError, version_key
 from beiand.report.isms.codes import AckResult, AckType, CommandResult, CommandType, Compression, EncryptAlgorithm, SecurityType
 from beiand.report.isms.envelope import EnvelopeError, Keys, check_pwd, unpack
-from beiand.report.isms.model import ActivePeriod, CodeList, Item, ListEntry, LogQuery, Query, SecurityCommand
+from beiand.report.isms.model import ActivePeriod, BasicData, CodeList, Item, ListEntry, LogQuery, Query, SecurityCommand
 from beiand.report.isms.profile import Profile
 from beiand.report.isms.store import CommandStore, Outcome
 
@@ -163,13 +163,19 @@ class CommandService:
             if self.on_query is not None:
                 self.on_query(item)
             out, ack_type, cid = Outcome(AckResult.ALL, "answered in a DT 3 file"), AckType.QUERY_VIEW, item.command_id
+        elif isinstance(item, BasicData):
+            out, ack_type, cid = self.store.apply_basic(item), AckType.BASIC_DATA, item.command_id
+        elif item.root == "commandQuery":
+            # types 3 and 6: a DT 6 file of the commands in force (answers.answer, off the request path)
+            if self.on_query is not None:
+                self.on_query(item)
+            out, ack_type, cid = Outcome(AckResult.ALL, "answered in a DT 6 file"), AckType.QUERY_VIEW, item.command_id
         else:
-            # commandQuery / queryView / commandRecord (DT 6) and idcInfoManage (基础数据, CU-lite) are
-            # not answered yet: said so, never acknowledged as done (ISMS.md §6: never silently dropped).
-            out = Outcome(AckResult.NONE, f"unsupported: <{item.root}> is not answered by this beiand yet", "unsupported-query")
-            ack_type = {"commandRecord": AckType.COMMAND_RECORD, "idcInfoManage": AckType.BASIC_DATA}.get(item.root,
-                                                                                                       AckType.QUERY_VIEW)
-            cid = item.command_id
+            # queryView / commandRecord: the answer is the ack itself (answers.answer builds it from
+            # the aggregates and the access log, off the request path)
+            if self.on_query is not None:
+                self.on_query(item)
+            return Answer(CommandResult.OK, f"<{item.root}> answered in the ack (DT 10)", item, [])
         if out.reason.startswith("unsupported"):
             self.unsupported[out.reason] += 1
         ack = Ack(cid, ack_type, out.result, out.msg, self.store.house_id)

@@ -28,7 +28,7 @@ from beiand.enforce.rules import RuleHit
 from beiand.model import Observation, Transport
 from beiand.records.domains import DomainError, normalise_domain
 from beiand.report.isms.codes import RULE_NAMES, AckResult, RuleSubtype, SecurityType
-from beiand.report.isms.model import ActivePeriod, CodeList, ListEntry, Rule, SecurityCommand
+from beiand.report.isms.model import ActivePeriod, BasicData, CodeList, ListEntry, Rule, SecurityCommand
 
 log = logging.getLogger(__name__)
 MAX_SEEN = 100_000  # commandSequence values kept for duplicate detection
@@ -317,6 +317,9 @@ class State:
     sequences: list[int] = field(default_factory=list)  # commandSequence values seen (idempotency)
     refused: list[dict[str, Any]] = field(default_factory=list)  # the last refusals, for `beiand isms commands`
     history: list[dict[str, Any]] = field(default_factory=list)  # deleted or replaced commands
+    # type 0 idcInfoManage (CU-lite): houseId → [[start, end, reserved], ...]; DT 2 switch (None: the profile's)
+    houses: dict[str, list[list[Any]]] = field(default_factory=dict)
+    dt2: bool | None = None
 
 
 class CommandStore:
@@ -331,6 +334,7 @@ class CommandStore:
         self.house_id = house_id
         self.state = State()
         self._mtime = -1.0
+        self._house_index: _Intervals | None = None
         self.reload()
 
     def reload(self) -> bool:
@@ -347,10 +351,12 @@ class CommandStore:
                 lists={k: ListEntry(**v) for k, v in d.get("lists", {}).items()},
                 code_lists=d.get("code_lists", {}), active_period_s=int(d.get("active_period_s", 0)),
                 sequences=[int(x) for x in d.get("sequences", [])], refused=d.get("refused", []),
-                history=d.get("history", []))
+                history=d.get("history", []), houses={str(k): [list(x) for x in v] for k, v in d.get("houses", {}).items()},
+                dt2=d.get("dt2"))
         except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
             raise RuleError(f"{self.path}: damaged: {exc}") from None
         self.state, self._mtime = st, m
+        self._house_index = None
         return True
 
     def save(self) -> None:
@@ -359,7 +365,8 @@ class CommandStore:
         data = {"commands": {str(k): _cmd_to_json(v) for k, v in st.commands.items()},
                 "lists": {k: asdict(v) for k, v in st.lists.items()}, "code_lists": st.code_lists,
                 "active_period_s": st.active_period_s, "sequences": st.sequences[-MAX_SEEN:],
-                "refused": st.refused[-1000:], "history": st.history[-10000:]}
+                "refused": st.refused[-1000:], "history": st.history[-10000:],
+                "houses": st.houses, "dt2": st.dt2}
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             f.write(orjson.dumps(data))
@@ -435,6 +442,59 @@ class CommandStore:
         self.state.active_period_s = p.period_s
         return Outcome(AckResult.ALL, f"active-resource period {p.period_s} s")
 
+    def apply_basic(self, b: BasicData) -> Outcome:
+        """Type 0 ``idcInfoManage``: the houses and their IP ranges (per-prefix houseId, DT 2 codes 1 and 3)."""
+        for h in b.houses:
+            if not h.house_id:
+                return Outcome(AckResult.NONE, "bad basic data: a house without houseId", "bad-value")
+        for h in b.houses:
+            if b.operation == 1:
+                self.state.houses.pop(h.house_id, None)
+            else:
+                self.state.houses[h.house_id] = [[g.start, g.end, g.reserved] for g in h.segments]
+        if b.monitor in (1, 2):
+            self.state.dt2 = b.monitor == 1
+        self._house_index = None
+        what = "deleted" if b.operation == 1 else "stored"
+        n = sum(len(h.segments) for h in b.houses)
+        dt2 = {1: "; DT 2 on", 2: "; DT 2 off"}.get(b.monitor, "")
+        return Outcome(AckResult.ALL, f"basic data {what}: {len(b.houses)} house(s), {n} IP segment(s){dt2}")
+
+    def _houses(self) -> _Intervals:
+        if self._house_index is None:
+            items = []
+            for hid, segs in self.state.houses.items():
+                for a, b, reserved in segs:
+                    try:
+                        items.append((_ip_range(a, b), _HouseSeg(hid, bool(reserved))))
+                    except RuleError:
+                        continue
+            self._house_index = _Intervals(items)  # type: ignore[arg-type]
+        return self._house_index
+
+    def house_segment(self, ip: str) -> tuple[str, bool] | None:
+        """(houseId, reserved) of the registered segment holding ``ip``, or None (not registered)."""
+        try:
+            k = _ip_int(ip)
+        except ValueError:
+            return None
+        for seg in self._houses().find(*k):
+            return seg.house_id, seg.reserved  # type: ignore[attr-defined]
+        return None
+
+    def house_of(self, ip: str) -> str:
+        """The houseId of ``ip`` from the basic data (type 0), else ``isms.house_id`` (one per gateway)."""
+        if self.state.houses:
+            seg = self.house_segment(ip)
+            if seg is not None:
+                return seg[0]
+        return self.house_id
+
+    def in_house(self, house_ids: Iterable[str]) -> Callable[[SecurityCommand], bool]:
+        """For commandQuery's houseId*: a command for any of them (or for every house)."""
+        want = {h for h in house_ids if h}
+        return lambda c: not want or not c.house_ids or bool(want & set(c.house_ids))
+
     def _refuse(self, command_id: int, why: str, now: float) -> None:
         self.state.refused.append({"commandId": command_id, "why": why, "at": now})
 
@@ -459,6 +519,12 @@ class CommandStore:
                     cl.dst.append(_ip_range(*(v.split("-", 1) if "-" in v else (v, ""))))
             out.append(cl)
         return out
+
+
+@dataclass(frozen=True)
+class _HouseSeg:
+    house_id: str
+    reserved: bool
 
 
 def _split(contents: str) -> list[str]:
