@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from beiand.config import Config
+from beiand.report.isms.answers import answer
 from beiand.report.isms.codes import DataType
 from beiand.report.isms.endpoint import serve, tls_context
 from beiand.report.isms.model import LogQuery, Query
@@ -95,7 +96,7 @@ class IsmsRuntime:
         self.keys = load_keys(im.secrets_dir)
         self.store = CommandStore(cfg.daemon.state_dir, self.profile.subdomains, im.house_id)
         self.spool = Spool(spool_dir(cfg), im.idc_id, self.keys, self.profile, clock=clock)
-        self.reporter = Reporter(self.spool, cfg.accesslog.directory, im.house_id)
+        self.reporter = Reporter(self.spool, cfg.accesslog.directory, im.house_id, store=self.store)
         self.service = CommandService(im.idc_id, self.keys, self.profile, self.store, on_query=self._on_query, clock=clock)
         self.metrics = IsmsMetrics(registry or CollectorRegistry())
         self.uploader = Uploader(im.upload_url, im.upload_key_file, self.spool.directory) if im.mode == "cu-lite" else None
@@ -160,9 +161,11 @@ class IsmsRuntime:
                 note(DataType.FILTER_RESULT, [f for f in files if f.parent.parent.name == "5"])
                 self._last_report_ms = until
             queries, self._pending_queries = self._pending_queries, []
-            for q in queries:
-                if isinstance(q, LogQuery):
-                    note(DataType.LOG_QUERY_RESULT, self.reporter.log_query(q))
+            for q in queries:  # DT 3, DT 6; queryView/commandRecord: answered in the ack
+                files_by_dt, acks = answer(self.reporter, self.store, q, now)
+                for dt_, files_ in files_by_dt:
+                    note(dt_, files_)
+                self.service.acks += acks
         except (ReportError, OSError) as exc:
             log.error("isms: report: %s", exc)
             self.metrics.reports.labels("-", "rejected").inc()

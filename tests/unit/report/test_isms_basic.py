@@ -1,0 +1,75 @@
+"""Type 0 idcInfoManage (basic data) parsing and the per-prefix houseId (hypothesis)."""
+
+from __future__ import annotations
+
+import ipaddress
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from beiand.report.isms.codec import Codec, XmlError
+from beiand.report.isms.codes import CommandResult
+from beiand.report.isms.model import BasicData
+from beiand.report.isms.store import CommandStore
+
+CODEC = Codec()
+house_ids = st.text("ABCH0123456789-", min_size=1, max_size=12)
+v4 = st.integers(0, 2**32 - 1)
+
+
+def xml(houses: list[tuple[str, list[tuple[int, int, bool]]]], op: int = 0) -> bytes:
+    root = ET.Element("idcInfoManage")
+    ET.SubElement(root, "commandId").text = "1"
+    ET.SubElement(root, "operationType").text = str(op)
+    for hid, segs in houses:
+        h = ET.SubElement(root, "house")
+        ET.SubElement(h, "houseId").text = hid
+        for a, b, res in segs:
+            g = ET.SubElement(h, "ipSegment")
+            ET.SubElement(g, "startIp").text = str(ipaddress.IPv4Address(a))
+            ET.SubElement(g, "endIp").text = str(ipaddress.IPv4Address(b))
+            ET.SubElement(g, "type").text = "1" if res else "0"
+    return ET.tostring(root)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(house_ids, st.lists(st.tuples(v4, v4, st.booleans()), max_size=4)), max_size=4))
+def test_basic_data_parses_or_is_refused_with_code_6(houses: list[tuple[str, list[tuple[int, int, bool]]]]) -> None:
+    try:
+        item = CODEC.decode(0, xml(houses))
+    except XmlError as exc:
+        assert exc.code == CommandResult.XML_CONTENT
+        assert any(a > b for _, segs in houses for a, b, _ in segs)
+        return
+    assert isinstance(item, BasicData)
+    assert [(h.house_id, [(int(ipaddress.ip_address(g.start)), int(ipaddress.ip_address(g.end)), g.reserved) for g in h.segments])
+            for h in item.houses] == [(hid, list(segs)) for hid, segs in houses]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(v4, st.integers(0, 4096)), min_size=1, max_size=6), v4)
+def test_house_of_agrees_with_a_scan(tmp_path: Path, segs: list[tuple[int, int]], probe: int) -> None:
+    d = tmp_path / str(abs(hash((tuple(segs), probe))))  # a fresh state per example
+    s = CommandStore(d, house_id="GW")
+    houses = [(f"H{i}", [(a, min(a + n, 2**32 - 1), False)]) for i, (a, n) in enumerate(segs)]
+    item = CODEC.decode(0, xml(houses))
+    assert isinstance(item, BasicData)
+    s.apply_basic(item)
+    ip = str(ipaddress.IPv4Address(probe))
+    holders = {f"H{i}" for i, (a, n) in enumerate(segs) if a <= probe <= min(a + n, 2**32 - 1)}
+    got = s.house_of(ip)
+    assert got in holders if holders else got == "GW"
+    s.save()
+    assert CommandStore(d, house_id="GW").house_of(ip) == got  # persisted
+
+
+@pytest.mark.parametrize("body", [b"<idcInfoManage><house/></idcInfoManage>",
+                                  b"<idcInfoManage><house><houseId>H</houseId><ipSegment><startIp>x</startIp></ipSegment>"
+                                  b"</house></idcInfoManage>"])
+def test_bad_basic_data(body: bytes) -> None:
+    with pytest.raises(XmlError) as ei:
+        CODEC.decode(0, body)
+    assert ei.value.code == CommandResult.XML_CONTENT
