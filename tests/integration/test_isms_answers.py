@@ -80,6 +80,8 @@ def test_command_query_answered_with_dt6(srv: tuple[Server, Reporter]) -> None:
     assert [(r["commandId"], r["type"], r["ruleAmount"], r["rules"], r["state"]) for r in got] == [
         ("1", "2", "2", "1:bad.example;7:443", "1"), ("2", "1", "1", "5:203.0.113.0-203.0.113.255", "1"),
         ("3", "6", "2", "1:evil.example;1:evil2.example", "1")]
+    root2, got2 = rows(f2, "command")
+    assert root2.findtext("commandId") == "41" and len(got2) == 3
     assert [a.command_id for a in s.svc.acks if a.msg == "answered in a DT 6 file"] == [40, 41]
 
 
