@@ -222,7 +222,7 @@ class IsmsSection:
                                    min=10.0)
     ack_url: str = _f("", "CU-lite: SMMS's idc_commandack URL (http(s)://...).")
     upload_url: str = _f("", "CU-lite: where files go: sftp://user@host:port/dir (key auth with upload_key_file), or "
-                         "ftp://user@host:port/dir where the province uses FTP.")
+                         "ftp://user@host:port/dir (ftps:// for FTP over TLS) where the province uses FTP.")
     upload_key_file: Path | None = _f(None, "CU-lite: the SSH private key for SFTP, or the file holding the FTP password (0600).")
 
 
@@ -498,8 +498,8 @@ def _semantic(cfg: Config, text: str, path: str, warnings: list[str] | None = No
                 bad(dotted, f"{p}: no such file")
         if im.mode == "cu-lite" and not (im.ack_url and im.upload_url):
             bad("isms.mode", "cu-lite needs isms.ack_url and isms.upload_url")
-        if im.upload_url and not re.match(r"^s?ftp://[^@/:\s]+@[^/\s]+(/.*)?$", im.upload_url):
-            bad("isms.upload_url", f"{im.upload_url!r}: expected sftp://user@host[:port]/dir or ftp://user@host[:port]/dir "
+        if im.upload_url and not re.match(r"^(s?ftp|ftps)://[^@/:\s]+@[^/\s]+(/.*)?$", im.upload_url):
+            bad("isms.upload_url", f"{im.upload_url!r}: expected sftp://, ftp:// or ftps://user@host[:port]/dir "
                 "(no password in the URL: upload_key_file)")
     for name in cfg.capture.interfaces:
         if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,15}", name):

@@ -210,6 +210,9 @@ class IsmsRuntime:
         for k, v in s.unsupported.items():
             m.set_counter(m.unsupported, (k,), v)
         m.in_force.set(len(self.store.state.commands) + len(self.store.state.lists))
+        if self.uploader is not None:  # SMMS's 999/ answers: accepted, rejected (for good), retried
+            for (dt_, res), v in self.uploader.verdicts.items():
+                m.set_counter(m.reports, (dt_, res), v)
         if s.last_call:
             m.last_call.set(s.last_call)
 

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from beiand.report.isms.retry import Tracker, Verdict, classify, decide
 
 log = logging.getLogger(__name__)
-_ANSWER = re.compile(r"^(\d+)-(\d+\.xml)-(\d+)$")
+_ANSWER = re.compile(r"(\d+)-(\d+\.xml)-(\d+)", re.ASCII)  # used with fullmatch: no trailing newline, ASCII digits
 
 
 @dataclass
@@ -64,7 +64,10 @@ class Uploader:
         password = self.key_file.read_text(encoding="utf-8").strip() if self.key_file is not None else ""
         if self.url.startswith("ftps://"):
             # explicit FTPS (AUTH TLS), then PROT P: the password and the files never go in clear
-            ftps = ftplib.FTP_TLS(timeout=self.timeout, context=self.tls_context or ssl.create_default_context())
+            # the server's certificate: system CAs, or <spool>/ftps-ca.pem (the province's CA) when it exists
+            ca = self.spool / "ftps-ca.pem"
+            ctx = self.tls_context or ssl.create_default_context(cafile=str(ca) if ca.exists() else None)
+            ftps = ftplib.FTP_TLS(timeout=self.timeout, context=ctx)
             ftps.connect(host, port)
             ftps.login(user, password)
             ftps.prot_p()
@@ -211,14 +214,14 @@ class Uploader:
                     names = [n.rsplit("/", 1)[-1] for n in ftp.nlst(f"{base.rstrip('/')}/999")]
             except (OSError, ftplib.Error, EOFError, ssl.SSLError):
                 return []
-            return [(int(m.group(1)), m.group(2), int(m.group(3))) for n in sorted(names) if (m := _ANSWER.match(n))]
+            return [(int(m.group(1)), m.group(2), int(m.group(3))) for n in sorted(names) if (m := _ANSWER.fullmatch(n))]
         with tempfile.TemporaryDirectory() as tmp:
             r = self._sftp(f"-get {base.rstrip('/')}/999/* {tmp}/\n")
             if r.returncode != 0:
                 return []
             out = []
             for n in sorted(os.listdir(tmp)):
-                m = _ANSWER.match(n)
+                m = _ANSWER.fullmatch(n)
                 if m:
                     out.append((int(m.group(1)), m.group(2), int(m.group(3))))
             return out

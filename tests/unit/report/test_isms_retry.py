@@ -1,0 +1,42 @@
+"""SMMS's 999/ answers (ISMS.md §2): the per-code policy (retry.py) and the answer-name parsing."""
+
+from __future__ import annotations
+
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from beiand.report.isms.codes import FileResult
+from beiand.report.isms.retry import FINAL, MAX_TRIES, RETRIED, RETRY_AFTER, Verdict, classify, decide
+from beiand.report.isms.upload import _ANSWER
+
+
+def test_every_file_code_has_a_class() -> None:
+    assert {int(c) for c in FileResult} == {0, 999} | {int(c) for c in FINAL | RETRIED}
+    assert not FINAL & RETRIED
+    assert [decide(c, 1, 0.0) for c in (0, 54, 999)] == [Verdict.ACCEPTED, Verdict.REJECTED, Verdict.WAIT]
+
+
+@given(st.integers(-(2**31), 2**31), st.integers(1, 10), st.floats(0, 1e6))
+def test_decide(code: int, tries: int, since: float) -> None:
+    v = decide(code, tries, since)
+    c = classify(code)
+    if c.verdict is Verdict.RETRY:  # retry codes and unknown ones: 600 s apart, at most 3 tries
+        want = Verdict.REJECTED if tries >= MAX_TRIES else (Verdict.RETRY if since >= RETRY_AFTER else Verdict.WAIT)
+        assert v is want
+    else:
+        assert v is c.verdict and code in {0, 999} | {int(x) for x in FINAL}
+    assert min((0, code), key=lambda x: classify(x).rank) == 0 or code == 0  # accepted wins
+
+
+@given(st.integers(1, 99), st.integers(0, 10**20), st.integers(0, 10**6))
+def test_answer_names_round_trip(dt: int, name: int, code: int) -> None:
+    m = _ANSWER.fullmatch(f"{dt}-{name}.xml-{code}")
+    assert m is not None and (int(m.group(1)), m.group(2), int(m.group(3))) == (dt, f"{name}.xml", code)
+
+
+@given(st.text(max_size=40))
+@example("7-1.xml-0\n")
+@example("7-\u0661.xml-0")
+def test_junk_names_are_ignored_or_parsed_whole(s: str) -> None:
+    m = _ANSWER.fullmatch(s)
+    assert m is None or (f"{m.group(1)}-{m.group(2)}-{m.group(3)}" == s and s.isascii())
