@@ -906,6 +906,11 @@ class Daemon:
                 self.state.mtimes = {p: _mtime(p) for p in self.state.mtimes}
                 return False
             self.state = new
+            if self.isms is not None:  # [isms] in place; restart-only keys listed (beiand/report/isms/reload.py)
+                try:
+                    self.isms.reload(new.config)
+                except (ValueError, OSError) as exc:
+                    log.error("reload (%s): [isms] kept as it was: %s", why, exc)
             self.refused = None
             self._records_metrics()
             self.metrics.reloads.labels("success").inc()

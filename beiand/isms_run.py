@@ -9,7 +9,9 @@ process also uploads the spool and calls ``idc_commandack``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from beiand.config import Config
 from beiand.report.isms.answers import answer
+from beiand.report.isms.codec import CODECS
 from beiand.report.isms.codes import DataType
 from beiand.report.isms.endpoint import serve, tls_context
 from beiand.report.isms.model import LogQuery, Query
@@ -101,11 +104,47 @@ class IsmsRuntime:
         self.metrics = IsmsMetrics(registry or CollectorRegistry())
         self.uploader = Uploader(im.upload_url, im.upload_key_file, self.spool.directory) if im.mode == "cu-lite" else None
         self.runner: Any = None
+        self._tls: ssl.SSLContext | None = None
+        self.restart_needed: list[str] = []
         self._pending_queries: list[LogQuery | Query] = []
         self._next_hb = 0.0
         self._next_report = clock() + im.report_interval
         self._last_report_ms = int(clock() * 1000)
         self.healthy = True  # the daemon's readiness (capture running): DT 7 reports the house as faulty otherwise
+
+    def reload(self, cfg: Config) -> list[str]:
+        """Apply a reloaded ``[isms]`` (SIGHUP): what can be, in place; the rest is listed as needing
+        a restart (beiand/report/isms/reload.py says which and why). Raises on a bad profile or
+        secrets, leaving everything as it was."""
+        from beiand.report.isms.reload import changed, restart_needed
+
+        old, new = self.cfg.isms, cfg.isms
+        keep = restart_needed(old, new)
+        profile = profile_of(cfg)  # both raise before anything changes
+        keys = load_keys(new.secrets_dir)
+        if new.tls_cert is not None and self._tls is not None:
+            self._tls.load_cert_chain(new.tls_cert, new.tls_key)  # new connections: the new certificate
+        im = dataclasses.replace(new, **{k: getattr(old, k) for k in keep if k != "tls_cert"})
+        if "tls_cert" in keep:
+            im = dataclasses.replace(im, tls_cert=old.tls_cert, tls_key=old.tls_key)
+        self.cfg = dataclasses.replace(cfg, isms=im)
+        self.profile, self.keys = profile, keys
+        self.store.subdomains, self.store.house_id = profile.subdomains, im.house_id
+        self.spool.idc_id, self.spool.keys, self.spool.profile = im.idc_id, keys, profile
+        self.spool.__post_init__()  # the codec of the profile's commandVersion and XSDs
+        self.reporter.house_id, self.reporter.log_dir = im.house_id, cfg.accesslog.directory
+        svc = self.service
+        svc.idc_id, svc.keys, svc.profile = im.idc_id, keys, profile
+        svc.codecs = {v: CODECS[v](profile.xsd_dir) for v in profile.accept_versions}
+        self.uploader = Uploader(im.upload_url, im.upload_key_file, self.spool.directory) if im.mode == "cu-lite" else None
+        now = self.clock()
+        self._next_hb = min(self._next_hb, now + im.heartbeat_interval)
+        self._next_report = min(self._next_report, now + (self.store.state.active_period_s or im.report_interval))
+        self.restart_needed = keep
+        if keep:
+            log.warning("isms: reload: %s changed; a restart applies it (kept the old value)", ", ".join(keep))
+        log.info("isms: reload: %s", ", ".join(changed(old, new)) or "no [isms] change; secrets re-read")
+        return keep
 
     def _on_query(self, q: LogQuery | Query) -> None:
         self._pending_queries.append(q)  # answered off the request path (a log query may read a day of records)
@@ -113,7 +152,8 @@ class IsmsRuntime:
     async def start(self) -> None:
         im = self.cfg.isms
         host, _, port = im.listen.rpartition(":")
-        self.runner = await serve(self.service, host.strip("[]"), int(port), tls_context(im.tls_cert, im.tls_key), im.path)
+        self._tls = tls_context(im.tls_cert, im.tls_key)
+        self.runner = await serve(self.service, host.strip("[]"), int(port), self._tls, im.path)
         log.info("isms: idc_command on %s%s (%s, %s)", im.listen, im.path, "TLS" if im.tls_cert else "plain HTTP", im.mode)
 
     async def close(self) -> None:
@@ -229,4 +269,4 @@ class IsmsRuntime:
         return {"idc_id": self.cfg.isms.idc_id, "mode": self.cfg.isms.mode, "listen": self.cfg.isms.listen,
                 "commands": len(st.commands), "lists": len(st.lists), "refused": len(st.refused),
                 "counts": dict(self.service.counts), "spool_pending": len(self.spool.pending()),
-                "last_call": self.service.last_call}
+                "last_call": self.service.last_call, "restart_needed": self.restart_needed}
