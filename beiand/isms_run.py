@@ -37,7 +37,7 @@ def rules_for(cfg: Config) -> CommandRules | None:
     """The enforcer's view of the commands in force (every worker), or None when ISMS is off."""
     if not cfg.isms.enabled:
         return None
-    return CommandRules(cfg.daemon.state_dir, load_profile(cfg.isms.profile).subdomains)
+    return CommandRules(cfg.daemon.state_dir, load_profile(cfg.isms.profile).subdomains, cfg.isms.house_id)
 
 
 def spool_dir(cfg: Config) -> Path:

@@ -107,9 +107,26 @@ class Compiled:
     sports: list[tuple[int, int]] = field(default_factory=list)
     dports: list[tuple[int, int]] = field(default_factory=list)
     protos: set[Transport] = field(default_factory=set)
+    houses: list[tuple[int, int, int]] = field(default_factory=list)  # range/houseId → their segments (type 0): server IP in one
 
 
-def compile_command(c: SecurityCommand, subdomains: bool = True) -> Compiled:
+def house_scope(c: SecurityCommand, houses: dict[str, list[list[Any]]], own: str) -> list[tuple[int, int, int]] | None:
+    """The server-address ranges a command's ``range/houseId*`` limits it to: [] every flow (no
+    houseId, or this gateway's own house without basic data), the segments of the listed houses
+    the basic data (type 0) knows, or None when it names no house this beiand serves."""
+    if not c.house_ids or (own and own in c.house_ids and own not in houses):
+        return []
+    out = []
+    for h in c.house_ids:
+        for a, b, _reserved in houses.get(h, ()):
+            with contextlib.suppress(RuleError):
+                out.append(_ip_range(a, b))
+    if out:
+        return out
+    return [] if not own and not houses else None
+
+
+def compile_command(c: SecurityCommand, subdomains: bool = True, houses: list[tuple[int, int, int]] | None = None) -> Compiled:
     if c.type == SecurityType.FILTER:
         hit = RuleHit(f"order:isms:{c.command_id}", "block")
     else:
@@ -142,6 +159,7 @@ def compile_command(c: SecurityCommand, subdomains: bool = True) -> Compiled:
             raise RuleError(unsupported(c))
     if not subdomains:
         out.domains = ["=" + d for d in out.domains]
+    out.houses = list(houses or ())
     return out
 
 
@@ -283,7 +301,9 @@ class Matcher:
             return False
         if c.sports and not any(lo <= obs.client_port <= hi for lo, hi in c.sports):
             return False
-        return not (c.protos and obs.transport not in c.protos)
+        if c.protos and obs.transport not in c.protos:
+            return False
+        return not c.houses or self._in(c.houses, obs.server_ip)
 
     def _in(self, rs: list[tuple[int, int, int]], ip: str) -> bool:
         k = self._ip(ip)
@@ -390,8 +410,9 @@ class CommandStore:
         return old is not None and c.operation == 0 and old == c
 
     def apply_security(self, c: SecurityCommand, now: float) -> Outcome:
-        if c.house_ids and self.house_id and self.house_id not in c.house_ids:
-            return Outcome(AckResult.NONE, f"not for this house ({self.house_id})", "other-house")
+        if c.house_ids and house_scope(c, self.state.houses, self.house_id) is None:
+            known = ", ".join(sorted({self.house_id, *self.state.houses} - {""}))
+            return Outcome(AckResult.NONE, f"not for this house ({known})", "other-house")
         if c.operation == 1:
             old = self.state.commands.pop(c.command_id, None)
             if old is None:
@@ -503,8 +524,11 @@ class CommandStore:
     def compiled(self) -> list[Compiled]:
         out = []
         for c in self.state.commands.values():
+            scope = house_scope(c, self.state.houses, self.house_id)
+            if scope is None:  # its houses left the basic data since: applies nowhere here
+                continue
             try:
-                out.append(compile_command(c, self.subdomains))
+                out.append(compile_command(c, self.subdomains, scope))
             except RuleError as exc:  # stored before a change of beiand: say so, keep the rest
                 log.error("isms: command %d: %s", c.command_id, exc)
         for e in self.state.lists.values():
@@ -538,8 +562,8 @@ class CommandRules:
     time windows are checked per match against the injected clock, so no reload is needed then.
     """
 
-    def __init__(self, state_dir: Path, subdomains: bool = True) -> None:
-        self.store = CommandStore(state_dir, subdomains)
+    def __init__(self, state_dir: Path, subdomains: bool = True, house_id: str = "") -> None:
+        self.store = CommandStore(state_dir, subdomains, house_id)
         self._windows: dict[str, tuple[float, float]] = {}
         self.matcher = Matcher(())
         self._known_names: Callable[[str], list[Compiled] | None] | None = None
