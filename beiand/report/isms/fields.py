@@ -41,11 +41,11 @@ FIELDS: tuple[Field, ...] = (
     Field(3, "protocol", "protocol", "AccessRecord.transport: tcp 1, udp 2", "2+"),
     Field(3, "accessTime", "time", "AccessRecord.ts_ms, UTC → UTC+8", "2+"),
     Field(3, "url", "text", "AccessRecord.name for http-host records (the Host; beiand logs no path)", "2+"),
-    Field(3, "houseId", "text", "isms.house_id (one 机房 per gateway; a per-prefix field is to come)", "2+"),
+    Field(3, "houseId", "text", "the basic data's (type 0) house of the server IP, else isms.house_id", "2+"),
     # -- DT 4 monitorResult / DT 5 filterResult: rows from access-log records under a command --
     *(Field(dt, e, k, s, m) for dt in (4, 5) for e, k, s, m in (
         ("commandId", "id", "AccessRecord.order (isms:<commandId>)", "2+"),
-        ("houseId", "text", "isms.house_id", "2+"),
+        ("houseId", "text", "the basic data's (type 0) house of the server IP, else isms.house_id", "2+"),
         ("srcIp", "ip", "AccessRecord.client_ip", "2+"),
         ("destIp", "ip", "AccessRecord.server_ip", "2+"),
         ("srcPort", "port", "AccessRecord.client_port", "2+"),
@@ -63,7 +63,7 @@ FIELDS: tuple[Field, ...] = (
     Field(8, "ip", "ip", "AccessRecord.server_ip", "2+"),
     Field(8, "port", "port", "AccessRecord.server_port", "2+"),
     Field(8, "protocol", "protocol", "AccessRecord.transport", "2+"),
-    Field(8, "houseId", "text", "isms.house_id", "2+"),
+    Field(8, "houseId", "text", "the basic data's (type 0) house of the server IP, else isms.house_id", "2+"),
     Field(8, "firstFound", "time", "first ts of the aggregate (UTC+8)", "2+"),
     Field(8, "lastFound", "time", "last ts of the aggregate (UTC+8)", "2+"),
     Field(8, "visitsCount", "int", "records in the aggregate", "2+"),
@@ -72,7 +72,7 @@ FIELDS: tuple[Field, ...] = (
     Field(8, "topDomain", "text", "registrable_domain(name) (PSL)", "2+"),
     Field(8, "topDomainFlag", "flag", "0: the name is its own registrable domain", "1"),
     # -- DT 9 illegalWeb: unfiled / inactive / mismatch aggregates --
-    Field(9, "houseId", "text", "isms.house_id", "2+"),
+    Field(9, "houseId", "text", "the basic data's (type 0) house of the server IP, else isms.house_id", "2+"),
     Field(9, "ip", "ip", "AccessRecord.server_ip", "2+"),
     Field(9, "port", "port", "AccessRecord.server_port", "2+"),
     Field(9, "domain", "text", "AccessRecord.name", "2+"),
@@ -89,14 +89,16 @@ FIELDS: tuple[Field, ...] = (
     Field(9, "regError", "code", "", "1"),
     Field(9, "regDomain", "text", "mismatch: the filing's number (the filed name is not logged)", "1"),
     Field(9, "trueDomain", "text", "mismatch: the name seen", "1"),
-    # -- DT 2 基础数据监测异常 (idcMonitor): DT 9's shape; a name filed through us served from an IP its filing does not list --
+    # -- DT 2 基础数据监测异常 (idcMonitor): DT 9's shape; regError 2, and 1/3 from the basic data (type 0) --
     *(Field(2, f.element, f.kind, f.source, "1") for f in (
-        Field(2, "houseId", "text", "isms.house_id", ""), Field(2, "ip", "ip", "AccessRecord.server_ip", ""),
+        Field(2, "houseId", "text", "the basic data's (type 0) house of the server IP, else isms.house_id", ""),
+        Field(2, "ip", "ip", "AccessRecord.server_ip", ""),
         Field(2, "port", "port", "AccessRecord.server_port", ""), Field(2, "domain", "text", "AccessRecord.name", ""),
         Field(2, "firstFound", "time", "first ts (UTC+8)", ""), Field(2, "lastFound", "time", "last ts (UTC+8)", ""),
         Field(2, "visitCount", "int", "records in the aggregate", ""), Field(2, "protocol", "protocol", "AccessRecord.transport", ""),
         Field(2, "block", "flag", "any record with action block", ""),
-        Field(2, "regError", "code", "2 IP登记域名有误: verdict mismatch, reason ip-not-listed", ""),
+        Field(2, "regError", "code", "2 IP登记域名有误: mismatch/ip-not-listed; with basic data 3 未登记 (IP in no "
+              "segment), 1 登记保留实际为占用 (reserved segment)", ""),
         Field(2, "regDomain", "text", "the filing's number (the filed names are not logged)", ""),
         Field(2, "trueDomain", "text", "the name seen", ""),
     )),
