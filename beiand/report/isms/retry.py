@@ -120,7 +120,10 @@ class Tracker:
         e.state, e.closed = state, now
 
     def prune(self, now: float) -> None:
-        for k in [k for k, e in self.entries.items() if e.state != "sent" and now - e.closed > KEEP_CLOSED_S]:
+        """Closed entries after 7 days; files SMMS never answered, 7 days after their last try
+        (else every round would keep asking for their answers)."""
+        for k in [k for k, e in self.entries.items()
+                  if now - (e.closed if e.state != "sent" else e.uploaded) > KEEP_CLOSED_S]:
             del self.entries[k]
 
     def save(self) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from beiand.report.isms.codes import FileResult
-from beiand.report.isms.retry import FINAL, MAX_TRIES, RETRIED, RETRY_AFTER, Verdict, classify, decide
+from beiand.report.isms.retry import FINAL, KEEP_CLOSED_S, MAX_TRIES, RETRIED, RETRY_AFTER, Tracker, Verdict, classify, decide
 from beiand.report.isms.upload import _ANSWER
 
 
@@ -40,3 +42,19 @@ def test_answer_names_round_trip(dt: int, name: int, code: int) -> None:
 def test_junk_names_are_ignored_or_parsed_whole(s: str) -> None:
     m = _ANSWER.fullmatch(s)
     assert m is None or (f"{m.group(1)}-{m.group(2)}-{m.group(3)}" == s and s.isascii())
+
+
+def test_tracker_persists_and_prunes(tmp_path: Path) -> None:
+    t = Tracker(tmp_path / "verdicts.json")
+    t.uploaded("1.xml", "9", "2026-11-29", 100.0)
+    t.uploaded("1.xml", "9", "2026-11-29", 800.0)
+    t.uploaded("2.xml", "9", "2026-11-29", 100.0)
+    t.close("2.xml", "accepted", 200.0)
+    t.save()
+    u = Tracker(tmp_path / "verdicts.json")
+    e = u.get("1.xml")
+    assert e is not None and (e.tries, e.uploaded, e.state) == (2, 800.0, "sent") and u.open()
+    u.prune(200.0 + KEEP_CLOSED_S + 1)  # the accepted one goes; the unanswered one 7 days after its last try
+    assert set(u.entries) == {"1.xml"}
+    u.prune(800.0 + KEEP_CLOSED_S + 1)
+    assert not u.entries and not u.open()
