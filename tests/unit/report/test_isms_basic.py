@@ -73,3 +73,15 @@ def test_bad_basic_data(body: bytes) -> None:
     with pytest.raises(XmlError) as ei:
         CODEC.decode(0, body)
     assert ei.value.code == CommandResult.XML_CONTENT
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(house_ids, max_size=5), st.lists(st.integers(0, 2**62), min_size=1, max_size=5))
+def test_repeated_query_elements_are_all_kept(houses: list[str], ids: list[int]) -> None:
+    from beiand.report.isms.model import Query
+
+    q = CODEC.decode(3, ("<commandQuery><commandId>1</commandId>" + "".join(f"<houseId>{h}</houseId>" for h in houses)
+                         + "</commandQuery>").encode())
+    assert isinstance(q, Query) and [h for h in q.fields.get("houseId", "").split(",") if h] == houses
+    r = CODEC.decode(6, ("<commandRecord>" + "".join(f"<controlsId>{i}</controlsId>" for i in ids) + "</commandRecord>").encode())
+    assert isinstance(r, Query) and r.fields["controlsId"].split(",") == [str(i) for i in ids]
