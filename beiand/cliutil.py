@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from beiand.config import Config, ConfigError, load_config
+from beiand.errors import BeiandError
 from beiand.inventory import Inventory, InventoryError, load_inventory
 from beiand.model import Mode
 from beiand.policy import Policy, PolicyConfig, PolicyError
@@ -22,7 +23,7 @@ from beiand.wiring import policy_config
 DEFAULT_CONFIG = "/etc/beiand/beiand.toml"
 
 
-class CliError(Exception):
+class CliError(BeiandError):
     """A problem the user can fix; printed without a traceback, exit 2."""
 
 

@@ -23,12 +23,13 @@ from typing import Any
 
 from beiand.accesslog.store import RETENTION_DEFAULT_DAYS, RETENTION_FLOOR_DAYS
 from beiand.capture.filterexpr import Condition, FilterError
+from beiand.errors import BeiandError
 from beiand.model import Mode
 from beiand.records.domains import DomainError, normalise_domain
 from beiand.records.importer import status_table
 
 
-class ConfigError(Exception):
+class ConfigError(BeiandError):
     """One or more problems, each ``file:line: field: reason``."""
 
     def __init__(self, problems: list[str], problems_by_field: list[tuple[str, str]] | None = None) -> None:

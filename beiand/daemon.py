@@ -47,6 +47,7 @@ from beiand.config import Config, ConfigError, load_config, secret_problem
 from beiand.enforce import Enforcer, EnforceSettings, Injector, OrderError, OrderStore
 from beiand.enforce.nfqueue import NfQueue, install_rules, remove_rules, rule_specs
 from beiand.enforce.nft import Nft, NftError
+from beiand.errors import BeiandError
 from beiand.inventory import Inventory, InventoryError, load_inventory
 from beiand.metrics import Metrics
 from beiand.model import Decision, Observation, endpoint
@@ -124,7 +125,7 @@ class State:
     records_mtime: float = 0.0
 
 
-class StateError(Exception):
+class StateError(BeiandError):
     pass
 
 

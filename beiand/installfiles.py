@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from beiand.errors import BeiandError
+
 UNITS = ("beiand.service", "beiand-audit.service", "beiand-audit.timer")
 SHARED = ("LICENSE", "rules/beiand.rules.yml", "rules/beiand.rules.test.yml", "dashboards/beiand.json",
           "examples/beiand.toml", "examples/records.csv", "examples/inventory.csv")
@@ -26,7 +28,7 @@ CONFIG = "etc/beiand/beiand.toml"
 GROUP = "beiand"
 
 
-class InstallFilesError(Exception):
+class InstallFilesError(BeiandError):
     pass
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from beiand.errors import BeiandError
 from beiand.model import Mode, PrefixState
 
 _STATES = {
@@ -32,7 +33,7 @@ _HEADERS = {
 }
 
 
-class InventoryError(ValueError):
+class InventoryError(BeiandError, ValueError):
     """The inventory file is invalid; ``problems`` lists every ``file:line: field: reason``."""
 
     def __init__(self, problems: list[str]) -> None:

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
+from beiand.errors import BeiandError
 from beiand.model import Decision, Kind, Observation, VerdictKind
 from beiand.net.decoder import FRAME_EXCEPTIONS, Decoder
 from beiand.policy import Policy
@@ -18,7 +19,7 @@ from beiand.policy import Policy
 log = logging.getLogger(__name__)
 
 
-class OutputClosed(Exception):
+class OutputClosed(BeiandError):
     """Raised by a sink whose reader went away (``beiand replay --json | head``): the run stops
     there, quietly. Any other sink error is logged and counted, and the run goes on."""
 

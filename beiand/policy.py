@@ -13,6 +13,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from beiand.errors import BeiandError
 from beiand.inventory import HostedPrefix, Inventory
 from beiand.model import Action, Decision, Filing, FilingStatus, Mode, Observation, PrefixState, Verdict, VerdictKind
 from beiand.records.domains import is_ip_literal
@@ -47,7 +48,7 @@ def provider_names(cell: str) -> frozenset[str]:
     return frozenset(out)
 
 
-class PolicyError(ValueError):
+class PolicyError(BeiandError, ValueError):
     pass
 
 

@@ -31,6 +31,7 @@ import aiohttp
 
 from beiand.accesslog.format import DAY_MS, encode_batch, read_open
 from beiand.accesslog.store import RETENTION_FLOOR_DAYS, AccessLog, LogConfig, LogConfigError, fsync_dir, partition_paths
+from beiand.errors import BeiandError
 from beiand.model import AccessRecord
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def anchors_ddl(database: str) -> str:
             "`partition` String, `count` UInt64, head String) ENGINE = MergeTree ORDER BY (gateway, worker, ts_ms)")
 
 
-class ClickHouseError(Exception):
+class ClickHouseError(BeiandError):
     def __init__(self, message: str, sent: bool) -> None:
         super().__init__(message)
         self.sent = sent  # the request may have reached the server: the batch's fate is unknown

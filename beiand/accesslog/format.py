@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from beiand.errors import BeiandError
 from beiand.model import AccessRecord
 
 MAGIC = b"BEIANDLOG/1 "
@@ -55,7 +56,7 @@ INT_FIELDS = frozenset({"ts_ms", "client_port", "server_port"})
 _TABS = NFIELDS - 1
 
 
-class FormatError(Exception):
+class FormatError(BeiandError):
     """A partition file that does not parse: the message names the file and offset."""
 
 

@@ -17,8 +17,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from beiand.errors import BeiandError
 
-class OrderError(ValueError):
+
+class OrderError(BeiandError, ValueError):
     pass
 
 

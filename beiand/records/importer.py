@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
+from beiand.errors import BeiandError
 from beiand.model import Filing, FilingStatus, ServiceType
 from beiand.records.domains import DomainError, is_public_suffix, normalise_domain
 from beiand.records.numbers import FilingNumberError, parse_filing_number
@@ -130,11 +131,11 @@ class ImportResult:
     encoding: str = "utf-8"
 
 
-class ImportRefused(Exception):
+class ImportRefused(BeiandError):
     """The whole import is refused (strict mode, unreadable file, empty or shrinking export)."""
 
 
-class _RowError(Exception):
+class _RowError(BeiandError):
     def __init__(self, field_name: str, reason: str) -> None:
         super().__init__(reason)
         self.field = field_name
