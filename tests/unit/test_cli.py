@@ -121,3 +121,26 @@ def test_records_check_says_what_exit_1_means(demo, capsys, tmp_path):
     assert main(["records", "check", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "exit status 1" in err and "1 rejected row" in err
+
+
+def test_no_imports_hidden_in_strings():
+    """import-linter sees only real import statements (DESIGN.md: no imports hidden in strings)."""
+    import pathlib
+
+    import beiand
+
+    root = pathlib.Path(beiand.__file__).parent
+    hidden = [str(p.relative_to(root)) for p in root.rglob("*.py") if "__import__(" in p.read_text(encoding="utf-8")]
+    assert not hidden, hidden
+
+
+def test_entry_points():
+    """``beiand.cli:main`` (the console script) and ``python -m beiand.cli`` still run."""
+    import subprocess
+    import sys
+
+    import beiand.cli
+
+    assert beiand.cli.main is main
+    r = subprocess.run([sys.executable, "-m", "beiand.cli", "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("beiand "), r.stderr

@@ -24,9 +24,9 @@ def test_every_error_class_derives_from_beiand_error():
     strays = []
     for mod in _modules():
         for name, obj in vars(mod).items():
-            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == mod.__name__:
-                if not issubclass(obj, BeiandError):
-                    strays.append(f"{mod.__name__}.{name}")
+            ours = inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == mod.__name__
+            if ours and not issubclass(obj, BeiandError):
+                strays.append(f"{mod.__name__}.{name}")
     assert not strays, f"error classes not derived from BeiandError: {strays}"
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from beiand.cli import main
+from beiand.cli.logs import parse_time
 from beiand.demo import build
-from beiand.logs_cli import parse_time
 
 PROVIDER = "示例云计算有限公司"
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from beiand.audit import findings as passive_findings
 from beiand.audit import resources
-from beiand.cliutil import CliError, err, out, policy_setup, table
-from beiand.logs_cli import DEFAULT_CONFIG, parse_time
+from beiand.cli.common import CliError, err, out, policy_setup, table
+from beiand.cli.logs import DEFAULT_CONFIG, parse_time
 from beiand.model import Decision, Observation
 from beiand.policy import Policy
 from beiand.records.index import entry_addresses

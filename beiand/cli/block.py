@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from beiand.accesslog import Query, query
-from beiand.cliutil import CliError, out, table
+from beiand.cli.common import CliError, out, table
+from beiand.cli.logs import DEFAULT_CONFIG, config_from, fmt_time, parse_time
 from beiand.enforce import OrderError, OrderStore
-from beiand.logs_cli import DEFAULT_CONFIG, config_from, fmt_time, parse_time
 
 
 def _store(args: argparse.Namespace) -> OrderStore:

@@ -26,7 +26,7 @@ from beiand.accesslog import Query, QueryStats, query, stats, verify
 from beiand.accesslog.format import FIELDS
 from beiand.accesslog.reader import AnchorError, query_marked, read_anchors, read_heads
 from beiand.accesslog.store import DIR_MODE, FILE_MODE, append_heads, file_sha256, part_name, partition_paths
-from beiand.cliutil import CliError, out, table
+from beiand.cli.common import CliError, out, table
 from beiand.model import AccessRecord, VerdictKind
 
 if TYPE_CHECKING:

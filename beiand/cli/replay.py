@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
 from beiand.capture import CaptureError, CaptureReader
-from beiand.cliutil import CliError, out, policy_setup, table
+from beiand.cli.common import CliError, out, policy_setup, table
 from beiand.model import Decision, Observation, VerdictKind, endpoint
 from beiand.net.decoder import Decoder, DecoderConfig
 from beiand.pipeline import OutputClosed, Pipeline
