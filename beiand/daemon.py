@@ -48,12 +48,12 @@ from beiand.enforce import Enforcer, EnforceSettings, Injector, OrderError, Orde
 from beiand.enforce.nfqueue import NfQueue, install_rules, remove_rules, rule_specs
 from beiand.enforce.nft import Nft, NftError
 from beiand.errors import BeiandError
-from beiand.inventory import Inventory, InventoryError, load_inventory
 from beiand.metrics import Metrics
 from beiand.model import Decision, Observation, endpoint
 from beiand.net.decoder import LINKTYPE_RAW, Decoder
 from beiand.pipeline import Pipeline
 from beiand.policy import Policy, lookup_answer
+from beiand.policy.inventory import Inventory, InventoryError, load_inventory
 from beiand.records import ImportRefused, build_index, load_files, normalise_domain
 from beiand.records.domains import DomainError
 from beiand.records.importer import canonical_ip

@@ -20,9 +20,9 @@ import time
 
 from _rss import PeakSampler
 
-from beiand.inventory import load_inventory
 from beiand.model import Kind, Observation, Transport
 from beiand.policy import Policy, PolicyConfig
+from beiand.policy.inventory import load_inventory
 from beiand.records import build_index, load_file
 from beiand.records.generate import OUR_PROVIDER, GenConfig, write_csv, write_inventory
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from beiand.capture import read_capture
-from beiand.inventory import load_inventory
 from beiand.model import Kind, VerdictKind
 from beiand.net.decoder import Decoder
 from beiand.pipeline import Pipeline
 from beiand.policy import REASONS, Policy, PolicyConfig
+from beiand.policy.inventory import load_inventory
 from beiand.records import build_index, load_file
 
 CORPUS = Path(__file__).parent / "corpus"

@@ -23,9 +23,9 @@ import dns.rdatatype
 from cryptography import x509
 
 from beiand.audit.findings import Finding
-from beiand.inventory import Inventory
 from beiand.model import Filing, FilingStatus, ServiceType
 from beiand.policy import Policy
+from beiand.policy.inventory import Inventory
 from beiand.records.domains import registrable_domain
 from beiand.records.index import RecordIndex
 from beiand.records.numbers import FilingNumberError, find_filing_numbers, parse_filing_number

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from beiand.audit.findings import Finding
-from beiand.inventory import Inventory
 from beiand.model import FilingStatus, PrefixState
+from beiand.policy.inventory import Inventory
 from beiand.records.domains import registrable_domain
 from beiand.records.index import RecordIndex, entry_addresses
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from beiand.config import Config, ConfigError, load_config
 from beiand.errors import BeiandError
-from beiand.inventory import Inventory, InventoryError, load_inventory
 from beiand.model import Mode
 from beiand.policy import Policy, PolicyConfig, PolicyError
+from beiand.policy.inventory import Inventory, InventoryError, load_inventory
 from beiand.records import ImportRefused, build_index, load_files, normalise_domain
 from beiand.records.domains import DomainError
 from beiand.records.index import RecordIndex

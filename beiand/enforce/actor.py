@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from beiand.enforce.nft import Nft
-from beiand.enforce.orders import OrderStore
 from beiand.enforce.packets import Injector, block_page
 from beiand.model import Action, Decision, Kind, Observation, Transport, VerdictKind
+from beiand.policy.orders import OrderStore
 
 log = logging.getLogger(__name__)
 _BAD = frozenset({VerdictKind.UNFILED, VerdictKind.MISMATCH, VerdictKind.INACTIVE})

@@ -7,9 +7,9 @@ import pytest
 from aiohttp import web
 
 from beiand.audit.active import Prober, ProbeSettings, same_site_redirect
-from beiand.inventory import Inventory
 from beiand.model import Filing, FilingStatus, ServiceType
 from beiand.policy import Policy
+from beiand.policy.inventory import Inventory
 from beiand.records.index import RecordIndex
 
 FOOTER = '<p><a href="https://beian.miit.gov.cn/">京ICP备12345678号-1</a></p>'

@@ -1,7 +1,7 @@
 import pytest
 
-from beiand.inventory import InventoryError, load_inventory
 from beiand.model import Mode, PrefixState
+from beiand.policy.inventory import InventoryError, load_inventory
 
 
 def test_csv_and_longest_prefix_match(tmp_path):

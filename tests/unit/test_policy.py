@@ -2,9 +2,9 @@ import datetime as dt
 
 import pytest
 
-from beiand.inventory import HostedPrefix, Inventory
 from beiand.model import Action, Filing, FilingStatus, Kind, Mode, Observation, PrefixState, ServiceType, Transport, VerdictKind
 from beiand.policy import Policy, PolicyConfig, PolicyError
+from beiand.policy.inventory import HostedPrefix, Inventory
 from beiand.records.index import RecordIndex
 
 US = "我们云"

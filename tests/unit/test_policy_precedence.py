@@ -8,9 +8,9 @@ any inactive, pending or other-provider filing, at any depth.
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from beiand.inventory import HostedPrefix, Inventory
 from beiand.model import Filing, FilingStatus, PrefixState, ServiceType, VerdictKind
 from beiand.policy import Policy, PolicyConfig
+from beiand.policy.inventory import HostedPrefix, Inventory
 from beiand.records.index import RecordIndex
 
 US = "我们云"

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from beiand.errors import BeiandError
-from beiand.inventory import HostedPrefix, Inventory
 from beiand.model import Action, Decision, Filing, FilingStatus, Mode, Observation, PrefixState, Verdict, VerdictKind
+from beiand.policy.inventory import HostedPrefix, Inventory
 from beiand.records.domains import is_ip_literal
 from beiand.records.index import RecordIndex
 
