@@ -147,7 +147,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.pcap:
         from beiand.capture import CaptureError, CaptureReader
         from beiand.net.decoder import Decoder
-        from beiand.pipeline import Pipeline
+        from beiand.runtime.pipeline import Pipeline
 
         col = _Collect()
         pipe = Pipeline(Decoder(), policy, [col])

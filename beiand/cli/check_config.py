@@ -10,7 +10,7 @@ from beiand.cli.common import err, inventory_from, load_records, out
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from beiand.config import ConfigError, load_config, reference
+    from beiand.runtime.settings import ConfigError, load_config, reference
 
     if args.reference:
         sys.stdout.write(reference())
@@ -22,7 +22,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 2
     for w in cfg.warnings:
         err(f"warning: {w}")
-    from beiand.wiring import policy_config
+    from beiand.runtime.wiring import policy_config
 
     try:  # the policy the daemon would build from it
         policy_config(cfg)

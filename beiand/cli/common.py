@@ -10,7 +10,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from beiand.config import Config, ConfigError, load_config
 from beiand.errors import BeiandError
 from beiand.model import Mode
 from beiand.policy import Policy, PolicyConfig, PolicyError
@@ -18,7 +17,8 @@ from beiand.policy.inventory import Inventory, InventoryError, load_inventory
 from beiand.records import ImportRefused, build_index, load_files, normalise_domain
 from beiand.records.domains import DomainError
 from beiand.records.index import RecordIndex
-from beiand.wiring import policy_config
+from beiand.runtime.settings import Config, ConfigError, load_config
+from beiand.runtime.wiring import policy_config
 
 DEFAULT_CONFIG = "/etc/beiand/beiand.toml"
 

@@ -9,7 +9,7 @@ from beiand.cli.common import CliError, out
 
 
 def cmd_install_files(args: argparse.Namespace) -> int:
-    from beiand.installfiles import InstallFilesError, install_files
+    from beiand.runtime.installfiles import InstallFilesError, install_files
 
     try:
         steps = install_files(args.prefix, dry_run=args.dry_run)

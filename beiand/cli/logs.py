@@ -30,7 +30,7 @@ from beiand.cli.common import CliError, out, table
 from beiand.model import AccessRecord, VerdictKind
 
 if TYPE_CHECKING:
-    from beiand.config import Config
+    from beiand.runtime.settings import Config
 
 DEFAULT_CONFIG = "/etc/beiand/beiand.toml"
 _REL = re.compile(r"^(\d+)([smhdw])$")
@@ -74,7 +74,7 @@ def _net(text: str | None, field: str) -> ipaddress.IPv4Network | ipaddress.IPv6
 
 def config_from(args: argparse.Namespace) -> Config | None:
     """The config of ``--config`` (default /etc/beiand/beiand.toml), or None when there is no such file."""
-    from beiand.config import ConfigError, load_config
+    from beiand.runtime.settings import ConfigError, load_config
 
     path = args.config or DEFAULT_CONFIG
     if not os.path.exists(path):

@@ -23,8 +23,8 @@ from beiand.capture import CaptureError, CaptureReader
 from beiand.cli.common import CliError, out, policy_setup, table
 from beiand.model import Decision, Observation, VerdictKind, endpoint
 from beiand.net.decoder import Decoder, DecoderConfig
-from beiand.pipeline import OutputClosed, Pipeline
 from beiand.policy import Policy
+from beiand.runtime.pipeline import OutputClosed, Pipeline
 
 AUTO_WORKERS_BYTES = 64 << 20  # from this much capture on, replay uses one worker per core
 

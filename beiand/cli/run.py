@@ -8,7 +8,7 @@ from typing import Any
 
 def cmd_run(args: argparse.Namespace) -> int:
     # Imported here: the daemon's dependencies (aiohttp, the capture) are not needed by other commands.
-    from beiand.daemon import run
+    from beiand.runtime.daemon import run
 
     return run(args.config, args.log_format)
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from beiand.cli import main
-from beiand.config import ConfigError, load_config, parse_config, reference
+from beiand.runtime.settings import ConfigError, load_config, parse_config, reference
 
 
 def cfg(tmp_path: Path, text: str) -> Path:
@@ -98,7 +98,7 @@ def _sections() -> dict[str, type]:
     import dataclasses
     import typing
 
-    from beiand.config import Config
+    from beiand.runtime.settings import Config
 
     out: dict[str, type] = {}
 
@@ -154,7 +154,7 @@ def test_every_config_field_is_read_outside_config_py() -> None:
     import ast
     import dataclasses
 
-    from beiand.config import Config
+    from beiand.runtime.settings import Config
 
     sections = _sections()
     read: set[tuple[str, str]] = set()
@@ -186,8 +186,8 @@ def test_the_read_check_sees_a_new_unread_field() -> None:
 
 
 def test_provider_as_string_or_list_status_map_and_policy_lists(tmp_path) -> None:
-    from beiand.config import ConfigError, parse_config
-    from beiand.wiring import policy_config
+    from beiand.runtime.settings import ConfigError, parse_config
+    from beiand.runtime.wiring import policy_config
 
     one = parse_config('[records]\nprovider = "甲云"\n')
     assert one.records.provider == ["甲云"] and policy_config(one).provider == "甲云"
@@ -204,7 +204,7 @@ def test_provider_as_string_or_list_status_map_and_policy_lists(tmp_path) -> Non
 
 
 def test_a_deprecated_key_is_accepted_with_a_warning() -> None:
-    from beiand.config import parse_config
+    from beiand.runtime.settings import parse_config
 
     cfg = parse_config("[enforce]\ninline = true\nip_block_seconds = 600\n", "c.toml")
     assert cfg.enforce.inline

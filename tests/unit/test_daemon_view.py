@@ -1,9 +1,9 @@
 """The active-resource view's plumbing: workers pass rows on in small messages; the main process
 keeps a bounded view without scanning it per insert."""
 
-from beiand import daemon
-from beiand.daemon import Daemon, Worker, _Aggregate
 from beiand.model import Action, Decision, Kind, Mode, Observation, Transport, Verdict, VerdictKind
+from beiand.runtime import daemon
+from beiand.runtime.daemon import Daemon, Worker, _Aggregate
 
 UNFILED = Decision(Verdict(VerdictKind.UNFILED, None, "no-filing"), Action.FLAG, "monitor:unfiled", Mode.MONITOR, "cust-1", "bj")
 
@@ -67,8 +67,8 @@ def test_load_state_applies_records_max_loss_against_the_state_in_service(tmp_pa
 
     import pytest
 
-    from beiand.daemon import RecordsRefused, load_state
     from beiand.records.generate import HEADER, OUR_PROVIDER
+    from beiand.runtime.daemon import RecordsRefused, load_state
 
     def write_records(path, n):
         rows = [",".join(HEADER)] + [f"京ICP备{10_000_000 + i}号-1,示例{i}有限公司,网站,站点{i},site{i}.example.cn,,{OUR_PROVIDER},正常,2024-01-01"

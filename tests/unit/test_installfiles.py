@@ -6,7 +6,7 @@ import os
 import stat
 
 from beiand.cli import main
-from beiand.installfiles import CONFIG, SHARE_DIR, install_files
+from beiand.runtime.installfiles import CONFIG, SHARE_DIR, install_files
 
 
 def test_lays_out_units_rules_dashboard_and_config(tmp_path, capsys):
@@ -67,7 +67,7 @@ def test_lab_without_the_lab_extra_says_so_in_one_line(monkeypatch, capsys):
 def test_install_doc_names_every_place_install_files_writes() -> None:
     from pathlib import Path
 
-    from beiand.installfiles import SHARED, UNITS
+    from beiand.runtime.installfiles import SHARED, UNITS
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "install.md").read_text()
     assert "/etc/systemd/system/" in doc and "/" + CONFIG in doc and "install-files --prefix /" in doc

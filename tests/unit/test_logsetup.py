@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from beiand import logsetup
+from beiand.runtime import logsetup
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from beiand.metrics import Metrics
+from beiand.runtime.metrics import Metrics
 
 
 def value(m: Metrics, line_start: str) -> float:
@@ -58,7 +58,7 @@ def test_clickhouse_sink_counters_are_exported_in_base_units() -> None:
 def test_reassembly_evictions_and_worker_crashes_are_exported() -> None:
     from prometheus_client import generate_latest
 
-    from beiand.metrics import Metrics
+    from beiand.runtime.metrics import Metrics
 
     m = Metrics()
     m.worker_snapshot(0, 11, {"counters": {"reassembly_evicted:tcp": 5, "worker_crashes": 1, "worker_crash_lost_records": 3}})

@@ -502,7 +502,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 def reference() -> str:
     """docs/configuration.md, generated from the dataclasses above."""
     out = ["# Configuration reference", "",
-           "Generated from `beiand/config.py` by `beiand check-config --reference`; do not edit by hand.",
+           "Generated from `beiand/runtime/settings.py` by `beiand check-config --reference`; do not edit by hand.",
            "The file is `/etc/beiand/beiand.toml`; relative paths are relative to its directory.", ""]
 
     def section(cls: Any, prefix: str) -> None:

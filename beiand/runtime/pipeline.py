@@ -16,7 +16,7 @@ from beiand.model import Decision, Kind, Observation, VerdictKind
 from beiand.net.decoder import FRAME_EXCEPTIONS, Decoder
 from beiand.policy import Policy
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("beiand.pipeline")  # the name operators filter on (before runtime/)
 
 
 class OutputClosed(BeiandError):

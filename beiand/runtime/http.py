@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from beiand.metrics import Metrics
+from beiand.runtime.metrics import Metrics
 
 
 class DaemonView(Protocol):

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 
-from beiand.config import Config, ConfigError
 from beiand.model import Mode
 from beiand.net.decoder import DecoderConfig
 from beiand.policy import PolicyConfig, PolicyError
 from beiand.records.domains import DomainError, normalise_domain
+from beiand.runtime.settings import Config, ConfigError
 
 
 def policy_config(cfg: Config) -> PolicyConfig:

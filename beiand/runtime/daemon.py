@@ -37,30 +37,31 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from beiand import __version__, logsetup
+from beiand import __version__
 from beiand.accesslog import AccessLog, AccessLogSink, LogConfig, retire
 from beiand.accesslog.reader import stats as log_stats
 from beiand.capture.bpf import build as build_bpf
 from beiand.capture.filterexpr import Condition
 from beiand.capture.live import LiveCapture
-from beiand.config import Config, ConfigError, load_config, secret_problem
 from beiand.enforce import Enforcer, EnforceSettings, Injector, OrderError, OrderStore
 from beiand.enforce.nfqueue import NfQueue, install_rules, remove_rules, rule_specs
 from beiand.enforce.nft import Nft, NftError
 from beiand.errors import BeiandError
-from beiand.metrics import Metrics
 from beiand.model import Decision, Observation, endpoint
 from beiand.net.decoder import LINKTYPE_RAW, Decoder
-from beiand.pipeline import Pipeline
 from beiand.policy import Policy, lookup_answer
 from beiand.policy.inventory import Inventory, InventoryError, load_inventory
 from beiand.records import ImportRefused, build_index, load_files, normalise_domain
 from beiand.records.domains import DomainError
 from beiand.records.importer import canonical_ip
 from beiand.records.index import RecordIndex
-from beiand.server import HttpLimits, make_app
-from beiand.server import start as start_http
-from beiand.wiring import decoder_config, policy_config
+from beiand.runtime import logsetup
+from beiand.runtime.http import HttpLimits, make_app
+from beiand.runtime.http import start as start_http
+from beiand.runtime.metrics import Metrics
+from beiand.runtime.pipeline import Pipeline
+from beiand.runtime.settings import Config, ConfigError, load_config, secret_problem
+from beiand.runtime.wiring import decoder_config, policy_config
 
 log = logging.getLogger("beiand")
 SNAPSHOT_INTERVAL = 0.25  # small deltas often: a big snapshot would stall the capture loop
@@ -960,7 +961,7 @@ def _percentiles(values: collections.deque[float]) -> dict[str, float | int]:
 
 
 def run(config_path: str, log_format: str = "auto") -> int:
-    # Under systemd: priority prefixes for the journal, no timestamps of our own (beiand.logsetup).
+    # Under systemd: priority prefixes for the journal, no timestamps of our own (beiand.runtime.logsetup).
     logsetup.configure(log_format)
     try:
         d = Daemon(config_path)

@@ -41,7 +41,7 @@ class Step:
 
 def share_root() -> Path:
     """Where the artefacts are: the installed package's ``share/``, else the source checkout."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the beiand package (this module is beiand/runtime/)
     for root in (here / "share", here.parent):
         if (root / "systemd" / "beiand.service").is_file() and (root / "LICENSE").is_file():
             return root
