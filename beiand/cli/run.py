@@ -8,7 +8,7 @@ from typing import Any
 
 def cmd_run(args: argparse.Namespace) -> int:
     # Imported here: the daemon's dependencies (aiohttp, the capture) are not needed by other commands.
-    from beiand.runtime.daemon import run
+    from beiand.runtime.supervisor import run
 
     return run(args.config, args.log_format)
 

@@ -1,18 +1,34 @@
 """Settings → components: the one place that turns the config into what decides.
 
 The daemon, ``replay``, ``audit``, ``records lookup`` and ``check-config`` all build their
-policy here, so they decide alike (issue 13: one answer everywhere; DESIGN.md ``wiring``).
+policy here, so they decide alike (issue 13: one answer everywhere; DESIGN.md ``wiring``). The
+daemon's whole ``State`` (config, records, inventory, policy; ``load_state``) and a worker's
+enforcer (``make_enforcer``) are built here too.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from beiand.enforce import Enforcer, EnforceSettings, Injector, OrderError, OrderStore
+from beiand.enforce.nft import Nft, NftError
+from beiand.errors import BeiandError
 from beiand.model import Mode
 from beiand.net.decoder import DecoderConfig
-from beiand.policy import PolicyConfig, PolicyError
-from beiand.records.domains import DomainError, normalise_domain
-from beiand.runtime.settings import Config, ConfigError
+from beiand.policy import Policy, PolicyConfig, PolicyError
+from beiand.policy.inventory import Inventory, InventoryError, load_inventory
+from beiand.records import ImportRefused, build_index, load_files, normalise_domain
+from beiand.records.domains import DomainError
+from beiand.records.index import RecordIndex
+from beiand.runtime.settings import Config, ConfigError, load_config, secret_problem
+
+log = logging.getLogger("beiand")
 
 
 def policy_config(cfg: Config) -> PolicyConfig:
@@ -57,3 +73,115 @@ def decoder_config(cfg: Config) -> DecoderConfig:
     return DecoderConfig(tcp_ports=frozenset(cfg.capture.tcp_ports), udp_ports=frozenset(cfg.capture.udp_ports),
                          max_flow_bytes=ra.max_flow_bytes, max_flow_holes=ra.max_holes, reassembly_tcp_bytes=ra.tcp_bytes,
                          reassembly_quic_bytes=ra.quic_bytes, reassembly_fragment_bytes=ra.fragment_bytes)
+
+
+@dataclass
+class State:
+    """Everything loaded from files: replaced as a whole on reload, never in part."""
+
+    config: Config
+    index: RecordIndex
+    inventory: Inventory
+    policy: Policy
+    loaded_at: float
+    mtimes: dict[str, float] = field(default_factory=dict)
+    # The export's age is its file's mtime (the CSV/JSON/XLSX exports carry no export time of
+    # their own): the oldest of records.files, taken when they were loaded, so records kept in
+    # service after a refused reload keep ageing.
+    records_mtime: float = 0.0
+
+
+class StateError(BeiandError):
+    pass
+
+
+class RecordsRefused(StateError):
+    """The records of a reload were refused; the index in service stays."""
+
+    def __init__(self, message: str, files: Sequence[str], offered: int | None, in_service: int) -> None:
+        super().__init__(message)
+        self.files = list(files)
+        self.offered = offered  # valid filings in the refused files (None: unreadable)
+        self.in_service = in_service
+
+
+def load_state(config_path: str, previous: State | None = None) -> State:
+    """Config, records, inventory and policy, built to the side.
+
+    With ``previous`` (every reload: SIGHUP, a file change, ``POST /api/v1/reload``), the new
+    records must not lose more than ``records.max_loss`` of the filings in service: a truncated
+    export would otherwise turn filed sites "unfiled" at once (DESIGN.md failure rules).
+    """
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        raise StateError(str(exc)) from None
+    for w in cfg.warnings:
+        log.warning("config: %s", w)
+    files = [str(p) for p in cfg.records.files]
+    in_service = len(previous.index.filings) if previous is not None else 0
+    result = None
+    try:
+        result = load_files(files, strict=cfg.records.strict, status_map=cfg.records.status_map)
+        index = build_index(result, previous=previous.index if previous is not None else None, max_loss=cfg.records.max_loss,
+                            loaded_at=time.time())
+    except ImportRefused as exc:
+        offered = len(result.filings) if result is not None else None
+        guard = f" (records.max_loss = {cfg.records.max_loss:g})" if offered and offered < in_service else ""
+        raise RecordsRefused(f"records refused: {', '.join(files)}: {exc}{guard}", files, offered, in_service) from None
+    for e in result.errors[:20]:
+        log.warning("records: skipped %s", e)
+    try:
+        inv = load_inventory(str(cfg.inventory.file)) if cfg.inventory.file else Inventory([])
+    except InventoryError as exc:
+        raise StateError("inventory invalid: " + "; ".join(exc.problems)) from None
+    try:
+        pcfg = policy_config(cfg)
+    except ConfigError as exc:
+        raise StateError(f"policy: {exc}") from None
+    watched = [*files, *([str(cfg.inventory.file)] if cfg.inventory.file else []), config_path]
+    mtimes = {p: file_mtime(p) for p in watched}
+    records_mtime = min((mtimes[p] for p in files), default=0.0)
+    return State(cfg, index, inv, Policy(index, inv, pcfg), time.time(), mtimes, records_mtime)
+
+
+def file_mtime(p: str) -> float:
+    try:
+        return os.stat(p).st_mtime
+    except OSError:
+        return 0.0
+
+
+def read_secret(path: Path, permissions: str) -> bytes:
+    """A secret file, checked again as it is read (it may have changed since the config was
+    checked): readable by group or others is refused unless ``daemon.secret_permissions = "warn"``."""
+    why = secret_problem(path)
+    if why:
+        if permissions != "warn":
+            raise StateError(f"{why} (daemon.secret_permissions = \"warn\" accepts it)")
+        log.warning("%s", why)
+    return path.read_bytes()
+
+
+def make_enforcer(cfg: Config) -> Enforcer:
+    e = cfg.enforce
+    settings = EnforceSettings(inline=e.inline, quic_block_seconds=e.quic_block_seconds,
+                               grace_seconds=e.grace_seconds, max_blocks_per_minute=e.max_blocks_per_minute,
+                               max_unfiled_share=e.max_unfiled_share, min_verdicts_for_share=e.min_verdicts_for_share,
+                               contact=e.contact, provider_name=e.provider_name)
+    injector: Injector | None = None
+    nft: Nft | None = None
+    try:
+        injector = Injector()
+    except OSError as exc:
+        log.warning("enforcement: no raw socket (%s): resets and block pages are unavailable", exc)
+    try:
+        nft = Nft()
+    except NftError as exc:
+        log.warning("enforcement: %s: QUIC and IP blocks are unavailable", exc)
+    orders = None
+    try:
+        orders = OrderStore(cfg.daemon.state_dir)
+    except OrderError as exc:
+        log.error("%s", exc)
+    return Enforcer(settings, injector, nft, orders)

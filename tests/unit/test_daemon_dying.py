@@ -4,7 +4,7 @@ steps after a failing one still run, and what could not be written is counted.""
 from beiand.accesslog import AccessLog, AccessLogSink, LogConfig
 from beiand.accesslog.reader import Query, query
 from beiand.model import Action, Decision, Kind, Mode, Observation, Transport, Verdict, VerdictKind
-from beiand.runtime.daemon import close_dying
+from beiand.runtime.worker import close_dying
 
 UNFILED = Decision(Verdict(VerdictKind.UNFILED, None, "no-filing"), Action.FLAG, "monitor:unfiled", Mode.MONITOR, "cust-1", "bj")
 

@@ -2,8 +2,9 @@
 keeps a bounded view without scanning it per insert."""
 
 from beiand.model import Action, Decision, Kind, Mode, Observation, Transport, Verdict, VerdictKind
-from beiand.runtime import daemon
-from beiand.runtime.daemon import Daemon, Worker, _Aggregate
+from beiand.runtime import supervisor, worker
+from beiand.runtime.supervisor import Daemon, Worker
+from beiand.runtime.worker import _Aggregate
 
 UNFILED = Decision(Verdict(VerdictKind.UNFILED, None, "no-filing"), Action.FLAG, "monitor:unfiled", Mode.MONITOR, "cust-1", "bj")
 
@@ -34,7 +35,7 @@ def test_rows_leave_in_small_messages_with_their_hits():
 
 
 def test_rows_beyond_the_bound_are_counted_not_kept(monkeypatch):
-    monkeypatch.setattr(daemon, "MAX_CHANGED_ROWS", 10)
+    monkeypatch.setattr(worker, "MAX_CHANGED_ROWS", 10)
     agg = _Aggregate()
     for i in range(25):
         agg.on_decision(obs(i), UNFILED)
@@ -44,7 +45,7 @@ def test_rows_beyond_the_bound_are_counted_not_kept(monkeypatch):
 
 
 def test_main_process_view_is_bounded_and_keeps_the_recent(monkeypatch):
-    monkeypatch.setattr(daemon, "MAX_VIEW_ROWS", 100)
+    monkeypatch.setattr(supervisor, "MAX_VIEW_ROWS", 100)
     d = Daemon.__new__(Daemon)  # only the view: no config, no workers started
     d.obs = {}
     w = Worker(0, None, None)  # type: ignore[arg-type]
@@ -68,7 +69,7 @@ def test_load_state_applies_records_max_loss_against_the_state_in_service(tmp_pa
     import pytest
 
     from beiand.records.generate import HEADER, OUR_PROVIDER
-    from beiand.runtime.daemon import RecordsRefused, load_state
+    from beiand.runtime.wiring import RecordsRefused, load_state
 
     def write_records(path, n):
         rows = [",".join(HEADER)] + [f"京ICP备{10_000_000 + i}号-1,示例{i}有限公司,网站,站点{i},site{i}.example.cn,,{OUR_PROVIDER},正常,2024-01-01"

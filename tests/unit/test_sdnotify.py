@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from beiand.runtime.daemon import sd_notify, watchdog_interval
+from beiand.runtime.sdnotify import sd_notify, watchdog_interval
 
 
 def test_messages_arrive_and_a_full_socket_never_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,370 @@
+"""One capture worker process: its own sockets, decoder, pipeline, sinks and log partition.
+
+It reports to the supervisor (``supervisor.py``) through its connection: a ready message, then
+snapshots (counters, gauges, rows of the active-resource view) a few times a second.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import gc
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+from beiand.accesslog import AccessLog, AccessLogSink, LogConfig
+from beiand.capture.bpf import build as build_bpf
+from beiand.capture.filterexpr import Condition
+from beiand.capture.live import LiveCapture
+from beiand.enforce import OrderError
+from beiand.enforce.nfqueue import NfQueue
+from beiand.model import Decision, Observation
+from beiand.net.decoder import LINKTYPE_RAW, Decoder
+from beiand.runtime.pipeline import Pipeline
+from beiand.runtime.wiring import State, decoder_config, make_enforcer, read_secret
+
+log = logging.getLogger("beiand")
+SNAPSHOT_INTERVAL = 0.25  # small deltas often: a big snapshot would stall the capture loop
+# Rows of the active-resource view go to the main process in small messages between snapshots:
+# gathering 128 rows takes about 0.3 ms of the capture loop (5,000 at once stalled it for 14 ms,
+# the whole p99 of the decision latency).
+ROWS_INTERVAL = 0.01
+ROWS_PER_MESSAGE = 128
+OUTBOX_MAX = 256  # messages waiting for a main process that does not read; beyond, rows are dropped
+MAX_CHANGED_ROWS = 100_000  # rows waiting to be sent; beyond this the view drops (and counts) them
+
+
+def close_dying(idx: int, steps: Sequence[Callable[[], object]], alog: AccessLog) -> int:
+    """A dying worker's last steps (flush the pipeline, close the log and sinks), each tried even
+    when one before it failed; returns the records the log still held unwritten (issue 17)."""
+    for step in steps:
+        try:
+            step()
+        except BaseException as exc:  # the next step must still run
+            log.critical("worker %d: %s failed while dying: %s", idx, getattr(step, "__qualname__", step), exc)
+    return alog.pending
+
+
+# -- worker process -------------------------------------------------------------------------------
+
+
+class _Aggregate:
+    """Sink: per-(name, server, account, verdict) summaries for the active-resource view."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str, int, str, str, str, str], list[float]] = {}
+        self.changed: set[tuple[str, str, int, str, str, str, str]] = set()
+        self.counts: dict[tuple[str, str, str], int] = {}
+        self.latency: list[float] = []
+        self.view_dropped = 0  # rows the view could not keep up with (the access log has them all)
+
+    @property
+    def counters(self) -> dict[str, float]:
+        c: dict[str, float] = {}
+        for (kind, verdict, action), n in self.counts.items():
+            for k in (f"obs:{kind}", f"verdict:{verdict}", f"action:{action}", f"va:{verdict}/{action}"):
+                c[k] = c.get(k, 0) + n
+        return c
+
+    def on_decision(self, obs: Observation, d: Decision) -> None:
+        # Plain strings (an enum member's _value_), not the members: cheaper to pickle and compare.
+        v, kind, action = d.verdict.verdict._value_, obs.kind._value_, d.action._value_
+        key = (obs.name, obs.server_ip, obs.server_port, d.account, v, kind, action)
+        row = self.rows.get(key)
+        if row is None:
+            self.rows[key] = [obs.ts, obs.ts, 1]  # first seen, last seen, hits since the last take()
+        else:
+            row[1] = obs.ts
+            row[2] += 1
+        changed = self.changed
+        if key not in changed:
+            if len(changed) >= MAX_CHANGED_ROWS:
+                self.view_dropped += 1
+            else:
+                changed.add(key)
+        ck = (kind, v, action)
+        self.counts[ck] = self.counts.get(ck, 0) + 1
+        if len(self.latency) < 10_000:
+            self.latency.append(time.time() - obs.ts)
+
+    def flush(self) -> None:
+        pass
+
+    def take(self, limit: int = ROWS_PER_MESSAGE) -> list[tuple[Any, ...]]:
+        """The rows touched since the last call, with the hits since then (the main process adds
+        them up); at most ``limit`` per call so one message stays small."""
+        changed = self.changed
+        if len(changed) <= limit:
+            keys: Iterable[tuple[str, str, int, str, str, str, str]] = changed
+            self.changed = set()
+        else:
+            keys = [changed.pop() for _ in range(limit)]
+        rows = self.rows
+        out = []
+        for k in keys:
+            row = rows[k]
+            out.append((*k, row[0], row[1], row[2]))
+            row[2] = 0
+        if len(rows) > 200_000:  # bounded: forget rows with nothing left to send
+            self.rows = {k: self.rows[k] for k in self.changed}
+        return out
+
+
+def _ch_retire(ch: Any) -> None:
+    try:
+        dropped = ch.retire()
+        if dropped:
+            log.info("ClickHouse: dropped day partitions %s (older than the retention)", ", ".join(dropped))
+    except Exception as exc:
+        log.error("ClickHouse retention failed: %s", exc)
+
+
+class _Outbox:
+    """Messages from a worker to the main process, pickled and sent by a thread.
+
+    The capture loop only queues them: a main process slow to read (it shares the cores with
+    the workers and the traffic) made a snapshot's send block for 3-7 ms, the whole p99 of the
+    decision latency. Snapshots carry cumulative counters, so one skipped costs nothing; rows
+    of the view skipped are counted.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.queue: collections.deque[dict[str, Any] | None] = collections.deque()
+        self.wake = threading.Event()
+        self.broken = False  # the main process is gone
+        self.dropped_rows = 0
+        self.thread = threading.Thread(target=self._run, name="worker-outbox", daemon=True)
+        self.thread.start()
+
+    def put(self, msg: dict[str, Any]) -> None:
+        if len(self.queue) >= OUTBOX_MAX:
+            self.dropped_rows += len(msg.get("obs", ()))
+            return
+        self.queue.append(msg)
+        self.wake.set()
+
+    def _run(self) -> None:
+        q = self.queue
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            while q:
+                msg = q.popleft()
+                if msg is None:
+                    return
+                try:
+                    self.conn.send(msg)
+                except (BrokenPipeError, OSError, ValueError):
+                    self.broken = True
+                    return
+
+    def close(self, timeout: float) -> None:
+        """Send what is queued (at most ``timeout`` seconds), then stop."""
+        self.queue.append(None)
+        self.wake.set()
+        self.thread.join(timeout)
+
+
+def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inherited: Sequence[int] = ()) -> None:
+    """One capture worker: its own sockets, decoder, pipeline and log partition."""
+    # The fork inherited the main process's event-loop signal wakeup fd: a signal to this
+    # worker must not be read as one to the main process.
+    signal.set_wakeup_fd(-1)
+    # The main process's ends of the other workers' pipes came with the fork: close them, or a
+    # dead main process would leave those pipes open (a worker would wait on them forever).
+    for fd in inherited:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    ppid = os.getppid()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: die with the main process
+    if cfg_rt := state.config.capture.realtime_priority:
+        # Before any thread starts: the log's committer and the outbox inherit the policy.
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(cfg_rt))
+        except OSError as exc:
+            log.warning("worker %d: capture.realtime_priority = %d not applied (%s); normal scheduling", idx, cfg_rt,
+                        exc.strerror)
+    # The loaded index is millions of long-lived objects: keep the cyclic GC from walking them
+    # (a full collection would stall capture for tens of milliseconds).
+    gc.freeze()
+    # The log's committer thread shares the GIL: a short switch interval bounds how long the
+    # capture loop can wait for it (the default 5 ms would show in the decision latency's tail).
+    sys.setswitchinterval(0.0005)
+    cfg = state.config
+    ifaces = cfg.capture.interfaces
+    inline = cfg.enforce.inline
+    # Inline: watched TCP/UDP arrive through NFQUEUE; AF_PACKET carries the DNS answers only.
+    prog = build_bpf(() if inline else cfg.capture.tcp_ports, () if inline else cfg.capture.udp_ports, dns=cfg.capture.dns,
+                     condition=Condition(cfg.capture.filter) if cfg.capture.filter else None)
+    caps = [LiveCapture(i, prog, fanout_group=fanout_group, block_size=cfg.capture.ring_block_kib * 1024,
+                        blocks=cfg.capture.ring_blocks, outgoing=len(ifaces) == 1,
+                        block_timeout_ms=cfg.capture.ring_block_timeout_ms, version=cfg.capture.ring_version) for i in ifaces]
+    al = cfg.accesslog
+    key = read_secret(al.hmac_key_file, cfg.daemon.secret_permissions).strip() if al.hmac_key_file else None
+    sinks: list[Any] = []
+    ch = None
+    if al.clickhouse.url:
+        from beiand.accesslog.clickhouse import ClickHouseSink
+
+        c = al.clickhouse
+        ch = ClickHouseSink(c.url, c.spill_dir or al.directory / "spill", database=c.database, table=c.table, user=c.user,
+                            password=read_secret(c.password_file, cfg.daemon.secret_permissions).decode().strip()
+                            if c.password_file else "", worker=idx,
+                            batch_records=c.batch_records, retention_days=al.retention_days)
+    # Checkpoints also go off the machine: the journal (a log line) and, when configured, ClickHouse.
+    alog = AccessLog(LogConfig(al.directory, worker=idx, gateway=cfg.gateway, retention_days=al.retention_days,
+                               commit_interval=al.commit_interval, commit_records=al.commit_records, max_buffer=al.max_buffer,
+                               key=key, checkpoint_interval=al.checkpoint_interval),
+                     on_checkpoint=ch.anchor if ch is not None else None)
+    sinks.append(AccessLogSink(ch if ch is not None else alog, cfg.gateway))
+    agg = _Aggregate()
+    decoder = Decoder(decoder_config(cfg))
+    enforcer = make_enforcer(cfg)
+    queue = NfQueue(cfg.enforce.queue + idx) if inline else None
+    pipe = Pipeline(decoder, state.policy, [*sinks, agg], actor=enforcer)
+    conn.send({"ready": True, "pid": os.getpid()})
+    feed = pipe.feed
+    next_snap = time.monotonic() + SNAPSHOT_INTERVAL
+    next_rows = time.monotonic() + ROWS_INTERVAL
+    next_retire = time.monotonic() + 60
+    import select
+
+    poller = select.poll()
+    for cap in caps:
+        poller.register(cap.fileno(), select.POLLIN)
+    if queue is not None:
+        poller.register(queue.fileno(), select.POLLIN)
+
+    def from_queue() -> None:
+        assert queue is not None
+        for pid, packet in queue.packets():
+            enforcer.drop_current = False
+            feed(time.time(), packet, LINKTYPE_RAW)
+            queue.verdict(pid, not enforcer.drop_current)
+        queue.send()
+
+    def snapshot() -> dict[str, Any]:
+        c = dict(agg.counters)
+        for cap in caps:
+            ks = cap.stats()
+            c["kernel_packets"] = c.get("kernel_packets", 0) + ks.packets
+            c["kernel_drops"] = c.get("kernel_drops", 0) + ks.drops
+            c["userspace_packets"] = c.get("userspace_packets", 0) + cap.frames_read
+            c["userspace_bytes"] = c.get("userspace_bytes", 0) + cap.bytes_read
+        for k, v in decoder.drops.items():
+            c[f"drop:{k}"] = v
+        c["bpf_unfollowed"] = decoder.stats["capture:bpf-unfollowed"]
+        for k, v in pipe.frame_errors.items():
+            c[f"drop:decide:{k}"] = v
+        for kind, b in decoder.budgets.items():
+            c[f"reassembly_evicted:{kind}"] = b.evicted
+        st = alog.stats
+        c.update(log_records=st.written, log_bytes=st.bytes_written, log_write_errors=st.write_errors, log_lost=st.lost,
+                 log_torn=st.torn_repaired)
+        fs, st.fsync_seconds = st.fsync_seconds, []
+        lat, agg.latency = agg.latency, []
+        for k, v in enforcer.actions.items():
+            c[f"enforce:{k}"] = v
+        for k, v in enforcer.errors.items():
+            c[f"enforce_error:{k}"] = v
+        elat, enforcer.latency = enforcer.latency, []
+        c["view_dropped"] = agg.view_dropped + outbox.dropped_rows
+        gauges = {"flows": decoder.flow_count, "log_pending": alog.pending, "chain_head": int.from_bytes(alog.head[:6], "big")}
+        if ch is not None:  # the ClickHouse sink's own counters: its write errors and losses alert like the log's
+            for k, v in ch.counters().items():
+                c[f"ch_{k}"] = v
+            gauges["ch_spilling"] = 1 if ch.spilling else 0
+        return {"counters": c, "gauges": gauges,
+                "fsync": fs, "latency": lat, "enforce_latency": elat, "obs": agg.take(), "log_failing": st.failing,
+                "breaker": enforcer.breaker.why if enforcer.breaker.open else "", "accesslog": alog.position}
+
+    def _capture_loop() -> None:
+        nonlocal next_snap, next_rows, next_retire
+        while not stop:
+            if len(caps) == 1 and queue is None:
+                for ts, frame in caps[0].read(100):
+                    feed(ts, frame, 1)
+            else:
+                for fd, _ in poller.poll(100):
+                    if queue is not None and fd == queue.fileno():
+                        from_queue()
+                        continue
+                    for cap in caps:
+                        if cap.fileno() == fd:
+                            for ts, frame in cap.read(0):
+                                feed(ts, frame, 1)
+            now = time.monotonic()
+            if ch is not None and idx == 0 and now >= next_retire:
+                # ClickHouse retention (whole day partitions), off the capture loop.
+                next_retire = now + 3600
+                threading.Thread(target=_ch_retire, args=(ch,), daemon=True).start()
+            if outbox.broken:
+                break
+            if now >= next_rows and agg.changed and now < next_snap:
+                next_rows = now + ROWS_INTERVAL
+                outbox.put({"obs": agg.take()})
+            if now >= next_snap:
+                next_snap = now + SNAPSHOT_INTERVAL
+                if enforcer.orders is not None:
+                    try:
+                        enforcer.orders.reload()
+                    except OrderError as exc:
+                        log.error("%s", exc)
+                try:
+                    while conn.poll():
+                        cmd = conn.recv()
+                        if cmd.get("cmd") == "close-breaker":
+                            enforcer.breaker.close()
+                    if os.getppid() != ppid:
+                        log.error("worker %d: the main process is gone; stopping", idx)
+                        break
+                except (BrokenPipeError, EOFError, OSError):
+                    break
+                outbox.put(snapshot())
+
+    outbox = _Outbox(conn)
+    try:
+        _capture_loop()
+    except BaseException as exc:
+        # Issue 17: a worker that dies anyway first flushes and closes its log, where it still
+        # can, so the records since the last commit are not lost with it; the loss is counted.
+        log.critical("worker %d: capture loop died: %s: %s; closing the access log", idx, type(exc).__name__, exc)
+        lost = close_dying(idx, [pipe.finish, alog.close, *((ch.close,) if ch is not None else ())], alog)
+        snap = snapshot()
+        snap["counters"]["worker_crashes"] = 1
+        snap["counters"]["worker_crash_lost_records"] = lost
+        snap["died"] = type(exc).__name__
+        outbox.put(snap)
+        outbox.close(2.0)
+        raise
+    pipe.finish()
+    if queue is not None:
+        queue.close()
+    alog.close()
+    if ch is not None:
+        ch.close()
+    outbox.put(snapshot())
+    outbox.close(2.0)
+    for cap in caps:
+        cap.close()
+
+
