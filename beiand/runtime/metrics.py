@@ -8,12 +8,13 @@ decode-error reasons (a fixed set in the decoders).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from beiand.runtime.ipc import MetricKey, Snapshot
 
 # Counter keys a worker snapshot may carry, and the metric + label each feeds.
 WORKER_COUNTERS = {
@@ -30,6 +31,11 @@ WORKER_COUNTERS = {
 
 
 REASSEMBLY_KINDS = ("tcp", "quic", "fragment")  # net.decoder's budgets
+
+# The ClickHouse sink's own counters (ClickHouseSink.counters()) and the metric each feeds.
+CLICKHOUSE_COUNTERS = {"written": "beiand_clickhouse_records_written", "spilled": "beiand_clickhouse_records_spilled",
+                       "replayed": "beiand_clickhouse_records_replayed", "write_errors": "beiand_clickhouse_write_errors",
+                       "lost": "beiand_clickhouse_lost_records"}
 
 
 class Metrics:
@@ -116,72 +122,34 @@ class Metrics:
                                   registry=r)
         self.audit_findings = Gauge("beiand_audit_findings", "findings of the last audit run, by kind", ["kind"], registry=r)
         Info("beiand_build", "beiand version", registry=r).info({"version": version})
-        self._ch_counters = {"ch_written": self.ch_written, "ch_spilled": self.ch_spilled, "ch_replayed": self.ch_replayed,
-                             "ch_write_errors": self.ch_write_errors, "ch_lost": self.ch_lost}
-        self._seen: dict[tuple[int, str], float] = {}  # (pid, key) → last cumulative value
+        # Every counter and gauge by its name, for the MetricKeys of worker snapshots (ipc.py).
+        self._counters = {next(iter(m.describe())).name: m for m in [*vars(self).values(), *self.worker_counters.values()]
+                          if isinstance(m, Counter)}
+        self._gauges = {next(iter(m.describe())).name: m for m in vars(self).values() if isinstance(m, Gauge)}
+        self._seen: dict[tuple[int, MetricKey], float] = {}  # (pid, key) → last cumulative value
         self._interfaces = list(interfaces)
         r.register(_InterfaceCollector(self._interfaces))
 
-    def worker_snapshot(self, worker: int, pid: int, snap: Mapping[str, Any]) -> None:
+    def worker_snapshot(self, worker: int, pid: int, snap: Snapshot) -> None:
         """Fold one worker snapshot (cumulative counters since that process started) in."""
         w = str(worker)
         for c in self.worker_counters.values():
             c.labels(w)  # export 0 rather than nothing: "no drops" is an answer
-        for key, value in snap.get("counters", {}).items():
+        for key, value in snap.counters.items():
             delta = value - self._seen.get((pid, key), 0.0)
             if delta <= 0:
                 continue
             self._seen[(pid, key)] = value
-            kind, _, label = key.partition(":")
-            if kind in self.worker_counters:
-                self.worker_counters[kind].labels(w).inc(delta)
-            elif kind == "obs":
-                self.observations.labels(label).inc(delta)
-            elif kind == "verdict":
-                self.verdicts.labels(label).inc(delta)
-            elif kind == "action":
-                self.actions.labels(label).inc(delta)
-            elif kind == "va":
-                v, _, a = label.partition("/")
-                self.verdict_actions.labels(v, a).inc(delta)
-            elif kind == "drop":
-                self.decode_errors.labels(label).inc(delta)
-            elif kind == "reassembly_evicted":
-                self.reassembly_evicted.labels(label).inc(delta)
-            elif kind == "worker_crashes":
-                self.worker_crashes.inc(delta)
-            elif kind == "worker_crash_lost_records":
-                self.crash_lost.inc(delta)
-            elif kind == "log_records":
-                self.log_records.inc(delta)
-            elif kind == "log_bytes":
-                self.log_bytes.inc(delta)
-            elif kind == "log_write_errors":
-                self.log_write_errors.inc(delta)
-            elif kind == "log_lost":
-                self.log_lost.inc(delta)
-            elif kind == "log_torn":
-                self.log_torn.inc(delta)
-            elif kind in self._ch_counters:
-                self._ch_counters[kind].inc(delta)
-            elif kind == "enforce":
-                self.blocks.labels(label).inc(delta)
-            elif kind == "enforce_error":
-                self.enforce_errors.labels(label).inc(delta)
-        g = snap.get("gauges", {})
-        if "flows" in g:
-            self.flows.labels(w).set(g["flows"])
-        if "log_pending" in g:
-            self.log_pending.labels(w).set(g["log_pending"])
-        if "chain_head" in g:
-            self.chain_head.labels(w).set(g["chain_head"])
-        if "ch_spilling" in g:
-            self.ch_spilling.labels(w).set(g["ch_spilling"])
-        for v in snap.get("fsync", ()):
+            counter = self._counters[key.metric]
+            (counter.labels(*key.labels) if key.labels else counter).inc(delta)
+        for key, value in snap.gauges.items():
+            gauge = self._gauges[key.metric]
+            (gauge.labels(*key.labels) if key.labels else gauge).set(value)
+        for v in snap.fsync:
             self.fsync.observe(v)
-        for v in snap.get("latency", ()):
+        for v in snap.latency:
             self.decision_latency.observe(v)
-        for v in snap.get("enforce_latency", ()):
+        for v in snap.enforce_latency:
             self.enforce_latency.observe(v)
 
     def forget(self, pid: int) -> None:

@@ -45,6 +45,7 @@ from beiand.records.importer import canonical_ip
 from beiand.runtime import logsetup
 from beiand.runtime.http import HttpLimits, make_app
 from beiand.runtime.http import start as start_http
+from beiand.runtime.ipc import CloseBreaker, Ready, Snapshot, WorkerMessage
 from beiand.runtime.metrics import Metrics
 from beiand.runtime.sdnotify import sd_notify, watchdog_interval
 from beiand.runtime.wiring import RecordsRefused, StateError, file_mtime, load_state, read_secret
@@ -217,7 +218,7 @@ class Daemon:
     def close_breaker(self) -> None:
         for w in self.workers.values():
             with contextlib.suppress(OSError):
-                w.conn.send({"cmd": "close-breaker"})
+                w.conn.send(CloseBreaker())
         log.warning("circuit breaker close requested by the operator")
 
     # -- workers ----------------------------------------------------------------------------
@@ -263,20 +264,20 @@ class Daemon:
             return
         self._handle(w, msg)
 
-    def _handle(self, w: Worker, msg: dict[str, Any]) -> None:
+    def _handle(self, w: Worker, msg: WorkerMessage) -> None:
         w.last_seen = time.monotonic()
-        if msg.get("ready"):
-            w.ready, w.pid = True, msg["pid"]
+        if isinstance(msg, Ready):
+            w.ready, w.pid = True, msg.pid
             return
-        if "counters" in msg:  # a snapshot, not only rows of the view
+        if isinstance(msg, Snapshot):  # a snapshot, not only rows of the view
             self.metrics.worker_snapshot(w.idx, w.pid, msg)
-            self.latencies.extend(msg.get("latency", ()))
-            w.log_failing = msg.get("log_failing", "")
-            w.breaker = msg.get("breaker", "")
-            w.accesslog = msg.get("accesslog", w.accesslog)
+            self.latencies.extend(msg.latency)
+            w.log_failing = msg.log_failing
+            w.breaker = msg.breaker
+            w.accesslog = msg.accesslog if msg.accesslog is not None else w.accesslog
             self.metrics.breaker_open.set(1 if any(x.breaker for x in self.workers.values()) else 0)
         view = self.obs
-        for row in msg.get("obs", ()):
+        for row in msg.rows:
             key, (first, last, hits) = tuple(row[:7]), row[7:]
             cur = view.get(key)
             if cur is None:

@@ -28,6 +28,8 @@ from beiand.enforce import OrderError
 from beiand.enforce.nfqueue import NfQueue
 from beiand.model import Decision, Observation
 from beiand.net.decoder import LINKTYPE_RAW, Decoder
+from beiand.runtime.ipc import CloseBreaker, MetricKey, Ready, Rows, Snapshot, ViewRow, WorkerMessage
+from beiand.runtime.metrics import CLICKHOUSE_COUNTERS
 from beiand.runtime.pipeline import Pipeline
 from beiand.runtime.wiring import State, decoder_config, make_enforcer, read_secret
 
@@ -67,10 +69,11 @@ class _Aggregate:
         self.view_dropped = 0  # rows the view could not keep up with (the access log has them all)
 
     @property
-    def counters(self) -> dict[str, float]:
-        c: dict[str, float] = {}
+    def counters(self) -> dict[MetricKey, float]:
+        c: dict[MetricKey, float] = {}
         for (kind, verdict, action), n in self.counts.items():
-            for k in (f"obs:{kind}", f"verdict:{verdict}", f"action:{action}", f"va:{verdict}/{action}"):
+            for k in (MetricKey("beiand_observations", (kind,)), MetricKey("beiand_verdicts", (verdict,)),
+                      MetricKey("beiand_decisions", (action,)), MetricKey("beiand_verdict_actions", (verdict, action))):
                 c[k] = c.get(k, 0) + n
         return c
 
@@ -98,7 +101,7 @@ class _Aggregate:
     def flush(self) -> None:
         pass
 
-    def take(self, limit: int = ROWS_PER_MESSAGE) -> list[tuple[Any, ...]]:
+    def take(self, limit: int = ROWS_PER_MESSAGE) -> list[ViewRow]:
         """The rows touched since the last call, with the hits since then (the main process adds
         them up); at most ``limit`` per call so one message stays small."""
         changed = self.changed
@@ -108,7 +111,7 @@ class _Aggregate:
         else:
             keys = [changed.pop() for _ in range(limit)]
         rows = self.rows
-        out = []
+        out: list[ViewRow] = []
         for k in keys:
             row = rows[k]
             out.append((*k, row[0], row[1], row[2]))
@@ -138,16 +141,16 @@ class _Outbox:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.queue: collections.deque[dict[str, Any] | None] = collections.deque()
+        self.queue: collections.deque[WorkerMessage | None] = collections.deque()
         self.wake = threading.Event()
         self.broken = False  # the main process is gone
         self.dropped_rows = 0
         self.thread = threading.Thread(target=self._run, name="worker-outbox", daemon=True)
         self.thread.start()
 
-    def put(self, msg: dict[str, Any]) -> None:
+    def put(self, msg: WorkerMessage) -> None:
         if len(self.queue) >= OUTBOX_MAX:
-            self.dropped_rows += len(msg.get("obs", ()))
+            self.dropped_rows += len(msg.rows) if isinstance(msg, (Rows, Snapshot)) else 0
             return
         self.queue.append(msg)
         self.wake.set()
@@ -241,7 +244,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
     enforcer = make_enforcer(cfg)
     queue = NfQueue(cfg.enforce.queue + idx) if inline else None
     pipe = Pipeline(decoder, state.policy, [*sinks, agg], actor=enforcer)
-    conn.send({"ready": True, "pid": os.getpid()})
+    conn.send(Ready(os.getpid()))
     feed = pipe.feed
     next_snap = time.monotonic() + SNAPSHOT_INTERVAL
     next_rows = time.monotonic() + ROWS_INTERVAL
@@ -262,40 +265,48 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
             queue.verdict(pid, not enforcer.drop_current)
         queue.send()
 
-    def snapshot() -> dict[str, Any]:
-        c = dict(agg.counters)
-        for cap in caps:
-            ks = cap.stats()
-            c["kernel_packets"] = c.get("kernel_packets", 0) + ks.packets
-            c["kernel_drops"] = c.get("kernel_drops", 0) + ks.drops
-            c["userspace_packets"] = c.get("userspace_packets", 0) + cap.frames_read
-            c["userspace_bytes"] = c.get("userspace_bytes", 0) + cap.bytes_read
+    w = (str(idx),)
+
+    def snapshot(crashes: int = 0, crash_lost: int = 0, died: str = "") -> Snapshot:
+        c = agg.counters
+        kernel = [cap.stats() for cap in caps]
+        c[MetricKey("beiand_capture_kernel_packets", w)] = sum(ks.packets for ks in kernel)
+        c[MetricKey("beiand_capture_kernel_drops", w)] = sum(ks.drops for ks in kernel)
+        c[MetricKey("beiand_capture_userspace_packets", w)] = sum(cap.frames_read for cap in caps)
+        c[MetricKey("beiand_capture_userspace_bytes", w)] = sum(cap.bytes_read for cap in caps)
         for k, v in decoder.drops.items():
-            c[f"drop:{k}"] = v
-        c["bpf_unfollowed"] = decoder.stats["capture:bpf-unfollowed"]
+            c[MetricKey("beiand_decode_errors", (k,))] = v
+        c[MetricKey("beiand_capture_bpf_unfollowed", w)] = decoder.stats["capture:bpf-unfollowed"]
         for k, v in pipe.frame_errors.items():
-            c[f"drop:decide:{k}"] = v
+            c[MetricKey("beiand_decode_errors", (f"decide:{k}",))] = v
         for kind, b in decoder.budgets.items():
-            c[f"reassembly_evicted:{kind}"] = b.evicted
+            c[MetricKey("beiand_reassembly_evicted", (kind,))] = b.evicted
         st = alog.stats
-        c.update(log_records=st.written, log_bytes=st.bytes_written, log_write_errors=st.write_errors, log_lost=st.lost,
-                 log_torn=st.torn_repaired)
+        c[MetricKey("beiand_accesslog_records")] = st.written
+        c[MetricKey("beiand_accesslog_bytes")] = st.bytes_written
+        c[MetricKey("beiand_accesslog_write_errors")] = st.write_errors
+        c[MetricKey("beiand_accesslog_lost_records")] = st.lost
+        c[MetricKey("beiand_accesslog_torn_repairs")] = st.torn_repaired
         fs, st.fsync_seconds = st.fsync_seconds, []
         lat, agg.latency = agg.latency, []
         for k, v in enforcer.actions.items():
-            c[f"enforce:{k}"] = v
+            c[MetricKey("beiand_enforcement_actions", (k,))] = v
         for k, v in enforcer.errors.items():
-            c[f"enforce_error:{k}"] = v
+            c[MetricKey("beiand_enforcement_errors", (k,))] = v
         elat, enforcer.latency = enforcer.latency, []
-        c["view_dropped"] = agg.view_dropped + outbox.dropped_rows
-        gauges = {"flows": decoder.flow_count, "log_pending": alog.pending, "chain_head": int.from_bytes(alog.head[:6], "big")}
+        c[MetricKey("beiand_active_view_dropped", w)] = agg.view_dropped + outbox.dropped_rows
+        if crashes:
+            c[MetricKey("beiand_worker_crashes")] = crashes
+            c[MetricKey("beiand_worker_crash_lost_records")] = crash_lost
+        gauges: dict[MetricKey, float] = {MetricKey("beiand_flows", w): decoder.flow_count,
+                                          MetricKey("beiand_accesslog_pending_records", w): alog.pending,
+                  MetricKey("beiand_accesslog_chain_head_prefix", w): int.from_bytes(alog.head[:6], "big")}
         if ch is not None:  # the ClickHouse sink's own counters: its write errors and losses alert like the log's
             for k, v in ch.counters().items():
-                c[f"ch_{k}"] = v
-            gauges["ch_spilling"] = 1 if ch.spilling else 0
-        return {"counters": c, "gauges": gauges,
-                "fsync": fs, "latency": lat, "enforce_latency": elat, "obs": agg.take(), "log_failing": st.failing,
-                "breaker": enforcer.breaker.why if enforcer.breaker.open else "", "accesslog": alog.position}
+                c[MetricKey(CLICKHOUSE_COUNTERS[k])] = v
+            gauges[MetricKey("beiand_clickhouse_spilling", w)] = 1 if ch.spilling else 0
+        return Snapshot(c, gauges, fs, lat, elat, agg.take(), st.failing, enforcer.breaker.why if enforcer.breaker.open else "",
+                        alog.position, died)
 
     def _capture_loop() -> None:
         nonlocal next_snap, next_rows, next_retire
@@ -321,7 +332,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
                 break
             if now >= next_rows and agg.changed and now < next_snap:
                 next_rows = now + ROWS_INTERVAL
-                outbox.put({"obs": agg.take()})
+                outbox.put(Rows(agg.take()))
             if now >= next_snap:
                 next_snap = now + SNAPSHOT_INTERVAL
                 if enforcer.orders is not None:
@@ -332,7 +343,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
                 try:
                     while conn.poll():
                         cmd = conn.recv()
-                        if cmd.get("cmd") == "close-breaker":
+                        if isinstance(cmd, CloseBreaker):
                             enforcer.breaker.close()
                     if os.getppid() != ppid:
                         log.error("worker %d: the main process is gone; stopping", idx)
@@ -349,11 +360,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
         # can, so the records since the last commit are not lost with it; the loss is counted.
         log.critical("worker %d: capture loop died: %s: %s; closing the access log", idx, type(exc).__name__, exc)
         lost = close_dying(idx, [pipe.finish, alog.close, *((ch.close,) if ch is not None else ())], alog)
-        snap = snapshot()
-        snap["counters"]["worker_crashes"] = 1
-        snap["counters"]["worker_crash_lost_records"] = lost
-        snap["died"] = type(exc).__name__
-        outbox.put(snap)
+        outbox.put(snapshot(crashes=1, crash_lost=lost, died=type(exc).__name__))
         outbox.close(2.0)
         raise
     pipe.finish()

@@ -3,6 +3,7 @@ keeps a bounded view without scanning it per insert."""
 
 from beiand.model import Action, Decision, Kind, Mode, Observation, Transport, Verdict, VerdictKind
 from beiand.runtime import supervisor, worker
+from beiand.runtime.ipc import MetricKey, Rows, Snapshot
 from beiand.runtime.supervisor import Daemon, Worker
 from beiand.runtime.worker import _Aggregate
 
@@ -31,7 +32,7 @@ def test_rows_leave_in_small_messages_with_their_hits():
     assert seven[7:] == (1.0, 5.0, 2)
     agg.on_decision(obs(7, ts=6.0), UNFILED)
     assert agg.take() == [(*seven[:7], 1.0, 6.0, 1)]  # hits since the last take
-    assert agg.counters["verdict:unfiled"] == 1002
+    assert agg.counters[MetricKey("beiand_verdicts", ("unfiled",))] == 1002
 
 
 def test_rows_beyond_the_bound_are_counted_not_kept(monkeypatch):
@@ -54,10 +55,10 @@ def test_main_process_view_is_bounded_and_keeps_the_recent(monkeypatch):
         agg.on_decision(obs(i, ts=float(i)), UNFILED)
     rows = sorted(agg.take(1000), key=lambda r: r[8])  # as they arrive over time
     for k in range(0, len(rows), 37):
-        d._handle(w, {"obs": rows[k : k + 37]})  # rows-only messages carry no counters
+        d._handle(w, Rows(rows[k : k + 37]))  # rows-only messages carry no counters
     assert 90 <= len(d.obs) <= 100
     assert min(v[1] for v in d.obs.values()) >= 150  # the oldest were forgotten first
-    d._handle(w, {"obs": [(*next(iter(d.obs)), 0.5, 300.0, 4)]})
+    d._handle(w, Rows([(*next(iter(d.obs)), 0.5, 300.0, 4)]))
     first = next(iter(d.obs.values()))
     assert first[0] == 0.5 and first[1] == 300.0 and first[2] == 5
 
@@ -116,5 +117,5 @@ def test_workers_report_the_full_chain_head_for_the_status_api(tmp_path):
     d = Daemon.__new__(Daemon)
     d.obs, d.latencies, d.metrics, d.workers = {}, [], mock.Mock(), {}
     w = Worker(0, None, None)  # type: ignore[arg-type]
-    d._handle(w, {"counters": {}, "accesslog": pos})
+    d._handle(w, Snapshot({}, {}, [], [], [], [], accesslog=pos))
     assert w.accesslog == pos
