@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
+from beiand.enforce.actor import Enforced
 from beiand.errors import BeiandError
 from beiand.model import Decision, Kind, Observation, VerdictKind
 from beiand.net.decoder import FRAME_EXCEPTIONS, Decoder
@@ -34,10 +35,10 @@ class Sink(Protocol):
 
 class Pipeline:
     def __init__(self, decoder: Decoder, policy: Policy, sinks: Sequence[Sink] = (),
-                 actor: Callable[[Observation, Decision], Decision] | None = None) -> None:
+                 actor: Callable[[Observation, Decision], Enforced] | None = None) -> None:
         self.decoder = decoder
         self.policy = policy
-        self.actor = actor  # the enforcer: acts on a decision and returns what was done
+        self.actor = actor  # the enforcer (Enforcer.enforce): acts on a decision and returns what was done
         self.sinks = list(sinks)
         self.verdicts: Counter[str] = Counter()
         self.kinds: Counter[str] = Counter()
@@ -45,13 +46,15 @@ class Pipeline:
         self.sink_errors: Counter[str] = Counter()
         self.frame_errors: Counter[str] = Counter()  # observations whose decision raised, by exception type
 
-    def feed(self, ts: float, frame: bytes, linktype: int) -> None:
-        """One frame of the live worker: nothing it carries may stop the loop (issue 17)."""
+    def feed(self, ts: float, frame: bytes, linktype: int) -> bool:
+        """One frame of the live worker: nothing it carries may stop the loop (issue 17). Returns
+        True when the enforcer (inline) drops this frame: the NFQUEUE verdict, as a value."""
         obs = self.decoder.feed(ts, frame, linktype)
+        drop = False
         if obs:
             for o in obs:
                 try:
-                    self.observe(o)
+                    drop = self._observe(o)[1] or drop
                 except OutputClosed:
                     raise
                 except Exception as exc:
@@ -60,6 +63,7 @@ class Pipeline:
                     self.frame_errors[name if name in FRAME_EXCEPTIONS else "other"] += 1
                     if not self.frame_errors.total() & (self.frame_errors.total() - 1):  # 1, 2, 4, 8...: rate-limited
                         log.error("deciding an observation raised %s (%d so far); dropped", name, self.frame_errors.total())
+        return drop
 
     def run(self, frames: Iterable[tuple[float, int, bytes]]) -> None:
         feed = self.decoder.feed
@@ -84,22 +88,27 @@ class Pipeline:
                 self.sink_errors[type(s).__name__] += 1
 
     def observe(self, obs: Observation) -> Decision | None:
+        return self._observe(obs)[0]
+
+    def _observe(self, obs: Observation) -> tuple[Decision | None, bool]:
+        """The decision as acted on, and whether the enforcer drops the packet (inline)."""
         policy = self.policy
         if obs.kind is Kind.DNS_ANSWER:
             # A DNS answer is an observation into hosted space when it points a name at us.
             hosted = [a for a in obs.answers if policy.inventory.lookup(a) is not None]
             if not hosted:
                 self.skipped["dns-answer-not-hosted"] += 1
-                return None
+                return None, False
             obs = obs._replace(server_ip=hosted[0], server_port=0,
                                detail=(obs.detail + " " if obs.detail else "") + f"resolver={obs.server_ip}")
         decision = policy.decide(obs)
         if decision.verdict.verdict is VerdictKind.NOT_HOSTED:
             self.skipped["not-hosted"] += 1
-            return decision
+            return decision, False
+        drop = False
         if self.actor is not None:
             try:
-                decision = self.actor(obs, decision)
+                decision, drop = self.actor(obs, decision)
             except Exception:
                 log.exception("enforcer failed")
                 self.sink_errors["enforcer"] += 1
@@ -113,4 +122,4 @@ class Pipeline:
             except Exception:
                 log.exception("sink %s failed", type(s).__name__)
                 self.sink_errors[type(s).__name__] += 1
-        return decision
+        return decision, drop

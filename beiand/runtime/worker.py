@@ -243,7 +243,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
     decoder = Decoder(decoder_config(cfg))
     enforcer = make_enforcer(cfg)
     queue = NfQueue(cfg.enforce.queue + idx) if inline else None
-    pipe = Pipeline(decoder, state.policy, [*sinks, agg], actor=enforcer)
+    pipe = Pipeline(decoder, state.policy, [*sinks, agg], actor=enforcer.enforce)
     conn.send(Ready(os.getpid()))
     feed = pipe.feed
     next_snap = time.monotonic() + SNAPSHOT_INTERVAL
@@ -260,9 +260,8 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
     def from_queue() -> None:
         assert queue is not None
         for pid, packet in queue.packets():
-            enforcer.drop_current = False
-            feed(time.time(), packet, LINKTYPE_RAW)
-            queue.verdict(pid, not enforcer.drop_current)
+            drop = feed(time.time(), packet, LINKTYPE_RAW)
+            queue.verdict(pid, not drop)
         queue.send()
 
     w = (str(idx),)

@@ -86,7 +86,8 @@ def test_enforcer_acts_only_on_blocks_and_honours_grace_breaker_and_orders(tmp_p
     inj = FakeInjector()
     e = Enforcer(EnforceSettings(inline=True, grace_seconds=0, max_blocks_per_minute=3), inj, None, OrderStore(tmp_path))  # type: ignore[arg-type]
     assert e(obs(), decision(Action.FLAG)).action is Action.FLAG and not inj.calls
-    assert e(obs(), decision()).action is Action.BLOCK and inj.calls[-1][0] == "reset" and e.drop_current
+    done = e.enforce(obs(), decision())
+    assert done.decision.action is Action.BLOCK and inj.calls[-1][0] == "reset" and done.drop  # inline: the verdict is a value
     # the client gets a RST at its ack number, from the server
     assert inj.calls[-1][1][:7] == ("192.0.2.2", 40000, "198.51.100.11", 443, 100, 200, 50)
     assert e(obs(kind=Kind.HTTP_HOST), decision()).action is Action.BLOCK and inj.calls[-1][0] == "page"
@@ -185,3 +186,30 @@ def test_block_cli_takes_cidr_targets_and_reports_lifted_orders(tmp_path: Path, 
     (row,) = json.loads(capsys.readouterr().out)
     assert (row["target"], row["state"], row["created_by"], row["lifted_by"], row["lift_reason"]) == (
         "198.51.100.0/24", "lifted", "carol", "dave", "lifted by the authority")
+
+
+def test_inline_drop_is_returned_by_the_pipeline_not_left_on_the_enforcer(tmp_path: Path) -> None:
+    """The NFQUEUE verdict comes back from Pipeline.feed (True: drop); a non-blocking decision passes."""
+    from beiand.enforce.actor import Enforced
+    from beiand.runtime.pipeline import Pipeline
+
+    calls = []
+
+    def actor(o: Observation, d: Decision) -> Enforced:
+        calls.append(o)
+        return Enforced(d, drop=True)
+
+    class Deciding:
+        inventory = type("I", (), {"lookup": staticmethod(lambda ip: None)})()
+
+        def decide(self, o: Observation) -> Decision:
+            return decision()
+
+    class OneObs:
+        def feed(self, ts: float, frame: bytes, linktype: int) -> list[Observation]:
+            return [obs()] if frame else []
+
+    pipe = Pipeline(OneObs(), Deciding(), actor=actor)  # type: ignore[arg-type]
+    assert pipe.feed(1.0, b"x", LINKTYPE_RAW) is True and len(calls) == 1
+    assert pipe.feed(1.0, b"", LINKTYPE_RAW) is False
+    assert not hasattr(Enforcer(EnforceSettings()), "drop_current")
