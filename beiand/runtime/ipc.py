@@ -55,4 +55,9 @@ class CloseBreaker(NamedTuple):
     """Supervisor → worker: the operator closed the circuit breaker."""
 
 
+class ReloadOrders(NamedTuple):
+    """Supervisor → worker: the closure orders changed on disk (housekeeping saw it); reload them."""
+
+
 WorkerMessage = Ready | Rows | Snapshot
+SupervisorCommand = CloseBreaker | ReloadOrders

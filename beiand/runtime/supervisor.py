@@ -18,12 +18,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import shutil
 import signal
 import socket
 import time
@@ -32,9 +30,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from beiand import __version__
-from beiand.accesslog import retire
-from beiand.accesslog.reader import stats as log_stats
-from beiand.enforce import Enforcer, EnforceSettings, OrderError, OrderStore
+from beiand.enforce import OrderError, OrderStore
 from beiand.enforce.nfqueue import install_rules, remove_rules, rule_specs
 from beiand.enforce.nft import Nft, NftError
 from beiand.model import endpoint
@@ -43,9 +39,10 @@ from beiand.records import normalise_domain
 from beiand.records.domains import DomainError
 from beiand.records.importer import canonical_ip
 from beiand.runtime import logsetup
+from beiand.runtime.housekeeping import Housekeeping
 from beiand.runtime.http import HttpLimits, make_app
 from beiand.runtime.http import start as start_http
-from beiand.runtime.ipc import CloseBreaker, Ready, Snapshot, WorkerMessage
+from beiand.runtime.ipc import CloseBreaker, Ready, ReloadOrders, Snapshot, SupervisorCommand, WorkerMessage
 from beiand.runtime.metrics import Metrics
 from beiand.runtime.sdnotify import sd_notify, watchdog_interval
 from beiand.runtime.wiring import RecordsRefused, StateError, file_mtime, load_state, read_secret
@@ -77,6 +74,7 @@ class Daemon:
         self.state = load_state(config_path)
         cfg = self.state.config
         self.metrics = Metrics(cfg.capture.interfaces, __version__)
+        self.housekeeping = Housekeeping(self.state, self.metrics)
         self.token = (read_secret(cfg.server.token_file, cfg.daemon.secret_permissions).decode().strip()
                       if cfg.server.token_file else "")
         self.workers: dict[int, Worker] = {}
@@ -92,7 +90,7 @@ class Daemon:
         self.refused: dict[str, Any] | None = None  # the last refused reload, until one succeeds
         self.refused_count = 0
         self.metrics.retention.set(cfg.accesslog.retention_days * 86400)
-        self._records_metrics()
+        self.housekeeping.records_metrics()
         self.metrics.reload_ok.set(1)
         cfg.accesslog.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.nft: Nft | None = None
@@ -110,7 +108,8 @@ class Daemon:
             log.warning("enforcement: nftables unavailable (%s): QUIC, IP-only and address orders cannot be blocked", exc)
         try:
             self.orders = OrderStore(cfg.daemon.state_dir)
-            self._sync_orders(force=True)
+            self.housekeeping.nft, self.housekeeping.orders = self.nft, self.orders
+            self.housekeeping.sync_orders(force=True)
         except OrderError as exc:
             log.error("%s", exc)
         if cfg.enforce.inline:
@@ -124,22 +123,6 @@ class Daemon:
             self._rules = []
         if self.nft is not None:
             self.nft.teardown()
-
-    def _sync_orders(self, force: bool = False) -> None:
-        if self.orders is None:
-            return
-        try:
-            changed = self.orders.reload()
-        except OrderError as exc:
-            log.error("%s", exc)
-            return
-        if (changed or force) and self.nft is not None:
-            try:
-                Enforcer(EnforceSettings(), None, self.nft, self.orders).sync_ip_orders()
-            except NftError as exc:
-                log.error("closure orders: nftables: %s", exc)
-        if changed:
-            log.info("closure orders: %d in force", len(self.orders.orders))
 
     # -- DaemonView -------------------------------------------------------------------------
 
@@ -163,7 +146,7 @@ class Daemon:
 
     def records_status(self) -> dict[str, Any]:
         st = self.state
-        age, max_age = self._records_age()
+        age, max_age = self.housekeeping.records_age()
         return {"filings": st.index.stats().filings, "files": [str(p) for p in st.config.records.files],
                 "loaded_at": st.loaded_at, "age_seconds": age, "max_age_seconds": max_age,
                 "stale": bool(max_age and age > max_age), "max_loss": st.config.records.max_loss,
@@ -216,10 +199,13 @@ class Daemon:
         self._reload_requested = why
 
     def close_breaker(self) -> None:
+        self._tell_workers(CloseBreaker())
+        log.warning("circuit breaker close requested by the operator")
+
+    def _tell_workers(self, cmd: SupervisorCommand) -> None:
         for w in self.workers.values():
             with contextlib.suppress(OSError):
-                w.conn.send(CloseBreaker())
-        log.warning("circuit breaker close requested by the operator")
+                w.conn.send(cmd)
 
     # -- workers ----------------------------------------------------------------------------
 
@@ -319,72 +305,23 @@ class Daemon:
             if wd and healthy and now >= next_wd:
                 sd_notify("WATCHDOG=1")
                 next_wd = now + wd
-            self._sync_orders()
+            if self.housekeeping.sync_orders():
+                self._tell_workers(ReloadOrders())
             if self._reload_requested:
                 why, self._reload_requested = self._reload_requested, ""
                 await self.reload(why)
             interval = self.state.config.daemon.watch_interval
             if now >= next_watch:
                 next_watch = now + (interval or 5.0)
-                self._records_metrics()
-                self._audit_metrics()
+                self.housekeeping.records_metrics()
+                self.housekeeping.audit_metrics()
                 changed = [p for p, m in self.state.mtimes.items() if file_mtime(p) != m] if interval else []
                 if changed:
                     log.info("changed on disk: %s; reloading", ", ".join(changed))
                     await self.reload("file change")
             if now >= next_retire:
                 next_retire = now + 3600
-                await asyncio.get_running_loop().run_in_executor(None, self._retire)
-
-    def _retire(self) -> None:
-        from beiand.accesslog import verify
-
-        al = self.state.config.accesslog
-        try:
-            key = al.hmac_key_file.read_bytes().strip() if al.hmac_key_file else None
-            rep = verify(al.directory, key=key, since_ms=int((time.time() - 2 * 86400) * 1000))
-            self.metrics.verify_failures.set(len(rep.all_problems()))
-            self.metrics.verify_time.set(time.time())
-            for p in rep.all_problems():
-                log.error("access-log verification: %s", p)
-            for w, h in rep.heads.items():
-                log.info("access log chain head %s: %s", w, h)
-        except Exception:
-            log.exception("access-log verification failed to run")
-        try:
-            retire(al.directory, al.retention_days)
-            st = log_stats(al.directory)
-            if st.records:
-                self.metrics.oldest.set(max(0.0, time.time() - st.oldest_ms / 1000))
-            self.metrics.log_free.set(shutil.disk_usage(al.directory).free)
-        except Exception:
-            log.exception("access-log retention failed")
-
-    def _audit_metrics(self) -> None:
-        """Findings of the last audit run (the timer's latest.json), by kind."""
-        p = self.state.config.daemon.state_dir / "audit" / "latest.json"
-        try:
-            by_kind = json.loads(p.read_text(encoding="utf-8"))["summary"]["by_kind"]
-        except (OSError, ValueError, KeyError):
-            return
-        from beiand.audit.findings import KINDS
-
-        for k in KINDS:
-            self.metrics.audit_findings.labels(k).set(by_kind.get(k, 0))
-
-    def _records_age(self) -> tuple[float, float]:
-        """(age of the records in service, records.max_age_hours) in seconds; 0 max: never stale."""
-        m = self.state.records_mtime
-        return (max(0.0, time.time() - m) if m else 0.0), self.state.config.records.max_age_hours * 3600
-
-    def _records_metrics(self) -> None:
-        age, max_age = self._records_age()
-        self.metrics.records_age.set(age)
-        self.metrics.records_max_age.set(max_age)
-        self.metrics.records_stale.set(1 if max_age and age > max_age else 0)
-        self.metrics.records_filings.set(self.state.index.stats().filings)
-        self.metrics.records_unmapped.set(self.state.index.unmapped)
-        self.metrics.records_loaded.set(self.state.loaded_at)
+                await asyncio.get_running_loop().run_in_executor(None, self.housekeeping.retire_and_verify)
 
     async def reload(self, why: str) -> bool:
         if self._reloading:
@@ -406,9 +343,9 @@ class Daemon:
                 # Do not retry the same broken files every few seconds: wait for the next change.
                 self.state.mtimes = {p: file_mtime(p) for p in self.state.mtimes}
                 return False
-            self.state = new
+            self.state = self.housekeeping.state = new
             self.refused = None
-            self._records_metrics()
+            self.housekeeping.records_metrics()
             self.metrics.reloads.labels("success").inc()
             self.metrics.reload_ok.set(1)
             log.info("reload (%s): %d filings; replacing workers one at a time", why, new.index.stats().filings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import functools
 import gc
 import logging
 import os
@@ -28,7 +29,8 @@ from beiand.enforce import OrderError
 from beiand.enforce.nfqueue import NfQueue
 from beiand.model import Decision, Observation
 from beiand.net.decoder import LINKTYPE_RAW, Decoder
-from beiand.runtime.ipc import CloseBreaker, MetricKey, Ready, Rows, Snapshot, ViewRow, WorkerMessage
+from beiand.runtime.housekeeping import clickhouse_retire, every
+from beiand.runtime.ipc import CloseBreaker, MetricKey, Ready, ReloadOrders, Rows, Snapshot, ViewRow, WorkerMessage
 from beiand.runtime.metrics import CLICKHOUSE_COUNTERS
 from beiand.runtime.pipeline import Pipeline
 from beiand.runtime.wiring import State, decoder_config, make_enforcer, read_secret
@@ -119,15 +121,6 @@ class _Aggregate:
         if len(rows) > 200_000:  # bounded: forget rows with nothing left to send
             self.rows = {k: self.rows[k] for k in self.changed}
         return out
-
-
-def _ch_retire(ch: Any) -> None:
-    try:
-        dropped = ch.retire()
-        if dropped:
-            log.info("ClickHouse: dropped day partitions %s (older than the retention)", ", ".join(dropped))
-    except Exception as exc:
-        log.error("ClickHouse retention failed: %s", exc)
 
 
 class _Outbox:
@@ -248,7 +241,8 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
     feed = pipe.feed
     next_snap = time.monotonic() + SNAPSHOT_INTERVAL
     next_rows = time.monotonic() + ROWS_INTERVAL
-    next_retire = time.monotonic() + 60
+    if ch is not None and idx == 0:  # ClickHouse retention (whole day partitions), off the capture loop
+        every(3600, functools.partial(clickhouse_retire, ch), "clickhouse-retention", first=60)
     import select
 
     poller = select.poll()
@@ -308,7 +302,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
                         alog.position, died)
 
     def _capture_loop() -> None:
-        nonlocal next_snap, next_rows, next_retire
+        nonlocal next_snap, next_rows
         while not stop:
             if len(caps) == 1 and queue is None:
                 for ts, frame in caps[0].read(100):
@@ -323,10 +317,6 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
                             for ts, frame in cap.read(0):
                                 feed(ts, frame, 1)
             now = time.monotonic()
-            if ch is not None and idx == 0 and now >= next_retire:
-                # ClickHouse retention (whole day partitions), off the capture loop.
-                next_retire = now + 3600
-                threading.Thread(target=_ch_retire, args=(ch,), daemon=True).start()
             if outbox.broken:
                 break
             if now >= next_rows and agg.changed and now < next_snap:
@@ -334,16 +324,16 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
                 outbox.put(Rows(agg.take()))
             if now >= next_snap:
                 next_snap = now + SNAPSHOT_INTERVAL
-                if enforcer.orders is not None:
-                    try:
-                        enforcer.orders.reload()
-                    except OrderError as exc:
-                        log.error("%s", exc)
                 try:
                     while conn.poll():
                         cmd = conn.recv()
                         if isinstance(cmd, CloseBreaker):
                             enforcer.breaker.close()
+                        elif isinstance(cmd, ReloadOrders) and enforcer.orders is not None:
+                            try:
+                                enforcer.orders.reload()
+                            except OrderError as exc:
+                                log.error("%s", exc)
                     if os.getppid() != ppid:
                         log.error("worker %d: the main process is gone; stopping", idx)
                         break
