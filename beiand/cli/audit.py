@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,12 @@ class _Collect:
 
     def flush(self) -> None:
         pass
+
+    def close(self) -> None:
+        pass
+
+    def stats(self) -> Mapping[str, float]:
+        return {"rows": len(self.summary)}
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, Policy, Any, Path | None, str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from beiand.cli import audit, block, check_config, install_files, lab, logs, records, replay, run
 from beiand.cli.common import CliError, err, out, policy_args
-from beiand.runtime.pipeline import OutputClosed
+from beiand.sinks import OutputClosed
 
 # -- parser -------------------------------------------------------------------------------
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import gc
 import heapq
-import json
 import os
 import pickle
 import signal
@@ -21,54 +19,13 @@ from typing import Any, BinaryIO, NoReturn
 
 from beiand.capture import CaptureError, CaptureReader
 from beiand.cli.common import CliError, out, policy_setup, table
-from beiand.model import Decision, Observation, VerdictKind, endpoint
+from beiand.model import Decision, Observation, VerdictKind
 from beiand.net.decoder import Decoder, DecoderConfig
 from beiand.policy import Policy
-from beiand.runtime.pipeline import OutputClosed, Pipeline
+from beiand.runtime.pipeline import Pipeline
+from beiand.sinks.jsonlines import JsonLines
 
 AUTO_WORKERS_BYTES = 64 << 20  # from this much capture on, replay uses one worker per core
-
-
-class JsonLines:
-    """Sink: one JSON line per decision on stdout (orjson: ~10x faster than json where it is installed)."""
-
-    def __init__(self, out: Any = None) -> None:
-        self.out = out or sys.stdout.buffer
-        self.write = self.out.write
-        self.dumps: Callable[[Any], bytes]
-        try:
-            import orjson
-
-            self.dumps = functools.partial(orjson.dumps, option=orjson.OPT_APPEND_NEWLINE)
-        except ImportError:  # pragma: no cover - orjson is a dependency
-            self.dumps = _json_bytes
-
-    def on_decision(self, obs: Observation, d: Decision) -> None:
-        try:
-            self._write(obs, d)
-        except BrokenPipeError:
-            raise OutputClosed from None
-
-    def _write(self, obs: Observation, d: Decision) -> None:
-        f = d.verdict.filing
-        # Enum members serialise as their values (orjson does it natively, json as str subclasses).
-        self.write(self.dumps({
-            "ts": round(obs.ts, 6), "client": endpoint(obs.client_ip, obs.client_port), "server": endpoint(obs.server_ip, obs.server_port),
-            "transport": obs.transport, "kind": obs.kind, "name_seen": obs.name_seen, "name": obs.name,
-            "answers": obs.answers, "detail": obs.detail, "verdict": d.verdict.verdict, "reason": d.verdict.reason,
-            "action": d.action, "rule": d.rule, "mode": d.mode, "account": d.account,
-            "filing": f.number if f else None,
-        }))
-
-    def flush(self) -> None:
-        try:
-            self.out.flush()
-        except BrokenPipeError:
-            raise OutputClosed from None
-
-
-def _json_bytes(o: Any) -> bytes:
-    return json.dumps(o, ensure_ascii=False).encode() + b"\n"
 
 
 _BAD = frozenset({VerdictKind.UNFILED, VerdictKind.MISMATCH, VerdictKind.INACTIVE})
@@ -141,7 +98,8 @@ def _replay(args: argparse.Namespace, policy: Policy, shard: tuple[int, int], js
         sinks.append(JsonLines(json_out))
     alog = None
     if args.log_dir:
-        from beiand.accesslog import AccessLog, AccessLogSink, LogConfig, LogConfigError
+        from beiand.accesslog import AccessLog, LogConfig, LogConfigError
+        from beiand.sinks.accesslog import AccessLogSink
 
         try:  # one partition chain per worker, as in the daemon
             alog = AccessLog(LogConfig(Path(args.log_dir), worker=shard[0], gateway=args.gateway or os.uname().nodename,

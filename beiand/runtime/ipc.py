@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from beiand.sinks.active import ViewRow
+
+__all__ = ["CloseBreaker", "MetricKey", "Ready", "ReloadOrders", "Rows", "Snapshot", "ViewRow"]
+
 
 class MetricKey(NamedTuple):
     """One time series: the metric's name as declared in ``metrics.py`` (without ``_total``) and
@@ -18,9 +22,6 @@ class MetricKey(NamedTuple):
     labels: tuple[str, ...] = ()
 
 
-# A row of the active-resource view: name, server ip, server port, account, verdict, kind,
-# action, first seen, last seen, hits since the last message.
-ViewRow = tuple[str, str, int, str, str, str, str, float, float, float]
 
 
 class Ready(NamedTuple):

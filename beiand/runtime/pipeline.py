@@ -9,28 +9,14 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
 
 from beiand.enforce.actor import Enforced
-from beiand.errors import BeiandError
 from beiand.model import Decision, Kind, Observation, VerdictKind
 from beiand.net.decoder import FRAME_EXCEPTIONS, Decoder
 from beiand.policy import Policy
+from beiand.sinks import OutputClosed, Sink
 
 log = logging.getLogger("beiand.pipeline")  # the name operators filter on (before runtime/)
-
-
-class OutputClosed(BeiandError):
-    """Raised by a sink whose reader went away (``beiand replay --json | head``): the run stops
-    there, quietly. Any other sink error is logged and counted, and the run goes on."""
-
-
-class Sink(Protocol):
-    """What acts on decisions: the access log, the enforcer, metrics, the replay printer."""
-
-    def on_decision(self, obs: Observation, decision: Decision) -> None: ...
-
-    def flush(self) -> None: ...
 
 
 class Pipeline:

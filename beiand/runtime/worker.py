@@ -17,23 +17,24 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from beiand.accesslog import AccessLog, AccessLogSink, LogConfig
+from beiand.accesslog import AccessLog, LogConfig
 from beiand.capture.bpf import build as build_bpf
 from beiand.capture.filterexpr import Condition
 from beiand.capture.live import LiveCapture
 from beiand.enforce import OrderError
 from beiand.enforce.nfqueue import NfQueue
-from beiand.model import Decision, Observation
 from beiand.net.decoder import LINKTYPE_RAW, Decoder
 from beiand.runtime.housekeeping import clickhouse_retire, every
-from beiand.runtime.ipc import CloseBreaker, MetricKey, Ready, ReloadOrders, Rows, Snapshot, ViewRow, WorkerMessage
+from beiand.runtime.ipc import CloseBreaker, MetricKey, Ready, ReloadOrders, Rows, Snapshot, WorkerMessage
 from beiand.runtime.metrics import CLICKHOUSE_COUNTERS
 from beiand.runtime.pipeline import Pipeline
 from beiand.runtime.wiring import State, decoder_config, make_enforcer, read_secret
+from beiand.sinks.accesslog import AccessLogSink
+from beiand.sinks.active import ActiveResourceAggregate
 
 log = logging.getLogger("beiand")
 SNAPSHOT_INTERVAL = 0.25  # small deltas often: a big snapshot would stall the capture loop
@@ -41,9 +42,7 @@ SNAPSHOT_INTERVAL = 0.25  # small deltas often: a big snapshot would stall the c
 # gathering 128 rows takes about 0.3 ms of the capture loop (5,000 at once stalled it for 14 ms,
 # the whole p99 of the decision latency).
 ROWS_INTERVAL = 0.01
-ROWS_PER_MESSAGE = 128
 OUTBOX_MAX = 256  # messages waiting for a main process that does not read; beyond, rows are dropped
-MAX_CHANGED_ROWS = 100_000  # rows waiting to be sent; beyond this the view drops (and counts) them
 
 
 def close_dying(idx: int, steps: Sequence[Callable[[], object]], alog: AccessLog) -> int:
@@ -60,67 +59,14 @@ def close_dying(idx: int, steps: Sequence[Callable[[], object]], alog: AccessLog
 # -- worker process -------------------------------------------------------------------------------
 
 
-class _Aggregate:
-    """Sink: per-(name, server, account, verdict) summaries for the active-resource view."""
-
-    def __init__(self) -> None:
-        self.rows: dict[tuple[str, str, int, str, str, str, str], list[float]] = {}
-        self.changed: set[tuple[str, str, int, str, str, str, str]] = set()
-        self.counts: dict[tuple[str, str, str], int] = {}
-        self.latency: list[float] = []
-        self.view_dropped = 0  # rows the view could not keep up with (the access log has them all)
-
-    @property
-    def counters(self) -> dict[MetricKey, float]:
-        c: dict[MetricKey, float] = {}
-        for (kind, verdict, action), n in self.counts.items():
-            for k in (MetricKey("beiand_observations", (kind,)), MetricKey("beiand_verdicts", (verdict,)),
-                      MetricKey("beiand_decisions", (action,)), MetricKey("beiand_verdict_actions", (verdict, action))):
-                c[k] = c.get(k, 0) + n
-        return c
-
-    def on_decision(self, obs: Observation, d: Decision) -> None:
-        # Plain strings (an enum member's _value_), not the members: cheaper to pickle and compare.
-        v, kind, action = d.verdict.verdict._value_, obs.kind._value_, d.action._value_
-        key = (obs.name, obs.server_ip, obs.server_port, d.account, v, kind, action)
-        row = self.rows.get(key)
-        if row is None:
-            self.rows[key] = [obs.ts, obs.ts, 1]  # first seen, last seen, hits since the last take()
-        else:
-            row[1] = obs.ts
-            row[2] += 1
-        changed = self.changed
-        if key not in changed:
-            if len(changed) >= MAX_CHANGED_ROWS:
-                self.view_dropped += 1
-            else:
-                changed.add(key)
-        ck = (kind, v, action)
-        self.counts[ck] = self.counts.get(ck, 0) + 1
-        if len(self.latency) < 10_000:
-            self.latency.append(time.time() - obs.ts)
-
-    def flush(self) -> None:
-        pass
-
-    def take(self, limit: int = ROWS_PER_MESSAGE) -> list[ViewRow]:
-        """The rows touched since the last call, with the hits since then (the main process adds
-        them up); at most ``limit`` per call so one message stays small."""
-        changed = self.changed
-        if len(changed) <= limit:
-            keys: Iterable[tuple[str, str, int, str, str, str, str]] = changed
-            self.changed = set()
-        else:
-            keys = [changed.pop() for _ in range(limit)]
-        rows = self.rows
-        out: list[ViewRow] = []
-        for k in keys:
-            row = rows[k]
-            out.append((*k, row[0], row[1], row[2]))
-            row[2] = 0
-        if len(rows) > 200_000:  # bounded: forget rows with nothing left to send
-            self.rows = {k: self.rows[k] for k in self.changed}
-        return out
+def decision_counters(counts: Mapping[tuple[str, str, str], int]) -> dict[MetricKey, float]:
+    """Decisions by (kind, verdict, action) → the observation, verdict, decision and verdict-action counters."""
+    c: dict[MetricKey, float] = {}
+    for (kind, verdict, action), n in counts.items():
+        for k in (MetricKey("beiand_observations", (kind,)), MetricKey("beiand_verdicts", (verdict,)),
+                  MetricKey("beiand_decisions", (action,)), MetricKey("beiand_verdict_actions", (verdict, action))):
+            c[k] = c.get(k, 0) + n
+    return c
 
 
 class _Outbox:
@@ -219,7 +165,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
     sinks: list[Any] = []
     ch = None
     if al.clickhouse.url:
-        from beiand.accesslog.clickhouse import ClickHouseSink
+        from beiand.sinks.clickhouse import ClickHouseSink
 
         c = al.clickhouse
         ch = ClickHouseSink(c.url, c.spill_dir or al.directory / "spill", database=c.database, table=c.table, user=c.user,
@@ -232,7 +178,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
                                key=key, checkpoint_interval=al.checkpoint_interval),
                      on_checkpoint=ch.anchor if ch is not None else None)
     sinks.append(AccessLogSink(ch if ch is not None else alog, cfg.gateway))
-    agg = _Aggregate()
+    agg = ActiveResourceAggregate()
     decoder = Decoder(decoder_config(cfg))
     enforcer = make_enforcer(cfg)
     queue = NfQueue(cfg.enforce.queue + idx) if inline else None
@@ -261,7 +207,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
     w = (str(idx),)
 
     def snapshot(crashes: int = 0, crash_lost: int = 0, died: str = "") -> Snapshot:
-        c = agg.counters
+        c = decision_counters(agg.counts)
         kernel = [cap.stats() for cap in caps]
         c[MetricKey("beiand_capture_kernel_packets", w)] = sum(ks.packets for ks in kernel)
         c[MetricKey("beiand_capture_kernel_drops", w)] = sum(ks.drops for ks in kernel)

@@ -1,10 +1,11 @@
 """Issue 17: a worker whose capture loop dies anyway first writes and closes its access log; the
 steps after a failing one still run, and what could not be written is counted."""
 
-from beiand.accesslog import AccessLog, AccessLogSink, LogConfig
+from beiand.accesslog import AccessLog, LogConfig
 from beiand.accesslog.reader import Query, query
 from beiand.model import Action, Decision, Kind, Mode, Observation, Transport, Verdict, VerdictKind
 from beiand.runtime.worker import close_dying
+from beiand.sinks.accesslog import AccessLogSink
 
 UNFILED = Decision(Verdict(VerdictKind.UNFILED, None, "no-filing"), Action.FLAG, "monitor:unfiled", Mode.MONITOR, "cust-1", "bj")
 

@@ -2,10 +2,12 @@
 keeps a bounded view without scanning it per insert."""
 
 from beiand.model import Action, Decision, Kind, Mode, Observation, Transport, Verdict, VerdictKind
-from beiand.runtime import supervisor, worker
+from beiand.runtime import supervisor
 from beiand.runtime.ipc import MetricKey, Rows, Snapshot
 from beiand.runtime.supervisor import Daemon, Worker
-from beiand.runtime.worker import _Aggregate
+from beiand.runtime.worker import decision_counters
+from beiand.sinks import active
+from beiand.sinks.active import ActiveResourceAggregate as _Aggregate
 
 UNFILED = Decision(Verdict(VerdictKind.UNFILED, None, "no-filing"), Action.FLAG, "monitor:unfiled", Mode.MONITOR, "cust-1", "bj")
 
@@ -32,11 +34,11 @@ def test_rows_leave_in_small_messages_with_their_hits():
     assert seven[7:] == (1.0, 5.0, 2)
     agg.on_decision(obs(7, ts=6.0), UNFILED)
     assert agg.take() == [(*seven[:7], 1.0, 6.0, 1)]  # hits since the last take
-    assert agg.counters[MetricKey("beiand_verdicts", ("unfiled",))] == 1002
+    assert decision_counters(agg.counts)[MetricKey("beiand_verdicts", ("unfiled",))] == 1002
 
 
 def test_rows_beyond_the_bound_are_counted_not_kept(monkeypatch):
-    monkeypatch.setattr(worker, "MAX_CHANGED_ROWS", 10)
+    monkeypatch.setattr(active, "MAX_CHANGED_ROWS", 10)
     agg = _Aggregate()
     for i in range(25):
         agg.on_decision(obs(i), UNFILED)

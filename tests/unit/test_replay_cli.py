@@ -3,8 +3,8 @@
 import io
 import json
 
-from beiand.cli.replay import JsonLines
 from beiand.model import Action, Decision, Kind, Mode, Observation, Transport, Verdict, VerdictKind, endpoint
+from beiand.sinks.jsonlines import JsonLines
 
 
 def test_endpoints_bracket_ipv6():

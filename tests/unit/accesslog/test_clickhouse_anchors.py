@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from beiand.accesslog import AccessLog, LogConfig
-from beiand.accesslog.clickhouse import ClickHouseSink
 from beiand.accesslog.reader import parse_anchor_line
+from beiand.sinks.clickhouse import ClickHouseSink
 from tests.unit.accesslog.helpers import rec
 
 

@@ -34,7 +34,7 @@ from beiand.accesslog.store import RETENTION_FLOOR_DAYS, AccessLog, LogConfig, L
 from beiand.errors import BeiandError
 from beiand.model import AccessRecord
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("beiand.accesslog.clickhouse")  # the name operators filter on (before sinks/)
 
 COLUMNS = ("ts_ms", "account", "client_ip", "client_port", "server_ip", "server_port", "transport", "kind", "name", "verdict",
            "action", "filing_number", "gateway", "reason", "nat", "calling_number", "order_no")
@@ -86,7 +86,7 @@ class SinkStats:
 
 
 class ClickHouseSink:
-    """A :class:`~beiand.accesslog.sink.RecordWriter` that writes to ClickHouse, spilling locally."""
+    """A :class:`~beiand.sinks.accesslog.RecordWriter` that writes to ClickHouse, spilling locally."""
 
     def __init__(self, url: str, spill_dir: Path, *, database: str = "beiand", table: str = "access_log", user: str = "default",
                  password: str = "", worker: int = 0, batch_records: int = 10_000, interval: float = 1.0, timeout: float = 10.0,

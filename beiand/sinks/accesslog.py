@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from beiand.model import AccessRecord, Decision, Observation
 
 
 class RecordWriter(Protocol):
+    """The local access log (``AccessLog``) or ClickHouse (``ClickHouseSink``)."""
+
     def append(self, rec: AccessRecord) -> None: ...
 
     def flush(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def to_record(obs: Observation, d: Decision, gateway: str = "") -> AccessRecord:
@@ -36,3 +41,11 @@ class AccessLogSink:
 
     def flush(self) -> None:
         self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def stats(self) -> Mapping[str, float]:
+        """The writer's own counters (ClickHouse's written, spilled, lost...; the local log's via its stats)."""
+        counters = getattr(self.writer, "counters", None)
+        return dict(counters()) if callable(counters) else {}
