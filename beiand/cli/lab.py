@@ -1,6 +1,6 @@
 """``beiand lab`` (a namespaced lab with real traffic) and ``beiand demo`` (the shipped samples replayed).
 
-The only CLI module that imports ``beiand.lab``, and only when ``beiand lab`` runs (DESIGN.md).
+The only CLI module that imports ``beiand.lab``, and only when ``beiand lab`` or ``beiand demo`` runs (DESIGN.md).
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from beiand.cli.common import err, out
 LAB_MODULES = ("pyroute2", "aioquic", "dns")
 
 
-def cmd_lab(args: argparse.Namespace) -> int:
+def cmd_lab(args: argparse.Namespace, run: Callable[[Sequence[str]], int]) -> int:
     import importlib.util
 
     missing = [m for m in LAB_MODULES if importlib.util.find_spec(m) is None]
     if missing:
         err(f"beiand lab needs the [lab] extra ({', '.join(missing)} missing): pip install 'beiand[lab]'")
         return 2
-    from beiand import labdemo
+    from beiand.lab import labdemo
 
-    return labdemo.main(args.workdir, args.keep)
+    return labdemo.main(args.workdir, args.keep, run=run)
 
 
 
@@ -33,7 +33,7 @@ def cmd_demo(args: argparse.Namespace, run: Callable[[Sequence[str]], int]) -> i
     """The demo runs other commands (``records``, ``replay``) through ``run``, the CLI's ``main``."""
     import tempfile
 
-    from beiand.demo import build
+    from beiand.lab.demo import build
     from beiand.records.generate import OUR_PROVIDER
 
     wd = args.workdir or tempfile.mkdtemp(prefix="beiand-demo-")
@@ -50,11 +50,11 @@ def cmd_demo(args: argparse.Namespace, run: Callable[[Sequence[str]], int]) -> i
     return 0
 
 
-def add_parsers(sub: Any) -> None:
+def add_parsers(sub: Any, run: Callable[[Sequence[str]], int]) -> None:
     lab = sub.add_parser("lab", help="bring up a lab on this machine (namespaces, servers, traffic) and run the daemon in it")
     lab.add_argument("--workdir", help="where to keep the config, records, log (default: a new temporary directory)")
     lab.add_argument("--keep", action="store_true", help="keep running until Ctrl-C after the traffic")
-    lab.set_defaults(func=cmd_lab)
+    lab.set_defaults(func=functools.partial(cmd_lab, run=run))
 
 
 def add_demo_parser(sub: Any, run: Callable[[Sequence[str]], int]) -> None:

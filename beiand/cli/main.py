@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     block.add_parsers(sub)
     audit.add_parsers(sub)
     run.add_parsers(sub)
-    lab.add_parsers(sub)
+    lab.add_parsers(sub, run=main)
     check_config.add_parsers(sub)
     lab.add_demo_parser(sub, run=main)
     install_files.add_parsers(sub)

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from beiand.cli import main
-from beiand.demo import build
+from beiand.lab.demo import build
 
 PROVIDER = "示例云计算有限公司"
 

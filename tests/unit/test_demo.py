@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from beiand.cli import main
-from beiand.demo import build
+from beiand.lab.demo import build
 
 
 def _replay(files, capsys):
@@ -17,7 +17,7 @@ def _replay(files, capsys):
 
 def test_shipped_samples_match_the_generator(tmp_path, capsys):
     pytest.importorskip("aioquic")
-    from beiand.testing.demo_fixtures import generate
+    from beiand.lab.demo_fixtures import generate
 
     shipped = build(tmp_path / "shipped")
     fresh = generate(tmp_path / "fresh")
@@ -25,7 +25,7 @@ def test_shipped_samples_match_the_generator(tmp_path, capsys):
         assert Path(shipped[role]).read_bytes() == Path(fresh[role]).read_bytes(), f"regenerate beiand/demo_data ({role})"
     # The capture differs in TLS/QUIC randoms only: the decisions must be the same.
     a, b = _replay(shipped, capsys), _replay(fresh, capsys)
-    assert a == b and a.count("\n") >= 10, "regenerate: python -m beiand.testing.demo_fixtures beiand/demo_data"
+    assert a == b and a.count("\n") >= 10, "regenerate: python -m beiand.lab.demo_fixtures beiand/demo_data"
 
 
 def test_demo_does_not_import_the_traffic_builders():
@@ -33,7 +33,7 @@ def test_demo_does_not_import_the_traffic_builders():
     import sys
 
     code = ("import sys; from beiand.cli import main; import tempfile; main(['demo', '--workdir', tempfile.mkdtemp()]); "
-            "bad = [m for m in ('aioquic', 'scapy', 'pyroute2', 'beiand.testing') if m in sys.modules]; "
+            "bad = [m for m in ('aioquic', 'scapy', 'pyroute2', 'beiand.lab.traffic', 'beiand.lab.netns', 'beiand.lab.labservers') if m in sys.modules]; "
             "sys.exit(f'imported {bad}' if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]

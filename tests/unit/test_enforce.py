@@ -115,7 +115,7 @@ def test_a_failed_action_is_counted_and_logged_as_flag() -> None:
 
 
 def test_decoder_gives_the_tcp_sequence_the_enforcer_needs() -> None:
-    from beiand.testing import traffic as t
+    from beiand.lab import traffic as t
 
     frame = t.tcp("192.0.2.2", "198.51.100.11", 40000, 443, 5000, ack=777, payload=t.client_hello("a.example.cn"))
     got = Decoder().feed(0.0, frame[14:], LINKTYPE_RAW)

@@ -10,7 +10,7 @@ import beiand
 from beiand.errors import BeiandError
 
 # The lab is not part of the runtime (DESIGN.md) and may need the [lab] extra.
-SKIP = ("beiand.lab", "beiand.testing", "beiand.labdemo")
+SKIP = ("beiand.lab",)
 
 
 def _modules():

@@ -12,7 +12,7 @@ import pytest
 
 from beiand.cli import main
 from beiand.cli.logs import parse_time
-from beiand.demo import build
+from beiand.lab.demo import build
 
 PROVIDER = "示例云计算有限公司"
 

@@ -11,9 +11,9 @@ import beiand.capture.pcap as pcap
 from beiand.capture import CaptureReader
 from beiand.capture.pcap import shard_key
 from beiand.cli import main
-from beiand.demo import build
+from beiand.lab import traffic as t
+from beiand.lab.demo import build
 from beiand.net.decoder import Decoder
-from beiand.testing import traffic as t
 
 WATCHED = frozenset({80, 443, 8080, 8443})
 

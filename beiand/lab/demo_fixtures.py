@@ -1,7 +1,7 @@
 """Generate the demo's samples: a filing export, an inventory and a capture.
 
 ``beiand demo`` ships their output as package data (``beiand/demo_data/``), made ahead of time
-by ``python -m beiand.testing.demo_fixtures beiand/demo_data``, so a plain install replays it
+by ``python -m beiand.lab.demo_fixtures beiand/demo_data``, so a plain install replays it
 without the traffic builders (aioquic, dnspython at build time only). The traffic holds filed,
 unfiled, other-provider (mismatch), cancelled, IDN, IP-only, QUIC and DNS cases so every verdict
 shows. ``tests/unit/test_demo.py`` checks that the shipped files still match this generator.
@@ -12,8 +12,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from beiand.lab import traffic as t
 from beiand.records.generate import OUR_PROVIDER
-from beiand.testing import traffic as t
 
 HOSTED = "198.51.100.0/24"
 RECORDS = [

@@ -2,7 +2,7 @@
 
 Runs the same pipeline as the daemon on an embedded default, with nothing to set up. The
 samples are package data (``beiand/demo_data/``), generated ahead of time by
-``beiand.testing.demo_fixtures`` (which needs the ``[lab]`` extra), so a plain ``pip install``
+``beiand.lab.demo_fixtures`` (which needs the ``[lab]`` extra), so a plain ``pip install``
 of the wheel runs the demo: no traffic builders at run time.
 """
 

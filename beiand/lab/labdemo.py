@@ -1,6 +1,6 @@
 """``beiand lab``: the daemon on a real (namespaced) network, on this machine.
 
-Builds the lab (beiand.testing.lab), writes sample records, inventory and a config, starts
+Builds the lab (beiand.lab.netns), writes sample records, inventory and a config, starts
 ``beiand run`` in the gateway namespace, drives real traffic from the client namespace (curl
 over HTTP/1.1 and HTTPS with TLS 1.2 and 1.3, a QUIC client, DNS queries), then shows what
 beiand saw and decided, and where its metrics and log are. Cleans up after itself, also on
@@ -15,10 +15,11 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from beiand.testing.lab import DNS_IP, ZONE, Lab, in_netns
+from beiand.lab.netns import DNS_IP, ZONE, Lab, in_netns
 
 PORT = 9640
 
@@ -143,8 +144,9 @@ def drive(lab: Lab) -> dict[str, Any]:
     return out
 
 
-def main(workdir: str | None, keep: bool) -> int:
-    from beiand.demo import build
+def main(workdir: str | None, keep: bool, run: Callable[[Sequence[str]], int] | None = None) -> int:
+    """``run``: the CLI's ``main``, for the ``beiand logs`` commands shown at the end (the lab does not import the CLI)."""
+    from beiand.lab.demo import build
 
     if os.geteuid() != 0:
         sys.stderr.write("beiand lab needs root (it creates network namespaces); try: sudo make demo\n")
@@ -203,8 +205,7 @@ def main(workdir: str | None, keep: bool) -> int:
     finally:
         lab.close()
         print(f"\nlab removed (namespaces, servers, daemon); files kept in {wd}")
-        from beiand.cli import main as cli_main
-
+        cli_main = run or (lambda argv: 0)
         if (wd / "log").exists():
             print("\n$ beiand logs query --verdict unfiled")
             cli_main(["logs", "query", "--log-dir", str(wd / "log"), "--verdict", "unfiled", "--limit", "12"])

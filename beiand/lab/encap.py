@@ -1,7 +1,7 @@
 """Frames inside encapsulations, built with ``struct`` (fast enough for hypothesis): every header
 the decoder walks (``beiand/net/link.py``), nested as deep as asked.
 
-A frame is built inside out: an IP packet (:func:`beiand.testing.traffic.ip_header` + transport)
+A frame is built inside out: an IP packet (:func:`beiand.lab.traffic.ip_header` + transport)
 is wrapped step by step; each step takes an IP packet or an Ethernet frame and gives one or the
 other. :func:`wrap` applies a list of step names and returns an Ethernet frame.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 
-from beiand.testing import traffic as t
+from beiand.lab import traffic as t
 
 OUTER4 = ("10.0.0.1", "10.0.0.2")
 OUTER6 = ("2001:db8:ffff::1", "2001:db8:ffff::2")
@@ -146,5 +146,5 @@ def wrap(ip: bytes, steps: Sequence[str], v6_outer: Sequence[bool] = ()) -> byte
 
 
 def strip_ether(frame: bytes) -> bytes:
-    """The IP packet of a plain Ethernet frame from :mod:`beiand.testing.traffic`."""
+    """The IP packet of a plain Ethernet frame from :mod:`beiand.lab.traffic`."""
     return frame[14:]

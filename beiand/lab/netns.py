@@ -4,7 +4,7 @@
     192.0.2.2          192.0.2.1 | 198.51.100.1                       198.51.100.0/24
 
 The hosted namespace serves several names over HTTP, HTTPS and QUIC, and DNS, on the demo's
-addresses (records: beiand.demo). Used by ``beiand lab`` (the README's demo), the integration
+addresses (records: beiand.lab.demo). Used by ``beiand lab`` (the README's demo), the integration
 tests and the benchmarks. Everything is removed by :meth:`Lab.close`, also after Ctrl-C.
 """
 
@@ -130,7 +130,7 @@ class Lab:
     def start_servers(self, workdir: Path) -> subprocess.Popen[bytes]:
         """HTTP :80 and :8080, HTTPS :443, QUIC udp/443, DNS :53 in the hosted namespace."""
         ready = workdir / "servers.ready"
-        p = self.spawn(self.srv, [sys.executable, "-m", "beiand.testing.labservers", "--dir", str(workdir), "--ready", str(ready)],
+        p = self.spawn(self.srv, [sys.executable, "-m", "beiand.lab.labservers", "--dir", str(workdir), "--ready", str(ready)],
                        stdout=open(workdir / "servers.log", "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
         deadline = time.monotonic() + 30
         while not ready.exists():

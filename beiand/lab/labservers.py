@@ -1,4 +1,4 @@
-"""The lab's hosted servers (run inside the hosted namespace by :mod:`beiand.testing.lab`):
+"""The lab's hosted servers (run inside the hosted namespace by :mod:`beiand.lab.netns`):
 HTTP on :80 and :8080, HTTPS on :443 (one self-signed certificate for every lab name), QUIC on
 udp/443 (aioquic, when installed), and an authoritative DNS server on the DNS address."""
 
@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from beiand.testing.lab import DNS_IP, SERVER_IPS, ZONE
+from beiand.lab.netns import DNS_IP, SERVER_IPS, ZONE
 
 
 def make_cert(directory: Path, names: list[str]) -> tuple[Path, Path]:
