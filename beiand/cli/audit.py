@@ -16,16 +16,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from beiand.audit import findings as passive_findings
-from beiand.audit import resources
 from beiand.cli.common import CliError, err, out, policy_setup, table
 from beiand.cli.logs import DEFAULT_CONFIG, parse_time
 from beiand.model import Decision, Observation
 from beiand.policy import Policy
 from beiand.records.index import entry_addresses
+from beiand.report.audit import findings as passive_findings
+from beiand.report.audit import resources
 
 if TYPE_CHECKING:
-    from beiand.audit.active import ProbeSettings
+    from beiand.report.audit.active import ProbeSettings
 
 
 class _Collect:
@@ -192,7 +192,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             names |= _authority_names(listed)
         ips = {k[1] for k in summary if inventory.lookup(k[1]) is not None}
         ips |= {ip for f in index.filings for e in f.ips for ip in entry_addresses(e) if inventory.lookup(ip) is not None}
-        from beiand.audit.active import ProbeSettings  # aiohttp, dnspython, aioquic: only when probing
+        from beiand.report.audit.active import ProbeSettings  # aiohttp, dnspython, aioquic: only when probing
 
         settings = ProbeSettings(resolver=args.resolver, concurrency=args.concurrency, per_host=args.per_host, timeout=args.timeout,
 )
@@ -202,11 +202,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     authority = _authority(args.authority_list, listed, policy, inventory, summary, resolved) if args.authority_list else []
     for a in authority:
         if a["hosted"] and not a["done"].startswith("blocked"):
-            from beiand.audit.findings import Finding
+            from beiand.report.audit.findings import Finding
 
             found.append(Finding("authority-listed-hosted", a["entry"], f"{a['verdict']}: {a['done']}", account=a["account"] or "",
                                  server=", ".join(a["servers"])))
-    from beiand.audit.report import build
+    from beiand.report.audit.report import build
 
     rep = build(found, res, {"gateway": gateway, "window": window, "source": source, "probe": probe_meta}, authority)
     _emit(rep, args)
@@ -231,7 +231,7 @@ def _probe(index: Any, inventory: Any, policy: Policy, settings: ProbeSettings, 
            resolved: dict[str, list[str]], meta: dict[str, Any], quiet: bool) -> list[Any]:
     import resource
 
-    from beiand.audit.active import Prober
+    from beiand.report.audit.active import Prober
 
     total = len(names) * 2 + len(ips) + len(names)
     if quiet or not sys.stderr.isatty():
@@ -252,7 +252,7 @@ def _probe(index: Any, inventory: Any, policy: Policy, settings: ProbeSettings, 
 
 
 def _emit(rep: dict[str, Any], args: argparse.Namespace) -> None:
-    from beiand.audit.report import to_csv, to_html
+    from beiand.report.audit.report import to_csv, to_html
 
     if args.report_dir:
         d = Path(args.report_dir)

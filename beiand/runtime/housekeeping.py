@@ -18,9 +18,9 @@ from typing import Any
 
 from beiand.accesslog import retire, verify
 from beiand.accesslog.reader import stats as log_stats
-from beiand.audit.findings import KINDS
 from beiand.enforce import Enforcer, EnforceSettings, OrderError, OrderStore
 from beiand.enforce.nft import Nft, NftError
+from beiand.report.audit.findings import KINDS
 from beiand.runtime.metrics import Metrics
 from beiand.runtime.wiring import State
 

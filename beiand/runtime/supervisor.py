@@ -38,6 +38,7 @@ from beiand.policy import lookup_answer
 from beiand.records import normalise_domain
 from beiand.records.domains import DomainError
 from beiand.records.importer import canonical_ip
+from beiand.report.resource import ActiveResource
 from beiand.runtime import logsetup
 from beiand.runtime.housekeeping import Housekeeping
 from beiand.runtime.http import HttpLimits, make_app
@@ -170,17 +171,12 @@ class Daemon:
         return lookup_answer(st.policy, n, server_ip, time.time())
 
     def observations(self, verdict: str, since: float, limit: int) -> list[dict[str, Any]]:
-        from beiand.records.domains import registrable_domain
-
-        rows = []
-        for (name, sip, sport, account, v, kind, action), (first, last, hits) in self.obs.items():
-            if (verdict and v != verdict) or last < since:
-                continue
-            rows.append({"name": name, "registrable_domain": registrable_domain(name) if name else "", "server": endpoint(sip, sport),
-                         "account": account, "kind": kind, "verdict": v, "first_seen": first, "last_seen": last, "hits": hits,
-                         "blocked": action == "block", "action": action})
-        rows.sort(key=lambda r: -r["hits"])
-        return rows[:limit]
+        rows = [ActiveResource.of(name, endpoint(sip, sport), account, kind, v, first_seen=first, last_seen=last, hits=int(hits),
+                                  action=action)
+                for (name, sip, sport, account, v, kind, action), (first, last, hits) in self.obs.items()
+                if not ((verdict and v != verdict) or last < since)]
+        rows.sort(key=lambda r: -r.hits)
+        return [r.as_observation() for r in rows[:limit]]
 
     def status(self) -> dict[str, Any]:
         return {"version": __version__, "gateway": self.state.config.gateway, "config": self.config_path,

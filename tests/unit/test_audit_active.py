@@ -6,11 +6,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from beiand.audit.active import Prober, ProbeSettings, same_site_redirect
 from beiand.model import Filing, FilingStatus, ServiceType
 from beiand.policy import Policy
 from beiand.policy.inventory import Inventory
 from beiand.records.index import RecordIndex
+from beiand.report.audit.active import Prober, ProbeSettings, same_site_redirect
 
 FOOTER = '<p><a href="https://beian.miit.gov.cn/">京ICP备12345678号-1</a></p>'
 

@@ -3,52 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
 
-from beiand.audit.findings import Finding
 from beiand.model import FilingStatus, PrefixState
 from beiand.policy.inventory import Inventory
 from beiand.records.domains import registrable_domain
 from beiand.records.index import RecordIndex, entry_addresses
+from beiand.report.audit.findings import Finding
+from beiand.report.resource import ActiveResource
 
 # (name, server, port, account, verdict, kind, action, reason, filing) → [first_ms, last_ms, hits]
 Summary = Mapping[tuple[str, str, int, str, str, str, str, str, str], list[int]]
 
 
-@dataclass
-class Resource:
-    """One row of the active-resource view (the ISMS "active resource" report's fields)."""
-
-    name: str
-    registrable_domain: str
-    servers: set[str]
-    account: str
-    kind: str
-    verdict: str
-    reason: str
-    filing: str
-    first_seen: float
-    last_seen: float
-    hits: int
-    blocked: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "registrable_domain": self.registrable_domain, "servers": sorted(self.servers),
-                "account": self.account, "kind": self.kind, "verdict": self.verdict, "reason": self.reason, "filing": self.filing,
-                "first_seen": self.first_seen, "last_seen": self.last_seen, "hits": self.hits, "blocked": self.blocked}
+Resource = ActiveResource  # the one active-resource row (beiand.report.resource)
 
 
-def resources(summary: Summary) -> list[Resource]:
+def resources(summary: Summary) -> list[ActiveResource]:
     """Every name and IP-only service seen in hosted space, merged across servers and kinds."""
-    out: dict[tuple[str, str, str], Resource] = {}
+    out: dict[tuple[str, str, str], ActiveResource] = {}
     for (name, server, port, account, verdict, kind, action, reason, filing), (first, last, hits) in summary.items():
         subject = name or f"{server}:{port}"
         key = (subject, account, verdict)
         r = out.get(key)
         if r is None:
-            r = out[key] = Resource(subject, (registrable_domain(name) or "") if name else "", set(), account,
-                                    "ip-only" if not name else kind, verdict, reason, filing, first / 1000, last / 1000, 0, False)
+            r = out[key] = ActiveResource(subject, (registrable_domain(name) or "") if name else "", set(), account,
+                                          "ip-only" if not name else kind, verdict, reason, filing, first / 1000, last / 1000, 0, False)
         r.servers.add(f"{server}:{port}" if port else server)
         r.first_seen = min(r.first_seen, first / 1000)
         r.last_seen = max(r.last_seen, last / 1000)

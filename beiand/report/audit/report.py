@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from beiand.audit.findings import KINDS, SEVERITY_ORDER, Finding
-from beiand.audit.passive import Resource
+from beiand.report.audit.findings import KINDS, SEVERITY_ORDER, Finding
+from beiand.report.resource import ActiveResource as Resource
 
 
 def build(findings: Sequence[Finding], resources: Sequence[Resource], meta: dict[str, Any],

@@ -22,13 +22,13 @@ import dns.message
 import dns.rdatatype
 from cryptography import x509
 
-from beiand.audit.findings import Finding
 from beiand.model import Filing, FilingStatus, ServiceType
 from beiand.policy import Policy
 from beiand.policy.inventory import Inventory
 from beiand.records.domains import registrable_domain
 from beiand.records.index import RecordIndex
 from beiand.records.numbers import FilingNumberError, find_filing_numbers, parse_filing_number
+from beiand.report.audit.findings import Finding
 
 _MIIT_LINK = re.compile(r"""<a\b[^>]*href\s*=\s*["']?https?://beian\.miit\.gov\.cn""", re.I)
 
