@@ -69,7 +69,7 @@ def test_install_doc_names_every_place_install_files_writes() -> None:
 
     from beiand.runtime.installfiles import SHARED, UNITS
 
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "install.md").read_text()
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "install.md").read_text()
     assert "/etc/systemd/system/" in doc and "/" + CONFIG in doc and "install-files --prefix /" in doc
     for unit in UNITS:
         assert unit in doc, unit

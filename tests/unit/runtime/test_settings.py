@@ -90,7 +90,7 @@ def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 # -- every setting is read by something (DESIGN.md: "a test fails for a config field that nothing reads") --
 
-BEIAND = Path(__file__).resolve().parents[2] / "beiand"
+BEIAND = Path(__file__).resolve().parents[3] / "beiand"
 
 
 def _sections() -> dict[str, type]:
