@@ -79,3 +79,9 @@ def test_unit_test_folders_mirror_packages() -> None:
     stray = [str(d.relative_to(ROOT)) for d in (ROOT / "tests" / "unit").rglob("*")
              if d.is_dir() and d.name != "__pycache__" and not (ROOT / "beiand" / d.relative_to(ROOT / "tests" / "unit")).is_dir()]
     assert not stray, f"tests/unit folders with no package of that name: {stray}"
+
+
+def test_readme_and_docs_point_inside_the_repository() -> None:
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        assert "../" not in doc.read_text(encoding="utf-8"), f"{doc.name} points outside the repository"
+    assert (ROOT / "docs" / "design.md").is_file()
