@@ -41,12 +41,12 @@ from beiand.records.importer import canonical_ip
 from beiand.report.resource import ActiveResource
 from beiand.runtime import logsetup
 from beiand.runtime.housekeeping import Housekeeping
-from beiand.runtime.http import HttpLimits, make_app
+from beiand.runtime.http import make_app
 from beiand.runtime.http import start as start_http
 from beiand.runtime.ipc import CloseBreaker, Ready, ReloadOrders, Snapshot, SupervisorCommand, WorkerMessage
 from beiand.runtime.metrics import Metrics
 from beiand.runtime.sdnotify import sd_notify, watchdog_interval
-from beiand.runtime.wiring import RecordsRefused, StateError, file_mtime, load_state, read_secret
+from beiand.runtime.wiring import RecordsRefused, StateError, file_mtime, http_limits, load_state, read_secret
 from beiand.runtime.worker import worker_main
 
 log = logging.getLogger("beiand")
@@ -370,10 +370,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.request_reload, "SIGHUP")
         cfg = self.state.config
         self._setup_enforcement()
-        srv = cfg.server
-        limits = HttpLimits(header_timeout=srv.header_timeout, request_timeout=srv.request_timeout,
-                            max_connections=srv.max_connections, max_body_bytes=srv.max_body_bytes,
-                            max_line_bytes=srv.max_line_bytes)
+        limits = http_limits(cfg)
         host, port = cfg.listen()
         served = await start_http(make_app(self, limits), host, port, limits)
         log.info("serving /metrics and /api/v1 on %s:%d", host, port)

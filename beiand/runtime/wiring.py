@@ -15,7 +15,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from beiand.accesslog import AccessLog, LogConfig
+from beiand.capture.bpf import build as build_bpf
+from beiand.capture.filterexpr import Condition
+from beiand.capture.live import LiveCapture
 from beiand.enforce import Enforcer, EnforceSettings, Injector, OrderError, OrderStore
 from beiand.enforce.nft import Nft, NftError
 from beiand.errors import BeiandError
@@ -27,6 +32,12 @@ from beiand.records import ImportRefused, build_index, load_files, normalise_dom
 from beiand.records.domains import DomainError
 from beiand.records.index import RecordIndex
 from beiand.runtime.settings import Config, ConfigError, load_config, secret_problem
+from beiand.sinks import Sink
+from beiand.sinks.accesslog import AccessLogSink
+
+if TYPE_CHECKING:
+    from beiand.runtime.http import HttpLimits
+    from beiand.sinks.clickhouse import ClickHouseSink
 
 log = logging.getLogger("beiand")
 
@@ -185,3 +196,46 @@ def make_enforcer(cfg: Config) -> Enforcer:
     except OrderError as exc:
         log.error("%s", exc)
     return Enforcer(settings, injector, nft, orders)
+
+
+def live_captures(cfg: Config, fanout_group: int) -> list[LiveCapture]:
+    """A worker's AF_PACKET rings, one per interface, with the kernel filter (BPF) for its ports."""
+    ifaces = cfg.capture.interfaces
+    inline = cfg.enforce.inline
+    # Inline: watched TCP/UDP arrive through NFQUEUE; AF_PACKET carries the DNS answers only.
+    prog = build_bpf(() if inline else cfg.capture.tcp_ports, () if inline else cfg.capture.udp_ports, dns=cfg.capture.dns,
+                     condition=Condition(cfg.capture.filter) if cfg.capture.filter else None)
+    return [LiveCapture(i, prog, fanout_group=fanout_group, block_size=cfg.capture.ring_block_kib * 1024,
+                        blocks=cfg.capture.ring_blocks, outgoing=len(ifaces) == 1,
+                        block_timeout_ms=cfg.capture.ring_block_timeout_ms, version=cfg.capture.ring_version) for i in ifaces]
+
+
+def access_log_sinks(cfg: Config, idx: int) -> tuple[AccessLog, ClickHouseSink | None, list[Sink]]:
+    """A worker's access log (its own partition), ClickHouse when configured (the log's records go
+    there, the local log keeping the chain and checkpoints), and the sinks that feed them."""
+    al = cfg.accesslog
+    key = read_secret(al.hmac_key_file, cfg.daemon.secret_permissions).strip() if al.hmac_key_file else None
+    ch = None
+    if al.clickhouse.url:
+        from beiand.sinks.clickhouse import ClickHouseSink  # aiohttp: only for a daemon that writes to ClickHouse
+
+        c = al.clickhouse
+        ch = ClickHouseSink(c.url, c.spill_dir or al.directory / "spill", database=c.database, table=c.table, user=c.user,
+                            password=read_secret(c.password_file, cfg.daemon.secret_permissions).decode().strip()
+                            if c.password_file else "", worker=idx,
+                            batch_records=c.batch_records, retention_days=al.retention_days)
+    # Checkpoints also go off the machine: the journal (a log line) and, when configured, ClickHouse.
+    alog = AccessLog(LogConfig(al.directory, worker=idx, gateway=cfg.gateway, retention_days=al.retention_days,
+                               commit_interval=al.commit_interval, commit_records=al.commit_records, max_buffer=al.max_buffer,
+                               key=key, checkpoint_interval=al.checkpoint_interval),
+                     on_checkpoint=ch.anchor if ch is not None else None)
+    sinks: list[Sink] = [AccessLogSink(ch if ch is not None else alog, cfg.gateway)]
+    return alog, ch, sinks
+
+
+def http_limits(cfg: Config) -> HttpLimits:
+    from beiand.runtime.http import HttpLimits  # aiohttp: only for the daemon, not for every command
+
+    srv = cfg.server
+    return HttpLimits(header_timeout=srv.header_timeout, request_timeout=srv.request_timeout, max_connections=srv.max_connections,
+                      max_body_bytes=srv.max_body_bytes, max_line_bytes=srv.max_line_bytes)

@@ -19,12 +19,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
-from typing import Any
 
-from beiand.accesslog import AccessLog, LogConfig
-from beiand.capture.bpf import build as build_bpf
-from beiand.capture.filterexpr import Condition
-from beiand.capture.live import LiveCapture
+from beiand.accesslog import AccessLog
 from beiand.enforce import OrderError
 from beiand.enforce.nfqueue import NfQueue
 from beiand.net.decoder import LINKTYPE_RAW, Decoder
@@ -32,8 +28,7 @@ from beiand.runtime.housekeeping import clickhouse_retire, every
 from beiand.runtime.ipc import CloseBreaker, MetricKey, Ready, ReloadOrders, Rows, Snapshot, WorkerMessage
 from beiand.runtime.metrics import CLICKHOUSE_COUNTERS
 from beiand.runtime.pipeline import Pipeline
-from beiand.runtime.wiring import State, decoder_config, make_enforcer, read_secret
-from beiand.sinks.accesslog import AccessLogSink
+from beiand.runtime.wiring import State, access_log_sinks, decoder_config, live_captures, make_enforcer
 from beiand.sinks.active import ActiveResourceAggregate
 
 log = logging.getLogger("beiand")
@@ -152,32 +147,9 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
     # capture loop can wait for it (the default 5 ms would show in the decision latency's tail).
     sys.setswitchinterval(0.0005)
     cfg = state.config
-    ifaces = cfg.capture.interfaces
     inline = cfg.enforce.inline
-    # Inline: watched TCP/UDP arrive through NFQUEUE; AF_PACKET carries the DNS answers only.
-    prog = build_bpf(() if inline else cfg.capture.tcp_ports, () if inline else cfg.capture.udp_ports, dns=cfg.capture.dns,
-                     condition=Condition(cfg.capture.filter) if cfg.capture.filter else None)
-    caps = [LiveCapture(i, prog, fanout_group=fanout_group, block_size=cfg.capture.ring_block_kib * 1024,
-                        blocks=cfg.capture.ring_blocks, outgoing=len(ifaces) == 1,
-                        block_timeout_ms=cfg.capture.ring_block_timeout_ms, version=cfg.capture.ring_version) for i in ifaces]
-    al = cfg.accesslog
-    key = read_secret(al.hmac_key_file, cfg.daemon.secret_permissions).strip() if al.hmac_key_file else None
-    sinks: list[Any] = []
-    ch = None
-    if al.clickhouse.url:
-        from beiand.sinks.clickhouse import ClickHouseSink
-
-        c = al.clickhouse
-        ch = ClickHouseSink(c.url, c.spill_dir or al.directory / "spill", database=c.database, table=c.table, user=c.user,
-                            password=read_secret(c.password_file, cfg.daemon.secret_permissions).decode().strip()
-                            if c.password_file else "", worker=idx,
-                            batch_records=c.batch_records, retention_days=al.retention_days)
-    # Checkpoints also go off the machine: the journal (a log line) and, when configured, ClickHouse.
-    alog = AccessLog(LogConfig(al.directory, worker=idx, gateway=cfg.gateway, retention_days=al.retention_days,
-                               commit_interval=al.commit_interval, commit_records=al.commit_records, max_buffer=al.max_buffer,
-                               key=key, checkpoint_interval=al.checkpoint_interval),
-                     on_checkpoint=ch.anchor if ch is not None else None)
-    sinks.append(AccessLogSink(ch if ch is not None else alog, cfg.gateway))
+    caps = live_captures(cfg, fanout_group)
+    alog, ch, sinks = access_log_sinks(cfg, idx)
     agg = ActiveResourceAggregate()
     decoder = Decoder(decoder_config(cfg))
     enforcer = make_enforcer(cfg)
