@@ -40,6 +40,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     out(f"inventory: {len(inv)} hosted prefix(es)")
     if not cfg.capture.interfaces:
         err(f"{args.config}: capture.interfaces: none given: the daemon would capture nothing")
+    if cfg.isms.enabled:
+        from beiand.runtime.isms import check as isms_check
+
+        problem = isms_check(cfg)
+        if problem:
+            err(f"{args.config}: isms: {problem}")
+            return 2
+        out(f"isms: idcId {cfg.isms.idc_id}, {cfg.isms.mode}, idc_command on {cfg.isms.listen}{cfg.isms.path}")
     out(f"{args.config}: ok (gateway {cfg.gateway}, {cfg.workers} worker(s), log {cfg.accesslog.directory}, "
         f"retention {cfg.accesslog.retention_days} days)")
     return 0

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from beiand.cli import audit, block, check_config, install_files, lab, logs, records, replay, run
+from beiand.cli import audit, block, check_config, install_files, isms, lab, logs, records, replay, run
 from beiand.cli.common import CliError, err, out, policy_args
 from beiand.sinks import OutputClosed
 
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_parsers(sub)
     block.add_parsers(sub)
     audit.add_parsers(sub)
+    isms.add_parsers(sub)
     run.add_parsers(sub)
     lab.add_parsers(sub, run=main)
     check_config.add_parsers(sub)

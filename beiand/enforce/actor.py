@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from beiand.enforce.nft import Nft
 from beiand.enforce.packets import Injector, block_page
+from beiand.enforce.rules import ExtraRules
 from beiand.model import Action, Decision, Kind, Observation, Transport, VerdictKind
 from beiand.policy.orders import OrderStore
 
@@ -81,11 +82,13 @@ class Enforced(NamedTuple):
 
 class Enforcer:
     def __init__(self, settings: EnforceSettings, injector: Injector | None = None, nft: Nft | None = None,
-                 orders: OrderStore | None = None, clock: Callable[[], float] = time.time) -> None:
+                 orders: OrderStore | None = None, clock: Callable[[], float] = time.time,
+                 rules: ExtraRules | None = None) -> None:
         self.s = settings
         self.injector = injector
         self.nft = nft
         self.orders = orders
+        self.rules = rules  # the regulator's commands (ISMS): applied like closure orders
         self.clock = clock
         self.breaker = Breaker(settings.max_blocks_per_minute, settings.max_unfiled_share, settings.min_verdicts_for_share)
         self.first_seen: OrderedDict[str, float] = OrderedDict()
@@ -103,8 +106,20 @@ class Enforcer:
         decided (the NFQUEUE verdict, as a value: no flag on the enforcer to read afterwards)."""
         now = self.clock()
         order = self.orders.match(obs.name, obs.server_ip, now) if self.orders is not None else None
+        forced = order is not None
         if order is not None:
             d = d._replace(action=Action.BLOCK, rule=f"order:{order.order}")
+        elif self.rules is not None:
+            hit = self.rules.match(obs, now)
+            if hit is not None:
+                if hit.effect == "block":  # a filter command: exactly a closure order
+                    forced = True
+                    d = d._replace(action=Action.BLOCK, rule=hit.rule)
+                elif hit.effect == "exempt":  # noFilter: an allowlist entry
+                    d = d._replace(verdict=d.verdict._replace(verdict=VerdictKind.EXEMPT, reason="isms-nofilter"),
+                                   action=Action.LOG, rule=hit.rule)
+                elif d.action is Action.LOG:  # monitor: flags, never blocks
+                    d = d._replace(action=Action.FLAG, rule=hit.rule)
         v = d.verdict.verdict
         self.breaker.record(now, v in _BAD, d.action is Action.BLOCK)
         if d.action is not Action.BLOCK:
@@ -112,7 +127,7 @@ class Enforcer:
         if obs.kind is Kind.DNS_ANSWER:
             # An answer is not a connection: the connection it leads to is what gets blocked.
             return Enforced(d._replace(action=Action.FLAG, rule=d.rule + ":dns-answer"))
-        if order is None:
+        if not forced:
             if self.breaker.open:
                 return Enforced(d._replace(action=Action.FLAG, rule=f"breaker:would-block:{d.rule}"))
             if self.s.grace_seconds and obs.name:

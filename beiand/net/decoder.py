@@ -734,8 +734,10 @@ class Decoder:
                 for r in reqs:
                     if r.host and r.host not in seen:
                         seen.add(r.host)
+                        # target: the request line's path, for URL rules of the regulator's commands (ISMS)
+                        detail = f"method={r.method} target={r.target[:512]}"
                         self._emit(flow, ts, Kind.HTTP_HOST, Transport.TCP, r.host,
-                                   f"method={r.method} malformed-request-line" if r.malformed else f"method={r.method}")
+                                   detail + " malformed-request-line" if r.malformed else detail)
                 if not seen:
                     self._emit(flow, ts, Kind.IP_ONLY, Transport.TCP, "", "http-no-host")
                 return True

@@ -1,2 +1,4 @@
-"""Read-side products: the one active-resource row (``resource.py``: ``/api/v1/observations``,
-``beiand audit`` and, later, the regulator's reports), and the audit (``audit/``)."""
+"""Read-side products (DESIGN.md): reports built from what beiand decided and logged: the one
+active-resource row (``resource.py``: ``/api/v1/observations``, ``beiand audit``, the regulator's
+reports), the audit (``audit/``), and ``isms/``, the regulator's ISMS interface (ISMI; docs/isms.md).
+"""

@@ -201,6 +201,33 @@ class EnforceSection:
 
 
 @dataclass(frozen=True)
+class IsmsSection:
+    """The regulator's ISMS interface (ISMI, docs/isms.md): beiand as an execution unit (EU) or CU-lite."""
+
+    enabled: bool = _f(False, "Serve idc_command, apply the regulator's commands and write ISMI data files.")
+    mode: str = _f("eu", "eu: a CU collects the spool; cu-lite: beiand also uploads the files and calls idc_commandack.",
+                   choices=("eu", "cu-lite"))
+    idc_id: str = _f("", "This operator's idcId (许可证号, e.g. A2.B1.B2-20090001): calls for another are refused (999).")
+    house_id: str = _f("", "The 机房 (houseId) this gateway serves: commands for other houses are not applied; rows carry it.")
+    listen: str = _f("127.0.0.1:9641", "Address of the idc_command endpoint (host:port).")
+    path: str = _f("/isms/idc_command", "HTTP path of the idc_command endpoint.")
+    tls_cert: Path | None = _f(None, "TLS certificate (PEM) of the endpoint; unset: plain HTTP (put it behind the CU).")
+    tls_key: Path | None = _f(None, "TLS private key (PEM), readable only by beiand.")
+    secrets_dir: Path = _f(Path("/etc/beiand/isms"), "Directory of the four ISMI secrets, one file each, mode 0600, owned by "
+                           "beiand: user_key (用户口令), enc_key (AES key), iv (偏移量), auth_key (认证密钥).")
+    profile: Path | None = _f(None, "Province profile (TOML, docs/isms.md): hash codes, type 5, file naming, XSDs. Unset: defaults.")
+    spool_dir: Path | None = _f(None, "Where data files wait for the CU (default: <daemon.state_dir>/isms/spool).")
+    report_interval: float = _f(3600.0, "Seconds between DT 8/9 and DT 4/5 reports (a type 5 command overrides DT 8's).",
+                                min=60.0)
+    heartbeat_interval: float = _f(600.0, "Seconds between DT 7 status files (Byzoro: 600; a CU counts 10 min silent as down).",
+                                   min=10.0)
+    ack_url: str = _f("", "CU-lite: SMMS's idc_commandack URL (http(s)://...).")
+    upload_url: str = _f("", "CU-lite: where files go: sftp://user@host:port/dir (key auth with upload_key_file), or "
+                         "ftp://user@host:port/dir where the province uses FTP.")
+    upload_key_file: Path | None = _f(None, "CU-lite: the SSH private key for SFTP, or the file holding the FTP password (0600).")
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonSection = field(default_factory=DaemonSection)
     capture: CaptureSection = field(default_factory=CaptureSection)
@@ -211,6 +238,7 @@ class Config:
     server: ServerSection = field(default_factory=ServerSection)
     enforce: EnforceSection = field(default_factory=EnforceSection)
     reassembly: ReassemblySection = field(default_factory=ReassemblySection)
+    isms: IsmsSection = field(default_factory=IsmsSection)
     path: str = ""  # the file it came from
     warnings: tuple[str, ...] = ()  # file:line: field: deprecated settings that were given
 
@@ -394,7 +422,10 @@ def _resolve(cfg: Config, base: Path) -> Config:
                              hmac_key_file=fix(cfg.accesslog.hmac_key_file), clickhouse=ch)
     dm = dataclasses.replace(cfg.daemon, state_dir=fix(cfg.daemon.state_dir) or cfg.daemon.state_dir)
     srv = dataclasses.replace(cfg.server, token_file=fix(cfg.server.token_file))
-    return dataclasses.replace(cfg, records=rec, inventory=inv, accesslog=al, daemon=dm, server=srv)
+    im = cfg.isms
+    isms = dataclasses.replace(im, tls_cert=fix(im.tls_cert), tls_key=fix(im.tls_key), secrets_dir=fix(im.secrets_dir) or im.secrets_dir,
+                               profile=fix(im.profile), spool_dir=fix(im.spool_dir), upload_key_file=fix(im.upload_key_file))
+    return dataclasses.replace(cfg, records=rec, inventory=inv, accesslog=al, daemon=dm, server=srv, isms=isms)
 
 
 def _semantic(cfg: Config, text: str, path: str, warnings: list[str] | None = None) -> list[str]:
@@ -451,6 +482,26 @@ def _semantic(cfg: Config, text: str, path: str, warnings: list[str] | None = No
             Condition(cfg.capture.filter)
         except FilterError as exc:
             bad("capture.filter", f"{cfg.capture.filter!r}: {exc}")
+    im = cfg.isms
+    if im.enabled:
+        if not im.idc_id.strip():
+            bad("isms.idc_id", "required when isms.enabled (this operator's 许可证号)")
+        ihost, _, iport = im.listen.rpartition(":")
+        if not ihost or not iport.isdigit() or not 0 < int(iport) < 65536:
+            bad("isms.listen", f"{im.listen!r}: expected host:port, e.g. 0.0.0.0:9641")
+        if not im.secrets_dir.is_dir():
+            bad("isms.secrets_dir", f"{im.secrets_dir}: no such directory (user_key, enc_key, iv, auth_key)")
+        if (im.tls_cert is None) != (im.tls_key is None):
+            bad("isms.tls_cert", "give tls_cert and tls_key together")
+        for dotted, p in (("isms.tls_cert", im.tls_cert), ("isms.tls_key", im.tls_key), ("isms.profile", im.profile),
+                          ("isms.upload_key_file", im.upload_key_file)):
+            if p is not None and not p.is_file():
+                bad(dotted, f"{p}: no such file")
+        if im.mode == "cu-lite" and not (im.ack_url and im.upload_url):
+            bad("isms.mode", "cu-lite needs isms.ack_url and isms.upload_url")
+        if im.upload_url and not re.match(r"^s?ftp://[^@/:\s]+@[^/\s]+(/.*)?$", im.upload_url):
+            bad("isms.upload_url", f"{im.upload_url!r}: expected sftp://user@host[:port]/dir or ftp://user@host[:port]/dir "
+                "(no password in the URL: upload_key_file)")
     for name in cfg.capture.interfaces:
         if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,15}", name):
             bad("capture.interfaces", f"{name!r}: not an interface name")

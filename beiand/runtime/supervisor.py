@@ -44,6 +44,8 @@ from beiand.runtime.housekeeping import Housekeeping
 from beiand.runtime.http import make_app
 from beiand.runtime.http import start as start_http
 from beiand.runtime.ipc import CloseBreaker, Ready, ReloadOrders, Snapshot, SupervisorCommand, WorkerMessage
+from beiand.runtime.isms import IsmsRuntime
+from beiand.runtime.isms import check as isms_check
 from beiand.runtime.metrics import Metrics
 from beiand.runtime.sdnotify import sd_notify, watchdog_interval
 from beiand.runtime.wiring import RecordsRefused, StateError, file_mtime, http_limits, load_state, read_secret
@@ -97,6 +99,7 @@ class Daemon:
         self.nft: Nft | None = None
         self.orders: OrderStore | None = None
         self._rules: list[list[str]] = []
+        self.isms: IsmsRuntime | None = None
 
     def _setup_enforcement(self) -> None:
         cfg = self.state.config
@@ -189,7 +192,8 @@ class Daemon:
                 # Chain heads in full (anchor them elsewhere; `beiand logs verify --anchors`).
                 "accesslog": {f"w{w.idx}": w.accesslog for w in self.workers.values() if w.accesslog},
                 "enforcement": {"inline": self.state.config.enforce.inline, "nftables": self.nft.via if self.nft else None,
-                                "orders": len(self.orders.orders) if self.orders else 0}}
+                                "orders": len(self.orders.orders) if self.orders else 0},
+                "isms": self.isms.status() if self.isms is not None else None}
 
     def request_reload(self, why: str = "POST /api/v1/reload") -> None:
         self._reload_requested = why
@@ -303,6 +307,8 @@ class Daemon:
                 next_wd = now + wd
             if self.housekeeping.sync_orders():
                 self._tell_workers(ReloadOrders())
+            if self.isms is not None:
+                await self.isms.tick(healthy)
             if self._reload_requested:
                 why, self._reload_requested = self._reload_requested, ""
                 await self.reload(why)
@@ -374,6 +380,14 @@ class Daemon:
         host, port = cfg.listen()
         served = await start_http(make_app(self, limits), host, port, limits)
         log.info("serving /metrics and /api/v1 on %s:%d", host, port)
+        if cfg.isms.enabled:
+            problem = isms_check(cfg)
+            if problem:
+                log.error("%s: isms: %s", self.config_path, problem)
+                await served.close()
+                return 2
+            self.isms = IsmsRuntime(cfg, self.metrics.registry)
+            await self.isms.start()
         for idx in range(cfg.workers):
             self._start_worker(idx)
         sup = asyncio.create_task(self._supervise())
@@ -387,6 +401,8 @@ class Daemon:
         with contextlib.suppress(asyncio.CancelledError):
             await sup
         await served.close()
+        if self.isms is not None:
+            await self.isms.close()
         return 0
 
 

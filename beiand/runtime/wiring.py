@@ -195,7 +195,9 @@ def make_enforcer(cfg: Config) -> Enforcer:
         orders = OrderStore(cfg.daemon.state_dir)
     except OrderError as exc:
         log.error("%s", exc)
-    return Enforcer(settings, injector, nft, orders)
+    from beiand.runtime.isms import rules_for  # the ISMS stack: only for a daemon's workers
+
+    return Enforcer(settings, injector, nft, orders, rules=rules_for(cfg))  # rules: the regulator's ISMS commands
 
 
 def live_captures(cfg: Config, fanout_group: int) -> list[LiveCapture]:

@@ -242,6 +242,8 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
                 outbox.put(Rows(agg.take()))
             if now >= next_snap:
                 next_snap = now + SNAPSHOT_INTERVAL
+                if enforcer.rules is not None:
+                    enforcer.rules.reload()  # ISMS commands: within a second on every worker, like closure orders
                 try:
                     while conn.poll():
                         cmd = conn.recv()

@@ -1,0 +1,409 @@
+"""ISMI data files (ISMS.md §4) from what beiand logged, written to a spool a CU collects.
+
+Every row is built from :mod:`fields` (one element list per data type); each file is checked
+against the XSD before it is written (Aotain validates each file first), packed in the
+``<fileLoad>`` envelope, and named ``<DT>/<yyyy-MM-dd>/<unix-seconds><10-digit seq>.xml``,
+written as ``.tmp`` then renamed (ISMS.md §2). Rows beyond the profile's per-file cap go to
+further files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from beiand.accesslog.reader import Query as LogFilter
+from beiand.accesslog.reader import query as log_query
+from beiand.accesslog.reader import summaries
+from beiand.model import AccessRecord
+from beiand.records.domains import registrable_domain
+from beiand.report.isms.codec import CODECS, Codec, version_key
+from beiand.report.isms.codes import Compression, DataType, EncryptAlgorithm, HashAlgorithm
+from beiand.report.isms.envelope import Keys, pack
+from beiand.report.isms.fields import FIELDS, PROTOCOL, REPORTED_VERDICTS, VERDICT_ILLEGAL_TYPE, row_elements
+from beiand.report.isms.model import BEIJING, LogQuery, format_time
+from beiand.report.isms.profile import Profile
+
+ROOTS = {DataType.IDC_MONITOR: "idcMonitor", DataType.LOG_QUERY_RESULT: "logQueryResult", DataType.MONITOR_RESULT: "monitorResult",
+         DataType.FILTER_RESULT: "filterResult", DataType.ACTIVE_STATE: "activeState",
+         DataType.ACTIVE_RESOURCES: "activeResources", DataType.ILLEGAL_WEB: "illegalWeb", DataType.COMMAND_ACK: "commandAck"}
+ROW_TAG = {DataType.IDC_MONITOR: "record", DataType.LOG_QUERY_RESULT: "log", DataType.MONITOR_RESULT: "log", DataType.FILTER_RESULT: "log",
+           DataType.ACTIVE_RESOURCES: "record", DataType.ILLEGAL_WEB: "record", DataType.COMMAND_ACK: "ack"}
+SERVICE_TYPE_OTHER = 24  # fwnr 24 其他: beiand does not classify content
+
+
+class ReportError(ValueError):
+    pass
+
+
+XSD_SAMPLE_ROWS = 20  # rows of each file the XSD validator sees; every row gets the field checks below
+_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})?$")
+_IP = re.compile(r"^[0-9A-Fa-f:.]{0,64}$")
+_UINT = re.compile(r"^[0-9]{1,19}$")  # ASCII digits only: "²".isdigit() is True
+_INT = re.compile(r"^-?[0-9]{1,10}$")
+
+
+def _kind_ok(kind: str, v: Any) -> bool:
+    """The XSD's simple types (xsd/common.xsd, data.xsd) for one value, fast: xmlschema validates a
+    row in ~0.2 ms, too slow for a day of rows; these checks agree with it (tests compare them)."""
+    t = "" if v is None else str(v)
+    if kind == "text":
+        return len(t) <= 1024
+    if kind == "time":
+        return _TIME.match(t) is not None
+    if kind == "ip":
+        return _IP.match(t) is not None
+    if kind == "code":
+        return t == "" or (_INT.match(t) is not None and -(2**31) <= int(t) < 2**31)
+    if _UINT.match(t) is None:
+        return False
+    n = int(t)
+    return {"port": n <= 65535, "protocol": n <= 2, "flag": n <= 1, "id": True, "int": True}.get(kind, True)
+
+
+def check_rows(dt_: int, rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    kinds = {f.element: f.kind for f in FIELDS if f.dt == dt_}
+    for i, row in enumerate(rows):
+        for k, v in row.items():
+            kind = kinds.get(k)
+            if kind is None:
+                return [f"row {i + 1}: {k}: not a DT {dt_} element"]
+            if not _kind_ok(kind, v):
+                return [f"row {i + 1}: {k}: {str(v)[:40]!r} is not a valid {kind}"]
+    return []
+
+
+def _proto(kind: str, transport: str = "") -> int:
+    if transport:
+        return PROTOCOL.get(transport, 1)
+    return 2 if kind == "quic-sni" else 1
+
+
+def _t(ms: int) -> str:
+    return format_time(ms / 1000)
+
+
+def _row(dt_: int, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The row in table order; a claimed element that is not in the table is a bug (KeyError)."""
+    els = row_elements(dt_)
+    unknown = set(values) - set(els)
+    if unknown:
+        raise KeyError(f"DT {dt_}: {sorted(unknown)} not in fields.FIELDS")
+    return {e: values[e] for e in els if e in values}
+
+
+# -- rows ----------------------------------------------------------------------------------------
+
+
+def illegal_web_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id: str, mismatch_type: int) -> Iterator[dict[str, Any]]:
+    """DT 9 from access-log summaries: unfiled/inactive → illegalType 1, mismatch → the profile's."""
+    agg: dict[tuple[str, str, int, int], list[Any]] = {}
+    for (name, server, port, _acct, verdict, kind, action, _reason, filing), (first, last, hits) in summary.items():
+        if verdict not in REPORTED_VERDICTS or kind == "dns-answer":
+            continue
+        k = (name, server, port, _proto(kind))
+        row = agg.get(k)
+        itype = VERDICT_ILLEGAL_TYPE.get(verdict, mismatch_type)
+        if row is None:
+            agg[k] = [first, last, hits, action == "block", itype, verdict, filing]
+        else:
+            row[0], row[1], row[2] = min(row[0], first), max(row[1], last), row[2] + hits
+            row[3] = row[3] or action == "block"
+    for (name, server, port, proto), (first, last, hits, block, itype, verdict, filing) in agg.items():
+        mismatch = verdict == "mismatch"
+        yield _row(9, {"houseId": house_id, "ip": server, "port": port, "domain": name, "url": "",
+                       "serviceType": SERVICE_TYPE_OTHER, "firstFound": _t(first), "lastFound": _t(last), "visitCount": hits,
+                       "protocol": proto, "block": int(block), "illegalType": itype, "currentState": int(block),
+                       "icpError": 1, "regError": "", "regDomain": filing if mismatch else "",
+                       "trueDomain": name if mismatch else ""})
+
+
+def idc_monitor_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id: str) -> Iterator[dict[str, Any]]:
+    """DT 2: a name filed through this provider, served from an IP its filing does not list (regError 2)."""
+    agg: dict[tuple[str, str, int, int], list[Any]] = {}
+    for (name, server, port, _a, verdict, kind, action, reason, filing), (first, last, hits) in summary.items():
+        if verdict != "mismatch" or reason != "ip-not-listed" or kind == "dns-answer":
+            continue
+        k = (name, server, port, _proto(kind))
+        row = agg.get(k)
+        if row is None:
+            agg[k] = [first, last, hits, action == "block", filing]
+        else:
+            row[0], row[1], row[2], row[3] = min(row[0], first), max(row[1], last), row[2] + hits, row[3] or action == "block"
+    for (name, server, port, proto), (first, last, hits, block, filing) in agg.items():
+        yield _row(2, {"houseId": house_id, "ip": server, "port": port, "domain": name, "firstFound": _t(first),
+                       "lastFound": _t(last), "visitCount": hits, "protocol": proto, "block": int(block), "regError": 2,
+                       "regDomain": filing, "trueDomain": name})
+
+
+def _merge(d: dict[Any, list[int]], k: Any, first: int, last: int, hits: int, blk: int) -> None:
+    row = d.get(k)
+    if row is None:
+        d[k] = [first, last, hits, blk]
+    else:
+        row[0], row[1], row[2], row[3] = min(row[0], first), max(row[1], last), row[2] + hits, row[3] | blk
+
+
+def active_resource_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id: str) -> Iterator[dict[str, Any]]:
+    """DT 8: one IP row per (ip, port, protocol) and one domain row per (name, ip, port, protocol)."""
+    ips: dict[tuple[str, int, int], list[int]] = {}
+    names: dict[tuple[str, str, int, int], list[int]] = {}
+    for (name, server, port, _a, verdict, kind, action, _r, _f), (first, last, hits) in summary.items():
+        if verdict in ("exempt", "not-hosted") or kind == "dns-answer":
+            continue
+        proto = _proto(kind)
+        blk = int(action == "block")
+        _merge(ips, (server, port, proto), first, last, hits, blk)
+        if name:
+            _merge(names, (name, server, port, proto), first, last, hits, blk)
+    for (server, port, proto), (first, last, hits, blk) in ips.items():
+        yield _row(8, {"ip": server, "port": port, "protocol": proto, "houseId": house_id, "firstFound": _t(first),
+                       "lastFound": _t(last), "visitsCount": hits, "block": blk})
+    for (name, server, port, proto), (first, last, hits, blk) in names.items():
+        top = registrable_domain(name) or name
+        yield _row(8, {"ip": server, "port": port, "protocol": proto, "houseId": house_id, "firstFound": _t(first),
+                       "lastFound": _t(last), "visitsCount": hits, "block": blk, "domain": name, "topDomain": top,
+                       "topDomainFlag": 0 if top == name else 1})
+
+
+def command_rows(records: Iterable[AccessRecord], house_id: str, no_report: frozenset[str] = frozenset()
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """DT 4 (monitor) and DT 5 (filter) rows: access-log records taken under a command (the order
+    column), except those of commands whose ``action/report`` is 0 (``no_report``: their ids)."""
+    mon: list[dict[str, Any]] = []
+    fil: list[dict[str, Any]] = []
+    for r in records:
+        o = r.order
+        if not o.startswith("isms"):
+            continue
+        kind, _, cid = o.partition(":")
+        if cid in no_report and kind != "isms-blacklist":
+            continue
+        target, dtype = (mon, 4) if kind == "isms-monitor" else (fil, 5)
+        target.append(_row(dtype, {"commandId": cid, "houseId": house_id, "srcIp": r.client_ip, "destIp": r.server_ip,
+                                   "srcPort": r.client_port, "destPort": r.server_port, "protocol": _proto(r.kind, r.transport),
+                                   "domain": r.name, "url": "", "gatherTime": _t(r.ts_ms)}))
+    return mon, fil
+
+
+def log_query_rows(records: Iterable[AccessRecord], q: LogQuery, house_id: str) -> Iterator[dict[str, Any]]:
+    """DT 3: the records of the window that match the query's addresses, ports, protocol and URL."""
+    import ipaddress
+
+    def in_range(ip: str, rng: tuple[str, str]) -> bool:
+        if not rng[0]:
+            return True
+        try:
+            a, lo, hi = ipaddress.ip_address(ip), ipaddress.ip_address(rng[0]), ipaddress.ip_address(rng[1] or rng[0])
+        except ValueError:
+            return False
+        return a.version == lo.version == hi.version and int(lo) <= int(a) <= int(hi)
+
+    host = q.url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0].lower() if q.url else ""
+    for r in records:
+        if q.house_ids and house_id not in q.house_ids:
+            return
+        if not (in_range(r.client_ip, q.src_ip) and in_range(r.server_ip, q.dst_ip)):
+            continue
+        if (q.src_port and r.client_port != q.src_port) or (q.dst_port and r.server_port != q.dst_port):
+            continue
+        proto = _proto(r.kind, r.transport)
+        if q.protocol and proto != q.protocol:
+            continue
+        if host and not (r.kind == "http-host" and r.name == host):  # URL: HTTP records only
+            continue
+        yield _row(3, {"srcIp": r.client_ip, "destIp": r.server_ip, "srcPort": r.client_port, "destPort": r.server_port,
+                       "protocol": proto, "accessTime": _t(r.ts_ms), "url": r.name if r.kind == "http-host" else "",
+                       "houseId": house_id})
+
+
+# -- the spool -------------------------------------------------------------------------------
+
+
+@dataclass
+class Spool:
+    """Writes packed, validated data files under ``directory``; counts what it wrote and refused."""
+
+    directory: Path
+    idc_id: str
+    keys: Keys
+    profile: Profile = field(default_factory=Profile)
+    clock: Callable[[], float] = time.time
+    written: dict[int, int] = field(default_factory=dict)
+    rejected: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.codec: Codec = CODECS[version_key(self.profile.command_version)](self.profile.xsd_dir)
+
+    def _seq(self) -> int:
+        """The next file sequence number, shared by the daemon and ``beiand isms report --now`` (flock)."""
+        import fcntl
+
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+        with open(self.directory / ".seq.lock", "a+") as lk:
+            fcntl.flock(lk, fcntl.LOCK_EX)
+            p = self.directory / ".seq"
+            try:
+                n = int(p.read_text()) + 1
+            except (OSError, ValueError):
+                n = 1
+            n = int(n % 10 ** self.profile.file_seq_digits)
+            tmp = p.with_suffix(".tmp")
+            tmp.write_text(str(n))
+            os.replace(tmp, p)
+            return n
+
+    def write(self, dtype: DataType, rows: Iterable[Mapping[str, Any]], head: tuple[tuple[str, str], ...] = (),
+              result_head: Callable[[int, bool], tuple[tuple[str, str], ...]] | None = None, always: bool = True) -> list[Path]:
+        """Rows into as many files as the per-file cap needs (at least one unless ``always`` is
+        false: an empty report is a report)."""
+        cap = self.profile.max_records_per_file
+        out: list[Path] = []
+        batch: list[Mapping[str, Any]] = []
+        it = iter(rows)
+        done = False
+        while not done:
+            batch = []
+            for r in it:
+                batch.append(r)
+                if len(batch) >= cap:
+                    break
+            else:
+                done = True
+            if batch or (not out and always):
+                out.append(self._file(dtype, batch, head, result_head(len(batch), done) if result_head else ()))
+            if len(batch) < cap:
+                done = True
+        return out
+
+    def _file(self, dtype: DataType, rows: list[Mapping[str, Any]], head: tuple[tuple[str, str], ...],
+              result_head: tuple[tuple[str, str], ...]) -> Path:
+        now = self.clock()
+        stamp = format_time(now)
+        xml = self._xml(dtype, rows, head, result_head, stamp)
+        # The XSD sees the file with its first rows (structure, element names, order); every row
+        # gets the same type checks (check_rows): xmlschema takes minutes over a day of rows.
+        sample = xml if len(rows) <= XSD_SAMPLE_ROWS else self._xml(dtype, rows[:XSD_SAMPLE_ROWS], head, result_head, stamp)
+        problems = self.codec.check_data(sample) or check_rows(int(dtype), rows)
+        if problems:
+            self.rejected[dtype] = self.rejected.get(dtype, 0) + 1
+            raise ReportError(f"DT {int(dtype)}: not written, fails the XSD: {problems[0]}")
+        if len(xml) > self.profile.max_file_bytes:
+            self.rejected[dtype] = self.rejected.get(dtype, 0) + 1
+            raise ReportError(f"DT {int(dtype)}: {len(xml)} bytes, above max_file_bytes; lower max_records_per_file")
+        p = self.profile
+        env = pack(xml, self.keys, EncryptAlgorithm(p.encrypt), HashAlgorithm(p.hash), Compression(p.compression))
+        fl = ET.Element("fileLoad")
+        ET.SubElement(fl, "idcId").text = self.idc_id
+        if version_key(p.command_version).startswith("3"):
+            ET.SubElement(fl, "provinceId").text = p.province_id
+        for k, v in (("dataUpload", env.payload), ("encryptAlgorithm", str(p.encrypt)),
+                     ("hashAlgorithm", str(p.hash_code(HashAlgorithm(p.hash)))), ("compressionFormat", str(p.compression)),
+                     ("dataHash", env.payload_hash), ("commandVersion", p.command_version)):
+            ET.SubElement(fl, k).text = v
+        body = b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(fl, encoding="utf-8")
+        day = dt.datetime.fromtimestamp(now, BEIJING).strftime("%Y-%m-%d")
+        d = self.directory / str(int(dtype)) / day
+        d.mkdir(parents=True, exist_ok=True, mode=0o750)
+        name = f"{int(now)}{self._seq():0{p.file_seq_digits}d}.xml"
+        tmp = d / (name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, d / name)
+        self.written[dtype] = self.written.get(dtype, 0) + 1
+        return d / name
+
+    def _xml(self, dtype: DataType, rows: list[Mapping[str, Any]], head: tuple[tuple[str, str], ...],
+             result_head: tuple[tuple[str, str], ...], stamp: str) -> bytes:
+        root = ROOTS[dtype]
+        if dtype is DataType.LOG_QUERY_RESULT:
+            el = ET.Element(root)
+            for k, v in head:
+                ET.SubElement(el, k).text = v
+            ET.SubElement(el, "idcId").text = self.idc_id
+            res = ET.SubElement(el, "result")
+            for k, v in result_head:
+                ET.SubElement(res, k).text = v
+            for row in rows:
+                r = ET.SubElement(res, ROW_TAG[dtype])
+                for k, v in row.items():
+                    ET.SubElement(r, k).text = "" if v is None else str(v)
+            ET.SubElement(el, "timeStamp").text = stamp
+            body: bytes = ET.tostring(el, encoding="utf-8")
+            return b'<?xml version="1.0" encoding="UTF-8"?>\n' + body
+        if dtype is DataType.ACTIVE_STATE:
+            return self.codec.data_file(root, self.idc_id, head, (), "", stamp)
+        return self.codec.data_file(root, self.idc_id, head, rows, ROW_TAG[dtype], stamp)
+
+    def pending(self) -> list[Path]:
+        """Files waiting for upload (not yet moved to ``sent/``)."""
+        out = []
+        with contextlib.suppress(FileNotFoundError):
+            for p in sorted(self.directory.glob("[0-9]*/*/*.xml")):
+                out.append(p)
+        return out
+
+
+# -- whole reports ---------------------------------------------------------------------------
+
+
+@dataclass
+class Reporter:
+    """Builds each report from the access log and writes it to the spool."""
+
+    spool: Spool
+    log_dir: Path
+    house_id: str
+
+    def illegal_web(self, since_ms: int, until_ms: int, summary: Mapping[Any, list[int]] | None = None) -> list[Path]:
+        s = summaries(self.log_dir, since_ms, until_ms) if summary is None else summary
+        return self.spool.write(DataType.ILLEGAL_WEB, illegal_web_rows(s, self.house_id, self.spool.profile.mismatch_illegal_type))
+
+    def active_resources(self, since_ms: int, until_ms: int, summary: Mapping[Any, list[int]] | None = None) -> list[Path]:
+        s = summaries(self.log_dir, since_ms, until_ms) if summary is None else summary
+        return self.spool.write(DataType.ACTIVE_RESOURCES, active_resource_rows(s, self.house_id))
+
+    def resources(self, since_ms: int, until_ms: int) -> tuple[list[Path], list[Path]]:
+        """DT 9 and DT 8 (and DT 2 when the profile asks) from one pass over the log (sealed
+        partitions: their stored summaries)."""
+        s = summaries(self.log_dir, since_ms, until_ms)
+        f9 = self.illegal_web(since_ms, until_ms, s)
+        if self.spool.profile.report_dt2:
+            f9 += self.spool.write(DataType.IDC_MONITOR, idc_monitor_rows(s, self.house_id), always=False)
+        return f9, self.active_resources(since_ms, until_ms, s)
+
+    def command_results(self, since_ms: int, until_ms: int, no_report: frozenset[str] = frozenset()) -> list[Path]:
+        mon, fil = command_rows(log_query(self.log_dir, LogFilter(since_ms=since_ms, until_ms=until_ms)), self.house_id,
+                                no_report)
+        return self.spool.write(DataType.MONITOR_RESULT, mon) + self.spool.write(DataType.FILTER_RESULT, fil)
+
+    def acks(self, acks: Iterable[Any]) -> list[Path]:
+        """DT 10 for the CU (EU mode): what each command did (``service.Ack`` values)."""
+        return self.spool.write(DataType.COMMAND_ACK, (_row(10, {
+            "houseId": a.house_id, "commandId": a.command_id, "type": int(a.type), "resultCode": int(a.result),
+            "msgInfo": a.msg[:1024]}) for a in acks))
+
+    def heartbeat(self, err_houses: tuple[str, ...] = ()) -> list[Path]:
+        head = (("houseAmount", "1"), ("errHouseAmount", str(len(err_houses))), *(("errHouseId", h) for h in err_houses))
+        return self.spool.write(DataType.ACTIVE_STATE, (), (("idcId", self.spool.idc_id), *head))
+
+    def log_query(self, q: LogQuery) -> list[Path]:
+        import ipaddress
+
+        dst = None
+        if q.dst_ip[0] and q.dst_ip[0] == q.dst_ip[1]:
+            dst = ipaddress.ip_network(q.dst_ip[0])
+        recs = log_query(self.log_dir, LogFilter(since_ms=int(q.start * 1000), until_ms=int(q.end * 1000), server=dst))
+        rows = list(log_query_rows(recs, q, self.house_id))
+        return self.spool.write(DataType.LOG_QUERY_RESULT, rows, (("commandId", str(q.command_id)),),
+                                result_head=lambda n, last: (("logAmount", str(len(rows))), ("endFlag", "1" if last else "0")))

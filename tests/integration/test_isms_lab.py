@@ -1,0 +1,146 @@
+"""The regulator's commands in the lab (issue 20): the SMMS double calls the daemon's
+``idc_command`` inside the gateway namespace; curl in the client namespace shows what is blocked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from beiand.accesslog import Query, query
+from beiand.cli import main
+from beiand.lab.demo import build
+from beiand.lab.labdemo import http_get, wait_ready, write_config
+from beiand.lab.netns import Lab, in_netns
+from beiand.report.isms.model import format_time
+from tests import isms_double as dbl
+from tests.integration.test_enforce_lab import INVENTORY, curl
+
+pytestmark = pytest.mark.integration
+ISMS_PORT = 9641
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):  # type: ignore[no-untyped-def]
+    if os.geteuid() != 0:
+        pytest.fail("the lab needs root (network namespaces)")
+    wd = tmp_path_factory.mktemp("isms")
+    files = build(wd / "samples")
+    Path(files["inventory"]).write_text(INVENTORY)
+    sec = wd / "secrets"
+    sec.mkdir()
+    for n, v in (("user_key", dbl.USER_KEY), ("enc_key", dbl.ENC_KEY), ("iv", dbl.IV), ("auth_key", dbl.AUTH_KEY)):
+        (sec / n).write_bytes(v)
+        os.chmod(sec / n, 0o600)
+    cfg = write_config(wd, files, extra=f'\n[enforce]\ninline = true\n\n[isms]\nenabled = true\nidc_id = "{dbl.IDC_ID}"\n'
+                       f'house_id = "H1"\nlisten = "127.0.0.1:{ISMS_PORT}"\nsecrets_dir = "{sec}"\nheartbeat_interval = 10\n')
+    with Lab() as lb:
+        lb.start_servers(wd)
+        with open(wd / "beiand.log", "ab") as logf:
+            daemon = lb.spawn(lb.gw, [sys.executable, "-m", "beiand.cli", "run", "--config", str(cfg)], stdout=logf, stderr=logf)
+        wait_ready(lb, daemon)
+        smms = dbl.Smms(f"http://127.0.0.1:{ISMS_PORT}/isms/idc_command")
+        yield {"lab": lb, "daemon": daemon, "wd": wd, "cfg": cfg, "smms": smms}
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(30)
+
+
+def send(lab: dict[str, Any], xml: str, ctype: int = 2) -> tuple[int, str]:
+    return in_netns(lab["lab"].gw, lambda: lab["smms"].send(xml, ctype))  # type: ignore[no-any-return]
+
+
+def spool_rows(wd: Path, dt: int, tag: str) -> list[dict[str, str]]:
+    out = []
+    for f in sorted((wd / "state" / "isms" / "spool" / str(dt)).glob("*/*.xml")):
+        root = ET.fromstring(dbl.unpack_file(f.read_bytes()))
+        out += [{c.tag: c.text or "" for c in r} for r in root.iter(tag)]
+    return out
+
+
+def test_filter_command_blocks_a_filed_name_within_a_second_and_is_reported(lab, capsys) -> None:  # type: ignore[no-untyped-def]
+    lb = lab["lab"]
+    assert curl(lb, "www.example.com.cn", "198.51.100.10")[0] == 0  # filed: works
+    assert send(lab, dbl.command_xml(9001, 2, [(1, "example.com.cn", "")]))[0] == 0
+    time.sleep(1.0)  # every worker re-reads the commands four times a second
+    rc, body, _ = curl(lb, "www.example.com.cn", "198.51.100.10")
+    assert rc in (35, 56) and body == b""
+    time.sleep(0.5)
+    recs = [r for r in query(lab["wd"] / "log", Query(name="www.example.com.cn")) if r.order == "isms:9001"]
+    assert recs and all(r.action == "block" for r in recs)
+    assert main(["isms", "report", "--now", "--config", str(lab["cfg"]), "--window", "600"]) == 0
+    capsys.readouterr()
+    rows = spool_rows(lab["wd"], 5, "log")
+    assert any(r["commandId"] == "9001" and r["domain"] == "www.example.com.cn" for r in rows)
+    assert send(lab, dbl.command_xml(9001, 2, [], op=1))[0] == 0  # delete: access opens again
+    time.sleep(1.0)
+    assert curl(lb, "www.example.com.cn", "198.51.100.10")[0] == 0
+
+
+def test_monitor_command_only_flags(lab) -> None:  # type: ignore[no-untyped-def]
+    lb = lab["lab"]
+    assert send(lab, dbl.command_xml(9002, 1, [(1, "api.shapp.cn", "")], block=0))[0] == 0
+    time.sleep(1.0)
+    rc, _body, code = curl(lb, "api.shapp.cn", "198.51.100.20")
+    assert rc == 0 and code == "200"
+    time.sleep(0.5)
+    recs = [r for r in query(lab["wd"] / "log", Query(name="api.shapp.cn")) if r.order == "isms-monitor:9002"]
+    assert recs and all(r.action == "flag" for r in recs)
+
+
+def test_an_expired_command_stops_applying(lab) -> None:  # type: ignore[no-untyped-def]
+    lb = lab["lab"]
+    until = format_time(time.time() + 3)
+    assert send(lab, dbl.command_xml(9003, 2, [(1, "xn--fsqu00a.xn--fiqs8s", "")], expired=until))[0] == 0
+    time.sleep(1.0)
+    assert curl(lb, "xn--fsqu00a.xn--fiqs8s", "198.51.100.10")[0] in (35, 56)
+    time.sleep(3.0)
+    assert curl(lb, "xn--fsqu00a.xn--fiqs8s", "198.51.100.10")[0] == 0
+
+
+def test_a_keyword_rule_is_refused_with_its_code(lab, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, msg = send(lab, dbl.command_xml(9004, 2, [(3, "赌博", "")]))
+    assert code == 0 and msg.startswith("unsupported: subtype 3 关键字")
+    assert main(["isms", "status", "--config", str(lab["cfg"]), "--json"]) == 0
+    assert '"commandId": 9004' in capsys.readouterr().out
+    deadline = time.time() + 3
+    acks: list[dict[str, str]] = []
+    while time.time() < deadline and not any(a["commandId"] == "9004" for a in acks):
+        time.sleep(0.2)
+        acks = spool_rows(lab["wd"], 10, "ack")  # DT 10 for the CU (EU mode)
+    assert [(a["resultCode"], a["msgInfo"][:14]) for a in acks if a["commandId"] == "9004"] == [("2", "unsupported: s")]
+    deadline = time.time() + 3
+    m = ""
+    while time.time() < deadline and "beiand_isms_unsupported_total{" not in m:
+        time.sleep(0.2)
+        m = http_get(lab["lab"], "/metrics")[1].decode()
+    assert 'beiand_isms_unsupported_total{reason="unsupported-subtype"} 1.0' in m
+    st = json.loads(http_get(lab["lab"], "/api/v1/status")[1])["isms"]
+    assert st["idc_id"] == dbl.IDC_ID and st["refused"] >= 1 and st["counts"]["applied"] >= 1
+    assert "beiand_isms_commands_total{result=\"applied\"}" in m and "beiand_isms_last_command_timestamp_seconds" in m
+
+
+def test_a_log_query_returns_the_records_of_the_window(lab) -> None:  # type: ignore[no-untyped-def]
+    lb = lab["lab"]
+    assert curl(lb, "www.example.com.cn", "198.51.100.10", "http")[0] == 0
+    time.sleep(0.6)
+    start = format_time(time.time() - 600)
+    lq = (f"<logQuery><commandId>9005</commandId><idcId>{dbl.IDC_ID}</idcId><commandInfo><houseId>H1</houseId>"
+          f"<startTime>{start}</startTime><destIp><startIp>198.51.100.10</startIp><endIp>198.51.100.10</endIp></destIp>"
+          "<dstPort>80</dstPort></commandInfo></logQuery>")
+    assert send(lab, lq, 1)[0] == 0
+    deadline = time.time() + 5
+    rows: list[dict[str, str]] = []
+    while time.time() < deadline and not rows:
+        time.sleep(0.3)
+        rows = spool_rows(lab["wd"], 3, "log")
+    assert rows and all(r["destIp"] == "198.51.100.10" and r["destPort"] == "80" for r in rows)
+    assert any(r["url"] == "www.example.com.cn" for r in rows)
+    assert spool_rows(lab["wd"], 7, "x") == [] and list((lab["wd"] / "state" / "isms" / "spool" / "7").glob("*/*.xml"))

@@ -1,0 +1,61 @@
+"""``beiand isms status|commands|report --now`` on a config with ISMS enabled."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from beiand.cli import main
+from beiand.report.isms.model import Rule, SecurityCommand
+from beiand.report.isms.store import CommandStore
+from tests import isms_double as dbl
+
+
+def make_config(tmp_path: Path, mode: int = 0o600) -> Path:
+    sec = tmp_path / "secrets"
+    sec.mkdir()
+    for n, v in (("user_key", dbl.USER_KEY), ("enc_key", dbl.ENC_KEY), ("iv", dbl.IV), ("auth_key", dbl.AUTH_KEY)):
+        (sec / n).write_bytes(v + b"\n")
+        os.chmod(sec / n, mode)
+    cfg = tmp_path / "beiand.toml"
+    cfg.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n[accesslog]\ndirectory = "{tmp_path / "log"}"\n'
+                   f'[isms]\nenabled = true\nidc_id = "{dbl.IDC_ID}"\nhouse_id = "H1"\nsecrets_dir = "secrets"\n')
+    return cfg
+
+
+def test_status_commands_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = make_config(tmp_path)
+    s = CommandStore(tmp_path / "state", house_id="H1")
+    s.apply_security(SecurityCommand(5, 2, 0, (Rule(1, "bad.example"),)), 0.0)
+    s.apply_security(SecurityCommand(6, 2, 0, (Rule(3, "词"),)), 0.0)
+    s.save()
+    assert main(["isms", "status", "--config", str(cfg), "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert (st["commands"], st["filter"], st["refused"][0]["commandId"]) == (1, 1, 6)
+    assert main(["isms", "commands", "--config", str(cfg), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert (row["commandId"], row["type"], row["window"]) == (5, "filter", "in force")
+    assert main(["isms", "report", "--now", "--config", str(cfg), "--json"]) == 0
+    w = json.loads(capsys.readouterr().out)["written"]
+    assert set(w) == {"7", "8", "9", "4", "5"}  # no command went through the endpoint: no DT 10
+    assert len(list((tmp_path / "state" / "isms" / "spool" / "7").glob("*/*.xml"))) == 1
+
+
+def test_secrets_readable_by_others_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = make_config(tmp_path, 0o644)
+    assert main(["isms", "report", "--now", "--config", str(cfg)]) == 2
+    assert "readable by others" in capsys.readouterr().err
+
+
+def test_check_config_checks_the_isms_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = make_config(tmp_path, 0o640)
+    assert main(["check-config", str(cfg)]) == 2
+    assert "isms:" in capsys.readouterr().err
+    os.chmod(tmp_path / "secrets" / "iv", 0o600)
+    for n in ("user_key", "enc_key", "auth_key"):
+        os.chmod(tmp_path / "secrets" / n, 0o600)
+    main(["check-config", str(cfg)])
+    assert "isms: idcId" in capsys.readouterr().out
