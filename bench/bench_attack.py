@@ -121,7 +121,7 @@ def timed(cmd: list[str]) -> float:
 def mix(clean: Path, out: Path, share: float = 0.1) -> int:
     """The clean capture with attack frames put in as every tenth packet (all attacks in turn)."""
     from beiand.capture.pcap import read_capture
-    from beiand.testing import traffic as t
+    from beiand.lab import traffic as t
 
     every = round(1 / share)
     gens = [attack_frames(n) for n in ("half-open-wide", "reverse-bytes", "reverse-fragments", "fragment-holes", "quic-scatter",

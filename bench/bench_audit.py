@@ -80,7 +80,7 @@ import asyncio, ssl, sys
 from pathlib import Path
 from aiohttp import web
 import dns.message, dns.rrset, dns.flags, dns.rdatatype, dns.rcode
-from beiand.testing.labservers import make_cert
+from beiand.lab.labservers import make_cert
 wd, n = Path(sys.argv[1]), int(sys.argv[2])
 def ip(i): return f"127.0.9.{10 + i % 50}"
 class D(asyncio.DatagramProtocol):
@@ -126,7 +126,7 @@ def active(n: int, concurrency: int) -> None:
         inv = wd / "inventory.csv"
         inv.write_text("prefix,account,site,state,mode\n127.0.9.0/24,cust-1,bj,active,monitor\n")
         empty = wd / "empty.pcap"
-        from beiand.testing.traffic import write_pcap
+        from beiand.lab.traffic import write_pcap
 
         write_pcap(empty, [])
         t0 = time.perf_counter()

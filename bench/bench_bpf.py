@@ -6,7 +6,7 @@ the replay bench capture (bench/gen_capture.py), and whether it passes every fra
 The program is run by ``beiand.capture.bpf.run`` (the kernel's semantics, in Python) on every frame.
 "bulk" is every frame the decoder names nothing from (handshakes, ACKs, server data, uploads);
 "named" the frames that complete an observation. ``--encap`` wraps every frame of the capture in
-the given encapsulations (innermost first, ``beiand.testing.encap.STEPS``), as on a mirror port or
+the given encapsulations (innermost first, ``beiand.lab.encap.STEPS``), as on a mirror port or
 an overlay; ``--program-from REV`` takes ``beiand/capture/bpf.py`` from a git revision (the
 "before" figure; that older file builds Ethernet programs only).
 """
@@ -24,8 +24,8 @@ from types import ModuleType
 
 from beiand.capture import bpf as current_bpf
 from beiand.capture import read_capture
+from beiand.lab import encap
 from beiand.net.decoder import Decoder
-from beiand.testing import encap
 
 HERE = Path(__file__).parent
 TCP, UDP = (80, 443, 8080, 8443), (443,)

@@ -24,9 +24,9 @@ import threading
 import time
 from pathlib import Path
 
-from beiand.demo import build
-from beiand.labdemo import wait_ready, write_config
-from beiand.testing.lab import Lab, setns
+from beiand.lab.demo import build
+from beiand.lab.labdemo import wait_ready, write_config
+from beiand.lab.netns import Lab, setns
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent

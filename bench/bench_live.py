@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from beiand.labdemo import http_get, wait_ready
-from beiand.testing.lab import Lab
+from beiand.lab.labdemo import http_get, wait_ready
+from beiand.lab.netns import Lab
 
 HERE = Path(__file__).parent
 
@@ -107,8 +107,8 @@ def run_rates(lab: Lab, wd: Path, pcap: Path, names_in_pcap: int, packets: int, 
 
 
 def bench_rss(lab: Lab, wd: Path) -> None:
+    from beiand.lab import traffic as t
     from beiand.records.generate import GenConfig, write_csv, write_inventory
-    from beiand.testing import traffic as t
 
     rec, inv = wd / "1m.csv", wd / "1m-inv.csv"
     gc = GenConfig(filings=1_000_000)
@@ -144,7 +144,7 @@ def bench_rss(lab: Lab, wd: Path) -> None:
 def write_dense(pcap: Path, n: int, round_: int = 0) -> None:
     """Every packet carries a name: ClientHellos (each a new flow) and DNS answers, 4:1.
     Each round uses other client addresses, so no flow repeats one beiand already decided."""
-    from beiand.testing import traffic as t
+    from beiand.lab import traffic as t
 
     names = [x for x in Path(f"{pcap}.names").read_text().split() if x][:500]
     hellos = [t.client_hello(nm) for nm in names]

@@ -25,13 +25,13 @@ from pathlib import Path
 
 from beiand.capture import bpf, read_capture
 from beiand.capture.bpf import RET, K, pack
-from beiand.demo import build
-from beiand.labdemo import QUIC_CLIENT, curl, drive
+from beiand.lab import encap
+from beiand.lab import traffic as t
+from beiand.lab.demo import build
+from beiand.lab.labdemo import QUIC_CLIENT, curl, drive
+from beiand.lab.netns import DNS_IP, ZONE, Lab, in_netns
 from beiand.model import Kind
 from beiand.net.decoder import Decoder
-from beiand.testing import encap
-from beiand.testing import traffic as t
-from beiand.testing.lab import DNS_IP, ZONE, Lab, in_netns
 
 TCP, UDP = (80, 443, 8080, 8443), (443,)  # the daemon's defaults (capture.tcp_ports, capture.udp_ports)
 KINDS = ("dns-answer", "tls-sni", "quic-sni", "http-host")

@@ -20,9 +20,9 @@ import time
 
 from _rss import PeakSampler
 
-from beiand.inventory import load_inventory
 from beiand.model import Kind, Observation, Transport
 from beiand.policy import Policy, PolicyConfig
+from beiand.policy.inventory import load_inventory
 from beiand.records import build_index, load_file
 from beiand.records.generate import OUR_PROVIDER, GenConfig, write_csv, write_inventory
 
@@ -64,7 +64,7 @@ def main() -> None:
 
     inventory = load_inventory(inv_path)
     # As in the daemon's workers: the loaded index is millions of long-lived objects the cyclic
-    # GC must not walk again and again while verdicts allocate (daemon.worker_main).
+    # GC must not walk again and again while verdicts allocate (runtime.worker.worker_main).
     gc.freeze()
     rng = random.Random(7)
     names = [d for f in rng.sample(result.filings, min(50_000, len(result.filings))) for d in f.domains]

@@ -17,7 +17,7 @@ import threading
 import time
 
 sys.path.insert(0, sys.argv[6] if len(sys.argv) > 6 else ".")
-from beiand.testing.traffic import client_hello
+from beiand.lab.traffic import client_hello
 
 
 def one(mode: str, name: str, ip: str, res: dict, lock: threading.Lock) -> None:  # type: ignore[type-arg]

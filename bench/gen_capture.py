@@ -16,7 +16,7 @@ import random
 import struct
 import sys
 
-from beiand.testing import traffic as t
+from beiand.lab import traffic as t
 
 HOSTED4, HOSTED6 = "198.51.100.", "2001:db8:100::"
 

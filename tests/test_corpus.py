@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from beiand.capture import read_capture
-from beiand.inventory import load_inventory
 from beiand.model import Kind, VerdictKind
 from beiand.net.decoder import Decoder
-from beiand.pipeline import Pipeline
 from beiand.policy import REASONS, Policy, PolicyConfig
+from beiand.policy.inventory import load_inventory
 from beiand.records import build_index, load_file
+from beiand.runtime.pipeline import Pipeline
 
 CORPUS = Path(__file__).parent / "corpus"
 CASES = sorted(p for p in CORPUS.iterdir() if p.is_dir() and (p / "input.pcap").exists())

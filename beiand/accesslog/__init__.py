@@ -1,9 +1,9 @@
 """The Order 292 art. 14 access log: an embedded append-only store (hash-chained, day
-partitions, sealed and indexed, retained at least 60 days) and a ClickHouse sink."""
+partitions, sealed and indexed, retained at least 60 days). Its sinks (local, ClickHouse) are in
+``beiand.sinks``."""
 
 from beiand.accesslog.format import FormatError
 from beiand.accesslog.reader import Query, QueryStats, VerifyReport, query, stats, verify
-from beiand.accesslog.sink import AccessLogSink, to_record
 from beiand.accesslog.store import (
     RETENTION_FLOOR_DAYS,
     AccessLog,
@@ -18,7 +18,6 @@ __all__ = [
     "RETENTION_FLOOR_DAYS",
     "AccessLog",
     "AccessLogError",
-    "AccessLogSink",
     "FormatError",
     "LogConfig",
     "LogConfigError",
@@ -29,6 +28,5 @@ __all__ = [
     "retire",
     "seal_partition",
     "stats",
-    "to_record",
     "verify",
 ]

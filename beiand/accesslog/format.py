@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from beiand.errors import BeiandError
 from beiand.model import AccessRecord
 
 MAGIC = b"BEIANDLOG/1 "
@@ -55,7 +56,7 @@ INT_FIELDS = frozenset({"ts_ms", "client_port", "server_port"})
 _TABS = NFIELDS - 1
 
 
-class FormatError(Exception):
+class FormatError(BeiandError):
     """A partition file that does not parse: the message names the file and offset."""
 
 
@@ -292,7 +293,8 @@ def parse_open(data: bytes, path: str) -> OpenPartition:
         nl = data.find(b"\n", 0, 4096)
         hcrc = _crc(data[:nl + 1]) if nl >= 0 else 0
         start = resync(data, 0, None) if not data.startswith(b"F") else 0
-        damaged.append((0, start))
+        if start:  # an empty range is no damage (the header's loss is said in `why`)
+            damaged.append((0, start))
     frames: list[Frame] = []
     pos = start
     n = len(data)

@@ -35,6 +35,7 @@ from beiand.accesslog.store import (
     read_sealed_meta,
     worker_of,
 )
+from beiand.errors import BeiandError
 from beiand.model import AccessRecord
 
 IpNet = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -389,7 +390,7 @@ def _check_sealed(p: Path, key: bytes | None, chk: PartitionCheck) -> None:
 # -- anchors ------------------------------------------------------------------------------------
 
 
-class AnchorError(ValueError):
+class AnchorError(BeiandError, ValueError):
     """An anchors file that does not parse: the message names the file, the line and the field."""
 
 

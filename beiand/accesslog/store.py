@@ -56,6 +56,7 @@ from beiand.accesslog.format import (
     read_mark,
     read_open,
 )
+from beiand.errors import BeiandError
 from beiand.model import AccessRecord
 
 log = logging.getLogger(__name__)
@@ -75,11 +76,11 @@ DIR_MODE = 0o750
 FILE_MODE = 0o640
 
 
-class LogConfigError(ValueError):
+class LogConfigError(BeiandError, ValueError):
     """An access-log setting that may not be used; the message names the field."""
 
 
-class AccessLogError(Exception):
+class AccessLogError(BeiandError):
     """The log could not make records durable (disk full, I/O error); they are kept and retried."""
 
 

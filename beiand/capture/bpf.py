@@ -35,6 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from beiand.errors import BeiandError
 from beiand.net.link import (
     BPF_MAX_GTPU_EXTENSIONS,
     BPF_MAX_MPLS_LABELS,
@@ -582,7 +583,7 @@ def reference(pkt: bytes, tcp_ports: Iterable[int], udp_ports: Iterable[int], dn
     tcp, udp = frozenset(tcp_ports), frozenset(udp_ports)
     n = len(pkt)
 
-    class _Short(Exception):
+    class _Short(BeiandError):
         pass
 
     def u8(o: int) -> int:

@@ -21,13 +21,14 @@ import re
 from dataclasses import dataclass
 
 from beiand.capture.bpf import ABS, ALU, AND, IMM, IND, JEQ, JMP, LD, LDX, MEM, MISC, RSH, ST, TXA, B, H, K, W, _Asm
+from beiand.errors import BeiandError
 from beiand.net.link import BPF_MAX_VLAN_TAGS, ETH_IPV4, ETH_IPV6, ETH_VLAN, ETHERNET_HEADER, LINK_TYPES, VLAN_TAG, Start
 
 MAX_FILTER_TERMS = 64
 _TOKEN = re.compile(r"\(|\)|[^\s()]+")
 
 
-class FilterError(ValueError):
+class FilterError(BeiandError, ValueError):
     """capture.filter does not parse; the message says where and what was expected."""
 
 

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from beiand.capture.bpf import Insn, pack
+from beiand.errors import BeiandError
 
 SOL_PACKET = 263
 ETH_P_ALL = 0x0003
@@ -43,7 +44,7 @@ _V2_HDR = struct.Struct("IIIHHII")  # tp_status, tp_len, tp_snaplen, tp_mac, tp_
 _V2_PKTTYPE = 32 + 10  # sockaddr_ll follows the 32-byte tpacket2_hdr
 
 
-class CaptureOpenError(OSError):
+class CaptureOpenError(BeiandError, OSError):
     """A capture socket could not be set up; the message names the interface and the step."""
 
 

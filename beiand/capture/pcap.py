@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from beiand.errors import BeiandError
 from beiand.net.link import ETH_IPV4, ETH_IPV6, ETH_VLAN, ETHERNET_HEADER, LINK_TYPES, LINKTYPE_ETHERNET, VLAN_TAG, Start
 
 CHUNK = 1 << 20
@@ -23,7 +24,7 @@ PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 MAX_RECORD = 1 << 18
 
 
-class CaptureError(Exception):
+class CaptureError(BeiandError):
     """The file is not a capture we can read; says which file and why."""
 
 

@@ -7,7 +7,7 @@ block page, nftables entry), honouring modes, grace, closure orders and the circ
 """
 
 from beiand.enforce.actor import Breaker, Enforcer, EnforceSettings
-from beiand.enforce.orders import Order, OrderError, OrderStore
 from beiand.enforce.packets import Injector, block_page
+from beiand.policy.orders import Order, OrderError, OrderStore
 
 __all__ = ["Breaker", "EnforceSettings", "Enforcer", "Injector", "Order", "OrderError", "OrderStore", "block_page"]

@@ -13,12 +13,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from beiand.enforce.nft import Nft
-from beiand.enforce.orders import OrderStore
 from beiand.enforce.packets import Injector, block_page
 from beiand.enforce.rules import ExtraRules
 from beiand.model import Action, Decision, Kind, Observation, Transport, VerdictKind
+from beiand.policy.orders import OrderStore
 
 log = logging.getLogger(__name__)
 _BAD = frozenset({VerdictKind.UNFILED, VerdictKind.MISMATCH, VerdictKind.INACTIVE})
@@ -72,6 +73,13 @@ class Breaker:
         self.window = 0.0
 
 
+class Enforced(NamedTuple):
+    """What the enforcer did with a decision, and (inline) whether the packet being decided is dropped."""
+
+    decision: Decision
+    drop: bool = False
+
+
 class Enforcer:
     def __init__(self, settings: EnforceSettings, injector: Injector | None = None, nft: Nft | None = None,
                  orders: OrderStore | None = None, clock: Callable[[], float] = time.time,
@@ -87,10 +95,15 @@ class Enforcer:
         self.actions: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self.latency: list[float] = []
-        self.drop_current = False  # inline: drop the packet being decided
         self._page_cache: dict[str, bytes] = {}
 
     def __call__(self, obs: Observation, d: Decision) -> Decision:
+        """The decision as acted on (``enforce`` without the inline packet verdict)."""
+        return self.enforce(obs, d).decision
+
+    def enforce(self, obs: Observation, d: Decision) -> Enforced:
+        """Act on a decision; returns what was done and, inline, whether to drop the packet being
+        decided (the NFQUEUE verdict, as a value: no flag on the enforcer to read afterwards)."""
         now = self.clock()
         order = self.orders.match(obs.name, obs.server_ip, now) if self.orders is not None else None
         forced = order is not None
@@ -110,13 +123,13 @@ class Enforcer:
         v = d.verdict.verdict
         self.breaker.record(now, v in _BAD, d.action is Action.BLOCK)
         if d.action is not Action.BLOCK:
-            return d
+            return Enforced(d)
         if obs.kind is Kind.DNS_ANSWER:
             # An answer is not a connection: the connection it leads to is what gets blocked.
-            return d._replace(action=Action.FLAG, rule=d.rule + ":dns-answer")
+            return Enforced(d._replace(action=Action.FLAG, rule=d.rule + ":dns-answer"))
         if not forced:
             if self.breaker.open:
-                return d._replace(action=Action.FLAG, rule=f"breaker:would-block:{d.rule}")
+                return Enforced(d._replace(action=Action.FLAG, rule=f"breaker:would-block:{d.rule}"))
             if self.s.grace_seconds and obs.name:
                 first = self.first_seen.get(obs.name)
                 if first is None:
@@ -124,31 +137,34 @@ class Enforcer:
                     if len(self.first_seen) > 100_000:
                         self.first_seen.popitem(last=False)
                 if now - first < self.s.grace_seconds:
-                    return d._replace(action=Action.FLAG, rule=f"grace:would-block:{d.rule}")
-        if not self._act(obs, d):
-            return d._replace(action=Action.FLAG, rule=d.rule + ":action-failed")
-        return d
+                    return Enforced(d._replace(action=Action.FLAG, rule=f"grace:would-block:{d.rule}"))
+        done, drop = self._act(obs, d)
+        if not done:
+            return Enforced(d._replace(action=Action.FLAG, rule=d.rule + ":action-failed"), drop)
+        return Enforced(d, drop)
 
     def _count(self, what: str) -> None:
         self.actions[what] = self.actions.get(what, 0) + 1
 
-    def _act(self, obs: Observation, d: Decision) -> bool:
+    def _act(self, obs: Observation, d: Decision) -> tuple[bool, bool]:
+        """(done, drop the packet being decided when inline)."""
         what = "reset"
+        drop = False
         try:
             inline = self.s.inline
             if obs.transport is Transport.UDP:
                 what = "quic-drop"
-                self.drop_current = True
+                drop = True
                 if self.nft is None:
-                    return inline  # inline: dropping the Initial is the action; passive needs nftables
+                    return inline, drop  # inline: dropping the Initial is the action; passive needs nftables
                 # This flow only (client address and port, server address and port): other clients and
                 # other names on the same server are untouched (REGULATIONS.md: per name or per flow).
                 self.nft.add(Nft.set_for(obs.server_ip, "quic"), (obs.client_ip, obs.client_port, obs.server_ip, obs.server_port),
                              self.s.quic_block_seconds)
             else:
                 if self.injector is None or not obs.tcp_ack:
-                    return False
-                self.drop_current = True
+                    return False, drop
+                drop = True
                 seq, ack, ln = obs.tcp_seq, obs.tcp_ack, obs.tcp_len
                 if obs.kind is Kind.HTTP_HOST:
                     what = "block-page"
@@ -169,11 +185,11 @@ class Enforcer:
             self.errors[what] = self.errors.get(what, 0) + 1
             log.warning("enforcement %s for %s (%s:%d) failed: %s", what, obs.name or obs.server_ip, obs.server_ip,
                         obs.server_port, exc)
-            return False
+            return False, drop
         self._count(what)
         if len(self.latency) < 10_000:
             self.latency.append(max(0.0, time.time() - obs.ts))
-        return True
+        return True, drop
 
     def sync_ip_orders(self) -> None:
         """Put every active closure order on an address or prefix into the nftables sets (all traffic)."""

@@ -18,6 +18,8 @@ import struct
 import subprocess
 from collections.abc import Iterator, Sequence
 
+from beiand.errors import BeiandError
+
 log = logging.getLogger(__name__)
 
 NETLINK_NETFILTER = 12
@@ -39,7 +41,7 @@ def _attr(t: int, data: bytes) -> bytes:
     return struct.pack("=HH", ln, t) + data + b"\0" * ((4 - ln % 4) % 4)
 
 
-class NfQueueError(OSError):
+class NfQueueError(BeiandError, OSError):
     pass
 
 

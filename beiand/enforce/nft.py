@@ -19,10 +19,12 @@ import subprocess
 import sys
 from typing import Any
 
+from beiand.errors import BeiandError
+
 FAMILY, TABLE, CHAIN = "inet", "beiand", "forward"
 
 
-class NftError(RuntimeError):
+class NftError(BeiandError, RuntimeError):
     pass
 
 

@@ -1,7 +1,9 @@
 """One error type per layer; all are caught in exactly one place (``Decoder.feed``) and counted."""
 
+from beiand.errors import BeiandError
 
-class DecodeError(Exception):
+
+class DecodeError(BeiandError):
     """Bad input at some layer; ``reason`` is a short fixed string used as a counter label."""
 
     layer = "net"

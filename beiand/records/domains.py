@@ -13,13 +13,15 @@ from importlib import resources
 
 import idna
 
+from beiand.errors import BeiandError
+
 _ASCII_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
 _ASCII_LENIENT = re.compile(r"^[a-z0-9_*-]+(?:\.[a-z0-9_-]+)*$")
 # Dot-like characters UTS-46 maps to "." (IDNA 2008 section 2.3.2.1 of RFC 5890).
 _DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
 
 
-class DomainError(ValueError):
+class DomainError(BeiandError, ValueError):
     def __init__(self, text: str, reason: str) -> None:
         super().__init__(f"{text!r}: {reason}")
         self.text = text

@@ -1,62 +1,43 @@
 """Import of filing exports from the enterprise-side filing system (企业侧备案系统).
 
-CSV (UTF-8 with or without BOM, or GB18030), JSON, JSONL and XLSX. Columns are documented in
-``docs/records-format.md``. Bad rows are reported as ``file:line: field: reason`` and skipped;
+CSV (UTF-8 with or without BOM, or GB18030), JSON, JSONL and XLSX, each read by its module in
+``records/formats/`` (picked by suffix); rows are parsed and checked here, whatever the format.
+Columns are documented in ``docs/records-format.md``. Bad rows are reported as ``file:line: field: reason`` and skipped;
 ``strict`` makes any bad row fail the whole import.
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
-import csv
 import datetime as dt
 import gc
 import heapq
-import io
 import ipaddress
-import itertools
-import json
 import os
 import pickle
 import re
 import socket
-import sys
 import tempfile
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import BinaryIO
 
+from beiand.errors import BeiandError
 from beiand.model import Filing, FilingStatus, ServiceType
 from beiand.records.domains import DomainError, is_public_suffix, normalise_domain
+from beiand.records.formats import csv as csv_format
+from beiand.records.formats import reader_for
+from beiand.records.formats.base import HEADERS as HEADERS
+from beiand.records.formats.base import MAX_CELL as MAX_CELL
+from beiand.records.formats.base import MAX_ITEM as MAX_ITEM
+from beiand.records.formats.base import MAX_JSON_DEPTH as MAX_JSON_DEPTH
+from beiand.records.formats.base import MAX_JSON_WHOLE as MAX_JSON_WHOLE
+from beiand.records.formats.base import ImportIssue as ImportIssue
+from beiand.records.formats.base import ImportRefused as ImportRefused
+from beiand.records.formats.base import ImportResult as ImportResult
+from beiand.records.formats.base import detect_encoding as detect_encoding
 from beiand.records.numbers import FilingNumberError, parse_filing_number
-
-MAX_CELL = 65536  # bytes; a bigger cell is an error, not a reason to stop reading
-# Issue 17: a cell is refused at MAX_CELL bytes (at most 4 per character), and a line or JSON item
-# at MAX_ITEM characters, without reading the rest of it: a 100 MB cell once took 757 MB to refuse.
-MAX_ITEM = 1 << 20  # characters of one CSV line, JSON line or JSON list item
-MAX_JSON_DEPTH = 8  # nesting of a JSON export: list > object > list of strings is 3
-MAX_JSON_WHOLE = 64 << 20  # a JSON export that is one object (not a list): parsed whole up to this size
-csv.field_size_limit(min(sys.maxsize, MAX_CELL * 4))
-_TOO_LONG = "\x00beiand:line-too-long\x00"
-
-# Header spellings (Chinese exports and English ones) → field.
-HEADERS: dict[str, str] = {}
-for _field, _names in {
-    "number": ["备案号", "网站备案号", "服务备案号", "app备案号", "备案编号", "number", "filingnumber", "filing_number", "icp"],
-    "sponsor": ["主办单位", "主办单位名称", "主办者", "sponsor", "sponsorname"],
-    "service_type": ["服务类型", "类型", "备案类型", "service_type", "servicetype", "type"],
-    "service_name": ["网站名称", "服务名称", "app名称", "名称", "service_name", "servicename", "name"],
-    "domains": ["域名", "网站域名", "服务域名", "domains", "domain"],
-    "ips": ["ip", "ip地址", "ips", "服务ip", "ip_addresses"],
-    "access_provider": ["接入商", "接入服务商", "access_provider", "accessprovider", "provider"],
-    "status": ["状态", "备案状态", "status"],
-    "reviewed": ["审核时间", "审核通过时间", "审核通过日期", "reviewed", "review_date", "reviewdate"],
-}.items():
-    for _n in _names:
-        HEADERS[_n.replace("_", "")] = _field
 
 # The status vocabulary as exports spell it (REGULATIONS.md, "Facts the code needs"), in one
 # table; ``records.status_map`` extends it. A word in neither is kept in force (UNMAPPED).
@@ -105,65 +86,19 @@ _SPLIT = re.compile(r"[;,、；，\s]+")
 _DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%Y-%m-%d %H:%M:%S", "%Y/%m/%d %H:%M:%S", "%Y年%m月%d日", "%Y%m%d")
 
 
-@dataclass(frozen=True, slots=True)
-class ImportIssue:
-    """A problem with one row: ``file:line: field: reason``."""
-
-    file: str
-    line: int
-    field: str
-    reason: str
-    unit: str = ""  # "" for a line; "item" for JSON arrays, "row" for XLSX
-
-    def __str__(self) -> str:
-        where = f"{self.unit} {self.line}" if self.unit else str(self.line)
-        return f"{self.file}:{where}: {self.field}: {self.reason}"
 
 
-@dataclass
-class ImportResult:
-    filings: list[Filing] = field(default_factory=list)
-    errors: list[ImportIssue] = field(default_factory=list)
-    warnings: list[ImportIssue] = field(default_factory=list)
-    rows: int = 0
-    files: list[str] = field(default_factory=list)
-    encoding: str = "utf-8"
 
 
-class ImportRefused(Exception):
-    """The whole import is refused (strict mode, unreadable file, empty or shrinking export)."""
 
 
-class _RowError(Exception):
+class _RowError(BeiandError):
     def __init__(self, field_name: str, reason: str) -> None:
         super().__init__(reason)
         self.field = field_name
         self.reason = reason
 
 
-def detect_encoding(path: Path) -> tuple[str, bool]:
-    """``("utf-8-sig" | "utf-8" | "gb18030", truncated)``; raises ImportRefused if neither decodes."""
-    with path.open("rb") as f:
-        head = f.read(3)
-    bom = head == codecs.BOM_UTF8
-    for enc in ("utf-8", "gb18030"):
-        dec = codecs.getincrementaldecoder(enc)()
-        ok = True
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                try:
-                    dec.decode(chunk)
-                except UnicodeDecodeError:
-                    ok = False
-                    break
-        if not ok:
-            continue
-        try:
-            dec.decode(b"", final=True)
-        except UnicodeDecodeError:
-            return ("utf-8-sig" if bom else enc), True
-        return ("utf-8-sig" if bom and enc == "utf-8" else enc), False
-    raise ImportRefused(f"{path}: not UTF-8 and not GB18030: re-export the file as UTF-8 CSV")
 
 
 _ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
@@ -366,405 +301,30 @@ def canonical_ip_entry(text: str) -> tuple[str, str]:
         raise ValueError(f"{text!r} is not an IP address, range or CIDR prefix")
     return ip, ""
 
-def _map_header(header: Iterable[object]) -> list[str | None]:
-    out: list[str | None] = []
-    for h in header:
-        key = str(h or "").strip().lstrip("\ufeff").lower().replace(" ", "").replace("_", "")
-        out.append(HEADERS.get(key))
-    return out
 
 
-def _rows_csv(path: Path, result: ImportResult, span: tuple[int, int, int] | None = None
-              ) -> Iterator[tuple[int, str, dict[str, str]]]:
-    """Rows of a CSV export; ``span`` = (start byte, end byte, line number at start) of a chunk."""
-    enc, truncated = detect_encoding(path) if span is None else (result.encoding, False)
-    result.encoding = enc
-    if truncated:
-        result.warnings.append(ImportIssue(str(path), 0, "file", "ends inside a character: truncated? the last row is checked as is"))
-    with path.open("r", encoding=enc, errors="replace", newline="") as f:
-        reader = csv.reader(_bounded_lines(f))
-        try:
-            header = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise ImportRefused(f"{path}:1: header: {exc}") from None
-        cols = _map_header(header)
-        if "number" not in cols:
-            raise ImportRefused(f"{path}:1: header: no filing number column (备案号 / number); got {header!r}")
-        if span is not None:
-            with path.open("rb") as fb:
-                fb.seek(span[0])
-                text = fb.read(span[1] - span[0]).decode(enc, errors="replace")
-            reader = csv.reader(_bounded_lines(io.StringIO(text, newline="")))
-            base = span[2] - 1
-        else:
-            base = 0
-        width = len(header)
-        all_mapped = None not in cols
-        names = [c or "" for c in cols]
-        start = reader.line_num + 1
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                yield base + start, "", {"__error__": str(exc)}
-                start = reader.line_num + 1
-                continue
-            line = base + start
-            start = reader.line_num + 1
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if _TOO_LONG in row[0]:
-                yield line, "", {"__error__": f"line longer than {MAX_ITEM} characters: refused unread (a cell is at most "
-                                              f"{MAX_CELL} bytes)"}
-                continue
-            if len(row) != width:
-                yield line, "", {"__error__": f"row has {len(row)} fields, the header has {width} (truncated or unquoted separator?)"}
-                continue
-            yield line, "", (dict(zip(names, row, strict=True)) if all_mapped
-                             else {c: v for c, v in zip(cols, row, strict=True) if c is not None})
 
 
-def _csv_split(path: Path, parts: int) -> list[tuple[int, int, int]]:
-    """Byte ranges of whole rows, for parsing a big CSV on several cores.
-
-    A newline ends a row only outside quotes, i.e. where the number of ``"`` before it is
-    even; neither byte can be part of a multi-byte character in UTF-8 or GB18030.
-    """
-    data = path.read_bytes()
-    first = data.find(b"\n") + 1  # after the header (a header with quoted newlines: no split)
-    if first <= 0 or data.count(b'"', 0, first) % 2:
-        return []
-    size = len(data)
-    cuts = [first]
-    # The first range is parsed by the parent, which also merges the others: give it less.
-    shares = [0.8] + [1.0] * (parts - 1)
-    total = sum(shares)
-    for k in range(1, parts):
-        pos = max(cuts[-1], first + int((size - first) * sum(shares[:k]) / total))
-        while True:
-            nl = data.find(b"\n", pos)
-            if nl < 0:
-                break
-            if data.count(b'"', 0, nl) % 2 == 0:
-                cuts.append(nl + 1)
-                break
-            pos = nl + 1
-    cuts.append(size)
-    out = []
-    for a, b in itertools.pairwise(cuts):
-        if b > a:
-            out.append((a, b, data.count(b"\n", 0, a) + 1))
-    return out
 
 
-def _rows_json(path: Path, result: ImportResult) -> Iterator[tuple[int, str, dict[str, str]]]:
-    """Items of a JSON list or lines of JSON lines, streamed: one item is held at a time, an item
-    over MAX_ITEM characters or nested deeper than MAX_JSON_DEPTH is refused without being read
-    whole (issue 17)."""
-    enc, _ = detect_encoding(path)
-    jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
-    if not jsonl:
-        with path.open("r", encoding=enc, errors="replace") as f:
-            head = f.read(4096).lstrip("\ufeff \t\r\n")
-        if head.startswith("["):
-            yield from _json_list_items(path, enc)
-            return
-        if head.startswith("{") and path.stat().st_size <= MAX_JSON_WHOLE:
-            text = path.read_text(enc, errors="replace")
-            depth = _json_depth(text)
-            if depth > MAX_JSON_DEPTH:
-                raise ImportRefused(f"{path}:1: json: nested {depth} levels deep, at most {MAX_JSON_DEPTH}: "
-                                    "not a filing export")
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                if exc.msg != "Extra data":
-                    raise ImportRefused(f"{path}:{exc.lineno}: json: {exc.msg} (column {exc.colno})") from None
-                data = None
-                jsonl = True  # objects one after the other: JSON lines
-            del text
-            if not jsonl:
-                if isinstance(data, dict):
-                    data = data.get("filings", data.get("records", data.get("data")))
-                if not isinstance(data, list):
-                    raise ImportRefused(f"{path}:1: json: expected a list of filings or {{\"filings\": [...]}}")
-                for i, item in enumerate(data, 1):
-                    yield i, "item", _json_cells(item)
-                return
-        elif not head.startswith("{"):
-            msg = "empty file" if not head else f"expected a list of filings or {{\"filings\": [...]}}, got {head[:20]!r}"
-            raise ImportRefused(f"{path}:1: json: {msg}")
-        # else: one big object per line (JSON lines named .json), or a big {"filings": ...}: read as lines
-    with path.open("r", encoding=enc, errors="replace") as f:
-        for i, line in enumerate(_bounded_lines(f), 1):
-            if line is _TOO_LONG:
-                yield i, "", {"__error__": f"line longer than {MAX_ITEM} characters: refused unread (a cell is at most "
-                                           f"{MAX_CELL} bytes)"}
-                continue
-            if not line.strip():
-                continue
-            yield i, "", _json_text_cells(line)
 
 
-def _json_text_cells(text: str) -> dict[str, str]:
-    depth = _json_depth(text)
-    if depth > MAX_JSON_DEPTH:
-        return {"__error__": f"nested {depth} levels deep, at most {MAX_JSON_DEPTH}"}
-    try:
-        item = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return {"__error__": f"invalid JSON: {exc.msg} (column {exc.colno})"}
-    except RecursionError:  # cannot happen below MAX_JSON_DEPTH; kept so no input ends in a traceback
-        return {"__error__": f"nested more than {MAX_JSON_DEPTH} levels deep"}
-    return _json_cells(item)
 
 
-_JSON_DEPTH_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
 
 
-def _json_depth(text: str) -> int:
-    """The deepest nesting of brackets outside strings (a cheap scan before json.loads recurses)."""
-    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
-        return 0
-    depth = top = 0
-    for m in _JSON_DEPTH_TOKENS.finditer(text):
-        c = m.group()[0]
-        if c == "[" or c == "{":
-            depth += 1
-            if depth > top:
-                top = depth
-                if top > 4 * MAX_JSON_DEPTH:
-                    return top  # enough to refuse
-        elif c == "]" or c == "}":
-            depth -= 1
-    return top
 
 
-def _bounded_lines(f: TextIO) -> Iterator[str]:
-    """Lines of a text file, each at most MAX_ITEM characters: a longer one is skipped unread (the
-    rest of it in bounded reads) and stands as the ``_TOO_LONG`` marker."""
-    while True:
-        line = f.readline(MAX_ITEM + 1)
-        if not line:
-            return
-        if len(line) > MAX_ITEM and not line.endswith("\n"):
-            while line and not line.endswith("\n"):
-                line = f.readline(1 << 20)
-            yield _TOO_LONG
-            continue
-        yield line
 
 
-_CHUNK = 1 << 20
-_WS = " \t\r\n"
-_SKIP_OUT = re.compile(r'[\[\]{}"]')
-_SKIP_IN = re.compile(r'["\\]')
-_VALUE_END = re.compile(r"[,\]\s]")
 
 
-class _Buffered:
-    """A text file read in chunks, with a cursor; consumed text is let go, its lines counted."""
-
-    def __init__(self, f: TextIO) -> None:
-        self.f = f
-        self.buf = ""
-        self.pos = 0
-        self.eof = False
-        self.lines = 1  # line number at buf[0]
-
-    def more(self) -> bool:
-        if self.eof:
-            return False
-        chunk = self.f.read(_CHUNK)
-        if not chunk:
-            self.eof = True
-            return False
-        if self.pos > _CHUNK:
-            self.lines += self.buf.count("\n", 0, self.pos)
-            self.buf = self.buf[self.pos :]
-            self.pos = 0
-        self.buf += chunk
-        return True
-
-    def line(self) -> int:
-        return self.lines + self.buf.count("\n", 0, self.pos)
-
-    def skip_ws(self) -> str:
-        """The next character that is not white space ("" at the end of the file)."""
-        while True:
-            buf, pos, n = self.buf, self.pos, len(self.buf)
-            while pos < n and buf[pos] in _WS:
-                pos += 1
-            self.pos = pos
-            if pos < n:
-                return buf[pos]
-            if not self.more():
-                return ""
-
-    def skip_value(self) -> bool:
-        """Step over one JSON value of any size or depth without keeping it (a scan of brackets
-        and strings, chunk by chunk); False if the file ends inside it."""
-        depth = 0
-        in_str = esc = False
-        while True:
-            buf, pos, n = self.buf, self.pos, len(self.buf)
-            while pos < n:
-                if in_str:
-                    if esc:
-                        esc = False
-                        pos += 1
-                        continue
-                    m = _SKIP_IN.search(buf, pos)
-                    if m is None:
-                        pos = n
-                        break
-                    pos = m.end()
-                    if m.group() == "\\":
-                        esc = True
-                    else:
-                        in_str = False
-                        if depth == 0:
-                            self.pos = pos
-                            return True
-                    continue
-                if depth == 0 and buf[pos] not in '[{"':  # a number or literal: up to the next , ] or space
-                    m = _VALUE_END.search(buf, pos)
-                    if m is None:
-                        pos = n
-                        break
-                    self.pos = m.start()
-                    return True
-                m = _SKIP_OUT.search(buf, pos)
-                if m is None:
-                    pos = n
-                    break
-                c = m.group()
-                pos = m.end()
-                if c == '"':
-                    in_str = True
-                elif c in "[{":
-                    depth += 1
-                else:
-                    depth -= 1
-                    if depth <= 0:
-                        self.pos = pos
-                        return True
-            self.pos = pos
-            if not self.more():
-                return False
 
 
-def _json_list_items(path: Path, enc: str) -> Iterator[tuple[int, str, dict[str, str]]]:
-    """The items of a top-level JSON list, each parsed on its own (``raw_decode``) from a buffer
-    read in 1 MiB chunks: an item over MAX_ITEM characters, or one nested too deep for the parser,
-    is stepped over unread and reported; a syntax error refuses the file, as a whole parse would."""
-    dec = json.JSONDecoder()
-    with path.open("r", encoding=enc, errors="replace") as f:
-        r = _Buffered(f)
-        if r.skip_ws() == "\ufeff":
-            r.pos += 1
-        if r.skip_ws() != "[":
-            raise ImportRefused(f"{path}:{r.line()}: json: expected a list of filings")
-        r.pos += 1
-        n = 0
-        while True:
-            c = r.skip_ws()
-            if c == "":
-                raise ImportRefused(f"{path}:{r.line()}: json: the file ends inside the list (truncated?)")
-            if c == "]":
-                return
-            if n:
-                if c != ",":
-                    raise ImportRefused(f"{path}:{r.line()}: json: expected ',' or ']' between items, got {c!r}")
-                r.pos += 1
-                if r.skip_ws() == "":
-                    raise ImportRefused(f"{path}:{r.line()}: json: the file ends inside the list (truncated?)")
-            n += 1
-            consumed = False
-            while True:  # r.pos is the item's start until it is parsed (more() may move the buffer)
-                try:
-                    item, end = dec.raw_decode(r.buf, r.pos)
-                except json.JSONDecodeError as exc:
-                    if len(r.buf) - r.pos > MAX_ITEM:
-                        reason = f"item longer than {MAX_ITEM} characters: refused unread (a cell is at most {MAX_CELL} bytes)"
-                        break
-                    cut = exc.pos >= len(r.buf) - 16 or exc.msg.startswith("Unterminated string")
-                    if cut and r.more():
-                        continue  # the item goes on in the next chunk
-                    line = r.lines + r.buf.count("\n", 0, exc.pos)
-                    raise ImportRefused(f"{path}:{line}: json: {exc.msg} (item {n})") from None
-                except RecursionError:
-                    reason = f"nested more than {MAX_JSON_DEPTH} levels deep"
-                    break
-                if end == len(r.buf) and not isinstance(item, dict | list | str) and r.more():
-                    continue  # a number cut by the chunk: read on
-                size = end - r.pos
-                r.pos = end
-                consumed = True
-                reason = "" if size <= MAX_ITEM else \
-                    f"item longer than {MAX_ITEM} characters: refused (a cell is at most {MAX_CELL} bytes)"
-                break
-            if reason:
-                if not consumed and not r.skip_value():
-                    raise ImportRefused(f"{path}:{r.line()}: json: the file ends inside item {n} (truncated?)")
-                yield n, "item", {"__error__": reason}
-                continue
-            yield n, "item", _json_cells(item)
 
 
-def _json_cells(item: object) -> dict[str, str]:
-    if not isinstance(item, dict):
-        return {"__error__": f"expected an object, got {type(item).__name__}"}
-    cols = _map_header(item.keys())
-    out: dict[str, str] = {}
-    for c, v in zip(cols, item.values(), strict=True):
-        if c is None:
-            continue
-        if isinstance(v, list):
-            if any(isinstance(x, list | dict) for x in v):
-                return {"__error__": f"{c}: nested lists or objects in a cell: expected a string or a list of strings"}
-            v = ";".join(str(x) for x in v)
-        elif isinstance(v, dict):
-            return {"__error__": f"{c}: an object in a cell: expected a string or a list of strings"}
-        out[c] = "" if v is None else str(v)
-    return out
 
 
-def _rows_xlsx(path: Path, result: ImportResult) -> Iterator[tuple[int, str, dict[str, str]]]:
-    import zipfile
-
-    import openpyxl
-
-    try:
-        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except (zipfile.BadZipFile, OSError, KeyError, ValueError) as exc:
-        raise ImportRefused(f"{path}: not a readable XLSX workbook: {exc}") from None
-    try:
-        ws = wb.worksheets[0]
-        it = ws.iter_rows(values_only=True)
-        header = next(it, None)
-        if header is None:
-            return
-        cols = _map_header(header)
-        if "number" not in cols:
-            raise ImportRefused(f"{path}:row 1: header: no filing number column (备案号 / number)")
-        for i, row in enumerate(it, 2):
-            if all(v is None or str(v).strip() == "" for v in row):
-                continue
-            cells: dict[str, str] = {}
-            for c, v in zip(cols, row, strict=False):
-                if c is None:
-                    continue
-                if isinstance(v, dt.datetime | dt.date):
-                    v = v.strftime("%Y-%m-%d")
-                cells[c] = "" if v is None else str(v)
-            yield i, "row", cells
-    finally:
-        wb.close()
 
 
 PARALLEL_MIN_BYTES = 32 << 20
@@ -805,23 +365,21 @@ def _load_file(path: str | Path, strict: bool, result: ImportResult | None, seen
     seen = seen if seen is not None else {}
     if not p.is_file():
         raise ImportRefused(f"{p}: no such file")
-    suffix = p.suffix.lower()
     name = str(p)
     res.files.append(name)
-    if suffix in (".json", ".jsonl", ".ndjson"):
-        _consume(_rows_json(p, res), name, res, seen, statuses)
-    elif suffix in (".xlsx", ".xlsm"):
-        _consume(_rows_xlsx(p, res), name, res, seen, statuses)
+    read = reader_for(p)
+    if read is not csv_format.rows:
+        _consume(read(p, res), name, res, seen, statuses)
     else:
         n = workers if workers is not None else min(os.cpu_count() or 1, 4)
-        spans = _csv_split(p, n) if n > 1 and p.stat().st_size >= PARALLEL_MIN_BYTES else []
+        spans = csv_format.split(p, n) if n > 1 and p.stat().st_size >= PARALLEL_MIN_BYTES else []
         if len(spans) > 1:
             res.encoding, truncated = detect_encoding(p)
             if truncated:
                 res.warnings.append(ImportIssue(name, 0, "file", "ends inside a character: truncated? the last row is checked as is"))
             _load_parallel(p, spans, res, seen, statuses)
         else:
-            _consume(_rows_csv(p, res), name, res, seen, statuses)
+            _consume(csv_format.rows(p, res), name, res, seen, statuses)
     if strict and res.errors:
         raise ImportRefused(f"{len(res.errors)} bad row(s) in strict mode; first: {res.errors[0]}")
     return res
@@ -907,7 +465,7 @@ def _load_parallel(p: Path, spans: list[tuple[int, int, int]], res: ImportResult
                 part.filings = out = _Spill(spill)
                 # Duplicates are found by the parent as it takes the filings back in file order
                 # (it has them all): the worker remembers none.
-                _consume(_rows_csv(p, part, span), name, part, _Forgetful(), statuses)
+                _consume(csv_format.rows(p, part, span), name, part, _Forgetful(), statuses)
                 out.spill()
                 pickle.dump((sorted([(i.line, i.field, i.reason, i.unit, True) for i in part.errors]
                                     + [(i.line, i.field, i.reason, i.unit, False) for i in part.warnings]), part.rows),
@@ -918,7 +476,7 @@ def _load_parallel(p: Path, spans: list[tuple[int, int, int]], res: ImportResult
             finally:
                 os._exit(code)
         children.append((pid, spill))
-    _consume(_rows_csv(p, res, spans[0]), name, res, seen, statuses)
+    _consume(csv_format.rows(p, res, spans[0]), name, res, seen, statuses)
     stypes = {t.value: t for t in ServiceType}
     statuses = {s.value: s for s in FilingStatus}
     for pid, spilled in children:

@@ -14,6 +14,7 @@ import re
 import unicodedata
 from typing import NamedTuple
 
+from beiand.errors import BeiandError
 from beiand.model import ServiceType
 
 PROVINCES = "京津沪渝冀晋蒙辽吉黑苏浙皖闽赣鲁豫鄂湘粤桂琼蜀黔滇藏陕陇青宁新"
@@ -35,7 +36,7 @@ _B2_RE = re.compile(r"^(.)(B[12])-(\d+)(?:-(\d+)([A-Za-z]?))?$")
 _PSB_RE = re.compile(r"^(.)?公网安备\d+号?$")
 
 
-class FilingNumberError(ValueError):
+class FilingNumberError(BeiandError, ValueError):
     """A string is not a valid filing number; ``reason`` says why."""
 
     def __init__(self, text: str, reason: str) -> None:

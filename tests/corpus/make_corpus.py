@@ -13,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from beiand.testing import encap
-from beiand.testing import traffic as t
+from beiand.lab import encap
+from beiand.lab import traffic as t
 
 HERE = Path(__file__).parent
 C = "192.0.2.10"

@@ -10,8 +10,8 @@ import struct
 from collections.abc import Iterator
 
 from beiand.enforce.packets import checksum
+from beiand.lab import traffic as t
 from beiand.net.quic import V1, InitialKeys
-from beiand.testing import traffic as t
 
 _ETH4 = t.MAC_B + t.MAC_A + b"\x08\x00"
 

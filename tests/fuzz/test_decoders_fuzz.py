@@ -3,12 +3,12 @@
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from beiand.lab import traffic as t
 from beiand.net.decoder import Decoder
 from beiand.net.errors import DecodeError
 from beiand.net.http import parse_requests
 from beiand.net.quic import QuicInitialReader, parse_gquic_chlo
 from beiand.net.tls import parse_client_hello
-from beiand.testing import traffic as t
 
 HELLO = t.client_hello("fuzz.example.com", ["h2"], big=True)
 QUIC = t.quic_initial_datagrams("quicfuzz.example.com")[0]

@@ -1,8 +1,8 @@
 """Issue 17 item 3: an exception outside the decoders' own errors drops the frame and its flow,
 is counted by type, and the next frame is decoded as usual."""
 
+from beiand.lab import traffic as t
 from beiand.net.decoder import Decoder
-from beiand.testing import traffic as t
 
 HELLO = t.client_hello("after.example.com")
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from beiand.cli import main
-from beiand.config import ConfigError, load_config, parse_config
+from beiand.runtime.settings import ConfigError, load_config, parse_config
 
 
 def problems(tmp_path: Path, text: str) -> list[str]:

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from beiand.metrics import Metrics
-from beiand.server import HttpLimits, make_app, start
+from beiand.runtime.http import HttpLimits, make_app, start
+from beiand.runtime.metrics import Metrics
 
 
 class View:

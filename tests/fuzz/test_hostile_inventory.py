@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from beiand.inventory import InventoryError, load_inventory
+from beiand.policy.inventory import InventoryError, load_inventory
 
 HEADER = b"prefix,account,site,state,mode\n"
 CELLS = st.sampled_from([b"198.51.100.0/24", b"2001:db8::/32", b"10.0.0.1/8", b"acct", b"", b"active", b"enforce", b"\"",

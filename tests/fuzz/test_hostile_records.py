@@ -98,9 +98,9 @@ def test_limits_are_documented():
 
 
 def test_json_list_items_across_chunk_boundaries(tmp_path, monkeypatch):
-    import beiand.records.importer as importer
+    from beiand.records.formats import json as json_format
 
-    monkeypatch.setattr(importer, "_CHUNK", 7)  # every item, string and number cut somewhere
+    monkeypatch.setattr(json_format, "_CHUNK", 7)  # every item, string and number cut somewhere
     two = {**GOOD, "备案号": "京ICP备12345678号-2", "主办单位": "乙公司"}
     p = tmp_path / "chunks.json"
     p.write_text("\ufeff[" + json.dumps(GOOD) + " , " + "[" * 3000 + "]" * 3000 + ",12345,\n" + json.dumps(two, ensure_ascii=False)

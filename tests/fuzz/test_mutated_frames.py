@@ -8,8 +8,8 @@ import random
 import struct
 
 from beiand.capture.pcap import CaptureError, read_capture
+from beiand.lab import traffic as t
 from beiand.net.decoder import Decoder, DecoderConfig
-from beiand.testing import traffic as t
 from tests.fuzz import hostile
 
 SEED = 17

@@ -11,9 +11,9 @@ import tracemalloc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from beiand.lab import traffic as t
 from beiand.net.decoder import Decoder, DecoderConfig
 from beiand.net.reassembly import INTERVAL_COST, Stream
-from beiand.testing import traffic as t
 from tests.fuzz import hostile
 from tests.fuzz.test_mutated_frames import budgets_match
 

@@ -9,7 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from beiand.testing.lab import in_netns, setns
+from beiand.lab.netns import in_netns, setns
 
 CONFIG = """<?xml version="1.0"?>
 <yandex>

@@ -26,9 +26,9 @@ from typing import Any
 
 from pyroute2 import NetNS, netns
 
+from beiand.lab.netns import in_netns, setns
+from beiand.lab.traffic import dns_response
 from beiand.records.generate import HEADER, OUR_PROVIDER
-from beiand.testing.lab import in_netns, setns
-from beiand.testing.traffic import dns_response
 
 PORT = 9640
 HOSTED = "198.51.100.0/24"

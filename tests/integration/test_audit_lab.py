@@ -17,9 +17,9 @@ import pytest
 from aiohttp import web
 
 from beiand.cli import main
+from beiand.lab import traffic as t
+from beiand.lab.labservers import make_cert
 from beiand.records.generate import OUR_PROVIDER
-from beiand.testing import traffic as t
-from beiand.testing.labservers import make_cert
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

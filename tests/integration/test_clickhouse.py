@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from beiand.accesslog.clickhouse import ClickHouseSink
 from beiand.accesslog.format import DAY_MS
+from beiand.sinks.clickhouse import ClickHouseSink
 from tests.integration.clickhouse import ClickHouse
 from tests.unit.accesslog.helpers import DAY0, rec
 
@@ -95,7 +95,7 @@ def test_a_replay_cut_short_is_not_sent_twice(server: ClickHouse, tmp_path: Path
 
 
 def _spill_ids(sink: ClickHouseSink) -> list[str]:
-    from beiand.accesslog.clickhouse import batch_id
+    from beiand.sinks.clickhouse import batch_id
 
     return [batch_id(p.splitlines(keepends=True)) for _, _, p in sink._spill_frames()]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from beiand.demo import build
-from beiand.labdemo import drive, http_get, wait_ready, write_config
-from beiand.testing.lab import Lab
+from beiand.lab.demo import build
+from beiand.lab.labdemo import drive, http_get, wait_ready, write_config
+from beiand.lab.netns import Lab
 
 pytestmark = pytest.mark.integration
 
@@ -148,7 +148,7 @@ def test_lookup_and_probes(lab) -> None:  # type: ignore[no-untyped-def]
 def test_reload_needs_the_token(lab) -> None:  # type: ignore[no-untyped-def]
     import urllib.request
 
-    from beiand.testing.lab import in_netns
+    from beiand.lab.netns import in_netns
 
     def post(auth: str) -> int:
         req = urllib.request.Request("http://127.0.0.1:9640/api/v1/reload", method="POST", headers={"Authorization": auth})
@@ -251,7 +251,7 @@ def test_prometheus_scrapes_beiand_and_every_panel_query_works(lab) -> None:  # 
     import urllib.parse
     import urllib.request
 
-    from beiand.testing.lab import in_netns
+    from beiand.lab.netns import in_netns
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "dashboards"))
     import build as dashboard  # type: ignore[import-not-found]

@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from beiand.demo import build
-from beiand.labdemo import http_get, wait_ready, write_config
-from beiand.testing import encap
-from beiand.testing import traffic as t
-from beiand.testing.lab import Lab, in_netns
+from beiand.lab import encap
+from beiand.lab import traffic as t
+from beiand.lab.demo import build
+from beiand.lab.labdemo import http_get, wait_ready, write_config
+from beiand.lab.netns import Lab, in_netns
 
 pytestmark = pytest.mark.integration
 

@@ -14,9 +14,9 @@ import pytest
 
 from beiand.accesslog import Query, query
 from beiand.cli import main
-from beiand.demo import build
-from beiand.labdemo import QUIC_CLIENT, http_get, wait_ready, write_config
-from beiand.testing.lab import Lab
+from beiand.lab.demo import build
+from beiand.lab.labdemo import QUIC_CLIENT, http_get, wait_ready, write_config
+from beiand.lab.netns import Lab
 
 pytestmark = pytest.mark.integration
 

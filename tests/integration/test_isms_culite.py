@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from beiand.config import parse_config
-from beiand.isms_run import IsmsRuntime
+from beiand.runtime.isms import IsmsRuntime
+from beiand.runtime.settings import parse_config
 from tests import isms_double as dbl
 from tests.integration.nsdaemon import require_root
-from tests.unit.report.test_isms_cli import make_config
+from tests.unit.cli.test_isms import make_config
 
 pytestmark = pytest.mark.integration
 NS_IP, HOST_IP = "10.203.7.2", "10.203.7.1"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from beiand.config import parse_config
-from beiand.isms_run import IsmsRuntime
+from beiand.runtime.isms import IsmsRuntime
+from beiand.runtime.settings import parse_config
 from tests import isms_double as dbl
 from tests.unit.report.test_isms_cli import make_config
 

@@ -13,7 +13,7 @@ from pyroute2 import IPRoute, NetNS, netns
 
 from beiand.capture.bpf import build
 from beiand.capture.live import LiveCapture
-from beiand.testing.lab import in_netns
+from beiand.lab.netns import in_netns
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from beiand.cli import main
-from beiand.config import reference
+from beiand.runtime.settings import reference
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from beiand.labdemo import http_get, wait_ready, write_config
+from beiand.lab.labdemo import http_get, wait_ready, write_config
+from beiand.lab.netns import Lab
 from beiand.records.generate import OUR_PROVIDER
-from beiand.testing.lab import Lab
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ import pytest
 
 from beiand.capture import read_capture
 from beiand.capture.bpf import build, run
+from beiand.lab import encap
+from beiand.lab import traffic as t
 from beiand.net.decoder import Decoder
-from beiand.testing import encap
-from beiand.testing import traffic as t
 
 pytestmark = [pytest.mark.integration, pytest.mark.peer]
 

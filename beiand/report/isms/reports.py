@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import os
 import re
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -268,7 +269,7 @@ class Spool:
     idc_id: str
     keys: Keys
     profile: Profile = field(default_factory=Profile)
-    clock: Callable[[], float] = __import__("time").time
+    clock: Callable[[], float] = time.time
     written: dict[int, int] = field(default_factory=dict)
     rejected: dict[int, int] = field(default_factory=dict)
 

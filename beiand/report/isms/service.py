@@ -9,6 +9,7 @@ Every outcome is a code of ISMS.md's ``idc_command`` column and is counted; what
 from __future__ import annotations
 
 import logging
+import os
 import stat
 import time
 from collections import Counter
@@ -39,8 +40,8 @@ def read_secret(path: Path) -> bytes:
         raise SecretError(f"{path}: {exc.strerror}") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise SecretError(f"{path}: mode {stat.S_IMODE(st.st_mode):04o}: readable by others; chmod 0600 (owned by beiand)")
-    if st.st_uid != __import__("os").geteuid():
-        raise SecretError(f"{path}: owned by uid {st.st_uid}, not by this process (uid {__import__('os').geteuid()})")
+    if st.st_uid != os.geteuid():
+        raise SecretError(f"{path}: owned by uid {st.st_uid}, not by this process (uid {os.geteuid()})")
     return path.read_bytes().strip()
 
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beiand.capture.bpf import build, reference, run
-from beiand.testing import traffic as t
+from beiand.lab import traffic as t
 
 TCP, UDP = (80, 443, 8080, 8443), (443,)
 PROG = build(TCP, UDP)

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from beiand.capture import read_capture
 from beiand.capture.bpf import build, reference, run
+from beiand.lab import encap
+from beiand.lab import traffic as t
 from beiand.net.decoder import Decoder
 from beiand.net.link import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW
-from beiand.testing import encap
-from beiand.testing import traffic as t
 
 TCP, UDP = (80, 443, 8080, 8443), (443,)
 PROG = build(TCP, UDP)

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from beiand.capture.bpf import build, pack, run
 from beiand.capture.filterexpr import And, Condition, FilterError, Net, Node, Not, Or, Vlan, parse_filter
+from beiand.lab import traffic as t
 from beiand.net.link import LINKTYPE_RAW
-from beiand.testing import traffic as t
 
 TCP, UDP = (80, 443, 8080, 8443), (443,)
 HELLO = t.client_hello("f.example.com")

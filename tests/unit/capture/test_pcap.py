@@ -1,7 +1,7 @@
 import pytest
 
 from beiand.capture import CaptureError, CaptureReader, read_capture
-from beiand.testing import traffic as t
+from beiand.lab import traffic as t
 
 FRAMES = [t.udp("192.0.2.1", "192.0.2.2", 1000 + i, 53, b"x" * i) for i in range(50)]
 
@@ -73,7 +73,7 @@ def test_pcapng_packet_longer_than_its_block(tmp_path):
 
 
 def test_prefilter_changes_no_observation(tmp_path):
-    from beiand.demo import build
+    from beiand.lab.demo import build
     from beiand.net.decoder import Decoder
 
     files = build(tmp_path)

@@ -9,9 +9,9 @@ from scapy.layers.inet6 import IPv6ExtHdrFragment, fragment6
 from scapy.layers.ppp import PPP, PPPoE
 from scapy.layers.vxlan import VXLAN
 
+from beiand.lab import traffic as t
 from beiand.model import Kind, Transport
 from beiand.net.decoder import LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW, Decoder, DecoderConfig
-from beiand.testing import traffic as t
 
 C4, S4, C6, S6 = "192.0.2.10", "198.51.100.10", "2001:db8:1::10", "2001:db8:100::10"
 HELLO = t.client_hello("tls.example.com", ["h2"])

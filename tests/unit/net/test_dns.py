@@ -2,9 +2,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from beiand.lab.traffic import dns_response
 from beiand.net.dns import parse_dns, read_name, resolve_chain
 from beiand.net.errors import DnsError
-from beiand.testing.traffic import dns_response
 
 
 def test_answers_and_cname_chain():

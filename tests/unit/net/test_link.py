@@ -4,9 +4,9 @@ import pytest
 
 from beiand.capture.bpf import build, run
 from beiand.capture.pcap import shard_key
+from beiand.lab import traffic as t
 from beiand.net.decoder import Decoder
 from beiand.net.link import LINK_TYPES, SUPPORTED_LINKTYPES, Start
-from beiand.testing import traffic as t
 
 IP = t.tcp("192.0.2.1", "198.51.100.1", 40000, 443, 1, payload=t.client_hello("link.example.com"))[14:]
 

@@ -1,8 +1,8 @@
 import pytest
 
+from beiand.lab.traffic import quic_initial_datagrams
 from beiand.net.errors import QuicError
 from beiand.net.quic import V1, V2, InitialKeys, QuicInitialReader, hkdf_expand_label, hkdf_extract, is_initial
-from beiand.testing.traffic import quic_initial_datagrams
 
 
 def test_rfc9001_appendix_a_keys():

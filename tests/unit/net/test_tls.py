@@ -1,8 +1,8 @@
 import pytest
 
+from beiand.lab.traffic import client_hello
 from beiand.net.errors import TlsError
 from beiand.net.tls import ClientHello, parse_client_hello, parse_handshake
-from beiand.testing.traffic import client_hello
 
 
 @pytest.mark.parametrize(

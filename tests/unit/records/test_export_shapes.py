@@ -11,9 +11,9 @@ import json
 import openpyxl
 import pytest
 
-from beiand.inventory import HostedPrefix, Inventory
 from beiand.model import FilingStatus, Kind, Observation, PrefixState, Transport, VerdictKind
 from beiand.policy import Policy, PolicyConfig
+from beiand.policy.inventory import HostedPrefix, Inventory
 from beiand.records import build_index, load_files
 from beiand.records.importer import load_file
 

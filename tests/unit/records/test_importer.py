@@ -171,3 +171,13 @@ def test_generator_bad_rows_are_all_caught(tmp_path):
     write_csv(str(p), GenConfig(filings=700, bad_rows=70, seed=3))
     r = load_files([p])
     assert sum(1 for e in r.errors if "already at" not in e.reason) == 70
+
+
+def test_one_reader_per_format_picked_by_suffix() -> None:
+    from pathlib import Path
+
+    from beiand.records.formats import csv, json, reader_for, xlsx
+
+    assert reader_for(Path("a.JSON")) is json.rows and reader_for(Path("a.ndjson")) is json.rows
+    assert reader_for(Path("a.xlsx")) is xlsx.rows and reader_for(Path("a.xlsm")) is xlsx.rows
+    assert reader_for(Path("a.csv")) is csv.rows and reader_for(Path("export")) is csv.rows  # CSV by default

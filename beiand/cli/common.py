@@ -1,0 +1,161 @@
+"""Helpers shared by the CLI's subcommands: errors for people, tables, loading records."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from beiand.errors import BeiandError
+from beiand.model import Mode
+from beiand.policy import Policy, PolicyConfig, PolicyError
+from beiand.policy.inventory import Inventory, InventoryError, load_inventory
+from beiand.records import ImportRefused, build_index, load_files, normalise_domain
+from beiand.records.domains import DomainError
+from beiand.records.index import RecordIndex
+from beiand.runtime.settings import Config, ConfigError, load_config
+from beiand.runtime.wiring import policy_config
+
+DEFAULT_CONFIG = "/etc/beiand/beiand.toml"
+
+
+class CliError(BeiandError):
+    """A problem the user can fix; printed without a traceback, exit 2."""
+
+
+def out(line: str = "") -> None:
+    sys.stdout.write(line + "\n")
+
+
+def err(line: str) -> None:
+    sys.stderr.write(line + "\n")
+
+
+def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> None:
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(width(r[i]) for r in cells) for i in range(len(header))]
+    for n, r in enumerate(cells):
+        out("  ".join(c + " " * (w - width(c)) for c, w in zip(r, widths, strict=True)).rstrip())
+        if n == 0:
+            out("  ".join("-" * w for w in widths))
+
+
+def width(s: str) -> int:
+    # CJK characters take two terminal columns.
+    return sum(2 if "\u2e80" <= ch <= "\uffef" else 1 for ch in s)
+
+
+# -- records ------------------------------------------------------------------------------
+
+
+def load_records(paths: Sequence[str], strict: bool = False, quiet: bool = False,
+                 status_map: Mapping[str, str] | None = None) -> RecordIndex:
+    try:
+        result = load_files(paths, strict=strict, status_map=status_map)
+        index = build_index(result, loaded_at=time.time())
+    except ImportRefused as exc:
+        raise CliError(f"records refused: {exc}") from None
+    except ValueError as exc:  # a bad status map
+        raise CliError(str(exc)) from None
+    if not quiet:
+        for issue in result.errors[:20]:
+            err(f"warning: skipped {issue}")
+        if len(result.errors) > 20:
+            err(f"warning: … and {len(result.errors) - 20} more skipped row(s); `beiand records check` lists them all")
+        if index.unmapped:
+            err(f"warning: {index.unmapped} filing(s) with a status word nobody mapped: kept in force; "
+                "map them with records.status_map (`beiand records check` lists them)")
+    return index
+
+
+def parse_status_map(items: Sequence[str] | None) -> dict[str, str]:
+    """``--status-map WORD=STATUS`` options as a map (checked when the records load)."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        word, sep, status = item.partition("=")
+        if not sep:
+            raise CliError(f"--status-map {item!r}: expected WORD=STATUS, e.g. 待复核=active")
+        out[word.strip()] = status.strip()
+    return out
+
+
+@dataclass(frozen=True)
+class PolicySetup:
+    """What a command that decides needs, built as the daemon builds it (issue 13: one answer everywhere)."""
+
+    index: RecordIndex
+    inventory: Inventory
+    policy: Policy
+    config: Config | None
+    inventory_given: bool
+
+
+def policy_setup(args: argparse.Namespace, quiet: bool = False) -> PolicySetup:
+    """Records, inventory and policy from ``--config`` (default /etc/beiand/beiand.toml when no
+    ``--records``), with the command line's flags over the config's values."""
+    cfg: Config | None = None
+    config_path = getattr(args, "config", None)
+    if config_path or not args.records:
+        path = config_path or DEFAULT_CONFIG
+        if config_path and not os.path.exists(path):
+            raise CliError(f"--config {path}: no such file")
+        if os.path.exists(path):
+            try:
+                cfg = load_config(path)
+            except ConfigError as exc:
+                raise CliError(str(exc)) from None
+    records = args.records or ([str(p) for p in cfg.records.files] if cfg else [])
+    if not records:
+        raise CliError("no records: give --records FILE or --config FILE")
+    status_map = {**(cfg.records.status_map if cfg else {}), **parse_status_map(getattr(args, "status_map", None))}
+    index = load_records(records, strict=cfg.records.strict if cfg else False, quiet=quiet, status_map=status_map)
+    inv_path = args.inventory or (str(cfg.inventory.file) if cfg and cfg.inventory.file else None)
+    inventory = inventory_from(inv_path)
+    try:
+        base = policy_config(cfg) if cfg else PolicyConfig()
+        providers = [p for p in (getattr(args, "provider", None) or ()) if p.strip()]
+        if providers:
+            base = dataclasses.replace(base, provider=providers[0], providers=tuple(providers[1:]))
+        over: dict[str, object] = {}
+        allow, mode, grace = getattr(args, "allow", None), getattr(args, "mode", None), getattr(args, "grace_days", None)
+        if allow:
+            over["allow_names"] = base.allow_names | frozenset(normalise_domain(n) for n in allow)
+        if mode is not None:
+            over["default_mode"] = Mode(mode)
+        if grace is not None:
+            over["access_pending_grace_days"] = grace
+        pcfg = dataclasses.replace(base, **over) if over else base  # type: ignore[arg-type]
+    except (PolicyError, DomainError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    return PolicySetup(index, inventory, Policy(index, inventory, pcfg), cfg, inv_path is not None)
+
+
+def inventory_from(path: str | None) -> Inventory:
+    if not path:
+        return Inventory([])
+    try:
+        return load_inventory(path)
+    except InventoryError as exc:
+        raise CliError("inventory invalid:\n  " + "\n  ".join(exc.problems)) from None
+
+
+def policy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE",
+                   help=f"decide as the daemon with this config decides (default {DEFAULT_CONFIG} when no --records); "
+                        "the flags below override its values")
+    p.add_argument("--records", action="append", metavar="FILE",
+                   help="filing export (CSV, JSON, JSONL, XLSX); repeat for several (default: records.files of the config)")
+    p.add_argument("--inventory", metavar="FILE", help="hosted prefixes (CSV or TOML) (default: inventory.file of the config)")
+    p.add_argument("--provider", action="append", metavar="NAME",
+                   help="this provider's name as filings spell their 接入商 (access provider); repeat for each legal entity")
+    p.add_argument("--mode", choices=[m.value for m in Mode], help="default mode for prefixes without one (default monitor)")
+    p.add_argument("--allow", action="append", metavar="NAME", help="exempt name (allowlist)")
+    p.add_argument("--grace-days", type=int, help="grace for access-pending (接入审核中) filings, at most 45 days (default 30)")
+    p.add_argument("--status-map", action="append", metavar="WORD=STATUS",
+                   help="a status word of the export mapped to active, cancelled, revoked, access-pending or under-review")

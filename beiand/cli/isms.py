@@ -1,0 +1,138 @@
+"""``beiand isms``: the regulator's ISMS interface for the operator (docs/isms.md).
+
+``status`` (commands in force, refusals, the spool, the last call), ``commands`` (each command
+in force, its rules and window), ``report --now`` (write the data files now, as the daemon's
+timers would). Reads ``<daemon.state_dir>/isms/`` and the access log; the daemon need not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from beiand.cli.common import CliError, out, table
+from beiand.cli.logs import DEFAULT_CONFIG, config_from
+from beiand.report.isms.codes import RULE_NAMES
+from beiand.report.isms.model import format_time
+from beiand.report.isms.profile import ProfileError
+from beiand.report.isms.service import SecretError
+from beiand.report.isms.store import CommandStore, RuleError
+from beiand.runtime.isms import IsmsRuntime, profile_of, spool_dir
+from beiand.runtime.settings import Config
+
+
+def _cfg(args: argparse.Namespace) -> Config:
+    cfg = config_from(args)
+    if cfg is None:
+        raise CliError(f"no config at {args.config or DEFAULT_CONFIG}")
+    if not cfg.isms.enabled:
+        raise CliError(f"{cfg.path}: isms.enabled is false")
+    return cfg
+
+
+def _store(cfg: Config) -> CommandStore:
+    try:
+        return CommandStore(cfg.daemon.state_dir, profile_of(cfg).subdomains, cfg.isms.house_id)
+    except (RuleError, ProfileError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def _window(effect: float, expired: float, now: float) -> str:
+    if effect > now:
+        return f"from {format_time(effect)}"
+    if expired and expired <= now:
+        return f"expired {format_time(expired)}"
+    return f"until {format_time(expired)}" if expired else "in force"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _cfg(args)
+    st = _store(cfg).state
+    sp = spool_dir(cfg)
+    pending = sorted(sp.glob("[0-9]*/*/*.xml"))
+    by_dt: dict[str, int] = {}
+    for p in pending:
+        by_dt[p.parent.parent.name] = by_dt.get(p.parent.parent.name, 0) + 1
+    res: dict[str, Any] = {"idc_id": cfg.isms.idc_id, "house_id": cfg.isms.house_id, "mode": cfg.isms.mode,
+                           "endpoint": f"{'https' if cfg.isms.tls_cert else 'http'}://{cfg.isms.listen}{cfg.isms.path}",
+                           "commands": len(st.commands), "filter": sum(1 for c in st.commands.values() if c.type == 2),
+                           "monitor": sum(1 for c in st.commands.values() if c.type == 1), "lists": len(st.lists),
+                           "code_tables": sorted(st.code_lists), "active_period_s": st.active_period_s,
+                           "sequences_seen": len(st.sequences), "refused": st.refused[-10:], "spool": str(sp),
+                           "spool_pending": by_dt}
+    if args.json:
+        out(json.dumps(res, ensure_ascii=False, indent=2))
+        return 0
+    for k, v in res.items():
+        if k != "refused":
+            out(f"{k:16} {v}")
+    if st.refused:
+        out("\nlast refusals:")
+        for r in st.refused[-10:]:
+            out(f"  command {r['commandId']}  {format_time(r['at'])}  {r['why']}")
+    return 0
+
+
+def cmd_commands(args: argparse.Namespace) -> int:
+    cfg = _cfg(args)
+    st = _store(cfg).state
+    now = time.time()
+    rows = []
+    for c in sorted(st.commands.values(), key=lambda c: c.command_id):
+        rules = "; ".join(f"{RULE_NAMES.get(r.subtype, r.subtype)} {r.value_start}" + (f"-{r.value_end}" if r.value_end else "")
+                          for r in c.rules[:3]) + (f" (+{len(c.rules) - 3})" if len(c.rules) > 3 else "")
+        rows.append({"commandId": c.command_id, "type": "filter" if c.type == 2 else "monitor", "rules": len(c.rules),
+                     "summary": rules, "window": _window(c.effect_time, c.expired_time, now), "reason": c.reason})
+    for _key, e in sorted(st.lists.items()):
+        rows.append({"commandId": e.command_id, "type": e.kind, "rules": 1, "summary": e.contents[:80], "window": "in force",
+                     "reason": ""})
+    if args.json:
+        for r in rows:
+            out(json.dumps(r, ensure_ascii=False))
+    else:
+        table([[r["commandId"], r["type"], r["rules"], r["summary"], r["window"]] for r in rows],
+              ["commandId", "type", "rules", "rules (first 3)", "window"])
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    if not args.now:
+        raise CliError("isms report: give --now (the daemon writes reports on its timers)")
+    cfg = _cfg(args)
+    try:
+        rt = IsmsRuntime(cfg)
+    except (SecretError, ProfileError, RuleError) as exc:
+        raise CliError(str(exc)) from None
+    now = time.time()
+    rt._last_report_ms = int((now - args.window) * 1000)
+    written = rt.run_due(["heartbeat", "report"])
+    if args.json:
+        out(json.dumps({"written": written, "spool": str(rt.spool.directory)}))
+    else:
+        for dt, n in sorted(written.items(), key=lambda kv: int(kv[0])):
+            out(f"DT {dt}: {n} file(s)")
+        out(f"spool: {rt.spool.directory}")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("isms", help="the regulator's ISMS interface (ISMI): commands in force, reports")
+    isub = p.add_subparsers(dest="isms_command", required=True)
+
+    def common(x: argparse.ArgumentParser) -> None:
+        x.add_argument("--config", metavar="FILE", help=f"(default {DEFAULT_CONFIG})")
+        x.add_argument("--json", action="store_true")
+
+    st = isub.add_parser("status", help="commands in force, refusals, the spool")
+    common(st)
+    st.set_defaults(func=cmd_status)
+    cm = isub.add_parser("commands", help="every monitor/filter command and list entry in force")
+    common(cm)
+    cm.set_defaults(func=cmd_commands)
+    rp = isub.add_parser("report", help="write DT 7, 8, 9, 4, 5 data files to the spool now")
+    rp.add_argument("--now", action="store_true", help="now (required)")
+    rp.add_argument("--window", type=float, default=86400.0, metavar="SECONDS", help="records of the last SECONDS (default a day)")
+    common(rp)
+    rp.set_defaults(func=cmd_report)

@@ -1,0 +1,360 @@
+"""``beiand logs``: answer a lawful request from the access log (Order 292 art. 14).
+
+``query`` prints matching records, ``export`` writes them with a manifest the receiver can
+check, ``verify`` recomputes the hash chains (and checks anchors kept elsewhere), ``acknowledge``
+records that an operator has investigated a damaged partition, ``stats`` shows what is held.
+Every command takes
+``--log-dir`` (default: ``accesslog.directory`` of the config), the directory that the daemon
+and ``beiand replay --log-dir`` write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import ipaddress
+import json
+import os
+import re
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from beiand.accesslog import Query, QueryStats, query, stats, verify
+from beiand.accesslog.format import FIELDS
+from beiand.accesslog.reader import AnchorError, query_marked, read_anchors, read_heads
+from beiand.accesslog.store import DIR_MODE, FILE_MODE, append_heads, file_sha256, part_name, partition_paths
+from beiand.cli.common import CliError, out, table
+from beiand.model import AccessRecord, VerdictKind
+
+if TYPE_CHECKING:
+    from beiand.runtime.settings import Config
+
+DEFAULT_CONFIG = "/etc/beiand/beiand.toml"
+_REL = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_time(text: str, field: str, now: float | None = None) -> int:
+    """``2026-11-01``, ``2026-11-01T08:00[:00][Z|+08:00]``, epoch seconds, or ``7d``/``24h``/``30m`` ago → epoch ms.
+
+    Times without a zone are local time (as journalctl reads them).
+    """
+    t = text.strip()
+    now = time.time() if now is None else now
+    m = _REL.match(t)
+    if m:
+        return int((now - int(m.group(1)) * _UNITS[m.group(2)]) * 1000)
+    if re.fullmatch(r"\d{9,11}(\.\d+)?", t):
+        return int(float(t) * 1000)
+    try:
+        dt = datetime.fromisoformat(t.replace("Z", "+00:00").replace(" ", "T"))
+    except ValueError:
+        raise CliError(f"{field} {text!r}: expected a date/time (2026-11-01, 2026-11-01T08:00+08:00), "
+                       "epoch seconds, or an age such as 7d, 24h, 30m") from None
+    if dt.tzinfo is None:
+        dt = dt.astimezone()  # local time
+    return int(dt.timestamp() * 1000)
+
+
+def fmt_time(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, UTC).astimezone().isoformat(timespec="milliseconds")
+
+
+def _net(text: str | None, field: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    if not text:
+        return None
+    try:
+        return ipaddress.ip_network(text.strip("[]"), strict=False)
+    except ValueError:
+        raise CliError(f"{field} {text!r}: not an IP address or CIDR prefix") from None
+
+
+def config_from(args: argparse.Namespace) -> Config | None:
+    """The config of ``--config`` (default /etc/beiand/beiand.toml), or None when there is no such file."""
+    from beiand.runtime.settings import ConfigError, load_config
+
+    path = args.config or DEFAULT_CONFIG
+    if not os.path.exists(path):
+        return None
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+def log_dir(args: argparse.Namespace, may_be_missing: bool = False) -> Path:
+    if args.log_dir:
+        d = Path(args.log_dir)
+    else:
+        cfg = config_from(args)
+        if cfg is None:
+            raise CliError(f"no --log-dir given and no config at {args.config or DEFAULT_CONFIG} (--config FILE) "
+                           "to take accesslog.directory from")
+        d = cfg.accesslog.directory
+    if not d.is_dir() and not (may_be_missing and not d.exists()):
+        raise CliError(f"--log-dir {d}: not a directory")
+    return d
+
+
+def build_query(args: argparse.Namespace) -> Query:
+    from beiand.records.domains import DomainError, normalise_domain
+
+    now = time.time()
+    since = parse_time(args.since, "--since", now) if args.since else 0
+    until = parse_time(args.until, "--until", now) if args.until else int((now + 86400) * 1000)
+    if until <= since:
+        raise CliError("--until must be later than --since")
+    names = {}
+    for field in ("name", "suffix"):
+        v = getattr(args, field)
+        if v:
+            try:
+                names[field] = normalise_domain(v)
+            except DomainError as exc:
+                raise CliError(f"--{field} {v!r}: {exc.reason}") from None
+    if args.verdict and args.verdict not in {v.value for v in VerdictKind}:
+        raise CliError(f"--verdict {args.verdict!r}: one of {', '.join(v.value for v in VerdictKind)}")
+    return Query(since, until, name=names.get("name", ""), suffix=names.get("suffix", ""),
+                 client=_net(args.client, "--client"), server=_net(args.server, "--server"),
+                 account=args.account or "", verdict=args.verdict or "")
+
+
+def _row(r: AccessRecord) -> dict[str, Any]:
+    d = r._asdict()
+    d["time"] = fmt_time(r.ts_ms)
+    return d
+
+
+class _Writer:
+    def __init__(self, fmt: str, stream: Any) -> None:
+        self.fmt = fmt
+        self.stream = stream
+        self.rows: list[list[str]] = []
+        self.csv = csv.writer(stream) if fmt == "csv" else None
+        if self.csv is not None:
+            self.csv.writerow(["time", *FIELDS])
+
+    def write(self, r: AccessRecord, set_aside: str = "") -> None:
+        if self.fmt == "jsonl":
+            row = _row(r)
+            if set_aside:
+                row["set_aside"] = set_aside  # read from a partition set aside as damaged
+            self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+        elif self.csv is not None:
+            self.csv.writerow([fmt_time(r.ts_ms), *r])
+        else:
+            self.rows.append([fmt_time(r.ts_ms), r.account or "-", f"{r.client_ip}:{r.client_port}",
+                              f"{r.server_ip}:{r.server_port}", r.transport, r.kind, r.name or "-", r.verdict,
+                              r.action, r.filing_number or "-"])
+
+    def close(self) -> None:
+        if self.fmt == "table":
+            table(self.rows, ["time", "account", "client", "server", "proto", "kind", "name", "verdict", "action",
+                              "filing no. (备案号)"])
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    d = log_dir(args)
+    q = build_query(args)
+    st = QueryStats()
+    w = _Writer(args.format, sys.stdout)
+    n = 0
+    for r, aside in query_marked(d, q, st):
+        w.write(r, aside)
+        n += 1
+        if args.limit and n >= args.limit:
+            break
+    w.close()
+    sys.stderr.write(f"{n} record(s); {st.partitions_opened} of {st.partitions_total} partition(s) opened, "
+                     f"{st.blocks_read} of {st.blocks_total} sealed block(s) read\n")
+    for what in st.unreadable:
+        sys.stderr.write(f"warning: not read (damaged; `beiand logs verify` reports it): {what}\n")
+    for part, k in sorted(st.set_aside.items()):
+        sys.stderr.write(f"note: {k} record(s) come from {part}, set aside as damaged (`beiand logs verify` says what "
+                         "is damaged); jsonl rows carry \"set_aside\"\n")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    d = log_dir(args)
+    q = build_query(args)
+    dest = Path(args.out)
+    if dest.exists() and any(dest.iterdir()):
+        raise CliError(f"--out {dest}: exists and is not empty (an export is never written over another)")
+    dest.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    name = "records.csv" if args.format == "csv" else "records.jsonl"
+    path = dest / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    lo = hi = 0
+    n = 0
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        w = _Writer("csv" if args.format == "csv" else "jsonl", f)
+        for r in query(d, q):
+            w.write(r)
+            n += 1
+            lo = r.ts_ms if not lo or r.ts_ms < lo else lo
+            hi = max(hi, r.ts_ms)
+    # The chain heads the records fall under, checked now: the receiver can compare them with
+    # heads anchored elsewhere (metrics, log lines) at the time.
+    rep = verify(d, key=_key(args), since_ms=q.since_ms - 86_400_000)
+    parts = [{"partition": p.partition, "state": p.state, "records": p.records, "prev_head": p.prev_head, "head": p.head,
+              "min_time": fmt_time(p.min_ts) if p.min_ts else None, "max_time": fmt_time(p.max_ts) if p.max_ts else None,
+              "verified": not p.problems, "problems": p.problems}
+             for p in rep.partitions if p.records and p.max_ts >= q.since_ms and p.min_ts < q.until_ms]
+    manifest = {
+        "generator": "beiand logs export", "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "legal_basis": "互联网信息服务管理办法 (State Council Order 292) art. 14: access records kept 60 days, provided on lawful request",
+        "query": {k: (str(v) if v is not None else None) for k, v in q.__dict__.items()},
+        "records": n, "first_record": fmt_time(lo) if n else None, "last_record": fmt_time(hi) if n else None,
+        "files": [{"name": name, "bytes": path.stat().st_size, "records": n, "sha256": file_sha256(path), "format": args.format}],
+        "chain": {"algorithm": "HMAC-SHA-256" if args.key_file else "SHA-256",
+                  "definition": "h_i = H(h_{i-1} || line_i), per worker, across partitions; see docs/access-log.md",
+                  "partitions": parts, "verified": all(p["verified"] for p in parts)},
+    }
+    mpath = dest / "manifest.json"
+    fd = os.open(mpath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, ensure_ascii=False, indent=2)
+    (dest / "manifest.json.sha256").write_text(f"{file_sha256(mpath)}  manifest.json\n")
+    out(f"exported {n} record(s) to {path}; manifest {mpath} (SHA-256 of every file, the chain heads)")
+    if not all(p["verified"] for p in parts):
+        sys.stderr.write("warning: some partitions the records come from failed verification: see the manifest\n")
+        return 1
+    return 0
+
+
+def _key(args: argparse.Namespace) -> bytes | None:
+    if not getattr(args, "key_file", None):
+        return None
+    try:
+        return Path(args.key_file).read_bytes().strip()
+    except OSError as exc:
+        raise CliError(f"--key-file {args.key_file}: {exc.strerror}") from None
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    anchors = None
+    if args.anchors:
+        try:
+            anchors = read_anchors(Path(args.anchors))
+        except AnchorError as exc:
+            raise CliError(f"--anchors {exc}") from None
+    # With anchors, a directory deleted whole is a finding, not a usage error.
+    d = log_dir(args, may_be_missing=anchors is not None)
+    since = parse_time(args.since, "--since") if args.since else 0
+    rep = verify(d, key=_key(args), since_ms=since, anchors=anchors)
+    if args.json:
+        out(json.dumps({"ok": rep.ok, "problems": rep.all_problems(), "acknowledged": rep.acknowledged, "heads": rep.heads,
+                        "anchors": len(anchors) if anchors is not None else None,
+                        "partitions": [p.__dict__ for p in rep.partitions]}, ensure_ascii=False, indent=2))
+    else:
+        table([[p.partition, p.state, p.records, p.head[:16],
+                "ok" if not p.problems else "FAILED"] for p in rep.partitions],
+              ["partition", "state", "records", "chain head", "check"])
+        for prob in rep.all_problems():
+            out(f"FAILED: {prob}")
+        for ack in rep.acknowledged:
+            out(f"acknowledged: {ack}")
+        if anchors is not None:
+            out(f"checked against {len(anchors)} anchor(s) from {args.anchors}")
+        for w, h in sorted(rep.heads.items()):
+            out(f"current chain head {w}: {h}")
+        out("verify: ok" if rep.ok else f"verify: {len(rep.all_problems())} problem(s)")
+    return 0 if rep.ok else 1
+
+
+def cmd_acknowledge(args: argparse.Namespace) -> int:
+    """Record (in heads.log) that an operator investigated damage: verify stops failing on it."""
+    d = log_dir(args)
+    reason = (args.reason or "").strip()
+    if len(reason) < 3:
+        raise CliError("--reason: say what was found and done (it is kept in heads.log with the acknowledgement)")
+    part = args.partition.strip().removesuffix(".damaged")
+    events = read_heads(d)
+    damaged = {part_name(p) for p in partition_paths(d) if p.suffix == ".damaged"}
+    rep = verify(d)
+    missing = {m.split(":", 1)[0] for m in rep.problems if "missing" in m}
+    if part not in damaged and part not in missing:
+        known = sorted(damaged | missing)
+        raise CliError(f"{args.partition}: not a damaged or missing partition of {d}"
+                       + (f" (those are: {', '.join(known)})" if known else " (verify reports none)"))
+    if any(e.get("event") == "acknowledge" and e.get("partition") == part for e in events):
+        out(f"{part}: already acknowledged; recording this reason too")
+    user = os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.getuid())
+    append_heads(d, {"event": "acknowledge", "partition": part, "reason": reason, "by": user, "ts_ms": int(time.time() * 1000)})
+    out(f"{part}: acknowledged in {d / 'heads.log'}; `beiand logs verify` lists it as acknowledged, no longer as a problem")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    d = log_dir(args)
+    st = stats(d)
+    info = {"directory": str(d), "partitions": st.partitions, "open": st.open, "sealed": st.sealed, "damaged": st.damaged,
+            "records": st.records, "bytes": st.bytes, "oldest_record": fmt_time(st.oldest_ms) if st.records else None,
+            "newest_record": fmt_time(st.newest_ms) if st.records else None, "days_held": round(st.days_held, 2),
+            "workers": st.workers}
+    if args.json:
+        out(json.dumps(info, ensure_ascii=False, indent=2))
+    else:
+        table([[k, v] for k, v in info.items()], ["", "value"])
+        if st.records and st.days_held < 60:
+            out(f"note: {st.days_held:.1f} days held; Order 292 art. 14 requires 60 days once the log is that old")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    lp = sub.add_parser("logs", help="the access log (Order 292 art. 14): query, export, verify, acknowledge, stats")
+    lsub = lp.add_subparsers(dest="logs_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--log-dir", metavar="DIR", help="the access-log directory (default: accesslog.directory of the config)")
+        p.add_argument("--config", metavar="FILE", help=f"config to take the directory from (default {DEFAULT_CONFIG})")
+
+    def filters(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--since", metavar="TIME", help="from (2026-11-01, 2026-11-01T08:00+08:00, epoch, or 7d / 24h ago)")
+        p.add_argument("--until", metavar="TIME", help="until (exclusive); default now")
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--name", metavar="NAME", help="exactly this name")
+        g.add_argument("--suffix", metavar="DOMAIN", help="this name and every name below it")
+        p.add_argument("--client", metavar="IP/CIDR")
+        p.add_argument("--server", metavar="IP/CIDR")
+        p.add_argument("--account", metavar="ACCOUNT", help="customer account (from the inventory)")
+        p.add_argument("--verdict", metavar="VERDICT", help="filed, unfiled, mismatch, inactive, exempt")
+
+    q = lsub.add_parser("query", help="matching records (a lawful request)")
+    common(q)
+    filters(q)
+    q.add_argument("--format", choices=["table", "jsonl", "csv"], default="table")
+    q.add_argument("--limit", type=int, default=0, help="stop after N records")
+    q.set_defaults(func=cmd_query)
+
+    e = lsub.add_parser("export", help="matching records + a manifest (counts, range, SHA-256s, chain heads)")
+    common(e)
+    filters(e)
+    e.add_argument("--out", required=True, metavar="DIR", help="a new or empty directory")
+    e.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    e.add_argument("--key-file", metavar="FILE", help="the HMAC key, when the log is keyed")
+    e.set_defaults(func=cmd_export)
+
+    v = lsub.add_parser("verify", help="recompute the hash chains; exit 1 on any problem")
+    common(v)
+    v.add_argument("--since", metavar="TIME", help="check partitions from this day on (links are still checked)")
+    v.add_argument("--key-file", metavar="FILE", help="the HMAC key, when the log is keyed")
+    v.add_argument("--anchors", metavar="FILE", help="checkpoints kept off the machine (JSON lines as logged: "
+                   "`access log anchor {...}`); a partition they name that is gone or shorter is reported")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_verify)
+
+    a = lsub.add_parser("acknowledge", help="record that a damaged (set-aside) or missing partition was investigated")
+    common(a)
+    a.add_argument("partition", metavar="PARTITION", help="as verify names it, e.g. 2026-11-23/w0.001")
+    a.add_argument("--reason", required=True, help="what was found and done (kept in heads.log)")
+    a.set_defaults(func=cmd_acknowledge)
+
+    s = lsub.add_parser("stats", help="partitions, records, bytes, oldest and newest record, days held")
+    common(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_stats)

@@ -1,0 +1,302 @@
+"""``beiand replay``: the daemon's pipeline on capture files. It writes no traffic, ever."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import heapq
+import os
+import pickle
+import signal
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, NoReturn
+
+from beiand.capture import CaptureError, CaptureReader
+from beiand.cli.common import CliError, out, policy_setup, table
+from beiand.model import Decision, Observation, VerdictKind
+from beiand.net.decoder import Decoder, DecoderConfig
+from beiand.policy import Policy
+from beiand.runtime.pipeline import Pipeline
+from beiand.sinks.jsonlines import JsonLines
+
+AUTO_WORKERS_BYTES = 64 << 20  # from this much capture on, replay uses one worker per core
+
+
+_BAD = frozenset({VerdictKind.UNFILED, VerdictKind.MISMATCH, VerdictKind.INACTIVE})
+
+
+class Summary:
+    """Sink: counts by kind and verdict, the top unfiled names."""
+
+    def __init__(self) -> None:
+        self.table: Counter[tuple[str, str]] = Counter()
+        self.unfiled: Counter[tuple[str, str, str]] = Counter()
+
+    def on_decision(self, obs: Observation, d: Decision) -> None:
+        v = d.verdict.verdict
+        self.table[(obs.kind, v)] += 1
+        if v in _BAD:
+            self.unfiled[(obs.name or obs.server_ip, v, d.verdict.reason)] += 1
+
+    def flush(self) -> None:
+        pass
+
+
+def _ports(text: str) -> frozenset[int]:
+    try:
+        ports = frozenset(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of port numbers") from None
+    if not ports or any(not 0 < p < 65536 for p in ports):
+        raise argparse.ArgumentTypeError(f"{text!r}: ports must be 1..65535")
+    return ports
+
+
+@dataclass
+class ReplayResult:
+    """What one replay (or one worker's shard of it) found; shards add up."""
+
+    table: Counter[tuple[str, str]] = field(default_factory=Counter)
+    unfiled: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    verdicts: Counter[str] = field(default_factory=Counter)
+    kinds: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    drops: Counter[str] = field(default_factory=Counter)
+    records: int = 0  # every record of the files (each shard reads them all: counted by shard 0)
+    prefiltered: int = 0
+    decoded: int = 0
+    truncated: list[str] = field(default_factory=list)
+    log_written: int = 0
+    log_heads: list[str] = field(default_factory=list)
+
+    def add(self, other: ReplayResult) -> None:
+        self.table.update(other.table)
+        self.unfiled.update(other.unfiled)
+        for mine, theirs in ((self.verdicts, other.verdicts), (self.kinds, other.kinds), (self.skipped, other.skipped),
+                             (self.drops, other.drops)):
+            mine.update(theirs)
+        self.records += other.records
+        self.prefiltered += other.prefiltered
+        self.decoded += other.decoded
+        self.truncated += other.truncated
+        self.log_written += other.log_written
+        self.log_heads += other.log_heads
+
+
+def _replay(args: argparse.Namespace, policy: Policy, shard: tuple[int, int], json_out: BinaryIO | None) -> ReplayResult:
+    """decode → decide → sinks over the files, for the flows of one shard (all of them when n is 1)."""
+    decoder = Decoder(DecoderConfig(tcp_ports=args.tcp_ports, udp_ports=args.udp_ports, all_tcp_ports=args.all_ports))
+    summary = Summary()
+    sinks: list[Any] = [summary]
+    if json_out is not None:
+        sinks.append(JsonLines(json_out))
+    alog = None
+    if args.log_dir:
+        from beiand.accesslog import AccessLog, LogConfig, LogConfigError
+        from beiand.sinks.accesslog import AccessLogSink
+
+        try:  # one partition chain per worker, as in the daemon
+            alog = AccessLog(LogConfig(Path(args.log_dir), worker=shard[0], gateway=args.gateway or os.uname().nodename,
+                                       retention_days=args.retention_days))
+        except (LogConfigError, OSError) as exc:
+            raise CliError(f"--log-dir {args.log_dir}: {exc}") from None
+        sinks.append(AccessLogSink(alog, alog.cfg.gateway))
+    pipe = Pipeline(decoder, policy, sinks)
+    readers = []
+    result = ReplayResult()
+    try:
+        for path in args.files:
+            try:
+                readers.append(CaptureReader(path, skip_tcp_from=decoder.tcp_ports, shard=shard))
+            except CaptureError as exc:
+                raise CliError(str(exc)) from None
+        for r in readers:
+            with r:
+                try:
+                    pipe.run(r)
+                except CaptureError as exc:
+                    raise CliError(str(exc)) from None
+                if r.truncated and shard[0] == 0:
+                    result.truncated.append(str(r.path))
+    finally:
+        for r in readers:
+            r.close()
+        if alog is not None:
+            from beiand.accesslog import AccessLogError
+
+            try:
+                alog.close()
+            except AccessLogError as exc:
+                raise CliError(f"access log: {exc}") from None
+    result.table, result.unfiled = summary.table, summary.unfiled
+    result.verdicts, result.kinds, result.skipped = pipe.verdicts, pipe.kinds, pipe.skipped
+    result.drops = decoder.drops
+    result.records = sum(r.records for r in readers) if shard[0] == 0 else 0
+    result.prefiltered = sum(r.prefiltered for r in readers)
+    result.decoded = decoder.packets
+    if alog is not None:
+        result.log_written = alog.stats.written
+        result.log_heads = [f"w{shard[0]} {alog.head.hex()[:16]}…"]
+    return result
+
+
+def _workers(args: argparse.Namespace) -> int:
+    if args.workers:
+        return int(args.workers)
+    size = 0
+    for path in args.files:
+        try:
+            size += os.path.getsize(path)
+        except OSError:
+            pass  # the reader says what is wrong with it
+    return max(1, len(os.sched_getaffinity(0))) if size >= AUTO_WORKERS_BYTES else 1
+
+
+def _ts_key(line: bytes) -> float:
+    # JsonLines writes "ts" first: b'{"ts":1750000000.123456,...'
+    return float(line[6 : line.index(b",", 6)])
+
+
+def _sharded(args: argparse.Namespace, policy: Policy, n: int) -> ReplayResult:
+    """n forked workers, each reading the files and taking the flows of its shard.
+
+    Every packet of a flow goes to the same worker (CaptureReader's ``shard``), so each flow is
+    decoded exactly as in one process. JSON lines are merged back in time order.
+    """
+    for path in args.files:  # say what is wrong with a file once, before any worker starts
+        try:
+            CaptureReader(path).close()
+        except CaptureError as exc:
+            raise CliError(str(exc)) from None
+    tmp = tempfile.TemporaryDirectory(prefix="beiand-replay-")
+    outs = [Path(tmp.name) / f"w{k}.jsonl" for k in range(n)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    children: list[tuple[int, int]] = []  # forked and not yet reaped
+    try:
+        for k in range(n):
+            rfd, wfd = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child, which never returns
+                os.close(rfd)
+                _worker(args, policy, (k, n), outs[k] if args.json else None, wfd)
+            os.close(wfd)
+            children.append((pid, rfd))
+        total = ReplayResult()
+        errors: list[str] = []
+        for k in range(n):
+            pid, rfd = children[0]
+            with os.fdopen(rfd, "rb", closefd=False) as f:
+                data = f.read()
+            _, status = os.waitpid(pid, 0)
+            os.close(rfd)
+            children.pop(0)
+            if not data:
+                errors.append(f"replay worker {k} died (wait status {status})")
+                continue
+            kind, payload = pickle.loads(data)
+            if kind == "ok":
+                total.add(payload)
+            else:
+                errors.append(payload)
+        if errors:
+            raise CliError(errors[0])
+        if args.json:
+            files = [p.open("rb") for p in outs]
+            try:
+                sys.stdout.buffer.writelines(heapq.merge(*files, key=_ts_key))
+            finally:
+                for f in files:
+                    f.close()
+        return total
+    finally:
+        for pid, rfd in children:  # Ctrl-C or an error in the parent: stop the workers
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+            os.close(rfd)
+        tmp.cleanup()
+
+
+def _worker(args: argparse.Namespace, policy: Policy, shard: tuple[int, int], out_path: Path | None, wfd: int) -> NoReturn:
+    """A forked replay worker: its shard, then the result pickled to the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    # Not in the parent: freezing is O(1) and keeps this process's collector from writing to the
+    # records index it shares with the parent, copy-on-write.
+    gc.freeze()
+    msg: tuple[str, Any]
+    try:
+        with open(out_path, "wb") if out_path else contextlib.nullcontext() as out:
+            msg = ("ok", _replay(args, policy, shard, out))
+    except CliError as exc:
+        msg = ("error", str(exc))
+    except BaseException as exc:  # reported by the parent, whatever it is
+        msg = ("error", f"replay worker {shard[0]}: {type(exc).__name__}: {exc}")
+    try:
+        data = memoryview(pickle.dumps(msg))
+        while data:
+            data = data[os.write(wfd, data):]
+    finally:
+        os._exit(0)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    if args.log_dir:
+        from beiand.accesslog import RETENTION_FLOOR_DAYS
+
+        if args.retention_days < RETENTION_FLOOR_DAYS:
+            raise CliError(f"--retention-days {args.retention_days}: Order 292 art. 14 (互联网信息服务管理办法 第十四条) "
+                           f"requires at least {RETENTION_FLOOR_DAYS} days")
+    if args.workers is not None and not 1 <= args.workers <= 64:
+        raise CliError(f"--workers {args.workers}: expected 1..64")
+    policy = policy_setup(args, quiet=args.json).policy
+    n = _workers(args)
+    res = _replay(args, policy, (0, 1), sys.stdout.buffer if args.json else None) if n == 1 else _sharded(args, policy, n)
+    for path in res.truncated:
+        sys.stderr.write(f"warning: {path}: the file ends inside a packet record (truncated capture)\n")
+    report = sys.stderr if args.json else sys.stdout
+    if not args.json:
+        kinds = sorted({k for k, _ in res.table})
+        verdicts = [v.value for v in VerdictKind if v is not VerdictKind.NOT_HOSTED]
+        table([[k, *(res.table[(k, v)] for v in verdicts)] for k in kinds], ["kind", *verdicts])
+        if res.unfiled:
+            out("\ntop names not filed for this provider:")
+            table([[f"{n} ({v}: {r})", c] for (n, v, r), c in res.unfiled.most_common(args.top)],
+                  ["name (verdict: reason)", "observations"])
+    print(f"\npackets {res.records} ({res.prefiltered} skipped by the capture filter, "
+          f"{res.decoded} decoded{f' by {n} workers' if n > 1 else ''}), observations {sum(res.kinds.values())} "
+          f"into hosted space, skipped {dict(res.skipped)}", file=report)
+    if args.log_dir:
+        print(f"access log: {res.log_written} record(s) written to {args.log_dir} "
+              f"(chain head{'s' if n > 1 else ''} {', '.join(res.log_heads)}; `beiand logs query --log-dir {args.log_dir}`)",
+              file=report)
+    if res.drops:
+        print("dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(res.drops.items())), file=report)
+    bad = sum(res.verdicts[v] for v in ("unfiled", "mismatch", "inactive"))
+    return 1 if bad else 0
+
+
+def add_parsers(sub: Any, policy_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    rp = sub.add_parser("replay", help="run the daemon's pipeline on pcap/pcapng files (sends nothing)")
+    rp.add_argument("files", nargs="+", metavar="FILE")
+    policy_args(rp)
+    rp.add_argument("--json", action="store_true", help="one JSON line per decision")
+    rp.add_argument("--tcp-ports", type=_ports, default=DecoderConfig.tcp_ports, metavar="P,P", help="watched TCP ports")
+    rp.add_argument("--udp-ports", type=_ports, default=DecoderConfig.udp_ports, metavar="P,P", help="watched UDP ports (QUIC)")
+    rp.add_argument("--all-ports", action="store_true", help="recognise TLS/HTTP by content on every TCP port")
+    rp.add_argument("--workers", type=int, metavar="N",
+                    help="worker processes, each taking a share of the flows (default: one per core for captures "
+                         "of 64 MiB or more, else 1)")
+    rp.add_argument("--top", type=int, default=20)
+    rp.add_argument("--log-dir", metavar="DIR", help="write the access log (Order 292 art. 14) here, as the daemon does")
+    rp.add_argument("--gateway", metavar="ID", help="gateway id in the log records (default: the host name)")
+    # accesslog.store.RETENTION_DEFAULT_DAYS (not imported here: the log is only loaded when used).
+    rp.add_argument("--retention-days", type=int, default=184,
+                    help="retention of that log (default 184: six calendar months; at least 60)")
+    rp.set_defaults(func=cmd_replay)

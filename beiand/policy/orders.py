@@ -1,0 +1,169 @@
+"""Closure orders from the authority (关停指令, REGULATIONS.md O6): persisted in the state
+directory, atomic writes, read by the daemon within a second of a change.
+
+A target is a name (the name and every name below it), an address, or a CIDR prefix: the only
+way beiand ever blocks a whole host or prefix (REGULATIONS.md: blocking is per name or per flow
+otherwise). A lifted order stays in the history with who lifted it, when and why: the execution
+report (501号 art. 16(4)) needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from beiand.errors import BeiandError
+
+
+class OrderError(BeiandError, ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Order:
+    target: str  # a normalised name (the name and every name below it), an IP address or a CIDR prefix
+    order: str  # the order's number/reference as the authority gave it
+    reason: str
+    created: float
+    until: float = 0.0  # 0: until removed
+    created_by: str = ""  # who entered it (the operator's login)
+
+    @property
+    def is_ip(self) -> bool:
+        """An address or a CIDR prefix (all traffic to it is cut), not a name."""
+        try:
+            ipaddress.ip_network(self.target)
+            return True
+        except ValueError:
+            return False
+
+    def active(self, now: float) -> bool:
+        return self.until == 0 or now < self.until
+
+
+@dataclass(frozen=True)
+class LiftedOrder:
+    """An order as it was, and who lifted it, when and why (kept for the execution report)."""
+
+    order: Order
+    lifted_at: float
+    lifted_by: str
+    lift_reason: str
+
+
+class OrderStore:
+    FILE = "orders.json"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / self.FILE
+        self._mtime = -1.0
+        self.orders: dict[str, Order] = {}
+        self.history: list[LiftedOrder] = []
+        self._nets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, Order]] = []
+        self._net_hits: dict[str, Order | None] = {}
+        self.reload()
+
+    def _index(self) -> None:
+        self._nets = [(ipaddress.ip_network(o.target), o) for o in self.orders.values() if "/" in o.target]
+        self._net_hits = {}
+
+    def reload(self) -> bool:
+        """Re-read the file if it changed; True when it did."""
+        try:
+            m = self.path.stat().st_mtime
+        except FileNotFoundError:
+            changed = bool(self.orders)
+            self.orders, self.history, self._mtime = {}, [], -1.0
+            self._index()
+            return changed
+        if m == self._mtime:
+            return False
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            self.orders = {o["target"]: Order(**o) for o in data.get("orders", [])}
+            self.history = [LiftedOrder(Order(**h["order"]), h["lifted_at"], h.get("lifted_by", ""), h.get("lift_reason", ""))
+                            for h in data.get("history", [])]
+            for o in self.orders.values():
+                if "/" in o.target:
+                    ipaddress.ip_network(o.target)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise OrderError(f"{self.path}: damaged: {exc}") from None
+        self._mtime = m
+        self._index()
+        return True
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"orders": [asdict(o) for o in self.orders.values()],
+                       "history": [{"order": asdict(h.order), "lifted_at": h.lifted_at, "lifted_by": h.lifted_by,
+                                    "lift_reason": h.lift_reason} for h in self.history]},
+                      f, ensure_ascii=False, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        with contextlib.suppress(OSError):
+            self._mtime = self.path.stat().st_mtime
+        self._index()
+
+    def add(self, target: str, order: str, reason: str, until: float = 0.0, by: str = "") -> Order:
+        if not order.strip():
+            raise OrderError("--order: the order number is required (it goes into every log record and the report)")
+        o = Order(target, order.strip(), reason.strip(), time.time(), until, by)
+        old = self.orders.get(target)
+        if old is not None:  # replaced: the old one is kept in the history
+            self.history.append(LiftedOrder(old, o.created, by, f"replaced by order {o.order}"))
+        self.orders[target] = o
+        self._save()
+        return o
+
+    def remove(self, target: str, by: str = "", reason: str = "") -> Order:
+        o = self.orders.pop(target, None)
+        if o is None:
+            raise OrderError(f"{target}: no closure order for it")
+        self.history.append(LiftedOrder(o, time.time(), by, reason.strip()))
+        self._save()
+        return o
+
+    def match(self, name: str, server_ip: str, now: float) -> Order | None:
+        """The order covering ``name`` (or a name above it), ``server_ip``, or a prefix holding it."""
+        if not self.orders:
+            return None
+        o = self.orders.get(server_ip)
+        if o is not None and o.active(now):
+            return o
+        if self._nets:
+            if server_ip in self._net_hits:
+                hit = self._net_hits[server_ip]
+            else:
+                hit = self._net_of(server_ip)
+                if len(self._net_hits) > 65536:
+                    self._net_hits.clear()
+                self._net_hits[server_ip] = hit
+            if hit is not None and hit.active(now):
+                return hit
+        n = name
+        while n:
+            o = self.orders.get(n)
+            if o is not None and o.active(now):
+                return o
+            i = n.find(".")
+            n = n[i + 1:] if i >= 0 else ""
+        return None
+
+    def _net_of(self, server_ip: str) -> Order | None:
+        try:
+            ip = ipaddress.ip_address(server_ip)
+        except ValueError:
+            return None
+        best: tuple[int, Order] | None = None
+        for net, o in self._nets:
+            if ip.version == net.version and ip in net and (best is None or net.prefixlen > best[0]):
+                best = (net.prefixlen, o)
+        return best[1] if best else None

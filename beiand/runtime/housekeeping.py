@@ -1,0 +1,130 @@
+"""Background jobs, off the capture loop: closure orders, access-log retention and verification,
+the records' and the audit's metrics, ClickHouse retention.
+
+The supervisor runs ``Housekeeping`` from its supervision loop (orders every 0.2 s, metrics every
+``daemon.watch_interval``, retention and verification hourly, in an executor); a worker runs only
+``every()`` threads (ClickHouse retention on worker 0), never a job inside its capture loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from beiand.accesslog import retire, verify
+from beiand.accesslog.reader import stats as log_stats
+from beiand.enforce import Enforcer, EnforceSettings, OrderError, OrderStore
+from beiand.enforce.nft import Nft, NftError
+from beiand.report.audit.findings import KINDS
+from beiand.runtime.metrics import Metrics
+from beiand.runtime.wiring import State
+
+log = logging.getLogger("beiand")
+
+
+def every(interval: float, job: Callable[[], object], name: str, first: float | None = None) -> threading.Thread:
+    """Run ``job`` every ``interval`` seconds (the first time after ``first``, default one interval)
+    in a daemon thread."""
+
+    def loop() -> None:
+        time.sleep(interval if first is None else first)
+        while True:
+            try:
+                job()
+            except Exception:
+                log.exception("%s failed", name)
+            time.sleep(interval)
+
+    t = threading.Thread(target=loop, name=name, daemon=True)
+    t.start()
+    return t
+
+
+def clickhouse_retire(ch: Any) -> None:
+    """ClickHouse retention: whole day partitions older than the retention."""
+    try:
+        dropped = ch.retire()
+        if dropped:
+            log.info("ClickHouse: dropped day partitions %s (older than the retention)", ", ".join(dropped))
+    except Exception as exc:
+        log.error("ClickHouse retention failed: %s", exc)
+
+
+class Housekeeping:
+    """The supervisor's background jobs; ``state`` is swapped on every reload."""
+
+    def __init__(self, state: State, metrics: Metrics) -> None:
+        self.state = state
+        self.metrics = metrics
+        self.nft: Nft | None = None
+        self.orders: OrderStore | None = None
+
+    def sync_orders(self, force: bool = False) -> bool:
+        """Reload the closure orders; put address orders into nftables. True when they changed."""
+        if self.orders is None:
+            return False
+        try:
+            changed = self.orders.reload()
+        except OrderError as exc:
+            log.error("%s", exc)
+            return False
+        if (changed or force) and self.nft is not None:
+            try:
+                Enforcer(EnforceSettings(), None, self.nft, self.orders).sync_ip_orders()
+            except NftError as exc:
+                log.error("closure orders: nftables: %s", exc)
+        if changed:
+            log.info("closure orders: %d in force", len(self.orders.orders))
+        return bool(changed)
+
+    def retire_and_verify(self) -> None:
+        """Verify the recent chain, retire partitions beyond the retention, update the log's metrics."""
+        al = self.state.config.accesslog
+        try:
+            key = al.hmac_key_file.read_bytes().strip() if al.hmac_key_file else None
+            rep = verify(al.directory, key=key, since_ms=int((time.time() - 2 * 86400) * 1000))
+            self.metrics.verify_failures.set(len(rep.all_problems()))
+            self.metrics.verify_time.set(time.time())
+            for p in rep.all_problems():
+                log.error("access-log verification: %s", p)
+            for w, h in rep.heads.items():
+                log.info("access log chain head %s: %s", w, h)
+        except Exception:
+            log.exception("access-log verification failed to run")
+        try:
+            retire(al.directory, al.retention_days)
+            st = log_stats(al.directory)
+            if st.records:
+                self.metrics.oldest.set(max(0.0, time.time() - st.oldest_ms / 1000))
+            self.metrics.log_free.set(shutil.disk_usage(al.directory).free)
+        except Exception:
+            log.exception("access-log retention failed")
+
+    def audit_metrics(self) -> None:
+        """Findings of the last audit run (the timer's latest.json), by kind."""
+        p = self.state.config.daemon.state_dir / "audit" / "latest.json"
+        try:
+            by_kind = json.loads(p.read_text(encoding="utf-8"))["summary"]["by_kind"]
+        except (OSError, ValueError, KeyError):
+            return
+        for k in KINDS:
+            self.metrics.audit_findings.labels(k).set(by_kind.get(k, 0))
+
+    def records_age(self) -> tuple[float, float]:
+        """(age of the records in service, records.max_age_hours) in seconds; 0 max: never stale."""
+        m = self.state.records_mtime
+        return (max(0.0, time.time() - m) if m else 0.0), self.state.config.records.max_age_hours * 3600
+
+    def records_metrics(self) -> None:
+        age, max_age = self.records_age()
+        self.metrics.records_age.set(age)
+        self.metrics.records_max_age.set(max_age)
+        self.metrics.records_stale.set(1 if max_age and age > max_age else 0)
+        self.metrics.records_filings.set(self.state.index.stats().filings)
+        self.metrics.records_unmapped.set(self.state.index.unmapped)
+        self.metrics.records_loaded.set(self.state.loaded_at)

@@ -1,0 +1,64 @@
+"""Worker ↔ supervisor messages: typed NamedTuples, pickled over each worker's pipe (DESIGN.md).
+
+Counters and gauges travel as ``MetricKey`` (the Prometheus name and its label values), the way
+prometheus client_python's multiprocess mode keys its files: the supervisor folds any of them in
+with one generic loop (``Metrics.worker_snapshot``), so a new metric needs no decoding branch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from beiand.sinks.active import ViewRow
+
+__all__ = ["CloseBreaker", "MetricKey", "Ready", "ReloadOrders", "Rows", "Snapshot", "ViewRow"]
+
+
+class MetricKey(NamedTuple):
+    """One time series: the metric's name as declared in ``metrics.py`` (without ``_total``) and
+    its label values in declaration order."""
+
+    metric: str
+    labels: tuple[str, ...] = ()
+
+
+
+
+class Ready(NamedTuple):
+    """The worker's pipeline is built and capturing."""
+
+    pid: int
+
+
+class Rows(NamedTuple):
+    """Rows of the active-resource view sent between snapshots (small, often)."""
+
+    rows: list[ViewRow]
+
+
+class Snapshot(NamedTuple):
+    """A worker's state, a few times a second. Counters are cumulative since the worker started
+    (the supervisor turns them into deltas per process)."""
+
+    counters: dict[MetricKey, float]
+    gauges: dict[MetricKey, float]
+    fsync: list[float]  # access-log group-commit fsync latencies, seconds
+    latency: list[float]  # packet → decision, seconds
+    enforce_latency: list[float]  # packet → enforcement on the wire, seconds
+    rows: list[ViewRow]
+    log_failing: str = ""  # why the access log cannot write, while it cannot
+    breaker: str = ""  # why the circuit breaker is open, while it is
+    accesslog: dict[str, Any] | None = None  # the log's position (full chain head)
+    died: str = ""  # the exception that killed the capture loop (the last snapshot of a dying worker)
+
+
+class CloseBreaker(NamedTuple):
+    """Supervisor → worker: the operator closed the circuit breaker."""
+
+
+class ReloadOrders(NamedTuple):
+    """Supervisor → worker: the closure orders changed on disk (housekeeping saw it); reload them."""
+
+
+WorkerMessage = Ready | Rows | Snapshot
+SupervisorCommand = CloseBreaker | ReloadOrders

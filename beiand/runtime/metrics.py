@@ -1,0 +1,191 @@
+"""Prometheus metrics, all named ``beiand_*`` with their unit in the name.
+
+Worker processes send cumulative counters; :class:`Metrics` turns them into deltas per worker
+process, so counters stay monotonic across worker restarts. No label takes unbounded values:
+labels are worker numbers, interface names from the config, kinds, verdicts, actions and
+decode-error reasons (a fixed set in the decoders).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from beiand.runtime.ipc import MetricKey, Snapshot
+
+# Counter keys a worker snapshot may carry, and the metric + label each feeds.
+WORKER_COUNTERS = {
+    "kernel_packets": ("capture_kernel_packets", "packets that passed the kernel filter (PACKET_STATISTICS)"),
+    "kernel_drops": ("capture_kernel_drops", "packets the kernel dropped because the worker's ring was full"),
+    "userspace_packets": ("capture_userspace_packets", "frames read by the worker from its ring"),
+    "userspace_bytes": ("capture_userspace_bytes", "bytes of the frames read by the worker"),
+    "bpf_unfollowed": ("capture_bpf_unfollowed", "frames the kernel filter passed without following every header (over 3 VLAN "
+                                                 "tags, 4 MPLS labels, 2 GTP-U extensions, IPv6 extension headers); "
+                                                 "the decoder read them"),
+    "view_dropped": ("active_view_dropped", "decisions left out of the active-resource view because more distinct "
+                                            "services changed than it could pass on (the access log has them all)"),
+}
+
+
+REASSEMBLY_KINDS = ("tcp", "quic", "fragment")  # net.decoder's budgets
+
+# The ClickHouse sink's own counters (ClickHouseSink.counters()) and the metric each feeds.
+CLICKHOUSE_COUNTERS = {"written": "beiand_clickhouse_records_written", "spilled": "beiand_clickhouse_records_spilled",
+                       "replayed": "beiand_clickhouse_records_replayed", "write_errors": "beiand_clickhouse_write_errors",
+                       "lost": "beiand_clickhouse_lost_records"}
+
+
+class Metrics:
+    def __init__(self, interfaces: Sequence[str] = (), version: str = "") -> None:
+        r = self.registry = CollectorRegistry()
+        self.worker_counters = {k: Counter(f"beiand_{name}", doc, ["worker"], registry=r) for k, (name, doc) in WORKER_COUNTERS.items()}
+        self.observations = Counter("beiand_observations", "observations into hosted space, by how the name was seen", ["kind"],
+                                    registry=r)
+        self.verdicts = Counter("beiand_verdicts", "verdicts, by verdict", ["verdict"], registry=r)
+        self.actions = Counter("beiand_decisions", "decisions, by action (log, flag, block)", ["action"], registry=r)
+        self.verdict_actions = Counter("beiand_verdict_actions", "decisions, by verdict and action (unfiled and blocked, or not)",
+                                       ["verdict", "action"], registry=r)
+        self.decode_errors = Counter("beiand_decode_errors", "frames or flows dropped by the decoders, by reason", ["reason"],
+                                     registry=r)
+        self.reassembly_evicted = Counter("beiand_reassembly_evicted", "reassemblies dropped, oldest first, because a "
+                                          "worker's byte budget for their kind was reached (reassembly.* in the config)",
+                                          ["kind"], registry=r)
+        for kind in REASSEMBLY_KINDS:
+            self.reassembly_evicted.labels(kind)
+        self.worker_crashes = Counter("beiand_worker_crashes", "capture workers whose loop died of an exception (their "
+                                      "access log was flushed and closed first where possible)", registry=r)
+        self.crash_lost = Counter("beiand_worker_crash_lost_records", "access-log records still unwritten when a dying "
+                                  "worker could not close its log", registry=r)
+        self.flows = Gauge("beiand_flows", "flows tracked until their name is known", ["worker"], registry=r)
+        self.decision_latency = Histogram("beiand_decision_latency_seconds", "time from the packet carrying the name to its decision",
+                                          buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1),
+                                          registry=r)
+        self.records_filings = Gauge("beiand_records_filings", "filings (备案) loaded", registry=r)
+        self.records_unmapped = Gauge("beiand_records_unmapped_status_filings",
+                                      "filings whose status word no table maps: kept in force, map it with records.status_map",
+                                      registry=r)
+        self.records_loaded = Gauge("beiand_records_loaded_timestamp_seconds", "when the records in use were loaded", registry=r)
+        self.records_age = Gauge("beiand_records_age_seconds", "age of the records in service: now minus the mtime of the oldest "
+                                 "records file when it was loaded (a stale export is an alert)", registry=r)
+        self.records_max_age = Gauge("beiand_records_max_age_seconds", "records.max_age_hours: records older than this are stale "
+                                     "(0: never)", registry=r)
+        self.records_stale = Gauge("beiand_records_stale", "1 while the records in service are older than records.max_age_hours",
+                                   registry=r)
+        self.records_reload_refused = Counter("beiand_records_reload_refused", "reloads whose records were refused (more than "
+                                              "records.max_loss of the filings lost, empty or unreadable): the old index serves",
+                                              registry=r)
+        self.reloads = Counter("beiand_reloads", "reloads of config, records and inventory, by result", ["result"], registry=r)
+        self.reload_ok = Gauge("beiand_last_reload_successful", "1 if the last reload succeeded (the old state is kept otherwise)",
+                               registry=r)
+        self.log_records = Counter("beiand_accesslog_records", "access-log records written (Order 292 art. 14)", registry=r)
+        self.log_bytes = Counter("beiand_accesslog_bytes", "access-log bytes written", registry=r)
+        self.log_write_errors = Counter("beiand_accesslog_write_errors", "failed access-log writes (records are kept and retried)",
+                                        registry=r)
+        self.log_lost = Counter("beiand_accesslog_lost_records", "access-log records dropped because the buffer was full while "
+                                "writes failed", registry=r)
+        self.ch_written = Counter("beiand_clickhouse_records_written", "access-log records inserted into ClickHouse (replayed "
+                                  "ones included)", registry=r)
+        self.ch_spilled = Counter("beiand_clickhouse_records_spilled", "access-log records spilled to local disk because "
+                                  "ClickHouse refused or was unreachable", registry=r)
+        self.ch_replayed = Counter("beiand_clickhouse_records_replayed", "spilled records sent to ClickHouse once it was back",
+                                   registry=r)
+        self.ch_write_errors = Counter("beiand_clickhouse_write_errors", "failed ClickHouse inserts and spill writes (records "
+                                       "spill and are replayed)", registry=r)
+        self.ch_lost = Counter("beiand_clickhouse_lost_records", "access-log records dropped because neither ClickHouse nor "
+                               "the local spill took them", registry=r)
+        self.ch_spilling = Gauge("beiand_clickhouse_spilling", "1 while the worker's records go to the local spill", ["worker"],
+                                 registry=r)
+        self.log_torn = Counter("beiand_accesslog_torn_repairs", "torn tails cut at start (after a crash)", registry=r)
+        self.fsync = Histogram("beiand_accesslog_fsync_seconds", "access-log group-commit fsync latency",
+                               buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r)
+        self.log_pending = Gauge("beiand_accesslog_pending_records", "records appended but not yet on disk", ["worker"], registry=r)
+        self.chain_head = Gauge("beiand_accesslog_chain_head_prefix", "first 48 bits of the worker's chain head (anchor it elsewhere)",
+                                ["worker"], registry=r)
+        self.verify_failures = Gauge("beiand_accesslog_verify_problems", "problems found by the last chain verification "
+                                     "(recent partitions)", registry=r)
+        self.verify_time = Gauge("beiand_accesslog_last_verify_timestamp_seconds", "when the chain was last verified", registry=r)
+        self.oldest = Gauge("beiand_accesslog_oldest_record_age_seconds", "age of the oldest retained access-log record", registry=r)
+        self.retention = Gauge("beiand_accesslog_retention_seconds", "configured retention (at least 60 days)", registry=r)
+        self.log_free = Gauge("beiand_accesslog_filesystem_free_bytes", "free space on the access log's file system", registry=r)
+        self.worker_restarts = Counter("beiand_worker_restarts", "capture workers restarted after they died", registry=r)
+        self.workers = Gauge("beiand_workers_running", "capture worker processes running", registry=r)
+        self.blocks = Counter("beiand_enforcement_actions", "enforcement actions taken, by action", ["action"], registry=r)
+        self.enforce_latency = Histogram("beiand_enforcement_latency_seconds", "time from the packet carrying the name to the "
+                                         "enforcement action on the wire",
+                                         buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1), registry=r)
+        self.enforce_errors = Counter("beiand_enforcement_errors", "enforcement actions that failed (capture goes on)", ["action"],
+                                      registry=r)
+        self.breaker_open = Gauge("beiand_enforcement_breaker_open", "1 while the circuit breaker holds enforcement in dry-run",
+                                  registry=r)
+        self.audit_findings = Gauge("beiand_audit_findings", "findings of the last audit run, by kind", ["kind"], registry=r)
+        Info("beiand_build", "beiand version", registry=r).info({"version": version})
+        # Every counter and gauge by its name, for the MetricKeys of worker snapshots (ipc.py).
+        self._counters = {next(iter(m.describe())).name: m for m in [*vars(self).values(), *self.worker_counters.values()]
+                          if isinstance(m, Counter)}
+        self._gauges = {next(iter(m.describe())).name: m for m in vars(self).values() if isinstance(m, Gauge)}
+        self._seen: dict[tuple[int, MetricKey], float] = {}  # (pid, key) → last cumulative value
+        self._interfaces = list(interfaces)
+        r.register(_InterfaceCollector(self._interfaces))
+
+    def worker_snapshot(self, worker: int, pid: int, snap: Snapshot) -> None:
+        """Fold one worker snapshot (cumulative counters since that process started) in."""
+        w = str(worker)
+        for c in self.worker_counters.values():
+            c.labels(w)  # export 0 rather than nothing: "no drops" is an answer
+        for key, value in snap.counters.items():
+            delta = value - self._seen.get((pid, key), 0.0)
+            if delta <= 0:
+                continue
+            self._seen[(pid, key)] = value
+            counter = self._counters[key.metric]
+            (counter.labels(*key.labels) if key.labels else counter).inc(delta)
+        for key, value in snap.gauges.items():
+            gauge = self._gauges[key.metric]
+            (gauge.labels(*key.labels) if key.labels else gauge).set(value)
+        for v in snap.fsync:
+            self.fsync.observe(v)
+        for v in snap.latency:
+            self.decision_latency.observe(v)
+        for v in snap.enforce_latency:
+            self.enforce_latency.observe(v)
+
+    def forget(self, pid: int) -> None:
+        for k in [k for k in self._seen if k[0] == pid]:
+            del self._seen[k]
+
+
+def interface_counters(interface: str) -> dict[str, int]:
+    """rx/tx packets and bytes of an interface, from /proc/net/dev: the calling process's own
+    network namespace (sysfs would show the namespace it was mounted in)."""
+    try:
+        with open("/proc/net/dev") as f:
+            for line in f:
+                name, sep, rest = line.partition(":")
+                if sep and name.strip() == interface:
+                    v = [int(x) for x in rest.split()]
+                    return {"rx_bytes": v[0], "rx_packets": v[1], "tx_bytes": v[8], "tx_packets": v[9]}
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"rx_bytes": 0, "rx_packets": 0, "tx_bytes": 0, "tx_packets": 0}
+
+
+class _InterfaceCollector(Collector):
+    """Packets and bytes per watched interface, read from sysfs at scrape time."""
+
+    def __init__(self, interfaces: Iterable[str]) -> None:
+        self.interfaces = list(interfaces)
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        pk = CounterMetricFamily("beiand_interface_packets", "packets seen on a watched interface", labels=["interface", "direction"])
+        by = CounterMetricFamily("beiand_interface_bytes", "bytes seen on a watched interface", labels=["interface", "direction"])
+        for i in self.interfaces:
+            c = interface_counters(i)
+            pk.add_metric([i, "rx"], c["rx_packets"])
+            pk.add_metric([i, "tx"], c["tx_packets"])
+            by.add_metric([i, "rx"], c["rx_bytes"])
+            by.add_metric([i, "tx"], c["tx_bytes"])
+        yield pk
+        yield by

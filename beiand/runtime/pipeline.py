@@ -1,0 +1,111 @@
+"""The one wiring of beiand's stages, shared by the daemon, ``replay``, ``audit --pcap`` and tests.
+
+frames → ``Decoder`` → Observation → (DNS: is an answered address ours?) → ``Policy`` → Decision
+→ sinks. Deciding never acts; sinks act (DESIGN.md). One failing sink never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+
+from beiand.enforce.actor import Enforced
+from beiand.model import Decision, Kind, Observation, VerdictKind
+from beiand.net.decoder import FRAME_EXCEPTIONS, Decoder
+from beiand.policy import Policy
+from beiand.sinks import OutputClosed, Sink
+
+log = logging.getLogger("beiand.pipeline")  # the name operators filter on (before runtime/)
+
+
+class Pipeline:
+    def __init__(self, decoder: Decoder, policy: Policy, sinks: Sequence[Sink] = (),
+                 actor: Callable[[Observation, Decision], Enforced] | None = None) -> None:
+        self.decoder = decoder
+        self.policy = policy
+        self.actor = actor  # the enforcer (Enforcer.enforce): acts on a decision and returns what was done
+        self.sinks = list(sinks)
+        self.verdicts: Counter[str] = Counter()
+        self.kinds: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()
+        self.sink_errors: Counter[str] = Counter()
+        self.frame_errors: Counter[str] = Counter()  # observations whose decision raised, by exception type
+
+    def feed(self, ts: float, frame: bytes, linktype: int) -> bool:
+        """One frame of the live worker: nothing it carries may stop the loop (issue 17). Returns
+        True when the enforcer (inline) drops this frame: the NFQUEUE verdict, as a value."""
+        obs = self.decoder.feed(ts, frame, linktype)
+        drop = False
+        if obs:
+            for o in obs:
+                try:
+                    drop = self._observe(o)[1] or drop
+                except OutputClosed:
+                    raise
+                except Exception as exc:
+                    # A bug in deciding, not in the traffic: count it, drop this observation, go on.
+                    name = type(exc).__name__
+                    self.frame_errors[name if name in FRAME_EXCEPTIONS else "other"] += 1
+                    if not self.frame_errors.total() & (self.frame_errors.total() - 1):  # 1, 2, 4, 8...: rate-limited
+                        log.error("deciding an observation raised %s (%d so far); dropped", name, self.frame_errors.total())
+        return drop
+
+    def run(self, frames: Iterable[tuple[float, int, bytes]]) -> None:
+        feed = self.decoder.feed
+        observe = self.observe
+        for ts, linktype, frame in frames:
+            obs = feed(ts, frame, linktype)
+            if obs:
+                for o in obs:
+                    observe(o)
+        self.finish()
+
+    def finish(self) -> None:
+        for o in self.decoder.flush():
+            self.observe(o)
+        for s in self.sinks:
+            try:
+                s.flush()
+            except OutputClosed:
+                raise
+            except Exception:
+                log.exception("sink %s failed to flush", type(s).__name__)
+                self.sink_errors[type(s).__name__] += 1
+
+    def observe(self, obs: Observation) -> Decision | None:
+        return self._observe(obs)[0]
+
+    def _observe(self, obs: Observation) -> tuple[Decision | None, bool]:
+        """The decision as acted on, and whether the enforcer drops the packet (inline)."""
+        policy = self.policy
+        if obs.kind is Kind.DNS_ANSWER:
+            # A DNS answer is an observation into hosted space when it points a name at us.
+            hosted = [a for a in obs.answers if policy.inventory.lookup(a) is not None]
+            if not hosted:
+                self.skipped["dns-answer-not-hosted"] += 1
+                return None, False
+            obs = obs._replace(server_ip=hosted[0], server_port=0,
+                               detail=(obs.detail + " " if obs.detail else "") + f"resolver={obs.server_ip}")
+        decision = policy.decide(obs)
+        if decision.verdict.verdict is VerdictKind.NOT_HOSTED:
+            self.skipped["not-hosted"] += 1
+            return decision, False
+        drop = False
+        if self.actor is not None:
+            try:
+                decision, drop = self.actor(obs, decision)
+            except Exception:
+                log.exception("enforcer failed")
+                self.sink_errors["enforcer"] += 1
+        self.kinds[obs.kind] += 1  # StrEnum members hash and compare as their values
+        self.verdicts[decision.verdict.verdict] += 1
+        for s in self.sinks:
+            try:
+                s.on_decision(obs, decision)
+            except OutputClosed:
+                raise
+            except Exception:
+                log.exception("sink %s failed", type(s).__name__)
+                self.sink_errors[type(s).__name__] += 1
+        return decision, drop

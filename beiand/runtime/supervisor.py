@@ -1,0 +1,446 @@
+"""``beiand run``: the supervisor (the main process) of the live daemon.
+
+The main process loads and validates the config, records and inventory, then forks N capture
+workers (they share the loaded index copy-on-write). Each worker is a whole pipeline: its own
+``AF_PACKET`` sockets in one ``PACKET_FANOUT`` group, its own decoder and its own access-log
+partition. Workers send counters and observation summaries to the main process every second;
+the main process serves ``/metrics`` and the API, talks to systemd (``sd_notify``: READY,
+RELOADING, STOPPING, WATCHDOG), restarts a worker that died, reloads on SIGHUP or when a records
+file changes (a bad file keeps the old state), retires old log partitions, and on SIGTERM stops
+the workers, which flush their logs.
+
+Reload: the new state is built and validated in the main process; only then are the workers
+replaced one at a time (the fanout group keeps capturing on the others meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from beiand import __version__
+from beiand.enforce import OrderError, OrderStore
+from beiand.enforce.nfqueue import install_rules, remove_rules, rule_specs
+from beiand.enforce.nft import Nft, NftError
+from beiand.model import endpoint
+from beiand.policy import lookup_answer
+from beiand.records import normalise_domain
+from beiand.records.domains import DomainError
+from beiand.records.importer import canonical_ip
+from beiand.report.resource import ActiveResource
+from beiand.runtime import logsetup
+from beiand.runtime.housekeeping import Housekeeping
+from beiand.runtime.http import make_app
+from beiand.runtime.http import start as start_http
+from beiand.runtime.ipc import CloseBreaker, Ready, ReloadOrders, Snapshot, SupervisorCommand, WorkerMessage
+from beiand.runtime.isms import IsmsRuntime
+from beiand.runtime.isms import check as isms_check
+from beiand.runtime.metrics import Metrics
+from beiand.runtime.sdnotify import sd_notify, watchdog_interval
+from beiand.runtime.wiring import RecordsRefused, StateError, file_mtime, http_limits, load_state, read_secret
+from beiand.runtime.worker import worker_main
+
+log = logging.getLogger("beiand")
+MAX_VIEW_ROWS = 100_000  # the main process's active-resource view
+
+
+# -- main process ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    idx: int
+    proc: multiprocessing.process.BaseProcess
+    conn: Connection
+    ready: bool = False
+    last_seen: float = 0.0
+    log_failing: str = ""
+    pid: int = 0
+    breaker: str = ""
+    accesslog: dict[str, Any] = field(default_factory=dict)  # the worker's log position (full chain head)
+
+
+class Daemon:
+    def __init__(self, config_path: str) -> None:
+        self.config_path = config_path
+        self.state = load_state(config_path)
+        cfg = self.state.config
+        self.metrics = Metrics(cfg.capture.interfaces, __version__)
+        self.housekeeping = Housekeeping(self.state, self.metrics)
+        self.token = (read_secret(cfg.server.token_file, cfg.daemon.secret_permissions).decode().strip()
+                      if cfg.server.token_file else "")
+        self.workers: dict[int, Worker] = {}
+        self.obs: dict[tuple[Any, ...], list[Any]] = {}
+        self.latencies: collections.deque[float] = collections.deque(maxlen=200_000)  # packet → decision, seconds
+        self.fanout_group = cfg.capture.fanout_group or (os.getpid() & 0xFFFF)
+        self.ctx = multiprocessing.get_context("fork")
+        self.stopping = False
+        self.restarts = 0
+        self._reload_requested = ""  # why, while a reload waits
+        self._reloading = False
+        self._notified_ready = False
+        self.refused: dict[str, Any] | None = None  # the last refused reload, until one succeeds
+        self.refused_count = 0
+        self.metrics.retention.set(cfg.accesslog.retention_days * 86400)
+        self.housekeeping.records_metrics()
+        self.metrics.reload_ok.set(1)
+        cfg.accesslog.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self.nft: Nft | None = None
+        self.orders: OrderStore | None = None
+        self._rules: list[list[str]] = []
+        self.isms: IsmsRuntime | None = None
+
+    def _setup_enforcement(self) -> None:
+        cfg = self.state.config
+        try:
+            self.nft = Nft()
+            self.nft.setup()
+            log.info("enforcement: nftables table inet beiand ready (%s)", self.nft.via)
+        except (NftError, OSError) as exc:
+            self.nft = None
+            log.warning("enforcement: nftables unavailable (%s): QUIC, IP-only and address orders cannot be blocked", exc)
+        try:
+            self.orders = OrderStore(cfg.daemon.state_dir)
+            self.housekeeping.nft, self.housekeeping.orders = self.nft, self.orders
+            self.housekeeping.sync_orders(force=True)
+        except OrderError as exc:
+            log.error("%s", exc)
+        if cfg.enforce.inline:
+            self._rules = rule_specs(cfg.capture.tcp_ports, cfg.capture.udp_ports, cfg.enforce.queue, cfg.workers,
+                                     cfg.enforce.connbytes)
+            install_rules(self._rules)
+
+    def _teardown_enforcement(self) -> None:
+        if self._rules:
+            remove_rules(self._rules)
+            self._rules = []
+        if self.nft is not None:
+            self.nft.teardown()
+
+    # -- DaemonView -------------------------------------------------------------------------
+
+    def ready(self) -> list[str]:
+        problems = []
+        now = time.monotonic()
+        n = self.state.config.workers
+        alive = [w for w in self.workers.values() if w.ready and w.proc.is_alive() and now - w.last_seen < 5]
+        if len(alive) < n:
+            problems.append(f"capture: {len(alive)} of {n} worker(s) running")
+        if not self.state.index.stats().filings:
+            problems.append("records: none loaded")
+        failing = [w.log_failing for w in self.workers.values() if w.log_failing]
+        if failing:
+            problems.append(f"access log not writable: {failing[0]}")
+        return problems
+
+    def details(self) -> dict[str, Any]:
+        """What /readyz adds to ready or not: conditions that do not stop serving but need an operator."""
+        return {"records": self.records_status()}
+
+    def records_status(self) -> dict[str, Any]:
+        st = self.state
+        age, max_age = self.housekeeping.records_age()
+        return {"filings": st.index.stats().filings, "files": [str(p) for p in st.config.records.files],
+                "loaded_at": st.loaded_at, "age_seconds": age, "max_age_seconds": max_age,
+                "stale": bool(max_age and age > max_age), "max_loss": st.config.records.max_loss,
+                "reload_refused": None if self.refused is None else {**self.refused, "count": self.refused_count}}
+
+    def lookup(self, name: str, ip: str, server: str) -> dict[str, Any]:
+        st = self.state
+        if name:
+            try:
+                n = normalise_domain(name)
+            except DomainError as exc:
+                raise ValueError(f"name {name!r}: {exc.reason}") from None
+            server_ip = (canonical_ip(server) or "") if server else ""
+            if server and not server_ip:
+                raise ValueError(f"server {server!r} is not an IP address")
+        else:
+            n = ""
+            server_ip = canonical_ip(ip) or ""
+            if not server_ip:
+                raise ValueError(f"ip {ip!r} is not an IP address")
+        return lookup_answer(st.policy, n, server_ip, time.time())
+
+    def observations(self, verdict: str, since: float, limit: int) -> list[dict[str, Any]]:
+        rows = [ActiveResource.of(name, endpoint(sip, sport), account, kind, v, first_seen=first, last_seen=last, hits=int(hits),
+                                  action=action)
+                for (name, sip, sport, account, v, kind, action), (first, last, hits) in self.obs.items()
+                if not ((verdict and v != verdict) or last < since)]
+        rows.sort(key=lambda r: -r.hits)
+        return [r.as_observation() for r in rows[:limit]]
+
+    def status(self) -> dict[str, Any]:
+        return {"version": __version__, "gateway": self.state.config.gateway, "config": self.config_path,
+                "records_loaded_at": self.state.loaded_at, "filings": self.state.index.stats().filings,
+                "records": self.records_status(),
+                "workers": [{"worker": w.idx, "pid": w.pid, "ready": w.ready, "alive": w.proc.is_alive()}
+                            for w in self.workers.values()], "worker_restarts": self.restarts,
+                "decision_latency_seconds": _percentiles(self.latencies),
+                "breaker": {str(w.idx): w.breaker for w in self.workers.values() if w.breaker},
+                # Chain heads in full (anchor them elsewhere; `beiand logs verify --anchors`).
+                "accesslog": {f"w{w.idx}": w.accesslog for w in self.workers.values() if w.accesslog},
+                "enforcement": {"inline": self.state.config.enforce.inline, "nftables": self.nft.via if self.nft else None,
+                                "orders": len(self.orders.orders) if self.orders else 0},
+                "isms": self.isms.status() if self.isms is not None else None}
+
+    def request_reload(self, why: str = "POST /api/v1/reload") -> None:
+        self._reload_requested = why
+
+    def close_breaker(self) -> None:
+        self._tell_workers(CloseBreaker())
+        log.warning("circuit breaker close requested by the operator")
+
+    def _tell_workers(self, cmd: SupervisorCommand) -> None:
+        for w in self.workers.values():
+            with contextlib.suppress(OSError):
+                w.conn.send(cmd)
+
+    # -- workers ----------------------------------------------------------------------------
+
+    def _start_worker(self, idx: int) -> None:
+        parent, child = self.ctx.Pipe(duplex=True)
+        inherited = [w.conn.fileno() for w in self.workers.values()]
+        proc = self.ctx.Process(target=worker_main, args=(idx, self.state, child, self.fanout_group, inherited), name=f"beiand-w{idx}",
+                                daemon=False)
+        proc.start()
+        child.close()
+        self.workers[idx] = Worker(idx, proc, parent, last_seen=time.monotonic())
+        asyncio.get_running_loop().add_reader(parent.fileno(), self._on_worker_message, idx)
+
+    def _stop_worker(self, idx: int, timeout: float = 10) -> None:
+        w = self.workers.pop(idx)
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(w.conn.fileno())
+        if w.proc.is_alive():
+            os.kill(w.proc.pid or 0, signal.SIGTERM)
+        w.proc.join(timeout)
+        if w.proc.is_alive():
+            w.proc.kill()
+            w.proc.join()
+        if w.proc.exitcode == 0:  # a clean stop sent its last snapshot; a killed one may have left half a message
+            self._drain(w)
+        w.conn.close()
+        self.metrics.forget(w.pid)
+
+    def _drain(self, w: Worker) -> None:
+        with contextlib.suppress(EOFError, OSError):
+            while w.conn.poll():
+                self._handle(w, w.conn.recv())
+
+    def _on_worker_message(self, idx: int) -> None:
+        w = self.workers.get(idx)
+        if w is None:
+            return
+        try:
+            msg = w.conn.recv()
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(w.conn.fileno())
+            return
+        self._handle(w, msg)
+
+    def _handle(self, w: Worker, msg: WorkerMessage) -> None:
+        w.last_seen = time.monotonic()
+        if isinstance(msg, Ready):
+            w.ready, w.pid = True, msg.pid
+            return
+        if isinstance(msg, Snapshot):  # a snapshot, not only rows of the view
+            self.metrics.worker_snapshot(w.idx, w.pid, msg)
+            self.latencies.extend(msg.latency)
+            w.log_failing = msg.log_failing
+            w.breaker = msg.breaker
+            w.accesslog = msg.accesslog if msg.accesslog is not None else w.accesslog
+            self.metrics.breaker_open.set(1 if any(x.breaker for x in self.workers.values()) else 0)
+        view = self.obs
+        for row in msg.rows:
+            key, (first, last, hits) = tuple(row[:7]), row[7:]
+            cur = view.get(key)
+            if cur is None:
+                if len(view) >= MAX_VIEW_ROWS:
+                    # Forget the tenth seen longest ago, at once: one sort per many inserts,
+                    # not a scan of the whole view per insert.
+                    for k in sorted(view, key=lambda k: view[k][1])[: MAX_VIEW_ROWS // 10]:
+                        del view[k]
+                view[key] = [first, last, hits]
+            else:
+                cur[0] = min(cur[0], first)
+                cur[1] = max(cur[1], last)
+                cur[2] += hits
+
+    async def _supervise(self) -> None:
+        """Restart dead workers; watch files; keep systemd's watchdog fed; retire old logs."""
+        wd = watchdog_interval()
+        next_wd = 0.0
+        next_retire = 0.0
+        next_watch = 0.0
+        while not self.stopping:
+            await asyncio.sleep(0.2)
+            now = time.monotonic()
+            for idx, w in list(self.workers.items()):
+                if not w.proc.is_alive() and not self._reloading:
+                    log.error("worker %d (pid %s) died (exit code %s); restarting it", idx, w.pid, w.proc.exitcode)
+                    self._stop_worker(idx)
+                    self.restarts += 1
+                    self.metrics.worker_restarts.inc()
+                    self._start_worker(idx)
+            self.metrics.workers.set(sum(1 for w in self.workers.values() if w.proc.is_alive()))
+            healthy = not self.ready()
+            if healthy and not self._notified_ready:
+                self._notified_ready = True
+                ifaces = ", ".join(self.state.config.capture.interfaces)
+                sd_notify(f"READY=1\nSTATUS=capturing on {ifaces} with {len(self.workers)} worker(s)")
+                log.info("ready: %d worker(s) capturing on %s", len(self.workers), ifaces)
+            # The watchdog is fed only while healthy: systemd restarts a daemon that stays broken.
+            if wd and healthy and now >= next_wd:
+                sd_notify("WATCHDOG=1")
+                next_wd = now + wd
+            if self.housekeeping.sync_orders():
+                self._tell_workers(ReloadOrders())
+            if self.isms is not None:
+                await self.isms.tick(healthy)
+            if self._reload_requested:
+                why, self._reload_requested = self._reload_requested, ""
+                await self.reload(why)
+            interval = self.state.config.daemon.watch_interval
+            if now >= next_watch:
+                next_watch = now + (interval or 5.0)
+                self.housekeeping.records_metrics()
+                self.housekeeping.audit_metrics()
+                changed = [p for p, m in self.state.mtimes.items() if file_mtime(p) != m] if interval else []
+                if changed:
+                    log.info("changed on disk: %s; reloading", ", ".join(changed))
+                    await self.reload("file change")
+            if now >= next_retire:
+                next_retire = now + 3600
+                await asyncio.get_running_loop().run_in_executor(None, self.housekeeping.retire_and_verify)
+
+    async def reload(self, why: str) -> bool:
+        if self._reloading:
+            return False
+        self._reloading = True
+        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        try:
+            try:
+                new = await asyncio.get_running_loop().run_in_executor(None, load_state, self.config_path, self.state)
+            except StateError as exc:
+                log.error("reload (%s) failed, keeping the old state: %s", why, exc)
+                self.metrics.reloads.labels("failure").inc()
+                self.metrics.reload_ok.set(0)
+                if isinstance(exc, RecordsRefused):
+                    self.refused_count += 1
+                    self.metrics.records_reload_refused.inc()
+                    self.refused = {"at": time.time(), "trigger": why, "files": exc.files, "reason": str(exc),
+                                    "filings_offered": exc.offered, "filings_in_service": exc.in_service}
+                # Do not retry the same broken files every few seconds: wait for the next change.
+                self.state.mtimes = {p: file_mtime(p) for p in self.state.mtimes}
+                return False
+            self.state = self.housekeeping.state = new
+            self.refused = None
+            if self.isms is not None:  # [isms] in place; restart-only keys listed (beiand/report/isms/reload.py)
+                try:
+                    self.isms.reload(new.config)
+                except (ValueError, OSError) as exc:
+                    log.error("reload (%s): [isms] kept as it was: %s", why, exc)
+            self.housekeeping.records_metrics()
+            self.metrics.reloads.labels("success").inc()
+            self.metrics.reload_ok.set(1)
+            log.info("reload (%s): %d filings; replacing workers one at a time", why, new.index.stats().filings)
+            for idx in sorted(self.workers):
+                self._stop_worker(idx)
+                if idx < new.config.workers:
+                    self._start_worker(idx)
+            for idx in range(new.config.workers):
+                if idx not in self.workers:
+                    self._start_worker(idx)
+            return True
+        finally:
+            self._reloading = False
+            sd_notify("READY=1")
+
+    async def main(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def on_stop() -> None:
+            self.stopping = True
+            stop.set()
+
+        loop.add_signal_handler(signal.SIGTERM, on_stop)
+        loop.add_signal_handler(signal.SIGINT, on_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload, "SIGHUP")
+        cfg = self.state.config
+        self._setup_enforcement()
+        limits = http_limits(cfg)
+        host, port = cfg.listen()
+        served = await start_http(make_app(self, limits), host, port, limits)
+        log.info("serving /metrics and /api/v1 on %s:%d", host, port)
+        if cfg.isms.enabled:
+            problem = isms_check(cfg)
+            if problem:
+                log.error("%s: isms: %s", self.config_path, problem)
+                await served.close()
+                return 2
+            self.isms = IsmsRuntime(cfg, self.metrics.registry)
+            await self.isms.start()
+        for idx in range(cfg.workers):
+            self._start_worker(idx)
+        sup = asyncio.create_task(self._supervise())
+        await stop.wait()
+        sd_notify("STOPPING=1")
+        log.info("stopping: flushing the access log")
+        for idx in sorted(self.workers):
+            self._stop_worker(idx)
+        self._teardown_enforcement()
+        sup.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sup
+        await served.close()
+        if self.isms is not None:
+            await self.isms.close()
+        return 0
+
+
+def _percentiles(values: collections.deque[float]) -> dict[str, float | int]:
+    v = sorted(values)
+    if not v:
+        return {"n": 0}
+    return {"n": len(v), "p50": v[len(v) // 2], "p99": v[min(len(v) - 1, len(v) * 99 // 100)], "max": v[-1]}
+
+
+def run(config_path: str, log_format: str = "auto") -> int:
+    # Under systemd: priority prefixes for the journal, no timestamps of our own (beiand.runtime.logsetup).
+    logsetup.configure(log_format)
+    try:
+        d = Daemon(config_path)
+    except StateError as exc:
+        log.error("%s", exc)
+        return 2
+    except OSError as exc:
+        log.error("%s: %s", config_path, exc)
+        return 2
+    for iface in d.state.config.capture.interfaces:
+        try:
+            socket.if_nametoindex(iface)
+        except OSError:
+            log.error("%s: capture.interfaces: %s: no such interface", config_path, iface)
+            return 2
+    if not d.state.config.capture.interfaces:
+        log.error("%s: capture.interfaces: none given", config_path)
+        return 2
+    logging.getLogger().setLevel(d.state.config.daemon.log_level.upper())
+    try:
+        return asyncio.run(d.main())
+    except OSError as exc:
+        log.error("%s", exc)
+        return 2

@@ -1,0 +1,243 @@
+"""Settings → components: the one place that turns the config into what decides.
+
+The daemon, ``replay``, ``audit``, ``records lookup`` and ``check-config`` all build their
+policy here, so they decide alike (issue 13: one answer everywhere; DESIGN.md ``wiring``). The
+daemon's whole ``State`` (config, records, inventory, policy; ``load_state``) and a worker's
+enforcer (``make_enforcer``) are built here too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from beiand.accesslog import AccessLog, LogConfig
+from beiand.capture.bpf import build as build_bpf
+from beiand.capture.filterexpr import Condition
+from beiand.capture.live import LiveCapture
+from beiand.enforce import Enforcer, EnforceSettings, Injector, OrderError, OrderStore
+from beiand.enforce.nft import Nft, NftError
+from beiand.errors import BeiandError
+from beiand.model import Mode
+from beiand.net.decoder import DecoderConfig
+from beiand.policy import Policy, PolicyConfig, PolicyError
+from beiand.policy.inventory import Inventory, InventoryError, load_inventory
+from beiand.records import ImportRefused, build_index, load_files, normalise_domain
+from beiand.records.domains import DomainError
+from beiand.records.index import RecordIndex
+from beiand.runtime.settings import Config, ConfigError, load_config, secret_problem
+from beiand.sinks import Sink
+from beiand.sinks.accesslog import AccessLogSink
+
+if TYPE_CHECKING:
+    from beiand.runtime.http import HttpLimits
+    from beiand.sinks.clickhouse import ClickHouseSink
+
+log = logging.getLogger("beiand")
+
+
+def policy_config(cfg: Config) -> PolicyConfig:
+    """The policy every command builds from the config: the daemon, ``replay``, ``audit``,
+    ``records lookup`` and ``/api/v1/lookup`` all decide from this one (issue 13: one answer
+    everywhere). Raises ``ConfigError`` naming the field."""
+    problems: list[tuple[str, str]] = []
+
+    def names(dotted: str, items: list[str]) -> list[str]:
+        out = []
+        for n in items:
+            try:
+                out.append(normalise_domain(n[2:] if n.startswith("*.") else n))
+            except DomainError as exc:
+                problems.append((dotted, f"{n!r}: {exc.reason}"))
+        return out
+
+    allow = names("policy.allow", cfg.policy.allow)
+    suffixes = names("policy.allow_suffixes", cfg.policy.allow_suffixes)
+    for i, p in enumerate(cfg.policy.allow_prefixes):
+        try:
+            ipaddress.ip_network(p, strict=False)
+        except ValueError:
+            problems.append(("policy.allow_prefixes", f"item {i + 1}: {p!r} is not a CIDR prefix"))
+    if problems:
+        raise ConfigError([f"{d}: {w}" for d, w in problems], problems)
+    provider = [p.strip() for p in cfg.records.provider if p.strip()]
+    try:
+        return PolicyConfig(
+            provider=provider[0] if provider else "", providers=tuple(provider[1:]), allow_names=frozenset(allow),
+            allow_suffixes=tuple(suffixes),
+            allow_prefixes=tuple(str(ipaddress.ip_network(p, strict=False)) for p in cfg.policy.allow_prefixes),
+            default_mode=Mode(cfg.policy.default_mode), pending_mode=Mode(cfg.policy.pending_mode) if cfg.policy.pending_mode else None,
+            access_pending_grace_days=cfg.policy.grace_days)
+    except PolicyError as exc:
+        raise ConfigError([f"policy: {exc}"], [("policy", str(exc))]) from None
+
+
+def decoder_config(cfg: Config) -> DecoderConfig:
+    """The decoder of a capture worker: watched ports and the reassembly bounds (issue 17)."""
+    ra = cfg.reassembly
+    return DecoderConfig(tcp_ports=frozenset(cfg.capture.tcp_ports), udp_ports=frozenset(cfg.capture.udp_ports),
+                         max_flow_bytes=ra.max_flow_bytes, max_flow_holes=ra.max_holes, reassembly_tcp_bytes=ra.tcp_bytes,
+                         reassembly_quic_bytes=ra.quic_bytes, reassembly_fragment_bytes=ra.fragment_bytes)
+
+
+@dataclass
+class State:
+    """Everything loaded from files: replaced as a whole on reload, never in part."""
+
+    config: Config
+    index: RecordIndex
+    inventory: Inventory
+    policy: Policy
+    loaded_at: float
+    mtimes: dict[str, float] = field(default_factory=dict)
+    # The export's age is its file's mtime (the CSV/JSON/XLSX exports carry no export time of
+    # their own): the oldest of records.files, taken when they were loaded, so records kept in
+    # service after a refused reload keep ageing.
+    records_mtime: float = 0.0
+
+
+class StateError(BeiandError):
+    pass
+
+
+class RecordsRefused(StateError):
+    """The records of a reload were refused; the index in service stays."""
+
+    def __init__(self, message: str, files: Sequence[str], offered: int | None, in_service: int) -> None:
+        super().__init__(message)
+        self.files = list(files)
+        self.offered = offered  # valid filings in the refused files (None: unreadable)
+        self.in_service = in_service
+
+
+def load_state(config_path: str, previous: State | None = None) -> State:
+    """Config, records, inventory and policy, built to the side.
+
+    With ``previous`` (every reload: SIGHUP, a file change, ``POST /api/v1/reload``), the new
+    records must not lose more than ``records.max_loss`` of the filings in service: a truncated
+    export would otherwise turn filed sites "unfiled" at once (DESIGN.md failure rules).
+    """
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        raise StateError(str(exc)) from None
+    for w in cfg.warnings:
+        log.warning("config: %s", w)
+    files = [str(p) for p in cfg.records.files]
+    in_service = len(previous.index.filings) if previous is not None else 0
+    result = None
+    try:
+        result = load_files(files, strict=cfg.records.strict, status_map=cfg.records.status_map)
+        index = build_index(result, previous=previous.index if previous is not None else None, max_loss=cfg.records.max_loss,
+                            loaded_at=time.time())
+    except ImportRefused as exc:
+        offered = len(result.filings) if result is not None else None
+        guard = f" (records.max_loss = {cfg.records.max_loss:g})" if offered and offered < in_service else ""
+        raise RecordsRefused(f"records refused: {', '.join(files)}: {exc}{guard}", files, offered, in_service) from None
+    for e in result.errors[:20]:
+        log.warning("records: skipped %s", e)
+    try:
+        inv = load_inventory(str(cfg.inventory.file)) if cfg.inventory.file else Inventory([])
+    except InventoryError as exc:
+        raise StateError("inventory invalid: " + "; ".join(exc.problems)) from None
+    try:
+        pcfg = policy_config(cfg)
+    except ConfigError as exc:
+        raise StateError(f"policy: {exc}") from None
+    watched = [*files, *([str(cfg.inventory.file)] if cfg.inventory.file else []), config_path]
+    mtimes = {p: file_mtime(p) for p in watched}
+    records_mtime = min((mtimes[p] for p in files), default=0.0)
+    return State(cfg, index, inv, Policy(index, inv, pcfg), time.time(), mtimes, records_mtime)
+
+
+def file_mtime(p: str) -> float:
+    try:
+        return os.stat(p).st_mtime
+    except OSError:
+        return 0.0
+
+
+def read_secret(path: Path, permissions: str) -> bytes:
+    """A secret file, checked again as it is read (it may have changed since the config was
+    checked): readable by group or others is refused unless ``daemon.secret_permissions = "warn"``."""
+    why = secret_problem(path)
+    if why:
+        if permissions != "warn":
+            raise StateError(f"{why} (daemon.secret_permissions = \"warn\" accepts it)")
+        log.warning("%s", why)
+    return path.read_bytes()
+
+
+def make_enforcer(cfg: Config) -> Enforcer:
+    e = cfg.enforce
+    settings = EnforceSettings(inline=e.inline, quic_block_seconds=e.quic_block_seconds,
+                               grace_seconds=e.grace_seconds, max_blocks_per_minute=e.max_blocks_per_minute,
+                               max_unfiled_share=e.max_unfiled_share, min_verdicts_for_share=e.min_verdicts_for_share,
+                               contact=e.contact, provider_name=e.provider_name)
+    injector: Injector | None = None
+    nft: Nft | None = None
+    try:
+        injector = Injector()
+    except OSError as exc:
+        log.warning("enforcement: no raw socket (%s): resets and block pages are unavailable", exc)
+    try:
+        nft = Nft()
+    except NftError as exc:
+        log.warning("enforcement: %s: QUIC and IP blocks are unavailable", exc)
+    orders = None
+    try:
+        orders = OrderStore(cfg.daemon.state_dir)
+    except OrderError as exc:
+        log.error("%s", exc)
+    from beiand.runtime.isms import rules_for  # the ISMS stack: only for a daemon's workers
+
+    return Enforcer(settings, injector, nft, orders, rules=rules_for(cfg))  # rules: the regulator's ISMS commands
+
+
+def live_captures(cfg: Config, fanout_group: int) -> list[LiveCapture]:
+    """A worker's AF_PACKET rings, one per interface, with the kernel filter (BPF) for its ports."""
+    ifaces = cfg.capture.interfaces
+    inline = cfg.enforce.inline
+    # Inline: watched TCP/UDP arrive through NFQUEUE; AF_PACKET carries the DNS answers only.
+    prog = build_bpf(() if inline else cfg.capture.tcp_ports, () if inline else cfg.capture.udp_ports, dns=cfg.capture.dns,
+                     condition=Condition(cfg.capture.filter) if cfg.capture.filter else None)
+    return [LiveCapture(i, prog, fanout_group=fanout_group, block_size=cfg.capture.ring_block_kib * 1024,
+                        blocks=cfg.capture.ring_blocks, outgoing=len(ifaces) == 1,
+                        block_timeout_ms=cfg.capture.ring_block_timeout_ms, version=cfg.capture.ring_version) for i in ifaces]
+
+
+def access_log_sinks(cfg: Config, idx: int) -> tuple[AccessLog, ClickHouseSink | None, list[Sink]]:
+    """A worker's access log (its own partition), ClickHouse when configured (the log's records go
+    there, the local log keeping the chain and checkpoints), and the sinks that feed them."""
+    al = cfg.accesslog
+    key = read_secret(al.hmac_key_file, cfg.daemon.secret_permissions).strip() if al.hmac_key_file else None
+    ch = None
+    if al.clickhouse.url:
+        from beiand.sinks.clickhouse import ClickHouseSink  # aiohttp: only for a daemon that writes to ClickHouse
+
+        c = al.clickhouse
+        ch = ClickHouseSink(c.url, c.spill_dir or al.directory / "spill", database=c.database, table=c.table, user=c.user,
+                            password=read_secret(c.password_file, cfg.daemon.secret_permissions).decode().strip()
+                            if c.password_file else "", worker=idx,
+                            batch_records=c.batch_records, retention_days=al.retention_days)
+    # Checkpoints also go off the machine: the journal (a log line) and, when configured, ClickHouse.
+    alog = AccessLog(LogConfig(al.directory, worker=idx, gateway=cfg.gateway, retention_days=al.retention_days,
+                               commit_interval=al.commit_interval, commit_records=al.commit_records, max_buffer=al.max_buffer,
+                               key=key, checkpoint_interval=al.checkpoint_interval),
+                     on_checkpoint=ch.anchor if ch is not None else None)
+    sinks: list[Sink] = [AccessLogSink(ch if ch is not None else alog, cfg.gateway)]
+    return alog, ch, sinks
+
+
+def http_limits(cfg: Config) -> HttpLimits:
+    from beiand.runtime.http import HttpLimits  # aiohttp: only for the daemon, not for every command
+
+    srv = cfg.server
+    return HttpLimits(header_timeout=srv.header_timeout, request_timeout=srv.request_timeout, max_connections=srv.max_connections,
+                      max_body_bytes=srv.max_body_bytes, max_line_bytes=srv.max_line_bytes)

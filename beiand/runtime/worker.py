@@ -1,0 +1,286 @@
+"""One capture worker process: its own sockets, decoder, pipeline, sinks and log partition.
+
+It reports to the supervisor (``supervisor.py``) through its connection: a ready message, then
+snapshots (counters, gauges, rows of the active-resource view) a few times a second.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import functools
+import gc
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from multiprocessing.connection import Connection
+
+from beiand.accesslog import AccessLog
+from beiand.enforce import OrderError
+from beiand.enforce.nfqueue import NfQueue
+from beiand.net.decoder import LINKTYPE_RAW, Decoder
+from beiand.runtime.housekeeping import clickhouse_retire, every
+from beiand.runtime.ipc import CloseBreaker, MetricKey, Ready, ReloadOrders, Rows, Snapshot, WorkerMessage
+from beiand.runtime.metrics import CLICKHOUSE_COUNTERS
+from beiand.runtime.pipeline import Pipeline
+from beiand.runtime.wiring import State, access_log_sinks, decoder_config, live_captures, make_enforcer
+from beiand.sinks.active import ActiveResourceAggregate
+
+log = logging.getLogger("beiand")
+SNAPSHOT_INTERVAL = 0.25  # small deltas often: a big snapshot would stall the capture loop
+# Rows of the active-resource view go to the main process in small messages between snapshots:
+# gathering 128 rows takes about 0.3 ms of the capture loop (5,000 at once stalled it for 14 ms,
+# the whole p99 of the decision latency).
+ROWS_INTERVAL = 0.01
+OUTBOX_MAX = 256  # messages waiting for a main process that does not read; beyond, rows are dropped
+
+
+def close_dying(idx: int, steps: Sequence[Callable[[], object]], alog: AccessLog) -> int:
+    """A dying worker's last steps (flush the pipeline, close the log and sinks), each tried even
+    when one before it failed; returns the records the log still held unwritten (issue 17)."""
+    for step in steps:
+        try:
+            step()
+        except BaseException as exc:  # the next step must still run
+            log.critical("worker %d: %s failed while dying: %s", idx, getattr(step, "__qualname__", step), exc)
+    return alog.pending
+
+
+# -- worker process -------------------------------------------------------------------------------
+
+
+def decision_counters(counts: Mapping[tuple[str, str, str], int]) -> dict[MetricKey, float]:
+    """Decisions by (kind, verdict, action) → the observation, verdict, decision and verdict-action counters."""
+    c: dict[MetricKey, float] = {}
+    for (kind, verdict, action), n in counts.items():
+        for k in (MetricKey("beiand_observations", (kind,)), MetricKey("beiand_verdicts", (verdict,)),
+                  MetricKey("beiand_decisions", (action,)), MetricKey("beiand_verdict_actions", (verdict, action))):
+            c[k] = c.get(k, 0) + n
+    return c
+
+
+class _Outbox:
+    """Messages from a worker to the main process, pickled and sent by a thread.
+
+    The capture loop only queues them: a main process slow to read (it shares the cores with
+    the workers and the traffic) made a snapshot's send block for 3-7 ms, the whole p99 of the
+    decision latency. Snapshots carry cumulative counters, so one skipped costs nothing; rows
+    of the view skipped are counted.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.queue: collections.deque[WorkerMessage | None] = collections.deque()
+        self.wake = threading.Event()
+        self.broken = False  # the main process is gone
+        self.dropped_rows = 0
+        self.thread = threading.Thread(target=self._run, name="worker-outbox", daemon=True)
+        self.thread.start()
+
+    def put(self, msg: WorkerMessage) -> None:
+        if len(self.queue) >= OUTBOX_MAX:
+            self.dropped_rows += len(msg.rows) if isinstance(msg, (Rows, Snapshot)) else 0
+            return
+        self.queue.append(msg)
+        self.wake.set()
+
+    def _run(self) -> None:
+        q = self.queue
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            while q:
+                msg = q.popleft()
+                if msg is None:
+                    return
+                try:
+                    self.conn.send(msg)
+                except (BrokenPipeError, OSError, ValueError):
+                    self.broken = True
+                    return
+
+    def close(self, timeout: float) -> None:
+        """Send what is queued (at most ``timeout`` seconds), then stop."""
+        self.queue.append(None)
+        self.wake.set()
+        self.thread.join(timeout)
+
+
+def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inherited: Sequence[int] = ()) -> None:
+    """One capture worker: its own sockets, decoder, pipeline and log partition."""
+    # The fork inherited the main process's event-loop signal wakeup fd: a signal to this
+    # worker must not be read as one to the main process.
+    signal.set_wakeup_fd(-1)
+    # The main process's ends of the other workers' pipes came with the fork: close them, or a
+    # dead main process would leave those pipes open (a worker would wait on them forever).
+    for fd in inherited:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    ppid = os.getppid()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: die with the main process
+    if cfg_rt := state.config.capture.realtime_priority:
+        # Before any thread starts: the log's committer and the outbox inherit the policy.
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(cfg_rt))
+        except OSError as exc:
+            log.warning("worker %d: capture.realtime_priority = %d not applied (%s); normal scheduling", idx, cfg_rt,
+                        exc.strerror)
+    # The loaded index is millions of long-lived objects: keep the cyclic GC from walking them
+    # (a full collection would stall capture for tens of milliseconds).
+    gc.freeze()
+    # The log's committer thread shares the GIL: a short switch interval bounds how long the
+    # capture loop can wait for it (the default 5 ms would show in the decision latency's tail).
+    sys.setswitchinterval(0.0005)
+    cfg = state.config
+    inline = cfg.enforce.inline
+    caps = live_captures(cfg, fanout_group)
+    alog, ch, sinks = access_log_sinks(cfg, idx)
+    agg = ActiveResourceAggregate()
+    decoder = Decoder(decoder_config(cfg))
+    enforcer = make_enforcer(cfg)
+    queue = NfQueue(cfg.enforce.queue + idx) if inline else None
+    pipe = Pipeline(decoder, state.policy, [*sinks, agg], actor=enforcer.enforce)
+    conn.send(Ready(os.getpid()))
+    feed = pipe.feed
+    next_snap = time.monotonic() + SNAPSHOT_INTERVAL
+    next_rows = time.monotonic() + ROWS_INTERVAL
+    if ch is not None and idx == 0:  # ClickHouse retention (whole day partitions), off the capture loop
+        every(3600, functools.partial(clickhouse_retire, ch), "clickhouse-retention", first=60)
+    import select
+
+    poller = select.poll()
+    for cap in caps:
+        poller.register(cap.fileno(), select.POLLIN)
+    if queue is not None:
+        poller.register(queue.fileno(), select.POLLIN)
+
+    def from_queue() -> None:
+        assert queue is not None
+        for pid, packet in queue.packets():
+            drop = feed(time.time(), packet, LINKTYPE_RAW)
+            queue.verdict(pid, not drop)
+        queue.send()
+
+    w = (str(idx),)
+
+    def snapshot(crashes: int = 0, crash_lost: int = 0, died: str = "") -> Snapshot:
+        c = decision_counters(agg.counts)
+        kernel = [cap.stats() for cap in caps]
+        c[MetricKey("beiand_capture_kernel_packets", w)] = sum(ks.packets for ks in kernel)
+        c[MetricKey("beiand_capture_kernel_drops", w)] = sum(ks.drops for ks in kernel)
+        c[MetricKey("beiand_capture_userspace_packets", w)] = sum(cap.frames_read for cap in caps)
+        c[MetricKey("beiand_capture_userspace_bytes", w)] = sum(cap.bytes_read for cap in caps)
+        for k, v in decoder.drops.items():
+            c[MetricKey("beiand_decode_errors", (k,))] = v
+        c[MetricKey("beiand_capture_bpf_unfollowed", w)] = decoder.stats["capture:bpf-unfollowed"]
+        for k, v in pipe.frame_errors.items():
+            c[MetricKey("beiand_decode_errors", (f"decide:{k}",))] = v
+        for kind, b in decoder.budgets.items():
+            c[MetricKey("beiand_reassembly_evicted", (kind,))] = b.evicted
+        st = alog.stats
+        c[MetricKey("beiand_accesslog_records")] = st.written
+        c[MetricKey("beiand_accesslog_bytes")] = st.bytes_written
+        c[MetricKey("beiand_accesslog_write_errors")] = st.write_errors
+        c[MetricKey("beiand_accesslog_lost_records")] = st.lost
+        c[MetricKey("beiand_accesslog_torn_repairs")] = st.torn_repaired
+        fs, st.fsync_seconds = st.fsync_seconds, []
+        lat, agg.latency = agg.latency, []
+        for k, v in enforcer.actions.items():
+            c[MetricKey("beiand_enforcement_actions", (k,))] = v
+        for k, v in enforcer.errors.items():
+            c[MetricKey("beiand_enforcement_errors", (k,))] = v
+        elat, enforcer.latency = enforcer.latency, []
+        c[MetricKey("beiand_active_view_dropped", w)] = agg.view_dropped + outbox.dropped_rows
+        if crashes:
+            c[MetricKey("beiand_worker_crashes")] = crashes
+            c[MetricKey("beiand_worker_crash_lost_records")] = crash_lost
+        gauges: dict[MetricKey, float] = {MetricKey("beiand_flows", w): decoder.flow_count,
+                                          MetricKey("beiand_accesslog_pending_records", w): alog.pending,
+                  MetricKey("beiand_accesslog_chain_head_prefix", w): int.from_bytes(alog.head[:6], "big")}
+        if ch is not None:  # the ClickHouse sink's own counters: its write errors and losses alert like the log's
+            for k, v in ch.counters().items():
+                c[MetricKey(CLICKHOUSE_COUNTERS[k])] = v
+            gauges[MetricKey("beiand_clickhouse_spilling", w)] = 1 if ch.spilling else 0
+        return Snapshot(c, gauges, fs, lat, elat, agg.take(), st.failing, enforcer.breaker.why if enforcer.breaker.open else "",
+                        alog.position, died)
+
+    def _capture_loop() -> None:
+        nonlocal next_snap, next_rows
+        while not stop:
+            if len(caps) == 1 and queue is None:
+                for ts, frame in caps[0].read(100):
+                    feed(ts, frame, 1)
+            else:
+                for fd, _ in poller.poll(100):
+                    if queue is not None and fd == queue.fileno():
+                        from_queue()
+                        continue
+                    for cap in caps:
+                        if cap.fileno() == fd:
+                            for ts, frame in cap.read(0):
+                                feed(ts, frame, 1)
+            now = time.monotonic()
+            if outbox.broken:
+                break
+            if now >= next_rows and agg.changed and now < next_snap:
+                next_rows = now + ROWS_INTERVAL
+                outbox.put(Rows(agg.take()))
+            if now >= next_snap:
+                next_snap = now + SNAPSHOT_INTERVAL
+                if enforcer.rules is not None:
+                    enforcer.rules.reload()  # ISMS commands: within a second on every worker, like closure orders
+                try:
+                    while conn.poll():
+                        cmd = conn.recv()
+                        if isinstance(cmd, CloseBreaker):
+                            enforcer.breaker.close()
+                        elif isinstance(cmd, ReloadOrders) and enforcer.orders is not None:
+                            try:
+                                enforcer.orders.reload()
+                            except OrderError as exc:
+                                log.error("%s", exc)
+                    if os.getppid() != ppid:
+                        log.error("worker %d: the main process is gone; stopping", idx)
+                        break
+                except (BrokenPipeError, EOFError, OSError):
+                    break
+                outbox.put(snapshot())
+
+    outbox = _Outbox(conn)
+    try:
+        _capture_loop()
+    except BaseException as exc:
+        # Issue 17: a worker that dies anyway first flushes and closes its log, where it still
+        # can, so the records since the last commit are not lost with it; the loss is counted.
+        log.critical("worker %d: capture loop died: %s: %s; closing the access log", idx, type(exc).__name__, exc)
+        lost = close_dying(idx, [pipe.finish, alog.close, *((ch.close,) if ch is not None else ())], alog)
+        outbox.put(snapshot(crashes=1, crash_lost=lost, died=type(exc).__name__))
+        outbox.close(2.0)
+        raise
+    pipe.finish()
+    if queue is not None:
+        queue.close()
+    alog.close()
+    if ch is not None:
+        ch.close()
+    outbox.put(snapshot())
+    outbox.close(2.0)
+    for cap in caps:
+        cap.close()
+
+

@@ -1,0 +1,35 @@
+"""Everything that acts on decisions, behind one ``Sink``: the access log (local or ClickHouse),
+JSON lines, the active-resource aggregate.
+
+A sink has a lifecycle (fail2ban's actions): ``on_decision`` per decision, ``flush`` to make what
+it holds durable or visible, ``close`` once at the end, ``stats`` for the metrics. The pipeline
+calls ``on_decision`` and ``flush``; one sink failing never stops the others (it is counted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from beiand.errors import BeiandError
+from beiand.model import Decision, Observation
+
+
+class OutputClosed(BeiandError):
+    """Raised by a sink whose reader went away (``beiand replay --json | head``): the run stops
+    there, quietly. Any other sink error is logged and counted, and the run goes on."""
+
+
+class Sink(Protocol):
+    """What acts on decisions: the access log, ClickHouse, JSON lines, the active-resource view."""
+
+    def on_decision(self, obs: Observation, decision: Decision) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def stats(self) -> Mapping[str, float]: ...
+
+
+__all__ = ["OutputClosed", "Sink"]

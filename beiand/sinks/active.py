@@ -1,0 +1,82 @@
+"""The active-resource aggregate: per (name, server, account, verdict) first/last seen and hits,
+passed on to the supervisor's view in small batches (``take``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+
+from beiand.model import Decision, Observation
+
+# Rows of the active-resource view go to the main process in small messages between snapshots:
+# gathering 128 rows takes about 0.3 ms of the capture loop (5,000 at once stalled it for 14 ms,
+# the whole p99 of the decision latency).
+ROWS_PER_MESSAGE = 128
+MAX_CHANGED_ROWS = 100_000  # rows waiting to be sent; beyond this the view drops (and counts) them
+
+# A row of the active-resource view: name, server ip, server port, account, verdict, kind,
+# action, first seen, last seen, hits since the last take.
+ViewRow = tuple[str, str, int, str, str, str, str, float, float, float]
+
+
+class ActiveResourceAggregate:
+    """Sink: per-(name, server, account, verdict) summaries for the active-resource view."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str, int, str, str, str, str], list[float]] = {}
+        self.changed: set[tuple[str, str, int, str, str, str, str]] = set()
+        self.counts: dict[tuple[str, str, str], int] = {}
+        self.latency: list[float] = []
+        self.view_dropped = 0  # rows the view could not keep up with (the access log has them all)
+
+    def on_decision(self, obs: Observation, d: Decision) -> None:
+        # Plain strings (an enum member's _value_), not the members: cheaper to pickle and compare.
+        v, kind, action = d.verdict.verdict._value_, obs.kind._value_, d.action._value_
+        key = (obs.name, obs.server_ip, obs.server_port, d.account, v, kind, action)
+        row = self.rows.get(key)
+        if row is None:
+            self.rows[key] = [obs.ts, obs.ts, 1]  # first seen, last seen, hits since the last take()
+        else:
+            row[1] = obs.ts
+            row[2] += 1
+        changed = self.changed
+        if key not in changed:
+            if len(changed) >= MAX_CHANGED_ROWS:
+                self.view_dropped += 1
+            else:
+                changed.add(key)
+        ck = (kind, v, action)
+        self.counts[ck] = self.counts.get(ck, 0) + 1
+        if len(self.latency) < 10_000:
+            self.latency.append(time.time() - obs.ts)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def stats(self) -> Mapping[str, float]:
+        """Decisions by (kind, verdict, action), as ``kind/verdict/action``, and the rows left out."""
+        out: dict[str, float] = {f"{k}/{v}/{a}": n for (k, v, a), n in self.counts.items()}
+        out["view_dropped"] = self.view_dropped
+        return out
+
+    def take(self, limit: int = ROWS_PER_MESSAGE) -> list[ViewRow]:
+        """The rows touched since the last call, with the hits since then (the main process adds
+        them up); at most ``limit`` per call so one message stays small."""
+        changed = self.changed
+        if len(changed) <= limit:
+            keys: Iterable[tuple[str, str, int, str, str, str, str]] = changed
+            self.changed = set()
+        else:
+            keys = [changed.pop() for _ in range(limit)]
+        rows = self.rows
+        out: list[ViewRow] = []
+        for k in keys:
+            row = rows[k]
+            out.append((*k, row[0], row[1], row[2]))
+            row[2] = 0
+        if len(rows) > 200_000:  # bounded: forget rows with nothing left to send
+            self.rows = {k: self.rows[k] for k in self.changed}
+        return out

@@ -1,0 +1,38 @@
+"""Housekeeping: background jobs run beside the capture loop, and say when the closure orders changed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from unittest import mock
+
+from beiand.policy.orders import OrderStore
+from beiand.runtime.housekeeping import Housekeeping, every
+
+
+def test_every_runs_the_job_in_its_own_thread_and_survives_a_failure() -> None:
+    ran = threading.Event()
+    calls: list[int] = []
+
+    def job() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("first run fails")
+        ran.set()
+
+    t = every(0.01, job, "test-job", first=0)
+    assert t.daemon and t.name == "test-job"
+    assert ran.wait(2) and len(calls) >= 2
+
+
+def test_sync_orders_says_when_the_orders_changed(tmp_path: Path) -> None:
+    hk = Housekeeping(mock.Mock(), mock.Mock())
+    assert hk.sync_orders() is False  # no store: nothing to tell the workers
+    hk.orders = OrderStore(tmp_path)
+    assert hk.sync_orders() is False
+    writer = OrderStore(tmp_path)  # `beiand block add` in another process
+    time.sleep(0.01)
+    writer.add("bad.example.com", "关停-2026-001", "test")
+    assert hk.sync_orders() is True  # the supervisor then sends ReloadOrders to the workers
+    assert hk.sync_orders() is False

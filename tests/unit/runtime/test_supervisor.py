@@ -1,0 +1,123 @@
+"""The active-resource view's plumbing: workers pass rows on in small messages; the main process
+keeps a bounded view without scanning it per insert."""
+
+from beiand.model import Action, Decision, Kind, Mode, Observation, Transport, Verdict, VerdictKind
+from beiand.runtime import supervisor
+from beiand.runtime.ipc import MetricKey, Rows, Snapshot
+from beiand.runtime.supervisor import Daemon, Worker
+from beiand.runtime.worker import decision_counters
+from beiand.sinks import active
+from beiand.sinks.active import ActiveResourceAggregate as _Aggregate
+
+UNFILED = Decision(Verdict(VerdictKind.UNFILED, None, "no-filing"), Action.FLAG, "monitor:unfiled", Mode.MONITOR, "cust-1", "bj")
+
+
+def obs(i: int, ts: float = 1.0) -> Observation:
+    name = f"n{i}.example.com"
+    return Observation(ts, "10.0.0.1", 40000, "198.51.100.7", 443, Transport.TCP, Kind.TLS_SNI, name, name)
+
+
+def test_rows_leave_in_small_messages_with_their_hits():
+    agg = _Aggregate()
+    for i in range(1000):
+        agg.on_decision(obs(i), UNFILED)
+    agg.on_decision(obs(7, ts=5.0), UNFILED)
+    sizes, rows = [], []
+    while batch := agg.take():
+        sizes.append(len(batch))
+        rows += batch
+    assert sizes == [128] * 7 + [104]
+    assert len({r[0] for r in rows}) == 1000
+    seven = next(r for r in rows if r[0] == "n7.example.com")
+    # plain strings, not enum members: cheap to pickle, equal to what the API shows
+    assert seven[4:7] == ("unfiled", "tls-sni", "flag") and type(seven[4]) is str
+    assert seven[7:] == (1.0, 5.0, 2)
+    agg.on_decision(obs(7, ts=6.0), UNFILED)
+    assert agg.take() == [(*seven[:7], 1.0, 6.0, 1)]  # hits since the last take
+    assert decision_counters(agg.counts)[MetricKey("beiand_verdicts", ("unfiled",))] == 1002
+
+
+def test_rows_beyond_the_bound_are_counted_not_kept(monkeypatch):
+    monkeypatch.setattr(active, "MAX_CHANGED_ROWS", 10)
+    agg = _Aggregate()
+    for i in range(25):
+        agg.on_decision(obs(i), UNFILED)
+    assert len(agg.changed) == 10 and agg.view_dropped == 15
+    agg.on_decision(obs(3), UNFILED)  # already waiting: still counted in its row
+    assert agg.view_dropped == 15 and agg.rows[next(k for k in agg.rows if k[0] == "n3.example.com")][2] == 2
+
+
+def test_main_process_view_is_bounded_and_keeps_the_recent(monkeypatch):
+    monkeypatch.setattr(supervisor, "MAX_VIEW_ROWS", 100)
+    d = Daemon.__new__(Daemon)  # only the view: no config, no workers started
+    d.obs = {}
+    w = Worker(0, None, None)  # type: ignore[arg-type]
+    agg = _Aggregate()
+    for i in range(250):
+        agg.on_decision(obs(i, ts=float(i)), UNFILED)
+    rows = sorted(agg.take(1000), key=lambda r: r[8])  # as they arrive over time
+    for k in range(0, len(rows), 37):
+        d._handle(w, Rows(rows[k : k + 37]))  # rows-only messages carry no counters
+    assert 90 <= len(d.obs) <= 100
+    assert min(v[1] for v in d.obs.values()) >= 150  # the oldest were forgotten first
+    d._handle(w, Rows([(*next(iter(d.obs)), 0.5, 300.0, 4)]))
+    first = next(iter(d.obs.values()))
+    assert first[0] == 0.5 and first[1] == 300.0 and first[2] == 5
+
+
+def test_load_state_applies_records_max_loss_against_the_state_in_service(tmp_path):
+    """The guard of every reload, without a daemon: the new config's max_loss against the index in service."""
+    import os
+
+    import pytest
+
+    from beiand.records.generate import HEADER, OUR_PROVIDER
+    from beiand.runtime.wiring import RecordsRefused, load_state
+
+    def write_records(path, n):
+        rows = [",".join(HEADER)] + [f"京ICP备{10_000_000 + i}号-1,示例{i}有限公司,网站,站点{i},site{i}.example.cn,,{OUR_PROVIDER},正常,2024-01-01"
+                                     for i in range(n)]
+        path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+    rec = tmp_path / "r.csv"
+    conf = tmp_path / "beiand.toml"
+
+    def config(max_loss: float) -> str:
+        conf.write_text(f'[records]\nfiles = ["{rec}"]\nprovider = "{OUR_PROVIDER}"\nmax_loss = {max_loss}\nmax_age_hours = 1\n')
+        return str(conf)
+
+    write_records(rec, 100)
+    os.utime(rec, (1_000_000.0, 1_000_000.0))
+    first = load_state(config(0.5))
+    assert len(first.index.filings) == 100 and first.records_mtime == 1_000_000.0
+    write_records(rec, 60)  # 40% lost: within 0.5
+    assert len(load_state(config(0.5), first).index.filings) == 60
+    with pytest.raises(RecordsRefused) as exc:
+        load_state(config(0.3), first)  # the same file, a stricter bound: refused
+    assert exc.value.offered == 60 and exc.value.in_service == 100 and exc.value.files == [str(rec)]
+    assert str(rec) in str(exc.value) and "records.max_loss = 0.3" in str(exc.value)
+    assert len(load_state(config(0.3)).index.filings) == 60  # no index in service (start): nothing to compare
+
+
+def test_workers_report_the_full_chain_head_for_the_status_api(tmp_path):
+    """/api/v1/status shows each worker's log position with the chain head in full (issue 14):
+    a line of it is an anchor `beiand logs verify --anchors` reads."""
+    import json
+    from unittest import mock
+
+    from beiand.accesslog import AccessLog, LogConfig
+    from beiand.accesslog.reader import parse_anchor_line
+    from tests.unit.accesslog.helpers import rec
+
+    with AccessLog(LogConfig(tmp_path)) as log:
+        for i in range(10):
+            log.append(rec(i))
+        log.flush()
+        pos = log.position
+    assert pos["count"] == 10 and len(pos["head"]) == 64 and pos["partition"] == "2026-09-21/w0"
+    assert parse_anchor_line(json.dumps(pos), "status") is not None
+    d = Daemon.__new__(Daemon)
+    d.obs, d.latencies, d.metrics, d.workers = {}, [], mock.Mock(), {}
+    w = Worker(0, None, None)  # type: ignore[arg-type]
+    d._handle(w, Snapshot({}, {}, [], [], [], [], accesslog=pos))
+    assert w.accesslog == pos
