@@ -10,17 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from beiand.cli.common import CliError, out, table
 from beiand.cli.logs import DEFAULT_CONFIG, config_from
-from beiand.report.isms.codes import RULE_NAMES
-from beiand.report.isms.model import format_time
-from beiand.report.isms.profile import ProfileError
-from beiand.report.isms.service import SecretError
-from beiand.report.isms.store import CommandStore, RuleError
-from beiand.runtime.isms import IsmsRuntime, profile_of, spool_dir
 from beiand.runtime.settings import Config
+
+if TYPE_CHECKING:
+    from beiand.report.isms.store import CommandStore
+
+# The ISMS modules (xmlschema, aiohttp) are imported by the commands that use them, so that
+# every other `beiand` command starts without them.
 
 
 def _cfg(args: argparse.Namespace) -> Config:
@@ -33,6 +33,10 @@ def _cfg(args: argparse.Namespace) -> Config:
 
 
 def _store(cfg: Config) -> CommandStore:
+    from beiand.report.isms.profile import ProfileError
+    from beiand.report.isms.store import CommandStore, RuleError
+    from beiand.runtime.isms import profile_of
+
     try:
         return CommandStore(cfg.daemon.state_dir, profile_of(cfg).subdomains, cfg.isms.house_id)
     except (RuleError, ProfileError) as exc:
@@ -40,6 +44,8 @@ def _store(cfg: Config) -> CommandStore:
 
 
 def _window(effect: float, expired: float, now: float) -> str:
+    from beiand.report.isms.model import format_time
+
     if effect > now:
         return f"from {format_time(effect)}"
     if expired and expired <= now:
@@ -48,6 +54,9 @@ def _window(effect: float, expired: float, now: float) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from beiand.report.isms.model import format_time
+    from beiand.runtime.isms import spool_dir
+
     cfg = _cfg(args)
     st = _store(cfg).state
     sp = spool_dir(cfg)
@@ -76,6 +85,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_commands(args: argparse.Namespace) -> int:
+    from beiand.report.isms.codes import RULE_NAMES
+
     cfg = _cfg(args)
     st = _store(cfg).state
     now = time.time()
@@ -98,6 +109,11 @@ def cmd_commands(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from beiand.report.isms.profile import ProfileError
+    from beiand.report.isms.service import SecretError
+    from beiand.report.isms.store import RuleError
+    from beiand.runtime.isms import IsmsRuntime
+
     if not args.now:
         raise CliError("isms report: give --now (the daemon writes reports on its timers)")
     cfg = _cfg(args)

@@ -15,7 +15,7 @@ import pytest
 from beiand.runtime.isms import IsmsRuntime
 from beiand.runtime.settings import parse_config
 from tests import isms_double as dbl
-from tests.unit.report.test_isms_cli import make_config
+from tests.unit.cli.test_isms import make_config
 
 pytestmark = pytest.mark.integration
 PW = "pw-0f-the-province"
