@@ -49,20 +49,32 @@ def sshd(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
         f"Subsystem sftp internal-sftp\nPidFile {d / 'pid'}\n")
     os.makedirs("/run/sshd", exist_ok=True)
     proc = None
+    # pyroute2 and setns, not `ip -n` / `ip netns exec`: those remount /sys and fail in a chroot
+    # (fresh-machine), as beiand.lab's namespaces do.
+    from pyroute2 import IPRoute, NetNS, netns
+
+    from beiand.lab.netns import setns
+
+    created = False
     try:
-        sh("ip", "netns", "add", ns)
-        sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
-        sh("ip", "link", "set", b, "netns", ns)
-        sh("ip", "addr", "add", f"{HOST_IP}/30", "dev", a)
-        sh("ip", "link", "set", a, "up")
-        sh("ip", "-n", ns, "addr", "add", f"{NS_IP}/30", "dev", b)
-        sh("ip", "-n", ns, "link", "set", b, "up")
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, "/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")],
+        netns.create(ns)
+        created = True
+        with IPRoute() as ip:
+            ip.link("add", ifname=a, kind="veth", peer={"ifname": b})
+            ia = ip.link_lookup(ifname=a)[0]
+            ip.link("set", index=ip.link_lookup(ifname=b)[0], net_ns_fd=ns)
+            ip.addr("add", index=ia, address=HOST_IP, prefixlen=30)
+            ip.link("set", index=ia, state="up")
+        with NetNS(ns) as n:
+            ib = n.link_lookup(ifname=b)[0]
+            n.addr("add", index=ib, address=NS_IP, prefixlen=30)
+            n.link("set", index=ib, state="up")
+            n.link("set", index=n.link_lookup(ifname="lo")[0], state="up")
+        proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")], preexec_fn=lambda: setns(ns),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 10
         while time.time() < deadline:
-            r = subprocess.run(["ip", "netns", "exec", ns, "ss", "-ltn"], capture_output=True, text=True)
+            r = subprocess.run(["ss", "-ltn"], capture_output=True, text=True, preexec_fn=lambda: setns(ns))
             if ":2222" in r.stdout:
                 break
             time.sleep(0.1)
@@ -73,8 +85,11 @@ def sshd(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
         if proc is not None:
             proc.terminate()
             proc.wait(5)
-        subprocess.run(["ip", "link", "del", a], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        with IPRoute() as ip:
+            for idx in ip.link_lookup(ifname=a):
+                ip.link("del", index=idx)
+        if created:
+            netns.remove(ns)
 
 
 def test_uploads_reach_sftp_and_acks_reach_smms(tmp_path: Path, sshd: tuple[str, Path, Path]) -> None:
