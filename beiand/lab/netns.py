@@ -74,6 +74,19 @@ def in_netns(name: str, fn: Callable[[], T]) -> T:
     return box["v"]  # type: ignore[no-any-return]
 
 
+def stop_processes(procs: Sequence[subprocess.Popen[bytes]], timeout: float) -> None:
+    """SIGTERM to every process still running, then wait for each; SIGKILL after ``timeout``."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 class Lab:
     def __init__(self, prefix: str = "bd") -> None:
         tag = uuid.uuid4().hex[:6]
@@ -140,15 +153,7 @@ class Lab:
         return p
 
     def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(self.procs, 10)
         self.procs.clear()
         if self._built:
             for ns in (self.cli, self.gw, self.srv):

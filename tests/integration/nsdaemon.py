@@ -26,7 +26,7 @@ from typing import Any
 
 from pyroute2 import NetNS, netns
 
-from beiand.lab.netns import in_netns, setns
+from beiand.lab.netns import in_netns, setns, stop_processes
 from beiand.lab.traffic import dns_response
 from beiand.records.generate import HEADER, OUR_PROVIDER
 
@@ -190,15 +190,7 @@ token_file = "{wd / 'token'}"
         in_netns(self.ns, send)
 
     def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(self.procs, 30)
         with contextlib.suppress(OSError, FileNotFoundError):
             netns.remove(self.ns)
 

@@ -95,7 +95,7 @@ def test_the_kernel_takes_it() -> None:
     try:
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     except PermissionError:
-        pytest.skip("needs CAP_NET_RAW")
+        pytest.fail("needs CAP_NET_RAW: run as root (CI does)")
     with s:
         buf = ctypes.create_string_buffer(pack(prog))
         s.setsockopt(socket.SOL_SOCKET, 26, struct.pack("HL", len(prog), ctypes.addressof(buf)))  # SO_ATTACH_FILTER
