@@ -142,8 +142,11 @@ def run_mode(lab: Lab, wd: Path, files: dict[str, str], inline: bool, count: int
         client(lab, "https", "l{i}.unfiled.example.xyz", "198.51.100.11", count, conc=1)
         lat1 = sn.close()
         http = client(lab, "http", "u{i}.unfiled.example.xyz", "198.51.100.11", count)
+        q0 = _queue_stats(lab)[0]
         f_https = client(lab, "https", "www.example.com.cn", "198.51.100.10", count)
+        q1 = _queue_stats(lab)[0]
         f_http = client(lab, "http", "www.example.com.cn", "198.51.100.10", count)
+        q2 = _queue_stats(lab)[0]
         print(f"{label}: unfiled HTTPS {count}: received a server byte {https.get('server-bytes', 0)}, reset "
               f"{https.get('reset', 0) + https.get('no-bytes', 0)}, other {https.get('error', 0) + https.get('other', 0)}")
         print(f"{label}: unfiled HTTP  {count}: received a server byte {http.get('server-bytes', 0)}, block page "
@@ -157,6 +160,9 @@ def run_mode(lab: Lab, wd: Path, files: dict[str, str], inline: bool, count: int
               f"{f_https.get('first_byte_p99_ms', 0):.2f} ms; HTTP p50 {f_http.get('first_byte_p50_ms', 0):.2f} ms p99 "
               f"{f_http.get('first_byte_p99_ms', 0):.2f} ms; {count / f_http['seconds']:.0f} connections/s")
         if inline:
+            # Packets that waited for a verdict per filed connection (TCP: the SYN and each early
+            # packet with payload; bare ACK/FIN/RST are not queued).
+            print(f"{label}: queued packets per filed connection: HTTPS {(q1 - q0) / count:.2f}, HTTP {(q2 - q1) / count:.2f}")
             verdict_rate(lab)
             q = lab.run(lab.gw, ["cat", "/proc/net/netfilter/nfnetlink_queue"], capture_output=True, text=True).stdout
             print(f"{label}: /proc/net/netfilter/nfnetlink_queue (queue, portid, waiting, mode, range, queue_dropped, "

@@ -136,21 +136,49 @@ class NfQueue:
 # -- the kernel side -------------------------------------------------------------------------
 
 
-def rule_specs(tcp_ports: Sequence[int], udp_ports: Sequence[int], first_queue: int, workers: int, packets: int) -> list[list[str]]:
+# A TCP packet that carries nothing (a bare ACK, FIN or RST) cannot change a verdict: the rule
+# does not queue it. "Bare" is exact: the IP length is the IP header plus the TCP header (u32 has
+# no subtraction, so one test per TCP header length, 20..60). The SYN stays queued: it is what
+# tells the decoder a connection starts (a new connection on a reused 4-tuple must be decided
+# again). IPv4 with IP options and IPv6 with extension headers are queued as before.
+_TCP_HEADER_LENGTHS = range(20, 64, 4)
+
+
+def bare_tcp_tests(family: int) -> list[str]:
+    """u32 tests, one per TCP header length, each true for a TCP packet without payload or SYN."""
+    if family == 4:  # version 4, IHL 5; total length; data offset and flags at 20 + 12
+        return [f"0>>24=0x45&&0&0xFFFF={20 + d}&&32>>26&0x3C={d}&&32>>16&0x02=0" for d in _TCP_HEADER_LENGTHS]
+    # IPv6: next header TCP, payload length; data offset and flags at 40 + 12
+    return [f"4>>8&0xFF=6&&4>>16={d}&&52>>26&0x3C={d}&&52>>16&0x02=0" for d in _TCP_HEADER_LENGTHS]
+
+
+def rule_specs(tcp_ports: Sequence[int], udp_ports: Sequence[int], first_queue: int, workers: int, packets: int,
+               family: int = 4) -> list[list[str]]:
     target = (["--queue-num", str(first_queue)] if workers == 1
               else ["--queue-balance", f"{first_queue}:{first_queue + workers - 1}"])
     conn = ["-m", "connbytes", "--connbytes", f"0:{packets}", "--connbytes-dir", "original", "--connbytes-mode", "packets"]
     tail = ["-m", "comment", "--comment", "beiand", "-j", "NFQUEUE", *target, "--queue-bypass"]
     specs = []
     if tcp_ports:
-        specs.append(["-p", "tcp", "-m", "multiport", "--dports", ",".join(map(str, sorted(tcp_ports))), *conn, *tail])
+        not_bare = [a for t in bare_tcp_tests(family) for a in ("-m", "u32", "!", "--u32", t)]
+        specs.append(["-p", "tcp", "-m", "multiport", "--dports", ",".join(map(str, sorted(tcp_ports))), *conn, *not_bare,
+                      *tail])
     if udp_ports:
         specs.append(["-p", "udp", "-m", "multiport", "--dports", ",".join(map(str, sorted(udp_ports))), *conn, *tail])
     return specs
 
 
-def install_rules(specs: list[list[str]]) -> None:
-    for tool in ("iptables", "ip6tables"):
+RuleSet = dict[str, list[list[str]]]
+
+
+def rule_set(tcp_ports: Sequence[int], udp_ports: Sequence[int], first_queue: int, workers: int, packets: int) -> RuleSet:
+    """The rules of each tool (iptables, ip6tables)."""
+    return {tool: rule_specs(tcp_ports, udp_ports, first_queue, workers, packets, family)
+            for tool, family in (("iptables", 4), ("ip6tables", 6))}
+
+
+def install_rules(rules: RuleSet) -> None:
+    for tool, specs in rules.items():
         if shutil.which(tool) is None:
             raise NfQueueError(errno.ENOENT, f"{tool} is not installed (apt-get install iptables): inline mode needs it")
         for spec in specs:
@@ -158,7 +186,7 @@ def install_rules(specs: list[list[str]]) -> None:
             r = subprocess.run([tool, "-w", "-I", "FORWARD", *spec], capture_output=True, text=True)
             if r.returncode != 0:
                 raise NfQueueError(errno.EINVAL, f"{tool}: {r.stderr.strip()}")
-    log.info("inline: NFQUEUE rules installed (%d per family)", len(specs))
+    log.info("inline: NFQUEUE rules installed (%d per family)", len(rules.get("iptables", [])))
 
 
 def remove_rule(tool: str, spec: list[str]) -> None:
@@ -168,8 +196,8 @@ def remove_rule(tool: str, spec: list[str]) -> None:
             return
 
 
-def remove_rules(specs: list[list[str]]) -> None:
-    for tool in ("iptables", "ip6tables"):
+def remove_rules(rules: RuleSet) -> None:
+    for tool, specs in rules.items():
         if shutil.which(tool) is None:
             continue
         for spec in specs:

@@ -31,7 +31,7 @@ from typing import Any
 
 from beiand import __version__
 from beiand.enforce import OrderError, OrderStore
-from beiand.enforce.nfqueue import install_rules, remove_rules, rule_specs
+from beiand.enforce.nfqueue import RuleSet, install_rules, remove_rules, rule_set
 from beiand.enforce.nft import Nft, NftError
 from beiand.model import endpoint
 from beiand.policy import lookup_answer
@@ -98,7 +98,7 @@ class Daemon:
         cfg.accesslog.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.nft: Nft | None = None
         self.orders: OrderStore | None = None
-        self._rules: list[list[str]] = []
+        self._rules: RuleSet = {}
         self.isms: IsmsRuntime | None = None
 
     def _setup_enforcement(self) -> None:
@@ -117,14 +117,14 @@ class Daemon:
         except OrderError as exc:
             log.error("%s", exc)
         if cfg.enforce.inline:
-            self._rules = rule_specs(cfg.capture.tcp_ports, cfg.capture.udp_ports, cfg.enforce.queue, cfg.workers,
-                                     cfg.enforce.connbytes)
+            self._rules = rule_set(cfg.capture.tcp_ports, cfg.capture.udp_ports, cfg.enforce.queue, cfg.workers,
+                                   cfg.enforce.connbytes)
             install_rules(self._rules)
 
     def _teardown_enforcement(self) -> None:
         if self._rules:
             remove_rules(self._rules)
-            self._rules = []
+            self._rules = {}
         if self.nft is not None:
             self.nft.teardown()
 

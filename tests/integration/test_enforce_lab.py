@@ -87,6 +87,24 @@ def test_a_filed_name_on_the_same_server_keeps_working(lab) -> None:  # type: ig
         assert rc == 0 and code == "200" and body.startswith(b"hello from www.example.com.cn"), (scheme, rc, code)
 
 
+def queued_tcp_packets(lb: Lab) -> int:
+    """What the kernel's TCP NFQUEUE rule has matched so far (its packet counter)."""
+    out = lb.run(lb.gw, ["iptables", "-w", "-L", "FORWARD", "-v", "-x", "-n"], capture_output=True, text=True).stdout
+    rows = [line.split() for line in out.splitlines()[2:]]
+    return sum(int(r[0]) for r in rows if len(r) > 3 and r[2] == "NFQUEUE" and r[3] in ("6", "tcp"))
+
+
+def test_only_the_syn_and_packets_with_payload_wait_in_the_queue(lab) -> None:  # type: ignore[no-untyped-def]
+    lb = lab["lab"]
+    before = queued_tcp_packets(lb)
+    for _ in range(5):
+        rc, _, code = curl(lb, "www.example.com.cn", "198.51.100.11", "http")
+        assert rc == 0 and code == "200"
+    # An HTTP connection: its SYN and its request; the bare ACKs and the FIN are not queued (were: up to 8).
+    queued = queued_tcp_packets(lb) - before
+    assert 5 <= queued <= 5 * 2 + 2, queued
+
+
 def test_quic_to_an_unfiled_name_fails_and_the_tcp_fallback_is_reset(lab) -> None:  # type: ignore[no-untyped-def]
     lb = lab["lab"]
     r = lb.run(lb.cli, [sys.executable, "-c", QUIC_CLIENT, "quic-unfiled.example.top", "198.51.100.14"], capture_output=True)

@@ -20,7 +20,6 @@ TESTED_ELSEWHERE = {
     "cli.lab": "lab/test_demo.py",
     "cli.records": "cli/test_main.py",
     "cli.run": "integration/test_daemon_lab.py",
-    "enforce.nfqueue": "enforce/test_actor.py",
     "report.isms.answers": "integration/test_isms_answers.py",
     "report.isms.reload": "integration/test_isms_reload.py",
     "enforce.nft": "enforce/test_actor.py, integration/test_enforce_lab.py",
