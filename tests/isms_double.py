@@ -8,9 +8,11 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import http.server
 import io
 import random
 import string
+import threading
 import urllib.request
 import xml.etree.ElementTree as ET
 import zipfile
@@ -31,6 +33,25 @@ def h(alg: int, data: bytes) -> bytes:
     if alg == 2:
         return hashlib.sha1(data).hexdigest().encode()
     return data
+
+
+def _soap_answer(req: http.server.BaseHTTPRequestHandler, op: str, code: int, msg: str) -> None:
+    """The SOAP answer of an ack or command call: ``<op><return><resultCode/><msg/>``."""
+    resp = (f'<soap:Envelope xmlns:soap="{SOAP}"><soap:Body><{op}><return><resultCode>{code}'
+            f"</resultCode><msg>{msg}</msg></return></{op}></soap:Body></soap:Envelope>").encode()
+    req.send_response(200)
+    req.send_header("Content-Type", "text/xml")
+    req.send_header("Content-Length", str(len(resp)))
+    req.end_headers()
+    req.wfile.write(resp)
+
+
+def _serve(host: str, handler: type[http.server.BaseHTTPRequestHandler], path: str
+           ) -> tuple[http.server.ThreadingHTTPServer, str]:
+    """A threaded HTTP server on a free port, serving in the background; (server, its URL)."""
+    httpd = http.server.ThreadingHTTPServer((host, 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://{host}:{httpd.server_address[1]}{path}"
 
 
 @dataclass
@@ -122,9 +143,6 @@ class AckServer:
 
     def __init__(self, host: str = "127.0.0.1", keys: tuple[bytes, bytes, bytes, bytes] = (USER_KEY, ENC_KEY, IV, AUTH_KEY)
                  ) -> None:
-        import http.server
-        import threading
-
         self.acks: list[dict[str, str]] = []
         self.calls: list[tuple[int, str]] = []
         outer = self
@@ -154,18 +172,9 @@ class AckServer:
                         for a in xml.iter("ack"):
                             outer.acks.append({c.tag: c.text or "" for c in a})
                 outer.calls.append((code, msg))
-                resp = (f'<soap:Envelope xmlns:soap="{SOAP}"><soap:Body><idc_commandackResponse><return><resultCode>{code}'
-                        f"</resultCode><msg>{msg}</msg></return></idc_commandackResponse></soap:Body></soap:Envelope>").encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/xml")
-                self.send_header("Content-Length", str(len(resp)))
-                self.end_headers()
-                self.wfile.write(resp)
+                _soap_answer(self, "idc_commandackResponse", code, msg)
 
-        self.httpd = http.server.ThreadingHTTPServer((host, 0), H)
-        self.url = f"http://{host}:{self.httpd.server_address[1]}/smms/idc_commandack"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        self.httpd, self.url = _serve(host, H, "/smms/idc_commandack")
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -178,9 +187,6 @@ class Cu:
     other types itself (0) without forwarding. Keeps what each EU answered."""
 
     def __init__(self, eu_urls: list[str], host: str = "127.0.0.1") -> None:
-        import http.server
-        import threading
-
         self.forwarded: list[tuple[int, str, int]] = []  # (commandType, EU url, EU's resultCode)
         self.kept: list[int] = []
         outer = self
@@ -206,18 +212,9 @@ class Cu:
                             code, msg = eu_code, ret.findtext("msg") or ""
                 else:
                     outer.kept.append(ctype)
-                resp = (f'<soap:Envelope xmlns:soap="{SOAP}"><soap:Body><idc_commandResponse><return><resultCode>{code}'
-                        f"</resultCode><msg>{msg}</msg></return></idc_commandResponse></soap:Body></soap:Envelope>").encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/xml")
-                self.send_header("Content-Length", str(len(resp)))
-                self.end_headers()
-                self.wfile.write(resp)
+                _soap_answer(self, "idc_commandResponse", code, msg)
 
-        self.httpd = http.server.ThreadingHTTPServer((host, 0), H)
-        self.url = f"http://{host}:{self.httpd.server_address[1]}/cu/idc_command"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        self.httpd, self.url = _serve(host, H, "/cu/idc_command")
 
     def close(self) -> None:
         self.httpd.shutdown()
