@@ -201,19 +201,25 @@ def test_a_swapped_sealed_partition_is_reported(tmp_path: Path) -> None:
     assert any("SHA-256 differs" in m or "differs from its seal event" in m for m in probs), probs
 
 
-def test_an_open_partition_rolled_back_to_an_older_copy_is_reported(tmp_path: Path) -> None:
-    with AccessLog(LogConfig(tmp_path)) as log:
+def _roll_back(d: Path, **cfg: int) -> None:
+    """200 committed records, then the open partition and its mark put back to their copies
+    after the first 100 (consistent with each other: only heads.log knows)."""
+    with AccessLog(LogConfig(d, **cfg)) as log:  # type: ignore[arg-type]
         for i in range(100):
             log.append(rec(i))
         log.flush()
-        p = open_partition(tmp_path)
+        p = open_partition(d)
         old, old_mark = p.read_bytes(), p.with_suffix(".mark").read_bytes()
         for i in range(100, 200):
             log.append(rec(i))
         log.flush()
         log.checkpoint()
     p.write_bytes(old)
-    p.with_suffix(".mark").write_bytes(old_mark)  # consistent with each other: only heads.log knows
+    p.with_suffix(".mark").write_bytes(old_mark)
+
+
+def test_an_open_partition_rolled_back_to_an_older_copy_is_reported(tmp_path: Path) -> None:
+    _roll_back(tmp_path)
     probs = verify(tmp_path).all_problems()
     assert any("200 were checkpointed" in m for m in probs), probs
 
@@ -255,18 +261,7 @@ def test_a_partition_written_before_commit_marks_is_continued_and_its_damage_set
 
 
 def test_a_rolled_back_partition_written_again_is_still_reported(tmp_path: Path) -> None:
-    with AccessLog(LogConfig(tmp_path, commit_records=50)) as log:
-        for i in range(100):
-            log.append(rec(i))
-        log.flush()
-        p = open_partition(tmp_path)
-        old, old_mark = p.read_bytes(), p.with_suffix(".mark").read_bytes()
-        for i in range(100, 200):
-            log.append(rec(i))
-        log.flush()
-        log.checkpoint()
-    p.write_bytes(old)
-    p.with_suffix(".mark").write_bytes(old_mark)
+    _roll_back(tmp_path, commit_records=50)
     with AccessLog(LogConfig(tmp_path, commit_records=50)) as log:  # the writer goes on from the old copy
         for i in range(500, 600):
             log.append(rec(i))
