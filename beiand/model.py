@@ -162,3 +162,9 @@ class AccessRecord(NamedTuple):
     nat: str = ""  # public ip:port of a NAT mapping, where the gateway translates
     calling_number: str = ""  # 主叫号码, where there is one (dial-up / mobile access)
     order: str = ""  # closure order (关停指令) number, for enforcement actions taken under one
+    # Connection records (issue 19): every new flow into or out of hosted space, named or not.
+    direction: str = ""  # "in": a client reached hosted space; "out": a hosted host connected out; "" before issue 19
+    method: str = ""  # HTTP request method, where the flow carried a request
+    url: str = ""  # HTTP URL path (bounded; the query string only where configured)
+    packets: int = 0  # packets of this five-tuple coalesced into the record (0: not counted)
+    octets: int = 0  # bytes of those packets (IP length)

@@ -52,7 +52,10 @@ DAY_MS = 86_400_000
 
 FIELDS = AccessRecord._fields
 NFIELDS = len(FIELDS)
-INT_FIELDS = frozenset({"ts_ms", "client_port", "server_port"})
+INT_FIELDS = frozenset({"ts_ms", "client_port", "server_port", "packets", "octets"})
+# Records written before issue 19 end at ``order``: read as such, the newer fields at their defaults.
+NFIELDS_V1 = FIELDS.index("order") + 1
+_INT_AT = tuple(i for i, f in enumerate(FIELDS) if f in INT_FIELDS)
 _TABS = NFIELDS - 1
 
 
@@ -110,10 +113,14 @@ def _unesc(s: str) -> str:
 def decode(line: bytes | str) -> AccessRecord:
     text = line.decode("utf-8", "surrogateescape") if isinstance(line, bytes) else line
     parts = text.rstrip("\n").split("\t")
-    if len(parts) != NFIELDS:
-        raise ValueError(f"expected {NFIELDS} fields, got {len(parts)}")
-    v = [_unesc(p) for p in parts]
-    return AccessRecord(int(v[0]), v[1], v[2], int(v[3]), v[4], int(v[5]), *v[6:])
+    n = len(parts)
+    if n != NFIELDS and n != NFIELDS_V1:
+        raise ValueError(f"expected {NFIELDS} fields (or {NFIELDS_V1}, written before issue 19), got {n}")
+    v: list[Any] = [_unesc(p) for p in parts]
+    for i in _INT_AT:
+        if i < n:
+            v[i] = int(v[i])
+    return AccessRecord(*v)
 
 
 def record_dict(r: AccessRecord) -> dict[str, Any]:

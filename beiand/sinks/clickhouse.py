@@ -37,7 +37,12 @@ from beiand.model import AccessRecord
 log = logging.getLogger("beiand.accesslog.clickhouse")  # the name operators filter on (before sinks/)
 
 COLUMNS = ("ts_ms", "account", "client_ip", "client_port", "server_ip", "server_port", "transport", "kind", "name", "verdict",
-           "action", "filing_number", "gateway", "reason", "nat", "calling_number", "order_no")
+           "action", "filing_number", "gateway", "reason", "nat", "calling_number", "order_no",
+           "direction", "method", "url", "packets", "octets")
+# Records spilled before issue 19 carry the first 17 columns only.
+COLUMNS_V1 = COLUMNS[:COLUMNS.index("order_no") + 1]
+# Columns added since the table was first documented: added to an existing table at start.
+ADDED_COLUMNS = ("direction String", "method String", "url String", "packets UInt64", "octets UInt64")
 
 
 def ddl(database: str, table: str) -> list[str]:
@@ -48,6 +53,7 @@ def ddl(database: str, table: str) -> list[str]:
     ts_ms UInt64, account String, client_ip String, client_port UInt16, server_ip String, server_port UInt16,
     transport String, kind String, name String, verdict String, action String, filing_number String,
     gateway String, reason String, nat String, calling_number String, order_no String,
+    direction String, method String, url String, packets UInt64, octets UInt64,
     batch String, worker UInt16,
     day Date DEFAULT toDate(toDateTime(intDiv(ts_ms, 1000)), 'UTC')
 ) ENGINE = MergeTree PARTITION BY day ORDER BY (day, name, client_ip, ts_ms)""",
@@ -217,6 +223,7 @@ class ClickHouseSink:
                             if not schema_ok:
                                 for stmt in ddl(self.database, self.table):
                                     await self._post(stmt)
+                                await self._add_columns()
                                 schema_ok = True
                             await self._replay_spill()
                             backoff = 0.5
@@ -331,6 +338,15 @@ class ClickHouseSink:
             with open(self._uncertain_path, "a") as f:
                 os.fsync(f.fileno())
 
+    async def _add_columns(self) -> None:
+        """A table made by an older beiand gets the columns added since (Debian's ClickHouse has no
+        ``ADD COLUMN IF NOT EXISTS``: the table's columns are read first)."""
+        have = set((await self._post(f"SELECT name FROM system.columns WHERE database = '{self.database}' "
+                                     f"AND table = '{self.table}'")).split())
+        for col in ADDED_COLUMNS:
+            if col.split()[0] not in have:
+                await self._post(f"ALTER TABLE {self.database}.{self.table} ADD COLUMN {col}")
+
     async def _insert(self, lines: list[bytes], bid: str) -> None:
         if bid in self._uncertain:
             self.stats.checked += 1
@@ -346,7 +362,8 @@ class ClickHouseSink:
                 await self._wait_mutations()
         tail = f"\t{bid}\t{self.worker}\n".encode()
         body = b"".join(ln[:-1] + tail for ln in lines)
-        cols = ",".join((*COLUMNS, "batch", "worker"))
+        v1 = lines[0].count(b"\t") == len(COLUMNS_V1) - 1
+        cols = ",".join((*(COLUMNS_V1 if v1 else COLUMNS), "batch", "worker"))
         await self._post(f"INSERT INTO {self.database}.{self.table} ({cols}) FORMAT TabSeparated", body)
         self.stats.inserted += len(lines)
         self.stats.batches += 1

@@ -182,3 +182,37 @@ def test_checkpoints_land_in_the_anchors_table_and_verify_reads_them(server: Cli
     anchors = read_anchors(f)
     assert [(a.partition, a.count) for a in anchors] == [("2026-09-21/w0", 0), ("2026-09-21/w0", 100)]
     assert verify(d, anchors=anchors).ok
+
+
+def test_a_table_made_before_connection_records_gets_their_columns_and_old_spill_still_lands(server: ClickHouse, tmp_path: Path) -> None:
+    from beiand.accesslog.format import encode
+    from beiand.sinks.clickhouse import COLUMNS_V1, ddl
+
+    old = ddl("beiand", "before19")[1]
+    for col in ("direction String, method String, url String, packets UInt64, octets UInt64,",):
+        old = old.replace(col, "")
+    server.query(old)
+    assert "direction" not in server.query("SELECT name FROM system.columns WHERE database = 'beiand' AND table = 'before19'")
+    sink = ClickHouseSink(server.url, tmp_path / "spill", table="before19", batch_records=10, interval=0.05)
+    # A batch written by the version before: 17 fields a line, as a spill from before an upgrade holds.
+    v1 = [b"\t".join(encode(rec(i)).split(b"\t")[:len(COLUMNS_V1)]) + b"\n" for i in range(3)]
+    assert all(ln.count(b"\t") == len(COLUMNS_V1) - 1 and ln.endswith(b"\n") for ln in v1)
+    new = rec(3)._replace(direction="in", method="GET", url="/a", packets=4, octets=900)
+    sink.append(new)
+    sink.flush()
+    import asyncio
+
+    asyncio.run(_insert_v1(sink, v1))
+    sink.close()
+    rows = server.query("SELECT ts_ms, direction, method, url, packets, octets FROM beiand.before19 ORDER BY ts_ms").splitlines()
+    assert len(rows) == 4
+    assert rows[-1].split("\t")[1:] == ["in", "GET", "/a", "4", "900"]
+    assert all(r.split("\t")[1:] == ["", "", "", "0", "0"] for r in rows[:3])
+
+
+async def _insert_v1(sink: ClickHouseSink, lines: list[bytes]) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        sink._session = session
+        await sink._insert(lines, "v1batch")

@@ -24,7 +24,8 @@ from beiand.model import AccessRecord
 
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
 records = st.builds(AccessRecord, st.integers(0, 2**53), text, text, st.integers(0, 65535), text, st.integers(0, 65535),
-                    text, text, text, text, text, text, text, text, text, text, text)
+                    text, text, text, text, text, text, text, text, text, text, text,
+                    text, text, text, st.integers(0, 2**40), st.integers(0, 2**53))
 
 
 @given(records)
@@ -97,3 +98,20 @@ def test_index_finds_every_key(post: dict[str, set[int]]) -> None:
     for k, blocks in post.items():
         assert set(blocks) <= set(idx.blocks("n", k))
     assert idx.blocks("c", "anything") == []
+
+
+@given(records)
+def test_a_line_written_before_connection_records_reads_with_the_new_fields_at_their_defaults(r: AccessRecord) -> None:
+    from beiand.accesslog.format import NFIELDS_V1
+
+    line = encode(r)
+    old = b"\t".join(line.rstrip(b"\n").split(b"\t")[:NFIELDS_V1]) + b"\n"
+    got = decode(old)
+    assert got[:NFIELDS_V1] == r[:NFIELDS_V1]
+    assert got[NFIELDS_V1:] == ("", "", "", 0, 0)
+
+
+@pytest.mark.parametrize("n", [1, 16, 18, 21, 23])
+def test_a_line_with_a_field_count_of_no_version_is_refused(n: int) -> None:
+    with pytest.raises(ValueError, match="fields"):
+        decode("\t".join(["1"] * n) + "\n")
