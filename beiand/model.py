@@ -19,6 +19,9 @@ class Kind(StrEnum):
     HTTP_HOST = "http-host"
     QUIC_SNI = "quic-sni"
     IP_ONLY = "ip-only"
+    # A connection record (issue 19): a new flow into or out of hosted space that no name was
+    # seen for (any port); never decided, enforced or counted as a verdict.
+    CONN = "conn"
 
 
 class Transport(StrEnum):
@@ -120,6 +123,12 @@ class Observation(NamedTuple):
     tcp_seq: int = 0
     tcp_ack: int = 0
     tcp_len: int = 0
+    # Connection record fields (issue 19): packets and bytes (IP length) of the five-tuple seen up
+    # to this observation, coalesced (docs/access-log.md); HTTP: the request's method and bounded URL path.
+    packets: int = 0
+    octets: int = 0
+    method: str = ""
+    url: str = ""
 
 
 def endpoint(ip: str, port: int) -> str:

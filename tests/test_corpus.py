@@ -11,7 +11,7 @@ import pytest
 
 from beiand.capture import read_capture
 from beiand.model import Kind, VerdictKind
-from beiand.net.decoder import Decoder
+from beiand.net.decoder import Decoder, DecoderConfig
 from beiand.policy import REASONS, Policy, PolicyConfig
 from beiand.policy.inventory import load_inventory
 from beiand.records import build_index, load_file
@@ -34,8 +34,14 @@ def decide_all(case: Path, provider: str):
     policy = Policy(index, load_inventory(CORPUS / "inventory.csv"), PolicyConfig(
         provider=provider, allow_names=frozenset({"status.example-cdn.com"}), allow_suffixes=("trusted.example",),
         allow_prefixes=("198.51.100.250/32",), access_pending_grace_days=30))
-    pipe = Pipeline(Decoder(), policy)
     got = []
+
+    class Connections:  # connection records (issue 19), in the order the pipeline writes them
+        def on_connection(self, rec):
+            got.append({"kind": rec.kind, "name": rec.name, "server": rec.server_ip, "verdict": rec.verdict,
+                        "reason": rec.reason, "action": rec.action, "direction": rec.direction})
+
+    pipe = Pipeline(Decoder(DecoderConfig(conns=True)), policy, [Connections()])
     d = pipe.decoder
     obs = []
     for ts, lt, frame in read_capture(case / "input.pcap"):

@@ -10,7 +10,11 @@ extension headers), to the decoder's depth (``net/link.py`` declares both):
   frame seen on the sender) counts as payload;
 - UDP to a watched port whose first byte is a QUIC long header or a Google QUIC public header
   with the version flag (the client's Initials, never the 1-RTT bulk);
-- IPv4 fragments of UDP and IPv6 fragments (the decoder reassembles them).
+- IPv4 fragments of UDP and IPv6 fragments (the decoder reassembles them);
+- with ``connections`` (issue 19, connection records): TCP with SYN, FIN or RST on *any* port
+  (a flow's start, or the end of one open before capture began), and UDP on any port but from a
+  watched UDP port (classic BPF keeps no state, so it cannot pick a flow's first datagram: every
+  datagram is passed, the decoder coalesces; QUIC's bulk, from or to a watched port, stays out).
 Everything else (server answers on watched ports, bulk ACKs, 1-RTT QUIC, other ports) stays in
 the kernel.
 
@@ -174,7 +178,7 @@ class _Condition(Protocol):
 
 
 def build(tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True, *,
-          linktype: int = LINKTYPE_ETHERNET, condition: _Condition | None = None) -> list[Insn]:
+          linktype: int = LINKTYPE_ETHERNET, condition: _Condition | None = None, connections: bool = False) -> list[Insn]:
     """The capture filter for frames of ``linktype`` (see the module's docstring).
 
     ``condition``: the operator's ``capture.filter`` (:class:`beiand.capture.filterexpr.Condition`),
@@ -190,7 +194,7 @@ def build(tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True, 
         condition.emit(a, linktype)
     a.label("start")
     if lt.start is Start.ETHERNET and lt.offset == 0:
-        _fast_path(a, tcp, dns)
+        _fast_path(a, tcp, dns, connections)
         a.label("generic")
         a.op(LDX | IMM, 0)
         a.ja("eth0")
@@ -205,7 +209,7 @@ def build(tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True, 
         a.op(LDX | IMM, lt.offset)
         a.ja("ip0")
     for level in range(MAX_DEPTH + 1):
-        _level(a, level, tcp, udp, dns)
+        _level(a, level, tcp, udp, dns, connections)
     a.label("accept")
     a.op(RET | K, SNAPLEN)
     a.label("reject")
@@ -213,7 +217,7 @@ def build(tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True, 
     return a.assemble()
 
 
-def _fast_path(a: _Asm, tcp: list[int], dns: bool) -> None:
+def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False) -> None:
     """Ethernet + IPv4/IPv6 + TCP, not fragmented, no IPv6 extension header: most of a link's
     bulk, judged with absolute loads in about 20 instructions (the walk below takes twice that).
     The same rule as the walk's level 0; anything else goes to ``generic``."""
@@ -233,6 +237,9 @@ def _fast_path(a: _Asm, tcp: list[int], dns: bool) -> None:
     if dns:
         a.op(LD | H | IND, 14)
         a.op(JMP | JEQ | K, 53, jt="accept")
+    if connections:
+        a.op(LD | B | IND, 27)
+        a.op(JMP | JSET | K, 0x07, jt="accept")  # SYN, FIN, RST on any port
     a.ja("reject")
     a.label("fastdata4")
     a.op(LD | B | IND, 27)
@@ -256,6 +263,9 @@ def _fast_path(a: _Asm, tcp: list[int], dns: bool) -> None:
     if dns:
         a.op(LD | H | ABS, 54)
         a.op(JMP | JEQ | K, 53, jt="accept")
+    if connections:
+        a.op(LD | B | ABS, 67)
+        a.op(JMP | JSET | K, 0x07, jt="accept")
     a.ja("reject")
     a.label("fastdata6")
     a.op(LD | B | ABS, 67)
@@ -269,7 +279,7 @@ def _fast_path(a: _Asm, tcp: list[int], dns: bool) -> None:
     a.op(JMP | JGT | X, 0, jt="accept", jf="reject")
 
 
-def _level(a: _Asm, lv: int, tcp: list[int], udp: list[int], dns: bool) -> None:
+def _level(a: _Asm, lv: int, tcp: list[int], udp: list[int], dns: bool, connections: bool = False) -> None:
     """The headers at encapsulation depth ``lv``; X holds the offset of the header being read."""
     deeper = lv < MAX_DEPTH
     nxt = lv + 1
@@ -394,6 +404,9 @@ def _level(a: _Asm, lv: int, tcp: list[int], udp: list[int], dns: bool) -> None:
         if dns:
             a.op(LD | H | IND, 0)
             a.op(JMP | JEQ | K, 53, jt="accept")
+        if connections:
+            a.op(LD | B | IND, 13)
+            a.op(JMP | JSET | K, 0x07, jt="accept")  # SYN, FIN, RST on any port
         a.ja("reject")
         a.label(f"tcpdata{v}_{lv}")
         a.op(LD | B | IND, 13)
@@ -422,6 +435,10 @@ def _level(a: _Asm, lv: int, tcp: list[int], udp: list[int], dns: bool) -> None:
         a.op(JMP | JEQ | K, VXLAN_PORT, jt=f"vxlan{lv}")
         a.op(JMP | JEQ | K, GENEVE_PORT, jt=f"geneve{lv}")
         a.op(JMP | JEQ | K, GTPU_PORT, jt=f"gtpu{lv}")
+    if connections:  # any other UDP, but a watched (QUIC) port's answers
+        a.op(LD | H | IND, 0)
+        a.jeq_any(udp, "reject")
+        a.ja("accept")
     a.ja("reject")
     a.label(f"quic{lv}")
     a.op(LD | B | IND, 8)
@@ -577,7 +594,7 @@ def run_counted(prog: list[Insn], pkt: bytes) -> tuple[int, int]:
 
 
 def reference(pkt: bytes, tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True,
-              linktype: int = LINKTYPE_ETHERNET) -> bool:
+              linktype: int = LINKTYPE_ETHERNET, connections: bool = False) -> bool:
     """The rule :func:`build` compiles, written plainly (for the tests): a recursive walk of the
     same headers. A field beyond the captured bytes rejects, as in the kernel."""
     tcp, udp = frozenset(tcp_ports), frozenset(udp_ports)
@@ -660,7 +677,9 @@ def reference(pkt: bytes, tcp_ports: Iterable[int], udp_ports: Iterable[int], dn
                 return True
             hdr = ihl + ((u8(l4 + 12) & 0xF0) >> 2)
             return total == 0 or total > hdr
-        return dns and u16(l4) == 53
+        if dns and u16(l4) == 53:
+            return True
+        return connections and bool(u8(l4 + 13) & 7)
 
     def udp_(l4: int, lv: int) -> bool:
         if dns and u16(l4) == 53:
@@ -670,7 +689,7 @@ def reference(pkt: bytes, tcp_ports: Iterable[int], udp_ports: Iterable[int], dn
             b = u8(l4 + 8)
             return bool(b & 0x80) or b & 0x41 == 0x01
         if lv >= MAX_DEPTH:
-            return False
+            return connections and u16(l4) not in udp
         p = l4 + 8
         if dport == VXLAN_PORT:
             return bool(u8(p) & VXLAN_FLAG_VNI) and ether(p + VXLAN_HEADER, lv + 1)
@@ -700,7 +719,7 @@ def reference(pkt: bytes, tcp_ports: Iterable[int], udp_ports: Iterable[int], dn
                     if nxt:
                         return True
             return ip(o, lv + 1)
-        return False
+        return connections and u16(l4) not in udp
 
     def gre(o: int, lv: int) -> bool:
         proto = u16(o + 2)

@@ -68,6 +68,7 @@ class ReplayResult:
     kinds: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
     drops: Counter[str] = field(default_factory=Counter)
+    connections: Counter[str] = field(default_factory=Counter)
     records: int = 0  # every record of the files (each shard reads them all: counted by shard 0)
     prefiltered: int = 0
     decoded: int = 0
@@ -79,7 +80,7 @@ class ReplayResult:
         self.table.update(other.table)
         self.unfiled.update(other.unfiled)
         for mine, theirs in ((self.verdicts, other.verdicts), (self.kinds, other.kinds), (self.skipped, other.skipped),
-                             (self.drops, other.drops)):
+                             (self.drops, other.drops), (self.connections, other.connections)):
             mine.update(theirs)
         self.records += other.records
         self.prefiltered += other.prefiltered
@@ -91,11 +92,14 @@ class ReplayResult:
 
 def _replay(args: argparse.Namespace, policy: Policy, shard: tuple[int, int], json_out: BinaryIO | None) -> ReplayResult:
     """decode → decide → sinks over the files, for the flows of one shard (all of them when n is 1)."""
-    decoder = Decoder(DecoderConfig(tcp_ports=args.tcp_ports, udp_ports=args.udp_ports, all_tcp_ports=args.all_ports))
+    decoder = Decoder(DecoderConfig(tcp_ports=args.tcp_ports, udp_ports=args.udp_ports, all_tcp_ports=args.all_ports,
+                                    conns=args.connections, url_query=args.url_query))
     summary = Summary()
     sinks: list[Any] = [summary]
     if json_out is not None:
-        sinks.append(JsonLines(json_out))
+        # connection records come up to a window plus the name wait late (net/conns.py): written in time order
+        cfg = decoder.config
+        sinks.append(JsonLines(json_out, reorder=cfg.conn_window + cfg.flow_timeout + 2.0 if cfg.conns else 0.0))
     alog = None
     if args.log_dir:
         from beiand.accesslog import AccessLog, LogConfig, LogConfigError
@@ -137,6 +141,7 @@ def _replay(args: argparse.Namespace, policy: Policy, shard: tuple[int, int], js
     result.table, result.unfiled = summary.table, summary.unfiled
     result.verdicts, result.kinds, result.skipped = pipe.verdicts, pipe.kinds, pipe.skipped
     result.drops = decoder.drops
+    result.connections = pipe.connections
     result.records = sum(r.records for r in readers) if shard[0] == 0 else 0
     result.prefiltered = sum(r.prefiltered for r in readers)
     result.decoded = decoder.packets
@@ -272,6 +277,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(f"\npackets {res.records} ({res.prefiltered} skipped by the capture filter, "
           f"{res.decoded} decoded{f' by {n} workers' if n > 1 else ''}), observations {sum(res.kinds.values())} "
           f"into hosted space, skipped {dict(res.skipped)}", file=report)
+    if args.connections:
+        print(f"connection records (flows no name came for, and hosted hosts' flows out): "
+              f"in {res.connections['in']}, out {res.connections['out']}", file=report)
     if args.log_dir:
         print(f"access log: {res.log_written} record(s) written to {args.log_dir} "
               f"(chain head{'s' if n > 1 else ''} {', '.join(res.log_heads)}; `beiand logs query --log-dir {args.log_dir}`)",
@@ -293,6 +301,9 @@ def add_parsers(sub: Any, policy_args: Callable[[argparse.ArgumentParser], None]
     rp.add_argument("--workers", type=int, metavar="N",
                     help="worker processes, each taking a share of the flows (default: one per core for captures "
                          "of 64 MiB or more, else 1)")
+    rp.add_argument("--no-connections", dest="connections", action="store_false",
+                    help="no connection records (issue 19): only named flows and DNS answers, as before")
+    rp.add_argument("--url-query", action="store_true", help="keep HTTP query strings in the records' URLs (personal data)")
     rp.add_argument("--top", type=int, default=20)
     rp.add_argument("--log-dir", metavar="DIR", help="write the access log (Order 292 art. 14) here, as the daemon does")
     rp.add_argument("--gateway", metavar="ID", help="gateway id in the log records (default: the host name)")

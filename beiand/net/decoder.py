@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
 from beiand.model import Kind, Observation, Transport
+from beiand.net import conns as connmod
 from beiand.net import dns as dnsmod
+from beiand.net.conns import NAMED, PENDING, WRITTEN, Conn, bound_url, client_first
 from beiand.net.errors import DecodeError, IpError, LinkError, QuicError
 from beiand.net.http import looks_like_http, parse_requests
 from beiand.net.link import (
@@ -99,6 +101,14 @@ class DecoderConfig:
     reassembly_quic_bytes: int = 16 << 20  # QUIC CRYPTO streams
     reassembly_fragment_bytes: int = 8 << 20  # IP fragments
     max_flow_holes: int = 64  # pending out-of-order intervals per flow, datagram or CRYPTO stream
+    # Connection records (issue 19, net/conns.py): every new TCP/UDP flow, on any port.
+    conns: bool = False
+    conn_window: float = 60.0  # coalescing window: one record per five-tuple per window
+    conn_udp_idle: float = 60.0  # a UDP five-tuple silent this long starts a new flow
+    conn_tcp_idle: float = 600.0  # a TCP five-tuple silent this long is forgotten (a later packet: a new flow)
+    conn_max: int = 262144  # flows waiting for their record; beyond, the oldest is written early
+    url_max: int = 256  # HTTP: characters of the URL path kept
+    url_query: bool = False  # HTTP: keep the query string (personal data: off by default)
 
 
 class Flow(Stream):
@@ -174,6 +184,17 @@ class Decoder:
                         "fragment": Budget("fragment", cfg.reassembly_fragment_bytes)}
         self._tcp_budget = self.budgets["tcp"]
         self._current: bytes | tuple[bytes, bytes, int, int] | None = None  # the flow the frame touches
+        # Connection records (issue 19): flows by five-tuple, each under both directions' keys, in
+        # two generations per protocol (the older one dropped whole after the idle timeout), and
+        # the flows whose record is still to be written, oldest first.
+        self.tcp_conns: dict[bytes, Conn] | None = {} if cfg.conns else None
+        self.udp_conns: dict[bytes, Conn] | None = {} if cfg.conns else None
+        self._tcp_conns_old: dict[bytes, Conn] = {}
+        self._udp_conns_old: dict[bytes, Conn] = {}
+        self._conn_swap = {"tcp": 0.0, "udp": 0.0}
+        self.conn_pending: deque[Conn] = deque()
+        self._server_ports = cfg.tcp_ports | cfg.udp_ports | cfg.dns_ports
+        self._tunnel_ports = frozenset({VXLAN_PORT, GENEVE_PORT, GTPU_PORT})
 
     # -- entry point ----------------------------------------------------------------------
 
@@ -195,7 +216,8 @@ class Decoder:
                     else:
                         end = min(14 + total, n)
                     if proto == 6 and n >= 54:
-                        if ((frame[36] << 8) | frame[37]) not in self.tcp_ports and ((frame[34] << 8) | frame[35]) in self.tcp_ports:
+                        if ((frame[36] << 8) | frame[37]) not in self.tcp_ports and ((frame[34] << 8) | frame[35]) in self.tcp_ports \
+                                and self.tcp_conns is None:
                             self.server_to_client += 1  # the server's answer: nothing to name
                         else:
                             self._tcp(ts, frame, 34, end, frame[26:30], frame[30:34], False)
@@ -252,6 +274,8 @@ class Decoder:
         """End of input: flows that never showed a name become ip-only observations."""
         for flow in list(self.flows.values()):
             self._give_up(flow, flow.ts, "incomplete")
+        if self.tcp_conns is not None:
+            self._conn_sweep(self._clock, final=True)
         self.flows.clear()
         self.dns_flows.clear()
         self.quic.clear()
@@ -554,6 +578,15 @@ class Decoder:
             raise IpError("truncated-udp")
         sport = (buf[l4] << 8) | buf[l4 + 1]
         dport = (buf[l4 + 2] << 8) | buf[l4 + 3]
+        conns = self.udp_conns
+        if conns is not None and not (depth < MAX_DEPTH and dport in self._tunnel_ports):
+            ports = buf[l4 : l4 + 4]
+            c = conns.get(src + dst + ports)
+            if c is None or (ts - c.last > self.config.conn_udp_idle and ts >= c.first + self.config.conn_window):
+                c = self._conn_start(ts, False, src, dst, sport, dport, bytes(ports), 0, c)
+            c.last = ts
+            c.packets += 1
+            c.octets += end - l4 + (40 if v6 else 20)
         if sport in self.dns_ports:
             self._dns(ts, buf[l4 + 8 : end], src, dst, sport, dport, v6, Transport.UDP)
             return
@@ -620,6 +653,17 @@ class Decoder:
             raise IpError("truncated-tcp")
         sport = (buf[l4] << 8) | buf[l4 + 1]
         dport = (buf[l4 + 2] << 8) | buf[l4 + 3]
+        conns = self.tcp_conns
+        if conns is not None:
+            ports = buf[l4 : l4 + 4]
+            c = conns.get(src + dst + ports)
+            if c is None or (buf[l4 + 13] & 0x12 == SYN and ts >= c.first + self.config.conn_window):
+                c = self._conn_start(ts, True, src, dst, sport, dport, bytes(ports), buf[l4 + 13], c)
+            c.last = ts
+            c.packets += 1
+            c.octets += end - l4 + (40 if v6 else 20)
+            if not c.data and end - l4 > 20 and end - l4 > ((buf[l4 + 12] >> 4) << 2) and src == c.client:
+                c.data = True
         if dport not in self.tcp_ports:
             if sport in self.dns_ports:
                 self._dns_tcp(ts, buf, l4, end, src, dst, sport, dport, v6)
@@ -707,6 +751,111 @@ class Decoder:
             if budget.held > budget.limit:
                 self._evict_tcp(flow.ts)
 
+    # -- connection records (issue 19) ----------------------------------------------------
+
+    def _conn_start(self, ts: float, tcp: bool, src: bytes, dst: bytes, sport: int, dport: int, ports: bytes,
+                    flags: int, old: Conn | None) -> Conn:
+        """The flow a packet belongs to when the current generation does not hold it (or holds an
+        earlier flow of the five-tuple that this packet starts anew): found in the older
+        generation, or a new one."""
+        cfg = self.config
+        if tcp:
+            cur, prev = self.tcp_conns, self._tcp_conns_old
+        else:
+            cur, prev = self.udp_conns, self._udp_conns_old
+        assert cur is not None
+        key = src + dst + ports
+        rkey = dst + src + ports[2:] + ports[:2]
+        if old is None:
+            c = prev.pop(key, None)
+            if c is not None:  # alive in the older generation: it moves to the current one
+                prev.pop(rkey, None)
+                cur[key] = cur[rkey] = c
+                if ts < c.first + cfg.conn_window:
+                    return c
+                if tcp and flags & 0x12 != SYN:
+                    return c
+                if not tcp and ts - c.last <= cfg.conn_udp_idle:
+                    return c
+        if client_first(flags, sport, dport, self._server_ports):
+            c = Conn(ts, ts + cfg.conn_window, tcp, src, dst, sport, dport, key, bool(flags & SYN))
+        else:
+            c = Conn(ts, ts + cfg.conn_window, tcp, dst, src, dport, sport, rkey, False)
+        cur[key] = cur[rkey] = c
+        self.stats["conn:new"] += 1
+        pend = self.conn_pending
+        pend.append(c)
+        if len(pend) > cfg.conn_max:  # bounded: the oldest flow is written now, before its window closes
+            first = pend.popleft()
+            if first.state == PENDING:
+                self.stats["conn:written-early"] += 1
+                self._conn_write(first, connmod.WHY_EARLY)
+        if len(cur) > 4 * cfg.conn_max:  # the live table too: the older generation goes now
+            self._conn_age("tcp" if tcp else "udp", ts)
+        return c
+
+    def _conn_age(self, proto: str, now: float) -> None:
+        """Drop the older generation of live five-tuples; the current one becomes the older."""
+        self._conn_swap[proto] = now
+        if proto == "tcp":
+            assert self.tcp_conns is not None
+            self._tcp_conns_old, self.tcp_conns = self.tcp_conns, {}
+        else:
+            assert self.udp_conns is not None
+            self._udp_conns_old, self.udp_conns = self.udp_conns, {}
+
+    def _conn_claim(self, flow: Flow, transport: Transport) -> tuple[int, int]:
+        """A name for the flow: its connection is logged with it (one record). Its packets and bytes so far."""
+        if transport is Transport.TCP:
+            cur, prev = self.tcp_conns, self._tcp_conns_old
+        else:
+            cur, prev = self.udp_conns, self._udp_conns_old
+        if cur is None:
+            return 0, 0
+        key = flow.client + flow.server + flow.sport.to_bytes(2, "big") + flow.dport.to_bytes(2, "big")
+        c = cur.get(key) or prev.get(key)
+        if c is None or c.state != PENDING:
+            return 0, 0
+        c.state = NAMED
+        return c.packets, c.octets
+
+    def _conn_sweep(self, now: float, final: bool = False) -> None:
+        """Write the records of flows whose window closed and that no name came for (at the end of
+        input: all of them). A flow the name pipeline still reads waits for it, at most ``flow_timeout``."""
+        pend = self.conn_pending
+        wait = self.config.flow_timeout + 1.0
+        while pend:
+            c = pend[0]
+            if c.deadline > now and not final:
+                break
+            pend.popleft()
+            if c.state != PENDING:
+                continue
+            if not final and now - c.first < wait and (c.key in self.flows if c.tcp else c.key in self.quic):
+                c.deadline = now + 1.0
+                pend.append(c)
+                continue
+            self._conn_write(c, self._conn_why(c))
+
+    def _conn_why(self, c: Conn) -> str:
+        cfg = self.config
+        if c.sport in self.dns_ports:
+            return connmod.WHY_DNS
+        if c.tcp:
+            if c.sport not in self.tcp_ports and not cfg.all_tcp_ports:
+                return connmod.WHY_PORT
+            if not c.syn:
+                return connmod.WHY_MIDSTREAM
+            return connmod.WHY_UNRECOGNISED if c.data else connmod.WHY_NO_DATA
+        return connmod.WHY_UNRECOGNISED if c.sport in self.udp_ports else connmod.WHY_PORT
+
+    def _conn_write(self, c: Conn, why: str) -> None:
+        c.state = WRITTEN
+        af = _AF6 if len(c.client) == 16 else _AF4
+        self._out.append(Observation(
+            c.first, _ntop(af, c.client), c.cport, _ntop(af, c.server), c.sport, Transport.TCP if c.tcp else Transport.UDP,
+            Kind.CONN, "", "", (), "not-named:" + why, 0, 0, 0, c.packets, c.octets))
+
     def _mark_done(self, key: bytes, ts: float) -> None:
         done = self.done
         done[key] = ts
@@ -737,7 +886,8 @@ class Decoder:
                         # target: the request line's path, for URL rules of the regulator's commands (ISMS)
                         detail = f"method={r.method} target={r.target[:512]}"
                         self._emit(flow, ts, Kind.HTTP_HOST, Transport.TCP, r.host,
-                                   detail + " malformed-request-line" if r.malformed else detail)
+                                   detail + " malformed-request-line" if r.malformed else detail, r.method[:16],
+                                   bound_url(r.target, self.config.url_max, self.config.url_query))
                 if not seen:
                     self._emit(flow, ts, Kind.IP_ONLY, Transport.TCP, "", "http-no-host")
                 return True
@@ -766,14 +916,16 @@ class Decoder:
         else:
             self._emit(flow, ts, Kind.IP_ONLY, transport, "", detail + " no-sni")
 
-    def _emit(self, flow: Flow, ts: float, kind: Kind, transport: Transport, name: str, detail: str) -> None:
+    def _emit(self, flow: Flow, ts: float, kind: Kind, transport: Transport, name: str, detail: str,
+              method: str = "", url: str = "") -> None:
         af = _AF6 if len(flow.client) == 16 else _AF4
         seq, ack, ln = self._seg if transport is Transport.TCP else (0, 0, 0)
         if len(detail) > MAX_DETAIL:
             detail = detail[: MAX_DETAIL - 3] + "..."
+        packets, octets = self._conn_claim(flow, transport) if self.tcp_conns is not None else (0, 0)
         self._out.append(Observation(
             ts, _ntop(af, flow.client), flow.sport, _ntop(af, flow.server), flow.dport, transport, kind,
-            name, normalise_wire_name(name) if name else "", (), detail, seq, ack, ln))
+            name, normalise_wire_name(name) if name else "", (), detail, seq, ack, ln, packets, octets, method, url))
 
     # -- DNS ------------------------------------------------------------------------------
 
@@ -917,6 +1069,13 @@ class Decoder:
     # -- housekeeping ---------------------------------------------------------------------
 
     def _expire(self, now: float) -> None:
+        if self.tcp_conns is not None:
+            cfg = self.config
+            if now - self._conn_swap["tcp"] >= cfg.conn_tcp_idle:
+                self._conn_age("tcp", now)
+            if now - self._conn_swap["udp"] >= cfg.conn_udp_idle:
+                self._conn_age("udp", now)
+            self._conn_sweep(now)
         limit = now - self.config.flow_timeout
         for table in (self.flows, self.dns_flows):
             while table:

@@ -2,6 +2,13 @@
 
 frames → ``Decoder`` → Observation → (DNS: is an answered address ours?) → ``Policy`` → Decision
 → sinks. Deciding never acts; sinks act (DESIGN.md). One failing sink never stops the others.
+
+Connection records (issue 19): an observation of kind ``conn`` (a flow no name came for) is never
+decided, enforced or counted as a verdict: the inventory says whether it went into hosted space
+(``in``: the server is ours) or out of it (``out``: the client is), and the sinks that keep
+connection records (``on_connection``: the access log, JSON lines) get its record. A named flow
+whose server is not ours but whose client is (a hosted host connecting out) is logged the same
+way, with its name and the ``not-hosted`` verdict, after the unchanged decision.
 """
 
 from __future__ import annotations
@@ -9,12 +16,13 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from typing import cast
 
 from beiand.enforce.actor import Enforced
-from beiand.model import Decision, Kind, Observation, VerdictKind
+from beiand.model import AccessRecord, Decision, Kind, Observation, VerdictKind
 from beiand.net.decoder import FRAME_EXCEPTIONS, Decoder
 from beiand.policy import Policy
-from beiand.sinks import OutputClosed, Sink
+from beiand.sinks import ConnectionSink, OutputClosed, Sink
 
 log = logging.getLogger("beiand.pipeline")  # the name operators filter on (before runtime/)
 
@@ -31,6 +39,10 @@ class Pipeline:
         self.skipped: Counter[str] = Counter()
         self.sink_errors: Counter[str] = Counter()
         self.frame_errors: Counter[str] = Counter()  # observations whose decision raised, by exception type
+        self.connections: Counter[str] = Counter()  # connection records written, by direction
+        # Sinks that keep connection records; none: they are not built at all.
+        self.conn_sinks: list[ConnectionSink] = [cast(ConnectionSink, s) for s in self.sinks
+                                                 if callable(getattr(s, "on_connection", None))]
 
     def feed(self, ts: float, frame: bytes, linktype: int) -> bool:
         """One frame of the live worker: nothing it carries may stop the loop (issue 17). Returns
@@ -79,6 +91,9 @@ class Pipeline:
     def _observe(self, obs: Observation) -> tuple[Decision | None, bool]:
         """The decision as acted on, and whether the enforcer drops the packet (inline)."""
         policy = self.policy
+        if obs.kind is Kind.CONN:
+            self._connection(obs, None)
+            return None, False
         if obs.kind is Kind.DNS_ANSWER:
             # A DNS answer is an observation into hosted space when it points a name at us.
             hosted = [a for a in obs.answers if policy.inventory.lookup(a) is not None]
@@ -90,6 +105,8 @@ class Pipeline:
         decision = policy.decide(obs)
         if decision.verdict.verdict is VerdictKind.NOT_HOSTED:
             self.skipped["not-hosted"] += 1
+            if obs.packets and self.conn_sinks:  # a named flow: is it a hosted host connecting out?
+                self._connection(obs, decision)
             return decision, False
         drop = False
         if self.actor is not None:
@@ -109,3 +126,35 @@ class Pipeline:
                 log.exception("sink %s failed", type(s).__name__)
                 self.sink_errors[type(s).__name__] += 1
         return decision, drop
+
+    def _connection(self, obs: Observation, decision: Decision | None) -> None:
+        """The connection record of a flow no name came for (``decision`` None), or of a named flow
+        whose server is not hosted: ``in`` when the server is ours, ``out`` when the client is."""
+        if not self.conn_sinks:
+            return
+        lookup = self.policy.inventory.lookup
+        direction = "in"
+        prefix = lookup(obs.server_ip) if decision is None else None
+        if prefix is None:
+            prefix = lookup(obs.client_ip)
+            direction = "out"
+            if prefix is None:
+                self.skipped["conn-not-hosted"] += 1
+                return
+        if decision is None:
+            verdict, reason, filing = "unnamed", obs.detail, ""
+        else:
+            f = decision.verdict.filing
+            verdict, reason, filing = decision.verdict.verdict, decision.verdict.reason, f.number if f is not None else ""
+        rec = AccessRecord(int(obs.ts * 1000), prefix.account, obs.client_ip, obs.client_port, obs.server_ip, obs.server_port,
+                           obs.transport, obs.kind, obs.name or obs.name_seen, verdict, "log", filing, "", reason, "", "", "",
+                           direction, obs.method, obs.url, obs.packets, obs.octets)
+        self.connections[direction] += 1
+        for s in self.conn_sinks:
+            try:
+                s.on_connection(rec)
+            except OutputClosed:
+                raise
+            except Exception:
+                log.exception("sink %s failed", type(s).__name__)
+                self.sink_errors[type(s).__name__] += 1

@@ -173,6 +173,26 @@ class ReassemblySection:
 
 
 @dataclass(frozen=True)
+class ConnectionsSection:
+    """Connection records (issue 19, docs/access-log.md "Connection records"): every new flow into or out of hosted space."""
+
+    enabled: bool = _f(True, "Log every new TCP and UDP flow into or out of hosted space, on any port, named or not (the "
+                       "capture filter then also passes TCP SYN/FIN/RST on every port and UDP on every port but the "
+                       "watched QUIC ones). Off: only named flows and DNS answers are logged, as before.")
+    window: float = _f(60.0, "Coalescing window in seconds: one record per five-tuple per window, with its packet and byte "
+                       "counts; a flow that no name came for is written when its window closes.", min=1.0, max=3600.0)
+    udp_idle_timeout: float = _f(60.0, "Seconds a UDP five-tuple may stay silent and still be the same flow.",
+                                 min=1.0, max=86400.0)
+    tcp_idle_timeout: float = _f(600.0, "Seconds a TCP five-tuple may stay silent before it is forgotten (a later packet "
+                                 "without SYN is then a flow already open, logged again).", min=10.0, max=86400.0)
+    max_pending: int = _f(262144, "Flows per worker waiting for their record; beyond, the oldest is written before its "
+                          "window closes (counted: conn:written-early). About 0.4 KiB each.", min=1024, max=1 << 24)
+    url_max_length: int = _f(256, "HTTP: characters of the URL path kept in a record (0: no URL).", min=0, max=8192)
+    url_query: bool = _f(False, "HTTP: keep the query string in the URL. Off by default: it may hold personal data "
+                         "(names, phone numbers, tokens).")
+
+
+@dataclass(frozen=True)
 class ServerSection:
     listen: str = _f("127.0.0.1:9640", "Address of /metrics, /healthz, /readyz and /api/v1 (host:port).")
     token_file: Path | None = _f(None, "Bearer token for the endpoints that change state (block orders, breaker).")
@@ -238,6 +258,7 @@ class Config:
     server: ServerSection = field(default_factory=ServerSection)
     enforce: EnforceSection = field(default_factory=EnforceSection)
     reassembly: ReassemblySection = field(default_factory=ReassemblySection)
+    connections: ConnectionsSection = field(default_factory=ConnectionsSection)
     isms: IsmsSection = field(default_factory=IsmsSection)
     path: str = ""  # the file it came from
     warnings: tuple[str, ...] = ()  # file:line: field: deprecated settings that were given

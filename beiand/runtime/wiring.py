@@ -81,9 +81,13 @@ def policy_config(cfg: Config) -> PolicyConfig:
 def decoder_config(cfg: Config) -> DecoderConfig:
     """The decoder of a capture worker: watched ports and the reassembly bounds (issue 17)."""
     ra = cfg.reassembly
+    cn = cfg.connections
     return DecoderConfig(tcp_ports=frozenset(cfg.capture.tcp_ports), udp_ports=frozenset(cfg.capture.udp_ports),
                          max_flow_bytes=ra.max_flow_bytes, max_flow_holes=ra.max_holes, reassembly_tcp_bytes=ra.tcp_bytes,
-                         reassembly_quic_bytes=ra.quic_bytes, reassembly_fragment_bytes=ra.fragment_bytes)
+                         reassembly_quic_bytes=ra.quic_bytes, reassembly_fragment_bytes=ra.fragment_bytes,
+                         conns=cn.enabled, conn_window=cn.window, conn_udp_idle=cn.udp_idle_timeout,
+                         conn_tcp_idle=cn.tcp_idle_timeout, conn_max=cn.max_pending, url_max=cn.url_max_length,
+                         url_query=cn.url_query)
 
 
 @dataclass
@@ -206,7 +210,7 @@ def live_captures(cfg: Config, fanout_group: int) -> list[LiveCapture]:
     inline = cfg.enforce.inline
     # Inline: watched TCP/UDP arrive through NFQUEUE; AF_PACKET carries the DNS answers only.
     prog = build_bpf(() if inline else cfg.capture.tcp_ports, () if inline else cfg.capture.udp_ports, dns=cfg.capture.dns,
-                     condition=Condition(cfg.capture.filter) if cfg.capture.filter else None)
+                     connections=cfg.connections.enabled, condition=Condition(cfg.capture.filter) if cfg.capture.filter else None)
     return [LiveCapture(i, prog, fanout_group=fanout_group, block_size=cfg.capture.ring_block_kib * 1024,
                         blocks=cfg.capture.ring_blocks, outgoing=len(ifaces) == 1,
                         block_timeout_ms=cfg.capture.ring_block_timeout_ms, version=cfg.capture.ring_version) for i in ifaces]

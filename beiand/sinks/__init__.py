@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from beiand.errors import BeiandError
-from beiand.model import Decision, Observation
+from beiand.model import AccessRecord, Decision, Observation
 
 
 class OutputClosed(BeiandError):
@@ -32,4 +32,11 @@ class Sink(Protocol):
     def stats(self) -> Mapping[str, float]: ...
 
 
-__all__ = ["OutputClosed", "Sink"]
+class ConnectionSink(Protocol):
+    """A sink that also keeps connection records (issue 19): the access log, JSON lines. The
+    pipeline builds the record (it knows the inventory); the sink adds what is its own (the gateway)."""
+
+    def on_connection(self, rec: AccessRecord) -> None: ...
+
+
+__all__ = ["ConnectionSink", "OutputClosed", "Sink"]

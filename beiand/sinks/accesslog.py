@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from beiand.model import AccessRecord, Decision, Observation
+from beiand.model import AccessRecord, Decision, Kind, Observation
 
 
 class RecordWriter(Protocol):
@@ -26,6 +26,8 @@ def to_record(obs: Observation, d: Decision, gateway: str = "") -> AccessRecord:
         obs.transport, obs.kind, obs.name or obs.name_seen, d.verdict.verdict, d.action,
         f.number if f is not None else "", gateway, d.verdict.reason, "", "",
         d.rule[6:] if d.rule.startswith("order:") else "",
+        # issue 19: a named flow is also its connection record (a DNS answer is not a flow)
+        "" if obs.kind is Kind.DNS_ANSWER else "in", obs.method, obs.url, obs.packets, obs.octets,
     )
 
 
@@ -38,6 +40,10 @@ class AccessLogSink:
 
     def on_decision(self, obs: Observation, decision: Decision) -> None:
         self.writer.append(to_record(obs, decision, self.gateway))
+
+    def on_connection(self, rec: AccessRecord) -> None:
+        """A connection record (issue 19), built by the pipeline: the gateway is ours to add."""
+        self.writer.append(rec._replace(gateway=self.gateway) if self.gateway else rec)
 
     def flush(self) -> None:
         self.writer.flush()

@@ -48,3 +48,45 @@ def test_program_equals_the_plain_rule_on_tcp_and_udp(sport: int, dport: int, pa
     pkt = (t.udp("192.0.2.1", "198.51.100.1", sport, dport, payload) if is_udp
            else t.tcp("192.0.2.1", "198.51.100.1", sport, dport, 1, flags=flags, payload=payload))
     assert accepted(pkt) == reference(pkt, TCP, UDP)
+
+
+# -- connection records (issue 19): SYN/FIN/RST on any port, UDP on any port but QUIC's answers --
+
+CONN_PROG = build(TCP, UDP, connections=True)
+
+
+@pytest.mark.parametrize(("pkt", "want"), [
+    (t.tcp("192.0.2.1", "198.51.100.1", 40000, 2222, 1, flags=0x02), True),  # SYN to an odd port
+    (t.tcp("198.51.100.1", "192.0.2.1", 2222, 40000, 1, flags=0x12), True),  # its SYN+ACK
+    (t.tcp("192.0.2.1", "198.51.100.1", 40000, 2222, 1, flags=0x11), True),  # FIN: a flow open before the capture
+    (t.tcp("192.0.2.1", "198.51.100.1", 40000, 2222, 1, flags=0x18, payload=b"SSH-2.0"), False),  # its bulk
+    (t.tcp("192.0.2.1", "198.51.100.1", 40000, 2222, 1, flags=0x10), False),  # bare ACK
+    (t.tcp("198.51.100.1", "192.0.2.1", 443, 40000, 1, payload=b"x" * 100), False),  # server's answer, watched port
+    (t.udp("192.0.2.1", "198.51.100.1", 5000, 27015, b"\0" * 20), True),  # a game server's datagram
+    (t.udp("198.51.100.1", "192.0.2.1", 27015, 5000, b"\0" * 20), True),  # and its answer
+    (t.udp("198.51.100.1", "192.0.2.1", 443, 5000, b"\x40" + b"\0" * 40), False),  # QUIC 1-RTT from the server
+    (t.udp("192.0.2.1", "198.51.100.1", 5000, 443, b"\x40" + b"\0" * 40), False),  # QUIC 1-RTT to it
+    (t.tcp("2001:db8::1", "2001:db8:100::1", 40000, 2222, 1, flags=0x02), True),  # IPv6 SYN
+    (t.udp("2001:db8::1", "2001:db8:100::1", 5000, 9999, b"\0" * 8), True),
+    (t.tcp("2001:db8::1", "2001:db8:100::1", 40000, 2222, 1, flags=0x10, payload=b"x"), False),
+])
+def test_connection_packets(pkt: bytes, want: bool) -> None:
+    assert (run(CONN_PROG, pkt) > 0) is want
+    assert reference(pkt, TCP, UDP, connections=True) is want
+
+
+@settings(max_examples=300)
+@given(st.integers(1, 65535), st.integers(1, 65535), st.binary(max_size=40), st.sampled_from([0x02, 0x12, 0x10, 0x18, 0x11, 0x04]),
+       st.booleans(), st.booleans())
+def test_connection_program_equals_the_plain_rule(sport: int, dport: int, payload: bytes, flags: int, is_udp: bool,
+                                                  v6: bool) -> None:
+    a, b = ("2001:db8::1", "2001:db8:100::1") if v6 else ("192.0.2.1", "198.51.100.1")
+    pkt = (t.udp(a, b, sport, dport, payload) if is_udp else t.tcp(a, b, sport, dport, 1, flags=flags, payload=payload))
+    assert (run(CONN_PROG, pkt) > 0) == reference(pkt, TCP, UDP, connections=True)
+
+
+@settings(max_examples=300)
+@given(st.binary(min_size=0, max_size=120), st.sampled_from([b"\x08\x00", b"\x86\xdd", b"\x81\x00"]), st.integers(0, 120))
+def test_connection_program_equals_the_plain_rule_on_any_bytes(body: bytes, ethertype: bytes, cut: int) -> None:
+    pkt = (b"\0" * 12 + ethertype + body)[: 14 + cut]
+    assert (run(CONN_PROG, pkt) > 0) == reference(pkt, TCP, UDP, connections=True)

@@ -132,3 +132,22 @@ def test_corpus_frames_named_are_accepted(capture: Path) -> None:
 
 def test_program_fits_the_kernel() -> None:
     assert len(PROG) < 4096
+
+
+CONN_PROG = build(TCP, UDP, connections=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["tls4", "dns6", "quic4", "http6", "ack4"]), st.lists(st.sampled_from(sorted(encap.STEPS)), max_size=2),
+       st.integers(0, 400), st.integers(0, 255), st.integers(0, 200))
+def test_connection_program_equals_the_plain_rule_on_damaged_encapsulations(kind: str, steps: list[str], pos: int, value: int,
+                                                                            cut: int) -> None:
+    frame = bytearray(encap.wrap(inner_packets()[kind], steps))
+    if pos < len(frame):
+        frame[pos] = value
+    damaged = bytes(frame[: max(0, len(frame) - cut)])
+    assert accepted(damaged, CONN_PROG) == reference(damaged, TCP, UDP, connections=True)
+
+
+def test_connection_program_fits_the_kernel() -> None:
+    assert len(CONN_PROG) < 4096
