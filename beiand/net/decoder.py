@@ -270,6 +270,15 @@ class Decoder:
             return out
         return _EMPTY
 
+    def tick(self, now: float) -> list[Observation]:
+        """No frame for a while (a quiet link): expire flows and write the connection records whose
+        window closed, as a frame at ``now`` would. Returns the observations that completes."""
+        if now - self._clock > 1.0:
+            self._clock = now
+            self._expire(now)
+        out, self._out = self._out, []
+        return out
+
     def flush(self) -> list[Observation]:
         """End of input: flows that never showed a name become ip-only observations."""
         for flow in list(self.flows.values()):

@@ -63,6 +63,18 @@ class Pipeline:
                         log.error("deciding an observation raised %s (%d so far); dropped", name, self.frame_errors.total())
         return drop
 
+    def tick(self, now: float) -> None:
+        """The live worker, about once a second: what the decoder completes without a frame (the
+        connection records of a quiet link, issue 19)."""
+        for o in self.decoder.tick(now):
+            try:
+                self._observe(o)
+            except OutputClosed:
+                raise
+            except Exception as exc:
+                name = type(exc).__name__
+                self.frame_errors[name if name in FRAME_EXCEPTIONS else "other"] += 1
+
     def run(self, frames: Iterable[tuple[float, int, bytes]]) -> None:
         feed = self.decoder.feed
         observe = self.observe
