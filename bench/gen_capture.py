@@ -1,11 +1,13 @@
 """A realistic mixed capture for the replay benchmark.
 
-    python bench/gen_capture.py OUT.pcap [--packets N] [--new-flows]
+    python bench/gen_capture.py OUT.pcap [--packets N] [--new-flows | --conn-flows]
 
 Long-lived flows with bulk data in both directions (most packets, as on a real link), new TLS
 connections (real ClientHellos from Python's ssl; some split over segments), HTTP requests,
 DNS answers (UDP and TCP), QUIC Initials (aioquic), 20% IPv6. ``--new-flows``: every packet
-opens a new flow (a SYN flood / scan), to show flow state stays bounded.
+opens a new flow (a SYN flood / scan), to show flow state stays bounded. ``--conn-flows``: every
+packet opens a new flow into or out of hosted space on any port (issue 19, connection records):
+TCP SYNs and first UDP datagrams, 20% IPv6, 10% from a hosted host out.
 Writes ``OUT.names`` (every name put in) and ``OUT.records.csv`` / ``OUT.inventory.csv``.
 """
 
@@ -42,6 +44,7 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("--packets", type=int, default=1_000_000)
     ap.add_argument("--new-flows", action="store_true")
+    ap.add_argument("--conn-flows", action="store_true")
     a = ap.parse_args()
     rng = random.Random(42)
     names: set[str] = set()
@@ -61,6 +64,22 @@ def main() -> None:
         if hosted:
             return t.inet(HOSTED4 + str(i % 250 + 1))
         return t.inet(f"10.{(i >> 8) & 255}.{i & 255}.{i % 250 + 1}")
+
+    if a.conn_flows:
+        data = b"\x01" * 32
+        for i in range(a.packets):
+            v6 = i % 5 == 0
+            hosted = addr(i, v6, True)
+            outside = t.inet(f"2001:db8:1::{i & 0xFFFF:x}:{(i >> 16) & 0xFFFF:x}") if v6 else struct.pack("!I", 0x0A000000 + i)
+            cport, sport = 1024 + i % 60000, 1 + (i * 7919) % 65535
+            src, dst = (hosted, outside) if i % 10 == 1 else (outside, hosted)
+            if i % 3:
+                emit(frame(src, dst, v6, 6, tcp_l4(cport, sport, i, 0, 0x02)))
+            else:
+                emit(frame(src, dst, v6, 17, udp_l4(cport, sport if sport != 53 else 54, data)))
+        w.close()
+        write_policy(a.out)
+        return
 
     if a.new_flows:
         payload = b"\x00" * 100
@@ -134,13 +153,17 @@ def main() -> None:
     w.close()
     with open(a.out + ".names", "w", encoding="utf-8") as f:
         f.write("\n".join(sorted(names)) + "\n")
-    with open(a.out + ".records.csv", "w", encoding="utf-8") as f:
+    write_policy(a.out)
+    print(f"{a.out}: {n} packets, {len(names)} names", file=sys.stderr)
+
+
+def write_policy(out: str) -> None:
+    with open(out + ".records.csv", "w", encoding="utf-8") as f:
         f.write("备案号,主办单位,域名,接入商,状态\n")
         for i in range(1, 150):
             f.write(f"京ICP备{10000000 + i}号-1,主办{i},site{i}.example-cn.com.cn,示例云计算有限公司,正常\n")
-    with open(a.out + ".inventory.csv", "w", encoding="utf-8") as f:
+    with open(out + ".inventory.csv", "w", encoding="utf-8") as f:
         f.write("prefix,account,site,state,mode\n198.51.100.0/24,cust-1,bj,active,\n2001:db8:100::/48,cust-2,sh,active,\n")
-    print(f"{a.out}: {n} packets, {len(names)} names", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def _replay(args: argparse.Namespace, policy: Policy, shard: tuple[int, int], js
         except (LogConfigError, OSError) as exc:
             raise CliError(f"--log-dir {args.log_dir}: {exc}") from None
         sinks.append(AccessLogSink(alog, alog.cfg.gateway))
-    pipe = Pipeline(decoder, policy, sinks)
+    pipe = Pipeline(decoder, policy, sinks, gateway=alog.cfg.gateway if alog is not None else (args.gateway or ""))
     readers = []
     result = ReplayResult()
     try:

@@ -81,6 +81,12 @@ _EMPTY: list[Observation] = []
 FRAME_EXCEPTIONS = frozenset({"KeyError", "TypeError", "RecursionError", "MemoryError", "AttributeError",
                               "ZeroDivisionError", "OverflowError", "UnicodeError", "AssertionError", "LookupError"})
 _ntop = socket.inet_ntop
+_tuple_new = tuple.__new__
+_TCP, _UDP, _CONN = Transport.TCP, Transport.UDP, Kind.CONN
+# the reason of a connection record no name came for
+_WHY_DNS, _WHY_PORT, _WHY_MIDSTREAM, _WHY_UNRECOGNISED, _WHY_NO_DATA, _WHY_EARLY = (
+    "not-named:" + w for w in (connmod.WHY_DNS, connmod.WHY_PORT, connmod.WHY_MIDSTREAM, connmod.WHY_UNRECOGNISED,
+                               connmod.WHY_NO_DATA, connmod.WHY_EARLY))
 _AF4, _AF6 = socket.AF_INET, socket.AF_INET6
 
 
@@ -193,6 +199,8 @@ class Decoder:
         self._udp_conns_old: dict[bytes, Conn] = {}
         self._conn_swap = {"tcp": 0.0, "udp": 0.0}
         self.conn_pending: deque[Conn] = deque()
+        self.conn_new = 0  # flows started (each gets one record)
+        self._ntop_cache: dict[bytes, str] = {}  # server addresses in text (hosted ones repeat)
         self._server_ports = cfg.tcp_ports | cfg.udp_ports | cfg.dns_ports
         self._tunnel_ports = frozenset({VXLAN_PORT, GENEVE_PORT, GTPU_PORT})
 
@@ -590,7 +598,7 @@ class Decoder:
         conns = self.udp_conns
         if conns is not None and not (depth < MAX_DEPTH and dport in self._tunnel_ports):
             ports = buf[l4 : l4 + 4]
-            c = conns.get(src + dst + ports)
+            c = conns.get(src + dst + ports) or conns.get(dst + src + ports[2:] + ports[:2])
             if c is None or (ts - c.last > self.config.conn_udp_idle and ts >= c.first + self.config.conn_window):
                 c = self._conn_start(ts, False, src, dst, sport, dport, bytes(ports), 0, c)
             c.last = ts
@@ -665,7 +673,7 @@ class Decoder:
         conns = self.tcp_conns
         if conns is not None:
             ports = buf[l4 : l4 + 4]
-            c = conns.get(src + dst + ports)
+            c = conns.get(src + dst + ports) or conns.get(dst + src + ports[2:] + ports[:2])
             if c is None or (buf[l4 + 13] & 0x12 == SYN and ts >= c.first + self.config.conn_window):
                 c = self._conn_start(ts, True, src, dst, sport, dport, bytes(ports), buf[l4 + 13], c)
             c.last = ts
@@ -766,40 +774,48 @@ class Decoder:
                     flags: int, old: Conn | None) -> Conn:
         """The flow a packet belongs to when the current generation does not hold it (or holds an
         earlier flow of the five-tuple that this packet starts anew): found in the older
-        generation, or a new one."""
+        generation, or a new one. A flow is kept under the key of its first packet seen."""
         cfg = self.config
         if tcp:
             cur, prev = self.tcp_conns, self._tcp_conns_old
         else:
             cur, prev = self.udp_conns, self._udp_conns_old
-        assert cur is not None
+        if cur is None:
+            raise AssertionError("connection records are off")
         key = src + dst + ports
-        rkey = dst + src + ports[2:] + ports[:2]
         if old is None:
-            c = prev.pop(key, None)
-            if c is not None:  # alive in the older generation: it moves to the current one
-                prev.pop(rkey, None)
-                cur[key] = cur[rkey] = c
-                if ts < c.first + cfg.conn_window:
-                    return c
-                if tcp and flags & 0x12 != SYN:
-                    return c
-                if not tcp and ts - c.last <= cfg.conn_udp_idle:
-                    return c
-        if client_first(flags, sport, dport, self._server_ports):
-            c = Conn(ts, ts + cfg.conn_window, tcp, src, dst, sport, dport, key, bool(flags & SYN))
+            if prev:
+                k = key
+                c = prev.pop(key, None)
+                if c is None:
+                    k = dst + src + ports[2:] + ports[:2]
+                    c = prev.pop(k, None)
+                if c is not None:  # alive in the older generation: it moves to the current one
+                    cur[k] = c
+                    if ts < c.first + cfg.conn_window or (flags & 0x12 != SYN if tcp else ts - c.last <= cfg.conn_udp_idle):
+                        return c
+                    del cur[k]  # it starts anew
+        else:  # the earlier flow of this five-tuple, under either key, makes way
+            cur.pop(key, None)
+            cur.pop(dst + src + ports[2:] + ports[:2], None)
+        if flags & SYN:
+            first = not flags & ACK
         else:
-            c = Conn(ts, ts + cfg.conn_window, tcp, dst, src, dport, sport, rkey, False)
-        cur[key] = cur[rkey] = c
-        self.stats["conn:new"] += 1
+            first = client_first(flags, sport, dport, self._server_ports)
+        if first:
+            c = Conn(ts, ts + cfg.conn_window, tcp, src, dst, sport, dport, key, flags & SYN != 0)
+        else:
+            c = Conn(ts, ts + cfg.conn_window, tcp, dst, src, dport, sport, dst + src + ports[2:] + ports[:2], False)
+        cur[key] = c
+        self.conn_new += 1
         pend = self.conn_pending
         pend.append(c)
         if len(pend) > cfg.conn_max:  # bounded: the oldest flow is written now, before its window closes
-            first = pend.popleft()
-            if first.state == PENDING:
+            oldest = pend.popleft()
+            if oldest.state == PENDING:
                 self.stats["conn:written-early"] += 1
-                self._conn_write(first, connmod.WHY_EARLY)
-        if len(cur) > 4 * cfg.conn_max:  # the live table too: the older generation goes now
+                self._conn_write(oldest, _WHY_EARLY)
+        if len(cur) > 2 * cfg.conn_max:  # the live table too: the older generation goes now
             self._conn_age("tcp" if tcp else "udp", ts)
         return c
 
@@ -821,8 +837,9 @@ class Decoder:
             cur, prev = self.udp_conns, self._udp_conns_old
         if cur is None:
             return 0, 0
-        key = flow.client + flow.server + flow.sport.to_bytes(2, "big") + flow.dport.to_bytes(2, "big")
-        c = cur.get(key) or prev.get(key)
+        cp, sp = flow.sport.to_bytes(2, "big"), flow.dport.to_bytes(2, "big")
+        key, rkey = flow.client + flow.server + cp + sp, flow.server + flow.client + sp + cp
+        c = cur.get(key) or cur.get(rkey) or prev.get(key) or prev.get(rkey)
         if c is None or c.state != PENDING:
             return 0, 0
         c.state = NAMED
@@ -833,37 +850,47 @@ class Decoder:
         input: all of them). A flow the name pipeline still reads waits for it, at most ``flow_timeout``."""
         pend = self.conn_pending
         wait = self.config.flow_timeout + 1.0
+        flows, quic, write, why = self.flows, self.quic, self._conn_write, self._conn_why
+        popleft = pend.popleft
         while pend:
             c = pend[0]
             if c.deadline > now and not final:
                 break
-            pend.popleft()
+            popleft()
             if c.state != PENDING:
                 continue
-            if not final and now - c.first < wait and (c.key in self.flows if c.tcp else c.key in self.quic):
+            if not final and now - c.first < wait and (c.key in flows if c.tcp else c.key in quic):
                 c.deadline = now + 1.0
                 pend.append(c)
                 continue
-            self._conn_write(c, self._conn_why(c))
+            write(c, why(c))
 
     def _conn_why(self, c: Conn) -> str:
-        cfg = self.config
         if c.sport in self.dns_ports:
-            return connmod.WHY_DNS
+            return _WHY_DNS
         if c.tcp:
-            if c.sport not in self.tcp_ports and not cfg.all_tcp_ports:
-                return connmod.WHY_PORT
+            if c.sport not in self.tcp_ports and not self.config.all_tcp_ports:
+                return _WHY_PORT
             if not c.syn:
-                return connmod.WHY_MIDSTREAM
-            return connmod.WHY_UNRECOGNISED if c.data else connmod.WHY_NO_DATA
-        return connmod.WHY_UNRECOGNISED if c.sport in self.udp_ports else connmod.WHY_PORT
+                return _WHY_MIDSTREAM
+            return _WHY_UNRECOGNISED if c.data else _WHY_NO_DATA
+        return _WHY_UNRECOGNISED if c.sport in self.udp_ports else _WHY_PORT
 
     def _conn_write(self, c: Conn, why: str) -> None:
         c.state = WRITTEN
-        af = _AF6 if len(c.client) == 16 else _AF4
-        self._out.append(Observation(
-            c.first, _ntop(af, c.client), c.cport, _ntop(af, c.server), c.sport, Transport.TCP if c.tcp else Transport.UDP,
-            Kind.CONN, "", "", (), "not-named:" + why, 0, 0, 0, c.packets, c.octets))
+        names = self._ntop_cache
+        client = names.get(c.client)
+        if client is None:
+            client = _ntop(_AF6 if len(c.client) == 16 else _AF4, c.client)
+        server = names.get(c.server)
+        if server is None:
+            if len(names) >= 4096:
+                names.clear()
+            server = names[c.server] = _ntop(_AF6 if len(c.server) == 16 else _AF4, c.server)
+        # tuple.__new__: all fields given, without the NamedTuple's keyword handling (a third of the cost)
+        self._out.append(_tuple_new(Observation, (
+            c.first, client, c.cport, server, c.sport, _TCP if c.tcp else _UDP, _CONN, "", "", (), why,
+            0, 0, 0, c.packets, c.octets, "", "")))
 
     def _mark_done(self, key: bytes, ts: float) -> None:
         done = self.done

@@ -24,12 +24,13 @@ from beiand.net.decoder import FRAME_EXCEPTIONS, Decoder
 from beiand.policy import Policy
 from beiand.sinks import ConnectionSink, OutputClosed, Sink
 
-log = logging.getLogger("beiand.pipeline")  # the name operators filter on (before runtime/)
+log = logging.getLogger("beiand.pipeline")
+_tuple_new = tuple.__new__  # the name operators filter on (before runtime/)
 
 
 class Pipeline:
     def __init__(self, decoder: Decoder, policy: Policy, sinks: Sequence[Sink] = (),
-                 actor: Callable[[Observation, Decision], Enforced] | None = None) -> None:
+                 actor: Callable[[Observation, Decision], Enforced] | None = None, gateway: str = "") -> None:
         self.decoder = decoder
         self.policy = policy
         self.actor = actor  # the enforcer (Enforcer.enforce): acts on a decision and returns what was done
@@ -40,6 +41,7 @@ class Pipeline:
         self.sink_errors: Counter[str] = Counter()
         self.frame_errors: Counter[str] = Counter()  # observations whose decision raised, by exception type
         self.connections: Counter[str] = Counter()  # connection records written, by direction
+        self.gateway = gateway  # written into connection records
         # Sinks that keep connection records; none: they are not built at all.
         self.conn_sinks: list[ConnectionSink] = [cast(ConnectionSink, s) for s in self.sinks
                                                  if callable(getattr(s, "on_connection", None))]
@@ -158,9 +160,11 @@ class Pipeline:
         else:
             f = decision.verdict.filing
             verdict, reason, filing = decision.verdict.verdict, decision.verdict.reason, f.number if f is not None else ""
-        rec = AccessRecord(int(obs.ts * 1000), prefix.account, obs.client_ip, obs.client_port, obs.server_ip, obs.server_port,
-                           obs.transport, obs.kind, obs.name or obs.name_seen, verdict, "log", filing, "", reason, "", "", "",
-                           direction, obs.method, obs.url, obs.packets, obs.octets)
+        # tuple.__new__: every field given, without the NamedTuple's keyword handling (hot: one per new flow)
+        rec = _tuple_new(AccessRecord, (
+            int(obs.ts * 1000), prefix.account, obs.client_ip, obs.client_port, obs.server_ip, obs.server_port, obs.transport,
+            obs.kind, obs.name or obs.name_seen, verdict, "log", filing, self.gateway, reason, "", "", "", direction,
+            obs.method, obs.url, obs.packets, obs.octets))
         self.connections[direction] += 1
         for s in self.conn_sinks:
             try:

@@ -154,7 +154,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
     decoder = Decoder(decoder_config(cfg))
     enforcer = make_enforcer(cfg)
     queue = NfQueue(cfg.enforce.queue + idx) if inline else None
-    pipe = Pipeline(decoder, state.policy, [*sinks, agg], actor=enforcer.enforce)
+    pipe = Pipeline(decoder, state.policy, [*sinks, agg], actor=enforcer.enforce, gateway=cfg.gateway)
     conn.send(Ready(os.getpid()))
     feed = pipe.feed
     next_snap = time.monotonic() + SNAPSHOT_INTERVAL

@@ -34,7 +34,7 @@ class Sink(Protocol):
 
 class ConnectionSink(Protocol):
     """A sink that also keeps connection records (issue 19): the access log, JSON lines. The
-    pipeline builds the record (it knows the inventory); the sink adds what is its own (the gateway)."""
+    pipeline builds the record: it knows the inventory (and is given the gateway)."""
 
     def on_connection(self, rec: AccessRecord) -> None: ...
 

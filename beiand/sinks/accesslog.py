@@ -42,8 +42,8 @@ class AccessLogSink:
         self.writer.append(to_record(obs, decision, self.gateway))
 
     def on_connection(self, rec: AccessRecord) -> None:
-        """A connection record (issue 19), built by the pipeline: the gateway is ours to add."""
-        self.writer.append(rec._replace(gateway=self.gateway) if self.gateway else rec)
+        """A connection record (issue 19), built by the pipeline (with its gateway)."""
+        self.writer.append(rec)
 
     def flush(self) -> None:
         self.writer.flush()

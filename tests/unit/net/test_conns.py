@@ -168,7 +168,7 @@ def test_every_flow_logged_exactly_once(pkts: list[tuple[str, int, int, bool, in
         fr = t.udp(src, dst, sp, dp, payload) if udp else t.tcp(src, dst, sp, dp, 1, 0, flags, payload)
         out += d.feed(T0 + dt, fr)
     out += d.flush()
-    assert d.stats["conn:new"] == sum(1 for o in out if o.kind is Kind.CONN or o.packets)
+    assert d.conn_new == sum(1 for o in out if o.kind is Kind.CONN or o.packets)
     assert not d.conn_pending
 
 

@@ -1,0 +1,93 @@
+"""Connection-record bar (issue 19): new connections per second into the access log, and the name
+pipeline's replay rate against another tree (A/B, alternated).
+
+    python bench/bench_conns.py [--packets N] [--keep DIR] [--workers N] [--runs K]
+    python bench/bench_conns.py --ab OTHER_SRC [--packets N] [--keep DIR] [--runs K]
+
+Rate: ``beiand replay`` of a capture where every packet opens a new flow into or out of hosted space on
+any port (``gen_capture.py --conn-flows``: TCP SYNs and first UDP datagrams, 20% IPv6, 10% outbound),
+with ``--log-dir``: the clock runs from start to exit (every record durable, the log closed), and the
+figure is records written per second (bar >= 100,000/s). The load average is printed beside it.
+
+A/B: ``beiand replay --json`` of the mixed capture (``gen_capture.py``, the one bench_replay.py uses)
+by this tree and by ``OTHER_SRC`` (a checkout of another commit, e.g. ``git archive main``), alternated
+``--runs`` times: packets per second of each (bar: this tree within 10% of the other).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+PY = sys.executable
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def replay(src: Path | None, pcap: Path, *extra: str) -> tuple[float, str]:
+    env = {**os.environ, "PYTHONPATH": str(src)} if src else dict(os.environ)
+    cmd = [PY, "-m", "beiand.cli", "replay", str(pcap), "--records", f"{pcap}.records.csv", "--inventory",
+           f"{pcap}.inventory.csv", *extra]
+    t = time.perf_counter()
+    p = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL if "--json" in extra else subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t
+    if p.returncode not in (0, 1):
+        raise SystemExit(f"replay failed ({p.returncode}): {p.stderr[-2000:]}")
+    return wall, (p.stdout or "") + p.stderr
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--packets", type=int, default=1_000_000)
+    ap.add_argument("--keep", help="directory for the captures (reused if present)")
+    ap.add_argument("--workers", type=int, default=0, help="replay workers (0: its default, one per core)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--ab", metavar="OTHER_SRC", help="compare the name pipeline with this source tree")
+    a = ap.parse_args()
+    d = Path(a.keep or tempfile.mkdtemp(prefix="beiand-bench-conns-"))
+    d.mkdir(parents=True, exist_ok=True)
+    if a.ab:
+        mix = d / "mix.pcap"
+        if not mix.exists():
+            subprocess.run([PY, str(HERE / "gen_capture.py"), str(mix), "--packets", str(a.packets)], check=True)
+        other = Path(a.ab).resolve()
+        rates: dict[str, list[float]] = {"this": [], "other": []}
+        for k in range(a.runs):
+            for label, src in (("this", None), ("other", other)) if k % 2 == 0 else (("other", other), ("this", None)):
+                wall, _ = replay(src, mix, "--json", "--workers", "1")
+                rates[label].append(a.packets / wall)
+                print(f"run {k + 1} {label:5s} {a.packets / wall:>10,.0f} packets/s  {wall:6.2f} s  ({load()})", flush=True)
+        for label, rs in rates.items():
+            print(f"{label:5s} median {sorted(rs)[len(rs) // 2]:>10,.0f} packets/s  range {min(rs):,.0f}..{max(rs):,.0f}")
+        ratio = sorted(rates["this"])[a.runs // 2] / sorted(rates["other"])[a.runs // 2]
+        print(f"this / other (medians): {ratio:.3f}  (bar: >= 0.90)")
+        return
+    flood = d / "connflows.pcap"
+    if not flood.exists():
+        subprocess.run([PY, str(HERE / "gen_capture.py"), str(flood), "--packets", str(a.packets), "--conn-flows"], check=True)
+    print(f"capture: {a.packets:,} packets, each opening a flow ({flood.stat().st_size / 1e6:.0f} MB), {d}")
+    for k in range(a.runs):
+        log = d / f"log{k}"
+        subprocess.run(["rm", "-rf", str(log)], check=True)
+        before = load()
+        wall, out = replay(None, flood, "--log-dir", str(log), *(["--workers", str(a.workers)] if a.workers else []))
+        m = re.search(r"access log: (\d+) record", out)
+        written = int(m.group(1)) if m else 0
+        print(f"run {k + 1}: {written:,} records in {wall:.2f} s: {written / wall:>10,.0f} connection records/s "
+              f"(bar >= 100,000/s)  {before} -> {load()}", flush=True)
+        subprocess.run(["rm", "-rf", str(log)], check=True)
+
+
+if __name__ == "__main__":
+    main()
