@@ -1,14 +1,15 @@
 """How much the kernel filter lets through (issue 15): the share of frames the BPF program passes on
 the replay bench capture (bench/gen_capture.py), and whether it passes every frame the decoder names.
 
-    python bench/bench_bpf.py [--packets N] [--keep DIR] [--encap vxlan,qinq] [--program-from REV]
+    python bench/bench_bpf.py [--packets N] [--keep DIR] [--encap vxlan,qinq] [--program-from REV] [--connections]
 
 The program is run by ``beiand.capture.bpf.run`` (the kernel's semantics, in Python) on every frame.
 "bulk" is every frame the decoder names nothing from (handshakes, ACKs, server data, uploads);
 "named" the frames that complete an observation. ``--encap`` wraps every frame of the capture in
 the given encapsulations (innermost first, ``beiand.lab.encap.STEPS``), as on a mirror port or
 an overlay; ``--program-from REV`` takes ``beiand/capture/bpf.py`` from a git revision (the
-"before" figure; that older file builds Ethernet programs only).
+"before" figure; that older file builds Ethernet programs only). ``--connections``: the program with
+connection records on (issue 19: TCP SYN/FIN/RST and UDP on any port also pass).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def main() -> None:
     ap.add_argument("--keep", help="directory for the capture (reused if present; bench_replay.py's --keep works)")
     ap.add_argument("--encap", default="", help="comma-separated encapsulation steps around every frame")
     ap.add_argument("--program-from", default="", help="git revision of beiand/capture/bpf.py to measure instead")
+    ap.add_argument("--connections", action="store_true", help="the program with connection records on (issue 19)")
     a = ap.parse_args()
     d = Path(a.keep or tempfile.mkdtemp(prefix="beiand-bench-"))
     d.mkdir(parents=True, exist_ok=True)
@@ -60,7 +62,7 @@ def main() -> None:
         subprocess.run([sys.executable, str(HERE / "gen_capture.py"), str(pcap), "--packets", str(a.packets)], check=True)
     steps = [s for s in a.encap.split(",") if s]
     mod = program_module(a.program_from)
-    prog = mod.build(TCP, UDP)
+    prog = mod.build(TCP, UDP, connections=True) if a.connections else mod.build(TCP, UDP)
     counted = getattr(mod, "run_counted", None) or current_bpf.run_counted  # the older file lacks it: same semantics
     dec = Decoder()
     frames = named = bulk = passed_named = passed_bulk = bulk_steps = 0
@@ -81,7 +83,7 @@ def main() -> None:
             passed_bulk += ok
             bulk_steps += cost
     secs = time.perf_counter() - t0
-    label = a.program_from or "working tree"
+    label = (a.program_from or "working tree") + (", connection records on" if a.connections else "")
     print(f"program from {label}: {len(prog)} instructions; capture {pcap} ({frames} frames)"
           f"{', inside ' + '/'.join(steps) if steps else ''}")
     print(f"  bulk frames passed:  {passed_bulk}/{bulk} = {100 * passed_bulk / max(bulk, 1):.2f}%"

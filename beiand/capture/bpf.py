@@ -11,8 +11,8 @@ extension headers), to the decoder's depth (``net/link.py`` declares both):
 - UDP to a watched port whose first byte is a QUIC long header or a Google QUIC public header
   with the version flag (the client's Initials, never the 1-RTT bulk);
 - IPv4 fragments of UDP and IPv6 fragments (the decoder reassembles them);
-- with ``connections`` (issue 19, connection records): TCP with SYN, FIN or RST on *any* port
-  (a flow's start, or the end of one open before capture began), and UDP on any port but from a
+- with ``connections`` (issue 19, connection records): TCP with SYN (without ACK), FIN or RST on
+  *any* port (a flow's start, or the end of one open before capture began), and UDP on any port but from a
   watched UDP port (classic BPF keeps no state, so it cannot pick a flow's first datagram: every
   datagram is passed, the decoder coalesces; QUIC's bulk, from or to a watched port, stays out).
 Everything else (server answers on watched ports, bulk ACKs, 1-RTT QUIC, other ports) stays in
@@ -239,7 +239,9 @@ def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False) ->
         a.op(JMP | JEQ | K, 53, jt="accept")
     if connections:
         a.op(LD | B | IND, 27)
-        a.op(JMP | JSET | K, 0x07, jt="accept")  # SYN, FIN, RST on any port
+        a.op(JMP | JSET | K, 0x05, jt="accept")  # FIN, RST on any port
+        a.op(ALU | AND | K, 0x12)
+        a.op(JMP | JEQ | K, 0x02, jt="accept")  # SYN without ACK
     a.ja("reject")
     a.label("fastdata4")
     a.op(LD | B | IND, 27)
@@ -265,7 +267,9 @@ def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False) ->
         a.op(JMP | JEQ | K, 53, jt="accept")
     if connections:
         a.op(LD | B | ABS, 67)
-        a.op(JMP | JSET | K, 0x07, jt="accept")
+        a.op(JMP | JSET | K, 0x05, jt="accept")
+        a.op(ALU | AND | K, 0x12)
+        a.op(JMP | JEQ | K, 0x02, jt="accept")
     a.ja("reject")
     a.label("fastdata6")
     a.op(LD | B | ABS, 67)
@@ -406,7 +410,9 @@ def _level(a: _Asm, lv: int, tcp: list[int], udp: list[int], dns: bool, connecti
             a.op(JMP | JEQ | K, 53, jt="accept")
         if connections:
             a.op(LD | B | IND, 13)
-            a.op(JMP | JSET | K, 0x07, jt="accept")  # SYN, FIN, RST on any port
+            a.op(JMP | JSET | K, 0x05, jt="accept")  # FIN, RST on any port
+            a.op(ALU | AND | K, 0x12)
+            a.op(JMP | JEQ | K, 0x02, jt="accept")  # SYN without ACK (the SYN+ACK adds nothing)
         a.ja("reject")
         a.label(f"tcpdata{v}_{lv}")
         a.op(LD | B | IND, 13)
@@ -679,7 +685,8 @@ def reference(pkt: bytes, tcp_ports: Iterable[int], udp_ports: Iterable[int], dn
             return total == 0 or total > hdr
         if dns and u16(l4) == 53:
             return True
-        return connections and bool(u8(l4 + 13) & 7)
+        flags = u8(l4 + 13)
+        return connections and (bool(flags & 0x05) or flags & 0x12 == 0x02)
 
     def udp_(l4: int, lv: int) -> bool:
         if dns and u16(l4) == 53:

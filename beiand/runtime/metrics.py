@@ -48,6 +48,11 @@ class Metrics:
         self.actions = Counter("beiand_decisions", "decisions, by action (log, flag, block)", ["action"], registry=r)
         self.verdict_actions = Counter("beiand_verdict_actions", "decisions, by verdict and action (unfiled and blocked, or not)",
                                        ["verdict", "action"], registry=r)
+        self.connection_records = Counter("beiand_connection_records", "connection records written (issue 19): flows no name "
+                                          "came for, and hosted hosts' named flows out, by direction (in, out); named "
+                                          "flows into hosted space are counted as observations", ["direction"], registry=r)
+        for direction in ("in", "out"):
+            self.connection_records.labels(direction)
         self.decode_errors = Counter("beiand_decode_errors", "frames or flows dropped by the decoders, by reason", ["reason"],
                                      registry=r)
         self.reassembly_evicted = Counter("beiand_reassembly_evicted", "reassemblies dropped, oldest first, because a "

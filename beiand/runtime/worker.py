@@ -190,6 +190,8 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
         c[MetricKey("beiand_capture_bpf_unfollowed", w)] = decoder.stats["capture:bpf-unfollowed"]
         for k, v in pipe.frame_errors.items():
             c[MetricKey("beiand_decode_errors", (f"decide:{k}",))] = v
+        for direction, n in pipe.connections.items():
+            c[MetricKey("beiand_connection_records", (direction,))] = n
         for kind, b in decoder.budgets.items():
             c[MetricKey("beiand_reassembly_evicted", (kind,))] = b.evicted
         st = alog.stats

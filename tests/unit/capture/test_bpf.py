@@ -57,8 +57,9 @@ CONN_PROG = build(TCP, UDP, connections=True)
 
 @pytest.mark.parametrize(("pkt", "want"), [
     (t.tcp("192.0.2.1", "198.51.100.1", 40000, 2222, 1, flags=0x02), True),  # SYN to an odd port
-    (t.tcp("198.51.100.1", "192.0.2.1", 2222, 40000, 1, flags=0x12), True),  # its SYN+ACK
+    (t.tcp("198.51.100.1", "192.0.2.1", 2222, 40000, 1, flags=0x12), False),  # its SYN+ACK: the SYN said it all
     (t.tcp("192.0.2.1", "198.51.100.1", 40000, 2222, 1, flags=0x11), True),  # FIN: a flow open before the capture
+    (t.tcp("198.51.100.1", "192.0.2.1", 2222, 40000, 1, flags=0x14), True),  # RST+ACK
     (t.tcp("192.0.2.1", "198.51.100.1", 40000, 2222, 1, flags=0x18, payload=b"SSH-2.0"), False),  # its bulk
     (t.tcp("192.0.2.1", "198.51.100.1", 40000, 2222, 1, flags=0x10), False),  # bare ACK
     (t.tcp("198.51.100.1", "192.0.2.1", 443, 40000, 1, payload=b"x" * 100), False),  # server's answer, watched port
