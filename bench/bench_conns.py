@@ -7,7 +7,8 @@ pipeline's replay rate against another tree (A/B, alternated).
 Rate: ``beiand replay`` of a capture where every packet opens a new flow into or out of hosted space on
 any port (``gen_capture.py --conn-flows``: TCP SYNs and first UDP datagrams, 20% IPv6, 10% outbound),
 with ``--log-dir``: the clock runs from start to exit (every record durable, the log closed), and the
-figure is records written per second (bar >= 100,000/s). The load average is printed beside it.
+figure is records written per second (bar >= 100,000/s), and per CPU-second of the replay's
+processes (what the cores would give if the machine were not shared). The load average is printed beside it.
 
 A/B: ``beiand replay --json`` of the mixed capture (``gen_capture.py``, the one bench_replay.py uses)
 by this tree and by ``OTHER_SRC`` (a checkout of another commit, e.g. ``git archive main``), alternated
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -27,6 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 PY = sys.executable
+CPU = [0.0]  # CPU seconds (user + system) of the last replay and its workers
 
 
 def load() -> str:
@@ -39,9 +42,12 @@ def replay(src: Path | None, pcap: Path, *extra: str) -> tuple[float, str]:
     cmd = [PY, "-m", "beiand.cli", "replay", str(pcap), "--records", f"{pcap}.records.csv", "--inventory",
            f"{pcap}.inventory.csv", *extra]
     t = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     p = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL if "--json" in extra else subprocess.PIPE,
                        stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU[0] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     if p.returncode not in (0, 1):
         raise SystemExit(f"replay failed ({p.returncode}): {p.stderr[-2000:]}")
     return wall, (p.stdout or "") + p.stderr
@@ -85,7 +91,8 @@ def main() -> None:
         m = re.search(r"access log: (\d+) record", out)
         written = int(m.group(1)) if m else 0
         print(f"run {k + 1}: {written:,} records in {wall:.2f} s: {written / wall:>10,.0f} connection records/s "
-              f"(bar >= 100,000/s)  {before} -> {load()}", flush=True)
+              f"(bar >= 100,000/s); {CPU[0]:.1f} CPU-s: {written / CPU[0]:,.0f} records per CPU-second  "
+              f"{before} -> {load()}", flush=True)
         subprocess.run(["rm", "-rf", str(log)], check=True)
 
 

@@ -25,7 +25,8 @@ from beiand.policy import Policy
 from beiand.sinks import ConnectionSink, OutputClosed, Sink
 
 log = logging.getLogger("beiand.pipeline")
-_tuple_new = tuple.__new__  # the name operators filter on (before runtime/)
+_tuple_new = tuple.__new__
+_CONN = Kind.CONN  # the name operators filter on (before runtime/)
 
 
 class Pipeline:
@@ -80,11 +81,15 @@ class Pipeline:
     def run(self, frames: Iterable[tuple[float, int, bytes]]) -> None:
         feed = self.decoder.feed
         observe = self.observe
+        connection = self._connection
         for ts, linktype, frame in frames:
             obs = feed(ts, frame, linktype)
             if obs:
                 for o in obs:
-                    observe(o)
+                    if o.kind is _CONN:  # most of a flood of new flows: straight to its record
+                        connection(o, None)
+                    else:
+                        observe(o)
         self.finish()
 
     def finish(self) -> None:

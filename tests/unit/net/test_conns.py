@@ -191,3 +191,10 @@ def test_client_first() -> None:
     assert client_first(0x02, 40000, 22, ports) and not client_first(0x12, 22, 40000, ports)
     assert not client_first(0x10, 443, 40000, ports) and client_first(0x10, 40000, 443, ports)
     assert not client_first(0x10, 22, 40000, ports) and client_first(0x10, 40000, 50000, ports)
+
+
+def test_records_have_every_observation_field() -> None:
+    """The decoder builds them with tuple.__new__ (no defaults filled in): a field added to
+    Observation must be added there too."""
+    got = run([(T0, t.tcp(C, S, 40000, 2222, 1, 0, 0x02)), (T0, t.udp(C6, S6, 5000, 9999, b"z"))])
+    assert got and all(len(o) == len(Observation._fields) and o.method == "" and o.url == "" for o in got)
