@@ -69,15 +69,21 @@ def main() -> None:
             subprocess.run([PY, str(HERE / "gen_capture.py"), str(mix), "--packets", str(a.packets)], check=True)
         other = Path(a.ab).resolve()
         rates: dict[str, list[float]] = {"this": [], "other": []}
+        cpu: dict[str, list[float]] = {"this": [], "other": []}
         for k in range(a.runs):
             for label, src in (("this", None), ("other", other)) if k % 2 == 0 else (("other", other), ("this", None)):
                 wall, _ = replay(src, mix, "--json", "--workers", "1")
                 rates[label].append(a.packets / wall)
-                print(f"run {k + 1} {label:5s} {a.packets / wall:>10,.0f} packets/s  {wall:6.2f} s  ({load()})", flush=True)
+                cpu[label].append(a.packets / CPU[0])
+                print(f"run {k + 1} {label:5s} {a.packets / wall:>10,.0f} packets/s  {wall:6.2f} s  "
+                      f"{a.packets / CPU[0]:>10,.0f} packets/CPU-s  ({load()})", flush=True)
         for label, rs in rates.items():
             print(f"{label:5s} median {sorted(rs)[len(rs) // 2]:>10,.0f} packets/s  range {min(rs):,.0f}..{max(rs):,.0f}")
+        for label, rs in cpu.items():
+            print(f"{label:5s} median {sorted(rs)[len(rs) // 2]:>10,.0f} packets/CPU-s  range {min(rs):,.0f}..{max(rs):,.0f}")
         ratio = sorted(rates["this"])[a.runs // 2] / sorted(rates["other"])[a.runs // 2]
-        print(f"this / other (medians): {ratio:.3f}  (bar: >= 0.90)")
+        cratio = sorted(cpu["this"])[a.runs // 2] / sorted(cpu["other"])[a.runs // 2]
+        print(f"this / other (medians): {ratio:.3f} wall, {cratio:.3f} CPU  (bar: >= 0.90)")
         return
     flood = d / "connflows.pcap"
     if not flood.exists():

@@ -200,6 +200,7 @@ class Decoder:
         self._conn_swap = {"tcp": 0.0, "udp": 0.0}
         self.conn_pending: deque[Conn] = deque()
         self.conn_new = 0  # flows started (each gets one record)
+        self._conn_window, self._conn_udp_idle = cfg.conn_window, cfg.conn_udp_idle
         self._ntop_cache: dict[bytes, str] = {}  # server addresses in text (hosted ones repeat)
         self._server_ports = cfg.tcp_ports | cfg.udp_ports | cfg.dns_ports
         self._tunnel_ports = frozenset({VXLAN_PORT, GENEVE_PORT, GTPU_PORT})
@@ -597,10 +598,16 @@ class Decoder:
         dport = (buf[l4 + 2] << 8) | buf[l4 + 3]
         conns = self.udp_conns
         if conns is not None and not (depth < MAX_DEPTH and dport in self._tunnel_ports):
-            ports = buf[l4 : l4 + 4]
-            c = conns.get(src + dst + ports) or conns.get(dst + src + ports[2:] + ports[:2])
-            if c is None or (ts - c.last > self.config.conn_udp_idle and ts >= c.first + self.config.conn_window):
-                c = self._conn_start(ts, False, src, dst, sport, dport, bytes(ports), 0, c)
+            key = src + dst + buf[l4 : l4 + 4]
+            c = conns.get(key)
+            if c is None:
+                rkey = dst + src + buf[l4 + 2 : l4 + 4] + buf[l4 : l4 + 2]
+                c = conns.get(rkey)
+                if c is None or (ts - c.last > self._conn_udp_idle and ts >= c.first + self._conn_window):
+                    c = self._conn_start(ts, False, key, rkey, src, dst, sport, dport, 0, c)
+            elif ts - c.last > self._conn_udp_idle and ts >= c.first + self._conn_window:
+                c = self._conn_start(ts, False, key, dst + src + buf[l4 + 2 : l4 + 4] + buf[l4 : l4 + 2], src, dst, sport,
+                                     dport, 0, c)
             c.last = ts
             c.packets += 1
             c.octets += end - l4 + (40 if v6 else 20)
@@ -672,10 +679,16 @@ class Decoder:
         dport = (buf[l4 + 2] << 8) | buf[l4 + 3]
         conns = self.tcp_conns
         if conns is not None:
-            ports = buf[l4 : l4 + 4]
-            c = conns.get(src + dst + ports) or conns.get(dst + src + ports[2:] + ports[:2])
-            if c is None or (buf[l4 + 13] & 0x12 == SYN and ts >= c.first + self.config.conn_window):
-                c = self._conn_start(ts, True, src, dst, sport, dport, bytes(ports), buf[l4 + 13], c)
+            key = src + dst + buf[l4 : l4 + 4]
+            c = conns.get(key)
+            if c is None:
+                rkey = dst + src + buf[l4 + 2 : l4 + 4] + buf[l4 : l4 + 2]
+                c = conns.get(rkey)
+                if c is None or (buf[l4 + 13] & 0x12 == SYN and ts >= c.first + self._conn_window):
+                    c = self._conn_start(ts, True, key, rkey, src, dst, sport, dport, buf[l4 + 13], c)
+            elif buf[l4 + 13] & 0x12 == SYN and ts >= c.first + self._conn_window:
+                c = self._conn_start(ts, True, key, dst + src + buf[l4 + 2 : l4 + 4] + buf[l4 : l4 + 2], src, dst, sport,
+                                     dport, buf[l4 + 13], c)
             c.last = ts
             c.packets += 1
             c.octets += end - l4 + (40 if v6 else 20)
@@ -770,7 +783,7 @@ class Decoder:
 
     # -- connection records (issue 19) ----------------------------------------------------
 
-    def _conn_start(self, ts: float, tcp: bool, src: bytes, dst: bytes, sport: int, dport: int, ports: bytes,
+    def _conn_start(self, ts: float, tcp: bool, key: bytes, rkey: bytes, src: bytes, dst: bytes, sport: int, dport: int,
                     flags: int, old: Conn | None) -> Conn:
         """The flow a packet belongs to when the current generation does not hold it (or holds an
         earlier flow of the five-tuple that this packet starts anew): found in the older
@@ -782,13 +795,12 @@ class Decoder:
             cur, prev = self.udp_conns, self._udp_conns_old
         if cur is None:
             raise AssertionError("connection records are off")
-        key = src + dst + ports
         if old is None:
             if prev:
                 k = key
                 c = prev.pop(key, None)
                 if c is None:
-                    k = dst + src + ports[2:] + ports[:2]
+                    k = rkey
                     c = prev.pop(k, None)
                 if c is not None:  # alive in the older generation: it moves to the current one
                     cur[k] = c
@@ -797,7 +809,7 @@ class Decoder:
                     del cur[k]  # it starts anew
         else:  # the earlier flow of this five-tuple, under either key, makes way
             cur.pop(key, None)
-            cur.pop(dst + src + ports[2:] + ports[:2], None)
+            cur.pop(rkey, None)
         if flags & SYN:
             first = not flags & ACK
         else:
@@ -805,7 +817,7 @@ class Decoder:
         if first:
             c = Conn(ts, ts + cfg.conn_window, tcp, src, dst, sport, dport, key, flags & SYN != 0)
         else:
-            c = Conn(ts, ts + cfg.conn_window, tcp, dst, src, dport, sport, dst + src + ports[2:] + ports[:2], False)
+            c = Conn(ts, ts + cfg.conn_window, tcp, dst, src, dport, sport, rkey, False)
         cur[key] = c
         self.conn_new += 1
         pend = self.conn_pending
