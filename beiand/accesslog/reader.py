@@ -9,19 +9,24 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from beiand.accesslog.format import (
     DAY_MS,
+    FIELDS,
     GENESIS,
+    KEY_KINDS,
     FormatError,
     Index,
     OpenPartition,
     chain,
     decode,
+    decode_block,
+    endpoint_key,
     key_id,
     read_mark,
     read_open,
+    split_endpoint,
 )
 from beiand.accesslog.store import (
     HEADS,
@@ -36,9 +41,12 @@ from beiand.accesslog.store import (
     worker_of,
 )
 from beiand.errors import BeiandError
-from beiand.model import AccessRecord
+from beiand.model import AccessRecord, endpoint
 
 IpNet = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+Endpoint = tuple[IpNet, int | None]  # a server address or prefix, and a port (None: any)
 
 
 @dataclass(frozen=True)
@@ -51,24 +59,62 @@ class Query:
     server: IpNet | None = None
     account: str = ""
     verdict: str = ""
+    port: int | None = None  # the server port (with ``server``, or alone)
+    proto: str = ""  # tcp / udp
+    url_prefix: str = ""  # HTTP URL path starting with this
+    # Other server endpoints that answer for ``server``/``port`` (a NAT mapping's other side,
+    # resolved when the query was built); a record's own ``nat`` endpoint is always matched too.
+    also: tuple[Endpoint, ...] = ()
+
+    def endpoints(self) -> list[Endpoint]:
+        if self.server is None and self.port is None:
+            return []
+        return [(self.server, self.port), *self.also] if self.server is not None else [*self.also]
+
+    def keys(self) -> list[tuple[str, str]] | None:
+        """The most selective indexed keys, as (kind, key) (a block holding any of them may
+        match), or None for a scan. Kind "p" (server endpoint) is found as "s" in partitions
+        sealed before issue 19 (:meth:`Index.blocks` callers fall back)."""
+        if self.name:
+            return [("n", self.name)]
+        if self.suffix:
+            return [("n", self.suffix)]
+        eps = self.endpoints()
+        if eps and all(net is not None and net.num_addresses == 1 for net, _ in eps):
+            return [("p", endpoint_key(str(net.network_address), port)) if port is not None
+                    else ("s", str(net.network_address)) for net, port in eps if net is not None]
+        if self.client is not None and self.client.num_addresses == 1:
+            return [("c", str(self.client.network_address))]
+        if self.account:
+            return [("a", self.account)]
+        return None
 
     def key(self) -> tuple[str, str] | None:
-        """The most selective indexed key, as (kind, key), or None for a scan."""
-        if self.name:
-            return ("n", self.name)
-        if self.suffix:
-            return ("n", self.suffix)
-        for kind, net in (("c", self.client), ("s", self.server)):
-            if net is not None and net.num_addresses == 1:
-                return (kind, str(net.network_address))
-        if self.account:
-            return ("a", self.account)
-        return None
+        k = self.keys()
+        return k[0] if k and len(k) == 1 else None
 
     def needle(self) -> bytes:
         """Bytes every matching line contains: a cheap filter before decoding."""
-        k = self.key()
-        return k[1].encode() if k else b""
+        k = self.keys()
+        if not k or len(k) != 1:
+            return b""
+        kind, key = k[0]
+        return (key.split("|")[0] if kind == "p" else key).encode()
+
+    def where(self) -> list[dict[int, set[bytes]]] | None:
+        """The columnar pre-filter of a sealed block (format.decode_block): alternatives of
+        {column: field bytes}; None when this query offers none (then whole blocks are decoded)."""
+        eps = self.endpoints()
+        if not eps:
+            return None
+        out: list[dict[int, set[bytes]]] = []
+        for net, port in eps:
+            if net is None or net.num_addresses != 1 or port is None:
+                return None
+            ip = str(net.network_address)
+            out.append({_COL_SERVER: {ip.encode()}, _COL_PORT: {str(port).encode()}})
+            out.append({_COL_NAT: {endpoint(ip, port).encode()}})
+        return out
 
     def match(self, r: AccessRecord) -> bool:
         if not self.since_ms <= r.ts_ms < self.until_ms:
@@ -81,14 +127,32 @@ class Query:
             return False
         if self.verdict and r.verdict != self.verdict:
             return False
-        for net, ip in ((self.client, r.client_ip), (self.server, r.server_ip)):
-            if net is not None:
-                try:
-                    if ipaddress.ip_address(ip) not in net:
-                        return False
-                except ValueError:
-                    return False
+        if self.proto and r.transport != self.proto:
+            return False
+        if self.url_prefix and not r.url.startswith(self.url_prefix):
+            return False
+        if self.client is not None and not _in(r.client_ip, self.client):
+            return False
+        eps = self.endpoints()
+        if eps:
+            nat = split_endpoint(r.nat) if r.nat else None
+            for net, port in eps:
+                if (net is None or _in(r.server_ip, net)) and (port is None or r.server_port == port):
+                    return True
+                if nat is not None and (net is None or _in(nat[0], net)) and (port is None or nat[1] == port):
+                    return True
+            return False
         return True
+
+
+def _in(ip: str, net: IpNet) -> bool:
+    try:
+        return ipaddress.ip_address(ip) in net
+    except ValueError:
+        return False
+
+
+_COL_SERVER, _COL_PORT, _COL_NAT = FIELDS.index("server_ip"), FIELDS.index("server_port"), FIELDS.index("nat")
 
 
 @dataclass
@@ -161,29 +225,56 @@ def _scan(payload: bytes, q: Query, needle: bytes) -> Iterator[AccessRecord]:
         pos = find(needle, end)
 
 
+def sealed_version(meta: dict[str, Any]) -> int:
+    return int(meta.get("format", 1))
+
+
+def read_block(f: BinaryIO, meta: dict[str, Any], b: int, where: list[dict[int, set[bytes]]] | None = None) -> list[bytes]:
+    """Block ``b`` of an open sealed partition: its lines (every one unless ``where`` pre-filters)."""
+    off, clen = meta["blocks"][b][:2]
+    f.seek(off)
+    return decode_block(f.read(clen), sealed_version(meta), where)
+
+
+def sealed_blocks(f: BinaryIO, meta: dict[str, Any], keys: list[tuple[str, str]]) -> list[int]:
+    """The blocks that may hold a record under any of ``keys`` (sorted)."""
+    found: set[int] = set()
+    if sealed_version(meta) < 2:
+        off, ln = meta["index"]
+        f.seek(off)
+        idx = Index(zlib.decompress(f.read(ln)), KEY_KINDS)
+        for kind, key in keys:
+            if kind == "p":  # not indexed before issue 19: the address's blocks
+                kind, key = "s", key.split("|")[0]
+            found.update(idx.blocks(kind, key))
+        return sorted(found)
+    loaded = Index()
+    for kind, key in keys:
+        if kind not in loaded.kinds:
+            off, ln = meta["index_kinds"][kind]
+            f.seek(off)
+            loaded.load(kind, zlib.decompress(f.read(ln)))
+        found.update(loaded.blocks(kind, key))
+    return sorted(found)
+
+
 def _query_sealed(p: Path, q: Query, needle: bytes, st: QueryStats) -> Iterator[AccessRecord]:
     meta = read_sealed_meta(p)
     if meta["max_ts"] < q.since_ms or meta["min_ts"] >= q.until_ms:
         return
     blocks = meta["blocks"]
     st.blocks_total += len(blocks)
-    key = q.key()
+    keys = q.keys()
+    where = q.where()
     with open(p, "rb") as f:
-        if key is not None:
-            off, ln = meta["index"]
-            f.seek(off)
-            idx = Index(zlib.decompress(f.read(ln)))
-            wanted = idx.blocks(*key)
-        else:
-            wanted = list(range(len(blocks)))
+        wanted = sealed_blocks(f, meta, keys) if keys is not None else list(range(len(blocks)))
         for b in wanted:
             off, clen, _n, lo, hi, _h = blocks[b]
             if hi < q.since_ms or lo >= q.until_ms:
                 continue
-            f.seek(off)
             st.blocks_read += 1
             try:
-                data = zlib.decompress(f.read(clen))
+                data = b"".join(read_block(f, meta, b, where))
                 found = list(_scan(data, q, needle))
             except (zlib.error, ValueError) as exc:  # bit rot in one block: the others are still read
                 st.unreadable.append(f"{part_name(p)}: block {b} (offset {off}, {clen} bytes): {exc}")
@@ -231,6 +322,8 @@ def summaries(directory: Path, since_ms: int = 0, until_ms: int = 2**62) -> dict
                         add((v[0], v[1], int(v[2]), v[3], v[4], v[5], v[6], v[7], v[8]), int(v[9]), int(v[10]), int(v[11]))
                 continue
         for r in (_query_sealed(p, q, b"", QueryStats()) if p.suffix == ".sealed" else _open_records(p, q)):
+            if r.direction == "out":
+                continue  # a hosted host connecting out: no hosted server (sealed summaries leave them out too)
             add((r.name, r.server_ip, r.server_port, r.account, r.verdict, r.kind, r.action, r.reason, r.filing_number),
                 r.ts_ms, r.ts_ms, 1)
     return out
@@ -369,9 +462,8 @@ def _check_sealed(p: Path, key: bytes | None, chk: PartitionCheck) -> None:
     chk.prev_head = meta["prev_head"]
     head = bytes.fromhex(meta["prev_head"])
     with open(p, "rb") as f:
-        for b, (off, clen, n, _lo, _hi, bhead) in enumerate(meta["blocks"]):
-            f.seek(off)
-            lines = zlib.decompress(f.read(clen)).splitlines(keepends=True)
+        for b, (_off, _clen, n, _lo, _hi, bhead) in enumerate(meta["blocks"]):
+            lines = read_block(f, meta, b)
             if len(lines) != n:
                 chk.problems.append(f"block {b}: {len(lines)} records, the block table says {n}")
             head = chain(head, lines, key)
@@ -461,11 +553,10 @@ def heads_at(p: Path, counts: set[int], key: bytes | None) -> dict[int, str]:
         if 0 in counts:
             out[0] = head.hex()
         with open(p, "rb") as f:
-            for off, clen, bn, _lo, _hi, bhead in meta["blocks"]:
+            for b, (_off, _clen, bn, _lo, _hi, bhead) in enumerate(meta["blocks"]):
                 inside = sorted(c for c in counts if n < c <= n + bn)
                 if inside and inside != [n + bn]:
-                    f.seek(off)
-                    lines = zlib.decompress(f.read(clen)).splitlines(keepends=True)
+                    lines = read_block(f, meta, b)
                     for i, ln in enumerate(lines, n + 1):
                         head = chain(head, [ln], key)
                         if i in counts:

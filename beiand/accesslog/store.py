@@ -37,17 +37,22 @@ from typing import Any
 from beiand.accesslog.format import (
     CRC_HEAD,
     DAY_MS,
+    FIELDS,
     GENESIS,
+    KEY_KINDS_V2,
     MARK_SLOT,
+    SEAL_FORMAT,
     SEAL_MAGIC,
     TRAILER,
     FormatError,
     Mark,
     OpenPartition,
-    build_index,
+    build_kind,
     chain,
     decode,
     encode_batch,
+    encode_block,
+    endpoint_key,
     frame_bytes,
     header_line,
     key_id,
@@ -55,6 +60,7 @@ from beiand.accesslog.format import (
     name_keys,
     read_mark,
     read_open,
+    split_endpoint,
 )
 from beiand.errors import BeiandError
 from beiand.model import AccessRecord
@@ -776,6 +782,20 @@ def read_sealed_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
+def _fields(ln: bytes) -> list[str]:
+    """A line's fields as text (unescaped only when it holds an escape: the common case is a split)."""
+    text = ln.decode("utf-8", "surrogateescape")
+    if "\\" in text:
+        return [str(v) for v in decode(ln)]
+    return text[:-1].split("\t")
+
+
+_SERVER, _PORT, _CLIENT, _ACCOUNT, _NAME, _NAT = 4, 5, 2, 1, 8, 14
+_DIRECTION = FIELDS.index("direction")
+_SUMMARY_AT = [FIELDS.index(f) for f in ("name", "server_ip", "server_port", "account", "verdict", "kind", "action",
+                                         "reason", "filing_number")]
+
+
 def seal_partition(path: Path, cfg: LogConfig) -> Path:
     """Compress an open partition into a sealed one (blocks + index), after checking its chain."""
     part = read_open(path)
@@ -792,7 +812,7 @@ def seal_partition(path: Path, cfg: LogConfig) -> Path:
         lines.extend(fl)
     out = path.with_suffix(".sealed.tmp")
     hdr_bytes = header_line({**hdr, "sealed": True})
-    postings: dict[str, dict[str, set[int]]] = {"n": {}, "c": {}, "s": {}, "a": {}}
+    postings: dict[str, dict[str, set[int]]] = {k: {} for k in KEY_KINDS_V2}
     blocks: list[list[Any]] = []
     head = bytes.fromhex(hdr["prev_head"])
     min_ts = max_ts = None
@@ -802,46 +822,62 @@ def seal_partition(path: Path, cfg: LogConfig) -> Path:
         with os.fdopen(fd, "wb") as f:
             f.write(hdr_bytes)
             pos = len(hdr_bytes)
-            pn, pc, ps, pa = postings["n"], postings["c"], postings["s"], postings["a"]
+            pn, pc, ps, pa, pp = (postings[k] for k in KEY_KINDS_V2)
             summary: dict[tuple[str, ...], list[int]] = {}
             for b, i in enumerate(range(0, len(lines), bs)):
                 chunk = lines[i:i + bs]
                 head = chain(head, chunk, cfg.key)
-                lo = hi = None
-                seen_names: set[str] = set()
-                for ln in chunk:
-                    r = decode(ln)
-                    lo = r.ts_ms if lo is None or r.ts_ms < lo else lo
-                    hi = r.ts_ms if hi is None or r.ts_ms > hi else hi
-                    if r.name not in seen_names:
-                        seen_names.add(r.name)
-                        for k in name_keys(r.name):
+                rows = [_fields(ln) for ln in chunk]
+                ts = [int(v[0]) for v in rows]
+                lo, hi = min(ts), max(ts)
+                seen: set[tuple[str, ...]] = set()
+                for t, v in zip(ts, rows, strict=True):
+                    # Keys a block was already posted under are skipped (most repeat within a block).
+                    k5 = (v[_NAME], v[_CLIENT], v[_SERVER], v[_PORT], v[_ACCOUNT], v[_NAT])
+                    if k5 not in seen:
+                        seen.add(k5)
+                        name, client, server, port, account, nat = k5
+                        for k in name_keys(name):
                             pn.setdefault(k, set()).add(b)
-                    pc.setdefault(r.client_ip, set()).add(b)
-                    ps.setdefault(r.server_ip, set()).add(b)
-                    pa.setdefault(r.account, set()).add(b)
-                    sk = (r.name, r.server_ip, str(r.server_port), r.account, r.verdict, r.kind, r.action, r.reason, r.filing_number)
+                        pc.setdefault(client, set()).add(b)
+                        ps.setdefault(server, set()).add(b)
+                        pp.setdefault(endpoint_key(server, port), set()).add(b)
+                        pa.setdefault(account, set()).add(b)
+                        if nat:
+                            ep = split_endpoint(nat)
+                            if ep is not None:
+                                ps.setdefault(ep[0], set()).add(b)
+                                pp.setdefault(endpoint_key(*ep), set()).add(b)
+                    if len(v) > _DIRECTION and v[_DIRECTION] == "out":
+                        continue  # the summary is of hosted servers (the audit's); outbound flows reach others
+                    sk = tuple(v[j] for j in _SUMMARY_AT)
                     srow = summary.get(sk)
                     if srow is None:
-                        summary[sk] = [r.ts_ms, r.ts_ms, 1]
+                        summary[sk] = [t, t, 1]
                     else:
-                        srow[0] = min(srow[0], r.ts_ms)
-                        srow[1] = max(srow[1], r.ts_ms)
+                        if t < srow[0]:
+                            srow[0] = t
+                        if t > srow[1]:
+                            srow[1] = t
                         srow[2] += 1
-                comp = zlib.compress(b"".join(chunk), 6)
+                comp = encode_block(chunk)
                 f.write(comp)
-                assert lo is not None and hi is not None
                 blocks.append([pos, len(comp), len(chunk), lo, hi, head.hex()])
                 pos += len(comp)
                 min_ts = lo if min_ts is None or lo < min_ts else min_ts
                 max_ts = hi if max_ts is None or hi > max_ts else max_ts
-            idx = zlib.compress(build_index(postings), 6)
-            f.write(idx)
+            kinds: dict[str, list[int]] = {}
+            for kind in KEY_KINDS_V2:
+                sec = zlib.compress(build_kind(postings[kind]), 6)
+                f.write(sec)
+                kinds[kind] = [pos, len(sec)]
+                pos += len(sec)
             summ = zlib.compress(encode_summary(summary), 6)
             f.write(summ)
-            meta = {**hdr, "sealed": True, "count": len(lines), "head": head.hex(), "min_ts": min_ts or 0, "max_ts": max_ts or 0,
-                    "blocks": blocks, "index": [pos, len(idx)], "summary": [pos + len(idx), len(summ)]}
-            pos += len(idx) + len(summ)
+            meta = {**hdr, "sealed": True, "format": SEAL_FORMAT, "count": len(lines), "head": head.hex(),
+                    "min_ts": min_ts or 0, "max_ts": max_ts or 0, "blocks": blocks, "index_kinds": kinds,
+                    "summary": [pos, len(summ)]}
+            pos += len(summ)
             mb = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
             f.write(mb)
             f.write(TRAILER.pack(pos, len(mb), SEAL_MAGIC))

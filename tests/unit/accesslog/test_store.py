@@ -22,7 +22,7 @@ from beiand.accesslog import (
     stats,
     verify,
 )
-from beiand.accesslog.format import DAY_MS, FRAME, TRAILER, frame_bytes, iter_frames, parse_header
+from beiand.accesslog.format import DAY_MS, FRAME, TRAILER, decode_block, encode_block, frame_bytes, iter_frames, parse_header
 from beiand.accesslog.store import read_sealed_meta
 from tests.unit.accesslog.helpers import DAY0, rec
 
@@ -110,14 +110,17 @@ def rewrite_sealed_block(p: Path, block: int, edit) -> None:  # type: ignore[no-
     meta = read_sealed_meta(p)
     data = bytearray(p.read_bytes())
     off, clen, *_ = meta["blocks"][block]
-    lines = zlib.decompress(bytes(data[off:off + clen])).splitlines(keepends=True)
-    new = zlib.compress(b"".join(edit(lines)), 6)
+    version = int(meta.get("format", 1))
+    lines = decode_block(bytes(data[off:off + clen]), version)
+    new = encode_block(edit(lines)) if version >= 2 else zlib.compress(b"".join(edit(lines)), 6)
     data[off:off + clen] = new
     delta = len(new) - clen
     for b in meta["blocks"][block + 1:]:
         b[0] += delta
     meta["blocks"][block][1] = len(new)
-    meta["index"][0] += delta
+    for sec in [meta.get("index"), meta.get("summary"), *meta.get("index_kinds", {}).values()]:
+        if sec is not None:
+            sec[0] += delta
     moff = TRAILER.unpack(bytes(data[-TRAILER.size:]))[0] + delta
     mb = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
     del data[moff:]
