@@ -41,3 +41,20 @@ def test_lifecycle_of_the_access_log_and_the_aggregate(tmp_path: Path) -> None:
 def test_clickhouse_is_a_record_writer_behind_the_access_log_sink() -> None:
     for member in ("append", "flush", "close", "counters"):
         assert callable(getattr(ClickHouseSink, member))
+
+
+def test_the_access_log_sink_writes_the_nat_side_of_a_mapping(tmp_path: Path) -> None:
+    """MPS Order 82 art. 8 (issue 19): the record carries the public endpoint of a NAT mapping."""
+    from beiand.accesslog import Query, query
+    from beiand.policy.nat import load_nat
+
+    feed = tmp_path / "nat.csv"
+    feed.write_text("public,internal,account,valid_from,valid_to\n203.0.113.5:10443,198.51.100.7:443,cust-1,,\n")
+    alog = AccessLog(LogConfig(tmp_path / "log"))
+    sink = AccessLogSink(alog, "gw", nat=load_nat(feed))
+    sink.on_decision(OBS, D)
+    sink.on_decision(OBS._replace(server_ip="198.51.100.8"), D)
+    sink.flush()
+    sink.close()
+    got = list(query(tmp_path / "log", Query()))
+    assert [r.nat for r in got] == ["203.0.113.5:10443", ""]
