@@ -9,7 +9,7 @@ Used by bench_conn_store.py (bytes per sealed record, query time over 60 days). 
 - server ports: 443 40 %, 80 20 %, 22 5 %, 3306/8080/8443/3000/25565 3 % each, else uniform 1024–65535;
 - 80 % inbound, 20 % outbound (a hosted host connecting out to an arbitrary address);
 - 85 % TCP, 15 % UDP; 40 % of the inbound flows named (TLS SNI / HTTP Host / QUIC SNI) with one of
-  20,000 names, filed 90 % of the time; HTTP flows on port 80 carry GET/POST and a URL path;
+  20,000 names (each served from one hosted address), filed 90 % of the time; HTTP flows on port 80 carry GET/POST and a URL path;
 - coalescing: a record per five-tuple per minute, with geometric packet counts (mean ~12) and octets
   = packets × 40–1500; records are written in time order with 10 % of them up to 60 s late (a
   flow's record is written when its minute closes).
@@ -72,6 +72,8 @@ def records(n: int, start_ms: int, rate: float = 5000.0, seed: int = 1, gateway:
             if rnd.random() < 0.4 and sport in (80, 443, 8080, 8443):
                 j = int(20_000 * rnd.random() ** 2)
                 name = names[j]
+                h = (j * 2654435761) % 4096  # a name is served from its own address
+                sip, account = hosted[h], acct[h >> 4]
                 kind = "quic-sni" if udp else ("http-host" if sport in (80, 8080) else "tls-sni")
                 if rnd.random() < 0.9:
                     verdict, reason, filing = "filed", "filed", filings[j]

@@ -39,7 +39,7 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from beiand.errors import BeiandError
 from beiand.model import AccessRecord
@@ -435,6 +435,138 @@ def build_kind(postings: dict[str, set[int]]) -> bytes:
     return struct.pack("<III", len(keys), len(offs), len(blocks)) + keys.tobytes() + offs.tobytes() + blocks.tobytes()
 
 
+_BUCKET_KEYS = 256  # keys per bucket of a format-2 index kind, on average
+
+
+def _planes(a: array[int]) -> bytes:
+    if _BIG:  # pragma: no cover - big-endian hosts
+        a = array(a.typecode, a)
+        a.byteswap()
+    raw = a.tobytes()
+    w = a.itemsize
+    return raw if w == 1 else b"".join(raw[i::w] for i in range(w))
+
+
+def _unplanes(code: str, data: bytes, n: int) -> array[int]:
+    a = array(code)
+    w = a.itemsize
+    if len(data) != n * w:
+        raise ValueError("index bucket: truncated")
+    if w > 1:
+        buf = bytearray(len(data))
+        for i in range(w):
+            buf[i::w] = data[i * n:(i + 1) * n]
+        data = bytes(buf)
+    a.frombytes(data)
+    if _BIG:  # pragma: no cover
+        a.byteswap()
+    return a
+
+
+def key_hash32(s: str | bytes) -> int:
+    """The format-2 index hash of a key (CRC-32 of its UTF-8 bytes: fast, and a collision only
+    costs reading a block)."""
+    return zlib.crc32(s if isinstance(s, bytes) else s.encode("utf-8", "surrogateescape"))
+
+
+class Postings:
+    """(key hash, block) pairs of one index kind, gathered while sealing, bucketed by the hash's
+    top bits (the number of buckets follows the record count: ~256 keys per bucket at most)."""
+
+    def __init__(self, records: int) -> None:
+        self.bits = max(0, (records // _BUCKET_KEYS).bit_length())
+        self.shift = 32 - self.bits
+        self.buckets = [array("Q") for _ in range(1 << self.bits)]
+
+    def add(self, keys: Iterable[bytes], block: int) -> None:
+        """Post ``block`` under each of ``keys`` (distinct within the block)."""
+        buckets, shift, crc = self.buckets, self.shift, zlib.crc32
+        if self.bits:
+            for h in map(crc, keys):
+                buckets[h >> shift].append(h << 32 | block)
+        else:
+            b0 = buckets[0]
+            for h in map(crc, keys):
+                b0.append(h << 32 | block)
+
+
+def build_kind_v2(postings: Postings, nblocks: int) -> bytes:
+    """A format-2 index kind: keys hashed to 32 bits, split by their top bits into buckets, each
+    bucket zlib(sorted hashes, offsets, block numbers; byte plane by byte plane), behind a table
+    of bucket offsets; a lookup reads two table entries and inflates one bucket."""
+    code = "H" if nblocks <= 0xFFFF else "I"
+    blobs: list[bytes] = []
+    for bucket in postings.buckets:
+        pairs = sorted(set(bucket))
+        keys = array("I")
+        offs = array("I", [0])
+        blocks = array(code)
+        last = -1
+        for v in pairs:
+            h = v >> 32
+            if h != last:
+                if last >= 0:
+                    offs.append(len(blocks))
+                keys.append(h)
+                last = h
+            blocks.append(v & 0xFFFFFFFF)
+        if last >= 0:
+            offs.append(len(blocks))
+        body = struct.pack("<II", len(keys), len(blocks)) + code.encode() + _planes(keys) + _planes(offs) + _planes(blocks)
+        blobs.append(zlib.compress(body, 6))
+    table = array("I", [0])
+    for blob in blobs:
+        table.append(table[-1] + len(blob))
+    if _BIG:  # pragma: no cover
+        table.byteswap()
+    return struct.pack("<I", postings.bits) + table.tobytes() + b"".join(blobs)
+
+
+class KindIndex:
+    """One format-2 index kind of a sealed partition, read bucket by bucket from the file."""
+
+    def __init__(self, f: BinaryIO, offset: int, length: int) -> None:
+        self.f, self.offset, self.length = f, offset, length
+        f.seek(offset)
+        head = f.read(4)
+        if len(head) != 4:
+            raise ValueError("index kind: truncated")
+        self.bits: int = struct.unpack("<I", head)[0]
+        if self.bits > 24:
+            raise ValueError(f"index kind: {self.bits} bucket bits")
+        self.base = offset + 4 + 4 * ((1 << self.bits) + 1)
+        if self.base > offset + length:
+            raise ValueError("index kind: truncated bucket table")
+
+    def blocks(self, key: str) -> list[int]:
+        h = key_hash32(key)
+        b = h >> (32 - self.bits) if self.bits else 0
+        self.f.seek(self.offset + 4 + 4 * b)
+        ent = self.f.read(8)
+        if len(ent) != 8:
+            raise ValueError("index kind: truncated bucket table")
+        lo, hi = struct.unpack("<II", ent)
+        if hi <= lo:
+            return []
+        self.f.seek(self.base + lo)
+        body = zlib.decompress(self.f.read(hi - lo))
+        nk, nb = struct.unpack_from("<II", body, 0)
+        code = body[8:9].decode("ascii")
+        if code not in ("H", "I"):
+            raise ValueError("index bucket: bad block width")
+        pos = 9
+        keys = _unplanes("I", body[pos:pos + 4 * nk], nk)
+        pos += 4 * nk
+        offs = _unplanes("I", body[pos:pos + 4 * (nk + 1)], nk + 1)
+        pos += 4 * (nk + 1)
+        w = 2 if code == "H" else 4
+        blocks = _unplanes(code, body[pos:pos + w * nb], nb)
+        i = bisect_left(keys, h)
+        if i == len(keys) or keys[i] != h:
+            return []
+        return list(blocks[offs[i]:offs[i + 1]])
+
+
 def build_index(postings: dict[str, dict[str, set[int]]]) -> bytes:
     """The format-1 index: kinds n, c, s, a in one section."""
     return b"".join(build_kind(postings.get(kind, {})) for kind in KEY_KINDS)
@@ -646,19 +778,37 @@ class _Ips:
         return out
 
 
-def _encode_columns(lines: list[bytes]) -> bytes:
+def split_block(lines: list[bytes]) -> list[tuple[bytes, ...]] | None:
+    """A block's columns (field bytes as on the line), or None when its lines are not all whole
+    records of one field count (then the block is stored as zlib lines)."""
+    if not lines or any(ln[-1:] != b"\n" for ln in lines):
+        return None
     rows = [ln[:-1].split(b"\t") for ln in lines]
     nf = len(rows[0])
     if nf not in (NFIELDS, NFIELDS_V1) or any(len(r) != nf for r in rows):
-        raise ValueError("ragged block")
-    out = [struct.pack("<IB", len(rows), nf)]
-    for c, col in enumerate(zip(*rows, strict=True)):
+        return None
+    return list(zip(*rows, strict=True))
+
+
+def _canonical_ints(col: tuple[bytes, ...]) -> list[int]:
+    vals = list(map(int, col))
+    if [b"%d" % v for v in vals] != list(col):
+        raise ValueError("a number not in canonical decimal")
+    return vals
+
+
+def _encode_columns(cols: list[tuple[bytes, ...]]) -> bytes:
+    """Every column encoded exactly: numbers only when they print back as they were, addresses
+    only when they print back (else as text), text as itself; the lines are the fields joined."""
+    n = len(cols[0])
+    out = [struct.pack("<IB", n, len(cols))]
+    for c, col in enumerate(cols):
         if c == 0:
-            ts = list(map(int, col))
+            ts = _canonical_ints(col)
             out.append(struct.pack("<q", ts[0]))
             out.append(_typed(b"d", _int_array([_zigzag(b - a) for a, b in itertools.pairwise(ts)])))
         elif c in _INT_COLS:
-            out.append(_typed(b"i", _int_array(list(map(int, col)))))
+            out.append(_typed(b"i", _int_array(_canonical_ints(col))))
         else:
             distinct = list(dict.fromkeys(col))  # first-seen order
             if c in _IP_COLS:
@@ -721,18 +871,29 @@ def _words(data: bytes, sec: tuple[bytes, int, int, int]) -> _Ips | list[bytes]:
     return _Ips(raw) if sec[0] == b"a" else raw.split(b"\n")
 
 
+def _typed_at(data: bytes, pos: int, n: int, rows: list[int]) -> list[int]:
+    """Items ``rows`` of a typed section (already checked by :func:`_sections`), read from its byte
+    planes without unpacking the rest: what a few matching rows of a block cost."""
+    w = data[pos + 1]
+    base = pos + 6
+    if w == 1:
+        return [data[base + i] for i in rows]
+    return [sum(data[base + k * n + i] << (8 * k) for k in range(w)) for i in rows]
+
+
 def _column(data: bytes, n: int, sec: tuple[bytes, int, int, int], rows: list[int] | None = None) -> list[bytes]:
     """A column's fields, of every row or of ``rows``."""
     tag, start, _end, xi = sec
     if tag == b"d":
         (t,) = struct.unpack_from("<q", data, start)
         deltas, _ = _read_typed(data, start + 8, b"d", n - 1)
-        ts = [t]
-        for dv in deltas:
-            t += _unzigzag(dv)
-            ts.append(t)
+        if rows is not None:
+            deltas = deltas[:max(rows, default=0)]
+        ts = list(itertools.accumulate([v >> 1 if not v & 1 else -((v + 1) >> 1) for v in deltas], initial=t))
         return [b"%d" % ts[i] for i in rows] if rows is not None else [b"%d" % v for v in ts]
     if tag == b"i":
+        if rows is not None and len(rows) * 8 < n:
+            return [b"%d" % v for v in _typed_at(data, start, n, rows)]
         vals, _ = _read_typed(data, start, b"i", n)
         return [b"%d" % vals[i] for i in rows] if rows is not None else [b"%d" % v for v in vals]
     words = _words(data, sec)
@@ -741,9 +902,12 @@ def _column(data: bytes, n: int, sec: tuple[bytes, int, int, int], rows: list[in
             raise ValueError("columnar block: a dictionary of several words without an index")
         w = words.word(0) if isinstance(words, _Ips) else words[0]
         return [w] * (n if rows is None else len(rows))
-    idx, _ = _read_typed(data, xi, b"x", n)
-    if rows is not None:
-        idx = [idx[i] for i in rows]
+    if rows is not None and len(rows) * 8 < n:
+        idx = _typed_at(data, xi, n, rows)
+    else:
+        idx, _ = _read_typed(data, xi, b"x", n)
+        if rows is not None:
+            idx = [idx[i] for i in rows]
     if max(idx, default=0) >= len(words):
         raise ValueError("columnar block: index beyond its dictionary")
     if isinstance(words, _Ips):
@@ -761,14 +925,16 @@ def _column(data: bytes, n: int, sec: tuple[bytes, int, int, int], rows: list[in
 def _rows_where(data: bytes, n: int, sec: tuple[bytes, int, int, int], values: set[bytes], rows: list[int] | None) -> list[int]:
     tag, _, _, xi = sec
     if tag in (b"d", b"i"):
-        col = _column(data, n, sec)
-        return [i for i in (range(n) if rows is None else rows) if col[i] in values]
+        col = _column(data, n, sec, rows)
+        return [i for i, v in zip(range(n) if rows is None else rows, col, strict=True) if v in values]
     words = _words(data, sec)
     hits = words.find(values) if isinstance(words, _Ips) else {k for k, w in enumerate(words) if w in values}
     if not hits:
         return []
     if xi < 0:
         return list(range(n)) if rows is None else rows
+    if rows is not None and len(rows) * 8 < n:
+        return [i for i, k in zip(rows, _typed_at(data, xi, n, rows), strict=True) if k in hits]
     idx, _ = _read_typed(data, xi, b"x", n)
     return [i for i in (range(n) if rows is None else rows) if idx[i] in hits]
 
@@ -795,14 +961,16 @@ def _decode_columns(blob: bytes, where: list[dict[int, set[bytes]]] | None = Non
     return [b"\t".join(r) + b"\n" for r in zip(*cols, strict=True)]
 
 
-def encode_block(lines: list[bytes]) -> bytes:
-    """A sealed block (format 2) holding ``lines``: columnar when they come back byte for byte."""
-    try:
-        blob = _encode_columns(lines)
-        if _decode_columns(blob) == lines:
-            return CODEC_COLUMNS + blob
-    except (ValueError, OverflowError, struct.error, zlib.error):
-        pass
+def encode_block(lines: list[bytes], cols: list[tuple[bytes, ...]] | None = None) -> bytes:
+    """A sealed block (format 2) holding ``lines`` (``cols``: their :func:`split_block`, when the
+    caller has it): columnar when every field can be stored exactly, else zlib over the lines."""
+    if cols is None:
+        cols = split_block(lines)
+    if cols is not None:
+        try:
+            return CODEC_COLUMNS + _encode_columns(cols)
+        except (ValueError, OverflowError, struct.error):
+            pass
     return CODEC_ZLIB + zlib.compress(b"".join(lines), 6)
 
 

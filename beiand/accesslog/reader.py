@@ -18,6 +18,7 @@ from beiand.accesslog.format import (
     KEY_KINDS,
     FormatError,
     Index,
+    KindIndex,
     OpenPartition,
     chain,
     decode,
@@ -242,19 +243,19 @@ def sealed_blocks(f: BinaryIO, meta: dict[str, Any], keys: list[tuple[str, str]]
     if sealed_version(meta) < 2:
         off, ln = meta["index"]
         f.seek(off)
-        idx = Index(zlib.decompress(f.read(ln)), KEY_KINDS)
+        v1 = Index(zlib.decompress(f.read(ln)), KEY_KINDS)
         for kind, key in keys:
             if kind == "p":  # not indexed before issue 19: the address's blocks
                 kind, key = "s", key.split("|")[0]
-            found.update(idx.blocks(kind, key))
+            found.update(v1.blocks(kind, key))
         return sorted(found)
-    loaded = Index()
+    kinds: dict[str, KindIndex] = {}
     for kind, key in keys:
-        if kind not in loaded.kinds:
+        idx = kinds.get(kind)
+        if idx is None:
             off, ln = meta["index_kinds"][kind]
-            f.seek(off)
-            loaded.load(kind, zlib.decompress(f.read(ln)))
-        found.update(loaded.blocks(kind, key))
+            idx = kinds[kind] = KindIndex(f, off, ln)
+        found.update(idx.blocks(key))
     return sorted(found)
 
 
@@ -324,8 +325,8 @@ def summaries(directory: Path, since_ms: int = 0, until_ms: int = 2**62) -> dict
         for r in (_query_sealed(p, q, b"", QueryStats()) if p.suffix == ".sealed" else _open_records(p, q)):
             if r.direction == "out":
                 continue  # a hosted host connecting out: no hosted server (sealed summaries leave them out too)
-            add((r.name, r.server_ip, r.server_port, r.account, r.verdict, r.kind, r.action, r.reason, r.filing_number),
-                r.ts_ms, r.ts_ms, 1)
+            add((r.name, r.server_ip, 0 if r.kind == "conn" else r.server_port, r.account, r.verdict, r.kind, r.action,
+                 r.reason, r.filing_number), r.ts_ms, r.ts_ms, 1)
     return out
 
 

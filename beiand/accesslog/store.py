@@ -47,7 +47,8 @@ from beiand.accesslog.format import (
     FormatError,
     Mark,
     OpenPartition,
-    build_kind,
+    Postings,
+    build_kind_v2,
     chain,
     decode,
     encode_batch,
@@ -60,6 +61,7 @@ from beiand.accesslog.format import (
     name_keys,
     read_mark,
     read_open,
+    split_block,
     split_endpoint,
 )
 from beiand.errors import BeiandError
@@ -782,18 +784,61 @@ def read_sealed_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _fields(ln: bytes) -> list[str]:
-    """A line's fields as text (unescaped only when it holds an escape: the common case is a split)."""
-    text = ln.decode("utf-8", "surrogateescape")
-    if "\\" in text:
-        return [str(v) for v in decode(ln)]
-    return text[:-1].split("\t")
+def _decoded_columns(lines: list[bytes]) -> list[tuple[bytes, ...]]:
+    """A block's columns from its decoded records (escapes undone): the index keys of a block
+    whose lines hold an escape, or that are not all of one shape."""
+    enc = [tuple(str(v).encode("utf-8", "surrogateescape") for v in decode(ln)) for ln in lines]
+    return list(zip(*enc, strict=True))
 
 
-_SERVER, _PORT, _CLIENT, _ACCOUNT, _NAME, _NAT = 4, 5, 2, 1, 8, 14
+_SERVER, _PORT, _CLIENT, _ACCOUNT, _NAME, _NAT = (FIELDS.index(f) for f in ("server_ip", "server_port", "client_ip", "account",
+                                                                            "name", "nat"))
 _DIRECTION = FIELDS.index("direction")
+_KIND = FIELDS.index("kind")
 _SUMMARY_AT = [FIELDS.index(f) for f in ("name", "server_ip", "server_port", "account", "verdict", "kind", "action",
                                          "reason", "filing_number")]
+
+
+def _index_block(cols: list[tuple[bytes, ...]], b: int, posts: dict[str, Postings],
+                 summary: dict[tuple[bytes, ...], list[int]]) -> tuple[int, int]:
+    """Post block ``b`` under its keys, add its records to the summary; its (min, max) time."""
+    ts = list(map(int, cols[0]))
+    names = [n for n in dict.fromkeys(cols[_NAME]) if n]
+    posts["n"].add(dict.fromkeys(k.encode("utf-8", "surrogateescape") for n in names
+                                 for k in name_keys(n.decode("utf-8", "surrogateescape"))), b)
+    posts["c"].add(dict.fromkeys(cols[_CLIENT]), b)
+    posts["a"].add(dict.fromkeys(cols[_ACCOUNT]), b)
+    servers = list(dict.fromkeys(cols[_SERVER]))
+    eps = list(dict.fromkeys(map(b"|".join, zip(cols[_SERVER], cols[_PORT], strict=True))))
+    for nat in dict.fromkeys(cols[_NAT]):
+        ep = split_endpoint(nat.decode("utf-8", "surrogateescape")) if nat else None
+        if ep is not None:
+            servers.append(ep[0].encode())
+            eps.append(endpoint_key(*ep).encode())
+    posts["s"].add(servers, b)
+    posts["p"].add(eps, b)
+    # The summary is of hosted servers (the audit's): outbound flows reach others; unnamed
+    # connections make one row per server address (port 0), not one per port.
+    ports = [b"0" if k == b"conn" else p for p, k in zip(cols[_PORT], cols[_KIND], strict=True)]
+    n = len(ts)
+    dirs = cols[_DIRECTION] if len(cols) > _DIRECTION else (b"",) * n
+    at = _SUMMARY_AT
+    keys = zip(cols[at[0]], cols[at[1]], ports, cols[at[3]], cols[at[4]], cols[at[5]], cols[at[6]], cols[at[7]], cols[at[8]],
+               strict=True)
+    get = summary.get
+    for k, t, d in zip(keys, ts, dirs, strict=True):
+        if d == b"out":
+            continue
+        row = get(k)
+        if row is None:
+            summary[k] = [t, t, 1]
+        else:
+            if t < row[0]:
+                row[0] = t
+            elif t > row[1]:
+                row[1] = t
+            row[2] += 1
+    return min(ts), max(ts)
 
 
 def seal_partition(path: Path, cfg: LogConfig) -> Path:
@@ -812,7 +857,7 @@ def seal_partition(path: Path, cfg: LogConfig) -> Path:
         lines.extend(fl)
     out = path.with_suffix(".sealed.tmp")
     hdr_bytes = header_line({**hdr, "sealed": True})
-    postings: dict[str, dict[str, set[int]]] = {k: {} for k in KEY_KINDS_V2}
+    posts = {k: Postings(len(lines)) for k in KEY_KINDS_V2}
     blocks: list[list[Any]] = []
     head = bytes.fromhex(hdr["prev_head"])
     min_ts = max_ts = None
@@ -822,45 +867,14 @@ def seal_partition(path: Path, cfg: LogConfig) -> Path:
         with os.fdopen(fd, "wb") as f:
             f.write(hdr_bytes)
             pos = len(hdr_bytes)
-            pn, pc, ps, pa, pp = (postings[k] for k in KEY_KINDS_V2)
-            summary: dict[tuple[str, ...], list[int]] = {}
+            bsummary: dict[tuple[bytes, ...], list[int]] = {}
             for b, i in enumerate(range(0, len(lines), bs)):
                 chunk = lines[i:i + bs]
                 head = chain(head, chunk, cfg.key)
-                rows = [_fields(ln) for ln in chunk]
-                ts = [int(v[0]) for v in rows]
-                lo, hi = min(ts), max(ts)
-                seen: set[tuple[str, ...]] = set()
-                for t, v in zip(ts, rows, strict=True):
-                    # Keys a block was already posted under are skipped (most repeat within a block).
-                    k5 = (v[_NAME], v[_CLIENT], v[_SERVER], v[_PORT], v[_ACCOUNT], v[_NAT])
-                    if k5 not in seen:
-                        seen.add(k5)
-                        name, client, server, port, account, nat = k5
-                        for k in name_keys(name):
-                            pn.setdefault(k, set()).add(b)
-                        pc.setdefault(client, set()).add(b)
-                        ps.setdefault(server, set()).add(b)
-                        pp.setdefault(endpoint_key(server, port), set()).add(b)
-                        pa.setdefault(account, set()).add(b)
-                        if nat:
-                            ep = split_endpoint(nat)
-                            if ep is not None:
-                                ps.setdefault(ep[0], set()).add(b)
-                                pp.setdefault(endpoint_key(*ep), set()).add(b)
-                    if len(v) > _DIRECTION and v[_DIRECTION] == "out":
-                        continue  # the summary is of hosted servers (the audit's); outbound flows reach others
-                    sk = tuple(v[j] for j in _SUMMARY_AT)
-                    srow = summary.get(sk)
-                    if srow is None:
-                        summary[sk] = [t, t, 1]
-                    else:
-                        if t < srow[0]:
-                            srow[0] = t
-                        if t > srow[1]:
-                            srow[1] = t
-                        srow[2] += 1
-                comp = encode_block(chunk)
+                cols = split_block(chunk)
+                escaped = cols is None or any(b"\\" in ln for ln in chunk)
+                lo, hi = _index_block(_decoded_columns(chunk) if escaped else cols, b, posts, bsummary)  # type: ignore[arg-type]
+                comp = encode_block(chunk, cols)
                 f.write(comp)
                 blocks.append([pos, len(comp), len(chunk), lo, hi, head.hex()])
                 pos += len(comp)
@@ -868,10 +882,11 @@ def seal_partition(path: Path, cfg: LogConfig) -> Path:
                 max_ts = hi if max_ts is None or hi > max_ts else max_ts
             kinds: dict[str, list[int]] = {}
             for kind in KEY_KINDS_V2:
-                sec = zlib.compress(build_kind(postings[kind]), 6)
+                sec = build_kind_v2(posts[kind], len(blocks))
                 f.write(sec)
                 kinds[kind] = [pos, len(sec)]
                 pos += len(sec)
+            summary = {tuple(x.decode("utf-8", "surrogateescape") for x in k): v for k, v in bsummary.items()}
             summ = zlib.compress(encode_summary(summary), 6)
             f.write(summ)
             meta = {**hdr, "sealed": True, "format": SEAL_FORMAT, "count": len(lines), "head": head.hex(),
