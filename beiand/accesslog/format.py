@@ -609,16 +609,22 @@ class Index:
 
 
 # -- sealed blocks ------------------------------------------------------------------------------
-# Sealed partitions of format 1 (before issue 19) hold zlib(lines) per block. Format 2 blocks
-# start with a codec byte: b"Z" zlib(lines) as before, or b"C" columnar: the block's lines split
-# into their fields, each field a column (times as deltas, numbers as fixed-width integers, text
-# as a dictionary of the block's distinct values and an index per record), the columns then
-# compressed together with LZMA. Decoding rebuilds the exact lines, byte for byte (the chain is
-# over them): a block whose lines would not come back the same (an escaped field, a number not
-# in canonical decimal) is stored as b"Z". The encoder checks every block by decoding it.
+# Sealed partitions of format 1 (before issue 19) hold zlib(lines) per block, in log order. In
+# format 2 the partition's records are *clustered*: sorted by server address and port (stable:
+# log order within one endpoint), so a query for one endpoint reads one or two blocks a day;
+# every record keeps its position in the log (a "q" section) and the chain heads are kept per
+# segment of block_records records in log order (meta "segments"), so verify puts the lines back
+# in log order and recomputes the chain over exactly them. A format-2 block starts with a codec
+# byte: b"C" columnar (the fields as columns: times as zigzag deltas, numbers as fixed-width
+# integers byte plane by byte plane, text as a dictionary of the block's distinct values and an
+# index per record, addresses as 4 or 16 bytes where they print back exactly; then zlib) or, for
+# a block whose fields cannot all be stored exactly (an escape, a number not in canonical
+# decimal, records of different shapes), b"z" zlib(positions ‖ lines). Either way the lines come
+# back byte for byte.
 
 SEAL_FORMAT = 2
 CODEC_ZLIB = b"Z"
+CODEC_ZLIB_SEQ = b"z"  # zlib(positions section ‖ lines): a clustered block that could not be columnar
 CODEC_COLUMNS = b"C"
 _U32 = struct.Struct("<I")
 _INT_COLS = frozenset(i for i, f in enumerate(FIELDS) if f in INT_FIELDS and f != "ts_ms")
@@ -797,7 +803,7 @@ def _canonical_ints(col: tuple[bytes, ...]) -> list[int]:
     return vals
 
 
-def _encode_columns(cols: list[tuple[bytes, ...]]) -> bytes:
+def _encode_columns(cols: list[tuple[bytes, ...]], seqs: list[int] | None = None) -> bytes:
     """Every column encoded exactly: numbers only when they print back as they were, addresses
     only when they print back (else as text), text as itself; the lines are the fields joined."""
     n = len(cols[0])
@@ -820,6 +826,8 @@ def _encode_columns(cols: list[tuple[bytes, ...]]) -> bytes:
                 where = {w: i for i, w in enumerate(distinct)}
             if len(distinct) > 1:
                 out.append(_typed(b"x", _int_array(list(map(where.__getitem__, col)))))
+    if seqs is not None:
+        out.append(_typed(b"q", _int_array(seqs)))
     return zlib.compress(b"".join(out), 6)
 
 
@@ -851,6 +859,10 @@ def _sections(data: bytes) -> tuple[int, list[tuple[bytes, int, int, int]]]:
                 xi = pos
                 pos = _skip_typed(data, pos, b"x", n)
             cols.append((tag, start, end, xi))
+    if data[pos:pos + 1] == b"q":  # the records' positions in the partition (clustered layout)
+        start = pos
+        pos = _skip_typed(data, pos, b"q", n)
+        cols.append((b"q", start, pos, -1))
     if pos != len(data):
         raise ValueError("columnar block: trailing bytes")
     return n, cols
@@ -891,10 +903,10 @@ def _column(data: bytes, n: int, sec: tuple[bytes, int, int, int], rows: list[in
             deltas = deltas[:max(rows, default=0)]
         ts = list(itertools.accumulate([v >> 1 if not v & 1 else -((v + 1) >> 1) for v in deltas], initial=t))
         return [b"%d" % ts[i] for i in rows] if rows is not None else [b"%d" % v for v in ts]
-    if tag == b"i":
+    if tag in (b"i", b"q"):
         if rows is not None and len(rows) * 8 < n:
             return [b"%d" % v for v in _typed_at(data, start, n, rows)]
-        vals, _ = _read_typed(data, start, b"i", n)
+        vals, _ = _read_typed(data, start, tag, n)
         return [b"%d" % vals[i] for i in rows] if rows is not None else [b"%d" % v for v in vals]
     words = _words(data, sec)
     if xi < 0:
@@ -939,12 +951,12 @@ def _rows_where(data: bytes, n: int, sec: tuple[bytes, int, int, int], values: s
     return [i for i in (range(n) if rows is None else rows) if idx[i] in hits]
 
 
-def _decode_columns(blob: bytes, where: list[dict[int, set[bytes]]] | None = None) -> list[bytes]:
+def _decode_columns(blob: bytes, where: list[dict[int, set[bytes]]] | None = None) -> tuple[list[int] | None, list[bytes]]:
     data = zlib.decompress(blob)
     n, secs = _sections(data)
-    if not where:
-        cols = [_column(data, n, sec) for sec in secs]
-    else:
+    seq_sec = secs.pop() if secs and secs[-1][0] == b"q" else None
+    order: list[int] | None = None
+    if where:
         # Only the rows that can match: the columns the filter names first, then those rows of the rest.
         keep: set[int] = set()
         for alt in where:
@@ -955,38 +967,58 @@ def _decode_columns(blob: bytes, where: list[dict[int, set[bytes]]] | None = Non
                     break
             keep.update(rows or ())
         if not keep:
-            return []
+            return ([] if seq_sec else None), []
         order = sorted(keep)
-        cols = [_column(data, n, sec, order) for sec in secs]
-    return [b"\t".join(r) + b"\n" for r in zip(*cols, strict=True)]
+    cols = [_column(data, n, sec, order) for sec in secs]
+    seqs = list(map(int, _column(data, n, seq_sec, order))) if seq_sec is not None else None
+    return seqs, [b"\t".join(r) + b"\n" for r in zip(*cols, strict=True)]
 
 
-def encode_block(lines: list[bytes], cols: list[tuple[bytes, ...]] | None = None) -> bytes:
+def encode_block(lines: list[bytes], cols: list[tuple[bytes, ...]] | None = None, seqs: list[int] | None = None) -> bytes:
     """A sealed block (format 2) holding ``lines`` (``cols``: their :func:`split_block`, when the
-    caller has it): columnar when every field can be stored exactly, else zlib over the lines."""
+    caller has it; ``seqs``: each line's position in its partition, for a block of records not in
+    log order): columnar when every field can be stored exactly, else zlib over the lines."""
     if cols is None:
         cols = split_block(lines)
     if cols is not None:
         try:
-            return CODEC_COLUMNS + _encode_columns(cols)
+            return CODEC_COLUMNS + _encode_columns(cols, seqs)
         except (ValueError, OverflowError, struct.error):
             pass
-    return CODEC_ZLIB + zlib.compress(b"".join(lines), 6)
+    if seqs is None:
+        return CODEC_ZLIB + zlib.compress(b"".join(lines), 6)
+    return CODEC_ZLIB_SEQ + zlib.compress(_typed(b"q", _int_array(seqs)) + b"".join(lines), 6)
 
 
 def decode_block(data: bytes, version: int, where: list[dict[int, set[bytes]]] | None = None) -> list[bytes]:
-    """The lines (with newlines) of a sealed block, as they were chained; raises ValueError or
-    zlib.error (damage). With ``where`` (alternatives, each {column: acceptable field bytes}),
-    a columnar block may return only the lines that satisfy one: a pre-filter for queries, never
-    used where the chain is recomputed."""
+    """The lines (with newlines) of a sealed block; raises ValueError or zlib.error (damage). With
+    ``where`` (alternatives, each {column: acceptable field bytes}), a columnar block may return
+    only the lines that satisfy one: a pre-filter for queries."""
+    return decode_block_seq(data, version, where)[1]
+
+
+def decode_block_seq(data: bytes, version: int,
+                     where: list[dict[int, set[bytes]]] | None = None) -> tuple[list[int] | None, list[bytes]]:
+    """(each line's position in its partition, or None for a block in log order; the lines)."""
     if version < 2:
-        return zlib.decompress(data).splitlines(keepends=True)
+        return None, zlib.decompress(data).splitlines(keepends=True)
     codec, body = data[:1], data[1:]
-    if codec == CODEC_ZLIB:
-        return zlib.decompress(body).splitlines(keepends=True)
-    if codec == CODEC_COLUMNS:
-        try:
+    try:
+        if codec == CODEC_ZLIB:
+            return None, zlib.decompress(body).splitlines(keepends=True)
+        if codec == CODEC_ZLIB_SEQ:
+            raw = zlib.decompress(body)
+            (ln,) = _U32.unpack_from(raw, 2)
+            w = raw[1]
+            if w not in _CODES or ln % w:
+                raise ValueError("zlib block: bad positions section")
+            seqs, pos = _read_typed(raw, 0, b"q", ln // w)
+            lines = raw[pos:].splitlines(keepends=True)
+            if len(lines) != len(seqs):
+                raise ValueError(f"zlib block: {len(lines)} records, {len(seqs)} positions")
+            return seqs, lines
+        if codec == CODEC_COLUMNS:
             return _decode_columns(body, where)
-        except (struct.error, IndexError, KeyError, OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"columnar block: {exc}") from None
+    except (struct.error, IndexError, KeyError, OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{codec!r} block: {exc}") from None
     raise ValueError(f"unknown block codec {codec!r}")

@@ -8,6 +8,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -22,7 +23,7 @@ from beiand.accesslog.format import (
     OpenPartition,
     chain,
     decode,
-    decode_block,
+    decode_block_seq,
     endpoint_key,
     key_id,
     read_mark,
@@ -45,6 +46,7 @@ from beiand.errors import BeiandError
 from beiand.model import AccessRecord, endpoint
 
 IpNet = ipaddress.IPv4Network | ipaddress.IPv6Network
+_FIRST = itemgetter(0)
 
 
 Endpoint = tuple[IpNet, int | None]  # a server address or prefix, and a port (None: any)
@@ -230,11 +232,55 @@ def sealed_version(meta: dict[str, Any]) -> int:
     return int(meta.get("format", 1))
 
 
-def read_block(f: BinaryIO, meta: dict[str, Any], b: int, where: list[dict[int, set[bytes]]] | None = None) -> list[bytes]:
-    """Block ``b`` of an open sealed partition: its lines (every one unless ``where`` pre-filters)."""
+def read_block(f: BinaryIO, meta: dict[str, Any], b: int,
+               where: list[dict[int, set[bytes]]] | None = None) -> tuple[list[int] | None, list[bytes]]:
+    """Block ``b`` of an open sealed partition: its records' positions in the log (None: the block
+    is in log order, format 1) and its lines (every one unless ``where`` pre-filters)."""
     off, clen = meta["blocks"][b][:2]
     f.seek(off)
-    return decode_block(f.read(clen), sealed_version(meta), where)
+    return decode_block_seq(f.read(clen), sealed_version(meta), where)
+
+
+def log_order(f: BinaryIO, meta: dict[str, Any], problems: list[str] | None = None,
+              held_in: list[int] | None = None) -> list[bytes | None]:
+    """Every line of a sealed partition in log order (None where a damaged block held it); each
+    unreadable block or misplaced position is described in ``problems``; ``held_in`` is filled
+    with the block each position came from (format 2; -1: none)."""
+    n = int(meta["count"])
+    if held_in is not None:
+        held_in[:] = [-1] * n
+    if sealed_version(meta) < 2:
+        out: list[bytes | None] = []
+        for b, blk in enumerate(meta["blocks"]):
+            try:
+                out.extend(read_block(f, meta, b)[1])
+            except (zlib.error, ValueError) as exc:
+                if problems is not None:
+                    problems.append(f"block {b}: unreadable: {exc}")
+                out.extend([None] * blk[2])
+        return out
+    lines: list[bytes | None] = [None] * n
+    for b, blk in enumerate(meta["blocks"]):
+        try:
+            seqs, got = read_block(f, meta, b)
+        except (zlib.error, ValueError) as exc:
+            if problems is not None:
+                problems.append(f"block {b}: unreadable ({blk[2]} record(s)): {exc}")
+            continue
+        if seqs is None or len(got) != blk[2]:
+            if problems is not None:
+                problems.append(f"block {b}: {len(got)} records, the block table says {blk[2]}")
+            if seqs is None:
+                continue
+        for q, ln in zip(seqs, got, strict=False):
+            if not 0 <= q < n or lines[q] is not None:
+                if problems is not None:
+                    problems.append(f"block {b}: a record at log position {q} that is out of range or given twice")
+                continue
+            lines[q] = ln
+            if held_in is not None:
+                held_in[q] = b
+    return lines
 
 
 def sealed_blocks(f: BinaryIO, meta: dict[str, Any], keys: list[tuple[str, str]]) -> list[int]:
@@ -267,20 +313,30 @@ def _query_sealed(p: Path, q: Query, needle: bytes, st: QueryStats) -> Iterator[
     st.blocks_total += len(blocks)
     keys = q.keys()
     where = q.where()
+    clustered: list[tuple[int, AccessRecord]] = []
     with open(p, "rb") as f:
         wanted = sealed_blocks(f, meta, keys) if keys is not None else list(range(len(blocks)))
         for b in wanted:
-            off, clen, _n, lo, hi, _h = blocks[b]
+            off, clen, _n, lo, hi = blocks[b][:5]
             if hi < q.since_ms or lo >= q.until_ms:
                 continue
             st.blocks_read += 1
             try:
-                data = b"".join(read_block(f, meta, b, where))
-                found = list(_scan(data, q, needle))
+                seqs, lines = read_block(f, meta, b, where)
+                if seqs is None:
+                    found = list(_scan(b"".join(lines), q, needle))
+                    yield from found
+                    continue
+                for sq, ln in zip(seqs, lines, strict=True):
+                    for r in _scan(ln, q, needle):
+                        clustered.append((sq, r))
             except (zlib.error, ValueError) as exc:  # bit rot in one block: the others are still read
                 st.unreadable.append(f"{part_name(p)}: block {b} (offset {off}, {clen} bytes): {exc}")
                 continue
-            yield from found
+    # A clustered partition (format 2): its matches in log order.
+    clustered.sort(key=_FIRST)
+    for _, r in clustered:
+        yield r
 
 
 # -- summaries (the passive audit) -----------------------------------------------------------
@@ -463,16 +519,42 @@ def _check_sealed(p: Path, key: bytes | None, chk: PartitionCheck) -> None:
     chk.prev_head = meta["prev_head"]
     head = bytes.fromhex(meta["prev_head"])
     with open(p, "rb") as f:
-        for b, (_off, _clen, n, _lo, _hi, bhead) in enumerate(meta["blocks"]):
-            lines = read_block(f, meta, b)
-            if len(lines) != n:
-                chk.problems.append(f"block {b}: {len(lines)} records, the block table says {n}")
-            head = chain(head, lines, key)
-            if head.hex() != bhead:
-                chk.problems.append(f"block {b}: chain broken: a record was modified, inserted, deleted or reordered")
-                head = bytes.fromhex(bhead)
-            _ts_range(lines, chk)
-            chk.records += len(lines)
+        if sealed_version(meta) < 2:
+            for b, (_off, _clen, n, _lo, _hi, bhead) in enumerate(meta["blocks"]):
+                lines = read_block(f, meta, b)[1]
+                if len(lines) != n:
+                    chk.problems.append(f"block {b}: {len(lines)} records, the block table says {n}")
+                head = chain(head, lines, key)
+                if head.hex() != bhead:
+                    chk.problems.append(f"block {b}: chain broken: a record was modified, inserted, deleted or reordered")
+                    head = bytes.fromhex(bhead)
+                _ts_range(lines, chk)
+                chk.records += len(lines)
+        else:
+            problems: list[str] = []
+            held: list[int] = []
+            lines_at = log_order(f, meta, problems, held)
+            chk.problems.extend(problems)
+            pos = 0
+            for n, shead in meta["segments"]:
+                seg = lines_at[pos:pos + n]
+                whole = [ln for ln in seg if ln is not None]
+                if len(whole) != n:
+                    chk.problems.append(f"records {pos + 1}-{pos + n}: {n - len(whole)} unreadable (a damaged block): "
+                                        "the chain cannot be recomputed over them")
+                    head = bytes.fromhex(shead)
+                else:
+                    head = chain(head, whole, key)
+                    if head.hex() != shead:
+                        where = ", ".join(map(str, sorted(set(held[pos:pos + n]))))
+                        chk.problems.append(f"records {pos + 1}-{pos + n} (held in block(s) {where}): chain broken: a record "
+                                            "was modified, inserted, deleted or reordered")
+                        head = bytes.fromhex(shead)
+                _ts_range(whole, chk)
+                chk.records += len(whole)
+                pos += n
+            if pos != len(lines_at):
+                chk.problems.append(f"the chain segments cover {pos} records, the partition says {len(lines_at)}")
     if chk.records != meta["count"]:
         chk.problems.append(f"{chk.records} records, the partition says {meta['count']}")
     if head.hex() != meta["head"]:
@@ -554,10 +636,27 @@ def heads_at(p: Path, counts: set[int], key: bytes | None) -> dict[int, str]:
         if 0 in counts:
             out[0] = head.hex()
         with open(p, "rb") as f:
+            if sealed_version(meta) >= 2:
+                # Clustered: the lines back in log order, the chain over them (a segment with an
+                # unreadable record gives no heads inside it).
+                lines_at = log_order(f, meta) if any(0 < c < meta["count"] for c in counts) else []
+                for sn, shead in meta["segments"]:
+                    inside = sorted(c for c in counts if n < c < n + sn)
+                    seg = lines_at[n:n + sn]
+                    if inside and all(ln is not None for ln in seg):
+                        for i, ln in enumerate(seg, n + 1):
+                            head = chain(head, [ln], key)  # type: ignore[list-item]
+                            if i in counts:
+                                out[i] = head.hex()
+                    head = bytes.fromhex(shead)
+                    n += sn
+                    if n in counts:
+                        out[n] = shead
+                return out
             for b, (_off, _clen, bn, _lo, _hi, bhead) in enumerate(meta["blocks"]):
                 inside = sorted(c for c in counts if n < c <= n + bn)
                 if inside and inside != [n + bn]:
-                    lines = read_block(f, meta, b)
+                    lines = read_block(f, meta, b)[1]
                     for i, ln in enumerate(lines, n + 1):
                         head = chain(head, [ln], key)
                         if i in counts:

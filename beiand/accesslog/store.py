@@ -855,13 +855,22 @@ def seal_partition(path: Path, cfg: LogConfig) -> Path:
         if head != fr.head:
             raise FormatError(f"{path}: chain broken in the frame at offset {fr.offset}: not sealing a tampered partition")
         lines.extend(fl)
+    bs = cfg.block_records
+    # The chain heads per segment of ``bs`` records in log order (what verify recomputes).
+    segments: list[list[Any]] = []
+    head = bytes.fromhex(hdr["prev_head"])
+    for i in range(0, len(lines), bs):
+        head = chain(head, lines[i:i + bs], cfg.key)
+        segments.append([len(lines[i:i + bs]), head.hex()])
+    # Clustered by server endpoint (stable: log order within one), each record keeping its position.
+    ends = [tuple(ln.split(b"\t", 6)[4:6]) for ln in lines]
+    order = sorted(range(len(lines)), key=ends.__getitem__)
+    del ends
     out = path.with_suffix(".sealed.tmp")
     hdr_bytes = header_line({**hdr, "sealed": True})
     posts = {k: Postings(len(lines)) for k in KEY_KINDS_V2}
     blocks: list[list[Any]] = []
-    head = bytes.fromhex(hdr["prev_head"])
     min_ts = max_ts = None
-    bs = cfg.block_records
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -869,14 +878,14 @@ def seal_partition(path: Path, cfg: LogConfig) -> Path:
             pos = len(hdr_bytes)
             bsummary: dict[tuple[bytes, ...], list[int]] = {}
             for b, i in enumerate(range(0, len(lines), bs)):
-                chunk = lines[i:i + bs]
-                head = chain(head, chunk, cfg.key)
+                seqs = order[i:i + bs]
+                chunk = [lines[j] for j in seqs]
                 cols = split_block(chunk)
                 escaped = cols is None or any(b"\\" in ln for ln in chunk)
                 lo, hi = _index_block(_decoded_columns(chunk) if escaped else cols, b, posts, bsummary)  # type: ignore[arg-type]
-                comp = encode_block(chunk, cols)
+                comp = encode_block(chunk, cols, seqs)
                 f.write(comp)
-                blocks.append([pos, len(comp), len(chunk), lo, hi, head.hex()])
+                blocks.append([pos, len(comp), len(chunk), lo, hi])
                 pos += len(comp)
                 min_ts = lo if min_ts is None or lo < min_ts else min_ts
                 max_ts = hi if max_ts is None or hi > max_ts else max_ts
@@ -890,7 +899,7 @@ def seal_partition(path: Path, cfg: LogConfig) -> Path:
             summ = zlib.compress(encode_summary(summary), 6)
             f.write(summ)
             meta = {**hdr, "sealed": True, "format": SEAL_FORMAT, "count": len(lines), "head": head.hex(),
-                    "min_ts": min_ts or 0, "max_ts": max_ts or 0, "blocks": blocks, "index_kinds": kinds,
+                    "min_ts": min_ts or 0, "max_ts": max_ts or 0, "blocks": blocks, "segments": segments, "index_kinds": kinds,
                     "summary": [pos, len(summ)]}
             pos += len(summ)
             mb = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
