@@ -852,6 +852,8 @@ class Stats:
     oldest_ms: int = 0
     newest_ms: int = 0
     workers: list[str] = field(default_factory=list)
+    sealed_records: int = 0
+    sealed_bytes: int = 0  # of sealed partitions: with sealed_records, the disk a record costs
 
     @property
     def days_held(self) -> float:
@@ -869,6 +871,8 @@ def stats(directory: Path) -> Stats:
             st.sealed += 1
             meta = read_sealed_meta(p)
             n, lo, hi = meta["count"], meta["min_ts"], meta["max_ts"]
+            st.sealed_records += n
+            st.sealed_bytes += p.stat().st_size
         else:
             if p.suffix == ".damaged":
                 st.damaged += 1

@@ -393,7 +393,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     info = {"directory": str(d), "partitions": st.partitions, "open": st.open, "sealed": st.sealed, "damaged": st.damaged,
             "records": st.records, "bytes": st.bytes, "oldest_record": fmt_time(st.oldest_ms) if st.records else None,
             "newest_record": fmt_time(st.newest_ms) if st.records else None, "days_held": round(st.days_held, 2),
-            "workers": st.workers}
+            "workers": st.workers,
+            "bytes_per_sealed_record": round(st.sealed_bytes / st.sealed_records, 2) if st.sealed_records else None}
     if args.json:
         out(json.dumps(info, ensure_ascii=False, indent=2))
     else:
