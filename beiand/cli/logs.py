@@ -242,6 +242,9 @@ def _context(args: argparse.Namespace) -> tuple[NatTable | None, Holders | None]
             raise CliError(f"--nat {path}: " + "; ".join(exc.problems)) from None
     holders = None
     sdir = Path(state) if state else (cfg.daemon.state_dir if cfg is not None else None)
+    if state and not history_dir(Path(state)).is_dir():
+        raise CliError(f"--state-dir {state}: no inventory history ({history_dir(Path(state))}): the daemon records one "
+                       "at every inventory load")
     if sdir is not None and history_dir(sdir).is_dir():
         try:
             holders = Holders(sdir)

@@ -117,6 +117,7 @@ def test_verify_fails_on_a_tampered_log(tmp_path: Path, logged, capsys) -> None:
     (["logs", "query", "--log-dir", "{d}", "--url-prefix", "api"], "--url-prefix"),
     (["logs", "query", "--log-dir", "{d}", "--server", "198.51.100.700"], "--server"),
     (["logs", "query", "--log-dir", "{d}", "--nat", "/nonexistent.csv"], "--nat /nonexistent.csv"),
+    (["logs", "query", "--log-dir", "{d}", "--state-dir", "/nonexistent"], "--state-dir /nonexistent: no inventory history"),
     (["logs", "export", "--log-dir", "{d}", "--out", "/tmp/x", "--port", "-1"], "--port '-1'"),
     (["replay", "/dev/null", "--records", "/dev/null", "--log-dir", "{d}", "--retention-days", "30"], "Order 292"),
 ])
