@@ -306,7 +306,7 @@ def sealed_blocks(f: BinaryIO, meta: dict[str, Any], keys: list[tuple[str, str]]
 
 
 def _query_sealed(p: Path, q: Query, needle: bytes, st: QueryStats) -> Iterator[AccessRecord]:
-    meta = read_sealed_meta(p)
+    meta = read_sealed_meta(p, segments=False)
     if meta["max_ts"] < q.since_ms or meta["min_ts"] >= q.until_ms:
         return
     blocks = meta["blocks"]

@@ -22,11 +22,13 @@ import errno
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import zlib
+from array import array
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
@@ -766,7 +768,51 @@ def retire(directory: Path, retention_days: int, now_ms: int | None = None, work
 # -- sealing ----------------------------------------------------------------------------------
 
 
-def read_sealed_meta(path: Path) -> dict[str, Any]:
+class BlockTable:
+    """A format-2 partition's block table (binary: offset u64, length u32, records u32, first and
+    last time i64 per block), read without parsing per block; rows as format 1's JSON rows."""
+
+    def __init__(self, raw: bytes, n: int) -> None:
+        self.n = n
+        arrs: list[array[int]] = []
+        pos = 0
+        for code in ("Q", "I", "I", "q", "q"):
+            a = array(code)
+            a.frombytes(raw[pos:pos + n * a.itemsize])
+            if len(a) != n:
+                raise FormatError("truncated block table")
+            if sys.byteorder == "big":  # pragma: no cover
+                a.byteswap()
+            pos += n * a.itemsize
+            arrs.append(a)
+        self.off, self.clen, self.count, self.lo, self.hi = arrs
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, b: int) -> list[int]:
+        if not 0 <= b < self.n:
+            raise IndexError(b)
+        return [self.off[b], self.clen[b], self.count[b], self.lo[b], self.hi[b]]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (self[b] for b in range(self.n))
+
+    @staticmethod
+    def pack(rows: list[list[Any]]) -> bytes:
+        out = b""
+        for i, code in enumerate(("Q", "I", "I", "q", "q")):
+            a = array(code, [r[i] for r in rows])
+            if sys.byteorder == "big":  # pragma: no cover
+                a.byteswap()
+            out += a.tobytes()
+        return out
+
+
+def read_sealed_meta(path: Path, segments: bool = True) -> dict[str, Any]:
+    """A sealed partition's meta. Format 2 keeps its block table and chain segments in binary
+    sections: ``meta["blocks"]`` is then a :class:`BlockTable` and, with ``segments``,
+    ``meta["segments"]`` the [records, head] of each log-order segment."""
     with open(path, "rb") as f:
         f.seek(0, os.SEEK_END)
         size = f.tell()
@@ -781,6 +827,25 @@ def read_sealed_meta(path: Path) -> dict[str, Any]:
             meta: dict[str, Any] = json.loads(f.read(mlen))
         except ValueError as exc:
             raise FormatError(f"{path}: damaged meta: {exc}") from None
+        try:
+            if "block_table" in meta:
+                off, n = meta["block_table"]
+                f.seek(off)
+                meta["blocks"] = BlockTable(f.read(n * 32), n)
+            if segments and "segment_table" in meta:
+                off, n = meta["segment_table"]
+                f.seek(off)
+                raw = f.read(n * 36)
+                counts = array("I")
+                counts.frombytes(raw[:4 * n])
+                if len(counts) != n or len(raw) != 36 * n:
+                    raise FormatError("truncated segment table")
+                if sys.byteorder == "big":  # pragma: no cover
+                    counts.byteswap()
+                heads = raw[4 * n:]
+                meta["segments"] = [[c, heads[32 * i:32 * i + 32].hex()] for i, c in enumerate(counts)]
+        except (FormatError, ValueError, TypeError) as exc:
+            raise FormatError(f"{path}: damaged meta tables: {exc}") from None
     return meta
 
 
@@ -898,10 +963,23 @@ def seal_partition(path: Path, cfg: LogConfig) -> Path:
             summary = {tuple(x.decode("utf-8", "surrogateescape") for x in k): v for k, v in bsummary.items()}
             summ = zlib.compress(encode_summary(summary), 6)
             f.write(summ)
-            meta = {**hdr, "sealed": True, "format": SEAL_FORMAT, "count": len(lines), "head": head.hex(),
-                    "min_ts": min_ts or 0, "max_ts": max_ts or 0, "blocks": blocks, "segments": segments, "index_kinds": kinds,
-                    "summary": [pos, len(summ)]}
+            summ_at = [pos, len(summ)]
             pos += len(summ)
+            # The block table and the chain segments in binary (a query parses no row of them).
+            table = BlockTable.pack(blocks)
+            f.write(table)
+            table_at = [pos, len(blocks)]
+            pos += len(table)
+            counts = array("I", [n for n, _ in segments])
+            if sys.byteorder == "big":  # pragma: no cover
+                counts.byteswap()
+            seg = counts.tobytes() + b"".join(bytes.fromhex(h) for _, h in segments)
+            f.write(seg)
+            seg_at = [pos, len(segments)]
+            pos += len(seg)
+            meta = {**hdr, "sealed": True, "format": SEAL_FORMAT, "count": len(lines), "head": head.hex(),
+                    "min_ts": min_ts or 0, "max_ts": max_ts or 0, "block_table": table_at, "segment_table": seg_at,
+                    "index_kinds": kinds, "summary": summ_at}
             mb = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
             f.write(mb)
             f.write(TRAILER.pack(pos, len(mb), SEAL_MAGIC))

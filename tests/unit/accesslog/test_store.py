@@ -24,7 +24,7 @@ from beiand.accesslog import (
     verify,
 )
 from beiand.accesslog.format import DAY_MS, FRAME, TRAILER, decode_block_seq, encode_block, frame_bytes, iter_frames, parse_header
-from beiand.accesslog.store import read_sealed_meta
+from beiand.accesslog.store import BlockTable, read_sealed_meta
 from tests.unit.accesslog.helpers import DAY0, rec
 
 
@@ -113,9 +113,10 @@ def test_partitions_outside_the_range_are_not_opened(tmp_path: Path) -> None:
 
 def rewrite_sealed_block(p: Path, block: int, edit) -> None:  # type: ignore[no-untyped-def]
     """Replace one block's records (recompressed, same table and heads): what a forger would do."""
-    meta = read_sealed_meta(p)
+    meta = read_sealed_meta(p, segments=False)
     data = bytearray(p.read_bytes())
-    off, clen, *_ = meta["blocks"][block]
+    rows = [list(r) for r in meta.pop("blocks")]
+    off, clen, *_ = rows[block]
     version = int(meta.get("format", 1))
     seqs, lines = decode_block_seq(bytes(data[off:off + clen]), version)
     edited = edit(lines)
@@ -124,12 +125,19 @@ def rewrite_sealed_block(p: Path, block: int, edit) -> None:  # type: ignore[no-
     new = encode_block(edited, None, seqs) if version >= 2 else zlib.compress(b"".join(edited), 6)
     data[off:off + clen] = new
     delta = len(new) - clen
-    for b in meta["blocks"][block + 1:]:
+    for b in rows[block + 1:]:
         b[0] += delta
-    meta["blocks"][block][1] = len(new)
-    for sec in [meta.get("index"), meta.get("summary"), *meta.get("index_kinds", {}).values()]:
+    rows[block][1] = len(new)
+    for sec in [meta.get("index"), meta.get("summary"), meta.get("block_table"), meta.get("segment_table"),
+                *meta.get("index_kinds", {}).values()]:
         if sec is not None:
             sec[0] += delta
+    if "block_table" in meta:  # format 2: the binary block table, rewritten in place
+        at = meta["block_table"][0]
+        table = BlockTable.pack(rows)
+        data[at:at + len(table)] = table
+    else:
+        meta["blocks"] = rows
     moff = TRAILER.unpack(bytes(data[-TRAILER.size:]))[0] + delta
     mb = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
     del data[moff:]
