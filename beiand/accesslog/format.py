@@ -121,7 +121,7 @@ def decode(line: bytes | str) -> AccessRecord:
     n = len(parts)
     if n != NFIELDS and n != NFIELDS_V1:
         raise ValueError(f"expected {NFIELDS} fields (or {NFIELDS_V1}, written before issue 19), got {n}")
-    v: list[Any] = [_unesc(p) for p in parts]
+    v: list[Any] = [_unesc(p) for p in parts] if "\\" in text else parts
     for i in _INT_AT:
         if i < n:
             v[i] = int(v[i])

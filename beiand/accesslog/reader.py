@@ -149,6 +149,9 @@ class Query:
 
 
 def _in(ip: str, net: IpNet) -> bool:
+    if net.version == 4 and net.prefixlen == 32:
+        # An IPv4 address has one text (the writer's, and ipaddress refuses leading zeros): no parse.
+        return ip == str(net.network_address)
     try:
         return ipaddress.ip_address(ip) in net
     except ValueError:
