@@ -38,6 +38,11 @@ class VerdictKind(StrEnum):
     NOT_HOSTED = "not-hosted"
 
 
+# The verdict field of a connection record no name came for (kind ``conn``): not a verdict on a
+# filing, so not a VerdictKind (never counted or enforced); ``logs query --verdict`` accepts it.
+UNNAMED = "unnamed"
+
+
 class Action(StrEnum):
     LOG = "log"
     FLAG = "flag"

@@ -16,16 +16,21 @@ Open partition: a JSON header line, then frames (one per group commit)::
 and chain head of the last fsynced frame (two checksummed slots, written alternately), so that
 at start only what lies beyond it can be taken for a torn tail.
 
-Sealed partition: the header line, zlib blocks of up to ``block_records`` records, a zlib
-index (keys → blocks), the JSON meta (block table with each block's chain head), and a
-24-byte trailer ``meta_offset u64 | meta_len u64 | b"BEIANDSL"``.
+Sealed partition: the header line, blocks of up to ``block_records`` records, the index (keys →
+blocks), the JSON meta (block table with each block's chain head), and a 24-byte trailer
+``meta_offset u64 | meta_len u64 | b"BEIANDSL"``. The meta's ``"format"`` says how blocks and
+index are stored: absent (format 1, before issue 19) zlib over the lines and one zlib index;
+2: a codec byte per block (columnar or zlib, see "sealed blocks" below) and one zlib section per
+index key kind. Every format ever written is read and verified.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
+import socket
 import struct
 import sys
 import zlib
@@ -34,7 +39,7 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from beiand.errors import BeiandError
 from beiand.model import AccessRecord
@@ -116,7 +121,7 @@ def decode(line: bytes | str) -> AccessRecord:
     n = len(parts)
     if n != NFIELDS and n != NFIELDS_V1:
         raise ValueError(f"expected {NFIELDS} fields (or {NFIELDS_V1}, written before issue 19), got {n}")
-    v: list[Any] = [_unesc(p) for p in parts]
+    v: list[Any] = [_unesc(p) for p in parts] if "\\" in text else parts
     for i in _INT_AT:
         if i < n:
             v[i] = int(v[i])
@@ -363,11 +368,15 @@ def read_mark(path: Path) -> Mark | None:
 
 # -- the sealed index ---------------------------------------------------------------------------
 # Keys: "n:" + every dot-suffix of the name (so --name and --suffix both use it), "c:" client IP,
-# "s:" server IP, "a:" account. Each key kind is a sorted array of 64-bit key hashes, offsets into
-# a postings array of block numbers. A hash collision only costs reading a block that is then
-# filtered exactly.
+# "s:" server IP, "a:" account, and (format 2, issue 19) "p:" server endpoint ``ip:port``; the
+# NAT endpoint of a record (its ``nat`` field) is indexed under "s" and "p" too. Each key kind is a
+# sorted array of 64-bit key hashes, offsets into a postings array of block numbers. A hash
+# collision only costs reading a block that is then filtered exactly. Format 1 stores the kinds
+# n, c, s, a in one zlib section; format 2 one zlib section per kind (a query inflates only the
+# kind it looks up).
 
 KEY_KINDS = ("n", "c", "s", "a")
+KEY_KINDS_V2 = ("n", "c", "s", "a", "p")
 _BIG = sys.byteorder == "big"
 
 
@@ -386,50 +395,209 @@ def name_keys(name: str) -> list[str]:
     return keys
 
 
-def build_index(postings: dict[str, dict[str, set[int]]]) -> bytes:
-    out = bytearray()
-    for kind in KEY_KINDS:
-        items = sorted((key_hash(k), sorted(v)) for k, v in postings.get(kind, {}).items())
-        # Merge colliding hashes.
-        keys = array("Q")
+def endpoint_key(ip: str, port: int | str) -> str:
+    """The "p" key of a server endpoint."""
+    return f"{ip}|{port}"
+
+
+def split_endpoint(text: str) -> tuple[str, int] | None:
+    """``ip:port`` or ``[v6]:port`` (a record's ``nat`` field) → (ip, port); None when it is not one."""
+    if text.startswith("["):
+        ip, sep, port = text[1:].partition("]:")
+    else:
+        ip, sep, port = text.rpartition(":")
+        if ":" in ip:
+            return None
+    if not sep or not port.isdigit() or not ip:
+        return None
+    return ip, int(port)
+
+
+def build_kind(postings: dict[str, set[int]]) -> bytes:
+    """One key kind: its count header, sorted key hashes, offsets, block numbers."""
+    items = sorted((key_hash(k), sorted(v)) for k, v in postings.items())
+    keys = array("Q")
+    offs = array("I", [0])
+    blocks = array("I")
+    for h, bl in items:
+        if keys and keys[-1] == h:  # merge colliding hashes
+            merged = sorted(set(blocks[offs[-2]:]) | set(bl))
+            del blocks[offs[-2]:]
+            blocks.extend(merged)
+            offs[-1] = len(blocks)
+            continue
+        keys.append(h)
+        blocks.extend(bl)
+        offs.append(len(blocks))
+    if _BIG:  # pragma: no cover - big-endian hosts
+        for a in (keys, offs, blocks):
+            a.byteswap()
+    return struct.pack("<III", len(keys), len(offs), len(blocks)) + keys.tobytes() + offs.tobytes() + blocks.tobytes()
+
+
+_BUCKET_KEYS = 256  # keys per bucket of a format-2 index kind, on average
+
+
+def _planes(a: array[int]) -> bytes:
+    if _BIG:  # pragma: no cover - big-endian hosts
+        a = array(a.typecode, a)
+        a.byteswap()
+    raw = a.tobytes()
+    w = a.itemsize
+    return raw if w == 1 else b"".join(raw[i::w] for i in range(w))
+
+
+def _unplanes(code: str, data: bytes, n: int) -> array[int]:
+    a = array(code)
+    w = a.itemsize
+    if len(data) != n * w:
+        raise ValueError("index bucket: truncated")
+    if w > 1:
+        buf = bytearray(len(data))
+        for i in range(w):
+            buf[i::w] = data[i * n:(i + 1) * n]
+        data = bytes(buf)
+    a.frombytes(data)
+    if _BIG:  # pragma: no cover
+        a.byteswap()
+    return a
+
+
+def key_hash32(s: str | bytes) -> int:
+    """The format-2 index hash of a key (CRC-32 of its UTF-8 bytes: fast, and a collision only
+    costs reading a block)."""
+    return zlib.crc32(s if isinstance(s, bytes) else s.encode("utf-8", "surrogateescape"))
+
+
+class Postings:
+    """(key hash, block) pairs of one index kind, gathered while sealing, bucketed by the hash's
+    top bits (the number of buckets follows the record count: ~256 keys per bucket at most)."""
+
+    def __init__(self, records: int) -> None:
+        self.bits = max(0, (records // _BUCKET_KEYS).bit_length())
+        self.shift = 32 - self.bits
+        self.buckets = [array("Q") for _ in range(1 << self.bits)]
+
+    def add(self, keys: Iterable[bytes], block: int) -> None:
+        """Post ``block`` under each of ``keys`` (distinct within the block)."""
+        buckets, shift, crc = self.buckets, self.shift, zlib.crc32
+        if self.bits:
+            for h in map(crc, keys):
+                buckets[h >> shift].append(h << 32 | block)
+        else:
+            b0 = buckets[0]
+            for h in map(crc, keys):
+                b0.append(h << 32 | block)
+
+
+def build_kind_v2(postings: Postings, nblocks: int) -> bytes:
+    """A format-2 index kind: keys hashed to 32 bits, split by their top bits into buckets, each
+    bucket zlib(sorted hashes, offsets, block numbers; byte plane by byte plane), behind a table
+    of bucket offsets; a lookup reads two table entries and inflates one bucket."""
+    code = "H" if nblocks <= 0xFFFF else "I"
+    blobs: list[bytes] = []
+    for bucket in postings.buckets:
+        pairs = sorted(set(bucket))
+        keys = array("I")
         offs = array("I", [0])
-        blocks = array("I")
-        for h, bl in items:
-            if keys and keys[-1] == h:
-                merged = sorted(set(blocks[offs[-2]:]) | set(bl))
-                del blocks[offs[-2]:]
-                blocks.extend(merged)
-                offs[-1] = len(blocks)
-                continue
-            keys.append(h)
-            blocks.extend(bl)
+        blocks = array(code)
+        last = -1
+        for v in pairs:
+            h = v >> 32
+            if h != last:
+                if last >= 0:
+                    offs.append(len(blocks))
+                keys.append(h)
+                last = h
+            blocks.append(v & 0xFFFFFFFF)
+        if last >= 0:
             offs.append(len(blocks))
-        if _BIG:  # pragma: no cover - big-endian hosts
-            for a in (keys, offs, blocks):
-                a.byteswap()
-        out += struct.pack("<III", len(keys), len(offs), len(blocks))
-        out += keys.tobytes() + offs.tobytes() + blocks.tobytes()
-    return bytes(out)
+        body = struct.pack("<II", len(keys), len(blocks)) + code.encode() + _planes(keys) + _planes(offs) + _planes(blocks)
+        blobs.append(zlib.compress(body, 6))
+    table = array("I", [0])
+    for blob in blobs:
+        table.append(table[-1] + len(blob))
+    if _BIG:  # pragma: no cover
+        table.byteswap()
+    return struct.pack("<I", postings.bits) + table.tobytes() + b"".join(blobs)
+
+
+class KindIndex:
+    """One format-2 index kind of a sealed partition, read bucket by bucket from the file."""
+
+    def __init__(self, f: BinaryIO, offset: int, length: int) -> None:
+        self.f, self.offset, self.length = f, offset, length
+        f.seek(offset)
+        head = f.read(4)
+        if len(head) != 4:
+            raise ValueError("index kind: truncated")
+        self.bits: int = struct.unpack("<I", head)[0]
+        if self.bits > 24:
+            raise ValueError(f"index kind: {self.bits} bucket bits")
+        self.base = offset + 4 + 4 * ((1 << self.bits) + 1)
+        if self.base > offset + length:
+            raise ValueError("index kind: truncated bucket table")
+
+    def blocks(self, key: str) -> list[int]:
+        h = key_hash32(key)
+        b = h >> (32 - self.bits) if self.bits else 0
+        self.f.seek(self.offset + 4 + 4 * b)
+        ent = self.f.read(8)
+        if len(ent) != 8:
+            raise ValueError("index kind: truncated bucket table")
+        lo, hi = struct.unpack("<II", ent)
+        if hi <= lo:
+            return []
+        self.f.seek(self.base + lo)
+        body = zlib.decompress(self.f.read(hi - lo))
+        nk, nb = struct.unpack_from("<II", body, 0)
+        code = body[8:9].decode("ascii")
+        if code not in ("H", "I"):
+            raise ValueError("index bucket: bad block width")
+        pos = 9
+        keys = _unplanes("I", body[pos:pos + 4 * nk], nk)
+        pos += 4 * nk
+        offs = _unplanes("I", body[pos:pos + 4 * (nk + 1)], nk + 1)
+        pos += 4 * (nk + 1)
+        w = 2 if code == "H" else 4
+        blocks = _unplanes(code, body[pos:pos + w * nb], nb)
+        i = bisect_left(keys, h)
+        if i == len(keys) or keys[i] != h:
+            return []
+        return list(blocks[offs[i]:offs[i + 1]])
+
+
+def build_index(postings: dict[str, dict[str, set[int]]]) -> bytes:
+    """The format-1 index: kinds n, c, s, a in one section."""
+    return b"".join(build_kind(postings.get(kind, {})) for kind in KEY_KINDS)
 
 
 class Index:
-    """A sealed partition's key → blocks index, loaded without parsing per entry."""
+    """A sealed partition's key → blocks index, loaded without parsing per entry (format 1: every
+    kind from one section; format 2: the kinds given, each from its own section)."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | None = None, kinds: tuple[str, ...] = KEY_KINDS) -> None:
         self.kinds: dict[str, tuple[array[int], array[int], array[int]]] = {}
         pos = 0
-        for kind in KEY_KINDS:
-            nk, no, nb = struct.unpack_from("<III", data, pos)
-            pos += 12
-            arrs = []
-            for code, n in (("Q", nk), ("I", no), ("I", nb)):
-                a = array(code)
-                a.frombytes(data[pos:pos + n * a.itemsize])
-                if _BIG:  # pragma: no cover
-                    a.byteswap()
-                pos += n * a.itemsize
-                arrs.append(a)
-            self.kinds[kind] = (arrs[0], arrs[1], arrs[2])
+        for kind in kinds:
+            if data is not None:
+                pos = self.load(kind, data, pos)
+
+    def load(self, kind: str, data: bytes, pos: int = 0) -> int:
+        nk, no, nb = struct.unpack_from("<III", data, pos)
+        pos += 12
+        arrs = []
+        for code, n in (("Q", nk), ("I", no), ("I", nb)):
+            a = array(code)
+            a.frombytes(data[pos:pos + n * a.itemsize])
+            if len(a) != n:
+                raise ValueError(f"index kind {kind!r}: truncated")
+            if _BIG:  # pragma: no cover
+                a.byteswap()
+            pos += n * a.itemsize
+            arrs.append(a)
+        self.kinds[kind] = (arrs[0], arrs[1], arrs[2])
+        return pos
 
     def blocks(self, kind: str, key: str) -> list[int]:
         keys, offs, blocks = self.kinds[kind]
@@ -438,3 +606,419 @@ class Index:
         if i == len(keys) or keys[i] != h:
             return []
         return list(blocks[offs[i]:offs[i + 1]])
+
+
+# -- sealed blocks ------------------------------------------------------------------------------
+# Sealed partitions of format 1 (before issue 19) hold zlib(lines) per block, in log order. In
+# format 2 the partition's records are *clustered*: sorted by server address and port (stable:
+# log order within one endpoint), so a query for one endpoint reads one or two blocks a day;
+# every record keeps its position in the log (a "q" section) and the chain heads are kept per
+# segment of block_records records in log order (meta "segments"), so verify puts the lines back
+# in log order and recomputes the chain over exactly them. A format-2 block starts with a codec
+# byte: b"C" columnar (the fields as columns: times as zigzag deltas, numbers as fixed-width
+# integers byte plane by byte plane, text as a dictionary of the block's distinct values and an
+# index per record, addresses as 4 or 16 bytes where they print back exactly; then zlib) or, for
+# a block whose fields cannot all be stored exactly (an escape, a number not in canonical
+# decimal, records of different shapes), b"z" zlib(positions ‖ lines). Either way the lines come
+# back byte for byte.
+
+SEAL_FORMAT = 2
+CODEC_ZLIB = b"Z"
+CODEC_ZLIB_SEQ = b"z"  # zlib(positions section ‖ lines): a clustered block that could not be columnar
+CODEC_COLUMNS = b"C"
+_U32 = struct.Struct("<I")
+_INT_COLS = frozenset(i for i, f in enumerate(FIELDS) if f in INT_FIELDS and f != "ts_ms")
+_IP_COLS = frozenset(i for i, f in enumerate(FIELDS) if f in ("client_ip", "server_ip"))
+_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+
+
+def _int_array(values: list[int]) -> array[int]:
+    hi = max(values, default=0)
+    if min(values, default=0) < 0:
+        raise ValueError("negative number")
+    for code in ("B", "H", "I", "Q"):
+        a = array(code)
+        if hi < 1 << (8 * a.itemsize):
+            a.extend(values)
+            return a
+    raise ValueError("number too large")
+
+
+def _typed(tag: bytes, a: array[int]) -> bytes:
+    """A section: tag, item width, byte length, then the little-endian items byte plane by byte
+    plane (every item's low byte, then every second byte...: what compresses)."""
+    if _BIG:  # pragma: no cover - big-endian hosts
+        a.byteswap()
+    raw = a.tobytes()
+    w = a.itemsize
+    planes = raw if w == 1 else b"".join(raw[i::w] for i in range(w))
+    return tag + bytes([w]) + _U32.pack(len(raw)) + planes
+
+
+def _read_typed(data: bytes, pos: int, want: bytes, n: int) -> tuple[list[int], int]:
+    tag, w = data[pos:pos + 1], data[pos + 1]
+    if tag != want or w not in _CODES:
+        raise ValueError(f"columnar block: expected section {want!r}, got {tag!r} of width {w}")
+    (ln,) = _U32.unpack_from(data, pos + 2)
+    pos += 6
+    if ln != n * w or pos + ln > len(data):
+        raise ValueError(f"columnar block: section {want!r} holds {ln} bytes for {n} records")
+    planes = data[pos:pos + ln]
+    raw = planes
+    if w > 1:
+        buf = bytearray(ln)
+        for i in range(w):
+            buf[i::w] = planes[i * n:(i + 1) * n]
+        raw = bytes(buf)
+    a = array(_CODES[w])
+    a.frombytes(raw)
+    if _BIG:  # pragma: no cover
+        a.byteswap()
+    return a.tolist(), pos + ln
+
+
+def _zigzag(v: int) -> int:
+    return v << 1 if v >= 0 else ((-v) << 1) - 1
+
+
+def _unzigzag(v: int) -> int:
+    return v >> 1 if not v & 1 else -((v + 1) >> 1)
+
+
+_V4, _V6 = socket.AF_INET, socket.AF_INET6
+
+
+def _ip_bytes(w: bytes) -> bytes | None:
+    """The 4 or 16 bytes of a textual address when it prints back exactly as ``w``, else None."""
+    try:
+        text = w.decode("ascii")
+        fam = _V6 if ":" in text else _V4
+        b = socket.inet_pton(fam, text)
+        if socket.inet_ntop(fam, b) == text:
+            return b
+    except (OSError, UnicodeDecodeError, ValueError):
+        pass
+    return None
+
+
+def _pack_ips(words: list[bytes]) -> tuple[bytes, list[int]]:
+    """An address dictionary: IPv4 words as 4 bytes, then IPv6 as 16, then any other text; and
+    where each of ``words`` went (the index of its entry)."""
+    v4: list[bytes] = []
+    v6: list[bytes] = []
+    other: list[bytes] = []
+    where: list[tuple[int, int]] = []
+    for w in words:
+        b = _ip_bytes(w)
+        if b is None:
+            where.append((2, len(other)))
+            other.append(w)
+        elif len(b) == 4:
+            where.append((0, len(v4)))
+            v4.append(b)
+        else:
+            where.append((1, len(v6)))
+            v6.append(b)
+    base = (0, len(v4), len(v4) + len(v6))
+    body = struct.pack("<III", len(v4), len(v6), len(other)) + b"".join(v4) + b"".join(v6) + b"\n".join(other)
+    return body, [base[k] + i for k, i in where]
+
+
+class _Ips:
+    """An address dictionary as stored: entries printed only when asked for."""
+
+    def __init__(self, raw: bytes) -> None:
+        n4, n6, no = struct.unpack_from("<III", raw, 0)
+        self.n4: int = n4
+        self.n6: int = n6
+        self.raw = raw
+        self.at6 = 12 + 4 * n4
+        at = self.at6 + 16 * n6
+        if at > len(raw):
+            raise ValueError("columnar block: truncated address dictionary")
+        self.other: list[bytes] = raw[at:].split(b"\n") if no else []
+        if len(self.other) != no:
+            raise ValueError("columnar block: address dictionary count")
+        self.size: int = n4 + n6 + no
+
+    def __len__(self) -> int:
+        return self.size
+
+    def word(self, k: int) -> bytes:
+        if k < self.n4:
+            return socket.inet_ntop(_V4, self.raw[12 + 4 * k:16 + 4 * k]).encode()
+        k -= self.n4
+        if k < self.n6:
+            return socket.inet_ntop(_V6, self.raw[self.at6 + 16 * k:self.at6 + 16 + 16 * k]).encode()
+        return self.other[k - self.n6]
+
+    def find(self, values: set[bytes]) -> set[int]:
+        """The entries equal to any of ``values``."""
+        out: set[int] = set()
+        for v in values:
+            b = _ip_bytes(v)
+            if b is not None and len(b) == 4:
+                raw, i = self.raw, 12
+                end = self.at6
+                while True:
+                    j = raw.find(b, i, end)
+                    if j < 0:
+                        break
+                    if (j - 12) % 4 == 0:
+                        out.add((j - 12) // 4)
+                        break
+                    i = j + 1
+            elif b is not None:
+                raw, i, end = self.raw, self.at6, self.at6 + 16 * self.n6
+                while True:
+                    j = raw.find(b, i, end)
+                    if j < 0:
+                        break
+                    if (j - self.at6) % 16 == 0:
+                        out.add(self.n4 + (j - self.at6) // 16)
+                        break
+                    i = j + 1
+            for k, w in enumerate(self.other):
+                if w == v:
+                    out.add(self.n4 + self.n6 + k)
+        return out
+
+
+def split_block(lines: list[bytes]) -> list[tuple[bytes, ...]] | None:
+    """A block's columns (field bytes as on the line), or None when its lines are not all whole
+    records of one field count (then the block is stored as zlib lines)."""
+    if not lines or any(ln[-1:] != b"\n" for ln in lines):
+        return None
+    rows = [ln[:-1].split(b"\t") for ln in lines]
+    nf = len(rows[0])
+    if nf not in (NFIELDS, NFIELDS_V1) or any(len(r) != nf for r in rows):
+        return None
+    return list(zip(*rows, strict=True))
+
+
+def _canonical_ints(col: tuple[bytes, ...]) -> list[int]:
+    vals = list(map(int, col))
+    if [b"%d" % v for v in vals] != list(col):
+        raise ValueError("a number not in canonical decimal")
+    return vals
+
+
+def _encode_columns(cols: list[tuple[bytes, ...]], seqs: list[int] | None = None) -> bytes:
+    """Every column encoded exactly: numbers only when they print back as they were, addresses
+    only when they print back (else as text), text as itself; the lines are the fields joined."""
+    n = len(cols[0])
+    out = [struct.pack("<IB", n, len(cols))]
+    for c, col in enumerate(cols):
+        if c == 0:
+            ts = _canonical_ints(col)
+            out.append(struct.pack("<q", ts[0]))
+            out.append(_typed(b"d", _int_array([_zigzag(b - a) for a, b in itertools.pairwise(ts)])))
+        elif c in _INT_COLS:
+            out.append(_typed(b"i", _int_array(_canonical_ints(col))))
+        else:
+            distinct = list(dict.fromkeys(col))  # first-seen order
+            if c in _IP_COLS:
+                words, moved = _pack_ips(distinct)
+                out.append(b"a" + _U32.pack(len(words)) + words)
+                where = dict(zip(distinct, moved, strict=True))
+            else:
+                out.append(b"s" + _U32.pack(sum(map(len, distinct)) + len(distinct) - 1) + b"\n".join(distinct))
+                where = {w: i for i, w in enumerate(distinct)}
+            if len(distinct) > 1:
+                out.append(_typed(b"x", _int_array(list(map(where.__getitem__, col)))))
+    if seqs is not None:
+        out.append(_typed(b"q", _int_array(seqs)))
+    return zlib.compress(b"".join(out), 6)
+
+
+def _sections(data: bytes) -> tuple[int, list[tuple[bytes, int, int, int]]]:
+    """(records, per column (tag, start, end, start of its index section or -1) ) of an inflated block."""
+    n, nf = struct.unpack_from("<IB", data, 0)
+    pos = 5
+    cols: list[tuple[bytes, int, int, int]] = []
+    for c in range(nf):
+        if c == 0:
+            start = pos
+            pos = _skip_typed(data, pos + 8, b"d", n - 1)
+            cols.append((b"d", start, pos, -1))
+        elif c in _INT_COLS:
+            start = pos
+            pos = _skip_typed(data, pos, b"i", n)
+            cols.append((b"i", start, pos, -1))
+        else:
+            tag = data[pos:pos + 1]
+            if tag not in (b"s", b"a"):
+                raise ValueError("columnar block: expected a dictionary section")
+            (ln,) = _U32.unpack_from(data, pos + 1)
+            start, end = pos + 5, pos + 5 + ln
+            if end > len(data):
+                raise ValueError("columnar block: truncated dictionary")
+            pos = end
+            xi = -1
+            if data[pos:pos + 1] == b"x":
+                xi = pos
+                pos = _skip_typed(data, pos, b"x", n)
+            cols.append((tag, start, end, xi))
+    if data[pos:pos + 1] == b"q":  # the records' positions in the partition (clustered layout)
+        start = pos
+        pos = _skip_typed(data, pos, b"q", n)
+        cols.append((b"q", start, pos, -1))
+    if pos != len(data):
+        raise ValueError("columnar block: trailing bytes")
+    return n, cols
+
+
+def _skip_typed(data: bytes, pos: int, want: bytes, n: int) -> int:
+    if data[pos:pos + 1] != want or data[pos + 1] not in _CODES:
+        raise ValueError(f"columnar block: expected section {want!r}")
+    ln: int = _U32.unpack_from(data, pos + 2)[0]
+    if ln != n * data[pos + 1] or pos + 6 + ln > len(data):
+        raise ValueError(f"columnar block: section {want!r} holds {ln} bytes for {n} records")
+    return pos + 6 + ln
+
+
+def _words(data: bytes, sec: tuple[bytes, int, int, int]) -> _Ips | list[bytes]:
+    _, start, end, _ = sec
+    raw = data[start:end]
+    return _Ips(raw) if sec[0] == b"a" else raw.split(b"\n")
+
+
+def _typed_at(data: bytes, pos: int, n: int, rows: list[int]) -> list[int]:
+    """Items ``rows`` of a typed section (already checked by :func:`_sections`), read from its byte
+    planes without unpacking the rest: what a few matching rows of a block cost."""
+    w = data[pos + 1]
+    base = pos + 6
+    if w == 1:
+        return [data[base + i] for i in rows]
+    return [sum(data[base + k * n + i] << (8 * k) for k in range(w)) for i in rows]
+
+
+def _column(data: bytes, n: int, sec: tuple[bytes, int, int, int], rows: list[int] | None = None) -> list[bytes]:
+    """A column's fields, of every row or of ``rows``."""
+    tag, start, _end, xi = sec
+    if tag == b"d":
+        (t,) = struct.unpack_from("<q", data, start)
+        deltas, _ = _read_typed(data, start + 8, b"d", n - 1)
+        if rows is not None:
+            deltas = deltas[:max(rows, default=0)]
+        ts = list(itertools.accumulate([v >> 1 if not v & 1 else -((v + 1) >> 1) for v in deltas], initial=t))
+        return [b"%d" % ts[i] for i in rows] if rows is not None else [b"%d" % v for v in ts]
+    if tag in (b"i", b"q"):
+        if rows is not None and len(rows) * 8 < n:
+            return [b"%d" % v for v in _typed_at(data, start, n, rows)]
+        vals, _ = _read_typed(data, start, tag, n)
+        return [b"%d" % vals[i] for i in rows] if rows is not None else [b"%d" % v for v in vals]
+    words = _words(data, sec)
+    if xi < 0:
+        if len(words) != 1:
+            raise ValueError("columnar block: a dictionary of several words without an index")
+        w = words.word(0) if isinstance(words, _Ips) else words[0]
+        return [w] * (n if rows is None else len(rows))
+    if rows is not None and len(rows) * 8 < n:
+        idx = _typed_at(data, xi, n, rows)
+    else:
+        idx, _ = _read_typed(data, xi, b"x", n)
+        if rows is not None:
+            idx = [idx[i] for i in rows]
+    if max(idx, default=0) >= len(words):
+        raise ValueError("columnar block: index beyond its dictionary")
+    if isinstance(words, _Ips):
+        cache: dict[int, bytes] = {}
+        out = []
+        for k in idx:
+            got = cache.get(k)
+            if got is None:
+                got = cache[k] = words.word(k)
+            out.append(got)
+        return out
+    return [words[i] for i in idx]
+
+
+def _rows_where(data: bytes, n: int, sec: tuple[bytes, int, int, int], values: set[bytes], rows: list[int] | None) -> list[int]:
+    tag, _, _, xi = sec
+    if tag in (b"d", b"i"):
+        col = _column(data, n, sec, rows)
+        return [i for i, v in zip(range(n) if rows is None else rows, col, strict=True) if v in values]
+    words = _words(data, sec)
+    hits = words.find(values) if isinstance(words, _Ips) else {k for k, w in enumerate(words) if w in values}
+    if not hits:
+        return []
+    if xi < 0:
+        return list(range(n)) if rows is None else rows
+    if rows is not None and len(rows) * 8 < n:
+        return [i for i, k in zip(rows, _typed_at(data, xi, n, rows), strict=True) if k in hits]
+    idx, _ = _read_typed(data, xi, b"x", n)
+    return [i for i in (range(n) if rows is None else rows) if idx[i] in hits]
+
+
+def _decode_columns(blob: bytes, where: list[dict[int, set[bytes]]] | None = None) -> tuple[list[int] | None, list[bytes]]:
+    data = zlib.decompress(blob)
+    n, secs = _sections(data)
+    seq_sec = secs.pop() if secs and secs[-1][0] == b"q" else None
+    order: list[int] | None = None
+    if where:
+        # Only the rows that can match: the columns the filter names first, then those rows of the rest.
+        keep: set[int] = set()
+        for alt in where:
+            rows: list[int] | None = None
+            for c, values in alt.items():
+                rows = _rows_where(data, n, secs[c], values, rows) if c < len(secs) else []
+                if not rows:
+                    break
+            keep.update(rows or ())
+        if not keep:
+            return ([] if seq_sec else None), []
+        order = sorted(keep)
+    cols = [_column(data, n, sec, order) for sec in secs]
+    seqs = list(map(int, _column(data, n, seq_sec, order))) if seq_sec is not None else None
+    return seqs, [b"\t".join(r) + b"\n" for r in zip(*cols, strict=True)]
+
+
+def encode_block(lines: list[bytes], cols: list[tuple[bytes, ...]] | None = None, seqs: list[int] | None = None) -> bytes:
+    """A sealed block (format 2) holding ``lines`` (``cols``: their :func:`split_block`, when the
+    caller has it; ``seqs``: each line's position in its partition, for a block of records not in
+    log order): columnar when every field can be stored exactly, else zlib over the lines."""
+    if cols is None:
+        cols = split_block(lines)
+    if cols is not None:
+        try:
+            return CODEC_COLUMNS + _encode_columns(cols, seqs)
+        except (ValueError, OverflowError, struct.error):
+            pass
+    if seqs is None:
+        return CODEC_ZLIB + zlib.compress(b"".join(lines), 6)
+    return CODEC_ZLIB_SEQ + zlib.compress(_typed(b"q", _int_array(seqs)) + b"".join(lines), 6)
+
+
+def decode_block(data: bytes, version: int, where: list[dict[int, set[bytes]]] | None = None) -> list[bytes]:
+    """The lines (with newlines) of a sealed block; raises ValueError or zlib.error (damage). With
+    ``where`` (alternatives, each {column: acceptable field bytes}), a columnar block may return
+    only the lines that satisfy one: a pre-filter for queries."""
+    return decode_block_seq(data, version, where)[1]
+
+
+def decode_block_seq(data: bytes, version: int,
+                     where: list[dict[int, set[bytes]]] | None = None) -> tuple[list[int] | None, list[bytes]]:
+    """(each line's position in its partition, or None for a block in log order; the lines)."""
+    if version < 2:
+        return None, zlib.decompress(data).splitlines(keepends=True)
+    codec, body = data[:1], data[1:]
+    try:
+        if codec == CODEC_ZLIB:
+            return None, zlib.decompress(body).splitlines(keepends=True)
+        if codec == CODEC_ZLIB_SEQ:
+            raw = zlib.decompress(body)
+            (ln,) = _U32.unpack_from(raw, 2)
+            w = raw[1]
+            if w not in _CODES or ln % w:
+                raise ValueError("zlib block: bad positions section")
+            seqs, pos = _read_typed(raw, 0, b"q", ln // w)
+            lines = raw[pos:].splitlines(keepends=True)
+            if len(lines) != len(seqs):
+                raise ValueError(f"zlib block: {len(lines)} records, {len(seqs)} positions")
+            return seqs, lines
+        if codec == CODEC_COLUMNS:
+            return _decode_columns(body, where)
+    except (struct.error, IndexError, KeyError, OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{codec!r} block: {exc}") from None
+    raise ValueError(f"unknown block codec {codec!r}")

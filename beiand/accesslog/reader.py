@@ -8,20 +8,27 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from beiand.accesslog.format import (
     DAY_MS,
+    FIELDS,
     GENESIS,
+    KEY_KINDS,
     FormatError,
     Index,
+    KindIndex,
     OpenPartition,
     chain,
     decode,
+    decode_block_seq,
+    endpoint_key,
     key_id,
     read_mark,
     read_open,
+    split_endpoint,
 )
 from beiand.accesslog.store import (
     HEADS,
@@ -36,9 +43,13 @@ from beiand.accesslog.store import (
     worker_of,
 )
 from beiand.errors import BeiandError
-from beiand.model import AccessRecord
+from beiand.model import AccessRecord, endpoint
 
 IpNet = ipaddress.IPv4Network | ipaddress.IPv6Network
+_FIRST = itemgetter(0)
+
+
+Endpoint = tuple[IpNet, int | None]  # a server address or prefix, and a port (None: any)
 
 
 @dataclass(frozen=True)
@@ -51,24 +62,62 @@ class Query:
     server: IpNet | None = None
     account: str = ""
     verdict: str = ""
+    port: int | None = None  # the server port (with ``server``, or alone)
+    proto: str = ""  # tcp / udp
+    url_prefix: str = ""  # HTTP URL path starting with this
+    # Other server endpoints that answer for ``server``/``port`` (a NAT mapping's other side,
+    # resolved when the query was built); a record's own ``nat`` endpoint is always matched too.
+    also: tuple[Endpoint, ...] = ()
+
+    def endpoints(self) -> list[Endpoint]:
+        if self.server is None and self.port is None:
+            return []
+        return [(self.server, self.port), *self.also] if self.server is not None else [*self.also]
+
+    def keys(self) -> list[tuple[str, str]] | None:
+        """The most selective indexed keys, as (kind, key) (a block holding any of them may
+        match), or None for a scan. Kind "p" (server endpoint) is found as "s" in partitions
+        sealed before issue 19 (:meth:`Index.blocks` callers fall back)."""
+        if self.name:
+            return [("n", self.name)]
+        if self.suffix:
+            return [("n", self.suffix)]
+        eps = self.endpoints()
+        if eps and all(net is not None and net.num_addresses == 1 for net, _ in eps):
+            return [("p", endpoint_key(str(net.network_address), port)) if port is not None
+                    else ("s", str(net.network_address)) for net, port in eps if net is not None]
+        if self.client is not None and self.client.num_addresses == 1:
+            return [("c", str(self.client.network_address))]
+        if self.account:
+            return [("a", self.account)]
+        return None
 
     def key(self) -> tuple[str, str] | None:
-        """The most selective indexed key, as (kind, key), or None for a scan."""
-        if self.name:
-            return ("n", self.name)
-        if self.suffix:
-            return ("n", self.suffix)
-        for kind, net in (("c", self.client), ("s", self.server)):
-            if net is not None and net.num_addresses == 1:
-                return (kind, str(net.network_address))
-        if self.account:
-            return ("a", self.account)
-        return None
+        k = self.keys()
+        return k[0] if k and len(k) == 1 else None
 
     def needle(self) -> bytes:
         """Bytes every matching line contains: a cheap filter before decoding."""
-        k = self.key()
-        return k[1].encode() if k else b""
+        k = self.keys()
+        if not k or len(k) != 1:
+            return b""
+        kind, key = k[0]
+        return (key.split("|")[0] if kind == "p" else key).encode()
+
+    def where(self) -> list[dict[int, set[bytes]]] | None:
+        """The columnar pre-filter of a sealed block (format.decode_block): alternatives of
+        {column: field bytes}; None when this query offers none (then whole blocks are decoded)."""
+        eps = self.endpoints()
+        if not eps:
+            return None
+        out: list[dict[int, set[bytes]]] = []
+        for net, port in eps:
+            if net is None or net.num_addresses != 1 or port is None:
+                return None
+            ip = str(net.network_address)
+            out.append({_COL_SERVER: {ip.encode()}, _COL_PORT: {str(port).encode()}})
+            out.append({_COL_NAT: {endpoint(ip, port).encode()}})
+        return out
 
     def match(self, r: AccessRecord) -> bool:
         if not self.since_ms <= r.ts_ms < self.until_ms:
@@ -81,14 +130,35 @@ class Query:
             return False
         if self.verdict and r.verdict != self.verdict:
             return False
-        for net, ip in ((self.client, r.client_ip), (self.server, r.server_ip)):
-            if net is not None:
-                try:
-                    if ipaddress.ip_address(ip) not in net:
-                        return False
-                except ValueError:
-                    return False
+        if self.proto and r.transport != self.proto:
+            return False
+        if self.url_prefix and not r.url.startswith(self.url_prefix):
+            return False
+        if self.client is not None and not _in(r.client_ip, self.client):
+            return False
+        eps = self.endpoints()
+        if eps:
+            nat = split_endpoint(r.nat) if r.nat else None
+            for net, port in eps:
+                if (net is None or _in(r.server_ip, net)) and (port is None or r.server_port == port):
+                    return True
+                if nat is not None and (net is None or _in(nat[0], net)) and (port is None or nat[1] == port):
+                    return True
+            return False
         return True
+
+
+def _in(ip: str, net: IpNet) -> bool:
+    if net.version == 4 and net.prefixlen == 32:
+        # An IPv4 address has one text (the writer's, and ipaddress refuses leading zeros): no parse.
+        return ip == str(net.network_address)
+    try:
+        return ipaddress.ip_address(ip) in net
+    except ValueError:
+        return False
+
+
+_COL_SERVER, _COL_PORT, _COL_NAT = FIELDS.index("server_ip"), FIELDS.index("server_port"), FIELDS.index("nat")
 
 
 @dataclass
@@ -161,34 +231,115 @@ def _scan(payload: bytes, q: Query, needle: bytes) -> Iterator[AccessRecord]:
         pos = find(needle, end)
 
 
+def sealed_version(meta: dict[str, Any]) -> int:
+    return int(meta.get("format", 1))
+
+
+def read_block(f: BinaryIO, meta: dict[str, Any], b: int,
+               where: list[dict[int, set[bytes]]] | None = None) -> tuple[list[int] | None, list[bytes]]:
+    """Block ``b`` of an open sealed partition: its records' positions in the log (None: the block
+    is in log order, format 1) and its lines (every one unless ``where`` pre-filters)."""
+    off, clen = meta["blocks"][b][:2]
+    f.seek(off)
+    return decode_block_seq(f.read(clen), sealed_version(meta), where)
+
+
+def log_order(f: BinaryIO, meta: dict[str, Any], problems: list[str] | None = None,
+              held_in: list[int] | None = None) -> list[bytes | None]:
+    """Every line of a sealed partition in log order (None where a damaged block held it); each
+    unreadable block or misplaced position is described in ``problems``; ``held_in`` is filled
+    with the block each position came from (format 2; -1: none)."""
+    n = int(meta["count"])
+    if held_in is not None:
+        held_in[:] = [-1] * n
+    if sealed_version(meta) < 2:
+        out: list[bytes | None] = []
+        for b, blk in enumerate(meta["blocks"]):
+            try:
+                out.extend(read_block(f, meta, b)[1])
+            except (zlib.error, ValueError) as exc:
+                if problems is not None:
+                    problems.append(f"block {b}: unreadable: {exc}")
+                out.extend([None] * blk[2])
+        return out
+    lines: list[bytes | None] = [None] * n
+    for b, blk in enumerate(meta["blocks"]):
+        try:
+            seqs, got = read_block(f, meta, b)
+        except (zlib.error, ValueError) as exc:
+            if problems is not None:
+                problems.append(f"block {b}: unreadable ({blk[2]} record(s)): {exc}")
+            continue
+        if seqs is None or len(got) != blk[2]:
+            if problems is not None:
+                problems.append(f"block {b}: {len(got)} records, the block table says {blk[2]}")
+            if seqs is None:
+                continue
+        for q, ln in zip(seqs, got, strict=False):
+            if not 0 <= q < n or lines[q] is not None:
+                if problems is not None:
+                    problems.append(f"block {b}: a record at log position {q} that is out of range or given twice")
+                continue
+            lines[q] = ln
+            if held_in is not None:
+                held_in[q] = b
+    return lines
+
+
+def sealed_blocks(f: BinaryIO, meta: dict[str, Any], keys: list[tuple[str, str]]) -> list[int]:
+    """The blocks that may hold a record under any of ``keys`` (sorted)."""
+    found: set[int] = set()
+    if sealed_version(meta) < 2:
+        off, ln = meta["index"]
+        f.seek(off)
+        v1 = Index(zlib.decompress(f.read(ln)), KEY_KINDS)
+        for kind, key in keys:
+            if kind == "p":  # not indexed before issue 19: the address's blocks
+                kind, key = "s", key.split("|")[0]
+            found.update(v1.blocks(kind, key))
+        return sorted(found)
+    kinds: dict[str, KindIndex] = {}
+    for kind, key in keys:
+        idx = kinds.get(kind)
+        if idx is None:
+            off, ln = meta["index_kinds"][kind]
+            idx = kinds[kind] = KindIndex(f, off, ln)
+        found.update(idx.blocks(key))
+    return sorted(found)
+
+
 def _query_sealed(p: Path, q: Query, needle: bytes, st: QueryStats) -> Iterator[AccessRecord]:
-    meta = read_sealed_meta(p)
+    meta = read_sealed_meta(p, segments=False)
     if meta["max_ts"] < q.since_ms or meta["min_ts"] >= q.until_ms:
         return
     blocks = meta["blocks"]
     st.blocks_total += len(blocks)
-    key = q.key()
+    keys = q.keys()
+    where = q.where()
+    clustered: list[tuple[int, AccessRecord]] = []
     with open(p, "rb") as f:
-        if key is not None:
-            off, ln = meta["index"]
-            f.seek(off)
-            idx = Index(zlib.decompress(f.read(ln)))
-            wanted = idx.blocks(*key)
-        else:
-            wanted = list(range(len(blocks)))
+        wanted = sealed_blocks(f, meta, keys) if keys is not None else list(range(len(blocks)))
         for b in wanted:
-            off, clen, _n, lo, hi, _h = blocks[b]
+            off, clen, _n, lo, hi = blocks[b][:5]
             if hi < q.since_ms or lo >= q.until_ms:
                 continue
-            f.seek(off)
             st.blocks_read += 1
             try:
-                data = zlib.decompress(f.read(clen))
-                found = list(_scan(data, q, needle))
+                seqs, lines = read_block(f, meta, b, where)
+                if seqs is None:
+                    found = list(_scan(b"".join(lines), q, needle))
+                    yield from found
+                    continue
+                for sq, ln in zip(seqs, lines, strict=True):
+                    for r in _scan(ln, q, needle):
+                        clustered.append((sq, r))
             except (zlib.error, ValueError) as exc:  # bit rot in one block: the others are still read
                 st.unreadable.append(f"{part_name(p)}: block {b} (offset {off}, {clen} bytes): {exc}")
                 continue
-            yield from found
+    # A clustered partition (format 2): its matches in log order.
+    clustered.sort(key=_FIRST)
+    for _, r in clustered:
+        yield r
 
 
 # -- summaries (the passive audit) -----------------------------------------------------------
@@ -231,8 +382,10 @@ def summaries(directory: Path, since_ms: int = 0, until_ms: int = 2**62) -> dict
                         add((v[0], v[1], int(v[2]), v[3], v[4], v[5], v[6], v[7], v[8]), int(v[9]), int(v[10]), int(v[11]))
                 continue
         for r in (_query_sealed(p, q, b"", QueryStats()) if p.suffix == ".sealed" else _open_records(p, q)):
-            add((r.name, r.server_ip, r.server_port, r.account, r.verdict, r.kind, r.action, r.reason, r.filing_number),
-                r.ts_ms, r.ts_ms, 1)
+            if r.direction == "out":
+                continue  # a hosted host connecting out: no hosted server (sealed summaries leave them out too)
+            add((r.name, r.server_ip, 0 if r.kind == "conn" else r.server_port, r.account, r.verdict, r.kind, r.action,
+                 r.reason, r.filing_number), r.ts_ms, r.ts_ms, 1)
     return out
 
 
@@ -369,17 +522,42 @@ def _check_sealed(p: Path, key: bytes | None, chk: PartitionCheck) -> None:
     chk.prev_head = meta["prev_head"]
     head = bytes.fromhex(meta["prev_head"])
     with open(p, "rb") as f:
-        for b, (off, clen, n, _lo, _hi, bhead) in enumerate(meta["blocks"]):
-            f.seek(off)
-            lines = zlib.decompress(f.read(clen)).splitlines(keepends=True)
-            if len(lines) != n:
-                chk.problems.append(f"block {b}: {len(lines)} records, the block table says {n}")
-            head = chain(head, lines, key)
-            if head.hex() != bhead:
-                chk.problems.append(f"block {b}: chain broken: a record was modified, inserted, deleted or reordered")
-                head = bytes.fromhex(bhead)
-            _ts_range(lines, chk)
-            chk.records += len(lines)
+        if sealed_version(meta) < 2:
+            for b, (_off, _clen, n, _lo, _hi, bhead) in enumerate(meta["blocks"]):
+                lines = read_block(f, meta, b)[1]
+                if len(lines) != n:
+                    chk.problems.append(f"block {b}: {len(lines)} records, the block table says {n}")
+                head = chain(head, lines, key)
+                if head.hex() != bhead:
+                    chk.problems.append(f"block {b}: chain broken: a record was modified, inserted, deleted or reordered")
+                    head = bytes.fromhex(bhead)
+                _ts_range(lines, chk)
+                chk.records += len(lines)
+        else:
+            problems: list[str] = []
+            held: list[int] = []
+            lines_at = log_order(f, meta, problems, held)
+            chk.problems.extend(problems)
+            pos = 0
+            for n, shead in meta["segments"]:
+                seg = lines_at[pos:pos + n]
+                whole = [ln for ln in seg if ln is not None]
+                if len(whole) != n:
+                    chk.problems.append(f"records {pos + 1}-{pos + n}: {n - len(whole)} unreadable (a damaged block): "
+                                        "the chain cannot be recomputed over them")
+                    head = bytes.fromhex(shead)
+                else:
+                    head = chain(head, whole, key)
+                    if head.hex() != shead:
+                        where = ", ".join(map(str, sorted(set(held[pos:pos + n]))))
+                        chk.problems.append(f"records {pos + 1}-{pos + n} (held in block(s) {where}): chain broken: a record "
+                                            "was modified, inserted, deleted or reordered")
+                        head = bytes.fromhex(shead)
+                _ts_range(whole, chk)
+                chk.records += len(whole)
+                pos += n
+            if pos != len(lines_at):
+                chk.problems.append(f"the chain segments cover {pos} records, the partition says {len(lines_at)}")
     if chk.records != meta["count"]:
         chk.problems.append(f"{chk.records} records, the partition says {meta['count']}")
     if head.hex() != meta["head"]:
@@ -461,11 +639,27 @@ def heads_at(p: Path, counts: set[int], key: bytes | None) -> dict[int, str]:
         if 0 in counts:
             out[0] = head.hex()
         with open(p, "rb") as f:
-            for off, clen, bn, _lo, _hi, bhead in meta["blocks"]:
+            if sealed_version(meta) >= 2:
+                # Clustered: the lines back in log order, the chain over them (a segment with an
+                # unreadable record gives no heads inside it).
+                lines_at = log_order(f, meta) if any(0 < c < meta["count"] for c in counts) else []
+                for sn, shead in meta["segments"]:
+                    inside = sorted(c for c in counts if n < c < n + sn)
+                    seg = lines_at[n:n + sn]
+                    if inside and all(ln is not None for ln in seg):
+                        for i, ln in enumerate(seg, n + 1):
+                            head = chain(head, [ln], key)  # type: ignore[list-item]
+                            if i in counts:
+                                out[i] = head.hex()
+                    head = bytes.fromhex(shead)
+                    n += sn
+                    if n in counts:
+                        out[n] = shead
+                return out
+            for b, (_off, _clen, bn, _lo, _hi, bhead) in enumerate(meta["blocks"]):
                 inside = sorted(c for c in counts if n < c <= n + bn)
                 if inside and inside != [n + bn]:
-                    f.seek(off)
-                    lines = zlib.decompress(f.read(clen)).splitlines(keepends=True)
+                    lines = read_block(f, meta, b)[1]
                     for i, ln in enumerate(lines, n + 1):
                         head = chain(head, [ln], key)
                         if i in counts:
@@ -661,6 +855,8 @@ class Stats:
     oldest_ms: int = 0
     newest_ms: int = 0
     workers: list[str] = field(default_factory=list)
+    sealed_records: int = 0
+    sealed_bytes: int = 0  # of sealed partitions: with sealed_records, the disk a record costs
 
     @property
     def days_held(self) -> float:
@@ -678,6 +874,8 @@ def stats(directory: Path) -> Stats:
             st.sealed += 1
             meta = read_sealed_meta(p)
             n, lo, hi = meta["count"], meta["min_ts"], meta["max_ts"]
+            st.sealed_records += n
+            st.sealed_bytes += p.stat().st_size
         else:
             if p.suffix == ".damaged":
                 st.damaged += 1

@@ -22,11 +22,13 @@ import errno
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import zlib
+from array import array
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
@@ -37,17 +39,23 @@ from typing import Any
 from beiand.accesslog.format import (
     CRC_HEAD,
     DAY_MS,
+    FIELDS,
     GENESIS,
+    KEY_KINDS_V2,
     MARK_SLOT,
+    SEAL_FORMAT,
     SEAL_MAGIC,
     TRAILER,
     FormatError,
     Mark,
     OpenPartition,
-    build_index,
+    Postings,
+    build_kind_v2,
     chain,
     decode,
     encode_batch,
+    encode_block,
+    endpoint_key,
     frame_bytes,
     header_line,
     key_id,
@@ -55,6 +63,8 @@ from beiand.accesslog.format import (
     name_keys,
     read_mark,
     read_open,
+    split_block,
+    split_endpoint,
 )
 from beiand.errors import BeiandError
 from beiand.model import AccessRecord
@@ -758,7 +768,51 @@ def retire(directory: Path, retention_days: int, now_ms: int | None = None, work
 # -- sealing ----------------------------------------------------------------------------------
 
 
-def read_sealed_meta(path: Path) -> dict[str, Any]:
+class BlockTable:
+    """A format-2 partition's block table (binary: offset u64, length u32, records u32, first and
+    last time i64 per block), read without parsing per block; rows as format 1's JSON rows."""
+
+    def __init__(self, raw: bytes, n: int) -> None:
+        self.n = n
+        arrs: list[array[int]] = []
+        pos = 0
+        for code in ("Q", "I", "I", "q", "q"):
+            a = array(code)
+            a.frombytes(raw[pos:pos + n * a.itemsize])
+            if len(a) != n:
+                raise FormatError("truncated block table")
+            if sys.byteorder == "big":  # pragma: no cover
+                a.byteswap()
+            pos += n * a.itemsize
+            arrs.append(a)
+        self.off, self.clen, self.count, self.lo, self.hi = arrs
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, b: int) -> list[int]:
+        if not 0 <= b < self.n:
+            raise IndexError(b)
+        return [self.off[b], self.clen[b], self.count[b], self.lo[b], self.hi[b]]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (self[b] for b in range(self.n))
+
+    @staticmethod
+    def pack(rows: list[list[Any]]) -> bytes:
+        out = b""
+        for i, code in enumerate(("Q", "I", "I", "q", "q")):
+            a = array(code, [r[i] for r in rows])
+            if sys.byteorder == "big":  # pragma: no cover
+                a.byteswap()
+            out += a.tobytes()
+        return out
+
+
+def read_sealed_meta(path: Path, segments: bool = True) -> dict[str, Any]:
+    """A sealed partition's meta. Format 2 keeps its block table and chain segments in binary
+    sections: ``meta["blocks"]`` is then a :class:`BlockTable` and, with ``segments``,
+    ``meta["segments"]`` the [records, head] of each log-order segment."""
     with open(path, "rb") as f:
         f.seek(0, os.SEEK_END)
         size = f.tell()
@@ -773,7 +827,83 @@ def read_sealed_meta(path: Path) -> dict[str, Any]:
             meta: dict[str, Any] = json.loads(f.read(mlen))
         except ValueError as exc:
             raise FormatError(f"{path}: damaged meta: {exc}") from None
+        try:
+            if "block_table" in meta:
+                off, n = meta["block_table"]
+                f.seek(off)
+                meta["blocks"] = BlockTable(f.read(n * 32), n)
+            if segments and "segment_table" in meta:
+                off, n = meta["segment_table"]
+                f.seek(off)
+                raw = f.read(n * 36)
+                counts = array("I")
+                counts.frombytes(raw[:4 * n])
+                if len(counts) != n or len(raw) != 36 * n:
+                    raise FormatError("truncated segment table")
+                if sys.byteorder == "big":  # pragma: no cover
+                    counts.byteswap()
+                heads = raw[4 * n:]
+                meta["segments"] = [[c, heads[32 * i:32 * i + 32].hex()] for i, c in enumerate(counts)]
+        except (FormatError, ValueError, TypeError) as exc:
+            raise FormatError(f"{path}: damaged meta tables: {exc}") from None
     return meta
+
+
+def _decoded_columns(lines: list[bytes]) -> list[tuple[bytes, ...]]:
+    """A block's columns from its decoded records (escapes undone): the index keys of a block
+    whose lines hold an escape, or that are not all of one shape."""
+    enc = [tuple(str(v).encode("utf-8", "surrogateescape") for v in decode(ln)) for ln in lines]
+    return list(zip(*enc, strict=True))
+
+
+_SERVER, _PORT, _CLIENT, _ACCOUNT, _NAME, _NAT = (FIELDS.index(f) for f in ("server_ip", "server_port", "client_ip", "account",
+                                                                            "name", "nat"))
+_DIRECTION = FIELDS.index("direction")
+_KIND = FIELDS.index("kind")
+_SUMMARY_AT = [FIELDS.index(f) for f in ("name", "server_ip", "server_port", "account", "verdict", "kind", "action",
+                                         "reason", "filing_number")]
+
+
+def _index_block(cols: list[tuple[bytes, ...]], b: int, posts: dict[str, Postings],
+                 summary: dict[tuple[bytes, ...], list[int]]) -> tuple[int, int]:
+    """Post block ``b`` under its keys, add its records to the summary; its (min, max) time."""
+    ts = list(map(int, cols[0]))
+    names = [n for n in dict.fromkeys(cols[_NAME]) if n]
+    posts["n"].add(dict.fromkeys(k.encode("utf-8", "surrogateescape") for n in names
+                                 for k in name_keys(n.decode("utf-8", "surrogateescape"))), b)
+    posts["c"].add(dict.fromkeys(cols[_CLIENT]), b)
+    posts["a"].add(dict.fromkeys(cols[_ACCOUNT]), b)
+    servers = list(dict.fromkeys(cols[_SERVER]))
+    eps = list(dict.fromkeys(map(b"|".join, zip(cols[_SERVER], cols[_PORT], strict=True))))
+    for nat in dict.fromkeys(cols[_NAT]):
+        ep = split_endpoint(nat.decode("utf-8", "surrogateescape")) if nat else None
+        if ep is not None:
+            servers.append(ep[0].encode())
+            eps.append(endpoint_key(*ep).encode())
+    posts["s"].add(servers, b)
+    posts["p"].add(eps, b)
+    # The summary is of hosted servers (the audit's): outbound flows reach others; unnamed
+    # connections make one row per server address (port 0), not one per port.
+    ports = [b"0" if k == b"conn" else p for p, k in zip(cols[_PORT], cols[_KIND], strict=True)]
+    n = len(ts)
+    dirs = cols[_DIRECTION] if len(cols) > _DIRECTION else (b"",) * n
+    at = _SUMMARY_AT
+    keys = zip(cols[at[0]], cols[at[1]], ports, cols[at[3]], cols[at[4]], cols[at[5]], cols[at[6]], cols[at[7]], cols[at[8]],
+               strict=True)
+    get = summary.get
+    for k, t, d in zip(keys, ts, dirs, strict=True):
+        if d == b"out":
+            continue
+        row = get(k)
+        if row is None:
+            summary[k] = [t, t, 1]
+        else:
+            if t < row[0]:
+                row[0] = t
+            elif t > row[1]:
+                row[1] = t
+            row[2] += 1
+    return min(ts), max(ts)
 
 
 def seal_partition(path: Path, cfg: LogConfig) -> Path:
@@ -790,58 +920,66 @@ def seal_partition(path: Path, cfg: LogConfig) -> Path:
         if head != fr.head:
             raise FormatError(f"{path}: chain broken in the frame at offset {fr.offset}: not sealing a tampered partition")
         lines.extend(fl)
+    bs = cfg.block_records
+    # The chain heads per segment of ``bs`` records in log order (what verify recomputes).
+    segments: list[list[Any]] = []
+    head = bytes.fromhex(hdr["prev_head"])
+    for i in range(0, len(lines), bs):
+        head = chain(head, lines[i:i + bs], cfg.key)
+        segments.append([len(lines[i:i + bs]), head.hex()])
+    # Clustered by server endpoint (stable: log order within one), each record keeping its position.
+    ends = [tuple(ln.split(b"\t", 6)[4:6]) for ln in lines]
+    order = sorted(range(len(lines)), key=ends.__getitem__)
+    del ends
     out = path.with_suffix(".sealed.tmp")
     hdr_bytes = header_line({**hdr, "sealed": True})
-    postings: dict[str, dict[str, set[int]]] = {"n": {}, "c": {}, "s": {}, "a": {}}
+    posts = {k: Postings(len(lines)) for k in KEY_KINDS_V2}
     blocks: list[list[Any]] = []
-    head = bytes.fromhex(hdr["prev_head"])
     min_ts = max_ts = None
-    bs = cfg.block_records
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(hdr_bytes)
             pos = len(hdr_bytes)
-            pn, pc, ps, pa = postings["n"], postings["c"], postings["s"], postings["a"]
-            summary: dict[tuple[str, ...], list[int]] = {}
+            bsummary: dict[tuple[bytes, ...], list[int]] = {}
             for b, i in enumerate(range(0, len(lines), bs)):
-                chunk = lines[i:i + bs]
-                head = chain(head, chunk, cfg.key)
-                lo = hi = None
-                seen_names: set[str] = set()
-                for ln in chunk:
-                    r = decode(ln)
-                    lo = r.ts_ms if lo is None or r.ts_ms < lo else lo
-                    hi = r.ts_ms if hi is None or r.ts_ms > hi else hi
-                    if r.name not in seen_names:
-                        seen_names.add(r.name)
-                        for k in name_keys(r.name):
-                            pn.setdefault(k, set()).add(b)
-                    pc.setdefault(r.client_ip, set()).add(b)
-                    ps.setdefault(r.server_ip, set()).add(b)
-                    pa.setdefault(r.account, set()).add(b)
-                    sk = (r.name, r.server_ip, str(r.server_port), r.account, r.verdict, r.kind, r.action, r.reason, r.filing_number)
-                    srow = summary.get(sk)
-                    if srow is None:
-                        summary[sk] = [r.ts_ms, r.ts_ms, 1]
-                    else:
-                        srow[0] = min(srow[0], r.ts_ms)
-                        srow[1] = max(srow[1], r.ts_ms)
-                        srow[2] += 1
-                comp = zlib.compress(b"".join(chunk), 6)
+                seqs = order[i:i + bs]
+                chunk = [lines[j] for j in seqs]
+                cols = split_block(chunk)
+                escaped = cols is None or any(b"\\" in ln for ln in chunk)
+                lo, hi = _index_block(_decoded_columns(chunk) if escaped else cols, b, posts, bsummary)  # type: ignore[arg-type]
+                comp = encode_block(chunk, cols, seqs)
                 f.write(comp)
-                assert lo is not None and hi is not None
-                blocks.append([pos, len(comp), len(chunk), lo, hi, head.hex()])
+                blocks.append([pos, len(comp), len(chunk), lo, hi])
                 pos += len(comp)
                 min_ts = lo if min_ts is None or lo < min_ts else min_ts
                 max_ts = hi if max_ts is None or hi > max_ts else max_ts
-            idx = zlib.compress(build_index(postings), 6)
-            f.write(idx)
+            kinds: dict[str, list[int]] = {}
+            for kind in KEY_KINDS_V2:
+                sec = build_kind_v2(posts[kind], len(blocks))
+                f.write(sec)
+                kinds[kind] = [pos, len(sec)]
+                pos += len(sec)
+            summary = {tuple(x.decode("utf-8", "surrogateescape") for x in k): v for k, v in bsummary.items()}
             summ = zlib.compress(encode_summary(summary), 6)
             f.write(summ)
-            meta = {**hdr, "sealed": True, "count": len(lines), "head": head.hex(), "min_ts": min_ts or 0, "max_ts": max_ts or 0,
-                    "blocks": blocks, "index": [pos, len(idx)], "summary": [pos + len(idx), len(summ)]}
-            pos += len(idx) + len(summ)
+            summ_at = [pos, len(summ)]
+            pos += len(summ)
+            # The block table and the chain segments in binary (a query parses no row of them).
+            table = BlockTable.pack(blocks)
+            f.write(table)
+            table_at = [pos, len(blocks)]
+            pos += len(table)
+            counts = array("I", [n for n, _ in segments])
+            if sys.byteorder == "big":  # pragma: no cover
+                counts.byteswap()
+            seg = counts.tobytes() + b"".join(bytes.fromhex(h) for _, h in segments)
+            f.write(seg)
+            seg_at = [pos, len(segments)]
+            pos += len(seg)
+            meta = {**hdr, "sealed": True, "format": SEAL_FORMAT, "count": len(lines), "head": head.hex(),
+                    "min_ts": min_ts or 0, "max_ts": max_ts or 0, "block_table": table_at, "segment_table": seg_at,
+                    "index_kinds": kinds, "summary": summ_at}
             mb = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
             f.write(mb)
             f.write(TRAILER.pack(pos, len(mb), SEAL_MAGIC))

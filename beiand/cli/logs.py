@@ -27,10 +27,14 @@ from beiand.accesslog.format import FIELDS
 from beiand.accesslog.reader import AnchorError, query_marked, read_anchors, read_heads
 from beiand.accesslog.store import DIR_MODE, FILE_MODE, append_heads, file_sha256, part_name, partition_paths
 from beiand.cli.common import CliError, out, table
-from beiand.model import AccessRecord, VerdictKind
+from beiand.model import UNNAMED, AccessRecord, VerdictKind
 
 if TYPE_CHECKING:
+    from beiand.policy.history import Holders
+    from beiand.policy.nat import NatTable
     from beiand.runtime.settings import Config
+
+IpNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_CONFIG = "/etc/beiand/beiand.toml"
 _REL = re.compile(r"^(\d+)([smhdw])$")
@@ -99,12 +103,54 @@ def log_dir(args: argparse.Namespace, may_be_missing: bool = False) -> Path:
     return d
 
 
-def build_query(args: argparse.Namespace) -> Query:
+_WINDOW = re.compile(r"^(\d+)([smhd])$")
+
+# CSV headers in Chinese (--headers zh): what a request form (调取证据通知书) names.
+ZH_HEADERS = {
+    "time": "时间", "ts_ms": "时间戳(毫秒)", "account": "账号", "client_ip": "源地址", "client_port": "源端口",
+    "server_ip": "目的地址", "server_port": "目的端口", "transport": "协议", "kind": "识别方式", "name": "域名",
+    "verdict": "备案核验结果", "action": "处置", "filing_number": "备案号", "gateway": "网关", "reason": "原因",
+    "nat": "NAT映射地址", "calling_number": "主叫号码", "order": "指令编号", "direction": "方向", "method": "请求方法",
+    "url": "URL", "packets": "包数", "octets": "字节数", "holder": "当时地址持有账号",
+}
+
+
+def parse_window(text: str, field: str = "--window") -> int:
+    """``5m``, ``30s``, ``2h``, ``1d`` → milliseconds."""
+    m = _WINDOW.match(text.strip())
+    if not m or int(m.group(1)) == 0:
+        raise CliError(f"{field} {text!r}: expected a duration such as 30s, 5m, 2h or 1d")
+    return int(m.group(1)) * _UNITS[m.group(2)] * 1000
+
+
+def _port(text: str | None, field: str) -> int | None:
+    if text is None or text == "":
+        return None
+    t = str(text).strip()
+    if not t.isascii() or not t.isdigit() or not 0 <= int(t) <= 65535:
+        raise CliError(f"{field} {text!r}: expected a port number 0-65535")
+    return int(t)
+
+
+def build_query(args: argparse.Namespace, nat: NatTable | None = None) -> Query:
+    """The query the filters ask for. With a NAT table, a server address (and port) on either side
+    of a mapping valid in the time range also matches the other side."""
     from beiand.records.domains import DomainError, normalise_domain
 
     now = time.time()
-    since = parse_time(args.since, "--since", now) if args.since else 0
-    until = parse_time(args.until, "--until", now) if args.until else int((now + 86400) * 1000)
+    at = getattr(args, "at", None)
+    window = getattr(args, "window", None)
+    if window and not at:
+        raise CliError("--window needs --at (the time the request names)")
+    if at:
+        if args.since or args.until:
+            raise CliError("--at: give either --at (with --window) or --since/--until, not both")
+        t = parse_time(at, "--at", now)
+        w = parse_window(window) if window else 5 * 60_000
+        since, until = t - w, t + w + 1
+    else:
+        since = parse_time(args.since, "--since", now) if args.since else 0
+        until = parse_time(args.until, "--until", now) if args.until else int((now + 86400) * 1000)
     if until <= since:
         raise CliError("--until must be later than --since")
     names = {}
@@ -115,11 +161,24 @@ def build_query(args: argparse.Namespace) -> Query:
                 names[field] = normalise_domain(v)
             except DomainError as exc:
                 raise CliError(f"--{field} {v!r}: {exc.reason}") from None
-    if args.verdict and args.verdict not in {v.value for v in VerdictKind}:
-        raise CliError(f"--verdict {args.verdict!r}: one of {', '.join(v.value for v in VerdictKind)}")
+    verdicts = [*(v.value for v in VerdictKind), UNNAMED]
+    if args.verdict and args.verdict not in verdicts:
+        raise CliError(f"--verdict {args.verdict!r}: one of {', '.join(verdicts)}")
+    proto = (getattr(args, "proto", None) or "").strip().lower()
+    if proto and proto not in ("tcp", "udp"):
+        raise CliError(f"--proto {args.proto!r}: one of tcp, udp")
+    url_prefix = getattr(args, "url_prefix", None) or ""
+    if url_prefix and not url_prefix.startswith("/"):
+        raise CliError(f"--url-prefix {url_prefix!r}: a URL path, starting with /")
+    port = _port(getattr(args, "port", None), "--port")
+    server = _net(args.server, "--server")
+    also: tuple[tuple[IpNet, int | None], ...] = ()
+    if nat is not None and server is not None and server.num_addresses == 1:
+        also = tuple(nat.other_sides(str(server.network_address), port, since, until))
     return Query(since, until, name=names.get("name", ""), suffix=names.get("suffix", ""),
-                 client=_net(args.client, "--client"), server=_net(args.server, "--server"),
-                 account=args.account or "", verdict=args.verdict or "")
+                 client=_net(args.client, "--client"), server=server,
+                 account=args.account or "", verdict=args.verdict or "", port=port, proto=proto,
+                 url_prefix=url_prefix, also=also)
 
 
 def _row(r: AccessRecord) -> dict[str, Any]:
@@ -129,38 +188,78 @@ def _row(r: AccessRecord) -> dict[str, Any]:
 
 
 class _Writer:
-    def __init__(self, fmt: str, stream: Any) -> None:
+    def __init__(self, fmt: str, stream: Any, headers: str = "en", holders: Holders | None = None) -> None:
         self.fmt = fmt
         self.stream = stream
         self.rows: list[list[str]] = []
+        self.holders = holders
         self.csv = csv.writer(stream) if fmt == "csv" else None
         if self.csv is not None:
-            self.csv.writerow(["time", *FIELDS])
+            cols = ["time", *FIELDS, *(["holder"] if holders is not None else [])]
+            self.csv.writerow([ZH_HEADERS.get(c, c) for c in cols] if headers == "zh" else cols)
+
+    def holder(self, r: AccessRecord) -> str:
+        """The account that held the hosted address of the record at its time (inventory history)."""
+        if self.holders is None:
+            return ""
+        return self.holders.holder(r.client_ip if r.direction == "out" else r.server_ip, r.ts_ms)
 
     def write(self, r: AccessRecord, set_aside: str = "") -> None:
         if self.fmt == "jsonl":
             row = _row(r)
+            if self.holders is not None:
+                row["holder"] = self.holder(r)
             if set_aside:
                 row["set_aside"] = set_aside  # read from a partition set aside as damaged
             self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
         elif self.csv is not None:
-            self.csv.writerow([fmt_time(r.ts_ms), *r])
+            self.csv.writerow([fmt_time(r.ts_ms), *r, *([self.holder(r)] if self.holders is not None else [])])
         else:
-            self.rows.append([fmt_time(r.ts_ms), r.account or "-", f"{r.client_ip}:{r.client_port}",
-                              f"{r.server_ip}:{r.server_port}", r.transport, r.kind, r.name or "-", r.verdict,
-                              r.action, r.filing_number or "-"])
+            self.rows.append([fmt_time(r.ts_ms), r.account or "-", *([self.holder(r) or "-"] if self.holders is not None else []),
+                              f"{r.client_ip}:{r.client_port}", f"{r.server_ip}:{r.server_port}", r.nat or "-", r.transport,
+                              r.kind, r.name or "-", r.verdict or "-", r.action, r.filing_number or "-",
+                              f"{r.method} {r.url}".strip() or "-"])
 
     def close(self) -> None:
         if self.fmt == "table":
-            table(self.rows, ["time", "account", "client", "server", "proto", "kind", "name", "verdict", "action",
-                              "filing no. (备案号)"])
+            table(self.rows, ["time", "account", *(["holder then"] if self.holders is not None else []), "client", "server",
+                              "nat", "proto", "kind", "name", "verdict", "action", "filing no. (备案号)", "request"])
+
+
+def _context(args: argparse.Namespace) -> tuple[NatTable | None, Holders | None]:
+    """The NAT mappings and the inventory history the config names (each None when it has none)."""
+    from beiand.policy.history import HistoryError, Holders, history_dir
+    from beiand.policy.nat import NatError, load_nat
+
+    state = getattr(args, "state_dir", None)
+    nat_file = getattr(args, "nat", None)
+    cfg = config_from(args) if (not state or not nat_file) and (args.config or os.path.exists(DEFAULT_CONFIG)) else None
+    nat = None
+    path = nat_file or (str(cfg.inventory.nat_file) if cfg is not None and cfg.inventory.nat_file else "")
+    if path:
+        try:
+            nat = load_nat(path)
+        except NatError as exc:
+            raise CliError(f"--nat {path}: " + "; ".join(exc.problems)) from None
+    holders = None
+    sdir = Path(state) if state else (cfg.daemon.state_dir if cfg is not None else None)
+    if state and not history_dir(Path(state)).is_dir():
+        raise CliError(f"--state-dir {state}: no inventory history ({history_dir(Path(state))}): the daemon records one "
+                       "at every inventory load")
+    if sdir is not None and history_dir(sdir).is_dir():
+        try:
+            holders = Holders(sdir)
+        except HistoryError as exc:
+            raise CliError(f"--state-dir {sdir}: {exc}") from None
+    return nat, holders
 
 
 def cmd_query(args: argparse.Namespace) -> int:
     d = log_dir(args)
-    q = build_query(args)
+    nat, holders = _context(args)
+    q = build_query(args, nat)
     st = QueryStats()
-    w = _Writer(args.format, sys.stdout)
+    w = _Writer(args.format, sys.stdout, args.headers, holders)
     n = 0
     for r, aside in query_marked(d, q, st):
         w.write(r, aside)
@@ -180,7 +279,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     d = log_dir(args)
-    q = build_query(args)
+    nat, holders = _context(args)
+    q = build_query(args, nat)
     dest = Path(args.out)
     if dest.exists() and any(dest.iterdir()):
         raise CliError(f"--out {dest}: exists and is not empty (an export is never written over another)")
@@ -191,7 +291,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     lo = hi = 0
     n = 0
     with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        w = _Writer("csv" if args.format == "csv" else "jsonl", f)
+        w = _Writer("csv" if args.format == "csv" else "jsonl", f, args.headers, holders)
         for r in query(d, q):
             w.write(r)
             n += 1
@@ -208,6 +308,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         "generator": "beiand logs export", "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "legal_basis": "互联网信息服务管理办法 (State Council Order 292) art. 14: access records kept 60 days, provided on lawful request",
         "query": {k: (str(v) if v is not None else None) for k, v in q.__dict__.items()},
+        "headers": args.headers, "holder": "the account holding the hosted address at each record's time (inventory history)"
+        if holders is not None else None,
         "records": n, "first_record": fmt_time(lo) if n else None, "last_record": fmt_time(hi) if n else None,
         "files": [{"name": name, "bytes": path.stat().st_size, "records": n, "sha256": file_sha256(path), "format": args.format}],
         "chain": {"algorithm": "HMAC-SHA-256" if args.key_file else "SHA-256",
@@ -295,7 +397,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     info = {"directory": str(d), "partitions": st.partitions, "open": st.open, "sealed": st.sealed, "damaged": st.damaged,
             "records": st.records, "bytes": st.bytes, "oldest_record": fmt_time(st.oldest_ms) if st.records else None,
             "newest_record": fmt_time(st.newest_ms) if st.records else None, "days_held": round(st.days_held, 2),
-            "workers": st.workers}
+            "workers": st.workers,
+            "bytes_per_sealed_record": round(st.sealed_bytes / st.sealed_records, 2) if st.sealed_records else None}
     if args.json:
         out(json.dumps(info, ensure_ascii=False, indent=2))
     else:
@@ -316,13 +419,24 @@ def add_parsers(sub: Any) -> None:
     def filters(p: argparse.ArgumentParser) -> None:
         p.add_argument("--since", metavar="TIME", help="from (2026-11-01, 2026-11-01T08:00+08:00, epoch, or 7d / 24h ago)")
         p.add_argument("--until", metavar="TIME", help="until (exclusive); default now")
+        p.add_argument("--at", metavar="TIME", help="the time a request names; with --window (default 5m) either side of it")
+        p.add_argument("--window", metavar="DURATION", help="with --at: 30s, 5m, 2h, 1d either side (default 5m)")
         g = p.add_mutually_exclusive_group()
         g.add_argument("--name", metavar="NAME", help="exactly this name")
         g.add_argument("--suffix", metavar="DOMAIN", help="this name and every name below it")
         p.add_argument("--client", metavar="IP/CIDR")
-        p.add_argument("--server", metavar="IP/CIDR")
+        p.add_argument("--server", metavar="IP/CIDR", help="server address (either side of a NAT mapping)")
+        p.add_argument("--port", metavar="PORT", help="server port")
+        p.add_argument("--proto", metavar="PROTO", help="tcp or udp")
+        p.add_argument("--url-prefix", metavar="PATH", help="HTTP requests whose URL path starts with this")
         p.add_argument("--account", metavar="ACCOUNT", help="customer account (from the inventory)")
-        p.add_argument("--verdict", metavar="VERDICT", help="filed, unfiled, mismatch, inactive, exempt")
+        p.add_argument("--verdict", metavar="VERDICT", help="filed, unfiled, mismatch, inactive, exempt, not-hosted; "
+                       "unnamed: connection records no name came for")
+        p.add_argument("--headers", choices=["en", "zh"], default="en", help="CSV header row: field names or Chinese (时间, 源地址...)")
+        p.add_argument("--state-dir", metavar="DIR", help="where the inventory history is kept (default: daemon.state_dir "
+                       "of the config): adds the account that held the address at each record's time")
+        p.add_argument("--nat", metavar="FILE", help="NAT mapping feed (default: nat.file of the config): a server on "
+                       "either side of a mapping also finds the other")
 
     q = lsub.add_parser("query", help="matching records (a lawful request)")
     common(q)

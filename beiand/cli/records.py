@@ -1,4 +1,5 @@
-"""``beiand records check|lookup``: validate filing exports, and the verdict for names or IPs."""
+"""``beiand records check|lookup|holder``: validate filing exports, the verdict for names or IPs,
+and which account held a hosted address at a past time (the inventory history)."""
 
 from __future__ import annotations
 
@@ -103,6 +104,53 @@ def cmd_records_lookup(args: argparse.Namespace) -> int:
     return 1 if any(r["verdict"] in ("unfiled", "mismatch", "inactive") for r in results) else 0
 
 
+def cmd_records_holder(args: argparse.Namespace) -> int:
+    """The account that held an address at a time, from the inventory history (and the NAT
+    mappings valid then, when configured)."""
+    import ipaddress
+    from pathlib import Path
+
+    from beiand.cli.logs import DEFAULT_CONFIG, config_from, fmt_time, parse_time
+    from beiand.policy.history import HistoryError, Holders, history_dir
+    from beiand.policy.nat import NatError, load_nat
+
+    try:
+        ip = str(ipaddress.ip_address(args.ip.strip("[]")))
+    except ValueError:
+        raise CliError(f"IP {args.ip!r}: not an IP address") from None
+    ts = parse_time(args.at, "--at") if args.at else int(time.time() * 1000)
+    cfg = config_from(args) if not args.state_dir or not args.nat else None
+    sdir = Path(args.state_dir) if args.state_dir else (cfg.daemon.state_dir if cfg is not None else None)
+    if sdir is None:
+        raise CliError(f"--state-dir: not given, and no config at {args.config or DEFAULT_CONFIG} to take daemon.state_dir from")
+    if not history_dir(sdir).is_dir():
+        raise CliError(f"--state-dir {sdir}: no inventory history ({history_dir(sdir)}): the daemon records one at every load")
+    try:
+        held = Holders(sdir).at(ip, ts)
+    except HistoryError as exc:
+        raise CliError(str(exc)) from None
+    nat_path = args.nat or (str(cfg.inventory.nat_file) if cfg is not None and cfg.inventory.nat_file else "")
+    mappings = []
+    if nat_path:
+        try:
+            mappings = load_nat(nat_path).at(ip, ts)
+        except NatError as exc:
+            raise CliError(f"--nat {nat_path}: " + "; ".join(exc.problems)) from None
+    info = {"ip": ip, "at": fmt_time(ts), "account": held.account or None, "prefix": held.prefix.prefix if held.prefix else None,
+            "site": held.prefix.site if held.prefix else None, "state": held.prefix.state.value if held.prefix else None,
+            "inventory_loaded": fmt_time(held.loaded_ms) if held.loaded_ms else None, "inventory": held.source or None,
+            "nat": [{"public": f"{m.public_ip}:{m.port_lo}-{m.port_hi}", "internal": m.internal_ip, "account": m.account,
+                     "source": m.source} for m in mappings]}
+    if args.json:
+        out(json.dumps(info, ensure_ascii=False, indent=2))
+    else:
+        table([[k, v if not isinstance(v, list) else "; ".join(f"{x['public']} ↔ {x['internal']} ({x['account']})" for x in v) or "-"]
+               for k, v in info.items()], ["", "value"])
+        if not held.loaded_ms:
+            out("note: the time is before the first recorded inventory load: the holder then is not known here")
+    return 0 if held.account or mappings else 1
+
+
 def add_parsers(sub: Any) -> None:
     rec = sub.add_parser("records", help="filing records (备案): check and look up")
     rsub = rec.add_subparsers(dest="records_command", required=True)
@@ -120,3 +168,11 @@ def add_parsers(sub: Any) -> None:
     lk.add_argument("--at", type=float, metavar="EPOCH", help="judge at this time (default: now)")
     lk.add_argument("--json", action="store_true")
     lk.set_defaults(func=cmd_records_lookup)
+    hd = rsub.add_parser("holder", help="which account held an address at a time (the inventory history)")
+    hd.add_argument("ip", metavar="IP")
+    hd.add_argument("--at", metavar="TIME", help="2026-11-20T08:00+08:00, epoch seconds, or 7d ago (default: now)")
+    hd.add_argument("--state-dir", metavar="DIR", help="where the history is kept (default: daemon.state_dir of the config)")
+    hd.add_argument("--nat", metavar="FILE", help="NAT mapping feed (default: inventory.nat_file of the config)")
+    hd.add_argument("--config", metavar="FILE", help="the config (default /etc/beiand/beiand.toml)")
+    hd.add_argument("--json", action="store_true")
+    hd.set_defaults(func=cmd_records_holder)

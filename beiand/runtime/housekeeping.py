@@ -102,6 +102,9 @@ class Housekeeping:
             if st.records:
                 self.metrics.oldest.set(max(0.0, time.time() - st.oldest_ms / 1000))
             self.metrics.log_free.set(shutil.disk_usage(al.directory).free)
+            self.metrics.log_held.set(st.bytes)
+            if st.sealed_records:
+                self.metrics.log_bytes_per_record.set(st.sealed_bytes / st.sealed_records)
         except Exception:
             log.exception("access-log retention failed")
 

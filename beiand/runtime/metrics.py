@@ -115,6 +115,10 @@ class Metrics:
         self.oldest = Gauge("beiand_accesslog_oldest_record_age_seconds", "age of the oldest retained access-log record", registry=r)
         self.retention = Gauge("beiand_accesslog_retention_seconds", "configured retention (at least 60 days)", registry=r)
         self.log_free = Gauge("beiand_accesslog_filesystem_free_bytes", "free space on the access log's file system", registry=r)
+        self.log_held = Gauge("beiand_accesslog_held_bytes", "bytes held by the access log's partitions", registry=r)
+        self.log_bytes_per_record = Gauge("beiand_accesslog_sealed_bytes_per_record", "bytes per record of the sealed partitions "
+                                          "(connection records included): with the record rate and the retention, the disk needed",
+                                          registry=r)
         self.worker_restarts = Counter("beiand_worker_restarts", "capture workers restarted after they died", registry=r)
         self.workers = Gauge("beiand_workers_running", "capture worker processes running", registry=r)
         self.blocks = Counter("beiand_enforcement_actions", "enforcement actions taken, by action", ["action"], registry=r)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import cast
 
 from beiand.enforce.actor import Enforced
-from beiand.model import AccessRecord, Decision, Kind, Observation, VerdictKind
+from beiand.model import UNNAMED, AccessRecord, Decision, Kind, Observation, VerdictKind
 from beiand.net.decoder import FRAME_EXCEPTIONS, Decoder
 from beiand.policy import Policy
 from beiand.sinks import ConnectionSink, OutputClosed, Sink
@@ -161,7 +161,7 @@ class Pipeline:
                 self.skipped["conn-not-hosted"] += 1
                 return
         if decision is None:
-            verdict, reason, filing = "unnamed", obs.detail, ""
+            verdict, reason, filing = UNNAMED, obs.detail, ""
         else:
             f = decision.verdict.filing
             verdict, reason, filing = decision.verdict.verdict, decision.verdict.reason, f.number if f is not None else ""

@@ -114,6 +114,10 @@ class RecordsSection:
 @dataclass(frozen=True)
 class InventorySection:
     file: Path | None = _f(None, "Hosted prefixes → customer account, state and mode (CSV or TOML).")
+    nat_file: Path | None = _f(None, "NAT / elastic-IP mappings (MPS Order 82 art. 8), CSV or JSON: public ip[:port range] ↔ "
+                               "internal address, account, valid from/to. Written into each access-log record's nat field; "
+                               "`beiand logs query --server` finds either side. Reloaded like the inventory (a bad file "
+                               "keeps the mappings in service).")
 
 
 @dataclass(frozen=True)
@@ -436,7 +440,7 @@ def _resolve(cfg: Config, base: Path) -> Config:
         return None if p is None else (p if p.is_absolute() else base / p)
 
     rec = dataclasses.replace(cfg.records, files=[fix(p) or p for p in cfg.records.files])
-    inv = dataclasses.replace(cfg.inventory, file=fix(cfg.inventory.file))
+    inv = dataclasses.replace(cfg.inventory, file=fix(cfg.inventory.file), nat_file=fix(cfg.inventory.nat_file))
     ch = dataclasses.replace(cfg.accesslog.clickhouse, password_file=fix(cfg.accesslog.clickhouse.password_file),
                              spill_dir=fix(cfg.accesslog.clickhouse.spill_dir))
     al = dataclasses.replace(cfg.accesslog, directory=fix(cfg.accesslog.directory) or cfg.accesslog.directory,
@@ -470,6 +474,8 @@ def _semantic(cfg: Config, text: str, path: str, warnings: list[str] | None = No
             bad("records.files", f"item {i + 1}: {f}: no such file")
     if cfg.inventory.file is not None and not cfg.inventory.file.is_file():
         bad("inventory.file", f"{cfg.inventory.file}: no such file")
+    if cfg.inventory.nat_file is not None and not cfg.inventory.nat_file.is_file():
+        bad("inventory.nat_file", f"{cfg.inventory.nat_file}: no such file")
     for dotted, p in (("accesslog.hmac_key_file", cfg.accesslog.hmac_key_file), ("server.token_file", cfg.server.token_file),
                       ("accesslog.clickhouse.password_file", cfg.accesslog.clickhouse.password_file)):
         if p is not None and not p.is_file():

@@ -48,7 +48,7 @@ from beiand.runtime.isms import IsmsRuntime
 from beiand.runtime.isms import check as isms_check
 from beiand.runtime.metrics import Metrics
 from beiand.runtime.sdnotify import sd_notify, watchdog_interval
-from beiand.runtime.wiring import RecordsRefused, StateError, file_mtime, http_limits, load_state, read_secret
+from beiand.runtime.wiring import RecordsRefused, StateError, file_mtime, http_limits, load_state, note_inventory, read_secret
 from beiand.runtime.worker import worker_main
 
 log = logging.getLogger("beiand")
@@ -75,6 +75,7 @@ class Daemon:
     def __init__(self, config_path: str) -> None:
         self.config_path = config_path
         self.state = load_state(config_path)
+        note_inventory(self.state)
         cfg = self.state.config
         self.metrics = Metrics(cfg.capture.interfaces, __version__)
         self.housekeeping = Housekeeping(self.state, self.metrics)
@@ -346,6 +347,7 @@ class Daemon:
                 self.state.mtimes = {p: file_mtime(p) for p in self.state.mtimes}
                 return False
             self.state = self.housekeeping.state = new
+            note_inventory(new)
             self.refused = None
             if self.isms is not None:  # [isms] in place; restart-only keys listed (beiand/report/isms/reload.py)
                 try:

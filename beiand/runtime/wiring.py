@@ -27,7 +27,9 @@ from beiand.errors import BeiandError
 from beiand.model import Mode
 from beiand.net.decoder import DecoderConfig
 from beiand.policy import Policy, PolicyConfig, PolicyError
+from beiand.policy.history import record_load
 from beiand.policy.inventory import Inventory, InventoryError, load_inventory
+from beiand.policy.nat import NatError, NatTable, load_nat
 from beiand.records import ImportRefused, build_index, load_files, normalise_domain
 from beiand.records.domains import DomainError
 from beiand.records.index import RecordIndex
@@ -99,6 +101,7 @@ class State:
     inventory: Inventory
     policy: Policy
     loaded_at: float
+    nat: NatTable = field(default_factory=lambda: NatTable([]))
     mtimes: dict[str, float] = field(default_factory=dict)
     # The export's age is its file's mtime (the CSV/JSON/XLSX exports carry no export time of
     # their own): the oldest of records.files, taken when they were loaded, so records kept in
@@ -151,13 +154,29 @@ def load_state(config_path: str, previous: State | None = None) -> State:
     except InventoryError as exc:
         raise StateError("inventory invalid: " + "; ".join(exc.problems)) from None
     try:
+        nat = load_nat(cfg.inventory.nat_file) if cfg.inventory.nat_file else NatTable([])
+    except NatError as exc:
+        raise StateError("inventory.nat_file invalid: " + "; ".join(exc.problems[:20])) from None
+    try:
         pcfg = policy_config(cfg)
     except ConfigError as exc:
         raise StateError(f"policy: {exc}") from None
-    watched = [*files, *([str(cfg.inventory.file)] if cfg.inventory.file else []), config_path]
+    watched = [*files, *([str(cfg.inventory.file)] if cfg.inventory.file else []),
+               *([str(cfg.inventory.nat_file)] if cfg.inventory.nat_file else []), config_path]
     mtimes = {p: file_mtime(p) for p in watched}
     records_mtime = min((mtimes[p] for p in files), default=0.0)
-    return State(cfg, index, inv, Policy(index, inv, pcfg), time.time(), mtimes, records_mtime)
+    return State(cfg, index, inv, Policy(index, inv, pcfg), time.time(), nat, mtimes, records_mtime)
+
+
+def note_inventory(state: State) -> None:
+    """Record that ``state``'s inventory took effect now (the inventory history under
+    daemon.state_dir: who held an address at a past time). A failure is logged, never fatal."""
+    cfg = state.config
+    try:
+        record_load(cfg.daemon.state_dir, cfg.inventory.file, int(state.loaded_at * 1000))
+    except OSError as exc:
+        log.error("inventory history: not recorded under %s: %s (past holders of addresses cannot be told for "
+                  "this load)", cfg.daemon.state_dir, exc)
 
 
 def file_mtime(p: str) -> float:
@@ -216,7 +235,7 @@ def live_captures(cfg: Config, fanout_group: int) -> list[LiveCapture]:
                         block_timeout_ms=cfg.capture.ring_block_timeout_ms, version=cfg.capture.ring_version) for i in ifaces]
 
 
-def access_log_sinks(cfg: Config, idx: int) -> tuple[AccessLog, ClickHouseSink | None, list[Sink]]:
+def access_log_sinks(cfg: Config, idx: int, nat: NatTable | None = None) -> tuple[AccessLog, ClickHouseSink | None, list[Sink]]:
     """A worker's access log (its own partition), ClickHouse when configured (the log's records go
     there, the local log keeping the chain and checkpoints), and the sinks that feed them."""
     al = cfg.accesslog
@@ -235,7 +254,7 @@ def access_log_sinks(cfg: Config, idx: int) -> tuple[AccessLog, ClickHouseSink |
                                commit_interval=al.commit_interval, commit_records=al.commit_records, max_buffer=al.max_buffer,
                                key=key, checkpoint_interval=al.checkpoint_interval),
                      on_checkpoint=ch.anchor if ch is not None else None)
-    sinks: list[Sink] = [AccessLogSink(ch if ch is not None else alog, cfg.gateway)]
+    sinks: list[Sink] = [AccessLogSink(ch if ch is not None else alog, cfg.gateway, nat=nat if nat else None)]
     return alog, ch, sinks
 
 

@@ -149,7 +149,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
     cfg = state.config
     inline = cfg.enforce.inline
     caps = live_captures(cfg, fanout_group)
-    alog, ch, sinks = access_log_sinks(cfg, idx)
+    alog, ch, sinks = access_log_sinks(cfg, idx, state.nat)
     agg = ActiveResourceAggregate()
     decoder = Decoder(decoder_config(cfg))
     enforcer = make_enforcer(cfg)

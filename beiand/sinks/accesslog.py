@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from beiand.model import AccessRecord, Decision, Kind, Observation
+from beiand.policy.nat import NatTable
 
 
 class RecordWriter(Protocol):
@@ -18,13 +19,16 @@ class RecordWriter(Protocol):
     def close(self) -> None: ...
 
 
-def to_record(obs: Observation, d: Decision, gateway: str = "") -> AccessRecord:
+def to_record(obs: Observation, d: Decision, gateway: str = "", nat: NatTable | None = None) -> AccessRecord:
     f = d.verdict.filing
+    ts_ms = int(obs.ts * 1000)
     return AccessRecord(
-        int(obs.ts * 1000), d.account, obs.client_ip, obs.client_port, obs.server_ip, obs.server_port,
+        ts_ms, d.account, obs.client_ip, obs.client_port, obs.server_ip, obs.server_port,
         # StrEnum members are their values: no .value lookups on the hot path.
         obs.transport, obs.kind, obs.name or obs.name_seen, d.verdict.verdict, d.action,
-        f.number if f is not None else "", gateway, d.verdict.reason, "", "",
+        f.number if f is not None else "", gateway, d.verdict.reason,
+        # MPS Order 82 art. 8: the other side of a NAT / elastic-IP mapping (issue 19).
+        nat.record_nat(obs.client_ip, obs.client_port, obs.server_ip, obs.server_port, ts_ms) if nat is not None else "", "",
         d.rule[6:] if d.rule.startswith("order:") else "",
         # issue 19: a named flow is also its connection record (a DNS answer is not a flow)
         "" if obs.kind is Kind.DNS_ANSWER else "in", obs.method, obs.url, obs.packets, obs.octets,
@@ -34,15 +38,19 @@ def to_record(obs: Observation, d: Decision, gateway: str = "") -> AccessRecord:
 class AccessLogSink:
     """Sink: one record per decision into hosted space, written through any :class:`RecordWriter`."""
 
-    def __init__(self, writer: RecordWriter, gateway: str = "") -> None:
+    def __init__(self, writer: RecordWriter, gateway: str = "", nat: NatTable | None = None) -> None:
         self.writer = writer
         self.gateway = gateway
+        self.nat = nat  # None: no mappings (the field stays empty)
 
     def on_decision(self, obs: Observation, decision: Decision) -> None:
-        self.writer.append(to_record(obs, decision, self.gateway))
+        self.writer.append(to_record(obs, decision, self.gateway, self.nat))
 
     def on_connection(self, rec: AccessRecord) -> None:
-        """A connection record (issue 19), built by the pipeline (with its gateway)."""
+        """A connection record (issue 19), built by the pipeline (with its gateway); the NAT side added here."""
+        nat = self.nat
+        if nat is not None and not rec.nat:
+            rec = rec._replace(nat=nat.record_nat(rec.client_ip, rec.client_port, rec.server_ip, rec.server_port, rec.ts_ms))
         self.writer.append(rec)
 
     def flush(self) -> None:

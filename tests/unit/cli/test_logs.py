@@ -107,6 +107,18 @@ def test_verify_fails_on_a_tampered_log(tmp_path: Path, logged, capsys) -> None:
     (["logs", "query", "--log-dir", "{d}", "--name", "a..b"], "--name"),
     (["logs", "query", "--log-dir", "{d}", "--since", "2026-01-02", "--until", "2026-01-01"], "later"),
     (["logs", "query", "--config", "/nonexistent.toml"], "no --log-dir"),
+    (["logs", "query", "--log-dir", "{d}", "--port", "70000"], "--port '70000'"),
+    (["logs", "query", "--log-dir", "{d}", "--port", "ssh"], "--port 'ssh'"),
+    (["logs", "query", "--log-dir", "{d}", "--proto", "icmp"], "--proto 'icmp'"),
+    (["logs", "query", "--log-dir", "{d}", "--at", "2026-11-20T08:00+08:00", "--window", "5x"], "--window '5x'"),
+    (["logs", "query", "--log-dir", "{d}", "--window", "5m"], "--window needs --at"),
+    (["logs", "query", "--log-dir", "{d}", "--at", "2026-11-20T08:00", "--since", "1d"], "--at"),
+    (["logs", "query", "--log-dir", "{d}", "--at", "yesterday"], "--at 'yesterday'"),
+    (["logs", "query", "--log-dir", "{d}", "--url-prefix", "api"], "--url-prefix"),
+    (["logs", "query", "--log-dir", "{d}", "--server", "198.51.100.700"], "--server"),
+    (["logs", "query", "--log-dir", "{d}", "--nat", "/nonexistent.csv"], "--nat /nonexistent.csv"),
+    (["logs", "query", "--log-dir", "{d}", "--state-dir", "/nonexistent"], "--state-dir /nonexistent: no inventory history"),
+    (["logs", "export", "--log-dir", "{d}", "--out", "/tmp/x", "--port", "-1"], "--port '-1'"),
     (["replay", "/dev/null", "--records", "/dev/null", "--log-dir", "{d}", "--retention-days", "30"], "Order 292"),
 ])
 def test_bad_arguments(logged, capsys, argv, message) -> None:  # type: ignore[no-untyped-def]

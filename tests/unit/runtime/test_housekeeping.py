@@ -36,3 +36,26 @@ def test_sync_orders_says_when_the_orders_changed(tmp_path: Path) -> None:
     writer.add("bad.example.com", "关停-2026-001", "test")
     assert hk.sync_orders() is True  # the supervisor then sends ReloadOrders to the workers
     assert hk.sync_orders() is False
+
+
+def test_retention_metrics_give_the_log_s_bytes_and_bytes_per_sealed_record(tmp_path: Path) -> None:
+    """issue 19: BeiandAccessLogRetentionDoesNotFit multiplies the record rate (connection records
+    included) by the bytes a sealed record costs on this log: both come from housekeeping."""
+    from beiand.accesslog import AccessLog, LogConfig
+    from beiand.runtime.metrics import Metrics
+    from tests.unit.accesslog.helpers import rec
+
+    with AccessLog(LogConfig(tmp_path / "log")) as alog:
+        for day in range(2):
+            for i in range(500):
+                alog.append(rec(i, day))
+            alog.flush()
+    state = mock.Mock()
+    state.config.accesslog.directory = tmp_path / "log"
+    state.config.accesslog.hmac_key_file = None
+    state.config.accesslog.retention_days = 184
+    m = Metrics([], "test")
+    Housekeeping(state, m).retire_and_verify()
+    sealed = next((tmp_path / "log").glob("*/w0.sealed"))
+    assert m.log_bytes_per_record._value.get() == sealed.stat().st_size / 500
+    assert m.log_held._value.get() == sum(p.stat().st_size for p in (tmp_path / "log").glob("*/w0.*") if p.suffix != ".mark")

@@ -121,3 +121,32 @@ def test_workers_report_the_full_chain_head_for_the_status_api(tmp_path):
     w = Worker(0, None, None)  # type: ignore[arg-type]
     d._handle(w, Snapshot({}, {}, [], [], [], [], accesslog=pos))
     assert w.accesslog == pos
+
+
+def test_a_bad_nat_feed_is_refused_naming_file_and_line_and_the_inventory_history_is_recorded(tmp_path):
+    """issue 19: inventory.nat_file is loaded like the inventory: a bad reload raises (the
+    supervisor keeps the state in service); every load that takes effect goes into the history."""
+    import pytest
+
+    from beiand.policy.history import Holders
+    from beiand.records.generate import HEADER, OUR_PROVIDER
+    from beiand.runtime.wiring import StateError, load_state, note_inventory
+
+    rec = tmp_path / "r.csv"
+    rec.write_text(",".join(HEADER) + f"\n京ICP备10000000号-1,示例有限公司,网站,站点,site.example.cn,,{OUR_PROVIDER},正常,2024-01-01\n",
+                   encoding="utf-8")
+    inv = tmp_path / "inventory.csv"
+    inv.write_text("prefix,account\n198.51.100.0/24,cust-1\n")
+    nat = tmp_path / "nat.csv"
+    nat.write_text("public,internal,account\n203.0.113.5:22,198.51.100.7,cust-1\n")
+    conf = tmp_path / "beiand.toml"
+    conf.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n[records]\nfiles = ["{rec}"]\nprovider = "{OUR_PROVIDER}"\n'
+                    f'[inventory]\nfile = "{inv}"\nnat_file = "{nat}"\n')
+    first = load_state(str(conf))
+    assert len(first.nat) == 1 and first.nat.other_side("198.51.100.7", 22, 0) == "203.0.113.5:22"
+    note_inventory(first)
+    nat.write_text("public,internal,account\n203.0.113.5:22,198.51.100.7,\n")
+    with pytest.raises(StateError, match=rf"inventory.nat_file invalid: {nat}:2: account"):
+        load_state(str(conf), first)
+    h = Holders(tmp_path / "state")
+    assert h.holder("198.51.100.7", int(first.loaded_at * 1000)) == "cust-1"

@@ -41,3 +41,42 @@ def test_lifecycle_of_the_access_log_and_the_aggregate(tmp_path: Path) -> None:
 def test_clickhouse_is_a_record_writer_behind_the_access_log_sink() -> None:
     for member in ("append", "flush", "close", "counters"):
         assert callable(getattr(ClickHouseSink, member))
+
+
+def test_the_access_log_sink_writes_the_nat_side_of_a_mapping(tmp_path: Path) -> None:
+    """MPS Order 82 art. 8 (issue 19): the record carries the public endpoint of a NAT mapping."""
+    from beiand.accesslog import Query, query
+    from beiand.policy.nat import load_nat
+
+    feed = tmp_path / "nat.csv"
+    feed.write_text("public,internal,account,valid_from,valid_to\n203.0.113.5:10443,198.51.100.7:443,cust-1,,\n")
+    alog = AccessLog(LogConfig(tmp_path / "log"))
+    sink = AccessLogSink(alog, "gw", nat=load_nat(feed))
+    sink.on_decision(OBS, D)
+    sink.on_decision(OBS._replace(server_ip="198.51.100.8"), D)
+    sink.flush()
+    sink.close()
+    got = list(query(tmp_path / "log", Query()))
+    assert [r.nat for r in got] == ["203.0.113.5:10443", ""]
+
+
+def test_a_connection_record_gets_the_nat_side_too(tmp_path: Path) -> None:
+    """A flow no name came for is traced through the mapping like a named one (issue 19)."""
+    from beiand.accesslog import Query, query
+    from beiand.accesslog.format import NFIELDS
+    from beiand.model import UNNAMED, AccessRecord
+    from beiand.policy.nat import load_nat
+
+    feed = tmp_path / "nat.csv"
+    feed.write_text("public,internal,account,valid_from,valid_to\n203.0.113.5:10022,198.51.100.7:22,cust-1,,\n")
+    alog = AccessLog(LogConfig(tmp_path / "log"))
+    sink = AccessLogSink(alog, "gw", nat=load_nat(feed))
+    base = AccessRecord(*([0] * NFIELDS))._replace(
+        ts_ms=1_764_000_000_000, account="cust-1", client_ip="192.0.2.1", client_port=50000, server_ip="198.51.100.7",
+        server_port=22, transport="tcp", kind="conn", name="", verdict=UNNAMED, action="log", filing_number="", gateway="gw",
+        reason="no-data", nat="", calling_number="", order="", direction="in", method="", url="", packets=1, octets=60)
+    sink.on_connection(base)
+    sink.on_connection(base._replace(server_port=23))
+    sink.flush()
+    sink.close()
+    assert [r.nat for r in query(tmp_path / "log", Query())] == ["203.0.113.5:10022", ""]
