@@ -59,7 +59,10 @@ def test_plain_pip_install_of_the_wheel_runs_demo_and_check_config(wheel: Path, 
         assert r.returncode == 0 and "Traceback" not in r.stderr, f"beiand {' '.join(argv)}: {r.returncode}\n{r.stdout[-2000:]}{r.stderr[-3000:]}"
         return r.stdout
 
-    assert re.match(r"beiand \d+\.\d+\.\d+ \(Python 3\.\d+\.\d+ .*; kernel Linux \S+\)$", ok("--version").strip())
+    version = ok("--version").strip().splitlines()
+    assert re.match(r"beiand \d+\.\d+\.\d+ \(Python 3\.\d+\.\d+ .*; kernel Linux \S+\)$", version[0]), version
+    # The wheel was built with the system compiler: the hot path runs compiled (issue 21).
+    assert version[1].startswith("hot path: compiled (Cython): net.link"), version
     shown = ok("demo", "--workdir", str(tmp_path / "demo"))
     assert "unfiled.example.xyz" in shown and "mismatch" in shown and "replay exit code 1" in shown
     ok("install-files", "--prefix", str(tmp_path / "root"))
