@@ -40,6 +40,7 @@ COMPILED: tuple[str, ...] = (
     "beiand.net.tls",
     "beiand.net.quic",
     "beiand.net.decoder",
+    "beiand.capture.pcap",
     "beiand.records.index",
     "beiand.policy.verdict",
     "beiand.accesslog.format",

@@ -50,7 +50,7 @@ class _Version(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="beiand", description="先备案后接入: filing (备案) enforcement for access providers")
-    ap.add_argument("--version", action=_Version, help="print the version, Python and kernel, which hot path runs (compiled or pure Python), and exit")
+    ap.add_argument("--version", action=_Version, help="print the version, Python, kernel and hot path (compiled or pure), and exit")
     sub = ap.add_subparsers(dest="command", required=True)
     # One module per command group, in the order of `beiand --help`.
     records.add_parsers(sub)
