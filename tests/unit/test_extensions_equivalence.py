@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from beiand import extensions
@@ -199,3 +199,19 @@ def test_each_twin_imports_its_own_kind(impl: str) -> None:
     dec = mods["beiand.net.decoder"]
     assert dec.Decoder.__module__ == "beiand.net.decoder"
     assert extensions.is_compiled(dec) == (impl == "compiled" and not extensions.disabled())
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=400), st.booleans(), st.booleans())
+@example(b"\0" * 8 + b"\x40\0\0\xa0" + b"\0" * 200, False, True)  # a length with its top bit set (a C int would overflow)
+def test_hostile_capture_bytes_read_the_same(tmp_path: Path, body: bytes, big: bool, filt: bool) -> None:
+    import struct
+
+    head = struct.pack((">" if big else "<") + "IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1)
+    path = tmp_path / "h.pcap"
+    path.write_bytes(head + body)
+    got = []
+    for m in (C, P):
+        with m["beiand.capture.pcap"].CaptureReader(path, skip_tcp_from=frozenset({443}) if filt else frozenset()) as r:
+            got.append((_outcome(list, r), r.records, r.prefiltered, r.truncated))
+    assert got[0] == got[1]
