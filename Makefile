@@ -38,6 +38,7 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	./scripts/system-deps
+	$(PY) bench/bench_stages.py
 	$(PY) bench/bench_records.py
 	$(PY) bench/bench_replay.py
 	$(PY) bench/bench_accesslog.py

@@ -1,8 +1,9 @@
 """Where a worker's time goes, per stage, with and without the compiled hot path (issue 21).
 
-    python bench/bench_stages.py CAPTURE.pcap [--rounds N]
+    python bench/bench_stages.py [CAPTURE.pcap] [--rounds N] [--packets N]
 
-CAPTURE is a ``bench/gen_capture.py`` capture (its ``.records.csv`` and ``.inventory.csv`` beside it).
+CAPTURE is a ``bench/gen_capture.py`` capture (its ``.records.csv`` and ``.inventory.csv`` beside it);
+without one, one of ``--packets`` packets (default 1,000,000) is made in a temporary directory.
 Both implementations run in this one process, alternating round by round (the machine is shared:
 alternation spreads its noise over both): ``compiled`` is the modules as imported (the Cython
 extensions when built), ``pure`` their ``.py`` twins (``beiand.extensions.pure_twins``).
@@ -83,9 +84,18 @@ def stages(mods: dict[str, ModuleType], pcap: Path) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("capture", type=Path)
+    ap.add_argument("capture", type=Path, nargs="?")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--packets", type=int, default=1_000_000)
     a = ap.parse_args()
+    if a.capture is None:
+        import subprocess
+        import sys
+        import tempfile
+
+        a.capture = Path(tempfile.mkdtemp(prefix="beiand-bench-")) / "mix.pcap"
+        subprocess.run([sys.executable, str(Path(__file__).parent / "gen_capture.py"), str(a.capture), "--packets", str(a.packets)],
+                       check=True, stdout=subprocess.DEVNULL)
     impls = extensions.implementations()
     if extensions.disabled():
         impls.pop("compiled")
