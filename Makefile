@@ -8,10 +8,16 @@ PYTHON ?= python3
 
 .PHONY: demo test lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+# The compiled twin of the hot path (issue 21): pip builds it with the system compiler, so gcc and the
+# Python headers come first; an edit to a compiled module's source rebuilds it (beiand/extensions.py).
+HOT_PATH := $(shell grep -o '^    "beiand\.[a-z._]*",$$' beiand/extensions.py | sed 's/[ ",]//g; s,\.,/,g; s/$$/.py/')
+
+$(VENV)/.installed: pyproject.toml setup.py $(HOT_PATH) $(wildcard beiand/*/*.pxd)
+	PYTHON=$(PYTHON) ./scripts/system-deps build
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/beiand --version
 	touch $@
 
 demo: $(VENV)/.installed
@@ -32,6 +38,7 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	./scripts/system-deps
+	$(PY) bench/bench_stages.py
 	$(PY) bench/bench_records.py
 	$(PY) bench/bench_replay.py
 	$(PY) bench/bench_accesslog.py

@@ -69,3 +69,40 @@ def test_corpus_is_complete():
         {f"verdict {v.value}" for v in VerdictKind} - {f"verdict {e['verdict']}" for e in seen}) | (
         {f"reason {r}" for r in REASONS} - {f"reason {e['reason']}" for e in seen})
     assert not missing, f"no corpus case for: {sorted(missing)}"
+
+
+# -- the compiled twin (issue 21): byte-identical output with and without the extensions ---------
+
+
+def _replay_json(files: list[Path], records: Path, inventory: Path, no_ext: str, *extra: str) -> bytes:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "BEIAND_NO_EXTENSIONS": no_ext}
+    r = subprocess.run([sys.executable, "-m", "beiand.cli", "replay", *map(str, files), "--records", str(records),
+                        "--inventory", str(inventory), "--json", "--workers", "1", *extra],
+                       capture_output=True, timeout=600, env=env)
+    assert r.returncode in (0, 1), r.stderr.decode()[-2000:]
+    return r.stdout
+
+
+def test_corpus_replay_is_byte_identical_with_and_without_extensions():
+    files = [c / "input.pcap" for c in CASES]
+    for extra in ((), ("--all-ports",)):
+        compiled = _replay_json(files, CORPUS / "records.csv", CORPUS / "inventory.csv", "0", *extra)
+        assert compiled.count(b"\n") > 20
+        assert compiled == _replay_json(files, CORPUS / "records.csv", CORPUS / "inventory.csv", "1", *extra)
+
+
+def test_bench_capture_replay_is_byte_identical_with_and_without_extensions(tmp_path):
+    import subprocess
+    import sys
+
+    pcap = tmp_path / "mix.pcap"
+    gen = Path(__file__).resolve().parents[1] / "bench" / "gen_capture.py"
+    subprocess.run([sys.executable, str(gen), str(pcap), "--packets", "20000"], check=True, capture_output=True, timeout=600)
+    rec, inv = Path(f"{pcap}.records.csv"), Path(f"{pcap}.inventory.csv")
+    compiled = _replay_json([pcap], rec, inv, "0")
+    assert compiled.count(b"\n") > 500
+    assert compiled == _replay_json([pcap], rec, inv, "1")

@@ -89,8 +89,8 @@ class CaptureReader:
         watched = self.skip_tcp_from
         filt = bool(watched) and linktype == LINKTYPE_ETHERNET
         mine, nshards = self.shard
-        sharded = nshards > 1
         ether = linktype == LINKTYPE_ETHERNET
+        little = order == "<"
         skipped = 0
         buf = b""
         pos = 0
@@ -124,43 +124,15 @@ class CaptureReader:
                     buf, pos = tail + chunk, 0
             else:
                 buf, pos = chunk, 0
-            n = len(buf)
-            count = 0
-            while pos + 16 <= n:
-                sec, frac, incl, _orig = unpack(buf, pos)
-                if incl > MAX_RECORD:
-                    raise CaptureError(f"{self.path}: record {self.records + count + 1} claims {incl} bytes: corrupt file")
-                end = pos + 16 + incl
-                if end > n:
-                    break
-                count += 1
-                o = pos + 16
-                pos = end
-                # The two common frames inline (Ethernet + IPv4 without options, Ethernet + IPv6,
-                # both carrying TCP): _select()'s test inlined, a call per record costs 7% of a replay.
-                if ether and incl >= 54 and buf[o + 12] == 8 and buf[o + 13] == 0 and buf[o + 14] == 0x45:
-                    if sharded and hash(buf[o + 26 : o + 34]) % nshards != mine:
-                        continue
-                    if filt and buf[o + 23] == 6:
-                        if ((buf[o + 36] << 8) | buf[o + 37]) not in watched and ((buf[o + 34] << 8) | buf[o + 35]) in watched:
-                            skipped += 1
-                            continue
-                        if not buf[o + 47] & 7 and ((buf[o + 16] << 8) | buf[o + 17]) == 20 + ((buf[o + 46] >> 4) << 2):
-                            skipped += 1  # a bare ACK: no payload, no SYN/FIN/RST
-                            continue
-                elif ether and incl >= 74 and buf[o + 12] == 0x86 and buf[o + 13] == 0xDD and buf[o + 14] >> 4 == 6:
-                    if sharded and hash(buf[o + 22 : o + 54]) % nshards != mine:
-                        continue
-                    if filt and buf[o + 20] == 6:
-                        if ((buf[o + 56] << 8) | buf[o + 57]) not in watched and ((buf[o + 54] << 8) | buf[o + 55]) in watched:
-                            skipped += 1
-                            continue
-                        if not buf[o + 67] & 7 and ((buf[o + 18] << 8) | buf[o + 19]) == (buf[o + 66] >> 4) << 2:
-                            skipped += 1  # a bare ACK
-                            continue
-                elif sharded and shard_key(buf[o:end], linktype) % nshards != mine:
-                    continue
-                yield sec + frac * unit, linktype, buf[o:end]
+            # The record walk and the prefilter: _scan (typed by pcap.pxd when compiled, issue 21).
+            kept: list[int] = []
+            pos, count, dropped, bad = _scan(buf, pos, ether, little, filt, watched, nshards, mine, linktype, kept)
+            for at in kept:
+                sec, frac, incl, _orig = unpack(buf, at)
+                yield sec + frac * unit, linktype, buf[at + 16 : at + 16 + incl]
+            if bad >= 0:
+                raise CaptureError(f"{self.path}: record {self.records + count + 1} claims {bad} bytes: corrupt file")
+            skipped += dropped
             self.records += count
             self.prefiltered = skipped
 
@@ -302,6 +274,62 @@ def _select(buf: bytes, o: int, end: int, linktype: int, watched: frozenset[int]
     if nshards > 1 and shard_key(buf[o:end], linktype) % nshards != mine:
         return None
     return True
+
+
+def _scan(buf: bytes, pos: int, ether: bool, little: bool, filt: bool, watched: frozenset[int], nshards: int, mine: int,
+          linktype: int, kept: list[int]) -> tuple[int, int, int, int]:
+    """Walk the whole pcap records of ``buf`` from ``pos``: the offset of each one kept goes to ``kept``.
+
+    Returns the offset after the last whole record, the records walked, those the prefilter
+    dropped, and the length a corrupt record claims (-1: none; the walk stops at it).
+    """
+    n = len(buf)
+    count = 0
+    skipped = 0
+    sharded = nshards > 1
+    while pos + 16 <= n:
+        # the top byte apart: typed (pcap.pxd), its shift is 64-bit, never a C int overflowing
+        if little:
+            top = buf[pos + 11]
+            incl = buf[pos + 8] | (buf[pos + 9] << 8) | (buf[pos + 10] << 16) | (top << 24)
+        else:
+            top = buf[pos + 8]
+            incl = (top << 24) | (buf[pos + 9] << 16) | (buf[pos + 10] << 8) | buf[pos + 11]
+        if incl > MAX_RECORD:
+            return pos, count, skipped, incl
+        end = pos + 16 + incl
+        if end > n:
+            break
+        count += 1
+        rec = pos
+        o = pos + 16
+        pos = end
+        # The two common frames inline (Ethernet + IPv4 without options, Ethernet + IPv6,
+        # both carrying TCP): _select()'s test inlined, a call per record costs 7% of a replay.
+        if ether and incl >= 54 and buf[o + 12] == 8 and buf[o + 13] == 0 and buf[o + 14] == 0x45:
+            if sharded and hash(buf[o + 26 : o + 34]) % nshards != mine:
+                continue
+            if filt and buf[o + 23] == 6:
+                if ((buf[o + 36] << 8) | buf[o + 37]) not in watched and ((buf[o + 34] << 8) | buf[o + 35]) in watched:
+                    skipped += 1
+                    continue
+                if not buf[o + 47] & 7 and ((buf[o + 16] << 8) | buf[o + 17]) == 20 + ((buf[o + 46] >> 4) << 2):
+                    skipped += 1  # a bare ACK: no payload, no SYN/FIN/RST
+                    continue
+        elif ether and incl >= 74 and buf[o + 12] == 0x86 and buf[o + 13] == 0xDD and buf[o + 14] >> 4 == 6:
+            if sharded and hash(buf[o + 22 : o + 54]) % nshards != mine:
+                continue
+            if filt and buf[o + 20] == 6:
+                if ((buf[o + 56] << 8) | buf[o + 57]) not in watched and ((buf[o + 54] << 8) | buf[o + 55]) in watched:
+                    skipped += 1
+                    continue
+                if not buf[o + 67] & 7 and ((buf[o + 18] << 8) | buf[o + 19]) == (buf[o + 66] >> 4) << 2:
+                    skipped += 1  # a bare ACK
+                    continue
+        elif sharded and shard_key(buf[o:end], linktype) % nshards != mine:
+            continue
+        kept.append(rec)
+    return pos, count, skipped, -1
 
 
 def shard_key(frame: bytes, linktype: int) -> int:

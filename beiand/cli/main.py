@@ -30,6 +30,13 @@ def version_line() -> str:
     return f"beiand {__version__} (Python {platform.python_version()} {sys.executable}; kernel {platform.system()} {platform.release()})"
 
 
+def version_text() -> str:
+    """``--version``: the version line, then which hot path runs (compiled twin or pure Python, issue 21)."""
+    from beiand import extensions
+
+    return version_line() + "\n" + extensions.summary()
+
+
 class _Version(argparse.Action):
     """argparse's own version action wraps the line at the terminal width."""
 
@@ -37,13 +44,13 @@ class _Version(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
 
     def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
-        out(version_line())
+        out(version_text())
         parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="beiand", description="先备案后接入: filing (备案) enforcement for access providers")
-    ap.add_argument("--version", action=_Version, help="print the version, Python and kernel, and exit")
+    ap.add_argument("--version", action=_Version, help="print the version, Python, kernel and hot path (compiled or pure), and exit")
     sub = ap.add_subparsers(dest="command", required=True)
     # One module per command group, in the order of `beiand --help`.
     records.add_parsers(sub)
