@@ -39,6 +39,7 @@ COMPILED: tuple[str, ...] = (
     "beiand.net.http",
     "beiand.net.tls",
     "beiand.net.quic",
+    "beiand.net.conns",
     "beiand.net.decoder",
     "beiand.capture.pcap",
     "beiand.records.index",
