@@ -69,6 +69,9 @@ DIRECTIVES = {
     # Annotations stay hints, as in CPython: `ts: float` must not turn an int timestamp into a C double
     # (outputs would differ from the reference). Types come from the .pxd files only.
     "annotation_typing": False,
+    # No types inferred from assignments either: `buf = bytearray(n)` made `buf[i::w] = some_bytes`
+    # raise TypeError in the compiled twin (the columnar sealed blocks, issue 19) where Python accepts it.
+    "infer_types": False,
     "binding": True,
     "embedsignature": False,
 }

@@ -21,6 +21,7 @@ from beiand import extensions
 from beiand.capture import read_capture
 from beiand.lab import traffic as t
 from beiand.model import AccessRecord, Kind, Observation, Transport
+from tests.unit.accesslog.test_connections import records as block_records
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 IMPLS = extensions.implementations()
@@ -215,3 +216,17 @@ def test_hostile_capture_bytes_read_the_same(tmp_path: Path, body: bytes, big: b
         with m["beiand.capture.pcap"].CaptureReader(path, skip_tcp_from=frozenset({443}) if filt else frozenset()) as r:
             got.append((_outcome(list, r), r.records, r.prefiltered, r.truncated))
     assert got[0] == got[1]
+
+
+@SLOW
+@given(st.lists(block_records, min_size=1, max_size=30))
+def test_sealed_blocks_are_the_same_bytes_and_read_back_the_same(recs: list[AccessRecord]) -> None:
+    """Format-2 columnar blocks (issue 19): bytearray byte planes once raised TypeError compiled only."""
+    fc, fp = C["beiand.accesslog.format"], P["beiand.accesslog.format"]
+    lines = fp.encode_batch(recs)
+    blob = fp.encode_block(lines)
+    assert _outcome(fc.encode_block, lines) == _outcome(fp.encode_block, lines)
+    assert fp.decode_block(blob, 2) == lines
+    assert _outcome(fc.decode_block, blob, 2) == _outcome(fp.decode_block, blob, 2)
+    server = {fp.FIELDS.index("server_ip"): {lines[0].split(b"\t")[4]}}
+    assert _outcome(fc.decode_block, blob, 2, [server]) == _outcome(fp.decode_block, blob, 2, [server])
