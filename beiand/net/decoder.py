@@ -174,11 +174,17 @@ class Decoder:
                         "fragment": Budget("fragment", cfg.reassembly_fragment_bytes)}
         self._tcp_budget = self.budgets["tcp"]
         self._current: bytes | tuple[bytes, bytes, int, int] | None = None  # the flow the frame touches
+        self._fresh = False  # the frame being decoded starts its connection (``feed(fresh=True)``)
 
     # -- entry point ----------------------------------------------------------------------
 
-    def feed(self, ts: float, frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> list[Observation]:
+    def feed(self, ts: float, frame: bytes, linktype: int = LINKTYPE_ETHERNET, fresh: bool = False) -> list[Observation]:
+        """The observations this frame completes. ``fresh``: the frame is known to be the first of
+        its connection that the decoder is shown (inline: the kernel's conntrack says so, where the
+        SYN is not queued), so what the decoder remembers of its 4-tuple belongs to an older
+        connection and is forgotten, as on a SYN."""
         self.packets += 1
+        self._fresh = fresh
         self.bytes += len(frame)
         out = self._out
         self._current = None
@@ -653,7 +659,9 @@ class Decoder:
                     if flow.buf:
                         self._give_up(flow, ts, "closed")
             return
-        if key in self.done or key in self._done_old:
+        if self._fresh:  # a new connection on this 4-tuple, like a SYN: decided afresh
+            self._forget(key)
+        elif key in self.done or key in self._done_old:
             return
         seq = _U32.unpack_from(buf, l4 + 4)[0]
         data = buf[l4 + doff : end]
@@ -661,7 +669,8 @@ class Decoder:
         flow = self.flows.get(key)
         if flow is None:
             # Most connections: the whole ClientHello or request head in the first segment.
-            flow = Flow(seq, False, ts, src, dst, sport, dport)
+            # Fresh: these are the connection's first bytes (as after a SYN), not a mid-stream join.
+            flow = Flow(seq, self._fresh, ts, src, dst, sport, dport)
             flow.buf = data[: self.config.max_flow_bytes]
             flow.cost = len(flow.buf)
             if self._examine(flow, ts):
@@ -689,6 +698,23 @@ class Decoder:
                 budget.held -= flow.cost
                 self._mark_done(key, ts)
                 self._give_up(flow, ts, "too-long")
+
+    def _forget(self, key: bytes) -> None:
+        """Drop what is remembered of a 4-tuple: its connection ended, a new one starts."""
+        self.done.pop(key, None)
+        self._done_old.pop(key, None)
+        old = self.flows.pop(key, None)
+        if old is not None:
+            self._tcp_budget.held -= old.cost
+        entry = self.quic.pop(key, None)
+        if entry is not None:
+            self.budgets["quic"].held -= entry[1].crypto.cost
+
+    def settled(self) -> bool:
+        """Whether the flow the last frame touched needs no more packets (named or given up):
+        inline, its later packets need not wait in the queue."""
+        key = self._current
+        return isinstance(key, bytes) and (key in self.done or key in self._done_old)
 
     def _new_flow(self, key: bytes, flow: Flow) -> None:
         flows = self.flows
@@ -861,9 +887,11 @@ class Decoder:
 
     def _quic(self, ts: float, payload: bytes, src: bytes, dst: bytes, sport: int, dport: int, v6: bool) -> None:
         key = src + dst + sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
-        if key in self.done or key in self._done_old:
-            return
         self._current = key
+        if self._fresh:
+            self._forget(key)
+        elif key in self.done or key in self._done_old:
+            return
         budget = self.budgets["quic"]
         entry = self.quic.get(key)
         if entry is None:

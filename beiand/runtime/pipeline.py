@@ -36,19 +36,23 @@ class Pipeline:
         """One frame of the live worker: nothing it carries may stop the loop (issue 17). Returns
         True when the enforcer (inline) drops this frame: the NFQUEUE verdict, as a value."""
         obs = self.decoder.feed(ts, frame, linktype)
+        return self.decide(obs) if obs else False
+
+    def decide(self, obs: Sequence[Observation]) -> bool:
+        """Decide and act on the observations one frame completed; True when the enforcer drops
+        the frame (inline). A failure to decide is counted, never raised (issue 17)."""
         drop = False
-        if obs:
-            for o in obs:
-                try:
-                    drop = self._observe(o)[1] or drop
-                except OutputClosed:
-                    raise
-                except Exception as exc:
-                    # A bug in deciding, not in the traffic: count it, drop this observation, go on.
-                    name = type(exc).__name__
-                    self.frame_errors[name if name in FRAME_EXCEPTIONS else "other"] += 1
-                    if not self.frame_errors.total() & (self.frame_errors.total() - 1):  # 1, 2, 4, 8...: rate-limited
-                        log.error("deciding an observation raised %s (%d so far); dropped", name, self.frame_errors.total())
+        for o in obs:
+            try:
+                drop = self._observe(o)[1] or drop
+            except OutputClosed:
+                raise
+            except Exception as exc:
+                # A bug in deciding, not in the traffic: count it, drop this observation, go on.
+                name = type(exc).__name__
+                self.frame_errors[name if name in FRAME_EXCEPTIONS else "other"] += 1
+                if not self.frame_errors.total() & (self.frame_errors.total() - 1):  # 1, 2, 4, 8...: rate-limited
+                    log.error("deciding an observation raised %s (%d so far); dropped", name, self.frame_errors.total())
         return drop
 
     def run(self, frames: Iterable[tuple[float, int, bytes]]) -> None:

@@ -22,6 +22,7 @@ from beiand.capture.bpf import build as build_bpf
 from beiand.capture.filterexpr import Condition
 from beiand.capture.live import LiveCapture
 from beiand.enforce import Enforcer, EnforceSettings, Injector, OrderError, OrderStore
+from beiand.enforce.nfqueue import Marks
 from beiand.enforce.nft import Nft, NftError
 from beiand.errors import BeiandError
 from beiand.model import Mode
@@ -198,6 +199,11 @@ def make_enforcer(cfg: Config) -> Enforcer:
     from beiand.runtime.isms import rules_for  # the ISMS stack: only for a daemon's workers
 
     return Enforcer(settings, injector, nft, orders, rules=rules_for(cfg))  # rules: the regulator's ISMS commands
+
+
+def inline_marks(cfg: Config) -> Marks:
+    """Inline mode's mark bits (``enforce.mark``): the rules and every worker's verdicts use the same."""
+    return Marks.from_base(cfg.enforce.mark)
 
 
 def live_captures(cfg: Config, fanout_group: int) -> list[LiveCapture]:

@@ -1,0 +1,128 @@
+"""Inline mode's own path: the worker's NFQUEUE, served by a thread of its own (issue 22).
+
+A queued packet is a customer's connection waiting, so it never waits behind the capture ring:
+the thread sleeps in ``poll`` on the queue's socket alone, takes what is waiting (a batch is
+only what already waits, never filled by waiting for more or by a timeout), decodes and
+decides it, and sends the verdicts at once, in one system call.
+
+One decoder and one pipeline serve both paths of a worker, under one lock: the capture thread
+(AF_PACKET: the DNS answers) and this thread never decode at the same time, and the flow state
+is one. A packet is never decoded on both paths: inline, the kernel filter of the capture
+rings does not pass the watched TCP and UDP ports (``wiring.live_captures``), and those are
+exactly what the NFQUEUE rules queue; a copy that came both ways anyway would meet the
+decoder's "done" table the second time (one dict probe, no second observation).
+
+The verdict carries beiand's marks (``enforce.nfqueue.Marks``): ``decided`` once the decoder
+needs nothing more of the flow (the kernel then stops queuing the connection), the ``first``
+mark taken off again. Where the time goes per queued packet (netlink receive, decode,
+decision, verdict) is counted in :class:`StageTimes` and exported as
+``beiand_inline_seconds_total{stage}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+import time
+from collections.abc import Callable
+
+from beiand.enforce.nfqueue import Marks, NfQueue
+from beiand.net.decoder import LINKTYPE_RAW
+from beiand.runtime.pipeline import Pipeline
+
+log = logging.getLogger("beiand")
+STAGES = ("receive", "decode", "decide", "verdict")
+
+
+class StageTimes:
+    """Cumulative nanoseconds spent per stage, and the packets they were spent on."""
+
+    __slots__ = ("decide", "decode", "packets", "receive", "verdict")
+
+    def __init__(self) -> None:
+        self.packets = self.receive = self.decode = self.decide = self.verdict = 0
+
+    def seconds(self) -> dict[str, float]:
+        return {s: getattr(self, s) / 1e9 for s in STAGES}
+
+
+class InlinePath:
+    def __init__(self, queue: NfQueue, pipe: Pipeline, lock: threading.Lock, marks: Marks,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.queue = queue
+        self.pipe = pipe
+        self.lock = lock  # shared with the worker's capture thread: one decoder, one pipeline
+        self.marks = marks
+        self.clock = clock
+        self.times = StageTimes()
+        self.settled = 0  # verdicts that told the kernel to stop queuing their connection
+        self.failed: BaseException | None = None  # what killed the thread: the worker dies of it too
+        self._thread: threading.Thread | None = None
+
+    def serve(self) -> int:
+        """Decide what is waiting in the queue now and send the verdicts; how many packets."""
+        pc = time.perf_counter_ns
+        queue = self.queue
+        t0 = pc()
+        batch = queue.receive()
+        t1 = pc()
+        times = self.times
+        times.receive += t1 - t0
+        if not batch:
+            return 0
+        decoder = self.pipe.decoder
+        feed, decide, settled, verdict = decoder.feed, self.pipe.decide, decoder.settled, queue.verdict
+        first, decided = self.marks.first, self.marks.decided
+        clock = self.clock
+        decode_ns = decide_ns = 0
+        with self.lock:
+            tv = pc()
+            for q in batch:
+                ta = pc()
+                obs = feed(clock(), q.packet, LINKTYPE_RAW, bool(q.mark & first))
+                tb = pc()
+                drop = decide(obs) if obs else False
+                tc = pc()
+                decode_ns += tb - ta
+                decide_ns += tc - tb
+                if drop:
+                    verdict(q.id, False)
+                    continue
+                mark = q.mark & ~first
+                if settled():
+                    mark |= decided
+                    self.settled += 1
+                verdict(q.id, True, mark if mark != q.mark else None)
+            tv = pc() - tv - decode_ns - decide_ns  # building the verdict messages
+        t2 = pc()
+        queue.send()
+        times.verdict += tv + pc() - t2
+        times.decode += decode_ns
+        times.decide += decide_ns
+        times.packets += len(batch)
+        return len(batch)
+
+    def run(self, stopping: Callable[[], bool]) -> None:
+        """Serve the queue until ``stopping()``; wakes at once for a packet, every 0.1 s to check."""
+        poller = select.poll()
+        poller.register(self.queue.fileno(), select.POLLIN)
+        serve = self.serve
+        while not stopping():
+            if poller.poll(100):
+                serve()
+
+    def start(self, stopping: Callable[[], bool]) -> None:
+        def main() -> None:
+            try:
+                self.run(stopping)
+            except BaseException as exc:  # the worker's loop raises it: it dies as before (issue 17)
+                log.critical("inline queue thread died: %s: %s", type(exc).__name__, exc)
+                self.failed = exc
+
+        self._thread = threading.Thread(target=main, name="inline-queue", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
