@@ -167,7 +167,7 @@ def test_a_filed_flow_is_not_queued_after_its_verdict(lab) -> None:  # type: ign
     text = http_get(lb, "/metrics")[1].decode()
     assert 'beiand_inline_packets_total{worker="0"}' in text and "beiand_inline_settled_total" in text
     # An unfiled flow is still held and blocked.
-    rc, body, code = curl(lb, "unfiled.example.xyz", "198.51.100.11", "http")
+    _, body, code = curl(lb, "unfiled.example.xyz", "198.51.100.11", "http")
     assert code == "451" and b"hello from" not in body
 
 
@@ -227,7 +227,7 @@ def test_traffic_keeps_flowing_when_the_worker_is_killed_under_load(lab) -> None
             break
         time.sleep(0.2)
     time.sleep(1)
-    rc, body, code = curl(lb, "unfiled.example.xyz", "198.51.100.11", "http")
+    rc, _, code = curl(lb, "unfiled.example.xyz", "198.51.100.11", "http")
     assert code == "451", (rc, code)  # the new worker serves the queue again
 
 

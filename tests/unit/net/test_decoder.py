@@ -280,3 +280,30 @@ def test_google_quic_plaintext_chlo(version):
     o = one(run([t.udp(C4, S4, 50000, 443, t.gquic_chlo("gquic.example.com", version))])[0])
     assert (o.kind, o.name, o.server_ip) == (Kind.QUIC_SNI, "gquic.example.com", S4)
     assert f"quic={version.decode()}" in o.detail.split()
+
+
+def test_a_fresh_frame_starts_its_4_tuple_again():
+    """Inline, the SYN is not queued: the first queued packet of a connection comes with
+    ``fresh`` and the decoder forgets the 4-tuple's older connection (issue 22)."""
+    d = Decoder()
+    first = t.tcp(C4, S4, 40000, 443, 100, payload=t.client_hello("filed.example.cn"))[14:]
+    again = t.tcp(C4, S4, 40000, 443, 9000, payload=t.client_hello("other.example.xyz"))[14:]
+    assert one(d.feed(1.0, first, LINKTYPE_RAW, fresh=True)).name == "filed.example.cn" and d.settled()
+    assert d.feed(1.1, again, LINKTYPE_RAW) == []  # the same connection as far as the decoder knows
+    assert d.settled()
+    assert one(d.feed(1.2, again, LINKTYPE_RAW, fresh=True)).name == "other.example.xyz"
+    # A fresh start of bytes that are no protocol is the connection's start, not a mid-stream join.
+    junk = t.tcp(C4, S4, 40001, 443, 5, payload=b"\x00\x01binary protocol" * 40)[14:]
+    o = one(d.feed(1.3, junk, LINKTYPE_RAW, fresh=True) + d.flush())
+    assert o.kind is Kind.IP_ONLY and o.detail == "unknown-protocol"
+
+
+def test_settled_only_once_the_flow_needs_nothing_more():
+    d = Decoder()
+    hello = t.client_hello("split.example.cn")
+    a = t.tcp(C4, S4, 40002, 443, 100, payload=hello[:50])[14:]
+    b = t.tcp(C4, S4, 40002, 443, 150, payload=hello[50:])[14:]
+    assert d.feed(1.0, a, LINKTYPE_RAW, fresh=True) == [] and not d.settled()
+    assert one(d.feed(1.1, b, LINKTYPE_RAW)).name == "split.example.cn" and d.settled()
+    d.feed(1.2, b"\x45junk", LINKTYPE_RAW)
+    assert not d.settled()  # nothing of a flow: not a flow to settle

@@ -1,0 +1,121 @@
+"""The inline queue's own path (issue 22): verdicts with beiand's marks, per-stage times, its thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from beiand.enforce.actor import Enforced
+from beiand.enforce.nfqueue import Marks, Queued
+from beiand.lab import traffic as t
+from beiand.model import Action, Decision, Mode, Observation, Verdict, VerdictKind
+from beiand.net.decoder import Decoder
+from beiand.runtime.inline import STAGES, InlinePath
+from beiand.runtime.pipeline import Pipeline
+
+MARKS = Marks.from_base(0x100)
+C, S = "192.0.2.10", "198.51.100.10"
+
+
+class FakeQueue:
+    """NfQueue's surface: what waits, and the verdicts given (sent only by ``send``)."""
+
+    def __init__(self) -> None:
+        self.waiting: list[Queued] = []
+        self.pending: list[tuple[int, bool, int | None]] = []
+        self.sent: list[list[tuple[int, bool, int | None]]] = []
+
+    def receive(self, limit: int = 256) -> list[Queued]:
+        out, self.waiting = self.waiting, []
+        return out
+
+    def verdict(self, pid: int, accept: bool, mark: int | None = None) -> None:
+        self.pending.append((pid, accept, mark))
+
+    def send(self) -> None:
+        if self.pending:
+            self.sent.append(self.pending)
+            self.pending = []
+
+    def fileno(self) -> int:
+        return self.r
+
+    r = -1
+
+
+class Policy:
+    inventory = type("I", (), {"lookup": staticmethod(lambda ip: None)})()
+
+    def decide(self, o: Observation) -> Decision:
+        bad = o.name.endswith(".xyz")
+        v = Verdict(VerdictKind.UNFILED if bad else VerdictKind.FILED, None, "test")
+        return Decision(v, Action.BLOCK if bad else Action.LOG, "test", Mode.ENFORCE, "acct")
+
+
+def actor(o: Observation, d: Decision) -> Enforced:
+    return Enforced(d, drop=d.action is Action.BLOCK)
+
+
+def path() -> tuple[InlinePath, FakeQueue]:
+    q = FakeQueue()
+    pipe = Pipeline(Decoder(), Policy(), actor=actor)  # type: ignore[arg-type]
+    return InlinePath(q, pipe, threading.Lock(), MARKS, clock=lambda: 1000.0), q  # type: ignore[arg-type]
+
+
+def ip(sport: int, seq: int, payload: bytes) -> bytes:
+    return t.tcp(C, S, sport, 443, seq, ack=1, payload=payload)[14:]
+
+
+def test_a_named_accepted_flow_is_marked_decided_and_the_first_mark_is_taken_off() -> None:
+    p, q = path()
+    hello = t.client_hello("www.example.cn")
+    q.waiting = [Queued(1, MARKS.first | 0x1, ip(40000, 100, hello[:60])),  # the first queued of its connection
+                 Queued(2, 0x1, ip(40000, 160, hello[60:])),  # completes the ClientHello: decided
+                 Queued(3, MARKS.first, ip(40001, 5, t.client_hello("bad.example.xyz")))]  # blocked: dropped
+    assert p.serve() == 3
+    # One batch, one send: only what was already waiting; other bits of the mark are kept.
+    assert q.sent == [[(1, True, 0x1), (2, True, 0x1 | MARKS.decided), (3, False, None)]]
+    assert p.settled == 1 and p.times.packets == 3
+    assert all(getattr(p.times, s) > 0 for s in STAGES)
+    assert p.serve() == 0 and len(q.sent) == 1  # nothing waiting: no verdicts, no waiting for more
+
+
+def test_an_unchanged_mark_is_not_sent_again() -> None:
+    p, q = path()
+    q.waiting = [Queued(4, 0, ip(40002, 1, b"\x16\x03\x01\x00"))]  # the start of a record: more is needed
+    p.serve()
+    assert q.sent == [[(4, True, None)]]
+
+
+def test_the_thread_serves_at_once_and_reports_its_death() -> None:
+    import os
+
+    r, w = os.pipe()
+    p, _ = path()
+    FakeQueue.r = r
+    stop = threading.Event()
+    served: list[float] = []
+
+    def serve() -> int:
+        os.read(r, 1)
+        served.append(time.monotonic())
+        if len(served) == 2:
+            raise RuntimeError("boom")
+        return 1
+
+    p.serve = serve  # type: ignore[method-assign]
+    try:
+        p.start(stop.is_set)
+        t0 = time.monotonic()
+        os.write(w, b"x")
+        deadline = time.monotonic() + 5
+        while not served and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert served and served[0] - t0 < 0.09  # woken by the packet, not by the 0.1 s check
+        os.write(w, b"x")
+        p.join(5)
+        assert isinstance(p.failed, RuntimeError)  # the worker's loop raises it (issue 17)
+    finally:
+        stop.set()
+        os.close(r)
+        os.close(w)
