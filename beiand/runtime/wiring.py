@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from beiand.accesslog import AccessLog, LogConfig
+from beiand.capture.bpf import Insn
 from beiand.capture.bpf import build as build_bpf
 from beiand.capture.filterexpr import Condition
 from beiand.capture.live import LiveCapture
@@ -206,13 +207,18 @@ def inline_marks(cfg: Config) -> Marks:
     return Marks.from_base(cfg.enforce.mark)
 
 
+def capture_filter(cfg: Config) -> list[Insn]:
+    """The capture rings' kernel filter. Inline, watched TCP/UDP arrive through NFQUEUE only and
+    AF_PACKET carries the DNS answers: no packet comes both ways, so none is decoded twice."""
+    inline = cfg.enforce.inline
+    return build_bpf(() if inline else cfg.capture.tcp_ports, () if inline else cfg.capture.udp_ports, dns=cfg.capture.dns,
+                     condition=Condition(cfg.capture.filter) if cfg.capture.filter else None)
+
+
 def live_captures(cfg: Config, fanout_group: int) -> list[LiveCapture]:
     """A worker's AF_PACKET rings, one per interface, with the kernel filter (BPF) for its ports."""
     ifaces = cfg.capture.interfaces
-    inline = cfg.enforce.inline
-    # Inline: watched TCP/UDP arrive through NFQUEUE; AF_PACKET carries the DNS answers only.
-    prog = build_bpf(() if inline else cfg.capture.tcp_ports, () if inline else cfg.capture.udp_ports, dns=cfg.capture.dns,
-                     condition=Condition(cfg.capture.filter) if cfg.capture.filter else None)
+    prog = capture_filter(cfg)
     return [LiveCapture(i, prog, fanout_group=fanout_group, block_size=cfg.capture.ring_block_kib * 1024,
                         blocks=cfg.capture.ring_blocks, outgoing=len(ifaces) == 1,
                         block_timeout_ms=cfg.capture.ring_block_timeout_ms, version=cfg.capture.ring_version) for i in ifaces]

@@ -119,3 +119,23 @@ def test_the_thread_serves_at_once_and_reports_its_death() -> None:
         stop.set()
         os.close(r)
         os.close(w)
+
+
+def test_inline_a_packet_comes_by_one_path_only() -> None:
+    """Inline, the capture rings' kernel filter passes no watched TCP/UDP (those come through the
+    queue) and still passes the DNS answers: no packet is decoded twice (issue 22)."""
+    import dataclasses
+
+    from beiand.capture.bpf import run
+    from beiand.runtime.settings import Config
+    from beiand.runtime.wiring import capture_filter
+
+    cfg = Config()
+    inline = dataclasses.replace(cfg, enforce=dataclasses.replace(cfg.enforce, inline=True))
+    queued_kinds = [t.tcp(C, S, 40000, port, 1, payload=t.client_hello("a.example.cn")) for port in cfg.capture.tcp_ports]
+    queued_kinds.append(t.udp(C, S, 5000, 443, b"\xc0" + b"\0" * 1199))
+    dns = t.udp("192.0.2.53", C, 53, 3333, t.dns_response("www.example.cn", [S]))
+    for frame in queued_kinds:
+        assert run(capture_filter(cfg), frame) > 0  # passive: the capture ring is the only path
+        assert run(capture_filter(inline), frame) == 0  # inline: the queue is
+    assert run(capture_filter(inline), dns) > 0
