@@ -14,9 +14,10 @@ decoder's "done" table the second time (one dict probe, no second observation).
 
 The verdict carries beiand's marks (``enforce.nfqueue.Marks``): ``decided`` once the decoder
 needs nothing more of the flow (the kernel then stops queuing the connection), the ``first``
-mark taken off again. Where the time goes per queued packet (netlink receive, decode,
-decision, verdict) is counted in :class:`StageTimes` and exported as
-``beiand_inline_seconds_total{stage}``.
+mark taken off again. The verdicts are sent before the decisions go to the sinks (the access
+log): nothing a sink does can change a verdict. Where the time goes per queued packet (netlink
+receive, decode, decision, verdict, and the sinks after it) is counted in :class:`StageTimes`
+and exported as ``beiand_inline_seconds_total{stage}``.
 """
 
 from __future__ import annotations
@@ -28,20 +29,21 @@ import time
 from collections.abc import Callable
 
 from beiand.enforce.nfqueue import Marks, NfQueue
+from beiand.model import Decision, Observation
 from beiand.net.decoder import LINKTYPE_RAW
 from beiand.runtime.pipeline import Pipeline
 
 log = logging.getLogger("beiand")
-STAGES = ("receive", "decode", "decide", "verdict")
+STAGES = ("receive", "decode", "decide", "verdict", "record")
 
 
 class StageTimes:
     """Cumulative nanoseconds spent per stage, and the packets they were spent on."""
 
-    __slots__ = ("decide", "decode", "packets", "receive", "verdict")
+    __slots__ = ("decide", "decode", "packets", "receive", "record", "verdict")
 
     def __init__(self) -> None:
-        self.packets = self.receive = self.decode = self.decide = self.verdict = 0
+        self.packets = self.receive = self.decode = self.decide = self.verdict = self.record = 0
 
     def seconds(self) -> dict[str, float]:
         return {s: getattr(self, s) / 1e9 for s in STAGES}
@@ -76,13 +78,14 @@ class InlinePath:
         first, decided = self.marks.first, self.marks.decided
         clock = self.clock
         decode_ns = decide_ns = 0
+        later: list[tuple[Observation, Decision]] = []
         with self.lock:
             tv = pc()
             for q in batch:
                 ta = pc()
                 obs = feed(clock(), q.packet, LINKTYPE_RAW, bool(q.mark & first))
                 tb = pc()
-                drop = decide(obs) if obs else False
+                drop = decide(obs, later) if obs else False
                 tc = pc()
                 decode_ns += tb - ta
                 decide_ns += tc - tb
@@ -95,9 +98,13 @@ class InlinePath:
                     self.settled += 1
                 verdict(q.id, True, mark if mark != q.mark else None)
             tv = pc() - tv - decode_ns - decide_ns  # building the verdict messages
-        t2 = pc()
-        queue.send()
-        times.verdict += tv + pc() - t2
+            t2 = pc()
+            queue.send()  # the verdicts go out before the access log is written
+            t3 = pc()
+            if later:
+                self.pipe.record(later)
+        times.verdict += tv + t3 - t2
+        times.record += pc() - t3
         times.decode += decode_ns
         times.decide += decide_ns
         times.packets += len(batch)

@@ -125,9 +125,11 @@ class Metrics:
         self.inline_settled = Counter("beiand_inline_settled", "accepted packets whose verdict told the kernel to stop "
                                       "queuing their connection (its name is known)", ["worker"], registry=r)
         self.inline_seconds = Counter("beiand_inline_seconds", "time the queue thread spent on queued packets, by stage "
-                                      "(receive: netlink read and parse; decode; decide: policy, enforcement and sinks; "
-                                      "verdict: building and sending the verdicts)", ["stage"], registry=r)
-        for stage in ("receive", "decode", "decide", "verdict"):
+                                      "(receive: netlink read and parse; decode; decide: policy and enforcement; "
+                                      "verdict: building and sending the verdicts; record: the access log and other "
+                                      "sinks, after the verdict)",
+                                      ["stage"], registry=r)
+        for stage in ("receive", "decode", "decide", "verdict", "record"):
             self.inline_seconds.labels(stage)
         self.audit_findings = Gauge("beiand_audit_findings", "findings of the last audit run, by kind", ["kind"], registry=r)
         Info("beiand_build", "beiand version", registry=r).info({"version": version})

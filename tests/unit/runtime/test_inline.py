@@ -139,3 +139,24 @@ def test_inline_a_packet_comes_by_one_path_only() -> None:
         assert run(capture_filter(cfg), frame) > 0  # passive: the capture ring is the only path
         assert run(capture_filter(inline), frame) == 0  # inline: the queue is
     assert run(capture_filter(inline), dns) > 0
+
+
+def test_the_verdict_goes_out_before_the_access_log_is_written() -> None:
+    events: list[str] = []
+
+    class Sink:
+        def on_decision(self, o: Observation, d: Decision) -> None:
+            events.append("log " + o.name)
+
+    class Q(FakeQueue):
+        def send(self) -> None:
+            if self.pending:
+                events.append("verdicts")
+            super().send()
+
+    q = Q()
+    pipe = Pipeline(Decoder(), Policy(), [Sink()], actor=actor)  # type: ignore[arg-type,list-item]
+    p = InlinePath(q, pipe, threading.Lock(), MARKS)  # type: ignore[arg-type]
+    q.waiting = [Queued(1, 0, ip(40010, 1, t.client_hello("www.example.cn")))]
+    p.serve()
+    assert events == ["verdicts", "log www.example.cn"] and p.times.record > 0
