@@ -131,10 +131,13 @@ def verdict_rate(lab: Lab, n: int = 200_000) -> None:
           f"(sender {n / send_s:,.0f} pps; fail-open past a full queue {qd1 - qd0:,}, lost to the reader {ud1 - ud0:,})")
 
 
+REALTIME = 0  # --realtime: capture.realtime_priority of the daemon's workers
+
+
 def start_daemon(lab: Lab, wd: Path, files: dict[str, str], inline: bool) -> subprocess.Popen[bytes]:
     label = "inline" if inline else "passive"
     cfg = write_config(wd, files, extra=f"\n[enforce]\ninline = {'true' if inline else 'false'}\nmax_blocks_per_minute = 1000000\n"
-                       "max_unfiled_share = 1.0\n")
+                       "max_unfiled_share = 1.0\n", capture_extra=f"realtime_priority = {REALTIME}\n")
     cfg = cfg.rename(wd / f"{label}.toml")
     with open(wd / f"beiand-{label}.log", "ab") as logf:
         d = lab.spawn(lab.gw, [sys.executable, "-m", "beiand.cli", "run", "--config", str(cfg)], stdout=logf, stderr=logf)
@@ -147,6 +150,7 @@ STAGES = ("receive", "decode", "decide", "verdict", "record")
 
 def stage_totals(lab: Lab) -> dict[str, float]:
     """The daemon's cumulative inline counters: packets, and seconds per stage."""
+    time.sleep(0.6)  # the workers' next snapshot (every 0.25 s)
     text = http_get(lab, "/metrics")[1].decode()
     out = dict.fromkeys(("packets", *STAGES), 0.0)
     for line in text.splitlines():
@@ -256,7 +260,10 @@ def main() -> None:
     ap.add_argument("--filed-count", type=int, default=500, help="connections per protocol and round")
     ap.add_argument("--no-passive", action="store_true", help="skip the passive mode's run")
     ap.add_argument("--no-effectiveness", action="store_true", help="only the alternated rounds")
+    ap.add_argument("--realtime", type=int, default=0, help="capture.realtime_priority of the workers (SCHED_FIFO; 0: normal)")
     args = ap.parse_args()
+    global REALTIME
+    REALTIME = args.realtime
     if os.geteuid() != 0:
         sys.exit("needs root")
     wd = Path(tempfile.mkdtemp(prefix="beiand-bench-enforce-"))
