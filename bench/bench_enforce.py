@@ -175,7 +175,7 @@ def load() -> str:
     return os.getloadavg().__repr__()
 
 
-def ab_rounds(lab: Lab, wd: Path, files: dict[str, str], rounds: int, count: int) -> None:
+def ab_rounds(lab: Lab, wd: Path, files: dict[str, str], rounds: int, count: int, conc: int = 16) -> None:
     """Filed first byte without and with beiand inline, alternated in one window."""
     pooled: dict[tuple[str, str], list[float]] = {}
     for r in range(rounds):
@@ -184,7 +184,7 @@ def ab_rounds(lab: Lab, wd: Path, files: dict[str, str], rounds: int, count: int
             try:
                 q0 = _queue_stats(lab)[0]
                 s0 = stage_totals(lab) if d is not None else None
-                res = {proto: client(lab, proto, "www.example.com.cn", "198.51.100.10", count) for proto in ("https", "http")}
+                res = {proto: client(lab, proto, "www.example.com.cn", "198.51.100.10", count, conc) for proto in ("https", "http")}
                 q1 = _queue_stats(lab)[0]
                 extra = ""
                 if d is not None and s0 is not None:
@@ -196,7 +196,7 @@ def ab_rounds(lab: Lab, wd: Path, files: dict[str, str], rounds: int, count: int
                     d.wait(60)
             for proto, x in res.items():
                 pooled.setdefault((mode, proto), []).extend(x.get("lat_ms", []))
-            print(f"round {r + 1} {'no beiand' if mode == 'none' else 'inline   '} (load {load()}): "
+            print(f"round {r + 1} {'no beiand' if mode == 'none' else 'inline   '} ({conc} at a time; load {load()}): "
                   + "; ".join(f"{p.upper()} p50 {x.get('first_byte_p50_ms', 0):.3f} ms p99 {x.get('first_byte_p99_ms', 0):.3f} ms "
                               f"(served {x.get('server-bytes', 0)}/{count})" for p, x in res.items()) + extra, flush=True)
     for proto in ("https", "http"):
@@ -205,7 +205,8 @@ def ab_rounds(lab: Lab, wd: Path, files: dict[str, str], rounds: int, count: int
         if a and b:
             p50a, p99a = a[len(a) // 2], a[min(len(a) - 1, len(a) * 99 // 100)]
             p50b, p99b = b[len(b) // 2], b[min(len(b) - 1, len(b) * 99 // 100)]
-            print(f"pooled {rounds} rounds, {proto.upper()} filed first byte: no beiand p50 {p50a:.3f} ms p99 {p99a:.3f} ms "
+            print(f"pooled {rounds} rounds ({conc} at a time), {proto.upper()} filed first byte: "
+                  f"no beiand p50 {p50a:.3f} ms p99 {p99a:.3f} ms "
                   f"({len(a)}); inline p50 {p50b:.3f} ms p99 {p99b:.3f} ms ({len(b)}); difference p50 {p50b - p50a:+.3f} ms, "
                   f"p99 {p99b - p99a:+.3f} ms", flush=True)
 
@@ -258,6 +259,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=0, help="alternated rounds without/with beiand (filed first byte)")
     ap.add_argument("--filed-count", type=int, default=500, help="connections per protocol and round")
+    ap.add_argument("--conc", type=int, default=16, help="connections at a time in the rounds")
     ap.add_argument("--no-passive", action="store_true", help="skip the passive mode's run")
     ap.add_argument("--no-effectiveness", action="store_true", help="only the alternated rounds")
     ap.add_argument("--realtime", type=int, default=0, help="capture.realtime_priority of the workers (SCHED_FIFO; 0: normal)")
@@ -273,7 +275,7 @@ def main() -> None:
         lab.start_servers(wd)
         print(f"load before: {load()}", flush=True)
         if args.rounds:
-            ab_rounds(lab, wd, files, args.rounds, args.filed_count)
+            ab_rounds(lab, wd, files, args.rounds, args.filed_count, args.conc)
         if args.no_effectiveness:
             return
         base = client(lab, "http", "www.example.com.cn", "198.51.100.10", args.count)

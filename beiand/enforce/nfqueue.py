@@ -97,7 +97,8 @@ class NfQueue:
         # Fail open: a full queue accepts packets rather than dropping them.
         self._config(_attr(NFQA_CFG_FLAGS, struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)) +
                      _attr(NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)))
-        self.sock.setblocking(False)
+        # The socket stays blocking (a verdict is never lost to a full buffer); reads pass
+        # MSG_DONTWAIT instead: no fcntl() around each send.
         self._out: list[bytes] = []
         self.received = self.dropped = 0
 
@@ -125,7 +126,7 @@ class NfQueue:
         out: list[Queued] = []
         for _ in range(limit):
             try:
-                data = recv(0x20000)
+                data = recv(0x20000, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 break
             self._parse(data, out)
@@ -175,11 +176,7 @@ class NfQueue:
         if self._out:
             buf = b"".join(self._out)
             self._out.clear()
-            self.sock.setblocking(True)
-            try:
-                self.sock.send(buf)
-            finally:
-                self.sock.setblocking(False)
+            self.sock.send(buf)
 
     def close(self) -> None:
         self.send()
