@@ -29,6 +29,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -97,8 +98,11 @@ class NfQueue:
         # Fail open: a full queue accepts packets rather than dropping them.
         self._config(_attr(NFQA_CFG_FLAGS, struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)) +
                      _attr(NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)))
-        # The socket stays blocking (a verdict is never lost to a full buffer); reads pass
-        # MSG_DONTWAIT instead: no fcntl() around each send.
+        # The socket stays blocking (a verdict is never lost to a full buffer); reads that must
+        # not wait pass MSG_DONTWAIT (no fcntl() around each send), and a waiting read gives up
+        # after 0.1 s (SO_RCVTIMEO), so the thread that serves the queue sees a stop request.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 100_000))
+        self.woke_ns = 0  # perf_counter_ns() when a waiting receive() got its first packet
         self._out: list[bytes] = []
         self.received = self.dropped = 0
 
@@ -119,16 +123,21 @@ class NfQueue:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def receive(self, limit: int = 256) -> list[Queued]:
-        """What is waiting now (at most ``limit`` netlink reads), without blocking: a batch is
-        only what already waits, never filled by waiting for more."""
+    def receive(self, limit: int = 256, wait: bool = False) -> list[Queued]:
+        """What is waiting now (at most ``limit`` netlink reads): a batch is only what already
+        waits, never filled by waiting for more. ``wait``: the first read waits for a packet (at
+        most 0.1 s; one system call where poll() and a read took two)."""
         recv = self.sock.recv
         out: list[Queued] = []
+        flags = 0 if wait else socket.MSG_DONTWAIT
         for _ in range(limit):
             try:
-                data = recv(0x20000, socket.MSG_DONTWAIT)
-            except BlockingIOError:
+                data = recv(0x20000, flags)
+            except BlockingIOError:  # nothing (more) waiting, or the waiting read's 0.1 s are over
                 break
+            if flags == 0:
+                self.woke_ns = time.perf_counter_ns()
+                flags = socket.MSG_DONTWAIT
             self._parse(data, out)
         self.received += len(out)
         return out

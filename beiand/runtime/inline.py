@@ -1,7 +1,7 @@
 """Inline mode's own path: the worker's NFQUEUE, served by a thread of its own (issue 22).
 
 A queued packet is a customer's connection waiting, so it never waits behind the capture ring:
-the thread sleeps in ``poll`` on the queue's socket alone, takes what is waiting (a batch is
+the thread sleeps in a read on the queue's socket alone, takes what is waiting (a batch is
 only what already waits, never filled by waiting for more or by a timeout), decodes and
 decides it, and sends the verdicts at once, in one system call.
 
@@ -23,7 +23,6 @@ and exported as ``beiand_inline_seconds_total{stage}``.
 from __future__ import annotations
 
 import logging
-import select
 import threading
 import time
 from collections.abc import Callable
@@ -62,13 +61,16 @@ class InlinePath:
         self.failed: BaseException | None = None  # what killed the thread: the worker dies of it too
         self._thread: threading.Thread | None = None
 
-    def serve(self) -> int:
-        """Decide what is waiting in the queue now and send the verdicts; how many packets."""
+    def serve(self, wait: bool = False) -> int:
+        """Decide what is waiting in the queue now and send the verdicts; how many packets.
+        ``wait``: wait (at most 0.1 s) for the first packet."""
         pc = time.perf_counter_ns
         queue = self.queue
         t0 = pc()
-        batch = queue.receive()
+        batch = queue.receive(wait=wait)
         t1 = pc()
+        if wait:  # the receive stage starts when the first packet was read, not while waiting
+            t0 = max(t0, min(t1, queue.woke_ns))
         times = self.times
         times.receive += t1 - t0
         if not batch:
@@ -112,12 +114,9 @@ class InlinePath:
 
     def run(self, stopping: Callable[[], bool]) -> None:
         """Serve the queue until ``stopping()``; wakes at once for a packet, every 0.1 s to check."""
-        poller = select.poll()
-        poller.register(self.queue.fileno(), select.POLLIN)
         serve = self.serve
         while not stopping():
-            if poller.poll(100):
-                serve()
+            serve(wait=True)
 
     def start(self, stopping: Callable[[], bool]) -> None:
         def main() -> None:

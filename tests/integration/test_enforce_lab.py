@@ -326,3 +326,17 @@ def test_traffic_flows_when_beiand_is_gone(lab) -> None:  # type: ignore[no-unty
         d2 = lb.spawn(lb.gw, [sys.executable, "-m", "beiand.cli", "run", "--config", str(lab["cfg"])], stdout=logf, stderr=logf)
     wait_ready(lb, d2)
     lab["daemon"] = d2
+
+
+def test_a_waiting_read_on_the_queue_gives_up_after_a_tenth_of_a_second(lab) -> None:  # type: ignore[no-untyped-def]
+    """The queue thread waits in the read itself (no poll() first) and still sees a stop request."""
+    from beiand.enforce.nfqueue import NfQueue
+    from beiand.lab.netns import in_netns
+
+    q = in_netns(lab["lab"].gw, lambda: NfQueue(77))
+    try:
+        t0 = time.monotonic()
+        assert q.receive(wait=True) == []
+        assert 0.05 < time.monotonic() - t0 < 1.0
+    finally:
+        q.close()

@@ -25,7 +25,9 @@ class FakeQueue:
         self.pending: list[tuple[int, bool, int | None]] = []
         self.sent: list[list[tuple[int, bool, int | None]]] = []
 
-    def receive(self, limit: int = 256) -> list[Queued]:
+    woke_ns = 0
+
+    def receive(self, limit: int = 256, wait: bool = False) -> list[Queued]:
         out, self.waiting = self.waiting, []
         return out
 
@@ -36,11 +38,6 @@ class FakeQueue:
         if self.pending:
             self.sent.append(self.pending)
             self.pending = []
-
-    def fileno(self) -> int:
-        return self.r
-
-    r = -1
 
 
 class Policy:
@@ -87,16 +84,16 @@ def test_an_unchanged_mark_is_not_sent_again() -> None:
     assert q.sent == [[(4, True, None)]]
 
 
-def test_the_thread_serves_at_once_and_reports_its_death() -> None:
+def test_the_thread_waits_in_the_read_serves_at_once_and_reports_its_death() -> None:
     import os
 
     r, w = os.pipe()
     p, _ = path()
-    FakeQueue.r = r
     stop = threading.Event()
     served: list[float] = []
 
-    def serve() -> int:
+    def serve(wait: bool = False) -> int:
+        assert wait
         os.read(r, 1)
         served.append(time.monotonic())
         if len(served) == 2:
