@@ -69,12 +69,12 @@ class InlinePath:
         t0 = pc()
         batch = queue.receive(wait=wait)
         t1 = pc()
+        if not batch:  # nothing came (a waiting read's 0.1 s are over): no time spent on a packet
+            return 0
         if wait:  # the receive stage starts when the first packet was read, not while waiting
             t0 = max(t0, min(t1, queue.woke_ns))
         times = self.times
         times.receive += t1 - t0
-        if not batch:
-            return 0
         decoder = self.pipe.decoder
         feed, decide, settled, verdict = decoder.feed, self.pipe.decide, decoder.settled, queue.verdict
         first, decided = self.marks.first, self.marks.decided

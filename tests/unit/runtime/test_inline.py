@@ -157,3 +157,20 @@ def test_the_verdict_goes_out_before_the_access_log_is_written() -> None:
     q.waiting = [Queued(1, 0, ip(40010, 1, t.client_hello("www.example.cn")))]
     p.serve()
     assert events == ["verdicts", "log www.example.cn"] and p.times.record > 0
+
+
+def test_waiting_is_not_counted_as_receiving() -> None:
+    p, q = path()
+
+    def slow_receive(limit: int = 256, wait: bool = False) -> list[Queued]:
+        time.sleep(0.05)  # waiting for a packet
+        if not q.waiting:
+            return []
+        q.woke_ns = time.perf_counter_ns()
+        out, q.waiting = q.waiting, []
+        return out
+
+    q.receive = slow_receive  # type: ignore[method-assign]
+    assert p.serve(wait=True) == 0 and p.times.receive == 0
+    q.waiting = [Queued(1, 0, ip(40020, 1, t.client_hello("www.example.cn")))]
+    assert p.serve(wait=True) == 1 and 0 < p.times.receive < 10_000_000  # not the 50 ms of waiting
