@@ -670,6 +670,9 @@ class Decoder:
         if flow is None:
             # Most connections: the whole ClientHello or request head in the first segment.
             # Fresh: these are the connection's first bytes (as after a SYN), not a mid-stream join.
+            # Unlike after a SYN, the start is taken from this segment: should the client's first
+            # two data segments arrive swapped, the flow starts at the second, is named ip-only and
+            # decided by its address (a filed name's connection may then be reset; it is retried).
             flow = Flow(seq, self._fresh, ts, src, dst, sport, dport)
             flow.buf = data[: self.config.max_flow_bytes]
             flow.cost = len(flow.buf)
