@@ -51,9 +51,11 @@ def lab(tmp_path_factory):  # type: ignore[no-untyped-def]
         if daemon.poll() is None:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(30)
-        # A clean stop removes beiand's rules and table.
-        rules = lb.run(lb.gw, ["iptables", "-S", "FORWARD"], capture_output=True, text=True).stdout
-        assert "beiand" not in rules
+        # A clean stop removes beiand's rules (its chain and the mangle rule too) and table.
+        for tool in ("iptables", "ip6tables"):
+            for table in ("filter", "mangle"):
+                rules = lb.run(lb.gw, [tool, "-t", table, "-S"], capture_output=True, text=True).stdout
+                assert "beiand" not in rules, (tool, table, rules)
         tables = lb.run(lb.gw, ["nft", "list", "tables"], capture_output=True, text=True).stdout
         assert "beiand" not in tables
 
