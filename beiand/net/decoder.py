@@ -99,14 +99,25 @@ class DecoderConfig:
     reassembly_quic_bytes: int = 16 << 20  # QUIC CRYPTO streams
     reassembly_fragment_bytes: int = 8 << 20  # IP fragments
     max_flow_holes: int = 64  # pending out-of-order intervals per flow, datagram or CRYPTO stream
+    # A fresh flow (``feed(fresh=True)``: inline, the SYN not seen) whose first bytes start no
+    # protocol is held this long for the segments before them (issue 22): its first segments may
+    # have arrived swapped. Past either bound (or the flow's byte limit) it is named ip-only.
+    hold_segments: int = 4
+    hold_seconds: float = 1.0  # a lost first segment is retransmitted after about 200 ms (RTO)
 
 
 class Flow(Stream):
-    """The first client bytes of one TCP connection, reassembled from segments in any order."""
+    """The first client bytes of one TCP connection, reassembled from segments in any order.
 
-    __slots__ = ("base", "client", "consumed", "dport", "server", "sport", "syn", "ts")
+    ``syn``: the start is known (the SYN was seen); without it a segment before ``base`` moves
+    the start back. ``fresh``: the connection's first bytes were seen (inline, the first queued
+    packet), though perhaps not in order; ``held``: their start does not parse yet, and the
+    decoder waits for a segment before it (bounded: ``DecoderConfig.hold_*``)."""
 
-    def __init__(self, base: int, syn: bool, ts: float, src: bytes, dst: bytes, sport: int, dport: int) -> None:
+    __slots__ = ("base", "client", "consumed", "dport", "fresh", "held", "segments", "server", "sport", "syn", "ts")
+
+    def __init__(self, base: int, syn: bool, ts: float, src: bytes, dst: bytes, sport: int, dport: int,
+                 fresh: bool = False) -> None:
         # Stream.__init__, inlined: one Flow per new connection, on the hot path
         self.buf = b""
         self.starts = []
@@ -114,6 +125,9 @@ class Flow(Stream):
         self.cost = 0
         self.base = base
         self.syn = syn
+        self.fresh = fresh
+        self.held = False
+        self.segments = 1
         self.ts = ts
         self.client = src
         self.server = dst
@@ -256,8 +270,9 @@ class Decoder:
 
     def flush(self) -> list[Observation]:
         """End of input: flows that never showed a name become ip-only observations."""
+        self._seg = (0, 0, 0)  # no packet of theirs at hand
         for flow in list(self.flows.values()):
-            self._give_up(flow, flow.ts, "incomplete")
+            self._give_up(flow, flow.ts, "unknown-protocol" if flow.held else "incomplete")
         self.flows.clear()
         self.dns_flows.clear()
         self.quic.clear()
@@ -298,12 +313,16 @@ class Decoder:
         """Over the TCP budget: drop the oldest flows (first bytes or DNS over TCP) until under."""
         b = self._tcp_budget
         flows, dns_flows = self.flows, self.dns_flows
+        seg = self._seg
         while b.held > b.limit and (flows or dns_flows):
             if flows and (not dns_flows or next(iter(flows.values())).ts <= next(iter(dns_flows.values())).ts):
                 k, flow = flows.popitem(last=False)
                 self._mark_done(k, flow.ts)
                 if flow.buf:
+                    # another flow's packet is being decoded: no sequence numbers of its own (see _expire)
+                    self._seg = seg if k == self._current else (0, 0, 0)
                     self._give_up(flow, ts, "evicted")
+                    self._seg = seg
             else:
                 k, flow = dns_flows.popitem(last=False)
             b.held -= flow.cost
@@ -669,11 +688,11 @@ class Decoder:
         flow = self.flows.get(key)
         if flow is None:
             # Most connections: the whole ClientHello or request head in the first segment.
-            # Fresh: these are the connection's first bytes (as after a SYN), not a mid-stream join.
-            # Unlike after a SYN, the start is taken from this segment: should the client's first
-            # two data segments arrive swapped, the flow starts at the second, is named ip-only and
-            # decided by its address (a filed name's connection may then be reset; it is retried).
-            flow = Flow(seq, self._fresh, ts, src, dst, sport, dport)
+            # Fresh: these are the connection's first bytes (as after a SYN), not a mid-stream join;
+            # but unlike after a SYN the start is not known, only that nothing precedes what comes
+            # first, bar reordering: should the client's first data segments arrive swapped, this
+            # is a later one, and a segment before it moves the start back (Flow.add).
+            flow = Flow(seq, False, ts, src, dst, sport, dport, self._fresh)
             flow.buf = data[: self.config.max_flow_bytes]
             flow.cost = len(flow.buf)
             if self._examine(flow, ts):
@@ -681,6 +700,7 @@ class Decoder:
             else:
                 self._new_flow(key, flow)
             return
+        flow.segments += 1
         budget = self._tcp_budget
         before = flow.cost
         grown = flow.add(seq, data, self.config.max_flow_bytes, self.config.max_flow_holes)
@@ -691,7 +711,8 @@ class Decoder:
             self._evict_tcp(ts)
             if key not in self.flows:
                 return
-        if grown > 0:
+        if grown > 0 or (flow.held and not self._may_hold(flow, ts)):
+            # held and past its bounds, the prefix unchanged: examined once more, to give it up
             if self._examine(flow, ts):
                 del self.flows[key]
                 budget.held -= flow.cost
@@ -752,12 +773,14 @@ class Decoder:
             if looks_like_tls(buf) or (len(buf) < 3 and buf[0] == 0x16):
                 hello = parse_client_hello(buf)
                 if hello is None:
+                    flow.held = False
                     return False
                 self._emit_tls(flow, ts, hello, Kind.TLS_SNI, Transport.TCP)
                 return True
             if looks_like_http(buf[:17]):
                 reqs = parse_requests(buf)
                 if reqs is None:
+                    flow.held = False
                     return False
                 seen: set[str] = set()
                 for r in reqs:
@@ -771,14 +794,33 @@ class Decoder:
                     self._emit(flow, ts, Kind.IP_ONLY, Transport.TCP, "", "http-no-host")
                 return True
         except DecodeError as exc:
+            if self._may_hold(flow, ts):
+                return False
             self.drops[f"{exc.layer}:{exc.reason}"] += 1
             self._give_up(flow, ts, f"{exc.layer}-{exc.reason}")
             return True
+        if self._may_hold(flow, ts):
+            return False
         self._give_up(flow, ts, "unknown-protocol")
         return True
 
+    def _may_hold(self, flow: Flow, ts: float) -> bool:
+        """Whether a fresh flow whose start does not parse waits for the segments before it (and is
+        now held): its first data segments may have arrived swapped (inline, issue 22). Bounded by
+        segments and time here, by the flow's byte limit and the TCP budget where bytes are added.
+        Named ip-only from its address at once, a filed site's connection on an address shared
+        with unfiled ones would be reset."""
+        cfg = self.config
+        if flow.fresh and flow.segments < cfg.hold_segments and ts - flow.ts < cfg.hold_seconds:
+            if not flow.held:
+                flow.held = True
+                self.stats["flow:held"] += 1
+            return True
+        flow.held = False
+        return False
+
     def _give_up(self, flow: Flow, ts: float, why: str) -> None:
-        if not flow.syn and why == "unknown-protocol":
+        if not flow.syn and not flow.fresh and why == "unknown-protocol":
             # Joined mid-stream (capture started late): not the connection's first bytes.
             self.stats["flow:midstream"] += 1
             return
@@ -949,6 +991,10 @@ class Decoder:
 
     def _expire(self, now: float) -> None:
         limit = now - self.config.flow_timeout
+        # What expires is given up without a packet of its own at hand: its observation carries no
+        # sequence numbers (nothing to reset with; inline, the packet being decided is another
+        # flow's and must not be dropped for it).
+        self._seg = (0, 0, 0)
         for table in (self.flows, self.dns_flows):
             while table:
                 k = next(iter(table))
@@ -960,7 +1006,7 @@ class Decoder:
                 self.drops["flow:timeout"] += 1
                 if table is self.flows and flow.buf:
                     self._mark_done(k, flow.ts)
-                    self._give_up(flow, now, "incomplete")
+                    self._give_up(flow, now, "unknown-protocol" if flow.held else "incomplete")
         while self.quic:
             k = next(iter(self.quic))
             if self.quic[k][0] >= limit:

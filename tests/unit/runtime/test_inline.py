@@ -174,3 +174,18 @@ def test_waiting_is_not_counted_as_receiving() -> None:
     assert p.serve(wait=True) == 0 and p.times.receive == 0
     q.waiting = [Queued(1, 0, ip(40020, 1, t.client_hello("www.example.cn")))]
     assert p.serve(wait=True) == 1 and 0 < p.times.receive < 10_000_000  # not the 50 ms of waiting
+
+
+def test_a_client_hello_in_swapped_segments_is_held_then_decided_by_its_name() -> None:
+    """Issue 22: the second half arrives first (with the first mark). Its bytes start no protocol:
+    the flow is held, the packet accepted without ``decided`` (the connection stays queued); the
+    first half completes the name, which decides: filed accepted and decided, unfiled dropped."""
+    p, q = path()
+    good, bad = t.client_hello("www.example.cn"), t.client_hello("bad.example.xyz")
+    q.waiting = [Queued(1, MARKS.first, ip(40010, 160, good[60:])),
+                 Queued(2, MARKS.first, ip(40011, 160, bad[60:]))]
+    assert p.serve() == 2
+    assert q.sent == [[(1, True, 0), (2, True, 0)]] and p.settled == 0
+    q.waiting = [Queued(3, 0, ip(40010, 100, good[:60])), Queued(4, 0, ip(40011, 100, bad[:60]))]
+    assert p.serve() == 2
+    assert q.sent[1] == [(3, True, MARKS.decided), (4, False, None)] and p.settled == 1
