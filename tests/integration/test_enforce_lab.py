@@ -183,6 +183,128 @@ def test_a_new_connection_on_a_reused_4_tuple_is_decided_again(lab) -> None:  # 
     assert keepalive(lb, "www.example.com.cn", "198.51.100.11", 41002, 1)[0].endswith("200")
 
 
+# A client that sends its first bytes in two TCP segments, the second one first (issue 22): the
+# handshake and the segments are its own (a raw socket; the client kernel's RSTs for the port are
+# without ACK dropped by an iptables rule in the client namespace). Prints what came back: whether the flow
+# was reset, and the server bytes received.
+SWAPPED = r"""
+import json, os, socket, ssl, struct, sys, time
+name, ip, sport, proto = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+me = "192.0.2.2"
+dport = 443 if proto == "tls" else 80
+if proto == "tls":
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    inc, outg = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(inc, outg, server_hostname=name)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    first = outg.read()
+else:
+    first = f"GET / HTTP/1.1\r\nHost: {name}\r\nUser-Agent: swapped\r\nAccept: */*\r\n\r\n".encode()
+
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+def seg(seq, ack, flags, payload=b""):
+    src, dst = socket.inet_aton(me), socket.inet_aton(ip)
+    th = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags, 64240, 0, 0)
+    c = csum(src + dst + struct.pack("!BBH", 0, 6, len(th) + len(payload)) + th + payload)
+    th = th[:16] + struct.pack("!H", c) + th[18:]
+    ih = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(th) + len(payload), 1, 0x4000, 64, 6, 0, src, dst)
+    return ih + th + payload
+
+tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+rx.settimeout(0.2)
+
+def packets(until):
+    while time.monotonic() < until:
+        try:
+            p = rx.recv(65535)
+        except TimeoutError:
+            continue
+        ihl = (p[0] & 0xF) * 4
+        if socket.inet_ntoa(p[12:16]) != ip:
+            continue
+        sp, dp, seq, ack, off, flags = struct.unpack_from("!HHIIBB", p, ihl)
+        if (sp, dp) == (dport, sport):
+            yield seq, ack, flags, p[ihl + (off >> 4) * 4:]
+
+isn = int.from_bytes(os.urandom(4), "big")
+tx.sendto(seg(isn, 0, 0x02), (ip, 0))
+for seq, ack, flags, _ in packets(time.monotonic() + 3):
+    if flags & 0x12 == 0x12:
+        srv = seq + 1
+        break
+else:
+    print(json.dumps({"error": "no SYN-ACK"}))
+    sys.exit(0)
+tx.sendto(seg(isn + 1, srv, 0x10), (ip, 0))
+k = 40
+tx.sendto(seg(isn + 1 + k, srv, 0x18, first[k:]), (ip, 0))  # the second segment first
+time.sleep(0.02)
+tx.sendto(seg(isn + 1, srv, 0x18, first[:k]), (ip, 0))
+reset, data = False, b""
+for seq, ack, flags, payload in packets(time.monotonic() + 1.5):
+    if flags & 0x04:
+        reset = True
+        break
+    if payload and seq == srv + len(data):
+        data += payload
+        tx.sendto(seg(isn + 1 + len(first), srv + len(data), 0x10), (ip, 0))
+tx.sendto(seg(isn + 1 + len(first), srv + len(data), 0x14), (ip, 0))  # RST+ACK: not the kernel's RST
+print(json.dumps({"reset": reset, "bytes": len(data), "head": data[:300].decode("latin-1")}))
+"""
+
+
+def swapped(lb: Lab, name: str, ip: str, sport: int, proto: str) -> dict[str, object]:
+    # the client kernel answers the server's packets of a connection it does not know with a RST
+    # (without ACK): dropped; the script's own RST at the end carries ACK
+    drop = ["OUTPUT", "-p", "tcp", "--sport", str(sport), "--tcp-flags", "RST,ACK", "RST", "-j", "DROP"]
+    lb.run(lb.cli, ["iptables", "-w", "-A", *drop], check=True)
+    try:
+        r = lb.run(lb.cli, [sys.executable, "-c", SWAPPED, name, ip, str(sport), proto], capture_output=True, text=True)
+    finally:
+        lb.run(lb.cli, ["iptables", "-w", "-D", *drop], check=True)
+    assert r.returncode == 0, r.stderr
+    out: dict[str, object] = json.loads(r.stdout)
+    return out
+
+
+@pytest.mark.parametrize("proto", ["tls", "http"])
+def test_first_segments_arriving_swapped_do_not_reset_a_filed_site(lab, proto) -> None:  # type: ignore[no-untyped-def]
+    """Issue 22: the SYN is not queued, so the first queued packet is where the decoder starts.
+    The ClientHello or request head in two segments, the second sent first, to an address shared
+    with an unfiled site (an ip-only flow there is judged unfiled): the filed name's connection is
+    not reset and gets its server's bytes; the unfiled name sent the same way is still blocked."""
+    lb = lab["lab"]
+    base = 42000 if proto == "tls" else 42100
+    filed = swapped(lb, "www.example.com.cn", "198.51.100.11", base, proto)
+    assert filed.get("reset") is False and int(filed["bytes"]) > 0, filed  # type: ignore[call-overload]
+    if proto == "http":
+        assert "hello from www.example.com.cn" in str(filed["head"]), filed
+    else:
+        assert str(filed["head"]).startswith("\x16\x03"), filed  # the ServerHello's record
+    unfiled = swapped(lb, "unfiled.example.xyz", "198.51.100.11", base + 1, proto)
+    assert "hello from" not in str(unfiled.get("head", "")), unfiled
+    if proto == "http":
+        assert " 451 " in str(unfiled["head"]).split("\r\n")[0], unfiled  # the block page
+    else:
+        assert unfiled["reset"] is True and unfiled["bytes"] == 0, unfiled
+    time.sleep(1)  # the access log is written after the verdicts
+    recs = [r for r in query(lab["wd"] / "log", Query()) if r.client_port == base and r.server_ip == "198.51.100.11"]
+    assert any(r.name == "www.example.com.cn" and r.verdict == "filed" for r in recs), recs
+    assert not any(r.kind == "ip-only" for r in recs), recs
+
+
 LOAD = r"""
 import socket, sys, threading, time
 n, bad = int(sys.argv[1]), []
@@ -342,3 +464,4 @@ def test_a_waiting_read_on_the_queue_gives_up_after_a_tenth_of_a_second(lab) -> 
         assert 0.05 < time.monotonic() - t0 < 1.0
     finally:
         q.close()
+
