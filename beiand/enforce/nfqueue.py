@@ -5,7 +5,9 @@ gateways, so the kernel side is an iptables ``NFQUEUE`` rule with ``--queue-bypa
 flows if beiand is gone, and ``connbytes`` so only a flow's first packets are queued).
 ``--queue-balance`` spreads flows over the workers' queues. beiand installs the rules at start
 and removes them on stop; they carry the comment ``beiand`` (and live in beiand's own chain
-``beiand``), and nothing else is touched.
+``beiand``), and nothing else is touched. Rules with that comment left in FORWARD (or mangle
+POSTROUTING) by an older beiand, such as its NFQUEUE rule from before the chain, are removed
+with them.
 
 Only what can decide is queued (issue 22): no bare ACK/FIN/RST, no SYN, and nothing of a flow
 whose verdict is known. Three mark bits (:class:`Marks`) carry that through the kernel:
@@ -25,12 +27,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import shlex
 import shutil
 import socket
 import struct
 import subprocess
 import time
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import NamedTuple
 
 from beiand.errors import BeiandError
@@ -288,12 +292,44 @@ def install_rules(rules: RuleSet) -> None:
     log.info("inline: NFQUEUE rules installed (%d per family)", len(rules.get("iptables", [])))
 
 
+# The built-in chains beiand puts rules in. A rule there carrying beiand's comment is beiand's,
+# whatever its spec: an older beiand's (before issue 22, the NFQUEUE target sat in FORWARD itself,
+# and queued the SYN), or a run's with other ports, queues or marks.
+_BUILT_IN = (("filter", "FORWARD"), ("mangle", "POSTROUTING"))
+
+
+def _ours(line: str, chain: str) -> list[str] | None:
+    """The spec of an ``iptables -S`` line that is beiand's rule in ``chain`` (for ``-D``), else None."""
+    try:
+        args = shlex.split(line)
+    except ValueError:
+        return None
+    if args[:2] != ["-A", chain]:
+        return None
+    if any(a == "--comment" and b == "beiand" for a, b in pairwise(args)):
+        return args[2:]
+    return None
+
+
+def _sweep(tool: str) -> None:
+    """Remove every rule of beiand's in the built-in chains, as listed by the kernel."""
+    for table, chain in _BUILT_IN:
+        res = _run(tool, "-t", table, "-S", chain)
+        if res.returncode != 0:
+            continue
+        for line in res.stdout.splitlines():
+            spec = _ours(line, chain)
+            if spec is not None and _run(tool, "-t", table, "-D", chain, *spec).returncode != 0:
+                log.warning("inline: could not remove an old beiand rule (%s -t %s %s)", tool, table, line)
+
+
 def _remove(tool: str, specs: Sequence[Rule]) -> None:
     for r in specs:
         if r.chain != CHAIN:
             for _ in range(8):
                 if _run(tool, "-t", r.table, "-D", r.chain, *r.spec).returncode != 0:
                     break
+    _sweep(tool)  # what an older beiand left, which the specs of this one do not match
     if _run(tool, "-F", CHAIN).returncode == 0:
         _run(tool, "-X", CHAIN)
 

@@ -465,3 +465,48 @@ def test_a_waiting_read_on_the_queue_gives_up_after_a_tenth_of_a_second(lab) -> 
     finally:
         q.close()
 
+
+
+def test_rules_an_older_beiand_left_are_removed_on_install_and_on_stop() -> None:
+    """Before its chain (issue 22), beiand put its NFQUEUE rules in FORWARD itself: a gateway
+    upgraded after an unclean stop still has them. Installing the new rules removes them, and so
+    does a stop; someone else's rule stays. Real iptables, in a namespace of the test's own."""
+    from pyroute2 import netns as pnetns
+
+    from beiand.enforce.nfqueue import install_rules, remove_rules, rule_set
+    from beiand.lab.netns import in_netns, setns
+
+    ns = f"bdold{os.getpid()}"
+    pnetns.create(ns)
+    try:
+        def ipt(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([tool, "-w", *args], preexec_fn=lambda: setns(ns), capture_output=True, text=True)
+
+        def leave_old_rules() -> None:  # what beiand before the chain installed (main's rule_specs)
+            for tool, hdr in (("iptables", "0>>24=0x45&&0&0xFFFF={}&&32>>26&0x3C={}&&32>>16&0x02=0"),
+                              ("ip6tables", "4>>8&0xFF=6&&4>>16={1}&&52>>26&0x3C={1}&&52>>16&0x02=0")):
+                bare = [a for d in range(20, 64, 4) for a in ("-m", "u32", "!", "--u32", hdr.format(20 + d, d))]
+                conn = ["-m", "connbytes", "--connbytes", "0:8", "--connbytes-dir", "original", "--connbytes-mode", "packets"]
+                tail = ["-m", "comment", "--comment", "beiand", "-j", "NFQUEUE", "--queue-balance", "0:1", "--queue-bypass"]
+                for spec in (["-p", "tcp", "-m", "multiport", "--dports", "80,443,8080,8443", *conn, *bare, *tail],
+                             ["-p", "udp", "-m", "multiport", "--dports", "443", *conn, *tail]):
+                    r = ipt(tool, "-I", "FORWARD", *spec)
+                    assert r.returncode == 0, (tool, r.stderr)
+
+        for tool in ("iptables", "ip6tables"):
+            assert ipt(tool, "-A", "FORWARD", "-p", "tcp", "-j", "ACCEPT").returncode == 0  # someone else's
+        leave_old_rules()
+        rules = rule_set([80, 443, 8080, 8443], [443], 0, 1, 8)
+        in_netns(ns, lambda: install_rules(rules))
+        for tool in ("iptables", "ip6tables"):
+            fwd = ipt(tool, "-S", "FORWARD").stdout
+            assert "NFQUEUE" not in fwd and fwd.count("-j beiand") == 2 and "-A FORWARD -p tcp -j ACCEPT" in fwd, (tool, fwd)
+        leave_old_rules()  # an older beiand started again meanwhile, say
+        in_netns(ns, lambda: remove_rules(rules))
+        for tool in ("iptables", "ip6tables"):
+            for table in ("filter", "mangle"):
+                listed = ipt(tool, "-t", table, "-S").stdout
+                assert "beiand" not in listed, (tool, table, listed)
+            assert "-A FORWARD -p tcp -j ACCEPT" in ipt(tool, "-S", "FORWARD").stdout
+    finally:
+        pnetns.remove(ns)

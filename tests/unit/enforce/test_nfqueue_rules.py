@@ -166,3 +166,42 @@ def test_a_verdict_carries_the_new_mark() -> None:
     assert struct.unpack_from("!II", accept, 24) == (1, 9)  # NF_ACCEPT, id: after nlmsghdr, nfgenmsg, attr header
     assert struct.unpack_from("=HH", accept, 32) == (8, NFQA_MARK) and struct.unpack_from("!I", accept, 36) == (0x100,)
     assert struct.unpack_from("!II", drop, 24) == (0, 10) and len(drop) == 32 and q.dropped == 1
+
+
+# What ``iptables -S`` printed for the rules of beiand before its chain (issue 22): the NFQUEUE
+# target in FORWARD itself; beside them a rule of someone else's.
+OLD_FORWARD = """-P FORWARD ACCEPT
+-A FORWARD -p tcp -m multiport --dports 80,443 -m connbytes --connbytes 0:8 --connbytes-dir original --connbytes-mode packets -m u32 ! --u32 "0x0>>0x18=0x45&&0x0&0xffff=0x28&&0x20>>0x1a&0x3c=0x14&&0x20>>0x10&0x2=0x0" -m comment --comment beiand -j NFQUEUE --queue-num 0 --queue-bypass
+-A FORWARD -p udp -m multiport --dports 443 -m comment --comment beiand -j NFQUEUE --queue-balance 0:1 --queue-bypass
+-A FORWARD -s 10.0.0.0/8 -m comment --comment "beiand's neighbour" -j ACCEPT
+-A FORWARD -p tcp -j ACCEPT
+"""
+
+
+def test_rules_an_older_beiand_left_are_removed_with_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Install and stop remove every rule of beiand's in FORWARD and mangle POSTROUTING, whatever
+    its spec (the NFQUEUE rules from before the chain too), and nothing else."""
+    import subprocess
+
+    from beiand.enforce import nfqueue
+
+    calls: list[tuple[str, ...]] = []
+
+    def run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+        calls.append((tool, *args))
+        out = OLD_FORWARD if args[:4] == ("-t", "filter", "-S", "FORWARD") else ""
+        return subprocess.CompletedProcess([tool, *args], 0 if "-S" in args else 1, out, "")
+
+    monkeypatch.setattr(nfqueue, "_run", run)
+    monkeypatch.setattr(nfqueue.shutil, "which", lambda tool: "/usr/sbin/" + tool)
+    nfqueue.remove_rules({"iptables": rule_specs([80, 443], [443], 0, 1, 8, 4)})
+    deleted = [c[4:] for c in calls if c[1:4] == ("-t", "filter", "-D") and c[4] == "FORWARD"]
+    assert ("FORWARD", "-p", "tcp", "-m", "multiport", "--dports", "80,443", "-m", "connbytes", "--connbytes", "0:8",
+            "--connbytes-dir", "original", "--connbytes-mode", "packets", "-m", "u32", "!", "--u32",
+            "0x0>>0x18=0x45&&0x0&0xffff=0x28&&0x20>>0x1a&0x3c=0x14&&0x20>>0x10&0x2=0x0", "-m", "comment", "--comment",
+            "beiand", "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass") in deleted
+    assert ("FORWARD", "-p", "udp", "-m", "multiport", "--dports", "443", "-m", "comment", "--comment", "beiand", "-j",
+            "NFQUEUE", "--queue-balance", "0:1", "--queue-bypass") in deleted
+    assert not any("ACCEPT" in c for c in deleted)  # someone else's rules stay
+    sweep = next(i for i, c in enumerate(calls) if "-S" in c)
+    assert calls.index(("iptables", "-F", CHAIN)) > sweep  # the jumps go before the chain
