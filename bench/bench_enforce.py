@@ -1,6 +1,6 @@
-"""Enforcement benchmark (issue 6), in the lab:
+"""Enforcement benchmark (issue 6, issue 22), in the lab:
 
-    python bench/bench_enforce.py [--count 1000]
+    python bench/bench_enforce.py [--count 1000] [--rounds 3] [--filed-count 1000] [--no-passive]
 
 - Effectiveness: COUNT HTTPS and COUNT HTTP connections to unfiled names on an enforce prefix:
   how many received any byte from the server (TLS ServerHello / the server's page); and COUNT
@@ -8,7 +8,11 @@
 - Latency from the ClientHello on the wire to the RST on the wire, seen from the client's
   interface (p50, p99), inline and passive.
 - Inline cost for filed flows: first-byte latency with and without beiand in the path (p50,
-  p99), and connections per second with the queue's verdict rate.
+  p99), and connections per second with the queue's verdict rate. ``--rounds N`` alternates
+  N runs without beiand and N with beiand inline (a daemon started and stopped for each) in one
+  window, so that the machine's load is shared by both; figures per round and pooled.
+- Queued packets per connection, and where the time goes per queued packet (netlink receive,
+  decode, decision, verdict: ``beiand_inline_seconds_total``, per ``beiand_inline_packets_total``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import os
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -25,7 +30,7 @@ import time
 from pathlib import Path
 
 from beiand.lab.demo import build
-from beiand.lab.labdemo import wait_ready, write_config
+from beiand.lab.labdemo import http_get, wait_ready, write_config
 from beiand.lab.netns import Lab, setns
 
 HERE = Path(__file__).parent
@@ -126,15 +131,91 @@ def verdict_rate(lab: Lab, n: int = 200_000) -> None:
           f"(sender {n / send_s:,.0f} pps; fail-open past a full queue {qd1 - qd0:,}, lost to the reader {ud1 - ud0:,})")
 
 
-def run_mode(lab: Lab, wd: Path, files: dict[str, str], inline: bool, count: int) -> None:
+REALTIME = 0  # --realtime: capture.realtime_priority of the daemon's workers
+
+
+def start_daemon(lab: Lab, wd: Path, files: dict[str, str], inline: bool) -> subprocess.Popen[bytes]:
     label = "inline" if inline else "passive"
     cfg = write_config(wd, files, extra=f"\n[enforce]\ninline = {'true' if inline else 'false'}\nmax_blocks_per_minute = 1000000\n"
-                       "max_unfiled_share = 1.0\n")
+                       "max_unfiled_share = 1.0\n", capture_extra=f"realtime_priority = {REALTIME}\n")
     cfg = cfg.rename(wd / f"{label}.toml")
     with open(wd / f"beiand-{label}.log", "ab") as logf:
         d = lab.spawn(lab.gw, [sys.executable, "-m", "beiand.cli", "run", "--config", str(cfg)], stdout=logf, stderr=logf)
+    wait_ready(lab, d)
+    return d
+
+
+STAGES = ("receive", "decode", "decide", "verdict", "record")
+
+
+def stage_totals(lab: Lab) -> dict[str, float]:
+    """The daemon's cumulative inline counters: packets, and seconds per stage."""
+    time.sleep(0.6)  # the workers' next snapshot (every 0.25 s)
+    text = http_get(lab, "/metrics")[1].decode()
+    out = dict.fromkeys(("packets", *STAGES), 0.0)
+    for line in text.splitlines():
+        if line.startswith("beiand_inline_packets_total{"):
+            out["packets"] += float(line.split()[-1])
+        elif line.startswith("beiand_inline_seconds_total{"):
+            out[line.split('stage="')[1].split('"')[0]] += float(line.split()[-1])
+    return out
+
+
+def stage_report(label: str, a: dict[str, float], b: dict[str, float]) -> str:
+    n = b["packets"] - a["packets"]
+    if n <= 0:
+        return f"{label}: no queued packets"
+    per = {s: (b[s] - a[s]) / n * 1e6 for s in STAGES}
+    return (f"{label}: per queued packet ({n:,.0f} packets) in beiand's queue thread: "
+            + ", ".join(f"{s} {per[s]:.1f} µs" for s in STAGES)
+            + f"; to the verdict {sum(per[s] for s in STAGES[:4]):.1f} µs, total {sum(per.values()):.1f} µs")
+
+
+def load() -> str:
+    return os.getloadavg().__repr__()
+
+
+def ab_rounds(lab: Lab, wd: Path, files: dict[str, str], rounds: int, count: int, conc: int = 16) -> None:
+    """Filed first byte without and with beiand inline, alternated in one window."""
+    pooled: dict[tuple[str, str], list[float]] = {}
+    for r in range(rounds):
+        for mode in ("none", "inline"):
+            d = start_daemon(lab, wd, files, True) if mode == "inline" else None
+            try:
+                q0 = _queue_stats(lab)[0]
+                s0 = stage_totals(lab) if d is not None else None
+                res = {proto: client(lab, proto, "www.example.com.cn", "198.51.100.10", count, conc) for proto in ("https", "http")}
+                q1 = _queue_stats(lab)[0]
+                extra = ""
+                if d is not None and s0 is not None:
+                    extra = (f"; queued per connection {(q1 - q0) / (2 * count):.2f}\n  "
+                             + stage_report("inline", s0, stage_totals(lab)))
+            finally:
+                if d is not None:
+                    d.terminate()
+                    d.wait(60)
+            for proto, x in res.items():
+                pooled.setdefault((mode, proto), []).extend(x.get("lat_ms", []))
+            print(f"round {r + 1} {'no beiand' if mode == 'none' else 'inline   '} ({conc} at a time; load {load()}): "
+                  + "; ".join(f"{p.upper()} p50 {x.get('first_byte_p50_ms', 0):.3f} ms p99 {x.get('first_byte_p99_ms', 0):.3f} ms "
+                              f"(served {x.get('server-bytes', 0)}/{count})" for p, x in res.items()) + extra, flush=True)
+    for proto in ("https", "http"):
+        a = sorted(pooled.get(("none", proto), []))
+        b = sorted(pooled.get(("inline", proto), []))
+        if a and b:
+            p50a, p99a = a[len(a) // 2], a[min(len(a) - 1, len(a) * 99 // 100)]
+            p50b, p99b = b[len(b) // 2], b[min(len(b) - 1, len(b) * 99 // 100)]
+            print(f"pooled {rounds} rounds ({conc} at a time), {proto.upper()} filed first byte: "
+                  f"no beiand p50 {p50a:.3f} ms p99 {p99a:.3f} ms "
+                  f"({len(a)}); inline p50 {p50b:.3f} ms p99 {p99b:.3f} ms ({len(b)}); difference p50 {p50b - p50a:+.3f} ms, "
+                  f"p99 {p99b - p99a:+.3f} ms", flush=True)
+
+
+def run_mode(lab: Lab, wd: Path, files: dict[str, str], inline: bool, count: int) -> None:
+    label = "inline" if inline else "passive"
+    d = start_daemon(lab, wd, files, inline)
     try:
-        wait_ready(lab, d)
+        s0 = stage_totals(lab)
         sn = Sniffer(lab.cli, "cl0")
         https = client(lab, "https", "u{i}.unfiled.example.xyz", "198.51.100.11", count)
         lat = sn.close()
@@ -163,6 +244,7 @@ def run_mode(lab: Lab, wd: Path, files: dict[str, str], inline: bool, count: int
             # Packets that waited for a verdict per filed connection (TCP: the SYN and each early
             # packet with payload; bare ACK/FIN/RST are not queued).
             print(f"{label}: queued packets per filed connection: HTTPS {(q1 - q0) / count:.2f}, HTTP {(q2 - q1) / count:.2f}")
+            print(stage_report(label, s0, stage_totals(lab)))
             verdict_rate(lab)
             q = lab.run(lab.gw, ["cat", "/proc/net/netfilter/nfnetlink_queue"], capture_output=True, text=True).stdout
             print(f"{label}: /proc/net/netfilter/nfnetlink_queue (queue, portid, waiting, mode, range, queue_dropped, "
@@ -175,7 +257,15 @@ def run_mode(lab: Lab, wd: Path, files: dict[str, str], inline: bool, count: int
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=0, help="alternated rounds without/with beiand (filed first byte)")
+    ap.add_argument("--filed-count", type=int, default=500, help="connections per protocol and round")
+    ap.add_argument("--conc", type=int, default=16, help="connections at a time in the rounds")
+    ap.add_argument("--no-passive", action="store_true", help="skip the passive mode's run")
+    ap.add_argument("--no-effectiveness", action="store_true", help="only the alternated rounds")
+    ap.add_argument("--realtime", type=int, default=0, help="capture.realtime_priority of the workers (SCHED_FIFO; 0: normal)")
     args = ap.parse_args()
+    global REALTIME
+    REALTIME = args.realtime
     if os.geteuid() != 0:
         sys.exit("needs root")
     wd = Path(tempfile.mkdtemp(prefix="beiand-bench-enforce-"))
@@ -183,13 +273,19 @@ def main() -> None:
     Path(files["inventory"]).write_text(INVENTORY)
     with Lab() as lab:
         lab.start_servers(wd)
+        print(f"load before: {load()}", flush=True)
+        if args.rounds:
+            ab_rounds(lab, wd, files, args.rounds, args.filed_count, args.conc)
+        if args.no_effectiveness:
+            return
         base = client(lab, "http", "www.example.com.cn", "198.51.100.10", args.count)
         base_s = client(lab, "https", "www.example.com.cn", "198.51.100.10", args.count)
         print(f"no beiand: filed first byte: HTTPS p50 {base_s.get('first_byte_p50_ms', 0):.2f} ms p99 "
               f"{base_s.get('first_byte_p99_ms', 0):.2f} ms; HTTP p50 {base.get('first_byte_p50_ms', 0):.2f} ms p99 "
               f"{base.get('first_byte_p99_ms', 0):.2f} ms; {args.count / base['seconds']:.0f} connections/s")
-        for inline in (True, False):
+        for inline in (True, False) if not args.no_passive else (True,):
             run_mode(lab, wd, files, inline, args.count)
+        print(f"load after: {load()}", flush=True)
 
 
 if __name__ == "__main__":

@@ -178,8 +178,12 @@ class _Condition(Protocol):
 
 
 def build(tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True, *,
-          linktype: int = LINKTYPE_ETHERNET, condition: _Condition | None = None, connections: bool = False) -> list[Insn]:
+          linktype: int = LINKTYPE_ETHERNET, condition: _Condition | None = None, connections: bool = False,
+          queued_udp: Iterable[int] = ()) -> list[Insn]:
     """The capture filter for frames of ``linktype`` (see the module's docstring).
+
+    ``queued_udp``: inline, UDP ports whose datagrams arrive through NFQUEUE: never passed here,
+    in either direction, connection records or not (a datagram must not be decided twice).
 
     ``condition``: the operator's ``capture.filter`` (:class:`beiand.capture.filterexpr.Condition`),
     compiled in front: it falls through to ``start`` or jumps to ``reject``.
@@ -208,8 +212,9 @@ def build(tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True, 
     else:
         a.op(LDX | IMM, lt.offset)
         a.ja("ip0")
+    queued = sorted(set(queued_udp))
     for level in range(MAX_DEPTH + 1):
-        _level(a, level, tcp, udp, dns, connections)
+        _level(a, level, tcp, udp, dns, connections, queued)
     a.label("accept")
     a.op(RET | K, SNAPLEN)
     a.label("reject")
@@ -283,7 +288,8 @@ def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False) ->
     a.op(JMP | JGT | X, 0, jt="accept", jf="reject")
 
 
-def _level(a: _Asm, lv: int, tcp: list[int], udp: list[int], dns: bool, connections: bool = False) -> None:
+def _level(a: _Asm, lv: int, tcp: list[int], udp: list[int], dns: bool, connections: bool = False,
+           queued: list[int] | None = None) -> None:
     """The headers at encapsulation depth ``lv``; X holds the offset of the header being read."""
     deeper = lv < MAX_DEPTH
     nxt = lv + 1
@@ -437,13 +443,15 @@ def _level(a: _Asm, lv: int, tcp: list[int], udp: list[int], dns: bool, connecti
     a.op(LD | H | IND, 2)
     if udp:
         a.jeq_any(udp, f"quic{lv}")
+    if queued:
+        a.jeq_any(queued, "reject")
     if deeper:
         a.op(JMP | JEQ | K, VXLAN_PORT, jt=f"vxlan{lv}")
         a.op(JMP | JEQ | K, GENEVE_PORT, jt=f"geneve{lv}")
         a.op(JMP | JEQ | K, GTPU_PORT, jt=f"gtpu{lv}")
     if connections:  # any other UDP, but a watched (QUIC) port's answers
         a.op(LD | H | IND, 0)
-        a.jeq_any(udp, "reject")
+        a.jeq_any([*udp, *(queued or ())], "reject")
         a.ja("accept")
     a.ja("reject")
     a.label(f"quic{lv}")
@@ -600,10 +608,10 @@ def run_counted(prog: list[Insn], pkt: bytes) -> tuple[int, int]:
 
 
 def reference(pkt: bytes, tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True,
-              linktype: int = LINKTYPE_ETHERNET, connections: bool = False) -> bool:
+              linktype: int = LINKTYPE_ETHERNET, connections: bool = False, queued_udp: Iterable[int] = ()) -> bool:
     """The rule :func:`build` compiles, written plainly (for the tests): a recursive walk of the
     same headers. A field beyond the captured bytes rejects, as in the kernel."""
-    tcp, udp = frozenset(tcp_ports), frozenset(udp_ports)
+    tcp, udp, queued = frozenset(tcp_ports), frozenset(udp_ports), frozenset(queued_udp)
     n = len(pkt)
 
     class _Short(BeiandError):
@@ -695,8 +703,10 @@ def reference(pkt: bytes, tcp_ports: Iterable[int], udp_ports: Iterable[int], dn
         if dport in udp:
             b = u8(l4 + 8)
             return bool(b & 0x80) or b & 0x41 == 0x01
+        if dport in queued:
+            return False
         if lv >= MAX_DEPTH:
-            return connections and u16(l4) not in udp
+            return connections and u16(l4) not in udp and u16(l4) not in queued
         p = l4 + 8
         if dport == VXLAN_PORT:
             return bool(u8(p) & VXLAN_FLAG_VNI) and ether(p + VXLAN_HEADER, lv + 1)
@@ -726,7 +736,7 @@ def reference(pkt: bytes, tcp_ports: Iterable[int], udp_ports: Iterable[int], dn
                     if nxt:
                         return True
             return ip(o, lv + 1)
-        return connections and u16(l4) not in udp
+        return connections and u16(l4) not in udp and u16(l4) not in queued
 
     def gre(o: int, lv: int) -> bool:
         proto = u16(o + 2)

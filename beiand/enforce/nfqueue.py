@@ -1,10 +1,25 @@
-"""Inline mode: the first packets of each watched flow wait in NFQUEUE for beiand's verdict.
+"""Inline mode: the packets that carry a flow's name wait in NFQUEUE for beiand's verdict.
 
 Pure-Python netlink (no C dependency; the kernel's nft ``queue`` statement is missing on these
 gateways, so the kernel side is an iptables ``NFQUEUE`` rule with ``--queue-bypass``: traffic
 flows if beiand is gone, and ``connbytes`` so only a flow's first packets are queued).
 ``--queue-balance`` spreads flows over the workers' queues. beiand installs the rules at start
-and removes them on stop; they carry the comment ``beiand`` and nothing else is touched.
+and removes them on stop; they carry the comment ``beiand`` (and live in beiand's own chain
+``beiand``), and nothing else is touched. Rules with that comment left in FORWARD (or mangle
+POSTROUTING) by an older beiand, such as its NFQUEUE rule from before the chain, are removed
+with them.
+
+Only what can decide is queued (issue 22): no bare ACK/FIN/RST, no SYN, and nothing of a flow
+whose verdict is known. Three mark bits (:class:`Marks`) carry that through the kernel:
+
+- ``decided`` (conntrack): an accepted flow's verdict is known. beiand sets it on the packet in
+  the verdict (``NFQA_MARK``: the kernel here refuses a conntrack mark in the verdict,
+  ``NFQA_CT`` gives ENOTSUP), a mangle POSTROUTING rule copies it into the conntrack
+  (``CONNMARK --save-mark`` with masks), and the jump into the queue skips such connections.
+- ``seen`` (conntrack): a packet of this connection was queued before.
+- ``first`` (packet): set on the first queued packet of a connection (``seen`` not yet set):
+  the decoder starts the flow afresh, as it did on the SYN (a new connection on a reused
+  4-tuple is decided again, never taken for the old, already decided one).
 """
 
 from __future__ import annotations
@@ -12,11 +27,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import shlex
 import shutil
 import socket
 import struct
 import subprocess
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Sequence
+from itertools import pairwise
+from typing import NamedTuple
 
 from beiand.errors import BeiandError
 
@@ -25,7 +44,7 @@ log = logging.getLogger(__name__)
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_PACKET, NFQNL_MSG_VERDICT, NFQNL_MSG_CONFIG = 0, 1, 2
-NFQA_PACKET_HDR, NFQA_VERDICT_HDR, NFQA_PAYLOAD = 1, 2, 10
+NFQA_PACKET_HDR, NFQA_VERDICT_HDR, NFQA_MARK, NFQA_PAYLOAD = 1, 2, 3, 10
 NFQA_CFG_CMD, NFQA_CFG_PARAMS, NFQA_CFG_QUEUE_MAXLEN, NFQA_CFG_MASK, NFQA_CFG_FLAGS = 1, 2, 3, 4, 5
 NFQNL_CFG_CMD_BIND = 1
 NFQNL_COPY_PACKET = 2
@@ -45,6 +64,31 @@ class NfQueueError(BeiandError, OSError):
     pass
 
 
+class Marks(NamedTuple):
+    """beiand's three mark bits (packet and conntrack marks), from ``enforce.mark``."""
+
+    decided: int
+    seen: int
+    first: int
+
+    @classmethod
+    def from_base(cls, base: int) -> Marks:
+        if base <= 0 or base & (base - 1) or base > 1 << 29:
+            raise ValueError(f"enforce.mark: {base:#x} is not a single bit at most 1 << 29 (beiand uses it and the next two)")
+        return cls(base, base << 1, base << 2)
+
+
+DEFAULT_MARKS = Marks.from_base(0x10000000)  # enforce.mark's default
+
+
+class Queued(NamedTuple):
+    """One packet waiting for its verdict."""
+
+    id: int
+    mark: int  # the packet's mark as queued (``Marks.first`` set: the first queued of its connection)
+    packet: bytes  # the IP packet
+
+
 class NfQueue:
     def __init__(self, queue: int, maxlen: int = 4096, copy_range: int = 0xFFFF) -> None:
         self.queue = queue
@@ -58,7 +102,11 @@ class NfQueue:
         # Fail open: a full queue accepts packets rather than dropping them.
         self._config(_attr(NFQA_CFG_FLAGS, struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)) +
                      _attr(NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)))
-        self.sock.setblocking(False)
+        # The socket stays blocking (a verdict is never lost to a full buffer); reads that must
+        # not wait pass MSG_DONTWAIT (no fcntl() around each send), and a waiting read gives up
+        # after 0.1 s (SO_RCVTIMEO), so the thread that serves the queue sees a stop request.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 100_000))
+        self.woke_ns = 0  # perf_counter_ns() when a waiting receive() got its first packet
         self._out: list[bytes] = []
         self.received = self.dropped = 0
 
@@ -79,41 +127,60 @@ class NfQueue:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def packets(self, limit: int = 256) -> Iterator[tuple[int, bytes]]:
-        """(packet id, IP packet) of what is waiting, without blocking."""
+    def receive(self, limit: int = 256, wait: bool = False) -> list[Queued]:
+        """What is waiting now (at most ``limit`` netlink reads): a batch is only what already
+        waits, never filled by waiting for more. ``wait``: the first read waits for a packet (at
+        most 0.1 s; one system call where poll() and a read took two)."""
         recv = self.sock.recv
+        out: list[Queued] = []
+        flags = 0 if wait else socket.MSG_DONTWAIT
         for _ in range(limit):
             try:
-                data = recv(0x20000)
-            except BlockingIOError:
-                return
-            pos = 0
-            while pos + 16 <= len(data):
-                ln, mtype = struct.unpack_from("=IH", data, pos)
-                if ln < 16:
-                    break
-                if mtype & 0xFF == NFQNL_MSG_PACKET and mtype >> 8 == NFNL_SUBSYS_QUEUE:
-                    pid, payload = 0, b""
-                    a = pos + 20
-                    end = pos + ln
-                    while a + 4 <= end:
-                        alen, atype = struct.unpack_from("=HH", data, a)
-                        if alen < 4:
-                            break
-                        atype &= 0x7FFF
-                        if atype == NFQA_PACKET_HDR:
-                            (pid,) = struct.unpack_from("!I", data, a + 4)
-                        elif atype == NFQA_PAYLOAD:
-                            payload = data[a + 4:a + alen]
-                        a += (alen + 3) & ~3
-                    self.received += 1
-                    yield pid, payload
-                pos += (ln + 3) & ~3
+                data = recv(0x20000, flags)
+            except BlockingIOError:  # nothing (more) waiting, or the waiting read's 0.1 s are over
+                break
+            if flags == 0:
+                self.woke_ns = time.perf_counter_ns()
+                flags = socket.MSG_DONTWAIT
+            self._parse(data, out)
+        self.received += len(out)
+        return out
 
-    def verdict(self, pid: int, accept: bool) -> None:
+    @staticmethod
+    def _parse(data: bytes, out: list[Queued]) -> None:
+        """NFQNL_MSG_PACKET messages of one netlink read → ``out``."""
+        pos = 0
+        while pos + 16 <= len(data):
+            ln, mtype = struct.unpack_from("=IH", data, pos)
+            if ln < 16:
+                break
+            if mtype & 0xFF == NFQNL_MSG_PACKET and mtype >> 8 == NFNL_SUBSYS_QUEUE:
+                pid, mark, payload = 0, 0, b""
+                a = pos + 20
+                end = pos + ln
+                while a + 4 <= end:
+                    alen, atype = struct.unpack_from("=HH", data, a)
+                    if alen < 4:
+                        break
+                    atype &= 0x7FFF
+                    if atype == NFQA_PACKET_HDR:
+                        (pid,) = struct.unpack_from("!I", data, a + 4)
+                    elif atype == NFQA_MARK:
+                        (mark,) = struct.unpack_from("!I", data, a + 4)
+                    elif atype == NFQA_PAYLOAD:
+                        payload = data[a + 4:a + alen]
+                    a += (alen + 3) & ~3
+                out.append(Queued(pid, mark, payload))
+            pos += (ln + 3) & ~3
+
+    def verdict(self, pid: int, accept: bool, mark: int | None = None) -> None:
+        """Queue a verdict (sent by :meth:`send`); ``mark``: the packet's new mark (accept only)."""
         if not accept:
             self.dropped += 1
-        self._out.append(self._msg(NFQNL_MSG_VERDICT, _attr(NFQA_VERDICT_HDR, struct.pack("!II", NF_ACCEPT if accept else NF_DROP, pid))))
+        body = _attr(NFQA_VERDICT_HDR, struct.pack("!II", NF_ACCEPT if accept else NF_DROP, pid))
+        if mark is not None:
+            body += _attr(NFQA_MARK, struct.pack("!I", mark))
+        self._out.append(self._msg(NFQNL_MSG_VERDICT, body))
         if len(self._out) >= 64:
             self.send()
 
@@ -122,11 +189,7 @@ class NfQueue:
         if self._out:
             buf = b"".join(self._out)
             self._out.clear()
-            self.sock.setblocking(True)
-            try:
-                self.sock.send(buf)
-            finally:
-                self.sock.setblocking(False)
+            self.sock.send(buf)
 
     def close(self) -> None:
         self.send()
@@ -136,70 +199,144 @@ class NfQueue:
 # -- the kernel side -------------------------------------------------------------------------
 
 
-# A TCP packet that carries nothing (a bare ACK, FIN or RST) cannot change a verdict: the rule
-# does not queue it. "Bare" is exact: the IP length is the IP header plus the TCP header (u32 has
-# no subtraction, so one test per TCP header length, 20..60). The SYN stays queued: it is what
-# tells the decoder a connection starts (a new connection on a reused 4-tuple must be decided
-# again). IPv4 with IP options and IPv6 with extension headers are queued as before.
+# A TCP packet that carries nothing (a bare SYN, ACK, FIN or RST) cannot change a verdict: the
+# rule does not queue it. "Bare" is exact: the IP length is the IP header plus the TCP header (u32
+# has no subtraction, so one test per TCP header length, 20..60). The SYN is not queued either:
+# what it told the decoder (a connection starts, so a reused 4-tuple is decided again) the
+# ``first`` mark now tells it on the first queued packet of each connection (issue 22). A SYN that
+# carries data (TCP Fast Open) is queued. IPv4 with IP options and IPv6 with extension headers are
+# queued as before.
 _TCP_HEADER_LENGTHS = range(20, 64, 4)
+CHAIN = "beiand"  # beiand's own filter chain: the jumps into it are the only rules in FORWARD
 
 
 def bare_tcp_tests(family: int) -> list[str]:
-    """u32 tests, one per TCP header length, each true for a TCP packet without payload or SYN."""
-    if family == 4:  # version 4, IHL 5; total length; data offset and flags at 20 + 12
-        return [f"0>>24=0x45&&0&0xFFFF={20 + d}&&32>>26&0x3C={d}&&32>>16&0x02=0" for d in _TCP_HEADER_LENGTHS]
-    # IPv6: next header TCP, payload length; data offset and flags at 40 + 12
-    return [f"4>>8&0xFF=6&&4>>16={d}&&52>>26&0x3C={d}&&52>>16&0x02=0" for d in _TCP_HEADER_LENGTHS]
+    """u32 tests, one per TCP header length, each true for a TCP packet without payload."""
+    if family == 4:  # version 4, IHL 5; total length; data offset at 20 + 12
+        return [f"0>>24=0x45&&0&0xFFFF={20 + d}&&32>>26&0x3C={d}" for d in _TCP_HEADER_LENGTHS]
+    # IPv6: next header TCP, payload length; data offset at 40 + 12
+    return [f"4>>8&0xFF=6&&4>>16={d}&&52>>26&0x3C={d}" for d in _TCP_HEADER_LENGTHS]
+
+
+class Rule(NamedTuple):
+    table: str
+    chain: str
+    spec: list[str]
 
 
 def rule_specs(tcp_ports: Sequence[int], udp_ports: Sequence[int], first_queue: int, workers: int, packets: int,
-               family: int = 4) -> list[list[str]]:
+               family: int = 4, marks: Marks | None = None) -> list[Rule]:
+    """One family's rules, in the order a packet meets them: the jumps from FORWARD (watched ports,
+    the flow's first packets, something to read, verdict not known yet), the chain (mark the first
+    queued packet of a connection, remember that one was queued, queue), and the mangle rule that
+    saves beiand's ``decided`` packet mark into the conntrack."""
+    marks = marks or DEFAULT_MARKS
     target = (["--queue-num", str(first_queue)] if workers == 1
               else ["--queue-balance", f"{first_queue}:{first_queue + workers - 1}"])
     conn = ["-m", "connbytes", "--connbytes", f"0:{packets}", "--connbytes-dir", "original", "--connbytes-mode", "packets"]
-    tail = ["-m", "comment", "--comment", "beiand", "-j", "NFQUEUE", *target, "--queue-bypass"]
-    specs = []
+    comment = ["-m", "comment", "--comment", "beiand"]
+    undecided = ["-m", "connmark", "!", "--mark", f"{marks.decided:#x}/{marks.decided:#x}"]
+    rules = []
     if tcp_ports:
         not_bare = [a for t in bare_tcp_tests(family) for a in ("-m", "u32", "!", "--u32", t)]
-        specs.append(["-p", "tcp", "-m", "multiport", "--dports", ",".join(map(str, sorted(tcp_ports))), *conn, *not_bare,
-                      *tail])
+        rules.append(Rule("filter", "FORWARD", ["-p", "tcp", "-m", "multiport", "--dports", ",".join(map(str, sorted(tcp_ports))),
+                                                *conn, *undecided, *not_bare, *comment, "-j", CHAIN]))
     if udp_ports:
-        specs.append(["-p", "udp", "-m", "multiport", "--dports", ",".join(map(str, sorted(udp_ports))), *conn, *tail])
-    return specs
+        rules.append(Rule("filter", "FORWARD", ["-p", "udp", "-m", "multiport", "--dports", ",".join(map(str, sorted(udp_ports))),
+                                                *conn, *undecided, *comment, "-j", CHAIN]))
+    if rules:
+        d, s, f = (f"{m:#x}" for m in marks)
+        rules += [
+            Rule("filter", CHAIN, ["-m", "connmark", "!", "--mark", f"{s}/{s}", *comment, "-j", "MARK", "--or-mark", f]),
+            Rule("filter", CHAIN, [*comment, "-j", "CONNMARK", "--or-mark", s]),
+            Rule("filter", CHAIN, [*comment, "-j", "NFQUEUE", *target, "--queue-bypass"]),
+            Rule("mangle", "POSTROUTING", ["-m", "mark", "--mark", f"{d}/{d}", *comment, "-j", "CONNMARK", "--save-mark",
+                                           "--nfmask", d, "--ctmask", d]),
+        ]
+    return rules
 
 
-RuleSet = dict[str, list[list[str]]]
+RuleSet = dict[str, list[Rule]]
 
 
-def rule_set(tcp_ports: Sequence[int], udp_ports: Sequence[int], first_queue: int, workers: int, packets: int) -> RuleSet:
+def rule_set(tcp_ports: Sequence[int], udp_ports: Sequence[int], first_queue: int, workers: int, packets: int,
+             marks: Marks | None = None) -> RuleSet:
     """The rules of each tool (iptables, ip6tables)."""
-    return {tool: rule_specs(tcp_ports, udp_ports, first_queue, workers, packets, family)
+    return {tool: rule_specs(tcp_ports, udp_ports, first_queue, workers, packets, family, marks)
             for tool, family in (("iptables", 4), ("ip6tables", 6))}
 
 
+def _run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool, "-w", *args], capture_output=True, text=True)
+
+
 def install_rules(rules: RuleSet) -> None:
+    """Install (after removing what an earlier run may have left): the chain first, then the
+    mangle rule, then the jumps into the chain, so no packet is queued before all is in place."""
     for tool, specs in rules.items():
         if shutil.which(tool) is None:
             raise NfQueueError(errno.ENOENT, f"{tool} is not installed (apt-get install iptables): inline mode needs it")
-        for spec in specs:
-            remove_rule(tool, spec)  # never twice
-            r = subprocess.run([tool, "-w", "-I", "FORWARD", *spec], capture_output=True, text=True)
-            if r.returncode != 0:
-                raise NfQueueError(errno.EINVAL, f"{tool}: {r.stderr.strip()}")
+        _remove(tool, specs)
+        if specs:
+            _run(tool, "-N", CHAIN)
+        position: dict[tuple[str, str], int] = {}
+        for r in sorted(specs, key=lambda r: r.chain == "FORWARD"):
+            if r.chain == CHAIN:
+                args = ["-t", r.table, "-A", r.chain, *r.spec]
+            else:  # first in the built-in chain, in the given order
+                n = position[(r.table, r.chain)] = position.get((r.table, r.chain), 0) + 1
+                args = ["-t", r.table, "-I", r.chain, str(n), *r.spec]
+            res = _run(tool, *args)
+            if res.returncode != 0:
+                raise NfQueueError(errno.EINVAL, f"{tool} {' '.join(args)}: {res.stderr.strip()}")
     log.info("inline: NFQUEUE rules installed (%d per family)", len(rules.get("iptables", [])))
 
 
-def remove_rule(tool: str, spec: list[str]) -> None:
-    for _ in range(8):
-        r = subprocess.run([tool, "-w", "-D", "FORWARD", *spec], capture_output=True, text=True)
-        if r.returncode != 0:
-            return
+# The built-in chains beiand puts rules in. A rule there carrying beiand's comment is beiand's,
+# whatever its spec: an older beiand's (before issue 22, the NFQUEUE target sat in FORWARD itself,
+# and queued the SYN), or a run's with other ports, queues or marks.
+_BUILT_IN = (("filter", "FORWARD"), ("mangle", "POSTROUTING"))
+
+
+def _ours(line: str, chain: str) -> list[str] | None:
+    """The spec of an ``iptables -S`` line that is beiand's rule in ``chain`` (for ``-D``), else None."""
+    try:
+        args = shlex.split(line)
+    except ValueError:
+        return None
+    if args[:2] != ["-A", chain]:
+        return None
+    if any(a == "--comment" and b == "beiand" for a, b in pairwise(args)):
+        return args[2:]
+    return None
+
+
+def _sweep(tool: str) -> None:
+    """Remove every rule of beiand's in the built-in chains, as listed by the kernel."""
+    for table, chain in _BUILT_IN:
+        res = _run(tool, "-t", table, "-S", chain)
+        if res.returncode != 0:
+            continue
+        for line in res.stdout.splitlines():
+            spec = _ours(line, chain)
+            if spec is not None and _run(tool, "-t", table, "-D", chain, *spec).returncode != 0:
+                log.warning("inline: could not remove an old beiand rule (%s -t %s %s)", tool, table, line)
+
+
+def _remove(tool: str, specs: Sequence[Rule]) -> None:
+    for r in specs:
+        if r.chain != CHAIN:
+            for _ in range(8):
+                if _run(tool, "-t", r.table, "-D", r.chain, *r.spec).returncode != 0:
+                    break
+    _sweep(tool)  # what an older beiand left, which the specs of this one do not match
+    if _run(tool, "-F", CHAIN).returncode == 0:
+        _run(tool, "-X", CHAIN)
 
 
 def remove_rules(rules: RuleSet) -> None:
     for tool, specs in rules.items():
         if shutil.which(tool) is None:
             continue
-        for spec in specs:
-            with contextlib.suppress(OSError):
-                remove_rule(tool, spec)
+        with contextlib.suppress(OSError):
+            _remove(tool, specs)

@@ -115,14 +115,25 @@ class DecoderConfig:
     conn_max: int = 262144  # flows waiting for their record; beyond, the oldest is written early
     url_max: int = 256  # HTTP: characters of the URL path kept
     url_query: bool = False  # HTTP: keep the query string (personal data: off by default)
+    # A fresh flow (``feed(fresh=True)``: inline, the SYN not seen) whose first bytes start no
+    # protocol is held this long for the segments before them (issue 22): its first segments may
+    # have arrived swapped. Past either bound (or the flow's byte limit) it is named ip-only.
+    hold_segments: int = 4
+    hold_seconds: float = 1.0  # a lost first segment is retransmitted after about 200 ms (RTO)
 
 
 class Flow(Stream):
-    """The first client bytes of one TCP connection, reassembled from segments in any order."""
+    """The first client bytes of one TCP connection, reassembled from segments in any order.
 
-    __slots__ = ("base", "client", "consumed", "dport", "server", "sport", "syn", "ts")
+    ``syn``: the start is known (the SYN was seen); without it a segment before ``base`` moves
+    the start back. ``fresh``: the connection's first bytes were seen (inline, the first queued
+    packet), though perhaps not in order; ``held``: their start does not parse yet, and the
+    decoder waits for a segment before it (bounded: ``DecoderConfig.hold_*``)."""
 
-    def __init__(self, base: int, syn: bool, ts: float, src: bytes, dst: bytes, sport: int, dport: int) -> None:
+    __slots__ = ("base", "client", "consumed", "dport", "fresh", "held", "segments", "server", "sport", "syn", "ts")
+
+    def __init__(self, base: int, syn: bool, ts: float, src: bytes, dst: bytes, sport: int, dport: int,
+                 fresh: bool = False) -> None:
         # Stream.__init__, inlined: one Flow per new connection, on the hot path
         self.buf = b""
         self.starts = []
@@ -130,6 +141,9 @@ class Flow(Stream):
         self.cost = 0
         self.base = base
         self.syn = syn
+        self.fresh = fresh
+        self.held = False
+        self.segments = 1
         self.ts = ts
         self.client = src
         self.server = dst
@@ -204,11 +218,17 @@ class Decoder:
         self._ntop_cache: dict[bytes, str] = {}  # server addresses in text (hosted ones repeat)
         self._server_ports = cfg.tcp_ports | cfg.udp_ports | cfg.dns_ports
         self._tunnel_ports = frozenset({VXLAN_PORT, GENEVE_PORT, GTPU_PORT})
+        self._fresh = False  # the frame being decoded starts its connection (``feed(fresh=True)``)
 
     # -- entry point ----------------------------------------------------------------------
 
-    def feed(self, ts: float, frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> list[Observation]:
+    def feed(self, ts: float, frame: bytes, linktype: int = LINKTYPE_ETHERNET, fresh: bool = False) -> list[Observation]:
+        """The observations this frame completes. ``fresh``: the frame is known to be the first of
+        its connection that the decoder is shown (inline: the kernel's conntrack says so, where the
+        SYN is not queued), so what the decoder remembers of its 4-tuple belongs to an older
+        connection and is forgotten, as on a SYN."""
         self.packets += 1
+        self._fresh = fresh
         self.bytes += len(frame)
         out = self._out
         self._current = None
@@ -290,8 +310,9 @@ class Decoder:
 
     def flush(self) -> list[Observation]:
         """End of input: flows that never showed a name become ip-only observations."""
+        self._seg = (0, 0, 0)  # no packet of theirs at hand
         for flow in list(self.flows.values()):
-            self._give_up(flow, flow.ts, "incomplete")
+            self._give_up(flow, flow.ts, "unknown-protocol" if flow.held else "incomplete")
         if self.tcp_conns is not None:
             self._conn_sweep(self._clock, final=True)
         self.flows.clear()
@@ -334,12 +355,16 @@ class Decoder:
         """Over the TCP budget: drop the oldest flows (first bytes or DNS over TCP) until under."""
         b = self._tcp_budget
         flows, dns_flows = self.flows, self.dns_flows
+        seg = self._seg
         while b.held > b.limit and (flows or dns_flows):
             if flows and (not dns_flows or next(iter(flows.values())).ts <= next(iter(dns_flows.values())).ts):
                 k, flow = flows.popitem(last=False)
                 self._mark_done(k, flow.ts)
                 if flow.buf:
+                    # another flow's packet is being decoded: no sequence numbers of its own (see _expire)
+                    self._seg = seg if k == self._current else (0, 0, 0)
                     self._give_up(flow, ts, "evicted")
+                    self._seg = seg
             else:
                 k, flow = dns_flows.popitem(last=False)
             b.held -= flow.cost
@@ -727,7 +752,9 @@ class Decoder:
                     if flow.buf:
                         self._give_up(flow, ts, "closed")
             return
-        if key in self.done or key in self._done_old:
+        if self._fresh:  # a new connection on this 4-tuple, like a SYN: decided afresh
+            self._forget(key)
+        elif key in self.done or key in self._done_old:
             return
         seq = _U32.unpack_from(buf, l4 + 4)[0]
         data = buf[l4 + doff : end]
@@ -735,7 +762,11 @@ class Decoder:
         flow = self.flows.get(key)
         if flow is None:
             # Most connections: the whole ClientHello or request head in the first segment.
-            flow = Flow(seq, False, ts, src, dst, sport, dport)
+            # Fresh: these are the connection's first bytes (as after a SYN), not a mid-stream join;
+            # but unlike after a SYN the start is not known, only that nothing precedes what comes
+            # first, bar reordering: should the client's first data segments arrive swapped, this
+            # is a later one, and a segment before it moves the start back (Flow.add).
+            flow = Flow(seq, False, ts, src, dst, sport, dport, self._fresh)
             flow.buf = data[: self.config.max_flow_bytes]
             flow.cost = len(flow.buf)
             if self._examine(flow, ts):
@@ -743,6 +774,7 @@ class Decoder:
             else:
                 self._new_flow(key, flow)
             return
+        flow.segments += 1
         budget = self._tcp_budget
         before = flow.cost
         grown = flow.add(seq, data, self.config.max_flow_bytes, self.config.max_flow_holes)
@@ -753,7 +785,8 @@ class Decoder:
             self._evict_tcp(ts)
             if key not in self.flows:
                 return
-        if grown > 0:
+        if grown > 0 or (flow.held and not self._may_hold(flow, ts)):
+            # held and past its bounds, the prefix unchanged: examined once more, to give it up
             if self._examine(flow, ts):
                 del self.flows[key]
                 budget.held -= flow.cost
@@ -763,6 +796,23 @@ class Decoder:
                 budget.held -= flow.cost
                 self._mark_done(key, ts)
                 self._give_up(flow, ts, "too-long")
+
+    def _forget(self, key: bytes) -> None:
+        """Drop what is remembered of a 4-tuple: its connection ended, a new one starts."""
+        self.done.pop(key, None)
+        self._done_old.pop(key, None)
+        old = self.flows.pop(key, None)
+        if old is not None:
+            self._tcp_budget.held -= old.cost
+        entry = self.quic.pop(key, None)
+        if entry is not None:
+            self.budgets["quic"].held -= entry[1].crypto.cost
+
+    def settled(self) -> bool:
+        """Whether the flow the last frame touched needs no more packets (named or given up):
+        inline, its later packets need not wait in the queue."""
+        key = self._current
+        return isinstance(key, bytes) and (key in self.done or key in self._done_old)
 
     def _new_flow(self, key: bytes, flow: Flow) -> None:
         flows = self.flows
@@ -920,12 +970,14 @@ class Decoder:
             if looks_like_tls(buf) or (len(buf) < 3 and buf[0] == 0x16):
                 hello = parse_client_hello(buf)
                 if hello is None:
+                    flow.held = False
                     return False
                 self._emit_tls(flow, ts, hello, Kind.TLS_SNI, Transport.TCP)
                 return True
             if looks_like_http(buf[:17]):
                 reqs = parse_requests(buf)
                 if reqs is None:
+                    flow.held = False
                     return False
                 seen: set[str] = set()
                 for r in reqs:
@@ -940,14 +992,33 @@ class Decoder:
                     self._emit(flow, ts, Kind.IP_ONLY, Transport.TCP, "", "http-no-host")
                 return True
         except DecodeError as exc:
+            if self._may_hold(flow, ts):
+                return False
             self.drops[f"{exc.layer}:{exc.reason}"] += 1
             self._give_up(flow, ts, f"{exc.layer}-{exc.reason}")
             return True
+        if self._may_hold(flow, ts):
+            return False
         self._give_up(flow, ts, "unknown-protocol")
         return True
 
+    def _may_hold(self, flow: Flow, ts: float) -> bool:
+        """Whether a fresh flow whose start does not parse waits for the segments before it (and is
+        now held): its first data segments may have arrived swapped (inline, issue 22). Bounded by
+        segments and time here, by the flow's byte limit and the TCP budget where bytes are added.
+        Named ip-only from its address at once, a filed site's connection on an address shared
+        with unfiled ones would be reset."""
+        cfg = self.config
+        if flow.fresh and flow.segments < cfg.hold_segments and ts - flow.ts < cfg.hold_seconds:
+            if not flow.held:
+                flow.held = True
+                self.stats["flow:held"] += 1
+            return True
+        flow.held = False
+        return False
+
     def _give_up(self, flow: Flow, ts: float, why: str) -> None:
-        if not flow.syn and why == "unknown-protocol":
+        if not flow.syn and not flow.fresh and why == "unknown-protocol":
             # Joined mid-stream (capture started late): not the connection's first bytes.
             self.stats["flow:midstream"] += 1
             return
@@ -1061,9 +1132,11 @@ class Decoder:
 
     def _quic(self, ts: float, payload: bytes, src: bytes, dst: bytes, sport: int, dport: int, v6: bool) -> None:
         key = src + dst + sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
-        if key in self.done or key in self._done_old:
-            return
         self._current = key
+        if self._fresh:
+            self._forget(key)
+        elif key in self.done or key in self._done_old:
+            return
         budget = self.budgets["quic"]
         entry = self.quic.get(key)
         if entry is None:
@@ -1125,6 +1198,10 @@ class Decoder:
                 self._conn_age("udp", now)
             self._conn_sweep(now)
         limit = now - self.config.flow_timeout
+        # What expires is given up without a packet of its own at hand: its observation carries no
+        # sequence numbers (nothing to reset with; inline, the packet being decided is another
+        # flow's and must not be dropped for it).
+        self._seg = (0, 0, 0)
         for table in (self.flows, self.dns_flows):
             while table:
                 k = next(iter(table))
@@ -1136,7 +1213,7 @@ class Decoder:
                 self.drops["flow:timeout"] += 1
                 if table is self.flows and flow.buf:
                     self._mark_done(k, flow.ts)
-                    self._give_up(flow, now, "incomplete")
+                    self._give_up(flow, now, "unknown-protocol" if flow.held else "incomplete")
         while self.quic:
             k = next(iter(self.quic))
             if self.quic[k][0] >= limit:

@@ -129,6 +129,17 @@ class Metrics:
                                       registry=r)
         self.breaker_open = Gauge("beiand_enforcement_breaker_open", "1 while the circuit breaker holds enforcement in dry-run",
                                   registry=r)
+        self.inline_packets = Counter("beiand_inline_packets", "packets that waited in a worker's NFQUEUE for a verdict",
+                                      ["worker"], registry=r)
+        self.inline_settled = Counter("beiand_inline_settled", "accepted packets whose verdict told the kernel to stop "
+                                      "queuing their connection (its name is known)", ["worker"], registry=r)
+        self.inline_seconds = Counter("beiand_inline_seconds", "time the queue thread spent on queued packets, by stage "
+                                      "(receive: netlink read and parse; decode; decide: policy and enforcement; "
+                                      "verdict: building and sending the verdicts; record: the access log and other "
+                                      "sinks, after the verdict)",
+                                      ["stage"], registry=r)
+        for stage in ("receive", "decode", "decide", "verdict", "record"):
+            self.inline_seconds.labels(stage)
         self.audit_findings = Gauge("beiand_audit_findings", "findings of the last audit run, by kind", ["kind"], registry=r)
         Info("beiand_build", "beiand version", registry=r).info({"version": version})
         # Every counter and gauge by its name, for the MetricKeys of worker snapshots (ipc.py).

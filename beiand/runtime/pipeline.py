@@ -51,19 +51,25 @@ class Pipeline:
         """One frame of the live worker: nothing it carries may stop the loop (issue 17). Returns
         True when the enforcer (inline) drops this frame: the NFQUEUE verdict, as a value."""
         obs = self.decoder.feed(ts, frame, linktype)
+        return self.decide(obs) if obs else False
+
+    def decide(self, obs: Sequence[Observation], later: list[tuple[Observation, Decision]] | None = None) -> bool:
+        """Decide and act on the observations one frame completed; True when the enforcer drops
+        the frame (inline). A failure to decide is counted, never raised (issue 17). ``later``:
+        the decisions are left there for :meth:`record` instead of going to the sinks now (inline:
+        the verdict goes out first, the access log is written after)."""
         drop = False
-        if obs:
-            for o in obs:
-                try:
-                    drop = self._observe(o)[1] or drop
-                except OutputClosed:
-                    raise
-                except Exception as exc:
-                    # A bug in deciding, not in the traffic: count it, drop this observation, go on.
-                    name = type(exc).__name__
-                    self.frame_errors[name if name in FRAME_EXCEPTIONS else "other"] += 1
-                    if not self.frame_errors.total() & (self.frame_errors.total() - 1):  # 1, 2, 4, 8...: rate-limited
-                        log.error("deciding an observation raised %s (%d so far); dropped", name, self.frame_errors.total())
+        for o in obs:
+            try:
+                drop = self._observe(o, later)[1] or drop
+            except OutputClosed:
+                raise
+            except Exception as exc:
+                # A bug in deciding, not in the traffic: count it, drop this observation, go on.
+                name = type(exc).__name__
+                self.frame_errors[name if name in FRAME_EXCEPTIONS else "other"] += 1
+                if not self.frame_errors.total() & (self.frame_errors.total() - 1):  # 1, 2, 4, 8...: rate-limited
+                    log.error("deciding an observation raised %s (%d so far); dropped", name, self.frame_errors.total())
         return drop
 
     def tick(self, now: float) -> None:
@@ -107,7 +113,22 @@ class Pipeline:
     def observe(self, obs: Observation) -> Decision | None:
         return self._observe(obs)[0]
 
-    def _observe(self, obs: Observation) -> tuple[Decision | None, bool]:
+    def record(self, later: Sequence[tuple[Observation, Decision]]) -> None:
+        """Hand decisions taken by :meth:`decide` with ``later`` to the sinks."""
+        for obs, decision in later:
+            self._sink(obs, decision)
+
+    def _sink(self, obs: Observation, decision: Decision) -> None:
+        for s in self.sinks:
+            try:
+                s.on_decision(obs, decision)
+            except OutputClosed:
+                raise
+            except Exception:
+                log.exception("sink %s failed", type(s).__name__)
+                self.sink_errors[type(s).__name__] += 1
+
+    def _observe(self, obs: Observation, later: list[tuple[Observation, Decision]] | None = None) -> tuple[Decision | None, bool]:
         """The decision as acted on, and whether the enforcer drops the packet (inline)."""
         policy = self.policy
         if obs.kind is Kind.CONN:
@@ -136,14 +157,10 @@ class Pipeline:
                 self.sink_errors["enforcer"] += 1
         self.kinds[obs.kind] += 1  # StrEnum members hash and compare as their values
         self.verdicts[decision.verdict.verdict] += 1
-        for s in self.sinks:
-            try:
-                s.on_decision(obs, decision)
-            except OutputClosed:
-                raise
-            except Exception:
-                log.exception("sink %s failed", type(s).__name__)
-                self.sink_errors[type(s).__name__] += 1
+        if later is not None:
+            later.append((obs, decision))
+        else:
+            self._sink(obs, decision)
         return decision, drop
 
     def _connection(self, obs: Observation, decision: Decision | None) -> None:

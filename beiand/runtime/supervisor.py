@@ -48,7 +48,16 @@ from beiand.runtime.isms import IsmsRuntime
 from beiand.runtime.isms import check as isms_check
 from beiand.runtime.metrics import Metrics
 from beiand.runtime.sdnotify import sd_notify, watchdog_interval
-from beiand.runtime.wiring import RecordsRefused, StateError, file_mtime, http_limits, load_state, note_inventory, read_secret
+from beiand.runtime.wiring import (
+    RecordsRefused,
+    StateError,
+    file_mtime,
+    http_limits,
+    inline_marks,
+    load_state,
+    note_inventory,
+    read_secret,
+)
 from beiand.runtime.worker import worker_main
 
 log = logging.getLogger("beiand")
@@ -119,7 +128,7 @@ class Daemon:
             log.error("%s", exc)
         if cfg.enforce.inline:
             self._rules = rule_set(cfg.capture.tcp_ports, cfg.capture.udp_ports, cfg.enforce.queue, cfg.workers,
-                                   cfg.enforce.connbytes)
+                                   cfg.enforce.connbytes, inline_marks(cfg))
             install_rules(self._rules)
 
     def _teardown_enforcement(self) -> None:

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from beiand.accesslog import AccessLog, LogConfig
+from beiand.capture.bpf import Insn
 from beiand.capture.bpf import build as build_bpf
 from beiand.capture.filterexpr import Condition
 from beiand.capture.live import LiveCapture
 from beiand.enforce import Enforcer, EnforceSettings, Injector, OrderError, OrderStore
+from beiand.enforce.nfqueue import Marks
 from beiand.enforce.nft import Nft, NftError
 from beiand.errors import BeiandError
 from beiand.model import Mode
@@ -223,13 +225,26 @@ def make_enforcer(cfg: Config) -> Enforcer:
     return Enforcer(settings, injector, nft, orders, rules=rules_for(cfg))  # rules: the regulator's ISMS commands
 
 
+def inline_marks(cfg: Config) -> Marks:
+    """Inline mode's mark bits (``enforce.mark``): the rules and every worker's verdicts use the same."""
+    return Marks.from_base(cfg.enforce.mark)
+
+
+def capture_filter(cfg: Config) -> list[Insn]:
+    """The capture rings' kernel filter. Inline, the watched ports' packets that can name a flow
+    arrive through NFQUEUE and AF_PACKET carries the DNS answers; with connection records (issue 19)
+    it also carries the SYN, FIN and RST of every TCP flow (none of which is queued) and UDP on
+    ports that are not watched, so no packet comes both ways and none is decoded twice."""
+    inline = cfg.enforce.inline
+    return build_bpf(() if inline else cfg.capture.tcp_ports, () if inline else cfg.capture.udp_ports, dns=cfg.capture.dns,
+                     connections=cfg.connections.enabled, condition=Condition(cfg.capture.filter) if cfg.capture.filter else None,
+                     queued_udp=cfg.capture.udp_ports if inline else ())
+
+
 def live_captures(cfg: Config, fanout_group: int) -> list[LiveCapture]:
     """A worker's AF_PACKET rings, one per interface, with the kernel filter (BPF) for its ports."""
     ifaces = cfg.capture.interfaces
-    inline = cfg.enforce.inline
-    # Inline: watched TCP/UDP arrive through NFQUEUE; AF_PACKET carries the DNS answers only.
-    prog = build_bpf(() if inline else cfg.capture.tcp_ports, () if inline else cfg.capture.udp_ports, dns=cfg.capture.dns,
-                     connections=cfg.connections.enabled, condition=Condition(cfg.capture.filter) if cfg.capture.filter else None)
+    prog = capture_filter(cfg)
     return [LiveCapture(i, prog, fanout_group=fanout_group, block_size=cfg.capture.ring_block_kib * 1024,
                         blocks=cfg.capture.ring_blocks, outgoing=len(ifaces) == 1,
                         block_timeout_ms=cfg.capture.ring_block_timeout_ms, version=cfg.capture.ring_version) for i in ifaces]

@@ -23,12 +23,13 @@ from multiprocessing.connection import Connection
 from beiand.accesslog import AccessLog
 from beiand.enforce import OrderError
 from beiand.enforce.nfqueue import NfQueue
-from beiand.net.decoder import LINKTYPE_RAW, Decoder
+from beiand.net.decoder import Decoder
 from beiand.runtime.housekeeping import clickhouse_retire, every
+from beiand.runtime.inline import InlinePath
 from beiand.runtime.ipc import CloseBreaker, MetricKey, Ready, ReloadOrders, Rows, Snapshot, WorkerMessage
 from beiand.runtime.metrics import CLICKHOUSE_COUNTERS
 from beiand.runtime.pipeline import Pipeline
-from beiand.runtime.wiring import State, access_log_sinks, decoder_config, live_captures, make_enforcer
+from beiand.runtime.wiring import State, access_log_sinks, decoder_config, inline_marks, live_captures, make_enforcer
 from beiand.sinks.active import ActiveResourceAggregate
 
 log = logging.getLogger("beiand")
@@ -153,8 +154,11 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
     agg = ActiveResourceAggregate()
     decoder = Decoder(decoder_config(cfg))
     enforcer = make_enforcer(cfg)
-    queue = NfQueue(cfg.enforce.queue + idx) if inline else None
     pipe = Pipeline(decoder, state.policy, [*sinks, agg], actor=enforcer.enforce, gateway=cfg.gateway)
+    # Inline: the queue has its own thread (issue 22); it and the capture loop share the decoder
+    # and the pipeline under this lock.
+    lock = threading.Lock()
+    path = InlinePath(NfQueue(cfg.enforce.queue + idx), pipe, lock, inline_marks(cfg)) if inline else None
     conn.send(Ready(os.getpid()))
     feed = pipe.feed
     next_snap = time.monotonic() + SNAPSHOT_INTERVAL
@@ -166,15 +170,6 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
     poller = select.poll()
     for cap in caps:
         poller.register(cap.fileno(), select.POLLIN)
-    if queue is not None:
-        poller.register(queue.fileno(), select.POLLIN)
-
-    def from_queue() -> None:
-        assert queue is not None
-        for pid, packet in queue.packets():
-            drop = feed(time.time(), packet, LINKTYPE_RAW)
-            queue.verdict(pid, not drop)
-        queue.send()
 
     w = (str(idx),)
 
@@ -208,6 +203,11 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
             c[MetricKey("beiand_enforcement_errors", (k,))] = v
         elat, enforcer.latency = enforcer.latency, []
         c[MetricKey("beiand_active_view_dropped", w)] = agg.view_dropped + outbox.dropped_rows
+        if path is not None:
+            c[MetricKey("beiand_inline_packets", w)] = path.times.packets
+            c[MetricKey("beiand_inline_settled", w)] = path.settled
+            for stage, seconds in path.times.seconds().items():
+                c[MetricKey("beiand_inline_seconds", (stage,))] = seconds
         if crashes:
             c[MetricKey("beiand_worker_crashes")] = crashes
             c[MetricKey("beiand_worker_crash_lost_records")] = crash_lost
@@ -224,14 +224,21 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
     def _capture_loop() -> None:
         nonlocal next_snap, next_rows
         while not stop:
-            if len(caps) == 1 and queue is None:
+            if path is not None:
+                if path.failed is not None:
+                    raise path.failed
+                for fd, _ in poller.poll(100):
+                    for cap in caps:
+                        if cap.fileno() == fd:
+                            frames = cap.read(0)
+                            with lock:
+                                for ts, frame in frames:
+                                    feed(ts, frame, 1)
+            elif len(caps) == 1:
                 for ts, frame in caps[0].read(100):
                     feed(ts, frame, 1)
             else:
                 for fd, _ in poller.poll(100):
-                    if queue is not None and fd == queue.fileno():
-                        from_queue()
-                        continue
                     for cap in caps:
                         if cap.fileno() == fd:
                             for ts, frame in cap.read(0):
@@ -241,43 +248,62 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
                 break
             if now >= next_rows and agg.changed and now < next_snap:
                 next_rows = now + ROWS_INTERVAL
-                outbox.put(Rows(agg.take()))
+                with lock:
+                    rows = agg.take()
+                outbox.put(Rows(rows))
             if now >= next_snap:
                 next_snap = now + SNAPSHOT_INTERVAL
-                pipe.tick(time.time())  # a quiet link: connection records whose window closed (issue 19)
-                if enforcer.rules is not None:
-                    enforcer.rules.reload()  # ISMS commands: within a second on every worker, like closure orders
-                try:
-                    while conn.poll():
-                        cmd = conn.recv()
-                        if isinstance(cmd, CloseBreaker):
-                            enforcer.breaker.close()
-                        elif isinstance(cmd, ReloadOrders) and enforcer.orders is not None:
-                            try:
-                                enforcer.orders.reload()
-                            except OrderError as exc:
-                                log.error("%s", exc)
-                    if os.getppid() != ppid:
-                        log.error("worker %d: the main process is gone; stopping", idx)
+                with lock:
+                    if not housekeep():
                         break
-                except (BrokenPipeError, EOFError, OSError):
-                    break
-                outbox.put(snapshot())
+
+    def housekeep() -> bool:
+        """The worker's periodic duties, under the lock (the queue thread may be deciding); False: stop."""
+        pipe.tick(time.time())  # a quiet link: connection records whose window closed (issue 19)
+        if enforcer.rules is not None:
+            enforcer.rules.reload()  # ISMS commands: within a second on every worker, like closure orders
+        try:
+            while conn.poll():
+                cmd = conn.recv()
+                if isinstance(cmd, CloseBreaker):
+                    enforcer.breaker.close()
+                elif isinstance(cmd, ReloadOrders) and enforcer.orders is not None:
+                    try:
+                        enforcer.orders.reload()
+                    except OrderError as exc:
+                        log.error("%s", exc)
+            if os.getppid() != ppid:
+                log.error("worker %d: the main process is gone; stopping", idx)
+                return False
+        except (BrokenPipeError, EOFError, OSError):
+            return False
+        outbox.put(snapshot())
+        return True
 
     outbox = _Outbox(conn)
+    ending = threading.Event()  # the capture loop is over: the queue thread stops too
+    if path is not None:
+        path.start(lambda: stop or ending.is_set())
     try:
         _capture_loop()
     except BaseException as exc:
         # Issue 17: a worker that dies anyway first flushes and closes its log, where it still
         # can, so the records since the last commit are not lost with it; the loss is counted.
         log.critical("worker %d: capture loop died: %s: %s; closing the access log", idx, type(exc).__name__, exc)
+        ending.set()
+        if path is not None:
+            path.join(0.5)
         lost = close_dying(idx, [pipe.finish, alog.close, *((ch.close,) if ch is not None else ())], alog)
         outbox.put(snapshot(crashes=1, crash_lost=lost, died=type(exc).__name__))
         outbox.close(2.0)
         raise
-    pipe.finish()
-    if queue is not None:
-        queue.close()
+    ending.set()
+    if path is not None:
+        path.join(1.0)
+    with lock:
+        pipe.finish()
+    if path is not None:
+        path.queue.close()
     alog.close()
     if ch is not None:
         ch.close()

@@ -5,8 +5,22 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from beiand.enforce.nfqueue import bare_tcp_tests, rule_set, rule_specs
+from beiand.enforce.nfqueue import (
+    CHAIN,
+    NFQA_MARK,
+    NFQA_PACKET_HDR,
+    NFQA_PAYLOAD,
+    Marks,
+    NfQueue,
+    Queued,
+    _attr,
+    bare_tcp_tests,
+    rule_set,
+    rule_specs,
+)
 
 SYN, ACK, FIN, RST, PSH = 0x02, 0x10, 0x01, 0x04, 0x08
 
@@ -63,14 +77,15 @@ def queued(family: int, pkt: bytes) -> bool:
 
 @pytest.mark.parametrize("family", [4, 6])
 @pytest.mark.parametrize("options", [0, 12, 40])
-def test_only_syn_and_packets_with_payload_are_queued(family: int, options: int) -> None:
+def test_only_packets_with_payload_are_queued(family: int, options: int) -> None:
     v6 = family == 6
-    assert queued(family, packet(v6, SYN, options=options))  # a connection starts: the decoder must know
+    # Issue 22: the SYN is not queued (the first queued packet's mark tells the decoder a connection starts).
+    assert not queued(family, packet(v6, SYN, options=options))
     assert queued(family, packet(v6, SYN, payload=50, options=options))  # TCP Fast Open
     for payload in (1, 3, 4, 517):
         assert queued(family, packet(v6, ACK | PSH, payload=payload, options=options))
         assert queued(family, packet(v6, ACK | FIN, payload=payload, options=options))
-    for flags in (ACK, ACK | FIN, RST, ACK | RST):
+    for flags in (ACK, ACK | FIN, RST, ACK | RST, SYN | ACK):
         assert not queued(family, packet(v6, flags, options=options))  # empty: cannot change a verdict
 
 
@@ -84,15 +99,109 @@ def test_ip_options_and_extension_headers_are_queued() -> None:
 
 
 def test_rules_are_bypass_connbytes_balanced_per_family() -> None:
-    rules = rule_set([443, 80], [443], 4, 2, 8)
+    marks = Marks.from_base(0x100)
+    rules = rule_set([443, 80], [443], 4, 2, 8, marks)
     assert set(rules) == {"iptables", "ip6tables"}
     for tool, specs in rules.items():
-        assert len(specs) == 2
-        tcp, udp = specs
-        for s in specs:
-            assert "--queue-bypass" in s and "0:8" in s and "4:5" in s and "beiand" in s and "--connbytes" in s
+        jumps = [r.spec for r in specs if (r.table, r.chain) == ("filter", "FORWARD")]
+        assert len(jumps) == 2
+        tcp, udp = jumps
+        for s in jumps:
+            assert "0:8" in s and "beiand" in s and "--connbytes" in s and s[-2:] == ["-j", CHAIN]
+            # a connection whose verdict is known is not queued again
+            i = s.index("connmark")
+            assert s[i + 1:i + 4] == ["!", "--mark", "0x100/0x100"]
         assert tcp.count("--u32") == 11 and "--u32" not in udp
         family = 4 if tool == "iptables" else 6
         assert [tcp[i + 1] for i, a in enumerate(tcp) if a == "--u32"] == bare_tcp_tests(family)
         assert all(tcp[i - 1] == "!" for i, a in enumerate(tcp) if a == "--u32")
-    assert "--queue-num" in rule_specs([443], [], 0, 1, 8)[0]
+        chain = [r.spec for r in specs if r.chain == CHAIN]
+        # the first queued packet of a connection gets the "first" mark; the connection is then "seen"; queue
+        assert chain[0][:5] == ["-m", "connmark", "!", "--mark", "0x200/0x200"] and chain[0][-3:] == ["MARK", "--or-mark", "0x400"]
+        assert chain[1][-3:] == ["CONNMARK", "--or-mark", "0x200"]
+        assert "--queue-bypass" in chain[2] and "4:5" in chain[2]
+        (save,) = [r for r in specs if r.table == "mangle"]
+        assert save.chain == "POSTROUTING" and save.spec[:4] == ["-m", "mark", "--mark", "0x100/0x100"]
+        assert save.spec[-6:] == ["CONNMARK", "--save-mark", "--nfmask", "0x100", "--ctmask", "0x100"]
+    assert any("--queue-num" in r.spec for r in rule_specs([443], [], 0, 1, 8))
+    assert rule_specs([], [], 0, 1, 8) == []
+
+
+def test_marks_are_three_bits_from_one() -> None:
+    assert Marks.from_base(0x10000000) == Marks(0x10000000, 0x20000000, 0x40000000)
+    for bad in (0, 3, 0x30, 1 << 30):
+        with pytest.raises(ValueError):
+            Marks.from_base(bad)
+
+
+def _packet_msg(pid: int, payload: bytes, mark: int | None = None) -> bytes:
+    attrs = _attr(NFQA_PACKET_HDR, struct.pack("!IHB", pid, 0x0800, 3))
+    if mark is not None:
+        attrs += _attr(NFQA_MARK, struct.pack("!I", mark))
+    attrs += _attr(NFQA_PAYLOAD, payload)
+    body = struct.pack("=BBH", 2, 0, 0) + attrs
+    return struct.pack("=IHHII", 16 + len(body), (3 << 8) | 0, 0, 0, 0) + body
+
+
+def test_queued_packets_carry_id_mark_and_payload() -> None:
+    out: list[Queued] = []
+    NfQueue._parse(_packet_msg(7, b"E\0abc", 0x400) + _packet_msg(8, b"E\0xyz1"), out)
+    assert out == [Queued(7, 0x400, b"E\0abc"), Queued(8, 0, b"E\0xyz1")]
+
+
+@given(st.binary(max_size=300))
+def test_a_netlink_read_of_junk_never_raises(data: bytes) -> None:
+    out: list[Queued] = []
+    NfQueue._parse(data, out)
+    NfQueue._parse(_packet_msg(1, b"x") + data, out)
+    assert Queued(1, 0, b"x") in out
+
+
+def test_a_verdict_carries_the_new_mark() -> None:
+    q = NfQueue.__new__(NfQueue)
+    q.queue, q._seq, q._out, q.dropped = 3, 0, [], 0
+    q.verdict(9, True, 0x100)
+    q.verdict(10, False)
+    accept, drop = q._out
+    assert struct.unpack_from("!II", accept, 24) == (1, 9)  # NF_ACCEPT, id: after nlmsghdr, nfgenmsg, attr header
+    assert struct.unpack_from("=HH", accept, 32) == (8, NFQA_MARK) and struct.unpack_from("!I", accept, 36) == (0x100,)
+    assert struct.unpack_from("!II", drop, 24) == (0, 10) and len(drop) == 32 and q.dropped == 1
+
+
+# What ``iptables -S`` printed for the rules of beiand before its chain (issue 22): the NFQUEUE
+# target in FORWARD itself; beside them a rule of someone else's.
+OLD_FORWARD = """-P FORWARD ACCEPT
+-A FORWARD -p tcp -m multiport --dports 80,443 -m connbytes --connbytes 0:8 --connbytes-dir original --connbytes-mode packets -m u32 ! --u32 "0x0>>0x18=0x45&&0x0&0xffff=0x28&&0x20>>0x1a&0x3c=0x14&&0x20>>0x10&0x2=0x0" -m comment --comment beiand -j NFQUEUE --queue-num 0 --queue-bypass
+-A FORWARD -p udp -m multiport --dports 443 -m comment --comment beiand -j NFQUEUE --queue-balance 0:1 --queue-bypass
+-A FORWARD -s 10.0.0.0/8 -m comment --comment "beiand's neighbour" -j ACCEPT
+-A FORWARD -p tcp -j ACCEPT
+"""
+
+
+def test_rules_an_older_beiand_left_are_removed_with_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Install and stop remove every rule of beiand's in FORWARD and mangle POSTROUTING, whatever
+    its spec (the NFQUEUE rules from before the chain too), and nothing else."""
+    import subprocess
+
+    from beiand.enforce import nfqueue
+
+    calls: list[tuple[str, ...]] = []
+
+    def run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+        calls.append((tool, *args))
+        out = OLD_FORWARD if args[:4] == ("-t", "filter", "-S", "FORWARD") else ""
+        return subprocess.CompletedProcess([tool, *args], 0 if "-S" in args else 1, out, "")
+
+    monkeypatch.setattr(nfqueue, "_run", run)
+    monkeypatch.setattr(nfqueue.shutil, "which", lambda tool: "/usr/sbin/" + tool)
+    nfqueue.remove_rules({"iptables": rule_specs([80, 443], [443], 0, 1, 8, 4)})
+    deleted = [c[4:] for c in calls if c[1:4] == ("-t", "filter", "-D") and c[4] == "FORWARD"]
+    assert ("FORWARD", "-p", "tcp", "-m", "multiport", "--dports", "80,443", "-m", "connbytes", "--connbytes", "0:8",
+            "--connbytes-dir", "original", "--connbytes-mode", "packets", "-m", "u32", "!", "--u32",
+            "0x0>>0x18=0x45&&0x0&0xffff=0x28&&0x20>>0x1a&0x3c=0x14&&0x20>>0x10&0x2=0x0", "-m", "comment", "--comment",
+            "beiand", "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass") in deleted
+    assert ("FORWARD", "-p", "udp", "-m", "multiport", "--dports", "443", "-m", "comment", "--comment", "beiand", "-j",
+            "NFQUEUE", "--queue-balance", "0:1", "--queue-bypass") in deleted
+    assert not any("ACCEPT" in c for c in deleted)  # someone else's rules stay
+    sweep = next(i for i, c in enumerate(calls) if "-S" in c)
+    assert calls.index(("iptables", "-F", CHAIN)) > sweep  # the jumps go before the chain

@@ -1,6 +1,10 @@
 """The decoder on whole frames: every link type, tunnel and reassembly case it claims."""
 
+from itertools import pairwise
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.all import GRE, IP, TCP, UDP, CookedLinux, Ether, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop, Raw, fragment
 from scapy.contrib.geneve import GENEVE
 from scapy.contrib.gtp import GTP_U_Header
@@ -280,3 +284,128 @@ def test_google_quic_plaintext_chlo(version):
     o = one(run([t.udp(C4, S4, 50000, 443, t.gquic_chlo("gquic.example.com", version))])[0])
     assert (o.kind, o.name, o.server_ip) == (Kind.QUIC_SNI, "gquic.example.com", S4)
     assert f"quic={version.decode()}" in o.detail.split()
+
+
+def test_a_fresh_frame_starts_its_4_tuple_again():
+    """Inline, the SYN is not queued: the first queued packet of a connection comes with
+    ``fresh`` and the decoder forgets the 4-tuple's older connection (issue 22)."""
+    d = Decoder()
+    first = t.tcp(C4, S4, 40000, 443, 100, payload=t.client_hello("filed.example.cn"))[14:]
+    again = t.tcp(C4, S4, 40000, 443, 9000, payload=t.client_hello("other.example.xyz"))[14:]
+    assert one(d.feed(1.0, first, LINKTYPE_RAW, fresh=True)).name == "filed.example.cn" and d.settled()
+    assert d.feed(1.1, again, LINKTYPE_RAW) == []  # the same connection as far as the decoder knows
+    assert d.settled()
+    assert one(d.feed(1.2, again, LINKTYPE_RAW, fresh=True)).name == "other.example.xyz"
+    # A fresh start of bytes that are no protocol is the connection's start, not a mid-stream join.
+    junk = t.tcp(C4, S4, 40001, 443, 5, payload=b"\x00\x01binary protocol" * 40)[14:]
+    o = one(d.feed(1.3, junk, LINKTYPE_RAW, fresh=True) + d.flush())
+    assert o.kind is Kind.IP_ONLY and o.detail == "unknown-protocol"
+
+
+def test_settled_only_once_the_flow_needs_nothing_more():
+    d = Decoder()
+    hello = t.client_hello("split.example.cn")
+    a = t.tcp(C4, S4, 40002, 443, 100, payload=hello[:50])[14:]
+    b = t.tcp(C4, S4, 40002, 443, 150, payload=hello[50:])[14:]
+    assert d.feed(1.0, a, LINKTYPE_RAW, fresh=True) == [] and not d.settled()
+    assert one(d.feed(1.1, b, LINKTYPE_RAW)).name == "split.example.cn" and d.settled()
+    d.feed(1.2, b"\x45junk", LINKTYPE_RAW)
+    assert not d.settled()  # nothing of a flow: not a flow to settle
+
+
+# -- a fresh flow whose first segments arrive swapped (issue 22) ---------------------------------
+# Inline, the SYN is not queued: the decoder learns the connection's start from its first queued
+# packet. Should the client's first data segments arrive out of order, that packet is not the
+# start; the flow must wait for the segment before it, never be named ip-only (decided by its
+# address: on an address shared with unfiled sites, a filed site's connection would be reset).
+
+FRESH_HELLO = t.client_hello("filed.example.cn", ["h2"])
+FRESH_HEAD = b"GET /index.html HTTP/1.1\r\nHost: filed.example.cn\r\nUser-Agent: curl/8.5\r\nAccept: */*\r\n\r\n"
+
+
+def segments(data: bytes, cuts: list[int], isn: int = 7000) -> list[tuple[int, bytes]]:
+    bounds = [0, *cuts, len(data)]
+    return [(isn + 1 + a, data[a:b]) for a, b in pairwise(bounds)]
+
+
+def feed_inline(d: Decoder, segs: list[tuple[int, bytes]], order: list[int], dport: int) -> list:
+    """The segments as the queue thread feeds them: the first delivered carries the first mark."""
+    out = []
+    for i, k in enumerate(order):
+        seq, chunk = segs[k]
+        out += d.feed(1.0 + i * 0.001, t.tcp(C4, S4, 40000, dport, seq, 5001, 0x18, chunk)[14:], LINKTYPE_RAW, fresh=i == 0)
+    return out
+
+
+@pytest.mark.parametrize(("data", "dport", "kind"), [(FRESH_HELLO, 443, Kind.TLS_SNI), (FRESH_HEAD, 80, Kind.HTTP_HOST)],
+                         ids=["tls", "http"])
+def test_a_fresh_flow_whose_first_two_segments_arrive_swapped_is_named(data, dport, kind):
+    d = Decoder()
+    segs = segments(data, [len(data) // 2])
+    first = feed_inline(d, segs, [1], dport)
+    assert first == [] and not d.settled()  # held: inline, accepted without the decided mark
+    seq, chunk = segs[0]
+    o = one(d.feed(1.1, t.tcp(C4, S4, 40000, dport, seq, 5001, 0x18, chunk)[14:], LINKTYPE_RAW))
+    assert (o.kind, o.name) == (kind, "filed.example.cn") and d.settled()
+    assert o.tcp_seq == seq  # the packet that completed the name: a reset would use its numbers
+    assert d.flush() == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_a_fresh_flow_in_2_to_4_segments_in_any_order_is_named(data):
+    payload, dport, kind = data.draw(st.sampled_from(
+        [(FRESH_HELLO, 443, Kind.TLS_SNI), (FRESH_HEAD, 80, Kind.HTTP_HOST)]))
+    cuts = sorted(data.draw(st.lists(st.integers(1, len(payload) - 1), min_size=1, max_size=3, unique=True)))
+    segs = segments(payload, cuts)
+    order = data.draw(st.permutations(range(len(segs))))
+    d = Decoder()
+    out = feed_inline(d, segs, order, dport) + d.flush()
+    assert [(o.kind, o.name) for o in out] == [(kind, "filed.example.cn")], (cuts, order, out)
+
+
+def test_a_held_fresh_flow_is_named_ip_only_past_its_bounds():
+    """Held, not kept: a fresh flow whose start never parses is named ip-only at the segment that
+    reaches ``hold_segments``, or at the first segment after ``hold_seconds``, with that segment's
+    numbers (inline: the packet then dropped and the flow reset, as before the hold)."""
+    junk = b"\x00\x01binary protocol" * 8
+    d = Decoder()
+    for i in range(3):
+        pkt = t.tcp(C4, S4, 40003, 443, 100 + i * len(junk), 5001, 0x18, junk)[14:]
+        assert d.feed(1.0 + i * 0.01, pkt, LINKTYPE_RAW, fresh=i == 0) == [] and not d.settled()
+    o = one(d.feed(1.05, t.tcp(C4, S4, 40003, 443, 100 + 3 * len(junk), 5001, 0x18, junk)[14:], LINKTYPE_RAW))
+    assert (o.kind, o.detail, o.tcp_seq, o.tcp_ack) == (Kind.IP_ONLY, "unknown-protocol", 100 + 3 * len(junk), 5001)
+    assert d.settled() and d.stats["flow:held"] == 1
+    d = Decoder()
+    assert d.feed(1.0, t.tcp(C4, S4, 40004, 443, 100, 5001, 0x18, junk)[14:], LINKTYPE_RAW, fresh=True) == []
+    o = one(d.feed(2.5, t.tcp(C4, S4, 40004, 443, 100 + len(junk), 5001, 0x18, junk)[14:], LINKTYPE_RAW))
+    assert (o.kind, o.detail) == (Kind.IP_ONLY, "unknown-protocol") and d.settled()
+    # A later segment that does not grow the held bytes (beyond a hole) counts too.
+    d = Decoder(DecoderConfig(hold_segments=2))
+    assert d.feed(1.0, t.tcp(C4, S4, 40005, 443, 100, 5001, 0x18, junk)[14:], LINKTYPE_RAW, fresh=True) == []
+    o = one(d.feed(1.01, t.tcp(C4, S4, 40005, 443, 9000, 5001, 0x18, junk)[14:], LINKTYPE_RAW))
+    assert o.kind is Kind.IP_ONLY and o.tcp_seq == 9000
+
+
+def test_a_held_flow_that_expires_carries_no_other_flows_sequence_numbers():
+    """Expired (inline: no more packets of it queued, past ``enforce.connbytes``), a held flow is
+    named ip-only without sequence numbers: nothing of its own to reset with, and the packet being
+    decoded at that moment is another flow's, which must not be dropped or reset for it."""
+    junk = b"\x00\x01binary protocol" * 8
+    d = Decoder(DecoderConfig(flow_timeout=5.0))
+    assert d.feed(1.0, t.tcp(C4, S4, 40006, 443, 100, 5001, 0x18, junk)[14:], LINKTYPE_RAW, fresh=True) == []
+    hello = t.tcp(C4, S4, 40007, 443, 777, 888, 0x18, t.client_hello("filed.example.cn"))[14:]
+    out = d.feed(10.0, hello, LINKTYPE_RAW, fresh=True)
+    assert [(o.kind, o.client_port) for o in out] == [(Kind.TLS_SNI, 40007), (Kind.IP_ONLY, 40006)]
+    assert (out[0].tcp_seq, out[0].tcp_ack) == (777, 888)
+    assert (out[1].detail, out[1].tcp_seq, out[1].tcp_ack, out[1].tcp_len) == ("unknown-protocol", 0, 0, 0)
+
+
+def test_with_the_syn_seen_a_segment_before_the_start_is_ignored():
+    """Passive, the SYN seen: the start is known; a segment before it is a retransmission of
+    something older and moves nothing (unchanged by the hold of fresh flows)."""
+    hello = t.client_hello("syn.example.cn")
+    pk = t.tcp_session(C4, S4, 40008, 443, hello, isn=1000)
+    early = t.tcp(C4, S4, 40008, 443, 900, 5001, 0x18, b"\x00" * 50)
+    out, d = run([pk[0], early, *pk[1:]])
+    assert one(out).name == "syn.example.cn" and d.stats["flow:held"] == 0
