@@ -453,11 +453,14 @@ def _unplanes(code: str, data: bytes, n: int) -> array[int]:
     if len(data) != n * w:
         raise ValueError("index bucket: truncated")
     if w > 1:
+        # A new name, not ``data`` again: compiled (issue 21), ``data`` is typed bytes and
+        # ``buf`` bytearray, and rebinding one to the other failed on every wide bucket.
         buf = bytearray(len(data))
         for i in range(w):
             buf[i::w] = data[i * n:(i + 1) * n]
-        data = bytes(buf)
-    a.frombytes(data)
+        a.frombytes(buf)
+    else:
+        a.frombytes(data)
     if _BIG:  # pragma: no cover
         a.byteswap()
     return a
