@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from beiand.accesslog import Query, QueryStats, query, stats, verify
 from beiand.accesslog.format import FIELDS
 from beiand.accesslog.reader import AnchorError, query_marked, read_anchors, read_heads
@@ -63,8 +65,41 @@ def parse_time(text: str, field: str, now: float | None = None) -> int:
     return int(dt.timestamp() * 1000)
 
 
-def fmt_time(ts_ms: int) -> str:
+def _fmt_time_slow(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, UTC).astimezone().isoformat(timespec="milliseconds")
+
+
+_HOUR_MS = 3_600_000
+_OFFSETS: dict[int, tuple[int, str] | None] = {}  # UTC hour → (local offset ms, "+08:00"), None: it changes inside
+_DATES: dict[int, str] = {}  # local day number → "2026-11-20"
+
+
+def fmt_time(ts_ms: int) -> str:
+    """``2026-11-20T08:00:00.123+08:00`` (local time): what ``_fmt_time_slow`` prints, with the
+    zone's offset looked up once per UTC hour (a query prints one line per record)."""
+    h = ts_ms // _HOUR_MS
+    if h in _OFFSETS:
+        off = _OFFSETS[h]
+    else:
+        a = datetime.fromtimestamp(h * 3600, UTC).astimezone()
+        b = datetime.fromtimestamp(h * 3600 + 3599.999, UTC).astimezone()
+        off = None
+        if a.utcoffset() == b.utcoffset() and len(_OFFSETS) < 100_000:
+            delta = a.utcoffset()
+            ms = int(delta.total_seconds() * 1000) if delta is not None else 0
+            off = (ms, a.isoformat(timespec="milliseconds")[23:]) if ms % 60_000 == 0 else None
+        _OFFSETS[h] = off
+    if off is None:
+        return _fmt_time_slow(ts_ms)
+    local = ts_ms + off[0]
+    day, rem = divmod(local, 86_400_000)
+    date = _DATES.get(day)
+    if date is None:
+        date = _DATES[day] = datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
+    hh, rem = divmod(rem, _HOUR_MS)
+    mm, rem = divmod(rem, 60_000)
+    ss, ms = divmod(rem, 1000)
+    return f"{date}T{hh:02d}:{mm:02d}:{ss:02d}.{ms:03d}{off[1]}"
 
 
 def _net(text: str | None, field: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
@@ -211,7 +246,10 @@ class _Writer:
                 row["holder"] = self.holder(r)
             if set_aside:
                 row["set_aside"] = set_aside  # read from a partition set aside as damaged
-            self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+            try:
+                self.stream.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE).decode())
+            except orjson.JSONEncodeError:  # a field not valid UTF-8 (kept as surrogates): as before
+                self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
         elif self.csv is not None:
             self.csv.writerow([fmt_time(r.ts_ms), *r, *([self.holder(r)] if self.holders is not None else [])])
         else:
