@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import ipaddress
 import json
 import os
@@ -229,6 +230,9 @@ class _Writer:
         self.rows: list[list[str]] = []
         self.holders = holders
         self.csv = csv.writer(stream) if fmt == "csv" else None
+        # JSON lines go to the binary stream under a text one, in batches (one write per 1,024 rows).
+        self._bin = getattr(stream, "buffer", None) if fmt == "jsonl" else None
+        self._lines: list[bytes] = []
         if self.csv is not None:
             cols = ["time", *FIELDS, *(["holder"] if holders is not None else [])]
             self.csv.writerow([ZH_HEADERS.get(c, c) for c in cols] if headers == "zh" else cols)
@@ -247,9 +251,17 @@ class _Writer:
             if set_aside:
                 row["set_aside"] = set_aside  # read from a partition set aside as damaged
             try:
-                self.stream.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE).decode())
+                line = orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
             except orjson.JSONEncodeError:  # a field not valid UTF-8 (kept as surrogates): as before
+                self._drain()
                 self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+                return
+            if self._bin is None:
+                self.stream.write(line.decode())
+                return
+            self._lines.append(line)
+            if len(self._lines) >= 1024:
+                self._drain()
         elif self.csv is not None:
             self.csv.writerow([fmt_time(r.ts_ms), *r, *([self.holder(r)] if self.holders is not None else [])])
         else:
@@ -258,7 +270,15 @@ class _Writer:
                               r.kind, r.name or "-", r.verdict or "-", r.action, r.filing_number or "-",
                               f"{r.method} {r.url}".strip() or "-"])
 
+    def _drain(self) -> None:
+        if self._lines and self._bin is not None:
+            self.stream.flush()  # whatever went through the text layer first
+            self._bin.write(b"".join(self._lines))
+            self._bin.flush()
+        self._lines.clear()
+
     def close(self) -> None:
+        self._drain()
         if self.fmt == "table":
             table(self.rows, ["time", "account", *(["holder then"] if self.holders is not None else []), "client", "server",
                               "nat", "proto", "kind", "name", "verdict", "action", "filing no. (备案号)", "request"])
@@ -335,6 +355,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             n += 1
             lo = r.ts_ms if not lo or r.ts_ms < lo else lo
             hi = max(hi, r.ts_ms)
+        w.close()
     # The chain heads the records fall under, checked now: the receiver can compare them with
     # heads anchored elsewhere (metrics, log lines) at the time.
     rep = verify(d, key=_key(args), since_ms=q.since_ms - 86_400_000)
@@ -345,7 +366,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     manifest = {
         "generator": "beiand logs export", "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "legal_basis": "互联网信息服务管理办法 (State Council Order 292) art. 14: access records kept 60 days, provided on lawful request",
-        "query": {k: (str(v) if v is not None else None) for k, v in q.__dict__.items()},
+        "query": {f.name: (str(getattr(q, f.name)) if getattr(q, f.name) is not None else None) for f in dataclasses.fields(q)},
         "headers": args.headers, "holder": "the account holding the hosted address at each record's time (inventory history)"
         if holders is not None else None,
         "records": n, "first_record": fmt_time(lo) if n else None, "last_record": fmt_time(hi) if n else None,
