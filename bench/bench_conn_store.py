@@ -2,6 +2,12 @@
 address and port over 60 days × 10M records.
 
     python bench/bench_conn_store.py [--per-day 10000000] [--days 60] [--dir /tmp/h19b/bench] [--reuse]
+    python bench/bench_conn_store.py --seal-only [--per-day 2000000] --dir DIR
+
+``--seal-only`` writes one partition of ``--per-day`` records (default: ``accesslog.partition_records``,
+the size at which a worker's partition is closed and sealed) and seals it in a fresh child process,
+printing its peak RSS (``ru_maxrss``: what sealing one full partition needs, the interpreter's
+own ~40 MB included, printed too) and its rate.
 
 One day of ``--per-day`` realistic connection records (bench/conn_records.py: many clients,
 ports and accounts, a minute's coalescing, 10 % written up to 60 s late) is written through
@@ -19,6 +25,7 @@ as far as it holds them).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -32,6 +39,7 @@ from conn_records import records
 
 from beiand.accesslog import AccessLog, LogConfig
 from beiand.accesslog.store import DAY_MS, day_of, partition_paths, read_sealed_meta, seal_partition
+from beiand.runtime.settings import AccessLogSection
 
 DAY0 = 1_790_000_000_000 // DAY_MS * DAY_MS  # a UTC midnight (2026-09-21)
 
@@ -55,6 +63,39 @@ def build_day(directory: Path, per_day: int, block_records: int) -> Path:
     print(f"wrote {per_day:,} records in {t1 - t0:.1f} s (generation included), sealed in {t2 - t1:.1f} s "
           f"({per_day / (t2 - t1):,.0f} records/s); load {load()}", flush=True)
     return sealed
+
+
+SEAL_CHILD = """
+import json, resource, sys, time
+from pathlib import Path
+from beiand.accesslog import LogConfig
+from beiand.accesslog.store import seal_partition
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+seal_partition(Path(sys.argv[1]), LogConfig(Path(sys.argv[2]), gateway="gw-bj-1", block_records=int(sys.argv[3])))
+dt = time.perf_counter() - t0
+print(json.dumps({"seconds": dt, "base_kb": base, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def seal_only(directory: Path, n: int, block_records: int) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+    cfg = LogConfig(directory, gateway="gw-bj-1", block_records=block_records, seal=False)
+    with AccessLog(cfg) as log:
+        app = log.append
+        for r in records(n, DAY0 + 120_000):
+            app(r)
+        log.flush()
+    part = next(p for p in partition_paths(directory) if p.suffix == ".open")
+    size = part.stat().st_size
+    out = subprocess.run([sys.executable, "-c", SEAL_CHILD, str(part), str(directory), str(block_records)],
+                         capture_output=True, check=True, text=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    sealed = part.with_suffix(".sealed")
+    print(f"sealed one partition of {n:,} records ({size / 2**20:,.0f} MiB open, {sealed.stat().st_size / n:.2f} bytes per "
+          f"sealed record) in {got['seconds']:.1f} s ({n / got['seconds']:,.0f} records/s); peak RSS of the sealing process "
+          f"{got['peak_kb'] / 1024:,.0f} MiB (interpreter and imports before sealing {got['base_kb'] / 1024:,.0f} MiB: "
+          f"{(got['peak_kb'] - got['base_kb']) * 1024 / n:,.0f} bytes per record); load {load()}", flush=True)
 
 
 def sizes(sealed: Path) -> None:
@@ -108,8 +149,13 @@ def main() -> None:
     ap.add_argument("--block-records", type=int, default=LogConfig(Path()).block_records)
     ap.add_argument("--no-query", action="store_true")
     ap.add_argument("--query-only", action="store_true", help="only the queries, over the partitions already in --dir")
+    ap.add_argument("--seal-only", action="store_true", help="peak RSS and rate sealing one full partition")
     args = ap.parse_args()
     d = Path(args.dir)
+    if args.seal_only:
+        n = args.per_day if "--per-day" in sys.argv else AccessLogSection().partition_records
+        seal_only(d, n, args.block_records)
+        return
     if args.query_only:
         for server, port in (("198.51.108.0", 22), ("198.51.100.7", 22)):
             timed_query(d, server, port, args.days)

@@ -447,17 +447,25 @@ def _planes(a: array[int]) -> bytes:
     return raw if w == 1 else b"".join(raw[i::w] for i in range(w))
 
 
+def _buffer(n: int) -> Any:
+    return bytearray(n)
+
+
 def _unplanes(code: str, data: bytes, n: int) -> array[int]:
     a = array(code)
     w = a.itemsize
     if len(data) != n * w:
         raise ValueError("index bucket: truncated")
     if w > 1:
-        buf = bytearray(len(data))
+        # Made by a function on purpose: compiled (issue 21), Cython infers ``bytearray(n)`` as
+        # a bytearray, whose slice assignment then took only a bytearray, and every wide
+        # bucket failed ("Expected bytearray, got bytes").
+        buf = _buffer(len(data))
         for i in range(w):
             buf[i::w] = data[i * n:(i + 1) * n]
-        data = bytes(buf)
-    a.frombytes(data)
+        a.frombytes(buf)
+    else:
+        a.frombytes(data)
     if _BIG:  # pragma: no cover
         a.byteswap()
     return a
@@ -666,7 +674,7 @@ def _read_typed(data: bytes, pos: int, want: bytes, n: int) -> tuple[list[int], 
     planes = data[pos:pos + ln]
     raw = planes
     if w > 1:
-        buf = bytearray(ln)
+        buf = _buffer(ln)  # not ``bytearray(ln)``: see _unplanes
         for i in range(w):
             buf[i::w] = planes[i * n:(i + 1) * n]
         raw = bytes(buf)

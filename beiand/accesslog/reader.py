@@ -8,6 +8,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -136,22 +137,34 @@ class Query:
             return False
         if self.client is not None and not _in(r.client_ip, self.client):
             return False
-        eps = self.endpoints()
+        eps = self._endpoints
         if eps:
             nat = split_endpoint(r.nat) if r.nat else None
-            for net, port in eps:
-                if (net is None or _in(r.server_ip, net)) and (port is None or r.server_port == port):
+            for net, one, port in eps:
+                if ((net is None or (r.server_ip == one if one is not None else _in(r.server_ip, net)))
+                        and (port is None or r.server_port == port)):
                     return True
                 if nat is not None and (net is None or _in(nat[0], net)) and (port is None or nat[1] == port):
                     return True
             return False
         return True
 
+    @cached_property
+    def _endpoints(self) -> list[tuple[IpNet | None, str | None, int | None]]:
+        """:meth:`endpoints` with the one text of each single IPv4 address (computed once per query)."""
+        return [(net, _v4_text(net) if net is not None else None, port) for net, port in self.endpoints()]
+
+
+@lru_cache(maxsize=256)
+def _v4_text(net: IpNet) -> str | None:
+    """The one text of a single IPv4 address (the writer's; ipaddress refuses leading zeros)."""
+    return str(net.network_address) if net.version == 4 and net.prefixlen == 32 else None
+
 
 def _in(ip: str, net: IpNet) -> bool:
-    if net.version == 4 and net.prefixlen == 32:
-        # An IPv4 address has one text (the writer's, and ipaddress refuses leading zeros): no parse.
-        return ip == str(net.network_address)
+    one = _v4_text(net)
+    if one is not None:  # no parse per record
+        return ip == one
     try:
         return ipaddress.ip_address(ip) in net
     except ValueError:
@@ -330,9 +343,14 @@ def _query_sealed(p: Path, q: Query, needle: bytes, st: QueryStats) -> Iterator[
                     found = list(_scan(b"".join(lines), q, needle))
                     yield from found
                     continue
+                # Only the rows the columnar pre-filter kept; each decoded once, no generator per line.
+                match, add = q.match, clustered.append
                 for sq, ln in zip(seqs, lines, strict=True):
-                    for r in _scan(ln, q, needle):
-                        clustered.append((sq, r))
+                    if needle and needle not in ln:
+                        continue
+                    r = decode(ln)
+                    if match(r):
+                        add((sq, r))
             except (zlib.error, ValueError) as exc:  # bit rot in one block: the others are still read
                 st.unreadable.append(f"{part_name(p)}: block {b} (offset {off}, {clen} bytes): {exc}")
                 continue

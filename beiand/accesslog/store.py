@@ -108,6 +108,10 @@ class LogConfig:
     checkpoint_interval: float = 60.0  # seconds between chain-head lines in heads.log
     seal: bool = True  # seal partitions of past days (off for a spill store)
     anchors: bool = True  # log checkpoints as anchors for the journal (off for a spill store: its partitions go)
+    # Records after which the open partition is closed (and sealed) and the next one of the same day
+    # opened (``w0``, ``w0.p1``, ``w0.p2``…), the chain continuing: bounds what sealing holds in
+    # memory. 0: one partition per worker per day (a spill store; logs written before issue 19).
+    partition_records: int = 0
 
     def __post_init__(self) -> None:
         if self.retention_days < RETENTION_FLOOR_DAYS:
@@ -122,6 +126,8 @@ class LogConfig:
             raise LogConfigError(f"worker = {self.worker}: must be 0..1023")
         if self.block_records < 1:
             raise LogConfigError("accesslog.block_records must be >= 1")
+        if self.partition_records < 0:
+            raise LogConfigError("accesslog.partition_records must be >= 0 (0: one partition per worker per day)")
 
 
 @dataclass
@@ -183,7 +189,7 @@ def partition_paths(directory: Path, worker: int | None = None, damaged: bool = 
         return out
     kinds = (".open", ".sealed", ".damaged") if damaged else (".open", ".sealed")
     for d in sorted(p for p in directory.iterdir() if p.is_dir() and len(p.name) == 10 and p.name[4] == "-"):
-        for f in sorted(d.iterdir()):
+        for f in sorted(d.iterdir(), key=part_order):
             if (f.suffix in kinds and f.name.startswith("w") and not f.name.endswith(".tmp")
                     and (worker is None or worker_of(f) == f"w{worker}")):
                 out.append(f)
@@ -191,8 +197,29 @@ def partition_paths(directory: Path, worker: int | None = None, damaged: bool = 
 
 
 def worker_of(p: Path) -> str:
-    """``w0`` for ``w0.open``, ``w0.sealed`` and ``w0.001.damaged``."""
+    """``w0`` for ``w0.open``, ``w0.p2.sealed``, ``w0.001.damaged`` and ``w0.p2.001.damaged``."""
     return p.name.split(".", 1)[0]
+
+
+def seq_of(p: Path) -> int:
+    """The partition's number within its worker's day: 0 for ``w0.open``/``w0.sealed``
+    (``w0.001.damaged``), N for ``w0.pN.open``/``w0.pN.sealed`` (``w0.pN.001.damaged``)."""
+    parts = p.name.split(".")
+    if len(parts) > 2 and parts[1][:1] == "p" and parts[1][1:].isdigit():
+        return int(parts[1][1:])
+    return 0
+
+
+def part_order(p: Path) -> tuple[str, int, int, int, str]:
+    """Chain order within one day: by worker, then partition number; a partition set aside
+    (``….NNN.damaged``, in their order) before the one that continued its chain under its name."""
+    parts = p.name.split(".")
+    aside = len(parts) > 2 and parts[-2].isdigit()
+    return (parts[0], seq_of(p), 0 if aside else 1, int(parts[-2]) if aside else 0, p.name)
+
+
+def seq_name(worker: int, seq: int) -> str:
+    return f"w{worker}" if seq == 0 else f"w{worker}.p{seq}"
 
 
 def part_name(p: Path) -> str:
@@ -255,8 +282,9 @@ class AccessLog:
         self.on_fsync = on_fsync
         self._queue: deque[AccessRecord] = deque()
         self._batch = config.commit_records
-        # Chained frames not yet on disk: (day number, records, head before, head after, frame bytes).
-        self._frames: deque[tuple[int, int, bytes, bytes, bytes]] = deque()
+        # Chained frames not yet on disk: ((day number, partition number), records, head before,
+        # head after, frame bytes).
+        self._frames: deque[tuple[tuple[int, int], int, bytes, bytes, bytes]] = deque()
         self._nframed = 0
         self._elock = threading.RLock()  # encoding and chaining, in order
         self._wlock = threading.RLock()  # writing, in order
@@ -266,6 +294,7 @@ class AccessLog:
         self._fd = -1
         self._path: Path | None = None
         self._day = -1  # day number (ts_ms // DAY_MS) of the open partition
+        self._seq = 0  # its number within the day (rolled every ``partition_records``)
         self._offset = 0  # end of the last whole frame in the open file
         self._count = 0  # records in the open partition
         self.head = GENESIS  # head of the last record on disk
@@ -276,12 +305,19 @@ class AccessLog:
         self._mfd = -1  # the open partition's mark file
         self._mseq = 0
         self._hdr_crc = 0
+        self._sealed_latest = False
         self.on_checkpoint = on_checkpoint
         self.anchor: dict[str, Any] = {}  # the last checkpoint (what /api/v1/status shows)
         self._make_dir()
         self._recover()
         self._enc_head = self.head
         self._enc_day = self._day
+        # The partition the encoder fills and how many records it holds (chained, on disk or not).
+        self._enc_part = (self._day, self._seq)
+        self._enc_n = self._count
+        if self._path is None and self._sealed_latest:  # the next records open the next partition
+            self._enc_part = (self._day, self._seq + 1)
+            self._enc_n = 0
         self._thread: threading.Thread | None = None
         if start:
             self._thread = threading.Thread(target=self._run, name=f"accesslog-w{config.worker}", daemon=True)
@@ -402,14 +438,21 @@ class AccessLog:
             self._frame(self._enc_day, lines[start:])
 
     def _frame(self, day: int, lines: list[bytes]) -> None:
-        if not lines:
-            return
         self._enc_day = max(self._enc_day, day)
-        start = self._enc_head
-        head = chain(start, lines, self.cfg.key)
-        self._enc_head = head
-        self._frames.append((day, len(lines), start, head, frame_bytes(len(lines), head, b"".join(lines))))
-        self._nframed += len(lines)
+        limit = self.cfg.partition_records
+        while lines:
+            if day > self._enc_part[0]:
+                self._enc_part, self._enc_n = (day, 0), 0
+            elif limit and self._enc_n >= limit:  # full: the next partition of the same day
+                self._enc_part, self._enc_n = (self._enc_part[0], self._enc_part[1] + 1), 0
+            take = min(len(lines), limit - self._enc_n) if limit else len(lines)
+            chunk, lines = lines[:take], lines[take:]
+            start = self._enc_head
+            head = chain(start, chunk, self.cfg.key)
+            self._enc_head = head
+            self._frames.append((self._enc_part, take, start, head, frame_bytes(take, head, b"".join(chunk))))
+            self._enc_n += take
+            self._nframed += take
         if self._nframed >= self._batch:
             self._wake.set()
 
@@ -423,20 +466,21 @@ class AccessLog:
         """Write the frames of one partition and sync. On an error, keep the whole frames that
         made it to disk (cut a half-written one) and keep the rest queued for the next round."""
         frames = self._frames
-        day, _, start, _, _ = frames[0]
+        part, _, start, _, _ = frames[0]
         written = nframes = 0
         error: Exception | None = None
         try:
-            if self._fd < 0 or day > self._day:
-                self._rotate(day, start)
+            if self._fd < 0 or part > (self._day, self._seq):
+                self._rotate(part, start)
         except Exception as exc:
             error = exc
         if error is None:
             start_offset = self._offset
             try:
-                for day, count, _, _, data in list(islice(frames, len(frames))):  # the encoder may append meanwhile
-                    if day > self._day:
-                        break  # the next round opens the new day's partition
+                cur = (self._day, self._seq)
+                for part, count, _, _, data in list(islice(frames, len(frames))):  # the encoder may append meanwhile
+                    if part > cur:
+                        break  # the next round opens the next partition (a new day, or this one full)
                     _write_all(self._fd, data)
                     self._offset += len(data)
                     written += count
@@ -502,10 +546,11 @@ class AccessLog:
         self.dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         os.chmod(self.dir, DIR_MODE)
 
-    def _open_path(self, day: str) -> Path:
-        return self.dir / day / f"w{self.cfg.worker}.open"
+    def _open_path(self, day: str, seq: int) -> Path:
+        return self.dir / day / f"{seq_name(self.cfg.worker, seq)}.open"
 
-    def _rotate(self, day_no: int, prev_head: bytes) -> None:
+    def _rotate(self, part: tuple[int, int], prev_head: bytes) -> None:
+        day_no, seq = part
         old = self._path
         if self._fd >= 0:
             os.close(self._fd)
@@ -516,10 +561,10 @@ class AccessLog:
         if old is not None and self.cfg.seal:
             self._seal_later(old)
         day = day_of(day_no * DAY_MS)
-        path = self._open_path(day)
+        path = self._open_path(day, seq)
         path.parent.mkdir(exist_ok=True, mode=DIR_MODE)
         os.chmod(path.parent, DIR_MODE)
-        prev = self._prev_name(day)
+        prev = self._prev_name(path)
         hdr = header_line({"day": day, "worker": self.cfg.worker, "gateway": self.cfg.gateway, "prev": prev,
                            "prev_head": prev_head.hex(), "key_id": key_id(self.cfg.key), "created_ms": int(time.time() * 1000),
                            "crc": CRC_HEAD, "mark": True})
@@ -534,7 +579,7 @@ class AccessLog:
             path.unlink()
             raise
         fsync_dir(path.parent)
-        self._fd, self._path, self._day, self._offset, self._count = fd, path, day_no, len(hdr), 0
+        self._fd, self._path, self._day, self._seq, self._offset, self._count = fd, path, day_no, seq, len(hdr), 0
         self._checkpointed = 0
         log.info("access log: opened %s (chain continues from %s)", path, prev_head.hex()[:16])
         # The open event is the partition's first checkpoint: a deleted open partition is noticed.
@@ -544,9 +589,9 @@ class AccessLog:
         except OSError as exc:  # the partition is open and usable; the next checkpoint anchors it
             log.error("access log: open event for %s not recorded in %s: %s", path, HEADS, exc)
 
-    def _prev_name(self, day: str) -> str:
-        me = f"w{self.cfg.worker}.open"
-        older = [p for p in partition_paths(self.dir, self.cfg.worker) if (p.parent.name, p.name) < (day, me)]
+    def _prev_name(self, path: Path) -> str:
+        me = (path.parent.name, part_order(path))
+        older = [p for p in partition_paths(self.dir, self.cfg.worker) if (p.parent.name, part_order(p)) < me]
         return part_name(older[-1]) if older else ""
 
     # -- the commit mark ----------------------------------------------------------------------
@@ -598,10 +643,12 @@ class AccessLog:
                     self.stats.sealed += 1
                 except FormatError as exc:  # a broken chain: set aside, never a reason not to start
                     self._set_aside(p, found[0], found[1], str(exc))
+        self._day = day_start_ms(latest.parent.name) // DAY_MS
+        self._seq = seq_of(latest)
         if latest.suffix == ".sealed":
             self.head = bytes.fromhex(read_sealed_meta(latest)["head"])
+            self._sealed_latest = True
             return
-        self._day = day_start_ms(latest.parent.name) // DAY_MS
         found = self._start_check(latest)
         if found is None:  # set aside: the next write opens a new partition that names it
             return
@@ -641,8 +688,10 @@ class AccessLog:
 
     def _set_aside(self, path: Path, part: OpenPartition, mark: Mark | None, why: str) -> None:
         """Rename a damaged partition (kept whole, never truncated) and record it in heads.log."""
-        stem = f"w{self.cfg.worker}"
-        taken = [int(p.name.split(".")[1]) for p in path.parent.glob(f"{stem}.*.damaged") if p.name.split(".")[1].isdigit()]
+        stem = path.stem  # w0 (w0.001.damaged), w0.p2 (w0.p2.001.damaged): which partition it was stays in the name
+        n = len(stem.split("."))
+        taken = [int(p.name.split(".")[n]) for p in path.parent.glob(f"{stem}.*.damaged")
+                 if len(p.name.split(".")) == n + 2 and p.name.split(".")[n].isdigit()]
         aside = path.with_name(f"{stem}.{max(taken, default=0) + 1:03d}.damaged")
         os.rename(path, aside)
         with contextlib.suppress(FileNotFoundError):
@@ -663,7 +712,14 @@ class AccessLog:
                   head.hex()[:16], part_name(aside))
 
     def _seal_later(self, path: Path) -> None:
+        # One partition sealed at a time, in order: sealing memory stays that of one partition
+        # (``partition_records``) even when partitions fill faster than they are sealed.
+        self._seals = [s for s in self._seals if s.is_alive()]
+        before = self._seals[-1] if self._seals else None
+
         def run() -> None:
+            if before is not None:
+                before.join()
             try:
                 seal_partition(path, self.cfg)
                 self.stats.sealed += 1
@@ -671,8 +727,7 @@ class AccessLog:
                 self.stats.seal_errors += 1
                 log.exception("access log: sealing %s failed; it stays open and is retried at the next start", path)
 
-        t = threading.Thread(target=run, name=f"seal-{path.parent.name}", daemon=True)
-        self._seals = [s for s in self._seals if s.is_alive()]
+        t = threading.Thread(target=run, name=f"seal-{part_name(path)}", daemon=True)
         self._seals.append(t)
         t.start()
 
@@ -914,7 +969,10 @@ def seal_partition(path: Path, cfg: LogConfig) -> Path:
         raise FormatError(f"{path}: {part.why}: repair before sealing")
     head = bytes.fromhex(hdr["prev_head"])
     lines: list[bytes] = []
-    for fr in frames:
+    # Each frame's payload is let go once split into lines: the partition is held once, not twice.
+    frames.reverse()
+    while frames:
+        fr = frames.pop()
         fl = fr.payload.splitlines(keepends=True)
         head = chain(head, fl, cfg.key)
         if head != fr.head:
@@ -928,7 +986,9 @@ def seal_partition(path: Path, cfg: LogConfig) -> Path:
         head = chain(head, lines[i:i + bs], cfg.key)
         segments.append([len(lines[i:i + bs]), head.hex()])
     # Clustered by server endpoint (stable: log order within one), each record keeping its position.
-    ends = [tuple(ln.split(b"\t", 6)[4:6]) for ln in lines]
+    # One bytes key per record (server ``ip\tport``: tab sorts below every character of an address,
+    # so the order is that of (ip, port) tuples at a third of their memory).
+    ends = [b"\t".join(ln.split(b"\t", 6)[4:6]) for ln in lines]
     order = sorted(range(len(lines)), key=ends.__getitem__)
     del ends
     out = path.with_suffix(".sealed.tmp")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import ipaddress
 import json
 import os
@@ -21,6 +22,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from beiand.accesslog import Query, QueryStats, query, stats, verify
 from beiand.accesslog.format import FIELDS
@@ -63,8 +66,41 @@ def parse_time(text: str, field: str, now: float | None = None) -> int:
     return int(dt.timestamp() * 1000)
 
 
-def fmt_time(ts_ms: int) -> str:
+def _fmt_time_slow(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, UTC).astimezone().isoformat(timespec="milliseconds")
+
+
+_HOUR_MS = 3_600_000
+_OFFSETS: dict[int, tuple[int, str] | None] = {}  # UTC hour → (local offset ms, "+08:00"), None: it changes inside
+_DATES: dict[int, str] = {}  # local day number → "2026-11-20"
+
+
+def fmt_time(ts_ms: int) -> str:
+    """``2026-11-20T08:00:00.123+08:00`` (local time): what ``_fmt_time_slow`` prints, with the
+    zone's offset looked up once per UTC hour (a query prints one line per record)."""
+    h = ts_ms // _HOUR_MS
+    if h in _OFFSETS:
+        off = _OFFSETS[h]
+    else:
+        a = datetime.fromtimestamp(h * 3600, UTC).astimezone()
+        b = datetime.fromtimestamp(h * 3600 + 3599.999, UTC).astimezone()
+        off = None
+        if a.utcoffset() == b.utcoffset() and len(_OFFSETS) < 100_000:
+            delta = a.utcoffset()
+            ms = int(delta.total_seconds() * 1000) if delta is not None else 0
+            off = (ms, a.isoformat(timespec="milliseconds")[23:]) if ms % 60_000 == 0 else None
+        _OFFSETS[h] = off
+    if off is None:
+        return _fmt_time_slow(ts_ms)
+    local = ts_ms + off[0]
+    day, rem = divmod(local, 86_400_000)
+    date = _DATES.get(day)
+    if date is None:
+        date = _DATES[day] = datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
+    hh, rem = divmod(rem, _HOUR_MS)
+    mm, rem = divmod(rem, 60_000)
+    ss, ms = divmod(rem, 1000)
+    return f"{date}T{hh:02d}:{mm:02d}:{ss:02d}.{ms:03d}{off[1]}"
 
 
 def _net(text: str | None, field: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
@@ -194,6 +230,9 @@ class _Writer:
         self.rows: list[list[str]] = []
         self.holders = holders
         self.csv = csv.writer(stream) if fmt == "csv" else None
+        # JSON lines go to the binary stream under a text one, in batches (one write per 1,024 rows).
+        self._bin = getattr(stream, "buffer", None) if fmt == "jsonl" else None
+        self._lines: list[bytes] = []
         if self.csv is not None:
             cols = ["time", *FIELDS, *(["holder"] if holders is not None else [])]
             self.csv.writerow([ZH_HEADERS.get(c, c) for c in cols] if headers == "zh" else cols)
@@ -211,7 +250,18 @@ class _Writer:
                 row["holder"] = self.holder(r)
             if set_aside:
                 row["set_aside"] = set_aside  # read from a partition set aside as damaged
-            self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+            try:
+                line = orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
+            except orjson.JSONEncodeError:  # a field not valid UTF-8 (kept as surrogates): as before
+                self._drain()
+                self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+                return
+            if self._bin is None:
+                self.stream.write(line.decode())
+                return
+            self._lines.append(line)
+            if len(self._lines) >= 1024:
+                self._drain()
         elif self.csv is not None:
             self.csv.writerow([fmt_time(r.ts_ms), *r, *([self.holder(r)] if self.holders is not None else [])])
         else:
@@ -220,7 +270,15 @@ class _Writer:
                               r.kind, r.name or "-", r.verdict or "-", r.action, r.filing_number or "-",
                               f"{r.method} {r.url}".strip() or "-"])
 
+    def _drain(self) -> None:
+        if self._lines and self._bin is not None:
+            self.stream.flush()  # whatever went through the text layer first
+            self._bin.write(b"".join(self._lines))
+            self._bin.flush()
+        self._lines.clear()
+
     def close(self) -> None:
+        self._drain()
         if self.fmt == "table":
             table(self.rows, ["time", "account", *(["holder then"] if self.holders is not None else []), "client", "server",
                               "nat", "proto", "kind", "name", "verdict", "action", "filing no. (备案号)", "request"])
@@ -297,6 +355,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             n += 1
             lo = r.ts_ms if not lo or r.ts_ms < lo else lo
             hi = max(hi, r.ts_ms)
+        w.close()
     # The chain heads the records fall under, checked now: the receiver can compare them with
     # heads anchored elsewhere (metrics, log lines) at the time.
     rep = verify(d, key=_key(args), since_ms=q.since_ms - 86_400_000)
@@ -307,7 +366,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     manifest = {
         "generator": "beiand logs export", "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "legal_basis": "互联网信息服务管理办法 (State Council Order 292) art. 14: access records kept 60 days, provided on lawful request",
-        "query": {k: (str(v) if v is not None else None) for k, v in q.__dict__.items()},
+        "query": {f.name: (str(getattr(q, f.name)) if getattr(q, f.name) is not None else None) for f in dataclasses.fields(q)},
         "headers": args.headers, "holder": "the account holding the hosted address at each record's time (inventory history)"
         if holders is not None else None,
         "records": n, "first_record": fmt_time(lo) if n else None, "last_record": fmt_time(hi) if n else None,

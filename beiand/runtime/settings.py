@@ -156,6 +156,10 @@ class AccessLogSection:
     max_buffer: int = _f(2_000_000, "Records held in memory while the disk refuses writes.", min=1000)
     hmac_key_file: Path | None = _f(None, "Key that makes the hash chain an HMAC chain (keep a copy off the machine).")
     checkpoint_interval: float = _f(60.0, "Seconds between chain-head checkpoints (heads.log and the log).", min=1.0)
+    partition_records: int = _f(2_000_000, "Records after which a worker's open partition is closed and sealed and the next one "
+                                "of the same day opened (w0, w0.p1, w0.p2…; the chain continues across them). Sealing holds "
+                                "one partition in memory: about 1 GB at 2,000,000 records (docs/access-log.md).",
+                                min=1000, max=100_000_000)
     clickhouse: ClickHouseSection = field(default_factory=ClickHouseSection, metadata={"doc": "Scale-out sink."})
 
 

@@ -267,7 +267,8 @@ def access_log_sinks(cfg: Config, idx: int, nat: NatTable | None = None) -> tupl
     # Checkpoints also go off the machine: the journal (a log line) and, when configured, ClickHouse.
     alog = AccessLog(LogConfig(al.directory, worker=idx, gateway=cfg.gateway, retention_days=al.retention_days,
                                commit_interval=al.commit_interval, commit_records=al.commit_records, max_buffer=al.max_buffer,
-                               key=key, checkpoint_interval=al.checkpoint_interval),
+                               key=key, checkpoint_interval=al.checkpoint_interval,
+                               partition_records=al.partition_records),
                      on_checkpoint=ch.anchor if ch is not None else None)
     sinks: list[Sink] = [AccessLogSink(ch if ch is not None else alog, cfg.gateway, nat=nat if nat else None)]
     return alog, ch, sinks

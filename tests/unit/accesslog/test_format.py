@@ -115,3 +115,20 @@ def test_a_line_written_before_connection_records_reads_with_the_new_fields_at_t
 def test_a_line_with_a_field_count_of_no_version_is_refused(n: int) -> None:
     with pytest.raises(ValueError, match="fields"):
         decode("\t".join(["1"] * n) + "\n")
+
+
+@pytest.mark.parametrize("code", ["B", "H", "I", "Q"])
+def test_index_bucket_planes_round_trip_at_every_width(code: str) -> None:
+    """Wide postings (a 10M-record partition's) failed compiled: bytes vs bytearray (issue 19)."""
+    from array import array
+
+    from beiand.accesslog.format import _planes, _unplanes
+
+    a = array(code, [0, 1, 255, 7, 200, 3])
+    if a.itemsize > 1:
+        a.extend([256, 65535, 1000])
+    if a.itemsize > 2:
+        a.extend([70_000, 2**31 + 5])
+    assert _unplanes(code, _planes(a), len(a)) == a
+    with pytest.raises(ValueError):
+        _unplanes(code, _planes(a)[:-1], len(a))

@@ -232,3 +232,30 @@ def test_replay_on_a_damaged_log_keeps_every_readable_record(tmp_path: Path, cap
     assert len(rows) == 250 + 11
     assert main(["logs", "verify", "--log-dir", str(d)]) == 1
     assert "damaged: bytes at offsets " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Shanghai", "Asia/Kathmandu", "America/New_York", "Australia/Lord_Howe"])
+def test_time_column_is_the_local_time_in_every_zone(zone: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fmt_time looks the offset up once per UTC hour (query output speed, issue 19): it prints what
+    the datetime conversion prints, across DST changes and zones off the hour."""
+    import random
+    import time as _time
+
+    from beiand.cli import logs as cli_logs
+
+    monkeypatch.setenv("TZ", zone)
+    _time.tzset()
+    cli_logs._OFFSETS.clear()
+    cli_logs._DATES.clear()
+    try:
+        rnd = random.Random(19)
+        start = 1_774_000_000_000  # 2026-03-20: the DST changes of both hemispheres follow
+        stamps = [start + rnd.randrange(0, 300 * 86_400_000) for _ in range(3000)]
+        stamps += [0, 1, 999, 1_000, 86_399_999, 1_790_000_000_000]
+        for t in stamps:
+            assert cli_logs.fmt_time(t) == cli_logs._fmt_time_slow(t), (zone, t)
+    finally:
+        monkeypatch.undo()
+        _time.tzset()
+        cli_logs._OFFSETS.clear()
+        cli_logs._DATES.clear()
