@@ -6,6 +6,16 @@ and unfiled HTTPS, HTTP and QUIC, an SSH-like TCP service on port 2222, a UDP se
 27015, and HTTP and the TCP service over IPv6. Every client uses a fixed source port, so each
 flow's records can be found. Filed flows complete with their server's bytes, unfiled ones get
 none; each flow is exactly one access-log record; each named flow is decided once.
+
+Run with one worker and with two. With two, a known defect (not fixed here, see SPLIT): the
+capture ring's PACKET_FANOUT_HASH (capture/live.py) and iptables' ``--queue-balance``
+(enforce/nfqueue.py) pick a worker for a flow each with its own randomly seeded hash, so for
+about half the flows the SYN/FIN/RST (ring) reach one worker and the named packet (queue) the
+other. The ring's worker then writes a second record for the flow: ``conn``/``unnamed``/
+``not-named:no-data`` beside the queue worker's named record, and for an unfiled HTTPS flow it
+saw reset an ``ip-only``/``unfiled``/``flag`` decision (``ip-not-filed``): a second decision,
+counted again in ``beiand_verdicts_total``. QUIC is never split (queued UDP ports never pass the
+ring). With one worker every flow is one record and one decision.
 """
 
 from __future__ import annotations
