@@ -39,6 +39,11 @@ class DnsMessage(NamedTuple):
 
 def read_name(buf: bytes, off: int) -> tuple[str, int]:
     """The name at ``off`` and the offset after it (after the first pointer, if any)."""
+    # The walk takes bytes (typed so in dns.pxd for the compiled twin); anything else is copied first.
+    return _read_name(buf if type(buf) is bytes else bytes(buf), off)
+
+
+def _read_name(buf: bytes, off: int) -> tuple[str, int]:
     labels: list[str] = []
     end = -1
     hops = 0
@@ -78,6 +83,10 @@ def read_name(buf: bytes, off: int) -> tuple[str, int]:
 
 
 def parse_dns(buf: bytes) -> DnsMessage:
+    return _parse_dns(buf if type(buf) is bytes else bytes(buf))
+
+
+def _parse_dns(buf: bytes) -> DnsMessage:
     if len(buf) < 12:
         raise DnsError("truncated-header")
     mid, flags, qd, an, _ns, _ar = _HDR.unpack_from(buf, 0)
@@ -93,7 +102,7 @@ def parse_dns(buf: bytes) -> DnsMessage:
     first_error: DnsError | None = None
     for _ in range(min(qd, MAX_QUESTIONS)):
         try:
-            name, after = read_name(buf, off)
+            name, after = _read_name(buf, off)
         except DnsError as exc:
             first_error = first_error or exc
             end = buf.find(b"\x00", off)
@@ -114,7 +123,7 @@ def parse_dns(buf: bytes) -> DnsMessage:
     qname = questions[0]
     answers: list[Answer] = []
     for _ in range(min(an, MAX_ANSWERS)):
-        name, off = read_name(buf, off)
+        name, off = _read_name(buf, off)
         if off + 10 > len(buf):
             raise DnsError("truncated-answer")
         rtype, _cls, ttl, rdlen = _RR.unpack_from(buf, off)
@@ -131,7 +140,7 @@ def parse_dns(buf: bytes) -> DnsMessage:
                 raise DnsError("bad-aaaa-length")
             data = socket.inet_ntop(socket.AF_INET6, buf[off : off + 16])
         elif rtype == TYPE_CNAME:
-            data, after = read_name(buf, off)
+            data, after = _read_name(buf, off)
             if after > off + rdlen:
                 raise DnsError("bad-cname-length")
         answers.append(Answer(name, rtype, ttl, data))

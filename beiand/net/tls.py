@@ -93,6 +93,12 @@ def parse_handshake(buf: bytes) -> ClientHello | None:
 
 def parse_client_hello_body(b: bytes) -> ClientHello:
     """The ClientHello structure (RFC 8446 section 4.1.2); every length checked, consumed exactly."""
+    # The walk itself takes bytes (typed so in tls.pxd for the compiled twin: byte access in C);
+    # a bytearray or memoryview is copied first, read the same.
+    return _client_hello_body(b if type(b) is bytes else bytes(b))
+
+
+def _client_hello_body(b: bytes) -> ClientHello:
     n = len(b)
     if n < 38:
         raise TlsError("truncated-client-hello")

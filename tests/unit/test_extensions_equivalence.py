@@ -230,3 +230,18 @@ def test_sealed_blocks_are_the_same_bytes_and_read_back_the_same(recs: list[Acce
     assert _outcome(fc.decode_block, blob, 2) == _outcome(fp.decode_block, blob, 2)
     server = {fp.FIELDS.index("server_ip"): {lines[0].split(b"\t")[4]}}
     assert _outcome(fc.decode_block, blob, 2, [server]) == _outcome(fp.decode_block, blob, 2, [server])
+
+
+@SLOW
+@given(st.integers(0, 2), st.randoms(use_true_random=False), st.sampled_from([bytes, bytearray, memoryview]),
+       st.integers(-20, 600))
+def test_typed_walks_take_any_buffer_and_give_the_same(which: int, rnd: random.Random, kind: type, off: int) -> None:
+    """tls.pxd / dns.pxd type the ClientHello and DNS walks on bytes (issue 21): a bytearray or a
+    memoryview, a mutated message or an offset out of range give the same value or error on both paths."""
+    data = kind(_mutate([HELLO, SAMPLES[2], HELLO[5:]][which], rnd))
+    for mod, fn, args in (("beiand.net.tls", "parse_client_hello", (data,)), ("beiand.net.tls", "parse_handshake", (data,)),
+                          ("beiand.net.tls", "parse_client_hello_body", (data,)),
+                          ("beiand.net.tls", "parse_client_hello_body", (data[9:],)),
+                          ("beiand.net.dns", "parse_dns", (data,)), ("beiand.net.dns", "read_name", (data, off)),
+                          ("beiand.net.dns", "read_name", (data, 12))):
+        assert _outcome(getattr(C[mod], fn), *args) == _outcome(getattr(P[mod], fn), *args), (mod, fn, kind)
