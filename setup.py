@@ -97,6 +97,9 @@ class BuildExtOptional(build_ext):
             _warn("Cython is not installed")
             self.extensions = []
             return
+        # The sources as they are read for compiling: an edit made while the build runs leaves the
+        # build stale (the .py then runs), never a compiled module taken for the edited source.
+        hashes = {m: hashlib.sha256((HERE / Path(*m.split(".")).with_suffix(".py")).read_bytes()).hexdigest() for m in COMPILED}
         sources = [Extension(m, [str(Path(*m.split(".")).with_suffix(".py"))]) for m in COMPILED]
         try:
             generated = {e.name: e.sources for e in cythonize(
@@ -109,7 +112,6 @@ class BuildExtOptional(build_ext):
             _warn(f"building the extensions failed: {exc}")
             self.extensions = []
             return
-        hashes = {m: hashlib.sha256((HERE / Path(*m.split(".")).with_suffix(".py")).read_bytes()).hexdigest() for m in COMPILED}
         out = Path(HERE if self.inplace else self.build_lib) / "beiand" / "_extensions.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(hashes, indent=1, sort_keys=True) + "\n", encoding="utf-8")
