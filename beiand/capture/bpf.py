@@ -179,11 +179,15 @@ class _Condition(Protocol):
 
 def build(tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True, *,
           linktype: int = LINKTYPE_ETHERNET, condition: _Condition | None = None, connections: bool = False,
-          queued_udp: Iterable[int] = ()) -> list[Insn]:
+          queued_udp: Iterable[int] = (), queued_tcp: Iterable[int] = ()) -> list[Insn]:
     """The capture filter for frames of ``linktype`` (see the module's docstring).
 
     ``queued_udp``: inline, UDP ports whose datagrams arrive through NFQUEUE: never passed here,
     in either direction, connection records or not (a datagram must not be decided twice).
+    ``queued_tcp``: inline with several workers, TCP ports whose SYN, FIN and RST are not passed
+    for connection records either: the ring's fanout and NFQUEUE's balance pick a worker by
+    different hashes, so a flow's SYN and its queued packet could reach two workers (two records,
+    and a second decision on the ring's side); such a flow's record comes from the queue alone.
 
     ``condition``: the operator's ``capture.filter`` (:class:`beiand.capture.filterexpr.Condition`),
     compiled in front: it falls through to ``start`` or jumps to ``reject``.
@@ -198,7 +202,7 @@ def build(tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True, 
         condition.emit(a, linktype)
     a.label("start")
     if lt.start is Start.ETHERNET and lt.offset == 0:
-        _fast_path(a, tcp, dns, connections)
+        _fast_path(a, tcp, dns, connections, sorted(set(queued_tcp)))
         a.label("generic")
         a.op(LDX | IMM, 0)
         a.ja("eth0")
@@ -213,8 +217,9 @@ def build(tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True, 
         a.op(LDX | IMM, lt.offset)
         a.ja("ip0")
     queued = sorted(set(queued_udp))
+    qtcp = sorted(set(queued_tcp))
     for level in range(MAX_DEPTH + 1):
-        _level(a, level, tcp, udp, dns, connections, queued)
+        _level(a, level, tcp, udp, dns, connections, queued, qtcp)
     a.label("accept")
     a.op(RET | K, SNAPLEN)
     a.label("reject")
@@ -222,7 +227,7 @@ def build(tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True, 
     return a.assemble()
 
 
-def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False) -> None:
+def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False, qtcp: list[int] | None = None) -> None:
     """Ethernet + IPv4/IPv6 + TCP, not fragmented, no IPv6 extension header: most of a link's
     bulk, judged with absolute loads in about 20 instructions (the walk below takes twice that).
     The same rule as the walk's level 0; anything else goes to ``generic``."""
@@ -242,6 +247,11 @@ def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False) ->
     if dns:
         a.op(LD | H | IND, 14)
         a.op(JMP | JEQ | K, 53, jt="accept")
+    if connections and qtcp:
+        a.op(LD | H | IND, 16)
+        a.jeq_any(qtcp, "reject")
+        a.op(LD | H | IND, 14)
+        a.jeq_any(qtcp, "reject")
     if connections:
         a.op(LD | B | IND, 27)
         a.op(JMP | JSET | K, 0x05, jt="accept")  # FIN, RST on any port
@@ -270,6 +280,11 @@ def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False) ->
     if dns:
         a.op(LD | H | ABS, 54)
         a.op(JMP | JEQ | K, 53, jt="accept")
+    if connections and qtcp:
+        a.op(LD | H | ABS, 56)
+        a.jeq_any(qtcp, "reject")
+        a.op(LD | H | ABS, 54)
+        a.jeq_any(qtcp, "reject")
     if connections:
         a.op(LD | B | ABS, 67)
         a.op(JMP | JSET | K, 0x05, jt="accept")
@@ -289,7 +304,7 @@ def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False) ->
 
 
 def _level(a: _Asm, lv: int, tcp: list[int], udp: list[int], dns: bool, connections: bool = False,
-           queued: list[int] | None = None) -> None:
+           queued: list[int] | None = None, qtcp: list[int] | None = None) -> None:
     """The headers at encapsulation depth ``lv``; X holds the offset of the header being read."""
     deeper = lv < MAX_DEPTH
     nxt = lv + 1
@@ -414,6 +429,11 @@ def _level(a: _Asm, lv: int, tcp: list[int], udp: list[int], dns: bool, connecti
         if dns:
             a.op(LD | H | IND, 0)
             a.op(JMP | JEQ | K, 53, jt="accept")
+        if connections and qtcp:
+            a.op(LD | H | IND, 2)
+            a.jeq_any(qtcp, "reject")
+            a.op(LD | H | IND, 0)
+            a.jeq_any(qtcp, "reject")
         if connections:
             a.op(LD | B | IND, 13)
             a.op(JMP | JSET | K, 0x05, jt="accept")  # FIN, RST on any port
@@ -608,10 +628,11 @@ def run_counted(prog: list[Insn], pkt: bytes) -> tuple[int, int]:
 
 
 def reference(pkt: bytes, tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True,
-              linktype: int = LINKTYPE_ETHERNET, connections: bool = False, queued_udp: Iterable[int] = ()) -> bool:
+              linktype: int = LINKTYPE_ETHERNET, connections: bool = False, queued_udp: Iterable[int] = (),
+              queued_tcp: Iterable[int] = ()) -> bool:
     """The rule :func:`build` compiles, written plainly (for the tests): a recursive walk of the
     same headers. A field beyond the captured bytes rejects, as in the kernel."""
-    tcp, udp, queued = frozenset(tcp_ports), frozenset(udp_ports), frozenset(queued_udp)
+    tcp, udp, queued, qtcp = frozenset(tcp_ports), frozenset(udp_ports), frozenset(queued_udp), frozenset(queued_tcp)
     n = len(pkt)
 
     class _Short(BeiandError):
@@ -693,6 +714,8 @@ def reference(pkt: bytes, tcp_ports: Iterable[int], udp_ports: Iterable[int], dn
             return total == 0 or total > hdr
         if dns and u16(l4) == 53:
             return True
+        if u16(l4) in qtcp or u16(l4 + 2) in qtcp:
+            return False
         flags = u8(l4 + 13)
         return connections and (bool(flags & 0x05) or flags & 0x12 == 0x02)
 

@@ -234,11 +234,16 @@ def capture_filter(cfg: Config) -> list[Insn]:
     """The capture rings' kernel filter. Inline, the watched ports' packets that can name a flow
     arrive through NFQUEUE and AF_PACKET carries the DNS answers; with connection records (issue 19)
     it also carries the SYN, FIN and RST of every TCP flow (none of which is queued) and UDP on
-    ports that are not watched, so no packet comes both ways and none is decoded twice."""
+    ports that are not watched, so no packet comes both ways and none is decoded twice. With
+    several workers the ring's fanout and NFQUEUE's balance hash differently, so a watched port's
+    SYN/FIN/RST stay off the ring too: that flow's record comes from the worker its queued packet
+    reached (a watched-port connection that never sends a byte then leaves no record)."""
     inline = cfg.enforce.inline
     return build_bpf(() if inline else cfg.capture.tcp_ports, () if inline else cfg.capture.udp_ports, dns=cfg.capture.dns,
                      connections=cfg.connections.enabled, condition=Condition(cfg.capture.filter) if cfg.capture.filter else None,
-                     queued_udp=cfg.capture.udp_ports if inline else ())
+                     queued_udp=cfg.capture.udp_ports if inline else (),
+                     # several workers: a watched flow's SYN and its queued packet may reach two of them
+                     queued_tcp=cfg.capture.tcp_ports if inline and cfg.workers > 1 else ())
 
 
 def live_captures(cfg: Config, fanout_group: int) -> list[LiveCapture]:

@@ -7,15 +7,12 @@ and unfiled HTTPS, HTTP and QUIC, an SSH-like TCP service on port 2222, a UDP se
 flow's records can be found. Filed flows complete with their server's bytes, unfiled ones get
 none; each flow is exactly one access-log record; each named flow is decided once.
 
-Run with one worker and with two. With two, a known defect (not fixed here, see SPLIT): the
-capture ring's PACKET_FANOUT_HASH (capture/live.py) and iptables' ``--queue-balance``
-(enforce/nfqueue.py) pick a worker for a flow each with its own randomly seeded hash, so for
-about half the flows the SYN/FIN/RST (ring) reach one worker and the named packet (queue) the
-other. The ring's worker then writes a second record for the flow: ``conn``/``unnamed``/
-``not-named:no-data`` beside the queue worker's named record, and for an unfiled HTTPS flow it
-saw reset an ``ip-only``/``unfiled``/``flag`` decision (``ip-not-filed``): a second decision,
-counted again in ``beiand_verdicts_total``. QUIC is never split (queued UDP ports never pass the
-ring). With one worker every flow is one record and one decision.
+Run with one worker and with two. With two, the capture ring's PACKET_FANOUT_HASH and
+iptables' ``--queue-balance`` pick a worker for a flow each with its own hash, so a watched
+port's SYN/FIN/RST (ring) and its named packet (queue) could reach two workers: two records for
+one flow and, for an unfiled HTTPS flow seen reset, a second ``ip-only`` decision. Found by this
+test; since then, with several workers the ring passes no watched port's SYN/FIN/RST
+(``queued_tcp`` in ``capture_filter``) and the flow's record comes from the queue's worker.
 """
 
 from __future__ import annotations
@@ -173,17 +170,6 @@ def _sum(m: dict[str, float], prefix: str) -> float:
     return sum(v for k, v in m.items() if k.startswith(prefix))
 
 
-SPLIT = ("defect (2 workers): the ring's fanout and NFQUEUE --queue-balance hash a flow to workers independently; "
-         "when they differ, the worker that saw the SYN through the ring writes a second record for the flow (conn "
-         "not-named:no-data, or an ip-only decision 'unfiled flag' after the reset) beside the queue worker's named one")
-
-
-def _split_defect(request, lab) -> None:  # type: ignore[no-untyped-def]
-    """The flow split across workers (see SPLIT) is known and not fixed: expected to fail with two workers."""
-    if lab["workers"] > 1:
-        request.applymarker(pytest.mark.xfail(reason=SPLIT, strict=False))
-
-
 @pytest.fixture(scope="module", params=[1, 2], ids=["1worker", "2workers"])
 def lab(request, tmp_path_factory):  # type: ignore[no-untyped-def]
     if os.geteuid() != 0:
@@ -257,8 +243,7 @@ def test_unfiled_flows_get_no_server_byte(lab) -> None:  # type: ignore[no-untyp
     assert got["quic-unfiled"].startswith("failed"), got["quic-unfiled"]
 
 
-def test_exactly_one_record_per_flow(request, lab) -> None:  # type: ignore[no-untyped-def]
-    _split_defect(request, lab)
+def test_exactly_one_record_per_flow(lab) -> None:  # type: ignore[no-untyped-def]
     counts = {key: len(_mine(lab, key)) for key in PORTS}
     assert counts == dict.fromkeys(PORTS, 1), (counts, [r for k in PORTS for r in _mine(lab, k)])
 
@@ -291,8 +276,7 @@ def test_unnamed_flows_are_conn_records_with_verdict_unnamed(lab) -> None:  # ty
     assert udp.packets == 6  # three datagrams, three answers
 
 
-def test_each_named_flow_is_decided_once(request, lab) -> None:  # type: ignore[no-untyped-def]
-    _split_defect(request, lab)
+def test_each_named_flow_is_decided_once(lab) -> None:  # type: ignore[no-untyped-def]
     before, after = lab["before"], lab["after"]
     delta = {k: after[k] - before.get(k, 0.0) for k in after if after[k] != before.get(k, 0.0)}
     assert _sum(delta, "beiand_verdicts_total") == len(NAMED), delta

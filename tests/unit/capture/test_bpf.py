@@ -91,3 +91,32 @@ def test_connection_program_equals_the_plain_rule(sport: int, dport: int, payloa
 def test_connection_program_equals_the_plain_rule_on_any_bytes(body: bytes, ethertype: bytes, cut: int) -> None:
     pkt = (b"\0" * 12 + ethertype + body)[: 14 + cut]
     assert (run(CONN_PROG, pkt) > 0) == reference(pkt, TCP, UDP, connections=True)
+
+
+# -- inline (issue 22) with connection records: the queued ports stay off the ring --------------
+
+INLINE_PROG = build((), (), connections=True, queued_udp=UDP, queued_tcp=TCP)
+
+
+@settings(max_examples=300)
+@given(st.integers(1, 65535), st.integers(1, 65535), st.binary(max_size=40), st.sampled_from([0x02, 0x12, 0x10, 0x18, 0x11, 0x04]),
+       st.booleans(), st.booleans(), st.sampled_from([*TCP, *UDP, 53, 2222]), st.booleans())
+def test_the_inline_program_equals_the_plain_rule(sport: int, dport: int, payload: bytes, flags: int, is_udp: bool, v6: bool,
+                                                  watched: int, to_server: bool) -> None:
+    if to_server:
+        dport = watched
+    else:
+        sport = watched
+    a, b = ("2001:db8::1", "2001:db8:100::1") if v6 else ("192.0.2.1", "198.51.100.1")
+    pkt = (t.udp(a, b, sport, dport, payload) if is_udp else t.tcp(a, b, sport, dport, 1, flags=flags, payload=payload))
+    want = reference(pkt, (), (), connections=True, queued_udp=UDP, queued_tcp=TCP)
+    assert (run(INLINE_PROG, pkt) > 0) == want
+    if (is_udp and watched in UDP) or (not is_udp and watched in TCP):
+        assert not want  # a queued port's packet, either direction, never on the ring
+
+
+@settings(max_examples=300)
+@given(st.binary(min_size=0, max_size=120), st.sampled_from([b"\x08\x00", b"\x86\xdd", b"\x81\x00"]), st.integers(0, 120))
+def test_the_inline_program_equals_the_plain_rule_on_any_bytes(body: bytes, ethertype: bytes, cut: int) -> None:
+    pkt = (b"\0" * 12 + ethertype + body)[: 14 + cut]
+    assert (run(INLINE_PROG, pkt) > 0) == reference(pkt, (), (), connections=True, queued_udp=UDP, queued_tcp=TCP)

@@ -203,7 +203,8 @@ def test_inline_with_connection_records_the_ring_carries_what_the_queue_does_not
 
     cfg = Config()
     assert cfg.connections.enabled
-    inline = dataclasses.replace(cfg, enforce=dataclasses.replace(cfg.enforce, inline=True))
+    inline = dataclasses.replace(cfg, enforce=dataclasses.replace(cfg.enforce, inline=True),
+                                 daemon=dataclasses.replace(cfg.daemon, workers=1))  # several: the next test
     prog = capture_filter(inline)
     quic_in = t.udp(C, S, 5000, 443, b"\xc0" + b"\0" * 1199)
     quic_out = t.udp(S, C, 443, 5000, b"\xc0" + b"\0" * 1199)
@@ -216,3 +217,25 @@ def test_inline_with_connection_records_the_ring_carries_what_the_queue_does_not
         assert reference(frame, (), (), dns=cfg.capture.dns, connections=True, queued_udp=cfg.capture.udp_ports) is passed
     off = dataclasses.replace(inline, connections=dataclasses.replace(cfg.connections, enabled=False))
     assert all(run(capture_filter(off), f) == 0 for f in want)
+
+
+def test_inline_with_several_workers_a_watched_flow_comes_to_one_worker_only() -> None:
+    """Two workers (issue 19 x 22): the ring's fanout and NFQUEUE's balance hash differently, so a
+    watched port's SYN/FIN/RST on the ring could reach another worker than its queued packet: two
+    records for one flow and a second, ip-only decision. With several workers they stay off the ring."""
+    import dataclasses
+
+    from beiand.capture.bpf import run
+    from beiand.runtime.settings import Config
+    from beiand.runtime.wiring import capture_filter
+
+    cfg = Config()
+    inline = dataclasses.replace(cfg, enforce=dataclasses.replace(cfg.enforce, inline=True))
+    one = dataclasses.replace(inline, daemon=dataclasses.replace(cfg.daemon, workers=1))
+    two = dataclasses.replace(inline, daemon=dataclasses.replace(cfg.daemon, workers=2))
+    syn = t.tcp(C, S, 40000, 443, 1, flags=0x02)
+    fin = t.tcp(S, C, 443, 40000, 1, flags=0x11)
+    ssh = t.tcp(C, S, 40001, 22, 1, flags=0x02)
+    assert run(capture_filter(one), syn) > 0 and run(capture_filter(one), fin) > 0  # one worker: one place
+    assert run(capture_filter(two), syn) == 0 and run(capture_filter(two), fin) == 0
+    assert run(capture_filter(two), ssh) > 0  # not queued: the ring is its only path
