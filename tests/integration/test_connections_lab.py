@@ -16,33 +16,18 @@ import time
 from pathlib import Path
 
 import pytest
-from pyroute2 import NetNS
 
 from beiand.lab.demo import build
 from beiand.lab.labdemo import wait_ready, write_config
-from beiand.lab.netns import CLIENT_IP, Lab, in_netns
+from beiand.lab.netns import CLIENT_IP, Lab
+from tests.integration.connlab import C6, S6, UNNAMED_SERVICES, add_ipv6
 
 pytestmark = pytest.mark.integration
 
-C6, GW6_C, GW6_S, S6 = "2001:db8:1::2", "2001:db8:1::1", "2001:db8:100::1", "2001:db8:100::10"
 SSH_IP, UDP_IP, OUT_IP, TLS_IP = "198.51.100.10", "198.51.100.11", "198.51.100.12", "198.51.100.10"
 
-SERVICES = r"""
-import socket, sys, threading
-def tcp():
-    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("::", 2222)); s.listen(16)
-    while True:
-        c, _ = s.accept()
-        c.sendall(b"SSH-2.0-OpenSSH_9.2 lab\r\n"); c.recv(100); c.close()
-def udp():
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.bind((sys.argv[2], 27015))  # its own address: the answer comes from where the client sent
-    while True:
-        data, peer = u.recvfrom(2048); u.sendto(b"pong " + data, peer)
-threading.Thread(target=tcp, daemon=True).start()
+SERVICES = UNNAMED_SERVICES + r"""
+threading.Thread(target=ssh, daemon=True).start()
 threading.Thread(target=udp, daemon=True).start()
 open(sys.argv[1], "w").close()
 threading.Event().wait()
@@ -84,19 +69,6 @@ port = s.getsockname()[1]; s.sendall(b"hi from a hosted host"); s.recv(100); s.c
 """
 
 
-def _add_ipv6(lab: Lab) -> None:
-    """The lab is IPv4: give the client and the hosted side IPv6 too (no DAD: usable at once)."""
-    for ns in (lab.cli, lab.gw, lab.srv):
-        in_netns(ns, lambda: Path("/proc/sys/net/ipv6/conf/all/forwarding").write_text("1\n"))
-    for ns, ifname, addr, gw in ((lab.cli, "cl0", C6, GW6_C), (lab.gw, lab.gw_if, GW6_C, None),
-                                 (lab.gw, lab.gw_out_if, GW6_S, None), (lab.srv, "srv0", S6, GW6_S)):
-        with NetNS(ns) as n:
-            idx = n.link_lookup(ifname=ifname)[0]
-            n.addr("add", index=idx, address=addr, prefixlen=64, flags=0x02)  # IFA_F_NODAD
-            if gw:
-                n.route("add", dst="::/0", gateway=gw, family=10)
-
-
 def _wait_file(path: Path, proc: object) -> None:
     deadline = time.monotonic() + 15
     while not path.exists():
@@ -112,7 +84,7 @@ def lab(tmp_path_factory):  # type: ignore[no-untyped-def]
     files = build(wd / "samples")
     cfg = write_config(wd, files, extra="\n[connections]\nwindow = 2.0\n")
     with Lab() as lb:
-        _add_ipv6(lb)
+        add_ipv6(lb)
         lb.start_servers(wd)
         svc_ready, listen_ready = wd / "svc.ready", wd / "listen.ready"
         svc = lb.spawn(lb.srv, [sys.executable, "-c", SERVICES, str(svc_ready), UDP_IP])

@@ -26,16 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pyroute2 import NetNS
 
 from beiand.accesslog import Query, query
 from beiand.lab.demo import build
 from beiand.lab.labdemo import http_get, wait_ready, write_config
-from beiand.lab.netns import CLIENT_IP, Lab, in_netns
+from beiand.lab.netns import CLIENT_IP, Lab
+from tests.integration.connlab import C6, S6, UNNAMED_SERVICES, add_ipv6
 
 pytestmark = pytest.mark.integration
 
-C6, GW6_C, GW6_S, S6 = "2001:db8:1::2", "2001:db8:1::1", "2001:db8:100::1", "2001:db8:100::10"
 FILED, UNFILED, QUIC_UNFILED = "www.example.com.cn", "unfiled.example.xyz", "quic-unfiled.example.top"
 FILED_IP, UNFILED_IP, QUIC_IP = "198.51.100.10", "198.51.100.11", "198.51.100.14"
 
@@ -55,21 +54,7 @@ PORTS = {
 NAMED = ("https-filed", "https-unfiled", "http-filed", "http-unfiled", "quic-filed", "quic-unfiled",
          "http6-filed", "http6-unfiled")
 
-SERVICES = r"""
-import socket, sys, threading
-def ssh():
-    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("::", 2222)); s.listen(16)
-    while True:
-        c, _ = s.accept()
-        c.sendall(b"SSH-2.0-OpenSSH_9.2 lab\r\n"); c.recv(100); c.close()
-def udp():
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.bind((sys.argv[2], 27015))
-    while True:
-        data, peer = u.recvfrom(2048); u.sendto(b"pong " + data, peer)
+SERVICES = UNNAMED_SERVICES + r"""
 def http6():  # IPv6 only: the lab's web server listens on IPv4
     s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -132,18 +117,6 @@ except Exception as e:
 """
 
 
-def _add_ipv6(lab: Lab) -> None:
-    for ns in (lab.cli, lab.gw, lab.srv):
-        in_netns(ns, lambda: Path("/proc/sys/net/ipv6/conf/all/forwarding").write_text("1\n"))
-    for ns, ifname, addr, gw in ((lab.cli, "cl0", C6, GW6_C), (lab.gw, lab.gw_if, GW6_C, None),
-                                 (lab.gw, lab.gw_out_if, GW6_S, None), (lab.srv, "srv0", S6, GW6_S)):
-        with NetNS(ns) as n:
-            idx = n.link_lookup(ifname=ifname)[0]
-            n.addr("add", index=idx, address=addr, prefixlen=64, flags=0x02)  # IFA_F_NODAD
-            if gw:
-                n.route("add", dst="::/0", gateway=gw, family=10)
-
-
 def _curl(lb: Lab, scheme: str, name: str, ip: str, port: int) -> dict[str, Any]:
     dport = 443 if scheme == "https" else 80
     if ":" in ip:
@@ -181,7 +154,7 @@ def lab(request, tmp_path_factory):  # type: ignore[no-untyped-def]
     cfg = write_config(wd, files, workers=workers, extra='\n[enforce]\ninline = true\nmax_blocks_per_minute = 1000\nmax_unfiled_share = 1.0\n'
                        'contact = "400-000-0000"\n\n[connections]\nwindow = 2.0\n')
     with Lab() as lb:
-        _add_ipv6(lb)
+        add_ipv6(lb)
         lb.start_servers(wd)
         ready = wd / "svc.ready"
         lb.spawn(lb.srv, [sys.executable, "-c", SERVICES, str(ready), UNFILED_IP, S6])
