@@ -11,3 +11,11 @@ from __future__ import annotations
 
 class BeiandError(Exception):
     """The root of beiand's own errors."""
+
+
+class FileProblems(BeiandError, ValueError):
+    """An input file refused whole: ``problems`` lists every ``file:line: field: reason``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from beiand.errors import BeiandError
+from beiand.errors import FileProblems
 from beiand.model import Mode, PrefixState
 
 _STATES = {
@@ -33,12 +33,8 @@ _HEADERS = {
 }
 
 
-class InventoryError(BeiandError, ValueError):
+class InventoryError(FileProblems):
     """The inventory file is invalid; ``problems`` lists every ``file:line: field: reason``."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 @dataclass(frozen=True, slots=True)

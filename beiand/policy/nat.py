@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from beiand.errors import BeiandError
+from beiand.errors import FileProblems
 from beiand.model import endpoint
 
 IpNet = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -37,12 +37,8 @@ _HEADERS = {"public": "public", "公网地址": "public", "internal": "internal"
             "valid_to": "valid_to", "失效时间": "valid_to"}
 
 
-class NatError(BeiandError, ValueError):
+class NatError(FileProblems):
     """The mapping feed is invalid; ``problems`` lists every ``file:line: field: reason``."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 @dataclass(frozen=True, slots=True)
