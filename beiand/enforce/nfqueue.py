@@ -48,7 +48,7 @@ NFQA_PACKET_HDR, NFQA_VERDICT_HDR, NFQA_MARK, NFQA_PAYLOAD = 1, 2, 3, 10
 NFQA_CFG_CMD, NFQA_CFG_PARAMS, NFQA_CFG_QUEUE_MAXLEN, NFQA_CFG_MASK, NFQA_CFG_FLAGS = 1, 2, 3, 4, 5
 NFQNL_CFG_CMD_BIND = 1
 NFQNL_COPY_PACKET = 2
-NFQA_CFG_F_FAIL_OPEN = 1
+NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_GSO = 1, 4
 NF_DROP, NF_ACCEPT = 0, 1
 NLM_F_REQUEST, NLM_F_ACK = 1, 4
 NLMSG_ERROR = 2
@@ -99,9 +99,13 @@ class NfQueue:
         self._config(_attr(NFQA_CFG_CMD, struct.pack("!BxH", NFQNL_CFG_CMD_BIND, 0)))
         self._config(_attr(NFQA_CFG_PARAMS, struct.pack("!IB", copy_range, NFQNL_COPY_PACKET)))
         self._config(_attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", maxlen)))
-        # Fail open: a full queue accepts packets rather than dropping them.
-        self._config(_attr(NFQA_CFG_FLAGS, struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)) +
-                     _attr(NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)))
+        # Fail open: a full queue accepts packets rather than dropping them. GSO (issue 36): a GSO/GRO
+        # super-packet (a browser's 2 KB ClientHello written at once, merged by GRO on a NIC) comes
+        # whole, as one packet with one verdict. Without the flag the kernel cuts it into segments
+        # first and queues each with the super-packet's marks: every one of them carried ``first``,
+        # so each started its flow afresh and the ClientHello was never whole.
+        flags = NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_GSO
+        self._config(_attr(NFQA_CFG_FLAGS, struct.pack("!I", flags)) + _attr(NFQA_CFG_MASK, struct.pack("!I", flags)))
         # The socket stays blocking (a verdict is never lost to a full buffer); reads that must
         # not wait pass MSG_DONTWAIT (no fcntl() around each send), and a waiting read gives up
         # after 0.1 s (SO_RCVTIMEO), so the thread that serves the queue sees a stop request.

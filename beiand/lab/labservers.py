@@ -26,16 +26,31 @@ from beiand.lab.netns import DNS_IP, SERVER_IPS, ZONE
 
 
 def make_cert(directory: Path, names: list[str]) -> tuple[Path, Path]:
+    """A certificate for every lab name, issued by the lab's own CA (``lab-ca.pem``: a browser
+    profile trusts it, so a real browser loads the lab's pages without an exception)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "beiand lab CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=30))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-            .sign(key, hashes.SHA256()))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
     c, k = directory / "lab-cert.pem", directory / "lab-key.pem"
-    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "lab-ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(serialization.Encoding.PEM))  # the chain
     k.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return c, k
 
@@ -77,9 +92,47 @@ async def _dns_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
         writer.close()
 
 
+REQUESTS: list[Path] = []  # --requests FILE: one line per request served (host and path), for tests
+
+
 async def _page(request: web.Request) -> web.Response:
+    if REQUESTS:
+        with REQUESTS[0].open("a", encoding="utf-8") as f:
+            f.write(f"{request.host} {request.path}\n")
     return web.Response(text=f"hello from {request.host} ({request.transport.get_extra_info('sockname')[0]})\n"  # type: ignore[union-attr]
                         + "x" * 2000)
+
+
+def _h3_protocol() -> type:
+    """An aioquic protocol that answers HTTP/3 requests with the lab's page (browsers over QUIC)."""
+    from aioquic.asyncio.protocol import QuicConnectionProtocol
+    from aioquic.h3.connection import H3_ALPN, H3Connection
+    from aioquic.h3.events import HeadersReceived
+    from aioquic.quic.events import ProtocolNegotiated, QuicEvent
+
+    class H3Page(QuicConnectionProtocol):  # type: ignore[misc]
+        _h3: H3Connection | None = None
+
+        def quic_event_received(self, event: QuicEvent) -> None:
+            if isinstance(event, ProtocolNegotiated) and event.alpn_protocol in H3_ALPN:
+                self._h3 = H3Connection(self._quic)
+            if self._h3 is None:
+                return
+            for ev in self._h3.handle_event(event):
+                if isinstance(ev, HeadersReceived):
+                    head = dict(ev.headers)
+                    host = head.get(b":authority", b"").decode(errors="replace")
+                    path = head.get(b":path", b"/").decode(errors="replace")
+                    if REQUESTS:
+                        with REQUESTS[0].open("a", encoding="utf-8") as f:
+                            f.write(f"{host} {path}\n")
+                    body = f"hello from {host} (h3)\n".encode()
+                    self._h3.send_headers(ev.stream_id, [(b":status", b"200"), (b"content-type", b"text/plain; charset=utf-8"),
+                                                         (b"content-length", str(len(body)).encode())])
+                    self._h3.send_data(ev.stream_id, body, end_stream=True)
+                    self.transmit()
+
+    return H3Page
 
 
 async def main(directory: Path, ready: Path) -> None:
@@ -104,7 +157,7 @@ async def main(directory: Path, ready: Path) -> None:
         qc.load_cert_chain(str(cert), str(key))
         # One socket per address: a wildcard UDP socket would answer from the primary address.
         for ip in SERVER_IPS:
-            await serve(ip, 443, configuration=qc)
+            await serve(ip, 443, configuration=qc, create_protocol=_h3_protocol())
     except ImportError:  # aioquic is a test dependency: no QUIC server without it
         pass
     ready.write_text("ok\n")
@@ -115,5 +168,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", required=True)
     ap.add_argument("--ready", required=True)
+    ap.add_argument("--requests", help="append 'host path' of every request served to this file")
     a = ap.parse_args()
+    if a.requests:
+        REQUESTS.append(Path(a.requests))
     asyncio.run(main(Path(a.dir), Path(a.ready)))

@@ -140,10 +140,13 @@ class Lab:
     def run(self, ns: str, argv: Sequence[str], timeout: float = 30, **kw: Any) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(list(argv), preexec_fn=lambda: setns(ns), timeout=timeout, **kw)
 
-    def start_servers(self, workdir: Path) -> subprocess.Popen[bytes]:
-        """HTTP :80 and :8080, HTTPS :443, QUIC udp/443, DNS :53 in the hosted namespace."""
+    def start_servers(self, workdir: Path, requests: Path | None = None) -> subprocess.Popen[bytes]:
+        """HTTP :80 and :8080, HTTPS :443, QUIC udp/443, DNS :53 in the hosted namespace;
+        ``requests``: a file the servers append ``host path`` to for every request they answer."""
         ready = workdir / "servers.ready"
-        p = self.spawn(self.srv, [sys.executable, "-m", "beiand.lab.labservers", "--dir", str(workdir), "--ready", str(ready)],
+        extra = ["--requests", str(requests)] if requests is not None else []
+        p = self.spawn(self.srv, [sys.executable, "-m", "beiand.lab.labservers", "--dir", str(workdir), "--ready", str(ready),
+                                  *extra],
                        stdout=open(workdir / "servers.log", "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
         deadline = time.monotonic() + 30
         while not ready.exists():
