@@ -110,7 +110,7 @@ def _h3_protocol() -> type:
     from aioquic.h3.events import HeadersReceived
     from aioquic.quic.events import ProtocolNegotiated, QuicEvent
 
-    class H3Page(QuicConnectionProtocol):  # type: ignore[misc]
+    class H3Page(QuicConnectionProtocol):
         _h3: H3Connection | None = None
 
         def quic_event_received(self, event: QuicEvent) -> None:

@@ -222,6 +222,47 @@ def quic_initial(sni: str, version: int, salt: bytes, v2_labels: bool = False, d
     return bytes(prot) + ct
 
 
+def _varint(v: int) -> bytes:
+    """RFC 9000 section 16."""
+    if v < 0x40:
+        return bytes([v])
+    if v < 0x4000:
+        return (0x4000 | v).to_bytes(2, "big")
+    return (0x80000000 | v).to_bytes(4, "big")
+
+
+def quic_initial_packet(crypto: Sequence[tuple[int, bytes]], dcid: bytes, pn: int = 0, version: int = 1,
+                        pad_to: int = 1200, scid: bytes = b"\x01\x02\x03\x04") -> bytes:
+    """One client Initial datagram (QUIC v1, RFC 9001 section 5) whose payload is the CRYPTO frames
+    given, ``(offset, bytes)`` each, in that order, padded to ``pad_to`` bytes as a client must
+    (RFC 9000 section 14.1): a ClientHello split over Initial packets any way, as Chrome does."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from beiand.net.quic import SALT_V1, hkdf_expand_label, hkdf_extract
+
+    payload = b"".join(b"\x06" + _varint(off) + _varint(len(data)) + data for off, data in crypto)
+    secret = hkdf_extract(SALT_V1, dcid)
+    client = hkdf_expand_label(secret, b"client in", 32)
+    key = hkdf_expand_label(client, b"quic key", 16)
+    iv = hkdf_expand_label(client, b"quic iv", 12)
+    hp = hkdf_expand_label(client, b"quic hp", 16)
+    head = bytes([0xC1]) + version.to_bytes(4, "big") + bytes([len(dcid)]) + dcid + bytes([len(scid)]) + scid + b"\x00"
+    payload += b"\x00" * max(0, pad_to - len(head) - 2 - 2 - len(payload) - 16)  # PADDING frames
+    length = 2 + len(payload) + 16
+    header = head + (0x4000 | length).to_bytes(2, "big") + (pn & 0xFFFF).to_bytes(2, "big")
+    nonce = (int.from_bytes(iv, "big") ^ pn).to_bytes(12, "big")
+    ct = AESGCM(key).encrypt(nonce, payload, header)
+    pn_off = len(header) - 2
+    enc = Cipher(algorithms.AES(hp), modes.ECB()).encryptor()
+    mask = enc.update(ct[2:18]) + enc.finalize()  # the sample starts 4 bytes after the packet number's start
+    prot = bytearray(header)
+    prot[0] ^= mask[0] & 0x0F
+    for i in range(2):
+        prot[pn_off + i] ^= mask[1 + i]
+    return bytes(prot) + ct
+
+
 def gquic_chlo(sni: str, version: bytes = b"Q043", cid: bytes = b"\x11" * 8) -> bytes:
     """A Google QUIC client's first packet (public header, plaintext CHLO in a STREAM frame of stream 1):
     the QUIC crypto handshake message layout of Chromium's ``crypto_framer.cc``."""

@@ -115,11 +115,16 @@ class DecoderConfig:
     conn_max: int = 262144  # flows waiting for their record; beyond, the oldest is written early
     url_max: int = 256  # HTTP: characters of the URL path kept
     url_query: bool = False  # HTTP: keep the query string (personal data: off by default)
+    # The budget to find a flow's name (issue 36), besides ``max_flow_bytes``: packets of the flow
+    # read (TCP data segments, QUIC datagrams) and seconds since its first one. A ClientHello still
+    # not whole when either is spent is named ip-only from its address (reason ``budget-packets`` /
+    # ``budget-seconds``), on the packet at hand, so that inline decides it while the kernel still
+    # queues the flow (enforce.connbytes). A browser's 2 KB ClientHello takes 1 to 3 packets.
     # A fresh flow (``feed(fresh=True)``: inline, the SYN not seen) whose first bytes start no
-    # protocol is held this long for the segments before them (issue 22): its first segments may
-    # have arrived swapped. Past either bound (or the flow's byte limit) it is named ip-only.
-    hold_segments: int = 4
-    hold_seconds: float = 1.0  # a lost first segment is retransmitted after about 200 ms (RTO)
+    # protocol is held within the same budget for the segments before them (issue 22): its first
+    # segments may have arrived swapped; spent, it is named ip-only (``unknown-protocol``).
+    name_packets: int = 6
+    name_seconds: float = 5.0
 
 
 class Flow(Stream):
@@ -128,9 +133,10 @@ class Flow(Stream):
     ``syn``: the start is known (the SYN was seen); without it a segment before ``base`` moves
     the start back. ``fresh``: the connection's first bytes were seen (inline, the first queued
     packet), though perhaps not in order; ``held``: their start does not parse yet, and the
-    decoder waits for a segment before it (bounded: ``DecoderConfig.hold_*``)."""
+    decoder waits for a segment before it (bounded: ``DecoderConfig.hold_*``). ``segments``: data
+    segments read (the name budget, ``DecoderConfig.name_packets``)."""
 
-    __slots__ = ("base", "client", "consumed", "dport", "fresh", "held", "segments", "server", "sport", "syn", "ts")
+    __slots__ = ("ack", "base", "client", "consumed", "dport", "fresh", "held", "segments", "server", "sport", "syn", "ts")
 
     def __init__(self, base: int, syn: bool, ts: float, src: bytes, dst: bytes, sport: int, dport: int,
                  fresh: bool = False) -> None:
@@ -143,13 +149,14 @@ class Flow(Stream):
         self.syn = syn
         self.fresh = fresh
         self.held = False
-        self.segments = 1
+        self.segments = 0 if syn else 1
         self.ts = ts
         self.client = src
         self.server = dst
         self.sport = sport
         self.dport = dport
         self.consumed = 0
+        self.ack = -1  # the ack of its first data segment: the server's ISN + 1 names the connection
 
     def add(self, seq: int, data: bytes, limit: int, max_holes: int = 64) -> int:
         """Add a segment; how much the contiguous prefix grew (0: not; -1: too many holes)."""
@@ -189,9 +196,12 @@ class Decoder:
         self.dns_flows: OrderedDict[bytes, Flow] = OrderedDict()
         self.quic: OrderedDict[bytes, tuple[float, QuicInitialReader]] = OrderedDict()
         self.frags: OrderedDict[tuple[bytes, bytes, int, int], FragmentBuffer] = OrderedDict()
-        # Flows already named or given up, in two generations: the older one is dropped whole.
-        self.done: dict[bytes, float] = {}
-        self._done_old: dict[bytes, float] = {}
+        # Flows already named or given up, in two generations: the older one is dropped whole. The
+        # value names the connection (TCP: the ack of its first data, the server's ISN + 1; QUIC:
+        # the client's first Destination Connection ID; else -1), so that a packet marked as its
+        # connection's first is told from a new connection on the same 4-tuple (issue 36).
+        self.done: dict[bytes, int | bytes] = {}
+        self._done_old: dict[bytes, int | bytes] = {}
         self.drops: Counter[str] = Counter()  # what was dropped, by layer:reason
         self._seg: tuple[int, int, int] = (0, 0, 0)  # the TCP segment being decoded: seq, ack, payload length
         self.stats: Counter[str] = Counter()  # what was seen
@@ -349,7 +359,7 @@ class Decoder:
         entry = self.quic.pop(key, None)
         if entry is not None:
             self.budgets["quic"].held -= entry[1].crypto.cost
-        self._mark_done(key, ts)
+        self._mark_done(key, -1)
 
     def _evict_tcp(self, ts: float) -> None:
         """Over the TCP budget: drop the oldest flows (first bytes or DNS over TCP) until under."""
@@ -359,7 +369,7 @@ class Decoder:
         while b.held > b.limit and (flows or dns_flows):
             if flows and (not dns_flows or next(iter(flows.values())).ts <= next(iter(dns_flows.values())).ts):
                 k, flow = flows.popitem(last=False)
-                self._mark_done(k, flow.ts)
+                self._mark_done(k, flow.ack)
                 if flow.buf:
                     # another flow's packet is being decoded: no sequence numbers of its own (see _expire)
                     self._seg = seg if k == self._current else (0, 0, 0)
@@ -374,8 +384,8 @@ class Decoder:
     def _evict_quic(self) -> None:
         b = self.budgets["quic"]
         while b.held > b.limit and self.quic:
-            k, (ts, reader) = self.quic.popitem(last=False)
-            self._mark_done(k, ts)
+            k, (_, reader) = self.quic.popitem(last=False)
+            self._mark_done(k, reader.dcid)
             b.held -= reader.crypto.cost
             b.evicted += 1
             self.drops["reassembly:evicted-quic"] += 1
@@ -752,13 +762,14 @@ class Decoder:
                     if flow.buf:
                         self._give_up(flow, ts, "closed")
             return
-        if self._fresh:  # a new connection on this 4-tuple, like a SYN: decided afresh
+        ack = _U32.unpack_from(buf, l4 + 8)[0]
+        if self._fresh and not self._same_tcp(key, ack):  # a new connection on this 4-tuple, like a SYN: decided afresh
             self._forget(key)
         elif key in self.done or key in self._done_old:
             return
         seq = _U32.unpack_from(buf, l4 + 4)[0]
         data = buf[l4 + doff : end]
-        self._seg = (seq, _U32.unpack_from(buf, l4 + 8)[0], end - l4 - doff)
+        self._seg = (seq, ack, end - l4 - doff)
         flow = self.flows.get(key)
         if flow is None:
             # Most connections: the whole ClientHello or request head in the first segment.
@@ -767,13 +778,16 @@ class Decoder:
             # first, bar reordering: should the client's first data segments arrive swapped, this
             # is a later one, and a segment before it moves the start back (Flow.add).
             flow = Flow(seq, False, ts, src, dst, sport, dport, self._fresh)
+            flow.ack = ack
             flow.buf = data[: self.config.max_flow_bytes]
             flow.cost = len(flow.buf)
             if self._examine(flow, ts):
-                self._mark_done(key, ts)
+                self._mark_done(key, ack)
             else:
                 self._new_flow(key, flow)
             return
+        if flow.ack < 0:  # its first data after the SYN
+            flow.ack = ack
         flow.segments += 1
         budget = self._tcp_budget
         before = flow.cost
@@ -790,12 +804,43 @@ class Decoder:
             if self._examine(flow, ts):
                 del self.flows[key]
                 budget.held -= flow.cost
-                self._mark_done(key, ts)
-            elif len(flow.buf) >= self.config.max_flow_bytes:
+                self._mark_done(key, flow.ack)
+                return
+            if len(flow.buf) >= self.config.max_flow_bytes:
                 del self.flows[key]
                 budget.held -= flow.cost
-                self._mark_done(key, ts)
+                self._mark_done(key, flow.ack)
                 self._give_up(flow, ts, "too-long")
+                return
+        if not flow.held:
+            cfg = self.config
+            # The name budget (issue 36): a flow still without its name is judged by its address now,
+            # on this packet, rather than passed on unjudged once the kernel stops queuing it.
+            spent = "budget-packets" if flow.segments >= cfg.name_packets else \
+                "budget-seconds" if ts - flow.ts >= cfg.name_seconds else ""
+            if spent:
+                del self.flows[key]
+                budget.held -= flow.cost
+                self._mark_done(key, flow.ack)
+                self.stats["flow:" + spent] += 1
+                self._emit(flow, ts, Kind.IP_ONLY, Transport.TCP, "", spent)
+
+    def _same_tcp(self, key: bytes, ack: int) -> bool:
+        """Whether a packet marked as its connection's first (inline) belongs to the connection the
+        decoder already reads or has decided on this 4-tuple: the same ack (the server's ISN + 1;
+        a new connection has a new ISN). Such a packet comes where the kernel cut a super-packet
+        into segments before queuing them (NFQA_CFG_F_GSO unsupported), each with its marks."""
+        flow = self.flows.get(key)
+        if flow is not None:
+            same = flow.ack == ack
+        else:
+            ident = self.done.get(key)
+            if ident is None:
+                ident = self._done_old.get(key)
+            same = ident == ack
+        if same:
+            self.stats["flow:first-again"] += 1
+        return same
 
     def _forget(self, key: bytes) -> None:
         """Drop what is remembered of a 4-tuple: its connection ended, a new one starts."""
@@ -824,7 +869,7 @@ class Decoder:
             old_key, old = flows.popitem(last=False)
             budget.held -= old.cost
             self.drops["flow:evicted"] += 1
-            self._mark_done(old_key, old.ts)
+            self._mark_done(old_key, old.ack)
         flows[key] = flow
         if flow.cost:
             budget.charge(flow.cost)
@@ -954,9 +999,10 @@ class Decoder:
             c.first, client, c.cport, server, c.sport, _TCP if c.tcp else _UDP, _CONN, "", "", (), why,
             0, 0, 0, c.packets, c.octets, "", "")))
 
-    def _mark_done(self, key: bytes, ts: float) -> None:
+    def _mark_done(self, key: bytes, ident: int | bytes) -> None:
+        """The flow ``key`` needs no more packets; ``ident`` names its connection (see ``done``)."""
         done = self.done
-        done[key] = ts
+        done[key] = ident
         if len(done) > self.config.max_done // 2:
             self._done_old = done
             self.done = {}
@@ -1005,11 +1051,11 @@ class Decoder:
     def _may_hold(self, flow: Flow, ts: float) -> bool:
         """Whether a fresh flow whose start does not parse waits for the segments before it (and is
         now held): its first data segments may have arrived swapped (inline, issue 22). Bounded by
-        segments and time here, by the flow's byte limit and the TCP budget where bytes are added.
+        the name budget (packets and time) here, by the flow's byte limit and the TCP budget where bytes are added.
         Named ip-only from its address at once, a filed site's connection on an address shared
         with unfiled ones would be reset."""
         cfg = self.config
-        if flow.fresh and flow.segments < cfg.hold_segments and ts - flow.ts < cfg.hold_seconds:
+        if flow.fresh and flow.segments < cfg.name_packets and ts - flow.ts < cfg.name_seconds:
             if not flow.held:
                 flow.held = True
                 self.stats["flow:held"] += 1
@@ -1133,7 +1179,7 @@ class Decoder:
     def _quic(self, ts: float, payload: bytes, src: bytes, dst: bytes, sport: int, dport: int, v6: bool) -> None:
         key = src + dst + sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
         self._current = key
-        if self._fresh:
+        if self._fresh and not self._same_quic(key, payload):
             self._forget(key)
         elif key in self.done or key in self._done_old:
             return
@@ -1159,22 +1205,59 @@ class Decoder:
         except DecodeError as exc:
             del self.quic[key]
             budget.held -= before
-            self._mark_done(key, ts)
+            self._mark_done(key, reader.dcid)
             if isinstance(exc, QuicError) and exc.reason == "decrypt-failed":
                 self.drops["quic:decrypt-failed"] += 1
                 return
             raise
         budget.charge(reader.crypto.cost - before)
+        reader.datagrams += 1
         if hello is None:
+            cfg = self.config
+            spent = "budget-packets" if reader.datagrams >= cfg.name_packets else \
+                "budget-seconds" if ts - entry[0] >= cfg.name_seconds else ""
+            if spent:  # the name budget (issue 36): judged by its address, on this datagram
+                del self.quic[key]
+                budget.held -= reader.crypto.cost
+                self._mark_done(key, reader.dcid)
+                self.stats["flow:" + spent] += 1
+                self._emit(Flow(0, True, ts, src, dst, sport, dport), ts, Kind.IP_ONLY, Transport.UDP, "", spent)
+                return
             if budget.held > budget.limit:
                 self._evict_quic()
             return
         del self.quic[key]
         budget.held -= reader.crypto.cost
-        self._mark_done(key, ts)
+        self._mark_done(key, reader.dcid)
         flow = Flow(0, True, ts, src, dst, sport, dport)
         version = entry[1].version
         self._emit_tls(flow, ts, hello, Kind.QUIC_SNI, Transport.UDP, "" if version == V1 else " quic=" + version_name(version))
+
+    def _same_quic(self, key: bytes, payload: bytes) -> bool:
+        """Whether a datagram marked as its flow's first (inline) belongs to the QUIC connection the
+        decoder already reads or has decided on this 4-tuple: the same Destination Connection ID
+        in a long header (a new connection picks a new one, RFC 9000 section 7.2). The kernel marks
+        every datagram of a burst first while the first one waits in the queue (its conntrack entry
+        is not confirmed yet, so each finds none): Chromium's and aioquic's ClientHello in two or
+        three Initial packets were each read from scratch and never named."""
+        n = len(payload)
+        if n < 7 or not payload[0] & 0x80:
+            return False
+        ln = payload[5]
+        if ln < 8 or 6 + ln > n:
+            return False
+        dcid = payload[6 : 6 + ln]
+        entry = self.quic.get(key)
+        if entry is not None:
+            same = entry[1].dcid == dcid
+        else:
+            ident = self.done.get(key)
+            if ident is None:
+                ident = self._done_old.get(key)
+            same = ident == dcid
+        if same:
+            self.stats["flow:first-again"] += 1
+        return same
 
     def _gquic(self, ts: float, payload: bytes, key: bytes, version: bytes, src: bytes, dst: bytes, sport: int,
                dport: int) -> None:
@@ -1183,7 +1266,7 @@ class Decoder:
         if hello is None:
             self.stats["quic:gquic-no-chlo"] += 1
             return
-        self._mark_done(key, ts)
+        self._mark_done(key, -1)
         flow = Flow(0, True, ts, src, dst, sport, dport)
         self._emit_tls(flow, ts, hello, Kind.QUIC_SNI, Transport.UDP, " quic=" + version.decode("ascii"))
 
@@ -1212,7 +1295,7 @@ class Decoder:
                 self._tcp_budget.held -= flow.cost
                 self.drops["flow:timeout"] += 1
                 if table is self.flows and flow.buf:
-                    self._mark_done(k, flow.ts)
+                    self._mark_done(k, flow.ack)
                     self._give_up(flow, now, "unknown-protocol" if flow.held else "incomplete")
         while self.quic:
             k = next(iter(self.quic))

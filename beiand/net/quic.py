@@ -136,7 +136,7 @@ def is_initial(buf: bytes) -> bool:
 class QuicInitialReader:
     """The client side of one QUIC connection's Initial packets, until the ClientHello is known."""
 
-    __slots__ = ("crypto", "dcid", "keys", "max_holes", "version")
+    __slots__ = ("crypto", "datagrams", "dcid", "keys", "max_holes", "version")
 
     def __init__(self, max_holes: int = 64) -> None:
         self.keys: InitialKeys | None = None
@@ -146,6 +146,7 @@ class QuicInitialReader:
         self.max_holes = max_holes
         self.dcid = b""
         self.version = 0
+        self.datagrams = 0  # read so far (the decoder's name budget)
 
     def feed(self, datagram: bytes) -> ClientHello | None:
         """Process one UDP datagram (possibly coalesced packets); the ClientHello once complete."""

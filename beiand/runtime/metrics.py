@@ -60,6 +60,11 @@ class Metrics:
                                           ["kind"], registry=r)
         for kind in REASSEMBLY_KINDS:
             self.reassembly_evicted.labels(kind)
+        self.name_budget_spent = Counter("beiand_flow_name_budget_spent", "flows whose name was not whole when their "
+                                         "name budget was spent (reassembly.name_packets, name_seconds; issue 36): judged "
+                                         "by their address alone (ip-only), by budget", ["budget"], registry=r)
+        for budget in ("packets", "seconds"):
+            self.name_budget_spent.labels(budget)
         self.worker_crashes = Counter("beiand_worker_crashes", "capture workers whose loop died of an exception (their "
                                       "access log was flushed and closed first where possible)", registry=r)
         self.crash_lost = Counter("beiand_worker_crash_lost_records", "access-log records still unwritten when a dying "

@@ -178,6 +178,14 @@ class ReassemblySection:
                              min=1024, max=1 << 20)
     max_holes: int = _f(64, "Out-of-order pieces beyond the first hole kept per flow, datagram or CRYPTO stream.",
                         min=1, max=4096)
+    name_packets: int = _f(6, "The name budget in packets (issue 36): TCP data segments or QUIC datagrams of one flow read "
+                           "to find its name. A ClientHello still not whole then is judged by its address alone (ip-only, "
+                           "reason budget-packets), on the packet at hand. A browser's 2 KB ClientHello takes 1 to 3. Inline it "
+                           "must be below enforce.connbytes - 1 (the kernel also counts the SYN and the handshake's ACK).",
+                           min=2, max=64)
+    name_seconds: float = _f(5.0, "The name budget in seconds since a flow's first data: past it, a ClientHello still not whole "
+                             "is judged by its address alone (ip-only, reason budget-seconds) on the next packet.",
+                             min=0.1, max=60.0)
 
 
 @dataclass(frozen=True)
@@ -466,6 +474,11 @@ def _semantic(cfg: Config, text: str, path: str, warnings: list[str] | None = No
 
     def bad(dotted: str, why: str) -> None:
         problems.append(f"{path}:{_line_of(text, dotted)}: {dotted}: {why}")
+
+    if cfg.enforce.inline and cfg.reassembly.name_packets > cfg.enforce.connbytes - 2:
+        bad("reassembly.name_packets", f"{cfg.reassembly.name_packets} is more than enforce.connbytes - 2 "
+            f"({cfg.enforce.connbytes - 2}): inline, the kernel would stop queuing a flow before its name budget is "
+            "spent and pass it unjudged; raise enforce.connbytes or lower reassembly.name_packets")
 
     for dotted, secret in (("accesslog.hmac_key_file", cfg.accesslog.hmac_key_file), ("server.token_file", cfg.server.token_file),
                            ("accesslog.clickhouse.password_file", cfg.accesslog.clickhouse.password_file)):

@@ -91,7 +91,7 @@ def decoder_config(cfg: Config) -> DecoderConfig:
                          reassembly_quic_bytes=ra.quic_bytes, reassembly_fragment_bytes=ra.fragment_bytes,
                          conns=cn.enabled, conn_window=cn.window, conn_udp_idle=cn.udp_idle_timeout,
                          conn_tcp_idle=cn.tcp_idle_timeout, conn_max=cn.max_pending, url_max=cn.url_max_length,
-                         url_query=cn.url_query)
+                         url_query=cn.url_query, name_packets=ra.name_packets, name_seconds=ra.name_seconds)
 
 
 @dataclass

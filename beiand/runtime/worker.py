@@ -189,6 +189,8 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
             c[MetricKey("beiand_connection_records", (direction,))] = n
         for kind, b in decoder.budgets.items():
             c[MetricKey("beiand_reassembly_evicted", (kind,))] = b.evicted
+        for budget in ("packets", "seconds"):
+            c[MetricKey("beiand_flow_name_budget_spent", (budget,))] = decoder.stats["flow:budget-" + budget]
         st = alog.stats
         c[MetricKey("beiand_accesslog_records")] = st.written
         c[MetricKey("beiand_accesslog_bytes")] = st.bytes_written

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beiand.lab import traffic as t
+from beiand.model import Kind
 from beiand.net.decoder import Decoder, DecoderConfig
 from beiand.net.reassembly import INTERVAL_COST, Stream
 from tests.fuzz import hostile
@@ -52,7 +53,8 @@ def test_half_open_flows_stay_within_the_per_flow_cap_and_the_budget():
 
 
 def test_tcp_budget_evicts_the_oldest_and_counts_it():
-    cfg = DecoderConfig(reassembly_tcp_bytes=64 * 1024)
+    # name_packets: the byte budget is what is tried here, not the packet budget (issue 36)
+    cfg = DecoderConfig(reassembly_tcp_bytes=64 * 1024, name_packets=1000)
     d = Decoder(cfg)
     feed_all(d, hostile.half_open(20, 40, step=1400))  # 20 flows, ~16 KiB each: over a 64 KiB budget
     b = d.budgets["tcp"]
@@ -79,8 +81,13 @@ def test_reverse_order_reassembly_still_names_the_flow():
     hello = t.client_hello("reverse.example.com", ["h2"], big=True)
     frames = t.tcp_session("192.0.2.1", "198.51.100.1", 40001, 443, hello, segment=7,
                            order=range(len(hello) // 7 + (len(hello) % 7 > 0) - 1, -1, -1))
-    out = feed_all(Decoder(), frames)
+    out = feed_all(Decoder(DecoderConfig(name_packets=1 << 20)), frames)
     assert [o.name for o in out] == ["reverse.example.com"]
+    # With the default name budget (issue 36), a ClientHello in hundreds of 7-byte segments is judged
+    # by its address once the budget is spent: on the packet at hand, so inline can act on it.
+    out = feed_all(Decoder(), frames)
+    assert [(o.kind, o.detail) for o in out] == [(Kind.IP_ONLY, "budget-packets")]
+    assert out[0].tcp_len == 7 and out[0].tcp_seq != 0
 
 
 def test_eight_byte_fragments_last_first_take_linear_time():
@@ -145,7 +152,7 @@ def test_stream_agrees_with_a_reference(pieces, limit):
 
 
 def test_quic_crypto_holes_fill_the_quic_budget_and_evict():
-    cfg = DecoderConfig(reassembly_quic_bytes=256 * 1024)
+    cfg = DecoderConfig(reassembly_quic_bytes=256 * 1024, name_packets=1000)  # the byte budget, not the packet one
     d = Decoder(cfg)
     feed_all(d, hostile.quic_holes(30, per=20))  # 30 x 20 KB held, never a ClientHello
     b = d.budgets["quic"]

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 from beiand.accesslog import Query, query
+from beiand.lab.browsers import Browsers, Sniffer, named
 from beiand.lab.demo import build
 from beiand.lab.labdemo import wait_ready, write_config
 from beiand.lab.netns import Lab
-from tests.integration.browserlab import Browsers, Sniffer, named
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,7 @@
 """The decoder on whole frames: every link type, tunnel and reassembly case it claims."""
 
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -290,8 +291,9 @@ def test_a_fresh_frame_starts_its_4_tuple_again():
     """Inline, the SYN is not queued: the first queued packet of a connection comes with
     ``fresh`` and the decoder forgets the 4-tuple's older connection (issue 22)."""
     d = Decoder()
-    first = t.tcp(C4, S4, 40000, 443, 100, payload=t.client_hello("filed.example.cn"))[14:]
-    again = t.tcp(C4, S4, 40000, 443, 9000, payload=t.client_hello("other.example.xyz"))[14:]
+    # a new connection: a new server ISN, so a new ack (issue 36: the same ack is the same connection)
+    first = t.tcp(C4, S4, 40000, 443, 100, ack=5001, payload=t.client_hello("filed.example.cn"))[14:]
+    again = t.tcp(C4, S4, 40000, 443, 9000, ack=770001, payload=t.client_hello("other.example.xyz"))[14:]
     assert one(d.feed(1.0, first, LINKTYPE_RAW, fresh=True)).name == "filed.example.cn" and d.settled()
     assert d.feed(1.1, again, LINKTYPE_RAW) == []  # the same connection as far as the decoder knows
     assert d.settled()
@@ -366,22 +368,22 @@ def test_a_fresh_flow_in_2_to_4_segments_in_any_order_is_named(data):
 
 def test_a_held_fresh_flow_is_named_ip_only_past_its_bounds():
     """Held, not kept: a fresh flow whose start never parses is named ip-only at the segment that
-    reaches ``hold_segments``, or at the first segment after ``hold_seconds``, with that segment's
+    spends the name budget (``name_packets``, ``name_seconds``, issue 36), with that segment's
     numbers (inline: the packet then dropped and the flow reset, as before the hold)."""
     junk = b"\x00\x01binary protocol" * 8
-    d = Decoder()
+    d = Decoder(DecoderConfig(name_packets=4, name_seconds=1.0))
     for i in range(3):
         pkt = t.tcp(C4, S4, 40003, 443, 100 + i * len(junk), 5001, 0x18, junk)[14:]
         assert d.feed(1.0 + i * 0.01, pkt, LINKTYPE_RAW, fresh=i == 0) == [] and not d.settled()
     o = one(d.feed(1.05, t.tcp(C4, S4, 40003, 443, 100 + 3 * len(junk), 5001, 0x18, junk)[14:], LINKTYPE_RAW))
     assert (o.kind, o.detail, o.tcp_seq, o.tcp_ack) == (Kind.IP_ONLY, "unknown-protocol", 100 + 3 * len(junk), 5001)
     assert d.settled() and d.stats["flow:held"] == 1
-    d = Decoder()
+    d = Decoder(DecoderConfig(name_seconds=1.0))
     assert d.feed(1.0, t.tcp(C4, S4, 40004, 443, 100, 5001, 0x18, junk)[14:], LINKTYPE_RAW, fresh=True) == []
     o = one(d.feed(2.5, t.tcp(C4, S4, 40004, 443, 100 + len(junk), 5001, 0x18, junk)[14:], LINKTYPE_RAW))
     assert (o.kind, o.detail) == (Kind.IP_ONLY, "unknown-protocol") and d.settled()
     # A later segment that does not grow the held bytes (beyond a hole) counts too.
-    d = Decoder(DecoderConfig(hold_segments=2))
+    d = Decoder(DecoderConfig(name_packets=2))
     assert d.feed(1.0, t.tcp(C4, S4, 40005, 443, 100, 5001, 0x18, junk)[14:], LINKTYPE_RAW, fresh=True) == []
     o = one(d.feed(1.01, t.tcp(C4, S4, 40005, 443, 9000, 5001, 0x18, junk)[14:], LINKTYPE_RAW))
     assert o.kind is Kind.IP_ONLY and o.tcp_seq == 9000
@@ -409,3 +411,85 @@ def test_with_the_syn_seen_a_segment_before_the_start_is_ignored():
     early = t.tcp(C4, S4, 40008, 443, 900, 5001, 0x18, b"\x00" * 50)
     out, d = run([pk[0], early, *pk[1:]])
     assert one(out).name == "syn.example.cn" and d.stats["flow:held"] == 0
+
+
+# -- issue 36: a packet marked as its connection's first, again; the name budget ---------------
+
+
+def test_segments_of_one_super_packet_each_marked_first_are_one_connection():
+    """Where the kernel cuts a GSO super-packet into segments before queuing them, every one carries
+    the super-packet's ``first`` mark: the same ack (the server's ISN + 1) says they are one
+    connection, so the ClientHello is put together, not restarted at each segment."""
+    hello = t.client_hello("filed.example.cn", big=True)
+    assert len(hello) > 2800
+    d = Decoder()
+    segs = [hello[i : i + 1448] for i in range(0, len(hello), 1448)]
+    out = []
+    for i, seg in enumerate(segs):
+        out += d.feed(1.0, t.tcp(C4, S4, 40100, 443, 100 + i * 1448, 5001, 0x18, seg)[14:], LINKTYPE_RAW, fresh=True)
+    assert [(o.kind, o.name) for o in out] == [(Kind.TLS_SNI, "filed.example.cn")]
+    assert d.stats["flow:first-again"] == len(segs) - 1
+    # A request head in the first segment, its body in the next ones (an HTTP POST written at once):
+    # the body is the same connection, already decided; no second observation of it.
+    d = Decoder()
+    head = b"POST /up HTTP/1.1\r\nHost: filed.example.cn\r\nContent-Length: 3000\r\n\r\n"
+    first = one(d.feed(1.0, t.tcp(C4, S4, 40101, 80, 100, 5001, 0x18, head)[14:], LINKTYPE_RAW, fresh=True))
+    assert first.name == "filed.example.cn"
+    body = t.tcp(C4, S4, 40101, 80, 100 + len(head), 5001, 0x18, b"\x00\x01" * 700)[14:]
+    assert d.feed(1.0, body, LINKTYPE_RAW, fresh=True) == [] and d.settled()
+    # A new connection on the 4-tuple (another server ISN: another ack) is decided afresh.
+    again = t.tcp(C4, S4, 40101, 80, 9000, 880001, 0x18, head.replace(b"filed.example.cn", b"other.example.xyz"))[14:]
+    assert one(d.feed(2.0, again, LINKTYPE_RAW, fresh=True)).name == "other.example.xyz"
+
+
+def quic_split(hello: bytes, dcid: bytes, parts: int) -> list[bytes]:
+    n = len(hello)
+    cuts = [n * i // parts for i in range(parts + 1)]
+    return [t.quic_initial_packet([(cuts[i], hello[cuts[i] : cuts[i + 1]])], dcid, i) for i in range(parts)]
+
+
+BROWSER_QUIC_HELLO = (Path(__file__).parents[2] / "golden" / "browsers" / "chromium-quic.clienthello").read_bytes()
+
+
+def test_initial_packets_of_a_burst_each_marked_first_are_one_connection():
+    """The kernel marks every datagram of a burst ``first`` while the first waits in the queue (its
+    conntrack entry not yet confirmed): the same Destination Connection ID says they are one QUIC
+    connection. Chromium's ClientHello (recorded) in three Initial packets is named once."""
+    d = Decoder()
+    dcid = bytes.fromhex("0011223344556677")
+    out = []
+    for dg in quic_split(BROWSER_QUIC_HELLO, dcid, 3):
+        out += d.feed(1.0, t.udp(C4, S4, 50000, 443, dg)[14:], LINKTYPE_RAW, fresh=True)
+    assert [(o.kind, o.name) for o in out] == [(Kind.QUIC_SNI, "www.example.com.cn")]
+    assert d.settled()
+    late = t.udp(C4, S4, 50000, 443, quic_split(BROWSER_QUIC_HELLO, dcid, 3)[1])[14:]
+    assert d.feed(1.1, late, LINKTYPE_RAW, fresh=True) == [] and d.settled()  # the same connection, decided
+    # another connection from the same port: another DCID, read afresh
+    other = quic_split(BROWSER_QUIC_HELLO, bytes.fromhex("8899aabbccddeeff"), 2)
+    assert d.feed(2.0, t.udp(C4, S4, 50000, 443, other[0])[14:], LINKTYPE_RAW, fresh=True) == []
+    assert one(d.feed(2.0, t.udp(C4, S4, 50000, 443, other[1])[14:], LINKTYPE_RAW, fresh=True)).name == "www.example.com.cn"
+
+
+def test_the_name_budget_judges_a_flow_by_its_address_on_the_packet_at_hand():
+    """Packets or seconds spent without a whole ClientHello (issue 36): named ip-only, reason
+    ``budget-packets`` / ``budget-seconds``, on that packet (its numbers: inline drops and resets
+    with them), and the flow settled; never passed on unjudged."""
+    hello = t.client_hello("slow.example.cn", big=True)
+    d = Decoder(DecoderConfig(name_packets=3))
+    out = []
+    for i in range(3):
+        seg = t.tcp(C4, S4, 40200, 443, 100 + i * 10, 5001, 0x18, hello[i * 10 : i * 10 + 10])[14:]
+        out += d.feed(1.0 + i, seg, LINKTYPE_RAW, fresh=i == 0)
+    o = one(out)
+    assert (o.kind, o.detail, o.tcp_seq, o.tcp_len) == (Kind.IP_ONLY, "budget-packets", 120, 10) and d.settled()
+    d = Decoder(DecoderConfig(name_seconds=2.0))
+    assert d.feed(1.0, t.tcp(C4, S4, 40201, 443, 100, 5001, 0x18, hello[:10])[14:], LINKTYPE_RAW, fresh=True) == []
+    assert d.feed(2.0, t.tcp(C4, S4, 40201, 443, 110, 5001, 0x18, hello[10:20])[14:], LINKTYPE_RAW) == []
+    o = one(d.feed(3.5, t.tcp(C4, S4, 40201, 443, 120, 5001, 0x18, hello[20:30])[14:], LINKTYPE_RAW))
+    assert (o.kind, o.detail) == (Kind.IP_ONLY, "budget-seconds") and d.stats["flow:budget-seconds"] == 1
+    # QUIC: Initial packets that never complete the ClientHello
+    d = Decoder(DecoderConfig(name_packets=2))
+    dgs = quic_split(BROWSER_QUIC_HELLO, bytes(8), 4)
+    assert d.feed(1.0, t.udp(C4, S4, 50001, 443, dgs[0])[14:], LINKTYPE_RAW, fresh=True) == []
+    o = one(d.feed(1.0, t.udp(C4, S4, 50001, 443, dgs[1])[14:], LINKTYPE_RAW))
+    assert (o.kind, o.transport, o.detail) == (Kind.IP_ONLY, Transport.UDP, "budget-packets") and d.settled()

@@ -216,3 +216,13 @@ def test_a_deprecated_key_is_accepted_with_a_warning() -> None:
 def test_capture_filter_accepted(tmp_path: Path) -> None:
     c = load_config(cfg(tmp_path, '[capture]\nfilter = "vlan 100 and not host 198.51.100.7"\n'))
     assert c.capture.filter == "vlan 100 and not host 198.51.100.7"
+
+
+def test_inline_the_name_budget_must_fit_what_the_kernel_queues() -> None:
+    """Issue 36: past ``enforce.connbytes`` the kernel queues no more of a flow; a name budget
+    beyond it would let a flow through unjudged. Passive, no such bound."""
+    with pytest.raises(ConfigError) as err:
+        parse_config("[enforce]\ninline = true\nconnbytes = 8\n\n[reassembly]\nname_packets = 7\n", "n.toml")
+    assert "n.toml:6: reassembly.name_packets" in str(err.value) and "connbytes" in str(err.value)
+    assert parse_config("[enforce]\ninline = true\nconnbytes = 12\n[reassembly]\nname_packets = 10\n").reassembly.name_packets == 10
+    assert parse_config("[reassembly]\nname_packets = 40\nname_seconds = 2.5\n").reassembly.name_seconds == 2.5
