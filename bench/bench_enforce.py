@@ -175,8 +175,10 @@ def load() -> str:
     return os.getloadavg().__repr__()
 
 
-def ab_rounds(lab: Lab, wd: Path, files: dict[str, str], rounds: int, count: int, conc: int = 16) -> None:
-    """Filed first byte without and with beiand inline, alternated in one window."""
+def ab_rounds(lab: Lab, wd: Path, files: dict[str, str], rounds: int, count: int, conc: int = 16,
+              protos: tuple[str, ...] = ("https", "http")) -> None:
+    """Filed first byte without and with beiand inline, alternated in one window. ``protos`` may add
+    ``https-big`` (a ClientHello past one MTU in one write) and ``https-split`` (two writes, issue 36)."""
     pooled: dict[tuple[str, str], list[float]] = {}
     for r in range(rounds):
         for mode in ("none", "inline"):
@@ -184,11 +186,11 @@ def ab_rounds(lab: Lab, wd: Path, files: dict[str, str], rounds: int, count: int
             try:
                 q0 = _queue_stats(lab)[0]
                 s0 = stage_totals(lab) if d is not None else None
-                res = {proto: client(lab, proto, "www.example.com.cn", "198.51.100.10", count, conc) for proto in ("https", "http")}
+                res = {proto: client(lab, proto, "www.example.com.cn", "198.51.100.10", count, conc) for proto in protos}
                 q1 = _queue_stats(lab)[0]
                 extra = ""
                 if d is not None and s0 is not None:
-                    extra = (f"; queued per connection {(q1 - q0) / (2 * count):.2f}\n  "
+                    extra = (f"; queued per connection {(q1 - q0) / (len(protos) * count):.2f}\n  "
                              + stage_report("inline", s0, stage_totals(lab)))
             finally:
                 if d is not None:
@@ -199,7 +201,7 @@ def ab_rounds(lab: Lab, wd: Path, files: dict[str, str], rounds: int, count: int
             print(f"round {r + 1} {'no beiand' if mode == 'none' else 'inline   '} ({conc} at a time; load {load()}): "
                   + "; ".join(f"{p.upper()} p50 {x.get('first_byte_p50_ms', 0):.3f} ms p99 {x.get('first_byte_p99_ms', 0):.3f} ms "
                               f"(served {x.get('server-bytes', 0)}/{count})" for p, x in res.items()) + extra, flush=True)
-    for proto in ("https", "http"):
+    for proto in protos:
         a = sorted(pooled.get(("none", proto), []))
         b = sorted(pooled.get(("inline", proto), []))
         if a and b:
@@ -261,6 +263,7 @@ def main() -> None:
     ap.add_argument("--filed-count", type=int, default=500, help="connections per protocol and round")
     ap.add_argument("--conc", type=int, default=16, help="connections at a time in the rounds")
     ap.add_argument("--no-passive", action="store_true", help="skip the passive mode's run")
+    ap.add_argument("--protos", default="https,http", help="the rounds' clients: https, http, https-big, https-split")
     ap.add_argument("--no-effectiveness", action="store_true", help="only the alternated rounds")
     ap.add_argument("--realtime", type=int, default=0, help="capture.realtime_priority of the workers (SCHED_FIFO; 0: normal)")
     args = ap.parse_args()
@@ -275,7 +278,7 @@ def main() -> None:
         lab.start_servers(wd)
         print(f"load before: {load()}", flush=True)
         if args.rounds:
-            ab_rounds(lab, wd, files, args.rounds, args.filed_count, args.conc)
+            ab_rounds(lab, wd, files, args.rounds, args.filed_count, args.conc, tuple(args.protos.split(",")))
         if args.no_effectiveness:
             return
         base = client(lab, "http", "www.example.com.cn", "198.51.100.10", args.count)

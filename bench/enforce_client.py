@@ -3,6 +3,9 @@
     python enforce_client.py MODE NAME IP COUNT CONCURRENCY
 
 MODE https: connect, send a ClientHello for NAME, wait for the first server byte.
+MODE https-big: the same with a ClientHello past one MTU (about 2.8 KB, as a browser's with an
+     ML-KEM key share), written at once: one TSO/GSO super-packet (issue 36).
+MODE https-split: the ClientHello in two writes (TCP_NODELAY): two packets, the name in the second.
 MODE http:  connect, send a GET for NAME, read the answer.
 Prints one JSON line: connections, how many received any byte from the server (TLS record /
 "hello from"), how many got the block page, resets, other errors, and first-byte latencies.
@@ -26,10 +29,17 @@ def one(mode: str, name: str, ip: str, res: dict, lock: threading.Lock) -> None:
     outcome = "error"
     lat = None
     try:
-        s.connect((ip, 443 if mode == "https" else 80))
-        payload = client_hello(name) if mode == "https" else f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode()
+        tls = mode.startswith("https")
+        s.connect((ip, 443 if tls else 80))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        payload = client_hello(name, big=mode == "https-big") if tls else \
+            f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode()
         t0 = time.perf_counter()
-        s.sendall(payload)
+        if mode == "https-split":
+            s.sendall(payload[:100])
+            s.sendall(payload[100:])
+        else:
+            s.sendall(payload)
         data = b""
         while True:
             chunk = s.recv(65536)
@@ -38,9 +48,9 @@ def one(mode: str, name: str, ip: str, res: dict, lock: threading.Lock) -> None:
             if not data:
                 lat = time.perf_counter() - t0
             data += chunk
-            if mode == "https" and data[:1] == b"\x16":
+            if tls and data[:1] == b"\x16":
                 break
-        if mode == "https":
+        if tls:
             outcome = "server-bytes" if data[:1] == b"\x16" else ("no-bytes" if not data else "other")
         else:
             outcome = ("server-bytes" if b"hello from" in data else "block-page" if b" 451 " in data[:20]

@@ -197,9 +197,9 @@ class Browsers:
         self.firefox_profile.mkdir()
         if shutil.which("certutil"):  # the lab's CA trusted: the filed page loads in Firefox
             subprocess.run(["certutil", "-N", "-d", f"sql:{self.firefox_profile}", "--empty-password"], check=True,
-                           capture_output=True, stdin=subprocess.DEVNULL)
+                           capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
             subprocess.run(["certutil", "-A", "-d", f"sql:{self.firefox_profile}", "-n", "beiand-lab", "-t", "C,,",
-                            "-i", str(cert.with_name("lab-ca.pem"))], check=True, capture_output=True, stdin=subprocess.DEVNULL)
+                            "-i", str(cert.with_name("lab-ca.pem"))], check=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
         # Chromium's QUIC checks certificates its own way: --ignore-certificate-errors is not enough there,
         # the key's hash is (base64 of the SHA-256 of the SubjectPublicKeyInfo).
         from cryptography import x509

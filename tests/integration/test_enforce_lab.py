@@ -17,6 +17,7 @@ from beiand.cli import main
 from beiand.lab.demo import build
 from beiand.lab.labdemo import QUIC_CLIENT, http_get, wait_ready, write_config
 from beiand.lab.netns import Lab
+from tests.integration.nsdaemon import metric
 
 pytestmark = pytest.mark.integration
 
@@ -166,8 +167,16 @@ def test_a_filed_flow_is_not_queued_after_its_verdict(lab) -> None:  # type: ign
     # Four requests on one connection, each in its own packet: only the first waited for beiand.
     assert queued_tcp_packets(lb) - before == 1
     assert queue_ids(lb) - ids == 1
-    text = http_get(lb, "/metrics")[1].decode()
-    assert 'beiand_inline_packets_total{worker="0"}' in text and "beiand_inline_settled_total" in text
+    # The workers report on their next snapshot (about once a second), and which worker's queue a
+    # flow lands on depends on a per-boot hash: wait for the sum over the workers, never for time.
+    deadline = time.monotonic() + 15
+    while True:
+        text = http_get(lb, "/metrics")[1].decode()
+        if (metric(text, "beiand_inline_packets_total") >= 1 and metric(text, "beiand_inline_settled_total") >= 1) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert metric(text, "beiand_inline_packets_total") >= 1 and metric(text, "beiand_inline_settled_total") >= 1, text
     # An unfiled flow is still held and blocked.
     _, body, code = curl(lb, "unfiled.example.xyz", "198.51.100.11", "http")
     assert code == "451" and b"hello from" not in body
