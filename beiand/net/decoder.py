@@ -133,10 +133,11 @@ class Flow(Stream):
     ``syn``: the start is known (the SYN was seen); without it a segment before ``base`` moves
     the start back. ``fresh``: the connection's first bytes were seen (inline, the first queued
     packet), though perhaps not in order; ``held``: their start does not parse yet, and the
-    decoder waits for a segment before it (bounded: ``DecoderConfig.hold_*``). ``segments``: data
-    segments read (the name budget, ``DecoderConfig.name_packets``)."""
+    decoder waits for a segment before it (bounded by the name budget, ``DecoderConfig.name_*``).
+    ``segments``: data segments read (``DecoderConfig.name_packets``)."""
 
-    __slots__ = ("ack", "base", "client", "consumed", "dport", "fresh", "held", "segments", "server", "sport", "syn", "ts")
+    __slots__ = ("ack", "base", "client", "consumed", "data_ts", "dport", "fresh", "held", "segments", "server", "sport", "syn",
+                 "ts")
 
     def __init__(self, base: int, syn: bool, ts: float, src: bytes, dst: bytes, sport: int, dport: int,
                  fresh: bool = False) -> None:
@@ -157,6 +158,7 @@ class Flow(Stream):
         self.dport = dport
         self.consumed = 0
         self.ack = -1  # the ack of its first data segment: the server's ISN + 1 names the connection
+        self.data_ts = ts  # the time of its first data (the name budget's clock; after a SYN: set then)
 
     def add(self, seq: int, data: bytes, limit: int, max_holes: int = 64) -> int:
         """Add a segment; how much the contiguous prefix grew (0: not; -1: too many holes)."""
@@ -229,6 +231,10 @@ class Decoder:
         self._server_ports = cfg.tcp_ports | cfg.udp_ports | cfg.dns_ports
         self._tunnel_ports = frozenset({VXLAN_PORT, GENEVE_PORT, GTPU_PORT})
         self._fresh = False  # the frame being decoded starts its connection (``feed(fresh=True)``)
+        # Inline: connections whose packet was dropped (their verdict: block), by 4-tuple, with the
+        # time. Their later packets are dropped too: a dropped QUIC Initial's retransmission comes
+        # marked first again (its conntrack entry died with it) and is the same connection.
+        self.blocked: OrderedDict[bytes, float] = OrderedDict()
 
     # -- entry point ----------------------------------------------------------------------
 
@@ -788,6 +794,7 @@ class Decoder:
             return
         if flow.ack < 0:  # its first data after the SYN
             flow.ack = ack
+            flow.data_ts = ts
         flow.segments += 1
         budget = self._tcp_budget
         before = flow.cost
@@ -817,12 +824,16 @@ class Decoder:
             # The name budget (issue 36): a flow still without its name is judged by its address now,
             # on this packet, rather than passed on unjudged once the kernel stops queuing it.
             spent = "budget-packets" if flow.segments >= cfg.name_packets else \
-                "budget-seconds" if ts - flow.ts >= cfg.name_seconds else ""
+                "budget-seconds" if ts - flow.data_ts >= cfg.name_seconds else ""
             if spent:
                 del self.flows[key]
                 budget.held -= flow.cost
                 self._mark_done(key, flow.ack)
                 self.stats["flow:" + spent] += 1
+                if not flow.fresh:
+                    # Passive, its start perhaps never captured: judged, but not on this packet's numbers
+                    # (a live connection is not reset for the capture's loss; as at its expiry).
+                    self._seg = (0, 0, 0)
                 self._emit(flow, ts, Kind.IP_ONLY, Transport.TCP, "", spent)
 
     def _same_tcp(self, key: bytes, ack: int) -> bool:
@@ -844,6 +855,7 @@ class Decoder:
 
     def _forget(self, key: bytes) -> None:
         """Drop what is remembered of a 4-tuple: its connection ended, a new one starts."""
+        self.blocked.pop(key, None)
         self.done.pop(key, None)
         self._done_old.pop(key, None)
         old = self.flows.pop(key, None)
@@ -852,6 +864,26 @@ class Decoder:
         entry = self.quic.pop(key, None)
         if entry is not None:
             self.budgets["quic"].held -= entry[1].crypto.cost
+
+    def block_current(self, ts: float) -> None:
+        """Inline: the packet just decoded was dropped (its connection blocked): drop its connection's
+        later packets too (:meth:`blocked_current`), until a new connection takes the 4-tuple."""
+        key = self._current
+        if isinstance(key, bytes):
+            blocked = self.blocked
+            blocked[key] = ts
+            blocked.move_to_end(key)
+            if len(blocked) > self.config.max_flows:
+                blocked.popitem(last=False)
+
+    def blocked_current(self, ts: float) -> bool:
+        """Whether the packet just decoded belongs to a connection blocked before (and not long ago:
+        ``flow_timeout`` * 2)."""
+        key = self._current
+        if not isinstance(key, bytes):
+            return False
+        t = self.blocked.get(key)
+        return t is not None and ts - t < 2 * self.config.flow_timeout
 
     def settled(self) -> bool:
         """Whether the flow the last frame touched needs no more packets (named or given up):

@@ -58,6 +58,7 @@ class InlinePath:
         self.clock = clock
         self.times = StageTimes()
         self.settled = 0  # verdicts that told the kernel to stop queuing their connection
+        self.redropped = 0  # packets dropped because their connection was dropped before
         self.failed: BaseException | None = None  # what killed the thread: the worker dies of it too
         self._thread: threading.Thread | None = None
 
@@ -77,6 +78,7 @@ class InlinePath:
         times.receive += t1 - t0
         decoder = self.pipe.decoder
         feed, decide, settled, verdict = decoder.feed, self.pipe.decide, decoder.settled, queue.verdict
+        block, blocked = decoder.block_current, decoder.blocked_current
         first, decided = self.marks.first, self.marks.decided
         clock = self.clock
         decode_ns = decide_ns = 0
@@ -85,9 +87,15 @@ class InlinePath:
             tv = pc()
             for q in batch:
                 ta = pc()
-                obs = feed(clock(), q.packet, LINKTYPE_RAW, bool(q.mark & first))
+                ts = clock()
+                obs = feed(ts, q.packet, LINKTYPE_RAW, bool(q.mark & first))
                 tb = pc()
                 drop = decide(obs, later) if obs else False
+                if drop:
+                    block(ts)
+                elif blocked(ts):  # a later packet of a connection dropped before (a retransmission)
+                    drop = True
+                    self.redropped += 1
                 tc = pc()
                 decode_ns += tb - ta
                 decide_ns += tc - tb

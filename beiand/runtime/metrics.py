@@ -138,6 +138,8 @@ class Metrics:
                                       ["worker"], registry=r)
         self.inline_settled = Counter("beiand_inline_settled", "accepted packets whose verdict told the kernel to stop "
                                       "queuing their connection (its name is known)", ["worker"], registry=r)
+        self.inline_redropped = Counter("beiand_inline_redropped", "queued packets dropped because their connection was "
+                                        "dropped before (a retransmission of a blocked flow's packet)", ["worker"], registry=r)
         self.inline_seconds = Counter("beiand_inline_seconds", "time the queue thread spent on queued packets, by stage "
                                       "(receive: netlink read and parse; decode; decide: policy and enforcement; "
                                       "verdict: building and sending the verdicts; record: the access log and other "

@@ -178,11 +178,12 @@ class ReassemblySection:
                              min=1024, max=1 << 20)
     max_holes: int = _f(64, "Out-of-order pieces beyond the first hole kept per flow, datagram or CRYPTO stream.",
                         min=1, max=4096)
-    name_packets: int = _f(6, "The name budget in packets (issue 36): TCP data segments or QUIC datagrams of one flow read "
+    name_packets: int = _f(0, "The name budget in packets (issue 36): TCP data segments or QUIC datagrams of one flow read "
                            "to find its name. A ClientHello still not whole then is judged by its address alone (ip-only, "
-                           "reason budget-packets), on the packet at hand. A browser's 2 KB ClientHello takes 1 to 3. Inline it "
-                           "must be below enforce.connbytes - 1 (the kernel also counts the SYN and the handshake's ACK).",
-                           min=2, max=64)
+                           "reason budget-packets), on the packet at hand. A browser's 2 KB ClientHello takes 1 to 3. "
+                           "0: automatic, 6 (inline: enforce.connbytes - 2 when that is less). Inline a value set here must "
+                           "be at most enforce.connbytes - 2 (the kernel also counts the SYN and the handshake's ACK).",
+                           min=0, max=64)
     name_seconds: float = _f(5.0, "The name budget in seconds since a flow's first data: past it, a ClientHello still not whole "
                              "is judged by its address alone (ip-only, reason budget-seconds) on the next packet.",
                              min=0.1, max=60.0)
@@ -475,6 +476,12 @@ def _semantic(cfg: Config, text: str, path: str, warnings: list[str] | None = No
     def bad(dotted: str, why: str) -> None:
         problems.append(f"{path}:{_line_of(text, dotted)}: {dotted}: {why}")
 
+    if cfg.reassembly.name_packets == 1:
+        bad("reassembly.name_packets", "1 is no budget (the first packet is always read): 0 (automatic) or at least 2")
+    if cfg.enforce.inline and cfg.enforce.connbytes < 4 and warnings is not None:
+        warnings.append(f"{path}:{_line_of(text, 'enforce.connbytes')}: enforce.connbytes: {cfg.enforce.connbytes} queues at "
+                        "most one packet with data: a ClientHello in two packets (every current browser's can be) passes "
+                        "unjudged; 8 is the default")
     if cfg.enforce.inline and cfg.reassembly.name_packets > cfg.enforce.connbytes - 2:
         bad("reassembly.name_packets", f"{cfg.reassembly.name_packets} is more than enforce.connbytes - 2 "
             f"({cfg.enforce.connbytes - 2}): inline, the kernel would stop queuing a flow before its name budget is "

@@ -91,7 +91,15 @@ def decoder_config(cfg: Config) -> DecoderConfig:
                          reassembly_quic_bytes=ra.quic_bytes, reassembly_fragment_bytes=ra.fragment_bytes,
                          conns=cn.enabled, conn_window=cn.window, conn_udp_idle=cn.udp_idle_timeout,
                          conn_tcp_idle=cn.tcp_idle_timeout, conn_max=cn.max_pending, url_max=cn.url_max_length,
-                         url_query=cn.url_query, name_packets=ra.name_packets, name_seconds=ra.name_seconds)
+                         url_query=cn.url_query, name_packets=name_packets(cfg), name_seconds=ra.name_seconds)
+
+
+def name_packets(cfg: Config) -> int:
+    """The name budget in packets: ``reassembly.name_packets``, or (0) 6, and inline never more
+    than the kernel queues of a flow's data (``enforce.connbytes`` less the SYN and the ACK)."""
+    if cfg.reassembly.name_packets:
+        return cfg.reassembly.name_packets
+    return max(2, min(6, cfg.enforce.connbytes - 2)) if cfg.enforce.inline else 6
 
 
 @dataclass

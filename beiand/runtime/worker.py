@@ -208,6 +208,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
         if path is not None:
             c[MetricKey("beiand_inline_packets", w)] = path.times.packets
             c[MetricKey("beiand_inline_settled", w)] = path.settled
+            c[MetricKey("beiand_inline_redropped", w)] = path.redropped
             for stage, seconds in path.times.seconds().items():
                 c[MetricKey("beiand_inline_seconds", (stage,))] = seconds
         if crashes:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from beiand.lab import traffic as t
 from beiand.model import Kind
-from beiand.net.decoder import Decoder, DecoderConfig
+from beiand.net.decoder import LINKTYPE_RAW, Decoder, DecoderConfig
 from beiand.net.reassembly import INTERVAL_COST, Stream
 from tests.fuzz import hostile
 from tests.fuzz.test_mutated_frames import budgets_match
@@ -84,10 +84,14 @@ def test_reverse_order_reassembly_still_names_the_flow():
     out = feed_all(Decoder(DecoderConfig(name_packets=1 << 20)), frames)
     assert [o.name for o in out] == ["reverse.example.com"]
     # With the default name budget (issue 36), a ClientHello in hundreds of 7-byte segments is judged
-    # by its address once the budget is spent: on the packet at hand, so inline can act on it.
+    # by its address once the budget is spent. Here the SYN was seen (passive): judged without the
+    # packet's numbers (its start was never read); inline (fresh) the packet at hand is acted on.
     out = feed_all(Decoder(), frames)
-    assert [(o.kind, o.detail) for o in out] == [(Kind.IP_ONLY, "budget-packets")]
-    assert out[0].tcp_len == 7 and out[0].tcp_seq != 0
+    assert [(o.kind, o.detail, o.tcp_seq) for o in out] == [(Kind.IP_ONLY, "budget-packets", 0)]
+    inline = [f[14:] for f in frames[2:]]
+    d = Decoder()
+    out = [o for i, f in enumerate(inline) for o in d.feed(1.0, f, LINKTYPE_RAW, fresh=i == 0)]
+    assert [(o.kind, o.detail) for o in out] == [(Kind.IP_ONLY, "unknown-protocol")] and out[0].tcp_seq != 0
 
 
 def test_eight_byte_fragments_last_first_take_linear_time():

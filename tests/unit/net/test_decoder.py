@@ -493,3 +493,27 @@ def test_the_name_budget_judges_a_flow_by_its_address_on_the_packet_at_hand():
     assert d.feed(1.0, t.udp(C4, S4, 50001, 443, dgs[0])[14:], LINKTYPE_RAW, fresh=True) == []
     o = one(d.feed(1.0, t.udp(C4, S4, 50001, 443, dgs[1])[14:], LINKTYPE_RAW))
     assert (o.kind, o.transport, o.detail) == (Kind.IP_ONLY, Transport.UDP, "budget-packets") and d.settled()
+
+
+def test_the_name_budget_in_seconds_counts_from_the_first_data_not_the_syn():
+    """A connection idle after its handshake, then a ClientHello in two segments: named, not
+    ip-only ``budget-seconds`` (review of issue 36: the SYN's time was taken)."""
+    hello = t.client_hello("idle.example.cn")
+    d = Decoder()
+    assert d.feed(1.0, t.tcp(C4, S4, 40300, 443, 1000, 0, 0x02)[14:], LINKTYPE_RAW) == []
+    assert d.feed(20.0, t.tcp(C4, S4, 40300, 443, 1001, 5001, 0x18, hello[:100])[14:], LINKTYPE_RAW) == []
+    o = one(d.feed(20.1, t.tcp(C4, S4, 40300, 443, 1101, 5001, 0x18, hello[100:])[14:], LINKTYPE_RAW))
+    assert o.name == "idle.example.cn"
+
+
+def test_a_spent_budget_without_the_connections_start_carries_no_sequence_numbers():
+    """Passive, the SYN seen but the first data segment lost by the capture: the budget judges the
+    flow ip-only, without sequence numbers (nothing to reset a live connection with; the same as
+    at its expiry before the budget)."""
+    d = Decoder()
+    d.feed(1.0, t.tcp(C4, S4, 40301, 443, 1000, 0, 0x02)[14:], LINKTYPE_RAW)
+    out = []
+    for i in range(1, 7):  # the segment at 1001 never seen
+        out += d.feed(1.0 + i * 0.01, t.tcp(C4, S4, 40301, 443, 1001 + i * 100, 5001, 0x18, b"\x17" * 100)[14:], LINKTYPE_RAW)
+    o = one(out)
+    assert (o.kind, o.detail, o.tcp_seq, o.tcp_ack, o.tcp_len) == (Kind.IP_ONLY, "budget-packets", 0, 0, 0)

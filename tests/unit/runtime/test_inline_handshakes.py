@@ -209,3 +209,30 @@ def test_inline_decides_what_replay_decides_for_any_split_of_a_browsers_quic_cli
 def test_inline_decides_what_replay_decides_for_chromiums_own_initial_datagrams(filed, order, firsts) -> None:  # type: ignore[no-untyped-def]
     udp = [t.udp(C, S, 50001, 443, QUIC_RECORDED[k]) for k in order]
     check([(i < firsts, f[14:]) for i, f in enumerate(udp)], udp, filed)
+
+
+def test_a_dropped_flows_later_packets_are_dropped_too() -> None:
+    """Review of issue 36: a dropped Initial's conntrack entry dies with it, so the client's
+    retransmission comes marked ``first`` again, with the same DCID: it is the same, blocked
+    connection, dropped again, never accepted with ``decided`` (inline without nftables: only the
+    queue stands in the way). A new connection on the 4-tuple is decided afresh."""
+    q = FakeQueue()
+    pipe = Pipeline(Decoder(), Policy(False), [Collect()], actor=actor)  # type: ignore[arg-type]
+    path = InlinePath(q, pipe, threading.Lock(), MARKS, clock=lambda: T0)  # type: ignore[arg-type]
+    dgs = [t.udp(C, S, 50002, 443, d)[14:] for d in QUIC_RECORDED]
+    for i, dg in enumerate([*dgs, dgs[-1], dgs[0]]):
+        q.waiting = [Queued(i, MARKS.first, dg)]
+        path.serve()
+    verdicts = [accept for _, accept, _ in q.given]
+    assert verdicts == [True] * (len(dgs) - 1) + [False, False, False], q.given
+    # TCP: an unfiled name dropped (and reset); a later segment of it dropped too; a new connection on
+    # the 4-tuple (another server ISN, so another ack) decided afresh: a filed name, accepted
+    q, pipe = FakeQueue(), Pipeline(Decoder(), Policy(True), [Collect()], actor=actor)  # type: ignore[arg-type]
+    path = InlinePath(q, pipe, threading.Lock(), MARKS, clock=lambda: T0)  # type: ignore[arg-type]
+    bad = t.client_hello("bad.example.xyz")
+    for i, (first, pkt) in enumerate([(True, t.tcp(C, S, 40400, 443, ISN + 1, ACK, 0x18, bad)[14:]),
+                                      (False, t.tcp(C, S, 40400, 443, ISN + 1 + len(bad), ACK, 0x18, b"\x17" * 40)[14:]),
+                                      (True, t.tcp(C, S, 40400, 443, 9000, 770001, 0x18, TCP_HELLOS["chromium"])[14:])]):
+        q.waiting = [Queued(100 + i, MARKS.first if first else 0, pkt)]
+        path.serve()
+    assert [accept for _, accept, _ in q.given] == [False, False, True], q.given

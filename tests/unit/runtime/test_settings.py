@@ -226,3 +226,18 @@ def test_inline_the_name_budget_must_fit_what_the_kernel_queues() -> None:
     assert "n.toml:6: reassembly.name_packets" in str(err.value) and "connbytes" in str(err.value)
     assert parse_config("[enforce]\ninline = true\nconnbytes = 12\n[reassembly]\nname_packets = 10\n").reassembly.name_packets == 10
     assert parse_config("[reassembly]\nname_packets = 40\nname_seconds = 2.5\n").reassembly.name_seconds == 2.5
+
+
+def test_the_automatic_name_budget_fits_the_kernel_and_old_configs_still_load() -> None:
+    """Review of issue 36: an inline config from before (connbytes below 8, no name_packets) still
+    loads; the budget then follows connbytes. 1 is refused; connbytes below 4 is warned about."""
+    from beiand.runtime.wiring import name_packets
+
+    assert name_packets(parse_config("")) == 6
+    assert name_packets(parse_config("[enforce]\ninline = true\n")) == 6
+    assert name_packets(parse_config("[enforce]\ninline = true\nconnbytes = 5\n")) == 3
+    low = parse_config("[enforce]\ninline = true\nconnbytes = 3\n", "w.toml")
+    assert name_packets(low) == 2 and any("w.toml:3: enforce.connbytes" in w for w in low.warnings)
+    with pytest.raises(ConfigError) as err:
+        parse_config("[reassembly]\nname_packets = 1\n", "o.toml")
+    assert "o.toml:2: reassembly.name_packets" in str(err.value)
