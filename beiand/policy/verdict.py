@@ -214,8 +214,9 @@ class Policy:
             return self._best(filings, server_ip, ts, check_ip=False)
         covering = self.records.covering_all(name)
         if not covering:
-            # Order 292 art. 11 / Order 33 art. 22: service beyond the filed domains is unfiled,
-            # even when the same server IP is filed for other names.
+            # Order 33 art. 5 ¶2: a name missing from every filing's domain list is unfiled for that
+            # name, even when the same server IP is filed for other names (adding it takes a change
+            # filing first: Order 33 art. 14; Order 292 art. 11 ¶3).
             return (_NAME_NOT_IN_FILING if self.records.has_address(server_ip) else _NO_FILING), False
         # Every filing covering the name decides together, most specific first (ties go to it).
         return self._best(covering, server_ip, ts, check_ip=True)
