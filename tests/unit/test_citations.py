@@ -50,3 +50,16 @@ def test_the_block_page_names_order_33_by_its_issuer() -> None:
     page = block_page("unfiled.example.xyz", "", "").decode()
     assert "原信息产业部令第33号《非经营性互联网信息服务备案管理办法》" in page
     assert "工业和信息化部\n《非经营性" not in page and "工业和信息化部《非经营性" not in page
+
+
+def test_the_docs_say_what_the_code_does() -> None:
+    """Issue 28 (10, 11): keyword monitoring refused by design, said; the ClickHouse DDL as the
+    code creates it; DT 3 with connection records; every access-log format named."""
+    from beiand.sinks.clickhouse import ADDED_COLUMNS
+
+    ddl = SOURCES["docs/access-log.md"]
+    assert all(col in ddl for col in ADDED_COLUMNS), ADDED_COLUMNS
+    assert "refused by design" in _row("docs/regulations-map.md", "| O10") and "refused by design" in SOURCES["docs/isms.md"]
+    assert "DT 3 (beiand has only the access log)" not in SOURCES["docs/isms.md"]
+    assert "connection records on any port included" in SOURCES["docs/isms.md"]
+    assert "format 2" in SOURCES["docs/operations.md"]
