@@ -63,3 +63,11 @@ def test_the_docs_say_what_the_code_does() -> None:
     assert "DT 3 (beiand has only the access log)" not in SOURCES["docs/isms.md"]
     assert "connection records on any port included" in SOURCES["docs/isms.md"]
     assert "format 2" in SOURCES["docs/operations.md"]
+
+
+def test_what_a_pending_prefix_does_by_default_is_said() -> None:
+    """Issue 28 (9): the map promised that pending prefixes serve only filed names, while the
+    default (``pending_mode`` empty) monitors them; the docs now say what each setting does."""
+    o5 = _row("docs/regulations-map.md", "| O5")
+    assert "(pending prefixes serve only filed names)" not in o5
+    assert 'pending_mode = "enforce"' in o5 and "default_mode" in o5 and "flagged, not blocked" in o5
