@@ -250,7 +250,9 @@ class Policy:
         if status is FilingStatus.UNDER_REVIEW:
             return VerdictKind.INACTIVE, "filing-under-review", False
         # 接入备案: the filing must name the provider that actually serves it (Order 33 art. 19).
-        if self._providers and not self.is_ours(f.access_provider):
+        # 取消接入: this provider's access record ended (the filing may be served elsewhere now):
+        # the same as a filing through another provider, never 注销 (issue 28).
+        if status is FilingStatus.ACCESS_CANCELLED or (self._providers and not self.is_ours(f.access_provider)):
             return VerdictKind.MISMATCH, "other-provider", False
         if check_ip and f.ips and server_ip and not self.records.lists_ip(f, server_ip):
             # 501号 art. 7(3): domain/IP in use must match the filing.

@@ -130,7 +130,8 @@ class PolicySection:
     allow_prefixes: list[str] = _f([], "Exempt server prefixes (CIDR), e.g. the provider's own infrastructure.")
     pending_mode: str = _f("", "Mode of pending prefixes (501号 art. 11: allocated, filing not yet verified) without their own "
                            "mode; empty: default_mode (monitor unless set: unfiled names on a pending prefix are flagged, not blocked; "
-                           "\"enforce\" makes pending prefixes serve only filed names, as 501号 art. 11 asks).", choices=("", *(m.value for m in Mode)))
+                           "\"enforce\" makes pending prefixes serve only filed names, as 501号 art. 11 asks).",
+                           choices=("", *(m.value for m in Mode)))
 
 
 @dataclass(frozen=True)
