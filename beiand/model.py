@@ -68,7 +68,10 @@ class ServiceType(StrEnum):
 
 class FilingStatus(StrEnum):
     ACTIVE = "active"  # 正常
-    CANCELLED = "cancelled"  # 已注销 (Order 33 art. 18)
+    CANCELLED = "cancelled"  # 已注销 (Order 33 art. 18): the filing ended
+    # 已取消接入: this provider's access record ended; the filing survives, perhaps served through
+    # another provider now: judged like a filing through another 接入商 (issue 28)
+    ACCESS_CANCELLED = "access-cancelled"
     REVOKED = "revoked"  # 已吊销
     ACCESS_PENDING = "access-pending"  # 接入审核中: passed this provider's first review
     UNDER_REVIEW = "under-review"  # first filing still under review: not filed

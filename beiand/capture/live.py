@@ -13,6 +13,8 @@ passed the filter and those dropped because the ring was full.
 from __future__ import annotations
 
 import ctypes
+import errno
+import logging
 import mmap
 import select
 import socket
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 
 from beiand.capture.bpf import Insn, pack
 from beiand.errors import BeiandError
+
+log = logging.getLogger(__name__)
 
 SOL_PACKET = 263
 ETH_P_ALL = 0x0003
@@ -101,10 +105,27 @@ class LiveCapture:
         self._frame = 0
         self._poll = select.poll()
         self._poll.register(s.fileno(), select.POLLIN | select.POLLERR)
+        self.link_errors = 0  # errors the socket reported (the link went down: ENETDOWN), read and cleared
         self.stats()  # reset the counters: they count from now
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def clear_error(self) -> int:
+        """Read the socket's pending error, which clears it (0: none). The link going down sets
+        ENETDOWN; while it is unread, poll() reports POLLERR at once, every time: each worker spun
+        at a whole core, after the link came back too (issue 28). Counted and logged once each."""
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.link_errors += 1
+            log.warning("capture on %s: %s (the link went down?); waiting for traffic again", self.interface,
+                        errno.errorcode.get(err, str(err)))
+        return err
+
+    def _wait(self, timeout_ms: int) -> None:
+        for _, ev in self._poll.poll(timeout_ms):
+            if ev & select.POLLERR:
+                self.clear_error()
 
     def read(self, timeout_ms: int = 100, max_blocks: int = 8) -> Iterator[tuple[float, bytes]]:
         """Frames ready in the ring (waits up to ``timeout_ms`` for the first one)."""
@@ -122,7 +143,7 @@ class LiveCapture:
             if not status & TP_STATUS_USER:
                 if i or not timeout_ms:
                     return
-                self._poll.poll(timeout_ms)
+                self._wait(timeout_ms)
                 status, npk, first = unpack_b(ring, off + 8)
                 if not status & TP_STATUS_USER:
                     return
@@ -151,7 +172,7 @@ class LiveCapture:
             if not status & TP_STATUS_USER:
                 if i or not timeout_ms:
                     return
-                self._poll.poll(timeout_ms)
+                self._wait(timeout_ms)
                 status, _ln, snap, mac, _net, sec, nsec = unpack(ring, off)
                 if not status & TP_STATUS_USER:
                     return

@@ -44,8 +44,8 @@ def block_page(name: str, contact: str = "", provider: str = "") -> bytes:
     body = f"""<!doctype html><html lang="zh-CN"><head><meta charset="utf-8"><title>网站未备案 / Site not filed</title></head>
 <body style="font-family:sans-serif;max-width:40em;margin:3em auto">
 <h1>该网站未在本网络备案</h1>
-<p>您访问的网站 <b>{n}</b> 未在{who}完成 ICP 备案（或备案信息与实际不符），依据《互联网信息服务管理办法》及工业和信息化部
-《非经营性互联网信息服务备案管理办法》“先备案后接入”的要求，暂时无法访问。</p>
+<p>您访问的网站 <b>{n}</b> 未在{who}完成 ICP 备案（或备案信息与实际不符），依据《互联网信息服务管理办法》（国务院令第292号）及
+原信息产业部令第33号《非经营性互联网信息服务备案管理办法》“先备案后接入”的要求，暂时无法访问。</p>
 <p>网站主办者请登录 <a href="https://beian.miit.gov.cn">https://beian.miit.gov.cn</a> 查询或办理备案，并联系接入服务商完成接入核验。</p>
 {f"<p>联系方式：{c}</p>" if c else ""}
 <hr lang="en">

@@ -214,8 +214,9 @@ class Policy:
             return self._best(filings, server_ip, ts, check_ip=False)
         covering = self.records.covering_all(name)
         if not covering:
-            # Order 292 art. 11 / Order 33 art. 22: service beyond the filed domains is unfiled,
-            # even when the same server IP is filed for other names.
+            # Order 33 art. 5 ¶2: a name missing from every filing's domain list is unfiled for that
+            # name, even when the same server IP is filed for other names (adding it takes a change
+            # filing first: Order 33 art. 14; Order 292 art. 11 ¶3).
             return (_NAME_NOT_IN_FILING if self.records.has_address(server_ip) else _NO_FILING), False
         # Every filing covering the name decides together, most specific first (ties go to it).
         return self._best(covering, server_ip, ts, check_ip=True)
@@ -249,7 +250,9 @@ class Policy:
         if status is FilingStatus.UNDER_REVIEW:
             return VerdictKind.INACTIVE, "filing-under-review", False
         # 接入备案: the filing must name the provider that actually serves it (Order 33 art. 19).
-        if self._providers and not self.is_ours(f.access_provider):
+        # 取消接入: this provider's access record ended (the filing may be served elsewhere now):
+        # the same as a filing through another provider, never 注销 (issue 28).
+        if status is FilingStatus.ACCESS_CANCELLED or (self._providers and not self.is_ours(f.access_provider)):
             return VerdictKind.MISMATCH, "other-provider", False
         if check_ip and f.ips and server_ip and not self.records.lists_ip(f, server_ip):
             # 501号 art. 7(3): domain/IP in use must match the filing.

@@ -47,8 +47,11 @@ STATUS: dict[str, FilingStatus] = {
     # a change filing under review: the filing stays in force with its current data (every cloud lets it through)
     "变更审核中": FilingStatus.ACTIVE, "变更中": FilingStatus.ACTIVE, "变更备案审核中": FilingStatus.ACTIVE,
     "change-pending": FilingStatus.ACTIVE,
-    "已注销": FilingStatus.CANCELLED, "注销": FilingStatus.CANCELLED, "已取消接入": FilingStatus.CANCELLED,
-    "取消接入": FilingStatus.CANCELLED, "cancelled": FilingStatus.CANCELLED, "canceled": FilingStatus.CANCELLED,
+    "已注销": FilingStatus.CANCELLED, "注销": FilingStatus.CANCELLED, "cancelled": FilingStatus.CANCELLED,
+    "canceled": FilingStatus.CANCELLED,
+    # 取消接入 is not 注销: one provider's access ended, the filing lives on (issue 28)
+    "已取消接入": FilingStatus.ACCESS_CANCELLED, "取消接入": FilingStatus.ACCESS_CANCELLED,
+    "access-cancelled": FilingStatus.ACCESS_CANCELLED,
     "已吊销": FilingStatus.REVOKED, "吊销": FilingStatus.REVOKED, "revoked": FilingStatus.REVOKED,
     "接入审核中": FilingStatus.ACCESS_PENDING, "接入备案审核中": FilingStatus.ACCESS_PENDING,
     "access-pending": FilingStatus.ACCESS_PENDING,

@@ -3,7 +3,7 @@
 Lookups are O(labels): a name's suffixes are probed in one dict, from the full name up.
 A filing never lists a bare public suffix (the importer refuses it), so the walk can never
 match above the registrable domain: a name is covered only by filings that list it or a
-parent within the same registrable domain (Order 33 art. 22: per name, never "per sponsor").
+parent within the same registrable domain (Order 33 art. 5 ¶2: per name, never "per sponsor").
 """
 
 from __future__ import annotations

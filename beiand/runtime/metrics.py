@@ -25,6 +25,8 @@ WORKER_COUNTERS = {
     "bpf_unfollowed": ("capture_bpf_unfollowed", "frames the kernel filter passed without following every header (over 3 VLAN "
                                                  "tags, 4 MPLS labels, 2 GTP-U extensions, IPv6 extension headers); "
                                                  "the decoder read them"),
+    "link_errors": ("capture_link_errors", "errors a capture socket reported (the link went down: ENETDOWN), read and cleared "
+                                           "so that the worker waits quietly again"),
     "view_dropped": ("active_view_dropped", "decisions left out of the active-resource view because more distinct "
                                             "services changed than it could pass on (the access log has them all)"),
 }

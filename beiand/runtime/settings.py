@@ -129,7 +129,9 @@ class PolicySection:
     allow_suffixes: list[str] = _f([], "Exempt domains with every name below them (allowlist), e.g. the provider's CDN domain.")
     allow_prefixes: list[str] = _f([], "Exempt server prefixes (CIDR), e.g. the provider's own infrastructure.")
     pending_mode: str = _f("", "Mode of pending prefixes (501号 art. 11: allocated, filing not yet verified) without their own "
-                           "mode; empty: default_mode.", choices=("", *(m.value for m in Mode)))
+                           "mode; empty: default_mode (monitor unless set: unfiled names on a pending prefix are flagged, not blocked; "
+                           "\"enforce\" makes pending prefixes serve only filed names, as 501号 art. 11 asks).",
+                           choices=("", *(m.value for m in Mode)))
 
 
 @dataclass(frozen=True)

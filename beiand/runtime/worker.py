@@ -183,6 +183,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
         for k, v in decoder.drops.items():
             c[MetricKey("beiand_decode_errors", (k,))] = v
         c[MetricKey("beiand_capture_bpf_unfollowed", w)] = decoder.stats["capture:bpf-unfollowed"]
+        c[MetricKey("beiand_capture_link_errors", w)] = sum(cap.link_errors for cap in caps)
         for k, v in pipe.frame_errors.items():
             c[MetricKey("beiand_decode_errors", (f"decide:{k}",))] = v
         for direction, n in pipe.connections.items():
@@ -230,9 +231,11 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
             if path is not None:
                 if path.failed is not None:
                     raise path.failed
-                for fd, _ in poller.poll(100):
+                for fd, ev in poller.poll(100):
                     for cap in caps:
                         if cap.fileno() == fd:
+                            if ev & select.POLLERR:  # the link went down: read the error, or poll() spins
+                                cap.clear_error()
                             frames = cap.read(0)
                             with lock:
                                 for ts, frame in frames:
@@ -241,9 +244,11 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
                 for ts, frame in caps[0].read(100):
                     feed(ts, frame, 1)
             else:
-                for fd, _ in poller.poll(100):
+                for fd, ev in poller.poll(100):
                     for cap in caps:
                         if cap.fileno() == fd:
+                            if ev & select.POLLERR:
+                                cap.clear_error()
                             for ts, frame in cap.read(0):
                                 feed(ts, frame, 1)
             now = time.monotonic()

@@ -142,5 +142,5 @@ def test_a_log_query_returns_the_records_of_the_window(lab) -> None:  # type: ig
         time.sleep(0.3)
         rows = spool_rows(lab["wd"], 3, "log")
     assert rows and all(r["destIp"] == "198.51.100.10" and r["destPort"] == "80" for r in rows)
-    assert any(r["url"] == "www.example.com.cn" for r in rows)
+    assert any(r["url"] == "http://www.example.com.cn/" for r in rows)  # the request's URL (issue 28, 14)
     assert spool_rows(lab["wd"], 7, "x") == [] and list((lab["wd"] / "state" / "isms" / "spool" / "7").glob("*/*.xml"))

@@ -72,3 +72,59 @@ def test_the_kernel_filter_and_the_ring(pair, version: int) -> None:  # type: ig
     assert st.packets >= 8 and st.drops == 0
     assert cap.frames_read >= 8
     cap.close()
+
+
+def _set_link(ns: str, ifname: str, state: str) -> None:
+    with NetNS(ns) as n:
+        n.link("set", index=n.link_lookup(ifname=ifname)[0], state=state)
+
+
+def _wakeups(cap: LiveCapture, seconds: float = 1.0) -> int:
+    """How often a waiting read (100 ms) returns in ``seconds``: about 10 when it waits."""
+    n = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        list(cap.read(100))
+        n += 1
+    return n
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_link_flap_leaves_the_reader_waiting_quietly(pair, version: int) -> None:  # type: ignore[no-untyped-def]
+    """Issue 28 (19): the link going down sets the socket's error (ENETDOWN); unread, poll() said
+    POLLERR at once for ever and every worker spun at 100 % of a core, also after the link came
+    back. The error is read (cleared) and counted; reads wait again; traffic after is still read."""
+    a, b, iface = pair
+    cap = in_netns(b, lambda: LiveCapture(iface, build([443], [443]), block_size=1 << 16, blocks=8, version=version))
+    try:
+        assert _wakeups(cap, 0.5) <= 15
+        _set_link(b, iface, "down")
+        _set_link(b, iface, "up")
+        assert _wakeups(cap) <= 30  # spinning, this was tens of thousands
+        assert cap.link_errors >= 1
+        deadline = time.monotonic() + 10
+        got: list[bytes] = []
+        while not got and time.monotonic() < deadline:
+            in_netns(a, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"\xc0after-flap", ("192.0.2.2", 443)))
+            got = [f for _, f in cap.read(100) if b"after-flap" in f]
+        assert got, "nothing read after the flap"
+    finally:
+        cap.close()
+
+
+def test_an_interface_down_at_start_is_read_once_it_comes_up(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b, iface = pair
+    _set_link(b, iface, "down")
+    cap = in_netns(b, lambda: LiveCapture(iface, build([443], [443]), block_size=1 << 16, blocks=8, version=2))
+    try:
+        assert _wakeups(cap) <= 30
+        _set_link(b, iface, "up")
+        assert _wakeups(cap) <= 30
+        deadline = time.monotonic() + 10
+        got: list[bytes] = []
+        while not got and time.monotonic() < deadline:
+            in_netns(a, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"\xc0after-up", ("192.0.2.2", 443)))
+            got = [f for _, f in cap.read(100) if b"after-up" in f]
+        assert got
+    finally:
+        cap.close()

@@ -13,10 +13,10 @@ KINDS: dict[str, tuple[str, str, str]] = {
                        "Stop access or set the prefix to enforce; the sponsor must file with this provider (beian.miit.gov.cn)."),
     "unfiled-blocked": ("medium", "O1/O3 (Order 292 art. 4; 501号 art. 7(4))",
                         "Blocked already; urge the customer to file the name, or remove it from the server."),
-    "mismatch-served": ("medium", "O4/O9 (Order 33 art. 19, 22; 501号 art. 7(3))",
+    "mismatch-served": ("medium", "O4 (Order 33 art. 19 ¶1; 501号 art. 7(3), 11)",
                         "The filing names another access provider (接入商) or does not cover this use: the sponsor must "
                         "change the filing's access to this provider."),
-    "name-on-unlisted-ip": ("medium", "O4 dynamic verification (Order 33 art. 19; 501号 art. 18(2))",
+    "name-on-unlisted-ip": ("medium", "O4 dynamic verification (Order 33 art. 19 ¶1; 501号 art. 7(3), 11)",
                             "The filing does not list this IP: the sponsor must update the filing's IP addresses."),
     "cancelled-served": ("high", "O6 cancelled filings (501号 art. 15(5); Order 33 art. 18)",
                          "The filing is cancelled or revoked: stop access to the site."),
@@ -24,7 +24,7 @@ KINDS: dict[str, tuple[str, str, str]] = {
                                "A prefix still pending verification serves traffic: finish the check or stop access."),
     "filed-never-seen": ("low", "O4 dynamic verification (501号 art. 7(3))",
                          "A filing of this provider whose names were not seen in the window: check the service still runs "
-                         "here, or cancel the access (注销接入)."),
+                         "here, or cancel the access (取消接入)."),
     "filing-ip-not-hosted": ("medium", "O4 (Order 33 art. 19)",
                              "The filing lists an IP outside this provider's hosted inventory: correct the filing."),
     "filing-ip-other-account": ("medium", "O4 (Order 33 art. 19)",

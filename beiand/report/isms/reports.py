@@ -254,8 +254,17 @@ def log_query_rows(records: Iterable[AccessRecord], q: LogQuery, house_id: House
         if host and not (r.kind == "http-host" and r.name == host):  # URL: HTTP records only
             continue
         yield _row(3, {"srcIp": r.client_ip, "destIp": r.server_ip, "srcPort": r.client_port, "destPort": r.server_port,
-                       "protocol": proto, "accessTime": _t(r.ts_ms), "url": r.name if r.kind == "http-host" else "",
+                       "protocol": proto, "accessTime": _t(r.ts_ms), "url": _http_url(r),
                        "houseId": h})
+
+
+def _http_url(r: AccessRecord) -> str:
+    """ISMS.md §4/§6: ``url`` is the HTTP request's URL, on HTTP records only (issue 28, 14): the
+    Host and the request's path as logged (``connections.url_max_length``; "/" when not kept)."""
+    if r.kind != "http-host" or not r.name:
+        return ""
+    path = r.url if r.url.startswith("/") else "/" + r.url if r.url else "/"
+    return f"http://{r.name}{path}"
 
 
 # -- the spool -------------------------------------------------------------------------------

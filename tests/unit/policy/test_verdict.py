@@ -27,6 +27,8 @@ FILINGS = [
     # the same name filed twice: the cancelled one must not hide the active one
     f("京ICP备10000009号-1", ["moved.cn"], status=FilingStatus.CANCELLED),
     f("京ICP备10000010号-1", ["moved.cn"]),
+    # 取消接入 (issue 28, 6): this provider's access ended, the filing lives on (maybe through another 接入商)
+    f("京ICP备10000011号-1", ["left.cn"], status=FilingStatus.ACCESS_CANCELLED),
 ]
 INV = Inventory([
     HostedPrefix("198.51.100.0/24", "cust-a", "bj", PrefixState.ACTIVE, None),
@@ -56,6 +58,7 @@ def policy():
         ("notfiled.cn", "198.51.100.8", "unfiled", "name-not-in-filing"),  # O9: beyond the filed scope
         ("other.cn", "198.51.100.1", "mismatch", "other-provider"),
         ("gone.cn", "198.51.100.1", "inactive", "filing-cancelled"),
+        ("left.cn", "198.51.100.1", "mismatch", "other-provider"),  # 取消接入 is not 注销
         ("bad.cn", "198.51.100.1", "inactive", "filing-revoked"),
         ("new.cn", "198.51.100.1", "inactive", "filing-under-review"),
         ("pinned.cn", "198.51.100.7", "filed", "filed"),
@@ -129,3 +132,13 @@ def test_account_and_cache(policy):
     d = policy.decide(obs("filed.cn", "198.51.100.200"))
     assert (d.account, d.site) == ("cust-b", "bj")
     assert policy.decide(obs("filed.cn", "198.51.100.200")) is d
+
+
+def test_access_cancelled_is_its_own_status_not_cancelled() -> None:
+    """Issue 28 (6): 取消接入 ends one provider's access record; the filing survives (the site may
+    be served through another provider now). Mapped to 注销 it was judged inactive and reported to
+    the regulator as 未备案 (DT 9 illegalType 1); it is judged like a filing through another provider."""
+    from beiand.records.importer import STATUS
+
+    assert STATUS["取消接入"] is STATUS["已取消接入"] is FilingStatus.ACCESS_CANCELLED
+    assert STATUS["注销"] is STATUS["已注销"] is FilingStatus.CANCELLED

@@ -41,7 +41,7 @@ def reporter(tmp_path: Path) -> Reporter:
             rec(2, "www.bad.example", "unfiled"),
             rec(3, "other.example", "mismatch", kind="quic-sni"),
             rec(4, "filed.example", "filed", "flag", "isms-monitor:12"),
-            rec(5, "filed.example", "filed", kind="http-host", port=80),
+            rec(5, "filed.example", "filed", kind="http-host", port=80)._replace(method="GET", url="/x?page=2"),
             rec(6, "allow.example", "exempt"),
             rec(7, "drift.example", "mismatch", reason="ip-not-listed", server="203.0.113.9"),
         ]):
@@ -106,7 +106,8 @@ def test_log_query(reporter: Reporter) -> None:
     (f,) = reporter.log_query(q)
     root, got = rows(f, "log")
     assert root.findtext("commandId") == "77" and root.findtext("result/logAmount") == "1"
-    assert got[0]["url"] == "filed.example" and got[0]["destPort"] == "80"
+    # ISMS.md §4: url is the HTTP request's URL (issue 28, 14), not the host name
+    assert got[0]["url"] == "http://filed.example/x?page=2" and got[0]["destPort"] == "80"
 
 
 def test_a_row_that_fails_the_xsd_is_not_written(reporter: Reporter) -> None:
