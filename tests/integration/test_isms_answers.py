@@ -119,8 +119,8 @@ def test_basic_data_gives_house_per_prefix_and_dt2_codes(srv: tuple[Server, Repo
     (f2,) = [f for f in f9 if f.parent.parent.name == "2"]
     _, dt2 = rows(f2, "record")
     assert sorted((r["ip"], r["regError"], r["houseId"]) for r in dt2) == [("192.0.2.77", "3", "H1"), ("203.0.113.200", "1", "H2")]
-    # monitor 2 turns DT 2 off (ISMS.md §4), and a delete drops the house
-    assert s.smms.send("<idcInfoManage><commandId>61</commandId><monitor>2</monitor></idcInfoManage>", 0)[0] == 0
+    # type 2 turns DT 2 off (ISMS.md §4: the type element; issue 28), and a delete drops the house
+    assert s.smms.send("<idcInfoManage><commandId>61</commandId><type>2</type></idcInfoManage>", 0)[0] == 0
     f9, _ = rep.resources(T0, T0 + 86400_000)
     assert not [f for f in f9 if f.parent.parent.name == "2"]
     assert s.smms.send("<idcInfoManage><commandId>62</commandId><operationType>1</operationType><house><houseId>H2</houseId>"

@@ -218,8 +218,11 @@ class Codec:
                     raise XmlError(CommandResult.XML_CONTENT, f"house/ipSegment: {a}..{b} is not a range")
                 segs.append(IpSegment(str(lo), str(hi), _int(g.find("type"), "ipSegment/type", 0) == 1))
             houses.append(House(_text(h.find("houseId")), _text(h.find("houseName")), tuple(segs)))
+        # ISMS.md §4: <type> 1/2 turns DT 2 on/off (issue 28); beiand's own <monitor> is still read
+        kind = _int(root.find("type"), "type", 0)
+        monitor = kind if kind in (1, 2) else _int(root.find("monitor"), "monitor", 0)
         return BasicData(_int(root.find("commandId"), "commandId", 0), tuple(houses),
-                         _int(root.find("operationType"), "operationType", 0), _int(root.find("monitor"), "monitor", 0))
+                         _int(root.find("operationType"), "operationType", 0), monitor)
 
     def security(self, root: ET.Element) -> SecurityCommand:
         rules = []

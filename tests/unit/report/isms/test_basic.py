@@ -85,3 +85,16 @@ def test_repeated_query_elements_are_all_kept(houses: list[str], ids: list[int])
     assert isinstance(q, Query) and [h for h in q.fields.get("houseId", "").split(",") if h] == houses
     r = CODEC.decode(6, ("<commandRecord>" + "".join(f"<controlsId>{i}</controlsId>" for i in ids) + "</commandRecord>").encode())
     assert isinstance(r, Query) and r.fields["controlsId"].split(",") == [str(i) for i in ids]
+
+
+@pytest.mark.parametrize(("body", "monitor"), [
+    (b"<idcInfoManage><commandId>5</commandId><type>1</type></idcInfoManage>", 1),
+    (b"<idcInfoManage><commandId>5</commandId><type>2</type></idcInfoManage>", 2),
+    (b"<idcInfoManage><commandId>5</commandId><type>0</type><house><houseId>H</houseId></house></idcInfoManage>", 0),
+    (b"<idcInfoManage><commandId>5</commandId><monitor>2</monitor></idcInfoManage>", 2),  # beiand's own element, kept
+])
+def test_type_1_and_2_turn_dt2_on_and_off(body: bytes, monitor: int) -> None:
+    """Issue 28 (12): ISMS.md §4: idcInfoManage ``<type>`` 1/2 turns DT 2 reporting on/off; it was
+    refused with code 6 ("Unexpected child with tag 'type'")."""
+    item = CODEC.decode(0, body)
+    assert isinstance(item, BasicData) and item.monitor == monitor
