@@ -38,6 +38,7 @@ from beiand.policy import lookup_answer
 from beiand.records import normalise_domain
 from beiand.records.domains import DomainError
 from beiand.records.importer import canonical_ip
+from beiand.report.isms.reports import filed_domain
 from beiand.report.resource import ActiveResource
 from beiand.runtime import logsetup
 from beiand.runtime.housekeeping import Housekeeping
@@ -403,6 +404,8 @@ class Daemon:
                 await served.close()
                 return 2
             self.isms = IsmsRuntime(cfg, self.metrics.registry)
+            # DT 9/DT 2 regDomain: the filed name, from the records in force (the state at the report's time)
+            self.isms.reporter.filed_name = lambda number, name: filed_domain(self.state.index, number, name)
             await self.isms.start()
         for idx in range(cfg.workers):
             self._start_worker(idx)

@@ -87,7 +87,7 @@ FIELDS: tuple[Field, ...] = (
     Field(9, "currentState", "flag", "block → 1 已处置, else 0 未处置", "2+"),
     Field(9, "icpError", "flag", "1 for every DT 9 row beiand writes (备案异常)", "1"),
     Field(9, "regError", "code", "", "1"),
-    Field(9, "regDomain", "text", "mismatch: the filing's number (the filed name is not logged)", "1"),
+    Field(9, "regDomain", "text", "mismatch: the filed name that covers the name seen (from the records in force)", "1"),
     Field(9, "trueDomain", "text", "mismatch: the name seen", "1"),
     # -- DT 2 基础数据监测异常 (idcMonitor): DT 9's shape; regError 2, and 1/3 from the basic data (type 0) --
     *(Field(2, f.element, f.kind, f.source, "1") for f in (
@@ -99,7 +99,7 @@ FIELDS: tuple[Field, ...] = (
         Field(2, "block", "flag", "any record with action block", ""),
         Field(2, "regError", "code", "2 IP登记域名有误: mismatch/ip-not-listed; with basic data 3 未登记 (IP in no "
               "segment), 1 登记保留实际为占用 (reserved segment)", ""),
-        Field(2, "regDomain", "text", "the filing's number (the filed names are not logged)", ""),
+        Field(2, "regDomain", "text", "the filed name that covers the name seen (from the records in force)", ""),
         Field(2, "trueDomain", "text", "the name seen", ""),
     )),
     # -- DT 6 管理指令查询结果 (commandQueryResult): the commands in force (answer to commandQuery, types 3 and 6).

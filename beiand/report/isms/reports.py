@@ -112,8 +112,24 @@ def _row(dt_: int, values: Mapping[str, Any]) -> dict[str, Any]:
 # -- rows ----------------------------------------------------------------------------------------
 
 
-def illegal_web_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id: HouseOf, mismatch_type: int) -> Iterator[dict[str, Any]]:
-    """DT 9 from access-log summaries: unfiled/inactive → illegalType 1, mismatch → the profile's."""
+FiledName = Callable[[str, str], str]  # (filing number, name seen) → the filed name that covers it, "" if unknown
+
+
+def filed_domain(index: Any, number: str, name: str) -> str:
+    """The name a filing lists that covers ``name`` (the name itself or the parent it lists), for
+    DT 9/DT 2's ``regDomain`` (ISMS.md §6: the filed name; ``trueDomain``: the name seen)."""
+    if index is None or not number or not name:
+        return ""
+    for f in index.covering_all(name):
+        if f.number == number:
+            return next((d for d in f.domains if name == d or name.endswith("." + d)), "")
+    return ""
+
+
+def illegal_web_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id: HouseOf, mismatch_type: int,
+                     filed_name: FiledName | None = None) -> Iterator[dict[str, Any]]:
+    """DT 9 from access-log summaries: unfiled/inactive → illegalType 1, mismatch → the profile's;
+    a mismatch's ``regDomain`` is the filed name (``filed_name``), its ``trueDomain`` the name seen."""
     house = _house(house_id)
     agg: dict[tuple[str, str, int, int], list[Any]] = {}
     for (name, server, port, _acct, verdict, kind, action, _reason, filing), (first, last, hits) in summary.items():
@@ -132,12 +148,14 @@ def illegal_web_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id: Hou
         yield _row(9, {"houseId": house(server), "ip": server, "port": port, "domain": name, "url": "",
                        "serviceType": SERVICE_TYPE_OTHER, "firstFound": _t(first), "lastFound": _t(last), "visitCount": hits,
                        "protocol": proto, "block": int(block), "illegalType": itype, "currentState": int(block),
-                       "icpError": 1, "regError": "", "regDomain": filing if mismatch else "",
+                       "icpError": 1, "regError": "",
+                       "regDomain": filed_name(filing, name) if mismatch and filed_name is not None else "",
                        "trueDomain": name if mismatch else ""})
 
 
 def idc_monitor_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id: HouseOf,
-                     segment: Callable[[str], tuple[str, bool] | None] | None = None) -> Iterator[dict[str, Any]]:
+                     segment: Callable[[str], tuple[str, bool] | None] | None = None,
+                     filed_name: FiledName | None = None) -> Iterator[dict[str, Any]]:
     """DT 2: regError 2, a name filed through this provider served from an IP its filing does not
     list; with the operator's basic data (type 0, ``segment``: houseId and reserved of an IP's
     registered segment, None if none): regError 3 for an IP in no house's segments (未登记), 1 for
@@ -170,7 +188,8 @@ def idc_monitor_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id: Hou
     for (name, server, port, proto), (first, last, hits, block, filing, code) in agg.items():
         yield _row(2, {"houseId": house(server), "ip": server, "port": port, "domain": name, "firstFound": _t(first),
                        "lastFound": _t(last), "visitCount": hits, "protocol": proto, "block": int(block), "regError": code,
-                       "regDomain": filing if code == 2 else "", "trueDomain": name})
+                       "regDomain": filed_name(filing, name) if code == 2 and filed_name is not None else "",
+                       "trueDomain": name})
 
 
 def _merge(d: dict[Any, list[int]], k: Any, first: int, last: int, hits: int, blk: int) -> None:
@@ -407,6 +426,7 @@ class Reporter:
     log_dir: Path
     house_id: str
     store: Any = None  # the CommandStore: the basic data (type 0) gives a houseId per prefix and DT 2 codes 1, 3
+    filed_name: FiledName | None = None  # DT 9/DT 2 regDomain: the filed name (the daemon wires the records index)
 
     @property
     def house(self) -> HouseOf:
@@ -421,7 +441,8 @@ class Reporter:
 
     def illegal_web(self, since_ms: int, until_ms: int, summary: Mapping[Any, list[int]] | None = None) -> list[Path]:
         s = summaries(self.log_dir, since_ms, until_ms) if summary is None else summary
-        return self.spool.write(DataType.ILLEGAL_WEB, illegal_web_rows(s, self.house, self.spool.profile.mismatch_illegal_type))
+        return self.spool.write(DataType.ILLEGAL_WEB, illegal_web_rows(s, self.house, self.spool.profile.mismatch_illegal_type,
+                                                                         self.filed_name))
 
     def active_resources(self, since_ms: int, until_ms: int, summary: Mapping[Any, list[int]] | None = None) -> list[Path]:
         s = summaries(self.log_dir, since_ms, until_ms) if summary is None else summary
@@ -434,7 +455,7 @@ class Reporter:
         f9 = self.illegal_web(since_ms, until_ms, s)
         if self.dt2_on():
             seg = self.store.house_segment if self.store is not None and self.store.state.houses else None
-            f9 += self.spool.write(DataType.IDC_MONITOR, idc_monitor_rows(s, self.house, seg), always=False)
+            f9 += self.spool.write(DataType.IDC_MONITOR, idc_monitor_rows(s, self.house, seg, self.filed_name), always=False)
         return f9, self.active_resources(since_ms, until_ms, s)
 
     def command_results(self, since_ms: int, until_ms: int, no_report: frozenset[str] = frozenset()) -> list[Path]:

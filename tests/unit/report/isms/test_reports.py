@@ -68,7 +68,29 @@ def test_illegal_web(reporter: Reporter) -> None:
     assert (b["illegalType"], b["block"], b["currentState"], b["visitCount"], b["protocol"]) == ("1", "1", "1", "2", "1")
     assert (b["firstFound"], b["lastFound"]) == ("2026-11-29 10:00:00", "2026-11-29 10:00:01")
     o = by["other.example"]
-    assert (o["illegalType"], o["protocol"], o["trueDomain"], o["regDomain"]) == ("999", "2", "other.example", "京ICP备12345678号-1")
+    # no records index wired: the filed name is unknown, never the filing number (issue 28, 16)
+    assert (o["illegalType"], o["protocol"], o["trueDomain"], o["regDomain"]) == ("999", "2", "other.example", "")
+
+
+def test_dt9_and_dt2_name_the_filed_domain_and_the_one_seen(reporter: Reporter) -> None:
+    """Issue 28 (16): ISMS.md §6: regDomain = the filed name, trueDomain = the name seen (it was the
+    filing number). The filing lists the parent; the name seen is below it."""
+    from beiand.model import Filing, FilingStatus, ServiceType
+    from beiand.records.index import RecordIndex
+    from beiand.report.isms.reports import filed_domain
+
+    index = RecordIndex([Filing("京ICP备12345678号-1", "主办", ServiceType.WEBSITE, ("other.example", "drift.example"), (), "别家",
+                                FilingStatus.ACTIVE, "2024-01-01")])
+    assert filed_domain(index, "京ICP备12345678号-1", "www.other.example") == "other.example"
+    reporter.filed_name = lambda number, name: filed_domain(index, number, name)
+    reporter.spool.profile = Profile(max_records_per_file=100)
+    got = {r["domain"]: r for f in reporter.illegal_web(T0, T0 + 86400_000) for r in rows(f, "record")[1]}
+    assert (got["drift.example"]["regDomain"], got["drift.example"]["trueDomain"]) == ("drift.example", "drift.example")
+    assert filed_domain(index, "京ICP备12345678号-1", "a.drift.example") == "drift.example"
+    assert filed_domain(index, "京ICP备99999999号-1", "drift.example") == ""
+    f9, _ = reporter.resources(T0, T0 + 86400_000)
+    (f2,) = [f for f in f9 if f.parent.parent.name == "2"]
+    assert [(r["regDomain"], r["trueDomain"]) for r in rows(f2, "record")[1]] == [("drift.example", "drift.example")]
 
 
 def test_active_resources(reporter: Reporter) -> None:
@@ -171,4 +193,4 @@ def test_idc_monitor_dt2(reporter: Reporter) -> None:
     root, got = rows(f2, "record")
     assert root.tag == "idcMonitor"
     assert [(r["domain"], r["ip"], r["regError"], r["regDomain"]) for r in got] == [
-        ("drift.example", "203.0.113.9", "2", "京ICP备12345678号-1")]
+        ("drift.example", "203.0.113.9", "2", "")]  # the filed name unknown without the index (issue 28, 16)
