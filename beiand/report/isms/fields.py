@@ -94,9 +94,13 @@ FIELDS: tuple[Field, ...] = (
         Field(2, "houseId", "text", "the basic data's (type 0) house of the server IP, else isms.house_id", ""),
         Field(2, "ip", "ip", "AccessRecord.server_ip", ""),
         Field(2, "port", "port", "AccessRecord.server_port", ""), Field(2, "domain", "text", "AccessRecord.name", ""),
+        Field(2, "url", "text", "", ""),  # DT 9's shape (ISMS.md §4; issue 28)
+        Field(2, "serviceType", "code", "fwnr: 24 其他 (beiand does not classify content)", ""),
         Field(2, "firstFound", "time", "first ts (UTC+8)", ""), Field(2, "lastFound", "time", "last ts (UTC+8)", ""),
         Field(2, "visitCount", "int", "records in the aggregate", ""), Field(2, "protocol", "protocol", "AccessRecord.transport", ""),
         Field(2, "block", "flag", "any record with action block", ""),
+        Field(2, "illegalType", "code", "verdict: unfiled/inactive → 1; else the profile's mismatch type (999)", ""),
+        Field(2, "currentState", "flag", "block → 1 已处置, else 0 未处置", ""),
         Field(2, "regError", "code", "2 IP登记域名有误: mismatch/ip-not-listed; with basic data 3 未登记 (IP in no "
               "segment), 1 登记保留实际为占用 (reserved segment)", ""),
         Field(2, "regDomain", "text", "the filed name that covers the name seen (from the records in force)", ""),

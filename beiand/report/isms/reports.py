@@ -155,7 +155,7 @@ def illegal_web_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id: Hou
 
 def idc_monitor_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id: HouseOf,
                      segment: Callable[[str], tuple[str, bool] | None] | None = None,
-                     filed_name: FiledName | None = None) -> Iterator[dict[str, Any]]:
+                     filed_name: FiledName | None = None, mismatch_type: int = 999) -> Iterator[dict[str, Any]]:
     """DT 2: regError 2, a name filed through this provider served from an IP its filing does not
     list; with the operator's basic data (type 0, ``segment``: houseId and reserved of an IP's
     registered segment, None if none): regError 3 for an IP in no house's segments (未登记), 1 for
@@ -182,12 +182,14 @@ def idc_monitor_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id: Hou
         k = (name, server, port, _proto(kind))
         row = agg.get(k)
         if row is None or (code == 2 and row[5] != 2):
-            agg[k] = [first, last, hits, action == "block", filing, code]
+            agg[k] = [first, last, hits, action == "block", filing, code, VERDICT_ILLEGAL_TYPE.get(verdict, mismatch_type)]
         else:
             row[0], row[1], row[2], row[3] = min(row[0], first), max(row[1], last), row[2] + hits, row[3] or action == "block"
-    for (name, server, port, proto), (first, last, hits, block, filing, code) in agg.items():
-        yield _row(2, {"houseId": house(server), "ip": server, "port": port, "domain": name, "firstFound": _t(first),
-                       "lastFound": _t(last), "visitCount": hits, "protocol": proto, "block": int(block), "regError": code,
+    for (name, server, port, proto), (first, last, hits, block, filing, code, itype) in agg.items():
+        # DT 9's shape (ISMS.md §4): url, serviceType, illegalType and currentState too (issue 28)
+        yield _row(2, {"houseId": house(server), "ip": server, "port": port, "domain": name, "url": "",
+                       "serviceType": SERVICE_TYPE_OTHER, "firstFound": _t(first), "lastFound": _t(last), "visitCount": hits,
+                       "protocol": proto, "block": int(block), "illegalType": itype, "currentState": int(block), "regError": code,
                        "regDomain": filed_name(filing, name) if code == 2 and filed_name is not None else "",
                        "trueDomain": name})
 
@@ -455,7 +457,8 @@ class Reporter:
         f9 = self.illegal_web(since_ms, until_ms, s)
         if self.dt2_on():
             seg = self.store.house_segment if self.store is not None and self.store.state.houses else None
-            f9 += self.spool.write(DataType.IDC_MONITOR, idc_monitor_rows(s, self.house, seg, self.filed_name), always=False)
+            f9 += self.spool.write(DataType.IDC_MONITOR, idc_monitor_rows(s, self.house, seg, self.filed_name,
+                                                                                self.spool.profile.mismatch_illegal_type), always=False)
         return f9, self.active_resources(since_ms, until_ms, s)
 
     def command_results(self, since_ms: int, until_ms: int, no_report: frozenset[str] = frozenset()) -> list[Path]:

@@ -194,3 +194,5 @@ def test_idc_monitor_dt2(reporter: Reporter) -> None:
     assert root.tag == "idcMonitor"
     assert [(r["domain"], r["ip"], r["regError"], r["regDomain"]) for r in got] == [
         ("drift.example", "203.0.113.9", "2", "")]  # the filed name unknown without the index (issue 28, 16)
+    # DT 9's shape (ISMS.md §4; issue 28, 17)
+    assert [(r["url"], r["serviceType"], r["illegalType"], r["currentState"]) for r in got] == [("", "24", "999", "0")]
