@@ -242,7 +242,7 @@ def command_rows(records: Iterable[AccessRecord], house_id: HouseOf, no_report: 
         target, dtype = (mon, 4) if kind == "isms-monitor" else (fil, 5)
         target.append(_row(dtype, {"commandId": cid, "houseId": house(r.server_ip), "srcIp": r.client_ip, "destIp": r.server_ip,
                                    "srcPort": r.client_port, "destPort": r.server_port, "protocol": _proto(r.kind, r.transport),
-                                   "domain": r.name, "url": "", "gatherTime": _t(r.ts_ms)}))
+                                   "domain": r.name, "url": _http_url(r), "gatherTime": _t(r.ts_ms)}))
     return mon, fil
 
 

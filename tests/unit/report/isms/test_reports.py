@@ -44,6 +44,7 @@ def reporter(tmp_path: Path) -> Reporter:
             rec(5, "filed.example", "filed", kind="http-host", port=80)._replace(method="GET", url="/x?page=2"),
             rec(6, "allow.example", "exempt"),
             rec(7, "drift.example", "mismatch", reason="ip-not-listed", server="203.0.113.9"),
+            rec(8, "mon.example", "filed", "flag", "isms-monitor:12", kind="http-host", port=80)._replace(url="/watched"),
         ]):
             assert i >= 0
             log.append(r)
@@ -111,7 +112,9 @@ def test_command_results_and_heartbeat(reporter: Reporter) -> None:
     assert kinds == {"4", "5"}
     mon = [r for f in files if f.parent.parent.name == "4" for r in rows(f, "log")[1]]
     fil = [r for f in files if f.parent.parent.name == "5" for r in rows(f, "log")[1]]
-    assert [r["commandId"] for r in mon] == ["12"] and [r["commandId"] for r in fil] == ["11", "11"]
+    assert [r["commandId"] for r in mon] == ["12", "12"] and [r["commandId"] for r in fil] == ["11", "11"]
+    # url: the HTTP request's URL on HTTP records (ISMS.md §4; it was always empty: issue 28, 15)
+    assert [r["url"] for r in mon] == ["", "http://mon.example/watched"] and [r["url"] for r in fil] == ["", ""]
     quiet = reporter.command_results(T0, T0 + 86400_000, frozenset({"11"}))  # command 11 has action/report 0
     assert not [r for f in quiet if f.parent.parent.name == "5" for r in rows(f, "log")[1]]
     (hb,) = reporter.heartbeat()
