@@ -82,7 +82,9 @@ def test_command_query_answered_with_dt6(srv: tuple[Server, Reporter]) -> None:
         ("3", "6", "2", "1:evil.example;1:evil2.example", "1")]
     root2, got2 = rows(f2, "command")
     assert root2.findtext("commandId") == "41" and len(got2) == 3
-    assert [a.command_id for a in s.svc.acks if a.msg == "answered in a DT 6 file"] == [40, 41]
+    # ISMS.md §3 gives a query of the commands no ack type: the DT 6 file is the answer, no ack
+    # (it was acked as type 7 queryView: issue 28, 13)
+    assert not [a for a in s.svc.acks if a.command_id in (40, 41)]
 
 
 def test_query_view_and_command_record_answered_in_the_ack(srv: tuple[Server, Reporter]) -> None:
@@ -159,3 +161,15 @@ def test_commands_for_a_house_apply_to_its_prefixes(srv: tuple[Server, Reporter]
     assert rules.reload()
     assert rules.match(obs("bad.example", server="198.51.100.9"), 2.0) is None
     assert rules.match(obs("own.example", server="203.0.113.5"), 2.0) == ("order:isms:2", "block")
+
+
+def test_a_log_query_is_answered_by_its_dt3_file_not_by_an_ack(srv: tuple[Server, Reporter]) -> None:
+    """Issue 28 (13): ISMS.md §3's ack types have none for a log query; it was acked as type 7
+    (queryView). The DT 3 file is the answer."""
+    s, rep = srv
+    lq = (f"<logQuery><commandId>70</commandId><idcId>{dbl.IDC_ID}</idcId><commandInfo><houseId>H1</houseId>"
+          "<startTime>2026-11-29 09:00:00</startTime></commandInfo></logQuery>")
+    assert s.smms.send(lq, 1) == (0, "answered in a DT 3 file")
+    files, acks = run(s, rep)
+    assert files[DataType.LOG_QUERY_RESULT] and not acks
+    assert not [a for a in s.svc.acks if a.command_id == 70]

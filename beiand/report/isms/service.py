@@ -22,7 +22,7 @@ from beiand.report.isms.codes import AckResult, AckType, CommandResult, CommandT
 from beiand.report.isms.envelope import EnvelopeError, Keys, check_pwd, unpack
 from beiand.report.isms.model import ActivePeriod, BasicData, CodeList, Item, ListEntry, LogQuery, Query, SecurityCommand
 from beiand.report.isms.profile import Profile
-from beiand.report.isms.store import CommandStore, Outcome
+from beiand.report.isms.store import CommandStore
 
 log = logging.getLogger(__name__)
 MAX_RAND = 20  # randVal ≤ 20 characters (ISMS.md §2)
@@ -161,16 +161,18 @@ class CommandService:
         elif isinstance(item, ActivePeriod):
             out, ack_type, cid = self.store.apply_period(item), AckType.BASIC_DATA, item.command_id
         elif isinstance(item, LogQuery):
+            # ISMS.md §3 has no ack type for a log query (issue 28): the DT 3 file is the answer, no ack
             if self.on_query is not None:
                 self.on_query(item)
-            out, ack_type, cid = Outcome(AckResult.ALL, "answered in a DT 3 file"), AckType.QUERY_VIEW, item.command_id
+            return Answer(CommandResult.OK, "answered in a DT 3 file", item, [])
         elif isinstance(item, BasicData):
             out, ack_type, cid = self.store.apply_basic(item), AckType.BASIC_DATA, item.command_id
         elif item.root == "commandQuery":
             # types 3 and 6: a DT 6 file of the commands in force (answers.answer, off the request path)
+            # (no ack: ISMS.md §3 gives a query of the commands no ack type; the file is the answer)
             if self.on_query is not None:
                 self.on_query(item)
-            out, ack_type, cid = Outcome(AckResult.ALL, "answered in a DT 6 file"), AckType.QUERY_VIEW, item.command_id
+            return Answer(CommandResult.OK, "answered in a DT 6 file", item, [])
         else:
             # queryView / commandRecord: the answer is the ack itself (answers.answer builds it from
             # the aggregates and the access log, off the request path)
