@@ -21,6 +21,11 @@ def checksum(b: bytes) -> int:
     return int(~s & 0xFFFF)
 
 
+# Block-page bytes per injected segment: with 60 bytes of IPv6 + TCP headers, within the 1,280-byte
+# minimum IPv6 MTU, so no path drops or refuses it.
+PAGE_SEGMENT = 1200
+
+
 def tcp_packet(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int, payload: bytes = b"") -> bytes:
     """A whole IP packet (v4 or v6 by the address family) carrying one TCP segment."""
     v6 = ":" in src
@@ -90,8 +95,15 @@ class Injector:
 
     def block_page(self, client: str, cport: int, server: str, sport: int, seq: int, ack: int, seg_len: int, page: bytes,
                    server_saw_segment: bool) -> None:
-        """The page to the client as the server's answer, with FIN; the server side reset."""
-        self.send(tcp_packet(server, client, sport, cport, ack, seq + seg_len, PSH | ACK | FIN, page), client)
+        """The page to the client as the server's answer, in segments that fit any path (the last
+        with FIN); the server side reset. One segment of the whole page went over the 1,500-byte
+        MTU once the name was long or the page grew (EMSGSIZE: the request was dropped and the
+        visitor saw nothing, not the page)."""
+        chunk = PAGE_SEGMENT
+        for off in range(0, len(page), chunk):
+            last = off + chunk >= len(page)
+            self.send(tcp_packet(server, client, sport, cport, ack + off, seq + seg_len, PSH | ACK | (FIN if last else 0),
+                                 page[off : off + chunk]), client)
         self.send(tcp_packet(client, server, cport, sport, seq + (seg_len if server_saw_segment else 0), 0, RST), server)
 
     def close(self) -> None:

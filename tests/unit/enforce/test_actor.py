@@ -216,3 +216,25 @@ def test_inline_drop_is_returned_by_the_pipeline_not_left_on_the_enforcer(tmp_pa
     assert pipe.feed(1.0, b"x", LINKTYPE_RAW) is True and len(calls) == 1
     assert pipe.feed(1.0, b"", LINKTYPE_RAW) is False
     assert not hasattr(Enforcer(EnforceSettings()), "drop_current")
+
+
+def test_the_block_page_is_sent_in_segments_that_fit_any_path() -> None:
+    """A block page for a long name (or a page that grew) was one segment over the 1,500-byte MTU:
+    the raw send failed (EMSGSIZE), the request was dropped and the visitor saw nothing. Now in
+    segments of at most 1,200 bytes of page, in sequence, FIN on the last; the server reset."""
+    from beiand.enforce.packets import Injector
+
+    sent: list[tuple[bytes, str]] = []
+    inj = Injector.__new__(Injector)
+    inj.send = lambda pkt, dst: sent.append((pkt, dst))  # type: ignore[method-assign]
+    page = block_page("a" * 60 + ".example.xyz", "400-000-0000", "示例云计算有限公司")
+    assert len(page) > 1460
+    inj.block_page("192.0.2.2", 40000, "198.51.100.11", 80, 1000, 5000, 80, page, server_saw_segment=False)
+    to_client = [p for p, dst in sent if dst == "192.0.2.2"]
+    assert len(to_client) >= 2 and all(len(p) <= 1280 for p, _ in sent)
+    seqs = [int.from_bytes(p[24:28], "big") for p in to_client]
+    payloads = [p[40:] for p in to_client]
+    assert b"".join(payloads) == page and seqs == [5000 + sum(map(len, payloads[:i])) for i in range(len(payloads))]
+    flags = [p[33] for p in to_client]
+    assert all(f & 0x01 == 0 for f in flags[:-1]) and flags[-1] & 0x01  # FIN on the last only
+    assert [p[33] & 0x04 for p, dst in sent if dst == "198.51.100.11"] == [0x04]  # the server reset
