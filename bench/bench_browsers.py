@@ -18,54 +18,31 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from beiand.lab.browsers import Browsers
-from beiand.lab.demo import build
-from beiand.lab.labdemo import wait_ready, write_config
-from beiand.lab.netns import Lab
-
-SHARED = "198.51.100.11"
-FILED, UNFILED = "www.example.com.cn", "unfiled.example.xyz"
-INVENTORY = "prefix,account,site,state,mode\n198.51.100.0/24,cust-enf,bj,active,enforce\n"
+from beiand.lab.browsers import FILED, SHARED, UNFILED, enforcing_lab
 
 
 def run_mode(mode: str, browsers: list[str], loads: int) -> None:
     wd = Path(tempfile.mkdtemp(prefix=f"beiand-browsers-{mode}-"))
-    files = build(wd / "samples")
-    Path(files["inventory"]).write_text(INVENTORY)
-    extra = "\n[enforce]\n" + ("inline = true\n" if mode == "inline" else "") + \
-        "max_blocks_per_minute = 100000\nmin_verdicts_for_share = 1000000\n"
-    cfg = write_config(wd, files, extra=extra)
-    requests = wd / "requests.log"
-    with Lab() as lb:
-        lb.start_servers(wd, requests=requests)
-        with open(wd / "beiand.log", "ab") as logf:
-            daemon = lb.spawn(lb.gw, [sys.executable, "-m", "beiand.cli", "run", "--config", str(cfg)], stdout=logf, stderr=logf)
-        wait_ready(lb, daemon)
-        b = Browsers(lb, wd, requests, wd / "lab-cert.pem")
-        try:
-            for browser in browsers:
-                t0 = time.monotonic()
-                filed_ok = unfiled_served = unfiled_hello = unfiled_handshake = tried = 0
-                for _ in range(loads):
-                    f = b.load(browser, FILED, SHARED)
-                    filed_ok += f.served
-                    u = b.load(browser, UNFILED, SHARED)
-                    tried += bool(u.client_ports)
-                    unfiled_served += u.served
-                    unfiled_hello += UNFILED in u.server_hellos
-                    unfiled_handshake += u.server_handshake > 0
-                print(f"{mode:8} {browser:14} filed served {filed_ok}/{loads}   unfiled: tried {tried}/{loads}, "
-                      f"served {unfiled_served}, whole ClientHello at the server {unfiled_hello}, "
-                      f"server handshake at the client {unfiled_handshake}   ({time.monotonic() - t0:.0f} s)", flush=True)
-        finally:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(30)
+    with enforcing_lab(mode, wd) as (_, b):
+        for browser in browsers:
+            t0 = time.monotonic()
+            filed_ok = unfiled_served = unfiled_hello = unfiled_handshake = tried = 0
+            for _ in range(loads):
+                f = b.load(browser, FILED, SHARED)
+                filed_ok += f.served
+                u = b.load(browser, UNFILED, SHARED)
+                tried += bool(u.client_ports)
+                unfiled_served += u.served
+                unfiled_hello += UNFILED in u.server_hellos
+                unfiled_handshake += u.server_handshake > 0
+            print(f"{mode:8} {browser:14} filed served {filed_ok}/{loads}   unfiled: tried {tried}/{loads}, "
+                  f"served {unfiled_served}, whole ClientHello at the server {unfiled_hello}, "
+                  f"server handshake at the client {unfiled_handshake}   ({time.monotonic() - t0:.0f} s)", flush=True)
 
 
 def main() -> int:

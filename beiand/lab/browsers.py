@@ -15,6 +15,7 @@ A load is judged by what happened, not by what the browser printed:
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import shutil
@@ -24,6 +25,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -263,3 +265,38 @@ class Browsers:
         hellos = [n for n, _, _ in named(sframes, outgoing=False)]
         ports = {p for n, p, _ in named(cframes, outgoing=True) if n == name}
         return Load(browser, name, path, rc, served, hellos, ports, server_handshakes(cframes, ports), out[-2000:])
+
+
+SHARED = "198.51.100.11"  # a filed and an unfiled name on one address
+FILED, UNFILED = "www.example.com.cn", "unfiled.example.xyz"
+INVENTORY = "prefix,account,site,state,mode\n198.51.100.0/24,cust-enf,bj,active,enforce\n"
+
+
+@contextlib.contextmanager
+def enforcing_lab(mode: str, wd: Path) -> Iterator[tuple[Lab, Browsers]]:
+    """The lab with ``beiand run`` on its gateway in enforce (``mode``: ``inline`` or ``passive``)
+    over all of 198.51.100.0/24, its servers logging their requests, and the browsers; the daemon
+    stopped at the end (SIGTERM: its rules and tables removed)."""
+    import sys
+
+    from beiand.lab.demo import build
+    from beiand.lab.labdemo import wait_ready, write_config
+
+    files = build(wd / "samples")
+    Path(files["inventory"]).write_text(INVENTORY)
+    # A browser's background connections (Firefox's to Mozilla's services, all resolved to the lab's
+    # address) are unfiled names, blocked and retried: the breaker must not take them for a broken feed.
+    extra = "\n[enforce]\n" + ("inline = true\n" if mode == "inline" else "") + \
+        "max_blocks_per_minute = 100000\nmin_verdicts_for_share = 1000000\n"
+    cfg = write_config(wd, files, extra=extra)
+    requests = wd / "requests.log"
+    with Lab() as lb:
+        lb.start_servers(wd, requests=requests)
+        with open(wd / "beiand.log", "ab") as logf:
+            daemon = lb.spawn(lb.gw, [sys.executable, "-m", "beiand.cli", "run", "--config", str(cfg)], stdout=logf, stderr=logf)
+        wait_ready(lb, daemon)
+        try:
+            yield lb, Browsers(lb, wd, requests, wd / "lab-cert.pem")
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(30)

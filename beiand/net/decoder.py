@@ -842,13 +842,14 @@ class Decoder:
         a new connection has a new ISN). Such a packet comes where the kernel cut a super-packet
         into segments before queuing them (NFQA_CFG_F_GSO unsupported), each with its marks."""
         flow = self.flows.get(key)
-        if flow is not None:
-            same = flow.ack == ack
-        else:
-            ident = self.done.get(key)
-            if ident is None:
-                ident = self._done_old.get(key)
-            same = ident == ack
+        return self._first_again(flow.ack == ack if flow is not None else self._done_ident(key) == ack)
+
+    def _done_ident(self, key: bytes) -> int | bytes | None:
+        """What names the connection decided on ``key`` (``done``), None when none was."""
+        ident = self.done.get(key)
+        return self._done_old.get(key) if ident is None else ident
+
+    def _first_again(self, same: bool) -> bool:
         if same:
             self.stats["flow:first-again"] += 1
         return same
@@ -1280,16 +1281,7 @@ class Decoder:
             return False
         dcid = payload[6 : 6 + ln]
         entry = self.quic.get(key)
-        if entry is not None:
-            same = entry[1].dcid == dcid
-        else:
-            ident = self.done.get(key)
-            if ident is None:
-                ident = self._done_old.get(key)
-            same = ident == dcid
-        if same:
-            self.stats["flow:first-again"] += 1
-        return same
+        return self._first_again(entry[1].dcid == dcid if entry is not None else self._done_ident(key) == dcid)
 
     def _gquic(self, ts: float, payload: bytes, key: bytes, version: bytes, src: bytes, dst: bytes, sport: int,
                dport: int) -> None:

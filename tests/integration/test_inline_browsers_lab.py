@@ -14,24 +14,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from beiand.accesslog import Query, query
-from beiand.lab.browsers import Browsers, Sniffer, named
-from beiand.lab.demo import build
-from beiand.lab.labdemo import wait_ready, write_config
-from beiand.lab.netns import Lab
+from beiand.lab.browsers import FILED, SHARED, UNFILED, Browsers, Sniffer, enforcing_lab, named
 
 pytestmark = pytest.mark.integration
 
-SHARED = "198.51.100.11"  # a filed and an unfiled name on one address
-FILED, UNFILED = "www.example.com.cn", "unfiled.example.xyz"
-INVENTORY = "prefix,account,site,state,mode\n198.51.100.0/24,cust-enf,bj,active,enforce\n"
 LOADS = int(os.environ.get("BEIAND_BROWSER_LOADS", "2"))  # per browser, transport and name
 
 
@@ -41,23 +33,8 @@ def lab(request, tmp_path_factory):  # type: ignore[no-untyped-def]
         pytest.fail("the lab needs root (network namespaces)")
     mode = request.param
     wd = tmp_path_factory.mktemp(f"browsers-{mode}")
-    files = build(wd / "samples")
-    Path(files["inventory"]).write_text(INVENTORY)
-    # A browser's background connections (Firefox's to Mozilla's services, all resolved to the lab's
-    # address) are unfiled names, blocked and retried: the breaker must not take them for a broken feed.
-    extra = "\n[enforce]\n" + ("inline = true\n" if mode == "inline" else "") + \
-        "max_blocks_per_minute = 100000\nmin_verdicts_for_share = 1000000\n"
-    cfg = write_config(wd, files, extra=extra)
-    requests = wd / "requests.log"
-    with Lab() as lb:
-        lb.start_servers(wd, requests=requests)
-        with open(wd / "beiand.log", "ab") as logf:
-            daemon = lb.spawn(lb.gw, [sys.executable, "-m", "beiand.cli", "run", "--config", str(cfg)], stdout=logf, stderr=logf)
-        wait_ready(lb, daemon)
-        yield {"lab": lb, "mode": mode, "wd": wd, "browsers": Browsers(lb, wd, requests, wd / "lab-cert.pem"),
-               "requests": requests}
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(30)
+    with enforcing_lab(mode, wd) as (lb, browsers):
+        yield {"lab": lb, "mode": mode, "wd": wd, "browsers": browsers}
 
 
 BROWSERS = ["chromium-tcp", "chromium-quic", "firefox-tcp"]
