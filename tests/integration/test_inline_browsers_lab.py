@@ -45,16 +45,32 @@ def test_a_browser_loads_the_filed_site_and_never_the_unfiled_one(lab, browser) 
     if shutil.which(browser.split("-")[0] if browser.startswith("chromium") else "firefox-esr") is None:
         pytest.fail(f"{browser}: not installed (scripts/system-deps installs it)")
     b: Browsers = lab["browsers"]
+    ports: set[int] = set()
     for _ in range(LOADS):
         filed = b.load(browser, FILED, SHARED)
         assert filed.served, (lab["mode"], filed)
         unfiled = b.load(browser, UNFILED, SHARED)
-        assert not unfiled.served, (lab["mode"], unfiled)
         assert unfiled.client_ports, unfiled  # the browser did try
+        ports |= unfiled.client_ports
         if lab["mode"] == "inline":
             # the packet that completes the name waits for the verdict: the server never has it
+            assert not unfiled.served, unfiled
             assert UNFILED not in unfiled.server_hellos, unfiled
             assert unfiled.server_handshake == 0, unfiled
+    if lab["mode"] == "passive":
+        # Passive sees a copy and injects resets: a race with the server it wins nearly always, never
+        # always (docs/enforcement.md; Chromium 150 on a fresh machine once got the page). What must
+        # hold is that every connection the browser made to the unfiled name was named from its
+        # ClientHello (never ip-only) and judged and blocked.
+        deadline = time.monotonic() + 15  # the access log's group commit
+        while True:
+            recs = [r for r in query(lab["wd"] / "log", Query()) if r.client_port in ports and r.server_ip == SHARED]
+            if {r.client_port for r in recs if r.name == UNFILED} >= ports or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        named_ports = {r.client_port for r in recs if r.name == UNFILED and r.kind in ("tls-sni", "quic-sni")}
+        assert named_ports >= ports, (ports, recs)
+        assert all(r.action == "block" for r in recs if r.name == UNFILED), recs
 
 
 # The minimal reproduction (issue 36, 3): a Python ``ssl`` ClientHello padded past one MTU by
