@@ -512,11 +512,11 @@ class AccessLog:
             f = frames.popleft()
             nbytes += len(f[4])
             self.head = f[3]
-        self._nframed -= written
         self._count += written
         self.stats.written += written
         self.stats.bytes_written += nbytes
         if error is not None:
+            self._nframed -= written
             self.stats.write_errors += 1
             first = not self.stats.failing
             self.stats.failing = (f"{error.strerror or error} ({errno.errorcode.get(error.errno or 0, error.errno)})"
@@ -528,6 +528,9 @@ class AccessLog:
         if self.stats.failing:
             log.warning("access log %s: writes succeed again", self.dir)
             self.stats.failing = ""
+        # last: ``pending`` reaches 0 only once ``failing`` says the writes succeed again (a reader
+        # in another thread saw no pending records beside a stale ENOSPC)
+        self._nframed -= written
         return True
 
     def _sync(self) -> None:

@@ -119,7 +119,7 @@ def test_disk_full_keeps_records_in_memory_and_recovers(tmp_path: Path) -> None:
         # Space returns: the buffer drains on its own.
         filler.unlink()
         deadline = time.monotonic() + 10
-        while log.pending and time.monotonic() < deadline:
+        while (log.pending or log.stats.failing) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert log.pending == 0 and log.stats.failing == ""
         log.close()
