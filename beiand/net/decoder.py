@@ -820,11 +820,9 @@ class Decoder:
                 self._give_up(flow, ts, "too-long")
                 return
         if not flow.held:
-            cfg = self.config
             # The name budget (issue 36): a flow still without its name is judged by its address now,
             # on this packet, rather than passed on unjudged once the kernel stops queuing it.
-            spent = "budget-packets" if flow.segments >= cfg.name_packets else \
-                "budget-seconds" if ts - flow.data_ts >= cfg.name_seconds else ""
+            spent = self._budget_spent(flow.segments, flow.data_ts, ts)
             if spent:
                 del self.flows[key]
                 budget.held -= flow.cost
@@ -1087,14 +1085,21 @@ class Decoder:
         the name budget (packets and time) here, by the flow's byte limit and the TCP budget where bytes are added.
         Named ip-only from its address at once, a filed site's connection on an address shared
         with unfiled ones would be reset."""
-        cfg = self.config
-        if flow.fresh and flow.segments < cfg.name_packets and ts - flow.ts < cfg.name_seconds:
+        if flow.fresh and not self._budget_spent(flow.segments, flow.data_ts, ts):
             if not flow.held:
                 flow.held = True
                 self.stats["flow:held"] += 1
             return True
         flow.held = False
         return False
+
+    def _budget_spent(self, packets: int, first_data: float, ts: float) -> str:
+        """Which part of a flow's name budget is spent ("" while none is): ``budget-packets`` after
+        ``name_packets`` packets read, ``budget-seconds`` from ``name_seconds`` after its first data."""
+        cfg = self.config
+        if packets >= cfg.name_packets:
+            return "budget-packets"
+        return "budget-seconds" if ts - first_data >= cfg.name_seconds else ""
 
     def _give_up(self, flow: Flow, ts: float, why: str) -> None:
         if not flow.syn and not flow.fresh and why == "unknown-protocol":
@@ -1246,9 +1251,7 @@ class Decoder:
         budget.charge(reader.crypto.cost - before)
         reader.datagrams += 1
         if hello is None:
-            cfg = self.config
-            spent = "budget-packets" if reader.datagrams >= cfg.name_packets else \
-                "budget-seconds" if ts - entry[0] >= cfg.name_seconds else ""
+            spent = self._budget_spent(reader.datagrams, entry[0], ts)
             if spent:  # the name budget (issue 36): judged by its address, on this datagram
                 del self.quic[key]
                 budget.held -= reader.crypto.cost
@@ -1269,10 +1272,10 @@ class Decoder:
     def _same_quic(self, key: bytes, payload: bytes) -> bool:
         """Whether a datagram marked as its flow's first (inline) belongs to the QUIC connection the
         decoder already reads or has decided on this 4-tuple: the same Destination Connection ID
-        in a long header (a new connection picks a new one, RFC 9000 section 7.2). The kernel marks
-        every datagram of a burst first while the first one waits in the queue (its conntrack entry
-        is not confirmed yet, so each finds none): Chromium's and aioquic's ClientHello in two or
-        three Initial packets were each read from scratch and never named."""
+        in a long header (a new connection picks a new one, RFC 9000 section 7.2). Such a datagram
+        comes where the kernel cut a UDP GSO packet without NFQA_CFG_F_GSO (Chromium sends its
+        Initials so), and where a burst's later datagrams find the first one's conntrack entry not
+        yet confirmed while it waits in the queue (reasoned from the kernel, not seen in the lab)."""
         n = len(payload)
         if n < 7 or not payload[0] & 0x80:
             return False

@@ -99,7 +99,8 @@ def name_packets(cfg: Config) -> int:
     than the kernel queues of a flow's data (``enforce.connbytes`` less the SYN and the ACK)."""
     if cfg.reassembly.name_packets:
         return cfg.reassembly.name_packets
-    return max(2, min(6, cfg.enforce.connbytes - 2)) if cfg.enforce.inline else 6
+    default = DecoderConfig.name_packets
+    return max(2, min(default, cfg.enforce.connbytes - 2)) if cfg.enforce.inline else default
 
 
 @dataclass
