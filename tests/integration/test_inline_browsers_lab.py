@@ -77,18 +77,10 @@ def test_a_browser_loads_the_filed_site_and_never_the_unfiled_one(lab, browser) 
 # ``n`` ALPN names of 45 bytes, sent in one write (one TSO super-packet on the lab's veth) or in
 # writes of at most 1000 bytes. Prints what came back: the ServerHello, or the connection's end.
 SSL_CLIENT = r"""
-import socket, ssl, sys
+import socket, sys
+from beiand.lab.traffic import client_hello
 name, ip, n, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-ctx = ssl.create_default_context()
-ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-ctx.set_alpn_protocols([f"x-{i:03d}-" + "a" * 39 for i in range(n)] + ["http/1.1"])
-inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-tls = ctx.wrap_bio(inc, out, server_hostname=name)
-try:
-    tls.do_handshake()
-except ssl.SSLWantReadError:
-    pass
-hello = out.read()
+hello = client_hello(name, [f"x-{i:03d}-" + "a" * 39 for i in range(n)] + ["http/1.1"])
 s = socket.create_connection((ip, 443), timeout=3)
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 for i in range(0, len(hello), chunk):
