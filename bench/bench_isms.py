@@ -26,18 +26,18 @@ sys.path.insert(0, str(HERE.parent))
 from beiand.accesslog import AccessLog, LogConfig  # noqa: E402
 from beiand.capture.pcap import read_capture  # noqa: E402
 from beiand.enforce import Enforcer, EnforceSettings  # noqa: E402
+from beiand.isms.reports import Reporter, Spool  # noqa: E402
+from beiand.isms.service import CommandService  # noqa: E402
+from beiand.isms.store import CommandRules, CommandStore  # noqa: E402
+from beiand.isms.wire.envelope import Keys  # noqa: E402
+from beiand.isms.wire.model import parse_time  # noqa: E402
+from beiand.isms.wire.profile import Profile  # noqa: E402
 from beiand.model import AccessRecord, Kind, Observation, Transport  # noqa: E402
 from beiand.net.decoder import Decoder, DecoderConfig  # noqa: E402
 from beiand.policy import Policy, PolicyConfig  # noqa: E402
 from beiand.policy.inventory import load_inventory  # noqa: E402
 from beiand.records import build_index, load_files  # noqa: E402
 from beiand.records.generate import OUR_PROVIDER  # noqa: E402
-from beiand.report.isms.envelope import Keys  # noqa: E402
-from beiand.report.isms.model import parse_time  # noqa: E402
-from beiand.report.isms.profile import Profile  # noqa: E402
-from beiand.report.isms.reports import Reporter, Spool  # noqa: E402
-from beiand.report.isms.service import CommandService  # noqa: E402
-from beiand.report.isms.store import CommandRules, CommandStore  # noqa: E402
 from beiand.runtime.pipeline import Pipeline  # noqa: E402
 from tests import isms_double as dbl  # noqa: E402
 

@@ -17,7 +17,7 @@ from beiand.cli.logs import DEFAULT_CONFIG, config_from
 from beiand.runtime.settings import Config
 
 if TYPE_CHECKING:
-    from beiand.report.isms.store import CommandStore
+    from beiand.isms.store import CommandStore
 
 # The ISMS modules (xmlschema, aiohttp) are imported by the commands that use them, so that
 # every other `beiand` command starts without them.
@@ -33,8 +33,8 @@ def _cfg(args: argparse.Namespace) -> Config:
 
 
 def _store(cfg: Config) -> CommandStore:
-    from beiand.report.isms.profile import ProfileError
-    from beiand.report.isms.store import CommandStore, RuleError
+    from beiand.isms.store import CommandStore, RuleError
+    from beiand.isms.wire.profile import ProfileError
     from beiand.runtime.isms import profile_of
 
     try:
@@ -44,7 +44,7 @@ def _store(cfg: Config) -> CommandStore:
 
 
 def _window(effect: float, expired: float, now: float) -> str:
-    from beiand.report.isms.model import format_time
+    from beiand.isms.wire.model import format_time
 
     if effect > now:
         return f"from {format_time(effect)}"
@@ -54,7 +54,7 @@ def _window(effect: float, expired: float, now: float) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from beiand.report.isms.model import format_time
+    from beiand.isms.wire.model import format_time
     from beiand.runtime.isms import spool_dir
 
     cfg = _cfg(args)
@@ -85,7 +85,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_commands(args: argparse.Namespace) -> int:
-    from beiand.report.isms.codes import RULE_NAMES
+    from beiand.isms.wire.codes import RULE_NAMES
 
     cfg = _cfg(args)
     st = _store(cfg).state
@@ -109,9 +109,9 @@ def cmd_commands(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from beiand.report.isms.profile import ProfileError
-    from beiand.report.isms.service import SecretError
-    from beiand.report.isms.store import RuleError
+    from beiand.isms.service import SecretError
+    from beiand.isms.store import RuleError
+    from beiand.isms.wire.profile import ProfileError
     from beiand.runtime.isms import IsmsRuntime
 
     if not args.now:

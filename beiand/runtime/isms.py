@@ -1,6 +1,6 @@
 """The ISMS interface in the running daemon (docs/isms.md): settings → components, timers, metrics.
 
-The main process serves ``idc_command`` (:mod:`beiand.report.isms.endpoint`), writes the
+The main process serves ``idc_command`` (:mod:`beiand.isms.transport.endpoint`), writes the
 commands it applies to ``<state_dir>/isms/commands.json`` and the data files to the spool;
 each worker's enforcer re-reads the commands (:func:`rules_for`). In CU-lite mode the main
 process also uploads the spool and calls ``idc_commandack``.
@@ -18,16 +18,16 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from beiand.report.isms.answers import answer
-from beiand.report.isms.codec import CODECS
-from beiand.report.isms.codes import DataType
-from beiand.report.isms.endpoint import serve, tls_context
-from beiand.report.isms.model import LogQuery, Query
-from beiand.report.isms.profile import Profile, load_profile
-from beiand.report.isms.reports import Reporter, ReportError, Spool
-from beiand.report.isms.service import CommandService, load_keys
-from beiand.report.isms.store import CommandRules, CommandStore
-from beiand.report.isms.upload import Uploader
+from beiand.isms.answers import answer
+from beiand.isms.reports import Reporter, ReportError, Spool
+from beiand.isms.service import CommandService, load_keys
+from beiand.isms.store import CommandRules, CommandStore
+from beiand.isms.transport.endpoint import serve, tls_context
+from beiand.isms.transport.upload import Uploader
+from beiand.isms.wire.codec import CODECS
+from beiand.isms.wire.codes import DataType
+from beiand.isms.wire.model import LogQuery, Query
+from beiand.isms.wire.profile import Profile, load_profile
 from beiand.runtime.settings import Config
 
 log = logging.getLogger("beiand.isms")
@@ -50,8 +50,8 @@ def profile_of(cfg: Config) -> Profile:
 
 def check(cfg: Config) -> str:
     """What would stop the ISMS interface from starting ("" when nothing): profile, secrets, TLS."""
-    from beiand.report.isms.profile import ProfileError
-    from beiand.report.isms.service import SecretError
+    from beiand.isms.service import SecretError
+    from beiand.isms.wire.profile import ProfileError
 
     try:
         load_profile(cfg.isms.profile)
@@ -114,9 +114,9 @@ class IsmsRuntime:
 
     def reload(self, cfg: Config) -> list[str]:
         """Apply a reloaded ``[isms]`` (SIGHUP): what can be, in place; the rest is listed as needing
-        a restart (beiand/report/isms/reload.py says which and why). Raises on a bad profile or
+        a restart (beiand/isms/reload.py says which and why). Raises on a bad profile or
         secrets, leaving everything as it was."""
-        from beiand.report.isms.reload import changed, restart_needed
+        from beiand.isms.reload import changed, restart_needed
 
         old, new = self.cfg.isms, cfg.isms
         keep = restart_needed(old, new)
@@ -226,7 +226,7 @@ class IsmsRuntime:
         return written
 
     def send_acks(self) -> None:
-        from beiand.report.isms.ack import send_acks
+        from beiand.isms.transport.ack import send_acks
 
         if not self.service.acks or not self.cfg.isms.ack_url:
             return

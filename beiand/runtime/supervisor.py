@@ -33,12 +33,12 @@ from beiand import __version__
 from beiand.enforce import OrderError, OrderStore
 from beiand.enforce.nfqueue import RuleSet, install_rules, remove_rules, rule_set
 from beiand.enforce.nft import Nft, NftError
+from beiand.isms.reports import filed_domain
 from beiand.model import endpoint
 from beiand.policy import lookup_answer
 from beiand.records import normalise_domain
 from beiand.records.domains import DomainError
 from beiand.records.importer import canonical_ip
-from beiand.report.isms.reports import filed_domain
 from beiand.report.resource import ActiveResource
 from beiand.runtime import logsetup
 from beiand.runtime.housekeeping import Housekeeping
@@ -359,7 +359,7 @@ class Daemon:
             self.state = self.housekeeping.state = new
             note_inventory(new)
             self.refused = None
-            if self.isms is not None:  # [isms] in place; restart-only keys listed (beiand/report/isms/reload.py)
+            if self.isms is not None:  # [isms] in place; restart-only keys listed (beiand/isms/reload.py)
                 try:
                     self.isms.reload(new.config)
                 except (ValueError, OSError) as exc:

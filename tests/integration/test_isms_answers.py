@@ -1,5 +1,5 @@
 """Types 3 and 6 answered, type 0 basic data used (issue 20): sent over real HTTP by the SMMS
-double through the endpoint, answered by beiand.report.isms.answers from a real access log."""
+double through the endpoint, answered by beiand.isms.answers from a real access log."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from beiand.accesslog import AccessLog, LogConfig
+from beiand.isms.answers import answer
+from beiand.isms.reports import Reporter, Spool
+from beiand.isms.wire.codes import AckType, DataType
+from beiand.isms.wire.model import Query, parse_time
+from beiand.isms.wire.profile import Profile
 from beiand.model import AccessRecord
-from beiand.report.isms.answers import answer
-from beiand.report.isms.codes import AckType, DataType
-from beiand.report.isms.model import Query, parse_time
-from beiand.report.isms.profile import Profile
-from beiand.report.isms.reports import Reporter, Spool
 from tests import isms_double as dbl
 from tests.integration.test_isms_endpoint import Server
 
@@ -140,7 +140,7 @@ def test_unknown_query_root_is_not_dropped(srv: tuple[Server, Reporter]) -> None
 
 
 def test_commands_for_a_house_apply_to_its_prefixes(srv: tuple[Server, Reporter]) -> None:
-    from beiand.report.isms.store import CommandRules
+    from beiand.isms.store import CommandRules
     from tests.integration.test_isms_endpoint import obs
 
     s, _ = srv

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from beiand.isms.service import CommandService
+from beiand.isms.store import CommandRules, CommandStore
+from beiand.isms.transport.endpoint import serve
+from beiand.isms.wire.envelope import Keys
+from beiand.isms.wire.model import LogQuery, Query
+from beiand.isms.wire.profile import Profile
 from beiand.model import Kind, Observation, Transport
-from beiand.report.isms.endpoint import serve
-from beiand.report.isms.envelope import Keys
-from beiand.report.isms.model import LogQuery, Query
-from beiand.report.isms.profile import Profile
-from beiand.report.isms.service import CommandService
-from beiand.report.isms.store import CommandRules, CommandStore
 from tests import isms_double as dbl
 
 pytestmark = pytest.mark.integration
@@ -183,7 +183,7 @@ def test_tls_endpoint(tmp_path: Path) -> None:
     import ssl
     import subprocess
 
-    from beiand.report.isms.endpoint import tls_context
+    from beiand.isms.transport.endpoint import tls_context
 
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",

@@ -16,10 +16,10 @@ import pytest
 
 from beiand.accesslog import Query, query
 from beiand.cli import main
+from beiand.isms.wire.model import format_time
 from beiand.lab.demo import build
 from beiand.lab.labdemo import http_get, wait_ready, write_config
 from beiand.lab.netns import Lab, in_netns
-from beiand.report.isms.model import format_time
 from tests import isms_double as dbl
 from tests.integration.test_enforce_lab import INVENTORY, curl
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from beiand.cli import main
-from beiand.report.isms.model import Rule, SecurityCommand
-from beiand.report.isms.store import CommandStore
+from beiand.isms.store import CommandStore
+from beiand.isms.wire.model import Rule, SecurityCommand
 from tests import isms_double as dbl
 
 

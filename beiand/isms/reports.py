@@ -23,14 +23,15 @@ from typing import Any
 from beiand.accesslog.reader import Query as LogFilter
 from beiand.accesslog.reader import query as log_query
 from beiand.accesslog.reader import summaries
+from beiand.errors import BeiandError
+from beiand.isms.wire.codec import CODECS, Codec, version_key
+from beiand.isms.wire.codes import Compression, DataType, EncryptAlgorithm, HashAlgorithm
+from beiand.isms.wire.envelope import Keys, pack
+from beiand.isms.wire.fields import FIELDS, PROTOCOL, REPORTED_VERDICTS, VERDICT_ILLEGAL_TYPE, row_elements
+from beiand.isms.wire.model import BEIJING, LogQuery, format_time
+from beiand.isms.wire.profile import Profile
 from beiand.model import AccessRecord
 from beiand.records.domains import registrable_domain
-from beiand.report.isms.codec import CODECS, Codec, version_key
-from beiand.report.isms.codes import Compression, DataType, EncryptAlgorithm, HashAlgorithm
-from beiand.report.isms.envelope import Keys, pack
-from beiand.report.isms.fields import FIELDS, PROTOCOL, REPORTED_VERDICTS, VERDICT_ILLEGAL_TYPE, row_elements
-from beiand.report.isms.model import BEIJING, LogQuery, format_time
-from beiand.report.isms.profile import Profile
 
 ROOTS = {DataType.IDC_MONITOR: "idcMonitor", DataType.COMMAND_QUERY_RESULT: "commandQueryResult",
          DataType.LOG_QUERY_RESULT: "logQueryResult", DataType.MONITOR_RESULT: "monitorResult",
@@ -42,7 +43,7 @@ ROW_TAG = {DataType.IDC_MONITOR: "record", DataType.COMMAND_QUERY_RESULT: "comma
 SERVICE_TYPE_OTHER = 24  # fwnr 24 其他: beiand does not classify content
 
 
-class ReportError(ValueError):
+class ReportError(BeiandError, ValueError):
     pass
 
 

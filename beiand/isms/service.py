@@ -17,18 +17,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from beiand.report.isms.codec import CODECS, Codec, XmlError, version_key
-from beiand.report.isms.codes import AckResult, AckType, CommandResult, CommandType, Compression, EncryptAlgorithm, SecurityType
-from beiand.report.isms.envelope import EnvelopeError, Keys, check_pwd, unpack
-from beiand.report.isms.model import ActivePeriod, BasicData, CodeList, Item, ListEntry, LogQuery, Query, SecurityCommand
-from beiand.report.isms.profile import Profile
-from beiand.report.isms.store import CommandStore
+from beiand.errors import BeiandError
+from beiand.isms.store import CommandStore
+from beiand.isms.wire.codec import CODECS, Codec, XmlError, version_key
+from beiand.isms.wire.codes import AckResult, AckType, CommandResult, CommandType, Compression, EncryptAlgorithm, SecurityType
+from beiand.isms.wire.envelope import EnvelopeError, Keys, check_pwd, unpack
+from beiand.isms.wire.model import ActivePeriod, BasicData, CodeList, Item, ListEntry, LogQuery, Query, SecurityCommand
+from beiand.isms.wire.profile import Profile
 
 log = logging.getLogger(__name__)
 MAX_RAND = 20  # randVal ≤ 20 characters (ISMS.md §2)
 
 
-class SecretError(ValueError):
+class SecretError(BeiandError, ValueError):
     pass
 
 

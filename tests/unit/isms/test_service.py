@@ -1,4 +1,4 @@
-"""One idc_command call, sans-IO (beiand/report/isms/service.py): any parameters give one of
+"""One idc_command call, sans-IO (beiand/isms/service.py): any parameters give one of
 ISMS.md's codes, never an exception; a valid call with one field spoiled gives that field's code."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from beiand.report.isms.codes import CommandResult
-from beiand.report.isms.envelope import Keys
-from beiand.report.isms.profile import Profile
-from beiand.report.isms.service import CommandService
-from beiand.report.isms.store import CommandStore
+from beiand.isms.service import CommandService
+from beiand.isms.store import CommandStore
+from beiand.isms.wire.codes import CommandResult
+from beiand.isms.wire.envelope import Keys
+from beiand.isms.wire.profile import Profile
 from tests import isms_double as dbl
 
 KEYS = Keys(dbl.USER_KEY, dbl.ENC_KEY, dbl.IV, dbl.AUTH_KEY)

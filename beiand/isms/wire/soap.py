@@ -13,12 +13,14 @@ from xml.sax.saxutils import escape
 import defusedxml.ElementTree as DET
 from defusedxml import DefusedXmlException
 
+from beiand.errors import BeiandError
+
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 SERVICE_NS = "http://webservice.isms.beiand/"
 MAX_REQUEST = 128 << 20
 
 
-class SoapError(ValueError):
+class SoapError(BeiandError, ValueError):
     pass
 
 

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from beiand.report.isms.codec import Codec, XmlError
-from beiand.report.isms.codes import CommandResult
-from beiand.report.isms.model import BasicData
-from beiand.report.isms.store import CommandStore
+from beiand.isms.store import CommandStore
+from beiand.isms.wire.codec import Codec, XmlError
+from beiand.isms.wire.codes import CommandResult
+from beiand.isms.wire.model import BasicData
 
 CODEC = Codec()
 house_ids = st.text("ABCH0123456789-", min_size=1, max_size=12)
@@ -78,7 +78,7 @@ def test_bad_basic_data(body: bytes) -> None:
 @settings(max_examples=40, deadline=None)
 @given(st.lists(house_ids, max_size=5), st.lists(st.integers(0, 2**62), min_size=1, max_size=5))
 def test_repeated_query_elements_are_all_kept(houses: list[str], ids: list[int]) -> None:
-    from beiand.report.isms.model import Query
+    from beiand.isms.wire.model import Query
 
     q = CODEC.decode(3, ("<commandQuery><commandId>1</commandId>" + "".join(f"<houseId>{h}</houseId>" for h in houses)
                          + "</commandQuery>").encode())

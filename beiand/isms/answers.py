@@ -23,11 +23,11 @@ from typing import Any
 from beiand.accesslog.reader import Query as LogFilter
 from beiand.accesslog.reader import query as log_query
 from beiand.accesslog.reader import summaries
-from beiand.report.isms.codes import AckResult, AckType, DataType, RuleSubtype, SecurityType
-from beiand.report.isms.model import LogQuery, Query, format_time, parse_time
-from beiand.report.isms.reports import Reporter, _row
-from beiand.report.isms.service import Ack
-from beiand.report.isms.store import CommandStore, _split
+from beiand.isms.reports import Reporter, _row
+from beiand.isms.service import Ack
+from beiand.isms.store import CommandStore, _split
+from beiand.isms.wire.codes import AckResult, AckType, DataType, RuleSubtype, SecurityType
+from beiand.isms.wire.model import LogQuery, Query, format_time, parse_time
 
 DAY_S = 86400
 MAX_MSG = 1024

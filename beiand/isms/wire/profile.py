@@ -12,11 +12,12 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from beiand.report.isms.codec import CODECS, XSD_DIR, version_key
-from beiand.report.isms.codes import Compression, EncryptAlgorithm, HashAlgorithm
+from beiand.errors import BeiandError
+from beiand.isms.wire.codec import CODECS, XSD_DIR, version_key
+from beiand.isms.wire.codes import Compression, EncryptAlgorithm, HashAlgorithm
 
 
-class ProfileError(ValueError):
+class ProfileError(BeiandError, ValueError):
     pass
 
 

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import orjson
 
-from beiand.report.isms.codes import FileResult
+from beiand.isms.wire.codes import FileResult
 
 MAX_TRIES = 3
 RETRY_AFTER = 600.0

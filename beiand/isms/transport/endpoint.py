@@ -1,6 +1,6 @@
 """The ``idc_command`` endpoint: SOAP over HTTP(S) on aiohttp (ISMS.md §1-§2).
 
-The parsing and applying happen in :class:`~beiand.report.isms.service.CommandService`, off the
+The parsing and applying happen in :class:`~beiand.isms.service.CommandService`, off the
 event loop (a 50,000-rule command takes seconds to validate); this module only frames HTTP.
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from beiand.report.isms import soap
-from beiand.report.isms.service import CommandService
+from beiand.isms.service import CommandService
+from beiand.isms.wire import soap
 
 SERVICE_KEY = web.AppKey("isms_service", CommandService)
 LOCK_KEY = web.AppKey("isms_lock", asyncio.Lock)

@@ -9,14 +9,14 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from beiand.report.isms import soap
-from beiand.report.isms.codes import Compression, EncryptAlgorithm, HashAlgorithm
-from beiand.report.isms.envelope import Keys, pack, pwd_hash
-from beiand.report.isms.model import format_time
-from beiand.report.isms.profile import Profile
+from beiand.isms.wire import soap
+from beiand.isms.wire.codes import Compression, EncryptAlgorithm, HashAlgorithm
+from beiand.isms.wire.envelope import Keys, pack, pwd_hash
+from beiand.isms.wire.model import format_time
+from beiand.isms.wire.profile import Profile
 
 if TYPE_CHECKING:
-    from beiand.report.isms.service import Ack
+    from beiand.isms.service import Ack
 
 
 def ack_xml(idc_id: str, acks: Sequence[Ack], now: float) -> bytes:

@@ -7,9 +7,9 @@ from pathlib import Path
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from beiand.report.isms.codes import FileResult
-from beiand.report.isms.retry import FINAL, KEEP_CLOSED_S, MAX_TRIES, RETRIED, RETRY_AFTER, Tracker, Verdict, classify, decide
-from beiand.report.isms.upload import _ANSWER
+from beiand.isms.transport.retry import FINAL, KEEP_CLOSED_S, MAX_TRIES, RETRIED, RETRY_AFTER, Tracker, Verdict, classify, decide
+from beiand.isms.transport.upload import _ANSWER
+from beiand.isms.wire.codes import FileResult
 
 
 def test_every_file_code_has_a_class() -> None:

@@ -1,4 +1,4 @@
-"""Commands in force, applied by the enforcer exactly like closure orders (beiand/report/isms/store.py)."""
+"""Commands in force, applied by the enforcer exactly like closure orders (beiand/isms/store.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beiand.enforce import Enforcer, EnforceSettings
+from beiand.isms.store import CommandRules, CommandStore, Matcher, compile_command
+from beiand.isms.wire.model import Rule, SecurityCommand
 from beiand.model import Action, Decision, Kind, Mode, Observation, Transport, Verdict, VerdictKind
-from beiand.report.isms.model import Rule, SecurityCommand
-from beiand.report.isms.store import CommandRules, CommandStore, Matcher, compile_command
 from beiand.sinks.accesslog import to_record
 
 

@@ -1,4 +1,4 @@
-"""The ISMI envelope (beiand/report/isms/envelope.py) against ISMS.md §2 and the test double."""
+"""The ISMI envelope (beiand/isms/wire/envelope.py) against ISMS.md §2 and the test double."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from beiand.report.isms.codes import CommandResult, Compression, EncryptAlgorithm, FileResult, HashAlgorithm
-from beiand.report.isms.envelope import EnvelopeError, Keys, check_pwd, decompress, pack, pwd_hash, unpack
+from beiand.isms.wire.codes import CommandResult, Compression, EncryptAlgorithm, FileResult, HashAlgorithm
+from beiand.isms.wire.envelope import EnvelopeError, Keys, check_pwd, decompress, pack, pwd_hash, unpack
 from tests import isms_double as dbl
 
 KEYS = Keys(dbl.USER_KEY, dbl.ENC_KEY, dbl.IV, dbl.AUTH_KEY)
@@ -104,7 +104,7 @@ def test_failure_codes_per_column() -> None:
 def test_zip_bomb_stops() -> None:
     import gzip
 
-    from beiand.report.isms import envelope
+    from beiand.isms.wire import envelope
 
     bomb = gzip.compress(b"\0" * (envelope.MAX_PACKED + 10))
     with pytest.raises(EnvelopeError, match="decompressed"):

@@ -1,4 +1,4 @@
-"""SOAP framing (beiand/report/isms/soap.py): calls round-trip; junk is a SoapError and nothing else."""
+"""SOAP framing (beiand/isms/wire/soap.py): calls round-trip; junk is a SoapError and nothing else."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from beiand.report.isms import soap
+from beiand.isms.wire import soap
 
 
 @settings(max_examples=80, deadline=None)

@@ -1,4 +1,4 @@
-"""ISMI data files from a real access log (beiand/report/isms/reports.py): DT 9, 8, 7, 4/5, 3,
+"""ISMI data files from a real access log (beiand/isms/reports.py): DT 9, 8, 7, 4/5, 3,
 checked against the XSDs and unpacked as SMMS would (the double's own envelope code)."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from beiand.accesslog import AccessLog, LogConfig
+from beiand.isms.reports import Reporter, ReportError, Spool
+from beiand.isms.wire import fields
+from beiand.isms.wire.codes import DataType
+from beiand.isms.wire.envelope import Keys
+from beiand.isms.wire.model import LogQuery, parse_time
+from beiand.isms.wire.profile import Profile
 from beiand.model import AccessRecord
-from beiand.report.isms import fields
-from beiand.report.isms.codes import DataType
-from beiand.report.isms.envelope import Keys
-from beiand.report.isms.model import LogQuery, parse_time
-from beiand.report.isms.profile import Profile
-from beiand.report.isms.reports import Reporter, ReportError, Spool
 from tests import isms_double as dbl
 
 KEYS = Keys(dbl.USER_KEY, dbl.ENC_KEY, dbl.IV, dbl.AUTH_KEY)
@@ -76,9 +76,9 @@ def test_illegal_web(reporter: Reporter) -> None:
 def test_dt9_and_dt2_name_the_filed_domain_and_the_one_seen(reporter: Reporter) -> None:
     """Issue 28 (16): ISMS.md §6: regDomain = the filed name, trueDomain = the name seen (it was the
     filing number). The filing lists the parent; the name seen is below it."""
+    from beiand.isms.reports import filed_domain
     from beiand.model import Filing, FilingStatus, ServiceType
     from beiand.records.index import RecordIndex
-    from beiand.report.isms.reports import filed_domain
 
     index = RecordIndex([Filing("京ICP备12345678号-1", "主办", ServiceType.WEBSITE, ("other.example", "drift.example"), (), "别家",
                                 FilingStatus.ACTIVE, "2024-01-01")])
@@ -151,7 +151,7 @@ def test_fields_table_and_xsd_agree() -> None:
 
 
 def test_a_claimed_field_without_a_row_fails() -> None:
-    from beiand.report.isms.reports import _row
+    from beiand.isms.reports import _row
 
     with pytest.raises(KeyError, match=r"not in fields\.FIELDS"):
         _row(9, {"invented": 1})
@@ -162,8 +162,8 @@ def test_a_claimed_field_without_a_row_fails() -> None:
 @given(st.sampled_from([f for f in fields.FIELDS if f.dt in (2, 3, 8, 9, 10)]),
        st.one_of(st.text(max_size=30), st.integers(-5, 70000).map(str), st.just("2026-11-29 10:00:00"), st.just("")))
 def test_fast_row_checks_agree_with_the_xsd(f: fields.Field, value: str) -> None:
-    from beiand.report.isms.codec import Codec
-    from beiand.report.isms.reports import ROOTS, ROW_TAG, check_rows
+    from beiand.isms.reports import ROOTS, ROW_TAG, check_rows
+    from beiand.isms.wire.codec import Codec
 
     codec = Codec()
     dt = DataType(f.dt)
@@ -180,8 +180,8 @@ def test_fast_row_checks_agree_with_the_xsd(f: fields.Field, value: str) -> None
 
 
 def test_acks_for_the_cu(reporter: Reporter) -> None:
-    from beiand.report.isms.codes import AckResult, AckType
-    from beiand.report.isms.service import Ack
+    from beiand.isms.service import Ack
+    from beiand.isms.wire.codes import AckResult, AckType
 
     (f,) = reporter.acks([Ack(7, AckType.FILTER, AckResult.NONE, "unsupported: subtype 3 关键字 (no content inspection)", "H1")])
     root, got = rows(f, "ack")

@@ -25,10 +25,11 @@ from typing import Any
 import orjson
 
 from beiand.enforce.rules import RuleHit
+from beiand.errors import BeiandError
+from beiand.isms.wire.codes import RULE_NAMES, AckResult, RuleSubtype, SecurityType
+from beiand.isms.wire.model import ActivePeriod, BasicData, CodeList, ListEntry, Rule, SecurityCommand
 from beiand.model import Observation, Transport
 from beiand.records.domains import DomainError, normalise_domain
-from beiand.report.isms.codes import RULE_NAMES, AckResult, RuleSubtype, SecurityType
-from beiand.report.isms.model import ActivePeriod, BasicData, CodeList, ListEntry, Rule, SecurityCommand
 
 log = logging.getLogger(__name__)
 MAX_SEEN = 100_000  # commandSequence values kept for duplicate detection
@@ -40,7 +41,7 @@ _WHY = {RuleSubtype.KEYWORD: "no content inspection"}
 _NO_CANDIDATES: list[Any] = []  # shared by every name no command names (never mutated)
 
 
-class RuleError(ValueError):
+class RuleError(BeiandError, ValueError):
     pass
 
 

@@ -27,7 +27,8 @@ from typing import Literal
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from beiand.report.isms.codes import CommandResult, Compression, EncryptAlgorithm, FileResult, HashAlgorithm
+from beiand.errors import BeiandError
+from beiand.isms.wire.codes import CommandResult, Compression, EncryptAlgorithm, FileResult, HashAlgorithm
 
 MAX_PACKED = 64 << 20  # bytes of XML after decompression: a zip or gzip bomb stops here
 MAX_WIRE = 96 << 20  # base64 characters accepted in one command or file
@@ -39,7 +40,7 @@ _COMMAND_CODE = {"auth": CommandResult.AUTH, "decrypt": CommandResult.DECRYPT, "
 _FILE_CODE = {"auth": FileResult.FORMAT, "decrypt": FileResult.DECRYPT, "hash": FileResult.HASH, "unzip": FileResult.UNZIP}
 
 
-class EnvelopeError(ValueError):
+class EnvelopeError(BeiandError, ValueError):
     """The envelope failed at ``stage``; ``command_code``/``file_code`` are ISMS.md §2's two columns."""
 
     def __init__(self, stage: Stage, why: str) -> None:

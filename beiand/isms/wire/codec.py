@@ -22,8 +22,9 @@ import defusedxml.ElementTree as DET
 import xmlschema
 from defusedxml import DefusedXmlException
 
-from beiand.report.isms.codes import CommandResult, CommandType
-from beiand.report.isms.model import (
+from beiand.errors import BeiandError
+from beiand.isms.wire.codes import CommandResult, CommandType
+from beiand.isms.wire.model import (
     ActivePeriod,
     BasicData,
     CodeList,
@@ -77,7 +78,7 @@ def _rule_problem(r: ET.Element) -> str:
     return ""
 
 
-class XmlError(ValueError):
+class XmlError(BeiandError, ValueError):
     def __init__(self, code: CommandResult, why: str) -> None:
         super().__init__(why)
         self.code = code

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from beiand.report.isms.retry import Tracker, Verdict, classify, decide
+from beiand.isms.transport.retry import Tracker, Verdict, classify, decide
 
 log = logging.getLogger(__name__)
 _ANSWER = re.compile(r"(\d+)-(\d+\.xml)-(\d+)", re.ASCII)  # used with fullmatch: no trailing newline, ASCII digits

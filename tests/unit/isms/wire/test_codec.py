@@ -1,4 +1,4 @@
-"""XML codecs and XSDs (beiand/report/isms/codec.py, xsd/): valid commands decode, junk is a
+"""XML codecs and XSDs (beiand/isms/wire/codec.py, xsd/): valid commands decode, junk is a
 code-5/6 XmlError and nothing else, every version has a codec or a 999."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from beiand.report.isms.codec import CODECS, Codec, CodecV3, XmlError, version_key
-from beiand.report.isms.codes import CommandResult
-from beiand.report.isms.model import SecurityCommand, format_time, parse_time
+from beiand.isms.wire.codec import CODECS, Codec, CodecV3, XmlError, version_key
+from beiand.isms.wire.codes import CommandResult
+from beiand.isms.wire.model import SecurityCommand, format_time, parse_time
 from tests import isms_double as dbl
 
 
@@ -103,7 +103,7 @@ _rule_parts = st.lists(st.sampled_from(["<subtype>1</subtype>", "<subtype>0</sub
 @settings(max_examples=150, deadline=None)
 @given(_rule_parts)
 def test_the_hand_rule_check_agrees_with_the_xsd(parts: list[str]) -> None:
-    from beiand.report.isms.codec import XSD_SAMPLE_RULES
+    from beiand.isms.wire.codec import XSD_SAMPLE_RULES
 
     rule = "<rule>" + "".join(parts) + "</rule>"
     good = "<rule><subtype>1</subtype><valueStart>ok.example</valueStart></rule>"

@@ -1,0 +1,1 @@
+"""Moving ISMS messages: the ``idc_command`` endpoint, uploads, ``idc_commandack`` and retries."""
