@@ -49,6 +49,26 @@ class Action(StrEnum):
     BLOCK = "block"
 
 
+class Overlay(StrEnum):
+    """What decided a decision beyond the records' verdict (DESIGN.md: the overlays)."""
+
+    ORDER = "order"  # a closure order (关停指令, ``beiand block add``)
+    ISMS_FILTER = "isms-filter"  # the regulator's filter command (ISMS.md §6)
+    ISMS_MONITOR = "isms-monitor"  # the regulator's monitor command: flags, never blocks
+    ISMS_BLACKLIST = "isms-blacklist"  # an entry of the regulator's blacklist
+    ISMS_NOFILTER = "isms-nofilter"  # an entry of the regulator's noFilter list: exempt
+    GRACE = "grace"  # the grace period for a newly seen name (``enforce.grace_seconds``)
+
+
+class Outcome(StrEnum):
+    """What the enforcer did with a decision, logged beside it (it never rewrites the decision)."""
+
+    NONE = ""  # nothing to do: the decision is not a block
+    DONE = "done"  # the block was carried out (reset, block page, drop, nftables entry)
+    BREAKER_OPEN = "breaker-open"  # not carried out: the circuit breaker is open (dry-run fallback)
+    FAILED = "failed"  # not carried out: the injection or the nftables entry failed, or no means to act
+
+
 class Mode(StrEnum):
     """Enforcement mode of a hosted prefix (passive by default: DESIGN.md failure rules)."""
 
@@ -137,6 +157,9 @@ class Observation(NamedTuple):
     octets: int = 0
     method: str = ""
     url: str = ""
+    # HTTP: the request target of the request line (bounded, 512 characters), for the URL rules
+    # of the regulator's commands; "" elsewhere (TLS and QUIC hide the path).
+    target: str = ""
 
 
 def endpoint(ip: str, port: int) -> str:
@@ -157,6 +180,10 @@ class Decision(NamedTuple):
     mode: Mode
     account: str  # the customer account holding the server prefix ("" if not hosted)
     site: str = ""
+    # The overlay that decided it beyond the records (``Overlay`` value, "" for none) and its
+    # reference: the closure order's number or the regulator's commandId (DESIGN.md).
+    by: str = ""
+    ref: str = ""
 
 
 class AccessRecord(NamedTuple):
@@ -185,3 +212,6 @@ class AccessRecord(NamedTuple):
     url: str = ""  # HTTP URL path (bounded; the query string only where configured)
     packets: int = 0  # packets of this five-tuple coalesced into the record (0: not counted)
     octets: int = 0  # bytes of those packets (IP length)
+    # Issue 26: what the enforcer did with a block ("" nothing to do, done, breaker-open, failed):
+    # ``action`` is what was done (a block not carried out is logged ``flag``), this says why.
+    outcome: str = ""

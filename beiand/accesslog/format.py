@@ -60,6 +60,9 @@ NFIELDS = len(FIELDS)
 INT_FIELDS = frozenset({"ts_ms", "client_port", "server_port", "packets", "octets"})
 # Records written before issue 19 end at ``order``: read as such, the newer fields at their defaults.
 NFIELDS_V1 = FIELDS.index("order") + 1
+# Records written before issue 26 end at ``octets`` (no ``outcome``).
+NFIELDS_V2 = FIELDS.index("octets") + 1
+_SHAPES = frozenset({NFIELDS, NFIELDS_V2, NFIELDS_V1})
 _INT_AT = tuple(i for i, f in enumerate(FIELDS) if f in INT_FIELDS)
 _TABS = NFIELDS - 1
 
@@ -119,8 +122,8 @@ def decode(line: bytes | str) -> AccessRecord:
     text = line.decode("utf-8", "surrogateescape") if isinstance(line, bytes) else line
     parts = text.rstrip("\n").split("\t")
     n = len(parts)
-    if n != NFIELDS and n != NFIELDS_V1:
-        raise ValueError(f"expected {NFIELDS} fields (or {NFIELDS_V1}, written before issue 19), got {n}")
+    if n != NFIELDS and n not in _SHAPES:
+        raise ValueError(f"expected {NFIELDS} fields (or {NFIELDS_V2} before issue 26, {NFIELDS_V1} before issue 19), got {n}")
     v: list[Any] = [_unesc(p) for p in parts] if "\\" in text else parts
     for i in _INT_AT:
         if i < n:
@@ -799,7 +802,7 @@ def split_block(lines: list[bytes]) -> list[tuple[bytes, ...]] | None:
         return None
     rows = [ln[:-1].split(b"\t") for ln in lines]
     nf = len(rows[0])
-    if nf not in (NFIELDS, NFIELDS_V1) or any(len(r) != nf for r in rows):
+    if nf not in _SHAPES or any(len(r) != nf for r in rows):
         return None
     return list(zip(*rows, strict=True))
 

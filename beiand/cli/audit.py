@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from beiand.cli.common import CliError, err, out, policy_setup, table
 from beiand.cli.logs import DEFAULT_CONFIG, parse_time
-from beiand.model import Decision, Observation
-from beiand.policy import Policy
+from beiand.model import Decision, Observation, Outcome
+from beiand.policy import Decider, Policy
 from beiand.records.index import entry_addresses
 from beiand.report.audit import findings as passive_findings
 from beiand.report.audit import resources
@@ -34,7 +34,7 @@ class _Collect:
     def __init__(self) -> None:
         self.summary: dict[tuple[str, str, int, str, str, str, str, str, str], list[int]] = {}
 
-    def on_decision(self, obs: Observation, d: Decision) -> None:
+    def on_decision(self, obs: Observation, d: Decision, outcome: Outcome = Outcome.NONE) -> None:
         f = d.verdict.filing
         k = (obs.name, obs.server_ip, obs.server_port, d.account, str(d.verdict.verdict), str(obs.kind), str(d.action),
              d.verdict.reason, f.number if f else "")
@@ -55,14 +55,14 @@ class _Collect:
         return {"rows": len(self.summary)}
 
 
-def _setup(args: argparse.Namespace) -> tuple[Any, Policy, Any, Path | None, str]:
+def _setup(args: argparse.Namespace) -> tuple[Any, Policy, Any, Path | None, str, Decider | None]:
     # The audit judges with the daemon's policy (allowlists, grace, providers, status map):
     # it must not report names the daemon exempts (issue 13: one answer everywhere).
     setup = policy_setup(args, quiet=True)
     cfg = setup.config
     log_dir = Path(args.log_dir) if args.log_dir else (cfg.accesslog.directory if cfg else None)
     gateway = cfg.gateway if cfg else os.uname().nodename
-    return setup.index, setup.policy, setup.inventory, log_dir, gateway
+    return setup.index, setup.policy, setup.inventory, log_dir, gateway, setup.decider
 
 
 def _authority_names(entries: list[tuple[int, str]]) -> set[str]:
@@ -147,7 +147,7 @@ def _authority(path: str, entries: list[tuple[int, str]], policy: Policy, invent
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    index, policy, inventory, log_dir, gateway = _setup(args)
+    index, policy, inventory, log_dir, gateway, decider = _setup(args)
     now = time.time()
     since = parse_time(args.since, "--since", now)
     until = parse_time(args.until, "--until", now) if args.until else int((now + 86400) * 1000)
@@ -157,7 +157,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         from beiand.runtime.pipeline import Pipeline
 
         col = _Collect()
-        pipe = Pipeline(Decoder(), policy, [col])
+        pipe = Pipeline(Decoder(), decider or policy, [col])  # the daemon's overlays, at each packet's time
         for path in args.pcap:
             try:
                 with CaptureReader(path) as r:

@@ -9,16 +9,17 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from beiand.errors import BeiandError
 from beiand.model import Mode
-from beiand.policy import Policy, PolicyConfig, PolicyError
+from beiand.policy import Decider, Policy, PolicyConfig, PolicyError
 from beiand.policy.inventory import Inventory, InventoryError, load_inventory
 from beiand.records import ImportRefused, build_index, load_files, normalise_domain
 from beiand.records.domains import DomainError
 from beiand.records.index import RecordIndex
 from beiand.runtime.settings import Config, ConfigError, load_config
-from beiand.runtime.wiring import policy_config
+from beiand.runtime.wiring import StateError, decider, policy_config
 
 DEFAULT_CONFIG = "/etc/beiand/beiand.toml"
 
@@ -92,6 +93,9 @@ class PolicySetup:
     policy: Policy
     config: Config | None
     inventory_given: bool
+    # The policy with the overlays (closure orders, the regulator's commands, grace) read from the
+    # state directory: the daemon's own decider (issue 26: replay and lookups decide as it did).
+    decider: Decider | None = None
 
 
 def policy_setup(args: argparse.Namespace, quiet: bool = False) -> PolicySetup:
@@ -133,7 +137,21 @@ def policy_setup(args: argparse.Namespace, quiet: bool = False) -> PolicySetup:
         raise CliError(str(exc)) from None
     except ConfigError as exc:
         raise CliError(str(exc)) from None
-    return PolicySetup(index, inventory, Policy(index, inventory, pcfg), cfg, inv_path is not None)
+    policy = Policy(index, inventory, pcfg)
+    return PolicySetup(index, inventory, policy, cfg, inv_path is not None, overlays(args, cfg, policy))
+
+
+def overlays(args: argparse.Namespace, cfg: Config | None, policy: Policy) -> Decider:
+    """The decider of a command: the config's overlays from ``--state-dir`` (default the config's
+    ``daemon.state_dir``), as the daemon decides; none with ``--no-overlays``, or with neither a
+    config nor ``--state-dir`` (the records alone)."""
+    state = getattr(args, "state_dir", None)
+    if getattr(args, "no_overlays", False) or (cfg is None and not state):
+        return Decider(policy)
+    try:
+        return decider(cfg if cfg is not None else Config(), policy, Path(state) if state else None)
+    except StateError as exc:
+        raise CliError(f"{'--state-dir ' + state if state else 'daemon.state_dir'}: {exc}") from None
 
 
 def inventory_from(path: str | None) -> Inventory:
@@ -155,6 +173,11 @@ def policy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provider", action="append", metavar="NAME",
                    help="this provider's name as filings spell their 接入商 (access provider); repeat for each legal entity")
     p.add_argument("--mode", choices=[m.value for m in Mode], help="default mode for prefixes without one (default monitor)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="decide with the overlays kept there, as the daemon does: closure orders (orders.json) and, with "
+                        "[isms] on, the regulator's commands (isms/commands.json), each at the observation's time "
+                        "(default: daemon.state_dir of the config)")
+    p.add_argument("--no-overlays", action="store_true", help="decide from the records alone (no orders, no commands, no grace)")
     p.add_argument("--allow", action="append", metavar="NAME", help="exempt name (allowlist)")
     p.add_argument("--grace-days", type=int, help="grace for access-pending (接入审核中) filings, at most 45 days (default 30)")
     p.add_argument("--status-map", action="append", metavar="WORD=STATUS",

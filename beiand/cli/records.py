@@ -87,7 +87,7 @@ def cmd_records_lookup(args: argparse.Namespace) -> int:
                 raise CliError(f"{q}: {exc.reason}") from None
             server = server_ip
         # the same function answers /api/v1/lookup on the daemon (issue 13: one answer everywhere)
-        r = lookup_answer(policy, name, server, ts, no_inventory_means_hosted=not setup.inventory_given)
+        r = lookup_answer(setup.decider or policy, name, server, ts, no_inventory_means_hosted=not setup.inventory_given)
         results.append({"query": q, "registrable_domain": registrable_domain(name) if name else None, **r})
     if args.json:
         for r in results:

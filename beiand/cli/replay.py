@@ -19,9 +19,9 @@ from typing import Any, BinaryIO, NoReturn
 
 from beiand.capture import CaptureError, CaptureReader
 from beiand.cli.common import CliError, out, policy_setup, table
-from beiand.model import Decision, Observation, VerdictKind
+from beiand.model import Decision, Observation, Outcome, VerdictKind
 from beiand.net.decoder import Decoder, DecoderConfig
-from beiand.policy import Policy
+from beiand.policy import Decider, Policy
 from beiand.runtime.pipeline import Pipeline
 from beiand.sinks.jsonlines import JsonLines
 
@@ -38,7 +38,7 @@ class Summary:
         self.table: Counter[tuple[str, str]] = Counter()
         self.unfiled: Counter[tuple[str, str, str]] = Counter()
 
-    def on_decision(self, obs: Observation, d: Decision) -> None:
+    def on_decision(self, obs: Observation, d: Decision, outcome: Outcome = Outcome.NONE) -> None:
         v = d.verdict.verdict
         self.table[(obs.kind, v)] += 1
         if v in _BAD:
@@ -90,7 +90,7 @@ class ReplayResult:
         self.log_heads += other.log_heads
 
 
-def _replay(args: argparse.Namespace, policy: Policy, shard: tuple[int, int], json_out: BinaryIO | None) -> ReplayResult:
+def _replay(args: argparse.Namespace, policy: Policy | Decider, shard: tuple[int, int], json_out: BinaryIO | None) -> ReplayResult:
     """decode → decide → sinks over the files, for the flows of one shard (all of them when n is 1)."""
     decoder = Decoder(DecoderConfig(tcp_ports=args.tcp_ports, udp_ports=args.udp_ports, all_tcp_ports=args.all_ports,
                                     conns=args.connections, url_query=args.url_query))
@@ -168,7 +168,7 @@ def _ts_key(line: bytes) -> float:
     return float(line[6 : line.index(b",", 6)])
 
 
-def _sharded(args: argparse.Namespace, policy: Policy, n: int) -> ReplayResult:
+def _sharded(args: argparse.Namespace, policy: Policy | Decider, n: int) -> ReplayResult:
     """n forked workers, each reading the files and taking the flows of its shard.
 
     Every packet of a flow goes to the same worker (CaptureReader's ``shard``), so each flow is
@@ -229,7 +229,7 @@ def _sharded(args: argparse.Namespace, policy: Policy, n: int) -> ReplayResult:
         tmp.cleanup()
 
 
-def _worker(args: argparse.Namespace, policy: Policy, shard: tuple[int, int], out_path: Path | None, wfd: int) -> NoReturn:
+def _worker(args: argparse.Namespace, policy: Policy | Decider, shard: tuple[int, int], out_path: Path | None, wfd: int) -> NoReturn:
     """A forked replay worker: its shard, then the result pickled to the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     # Not in the parent: freezing is O(1) and keeps this process's collector from writing to the
@@ -260,7 +260,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                            f"requires at least {RETENTION_FLOOR_DAYS} days")
     if args.workers is not None and not 1 <= args.workers <= 64:
         raise CliError(f"--workers {args.workers}: expected 1..64")
-    policy = policy_setup(args, quiet=args.json).policy
+    setup = policy_setup(args, quiet=args.json)
+    policy = setup.decider or setup.policy  # the daemon's overlays from the state directory, at each packet's time
     n = _workers(args)
     res = _replay(args, policy, (0, 1), sys.stdout.buffer if args.json else None) if n == 1 else _sharded(args, policy, n)
     for path in res.truncated:

@@ -1,7 +1,8 @@
 """Enforcement (REGULATIONS.md O1, O2, O5, O6): stop unfiled services on the wire, safely.
 
-``Enforcer`` is the pipeline's actor: it turns a policy ``Decision`` into what is done (reset,
-block page, nftables entry), honouring modes, grace, closure orders and the circuit breaker.
+``Enforcer`` is the pipeline's actor: it carries out a finished ``Decision`` (reset, block page,
+nftables entry) and reports its outcome (done, breaker open, failed); closure orders, the
+regulator's commands and grace are decided before it, by the policy's overlays.
 ``Injector`` sends hand-built packets on raw sockets opened once; ``Nft`` manages beiand's own
 ``inet beiand`` table; ``OrderStore`` keeps closure orders (关停指令); ``nfqueue`` is the inline path.
 """

@@ -1,25 +1,24 @@
-"""The enforcer: the pipeline's actor between the policy's decision and the sinks.
+"""The enforcer: the pipeline's actor between the decision and the sinks.
 
-It applies closure orders (any mode), the grace period for newly seen names, the circuit
-breaker, and acts: TCP reset, HTTP block page, nftables entries. It never raises: a failed
-action is counted and capture goes on. The decision it returns is what was done, so the access
-log records the action actually taken, with the rule (and order number) that caused it.
+It acts on a finished :class:`~beiand.model.Decision` (closure orders, the regulator's commands
+and grace are the policy's overlays: ``beiand.policy.overlays``): TCP reset, HTTP block page,
+nftables entries. It never rewrites a verdict or an action (DESIGN.md); what it could not do is
+its own :class:`~beiand.model.Outcome` (the circuit breaker is open, the action failed), logged
+beside the decision. It never raises: a failed action is counted and capture goes on.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from beiand.enforce.nft import Nft
 from beiand.enforce.packets import Injector, block_page
-from beiand.enforce.rules import ExtraRules
-from beiand.model import Action, Decision, Kind, Observation, Transport, VerdictKind
-from beiand.policy.orders import OrderStore
+from beiand.model import Action, Decision, Kind, Observation, Outcome, Transport, VerdictKind
+from beiand.policy.overlays import FORCED
 
 log = logging.getLogger(__name__)
 _BAD = frozenset({VerdictKind.UNFILED, VerdictKind.MISMATCH, VerdictKind.INACTIVE})
@@ -29,7 +28,6 @@ _BAD = frozenset({VerdictKind.UNFILED, VerdictKind.MISMATCH, VerdictKind.INACTIV
 class EnforceSettings:
     inline: bool = False  # True: the packet carrying the name is held (NFQUEUE) and dropped, so no race
     quic_block_seconds: int = 30
-    grace_seconds: int = 0
     max_blocks_per_minute: int = 600
     max_unfiled_share: float = 0.5
     min_verdicts_for_share: int = 200
@@ -74,74 +72,62 @@ class Breaker:
 
 
 class Enforced(NamedTuple):
-    """What the enforcer did with a decision, and (inline) whether the packet being decided is dropped."""
+    """What the enforcer did with a decision: the decision (unchanged), whether the packet being
+    decided is dropped (inline: the NFQUEUE verdict, as a value) and the outcome."""
 
     decision: Decision
     drop: bool = False
+    outcome: Outcome = Outcome.NONE
 
 
 class Enforcer:
     def __init__(self, settings: EnforceSettings, injector: Injector | None = None, nft: Nft | None = None,
-                 orders: OrderStore | None = None, clock: Callable[[], float] = time.time,
-                 rules: ExtraRules | None = None) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.s = settings
         self.injector = injector
         self.nft = nft
-        self.orders = orders
-        self.rules = rules  # the regulator's commands (ISMS): applied like closure orders
         self.clock = clock
         self.breaker = Breaker(settings.max_blocks_per_minute, settings.max_unfiled_share, settings.min_verdicts_for_share)
-        self.first_seen: OrderedDict[str, float] = OrderedDict()
         self.actions: dict[str, int] = {}
         self.errors: dict[str, int] = {}
+        self.outcomes: dict[str, int] = {}
         self.latency: list[float] = []
         self._page_cache: dict[str, bytes] = {}
 
-    def __call__(self, obs: Observation, d: Decision) -> Decision:
-        """The decision as acted on (``enforce`` without the inline packet verdict)."""
-        return self.enforce(obs, d).decision
+    def __call__(self, obs: Observation, d: Decision) -> Enforced:
+        return self.enforce(obs, d)
 
     def enforce(self, obs: Observation, d: Decision) -> Enforced:
-        """Act on a decision; returns what was done and, inline, whether to drop the packet being
-        decided (the NFQUEUE verdict, as a value: no flag on the enforcer to read afterwards)."""
-        now = self.clock()
-        order = self.orders.match(obs.name, obs.server_ip, now) if self.orders is not None else None
-        forced = order is not None
-        if order is not None:
-            d = d._replace(action=Action.BLOCK, rule=f"order:{order.order}")
-        elif self.rules is not None:
-            hit = self.rules.match(obs, now)
-            if hit is not None:
-                if hit.effect == "block":  # a filter command: exactly a closure order
-                    forced = True
-                    d = d._replace(action=Action.BLOCK, rule=hit.rule)
-                elif hit.effect == "exempt":  # noFilter: an allowlist entry
-                    d = d._replace(verdict=d.verdict._replace(verdict=VerdictKind.EXEMPT, reason="isms-nofilter"),
-                                   action=Action.LOG, rule=hit.rule)
-                elif d.action is Action.LOG:  # monitor: flags, never blocks
-                    d = d._replace(action=Action.FLAG, rule=hit.rule)
-        v = d.verdict.verdict
-        self.breaker.record(now, v in _BAD, d.action is Action.BLOCK)
-        if d.action is not Action.BLOCK:
+        """Act on a decision; returns it unchanged with, inline, whether to drop the packet being
+        decided and what was done (the outcome, logged beside the decision)."""
+        block = d.action is Action.BLOCK
+        self.breaker.record(obs.ts, d.verdict.verdict in _BAD, block)
+        if not block or obs.kind is Kind.DNS_ANSWER:  # an answer is never blocked (the decider flags it)
             return Enforced(d)
-        if obs.kind is Kind.DNS_ANSWER:
-            # An answer is not a connection: the connection it leads to is what gets blocked.
-            return Enforced(d._replace(action=Action.FLAG, rule=d.rule + ":dns-answer"))
-        if not forced:
-            if self.breaker.open:
-                return Enforced(d._replace(action=Action.FLAG, rule=f"breaker:would-block:{d.rule}"))
-            if self.s.grace_seconds and obs.name:
-                first = self.first_seen.get(obs.name)
-                if first is None:
-                    self.first_seen[obs.name] = first = now
-                    if len(self.first_seen) > 100_000:
-                        self.first_seen.popitem(last=False)
-                if now - first < self.s.grace_seconds:
-                    return Enforced(d._replace(action=Action.FLAG, rule=f"grace:would-block:{d.rule}"))
+        if self.breaker.open and d.by not in FORCED:
+            self._outcome(Outcome.BREAKER_OPEN)
+            return Enforced(d, False, Outcome.BREAKER_OPEN)
         done, drop = self._act(obs, d)
-        if not done:
-            return Enforced(d._replace(action=Action.FLAG, rule=d.rule + ":action-failed"), drop)
-        return Enforced(d, drop)
+        outcome = Outcome.DONE if done else Outcome.FAILED
+        self._outcome(outcome)
+        return Enforced(d, drop, outcome)
+
+    def _outcome(self, o: Outcome) -> None:
+        self.outcomes[o] = self.outcomes.get(o, 0) + 1
+
+    def metrics(self) -> dict[tuple[str, tuple[str, ...]], float]:
+        """The enforcer's counters: actions done and failed, by what, and blocks by outcome."""
+        out: dict[tuple[str, tuple[str, ...]], float] = {}
+        for k, v in self.actions.items():
+            out["beiand_enforcement_actions", (k,)] = v
+        for k, v in self.errors.items():
+            out["beiand_enforcement_errors", (k,)] = v
+        return out
+
+    def take_latency(self) -> list[float]:
+        """The action latencies (seconds from the packet to the action) since the last call."""
+        lat, self.latency = self.latency, []
+        return lat
 
     def _count(self, what: str) -> None:
         self.actions[what] = self.actions.get(what, 0) + 1
@@ -190,14 +176,3 @@ class Enforcer:
         if len(self.latency) < 10_000:
             self.latency.append(max(0.0, time.time() - obs.ts))
         return True, drop
-
-    def sync_ip_orders(self) -> None:
-        """Put every active closure order on an address or prefix into the nftables sets (all traffic)."""
-        if self.nft is None or self.orders is None:
-            return
-        now = self.clock()
-        self.nft.flush("ip4")
-        self.nft.flush("ip6")
-        for o in self.orders.orders.values():
-            if o.is_ip and o.active(now):
-                self.nft.add(Nft.set_for(o.target, "ip"), Nft.address_or_prefix(o.target), int(o.until - now) if o.until else 0)

@@ -30,7 +30,8 @@ from beiand.isms.wire.envelope import Keys, pack
 from beiand.isms.wire.fields import FIELDS, PROTOCOL, REPORTED_VERDICTS, VERDICT_ILLEGAL_TYPE, row_elements
 from beiand.isms.wire.model import BEIJING, LogQuery, format_time
 from beiand.isms.wire.profile import Profile
-from beiand.model import AccessRecord
+from beiand.model import AccessRecord, Overlay
+from beiand.policy.overlays import parse_order_column
 from beiand.records.domains import registrable_domain
 
 ROOTS = {DataType.IDC_MONITOR: "idcMonitor", DataType.COMMAND_QUERY_RESULT: "commandQueryResult",
@@ -226,6 +227,9 @@ def active_resource_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id:
                        "topDomainFlag": 0 if top == name else 1})
 
 
+_DT = frozenset({Overlay.ISMS_MONITOR, Overlay.ISMS_FILTER, Overlay.ISMS_BLACKLIST})
+
+
 def command_rows(records: Iterable[AccessRecord], house_id: HouseOf, no_report: frozenset[str] = frozenset()
                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """DT 4 (monitor) and DT 5 (filter) rows: access-log records taken under a command (the order
@@ -234,13 +238,14 @@ def command_rows(records: Iterable[AccessRecord], house_id: HouseOf, no_report: 
     mon: list[dict[str, Any]] = []
     fil: list[dict[str, Any]] = []
     for r in records:
-        o = r.order
-        if not o.startswith("isms"):
+        if not r.order.startswith("isms"):  # the cheap test first: most records name no command
             continue
-        kind, _, cid = o.partition(":")
-        if cid in no_report and kind != "isms-blacklist":
+        by, cid = parse_order_column(r.order)
+        if by not in _DT:  # a noFilter exemption is no monitor or filter record
             continue
-        target, dtype = (mon, 4) if kind == "isms-monitor" else (fil, 5)
+        if cid in no_report and by is not Overlay.ISMS_BLACKLIST:
+            continue
+        target, dtype = (mon, 4) if by is Overlay.ISMS_MONITOR else (fil, 5)
         target.append(_row(dtype, {"commandId": cid, "houseId": house(r.server_ip), "srcIp": r.client_ip, "destIp": r.server_ip,
                                    "srcPort": r.client_port, "destPort": r.server_port, "protocol": _proto(r.kind, r.transport),
                                    "domain": r.name, "url": _http_url(r), "gatherTime": _t(r.ts_ms)}))

@@ -12,10 +12,10 @@ blocks) with ack resultCode 2, never stored and never silently dropped.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import ipaddress
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -24,25 +24,20 @@ from typing import Any
 
 import orjson
 
-from beiand.enforce.rules import RuleHit
-from beiand.errors import BeiandError
 from beiand.isms.wire.codes import RULE_NAMES, AckResult, RuleSubtype, SecurityType
 from beiand.isms.wire.model import ActivePeriod, BasicData, CodeList, ListEntry, Rule, SecurityCommand
-from beiand.model import Observation, Transport
+from beiand.model import Observation, Overlay, Transport
+from beiand.policy.matcher import Compiled, Intervals, Matcher, RuleError, ip_int, ip_range, port_range
+from beiand.policy.overlays import AddressRule, Hit, hit
 from beiand.records.domains import DomainError, normalise_domain
 
+__all__ = ["CommandRules", "CommandStore", "Compiled", "Matcher", "Outcome", "RuleError", "address_rules", "compile_command",
+           "house_scope", "reach", "unsupported"]
 log = logging.getLogger(__name__)
 MAX_SEEN = 100_000  # commandSequence values kept for duplicate detection
 SUPPORTED = frozenset({RuleSubtype.DOMAIN, RuleSubtype.URL, RuleSubtype.SRC_IP, RuleSubtype.DST_IP, RuleSubtype.SRC_PORT,
                        RuleSubtype.DST_PORT, RuleSubtype.PROTOCOL})
 _WHY = {RuleSubtype.KEYWORD: "no content inspection"}
-
-
-_NO_CANDIDATES: list[Any] = []  # shared by every name no command names (never mutated)
-
-
-class RuleError(BeiandError, ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -63,52 +58,7 @@ def unsupported(c: SecurityCommand) -> str:
     return ""
 
 
-# -- compiled matching -----------------------------------------------------------------------
-
-
-def _ip_range(lo: str, hi: str) -> tuple[int, int, int]:
-    """(version, first, last) of an address, a CIDR prefix, or valueStart..valueEnd."""
-    try:
-        if "/" in lo and not hi:
-            n = ipaddress.ip_network(lo, strict=False)
-            return n.version, int(n.network_address), int(n.broadcast_address)
-        a = ipaddress.ip_address(lo)
-        b = ipaddress.ip_address(hi) if hi else a
-    except ValueError:
-        raise RuleError(f"{lo!r}..{hi!r}: not an IP address, range or prefix") from None
-    if a.version != b.version or int(b) < int(a):
-        raise RuleError(f"{lo}..{hi}: not a range")
-    return a.version, int(a), int(b)
-
-
-def _port_range(lo: str, hi: str) -> tuple[int, int]:
-    try:
-        a = int(lo)
-        b = int(hi) if hi else a
-    except ValueError:
-        raise RuleError(f"{lo!r}..{hi!r}: not a port") from None
-    if not 0 <= a <= b <= 65535:
-        raise RuleError(f"{lo}..{hi}: not a port range")
-    return a, b
-
-
 _PROTO = {1: Transport.TCP, 2: Transport.UDP}
-
-
-@dataclass
-class Compiled:
-    """One command's rules, compiled: OR within each list, AND across non-empty lists."""
-
-    hit: RuleHit
-    priority: int  # block 3 > exempt 2 > flag 1
-    domains: list[str] = field(default_factory=list)
-    urls: list[tuple[str, str]] = field(default_factory=list)  # (host, path prefix)
-    src: list[tuple[int, int, int]] = field(default_factory=list)
-    dst: list[tuple[int, int, int]] = field(default_factory=list)
-    sports: list[tuple[int, int]] = field(default_factory=list)
-    dports: list[tuple[int, int]] = field(default_factory=list)
-    protos: set[Transport] = field(default_factory=set)
-    houses: list[tuple[int, int, int]] = field(default_factory=list)  # range/houseId → their segments (type 0): server IP in one
 
 
 def house_scope(c: SecurityCommand, houses: dict[str, list[list[Any]]], own: str) -> list[tuple[int, int, int]] | None:
@@ -121,18 +71,19 @@ def house_scope(c: SecurityCommand, houses: dict[str, list[list[Any]]], own: str
     for h in c.house_ids:
         for a, b, _reserved in houses.get(h, ()):
             with contextlib.suppress(RuleError):
-                out.append(_ip_range(a, b))
+                out.append(ip_range(a, b))
     if out:
         return out
     return [] if not own and not houses else None
 
 
-def compile_command(c: SecurityCommand, subdomains: bool = True, houses: list[tuple[int, int, int]] | None = None) -> Compiled:
-    if c.type == SecurityType.FILTER:
-        hit = RuleHit(f"order:isms:{c.command_id}", "block")
-    else:
-        hit = RuleHit(f"order:isms-monitor:{c.command_id}", "flag")  # the order column: DT 4 reads it
-    out = Compiled(hit, 3 if hit.effect == "block" else 1)
+def compile_command(c: SecurityCommand, subdomains: bool = True, houses: list[tuple[int, int, int]] | None = None,
+                    start: float = -math.inf, end: float = math.inf) -> Compiled:
+    """A command's rules, compiled, in force from ``start`` (when it was applied) to ``end`` (when it
+    was deleted or replaced) within its own effectTime..expiredTime."""
+    by = Overlay.ISMS_FILTER if c.type == SecurityType.FILTER else Overlay.ISMS_MONITOR
+    out = Compiled(hit(by, str(c.command_id)), start=max(start, c.effect_time or -math.inf),
+                   end=min(end, c.expired_time or math.inf))
     for r in c.rules:
         v, e = r.value_start.strip(), r.value_end.strip()
         if r.subtype == RuleSubtype.DOMAIN:
@@ -148,9 +99,9 @@ def compile_command(c: SecurityCommand, subdomains: bool = True, houses: list[tu
             except DomainError as exc:
                 raise RuleError(f"URL {v[:80]!r}: {exc.reason}") from None
         elif r.subtype in (RuleSubtype.SRC_IP, RuleSubtype.DST_IP):
-            (out.src if r.subtype == RuleSubtype.SRC_IP else out.dst).append(_ip_range(v, e))
+            (out.src if r.subtype == RuleSubtype.SRC_IP else out.dst).append(ip_range(v, e))
         elif r.subtype in (RuleSubtype.SRC_PORT, RuleSubtype.DST_PORT):
-            (out.sports if r.subtype == RuleSubtype.SRC_PORT else out.dports).append(_port_range(v, e))
+            (out.sports if r.subtype == RuleSubtype.SRC_PORT else out.dports).append(port_range(v, e))
         elif r.subtype == RuleSubtype.PROTOCOL:
             try:
                 out.protos.add(_PROTO[int(v)])
@@ -164,151 +115,52 @@ def compile_command(c: SecurityCommand, subdomains: bool = True, houses: list[tu
     return out
 
 
-def _ip_int(ip: str) -> tuple[int, int]:
-    a = ipaddress.ip_address(ip)
-    return a.version, int(a)
+_NFT_PROTO = {1: "tcp", 2: "udp"}
+_NFT_SUBTYPES = frozenset({RuleSubtype.DST_IP, RuleSubtype.DST_PORT, RuleSubtype.PROTOCOL})
 
 
-class _Intervals:
-    """Address intervals → commands: sorted by start, with a running maximum of the ends, so a
-    lookup walks back only over intervals that can still contain the address."""
-
-    def __init__(self, items: Iterable[tuple[tuple[int, int, int], Compiled]]) -> None:
-        rows = sorted(((v, lo, hi, id(c), c) for (v, lo, hi), c in items), key=lambda r: r[:3])
-        self.keys = [(v, lo) for v, lo, _, _, _ in rows]
-        self.rows = rows
-        self.maxend: list[tuple[int, int]] = []
-        m = (0, -1)
-        for v, _, hi, _, _ in rows:
-            m = max(m, (v, hi))
-            self.maxend.append(m)
-
-    def find(self, v: int, ip: int) -> Iterable[Compiled]:
-        i = bisect.bisect_right(self.keys, (v, ip)) - 1
-        while i >= 0 and self.maxend[i] >= (v, ip):
-            rv, lo, hi, _, c = self.rows[i]
-            if rv == v and lo <= ip <= hi:
-                yield c
-            i -= 1
+def _net(lo: str, hi: str) -> str:
+    """An address, a CIDR prefix or a range ``lo-hi``, as nftables takes it."""
+    lo, hi = lo.strip(), hi.strip()
+    if not hi or hi == lo:
+        return str(ipaddress.ip_network(lo, strict=False)) if "/" in lo else lo
+    return f"{lo}-{hi}"
 
 
-class Matcher:
-    """All commands in force, indexed: a name walks its labels, an address one dict and interval lookups."""
+def address_rules(c: SecurityCommand) -> list[AddressRule] | None:
+    """The nftables form of a filter command that names no domain or URL: a destination address
+    (range, prefix) with, optionally, destination ports and a protocol, or a source address
+    alone; cut on every port, in every mode. None when the command has no such form (a domain or
+    URL rule acts on named flows; source ports, or a source address with more, only on the
+    watched ports)."""
+    if c.type != SecurityType.FILTER:
+        return None
+    kinds = {r.subtype for r in c.rules}
+    ref = f"isms:{c.command_id}"
+    until = c.expired_time or 0.0
+    if kinds == {RuleSubtype.SRC_IP}:
+        return [AddressRule(_net(r.value_start, r.value_end), until=until, ref=ref, src=True) for r in c.rules]
+    if RuleSubtype.DST_IP not in kinds or not kinds <= _NFT_SUBTYPES:
+        return None
+    nets = [_net(r.value_start, r.value_end) for r in c.rules if r.subtype == RuleSubtype.DST_IP]
+    ports: list[tuple[int, int] | None] = [port_range(r.value_start, r.value_end) for r in c.rules
+                                           if r.subtype == RuleSubtype.DST_PORT] or [None]
+    protos = sorted({_NFT_PROTO[int(r.value_start)] for r in c.rules if r.subtype == RuleSubtype.PROTOCOL}) or [""]
+    return [AddressRule(n, pr, po, until, ref) for n in nets for pr in protos for po in ports]
 
-    def __init__(self, compiled: Iterable[Compiled]) -> None:
-        self.by_name: dict[str, list[Compiled]] = {}
-        self.by_addr: dict[tuple[int, int], list[Compiled]] = {}
-        ranges: list[tuple[tuple[int, int, int], Compiled]] = []
-        self.rest: list[Compiled] = []
-        self.count = 0
-        for c in compiled:
-            self.count += 1
-            if c.domains or c.urls:
-                for d in c.domains:
-                    self.by_name.setdefault(d, []).append(c)
-                for h, _ in c.urls:
-                    self.by_name.setdefault("=" + h, []).append(c)
-            elif c.dst or c.src:
-                for v, lo, hi in c.dst or c.src:
-                    if lo == hi:
-                        self.by_addr.setdefault((v, lo), []).append(c)
-                    else:
-                        ranges.append(((v, lo, hi), c))
-            else:
-                self.rest.append(c)
-        self.ranges = _Intervals(ranges)
-        self.exact = any(k[0] == "=" for k in self.by_name)  # exact-name entries (URL hosts, subdomains = false)
-        self._names: dict[str, list[Compiled]] = {}  # name → its name candidates (most names: none)
-        self.names_only = not (self.by_addr or ranges or self.rest)  # every command has a domain or URL rule
-        self._ip_cache: dict[str, tuple[int, int] | None] = {}
 
-    def _ip(self, ip: str) -> tuple[int, int] | None:
-        hit = self._ip_cache.get(ip, False)
-        if hit is False:
-            try:
-                hit = _ip_int(ip)
-            except ValueError:
-                hit = None
-            if len(self._ip_cache) > 65536:
-                self._ip_cache.clear()
-            self._ip_cache[ip] = hit
-        return hit  # type: ignore[return-value]
-
-    def candidates(self, obs: Observation) -> list[Compiled]:
-        out: list[Compiled] = []
-        n = obs.name
-        if n and self.by_name:
-            hit = self._names.get(n)
-            if hit is None:
-                hit = self._name_candidates(n)
-                if len(self._names) >= 65536:
-                    self._names.clear()
-                self._names[n] = hit
-            if hit:
-                out.extend(hit)
-        if self.by_addr or self.ranges.rows:
-            for ip in (obs.server_ip, obs.client_ip):
-                k = self._ip(ip)
-                if k is not None:
-                    out.extend(self.by_addr.get(k, ()))
-                    out.extend(self.ranges.find(*k))
-        if self.rest:
-            out.extend(self.rest)
-        return out
-
-    def _name_candidates(self, n: str) -> list[Compiled]:
-        by_name = self.by_name
-        out: list[Compiled] = []
-        if self.exact:
-            out.extend(by_name.get("=" + n, ()))
-        while True:
-            hit = by_name.get(n)
-            if hit is not None:
-                out.extend(hit)
-            i = n.find(".")
-            if i < 0:
-                return out or _NO_CANDIDATES
-            n = n[i + 1:]
-
-    def match(self, obs: Observation) -> RuleHit | None:
-        if not self.count:
-            return None
-        cands = self.candidates(obs)
-        if not cands:  # the common case: one dict lookup per label
-            return None
-        best: Compiled | None = None
-        for c in cands:
-            if (best is None or c.priority > best.priority) and self._all(c, obs):
-                best = c
-        return best.hit if best is not None else None
-
-    def _all(self, c: Compiled, obs: Observation) -> bool:
-        if c.domains or c.urls:
-            ok = False
-            n = obs.name
-            if c.domains and n:
-                ok = any(n == d or n.endswith("." + d) if d[0] != "=" else n == d[1:] for d in c.domains)
-            if not ok and c.urls and n and "target=" in obs.detail:
-                # URL rules: HTTP/1.x request lines only (TLS and QUIC hide the path; ISMS.md §6)
-                target = obs.detail.split("target=", 1)[1].split(" ", 1)[0]
-                ok = any(n == h and target.startswith(p) for h, p in c.urls)
-            if not ok:
-                return False
-        if c.dst and not self._in(c.dst, obs.server_ip):
-            return False
-        if c.src and not self._in(c.src, obs.client_ip):
-            return False
-        if c.dports and not any(lo <= obs.server_port <= hi for lo, hi in c.dports):
-            return False
-        if c.sports and not any(lo <= obs.client_port <= hi for lo, hi in c.sports):
-            return False
-        if c.protos and obs.transport not in c.protos:
-            return False
-        return not c.houses or self._in(c.houses, obs.server_ip)
-
-    def _in(self, rs: list[tuple[int, int, int]], ip: str) -> bool:
-        k = self._ip(ip)
-        return k is not None and any(v == k[0] and lo <= k[1] <= hi for v, lo, hi in rs)
+def reach(c: SecurityCommand) -> tuple[AckResult, str]:
+    """What beiand carries out of a (supported) command, for its ack (ISMS.md §6: 0 all, 1 some)."""
+    kinds = {r.subtype for r in c.rules}
+    what = "filter" if c.type == SecurityType.FILTER else "monitor"
+    if kinds & {RuleSubtype.DOMAIN, RuleSubtype.URL}:
+        note = "; URL rules match HTTP/1.x request lines only (TLS and QUIC hide the path)" if RuleSubtype.URL in kinds else ""
+        return AckResult.ALL, f"{what} in force{note}"
+    if address_rules(c) is not None:
+        return AckResult.ALL, f"{what} in force: cut in nftables on every port"
+    names = ", ".join(f"{k} {RULE_NAMES.get(k, '')}".strip() for k in sorted(kinds))
+    return AckResult.SOME, (f"partial: {what} on {names} acts only on the flows whose name beiand reads (the watched "
+                            "ports), not on every port")
 
 
 # -- the persisted state ---------------------------------------------------------------------
@@ -341,6 +193,9 @@ class State:
     # type 0 idcInfoManage (CU-lite): houseId → [[start, end, reserved], ...]; DT 2 switch (None: the profile's)
     houses: dict[str, list[list[Any]]] = field(default_factory=dict)
     dt2: bool | None = None
+    # when each command ("<commandId>") and list entry ("<kind>:<commandId>") in force was applied:
+    # replay judges a capture against the commands in force at each packet's time (issue 26)
+    applied: dict[str, float] = field(default_factory=dict)
 
 
 class CommandStore:
@@ -355,7 +210,7 @@ class CommandStore:
         self.house_id = house_id
         self.state = State()
         self._mtime = -1.0
-        self._house_index: _Intervals | None = None
+        self._house_index: Intervals | None = None
         self.reload()
 
     def reload(self) -> bool:
@@ -373,7 +228,7 @@ class CommandStore:
                 code_lists=d.get("code_lists", {}), active_period_s=int(d.get("active_period_s", 0)),
                 sequences=[int(x) for x in d.get("sequences", [])], refused=d.get("refused", []),
                 history=d.get("history", []), houses={str(k): [list(x) for x in v] for k, v in d.get("houses", {}).items()},
-                dt2=d.get("dt2"))
+                dt2=d.get("dt2"), applied={str(k): float(v) for k, v in d.get("applied", {}).items()})
         except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
             raise RuleError(f"{self.path}: damaged: {exc}") from None
         self.state, self._mtime = st, m
@@ -387,7 +242,7 @@ class CommandStore:
                 "lists": {k: asdict(v) for k, v in st.lists.items()}, "code_lists": st.code_lists,
                 "active_period_s": st.active_period_s, "sequences": st.sequences[-MAX_SEEN:],
                 "refused": st.refused[-1000:], "history": st.history[-10000:],
-                "houses": st.houses, "dt2": st.dt2}
+                "houses": st.houses, "dt2": st.dt2, "applied": st.applied}
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             f.write(orjson.dumps(data))
@@ -418,7 +273,7 @@ class CommandStore:
             old = self.state.commands.pop(c.command_id, None)
             if old is None:
                 return Outcome(AckResult.NONE, f"delete: no command {c.command_id} in force", "unknown-command")
-            self.state.history.append({"command": _cmd_to_json(old), "ended": now, "why": "deleted"})
+            self._ended({"command": _cmd_to_json(old)}, str(c.command_id), now, "deleted")
             return Outcome(AckResult.ALL, "deleted")
         why = unsupported(c)
         if why:
@@ -431,29 +286,39 @@ class CommandStore:
             return Outcome(AckResult.NONE, f"bad rule: {exc}", "bad-value")
         old = self.state.commands.get(c.command_id)
         if old is not None:
-            self.state.history.append({"command": _cmd_to_json(old), "ended": now, "why": "replaced"})
+            self._ended({"command": _cmd_to_json(old)}, str(c.command_id), now, "replaced")
         self.state.commands[c.command_id] = c
-        note = ""
-        if any(r.subtype == RuleSubtype.URL for r in c.rules):
-            note = "; URL rules match HTTP/1.x request lines only (TLS and QUIC hide the path)"
-        return Outcome(AckResult.ALL, ("filter" if c.type == SecurityType.FILTER else "monitor") + " in force" + note)
+        self.state.applied[str(c.command_id)] = now
+        result, msg = reach(c)
+        return Outcome(result, msg)
+
+    def _ended(self, entry: dict[str, Any], key: str, now: float, why: str) -> None:
+        """A command or list entry leaves force: into the history with when it was applied and ended."""
+        applied = self.state.applied.pop(key, None)
+        self.state.history.append({**entry, "applied": applied, "ended": now, "why": why})
 
     def apply_list(self, e: ListEntry, now: float) -> Outcome:
         key = f"{e.kind}:{e.command_id}"
         if e.operation == 1:
-            if self.state.lists.pop(key, None) is None:
+            old = self.state.lists.pop(key, None)
+            if old is None:
                 return Outcome(AckResult.NONE, f"delete: no {e.kind} {e.command_id}", "unknown-command")
+            self._ended({"list": asdict(old)}, key, now, "deleted")
             return Outcome(AckResult.ALL, "deleted")
         try:
             for v in _split(e.contents):
                 if e.type == 1:
                     normalise_domain(v.removeprefix("*."))
                 else:
-                    _ip_range(*(v.split("-", 1) if "-" in v else (v, "")))
+                    ip_range(*(v.split("-", 1) if "-" in v else (v, "")))
         except (DomainError, RuleError) as exc:
             self._refuse(e.command_id, str(exc), now)
             return Outcome(AckResult.NONE, f"bad entry: {exc}", "bad-value")
+        old = self.state.lists.get(key)
+        if old is not None:
+            self._ended({"list": asdict(old)}, key, now, "replaced")
         self.state.lists[key] = e
+        self.state.applied[key] = now
         return Outcome(AckResult.ALL, f"{e.kind} in force")
 
     def apply_code_list(self, c: CodeList) -> Outcome:
@@ -482,22 +347,22 @@ class CommandStore:
         dt2 = {1: "; DT 2 on", 2: "; DT 2 off"}.get(b.monitor, "")
         return Outcome(AckResult.ALL, f"basic data {what}: {len(b.houses)} house(s), {n} IP segment(s){dt2}")
 
-    def _houses(self) -> _Intervals:
+    def _houses(self) -> Intervals:
         if self._house_index is None:
             items = []
             for hid, segs in self.state.houses.items():
                 for a, b, reserved in segs:
                     try:
-                        items.append((_ip_range(a, b), _HouseSeg(hid, bool(reserved))))
+                        items.append((ip_range(a, b), _HouseSeg(hid, bool(reserved))))
                     except RuleError:
                         continue
-            self._house_index = _Intervals(items)  # type: ignore[arg-type]
+            self._house_index = Intervals(items)  # type: ignore[arg-type]
         return self._house_index
 
     def house_segment(self, ip: str) -> tuple[str, bool] | None:
         """(houseId, reserved) of the registered segment holding ``ip``, or None (not registered)."""
         try:
-            k = _ip_int(ip)
+            k = ip_int(ip)
         except ValueError:
             return None
         for seg in self._houses().find(*k):
@@ -523,26 +388,65 @@ class CommandStore:
     # -- matching ----------------------------------------------------------------------------
 
     def compiled(self) -> list[Compiled]:
-        out = []
-        for c in self.state.commands.values():
-            scope = house_scope(c, self.state.houses, self.house_id)
-            if scope is None:  # its houses left the basic data since: applies nowhere here
-                continue
+        """Every command and list entry that was ever in force (the history's with the time they
+        left force), compiled: the matcher picks those in force at each observation's time."""
+        st = self.state
+        out: list[Compiled] = []
+        for c in st.commands.values():
+            self._compile(out, c, st.applied.get(str(c.command_id), -math.inf), math.inf)
+        for e in st.lists.values():
+            self._compile_list(out, e, st.applied.get(f"{e.kind}:{e.command_id}", -math.inf), math.inf)
+        for h in st.history:
+            start = h.get("applied")
+            start = -math.inf if start is None else float(start)
             try:
-                out.append(compile_command(c, self.subdomains, scope))
-            except RuleError as exc:  # stored before a change of beiand: say so, keep the rest
-                log.error("isms: command %d: %s", c.command_id, exc)
-        for e in self.state.lists.values():
-            kind = "blacklist" if e.kind == "blacklist" else "nofilter"
-            hit = RuleHit(f"order:isms-{kind}:{e.command_id}", "block") if kind == "blacklist" else \
-                RuleHit(f"isms-nofilter:{e.command_id}", "exempt")
-            cl = Compiled(hit, 3 if kind == "blacklist" else 2)
+                if "command" in h:
+                    self._compile(out, _cmd_from_json(h["command"]), start, float(h["ended"]))
+                elif "list" in h:
+                    self._compile_list(out, ListEntry(**h["list"]), start, float(h["ended"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("isms: history entry skipped: %s", exc)
+        return out
+
+    def _compile(self, out: list[Compiled], c: SecurityCommand, start: float, end: float) -> None:
+        scope = house_scope(c, self.state.houses, self.house_id)
+        if scope is None:  # its houses left the basic data since: applies nowhere here
+            return
+        try:
+            out.append(compile_command(c, self.subdomains, scope, start, end))
+        except RuleError as exc:  # stored before a change of beiand: say so, keep the rest
+            log.error("isms: command %d: %s", c.command_id, exc)
+
+    def _compile_list(self, out: list[Compiled], e: ListEntry, start: float, end: float) -> None:
+        by = Overlay.ISMS_BLACKLIST if e.kind == "blacklist" else Overlay.ISMS_NOFILTER
+        cl = Compiled(hit(by, str(e.command_id)), start=start, end=end)
+        try:
             for v in _split(e.contents):
                 if e.type == 1:
                     cl.domains.append(normalise_domain(v.removeprefix("*.")))
                 else:
-                    cl.dst.append(_ip_range(*(v.split("-", 1) if "-" in v else (v, ""))))
-            out.append(cl)
+                    cl.dst.append(ip_range(*(v.split("-", 1) if "-" in v else (v, ""))))
+        except (DomainError, RuleError) as exc:
+            log.error("isms: %s %d: %s", e.kind, e.command_id, exc)
+            return
+        out.append(cl)
+
+    def addresses(self, ts: float) -> list[AddressRule]:
+        """What the commands and blacklist entries in force at ``ts`` cut by address (nftables)."""
+        st = self.state
+        out: list[AddressRule] = []
+        for c in st.commands.values():
+            if house_scope(c, st.houses, self.house_id) is None:
+                continue
+            if not (c.effect_time or -math.inf) <= ts < (c.expired_time or math.inf):
+                continue
+            rules = address_rules(c)
+            if rules:
+                out.extend(rules)
+        for e in st.lists.values():
+            if e.kind == "blacklist" and e.type != 1:
+                out.extend(AddressRule(_net(*(v.split("-", 1) if "-" in v else (v, ""))), ref=f"isms-blacklist:{e.command_id}")
+                           for v in _split(e.contents))
         return out
 
 
@@ -557,36 +461,36 @@ def _split(contents: str) -> list[str]:
 
 
 class CommandRules:
-    """The enforcer's view (``beiand.enforce.rules.ExtraRules``): commands in force, reloaded on change.
-
-    A command whose effectTime has not come or whose expiredTime has passed does not apply; the
-    time windows are checked per match against the injected clock, so no reload is needed then.
+    """The regulator's commands as a policy overlay (``beiand.policy.overlays.Layer``): every
+    command and list entry ever in force, compiled, each within the time it was in force; the
+    decider evaluates them at each observation's time. ``reload`` re-reads the file when it changed.
     """
+
+    by = Overlay.ISMS_FILTER
 
     def __init__(self, state_dir: Path, subdomains: bool = True, house_id: str = "") -> None:
         self.store = CommandStore(state_dir, subdomains, house_id)
-        self._windows: dict[str, tuple[float, float]] = {}
         self.matcher = Matcher(())
         self._known_names: Callable[[str], list[Compiled] | None] | None = None
+        self.errors = 0
         self._build()
 
     def _build(self) -> None:
         self.matcher = Matcher(self.store.compiled())
         self._known_names = self.matcher._names.get if self.matcher.names_only and self.matcher.count else None
-        self._windows = {f"order:isms:{c.command_id}" if c.type == SecurityType.FILTER else f"order:isms-monitor:{c.command_id}":
-                         (c.effect_time, c.expired_time) for c in self.store.state.commands.values()}
 
     def reload(self) -> bool:
         try:
             changed = self.store.reload()
         except RuleError as exc:  # a damaged file keeps the commands in force
             log.error("%s", exc)
+            self.errors += 1
             return False
         if changed:
             self._build()
         return changed
 
-    def match(self, obs: Observation, now: float) -> RuleHit | None:
+    def match(self, obs: Observation) -> Hit | None:
         # The hot path (every decision on every worker): with only name rules in force, a name seen
         # before that no command names costs one bound dict lookup.
         known_names = self._known_names
@@ -600,18 +504,11 @@ class CommandRules:
         m = self.matcher
         if not m.count:
             return None
-        hit = m.match(obs)
-        if hit is None:
-            return None
-        w = self._windows.get(hit.rule)
-        if w is not None and not (w[0] <= now and (w[1] == 0 or now < w[1])):
-            # the best hit is outside its window: look at the others (rare: only then the slow path)
-            best = None
-            for c in self.matcher.candidates(obs):
-                cw = self._windows.get(c.hit.rule)
-                if cw is not None and not (cw[0] <= now and (cw[1] == 0 or now < cw[1])):
-                    continue
-                if (best is None or c.priority > best.priority) and self.matcher._all(c, obs):
-                    best = c
-            return best.hit if best is not None else None
-        return hit
+        return m.match(obs)
+
+    def addresses(self, ts: float) -> list[AddressRule]:
+        return self.store.addresses(ts)
+
+    def metrics(self) -> dict[str, float]:
+        st = self.store.state
+        return {"in_force": len(st.commands) + len(st.lists), "errors": self.errors}

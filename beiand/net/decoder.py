@@ -1028,7 +1028,7 @@ class Decoder:
         # tuple.__new__: all fields given, without the NamedTuple's keyword handling (a third of the cost)
         self._out.append(_tuple_new(Observation, (
             c.first, client, c.cport, server, c.sport, _TCP if c.tcp else _UDP, _CONN, "", "", (), why,
-            0, 0, 0, c.packets, c.octets, "", "")))
+            0, 0, 0, c.packets, c.octets, "", "", "")))
 
     def _mark_done(self, key: bytes, ident: int | bytes) -> None:
         """The flow ``key`` needs no more packets; ``ident`` names its connection (see ``done``)."""
@@ -1060,11 +1060,11 @@ class Decoder:
                 for r in reqs:
                     if r.host and r.host not in seen:
                         seen.add(r.host)
-                        # target: the request line's path, for URL rules of the regulator's commands (ISMS)
-                        detail = f"method={r.method} target={r.target[:512]}"
+                        detail = f"method={r.method}"
+                        # target: the request line's target, its own field (URL rules of the regulator's commands)
                         self._emit(flow, ts, Kind.HTTP_HOST, Transport.TCP, r.host,
                                    detail + " malformed-request-line" if r.malformed else detail, r.method[:16],
-                                   bound_url(r.target, self.config.url_max, self.config.url_query))
+                                   bound_url(r.target, self.config.url_max, self.config.url_query), r.target[:512])
                 if not seen:
                     self._emit(flow, ts, Kind.IP_ONLY, Transport.TCP, "", "http-no-host")
                 return True
@@ -1120,7 +1120,7 @@ class Decoder:
             self._emit(flow, ts, Kind.IP_ONLY, transport, "", detail + " no-sni")
 
     def _emit(self, flow: Flow, ts: float, kind: Kind, transport: Transport, name: str, detail: str,
-              method: str = "", url: str = "") -> None:
+              method: str = "", url: str = "", target: str = "") -> None:
         af = _AF6 if len(flow.client) == 16 else _AF4
         seq, ack, ln = self._seg if transport is Transport.TCP else (0, 0, 0)
         if len(detail) > MAX_DETAIL:
@@ -1128,7 +1128,7 @@ class Decoder:
         packets, octets = self._conn_claim(flow, transport) if self.tcp_conns is not None else (0, 0)
         self._out.append(Observation(
             ts, _ntop(af, flow.client), flow.sport, _ntop(af, flow.server), flow.dport, transport, kind,
-            name, normalise_wire_name(name) if name else "", (), detail, seq, ack, ln, packets, octets, method, url))
+            name, normalise_wire_name(name) if name else "", (), detail, seq, ack, ln, packets, octets, method, url, target))
 
     # -- DNS ------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -64,12 +65,27 @@ class OrderStore:
         self._mtime = -1.0
         self.orders: dict[str, Order] = {}
         self.history: list[LiftedOrder] = []
-        self._nets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, Order]] = []
-        self._net_hits: dict[str, Order | None] = {}
+        self._spans: dict[str, list[tuple[float, float, Order]]] = {}
+        self._nets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, list[tuple[float, float, Order]]]] = []
+        self._net_hits: dict[str, list[list[tuple[float, float, Order]]]] = {}
         self.reload()
 
     def _index(self) -> None:
-        self._nets = [(ipaddress.ip_network(o.target), o) for o in self.orders.values() if "/" in o.target]
+        """Every order that ever was in force, by target, with the time it ended: an observation is
+        judged against the orders in force at its own time (issue 26: replay of a capture taken
+        before an order was lifted decides as the daemon did then)."""
+        spans: dict[str, list[tuple[float, float, Order]]] = {}
+        for h in self.history:
+            o = h.order
+            end = min(h.lifted_at, o.until) if o.until else h.lifted_at
+            if end > o.created:
+                spans.setdefault(o.target, []).append((o.created, end, o))
+        for o in self.orders.values():
+            spans.setdefault(o.target, []).append((o.created, o.until or math.inf, o))
+        for v in spans.values():
+            v.sort(key=lambda s: -s[0])  # the newest first: a replacement wins over the order it replaced
+        self._spans = spans
+        self._nets = sorted(((ipaddress.ip_network(k), v) for k, v in spans.items() if "/" in k), key=lambda n: -n[0].prefixlen)
         self._net_hits = {}
 
     def reload(self) -> bool:
@@ -131,39 +147,48 @@ class OrderStore:
         self._save()
         return o
 
-    def match(self, name: str, server_ip: str, now: float) -> Order | None:
-        """The order covering ``name`` (or a name above it), ``server_ip``, or a prefix holding it."""
-        if not self.orders:
+    def match(self, name: str, server_ip: str, ts: float) -> Order | None:
+        """The order in force at ``ts`` covering ``name`` (or a name above it), ``server_ip``, or a
+        prefix holding it: the address first, then the longest prefix, then the name."""
+        spans = self._spans
+        if not spans:
             return None
-        o = self.orders.get(server_ip)
-        if o is not None and o.active(now):
+        s = spans.get(server_ip)
+        if s is not None and (o := _at(s, ts)) is not None:
             return o
         if self._nets:
-            if server_ip in self._net_hits:
-                hit = self._net_hits[server_ip]
-            else:
-                hit = self._net_of(server_ip)
+            hits = self._net_hits.get(server_ip)
+            if hits is None:
+                hits = self._nets_of(server_ip)
                 if len(self._net_hits) > 65536:
                     self._net_hits.clear()
-                self._net_hits[server_ip] = hit
-            if hit is not None and hit.active(now):
-                return hit
+                self._net_hits[server_ip] = hits
+            for s in hits:
+                if (o := _at(s, ts)) is not None:
+                    return o
         n = name
         while n:
-            o = self.orders.get(n)
-            if o is not None and o.active(now):
+            s = spans.get(n)
+            if s is not None and (o := _at(s, ts)) is not None:
                 return o
             i = n.find(".")
             n = n[i + 1:] if i >= 0 else ""
         return None
 
-    def _net_of(self, server_ip: str) -> Order | None:
+    def _nets_of(self, server_ip: str) -> list[list[tuple[float, float, Order]]]:
         try:
             ip = ipaddress.ip_address(server_ip)
         except ValueError:
-            return None
-        best: tuple[int, Order] | None = None
-        for net, o in self._nets:
-            if ip.version == net.version and ip in net and (best is None or net.prefixlen > best[0]):
-                best = (net.prefixlen, o)
-        return best[1] if best else None
+            return []
+        return [s for net, s in self._nets if ip.version == net.version and ip in net]  # longest prefix first
+
+    def in_force(self, ts: float) -> list[Order]:
+        """The orders in force at ``ts`` (those lifted since included)."""
+        return [o for s in self._spans.values() if (o := _at(s, ts)) is not None]
+
+
+def _at(spans: list[tuple[float, float, Order]], ts: float) -> Order | None:
+    for start, end, o in spans:
+        if start <= ts < end:
+            return o
+    return None

@@ -1,10 +1,31 @@
 """The overlays: closure orders, the regulator's commands, exemptions and grace, on top of the
 records' verdict, evaluated at the observation's own time (DESIGN.md: a decision is finished
-where it is decided)."""
+where it is decided).
+
+One :class:`Decider` (the records' verdict from :class:`~beiand.policy.verdict.Policy`, then every
+overlay) gives the final :class:`~beiand.model.Decision`, with the overlay that decided it and its
+reference in typed fields (``by``, ``ref``). The daemon's workers, ``replay``, ``records lookup``,
+``/api/v1/lookup``, ``audit --pcap`` and the corpus build the same decider from the same config
+and state directory (``runtime.wiring.decider``), so they decide alike; the enforcer only acts
+on what it returns.
+
+An overlay (:class:`Layer`) answers ``match(obs)`` (the rule in force at ``obs.ts`` that covers
+the observation, or None), ``reload()`` (re-read its source; True when it changed: every worker
+calls it about four times a second, the one reload path for every overlay), ``addresses(ts)``
+(what it cuts by address whatever the port: nftables sets) and ``metrics()``.
+"""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple, Protocol
+
+from beiand.model import Action, Decision, Kind, Observation, Overlay, Transport, VerdictKind
+from beiand.policy.inventory import HostedPrefix
+from beiand.policy.orders import OrderError, OrderStore
+from beiand.policy.verdict import Policy
 
 
 class AddressRule(NamedTuple):
@@ -19,3 +40,222 @@ class AddressRule(NamedTuple):
     until: float = 0.0
     ref: str = ""
     src: bool = False  # the rule is on the client's (source) address, not the server's
+
+
+class Effect:
+    BLOCK = "block"  # like a closure order: blocked in every mode, past the breaker and grace
+    EXEMPT = "exempt"  # an allowlist entry: the verdict becomes exempt
+    FLAG = "flag"  # a monitor: flagged (never blocked by it), the command named in the record
+
+
+# Which overlay wins when several match: a closure order, then a regulator's block, its
+# exemption (noFilter), its monitor.
+PRIORITY = {Overlay.ORDER: 4, Overlay.ISMS_FILTER: 3, Overlay.ISMS_BLACKLIST: 3, Overlay.ISMS_NOFILTER: 2,
+            Overlay.ISMS_MONITOR: 1}
+_EFFECT = {Overlay.ORDER: Effect.BLOCK, Overlay.ISMS_FILTER: Effect.BLOCK, Overlay.ISMS_BLACKLIST: Effect.BLOCK,
+           Overlay.ISMS_NOFILTER: Effect.EXEMPT, Overlay.ISMS_MONITOR: Effect.FLAG}
+# Decisions the enforcer carries out even with the breaker open (an order is the authority's).
+FORCED = frozenset({Overlay.ORDER, Overlay.ISMS_FILTER, Overlay.ISMS_BLACKLIST})
+
+
+class Hit(NamedTuple):
+    """An overlay's rule covering an observation: which overlay, its reference, what it does."""
+
+    by: Overlay
+    ref: str
+    effect: str
+    priority: int
+
+
+def hit(by: Overlay, ref: str) -> Hit:
+    return Hit(by, ref, _EFFECT[by], PRIORITY[by])
+
+
+# The access log's ``order`` column: one spelling, written here and read back here.
+_COLUMN = {Overlay.ISMS_FILTER: "isms:", Overlay.ISMS_MONITOR: "isms-monitor:", Overlay.ISMS_BLACKLIST: "isms-blacklist:",
+           Overlay.ISMS_NOFILTER: "isms-nofilter:"}
+_FROM_COLUMN = {v: k for k, v in _COLUMN.items()}
+
+
+def order_column(d: Decision) -> str:
+    """The access log's ``order`` value of a decision: a closure order's number, ``isms:<id>``
+    (filter), ``isms-monitor:<id>``, ``isms-blacklist:<id>``, ``isms-nofilter:<id>``, or ""."""
+    by = d.by
+    if not by or by == Overlay.GRACE:
+        return ""
+    if by == Overlay.ORDER:
+        return d.ref
+    return _COLUMN[Overlay(by)] + d.ref
+
+
+def parse_order_column(value: str) -> tuple[Overlay | None, str]:
+    """The overlay and reference an ``order`` value names; (None, "") for none."""
+    if not value:
+        return None, ""
+    head, sep, rest = value.partition(":")
+    by = _FROM_COLUMN.get(head + sep) if sep else None
+    if by is not None:
+        return by, rest
+    return Overlay.ORDER, value
+
+
+class Layer(Protocol):
+    """One overlay's source of rules."""
+
+    def reload(self) -> bool:
+        """Re-read the rules if they changed; True when they did (a damaged source keeps the old ones)."""
+        ...
+
+    def match(self, obs: Observation) -> Hit | None:
+        """The rule in force at ``obs.ts`` that covers ``obs`` (the strongest, when several do)."""
+        ...
+
+    def addresses(self, ts: float) -> list[AddressRule]:
+        """The rules in force at ``ts`` that cut traffic by address, whatever the port."""
+        ...
+
+    def metrics(self) -> Mapping[str, float]: ...
+
+
+class OrderLayer:
+    """Closure orders (关停指令, ``beiand block add``) as an overlay: ``<state_dir>/orders.json``."""
+
+    by = Overlay.ORDER
+
+    def __init__(self, store: OrderStore) -> None:
+        self.store = store
+        self.errors = 0
+
+    @classmethod
+    def from_state_dir(cls, state_dir: Path) -> OrderLayer:
+        return cls(OrderStore(state_dir))
+
+    def reload(self) -> bool:
+        try:
+            return self.store.reload()
+        except OrderError:
+            self.errors += 1  # a damaged file keeps the orders in force (the supervisor logs it)
+            return False
+
+    def match(self, obs: Observation) -> Hit | None:
+        o = self.store.match(obs.name, obs.server_ip, obs.ts)
+        return hit(Overlay.ORDER, o.order) if o is not None else None
+
+    def addresses(self, ts: float) -> list[AddressRule]:
+        return [AddressRule(o.target, until=o.until, ref=o.order) for o in self.store.orders.values()
+                if o.is_ip and o.created <= ts and o.active(ts)]
+
+    def metrics(self) -> Mapping[str, float]:
+        return {"in_force": len(self.store.orders), "errors": self.errors}
+
+
+class Grace:
+    """``enforce.grace_seconds``: a name first met (at the observation's time) is flagged, not
+    blocked, for that long: a policy rule on observation time, never on the wall clock."""
+
+    MAX_NAMES = 100_000
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.first_seen: OrderedDict[str, float] = OrderedDict()
+
+    def apply(self, obs: Observation, d: Decision) -> Decision:
+        name = obs.name
+        if not name:
+            return d
+        first = self.first_seen.get(name)
+        if first is None:
+            self.first_seen[name] = first = obs.ts
+            if len(self.first_seen) > self.MAX_NAMES:
+                self.first_seen.popitem(last=False)
+        if obs.ts - first < self.seconds:
+            return d._replace(action=Action.FLAG, rule=f"grace:would-block:{d.rule}", by=Overlay.GRACE, ref="")
+        return d
+
+
+def apply_hit(d: Decision, h: Hit) -> Decision:
+    """The decision once an overlay's rule decided it."""
+    if h.effect == Effect.BLOCK:
+        return d._replace(action=Action.BLOCK, rule=f"{h.by}:{h.ref}", by=h.by, ref=h.ref)
+    if h.effect == Effect.EXEMPT:  # noFilter: an allowlist entry
+        return d._replace(verdict=d.verdict._replace(verdict=VerdictKind.EXEMPT, reason=h.by), action=Action.LOG,
+                          rule=f"{h.by}:{h.ref}", by=h.by, ref=h.ref)
+    # A monitor flags and never blocks; a flow the records already flag or block keeps its action,
+    # and the record names the command (its DT 4 row: issue 28).
+    return d._replace(action=Action.FLAG if d.action is Action.LOG else d.action, rule=f"{h.by}:{h.ref}" if d.action is
+                      Action.LOG else d.rule, by=h.by, ref=h.ref)
+
+
+class Decider:
+    """The records' verdict and the overlays → the final decision (the daemon's and replay's)."""
+
+    def __init__(self, policy: Policy, layers: Sequence[Layer] = (), grace_seconds: float = 0.0) -> None:
+        self.policy = policy
+        self.inventory = policy.inventory
+        self.layers = list(layers)
+        self.grace = Grace(grace_seconds) if grace_seconds > 0 else None
+
+    def decide(self, obs: Observation) -> Decision:
+        d = self.policy.decide(obs)
+        if d.verdict.verdict is VerdictKind.NOT_HOSTED:
+            return d
+        return self.overlay(obs, d)
+
+    def overlay(self, obs: Observation, d: Decision) -> Decision:
+        """``d`` (the records' decision for ``obs``) with the overlays in force at ``obs.ts``."""
+        best: Hit | None = None
+        for layer in self.layers:
+            h = layer.match(obs)
+            if h is not None and (best is None or h.priority > best.priority):
+                best = h
+        if best is not None:
+            d = apply_hit(d, best)
+        if d.action is Action.BLOCK:
+            if self.grace is not None and best is None:
+                d = self.grace.apply(obs, d)
+            if obs.kind is Kind.DNS_ANSWER and d.action is Action.BLOCK:
+                # An answer is not a connection: the connection it leads to is what gets blocked.
+                d = d._replace(action=Action.FLAG, rule=d.rule + ":dns-answer")
+        return d
+
+    def rebind(self, policy: Policy) -> None:
+        """Decide with a reloaded policy (new records or inventory), the overlays kept."""
+        self.policy, self.inventory = policy, policy.inventory
+
+    def reload(self) -> bool:
+        """Every overlay re-reads its source; True when any changed (the one reload path)."""
+        changed = False
+        for layer in self.layers:
+            changed = layer.reload() or changed
+        return changed
+
+    def addresses(self, ts: float) -> list[AddressRule]:
+        return [a for layer in self.layers for a in layer.addresses(ts)]
+
+    def lookup(self, name: str, server_ip: str, ts: float, port: int = 0, *, no_inventory_means_hosted: bool = False
+               ) -> tuple[Decision, HostedPrefix | None, str]:
+        """``Policy.lookup`` with the overlays in force at ``ts`` (``records lookup``, ``/api/v1/lookup``)."""
+        d, prefix, assumed = self.policy.lookup(name, server_ip, ts, no_inventory_means_hosted=no_inventory_means_hosted)
+        if d.verdict.verdict is VerdictKind.NOT_HOSTED:
+            return d, prefix, assumed
+        obs = Observation(ts, "", 0, server_ip, port, Transport.TCP, Kind.TLS_SNI if name else Kind.IP_ONLY, name, name)
+        return self.overlay(obs, d), prefix, assumed
+
+
+def lookup_answer(decider: Decider | Policy, name: str, server_ip: str, ts: float, port: int = 0, *,
+                  no_inventory_means_hosted: bool = False) -> dict[str, object]:
+    """One lookup as the CLI's ``--json`` and ``/api/v1/lookup`` both print it: the records'
+    verdict and the overlays in force at ``ts`` (a bare ``Policy``: the records alone)."""
+    dec = decider if isinstance(decider, Decider) else Decider(decider)
+    d, prefix, assumed = dec.lookup(name, server_ip, ts, port, no_inventory_means_hosted=no_inventory_means_hosted)
+    f = d.verdict.filing
+    return {
+        "name": name, "server": server_ip or None, "hosted": prefix is not None if server_ip else None,
+        "assumed": assumed or None, "verdict": d.verdict.verdict.value, "reason": d.verdict.reason,
+        "action": d.action.value, "rule": d.rule, "mode": d.mode.value, "account": d.account,
+        "order": order_column(d) or None, "by": d.by or None,
+        "filing": None if f is None else {
+            "number": f.number, "sponsor": f.sponsor, "service_type": f.service_type.value, "status": f.status.value,
+            "access_provider": f.access_provider, "domains": list(f.domains), "ips": list(f.ips), "source": f.source,
+        },
+    }

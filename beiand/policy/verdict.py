@@ -290,19 +290,3 @@ class Policy:
         if mode is Mode.DRY_RUN:
             return Decision(verdict, Action.FLAG, f"dry-run:would-block:{scope}{v.value}", mode, prefix.account, prefix.site)
         return Decision(verdict, Action.FLAG, f"monitor:{scope}{v.value}", mode, prefix.account, prefix.site)
-
-
-def lookup_answer(policy: Policy, name: str, server_ip: str, ts: float, *, no_inventory_means_hosted: bool = False
-                  ) -> dict[str, object]:
-    """One lookup as the CLI's ``--json`` and ``/api/v1/lookup`` both print it."""
-    d, prefix, assumed = policy.lookup(name, server_ip, ts, no_inventory_means_hosted=no_inventory_means_hosted)
-    f = d.verdict.filing
-    return {
-        "name": name, "server": server_ip or None, "hosted": prefix is not None if server_ip else None,
-        "assumed": assumed or None, "verdict": d.verdict.verdict.value, "reason": d.verdict.reason,
-        "action": d.action.value, "rule": d.rule, "mode": d.mode.value, "account": d.account,
-        "filing": None if f is None else {
-            "number": f.number, "sponsor": f.sponsor, "service_type": f.service_type.value, "status": f.status.value,
-            "access_provider": f.access_provider, "domains": list(f.domains), "ips": list(f.ips), "source": f.source,
-        },
-    }

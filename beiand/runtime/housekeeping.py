@@ -1,7 +1,7 @@
-"""Background jobs, off the capture loop: closure orders, access-log retention and verification,
-the records' and the audit's metrics, ClickHouse retention.
+"""Background jobs, off the capture loop: the overlays' address cuts in nftables, access-log
+retention and verification, the records' and the audit's metrics, ClickHouse retention.
 
-The supervisor runs ``Housekeeping`` from its supervision loop (orders every 0.2 s, metrics every
+The supervisor runs ``Housekeeping`` from its supervision loop (address cuts every 0.2 s, metrics every
 ``daemon.watch_interval``, retention and verification hourly, in an executor); a worker runs only
 ``every()`` threads (ClickHouse retention on worker 0), never a job inside its capture loop.
 """
@@ -18,8 +18,8 @@ from typing import Any
 
 from beiand.accesslog import retire, verify
 from beiand.accesslog.reader import stats as log_stats
-from beiand.enforce import Enforcer, EnforceSettings, OrderError, OrderStore
 from beiand.enforce.nft import Nft, NftError
+from beiand.policy.overlays import AddressRule, Decider
 from beiand.report.audit.findings import KINDS
 from beiand.runtime.metrics import Metrics
 from beiand.runtime.wiring import State
@@ -58,29 +58,36 @@ def clickhouse_retire(ch: Any) -> None:
 class Housekeeping:
     """The supervisor's background jobs; ``state`` is swapped on every reload."""
 
+    RESYNC_S = 10.0  # commands whose effectTime comes later enter the sets within this
+
     def __init__(self, state: State, metrics: Metrics) -> None:
         self.state = state
         self.metrics = metrics
         self.nft: Nft | None = None
-        self.orders: OrderStore | None = None
+        self.decider: Decider | None = None  # the supervisor's own view of the overlays
+        self._synced: list[AddressRule] | None = None
+        self._next_sync = 0.0
 
-    def sync_orders(self, force: bool = False) -> bool:
-        """Reload the closure orders; put address orders into nftables. True when they changed."""
-        if self.orders is None:
+    def sync_addresses(self, force: bool = False) -> bool:
+        """Reload the overlays; put what they cut by address (closure orders on an address or a
+        prefix, the regulator's address and port filters, blacklisted addresses) into nftables,
+        so it is cut on every port in every mode. True when an overlay changed."""
+        if self.decider is None:
             return False
-        try:
-            changed = self.orders.reload()
-        except OrderError as exc:
-            log.error("%s", exc)
-            return False
-        if (changed or force) and self.nft is not None:
+        changed = self.decider.reload()
+        now = time.time()
+        if not (changed or force or now >= self._next_sync):
+            return changed
+        self._next_sync = now + self.RESYNC_S
+        rules = self.decider.addresses(now)
+        if self.nft is not None and (force or rules != self._synced):
             try:
-                Enforcer(EnforceSettings(), None, self.nft, self.orders).sync_ip_orders()
+                n = self.nft.sync_addresses(rules, now)
+                self._synced = rules
+                log.info("nftables: %d address cut(s) in force (%d element(s))", len(rules), n)
             except NftError as exc:
-                log.error("closure orders: nftables: %s", exc)
-        if changed:
-            log.info("closure orders: %d in force", len(self.orders.orders))
-        return bool(changed)
+                log.error("address cuts: nftables: %s", exc)
+        return changed
 
     def retire_and_verify(self) -> None:
         """Verify the recent chain, retire partitions beyond the retention, update the log's metrics."""

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 
 from beiand.enforce.nfqueue import Marks, NfQueue
-from beiand.model import Decision, Observation
+from beiand.model import Decision, Observation, Outcome
 from beiand.net.decoder import LINKTYPE_RAW
 from beiand.runtime.pipeline import Pipeline
 
@@ -82,7 +82,7 @@ class InlinePath:
         first, decided = self.marks.first, self.marks.decided
         clock = self.clock
         decode_ns = decide_ns = 0
-        later: list[tuple[Observation, Decision]] = []
+        later: list[tuple[Observation, Decision, Outcome]] = []
         with self.lock:
             tv = pc()
             for q in batch:

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 from beiand.sinks.active import ViewRow
 
-__all__ = ["CloseBreaker", "MetricKey", "Ready", "ReloadOrders", "Rows", "Snapshot", "ViewRow"]
+__all__ = ["CloseBreaker", "MetricKey", "Ready", "Rows", "Snapshot", "ViewRow"]
 
 
 class MetricKey(NamedTuple):
@@ -56,9 +56,5 @@ class CloseBreaker(NamedTuple):
     """Supervisor → worker: the operator closed the circuit breaker."""
 
 
-class ReloadOrders(NamedTuple):
-    """Supervisor → worker: the closure orders changed on disk (housekeeping saw it); reload them."""
-
-
 WorkerMessage = Ready | Rows | Snapshot
-SupervisorCommand = CloseBreaker | ReloadOrders
+SupervisorCommand = CloseBreaker

@@ -1,7 +1,9 @@
 """The one wiring of beiand's stages, shared by the daemon, ``replay``, ``audit --pcap`` and tests.
 
-frames → ``Decoder`` → Observation → (DNS: is an answered address ours?) → ``Policy`` → Decision
-→ sinks. Deciding never acts; sinks act (DESIGN.md). One failing sink never stops the others.
+frames → ``Decoder`` → Observation → (DNS: is an answered address ours?) → ``Decider`` (the
+records' verdict, then the overlays at the observation's time) → Decision → the enforcer (acts,
+returns its outcome) → sinks (the decision and the outcome). Deciding never acts; the enforcer
+never rewrites a decision (DESIGN.md). One failing sink never stops the others.
 
 Connection records (issue 19): an observation of kind ``conn`` (a flow no name came for) is never
 decided, enforced or counted as a verdict: the inventory says whether it went into hosted space
@@ -19,9 +21,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import cast
 
 from beiand.enforce.actor import Enforced
-from beiand.model import UNNAMED, AccessRecord, Decision, Kind, Observation, VerdictKind
+from beiand.model import UNNAMED, AccessRecord, Action, Decision, Kind, Observation, Outcome, VerdictKind
 from beiand.net.decoder import FRAME_EXCEPTIONS, Decoder
 from beiand.policy import Policy
+from beiand.policy.overlays import Decider
 from beiand.sinks import ConnectionSink, OutputClosed, Sink
 
 log = logging.getLogger("beiand.pipeline")
@@ -30,10 +33,11 @@ _CONN = Kind.CONN  # the name operators filter on (before runtime/)
 
 
 class Pipeline:
-    def __init__(self, decoder: Decoder, policy: Policy, sinks: Sequence[Sink] = (),
+    def __init__(self, decoder: Decoder, policy: Policy | Decider, sinks: Sequence[Sink] = (),
                  actor: Callable[[Observation, Decision], Enforced] | None = None, gateway: str = "") -> None:
         self.decoder = decoder
-        self.policy = policy
+        # The decider (a bare Policy: the records alone, no overlays)
+        self.policy = policy if isinstance(policy, Decider) else Decider(policy)
         self.actor = actor  # the enforcer (Enforcer.enforce): acts on a decision and returns what was done
         self.sinks = list(sinks)
         self.verdicts: Counter[str] = Counter()
@@ -53,7 +57,7 @@ class Pipeline:
         obs = self.decoder.feed(ts, frame, linktype)
         return self.decide(obs) if obs else False
 
-    def decide(self, obs: Sequence[Observation], later: list[tuple[Observation, Decision]] | None = None) -> bool:
+    def decide(self, obs: Sequence[Observation], later: list[tuple[Observation, Decision, Outcome]] | None = None) -> bool:
         """Decide and act on the observations one frame completed; True when the enforcer drops
         the frame (inline). A failure to decide is counted, never raised (issue 17). ``later``:
         the decisions are left there for :meth:`record` instead of going to the sinks now (inline:
@@ -113,22 +117,23 @@ class Pipeline:
     def observe(self, obs: Observation) -> Decision | None:
         return self._observe(obs)[0]
 
-    def record(self, later: Sequence[tuple[Observation, Decision]]) -> None:
+    def record(self, later: Sequence[tuple[Observation, Decision, Outcome]]) -> None:
         """Hand decisions taken by :meth:`decide` with ``later`` to the sinks."""
-        for obs, decision in later:
-            self._sink(obs, decision)
+        for obs, decision, outcome in later:
+            self._sink(obs, decision, outcome)
 
-    def _sink(self, obs: Observation, decision: Decision) -> None:
+    def _sink(self, obs: Observation, decision: Decision, outcome: Outcome = Outcome.NONE) -> None:
         for s in self.sinks:
             try:
-                s.on_decision(obs, decision)
+                s.on_decision(obs, decision, outcome)
             except OutputClosed:
                 raise
             except Exception:
                 log.exception("sink %s failed", type(s).__name__)
                 self.sink_errors[type(s).__name__] += 1
 
-    def _observe(self, obs: Observation, later: list[tuple[Observation, Decision]] | None = None) -> tuple[Decision | None, bool]:
+    def _observe(self, obs: Observation, later: list[tuple[Observation, Decision, Outcome]] | None = None
+                 ) -> tuple[Decision | None, bool]:
         """The decision as acted on, and whether the enforcer drops the packet (inline)."""
         policy = self.policy
         if obs.kind is Kind.CONN:
@@ -149,18 +154,20 @@ class Pipeline:
                 self._connection(obs, decision)
             return decision, False
         drop = False
+        outcome = Outcome.NONE
         if self.actor is not None:
             try:
-                decision, drop = self.actor(obs, decision)
+                _, drop, outcome = self.actor(obs, decision)
             except Exception:
                 log.exception("enforcer failed")
                 self.sink_errors["enforcer"] += 1
+                outcome = Outcome.FAILED if decision.action is Action.BLOCK else Outcome.NONE
         self.kinds[obs.kind] += 1  # StrEnum members hash and compare as their values
         self.verdicts[decision.verdict.verdict] += 1
         if later is not None:
-            later.append((obs, decision))
+            later.append((obs, decision, outcome))
         else:
-            self._sink(obs, decision)
+            self._sink(obs, decision, outcome)
         return decision, drop
 
     def _connection(self, obs: Observation, decision: Decision | None) -> None:
@@ -186,7 +193,7 @@ class Pipeline:
         rec = _tuple_new(AccessRecord, (
             int(obs.ts * 1000), prefix.account, obs.client_ip, obs.client_port, obs.server_ip, obs.server_port, obs.transport,
             obs.kind, obs.name or obs.name_seen, verdict, "log", filing, self.gateway, reason, "", "", "", direction,
-            obs.method, obs.url, obs.packets, obs.octets))
+            obs.method, obs.url, obs.packets, obs.octets, ""))
         self.connections[direction] += 1
         for s in self.conn_sinks:
             try:

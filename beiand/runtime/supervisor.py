@@ -30,12 +30,12 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from beiand import __version__
-from beiand.enforce import OrderError, OrderStore
 from beiand.enforce.nfqueue import RuleSet, install_rules, remove_rules, rule_set
 from beiand.enforce.nft import Nft, NftError
 from beiand.isms.reports import filed_domain
 from beiand.model import endpoint
 from beiand.policy import lookup_answer
+from beiand.policy.overlays import Decider, OrderLayer
 from beiand.records import normalise_domain
 from beiand.records.domains import DomainError
 from beiand.records.importer import canonical_ip
@@ -44,7 +44,7 @@ from beiand.runtime import logsetup
 from beiand.runtime.housekeeping import Housekeeping
 from beiand.runtime.http import make_app
 from beiand.runtime.http import start as start_http
-from beiand.runtime.ipc import CloseBreaker, Ready, ReloadOrders, Snapshot, SupervisorCommand, WorkerMessage
+from beiand.runtime.ipc import CloseBreaker, Ready, Snapshot, SupervisorCommand, WorkerMessage
 from beiand.runtime.isms import IsmsRuntime
 from beiand.runtime.isms import check as isms_check
 from beiand.runtime.metrics import Metrics
@@ -52,6 +52,7 @@ from beiand.runtime.sdnotify import sd_notify, watchdog_interval
 from beiand.runtime.wiring import (
     RecordsRefused,
     StateError,
+    decider,
     file_mtime,
     http_limits,
     inline_marks,
@@ -108,7 +109,7 @@ class Daemon:
         self.metrics.reload_ok.set(1)
         cfg.accesslog.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.nft: Nft | None = None
-        self.orders: OrderStore | None = None
+        self.decider: Decider | None = None  # the overlays, for their address cuts and the status
         self._rules: RuleSet = {}
         self.isms: IsmsRuntime | None = None
 
@@ -122,11 +123,11 @@ class Daemon:
             self.nft = None
             log.warning("enforcement: nftables unavailable (%s): QUIC, IP-only and address orders cannot be blocked", exc)
         try:
-            self.orders = OrderStore(cfg.daemon.state_dir)
-            self.housekeeping.nft, self.housekeeping.orders = self.nft, self.orders
-            self.housekeeping.sync_orders(force=True)
-        except OrderError as exc:
+            self.decider = decider(cfg, self.state.policy)
+        except StateError as exc:
             log.error("%s", exc)
+        self.housekeeping.nft, self.housekeeping.decider = self.nft, self.decider
+        self.housekeeping.sync_addresses(force=True)
         if cfg.enforce.inline:
             self._rules = rule_set(cfg.capture.tcp_ports, cfg.capture.udp_ports, cfg.enforce.queue, cfg.workers,
                                    cfg.enforce.connbytes, inline_marks(cfg))
@@ -182,7 +183,7 @@ class Daemon:
             server_ip = canonical_ip(ip) or ""
             if not server_ip:
                 raise ValueError(f"ip {ip!r} is not an IP address")
-        return lookup_answer(st.policy, n, server_ip, time.time())
+        return lookup_answer(self.decider if self.decider is not None else st.policy, n, server_ip, time.time())
 
     def observations(self, verdict: str, since: float, limit: int) -> list[dict[str, Any]]:
         rows = [ActiveResource.of(name, endpoint(sip, sport), account, kind, v, first_seen=first, last_seen=last, hits=int(hits),
@@ -203,8 +204,14 @@ class Daemon:
                 # Chain heads in full (anchor them elsewhere; `beiand logs verify --anchors`).
                 "accesslog": {f"w{w.idx}": w.accesslog for w in self.workers.values() if w.accesslog},
                 "enforcement": {"inline": self.state.config.enforce.inline, "nftables": self.nft.via if self.nft else None,
-                                "orders": len(self.orders.orders) if self.orders else 0},
+                                "orders": self._orders_in_force()},
                 "isms": self.isms.status() if self.isms is not None else None}
+
+    def _orders_in_force(self) -> int:
+        for layer in self.decider.layers if self.decider is not None else ():
+            if isinstance(layer, OrderLayer):
+                return len(layer.store.orders)
+        return 0
 
     def request_reload(self, why: str = "POST /api/v1/reload") -> None:
         self._reload_requested = why
@@ -316,8 +323,7 @@ class Daemon:
             if wd and healthy and now >= next_wd:
                 sd_notify("WATCHDOG=1")
                 next_wd = now + wd
-            if self.housekeeping.sync_orders():
-                self._tell_workers(ReloadOrders())
+            self.housekeeping.sync_addresses()  # the workers reload the overlays themselves
             if self.isms is not None:
                 await self.isms.tick(healthy)
             if self._reload_requested:
@@ -357,6 +363,8 @@ class Daemon:
                 self.state.mtimes = {p: file_mtime(p) for p in self.state.mtimes}
                 return False
             self.state = self.housekeeping.state = new
+            if self.decider is not None:
+                self.decider.rebind(new.policy)
             note_inventory(new)
             self.refused = None
             if self.isms is not None:  # [isms] in place; restart-only keys listed (beiand/isms/reload.py)

@@ -2,8 +2,9 @@
 
 The daemon, ``replay``, ``audit``, ``records lookup`` and ``check-config`` all build their
 policy here, so they decide alike (issue 13: one answer everywhere; DESIGN.md ``wiring``). The
-daemon's whole ``State`` (config, records, inventory, policy; ``load_state``) and a worker's
-enforcer (``make_enforcer``) are built here too.
+daemon's whole ``State`` (config, records, inventory, policy; ``load_state``), the decider with
+its overlays (``decider``: the same in every command) and a worker's enforcer (``make_enforcer``)
+are built here too.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from beiand.policy import Policy, PolicyConfig, PolicyError
 from beiand.policy.history import record_load
 from beiand.policy.inventory import Inventory, InventoryError, load_inventory
 from beiand.policy.nat import NatError, NatTable, load_nat
+from beiand.policy.overlays import Decider, Layer, OrderLayer
 from beiand.records import ImportRefused, build_index, load_files, normalise_domain
 from beiand.records.domains import DomainError
 from beiand.records.index import RecordIndex
@@ -209,9 +211,10 @@ def read_secret(path: Path, permissions: str) -> bytes:
 
 
 def make_enforcer(cfg: Config) -> Enforcer:
+    """A worker's enforcer: it acts on finished decisions (the overlays are the decider's)."""
     e = cfg.enforce
     settings = EnforceSettings(inline=e.inline, quic_block_seconds=e.quic_block_seconds,
-                               grace_seconds=e.grace_seconds, max_blocks_per_minute=e.max_blocks_per_minute,
+                               max_blocks_per_minute=e.max_blocks_per_minute,
                                max_unfiled_share=e.max_unfiled_share, min_verdicts_for_share=e.min_verdicts_for_share,
                                contact=e.contact, provider_name=e.provider_name)
     injector: Injector | None = None
@@ -224,14 +227,37 @@ def make_enforcer(cfg: Config) -> Enforcer:
         nft = Nft()
     except NftError as exc:
         log.warning("enforcement: %s: QUIC and IP blocks are unavailable", exc)
-    orders = None
-    try:
-        orders = OrderStore(cfg.daemon.state_dir)
-    except OrderError as exc:
-        log.error("%s", exc)
-    from beiand.runtime.isms import rules_for  # the ISMS stack: only for a daemon's workers
+    return Enforcer(settings, injector, nft)
 
-    return Enforcer(settings, injector, nft, orders, rules=rules_for(cfg))  # rules: the regulator's ISMS commands
+
+def layers(cfg: Config, state_dir: Path | None = None) -> list[Layer]:
+    """The overlays every command decides with, read from ``daemon.state_dir`` (or ``state_dir``):
+    closure orders (``orders.json``) and, with ``[isms]`` on, the regulator's commands
+    (``isms/commands.json``). A damaged file is an error naming it (the daemon keeps what it had)."""
+    d = state_dir if state_dir is not None else cfg.daemon.state_dir
+    try:
+        out: list[Layer] = [OrderLayer(OrderStore(d))]
+    except OrderError as exc:
+        raise StateError(str(exc)) from None
+    if cfg.isms.enabled:
+        from beiand.isms.store import CommandRules  # the ISMS stack only where it is on
+        from beiand.isms.wire.profile import ProfileError, load_profile
+
+        try:
+            subdomains = load_profile(cfg.isms.profile).subdomains
+        except ProfileError as exc:
+            raise StateError(f"isms.profile: {exc}") from None
+        try:
+            out.append(CommandRules(d, subdomains, cfg.isms.house_id))
+        except ValueError as exc:
+            raise StateError(str(exc)) from None
+    return out
+
+
+def decider(cfg: Config, policy: Policy, state_dir: Path | None = None) -> Decider:
+    """The one decider (the records' verdict and the overlays) of the daemon's workers, ``replay``,
+    ``records lookup``, ``/api/v1/lookup`` and ``audit --pcap`` (issue 26: replay = daemon)."""
+    return Decider(policy, layers(cfg, state_dir), grace_seconds=cfg.enforce.grace_seconds)
 
 
 def inline_marks(cfg: Config) -> Marks:

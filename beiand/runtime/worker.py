@@ -21,15 +21,24 @@ from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
 
 from beiand.accesslog import AccessLog
-from beiand.enforce import OrderError
 from beiand.enforce.nfqueue import NfQueue
 from beiand.net.decoder import Decoder
+from beiand.policy.overlays import Decider
 from beiand.runtime.housekeeping import clickhouse_retire, every
 from beiand.runtime.inline import InlinePath
-from beiand.runtime.ipc import CloseBreaker, MetricKey, Ready, ReloadOrders, Rows, Snapshot, WorkerMessage
+from beiand.runtime.ipc import CloseBreaker, MetricKey, Ready, Rows, Snapshot, WorkerMessage
 from beiand.runtime.metrics import CLICKHOUSE_COUNTERS
 from beiand.runtime.pipeline import Pipeline
-from beiand.runtime.wiring import State, access_log_sinks, decoder_config, inline_marks, live_captures, make_enforcer
+from beiand.runtime.wiring import (
+    State,
+    StateError,
+    access_log_sinks,
+    decider,
+    decoder_config,
+    inline_marks,
+    live_captures,
+    make_enforcer,
+)
 from beiand.sinks.active import ActiveResourceAggregate
 
 log = logging.getLogger("beiand")
@@ -154,7 +163,12 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
     agg = ActiveResourceAggregate()
     decoder = Decoder(decoder_config(cfg))
     enforcer = make_enforcer(cfg)
-    pipe = Pipeline(decoder, state.policy, [*sinks, agg], actor=enforcer.enforce, gateway=cfg.gateway)
+    try:
+        decide = decider(cfg, state.policy)
+    except StateError as exc:  # checked by the supervisor before it started the workers; changed since
+        log.error("worker %d: %s; deciding without the overlays until the file is mended", idx, exc)
+        decide = Decider(state.policy, grace_seconds=cfg.enforce.grace_seconds)
+    pipe = Pipeline(decoder, decide, [*sinks, agg], actor=enforcer.enforce, gateway=cfg.gateway)
     # Inline: the queue has its own thread (issue 22); it and the capture loop share the decoder
     # and the pipeline under this lock.
     lock = threading.Lock()
@@ -268,18 +282,14 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
     def housekeep() -> bool:
         """The worker's periodic duties, under the lock (the queue thread may be deciding); False: stop."""
         pipe.tick(time.time())  # a quiet link: connection records whose window closed (issue 19)
-        if enforcer.rules is not None:
-            enforcer.rules.reload()  # ISMS commands: within a second on every worker, like closure orders
+        # The one reload path of every overlay (closure orders, the regulator's commands): each
+        # re-reads its file when it changed, so a change applies within a second on every worker.
+        decide.reload()
         try:
             while conn.poll():
                 cmd = conn.recv()
                 if isinstance(cmd, CloseBreaker):
                     enforcer.breaker.close()
-                elif isinstance(cmd, ReloadOrders) and enforcer.orders is not None:
-                    try:
-                        enforcer.orders.reload()
-                    except OrderError as exc:
-                        log.error("%s", exc)
             if os.getppid() != ppid:
                 log.error("worker %d: the main process is gone; stopping", idx)
                 return False

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from beiand.errors import BeiandError
-from beiand.model import AccessRecord, Decision, Observation
+from beiand.model import AccessRecord, Decision, Observation, Outcome
 
 
 class OutputClosed(BeiandError):
@@ -23,7 +23,9 @@ class OutputClosed(BeiandError):
 class Sink(Protocol):
     """What acts on decisions: the access log, ClickHouse, JSON lines, the active-resource view."""
 
-    def on_decision(self, obs: Observation, decision: Decision) -> None: ...
+    def on_decision(self, obs: Observation, decision: Decision, outcome: Outcome = Outcome.NONE) -> None:
+        """One decision, and what the enforcer did with it (``Outcome.NONE`` without an enforcer)."""
+        ...
 
     def flush(self) -> None: ...
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from beiand.model import AccessRecord, Decision, Kind, Observation
+from beiand.model import AccessRecord, Action, Decision, Kind, Observation, Outcome
 from beiand.policy.nat import NatTable
+from beiand.policy.overlays import order_column
 
 
 class RecordWriter(Protocol):
@@ -19,19 +20,25 @@ class RecordWriter(Protocol):
     def close(self) -> None: ...
 
 
-def to_record(obs: Observation, d: Decision, gateway: str = "", nat: NatTable | None = None) -> AccessRecord:
+_NOT_DONE = frozenset({Outcome.BREAKER_OPEN, Outcome.FAILED})
+
+
+def to_record(obs: Observation, d: Decision, gateway: str = "", nat: NatTable | None = None,
+              outcome: Outcome = Outcome.NONE) -> AccessRecord:
+    """The access-log record of a decision: ``action`` is what was done (a block the enforcer could
+    not carry out is ``flag``), ``outcome`` says what the enforcer did and ``order`` what decided it."""
     f = d.verdict.filing
     ts_ms = int(obs.ts * 1000)
     return AccessRecord(
         ts_ms, d.account, obs.client_ip, obs.client_port, obs.server_ip, obs.server_port,
         # StrEnum members are their values: no .value lookups on the hot path.
-        obs.transport, obs.kind, obs.name or obs.name_seen, d.verdict.verdict, d.action,
+        obs.transport, obs.kind, obs.name or obs.name_seen, d.verdict.verdict, Action.FLAG if outcome in _NOT_DONE else d.action,
         f.number if f is not None else "", gateway, d.verdict.reason,
         # MPS Order 82 art. 8: the other side of a NAT / elastic-IP mapping (issue 19).
         nat.record_nat(obs.client_ip, obs.client_port, obs.server_ip, obs.server_port, ts_ms) if nat is not None else "", "",
-        d.rule[6:] if d.rule.startswith("order:") else "",
+        order_column(d) if d.by else "",
         # issue 19: a named flow is also its connection record (a DNS answer is not a flow)
-        "" if obs.kind is Kind.DNS_ANSWER else "in", obs.method, obs.url, obs.packets, obs.octets,
+        "" if obs.kind is Kind.DNS_ANSWER else "in", obs.method, obs.url, obs.packets, obs.octets, outcome,
     )
 
 
@@ -43,8 +50,8 @@ class AccessLogSink:
         self.gateway = gateway
         self.nat = nat  # None: no mappings (the field stays empty)
 
-    def on_decision(self, obs: Observation, decision: Decision) -> None:
-        self.writer.append(to_record(obs, decision, self.gateway, self.nat))
+    def on_decision(self, obs: Observation, decision: Decision, outcome: Outcome = Outcome.NONE) -> None:
+        self.writer.append(to_record(obs, decision, self.gateway, self.nat, outcome))
 
     def on_connection(self, rec: AccessRecord) -> None:
         """A connection record (issue 19), built by the pipeline (with its gateway); the NAT side added here."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 
-from beiand.model import Decision, Observation
+from beiand.model import Decision, Observation, Outcome
 
 # Rows of the active-resource view go to the main process in small messages between snapshots:
 # gathering 128 rows takes about 0.3 ms of the capture loop (5,000 at once stalled it for 14 ms,
@@ -29,9 +29,11 @@ class ActiveResourceAggregate:
         self.latency: list[float] = []
         self.view_dropped = 0  # rows the view could not keep up with (the access log has them all)
 
-    def on_decision(self, obs: Observation, d: Decision) -> None:
+    def on_decision(self, obs: Observation, d: Decision, outcome: Outcome = Outcome.NONE) -> None:
         # Plain strings (an enum member's _value_), not the members: cheaper to pickle and compare.
-        v, kind, action = d.verdict.verdict._value_, obs.kind._value_, d.action._value_
+        # The action as done (the access log's): a block not carried out is a flag.
+        v, kind = d.verdict.verdict._value_, obs.kind._value_
+        action = "flag" if outcome and outcome is not Outcome.DONE else d.action._value_
         key = (obs.name, obs.server_ip, obs.server_port, d.account, v, kind, action)
         row = self.rows.get(key)
         if row is None:

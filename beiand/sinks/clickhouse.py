@@ -38,11 +38,13 @@ log = logging.getLogger("beiand.accesslog.clickhouse")  # the name operators fil
 
 COLUMNS = ("ts_ms", "account", "client_ip", "client_port", "server_ip", "server_port", "transport", "kind", "name", "verdict",
            "action", "filing_number", "gateway", "reason", "nat", "calling_number", "order_no",
-           "direction", "method", "url", "packets", "octets")
+           "direction", "method", "url", "packets", "octets", "outcome")
 # Records spilled before issue 19 carry the first 17 columns only.
 COLUMNS_V1 = COLUMNS[:COLUMNS.index("order_no") + 1]
+# Records spilled before issue 26 end at octets (no outcome).
+COLUMNS_V2 = COLUMNS[:COLUMNS.index("octets") + 1]
 # Columns added since the table was first documented: added to an existing table at start.
-ADDED_COLUMNS = ("direction String", "method String", "url String", "packets UInt64", "octets UInt64")
+ADDED_COLUMNS = ("direction String", "method String", "url String", "packets UInt64", "octets UInt64", "outcome String")
 
 
 def ddl(database: str, table: str) -> list[str]:
@@ -53,7 +55,7 @@ def ddl(database: str, table: str) -> list[str]:
     ts_ms UInt64, account String, client_ip String, client_port UInt16, server_ip String, server_port UInt16,
     transport String, kind String, name String, verdict String, action String, filing_number String,
     gateway String, reason String, nat String, calling_number String, order_no String,
-    direction String, method String, url String, packets UInt64, octets UInt64,
+    direction String, method String, url String, packets UInt64, octets UInt64, outcome String,
     batch String, worker UInt16,
     day Date DEFAULT toDate(toDateTime(intDiv(ts_ms, 1000)), 'UTC')
 ) ENGINE = MergeTree PARTITION BY day ORDER BY (day, name, client_ip, ts_ms)""",
@@ -362,8 +364,9 @@ class ClickHouseSink:
                 await self._wait_mutations()
         tail = f"\t{bid}\t{self.worker}\n".encode()
         body = b"".join(ln[:-1] + tail for ln in lines)
-        v1 = lines[0].count(b"\t") == len(COLUMNS_V1) - 1
-        cols = ",".join((*(COLUMNS_V1 if v1 else COLUMNS), "batch", "worker"))
+        tabs = lines[0].count(b"\t")
+        shape = COLUMNS_V1 if tabs == len(COLUMNS_V1) - 1 else COLUMNS_V2 if tabs == len(COLUMNS_V2) - 1 else COLUMNS
+        cols = ",".join((*shape, "batch", "worker"))
         await self._post(f"INSERT INTO {self.database}.{self.table} ({cols}) FORMAT TabSeparated", body)
         self.stats.inserted += len(lines)
         self.stats.batches += 1

@@ -10,7 +10,8 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from beiand.model import AccessRecord, Decision, Kind, Observation, endpoint
+from beiand.model import AccessRecord, Decision, Kind, Observation, Outcome, endpoint
+from beiand.policy.overlays import order_column
 from beiand.sinks import OutputClosed
 
 
@@ -35,13 +36,13 @@ class JsonLines:
         except ImportError:  # pragma: no cover - orjson is a dependency
             self.dumps = _json_bytes
 
-    def on_decision(self, obs: Observation, d: Decision) -> None:
+    def on_decision(self, obs: Observation, d: Decision, outcome: Outcome = Outcome.NONE) -> None:
         try:
-            self._write(obs, d)
+            self._write(obs, d, outcome)
         except BrokenPipeError:
             raise OutputClosed from None
 
-    def _write(self, obs: Observation, d: Decision) -> None:
+    def _write(self, obs: Observation, d: Decision, outcome: Outcome) -> None:
         f = d.verdict.filing
         # Enum members serialise as their values (orjson does it natively, json as str subclasses).
         self.write(self.dumps({
@@ -49,7 +50,7 @@ class JsonLines:
             "transport": obs.transport, "kind": obs.kind, "name_seen": obs.name_seen, "name": obs.name,
             "answers": obs.answers, "detail": obs.detail, "verdict": d.verdict.verdict, "reason": d.verdict.reason,
             "action": d.action, "rule": d.rule, "mode": d.mode, "account": d.account,
-            "filing": f.number if f else None,
+            "filing": f.number if f else None, "order": order_column(d) if d.by else "", "outcome": outcome,
             "direction": "" if obs.kind is Kind.DNS_ANSWER else "in", "method": obs.method, "url": obs.url,
             "packets": obs.packets, "octets": obs.octets,
         }))
@@ -61,7 +62,8 @@ class JsonLines:
                 "server": endpoint(rec.server_ip, rec.server_port), "transport": rec.transport, "kind": rec.kind,
                 "name_seen": rec.name, "name": rec.name, "answers": [], "detail": "", "verdict": rec.verdict,
                 "reason": rec.reason, "action": rec.action, "rule": "", "mode": "", "account": rec.account,
-                "filing": rec.filing_number or None, "direction": rec.direction, "method": rec.method, "url": rec.url,
+                "filing": rec.filing_number or None, "order": "", "outcome": "", "direction": rec.direction,
+                "method": rec.method, "url": rec.url,
                 "packets": rec.packets, "octets": rec.octets,
             }))
         except BrokenPipeError:

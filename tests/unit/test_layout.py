@@ -24,7 +24,6 @@ TESTED_ELSEWHERE = {
     "isms.reload": "integration/test_isms_reload.py",
     "enforce.nft": "enforce/test_actor.py, integration/test_enforce_lab.py",
     "enforce.packets": "enforce/test_actor.py",
-    "enforce.rules": "enforce/test_actor.py, isms/test_store.py",
     "model": "test_corpus.py",
     "net.errors": "fuzz/test_decoders_fuzz.py",
     "net.names": "net/test_decoder.py",

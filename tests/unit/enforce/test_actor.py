@@ -10,7 +10,7 @@ import pytest
 from beiand.enforce import Breaker, Enforcer, EnforceSettings, OrderError, OrderStore, block_page
 from beiand.enforce.nfqueue import rule_specs
 from beiand.enforce.packets import RST, checksum, tcp_packet
-from beiand.model import Action, Decision, Kind, Mode, Observation, Transport, Verdict, VerdictKind
+from beiand.model import Action, Decision, Kind, Mode, Observation, Outcome, Overlay, Transport, Verdict, VerdictKind
 from beiand.net.decoder import LINKTYPE_RAW, Decoder
 
 
@@ -82,36 +82,43 @@ class FakeInjector:
         self.calls.append(("page", a))
 
 
-def test_enforcer_acts_only_on_blocks_and_honours_grace_breaker_and_orders(tmp_path: Path) -> None:
+def test_enforcer_acts_only_on_blocks_and_reports_the_breaker_as_its_outcome() -> None:
+    """Issue 26: the enforcer acts on a finished decision and never rewrites it; what it could not
+    do is its outcome. Orders (decided by the policy's overlay) are carried out past the breaker."""
     inj = FakeInjector()
-    e = Enforcer(EnforceSettings(inline=True, grace_seconds=0, max_blocks_per_minute=3), inj, None, OrderStore(tmp_path))  # type: ignore[arg-type]
-    assert e(obs(), decision(Action.FLAG)).action is Action.FLAG and not inj.calls
+    e = Enforcer(EnforceSettings(inline=True, max_blocks_per_minute=3), inj, None)  # type: ignore[arg-type]
+    flag = e(obs(), decision(Action.FLAG))
+    assert flag == (decision(Action.FLAG), False, Outcome.NONE) and not inj.calls
     done = e.enforce(obs(), decision())
-    assert done.decision.action is Action.BLOCK and inj.calls[-1][0] == "reset" and done.drop  # inline: the verdict is a value
+    assert done == (decision(), True, Outcome.DONE) and inj.calls[-1][0] == "reset"  # inline: the verdict is a value
     # the client gets a RST at its ack number, from the server
     assert inj.calls[-1][1][:7] == ("192.0.2.2", 40000, "198.51.100.11", 443, 100, 200, 50)
-    assert e(obs(kind=Kind.HTTP_HOST), decision()).action is Action.BLOCK and inj.calls[-1][0] == "page"
-    assert e(obs(kind=Kind.DNS_ANSWER), decision()).action is Action.FLAG  # an answer is not a connection
+    assert e(obs(kind=Kind.HTTP_HOST), decision()).outcome is Outcome.DONE and inj.calls[-1][0] == "page"
+    n = len(inj.calls)
+    assert e(obs(kind=Kind.DNS_ANSWER), decision()).outcome is Outcome.NONE and len(inj.calls) == n  # not a connection
     for _ in range(5):
         e(obs(), decision())
     assert e.breaker.open
-    d = e(obs(), decision())
-    assert d.action is Action.FLAG and d.rule.startswith("breaker:would-block")
-    e.orders.add("bad.example.xyz", "京通管〔2026〕3号", "")  # type: ignore[union-attr]
-    d = e(obs(), decision(Action.FLAG))
-    assert d.action is Action.BLOCK and d.rule == "order:京通管〔2026〕3号"  # orders are executed even with the breaker open
-    g = Enforcer(EnforceSettings(grace_seconds=3600), FakeInjector(), None, None)  # type: ignore[arg-type]
-    assert g(obs("new.example.xyz"), decision()).rule.startswith("grace:would-block")
+    held = e(obs(), decision())
+    assert held == (decision(), False, Outcome.BREAKER_OPEN)  # the decision as decided, the outcome beside it
+    ordered = decision()._replace(by=Overlay.ORDER, ref="京通管〔2026〕3号", rule="order:京通管〔2026〕3号")
+    assert e(obs(), ordered) == (ordered, True, Outcome.DONE)  # orders are executed even with the breaker open
+    assert e.outcomes == {Outcome.DONE: 3, Outcome.BREAKER_OPEN: 6}
 
 
-def test_a_failed_action_is_counted_and_logged_as_flag() -> None:
+def test_a_failed_action_is_counted_and_its_outcome_logged_beside_the_decision() -> None:
+    from beiand.sinks.accesslog import to_record
+
     class Broken(FakeInjector):
         def reset_both(self, *a: object, **kw: object) -> None:
             raise OSError("no route")
 
-    e = Enforcer(EnforceSettings(), Broken(), None, None)  # type: ignore[arg-type]
-    d = e(obs(), decision())
-    assert d.action is Action.FLAG and d.rule.endswith(":action-failed") and e.errors == {"reset": 1}
+    e = Enforcer(EnforceSettings(), Broken(), None)  # type: ignore[arg-type]
+    d, _drop, outcome = e(obs(), decision())
+    assert d == decision() and outcome is Outcome.FAILED and e.errors == {"reset": 1}
+    rec = to_record(obs(), d, outcome=outcome)
+    assert (rec.action, rec.outcome) == ("flag", "failed")  # the log says what was done, and why
+    assert to_record(obs(), d, outcome=Outcome.DONE).action == "block"
 
 
 def test_decoder_gives_the_tcp_sequence_the_enforcer_needs() -> None:
@@ -144,15 +151,14 @@ class FakeNft:
 def test_an_ip_only_block_stops_that_flow_only() -> None:
     """Issue 13: a Host-less request or an SNI-less ClientHello must not black-hole a shared IP:port."""
     inj, nft = FakeInjector(), FakeNft()
-    e = Enforcer(EnforceSettings(inline=False), inj, nft, None)  # type: ignore[arg-type]
+    e = Enforcer(EnforceSettings(inline=False), inj, nft)  # type: ignore[arg-type]
     ip_only = obs("", Kind.IP_ONLY)
-    d = e(ip_only, decision())
-    assert d.action is Action.BLOCK and inj.calls[-1][0] == "reset"
+    assert e(ip_only, decision()).outcome is Outcome.DONE and inj.calls[-1][0] == "reset"
     assert inj.calls[-1][1][:4] == ("192.0.2.2", 40000, "198.51.100.11", 443)  # this connection
     assert nft.added == []  # nothing that blocks other clients or other names on this address
     # QUIC without SNI: the flow's own 4-tuple, never the server alone
     quic = ip_only._replace(transport=Transport.UDP)
-    assert e(quic, decision()).action is Action.BLOCK
+    assert e(quic, decision()).outcome is Outcome.DONE
     assert nft.added == [("quic4", ("192.0.2.2", 40000, "198.51.100.11", 443), 30)]
 
 
@@ -166,7 +172,11 @@ def test_cidr_orders_match_every_address_in_the_prefix_and_lifted_orders_stay_in
     assert st.match("", "198.51.101.1", now) is None
     st.remove("198.51.100.0/24", by="bob", reason="lifting notice 京通管〔2026〕9号")
     again = OrderStore(tmp_path)
-    assert again.match("", "198.51.100.77", now) is None
+    assert again.match("", "198.51.100.77", time.time() + 1) is None
+    # Issue 26: judged at an observation's own time, a lifted order still decides what came before
+    # its lifting (replay of a capture taken then decides as the daemon did)
+    assert again.match("", "198.51.100.77", now).order == "京通管〔2026〕4号"  # type: ignore[union-attr]
+    assert again.match("", "198.51.100.77", again.history[0].order.created - 1) is None  # not before it was entered
     (h,) = again.history
     assert (h.order.order, h.order.created_by, h.lifted_by, h.lift_reason) == ("京通管〔2026〕4号", "alice", "bob",
                                                                               "lifting notice 京通管〔2026〕9号")

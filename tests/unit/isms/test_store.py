@@ -1,4 +1,4 @@
-"""Commands in force, applied by the enforcer exactly like closure orders (beiand/isms/store.py)."""
+"""Commands in force, decided by the policy's overlay like closure orders (beiand/isms/store.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beiand.enforce import Enforcer, EnforceSettings
-from beiand.isms.store import CommandRules, CommandStore, Matcher, compile_command
-from beiand.isms.wire.model import Rule, SecurityCommand
-from beiand.model import Action, Decision, Kind, Mode, Observation, Transport, Verdict, VerdictKind
+from beiand.isms.store import CommandRules, CommandStore, Matcher, address_rules, compile_command
+from beiand.isms.wire.model import ListEntry, Rule, SecurityCommand
+from beiand.model import Action, Decision, Kind, Mode, Observation, Outcome, Overlay, Transport, Verdict, VerdictKind
+from beiand.policy.overlays import AddressRule, Decider
 from beiand.sinks.accesslog import to_record
 
 
@@ -27,11 +28,28 @@ class Inj:
 
 
 def obs(name: str, server: str = "203.0.113.5", port: int = 443, client: str = "198.51.100.7", cport: int = 40000,
-        transport: Transport = Transport.TCP, kind: Kind = Kind.TLS_SNI, detail: str = "") -> Observation:
-    return Observation(100.0, client, cport, server, port, transport, kind, name, name, (), detail, 1, 1, 0)
+        transport: Transport = Transport.TCP, kind: Kind = Kind.TLS_SNI, target: str = "", ts: float = 100.0) -> Observation:
+    return Observation(ts, client, cport, server, port, transport, kind, name, name, (), "", 1, 1, 0, target=target)
 
 
 FILED = Decision(Verdict(VerdictKind.FILED, None, "filed"), Action.LOG, "pass:filed", Mode.MONITOR, "acct")
+UNFILED = Decision(Verdict(VerdictKind.UNFILED, None, "no-filing"), Action.BLOCK, "enforce:unfiled", Mode.ENFORCE, "acct")
+
+
+class Fixed:
+    """A policy whose records' decision is given: the overlays are what is tested."""
+
+    inventory = None
+
+    def __init__(self, d: Decision) -> None:
+        self.d = d
+
+    def decide(self, o: Observation) -> Decision:
+        return self.d
+
+
+def decider(tmp_path: Path, base: Decision = FILED, grace: float = 0.0) -> Decider:
+    return Decider(Fixed(base), [CommandRules(tmp_path)], grace_seconds=grace)  # type: ignore[arg-type]
 
 
 def cmd(cid: int, typ: int, *rules: tuple[int, str, str], op: int = 0, effect: float = 0, expired: float = 0) -> SecurityCommand:
@@ -41,64 +59,109 @@ def cmd(cid: int, typ: int, *rules: tuple[int, str, str], op: int = 0, effect: f
 def store_with(tmp_path: Path, *cs: SecurityCommand) -> CommandStore:
     s = CommandStore(tmp_path, house_id="H1")
     for c in cs:
-        assert s.apply_security(c, 0.0).result == 0, c
+        assert s.apply_security(c, 0.0).result in (0, 1), c
     s.save()
     return s
 
 
 def test_filter_blocks_per_flow_like_an_order_and_logs_the_command(tmp_path: Path) -> None:
+    """Issue 26: the command decides (the policy's overlay, typed fields); the enforcer only acts."""
     store_with(tmp_path, cmd(42, 2, (1, "bad.example", "")))
     inj = Inj()
-    now = [100.0]
-    # a breaker that would be open and a grace period: a command, like an order, is not subject to them
-    e = Enforcer(EnforceSettings(grace_seconds=3600, max_blocks_per_minute=1), inj, None, None, clock=lambda: now[0],
-                 rules=CommandRules(tmp_path))
-    e.breaker.open = True
-    d = e(obs("www.bad.example"), FILED)
-    assert (d.action, d.rule) == (Action.BLOCK, "order:isms:42")
+    dec = decider(tmp_path, grace=3600)  # a grace period does not hold a command back, like an order
+    e = Enforcer(EnforceSettings(max_blocks_per_minute=1), inj, None)  # type: ignore[arg-type]
+    e.breaker.open = True  # nor does an open breaker
+    d = dec.decide(obs("www.bad.example"))
+    assert (d.action, d.by, d.ref, d.rule) == (Action.BLOCK, Overlay.ISMS_FILTER, "42", "isms-filter:42")
+    assert e(obs("www.bad.example"), d).outcome is Outcome.DONE
     assert inj.calls == [("reset", "198.51.100.7", 40000, "203.0.113.5", 443)]  # this flow only
-    assert to_record(obs("www.bad.example"), d).order == "isms:42"  # the access log's order column
-    assert e(obs("notbad.example"), FILED).action is Action.LOG  # label boundary
+    assert to_record(obs("www.bad.example"), d, outcome=Outcome.DONE).order == "isms:42"  # the access log's order column
+    assert dec.decide(obs("notbad.example")).action is Action.LOG  # label boundary
     # HTTP gets the block page, DNS answers are only flagged, like orders
-    assert e(obs("bad.example", kind=Kind.HTTP_HOST, port=80), FILED).action is Action.BLOCK and inj.calls[-1][0] == "page"
-    assert e(obs("bad.example", kind=Kind.DNS_ANSWER), FILED).action is Action.FLAG
+    http = obs("bad.example", kind=Kind.HTTP_HOST, port=80)
+    assert dec.decide(http).action is Action.BLOCK and e(http, dec.decide(http)).outcome is Outcome.DONE
+    assert inj.calls[-1][0] == "page"
+    assert dec.decide(obs("bad.example", kind=Kind.DNS_ANSWER)).action is Action.FLAG
 
 
-def test_monitor_only_flags(tmp_path: Path) -> None:
+def test_monitor_flags_and_names_the_command_even_where_the_records_already_act(tmp_path: Path) -> None:
     store_with(tmp_path, cmd(7, 1, (1, "watch.example", "")))
-    inj = Inj()
-    e = Enforcer(EnforceSettings(), inj, None, None, rules=CommandRules(tmp_path))
-    d = e(obs("watch.example"), FILED)
-    assert (d.action, d.rule, inj.calls) == (Action.FLAG, "order:isms-monitor:7", [])
+    d = decider(tmp_path).decide(obs("watch.example"))
+    assert (d.action, d.by, d.rule) == (Action.FLAG, Overlay.ISMS_MONITOR, "isms-monitor:7")
     assert to_record(obs("watch.example"), d).order == "isms-monitor:7"
+    # issue 28 (15): a monitored name the records already block stays blocked and gets its DT 4 row
+    b = decider(tmp_path, UNFILED).decide(obs("watch.example"))
+    assert (b.action, b.rule, to_record(obs("watch.example"), b).order) == (Action.BLOCK, "enforce:unfiled", "isms-monitor:7")
 
 
-def test_effect_and_expiry_follow_the_clock(tmp_path: Path) -> None:
+def test_effect_and_expiry_follow_the_observations_time(tmp_path: Path) -> None:
     store_with(tmp_path, cmd(1, 2, (1, "t.example", ""), effect=1000.0, expired=2000.0))
     r = CommandRules(tmp_path)
-    assert r.match(obs("t.example"), 999.0) is None
-    assert r.match(obs("t.example"), 1000.0) is not None
-    assert r.match(obs("t.example"), 2000.0) is None  # expired: stops applying without a reload
+    assert r.match(obs("t.example", ts=999.0)) is None
+    assert r.match(obs("t.example", ts=1000.0)) is not None
+    assert r.match(obs("t.example", ts=2000.0)) is None  # expired: stops applying without a reload
+
+
+def test_a_deleted_command_still_decides_what_came_before_its_deletion(tmp_path: Path) -> None:
+    """Issue 26: replay of a capture judges each packet by the commands in force at its time."""
+    s = CommandStore(tmp_path)
+    assert s.apply_security(cmd(5, 2, (1, "gone.example", "")), 50.0).result == 0
+    assert s.apply_list(ListEntry("noFilter", 6, 1, "free.example", 0), 50.0).result == 0
+    s.save()
+    assert s.apply_security(cmd(5, 2, op=1), 80.0).result == 0
+    assert s.apply_list(ListEntry("noFilter", 6, 1, "free.example", 1), 80.0).result == 0
+    s.save()
+    r = CommandRules(tmp_path)
+    assert r.match(obs("gone.example", ts=40.0)) is None  # not yet applied
+    assert r.match(obs("gone.example", ts=60.0)) == (Overlay.ISMS_FILTER, "5", "block", 3)
+    assert r.match(obs("gone.example", ts=90.0)) is None  # deleted
+    assert r.match(obs("free.example", ts=60.0)).by is Overlay.ISMS_NOFILTER  # type: ignore[union-attr]
+    assert r.match(obs("free.example", ts=90.0)) is None
+    d = Decider(Fixed(UNFILED), [r]).decide(obs("free.example", ts=60.0))  # type: ignore[arg-type]
+    assert (d.verdict.verdict, d.action, to_record(obs("free.example"), d).order) == (VerdictKind.EXEMPT, Action.LOG,
+                                                                                       "isms-nofilter:6")
 
 
 def test_and_across_subtypes_or_within(tmp_path: Path) -> None:
     store_with(tmp_path, cmd(1, 2, (5, "10.0.0.0", "10.0.0.255"), (5, "10.9.0.0/16", ""), (7, "80", ""), (7, "8000", "8100"),
                              (8, "1", "")))
     r = CommandRules(tmp_path)
-    assert r.match(obs("", server="10.0.0.7", port=80, kind=Kind.IP_ONLY), 0)
-    assert r.match(obs("", server="10.9.3.3", port=8080, kind=Kind.IP_ONLY), 0)
-    assert r.match(obs("", server="10.0.0.7", port=443), 0) is None
-    assert r.match(obs("", server="10.0.0.7", port=80, transport=Transport.UDP), 0) is None
-    assert r.match(obs("", server="10.0.1.7", port=80), 0) is None
+    assert r.match(obs("", server="10.0.0.7", port=80, kind=Kind.IP_ONLY))
+    assert r.match(obs("", server="10.9.3.3", port=8080, kind=Kind.IP_ONLY))
+    assert r.match(obs("", server="10.0.0.7", port=443)) is None
+    assert r.match(obs("", server="10.0.0.7", port=80, transport=Transport.UDP)) is None
+    assert r.match(obs("", server="10.0.1.7", port=80)) is None
 
 
 def test_source_ip_and_url_rules(tmp_path: Path) -> None:
     store_with(tmp_path, cmd(1, 2, (4, "192.0.2.10", "")), cmd(2, 2, (2, "http://u.example/bad/", "")))
     r = CommandRules(tmp_path)
-    assert r.match(obs("x.example", client="192.0.2.10"), 0) == ("order:isms:1", "block")
-    assert r.match(obs("u.example", kind=Kind.HTTP_HOST, detail="method=GET target=/bad/page"), 0) == ("order:isms:2", "block")
-    assert r.match(obs("u.example", kind=Kind.HTTP_HOST, detail="method=GET target=/good"), 0) is None
-    assert r.match(obs("u.example"), 0) is None  # TLS hides the path: a URL rule never blocks the whole name
+    assert r.match(obs("x.example", client="192.0.2.10"))[:2] == (Overlay.ISMS_FILTER, "1")  # type: ignore[index]
+    # the request target is the observation's own field (issue 26), not text in its detail
+    assert r.match(obs("u.example", kind=Kind.HTTP_HOST, target="/bad/page"))[:2] == (Overlay.ISMS_FILTER, "2")  # type: ignore[index]
+    assert r.match(obs("u.example", kind=Kind.HTTP_HOST, target="/good")) is None
+    assert r.match(obs("u.example")) is None  # TLS hides the path: a URL rule never blocks the whole name
+
+
+def test_address_filters_are_cut_on_every_port_and_acked_by_what_is_done(tmp_path: Path) -> None:
+    """Issue 26 (2): an address and port filter goes to nftables (every port, every mode) and is
+    acked executed; a rule nftables cannot carry is acked partial (1), never executed (0)."""
+    s = CommandStore(tmp_path)
+    full = s.apply_security(cmd(1, 2, (5, "203.0.113.5", ""), (7, "22", ""), (8, "1", "")), 10.0)
+    assert full.result == 0 and "every port" in full.msg
+    assert address_rules(cmd(1, 2, (5, "203.0.113.5", ""), (7, "22", ""), (8, "1", ""))) == [
+        AddressRule("203.0.113.5", "tcp", (22, 22), 0.0, "isms:1")]
+    assert address_rules(cmd(2, 2, (5, "203.0.113.0/24", ""), (5, "198.51.100.1", "198.51.100.9"))) == [
+        AddressRule("203.0.113.0/24", ref="isms:2"), AddressRule("198.51.100.1-198.51.100.9", ref="isms:2")]
+    assert address_rules(cmd(3, 2, (4, "192.0.2.0/24", ""))) == [AddressRule("192.0.2.0/24", ref="isms:3", src=True)]
+    assert address_rules(cmd(4, 1, (5, "203.0.113.5", ""))) is None  # a monitor never cuts
+    part = s.apply_security(cmd(5, 2, (5, "203.0.113.5", ""), (6, "5000", "")), 10.0)  # a source port: watched ports only
+    assert part.result == 1 and part.msg.startswith("partial")
+    mon = s.apply_security(cmd(6, 1, (5, "203.0.113.6", "")), 10.0)
+    assert mon.result == 1
+    assert s.apply_list(ListEntry("blacklist", 7, 2, "198.51.100.66", 0), 10.0).result == 0
+    assert s.addresses(20.0) == [AddressRule("203.0.113.5", "tcp", (22, 22), 0.0, "isms:1"),
+                                 AddressRule("198.51.100.66", ref="isms-blacklist:7")]
 
 
 def test_delete_replace_and_refusals(tmp_path: Path) -> None:
@@ -120,7 +183,7 @@ def test_a_damaged_file_keeps_the_commands_in_force(tmp_path: Path) -> None:
     r = CommandRules(tmp_path)
     (tmp_path / "isms" / "commands.json").write_text("{broken")
     assert not r.reload()
-    assert r.match(obs("a.example"), 0) is not None
+    assert r.match(obs("a.example")) is not None
 
 
 @settings(max_examples=80, deadline=None)
@@ -135,6 +198,6 @@ def test_interval_index_agrees_with_a_scan(ranges: list[tuple[int, int]], probe:
         cs.append(compile_command(cmd(i, 2, (5, str(ipaddress.ip_address(lo)), str(ipaddress.ip_address(hi))))))
     m = Matcher(cs)
     ip = str(ipaddress.ip_address(probe))
-    want = {c.hit.rule for c, (lo, w) in zip(cs, ranges, strict=True) if lo <= probe <= min(lo + w, 2**32 - 1)}
-    got = {c.hit.rule for c in m.candidates(obs("", server=ip, client="::1"))}
+    want = {c.hit.ref for c, (lo, w) in zip(cs, ranges, strict=True) if lo <= probe <= min(lo + w, 2**32 - 1)}
+    got = {c.hit.ref for c in m.candidates(obs("", server=ip, client="::1"))}
     assert got == want

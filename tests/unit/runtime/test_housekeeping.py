@@ -1,4 +1,4 @@
-"""Housekeeping: background jobs run beside the capture loop, and say when the closure orders changed."""
+"""Housekeeping: background jobs run beside the capture loop; the overlays' address cuts into nftables."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from unittest import mock
 
 from beiand.policy.orders import OrderStore
+from beiand.policy.overlays import AddressRule, Decider, OrderLayer
 from beiand.runtime.housekeeping import Housekeeping, every
 
 
@@ -26,16 +27,30 @@ def test_every_runs_the_job_in_its_own_thread_and_survives_a_failure() -> None:
     assert ran.wait(2) and len(calls) >= 2
 
 
-def test_sync_orders_says_when_the_orders_changed(tmp_path: Path) -> None:
+class FakeNft:
+    def __init__(self) -> None:
+        self.synced: list[list[AddressRule]] = []
+
+    def sync_addresses(self, rules: list[AddressRule], now: float) -> int:
+        self.synced.append(list(rules))
+        return len(rules)
+
+
+def test_sync_addresses_puts_every_overlays_address_cuts_into_nftables(tmp_path: Path) -> None:
+    """Issue 26: closure orders on an address (and the regulator's address filters) are cut in
+    nftables, from the overlays' one reload path; a name order is the decider's, never nftables'."""
     hk = Housekeeping(mock.Mock(), mock.Mock())
-    assert hk.sync_orders() is False  # no store: nothing to tell the workers
-    hk.orders = OrderStore(tmp_path)
-    assert hk.sync_orders() is False
+    assert hk.sync_addresses() is False  # no overlays yet
+    nft = FakeNft()
+    hk.nft, hk.decider = nft, Decider(mock.Mock(), [OrderLayer(OrderStore(tmp_path))])  # type: ignore[assignment]
+    assert hk.sync_addresses(force=True) is False and nft.synced == [[]]
     writer = OrderStore(tmp_path)  # `beiand block add` in another process
     time.sleep(0.01)
     writer.add("bad.example.com", "关停-2026-001", "test")
-    assert hk.sync_orders() is True  # the supervisor then sends ReloadOrders to the workers
-    assert hk.sync_orders() is False
+    writer.add("203.0.113.0/24", "关停-2026-002", "test")
+    assert hk.sync_addresses() is True
+    assert nft.synced[-1] == [AddressRule("203.0.113.0/24", ref="关停-2026-002")]
+    assert hk.sync_addresses() is False and len(nft.synced) == 2  # nothing changed: nftables left alone
 
 
 def test_retention_metrics_give_the_log_s_bytes_and_bytes_per_sealed_record(tmp_path: Path) -> None:

@@ -142,7 +142,7 @@ def test_the_verdict_goes_out_before_the_access_log_is_written() -> None:
     events: list[str] = []
 
     class Sink:
-        def on_decision(self, o: Observation, d: Decision) -> None:
+        def on_decision(self, o: Observation, d: Decision, outcome: object = None) -> None:
             events.append("log " + o.name)
 
     class Q(FakeQueue):

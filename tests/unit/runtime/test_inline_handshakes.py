@@ -92,7 +92,7 @@ class Collect:
     def __init__(self) -> None:
         self.got: list[tuple[str, str, str, str]] = []
 
-    def on_decision(self, o: Observation, d: Decision) -> None:
+    def on_decision(self, o: Observation, d: Decision, outcome: object = None) -> None:
         self.got.append((str(o.kind), o.name, str(d.verdict.verdict), str(d.action)))
 
     def flush(self) -> None:

@@ -30,7 +30,7 @@ class Collect:
         self.recs: list[AccessRecord] = []
         self.decided: list[Observation] = []
 
-    def on_decision(self, obs: Observation, d: object) -> None:
+    def on_decision(self, obs: Observation, d: object, outcome: object = None) -> None:
         self.decided.append(obs)
 
     def on_connection(self, rec: AccessRecord) -> None:

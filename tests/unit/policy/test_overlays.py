@@ -1,0 +1,136 @@
+"""The decider: the records' verdict, then the overlays at the observation's own time (issue 26)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from beiand.model import Action, Decision, Kind, Mode, Observation, Overlay, Transport, Verdict, VerdictKind
+from beiand.policy.orders import OrderStore
+from beiand.policy.overlays import (
+    AddressRule,
+    Decider,
+    Grace,
+    Hit,
+    OrderLayer,
+    hit,
+    lookup_answer,
+    order_column,
+    parse_order_column,
+)
+
+FILED = Decision(Verdict(VerdictKind.FILED, None, "filed"), Action.LOG, "pass:filed", Mode.ENFORCE, "acct")
+UNFILED = Decision(Verdict(VerdictKind.UNFILED, None, "no-filing"), Action.BLOCK, "enforce:unfiled", Mode.ENFORCE, "acct")
+
+
+class Fixed:
+    inventory = None
+
+    def __init__(self, d: Decision) -> None:
+        self.d = d
+
+    def decide(self, o: Observation) -> Decision:
+        return self.d
+
+    def lookup(self, name: str, server_ip: str, ts: float, **kw: object) -> tuple[Decision, None, str]:
+        return self.d, None, ""
+
+
+def obs(name: str = "www.bad.example", server: str = "203.0.113.5", ts: float = 1000.0, kind: Kind = Kind.TLS_SNI) -> Observation:
+    return Observation(ts, "192.0.2.2", 40000, server, 443, Transport.TCP, kind, name, name)
+
+
+class Layer:
+    """An overlay that always answers the same hit."""
+
+    def __init__(self, h: Hit | None) -> None:
+        self.h = h
+        self.reloads = 0
+
+    def reload(self) -> bool:
+        self.reloads += 1
+        return self.reloads == 1
+
+    def match(self, o: Observation) -> Hit | None:
+        return self.h
+
+    def addresses(self, ts: float) -> list[AddressRule]:
+        return [AddressRule("198.51.100.0/24", ref="x")]
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+
+def test_a_closure_order_decides_at_the_observations_time_and_a_lifted_one_decides_what_came_before(tmp_path: Path) -> None:
+    store = OrderStore(tmp_path)
+    o = store.add("bad.example", "京通管〔2026〕1号", "test")
+    net = store.add("198.51.100.0/24", "京通管〔2026〕2号", "test")
+    d = Decider(Fixed(FILED), [OrderLayer(store)])  # type: ignore[arg-type]
+    got = d.decide(obs(ts=o.created + 1))
+    assert (got.action, got.by, got.ref, got.rule) == (Action.BLOCK, Overlay.ORDER, "京通管〔2026〕1号", "order:京通管〔2026〕1号")
+    assert order_column(got) == "京通管〔2026〕1号"
+    assert d.decide(obs(ts=o.created - 1)) == FILED  # not yet entered
+    assert d.decide(obs("a.example", "198.51.100.77", ts=net.created + 1)).ref == "京通管〔2026〕2号"
+    time.sleep(0.01)
+    store.remove("bad.example", by="op", reason="lifted")
+    lifted = store.history[-1].lifted_at
+    assert d.decide(obs(ts=lifted + 1)) == FILED
+    assert d.decide(obs(ts=lifted - 0.001)).ref == "京通管〔2026〕1号"  # replay of a capture taken before the lift
+
+
+def test_strongest_overlay_wins_and_a_monitor_never_blocks() -> None:
+    order, nofilter, monitor = hit(Overlay.ORDER, "A"), hit(Overlay.ISMS_NOFILTER, "B"), hit(Overlay.ISMS_MONITOR, "C")
+    d = Decider(Fixed(UNFILED), [Layer(nofilter), Layer(order), Layer(monitor)])  # type: ignore[arg-type]
+    assert d.decide(obs()).by == Overlay.ORDER
+    ex = Decider(Fixed(UNFILED), [Layer(monitor), Layer(nofilter)]).decide(obs())  # type: ignore[arg-type]
+    assert (ex.verdict.verdict, ex.action, ex.by, order_column(ex)) == (VerdictKind.EXEMPT, Action.LOG, Overlay.ISMS_NOFILTER,
+                                                                       "isms-nofilter:B")
+    mon = Decider(Fixed(FILED), [Layer(monitor)]).decide(obs())  # type: ignore[arg-type]
+    assert (mon.action, mon.verdict.verdict, order_column(mon)) == (Action.FLAG, VerdictKind.FILED, "isms-monitor:C")
+
+
+def test_grace_is_a_rule_on_observation_time_and_never_holds_an_order_back() -> None:
+    d = Decider(Fixed(UNFILED), [], grace_seconds=60)  # type: ignore[arg-type]
+    first = d.decide(obs(ts=1000.0))
+    assert (first.action, first.by, first.rule) == (Action.FLAG, Overlay.GRACE, "grace:would-block:enforce:unfiled")
+    assert d.decide(obs(ts=1059.0)).action is Action.FLAG
+    assert d.decide(obs(ts=1060.0)) == UNFILED  # the same name a minute later, by the packets' clock
+    assert order_column(first) == ""
+    ordered = Decider(Fixed(UNFILED), [Layer(hit(Overlay.ORDER, "A"))], grace_seconds=60)  # type: ignore[arg-type]
+    assert ordered.decide(obs("new.example", ts=5.0)).action is Action.BLOCK
+    g = Grace(10)
+    assert g.apply(obs("", ts=1.0), UNFILED) == UNFILED  # no name: nothing to be new
+
+
+def test_a_dns_answer_is_flagged_never_blocked() -> None:
+    d = Decider(Fixed(UNFILED), [Layer(hit(Overlay.ORDER, "A"))])  # type: ignore[arg-type]
+    got = d.decide(obs(kind=Kind.DNS_ANSWER))
+    assert (got.action, got.rule, got.by) == (Action.FLAG, "order:A:dns-answer", Overlay.ORDER)
+
+
+def test_one_reload_path_and_the_address_cuts_of_every_overlay() -> None:
+    a, b = Layer(None), Layer(None)
+    d = Decider(Fixed(FILED), [a, b])  # type: ignore[arg-type]
+    assert d.reload() is True and (a.reloads, b.reloads) == (1, 1)  # every overlay, even after one changed
+    assert d.reload() is False
+    assert d.addresses(0.0) == [AddressRule("198.51.100.0/24", ref="x")] * 2
+
+
+def test_lookup_answers_with_the_overlays() -> None:
+    d = Decider(Fixed(FILED), [Layer(hit(Overlay.ISMS_FILTER, "42"))])  # type: ignore[arg-type]
+    r = lookup_answer(d, "bad.example", "203.0.113.5", 1.0)
+    assert (r["action"], r["order"], r["by"]) == ("block", "isms:42", "isms-filter")
+
+
+@given(st.sampled_from([o for o in Overlay if o is not Overlay.GRACE]), st.text(min_size=1, max_size=20))
+def test_the_order_column_reads_back_what_it_wrote(by: Overlay, ref: str) -> None:
+    d = UNFILED._replace(by=by, ref=ref)
+    col = order_column(d)
+    back = parse_order_column(col)
+    if by is Overlay.ORDER and any(col.startswith(p) for p in ("isms:", "isms-monitor:", "isms-blacklist:", "isms-nofilter:")):
+        return  # an order number spelled like a command reference: not one the authority issues
+    assert back == (by, ref)
+    assert parse_order_column("") == (None, "")
