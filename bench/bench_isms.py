@@ -34,7 +34,7 @@ from beiand.isms.wire.model import parse_time  # noqa: E402
 from beiand.isms.wire.profile import Profile  # noqa: E402
 from beiand.model import AccessRecord, Kind, Observation, Transport  # noqa: E402
 from beiand.net.decoder import Decoder, DecoderConfig  # noqa: E402
-from beiand.policy import Policy, PolicyConfig  # noqa: E402
+from beiand.policy import Decider, Policy, PolicyConfig  # noqa: E402
 from beiand.policy.inventory import load_inventory  # noqa: E402
 from beiand.records import build_index, load_files  # noqa: E402
 from beiand.records.generate import OUR_PROVIDER  # noqa: E402
@@ -88,8 +88,8 @@ def main() -> None:
 
     def verdicts(with_rules: bool) -> float:
         policy = Policy(index, inventory, PolicyConfig(provider=OUR_PROVIDER))
-        enf = Enforcer(EnforceSettings(), None, None, None, rules=CommandRules(state) if with_rules else None)
-        decide = policy.decide
+        enf = Enforcer(EnforceSettings(), None, None)
+        decide = Decider(policy, [CommandRules(state)] if with_rules else []).decide  # the overlay decides, the enforcer acts
         t = time.perf_counter()
         for o in obs:
             enf(o, decide(o))
@@ -97,8 +97,8 @@ def main() -> None:
 
     def replay(with_rules: bool) -> float:
         policy = Policy(index, inventory, PolicyConfig(provider=OUR_PROVIDER))
-        enf = Enforcer(EnforceSettings(), None, None, None, rules=CommandRules(state) if with_rules else None)
-        pipe = Pipeline(Decoder(DecoderConfig()), policy, [], actor=enf)
+        enf = Enforcer(EnforceSettings(), None, None)
+        pipe = Pipeline(Decoder(DecoderConfig()), Decider(policy, [CommandRules(state)] if with_rules else []), [], actor=enf)
         t = time.perf_counter()
         pipe.run(frames)
         return len(frames) / (time.perf_counter() - t)

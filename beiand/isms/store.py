@@ -466,7 +466,7 @@ class CommandRules:
     decider evaluates them at each observation's time. ``reload`` re-reads the file when it changed.
     """
 
-    by = Overlay.ISMS_FILTER
+    name = "isms"
 
     def __init__(self, state_dir: Path, subdomains: bool = True, house_id: str = "") -> None:
         self.store = CommandStore(state_dir, subdomains, house_id)
@@ -511,4 +511,4 @@ class CommandRules:
 
     def metrics(self) -> dict[str, float]:
         st = self.store.state
-        return {"in_force": len(st.commands) + len(st.lists), "errors": self.errors}
+        return {"rules": len(st.commands) + len(st.lists), "errors": self.errors}

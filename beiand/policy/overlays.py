@@ -100,7 +100,9 @@ def parse_order_column(value: str) -> tuple[Overlay | None, str]:
 
 
 class Layer(Protocol):
-    """One overlay's source of rules."""
+    """One overlay's source of rules; ``name`` labels its metrics (``order``, ``isms``)."""
+
+    name: str
 
     def reload(self) -> bool:
         """Re-read the rules if they changed; True when they did (a damaged source keeps the old ones)."""
@@ -120,7 +122,7 @@ class Layer(Protocol):
 class OrderLayer:
     """Closure orders (关停指令, ``beiand block add``) as an overlay: ``<state_dir>/orders.json``."""
 
-    by = Overlay.ORDER
+    name = "order"
 
     def __init__(self, store: OrderStore) -> None:
         self.store = store
@@ -146,7 +148,8 @@ class OrderLayer:
                 if o.is_ip and o.created <= ts and o.active(ts)]
 
     def metrics(self) -> Mapping[str, float]:
-        return {"in_force": len(self.store.orders), "errors": self.errors}
+        """Orders in force now, and reloads that met a damaged file."""
+        return {"rules": len(self.store.orders), "errors": self.errors}
 
 
 class Grace:
@@ -231,6 +234,16 @@ class Decider:
 
     def addresses(self, ts: float) -> list[AddressRule]:
         return [a for layer in self.layers for a in layer.addresses(ts)]
+
+    def metrics(self) -> dict[tuple[str, tuple[str, ...]], float]:
+        """Per overlay: the rules in force (``beiand_overlay_rules``) and the reloads that met a
+        damaged file (``beiand_overlay_reload_errors``)."""
+        out: dict[tuple[str, tuple[str, ...]], float] = {}
+        for layer in self.layers:
+            m = layer.metrics()
+            out["beiand_overlay_rules", (layer.name,)] = m.get("rules", 0)
+            out["beiand_overlay_reload_errors", (layer.name,)] = m.get("errors", 0)
+        return out
 
     def lookup(self, name: str, server_ip: str, ts: float, port: int = 0, *, no_inventory_means_hosted: bool = False
                ) -> tuple[Decision, HostedPrefix | None, str]:
