@@ -22,7 +22,6 @@ TESTED_ELSEWHERE = {
     "cli.run": "integration/test_daemon_lab.py",
     "isms.answers": "integration/test_isms_answers.py",
     "isms.reload": "integration/test_isms_reload.py",
-    "enforce.nft": "enforce/test_actor.py, integration/test_enforce_lab.py",
     "enforce.packets": "enforce/test_actor.py",
     "model": "test_corpus.py",
     "net.errors": "fuzz/test_decoders_fuzz.py",
