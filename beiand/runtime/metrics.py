@@ -72,6 +72,13 @@ class Metrics:
         self.crash_lost = Counter("beiand_worker_crash_lost_records", "access-log records still unwritten when a dying "
                                   "worker could not close its log", registry=r)
         self.flows = Gauge("beiand_flows", "flows tracked until their name is known", ["worker"], registry=r)
+        self.overlay_rules = Gauge("beiand_overlay_rules", "rules in force per overlay (order: closure orders; isms: the "
+                                   "regulator's commands and list entries), as each worker applies them", ["overlay", "worker"],
+                                   registry=r)
+        self.overlay_reload_errors = Gauge("beiand_overlay_reload_errors", "reloads of an overlay that met a damaged file "
+                                           "(the rules in force were kept), per worker", ["overlay", "worker"], registry=r)
+        self.enforcement_outcomes = Counter("beiand_enforcement_outcomes", "decisions to block by what the enforcer did "
+                                            "(done, breaker-open, failed)", ["outcome"], registry=r)
         self.decision_latency = Histogram("beiand_decision_latency_seconds", "time from the packet carrying the name to its decision",
                                           buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1),
                                           registry=r)

@@ -219,6 +219,8 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
         for k, v in enforcer.errors.items():
             c[MetricKey("beiand_enforcement_errors", (k,))] = v
         elat, enforcer.latency = enforcer.latency, []
+        for k, v in enforcer.outcomes.items():
+            c[MetricKey("beiand_enforcement_outcomes", (k,))] = v
         c[MetricKey("beiand_active_view_dropped", w)] = agg.view_dropped + outbox.dropped_rows
         if path is not None:
             c[MetricKey("beiand_inline_packets", w)] = path.times.packets
@@ -229,7 +231,8 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
         if crashes:
             c[MetricKey("beiand_worker_crashes")] = crashes
             c[MetricKey("beiand_worker_crash_lost_records")] = crash_lost
-        gauges: dict[MetricKey, float] = {MetricKey("beiand_flows", w): decoder.flow_count,
+        gauges: dict[MetricKey, float] = {MetricKey(name, (*labels, *w)): v for (name, labels), v in decide.metrics().items()}
+        gauges |= {MetricKey("beiand_flows", w): decoder.flow_count,
                                           MetricKey("beiand_accesslog_pending_records", w): alog.pending,
                   MetricKey("beiand_accesslog_chain_head_prefix", w): int.from_bytes(alog.head[:6], "big")}
         if ch is not None:  # the ClickHouse sink's own counters: its write errors and losses alert like the log's

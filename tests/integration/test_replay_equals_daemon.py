@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dns.message
+import dns.query
 import pytest
 
 from beiand.accesslog import Query, query
@@ -98,6 +100,7 @@ def test_replay_of_the_gateways_capture_decides_exactly_as_the_daemon_did(mode: 
         lb.start_servers(wd)
         with open(wd / "beiand.log", "ab") as logf:
             daemon = lb.spawn(lb.gw, [sys.executable, "-m", "beiand.cli", "run", "--config", str(cfg)], stdout=logf, stderr=logf)
+        sniff = None
         try:
             wait_ready(lb, daemon)
             sniff = Sniffer(lb.gw, lb.gw_if)  # the gateway's own capture: its client side, both directions
@@ -110,17 +113,20 @@ def test_replay_of_the_gateways_capture_decides_exactly_as_the_daemon_did(mode: 
                   "<timeStamp>2026-11-29 12:00:00</timeStamp></noFilter>")
             send(lb, smms, nf)
             wait_applied(lb, 2, order=0, isms=3)
-            assert curl(lb, "api.shapp.cn", "198.51.100.20")[0] in (35, 56)  # filtered (a dry-run prefix)
+            # what the client sees: inline, exactly; passive, a block is a race with the server (the
+            # decisions compared below are what must agree)
+            raced = mode == "passive"
+            assert curl(lb, "api.shapp.cn", "198.51.100.20")[0] in (35, 56) or raced  # filtered (a dry-run prefix)
             assert curl(lb, "www.example.com.cn", "198.51.100.10")[0] == 0  # monitored: served
             assert curl(lb, "unfiled.example.xyz", "198.51.100.11")[2] == "200"  # noFilter: exempt, served
-            assert curl(lb, "shop.example.net", "198.51.100.12", "http")[2] == "451"  # the records: mismatch, blocked
+            assert curl(lb, "shop.example.net", "198.51.100.12", "http")[2] == "451" or raced  # the records: mismatch
             # closure orders: a name, and a prefix (its addresses cut in nftables; a DNS answer into it is flagged)
             assert main(["block", "add", "xn--fsqu00a.xn--fiqs8s", "--order", "京通管〔2026〕71号", *state]) == 0
             assert main(["block", "add", "198.51.100.12/31", "--order", "京通管〔2026〕72号", *state]) == 0
             wait_applied(lb, 2, order=2, isms=3)
-            assert curl(lb, "xn--fsqu00a.xn--fiqs8s", "198.51.100.10")[0] in (35, 56)
-            assert lb.run(lb.cli, ["dig", "+short", "+time=2", "+tries=1", f"@{DNS_IP}", "shop.example.net"],
-                          capture_output=True).returncode == 0
+            assert curl(lb, "xn--fsqu00a.xn--fiqs8s", "198.51.100.10")[0] in (35, 56) or raced
+            answer = in_netns(lb.cli, lambda: dns.query.udp(dns.message.make_query("shop.example.net", "A"), DNS_IP, timeout=3))
+            assert "198.51.100.12" in answer.to_text()  # an answer into the ordered prefix: flagged, never blocked
             assert curl(lb, "www.example.com.cn", "198.51.100.10", "http")[2] == "200"
             # the name order lifted mid-run: served again
             assert main(["block", "remove", "xn--fsqu00a.xn--fiqs8s", "--reason", "lifted", *state]) == 0
@@ -130,15 +136,16 @@ def test_replay_of_the_gateways_capture_decides_exactly_as_the_daemon_did(mode: 
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(30)
-        frames = sniff.stop()
+            frames = sniff.stop() if sniff is not None else []
     pcap = wd / "gateway.pcap"
     with PcapWriter(pcap, 1) as w:
         for ts, _ptype, frame in sorted(frames, key=lambda f: f[0]):
             w.write(ts, frame)
-    assert main(["replay", "--config", str(cfg), "--log-dir", str(wd / "replayed"), str(pcap)]) == 0
+    assert main(["replay", "--config", str(cfg), "--log-dir", str(wd / "replayed"), str(pcap)]) == 1  # 1: names not filed seen
     daemon_log = decided(list(query(wd / "log", Query())))
     replayed = decided(list(query(wd / "replayed", Query())))
     orders = {k[9] for k in daemon_log}
     # every overlay decided something in the daemon (the test covers what it says)
     assert {"isms:8101", "isms-monitor:8102", "isms-nofilter:8103", "京通管〔2026〕71号", "京通管〔2026〕72号"} <= orders, orders
+    assert sum(daemon_log.values()) >= 9, daemon_log
     assert replayed == daemon_log, (f"only the daemon: {daemon_log - replayed}\nonly replay: {replayed - daemon_log}")
