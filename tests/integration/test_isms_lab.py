@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -22,6 +23,7 @@ from beiand.lab.labdemo import http_get, wait_ready, write_config
 from beiand.lab.netns import Lab, in_netns
 from tests import isms_double as dbl
 from tests.integration.test_enforce_lab import INVENTORY, curl
+from tests.integration.test_nft_address_rules import LISTENER, TRIES, completed
 
 pytestmark = pytest.mark.integration
 ISMS_PORT = 9641
@@ -144,3 +146,55 @@ def test_a_log_query_returns_the_records_of_the_window(lab) -> None:  # type: ig
     assert rows and all(r["destIp"] == "198.51.100.10" and r["destPort"] == "80" for r in rows)
     assert any(r["url"] == "http://www.example.com.cn/" for r in rows)  # the request's URL (issue 28, 14)
     assert spool_rows(lab["wd"], 7, "x") == [] and list((lab["wd"] / "state" / "isms" / "spool" / "7").glob("*/*.xml"))
+
+
+def test_an_address_and_port_filter_cuts_that_port_whatever_it_is_and_is_acked_executed(lab) -> None:  # type: ignore[no-untyped-def]
+    """Issue 26 (2): an ISMS filter on a hosted address and TCP 22 (a port beiand never names) was
+    acked executed while SSH still connected. Now it is an nftables cut: 0 of 20 connections
+    complete, in a monitor prefix too; the same for a closure order on the address."""
+    lb = lab["lab"]
+    ip = "198.51.100.30"  # a monitor prefix: a regulator's filter acts in every mode
+    p = lb.spawn(lb.srv, [sys.executable, "-c", LISTENER, ip, "22"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    q = lb.spawn(lb.srv, [sys.executable, "-c", LISTENER, "198.51.100.31", "22"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert q.stdout is not None and q.stdout.readline() == b"listening\n"
+    assert p.stdout is not None and p.stdout.readline() == b"listening\n"
+    try:
+        assert completed(lb, 22, server=ip) == TRIES and completed(lb, 80, server=ip) == TRIES
+        code, msg = send(lab, dbl.command_xml(9010, 2, [(5, ip, ""), (7, "22", ""), (8, "1", "")]))
+        assert code == 0 and "every port" in msg, msg  # executed, and said how
+        wait_for_cut(lb, "port4", ip)
+        assert completed(lb, 22, server=ip) == 0 and completed(lb, 80, server=ip) == TRIES
+        assert send(lab, dbl.command_xml(9010, 2, [], op=1))[0] == 0
+        wait_for_cut(lb, "port4", ip, present=False)
+        assert completed(lb, 22, server=ip) == TRIES
+        state = ["--state-dir", str(lab["wd"] / "state")]
+        assert main(["block", "add", "198.51.100.31", "--order", "京通管〔2026〕22号", *state]) == 0
+        wait_for_cut(lb, "ip4", "198.51.100.31")
+        assert completed(lb, 22, server="198.51.100.31") == 0
+        assert main(["block", "remove", "198.51.100.31", *state]) == 0
+        wait_for_cut(lb, "ip4", "198.51.100.31", present=False)
+        # a filter nftables cannot carry (a source port) is acked partial, never executed
+        code, msg = send(lab, dbl.command_xml(9011, 2, [(5, ip, ""), (6, "5000", "")]))
+        assert code == 0 and msg.startswith("partial"), msg
+        assert send(lab, dbl.command_xml(9011, 2, [], op=1))[0] == 0
+        deadline = time.time() + 5
+        acks: list[dict[str, str]] = []
+        while time.time() < deadline and not any(a["commandId"] == "9011" for a in acks):
+            time.sleep(0.2)
+            acks = spool_rows(lab["wd"], 10, "ack")
+        assert {(a["commandId"], a["resultCode"]) for a in acks} >= {("9010", "0"), ("9011", "1")}
+    finally:
+        for proc in (p, q):
+            assert proc.stdin is not None
+            proc.stdin.close()
+
+
+def wait_for_cut(lb: Lab, set_name: str, ip: str, present: bool = True) -> None:
+    """Until beiand's nftables set holds (or no longer holds) ``ip``: the supervisor's sync."""
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        out = lb.run(lb.gw, ["nft", "list", "set", "inet", "beiand", set_name], capture_output=True, text=True).stdout
+        if (ip in out) == present:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{set_name}: {ip} {'never came' if present else 'never left'}")

@@ -33,7 +33,7 @@ TRIES = 20
 LISTENER = r"""
 import selectors, socket, sys
 sel = selectors.DefaultSelector()
-for port in (22, 80):
+for port in map(int, sys.argv[2:] or (22, 80)):
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((sys.argv[1], port))
@@ -77,15 +77,15 @@ def sync(gw: Gateway, rules: list[AddressRule]) -> int:
     return in_netns(gw.lab.gw, lambda: gw.nft.sync_addresses(rules, time.time()))
 
 
-def completed(lb: Lab, port: int, timeout: float = 1.0) -> int:
-    """How many of TRIES connects from the client to SERVER:port complete within ``timeout``."""
+def completed(lb: Lab, port: int, timeout: float = 1.0, server: str = SERVER) -> int:
+    """How many of TRIES connects from the client to server:port complete within ``timeout``."""
     socks = in_netns(lb.cli, lambda: [socket.socket() for _ in range(TRIES)])  # sockets stay in their namespace
     sel = selectors.DefaultSelector()
     done = 0
     try:
         for s in socks:
             s.setblocking(False)
-            s.connect_ex((SERVER, port))
+            s.connect_ex((server, port))
             sel.register(s, selectors.EVENT_WRITE)
         pending = len(socks)
         deadline = time.monotonic() + timeout
