@@ -185,3 +185,18 @@ class AccessRecord(NamedTuple):
     url: str = ""  # HTTP URL path (bounded; the query string only where configured)
     packets: int = 0  # packets of this five-tuple coalesced into the record (0: not counted)
     octets: int = 0  # bytes of those packets (IP length)
+
+
+class MetricKey(NamedTuple):
+    """One time series a component reports from its ``metrics()``: the metric's name as declared
+    in ``runtime/metrics.py`` (without ``_total``) and its label values in declaration order.
+
+    A component reports its own counters (DESIGN.md), the way a node_exporter collector does;
+    a series labelled by worker (``runtime.metrics.PER_WORKER``) is reported without that
+    label, which the worker adds."""
+
+    metric: str
+    labels: tuple[str, ...] = ()
+
+
+MetricValues = dict[MetricKey, float]  # what ``metrics()`` returns: cumulative counters and current gauges

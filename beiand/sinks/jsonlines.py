@@ -7,10 +7,10 @@ import functools
 import heapq
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from beiand.model import AccessRecord, Decision, Kind, Observation, endpoint
+from beiand.model import AccessRecord, Decision, Kind, MetricValues, Observation, endpoint
 from beiand.sinks import OutputClosed
 
 
@@ -93,7 +93,7 @@ class JsonLines:
     def close(self) -> None:
         self.flush()
 
-    def stats(self) -> Mapping[str, float]:
+    def metrics(self) -> MetricValues:
         return {}
 
 
