@@ -215,3 +215,18 @@ class AccessRecord(NamedTuple):
     # Issue 26: what the enforcer did with a block ("" nothing to do, done, breaker-open, failed):
     # ``action`` is what was done (a block not carried out is logged ``flag``), this says why.
     outcome: str = ""
+
+
+class MetricKey(NamedTuple):
+    """One time series a component reports from its ``metrics()``: the metric's name as declared
+    in ``runtime/metrics.py`` (without ``_total``) and its label values in declaration order.
+
+    A component reports its own counters (DESIGN.md), the way a node_exporter collector does;
+    a series labelled by worker (``runtime.metrics.PER_WORKER``) is reported without that
+    label, which the worker adds."""
+
+    metric: str
+    labels: tuple[str, ...] = ()
+
+
+MetricValues = dict[MetricKey, float]  # what ``metrics()`` returns: cumulative counters and current gauges

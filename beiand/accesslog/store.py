@@ -67,7 +67,7 @@ from beiand.accesslog.format import (
     split_endpoint,
 )
 from beiand.errors import BeiandError
-from beiand.model import AccessRecord
+from beiand.model import AccessRecord, MetricKey, MetricValues
 
 log = logging.getLogger(__name__)
 # Anchors are evidence kept off the machine (the journal): logged whatever daemon.log_level says.
@@ -145,7 +145,7 @@ class LogStats:
     seal_errors: int = 0
     retired: int = 0
     failing: str = ""  # the current write error, "" when writes succeed
-    fsync_seconds: list[float] = field(default_factory=list)  # drained by whoever exports metrics
+    fsync_seconds: list[float] = field(default_factory=list)  # taken by AccessLog.take_fsync_seconds()
 
 
 def day_of(ts_ms: int) -> str:
@@ -389,6 +389,27 @@ class AccessLog:
     def pending(self) -> int:
         """Records appended but not yet on disk."""
         return len(self._queue) + self._nframed
+
+    @property
+    def failing(self) -> str:
+        """Why the log cannot write, while it cannot ("" while writes succeed)."""
+        return self.stats.failing
+
+    def metrics(self) -> MetricValues:
+        """The log's own counters (cumulative since it opened) and its gauges: records appended but
+        not on disk, the first 48 bits of the chain head (to anchor elsewhere)."""
+        st = self.stats
+        return {MetricKey("beiand_accesslog_records"): st.written, MetricKey("beiand_accesslog_bytes"): st.bytes_written,
+                MetricKey("beiand_accesslog_write_errors"): st.write_errors, MetricKey("beiand_accesslog_lost_records"): st.lost,
+                MetricKey("beiand_accesslog_torn_repairs"): st.torn_repaired,
+                MetricKey("beiand_accesslog_pending_records"): self.pending,
+                MetricKey("beiand_accesslog_chain_head_prefix"): int.from_bytes(self.head[:6], "big")}
+
+    def take_fsync_seconds(self) -> list[float]:
+        """The group-commit fsync latencies measured since the last call (for the histogram)."""
+        st = self.stats
+        taken, st.fsync_seconds = st.fsync_seconds, []
+        return taken
 
     def _run(self) -> None:
         interval = self.cfg.commit_interval

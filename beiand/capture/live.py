@@ -7,7 +7,8 @@ and no drops where V3 dropped) and ``TPACKET_V3`` (per-block, handed over when a
 its timeout expires). Several worker processes join one
 ``PACKET_FANOUT`` group (hash by flow, fragments defragmented first) so that each flow is seen
 by one worker. ``stats()`` returns the kernel's counters (``PACKET_STATISTICS``): packets that
-passed the filter and those dropped because the ring was full.
+passed the filter and those dropped because the ring was full; ``metrics()`` reports them with
+the ring's own (frames and bytes read, link errors) for the worker's snapshot.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 from beiand.capture.bpf import Insn, pack
 from beiand.errors import BeiandError
+from beiand.model import MetricKey, MetricValues
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +193,15 @@ class LiveCapture:
         self._kstats.drops += drops
         self._kstats.freezes += freezes
         return self._kstats
+
+    def metrics(self) -> MetricValues:
+        """This ring's counters, cumulative since it opened: the kernel's (read now), the frames and
+        bytes read from the ring, the link errors read off the socket."""
+        ks = self.stats()
+        return {MetricKey("beiand_capture_kernel_packets"): ks.packets, MetricKey("beiand_capture_kernel_drops"): ks.drops,
+                MetricKey("beiand_capture_userspace_packets"): self.frames_read,
+                MetricKey("beiand_capture_userspace_bytes"): self.bytes_read,
+                MetricKey("beiand_capture_link_errors"): self.link_errors}
 
     def close(self) -> None:
         ring = getattr(self, "ring", None)

@@ -12,13 +12,12 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from beiand.cli.common import CliError, err, out, policy_setup, table
 from beiand.cli.logs import DEFAULT_CONFIG, parse_time
-from beiand.model import Decision, Observation, Outcome
+from beiand.model import Decision, MetricValues, Observation, Outcome
 from beiand.policy import Decider, Policy
 from beiand.records.index import entry_addresses
 from beiand.report.audit import findings as passive_findings
@@ -51,8 +50,8 @@ class _Collect:
     def close(self) -> None:
         pass
 
-    def stats(self) -> Mapping[str, float]:
-        return {"rows": len(self.summary)}
+    def metrics(self) -> MetricValues:
+        return {}  # an audit run exports no metrics
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, Policy, Any, Path | None, str, Decider | None]:

@@ -32,15 +32,14 @@ _BAD = frozenset({VerdictKind.UNFILED, VerdictKind.MISMATCH, VerdictKind.INACTIV
 
 
 class Summary:
-    """Sink: counts by kind and verdict, the top unfiled names."""
+    """Sink: the top names not filed for this provider (the counts by kind and verdict are the
+    pipeline's: ``Pipeline.decisions``, the daemon's one decision counter)."""
 
     def __init__(self) -> None:
-        self.table: Counter[tuple[str, str]] = Counter()
         self.unfiled: Counter[tuple[str, str, str]] = Counter()
 
     def on_decision(self, obs: Observation, d: Decision, outcome: Outcome = Outcome.NONE) -> None:
         v = d.verdict.verdict
-        self.table[(obs.kind, v)] += 1
         if v in _BAD:
             self.unfiled[(obs.name or obs.server_ip, v, d.verdict.reason)] += 1
 
@@ -62,10 +61,8 @@ def _ports(text: str) -> frozenset[int]:
 class ReplayResult:
     """What one replay (or one worker's shard of it) found; shards add up."""
 
-    table: Counter[tuple[str, str]] = field(default_factory=Counter)
+    decisions: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # by (kind, verdict, action)
     unfiled: Counter[tuple[str, str, str]] = field(default_factory=Counter)
-    verdicts: Counter[str] = field(default_factory=Counter)
-    kinds: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
     drops: Counter[str] = field(default_factory=Counter)
     connections: Counter[str] = field(default_factory=Counter)
@@ -76,11 +73,17 @@ class ReplayResult:
     log_written: int = 0
     log_heads: list[str] = field(default_factory=list)
 
+    def table(self) -> Counter[tuple[str, str]]:
+        """Decisions by (kind, verdict)."""
+        out: Counter[tuple[str, str]] = Counter()
+        for (kind, verdict, _), n in self.decisions.items():
+            out[(kind, verdict)] += n
+        return out
+
     def add(self, other: ReplayResult) -> None:
-        self.table.update(other.table)
+        self.decisions.update(other.decisions)
         self.unfiled.update(other.unfiled)
-        for mine, theirs in ((self.verdicts, other.verdicts), (self.kinds, other.kinds), (self.skipped, other.skipped),
-                             (self.drops, other.drops), (self.connections, other.connections)):
+        for mine, theirs in ((self.skipped, other.skipped), (self.drops, other.drops), (self.connections, other.connections)):
             mine.update(theirs)
         self.records += other.records
         self.prefiltered += other.prefiltered
@@ -138,8 +141,7 @@ def _replay(args: argparse.Namespace, policy: Policy | Decider, shard: tuple[int
                 alog.close()
             except AccessLogError as exc:
                 raise CliError(f"access log: {exc}") from None
-    result.table, result.unfiled = summary.table, summary.unfiled
-    result.verdicts, result.kinds, result.skipped = pipe.verdicts, pipe.kinds, pipe.skipped
+    result.decisions, result.unfiled, result.skipped = pipe.decisions, summary.unfiled, pipe.skipped
     result.drops = decoder.drops
     result.connections = pipe.connections
     result.records = sum(r.records for r in readers) if shard[0] == 0 else 0
@@ -267,16 +269,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for path in res.truncated:
         sys.stderr.write(f"warning: {path}: the file ends inside a packet record (truncated capture)\n")
     report = sys.stderr if args.json else sys.stdout
+    by_kind = res.table()
     if not args.json:
-        kinds = sorted({k for k, _ in res.table})
+        kinds = sorted({k for k, _ in by_kind})
         verdicts = [v.value for v in VerdictKind if v is not VerdictKind.NOT_HOSTED]
-        table([[k, *(res.table[(k, v)] for v in verdicts)] for k in kinds], ["kind", *verdicts])
+        table([[k, *(by_kind[(k, v)] for v in verdicts)] for k in kinds], ["kind", *verdicts])
         if res.unfiled:
             out("\ntop names not filed for this provider:")
             table([[f"{n} ({v}: {r})", c] for (n, v, r), c in res.unfiled.most_common(args.top)],
                   ["name (verdict: reason)", "observations"])
     print(f"\npackets {res.records} ({res.prefiltered} skipped by the capture filter, "
-          f"{res.decoded} decoded{f' by {n} workers' if n > 1 else ''}), observations {sum(res.kinds.values())} "
+          f"{res.decoded} decoded{f' by {n} workers' if n > 1 else ''}), observations {res.decisions.total()} "
           f"into hosted space, skipped {dict(res.skipped)}", file=report)
     if args.connections:
         print(f"connection records (flows no name came for, and hosted hosts' flows out): "
@@ -287,7 +290,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
               file=report)
     if res.drops:
         print("dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(res.drops.items())), file=report)
-    bad = sum(res.verdicts[v] for v in ("unfiled", "mismatch", "inactive"))
+    bad = sum(n for (_, v, _), n in res.decisions.items() if v in _BAD)
     return 1 if bad else 0
 
 

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from beiand.enforce.nft import Nft
 from beiand.enforce.packets import Injector, block_page
-from beiand.model import Action, Decision, Kind, Observation, Outcome, Transport, VerdictKind
+from beiand.model import Action, Decision, Kind, MetricKey, MetricValues, Observation, Outcome, Transport, VerdictKind
 from beiand.policy.overlays import FORCED
 
 log = logging.getLogger(__name__)
@@ -115,13 +115,11 @@ class Enforcer:
     def _outcome(self, o: Outcome) -> None:
         self.outcomes[o] = self.outcomes.get(o, 0) + 1
 
-    def metrics(self) -> dict[tuple[str, tuple[str, ...]], float]:
+    def metrics(self) -> MetricValues:
         """The enforcer's counters: actions done and failed, by what, and blocks by outcome."""
-        out: dict[tuple[str, tuple[str, ...]], float] = {}
-        for k, v in self.actions.items():
-            out["beiand_enforcement_actions", (k,)] = v
-        for k, v in self.errors.items():
-            out["beiand_enforcement_errors", (k,)] = v
+        out: MetricValues = {MetricKey("beiand_enforcement_actions", (k,)): v for k, v in self.actions.items()}
+        out.update({MetricKey("beiand_enforcement_errors", (k,)): v for k, v in self.errors.items()})
+        out.update({MetricKey("beiand_enforcement_outcomes", (str(k),)): v for k, v in self.outcomes.items()})
         return out
 
     def take_latency(self) -> list[float]:

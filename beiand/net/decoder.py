@@ -20,7 +20,7 @@ import struct
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
-from beiand.model import Kind, Observation, Transport
+from beiand.model import Kind, MetricKey, MetricValues, Observation, Transport
 from beiand.net import conns as connmod
 from beiand.net import dns as dnsmod
 from beiand.net.conns import NAMED, PENDING, WRITTEN, Conn, bound_url, client_first
@@ -343,6 +343,20 @@ class Decoder:
     @property
     def flow_count(self) -> int:
         return len(self.flows) + len(self.dns_flows) + len(self.quic)
+
+    def metrics(self) -> MetricValues:
+        """The decoder's own counters (cumulative) and its flow gauge, by Prometheus series
+        (``runtime/metrics.py``): drops by ``layer:reason``, frames the kernel filter passed
+        without following every header, reassemblies evicted by kind, name budgets spent."""
+        m: MetricValues = {MetricKey("beiand_decode_errors", (k,)): v for k, v in self.drops.items()}
+        stats = self.stats
+        m[MetricKey("beiand_capture_bpf_unfollowed")] = stats["capture:bpf-unfollowed"]
+        for kind, b in self.budgets.items():
+            m[MetricKey("beiand_reassembly_evicted", (kind,))] = b.evicted
+        for budget in ("packets", "seconds"):
+            m[MetricKey("beiand_flow_name_budget_spent", (budget,))] = stats["flow:budget-" + budget]
+        m[MetricKey("beiand_flows")] = self.flow_count  # a gauge
+        return m
 
     # -- bounds (issue 17) ----------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
-from beiand.model import Action, Decision, Kind, Observation, Overlay, Transport, VerdictKind
+from beiand.model import Action, Decision, Kind, MetricKey, MetricValues, Observation, Overlay, Transport, VerdictKind
 from beiand.policy.inventory import HostedPrefix
 from beiand.policy.orders import OrderError, OrderStore
 from beiand.policy.verdict import Policy
@@ -235,14 +235,14 @@ class Decider:
     def addresses(self, ts: float) -> list[AddressRule]:
         return [a for layer in self.layers for a in layer.addresses(ts)]
 
-    def metrics(self) -> dict[tuple[str, tuple[str, ...]], float]:
+    def metrics(self) -> MetricValues:
         """Per overlay: the rules in force (``beiand_overlay_rules``) and the reloads that met a
-        damaged file (``beiand_overlay_reload_errors``)."""
-        out: dict[tuple[str, tuple[str, ...]], float] = {}
+        damaged file (``beiand_overlay_reload_errors``); the worker adds its own label."""
+        out: MetricValues = {}
         for layer in self.layers:
             m = layer.metrics()
-            out["beiand_overlay_rules", (layer.name,)] = m.get("rules", 0)
-            out["beiand_overlay_reload_errors", (layer.name,)] = m.get("errors", 0)
+            out[MetricKey("beiand_overlay_rules", (layer.name,))] = m.get("rules", 0)
+            out[MetricKey("beiand_overlay_reload_errors", (layer.name,))] = m.get("errors", 0)
         return out
 
     def lookup(self, name: str, server_ip: str, ts: float, port: int = 0, *, no_inventory_means_hosted: bool = False

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 
 from beiand.enforce.nfqueue import Marks, NfQueue
-from beiand.model import Decision, Observation, Outcome
+from beiand.model import Decision, MetricKey, MetricValues, Observation, Outcome
 from beiand.net.decoder import LINKTYPE_RAW
 from beiand.runtime.pipeline import Pipeline
 
@@ -61,6 +61,15 @@ class InlinePath:
         self.redropped = 0  # packets dropped because their connection was dropped before
         self.failed: BaseException | None = None  # what killed the thread: the worker dies of it too
         self._thread: threading.Thread | None = None
+
+    def metrics(self) -> MetricValues:
+        """The queue thread's counters: packets served, verdicts that settled their connection,
+        retransmissions of dropped connections dropped again, and the time spent per stage."""
+        m: MetricValues = {MetricKey("beiand_inline_packets"): self.times.packets, MetricKey("beiand_inline_settled"): self.settled,
+                           MetricKey("beiand_inline_redropped"): self.redropped}
+        for stage, seconds in self.times.seconds().items():
+            m[MetricKey("beiand_inline_seconds", (stage,))] = seconds
+        return m
 
     def serve(self, wait: bool = False) -> int:
         """Decide what is waiting in the queue now and send the verdicts; how many packets.

@@ -1,27 +1,19 @@
 """Worker ↔ supervisor messages: typed NamedTuples, pickled over each worker's pipe (DESIGN.md).
 
-Counters and gauges travel as ``MetricKey`` (the Prometheus name and its label values), the way
-prometheus client_python's multiprocess mode keys its files: the supervisor folds any of them in
-with one generic loop (``Metrics.worker_snapshot``), so a new metric needs no decoding branch.
+Counters and gauges travel as ``MetricKey`` (``beiand.model``: the Prometheus name and its label
+values), the way prometheus client_python's multiprocess mode keys its files: each component of a
+worker reports its own (``metrics()``), the worker merges them, and the supervisor folds any of them
+in with one generic loop (``Metrics.worker_snapshot``), so a new metric needs no decoding branch.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from beiand.model import MetricKey
 from beiand.sinks.active import ViewRow
 
 __all__ = ["CloseBreaker", "MetricKey", "Ready", "Rows", "Snapshot", "ViewRow"]
-
-
-class MetricKey(NamedTuple):
-    """One time series: the metric's name as declared in ``metrics.py`` (without ``_total``) and
-    its label values in declaration order."""
-
-    metric: str
-    labels: tuple[str, ...] = ()
-
-
 
 
 class Ready(NamedTuple):
@@ -40,8 +32,7 @@ class Snapshot(NamedTuple):
     """A worker's state, a few times a second. Counters are cumulative since the worker started
     (the supervisor turns them into deltas per process)."""
 
-    counters: dict[MetricKey, float]
-    gauges: dict[MetricKey, float]
+    metrics: dict[MetricKey, float]  # counters and gauges by series (``Metrics`` knows which is which)
     fsync: list[float]  # access-log group-commit fsync latencies, seconds
     latency: list[float]  # packet → decision, seconds
     enforce_latency: list[float]  # packet → enforcement on the wire, seconds

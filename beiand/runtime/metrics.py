@@ -34,10 +34,13 @@ WORKER_COUNTERS = {
 
 REASSEMBLY_KINDS = ("tcp", "quic", "fragment")  # net.decoder's budgets
 
-# The ClickHouse sink's own counters (ClickHouseSink.counters()) and the metric each feeds.
-CLICKHOUSE_COUNTERS = {"written": "beiand_clickhouse_records_written", "spilled": "beiand_clickhouse_records_spilled",
-                       "replayed": "beiand_clickhouse_records_replayed", "write_errors": "beiand_clickhouse_write_errors",
-                       "lost": "beiand_clickhouse_lost_records"}
+# The series labelled by worker: a component reports them without that label (it does not know
+# which worker it runs in) and the worker adds its own (worker.worker_metrics). A test keeps this
+# equal to the metrics declared below with the label "worker".
+PER_WORKER = frozenset({*(f"beiand_{name}" for name, _ in WORKER_COUNTERS.values()), "beiand_inline_packets",
+                        "beiand_inline_settled", "beiand_inline_redropped", "beiand_flows", "beiand_accesslog_pending_records",
+                        "beiand_accesslog_chain_head_prefix", "beiand_clickhouse_spilling",
+                        "beiand_overlay_rules", "beiand_overlay_reload_errors"})
 
 
 class Metrics:
@@ -73,10 +76,10 @@ class Metrics:
                                   "worker could not close its log", registry=r)
         self.flows = Gauge("beiand_flows", "flows tracked until their name is known", ["worker"], registry=r)
         self.overlay_rules = Gauge("beiand_overlay_rules", "rules in force per overlay (order: closure orders; isms: the "
-                                   "regulator's commands and list entries), as each worker applies them", ["overlay", "worker"],
+                                   "regulator's commands and list entries), as each worker applies them", ["worker", "overlay"],
                                    registry=r)
         self.overlay_reload_errors = Gauge("beiand_overlay_reload_errors", "reloads of an overlay that met a damaged file "
-                                           "(the rules in force were kept), per worker", ["overlay", "worker"], registry=r)
+                                           "(the rules in force were kept), per worker", ["worker", "overlay"], registry=r)
         self.enforcement_outcomes = Counter("beiand_enforcement_outcomes", "decisions to block by what the enforcer did "
                                             "(done, breaker-open, failed)", ["outcome"], registry=r)
         self.decision_latency = Histogram("beiand_decision_latency_seconds", "time from the packet carrying the name to its decision",
@@ -167,20 +170,23 @@ class Metrics:
         r.register(_InterfaceCollector(self._interfaces))
 
     def worker_snapshot(self, worker: int, pid: int, snap: Snapshot) -> None:
-        """Fold one worker snapshot (cumulative counters since that process started) in."""
+        """Fold one worker snapshot in: its counters are cumulative since that process started (the
+        deltas are added), its gauges current (set); which is which, the declarations above say."""
         w = str(worker)
         for c in self.worker_counters.values():
             c.labels(w)  # export 0 rather than nothing: "no drops" is an answer
-        for key, value in snap.counters.items():
+        gauges = self._gauges
+        for key, value in snap.metrics.items():
+            gauge = gauges.get(key.metric)
+            if gauge is not None:
+                (gauge.labels(*key.labels) if key.labels else gauge).set(value)
+                continue
             delta = value - self._seen.get((pid, key), 0.0)
             if delta <= 0:
                 continue
             self._seen[(pid, key)] = value
             counter = self._counters[key.metric]
             (counter.labels(*key.labels) if key.labels else counter).inc(delta)
-        for key, value in snap.gauges.items():
-            gauge = self._gauges[key.metric]
-            (gauge.labels(*key.labels) if key.labels else gauge).set(value)
         for v in snap.fsync:
             self.fsync.observe(v)
         for v in snap.latency:

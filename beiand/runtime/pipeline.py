@@ -11,17 +11,20 @@ decided, enforced or counted as a verdict: the inventory says whether it went in
 connection records (``on_connection``: the access log, JSON lines) get its record. A named flow
 whose server is not ours but whose client is (a hosted host connecting out) is logged the same
 way, with its name and the ``not-hosted`` verdict, after the unchanged decision.
+
+Decisions are counted here, once, by (kind, verdict, action) (``Pipeline.decisions``): the daemon's
+observation, verdict and decision metrics and ``replay``'s summary are read from that one counter.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import cast
 
 from beiand.enforce.actor import Enforced
-from beiand.model import UNNAMED, AccessRecord, Action, Decision, Kind, Observation, Outcome, VerdictKind
+from beiand.model import UNNAMED, AccessRecord, Action, Decision, Kind, MetricKey, MetricValues, Observation, Outcome, VerdictKind
 from beiand.net.decoder import FRAME_EXCEPTIONS, Decoder
 from beiand.policy import Policy
 from beiand.policy.overlays import Decider
@@ -32,6 +35,17 @@ _tuple_new = tuple.__new__
 _CONN = Kind.CONN  # the name operators filter on (before runtime/)
 
 
+def decision_counters(counts: Mapping[tuple[str, str, str], int]) -> MetricValues:
+    """Decisions by (kind, verdict, action) → the observation, verdict, decision and verdict-action counters."""
+    c: MetricValues = {}
+    for (kind, verdict, action), n in counts.items():
+        kind, verdict, action = str(kind), str(verdict), str(action)  # plain strings: an enum member pickles 2x bigger
+        for k in (MetricKey("beiand_observations", (kind,)), MetricKey("beiand_verdicts", (verdict,)),
+                  MetricKey("beiand_decisions", (action,)), MetricKey("beiand_verdict_actions", (verdict, action))):
+            c[k] = c.get(k, 0) + n
+    return c
+
+
 class Pipeline:
     def __init__(self, decoder: Decoder, policy: Policy | Decider, sinks: Sequence[Sink] = (),
                  actor: Callable[[Observation, Decision], Enforced] | None = None, gateway: str = "") -> None:
@@ -40,8 +54,8 @@ class Pipeline:
         self.policy = policy if isinstance(policy, Decider) else Decider(policy)
         self.actor = actor  # the enforcer (Enforcer.enforce): acts on a decision and returns what was done
         self.sinks = list(sinks)
-        self.verdicts: Counter[str] = Counter()
-        self.kinds: Counter[str] = Counter()
+        # Every decision into hosted space, as acted on, by (kind, verdict, action): counted once, here.
+        self.decisions: Counter[tuple[str, str, str]] = Counter()
         self.skipped: Counter[str] = Counter()
         self.sink_errors: Counter[str] = Counter()
         self.frame_errors: Counter[str] = Counter()  # observations whose decision raised, by exception type
@@ -50,6 +64,32 @@ class Pipeline:
         # Sinks that keep connection records; none: they are not built at all.
         self.conn_sinks: list[ConnectionSink] = [cast(ConnectionSink, s) for s in self.sinks
                                                  if callable(getattr(s, "on_connection", None))]
+
+    @property
+    def verdicts(self) -> Counter[str]:
+        """Decisions by verdict (a view of :attr:`decisions`)."""
+        out: Counter[str] = Counter()
+        for (_, verdict, _), n in self.decisions.items():
+            out[verdict] += n
+        return out
+
+    @property
+    def kinds(self) -> Counter[str]:
+        """Decisions by kind of observation (a view of :attr:`decisions`)."""
+        out: Counter[str] = Counter()
+        for (kind, _, _), n in self.decisions.items():
+            out[kind] += n
+        return out
+
+    def metrics(self) -> MetricValues:
+        """The pipeline's own counters: decisions (observations, verdicts, actions), observations
+        whose decision raised (as decode errors ``decide:<exception>``), connection records by direction."""
+        m = decision_counters(self.decisions)
+        for k, v in self.frame_errors.items():
+            m[MetricKey("beiand_decode_errors", (f"decide:{k}",))] = v
+        for direction, n in self.connections.items():
+            m[MetricKey("beiand_connection_records", (direction,))] = n
+        return m
 
     def feed(self, ts: float, frame: bytes, linktype: int) -> bool:
         """One frame of the live worker: nothing it carries may stop the loop (issue 17). Returns
@@ -162,8 +202,9 @@ class Pipeline:
                 log.exception("enforcer failed")
                 self.sink_errors["enforcer"] += 1
                 outcome = Outcome.FAILED if decision.action is Action.BLOCK else Outcome.NONE
-        self.kinds[obs.kind] += 1  # StrEnum members hash and compare as their values
-        self.verdicts[decision.verdict.verdict] += 1
+        # counted as the access log has it: a block the enforcer could not carry out is a flag
+        acted = Action.FLAG if outcome is Outcome.FAILED or outcome is Outcome.BREAKER_OPEN else decision.action
+        self.decisions[(obs.kind, decision.verdict.verdict, acted)] += 1  # StrEnum members hash as their values
         if later is not None:
             later.append((obs, decision, outcome))
         else:

@@ -1,7 +1,9 @@
 """One capture worker process: its own sockets, decoder, pipeline, sinks and log partition.
 
 It reports to the supervisor (``supervisor.py``) through its connection: a ready message, then
-snapshots (counters, gauges, rows of the active-resource view) a few times a second.
+snapshots (counters, gauges, rows of the active-resource view) a few times a second. Each part of
+the worker reports its own counters (``metrics()``, DESIGN.md); the snapshot merges them in one
+loop (:func:`worker_metrics`) and reads no part's internals.
 """
 
 from __future__ import annotations
@@ -17,17 +19,19 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Protocol
 
 from beiand.accesslog import AccessLog
 from beiand.enforce.nfqueue import NfQueue
+from beiand.model import MetricValues
 from beiand.net.decoder import Decoder
 from beiand.policy.overlays import Decider
 from beiand.runtime.housekeeping import clickhouse_retire, every
 from beiand.runtime.inline import InlinePath
 from beiand.runtime.ipc import CloseBreaker, MetricKey, Ready, Rows, Snapshot, WorkerMessage
-from beiand.runtime.metrics import CLICKHOUSE_COUNTERS
+from beiand.runtime.metrics import PER_WORKER
 from beiand.runtime.pipeline import Pipeline
 from beiand.runtime.wiring import (
     State,
@@ -40,6 +44,9 @@ from beiand.runtime.wiring import (
     make_enforcer,
 )
 from beiand.sinks.active import ActiveResourceAggregate
+
+if TYPE_CHECKING:
+    from beiand.sinks.clickhouse import ClickHouseSink  # aiohttp: imported by a worker that writes to ClickHouse only
 
 log = logging.getLogger("beiand")
 SNAPSHOT_INTERVAL = 0.25  # small deltas often: a big snapshot would stall the capture loop
@@ -64,14 +71,34 @@ def close_dying(idx: int, steps: Sequence[Callable[[], object]], alog: AccessLog
 # -- worker process -------------------------------------------------------------------------------
 
 
-def decision_counters(counts: Mapping[tuple[str, str, str], int]) -> dict[MetricKey, float]:
-    """Decisions by (kind, verdict, action) → the observation, verdict, decision and verdict-action counters."""
-    c: dict[MetricKey, float] = {}
-    for (kind, verdict, action), n in counts.items():
-        for k in (MetricKey("beiand_observations", (kind,)), MetricKey("beiand_verdicts", (verdict,)),
-                  MetricKey("beiand_decisions", (action,)), MetricKey("beiand_verdict_actions", (verdict, action))):
-            c[k] = c.get(k, 0) + n
-    return c
+class Reporting(Protocol):
+    """A part of the worker that reports its own counters and gauges."""
+
+    def metrics(self) -> Mapping[MetricKey, float]: ...
+
+
+def worker_metrics(idx: int, parts: Iterable[Reporting]) -> MetricValues:
+    """The counters and gauges of a worker's snapshot: every part's own ``metrics()``, with the
+    worker's number added to the series labelled by worker (``metrics.PER_WORKER``); a series two
+    parts report is summed (one ring per interface; the view's rows left out by the aggregate and
+    by the outbox)."""
+    w = (str(idx),)
+    out: MetricValues = {}
+    for part in parts:
+        for key, value in part.metrics().items():
+            if key.metric in PER_WORKER:
+                key = MetricKey(key.metric, w + key.labels)
+            out[key] = out.get(key, 0) + value
+    return out
+
+
+def worker_parts(caps: Sequence[Reporting], pipe: Pipeline, alog: AccessLog, ch: ClickHouseSink | None,
+                 path: InlinePath | None, enforcer: Reporting, outbox: Reporting) -> list[Reporting]:
+    """Every part of a worker that reports metrics: capture rings, decoder, pipeline, its sinks,
+    the access log, ClickHouse (the log's writer when configured), the inline queue, the enforcer,
+    the outbox to the main process."""
+    return [*caps, pipe.decoder, pipe, *pipe.sinks, alog, *((ch,) if ch is not None else ()),
+            *((path,) if path is not None else ()), enforcer, outbox]
 
 
 class _Outbox:
@@ -88,7 +115,7 @@ class _Outbox:
         self.queue: collections.deque[WorkerMessage | None] = collections.deque()
         self.wake = threading.Event()
         self.broken = False  # the main process is gone
-        self.dropped_rows = 0
+        self.dropped_rows = 0  # rows of the view dropped here: counted with the aggregate's
         self.thread = threading.Thread(target=self._run, name="worker-outbox", daemon=True)
         self.thread.start()
 
@@ -113,6 +140,9 @@ class _Outbox:
                 except (BrokenPipeError, OSError, ValueError):
                     self.broken = True
                     return
+
+    def metrics(self) -> MetricValues:
+        return {MetricKey("beiand_active_view_dropped"): self.dropped_rows}
 
     def close(self, timeout: float) -> None:
         """Send what is queued (at most ``timeout`` seconds), then stop."""
@@ -185,62 +215,13 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
     for cap in caps:
         poller.register(cap.fileno(), select.POLLIN)
 
-    w = (str(idx),)
-
     def snapshot(crashes: int = 0, crash_lost: int = 0, died: str = "") -> Snapshot:
-        c = decision_counters(agg.counts)
-        kernel = [cap.stats() for cap in caps]
-        c[MetricKey("beiand_capture_kernel_packets", w)] = sum(ks.packets for ks in kernel)
-        c[MetricKey("beiand_capture_kernel_drops", w)] = sum(ks.drops for ks in kernel)
-        c[MetricKey("beiand_capture_userspace_packets", w)] = sum(cap.frames_read for cap in caps)
-        c[MetricKey("beiand_capture_userspace_bytes", w)] = sum(cap.bytes_read for cap in caps)
-        for k, v in decoder.drops.items():
-            c[MetricKey("beiand_decode_errors", (k,))] = v
-        c[MetricKey("beiand_capture_bpf_unfollowed", w)] = decoder.stats["capture:bpf-unfollowed"]
-        c[MetricKey("beiand_capture_link_errors", w)] = sum(cap.link_errors for cap in caps)
-        for k, v in pipe.frame_errors.items():
-            c[MetricKey("beiand_decode_errors", (f"decide:{k}",))] = v
-        for direction, n in pipe.connections.items():
-            c[MetricKey("beiand_connection_records", (direction,))] = n
-        for kind, b in decoder.budgets.items():
-            c[MetricKey("beiand_reassembly_evicted", (kind,))] = b.evicted
-        for budget in ("packets", "seconds"):
-            c[MetricKey("beiand_flow_name_budget_spent", (budget,))] = decoder.stats["flow:budget-" + budget]
-        st = alog.stats
-        c[MetricKey("beiand_accesslog_records")] = st.written
-        c[MetricKey("beiand_accesslog_bytes")] = st.bytes_written
-        c[MetricKey("beiand_accesslog_write_errors")] = st.write_errors
-        c[MetricKey("beiand_accesslog_lost_records")] = st.lost
-        c[MetricKey("beiand_accesslog_torn_repairs")] = st.torn_repaired
-        fs, st.fsync_seconds = st.fsync_seconds, []
-        lat, agg.latency = agg.latency, []
-        for k, v in enforcer.actions.items():
-            c[MetricKey("beiand_enforcement_actions", (k,))] = v
-        for k, v in enforcer.errors.items():
-            c[MetricKey("beiand_enforcement_errors", (k,))] = v
-        elat, enforcer.latency = enforcer.latency, []
-        for k, v in enforcer.outcomes.items():
-            c[MetricKey("beiand_enforcement_outcomes", (k,))] = v
-        c[MetricKey("beiand_active_view_dropped", w)] = agg.view_dropped + outbox.dropped_rows
-        if path is not None:
-            c[MetricKey("beiand_inline_packets", w)] = path.times.packets
-            c[MetricKey("beiand_inline_settled", w)] = path.settled
-            c[MetricKey("beiand_inline_redropped", w)] = path.redropped
-            for stage, seconds in path.times.seconds().items():
-                c[MetricKey("beiand_inline_seconds", (stage,))] = seconds
+        m = worker_metrics(idx, parts)
         if crashes:
-            c[MetricKey("beiand_worker_crashes")] = crashes
-            c[MetricKey("beiand_worker_crash_lost_records")] = crash_lost
-        gauges: dict[MetricKey, float] = {MetricKey(name, (*labels, *w)): v for (name, labels), v in decide.metrics().items()}
-        gauges |= {MetricKey("beiand_flows", w): decoder.flow_count,
-                                          MetricKey("beiand_accesslog_pending_records", w): alog.pending,
-                  MetricKey("beiand_accesslog_chain_head_prefix", w): int.from_bytes(alog.head[:6], "big")}
-        if ch is not None:  # the ClickHouse sink's own counters: its write errors and losses alert like the log's
-            for k, v in ch.counters().items():
-                c[MetricKey(CLICKHOUSE_COUNTERS[k])] = v
-            gauges[MetricKey("beiand_clickhouse_spilling", w)] = 1 if ch.spilling else 0
-        return Snapshot(c, gauges, fs, lat, elat, agg.take(), st.failing, enforcer.breaker.why if enforcer.breaker.open else "",
-                        alog.position, died)
+            m[MetricKey("beiand_worker_crashes")] = crashes
+            m[MetricKey("beiand_worker_crash_lost_records")] = crash_lost
+        return Snapshot(m, alog.take_fsync_seconds(), agg.take_latency(), enforcer.take_latency(), agg.take(), alog.failing,
+                        enforcer.breaker.why if enforcer.breaker.open else "", alog.position, died)
 
     def _capture_loop() -> None:
         nonlocal next_snap, next_rows
@@ -302,6 +283,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
         return True
 
     outbox = _Outbox(conn)
+    parts = [*worker_parts(caps, pipe, alog, ch, path, enforcer, outbox), decide]
     ending = threading.Event()  # the capture loop is over: the queue thread stops too
     if path is not None:
         path.start(lambda: stop or ending.is_set())

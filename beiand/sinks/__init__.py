@@ -2,17 +2,17 @@
 JSON lines, the active-resource aggregate.
 
 A sink has a lifecycle (fail2ban's actions): ``on_decision`` per decision, ``flush`` to make what
-it holds durable or visible, ``close`` once at the end, ``stats`` for the metrics. The pipeline
-calls ``on_decision`` and ``flush``; one sink failing never stops the others (it is counted).
+it holds durable or visible, ``close`` once at the end, ``metrics`` for its own counters (the
+worker exports every sink's). The pipeline calls ``on_decision`` and ``flush``; one sink failing
+never stops the others (it is counted).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Protocol
 
 from beiand.errors import BeiandError
-from beiand.model import AccessRecord, Decision, Observation, Outcome
+from beiand.model import AccessRecord, Decision, MetricValues, Observation, Outcome
 
 
 class OutputClosed(BeiandError):
@@ -31,7 +31,10 @@ class Sink(Protocol):
 
     def close(self) -> None: ...
 
-    def stats(self) -> Mapping[str, float]: ...
+    def metrics(self) -> MetricValues:
+        """The sink's own counters and gauges by Prometheus series (``runtime/metrics.py``); what a
+        writer behind it counts, the writer reports itself."""
+        ...
 
 
 class ConnectionSink(Protocol):

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Protocol
 
-from beiand.model import AccessRecord, Action, Decision, Kind, Observation, Outcome
+from beiand.model import AccessRecord, Action, Decision, Kind, MetricValues, Observation, Outcome
 from beiand.policy.nat import NatTable
 from beiand.policy.overlays import order_column
 
@@ -66,7 +65,7 @@ class AccessLogSink:
     def close(self) -> None:
         self.writer.close()
 
-    def stats(self) -> Mapping[str, float]:
-        """The writer's own counters (ClickHouse's written, spilled, lost...; the local log's via its stats)."""
-        counters = getattr(self.writer, "counters", None)
-        return dict(counters()) if callable(counters) else {}
+    def metrics(self) -> MetricValues:
+        """None of its own: the writer (the local log, ClickHouse) reports what it wrote, lost or
+        spilled through its own ``metrics()``, a part of the worker's snapshot like this sink."""
+        return {}

@@ -1,12 +1,13 @@
 """The active-resource aggregate: per (name, server, account, verdict) first/last seen and hits,
-passed on to the supervisor's view in small batches (``take``)."""
+passed on to the supervisor's view in small batches (``take``). Decisions are counted once, by
+the pipeline (``Pipeline.metrics``); the aggregate keeps only what its rows need."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
-from beiand.model import Decision, Observation, Outcome
+from beiand.model import Decision, MetricKey, MetricValues, Observation, Outcome
 
 # Rows of the active-resource view go to the main process in small messages between snapshots:
 # gathering 128 rows takes about 0.3 ms of the capture loop (5,000 at once stalled it for 14 ms,
@@ -25,8 +26,7 @@ class ActiveResourceAggregate:
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str, int, str, str, str, str], list[float]] = {}
         self.changed: set[tuple[str, str, int, str, str, str, str]] = set()
-        self.counts: dict[tuple[str, str, str], int] = {}
-        self.latency: list[float] = []
+        self.latency: list[float] = []  # packet → decision, seconds (taken by take_latency)
         self.view_dropped = 0  # rows the view could not keep up with (the access log has them all)
 
     def on_decision(self, obs: Observation, d: Decision, outcome: Outcome = Outcome.NONE) -> None:
@@ -47,8 +47,6 @@ class ActiveResourceAggregate:
                 self.view_dropped += 1
             else:
                 changed.add(key)
-        ck = (kind, v, action)
-        self.counts[ck] = self.counts.get(ck, 0) + 1
         if len(self.latency) < 10_000:
             self.latency.append(time.time() - obs.ts)
 
@@ -58,11 +56,14 @@ class ActiveResourceAggregate:
     def close(self) -> None:
         pass
 
-    def stats(self) -> Mapping[str, float]:
-        """Decisions by (kind, verdict, action), as ``kind/verdict/action``, and the rows left out."""
-        out: dict[str, float] = {f"{k}/{v}/{a}": n for (k, v, a), n in self.counts.items()}
-        out["view_dropped"] = self.view_dropped
-        return out
+    def metrics(self) -> MetricValues:
+        """The decisions left out of the view (rows it could not keep up with)."""
+        return {MetricKey("beiand_active_view_dropped"): self.view_dropped}
+
+    def take_latency(self) -> list[float]:
+        """Packet → decision latencies measured since the last call (for the histogram)."""
+        taken, self.latency = self.latency, []
+        return taken
 
     def take(self, limit: int = ROWS_PER_MESSAGE) -> list[ViewRow]:
         """The rows touched since the last call, with the hits since then (the main process adds

@@ -32,7 +32,7 @@ import aiohttp
 from beiand.accesslog.format import DAY_MS, encode_batch, read_open
 from beiand.accesslog.store import RETENTION_FLOOR_DAYS, AccessLog, LogConfig, LogConfigError, fsync_dir, partition_paths
 from beiand.errors import BeiandError
-from beiand.model import AccessRecord
+from beiand.model import AccessRecord, MetricKey, MetricValues
 
 log = logging.getLogger("beiand.accesslog.clickhouse")  # the name operators filter on (before sinks/)
 
@@ -188,14 +188,17 @@ class ClickHouseSink:
     def spilling(self) -> bool:
         return self._spilling
 
-    def counters(self) -> dict[str, int]:
-        """Cumulative since this sink started, for the metrics: ``written`` (rows in ClickHouse, replays
-        included), ``spilled``, ``replayed``, ``write_errors`` (failed ClickHouse requests and failed spill
-        writes) and ``lost`` (records the spill dropped because its buffer was full while the disk
-        refused writes: the only way a record is lost here)."""
+    def metrics(self) -> MetricValues:
+        """Cumulative since this sink started: records written (rows in ClickHouse, replays
+        included), spilled, replayed, write errors (failed ClickHouse requests and failed spill
+        writes) and lost (records the spill dropped because its buffer was full while the disk
+        refused writes: the only way a record is lost here); and the gauge: 1 while spilling."""
         st, sp = self.stats, self.spill.stats
-        return {"written": st.inserted, "spilled": st.spilled, "replayed": st.replayed,
-                "write_errors": st.errors + st.spill_write_errors + sp.write_errors, "lost": st.spill_lost + sp.lost}
+        return {MetricKey("beiand_clickhouse_records_written"): st.inserted, MetricKey("beiand_clickhouse_records_spilled"): st.spilled,
+                MetricKey("beiand_clickhouse_records_replayed"): st.replayed,
+                MetricKey("beiand_clickhouse_write_errors"): st.errors + st.spill_write_errors + sp.write_errors,
+                MetricKey("beiand_clickhouse_lost_records"): st.spill_lost + sp.lost,
+                MetricKey("beiand_clickhouse_spilling"): 1 if self._spilling else 0}
 
     # -- the sender thread ------------------------------------------------------------------
 

@@ -7,10 +7,10 @@ import functools
 import heapq
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from beiand.model import AccessRecord, Decision, Kind, Observation, Outcome, endpoint
+from beiand.model import AccessRecord, Decision, Kind, MetricValues, Observation, Outcome, endpoint
 from beiand.policy.overlays import order_column
 from beiand.sinks import OutputClosed
 
@@ -95,7 +95,7 @@ class JsonLines:
     def close(self) -> None:
         self.flush()
 
-    def stats(self) -> Mapping[str, float]:
+    def metrics(self) -> MetricValues:
         return {}
 
 

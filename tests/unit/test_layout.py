@@ -11,7 +11,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # tests out when next touched, and take them off this list (the test fails if a file appears).
 TESTED_ELSEWHERE = {
     "accesslog.reader": "accesslog/test_evidence.py, accesslog/test_damage.py, cli/test_logs.py",
-    "capture.live": "integration/test_live_capture.py",
     "cli.audit": "integration/test_audit_lab.py",
     "cli.block": "enforce/test_actor.py, integration/test_enforce_lab.py",
     "cli.check_config": "runtime/test_settings.py",
@@ -48,7 +47,6 @@ TESTED_ELSEWHERE = {
     "runtime.ipc": "runtime/test_metrics.py, runtime/test_supervisor.py",
     "runtime.wiring": "runtime/test_settings.py, runtime/test_supervisor.py",
     "sinks.accesslog": "sinks/test_sinks.py",
-    "sinks.active": "sinks/test_sinks.py, runtime/test_supervisor.py",
     "sinks.jsonlines": "sinks/test_sinks.py, cli/test_replay.py",
 }
 

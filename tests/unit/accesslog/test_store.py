@@ -299,3 +299,26 @@ def test_late_records_stay_in_the_open_partition(tmp_path: Path) -> None:
         log.append(rec(2, day=0))  # late (an old pcap, clock skew)
     assert [p.parent.name for p in parts(tmp_path)] == ["2026-09-22"]
     assert len(list(query(tmp_path, Query(until_ms=DAY0 + DAY_MS)))) == 1
+
+
+def test_metrics_report_the_logs_own_counters_and_gauges_and_fsync_samples_are_taken_once(tmp_path: Path) -> None:
+    """Issue 26: the log reports its own counters (the worker reads none of its fields)."""
+    from beiand.model import MetricKey as K
+
+    log = AccessLog(LogConfig(tmp_path, commit_interval=60.0))
+    for i in range(3):
+        log.append(rec(i))
+    m = log.metrics()
+    assert m[K("beiand_accesslog_records")] == 0 and m[K("beiand_accesslog_pending_records")] == 3
+    log.flush()
+    m = log.metrics()
+    assert m == {K("beiand_accesslog_records"): 3, K("beiand_accesslog_bytes"): log.stats.bytes_written,
+                 K("beiand_accesslog_write_errors"): 0, K("beiand_accesslog_lost_records"): 0,
+                 K("beiand_accesslog_torn_repairs"): 0, K("beiand_accesslog_pending_records"): 0,
+                 K("beiand_accesslog_chain_head_prefix"): int.from_bytes(log.head[:6], "big")}
+    assert m[K("beiand_accesslog_bytes")] > 0 and m[K("beiand_accesslog_chain_head_prefix")] > 0
+    assert log.failing == ""
+    fsyncs = log.take_fsync_seconds()
+    assert fsyncs and all(s >= 0 for s in fsyncs)
+    assert log.take_fsync_seconds() == []
+    log.close()

@@ -517,3 +517,27 @@ def test_a_spent_budget_without_the_connections_start_carries_no_sequence_number
         out += d.feed(1.0 + i * 0.01, t.tcp(C4, S4, 40301, 443, 1001 + i * 100, 5001, 0x18, b"\x17" * 100)[14:], LINKTYPE_RAW)
     o = one(out)
     assert (o.kind, o.detail, o.tcp_seq, o.tcp_ack, o.tcp_len) == (Kind.IP_ONLY, "budget-packets", 0, 0, 0)
+
+
+# -- the decoder's own counters (issue 26: a component reports its own metrics) ----------------
+
+
+def test_metrics_report_drops_evictions_budgets_and_flows_by_series():
+    from beiand.model import MetricKey as K
+
+    hello = t.client_hello("slow.example.cn", big=True)
+    d = Decoder(DecoderConfig(name_packets=3, reassembly_tcp_bytes=2500))
+    d.feed(1.0, b"\x00" * 20, LINKTYPE_RAW)  # not IP: dropped, counted by layer and reason
+    for i in range(3):  # the name budget spent: judged ip-only
+        d.feed(1.0 + i, t.tcp(C4, S4, 40200, 443, 100 + i * 10, 5001, 0x18, hello[i * 10 : i * 10 + 10])[14:], LINKTYPE_RAW, fresh=i == 0)
+    for port in (40300, 40301, 40302):  # 1,000 bytes held each, 2,500 allowed: the oldest evicted
+        d.feed(5.0, t.tcp(C4, S4, port, 443, 1, payload=hello[:1000]))
+    m = d.metrics()
+    drops = {k.labels[0]: v for k, v in m.items() if k.metric == "beiand_decode_errors"}
+    assert drops == dict(d.drops) and drops
+    assert m[K("beiand_reassembly_evicted", ("tcp",))] == 1 and m[K("beiand_reassembly_evicted", ("quic",))] == 0
+    assert m[K("beiand_flow_name_budget_spent", ("packets",))] == 1 and m[K("beiand_flow_name_budget_spent", ("seconds",))] == 0
+    assert m[K("beiand_capture_bpf_unfollowed")] == 0  # the worker adds its number: a per-worker series
+    assert m[K("beiand_flows")] == d.flow_count == 2  # a gauge
+    assert {k.metric for k in m} == {"beiand_decode_errors", "beiand_reassembly_evicted", "beiand_flow_name_budget_spent",
+                                     "beiand_capture_bpf_unfollowed", "beiand_flows"}

@@ -239,3 +239,19 @@ def test_inline_with_several_workers_a_watched_flow_comes_to_one_worker_only() -
     assert run(capture_filter(one), syn) > 0 and run(capture_filter(one), fin) > 0  # one worker: one place
     assert run(capture_filter(two), syn) == 0 and run(capture_filter(two), fin) == 0
     assert run(capture_filter(two), ssh) > 0  # not queued: the ring is its only path
+
+
+def test_metrics_report_the_queue_threads_own_counters() -> None:
+    """Issue 26: the path reports its own counters; the worker adds its number to the per-worker ones."""
+    from beiand.model import MetricKey as K
+
+    p, q = path()
+    hello = t.client_hello("www.example.cn")
+    q.waiting = [Queued(1, MARKS.first, ip(40000, 100, hello)), Queued(2, MARKS.first, ip(40001, 5, t.client_hello("bad.example.xyz"))),
+                 Queued(3, 0, ip(40001, 5, t.client_hello("bad.example.xyz")))]  # the blocked one's retransmission
+    p.serve()
+    m = p.metrics()
+    assert (m[K("beiand_inline_packets")], m[K("beiand_inline_settled")], m[K("beiand_inline_redropped")]) == (3, 1, 1)
+    assert {k.labels for k in m if k.metric == "beiand_inline_seconds"} == {(s,) for s in STAGES}
+    assert all(m[K("beiand_inline_seconds", (s,))] == getattr(p.times, s) / 1e9 > 0 for s in STAGES)
+    assert len(m) == 3 + len(STAGES)

@@ -10,7 +10,7 @@ from beiand.runtime.metrics import Metrics
 
 
 def snap(counters=None, gauges=None, fsync=(), latency=()) -> Snapshot:
-    return Snapshot(counters or {}, gauges or {}, list(fsync), list(latency), [], [])
+    return Snapshot({**(counters or {}), **(gauges or {})}, list(fsync), list(latency), [], [])
 
 
 def value(m: Metrics, line_start: str) -> float:
@@ -80,15 +80,35 @@ def test_reassembly_evictions_and_worker_crashes_are_exported() -> None:
     assert "beiand_worker_crashes_total 1.0" in text and "beiand_worker_crash_lost_records_total 3.0" in text
 
 
-def test_every_metric_a_worker_sends_is_declared() -> None:
-    """The worker spells metrics by name (ipc.MetricKey); a name the supervisor does not know would fail there."""
+def test_every_metric_a_component_reports_is_declared() -> None:
+    """Components spell their metrics by name (model.MetricKey) in their own modules; a name the
+    supervisor does not know would fail there."""
     import re
     from pathlib import Path
 
-    import beiand.runtime.worker as worker_module
-    from beiand.runtime.metrics import CLICKHOUSE_COUNTERS
+    import beiand
 
     m = Metrics()
-    sent = set(re.findall(r'MetricKey\("(beiand_\w+)"', Path(worker_module.__file__).read_text()))
-    sent |= set(CLICKHOUSE_COUNTERS.values())
-    assert sent and not sent - set(m._counters) - set(m._gauges)
+    sent = {name for p in Path(beiand.__file__).parent.rglob("*.py")
+            for name in re.findall(r'MetricKey\("(beiand_\w+)"', p.read_text(encoding="utf-8"))}
+    assert {"beiand_decode_errors", "beiand_capture_kernel_packets", "beiand_accesslog_records", "beiand_observations",
+            "beiand_inline_seconds", "beiand_clickhouse_records_written", "beiand_active_view_dropped"} <= sent
+    assert not sent - set(m._counters) - set(m._gauges)
+
+
+def test_the_series_labelled_by_worker_are_those_the_worker_labels() -> None:
+    """metrics.PER_WORKER (the worker adds its number to these) against the declarations."""
+    from beiand.runtime.metrics import PER_WORKER
+
+    m = Metrics()
+    declared = {name for name, metric in {**m._counters, **m._gauges}.items() if metric._labelnames[:1] == ("worker",)}
+    assert declared == PER_WORKER
+    assert all((m._counters | m._gauges)[name]._labelnames[0] == "worker" for name in PER_WORKER)  # the worker first
+
+
+def test_a_snapshot_sets_gauges_and_adds_counter_deltas_from_one_mapping() -> None:
+    m = Metrics()
+    m.worker_snapshot(0, 7, Snapshot({K("beiand_flows", ("0",)): 9, K("beiand_accesslog_records"): 4}, [], [], [], []))
+    m.worker_snapshot(0, 7, Snapshot({K("beiand_flows", ("0",)): 2, K("beiand_accesslog_records"): 6}, [], [], [], []))
+    assert value(m, 'beiand_flows{worker="0"}') == 2  # a gauge: the last value
+    assert value(m, "beiand_accesslog_records_total") == 6  # a counter: cumulative, not 4 + 6

@@ -49,3 +49,27 @@ def test_checkpoints_reach_the_anchors_table(tmp_path: Path) -> None:
     anchors = [parse_anchor_line(ln, "ch") for ln in rows]
     assert [(a.partition, a.count) for a in anchors if a] == [("2026-09-21/w0", 0), ("2026-09-21/w0", 10)]
     assert all('"gateway": "gw-1"' in ln for ln in rows)
+
+
+def test_metrics_report_the_sinks_own_counters_and_the_spilling_gauge(tmp_path: Path) -> None:
+    """Issue 26: the sink reports its own counters under the exported names; ClickHouse
+    unreachable: the records spill, the errors are counted, the gauge says so."""
+    from beiand.model import MetricKey as K
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    port = srv.server_address[1]
+    srv.server_close()  # nothing listens there now
+    ch = ClickHouseSink(f"http://127.0.0.1:{port}", tmp_path / "spill", interval=0.05, max_backoff=0.1)
+    try:
+        assert ch.metrics() == {K("beiand_clickhouse_records_written"): 0, K("beiand_clickhouse_records_spilled"): 0,
+                                K("beiand_clickhouse_records_replayed"): 0, K("beiand_clickhouse_write_errors"): 0,
+                                K("beiand_clickhouse_lost_records"): 0, K("beiand_clickhouse_spilling"): 0}
+        for i in range(3):
+            ch.append(rec(i))
+        ch.flush()
+        m = ch.metrics()
+    finally:
+        ch.close()
+    assert m[K("beiand_clickhouse_records_spilled")] == 3 and m[K("beiand_clickhouse_records_written")] == 0
+    assert m[K("beiand_clickhouse_write_errors")] >= 1 and m[K("beiand_clickhouse_lost_records")] == 0
+    assert m[K("beiand_clickhouse_spilling")] == 1
