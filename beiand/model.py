@@ -60,6 +60,11 @@ class Overlay(StrEnum):
     GRACE = "grace"  # the grace period for a newly seen name (``enforce.grace_seconds``)
 
 
+# Decisions the enforcer carries out even with its breaker open: the authority's and the regulator's
+# blocks (a closure order, a filter command, a blacklist entry).
+FORCED = frozenset({Overlay.ORDER, Overlay.ISMS_FILTER, Overlay.ISMS_BLACKLIST})
+
+
 class Outcome(StrEnum):
     """What the enforcer did with a decision, logged beside it (it never rewrites the decision)."""
 
@@ -160,6 +165,20 @@ class Observation(NamedTuple):
     # HTTP: the request target of the request line (bounded, 512 characters), for the URL rules
     # of the regulator's commands; "" elsewhere (TLS and QUIC hide the path).
     target: str = ""
+
+
+class AddressRule(NamedTuple):
+    """Traffic an overlay cuts by address, whatever the port of the name: executed in nftables sets
+    (``enforce.nft``), in every mode. ``net`` is an address, a CIDR prefix or a range ``lo-hi``;
+    ``proto`` "" (any), "tcp" or "udp"; ``ports`` the destination port range, or None (every port);
+    ``until`` the end (epoch seconds) or 0 (until lifted); ``ref`` what put it there."""
+
+    net: str
+    proto: str = ""
+    ports: tuple[int, int] | None = None
+    until: float = 0.0
+    ref: str = ""
+    src: bool = False  # the rule is on the client's (source) address, not the server's
 
 
 def endpoint(ip: str, port: int) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from beiand.accesslog import Query, query
 from beiand.cli.common import CliError, out, table
 from beiand.cli.logs import DEFAULT_CONFIG, config_from, fmt_time, parse_time
-from beiand.enforce import OrderError, OrderStore
+from beiand.policy.orders import OrderError, OrderStore
 
 
 def _store(args: argparse.Namespace) -> OrderStore:

@@ -4,11 +4,11 @@
 nftables entry) and reports its outcome (done, breaker open, failed); closure orders, the
 regulator's commands and grace are decided before it, by the policy's overlays.
 ``Injector`` sends hand-built packets on raw sockets opened once; ``Nft`` manages beiand's own
-``inet beiand`` table; ``OrderStore`` keeps closure orders (关停指令); ``nfqueue`` is the inline path.
+``inet beiand`` table; ``nfqueue`` is the inline path. Closure orders (关停指令) are the policy's
+(``beiand.policy.orders``).
 """
 
 from beiand.enforce.actor import Breaker, Enforcer, EnforceSettings
 from beiand.enforce.packets import Injector, block_page
-from beiand.policy.orders import Order, OrderError, OrderStore
 
-__all__ = ["Breaker", "EnforceSettings", "Enforcer", "Injector", "Order", "OrderError", "OrderStore", "block_page"]
+__all__ = ["Breaker", "EnforceSettings", "Enforcer", "Injector", "block_page"]

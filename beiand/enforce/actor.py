@@ -17,8 +17,7 @@ from typing import NamedTuple
 
 from beiand.enforce.nft import Nft
 from beiand.enforce.packets import Injector, block_page
-from beiand.model import Action, Decision, Kind, MetricKey, MetricValues, Observation, Outcome, Transport, VerdictKind
-from beiand.policy.overlays import FORCED
+from beiand.model import FORCED, Action, Decision, Kind, MetricKey, MetricValues, Observation, Outcome, Transport, VerdictKind
 
 log = logging.getLogger(__name__)
 _BAD = frozenset({VerdictKind.UNFILED, VerdictKind.MISMATCH, VerdictKind.INACTIVE})

@@ -41,7 +41,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from beiand.errors import BeiandError
-from beiand.policy.overlays import AddressRule
+from beiand.model import AddressRule
 
 FAMILY, TABLE, CHAIN = "inet", "beiand", "forward"
 _T = {"family": FAMILY, "table": TABLE}

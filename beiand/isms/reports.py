@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from beiand.accesslog.columns import parse_order_column
 from beiand.accesslog.reader import Query as LogFilter
 from beiand.accesslog.reader import query as log_query
 from beiand.accesslog.reader import summaries
@@ -31,7 +32,6 @@ from beiand.isms.wire.fields import FIELDS, PROTOCOL, REPORTED_VERDICTS, VERDICT
 from beiand.isms.wire.model import BEIJING, LogQuery, format_time
 from beiand.isms.wire.profile import Profile
 from beiand.model import AccessRecord, Overlay
-from beiand.policy.overlays import parse_order_column
 from beiand.records.domains import registrable_domain
 
 ROOTS = {DataType.IDC_MONITOR: "idcMonitor", DataType.COMMAND_QUERY_RESULT: "commandQueryResult",

@@ -26,9 +26,9 @@ import orjson
 
 from beiand.isms.wire.codes import RULE_NAMES, AckResult, RuleSubtype, SecurityType
 from beiand.isms.wire.model import ActivePeriod, BasicData, CodeList, ListEntry, Rule, SecurityCommand
-from beiand.model import Observation, Overlay, Transport
+from beiand.model import AddressRule, Observation, Overlay, Transport
 from beiand.policy.matcher import Compiled, Intervals, Matcher, RuleError, ip_int, ip_range, port_range
-from beiand.policy.overlays import AddressRule, Hit, hit
+from beiand.policy.overlays import Hit, hit
 from beiand.records.domains import DomainError, normalise_domain
 
 __all__ = ["CommandRules", "CommandStore", "Compiled", "Matcher", "Outcome", "RuleError", "address_rules", "compile_command",

@@ -22,24 +22,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
-from beiand.model import Action, Decision, Kind, MetricKey, MetricValues, Observation, Overlay, Transport, VerdictKind
+from beiand.accesslog.columns import order_column
+from beiand.model import Action, AddressRule, Decision, Kind, MetricKey, MetricValues, Observation, Overlay, Transport, VerdictKind
 from beiand.policy.inventory import HostedPrefix
 from beiand.policy.orders import OrderError, OrderStore
 from beiand.policy.verdict import Policy
-
-
-class AddressRule(NamedTuple):
-    """Traffic an overlay cuts by address, whatever the port of the name: executed in nftables sets
-    (``enforce.nft``), in every mode. ``net`` is an address, a CIDR prefix or a range ``lo-hi``;
-    ``proto`` "" (any), "tcp" or "udp"; ``ports`` the destination port range, or None (every port);
-    ``until`` the end (epoch seconds) or 0 (until lifted); ``ref`` what put it there."""
-
-    net: str
-    proto: str = ""
-    ports: tuple[int, int] | None = None
-    until: float = 0.0
-    ref: str = ""
-    src: bool = False  # the rule is on the client's (source) address, not the server's
 
 
 class Effect:
@@ -54,8 +41,6 @@ PRIORITY = {Overlay.ORDER: 4, Overlay.ISMS_FILTER: 3, Overlay.ISMS_BLACKLIST: 3,
             Overlay.ISMS_MONITOR: 1}
 _EFFECT = {Overlay.ORDER: Effect.BLOCK, Overlay.ISMS_FILTER: Effect.BLOCK, Overlay.ISMS_BLACKLIST: Effect.BLOCK,
            Overlay.ISMS_NOFILTER: Effect.EXEMPT, Overlay.ISMS_MONITOR: Effect.FLAG}
-# Decisions the enforcer carries out even with the breaker open (an order is the authority's).
-FORCED = frozenset({Overlay.ORDER, Overlay.ISMS_FILTER, Overlay.ISMS_BLACKLIST})
 
 
 class Hit(NamedTuple):
@@ -69,34 +54,6 @@ class Hit(NamedTuple):
 
 def hit(by: Overlay, ref: str) -> Hit:
     return Hit(by, ref, _EFFECT[by], PRIORITY[by])
-
-
-# The access log's ``order`` column: one spelling, written here and read back here.
-_COLUMN = {Overlay.ISMS_FILTER: "isms:", Overlay.ISMS_MONITOR: "isms-monitor:", Overlay.ISMS_BLACKLIST: "isms-blacklist:",
-           Overlay.ISMS_NOFILTER: "isms-nofilter:"}
-_FROM_COLUMN = {v: k for k, v in _COLUMN.items()}
-
-
-def order_column(d: Decision) -> str:
-    """The access log's ``order`` value of a decision: a closure order's number, ``isms:<id>``
-    (filter), ``isms-monitor:<id>``, ``isms-blacklist:<id>``, ``isms-nofilter:<id>``, or ""."""
-    by = d.by
-    if not by or by == Overlay.GRACE:
-        return ""
-    if by == Overlay.ORDER:
-        return d.ref
-    return _COLUMN[Overlay(by)] + d.ref
-
-
-def parse_order_column(value: str) -> tuple[Overlay | None, str]:
-    """The overlay and reference an ``order`` value names; (None, "") for none."""
-    if not value:
-        return None, ""
-    head, sep, rest = value.partition(":")
-    by = _FROM_COLUMN.get(head + sep) if sep else None
-    if by is not None:
-        return by, rest
-    return Overlay.ORDER, value
 
 
 class Layer(Protocol):

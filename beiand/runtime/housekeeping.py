@@ -19,7 +19,8 @@ from typing import Any
 from beiand.accesslog import retire, verify
 from beiand.accesslog.reader import stats as log_stats
 from beiand.enforce.nft import Nft, NftError
-from beiand.policy.overlays import AddressRule, Decider
+from beiand.model import AddressRule
+from beiand.policy.overlays import Decider
 from beiand.report.audit.findings import KINDS
 from beiand.runtime.metrics import Metrics
 from beiand.runtime.wiring import State

@@ -23,7 +23,7 @@ from beiand.capture.bpf import Insn
 from beiand.capture.bpf import build as build_bpf
 from beiand.capture.filterexpr import Condition
 from beiand.capture.live import LiveCapture
-from beiand.enforce import Enforcer, EnforceSettings, Injector, OrderError, OrderStore
+from beiand.enforce import Enforcer, EnforceSettings, Injector
 from beiand.enforce.nfqueue import Marks
 from beiand.enforce.nft import Nft, NftError
 from beiand.errors import BeiandError
@@ -33,6 +33,7 @@ from beiand.policy import Policy, PolicyConfig, PolicyError
 from beiand.policy.history import record_load
 from beiand.policy.inventory import Inventory, InventoryError, load_inventory
 from beiand.policy.nat import NatError, NatTable, load_nat
+from beiand.policy.orders import OrderError, OrderStore
 from beiand.policy.overlays import Decider, Layer, OrderLayer
 from beiand.records import ImportRefused, build_index, load_files, normalise_domain
 from beiand.records.domains import DomainError

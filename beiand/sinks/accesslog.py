@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from beiand.accesslog.columns import order_column
 from beiand.model import AccessRecord, Action, Decision, Kind, MetricValues, Observation, Outcome
-from beiand.policy.nat import NatTable
-from beiand.policy.overlays import order_column
+
+
+class NatTable(Protocol):
+    """The NAT / elastic-IP mappings (``beiand.policy.nat.NatTable``, given by the wiring): the other
+    side of a flow's mapping at a time, as the ``nat`` field spells it ("" for none)."""
+
+    def record_nat(self, client_ip: str, client_port: int, server_ip: str, server_port: int, ts_ms: int) -> str: ...
 
 
 class RecordWriter(Protocol):

@@ -10,8 +10,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from beiand.accesslog.columns import order_column
 from beiand.model import AccessRecord, Decision, Kind, MetricValues, Observation, Outcome, endpoint
-from beiand.policy.overlays import order_column
 from beiand.sinks import OutputClosed
 
 

@@ -141,7 +141,7 @@ def test_unknown_query_root_is_not_dropped(srv: tuple[Server, Reporter]) -> None
 
 def test_commands_for_a_house_apply_to_its_prefixes(srv: tuple[Server, Reporter]) -> None:
     from beiand.isms.store import CommandRules
-    from tests.integration.test_isms_endpoint import obs
+    from tests.integration.test_isms_endpoint import hit, obs
 
     s, _ = srv
     bd = ("<idcInfoManage><commandId>70</commandId><house><houseId>H2</houseId><ipSegment><startIp>198.51.100.0</startIp>"
@@ -152,15 +152,15 @@ def test_commands_for_a_house_apply_to_its_prefixes(srv: tuple[Server, Reporter]
     code, msg = s.smms.send(dbl.command_xml(3, 2, [(1, "x.example", "")], houses=("H7",)), 2)
     assert code == 0 and msg.startswith("not for this house (H1, H2)") and 3 not in s.store.state.commands
     rules = CommandRules(s.store.dir.parent, house_id="H1")  # a worker's view
-    assert rules.match(obs("bad.example", server="198.51.100.9"), 2.0) == ("order:isms:1", "block")
-    assert rules.match(obs("bad.example", server="203.0.113.5"), 2.0) is None  # another house's prefix
-    assert rules.match(obs("own.example", server="203.0.113.5"), 2.0) == ("order:isms:2", "block")
+    assert hit(rules.match(obs("bad.example", server="198.51.100.9"))) == "isms-filter:1"
+    assert hit(rules.match(obs("bad.example", server="203.0.113.5"))) is None  # another house's prefix
+    assert hit(rules.match(obs("own.example", server="203.0.113.5"))) == "isms-filter:2"
     # H2 leaves the basic data: its command applies nowhere
     assert s.smms.send("<idcInfoManage><commandId>71</commandId><operationType>1</operationType><house><houseId>H2</houseId>"
                        "</house></idcInfoManage>", 0)[0] == 0
     assert rules.reload()
-    assert rules.match(obs("bad.example", server="198.51.100.9"), 2.0) is None
-    assert rules.match(obs("own.example", server="203.0.113.5"), 2.0) == ("order:isms:2", "block")
+    assert hit(rules.match(obs("bad.example", server="198.51.100.9"))) is None
+    assert hit(rules.match(obs("own.example", server="203.0.113.5"))) == "isms-filter:2"
 
 
 def test_a_log_query_is_answered_by_its_dt3_file_not_by_an_ack(srv: tuple[Server, Reporter]) -> None:

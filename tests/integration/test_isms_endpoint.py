@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from beiand.isms.wire.envelope import Keys
 from beiand.isms.wire.model import LogQuery, Query
 from beiand.isms.wire.profile import Profile
 from beiand.model import Kind, Observation, Transport
+from beiand.policy.overlays import Hit
 from tests import isms_double as dbl
 
 pytestmark = pytest.mark.integration
@@ -62,8 +64,14 @@ def srv(tmp_path: Path) -> Iterator[Server]:
 
 def obs(name: str, server: str = "203.0.113.5", port: int = 443, transport: Transport = Transport.TCP,
         client: str = "198.51.100.7", detail: str = "") -> Observation:
+    """An observation now: after every command the test applied (the overlay judges at obs.ts)."""
     kind = Kind.TLS_SNI if name else Kind.IP_ONLY
-    return Observation(1.0, client, 40000, server, port, transport, kind, name, name, (), detail)
+    return Observation(time.time() + 1, client, 40000, server, port, transport, kind, name, name, (), detail)
+
+
+def hit(h: Hit | None) -> str | None:
+    """What decided: ``<overlay>:<commandId>``."""
+    return None if h is None else f"{h.by}:{h.ref}"
 
 
 @pytest.mark.parametrize("enc", [0, 1])
@@ -150,15 +158,15 @@ def test_every_command_type(srv: Server) -> None:
     assert srv.store.house_of("198.51.100.7") == "H2" and srv.store.house_of("192.0.2.1") == "H1"
     # applied through the matcher every worker uses
     rules = CommandRules(srv.store.dir.parent)
-    assert rules.match(obs("www.bad.example"), 2.0) == ("order:isms:1", "block")
-    assert rules.match(obs("www.bad.example", server="192.0.2.1", port=8443), 2.0) is None  # AND with the port rule
-    assert rules.match(obs("filed.example"), 2.0) == ("order:isms-monitor:2", "flag")
-    assert rules.match(obs("evil.example", server="192.0.2.1"), 2.0) == ("order:isms-blacklist:3", "block")
-    assert rules.match(obs("good.example", server="192.0.2.1"), 2.0) == ("isms-nofilter:4", "exempt")
+    assert hit(rules.match(obs("www.bad.example"))) == "isms-filter:1"
+    assert hit(rules.match(obs("www.bad.example", server="192.0.2.1", port=8443))) is None  # AND with the port rule
+    assert hit(rules.match(obs("filed.example"))) == "isms-monitor:2"
+    assert hit(rules.match(obs("evil.example", server="192.0.2.1"))) == "isms-blacklist:3"
+    assert hit(rules.match(obs("good.example", server="192.0.2.1"))) == "isms-nofilter:4"
     # delete
     assert s.send(dbl.command_xml(1, 2, [], op=1), 2)[0] == 0
     assert rules.reload()
-    assert rules.match(obs("www.bad.example", server="192.0.2.1"), 2.0) is None
+    assert hit(rules.match(obs("www.bad.example", server="192.0.2.1"))) is None
     assert srv.svc.acks[-1].result == 0
 
 

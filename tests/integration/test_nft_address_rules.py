@@ -22,7 +22,7 @@ import pytest
 
 from beiand.enforce.nft import Nft
 from beiand.lab.netns import CLIENT_IP, SERVER_IPS, Lab, in_netns
-from beiand.policy.overlays import AddressRule
+from beiand.model import AddressRule
 
 pytestmark = pytest.mark.integration
 

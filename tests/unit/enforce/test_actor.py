@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from beiand.enforce import Breaker, Enforcer, EnforceSettings, OrderError, OrderStore, block_page
+from beiand.enforce import Breaker, Enforcer, EnforceSettings, block_page
 from beiand.enforce.nfqueue import rule_specs
 from beiand.enforce.packets import RST, checksum, tcp_packet
 from beiand.model import Action, Decision, Kind, Mode, Observation, Outcome, Overlay, Transport, Verdict, VerdictKind
 from beiand.net.decoder import LINKTYPE_RAW, Decoder
+from beiand.policy.orders import OrderError, OrderStore
 
 
 def test_tcp_packets_have_valid_checksums_v4_and_v6() -> None:

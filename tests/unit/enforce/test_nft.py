@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from beiand.enforce.nft import Box, Nft, NftError, address_elements, disjoint, parse_net
-from beiand.policy.overlays import AddressRule
+from beiand.model import AddressRule
 
 T = TypeVar("T")
 NOW = 1_800_000_000.0

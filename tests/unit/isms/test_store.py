@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from beiand.enforce import Enforcer, EnforceSettings
 from beiand.isms.store import CommandRules, CommandStore, Matcher, address_rules, compile_command
 from beiand.isms.wire.model import ListEntry, Rule, SecurityCommand
-from beiand.model import Action, Decision, Kind, Mode, Observation, Outcome, Overlay, Transport, Verdict, VerdictKind
-from beiand.policy.overlays import AddressRule, Decider
+from beiand.model import Action, AddressRule, Decision, Kind, Mode, Observation, Outcome, Overlay, Transport, Verdict, VerdictKind
+from beiand.policy.overlays import Decider
 from beiand.sinks.accesslog import to_record
 
 

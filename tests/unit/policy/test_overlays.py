@@ -5,9 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from hypothesis import given
-from hypothesis import strategies as st
-
 from beiand.model import Action, Decision, Kind, Mode, Observation, Overlay, Transport, Verdict, VerdictKind
 from beiand.policy.orders import OrderStore
 from beiand.policy.overlays import (
@@ -19,7 +16,6 @@ from beiand.policy.overlays import (
     hit,
     lookup_answer,
     order_column,
-    parse_order_column,
 )
 
 FILED = Decision(Verdict(VerdictKind.FILED, None, "filed"), Action.LOG, "pass:filed", Mode.ENFORCE, "acct")
@@ -123,14 +119,3 @@ def test_lookup_answers_with_the_overlays() -> None:
     d = Decider(Fixed(FILED), [Layer(hit(Overlay.ISMS_FILTER, "42"))])  # type: ignore[arg-type]
     r = lookup_answer(d, "bad.example", "203.0.113.5", 1.0)
     assert (r["action"], r["order"], r["by"]) == ("block", "isms:42", "isms-filter")
-
-
-@given(st.sampled_from([o for o in Overlay if o is not Overlay.GRACE]), st.text(min_size=1, max_size=20))
-def test_the_order_column_reads_back_what_it_wrote(by: Overlay, ref: str) -> None:
-    d = UNFILED._replace(by=by, ref=ref)
-    col = order_column(d)
-    back = parse_order_column(col)
-    if by is Overlay.ORDER and any(col.startswith(p) for p in ("isms:", "isms-monitor:", "isms-blacklist:", "isms-nofilter:")):
-        return  # an order number spelled like a command reference: not one the authority issues
-    assert back == (by, ref)
-    assert parse_order_column("") == (None, "")

@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 from unittest import mock
 
+from beiand.model import AddressRule
 from beiand.policy.orders import OrderStore
-from beiand.policy.overlays import AddressRule, Decider, OrderLayer
+from beiand.policy.overlays import Decider, OrderLayer
 from beiand.runtime.housekeeping import Housekeeping, every
 
 
