@@ -150,8 +150,9 @@ def overlays(args: argparse.Namespace, cfg: Config | None, policy: Policy) -> De
         return Decider(policy)
     try:
         return decider(cfg if cfg is not None else Config(), policy, Path(state) if state else None)
-    except StateError as exc:
-        raise CliError(f"{'--state-dir ' + state if state else 'daemon.state_dir'}: {exc}") from None
+    except (StateError, OSError) as exc:
+        raise CliError(f"{'--state-dir ' + state if state else 'daemon.state_dir'}: {exc} (--state-dir DIR reads another "
+                       "state directory, --no-overlays decides from the records alone)") from None
 
 
 def inventory_from(path: str | None) -> Inventory:

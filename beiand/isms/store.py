@@ -2,8 +2,8 @@
 
 The main process (the ``idc_command`` endpoint, ``beiand isms``) writes ``<state_dir>/isms/
 commands.json`` atomically; each worker's :class:`CommandRules` re-reads it when its mtime
-changes (the enforcer calls ``reload`` four times a second), so a command applies within a
-second on every worker and survives restarts, exactly like closure orders (enforce/orders.py).
+changes (the decider calls ``reload`` four times a second), so a command applies within a
+second on every worker and survives restarts, exactly like closure orders (policy/orders.py).
 
 Rules combine as ISMS.md §6 says: AND across subtypes, OR within one. A command holding a rule
 beiand cannot carry out (keyword, attachment content) is refused whole (a partial rule over-
@@ -133,8 +133,8 @@ def address_rules(c: SecurityCommand) -> list[AddressRule] | None:
     alone; cut on every port, in every mode. None when the command has no such form (a domain or
     URL rule acts on named flows; source ports, or a source address with more, only on the
     watched ports)."""
-    if c.type != SecurityType.FILTER:
-        return None
+    if c.type != SecurityType.FILTER or c.house_ids:
+        return None  # a command for some houses only: nftables would cut it in every house (acked partial)
     kinds = {r.subtype for r in c.rules}
     ref = f"isms:{c.command_id}"
     until = c.expired_time or 0.0

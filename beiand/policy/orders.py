@@ -66,6 +66,7 @@ class OrderStore:
         self.orders: dict[str, Order] = {}
         self.history: list[LiftedOrder] = []
         self._spans: dict[str, list[tuple[float, float, Order]]] = {}
+        self._history_end = 0.0
         self._nets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, list[tuple[float, float, Order]]]] = []
         self._net_hits: dict[str, list[list[tuple[float, float, Order]]]] = {}
         self.reload()
@@ -85,6 +86,7 @@ class OrderStore:
         for v in spans.values():
             v.sort(key=lambda s: -s[0])  # the newest first: a replacement wins over the order it replaced
         self._spans = spans
+        self._history_end = max((e for v in spans.values() for _, e, _ in v), default=0.0)
         self._nets = sorted(((ipaddress.ip_network(k), v) for k, v in spans.items() if "/" in k), key=lambda n: -n[0].prefixlen)
         self._net_hits = {}
 
@@ -151,8 +153,8 @@ class OrderStore:
         """The order in force at ``ts`` covering ``name`` (or a name above it), ``server_ip``, or a
         prefix holding it: the address first, then the longest prefix, then the name."""
         spans = self._spans
-        if not spans:
-            return None
+        if not spans or (not self.orders and ts >= self._history_end):
+            return None  # nothing in force then (the live daemon, once every order is lifted)
         s = spans.get(server_ip)
         if s is not None and (o := _at(s, ts)) is not None:
             return o

@@ -2,7 +2,7 @@
 
 The main process serves ``idc_command`` (:mod:`beiand.isms.transport.endpoint`), writes the
 commands it applies to ``<state_dir>/isms/commands.json`` and the data files to the spool;
-each worker's enforcer re-reads the commands (:func:`rules_for`). In CU-lite mode the main
+each worker's decider re-reads them as a policy overlay (``runtime.wiring.decider``). In CU-lite mode the main
 process also uploads the spool and calls ``idc_commandack``.
 """
 
@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from beiand.isms.answers import answer
 from beiand.isms.reports import Reporter, ReportError, Spool
 from beiand.isms.service import CommandService, load_keys
-from beiand.isms.store import CommandRules, CommandStore
+from beiand.isms.store import CommandStore
 from beiand.isms.transport.endpoint import serve, tls_context
 from beiand.isms.transport.upload import Uploader
 from beiand.isms.wire.codec import CODECS
@@ -31,13 +31,6 @@ from beiand.isms.wire.profile import Profile, load_profile
 from beiand.runtime.settings import Config
 
 log = logging.getLogger("beiand.isms")
-
-
-def rules_for(cfg: Config) -> CommandRules | None:
-    """The enforcer's view of the commands in force (every worker), or None when ISMS is off."""
-    if not cfg.isms.enabled:
-        return None
-    return CommandRules(cfg.daemon.state_dir, load_profile(cfg.isms.profile).subdomains, cfg.isms.house_id)
 
 
 def spool_dir(cfg: Config) -> Path:
