@@ -146,6 +146,9 @@ def apply_hit(d: Decision, h: Hit) -> Decision:
                       Action.LOG else d.rule, by=h.by, ref=h.ref)
 
 
+_NOT_HOSTED, _BLOCK = VerdictKind.NOT_HOSTED, Action.BLOCK
+
+
 class Decider:
     """The records' verdict and the overlays → the final decision (the daemon's and replay's)."""
 
@@ -157,8 +160,8 @@ class Decider:
 
     def decide(self, obs: Observation) -> Decision:
         d = self.policy.decide(obs)
-        if d.verdict.verdict is VerdictKind.NOT_HOSTED:
-            return d
+        if d.verdict.verdict is _NOT_HOSTED or (not self.layers and d.action is not _BLOCK):
+            return d  # the hot path: no overlay can change it (grace and DNS answers act on blocks only)
         return self.overlay(obs, d)
 
     def overlay(self, obs: Observation, d: Decision) -> Decision:
