@@ -17,6 +17,7 @@ calls it about four times a second, the one reload path for every overlay), ``ad
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,6 +28,8 @@ from beiand.model import Action, AddressRule, Decision, Kind, MetricKey, MetricV
 from beiand.policy.inventory import HostedPrefix
 from beiand.policy.orders import OrderError, OrderStore
 from beiand.policy.verdict import Policy
+
+log = logging.getLogger(__name__)
 
 
 class Effect:
@@ -92,8 +95,10 @@ class OrderLayer:
     def reload(self) -> bool:
         try:
             return self.store.reload()
-        except OrderError:
-            self.errors += 1  # a damaged file keeps the orders in force (the supervisor logs it)
+        except OrderError as exc:
+            self.errors += 1  # a damaged file keeps the orders in force
+            if self.errors == 1 or not self.errors & (self.errors - 1):  # 1, 2, 4, 8...: rate-limited
+                log.error("%s (the orders in force are kept)", exc)
             return False
 
     def match(self, obs: Observation) -> Hit | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from beiand.accesslog import retire, verify
 from beiand.accesslog.reader import stats as log_stats
-from beiand.enforce.nft import Nft, NftError
+from beiand.enforce.nft import Nft, NftError, address_elements
 from beiand.model import AddressRule
 from beiand.policy.overlays import Decider
 from beiand.report.audit.findings import KINDS
@@ -80,7 +80,7 @@ class Housekeeping:
         if not (changed or force or now >= self._next_sync):
             return changed
         self._next_sync = now + self.RESYNC_S
-        rules = self.decider.addresses(now)
+        rules = self.valid(self.decider.addresses(now), now)
         if self.nft is not None and (force or rules != self._synced):
             try:
                 n = self.nft.sync_addresses(rules, now)
@@ -89,6 +89,20 @@ class Housekeeping:
             except NftError as exc:
                 log.error("address cuts: nftables: %s", exc)
         return changed
+
+    @staticmethod
+    def valid(rules: list[AddressRule], now: float) -> list[AddressRule]:
+        """The rules nftables can take: one it cannot (a bad address in a command) is logged by its
+        reference and left out, never stopping the others (a lift of an order must still apply)."""
+        out = []
+        for r in rules:
+            try:
+                address_elements([r], now)
+            except NftError as exc:
+                log.error("address cuts: %s: left out", exc)
+                continue
+            out.append(r)
+        return out
 
     def retire_and_verify(self) -> None:
         """Verify the recent chain, retire partitions beyond the retention, update the log's metrics."""

@@ -75,3 +75,8 @@ def test_retention_metrics_give_the_log_s_bytes_and_bytes_per_sealed_record(tmp_
     sealed = next((tmp_path / "log").glob("*/w0.sealed"))
     assert m.log_bytes_per_record._value.get() == sealed.stat().st_size / 500
     assert m.log_held._value.get() == sum(p.stat().st_size for p in (tmp_path / "log").glob("*/w0.*") if p.suffix != ".mark")
+
+
+def test_a_rule_nftables_cannot_take_is_left_out_and_the_others_kept() -> None:
+    good, bad = AddressRule("203.0.113.5", "tcp", (22, 22), ref="isms:1"), AddressRule("not-an-address", ref="isms:2")
+    assert Housekeeping.valid([bad, good], 0.0) == [good]
