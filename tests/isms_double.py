@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import http.server
 import io
+import os
 import random
 import string
 import threading
@@ -17,6 +18,7 @@ import urllib.request
 import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import padding
@@ -219,3 +221,12 @@ class Cu:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def write_secrets(sec: Path) -> Path:
+    """The daemon's ISMS secrets directory with the double's keys, each readable by its owner only."""
+    sec.mkdir()
+    for n, v in (("user_key", USER_KEY), ("enc_key", ENC_KEY), ("iv", IV), ("auth_key", AUTH_KEY)):
+        (sec / n).write_bytes(v)
+        os.chmod(sec / n, 0o600)
+    return sec

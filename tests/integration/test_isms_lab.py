@@ -36,11 +36,7 @@ def lab(tmp_path_factory):  # type: ignore[no-untyped-def]
     wd = tmp_path_factory.mktemp("isms")
     files = build(wd / "samples")
     Path(files["inventory"]).write_text(INVENTORY)
-    sec = wd / "secrets"
-    sec.mkdir()
-    for n, v in (("user_key", dbl.USER_KEY), ("enc_key", dbl.ENC_KEY), ("iv", dbl.IV), ("auth_key", dbl.AUTH_KEY)):
-        (sec / n).write_bytes(v)
-        os.chmod(sec / n, 0o600)
+    sec = dbl.write_secrets(wd / "secrets")
     cfg = write_config(wd, files, extra=f'\n[enforce]\ninline = true\n\n[isms]\nenabled = true\nidc_id = "{dbl.IDC_ID}"\n'
                        f'house_id = "H1"\nlisten = "127.0.0.1:{ISMS_PORT}"\nsecrets_dir = "{sec}"\nheartbeat_interval = 10\n')
     with Lab() as lb:

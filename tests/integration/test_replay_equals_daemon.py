@@ -84,11 +84,7 @@ def test_replay_of_the_gateways_capture_decides_exactly_as_the_daemon_did(mode: 
     wd = tmp_path
     files = build(wd / "samples")
     Path(files["inventory"]).write_text(INVENTORY)
-    sec = wd / "secrets"
-    sec.mkdir()
-    for n, v in (("user_key", dbl.USER_KEY), ("enc_key", dbl.ENC_KEY), ("iv", dbl.IV), ("auth_key", dbl.AUTH_KEY)):
-        (sec / n).write_bytes(v)
-        os.chmod(sec / n, 0o600)
+    sec = dbl.write_secrets(wd / "secrets")
     port = 9700 + (os.getpid() % 200)
     inline = "inline = true\n" if mode == "inline" else ""
     cfg = write_config(wd, files, extra=f'\n[enforce]\n{inline}max_blocks_per_minute = 100000\nmin_verdicts_for_share = 1000000\n'

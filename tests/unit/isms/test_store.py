@@ -14,6 +14,7 @@ from beiand.isms.wire.model import ListEntry, Rule, SecurityCommand
 from beiand.model import Action, AddressRule, Decision, Kind, Mode, Observation, Outcome, Overlay, Transport, Verdict, VerdictKind
 from beiand.policy.overlays import Decider
 from beiand.sinks.accesslog import to_record
+from tests.unit.policy.test_overlays import UNFILED, Fixed
 
 
 class Inj:
@@ -33,19 +34,6 @@ def obs(name: str, server: str = "203.0.113.5", port: int = 443, client: str = "
 
 
 FILED = Decision(Verdict(VerdictKind.FILED, None, "filed"), Action.LOG, "pass:filed", Mode.MONITOR, "acct")
-UNFILED = Decision(Verdict(VerdictKind.UNFILED, None, "no-filing"), Action.BLOCK, "enforce:unfiled", Mode.ENFORCE, "acct")
-
-
-class Fixed:
-    """A policy whose records' decision is given: the overlays are what is tested."""
-
-    inventory = None
-
-    def __init__(self, d: Decision) -> None:
-        self.d = d
-
-    def decide(self, o: Observation) -> Decision:
-        return self.d
 
 
 def decider(tmp_path: Path, base: Decision = FILED, grace: float = 0.0) -> Decider:
