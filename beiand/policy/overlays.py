@@ -169,8 +169,9 @@ class Decider:
             return d  # the hot path: no overlay can change it (grace and DNS answers act on blocks only)
         return self.overlay(obs, d)
 
-    def overlay(self, obs: Observation, d: Decision) -> Decision:
-        """``d`` (the records' decision for ``obs``) with the overlays in force at ``obs.ts``."""
+    def overlay(self, obs: Observation, d: Decision, grace: bool = True) -> Decision:
+        """``d`` (the records' decision for ``obs``) with the overlays in force at ``obs.ts``;
+        ``grace`` False: a question, not traffic (a lookup neither meets a name nor is held by grace)."""
         best: Hit | None = None
         for layer in self.layers:
             h = layer.match(obs)
@@ -179,7 +180,7 @@ class Decider:
         if best is not None:
             d = apply_hit(d, best)
         if d.action is Action.BLOCK:
-            if self.grace is not None and best is None:
+            if grace and self.grace is not None and best is None:
                 d = self.grace.apply(obs, d)
             if obs.kind is Kind.DNS_ANSWER and d.action is Action.BLOCK:
                 # An answer is not a connection: the connection it leads to is what gets blocked.
@@ -217,7 +218,7 @@ class Decider:
         if d.verdict.verdict is VerdictKind.NOT_HOSTED:
             return d, prefix, assumed
         obs = Observation(ts, "", 0, server_ip, port, Transport.TCP, Kind.TLS_SNI if name else Kind.IP_ONLY, name, name)
-        return self.overlay(obs, d), prefix, assumed
+        return self.overlay(obs, d, grace=False), prefix, assumed
 
 
 def lookup_answer(decider: Decider | Policy, name: str, server_ip: str, ts: float, port: int = 0, *,

@@ -119,3 +119,6 @@ def test_lookup_answers_with_the_overlays() -> None:
     d = Decider(Fixed(FILED), [Layer(hit(Overlay.ISMS_FILTER, "42"))])  # type: ignore[arg-type]
     r = lookup_answer(d, "bad.example", "203.0.113.5", 1.0)
     assert (r["action"], r["order"], r["by"]) == ("block", "isms:42", "isms-filter")
+    g = Decider(Fixed(UNFILED), [], grace_seconds=60)  # type: ignore[arg-type]
+    assert lookup_answer(g, "new.example", "203.0.113.5", 1.0)["action"] == "block"  # a lookup is not traffic:
+    assert not g.grace.first_seen  # type: ignore[union-attr]  # it neither meets the name nor is held by grace
