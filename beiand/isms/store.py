@@ -1,8 +1,8 @@
 """The regulator's commands in force: persisted in the state directory, applied by every worker.
 
 The main process (the ``idc_command`` endpoint, ``beiand isms``) writes ``<state_dir>/isms/
-commands.json`` atomically; each worker's :class:`CommandRules` re-reads it when its mtime
-changes (the decider calls ``reload`` four times a second), so a command applies within a
+commands.json`` atomically; each worker's :class:`CommandRules` re-reads it when it changes
+(``policy.source``; the decider calls ``reload`` four times a second), so a command applies within a
 second on every worker and survives restarts, exactly like closure orders (policy/orders.py).
 
 Rules combine as ISMS.md §6 says: AND across subtypes, OR within one. A command holding a rule
@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from beiand.isms.wire.model import ActivePeriod, BasicData, CodeList, ListEntry,
 from beiand.model import AddressRule, Observation, Overlay, Transport
 from beiand.policy.matcher import Compiled, Intervals, Matcher, RuleError, ip_int, ip_range, port_range
 from beiand.policy.overlays import Hit, hit
+from beiand.policy.source import Version, version
 from beiand.records.domains import DomainError, normalise_domain
 
 __all__ = ["CommandRules", "CommandStore", "Compiled", "Matcher", "Outcome", "RuleError", "address_rules", "compile_command",
@@ -203,25 +205,36 @@ class CommandStore:
 
     FILE = "commands.json"
 
-    def __init__(self, state_dir: Path, subdomains: bool = True, house_id: str = "") -> None:
+    def __init__(self, state_dir: Path, subdomains: bool = True, house_id: str = "", load: bool = True) -> None:
+        """``load`` False: start empty (the first ``reload`` reads the file)."""
         self.dir = Path(state_dir) / "isms"
         self.path = self.dir / self.FILE
         self.subdomains = subdomains
         self.house_id = house_id
         self.state = State()
-        self._mtime = -1.0
+        self.seen: Version | None = _UNREAD  # the version last read, good or damaged
         self._house_index: Intervals | None = None
-        self.reload()
+        if load:
+            self.reload()
 
     def reload(self) -> bool:
-        try:
-            m = self.path.stat().st_mtime_ns / 1e9
-        except FileNotFoundError:
+        """Re-read the file if it changed (``policy.source``); True when it did. No file keeps
+        what is held; a damaged file raises once, keeps the state, and is read again when it changes."""
+        v = version(self.path)
+        if v == self.seen:
             return False
-        if m == self._mtime:
+        self.seen = v
+        if v is None:
             return False
         try:
-            d = orjson.loads(self.path.read_bytes())
+            raw = self.path.read_bytes()
+        except FileNotFoundError:  # replaced or removed since the stat: read again next time
+            self.seen = _UNREAD
+            return False
+        except OSError as exc:
+            raise RuleError(f"{self.path}: {exc.strerror or exc}") from None
+        try:
+            d = orjson.loads(raw)
             st = State(
                 commands={int(k): _cmd_from_json(v) for k, v in d.get("commands", {}).items()},
                 lists={k: ListEntry(**v) for k, v in d.get("lists", {}).items()},
@@ -231,7 +244,7 @@ class CommandStore:
                 dt2=d.get("dt2"), applied={str(k): float(v) for k, v in d.get("applied", {}).items()})
         except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
             raise RuleError(f"{self.path}: damaged: {exc}") from None
-        self.state, self._mtime = st, m
+        self.state = st
         self._house_index = None
         return True
 
@@ -250,7 +263,7 @@ class CommandStore:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
         with contextlib.suppress(OSError):
-            self._mtime = self.path.stat().st_mtime_ns / 1e9
+            self.seen = version(self.path)
 
     # -- applying ----------------------------------------------------------------------------
 
@@ -387,9 +400,10 @@ class CommandStore:
 
     # -- matching ----------------------------------------------------------------------------
 
-    def compiled(self) -> list[Compiled]:
-        """Every command and list entry that was ever in force (the history's with the time they
-        left force), compiled: the matcher picks those in force at each observation's time."""
+    def compiled(self, since: float = -math.inf) -> list[Compiled]:
+        """Every command and list entry in force since ``since`` (the history's with the time they
+        left force; all of them by default), compiled: the matcher picks those in force at each
+        observation's time."""
         st = self.state
         out: list[Compiled] = []
         for c in st.commands.values():
@@ -397,13 +411,15 @@ class CommandStore:
         for e in st.lists.values():
             self._compile_list(out, e, st.applied.get(f"{e.kind}:{e.command_id}", -math.inf), math.inf)
         for h in st.history:
-            start = h.get("applied")
-            start = -math.inf if start is None else float(start)
             try:
+                end = float(h["ended"])
+                if end <= since:
+                    continue
+                start = -math.inf if h.get("applied") is None else float(h["applied"])
                 if "command" in h:
-                    self._compile(out, _cmd_from_json(h["command"]), start, float(h["ended"]))
+                    self._compile(out, _cmd_from_json(h["command"]), start, end)
                 elif "list" in h:
-                    self._compile_list(out, ListEntry(**h["list"]), start, float(h["ended"]))
+                    self._compile_list(out, ListEntry(**h["list"]), start, end)
             except (KeyError, TypeError, ValueError) as exc:
                 log.error("isms: history entry skipped: %s", exc)
         return out
@@ -450,6 +466,9 @@ class CommandStore:
         return out
 
 
+_UNREAD = Version(-1, -1, -1)
+
+
 @dataclass(frozen=True)
 class _HouseSeg:
     house_id: str
@@ -462,32 +481,50 @@ def _split(contents: str) -> list[str]:
 
 class CommandRules:
     """The regulator's commands as a policy overlay (``beiand.policy.overlays.Layer``): every
-    command and list entry ever in force, compiled, each within the time it was in force; the
-    decider evaluates them at each observation's time. ``reload`` re-reads the file when it changed.
+    command and list entry in force, compiled, each within the time it was in force; the decider
+    evaluates them at each observation's time. ``reload`` re-reads the file when it changed.
+
+    ``live`` (the daemon's workers): the history's entries that left force more than
+    ``LIVE_HISTORY_S`` ago are not compiled (up to 10,000 of them, on every reload); replay and
+    lookups (``live`` False) judge old captures, so they compile the whole history. A damaged file
+    at start leaves the overlay empty (``error`` says why) until the file is mended.
     """
 
     name = "isms"
+    LIVE_HISTORY_S = 3600.0  # an observation is never older than this on a live worker
 
-    def __init__(self, state_dir: Path, subdomains: bool = True, house_id: str = "") -> None:
-        self.store = CommandStore(state_dir, subdomains, house_id)
+    def __init__(self, state_dir: Path, subdomains: bool = True, house_id: str = "", *, live: bool = False) -> None:
+        self.store = CommandStore(state_dir, subdomains, house_id, load=False)
+        self.live = live
         self.matcher = Matcher(())
         self._known_names: Callable[[str], list[Compiled] | None] | None = None
-        self.errors = 0
-        self._build()
+        self.errors = 0  # damaged versions of the file met
+        self.error = ""  # what is wrong with the file now ("" when it was read)
+        self._read()
 
     def _build(self) -> None:
-        self.matcher = Matcher(self.store.compiled())
+        self.matcher = Matcher(self.store.compiled(since=time.time() - self.LIVE_HISTORY_S if self.live else -math.inf))
         self._known_names = self.matcher._names.get if self.matcher.names_only and self.matcher.count else None
 
-    def reload(self) -> bool:
+    def _read(self) -> bool:
+        seen = self.store.seen
         try:
             changed = self.store.reload()
         except RuleError as exc:  # a damaged file keeps the commands in force
-            log.error("%s", exc)
             self.errors += 1
+            self.error = str(exc)
             return False
+        if self.store.seen != seen:  # another version, read well (or no file)
+            self.error = ""
         if changed:
             self._build()
+        return changed
+
+    def reload(self) -> bool:
+        errors = self.errors
+        changed = self._read()
+        if self.errors != errors:
+            log.error("%s (the commands in force are kept; read again when the file changes)", self.error)
         return changed
 
     def match(self, obs: Observation) -> Hit | None:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from beiand.errors import BeiandError
+from beiand.policy.source import Version, version
 
 
 class OrderError(BeiandError, ValueError):
@@ -60,16 +61,18 @@ class LiftedOrder:
 class OrderStore:
     FILE = "orders.json"
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, load: bool = True) -> None:
+        """``load`` False: start empty (the first ``reload`` reads the file)."""
         self.path = Path(state_dir) / self.FILE
-        self._mtime = -1.0
+        self.seen: Version | None = _UNREAD  # the version last read, good or damaged
         self.orders: dict[str, Order] = {}
         self.history: list[LiftedOrder] = []
         self._spans: dict[str, list[tuple[float, float, Order]]] = {}
         self._history_end = 0.0
         self._nets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, list[tuple[float, float, Order]]]] = []
         self._net_hits: dict[str, list[list[tuple[float, float, Order]]]] = {}
-        self.reload()
+        if load:
+            self.reload()
 
     def _index(self) -> None:
         """Every order that ever was in force, by target, with the time it ended: an observation is
@@ -91,27 +94,35 @@ class OrderStore:
         self._net_hits = {}
 
     def reload(self) -> bool:
-        """Re-read the file if it changed; True when it did."""
-        try:
-            m = self.path.stat().st_mtime
-        except FileNotFoundError:
-            changed = bool(self.orders)
-            self.orders, self.history, self._mtime = {}, [], -1.0
+        """Re-read the file if it changed (``policy.source``); True when it did. A damaged file
+        raises once and keeps the orders in force; it is read again when it changes."""
+        v = version(self.path)
+        if v == self.seen:
+            return False
+        self.seen = v
+        if v is None:
+            changed = bool(self.orders or self.history)
+            self.orders, self.history = {}, []
             self._index()
             return changed
-        if m == self._mtime:
-            return False
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            self.orders = {o["target"]: Order(**o) for o in data.get("orders", [])}
-            self.history = [LiftedOrder(Order(**h["order"]), h["lifted_at"], h.get("lifted_by", ""), h.get("lift_reason", ""))
-                            for h in data.get("history", [])]
-            for o in self.orders.values():
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:  # replaced or removed since the stat: read again next time
+            self.seen = _UNREAD
+            return False
+        except OSError as exc:
+            raise OrderError(f"{self.path}: {exc.strerror or exc}") from None
+        try:
+            data = json.loads(text)
+            orders = {o["target"]: Order(**o) for o in data.get("orders", [])}
+            history = [LiftedOrder(Order(**h["order"]), h["lifted_at"], h.get("lifted_by", ""), h.get("lift_reason", ""))
+                       for h in data.get("history", [])]
+            for o in orders.values():
                 if "/" in o.target:
                     ipaddress.ip_network(o.target)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise OrderError(f"{self.path}: damaged: {exc}") from None
-        self._mtime = m
+        self.orders, self.history = orders, history
         self._index()
         return True
 
@@ -127,7 +138,7 @@ class OrderStore:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
         with contextlib.suppress(OSError):
-            self._mtime = self.path.stat().st_mtime
+            self.seen = version(self.path)
         self._index()
 
     def add(self, target: str, order: str, reason: str, until: float = 0.0, by: str = "") -> Order:
@@ -187,6 +198,9 @@ class OrderStore:
     def in_force(self, ts: float) -> list[Order]:
         """The orders in force at ``ts`` (those lifted since included)."""
         return [o for s in self._spans.values() if (o := _at(s, ts)) is not None]
+
+
+_UNREAD = Version(-1, -1, -1)
 
 
 def _at(spans: list[tuple[float, float, Order]], ts: float) -> Order | None:

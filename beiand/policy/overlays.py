@@ -63,9 +63,11 @@ class Layer(Protocol):
     """One overlay's source of rules; ``name`` labels its metrics (``order``, ``isms``)."""
 
     name: str
+    error: str  # what is wrong with the source now ("" when it was read): the rules before it stay in force
 
     def reload(self) -> bool:
-        """Re-read the rules if they changed; True when they did (a damaged source keeps the old ones)."""
+        """Re-read the rules if they changed; True when they did (a damaged source keeps the old
+        ones, is logged once, and is read again when it changes)."""
         ...
 
     def match(self, obs: Observation) -> Hit | None:
@@ -80,26 +82,40 @@ class Layer(Protocol):
 
 
 class OrderLayer:
-    """Closure orders (关停指令, ``beiand block add``) as an overlay: ``<state_dir>/orders.json``."""
+    """Closure orders (关停指令, ``beiand block add``) as an overlay: ``<state_dir>/orders.json``.
+    A damaged file at start leaves the overlay empty (``error`` says why) until the file is mended."""
 
     name = "order"
 
     def __init__(self, store: OrderStore) -> None:
         self.store = store
-        self.errors = 0
+        self.errors = 0  # damaged versions of the file met
+        self.error = ""  # what is wrong with the file now ("" when it was read)
 
     @classmethod
     def from_state_dir(cls, state_dir: Path) -> OrderLayer:
-        return cls(OrderStore(state_dir))
+        layer = cls(OrderStore(state_dir, load=False))
+        layer._read()
+        return layer
+
+    def _read(self) -> bool:
+        seen = self.store.seen
+        try:
+            changed = self.store.reload()
+        except OrderError as exc:  # a damaged file keeps the orders in force
+            self.errors += 1
+            self.error = str(exc)
+            return False
+        if self.store.seen != seen:  # another version, read well (or no file)
+            self.error = ""
+        return changed
 
     def reload(self) -> bool:
-        try:
-            return self.store.reload()
-        except OrderError as exc:
-            self.errors += 1  # a damaged file keeps the orders in force
-            if self.errors == 1 or not self.errors & (self.errors - 1):  # 1, 2, 4, 8...: rate-limited
-                log.error("%s (the orders in force are kept)", exc)
-            return False
+        errors = self.errors
+        changed = self._read()
+        if self.errors != errors:
+            log.error("%s (the orders in force are kept; read again when the file changes)", self.error)
+        return changed
 
     def match(self, obs: Observation) -> Hit | None:
         o = self.store.match(obs.name, obs.server_ip, obs.ts)

@@ -123,7 +123,7 @@ class Daemon:
             self.nft = None
             log.warning("enforcement: nftables unavailable (%s): QUIC, IP-only and address orders cannot be blocked", exc)
         try:
-            self.decider = decider(cfg, self.state.policy)
+            self.decider = decider(cfg, self.state.policy, live=True)
         except StateError as exc:
             log.error("%s", exc)
         self.housekeeping.nft, self.housekeeping.decider = self.nft, self.decider

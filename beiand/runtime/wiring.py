@@ -33,7 +33,6 @@ from beiand.policy import Policy, PolicyConfig, PolicyError
 from beiand.policy.history import record_load
 from beiand.policy.inventory import Inventory, InventoryError, load_inventory
 from beiand.policy.nat import NatError, NatTable, load_nat
-from beiand.policy.orders import OrderError, OrderStore
 from beiand.policy.overlays import Decider, Layer, OrderLayer
 from beiand.records import ImportRefused, build_index, load_files, normalise_domain
 from beiand.records.domains import DomainError
@@ -231,15 +230,18 @@ def make_enforcer(cfg: Config) -> Enforcer:
     return Enforcer(settings, injector, nft)
 
 
-def layers(cfg: Config, state_dir: Path | None = None) -> list[Layer]:
+def layers(cfg: Config, state_dir: Path | None = None, *, live: bool = False) -> list[Layer]:
     """The overlays every command decides with, read from ``daemon.state_dir`` (or ``state_dir``):
     closure orders (``orders.json``) and, with ``[isms]`` on, the regulator's commands
-    (``isms/commands.json``). A damaged file is an error naming it (the daemon keeps what it had)."""
+    (``isms/commands.json``).
+
+    A damaged file is a ``StateError`` naming it, for a command asked about it (replay, lookup).
+    ``live`` (the daemon's workers and supervisor): it is logged instead, that overlay starts empty
+    and takes the file once it is mended (``Layer.reload``), so a bad write never stops the
+    gateway's access log; ``beiand_overlay_reload_errors`` counts it. Live, the regulator's history
+    is compiled only for the last hour (``CommandRules.live``)."""
     d = state_dir if state_dir is not None else cfg.daemon.state_dir
-    try:
-        out: list[Layer] = [OrderLayer(OrderStore(d))]
-    except OrderError as exc:
-        raise StateError(str(exc)) from None
+    out: list[Layer] = [OrderLayer.from_state_dir(d)]
     if cfg.isms.enabled:
         from beiand.isms.store import CommandRules  # the ISMS stack only where it is on
         from beiand.isms.wire.profile import ProfileError, load_profile
@@ -248,17 +250,19 @@ def layers(cfg: Config, state_dir: Path | None = None) -> list[Layer]:
             subdomains = load_profile(cfg.isms.profile).subdomains
         except ProfileError as exc:
             raise StateError(f"isms.profile: {exc}") from None
-        try:
-            out.append(CommandRules(d, subdomains, cfg.isms.house_id))
-        except ValueError as exc:
-            raise StateError(str(exc)) from None
+        out.append(CommandRules(d, subdomains, cfg.isms.house_id, live=live))
+    for layer in out:
+        if layer.error and not live:
+            raise StateError(layer.error)
+        if layer.error:
+            log.error("%s: the %s overlay starts empty and takes the file once it is mended", layer.error, layer.name)
     return out
 
 
-def decider(cfg: Config, policy: Policy, state_dir: Path | None = None) -> Decider:
+def decider(cfg: Config, policy: Policy, state_dir: Path | None = None, *, live: bool = False) -> Decider:
     """The one decider (the records' verdict and the overlays) of the daemon's workers, ``replay``,
     ``records lookup``, ``/api/v1/lookup`` and ``audit --pcap`` (issue 26: replay = daemon)."""
-    return Decider(policy, layers(cfg, state_dir), grace_seconds=cfg.enforce.grace_seconds)
+    return Decider(policy, layers(cfg, state_dir, live=live), grace_seconds=cfg.enforce.grace_seconds)
 
 
 def inline_marks(cfg: Config) -> Marks:

@@ -194,9 +194,9 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
     decoder = Decoder(decoder_config(cfg))
     enforcer = make_enforcer(cfg)
     try:
-        decide = decider(cfg, state.policy)
-    except StateError as exc:  # checked by the supervisor before it started the workers; changed since
-        log.error("worker %d: %s; deciding without the overlays until the file is mended", idx, exc)
+        decide = decider(cfg, state.policy, live=True)
+    except StateError as exc:  # isms.profile: checked by the supervisor before it started the workers; changed since
+        log.error("worker %d: %s; deciding without the overlays", idx, exc)
         decide = Decider(state.policy, grace_seconds=cfg.enforce.grace_seconds)
     pipe = Pipeline(decoder, decide, [*sinks, agg], actor=enforcer.enforce, gateway=cfg.gateway)
     # Inline: the queue has its own thread (issue 22); it and the capture loop share the decoder

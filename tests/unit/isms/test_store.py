@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +174,55 @@ def test_a_damaged_file_keeps_the_commands_in_force(tmp_path: Path) -> None:
     (tmp_path / "isms" / "commands.json").write_text("{broken")
     assert not r.reload()
     assert r.match(obs("a.example")) is not None
+    assert (r.errors, r.metrics()["errors"]) == (1, 1) and "damaged" in r.error
+    for _ in range(3):  # one damaged version is one error, not one per poll
+        assert not r.reload()
+    assert r.errors == 1
+
+
+def test_a_file_damaged_at_start_leaves_the_overlay_empty_until_it_is_mended(tmp_path: Path) -> None:
+    """Reviewer (issue 26): a worker whose commands.json was damaged at start decided without the
+    regulator's commands until it was restarted, mended file or not."""
+    path = tmp_path / "isms" / "commands.json"
+    path.parent.mkdir()
+    path.write_text("{broken")
+    r = CommandRules(tmp_path, live=True)
+    assert "damaged" in r.error and r.match(obs("a.example")) is None
+    store_with(tmp_path / "mended", cmd(1, 2, (1, "a.example", "")))
+    os.replace(tmp_path / "mended" / "isms" / "commands.json", path)  # written whole again
+    assert r.reload() and r.error == ""
+    assert r.match(obs("a.example")) is not None
+
+
+def test_a_change_keeping_the_old_mtime_is_read(tmp_path: Path) -> None:
+    """Reviewer (issue 26): the mtime alone missed a second write within the timestamp granularity
+    or a file restored with its old time (``cp -p``)."""
+    s = store_with(tmp_path, cmd(1, 2, (1, "a.example", "")))
+    path = tmp_path / "isms" / "commands.json"
+    st = path.stat()
+    r = CommandRules(tmp_path)
+    assert s.apply_security(cmd(2, 2, (1, "b.example", "")), 1.0).result == 0
+    s.save()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert r.reload()
+    assert r.match(obs("b.example")) is not None
+
+
+def test_a_live_worker_compiles_only_the_recent_history(tmp_path: Path) -> None:
+    """Reviewer (issue 26): every worker compiled the whole history (up to 10,000 commands that left
+    force) into its live matcher on every reload; replay still needs all of it."""
+    now = time.time()
+    s = CommandStore(tmp_path)
+    for cid, ended in ((1, now - 2 * 86400), (2, now - 60)):
+        assert s.apply_security(cmd(cid, 2, (1, f"c{cid}.example", "")), ended - 100).result == 0
+        assert s.apply_security(cmd(cid, 2, op=1), ended).result == 0
+    assert s.apply_security(cmd(3, 2, (1, "c3.example", "")), now - 10).result == 0
+    s.save()
+    live, replay = CommandRules(tmp_path, live=True), CommandRules(tmp_path)
+    assert (live.matcher.count, replay.matcher.count) == (2, 3)
+    assert replay.match(obs("c1.example", ts=now - 2 * 86400 - 50)) is not None
+    assert live.match(obs("c2.example", ts=now - 90)) is not None  # left force a minute ago: still judged
+    assert live.match(obs("c3.example", ts=now)) is not None
 
 
 @settings(max_examples=80, deadline=None)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
+
+import pytest
 
 from beiand.model import Action, Decision, Kind, Mode, Observation, Overlay, Transport, Verdict, VerdictKind
 from beiand.policy.orders import OrderStore
@@ -41,6 +44,8 @@ def obs(name: str = "www.bad.example", server: str = "203.0.113.5", ts: float = 
 
 class Layer:
     """An overlay that always answers the same hit."""
+
+    error = ""
 
     def __init__(self, h: Hit | None) -> None:
         self.h = h
@@ -122,3 +127,38 @@ def test_lookup_answers_with_the_overlays() -> None:
     g = Decider(Fixed(UNFILED), [], grace_seconds=60)  # type: ignore[arg-type]
     assert lookup_answer(g, "new.example", "203.0.113.5", 1.0)["action"] == "block"  # a lookup is not traffic:
     assert not g.grace.first_seen  # type: ignore[union-attr]  # it neither meets the name nor is held by grace
+
+
+def test_orders_damaged_at_start_stop_a_question_but_not_the_daemon(tmp_path: Path) -> None:
+    """Reviewer (issue 26): a worker whose orders.json was damaged at start decided without the
+    closure orders until restarted. Live, the overlay starts empty and takes the mended file; a
+    command asked about it (replay, lookup) still refuses, naming the file."""
+    from beiand.runtime.settings import Config
+    from beiand.runtime.wiring import StateError, layers
+
+    (tmp_path / "orders.json").write_text("{broken")
+    with pytest.raises(StateError, match=r"orders\.json: damaged"):
+        layers(Config(), tmp_path)
+    (live,) = layers(Config(), tmp_path, live=True)
+    assert "damaged" in live.error and live.match(obs()) is None
+    for _ in range(3):
+        assert not live.reload()
+    assert live.metrics()["errors"] == 1  # one damaged version, one error (and one log line)
+    writer = OrderStore(tmp_path / "w")
+    o = writer.add("bad.example", "京通管〔2026〕3号", "test")
+    os.replace(writer.path, tmp_path / "orders.json")
+    assert live.reload() and live.error == ""
+    assert live.match(obs(ts=o.created + 1)) == hit(Overlay.ORDER, "京通管〔2026〕3号")
+
+
+def test_an_order_file_changed_under_its_old_mtime_is_read(tmp_path: Path) -> None:
+    """Reviewer (issue 26): the mtime alone missed a write within the timestamp granularity or a
+    file restored with its old time."""
+    writer = OrderStore(tmp_path)
+    writer.add("a.example", "1", "test")
+    st = writer.path.stat()
+    layer = OrderLayer.from_state_dir(tmp_path)
+    o = writer.add("b.example", "2", "test")
+    os.utime(writer.path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert layer.reload()
+    assert layer.match(obs("b.example", ts=o.created + 1)) == hit(Overlay.ORDER, "2")
