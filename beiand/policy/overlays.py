@@ -218,13 +218,15 @@ class Decider:
         return [a for layer in self.layers for a in layer.addresses(ts)]
 
     def metrics(self) -> MetricValues:
-        """Per overlay: the rules in force (``beiand_overlay_rules``) and the reloads that met a
-        damaged file (``beiand_overlay_reload_errors``); the worker adds its own label."""
+        """Per overlay: the rules in force (``beiand_overlay_rules``), the reloads that met a
+        damaged file (``beiand_overlay_reload_errors``) and whether the file is damaged now
+        (``beiand_overlay_damaged``); the worker adds its own label."""
         out: MetricValues = {}
         for layer in self.layers:
             m = layer.metrics()
             out[MetricKey("beiand_overlay_rules", (layer.name,))] = m.get("rules", 0)
             out[MetricKey("beiand_overlay_reload_errors", (layer.name,))] = m.get("errors", 0)
+            out[MetricKey("beiand_overlay_damaged", (layer.name,))] = 1.0 if layer.error else 0.0
         return out
 
     def lookup(self, name: str, server_ip: str, ts: float, port: int = 0, *, no_inventory_means_hosted: bool = False

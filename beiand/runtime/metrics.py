@@ -40,7 +40,7 @@ REASSEMBLY_KINDS = ("tcp", "quic", "fragment")  # net.decoder's budgets
 PER_WORKER = frozenset({*(f"beiand_{name}" for name, _ in WORKER_COUNTERS.values()), "beiand_inline_packets",
                         "beiand_inline_settled", "beiand_inline_redropped", "beiand_flows", "beiand_accesslog_pending_records",
                         "beiand_accesslog_chain_head_prefix", "beiand_clickhouse_spilling",
-                        "beiand_overlay_rules", "beiand_overlay_reload_errors"})
+                        "beiand_overlay_rules", "beiand_overlay_reload_errors", "beiand_overlay_damaged"})
 
 
 class Metrics:
@@ -80,6 +80,9 @@ class Metrics:
                                    registry=r)
         self.overlay_reload_errors = Gauge("beiand_overlay_reload_errors", "reloads of an overlay that met a damaged file "
                                            "(the rules in force were kept), per worker", ["worker", "overlay"], registry=r)
+        self.overlay_damaged = Gauge("beiand_overlay_damaged", "1 while an overlay's file is damaged: the worker decides "
+                                     "with the rules it had before (none, when damaged at start)", ["worker", "overlay"],
+                                     registry=r)
         self.enforcement_outcomes = Counter("beiand_enforcement_outcomes", "decisions to block by what the enforcer did "
                                             "(done, breaker-open, failed)", ["outcome"], registry=r)
         self.decision_latency = Histogram("beiand_decision_latency_seconds", "time from the packet carrying the name to its decision",

@@ -205,4 +205,10 @@ def test_the_decider_reports_the_rules_each_overlay_holds(tmp_path) -> None:
     store.add("bad.example", "京通管〔2026〕1号", "")
     d = Decider(type("P", (), {"inventory": None})(), [OrderLayer(store)])  # type: ignore[arg-type]
     m = worker_metrics(1, [d])
-    assert m == {K("beiand_overlay_rules", ("1", "order")): 1, K("beiand_overlay_reload_errors", ("1", "order")): 0}
+    assert m == {K("beiand_overlay_rules", ("1", "order")): 1, K("beiand_overlay_reload_errors", ("1", "order")): 0,
+                 K("beiand_overlay_damaged", ("1", "order")): 0}
+    store.path.write_text("{broken")
+    d.reload()
+    m = worker_metrics(1, [d])
+    assert (m[K("beiand_overlay_damaged", ("1", "order"))], m[K("beiand_overlay_reload_errors", ("1", "order"))],
+            m[K("beiand_overlay_rules", ("1", "order"))]) == (1, 1, 1)  # the order in force kept
