@@ -23,6 +23,9 @@ Sets (all with per-element timeouts), matched by the drop rules of the ``forward
 
 The address sets (``ip``, ``port``, ``src``) are written whole by :meth:`Nft.sync_addresses`, in one
 transaction; overlapping rules are cut into disjoint elements first (the kernel refuses overlaps).
+What one write may hold is capped (:func:`fit`): rewriting 65,536 elements of the address sets took
+about 2 s here, of the concatenated port and source sets 92 s (6 s for 10,000), so those have a cap
+of their own; whole references beyond a cap are left out, never part of one.
 Nothing else is ever blocked per host: an unnamed flow is reset alone (issue 13; REGULATIONS.md:
 blocking is per name or per flow).
 """
@@ -38,7 +41,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from beiand.errors import BeiandError
 from beiand.model import AddressRule
@@ -47,7 +50,11 @@ FAMILY, TABLE, CHAIN = "inet", "beiand", "forward"
 _T = {"family": FAMILY, "table": TABLE}
 FD_SETSIZE = 1024
 ADDRESS_SETS = ("ip4", "ip6", "port4", "port6", "src4", "src6")
+CONCAT_SETS = frozenset({"port4", "port6", "src4", "src6"})  # address . protocol . port
 PROTOCOLS = ("tcp", "udp")  # what proto "" stands for in the port sets
+MAX_ELEMENTS = 65_536  # address-set elements one write holds, in all
+MAX_CONCAT_ELEMENTS = 8_192  # of them in the concatenated sets (about 5 s to rewrite here)
+NFT_TIMEOUT_S = 60.0  # the longest an ``nft -j`` process may take over one write
 
 
 class NftError(BeiandError, RuntimeError):
@@ -127,17 +134,31 @@ class Nft:
             raise NftError("neither python3-nftables nor the nft command is installed (apt-get install nftables python3-nftables)")
         self.via = "libnftables" if self.nft is not None else "nft -j"
 
-    def run(self, cmds: list[dict[str, Any]]) -> Any:
+    def run(self, cmds: list[dict[str, Any]], timeout: float | None = None) -> Any:
+        """One transaction. ``timeout`` bounds an ``nft`` process (killed, its transaction not
+        committed); libnftables runs in the calling thread and cannot be bounded."""
         doc = {"nftables": cmds}
         if self.nft is not None:
             rc, out, err = self.nft.json_cmd(doc)
             if rc != 0:
                 raise NftError(f"nftables: {err.strip() or rc}")
             return out
-        r = subprocess.run(["nft", "-j", "-f", "-"], input=json.dumps(doc), capture_output=True, text=True)
+        try:
+            r = subprocess.run(["nft", "-j", "-f", "-"], input=json.dumps(doc), capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise NftError(f"nft: no answer within {timeout:g} s (killed)") from None
         if r.returncode != 0:
             raise NftError(f"nft: {r.stderr.strip()}")
         return json.loads(r.stdout) if r.stdout.strip() else None
+
+    def in_place(self) -> bool:
+        """Whether the table and its chain are there (``nft flush ruleset`` or a deleted table
+        removes them behind beiand's back). The chains alone are listed: listing the table or
+        its chain reads every set element too (0.3 s for 65,536 here, 13 ms for this)."""
+        out = self.run([{"list": {"chains": {"family": FAMILY}}}])
+        data = json.loads(out) if isinstance(out, str) else out
+        chains = [item["chain"] for item in (data or {}).get("nftables", []) if "chain" in item]
+        return any(c.get("table") == TABLE and c.get("name") == CHAIN for c in chains)
 
     def setup(self) -> None:
         """(Re)create the table: sets and the forward-hook chain."""
@@ -181,7 +202,11 @@ class Nft:
         ``until`` is past is left out; the others expire by themselves (element timeout). Returns
         the number of elements written; an invalid rule raises :class:`NftError` naming its ``ref``
         and changes nothing."""
-        elements = address_elements(rules, now)
+        return self.write_addresses(address_elements(rules, now))
+
+    def write_addresses(self, elements: dict[str, list[Any]], timeout: float | None = NFT_TIMEOUT_S) -> int:
+        """Replace the address sets' elements by ``elements`` (:func:`address_elements`, :func:`fit`)
+        in one transaction; the number written."""
         # Flushed and refilled in one transaction. Not in two (the lab's SYNs sprayed during 30 syncs:
         # 61 of 2,033 and 109 of 1,147 got through), and not by deleting the sets and making them again with
         # their rules, although that is 60 times faster for 10,000 elements (a flush of n elements of
@@ -190,7 +215,7 @@ class Nft:
         # tests/integration/test_nft_address_rules.py::test_writing_the_rules_again_opens_no_gap.
         cmds: list[dict[str, Any]] = [{"flush": {"set": {**_T, "name": n}}} for n in ADDRESS_SETS]
         cmds += [{"add": {"element": {**_T, "name": n, "elem": es}}} for n, es in elements.items() if es]
-        self.run(cmds)
+        self.run(cmds, timeout)
         return sum(len(es) for es in elements.values())
 
     def teardown(self) -> None:
@@ -277,20 +302,28 @@ def disjoint(boxes: list[Box]) -> list[Box]:
     return [(((lo, hi), *ivs), end) for lo, hi, rest in runs for ivs, end in rest]
 
 
-def address_elements(rules: Iterable[AddressRule], now: float) -> dict[str, list[Any]]:
-    """The elements of every address set (module docstring) for ``rules`` at ``now``, as nftables JSON."""
-    boxes: dict[tuple[str, str], list[Box]] = {}
+Boxes = dict[tuple[str, str], list[Box]]  # (set, protocol) → the boxes of its rules
+
+
+def _check(r: AddressRule) -> tuple[int, int, int]:
+    """(IP version, first, last address) of a rule nftables can take; NftError naming its ``ref``."""
+    try:
+        version, lo, hi = parse_net(r.net)
+        if r.proto not in ("", *PROTOCOLS):
+            raise ValueError(f"protocol {r.proto!r}: expected \"\" (any), \"tcp\" or \"udp\"")
+        if r.ports is not None and not 0 <= r.ports[0] <= r.ports[1] <= 65535:
+            raise ValueError(f"ports {r.ports}: expected (first, last) with 0 <= first <= last <= 65535")
+    except ValueError as exc:
+        raise NftError(f"address rule {r.ref or '(no ref)'} on {r.net!r}: {exc}")
+    return version, lo, hi
+
+
+def _boxes(rules: Iterable[AddressRule], now: float) -> Boxes:
+    boxes: Boxes = {}
     for r in rules:
         if r.until and r.until <= now:
             continue  # already ended
-        try:
-            version, lo, hi = parse_net(r.net)
-            if r.proto not in ("", *PROTOCOLS):
-                raise ValueError(f"protocol {r.proto!r}: expected \"\" (any), \"tcp\" or \"udp\"")
-            if r.ports is not None and not 0 <= r.ports[0] <= r.ports[1] <= 65535:
-                raise ValueError(f"ports {r.ports}: expected (first, last) with 0 <= first <= last <= 65535")
-        except ValueError as exc:
-            raise NftError(f"address rule {r.ref or '(no ref)'} on {r.net!r}: {exc}")
+        version, lo, hi = _check(r)
         end = r.until or math.inf
         if not r.proto and r.ports is None:
             boxes.setdefault((f"ip{version}", ""), []).append((((lo, hi),), end))
@@ -298,6 +331,10 @@ def address_elements(rules: Iterable[AddressRule], now: float) -> dict[str, list
         ports = r.ports or (0, 65535)
         for proto in (r.proto,) if r.proto else PROTOCOLS:
             boxes.setdefault((f"{'src' if r.src else 'port'}{version}", proto), []).append((((lo, hi), ports), end))
+    return boxes
+
+
+def _elements(boxes: Boxes, now: float) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {n: [] for n in ADDRESS_SETS}
     for (name, proto), bs in sorted(boxes.items()):
         version = int(name[-1])
@@ -309,3 +346,94 @@ def address_elements(rules: Iterable[AddressRule], now: float) -> dict[str, list
             # Rounded up: a cut never ends before its rule does.
             out[name].append(val if end == math.inf else {"elem": {"val": val, "timeout": max(1, math.ceil(end - now))}})
     return out
+
+
+def address_elements(rules: Iterable[AddressRule], now: float) -> dict[str, list[Any]]:
+    """The elements of every address set (module docstring) for ``rules`` at ``now``, as nftables JSON."""
+    return _elements(_boxes(rules, now), now)
+
+
+class Count(NamedTuple):
+    """Set elements: in all, and of them in the concatenated sets."""
+
+    total: int
+    concat: int
+
+    def over(self, cap: int, concat_cap: int) -> bool:
+        return self.total > cap or self.concat > concat_cap
+
+
+def count(elements: dict[str, list[Any]]) -> Count:
+    return Count(sum(len(es) for es in elements.values()), sum(len(es) for n, es in elements.items() if n in CONCAT_SETS))
+
+
+def _count(boxes: Boxes) -> Count:
+    total = concat = 0
+    for (name, _), bs in boxes.items():
+        n = len(bs) if len(bs) == 1 else len(disjoint(bs))
+        total += n
+        concat += n if name in CONCAT_SETS else 0
+    return Count(total, concat)
+
+
+def over_cap(rules: Iterable[AddressRule], now: float, cap: int = MAX_ELEMENTS, concat_cap: int = MAX_CONCAT_ELEMENTS) -> str:
+    """Why ``rules`` alone could not be written (more set elements than a cap), or ""."""
+    n = _count(_boxes(rules, now))
+    if n.concat > concat_cap:
+        return f"{n.concat} nftables set elements of address . protocol . port, over the cap of {concat_cap}"
+    if n.total > cap:
+        return f"{n.total} nftables set elements, over the cap of {cap}"
+    return ""
+
+
+class Fit(NamedTuple):
+    """What one write of the address sets holds, and what it leaves out."""
+
+    rules: list[AddressRule]  # the rules written
+    elements: dict[str, list[Any]]  # their elements (address_elements)
+    size: Count
+    invalid: list[str]  # why each rule nftables cannot take was left out (its ref named)
+    over_cap: list[str]  # the references left out whole, beyond a cap
+    over_cap_rules: int  # their rules
+
+
+def fit(rules: Iterable[AddressRule], now: float, cap: int = MAX_ELEMENTS, concat_cap: int = MAX_CONCAT_ELEMENTS) -> Fit:
+    """The elements of ``rules`` at ``now`` within the caps. A rule nftables cannot take is left out
+    alone (a lift must still apply); the rules of one reference go in whole or not at all, in the
+    order given (the decider's: closure orders first), a reference that would pass a cap is left
+    out and the later ones still tried."""
+    invalid: list[str] = []
+    by_ref: dict[str, list[AddressRule]] = {}
+    for r in rules:
+        if r.until and r.until <= now:
+            continue
+        try:
+            _check(r)
+        except NftError as exc:
+            invalid.append(str(exc))
+            continue
+        by_ref.setdefault(r.ref, []).append(r)
+    kept: list[list[AddressRule]] = []
+    left: list[str] = []
+    total = Count(0, 0)
+    for ref, rs in by_ref.items():
+        n = _count(_boxes(rs, now))
+        more = Count(total.total + n.total, total.concat + n.concat)
+        if more.over(cap, concat_cap):
+            left.append(ref)
+            continue
+        kept.append(rs)
+        total = more
+    elements = _elements(_boxes([r for rs in kept for r in rs], now), now)
+    if count(elements).over(cap, concat_cap):
+        # Rules of different references cut each other into more pieces than each alone: the
+        # longest run of the kept references that fits whole (found by halving).
+        lo, hi = 0, len(kept)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            fits = not count(address_elements([r for rs in kept[:mid] for r in rs], now)).over(cap, concat_cap)
+            lo, hi = (mid, hi) if fits else (lo, mid)
+        left += [rs[0].ref for rs in kept[lo:]]
+        kept = kept[:lo]
+        elements = address_elements([r for rs in kept for r in rs], now)
+    return Fit([r for rs in kept for r in rs], elements, count(elements), invalid, left, sum(len(by_ref[ref]) for ref in left))

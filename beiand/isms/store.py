@@ -33,8 +33,8 @@ from beiand.policy.overlays import Hit, hit
 from beiand.policy.source import Version, version
 from beiand.records.domains import DomainError, normalise_domain
 
-__all__ = ["CommandRules", "CommandStore", "Compiled", "Matcher", "Outcome", "RuleError", "address_rules", "compile_command",
-           "house_scope", "reach", "unsupported"]
+__all__ = ["AddressCuts", "CommandRules", "CommandStore", "Compiled", "Matcher", "Outcome", "RuleError", "address_rules",
+           "compile_command", "house_scope", "reach", "unsupported"]
 log = logging.getLogger(__name__)
 MAX_SEEN = 100_000  # commandSequence values kept for duplicate detection
 SUPPORTED = frozenset({RuleSubtype.DOMAIN, RuleSubtype.URL, RuleSubtype.SRC_IP, RuleSubtype.DST_IP, RuleSubtype.SRC_PORT,
@@ -151,18 +151,43 @@ def address_rules(c: SecurityCommand) -> list[AddressRule] | None:
     return [AddressRule(n, pr, po, until, ref) for n in nets for pr in protos for po in ports]
 
 
-def reach(c: SecurityCommand) -> tuple[AckResult, str]:
+def _uncapped(rules: list[AddressRule]) -> str:
+    return ""
+
+
+@dataclass(frozen=True)
+class AddressCuts:
+    """Whether beiand can cut a command's addresses in nftables, for its ack: the daemon sets the
+    store's once its enforcement is set up (runtime.housekeeping), from whether nftables came up."""
+
+    unavailable: str = ""  # why nftables cannot cut at all ("": it can)
+    over_cap: Callable[[list[AddressRule]], str] = _uncapped  # why these rules alone would not all be written ("": they would)
+
+    def problem(self, rules: list[AddressRule]) -> str:
+        if self.unavailable:
+            return f"nftables unavailable ({self.unavailable})"
+        return self.over_cap(rules)
+
+
+_CUTS = AddressCuts()
+
+
+def reach(c: SecurityCommand, cuts: AddressCuts = _CUTS) -> tuple[AckResult, str]:
     """What beiand carries out of a (supported) command, for its ack (ISMS.md §6: 0 all, 1 some)."""
     kinds = {r.subtype for r in c.rules}
     what = "filter" if c.type == SecurityType.FILTER else "monitor"
     if kinds & {RuleSubtype.DOMAIN, RuleSubtype.URL}:
         note = "; URL rules match HTTP/1.x request lines only (TLS and QUIC hide the path)" if RuleSubtype.URL in kinds else ""
         return AckResult.ALL, f"{what} in force{note}"
-    if address_rules(c) is not None:
-        return AckResult.ALL, f"{what} in force: cut in nftables on every port"
     names = ", ".join(f"{k} {RULE_NAMES.get(k, '')}".strip() for k in sorted(kinds))
-    return AckResult.SOME, (f"partial: {what} on {names} acts only on the flows whose name beiand reads (the watched "
-                            "ports), not on every port")
+    watched = f"partial: {what} on {names} acts only on the flows whose name beiand reads (the watched ports), not on every port"
+    rules = address_rules(c)
+    if rules is None:
+        return AckResult.SOME, watched
+    why = cuts.problem(rules)
+    if why:
+        return AckResult.SOME, f"{watched}: not cut in nftables: {why}"
+    return AckResult.ALL, f"{what} in force: cut in nftables on every port"
 
 
 # -- the persisted state ---------------------------------------------------------------------
@@ -213,6 +238,7 @@ class CommandStore:
         self.house_id = house_id
         self.state = State()
         self.seen: Version | None = _UNREAD  # the version last read, good or damaged
+        self.cuts = _CUTS  # the daemon's, once its nftables is set up
         self._house_index: Intervals | None = None
         if load:
             self.reload()
@@ -302,7 +328,7 @@ class CommandStore:
             self._ended({"command": _cmd_to_json(old)}, str(c.command_id), now, "replaced")
         self.state.commands[c.command_id] = c
         self.state.applied[str(c.command_id)] = now
-        result, msg = reach(c)
+        result, msg = reach(c, self.cuts)
         return Outcome(result, msg)
 
     def _ended(self, entry: dict[str, Any], key: str, now: float, why: str) -> None:
@@ -447,6 +473,13 @@ class CommandStore:
             return
         out.append(cl)
 
+    def next_change(self, ts: float) -> float:
+        """The first effectTime after ``ts`` of a command that cuts by address (inf: none): when
+        :meth:`addresses` gains it. Ends need no sync (nftables elements time out)."""
+        st = self.state
+        return min((c.effect_time for c in st.commands.values() if c.effect_time > ts and address_rules(c)
+                    and house_scope(c, st.houses, self.house_id) is not None), default=math.inf)
+
     def addresses(self, ts: float) -> list[AddressRule]:
         """What the commands and blacklist entries in force at ``ts`` cut by address (nftables)."""
         st = self.state
@@ -545,6 +578,9 @@ class CommandRules:
 
     def addresses(self, ts: float) -> list[AddressRule]:
         return self.store.addresses(ts)
+
+    def next_change(self, ts: float) -> float:
+        return self.store.next_change(ts)
 
     def metrics(self) -> dict[str, float]:
         st = self.store.state

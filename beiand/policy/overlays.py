@@ -12,12 +12,14 @@ on what it returns.
 An overlay (:class:`Layer`) answers ``match(obs)`` (the rule in force at ``obs.ts`` that covers
 the observation, or None), ``reload()`` (re-read its source; True when it changed: every worker
 calls it about four times a second, the one reload path for every overlay), ``addresses(ts)``
-(what it cuts by address whatever the port: nftables sets) and ``metrics()``.
+(what it cuts by address whatever the port: nftables sets), ``next_change(ts)`` (when ``addresses``
+next gains a rule: the supervisor writes nftables then) and ``metrics()``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -78,6 +80,11 @@ class Layer(Protocol):
         """The rules in force at ``ts`` that cut traffic by address, whatever the port."""
         ...
 
+    def next_change(self, ts: float) -> float:
+        """The first start after ``ts`` of a rule :meth:`addresses` gives (inf: none). Ends need
+        no answer: nftables elements carry their rule's end as a timeout."""
+        ...
+
     def metrics(self) -> Mapping[str, float]: ...
 
 
@@ -124,6 +131,10 @@ class OrderLayer:
     def addresses(self, ts: float) -> list[AddressRule]:
         return [AddressRule(o.target, until=o.until, ref=o.order) for o in self.store.orders.values()
                 if o.is_ip and o.created <= ts and o.active(ts)]
+
+    def next_change(self, ts: float) -> float:
+        """An order starts when it is entered: later than ``ts`` only for a clock ahead of ours."""
+        return min((o.created for o in self.store.orders.values() if o.created > ts and o.is_ip), default=math.inf)
 
     def metrics(self) -> Mapping[str, float]:
         """Orders in force now, and reloads that met a damaged file."""
@@ -216,6 +227,10 @@ class Decider:
 
     def addresses(self, ts: float) -> list[AddressRule]:
         return [a for layer in self.layers for a in layer.addresses(ts)]
+
+    def next_change(self, ts: float) -> float:
+        """When :meth:`addresses` next gains a rule, over every overlay (inf: never)."""
+        return min((layer.next_change(ts) for layer in self.layers), default=math.inf)
 
     def metrics(self) -> MetricValues:
         """Per overlay: the rules in force (``beiand_overlay_rules``), the reloads that met a

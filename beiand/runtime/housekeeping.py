@@ -4,6 +4,11 @@ retention and verification, the records' and the audit's metrics, ClickHouse ret
 The supervisor runs ``Housekeeping`` from its supervision loop (address cuts every 0.2 s, metrics every
 ``daemon.watch_interval``, retention and verification hourly, in an executor); a worker runs only
 ``every()`` threads (ClickHouse retention on worker 0), never a job inside its capture loop.
+
+The address cuts are written by a thread of their own, one write at a time: writing 10,000
+elements took 4.4 s, which inside the loop stalled /metrics, the ISMS endpoint and the watchdog.
+The loop hands over the newest rule set and never waits; a rule set that waited behind a write
+is replaced by a newer one.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, NamedTuple
 
 from beiand.accesslog import retire, verify
 from beiand.accesslog.reader import stats as log_stats
-from beiand.enforce.nft import Nft, NftError, address_elements
+from beiand.enforce.nft import MAX_CONCAT_ELEMENTS, MAX_ELEMENTS, NFT_TIMEOUT_S, Fit, Nft, NftError, fit, over_cap
+from beiand.isms.store import AddressCuts
 from beiand.model import AddressRule
 from beiand.policy.overlays import Decider
 from beiand.report.audit.findings import KINDS
@@ -56,53 +63,184 @@ def clickhouse_retire(ch: Any) -> None:
         log.error("ClickHouse retention failed: %s", exc)
 
 
+class _Job(NamedTuple):
+    rules: list[AddressRule]
+    write: bool  # the rules changed, or a write is forced
+    check: bool  # look for the table first (the periodic resync)
+
+
+class _Done(NamedTuple):
+    """What one job of the sync thread did."""
+
+    fit: Fit | None  # what was written (None: nothing)
+    gone: bool  # the table was not there
+    recreated: bool
+    error: str
+    seconds: float
+
+
+MAX_REFS_LOGGED = 20
+
+
 class Housekeeping:
     """The supervisor's background jobs; ``state`` is swapped on every reload."""
 
-    RESYNC_S = 10.0  # commands whose effectTime comes later enter the sets within this
+    RESYNC_S = 10.0  # the table is looked for, and a failed write tried again, at least this often
 
-    def __init__(self, state: State, metrics: Metrics) -> None:
+    def __init__(self, state: State, metrics: Metrics, clock: Callable[[], float] = time.time) -> None:
         self.state = state
         self.metrics = metrics
+        self.clock = clock
         self.nft: Nft | None = None
         self.decider: Decider | None = None  # the supervisor's own view of the overlays
-        self._synced: list[AddressRule] | None = None
+        self.cap, self.concat_cap = MAX_ELEMENTS, MAX_CONCAT_ELEMENTS
+        self.cuts = AddressCuts("nftables not set up yet", self._over_cap)
+        self._wanted: list[AddressRule] | None = None  # the rules last handed to the sync thread
+        self._running: Future[_Done] | None = None
+        self._started = 0.0
+        self._overdue = False
+        self._queued: _Job | None = None
+        self._gone = False
         self._next_sync = 0.0
 
+    def set_nft(self, nft: Nft | None, why: str = "") -> None:
+        """Cut by address with ``nft``; None: nftables is unavailable (``why``), and the ISMS acks say so."""
+        self.nft = nft
+        self._available(why if nft is None else "")
+
+    def _available(self, why: str) -> None:
+        self.cuts = AddressCuts(why, self._over_cap)
+        self.metrics.nft_available.set(0 if why else 1)
+
+    def _over_cap(self, rules: list[AddressRule]) -> str:
+        return over_cap(rules, self.clock(), self.cap, self.concat_cap)
+
+    def syncing(self) -> bool:
+        """A write of the address sets in flight or waiting."""
+        return self._running is not None or self._queued is not None
+
     def sync_addresses(self, force: bool = False) -> bool:
-        """Reload the overlays; put what they cut by address (closure orders on an address or a
-        prefix, the regulator's address and port filters, blacklisted addresses) into nftables,
-        so it is cut on every port in every mode. True when an overlay changed."""
+        """Reload the overlays; hand what they cut by address (closure orders on an address or a
+        prefix, the regulator's address and port filters, blacklisted addresses) to the sync
+        thread, which puts it into nftables, so it is cut on every port in every mode. Called on
+        every tick of the loop; never waits for nftables. True when an overlay changed."""
         if self.decider is None:
             return False
+        self._collect()
         changed = self.decider.reload()
-        now = time.time()
-        if not (changed or force or now >= self._next_sync):
+        now = self.clock()
+        due = now >= self._next_sync
+        if not (changed or force or due):
             return changed
-        self._next_sync = now + self.RESYNC_S
-        rules = self.valid(self.decider.addresses(now), now)
-        if self.nft is not None and (force or rules != self._synced):
-            try:
-                n = self.nft.sync_addresses(rules, now)
-                self._synced = rules
-                log.info("nftables: %d address cut(s) in force (%d element(s))", len(rules), n)
-            except NftError as exc:
-                log.error("address cuts: nftables: %s", exc)
+        # A rule that starts later (a command's effectTime) is written on the first tick after its start.
+        self._next_sync = min(now + self.RESYNC_S, self.decider.next_change(now))
+        if self.nft is None:
+            return changed
+        rules = self.decider.addresses(now)
+        write = force or rules != self._wanted
+        if write or due:
+            self._submit(_Job(rules, write, due))
         return changed
 
-    @staticmethod
-    def valid(rules: list[AddressRule], now: float) -> list[AddressRule]:
-        """The rules nftables can take: one it cannot (a bad address in a command) is logged by its
-        reference and left out, never stopping the others (a lift of an order must still apply)."""
-        out = []
-        for r in rules:
+    def _submit(self, job: _Job) -> None:
+        self._wanted = job.rules
+        if self._running is not None:
+            q = self._queued
+            self._queued = job if q is None else _Job(job.rules, job.write or q.write, job.check or q.check)
+            return
+        nft = self.nft
+        if nft is None:
+            return
+        done: Future[_Done] = Future()
+        # A thread of its own per write, daemonic: a libnftables call that never returns (it has no
+        # time bound) must not keep the process from stopping.
+        threading.Thread(target=lambda: done.set_result(self._sync(nft, job)), name="beiand-nft", daemon=True).start()
+        self._running, self._started, self._overdue = done, time.monotonic(), False
+
+    def _sync(self, nft: Nft, job: _Job) -> _Done:
+        """The sync thread: the table looked for (and made again), the rules fitted to the caps and
+        written, their timeouts reckoned from now."""
+        t0 = time.monotonic()
+        gone = recreated = False
+        try:
+            if job.check and not nft.in_place():
+                gone = True
+                nft.setup()
+                recreated = True
+            if not (job.write or recreated):
+                return _Done(None, gone, recreated, "", time.monotonic() - t0)
+            f = fit(job.rules, self.clock(), self.cap, self.concat_cap)
+            nft.write_addresses(f.elements)
+            return _Done(f, gone, recreated, "", time.monotonic() - t0)
+        except (NftError, OSError) as exc:
+            return _Done(None, gone, recreated, str(exc) or type(exc).__name__, time.monotonic() - t0)
+        except Exception as exc:  # a bug: logged here, never lost in the thread
+            log.exception("address cuts: the nftables sync failed")
+            return _Done(None, gone, recreated, f"internal error: {type(exc).__name__}", time.monotonic() - t0)
+
+    def _collect(self) -> None:
+        """The outcome of a finished write into logs and metrics; the rule set waiting goes next."""
+        running = self._running
+        if running is None:
+            return
+        if not running.done():
+            if not self._overdue and time.monotonic() - self._started > NFT_TIMEOUT_S:
+                self._overdue = True
+                log.error("address cuts: an nftables write has run for over %g s; newer rule sets wait for it", NFT_TIMEOUT_S)
+            return
+        self._running = None
+        done = running.result()
+        if done.recreated:
+            self.metrics.nft_recreated.inc()
+            log.warning("nftables: table inet beiand was gone (nft flush ruleset, or deleted outside beiand): made "
+                        "again, the address cuts written again")
+        if done.gone and not done.recreated:
+            if not self._gone:
+                self._gone = True
+                log.error("nftables: table inet beiand is gone and could not be made again (tried every %g s): %s",
+                          self.RESYNC_S, done.error)
+                self._available(f"table inet beiand gone and not made again: {done.error}")
+            self._wanted = None
+        elif done.error:
+            self.metrics.nft_syncs.labels("failed").inc()
+            self._wanted = None  # tried again at the next resync
+            log.error("address cuts: nftables: %s", done.error)
+        elif self._gone:
+            self._gone = False
+            self._available("")
+        if done.fit is not None:
+            self._written(done.fit, done.seconds)
+        if self._queued is not None:
+            job, self._queued = self._queued, None
+            self._submit(job)
+
+    def _written(self, f: Fit, seconds: float) -> None:
+        m = self.metrics
+        m.nft_syncs.labels("ok").inc()
+        m.nft_sync_seconds.observe(seconds)
+        m.nft_rules.set(len(f.rules))
+        for kind, n, cap in (("all", f.size.total, self.cap), ("concatenated", f.size.concat, self.concat_cap)):
+            m.nft_elements.labels(kind).set(n)
+            m.nft_elements_cap.labels(kind).set(cap)
+        m.nft_left_out.labels("invalid").set(len(f.invalid))
+        m.nft_left_out.labels("over-cap").set(f.over_cap_rules)
+        for why in f.invalid:
+            log.error("address cuts: %s: left out", why)
+        if f.over_cap:
+            refs = ", ".join(f.over_cap[:MAX_REFS_LOGGED]) + (f" and {len(f.over_cap) - MAX_REFS_LOGGED} more"
+                                                               if len(f.over_cap) > MAX_REFS_LOGGED else "")
+            log.error("address cuts: over the cap of %d nftables set elements (%d of address . protocol . port): "
+                      "%d rule(s) left out, of %s", self.cap, self.concat_cap, f.over_cap_rules, refs)
+        log.info("nftables: %d address cut(s) in force (%d element(s), written in %.2f s)", len(f.rules), f.size.total, seconds)
+
+    def close(self, timeout: float = NFT_TIMEOUT_S) -> None:
+        """A clean stop: what waits is dropped, the write in flight may finish (the table goes after it)."""
+        self._queued = None
+        if self._running is not None:
             try:
-                address_elements([r], now)
-            except NftError as exc:
-                log.error("address cuts: %s: left out", exc)
-                continue
-            out.append(r)
-        return out
+                self._running.result(timeout)
+            except TimeoutError:
+                log.error("address cuts: an nftables write still runs at stop")
 
     def retire_and_verify(self) -> None:
         """Verify the recent chain, retire partitions beyond the retention, update the log's metrics."""

@@ -149,6 +149,31 @@ class Metrics:
                                       registry=r)
         self.breaker_open = Gauge("beiand_enforcement_breaker_open", "1 while the circuit breaker holds enforcement in dry-run",
                                   registry=r)
+        self.nft_available = Gauge("beiand_nftables_available", "1 while beiand's nftables table is in place: the overlays' "
+                                   "address cuts can be carried out (0: the ISMS acks such a command partial)", registry=r)
+        self.nft_rules = Gauge("beiand_nftables_address_rules", "overlay address rules in force in nftables (the last write)",
+                               registry=r)
+        self.nft_elements = Gauge("beiand_nftables_address_elements", "address-set elements written at the last write: all, "
+                                  "and of them the concatenated sets' (address . protocol . port)", ["kind"], registry=r)
+        self.nft_elements_cap = Gauge("beiand_nftables_address_elements_cap", "the most address-set elements one write "
+                                      "holds: all, and of them in the concatenated sets", ["kind"], registry=r)
+        self.nft_left_out = Gauge("beiand_nftables_address_rules_left_out", "address rules left out of the last write, by "
+                                  "reason (over-cap: their reference would pass a cap; invalid: nftables cannot take it), "
+                                  "each logged by its reference", ["reason"], registry=r)
+        self.nft_syncs = Counter("beiand_nftables_syncs", "writes of the address sets by result (ok, failed)", ["result"],
+                                 registry=r)
+        self.nft_sync_seconds = Histogram("beiand_nftables_sync_seconds", "time one write of the address sets took (off the "
+                                          "supervisor's loop)", buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+                                          registry=r)
+        self.nft_recreated = Counter("beiand_nftables_table_recreated", "times beiand's table was found gone (nft flush "
+                                     "ruleset, a deleted table) and made again", registry=r)
+        for kind in ("all", "concatenated"):
+            self.nft_elements.labels(kind)
+            self.nft_elements_cap.labels(kind)
+        for reason in ("over-cap", "invalid"):
+            self.nft_left_out.labels(reason)
+        for result in ("ok", "failed"):
+            self.nft_syncs.labels(result)
         self.inline_packets = Counter("beiand_inline_packets", "packets that waited in a worker's NFQUEUE for a verdict",
                                       ["worker"], registry=r)
         self.inline_settled = Counter("beiand_inline_settled", "accepted packets whose verdict told the kernel to stop "

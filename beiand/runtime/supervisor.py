@@ -115,18 +115,20 @@ class Daemon:
 
     def _setup_enforcement(self) -> None:
         cfg = self.state.config
+        why = ""
         try:
             self.nft = Nft()
             self.nft.setup()
             log.info("enforcement: nftables table inet beiand ready (%s)", self.nft.via)
         except (NftError, OSError) as exc:
-            self.nft = None
+            self.nft, why = None, str(exc) or type(exc).__name__
             log.warning("enforcement: nftables unavailable (%s): QUIC, IP-only and address orders cannot be blocked", exc)
         try:
             self.decider = decider(cfg, self.state.policy, live=True)
         except StateError as exc:
             log.error("%s", exc)
-        self.housekeeping.nft, self.housekeeping.decider = self.nft, self.decider
+        self.housekeeping.set_nft(self.nft, why)
+        self.housekeeping.decider = self.decider
         self.housekeeping.sync_addresses(force=True)
         if cfg.enforce.inline:
             self._rules = rule_set(cfg.capture.tcp_ports, cfg.capture.udp_ports, cfg.enforce.queue, cfg.workers,
@@ -137,8 +139,14 @@ class Daemon:
         if self._rules:
             remove_rules(self._rules)
             self._rules = {}
+        self.housekeeping.close()
         if self.nft is not None:
             self.nft.teardown()
+
+    def _share_cuts(self) -> None:
+        """The ISMS acks say what nftables can cut as the housekeeping last found it (set up, gone)."""
+        if self.isms is not None:
+            self.isms.store.cuts = self.housekeeping.cuts
 
     # -- DaemonView -------------------------------------------------------------------------
 
@@ -324,6 +332,7 @@ class Daemon:
                 sd_notify("WATCHDOG=1")
                 next_wd = now + wd
             self.housekeeping.sync_addresses()  # the workers reload the overlays themselves
+            self._share_cuts()
             if self.isms is not None:
                 await self.isms.tick(healthy)
             if self._reload_requested:
@@ -412,6 +421,7 @@ class Daemon:
                 await served.close()
                 return 2
             self.isms = IsmsRuntime(cfg, self.metrics.registry)
+            self._share_cuts()
             # DT 9/DT 2 regDomain: the filed name, from the records in force (the state at the report's time)
             self.isms.reporter.filed_name = lambda number, name: filed_domain(self.state.index, number, name)
             await self.isms.start()

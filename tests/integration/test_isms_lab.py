@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -183,6 +184,23 @@ def test_an_address_and_port_filter_cuts_that_port_whatever_it_is_and_is_acked_e
         for proc in (p, q):
             assert proc.stdin is not None
             proc.stdin.close()
+
+
+def test_a_filter_with_a_later_effect_time_is_cut_when_it_starts(lab) -> None:  # type: ignore[no-untyped-def]
+    """Issue 26: the supervisor wrote a later effectTime into nftables at its next periodic resync,
+    up to 10 s late; it now syncs at the start itself (one tick of its loop, 0.2 s)."""
+    lb, ip = lab["lab"], "198.51.100.32"
+    start = float(math.ceil(time.time()) + 3)  # effectTime has whole seconds
+    code, msg = send(lab, dbl.command_xml(9012, 2, [(5, ip, ""), (7, "22", ""), (8, "1", "")], effect=format_time(start)))
+    assert code == 0 and "every port" in msg, msg
+    assert ip not in lb.run(lb.gw, ["nft", "list", "set", "inet", "beiand", "port4"], capture_output=True, text=True).stdout
+    wait_for_cut(lb, "port4", ip)
+    seen = time.time()
+    try:
+        assert start <= seen < start + 2, seen - start
+    finally:
+        assert send(lab, dbl.command_xml(9012, 2, [], op=1))[0] == 0
+        wait_for_cut(lb, "port4", ip, present=False)
 
 
 def wait_for_cut(lb: Lab, set_name: str, ip: str, present: bool = True) -> None:

@@ -10,13 +10,26 @@ import math
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from beiand.enforce.nft import Box, Nft, NftError, address_elements, disjoint, parse_net
+from beiand.enforce.nft import (
+    MAX_CONCAT_ELEMENTS,
+    MAX_ELEMENTS,
+    Box,
+    Count,
+    Nft,
+    NftError,
+    address_elements,
+    disjoint,
+    fit,
+    over_cap,
+    parse_net,
+)
 from beiand.model import AddressRule
 
 T = TypeVar("T")
@@ -262,3 +275,83 @@ def test_a_process_with_many_descriptors_gets_nft_instead_of_an_abort(ns: str) -
         for fd in held:
             os.close(fd)
     assert via == "nft -j" and count == 1 and got["port4"] == [{"concat": ["198.51.100.10", "tcp", 22]}]
+
+
+# -- the caps --------------------------------------------------------------------------------------
+
+
+def _hosts(n: int, ref: str, first: int = 0, **kw: Any) -> list[AddressRule]:
+    """``n`` addresses two apart (no two adjacent: one element each), all under ``ref``."""
+    return [AddressRule(f"10.{(first + 2 * i) >> 16 & 255}.{(first + 2 * i) >> 8 & 255}.{(first + 2 * i) & 255}", ref=ref, **kw)
+            for i in range(n)]
+
+
+def test_fit_keeps_whole_references_up_to_the_cap_and_names_those_left_out() -> None:
+    rules = _hosts(3, "order-1") + _hosts(4, "isms:2", 100) + _hosts(2, "isms:3", 200)
+    f = fit(rules, NOW, cap=6, concat_cap=6)
+    # isms:2 would make 7: left out whole (a command is cut whole or not at all); isms:3 still fits
+    assert [r.ref for r in f.rules] == ["order-1"] * 3 + ["isms:3"] * 2
+    assert f.over_cap == ["isms:2"] and f.invalid == []
+    assert sum(len(es) for es in f.elements.values()) == 5 == f.size.total
+
+
+def test_fit_caps_the_concatenated_sets_on_their_own() -> None:
+    """A flush and refill of a concatenated set costs far more per element than an address set
+    (65,536 elements: 92 s against 2 s here), so the port and source sets have their own, lower cap."""
+    rules = _hosts(5, "order-1") + _hosts(3, "isms:2", 100, proto="tcp", ports=(22, 22)) + _hosts(1, "isms:3", 200, ports=(53, 53))
+    f = fit(rules, NOW, cap=100, concat_cap=4)
+    assert f.over_cap == ["isms:3"]  # proto "": tcp and udp, 2 elements, 5 > 4
+    assert f.size == Count(8, 3)
+    assert MAX_CONCAT_ELEMENTS < MAX_ELEMENTS == 65_536
+
+
+def test_fit_checks_the_cap_on_the_merged_elements_too() -> None:
+    """Rules of different references cut each other into pieces (a host inside another's /24 with
+    another end): each fits alone, the whole would not; the later references are left out."""
+    rules = [AddressRule("10.0.0.0/24", until=NOW + 60, ref="order-net"), AddressRule("10.0.0.10", ref="isms:1"),
+             AddressRule("10.0.1.0/24", until=NOW + 60, ref="order-net-2"), AddressRule("10.0.1.10", ref="isms:2")]
+    f = fit(rules, NOW, cap=4, concat_cap=4)
+    assert f.size.total <= 4 and f.over_cap and f.over_cap[-1] == "isms:2"
+    assert address_elements(f.rules, NOW) == f.elements
+
+
+def test_fit_leaves_out_what_nftables_cannot_take_by_its_ref() -> None:
+    f = fit([AddressRule("not-an-address", ref="isms:9"), AddressRule("10.0.0.1", ref="order-1")], NOW)
+    assert [r.ref for r in f.rules] == ["order-1"] and len(f.invalid) == 1 and "isms:9" in f.invalid[0]
+
+
+def test_over_cap_says_why_rules_cannot_all_be_written_alone() -> None:
+    assert over_cap(_hosts(3, "isms:1"), NOW, cap=3) == ""
+    assert over_cap(_hosts(4, "isms:1"), NOW, cap=3) == "4 nftables set elements, over the cap of 3"
+    why = over_cap(_hosts(3, "isms:1", proto="tcp"), NOW, cap=10, concat_cap=2)
+    assert why == "3 nftables set elements of address . protocol . port, over the cap of 2"
+
+
+def test_a_hung_nft_command_is_given_up_after_the_time_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without python3-nftables the JSON goes to ``nft -j -f -``, a process: it gets a time bound
+    (libnftables runs in the calling thread and has none)."""
+    fake = tmp_path / "nft"
+    fake.write_text("#!/bin/sh\nexec sleep 60\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    nft = Nft()
+    nft.nft, nft.via = None, "nft -j"
+    with pytest.raises(NftError, match=r"nft: no answer within 0.2 s"):
+        nft.run([{"list": {"tables": None}}], timeout=0.2)
+
+
+@pytest.mark.integration
+def test_in_place_sees_the_table_gone_after_a_flush_of_the_ruleset_or_its_deletion(ns: str) -> None:
+    import subprocess
+
+    def run(nft: Nft) -> list[bool]:  # in the namespace: so is the nft command it starts
+        seen = [nft.in_place()]
+        subprocess.run(["nft", "flush", "ruleset"], check=True)
+        seen.append(nft.in_place())
+        nft.setup()
+        seen.append(nft.in_place())
+        subprocess.run(["nft", "delete", "table", "inet", "beiand"], check=True)
+        seen.append(nft.in_place())
+        return seen
+
+    assert inside(ns, run) == [True, False, True, False]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beiand.enforce import Enforcer, EnforceSettings
-from beiand.isms.store import CommandRules, CommandStore, Matcher, address_rules, compile_command
+from beiand.isms.store import AddressCuts, CommandRules, CommandStore, Matcher, address_rules, compile_command
 from beiand.isms.wire.model import ListEntry, Rule, SecurityCommand
 from beiand.model import Action, AddressRule, Decision, Kind, Mode, Observation, Outcome, Overlay, Transport, Verdict, VerdictKind
 from beiand.policy.overlays import Decider
@@ -152,6 +153,39 @@ def test_address_filters_are_cut_on_every_port_and_acked_by_what_is_done(tmp_pat
     assert s.apply_list(ListEntry("blacklist", 7, 2, "198.51.100.66", 0), 10.0).result == 0
     assert s.addresses(20.0) == [AddressRule("203.0.113.5", "tcp", (22, 22), 0.0, "isms:1"),
                                  AddressRule("198.51.100.66", ref="isms-blacklist:7")]
+
+
+def test_an_address_filter_is_acked_partial_when_nftables_cannot_cut(tmp_path: Path) -> None:
+    """The daemon says whether it can cut by address (nftables came up or not); without it a
+    filter on an address and port is in force for the flows beiand names, not on every port:
+    acked partial, naming why, never executed."""
+    s = CommandStore(tmp_path)
+    s.cuts = AddressCuts(unavailable="neither python3-nftables nor the nft command is installed")
+    out = s.apply_security(cmd(1, 2, (5, "203.0.113.5", ""), (7, "22", ""), (8, "1", "")), 10.0)
+    assert out.result == 1, out
+    assert out.msg.startswith("partial") and "nftables unavailable (neither python3-nftables" in out.msg
+    assert "cut in nftables on every port" not in out.msg
+    assert s.apply_security(cmd(2, 2, (1, "bad.example", "")), 10.0).result == 0  # a name filter needs no nftables
+    assert 1 in s.state.commands  # in force for what beiand names: stored all the same
+
+
+def test_a_command_whose_address_elements_alone_exceed_the_cap_is_acked_partial(tmp_path: Path) -> None:
+    s = CommandStore(tmp_path)
+    s.cuts = AddressCuts(over_cap=lambda rules: "3 nftables set elements, over the cap of 2" if len(rules) > 2 else "")
+    small = s.apply_security(cmd(1, 2, (5, "203.0.113.5", ""), (5, "203.0.113.7", "")), 10.0)
+    assert small.result == 0 and "every port" in small.msg
+    big = s.apply_security(cmd(2, 2, (5, "203.0.113.5", ""), (5, "203.0.113.7", ""), (5, "203.0.113.9", "")), 10.0)
+    assert big.result == 1 and big.msg.startswith("partial") and "over the cap of 2" in big.msg, big
+
+
+def test_the_next_change_is_the_earliest_effect_time_still_to_come(tmp_path: Path) -> None:
+    """A command with a later effectTime enters the address sets when it starts: the supervisor
+    syncs then (Decider.next_change), not up to 10 s later."""
+    store_with(tmp_path, cmd(1, 2, (5, "203.0.113.5", ""), effect=500.0), cmd(2, 2, (5, "203.0.113.6", ""), effect=300.0),
+               cmd(3, 2, (5, "203.0.113.7", "")))
+    r = CommandRules(tmp_path)
+    assert r.next_change(100.0) == 300.0 and r.next_change(300.0) == 500.0 and r.next_change(500.0) == math.inf
+    assert [a.net for a in r.addresses(300.0)] == ["203.0.113.6", "203.0.113.7"]
 
 
 def test_delete_replace_and_refusals(tmp_path: Path) -> None:

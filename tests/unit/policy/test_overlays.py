@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -50,6 +51,7 @@ class Layer:
     def __init__(self, h: Hit | None) -> None:
         self.h = h
         self.reloads = 0
+        self.starts_at = math.inf
 
     def reload(self) -> bool:
         self.reloads += 1
@@ -60,6 +62,9 @@ class Layer:
 
     def addresses(self, ts: float) -> list[AddressRule]:
         return [AddressRule("198.51.100.0/24", ref="x")]
+
+    def next_change(self, ts: float) -> float:
+        return self.starts_at if self.starts_at > ts else math.inf
 
     def metrics(self) -> dict[str, float]:
         return {}
@@ -118,6 +123,21 @@ def test_one_reload_path_and_the_address_cuts_of_every_overlay() -> None:
     assert d.reload() is True and (a.reloads, b.reloads) == (1, 1)  # every overlay, even after one changed
     assert d.reload() is False
     assert d.addresses(0.0) == [AddressRule("198.51.100.0/24", ref="x")] * 2
+
+
+def test_the_next_change_is_the_earliest_start_of_any_overlay(tmp_path: Path) -> None:
+    """The supervisor syncs nftables when an address rule starts (a command's effectTime, an order
+    entered with a later clock), not only at its periodic resync (issue 26: up to 10 s late)."""
+    a, b = Layer(None), Layer(None)
+    a.starts_at, b.starts_at = 2000.0, 1500.0
+    d = Decider(Fixed(FILED), [a, b])  # type: ignore[arg-type]
+    assert d.next_change(1000.0) == 1500.0 and d.next_change(1500.0) == 2000.0 and d.next_change(2000.0) == math.inf
+    assert Decider(Fixed(FILED)).next_change(1000.0) == math.inf  # type: ignore[arg-type]
+    store = OrderStore(tmp_path)
+    net = store.add("198.51.100.0/24", "京通管〔2026〕3号", "test")
+    store.add("later.example", "京通管〔2026〕4号", "test")  # a name: never an address cut
+    orders = OrderLayer(store)
+    assert orders.next_change(net.created - 5) == net.created and orders.next_change(net.created) == math.inf
 
 
 def test_lookup_answers_with_the_overlays() -> None:

@@ -148,3 +148,33 @@ def test_a_bad_nat_feed_is_refused_naming_file_and_line_and_the_inventory_histor
         load_state(str(conf), first)
     h = Holders(tmp_path / "state")
     assert h.holder("198.51.100.7", int(first.loaded_at * 1000)) == "cust-1"
+
+
+def test_without_nftables_the_isms_acks_an_address_filter_partial(tmp_path, monkeypatch):
+    """The supervisor logged "nftables unavailable" and the regulator was still told "cut in
+    nftables on every port": the command store learns from the supervisor's enforcement setup."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from beiand.enforce.nft import NftError
+    from beiand.isms.store import CommandStore
+    from beiand.isms.wire.model import Rule, SecurityCommand
+    from beiand.policy.overlays import Decider
+    from beiand.runtime.housekeeping import Housekeeping
+    from beiand.runtime.metrics import Metrics
+
+    def no_nft():
+        raise NftError("neither python3-nftables nor the nft command is installed")
+
+    monkeypatch.setattr(supervisor, "Nft", no_nft)
+    monkeypatch.setattr(supervisor, "decider", lambda cfg, policy: Decider(mock.Mock()))
+    d = Daemon.__new__(Daemon)
+    d.state = mock.Mock()
+    d.state.config.enforce.inline = False
+    d.housekeeping = Housekeeping(d.state, Metrics())
+    d._rules = {}
+    d._setup_enforcement()
+    d.isms = SimpleNamespace(store=CommandStore(tmp_path))
+    d._share_cuts()
+    out = d.isms.store.apply_security(SecurityCommand(1, 2, 0, (Rule(5, "203.0.113.5"), Rule(7, "22"), Rule(8, "1"))), 1.0)
+    assert out.result == 1 and "nftables unavailable (neither python3-nftables" in out.msg, out
