@@ -167,7 +167,7 @@ def test_without_nftables_the_isms_acks_an_address_filter_partial(tmp_path, monk
         raise NftError("neither python3-nftables nor the nft command is installed")
 
     monkeypatch.setattr(supervisor, "Nft", no_nft)
-    monkeypatch.setattr(supervisor, "decider", lambda cfg, policy: Decider(mock.Mock()))
+    monkeypatch.setattr(supervisor, "decider", lambda cfg, policy, live=False: Decider(mock.Mock()))
     d = Daemon.__new__(Daemon)
     d.state = mock.Mock()
     d.state.config.enforce.inline = False
