@@ -31,12 +31,12 @@ HERE = Path(__file__).parent
 PY = sys.executable
 
 
-def run(cmd: list[str], out: Path, env: dict[str, str]) -> tuple[float, float, float, float]:
+def run(cmd: list[str], out: Path, env: dict[str, str], cwd: str) -> tuple[float, float, float, float]:
     """Wall seconds, CPU seconds (user + system, the tree), peak RSS (MiB, the tree) and the 1-minute load before."""
     load = os.getloadavg()[0]
     with out.open("wb") as f:
         t = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.PIPE, env=env)
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.PIPE, env=env, cwd=cwd)
         with PeakSampler(p.pid) as sampler:
             assert p.stderr is not None
             err = p.stderr.read()
@@ -73,10 +73,12 @@ def main() -> None:
     gen_env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
     if not pcap.exists():
         subprocess.run([PY, str(HERE / "gen_capture.py"), str(pcap), "--packets", str(a.packets)], check=True, env=gen_env)
-    env = {**os.environ, "PYTHONPATH": str(Path(a.tree).resolve())}
+    tree = str(Path(a.tree).resolve())  # `python -m` puts the working directory first on the path: run from the tree
+    env = {**os.environ, "PYTHONPATH": tree}
     base = [PY, "-m", "beiand.cli", "replay", str(pcap), "--records", f"{pcap}.records.csv",
             "--inventory", f"{pcap}.inventory.csv", "--json"]
-    hot = subprocess.run([PY, "-m", "beiand.cli", "--version"], env=env, capture_output=True, text=True).stdout.strip()
+    hot = subprocess.run([PY, "-m", "beiand.cli", "--version"], env=env, cwd=tree, capture_output=True,
+                         text=True).stdout.strip()
     print(f"capture: {a.packets:,} packets ({pcap.stat().st_size / 1e6:.0f} MB), {d}; tree {a.tree}; "
           f"{hot.splitlines()[-1] if hot else '?'}")
     cases = {"--json --workers 1": [*base, "--workers", "1"],
@@ -87,7 +89,7 @@ def main() -> None:
     for i in range(a.repeat):
         for k, cmd in cases.items():
             out = d / f"out{list(cases).index(k)}.jsonl"
-            wall, cpu, rss, load = run(cmd, out, env)
+            wall, cpu, rss, load = run(cmd, out, env, tree)
             got[k].append((wall, cpu, rss, load))
             lines, ordered = in_time_order(out) if i == 0 else (0, True)
             print(f"  {k:38s} {wall:6.2f} s wall {cpu:6.2f} s CPU  peak RSS {rss:6.0f} MiB  load {load:4.2f}"
