@@ -23,7 +23,7 @@ from beiand.model import Decision, Observation, Outcome, VerdictKind
 from beiand.net.decoder import Decoder, DecoderConfig
 from beiand.policy import Decider, Policy
 from beiand.runtime.pipeline import Pipeline
-from beiand.sinks.jsonlines import JsonLines
+from beiand.sinks.jsonlines import JsonLines, line_ts
 
 AUTO_WORKERS_BYTES = 64 << 20  # from this much capture on, replay uses one worker per core
 
@@ -100,7 +100,8 @@ def _replay(args: argparse.Namespace, policy: Policy | Decider, shard: tuple[int
     summary = Summary()
     sinks: list[Any] = [summary]
     if json_out is not None:
-        # connection records come up to a window plus the name wait late (net/conns.py): written in time order
+        # connection records come up to a window plus the name wait late (net/conns.py): written in time
+        # order, held back in bounded memory (the rest of the window on disk: sinks/jsonlines.py)
         cfg = decoder.config
         sinks.append(JsonLines(json_out, reorder=cfg.conn_window + cfg.flow_timeout + 2.0 if cfg.conns else 0.0))
     alog = None
@@ -165,11 +166,6 @@ def _workers(args: argparse.Namespace) -> int:
     return max(1, len(os.sched_getaffinity(0))) if size >= AUTO_WORKERS_BYTES else 1
 
 
-def _ts_key(line: bytes) -> float:
-    # JsonLines writes "ts" first: b'{"ts":1750000000.123456,...'
-    return float(line[6 : line.index(b",", 6)])
-
-
 def _sharded(args: argparse.Namespace, policy: Policy | Decider, n: int) -> ReplayResult:
     """n forked workers, each reading the files and taking the flows of its shard.
 
@@ -217,7 +213,7 @@ def _sharded(args: argparse.Namespace, policy: Policy | Decider, n: int) -> Repl
         if args.json:
             files = [p.open("rb") for p in outs]
             try:
-                sys.stdout.buffer.writelines(heapq.merge(*files, key=_ts_key))
+                sys.stdout.buffer.writelines(heapq.merge(*files, key=line_ts))
             finally:
                 for f in files:
                     f.close()

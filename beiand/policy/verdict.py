@@ -146,10 +146,11 @@ class Policy:
         verdict, timed = self._verdict(obs.name, obs.server_ip, obs.ts, prefix)
         decision = self._decision(verdict, prefix)
         if not timed:
+            if self._cached >= self.CACHE_MAX:  # every entry counts, new address or not (issue 28, 18)
+                self._cache.clear()
+                self._cached = 0
+                per_ip = None
             if per_ip is None:
-                if self._cached >= self.CACHE_MAX:
-                    self._cache.clear()
-                    self._cached = 0
                 per_ip = self._cache[obs.server_ip] = {}
             per_ip[obs.name] = decision
             self._cached += 1

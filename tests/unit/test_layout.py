@@ -47,7 +47,6 @@ TESTED_ELSEWHERE = {
     "runtime.ipc": "runtime/test_metrics.py, runtime/test_supervisor.py",
     "runtime.wiring": "runtime/test_settings.py, runtime/test_supervisor.py",
     "sinks.accesslog": "sinks/test_sinks.py",
-    "sinks.jsonlines": "sinks/test_sinks.py, cli/test_replay.py",
 }
 
 

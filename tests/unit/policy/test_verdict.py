@@ -134,6 +134,17 @@ def test_account_and_cache(policy):
     assert policy.decide(obs("filed.cn", "198.51.100.200")) is d
 
 
+def test_the_cache_is_bounded_for_names_on_addresses_already_seen(policy, monkeypatch):
+    """Issue 28 (18): the bound was checked only when a new server address came, so the names met
+    on a few hosted addresses (shared hosting, a CDN) filled it without end (a 10M-packet replay:
+    437k decisions cached against a bound of 131k)."""
+    monkeypatch.setattr(type(policy), "CACHE_MAX", 8)
+    for i in range(100):
+        d = policy.decide(obs(f"n{i}.example.cn", "198.51.100.200"))
+        assert sum(len(v) for v in policy._cache.values()) <= 8
+    assert policy.decide(obs("n99.example.cn", "198.51.100.200")) is d  # still a cache
+
+
 def test_access_cancelled_is_its_own_status_not_cancelled() -> None:
     """Issue 28 (6): 取消接入 ends one provider's access record; the filing survives (the site may
     be served through another provider now). Mapped to 注销 it was judged inactive and reported to
