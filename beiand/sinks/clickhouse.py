@@ -1,4 +1,11 @@
-"""Scale-out: many gateways write one ClickHouse table over its HTTP interface.
+"""Scale-out: many gateways copy their access log into one ClickHouse table over its HTTP interface.
+
+The local chained log stays the evidence of record (DESIGN.md, Fleet): the sink is handed what
+the log has just made durable (``AccessLog(on_commit=ClickHouseSink.committed)``), each record
+with its chain fields (the log partition, the worker's record number ``seq``, the position
+``pos`` in the partition, and ``link``, the chain head after it), so that ClickHouse holds only
+what the log holds and ``beiand logs verify --clickhouse`` can recompute every gateway's chain
+from the rows (:mod:`beiand.accesslog.copy`). A record is named by (gateway, worker, seq).
 
 Records are batched (``batch_records`` or ``interval``), one batch never spans two days, and
 each batch carries an id derived from its content, so the same records always form the same
@@ -29,10 +36,18 @@ from typing import Any
 
 import aiohttp
 
-from beiand.accesslog.format import DAY_MS, encode_batch, read_open
-from beiand.accesslog.store import RETENTION_FLOOR_DAYS, AccessLog, LogConfig, LogConfigError, fsync_dir, partition_paths
+from beiand.accesslog.format import DAY_MS, read_open
+from beiand.accesslog.store import (
+    RETENTION_FLOOR_DAYS,
+    AccessLog,
+    Committed,
+    LogConfig,
+    LogConfigError,
+    fsync_dir,
+    partition_paths,
+)
 from beiand.errors import BeiandError
-from beiand.model import AccessRecord, MetricKey, MetricValues
+from beiand.model import MetricKey, MetricValues
 
 log = logging.getLogger("beiand.accesslog.clickhouse")  # the name operators filter on (before sinks/)
 
@@ -43,23 +58,76 @@ COLUMNS = ("ts_ms", "account", "client_ip", "client_port", "server_ip", "server_
 COLUMNS_V1 = COLUMNS[:COLUMNS.index("order_no") + 1]
 # Records spilled before issue 26 end at octets (no outcome).
 COLUMNS_V2 = COLUMNS[:COLUMNS.index("octets") + 1]
+# The chain fields (issue 27): the log partition, the worker's record number, the position in
+# the partition (an anchor's count), the chain head after the record (64 hex digits).
+CHAIN_COLUMNS = ("`partition`", "seq", "pos", "link")
 # Columns added since the table was first documented: added to an existing table at start.
-ADDED_COLUMNS = ("direction String", "method String", "url String", "packets UInt64", "octets UInt64", "outcome String")
+ADDED_COLUMNS = ("direction String", "method String", "url String", "packets UInt64", "octets UInt64", "outcome String",
+                 "`partition` String", "seq UInt64", "pos UInt64", "link String")
+# The lawful request (Order 292 art. 14): who reached this server address and port at that time.
+# Then gateway, worker, seq: a record's identity, so ReplacingMergeTree folds a record sent twice.
+ORDER_BY = "(server_ip, server_port, ts_ms, gateway, worker, seq)"
+TTL_SINCE = (19, 6)  # ClickHouse versions with table TTL
+INDEXES_SINCE = (20, 1)  # …and with data-skipping indexes outside the experimental setting
+INDEXES = ("name_idx name TYPE bloom_filter(0.01) GRANULARITY 4", "client_idx client_ip TYPE bloom_filter(0.01) GRANULARITY 4",
+           "nat_idx nat TYPE bloom_filter(0.01) GRANULARITY 4")
 
 
-def ddl(database: str, table: str) -> list[str]:
-    """The documented table (docs/access-log.md): MergeTree, one partition per UTC day."""
-    return [
-        f"CREATE DATABASE IF NOT EXISTS {database}",
-        f"""CREATE TABLE IF NOT EXISTS {database}.{table} (
-    ts_ms UInt64, account String, client_ip String, client_port UInt16, server_ip String, server_port UInt16,
+def _columns() -> str:
+    return """    ts_ms UInt64, account String, client_ip String, client_port UInt16, server_ip String, server_port UInt16,
     transport String, kind String, name String, verdict String, action String, filing_number String,
     gateway String, reason String, nat String, calling_number String, order_no String,
     direction String, method String, url String, packets UInt64, octets UInt64, outcome String,
+    `partition` String, seq UInt64, pos UInt64, link String,
     batch String, worker UInt16,
-    day Date DEFAULT toDate(toDateTime(intDiv(ts_ms, 1000)), 'UTC')
-) ENGINE = MergeTree PARTITION BY day ORDER BY (day, name, client_ip, ts_ms)""",
+    day Date DEFAULT toDate(toDateTime(intDiv(ts_ms, 1000)), 'UTC')"""
+
+
+def _tail(version: tuple[int, int], retention_days: int) -> tuple[str, str]:
+    """(the index lines, the TTL clause) the server's version takes."""
+    idx = "".join(f",\n    INDEX {i}" for i in INDEXES) if version >= INDEXES_SINCE else ""
+    ttl = f" TTL day + INTERVAL {retention_days} DAY" if version >= TTL_SINCE else ""
+    return idx, ttl
+
+
+def ddl(database: str, table: str, version: tuple[int, int] = (18, 16),
+        retention_days: int = RETENTION_FLOOR_DAYS) -> list[str]:
+    """The documented table (docs/access-log.md) on one server: ReplacingMergeTree, one partition
+    per UTC day, ordered for the lawful request; TTL and skipping indexes where the server has them
+    (18.16, Debian's: neither; retention then drops whole days, :meth:`ClickHouseSink.retire`)."""
+    idx, ttl = _tail(version, retention_days)
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {database}",
+        f"""CREATE TABLE IF NOT EXISTS {database}.{table} (
+{_columns()}{idx}
+) ENGINE = ReplacingMergeTree PARTITION BY day ORDER BY {ORDER_BY}{ttl}""",
     ]
+
+
+def cluster_ddl(database: str, table: str, cluster: str, version: tuple[int, int] = (18, 16),
+                retention_days: int = RETENTION_FLOOR_DAYS) -> list[str]:
+    """The same table on a cluster, run on every node: ``<table>_local`` replicated (a ZooKeeper
+    or ClickHouse Keeper, and the macros ``{shard}`` and ``{replica}`` in each node's config), and
+    ``<table>``, a Distributed table over them that gateways write and tools read. Sharded by
+    gateway: one gateway's chain stays on one shard."""
+    idx, ttl = _tail(version, retention_days)
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {database}",
+        f"""CREATE TABLE IF NOT EXISTS {database}.{table}_local (
+{_columns()}{idx}
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/{database}/{table}', '{{replica}}')
+PARTITION BY day ORDER BY {ORDER_BY}{ttl}""",
+        f"CREATE TABLE IF NOT EXISTS {database}.{table} AS {database}.{table}_local "
+        f"ENGINE = Distributed({cluster}, {database}, {table}_local, cityHash64(gateway))",
+    ]
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    parts = (text.strip().split(".") + ["0", "0"])[:2]
+    try:
+        return int(parts[0]), int(parts[1])
+    except ValueError:
+        return (0, 0)
 
 
 ANCHORS_TABLE = "access_log_anchors"
@@ -94,11 +162,12 @@ class SinkStats:
 
 
 class ClickHouseSink:
-    """A :class:`~beiand.sinks.accesslog.RecordWriter` that writes to ClickHouse, spilling locally."""
+    """The ClickHouse copy of one worker's access log, spilling locally while ClickHouse is away:
+    fed by ``AccessLog(on_commit=sink.committed, on_checkpoint=sink.anchor)``."""
 
     def __init__(self, url: str, spill_dir: Path, *, database: str = "beiand", table: str = "access_log", user: str = "default",
                  password: str = "", worker: int = 0, batch_records: int = 10_000, interval: float = 1.0, timeout: float = 10.0,
-                 retention_days: int = RETENTION_FLOOR_DAYS, max_backoff: float = 30.0) -> None:
+                 retention_days: int = RETENTION_FLOOR_DAYS, max_backoff: float = 30.0, cluster: str = "") -> None:
         if retention_days < RETENTION_FLOOR_DAYS:
             raise LogConfigError(f"retention_days = {retention_days}: Order 292 art. 14 requires at least {RETENTION_FLOOR_DAYS} days")
         self.url = url.rstrip("/") + "/"
@@ -107,6 +176,9 @@ class ClickHouseSink:
         self.batch_records, self.interval, self.timeout = batch_records, interval, timeout
         self.retention_days = retention_days
         self.max_backoff = max_backoff
+        self.cluster = cluster  # inserts go through the Distributed table, synchronously
+        self.version = (0, 0)  # the server's, once reached
+        self.outdated = ""  # why the existing table is not the documented one ("" when it is)
         self.stats = SinkStats()
         self.spill_dir = Path(spill_dir)
         self.spill = AccessLog(LogConfig(self.spill_dir, worker=worker, seal=False, anchors=False), start=False)
@@ -114,7 +186,9 @@ class ClickHouseSink:
         self._uncertain: set[str] = set()
         if self._uncertain_path.exists():
             self._uncertain = set(self._uncertain_path.read_text().split())
-        self._queue: deque[AccessRecord] = deque()
+        self._queue: deque[Committed] = deque()  # committed frames, not yet batched
+        self._rows: deque[bytes] = deque()  # rows as sent: the record's line, then its chain fields
+        self._queued = 0  # records in both
         self._anchors: deque[dict[str, Any]] = deque(maxlen=10_000)  # checkpoints waiting to be sent
         self._anchors_table = False
         self._session: aiohttp.ClientSession | None = None
@@ -129,25 +203,30 @@ class ClickHouseSink:
         self._thread.start()
         self._ready.wait(5)
 
-    # -- RecordWriter -----------------------------------------------------------------------
+    # -- fed by the access log ---------------------------------------------------------------
 
-    def append(self, rec: AccessRecord) -> None:
-        self._queue.append(rec)
+    def committed(self, c: Committed) -> None:
+        """Records the local log has just made durable (on its committer thread: only queued here)."""
+        self._queue.append(c)
+        self._queued += len(c.lines)
         self._idle.clear()
-        if len(self._queue) >= self.batch_records and self._loop is not None and self._wake is not None:
+        if self._queued >= self.batch_records and self._loop is not None and self._wake is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     def flush(self, timeout: float = 60.0) -> None:
-        """Return when every record appended so far is in ClickHouse or durable in the spill."""
+        """Return when every record handed over so far is in ClickHouse or durable in the spill."""
         if self._loop is not None and self._wake is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
         deadline = time.monotonic() + timeout
-        while self._queue or not self._idle.is_set():
+        while self._pending() or not self._idle.is_set():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"ClickHouse sink: {len(self._queue)} record(s) not handed over after {timeout} s")
+                raise TimeoutError(f"ClickHouse sink: {self._queued} record(s) not handed over after {timeout} s")
             self._idle.wait(0.05)
-            if self._loop is not None and self._wake is not None and self._queue:
+            if self._loop is not None and self._wake is not None and self._pending():
                 self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _pending(self) -> bool:
+        return bool(self._queue or self._rows)
 
     def close(self) -> None:
         try:
@@ -226,9 +305,7 @@ class ClickHouseSink:
                     if (self._spilling or not schema_ok) and time.monotonic() >= next_try:
                         try:
                             if not schema_ok:
-                                for stmt in ddl(self.database, self.table):
-                                    await self._post(stmt)
-                                await self._add_columns()
+                                await self._schema()
                                 schema_ok = True
                             await self._replay_spill()
                             backoff = 0.5
@@ -244,9 +321,9 @@ class ClickHouseSink:
                         await self._send_anchors()
                 except Exception:
                     log.exception("ClickHouse sink: unexpected error; records stay queued")
-                if not self._queue and not self._wake.is_set():
+                if not self._pending() and not self._wake.is_set():
                     self._idle.set()
-                if self._stop.is_set() and not self._queue:
+                if self._stop.is_set() and not self._pending():
                     return
 
     def _down(self, exc: Exception) -> None:
@@ -256,37 +333,40 @@ class ClickHouseSink:
             log.error("ClickHouse %s unavailable (%s): spilling to %s", self.url, exc, self.spill_dir)
         self._spilling = True
 
-    def _take(self) -> list[AccessRecord]:
-        """Up to batch_records queued records, never across a day boundary."""
-        q = self._queue
-        if not q:
+    def _take(self) -> list[bytes]:
+        """Up to batch_records queued rows, never across a day boundary."""
+        q, rows = self._queue, self._rows
+        while q and len(rows) < self.batch_records:
+            c = q.popleft()
+            rows.extend(chain_rows(c))
+        if not rows:
             return []
-        day = q[0].ts_ms // DAY_MS
-        out: list[AccessRecord] = []
-        while q and len(out) < self.batch_records and q[0].ts_ms // DAY_MS == day:
-            out.append(q.popleft())
+        day = _ts(rows[0]) // DAY_MS
+        out: list[bytes] = []
+        while rows and len(out) < self.batch_records and _ts(rows[0]) // DAY_MS == day:
+            out.append(rows.popleft())
+        self._queued -= len(out)
         return out
 
     async def _send_queue(self, schema_ok: bool) -> None:
-        while self._queue:
-            batch = self._take()
+        while self._pending():
+            lines = self._take()
             if self._spilling or not schema_ok:
-                self._spill_batch(batch)
+                self._spill_batch(lines)
                 continue
-            lines = encode_batch(batch)
             bid = batch_id(lines)
             try:
                 await self._insert(lines, bid)
             except ClickHouseError as exc:
                 if exc.sent:
                     self._mark_uncertain(bid)
-                self._spill_batch(batch)
+                self._spill_batch(lines)
                 self._down(exc)
 
-    def _spill_batch(self, batch: list[AccessRecord]) -> None:
-        """One batch → one durable frame in the spill (same content, same batch id on replay)."""
-        self.spill.write_batch(batch)
-        self.stats.spilled += len(batch)
+    def _spill_batch(self, lines: list[bytes]) -> None:
+        """One batch → one durable frame in the spill (same rows, same batch id on replay)."""
+        self.spill.write_lines(lines)
+        self.stats.spilled += len(lines)
 
     def _spill_frames(self) -> list[tuple[Path, int, bytes]]:
         out: list[tuple[Path, int, bytes]] = []
@@ -343,14 +423,38 @@ class ClickHouseSink:
             with open(self._uncertain_path, "a") as f:
                 os.fsync(f.fileno())
 
-    async def _add_columns(self) -> None:
+    async def _schema(self) -> None:
+        """Create the table, or bring one made by an older beiand up to date in place."""
+        self.version = parse_version(await self._post("SELECT version()"))
+        if self.cluster:
+            stmts = cluster_ddl(self.database, self.table, self.cluster, self.version, self.retention_days)
+        else:
+            stmts = ddl(self.database, self.table, self.version, self.retention_days)
+        for stmt in stmts:
+            await self._post(stmt)
+        for t in ([f"{self.table}_local", self.table] if self.cluster else [self.table]):
+            await self._add_columns(t)
+        local = f"{self.table}_local" if self.cluster else self.table
+        row = (await self._post(f"SELECT engine, sorting_key FROM system.tables WHERE database = '{self.database}' "
+                                f"AND name = '{local}' FORMAT TabSeparated")).rstrip("\n").split("\t")
+        engine, key = (row + ["", ""])[:2]
+        outdated = table_outdated(engine, key)
+        if outdated and outdated != self.outdated:
+            log.warning("ClickHouse table %s.%s %s; records are still copied (the batch check keeps them once), but the "
+                        "sort key cannot change in place: create the documented table beside it, INSERT INTO … SELECT, "
+                        "then RENAME (docs/access-log.md, \"Upgrading an older table\")", self.database, local, outdated)
+        self.outdated = outdated
+        if self.version >= TTL_SINCE and "ReplacingMergeTree" in engine:  # pragma: no cover (Debian's 18.16 has no TTL)
+            await self._post(f"ALTER TABLE {self.database}.{local} MODIFY TTL day + INTERVAL {self.retention_days} DAY")
+
+    async def _add_columns(self, table: str) -> None:
         """A table made by an older beiand gets the columns added since (Debian's ClickHouse has no
         ``ADD COLUMN IF NOT EXISTS``: the table's columns are read first)."""
         have = set((await self._post(f"SELECT name FROM system.columns WHERE database = '{self.database}' "
-                                     f"AND table = '{self.table}'")).split())
+                                     f"AND table = '{table}'")).split())
         for col in ADDED_COLUMNS:
-            if col.split()[0] not in have:
-                await self._post(f"ALTER TABLE {self.database}.{self.table} ADD COLUMN {col}")
+            if col.split()[0].strip("`") not in have:
+                await self._post(f"ALTER TABLE {self.database}.{table} ADD COLUMN {col}")
 
     async def _insert(self, lines: list[bytes], bid: str) -> None:
         if bid in self._uncertain:
@@ -367,10 +471,11 @@ class ClickHouseSink:
                 await self._wait_mutations()
         tail = f"\t{bid}\t{self.worker}\n".encode()
         body = b"".join(ln[:-1] + tail for ln in lines)
-        tabs = lines[0].count(b"\t")
-        shape = COLUMNS_V1 if tabs == len(COLUMNS_V1) - 1 else COLUMNS_V2 if tabs == len(COLUMNS_V2) - 1 else COLUMNS
+        shape = SHAPES.get(lines[0].count(b"\t") + 1, COLUMNS)
         cols = ",".join((*shape, "batch", "worker"))
-        await self._post(f"INSERT INTO {self.database}.{self.table} ({cols}) FORMAT TabSeparated", body)
+        # On a cluster: through the Distributed table, returning once every shard has the rows.
+        settings = "SETTINGS insert_distributed_sync = 1 " if self.cluster else ""
+        await self._post(f"INSERT INTO {self.database}.{self.table} ({cols}) {settings}FORMAT TabSeparated", body)
         self.stats.inserted += len(lines)
         self.stats.batches += 1
 
@@ -421,6 +526,31 @@ class ClickHouseSink:
                 dropped.append(day)
                 log.info("ClickHouse: dropped partition %s (older than %d days)", day, self.retention_days)
         return dropped
+
+
+SHAPES = {len(COLUMNS_V1): COLUMNS_V1, len(COLUMNS_V2): COLUMNS_V2, len(COLUMNS): COLUMNS,
+          len(COLUMNS) + len(CHAIN_COLUMNS): (*COLUMNS, *CHAIN_COLUMNS)}  # by fields a spilled line holds
+
+
+def chain_rows(c: Committed) -> list[bytes]:
+    """A committed frame's rows: each record's line, then its chain fields (partition, seq, pos, link)."""
+    part = c.partition.encode()
+    seq, pos = c.seq, c.pos
+    return [b"%s\t%s\t%d\t%d\t%s\n" % (ln[:-1], part, seq + i, pos + i, link.hex().encode())
+            for i, (ln, link) in enumerate(zip(c.lines, c.links, strict=True))]
+
+
+def _ts(row: bytes) -> int:
+    return int(row[:row.index(b"\t")])
+
+
+def table_outdated(engine: str, sorting_key: str) -> str:
+    """Why a table is not the documented one (ordered for the lawful request, folding a record
+    sent twice), or "" when it is."""
+    want = ORDER_BY.strip("()")
+    if "ReplacingMergeTree" in engine and sorting_key.replace(" ", "") == want.replace(" ", ""):
+        return ""
+    return f"is {engine or 'unknown'} ORDER BY ({sorting_key}), not ReplacingMergeTree ORDER BY {ORDER_BY}"
 
 
 def batch_id(lines: list[bytes]) -> str:

@@ -34,9 +34,16 @@ def test_with_clickhouse_configured_every_record_is_in_the_local_log(tmp_path: P
     finally:
         for s in sinks:
             s.close()
-        alog.close()
+        alog.close()  # hands the last committed records to the copy
+        ch.close()
     got = list(query(tmp_path / "log", Query(0, 2**62)))
     assert len(got) == 50
     assert verify(tmp_path / "log").ok
-    # ClickHouse unreachable: its copy waits in the spill, with the chain fields.
+    # ClickHouse unreachable: its copy waits in the spill, each row with its chain fields.
     assert ch.stats.spilled == 50
+    from beiand.accesslog.format import read_open
+    from beiand.accesslog.store import partition_paths
+
+    rows = [ln for p in partition_paths(tmp_path / "log" / "spill") for fr in read_open(p).frames
+            for ln in fr.payload.splitlines()]
+    assert [r.split(b"\t")[-4:-1] for r in rows[:2]] == [[b"2026-09-21/w0", b"1", b"1"], [b"2026-09-21/w0", b"2", b"2"]]
