@@ -29,10 +29,11 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -48,6 +49,9 @@ from beiand.accesslog.store import (
 )
 from beiand.errors import BeiandError
 from beiand.model import MetricKey, MetricValues
+
+if TYPE_CHECKING:
+    from beiand.accesslog.copy import CopyAnchor, CopyRow
 
 log = logging.getLogger("beiand.accesslog.clickhouse")  # the name operators filter on (before sinks/)
 
@@ -123,7 +127,7 @@ PARTITION BY day ORDER BY {ORDER_BY}{ttl}""",
 
 
 def parse_version(text: str) -> tuple[int, int]:
-    parts = (text.strip().split(".") + ["0", "0"])[:2]
+    parts = ([*text.strip().split("."), "0", "0"])[:2]
     try:
         return int(parts[0]), int(parts[1])
     except ValueError:
@@ -437,7 +441,7 @@ class ClickHouseSink:
         local = f"{self.table}_local" if self.cluster else self.table
         row = (await self._post(f"SELECT engine, sorting_key FROM system.tables WHERE database = '{self.database}' "
                                 f"AND name = '{local}' FORMAT TabSeparated")).rstrip("\n").split("\t")
-        engine, key = (row + ["", ""])[:2]
+        engine, key = ([*row, "", ""])[:2]
         outdated = table_outdated(engine, key)
         if outdated and outdated != self.outdated:
             log.warning("ClickHouse table %s.%s %s; records are still copied (the batch check keeps them once), but the "
@@ -558,3 +562,94 @@ def batch_id(lines: list[bytes]) -> str:
     for ln in lines:
         h.update(ln)
     return h.hexdigest()[:32]
+
+
+# -- reading the copy back (``beiand logs verify --clickhouse``) ---------------------------------
+
+_CH_UNESC = {ord("b"): b"\b", ord("f"): b"\f", ord("r"): b"\r", ord("n"): b"\n", ord("t"): b"\t", ord("0"): b"\0",
+             ord("a"): b"\a", ord("v"): b"\v", ord("'"): b"'", ord("\\"): b"\\"}
+
+
+def tsv_fields(line: bytes) -> list[bytes]:
+    """One TabSeparated row as ClickHouse writes it, its escapes undone (the bytes as stored)."""
+    out = []
+    for f in line.rstrip(b"\n").split(b"\t"):
+        if b"\\" in f:
+            buf = bytearray()
+            i = 0
+            while i < len(f):
+                c = f[i]
+                if c == 92 and i + 1 < len(f):
+                    buf += _CH_UNESC.get(f[i + 1], bytes([f[i + 1]]))
+                    i += 2
+                else:
+                    buf.append(c)
+                    i += 1
+            f = bytes(buf)
+        out.append(f)
+    return out
+
+
+class ClickHouseReader:
+    """Reads the copy and its anchors over the HTTP interface (synchronous: for the CLI)."""
+
+    def __init__(self, url: str, database: str = "beiand", table: str = "access_log", user: str = "default",
+                 password: str = "", timeout: float = 300.0) -> None:
+        self.url = url.rstrip("/") + "/"
+        self.database, self.table = database, table
+        self.auth = {"user": user, "password": password}
+        self.timeout = timeout
+
+    def _open(self, sql: str) -> Any:
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        req = urllib.request.Request(self.url + "?" + urllib.parse.urlencode(self.auth), data=sql.encode())
+        try:
+            return urllib.request.urlopen(req, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            raise ClickHouseError(f"{self.url}: HTTP {exc.code}: {exc.read().decode(errors='replace').strip()[:300]}",
+                                  sent=False) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise ClickHouseError(f"{self.url}: {getattr(exc, 'reason', exc)}", sent=False) from None
+
+    def query(self, sql: str) -> str:
+        with self._open(sql) as r:
+            return str(r.read().decode())
+
+    def rows(self, since_ms: int = 0) -> Iterator[CopyRow]:
+        """Every row with chain fields, in (gateway, worker, seq) order (streamed). Rows copied
+        before issue 27 (no chain fields: seq 0) are left out; :meth:`unchained` counts them."""
+        from beiand.accesslog.copy import CopyRow
+        from beiand.model import AccessRecord
+
+        cols = ", ".join(("gateway", "worker", "`partition`", "seq", "pos", "link", *COLUMNS))
+        sql = (f"SELECT {cols} FROM {self.database}.{self.table} WHERE seq > 0"
+               + (f" AND day >= toDate(toDateTime(intDiv({int(since_ms)}, 1000)), 'UTC')" if since_ms else "")
+               + " ORDER BY gateway, worker, seq FORMAT TabSeparated")
+        ints = {i for i, c in enumerate(COLUMNS) if c in ("ts_ms", "client_port", "server_port", "packets", "octets")}
+        with self._open(sql) as r:
+            for line in r:
+                f = tsv_fields(line)
+                vals: list[Any] = [v.decode("utf-8", "surrogateescape") for v in f[6:]]
+                for i in ints:
+                    vals[i] = int(vals[i])
+                yield CopyRow(f[0].decode("utf-8", "surrogateescape"), int(f[1]), f[2].decode(), int(f[3]), int(f[4]),
+                              f[5].decode(), AccessRecord(*vals))
+
+    def unchained(self) -> int:
+        return int(self.query(f"SELECT count() FROM {self.database}.{self.table} WHERE seq = 0").strip() or 0)
+
+    def anchors(self) -> list[CopyAnchor]:
+        from beiand.accesslog.copy import CopyAnchor
+
+        if self.query(f"EXISTS TABLE {self.database}.{ANCHORS_TABLE}").strip() != "1":
+            return []
+        text = self.query(f"SELECT gateway, worker, `partition`, `count`, head, ts_ms FROM {self.database}.{ANCHORS_TABLE} "
+                          "ORDER BY gateway, worker, ts_ms FORMAT TabSeparated")
+        out = []
+        for line in text.splitlines():
+            gw, w, part, count, head, ts = line.split("\t")
+            out.append(CopyAnchor(gw, int(w), part, int(count), head, int(ts)))
+        return out
