@@ -633,7 +633,9 @@ class AccessLog:
     def _open_path(self, day: str, seq: int) -> Path:
         return self.dir / day / f"{seq_name(self.cfg.worker, seq)}.open"
 
-    def _rotate(self, part: tuple[int, int], prev_head: bytes, seq: int) -> None:
+    def _rotate(self, part: tuple[int, int], prev_head: bytes, chained: int) -> None:
+        """Open partition ``part``, its chain continuing from ``prev_head`` after the worker's
+        ``chained`` records (the header's ``seq``: what the next record's number follows)."""
         day_no, seq = part
         old = self._path
         if self._fd >= 0:
@@ -651,7 +653,7 @@ class AccessLog:
         prev = self._prev_name(path)
         hdr = header_line({"day": day, "worker": self.cfg.worker, "gateway": self.cfg.gateway, "prev": prev,
                            "prev_head": prev_head.hex(), "key_id": key_id(self.cfg.key), "created_ms": int(time.time() * 1000),
-                           "crc": CRC_HEAD, "mark": True, "seq": seq})
+                           "crc": CRC_HEAD, "mark": True, "seq": chained})
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             os.write(fd, hdr)
