@@ -461,22 +461,29 @@ class ClickHouseSink:
                 await self._post(f"ALTER TABLE {self.database}.{table} ADD COLUMN {col}")
 
     async def _insert(self, lines: list[bytes], bid: str) -> None:
+        nf = lines[0].count(b"\t") + 1
+        chained = nf == len(CHAINED)
         if bid in self._uncertain:
             self.stats.checked += 1
             day = int(lines[0][:lines[0].index(b"\t")]) // DAY_MS
             d = datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
+            # A batch of the copy is its records' numbers; an older one (no chain fields) its batch id.
+            where = _seq_range(lines) if chained else f"batch = '{bid}'"
             n = int(await self._post(f"SELECT count() FROM {self.database}.{self.table} "
-                                     f"WHERE day = toDate('{d}') AND batch = '{bid}'") or 0)
+                                     f"WHERE day = toDate('{d}') AND {where}") or 0)
             if n == len(lines):
                 self.stats.skipped_duplicates += n
                 return
             if n:  # a part of the batch made it (an insert split by the server): remove it, send all
-                await self._post(f"ALTER TABLE {self.database}.{self.table} DELETE WHERE batch = '{bid}'")
+                await self._post(f"ALTER TABLE {self.database}.{self.table} DELETE WHERE {where}")
                 await self._wait_mutations()
-        tail = f"\t{bid}\t{self.worker}\n".encode()
-        body = b"".join(ln[:-1] + tail for ln in lines)
-        shape = SHAPES.get(lines[0].count(b"\t") + 1, COLUMNS)
-        cols = ",".join((*shape, "batch", "worker"))
+        if chained:  # rows as they are (each ends with its worker): no copy per row
+            body = b"".join(lines)
+            cols = ",".join(CHAINED)
+        else:
+            tail = f"\t{bid}\t{self.worker}\n".encode()
+            body = b"".join(ln[:-1] + tail for ln in lines)
+            cols = ",".join((*SHAPES.get(nf, COLUMNS), "batch", "worker"))
         # On a cluster: through the Distributed table, returning once every shard has the rows.
         settings = "SETTINGS insert_distributed_sync = 1 " if self.cluster else ""
         await self._post(f"INSERT INTO {self.database}.{self.table} ({cols}) {settings}FORMAT TabSeparated", body)
@@ -532,16 +539,34 @@ class ClickHouseSink:
         return dropped
 
 
-SHAPES = {len(COLUMNS_V1): COLUMNS_V1, len(COLUMNS_V2): COLUMNS_V2, len(COLUMNS): COLUMNS,
-          len(COLUMNS) + len(CHAIN_COLUMNS): (*COLUMNS, *CHAIN_COLUMNS)}  # by fields a spilled line holds
+# A spilled line of an older beiand, by the fields it holds (the sink adds batch and worker).
+SHAPES = {len(COLUMNS_V1): COLUMNS_V1, len(COLUMNS_V2): COLUMNS_V2, len(COLUMNS): COLUMNS}
+# A row of the copy (issue 27): the record's fields, its chain fields, its worker.
+CHAINED = (*COLUMNS, *CHAIN_COLUMNS, "worker")
+_GATEWAY = COLUMNS.index("gateway")
 
 
 def chain_rows(c: Committed) -> list[bytes]:
-    """A committed frame's rows: each record's line, then its chain fields (partition, seq, pos, link)."""
-    part = c.partition.encode()
+    """A committed frame's rows: each record's line, then its chain fields (partition, seq, pos,
+    link) and its worker."""
+    part = b"\t" + c.partition.encode() + b"\t"
+    hx = b"".join(c.links).hex().encode()  # one call for the frame, not one per record
+    w = b"%d" % c.worker
     seq, pos = c.seq, c.pos
-    return [b"%s\t%s\t%d\t%d\t%s\n" % (ln[:-1], part, seq + i, pos + i, link.hex().encode())
-            for i, (ln, link) in enumerate(zip(c.lines, c.links, strict=True))]
+    return [b"%s%s%d\t%d\t%s\t%s\n" % (ln[:-1], part, seq + i, pos + i, hx[64 * i:64 * i + 64], w)
+            for i, ln in enumerate(c.lines)]
+
+
+def _sql_str(b: bytes) -> str:
+    return "'" + b.decode("utf-8", "surrogateescape").replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _seq_range(lines: list[bytes]) -> str:
+    """The rows of a batch of the copy: one gateway's worker, consecutive record numbers."""
+    first, last = lines[0].rsplit(b"\t", 5), lines[-1].rsplit(b"\t", 5)
+    gw = lines[0].split(b"\t", _GATEWAY + 1)[_GATEWAY]
+    return (f"gateway = {_sql_str(gw)} AND worker = {int(first[5])} "
+            f"AND seq BETWEEN {int(first[2])} AND {int(last[2])}")
 
 
 def _ts(row: bytes) -> int:

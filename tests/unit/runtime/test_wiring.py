@@ -46,4 +46,4 @@ def test_with_clickhouse_configured_every_record_is_in_the_local_log(tmp_path: P
 
     rows = [ln for p in partition_paths(tmp_path / "log" / "spill") for fr in read_open(p).frames
             for ln in fr.payload.splitlines()]
-    assert [r.split(b"\t")[-4:-1] for r in rows[:2]] == [[b"2026-09-21/w0", b"1", b"1"], [b"2026-09-21/w0", b"2", b"2"]]
+    assert [r.split(b"\t")[-5:-2] for r in rows[:2]] == [[b"2026-09-21/w0", b"1", b"1"], [b"2026-09-21/w0", b"2", b"2"]]
