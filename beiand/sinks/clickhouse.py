@@ -7,13 +7,15 @@ with its chain fields (the log partition, the worker's record number ``seq``, th
 what the log holds and ``beiand logs verify --clickhouse`` can recompute every gateway's chain
 from the rows (:mod:`beiand.accesslog.copy`). A record is named by (gateway, worker, seq).
 
-Records are batched (``batch_records`` or ``interval``), one batch never spans two days, and
-each batch carries an id derived from its content, so the same records always form the same
-batch id. While ClickHouse is down (or answers with an error) batches spill, in order, to an
+Records are batched (``batch_records`` or ``interval``) in log order; each batch carries an id
+derived from its content, and a batch of the copy is also named by its records' numbers
+(gateway, worker, first and last seq). While ClickHouse is down (or answers with an error) batches spill, in order, to an
 embedded store (one frame per batch); new records keep going to the spill until it has been
 replayed in order. Every batch whose fate is unknown (a connection lost after sending, a
-replay cut short by a crash) is listed in ``uncertain.ids`` and checked with
-``SELECT count() … WHERE batch = id`` before it is sent again: no record is lost or duplicated.
+replay cut short by a crash) is listed in ``uncertain.ids`` and checked with ``SELECT count()
+… WHERE gateway = … AND worker = … AND seq BETWEEN …`` (older rows: ``batch = id``) before it is
+sent again; and the table, a ReplacingMergeTree ordered by … gateway, worker, seq, folds a
+record that still arrives twice. No record the local log committed is lost or counted twice.
 
 Retention drops whole day partitions older than the retention (never a younger one).
 """
@@ -191,7 +193,7 @@ class ClickHouseSink:
         if self._uncertain_path.exists():
             self._uncertain = set(self._uncertain_path.read_text().split())
         self._queue: deque[Committed] = deque()  # committed frames, not yet batched
-        self._rows: deque[bytes] = deque()  # rows as sent: the record's line, then its chain fields
+        self._rows: list[bytes] = []  # rows as sent: the record's line, its chain fields, its worker
         self._queued = 0  # records in both
         self._anchors: deque[dict[str, Any]] = deque(maxlen=10_000)  # checkpoints waiting to be sent
         self._anchors_table = False
@@ -338,17 +340,12 @@ class ClickHouseSink:
         self._spilling = True
 
     def _take(self) -> list[bytes]:
-        """Up to batch_records queued rows, never across a day boundary."""
-        q, rows = self._queue, self._rows
-        while q and len(rows) < self.batch_records:
-            c = q.popleft()
-            rows.extend(chain_rows(c))
-        if not rows:
-            return []
-        day = _ts(rows[0]) // DAY_MS
-        out: list[bytes] = []
-        while rows and len(out) < self.batch_records and _ts(rows[0]) // DAY_MS == day:
-            out.append(rows.popleft())
+        """Up to batch_records queued rows, in log order. A batch may hold records of two days (late
+        records stay in the partition open when they come): it is named by its record numbers."""
+        q, bs = self._queue, self.batch_records
+        while q and len(self._rows) < bs:
+            self._rows.extend(chain_rows(q.popleft()))
+        out, self._rows = self._rows[:bs], self._rows[bs:]
         self._queued -= len(out)
         return out
 
@@ -467,10 +464,9 @@ class ClickHouseSink:
             self.stats.checked += 1
             day = int(lines[0][:lines[0].index(b"\t")]) // DAY_MS
             d = datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
-            # A batch of the copy is its records' numbers; an older one (no chain fields) its batch id.
-            where = _seq_range(lines) if chained else f"batch = '{bid}'"
-            n = int(await self._post(f"SELECT count() FROM {self.database}.{self.table} "
-                                     f"WHERE day = toDate('{d}') AND {where}") or 0)
+            # A batch of the copy is its records' numbers; an older one (no chain fields, one day) its batch id.
+            where = _seq_range(lines) if chained else f"day = toDate('{d}') AND batch = '{bid}'"
+            n = int(await self._post(f"SELECT count() FROM {self.database}.{self.table} WHERE {where}") or 0)
             if n == len(lines):
                 self.stats.skipped_duplicates += n
                 return
@@ -567,10 +563,6 @@ def _seq_range(lines: list[bytes]) -> str:
     gw = lines[0].split(b"\t", _GATEWAY + 1)[_GATEWAY]
     return (f"gateway = {_sql_str(gw)} AND worker = {int(first[5])} "
             f"AND seq BETWEEN {int(first[2])} AND {int(last[2])}")
-
-
-def _ts(row: bytes) -> int:
-    return int(row[:row.index(b"\t")])
 
 
 def table_outdated(engine: str, sorting_key: str) -> str:
