@@ -481,8 +481,9 @@ class ClickHouseSink:
             body = b"".join(ln[:-1] + tail for ln in lines)
             cols = ",".join((*SHAPES.get(nf, COLUMNS), "batch", "worker"))
         # On a cluster: through the Distributed table, returning once every shard has the rows.
-        settings = "SETTINGS insert_distributed_sync = 1 " if self.cluster else ""
-        await self._post(f"INSERT INTO {self.database}.{self.table} ({cols}) {settings}FORMAT TabSeparated", body)
+        # (a query parameter: 18.16's INSERT takes no SETTINGS clause)
+        await self._post(f"INSERT INTO {self.database}.{self.table} ({cols}) FORMAT TabSeparated", body,
+                         {"insert_distributed_sync": "1"} if self.cluster else None)
         self.stats.inserted += len(lines)
         self.stats.batches += 1
 
@@ -495,13 +496,13 @@ class ClickHouseSink:
             await asyncio.sleep(0.1)
         raise ClickHouseError("a DELETE mutation did not finish", sent=True)
 
-    async def _post(self, sql: str, body: bytes | None = None) -> str:
+    async def _post(self, sql: str, body: bytes | None = None, settings: dict[str, str] | None = None) -> str:
         assert self._session is not None
         try:
             if body is None:
                 resp_ctx = self._session.post(self.url, params=self._auth, data=sql.encode())
             else:
-                resp_ctx = self._session.post(self.url, params={**self._auth, "query": sql}, data=body)
+                resp_ctx = self._session.post(self.url, params={**self._auth, **(settings or {}), "query": sql}, data=body)
             async with resp_ctx as resp:
                 text = await resp.text()
                 if resp.status != 200:

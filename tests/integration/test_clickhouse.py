@@ -311,3 +311,35 @@ def test_verify_clickhouse_recomputes_each_gateway_chain_and_names_an_edited_row
     else:
         assert failed == ["FAILED: gateway gw-a worker 1 partition 2026-09-21/w1.p1 seq 501 (record 101 of the partition): "
                           "altered: the record and its link do not follow from seq 500"], text
+
+
+def test_the_cluster_table_on_one_node_replicated_and_distributed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The cluster DDL of docs/access-log.md on a one-node cluster (ZooKeeper for replication):
+    the copy goes through the Distributed table into the replicated one and verifies."""
+    from beiand.cli import main
+    from tests.integration.clickhouse import ZooKeeper
+
+    if not ZooKeeper.available():
+        pytest.fail("zookeeper is not installed (scripts/system-deps installs it)")
+    zk = ZooKeeper(tmp_path / "zk")
+    zk.start()
+    ch = ClickHouse(tmp_path / "ch", zookeeper=zk.port)
+    try:
+        ch.start()
+        sink = ClickHouseSink(ch.url, tmp_path / "spill", cluster="beiand_test", interval=0.05)
+        with logged(tmp_path / "log", sink, gateway="gw-c") as log:
+            for i in range(500):
+                log.append(rec(i, gateway="gw-c"))
+            log.flush()
+            log.checkpoint()
+        sink.close()
+        engines = ch.query("SELECT name, engine FROM system.tables WHERE database = 'beiand' AND name LIKE 'access_log%' "
+                           "ORDER BY name").split()
+        assert engines == ["access_log", "Distributed", "access_log_anchors", "MergeTree", "access_log_local",
+                           "ReplicatedReplacingMergeTree"]
+        assert ch.query("SELECT count() FROM beiand.access_log_local").strip() == "500"
+        assert sink.outdated == ""
+        assert main(["logs", "verify", "--clickhouse", ch.url]) == 0, capsys.readouterr().out
+    finally:
+        ch.stop()
+        zk.stop()
