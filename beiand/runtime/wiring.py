@@ -319,6 +319,8 @@ def access_log_sinks(cfg: Config, idx: int, nat: NatTable | None = None) -> tupl
                                partition_records=al.partition_records),
                      on_checkpoint=ch.anchor if ch is not None else None,
                      on_commit=ch.committed if ch is not None else None)
+    if ch is not None:  # what the log committed before a stop and the copy never got
+        ch.backfill(al.directory, alog.sequence, key)
     sinks: list[Sink] = [AccessLogSink(alog, cfg.gateway, nat=nat if nat else None)]
     return alog, ch, sinks
 

@@ -189,6 +189,10 @@ class ClickHouseSink:
         self.spill_dir = Path(spill_dir)
         self.spill = AccessLog(LogConfig(self.spill_dir, worker=worker, seal=False, anchors=False), start=False)
         self._uncertain_path = self.spill_dir / f"uncertain-w{worker}.ids"
+        # The worker's last record number held by ClickHouse or the spill (-1: never copied here).
+        self._copied_path = self.spill_dir / f"copied-w{worker}.seq"
+        self.copied = _read_int(self._copied_path)
+        self._check_upto = 0  # batches of records up to this number are looked up before sending
         self._uncertain: set[str] = set()
         if self._uncertain_path.exists():
             self._uncertain = set(self._uncertain_path.read_text().split())
@@ -218,6 +222,36 @@ class ClickHouseSink:
         self._idle.clear()
         if self._queued >= self.batch_records and self._loop is not None and self._wake is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
+
+    def backfill(self, log_dir: Path, upto: int, key: bytes | None = None) -> int:
+        """At start, before the log commits anything new: queue what the log committed up to
+        record ``upto`` but the copy never got (the process stopped between the two); returns how
+        many. Those batches are looked up before they are sent (some may have arrived after all).
+        A first start copies from here on, not the log's history."""
+        from beiand.accesslog.reader import committed_since
+
+        if self.copied < 0 or self.copied >= upto:
+            self._save_copied(max(upto, self.copied))
+            return 0
+        n = 0
+        for c in committed_since(log_dir, self.worker, self.copied, upto, key):
+            self.committed(c)
+            n += len(c.lines)
+        self._check_upto = upto
+        if n:
+            log.warning("ClickHouse: %d record(s) the log committed before a stop were not copied: queued now", n)
+        return n
+
+    def _save_copied(self, seq: int) -> None:
+        """Durably: the copy holds (or the spill does) every record up to ``seq``."""
+        self.copied = seq
+        self.spill_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        tmp = self._copied_path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            f.write(f"{seq}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._copied_path)
 
     def flush(self, timeout: float = 60.0) -> None:
         """Return when every record handed over so far is in ClickHouse or durable in the spill."""
@@ -368,6 +402,11 @@ class ClickHouseSink:
         """One batch → one durable frame in the spill (same rows, same batch id on replay)."""
         self.spill.write_lines(lines)
         self.stats.spilled += len(lines)
+        self._copied(lines)
+
+    def _copied(self, lines: list[bytes]) -> None:
+        if lines[-1].count(b"\t") + 1 == len(CHAINED):
+            self._save_copied(int(lines[-1].rsplit(b"\t", 4)[1]))
 
     def _spill_frames(self) -> list[tuple[Path, int, bytes]]:
         out: list[tuple[Path, int, bytes]] = []
@@ -460,7 +499,7 @@ class ClickHouseSink:
     async def _insert(self, lines: list[bytes], bid: str) -> None:
         nf = lines[0].count(b"\t") + 1
         chained = nf == len(CHAINED)
-        if bid in self._uncertain:
+        if bid in self._uncertain or (chained and int(lines[0].rsplit(b"\t", 4)[1]) <= self._check_upto):
             self.stats.checked += 1
             day = int(lines[0][:lines[0].index(b"\t")]) // DAY_MS
             d = datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
@@ -486,6 +525,8 @@ class ClickHouseSink:
                          {"insert_distributed_sync": "1"} if self.cluster else None)
         self.stats.inserted += len(lines)
         self.stats.batches += 1
+        if chained and not self._spilling:  # (a replayed spill was counted when it spilled)
+            self._copied(lines)
 
     async def _wait_mutations(self) -> None:
         for _ in range(100):
@@ -573,6 +614,13 @@ def table_outdated(engine: str, sorting_key: str) -> str:
     if "ReplacingMergeTree" in engine and sorting_key.replace(" ", "") == want.replace(" ", ""):
         return ""
     return f"is {engine or 'unknown'} ORDER BY ({sorting_key}), not ReplacingMergeTree ORDER BY {ORDER_BY}"
+
+
+def _read_int(path: Path) -> int:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return -1
 
 
 def batch_id(lines: list[bytes]) -> str:
