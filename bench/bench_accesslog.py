@@ -2,10 +2,13 @@
 of 1,000,000 records, disk per 1,000,000 records.
 
     python bench/bench_accesslog.py [--append N] [--days 60] [--per-day 1000000] [--dir DIR] [--append-only]
+                                    [--clickhouse URL]
 
 Append: a producer appends records (cycled from a pool of 100,000 distinct ones, as the
 pipeline would hand them over) to an AccessLog with the default group commit (1 s), and the
-clock stops when ``flush()`` returns (everything on disk).
+clock stops when ``flush()`` returns (everything on disk). With ``--clickhouse URL`` the log also
+hands what it commits to a ClickHouse sink (issue 27: the copy with its chain fields), as the
+daemon does with ``[accesslog.clickhouse]``; the copy's own catch-up time is printed apart.
 
 Query: one real day of ``--per-day`` records with a Zipf-like spread of names and clients is
 written through the store and sealed; the sealed file is copied to the other days (same
@@ -45,12 +48,18 @@ def make_pool(n: int, day_ms: int, rng: random.Random, names: list[str], clients
     return pool
 
 
-def bench_append(n: int, directory: Path) -> None:
+def bench_append(n: int, directory: Path, clickhouse: str = "") -> None:
     rng = random.Random(1)
     names = [f"www.site{i}.example.cn" for i in range(50_000)]
     clients = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(100_000)]
     pool = make_pool(100_000, DAY0, rng, names, clients)
-    log = AccessLog(LogConfig(directory / "append"))
+    sink = None
+    if clickhouse:
+        from beiand.sinks.clickhouse import ClickHouseSink
+
+        sink = ClickHouseSink(clickhouse, directory / "spill", table=f"bench_{int(time.time())}")
+    log = AccessLog(LogConfig(directory / "append", gateway="gw-bj-01"), on_commit=sink.committed if sink else None,
+                    on_checkpoint=sink.anchor if sink else None)
     app = log.append
     t0 = time.perf_counter()
     for _ in range(n // len(pool)):
@@ -64,6 +73,13 @@ def bench_append(n: int, directory: Path) -> None:
     print(f"append: {n:,} records in {dt:.2f} s = {n / dt:,.0f} records/s "
           f"(group commit 1 s, {log.stats.commits} commits; fsync p50 {fs[len(fs) // 2] * 1e3:.1f} ms); "
           f"open partition {size / n * 1e6 / 2**20:.1f} MiB per 1M records")
+    if sink is not None:
+        t1 = time.perf_counter()
+        sink.flush(timeout=600)
+        sink.close()
+        print(f"clickhouse copy: {sink.stats.inserted:,} rows inserted, {sink.stats.spilled:,} spilled; caught up "
+              f"{time.perf_counter() - t1:.2f} s after the local log ({n / (time.perf_counter() - t0):,.0f} records/s "
+              "end to end)")
     if log.stats.lost:  # the committer fell max_buffer behind (a stalled disk): the rate is not sustained
         print(f"append: INVALID: {log.stats.lost:,} records lost (buffer full); the figure above does not count")
 
@@ -128,10 +144,11 @@ def main() -> None:
     ap.add_argument("--per-day", type=int, default=1_000_000)
     ap.add_argument("--dir", help="work directory (default: a temporary one, removed)")
     ap.add_argument("--append-only", action="store_true", help="only the sustained append figure")
+    ap.add_argument("--clickhouse", metavar="URL", default="", help="also copy to this ClickHouse (issue 27)")
     args = ap.parse_args()
     directory = Path(args.dir or tempfile.mkdtemp(prefix="beiand-bench-log-"))
     try:
-        bench_append(args.append, directory)
+        bench_append(args.append, directory, args.clickhouse)
         if not args.append_only:
             bench_query(args.days, args.per_day, directory)
         print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

@@ -151,6 +151,24 @@ def chain(head: bytes, lines: Iterable[bytes], key: bytes | None = None) -> byte
     return head
 
 
+def chain_links(head: bytes, lines: Iterable[bytes], key: bytes | None = None) -> list[bytes]:
+    """The chain head after each of ``lines`` (each record's *link*): what a copy of the log
+    (ClickHouse, issue 27) carries so that its chain can be recomputed row by row."""
+    out: list[bytes] = []
+    add = out.append
+    if key is None:
+        sha = hashlib.sha256
+        for ln in lines:
+            head = sha(head + ln).digest()
+            add(head)
+    else:
+        dig = hmac.digest
+        for ln in lines:
+            head = dig(key, head + ln, "sha256")
+            add(head)
+    return out
+
+
 def key_id(key: bytes | None) -> str:
     """Names the key without revealing it (a verifier needs the same key)."""
     return "" if key is None else hashlib.sha256(b"beiand-key-id\0" + key).hexdigest()[:16]

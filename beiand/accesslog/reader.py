@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import time
 import zlib
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from beiand.accesslog.format import (
     KindIndex,
     OpenPartition,
     chain,
+    chain_links,
     decode,
     decode_block_seq,
     endpoint_key,
@@ -33,6 +35,7 @@ from beiand.accesslog.format import (
 )
 from beiand.accesslog.store import (
     HEADS,
+    Committed,
     assess,
     at_risk,
     day_start_ms,
@@ -46,6 +49,7 @@ from beiand.accesslog.store import (
 from beiand.errors import BeiandError
 from beiand.model import AccessRecord, endpoint
 
+log = logging.getLogger(__name__)
 IpNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 _FIRST = itemgetter(0)
 
@@ -914,3 +918,46 @@ def stats(directory: Path) -> Stats:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+# -- committed records, read back (a copy catching up, issue 27) -------------------------------------
+
+
+def committed_since(directory: Path, worker: int, after: int, upto: int, key: bytes | None = None,
+                    chunk: int = 4096) -> Iterator[Committed]:
+    """The records of ``worker`` numbered ``after`` + 1 … ``upto`` as :class:`Committed` frames,
+    read from its partitions (open and sealed) with their links recomputed: what a copy missed
+    when the process stopped between the log's commit and the copy's. Partitions written before
+    issue 27 (no ``seq`` in their header) and damaged ones (the chain cannot be recomputed) give
+    nothing (logged)."""
+    for p in partition_paths(directory, worker, damaged=False):
+        try:
+            if p.suffix == ".sealed":
+                meta = read_sealed_meta(p)
+                hdr: dict[str, Any] = meta
+                if "seq" not in hdr or int(hdr["seq"]) + int(meta["count"]) <= after or int(hdr["seq"]) >= upto:
+                    continue
+                with open(p, "rb") as f:
+                    got = log_order(f, meta)
+                if any(ln is None for ln in got):
+                    log.error("access log %s: a damaged block: its records cannot be copied with their links", p)
+                    continue
+                lines: list[bytes] = got  # type: ignore[assignment]
+            else:
+                part = read_open(p)
+                hdr = part.header
+                if "seq" not in hdr or int(hdr["seq"]) + part.records <= after or int(hdr["seq"]) >= upto:
+                    continue
+                if part.damaged and not part.tail_only():
+                    log.error("access log %s: damaged: its records cannot be copied with their links", p)
+                    continue
+                lines = [ln for fr in part.frames for ln in fr.payload.splitlines(keepends=True)]
+        except (FormatError, OSError, ValueError, KeyError, zlib.error) as exc:
+            log.error("access log %s: unreadable, not copied: %s", p, exc)
+            continue
+        base = int(hdr["seq"])
+        links = chain_links(bytes.fromhex(hdr["prev_head"]), lines, key)
+        lo, hi = max(after - base, 0), min(upto - base, len(lines))
+        for i in range(lo, hi, chunk):
+            j = min(i + chunk, hi)
+            yield Committed(str(hdr.get("gateway", "")), worker, part_name(p), base + i + 1, i + 1, lines[i:j], links[i:j])

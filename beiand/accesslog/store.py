@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from itertools import islice
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from beiand.accesslog.format import (
     CRC_HEAD,
@@ -52,6 +52,7 @@ from beiand.accesslog.format import (
     Postings,
     build_kind_v2,
     chain,
+    chain_links,
     decode,
     encode_batch,
     encode_block,
@@ -84,6 +85,22 @@ MAX_GAP_DAYS = 7  # retention: a gap between logged days counts at most this muc
 HEADS = "heads.log"
 DIR_MODE = 0o750
 FILE_MODE = 0o640
+
+
+class Committed(NamedTuple):
+    """Records that just became durable in the log (one frame), as ``AccessLog(on_commit=…)``
+    hands them on (issue 27: ClickHouse holds only what the evidence of record holds). ``lines``
+    are the chained bytes, ``links[i]`` the chain head after ``lines[i]``; the first record is the
+    worker's record number ``seq`` (1, 2, … across its partitions) and the ``pos``-th of
+    ``partition`` (the count an anchor names after it)."""
+
+    gateway: str
+    worker: int
+    partition: str  # "2026-11-23/w0.p1"
+    seq: int
+    pos: int
+    lines: list[bytes]
+    links: list[bytes]
 
 
 class LogConfigError(BeiandError, ValueError):
@@ -275,7 +292,8 @@ class AccessLog:
     """The Order 292 art. 14 log of one worker (see the module docstring)."""
 
     def __init__(self, config: LogConfig, start: bool = True, on_fsync: Callable[[float], None] | None = None,
-                 on_checkpoint: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+                 on_commit: Callable[[Committed], None] | None = None) -> None:
         self.cfg = config
         self.dir = Path(config.directory)
         self.stats = LogStats()
@@ -283,8 +301,12 @@ class AccessLog:
         self._queue: deque[AccessRecord] = deque()
         self._batch = config.commit_records
         # Chained frames not yet on disk: ((day number, partition number), records, head before,
-        # head after, frame bytes).
-        self._frames: deque[tuple[tuple[int, int], int, bytes, bytes, bytes]] = deque()
+        # head after, frame bytes, worker sequence of its first record, its position in the
+        # partition, and (with ``on_commit``) its lines and their links).
+        self._frames: deque[tuple[tuple[int, int], int, bytes, bytes, bytes, int, int,
+                                  list[bytes] | None, list[bytes] | None]] = deque()
+        # Records this worker has chained, across its partitions: the last one's sequence number.
+        self._chained = 0
         self._nframed = 0
         self._elock = threading.RLock()  # encoding and chaining, in order
         self._wlock = threading.RLock()  # writing, in order
@@ -307,6 +329,7 @@ class AccessLog:
         self._hdr_crc = 0
         self._sealed_latest = False
         self.on_checkpoint = on_checkpoint
+        self.on_commit = on_commit
         self.anchor: dict[str, Any] = {}  # the last checkpoint (what /api/v1/status shows)
         self._make_dir()
         self._recover()
@@ -337,6 +360,22 @@ class AccessLog:
     def extend(self, recs: Iterable[AccessRecord]) -> None:
         for r in recs:
             self.append(r)
+
+    @property
+    def sequence(self) -> int:
+        """The record number of the last record chained (this worker's, across its partitions)."""
+        return self._chained
+
+    def write_lines(self, lines: list[bytes]) -> None:
+        """Append encoded lines (each ``ts_ms\t…\n``) as one frame per day they cover, and flush:
+        the unit of a spill store that keeps rows as they are to be sent (issue 27)."""
+        if not lines:
+            return
+        with self._elock:
+            self._encode()
+            self.stats.appended += len(lines)
+            self._frame_days(lines, [int(ln[:ln.index(b"\t")]) for ln in lines])
+        self.flush()
 
     def write_batch(self, recs: list[AccessRecord]) -> None:
         """Append ``recs`` as one frame (one per day they cover) and flush: a spill's unit."""
@@ -441,8 +480,11 @@ class AccessLog:
                 batch = batch[:max(room, 0)]
                 if not batch:
                     return
-            lines = encode_batch(batch)
-            ts = list(map(_TS, batch))
+            self._frame_days(encode_batch(batch), list(map(_TS, batch)))
+
+    def _frame_days(self, lines: list[bytes], ts: list[int]) -> None:
+        """Chain ``lines`` (records at times ``ts``) into frames of the partitions they go to."""
+        with self._elock:
             lo, hi = min(ts) // DAY_MS, max(ts) // DAY_MS
             if lo == hi or hi <= self._enc_day:
                 self._frame(max(hi, self._enc_day), lines)
@@ -469,9 +511,16 @@ class AccessLog:
             take = min(len(lines), limit - self._enc_n) if limit else len(lines)
             chunk, lines = lines[:take], lines[take:]
             start = self._enc_head
-            head = chain(start, chunk, self.cfg.key)
+            links: list[bytes] | None = None
+            if self.on_commit is not None:  # each record's link, for the copy (issue 27)
+                links = chain_links(start, chunk, self.cfg.key)
+                head = links[-1]
+            else:
+                head = chain(start, chunk, self.cfg.key)
             self._enc_head = head
-            self._frames.append((self._enc_part, take, start, head, frame_bytes(take, head, b"".join(chunk))))
+            self._frames.append((self._enc_part, take, start, head, frame_bytes(take, head, b"".join(chunk)),
+                                 self._chained + 1, self._enc_n + 1, chunk if links is not None else None, links))
+            self._chained += take
             self._enc_n += take
             self._nframed += take
         if self._nframed >= self._batch:
@@ -487,19 +536,19 @@ class AccessLog:
         """Write the frames of one partition and sync. On an error, keep the whole frames that
         made it to disk (cut a half-written one) and keep the rest queued for the next round."""
         frames = self._frames
-        part, _, start, _, _ = frames[0]
+        part, _, start, _, _, first_seq, first_pos, _, _ = frames[0]
         written = nframes = 0
         error: Exception | None = None
         try:
             if self._fd < 0 or part > (self._day, self._seq):
-                self._rotate(part, start)
+                self._rotate(part, start, first_seq - first_pos)
         except Exception as exc:
             error = exc
         if error is None:
             start_offset = self._offset
             try:
                 cur = (self._day, self._seq)
-                for part, count, _, _, data in list(islice(frames, len(frames))):  # the encoder may append meanwhile
+                for part, count, _, _, data, *_ in list(islice(frames, len(frames))):  # the encoder may append meanwhile
                     if part > cur:
                         break  # the next round opens the next partition (a new day, or this one full)
                     _write_all(self._fd, data)
@@ -529,10 +578,21 @@ class AccessLog:
                 self.stats.write_errors += 1
                 log.error("access log %s: commit mark not written: %s", self.dir, exc)
         nbytes = 0
+        done = []
         for _ in range(nframes):
             f = frames.popleft()
             nbytes += len(f[4])
             self.head = f[3]
+            if f[7] is not None:
+                done.append(f)
+        if done and self.on_commit is not None and self._path is not None:
+            # Durable now (fsynced, under the commit mark): the copy gets them, in chain order.
+            name = part_name(self._path)
+            for f in done:
+                try:
+                    self.on_commit(Committed(self.cfg.gateway, self.cfg.worker, name, f[5], f[6], f[7], f[8]))  # type: ignore[arg-type]
+                except Exception:
+                    log.exception("access log: handing committed records to the copy failed")
         self._count += written
         self.stats.written += written
         self.stats.bytes_written += nbytes
@@ -573,7 +633,9 @@ class AccessLog:
     def _open_path(self, day: str, seq: int) -> Path:
         return self.dir / day / f"{seq_name(self.cfg.worker, seq)}.open"
 
-    def _rotate(self, part: tuple[int, int], prev_head: bytes) -> None:
+    def _rotate(self, part: tuple[int, int], prev_head: bytes, chained: int) -> None:
+        """Open partition ``part``, its chain continuing from ``prev_head`` after the worker's
+        ``chained`` records (the header's ``seq``: what the next record's number follows)."""
         day_no, seq = part
         old = self._path
         if self._fd >= 0:
@@ -591,7 +653,7 @@ class AccessLog:
         prev = self._prev_name(path)
         hdr = header_line({"day": day, "worker": self.cfg.worker, "gateway": self.cfg.gateway, "prev": prev,
                            "prev_head": prev_head.hex(), "key_id": key_id(self.cfg.key), "created_ms": int(time.time() * 1000),
-                           "crc": CRC_HEAD, "mark": True})
+                           "crc": CRC_HEAD, "mark": True, "seq": chained})
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             os.write(fd, hdr)
@@ -670,7 +732,9 @@ class AccessLog:
         self._day = day_start_ms(latest.parent.name) // DAY_MS
         self._seq = seq_of(latest)
         if latest.suffix == ".sealed":
-            self.head = bytes.fromhex(read_sealed_meta(latest)["head"])
+            meta = read_sealed_meta(latest, segments=False)
+            self.head = bytes.fromhex(meta["head"])
+            self._chained = int(meta.get("seq", 0)) + int(meta["count"])  # partitions before issue 27: from 0
             self._sealed_latest = True
             return
         found = self._start_check(latest)
@@ -678,6 +742,7 @@ class AccessLog:
             return
         part, mark = found
         self.head = part.head
+        self._chained = int(part.header.get("seq", 0)) + part.records
         self._hdr_crc = part.header_crc
         self._fd = os.open(latest, os.O_WRONLY)
         os.lseek(self._fd, part.end, os.SEEK_SET)
@@ -724,6 +789,8 @@ class AccessLog:
         risk = at_risk(part, mark)
         head = part.head
         self.head = head
+        # The chain continues from the last readable record: so do the record numbers.
+        self._chained = int(part.header.get("seq", 0)) + part.records if part.header_ok else self._chained
         self.stats.set_aside += 1
         event = {"event": "damage", "partition": part_name(path), "aside": part_name(aside), "why": why,
                  "ranges": [list(r) for r in part.damaged], "readable": part.records,

@@ -143,6 +143,8 @@ class ClickHouseSection:
     password_file: Path | None = _f(None, "File holding the ClickHouse password.")
     batch_records: int = _f(10000, "Records per INSERT.", min=1)
     spill_dir: Path | None = _f(None, "Where records wait while ClickHouse is down (default: <accesslog.directory>/spill).")
+    cluster: str = _f("", "A ClickHouse cluster (remote_servers) to write through: <table> is then a Distributed table over "
+                      "a ReplicatedReplacingMergeTree <table>_local on every node (docs/access-log.md); empty: one server.")
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,8 @@ class AccessLogSection:
                                 "of the same day opened (w0, w0.p1, w0.p2…; the chain continues across them). Sealing holds "
                                 "one partition in memory: about 1 GB at 2,000,000 records (docs/access-log.md).",
                                 min=1000, max=100_000_000)
-    clickhouse: ClickHouseSection = field(default_factory=ClickHouseSection, metadata={"doc": "Scale-out sink."})
+    clickhouse: ClickHouseSection = field(default_factory=ClickHouseSection, metadata={
+        "doc": "The fleet's copy of the access log (the local log stays the evidence of record)."})
 
 
 @dataclass(frozen=True)

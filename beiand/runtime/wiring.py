@@ -296,8 +296,11 @@ def live_captures(cfg: Config, fanout_group: int) -> list[LiveCapture]:
 
 
 def access_log_sinks(cfg: Config, idx: int, nat: NatTable | None = None) -> tuple[AccessLog, ClickHouseSink | None, list[Sink]]:
-    """A worker's access log (its own partition), ClickHouse when configured (the log's records go
-    there, the local log keeping the chain and checkpoints), and the sinks that feed them."""
+    """A worker's access log (its own partition), ClickHouse when configured, and the sinks that
+    feed them. The local chained log gets every record whatever else is configured (DESIGN.md,
+    Fleet: the evidence of record); ClickHouse gets a copy of what the log has made durable, with
+    each record's chain fields (``on_commit``), and the log's checkpoints as anchors. Close the
+    log before the ClickHouse sink: closing the log hands over its last records."""
     al = cfg.accesslog
     key = read_secret(al.hmac_key_file, cfg.daemon.secret_permissions).strip() if al.hmac_key_file else None
     ch = None
@@ -308,14 +311,17 @@ def access_log_sinks(cfg: Config, idx: int, nat: NatTable | None = None) -> tupl
         ch = ClickHouseSink(c.url, c.spill_dir or al.directory / "spill", database=c.database, table=c.table, user=c.user,
                             password=read_secret(c.password_file, cfg.daemon.secret_permissions).decode().strip()
                             if c.password_file else "", worker=idx,
-                            batch_records=c.batch_records, retention_days=al.retention_days)
+                            batch_records=c.batch_records, retention_days=al.retention_days, cluster=c.cluster)
     # Checkpoints also go off the machine: the journal (a log line) and, when configured, ClickHouse.
     alog = AccessLog(LogConfig(al.directory, worker=idx, gateway=cfg.gateway, retention_days=al.retention_days,
                                commit_interval=al.commit_interval, commit_records=al.commit_records, max_buffer=al.max_buffer,
                                key=key, checkpoint_interval=al.checkpoint_interval,
                                partition_records=al.partition_records),
-                     on_checkpoint=ch.anchor if ch is not None else None)
-    sinks: list[Sink] = [AccessLogSink(ch if ch is not None else alog, cfg.gateway, nat=nat if nat else None)]
+                     on_checkpoint=ch.anchor if ch is not None else None,
+                     on_commit=ch.committed if ch is not None else None)
+    if ch is not None:  # what the log committed before a stop and the copy never got
+        ch.backfill(al.directory, alog.sequence, key)
+    sinks: list[Sink] = [AccessLogSink(alog, cfg.gateway, nat=nat if nat else None)]
     return alog, ch, sinks
 
 

@@ -16,7 +16,7 @@ class NatTable(Protocol):
 
 
 class RecordWriter(Protocol):
-    """The local access log (``AccessLog``) or ClickHouse (``ClickHouseSink``)."""
+    """The local access log (``AccessLog``); ClickHouse copies what it commits (``on_commit``)."""
 
     def append(self, rec: AccessRecord) -> None: ...
 

@@ -1,12 +1,21 @@
-"""Scale-out: many gateways write one ClickHouse table over its HTTP interface.
+"""Scale-out: many gateways copy their access log into one ClickHouse table over its HTTP interface.
 
-Records are batched (``batch_records`` or ``interval``), one batch never spans two days, and
-each batch carries an id derived from its content, so the same records always form the same
-batch id. While ClickHouse is down (or answers with an error) batches spill, in order, to an
+The local chained log stays the evidence of record (DESIGN.md, Fleet): the sink is handed what
+the log has just made durable (``AccessLog(on_commit=ClickHouseSink.committed)``), each record
+with its chain fields (the log partition, the worker's record number ``seq``, the position
+``pos`` in the partition, and ``link``, the chain head after it), so that ClickHouse holds only
+what the log holds and ``beiand logs verify --clickhouse`` can recompute every gateway's chain
+from the rows (:mod:`beiand.accesslog.copy`). A record is named by (gateway, worker, seq).
+
+Records are batched (``batch_records`` or ``interval``) in log order; each batch carries an id
+derived from its content, and a batch of the copy is also named by its records' numbers
+(gateway, worker, first and last seq). While ClickHouse is down (or answers with an error) batches spill, in order, to an
 embedded store (one frame per batch); new records keep going to the spill until it has been
 replayed in order. Every batch whose fate is unknown (a connection lost after sending, a
-replay cut short by a crash) is listed in ``uncertain.ids`` and checked with
-``SELECT count() … WHERE batch = id`` before it is sent again: no record is lost or duplicated.
+replay cut short by a crash) is listed in ``uncertain.ids`` and checked with ``SELECT count()
+… WHERE gateway = … AND worker = … AND seq BETWEEN …`` (older rows: ``batch = id``) before it is
+sent again; and the table, a ReplacingMergeTree ordered by … gateway, worker, seq, folds a
+record that still arrives twice. No record the local log committed is lost or counted twice.
 
 Retention drops whole day partitions older than the retention (never a younger one).
 """
@@ -22,17 +31,29 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from beiand.accesslog.format import DAY_MS, encode_batch, read_open
-from beiand.accesslog.store import RETENTION_FLOOR_DAYS, AccessLog, LogConfig, LogConfigError, fsync_dir, partition_paths
+from beiand.accesslog.format import DAY_MS, read_open
+from beiand.accesslog.store import (
+    RETENTION_FLOOR_DAYS,
+    AccessLog,
+    Committed,
+    LogConfig,
+    LogConfigError,
+    fsync_dir,
+    partition_paths,
+)
 from beiand.errors import BeiandError
-from beiand.model import AccessRecord, MetricKey, MetricValues
+from beiand.model import MetricKey, MetricValues
+
+if TYPE_CHECKING:
+    from beiand.accesslog.copy import CopyAnchor, CopyRow
 
 log = logging.getLogger("beiand.accesslog.clickhouse")  # the name operators filter on (before sinks/)
 
@@ -43,23 +64,76 @@ COLUMNS = ("ts_ms", "account", "client_ip", "client_port", "server_ip", "server_
 COLUMNS_V1 = COLUMNS[:COLUMNS.index("order_no") + 1]
 # Records spilled before issue 26 end at octets (no outcome).
 COLUMNS_V2 = COLUMNS[:COLUMNS.index("octets") + 1]
+# The chain fields (issue 27): the log partition, the worker's record number, the position in
+# the partition (an anchor's count), the chain head after the record (64 hex digits).
+CHAIN_COLUMNS = ("`partition`", "seq", "pos", "link")
 # Columns added since the table was first documented: added to an existing table at start.
-ADDED_COLUMNS = ("direction String", "method String", "url String", "packets UInt64", "octets UInt64", "outcome String")
+ADDED_COLUMNS = ("direction String", "method String", "url String", "packets UInt64", "octets UInt64", "outcome String",
+                 "`partition` String", "seq UInt64", "pos UInt64", "link String")
+# The lawful request (Order 292 art. 14): who reached this server address and port at that time.
+# Then gateway, worker, seq: a record's identity, so ReplacingMergeTree folds a record sent twice.
+ORDER_BY = "(server_ip, server_port, ts_ms, gateway, worker, seq)"
+TTL_SINCE = (19, 6)  # ClickHouse versions with table TTL
+INDEXES_SINCE = (20, 1)  # …and with data-skipping indexes outside the experimental setting
+INDEXES = ("name_idx name TYPE bloom_filter(0.01) GRANULARITY 4", "client_idx client_ip TYPE bloom_filter(0.01) GRANULARITY 4",
+           "nat_idx nat TYPE bloom_filter(0.01) GRANULARITY 4")
 
 
-def ddl(database: str, table: str) -> list[str]:
-    """The documented table (docs/access-log.md): MergeTree, one partition per UTC day."""
-    return [
-        f"CREATE DATABASE IF NOT EXISTS {database}",
-        f"""CREATE TABLE IF NOT EXISTS {database}.{table} (
-    ts_ms UInt64, account String, client_ip String, client_port UInt16, server_ip String, server_port UInt16,
+def _columns() -> str:
+    return """    ts_ms UInt64, account String, client_ip String, client_port UInt16, server_ip String, server_port UInt16,
     transport String, kind String, name String, verdict String, action String, filing_number String,
     gateway String, reason String, nat String, calling_number String, order_no String,
     direction String, method String, url String, packets UInt64, octets UInt64, outcome String,
+    `partition` String, seq UInt64, pos UInt64, link String,
     batch String, worker UInt16,
-    day Date DEFAULT toDate(toDateTime(intDiv(ts_ms, 1000)), 'UTC')
-) ENGINE = MergeTree PARTITION BY day ORDER BY (day, name, client_ip, ts_ms)""",
+    day Date DEFAULT toDate(toDateTime(intDiv(ts_ms, 1000)), 'UTC')"""
+
+
+def _tail(version: tuple[int, int], retention_days: int) -> tuple[str, str]:
+    """(the index lines, the TTL clause) the server's version takes."""
+    idx = "".join(f",\n    INDEX {i}" for i in INDEXES) if version >= INDEXES_SINCE else ""
+    ttl = f" TTL day + INTERVAL {retention_days} DAY" if version >= TTL_SINCE else ""
+    return idx, ttl
+
+
+def ddl(database: str, table: str, version: tuple[int, int] = (18, 16),
+        retention_days: int = RETENTION_FLOOR_DAYS) -> list[str]:
+    """The documented table (docs/access-log.md) on one server: ReplacingMergeTree, one partition
+    per UTC day, ordered for the lawful request; TTL and skipping indexes where the server has them
+    (18.16, Debian's: neither; retention then drops whole days, :meth:`ClickHouseSink.retire`)."""
+    idx, ttl = _tail(version, retention_days)
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {database}",
+        f"""CREATE TABLE IF NOT EXISTS {database}.{table} (
+{_columns()}{idx}
+) ENGINE = ReplacingMergeTree PARTITION BY day ORDER BY {ORDER_BY}{ttl}""",
     ]
+
+
+def cluster_ddl(database: str, table: str, cluster: str, version: tuple[int, int] = (18, 16),
+                retention_days: int = RETENTION_FLOOR_DAYS) -> list[str]:
+    """The same table on a cluster, run on every node: ``<table>_local`` replicated (a ZooKeeper
+    or ClickHouse Keeper, and the macros ``{shard}`` and ``{replica}`` in each node's config), and
+    ``<table>``, a Distributed table over them that gateways write and tools read. Sharded by
+    gateway: one gateway's chain stays on one shard."""
+    idx, ttl = _tail(version, retention_days)
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {database}",
+        f"""CREATE TABLE IF NOT EXISTS {database}.{table}_local (
+{_columns()}{idx}
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/{database}/{table}', '{{replica}}')
+PARTITION BY day ORDER BY {ORDER_BY}{ttl}""",
+        f"CREATE TABLE IF NOT EXISTS {database}.{table} AS {database}.{table}_local "
+        f"ENGINE = Distributed({cluster}, {database}, {table}_local, cityHash64(gateway))",
+    ]
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    parts = ([*text.strip().split("."), "0", "0"])[:2]
+    try:
+        return int(parts[0]), int(parts[1])
+    except ValueError:
+        return (0, 0)
 
 
 ANCHORS_TABLE = "access_log_anchors"
@@ -94,11 +168,12 @@ class SinkStats:
 
 
 class ClickHouseSink:
-    """A :class:`~beiand.sinks.accesslog.RecordWriter` that writes to ClickHouse, spilling locally."""
+    """The ClickHouse copy of one worker's access log, spilling locally while ClickHouse is away:
+    fed by ``AccessLog(on_commit=sink.committed, on_checkpoint=sink.anchor)``."""
 
     def __init__(self, url: str, spill_dir: Path, *, database: str = "beiand", table: str = "access_log", user: str = "default",
                  password: str = "", worker: int = 0, batch_records: int = 10_000, interval: float = 1.0, timeout: float = 10.0,
-                 retention_days: int = RETENTION_FLOOR_DAYS, max_backoff: float = 30.0) -> None:
+                 retention_days: int = RETENTION_FLOOR_DAYS, max_backoff: float = 30.0, cluster: str = "") -> None:
         if retention_days < RETENTION_FLOOR_DAYS:
             raise LogConfigError(f"retention_days = {retention_days}: Order 292 art. 14 requires at least {RETENTION_FLOOR_DAYS} days")
         self.url = url.rstrip("/") + "/"
@@ -107,14 +182,23 @@ class ClickHouseSink:
         self.batch_records, self.interval, self.timeout = batch_records, interval, timeout
         self.retention_days = retention_days
         self.max_backoff = max_backoff
+        self.cluster = cluster  # inserts go through the Distributed table, synchronously
+        self.version = (0, 0)  # the server's, once reached
+        self.outdated = ""  # why the existing table is not the documented one ("" when it is)
         self.stats = SinkStats()
         self.spill_dir = Path(spill_dir)
         self.spill = AccessLog(LogConfig(self.spill_dir, worker=worker, seal=False, anchors=False), start=False)
         self._uncertain_path = self.spill_dir / f"uncertain-w{worker}.ids"
+        # The worker's last record number held by ClickHouse or the spill (-1: never copied here).
+        self._copied_path = self.spill_dir / f"copied-w{worker}.seq"
+        self.copied = _read_int(self._copied_path)
+        self._check_upto = 0  # batches of records up to this number are looked up before sending
         self._uncertain: set[str] = set()
         if self._uncertain_path.exists():
             self._uncertain = set(self._uncertain_path.read_text().split())
-        self._queue: deque[AccessRecord] = deque()
+        self._queue: deque[Committed] = deque()  # committed frames, not yet batched
+        self._rows: list[bytes] = []  # rows as sent: the record's line, its chain fields, its worker
+        self._queued = 0  # records in both
         self._anchors: deque[dict[str, Any]] = deque(maxlen=10_000)  # checkpoints waiting to be sent
         self._anchors_table = False
         self._session: aiohttp.ClientSession | None = None
@@ -129,25 +213,60 @@ class ClickHouseSink:
         self._thread.start()
         self._ready.wait(5)
 
-    # -- RecordWriter -----------------------------------------------------------------------
+    # -- fed by the access log ---------------------------------------------------------------
 
-    def append(self, rec: AccessRecord) -> None:
-        self._queue.append(rec)
+    def committed(self, c: Committed) -> None:
+        """Records the local log has just made durable (on its committer thread: only queued here)."""
+        self._queue.append(c)
+        self._queued += len(c.lines)
         self._idle.clear()
-        if len(self._queue) >= self.batch_records and self._loop is not None and self._wake is not None:
+        if self._queued >= self.batch_records and self._loop is not None and self._wake is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
 
+    def backfill(self, log_dir: Path, upto: int, key: bytes | None = None) -> int:
+        """At start, before the log commits anything new: queue what the log committed up to
+        record ``upto`` but the copy never got (the process stopped between the two); returns how
+        many. Those batches are looked up before they are sent (some may have arrived after all).
+        A first start copies from here on, not the log's history."""
+        from beiand.accesslog.reader import committed_since
+
+        if self.copied < 0 or self.copied >= upto:
+            self._save_copied(max(upto, self.copied))
+            return 0
+        n = 0
+        for c in committed_since(log_dir, self.worker, self.copied, upto, key):
+            self.committed(c)
+            n += len(c.lines)
+        self._check_upto = upto
+        if n:
+            log.warning("ClickHouse: %d record(s) the log committed before a stop were not copied: queued now", n)
+        return n
+
+    def _save_copied(self, seq: int) -> None:
+        """Durably: the copy holds (or the spill does) every record up to ``seq``."""
+        self.copied = seq
+        self.spill_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        tmp = self._copied_path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            f.write(f"{seq}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._copied_path)
+
     def flush(self, timeout: float = 60.0) -> None:
-        """Return when every record appended so far is in ClickHouse or durable in the spill."""
+        """Return when every record handed over so far is in ClickHouse or durable in the spill."""
         if self._loop is not None and self._wake is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
         deadline = time.monotonic() + timeout
-        while self._queue or not self._idle.is_set():
+        while self._pending() or not self._idle.is_set():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"ClickHouse sink: {len(self._queue)} record(s) not handed over after {timeout} s")
+                raise TimeoutError(f"ClickHouse sink: {self._queued} record(s) not handed over after {timeout} s")
             self._idle.wait(0.05)
-            if self._loop is not None and self._wake is not None and self._queue:
+            if self._loop is not None and self._wake is not None and self._pending():
                 self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _pending(self) -> bool:
+        return bool(self._queue or self._rows)
 
     def close(self) -> None:
         try:
@@ -226,9 +345,7 @@ class ClickHouseSink:
                     if (self._spilling or not schema_ok) and time.monotonic() >= next_try:
                         try:
                             if not schema_ok:
-                                for stmt in ddl(self.database, self.table):
-                                    await self._post(stmt)
-                                await self._add_columns()
+                                await self._schema()
                                 schema_ok = True
                             await self._replay_spill()
                             backoff = 0.5
@@ -244,9 +361,9 @@ class ClickHouseSink:
                         await self._send_anchors()
                 except Exception:
                     log.exception("ClickHouse sink: unexpected error; records stay queued")
-                if not self._queue and not self._wake.is_set():
+                if not self._pending() and not self._wake.is_set():
                     self._idle.set()
-                if self._stop.is_set() and not self._queue:
+                if self._stop.is_set() and not self._pending():
                     return
 
     def _down(self, exc: Exception) -> None:
@@ -256,37 +373,40 @@ class ClickHouseSink:
             log.error("ClickHouse %s unavailable (%s): spilling to %s", self.url, exc, self.spill_dir)
         self._spilling = True
 
-    def _take(self) -> list[AccessRecord]:
-        """Up to batch_records queued records, never across a day boundary."""
-        q = self._queue
-        if not q:
-            return []
-        day = q[0].ts_ms // DAY_MS
-        out: list[AccessRecord] = []
-        while q and len(out) < self.batch_records and q[0].ts_ms // DAY_MS == day:
-            out.append(q.popleft())
+    def _take(self) -> list[bytes]:
+        """Up to batch_records queued rows, in log order. A batch may hold records of two days (late
+        records stay in the partition open when they come): it is named by its record numbers."""
+        q, bs = self._queue, self.batch_records
+        while q and len(self._rows) < bs:
+            self._rows.extend(chain_rows(q.popleft()))
+        out, self._rows = self._rows[:bs], self._rows[bs:]
+        self._queued -= len(out)
         return out
 
     async def _send_queue(self, schema_ok: bool) -> None:
-        while self._queue:
-            batch = self._take()
+        while self._pending():
+            lines = self._take()
             if self._spilling or not schema_ok:
-                self._spill_batch(batch)
+                self._spill_batch(lines)
                 continue
-            lines = encode_batch(batch)
             bid = batch_id(lines)
             try:
                 await self._insert(lines, bid)
             except ClickHouseError as exc:
                 if exc.sent:
                     self._mark_uncertain(bid)
-                self._spill_batch(batch)
+                self._spill_batch(lines)
                 self._down(exc)
 
-    def _spill_batch(self, batch: list[AccessRecord]) -> None:
-        """One batch → one durable frame in the spill (same content, same batch id on replay)."""
-        self.spill.write_batch(batch)
-        self.stats.spilled += len(batch)
+    def _spill_batch(self, lines: list[bytes]) -> None:
+        """One batch → one durable frame in the spill (same rows, same batch id on replay)."""
+        self.spill.write_lines(lines)
+        self.stats.spilled += len(lines)
+        self._copied(lines)
+
+    def _copied(self, lines: list[bytes]) -> None:
+        if lines[-1].count(b"\t") + 1 == len(CHAINED):
+            self._save_copied(int(lines[-1].rsplit(b"\t", 4)[1]))
 
     def _spill_frames(self) -> list[tuple[Path, int, bytes]]:
         out: list[tuple[Path, int, bytes]] = []
@@ -343,36 +463,70 @@ class ClickHouseSink:
             with open(self._uncertain_path, "a") as f:
                 os.fsync(f.fileno())
 
-    async def _add_columns(self) -> None:
+    async def _schema(self) -> None:
+        """Create the table, or bring one made by an older beiand up to date in place."""
+        self.version = parse_version(await self._post("SELECT version()"))
+        if self.cluster:
+            stmts = cluster_ddl(self.database, self.table, self.cluster, self.version, self.retention_days)
+        else:
+            stmts = ddl(self.database, self.table, self.version, self.retention_days)
+        for stmt in stmts:
+            await self._post(stmt)
+        for t in ([f"{self.table}_local", self.table] if self.cluster else [self.table]):
+            await self._add_columns(t)
+        local = f"{self.table}_local" if self.cluster else self.table
+        row = (await self._post(f"SELECT engine, sorting_key FROM system.tables WHERE database = '{self.database}' "
+                                f"AND name = '{local}' FORMAT TabSeparated")).rstrip("\n").split("\t")
+        engine, key = ([*row, "", ""])[:2]
+        outdated = table_outdated(engine, key)
+        if outdated and outdated != self.outdated:
+            log.warning("ClickHouse table %s.%s %s; records are still copied (the batch check keeps them once), but the "
+                        "sort key cannot change in place: create the documented table beside it, INSERT INTO … SELECT, "
+                        "then RENAME (docs/access-log.md, \"Upgrading an older table\")", self.database, local, outdated)
+        self.outdated = outdated
+        if self.version >= TTL_SINCE and "ReplacingMergeTree" in engine:  # pragma: no cover (Debian's 18.16 has no TTL)
+            await self._post(f"ALTER TABLE {self.database}.{local} MODIFY TTL day + INTERVAL {self.retention_days} DAY")
+
+    async def _add_columns(self, table: str) -> None:
         """A table made by an older beiand gets the columns added since (Debian's ClickHouse has no
         ``ADD COLUMN IF NOT EXISTS``: the table's columns are read first)."""
         have = set((await self._post(f"SELECT name FROM system.columns WHERE database = '{self.database}' "
-                                     f"AND table = '{self.table}'")).split())
+                                     f"AND table = '{table}'")).split())
         for col in ADDED_COLUMNS:
-            if col.split()[0] not in have:
-                await self._post(f"ALTER TABLE {self.database}.{self.table} ADD COLUMN {col}")
+            if col.split()[0].strip("`") not in have:
+                await self._post(f"ALTER TABLE {self.database}.{table} ADD COLUMN {col}")
 
     async def _insert(self, lines: list[bytes], bid: str) -> None:
-        if bid in self._uncertain:
+        nf = lines[0].count(b"\t") + 1
+        chained = nf == len(CHAINED)
+        if bid in self._uncertain or (chained and int(lines[0].rsplit(b"\t", 4)[1]) <= self._check_upto):
             self.stats.checked += 1
             day = int(lines[0][:lines[0].index(b"\t")]) // DAY_MS
             d = datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
-            n = int(await self._post(f"SELECT count() FROM {self.database}.{self.table} "
-                                     f"WHERE day = toDate('{d}') AND batch = '{bid}'") or 0)
+            # A batch of the copy is its records' numbers; an older one (no chain fields, one day) its batch id.
+            where = _seq_range(lines) if chained else f"day = toDate('{d}') AND batch = '{bid}'"
+            n = int(await self._post(f"SELECT count() FROM {self.database}.{self.table} WHERE {where}") or 0)
             if n == len(lines):
                 self.stats.skipped_duplicates += n
                 return
             if n:  # a part of the batch made it (an insert split by the server): remove it, send all
-                await self._post(f"ALTER TABLE {self.database}.{self.table} DELETE WHERE batch = '{bid}'")
+                await self._post(f"ALTER TABLE {self.database}.{self.table} DELETE WHERE {where}")
                 await self._wait_mutations()
-        tail = f"\t{bid}\t{self.worker}\n".encode()
-        body = b"".join(ln[:-1] + tail for ln in lines)
-        tabs = lines[0].count(b"\t")
-        shape = COLUMNS_V1 if tabs == len(COLUMNS_V1) - 1 else COLUMNS_V2 if tabs == len(COLUMNS_V2) - 1 else COLUMNS
-        cols = ",".join((*shape, "batch", "worker"))
-        await self._post(f"INSERT INTO {self.database}.{self.table} ({cols}) FORMAT TabSeparated", body)
+        if chained:  # rows as they are (each ends with its worker): no copy per row
+            body = b"".join(lines)
+            cols = ",".join(CHAINED)
+        else:
+            tail = f"\t{bid}\t{self.worker}\n".encode()
+            body = b"".join(ln[:-1] + tail for ln in lines)
+            cols = ",".join((*SHAPES.get(nf, COLUMNS), "batch", "worker"))
+        # On a cluster: through the Distributed table, returning once every shard has the rows.
+        # (a query parameter: 18.16's INSERT takes no SETTINGS clause)
+        await self._post(f"INSERT INTO {self.database}.{self.table} ({cols}) FORMAT TabSeparated", body,
+                         {"insert_distributed_sync": "1"} if self.cluster else None)
         self.stats.inserted += len(lines)
         self.stats.batches += 1
+        if chained and not self._spilling:  # (a replayed spill was counted when it spilled)
+            self._copied(lines)
 
     async def _wait_mutations(self) -> None:
         for _ in range(100):
@@ -383,13 +537,13 @@ class ClickHouseSink:
             await asyncio.sleep(0.1)
         raise ClickHouseError("a DELETE mutation did not finish", sent=True)
 
-    async def _post(self, sql: str, body: bytes | None = None) -> str:
+    async def _post(self, sql: str, body: bytes | None = None, settings: dict[str, str] | None = None) -> str:
         assert self._session is not None
         try:
             if body is None:
                 resp_ctx = self._session.post(self.url, params=self._auth, data=sql.encode())
             else:
-                resp_ctx = self._session.post(self.url, params={**self._auth, "query": sql}, data=body)
+                resp_ctx = self._session.post(self.url, params={**self._auth, **(settings or {}), "query": sql}, data=body)
             async with resp_ctx as resp:
                 text = await resp.text()
                 if resp.status != 200:
@@ -423,8 +577,145 @@ class ClickHouseSink:
         return dropped
 
 
+# A spilled line of an older beiand, by the fields it holds (the sink adds batch and worker).
+SHAPES = {len(COLUMNS_V1): COLUMNS_V1, len(COLUMNS_V2): COLUMNS_V2, len(COLUMNS): COLUMNS}
+# A row of the copy (issue 27): the record's fields, its chain fields, its worker.
+CHAINED = (*COLUMNS, *CHAIN_COLUMNS, "worker")
+_GATEWAY = COLUMNS.index("gateway")
+
+
+def chain_rows(c: Committed) -> list[bytes]:
+    """A committed frame's rows: each record's line, then its chain fields (partition, seq, pos,
+    link) and its worker."""
+    part = b"\t" + c.partition.encode() + b"\t"
+    hx = b"".join(c.links).hex().encode()  # one call for the frame, not one per record
+    w = b"%d" % c.worker
+    seq, pos = c.seq, c.pos
+    return [b"%s%s%d\t%d\t%s\t%s\n" % (ln[:-1], part, seq + i, pos + i, hx[64 * i:64 * i + 64], w)
+            for i, ln in enumerate(c.lines)]
+
+
+def _sql_str(b: bytes) -> str:
+    return "'" + b.decode("utf-8", "surrogateescape").replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _seq_range(lines: list[bytes]) -> str:
+    """The rows of a batch of the copy: one gateway's worker, consecutive record numbers."""
+    first, last = lines[0].rsplit(b"\t", 5), lines[-1].rsplit(b"\t", 5)
+    gw = lines[0].split(b"\t", _GATEWAY + 1)[_GATEWAY]
+    return (f"gateway = {_sql_str(gw)} AND worker = {int(first[5])} "
+            f"AND seq BETWEEN {int(first[2])} AND {int(last[2])}")
+
+
+def table_outdated(engine: str, sorting_key: str) -> str:
+    """Why a table is not the documented one (ordered for the lawful request, folding a record
+    sent twice), or "" when it is."""
+    want = ORDER_BY.strip("()")
+    if "ReplacingMergeTree" in engine and sorting_key.replace(" ", "") == want.replace(" ", ""):
+        return ""
+    return f"is {engine or 'unknown'} ORDER BY ({sorting_key}), not ReplacingMergeTree ORDER BY {ORDER_BY}"
+
+
+def _read_int(path: Path) -> int:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return -1
+
+
 def batch_id(lines: list[bytes]) -> str:
     h = hashlib.sha256()
     for ln in lines:
         h.update(ln)
     return h.hexdigest()[:32]
+
+
+# -- reading the copy back (``beiand logs verify --clickhouse``) ---------------------------------
+
+_CH_UNESC = {ord("b"): b"\b", ord("f"): b"\f", ord("r"): b"\r", ord("n"): b"\n", ord("t"): b"\t", ord("0"): b"\0",
+             ord("a"): b"\a", ord("v"): b"\v", ord("'"): b"'", ord("\\"): b"\\"}
+
+
+def tsv_fields(line: bytes) -> list[bytes]:
+    """One TabSeparated row as ClickHouse writes it, its escapes undone (the bytes as stored)."""
+    out = []
+    for f in line.rstrip(b"\n").split(b"\t"):
+        if b"\\" in f:
+            buf = bytearray()
+            i = 0
+            while i < len(f):
+                c = f[i]
+                if c == 92 and i + 1 < len(f):
+                    buf += _CH_UNESC.get(f[i + 1], bytes([f[i + 1]]))
+                    i += 2
+                else:
+                    buf.append(c)
+                    i += 1
+            f = bytes(buf)
+        out.append(f)
+    return out
+
+
+class ClickHouseReader:
+    """Reads the copy and its anchors over the HTTP interface (synchronous: for the CLI)."""
+
+    def __init__(self, url: str, database: str = "beiand", table: str = "access_log", user: str = "default",
+                 password: str = "", timeout: float = 300.0) -> None:
+        self.url = url.rstrip("/") + "/"
+        self.database, self.table = database, table
+        self.auth = {"user": user, "password": password}
+        self.timeout = timeout
+
+    def _open(self, sql: str) -> Any:
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        req = urllib.request.Request(self.url + "?" + urllib.parse.urlencode(self.auth), data=sql.encode())
+        try:
+            return urllib.request.urlopen(req, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            raise ClickHouseError(f"{self.url}: HTTP {exc.code}: {exc.read().decode(errors='replace').strip()[:300]}",
+                                  sent=False) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise ClickHouseError(f"{self.url}: {getattr(exc, 'reason', exc)}", sent=False) from None
+
+    def query(self, sql: str) -> str:
+        with self._open(sql) as r:
+            return str(r.read().decode())
+
+    def rows(self, since_ms: int = 0) -> Iterator[CopyRow]:
+        """Every row with chain fields, in (gateway, worker, seq) order (streamed). Rows copied
+        before issue 27 (no chain fields: seq 0) are left out; :meth:`unchained` counts them."""
+        from beiand.accesslog.copy import CopyRow
+        from beiand.model import AccessRecord
+
+        cols = ", ".join(("gateway", "worker", "`partition`", "seq", "pos", "link", *COLUMNS))
+        sql = (f"SELECT {cols} FROM {self.database}.{self.table} WHERE seq > 0"
+               + (f" AND day >= toDate(toDateTime(intDiv({int(since_ms)}, 1000)), 'UTC')" if since_ms else "")
+               + " ORDER BY gateway, worker, seq FORMAT TabSeparated")
+        ints = {i for i, c in enumerate(COLUMNS) if c in ("ts_ms", "client_port", "server_port", "packets", "octets")}
+        with self._open(sql) as r:
+            for line in r:
+                f = tsv_fields(line)
+                vals: list[Any] = [v.decode("utf-8", "surrogateescape") for v in f[6:]]
+                for i in ints:
+                    vals[i] = int(vals[i])
+                yield CopyRow(f[0].decode("utf-8", "surrogateescape"), int(f[1]), f[2].decode(), int(f[3]), int(f[4]),
+                              f[5].decode(), AccessRecord(*vals))
+
+    def unchained(self) -> int:
+        return int(self.query(f"SELECT count() FROM {self.database}.{self.table} WHERE seq = 0").strip() or 0)
+
+    def anchors(self) -> list[CopyAnchor]:
+        from beiand.accesslog.copy import CopyAnchor
+
+        if self.query(f"EXISTS TABLE {self.database}.{ANCHORS_TABLE}").strip() != "1":
+            return []
+        text = self.query(f"SELECT gateway, worker, `partition`, `count`, head, ts_ms FROM {self.database}.{ANCHORS_TABLE} "
+                          "ORDER BY gateway, worker, ts_ms FORMAT TabSeparated")
+        out = []
+        for line in text.splitlines():
+            gw, w, part, count, head, ts = line.split("\t")
+            out.append(CopyAnchor(gw, int(w), part, int(count), head, int(ts)))
+        return out

@@ -25,9 +25,16 @@ CONFIG = """<?xml version="1.0"?>
     <default_profile>default</default_profile>
     <default_database>default</default_database>
     <mark_cache_size>5368709</mark_cache_size>
-    <uncompressed_cache_size>8589934</uncompressed_cache_size>
+    <uncompressed_cache_size>8589934</uncompressed_cache_size>{cluster}
 </yandex>
 """
+# One node as a cluster of one shard and one replica, replicated through ZooKeeper (Debian's
+# 18.16 has no built-in Keeper): what the cluster DDL of docs/access-log.md needs.
+CLUSTER = """
+    <zookeeper><node><host>127.0.0.1</host><port>{zk}</port></node></zookeeper>
+    <macros><shard>01</shard><replica>r1</replica></macros>
+    <remote_servers><beiand_test><shard><replica><host>127.0.0.1</host><port>{tcp}</port></replica></shard></beiand_test>
+    </remote_servers>"""
 USERS = """<?xml version="1.0"?>
 <yandex>
     <profiles><default><max_memory_usage>2000000000</max_memory_usage></default></profiles>
@@ -46,13 +53,14 @@ def free_port() -> int:
 
 
 class ClickHouse:
-    def __init__(self, directory: Path, netns: str | None = None) -> None:
+    def __init__(self, directory: Path, netns: str | None = None, zookeeper: int = 0) -> None:
         self.dir = directory
         self.netns = netns  # run inside this network namespace (beside a daemon started there)
         self.http = free_port()
         self.tcp = free_port()
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.xml").write_text(CONFIG.format(http=self.http, tcp=self.tcp, d=directory))
+        cluster = CLUSTER.format(zk=zookeeper, tcp=self.tcp) if zookeeper else ""
+        (directory / "config.xml").write_text(CONFIG.format(http=self.http, tcp=self.tcp, d=directory, cluster=cluster))
         (directory / "users.xml").write_text(USERS)
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.http}"
@@ -90,3 +98,43 @@ class ClickHouse:
                 return str(r.read().decode())
 
         return in_netns(self.netns, q) if self.netns else q()
+
+
+class ZooKeeper:
+    """Debian's ``zookeeper`` (standalone, on loopback): the coordination ReplicatedMergeTree needs."""
+
+    CLASSPATH = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar:/usr/share/java/*"
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return Path("/usr/share/java/zookeeper.jar").exists() and shutil.which("java") is not None
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "zookeeper.log", "ab") as logf:
+            self.proc = subprocess.Popen(["java", "-Dzookeeper.admin.enableServer=false", "-cp", self.CLASSPATH, "org.apache.zookeeper.server.ZooKeeperServerMain",
+                                          str(self.port), str(self.dir / "data")], stdout=logf, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"srvr")
+                    if s.recv(100).startswith(b"Zookeeper version"):
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"zookeeper exited: {(self.dir / 'zookeeper.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        raise RuntimeError("zookeeper did not answer within 60 s")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(60)
+            self.proc = None

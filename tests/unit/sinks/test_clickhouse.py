@@ -64,8 +64,9 @@ def test_metrics_report_the_sinks_own_counters_and_the_spilling_gauge(tmp_path: 
         assert ch.metrics() == {K("beiand_clickhouse_records_written"): 0, K("beiand_clickhouse_records_spilled"): 0,
                                 K("beiand_clickhouse_records_replayed"): 0, K("beiand_clickhouse_write_errors"): 0,
                                 K("beiand_clickhouse_lost_records"): 0, K("beiand_clickhouse_spilling"): 0}
-        for i in range(3):
-            ch.append(rec(i))
+        with AccessLog(LogConfig(tmp_path / "log"), on_commit=ch.committed) as log:
+            for i in range(3):
+                log.append(rec(i))
         ch.flush()
         m = ch.metrics()
     finally:

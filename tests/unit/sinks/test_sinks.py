@@ -40,9 +40,12 @@ def test_lifecycle_of_the_access_log_and_the_aggregate(tmp_path: Path) -> None:
     assert alog.pending == 0
 
 
-def test_clickhouse_is_a_record_writer_behind_the_access_log_sink() -> None:
-    for member in ("append", "flush", "close", "metrics"):
+def test_clickhouse_copies_what_the_access_log_commits() -> None:
+    """Issue 27: ClickHouse is no record writer beside the log (it took the log's place): it is
+    handed what the log committed (``on_commit``) and its checkpoints (``on_checkpoint``)."""
+    for member in ("committed", "anchor", "flush", "close", "metrics"):
         assert callable(getattr(ClickHouseSink, member))
+    assert not hasattr(ClickHouseSink, "append")
 
 
 def test_the_access_log_sink_writes_the_nat_side_of_a_mapping(tmp_path: Path) -> None:
