@@ -62,3 +62,23 @@ def test_a_deleted_an_altered_and_a_doubled_row(tmp_path: Path) -> None:
     rep = verify_copy(rows[:250], anchors)
     assert rep.problems == ["gateway gw worker 0 partition 2026-09-21/w0 records 251-292: anchored, missing from the copy: "
                             "removed from its end"]
+
+
+def test_rows_read_as_lines_verify_like_decoded_rows(tmp_path: Path) -> None:
+    """A reader's fast path hands the record's line as the log chained it (no decoding): the
+    same verdicts, the same names for an altered and a deleted row."""
+    from beiand.accesslog.format import encode
+
+    rows, anchors = _copy(tmp_path, 300, partition_records=120)
+    fast = [r._replace(record=None, line=encode(r.record)) for r in rows if r.record is not None]
+    assert fast[5].ts_ms() == rows[5].ts_ms()
+    rep = verify_copy(fast, anchors)
+    assert rep.ok and rep.anchors_checked == len(anchors) and rep.workers[("gw", 0)].rows == 300
+    assert rep.workers[("gw", 0)].last_seq == 300 and rep.workers[("gw", 0)].head == rows[-1].link
+    bad = fast[:]
+    bad[40] = bad[40]._replace(line=bad[40].line.replace(b"10.0.", b"10.9."))
+    assert verify_copy(bad, anchors).problems == verify_copy(
+        [*rows[:40], rows[40]._replace(record=rows[40].record._replace(client_ip="10.9." + rows[40].record.client_ip[5:])),  # type: ignore[union-attr]
+         *rows[41:]], anchors).problems != []
+    assert verify_copy(fast[:130] + fast[131:], anchors).problems == verify_copy(rows[:130] + rows[131:], anchors).problems
+    assert verify_copy(fast[:131] + fast[130:], anchors).duplicates == 1
