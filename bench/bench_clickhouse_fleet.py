@@ -14,7 +14,7 @@ over 60 days, and `logs verify --clickhouse` over one gateway-day of 10M records
   numbers(N)``): ~100k server addresses (a name lives on one), ports 443/80/22/8080/8443, 1M names
   and 10M clients both Zipf-like (log-uniform rank), timestamps uniform over the day, 4 workers
   per gateway with their own record numbers; their links are random hex (not a chain). The one
-  gateway-day that is verified (gateway gw-1, the middle day, ``--verify-records``) is made in
+  gateway-day that is verified (gateway gw-1, the second day, ``--verify-records``) is made in
   Python through the real path: records → ``encode_batch`` → ``chain_links`` → the sink's rows
   (``chain_rows``), partitions of 2M records, with anchors in ``access_log_anchors``.
   Before loading, and after the first day, the free disk is checked: the load stops when the
@@ -74,10 +74,15 @@ CONFIG = """<?xml version="1.0"?>
     <users_config>users.xml</users_config>
     <default_profile>default</default_profile>
     <default_database>default</default_database>
-    <mark_cache_size>2147483648</mark_cache_size>
+    <mark_cache_size>2147483648</mark_cache_size>{compression}
     <query_log><database>system</database><table>query_log</table><flush_interval_milliseconds>500</flush_interval_milliseconds></query_log>
 </yandex>
 """
+# zstd instead of lz4 (``--zstd``): the link column (64 random hex digits) does not shrink under lz4
+# and is most of the disk; zstd halves it. A server setting, not the table's.
+ZSTD = """
+    <compression><case><min_part_size>0</min_part_size><min_part_size_ratio>0</min_part_size_ratio>
+        <method>zstd</method></case></compression>"""
 USERS = """<?xml version="1.0"?>
 <yandex>
     <profiles><default><max_memory_usage>12000000000</max_memory_usage><log_queries>1</log_queries>
@@ -94,15 +99,17 @@ USERS = """<?xml version="1.0"?>
 
 
 class Server:
-    def __init__(self, directory: Path, port: int) -> None:
+    def __init__(self, directory: Path, port: int, zstd: bool = False) -> None:
         self.dir = directory
+        self.zstd = zstd
         self.http, self.tcp = port, port + 1
         self.url = f"http://127.0.0.1:{self.http}/"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "config.xml").write_text(CONFIG.format(http=self.http, tcp=self.tcp, d=self.dir))
+        (self.dir / "config.xml").write_text(CONFIG.format(http=self.http, tcp=self.tcp, d=self.dir,
+                                                                compression=ZSTD if self.zstd else ""))
         (self.dir / "users.xml").write_text(USERS)
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", self.http)) == 0:
@@ -316,6 +323,11 @@ def wait_merges(srv: Server, limit: float) -> None:
     print(f"  merges: waited {time.monotonic() - t0:.0f} s; active parts: {parts}", flush=True)
 
 
+def verified_day(days: int) -> int:
+    """The verified gateway-day: the second day (loaded early, whatever the disk allows)."""
+    return min(1, days - 1)
+
+
 def load_all(srv: Server, args: argparse.Namespace, dirpath: Path) -> None:
     version = parse_version(srv.query("SELECT version()"))
     for stmt in ddl(DB, TABLE, version, retention_days=184):
@@ -323,15 +335,20 @@ def load_all(srv: Server, args: argparse.Namespace, dirpath: Path) -> None:
     print(f"tables: {DB}.{TABLE} and its lookup tables {', '.join(lookup_tables(TABLE).values())} "
           f"(beiand.sinks.clickhouse.ddl, ClickHouse {srv.query('SELECT version()').strip()})", flush=True)
     per_gw = args.per_day // args.gateways
-    vday = args.days // 2
+    vday = verified_day(args.days)
     t0 = time.perf_counter()
-    for d in range(args.days):
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(args.parallel)
+    step = 2  # days loaded at once (3 gateways a day on 2 at a time: keep both busy)
+    for d0 in range(0, args.days, step):
         td = time.perf_counter()
-        for g in range(1, args.gateways + 1):
-            if (d, g) == (vday, 1):
-                load_verified_day(srv, d, args.verify_records)
-            else:
-                srv.query(synthetic_sql(d, g, per_gw))
+        jobs = [pool.submit(load_verified_day, srv, d, args.verify_records) if (d, g) == (vday, 1)
+                else pool.submit(srv.query, synthetic_sql(d, g, per_gw))
+                for d in range(d0, min(d0 + step, args.days)) for g in range(1, args.gateways + 1)]
+        for j in jobs:
+            j.result()
+        d = min(d0 + step, args.days) - 1
         b = sum(v[1] for v in parts_bytes(srv).values())
         rows = sum(v[0] for t, v in parts_bytes(srv).items() if t == TABLE)
         proj = b / (d + 1) * (args.days - d - 1)
@@ -342,6 +359,7 @@ def load_all(srv: Server, args: argparse.Namespace, dirpath: Path) -> None:
                   f"({disk_line(dirpath)}); loaded {d + 1} days (run with --days {d + 1} to query them)", flush=True)
             args.days = d + 1
             break
+    pool.shutdown()
     print(f"load: {time.perf_counter() - t0:.0f} s for {args.days} days; load {load()}", flush=True)
     (dirpath / "loaded.txt").write_text(f"{args.days} {args.per_day} {args.gateways} {args.verify_records}\n")
 
@@ -428,7 +446,7 @@ def pick(srv: Server, sql: str) -> list[str]:
 
 
 def run_queries(srv: Server, args: argparse.Namespace) -> None:
-    days, vday = args.days, args.days // 2
+    days, vday = args.days, verified_day(args.days)
     since, until = DAY0, DAY0 + days * DAY_MS - 1
     print(f"queries over {days} days ({day_name(0)} … {day_name(days - 1)}); load {load()}", flush=True)
     sizes = parts_bytes(srv)
@@ -461,8 +479,7 @@ def run_queries(srv: Server, args: argparse.Namespace) -> None:
 
 
 def run_verify(srv: Server, args: argparse.Namespace) -> None:
-    vday = args.days // 2
-    d = day_name(vday)
+    d = day_name(verified_day(args.days))
     n = int(srv.query(f"SELECT count() FROM {DB}.{TABLE} WHERE gateway = '{VERIFY_GW}' AND day = toDate('{d}')"))
     cmd = [str(Path(sys.executable).parent / "beiand"), "logs", "verify", "--config", "/nonexistent", "--clickhouse", srv.url,
            "--table", TABLE, "--gateway", VERIFY_GW, "--since", f"{d}T00:00Z", "--until", f"{d}T00:00Z"]
@@ -501,6 +518,8 @@ def main() -> None:
     ap.add_argument("--verify-records", type=int, default=10_000_000, help="records of the verified gateway-day")
     ap.add_argument("--runs", type=int, default=5, help="warm runs of each query")
     ap.add_argument("--verify-runs", type=int, default=2, help="warm runs of verify")
+    ap.add_argument("--parallel", type=int, default=2, help="INSERT … SELECT run at once while loading")
+    ap.add_argument("--zstd", action="store_true", help="the server compresses with zstd (default: lz4, its default)")
     ap.add_argument("--keep", action="store_true", help="leave the data directory (for --reuse)")
     ap.add_argument("--reuse", action="store_true", help="the data is loaded already: only the queries")
     ap.add_argument("--no-cold", action="store_true", help="no cold runs (they drop the OS page cache)")
@@ -519,7 +538,11 @@ def main() -> None:
         # A row takes ~60-90 bytes with its lookup rows (lz4); check before starting.
         need = args.days * args.per_day * 75
         print(f"before: {disk_line(d)}; the load needs ~{need / 2**30:.0f} GiB (projected {use_pct(d, need):.0f} %)")
-    srv = Server(d, args.port)
+    if args.reuse:
+        args.zstd = (d / "zstd").exists()
+    elif args.zstd:
+        (d / "zstd").touch()
+    srv = Server(d, args.port, args.zstd)
     srv.start()
     try:
         if not args.reuse:

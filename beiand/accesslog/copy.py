@@ -122,8 +122,10 @@ def verify_copy(rows: Iterable[CopyRow], anchors: Iterable[CopyAnchor] = (), key
         def step(head: bytes, line: bytes) -> bytes:
             return sha(head + line).digest()
     else:
+        k: bytes = key
+
         def step(head: bytes, line: bytes) -> bytes:
-            return hmac.digest(key, head + line, "sha256")
+            return hmac.digest(k, head + line, "sha256")
     for r in rows:
         if r.worker != wk[1] or r.gateway != wk[0]:
             if prev is not None:

@@ -265,6 +265,8 @@ class ClickHouseSink:
         # Batches listed as uncertain by this process just before their first attempt: no lookup
         # needed yet (a lookup scans the table: a spill of many batches would never catch up).
         self._unsent: set[str] = set()
+        self._in_flight: tuple[list[bytes], str] | None = None  # the batch on the wire (sent from the queue)
+        self._in_flight_spilled = False  # …moved to the spill meanwhile (_overflow)
         self._idle = threading.Event()
         self._idle.set()
         self._stop = threading.Event()
@@ -453,9 +455,10 @@ class ClickHouseSink:
     def _overflow(self) -> None:
         """On the sender's loop (between two requests, or while one is on the wire): the queue is
         over ``max_queued``: move it, in order, to the spill, and keep spilling until the spill is
-        replayed. The records before it are sent or in flight; the spill replays after them, so
-        ClickHouse still gets every record in log order, once (the spill's frames are looked up
-        before they are sent), and memory stays bounded however slow ClickHouse is."""
+        replayed. A batch on the wire goes to the spill first, listed as uncertain (the spill's
+        record numbers then cover it should the process die now; the replay looks it up and sends
+        it only if it did not land), so ClickHouse still gets every record once and in log
+        order, and memory stays bounded however slow ClickHouse is."""
         if self._queued <= self.max_queued or self._replaying:
             return
         if not self._spilling:
@@ -463,6 +466,11 @@ class ClickHouseSink:
             log.warning("ClickHouse sink: %d records waiting (more than max_queued %d): ClickHouse is slower than the "
                         "log; spilling to %s", self._queued, self.max_queued, self.spill_dir)
         self._spilling = True
+        if self._in_flight is not None and not self._in_flight_spilled:
+            lines, bid = self._in_flight
+            self._mark_uncertain(bid)
+            self._spill_batch(lines)
+            self._in_flight_spilled = True
         self._drain_to_spill()
 
     def _drain_to_spill(self) -> None:
@@ -479,13 +487,17 @@ class ClickHouseSink:
                 self._spill_batch(lines)
                 continue
             bid = batch_id(lines)
+            self._in_flight, self._in_flight_spilled = (lines, bid), False
             try:
                 await self._insert(lines, bid)
             except ClickHouseError as exc:
                 if exc.sent:
                     self._mark_uncertain(bid)
-                self._spill_batch(lines)
+                if not self._in_flight_spilled:  # (else it is in the spill already, in its place)
+                    self._spill_batch(lines)
                 self._down(exc)
+            finally:
+                self._in_flight = None
 
     def _spill_batch(self, lines: list[bytes]) -> None:
         """One batch → one durable frame in the spill (same rows, same batch id on replay)."""
