@@ -191,18 +191,18 @@ def synthetic_sql(d: int, gw: int, n: int) -> str:
     named = "(h % 100 >= 8)"  # 8 % of the records carry no name (ip-only)
     # Log-uniform ranks: P(rank r) ~ 1/r, a Zipf-like spread of names and clients.
     nrank = f"toUInt64(floor(exp(((h2 % 1000003) / 1000003.0) * {math.log(NAMES)})))"
-    crank = f"toUInt64(floor(exp((((h2 >> 20) % 1000003) / 1000003.0) * {math.log(CLIENTS)})))"
-    sid = f"if({named}, cityHash64(nrank) % {SERVERS}, (h2 >> 40) % {SERVERS})"
+    crank = f"toUInt64(floor(exp(((bitShiftRight(h2, 20) % 1000003) / 1000003.0) * {math.log(CLIENTS)})))"
+    sid = f"if({named}, cityHash64(nrank) % {SERVERS}, bitShiftRight(h2, 40) % {SERVERS})"
     cols = {
         "ts_ms": f"{day_ms} + h % {DAY_MS}",
         "account": "concat('cust-', toString(sid % 5000))",
         "client_ip": ip.format(p="10.", v="crank"),
-        "client_port": "toUInt16(1024 + (h >> 16) % 64000)",
+        "client_port": "toUInt16(1024 + bitShiftRight(h, 16) % 64000)",
         "server_ip": ip.format(p="203.", v="sid"),
         "server_port": "toUInt16(port)",
-        "transport": "if(port = 443 AND (h >> 50) % 10 = 0, 'udp', 'tcp')",
+        "transport": "if(port = 443 AND bitShiftRight(h, 50) % 10 = 0, 'udp', 'tcp')",
         "kind": "multiIf(NOT named, 'ip-only', port = 80 OR port = 8080, 'http-host', "
-                "port = 443 AND (h >> 50) % 10 = 0, 'quic-sni', 'tls-sni')",
+                "port = 443 AND bitShiftRight(h, 50) % 10 = 0, 'quic-sni', 'tls-sni')",
         "name": "if(named, concat('www.site', toString(nrank), '.example.cn'), '')",
         "verdict": "multiIf(v < 90, 'filed', v < 97, 'unfiled', 'not-hosted')",
         "action": "if(v >= 90 AND v < 97, 'flag', 'log')",
@@ -213,8 +213,8 @@ def synthetic_sql(d: int, gw: int, n: int) -> str:
         "direction": "'in'",
         "method": "if(port = 80 OR port = 8080, 'GET', '')",
         "url": "if(port = 80 OR port = 8080, concat('/p/', toString(h % 997)), '')",
-        "packets": "1 + (h >> 40) % 20",
-        "octets": "(1 + (h >> 40) % 20) * (60 + (h >> 8) % 1400)",
+        "packets": "1 + bitShiftRight(h, 40) % 20",
+        "octets": "(1 + bitShiftRight(h, 40) % 20) * (60 + bitShiftRight(h, 8) % 1400)",
         "outcome": "''",
         "`partition`": f"concat('{day_name(d)}/w', toString(number % 4))",
         "seq": f"{d * SEQ_PER_DAY} + intDiv(number, 4) + 1",
@@ -225,8 +225,8 @@ def synthetic_sql(d: int, gw: int, n: int) -> str:
     assert tuple(cols) == CHAINED
     return (f"INSERT INTO {DB}.{TABLE} ({', '.join(CHAINED)}) SELECT {', '.join(f'{v} AS {k}' for k, v in cols.items())} "
             f"FROM (SELECT number, h, h2, v, {named} AS named, {nrank} AS nrank, {crank} AS crank, {sid} AS sid, "
-            "[443, 443, 443, 443, 443, 443, 443, 80, 80, 22, 8080, 8443][(h >> 8) % 12 + 1] AS port "
-            f"FROM (SELECT number, cityHash64(number, {d}, {gw}) AS h, cityHash64(h, 7) AS h2, (h >> 24) % 100 AS v "
+            "[443, 443, 443, 443, 443, 443, 443, 80, 80, 22, 8080, 8443][bitShiftRight(h, 8) % 12 + 1] AS port "
+            f"FROM (SELECT number, cityHash64(number, {d}, {gw}) AS h, cityHash64(h, 7) AS h2, bitShiftRight(h, 24) % 100 AS v "
             f"FROM system.numbers LIMIT {n}))")
 
 

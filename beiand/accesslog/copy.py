@@ -22,9 +22,10 @@ Pure: the rows come from an iterator, the HTTP reading is the caller's (``beiand
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -52,6 +53,25 @@ class CopyRow(NamedTuple):
         if self.record is not None:
             return self.record.ts_ms
         return int(self.line[:self.line.index(b"\t")])
+
+
+class CopyRun(NamedTuple):
+    """Rows of one worker's partition that follow each other (seq and pos both +1 a row), as a
+    reader hands them over in bulk: ``lines[i]`` (as the log chained it) and ``links[i]`` (64 hex
+    digits, ASCII) are those of record ``seq + i``, the ``pos + i``-th of ``partition``. Verified
+    in a tight loop: one hash and one comparison a row (issue 27's bar: 10M rows in <= 60 s)."""
+
+    gateway: str
+    worker: int
+    partition: str
+    seq: int
+    pos: int
+    links: list[bytes]
+    lines: list[bytes]
+
+    def row(self, i: int) -> CopyRow:
+        return CopyRow(self.gateway, self.worker, self.partition, self.seq + i, self.pos + i, self.links[i].decode(), None,
+                       self.lines[i])
 
 
 @dataclass(frozen=True)
@@ -98,7 +118,27 @@ def _unhex(link: str) -> bytes:
         return b""
 
 
-def verify_copy(rows: Iterable[CopyRow], anchors: Iterable[CopyAnchor] = (), key: bytes | None = None) -> CopyReport:
+def _run_rest(run: CopyRun, head: bytes, step: Callable[[bytes, bytes], bytes], rep: CopyReport,
+              anchored: dict[int, CopyAnchor] | None, found: dict[tuple[str, int, str], dict[int, str]],
+              pk: tuple[str, int, str]) -> tuple[CopyRow, bytes]:
+    """Rows 1… of a run, the first one done: returns the last row and its link (as bytes)."""
+    links, lines = run.links, run.lines
+    hexlify = binascii.b2a_hex
+    for i in range(1, len(lines)):
+        head = step(head, lines[i])
+        if hexlify(head) != links[i]:
+            r = run.row(i)
+            rep.problems.append(f"{_name(r.gateway, r.worker, r.partition, r.seq, r.pos)}: altered: the record and its link "
+                                f"do not follow from seq {r.seq - 1}")
+            head = _unhex(r.link)
+    if anchored is not None:
+        for count in anchored:
+            if run.pos < count < run.pos + len(lines):
+                found.setdefault(pk, {})[count] = links[count - run.pos].decode()
+    return run.row(len(lines) - 1), head
+
+
+def verify_copy(rows: Iterable[CopyRow | CopyRun], anchors: Iterable[CopyAnchor] = (), key: bytes | None = None) -> CopyReport:
     """Recompute each worker's chain from the copy's rows, given in (gateway, worker, seq) order.
 
     One pass, one hash per row (10M rows of one gateway-day in the bench, issue 27's bar: the
@@ -112,7 +152,7 @@ def verify_copy(rows: Iterable[CopyRow], anchors: Iterable[CopyAnchor] = (), key
     maxpos: dict[tuple[str, int, str], int] = {}
     prev: CopyRow | None = None
     prev_head = b""  # prev's link, as bytes
-    w = WorkerCopy()
+    cur = WorkerCopy()
     wk: tuple[str, int] = ("", -1)
     pk: tuple[str, int, str] = ("", -1, "")
     anchored: dict[int, CopyAnchor] | None = None
@@ -126,17 +166,27 @@ def verify_copy(rows: Iterable[CopyRow], anchors: Iterable[CopyAnchor] = (), key
 
         def step(head: bytes, line: bytes) -> bytes:
             return hmac.digest(k, head + line, "sha256")
-    for r in rows:
+    run: CopyRun | None = None
+    pending: list[CopyRun] = []  # the rest of a run whose first row was held twice
+    it = iter(rows)
+    while True:
+        item = pending.pop() if pending else next(it, None)
+        if item is None:
+            break
+        if isinstance(item, CopyRun):
+            run, r = item, item.row(0)  # the first row as any row; the rest below, in bulk
+        else:
+            run, r = None, item
         if r.worker != wk[1] or r.gateway != wk[0]:
             if prev is not None:
-                w.last_seq, w.head = prev.seq, prev.link
+                cur.last_seq, cur.head = prev.seq, prev.link
                 maxpos[pk] = max(maxpos.get(pk, 0), prev.pos)
             prev = None
             wk = (r.gateway, r.worker)
-            got = rep.workers.get(wk)
-            if got is None:
-                got = rep.workers[wk] = WorkerCopy(first_seq=r.seq, first_ts=r.ts_ms())
-            w = got
+            wc = rep.workers.get(wk)
+            if wc is None:
+                wc = rep.workers[wk] = WorkerCopy(first_seq=r.seq, first_ts=r.ts_ms())
+            cur = wc
         if prev is not None:
             if r.seq == prev.seq + 1 and r.partition == prev.partition:  # the common case
                 head = step(prev_head, r.line or r.encoded())
@@ -146,8 +196,11 @@ def verify_copy(rows: Iterable[CopyRow], anchors: Iterable[CopyAnchor] = (), key
                     head = _unhex(r.link)
                 if anchored is not None and r.pos in anchored:
                     found.setdefault(pk, {})[r.pos] = r.link
-                w.rows += 1
+                cur.rows += 1
                 prev, prev_head = r, head
+                if run is not None:
+                    prev, prev_head = _run_rest(run, prev_head, step, rep, anchored, found, pk)
+                    cur.rows += len(run.lines) - 1
                 continue
             if r.seq == prev.seq:
                 if r == prev:
@@ -155,6 +208,9 @@ def verify_copy(rows: Iterable[CopyRow], anchors: Iterable[CopyAnchor] = (), key
                 else:
                     rep.problems.append(f"{_name(*wk, r.partition, r.seq, r.pos)}: held twice with different contents: "
                                         "one of them was altered")
+                if run is not None and len(run.lines) > 1:
+                    pending.append(CopyRun(run.gateway, run.worker, run.partition, run.seq + 1, run.pos + 1, run.links[1:],
+                                           run.lines[1:]))
                 continue
         if pk != (r.gateway, r.worker, r.partition):
             if prev is not None:
@@ -186,10 +242,13 @@ def verify_copy(rows: Iterable[CopyRow], anchors: Iterable[CopyAnchor] = (), key
             found.setdefault(pk, {})[r.pos - 1] = start
         if anchored is not None and r.pos in anchored:
             found.setdefault(pk, {})[r.pos] = r.link
-        w.rows += 1
+        cur.rows += 1
         prev, prev_head = r, _unhex(r.link)
+        if run is not None:
+            prev, prev_head = _run_rest(run, prev_head, step, rep, anchored, found, pk)
+            cur.rows += len(run.lines) - 1
     if prev is not None:
-        w.last_seq, w.head = prev.seq, prev.link
+        cur.last_seq, cur.head = prev.seq, prev.link
         maxpos[pk] = max(maxpos.get(pk, 0), prev.pos)
     for pk, by_count in wanted.items():
         gw, worker, part = pk

@@ -53,7 +53,7 @@ from beiand.errors import BeiandError
 from beiand.model import MetricKey, MetricValues
 
 if TYPE_CHECKING:
-    from beiand.accesslog.copy import CopyAnchor, CopyRow
+    from beiand.accesslog.copy import CopyAnchor, CopyRow, CopyRun
 
 log = logging.getLogger("beiand.accesslog.clickhouse")  # the name operators filter on (before sinks/)
 
@@ -261,7 +261,6 @@ class ClickHouseSink:
         self._anchors_table = False
         self._session: aiohttp.ClientSession | None = None
         self._spilling = bool(self._spill_frames()) or bool(self._uncertain)
-        self._replaying = False  # the spill is being sent: the queue moves there only between two frames
         # Batches listed as uncertain by this process just before their first attempt: no lookup
         # needed yet (a lookup scans the table: a spill of many batches would never catch up).
         self._unsent: set[str] = set()
@@ -459,7 +458,7 @@ class ClickHouseSink:
         record numbers then cover it should the process die now; the replay looks it up and sends
         it only if it did not land), so ClickHouse still gets every record once and in log
         order, and memory stays bounded however slow ClickHouse is."""
-        if self._queued <= self.max_queued or self._replaying:
+        if self._queued <= self.max_queued:  # (while a spill replays too: new frames go after its own)
             return
         if not self._spilling:
             self.stats.overflows += 1
@@ -474,8 +473,16 @@ class ClickHouseSink:
         self._drain_to_spill()
 
     def _drain_to_spill(self) -> None:
+        """The whole queue to the spill, one frame a batch, made durable once (a sync per batch
+        would let the log outrun the drain)."""
+        last: list[bytes] = []
         while self._pending():
-            self._spill_batch(self._take())
+            last = self._take()
+            self.spill.write_lines(last, flush=False)
+            self.stats.spilled += len(last)
+        if last:
+            self.spill.flush()
+            self._copied(last)
 
     async def _send_queue(self, schema_ok: bool) -> None:
         while self._pending():
@@ -521,28 +528,24 @@ class ClickHouseSink:
             self._spilling = False
             return
         done: set[tuple[Path, int]] = set()
-        self._replaying = True
-        try:
-            while frames:
-                # Every frame about to be sent becomes uncertain first: a crash mid-replay then costs a
-                # lookup, never a duplicate.
-                for _, _, payload in frames:
-                    bid = batch_id(payload.splitlines(keepends=True))
-                    if bid not in self._uncertain:  # spilled, never sent: no lookup unless this process dies
-                        self._unsent.add(bid)
-                    self._mark_uncertain(bid, sync=False)
-                self._sync_uncertain()
-                for path, offset, payload in frames:
-                    lines = payload.splitlines(keepends=True)
-                    await self._insert(lines, batch_id(lines))
-                    self.stats.replayed += len(lines)
-                    done.add((path, offset))
-                    if self._queued > self.max_queued:  # records kept coming meanwhile: after the frames, in order
-                        self._drain_to_spill()
-                # Frames the queue was moved into while replaying: sent too before the spill goes.
-                frames = [f for f in self._spill_frames() if (f[0], f[1]) not in done]
-        finally:
-            self._replaying = False
+        while frames:
+            # Every frame about to be sent becomes uncertain first: a crash mid-replay then costs a
+            # lookup, never a duplicate.
+            for _, _, payload in frames:
+                bid = batch_id(payload.splitlines(keepends=True))
+                if bid not in self._uncertain:  # spilled, never sent: no lookup unless this process dies
+                    self._unsent.add(bid)
+                self._mark_uncertain(bid, sync=False)
+            self._sync_uncertain()
+            for path, offset, payload in frames:
+                lines = payload.splitlines(keepends=True)
+                await self._insert(lines, batch_id(lines))
+                self.stats.replayed += len(lines)
+                done.add((path, offset))
+                if self._queued > self.max_queued:  # records kept coming meanwhile: after the frames, in order
+                    self._drain_to_spill()
+            # Frames the queue was moved into while replaying: sent too before the spill goes.
+            frames = [f for f in self._spill_frames() if (f[0], f[1]) not in done]
         # All in ClickHouse: the spill goes, then the uncertain list.
         self.spill.close()
         for p in partition_paths(self.spill_dir, self.worker):
@@ -836,49 +839,93 @@ class ClickHouseReader:
         with self._open(sql) as r:
             return str(r.read().decode())
 
-    def rows(self, since_ms: int = 0, until_ms: int = 0, gateways: tuple[str, ...] = ()) -> Iterator[CopyRow]:
+    def rows(self, since_ms: int = 0, until_ms: int = 0, gateways: tuple[str, ...] = ()) -> Iterator[CopyRow | CopyRun]:
         """Every row with chain fields, in (gateway, worker, seq) order (streamed), of the log
         partitions of the days from ``since_ms`` to ``until_ms`` (0: no bound) and of ``gateways``
         (all when empty). Rows copied before issue 27 (no chain fields: seq 0) are left out;
         :meth:`unchained` counts them.
 
-        A row is read as TabSeparated, whose escapes are the log's own for every byte but
-        backslash, quote and a few control bytes: a row without a backslash carries the record's
-        line as the log chained it (no decoding, no encoding: the fast path of a 10M-row
-        verify); the rest are decoded and encoded again."""
-        from beiand.accesslog.copy import CopyRow
+        Read as TabSeparated, whose escapes are the log's own for every byte but backslash, quote
+        and a few control bytes: a row without a backslash carries the record's line as the log
+        chained it, and rows that follow each other in a partition come as one
+        :class:`~beiand.accesslog.copy.CopyRun` (no decoding, no encoding: a 10M-row verify is
+        one hash a row); any other row is decoded and comes alone."""
+        from beiand.accesslog.copy import CopyRow, CopyRun
         from beiand.model import AccessRecord
 
         cols = ", ".join(("gateway", "worker", "`partition`", "seq", "pos", "link", *COLUMNS))
         sql = (f"SELECT {cols} FROM {self.database}.{self.table} WHERE seq > 0{self._where(since_ms, until_ms, gateways)}"
                " ORDER BY gateway, worker, seq FORMAT TabSeparated")
         ints = {i for i, c in enumerate(COLUMNS) if c in ("ts_ms", "client_port", "server_port", "packets", "octets")}
-        gw_b, gw, part_b, part = b"", "", b"", ""
-        with self._open(sql) as r:
-            rest = b""
-            while True:
-                chunk = r.read(1 << 22)
-                if not chunk:
-                    break
-                lines = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
-                rest = lines.pop()
-                for line in lines:
-                    if b"\\" in line:
-                        f = tsv_fields(line)
-                        vals: list[Any] = [v.decode("utf-8", "surrogateescape") for v in f[6:]]
-                        for i in ints:
-                            vals[i] = int(vals[i])
-                        yield CopyRow(f[0].decode("utf-8", "surrogateescape"), int(f[1]), f[2].decode(), int(f[3]),
-                                      int(f[4]), f[5].decode(), AccessRecord(*vals))
-                        continue
-                    f = line.split(b"\t", 6)
-                    if f[0] != gw_b:
-                        gw_b, gw = f[0], f[0].decode("utf-8", "surrogateescape")
-                    if f[2] != part_b:
-                        part_b, part = f[2], f[2].decode()
-                    yield CopyRow(gw, int(f[1]), part, int(f[3]), int(f[4]), f[5].decode(), None, f[6] + b"\n")
-            if rest:
-                raise ClickHouseError(f"{self.url}: the answer ended inside a row", sent=False)
+        key: tuple[bytes, bytes, bytes] = (b"", b"", b"")  # the run's gateway, worker, partition
+        links: list[bytes] = []
+        lines: list[bytes] = []
+        first = nseq = npos = 0
+
+        def run() -> CopyRun:
+            return CopyRun(key[0].decode("utf-8", "surrogateescape"), int(key[1]), key[2].decode(), first, npos - len(lines),
+                           links, lines)
+
+        rest = b""
+        for chunk in self._stream(sql):
+            rows = (rest + chunk).splitlines(keepends=True)  # (TabSeparated escapes \r and \n in values)
+            rest = rows.pop() if rows and not rows[-1].endswith(b"\n") else b""
+            for line in rows:
+                if b"\\" in line:
+                    if lines:
+                        yield run()
+                        links, lines, nseq = [], [], 0
+                    f = tsv_fields(line)
+                    vals: list[Any] = [v.decode("utf-8", "surrogateescape") for v in f[6:]]
+                    for i in ints:
+                        vals[i] = int(vals[i])
+                    yield CopyRow(f[0].decode("utf-8", "surrogateescape"), int(f[1]), f[2].decode(), int(f[3]), int(f[4]),
+                                  f[5].decode(), AccessRecord(*vals))
+                    continue
+                f = line.split(b"\t", 6)
+                seq, pos = int(f[3]), int(f[4])
+                if seq != nseq or pos != npos or (f[0], f[1], f[2]) != key:
+                    if lines:
+                        yield run()
+                        links, lines = [], []
+                    key, first = (f[0], f[1], f[2]), seq
+                links.append(f[5])
+                lines.append(f[6])
+                nseq, npos = seq + 1, pos + 1
+        if rest:
+            raise ClickHouseError(f"{self.url}: the answer ended inside a row", sent=False)
+        if lines:
+            yield run()
+
+    def _stream(self, sql: str, size: int = 1 << 22) -> Iterator[bytes]:
+        """The answer in large blocks, over HTTP/1.0: no chunked transfer encoding to undo in
+        Python (a verify of 10M rows reads ~3 GB)."""
+        import http.client
+        import urllib.parse
+
+        class HTTP10(http.client.HTTPConnection):
+            _http_vsn = 10
+            _http_vsn_str = "HTTP/1.0"
+
+        u = urllib.parse.urlsplit(self.url)
+        if u.scheme != "http":  # https: through urllib, chunked
+            with self._open(sql) as r:
+                while chunk := r.read(size):
+                    yield chunk
+            return
+        conn = HTTP10(u.hostname or "localhost", u.port or 8123, timeout=self.timeout)
+        try:
+            conn.request("POST", (u.path or "/") + "?" + urllib.parse.urlencode(self.auth), body=sql.encode())
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise ClickHouseError(f"{self.url}: HTTP {resp.status}: {resp.read().decode(errors='replace').strip()[:300]}",
+                                      sent=False)
+            while chunk := resp.read(size):
+                yield chunk
+        except (OSError, http.client.HTTPException) as exc:
+            raise ClickHouseError(f"{self.url}: {exc}", sent=False) from None
+        finally:
+            conn.close()
 
     def _where(self, since_ms: int, until_ms: int, gateways: tuple[str, ...]) -> str:
         """The log partitions of those days (a partition is named by its day: ``2026-11-23/w0.p1``;
