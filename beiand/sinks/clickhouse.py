@@ -592,10 +592,14 @@ class ClickHouseSink:
             stmts = cluster_ddl(self.database, self.table, self.cluster, self.version, self.retention_days)
         else:
             stmts = ddl(self.database, self.table, self.version, self.retention_days)
-        for stmt in stmts:
+        # The lookup tables' views read columns an older table gets only now: they come last.
+        nlookup = 2 * len(LOOKUPS)
+        for stmt in stmts[:-nlookup]:
             await self._post(stmt)
         for t in ([f"{self.table}_local", self.table] if self.cluster else [self.table]):
             await self._add_columns(t)
+        for stmt in stmts[-nlookup:]:
+            await self._post(stmt)
         if local in had:  # a table made before its lookup tables, or one whose backfill was cut short
             await self._backfill_lookups(local, lookups, new=not set(lookups) <= had)
         row = (await self._post(f"SELECT engine, sorting_key FROM system.tables WHERE database = '{self.database}' "
@@ -854,7 +858,10 @@ class ClickHouseReader:
         from beiand.model import AccessRecord
 
         cols = ", ".join(("gateway", "worker", "`partition`", "seq", "pos", "link", *COLUMNS))
-        sql = (f"SELECT {cols} FROM {self.database}.{self.table} WHERE seq > 0{self._where(since_ms, until_ms, gateways)}"
+        # PREWHERE: the columns that pick the rows are read first, the rest only for the granules
+        # that hold some (a gateway-day's rows are spread over the day's granules: the table is
+        # ordered by server address).
+        sql = (f"SELECT {cols} FROM {self.database}.{self.table} PREWHERE seq > 0{self._where(since_ms, until_ms, gateways)}"
                " ORDER BY gateway, worker, seq FORMAT TabSeparated")
         ints = {i for i, c in enumerate(COLUMNS) if c in ("ts_ms", "client_port", "server_port", "packets", "octets")}
         key: tuple[bytes, bytes, bytes] = (b"", b"", b"")  # the run's gateway, worker, partition
@@ -867,7 +874,7 @@ class ClickHouseReader:
                            links, lines)
 
         rest = b""
-        for chunk in self._stream(sql):
+        for chunk in self._prefetched(self._stream(sql)):
             rows = (rest + chunk).splitlines(keepends=True)  # (TabSeparated escapes \r and \n in values)
             rest = rows.pop() if rows and not rows[-1].endswith(b"\n") else b""
             for line in rows:
@@ -896,6 +903,41 @@ class ClickHouseReader:
             raise ClickHouseError(f"{self.url}: the answer ended inside a row", sent=False)
         if lines:
             yield run()
+
+    @staticmethod
+    def _prefetched(chunks: Iterator[bytes], depth: int = 32) -> Iterator[bytes]:
+        """``chunks`` read by a thread of their own (the socket is read without the GIL), up to
+        ``depth`` ahead: the server streams while the caller hashes."""
+        import queue
+
+        q: queue.Queue[bytes | BaseException | None] = queue.Queue(depth)
+        stop = threading.Event()
+
+        def pump() -> None:
+            try:
+                for c in chunks:
+                    if stop.is_set():
+                        return
+                    q.put(c)
+                q.put(None)
+            except BaseException as exc:  # handed to the caller
+                q.put(exc)
+
+        t = threading.Thread(target=pump, name="clickhouse-read", daemon=True)
+        t.start()
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            with contextlib.suppress(Exception):
+                while True:
+                    q.get_nowait()
 
     def _stream(self, sql: str, size: int = 1 << 22) -> Iterator[bytes]:
         """The answer in large blocks, over HTTP/1.0: no chunked transfer encoding to undo in
@@ -935,8 +977,9 @@ class ClickHouseReader:
             d = datetime.fromtimestamp(since_ms // 1000, UTC).strftime("%Y-%m-%d")
             out += f" AND day >= toDate('{d}') - 1 AND `partition` >= '{d}'"
         if until_ms:
+            # A record of day D sits in partition D, or D+1 when it came late (after the roll).
             d = datetime.fromtimestamp(until_ms // 1000, UTC).strftime("%Y-%m-%d")
-            out += f" AND day <= toDate('{d}') + 1 AND `partition` < '{d}~'"  # '~' sorts after '/'
+            out += f" AND day <= toDate('{d}') AND `partition` < '{d}~'"  # '~' sorts after '/'
         if gateways:
             out += f" AND gateway IN ({', '.join(_sql_str(g.encode()) for g in gateways)})"
         return out
