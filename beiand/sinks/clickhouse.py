@@ -849,21 +849,39 @@ class ClickHouseReader:
         (all when empty). Rows copied before issue 27 (no chain fields: seq 0) are left out;
         :meth:`unchained` counts them.
 
-        Read as TabSeparated, whose escapes are the log's own for every byte but backslash, quote
-        and a few control bytes: a row without a backslash carries the record's line as the log
-        chained it, and rows that follow each other in a partition come as one
-        :class:`~beiand.accesslog.copy.CopyRun` (no decoding, no encoding: a 10M-row verify is
-        one hash a row); any other row is decoded and comes alone."""
+        ClickHouse joins each record's fields into its line as the log wrote it (no field with a
+        tab, newline, CR or backslash: the log's encoding is then a plain join) and sorts rows of
+        a few columns, not of 29 (the sort of a gateway-day was most of a verify); the rows come
+        unescaped (TabSeparatedRaw), rows that follow each other in a partition as one
+        :class:`~beiand.accesslog.copy.CopyRun`: a 10M-row verify is one hash a row. The rare
+        record with one of those bytes is read apart, decoded, and comes alone, in its place."""
         from beiand.accesslog.copy import CopyRow, CopyRun
         from beiand.model import AccessRecord
 
-        cols = ", ".join(("gateway", "worker", "`partition`", "seq", "pos", "link", *COLUMNS))
-        # PREWHERE: the columns that pick the rows are read first, the rest only for the granules
-        # that hold some (a gateway-day's rows are spread over the day's granules: the table is
-        # ordered by server address).
-        sql = (f"SELECT {cols} FROM {self.database}.{self.table} PREWHERE seq > 0{self._where(since_ms, until_ms, gateways)}"
-               " ORDER BY gateway, worker, seq FORMAT TabSeparated")
-        ints = {i for i, c in enumerate(COLUMNS) if c in ("ts_ms", "client_port", "server_port", "packets", "octets")}
+        where = self._where(since_ms, until_ms, gateways)
+        ints = {"ts_ms", "client_port", "server_port", "packets", "octets"}
+        joined = ", '\\t', ".join(f"toString({c})" if c in ints else c for c in COLUMNS)
+        plain = f"(match(line, '[\\\\n\\\\r\\\\\\\\]') = 0 AND length(line) - length(replaceAll(line, '\\t', '')) = {len(COLUMNS) - 1})"
+        # The records that are not a plain join (rare): read apart as TabSeparated, once, when the
+        # first one comes, decoded here.
+        apart: dict[tuple[str, int, int], CopyRow] = {}
+
+        def read_apart() -> None:
+            cols = ", ".join(("gateway", "worker", "`partition`", "seq", "pos", "link", *COLUMNS))
+            at = {i for i, c in enumerate(COLUMNS) if c in ints}
+            with self._open(f"SELECT {cols} FROM (SELECT *, concat({joined}) AS line FROM {self.database}.{self.table} "
+                            f"PREWHERE seq > 0{where}) WHERE NOT {plain} FORMAT TabSeparated") as r:
+                for line in r:
+                    f = tsv_fields(line)
+                    vals: list[Any] = [v.decode("utf-8", "surrogateescape") for v in f[6:]]
+                    for i in at:
+                        vals[i] = int(vals[i])
+                    gw = f[0].decode("utf-8", "surrogateescape")
+                    apart[(gw, int(f[1]), int(f[3]))] = CopyRow(gw, int(f[1]), f[2].decode(), int(f[3]), int(f[4]),
+                                                                f[5].decode(), AccessRecord(*vals))
+        sql = (f"SELECT gateway, worker, `partition`, seq, pos, link, if({plain}, line, '') FROM (SELECT gateway, worker, "
+               f"`partition`, seq, pos, link, concat({joined}) AS line FROM {self.database}.{self.table} PREWHERE seq > 0{where}) "
+               "ORDER BY gateway, worker, seq FORMAT TabSeparatedRaw")
         key: tuple[bytes, bytes, bytes] = (b"", b"", b"")  # the run's gateway, worker, partition
         links: list[bytes] = []
         lines: list[bytes] = []
@@ -875,29 +893,26 @@ class ClickHouseReader:
 
         rest = b""
         for chunk in self._prefetched(self._stream(sql)):
-            rows = (rest + chunk).splitlines(keepends=True)  # (TabSeparated escapes \r and \n in values)
-            rest = rows.pop() if rows and not rows[-1].endswith(b"\n") else b""
+            rows = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
+            rest = rows.pop()
             for line in rows:
-                if b"\\" in line:
+                f = line.split(b"\t", 6)
+                seq, pos = int(f[3]), int(f[4])
+                if not f[6]:  # read apart
                     if lines:
                         yield run()
                         links, lines, nseq = [], [], 0
-                    f = tsv_fields(line)
-                    vals: list[Any] = [v.decode("utf-8", "surrogateescape") for v in f[6:]]
-                    for i in ints:
-                        vals[i] = int(vals[i])
-                    yield CopyRow(f[0].decode("utf-8", "surrogateescape"), int(f[1]), f[2].decode(), int(f[3]), int(f[4]),
-                                  f[5].decode(), AccessRecord(*vals))
+                    if not apart:
+                        read_apart()
+                    yield apart[(f[0].decode("utf-8", "surrogateescape"), int(f[1]), seq)]
                     continue
-                f = line.split(b"\t", 6)
-                seq, pos = int(f[3]), int(f[4])
                 if seq != nseq or pos != npos or (f[0], f[1], f[2]) != key:
                     if lines:
                         yield run()
                         links, lines = [], []
                     key, first = (f[0], f[1], f[2]), seq
                 links.append(f[5])
-                lines.append(f[6])
+                lines.append(f[6] + b"\n")
                 nseq, npos = seq + 1, pos + 1
         if rest:
             raise ClickHouseError(f"{self.url}: the answer ended inside a row", sent=False)
