@@ -553,7 +553,7 @@ def main() -> None:
     try:
         if not args.reuse:
             load_all(srv, args, d)
-            wait_merges(srv, 900)
+            wait_merges(srv, 300)
         print(f"after load: {disk_line(d)}; load {load()}", flush=True)
         run_queries(srv, args)
         if not args.no_verify:

@@ -118,14 +118,15 @@ def _unhex(link: str) -> bytes:
         return b""
 
 
-def _run_rest(run: CopyRun, head: bytes, step: Callable[[bytes, bytes], bytes], rep: CopyReport,
+def _run_rest(run: CopyRun, head: bytes, step: Callable[[bytes, bytes], bytes], key: bytes | None, rep: CopyReport,
               anchored: dict[int, CopyAnchor] | None, found: dict[tuple[str, int, str], dict[int, str]],
               pk: tuple[str, int, str]) -> tuple[CopyRow, bytes]:
     """Rows 1… of a run, the first one done: returns the last row and its link (as bytes)."""
     links, lines = run.links, run.lines
     hexlify = binascii.b2a_hex
+    sha = hashlib.sha256 if key is None else None
     for i in range(1, len(lines)):
-        head = step(head, lines[i])
+        head = sha(head + lines[i]).digest() if sha is not None else step(head, lines[i])
         if hexlify(head) != links[i]:
             r = run.row(i)
             rep.problems.append(f"{_name(r.gateway, r.worker, r.partition, r.seq, r.pos)}: altered: the record and its link "
@@ -199,7 +200,7 @@ def verify_copy(rows: Iterable[CopyRow | CopyRun], anchors: Iterable[CopyAnchor]
                 cur.rows += 1
                 prev, prev_head = r, head
                 if run is not None:
-                    prev, prev_head = _run_rest(run, prev_head, step, rep, anchored, found, pk)
+                    prev, prev_head = _run_rest(run, prev_head, step, key, rep, anchored, found, pk)
                     cur.rows += len(run.lines) - 1
                 continue
             if r.seq == prev.seq:
@@ -245,7 +246,7 @@ def verify_copy(rows: Iterable[CopyRow | CopyRun], anchors: Iterable[CopyAnchor]
         cur.rows += 1
         prev, prev_head = r, _unhex(r.link)
         if run is not None:
-            prev, prev_head = _run_rest(run, prev_head, step, rep, anchored, found, pk)
+            prev, prev_head = _run_rest(run, prev_head, step, key, rep, anchored, found, pk)
             cur.rows += len(run.lines) - 1
     if prev is not None:
         cur.last_seq, cur.head = prev.seq, prev.link

@@ -893,12 +893,13 @@ class ClickHouseReader:
 
         rest = b""
         for chunk in self._prefetched(self._stream(sql)):
-            rows = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
-            rest = rows.pop()
+            # (a plain row holds no CR or newline but its end: splitlines keeps the line's newline)
+            rows = (rest + chunk).splitlines(keepends=True) if rest else chunk.splitlines(keepends=True)
+            rest = rows.pop() if rows and not rows[-1].endswith(b"\n") else b""
             for line in rows:
                 f = line.split(b"\t", 6)
                 seq, pos = int(f[3]), int(f[4])
-                if not f[6]:  # read apart
+                if len(f[6]) == 1:  # read apart (an empty line)
                     if lines:
                         yield run()
                         links, lines, nseq = [], [], 0
@@ -912,7 +913,7 @@ class ClickHouseReader:
                         links, lines = [], []
                     key, first = (f[0], f[1], f[2]), seq
                 links.append(f[5])
-                lines.append(f[6] + b"\n")
+                lines.append(f[6])
                 nseq, npos = seq + 1, pos + 1
         if rest:
             raise ClickHouseError(f"{self.url}: the answer ended inside a row", sent=False)
