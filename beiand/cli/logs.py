@@ -432,8 +432,7 @@ def _query_fleet(args: argparse.Namespace, src: FleetRecords, q: Query, holders:
                 break
     except ClickHouseError as exc:
         raise CliError(f"--clickhouse {exc}") from None
-    finally:
-        w.close()
+    w.close()
     st = src.last
     sys.stderr.write(f"{n} record(s) from {len(gateways)} gateway(s); {src.where}: {st.rows} row(s) read"
                      + (f", {st.duplicates} held twice (returned once)" if st.duplicates else "")
