@@ -31,8 +31,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from beiand.accesslog import Query, QueryStats, query, stats, verify
-from beiand.accesslog.format import FIELDS
-from beiand.accesslog.format import DAY_MS
+from beiand.accesslog.format import DAY_MS, FIELDS
 from beiand.accesslog.reader import AnchorError, query_marked, read_anchors, read_heads
 from beiand.accesslog.source import LocalRecords, RecordSource
 from beiand.accesslog.store import DIR_MODE, FILE_MODE, append_heads, file_sha256, part_name, partition_paths
@@ -358,7 +357,8 @@ class _Writer:
     def close(self) -> None:
         self._drain()
         if self.fmt == "table":
-            table(self.rows, [*(["gateway"] if self.fleet else []), "time", "account", *(["holder then"] if self.holders is not None else []), "client", "server",
+            table(self.rows, [*(["gateway"] if self.fleet else []), "time", "account",
+                              *(["holder then"] if self.holders is not None else []), "client", "server",
                               "nat", "proto", "kind", "name", "verdict", "action", "filing no. (备案号)", "request"])
 
 
@@ -423,8 +423,9 @@ def _query_fleet(args: argparse.Namespace, src: FleetRecords, q: Query, holders:
     w = _Writer(args.format, sys.stdout, args.headers, holders, fleet=True)
     n = 0
     gateways: set[str] = set()
+    rows = src.rows(q)
     try:
-        for row in src.rows(q):
+        for row in rows:
             w.write(row.record, copy=row)
             gateways.add(row.gateway)
             n += 1
@@ -432,6 +433,8 @@ def _query_fleet(args: argparse.Namespace, src: FleetRecords, q: Query, holders:
                 break
     except ClickHouseError as exc:
         raise CliError(f"--clickhouse {exc}") from None
+    finally:
+        rows.close()  # (--limit: the response is closed, the counts taken)
     w.close()
     st = src.last
     sys.stderr.write(f"{n} record(s) from {len(gateways)} gateway(s); {src.where}: {st.rows} row(s) read"

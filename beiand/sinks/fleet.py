@@ -21,6 +21,7 @@ A record held twice (a batch sent again before ClickHouse merged the two) is ret
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence, Set
@@ -31,7 +32,7 @@ from beiand.accesslog.copy import CopyRow
 from beiand.accesslog.format import DAY_MS
 from beiand.accesslog.reader import Query, SummaryKey
 from beiand.model import AccessRecord, endpoint
-from beiand.sinks.clickhouse import COLUMNS, ClickHouseReader, tsv_fields
+from beiand.sinks.clickhouse import COLUMNS, ClickHouseError, ClickHouseReader, tsv_fields
 
 IpNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -226,8 +227,17 @@ class FleetRecords:
         return f"ClickHouse {self.table} at {self.reader.url}{scope}"
 
     def _lines(self, sql: str) -> Iterator[bytes]:
-        with self.reader._open(sql) as r:  # streamed: a query may return many rows
-            yield from r
+        """The answer's lines, streamed (a query may return many rows). An error ClickHouse meets
+        after it began to answer comes as the last line (``Code: …``), or the connection breaks."""
+        r = self.reader._open(sql)
+        try:
+            with r:
+                for line in r:
+                    if line.startswith(b"Code: ") and b"Exception" in line:
+                        raise ClickHouseError(f"{self.reader.url}: {line.decode(errors='replace').strip()[:300]}", sent=False)
+                    yield line
+        except (OSError, http.client.HTTPException) as exc:
+            raise ClickHouseError(f"{self.reader.url}: the answer broke off: {exc}", sent=False) from None
 
     def rows(self, q: Query) -> Iterator[CopyRow]:
         """The rows ``q`` matches, in time order, each once, with their chain fields."""
