@@ -56,14 +56,13 @@ class _Collect:
         return {}  # an audit run exports no metrics
 
 
-def _setup(args: argparse.Namespace) -> tuple[Any, Policy, Any, Path | None, str, Decider | None, Config | None]:
+def _setup(args: argparse.Namespace) -> tuple[Any, Policy, Any, str, Decider | None, Config | None]:
     # The audit judges with the daemon's policy (allowlists, grace, providers, status map):
     # it must not report names the daemon exempts (issue 13: one answer everywhere).
     setup = policy_setup(args, quiet=True)
     cfg = setup.config
-    log_dir = Path(args.log_dir) if args.log_dir else (cfg.accesslog.directory if cfg else None)
     gateway = cfg.gateway if cfg else os.uname().nodename
-    return setup.index, setup.policy, setup.inventory, log_dir, gateway, setup.decider, cfg
+    return setup.index, setup.policy, setup.inventory, gateway, setup.decider, cfg
 
 
 def _authority_names(entries: list[tuple[int, str]]) -> set[str]:
@@ -148,7 +147,7 @@ def _authority(path: str, entries: list[tuple[int, str]], policy: Policy, invent
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    index, policy, inventory, log_dir, gateway, decider, cfg = _setup(args)
+    index, policy, inventory, gateway, decider, cfg = _setup(args)
     now = time.time()
     since = parse_time(args.since, "--since", now)
     until = parse_time(args.until, "--until", now) if args.until else int((now + 86400) * 1000)

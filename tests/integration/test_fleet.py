@@ -219,6 +219,7 @@ def test_three_gateways_one_query_an_outage_and_verify(tmp_path: Path, capsys: p
 
         # ClickHouse away for 60 s while every gateway keeps deciding: the records spill.
         ch.stop()
+        W, S = "beiand_clickhouse_records_written_total", "beiand_clickhouse_records_spilled_total"
         down = time.monotonic()
         sent = [20 + k for k in range(3)]
         burst = 0
@@ -226,7 +227,6 @@ def test_three_gateways_one_query_an_outage_and_verify(tmp_path: Path, capsys: p
             for k, d in enumerate(f.daemons):
                 d.dns_answers([f"down{burst}-{j}.example.cn" for j in range(10)])
                 sent[k] += 10
-            W, S = "beiand_clickhouse_records_written_total", "beiand_clickhouse_records_spilled_total"
             for k, d in enumerate(f.daemons):
                 d.wait_for(lambda m, k=k: metric(m, "beiand_verdicts_total") == sent[k] and metric(m, S) > 0
                            and metric(m, W) + metric(m, S) == sent[k], timeout=60, what="records spilled while ClickHouse is down")
