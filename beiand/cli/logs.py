@@ -26,7 +26,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -395,7 +395,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     nat, holders = _context(args)
     q = build_query(args, nat)
     if src.fleet:
-        return _query_fleet(args, src, q, holders)  # type: ignore[arg-type]
+        return _query_fleet(args, cast("FleetRecords", src), q, holders)
     assert isinstance(src, LocalRecords)
     st = QueryStats()
     w = _Writer(args.format, sys.stdout, args.headers, holders)
@@ -483,7 +483,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     nat, holders = _context(args)
     q = build_query(args, nat)
     if src.fleet:
-        return _export_fleet(args, src, q, holders)  # type: ignore[arg-type]
+        return _export_fleet(args, cast("FleetRecords", src), q, holders)
     assert isinstance(src, LocalRecords)
     d = src.directory
     dest, path, name = _new_export(args)
