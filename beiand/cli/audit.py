@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from beiand.accesslog.source import LocalRecords
 from beiand.cli.common import CliError, err, out, policy_setup, table
-from beiand.cli.logs import DEFAULT_CONFIG, parse_time, records_source, store_options
+from beiand.cli.logs import DEFAULT_CONFIG, parse_time, records_source, store_options, unreachable
 from beiand.model import Decision, MetricValues, Observation, Outcome
 from beiand.policy import Decider, Policy
 from beiand.records.index import entry_addresses
@@ -174,7 +174,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         try:
             summary = src.summaries(since, until)
         except ClickHouseError as exc:
-            raise CliError(f"--clickhouse {exc}") from None
+            raise CliError(unreachable(exc)) from None
         source = src.where
         window = f"{args.since} back" if not args.until else f"{args.since} .. {args.until}"
         if not summary and isinstance(src, LocalRecords):

@@ -21,7 +21,7 @@ from typing import Any
 
 from beiand.accesslog import Query
 from beiand.cli.common import CliError, out, table
-from beiand.cli.logs import DEFAULT_CONFIG, config_from, fmt_time, parse_time, records_source, store_options
+from beiand.cli.logs import DEFAULT_CONFIG, config_from, fmt_time, parse_time, records_source, store_options, unreachable
 from beiand.model import AccessRecord
 from beiand.policy.orders import OrderError, OrderStore
 
@@ -139,7 +139,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         by = _by_order(src.query(Query(since_ms=since)))
     except ClickHouseError as exc:
-        raise CliError(f"--clickhouse {exc}") from None
+        raise CliError(unreachable(exc)) from None
     rows = []
     for o in st.orders.values():
         hit: dict[str, Any] | None = by.pop(o.order) if o.order in by else None

@@ -200,6 +200,11 @@ def records_source(args: argparse.Namespace, cfg: Config | None = None, no_log: 
     return LocalRecords(d)
 
 
+def unreachable(exc: Exception) -> str:
+    """The error of a read of the fleet's copy that failed (ClickHouse down, an error it answered)."""
+    return f"ClickHouse {exc} (--local answers from this gateway's log, the evidence of record)"
+
+
 def store_options(p: argparse.ArgumentParser) -> None:
     """``--local`` / ``--clickhouse [URL]`` with ``--database``, ``--table``: which store a read-side command reads."""
     g = p.add_mutually_exclusive_group()
@@ -432,7 +437,7 @@ def _query_fleet(args: argparse.Namespace, src: FleetRecords, q: Query, holders:
             if args.limit and n >= args.limit:
                 break
     except ClickHouseError as exc:
-        raise CliError(f"--clickhouse {exc}") from None
+        raise CliError(unreachable(exc)) from None
     finally:
         rows.close()  # (--limit: the response is closed, the counts taken)
     w.close()
@@ -547,7 +552,7 @@ def _export_fleet(args: argparse.Namespace, src: FleetRecords, q: Query, holders
         anchors = [a for a in src.reader.anchors() if a.partition in parts.get((a.gateway, a.worker), ())]
         rep = verify_copy(rows, anchors, key=key)
     except ClickHouseError as exc:
-        raise CliError(f"--clickhouse {exc}") from None
+        raise CliError(unreachable(exc)) from None
     workers = []
     for (g, wk), e in sorted(by.items()):
         first, last = e["first"], e["last"]

@@ -88,7 +88,8 @@ def test_a_malformed_url_in_the_config_is_named_as_the_config_field(tmp_path: Pa
 def test_clickhouse_unreachable_is_an_error_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conf = config(tmp_path, url="http://127.0.0.1:9")  # discard: nothing listens
     assert main(["logs", "query", "--config", str(conf), "--server", "203.0.113.7", "--port", "22"]) == 2
-    assert "--clickhouse http://127.0.0.1:9/" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "ClickHouse http://127.0.0.1:9/" in err and "--local" in err
 
 
 def test_the_isms_scope_is_this_gateway_unless_configured(tmp_path: Path) -> None:
