@@ -24,7 +24,7 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence, Set
+from collections.abc import Generator, Iterator, Mapping, Sequence, Set
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -239,7 +239,7 @@ class FleetRecords:
         except (OSError, http.client.HTTPException) as exc:
             raise ClickHouseError(f"{self.reader.url}: the answer broke off: {exc}", sent=False) from None
 
-    def rows(self, q: Query) -> Iterator[CopyRow]:
+    def rows(self, q: Query) -> Generator[CopyRow, None, None]:
         """The rows ``q`` matches, in time order, each once, with their chain fields."""
         rows = matched = dup = 0
         prev: tuple[str, int, int] | None = None
