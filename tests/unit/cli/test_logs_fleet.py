@@ -82,7 +82,7 @@ def test_a_malformed_url_in_the_config_is_named_as_the_config_field(tmp_path: Pa
     conf = config(tmp_path, url="clickhouse.example:8123")
     assert main(["logs", "query", "--config", str(conf)]) == 2
     err = capsys.readouterr().err
-    assert "accesslog.clickhouse.url 'clickhouse.example:8123'" in err and str(conf) in err
+    assert "accesslog.clickhouse.url" in err and "'clickhouse.example:8123'" in err and str(conf) in err
 
 
 def test_clickhouse_unreachable_is_an_error_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
