@@ -33,11 +33,11 @@ from tests.unit.accesslog.helpers import DAY0, rec
 pytestmark = pytest.mark.integration
 
 
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = 60.0, state: Callable[[], object] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}" + (f": {state()}" if state is not None else ""))
         time.sleep(0.05)
 
 
@@ -195,10 +195,14 @@ def test_three_gateways_one_query_an_outage_and_verify(tmp_path: Path, capsys: p
             text = ch.query("SELECT gateway, count() FROM beiand.access_log GROUP BY gateway FORMAT TabSeparated")
             return {g: int(n) for g, n in (ln.split("\t") for ln in text.splitlines())}
 
+        # On the namespace's loopback the ring sees each answer twice (sent, received): two records.
+        per = 2
         for k, d in enumerate(f.daemons):
             d.dns_answers([f"site{j}.example.cn" for j in range(20 + k)])
-        wait_for(lambda: all(_decided(d) == 20 + k for k, d in enumerate(f.daemons)), "every gateway decided its traffic")
-        wait_for(lambda: copied() == {g: 20 + k for k, g in enumerate(gws)}, "every gateway's records in ClickHouse")
+        wait_for(lambda: all(_decided(d) == per * (20 + k) for k, d in enumerate(f.daemons)), "every gateway decided its traffic",
+                 state=lambda: [_decided(d) for d in f.daemons])
+        wait_for(lambda: copied() == {g: per * (20 + k) for k, g in enumerate(gws)}, "every gateway's records in ClickHouse",
+                 state=copied)
 
         # One lawful request: the server and port of a record, at its time, ± 5 minutes.
         r0 = _local(f.daemons[0])[0]
@@ -209,7 +213,7 @@ def test_three_gateways_one_query_an_outage_and_verify(tmp_path: Path, capsys: p
         assert f.cli([*argv, "--format", "jsonl"]) == 0
         cap = capsys.readouterr()
         rows = [json.loads(x) for x in cap.out.splitlines()]
-        assert Counter(r["gateway"] for r in rows) == {g: 20 + k for k, g in enumerate(gws)}, cap.err
+        assert Counter(r["gateway"] for r in rows) == {g: per * (20 + k) for k, g in enumerate(gws)}, cap.err
         assert all(r["server_ip"] == r0.server_ip and r["server_port"] == r0.server_port for r in rows)
         assert [r["ts_ms"] for r in rows] == sorted(r["ts_ms"] for r in rows)
         assert "from 3 gateway(s)" in cap.err
@@ -221,12 +225,12 @@ def test_three_gateways_one_query_an_outage_and_verify(tmp_path: Path, capsys: p
         ch.stop()
         W, S = "beiand_clickhouse_records_written_total", "beiand_clickhouse_records_spilled_total"
         down = time.monotonic()
-        sent = [20 + k for k in range(3)]
+        sent = [per * (20 + k) for k in range(3)]
         burst = 0
         while time.monotonic() - down < 60 or burst < 3:
             for k, d in enumerate(f.daemons):
                 d.dns_answers([f"down{burst}-{j}.example.cn" for j in range(10)])
-                sent[k] += 10
+                sent[k] += per * 10
             for k, d in enumerate(f.daemons):
                 d.wait_for(lambda m, k=k: metric(m, "beiand_verdicts_total") == sent[k] and metric(m, S) > 0
                            and metric(m, W) + metric(m, S) == sent[k], timeout=60, what="records spilled while ClickHouse is down")
@@ -234,8 +238,8 @@ def test_three_gateways_one_query_an_outage_and_verify(tmp_path: Path, capsys: p
         ch.start()
         for k, d in enumerate(f.daemons):
             d.dns_answers([f"back{j}.example.cn" for j in range(5)])
-            sent[k] += 5
-        wait_for(lambda: copied() == dict(zip(gws, sent, strict=True)), "the spills replayed", timeout=120)
+            sent[k] += per * 5
+        wait_for(lambda: copied() == dict(zip(gws, sent, strict=True)), "the spills replayed", timeout=120, state=copied)
         for d in f.daemons:
             d.wait_for(lambda m: metric(m, "beiand_clickhouse_spilling") == 0, what="spill replayed")
             d.close()  # stopped: its log closed, its last records handed over
