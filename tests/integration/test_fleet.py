@@ -14,6 +14,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -26,7 +28,7 @@ from beiand.accesslog import AccessLog, LogConfig, Query, query
 from beiand.accesslog.reader import summaries
 from beiand.model import AccessRecord
 from beiand.sinks.clickhouse import ClickHouseReader, ClickHouseSink
-from beiand.sinks.fleet import FleetRecords
+from beiand.sinks.fleet import FleetRecords, select_records
 from tests.integration.clickhouse import ClickHouse
 from tests.unit.accesslog.helpers import DAY0, rec
 
@@ -110,6 +112,21 @@ def test_the_copy_answers_every_filter_as_the_local_logs_do(server: ClickHouse, 
     assert fleet.summaries(DAY0, DAY0 + 2 * 86_400_000) == want
     scoped = FleetRecords(ClickHouseReader(server.url, table=table), gateways=("gw-b",))
     assert Counter(scoped.query(Query())) == Counter(query(tmp_path / "gw-b", Query()))
+
+    # The lawful request reads a range of the primary key: ClickHouse runs it with force_primary_key
+    # (which refuses a query that cannot use the key, as the NAT side's SELECT alone cannot).
+    t = DAY0 + 60_000
+    lawful = select_records(Query(t - 300_000, t + 300_001, server=net("198.51.100.2/32"), port=443), f"beiand.{table}")
+    direct = lawful.split(" UNION ALL ")[0].removeprefix("SELECT * FROM (") + " FORMAT TabSeparated"
+    assert _strict(server, direct).count("\n") > 0
+    with pytest.raises(urllib.error.HTTPError):
+        _strict(server, f"SELECT count() FROM beiand.{table} WHERE nat = '203.0.113.7:22'")
+
+
+def _strict(server: ClickHouse, sql: str) -> str:
+    req = urllib.request.Request(server.url + "/?force_primary_key=1", data=sql.encode())
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return str(r.read().decode())
 
 
 # -- three gateways, one ClickHouse ----------------------------------------------------------
