@@ -307,3 +307,43 @@ def test_three_gateways_one_query_an_outage_and_verify(tmp_path: Path, capsys: p
         assert {w["gateway"] for w in bad["workers"] if not w["verified"]} == {gws[1], gws[2]}
     finally:
         f.close()
+
+
+def test_audit_and_block_report_read_the_copy_as_they_read_the_log(server: ClickHouse, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``audit`` (passive) and ``block report`` with ``--clickhouse`` report what they report from
+    the local log holding the same records."""
+    from beiand.cli import main
+    from beiand.lab.demo import build
+
+    demo = build(tmp_path / "demo")
+    provider = "示例云计算有限公司"
+    policy = ["--records", demo["records"], "--inventory", demo["inventory"], "--provider", provider]
+    assert main(["replay", demo["pcap"], *policy, "--log-dir", str(tmp_path / "replayed"), "--gateway", "gw-d"]) == 1
+    table = f"tools_{uuid.uuid4().hex[:8]}"
+    sink = ClickHouseSink(server.url, tmp_path / "spill", table=table, interval=0.05)
+    with AccessLog(LogConfig(tmp_path / "log", gateway="gw-d"), on_commit=sink.committed) as log:
+        for r in query(tmp_path / "replayed", Query()):
+            log.append(r)
+        for i in range(40):  # blocked under a closure order
+            log.append(rec(i, gateway="gw-d", order="K-2026-1" if i % 4 == 0 else "", action="block" if i % 4 == 0 else "log"))
+    sink.close()
+    capsys.readouterr()
+    local, fleet = ["--log-dir", str(tmp_path / "log")], ["--clickhouse", server.url, "--table", table]
+
+    def audit(where: list[str]) -> dict[str, Any]:
+        assert main(["audit", *policy, *where, "--since", "2020-01-01", "--format", "json"]) in (0, 1)
+        return dict(json.loads(capsys.readouterr().out))
+
+    a, b = audit(local), audit(fleet)
+    assert "ClickHouse" in b["source"] and "access log" in a["source"]
+    assert b["findings"] and (b["findings"], b["resources"], b["summary"]) == (a["findings"], a["resources"], a["summary"])
+
+    (tmp_path / "state").mkdir()
+
+    def report(where: list[str]) -> Any:
+        assert main(["block", "report", "--state-dir", str(tmp_path / "state"), "--json", *where]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    got = report(fleet)
+    assert got == report(local) and [(r["order"], r["hits"]) for r in got] == [("K-2026-1", 10)]
