@@ -122,7 +122,7 @@ def command_record(reporter: Reporter, store: CommandStore, q: Query, now: float
     lists = {str(e.command_id): e.kind for e in store.state.lists.values()}
     parts = []
     for cid in ids:
-        c = store.state.commands.get(int(cid)) if cid.isdigit() else None
+        c = store.state.commands.get(int(cid)) if cid.isascii() and cid.isdigit() else None
         if c is not None:
             st = "in force" if c.active(now) else "outside its window"
         elif cid in lists:

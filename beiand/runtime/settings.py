@@ -518,7 +518,7 @@ def _semantic(cfg: Config, text: str, path: str, warnings: list[str] | None = No
         if p is not None and not p.is_file():
             bad(dotted, f"{p}: no such file")
     host, _, port = cfg.server.listen.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         bad("server.listen", f"{cfg.server.listen!r}: expected host:port, e.g. 127.0.0.1:9640")
     if cfg.enforce.mark & (cfg.enforce.mark - 1):
         bad("enforce.mark", f"{cfg.enforce.mark:#x} is not a single bit (a power of two, e.g. 0x10000000)")
@@ -553,7 +553,7 @@ def _semantic(cfg: Config, text: str, path: str, warnings: list[str] | None = No
         if not im.idc_id.strip():
             bad("isms.idc_id", "required when isms.enabled (this operator's 许可证号)")
         ihost, _, iport = im.listen.rpartition(":")
-        if not ihost or not iport.isdigit() or not 0 < int(iport) < 65536:
+        if not ihost or not (iport.isascii() and iport.isdigit()) or not 0 < int(iport) < 65536:
             bad("isms.listen", f"{im.listen!r}: expected host:port, e.g. 0.0.0.0:9641")
         if not im.secrets_dir.is_dir():
             bad("isms.secrets_dir", f"{im.secrets_dir}: no such directory (user_key, enc_key, iv, auth_key)")
