@@ -255,6 +255,10 @@ class IsmsSection:
                    choices=("eu", "cu-lite"))
     idc_id: str = _f("", "This operator's idcId (许可证号, e.g. A2.B1.B2-20090001): calls for another are refused (999).")
     house_id: str = _f("", "The 机房 (houseId) this gateway serves: commands for other houses are not applied; rows carry it.")
+    gateways: list[str] = _f([], "With the fleet's copy in ClickHouse ([accesslog.clickhouse] url), the reports (DT 3, 4/5, 8, 9) "
+                             "and query answers read it, scoped to these gateways (daemon.gateway ids): the gateways of "
+                             "the house(s) this instance reports for; [\"*\"]: every gateway in the copy (one instance per "
+                             "licence). Empty: this gateway only, as its local log holds (docs/isms.md).")
     listen: str = _f("127.0.0.1:9641", "Address of the idc_command endpoint (host:port).")
     path: str = _f("/isms/idc_command", "HTTP path of the idc_command endpoint.")
     tls_cert: Path | None = _f(None, "TLS certificate (PEM) of the endpoint; unset: plain HTTP (put it behind the CU).")
