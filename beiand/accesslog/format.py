@@ -429,7 +429,7 @@ def split_endpoint(text: str) -> tuple[str, int] | None:
         ip, sep, port = text.rpartition(":")
         if ":" in ip:
             return None
-    if not sep or not port.isdigit() or not ip:
+    if not sep or not (port.isascii() and port.isdigit()) or not ip:
         return None
     return ip, int(port)
 

@@ -23,6 +23,7 @@ from beiand.accesslog.format import (
     Index,
     KindIndex,
     OpenPartition,
+    _esc,
     chain,
     chain_links,
     decode,
@@ -107,7 +108,8 @@ class Query:
         if not k or len(k) != 1:
             return b""
         kind, key = k[0]
-        return (key.split("|")[0] if kind == "p" else key).encode()
+        # As the line holds it: a backslash, tab or newline in the field is escaped there.
+        return _esc(key.split("|")[0] if kind == "p" else key).encode("utf-8", "surrogateescape")
 
     def where(self) -> list[dict[int, set[bytes]]] | None:
         """The columnar pre-filter of a sealed block (format.decode_block): alternatives of

@@ -222,7 +222,7 @@ def seq_of(p: Path) -> int:
     """The partition's number within its worker's day: 0 for ``w0.open``/``w0.sealed``
     (``w0.001.damaged``), N for ``w0.pN.open``/``w0.pN.sealed`` (``w0.pN.001.damaged``)."""
     parts = p.name.split(".")
-    if len(parts) > 2 and parts[1][:1] == "p" and parts[1][1:].isdigit():
+    if len(parts) > 2 and parts[1][:1] == "p" and parts[1][1:].isascii() and parts[1][1:].isdigit():
         return int(parts[1][1:])
     return 0
 
@@ -231,7 +231,7 @@ def part_order(p: Path) -> tuple[str, int, int, int, str]:
     """Chain order within one day: by worker, then partition number; a partition set aside
     (``….NNN.damaged``, in their order) before the one that continued its chain under its name."""
     parts = p.name.split(".")
-    aside = len(parts) > 2 and parts[-2].isdigit()
+    aside = len(parts) > 2 and parts[-2].isascii() and parts[-2].isdigit()
     return (parts[0], seq_of(p), 0 if aside else 1, int(parts[-2]) if aside else 0, p.name)
 
 
@@ -782,7 +782,7 @@ class AccessLog:
         stem = path.stem  # w0 (w0.001.damaged), w0.p2 (w0.p2.001.damaged): which partition it was stays in the name
         n = len(stem.split("."))
         taken = [int(p.name.split(".")[n]) for p in path.parent.glob(f"{stem}.*.damaged")
-                 if len(p.name.split(".")) == n + 2 and p.name.split(".")[n].isdigit()]
+                 if len(p.name.split(".")) == n + 2 and p.name.split(".")[n].isascii() and p.name.split(".")[n].isdigit()]
         aside = path.with_name(f"{stem}.{max(taken, default=0) + 1:03d}.damaged")
         os.rename(path, aside)
         with contextlib.suppress(FileNotFoundError):

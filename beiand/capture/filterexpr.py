@@ -107,7 +107,7 @@ class _Parser:
             raise FilterError(f"more than {MAX_FILTER_TERMS} primitives")
         if tok == "vlan":
             arg = self.take()
-            if not arg.isdigit() or not 0 <= int(arg) <= 4095:
+            if not (arg.isascii() and arg.isdigit()) or not 0 <= int(arg) <= 4095:
                 raise FilterError(f"vlan {arg!r}: expected a VLAN id from 0 to 4095")
             return Vlan(int(arg))
         direction = ""

@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from beiand.accesslog.source import LocalRecords
 from beiand.cli.common import CliError, err, out, policy_setup, table
-from beiand.cli.logs import DEFAULT_CONFIG, parse_time
+from beiand.cli.logs import DEFAULT_CONFIG, parse_time, records_source, store_options, unreachable
 from beiand.model import Decision, MetricValues, Observation, Outcome
 from beiand.policy import Decider, Policy
 from beiand.records.index import entry_addresses
@@ -25,6 +26,7 @@ from beiand.report.audit import resources
 
 if TYPE_CHECKING:
     from beiand.report.audit.active import ProbeSettings
+    from beiand.runtime.settings import Config
 
 
 class _Collect:
@@ -54,14 +56,13 @@ class _Collect:
         return {}  # an audit run exports no metrics
 
 
-def _setup(args: argparse.Namespace) -> tuple[Any, Policy, Any, Path | None, str, Decider | None]:
+def _setup(args: argparse.Namespace) -> tuple[Any, Policy, Any, str, Decider | None, Config | None]:
     # The audit judges with the daemon's policy (allowlists, grace, providers, status map):
     # it must not report names the daemon exempts (issue 13: one answer everywhere).
     setup = policy_setup(args, quiet=True)
     cfg = setup.config
-    log_dir = Path(args.log_dir) if args.log_dir else (cfg.accesslog.directory if cfg else None)
     gateway = cfg.gateway if cfg else os.uname().nodename
-    return setup.index, setup.policy, setup.inventory, log_dir, gateway, setup.decider
+    return setup.index, setup.policy, setup.inventory, gateway, setup.decider, cfg
 
 
 def _authority_names(entries: list[tuple[int, str]]) -> set[str]:
@@ -146,7 +147,7 @@ def _authority(path: str, entries: list[tuple[int, str]], policy: Policy, invent
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    index, policy, inventory, log_dir, gateway, decider = _setup(args)
+    index, policy, inventory, gateway, decider, cfg = _setup(args)
     now = time.time()
     since = parse_time(args.since, "--since", now)
     until = parse_time(args.until, "--until", now) if args.until else int((now + 86400) * 1000)
@@ -167,15 +168,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
         source = "capture " + ", ".join(args.pcap)
         window = "the whole capture"
     else:
-        if log_dir is None or not log_dir.is_dir():
-            raise CliError("no access log: give --log-dir, --pcap, or a config with accesslog.directory")
-        from beiand.accesslog.reader import summaries
+        from beiand.sinks.clickhouse import ClickHouseError
 
-        summary = summaries(log_dir, since, until)
-        source = f"access log {log_dir}"
+        src = records_source(args, cfg, "no access log: give --log-dir, --pcap, or a config with accesslog.directory")
+        try:
+            summary = src.summaries(since, until)
+        except ClickHouseError as exc:
+            raise CliError(unreachable(exc)) from None
+        source = src.where
         window = f"{args.since} back" if not args.until else f"{args.since} .. {args.until}"
-        if not summary:
-            _explain_empty_window(log_dir, args)
+        if not summary and isinstance(src, LocalRecords):
+            _explain_empty_window(src.directory, args)
     listed = _authority_entries(args.authority_list) if args.authority_list else []
     found = passive_findings(summary, index, inventory, policy.is_ours if policy.provider_checked else None)
     res = resources(summary)
@@ -301,7 +304,9 @@ def add_parsers(sub: Any) -> None:
     ap.add_argument("--provider", action="append", metavar="NAME",
                     help="this provider as filings spell their 接入商; repeat for each legal entity (default: records.provider)")
     ap.add_argument("--status-map", action="append", metavar="WORD=STATUS", help="a status word of the export mapped to a status")
-    ap.add_argument("--log-dir", metavar="DIR")
+    ap.add_argument("--log-dir", metavar="DIR", help="this gateway's log (default: the fleet's copy in ClickHouse when "
+                    "[accesslog.clickhouse] url is configured, else accesslog.directory)")
+    store_options(ap)
     ap.add_argument("--since", default="7d", metavar="TIME", help="window start (default 7d)")
     ap.add_argument("--until", metavar="TIME")
     ap.add_argument("--pcap", action="append", metavar="FILE", help="audit a capture instead of the log")

@@ -15,12 +15,14 @@ import json
 import os
 import time
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from beiand.accesslog import Query, query
+from beiand.accesslog import Query
 from beiand.cli.common import CliError, out, table
-from beiand.cli.logs import DEFAULT_CONFIG, config_from, fmt_time, parse_time
+from beiand.cli.logs import DEFAULT_CONFIG, config_from, fmt_time, parse_time, records_source, store_options, unreachable
+from beiand.model import AccessRecord
 from beiand.policy.orders import OrderError, OrderStore
 
 
@@ -111,15 +113,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    st = _store(args)
-    cfg = config_from(args)
-    log_dir = Path(args.log_dir) if args.log_dir else (cfg.accesslog.directory if cfg else None)
-    if log_dir is None or not log_dir.is_dir():
-        raise CliError("no access log: give --log-dir (or a config with accesslog.directory)")
-    since = parse_time(args.since, "--since") if args.since else 0
+def _by_order(records: Iterable[AccessRecord]) -> dict[str, dict[str, Any]]:
+    """Per closure order the log names: hits, first and last, names, servers, actions."""
     by: dict[str, dict[str, Any]] = {}
-    for r in query(log_dir, Query(since_ms=since)):
+    for r in records:
         if not r.order:
             continue
         e = by.setdefault(r.order, {"order": r.order, "hits": 0, "first": r.ts_ms, "last": r.ts_ms, "names": set(),
@@ -129,6 +126,20 @@ def cmd_report(args: argparse.Namespace) -> int:
         e["names"].add(r.name or "(ip-only)")
         e["servers"].add(r.server_ip)
         e["actions"][r.action] = e["actions"].get(r.action, 0) + 1
+    return by
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from beiand.sinks.clickhouse import ClickHouseError
+
+    st = _store(args)
+    cfg = config_from(args)
+    src = records_source(args, cfg, "no access log: give --log-dir (or a config with accesslog.directory)")
+    since = parse_time(args.since, "--since") if args.since else 0
+    try:
+        by = _by_order(src.query(Query(since_ms=since)))
+    except ClickHouseError as exc:
+        raise CliError(unreachable(exc)) from None
     rows = []
     for o in st.orders.values():
         hit: dict[str, Any] | None = by.pop(o.order) if o.order in by else None
@@ -150,7 +161,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         out(json.dumps(rows, ensure_ascii=False, indent=2))
     else:
-        out("closure-order execution report (关停指令执行情况)")
+        out(f"closure-order execution report (关停指令执行情况), records from {src.where}")
         table([[r["order"], r["target"], "yes" if r["in_force"] else f"lifted {r.get('lifted_at') or '-'}", r["hits"],
                 r["first_blocked"] or "-",
                 r["last_blocked"] or "-", ", ".join(r["names"][:3]) or "-"] for r in rows],
@@ -204,7 +215,9 @@ def add_parsers(sub: Any) -> None:
     rm.set_defaults(func=cmd_remove)
     rp = bsub.add_parser("report", help="execution report: what was blocked under each order, when, how often")
     rp.add_argument("--since", metavar="TIME")
-    rp.add_argument("--log-dir", metavar="DIR")
+    rp.add_argument("--log-dir", metavar="DIR", help="this gateway's log (default: the fleet's copy in ClickHouse when "
+                    "[accesslog.clickhouse] url is configured, else accesslog.directory)")
+    store_options(rp)
     rp.add_argument("--json", action="store_true")
     common(rp)
     rp.set_defaults(func=cmd_report)

@@ -121,6 +121,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         rt = IsmsRuntime(cfg)
     except (SecretError, ProfileError, RuleError) as exc:
         raise CliError(str(exc)) from None
+    if args.local:
+        rt.reporter.records = None  # this gateway's log, not the fleet's copy
     now = time.time()
     rt._last_report_ms = int((now - args.window) * 1000)
     written = rt.run_due(["heartbeat", "report"])
@@ -130,6 +132,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         for dt, n in sorted(written.items(), key=lambda kv: int(kv[0])):
             out(f"DT {dt}: {n} file(s)")
         out(f"spool: {rt.spool.directory}")
+        out(f"records from {rt.reporter.source().where}")
     return 0
 
 
@@ -150,5 +153,7 @@ def add_parsers(sub: Any) -> None:
     rp = isub.add_parser("report", help="write DT 7, 8, 9, 4, 5 data files to the spool now")
     rp.add_argument("--now", action="store_true", help="now (required)")
     rp.add_argument("--window", type=float, default=86400.0, metavar="SECONDS", help="records of the last SECONDS (default a day)")
+    rp.add_argument("--local", action="store_true", help="from this gateway's log, even when ClickHouse is configured (the "
+                    "reports then read the fleet's copy, scoped to isms.gateways)")
     common(rp)
     rp.set_defaults(func=cmd_report)

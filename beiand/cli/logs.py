@@ -6,6 +6,11 @@ records that an operator has investigated a damaged partition, ``stats`` shows w
 Every command takes
 ``--log-dir`` (default: ``accesslog.directory`` of the config), the directory that the daemon
 and ``beiand replay --log-dir`` write.
+
+With ``[accesslog.clickhouse] url`` configured (or ``--clickhouse [URL]``), ``query`` and
+``export`` answer from the fleet's copy in ClickHouse, every gateway's records (issue 27);
+``--local`` (or an explicit ``--log-dir``) reads this gateway's embedded log, the evidence of
+record. ``verify --clickhouse`` checks the copy against the anchors.
 """
 
 from __future__ import annotations
@@ -21,21 +26,24 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
 from beiand.accesslog import Query, QueryStats, query, stats, verify
-from beiand.accesslog.format import FIELDS
+from beiand.accesslog.format import DAY_MS, FIELDS
 from beiand.accesslog.reader import AnchorError, query_marked, read_anchors, read_heads
+from beiand.accesslog.source import LocalRecords, RecordSource
 from beiand.accesslog.store import DIR_MODE, FILE_MODE, append_heads, file_sha256, part_name, partition_paths
 from beiand.cli.common import CliError, out, table
 from beiand.model import UNNAMED, AccessRecord, VerdictKind
 
 if TYPE_CHECKING:
+    from beiand.accesslog.copy import CopyRow
     from beiand.policy.history import Holders
     from beiand.policy.nat import NatTable
     from beiand.runtime.settings import Config
+    from beiand.sinks.fleet import FleetRecords
 
 IpNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -139,6 +147,76 @@ def log_dir(args: argparse.Namespace, may_be_missing: bool = False) -> Path:
     return d
 
 
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def clickhouse_records(args: argparse.Namespace, cfg: Config | None = None, gateways: tuple[str, ...] = ()) -> FleetRecords:
+    """The fleet's copy in ClickHouse: ``--clickhouse URL`` (or ``[accesslog.clickhouse] url``),
+    ``--database``, ``--table`` (or the config's); each malformed value is an error naming it."""
+    from beiand.runtime.wiring import StateError, fleet_records
+    from beiand.sinks.fleet import check_url
+
+    cfg = config_from(args) if cfg is None else cfg
+    c = cfg.accesslog.clickhouse if cfg is not None else None
+    given = getattr(args, "clickhouse", None) or ""
+    url = given or (c.url if c is not None else "")
+    if not url:
+        raise CliError(f"--clickhouse: give the URL (http://host:8123), or a config with [accesslog.clickhouse] url "
+                       f"(--config, default {DEFAULT_CONFIG})")
+    why = check_url(url)
+    if why:
+        raise CliError(f"--clickhouse {url!r}: {why}" if given else
+                       f"accesslog.clickhouse.url {url!r} ({cfg.path if cfg is not None else '?'}): {why}")
+    names = {}
+    for opt, attr in (("--database", "database"), ("--table", "table")):
+        v = getattr(args, attr, None)
+        if v is not None and not _IDENT.match(v):
+            raise CliError(f"{opt} {v!r}: a ClickHouse name: letters, digits and _, not starting with a digit")
+        names[attr] = v or ""
+    try:
+        return fleet_records(cfg, url=url, database=names["database"], table=names["table"], gateways=gateways)
+    except StateError as exc:
+        raise CliError(str(exc)) from None
+
+
+def records_source(args: argparse.Namespace, cfg: Config | None = None, no_log: str = "") -> RecordSource:
+    """Where ``logs query|export``, ``audit`` and ``block report`` read (issue 27): the fleet's copy
+    in ClickHouse when ``--clickhouse`` is given or the config has ``[accesslog.clickhouse] url``;
+    this gateway's embedded log with ``--local``, an explicit ``--log-dir``, or no ClickHouse
+    (``no_log``: the error when it has none; default: :func:`log_dir`'s)."""
+    local = getattr(args, "local", False)
+    if not local and getattr(args, "clickhouse", None) is not None:
+        return clickhouse_records(args, cfg)
+    if not local and not getattr(args, "log_dir", None):
+        cfg = config_from(args) if cfg is None else cfg
+        if cfg is not None and cfg.accesslog.clickhouse.url:
+            return clickhouse_records(args, cfg)
+    if not no_log:
+        return LocalRecords(log_dir(args))
+    cfg = config_from(args) if cfg is None and not args.log_dir else cfg
+    d = Path(args.log_dir) if args.log_dir else (cfg.accesslog.directory if cfg is not None else None)
+    if d is None or not d.is_dir():
+        raise CliError(no_log)
+    return LocalRecords(d)
+
+
+def unreachable(exc: Exception) -> str:
+    """The error of a read of the fleet's copy that failed (ClickHouse down, an error it answered)."""
+    return f"ClickHouse {exc} (--local answers from this gateway's log, the evidence of record)"
+
+
+def store_options(p: argparse.ArgumentParser) -> None:
+    """``--local`` / ``--clickhouse [URL]`` with ``--database``, ``--table``: which store a read-side command reads."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--local", action="store_true",
+                   help="read this gateway's embedded log (the evidence of record) even when ClickHouse is configured")
+    g.add_argument("--clickhouse", nargs="?", const="", metavar="URL",
+                   help="read the fleet's copy in ClickHouse, every gateway's records (URL default: accesslog.clickhouse.url "
+                   "of the config, which makes it the default store)")
+    p.add_argument("--database", metavar="DB", help="with ClickHouse: the database (default: the config's, or beiand)")
+    p.add_argument("--table", metavar="TABLE", help="with ClickHouse: the table (default: the config's, or access_log)")
+
+
 _WINDOW = re.compile(r"^(\d+)([smhd])$")
 
 # CSV headers in Chinese (--headers zh): what a request form (调取证据通知书) names.
@@ -224,8 +302,9 @@ def _row(r: AccessRecord) -> dict[str, Any]:
 
 
 class _Writer:
-    def __init__(self, fmt: str, stream: Any, headers: str = "en", holders: Holders | None = None) -> None:
+    def __init__(self, fmt: str, stream: Any, headers: str = "en", holders: Holders | None = None, fleet: bool = False) -> None:
         self.fmt = fmt
+        self.fleet = fleet  # the fleet's copy: a gateway column in the table, each JSON row's chain fields
         self.stream = stream
         self.rows: list[list[str]] = []
         self.holders = holders
@@ -243,13 +322,15 @@ class _Writer:
             return ""
         return self.holders.holder(r.client_ip if r.direction == "out" else r.server_ip, r.ts_ms)
 
-    def write(self, r: AccessRecord, set_aside: str = "") -> None:
+    def write(self, r: AccessRecord, set_aside: str = "", copy: CopyRow | None = None) -> None:
         if self.fmt == "jsonl":
             row = _row(r)
             if self.holders is not None:
                 row["holder"] = self.holder(r)
             if set_aside:
                 row["set_aside"] = set_aside  # read from a partition set aside as damaged
+            if copy is not None:  # the row of the fleet's copy: where it sits in its gateway's chain
+                row.update(worker=copy.worker, partition=copy.partition, seq=copy.seq, link=copy.link)
             try:
                 line = orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
             except orjson.JSONEncodeError:  # a field not valid UTF-8 (kept as surrogates): as before
@@ -265,7 +346,8 @@ class _Writer:
         elif self.csv is not None:
             self.csv.writerow([fmt_time(r.ts_ms), *r, *([self.holder(r)] if self.holders is not None else [])])
         else:
-            self.rows.append([fmt_time(r.ts_ms), r.account or "-", *([self.holder(r) or "-"] if self.holders is not None else []),
+            self.rows.append([*([r.gateway or "-"] if self.fleet else []), fmt_time(r.ts_ms), r.account or "-",
+                              *([self.holder(r) or "-"] if self.holders is not None else []),
                               f"{r.client_ip}:{r.client_port}", f"{r.server_ip}:{r.server_port}", r.nat or "-", r.transport,
                               r.kind, r.name or "-", r.verdict or "-", r.action, r.filing_number or "-",
                               f"{r.method} {r.url}".strip() or "-"])
@@ -280,7 +362,8 @@ class _Writer:
     def close(self) -> None:
         self._drain()
         if self.fmt == "table":
-            table(self.rows, ["time", "account", *(["holder then"] if self.holders is not None else []), "client", "server",
+            table(self.rows, [*(["gateway"] if self.fleet else []), "time", "account",
+                              *(["holder then"] if self.holders is not None else []), "client", "server",
                               "nat", "proto", "kind", "name", "verdict", "action", "filing no. (备案号)", "request"])
 
 
@@ -313,13 +396,16 @@ def _context(args: argparse.Namespace) -> tuple[NatTable | None, Holders | None]
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    d = log_dir(args)
+    src = records_source(args)
     nat, holders = _context(args)
     q = build_query(args, nat)
+    if src.fleet:
+        return _query_fleet(args, cast("FleetRecords", src), q, holders)
+    assert isinstance(src, LocalRecords)
     st = QueryStats()
     w = _Writer(args.format, sys.stdout, args.headers, holders)
     n = 0
-    for r, aside in query_marked(d, q, st):
+    for r, aside in query_marked(src.directory, q, st):
         w.write(r, aside)
         n += 1
         if args.limit and n >= args.limit:
@@ -335,16 +421,77 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    d = log_dir(args)
-    nat, holders = _context(args)
-    q = build_query(args, nat)
+def _query_fleet(args: argparse.Namespace, src: FleetRecords, q: Query, holders: Holders | None) -> int:
+    """``logs query`` from the fleet's copy: every gateway's records in time order, with the gateway."""
+    from beiand.sinks.clickhouse import ClickHouseError
+
+    w = _Writer(args.format, sys.stdout, args.headers, holders, fleet=True)
+    n = 0
+    gateways: set[str] = set()
+    rows = src.rows(q)
+    try:
+        for row in rows:
+            w.write(row.record, copy=row)
+            gateways.add(row.gateway)
+            n += 1
+            if args.limit and n >= args.limit:
+                break
+    except ClickHouseError as exc:
+        raise CliError(unreachable(exc)) from None
+    finally:
+        rows.close()  # (--limit: the response is closed, the counts taken)
+    w.close()
+    st = src.last
+    sys.stderr.write(f"{n} record(s) from {len(gateways)} gateway(s); {src.where}: {st.rows} row(s) read"
+                     + (f", {st.duplicates} held twice (returned once)" if st.duplicates else "")
+                     + "; `beiand logs verify --clickhouse` checks the copy against the anchors\n")
+    return 0
+
+
+def _new_export(args: argparse.Namespace) -> tuple[Path, Path, str]:
     dest = Path(args.out)
     if dest.exists() and any(dest.iterdir()):
         raise CliError(f"--out {dest}: exists and is not empty (an export is never written over another)")
     dest.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     name = "records.csv" if args.format == "csv" else "records.jsonl"
-    path = dest / name
+    return dest, dest / name, name
+
+
+def _manifest(args: argparse.Namespace, q: Query, holders: Holders | None, dest: Path, path: Path, name: str, n: int,
+              lo: int, hi: int, chain: dict[str, Any], source: str) -> int:
+    """Writes manifest.json (and its SHA-256) beside the records: counts, range, SHA-256s, the chain."""
+    manifest = {
+        "generator": "beiand logs export", "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "legal_basis": "互联网信息服务管理办法 (State Council Order 292) art. 14: access records kept 60 days, provided on lawful request",
+        "source": source,
+        "query": {f.name: (str(getattr(q, f.name)) if getattr(q, f.name) is not None else None) for f in dataclasses.fields(q)},
+        "headers": args.headers, "holder": "the account holding the hosted address at each record's time (inventory history)"
+        if holders is not None else None,
+        "records": n, "first_record": fmt_time(lo) if n else None, "last_record": fmt_time(hi) if n else None,
+        "files": [{"name": name, "bytes": path.stat().st_size, "records": n, "sha256": file_sha256(path), "format": args.format}],
+        "chain": chain,
+    }
+    mpath = dest / "manifest.json"
+    fd = os.open(mpath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, ensure_ascii=False, indent=2)
+    (dest / "manifest.json.sha256").write_text(f"{file_sha256(mpath)}  manifest.json\n")
+    out(f"exported {n} record(s) to {path}; manifest {mpath} (SHA-256 of every file, the chain heads)")
+    if not chain["verified"]:
+        sys.stderr.write("warning: some of the chains the records come from failed verification: see the manifest\n")
+        return 1
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    src = records_source(args)
+    nat, holders = _context(args)
+    q = build_query(args, nat)
+    if src.fleet:
+        return _export_fleet(args, cast("FleetRecords", src), q, holders)
+    assert isinstance(src, LocalRecords)
+    d = src.directory
+    dest, path, name = _new_export(args)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     lo = hi = 0
     n = 0
@@ -363,28 +510,71 @@ def cmd_export(args: argparse.Namespace) -> int:
               "min_time": fmt_time(p.min_ts) if p.min_ts else None, "max_time": fmt_time(p.max_ts) if p.max_ts else None,
               "verified": not p.problems, "problems": p.problems}
              for p in rep.partitions if p.records and p.max_ts >= q.since_ms and p.min_ts < q.until_ms]
-    manifest = {
-        "generator": "beiand logs export", "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "legal_basis": "互联网信息服务管理办法 (State Council Order 292) art. 14: access records kept 60 days, provided on lawful request",
-        "query": {f.name: (str(getattr(q, f.name)) if getattr(q, f.name) is not None else None) for f in dataclasses.fields(q)},
-        "headers": args.headers, "holder": "the account holding the hosted address at each record's time (inventory history)"
-        if holders is not None else None,
-        "records": n, "first_record": fmt_time(lo) if n else None, "last_record": fmt_time(hi) if n else None,
-        "files": [{"name": name, "bytes": path.stat().st_size, "records": n, "sha256": file_sha256(path), "format": args.format}],
-        "chain": {"algorithm": "HMAC-SHA-256" if args.key_file else "SHA-256",
-                  "definition": "h_i = H(h_{i-1} || line_i), per worker, across partitions; see docs/access-log.md",
-                  "partitions": parts, "verified": all(p["verified"] for p in parts)},
-    }
-    mpath = dest / "manifest.json"
-    fd = os.open(mpath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, ensure_ascii=False, indent=2)
-    (dest / "manifest.json.sha256").write_text(f"{file_sha256(mpath)}  manifest.json\n")
-    out(f"exported {n} record(s) to {path}; manifest {mpath} (SHA-256 of every file, the chain heads)")
-    if not all(p["verified"] for p in parts):
-        sys.stderr.write("warning: some partitions the records come from failed verification: see the manifest\n")
-        return 1
-    return 0
+    chain = {"algorithm": "HMAC-SHA-256" if args.key_file else "SHA-256",
+             "definition": "h_i = H(h_{i-1} || line_i), per worker, across partitions; see docs/access-log.md",
+             "partitions": parts, "verified": all(p["verified"] for p in parts)}
+    return _manifest(args, q, holders, dest, path, name, n, lo, hi, chain, f"access log {d} (the embedded chained log)")
+
+
+def _export_fleet(args: argparse.Namespace, src: FleetRecords, q: Query, holders: Holders | None) -> int:
+    """``logs export`` from the fleet's copy: the records, and per gateway and worker the seq range
+    and the links of the first and last record exported, with the chain of the partitions they lie
+    in recomputed from the copy and checked against the anchors (as ``verify --clickhouse`` does)."""
+    from beiand.accesslog.copy import verify_copy
+    from beiand.sinks.clickhouse import ClickHouseError
+
+    dest, path, name = _new_export(args)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    lo = hi = 0
+    n = 0
+    by: dict[tuple[str, int], dict[str, Any]] = {}
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            w = _Writer("csv" if args.format == "csv" else "jsonl", f, args.headers, holders, fleet=True)
+            for row in src.rows(q):
+                r = row.record
+                w.write(r, copy=row)
+                n += 1
+                lo = r.ts_ms if not lo or r.ts_ms < lo else lo
+                hi = max(hi, r.ts_ms)
+                e = by.get((row.gateway, row.worker))
+                if e is None:
+                    e = by[(row.gateway, row.worker)] = {"records": 0, "first": row, "last": row, "partitions": set()}
+                e["records"] += 1
+                e["first"] = row if row.seq < e["first"].seq else e["first"]
+                e["last"] = row if row.seq > e["last"].seq else e["last"]
+                e["partitions"].add(row.partition)
+            w.close()
+        # The partitions the records lie in, whole, recomputed from the copy against the anchors.
+        parts = {k: set(e["partitions"]) for k, e in by.items()}
+        key = _key(args)
+        rows = src.partition_rows(parts, q.since_ms - DAY_MS, q.until_ms + DAY_MS)
+        anchors = [a for a in src.reader.anchors() if a.partition in parts.get((a.gateway, a.worker), ())]
+        rep = verify_copy(rows, anchors, key=key)
+    except ClickHouseError as exc:
+        raise CliError(unreachable(exc)) from None
+    workers = []
+    for (g, wk), e in sorted(by.items()):
+        first, last = e["first"], e["last"]
+        held = rep.workers.get((g, wk))
+        problems = [p for p in rep.problems if p.startswith(f"gateway {g} worker {wk} ")]
+        workers.append({"gateway": g, "worker": wk, "records": e["records"],
+                        "first": {"seq": first.seq, "partition": first.partition, "pos": first.pos, "link": first.link,
+                                  "time": fmt_time(first.record.ts_ms)},
+                        "last": {"seq": last.seq, "partition": last.partition, "pos": last.pos, "link": last.link,
+                                 "time": fmt_time(last.record.ts_ms)},
+                        "partitions": sorted(e["partitions"]),
+                        "checked": {"rows": held.rows if held else 0, "first_seq": held.first_seq if held else 0,
+                                    "last_seq": held.last_seq if held else 0, "head": held.head if held else ""},
+                        "verified": not problems, "problems": problems})
+    chain = {"algorithm": "HMAC-SHA-256" if args.key_file else "SHA-256",
+             "definition": "h_i = H(h_{i-1} || line_i), per gateway and worker, across partitions; each row of the copy "
+                           "carries its link h_i; see docs/access-log.md",
+             "store": "clickhouse", "workers": workers, "anchors_checked": rep.anchors_checked, "duplicates": rep.duplicates,
+             "verified": rep.ok and all(x["verified"] for x in workers),
+             "problems": [p for p in rep.problems if not any(p in x["problems"] for x in workers)]}
+    return _manifest(args, q, holders, dest, path, name, n, lo, hi, chain,
+                     f"{src.where} (the fleet's copy; each gateway's local chained log is the evidence of record)")
 
 
 def _key(args: argparse.Namespace) -> bytes | None:
@@ -399,23 +589,9 @@ def _key(args: argparse.Namespace) -> bytes | None:
 def cmd_verify_clickhouse(args: argparse.Namespace) -> int:
     """Recompute every gateway's chain from the ClickHouse copy (issue 27), against its anchors."""
     from beiand.accesslog.copy import verify_copy
-    from beiand.sinks.clickhouse import ClickHouseError, ClickHouseReader
+    from beiand.sinks.clickhouse import ClickHouseError
 
-    cfg = config_from(args)
-    c = cfg.accesslog.clickhouse if cfg is not None else None
-    url = args.clickhouse or (c.url if c is not None else "")
-    if not url:
-        raise CliError(f"--clickhouse: give the URL (http://host:8123), or a config with [accesslog.clickhouse] url "
-                       f"(--config, default {DEFAULT_CONFIG})")
-    password = ""
-    if c is not None and c.password_file:
-        try:
-            password = c.password_file.read_text().strip()
-        except OSError as exc:
-            raise CliError(f"accesslog.clickhouse.password_file {c.password_file}: {exc.strerror}") from None
-    reader = ClickHouseReader(url, database=args.database or (c.database if c is not None else "beiand"),
-                              table=args.table or (c.table if c is not None else "access_log"),
-                              user=c.user if c is not None else "default", password=password)
+    reader = clickhouse_records(args).reader
     since = parse_time(args.since, "--since") if args.since else 0
     until = parse_time(args.until, "--until") if args.until else 0
     gateways = tuple(args.gateway or ())
@@ -525,7 +701,8 @@ def add_parsers(sub: Any) -> None:
     lsub = lp.add_subparsers(dest="logs_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--log-dir", metavar="DIR", help="the access-log directory (default: accesslog.directory of the config)")
+        p.add_argument("--log-dir", metavar="DIR", help="the access-log directory (default: accesslog.directory of the config); "
+                       "query and export then read it, not ClickHouse")
         p.add_argument("--config", metavar="FILE", help=f"config to take the directory from (default {DEFAULT_CONFIG})")
 
     def filters(p: argparse.ArgumentParser) -> None:
@@ -550,16 +727,20 @@ def add_parsers(sub: Any) -> None:
         p.add_argument("--nat", metavar="FILE", help="NAT mapping feed (default: nat.file of the config): a server on "
                        "either side of a mapping also finds the other")
 
-    q = lsub.add_parser("query", help="matching records (a lawful request)")
+    q = lsub.add_parser("query", help="matching records (a lawful request): from ClickHouse across every gateway when it is "
+                        "configured, else (or with --local) from this gateway's log")
     common(q)
     filters(q)
+    store_options(q)
     q.add_argument("--format", choices=["table", "jsonl", "csv"], default="table")
     q.add_argument("--limit", type=int, default=0, help="stop after N records")
     q.set_defaults(func=cmd_query)
 
-    e = lsub.add_parser("export", help="matching records + a manifest (counts, range, SHA-256s, chain heads)")
+    e = lsub.add_parser("export", help="matching records + a manifest (counts, range, SHA-256s, chain heads; from "
+                        "ClickHouse: per gateway and worker the seq range and the links of the first and last record)")
     common(e)
     filters(e)
+    store_options(e)
     e.add_argument("--out", required=True, metavar="DIR", help="a new or empty directory")
     e.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     e.add_argument("--key-file", metavar="FILE", help="the HMAC key, when the log is keyed")

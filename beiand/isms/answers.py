@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from beiand.accesslog.reader import Query as LogFilter
-from beiand.accesslog.reader import query as log_query
-from beiand.accesslog.reader import summaries
 from beiand.isms.reports import Reporter, _row
 from beiand.isms.service import Ack
 from beiand.isms.store import CommandStore, _split
@@ -80,8 +78,8 @@ def query_view(reporter: Reporter, q: Query, now: float) -> Ack:
         net = None
     hits = first = last = blocked = 0
     verdicts: Counter[str] = Counter()
-    for (name, server, _port, _a, verdict, kind, action, _r, _f), (f, la, n) in summaries(
-            reporter.log_dir, int((end - DAY_S) * 1000), int(end * 1000)).items():
+    for (name, server, _port, _a, verdict, kind, action, _r, _f), (f, la, n) in reporter.source().summaries(
+            int((end - DAY_S) * 1000), int(end * 1000)).items():
         if kind == "dns-answer" or not content:
             continue
         if net is not None:
@@ -113,7 +111,7 @@ def command_record(reporter: Reporter, store: CommandStore, q: Query, now: float
     ids = [x.strip() for x in q.fields.get("controlsId", "").split(",") if x.strip()]
     counts: Counter[str] = Counter()
     want = set(ids)
-    for r in log_query(reporter.log_dir, LogFilter(since_ms=int((now - DAY_S) * 1000), until_ms=int(now * 1000))):
+    for r in reporter.source().query(LogFilter(since_ms=int((now - DAY_S) * 1000), until_ms=int(now * 1000))):
         o = r.order
         if o.startswith("isms"):
             cid = o.partition(":")[2]
@@ -124,7 +122,7 @@ def command_record(reporter: Reporter, store: CommandStore, q: Query, now: float
     lists = {str(e.command_id): e.kind for e in store.state.lists.values()}
     parts = []
     for cid in ids:
-        c = store.state.commands.get(int(cid)) if cid.isdigit() else None
+        c = store.state.commands.get(int(cid)) if cid.isascii() and cid.isdigit() else None
         if c is not None:
             st = "in force" if c.active(now) else "outside its window"
         elif cid in lists:

@@ -1,10 +1,11 @@
 """Which ``[isms]`` settings a reload (SIGHUP, ``POST /api/v1/reload``) applies, and which need a restart.
 
 Applied in place by ``IsmsRuntime.reload``: the secrets (re-read from ``secrets_dir`` on every
-reload, so rotating a key needs only a SIGHUP), the profile, ``idc_id``, ``house_id``, the
-intervals, ``mode``/``ack_url``/``upload_url``/``upload_key_file`` (the uploader is rebuilt), and
-the TLS certificate and key (loaded into the listening socket's context: new connections get the
-new certificate). Each worker is restarted by the reload anyway, so the enforcer's view of the
+reload, so rotating a key needs only a SIGHUP), the profile, ``idc_id``, ``house_id``,
+``gateways`` (the reports' scope in the fleet's copy), the intervals,
+``mode``/``ack_url``/``upload_url``/``upload_key_file`` (the uploader is rebuilt), and the TLS
+certificate and key (loaded into the listening socket's context: new connections get the new
+certificate). Each worker is restarted by the reload anyway, so the enforcer's view of the
 commands picks up the profile's ``subdomains`` too.
 
 Needing a restart, and why:

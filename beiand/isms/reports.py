@@ -22,8 +22,7 @@ from typing import Any
 
 from beiand.accesslog.columns import parse_order_column
 from beiand.accesslog.reader import Query as LogFilter
-from beiand.accesslog.reader import query as log_query
-from beiand.accesslog.reader import summaries
+from beiand.accesslog.source import LocalRecords, RecordSource
 from beiand.errors import BeiandError
 from beiand.isms.wire.codec import CODECS, Codec, version_key
 from beiand.isms.wire.codes import Compression, DataType, EncryptAlgorithm, HashAlgorithm
@@ -428,13 +427,21 @@ class Spool:
 
 @dataclass
 class Reporter:
-    """Builds each report from the access log and writes it to the spool."""
+    """Builds each report from the access log and writes it to the spool.
+
+    The records come from ``records`` (issue 27: the fleet's copy in ClickHouse, scoped by the
+    wiring to ``isms.gateways``) or, when it is None, from this gateway's log in ``log_dir``."""
 
     spool: Spool
     log_dir: Path
     house_id: str
     store: Any = None  # the CommandStore: the basic data (type 0) gives a houseId per prefix and DT 2 codes 1, 3
     filed_name: FiledName | None = None  # DT 9/DT 2 regDomain: the filed name (the daemon wires the records index)
+    records: RecordSource | None = None
+
+    def source(self) -> RecordSource:
+        """Where the reports read: the source the wiring chose, else this gateway's log."""
+        return self.records if self.records is not None else LocalRecords(self.log_dir)
 
     @property
     def house(self) -> HouseOf:
@@ -448,18 +455,18 @@ class Reporter:
         return self.spool.profile.report_dt2 if on is None else bool(on)
 
     def illegal_web(self, since_ms: int, until_ms: int, summary: Mapping[Any, list[int]] | None = None) -> list[Path]:
-        s = summaries(self.log_dir, since_ms, until_ms) if summary is None else summary
+        s = self.source().summaries(since_ms, until_ms) if summary is None else summary
         return self.spool.write(DataType.ILLEGAL_WEB, illegal_web_rows(s, self.house, self.spool.profile.mismatch_illegal_type,
                                                                          self.filed_name))
 
     def active_resources(self, since_ms: int, until_ms: int, summary: Mapping[Any, list[int]] | None = None) -> list[Path]:
-        s = summaries(self.log_dir, since_ms, until_ms) if summary is None else summary
+        s = self.source().summaries(since_ms, until_ms) if summary is None else summary
         return self.spool.write(DataType.ACTIVE_RESOURCES, active_resource_rows(s, self.house))
 
     def resources(self, since_ms: int, until_ms: int) -> tuple[list[Path], list[Path]]:
         """DT 9 and DT 8 (and DT 2 when the profile asks) from one pass over the log (sealed
         partitions: their stored summaries)."""
-        s = summaries(self.log_dir, since_ms, until_ms)
+        s = self.source().summaries(since_ms, until_ms)
         f9 = self.illegal_web(since_ms, until_ms, s)
         if self.dt2_on():
             seg = self.store.house_segment if self.store is not None and self.store.state.houses else None
@@ -468,7 +475,7 @@ class Reporter:
         return f9, self.active_resources(since_ms, until_ms, s)
 
     def command_results(self, since_ms: int, until_ms: int, no_report: frozenset[str] = frozenset()) -> list[Path]:
-        mon, fil = command_rows(log_query(self.log_dir, LogFilter(since_ms=since_ms, until_ms=until_ms)), self.house,
+        mon, fil = command_rows(self.source().query(LogFilter(since_ms=since_ms, until_ms=until_ms)), self.house,
                                 no_report)
         return self.spool.write(DataType.MONITOR_RESULT, mon) + self.spool.write(DataType.FILTER_RESULT, fil)
 
@@ -488,7 +495,7 @@ class Reporter:
         dst = None
         if q.dst_ip[0] and q.dst_ip[0] == q.dst_ip[1]:
             dst = ipaddress.ip_network(q.dst_ip[0])
-        recs = log_query(self.log_dir, LogFilter(since_ms=int(q.start * 1000), until_ms=int(q.end * 1000), server=dst))
+        recs = self.source().query(LogFilter(since_ms=int(q.start * 1000), until_ms=int(q.end * 1000), server=dst))
         rows = list(log_query_rows(recs, q, self.house))
         return self.spool.write(DataType.LOG_QUERY_RESULT, rows, (("commandId", str(q.command_id)),),
                                 result_head=lambda n, last: (("logAmount", str(len(rows))), ("endFlag", "1" if last else "0")))

@@ -156,7 +156,7 @@ def _endpoint(text: str) -> tuple[str, str]:
 def _ports(text: str, where: str) -> tuple[int, int]:
     lo, sep, hi = text.partition("-")
     for v in (lo, hi) if sep else (lo,):
-        if not v.strip().isdigit() or not 0 <= int(v) <= 65535:
+        if not (v.strip().isascii() and v.strip().isdigit()) or not 0 <= int(v) <= 65535:
             raise ValueError(f"{where}: port {v.strip()!r} is not 0-65535")
     a, b = int(lo), int(hi) if sep else int(lo)
     if b < a:

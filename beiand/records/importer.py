@@ -288,7 +288,7 @@ def canonical_ip_entry(text: str) -> tuple[str, str]:
     if "-" in t:
         lo_text, _, hi_text = t.partition("-")
         lo = canonical_ip(lo_text)
-        if lo is not None and hi_text.isdigit() and "." in lo and len(hi_text) <= 3:
+        if lo is not None and hi_text.isascii() and hi_text.isdigit() and "." in lo and len(hi_text) <= 3:
             hi_text = lo.rsplit(".", 1)[0] + "." + hi_text  # 203.0.113.10-20: the last octet
         hi = canonical_ip(hi_text)
         if lo is None or hi is None:

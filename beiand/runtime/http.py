@@ -139,7 +139,7 @@ def make_app(d: DaemonView, limits: HttpLimits | None = None) -> web.Application
         if since < -MAX_SINCE_AGE or since > now + 86400:
             return _param_error(f"since={since:g}: expected an epoch time up to now, or -1 to -{MAX_SINCE_AGE:.0f} seconds back")
         raw_limit = q.get("limit", "1000")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit[:12]) <= MAX_LIMIT:
+        if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit[:12]) <= MAX_LIMIT:
             return _param_error(f"limit={raw_limit[:40]!r}: expected an integer from 1 to {MAX_LIMIT}")
         verdict = q.get("verdict", "")
         if verdict and verdict not in VERDICTS:

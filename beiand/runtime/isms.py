@@ -18,6 +18,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from beiand.accesslog.source import RecordSource
 from beiand.isms.answers import answer
 from beiand.isms.reports import Reporter, ReportError, Spool
 from beiand.isms.service import CommandService, load_keys
@@ -29,6 +30,8 @@ from beiand.isms.wire.codes import DataType
 from beiand.isms.wire.model import LogQuery, Query
 from beiand.isms.wire.profile import Profile, load_profile
 from beiand.runtime.settings import Config
+from beiand.runtime.wiring import isms_gateways, records_source
+from beiand.sinks.clickhouse import ClickHouseError
 
 log = logging.getLogger("beiand.isms")
 
@@ -92,7 +95,7 @@ class IsmsRuntime:
         self.keys = load_keys(im.secrets_dir)
         self.store = CommandStore(cfg.daemon.state_dir, self.profile.subdomains, im.house_id)
         self.spool = Spool(spool_dir(cfg), im.idc_id, self.keys, self.profile, clock=clock)
-        self.reporter = Reporter(self.spool, cfg.accesslog.directory, im.house_id, store=self.store)
+        self.reporter = Reporter(self.spool, cfg.accesslog.directory, im.house_id, store=self.store, records=self._records(cfg))
         self.service = CommandService(im.idc_id, self.keys, self.profile, self.store, on_query=self._on_query, clock=clock)
         self.metrics = IsmsMetrics(registry or CollectorRegistry())
         self.uploader = Uploader(im.upload_url, im.upload_key_file, self.spool.directory) if im.mode == "cu-lite" else None
@@ -104,6 +107,14 @@ class IsmsRuntime:
         self._next_report = clock() + im.report_interval
         self._last_report_ms = int(clock() * 1000)
         self.healthy = True  # the daemon's readiness (capture running): DT 7 reports the house as faulty otherwise
+
+    @staticmethod
+    def _records(cfg: Config) -> RecordSource | None:
+        """With ClickHouse configured, the reports read the fleet's copy, scoped to ``isms.gateways``
+        (this gateway by default); else this gateway's log (None: the reporter's ``log_dir``)."""
+        if not cfg.accesslog.clickhouse.url:
+            return None
+        return records_source(cfg, isms_gateways(cfg))
 
     def reload(self, cfg: Config) -> list[str]:
         """Apply a reloaded ``[isms]`` (SIGHUP): what can be, in place; the rest is listed as needing
@@ -126,6 +137,7 @@ class IsmsRuntime:
         self.spool.idc_id, self.spool.keys, self.spool.profile = im.idc_id, keys, profile
         self.spool.__post_init__()  # the codec of the profile's commandVersion and XSDs
         self.reporter.house_id, self.reporter.log_dir = im.house_id, cfg.accesslog.directory
+        self.reporter.records = self._records(self.cfg)
         svc = self.service
         svc.idc_id, svc.keys, svc.profile = im.idc_id, keys, profile
         svc.codecs = {v: CODECS[v](profile.xsd_dir) for v in profile.accept_versions}
@@ -199,7 +211,7 @@ class IsmsRuntime:
                 for dt_, files_ in files_by_dt:
                     note(dt_, files_)
                 self.service.acks += acks
-        except (ReportError, OSError) as exc:
+        except (ReportError, OSError, ClickHouseError) as exc:  # ClickHouse away: the same window again next time
             log.error("isms: report: %s", exc)
             self.metrics.reports.labels("-", "rejected").inc()
         if self.uploader is None and self.service.acks:  # EU: the CU collects DT 10 from the spool

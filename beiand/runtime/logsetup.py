@@ -64,7 +64,7 @@ def under_journal(stream: IO[str] | None = None, environ: Mapping[str, str] | No
     """True when ``stream`` (stderr) is the journal stream systemd connected (``JOURNAL_STREAM=dev:ino``)."""
     value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
     dev, _, ino = value.partition(":")
-    if not (dev.isdigit() and ino.isdigit()):
+    if not (value.isascii() and dev.isdigit() and ino.isdigit()):
         return False
     try:
         st = os.fstat((stream or sys.stderr).fileno())

@@ -255,6 +255,10 @@ class IsmsSection:
                    choices=("eu", "cu-lite"))
     idc_id: str = _f("", "This operator's idcId (许可证号, e.g. A2.B1.B2-20090001): calls for another are refused (999).")
     house_id: str = _f("", "The 机房 (houseId) this gateway serves: commands for other houses are not applied; rows carry it.")
+    gateways: list[str] = _f([], "With the fleet's copy in ClickHouse ([accesslog.clickhouse] url), the reports (DT 3, 4/5, 8, 9) "
+                             "and query answers read it, scoped to these gateways (daemon.gateway ids): the gateways of "
+                             "the house(s) this instance reports for; [\"*\"]: every gateway in the copy (one instance per "
+                             "licence). Empty: this gateway only, as its local log holds (docs/isms.md).")
     listen: str = _f("127.0.0.1:9641", "Address of the idc_command endpoint (host:port).")
     path: str = _f("/isms/idc_command", "HTTP path of the idc_command endpoint.")
     tls_cert: Path | None = _f(None, "TLS certificate (PEM) of the endpoint; unset: plain HTTP (put it behind the CU).")
@@ -514,7 +518,7 @@ def _semantic(cfg: Config, text: str, path: str, warnings: list[str] | None = No
         if p is not None and not p.is_file():
             bad(dotted, f"{p}: no such file")
     host, _, port = cfg.server.listen.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         bad("server.listen", f"{cfg.server.listen!r}: expected host:port, e.g. 127.0.0.1:9640")
     if cfg.enforce.mark & (cfg.enforce.mark - 1):
         bad("enforce.mark", f"{cfg.enforce.mark:#x} is not a single bit (a power of two, e.g. 0x10000000)")
@@ -549,7 +553,7 @@ def _semantic(cfg: Config, text: str, path: str, warnings: list[str] | None = No
         if not im.idc_id.strip():
             bad("isms.idc_id", "required when isms.enabled (this operator's 许可证号)")
         ihost, _, iport = im.listen.rpartition(":")
-        if not ihost or not iport.isdigit() or not 0 < int(iport) < 65536:
+        if not ihost or not (iport.isascii() and iport.isdigit()) or not 0 < int(iport) < 65536:
             bad("isms.listen", f"{im.listen!r}: expected host:port, e.g. 0.0.0.0:9641")
         if not im.secrets_dir.is_dir():
             bad("isms.secrets_dir", f"{im.secrets_dir}: no such directory (user_key, enc_key, iv, auth_key)")

@@ -37,13 +37,15 @@ from beiand.policy.overlays import Decider, Layer, OrderLayer
 from beiand.records import ImportRefused, build_index, load_files, normalise_domain
 from beiand.records.domains import DomainError
 from beiand.records.index import RecordIndex
-from beiand.runtime.settings import Config, ConfigError, load_config, secret_problem
+from beiand.runtime.settings import ClickHouseSection, Config, ConfigError, load_config, secret_problem
 from beiand.sinks import Sink
 from beiand.sinks.accesslog import AccessLogSink
 
 if TYPE_CHECKING:
+    from beiand.accesslog.source import RecordSource
     from beiand.runtime.http import HttpLimits
     from beiand.sinks.clickhouse import ClickHouseSink
+    from beiand.sinks.fleet import FleetRecords
 
 log = logging.getLogger("beiand")
 
@@ -323,6 +325,46 @@ def access_log_sinks(cfg: Config, idx: int, nat: NatTable | None = None) -> tupl
         ch.backfill(al.directory, alog.sequence, key)
     sinks: list[Sink] = [AccessLogSink(alog, cfg.gateway, nat=nat if nat else None)]
     return alog, ch, sinks
+
+
+def fleet_records(cfg: Config | None, *, url: str = "", database: str = "", table: str = "",
+                  gateways: Sequence[str] = ()) -> FleetRecords:
+    """The fleet's copy in ClickHouse as a records source (issue 27): ``[accesslog.clickhouse]``'s
+    URL, database, table, user and password (each given value wins), read by every gateway's
+    records or only ``gateways``'."""
+    from beiand.sinks.clickhouse import ClickHouseReader  # only for a command that reads ClickHouse
+    from beiand.sinks.fleet import FleetRecords
+
+    c = cfg.accesslog.clickhouse if cfg is not None else ClickHouseSection()
+    password = ""
+    if cfg is not None and c.password_file:
+        try:
+            password = read_secret(c.password_file, cfg.daemon.secret_permissions).decode().strip()
+        except OSError as exc:
+            raise StateError(f"accesslog.clickhouse.password_file {c.password_file}: {exc.strerror}") from None
+    reader = ClickHouseReader(url or c.url, database=database or c.database, table=table or c.table, user=c.user,
+                              password=password)
+    return FleetRecords(reader, gateways)
+
+
+def isms_gateways(cfg: Config) -> tuple[str, ...]:
+    """The gateways the ISMS reports cover when they read the fleet's copy (``isms.gateways``):
+    this gateway only by default, every one for ``["*"]`` (an empty scope)."""
+    gws = [g.strip() for g in cfg.isms.gateways if g.strip()]
+    if "*" in gws:
+        return ()
+    return tuple(gws) or (cfg.gateway,)
+
+
+def records_source(cfg: Config, gateways: Sequence[str] = ()) -> RecordSource:
+    """Where the read side takes records from (issue 27): the fleet's copy in ClickHouse when
+    ``[accesslog.clickhouse] url`` is set (scoped to ``gateways``, empty: all), else this
+    gateway's embedded log."""
+    from beiand.accesslog.source import LocalRecords
+
+    if cfg.accesslog.clickhouse.url:
+        return fleet_records(cfg, gateways=gateways)
+    return LocalRecords(cfg.accesslog.directory)
 
 
 def http_limits(cfg: Config) -> HttpLimits:

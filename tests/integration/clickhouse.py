@@ -16,7 +16,7 @@ CONFIG = """<?xml version="1.0"?>
     <logger><level>warning</level><console>1</console></logger>
     <http_port>{http}</http_port>
     <tcp_port>{tcp}</tcp_port>
-    <listen_host>127.0.0.1</listen_host>
+    <listen_host>{listen}</listen_host>
     <path>{d}/data/</path>
     <tmp_path>{d}/tmp/</tmp_path>
     <user_files_path>{d}/user_files/</user_files_path>
@@ -38,7 +38,7 @@ CLUSTER = """
 USERS = """<?xml version="1.0"?>
 <yandex>
     <profiles><default><max_memory_usage>2000000000</max_memory_usage></default></profiles>
-    <users><default><password></password><networks><ip>127.0.0.1</ip></networks>
+    <users><default><password></password><networks><ip>{network}</ip></networks>
         <profile>default</profile><quota>default</quota></default></users>
     <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
         <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
@@ -53,15 +53,17 @@ def free_port() -> int:
 
 
 class ClickHouse:
-    def __init__(self, directory: Path, netns: str | None = None, zookeeper: int = 0) -> None:
+    def __init__(self, directory: Path, netns: str | None = None, zookeeper: int = 0, listen: str = "127.0.0.1") -> None:
         self.dir = directory
         self.netns = netns  # run inside this network namespace (beside a daemon started there)
+        # 0.0.0.0: reached from other namespaces (gateways of a fleet) too; only in a namespace of its own
         self.http = free_port()
         self.tcp = free_port()
         directory.mkdir(parents=True, exist_ok=True)
         cluster = CLUSTER.format(zk=zookeeper, tcp=self.tcp) if zookeeper else ""
-        (directory / "config.xml").write_text(CONFIG.format(http=self.http, tcp=self.tcp, d=directory, cluster=cluster))
-        (directory / "users.xml").write_text(USERS)
+        (directory / "config.xml").write_text(CONFIG.format(http=self.http, tcp=self.tcp, d=directory, cluster=cluster,
+                                                            listen=listen))
+        (directory / "users.xml").write_text(USERS.format(network="127.0.0.1" if listen == "127.0.0.1" else "0.0.0.0/0"))
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.http}"
 

@@ -57,7 +57,7 @@ def metric(text: str, name: str) -> float:
 
 class NsDaemon:
     def __init__(self, wd: Path, records: int = 100, workers: int = 1, extra: str = "", records_extra: str = "",
-                 daemon_extra: str = "") -> None:
+                 daemon_extra: str = "", gateway: str = "ns-gw") -> None:
         self.wd = wd
         wd.mkdir(parents=True, exist_ok=True)
         self.ns = f"bdr{uuid.uuid4().hex[:8]}"
@@ -71,7 +71,7 @@ class NsDaemon:
         self.config = wd / "beiand.toml"
         self.config.write_text(f"""
 [daemon]
-gateway = "ns-gw"
+gateway = "{gateway}"
 workers = {workers}
 state_dir = "{wd / 'state'}"
 {daemon_extra}

@@ -45,7 +45,6 @@ TESTED_ELSEWHERE = {
     "runtime.isms": "cli/test_isms.py, integration/test_isms_lab.py",
     "runtime.http": "integration/test_daemon_lab.py, fuzz/test_hostile_http.py",
     "runtime.ipc": "runtime/test_metrics.py, runtime/test_supervisor.py",
-    "runtime.wiring": "runtime/test_settings.py, runtime/test_supervisor.py",
     "sinks.accesslog": "sinks/test_sinks.py",
 }
 

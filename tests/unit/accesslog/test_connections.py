@@ -105,6 +105,12 @@ def test_split_endpoint_never_raises(s: str) -> None:
     assert ep is None or (isinstance(ep[1], int) and ep[0])
 
 
+def test_split_endpoint_takes_ascii_digits_only() -> None:
+    """Found by the property above: "²".isdigit() is True and int("²") raises."""
+    assert split_endpoint("0:\u00b2") is None
+    assert split_endpoint("[2001:db8::1]:\u0663") is None
+
+
 def test_split_endpoint_reads_both_families() -> None:
     assert split_endpoint("203.0.113.9:22") == ("203.0.113.9", 22)
     assert split_endpoint("[2001:db8::1]:443") == ("2001:db8::1", 443)

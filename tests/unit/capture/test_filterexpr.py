@@ -24,6 +24,7 @@ HELLO = t.client_hello("f.example.com")
     ("", "empty condition"),
     ("vlan", "unexpected end"),
     ("vlan 5000", "VLAN id from 0 to 4095"),
+    ("vlan \u00b2", "VLAN id from 0 to 4095"),  # "²".isdigit() is True and int("²") raises
     ("net 198.51.100.0/33", "expected a prefix"),
     ("host 198.51.100.0/24", "one address"),
     ("vlan 1 vlan 2", "missing 'and' or 'or'"),

@@ -199,3 +199,42 @@ def test_idc_monitor_dt2(reporter: Reporter) -> None:
         ("drift.example", "203.0.113.9", "2", "")]  # the filed name unknown without the index (issue 28, 16)
     # DT 9's shape (ISMS.md §4; issue 28, 17)
     assert [(r["url"], r["serviceType"], r["illegalType"], r["currentState"]) for r in got] == [("", "24", "999", "0")]
+
+
+def test_reports_read_the_records_source_the_wiring_gives(reporter: Reporter, tmp_path: Path) -> None:
+    """Issue 27: with the fleet's copy configured the reports read it (``Reporter.records``),
+    never the local directory: here a source holding another gateway's records too."""
+    from beiand.accesslog.reader import Query, SummaryKey
+    from beiand.accesslog.source import LocalRecords
+
+    class Fleet:
+        """A stand-in for beiand.sinks.fleet.FleetRecords: this gateway's log, and gw-2's records."""
+
+        fleet = True
+        where = "the fleet's copy (a stand-in)"
+
+        def __init__(self) -> None:
+            self.local = LocalRecords(reporter.log_dir)
+            self.other = [rec(20, "far.example", "unfiled", "block", "isms:11")._replace(gateway="gw-2")]
+
+        def query(self, q: Query):  # type: ignore[no-untyped-def]
+            yield from self.local.query(q)
+            yield from (r for r in self.other if q.match(r))
+
+        def summaries(self, since_ms: int, until_ms: int) -> dict[SummaryKey, list[int]]:
+            s = self.local.summaries(since_ms, until_ms)
+            for r in self.other:
+                s[(r.name, r.server_ip, r.server_port, r.account, r.verdict, r.kind, r.action, r.reason, r.filing_number)] = \
+                    [r.ts_ms, r.ts_ms, 1]
+            return s
+
+    reporter.records = Fleet()
+    assert reporter.source() is reporter.records
+    got = [r for f in reporter.illegal_web(T0, T0 + 86400_000) for r in rows(f, "record")[1]]
+    assert "far.example" in {r["domain"] for r in got}
+    files = reporter.command_results(T0, T0 + 86400_000)
+    fil = [r for f in files if f.parent.parent.name == "5" for r in rows(f, "log")[1]]
+    assert sum(r["domain"] == "far.example" for r in fil) == 1
+    reporter.records = None
+    assert isinstance(reporter.source(), LocalRecords)
+    assert "far.example" not in {r["domain"] for f in reporter.illegal_web(T0, T0 + 86400_000) for r in rows(f, "record")[1]}

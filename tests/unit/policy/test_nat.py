@@ -66,6 +66,7 @@ def test_chinese_headers(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("row", "field", "why"), [
     ("203.0.113.500,10.0.0.7,a,,", "public", "is not an address"),
     ("203.0.113.5:70000,10.0.0.7,a,,", "public", "not 0-65535"),
+    ("203.0.113.5:\u00b2,10.0.0.7,a,,", "public", "not 0-65535"),  # "²".isdigit() is True, int("²") raises
     ("203.0.113.5:20-10,10.0.0.7,a,,", "public", "runs backwards"),
     ("203.0.113.5:22,10.0.0.x,a,,", "internal", "is not an address"),
     ("203.0.113.5,10.0.0.7:22,a,,", "internal", "needs a public port"),

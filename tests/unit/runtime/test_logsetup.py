@@ -66,6 +66,7 @@ def test_auto_is_journal_only_when_journal_stream_names_stderr(tmp_path):
         assert logsetup.resolve("auto", f, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}) == "journal"
         assert logsetup.resolve("auto", f, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"}) == "text"  # stderr redirected
         assert logsetup.resolve("auto", f, {"JOURNAL_STREAM": "junk"}) == "text"
+        assert logsetup.resolve("auto", f, {"JOURNAL_STREAM": "\u00b2:\u00b3"}) == "text"
         assert logsetup.resolve("json", f, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}) == "json"
 
 

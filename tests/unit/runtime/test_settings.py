@@ -44,6 +44,7 @@ def test_retention_below_60_days_names_the_article_file_and_line(tmp_path: Path)
     ("[policy]\ndefault_mode = \"block-all\"\n", 2, "policy.default_mode", "expected one of"),
     ("[daemon]\nwrokers = 2\n", 2, "daemon.wrokers", "unknown setting"),
     ("[server]\nlisten = \"nowhere\"\n", 2, "server.listen", "expected host:port"),
+    ("[server]\nlisten = \"127.0.0.1:\u00b2\"\n", 2, "server.listen", "expected host:port"),  # "²".isdigit()
     ("[records]\nfiles = [\"/nonexistent.csv\"]\n", 2, "records.files", "no such file"),
     ("[accesslog.clickhouse]\nurl = \"ftp://x\"\n", 2, "accesslog.clickhouse.url", "http"),
     ("[enforce]\nmax_unfiled_share = 2\n", 2, "enforce.max_unfiled_share", "above the maximum"),
