@@ -412,6 +412,16 @@ def test_the_lookup_tables_are_filled_on_insert_and_answer_a_name_or_client_by_t
         via = server.query(f"SELECT seq FROM beiand.looked WHERE {col} = '{value}' AND (server_ip, server_port, ts_ms) IN "
                            f"(SELECT server_ip, server_port, ts_ms FROM beiand.{lt} WHERE {col} = '{value}') ORDER BY seq").split()
         assert via == scan and len(scan) >= (5 if col == "name" else 1)
+    # `logs query --name` / `--client` on the copy (beiand.sinks.fleet) reads them through the lookup tables.
+    import ipaddress
+
+    from beiand.sinks.fleet import FleetRecords
+
+    fleet = FleetRecords(ClickHouseReader(server.url, table="looked"))
+    assert fleet.lookups() == {"name": "beiand.looked_by_name", "client_ip": "beiand.looked_by_client"}
+    for q in (Query(0, 2**62, name="www3.example2.cn"), Query(0, 2**62, client=ipaddress.ip_network("10.0.3.10"))):
+        got = [r.seq for r in fleet.rows(q)]
+        assert sorted(got) == [i + 1 for i in range(1000) if q.match(rec(i))], q
 
 
 def test_a_table_made_before_its_lookup_tables_gets_them_with_its_rows(server: ClickHouse, tmp_path: Path) -> None:
