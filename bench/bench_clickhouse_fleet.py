@@ -19,11 +19,10 @@ over 60 days, and `logs verify --clickhouse` over one gateway-day of 10M records
   (``chain_rows``), partitions of 2M records, with anchors in ``access_log_anchors``.
   Before loading, and after the first day, the free disk is checked: the load stops when the
   projection passes 70 % of the disk (``--days`` scales it down).
-- Queries are the SQL a tool sends (:func:`server_port_sql`, :func:`name_sql`): the helper
-  building ``logs query/export`` on ClickHouse (h-chq) had no code yet when this was written,
-  so these functions are what ``logs query --server X --port P --at T --window 5m`` and
-  ``--name N --since 60d`` are meant to send: the lawful request by the primary key, a name by
-  its lookup table (``IN``) on the primary key. Each is timed client-side (request to the last row
+- Queries are the SQL ``logs query`` sends (``beiand.sinks.fleet.select_records``, as
+  ``--server X --port P --at T --window 5m``, ``--name N --since 60d``, ``--client C``): the
+  lawful request by the primary key (and its NAT side), a name or client by its lookup table
+  (``IN``) then the primary key. Each is timed client-side (request to the last row
   read), cold (OS page cache and ClickHouse's mark cache dropped) then warm ``--runs`` times:
   median and max, rows returned, rows ClickHouse read (``system.query_log``), load average.
 - ``logs verify --clickhouse --gateway gw-1 --since D --until D`` runs as a subprocess (the
@@ -33,6 +32,7 @@ over 60 days, and `logs verify --clickhouse` over one gateway-day of 10M records
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
 import random
@@ -50,9 +50,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from beiand.accesslog.format import DAY_MS, GENESIS, chain_links, encode_batch
+from beiand.accesslog.reader import Query
 from beiand.accesslog.store import Committed
 from beiand.model import AccessRecord
-from beiand.sinks.clickhouse import ANCHORS_TABLE, CHAINED, COLUMNS, anchors_ddl, chain_rows, ddl, lookup_tables, parse_version
+from beiand.sinks.clickhouse import ANCHORS_TABLE, CHAINED, anchors_ddl, chain_rows, ddl, lookup_tables, parse_version
+from beiand.sinks.fleet import select_records
 
 DAY0 = 1_790_000_000_000 // DAY_MS * DAY_MS - 60 * DAY_MS  # a UTC midnight; the data ends before "now"
 DB, TABLE = "beiand", "access_log"
@@ -370,40 +372,29 @@ def load_all(srv: Server, args: argparse.Namespace, dirpath: Path) -> None:
 
 
 # -- the SQL the tools send ---------------------------------------------------------------------
+# ``beiand logs query`` on the copy builds its SELECT with beiand.sinks.fleet.select_records (h-chq,
+# merged): the bench sends exactly that SQL.
 
-
-SELECT = ", ".join(COLUMNS)
-
-
-def _days(since_ms: int, until_ms: int) -> str:
-    d1 = datetime.fromtimestamp(since_ms / 1000, UTC).strftime("%Y-%m-%d")
-    d2 = datetime.fromtimestamp(until_ms / 1000, UTC).strftime("%Y-%m-%d")
-    return f"day BETWEEN toDate('{d1}') AND toDate('{d2}')"
+LOOKUPS = {col: f"{DB}.{t}" for col, t in lookup_tables(TABLE).items()}
 
 
 def server_port_sql(server: str, port: int, at_ms: int, window_ms: int = 300_000) -> str:
-    """``logs query --server S --port P --at T --window 5m``: the primary key (server, port, time)."""
-    lo, hi = at_ms - window_ms, at_ms + window_ms
-    return (f"SELECT {SELECT} FROM {DB}.{TABLE} WHERE server_ip = '{server}' AND server_port = {port} "
-            f"AND ts_ms BETWEEN {lo} AND {hi} AND {_days(lo, hi)} ORDER BY ts_ms, gateway, worker, seq FORMAT TabSeparated")
+    """``logs query --server S --port P --at T --window 5m``: the primary key (server, port, time),
+    and the NAT side (a second SELECT, ``UNION ALL``)."""
+    q = Query(at_ms - window_ms, at_ms + window_ms, server=ipaddress.ip_network(server), port=port)
+    return select_records(q, f"{DB}.{TABLE}", lookups=LOOKUPS)
 
 
 def name_sql(name: str, since_ms: int, until_ms: int, lookup: bool = True) -> str:
     """``logs query --name N --since 60d``: the lookup table by name gives the rows' keys (an index
     read), the table is read by its primary key through them. ``lookup=False``: the scan the table
     alone allows (what 18.16 does without the lookup table)."""
-    where = f"name = '{name}' AND ts_ms BETWEEN {since_ms} AND {until_ms} AND {_days(since_ms, until_ms)}"
-    keys = (f" AND (server_ip, server_port, ts_ms) IN (SELECT server_ip, server_port, ts_ms FROM {DB}.{TABLE}_by_name "
-            f"WHERE {where})") if lookup else ""
-    return f"SELECT {SELECT} FROM {DB}.{TABLE} WHERE {where}{keys} ORDER BY ts_ms, gateway, worker, seq FORMAT TabSeparated"
+    return select_records(Query(since_ms, until_ms, name=name), f"{DB}.{TABLE}", lookups=LOOKUPS if lookup else {})
 
 
 def client_sql(client: str, since_ms: int, until_ms: int) -> str:
     """``logs query --client C --since 60d``: the same through the lookup table by client."""
-    where = f"client_ip = '{client}' AND ts_ms BETWEEN {since_ms} AND {until_ms} AND {_days(since_ms, until_ms)}"
-    return (f"SELECT {SELECT} FROM {DB}.{TABLE} WHERE {where} AND (server_ip, server_port, ts_ms) IN (SELECT server_ip, "
-            f"server_port, ts_ms FROM {DB}.{TABLE}_by_client WHERE {where}) ORDER BY ts_ms, gateway, worker, seq "
-            "FORMAT TabSeparated")
+    return select_records(Query(since_ms, until_ms, client=ipaddress.ip_network(client)), f"{DB}.{TABLE}", lookups=LOOKUPS)
 
 
 # -- timing --------------------------------------------------------------------------------------
