@@ -393,7 +393,8 @@ def name_sql(name: str, since_ms: int, until_ms: int, lookup: bool = True) -> st
 
 
 def client_sql(client: str, since_ms: int, until_ms: int) -> str:
-    """``logs query --client C --since 60d``: the same through the lookup table by client."""
+    """``logs query --client C --since 60d`` (a scan: select_records does not use the lookup table
+    by client, whose rows would each need a granule of the table)."""
     return select_records(Query(since_ms, until_ms, client=ipaddress.ip_network(client)), f"{DB}.{TABLE}", lookups=LOOKUPS)
 
 
@@ -470,8 +471,8 @@ def run_queries(srv: Server, args: argparse.Namespace) -> None:
         timed(srv, f"name {name} over {days} days WITHOUT the lookup table (the scan, for comparison)",
               name_sql(name, since, until, lookup=False), 1, False, 2.0)
     client = "10.0.39.16"  # rank 10,000
-    timed(srv, f"client {client} (rank 10,000) over {days} days", client_sql(client, since, until), args.runs,
-          not args.no_cold, 2.0)
+    if not args.no_scan:  # logs query scans for a client (its rows lie one per granule: the lookup does not help)
+        timed(srv, f"client {client} (rank 10,000) over {days} days (a scan)", client_sql(client, since, until), 1, False, 2.0)
 
 
 def run_verify(srv: Server, args: argparse.Namespace) -> None:

@@ -412,7 +412,7 @@ def test_the_lookup_tables_are_filled_on_insert_and_answer_a_name_or_client_by_t
         via = server.query(f"SELECT seq FROM beiand.looked WHERE {col} = '{value}' AND (server_ip, server_port, ts_ms) IN "
                            f"(SELECT server_ip, server_port, ts_ms FROM beiand.{lt} WHERE {col} = '{value}') ORDER BY seq").split()
         assert via == scan and len(scan) >= (5 if col == "name" else 1)
-    # `logs query --name` / `--client` on the copy (beiand.sinks.fleet) reads them through the lookup tables.
+    # `logs query --name` on the copy (beiand.sinks.fleet) reads through the lookup table (a client is scanned).
     import ipaddress
 
     from beiand.sinks.fleet import FleetRecords
