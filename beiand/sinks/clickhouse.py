@@ -879,16 +879,21 @@ class ClickHouseReader:
                     gw = f[0].decode("utf-8", "surrogateescape")
                     apart[(gw, int(f[1]), int(f[3]))] = CopyRow(gw, int(f[1]), f[2].decode(), int(f[3]), int(f[4]),
                                                                 f[5].decode(), AccessRecord(*vals))
-        sql = (f"SELECT gateway, worker, `partition`, seq, pos, link, if({plain}, line, '') FROM (SELECT gateway, worker, "
-               f"`partition`, seq, pos, link, concat({joined}) AS line FROM {self.database}.{self.table} PREWHERE seq > 0{where}) "
-               "ORDER BY gateway, worker, seq FORMAT TabSeparatedRaw")
+        # The first column says whether the row follows the one before in its partition (seq and
+        # pos one more, same gateway, worker and partition; 0 at the first row of each block the
+        # server sends): such a row is two appends here, nothing parsed.
+        sql = ("SELECT runningDifference(seq) = 1 AND runningDifference(pos) = 1 AND "
+               "runningDifference(cityHash64(gateway, worker, `partition`)) = 0, "
+               f"gateway, worker, `partition`, seq, pos, link, if({plain}, line, '') FROM (SELECT gateway, worker, "
+               f"`partition`, seq, pos, link, concat({joined}) AS line FROM {self.database}.{self.table} PREWHERE seq > 0{where} "
+               "ORDER BY gateway, worker, seq) FORMAT TabSeparatedRaw")
         key: tuple[bytes, bytes, bytes] = (b"", b"", b"")  # the run's gateway, worker, partition
         links: list[bytes] = []
         lines: list[bytes] = []
-        first = nseq = npos = 0
+        first = first_pos = 0
 
         def run() -> CopyRun:
-            return CopyRun(key[0].decode("utf-8", "surrogateescape"), int(key[1]), key[2].decode(), first, npos - len(lines),
+            return CopyRun(key[0].decode("utf-8", "surrogateescape"), int(key[1]), key[2].decode(), first, first_pos,
                            links, lines)
 
         rest = b""
@@ -897,24 +902,23 @@ class ClickHouseReader:
             rows = (rest + chunk).splitlines(keepends=True) if rest else chunk.splitlines(keepends=True)
             rest = rows.pop() if rows and not rows[-1].endswith(b"\n") else b""
             for line in rows:
-                f = line.split(b"\t", 6)
-                seq, pos = int(f[3]), int(f[4])
-                if len(f[6]) == 1:  # read apart (an empty line)
-                    if lines:
-                        yield run()
-                        links, lines, nseq = [], [], 0
+                f = line.split(b"\t", 7)
+                if f[0] == b"1" and lines and len(f[7]) > 1:  # the next row of the run
+                    links.append(f[6])
+                    lines.append(f[7])
+                    continue
+                if lines:
+                    yield run()
+                    links, lines = [], []
+                seq = int(f[4])
+                if len(f[7]) == 1:  # read apart (an empty line)
                     if not apart:
                         read_apart()
-                    yield apart[(f[0].decode("utf-8", "surrogateescape"), int(f[1]), seq)]
+                    yield apart[(f[1].decode("utf-8", "surrogateescape"), int(f[2]), seq)]
                     continue
-                if seq != nseq or pos != npos or (f[0], f[1], f[2]) != key:
-                    if lines:
-                        yield run()
-                        links, lines = [], []
-                    key, first = (f[0], f[1], f[2]), seq
-                links.append(f[5])
-                lines.append(f[6])
-                nseq, npos = seq + 1, pos + 1
+                key, first, first_pos = (f[1], f[2], f[3]), seq, int(f[5])
+                links.append(f[6])
+                lines.append(f[7])
         if rest:
             raise ClickHouseError(f"{self.url}: the answer ended inside a row", sent=False)
         if lines:
