@@ -218,7 +218,7 @@ class SinkStats:
     # Of the spill stores replaced after a replay (each new spill starts its own LogStats at 0):
     spill_write_errors: int = 0
     spill_lost: int = 0
-    queued_peak: int = 0  # the most records held in memory at once (bounded by max_queued + one frame)
+    queued_peak: int = 0  # the most records held in memory at once (max_queued, plus what the log commits during a drain)
     overflows: int = 0  # times the memory queue went over max_queued and was moved to the spill
 
 
