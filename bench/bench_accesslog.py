@@ -77,7 +77,11 @@ def bench_append(n: int, directory: Path, clickhouse: str = "") -> None:
         t1 = time.perf_counter()
         sink.flush(timeout=600)
         sink.close()
-        print(f"clickhouse copy: {sink.stats.inserted:,} rows inserted, {sink.stats.spilled:,} spilled; caught up "
+        m = sink.metrics()
+        lost = sum(v for k, v in m.items() if k.metric == "beiand_clickhouse_lost_records")
+        print(f"clickhouse copy: {sink.stats.inserted:,} rows inserted, {sink.stats.spilled:,} spilled "
+              f"({sink.stats.overflows} overflow(s) of the memory queue, at most {sink.stats.queued_peak:,} records held, "
+              f"bound {sink.max_queued:,}), {lost} lost; caught up "
               f"{time.perf_counter() - t1:.2f} s after the local log ({n / (time.perf_counter() - t0):,.0f} records/s "
               "end to end)")
     if log.stats.lost:  # the committer fell max_buffer behind (a stalled disk): the rate is not sustained

@@ -366,16 +366,18 @@ class AccessLog:
         """The record number of the last record chained (this worker's, across its partitions)."""
         return self._chained
 
-    def write_lines(self, lines: list[bytes]) -> None:
-        """Append encoded lines (each ``ts_ms\t…\n``) as one frame per day they cover, and flush:
-        the unit of a spill store that keeps rows as they are to be sent (issue 27)."""
+    def write_lines(self, lines: list[bytes], flush: bool = True) -> None:
+        """Append encoded lines (each ``ts_ms\t…\n``) as one frame per day they cover, and flush
+        (``flush=False``: the caller flushes once after several): the unit of a spill store that
+        keeps rows as they are to be sent (issue 27)."""
         if not lines:
             return
         with self._elock:
             self._encode()
             self.stats.appended += len(lines)
             self._frame_days(lines, [int(ln[:ln.index(b"\t")]) for ln in lines])
-        self.flush()
+        if flush:
+            self.flush()
 
     def write_batch(self, recs: list[AccessRecord]) -> None:
         """Append ``recs`` as one frame (one per day they cover) and flush: a spill's unit."""

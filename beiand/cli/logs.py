@@ -593,10 +593,14 @@ def cmd_verify_clickhouse(args: argparse.Namespace) -> int:
 
     reader = clickhouse_records(args).reader
     since = parse_time(args.since, "--since") if args.since else 0
+    until = parse_time(args.until, "--until") if args.until else 0
+    gateways = tuple(args.gateway or ())
+    first = datetime.fromtimestamp(since // 1000, UTC).strftime("%Y-%m-%d") if since else ""
+    last = datetime.fromtimestamp(until // 1000, UTC).strftime("%Y-%m-%d") + "~" if until else "~"
     try:
-        anchors = reader.anchors()
-        rep = verify_copy(reader.rows(since), [a for a in anchors if a.ts_ms >= since], key=_key(args))
-        unchained = reader.unchained()
+        anchors = [a for a in reader.anchors() if first <= a.partition < last and (not gateways or a.gateway in gateways)]
+        rep = verify_copy(reader.rows(since, until, gateways), anchors, key=_key(args))
+        unchained = reader.unchained(since, until, gateways)
     except ClickHouseError as exc:
         raise CliError(f"--clickhouse {exc}") from None
     where = f"{reader.database}.{reader.table} at {reader.url}"
@@ -751,6 +755,9 @@ def add_parsers(sub: Any) -> None:
     v.add_argument("--clickhouse", nargs="?", const="", metavar="URL",
                    help="verify the fleet's copy instead: recompute every gateway's chain from the ClickHouse rows and "
                    "check it against the anchors table (URL default: accesslog.clickhouse.url of the config)")
+    v.add_argument("--until", metavar="TIME", help="with --clickhouse: check partitions up to this day")
+    v.add_argument("--gateway", action="append", metavar="GATEWAY",
+                   help="with --clickhouse: only this gateway's rows (repeat for more)")
     v.add_argument("--database", metavar="DB", help="with --clickhouse: the database (default: the config's, or beiand)")
     v.add_argument("--table", metavar="TABLE", help="with --clickhouse: the table (default: the config's, or access_log)")
     v.add_argument("--json", action="store_true")

@@ -32,7 +32,7 @@ from beiand.accesslog.copy import CopyRow
 from beiand.accesslog.format import DAY_MS
 from beiand.accesslog.reader import Query, SummaryKey
 from beiand.model import AccessRecord, endpoint
-from beiand.sinks.clickhouse import COLUMNS, ClickHouseError, ClickHouseReader, tsv_fields
+from beiand.sinks.clickhouse import COLUMNS, ClickHouseError, ClickHouseReader, lookup_tables, tsv_fields
 
 IpNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -164,10 +164,33 @@ def endpoint_conditions(q: Query) -> tuple[str, str] | None:
     return " OR ".join(direct), " OR ".join(nat)
 
 
-def select_records(q: Query, table: str, gateways: Sequence[str] = (), columns: Sequence[str] = ROW_COLUMNS) -> str:
-    """The SELECT of ``logs query`` for ``q``: rows in time order (then gateway, worker, seq)."""
+def lookup_conditions(q: Query, lookups: Mapping[str, str], gateways: Sequence[str] = ()) -> list[str]:
+    """A name without a server endpoint: the rows' keys from the lookup table by name
+    (``lookups``: column → table, ``beiand.sinks.clickhouse.lookup_tables``),
+    so that the table is read by its primary key, not scanned over the days asked (issue 27's
+    bar: a name over 60 days of 10M records a day in <= 2 s)."""
+    if q.endpoints():
+        return []
+    # Not a client: its rows lie on as many servers as it reached, one granule (8192 rows) of the
+    # table each, in every day; measured on 18.16 (bench/bench_clickhouse_fleet.py) the IN then
+    # selects nearly every granule and reads longer than the scan. A client is scanned.
+    if not (q.name and "name" in lookups):
+        return []
+    col, value = "name", q.name
+    where = [f"{col} = {sql_str(value)}", f"ts_ms >= {int(q.since_ms)}", f"ts_ms < {int(q.until_ms)}",
+             *day_conditions(q.since_ms, q.until_ms)]
+    if gateways:
+        where.append(f"gateway IN ({', '.join(sql_str(g) for g in gateways)})")
+    return [f"(server_ip, server_port, ts_ms) IN (SELECT server_ip, server_port, ts_ms FROM {lookups[col]} "
+            f"WHERE {' AND '.join(where)})"]
+
+
+def select_records(q: Query, table: str, gateways: Sequence[str] = (), columns: Sequence[str] = ROW_COLUMNS,
+                   lookups: Mapping[str, str] | None = None) -> str:
+    """The SELECT of ``logs query`` for ``q``: rows in time order (then gateway, worker, seq);
+    ``lookups`` (column → lookup table) when the table has them."""
     cols = ", ".join(columns)
-    common = " AND ".join(common_conditions(q, gateways))
+    common = " AND ".join([*common_conditions(q, gateways), *lookup_conditions(q, lookups or {}, gateways)])
     order = " ORDER BY ts_ms, gateway, worker, seq FORMAT TabSeparated"
     eps = endpoint_conditions(q)
     if eps is None:
@@ -216,6 +239,7 @@ class FleetRecords:
         self.table = f"{reader.database}.{reader.table}"
         self.last = FleetStats(0, 0, 0)
         self._final: bool | None = None
+        self._lookups: dict[str, str] | None = None
 
     @property
     def fleet(self) -> bool:
@@ -244,7 +268,7 @@ class FleetRecords:
         rows = matched = dup = 0
         prev: tuple[str, int, int] | None = None
         try:
-            for line in self._lines(select_records(q, self.table, self.gateways)):
+            for line in self._lines(select_records(q, self.table, self.gateways, lookups=self.lookups())):
                 rows += 1
                 r = parse_row(line)
                 ident = (r.gateway, r.worker, r.seq)
@@ -261,6 +285,18 @@ class FleetRecords:
     def query(self, q: Query) -> Iterator[AccessRecord]:
         for r in self.rows(q):
             yield r.record
+
+    def lookups(self) -> dict[str, str]:
+        """The table's lookup tables by name and client that exist (a table made before them may
+        have none yet; on a cluster, each node's ``…_local``, which a shard reads for its gateways)."""
+        if self._lookups is None:
+            want = lookup_tables(self.reader.table)
+            names = [n for t in want.values() for n in (t, f"{t}_local")]
+            have = set(self.reader.query(f"SELECT name FROM system.tables WHERE database = {sql_str(self.reader.database)} "
+                                         f"AND name IN ({', '.join(sql_str(n) for n in names)})").split())
+            self._lookups = {col: f"{self.reader.database}.{n}" for col, t in want.items()
+                             for n in (t, f"{t}_local") if n in have}
+        return self._lookups
 
     def final(self) -> bool:
         """Whether the table folds rows held twice when read ``FINAL`` (a ReplacingMergeTree)."""

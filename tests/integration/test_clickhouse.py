@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -296,6 +297,12 @@ def test_verify_clickhouse_recomputes_each_gateway_chain_and_names_an_edited_row
     assert main(args) == 0, capsys.readouterr().out
     text = capsys.readouterr().out
     assert "verify --clickhouse: ok" in text and "gw-b" in text
+    # One gateway, one day (the bench's gateway-day): only its rows and its anchors.
+    assert main([*args, "--gateway", "gw-b", "--since", "2026-09-21T00:00Z", "--until", "2026-09-21T00:00Z", "--json"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert [(w["gateway"], w["rows"]) for w in one["workers"]] == [("gw-b", 1000)] and one["anchors_checked"] >= 2
+    assert main([*args, "--since", "2026-09-22T00:00Z", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["workers"] == []
     # Record 501 of gw-a's worker 1 is record 101 of its second partition (w1.p1).
     where = "gateway = 'gw-a' AND worker = 1 AND seq = 501"
     if edit == "delete":
@@ -335,9 +342,13 @@ def test_the_cluster_table_on_one_node_replicated_and_distributed(tmp_path: Path
         sink.close()
         engines = ch.query("SELECT name, engine FROM system.tables WHERE database = 'beiand' AND name LIKE 'access_log%' "
                            "ORDER BY name").split()
-        assert engines == ["access_log", "Distributed", "access_log_anchors", "MergeTree", "access_log_local",
-                           "ReplicatedReplacingMergeTree"]
+        assert engines == ["access_log", "Distributed", "access_log_anchors", "MergeTree", "access_log_by_client_local",
+                           "ReplicatedReplacingMergeTree", "access_log_by_client_mv", "MaterializedView",
+                           "access_log_by_name_local", "ReplicatedReplacingMergeTree", "access_log_by_name_mv",
+                           "MaterializedView", "access_log_local", "ReplicatedReplacingMergeTree"]
         assert ch.query("SELECT count() FROM beiand.access_log_local").strip() == "500"
+        # Each node's lookup tables are filled from its rows (the Distributed insert lands there).
+        assert ch.query("SELECT count() FROM beiand.access_log_by_name_local").strip() == "500"
         assert sink.outdated == ""
         assert main(["logs", "verify", "--clickhouse", ch.url]) == 0, capsys.readouterr().out
     finally:
@@ -375,3 +386,84 @@ def test_records_committed_before_a_crash_but_not_copied_are_copied_at_the_next_
     assert sink.stats.checked >= 1  # the backfilled batches were looked up (20 rows had arrived)
     rep = verify_copy(ClickHouseReader(server.url, table="backfill").rows())
     assert rep.ok and rep.duplicates == 0, rep.problems
+
+
+def test_the_lookup_tables_are_filled_on_insert_and_answer_a_name_or_client_by_the_primary_key(
+        server: ClickHouse, tmp_path: Path) -> None:
+    """Issue 27: the lookup tables by name and by client (materialized views TO them) get a row
+    for every row the sink inserts; a name or a client looked up there and read back through the
+    table's primary key gives what a scan of the table gives."""
+    sink = ClickHouseSink(server.url, tmp_path / "spill", table="looked", interval=0.05, batch_records=100)
+    with logged(tmp_path / "log", sink) as log:
+        for i in range(1000):
+            log.append(rec(i))
+    sink.close()
+    tables = server.query("SELECT name, engine FROM system.tables WHERE database = 'beiand' AND name LIKE 'looked%' "
+                          "ORDER BY name FORMAT TabSeparated").split()
+    assert tables == ["looked", "ReplacingMergeTree", "looked_by_client", "ReplacingMergeTree", "looked_by_client_mv",
+                      "MaterializedView", "looked_by_name", "ReplacingMergeTree", "looked_by_name_mv", "MaterializedView"]
+    assert server.query("SELECT sorting_key FROM system.tables WHERE database = 'beiand' AND name = 'looked_by_name'").strip() \
+        == "name, ts_ms, server_ip, server_port, gateway, worker, seq"
+    for t in ("looked_by_name", "looked_by_client"):
+        assert server.query(f"SELECT count(), uniqExact(seq), min(day) FROM beiand.{t}").split() == ["1000", "1000", "2026-09-21"]
+    for col, value in (("name", "www3.example2.cn"), ("client_ip", "10.0.3.10")):
+        lt = "looked_by_name" if col == "name" else "looked_by_client"
+        scan = server.query(f"SELECT seq FROM beiand.looked WHERE {col} = '{value}' ORDER BY seq").split()
+        via = server.query(f"SELECT seq FROM beiand.looked WHERE {col} = '{value}' AND (server_ip, server_port, ts_ms) IN "
+                           f"(SELECT server_ip, server_port, ts_ms FROM beiand.{lt} WHERE {col} = '{value}') ORDER BY seq").split()
+        assert via == scan and len(scan) >= (5 if col == "name" else 1)
+    # `logs query --name` on the copy (beiand.sinks.fleet) reads through the lookup table (a client is scanned).
+    import ipaddress
+
+    from beiand.sinks.fleet import FleetRecords
+
+    fleet = FleetRecords(ClickHouseReader(server.url, table="looked"))
+    assert fleet.lookups() == {"name": "beiand.looked_by_name", "client_ip": "beiand.looked_by_client"}
+    for q in (Query(0, 2**62, name="www3.example2.cn"), Query(0, 2**62, client=ipaddress.ip_network("10.0.3.10"))):
+        got = [r.seq for r in fleet.rows(q)]
+        assert sorted(got) == [i + 1 for i in range(1000) if q.match(rec(i))], q
+
+
+def test_a_table_made_before_its_lookup_tables_gets_them_with_its_rows(server: ClickHouse, tmp_path: Path) -> None:
+    """Upgrading in place: the documented table without lookup tables (as part A made it) holding
+    rows: at start the sink creates them and puts the rows already there into them, day by day."""
+    from beiand.sinks.clickhouse import ddl
+
+    server.query("CREATE DATABASE IF NOT EXISTS beiand")
+    server.query(ddl("beiand", "partA")[1])  # the table alone
+    sink = ClickHouseSink(server.url, tmp_path / "spill1", table="partA_tmp", interval=0.05)
+    with logged(tmp_path / "log1", sink) as log:
+        for i in range(300):
+            log.append(rec(i, day=i % 3))
+    sink.close()
+    server.query("INSERT INTO beiand.partA SELECT * FROM beiand.partA_tmp")
+    assert "partA_by_name" not in server.query("SHOW TABLES FROM beiand").split()
+    sink = ClickHouseSink(server.url, tmp_path / "spill2", table="partA", interval=0.05)
+    with logged(tmp_path / "log2", sink, gateway="gw-new") as log:
+        log.append(rec(0, day=4))
+    sink.close()
+    for t in ("partA_by_name", "partA_by_client"):
+        assert server.query(f"SELECT day, count() FROM beiand.{t} GROUP BY day ORDER BY day FORMAT TabSeparated").split() == \
+            ["2026-09-21", "100", "2026-09-22", "100", "2026-09-23", "100", "2026-09-25", "1"]
+    # A start when they are complete puts nothing in twice.
+    sink = ClickHouseSink(server.url, tmp_path / "spill2", table="partA", interval=0.05)
+    sink.flush()
+    sink.close()
+    assert server.query("SELECT count() FROM beiand.partA_by_name").strip() == "301"
+
+
+def test_verify_reads_records_with_escaped_bytes_apart_in_their_place(server: ClickHouse, tmp_path: Path) -> None:
+    """A record whose fields hold a tab, a newline, a backslash or a quote is not a plain join of
+    its fields: the reader takes it apart from the fast stream, in its place in the chain."""
+    sink = ClickHouseSink(server.url, tmp_path / "spill", table="escaped", interval=0.05)
+    odd = {3: {"url": "/a\\b"}, 4: {"name": "x'y.cn"}, 5: {"url": "/t\tab\nnl\rcr"}, 9: {"account": "\\"}}
+    with logged(tmp_path / "log", sink) as log:
+        for i in range(20):
+            log.append(rec(i, **odd.get(i, {})))
+    sink.close()
+    rep = verify_copy(ClickHouseReader(server.url, table="escaped").rows())
+    assert rep.ok and rep.workers[("gw-test", 0)].rows == 20, rep.problems
+    _mutate(server, "ALTER TABLE beiand.escaped UPDATE url = '/a\\\\c' WHERE seq = 3")
+    rep = verify_copy(ClickHouseReader(server.url, table="escaped").rows())
+    assert rep.problems == ["gateway gw-test worker 0 partition 2026-09-21/w0 seq 3 (record 3 of the partition): altered: "
+                            "the record and its link do not follow from seq 2"]
