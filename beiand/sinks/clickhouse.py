@@ -674,6 +674,7 @@ class ClickHouseSink:
     async def _insert(self, lines: list[bytes], bid: str) -> None:
         nf = lines[0].count(b"\t") + 1
         chained = nf == len(CHAINED)
+        batch = lines
         first_try = bid in self._unsent
         self._unsent.discard(bid)
         if (bid in self._uncertain and not first_try) or (chained and int(lines[0].rsplit(b"\t", 4)[1]) <= self._check_upto):
@@ -688,7 +689,13 @@ class ClickHouseSink:
             if n == len(lines):
                 self.stats.skipped_duplicates += n
                 return
-            if n:  # a part of the batch made it (an insert split by the server): remove it, send all
+            if n and chained:  # a part of the batch made it (an insert split by the server): send the rest
+                # (no mutation: a Distributed table takes none, and the rows there are the same rows)
+                have = {int(x) for x in (await self._post(f"SELECT DISTINCT seq FROM {self.database}.{self.table} "
+                                                          f"WHERE {where}")).split()}
+                self.stats.skipped_duplicates += len(have)
+                lines = [ln for ln in lines if int(ln.rsplit(b"\t", 4)[1]) not in have]
+            elif n:  # an older batch (no record numbers): remove what made it, send all
                 await self._post(f"ALTER TABLE {self.database}.{self.table} DELETE WHERE {where}")
                 await self._wait_mutations()
         if chained:  # rows as they are (each ends with its worker): no copy per row
@@ -705,7 +712,7 @@ class ClickHouseSink:
         self.stats.inserted += len(lines)
         self.stats.batches += 1
         if chained and not self._spilling:  # (a replayed spill was counted when it spilled)
-            self._copied(lines)
+            self._copied(batch)
 
     async def _wait_mutations(self) -> None:
         for _ in range(100):

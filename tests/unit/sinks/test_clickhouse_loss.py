@@ -64,9 +64,14 @@ class FakeClickHouse:
             if "engine, sorting_key" in q:
                 return 200, b"ReplacingMergeTree\tserver_ip, server_port, ts_ms, gateway, worker, seq\n"
             m = re.search(r"seq BETWEEN (\d+) AND (\d+)", q)
+            if q.startswith("SELECT DISTINCT seq") and m is not None:
+                self.requests.append("seqs")
+                return 200, b"".join(b"%d\n" % s for s in range(int(m[1]), int(m[2]) + 1) if self.got[s])
             if q.startswith("SELECT") and m is not None:
                 self.requests.append("lookup")
                 return 200, b"%d\n" % sum(1 for s in range(int(m[1]), int(m[2]) + 1) if self.got[s])
+            if q.startswith("ALTER") and " DELETE " in q:
+                self.requests.append("delete")
             if q.startswith("INSERT INTO beiand.access_log ("):
                 self.requests.append("insert")
                 if self.fail_inserts:
@@ -215,3 +220,28 @@ def test_a_restarts_backfill_looks_every_batch_up_before_sending_it(
         sink.close()
     assert fake.requests[0] == "lookup", fake.requests
     assert sorted(fake.got) == list(range(1, 301))
+
+
+def test_a_batch_found_in_part_gets_the_rest_sent_without_a_mutation(
+        tmp_path: Path, fake: FakeClickHouse, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch that made it in part (an insert split by the server, then a stop): the records not
+    there are sent, the ones there are not sent again, and no ALTER … DELETE is asked (a cluster's
+    Distributed table takes no mutation: the copy stalled on it for ever)."""
+    frame = Frames()
+    (tmp_path / "spill").mkdir()
+    (tmp_path / "spill" / "copied-w0.seq").write_text("0\n")
+    fake.got.update(range(1, 6))  # records 1-5 of the batch 1-10 landed
+
+    def committed_since(log_dir: Path, worker: int, after: int, upto: int, key: bytes | None = None) -> Iterator[Committed]:
+        yield frame(10)
+
+    monkeypatch.setattr(reader, "committed_since", committed_since)
+    sink = ClickHouseSink(fake.url, tmp_path / "spill", interval=0.02, batch_records=10)
+    try:
+        wait_for(lambda: sink._ready.is_set(), "the sender")
+        sink.backfill(tmp_path, 10)
+        sink.flush(10)
+    finally:
+        sink.close()
+    assert sorted(fake.got) == list(range(1, 11)) and set(fake.got.values()) == {1}, fake.got
+    assert "delete" not in fake.requests and sink.copied == 10
