@@ -43,6 +43,7 @@ from beiand.accesslog.format import DAY_MS, read_open
 from beiand.accesslog.store import (
     RETENTION_FLOOR_DAYS,
     AccessLog,
+    AccessLogError,
     Committed,
     LogConfig,
     LogConfigError,
@@ -301,11 +302,13 @@ class ClickHouseSink:
         if self.copied < 0 or self.copied >= upto:
             self._save_copied(max(upto, self.copied))
             return 0
+        # Said before the first batch is queued: the sender may take it at once, and it may be the
+        # one that was on the wire when the process stopped (looked up, never sent twice blindly).
+        self._check_upto = upto
         n = 0
         for c in committed_since(log_dir, self.worker, self.copied, upto, key):
             self.committed(c)
             n += len(c.lines)
-        self._check_upto = upto
         if n:
             log.warning("ClickHouse: %d record(s) the log committed before a stop were not copied: queued now", n)
         return n
@@ -368,8 +371,9 @@ class ClickHouseSink:
         except ClickHouseError as exc:
             log.warning("ClickHouse: %d access-log anchor(s) not sent yet: %s", len(rows), exc)
             return
-        for _ in rows:
-            self._anchors.popleft()
+        for r in rows:  # the ones sent (a full deque may have dropped some of them meanwhile: none other)
+            if self._anchors and self._anchors[0] is r:
+                self._anchors.popleft()
 
     @property
     def spilling(self) -> bool:
@@ -497,12 +501,18 @@ class ClickHouseSink:
             self._in_flight, self._in_flight_spilled = (lines, bid), False
             try:
                 await self._insert(lines, bid)
-            except ClickHouseError as exc:
-                if exc.sent:
-                    self._mark_uncertain(bid)
-                if not self._in_flight_spilled:  # (else it is in the spill already, in its place)
-                    self._spill_batch(lines)
+            except Exception as exc:
+                # Spilling first: from here the copy goes through the spill, in order, until it is
+                # replayed (a later batch sent straight on would move the cursor past this one,
+                # which a failed spill write may hold only in memory).
                 self._down(exc)
+                if getattr(exc, "sent", True):  # (an unexpected error: it may have landed)
+                    try:
+                        self._mark_uncertain(bid)
+                    except OSError as err:  # unlisted, a replay may send it twice: never lose it
+                        log.error("ClickHouse sink: cannot list a batch as uncertain (%s): it may be sent twice", err)
+                if not self._in_flight_spilled:  # (else it is in the spill already, in its place)
+                    self._spill_batch(lines)  # a failed write keeps it in the spill's memory, the cursor where it was
             finally:
                 self._in_flight = None
 
@@ -523,6 +533,10 @@ class ClickHouseSink:
         return out
 
     async def _replay_spill(self) -> None:
+        # What the spill holds only in memory (a write that failed) goes to disk first: the
+        # replay ends by deleting the spill, so it sends what is on disk once nothing else is left.
+        if not self._spill_durable():
+            return
         frames = self._spill_frames()
         if not frames and not self._uncertain:
             self._spilling = False
@@ -545,6 +559,8 @@ class ClickHouseSink:
                 if self._queued > self.max_queued:  # records kept coming meanwhile: after the frames, in order
                     self._drain_to_spill()
             # Frames the queue was moved into while replaying: sent too before the spill goes.
+            if not self._spill_durable():
+                return
             frames = [f for f in self._spill_frames() if (f[0], f[1]) not in done]
         # All in ClickHouse: the spill goes, then the uncertain list.
         self.spill.close()
@@ -564,6 +580,15 @@ class ClickHouseSink:
         self._spilling = False
         if frames:
             log.info("ClickHouse sink: replayed %d spilled batch(es)", len(frames))
+
+    def _spill_durable(self) -> bool:
+        """Flush the spill; False (logged) while it cannot be written: the replay waits."""
+        try:
+            self.spill.flush()
+        except AccessLogError as exc:
+            log.error("ClickHouse sink: the spill cannot be written (%s): it is replayed once it can", exc)
+            return False
+        return True
 
     def _mark_uncertain(self, bid: str, sync: bool = True) -> None:
         if bid in self._uncertain:
@@ -649,6 +674,7 @@ class ClickHouseSink:
     async def _insert(self, lines: list[bytes], bid: str) -> None:
         nf = lines[0].count(b"\t") + 1
         chained = nf == len(CHAINED)
+        batch = lines
         first_try = bid in self._unsent
         self._unsent.discard(bid)
         if (bid in self._uncertain and not first_try) or (chained and int(lines[0].rsplit(b"\t", 4)[1]) <= self._check_upto):
@@ -657,11 +683,19 @@ class ClickHouseSink:
             d = datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
             # A batch of the copy is its records' numbers; an older one (no chain fields, one day) its batch id.
             where = _seq_range(lines) if chained else f"day = toDate('{d}') AND batch = '{bid}'"
-            n = int(await self._post(f"SELECT count() FROM {self.database}.{self.table} WHERE {where}") or 0)
+            # Distinct record numbers: a record there twice must not make up for one missing.
+            what = "uniqExact(seq)" if chained else "count()"
+            n = int(await self._post(f"SELECT {what} FROM {self.database}.{self.table} WHERE {where}") or 0)
             if n == len(lines):
                 self.stats.skipped_duplicates += n
                 return
-            if n:  # a part of the batch made it (an insert split by the server): remove it, send all
+            if n and chained:  # a part of the batch made it (an insert split by the server): send the rest
+                # (no mutation: a Distributed table takes none, and the rows there are the same rows)
+                have = {int(x) for x in (await self._post(f"SELECT DISTINCT seq FROM {self.database}.{self.table} "
+                                                          f"WHERE {where}")).split()}
+                self.stats.skipped_duplicates += len(have)
+                lines = [ln for ln in lines if int(ln.rsplit(b"\t", 4)[1]) not in have]
+            elif n:  # an older batch (no record numbers): remove what made it, send all
                 await self._post(f"ALTER TABLE {self.database}.{self.table} DELETE WHERE {where}")
                 await self._wait_mutations()
         if chained:  # rows as they are (each ends with its worker): no copy per row
@@ -678,7 +712,7 @@ class ClickHouseSink:
         self.stats.inserted += len(lines)
         self.stats.batches += 1
         if chained and not self._spilling:  # (a replayed spill was counted when it spilled)
-            self._copied(lines)
+            self._copied(batch)
 
     async def _wait_mutations(self) -> None:
         for _ in range(100):
@@ -700,7 +734,7 @@ class ClickHouseSink:
             else:
                 resp_ctx = self._session.post(self.url, params={**self._auth, **(settings or {}), "query": sql}, data=body, **kw)
             async with resp_ctx as resp:
-                text = await resp.text()
+                text = await resp.text(errors="replace")
                 if resp.status != 200:
                     raise ClickHouseError(f"HTTP {resp.status}: {text.strip()[:300]}", sent=False)
                 return text
@@ -759,10 +793,14 @@ def _sql_str(b: bytes) -> str:
 
 
 def _seq_range(lines: list[bytes]) -> str:
-    """The rows of a batch of the copy: one gateway's worker, consecutive record numbers."""
+    """The rows of a batch of the copy: one gateway's worker, consecutive record numbers, on the
+    days its records' times fall on (the table's partitions: a lookup reads those days only, not
+    every day the table holds)."""
     first, last = lines[0].rsplit(b"\t", 5), lines[-1].rsplit(b"\t", 5)
     gw = lines[0].split(b"\t", _GATEWAY + 1)[_GATEWAY]
-    return (f"gateway = {_sql_str(gw)} AND worker = {int(first[5])} "
+    ts = [int(ln[:ln.index(b"\t")]) for ln in lines]
+    lo, hi = (datetime.fromtimestamp(t // 1000, UTC).strftime("%Y-%m-%d") for t in (min(ts), max(ts)))
+    return (f"day BETWEEN toDate('{lo}') AND toDate('{hi}') AND gateway = {_sql_str(gw)} AND worker = {int(first[5])} "
             f"AND seq BETWEEN {int(first[2])} AND {int(last[2])}")
 
 
