@@ -7,7 +7,10 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from beiand.lab.netns import in_netns, setns
 
@@ -140,3 +143,13 @@ class ZooKeeper:
             self.proc.terminate()
             self.proc.wait(60)
             self.proc = None
+
+
+def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouse]:
+    """One server for a test module: its ``server`` fixture yields from this."""
+    if not ClickHouse.available():
+        pytest.fail("clickhouse-server is not installed (scripts/system-deps installs it)")
+    ch = ClickHouse(tmp_path_factory.mktemp("clickhouse"))
+    ch.start()
+    yield ch
+    ch.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +15,15 @@ from beiand.accesslog import AccessLog, LogConfig, Query, query, verify
 from beiand.accesslog.copy import verify_copy
 from beiand.accesslog.format import DAY_MS
 from beiand.sinks.clickhouse import ClickHouseReader, ClickHouseSink
-from tests.integration.clickhouse import ClickHouse
+from tests.integration.clickhouse import ClickHouse, started
 from tests.unit.accesslog.helpers import DAY0, rec
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    if not ClickHouse.available():
-        pytest.fail("clickhouse-server is not installed (scripts/system-deps installs it)")
-    ch = ClickHouse(tmp_path_factory.mktemp("clickhouse"))
-    ch.start()
-    yield ch
-    ch.stop()
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouse]:
+    yield from started(tmp_path_factory)
 
 
 def logged(d: Path, sink: ClickHouseSink, gateway: str = "gw-test", worker: int = 0, **kw: Any) -> AccessLog:

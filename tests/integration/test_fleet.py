@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from beiand.accesslog.reader import summaries
 from beiand.model import AccessRecord
 from beiand.sinks.clickhouse import ClickHouseReader, ClickHouseSink
 from beiand.sinks.fleet import FleetRecords, select_records
-from tests.integration.clickhouse import ClickHouse
+from tests.integration.clickhouse import ClickHouse, started
 from tests.unit.accesslog.helpers import DAY0, rec
 
 pytestmark = pytest.mark.integration
@@ -47,13 +47,8 @@ def wait_for(cond: Callable[[], bool], what: str, timeout: float = 60.0, state: 
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    if not ClickHouse.available():
-        pytest.fail("clickhouse-server is not installed (scripts/system-deps installs it)")
-    ch = ClickHouse(tmp_path_factory.mktemp("clickhouse"))
-    ch.start()
-    yield ch
-    ch.stop()
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouse]:
+    yield from started(tmp_path_factory)
 
 
 def _record(i: int, gw: str) -> AccessRecord:
