@@ -255,6 +255,9 @@ class ClickHouseSink:
         self._uncertain: set[str] = set()
         if self._uncertain_path.exists():
             self._uncertain = set(self._uncertain_path.read_text().split())
+        # …and the record numbers of those batches ("seq:lo-hi"): a batch spilled across midnight
+        # becomes two frames with ids of their own, still looked up before they are sent.
+        self._uncertain_seqs = [r for t in self._uncertain if t.startswith("seq:") and (r := _seq_token(t)) is not None]
         self._queue: deque[Committed] = deque()  # committed frames, not yet batched
         self._rows: list[bytes] = []  # rows as sent: the record's line, its chain fields, its worker
         self._queued = 0  # records in both
@@ -471,7 +474,7 @@ class ClickHouseSink:
         self._spilling = True
         if self._in_flight is not None and not self._in_flight_spilled:
             lines, bid = self._in_flight
-            self._mark_uncertain(bid)
+            self._mark_uncertain(bid, lines=lines)
             self._spill_batch(lines)
             self._in_flight_spilled = True
         self._drain_to_spill()
@@ -508,7 +511,7 @@ class ClickHouseSink:
                 self._down(exc)
                 if getattr(exc, "sent", True):  # (an unexpected error: it may have landed)
                     try:
-                        self._mark_uncertain(bid)
+                        self._mark_uncertain(bid, lines=lines)
                     except OSError as err:  # unlisted, a replay may send it twice: never lose it
                         log.error("ClickHouse sink: cannot list a batch as uncertain (%s): it may be sent twice", err)
                 if not self._in_flight_spilled:  # (else it is in the spill already, in its place)
@@ -546,8 +549,9 @@ class ClickHouseSink:
             # Every frame about to be sent becomes uncertain first: a crash mid-replay then costs a
             # lookup, never a duplicate.
             for _, _, payload in frames:
-                bid = batch_id(payload.splitlines(keepends=True))
-                if bid not in self._uncertain:  # spilled, never sent: no lookup unless this process dies
+                flines = payload.splitlines(keepends=True)
+                bid = batch_id(flines)
+                if not self._is_uncertain(bid, flines):  # spilled, never sent: no lookup unless this process dies
                     self._unsent.add(bid)
                 self._mark_uncertain(bid, sync=False)
             self._sync_uncertain()
@@ -571,6 +575,7 @@ class ClickHouseSink:
             with contextlib.suppress(OSError):
                 p.parent.rmdir()
         self._uncertain.clear()
+        self._uncertain_seqs.clear()
         with contextlib.suppress(FileNotFoundError):
             self._uncertain_path.unlink()
         fsync_dir(self.spill_dir)
@@ -590,16 +595,33 @@ class ClickHouseSink:
             return False
         return True
 
-    def _mark_uncertain(self, bid: str, sync: bool = True) -> None:
+    def _mark_uncertain(self, bid: str, sync: bool = True, lines: list[bytes] | None = None) -> None:
+        """List a batch that may have landed; with its ``lines`` (a batch of the copy), their record
+        numbers too, so that any frame the spill makes of them is looked up."""
         if bid in self._uncertain:
             return
-        self._uncertain.add(bid)
+        tokens = [bid]
+        if lines and lines[0].count(b"\t") + 1 == len(CHAINED):
+            lo, hi = int(lines[0].rsplit(b"\t", 4)[1]), int(lines[-1].rsplit(b"\t", 4)[1])
+            tokens.append(f"seq:{lo}-{hi}")
+            self._uncertain_seqs.append((lo, hi))
+        self._uncertain.update(tokens)
         self.spill_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         with open(self._uncertain_path, "a") as f:
-            f.write(bid + "\n")
+            f.write("".join(t + "\n" for t in tokens))
             if sync:
                 f.flush()
                 os.fsync(f.fileno())
+
+    def _is_uncertain(self, bid: str, lines: list[bytes]) -> bool:
+        """Whether the batch may be in ClickHouse already: listed, or its record numbers overlap
+        a listed batch's."""
+        if bid in self._uncertain:
+            return True
+        if not self._uncertain_seqs or lines[0].count(b"\t") + 1 != len(CHAINED):
+            return False
+        lo, hi = int(lines[0].rsplit(b"\t", 4)[1]), int(lines[-1].rsplit(b"\t", 4)[1])
+        return any(a <= hi and lo <= b for a, b in self._uncertain_seqs)
 
     def _sync_uncertain(self) -> None:
         if self._uncertain_path.exists():
@@ -677,7 +699,7 @@ class ClickHouseSink:
         batch = lines
         first_try = bid in self._unsent
         self._unsent.discard(bid)
-        if (bid in self._uncertain and not first_try) or (chained and int(lines[0].rsplit(b"\t", 4)[1]) <= self._check_upto):
+        if (not first_try and self._is_uncertain(bid, lines)) or (chained and int(lines[0].rsplit(b"\t", 4)[1]) <= self._check_upto):
             self.stats.checked += 1
             day = int(lines[0][:lines[0].index(b"\t")]) // DAY_MS
             d = datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
@@ -811,6 +833,14 @@ def table_outdated(engine: str, sorting_key: str) -> str:
     if "ReplacingMergeTree" in engine and sorting_key.replace(" ", "") == want.replace(" ", ""):
         return ""
     return f"is {engine or 'unknown'} ORDER BY ({sorting_key}), not ReplacingMergeTree ORDER BY {ORDER_BY}"
+
+
+def _seq_token(token: str) -> tuple[int, int] | None:
+    """``seq:lo-hi`` (an uncertain batch's record numbers) → (lo, hi); None for a damaged token."""
+    lo, _, hi = token[4:].partition("-")
+    if not (lo.isascii() and lo.isdigit() and hi.isascii() and hi.isdigit()):
+        return None
+    return int(lo), int(hi)
 
 
 def _read_int(path: Path) -> int:

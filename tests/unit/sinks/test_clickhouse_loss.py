@@ -33,6 +33,7 @@ class FakeClickHouse:
     def __init__(self) -> None:
         self.up = True
         self.fail_inserts = 0
+        self.lose_answers = 0  # that many inserts land, then the connection drops before the answer
         self.got: Counter[int] = Counter()
         self.requests: list[str] = []
         self.lock = threading.Lock()
@@ -43,6 +44,9 @@ class FakeClickHouse:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 q = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("query", [""])[0] or body.decode()
                 code, answer = fake.answer(q, body)
+                if code == 0:  # landed, but the answer is lost on the way
+                    self.close_connection = True
+                    return
                 self.send_response(code)
                 self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
@@ -78,6 +82,9 @@ class FakeClickHouse:
                     self.fail_inserts -= 1
                     return 500, b"Too many parts"
                 self.got.update(int(ln.split(b"\t")[SEQ]) for ln in body.splitlines())
+                if self.lose_answers:
+                    self.lose_answers -= 1
+                    return 0, b""
             return 200, b""
 
     def close(self) -> None:
@@ -94,14 +101,15 @@ def fake() -> Iterator[FakeClickHouse]:
 class Frames:
     """Committed frames of one worker, numbered on."""
 
-    def __init__(self) -> None:
+    def __init__(self, ts0: int = 1_700_000_000_000, step: int = 1) -> None:
         self.seq = 0
+        self.ts0, self.step = ts0, step
 
     def __call__(self, n: int) -> Committed:
         lines = []
         for i in range(n):
             f = ["0"] * len(COLUMNS)
-            f[0] = str(1_700_000_000_000 + self.seq + i)
+            f[0] = str(self.ts0 + (self.seq + i) * self.step)
             f[COLUMNS.index("gateway")] = "gw"
             lines.append(("\t".join(f) + "\n").encode())
         c = Committed("gw", 0, "2023-11-14/w0", self.seq + 1, self.seq + 1, lines, [b"\0" * 32] * n)
@@ -245,3 +253,24 @@ def test_a_batch_found_in_part_gets_the_rest_sent_without_a_mutation(
         sink.close()
     assert sorted(fake.got) == list(range(1, 11)) and set(fake.got.values()) == {1}, fake.got
     assert "delete" not in fake.requests and sink.copied == 10
+
+
+def test_a_batch_that_may_have_landed_is_looked_up_even_when_the_spill_splits_it_at_midnight(
+        tmp_path: Path, fake: FakeClickHouse) -> None:
+    """An insert lands and its answer is lost (uncertain); its batch spans midnight, so the spill
+    keeps it as two frames, one a day, whose ids are not the batch's: the replay sent both again
+    without a lookup. The uncertain list names the batch's record numbers too."""
+    midnight = 1_700_006_400_000  # 2023-11-15 00:00 UTC
+    frame = Frames(ts0=midnight - 5_000, step=1_000)  # records 1-5 before midnight, 6-10 after
+    with fake.lock:
+        fake.lose_answers = 1
+    sink = ClickHouseSink(fake.url, tmp_path / "spill", interval=0.02, batch_records=10, max_backoff=0.1)
+    try:
+        sink.backfill(tmp_path, 0)
+        sink.committed(frame(10))
+        wait_for(lambda: sink.spilling or sink.stats.replayed > 0, "the lost answer to make the copy spill")
+        wait_for(lambda: not sink.spilling, "the spill to be replayed")
+        sink.flush(10)
+    finally:
+        sink.close()
+    assert sorted(fake.got) == list(range(1, 11)) and set(fake.got.values()) == {1}, fake.got
