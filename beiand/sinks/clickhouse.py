@@ -527,7 +527,7 @@ class ClickHouseSink:
 
     def _copied(self, lines: list[bytes]) -> None:
         if lines[-1].count(b"\t") + 1 == len(CHAINED):
-            self._save_copied(int(lines[-1].rsplit(b"\t", 4)[1]))
+            self._save_copied(_seq_of(lines[-1]))
 
     def _spill_frames(self) -> list[tuple[Path, int, bytes]]:
         out: list[tuple[Path, int, bytes]] = []
@@ -602,7 +602,7 @@ class ClickHouseSink:
             return
         tokens = [bid]
         if lines and lines[0].count(b"\t") + 1 == len(CHAINED):
-            lo, hi = int(lines[0].rsplit(b"\t", 4)[1]), int(lines[-1].rsplit(b"\t", 4)[1])
+            lo, hi = _seq_of(lines[0]), _seq_of(lines[-1])
             tokens.append(f"seq:{lo}-{hi}")
             self._uncertain_seqs.append((lo, hi))
         self._uncertain.update(tokens)
@@ -620,7 +620,7 @@ class ClickHouseSink:
             return True
         if not self._uncertain_seqs or lines[0].count(b"\t") + 1 != len(CHAINED):
             return False
-        lo, hi = int(lines[0].rsplit(b"\t", 4)[1]), int(lines[-1].rsplit(b"\t", 4)[1])
+        lo, hi = _seq_of(lines[0]), _seq_of(lines[-1])
         return any(a <= hi and lo <= b for a, b in self._uncertain_seqs)
 
     def _sync_uncertain(self) -> None:
@@ -699,7 +699,7 @@ class ClickHouseSink:
         batch = lines
         first_try = bid in self._unsent
         self._unsent.discard(bid)
-        if (not first_try and self._is_uncertain(bid, lines)) or (chained and int(lines[0].rsplit(b"\t", 4)[1]) <= self._check_upto):
+        if (not first_try and self._is_uncertain(bid, lines)) or (chained and _seq_of(lines[0]) <= self._check_upto):
             self.stats.checked += 1
             day = int(lines[0][:lines[0].index(b"\t")]) // DAY_MS
             d = datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
@@ -716,7 +716,7 @@ class ClickHouseSink:
                 have = {int(x) for x in (await self._post(f"SELECT DISTINCT seq FROM {self.database}.{self.table} "
                                                           f"WHERE {where}")).split()}
                 self.stats.skipped_duplicates += len(have)
-                lines = [ln for ln in lines if int(ln.rsplit(b"\t", 4)[1]) not in have]
+                lines = [ln for ln in lines if _seq_of(ln) not in have]
             elif n:  # an older batch (no record numbers): remove what made it, send all
                 await self._post(f"ALTER TABLE {self.database}.{self.table} DELETE WHERE {where}")
                 await self._wait_mutations()
@@ -833,6 +833,11 @@ def table_outdated(engine: str, sorting_key: str) -> str:
     if "ReplacingMergeTree" in engine and sorting_key.replace(" ", "") == want.replace(" ", ""):
         return ""
     return f"is {engine or 'unknown'} ORDER BY ({sorting_key}), not ReplacingMergeTree ORDER BY {ORDER_BY}"
+
+
+def _seq_of(line: bytes) -> int:
+    """A row of the copy's record number (its chain fields end: seq, pos, link, worker)."""
+    return int(line.rsplit(b"\t", 4)[1])
 
 
 def _seq_token(token: str) -> tuple[int, int] | None:
