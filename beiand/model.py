@@ -57,6 +57,7 @@ class Overlay(StrEnum):
     ISMS_MONITOR = "isms-monitor"  # the regulator's monitor command: flags, never blocks
     ISMS_BLACKLIST = "isms-blacklist"  # an entry of the regulator's blacklist
     ISMS_NOFILTER = "isms-nofilter"  # an entry of the regulator's noFilter list: exempt
+    EXEMPTION = "exemption"  # the operator's exemption (豁免, ``beiand exempt add``)
     GRACE = "grace"  # the grace period for a newly seen name (``enforce.grace_seconds``)
 
 

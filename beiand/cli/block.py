@@ -1,14 +1,18 @@
 """``beiand block``: closure orders from the authority (关停指令, REGULATIONS.md O6), and
 ``beiand enforce close-breaker``.
 
-Orders live in ``<daemon.state_dir>/orders.json``; the running daemon picks a change up within
-a second (names: at the next connection; addresses: nftables, all traffic). ``report`` is the
+Orders are rows of the decision store (``store.url``: the SQLite file in ``daemon.state_dir`` by
+default, PostgreSQL for a fleet; ``beiand.store``): every gateway following it applies a change
+within a second (names: at the next connection; addresses: nftables, all traffic). A store that
+cannot be written is an error (exit 2), never an order kept on one gateway only. ``report`` is the
 execution report: what was blocked under each order, when and how often, from the access log.
+``beiand exempt`` does the same for the operator's exemptions.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import ipaddress
 import json
@@ -20,24 +24,48 @@ from pathlib import Path
 from typing import Any
 
 from beiand.accesslog import Query
-from beiand.cli.common import CliError, out, table
+from beiand.cli.common import CliError, err, out, table
 from beiand.cli.logs import DEFAULT_CONFIG, config_from, fmt_time, parse_time, records_source, store_options, unreachable
 from beiand.model import AccessRecord
-from beiand.policy.orders import OrderError, OrderStore
+from beiand.policy.orders import ExemptionStore, OrderError, OrderStore, end_entry, order_of, set_entry
+from beiand.runtime.decisions import open_decisions
+from beiand.runtime.settings import Config
+from beiand.store import Change, DecisionStore, StoreError
 
 
-def _store(args: argparse.Namespace) -> OrderStore:
+def _config(args: argparse.Namespace) -> Config:
+    """The config the store is named in; ``--state-dir DIR`` alone: the SQLite store in DIR."""
+    cfg = config_from(args)
     if args.state_dir:
-        d = Path(args.state_dir)
-    else:
-        cfg = config_from(args)
-        if cfg is None:
-            raise CliError(f"no --state-dir and no config at {args.config or DEFAULT_CONFIG}")
-        d = cfg.daemon.state_dir
+        base = cfg or Config()
+        cfg = dataclasses.replace(base, daemon=dataclasses.replace(base.daemon, state_dir=Path(args.state_dir)))
+        if not getattr(args, "store", None):
+            cfg = dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, url=""))
+    if cfg is None:
+        raise CliError(f"no --state-dir and no config at {args.config or DEFAULT_CONFIG}")
+    if getattr(args, "store", None):
+        cfg = dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, url=args.store))
+    return cfg
+
+
+def decisions(args: argparse.Namespace) -> DecisionStore:
+    """The decision store (``--store``, else the config's ``store.url``, else the SQLite file in the
+    state directory), its schema brought up to date when safe and the files of a beiand before it
+    imported once. Unreachable or unusable: a CliError (exit 2), never a local-only order."""
+    cfg = _config(args)
     try:
-        return OrderStore(d)
-    except OrderError as exc:
+        return open_decisions(cfg)
+    except StoreError as exc:
+        raise CliError(f"{exc} (nothing was written)") from None
+
+
+def _book(store: DecisionStore, kind: str, changes: list[Change] | None = None) -> OrderStore:
+    book: OrderStore = (ExemptionStore if kind == "exemption" else OrderStore)(None, load=False)
+    try:
+        book.apply(changes if changes is not None else store.changes(0, (kind,)))
+    except StoreError as exc:
         raise CliError(str(exc)) from None
+    return book
 
 
 def _operator(args: argparse.Namespace) -> str:
@@ -67,33 +95,69 @@ def _target(text: str) -> str:
         raise CliError(f"{text!r}: {exc.reason}") from None
 
 
+def _kind(args: argparse.Namespace) -> str:
+    return "exemption" if getattr(args, "exempt", False) else "order"
+
+
 def cmd_add(args: argparse.Namespace) -> int:
-    st = _store(args)
+    kind = _kind(args)
     until = parse_time(args.until, "--until") / 1000 if args.until else 0.0
     if until and until <= time.time():
         raise CliError("--until is in the past")
+    target = _target(args.target)
     try:
-        o = st.add(_target(args.target), args.order, args.reason or "", until, by=_operator(args))
+        entry = set_entry(kind, target, args.order, args.reason or "", until, _operator(args))
     except OrderError as exc:
         raise CliError(str(exc)) from None
-    scope = ("all traffic to every address in this prefix" if "/" in o.target else "all traffic to this address") if o.is_ip \
-        else "this name and every name below it"
-    out(f"closure order {o.order}: {o.target} blocked ({scope})" + (f" until {fmt_time(int(until * 1000))}" if until else ""))
+    store = decisions(args)
+    try:
+        version = store.append([entry])
+    except StoreError as exc:
+        raise CliError(f"{exc} (nothing was written)") from None
+    finally:
+        store.close()
+    o = order_of(target, entry.data, entry.at, entry.actor)
+    if kind == "exemption":
+        out(f"exemption {o.order}: {o.target} exempt (never blocked by the records' verdict; closure orders and the "
+            "regulator's blocks still apply)" + (f" until {fmt_time(int(until * 1000))}" if until else ""))
+    else:
+        scope = ("all traffic to every address in this prefix" if "/" in o.target else "all traffic to this address") \
+            if o.is_ip else "this name and every name below it"
+        out(f"closure order {o.order}: {o.target} blocked ({scope})" + (f" until {fmt_time(int(until * 1000))}" if until else ""))
+    err(f"decision store {store.url}: version {version}")
     return 0
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    st = _store(args)
+    kind = _kind(args)
+    target = _target(args.target)
+    store = decisions(args)
     try:
-        o = st.remove(_target(args.target), by=_operator(args), reason=args.reason or "")
-    except OrderError as exc:
-        raise CliError(str(exc)) from None
-    out(f"closure order {o.order} for {o.target} lifted (kept in the order history with who, when and why)")
+        with store.transaction() as tx:  # the write lock: nobody lifts it meanwhile
+            book = _book(store, kind, tx.changes(0, (kind,)))
+            o = book.orders.get(target)
+            if o is None:
+                raise CliError(f"{target}: no {book.WHAT} for it")
+            tx.append([end_entry(kind, target, _operator(args), args.reason or "")])
+            version = tx.head
+    except StoreError as exc:
+        raise CliError(f"{exc} (nothing was written)") from None
+    finally:
+        store.close()
+    if kind == "exemption":
+        out(f"exemption {o.order} for {o.target} lifted (kept in the history with who, when and why)")
+    else:
+        out(f"closure order {o.order} for {o.target} lifted (kept in the order history with who, when and why)")
+    err(f"decision store {store.url}: version {version}")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    st = _store(args)
+    store = decisions(args)
+    try:
+        st = _book(store, _kind(args))
+    finally:
+        store.close()
     now = time.time()
     rows = [{"target": o.target, "order": o.order, "reason": o.reason, "created": fmt_time(int(o.created * 1000)),
              "created_by": o.created_by, "until": fmt_time(int(o.until * 1000)) if o.until else "",
@@ -109,7 +173,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     else:
         table([[r["target"], r["order"], r["reason"] or "-", r["created"], r["created_by"] or "-", r["until"] or "-", r["state"],
                 f"{r['lifted_at']} by {r['lifted_by'] or '?'}: {r['lift_reason'] or '-'}" if r["state"] == "lifted" else "-"]
-               for r in rows], ["target", "order (指令编号)", "reason", "since", "by", "until", "state", "lifted"])
+               for r in rows], ["target", "order (指令编号)" if _kind(args) == "order" else "reference", "reason", "since",
+                                "by", "until", "state", "lifted"])
     return 0
 
 
@@ -132,7 +197,11 @@ def _by_order(records: Iterable[AccessRecord]) -> dict[str, dict[str, Any]]:
 def cmd_report(args: argparse.Namespace) -> int:
     from beiand.sinks.clickhouse import ClickHouseError
 
-    st = _store(args)
+    store = decisions(args)
+    try:
+        st = _book(store, "order")
+    finally:
+        store.close()
     cfg = config_from(args)
     src = records_source(args, cfg, "no access log: give --log-dir (or a config with accesslog.directory)")
     since = parse_time(args.since, "--since") if args.since else 0
@@ -192,7 +261,10 @@ def add_parsers(sub: Any) -> None:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", metavar="FILE", help=f"(default {DEFAULT_CONFIG})")
-        p.add_argument("--state-dir", metavar="DIR", help="where orders.json lives (default: daemon.state_dir of the config)")
+        p.add_argument("--state-dir", metavar="DIR", help="the gateway's state directory: its SQLite decision store "
+                       "(default: daemon.state_dir and store.url of the config)")
+        p.add_argument("--store", metavar="URL", help="the decision store: an SQLite file or postgresql://user@host/db "
+                       "(default: store.url of the config)")
 
     a = bsub.add_parser("add", help="block a name (and the names below it), an address or a CIDR prefix under an order")
     a.add_argument("target", metavar="NAME|IP|CIDR")
@@ -221,6 +293,30 @@ def add_parsers(sub: Any) -> None:
     rp.add_argument("--json", action="store_true")
     common(rp)
     rp.set_defaults(func=cmd_report)
+
+    xp = sub.add_parser("exempt", help="the operator's exemptions (豁免): a name, address or prefix never blocked by the "
+                        "records' verdict (closure orders and the regulator's blocks still apply)")
+    xsub = xp.add_subparsers(dest="exempt_command", required=True)
+    a = xsub.add_parser("add", help="exempt a name (and the names below it), an address or a CIDR prefix")
+    a.add_argument("target", metavar="NAME|IP|CIDR")
+    a.add_argument("--by", metavar="WHO", help="who enters it (default: the login, SUDO_USER first)")
+    a.add_argument("--order", required=True, metavar="REF", help="its reference (a ticket, the approval), logged with every "
+                   "decision it makes")
+    a.add_argument("--reason", default="")
+    a.add_argument("--until", metavar="TIME", help="end it at this time (default: until removed)")
+    common(a)
+    a.set_defaults(func=cmd_add, exempt=True)
+    ls = xsub.add_parser("list", help="exemptions in force and expired")
+    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--all", action="store_true", help="also the lifted ones, with who lifted them, when and why")
+    common(ls)
+    ls.set_defaults(func=cmd_list, exempt=True)
+    rm = xsub.add_parser("remove", help="lift an exemption (it stays in the history with who, when and why)")
+    rm.add_argument("target", metavar="NAME|IP|CIDR")
+    rm.add_argument("--reason", default="")
+    rm.add_argument("--by", metavar="WHO", help="who lifts it (default: the login, SUDO_USER first)")
+    common(rm)
+    rm.set_defaults(func=cmd_remove, exempt=True)
 
     ep = sub.add_parser("enforce", help="enforcement controls")
     esub = ep.add_subparsers(dest="enforce_command", required=True)

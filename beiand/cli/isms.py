@@ -12,7 +12,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from beiand.cli.common import CliError, out, table
+from beiand.cli.common import CliError, err, out, table
 from beiand.cli.logs import DEFAULT_CONFIG, config_from
 from beiand.runtime.settings import Config
 
@@ -35,11 +35,30 @@ def _cfg(args: argparse.Namespace) -> Config:
 def _store(cfg: Config) -> CommandStore:
     from beiand.isms.store import CommandStore, RuleError
     from beiand.isms.wire.profile import ProfileError
+    from beiand.runtime.decisions import open_decisions
     from beiand.runtime.isms import profile_of
+    from beiand.store import StoreError
+    from beiand.store.connect import is_postgres, sqlite_path
 
     try:
-        return CommandStore(cfg.daemon.state_dir, profile_of(cfg).subdomains, cfg.isms.house_id)
-    except (RuleError, ProfileError) as exc:
+        subdomains = profile_of(cfg).subdomains
+    except ProfileError as exc:
+        raise CliError(str(exc)) from None
+    if is_postgres(cfg.store.url) or sqlite_path(cfg.store.url, cfg.daemon.state_dir).exists():
+        try:  # the decision store itself (the snapshot may lag, or no daemon runs here)
+            decisions = open_decisions(cfg, migrate=False, import_files=False, create=False)
+            try:
+                cs = CommandStore(cfg.daemon.state_dir, subdomains, cfg.isms.house_id, load=False, decisions=decisions)
+                cs.sync()
+                cs.decisions = None
+                return cs
+            finally:
+                decisions.close()
+        except StoreError as exc:
+            err(f"beiand: warning: {exc}: the snapshot in {cfg.daemon.state_dir} instead")
+    try:
+        return CommandStore(cfg.daemon.state_dir, subdomains, cfg.isms.house_id)
+    except RuleError as exc:
         raise CliError(str(exc)) from None
 
 

@@ -1,6 +1,6 @@
 """The ``beiand`` command line.
 
-Subcommands: ``run`` (the daemon), ``check-config``, ``logs``, ``block``, ``enforce``, ``audit``,
+Subcommands: ``run`` (the daemon), ``check-config``, ``logs``, ``block``, ``exempt``, ``store``, ``fleet``, ``enforce``, ``audit``,
 ``records check|lookup``, ``replay``, ``lab``, ``demo``, ``install-files``; ``--version``. Exit codes: 0 ok, 1 findings or bad rows,
 2 could not run (bad arguments or unreadable input).
 """
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from beiand.cli import audit, block, check_config, install_files, isms, lab, logs, records, replay, run
+from beiand.cli import audit, block, check_config, fleet, install_files, isms, lab, logs, records, replay, run
 from beiand.cli.common import CliError, err, out, policy_args
 from beiand.sinks import OutputClosed
 
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_parsers(sub, policy_args)
     logs.add_parsers(sub)
     block.add_parsers(sub)
+    fleet.add_parsers(sub)
     audit.add_parsers(sub)
     isms.add_parsers(sub)
     run.add_parsers(sub)

@@ -24,6 +24,7 @@ from beiand.isms.wire.codes import AckResult, AckType, CommandResult, CommandTyp
 from beiand.isms.wire.envelope import EnvelopeError, Keys, check_pwd, unpack
 from beiand.isms.wire.model import ActivePeriod, BasicData, CodeList, Item, ListEntry, LogQuery, Query, SecurityCommand
 from beiand.isms.wire.profile import Profile
+from beiand.store import StoreError
 
 log = logging.getLogger(__name__)
 MAX_RAND = 20  # randVal ≤ 20 characters (ISMS.md §2)
@@ -136,15 +137,23 @@ class CommandService:
                 if exc.why.startswith("unsupported"):
                     self.unsupported["command-type"] += 1
                 return self.refuse(exc.code, exc.why)
-            if self.store.seen_sequence(seq):
-                return self.refuse(CommandResult.OTHER, f"duplicate commandSequence {seq}")
-            if isinstance(item, SecurityCommand) and self.store.is_duplicate(item):
-                return self.refuse(CommandResult.OTHER, f"duplicate commandId {item.command_id}")
-            ans = self.apply(item)
-            self.store.note_sequence(seq)
-            self.store.save()
+            # Under the decision store's write lock: what any other writer applied is seen first
+            # (a duplicate sent to two gateways is refused once), and the command's rows commit
+            # together with its sequence, or not at all (the ack then says why).
+            acks = len(self.acks)
+            with self.store.writing():
+                if self.store.seen_sequence(seq):
+                    return self.refuse(CommandResult.OTHER, f"duplicate commandSequence {seq}")
+                if isinstance(item, SecurityCommand) and self.store.is_duplicate(item):
+                    return self.refuse(CommandResult.OTHER, f"duplicate commandId {item.command_id}")
+                ans = self.apply(item)
+                self.store.note_sequence(seq)
             self.counts["applied"] += 1
             return ans
+        except StoreError as exc:  # nothing applied: SMMS sends it again
+            log.error("isms: %s", exc)
+            del self.acks[acks:]
+            return self.refuse(CommandResult.OTHER, f"not applied: {exc}")
         except Exception as exc:  # a bug must answer 999 and be logged, never drop the connection
             log.exception("isms: idc_command failed")
             return self.refuse(CommandResult.OTHER, f"internal error: {type(exc).__name__}")

@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from beiand.policy.matcher import Compiled, Intervals, Matcher, RuleError, ip_in
 from beiand.policy.overlays import Hit, hit
 from beiand.policy.source import Version, version
 from beiand.records.domains import DomainError, normalise_domain
+from beiand.store import Change, DecisionStore, Entry
 
 __all__ = ["AddressCuts", "CommandRules", "CommandStore", "Compiled", "Matcher", "Outcome", "RuleError", "address_rules",
            "compile_command", "house_scope", "reach", "unsupported"]
@@ -225,13 +226,21 @@ class State:
     applied: dict[str, float] = field(default_factory=dict)
 
 
+ISMS_KINDS = ("isms-command", "isms-list", "isms-house", "isms-codes", "isms-setting", "isms-sequence", "isms-refused")
+ACTOR = "isms"  # who wrote a command's row: the regulator, through the ISMS endpoint
+
+
 class CommandStore:
-    """Read-write view of ``<state_dir>/isms/commands.json`` (the main process only writes)."""
+    """The regulator's commands: folded from the decision store's ``isms-*`` rows (:meth:`apply`),
+    written there by the ISMS endpoint (:meth:`writing`), and kept as the snapshot
+    ``<state_dir>/isms/commands.json`` (:meth:`snapshot`) that every worker reads (:meth:`reload`)."""
 
     FILE = "commands.json"
 
-    def __init__(self, state_dir: Path, subdomains: bool = True, house_id: str = "", load: bool = True) -> None:
-        """``load`` False: start empty (the first ``reload`` reads the file)."""
+    def __init__(self, state_dir: Path, subdomains: bool = True, house_id: str = "", load: bool = True,
+                 decisions: DecisionStore | None = None) -> None:
+        """``load`` False: start empty (the first ``reload`` reads the file); ``decisions``: where
+        :meth:`writing` writes (None: the file itself, for a store of its own)."""
         self.dir = Path(state_dir) / "isms"
         self.path = self.dir / self.FILE
         self.subdomains = subdomains
@@ -240,8 +249,175 @@ class CommandStore:
         self.seen: Version | None = _UNREAD  # the version last read, good or damaged
         self.cuts = _CUTS  # the daemon's, once its nftables is set up
         self._house_index: Intervals | None = None
+        self.version = 0  # the decision store's version the state is folded to (-1: fold again from nothing)
+        self.decisions = decisions
+        self.pending: list[Entry] = []  # rows the mutations below owe the store (written by `writing`)
+        self.refused_rows: list[str] = []  # rows of the store refused (invalid), the last 100
+        self.refused_total = 0
+        self.legacy = False  # the file read was written by a beiand before the decision store
         if load:
             self.reload()
+
+    # -- the decision store ------------------------------------------------------------------
+
+    def apply(self, changes: Iterable[Change]) -> int:
+        """Fold the store's ``isms-*`` rows in version order; a row that does not hold what its kind
+        needs changes nothing and is named in :attr:`refused_rows`. The number applied."""
+        n = 0
+        for c in changes:
+            if c.version <= self.version:
+                continue  # folded already
+            self.version = c.version
+            if c.kind not in ISMS_KINDS:
+                continue
+            try:
+                self._apply(c)
+                n += 1
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuleError) as exc:
+                why = f"decision {c.version} ({c.kind} {c.key[:80]!r} on {c.gateway or '?'}): {exc}"
+                self.refused_rows = [*self.refused_rows[-99:], why]
+                self.refused_total += 1
+                log.error("isms: %s: refused, the state before it is kept", why)
+        if n:
+            self._house_index = None
+        return n
+
+    def _apply(self, c: Change) -> None:
+        st, d = self.state, c.data
+        if c.kind == "isms-command":
+            cid = int(c.key)
+            if c.op == "set":
+                cmd = _cmd_from_json(d)
+                if cmd.command_id != cid:
+                    raise ValueError(f"commandId {cmd.command_id} in a row for {cid}")
+                why = unsupported(cmd)
+                if why:
+                    raise RuleError(why)
+                compile_command(cmd, self.subdomains)
+                old = st.commands.get(cid)
+                if old is not None:
+                    self._ended({"command": _cmd_to_json(old)}, c.key, c.at, "replaced")
+                st.commands[cid] = cmd
+                st.applied[c.key] = c.at
+            elif c.op == "end":
+                old = st.commands.pop(cid, None)
+                if old is not None:
+                    self._ended({"command": _cmd_to_json(old)}, c.key, c.at, c.why or "deleted")
+        elif c.kind == "isms-list":
+            if c.op == "set":
+                e = ListEntry(**d)
+                if f"{e.kind}:{e.command_id}" != c.key:
+                    raise ValueError(f"{e.kind}:{e.command_id} in a row for {c.key}")
+                old_e = st.lists.get(c.key)
+                if old_e is not None:
+                    self._ended({"list": asdict(old_e)}, c.key, c.at, "replaced")
+                st.lists[c.key] = e
+                st.applied[c.key] = c.at
+            elif c.op == "end":
+                old_e = st.lists.pop(c.key, None)
+                if old_e is not None:
+                    self._ended({"list": asdict(old_e)}, c.key, c.at, c.why or "deleted")
+        elif c.kind == "isms-house":
+            if c.op == "set":
+                st.houses[c.key] = [[str(a), str(b), r] for a, b, r in d["segments"]]
+            elif c.op == "end":
+                st.houses.pop(c.key, None)
+        elif c.kind == "isms-codes" and c.op == "set":
+            st.code_lists[c.key] = list(d["rows"])
+        elif c.kind == "isms-setting" and c.op == "set":
+            if c.key == "active_period_s":
+                st.active_period_s = int(d["value"])
+            elif c.key == "dt2":
+                st.dt2 = None if d["value"] is None else bool(d["value"])
+        elif c.kind == "isms-sequence":
+            st.sequences.append(int(c.key))
+            if len(st.sequences) > 2 * MAX_SEEN:
+                del st.sequences[:-MAX_SEEN]
+        elif c.kind == "isms-refused":
+            st.refused.append(dict(d))
+            if len(st.refused) > 2000:
+                del st.refused[:-1000]
+
+    def _owe(self, kind: str, key: str, op: str, data: dict[str, Any], now: float, why: str = "") -> None:
+        self.pending.append(Entry(kind, key, op, data, now, ACTOR, why))
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Apply commands inside: under the decision store's write lock, the state first catches up
+        with what others wrote, then the rows the changes owe are written in one transaction (no
+        lost update between a gateway's CU-lite and any other writer). A store that cannot be
+        written raises StoreError and the state is folded again from the store (nothing half-held).
+        Without a decision store (a store of its own): the file is written."""
+        if self.decisions is None:
+            self.pending = []
+            yield
+            self.pending = []
+            self.save()
+            return
+        head = self.version
+        try:
+            with self.decisions.transaction() as tx:
+                if self.version < 0:
+                    self.state, self.version = State(), 0
+                self.apply(tx.changes(self.version, ISMS_KINDS))
+                self.pending = []
+                yield
+                if self.pending:
+                    tx.append(self.pending)
+                head = tx.head
+        except BaseException:
+            self.pending = []
+            self.version = -1  # what was applied in memory was not written: fold again next time
+            raise
+        self.pending = []
+        self.version = max(self.version, head)
+
+    def sync(self) -> None:
+        """Catch up with the store (a reader that is not the follower: ``beiand isms commands``)."""
+        if self.decisions is None:
+            return
+        if self.version < 0:
+            self.state, self.version = State(), 0
+        self.apply(self.decisions.changes(self.version, ISMS_KINDS))
+
+    def snapshot(self, store: str) -> None:
+        """Write the state as the snapshot file the workers read, with its store version."""
+        self.save(snapshot={"version": self.version, "store": store, "written": time.time()})
+
+    def legacy_entries(self) -> list[Entry]:
+        """The rows holding what a commands file of a beiand before the decision store held (the
+        state just read from it): history first (each put in force and ended at its own times),
+        then what is in force, the houses, code lists, settings, sequences and refusals."""
+        st, out = self.state, []
+        for h in st.history:
+            start, end = h.get("applied"), h.get("ended")
+            if end is None:
+                continue
+            if "command" in h:
+                key, kind, data = str(h["command"]["command_id"]), "isms-command", h["command"]
+            elif "list" in h:
+                key, kind, data = f"{h['list']['kind']}:{h['list']['command_id']}", "isms-list", h["list"]
+            else:
+                continue
+            out.append(Entry(kind, key, "set", data, float(start if start is not None else end), ACTOR, "imported"))
+            out.append(Entry(kind, key, "end", {}, float(end), ACTOR, str(h.get("why", "deleted"))))
+        for cid, c in st.commands.items():
+            out.append(Entry("isms-command", str(cid), "set", _cmd_to_json(c), st.applied.get(str(cid), time.time()), ACTOR))
+        for key, e in st.lists.items():
+            out.append(Entry("isms-list", key, "set", asdict(e), st.applied.get(key, time.time()), ACTOR))
+        now = time.time()
+        for hid, segs in st.houses.items():
+            out.append(Entry("isms-house", hid, "set", {"segments": segs}, now, ACTOR))
+        for name, rows in st.code_lists.items():
+            out.append(Entry("isms-codes", name, "set", {"rows": rows}, now, ACTOR))
+        if st.active_period_s:
+            out.append(Entry("isms-setting", "active_period_s", "set", {"value": st.active_period_s}, now, ACTOR))
+        if st.dt2 is not None:
+            out.append(Entry("isms-setting", "dt2", "set", {"value": st.dt2}, now, ACTOR))
+        out += [Entry("isms-sequence", str(q), "note", {}, now, ACTOR) for q in st.sequences[-MAX_SEEN:]]
+        out += [Entry("isms-refused", str(r.get("commandId", "")) or "?", "note", dict(r), float(r.get("at", now)), ACTOR,
+                      str(r.get("why", ""))) for r in st.refused[-1000:]]
+        return out
 
     def reload(self) -> bool:
         """Re-read the file if it changed (``policy.source``); True when it did. No file keeps
@@ -268,13 +444,19 @@ class CommandStore:
                 sequences=[int(x) for x in d.get("sequences", [])], refused=d.get("refused", []),
                 history=d.get("history", []), houses={str(k): [list(x) for x in v] for k, v in d.get("houses", {}).items()},
                 dt2=d.get("dt2"), applied={str(k): float(v) for k, v in d.get("applied", {}).items()})
+            snap = d.get("snapshot")
+            snap_version = int(snap["version"]) if isinstance(snap, dict) else -1
         except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
             raise RuleError(f"{self.path}: damaged: {exc}") from None
+        if 0 <= snap_version < self.version:
+            return False  # older than what this store already holds (a writer ahead of the snapshot)
         self.state = st
+        self.version = snap_version
+        self.legacy = snap_version < 0
         self._house_index = None
         return True
 
-    def save(self) -> None:
+    def save(self, snapshot: dict[str, Any] | None = None) -> None:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         st = self.state
         data = {"commands": {str(k): _cmd_to_json(v) for k, v in st.commands.items()},
@@ -282,6 +464,8 @@ class CommandStore:
                 "active_period_s": st.active_period_s, "sequences": st.sequences[-MAX_SEEN:],
                 "refused": st.refused[-1000:], "history": st.history[-10000:],
                 "houses": st.houses, "dt2": st.dt2, "applied": st.applied}
+        if snapshot is not None:
+            data["snapshot"] = snapshot
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             f.write(orjson.dumps(data))
@@ -296,8 +480,9 @@ class CommandStore:
     def seen_sequence(self, seq: int) -> bool:
         return seq in self.state.sequences
 
-    def note_sequence(self, seq: int) -> None:
+    def note_sequence(self, seq: int, now: float | None = None) -> None:
         self.state.sequences.append(seq)
+        self._owe("isms-sequence", str(seq), "note", {}, time.time() if now is None else now)
 
     def is_duplicate(self, c: SecurityCommand) -> bool:
         """The same command (same id, same content) sent again: refused (ISMS.md §2, 999)."""
@@ -313,6 +498,7 @@ class CommandStore:
             if old is None:
                 return Outcome(AckResult.NONE, f"delete: no command {c.command_id} in force", "unknown-command")
             self._ended({"command": _cmd_to_json(old)}, str(c.command_id), now, "deleted")
+            self._owe("isms-command", str(c.command_id), "end", {}, now, "deleted")
             return Outcome(AckResult.ALL, "deleted")
         why = unsupported(c)
         if why:
@@ -328,6 +514,7 @@ class CommandStore:
             self._ended({"command": _cmd_to_json(old)}, str(c.command_id), now, "replaced")
         self.state.commands[c.command_id] = c
         self.state.applied[str(c.command_id)] = now
+        self._owe("isms-command", str(c.command_id), "set", _cmd_to_json(c), now, c.reason)
         result, msg = reach(c, self.cuts)
         return Outcome(result, msg)
 
@@ -343,6 +530,7 @@ class CommandStore:
             if old is None:
                 return Outcome(AckResult.NONE, f"delete: no {e.kind} {e.command_id}", "unknown-command")
             self._ended({"list": asdict(old)}, key, now, "deleted")
+            self._owe("isms-list", key, "end", {}, now, "deleted")
             return Outcome(AckResult.ALL, "deleted")
         try:
             for v in _split(e.contents):
@@ -358,14 +546,18 @@ class CommandStore:
             self._ended({"list": asdict(old)}, key, now, "replaced")
         self.state.lists[key] = e
         self.state.applied[key] = now
+        self._owe("isms-list", key, "set", asdict(e), now)
         return Outcome(AckResult.ALL, f"{e.kind} in force")
 
     def apply_code_list(self, c: CodeList) -> Outcome:
         self.state.code_lists.update(c.tables)
+        for name, rows in c.tables.items():
+            self._owe("isms-codes", name, "set", {"rows": rows}, time.time())
         return Outcome(AckResult.ALL, f"stored: {', '.join(sorted(c.tables)) or 'no tables'}")
 
     def apply_period(self, p: ActivePeriod) -> Outcome:
         self.state.active_period_s = p.period_s
+        self._owe("isms-setting", "active_period_s", "set", {"value": p.period_s}, time.time())
         return Outcome(AckResult.ALL, f"active-resource period {p.period_s} s")
 
     def apply_basic(self, b: BasicData) -> Outcome:
@@ -373,13 +565,17 @@ class CommandStore:
         for h in b.houses:
             if not h.house_id:
                 return Outcome(AckResult.NONE, "bad basic data: a house without houseId", "bad-value")
+        now = time.time()
         for h in b.houses:
             if b.operation == 1:
                 self.state.houses.pop(h.house_id, None)
+                self._owe("isms-house", h.house_id, "end", {}, now)
             else:
                 self.state.houses[h.house_id] = [[g.start, g.end, g.reserved] for g in h.segments]
+                self._owe("isms-house", h.house_id, "set", {"segments": self.state.houses[h.house_id]}, now)
         if b.monitor in (1, 2):
             self.state.dt2 = b.monitor == 1
+            self._owe("isms-setting", "dt2", "set", {"value": self.state.dt2}, now)
         self._house_index = None
         what = "deleted" if b.operation == 1 else "stored"
         n = sum(len(h.segments) for h in b.houses)
@@ -423,6 +619,7 @@ class CommandStore:
 
     def _refuse(self, command_id: int, why: str, now: float) -> None:
         self.state.refused.append({"commandId": command_id, "why": why, "at": now})
+        self._owe("isms-refused", str(command_id), "note", {"commandId": command_id, "why": why, "at": now}, now, why)
 
     # -- matching ----------------------------------------------------------------------------
 
@@ -584,4 +781,4 @@ class CommandRules:
 
     def metrics(self) -> dict[str, float]:
         st = self.store.state
-        return {"rules": len(st.commands) + len(st.lists), "errors": self.errors}
+        return {"rules": len(st.commands) + len(st.lists), "errors": self.errors, "version": self.store.version}

@@ -1,5 +1,6 @@
-"""Closure orders from the authority (关停指令, REGULATIONS.md O6): persisted in the state
-directory, atomic writes, read by the daemon within a second of a change.
+"""Closure orders from the authority (关停指令, REGULATIONS.md O6) and the operator's exemptions:
+rows of the decision store (``beiand.store``), folded here; the daemon's workers read the snapshot
+the supervisor writes into the state directory within a second of a change.
 
 A target is a name (the name and every name below it), an address, or a CIDR prefix: the only
 way beiand ever blocks a whole host or prefix (REGULATIONS.md: blocking is per name or per flow
@@ -11,15 +12,23 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
+import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from beiand.errors import BeiandError
 from beiand.policy.source import Version, version
+from beiand.records.domains import DomainError, normalise_domain
+from beiand.store import Change, Entry
+
+log = logging.getLogger(__name__)
 
 
 class OrderError(BeiandError, ValueError):
@@ -59,19 +68,33 @@ class LiftedOrder:
 
 
 class OrderStore:
-    FILE = "orders.json"
+    """The orders (or, as :class:`ExemptionStore`, the exemptions) in force and lifted.
 
-    def __init__(self, state_dir: Path, load: bool = True) -> None:
-        """``load`` False: start empty (the first ``reload`` reads the file)."""
-        self.path = Path(state_dir) / self.FILE
+    Folded from the decision store's rows (:meth:`apply`; ``beiand.store``), and kept as a snapshot
+    file in the state directory (:meth:`snapshot`) that the daemon's workers read (:meth:`reload`)
+    whenever it changes: the supervisor follows the store and writes the snapshot, so a worker
+    never waits on the store and keeps enforcing the last snapshot while the store is away.
+    """
+
+    FILE = "orders.json"
+    KIND = "order"
+    WHAT = "closure order"
+
+    def __init__(self, state_dir: Path | None, load: bool = True) -> None:
+        """``load`` False: start empty (the first ``reload`` reads the file); ``state_dir`` None:
+        no snapshot file (folded from the store only)."""
+        self.path = Path(state_dir) / self.FILE if state_dir is not None else None
         self.seen: Version | None = _UNREAD  # the version last read, good or damaged
         self.orders: dict[str, Order] = {}
         self.history: list[LiftedOrder] = []
+        self.version = 0  # the decision store's version this state is folded to (-1: a file older than the store)
+        self.refused: list[str] = []  # rows of the store refused (invalid), the last 100
+        self.refused_total = 0
         self._spans: dict[str, list[tuple[float, float, Order]]] = {}
         self._history_end = 0.0
         self._nets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, list[tuple[float, float, Order]]]] = []
         self._net_hits: dict[str, list[list[tuple[float, float, Order]]]] = {}
-        if load:
+        if load and self.path is not None:
             self.reload()
 
     def _index(self) -> None:
@@ -93,9 +116,49 @@ class OrderStore:
         self._nets = sorted(((ipaddress.ip_network(k), v) for k, v in spans.items() if "/" in k), key=lambda n: -n[0].prefixlen)
         self._net_hits = {}
 
+    # -- the decision store's rows ---------------------------------------------------------------
+
+    def apply(self, changes: Iterable[Change], *, index: bool = True) -> int:
+        """Fold the store's rows of this kind, in version order; a row that is not a valid order
+        changes nothing and is named in :attr:`refused` (and logged). The number of rows applied."""
+        n = 0
+        for c in changes:
+            if c.version <= self.version:
+                continue  # folded already
+            self.version = c.version
+            if c.kind != self.KIND:
+                continue
+            try:
+                self._apply(c)
+                n += 1
+            except OrderError as exc:
+                why = f"decision {c.version} ({self.KIND} {c.key[:80]!r} by {c.actor or '?'} on {c.gateway or '?'}): {exc}"
+                self.refused = [*self.refused[-99:], why]
+                self.refused_total += 1
+                log.error("%s: refused, the state before it is kept", why)
+        if n and index:
+            self._index()
+        return n
+
+    def _apply(self, c: Change) -> None:
+        if c.op == "end":
+            o = self.orders.pop(c.key, None)
+            if o is not None:
+                self.history.append(LiftedOrder(o, c.at, c.actor, c.why))
+            return
+        if c.op != "set":
+            return
+        new = order_of(c.key, c.data, c.at, c.actor, self.WHAT)
+        old = self.orders.get(c.key)
+        if old is not None:  # replaced: the old one is kept in the history
+            self.history.append(LiftedOrder(old, c.at, c.actor, f"replaced by order {new.order}"))
+        self.orders[c.key] = new
+
     def reload(self) -> bool:
-        """Re-read the file if it changed (``policy.source``); True when it did. A damaged file
-        raises once and keeps the orders in force; it is read again when it changes."""
+        """Re-read the snapshot file if it changed (``policy.source``); True when it did. A damaged
+        file raises once and keeps the orders in force; it is read again when it changes."""
+        if self.path is None:
+            return False
         v = version(self.path)
         if v == self.seen:
             return False
@@ -106,59 +169,56 @@ class OrderStore:
             self._index()
             return changed
         try:
-            text = self.path.read_text(encoding="utf-8")
+            raw = self.path.read_bytes()
         except FileNotFoundError:  # replaced or removed since the stat: read again next time
             self.seen = _UNREAD
             return False
         except OSError as exc:
             raise OrderError(f"{self.path}: {exc.strerror or exc}") from None
-        try:
-            data = json.loads(text)
-            orders = {o["target"]: Order(**o) for o in data.get("orders", [])}
-            history = [LiftedOrder(Order(**h["order"]), h["lifted_at"], h.get("lifted_by", ""), h.get("lift_reason", ""))
-                       for h in data.get("history", [])]
-            for o in orders.values():
-                if "/" in o.target:
-                    ipaddress.ip_network(o.target)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise OrderError(f"{self.path}: damaged: {exc}") from None
+        orders, history, snap = parse_file(raw, self.path)
         self.orders, self.history = orders, history
+        self.version = int(snap.get("version", -1)) if snap else -1
         self._index()
         return True
 
-    def _save(self) -> None:
+    def snapshot(self, store: str | None) -> None:
+        """Write the state as the snapshot file (atomic, fsynced) that the workers read, with the
+        store's version it holds (``store`` None: a file of its own, without a store version,
+        which a daemon imports into its decision store at start)."""
+        if self.path is None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
         tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"orders": [asdict(o) for o in self.orders.values()],
-                       "history": [{"order": asdict(h.order), "lifted_at": h.lifted_at, "lifted_by": h.lifted_by,
-                                    "lift_reason": h.lift_reason} for h in self.history]},
-                      f, ensure_ascii=False, indent=1)
+        snap = {"snapshot": {"version": self.version, "store": store, "written": time.time()}} if store is not None else {}
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps({**snap,
+                                  "orders": [_order_dict(o) for o in self.orders.values()],
+                                  "history": [{"order": _order_dict(h.order), "lifted_at": h.lifted_at, "lifted_by": h.lifted_by,
+                                               "lift_reason": h.lift_reason} for h in self.history]}))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
         with contextlib.suppress(OSError):
             self.seen = version(self.path)
-        self._index()
+
+    # -- a store of its own (tests, a copy of a state directory) ------------------------------------
 
     def add(self, target: str, order: str, reason: str, until: float = 0.0, by: str = "") -> Order:
-        if not order.strip():
-            raise OrderError("--order: the order number is required (it goes into every log record and the report)")
-        o = Order(target, order.strip(), reason.strip(), time.time(), until, by)
-        old = self.orders.get(target)
-        if old is not None:  # replaced: the old one is kept in the history
-            self.history.append(LiftedOrder(old, o.created, by, f"replaced by order {o.order}"))
-        self.orders[target] = o
-        self._save()
-        return o
+        """Put an order in force here and write the file, without a decision store (the daemon
+        imports such a file into its store at start). ``beiand block add`` writes the store."""
+        self._local(set_entry(self.KIND, target, order, reason, until, by))
+        return self.orders[target]
 
     def remove(self, target: str, by: str = "", reason: str = "") -> Order:
-        o = self.orders.pop(target, None)
+        o = self.orders.get(target)
         if o is None:
-            raise OrderError(f"{target}: no closure order for it")
-        self.history.append(LiftedOrder(o, time.time(), by, reason.strip()))
-        self._save()
+            raise OrderError(f"{target}: no {self.WHAT} for it")
+        self._local(end_entry(self.KIND, target, by, reason))
         return o
+
+    def _local(self, e: Entry) -> None:
+        self.apply([Change(self.version + 1, e.kind, e.key, e.op, e.data, e.at, e.actor, e.why, "")])
+        self.snapshot(None)
 
     def match(self, name: str, server_ip: str, ts: float) -> Order | None:
         """The order in force at ``ts`` covering ``name`` (or a name above it), ``server_ip``, or a
@@ -201,6 +261,114 @@ class OrderStore:
 
 
 _UNREAD = Version(-1, -1, -1)
+
+
+def _order_dict(o: Order) -> dict[str, Any]:
+    # by hand, not dataclasses.asdict (a deep copy: seconds for 100,000 orders)
+    return {"target": o.target, "order": o.order, "reason": o.reason, "created": o.created, "until": o.until,
+            "created_by": o.created_by}
+
+
+class ExemptionStore(OrderStore):
+    """The operator's exemptions (豁免, ``beiand exempt add``): a name, an address or a prefix that
+    is not blocked by the records' verdict (a closure order or a regulator's block still is)."""
+
+    FILE = "exemptions.json"
+    KIND = "exemption"
+    WHAT = "exemption"
+
+
+def check_target(target: str) -> str:
+    """``target`` as the store keeps it (a normalised name, a canonical address or prefix), or
+    OrderError."""
+    if not target or not isinstance(target, str):
+        raise OrderError("no target")
+    if "/" in target:
+        try:
+            net = ipaddress.ip_network(target)
+        except ValueError as exc:
+            raise OrderError(f"target {target[:80]!r}: not a CIDR prefix ({exc})") from None
+        if str(net) != target:
+            raise OrderError(f"target {target[:80]!r}: not in canonical form ({net})")
+        return target
+    try:
+        ip = ipaddress.ip_address(target)
+    except ValueError:
+        pass
+    else:
+        if str(ip) != target:
+            raise OrderError(f"target {target[:80]!r}: not in canonical form ({ip})")
+        return target
+    try:
+        n = normalise_domain(target)
+    except DomainError as exc:
+        raise OrderError(f"target {target[:80]!r}: {exc.reason}") from None
+    if n != target:
+        raise OrderError(f"target {target[:80]!r}: not in normal form ({n})")
+    return target
+
+
+def order_of(target: str, data: dict[str, Any], at: float, actor: str, what: str = "closure order") -> Order:
+    """A stored row's order, checked: its target, its number, its end."""
+    check_target(target)
+    number = data.get("order")
+    if not isinstance(number, str) or not number.strip():
+        raise OrderError(f"a {what} without its number (order)")
+    until = data.get("until", 0.0)
+    reason = data.get("reason", "")
+    if not isinstance(until, int | float) or isinstance(until, bool) or not math.isfinite(until) or until < 0:
+        raise OrderError(f"until {until!r} is not a time")
+    if not isinstance(reason, str):
+        raise OrderError(f"reason {reason!r} is not text")
+    return Order(target, number.strip(), reason, float(at), float(until), actor)
+
+
+def set_entry(kind: str, target: str, order: str, reason: str, until: float, by: str, now: float | None = None) -> Entry:
+    """The row that puts an order (or an exemption) in force, checked before it is written."""
+    if not order.strip():
+        raise OrderError("--order: the order number is required (it goes into every log record and the report)")
+    at = time.time() if now is None else now
+    data = {"order": order.strip(), "reason": reason.strip(), "until": until}
+    order_of(target, data, at, by)
+    return Entry(kind, target, "set", data, at, by, reason.strip())
+
+
+def end_entry(kind: str, target: str, by: str, reason: str, now: float | None = None) -> Entry:
+    return Entry(kind, target, "end", {}, time.time() if now is None else now, by, reason.strip())
+
+
+def parse_file(raw: bytes, path: Path) -> tuple[dict[str, Order], list[LiftedOrder], dict[str, Any]]:
+    """An orders file: the snapshot the daemon writes, or the file of a beiand before the decision
+    store (no ``snapshot`` key); OrderError names the file when it is damaged."""
+    try:
+        data = orjson.loads(raw)
+        orders = {o["target"]: Order(**o) for o in data.get("orders", [])}
+        history = [LiftedOrder(Order(**h["order"]), h["lifted_at"], h.get("lifted_by", ""), h.get("lift_reason", ""))
+                   for h in data.get("history", [])]
+        for o in orders.values():
+            if "/" in o.target:
+                ipaddress.ip_network(o.target)
+        snap = data.get("snapshot") or {}
+        if not isinstance(snap, dict):
+            raise ValueError("snapshot: not an object")
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise OrderError(f"{path}: damaged: {exc}") from None
+    return orders, history, snap
+
+
+def legacy_entries(kind: str, orders: dict[str, Order], history: list[LiftedOrder]) -> list[Entry]:
+    """The rows that hold what an orders file of a beiand before the decision store held: each
+    lifted order put in force and lifted (with its own times, who and why), then those in force."""
+    out: list[Entry] = []
+    for h in sorted(history, key=lambda h: h.lifted_at):
+        o = h.order
+        out.append(Entry(kind, o.target, "set", {"order": o.order, "reason": o.reason, "until": o.until}, o.created,
+                         o.created_by, o.reason))
+        out.append(Entry(kind, o.target, "end", {}, h.lifted_at, h.lifted_by, h.lift_reason))
+    for o in sorted(orders.values(), key=lambda o: o.created):
+        out.append(Entry(kind, o.target, "set", {"order": o.order, "reason": o.reason, "until": o.until}, o.created,
+                         o.created_by, o.reason))
+    return out
 
 
 def _at(spans: list[tuple[float, float, Order]], ts: float) -> Order | None:

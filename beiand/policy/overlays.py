@@ -28,7 +28,7 @@ from typing import NamedTuple, Protocol
 from beiand.accesslog.columns import order_column
 from beiand.model import Action, AddressRule, Decision, Kind, MetricKey, MetricValues, Observation, Overlay, Transport, VerdictKind
 from beiand.policy.inventory import HostedPrefix
-from beiand.policy.orders import OrderError, OrderStore
+from beiand.policy.orders import ExemptionStore, OrderError, OrderStore
 from beiand.policy.verdict import Policy
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,11 @@ class Effect:
 
 # Which overlay wins when several match: a closure order, then a regulator's block, its
 # exemption (noFilter), its monitor.
+# An operator's exemption ranks with noFilter: it never lifts the authority's or the regulator's block.
 PRIORITY = {Overlay.ORDER: 4, Overlay.ISMS_FILTER: 3, Overlay.ISMS_BLACKLIST: 3, Overlay.ISMS_NOFILTER: 2,
-            Overlay.ISMS_MONITOR: 1}
+            Overlay.EXEMPTION: 2, Overlay.ISMS_MONITOR: 1}
 _EFFECT = {Overlay.ORDER: Effect.BLOCK, Overlay.ISMS_FILTER: Effect.BLOCK, Overlay.ISMS_BLACKLIST: Effect.BLOCK,
-           Overlay.ISMS_NOFILTER: Effect.EXEMPT, Overlay.ISMS_MONITOR: Effect.FLAG}
+           Overlay.ISMS_NOFILTER: Effect.EXEMPT, Overlay.EXEMPTION: Effect.EXEMPT, Overlay.ISMS_MONITOR: Effect.FLAG}
 
 
 class Hit(NamedTuple):
@@ -89,10 +90,13 @@ class Layer(Protocol):
 
 
 class OrderLayer:
-    """Closure orders (关停指令, ``beiand block add``) as an overlay: ``<state_dir>/orders.json``.
+    """Closure orders (关停指令, ``beiand block add``) as an overlay: the snapshot ``<state_dir>/
+    orders.json`` the supervisor writes from the decision store (or a store folded in memory).
     A damaged file at start leaves the overlay empty (``error`` says why) until the file is mended."""
 
     name = "order"
+    overlay = Overlay.ORDER
+    STORE: type[OrderStore] = OrderStore
 
     def __init__(self, store: OrderStore) -> None:
         self.store = store
@@ -101,7 +105,7 @@ class OrderLayer:
 
     @classmethod
     def from_state_dir(cls, state_dir: Path) -> OrderLayer:
-        layer = cls(OrderStore(state_dir, load=False))
+        layer = cls(cls.STORE(state_dir, load=False))
         layer._read()
         return layer
 
@@ -121,12 +125,12 @@ class OrderLayer:
         errors = self.errors
         changed = self._read()
         if self.errors != errors:
-            log.error("%s (the orders in force are kept; read again when the file changes)", self.error)
+            log.error("%s (the %ss in force are kept; read again when the file changes)", self.error, self.store.WHAT)
         return changed
 
     def match(self, obs: Observation) -> Hit | None:
         o = self.store.match(obs.name, obs.server_ip, obs.ts)
-        return hit(Overlay.ORDER, o.order) if o is not None else None
+        return hit(self.overlay, o.order) if o is not None else None
 
     def addresses(self, ts: float) -> list[AddressRule]:
         return [AddressRule(o.target, until=o.until, ref=o.order) for o in self.store.orders.values()
@@ -137,8 +141,24 @@ class OrderLayer:
         return min((o.created for o in self.store.orders.values() if o.created > ts and o.is_ip), default=math.inf)
 
     def metrics(self) -> Mapping[str, float]:
-        """Orders in force now, and reloads that met a damaged file."""
-        return {"rules": len(self.store.orders), "errors": self.errors}
+        """Orders in force now, reloads that met a damaged file, the decision store's version held."""
+        return {"rules": len(self.store.orders), "errors": self.errors, "version": self.store.version}
+
+
+class ExemptionLayer(OrderLayer):
+    """The operator's exemptions (豁免, ``beiand exempt add``): ``<state_dir>/exemptions.json``. An
+    exempt name or address is logged, never blocked by the records' verdict or grace; a closure
+    order or a regulator's block still wins (``PRIORITY``). Nothing is cut by address."""
+
+    name = "exemption"
+    overlay = Overlay.EXEMPTION
+    STORE = ExemptionStore
+
+    def addresses(self, ts: float) -> list[AddressRule]:
+        return []
+
+    def next_change(self, ts: float) -> float:
+        return math.inf
 
 
 class Grace:
@@ -242,6 +262,8 @@ class Decider:
             out[MetricKey("beiand_overlay_rules", (layer.name,))] = m.get("rules", 0)
             out[MetricKey("beiand_overlay_reload_errors", (layer.name,))] = m.get("errors", 0)
             out[MetricKey("beiand_overlay_damaged", (layer.name,))] = 1.0 if layer.error else 0.0
+            if "version" in m:
+                out[MetricKey("beiand_overlay_version", (layer.name,))] = m["version"]
         return out
 
     def lookup(self, name: str, server_ip: str, ts: float, port: int = 0, *, no_inventory_means_hosted: bool = False

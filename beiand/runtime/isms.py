@@ -93,7 +93,13 @@ class IsmsRuntime:
         self.clock = clock
         self.profile = profile_of(cfg)
         self.keys = load_keys(im.secrets_dir)
-        self.store = CommandStore(cfg.daemon.state_dir, self.profile.subdomains, im.house_id)
+        # Commands are written to the decision store (every gateway following it applies them); the
+        # state here is the snapshot the supervisor's follower writes, caught up under the write lock.
+        from beiand.runtime.decisions import store_settings
+        from beiand.store import open_store
+
+        self.store = CommandStore(cfg.daemon.state_dir, self.profile.subdomains, im.house_id,
+                                  decisions=open_store(store_settings(cfg), cfg.daemon.state_dir, cfg.gateway))
         self.spool = Spool(spool_dir(cfg), im.idc_id, self.keys, self.profile, clock=clock)
         self.reporter = Reporter(self.spool, cfg.accesslog.directory, im.house_id, store=self.store, records=self._records(cfg))
         self.service = CommandService(im.idc_id, self.keys, self.profile, self.store, on_query=self._on_query, clock=clock)
@@ -263,6 +269,10 @@ class IsmsRuntime:
 
     async def tick(self, healthy: bool = True) -> None:
         self.healthy = healthy
+        try:  # what other writers applied, once the follower has written it into the snapshot
+            self.store.reload()
+        except ValueError as exc:
+            log.debug("isms: snapshot not read: %s", exc)
         what = self.due(self.clock())
         if what or self._pending_queries or self.service.acks:
             await asyncio.get_running_loop().run_in_executor(None, self.run_due, what)

@@ -40,7 +40,8 @@ REASSEMBLY_KINDS = ("tcp", "quic", "fragment")  # net.decoder's budgets
 PER_WORKER = frozenset({*(f"beiand_{name}" for name, _ in WORKER_COUNTERS.values()), "beiand_inline_packets",
                         "beiand_inline_settled", "beiand_inline_redropped", "beiand_flows", "beiand_accesslog_pending_records",
                         "beiand_accesslog_chain_head_prefix", "beiand_clickhouse_spilling",
-                        "beiand_overlay_rules", "beiand_overlay_reload_errors", "beiand_overlay_damaged"})
+                        "beiand_overlay_rules", "beiand_overlay_reload_errors", "beiand_overlay_damaged",
+                        "beiand_overlay_version"})
 
 
 class Metrics:
@@ -82,6 +83,9 @@ class Metrics:
                                            "(the rules in force were kept), per worker", ["worker", "overlay"], registry=r)
         self.overlay_damaged = Gauge("beiand_overlay_damaged", "1 while an overlay's file is damaged: the worker decides "
                                      "with the rules it had before (none, when damaged at start)", ["worker", "overlay"],
+                                     registry=r)
+        self.overlay_version = Gauge("beiand_overlay_version", "the decision store version of the overlay's snapshot as each "
+                                     "worker applies it (-1: a file from before the decision store)", ["worker", "overlay"],
                                      registry=r)
         self.enforcement_outcomes = Counter("beiand_enforcement_outcomes", "decisions to block by what the enforcer did "
                                             "(done, breaker-open, failed)", ["outcome"], registry=r)

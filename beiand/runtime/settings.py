@@ -278,6 +278,27 @@ class IsmsSection:
 
 
 @dataclass(frozen=True)
+class StoreSection:
+    """The decision store (DESIGN.md, Fleet; docs/fleet.md): closure orders, the regulator's commands and exemptions."""
+
+    url: str = _f("", "Empty: an SQLite file <daemon.state_dir>/decisions.sqlite (one gateway needs nothing else); a path: "
+                  "that SQLite file; postgresql://user@host:port/db: the fleet's PostgreSQL, which every gateway follows.")
+    password_file: Path | None = _f(None, "PostgreSQL: the file holding the password (mode 0600, owned by beiand; never in the URL).")
+    sslmode: str = _f("prefer", "PostgreSQL TLS, as libpq: disable, allow, prefer, require, verify-ca or verify-full (across "
+                      "data centres: verify-full with ca_file).",
+                      choices=("disable", "allow", "prefer", "require", "verify-ca", "verify-full"))
+    ca_file: Path | None = _f(None, "PostgreSQL: the CA (PEM) that signed the server's certificate (sslrootcert).")
+    cert_file: Path | None = _f(None, "PostgreSQL: a client certificate (PEM), where the server asks for one (sslcert).")
+    key_file: Path | None = _f(None, "PostgreSQL: the client certificate's key (sslkey; mode 0600).")
+    connect_timeout: float = _f(5.0, "Seconds to wait for the store before a command fails (exit 2) or the daemon counts it "
+                                "unreachable.", min=1.0, max=300.0)
+    poll_interval: float = _f(1.0, "PostgreSQL: seconds between polls besides LISTEN/NOTIFY (SQLite is polled every 0.1 s).",
+                              min=0.05, max=60.0)
+    heartbeat_interval: float = _f(5.0, "Seconds between this gateway's heartbeats (the version it applies: beiand fleet status).",
+                                   min=1.0, max=600.0)
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonSection = field(default_factory=DaemonSection)
     capture: CaptureSection = field(default_factory=CaptureSection)
@@ -290,6 +311,7 @@ class Config:
     reassembly: ReassemblySection = field(default_factory=ReassemblySection)
     connections: ConnectionsSection = field(default_factory=ConnectionsSection)
     isms: IsmsSection = field(default_factory=IsmsSection)
+    store: StoreSection = field(default_factory=StoreSection)
     path: str = ""  # the file it came from
     warnings: tuple[str, ...] = ()  # file:line: field: deprecated settings that were given
 
@@ -476,7 +498,11 @@ def _resolve(cfg: Config, base: Path) -> Config:
     im = cfg.isms
     isms = dataclasses.replace(im, tls_cert=fix(im.tls_cert), tls_key=fix(im.tls_key), secrets_dir=fix(im.secrets_dir) or im.secrets_dir,
                                profile=fix(im.profile), spool_dir=fix(im.spool_dir), upload_key_file=fix(im.upload_key_file))
-    return dataclasses.replace(cfg, records=rec, inventory=inv, accesslog=al, daemon=dm, server=srv, isms=isms)
+    sto = dataclasses.replace(cfg.store, password_file=fix(cfg.store.password_file), ca_file=fix(cfg.store.ca_file),
+                              cert_file=fix(cfg.store.cert_file), key_file=fix(cfg.store.key_file))
+    if cfg.store.url and "://" not in cfg.store.url and not cfg.store.url.startswith("sqlite:"):
+        sto = dataclasses.replace(sto, url=str(fix(Path(cfg.store.url))))
+    return dataclasses.replace(cfg, records=rec, inventory=inv, accesslog=al, daemon=dm, server=srv, isms=isms, store=sto)
 
 
 def _semantic(cfg: Config, text: str, path: str, warnings: list[str] | None = None) -> list[str]:
@@ -497,7 +523,8 @@ def _semantic(cfg: Config, text: str, path: str, warnings: list[str] | None = No
             "spent and pass it unjudged; raise enforce.connbytes or lower reassembly.name_packets")
 
     for dotted, secret in (("accesslog.hmac_key_file", cfg.accesslog.hmac_key_file), ("server.token_file", cfg.server.token_file),
-                           ("accesslog.clickhouse.password_file", cfg.accesslog.clickhouse.password_file)):
+                           ("accesslog.clickhouse.password_file", cfg.accesslog.clickhouse.password_file),
+                           ("store.password_file", cfg.store.password_file), ("store.key_file", cfg.store.key_file)):
         why = secret_problem(secret) if secret is not None else None
         if why is None:
             continue
@@ -514,7 +541,9 @@ def _semantic(cfg: Config, text: str, path: str, warnings: list[str] | None = No
     if cfg.inventory.nat_file is not None and not cfg.inventory.nat_file.is_file():
         bad("inventory.nat_file", f"{cfg.inventory.nat_file}: no such file")
     for dotted, p in (("accesslog.hmac_key_file", cfg.accesslog.hmac_key_file), ("server.token_file", cfg.server.token_file),
-                      ("accesslog.clickhouse.password_file", cfg.accesslog.clickhouse.password_file)):
+                      ("accesslog.clickhouse.password_file", cfg.accesslog.clickhouse.password_file),
+                      ("store.password_file", cfg.store.password_file), ("store.ca_file", cfg.store.ca_file),
+                      ("store.cert_file", cfg.store.cert_file), ("store.key_file", cfg.store.key_file)):
         if p is not None and not p.is_file():
             bad(dotted, f"{p}: no such file")
     host, _, port = cfg.server.listen.rpartition(":")
@@ -522,6 +551,12 @@ def _semantic(cfg: Config, text: str, path: str, warnings: list[str] | None = No
         bad("server.listen", f"{cfg.server.listen!r}: expected host:port, e.g. 127.0.0.1:9640")
     if cfg.enforce.mark & (cfg.enforce.mark - 1):
         bad("enforce.mark", f"{cfg.enforce.mark:#x} is not a single bit (a power of two, e.g. 0x10000000)")
+    su = cfg.store.url
+    if su.startswith(("postgresql://", "postgres://")):
+        if re.match(r"^postgres(ql)?://[^/@:]*:[^@/]*@", su):
+            bad("store.url", "a password in the URL is refused (it shows in `ps` and the logs): put it in store.password_file")
+    elif "://" in su and not su.startswith("sqlite://"):
+        bad("store.url", f"{su!r}: expected a file path (SQLite) or postgresql://user@host:port/db")
     url = cfg.accesslog.clickhouse.url
     if url and not re.match(r"^https?://[^/\s]+/?$", url):
         bad("accesslog.clickhouse.url", f"{url!r}: expected http(s)://host:port")

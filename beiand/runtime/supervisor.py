@@ -41,6 +41,7 @@ from beiand.records.domains import DomainError
 from beiand.records.importer import canonical_ip
 from beiand.report.resource import ActiveResource
 from beiand.runtime import logsetup
+from beiand.runtime.decisions import Follower
 from beiand.runtime.housekeeping import Housekeeping
 from beiand.runtime.http import make_app
 from beiand.runtime.http import start as start_http
@@ -80,6 +81,7 @@ class Worker:
     pid: int = 0
     breaker: str = ""
     accesslog: dict[str, Any] = field(default_factory=dict)  # the worker's log position (full chain head)
+    versions: dict[str, float] = field(default_factory=dict)  # overlay → the decision store version it holds
 
 
 class Daemon:
@@ -112,6 +114,20 @@ class Daemon:
         self.decider: Decider | None = None  # the overlays, for their address cuts and the status
         self._rules: RuleSet = {}
         self.isms: IsmsRuntime | None = None
+        # The decision store: followed in a thread that writes the snapshot the workers read
+        # (runtime.decisions); the gateway enforces the last snapshot while the store is away.
+        self.decisions = Follower(cfg, self.metrics.registry)
+        self.decisions.worker_versions = self._worker_versions
+
+    def _worker_versions(self) -> dict[str, float]:
+        """Per overlay, the lowest decision store version a running worker holds."""
+        out: dict[str, float] = {}
+        for w in list(self.workers.values()):
+            if not (w.ready and w.proc.is_alive()):
+                continue
+            for name, v in list(w.versions.items()):
+                out[name] = min(out.get(name, v), v)
+        return out
 
     def _setup_enforcement(self) -> None:
         cfg = self.state.config
@@ -166,7 +182,7 @@ class Daemon:
 
     def details(self) -> dict[str, Any]:
         """What /readyz adds to ready or not: conditions that do not stop serving but need an operator."""
-        return {"records": self.records_status()}
+        return {"records": self.records_status(), "decisions": self.decisions.status()}
 
     def records_status(self) -> dict[str, Any]:
         st = self.state
@@ -213,7 +229,8 @@ class Daemon:
                 "accesslog": {f"w{w.idx}": w.accesslog for w in self.workers.values() if w.accesslog},
                 "enforcement": {"inline": self.state.config.enforce.inline, "nftables": self.nft.via if self.nft else None,
                                 "orders": self._orders_in_force()},
-                "isms": self.isms.status() if self.isms is not None else None}
+                "isms": self.isms.status() if self.isms is not None else None,
+                "decisions": self.decisions.status()}
 
     def _orders_in_force(self) -> int:
         for layer in self.decider.layers if self.decider is not None else ():
@@ -287,6 +304,7 @@ class Daemon:
             w.log_failing = msg.log_failing
             w.breaker = msg.breaker
             w.accesslog = msg.accesslog if msg.accesslog is not None else w.accesslog
+            w.versions = {k.labels[-1]: v for k, v in msg.metrics.items() if k.metric == "beiand_overlay_version" and k.labels}
             self.metrics.breaker_open.set(1 if any(x.breaker for x in self.workers.values()) else 0)
         view = self.obs
         for row in msg.rows:
@@ -409,6 +427,9 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, on_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload, "SIGHUP")
         cfg = self.state.config
+        # The store's state before the workers start (or, unreachable, the snapshot as it is).
+        await loop.run_in_executor(None, self.decisions.first_sync)
+        self.decisions.start()
         self._setup_enforcement()
         limits = http_limits(cfg)
         host, port = cfg.listen()
@@ -434,6 +455,7 @@ class Daemon:
         for idx in sorted(self.workers):
             self._stop_worker(idx)
         self._teardown_enforcement()
+        await loop.run_in_executor(None, self.decisions.stop)
         sup.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sup

@@ -233,17 +233,41 @@ def make_enforcer(cfg: Config) -> Enforcer:
 
 
 def layers(cfg: Config, state_dir: Path | None = None, *, live: bool = False) -> list[Layer]:
-    """The overlays every command decides with, read from ``daemon.state_dir`` (or ``state_dir``):
-    closure orders (``orders.json``) and, with ``[isms]`` on, the regulator's commands
-    (``isms/commands.json``).
+    """The overlays every command decides with: closure orders, the operator's exemptions and, with
+    ``[isms]`` on, the regulator's commands.
 
-    A damaged file is a ``StateError`` naming it, for a command asked about it (replay, lookup).
-    ``live`` (the daemon's workers and supervisor): it is logged instead, that overlay starts empty
-    and takes the file once it is mended (``Layer.reload``), so a bad write never stops the
-    gateway's access log; ``beiand_overlay_reload_errors`` counts it. Live, the regulator's history
-    is compiled only for the last hour (``CommandRules.live``)."""
+    ``live`` (the daemon's workers and supervisor): read from the snapshot files in
+    ``daemon.state_dir`` that the supervisor writes from the decision store (runtime.decisions);
+    a damaged file is logged, that overlay starts empty and takes the file once it is mended
+    (``Layer.reload``), so a bad write never stops the gateway's access log. Live, the regulator's
+    history is compiled only for the last hour (``CommandRules.live``).
+
+    Otherwise (replay, lookups, ``audit --pcap``): folded from the decision store itself, so they
+    judge with what the store holds whether or not a daemon runs here; with the store unreachable,
+    from the snapshot (logged). ``state_dir`` given: that directory's snapshot (a test, a copy).
+    A damaged file is then a ``StateError`` naming it."""
+    from beiand.policy.overlays import ExemptionLayer
+
     d = state_dir if state_dir is not None else cfg.daemon.state_dir
-    out: list[Layer] = [OrderLayer.from_state_dir(d)]
+    folded = None
+    from beiand.store.connect import is_postgres, sqlite_path
+
+    if not live and state_dir is None and (is_postgres(cfg.store.url) or sqlite_path(cfg.store.url, d).exists()):
+        from beiand.runtime.decisions import fold_store, open_decisions
+        from beiand.store import StoreError
+
+        try:
+            store = open_decisions(cfg, migrate=False, import_files=False, create=False)
+            try:
+                folded = fold_store(cfg, store)
+            finally:
+                store.close()
+        except StoreError as exc:
+            log.warning("%s: judging with the snapshot in %s", exc, d)
+    if folded is not None:
+        out: list[Layer] = [OrderLayer(folded.orders), ExemptionLayer(folded.exemptions)]
+    else:
+        out = [OrderLayer.from_state_dir(d), ExemptionLayer.from_state_dir(d)]
     if cfg.isms.enabled:
         from beiand.isms.store import CommandRules  # the ISMS stack only where it is on
         from beiand.isms.wire.profile import ProfileError, load_profile
@@ -252,7 +276,11 @@ def layers(cfg: Config, state_dir: Path | None = None, *, live: bool = False) ->
             subdomains = load_profile(cfg.isms.profile).subdomains
         except ProfileError as exc:
             raise StateError(f"isms.profile: {exc}") from None
-        out.append(CommandRules(d, subdomains, cfg.isms.house_id, live=live))
+        rules = CommandRules(d, subdomains, cfg.isms.house_id, live=live)
+        if folded is not None:
+            rules.store.state, rules.store.version, rules.error = folded.commands.state, folded.commands.version, ""
+            rules._build()
+        out.append(rules)
     for layer in out:
         if layer.error and not live:
             raise StateError(layer.error)

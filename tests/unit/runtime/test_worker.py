@@ -206,7 +206,7 @@ def test_the_decider_reports_the_rules_each_overlay_holds(tmp_path) -> None:
     d = Decider(type("P", (), {"inventory": None})(), [OrderLayer(store)])  # type: ignore[arg-type]
     m = worker_metrics(1, [d])
     assert m == {K("beiand_overlay_rules", ("1", "order")): 1, K("beiand_overlay_reload_errors", ("1", "order")): 0,
-                 K("beiand_overlay_damaged", ("1", "order")): 0}
+                 K("beiand_overlay_damaged", ("1", "order")): 0, K("beiand_overlay_version", ("1", "order")): 1}
     store.path.write_text("{broken")
     d.reload()
     m = worker_metrics(1, [d])

@@ -1,0 +1,368 @@
+"""The rows, the errors and the interface shared by both backends (SQLite, PostgreSQL).
+
+Both speak DB-API; what differs (placeholders, the write lock, DDL, NOTIFY) is a backend's few
+hooks. The schema has a version (``beiand_meta``); :data:`MIGRATIONS` take a store from one version
+to the next, each marked safe to run at a gateway's start (it only adds) or not (``beiand store
+migrate`` only). A store whose schema is newer than this beiand is refused, never written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import orjson
+
+from beiand.errors import BeiandError
+
+# The kinds of row the store holds; a row of another kind is kept and ignored (a newer writer's).
+KINDS = ("order", "exemption", "isms-command", "isms-list", "isms-house", "isms-codes", "isms-setting", "isms-sequence",
+         "isms-refused", "case")
+OPS = ("set", "end", "note")
+SCHEMA_VERSION = 1
+
+
+class StoreError(BeiandError):
+    """The store cannot be reached, read or written; the message says which store and why."""
+
+
+class SchemaError(StoreError):
+    """The store's schema is not one this beiand can use (newer, or older and not migrated)."""
+
+
+class Entry(NamedTuple):
+    """A change to write: the store gives it its version and the gateway."""
+
+    kind: str
+    key: str
+    op: str  # set | end | note
+    data: dict[str, Any]
+    at: float
+    actor: str = ""
+    why: str = ""
+
+
+class Change(NamedTuple):
+    """A row of the store."""
+
+    version: int
+    kind: str
+    key: str
+    op: str
+    data: dict[str, Any]
+    at: float
+    actor: str
+    why: str
+    gateway: str
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    what: str
+    safe: bool  # only adds: run at a gateway's start
+    sql: dict[str, tuple[str, ...]]  # dialect → statements
+
+
+_TABLES = {
+    "meta": "CREATE TABLE beiand_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "decisions": """CREATE TABLE beiand_decisions (
+        version BIGINT PRIMARY KEY, kind TEXT NOT NULL, key TEXT NOT NULL,
+        op TEXT NOT NULL CHECK (op IN ('set', 'end', 'note')), data TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL, actor TEXT NOT NULL, why TEXT NOT NULL, gateway TEXT NOT NULL)""",
+    "index": "CREATE INDEX beiand_decisions_kind ON beiand_decisions (kind, key, version)",
+    "gateways": """CREATE TABLE beiand_gateways (
+        gateway TEXT PRIMARY KEY, version BIGINT NOT NULL, applied_at DOUBLE PRECISION NOT NULL,
+        heartbeat_at DOUBLE PRECISION NOT NULL, host TEXT NOT NULL, beiand TEXT NOT NULL, state TEXT NOT NULL)""",
+    "imports": """CREATE TABLE beiand_imports (
+        gateway TEXT NOT NULL, source TEXT NOT NULL, sha256 TEXT NOT NULL, at DOUBLE PRECISION NOT NULL,
+        rows BIGINT NOT NULL, PRIMARY KEY (gateway, source, sha256))""",
+}
+MIGRATIONS = [
+    Migration(1, "decisions (append-only), gateways' heartbeats, one-time imports", True, {
+        "sqlite": (_TABLES["meta"], _TABLES["decisions"], _TABLES["index"], _TABLES["gateways"], _TABLES["imports"],
+                   "CREATE TRIGGER beiand_decisions_no_update BEFORE UPDATE ON beiand_decisions "
+                   "BEGIN SELECT RAISE(ABORT, 'beiand_decisions is append-only: add a row instead'); END",
+                   "CREATE TRIGGER beiand_decisions_no_delete BEFORE DELETE ON beiand_decisions "
+                   "BEGIN SELECT RAISE(ABORT, 'beiand_decisions is append-only: nothing is deleted'); END"),
+        "postgresql": (_TABLES["meta"], _TABLES["decisions"], _TABLES["index"], _TABLES["gateways"], _TABLES["imports"],
+                       "CREATE FUNCTION beiand_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                       "RAISE EXCEPTION 'beiand_decisions is append-only: add a row instead'; END $$",
+                       "CREATE TRIGGER beiand_decisions_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON beiand_decisions "
+                       "FOR EACH STATEMENT EXECUTE FUNCTION beiand_append_only()"),
+    }),
+]
+
+
+def check_entry(e: Entry) -> None:
+    """A row as every writer must give it (the folders check what the data means)."""
+    if e.op not in OPS:
+        raise StoreError(f"{e.kind} {e.key!r}: op {e.op!r} is not one of {', '.join(OPS)}")
+    if not e.kind or not isinstance(e.key, str) or not e.key:
+        raise StoreError(f"a change needs a kind and a key (got {e.kind!r}, {e.key!r})")
+    if not math.isfinite(e.at):
+        raise StoreError(f"{e.kind} {e.key!r}: time {e.at!r} is not a time")
+
+
+class Transaction:
+    """The write lock held: the rows since a version, then new rows numbered after the last."""
+
+    def __init__(self, store: DecisionStore, cur: Any) -> None:
+        self.store = store
+        self.cur = cur
+        self.head = store._head(cur)
+        self.appended: list[Change] = []
+
+    def changes(self, since: int, kinds: Sequence[str] = ()) -> list[Change]:
+        return self.store._changes(self.cur, since, kinds)
+
+    def append(self, entries: Sequence[Entry]) -> int:
+        """Write ``entries`` (numbered after the store's last row); the new last version."""
+        rows = []
+        for e in entries:
+            check_entry(e)
+            self.head += 1
+            rows.append((self.head, e.kind, e.key, e.op, orjson.dumps(e.data).decode(), float(e.at), e.actor or "",
+                         e.why or "", self.store.gateway))
+            self.appended.append(Change(self.head, e.kind, e.key, e.op, e.data, float(e.at), e.actor or "", e.why or "",
+                                        self.store.gateway))
+        if rows:
+            self.store._insert(self.cur, rows)
+        return self.head
+
+    def imported(self, source: str, sha256: str) -> bool:
+        return self.store._imported(self.cur, source, sha256)
+
+    def note_import(self, source: str, sha256: str, rows: int) -> None:
+        self.store._note_import(self.cur, source, sha256, rows)
+
+
+class DecisionStore(ABC):
+    """One store; a connection per instance (not shared between threads)."""
+
+    dialect = ""
+    MARK = "?"
+
+    def __init__(self, url: str, gateway: str) -> None:
+        self.url = url  # for messages: no password in it
+        self.gateway = gateway
+
+    # -- the backend's hooks ---------------------------------------------------------------------
+
+    @abstractmethod
+    def _connect(self) -> Any: ...
+
+    @abstractmethod
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[Any]:
+        """A cursor in a transaction holding the store's write lock; committed on leaving."""
+        yield None
+
+    @abstractmethod
+    def _read(self) -> Any:
+        """A cursor for reading (its own short transaction)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for news of a change (True: maybe one); without a notification
+        channel, sleep (the caller polls the version)."""
+        time.sleep(timeout)
+        return False
+
+    def _notify(self, cur: Any, version: int) -> None:  # noqa: B027 (SQLite has no channel: followers poll)
+        """Tell the followers (PostgreSQL: NOTIFY, delivered at commit)."""
+
+    def _error(self, exc: BaseException) -> StoreError:
+        return StoreError(f"decision store {self.url}: {exc}")
+
+    # -- SQL shared by both ----------------------------------------------------------------------
+
+    def _q(self, sql: str) -> str:
+        return sql.replace("?", self.MARK)
+
+    def _head(self, cur: Any) -> int:
+        cur.execute("SELECT coalesce(max(version), 0) FROM beiand_decisions")
+        return int(cur.fetchone()[0])
+
+    def _changes(self, cur: Any, since: int, kinds: Sequence[str]) -> list[Change]:
+        sql = "SELECT version, kind, key, op, data, at, actor, why, gateway FROM beiand_decisions WHERE version > ?"
+        args: list[Any] = [since]
+        if kinds:
+            sql += " AND kind IN (" + ", ".join("?" for _ in kinds) + ")"
+            args += list(kinds)
+        cur.execute(self._q(sql + " ORDER BY version"), args)
+        out = []
+        for v, kind, key, op, data, at, actor, why, gw in cur.fetchall():
+            try:
+                d = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                d = {"__damaged__": str(data)[:200]}  # the folder refuses it, naming the row
+            out.append(Change(int(v), kind, key, op, d if isinstance(d, dict) else {"__damaged__": repr(d)[:200]}, float(at),
+                              actor, why, gw))
+        return out
+
+    def _insert(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
+        cur.executemany(self._q("INSERT INTO beiand_decisions (version, kind, key, op, data, at, actor, why, gateway) "
+                                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"), rows)
+
+    def _imported(self, cur: Any, source: str, sha256: str) -> bool:
+        cur.execute(self._q("SELECT 1 FROM beiand_imports WHERE gateway = ? AND source = ? AND sha256 = ?"),
+                    (self.gateway, source, sha256))
+        return cur.fetchone() is not None
+
+    def _note_import(self, cur: Any, source: str, sha256: str, rows: int) -> None:
+        cur.execute(self._q("INSERT INTO beiand_imports (gateway, source, sha256, at, rows) VALUES (?, ?, ?, ?, ?)"),
+                    (self.gateway, source, sha256, time.time(), rows))
+
+    def _schema(self, cur: Any) -> int:
+        """The store's schema version (0: an empty store)."""
+        if not self._has_meta(cur):
+            return 0
+        cur.execute("SELECT value FROM beiand_meta WHERE key = 'schema'")
+        row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    @abstractmethod
+    def _has_meta(self, cur: Any) -> bool: ...
+
+    # -- the interface ---------------------------------------------------------------------------
+
+    def schema(self) -> int:
+        try:
+            with self._read() as cur:
+                return self._schema(cur)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise self._error(exc) from None
+
+    def pending_migrations(self) -> list[Migration]:
+        """The migrations this store needs; a schema newer than this beiand's is refused."""
+        have = self.schema()
+        if have > SCHEMA_VERSION:
+            raise SchemaError(f"decision store {self.url}: schema version {have} is newer than this beiand's "
+                              f"({SCHEMA_VERSION}): upgrade beiand on this gateway; nothing was read or written")
+        return [m for m in MIGRATIONS if m.version > have]
+
+    def migrate(self, *, auto: bool = False) -> list[Migration]:
+        """Bring the schema to this beiand's; ``auto`` (a gateway's start): only safe migrations,
+        an unsafe one pending is a :class:`SchemaError` naming ``beiand store migrate``."""
+        todo = self.pending_migrations()
+        if not todo:
+            return []
+        if auto and not all(m.safe for m in todo):
+            first = next(m for m in todo if not m.safe)
+            raise SchemaError(f"decision store {self.url}: schema {first.version - 1} needs migration {first.version} "
+                              f"({first.what}), which is not run at start: run `beiand store migrate`")
+        done = []
+        try:
+            with self._locked() as cur:
+                have = self._schema(cur)  # again, under the lock: another gateway may have migrated meanwhile
+                for m in MIGRATIONS:
+                    if m.version <= have:
+                        continue
+                    for stmt in m.sql[self.dialect]:
+                        cur.execute(stmt)
+                    if m.version == 1:
+                        cur.execute("INSERT INTO beiand_meta (key, value) VALUES ('schema', '1')")
+                    else:
+                        cur.execute(self._q("UPDATE beiand_meta SET value = ? WHERE key = 'schema'"), (str(m.version),))
+                    done.append(m)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise self._error(exc) from None
+        return done
+
+    def check_schema(self) -> None:
+        """Refuse a store this beiand cannot read (newer, or not migrated)."""
+        have = self.schema()
+        if have > SCHEMA_VERSION:
+            self.pending_migrations()
+        if have < SCHEMA_VERSION:
+            raise SchemaError(f"decision store {self.url}: schema version {have}, this beiand needs {SCHEMA_VERSION}: "
+                              "run `beiand store migrate`")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """The write lock: read what changed, then append; committed (and the followers told) on
+        leaving, rolled back on an exception."""
+        try:
+            with self._locked() as cur:
+                if self._schema(cur) != SCHEMA_VERSION:
+                    self.check_schema()
+                tx = Transaction(self, cur)
+                yield tx
+                if tx.appended:
+                    self._notify(cur, tx.head)
+        except StoreError:
+            raise
+        except BeiandError:
+            raise
+        except Exception as exc:
+            if type(exc).__module__.startswith(("sqlite3", "psycopg")):
+                raise self._error(exc) from None
+            raise
+
+    def append(self, entries: Sequence[Entry]) -> int:
+        with self.transaction() as tx:
+            return tx.append(entries)
+
+    def head(self) -> int:
+        try:
+            with self._read() as cur:
+                return self._head(cur)
+        except Exception as exc:
+            raise self._error(exc) from None
+
+    def changes(self, since: int = 0, kinds: Sequence[str] = ()) -> list[Change]:
+        try:
+            with self._read() as cur:
+                return self._changes(cur, since, kinds)
+        except Exception as exc:
+            raise self._error(exc) from None
+
+    def heartbeat(self, version: int, applied_at: float, host: str, beiand: str, state: dict[str, Any]) -> None:
+        """This gateway applies ``version`` since ``applied_at`` (``fleet status``)."""
+        now = time.time()
+        try:
+            with self._locked_free() as cur:
+                cur.execute(self._q(
+                    "INSERT INTO beiand_gateways (gateway, version, applied_at, heartbeat_at, host, beiand, state) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gateway) DO UPDATE SET version = excluded.version, "
+                    "applied_at = excluded.applied_at, heartbeat_at = excluded.heartbeat_at, host = excluded.host, "
+                    "beiand = excluded.beiand, state = excluded.state"),
+                    (self.gateway, version, applied_at, now, host, beiand, orjson.dumps(state).decode()))
+        except Exception as exc:
+            raise self._error(exc) from None
+
+    def gateways(self) -> list[dict[str, Any]]:
+        try:
+            with self._read() as cur:
+                cur.execute("SELECT gateway, version, applied_at, heartbeat_at, host, beiand, state FROM beiand_gateways "
+                            "ORDER BY gateway")
+                rows = cur.fetchall()
+        except Exception as exc:
+            raise self._error(exc) from None
+        out = []
+        for gw, v, applied, hb, host, beiand, state in rows:
+            try:
+                st = orjson.loads(state)
+            except orjson.JSONDecodeError:
+                st = {}
+            out.append({"gateway": gw, "version": int(v), "applied_at": float(applied), "heartbeat_at": float(hb),
+                        "host": host, "beiand": beiand, "state": st})
+        return out
+
+    @contextlib.contextmanager
+    def _locked_free(self) -> Iterator[Any]:
+        """A short write transaction that needs no order against the rows (a heartbeat)."""
+        with self._read() as cur:
+            yield cur
