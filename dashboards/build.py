@@ -68,6 +68,10 @@ PANELS = [
       (f"sum(increase(beiand_clickhouse_lost_records_total{I}[$__rate_interval]))", "lost")], False),
     ("Chain verification problems", "stat", "short", [(f"max(beiand_accesslog_verify_problems{I})", "problems")], False),
     ("Audit findings", "bargauge", "short", [(f"sum by (kind) (beiand_audit_findings{I})", "{{kind}}")], False),
+    ("Decision store: version applied vs the store's (0 up: enforcing the last snapshot)", "timeseries", "short",
+     [(f"max by (instance) (beiand_decision_store_head{I})", "store {{instance}}"),
+      (f"min by (instance) (beiand_decision_store_applied_version{I})", "applied {{instance}}"),
+      (f"min by (instance) (beiand_decision_store_up{I})", "up {{instance}}")], True),
 ]
 
 

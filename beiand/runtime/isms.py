@@ -95,11 +95,15 @@ class IsmsRuntime:
         self.keys = load_keys(im.secrets_dir)
         # Commands are written to the decision store (every gateway following it applies them); the
         # state here is the snapshot the supervisor's follower writes, caught up under the write lock.
-        from beiand.runtime.decisions import store_settings
-        from beiand.store import open_store
+        from beiand.runtime.decisions import open_decisions, store_settings
+        from beiand.store import StoreError, open_store
 
-        self.store = CommandStore(cfg.daemon.state_dir, self.profile.subdomains, im.house_id,
-                                  decisions=open_store(store_settings(cfg), cfg.daemon.state_dir, cfg.gateway))
+        try:
+            decisions = open_decisions(cfg, import_files=False)
+        except StoreError as exc:  # away at start: connected at the first command (the ack says if it is not)
+            log.warning("isms: %s: commands are refused until the decision store answers", exc)
+            decisions = open_store(store_settings(cfg), cfg.daemon.state_dir, cfg.gateway)
+        self.store = CommandStore(cfg.daemon.state_dir, self.profile.subdomains, im.house_id, decisions=decisions)
         self.spool = Spool(spool_dir(cfg), im.idc_id, self.keys, self.profile, clock=clock)
         self.reporter = Reporter(self.spool, cfg.accesslog.directory, im.house_id, store=self.store, records=self._records(cfg))
         self.service = CommandService(im.idc_id, self.keys, self.profile, self.store, on_query=self._on_query, clock=clock)

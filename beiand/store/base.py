@@ -109,6 +109,15 @@ def check_entry(e: Entry) -> None:
         raise StoreError(f"{e.kind} {e.key!r}: time {e.at!r} is not a time")
 
 
+def _schema_problem(url: str, have: int) -> str:
+    if have > SCHEMA_VERSION:
+        return (f"decision store {url}: schema version {have} is newer than this beiand's ({SCHEMA_VERSION}): upgrade "
+                "beiand on this gateway; nothing was read or written")
+    if have == 0:
+        return f"decision store {url}: no schema yet: run `beiand store migrate` (a gateway's start does it)"
+    return f"decision store {url}: schema version {have}, this beiand needs {SCHEMA_VERSION}: run `beiand store migrate`"
+
+
 class Transaction:
     """The write lock held: the rows since a version, then new rows numbered after the last."""
 
@@ -247,8 +256,7 @@ class DecisionStore(ABC):
         """The migrations this store needs; a schema newer than this beiand's is refused."""
         have = self.schema()
         if have > SCHEMA_VERSION:
-            raise SchemaError(f"decision store {self.url}: schema version {have} is newer than this beiand's "
-                              f"({SCHEMA_VERSION}): upgrade beiand on this gateway; nothing was read or written")
+            raise SchemaError(_schema_problem(self.url, have))
         return [m for m in MIGRATIONS if m.version > have]
 
     def migrate(self, *, auto: bool = False) -> list[Migration]:
@@ -284,11 +292,8 @@ class DecisionStore(ABC):
     def check_schema(self) -> None:
         """Refuse a store this beiand cannot read (newer, or not migrated)."""
         have = self.schema()
-        if have > SCHEMA_VERSION:
-            self.pending_migrations()
-        if have < SCHEMA_VERSION:
-            raise SchemaError(f"decision store {self.url}: schema version {have}, this beiand needs {SCHEMA_VERSION}: "
-                              "run `beiand store migrate`")
+        if have != SCHEMA_VERSION:
+            raise SchemaError(_schema_problem(self.url, have))
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -296,8 +301,9 @@ class DecisionStore(ABC):
         leaving, rolled back on an exception."""
         try:
             with self._locked() as cur:
-                if self._schema(cur) != SCHEMA_VERSION:
-                    self.check_schema()
+                have = self._schema(cur)
+                if have != SCHEMA_VERSION:
+                    raise SchemaError(_schema_problem(self.url, have))
                 tx = Transaction(self, cur)
                 yield tx
                 if tx.appended:
