@@ -247,6 +247,8 @@ class Follower:
             if part.version < 0 or getattr(part, "legacy", False):
                 ok = False
                 self._stale.add(name)
+            elif part.path is None or not part.path.exists():
+                self._stale.add(name)  # none yet: written at the first contact
             self.written[name] = max(part.version, 0)
         if not ok:  # fold everything again from the store
             self.folded = Folded(self.state_dir, subdomains(self.cfg), self.cfg.isms.house_id)
@@ -256,11 +258,8 @@ class Follower:
 
     def _write(self, names: Sequence[str]) -> None:
         for name in names:
-            if name == "isms":
+            if name == "isms":  # written with [isms] off too: the snapshot's version is the gateway's
                 c = self.folded.commands
-                if not self.cfg.isms.enabled and not c.path.exists() and not c.state.commands and not c.state.lists:
-                    self.written[name] = c.version  # no ISMS here and nothing of it: no file
-                    continue
                 c.snapshot(self.url)
                 self.written[name] = c.version
             else:

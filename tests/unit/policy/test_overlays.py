@@ -183,3 +183,21 @@ def test_an_order_file_changed_under_its_old_mtime_is_read(tmp_path: Path) -> No
     os.utime(writer.path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert layer.reload()
     assert layer.match(obs("b.example", ts=o.created + 1)) == hit(Overlay.ORDER, "2")
+
+
+def test_an_exemption_lets_an_unfiled_name_through_but_never_past_a_closure_order(tmp_path: Path) -> None:
+    """The operator's exemption (issue 29) ranks with noFilter: the records' block becomes exempt,
+    a closure order on the same name still blocks."""
+    from beiand.policy.orders import ExemptionStore
+    from beiand.policy.overlays import ExemptionLayer
+
+    ex = ExemptionStore(tmp_path)
+    ex.add("bad.example", "TICKET-1", "filing in review")
+    orders = OrderStore(tmp_path)
+    dec = Decider(Fixed(UNFILED), [OrderLayer(orders), ExemptionLayer(ex)])  # type: ignore[arg-type]
+    d = dec.decide(obs(ts=ex.orders["bad.example"].created + 1))
+    assert d.verdict.verdict is VerdictKind.EXEMPT and d.action is Action.LOG and d.by is Overlay.EXEMPTION
+    orders.add("www.bad.example", "京通管〔2026〕9号", "closure")
+    d = dec.decide(obs(ts=orders.orders["www.bad.example"].created + 1))
+    assert d.action is Action.BLOCK and d.by is Overlay.ORDER
+    assert ExemptionLayer(ex).addresses(0) == []
