@@ -30,7 +30,7 @@ from beiand.isms.wire.model import ActivePeriod, BasicData, CodeList, ListEntry,
 from beiand.model import AddressRule, Observation, Overlay, Transport
 from beiand.policy.matcher import Compiled, Intervals, Matcher, RuleError, ip_int, ip_range, port_range
 from beiand.policy.overlays import Hit, hit
-from beiand.policy.source import Version, version
+from beiand.policy.source import Version, changed, no_gc, version
 from beiand.records.domains import DomainError, normalise_domain
 from beiand.store import Change, DecisionStore, Entry
 
@@ -728,26 +728,51 @@ class CommandRules:
         self.live = live
         self.matcher = Matcher(())
         self._known_names: Callable[[str], list[Compiled] | None] | None = None
+        self._keyed = True
         self.errors = 0  # damaged versions of the file met
         self.error = ""  # what is wrong with the file now ("" when it was read)
         self._read()
 
     def _build(self) -> None:
-        self.matcher = Matcher(self.store.compiled(since=time.time() - self.LIVE_HISTORY_S if self.live else -math.inf))
+        compiled = self.store.compiled(since=time.time() - self.LIVE_HISTORY_S if self.live else -math.inf)
+        self.matcher = Matcher(compiled)
         self._known_names = self.matcher._names.get if self.matcher.names_only and self.matcher.count else None
+        # Layer.keyed: with name rules only (no URL, source, port or protocol part), a command
+        # matches by the name (within its houses' server addresses) or not at all.
+        self._keyed = all(not (c.urls or c.src or c.sports or c.dports or c.protos) for c in compiled)
+        changed()
+
+    def keyed(self) -> bool:
+        return not self.matcher.count or (self._keyed and self.matcher.names_only)
+
+    def name_clear(self, name: str) -> bool:
+        m = self.matcher
+        if not m.count or not name:
+            return True
+        hit = m._names.get(name)
+        if hit is None:
+            hit = m._name_candidates(name)
+            if len(m._names) >= 65536:
+                m._names.clear()
+            m._names[name] = hit
+        return not hit
+
+    def address_clear(self, ip: str) -> bool:
+        return self.matcher.names_only  # with address rules it is not keyed: never asked
 
     def _read(self) -> bool:
         seen = self.store.seen
         try:
-            changed = self.store.reload()
+            with no_gc():
+                changed = self.store.reload()
+                if changed:
+                    self._build()
         except RuleError as exc:  # a damaged file keeps the commands in force
             self.errors += 1
             self.error = str(exc)
             return False
         if self.store.seen != seen:  # another version, read well (or no file)
             self.error = ""
-        if changed:
-            self._build()
         return changed
 
     def reload(self) -> bool:

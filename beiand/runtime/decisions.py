@@ -31,6 +31,7 @@ from beiand import __version__
 from beiand.isms.store import CommandStore
 from beiand.isms.wire.profile import ProfileError, load_profile
 from beiand.policy.orders import ExemptionStore, OrderError, OrderStore, legacy_entries, parse_file
+from beiand.policy.source import no_gc
 from beiand.runtime.settings import Config
 from beiand.store import DecisionStore, StoreError, StoreSettings, open_store
 from beiand.store.connect import is_postgres
@@ -275,10 +276,12 @@ class Follower:
             self.store = self._open()
         changes = self.store.changes(self.folded.version)
         self.last_contact = time.time()
-        changed = self.folded.apply(changes) if changes else []
-        write = sorted(set(changed) | self._stale)
+        with no_gc():  # a fold re-indexes every order: no collection of the whole heap meanwhile
+            changed = self.folded.apply(changes) if changes else []
+            write = sorted(set(changed) | self._stale)
+            if write:
+                self._write(write)
         if write:
-            self._write(write)
             self._stale = set()
             self.applied_at = time.time()
             log.info("decision store %s: version %d applied (%s)", self.url, self.folded.version, ", ".join(write))

@@ -219,7 +219,7 @@ def test_a_row_that_is_not_a_valid_order_is_refused_by_name_and_the_state_kept(t
     assert len(refused) == 3 and "decision 2 (order '198.51.100.0/33' by mallory" in refused[0]
     assert "without its number" in refused[1] and "until 'tomorrow'" in refused[2]
     snap = json.loads((tmp_path / "state" / "orders.json").read_text())
-    assert snap["snapshot"]["version"] == 5 and {o["target"] for o in snap["orders"]} == {"a.example", "c.example"}
+    assert snap["snapshot"]["version"] == 5 and {o[0] for o in snap["orders"]} == {"a.example", "c.example"}
     fol.stop()
     store.close()
 
@@ -263,7 +263,7 @@ def test_the_follower_applies_a_change_fails_static_and_catches_up(tmp_path: Pat
     snap = tmp_path / "state" / "orders.json"
 
     def in_snapshot(target: str) -> Callable[[], bool]:
-        return lambda: snap.exists() and any(o["target"] == target for o in json.loads(snap.read_bytes())["orders"])
+        return lambda: snap.exists() and any(o[0] == target for o in json.loads(snap.read_bytes())["orders"])
 
     try:
         t0 = time.monotonic()

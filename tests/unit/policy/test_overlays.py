@@ -69,6 +69,15 @@ class Layer:
     def metrics(self) -> dict[str, float]:
         return {}
 
+    def keyed(self) -> bool:
+        return False  # answers whatever it likes: never skipped
+
+    def name_clear(self, name: str) -> bool:
+        raise AssertionError("not asked of an overlay that is not keyed")
+
+    def address_clear(self, ip: str) -> bool:
+        raise AssertionError("not asked of an overlay that is not keyed")
+
 
 def test_a_closure_order_decides_at_the_observations_time_and_a_lifted_one_decides_what_came_before(tmp_path: Path) -> None:
     store = OrderStore(tmp_path)
@@ -201,3 +210,23 @@ def test_an_exemption_lets_an_unfiled_name_through_but_never_past_a_closure_orde
     d = dec.decide(obs(ts=orders.orders["www.bad.example"].created + 1))
     assert d.action is Action.BLOCK and d.by is Overlay.ORDER
     assert ExemptionLayer(ex).addresses(0) == []
+
+
+def test_a_name_no_overlay_matches_is_remembered_until_an_overlay_changes(tmp_path: Path) -> None:
+    """Issue 29: the decider remembers the names and server addresses no overlay can ever match
+    (every overlay matching by those alone); a new order is never missed, at any time."""
+    orders = OrderStore(tmp_path)
+    layer = OrderLayer.from_state_dir(tmp_path)
+    dec = Decider(Fixed(UNFILED), [layer])  # type: ignore[arg-type]
+    assert dec.decide(obs(ts=1000.0)).action is Action.BLOCK and not dec.decide(obs(ts=1000.0)).by
+    assert dec._names == {"www.bad.example": True} and dec._addrs == {"203.0.113.5": True}
+    o = orders.add("bad.example", "京通管〔2026〕5号", "test", until=0.0)
+    assert dec.reload()  # the worker's reload: the remembered pairs go
+    assert dec.decide(obs(ts=o.created + 1)).by is Overlay.ORDER
+    assert not dec.decide(obs(ts=o.created - 1)).by  # before the order
+    assert dec.decide(obs(ts=o.created + 2)).by is Overlay.ORDER
+    assert dec.decide(obs("other.example", ts=o.created + 2)).action is Action.BLOCK  # records' block, no order
+    assert dec._names["other.example"] and not dec._names["www.bad.example"]
+    never = Decider(Fixed(UNFILED), [Layer(None)])  # type: ignore[arg-type]
+    never.decide(obs())
+    assert not never._names

@@ -23,7 +23,7 @@ def test_the_snapshot_holds_the_store_version_and_the_workers_version_is_the_low
     f = Follower(c)
     assert f.sync() == ["exemption", "isms", "order"]  # the first contact writes every snapshot
     snap = json.loads((tmp_path / "state" / "orders.json").read_text())
-    assert snap["snapshot"]["version"] == 1 and [o["target"] for o in snap["orders"]] == ["a.example"]
+    assert snap["snapshot"]["version"] == 1 and [o[0] for o in snap["orders"]] == ["a.example"]
     assert f.applied() == 1  # no worker yet: the snapshot's
     f.worker_versions = lambda: {"order": 0.0, "exemption": 1.0}
     assert f.applied() == 0  # a worker still holds the file before it

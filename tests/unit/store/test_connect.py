@@ -39,7 +39,7 @@ def test_what_is_refused(tmp_path: Path, url: str, why: str) -> None:
 
 
 def test_a_bad_sslmode_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="store.sslmode"):
+    with pytest.raises(StoreError, match=r"store\.sslmode"):
         open_store(StoreSettings("postgresql://u@h/db", sslmode="maybe"), tmp_path, "gw")
 
 

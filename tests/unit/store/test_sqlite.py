@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import stat
 import threading
-
 from pathlib import Path
 
 from beiand.policy.orders import set_entry

@@ -1,0 +1,283 @@
+"""Decision store bars (issue 29).
+
+    python bench/bench_decisions.py latency [--orders 50]
+        Three ``beiand run`` (enforce), each in its network namespace, following one real
+        PostgreSQL 15 in a namespace of its own (tests/integration/test_fleet_decisions.Fleet).
+        For each of N orders: every gateway is sent a QUIC Initial for a filed name every 5 ms;
+        ``beiand block add NAME`` runs; the figure is, per gateway, the capture time of the first
+        flow its access log records as blocked under that order, minus the time ``block add``
+        returned. Prints p50/p99/max over every (order, gateway). Bar: p99 <= 1 s.
+
+    python bench/bench_decisions.py scale [--orders 50000 --commands 50000]
+        An SQLite store holding N closure orders (names, addresses, prefixes) and M regulator
+        commands (domain filters). Prints: the follower's fold and snapshot write for one more
+        order, a worker's reload of the snapshot, the worst case with the poll intervals added
+        (bar: a new version applied in <= 1 s); and the verdict rate of the decider (records,
+        then every overlay) with those rules in force against empty overlays, A/B alternated
+        (bar: changes by <= 5%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+# -- latency: three gateways, one PostgreSQL ---------------------------------------------------------
+
+
+def latency(n: int) -> None:
+    from beiand.accesslog import Query, query
+    from beiand.lab.netns import in_netns
+    from beiand.lab.traffic import quic_initial_datagrams, udp
+    from tests.integration.test_fleet_decisions import Fleet
+
+    wd = Path(tempfile.mkdtemp(prefix="beiand-bench-decisions-"))
+    f = Fleet(wd)
+    try:
+        for d in f.daemons:
+            d.start()
+
+        def raw(ns: str) -> socket.socket:
+            def make() -> socket.socket:
+                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+                s.bind(("lo", 0))
+                return s
+
+            return in_netns(ns, make)
+
+        socks = [raw(d.ns) for d in f.daemons]
+        payloads = {i: quic_initial_datagrams(f"site{i}.example.cn")[0] for i in range(n)}
+        figures: list[float] = []
+        port = [1024]  # every flow a new one, across orders (a flow already named is not judged again)
+        for i in range(n):
+            order = f"京通管〔2026〕{1000 + i}号"
+            stop = threading.Event()
+
+            def send(i: int = i, stop: threading.Event = stop) -> None:
+                while not stop.is_set():
+                    port[0] = port[0] + 1 if port[0] < 65535 else 1024
+                    frame = udp(f"10.9.{port[0] % 200}.2", "198.51.100.10", port[0], 443, payloads[i])
+                    for s in socks:
+                        s.send(frame)
+                    time.sleep(0.005)
+
+            t = threading.Thread(target=send)
+            t.start()
+            time.sleep(0.05)
+            assert f.cli(["block", "add", f"site{i}.example.cn", "--order", order]) == 0
+            returned = time.time()
+            firsts: dict[int, float] = {}
+            deadline = time.monotonic() + 30
+            while len(firsts) < len(f.daemons) and time.monotonic() < deadline:
+                time.sleep(0.1)
+                for k, d in enumerate(f.daemons):
+                    if k in firsts:
+                        continue
+                    hits = [r.ts_ms for r in query(d.wd / "log", Query(since_ms=int((returned - 10) * 1000)))
+                            if r.order == order and r.action == "block"]
+                    if hits:
+                        firsts[k] = min(hits) / 1000
+            stop.set()
+            t.join()
+            if len(firsts) < len(f.daemons):
+                raise SystemExit(f"order {i}: not applied on every gateway within 30 s: {firsts}")
+            lat = [firsts[k] - returned for k in sorted(firsts)]
+            figures += lat
+            print(f"order {i + 1:3d}: " + "  ".join(f"gw{k} {x * 1000:6.0f} ms" for k, x in enumerate(lat)), flush=True)
+        print(f"orders applied on all three gateways: {n} orders x 3 gateways, from `block add` returning to the first "
+              f"blocked flow: p50 {pct(figures, 50) * 1000:.0f} ms, p99 {pct(figures, 99) * 1000:.0f} ms, "
+              f"max {max(figures) * 1000:.0f} ms (bar: p99 <= 1000 ms); flows sent every 5 ms per gateway")
+        print(f"load average during the run: {os.getloadavg()}")
+    finally:
+        f.close()
+
+
+# -- scale: 100,000 orders and commands --------------------------------------------------------------
+
+
+def scale(orders: int, commands: int, verdicts: int, a_trials: int = 30) -> None:
+    from beiand.isms.store import CommandRules, _cmd_to_json
+    from beiand.isms.wire.model import Rule, SecurityCommand
+    from beiand.model import Kind, Observation, Transport
+    from beiand.policy import Policy, PolicyConfig
+    from beiand.policy.inventory import load_inventory
+    from beiand.policy.orders import set_entry
+    from beiand.policy.overlays import Decider, ExemptionLayer, OrderLayer
+    from beiand.records import build_index, load_file
+    from beiand.records.generate import OUR_PROVIDER, GenConfig, write_csv, write_inventory
+    from beiand.runtime.decisions import Follower, open_decisions
+    from beiand.runtime.settings import Config, DaemonSection, IsmsSection
+    from beiand.store import Entry
+
+    tmp = Path(tempfile.mkdtemp(prefix="beiand-bench-scale-"))
+    cfg = Config(daemon=DaemonSection(gateway="bench", state_dir=tmp / "state"), isms=IsmsSection(enabled=True))
+    store = open_decisions(cfg)
+    rng = random.Random(29)
+    t = time.perf_counter()
+    entries = []
+    for i in range(orders):
+        r = i % 50
+        target = (f"10.{rng.randrange(256)}.{rng.randrange(256)}.0/24" if r == 0 else
+                  f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}" if r < 5 else f"closed{i}.example.org")
+        entries.append(set_entry("order", target, f"京通管〔2026〕{i}号", "bench", 0.0, "bench", now=1_700_000_000.0 + i))
+    for i in range(commands):
+        c = SecurityCommand(command_id=i + 1, type=1, operation=0, rules=(Rule(1, f"cmd{i}.example.net", ""),), block=1, log=1,
+                            report=1, reason="", effect_time=0.0, expired_time=0.0, house_ids=(), owner="", time_stamp="")
+        entries.append(Entry("isms-command", str(i + 1), "set", _cmd_to_json(c), 1_700_000_000.0 + i, "isms"))
+    for k in range(0, len(entries), 20_000):
+        store.append(entries[k:k + 20_000])
+    print(f"store: {orders:,} orders + {commands:,} commands written in {time.perf_counter() - t:.1f} s (version {store.head()})")
+    fol = Follower(cfg)
+    t = time.perf_counter()
+    fol.first_sync()
+    print(f"follower: first fold and snapshots of {store.head():,} rows: {time.perf_counter() - t:.2f} s")
+    state = tmp / "state"
+    t = time.perf_counter()
+    ol, el, cr = OrderLayer.from_state_dir(state), ExemptionLayer.from_state_dir(state), CommandRules(state, live=True)
+    print(f"worker: reads the snapshots at start: {time.perf_counter() - t:.2f} s "
+          f"({len(ol.store.orders):,} orders, {cr.metrics()['rules']:,.0f} commands)")
+    applies, reloads = [], []
+    for k in range(5):
+        store.append([set_entry("order", f"new{k}.example.org", f"N{k}", "", 0.0, "bench")])
+        t0 = time.perf_counter()
+        fol.sync()
+        t1 = time.perf_counter()
+        assert ol.reload()
+        t2 = time.perf_counter()
+        applies.append(t1 - t0)
+        reloads.append(t2 - t1)
+    print(f"a new version with {orders:,} orders and {commands:,} commands in force: follower fold + snapshot "
+          f"{statistics.median(applies) * 1000:.0f} ms (max {max(applies) * 1000:.0f}), a worker's reload "
+          f"{statistics.median(reloads) * 1000:.0f} ms (max {max(reloads) * 1000:.0f})")
+    # End to end: the follower's own thread (its 0.1 s SQLite poll), a worker process reloading
+    # every 0.25 s as the daemon's do; from the commit of `block add` to the worker holding it.
+    import multiprocessing
+
+    fol.start()
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+
+    def worker() -> None:
+        layer = OrderLayer.from_state_dir(state)
+        while True:
+            if layer.reload():
+                child.send((layer.store.version, time.time()))
+            if child.poll(0.25):
+                return
+
+    wp = ctx.Process(target=worker)
+    wp.start()
+    e2e = []
+    for k in range(a_trials):
+        time.sleep(rng.uniform(0.3, 0.8))
+        v = store.append([set_entry("order", f"e2e{k}.example.org", f"E{k}", "", 0.0, "bench")])
+        t0 = time.time()
+        while True:
+            got, at = parent.recv()
+            if got >= v:
+                e2e.append(at - t0)
+                break
+    parent.send("stop")
+    wp.join(10)
+    fol.stop()
+    print(f"a new version applied by a worker, end to end ({a_trials} orders, {orders:,} orders and {commands:,} commands "
+          f"in force): p50 {pct(e2e, 50) * 1000:.0f} ms, p99 {pct(e2e, 99) * 1000:.0f} ms, max {max(e2e) * 1000:.0f} ms "
+          f"(bar <= 1000 ms)")
+    store.close()
+
+    # Verdicts with those rules in force against empty overlays (A/B, alternated).
+    gcfg = GenConfig(filings=100_000, bad_rows=0, hosted_v4="10.0.0.0/8", ip_share=0.15, range_share=0.3)
+    path, inv = str(tmp / "records.csv"), str(tmp / "inventory.csv")
+    write_csv(path, gcfg)
+    write_inventory(inv, gcfg)
+    result = load_file(path)
+    index = build_index(result)
+    inventory = load_inventory(inv)
+    gc.freeze()
+    names = [d for fl in rng.sample(result.filings, 20_000) for d in fl.domains]
+    servers = [f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}" for _ in range(5000)]
+
+    def observation(i: int) -> Observation:
+        r = rng.random()
+        name = rng.choice(names) if r < 0.5 else (f"a{i % 97}." + rng.choice(names) if r < 0.7 else
+                                                   f"unfiled{i}.example-miss.com" if r < 0.95 else "")
+        return Observation(1_800_000_000.0, "192.0.2.9", 50000, rng.choice(servers), 443, Transport.TCP, Kind.TLS_SNI, name, name)
+
+    population = [observation(i) for i in range(100_000)]
+    weights = [1.0 / (k + 1) ** 0.8 for k in range(len(population))]
+    traffic = rng.choices(population, weights, k=verdicts)
+    distinct = [observation(i + 10**6) for i in range(min(verdicts, 200_000))]
+    empty = tmp / "empty"
+    empty.mkdir()
+    full = [ol, el, cr]
+    none = [OrderLayer.from_state_dir(empty), ExemptionLayer.from_state_dir(empty), CommandRules(empty, live=True)]
+
+    def run(layers: list, obs: list[Observation]) -> float:  # type: ignore[type-arg]
+        policy = Policy(index, inventory, PolicyConfig(provider=OUR_PROVIDER))
+        inventory._cache.clear()
+        for layer in layers:
+            if hasattr(layer.store, "_net_hits"):
+                layer.store._net_hits = {}
+        decide = Decider(policy, layers).decide
+        t = time.perf_counter()
+        for o in obs:
+            decide(o)
+        return len(obs) / (time.perf_counter() - t)
+
+    run(none, traffic[:100_000])
+    run(full, traffic[:100_000])
+    if os.environ.get("BENCH_PROFILE"):
+        import cProfile
+        import pstats
+
+        for layers in (none, full):
+            pr = cProfile.Profile()
+            pr.runcall(run, layers, traffic)
+            pstats.Stats(pr).sort_stats("tottime").print_stats(12)
+    for label, obs in (("mixed traffic", traffic), ("every observation new", distinct)):
+        a_rates, b_rates = [], []
+        for _ in range(3):
+            a_rates.append(run(none, obs))
+            b_rates.append(run(full, obs))
+        a, b = statistics.median(a_rates), statistics.median(b_rates)
+        print(f"verdicts ({label}): empty overlays {a:,.0f}/s, {orders:,} orders + {commands:,} commands in force "
+              f"{b:,.0f}/s: {100 * (b - a) / a:+.1f}% (bar: within 5%); runs A {[f'{x:,.0f}' for x in a_rates]} "
+              f"B {[f'{x:,.0f}' for x in b_rates]}")
+    print(f"load average: {os.getloadavg()}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="what", required=True)
+    lp = sub.add_parser("latency")
+    lp.add_argument("--orders", type=int, default=50)
+    sp = sub.add_parser("scale")
+    sp.add_argument("--orders", type=int, default=50_000)
+    sp.add_argument("--commands", type=int, default=50_000)
+    sp.add_argument("--verdicts", type=int, default=1_000_000)
+    a = ap.parse_args()
+    if a.what == "latency":
+        latency(a.orders)
+    else:
+        scale(a.orders, a.commands, a.verdicts)
+
+
+if __name__ == "__main__":
+    main()
