@@ -46,7 +46,27 @@ class SqliteStore(DecisionStore):
             except sqlite3.Error as exc:
                 raise self._error(exc) from None
             self._conn = c
+            self._own()
         return self._conn
+
+    def _own(self) -> None:
+        """Run as root (``sudo beiand block add``), give the file and its WAL the state
+        directory's owner: the daemon (User=beiand) must go on writing its heartbeats and the ISMS
+        endpoint's commands into a store root created or touched."""
+        if os.geteuid() != 0:
+            return
+        try:
+            st = os.stat(self.path.parent)
+        except OSError:
+            return
+        if st.st_uid == 0:
+            return
+        for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+            try:
+                if os.stat(p).st_uid != st.st_uid:
+                    os.chown(p, st.st_uid, st.st_gid)
+            except OSError:
+                continue
 
     def _has_meta(self, cur: Any) -> bool:
         cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'beiand_meta'")
@@ -72,6 +92,7 @@ class SqliteStore(DecisionStore):
             with contextlib.suppress(sqlite3.Error):
                 cur.execute("ROLLBACK")
             raise self._error(exc) from None
+        self._own()
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Any]:

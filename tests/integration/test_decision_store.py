@@ -334,3 +334,63 @@ def test_a_follower_waiting_on_listen_wakes_at_a_commit(tmp_path: Path, pg: Post
     finally:
         writer.close()
         follower.close()
+
+
+def test_tls_verify_full_and_a_password_from_a_private_file(tmp_path: Path) -> None:
+    """The fleet's store across data centres: TLS with the server's certificate checked against
+    store.ca_file, the password from store.password_file (0600); a wrong CA, a wrong password or
+    a password file others may read is a clear error naming the store, never a silent fallback."""
+    import os
+    import shutil
+
+    import psycopg
+
+    from beiand.lab.labservers import make_cert
+    from tests.integration.nsdaemon import require_root
+
+    require_root()
+    pg = Postgres(tmp_path / "pgtls", ssl=True)
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    crt, key = make_cert(certs, ["localhost"])
+    for src, dst in ((crt, "server.crt"), (key, "server.key")):
+        shutil.copy(src, pg.data / dst)
+        os.chown(pg.data / dst, pg.user.pw_uid, pg.user.pw_gid)
+        os.chmod(pg.data / dst, 0o600)
+    (pg.data / "pg_hba.conf").write_text("local all all trust\nhost all postgres 127.0.0.1/32 trust\n"
+                                         "hostssl all beiand 127.0.0.1/32 scram-sha-256\nhostnossl all beiand 0.0.0.0/0 reject\n")
+    pg.start()
+    try:
+        with psycopg.connect(pg.url(), autocommit=True) as c:
+            c.execute("CREATE ROLE beiand LOGIN PASSWORD 'cr0ss-dc-s3cret'")
+            c.execute("CREATE DATABASE fleet OWNER beiand")
+        pw = tmp_path / "store.password"
+        pw.write_text("cr0ss-dc-s3cret\n")
+        pw.chmod(0o600)
+        url = f"postgresql://beiand@localhost:{pg.port}/fleet"
+        good = config(tmp_path, url, password_file=pw, sslmode="verify-full", ca_file=certs / "lab-ca.pem")
+        store = open_decisions(good)
+        store.append([set_entry("order", "a.example", "1", "", 0.0, "ops")])
+        with store.transaction() as tx:
+            tx.cur.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            assert tx.cur.fetchone()[0] is True
+        store.close()
+        other = tmp_path / "other"
+        other.mkdir()
+        make_cert(other, ["localhost"])
+        bad_ca = config(tmp_path, url, password_file=pw, sslmode="verify-full", ca_file=other / "lab-ca.pem")
+        with pytest.raises(StoreError, match=rf"decision store postgresql://beiand@localhost:{pg.port}/fleet: .*(SSL error|certificate)"):
+            open_decisions(bad_ca).head()
+        pw.write_text("wrong\n")
+        with pytest.raises(StoreError, match="password authentication failed") as e:
+            open_decisions(good)
+        assert "wrong" not in str(e.value)
+        pw.write_text("cr0ss-dc-s3cret\n")
+        pw.chmod(0o644)
+        with pytest.raises(StoreError, match="store.password_file"):
+            open_decisions(good)
+        nossl = config(tmp_path, url, password_file=None, sslmode="disable")
+        with pytest.raises(StoreError, match="rejects connection|no encryption"):
+            open_decisions(nossl)
+    finally:
+        pg.stop()

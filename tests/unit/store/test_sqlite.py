@@ -50,3 +50,23 @@ def test_a_reader_does_not_wait_for_a_writer_and_a_second_writer_waits(tmp_path:
     for s in (a, b, r):
         s.close()
 
+
+
+def test_a_store_root_writes_stays_writable_by_the_daemons_user(tmp_path: Path) -> None:
+    """``sudo beiand block add`` creates or touches the store: the file and its WAL get the state
+    directory's owner (the daemon runs as User=beiand), so its heartbeats are not refused."""
+    import os
+    import pwd
+
+    if os.geteuid() != 0:
+        return
+    nobody = pwd.getpwnam("nobody")
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, nobody.pw_uid, nobody.pw_gid)
+    s = SqliteStore(state / "decisions.sqlite", "gw")
+    s.migrate()
+    s.append([set_entry("order", "a.example", "1", "", 0.0, "root")])
+    owners = {p.name: p.stat().st_uid for p in state.iterdir()}
+    assert owners and set(owners.values()) == {nobody.pw_uid}, owners
+    s.close()
