@@ -387,10 +387,10 @@ def test_tls_verify_full_and_a_password_from_a_private_file(tmp_path: Path) -> N
         assert "wrong" not in str(e.value)
         pw.write_text("cr0ss-dc-s3cret\n")
         pw.chmod(0o644)
-        with pytest.raises(StoreError, match="store.password_file"):
+        with pytest.raises(StoreError, match=r"store\.password_file"):
             open_decisions(good)
         nossl = config(tmp_path, url, password_file=None, sslmode="disable")
-        with pytest.raises(StoreError, match="rejects connection|no encryption"):
+        with pytest.raises(StoreError, match=r"rejects connection|no encryption"):
             open_decisions(nossl)
     finally:
         pg.stop()
