@@ -9,6 +9,7 @@ are built here too.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -244,22 +245,26 @@ def layers(cfg: Config, state_dir: Path | None = None, *, live: bool = False) ->
 
     Otherwise (replay, lookups, ``audit --pcap``): folded from the decision store itself, so they
     judge with what the store holds whether or not a daemon runs here; with the store unreachable,
-    from the snapshot (logged). ``state_dir`` given: that directory's snapshot (a test, a copy).
-    A damaged file is then a ``StateError`` naming it."""
+    from the snapshot (logged). ``state_dir`` given: that directory's SQLite store, else its
+    snapshot (a copy of a gateway's state). A damaged file is then a ``StateError`` naming it."""
     from beiand.policy.overlays import ExemptionLayer
 
     d = state_dir if state_dir is not None else cfg.daemon.state_dir
     folded = None
     from beiand.store.connect import is_postgres, sqlite_path
 
-    if not live and state_dir is None and (is_postgres(cfg.store.url) or sqlite_path(cfg.store.url, d).exists()):
+    scfg = cfg
+    if state_dir is not None:  # another state directory: its own SQLite store, if it has one
+        scfg = dataclasses.replace(cfg, daemon=dataclasses.replace(cfg.daemon, state_dir=state_dir),
+                                   store=dataclasses.replace(cfg.store, url=""))
+    if not live and (is_postgres(scfg.store.url) or sqlite_path(scfg.store.url, d).exists()):
         from beiand.runtime.decisions import fold_store, open_decisions
         from beiand.store import StoreError
 
         try:
-            store = open_decisions(cfg, migrate=False, import_files=False, create=False)
+            store = open_decisions(scfg, migrate=False, import_files=False, create=False)
             try:
-                folded = fold_store(cfg, store)
+                folded = fold_store(scfg, store)
             finally:
                 store.close()
         except StoreError as exc:
