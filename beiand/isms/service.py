@@ -140,7 +140,6 @@ class CommandService:
             # Under the decision store's write lock: what any other writer applied is seen first
             # (a duplicate sent to two gateways is refused once), and the command's rows commit
             # together with its sequence, or not at all (the ack then says why).
-            acks = len(self.acks)
             with self.store.writing():
                 if self.store.seen_sequence(seq):
                     return self.refuse(CommandResult.OTHER, f"duplicate commandSequence {seq}")
@@ -148,11 +147,14 @@ class CommandService:
                     return self.refuse(CommandResult.OTHER, f"duplicate commandId {item.command_id}")
                 ans = self.apply(item)
                 self.store.note_sequence(seq)
+            # Committed: only now may its ack go out (the CU-lite sends acks from another thread).
+            self.acks.extend(ans.acks)
+            if len(self.acks) > 10000:
+                del self.acks[:-10000]
             self.counts["applied"] += 1
             return ans
         except StoreError as exc:  # nothing applied: SMMS sends it again
             log.error("isms: %s", exc)
-            del self.acks[acks:]
             return self.refuse(CommandResult.OTHER, f"not applied: {exc}")
         except Exception as exc:  # a bug must answer 999 and be logged, never drop the connection
             log.exception("isms: idc_command failed")
@@ -192,7 +194,4 @@ class CommandService:
         if out.reason.startswith("unsupported"):
             self.unsupported[out.reason] += 1
         ack = Ack(cid, ack_type, out.result, out.msg, self.store.house_id)
-        self.acks.append(ack)
-        if len(self.acks) > 10000:
-            del self.acks[:-10000]
-        return Answer(CommandResult.OK, out.msg, item, [ack])
+        return Answer(CommandResult.OK, out.msg, item, [ack])  # its ack is queued once the command is committed

@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -252,9 +253,11 @@ class CommandStore:
         self.version = 0  # the decision store's version the state is folded to (-1: fold again from nothing)
         self.decisions = decisions
         self.pending: list[Entry] = []  # rows the mutations below owe the store (written by `writing`)
+        self.lock = threading.RLock()  # writing() holds it: a reload of the snapshot waits for no write
         self.refused_rows: list[str] = []  # rows of the store refused (invalid), the last 100
         self.refused_total = 0
         self.legacy = False  # the file read was written by a beiand before the decision store
+        self.snapshot_store: str | None = None  # the store the snapshot read was written from
         if load:
             self.reload()
 
@@ -346,31 +349,42 @@ class CommandStore:
         """Apply commands inside: under the decision store's write lock, the state first catches up
         with what others wrote, then the rows the changes owe are written in one transaction (no
         lost update between a gateway's CU-lite and any other writer). A store that cannot be
-        written raises StoreError and the state is folded again from the store (nothing half-held).
-        Without a decision store (a store of its own): the file is written."""
-        if self.decisions is None:
-            self.pending = []
-            yield
-            self.pending = []
-            self.save()
-            return
-        head = self.version
-        try:
-            with self.decisions.transaction() as tx:
-                if self.version < 0:
-                    self.state, self.version = State(), 0
-                self.apply(tx.changes(self.version, ISMS_KINDS))
+        written raises StoreError and the state goes back to the snapshot (nothing half-held, the
+        refused command nowhere). Without a decision store (a store of its own): the file is written."""
+        with self.lock:
+            if self.decisions is None:
                 self.pending = []
                 yield
-                if self.pending:
-                    tx.append(self.pending)
-                head = tx.head
-        except BaseException:
+                self.pending = []
+                self.save()
+                return
+            head = self.version
+            try:
+                with self.decisions.transaction() as tx:
+                    if self.version < 0:
+                        self.state, self.version = State(), 0
+                    self.apply(tx.changes(self.version, ISMS_KINDS))
+                    self.pending = []
+                    yield
+                    if self.pending:
+                        tx.append(self.pending)
+                    head = tx.head
+            except BaseException:
+                self.pending = []
+                self._back_to_snapshot()
+                raise
             self.pending = []
-            self.version = -1  # what was applied in memory was not written: fold again next time
-            raise
-        self.pending = []
-        self.version = max(self.version, head)
+            self.version = max(self.version, head)
+
+    def _back_to_snapshot(self) -> None:
+        """What was applied in memory was not written: the state of the snapshot instead (the
+        next write catches up from its version)."""
+        self.state, self.version, self.seen, self._house_index = State(), 0, _UNREAD, None
+        try:
+            self.reload()
+        except RuleError as exc:
+            log.error("isms: %s: folded again from the store at the next write", exc)
+            self.version = -1
 
     def sync(self) -> None:
         """Catch up with the store (a reader that is not the follower: ``beiand isms commands``)."""
@@ -446,12 +460,14 @@ class CommandStore:
                 dt2=d.get("dt2"), applied={str(k): float(v) for k, v in d.get("applied", {}).items()})
             snap = d.get("snapshot")
             snap_version = int(snap["version"]) if isinstance(snap, dict) else -1
+            snap_store = str(snap.get("store")) if isinstance(snap, dict) else None
         except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
             raise RuleError(f"{self.path}: damaged: {exc}") from None
         if 0 <= snap_version < self.version:
             return False  # older than what this store already holds (a writer ahead of the snapshot)
         self.state = st
         self.version = snap_version
+        self.snapshot_store = snap_store
         self.legacy = snap_version < 0
         self._house_index = None
         return True

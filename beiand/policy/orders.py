@@ -104,6 +104,7 @@ class OrderStore:
         self.orders: dict[str, Order] = {}
         self.history: list[LiftedOrder] = []
         self.version = 0  # the decision store's version this state is folded to (-1: a file older than the store)
+        self.snapshot_store: str | None = None  # the store the snapshot read was written from
         self.refused: list[str] = []  # rows of the store refused (invalid), the last 100
         self.refused_total = 0
         self._spans: dict[str, list[tuple[float, float, Order]]] = {}
@@ -215,6 +216,7 @@ class OrderStore:
             orders, history, snap = parse_file(raw, self.path)
             self.orders, self.history = orders, history
             self.version = int(snap.get("version", -1)) if snap else -1
+            self.snapshot_store = str(snap.get("store")) if snap else None
             self._index()
         return True
 

@@ -31,9 +31,9 @@ from beiand import __version__
 from beiand.isms.store import CommandStore
 from beiand.isms.wire.profile import ProfileError, load_profile
 from beiand.policy.orders import ExemptionStore, OrderError, OrderStore, legacy_entries, parse_file
-from beiand.policy.source import no_gc
+from beiand.policy.source import no_gc, version
 from beiand.runtime.settings import Config
-from beiand.store import DecisionStore, StoreError, StoreSettings, open_store
+from beiand.store import DecisionStore, Entry, StoreError, StoreSettings, open_store
 from beiand.store.connect import is_postgres
 
 log = logging.getLogger("beiand.decisions")
@@ -84,10 +84,34 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _merge(rows: list[Entry], in_force: set[tuple[str, str]], seen: set[tuple[str, str, str, float]]) -> tuple[list[Entry], list[str]]:
+    """The rows of an older beiand's file that the store does not hold. Such a file never changes
+    what is in force in the store (another gateway's import, or the fleet's orders since, come
+    first): a history pair (set, end) on a key in force in the store is left out (folded, it would
+    replace the store's rule and lift it), and so is a rule in force in the file whose key is in
+    force in the store (the store's is kept; named in the second list)."""
+    out: list[Entry] = []
+    kept: list[str] = []
+    i = 0
+    while i < len(rows):
+        e = rows[i]
+        pair = i + 1 < len(rows) and rows[i + 1].op == "end" and rows[i + 1].key == e.key and rows[i + 1].kind == e.kind
+        ident = (e.kind, e.key, str(e.data.get("order", e.data.get("command_id", ""))), e.at)
+        if (e.kind, e.key) in in_force:
+            if not pair and e.op == "set":
+                kept.append(f"{e.kind} {e.key}")
+        elif ident not in seen:
+            out += rows[i:i + 2] if pair else [e]
+        i += 2 if pair else 1
+    return out, kept
+
+
 def import_legacy(store: DecisionStore, state_dir: Path, subdomains: bool = True, house_id: str = "") -> list[str]:
     """Import ``orders.json``, ``exemptions.json`` and ``isms/commands.json`` written by a beiand
-    before the decision store (no ``snapshot`` key), once per gateway and file content (the
-    store's ``beiand_imports``); what the store already holds is not written again. Logged."""
+    before the decision store (no ``snapshot`` key), or snapshots of another store (``store.url``
+    changed: a gateway moving from its SQLite file to the fleet's PostgreSQL keeps its orders),
+    once per file content (the store's ``beiand_imports``, whichever gateway imported it); what
+    is in force in the store is never changed by it (``_merge``). Logged."""
     done = []
     for cls in (OrderStore, ExemptionStore):
         path = Path(state_dir) / cls.FILE
@@ -100,31 +124,21 @@ def import_legacy(store: DecisionStore, state_dir: Path, subdomains: bool = True
         except OrderError as exc:
             log.error("%s: not imported into the decision store: %s", path, exc)
             continue
-        if snap:
-            continue  # a snapshot: the store's own
+        if snap and snap.get("store") in (store.url, None):
+            continue  # a snapshot of this store (a snapshot of another one: store.url changed, imported once)
         digest = hashlib.sha256(raw).hexdigest()
         with store.transaction() as tx:
             if tx.imported(str(path), digest):
                 continue
             held = cls(None, load=False)
             held.apply(tx.changes(0, (cls.KIND,)))
-            seen = {(h.order.target, h.order.order, h.order.created) for h in held.history}
-            seen |= {(o.target, o.order, o.created) for o in held.orders.values()}
-            entries = []
-            rows = legacy_entries(cls.KIND, orders, history)
-            i = 0
-            while i < len(rows):  # pairs (set, end) for the history, then the sets in force
-                e = rows[i]
-                pair = rows[i:i + 2] if i + 1 < len(rows) and rows[i + 1].op == "end" and rows[i + 1].key == e.key else [e]
-                cur = held.orders.get(e.key)
-                same = cur is not None and len(pair) == 1 and (cur.order, cur.until) == (e.data["order"], e.data["until"])
-                if (e.key, e.data["order"], e.at) not in seen and not same:
-                    entries += pair
-                i += len(pair)
+            seen = {(cls.KIND, h.order.target, h.order.order, h.order.created) for h in held.history}
+            entries, kept = _merge(legacy_entries(cls.KIND, orders, history), {(cls.KIND, k) for k in held.orders}, seen)
             tx.append(entries)
             tx.note_import(str(path), digest, len(entries))
         msg = (f"{path}: imported into the decision store {store.url}: {len(orders)} {cls.WHAT}(s) in force, "
-               f"{len(history)} lifted ({len(entries)} row(s) written, what the store held already skipped)")
+               f"{len(history)} lifted ({len(entries)} row(s) written; what the store held already skipped"
+               + (f"; the store's own kept for {', '.join(kept[:10])}" if kept else "") + ")")
         log.warning("%s", msg)
         done.append(msg)
     cpath = Path(state_dir) / "isms" / CommandStore.FILE
@@ -135,19 +149,24 @@ def import_legacy(store: DecisionStore, state_dir: Path, subdomains: bool = True
         except ValueError as exc:
             log.error("%s: not imported into the decision store: %s", cpath, exc)
             return done
-        if cs.legacy:
+        if cs.legacy or cs.snapshot_store not in (store.url, None):
             digest = _sha256(cpath)
             with store.transaction() as tx:
                 if not tx.imported(str(cpath), digest):
                     held_c = CommandStore(state_dir, subdomains, house_id, load=False)
                     held_c.apply(tx.changes(0))
-                    entries = [e for e in cs.legacy_entries()
-                               if not (e.kind == "isms-command" and e.op == "set" and e.key.isdigit()
-                                       and int(e.key) in held_c.state.commands)]
+                    st = held_c.state
+                    in_force = ({("isms-command", str(k)) for k in st.commands} | {("isms-list", k) for k in st.lists}
+                                | {("isms-house", k) for k in st.houses} | {("isms-codes", k) for k in st.code_lists}
+                                | ({("isms-setting", "active_period_s")} if st.active_period_s else set())
+                                | ({("isms-setting", "dt2")} if st.dt2 is not None else set())
+                                | {("isms-sequence", str(q)) for q in st.sequences})
+                    entries, kept = _merge(cs.legacy_entries(), in_force, set())
                     tx.append(entries)
                     tx.note_import(str(cpath), digest, len(entries))
                     msg = (f"{cpath}: imported into the decision store {store.url}: {len(cs.state.commands)} command(s), "
-                           f"{len(cs.state.lists)} list entr(ies) in force, {len(cs.state.history)} ended")
+                           f"{len(cs.state.lists)} list entr(ies) in force, {len(cs.state.history)} ended "
+                           f"({len(entries)} row(s) written; what the store held already skipped)")
                     log.warning("%s", msg)
                     done.append(msg)
     return done
@@ -214,6 +233,7 @@ class Follower:
         self._thread: threading.Thread | None = None
         self._next_heartbeat = 0.0
         self._stale: set[str] = set()  # snapshots to write even without a change (legacy, damaged, first contact)
+        self.write_error = ""  # why the last snapshot write failed ("" when it did not)
         r = registry or CollectorRegistry()
         self.m_up = Gauge("beiand_decision_store_up", "1 while the decision store answers; 0: the gateway enforces its last "
                           "snapshot (fails static)", registry=r)
@@ -274,18 +294,32 @@ class Follower:
         """Read what changed since the snapshot, fold it, write the snapshots that changed."""
         if self.store is None:
             self.store = self._open()
+            self._check_origin()
         changes = self.store.changes(self.folded.version)
         self.last_contact = time.time()
         with no_gc():  # a fold re-indexes every order: no collection of the whole heap meanwhile
             changed = self.folded.apply(changes) if changes else []
-            write = sorted(set(changed) | self._stale)
-            if write:
-                self._write(write)
+        self._stale |= set(changed)
+        for name, part in self._named():  # a snapshot removed or edited by hand: written again
+            if part.path is not None and version(part.path) != part.seen and name in self.written:
+                self._stale.add(name)
+        write = sorted(self._stale)
         if write:
-            self._stale = set()
-            self.applied_at = time.time()
-            log.info("decision store %s: version %d applied (%s)", self.url, self.folded.version, ", ".join(write))
-        self.head = max(self.head, self.folded.version)
+            try:
+                with no_gc():
+                    self._write(write)
+            except OSError as exc:  # the disk, not the store: tried again at the next round
+                if not self.write_error:
+                    log.error("decision snapshot not written (%s): the workers keep version %d until it is", exc,
+                              min(self.written.values(), default=0))
+                self.write_error = str(exc)
+                write = []
+            else:
+                self._stale = set()
+                self.write_error = ""
+                self.applied_at = time.time()
+                log.info("decision store %s: version %d applied (%s)", self.url, self.folded.version, ", ".join(write))
+        self.head = self.folded.version
         refused = sum(p.refused_total for p in self.folded.parts)
         if refused > self._refused_seen:
             self.m_refused.inc(refused - self._refused_seen)
@@ -295,6 +329,24 @@ class Follower:
         self.m_contact.set(self.last_contact)
         return write
 
+    def _named(self) -> list[tuple[str, OrderStore | CommandStore]]:
+        return [("order", self.folded.orders), ("exemption", self.folded.exemptions), ("isms", self.folded.commands)]
+
+    def _check_origin(self) -> None:
+        """A snapshot written from another store (``store.url`` changed) or from a later version
+        of this one (a store restored from a backup) is not this store's state: fold it all again
+        (else the rows numbered up to the snapshot's version would be skipped)."""
+        assert self.store is not None
+        head = self.store.head()
+        other = {p.snapshot_store for _, p in self._named() if p.snapshot_store is not None} - {self.url}
+        if other or self.folded.version > head:
+            why = (f"written from {', '.join(sorted(other))}" if other else
+                   f"at version {self.folded.version}, the store's last is {head} (restored from a backup?)")
+            log.warning("decision snapshot %s: folding everything again from %s", why, self.url)
+            self.folded = Folded(self.state_dir, subdomains(self.cfg), self.cfg.isms.house_id)
+            self._stale = {"order", "exemption", "isms"}
+            self.written = {}
+
     def applied(self) -> int:
         """The version every worker applies: the snapshot's, once each worker has read every
         snapshot file as last written; else the lowest a worker holds."""
@@ -302,7 +354,7 @@ class Follower:
         if not held:
             return self.folded.version
         low = self.folded.version
-        for name, written in self.written.items():
+        for name, written in list(self.written.items()):
             if name in held and held[name] < written:
                 low = min(low, int(held[name]))
         return max(low, 0)
@@ -378,7 +430,9 @@ class Follower:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=40)  # longer than SQLite's busy timeout (30 s)
+            if self._thread.is_alive():
+                return  # still inside a call on the store: it is the thread's to close
         if self.store is not None:
             with contextlib.suppress(StoreError):
                 self.heartbeat(force=True)
@@ -392,7 +446,7 @@ class Follower:
         return {"store": self.url, "reachable": self.reachable, "error": self.error or None,
                 "down_since": self.down_since or None, "last_contact": self.last_contact or None,
                 "version": self.folded.version, "applied": applied, "applied_at": self.applied_at or None,
-                "fails_static": not self.reachable,
+                "fails_static": not self.reachable, "snapshot_error": self.write_error or None,
                 "orders": len(self.folded.orders.orders), "exemptions": len(self.folded.exemptions.orders),
                 "commands": len(self.folded.commands.state.commands) + len(self.folded.commands.state.lists),
                 "refused_rows": (self.folded.orders.refused + self.folded.exemptions.refused

@@ -273,10 +273,13 @@ class IsmsRuntime:
 
     async def tick(self, healthy: bool = True) -> None:
         self.healthy = healthy
-        try:  # what other writers applied, once the follower has written it into the snapshot
-            self.store.reload()
-        except ValueError as exc:
-            log.debug("isms: snapshot not read: %s", exc)
+        if self.store.lock.acquire(blocking=False):  # not while a command is being written
+            try:  # what other writers applied, once the follower has written it into the snapshot
+                self.store.reload()
+            except ValueError as exc:
+                log.debug("isms: snapshot not read: %s", exc)
+            finally:
+                self.store.lock.release()
         what = self.due(self.clock())
         if what or self._pending_queries or self.service.acks:
             await asyncio.get_running_loop().run_in_executor(None, self.run_due, what)

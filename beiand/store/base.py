@@ -222,8 +222,9 @@ class DecisionStore(ABC):
                                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"), rows)
 
     def _imported(self, cur: Any, source: str, sha256: str) -> bool:
-        cur.execute(self._q("SELECT 1 FROM beiand_imports WHERE gateway = ? AND source = ? AND sha256 = ?"),
-                    (self.gateway, source, sha256))
+        """This content was imported (by any gateway, from any path: the same file copied to two
+        gateways is one import)."""
+        cur.execute(self._q("SELECT 1 FROM beiand_imports WHERE sha256 = ?"), (sha256,))
         return cur.fetchone() is not None
 
     def _note_import(self, cur: Any, source: str, sha256: str, rows: int) -> None:

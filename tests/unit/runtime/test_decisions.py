@@ -56,3 +56,129 @@ def test_lag_counts_versions_and_heartbeat_age() -> None:
     rows = lag([{"gateway": "a", "version": 3, "heartbeat_at": 100.0}, {"gateway": "b", "version": 5, "heartbeat_at": 90.0}], 5,
                now=101.0)
     assert [(r["behind"], r["heartbeat_age_s"]) for r in rows] == [(2, 1.0), (0, 11.0)]
+
+
+def test_two_gateways_importing_their_old_files_never_lift_what_is_in_force(tmp_path: Path) -> None:
+    """Review of issue 29: a gateway pair, every order repeated on each before the store. The
+    second import replayed its history (set, end) over the first's order and lifted it."""
+    import dataclasses
+    import time
+
+    from beiand.isms.store import CommandStore
+    from beiand.isms.wire.model import Rule, SecurityCommand
+    from beiand.runtime.decisions import fold_store, import_legacy
+    from beiand.store import StoreSettings, open_store
+
+    def command(i: int) -> SecurityCommand:
+        return SecurityCommand(command_id=i, type=1, operation=0, rules=(Rule(1, f"c{i}.example", ""),), block=1, log=1,
+                               report=1, reason="", effect_time=0.0, expired_time=0.0, house_ids=(), owner="", time_stamp="")
+
+    for gw in ("a", "b"):
+        old = OrderStore(tmp_path / gw)
+        old.add("x.example", "O-1", "first", by="ops")
+        time.sleep(0.002)
+        old.add("x.example", "O-2", "second", by="ops")
+        cs = CommandStore(tmp_path / gw)
+        with cs.writing():
+            cs.apply_security(command(5), time.time())
+        with cs.writing():
+            cs.apply_security(dataclasses.replace(command(5), reason="again"), time.time())  # the first one: history
+    db = tmp_path / "fleet.sqlite"
+    for gw in ("a", "b"):
+        store = open_store(StoreSettings(str(db)), tmp_path / gw, f"gw-{gw}")
+        store.migrate()
+        import_legacy(store, tmp_path / gw)
+        f = fold_store(Config(), store)
+        assert {k: o.order for k, o in f.orders.orders.items()} == {"x.example": "O-2"}, gw
+        assert set(f.commands.state.commands) == {5}, gw
+        store.close()
+
+
+def test_a_snapshot_of_another_store_is_imported_and_folded_again(tmp_path: Path) -> None:
+    """Review of issue 29: store.url changed (SQLite → the fleet's PostgreSQL, or a store
+    restored): the snapshot's version was trusted and the new store's first rows skipped."""
+    import dataclasses
+
+    c = cfg(tmp_path)
+    s = open_decisions(c)
+    for i in range(5):
+        s.append([set_entry("order", f"old{i}.example", str(i), "", 0.0, "ops")])
+    s.close()
+    f = Follower(c)
+    f.first_sync()
+    f.stop()
+    c2 = dataclasses.replace(c, store=dataclasses.replace(c.store, url=str(tmp_path / "new.sqlite")))
+    s2 = open_store_plain(c2)
+    s2.append([set_entry("order", "new.example", "N1", "", 0.0, "ops")])
+    s2.close()
+    f2 = Follower(c2)
+    f2.first_sync()
+    assert set(f2.folded.orders.orders) == {"new.example", *(f"old{i}.example" for i in range(5))}
+    f2.stop()
+
+
+def open_store_plain(c: Config):  # type: ignore[no-untyped-def]
+    """The store itself, migrated, without the one-time import (a fresh fleet store)."""
+    return open_decisions(c, import_files=False)
+
+
+def test_a_snapshot_that_could_not_be_written_or_was_removed_is_written_again(tmp_path: Path) -> None:
+    c = cfg(tmp_path)
+    store = open_decisions(c)
+    f = Follower(c)
+    f.first_sync()
+    store.append([set_entry("order", "a.example", "1", "", 0.0, "ops")])
+    real = OrderStore.snapshot
+
+    def full(self: OrderStore, url: str | None) -> None:
+        raise OSError(28, "No space left on device")
+
+    OrderStore.snapshot = full  # type: ignore[method-assign]
+    try:
+        f.step(0.0)
+        assert f.status()["snapshot_error"] and f.status()["reachable"]  # the disk, not the store
+    finally:
+        OrderStore.snapshot = real  # type: ignore[method-assign]
+    f.step(0.0)
+    snap = tmp_path / "state" / "orders.json"
+    assert [o[0] for o in json.loads(snap.read_text())["orders"]] == ["a.example"]
+    snap.unlink()
+    f.step(0.0)
+    assert [o[0] for o in json.loads(snap.read_text())["orders"]] == ["a.example"]
+    f.stop()
+    store.close()
+
+
+def test_a_command_not_written_leaves_nothing_in_memory_and_no_ack(tmp_path: Path) -> None:
+    """Review of issue 29: a StoreError at commit answered "not applied" but the command stayed
+    in the ISMS runtime's state (reports, DT 6) and its ack could still go out."""
+    import time
+
+    from beiand.isms.store import CommandStore
+    from beiand.isms.wire.model import ListEntry
+
+    c = cfg(tmp_path)
+    store = open_decisions(c)
+    cs = CommandStore(tmp_path / "state", decisions=store)
+
+    def fail(*a: object, **k: object) -> int:
+        raise StoreError("decision store x: disk I/O error")
+
+    from beiand.store.base import Transaction
+
+    orig = Transaction.append
+    Transaction.append = fail  # type: ignore[method-assign,assignment]
+    try:
+        try:
+            with cs.writing():
+                cs.apply_list(ListEntry("blacklist", 7, 1, "bad.example", 0), time.time())
+                cs.note_sequence(42)
+        except StoreError:
+            pass
+        else:
+            raise AssertionError("the write did not fail")
+    finally:
+        Transaction.append = orig  # type: ignore[method-assign]
+    assert not cs.state.lists and not cs.state.sequences
+    assert store.head() == 0
+    store.close()
