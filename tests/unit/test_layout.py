@@ -26,7 +26,6 @@ TESTED_ELSEWHERE = {
     "net.errors": "fuzz/test_decoders_fuzz.py",
     "net.names": "net/test_decoder.py",
     "net.reassembly": "fuzz/test_reassembly_attacks.py",
-    "policy.orders": "enforce/test_actor.py",
     "records.formats.base": "records/test_importer.py, fuzz/test_hostile_records.py",
     "records.formats.csv": "records/test_importer.py, records/test_export_shapes.py",
     "records.formats.json": "records/test_export_shapes.py, fuzz/test_hostile_records.py",
