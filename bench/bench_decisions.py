@@ -112,7 +112,7 @@ def latency(n: int) -> None:
 # -- scale: 100,000 orders and commands --------------------------------------------------------------
 
 
-def scale(orders: int, commands: int, verdicts: int, a_trials: int = 30) -> None:
+def scale(orders: int, commands: int, verdicts: int, a_trials: int = 30, rounds: int = 3) -> None:
     from beiand.isms.store import CommandRules, _cmd_to_json
     from beiand.isms.wire.model import Rule, SecurityCommand
     from beiand.model import Kind, Observation, Transport
@@ -253,7 +253,7 @@ def scale(orders: int, commands: int, verdicts: int, a_trials: int = 30) -> None
             pstats.Stats(pr).sort_stats("tottime").print_stats(12)
     for label, obs in (("mixed traffic", traffic), ("every observation new", distinct)):
         a_rates, b_rates = [], []
-        for _ in range(3):
+        for _ in range(rounds):
             a_rates.append(run(none, obs))
             b_rates.append(run(full, obs))
         a, b = statistics.median(a_rates), statistics.median(b_rates)
@@ -272,11 +272,12 @@ def main() -> None:
     sp.add_argument("--orders", type=int, default=50_000)
     sp.add_argument("--commands", type=int, default=50_000)
     sp.add_argument("--verdicts", type=int, default=1_000_000)
+    sp.add_argument("--rounds", type=int, default=3, help="A/B rounds, alternated (the median is printed)")
     a = ap.parse_args()
     if a.what == "latency":
         latency(a.orders)
     else:
-        scale(a.orders, a.commands, a.verdicts)
+        scale(a.orders, a.commands, a.verdicts, rounds=a.rounds)
 
 
 if __name__ == "__main__":

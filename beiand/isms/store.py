@@ -19,7 +19,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -761,17 +761,8 @@ class CommandRules:
     def keyed(self) -> bool:
         return not self.matcher.count or (self._keyed and self.matcher.names_only)
 
-    def name_clear(self, name: str) -> bool:
-        m = self.matcher
-        if not m.count or not name:
-            return True
-        hit = m._names.get(name)
-        if hit is None:
-            hit = m._name_candidates(name)
-            if len(m._names) >= 65536:
-                m._names.clear()
-            m._names[name] = hit
-        return not hit
+    def rule_names(self) -> Collection[str]:
+        return self.matcher.by_name.keys()
 
     def address_clear(self, ip: str) -> bool:
         return self.matcher.names_only  # with address rules it is not keyed: never asked

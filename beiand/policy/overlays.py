@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -95,8 +95,9 @@ class Layer(Protocol):
         and per address, and skips the overlays for what none of them can ever match."""
         ...
 
-    def name_clear(self, name: str) -> bool:
-        """No rule of this overlay names ``name`` or a name above it (any time)."""
+    def rule_names(self) -> Collection[str]:
+        """The names its rules are keyed on (any time): a rule can match a name only if the name
+        or a name above it is one of these (``=name``: that name alone). Addresses may be in it."""
         ...
 
     def address_clear(self, ip: str) -> bool:
@@ -158,8 +159,8 @@ class OrderLayer:
     def keyed(self) -> bool:
         return True
 
-    def name_clear(self, name: str) -> bool:
-        return not self.store.name_hits(name)
+    def rule_names(self) -> Collection[str]:
+        return self.store._spans.keys()
 
     def address_clear(self, ip: str) -> bool:
         return not self.store.address_hits(ip)
@@ -229,7 +230,7 @@ _CHANGES = CHANGES
 class Decider:
     """The records' verdict and the overlays → the final decision (the daemon's and replay's)."""
 
-    MAX_SEEN = 100_000
+    MAX_SEEN = 200_000
 
     def __init__(self, policy: Policy, layers: Sequence[Layer] = (), grace_seconds: float = 0.0) -> None:
         self.policy = policy
@@ -243,6 +244,8 @@ class Decider:
         self._names: dict[str, bool] = {}
         self._addrs: dict[str, bool] = {}
         self._keyed = False
+        self._rule_names: set[str] = set()  # every overlay's rule names (Layer.rule_names)
+        self._exact = False  # some are exact ("=name")
         self._gen = -1  # policy.source.CHANGES when they were last emptied
 
     def decide(self, obs: Observation) -> Decision:
@@ -252,6 +255,9 @@ class Decider:
         if _CHANGES[0] != self._gen:  # an overlay's rules changed: forget
             self._names, self._addrs = {}, {}
             self._keyed = all(layer.keyed() for layer in self.layers)
+            if self._keyed:
+                self._rule_names = set().union(*(layer.rule_names() for layer in self.layers))
+                self._exact = any(k[:1] == "=" for k in self._rule_names)
             self._gen = _CHANGES[0]
         if self._keyed:
             name_ok = self._names.get(obs.name)
@@ -266,7 +272,17 @@ class Decider:
         return self.overlay(obs, d)
 
     def _learn(self, seen: dict[str, bool], key: str, name: bool) -> bool:
-        ok = all(layer.name_clear(key) if name else layer.address_clear(key) for layer in self.layers)
+        if name:  # one walk of the name's labels over every overlay's rule names at once
+            names = self._rule_names
+            ok = not (self._exact and "=" + key in names)
+            n = key
+            while ok and n:
+                if n in names:
+                    ok = False
+                i = n.find(".")
+                n = n[i + 1:] if i >= 0 else ""
+        else:
+            ok = all(layer.address_clear(key) for layer in self.layers)
         if len(seen) >= self.MAX_SEEN:
             seen.clear()
         seen[key] = ok

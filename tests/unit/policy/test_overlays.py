@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from beiand.model import Action, Decision, Kind, Mode, Observation, Overlay, Transport, Verdict, VerdictKind
 from beiand.policy.orders import OrderStore
@@ -72,7 +74,7 @@ class Layer:
     def keyed(self) -> bool:
         return False  # answers whatever it likes: never skipped
 
-    def name_clear(self, name: str) -> bool:
+    def rule_names(self) -> list[str]:
         raise AssertionError("not asked of an overlay that is not keyed")
 
     def address_clear(self, ip: str) -> bool:
@@ -230,3 +232,43 @@ def test_a_name_no_overlay_matches_is_remembered_until_an_overlay_changes(tmp_pa
     never = Decider(Fixed(UNFILED), [Layer(None)])  # type: ignore[arg-type]
     never.decide(obs())
     assert not never._names
+
+
+LABELS = ["a", "b", "bad", "example", "cn"]
+name_st = st.lists(st.sampled_from(LABELS), min_size=1, max_size=4).map(".".join)
+ip_st = st.sampled_from(["203.0.113.5", "203.0.113.6", "198.51.100.1", "198.51.100.200"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(name_st, ip_st, st.just("198.51.100.0/24")), max_size=6), st.lists(name_st, max_size=4),
+       st.lists(name_st, max_size=3), st.lists(st.tuples(name_st, ip_st, st.booleans()), min_size=1, max_size=25))
+def test_the_fast_path_decides_as_every_overlay_would(tmp_path_factory: pytest.TempPathFactory, orders: list[str],
+                                                      commands: list[str], exempt: list[str],
+                                                      traffic: list[tuple[str, str, bool]]) -> None:
+    """Issue 29: whatever orders, exemptions and (name) commands are in force, the decider's
+    remembered names and addresses change no decision: each equals the walk of every overlay."""
+    from beiand.isms.store import CommandRules, CommandStore
+    from beiand.isms.wire.model import Rule, SecurityCommand
+    from beiand.policy.orders import ExemptionStore
+    from beiand.policy.overlays import ExemptionLayer
+
+    d = tmp_path_factory.mktemp("fast")
+    o, x = OrderStore(d), ExemptionStore(d)
+    for i, t in enumerate(orders):
+        o.add(t, f"N{i}", "")
+    for i, t in enumerate(exempt):
+        x.add(t, f"X{i}", "")
+    cs = CommandStore(d)
+    for i, t in enumerate(commands):
+        with cs.writing():
+            cs.apply_security(SecurityCommand(command_id=i + 1, type=1, operation=0, rules=(Rule(1, t, ""),), block=1, log=1,
+                                              report=1, reason="", effect_time=0.0, expired_time=0.0, house_ids=(), owner="",
+                                              time_stamp=""), 1.0)
+    layers = [OrderLayer(o), ExemptionLayer(x), CommandRules(d)]
+    fast = Decider(Fixed(UNFILED), layers)  # type: ignore[arg-type]
+    slow = Decider(Fixed(UNFILED), layers)  # type: ignore[arg-type]
+    ts = time.time() + 10
+    for _ in range(2):  # the second time from what was remembered
+        for name, ip, dns_answer in traffic:
+            ob = obs(name, ip, ts=ts, kind=Kind.DNS_ANSWER if dns_answer else Kind.TLS_SNI)
+            assert fast.decide(ob) == slow.overlay(ob, UNFILED), (name, ip)
