@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import multiprocessing
 import os
 import random
 import socket
@@ -30,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -115,13 +117,9 @@ def latency(n: int) -> None:
 def scale(orders: int, commands: int, verdicts: int, a_trials: int = 30, rounds: int = 3, hit_share: float = 0.0) -> None:
     from beiand.isms.store import CommandRules, _cmd_to_json
     from beiand.isms.wire.model import Rule, SecurityCommand
-    from beiand.model import Kind, Observation, Transport
-    from beiand.policy import Policy, PolicyConfig
-    from beiand.policy.inventory import load_inventory
     from beiand.policy.orders import set_entry
-    from beiand.policy.overlays import Decider, ExemptionLayer, OrderLayer
-    from beiand.records import build_index, load_file
-    from beiand.records.generate import OUR_PROVIDER, GenConfig, write_csv, write_inventory
+    from beiand.policy.overlays import ExemptionLayer, OrderLayer
+    from beiand.records.generate import GenConfig, write_csv, write_inventory
     from beiand.runtime.decisions import Follower, open_decisions
     from beiand.runtime.settings import Config, DaemonSection, IsmsSection
     from beiand.store import Entry
@@ -153,7 +151,8 @@ def scale(orders: int, commands: int, verdicts: int, a_trials: int = 30, rounds:
     print(f"follower: first fold and snapshots of {store.head():,} rows: {time.perf_counter() - t:.2f} s")
     state = tmp / "state"
     t = time.perf_counter()
-    ol, el, cr = OrderLayer.from_state_dir(state), ExemptionLayer.from_state_dir(state), CommandRules(state, live=True)
+    ol, cr = OrderLayer.from_state_dir(state), CommandRules(state, live=True)
+    ExemptionLayer.from_state_dir(state)
     print(f"worker: reads the snapshots at start: {time.perf_counter() - t:.2f} s "
           f"({len(ol.store.orders):,} orders, {cr.metrics()['rules']:,.0f} commands)")
     applies, reloads = [], []
@@ -171,7 +170,6 @@ def scale(orders: int, commands: int, verdicts: int, a_trials: int = 30, rounds:
           f"{statistics.median(reloads) * 1000:.0f} ms (max {max(reloads) * 1000:.0f})")
     # End to end: the follower's own thread (its 0.1 s SQLite poll), a worker process reloading
     # every 0.25 s as the daemon's do; from the commit of `block add` to the worker holding it.
-    import multiprocessing
 
     fol.start()
     ctx = multiprocessing.get_context("fork")
@@ -205,72 +203,31 @@ def scale(orders: int, commands: int, verdicts: int, a_trials: int = 30, rounds:
           f"(bar <= 1000 ms)")
     store.close()
 
-    # Verdicts with those rules in force against empty overlays (A/B, alternated).
+    # Verdicts with those rules in force (B) against empty overlays (A): each side in a process of
+    # its own (no cache or heap shared), started alternately A B A B …, the same stream each time;
+    # CPU time, so a neighbour taking the core counts against neither.
+
     gcfg = GenConfig(filings=100_000, bad_rows=0, hosted_v4="10.0.0.0/8", ip_share=0.15, range_share=0.3)
-    path, inv = str(tmp / "records.csv"), str(tmp / "inventory.csv")
-    write_csv(path, gcfg)
-    write_inventory(inv, gcfg)
-    result = load_file(path)
-    index = build_index(result)
-    inventory = load_inventory(inv)
-    gc.freeze()
-    names = [d for fl in rng.sample(result.filings, 20_000) for d in fl.domains]
-    servers = [f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}" for _ in range(5000)]
-
-    def observation(i: int) -> Observation:
-        r = rng.random()
-        name = rng.choice(names) if r < 0.5 else (f"a{i % 97}." + rng.choice(names) if r < 0.7 else
-                                                   f"unfiled{i}.example-miss.com" if r < 0.95 else "")
-        return Observation(1_800_000_000.0, "192.0.2.9", 50000, rng.choice(servers), 443, Transport.TCP, Kind.TLS_SNI, name, name)
-
-    population = [observation(i) for i in range(100_000)]
-    weights = [1.0 / (k + 1) ** 0.8 for k in range(len(population))]
-    traffic = rng.choices(population, weights, k=verdicts)
-    distinct = [observation(i + 10**6) for i in range(min(verdicts, 200_000))]
-    gc.freeze()  # the streams too: a full collection would walk millions of observations in one slice or the other
-    empty = tmp / "empty"
-    empty.mkdir()
-    full = [ol, el, cr]
-    none = [OrderLayer.from_state_dir(empty), ExemptionLayer.from_state_dir(empty), CommandRules(empty, live=True)]
-
-    def decider(layers: list) -> Decider:  # type: ignore[type-arg]
-        policy = Policy(index, inventory, PolicyConfig(provider=OUR_PROVIDER))
-        return Decider(policy, layers)
-
-    def run(dec: Decider, obs: list[Observation]) -> float:
-        decide = dec.decide
-        t = time.process_time()  # CPU time: a neighbour taking the core does not count against either side
-        for o in obs:
-            decide(o)
-        return time.process_time() - t
-
-    if os.environ.get("BENCH_PROFILE"):
-        import cProfile
-        import pstats
-
-        for layers in (none, full):
-            pr = cProfile.Profile()
-            pr.runcall(run, decider(layers), traffic)
-            pstats.Stats(pr).sort_stats("tottime").print_stats(12)
-    # A and B alternate in slices of the same stream, each side with its own decider (and cache)
-    # going through the whole stream; the figure is the median of the per-slice ratios.
-    chunk = 50_000
-    for label, obs in (("mixed traffic", traffic), ("every observation new", distinct)):
-        ratios, ta, tb = [], 0.0, 0.0
-        for _ in range(rounds):
-            inventory._cache.clear()
-            da, db = decider(none), decider(full)
-            for k in range(0, len(obs), chunk):
-                part = obs[k:k + chunk]
-                a, b = run(da, part), run(db, part)
-                ta, tb = ta + a, tb + b
-                ratios.append(a / b)
-        rate_a, rate_b = rounds * len(obs) / ta, rounds * len(obs) / tb
-        med = statistics.median(ratios)
-        print(f"verdicts ({label}, {rounds} rounds of {len(obs):,}, alternated in slices of {chunk:,}, CPU time): "
-              f"empty overlays {rate_a:,.0f}/s, {orders:,} orders + {commands:,} commands in force {rate_b:,.0f}/s: "
-              f"{100 * (rate_b - rate_a) / rate_a:+.1f}% overall, median slice {100 * (med - 1):+.1f}% (bar: within 5%); "
-              f"slices within {100 * (min(ratios) - 1):+.0f}%..{100 * (max(ratios) - 1):+.0f}%")
+    write_csv(str(tmp / "records.csv"), gcfg)
+    write_inventory(str(tmp / "inventory.csv"), gcfg)
+    (tmp / "empty").mkdir()
+    ctx = multiprocessing.get_context("spawn")
+    times: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
+    for _ in range(rounds):
+        for side in ("A", "B"):
+            q = ctx.Queue()
+            p = ctx.Process(target=_verdict_child, args=(str(tmp), side, verdicts, q))
+            p.start()
+            times[side].append(q.get(timeout=900))
+            p.join(60)
+    for k, label, n in ((0, "mixed traffic", verdicts), (1, "every observation new", min(verdicts, 200_000))):
+        a = [t[k] for t in times["A"]]
+        b = [t[k] for t in times["B"]]
+        ra, rb = n / statistics.median(a), n / statistics.median(b)
+        pairs = [x / y - 1 for x, y in zip(a, b, strict=True)]
+        print(f"verdicts ({label}, {n:,} per run, {rounds} runs a side, alternated, each in its own process, CPU time): "
+              f"empty overlays {ra:,.0f}/s, {orders:,} orders + {commands:,} commands in force {rb:,.0f}/s: "
+              f"{100 * (rb - ra) / ra:+.1f}% (bar: within 5%); pair by pair {', '.join(f'{100 * x:+.1f}%' for x in pairs)}")
     print(f"load average: {os.getloadavg()}")
 
 
@@ -291,6 +248,49 @@ def main() -> None:
         latency(a.orders)
     else:
         scale(a.orders, a.commands, a.verdicts, rounds=a.rounds, hit_share=a.hit_share)
+
+
+def _verdict_child(tmp: str, side: str, verdicts: int, q: Any) -> None:
+    """One side of the verdict A/B: the records, the inventory, the overlays (B: the snapshots of
+    the store above; A: none), a fixed stream; the CPU time of the mixed and the all-new run."""
+    from beiand.isms.store import CommandRules
+    from beiand.model import Kind, Observation, Transport
+    from beiand.policy import Policy, PolicyConfig
+    from beiand.policy.inventory import load_inventory
+    from beiand.policy.overlays import Decider, ExemptionLayer, OrderLayer
+    from beiand.records import build_index, load_file
+    from beiand.records.generate import OUR_PROVIDER
+
+    d = Path(tmp)
+    result = load_file(str(d / "records.csv"))
+    index = build_index(result)
+    inventory = load_inventory(str(d / "inventory.csv"))
+    rng = random.Random(7)
+    names = [n for fl in rng.sample(result.filings, 20_000) for n in fl.domains]
+    servers = [f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}" for _ in range(5000)]
+
+    def observation(i: int) -> Observation:
+        r = rng.random()
+        name = rng.choice(names) if r < 0.5 else (f"a{i % 97}." + rng.choice(names) if r < 0.7 else
+                                                   f"unfiled{i}.example-miss.com" if r < 0.95 else "")
+        return Observation(1_800_000_000.0, "192.0.2.9", 50000, rng.choice(servers), 443, Transport.TCP, Kind.TLS_SNI, name, name)
+
+    population = [observation(i) for i in range(100_000)]
+    weights = [1.0 / (k + 1) ** 0.8 for k in range(len(population))]
+    traffic = rng.choices(population, weights, k=verdicts)
+    distinct = [observation(i + 10**6) for i in range(min(verdicts, 200_000))]
+    state = d / ("state" if side == "B" else "empty")
+    layers = [OrderLayer.from_state_dir(state), ExemptionLayer.from_state_dir(state), CommandRules(state, live=True)]
+    gc.freeze()  # as a worker does once loaded
+    out = []
+    for obs in (traffic, distinct):
+        inventory._cache.clear()
+        decide = Decider(Policy(index, inventory, PolicyConfig(provider=OUR_PROVIDER)), layers).decide
+        t = time.process_time()
+        for o in obs:
+            decide(o)
+        out.append(time.process_time() - t)
+    q.put(tuple(out))
 
 
 if __name__ == "__main__":
