@@ -31,8 +31,9 @@ from beiand.isms.wire.model import ActivePeriod, BasicData, CodeList, ListEntry,
 from beiand.model import AddressRule, Observation, Overlay, Transport
 from beiand.policy.matcher import Compiled, Intervals, Matcher, RuleError, ip_int, ip_range, port_range
 from beiand.policy.overlays import Hit, hit
-from beiand.policy.source import Version, changed, no_gc, version
+from beiand.policy.source import Version, changed, version
 from beiand.records.domains import DomainError, normalise_domain
+from beiand.records.importer import gc_paused
 from beiand.store import Change, DecisionStore, Entry
 
 __all__ = ["AddressCuts", "CommandRules", "CommandStore", "Compiled", "Matcher", "Outcome", "RuleError", "address_rules",
@@ -770,7 +771,7 @@ class CommandRules:
     def _read(self) -> bool:
         seen = self.store.seen
         try:
-            with no_gc():
+            with gc_paused():
                 changed = self.store.reload()
                 if changed:
                     self._build()

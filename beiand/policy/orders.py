@@ -24,8 +24,9 @@ from typing import Any, NamedTuple
 import orjson
 
 from beiand.errors import BeiandError
-from beiand.policy.source import Version, changed, no_gc, version
+from beiand.policy.source import Version, changed, version
 from beiand.records.domains import DomainError, normalise_domain
+from beiand.records.importer import gc_paused
 from beiand.store import Change, Entry
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,7 @@ class OrderStore:
             return False
         except OSError as exc:
             raise OrderError(f"{self.path}: {exc.strerror or exc}") from None
-        with no_gc():
+        with gc_paused():
             orders, history, snap = parse_file(raw, self.path)
             self.orders, self.history = orders, history
             self.version = int(snap.get("version", -1)) if snap else -1

@@ -8,10 +8,7 @@ inode), so a version is the triple (inode, mtime in ns, size); any change of it 
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,16 +36,3 @@ CHANGES = [0]
 def changed() -> None:
     CHANGES[0] += 1
 
-
-@contextlib.contextmanager
-def no_gc() -> Iterator[None]:
-    """The cyclic collector paused while a snapshot is read: 100,000 orders are as many new
-    objects, none in a cycle, and the collections they set off walked the worker's whole heap
-    (a third of a reload's time, issue 29)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()

@@ -31,7 +31,8 @@ from beiand import __version__
 from beiand.isms.store import CommandStore
 from beiand.isms.wire.profile import ProfileError, load_profile
 from beiand.policy.orders import ExemptionStore, OrderError, OrderStore, legacy_entries, parse_file
-from beiand.policy.source import no_gc, version
+from beiand.policy.source import version
+from beiand.records.importer import gc_paused
 from beiand.runtime.settings import Config
 from beiand.store import DecisionStore, Entry, StoreError, StoreSettings, open_store
 from beiand.store.connect import is_postgres
@@ -297,7 +298,7 @@ class Follower:
             self._check_origin()
         changes = self.store.changes(self.folded.version)
         self.last_contact = time.time()
-        with no_gc():  # a fold re-indexes every order: no collection of the whole heap meanwhile
+        with gc_paused():  # a fold re-indexes every order: no collection of the whole heap meanwhile
             changed = self.folded.apply(changes) if changes else []
         self._stale |= set(changed)
         for name, part in self._named():  # a snapshot removed or edited by hand: written again
@@ -306,7 +307,7 @@ class Follower:
         write = sorted(self._stale)
         if write:
             try:
-                with no_gc():
+                with gc_paused():
                     self._write(write)
             except OSError as exc:  # the disk, not the store: tried again at the next round
                 if not self.write_error:

@@ -73,11 +73,11 @@ class SqliteStore(DecisionStore):
         return cur.fetchone() is not None
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[Any]:
+    def _tx(self, begin: str) -> Iterator[Any]:
         c = self._connect()
         cur = c.cursor()
         try:
-            cur.execute("BEGIN IMMEDIATE")
+            cur.execute(begin)
         except sqlite3.Error as exc:
             raise self._error(exc) from None
         try:
@@ -92,20 +92,17 @@ class SqliteStore(DecisionStore):
             with contextlib.suppress(sqlite3.Error):
                 cur.execute("ROLLBACK")
             raise self._error(exc) from None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[Any]:
+        with self._tx("BEGIN IMMEDIATE") as cur:  # SQLite's write lock, taken at once
+            yield cur
         self._own()
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Any]:
-        c = self._connect()
-        cur = c.cursor()
-        cur.execute("BEGIN")
-        try:
+        with self._tx("BEGIN") as cur:
             yield cur
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                cur.execute("ROLLBACK")
-            raise
-        cur.execute("COMMIT")
 
     def wait(self, timeout: float) -> bool:
         time.sleep(min(timeout, self.POLL_S))
