@@ -48,9 +48,31 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             err(f"{args.config}: isms: {problem}")
             return 2
         out(f"isms: idcId {cfg.isms.idc_id}, {cfg.isms.mode}, idc_command on {cfg.isms.listen}{cfg.isms.path}")
+    store_line(cfg, args.config)
     out(f"{args.config}: ok (gateway {cfg.gateway}, {cfg.workers} worker(s), log {cfg.accesslog.directory}, "
         f"retention {cfg.accesslog.retention_days} days)")
     return 0
+
+
+def store_line(cfg: Any, path: str) -> None:
+    """Where the decisions come from, and whether that store answers now: unreachable is a warning
+    (the daemon would enforce its last snapshot), not a config error. Nothing is created."""
+    from beiand.runtime.decisions import open_decisions
+    from beiand.store import StoreError
+    from beiand.store.connect import is_postgres, sqlite_path
+
+    if not is_postgres(cfg.store.url) and not sqlite_path(cfg.store.url, cfg.daemon.state_dir).exists():
+        out(f"decision store: sqlite:{sqlite_path(cfg.store.url, cfg.daemon.state_dir)} (created at the daemon's first start)")
+        return
+    try:
+        store = open_decisions(cfg, migrate=False, import_files=False, create=False)
+        try:
+            out(f"decision store: {store.url} (schema {store.schema()}, version {store.head()}, "
+                f"{len(store.gateways())} gateway(s) following it)")
+        finally:
+            store.close()
+    except StoreError as exc:
+        err(f"warning: {path}: store: {exc} (the daemon would enforce its last snapshot until it answers)")
 
 
 def add_parsers(sub: Any) -> None:

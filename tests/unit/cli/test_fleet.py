@@ -57,3 +57,28 @@ def test_exempt_add_list_remove_and_the_history(tmp_path: Path, capsys: pytest.C
     assert (row["state"], row["created_by"], row["lifted_by"], row["lift_reason"]) == ("lifted", "li", "wang", "filed")
     assert main(["block", "list", "--json", *st]) == 0
     assert json.loads(capsys.readouterr().out) == []  # an exemption is not a closure order
+
+
+def test_check_config_names_the_store_and_warns_when_it_does_not_answer(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from tests.integration.nsdaemon import write_records
+
+    records = tmp_path / "records.csv"
+    write_records(records, 3)
+    cfg = tmp_path / "beiand.toml"
+    base = f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n[capture]\ninterfaces = ["lo"]\n[records]\nfiles = ["{records}"]\n'
+    cfg.write_text(base, encoding="utf-8")
+    assert main(["check-config", str(cfg)]) == 0
+    assert "created at the daemon's first start" in capsys.readouterr().out
+    assert main(["block", "add", "a.example", "--order", "1", "--config", str(cfg)]) == 0
+    capsys.readouterr()
+    assert main(["check-config", str(cfg)]) == 0
+    assert "(schema 1, version 1, 0 gateway(s) following it)" in capsys.readouterr().out
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg.write_text(base + f'[store]\nurl = "postgresql://beiand@127.0.0.1:{port}/beiand"\nconnect_timeout = 1\n', encoding="utf-8")
+    assert main(["check-config", str(cfg)]) == 0  # a warning: the daemon would fail static
+    assert f"store: decision store postgresql://beiand@127.0.0.1:{port}/beiand" in capsys.readouterr().err
