@@ -748,16 +748,43 @@ class CommandRules:
         self._keyed = True
         self.errors = 0  # damaged versions of the file met
         self.error = ""  # what is wrong with the file now ("" when it was read)
+        self._next: tuple[CommandStore, Matcher, Callable[[str], list[Compiled] | None] | None, bool] | None = None
+        self._next_error = ""
+        self._old: tuple[CommandStore, Matcher] | None = None
         self._read()
 
-    def _build(self) -> None:
-        compiled = self.store.compiled(since=time.time() - self.LIVE_HISTORY_S if self.live else -math.inf)
-        self.matcher = Matcher(compiled)
-        self._known_names = self.matcher._names.get if self.matcher.names_only and self.matcher.count else None
+    def _compile(self, store: CommandStore) -> tuple[Matcher, Callable[[str], list[Compiled] | None] | None, bool]:
+        compiled = store.compiled(since=time.time() - self.LIVE_HISTORY_S if self.live else -math.inf)
+        matcher = Matcher(compiled)
+        known = matcher._names.get if matcher.names_only and matcher.count else None
         # Layer.keyed: with name rules only (no URL, source, port or protocol part), a command
         # matches by the name (within its houses' server addresses) or not at all.
-        self._keyed = all(not (c.urls or c.src or c.sports or c.dports or c.protos) for c in compiled)
+        keyed = all(not (c.urls or c.src or c.sports or c.dports or c.protos) for c in compiled)
+        return matcher, known, keyed
+
+    def _build(self) -> None:
+        self.matcher, self._known_names, self._keyed = self._compile(self.store)
         changed()
+
+    def prepare(self) -> None:
+        """Read a changed snapshot and compile it beside the commands in force (outside the
+        worker's lock); :meth:`reload` swaps it in."""
+        self._old = None  # what was swapped out last time, freed here, outside the lock
+        st = self.store
+        if self._next is not None or self._next_error:
+            return
+        v = version(st.path)
+        if v is None or v == st.seen:
+            return
+        nxt = CommandStore(st.dir.parent, st.subdomains, st.house_id, load=False)
+        nxt.seen = st.seen
+        try:
+            with gc_paused():
+                if nxt.reload():
+                    self._next = (nxt, *self._compile(nxt))
+        except RuleError as exc:  # this damaged version is read once: reload counts it
+            st.seen = nxt.seen
+            self._next_error = str(exc)
 
     def keyed(self) -> bool:
         return not self.matcher.count or (self._keyed and self.matcher.names_only)
@@ -784,11 +811,24 @@ class CommandRules:
         return changed
 
     def reload(self) -> bool:
+        if self._next is not None or self._next_error:
+            nxt, err = self._next, self._next_error
+            self._next, self._next_error = None, ""
+            if nxt is None:
+                self.errors += 1
+                self.error = err
+                log.error("%s (the commands in force are kept; read again when the file changes)", err)
+                return False
+            self._old = (self.store, self.matcher)  # freed by the next prepare(), not under the lock
+            self.store, self.matcher, self._known_names, self._keyed = nxt
+            self.error = ""
+            changed()
+            return True
         errors = self.errors
-        changed = self._read()
+        changed_ = self._read()
         if self.errors != errors:
             log.error("%s (the commands in force are kept; read again when the file changes)", self.error)
-        return changed
+        return changed_
 
     def match(self, obs: Observation) -> Hit | None:
         # The hot path (every decision on every worker): with only name rules in force, a name seen

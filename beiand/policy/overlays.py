@@ -29,7 +29,7 @@ from beiand.accesslog.columns import order_column
 from beiand.model import Action, AddressRule, Decision, Kind, MetricKey, MetricValues, Observation, Overlay, Transport, VerdictKind
 from beiand.policy.inventory import HostedPrefix
 from beiand.policy.orders import ExemptionStore, OrderError, OrderStore
-from beiand.policy.source import CHANGES
+from beiand.policy.source import CHANGES, changed, version
 from beiand.policy.verdict import Policy
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,11 @@ class Layer(Protocol):
     def reload(self) -> bool:
         """Re-read the rules if they changed; True when they did (a damaged source keeps the old
         ones, is logged once, and is read again when it changes)."""
+        ...
+
+    def prepare(self) -> None:
+        """Read changed rules beside those in force, off the decision path; :meth:`reload` swaps
+        them in (a worker prepares outside its lock and reloads under it)."""
         ...
 
     def match(self, obs: Observation) -> Hit | None:
@@ -118,6 +123,9 @@ class OrderLayer:
         self.store = store
         self.errors = 0  # damaged versions of the file met
         self.error = ""  # what is wrong with the file now ("" when it was read)
+        self._next: OrderStore | None = None  # read by prepare(), swapped in by reload()
+        self._next_error = ""
+        self._old: OrderStore | None = None
 
     @classmethod
     def from_state_dir(cls, state_dir: Path) -> OrderLayer:
@@ -137,12 +145,45 @@ class OrderLayer:
             self.error = ""
         return changed
 
+    def prepare(self) -> None:
+        """Read a changed snapshot into a new store beside the one in force: the worker does it
+        outside its lock, so the inline queue's decisions never wait for a parse (50,000 orders:
+        ~120 ms); :meth:`reload` then swaps it in."""
+        self._old = None  # the store swapped out last time, freed here, outside the lock
+        path = self.store.path
+        if self._next is not None or self._next_error or path is None:
+            return
+        v = version(path)
+        if v is None or v == self.store.seen:
+            return  # unchanged, or removed (reload empties the store in place)
+        nxt = self.STORE(path.parent, load=False)
+        nxt.seen = self.store.seen
+        try:
+            if nxt.reload():
+                self._next = nxt
+        except OrderError as exc:  # this damaged version is read once: reload counts it
+            self.store.seen = nxt.seen
+            self._next_error = str(exc)
+
     def reload(self) -> bool:
+        if self._next is not None or self._next_error:
+            nxt, err = self._next, self._next_error
+            self._next, self._next_error = None, ""
+            if nxt is None:
+                self.errors += 1
+                self.error = err
+                log.error("%s (the %ss in force are kept; read again when the file changes)", err, self.store.WHAT)
+                return False
+            # The old store is kept until the next prepare(): freeing 50,000 orders took 12 ms,
+            # under the lock.
+            self._old, self.store, self.error = self.store, nxt, ""
+            changed()
+            return True
         errors = self.errors
-        changed = self._read()
+        changed_ = self._read()
         if self.errors != errors:
             log.error("%s (the %ss in force are kept; read again when the file changes)", self.error, self.store.WHAT)
-        return changed
+        return changed_
 
     def match(self, obs: Observation) -> Hit | None:
         o = self.store.match(obs.name, obs.server_ip, obs.ts)
@@ -315,6 +356,12 @@ class Decider:
     def rebind(self, policy: Policy) -> None:
         """Decide with a reloaded policy (new records or inventory), the overlays kept."""
         self.policy, self.inventory = policy, policy.inventory
+
+    def prepare(self) -> None:
+        """Every overlay reads a changed source beside the rules in force (outside the worker's
+        lock); the next :meth:`reload` swaps them in."""
+        for layer in self.layers:
+            layer.prepare()
 
     def reload(self) -> bool:
         """Every overlay re-reads its source; True when any changed (the one reload path)."""

@@ -259,6 +259,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
                 outbox.put(Rows(rows))
             if now >= next_snap:
                 next_snap = now + SNAPSHOT_INTERVAL
+                decide.prepare()  # a changed snapshot read outside the lock: the queue thread decides meanwhile
                 with lock:
                     if not housekeep():
                         break

@@ -59,6 +59,9 @@ class Layer:
         self.reloads += 1
         return self.reloads == 1
 
+    def prepare(self) -> None:
+        pass
+
     def match(self, o: Observation) -> Hit | None:
         return self.h
 
@@ -272,3 +275,43 @@ def test_the_fast_path_decides_as_every_overlay_would(tmp_path_factory: pytest.T
         for name, ip, dns_answer in traffic:
             ob = obs(name, ip, ts=ts, kind=Kind.DNS_ANSWER if dns_answer else Kind.TLS_SNI)
             assert fast.decide(ob) == slow.overlay(ob, UNFILED), (name, ip)
+
+
+def test_a_changed_snapshot_is_read_beside_the_rules_in_force_and_swapped_in_by_reload(tmp_path: Path) -> None:
+    """Issue 29: a worker reads a changed snapshot outside its lock (prepare) so the inline queue
+    never waits for a parse; nothing changes until reload() swaps it in; a damaged version is
+    counted once and the rules in force are kept."""
+    import time as _t
+
+    from beiand.isms.store import CommandRules, CommandStore
+    from beiand.isms.wire.model import Rule, SecurityCommand
+
+    writer = OrderStore(tmp_path)
+    a = writer.add("a.example", "A", "")
+    layer = OrderLayer.from_state_dir(tmp_path)
+    b = writer.add("b.example", "B", "")
+    layer.prepare()
+    assert layer.match(obs("b.example", ts=b.created + 1)) is None  # not yet
+    assert layer.reload() and layer.match(obs("b.example", ts=b.created + 1)) == hit(Overlay.ORDER, "B")
+    layer.prepare()
+    assert not layer.reload()  # nothing new
+    (tmp_path / "orders.json").write_text("{broken")
+    for _ in range(3):
+        layer.prepare()
+        layer.reload()
+    assert layer.errors == 1 and "damaged" in layer.error
+    assert layer.match(obs("a.example", ts=a.created + 1)) == hit(Overlay.ORDER, "A")  # kept
+    (tmp_path / "orders.json").unlink()
+    layer.prepare()
+    assert layer.reload() and layer.match(obs("a.example", ts=a.created + 1)) is None  # removed: emptied in place
+
+    d = tmp_path / "isms-state"
+    cs = CommandStore(d)
+    rules = CommandRules(d, live=True)
+    with cs.writing():
+        cs.apply_security(SecurityCommand(command_id=1, type=1, operation=0, rules=(Rule(1, "bad.example", ""),), block=1, log=1,
+                                          report=1, reason="", effect_time=0.0, expired_time=0.0, house_ids=(), owner="",
+                                          time_stamp=""), _t.time() - 5)
+    rules.prepare()
+    assert rules.match(obs()) is None
+    assert rules.reload() and rules.match(obs(ts=_t.time())) == hit(Overlay.ISMS_MONITOR, "1")  # type 1: a monitor
