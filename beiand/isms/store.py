@@ -740,8 +740,10 @@ class CommandRules:
     name = "isms"
     LIVE_HISTORY_S = 3600.0  # an observation is never older than this on a live worker
 
-    def __init__(self, state_dir: Path, subdomains: bool = True, house_id: str = "", *, live: bool = False) -> None:
-        self.store = CommandStore(state_dir, subdomains, house_id, load=False)
+    def __init__(self, state_dir: Path, subdomains: bool = True, house_id: str = "", *, live: bool = False,
+                 store: CommandStore | None = None) -> None:
+        """``store``: commands already folded (from the decision store) instead of the snapshot file."""
+        self.store = store if store is not None else CommandStore(state_dir, subdomains, house_id, load=False)
         self.live = live
         self.matcher = Matcher(())
         self._known_names: Callable[[str], list[Compiled] | None] | None = None
@@ -751,7 +753,10 @@ class CommandRules:
         self._next: tuple[CommandStore, Matcher, Callable[[str], list[Compiled] | None] | None, bool] | None = None
         self._next_error = ""
         self._old: tuple[CommandStore, Matcher] | None = None
-        self._read()
+        if store is not None:
+            self._build()
+        else:
+            self._read()
 
     def _compile(self, store: CommandStore) -> tuple[Matcher, Callable[[str], list[Compiled] | None] | None, bool]:
         compiled = store.compiled(since=time.time() - self.LIVE_HISTORY_S if self.live else -math.inf)

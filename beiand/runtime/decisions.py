@@ -185,19 +185,17 @@ class Folded:
     def parts(self) -> tuple[OrderStore, ExemptionStore, CommandStore]:
         return self.orders, self.exemptions, self.commands
 
+    def named(self) -> list[tuple[str, OrderStore | CommandStore]]:
+        """Each part with the name of its snapshot (and overlay)."""
+        return [("order", self.orders), ("exemption", self.exemptions), ("isms", self.commands)]
+
     @property
     def version(self) -> int:
         return min(p.version for p in self.parts)
 
     def apply(self, changes: Sequence[Any]) -> list[str]:
         """Fold ``changes``; the names of the parts whose rules changed."""
-        changed = []
-        if self.orders.apply(changes):
-            changed.append("order")
-        if self.exemptions.apply(changes):
-            changed.append("exemption")
-        if self.commands.apply(changes):
-            changed.append("isms")
+        changed = [name for name, part in self.named() if part.apply(changes)]
         for p in self.parts:  # rows of none of them still move every part's version on
             if changes and p.version < changes[-1].version:
                 p.version = changes[-1].version
@@ -257,8 +255,7 @@ class Follower:
         """Start from the snapshot in the state directory: what the workers enforce until the store
         answers. A damaged or pre-store file is folded again from the store (version 0)."""
         ok = True
-        for name, part in (("order", self.folded.orders), ("exemption", self.folded.exemptions),
-                           ("isms", self.folded.commands)):
+        for name, part in self.folded.named():
             try:
                 part.reload()
             except (OrderError, ValueError) as exc:
@@ -272,22 +269,21 @@ class Follower:
             elif part.path is None or not part.path.exists():
                 self._stale.add(name)  # none yet: written at the first contact
             self.written[name] = max(part.version, 0)
-        if not ok:  # fold everything again from the store
-            self.folded = Folded(self.state_dir, subdomains(self.cfg), self.cfg.isms.house_id)
-            self._stale = {"order", "exemption", "isms"}
-            self.written = {}
+        if not ok:
+            self._refold()
         self.m_version.set(self.folded.version)
 
+    def _refold(self) -> None:
+        """Fold everything again from the store, and write every snapshot."""
+        self.folded = Folded(self.state_dir, subdomains(self.cfg), self.cfg.isms.house_id)
+        self._stale = {"order", "exemption", "isms"}
+        self.written = {}
+
     def _write(self, names: Sequence[str]) -> None:
+        parts = dict(self.folded.named())  # the isms part is written with [isms] off too: its version is the gateway's
         for name in names:
-            if name == "isms":  # written with [isms] off too: the snapshot's version is the gateway's
-                c = self.folded.commands
-                c.snapshot(self.url)
-                self.written[name] = c.version
-            else:
-                o = self.folded.orders if name == "order" else self.folded.exemptions
-                o.snapshot(self.url)
-                self.written[name] = o.version
+            parts[name].snapshot(self.url)
+            self.written[name] = parts[name].version
 
     # -- one round ----------------------------------------------------------------------------
 
@@ -301,7 +297,7 @@ class Follower:
         with gc_paused():  # a fold re-indexes every order: no collection of the whole heap meanwhile
             changed = self.folded.apply(changes) if changes else []
         self._stale |= set(changed)
-        for name, part in self._named():  # a snapshot removed or edited by hand: written again
+        for name, part in self.folded.named():  # a snapshot removed or edited by hand: written again
             if part.path is not None and version(part.path) != part.seen and name in self.written:
                 self._stale.add(name)
         write = sorted(self._stale)
@@ -330,23 +326,18 @@ class Follower:
         self.m_contact.set(self.last_contact)
         return write
 
-    def _named(self) -> list[tuple[str, OrderStore | CommandStore]]:
-        return [("order", self.folded.orders), ("exemption", self.folded.exemptions), ("isms", self.folded.commands)]
-
     def _check_origin(self) -> None:
         """A snapshot written from another store (``store.url`` changed) or from a later version
         of this one (a store restored from a backup) is not this store's state: fold it all again
         (else the rows numbered up to the snapshot's version would be skipped)."""
         assert self.store is not None
         head = self.store.head()
-        other = {p.snapshot_store for _, p in self._named() if p.snapshot_store is not None} - {self.url}
+        other = {p.snapshot_store for _, p in self.folded.named() if p.snapshot_store is not None} - {self.url}
         if other or self.folded.version > head:
             why = (f"written from {', '.join(sorted(other))}" if other else
                    f"at version {self.folded.version}, the store's last is {head} (restored from a backup?)")
             log.warning("decision snapshot %s: folding everything again from %s", why, self.url)
-            self.folded = Folded(self.state_dir, subdomains(self.cfg), self.cfg.isms.house_id)
-            self._stale = {"order", "exemption", "isms"}
-            self.written = {}
+            self._refold()
 
     def applied(self) -> int:
         """The version every worker applies: the snapshot's, once each worker has read every

@@ -281,11 +281,8 @@ def layers(cfg: Config, state_dir: Path | None = None, *, live: bool = False) ->
             subdomains = load_profile(cfg.isms.profile).subdomains
         except ProfileError as exc:
             raise StateError(f"isms.profile: {exc}") from None
-        rules = CommandRules(d, subdomains, cfg.isms.house_id, live=live)
-        if folded is not None:
-            rules.store.state, rules.store.version, rules.error = folded.commands.state, folded.commands.version, ""
-            rules._build()
-        out.append(rules)
+        out.append(CommandRules(d, subdomains, cfg.isms.house_id, live=live,
+                                store=folded.commands if folded is not None else None))
     for layer in out:
         if layer.error and not live:
             raise StateError(layer.error)

@@ -195,6 +195,21 @@ token_file = "{wd / 'token'}"
             netns.remove(self.ns)
 
 
+def link(ns_a: str, ns_b: str, if_a: str, if_b: str, addr_a: str, addr_b: str, prefixlen: int = 24) -> None:
+    """A veth pair between two network namespaces, each end addressed and up."""
+    from pyroute2 import IPRoute, NetNS
+
+    with IPRoute() as ip:
+        ip.link("add", ifname=if_a, kind="veth", peer={"ifname": if_b})
+        ip.link("set", index=ip.link_lookup(ifname=if_a)[0], net_ns_fd=ns_a)
+        ip.link("set", index=ip.link_lookup(ifname=if_b)[0], net_ns_fd=ns_b)
+    for ns, ifname, addr in ((ns_a, if_a, addr_a), (ns_b, if_b, addr_b)):
+        with NetNS(ns) as h:
+            idx = h.link_lookup(ifname=ifname)[0]
+            h.addr("add", index=idx, address=addr, prefixlen=prefixlen)
+            h.link("set", index=idx, state="up")
+
+
 def require_root() -> None:
     if os.geteuid() != 0:
         import pytest

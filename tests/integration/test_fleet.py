@@ -132,9 +132,9 @@ class Fleet:
     (tests.integration.nsdaemon), each with its own gateway id, log and namespace."""
 
     def __init__(self, wd: Path, n: int = 3) -> None:
-        from pyroute2 import IPRoute, NetNS, netns
+        from pyroute2 import NetNS, netns
 
-        from tests.integration.nsdaemon import NsDaemon
+        from tests.integration.nsdaemon import NsDaemon, link
 
         self.tag = uuid.uuid4().hex[:6]
         self.ns = f"bfc{self.tag}"
@@ -148,16 +148,7 @@ class Fleet:
             d = NsDaemon(wd / f"gw{i}", gateway=f"gw-{i}-{self.tag}",
                          extra=f'\n[accesslog.clickhouse]\nurl = "{url}"\nbatch_records = 50\n')
             self.daemons.append(d)
-            a, b = f"fc{self.tag}{i}", f"fg{self.tag}{i}"
-            with IPRoute() as ip:
-                ip.link("add", ifname=a, kind="veth", peer={"ifname": b})
-                ip.link("set", index=ip.link_lookup(ifname=a)[0], net_ns_fd=self.ns)
-                ip.link("set", index=ip.link_lookup(ifname=b)[0], net_ns_fd=d.ns)
-            for ns, ifname, addr in ((self.ns, a, f"10.27.{i}.1"), (d.ns, b, f"10.27.{i}.2")):
-                with NetNS(ns) as h:
-                    idx = h.link_lookup(ifname=ifname)[0]
-                    h.addr("add", index=idx, address=addr, prefixlen=24)
-                    h.link("set", index=idx, state="up")
+            link(self.ns, d.ns, f"fc{self.tag}{i}", f"fg{self.tag}{i}", f"10.27.{i}.1", f"10.27.{i}.2")
         self.url = f"http://127.0.0.1:{self.ch.http}"  # inside the ClickHouse namespace
 
     def cli(self, argv: list[str]) -> int:

@@ -44,9 +44,9 @@ class Fleet:
     """A PostgreSQL in a namespace of its own, linked by a veth to each of three gateways."""
 
     def __init__(self, wd: Path, n: int = 3) -> None:
-        from pyroute2 import IPRoute, NetNS, netns
+        from pyroute2 import NetNS, netns
 
-        from tests.integration.nsdaemon import NsDaemon
+        from tests.integration.nsdaemon import NsDaemon, link
 
         self.tag = uuid.uuid4().hex[:6]
         self.ns = f"bpg{self.tag}"
@@ -66,16 +66,7 @@ class Fleet:
             inv = d.wd / "inventory.csv"
             inv.write_text(inv.read_text().replace(",monitor", ",enforce"), encoding="utf-8")
             self.daemons.append(d)
-            a, b = f"pc{self.tag}{i}", f"pg{self.tag}{i}"
-            with IPRoute() as ip:
-                ip.link("add", ifname=a, kind="veth", peer={"ifname": b})
-                ip.link("set", index=ip.link_lookup(ifname=a)[0], net_ns_fd=self.ns)
-                ip.link("set", index=ip.link_lookup(ifname=b)[0], net_ns_fd=d.ns)
-            for ns, ifname, addr in ((self.ns, a, f"10.28.{i}.1"), (d.ns, b, f"10.28.{i}.2")):
-                with NetNS(ns) as h:
-                    idx = h.link_lookup(ifname=ifname)[0]
-                    h.addr("add", index=idx, address=addr, prefixlen=24)
-                    h.link("set", index=idx, state="up")
+            link(self.ns, d.ns, f"pc{self.tag}{i}", f"pg{self.tag}{i}", f"10.28.{i}.1", f"10.28.{i}.2")
         self.url = self.pg.url(db=self.db)  # inside the PostgreSQL namespace
 
     def cli(self, argv: list[str]) -> int:
