@@ -232,7 +232,8 @@ def scale(orders: int, commands: int, verdicts: int, a_trials: int = 30, rounds:
         pairs = [x / y - 1 for x, y in zip(a, b, strict=True)]
         print(f"verdicts ({label}, {n:,} per run, {rounds} runs a side, alternated, each in its own process, CPU time): "
               f"empty overlays {ra:,.0f}/s, {orders:,} orders + {commands:,} commands in force {rb:,.0f}/s: "
-              f"{100 * (rb - ra) / ra:+.1f}% (bar: within 5%); pair by pair {', '.join(f'{100 * x:+.1f}%' for x in pairs)}")
+              f"{100 * (rb - ra) / ra:+.1f}% (bar: within 5%), median of the pairs {100 * statistics.median(pairs):+.1f}%; "
+              f"pair by pair {', '.join(f'{100 * x:+.1f}%' for x in pairs)}")
     print(f"load average: {os.getloadavg()}")
 
 
