@@ -27,6 +27,7 @@ SHARE = {
     "systemd/beiand.service": "systemd/beiand.service",
     "systemd/beiand-audit.service": "systemd/beiand-audit.service",
     "systemd/beiand-audit.timer": "systemd/beiand-audit.timer",
+    "systemd/beiand-isms.service": "systemd/beiand-isms.service",
     "rules/beiand.rules.yml": "rules/beiand.rules.yml",
     "rules/beiand.rules.test.yml": "rules/beiand.rules.test.yml",
     "dashboards/beiand.json": "dashboards/beiand.json",

@@ -47,7 +47,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         if problem:
             err(f"{args.config}: isms: {problem}")
             return 2
-        out(f"isms: idcId {cfg.isms.idc_id}, {cfg.isms.mode}, idc_command on {cfg.isms.listen}{cfg.isms.path}")
+        if cfg.isms.mode == "fleet":
+            out("isms: fleet: this gateway applies the commands the licence's CU (beiand isms serve) writes to the decision store")
+        else:
+            out(f"isms: idcId {cfg.isms.idc_id}, {cfg.isms.mode}, idc_command on {cfg.isms.listen}{cfg.isms.path}")
     store_line(cfg, args.config)
     out(f"{args.config}: ok (gateway {cfg.gateway}, {cfg.workers} worker(s), log {cfg.accesslog.directory}, "
         f"retention {cfg.accesslog.retention_days} days)")

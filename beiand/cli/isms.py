@@ -90,12 +90,30 @@ def cmd_status(args: argparse.Namespace) -> int:
                            "code_tables": sorted(st.code_lists), "active_period_s": st.active_period_s,
                            "sequences_seen": len(st.sequences), "refused": st.refused[-10:], "spool": str(sp),
                            "spool_pending": by_dt}
+    fleet = fleet_of(cfg)
     if args.json:
+        res["fleet"] = fleet
         out(json.dumps(res, ensure_ascii=False, indent=2))
         return 0
     for k, v in res.items():
         if k != "refused":
             out(f"{k:16} {v}")
+    if fleet.get("store_error"):
+        out(f"\nfleet: the decision store does not answer: {fleet['store_error']}")
+    elif fleet["gateways"]:
+        out(f"\nfleet (decision store version {fleet['store_head']}):")
+        table([[g["gateway"], "up" if g["up"] else f"down ({g['why']})", "yes" if g["healthy"] else "no", g["version"],
+                g["behind"], ",".join(g["houses"]) or "-"] for g in fleet["gateways"]],
+              ["gateway", "state", "capturing", "version", "behind", "houses"])
+        out(f"houses {len(fleet['houses'])}, faulty (DT 7): {', '.join(fleet['faulty_houses']) or 'none'}")
+    cu = fleet.get("cu")
+    if cu:
+        out(f"CU: {len(cu.get('acks_pending') or [])} command(s) not yet applied everywhere, {cu.get('acks_outbox')} ack(s) "
+            "to send")
+        for p in (cu.get("acks_pending") or [])[:10]:
+            out(f"  command {p['commandId']} (house {p['houseId'] or 'all'}): not yet on {', '.join(p['not_applied']) or '-'}")
+        for m in (cu.get("basic_mismatches") or [])[:10]:
+            out(f"  basic data: {m}")
     if st.refused:
         out("\nlast refusals:")
         for r in st.refused[-10:]:
@@ -155,6 +173,60 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The licence's CU (systemd/beiand-isms.service); imported here: aiohttp, the store."""
+    import logging
+
+    from beiand.runtime import logsetup
+    from beiand.runtime.ismscu import serve
+
+    logsetup.configure(args.log_format)
+    logging.getLogger().setLevel(logging.INFO)
+    try:
+        return serve(args.config)
+    except OSError as exc:  # the endpoint's or the metrics' address in use, a spool not writable
+        logging.getLogger("beiand.isms").error("%s: %s", args.config, exc)
+        return 2
+
+
+def fleet_of(cfg: Config) -> dict[str, Any]:
+    """What ``isms status`` shows of the fleet: the gateways following the decision store (up or
+    down, the version they apply, their houses), the houses and the faulty ones (DT 7), and what
+    the running CU (``beiand isms serve``, on ``isms.metrics_listen``) holds: acks waiting for
+    gateways, the basic data's mismatches with the inventory."""
+    import urllib.request
+
+    from beiand.isms.fleet import house_states, view
+    from beiand.runtime.decisions import open_decisions
+    from beiand.store import StoreError
+
+    res: dict[str, Any] = {}
+    try:
+        store = open_decisions(cfg, migrate=False, import_files=False, create=False)
+        try:
+            rows, head = store.gateways(), store.head()
+        finally:
+            store.close()
+    except StoreError as exc:
+        res["store_error"] = str(exc)
+        rows, head = [], 0
+    im = cfg.isms
+    gws = view(rows, time.time(), im.gateway_down_after, im.gateway_retired_after)
+    every, faulty = house_states(gws, ())
+    res.update({"store_head": head, "gateways": [{"gateway": g.name, "up": g.up, "why": g.why or None, "healthy": g.healthy,
+                                                  "version": g.version, "behind": max(0, head - g.version),
+                                                  "houses": list(g.houses)} for g in gws],
+                "houses": every, "faulty_houses": faulty})
+    try:
+        with urllib.request.urlopen(f"http://{im.metrics_listen}/api/v1/isms/status", timeout=2) as r:
+            cu = json.loads(r.read())
+        res["cu"] = {k: cu.get(k) for k in ("houses", "faulty_houses", "acks_pending", "acks_outbox", "basic_mismatches",
+                                            "store_error", "spool_pending", "last_call")}
+    except (OSError, ValueError):
+        res["cu"] = None  # no CU answers on isms.metrics_listen here
+    return res
+
+
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("isms", help="the regulator's ISMS interface (ISMI): commands in force, reports")
     isub = p.add_subparsers(dest="isms_command", required=True)
@@ -169,6 +241,11 @@ def add_parsers(sub: Any) -> None:
     cm = isub.add_parser("commands", help="every monitor/filter command and list entry in force")
     common(cm)
     cm.set_defaults(func=cmd_commands)
+    sv = isub.add_parser("serve", help="the licence's CU (systemd/beiand-isms.service): idc_command for every gateway on "
+                         "the decision store, acks with what the fleet did, reports from the fleet")
+    sv.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE", help=f"(default {DEFAULT_CONFIG})")
+    sv.add_argument("--log-format", choices=("auto", "text", "journal", "json"), default="auto")
+    sv.set_defaults(func=cmd_serve)
     rp = isub.add_parser("report", help="write DT 7, 8, 9, 4, 5 data files to the spool now")
     rp.add_argument("--now", action="store_true", help="now (required)")
     rp.add_argument("--window", type=float, default=86400.0, metavar="SECONDS", help="records of the last SECONDS (default a day)")

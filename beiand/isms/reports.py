@@ -15,7 +15,7 @@ import os
 import re
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -438,6 +438,7 @@ class Reporter:
     store: Any = None  # the CommandStore: the basic data (type 0) gives a houseId per prefix and DT 2 codes 1, 3
     filed_name: FiledName | None = None  # DT 9/DT 2 regDomain: the filed name (the daemon wires the records index)
     records: RecordSource | None = None
+    inventory: Any = None  # the hosted inventory: the house (机房编号) it names for each prefix (issue 30)
 
     def source(self) -> RecordSource:
         """Where the reports read: the source the wiring chose, else this gateway's log."""
@@ -445,7 +446,26 @@ class Reporter:
 
     @property
     def house(self) -> HouseOf:
-        return self.store.house_of if self.store is not None and self.store.state.houses else self.house_id
+        """Each row's houseId: the basic data's (type 0) house of the server address, else the
+        house the inventory names for its prefix, else ``isms.house_id``."""
+        basic = self.store is not None and bool(self.store.state.houses)
+        inv = self.inventory if self.inventory is not None and any(p.house for p in self.inventory.prefixes) else None
+        if not basic and inv is None:
+            return self.house_id
+        store, own = self.store, self.house_id
+
+        def house_of(ip: str) -> str:
+            if basic:
+                seg = store.house_segment(ip)
+                if seg is not None:
+                    return str(seg[0])
+            if inv is not None:
+                p = inv.lookup(ip)
+                if p is not None and p.house:
+                    return str(p.house)
+            return own
+
+        return house_of
 
     def store_house(self) -> str:
         return self.house_id
@@ -485,8 +505,9 @@ class Reporter:
             "houseId": a.house_id, "commandId": a.command_id, "type": int(a.type), "resultCode": int(a.result),
             "msgInfo": a.msg[:1024]}) for a in acks))
 
-    def heartbeat(self, err_houses: tuple[str, ...] = ()) -> list[Path]:
-        head = (("houseAmount", "1"), ("errHouseAmount", str(len(err_houses))), *(("errHouseId", h) for h in err_houses))
+    def heartbeat(self, err_houses: Sequence[str] = (), houses: int = 1) -> list[Path]:
+        """DT 7: ``houses`` this beiand reports for (a gateway: 1; the CU: the fleet's), the faulty ones."""
+        head = (("houseAmount", str(houses)), ("errHouseAmount", str(len(err_houses))), *(("errHouseId", h) for h in err_houses))
         return self.spool.write(DataType.ACTIVE_STATE, (), (("idcId", self.spool.idc_id), *head))
 
     def log_query(self, q: LogQuery) -> list[Path]:

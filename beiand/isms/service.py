@@ -8,6 +8,7 @@ Every outcome is a code of ISMS.md's ``idc_command`` column and is counted; what
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import stat
@@ -64,6 +65,11 @@ class Ack:
     result: AckResult
     msg: str
     house_id: str = ""
+    # For the licence's CU (beiand isms serve): the decision store version the command committed
+    # at, and the houses it is for (none: every house); the ack waits for the gateways of those
+    # houses to apply that version (beiand/isms/fleet.py). Not written in DT 10.
+    version: int = 0
+    houses: tuple[str, ...] = ()
 
 
 @dataclass
@@ -148,7 +154,7 @@ class CommandService:
                 ans = self.apply(item)
                 self.store.note_sequence(seq)
             # Committed: only now may its ack go out (the CU-lite sends acks from another thread).
-            self.acks.extend(ans.acks)
+            self.acks.extend(dataclasses.replace(a, version=self.store.version) for a in ans.acks)
             if len(self.acks) > 10000:
                 del self.acks[:-10000]
             self.counts["applied"] += 1
@@ -193,5 +199,6 @@ class CommandService:
             return Answer(CommandResult.OK, f"<{item.root}> answered in the ack (DT 10)", item, [])
         if out.reason.startswith("unsupported"):
             self.unsupported[out.reason] += 1
-        ack = Ack(cid, ack_type, out.result, out.msg, self.store.house_id)
+        houses = item.house_ids if isinstance(item, SecurityCommand) else ()
+        ack = Ack(cid, ack_type, out.result, out.msg, self.store.house_id, houses=houses)
         return Answer(CommandResult.OK, out.msg, item, [ack])  # its ack is queued once the command is committed

@@ -30,6 +30,7 @@ _MODES = {
 _HEADERS = {
     "prefix": "prefix", "地址段": "prefix", "account": "account", "用户账号": "account",
     "site": "site", "机房": "site", "state": "state", "状态": "state", "mode": "mode", "模式": "mode",
+    "house": "house", "house_id": "house", "houseid": "house", "机房编号": "house",
 }
 
 
@@ -45,6 +46,7 @@ class HostedPrefix:
     state: PrefixState
     mode: Mode | None  # None: the configured default mode
     source: str = ""
+    house: str = ""  # the ISMS houseId (机房编号) of the prefix, when the operator gives it (docs/isms.md)
 
 
 class Inventory:
@@ -126,7 +128,11 @@ def _entry(cells: dict[str, str], where: str, problems: list[str]) -> HostedPref
     if mode_text and mode is None:
         problems.append(f"{where}: mode (模式): {mode_text!r} is not one of monitor, dry-run, enforce")
         return None
-    return HostedPrefix(prefix, account, cells.get("site", "").strip(), state, mode, where)
+    house = cells.get("house", "").strip()
+    if len(house) > 64 or any(c.isspace() or c == "," for c in house):
+        problems.append(f"{where}: house (机房编号): {house[:70]!r}: an ISMS houseId has no spaces or commas (at most 64 characters)")
+        return None
+    return HostedPrefix(prefix, account, cells.get("site", "").strip(), state, mode, where, house)
 
 
 def load_inventory(path: str | Path) -> Inventory:
@@ -150,7 +156,7 @@ def load_inventory(path: str | Path) -> Inventory:
             if not isinstance(item, dict):
                 problems.append(f"{p}:[[prefix]] #{i}: expected a table")
                 continue
-            unknown = set(item) - {"prefix", "account", "site", "state", "mode"}
+            unknown = set(item) - {"prefix", "account", "site", "state", "mode", "house"}
             if unknown:
                 problems.append(f"{p}:[[prefix]] #{i}: {sorted(unknown)[0]}: unknown key")
                 continue

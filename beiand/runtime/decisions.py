@@ -228,6 +228,12 @@ class Follower:
         self.head = 0
         self.applied_at = 0.0
         self.worker_versions: Callable[[], dict[str, float]] = dict  # overlay → the lowest version a worker holds
+        # What the licence's CU (beiand isms serve) reads from the heartbeat: the houses (机房) this
+        # gateway serves and whether it captures (DT 7), and the version it applies (the acks).
+        self.houses: Callable[[], list[str]] = list
+        self.healthy: Callable[[], bool] = lambda: True
+        self._beat_version = -1  # the applied version the last heartbeat carried
+        self.stopped = False  # the last heartbeat says so: the CU counts the gateway down at once
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_heartbeat = 0.0
@@ -374,13 +380,18 @@ class Follower:
 
     def heartbeat(self, force: bool = False) -> None:
         now = time.monotonic()
-        if self.store is None or (not force and now < self._next_heartbeat):
+        if self.store is None:
             return
-        self._next_heartbeat = now + self.cfg.store.heartbeat_interval
         v = self.applied()
         self.m_applied.set(v)
+        if not force and now < self._next_heartbeat and v == self._beat_version:
+            return  # a new applied version goes out at once: the CU acks a command when every gateway applies it
+        self._next_heartbeat = now + self.cfg.store.heartbeat_interval
         self.store.heartbeat(v, self.applied_at, os.uname().nodename, __version__,
-                             {"folded": self.folded.version, "workers": self.worker_versions(), "pid": os.getpid()})
+                             {"folded": self.folded.version, "workers": self.worker_versions(), "pid": os.getpid(),
+                              "houses": sorted(set(self.houses())), "healthy": bool(self.healthy()),
+                              "heartbeat_interval": self.cfg.store.heartbeat_interval, "stopped": self.stopped})
+        self._beat_version = v
 
     def step(self, wait: float) -> None:
         """One round: sync, heartbeat, then wait for news (``wait`` s at most)."""
@@ -426,6 +437,7 @@ class Follower:
             if self._thread.is_alive():
                 return  # still inside a call on the store: it is the thread's to close
         if self.store is not None:
+            self.stopped = True
             with contextlib.suppress(StoreError):
                 self.heartbeat(force=True)
             self.store.close()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from beiand.errors import BeiandError
 
-UNITS = ("beiand.service", "beiand-audit.service", "beiand-audit.timer")
+UNITS = ("beiand.service", "beiand-audit.service", "beiand-audit.timer", "beiand-isms.service")
 SHARED = ("LICENSE", "rules/beiand.rules.yml", "rules/beiand.rules.test.yml", "dashboards/beiand.json",
           "examples/beiand.toml", "examples/records.csv", "examples/inventory.csv")
 SHARE_DIR = "usr/local/share/beiand"

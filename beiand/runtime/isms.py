@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from beiand.accesslog.source import RecordSource
 from beiand.isms.answers import answer
 from beiand.isms.reports import Reporter, ReportError, Spool
-from beiand.isms.service import CommandService, load_keys
+from beiand.isms.service import Ack, CommandService, load_keys
 from beiand.isms.store import CommandStore
 from beiand.isms.transport.endpoint import serve, tls_context
 from beiand.isms.transport.upload import Uploader
@@ -29,7 +29,7 @@ from beiand.isms.wire.codec import CODECS
 from beiand.isms.wire.codes import DataType
 from beiand.isms.wire.model import LogQuery, Query
 from beiand.isms.wire.profile import Profile, load_profile
-from beiand.runtime.settings import Config
+from beiand.runtime.settings import Config, IsmsSection
 from beiand.runtime.wiring import isms_gateways, records_source
 from beiand.sinks.clickhouse import ClickHouseError
 
@@ -51,6 +51,8 @@ def check(cfg: Config) -> str:
 
     try:
         load_profile(cfg.isms.profile)
+        if cfg.isms.mode == "fleet":  # no endpoint, no files: the profile (its subdomain rule) is all it reads
+            return ""
         load_keys(cfg.isms.secrets_dir)
         tls_context(cfg.isms.tls_cert, cfg.isms.tls_key)
         CommandStore(cfg.daemon.state_dir)
@@ -87,6 +89,8 @@ class IsmsMetrics:
 
 
 class IsmsRuntime:
+    CU = False  # beiand isms serve (runtime/ismscu.py): acks through idc_commandack, whatever isms.mode says
+
     def __init__(self, cfg: Config, registry: CollectorRegistry | None = None, clock: Any = time.time) -> None:
         im = cfg.isms
         self.cfg = cfg
@@ -105,10 +109,10 @@ class IsmsRuntime:
             decisions = open_store(store_settings(cfg), cfg.daemon.state_dir, cfg.gateway)
         self.store = CommandStore(cfg.daemon.state_dir, self.profile.subdomains, im.house_id, decisions=decisions)
         self.spool = Spool(spool_dir(cfg), im.idc_id, self.keys, self.profile, clock=clock)
-        self.reporter = Reporter(self.spool, cfg.accesslog.directory, im.house_id, store=self.store, records=self._records(cfg))
+        self.reporter = Reporter(self.spool, cfg.accesslog.directory, im.house_id, store=self.store, records=self.records_for(cfg))
         self.service = CommandService(im.idc_id, self.keys, self.profile, self.store, on_query=self._on_query, clock=clock)
         self.metrics = IsmsMetrics(registry or CollectorRegistry())
-        self.uploader = Uploader(im.upload_url, im.upload_key_file, self.spool.directory) if im.mode == "cu-lite" else None
+        self.uploader = self.uploader_for(im)
         self.runner: Any = None
         self._tls: ssl.SSLContext | None = None
         self.restart_needed: list[str] = []
@@ -118,13 +122,21 @@ class IsmsRuntime:
         self._last_report_ms = int(clock() * 1000)
         self.healthy = True  # the daemon's readiness (capture running): DT 7 reports the house as faulty otherwise
 
-    @staticmethod
-    def _records(cfg: Config) -> RecordSource | None:
+    def records_for(self, cfg: Config) -> RecordSource | None:
         """With ClickHouse configured, the reports read the fleet's copy, scoped to ``isms.gateways``
         (this gateway by default); else this gateway's log (None: the reporter's ``log_dir``)."""
         if not cfg.accesslog.clickhouse.url:
             return None
         return records_source(cfg, isms_gateways(cfg))
+
+    def uploader_for(self, im: IsmsSection) -> Uploader | None:
+        """CU-lite uploads the spool itself; an EU leaves it to the CU."""
+        return Uploader(im.upload_url, im.upload_key_file, self.spool.directory) if im.mode == "cu-lite" else None
+
+    def houses(self) -> tuple[int, list[str]]:
+        """DT 7: (houses reported for, the faulty ones): this gateway's one house, faulty while it
+        does not capture."""
+        return 1, [] if self.healthy else [self.cfg.isms.house_id or "-"]
 
     def reload(self, cfg: Config) -> list[str]:
         """Apply a reloaded ``[isms]`` (SIGHUP): what can be, in place; the rest is listed as needing
@@ -147,11 +159,11 @@ class IsmsRuntime:
         self.spool.idc_id, self.spool.keys, self.spool.profile = im.idc_id, keys, profile
         self.spool.__post_init__()  # the codec of the profile's commandVersion and XSDs
         self.reporter.house_id, self.reporter.log_dir = im.house_id, cfg.accesslog.directory
-        self.reporter.records = self._records(self.cfg)
+        self.reporter.records = self.records_for(self.cfg)
         svc = self.service
         svc.idc_id, svc.keys, svc.profile = im.idc_id, keys, profile
         svc.codecs = {v: CODECS[v](profile.xsd_dir) for v in profile.accept_versions}
-        self.uploader = Uploader(im.upload_url, im.upload_key_file, self.spool.directory) if im.mode == "cu-lite" else None
+        self.uploader = self.uploader_for(im)
         now = self.clock()
         self._next_hb = min(self._next_hb, now + im.heartbeat_interval)
         self._next_report = min(self._next_report, now + (self.store.state.active_period_s or im.report_interval))
@@ -200,8 +212,8 @@ class IsmsRuntime:
 
         try:
             if "heartbeat" in what:
-                err = () if self.healthy else (self.cfg.isms.house_id or "-",)
-                note(DataType.ACTIVE_STATE, self.reporter.heartbeat(err))
+                amount, err = self.houses()
+                note(DataType.ACTIVE_STATE, self.reporter.heartbeat(err, amount))
                 self.metrics.last_heartbeat.set(now)
             if "report" in what:
                 since, until = self._last_report_ms, int(now * 1000)
@@ -224,7 +236,7 @@ class IsmsRuntime:
         except (ReportError, OSError, ClickHouseError) as exc:  # ClickHouse away: the same window again next time
             log.error("isms: report: %s", exc)
             self.metrics.reports.labels("-", "rejected").inc()
-        if self.uploader is None and self.service.acks:  # EU: the CU collects DT 10 from the spool
+        if self.uploader is None and self.service.acks and not self.CU:  # EU: the CU collects DT 10 from the spool
             acks, self.service.acks = self.service.acks, []
             try:
                 note(DataType.COMMAND_ACK, self.reporter.acks(acks))
@@ -236,6 +248,7 @@ class IsmsRuntime:
             self.metrics.reports.labels("-", "uploaded").inc(ok)
             if failed:
                 self.metrics.reports.labels("-", "upload_failed").inc(failed)
+        if self.uploader is not None or self.CU:
             self.send_acks()
         self.update_metrics()
         return written
@@ -243,16 +256,21 @@ class IsmsRuntime:
     def send_acks(self) -> None:
         from beiand.isms.transport.ack import send_acks
 
-        if not self.service.acks or not self.cfg.isms.ack_url:
+        queue = self.ack_queue()
+        if not queue or not self.cfg.isms.ack_url:
             return
-        acks, self.service.acks = self.service.acks, []
+        acks = [queue.pop(0) for _ in range(len(queue))]  # pop: atomic against the endpoint's thread adding one
         try:
             send_acks(self.cfg.isms.ack_url, self.cfg.isms.idc_id, self.keys, self.profile, acks)
             self.metrics.acks.labels("ok").inc()
         except (OSError, ValueError) as exc:
             log.error("isms: idc_commandack to %s failed: %s; kept for the next try", self.cfg.isms.ack_url, exc)
-            self.service.acks[:0] = acks
+            queue[:0] = acks
             self.metrics.acks.labels("failed").inc()
+
+    def ack_queue(self) -> list[Ack]:
+        """The acks waiting for ``idc_commandack``: as the endpoint queued them (CU-lite)."""
+        return self.service.acks
 
     def update_metrics(self) -> None:
         m, s = self.metrics, self.service

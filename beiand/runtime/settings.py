@@ -251,8 +251,10 @@ class IsmsSection:
     """The regulator's ISMS interface (ISMI, docs/isms.md): beiand as an execution unit (EU) or CU-lite."""
 
     enabled: bool = _f(False, "Serve idc_command, apply the regulator's commands and write ISMI data files.")
-    mode: str = _f("eu", "eu: a CU collects the spool; cu-lite: beiand also uploads the files and calls idc_commandack.",
-                   choices=("eu", "cu-lite"))
+    mode: str = _f("eu", "eu: a CU collects the spool; cu-lite: beiand also uploads the files and calls idc_commandack; "
+                   "fleet: this gateway applies the commands the licence's CU (beiand isms serve) writes to the decision "
+                   "store, and serves no endpoint and writes no files of its own (docs/isms.md, One CU for the licence).",
+                   choices=("eu", "cu-lite", "fleet"))
     idc_id: str = _f("", "This operator's idcId (许可证号, e.g. A2.B1.B2-20090001): calls for another are refused (999).")
     house_id: str = _f("", "The 机房 (houseId) this gateway serves: commands for other houses are not applied; rows carry it.")
     gateways: list[str] = _f([], "With the fleet's copy in ClickHouse ([accesslog.clickhouse] url), the reports (DT 3, 4/5, 8, 9) "
@@ -275,6 +277,23 @@ class IsmsSection:
     upload_url: str = _f("", "CU-lite: where files go: sftp://user@host:port/dir (key auth with upload_key_file), or "
                          "ftp://user@host:port/dir (ftps:// for FTP over TLS) where the province uses FTP.")
     upload_key_file: Path | None = _f(None, "CU-lite: the SSH private key for SFTP, or the file holding the FTP password (0600).")
+    metrics_listen: str = _f("127.0.0.1:9642", "beiand isms serve: address of its /metrics and /api/v1/isms/status (host:port).")
+    ack_wait: float = _f(10.0, "beiand isms serve: seconds a command's ack waits for every gateway in its scope to apply it; "
+                         "then it is acked with those that have not yet counted (resultCode 1).", min=0.0, max=600.0)
+    ack_update: bool = _f(True, "beiand isms serve: once the gateways that had not applied a command have (a gateway "
+                          "restarted), ack it again with resultCode 0.")
+    ack_follow: float = _f(86400.0, "beiand isms serve: how long a partly applied command is followed for that second ack.",
+                           min=60.0)
+    gateway_down_after: float = _f(30.0, "beiand isms serve: a gateway whose heartbeat in the decision store is older is down "
+                                   "(its houses are faulty in DT 7; a command it has not applied is acked as partly executed).",
+                                   min=2.0)
+    gateway_retired_after: float = _f(7 * 86400.0, "beiand isms serve: a gateway silent longer is no longer counted in acks "
+                                      "and DT 7 (beiand fleet status still lists it).", min=60.0)
+    basic_file: Path | None = _f(None, "DT 1 basic data (基础数据): the facts beiand cannot know from the inventory and the "
+                                 "records (licensee, houses' names and addresses, officers); TOML, docs/isms.md. Unset: "
+                                 "those elements are written empty.")
+    basic_interval: float = _f(86400.0, "beiand isms serve: seconds between DT 1 files (also written at start and when the "
+                               "inventory, the records or basic_file change).", min=600.0)
 
 
 @dataclass(frozen=True)
@@ -497,7 +516,8 @@ def _resolve(cfg: Config, base: Path) -> Config:
     srv = dataclasses.replace(cfg.server, token_file=fix(cfg.server.token_file))
     im = cfg.isms
     isms = dataclasses.replace(im, tls_cert=fix(im.tls_cert), tls_key=fix(im.tls_key), secrets_dir=fix(im.secrets_dir) or im.secrets_dir,
-                               profile=fix(im.profile), spool_dir=fix(im.spool_dir), upload_key_file=fix(im.upload_key_file))
+                               profile=fix(im.profile), spool_dir=fix(im.spool_dir), upload_key_file=fix(im.upload_key_file),
+                               basic_file=fix(im.basic_file))
     sto = dataclasses.replace(cfg.store, password_file=fix(cfg.store.password_file), ca_file=fix(cfg.store.ca_file),
                               cert_file=fix(cfg.store.cert_file), key_file=fix(cfg.store.key_file))
     if cfg.store.url and "://" not in cfg.store.url and not cfg.store.url.startswith("sqlite:"):
@@ -584,18 +604,20 @@ def _semantic(cfg: Config, text: str, path: str, warnings: list[str] | None = No
         except FilterError as exc:
             bad("capture.filter", f"{cfg.capture.filter!r}: {exc}")
     im = cfg.isms
-    if im.enabled:
+    if im.enabled and im.mode != "fleet":  # fleet: the CU (beiand isms serve) serves SMMS; the gateway only applies
         if not im.idc_id.strip():
             bad("isms.idc_id", "required when isms.enabled (this operator's 许可证号)")
-        ihost, _, iport = im.listen.rpartition(":")
-        if not ihost or not (iport.isascii() and iport.isdigit()) or not 0 < int(iport) < 65536:
-            bad("isms.listen", f"{im.listen!r}: expected host:port, e.g. 0.0.0.0:9641")
+        for dotted, addr, eg in (("isms.listen", im.listen, "0.0.0.0:9641"), ("isms.metrics_listen", im.metrics_listen,
+                                                                                "127.0.0.1:9642")):
+            ihost, _, iport = addr.rpartition(":")
+            if not ihost or not (iport.isascii() and iport.isdigit()) or not 0 < int(iport) < 65536:
+                bad(dotted, f"{addr!r}: expected host:port, e.g. {eg}")
         if not im.secrets_dir.is_dir():
             bad("isms.secrets_dir", f"{im.secrets_dir}: no such directory (user_key, enc_key, iv, auth_key)")
         if (im.tls_cert is None) != (im.tls_key is None):
             bad("isms.tls_cert", "give tls_cert and tls_key together")
         for dotted, p in (("isms.tls_cert", im.tls_cert), ("isms.tls_key", im.tls_key), ("isms.profile", im.profile),
-                          ("isms.upload_key_file", im.upload_key_file)):
+                          ("isms.upload_key_file", im.upload_key_file), ("isms.basic_file", im.basic_file)):
             if p is not None and not p.is_file():
                 bad(dotted, f"{p}: no such file")
         if im.mode == "cu-lite" and not (im.ack_url and im.upload_url):

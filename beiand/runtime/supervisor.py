@@ -118,6 +118,16 @@ class Daemon:
         # (runtime.decisions); the gateway enforces the last snapshot while the store is away.
         self.decisions = Follower(cfg, self.metrics.registry)
         self.decisions.worker_versions = self._worker_versions
+        self.decisions.houses = self._houses
+        self.decisions.healthy = lambda: not self.ready()
+
+    def _houses(self) -> list[str]:
+        """The houses (机房, ISMS houseId) this gateway serves, for the CU's DT 7: ``isms.house_id``,
+        else the houses its inventory names."""
+        cfg = self.state.config
+        if cfg.isms.house_id:
+            return [cfg.isms.house_id]
+        return sorted({p.house for p in self.state.policy.inventory.prefixes if p.house})
 
     def _worker_versions(self) -> dict[str, float]:
         """Per overlay, the lowest decision store version a running worker holds."""
@@ -395,6 +405,7 @@ class Daemon:
             note_inventory(new)
             self.refused = None
             if self.isms is not None:  # [isms] in place; restart-only keys listed (beiand/isms/reload.py)
+                self.isms.reporter.inventory = new.policy.inventory
                 try:
                     self.isms.reload(new.config)
                 except (ValueError, OSError) as exc:
@@ -435,7 +446,7 @@ class Daemon:
         host, port = cfg.listen()
         served = await start_http(make_app(self, limits), host, port, limits)
         log.info("serving /metrics and /api/v1 on %s:%d", host, port)
-        if cfg.isms.enabled:
+        if cfg.isms.enabled and cfg.isms.mode != "fleet":  # fleet: the CU serves SMMS; the decider applies its commands
             problem = isms_check(cfg)
             if problem:
                 log.error("%s: isms: %s", self.config_path, problem)
@@ -445,6 +456,7 @@ class Daemon:
             self._share_cuts()
             # DT 9/DT 2 regDomain: the filed name, from the records in force (the state at the report's time)
             self.isms.reporter.filed_name = lambda number, name: filed_domain(self.state.index, number, name)
+            self.isms.reporter.inventory = self.state.policy.inventory  # each prefix's house (机房编号)
             await self.isms.start()
         for idx in range(cfg.workers):
             self._start_worker(idx)

@@ -36,7 +36,7 @@ def units(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-@pytest.mark.parametrize("unit", ["beiand.service", "beiand-audit.service", "beiand-audit.timer"])
+@pytest.mark.parametrize("unit", ["beiand.service", "beiand-audit.service", "beiand-audit.timer", "beiand-isms.service"])
 def test_systemd_analyze_verify_prints_nothing(units: Path, unit: str) -> None:
     need("systemd-analyze")
     r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(units / unit)], capture_output=True, text=True, cwd=units)
@@ -44,7 +44,7 @@ def test_systemd_analyze_verify_prints_nothing(units: Path, unit: str) -> None:
     assert r.returncode == 0 and not r.stderr.strip() and not r.stdout.strip(), r.stderr + r.stdout
 
 
-@pytest.mark.parametrize(("unit", "bar"), [("beiand.service", 2.5), ("beiand-audit.service", 2.5)])
+@pytest.mark.parametrize(("unit", "bar"), [("beiand.service", 2.5), ("beiand-audit.service", 2.5), ("beiand-isms.service", 2.0)])
 def test_systemd_security_exposure(units: Path, unit: str, bar: float) -> None:
     need("systemd-analyze")
     r = subprocess.run(["systemd-analyze", "security", "--offline=true", str(units / unit)], capture_output=True, text=True)

@@ -48,3 +48,17 @@ def test_errors_name_file_line_field(tmp_path):
     with pytest.raises(InventoryError, match="header"):
         (tmp_path / "h.csv").write_text("a,b\n", encoding="utf-8")
         load_inventory(tmp_path / "h.csv")
+
+
+def test_the_house_column_names_the_isms_house_of_each_prefix(tmp_path):
+    """Issue 30: the inventory names the house (机房编号, ISMS houseId) of each prefix; no column: ""."""
+    p = tmp_path / "inv.csv"
+    p.write_text("地址段,用户账号,机房,机房编号\n203.0.113.0/24,a,bj-1,H1\n198.51.100.0/24,b,sh-1,\n", encoding="utf-8")
+    inv = load_inventory(p)
+    assert inv.lookup("203.0.113.9").house == "H1" and inv.lookup("198.51.100.1").house == ""
+    t = tmp_path / "inv.toml"
+    t.write_text('[[prefix]]\nprefix = "203.0.113.0/24"\naccount = "a"\nhouse = "H2"\n', encoding="utf-8")
+    assert load_inventory(t).lookup("203.0.113.1").house == "H2"
+    p.write_text("prefix,account,house\n203.0.113.0/24,a,H 1\n", encoding="utf-8")
+    with pytest.raises(InventoryError, match=r"inv.csv:2: house \(机房编号\)"):
+        load_inventory(p)
