@@ -41,7 +41,7 @@ from beiand.isms.wire.codes import AckType
 from beiand.runtime.isms import IsmsRuntime
 from beiand.runtime.sdnotify import sd_notify, watchdog_interval
 from beiand.runtime.settings import Config, IsmsSection
-from beiand.runtime.wiring import State, StateError, file_mtime, load_state, records_source
+from beiand.runtime.wiring import State, StateError, file_mtime, load_state, read_secret, records_source
 from beiand.store import StoreError
 
 log = logging.getLogger("beiand.isms")
@@ -82,6 +82,7 @@ class CuRuntime(IsmsRuntime):
         self.store_error = ""
         self.mismatches: list[str] = []
         self._mismatch_key: tuple[int, int] = (-1, -1)
+        self.forced: list[str] = []  # what POST /api/v1/isms/report asked for
         self._bind(state)
 
     def _bind(self, state: State) -> None:
@@ -194,6 +195,9 @@ class CuRuntime(IsmsRuntime):
         await loop.run_in_executor(None, self.sync)
         self.settle()
         what = self.due(self.clock())
+        if self.forced:
+            what = sorted({*what, *self.forced})
+            self.forced = []
         if what or self._pending_queries or self.outbox:
             await loop.run_in_executor(None, self.run_due, what)
         else:
@@ -214,7 +218,11 @@ class CuRuntime(IsmsRuntime):
 # -- the process -----------------------------------------------------------------------------
 
 
-def _app(cu: CuRuntime, registry: CollectorRegistry) -> web.Application:
+def _app(cu: CuRuntime, registry: CollectorRegistry, token: str = "", reload: Any = None) -> web.Application:
+    """/metrics, /healthz, /readyz, /api/v1/isms/status; with the bearer token (server.token_file):
+    POST /api/v1/isms/report (DT 1, 7, 8, 9, 4/5 now, as the timers would) and /api/v1/reload."""
+    from beiand.runtime.http import _guarded
+
     async def metrics(_req: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -228,7 +236,15 @@ def _app(cu: CuRuntime, registry: CollectorRegistry) -> web.Application:
     async def status(_req: web.Request) -> web.Response:
         return web.json_response(cu.status(), dumps=lambda o: __import__("json").dumps(o, default=str))
 
+    async def report(req: web.Request) -> web.Response:
+        return _guarded(req, token, lambda: cu.forced.extend(["heartbeat", "report", "basic"]), {"report": "requested"})
+
+    async def reload_(req: web.Request) -> web.Response:
+        return _guarded(req, token, reload or (lambda: None), {"reload": "requested"})
+
     app = web.Application()
+    app.router.add_post("/api/v1/isms/report", report)
+    app.router.add_post("/api/v1/reload", reload_)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -275,7 +291,14 @@ class Serve:
         loop.add_signal_handler(signal.SIGHUP, lambda: setattr(self, "reload_requested", "SIGHUP"))
         await cu.start()
         host, _, port = cfg.isms.metrics_listen.rpartition(":")
-        runner = web.AppRunner(_app(cu, registry), access_log=None)
+        try:
+            token = (read_secret(cfg.server.token_file, cfg.daemon.secret_permissions).decode().strip()
+                     if cfg.server.token_file else "")
+        except (StateError, OSError) as exc:
+            log.error("%s: server.token_file: %s", self.config_path, exc)
+            return 2
+        runner = web.AppRunner(_app(cu, registry, token, lambda: setattr(self, "reload_requested", "POST /api/v1/reload")),
+                               access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host.strip("[]"), int(port)).start()
         log.info("isms serve: the CU of %s for %s; metrics on %s", cfg.isms.idc_id, cu.store.decisions.url if cu.store.decisions
