@@ -462,17 +462,15 @@ class Spool:
         from beiand.isms.basicinfo import check_tree, sample_tree
 
         dtype = DataType.BASIC_INFO
-        problems = check_tree(tree)
         now = self.clock()
         ts = tree.find("timeStamp")
-        if not problems and ts is None:
-            problems = ["timeStamp: missing"]
+        if ts is not None:
+            ts.text = format_time(now)
+        problems = check_tree(tree) if ts is not None else ["timeStamp: missing"]
         renames = self.profile.renames(int(dtype))
         changed = rename_elements(tree, renames)
         try:
             if not problems:
-                assert ts is not None
-                ts.text = format_time(now)
                 problems = self._check_xsd(dtype, sample_tree(tree, XSD_SAMPLE_ROWS), "basic_info.xsd", bool(renames))
             if problems:
                 self.rejected[dtype] = self.rejected.get(dtype, 0) + 1
