@@ -27,6 +27,7 @@ from beiand.accesslog.columns import parse_order_column
 from beiand.accesslog.reader import Query as LogFilter
 from beiand.accesslog.source import LocalRecords, RecordSource
 from beiand.errors import BeiandError
+from beiand.isms.basicinfo import check_tree, sample_tree
 from beiand.isms.wire.codec import CODECS, XSD_DIR, Codec, schema, version_key
 from beiand.isms.wire.codes import Compression, DataType, EncryptAlgorithm, HashAlgorithm
 from beiand.isms.wire.envelope import Keys, pack
@@ -459,8 +460,6 @@ class Spool:
         packed and written like every report. One file unless it would pass ``max_file_bytes`` or
         hold more than ``max_records_per_file`` userInfo: then the userInfo go to further files, each
         a whole ``basicInfo`` with the licensee's elements, the houses in the first only."""
-        from beiand.isms.basicinfo import check_tree, sample_tree
-
         dtype = DataType.BASIC_INFO
         now = self.clock()
         ts = tree.find("timeStamp")
