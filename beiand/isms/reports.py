@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
 import re
 import time
@@ -20,11 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import defusedxml.ElementTree as DET
+
 from beiand.accesslog.columns import parse_order_column
 from beiand.accesslog.reader import Query as LogFilter
 from beiand.accesslog.source import LocalRecords, RecordSource
 from beiand.errors import BeiandError
-from beiand.isms.wire.codec import CODECS, Codec, version_key
+from beiand.isms.basicinfo import check_tree, sample_tree
+from beiand.isms.wire.codec import CODECS, XSD_DIR, Codec, schema, version_key
 from beiand.isms.wire.codes import Compression, DataType, EncryptAlgorithm, HashAlgorithm
 from beiand.isms.wire.envelope import Keys, pack
 from beiand.isms.wire.fields import FIELDS, PROTOCOL, REPORTED_VERDICTS, VERDICT_ILLEGAL_TYPE, row_elements
@@ -33,7 +37,7 @@ from beiand.isms.wire.profile import Profile
 from beiand.model import AccessRecord, Overlay
 from beiand.records.domains import registrable_domain
 
-ROOTS = {DataType.IDC_MONITOR: "idcMonitor", DataType.COMMAND_QUERY_RESULT: "commandQueryResult",
+ROOTS = {DataType.BASIC_INFO: "basicInfo", DataType.IDC_MONITOR: "idcMonitor", DataType.COMMAND_QUERY_RESULT: "commandQueryResult",
          DataType.LOG_QUERY_RESULT: "logQueryResult", DataType.MONITOR_RESULT: "monitorResult",
          DataType.FILTER_RESULT: "filterResult", DataType.ACTIVE_STATE: "activeState",
          DataType.ACTIVE_RESOURCES: "activeResources", DataType.ILLEGAL_WEB: "illegalWeb", DataType.COMMAND_ACK: "commandAck"}
@@ -41,6 +45,7 @@ ROW_TAG = {DataType.IDC_MONITOR: "record", DataType.COMMAND_QUERY_RESULT: "comma
            DataType.LOG_QUERY_RESULT: "log", DataType.MONITOR_RESULT: "log", DataType.FILTER_RESULT: "log",
            DataType.ACTIVE_RESOURCES: "record", DataType.ILLEGAL_WEB: "record", DataType.COMMAND_ACK: "ack"}
 SERVICE_TYPE_OTHER = 24  # fwnr 24 其他: beiand does not classify content
+log = logging.getLogger(__name__)
 
 
 class ReportError(BeiandError, ValueError):
@@ -307,6 +312,7 @@ class Spool:
     clock: Callable[[], float] = time.time
     written: dict[int, int] = field(default_factory=dict)
     rejected: dict[int, int] = field(default_factory=dict)
+    xsd_skipped: set[str] = field(default_factory=set)  # XSDs skipped for renamed files (logged once each)
 
     def __post_init__(self) -> None:
         self.codec: Codec = CODECS[version_key(self.profile.command_version)](self.profile.xsd_dir)
@@ -360,13 +366,22 @@ class Spool:
         # The XSD sees the file with its first rows (structure, element names, order); every row
         # gets the same type checks (check_rows): xmlschema takes minutes over a day of rows.
         sample = xml if len(rows) <= XSD_SAMPLE_ROWS else self._xml(dtype, rows[:XSD_SAMPLE_ROWS], head, result_head, stamp)
-        problems = self.codec.check_data(sample) or check_rows(int(dtype), rows)
+        renames = self.profile.renames(int(dtype))
+        if renames:  # the profile's names for beiand's reconstructed elements (DT 6); the rows are checked as built
+            xml, sample = _renamed_xml(xml, renames), _renamed_xml(sample, renames)
+            problems = self._check_xsd(dtype, sample, "data.xsd", renamed=True) or check_rows(int(dtype), rows)
+        else:
+            problems = self.codec.check_data(sample) or check_rows(int(dtype), rows)
         if problems:
             self.rejected[dtype] = self.rejected.get(dtype, 0) + 1
             raise ReportError(f"DT {int(dtype)}: not written, fails the XSD: {problems[0]}")
         if len(xml) > self.profile.max_file_bytes:
             self.rejected[dtype] = self.rejected.get(dtype, 0) + 1
             raise ReportError(f"DT {int(dtype)}: {len(xml)} bytes, above max_file_bytes; lower max_records_per_file")
+        return self._put(dtype, xml, now)
+
+    def _put(self, dtype: DataType, xml: bytes, now: float) -> Path:
+        """Packs a checked report in its ``<fileLoad>`` and writes it (``.tmp``, fsync, rename)."""
         p = self.profile
         env = pack(xml, self.keys, EncryptAlgorithm(p.encrypt), HashAlgorithm(p.hash), Compression(p.compression))
         fl = ET.Element("fileLoad")
@@ -420,6 +435,115 @@ class Spool:
             for p in sorted(self.directory.glob("[0-9]*/*/*.xml")):
                 out.append(p)
         return out
+
+    # -- DT 1 and the profile's element names (beiand's reconstructed elements) ----------------
+
+    def _check_xsd(self, dtype: DataType, xml: bytes | ET.Element, name: str, renamed: bool) -> list[str]:
+        """XSD problems of a report. With the profile's element names the built-in XSD no longer
+        matches: the operator's (``xsd_dir``) is used when it has this file, else the XSD check is
+        skipped (logged once per file name); the hand checks ran on the tree as built."""
+        own = self.profile.xsd_dir / name
+        if renamed and (self.profile.xsd_dir.resolve() == XSD_DIR.resolve() or not own.is_file()):
+            if name not in self.xsd_skipped:
+                self.xsd_skipped.add(name)
+                log.warning("isms: DT %d written with the profile's element names: no %s in xsd_dir %s, the XSD "
+                            "check is skipped", int(dtype), name, self.profile.xsd_dir)
+            return []
+        path = own if own.is_file() else XSD_DIR / name
+        root = DET.fromstring(xml) if isinstance(xml, bytes) else xml
+        return [f"{e.path}: {e.reason}" for e in schema(str(path)).iter_errors(root)]
+
+    def write_basic_info(self, tree: ET.Element) -> list[Path]:
+        """DT 1 基础数据 from :func:`basicinfo.build`: every element checked by hand
+        (``basicinfo.check_tree``), the XSD (``basic_info.xsd``) on a sample (the first
+        ``XSD_SAMPLE_ROWS`` of each repeated element); the profile's ``elements`` names applied; then
+        packed and written like every report. One file unless it would pass ``max_file_bytes`` or
+        hold more than ``max_records_per_file`` userInfo: then the userInfo go to further files, each
+        a whole ``basicInfo`` with the licensee's elements, the houses in the first only."""
+        dtype = DataType.BASIC_INFO
+        now = self.clock()
+        ts = tree.find("timeStamp")
+        if ts is not None:
+            ts.text = format_time(now)
+        problems = check_tree(tree) if ts is not None else ["timeStamp: missing"]
+        renames = self.profile.renames(int(dtype))
+        changed = rename_elements(tree, renames)
+        try:
+            if not problems:
+                problems = self._check_xsd(dtype, sample_tree(tree, XSD_SAMPLE_ROWS), "basic_info.xsd", bool(renames))
+            if problems:
+                self.rejected[dtype] = self.rejected.get(dtype, 0) + 1
+                raise ReportError(f"DT 1: not written, fails the checks: {problems[0]}")
+            return [self._put(dtype, xml, now) for xml in self._basic_files(tree, renames)]
+        finally:
+            for el, tag in changed:  # the caller's tree keeps beiand's names
+                el.tag = tag
+
+    def _basic_files(self, tree: ET.Element, renames: Mapping[str, str]) -> list[bytes]:
+        user_tag, house_tag = renames.get("userInfo", "userInfo"), renames.get("houseInfo", "houseInfo")
+        decl = b'<?xml version="1.0" encoding="UTF-8"?>\n'
+        head: list[bytes] = []
+        houses: list[bytes] = []
+        users: list[bytes] = []
+        tail = b""
+        for c in tree:
+            b = ET.tostring(c, encoding="utf-8")
+            if c.tag == user_tag:
+                users.append(b)
+            elif c.tag == house_tag:
+                houses.append(b)
+            elif c is tree[-1]:
+                tail = b  # timeStamp
+            else:
+                head.append(b)
+        opening, closing = f"<{tree.tag}>".encode(), f"</{tree.tag}>".encode()
+        fixed = len(decl) + len(opening) + len(closing) + sum(map(len, head)) + len(tail)
+        budget, cap = self.profile.max_file_bytes, self.profile.max_records_per_file
+        files: list[list[bytes]] = [houses]
+        size = fixed + sum(map(len, houses))
+        n = 0
+        for u in users:
+            if (size + len(u) > budget or n >= cap) and (n or (houses and len(files) == 1)):
+                files.append([])
+                size, n = fixed, 0
+            files[-1].append(u)
+            size += len(u)
+            n += 1
+        out = [decl + opening + b"".join(head) + b"".join(parts) + tail + closing for parts in files]
+        big = next((x for x in out if len(x) > budget), None)
+        if big is not None:
+            self.rejected[DataType.BASIC_INFO] = self.rejected.get(DataType.BASIC_INFO, 0) + 1
+            raise ReportError(f"DT 1: a file of {len(big)} bytes, above max_file_bytes (the houses, or one userInfo, "
+                              "do not fit): raise max_file_bytes")
+        return out
+
+
+def rename_elements(root: ET.Element, renames: Mapping[str, str]) -> list[tuple[ET.Element, str]]:
+    """Renames, in place, the elements whose path below ``root`` (beiand's names, ``a/b/c``) is a key
+    of ``renames`` (the profile's ``elements``); returns (element, former tag) of each change."""
+    changed: list[tuple[ET.Element, str]] = []
+    if not renames:
+        return changed
+    parents = {"/".join(k.split("/")[:i]) for k in renames for i in range(1, k.count("/") + 1)}
+    stack: list[tuple[str, ET.Element]] = [("", root)]
+    while stack:
+        base, el = stack.pop()
+        for c in el:
+            path = f"{base}/{c.tag}" if base else str(c.tag)
+            new = renames.get(path)
+            if path in parents:
+                stack.append((path, c))
+            if new is not None:
+                changed.append((c, str(c.tag)))
+                c.tag = new
+    return changed
+
+
+def _renamed_xml(xml: bytes, renames: Mapping[str, str]) -> bytes:
+    root: ET.Element = DET.fromstring(xml)
+    rename_elements(root, renames)
+    body: bytes = ET.tostring(root, encoding="utf-8")
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + body
 
 
 # -- whole reports ---------------------------------------------------------------------------

@@ -39,7 +39,6 @@ TESTED_ELSEWHERE = {
     "isms.transport.endpoint": "integration/test_isms_endpoint.py",
     "isms.wire.fields": "isms/test_reports.py",
     "isms.wire.model": "isms/wire/test_codec.py",
-    "isms.wire.profile": "isms/wire/test_codec.py, cli/test_isms.py",
     "isms.transport.upload": "integration/test_isms_culite.py",
     "runtime.isms": "cli/test_isms.py, integration/test_isms_lab.py",
     "runtime.http": "integration/test_daemon_lab.py, fuzz/test_hostile_http.py",

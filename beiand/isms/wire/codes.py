@@ -132,6 +132,7 @@ class IllegalType(IntEnum):
 class DataType(IntEnum):
     """Data types (ISMS.md §4) that beiand writes."""
 
+    BASIC_INFO = 1  # 基础数据 (basicInfo): beiand's reconstruction (docs/isms.md)
     IDC_MONITOR = 2
     LOG_QUERY_RESULT = 3
     MONITOR_RESULT = 4

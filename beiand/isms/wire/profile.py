@@ -8,6 +8,7 @@ keep a default).
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,12 @@ from pathlib import Path
 from beiand.errors import BeiandError
 from beiand.isms.wire.codec import CODECS, XSD_DIR, version_key
 from beiand.isms.wire.codes import Compression, EncryptAlgorithm, HashAlgorithm
+from beiand.isms.wire.fields import element_paths
+
+# The element names beiand reconstructed (ISMS.md names only the roots): DT 1 basicInfo and DT 6
+# commandQueryResult's rows. An operator corrects them in the profile's ``elements`` table.
+RENAMEABLE: dict[int, frozenset[str]] = {1: frozenset(element_paths(1)), 6: frozenset(element_paths(6))}
+_NCNAME = re.compile(r"[^\W\d][\w.\-]*")  # an XML NCName: a letter or _, then letters, digits, _ . - (no ':')
 
 
 class ProfileError(BeiandError, ValueError):
@@ -41,6 +48,14 @@ class Profile:
     xsd_dir: Path = XSD_DIR
     province_id: str = ""  # written in v3.x fileLoad
     heartbeat_seconds: int = 600  # DT 7 (Byzoro: every 600 s)
+    # beiand's element path → the operator's name, for the reconstructed DT 1 and DT 6 elements
+    # (e.g. "houseInfo/houseName" = "houseNm", "command/rules" = "rule"); applied when those files are written
+    elements: dict[str, str] = field(default_factory=dict)
+
+    def renames(self, dt: int) -> dict[str, str]:
+        """The ``elements`` entries that apply to data type ``dt`` (1 or 6)."""
+        paths = RENAMEABLE.get(dt, frozenset())
+        return {k: v for k, v in self.elements.items() if k in paths and v != k.rpartition("/")[2]}
 
     def hash_of(self, code: int) -> HashAlgorithm:
         name = self.hash_codes.get(code)
@@ -71,6 +86,17 @@ def load_profile(path: Path | None) -> Profile:
                 raise ProfileError(f"{path}: hash_codes: map the three of none, md5, sha1")
         elif k == "xsd_dir":
             v = (path.parent / str(v)).resolve()
+        elif k == "elements":
+            if not isinstance(v, dict):
+                raise ProfileError(f"{path}: elements: expected a table of element path = name")
+            known_paths = RENAMEABLE[1] | RENAMEABLE[6]
+            for ek, ev in v.items():
+                if ek not in known_paths:
+                    raise ProfileError(f"{path}: elements: {ek}: not a reconstructed element path (DT 1 basicInfo: "
+                                       f"e.g. houseInfo/houseName; DT 6: command, command/<element>; fields.py lists them)")
+                if not isinstance(ev, str) or _NCNAME.fullmatch(ev) is None:
+                    raise ProfileError(f"{path}: elements: {ek}: {str(ev)[:40]!r} is not an XML element name (NCName)")
+            v = dict(v)
         elif k == "accept_versions":
             v = tuple(version_key(str(x)) for x in v)
             for x in v:
