@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ import defusedxml.ElementTree as DET
 
 from beiand.accesslog.columns import parse_order_column
 from beiand.accesslog.reader import Query as LogFilter
-from beiand.accesslog.source import LocalRecords, RecordSource
+from beiand.accesslog.source import Activity, LocalRecords, RecordSource, activity_of
 from beiand.errors import BeiandError
 from beiand.isms.basicinfo import check_tree, sample_tree
 from beiand.isms.wire.codec import CODECS, XSD_DIR, Codec, schema, version_key
@@ -84,14 +85,34 @@ def _kind_ok(kind: str, v: Any) -> bool:
     return {"port": n <= 65535, "protocol": n <= 2, "flag": n <= 1, "id": True, "int": True}.get(kind, True)
 
 
+_INT_TOP = {"port": 65535, "protocol": 2, "flag": 1, "id": 10**19 - 1, "int": 10**19 - 1}
+
+
+@functools.lru_cache(maxsize=32)
+def _kinds(dt_: int) -> dict[str, str]:
+    return {f.element: f.kind for f in FIELDS if f.dt == dt_}
+
+
 def check_rows(dt_: int, rows: Iterable[Mapping[str, Any]]) -> list[str]:
-    kinds = {f.element: f.kind for f in FIELDS if f.dt == dt_}
+    """:func:`_kind_ok` for every cell, inline for the values the writers make (ints in range,
+    times and addresses by their patterns, text by length): a day of the fleet is millions of
+    rows, each checked (issue 30)."""
+    kinds = _kinds(dt_)
+    top, time_m, ip_m = _INT_TOP, _TIME.match, _IP.match
     for i, row in enumerate(rows):
         for k, v in row.items():
             kind = kinds.get(k)
             if kind is None:
                 return [f"row {i + 1}: {k}: not a DT {dt_} element"]
-            if not _kind_ok(kind, v):
+            if type(v) is int:
+                hi = top.get(kind)
+                ok = (0 <= v <= hi) if hi is not None else _kind_ok(kind, v)
+            elif type(v) is str:
+                ok = (len(v) <= 1024 if kind == "text" else time_m(v) is not None if kind == "time"
+                      else ip_m(v) is not None if kind == "ip" else _kind_ok(kind, v))
+            else:
+                ok = _kind_ok(kind, v)
+            if not ok:
                 return [f"row {i + 1}: {k}: {str(v)[:40]!r} is not a valid {kind}"]
     return []
 
@@ -103,16 +124,36 @@ def _proto(kind: str, transport: str = "") -> int:
 
 
 def _t(ms: int) -> str:
-    return format_time(ms / 1000)
+    return _second(ms // 1000)
 
 
-def _row(dt_: int, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The row in table order; a claimed element that is not in the table is a bug (KeyError)."""
+@functools.lru_cache(maxsize=1 << 18)
+def _second(s: int) -> str:
+    return format_time(s)
+
+
+@functools.lru_cache(maxsize=32)
+def _elements(dt_: int) -> tuple[tuple[str, ...], frozenset[str]]:
     els = row_elements(dt_)
-    unknown = set(values) - set(els)
+    return els, frozenset(els)
+
+
+_IN_ORDER: set[tuple[int, tuple[str, ...]]] = set()  # (dt, keys) a writer gave already in table order
+
+
+def _row(dt_: int, values: dict[str, Any]) -> dict[str, Any]:
+    """The row in table order; a claimed element that is not in the table is a bug (KeyError)."""
+    key = (dt_, tuple(values))
+    if key in _IN_ORDER:
+        return values
+    els, known = _elements(dt_)
+    unknown = set(values) - known
     if unknown:
         raise KeyError(f"DT {dt_}: {sorted(unknown)} not in fields.FIELDS")
-    return {e: values[e] for e in els if e in values}
+    row = {e: values[e] for e in els if e in values}
+    if tuple(row) == key[1]:
+        _IN_ORDER.add(key)
+    return row
 
 
 # -- rows ----------------------------------------------------------------------------------------
@@ -208,25 +249,24 @@ def _merge(d: dict[Any, list[int]], k: Any, first: int, last: int, hits: int, bl
         row[0], row[1], row[2], row[3] = min(row[0], first), max(row[1], last), row[2] + hits, row[3] | blk
 
 
-def active_resource_rows(summary: Mapping[tuple[Any, ...], list[int]], house_id: HouseOf) -> Iterator[dict[str, Any]]:
-    """DT 8: one IP row per (ip, port, protocol) and one domain row per (name, ip, port, protocol)."""
+def active_resource_rows(summary: Mapping[tuple[Any, ...], list[int]] | Activity, house_id: HouseOf) -> Iterator[dict[str, Any]]:
+    """DT 8: one IP row per (ip, port, protocol) and one domain row per (name, ip, port, protocol),
+    from the source's :class:`Activity` (or the summaries it is made of)."""
     house = _house(house_id)
-    ips: dict[tuple[str, int, int], list[int]] = {}
-    names: dict[tuple[str, str, int, int], list[int]] = {}
-    for (name, server, port, _a, verdict, kind, action, _r, _f), (first, last, hits) in summary.items():
-        if verdict in ("exempt", "not-hosted") or kind == "dns-answer":
-            continue
-        proto = _proto(kind)
-        blk = int(action == "block")
-        _merge(ips, (server, port, proto), first, last, hits, blk)
-        if name:
-            _merge(names, (name, server, port, proto), first, last, hits, blk)
-    for (server, port, proto), (first, last, hits, blk) in ips.items():
-        yield _row(8, {"ip": server, "port": port, "protocol": proto, "houseId": house(server), "firstFound": _t(first),
+    act = summary if isinstance(summary, Activity) else activity_of(summary)
+    houses: dict[str, str] = {}
+    for (server, port, proto), (first, last, hits, blk) in act.ips.items():
+        h = houses.get(server)
+        if h is None:
+            h = houses[server] = house(server)
+        yield _row(8, {"ip": server, "port": port, "protocol": proto, "houseId": h, "firstFound": _t(first),
                        "lastFound": _t(last), "visitsCount": hits, "block": blk})
-    for (name, server, port, proto), (first, last, hits, blk) in names.items():
+    for (name, server, port, proto), (first, last, hits, blk) in act.names.items():
         top = registrable_domain(name) or name
-        yield _row(8, {"ip": server, "port": port, "protocol": proto, "houseId": house(server), "firstFound": _t(first),
+        h = houses.get(server)
+        if h is None:
+            h = houses[server] = house(server)
+        yield _row(8, {"ip": server, "port": port, "protocol": proto, "houseId": h, "firstFound": _t(first),
                        "lastFound": _t(last), "visitsCount": hits, "block": blk, "domain": name, "topDomain": top,
                        "topDomainFlag": 0 if top == name else 1})
 
@@ -410,20 +450,7 @@ class Spool:
              result_head: tuple[tuple[str, str], ...], stamp: str) -> bytes:
         root = ROOTS[dtype]
         if dtype is DataType.LOG_QUERY_RESULT:
-            el = ET.Element(root)
-            for k, v in head:
-                ET.SubElement(el, k).text = v
-            ET.SubElement(el, "idcId").text = self.idc_id
-            res = ET.SubElement(el, "result")
-            for k, v in result_head:
-                ET.SubElement(res, k).text = v
-            for row in rows:
-                r = ET.SubElement(res, ROW_TAG[dtype])
-                for k, v in row.items():
-                    ET.SubElement(r, k).text = "" if v is None else str(v)
-            ET.SubElement(el, "timeStamp").text = stamp
-            body: bytes = ET.tostring(el, encoding="utf-8")
-            return b'<?xml version="1.0" encoding="UTF-8"?>\n' + body
+            return self.codec.data_file(root, self.idc_id, head, rows, ROW_TAG[dtype], stamp, "result", result_head)
         if dtype is DataType.ACTIVE_STATE:
             return self.codec.data_file(root, self.idc_id, head, (), "", stamp)
         return self.codec.data_file(root, self.idc_id, head, rows, ROW_TAG[dtype], stamp)
@@ -603,20 +630,23 @@ class Reporter:
         return self.spool.write(DataType.ILLEGAL_WEB, illegal_web_rows(s, self.house, self.spool.profile.mismatch_illegal_type,
                                                                          self.filed_name))
 
-    def active_resources(self, since_ms: int, until_ms: int, summary: Mapping[Any, list[int]] | None = None) -> list[Path]:
-        s = self.source().summaries(since_ms, until_ms) if summary is None else summary
-        return self.spool.write(DataType.ACTIVE_RESOURCES, active_resource_rows(s, self.house))
+    def active_resources(self, since_ms: int, until_ms: int, activity: Activity | None = None) -> list[Path]:
+        act = self.source().activity(since_ms, until_ms) if activity is None else activity
+        return self.spool.write(DataType.ACTIVE_RESOURCES, active_resource_rows(act, self.house))
 
     def resources(self, since_ms: int, until_ms: int) -> tuple[list[Path], list[Path]]:
-        """DT 9 and DT 8 (and DT 2 when the profile asks) from one pass over the log (sealed
-        partitions: their stored summaries)."""
-        s = self.source().summaries(since_ms, until_ms)
+        """DT 9 and DT 8 (and DT 2 when the profile asks). DT 9 and DT 2's code 2 read the summaries
+        of the reported verdicts only; DT 8 the source's :class:`Activity` (from the fleet's copy:
+        aggregated by ClickHouse). With the basic data's segments (DT 2 codes 1 and 3: any served
+        address), one pass over every summary gives all three."""
+        src = self.source()
+        seg = self.store.house_segment if self.dt2_on() and self.store is not None and self.store.state.houses else None
+        s = src.summaries(since_ms, until_ms, None if seg is not None else REPORTED_VERDICTS)
         f9 = self.illegal_web(since_ms, until_ms, s)
         if self.dt2_on():
-            seg = self.store.house_segment if self.store is not None and self.store.state.houses else None
             f9 += self.spool.write(DataType.IDC_MONITOR, idc_monitor_rows(s, self.house, seg, self.filed_name,
                                                                                 self.spool.profile.mismatch_illegal_type), always=False)
-        return f9, self.active_resources(since_ms, until_ms, s)
+        return f9, self.active_resources(since_ms, until_ms, activity_of(s) if seg is not None else src.activity(since_ms, until_ms))
 
     def command_results(self, since_ms: int, until_ms: int, no_report: frozenset[str] = frozenset()) -> list[Path]:
         mon, fil = command_rows(self.source().query(LogFilter(since_ms=since_ms, until_ms=until_ms)), self.house,

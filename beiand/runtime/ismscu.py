@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import time
@@ -234,7 +235,7 @@ def _app(cu: CuRuntime, registry: CollectorRegistry, token: str = "", reload: An
         return web.json_response({"ready": not problems, "problems": problems}, status=503 if problems else 200)
 
     async def status(_req: web.Request) -> web.Response:
-        return web.json_response(cu.status(), dumps=lambda o: __import__("json").dumps(o, default=str))
+        return web.json_response(cu.status(), dumps=lambda o: json.dumps(o, default=str))
 
     async def report(req: web.Request) -> web.Response:
         return _guarded(req, token, lambda: cu.forced.extend(["heartbeat", "report", "basic"]), {"report": "requested"})

@@ -291,26 +291,57 @@ class Codec:
     # -- out ---------------------------------------------------------------------------------
 
     def data_file(self, root: str, idc_id: str, head: Sequence[tuple[str, str]], rows: Iterable[Mapping[str, Any]],
-                  row_tag: str, time_stamp: str, wrap: str = "") -> bytes:
-        """One data file: ``<root>`` + head elements + rows (each under ``row_tag``) + timeStamp."""
-        el = ET.Element(root)
-        for k, v in head:
-            ET.SubElement(el, k).text = v
+                  row_tag: str, time_stamp: str, wrap: str = "", wrap_head: Sequence[tuple[str, str]] = ()) -> bytes:
+        """One data file: ``<root>`` + head elements + idcId + rows (each under ``row_tag``, all under
+        ``wrap`` after ``wrap_head`` when given) + timeStamp. Written as ElementTree writes it
+        (``<e />`` when empty; ``&``, ``<``, ``>`` escaped) but as strings: a report may hold a day
+        of rows, and a tree of them costs ten times the text (issue 30)."""
+        out = [f"<{root}>", *(_element(k, v) for k, v in head)]
         if not any(k == "idcId" for k, _ in head):
-            ET.SubElement(el, "idcId").text = idc_id
-        parent = ET.SubElement(el, wrap) if wrap else el
+            out.append(_element("idcId", idc_id))
+        at = len(out)
+        if wrap:
+            out += [_element(k, v) for k, v in wrap_head]
+        open_, close, empty = f"<{row_tag}>", f"</{row_tag}>", f"<{row_tag} />"
+        tags: dict[str, tuple[str, str, str]] = {}  # element → its open, close and empty tags
         for row in rows:
-            r = ET.SubElement(parent, row_tag)
+            parts = [open_]
             for k, v in row.items():
-                ET.SubElement(r, k).text = "" if v is None else str(v)
-        ET.SubElement(el, "timeStamp").text = time_stamp
-        body: bytes = ET.tostring(el, encoding="utf-8", xml_declaration=False)
-        return b'<?xml version="1.0" encoding="UTF-8"?>\n' + body
+                tg = tags.get(k)
+                if tg is None:
+                    tg = tags[k] = (f"<{k}>", f"</{k}>", f"<{k} />")
+                t = v if type(v) is str else "" if v is None else str(v)
+                if not t:
+                    parts.append(tg[2])
+                    continue
+                if "&" in t or "<" in t or ">" in t:
+                    t = t.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+                parts += (tg[0], t, tg[1])
+            if len(parts) == 1:
+                out.append(empty)
+            else:
+                parts.append(close)
+                out.append("".join(parts))
+        if wrap:
+            out[at:] = [f"<{wrap}>", *out[at:], f"</{wrap}>"] if len(out) > at else [f"<{wrap} />"]
+        out += [_element("timeStamp", time_stamp), f"</{root}>"]
+        return b'<?xml version="1.0" encoding="UTF-8"?>\n' + "".join(out).encode("utf-8")
 
     def check_data(self, xml: bytes) -> list[str]:
         """XSD problems of a data file beiand wrote (Aotain validates each file first: so do we)."""
         root = DET.fromstring(xml)
         return [f"{e.path}: {e.reason}" for e in schema(str(self.xsd_dir / "data.xsd")).iter_errors(root)]
+
+
+def _element(tag: str, v: Any) -> str:
+    if v is None:
+        return f"<{tag} />"
+    t = v if isinstance(v, str) else str(v)
+    if not t:
+        return f"<{tag} />"
+    if "&" in t or "<" in t or ">" in t:
+        t = t.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return f"<{tag}>{t}</{tag}>"
 
 
 class CodecV3(Codec):

@@ -208,8 +208,10 @@ def test_idc_monitor_dt2(reporter: Reporter) -> None:
 def test_reports_read_the_records_source_the_wiring_gives(reporter: Reporter, tmp_path: Path) -> None:
     """Issue 27: with the fleet's copy configured the reports read it (``Reporter.records``),
     never the local directory: here a source holding another gateway's records too."""
+    from collections.abc import Collection
+
     from beiand.accesslog.reader import Query, SummaryKey
-    from beiand.accesslog.source import LocalRecords
+    from beiand.accesslog.source import Activity, LocalRecords, activity_of, only
 
     class Fleet:
         """A stand-in for beiand.sinks.fleet.FleetRecords: this gateway's log, and gw-2's records."""
@@ -225,12 +227,16 @@ def test_reports_read_the_records_source_the_wiring_gives(reporter: Reporter, tm
             yield from self.local.query(q)
             yield from (r for r in self.other if q.match(r))
 
-        def summaries(self, since_ms: int, until_ms: int) -> dict[SummaryKey, list[int]]:
+        def summaries(self, since_ms: int, until_ms: int, verdicts: Collection[str] | None = None
+                      ) -> dict[SummaryKey, list[int]]:
             s = self.local.summaries(since_ms, until_ms)
             for r in self.other:
                 s[(r.name, r.server_ip, r.server_port, r.account, r.verdict, r.kind, r.action, r.reason, r.filing_number)] = \
                     [r.ts_ms, r.ts_ms, 1]
-            return s
+            return only(s, verdicts)
+
+        def activity(self, since_ms: int, until_ms: int) -> Activity:
+            return activity_of(self.summaries(since_ms, until_ms))
 
     reporter.records = Fleet()
     assert reporter.source() is reporter.records

@@ -119,3 +119,41 @@ def test_the_hand_rule_check_agrees_with_the_xsd(parts: list[str]) -> None:
         return None
 
     assert code(few) == code(many)
+
+
+def _tree_file(root: str, idc_id: str, head: list[tuple[str, str]], rows: list[dict[str, object]], row_tag: str,
+               stamp: str, wrap: str = "", wrap_head: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """The data file as ElementTree writes it: what the string writer must equal."""
+    import xml.etree.ElementTree as ET
+
+    el = ET.Element(root)
+    for k, v in head:
+        ET.SubElement(el, k).text = v
+    if not any(k == "idcId" for k, _ in head):
+        ET.SubElement(el, "idcId").text = idc_id
+    parent = ET.SubElement(el, wrap) if wrap else el
+    for k, v in wrap_head:
+        ET.SubElement(parent, k).text = v
+    for row in rows:
+        r = ET.SubElement(parent, row_tag)
+        for k, v in row.items():
+            ET.SubElement(r, k).text = "" if v is None else str(v)
+    ET.SubElement(el, "timeStamp").text = stamp
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(el, encoding="utf-8")
+
+
+_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["commandId", "idcId"]), _text), max_size=2),
+       st.lists(st.dictionaries(st.sampled_from(["ip", "port", "domain", "url"]),
+                                st.one_of(st.none(), _text, st.integers(-5, 70000))), max_size=5),
+       st.booleans(), _text)
+def test_the_string_writer_writes_what_elementtree_writes(head: list[tuple[str, str]], rows: list[dict[str, object]],
+                                                          wrapped: bool, stamp: str) -> None:
+    """Issue 30: data files are written as strings (ten times faster than a tree); byte for byte
+    what ElementTree wrote (escapes, empty elements, the wrap of DT 3)."""
+    wrap, wrap_head = ("result", (("logAmount", "3"), ("endFlag", "<1&>"))) if wrapped else ("", ())
+    got = Codec().data_file("activeResources", "A2.B1-2009&", head, rows, "record", stamp, wrap, wrap_head)
+    assert got == _tree_file("activeResources", "A2.B1-2009&", head, rows, "record", stamp, wrap, wrap_head)
