@@ -74,7 +74,7 @@ class Gateway:
 
 @dataclass(frozen=True)
 class HouseFacts:
-    id: str = ""  # houseId: the inventory's site (机房)
+    id: str = ""  # houseId: as the inventory names it (its house column, else isms.house_id, else its site)
     name: str = ""
     type: str = ""  # jfxz 机房性质: 1 租用, 2 自建, 999 其他
     province: str = ""  # 行政区划代码
@@ -206,7 +206,7 @@ def load_basic_file(path: Path | None) -> BasicFacts:
     for i, h in enumerate(houses_raw, 1):
         hf: HouseFacts = _table(HouseFacts, h, where, f"house[{i}]")
         if not hf.id:
-            raise BasicInfoError(f"{where}: house[{i}].id: missing: the houseId (the inventory's site, 机房)")
+            raise BasicInfoError(f"{where}: house[{i}].id: missing: the houseId (机房编号, as the inventory's house column names it)")
         if hf.id in seen:
             raise BasicInfoError(f"{where}: house[{i}].id: {hf.id!r} already listed as house[{seen[hf.id]}]")
         seen[hf.id] = i
@@ -231,6 +231,13 @@ class Placement(NamedTuple):
 
 def _live(prefixes: Iterable[HostedPrefix]) -> list[HostedPrefix]:
     return [p for p in prefixes if p.state is not PrefixState.CLOSED]
+
+
+def prefix_house(p: HostedPrefix, default_house: str = "") -> str:
+    """The house (机房, ISMS houseId) of a hosted prefix: the inventory's house column, else
+    ``isms.house_id`` (one house per gateway), else the prefix's site. The reports' rows name the
+    same house for its addresses (``reports.Reporter.house``)."""
+    return p.house or default_house or p.site
 
 
 def place_filings(prefixes: Iterable[HostedPrefix], filings: Iterable[Filing], provider_names: tuple[str, ...] = (),
@@ -259,7 +266,7 @@ def place_filings(prefixes: Iterable[HostedPrefix], filings: Iterable[Filing], p
             p = inv.lookup(lo)
             if p is None:
                 continue
-            per.setdefault(p.account, {}).setdefault(p.site or default_house, []).append((lo, hi))
+            per.setdefault(p.account, {}).setdefault(prefix_house(p, default_house), []).append((lo, hi))
         if not per:
             unplaced.append(f.number)
             continue
@@ -295,10 +302,10 @@ def _person(parent: ET.Element, path: str, p: Person) -> None:
 
 
 def build(idc_id: str, prefixes: Iterable[HostedPrefix], filings: Iterable[Filing], facts: BasicFacts | None = None,
-          default_house: str = "", time_stamp: str = "") -> ET.Element:
+          default_house: str = "", time_stamp: str = "", provider_names: tuple[str, ...] = ()) -> ET.Element:
     """The ``basicInfo`` tree: houses = the facts file's ``[[house]]`` (in its order), then the other
-    inventory sites (sorted); each house's ipSegInfo = its active and pending prefixes (closed ones
-    left out; a prefix with no site goes to ``default_house``, e.g. ``isms.house_id``); one userInfo
+    inventory's houses (sorted, :func:`prefix_house`); each house's ipSegInfo = its active and
+    pending prefixes (closed ones left out); one userInfo
     per account of those prefixes, with a serviceInfo per filing placed under it (:func:`place_filings`).
     ``timeStamp`` is ``time_stamp`` (the spool sets it when it writes the file)."""
     facts = facts or BasicFacts()
@@ -312,7 +319,7 @@ def build(idc_id: str, prefixes: Iterable[HostedPrefix], filings: Iterable[Filin
     house_facts = {h.id: h for h in facts.house}
     by_house: dict[str, list[HostedPrefix]] = {}
     for p in live:
-        by_house.setdefault(p.site or default_house, []).append(p)
+        by_house.setdefault(prefix_house(p, default_house), []).append(p)
     order = [h.id for h in facts.house] + sorted(set(by_house) - set(house_facts))
     _add(root, "houseCount", str(len(order)))
     accounts = {a: facts.account.get(a, AccountFacts()) for a in sorted({p.account for p in live})}
@@ -338,7 +345,7 @@ def build(idc_id: str, prefixes: Iterable[HostedPrefix], filings: Iterable[Filin
                          ("user", a.unit_name or p.account), ("idType", a.id_type), ("idNumber", a.id_number),
                          ("useTime", ""), ("sourceUnit", hf.source_unit), ("allocationUnit", hf.allocation_unit)):
                 _add(s, f"houseInfo/ipSegInfo/{e}", v)
-    placed = place_filings(live, filings, facts.names(), default_house).by_account
+    placed = place_filings(live, filings, (*provider_names, *facts.names()), default_house).by_account
     svc = "userInfo/info/serviceInfo"
     for account, a in accounts.items():
         u = _add(root, "userInfo")

@@ -28,7 +28,7 @@ from beiand.accesslog.columns import parse_order_column
 from beiand.accesslog.reader import Query as LogFilter
 from beiand.accesslog.source import Activity, LocalRecords, RecordSource, activity_of
 from beiand.errors import BeiandError
-from beiand.isms.basicinfo import check_tree, sample_tree
+from beiand.isms.basicinfo import check_tree, prefix_house, sample_tree
 from beiand.isms.wire.codec import CODECS, XSD_DIR, Codec, schema, version_key
 from beiand.isms.wire.codes import Compression, DataType, EncryptAlgorithm, HashAlgorithm
 from beiand.isms.wire.envelope import Keys, pack
@@ -600,7 +600,8 @@ class Reporter:
         """Each row's houseId: the basic data's (type 0) house of the server address, else the
         house the inventory names for its prefix, else ``isms.house_id``."""
         basic = self.store is not None and bool(self.store.state.houses)
-        inv = self.inventory if self.inventory is not None and any(p.house for p in self.inventory.prefixes) else None
+        inv = self.inventory if self.inventory is not None and any(p.house or (p.site and not self.house_id)
+                                                                   for p in self.inventory.prefixes) else None
         if not basic and inv is None:
             return self.house_id
         store, own = self.store, self.house_id
@@ -612,8 +613,8 @@ class Reporter:
                     return str(seg[0])
             if inv is not None:
                 p = inv.lookup(ip)
-                if p is not None and p.house:
-                    return str(p.house)
+                if p is not None:
+                    return prefix_house(p, own)
             return own
 
         return house_of

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import ssl
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from beiand.accesslog.source import RecordSource
 from beiand.isms.answers import answer
+from beiand.isms.basicinfo import BasicInfoError, build, load_basic_file
 from beiand.isms.reports import Reporter, ReportError, Spool
 from beiand.isms.service import Ack, CommandService, load_keys
 from beiand.isms.store import CommandStore
@@ -29,6 +31,8 @@ from beiand.isms.wire.codec import CODECS
 from beiand.isms.wire.codes import DataType
 from beiand.isms.wire.model import LogQuery, Query
 from beiand.isms.wire.profile import Profile, load_profile
+from beiand.model import Filing
+from beiand.policy.inventory import HostedPrefix
 from beiand.runtime.settings import Config, IsmsSection
 from beiand.runtime.wiring import isms_gateways, records_source
 from beiand.sinks.clickhouse import ClickHouseError
@@ -54,9 +58,10 @@ def check(cfg: Config) -> str:
         if cfg.isms.mode == "fleet":  # no endpoint, no files: the profile (its subdomain rule) is all it reads
             return ""
         load_keys(cfg.isms.secrets_dir)
+        load_basic_file(cfg.isms.basic_file)
         tls_context(cfg.isms.tls_cert, cfg.isms.tls_key)
         CommandStore(cfg.daemon.state_dir)
-    except (ProfileError, SecretError, OSError, ValueError) as exc:
+    except (ProfileError, SecretError, OSError, ValueError) as exc:  # BasicInfoError is a ValueError
         return str(exc)
     return ""
 
@@ -120,6 +125,10 @@ class IsmsRuntime:
         self._next_hb = 0.0
         self._next_report = clock() + im.report_interval
         self._last_report_ms = int(clock() * 1000)
+        # DT 1's inputs (the inventory's prefixes, the filings, this provider's names), wired by the
+        # daemon or the CU from the state in force; written at start, on a reload, every basic_interval
+        self.basic_source: Callable[[], tuple[Sequence[HostedPrefix], Sequence[Filing], tuple[str, ...]]] | None = None
+        self._next_basic = 0.0
         self.healthy = True  # the daemon's readiness (capture running): DT 7 reports the house as faulty otherwise
 
     def records_for(self, cfg: Config) -> RecordSource | None:
@@ -165,6 +174,7 @@ class IsmsRuntime:
         svc.codecs = {v: CODECS[v](profile.xsd_dir) for v in profile.accept_versions}
         self.uploader = self.uploader_for(im)
         now = self.clock()
+        self._next_basic = 0.0  # the inventory, the records or basic_file may have changed: DT 1 again
         self._next_hb = min(self._next_hb, now + im.heartbeat_interval)
         self._next_report = min(self._next_report, now + (self.store.state.active_period_s or im.report_interval))
         self.restart_needed = keep
@@ -187,9 +197,16 @@ class IsmsRuntime:
         if self.runner is not None:
             await self.runner.cleanup()
 
+    def writes_basic(self) -> bool:
+        """DT 1 基础数据 is the CU's (ISMS.md §4): the licence's CU and CU-lite write it, an EU does not."""
+        return self.CU or self.cfg.isms.mode == "cu-lite"
+
     def due(self, now: float) -> list[str]:
-        """What the timers ask for now: heartbeat, report."""
+        """What the timers ask for now: heartbeat, report, basic (DT 1)."""
         out = []
+        if self.writes_basic() and self.basic_source is not None and now >= self._next_basic:
+            self._next_basic = now + self.cfg.isms.basic_interval
+            out.append("basic")
         if now >= self._next_hb:
             self._next_hb = now + self.cfg.isms.heartbeat_interval
             out.append("heartbeat")
@@ -215,6 +232,8 @@ class IsmsRuntime:
                 amount, err = self.houses()
                 note(DataType.ACTIVE_STATE, self.reporter.heartbeat(err, amount))
                 self.metrics.last_heartbeat.set(now)
+            if "basic" in what:
+                note(DataType.BASIC_INFO, self.write_basic())
             if "report" in what:
                 since, until = self._last_report_ms, int(now * 1000)
                 f9, f8 = self.reporter.resources(since, until)
@@ -233,7 +252,7 @@ class IsmsRuntime:
                 for dt_, files_ in files_by_dt:
                     note(dt_, files_)
                 self.service.acks += acks
-        except (ReportError, OSError, ClickHouseError) as exc:  # ClickHouse away: the same window again next time
+        except (ReportError, OSError, ClickHouseError, BasicInfoError) as exc:  # ClickHouse away: the same window again next time
             log.error("isms: report: %s", exc)
             self.metrics.reports.labels("-", "rejected").inc()
         if self.uploader is None and self.service.acks and not self.CU:  # EU: the CU collects DT 10 from the spool
@@ -252,6 +271,15 @@ class IsmsRuntime:
             self.send_acks()
         self.update_metrics()
         return written
+
+    def write_basic(self) -> list[Path]:
+        """DT 1 from the inventory, the records and ``isms.basic_file`` (beiand/isms/basicinfo.py)."""
+        assert self.basic_source is not None
+        prefixes, filings, providers = self.basic_source()
+        facts = load_basic_file(self.cfg.isms.basic_file)
+        tree = build(self.cfg.isms.idc_id, prefixes, filings, facts, default_house=self.cfg.isms.house_id,
+                     provider_names=providers)
+        return self.reporter.spool.write_basic_info(tree)
 
     def send_acks(self) -> None:
         from beiand.isms.transport.ack import send_acks

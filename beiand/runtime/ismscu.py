@@ -90,6 +90,8 @@ class CuRuntime(IsmsRuntime):
         self.state = state
         self.reporter.inventory = state.inventory
         self.reporter.filed_name = lambda number, name: filed_domain(self.state.index, number, name)
+        self.basic_source = lambda: (self.state.inventory.prefixes, self.state.index.filings,
+                                     tuple(self.state.config.records.provider))
 
     # -- what the gateway runtime does differently ----------------------------------------------
 

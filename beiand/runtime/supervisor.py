@@ -457,6 +457,8 @@ class Daemon:
             # DT 9/DT 2 regDomain: the filed name, from the records in force (the state at the report's time)
             self.isms.reporter.filed_name = lambda number, name: filed_domain(self.state.index, number, name)
             self.isms.reporter.inventory = self.state.policy.inventory  # each prefix's house (机房编号)
+            self.isms.basic_source = lambda: (self.state.policy.inventory.prefixes, self.state.index.filings,
+                                              tuple(self.state.config.records.provider))  # DT 1 (CU-lite)
             await self.isms.start()
         for idx in range(cfg.workers):
             self._start_worker(idx)

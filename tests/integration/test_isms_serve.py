@@ -316,7 +316,10 @@ def test_dt1_dt8_dt9_per_house_decode_and_validate(fleet: CuFleet) -> None:
     assert {("unfiled-a.example.xyz", H1, "1", "1"), ("unfiled-b.example.xyz", H2, "1", "1")} <= got, got
     (basic,) = [r for r in (f.root(p) for p in f.files(1)) if r.tag == "basicInfo"][-1:]
     assert basic.findtext("idcId") == dbl.IDC_ID
-    assert {h.findtext("houseId") for h in basic.iter("houseInfo")} == {H1, H2}
+    segs = {h.findtext("houseId"): [(g.findtext("startIp"), g.findtext("endIp")) for g in h.iter("ipSegInfo")]
+            for h in basic.iter("houseInfo")}
+    assert segs == {H1: [("198.51.100.0", "198.51.100.127")], H2: [("198.51.100.128", "198.51.100.255")]}
+    assert basic.findtext("houseCount") == "2" and len(list(basic.iter("userInfo"))) == 2
 
 
 def test_isms_status_shows_the_fleet(fleet: CuFleet, capsys: pytest.CaptureFixture[str]) -> None:
