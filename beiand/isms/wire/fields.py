@@ -143,8 +143,9 @@ FIELDS: tuple[Field, ...] = (
         ("gatherTime", "time", "AccessRecord.ts_ms, UTC+8", "2+"),
     )),
     # -- DT 7 activeState --
-    Field(7, "houseAmount", "int", "houses this beiand serves (isms.house_id: 1)", "1"),
-    Field(7, "errHouseAmount", "int", "houses whose capture is down", "1"),
+    Field(7, "houseAmount", "int", "houses reported for: a gateway 1; beiand isms serve the licence's (inventory, basic data, "
+          "gateways)", "1"),
+    Field(7, "errHouseAmount", "int", "faulty houses: a gateway serving it down or not capturing, or none serving it", "1"),
     Field(7, "errHouseId", "text", "those houses", "1"),
     # -- DT 8 activeResources (IP and domain rows): per (name, IP, port, protocol) aggregate --
     Field(8, "ip", "ip", "AccessRecord.server_ip", "2+"),
