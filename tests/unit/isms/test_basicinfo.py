@@ -30,8 +30,9 @@ XSD = str(XSD_DIR / "basic_info.xsd")
 T0 = 1796000000.0
 
 
-def hp(prefix: str, account: str, site: str, state: PrefixState = PrefixState.ACTIVE) -> HostedPrefix:
-    return HostedPrefix(prefix, account, site, state, None)
+def hp(prefix: str, account: str, house: str, state: PrefixState = PrefixState.ACTIVE) -> HostedPrefix:
+    """A hosted prefix whose inventory row names its house (the ``house`` column, 机房编号)."""
+    return HostedPrefix(prefix, account, f"site-{house}" if house else "", state, None, house=house)
 
 
 def filing(number: str, ips: tuple[str, ...], domains: tuple[str, ...] = ("a.example",), provider: str = "示例网络科技有限公司",
@@ -254,7 +255,7 @@ def test_every_live_prefix_once_in_its_house_and_the_file_is_valid(tmp_path: Pat
         if p.state is PrefixState.CLOSED:
             assert key not in seen
         else:
-            assert seen.pop(key) == [p.site or "H0"]
+            assert seen.pop(key) == [bi.prefix_house(p, "H0")] == [p.house or "H0"]
     assert not seen
     placed = {s.findtext("regId") for s in root.iter("serviceInfo")}
     in_force = {fl.number for fl in filings if fl.status in bi.IN_FORCE}
@@ -295,3 +296,13 @@ def test_a_fleet_of_5000_prefixes_and_50000_filings(tmp_path: Path) -> None:
     roots = [unpacked(f) for f in files]
     assert sum(len(r.findall("houseInfo/ipSegInfo")) for r in roots) == 5000
     assert sum(1 for r in roots for _ in r.iter("serviceInfo")) == 50_000
+
+
+def test_a_prefixs_house_is_its_house_column_then_the_gateways_then_its_site() -> None:
+    """Issue 30: DT 1 and the report rows place an address in one house: the inventory's house
+    column (机房编号), else isms.house_id, else the prefix's site."""
+    p = HostedPrefix("10.0.0.0/24", "a", "bj-1", PrefixState.ACTIVE, None, house="H7")
+    assert bi.prefix_house(p, "H0") == "H7"
+    assert bi.prefix_house(p._replace(house="") if hasattr(p, "_replace") else HostedPrefix("10.0.0.0/24", "a", "bj-1",
+                           PrefixState.ACTIVE, None), "H0") == "H0"
+    assert bi.prefix_house(HostedPrefix("10.0.0.0/24", "a", "bj-1", PrefixState.ACTIVE, None), "") == "bj-1"
