@@ -37,7 +37,7 @@ from beiand.records.importer import gc_paused
 from beiand.store import Change, DecisionStore, Entry
 
 __all__ = ["AddressCuts", "CommandRules", "CommandStore", "Compiled", "Matcher", "Outcome", "RuleError", "address_rules",
-           "compile_command", "house_scope", "reach", "unsupported"]
+           "compile_command", "house_scope", "inventory_houses", "reach", "unsupported"]
 log = logging.getLogger(__name__)
 MAX_SEEN = 100_000  # commandSequence values kept for duplicate detection
 SUPPORTED = frozenset({RuleSubtype.DOMAIN, RuleSubtype.URL, RuleSubtype.SRC_IP, RuleSubtype.DST_IP, RuleSubtype.SRC_PORT,
@@ -80,6 +80,17 @@ def house_scope(c: SecurityCommand, houses: dict[str, list[list[Any]]], own: str
     if out:
         return out
     return [] if not own and not houses else None
+
+
+def inventory_houses(prefixes: Iterable[Any]) -> dict[str, list[list[Any]]]:
+    """houseId → the segments of the inventory's prefixes that name it (its house column), closed
+    prefixes left out: what a command for that house covers where the basic data is silent."""
+    out: dict[str, list[list[Any]]] = {}
+    for p in prefixes:
+        if p.house and str(getattr(p.state, "value", p.state)) != "closed":
+            net = ipaddress.ip_network(p.prefix)
+            out.setdefault(p.house, []).append([str(net.network_address), str(net.broadcast_address), False])
+    return out
 
 
 def compile_command(c: SecurityCommand, subdomains: bool = True, houses: list[tuple[int, int, int]] | None = None,
@@ -259,6 +270,10 @@ class CommandStore:
         self.refused_total = 0
         self.legacy = False  # the file read was written by a beiand before the decision store
         self.snapshot_store: str | None = None  # the store the snapshot read was written from
+        # The houses the inventory names (its house column: houseId → its prefixes as segments):
+        # a command for some houses applies to their prefixes where the basic data (type 0) does
+        # not list them (issue 30: the fleet's gateways and the licence's CU know their houses so)
+        self.inventory_houses: dict[str, list[list[Any]]] = {}
         if load:
             self.reload()
 
@@ -507,8 +522,8 @@ class CommandStore:
         return old is not None and c.operation == 0 and old == c
 
     def apply_security(self, c: SecurityCommand, now: float) -> Outcome:
-        if c.house_ids and house_scope(c, self.state.houses, self.house_id) is None:
-            known = ", ".join(sorted({self.house_id, *self.state.houses} - {""}))
+        if c.house_ids and house_scope(c, self.scopes(), self.house_id) is None:
+            known = ", ".join(sorted({self.house_id, *self.scopes()} - {""}))
             return Outcome(AckResult.NONE, f"not for this house ({known})", "other-house")
         if c.operation == 1:
             old = self.state.commands.pop(c.command_id, None)
@@ -599,6 +614,13 @@ class CommandStore:
         dt2 = {1: "; DT 2 on", 2: "; DT 2 off"}.get(b.monitor, "")
         return Outcome(AckResult.ALL, f"basic data {what}: {len(b.houses)} house(s), {n} IP segment(s){dt2}")
 
+    def scopes(self) -> dict[str, list[list[Any]]]:
+        """The houses a command's ``range/houseId`` can name: the basic data's (type 0), and the
+        inventory's for those it does not list."""
+        if not self.inventory_houses:
+            return self.state.houses
+        return {**self.inventory_houses, **self.state.houses}
+
     def _houses(self) -> Intervals:
         if self._house_index is None:
             items = []
@@ -665,7 +687,7 @@ class CommandStore:
         return out
 
     def _compile(self, out: list[Compiled], c: SecurityCommand, start: float, end: float) -> None:
-        scope = house_scope(c, self.state.houses, self.house_id)
+        scope = house_scope(c, self.scopes(), self.house_id)
         if scope is None:  # its houses left the basic data since: applies nowhere here
             return
         try:
@@ -692,14 +714,14 @@ class CommandStore:
         :meth:`addresses` gains it. Ends need no sync (nftables elements time out)."""
         st = self.state
         return min((c.effect_time for c in st.commands.values() if c.effect_time > ts and address_rules(c)
-                    and house_scope(c, st.houses, self.house_id) is not None), default=math.inf)
+                    and house_scope(c, self.scopes(), self.house_id) is not None), default=math.inf)
 
     def addresses(self, ts: float) -> list[AddressRule]:
         """What the commands and blacklist entries in force at ``ts`` cut by address (nftables)."""
         st = self.state
         out: list[AddressRule] = []
         for c in st.commands.values():
-            if house_scope(c, st.houses, self.house_id) is None:
+            if house_scope(c, self.scopes(), self.house_id) is None:
                 continue
             if not (c.effect_time or -math.inf) <= ts < (c.expired_time or math.inf):
                 continue
@@ -741,9 +763,12 @@ class CommandRules:
     LIVE_HISTORY_S = 3600.0  # an observation is never older than this on a live worker
 
     def __init__(self, state_dir: Path, subdomains: bool = True, house_id: str = "", *, live: bool = False,
-                 store: CommandStore | None = None) -> None:
-        """``store``: commands already folded (from the decision store) instead of the snapshot file."""
+                 store: CommandStore | None = None, houses: dict[str, list[list[Any]]] | None = None) -> None:
+        """``store``: commands already folded (from the decision store) instead of the snapshot file;
+        ``houses``: the inventory's (:func:`inventory_houses`)."""
         self.store = store if store is not None else CommandStore(state_dir, subdomains, house_id, load=False)
+        if houses:
+            self.store.inventory_houses = houses
         self.live = live
         self.matcher = Matcher(())
         self._known_names: Callable[[str], list[Compiled] | None] | None = None
@@ -782,7 +807,7 @@ class CommandRules:
         if v is None or v == st.seen:
             return
         nxt = CommandStore(st.dir.parent, st.subdomains, st.house_id, load=False)
-        nxt.seen = st.seen
+        nxt.seen, nxt.inventory_houses = st.seen, st.inventory_houses
         try:
             with gc_paused():
                 if nxt.reload():

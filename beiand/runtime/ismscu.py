@@ -87,8 +87,11 @@ class CuRuntime(IsmsRuntime):
         self._bind(state)
 
     def _bind(self, state: State) -> None:
+        from beiand.isms.store import inventory_houses
+
         self.state = state
         self.reporter.inventory = state.inventory
+        self.store.inventory_houses = inventory_houses(state.inventory.prefixes)  # "not for this house" knows them
         self.reporter.filed_name = lambda number, name: filed_domain(self.state.index, number, name)
         self.basic_source = lambda: (self.state.inventory.prefixes, self.state.index.filings,
                                      tuple(self.state.config.records.provider))

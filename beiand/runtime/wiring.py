@@ -233,7 +233,7 @@ def make_enforcer(cfg: Config) -> Enforcer:
     return Enforcer(settings, injector, nft)
 
 
-def layers(cfg: Config, state_dir: Path | None = None, *, live: bool = False) -> list[Layer]:
+def layers(cfg: Config, state_dir: Path | None = None, *, live: bool = False, inventory: Inventory | None = None) -> list[Layer]:
     """The overlays every command decides with: closure orders, the operator's exemptions and, with
     ``[isms]`` on, the regulator's commands.
 
@@ -274,7 +274,7 @@ def layers(cfg: Config, state_dir: Path | None = None, *, live: bool = False) ->
     else:
         out = [OrderLayer.from_state_dir(d), ExemptionLayer.from_state_dir(d)]
     if cfg.isms.enabled:
-        from beiand.isms.store import CommandRules  # the ISMS stack only where it is on
+        from beiand.isms.store import CommandRules, inventory_houses  # the ISMS stack only where it is on
         from beiand.isms.wire.profile import ProfileError, load_profile
 
         try:
@@ -282,7 +282,8 @@ def layers(cfg: Config, state_dir: Path | None = None, *, live: bool = False) ->
         except ProfileError as exc:
             raise StateError(f"isms.profile: {exc}") from None
         out.append(CommandRules(d, subdomains, cfg.isms.house_id, live=live,
-                                store=folded.commands if folded is not None else None))
+                                store=folded.commands if folded is not None else None,
+                                houses=inventory_houses(inventory.prefixes) if inventory is not None else None))
     for layer in out:
         if layer.error and not live:
             raise StateError(layer.error)
@@ -294,7 +295,7 @@ def layers(cfg: Config, state_dir: Path | None = None, *, live: bool = False) ->
 def decider(cfg: Config, policy: Policy, state_dir: Path | None = None, *, live: bool = False) -> Decider:
     """The one decider (the records' verdict and the overlays) of the daemon's workers, ``replay``,
     ``records lookup``, ``/api/v1/lookup`` and ``audit --pcap`` (issue 26: replay = daemon)."""
-    return Decider(policy, layers(cfg, state_dir, live=live), grace_seconds=cfg.enforce.grace_seconds)
+    return Decider(policy, layers(cfg, state_dir, live=live, inventory=policy.inventory), grace_seconds=cfg.enforce.grace_seconds)
 
 
 def inline_marks(cfg: Config) -> Marks:

@@ -274,3 +274,27 @@ def test_interval_index_agrees_with_a_scan(ranges: list[tuple[int, int]], probe:
     want = {c.hit.ref for c, (lo, w) in zip(cs, ranges, strict=True) if lo <= probe <= min(lo + w, 2**32 - 1)}
     got = {c.hit.ref for c in m.candidates(obs("", server=ip, client="::1"))}
     assert got == want
+
+
+def test_a_command_for_a_house_applies_to_the_prefixes_the_inventory_names_for_it(tmp_path: Path) -> None:
+    """Issue 30: without basic data (type 0), the inventory's house column scopes ``range/houseId``:
+    a filter for house H2 blocks on H2's prefixes only, even on a gateway serving both houses, and a
+    command for a house no one serves is not applied (ack 2), never applied everywhere."""
+    from beiand.isms.store import inventory_houses
+    from beiand.model import PrefixState
+    from beiand.policy.inventory import HostedPrefix
+
+    houses = inventory_houses([HostedPrefix("203.0.113.0/25", "a", "", PrefixState.ACTIVE, None, house="H1"),
+                               HostedPrefix("203.0.113.128/25", "b", "", PrefixState.ACTIVE, None, house="H2"),
+                               HostedPrefix("198.51.100.0/24", "c", "", PrefixState.CLOSED, None, house="H3")])
+    assert houses == {"H1": [["203.0.113.0", "203.0.113.127", False]], "H2": [["203.0.113.128", "203.0.113.255", False]]}
+    s = CommandStore(tmp_path)  # no isms.house_id: a fleet gateway, or the licence's CU
+    s.inventory_houses = houses
+    c = SecurityCommand(5, 2, 0, (Rule(1, "bad.example", ""),), house_ids=("H2",))
+    assert s.apply_security(c, 0.0).result == 0
+    out = s.apply_security(SecurityCommand(6, 2, 0, (Rule(1, "x.example", ""),), house_ids=("H9",)), 0.0)
+    assert out.result == 2 and out.msg == "not for this house (H1, H2)"
+    s.save()
+    dec = Decider(Fixed(FILED), [CommandRules(tmp_path, houses=houses)])  # type: ignore[arg-type]
+    assert dec.decide(obs("bad.example", server="203.0.113.200")).action is Action.BLOCK  # H2
+    assert dec.decide(obs("bad.example", server="203.0.113.5")).action is Action.LOG  # H1: not this command's house
