@@ -74,7 +74,7 @@ PANELS = [
       (f"min by (instance) (beiand_decision_store_up{I})", "up {{instance}}")], True),
     ("ISMS CU (beiand isms serve): gateways, faulty houses (DT 7), commands not yet applied, acks waiting", "timeseries", "short",
      [(f"sum by (state) (beiand_isms_fleet_gateways{I})", "gateways {{state}}"),
-      (f"sum(beiand_isms_houses{{state=\"faulty\",instance=~\"$instance\"}})", "faulty houses"),
+      ("sum(beiand_isms_houses{state=\"faulty\",instance=~\"$instance\"})", "faulty houses"),
       (f"max(beiand_isms_gateways_behind{I})", "gateways behind"),
       (f"sum(beiand_isms_acks_waiting{I})", "acks waiting"),
       (f"max(beiand_isms_command_unapplied_seconds{I})", "oldest unapplied (s)")], True),
