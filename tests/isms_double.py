@@ -147,6 +147,7 @@ class AckServer:
                  ) -> None:
         self.acks: list[dict[str, str]] = []
         self.calls: list[tuple[int, str]] = []
+        self.refuse: set[str] = set()  # commandIds whose ack is answered 6 (content error): the whole call refused
         outer = self
         user_key, enc_key, iv, auth_key = keys
 
@@ -171,8 +172,11 @@ class AckServer:
                     except AssertionError:
                         code, msg = 3, "hash"
                     else:
-                        for a in xml.iter("ack"):
-                            outer.acks.append({c.tag: c.text or "" for c in a})
+                        rows = [{c.tag: c.text or "" for c in a} for a in xml.iter("ack")]
+                        if any(r.get("commandId") in outer.refuse for r in rows):
+                            code, msg = 6, "content"
+                        else:
+                            outer.acks += rows
                 outer.calls.append((code, msg))
                 _soap_answer(self, "idc_commandackResponse", code, msg)
 

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from beiand.isms.basicinfo import prefix_house
 from beiand.isms.service import Ack
 from beiand.isms.wire.codes import AckResult, AckType
 
@@ -45,6 +46,23 @@ class GatewayView:
     healthy: bool  # capturing, records loaded, log writable
     up: bool
     why: str = ""  # why it is down: "stopped", "silent 42 s"
+    isms: bool = True  # it applies the regulator's commands ([isms] on, the overlay loaded)
+    refused: frozenset[int] = frozenset()  # store versions whose row it refused as invalid (the last 100)
+
+
+def not_applied(g: GatewayView, version: int) -> str:
+    """Why ``g`` does not enforce the command committed at ``version`` ("" when it does): its
+    workers hold an older version, none of them captures, it applies no ISMS command, or it
+    refused the row. A version not known (0) is never counted as applied."""
+    if version <= 0 or g.version < version:
+        return "applying" if g.up else g.why
+    if not g.isms:
+        return "isms off"
+    if version in g.refused:
+        return "refused the row"
+    if not g.healthy:
+        return "not capturing"
+    return ""
 
 
 def view(rows: Iterable[Mapping[str, Any]], now: float, down_after: float, retired_after: float) -> list[GatewayView]:
@@ -62,8 +80,9 @@ def view(rows: Iterable[Mapping[str, Any]], now: float, down_after: float, retir
         limit = max(down_after, 3 * float(st.get("heartbeat_interval") or 0.0))
         why = "stopped" if st.get("stopped") else (f"silent {age:.0f} s" if age > limit else "")
         houses = tuple(str(h) for h in st.get("houses") or () if str(h))
+        refused = frozenset(int(v) for v in st.get("refused") or () if str(v).isdigit())
         out.append(GatewayView(str(g["gateway"]), int(g.get("version", 0)), float(g.get("heartbeat_at", 0.0)), houses,
-                               bool(st.get("healthy", True)), not why, why))
+                               bool(st.get("healthy", True)), not why, why, bool(st.get("isms", True)), refused))
     return sorted(out, key=lambda g: g.name)
 
 
@@ -73,8 +92,11 @@ def in_scope(g: GatewayView, houses: Sequence[str]) -> bool:
     return not houses or not g.houses or bool(set(houses) & set(g.houses))
 
 
-def _names(gws: Sequence[GatewayView], room: int) -> str:
-    parts = [f"{g.name} ({g.why})" if not g.up else g.name for g in gws]
+def _names(gws: Sequence[GatewayView], room: int, version: int = 0) -> str:
+    parts = []
+    for g in gws:
+        why = not_applied(g, version) if version else ("" if g.up else g.why)
+        parts.append(f"{g.name} ({why})" if why and why != "applying" else g.name)
     out = ""
     for i, p in enumerate(parts):
         nxt = f"{out}, {p}" if out else p
@@ -116,7 +138,7 @@ class AckTracker:
         for p in self.pending:
             a = p.ack
             scope = [g for g in gws if in_scope(g, a.houses)]
-            todo = [g for g in scope if g.version < a.version]
+            todo = [g for g in scope if not_applied(g, a.version)]
             if p.first:
                 if any(g.up for g in todo) and now < p.since + self.wait:
                     keep.append(p)  # an up gateway is still applying it
@@ -126,7 +148,7 @@ class AckTracker:
                 if todo and self.update and scope:
                     keep.append(p)
             elif not todo:
-                late = _names([g for g in scope if g.name in p.late], 300)
+                late = _names([g for g in scope if g.name in p.late], 300, 0)
                 msg = f"{a.msg}; fleet: applied on all {len(scope)} gateway(s) (late: {late})"
                 out.append(dataclasses.replace(a, msg=msg[:MAX_MSG]))
             elif now > p.since + self.follow:
@@ -147,7 +169,7 @@ class AckTracker:
         result = a.result if not todo else (AckResult.SOME if done else AckResult.NONE)
         msg = f"{a.msg}; fleet: applied on {done} of {len(scope)} gateway(s)"
         if todo:
-            msg += f"; not yet: {_names(todo, max(40, MAX_MSG - len(msg) - 12))}"
+            msg += f"; not yet: {_names(todo, max(40, MAX_MSG - len(msg) - 12), a.version)}"
         return dataclasses.replace(a, result=result, msg=msg[:MAX_MSG])
 
     def behind(self, gws: Sequence[GatewayView], now: float) -> tuple[int, float]:
@@ -156,16 +178,35 @@ class AckTracker:
         names: set[str] = set()
         oldest = 0.0
         for p in self.pending:
-            late = [g for g in gws if g.up and in_scope(g, p.ack.houses) and g.version < p.ack.version]
+            late = [g for g in gws if g.up and in_scope(g, p.ack.houses) and not_applied(g, p.ack.version)]
             if late:
                 names.update(g.name for g in late)
                 oldest = max(oldest, now - p.since)
         return len(names), oldest
 
+    def dump(self) -> list[dict[str, Any]]:
+        """The commands followed, as data (the CU keeps them across a restart)."""
+        return [{"ack": {"command_id": p.ack.command_id, "type": int(p.ack.type), "result": int(p.ack.result), "msg": p.ack.msg,
+                         "house_id": p.ack.house_id, "version": p.ack.version, "houses": list(p.ack.houses)},
+                 "since": p.since, "first": p.first, "late": list(p.late)} for p in [*self._held(), *self.pending]]
+
+    def _held(self) -> list[_Pending]:
+        return [_Pending(a, 0.0, True) for a in self._ready]  # acked as they are at the next round
+
+    def load(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        for r in rows:
+            d = r["ack"]
+            a = Ack(int(d["command_id"]), AckType(int(d["type"])), AckResult(int(d["result"])), str(d["msg"]),
+                    str(d["house_id"]), int(d["version"]), tuple(str(h) for h in d["houses"]))
+            if a.type not in FLEET_TYPES or a.result == AckResult.NONE:
+                self._ready.append(a)
+            else:
+                self.pending.append(_Pending(a, float(r["since"]), bool(r["first"]), tuple(str(x) for x in r["late"])))
+
     def status(self, gws: Sequence[GatewayView]) -> list[dict[str, Any]]:
         return [{"commandId": p.ack.command_id, "houseId": p.ack.house_id, "version": p.ack.version, "since": p.since,
                  "acked": not p.first,
-                 "not_applied": [g.name for g in gws if in_scope(g, p.ack.houses) and g.version < p.ack.version]}
+                 "not_applied": [g.name for g in gws if in_scope(g, p.ack.houses) and not_applied(g, p.ack.version)]}
                 for p in self.pending]
 
 
@@ -188,7 +229,8 @@ def _span(a: str, b: str) -> tuple[int, int, int]:
     return lo.version, int(lo), int(hi)
 
 
-def basic_mismatches(houses: Mapping[str, Sequence[Sequence[Any]]], prefixes: Iterable[Any], limit: int = 50) -> list[str]:
+def basic_mismatches(houses: Mapping[str, Sequence[Sequence[Any]]], prefixes: Iterable[Any], limit: int = 50,
+                     own: str = "") -> list[str]:
     """The basic data SMMS manages (type 0: houseId → [[start, end, reserved], ...]) checked
     against the inventory's prefixes (``HostedPrefix``; active and pending, with their ``house``):
     a prefix inside no registered segment (未登记: DT 2 regError 3 once it serves), a prefix
@@ -209,10 +251,11 @@ def basic_mismatches(houses: Mapping[str, Sequence[Sequence[Any]]], prefixes: It
         net = ipaddress.ip_network(p.prefix)
         v, lo, hi = net.version, int(net.network_address), int(net.broadcast_address)
         holding = [s for s in segs if s[0] == v and s[1] <= lo and hi <= s[2]]
+        house = prefix_house(p, own)  # as DT 1 and the rows place it
         if not holding:
-            what = f"{p.prefix} (account {p.account}{', house ' + p.house if p.house else ''}): in no IP segment of the basic data (未登记)"
-        elif p.house and all(s[3] != p.house for s in holding):
-            what = f"{p.prefix}: the inventory names house {p.house}, the basic data {', '.join(sorted({s[3] for s in holding}))}"
+            what = f"{p.prefix} (account {p.account}{', house ' + house if house else ''}): in no IP segment of the basic data (未登记)"
+        elif house and all(s[3] != house for s in holding):
+            what = f"{p.prefix}: the inventory names house {house}, the basic data {', '.join(sorted({s[3] for s in holding}))}"
         elif any(s[4] for s in holding):
             what = f"{p.prefix} (account {p.account}): registered as reserved (登记保留) but allocated in the inventory"
         else:

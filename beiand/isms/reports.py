@@ -26,7 +26,7 @@ import defusedxml.ElementTree as DET
 
 from beiand.accesslog.columns import parse_order_column
 from beiand.accesslog.reader import Query as LogFilter
-from beiand.accesslog.source import Activity, LocalRecords, RecordSource, activity_of
+from beiand.accesslog.source import Activity, LocalRecords, RecordSource, activity_of, only
 from beiand.errors import BeiandError
 from beiand.isms.basicinfo import check_tree, prefix_house, sample_tree
 from beiand.isms.wire.codec import CODECS, XSD_DIR, Codec, schema, version_key
@@ -642,12 +642,17 @@ class Reporter:
         address), one pass over every summary gives all three."""
         src = self.source()
         seg = self.store.house_segment if self.dt2_on() and self.store is not None and self.store.state.houses else None
-        s = src.summaries(since_ms, until_ms, None if seg is not None else REPORTED_VERDICTS)
+        if seg is not None or not src.fleet:  # one pass over every summary gives all three (the local log: one read)
+            everything = src.summaries(since_ms, until_ms)
+            s, act = (everything if seg is not None else only(everything, REPORTED_VERDICTS)), activity_of(everything)
+        else:
+            s, act = src.summaries(since_ms, until_ms, REPORTED_VERDICTS), src.activity(since_ms, until_ms)
+        # both read before any file is written: a failed read writes nothing (the window comes again)
         f9 = self.illegal_web(since_ms, until_ms, s)
         if self.dt2_on():
             f9 += self.spool.write(DataType.IDC_MONITOR, idc_monitor_rows(s, self.house, seg, self.filed_name,
                                                                                 self.spool.profile.mismatch_illegal_type), always=False)
-        return f9, self.active_resources(since_ms, until_ms, activity_of(s) if seg is not None else src.activity(since_ms, until_ms))
+        return f9, self.active_resources(since_ms, until_ms, act)
 
     def command_results(self, since_ms: int, until_ms: int, no_report: frozenset[str] = frozenset()) -> list[Path]:
         mon, fil = command_rows(self.source().query(LogFilter(since_ms=since_ms, until_ms=until_ms)), self.house,

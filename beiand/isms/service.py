@@ -146,16 +146,19 @@ class CommandService:
             # Under the decision store's write lock: what any other writer applied is seen first
             # (a duplicate sent to two gateways is refused once), and the command's rows commit
             # together with its sequence, or not at all (the ack then says why).
-            with self.store.writing():
-                if self.store.seen_sequence(seq):
-                    return self.refuse(CommandResult.OTHER, f"duplicate commandSequence {seq}")
-                if isinstance(item, SecurityCommand) and self.store.is_duplicate(item):
-                    return self.refuse(CommandResult.OTHER, f"duplicate commandId {item.command_id}")
-                ans = self.apply(item)
-                self.store.note_sequence(seq)
+            with self.store.lock:  # the version read is the one this command committed at (F4 of issue 30's review)
+                with self.store.writing():
+                    if self.store.seen_sequence(seq):
+                        return self.refuse(CommandResult.OTHER, f"duplicate commandSequence {seq}")
+                    if isinstance(item, SecurityCommand) and self.store.is_duplicate(item):
+                        return self.refuse(CommandResult.OTHER, f"duplicate commandId {item.command_id}")
+                    ans = self.apply(item)
+                    self.store.note_sequence(seq)
+                committed = self.store.version
             # Committed: only now may its ack go out (the CU-lite sends acks from another thread).
-            self.acks.extend(dataclasses.replace(a, version=self.store.version) for a in ans.acks)
-            if len(self.acks) > 10000:
+            self.acks.extend(dataclasses.replace(a, version=committed) for a in ans.acks)
+            if len(self.acks) > 10000:  # SMMS takes none for long: the oldest go, said
+                log.error("isms: %d acks waiting: the oldest %d dropped", len(self.acks), len(self.acks) - 10000)
                 del self.acks[:-10000]
             self.counts["applied"] += 1
             return ans

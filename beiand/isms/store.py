@@ -268,6 +268,7 @@ class CommandStore:
         self.lock = threading.RLock()  # writing() holds it: a reload of the snapshot waits for no write
         self.refused_rows: list[str] = []  # rows of the store refused (invalid), the last 100
         self.refused_total = 0
+        self.refused_versions: list[int] = []  # their versions: a gateway's heartbeat says it enforces none of them
         self.legacy = False  # the file read was written by a beiand before the decision store
         self.snapshot_store: str | None = None  # the store the snapshot read was written from
         # The houses the inventory names (its house column: houseId → its prefixes as segments):
@@ -295,6 +296,7 @@ class CommandStore:
             except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuleError) as exc:
                 why = f"decision {c.version} ({c.kind} {c.key[:80]!r} on {c.gateway or '?'}): {exc}"
                 self.refused_rows = [*self.refused_rows[-99:], why]
+                self.refused_versions = [*self.refused_versions[-99:], c.version]
                 self.refused_total += 1
                 log.error("isms: %s: refused, the state before it is kept", why)
         if n:

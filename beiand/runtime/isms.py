@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from beiand.accesslog.source import RecordSource
 from beiand.isms.answers import answer
-from beiand.isms.basicinfo import BasicInfoError, build, load_basic_file
+from beiand.isms.basicinfo import build, load_basic_file
 from beiand.isms.reports import Reporter, ReportError, Spool
 from beiand.isms.service import Ack, CommandService, load_keys
 from beiand.isms.store import CommandStore
@@ -38,6 +38,7 @@ from beiand.runtime.wiring import isms_gateways, records_source
 from beiand.sinks.clickhouse import ClickHouseError
 
 log = logging.getLogger("beiand.isms")
+ACK_BATCH = 100  # acks per idc_commandack
 
 
 def spool_dir(cfg: Config) -> Path:
@@ -81,7 +82,8 @@ class IsmsMetrics:
                                registry=r)
         self.last_heartbeat = Gauge("beiand_isms_last_heartbeat_timestamp_seconds", "when the last DT 7 file was written",
                                     registry=r)
-        self.acks = Counter("beiand_isms_acks", "idc_commandack calls (CU-lite), by result (ok, failed)", ["result"], registry=r)
+        self.acks = Counter("beiand_isms_acks", "idc_commandack calls (CU-lite, the CU), by result (ok; failed: kept and sent "
+                            "again; refused: SMMS refused that one ack, dropped)", ["result"], registry=r)
         self._seen: dict[str, float] = {}
 
     def set_counter(self, c: Counter, labels: tuple[str, ...], value: float) -> None:
@@ -129,6 +131,11 @@ class IsmsRuntime:
         # daemon or the CU from the state in force; written at start, on a reload, every basic_interval
         self.basic_source: Callable[[], tuple[Sequence[HostedPrefix], Sequence[Filing], tuple[str, ...]]] | None = None
         self._next_basic = 0.0
+        self._basic_recheck = False
+        self._basic_digest = ""  # of the last DT 1 written (without its timeStamp)
+        self._ack_retry_at = 0.0  # after a failed idc_commandack: not before (backoff, 5 s doubling to 10 min)
+        self._ack_failures = 0
+        self._ack_batch = ACK_BATCH  # acks per call; 1 once SMMS refused a batch (find the one it refuses)
         self.healthy = True  # the daemon's readiness (capture running): DT 7 reports the house as faulty otherwise
 
     def records_for(self, cfg: Config) -> RecordSource | None:
@@ -174,7 +181,7 @@ class IsmsRuntime:
         svc.codecs = {v: CODECS[v](profile.xsd_dir) for v in profile.accept_versions}
         self.uploader = self.uploader_for(im)
         now = self.clock()
-        self._next_basic = 0.0  # the inventory, the records or basic_file may have changed: DT 1 again
+        self._basic_recheck = True  # the inventory, the records or basic_file may have changed: DT 1 if it did
         self._next_hb = min(self._next_hb, now + im.heartbeat_interval)
         self._next_report = min(self._next_report, now + (self.store.state.active_period_s or im.report_interval))
         self.restart_needed = keep
@@ -204,9 +211,13 @@ class IsmsRuntime:
     def due(self, now: float) -> list[str]:
         """What the timers ask for now: heartbeat, report, basic (DT 1)."""
         out = []
-        if self.writes_basic() and self.basic_source is not None and now >= self._next_basic:
-            self._next_basic = now + self.cfg.isms.basic_interval
-            out.append("basic")
+        if self.writes_basic() and self.basic_source is not None:
+            if now >= self._next_basic:
+                self._next_basic = now + self.cfg.isms.basic_interval
+                out.append("basic")
+            elif self._basic_recheck:
+                out.append("basic-changed")
+            self._basic_recheck = False
         if now >= self._next_hb:
             self._next_hb = now + self.cfg.isms.heartbeat_interval
             out.append("heartbeat")
@@ -232,10 +243,11 @@ class IsmsRuntime:
                 amount, err = self.houses()
                 note(DataType.ACTIVE_STATE, self.reporter.heartbeat(err, amount))
                 self.metrics.last_heartbeat.set(now)
-            if "basic" in what:
-                note(DataType.BASIC_INFO, self.write_basic())
-            if "report" in what:
-                since, until = self._last_report_ms, int(now * 1000)
+            if "basic" in what or "basic-changed" in what:
+                note(DataType.BASIC_INFO, self.write_basic(force="basic" in what))
+            lag = self.cfg.isms.report_lag if self.reporter.records is not None else 0.0  # the copy is filled in batches
+            if "report" in what and int((now - lag) * 1000) > self._last_report_ms:
+                since, until = self._last_report_ms, int((now - lag) * 1000)
                 f9, f8 = self.reporter.resources(since, until)
                 note(DataType.ILLEGAL_WEB, [f for f in f9 if f.parent.parent.name == "9"])
                 note(DataType.IDC_MONITOR, [f for f in f9 if f.parent.parent.name == "2"])
@@ -252,7 +264,7 @@ class IsmsRuntime:
                 for dt_, files_ in files_by_dt:
                     note(dt_, files_)
                 self.service.acks += acks
-        except (ReportError, OSError, ClickHouseError, BasicInfoError) as exc:  # ClickHouse away: the same window again next time
+        except (ReportError, OSError, ClickHouseError, ValueError) as exc:  # ClickHouse away: the same window again next time
             log.error("isms: report: %s", exc)
             self.metrics.reports.labels("-", "rejected").inc()
         if self.uploader is None and self.service.acks and not self.CU:  # EU: the CU collects DT 10 from the spool
@@ -267,32 +279,61 @@ class IsmsRuntime:
             self.metrics.reports.labels("-", "uploaded").inc(ok)
             if failed:
                 self.metrics.reports.labels("-", "upload_failed").inc(failed)
-        if self.uploader is not None or self.CU:
+        if self.uploader is not None and not self.CU:  # the CU sends its acks in its own job (runtime/ismscu.py)
             self.send_acks()
         self.update_metrics()
         return written
 
-    def write_basic(self) -> list[Path]:
-        """DT 1 from the inventory, the records and ``isms.basic_file`` (beiand/isms/basicinfo.py)."""
+    def write_basic(self, force: bool = True) -> list[Path]:
+        """DT 1 from the inventory, the records and ``isms.basic_file`` (beiand/isms/basicinfo.py);
+        not ``force``d (after a reload): only when it differs from the last one written."""
+        import hashlib
+        import xml.etree.ElementTree as ET
+
         assert self.basic_source is not None
         prefixes, filings, providers = self.basic_source()
         facts = load_basic_file(self.cfg.isms.basic_file)
         tree = build(self.cfg.isms.idc_id, prefixes, filings, facts, default_house=self.cfg.isms.house_id,
                      provider_names=providers)
-        return self.reporter.spool.write_basic_info(tree)
+        digest = hashlib.sha256(ET.tostring(tree)).hexdigest()  # built without its timeStamp (the spool sets it)
+        if not force and digest == self._basic_digest:
+            return []
+        files = self.reporter.spool.write_basic_info(tree)
+        self._basic_digest = digest
+        return files
 
     def send_acks(self) -> None:
         from beiand.isms.transport.ack import send_acks
 
         queue = self.ack_queue()
-        if not queue or not self.cfg.isms.ack_url:
+        now = self.clock()
+        if not queue or not self.cfg.isms.ack_url or now < self._ack_retry_at:
             return
-        acks = [queue.pop(0) for _ in range(len(queue))]  # pop: atomic against the endpoint's thread adding one
+        acks: list[Ack] = []
+        while queue and len(acks) < self._ack_batch:
+            acks.append(queue.pop(0))  # pop: atomic against the endpoint's thread adding one
         try:
             send_acks(self.cfg.isms.ack_url, self.cfg.isms.idc_id, self.keys, self.profile, acks)
             self.metrics.acks.labels("ok").inc()
-        except (OSError, ValueError) as exc:
-            log.error("isms: idc_commandack to %s failed: %s; kept for the next try", self.cfg.isms.ack_url, exc)
+            self._ack_failures, self._ack_retry_at = 0, 0.0
+            if len(acks) == 1 and self._ack_batch == 1 and not queue:
+                self._ack_batch = ACK_BATCH
+        except ValueError as exc:  # SMMS answered, and refused: one of them, or the batch
+            if len(acks) == 1:
+                log.error("isms: idc_commandack of command %d refused by SMMS (%s): dropped (not sent again)", acks[0].command_id,
+                          exc)
+                self.metrics.acks.labels("refused").inc()
+            else:  # one at a time from now on: the one SMMS refuses must not hold the others back
+                log.error("isms: idc_commandack of %d acks refused by SMMS (%s): sent one at a time", len(acks), exc)
+                queue[:0] = acks
+                self._ack_batch = 1
+                self.metrics.acks.labels("failed").inc()
+        except OSError as exc:
+            self._ack_failures += 1
+            wait = min(600.0, 5.0 * 2 ** min(self._ack_failures - 1, 7))
+            self._ack_retry_at = now + wait
+            log.error("isms: idc_commandack to %s failed (%s); %d ack(s) kept, tried again in %.0f s", self.cfg.isms.ack_url,
+                      exc, len(acks) + len(queue), wait)
             queue[:0] = acks
             self.metrics.acks.labels("failed").inc()
 

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -34,11 +36,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from beiand.accesslog.source import RecordSource
+from beiand.errors import BeiandError
+from beiand.isms.basicinfo import prefix_house
 from beiand.isms.fleet import AckTracker, GatewayView, basic_mismatches, house_states, view
 from beiand.isms.reports import filed_domain
 from beiand.isms.service import Ack
 from beiand.isms.transport.upload import Uploader
-from beiand.isms.wire.codes import AckType
+from beiand.isms.wire.codes import AckResult, AckType
 from beiand.runtime.isms import IsmsRuntime
 from beiand.runtime.sdnotify import sd_notify, watchdog_interval
 from beiand.runtime.settings import Config, IsmsSection
@@ -80,11 +84,15 @@ class CuRuntime(IsmsRuntime):
         self.tracker = AckTracker(im.ack_wait, im.ack_follow, im.ack_update)
         self.outbox: list[Ack] = []
         self.fleet: list[GatewayView] = []
+        self._rows: list[dict[str, Any]] = []  # the gateways' heartbeats as last read
         self.store_error = ""
         self.mismatches: list[str] = []
         self._mismatch_key: tuple[int, int] = (-1, -1)
         self.forced: list[str] = []  # what POST /api/v1/isms/report asked for
+        self._reports: asyncio.Future[dict[str, int]] | None = None  # the report job running, if any
+        self._acks_saved = ""
         self._bind(state)
+        self.load_acks()
 
     def _bind(self, state: State) -> None:
         from beiand.isms.store import inventory_houses
@@ -113,16 +121,15 @@ class CuRuntime(IsmsRuntime):
 
     def houses(self) -> tuple[int, list[str]]:
         every, faulty = house_states(self.fleet, self.known_houses())
-        if not every and self.cfg.isms.house_id:  # no house named anywhere: the one configured
-            every = [self.cfg.isms.house_id]
-            faulty = every if not any(g.up and g.healthy for g in self.fleet) else []
         self.cu_metrics.houses.labels("ok").set(len(every) - len(faulty))
         self.cu_metrics.houses.labels("faulty").set(len(faulty))
         return len(every), faulty
 
     def known_houses(self) -> set[str]:
         """The houses of the licence: the inventory's, and those the basic data (type 0) lists."""
-        return {p.house for p in self.state.inventory.prefixes if p.house} | set(self.store.state.houses)
+        own = self.cfg.isms.house_id
+        return ({prefix_house(p, own) for p in self.state.inventory.prefixes if str(p.state) != "closed"} - {""}) \
+            | set(self.store.state.houses)
 
     # -- one round ------------------------------------------------------------------------------
 
@@ -130,30 +137,38 @@ class CuRuntime(IsmsRuntime):
         """Blocking: catch up with the store (the commands others wrote), read the fleet."""
         if self.store.decisions is None:
             return
+        im = self.cfg.isms
         try:
-            if self.store.lock.acquire(blocking=False):  # not while a command is being written
-                try:
-                    self.store.sync()
-                finally:
-                    self.store.lock.release()
-            rows = self.store.decisions.gateways()
+            # Under the store's lock: the endpoint's thread writes a command in a transaction on the
+            # same connection; a read of another thread inside it would break both (PostgreSQL:
+            # out-of-order savepoints that leave the fleet's write lock held).
+            with self.store.lock:
+                self.store.sync()
+                self._rows = self.store.decisions.gateways()
         except StoreError as exc:
             if self.store_error != str(exc):
                 log.error("isms: decision store: %s (acks wait, commands are refused until it answers)", exc)
             self.store_error = str(exc)
             self.cu_metrics.store_up.set(0)
+            # the last heartbeats seen, judged now: gateways go silent, their houses faulty (DT 7)
+            self.fleet = view(self._rows, self.clock(), im.gateway_down_after, im.gateway_retired_after)
             return
         if self.store_error:
             log.warning("isms: decision store answers again")
         self.store_error = ""
         self.cu_metrics.store_up.set(1)
-        im = self.cfg.isms
-        self.fleet = view(rows, self.clock(), im.gateway_down_after, im.gateway_retired_after)
+        self.fleet = view(self._rows, self.clock(), im.gateway_down_after, im.gateway_retired_after)
 
     def settle(self) -> None:
         """The acks the endpoint queued go to the tracker; those the fleet settled, to the outbox."""
         now = self.clock()
-        new = [self.service.acks.pop(0) for _ in range(len(self.service.acks))]
+        new: list[Ack] = []
+        q = self.service.acks
+        while q:  # pop: atomic against the endpoint's thread adding (or trimming) meanwhile
+            try:
+                new.append(q.pop(0))
+            except IndexError:
+                break
         for i, a in enumerate(new):
             if a.type == AckType.BASIC_DATA and a.msg.startswith("basic data"):
                 new[i] = self._checked(a)
@@ -191,23 +206,67 @@ class CuRuntime(IsmsRuntime):
         if not self.store.state.houses:
             self.mismatches = []
         else:
-            self.mismatches = basic_mismatches(self.store.state.houses, self.state.inventory.prefixes)
+            self.mismatches = basic_mismatches(self.store.state.houses, self.state.inventory.prefixes, own=self.cfg.isms.house_id)
             for w in self.mismatches[:20]:
                 log.warning("isms: basic data (type 0) against the inventory: %s", w)
         self.cu_metrics.mismatches.set(len(self.mismatches))
 
     async def tick(self, healthy: bool = True) -> None:
+        """One round: read the store and the fleet, settle the acks, send those due (their own
+        job, with backoff), and start the reports that are due unless a report job still runs
+        (a day of the fleet takes tens of seconds: the acks and the fleet view keep going)."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.sync)
         self.settle()
-        what = self.due(self.clock())
-        if self.forced:
-            what = sorted({*what, *self.forced})
-            self.forced = []
-        if what or self._pending_queries or self.outbox:
-            await loop.run_in_executor(None, self.run_due, what)
-        else:
-            self.update_metrics()
+        self.save_acks()
+        if self.outbox and self.clock() >= self._ack_retry_at:
+            await loop.run_in_executor(None, self.send_acks)
+            self.save_acks()
+        if self._reports is None or self._reports.done():
+            if self._reports is not None and self._reports.exception() is not None:
+                log.error("isms: report round failed: %s", self._reports.exception())
+            what = self.due(self.clock())
+            if self.forced:
+                what = sorted({*what, *self.forced})
+                self.forced = []
+            self._reports = loop.run_in_executor(None, self.run_due, what) if what or self._pending_queries else None
+        self.update_metrics()
+
+    # -- acks kept across restarts ------------------------------------------------------------
+
+    @property
+    def acks_file(self) -> Path:
+        return self.cfg.daemon.state_dir / "isms" / "cu-acks.json"
+
+    def save_acks(self) -> None:
+        """The acks not yet taken by SMMS (waiting for the fleet, or to be sent), written when they
+        changed: a restart of the CU sends them still (SMMS answered those commands 0 already)."""
+        state = {"outbox": [_ack_json(a) for a in self.outbox], "pending": self.tracker.dump()}
+        blob = json.dumps(state, ensure_ascii=False, sort_keys=True)
+        if blob == self._acks_saved:
+            return
+        try:
+            self.acks_file.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            tmp = self.acks_file.with_suffix(".tmp")
+            tmp.write_text(blob, encoding="utf-8")
+            os.replace(tmp, self.acks_file)
+            self._acks_saved = blob
+        except OSError as exc:
+            log.error("isms: %s: acks not kept on disk: %s (a restart would lose them)", self.acks_file, exc)
+
+    def load_acks(self) -> None:
+        try:
+            state = json.loads(self.acks_file.read_text(encoding="utf-8"))
+            self.outbox[:0] = [_ack_of(d) for d in state.get("outbox", [])]
+            self.tracker.load(state.get("pending", []))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("isms: %s: not read (%s): the acks it held are not sent", self.acks_file, exc)
+            return
+        if self.outbox or self.tracker.pending:
+            log.warning("isms: %d ack(s) to send and %d command(s) followed, kept from before the restart", len(self.outbox),
+                        len(self.tracker.pending))
 
     def status(self) -> dict[str, Any]:
         out = super().status()
@@ -219,6 +278,16 @@ class CuRuntime(IsmsRuntime):
                     "houses": every, "faulty_houses": faulty, "acks_pending": self.tracker.status(self.fleet),
                     "acks_outbox": len(self.outbox), "basic_mismatches": self.mismatches})
         return out
+
+
+def _ack_json(a: Ack) -> dict[str, Any]:
+    return {"command_id": a.command_id, "type": int(a.type), "result": int(a.result), "msg": a.msg, "house_id": a.house_id,
+            "version": a.version, "houses": list(a.houses)}
+
+
+def _ack_of(d: dict[str, Any]) -> Ack:
+    return Ack(int(d["command_id"]), AckType(int(d["type"])), AckResult(int(d["result"])), str(d["msg"]), str(d["house_id"]),
+               int(d["version"]), tuple(str(h) for h in d["houses"]))
 
 
 # -- the process -----------------------------------------------------------------------------
@@ -283,13 +352,21 @@ class Serve:
         cfg = state.config
         from beiand.runtime.isms import check
 
-        problem = "" if cfg.isms.enabled else "isms.enabled is false"
-        problem = problem or check(cfg) or ("" if cfg.isms.ack_url else "isms.ack_url: required (SMMS's idc_commandack)")
+        # The CU's own checks whatever isms.mode says (a gateway's "fleet" skips the endpoint's)
+        im = cfg.isms
+        problem = "" if im.enabled else "isms.enabled is false"
+        problem = problem or ("" if im.idc_id.strip() else "isms.idc_id: required (this operator's 许可证号)")
+        problem = problem or check(dataclasses.replace(cfg, isms=dataclasses.replace(im, mode="cu-lite")))
+        problem = problem or ("" if im.ack_url else "isms.ack_url: required (SMMS's idc_commandack)")
         if problem:
             log.error("%s: isms: %s", self.config_path, problem)
             return 2
         registry = CollectorRegistry()
-        cu = CuRuntime(state, registry)
+        try:
+            cu = CuRuntime(state, registry)
+        except (BeiandError, ValueError) as exc:
+            log.error("%s: isms: %s", self.config_path, exc)
+            return 2
         if not cfg.isms.upload_url:
             log.warning("isms: isms.upload_url unset: the data files stay in %s for another collector", cu.spool.directory)
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
@@ -312,7 +389,10 @@ class Serve:
         await cu.tick()
         sd_notify(f"READY=1\nSTATUS=CU of {cfg.isms.idc_id}: {len(cu.fleet)} gateway(s)")
         wd = watchdog_interval()
-        next_wd = next_watch = 0.0
+        # The watchdog is fed while the event loop runs: a report round of a day of the fleet takes
+        # longer than WatchdogSec, in a thread of its own, while the endpoint and the acks go on.
+        feeder = asyncio.create_task(self._feed(wd)) if wd else None
+        next_watch = 0.0
         mtimes = self._watched(state)
         try:
             while not self.stopping.is_set():
@@ -325,9 +405,6 @@ class Serve:
                 except Exception:  # a bug must not stop the CU: logged, the next round tries again
                     log.exception("isms serve: tick")
                 now = time.monotonic()
-                if wd and now >= next_wd:
-                    sd_notify("WATCHDOG=1")
-                    next_wd = now + wd
                 if now >= next_watch:
                     next_watch = now + (cu.cfg.daemon.watch_interval or 5.0)
                     if any(file_mtime(p) != m for p, m in mtimes.items()) and cu.cfg.daemon.watch_interval:
@@ -337,11 +414,27 @@ class Serve:
                     mtimes = await self.reload(cu, why) or mtimes
         finally:
             sd_notify("STOPPING=1")
+            if feeder is not None:
+                feeder.cancel()
             await runner.cleanup()
-            await cu.close()
+            await cu.close()  # no new command from here
+            with contextlib.suppress(Exception):  # the last acks: settled, sent once more, kept on disk
+                await asyncio.get_running_loop().run_in_executor(None, cu.sync)
+                cu.settle()
+                await asyncio.get_running_loop().run_in_executor(None, cu.send_acks)
+            cu.save_acks()
+            if cu._reports is not None:  # a report round running: let it finish its files
+                with contextlib.suppress(Exception):
+                    await cu._reports
             if cu.store.decisions is not None:
                 cu.store.decisions.close()
         return 0
+
+    @staticmethod
+    async def _feed(interval: float) -> None:
+        while True:
+            sd_notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
 
     async def reload(self, cu: CuRuntime, why: str) -> dict[str, float] | None:
         sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
@@ -351,10 +444,16 @@ class Serve:
             except StateError as exc:
                 log.error("isms serve: reload (%s) refused, keeping the old state: %s", why, exc)
                 return self._watched(cu.state)  # not the same broken files again until they change
+            if new.config.store != cu.cfg.store:
+                log.warning("isms serve: reload (%s): [store] changed: a restart applies it (the CU keeps writing to %s)",
+                            why, cu.store.decisions.url if cu.store.decisions is not None else "?")
+                cu.restart_needed = sorted({*cu.restart_needed, "store"})
             try:
                 cu.reload(new.config)
             except (ValueError, OSError) as exc:
-                log.error("isms serve: reload (%s): [isms] kept as it was: %s", why, exc)
+                log.error("isms serve: reload (%s) refused: [isms] kept as it was, and the inventory and records with it: %s",
+                          why, exc)
+                return self._watched(cu.state)
             cu._bind(new)
             im = cu.cfg.isms
             cu.tracker.wait, cu.tracker.follow, cu.tracker.update = im.ack_wait, im.ack_follow, im.ack_update

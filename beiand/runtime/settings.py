@@ -269,6 +269,9 @@ class IsmsSection:
                            "beiand: user_key (用户口令), enc_key (AES key), iv (偏移量), auth_key (认证密钥).")
     profile: Path | None = _f(None, "Province profile (TOML, docs/isms.md): hash codes, type 5, file naming, XSDs. Unset: defaults.")
     spool_dir: Path | None = _f(None, "Where data files wait for the CU (default: <daemon.state_dir>/isms/spool).")
+    report_lag: float = _f(300.0, "Reading the fleet's copy in ClickHouse, a report window ends this many seconds before now: "
+                           "gateways copy their records in batches (a record reaching the copy later than this, after an "
+                           "outage of the copy, is not in any DT 4/5/8/9).", min=0.0, max=86400.0)
     report_interval: float = _f(3600.0, "Seconds between DT 8/9 and DT 4/5 reports (a type 5 command overrides DT 8's).",
                                 min=60.0)
     heartbeat_interval: float = _f(600.0, "Seconds between DT 7 status files (Byzoro: 600; a CU counts 10 min silent as down).",

@@ -32,6 +32,7 @@ from typing import Any
 from beiand import __version__
 from beiand.enforce.nfqueue import RuleSet, install_rules, remove_rules, rule_set
 from beiand.enforce.nft import Nft, NftError
+from beiand.isms.basicinfo import prefix_house
 from beiand.isms.reports import filed_domain
 from beiand.model import endpoint
 from beiand.policy import lookup_answer
@@ -127,7 +128,7 @@ class Daemon:
         cfg = self.state.config
         if cfg.isms.house_id:
             return [cfg.isms.house_id]
-        return sorted({p.house for p in self.state.policy.inventory.prefixes if p.house})
+        return sorted({prefix_house(p) for p in self.state.policy.inventory.prefixes} - {""})
 
     def _worker_versions(self) -> dict[str, float]:
         """Per overlay, the lowest decision store version a running worker holds."""
@@ -180,12 +181,12 @@ class Daemon:
         problems = []
         now = time.monotonic()
         n = self.state.config.workers
-        alive = [w for w in self.workers.values() if w.ready and w.proc.is_alive() and now - w.last_seen < 5]
+        alive = [w for w in list(self.workers.values()) if w.ready and w.proc.is_alive() and now - w.last_seen < 5]
         if len(alive) < n:
             problems.append(f"capture: {len(alive)} of {n} worker(s) running")
         if not self.state.index.stats().filings:
             problems.append("records: none loaded")
-        failing = [w.log_failing for w in self.workers.values() if w.log_failing]
+        failing = [w.log_failing for w in list(self.workers.values()) if w.log_failing]
         if failing:
             problems.append(f"access log not writable: {failing[0]}")
         return problems

@@ -304,10 +304,10 @@ class FleetRecords:
                             raise ClickHouseError(f"{self.reader.url}: {line.decode(errors='replace').strip()[:300]}",
                                                   sent=False)
                         yield line  # without its newline (tsv_fields and parse_row take either)
-                if rest:  # no newline at the end: an answer cut short, or an error ClickHouse wrote last
-                    if rest.startswith(b"Code: "):
-                        raise ClickHouseError(f"{self.reader.url}: {rest.decode(errors='replace').strip()[:300]}", sent=False)
-                    yield rest
+                if rest:  # TabSeparated ends every row with a newline: an answer cut short, or an error written last
+                    what = rest.decode(errors="replace").strip()[:300]
+                    raise ClickHouseError(f"{self.reader.url}: {what if rest.startswith(b'Code: ') else 'the answer broke off'}",
+                                          sent=False)
         except (OSError, http.client.HTTPException) as exc:
             raise ClickHouseError(f"{self.reader.url}: the answer broke off: {exc}", sent=False) from None
 
@@ -347,11 +347,13 @@ class FleetRecords:
         return self._lookups
 
     def final(self) -> bool:
-        """Whether the table folds rows held twice when read ``FINAL`` (a ReplacingMergeTree)."""
+        """Whether the table may hold a record twice until it merges (a ReplacingMergeTree, or the
+        cluster's Distributed table over them): the aggregates then count records by identity."""
         if self._final is None:
             engine = self.reader.query(f"SELECT engine FROM system.tables WHERE database = {sql_str(self.reader.database)} "
                                        f"AND name = {sql_str(self.reader.table)}").strip()
-            self._final = "ReplacingMergeTree" in engine
+            # the cluster's Distributed table reads ReplicatedReplacingMergeTree tables: the same duplicates
+            self._final = "ReplacingMergeTree" in engine or engine == "Distributed"
         return self._final
 
     def summaries(self, since_ms: int, until_ms: int, verdicts: Collection[str] | None = None) -> dict[SummaryKey, list[int]]:

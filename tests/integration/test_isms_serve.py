@@ -134,6 +134,7 @@ ack_url = "{self.acks.url}"
 ack_wait = 8
 gateway_down_after = 5
 heartbeat_interval = 600
+report_lag = 0
 """, encoding="utf-8")
         self.spool = cu / "state" / "isms" / "spool"
 

@@ -13,6 +13,7 @@ import base64
 import binascii
 import functools
 import ipaddress
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -316,6 +317,8 @@ class Codec:
                     continue
                 if "&" in t or "<" in t or ">" in t:
                     t = t.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+                if not t.isascii() or not t.isprintable():
+                    t = _NOT_XML.sub("\ufffd", t)
                 parts += (tg[0], t, tg[1])
             if len(parts) == 1:
                 out.append(empty)
@@ -333,6 +336,11 @@ class Codec:
         return [f"{e.path}: {e.reason}" for e in schema(str(self.xsd_dir / "data.xsd")).iter_errors(root)]
 
 
+# What XML 1.0 cannot hold (C0 controls but tab, newline, CR; lone surrogates, as bytes that are not
+# UTF-8 come back from the fleet's copy; U+FFFE/FFFF): written as U+FFFD, so a file always parses.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
 def _element(tag: str, v: Any) -> str:
     if v is None:
         return f"<{tag} />"
@@ -341,6 +349,8 @@ def _element(tag: str, v: Any) -> str:
         return f"<{tag} />"
     if "&" in t or "<" in t or ">" in t:
         t = t.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if not t.isascii() or not t.isprintable():
+        t = _NOT_XML.sub("\ufffd", t)
     return f"<{tag}>{t}</{tag}>"
 
 

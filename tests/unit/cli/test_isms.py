@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,26 @@ def test_check_config_checks_the_isms_secrets(tmp_path: Path, capsys: pytest.Cap
         os.chmod(tmp_path / "secrets" / n, 0o600)
     main(["check-config", str(cfg)])
     assert "isms: idcId" in capsys.readouterr().out
+
+
+def test_serve_refuses_a_config_that_is_not_a_cus_with_the_reason(tmp_path: Path) -> None:
+    """Review of issue 30, F10: a gateway's config (isms.mode = "fleet", no idcId, no ack_url) given
+    to `beiand isms serve` exits 2 naming the key, never a traceback or a CU refusing every command."""
+    from tests.integration.nsdaemon import write_records
+
+    write_records(tmp_path / "records.csv", 3)
+    cfg = tmp_path / "beiand.toml"
+    base = (f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n[accesslog]\ndirectory = "{tmp_path / "log"}"\n'
+            f'[records]\nfiles = ["{tmp_path / "records.csv"}"]\n[isms]\nenabled = true\nmode = "fleet"\n')
+    cfg.write_text(base, encoding="utf-8")
+
+    def serve() -> subprocess.CompletedProcess[str]:  # a process of its own: serve configures logging for good
+        return subprocess.run([sys.executable, "-m", "beiand.cli", "isms", "serve", "--config", str(cfg), "--log-format", "text"],
+                              capture_output=True, text=True, timeout=60)
+
+    r = serve()
+    assert r.returncode == 2 and "isms.idc_id: required" in r.stderr, r.stderr
+    sec = dbl.write_secrets(tmp_path / "secrets")
+    cfg.write_text(base + f'idc_id = "{dbl.IDC_ID}"\nsecrets_dir = "{sec}"\n', encoding="utf-8")
+    r = serve()
+    assert r.returncode == 2 and "isms.ack_url: required" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -145,3 +145,22 @@ def test_basic_data_against_the_inventory() -> None:
                    "203.0.113.0/26 (account acct): registered as reserved (登记保留) but allocated in the inventory",
                    "192.0.2.0/24 (account acct, house H1): in no IP segment of the basic data (未登记)"]
     assert basic_mismatches(houses, prefixes, limit=1) == got[:1]
+
+
+def test_a_gateway_that_does_not_enforce_the_command_is_not_counted_as_having_applied_it() -> None:
+    """Review of issue 30, F3: the version alone does not make a command enforced: a gateway with no
+    worker capturing, one with [isms] off, one that refused the command's row are counted as not
+    applied (resultCode 1), each with why."""
+    t = AckTracker(wait=0)
+    t.add([ack(version=10)], NOW)
+    fleet = [gw("a", 10), gw("b", 12, healthy=False), GatewayView("c", 10, NOW, (), True, True, "", isms=False),
+             GatewayView("d", 11, NOW, (), True, True, "", refused=frozenset({10})), gw("e", 0)]
+    (a,) = t.due(fleet, NOW)
+    assert a.result == AckResult.SOME
+    assert a.msg.endswith("applied on 1 of 5 gateway(s); not yet: b (not capturing), c (isms off), d (refused the row), e"), a.msg
+    t2 = AckTracker(wait=0)
+    t2.add([ack(version=0)], NOW)  # a version not known is never counted as applied
+    (b,) = t2.due([gw("a", 10)], NOW)
+    assert b.result == AckResult.NONE
+    v = view([row("x", 3, refused=[2, "7", "x"], isms=False)], NOW, 30, 86400)[0]
+    assert v.refused == {2, 7} and not v.isms

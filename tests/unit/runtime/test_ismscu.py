@@ -176,3 +176,102 @@ def test_reports_over_http_need_the_token(cu: CuRuntime) -> None:
     finally:
         box["loop"].call_soon_threadsafe(box["stop"].set)
         t.join(10)
+
+
+def test_the_fleet_read_waits_for_a_command_being_written_on_the_same_connection(cu: CuRuntime) -> None:
+    """Review of issue 30, F1: the endpoint's thread writes a command in a transaction on the store's
+    connection; the CU's read of the fleet in another thread waits for it, and neither fails."""
+    inside, release, done = threading.Event(), threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            with cu.store.lock, cu.store.writing():
+                cu.store.note_sequence(99)
+                inside.set()
+                release.wait(10)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def read() -> None:
+        cu.sync()
+        done.set()
+
+    tw = threading.Thread(target=write)
+    tw.start()
+    assert inside.wait(10)
+    tr = threading.Thread(target=read)
+    tr.start()
+    assert not done.wait(0.3)  # waits for the write's transaction, does not read inside it
+    release.set()
+    tw.join(10)
+    tr.join(10)
+    assert done.is_set() and not errors and cu.store_error == ""
+    assert cu.store.decisions is not None and cu.store.decisions.head() == cu.store.version > 0
+
+
+def test_acks_survive_a_restart_of_the_cu(cu: CuRuntime, tmp_path: Path) -> None:
+    """Review of issue 30, F7: the acks SMMS has not taken (to send, or waiting for the fleet) are
+    kept on disk and sent by the next CU."""
+    now = cu.now  # type: ignore[attr-defined]
+    smms = dbl.Smms("http://unused")
+    beat(cu, "gw-a", 0, ["H1"], now[0])
+    assert send(cu, smms, dbl.command_xml(8, 2, [(1, "bad.example", "")]))[0] == 0
+    assert send(cu, smms, "<codeList><gzlx><gzlxXx><id>1</id><mc>域名</mc></gzlxXx></gzlx></codeList>", 4)[0] == 0
+    cu.sync()
+    cu.settle()
+    cu.save_acks()
+    assert cu.acks_file.exists()
+    again = CuRuntime(cu.state, CollectorRegistry(), clock=lambda: now[0])
+    try:
+        assert [a.command_id for a in again.outbox] == [a.command_id for a in cu.outbox]
+        assert [p.ack.command_id for p in again.tracker.pending] == [8]
+        assert again.tracker.pending[0].ack.version == cu.tracker.pending[0].ack.version > 0
+    finally:
+        assert again.store.decisions is not None
+        again.store.decisions.close()
+
+
+def test_acks_back_off_while_smms_is_away_and_one_refused_ack_does_not_hold_the_others(cu: CuRuntime) -> None:
+    """Review of issue 30, F7: a failed idc_commandack is tried again after 5 s, 10 s, …; an ack SMMS
+    refuses is found (one at a time) and dropped, the others reach it."""
+    import dataclasses
+
+    from beiand.isms.service import Ack
+    from beiand.isms.wire.codes import AckType
+
+    now = cu.now  # type: ignore[attr-defined]
+    cu.cfg = dataclasses.replace(cu.cfg, isms=dataclasses.replace(cu.cfg.isms, ack_url="http://127.0.0.1:9/down"))
+    cu.outbox += [Ack(i, AckType.FILTER, AckResult.ALL, "ok") for i in (1, 2, 3)]
+    cu.send_acks()  # nothing listens on port 9
+    assert len(cu.outbox) == 3 and cu._ack_retry_at == now[0] + 5
+    cu.send_acks()
+    assert cu._ack_failures == 1  # not tried again before its time
+    smms = dbl.AckServer()
+    smms.refuse = {"2"}
+    try:
+        cu.cfg = dataclasses.replace(cu.cfg, isms=dataclasses.replace(cu.cfg.isms, ack_url=smms.url))
+        now[0] += 5
+        cu.send_acks()  # the batch is refused (one of them is bad): one at a time from now on
+        assert len(cu.outbox) == 3 and cu._ack_batch == 1 and smms.acks == []
+        for _ in range(3):
+            cu.send_acks()
+        assert cu.outbox == [] and [a["commandId"] for a in smms.acks] == ["1", "3"]
+    finally:
+        smms.close()
+
+
+def test_dt1_after_a_reload_only_when_the_basic_data_changed(cu: CuRuntime, tmp_path: Path) -> None:
+    """Review of issue 30, F11: a reload (an hourly records refresh) does not send the whole basic
+    data again when nothing in it changed; the daily timer does."""
+    from beiand.isms.wire.codes import DataType
+
+    assert cu.due(cu.clock()) == ["basic", "heartbeat"]  # at start
+    assert cu.run_due(["basic"]) == {str(int(DataType.BASIC_INFO)): 1}
+    cu.reload(cu.cfg)
+    assert "basic-changed" in cu.due(cu.clock())
+    assert cu.run_due(["basic-changed"]) == {}  # the same inventory and records: nothing sent
+    inv = Path(str(cu.cfg.inventory.file))
+    inv.write_text(inv.read_text() + "203.0.113.0/24,c,H3\n", encoding="utf-8")
+    cu._bind(State(cu.cfg, cu.state.index, load_inventory(inv), cu.state.policy, 0.0))
+    assert cu.run_due(["basic-changed"]) == {str(int(DataType.BASIC_INFO)): 1}  # a new house: sent

@@ -282,3 +282,40 @@ def test_a_name_or_a_client_alone_reads_the_keys_from_its_lookup_table() -> None
     assert "_by_client" not in c
     lawful = Query(DAY0, DAY0 + 1, name="www.example.cn", server=ipaddress.ip_network("203.0.113.7"), port=22)
     assert "_by_name" not in select_records(lawful, "t", lookups=lookups)  # the key range read already
+
+
+def test_an_answer_cut_short_is_an_error_never_a_row() -> None:
+    """Review of issue 30, F13: TabSeparated ends every row with a newline; a last line without one
+    is an answer that broke off (or an error ClickHouse wrote last): ClickHouseError, not a row."""
+    import http.server
+    import threading
+
+    from beiand.sinks.clickhouse import ClickHouseError, ClickHouseReader
+    from beiand.sinks.fleet import FleetRecords
+
+    bodies = [b"a\t1\nb\t2\n", b"a\t1\nb\t", b"a\t1\nCode: 241. DB::Exception: Memory limit exceeded"]
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = bodies.pop(0)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        f = FleetRecords(ClickHouseReader(f"http://127.0.0.1:{srv.server_address[1]}"))
+        assert list(f._lines("SELECT 1")) == [b"a\t1", b"b\t2"]
+        with pytest.raises(ClickHouseError, match="broke off"):
+            list(f._lines("SELECT 1"))
+        with pytest.raises(ClickHouseError, match="Memory limit"):
+            list(f._lines("SELECT 1"))
+    finally:
+        srv.shutdown()
+        srv.server_close()

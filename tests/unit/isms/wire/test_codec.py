@@ -157,3 +157,13 @@ def test_the_string_writer_writes_what_elementtree_writes(head: list[tuple[str, 
     wrap, wrap_head = ("result", (("logAmount", "3"), ("endFlag", "<1&>"))) if wrapped else ("", ())
     got = Codec().data_file("activeResources", "A2.B1-2009&", head, rows, "record", stamp, wrap, wrap_head)
     assert got == _tree_file("activeResources", "A2.B1-2009&", head, rows, "record", stamp, wrap, wrap_head)
+
+
+def test_what_xml_cannot_hold_is_written_as_the_replacement_character() -> None:
+    """Review of issue 30, F5: bytes that are not UTF-8 come back from the fleet's copy as lone
+    surrogates, and a Host may hold control characters: the file is still UTF-8 XML that parses."""
+    bad = "a\udc80b\x01c\ufffed\x0be\tf中"
+    xml = Codec().data_file("illegalWeb", "IDC", [], [{"domain": bad, "url": "x\x00"}], "record", "t")
+    root = ET.fromstring(xml)
+    assert root.findtext("record/domain") == "a\ufffdb\ufffdc\ufffdd\ufffde\tf中"
+    assert root.findtext("record/url") == "x\ufffd"
