@@ -44,9 +44,20 @@ def pct(xs: list[float], p: float) -> float:
 # -- latency: three gateways, one PostgreSQL ---------------------------------------------------------
 
 
+def lo_socket(ns: str) -> socket.socket:
+    """A raw socket on the loopback of namespace ``ns`` (where a lab gateway captures)."""
+    from beiand.lab.netns import in_netns
+
+    def make() -> socket.socket:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        s.bind(("lo", 0))
+        return s
+
+    return in_netns(ns, make)
+
+
 def latency(n: int) -> None:
     from beiand.accesslog import Query, query
-    from beiand.lab.netns import in_netns
     from beiand.lab.traffic import quic_initial_datagrams, udp
     from tests.integration.test_fleet_decisions import Fleet
 
@@ -56,15 +67,7 @@ def latency(n: int) -> None:
         for d in f.daemons:
             d.start()
 
-        def raw(ns: str) -> socket.socket:
-            def make() -> socket.socket:
-                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-                s.bind(("lo", 0))
-                return s
-
-            return in_netns(ns, make)
-
-        socks = [raw(d.ns) for d in f.daemons]
+        socks = [lo_socket(d.ns) for d in f.daemons]
         payloads = {i: quic_initial_datagrams(f"site{i}.example.cn")[0] for i in range(n)}
         figures: list[float] = []
         port = [1024]  # every flow a new one, across orders (a flow already named is not judged again)

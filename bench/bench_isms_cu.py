@@ -25,7 +25,6 @@ import argparse
 import os
 import resource
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -36,14 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def pct(xs: list[float], p: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
+from bench_decisions import lo_socket, pct
 
 
 def latency(n: int) -> None:
     from beiand.accesslog import Query, query
-    from beiand.lab.netns import in_netns
     from beiand.lab.traffic import quic_initial_datagrams, udp
     from tests import isms_double as dbl
     from tests.integration.test_isms_serve import SERVER, CuFleet, wait_for
@@ -56,15 +52,7 @@ def latency(n: int) -> None:
             d.start()
         wait_for(lambda: len([g for g in (f.cu_status() or {}).get("gateways", []) if g["up"]]) == 3, "three gateways", 60)
 
-        def raw(ns: str) -> socket.socket:
-            def make() -> socket.socket:
-                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-                s.bind(("lo", 0))
-                return s
-
-            return in_netns(ns, make)
-
-        socks = [raw(d.ns) for d in f.daemons]
+        socks = [lo_socket(d.ns) for d in f.daemons]
         figures: list[float] = []
         ack_lat: list[float] = []
         port = [1024]  # every flow a new one: a flow already named is not judged again
