@@ -77,7 +77,7 @@ PANELS = [
       ("sum(beiand_isms_houses{state=\"faulty\",instance=~\"$instance\"})", "faulty houses"),
       (f"max(beiand_isms_gateways_behind{I})", "gateways behind"),
       (f"sum(beiand_isms_acks_waiting{I})", "acks waiting"),
-      (f"max(beiand_isms_command_unapplied_seconds{I})", "oldest unapplied (s)")], True),
+      (f"max(beiand_isms_command_unapplied_seconds{I})", "oldest unapplied (s)")], False),  # the CU's: not a gateway's
 ]
 
 
