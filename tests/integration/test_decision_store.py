@@ -281,8 +281,13 @@ def test_the_follower_applies_a_change_fails_static_and_catches_up(tmp_path: Pat
         fol._open = flaky
         gone["down"] = True
         assert fol.store is not None
-        fol.store.close()
-        fol.store = None  # the connection dropped: the next round opens it again, and cannot
+
+        def dropped(*_a: Any, **_k: Any) -> Any:
+            raise StoreError("decision store: connection lost (test)")
+
+        # The connection drops: its next use fails, in the follower's own thread, which closes it
+        # and opens it again, and cannot (closing it from here, under the thread using it, crashes sqlite3)
+        fol.store.changes = dropped  # type: ignore[method-assign]
         wait_for(lambda: not fol.status()["reachable"], "the follower noticing the store is away")
         assert in_snapshot("bad.example")()  # still enforced
         assert main(["block", "add", "more.example", "--order", "10", *state]) == 0  # written while this gateway is cut off
