@@ -1,0 +1,233 @@
+"""Sponsor cases (issue 31): from a finding to 整改 or 取消接入, as rows of the decision store.
+
+One case per account and finding (an unfiled, mismatched or inactive service served from the
+account's prefixes; the audit's 空壳, 解析境外 and missing-备案号 findings; the authority's list).
+Every change to a case is a row of kind ``case`` (``beiand.store``): who, when, why, and the event;
+folding the rows in version order gives each case's state, so a fleet of gateways following one
+store sees one case, and a disputed cancellation can be followed step by step.
+
+The life of a case (events; anything else is refused by name and changes nothing):
+
+    open ──notify──▶ notified ──(deadline passes)──escalate──▶ escalated (取消接入: its names blocked)
+      │                 │ ▲                                        │
+      │                 │ └──────extend (a new deadline)───────────┘
+      │                 └──appeal──▶ appealed ──appeal-rejected──▶ notified   (appeal-upheld: closed)
+      └──────────────────────── close (rectified, not served, withdrawn, …) ──▶ closed
+
+``evidence`` rows add what was seen since (first/last seen, hits, servers); ``remind`` notes the
+reminder sent before the deadline. A case is never reopened: a new finding opens a new case.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from beiand.errors import BeiandError
+from beiand.records.domains import DomainError, normalise_domain
+from beiand.store import Change, Entry
+
+KIND = "case"
+# What was found (issue 31; REGULATIONS.md): the daemon's verdicts, the audit's findings, the authority's list
+FINDINGS = {
+    "unfiled": "未备案 (served without a filing)",
+    "mismatch": "接入信息不准确 (filed through another provider, or this address not in the filing)",
+    "inactive": "备案已注销或未生效 (the filing was cancelled, or is still under review)",
+    "shell": "空壳 (filed, never served)",
+    "resolves-away": "解析境外 / 接入信息不准确 (the filed domain resolves away from hosted space)",
+    "no-number": "首页未悬挂备案号 (Order 33 art. 13, Order 292 art. 12)",
+    "authority": "上级下发未备案网站 (the authority's list)",
+}
+STATES = ("open", "notified", "appealed", "escalated", "closed")
+# event → the states it may follow
+_FROM = {
+    "notify": ("open", "notified"),
+    "remind": ("notified",),
+    "extend": ("open", "notified", "appealed", "escalated"),
+    "appeal": ("open", "notified", "escalated"),
+    "appeal-rejected": ("appealed",),
+    "appeal-upheld": ("appealed",),
+    "escalate": ("open", "notified"),
+    "evidence": ("open", "notified", "appealed", "escalated"),
+    "close": ("open", "notified", "appealed", "escalated"),
+}
+CLOSE_REASONS = ("rectified", "not-served", "withdrawn", "appeal-upheld", "cancelled-by-provider", "other")
+
+
+class CaseError(BeiandError, ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Step:
+    """One event of a case, as its row said it."""
+
+    at: float
+    event: str
+    actor: str
+    why: str
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str  # "<account>|<finding>|<name>"
+    account: str
+    finding: str
+    names: tuple[str, ...]  # the site's names (normalised), blocked per flow once escalated
+    state: str
+    opened_at: float
+    deadline: float  # the end of the 整改 period (0: not set yet: no notice sent)
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    hits: int = 0
+    servers: tuple[str, ...] = ()  # the addresses it was served from
+    notified_at: float = 0.0
+    reminded_at: float = 0.0
+    escalated_at: float = 0.0
+    closed_at: float = 0.0
+    close_reason: str = ""
+    steps: tuple[Step, ...] = field(default=())
+
+    @property
+    def open(self) -> bool:
+        return self.state != "closed"
+
+    def due(self, now: float) -> bool:
+        """Its deadline has passed and nothing holds it (an appeal does): to escalate."""
+        return self.state in ("open", "notified") and 0 < self.deadline <= now
+
+
+def case_key(account: str, finding: str, name: str) -> str:
+    return f"{account}|{finding}|{name}"
+
+
+def _num(d: dict[str, Any], k: str, default: float | None = None) -> float:
+    v = d.get(k, default)
+    if v is None:
+        raise CaseError(f"{k}: missing")
+    if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+        raise CaseError(f"{k}: {v!r} is not a time or a count")
+    return float(v)
+
+
+def _names(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list | tuple) or not v or not all(isinstance(n, str) for n in v):
+        raise CaseError(f"names: {v!r}: a list of names is required")
+    try:
+        out = tuple(normalise_domain(n) for n in v)
+    except DomainError as exc:
+        raise CaseError(f"names: {exc.reason}") from None
+    return tuple(dict.fromkeys(out))
+
+
+def _servers(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list | tuple) or not all(isinstance(s, str) for s in v):
+        raise CaseError(f"servers: {v!r}: a list of addresses is required")
+    return tuple(v)
+
+
+class CaseStore:
+    """The cases, folded from the store's ``case`` rows (:meth:`apply`)."""
+
+    def __init__(self) -> None:
+        self.cases: dict[str, Case] = {}
+        self.version = 0
+        self.refused: list[str] = []  # the rows refused, the last 100, each with why
+        self.refused_total = 0
+
+    def apply(self, changes: Iterable[Change]) -> int:
+        n = 0
+        for c in changes:
+            if c.version <= self.version:
+                continue
+            self.version = c.version
+            if c.kind != KIND:
+                continue
+            try:
+                self._apply(c)
+                n += 1
+            except (CaseError, KeyError, TypeError, AttributeError) as exc:
+                self.refused = [*self.refused[-99:], f"decision {c.version} (case {c.key[:120]!r}): {exc}"]
+                self.refused_total += 1
+        return n
+
+    def _apply(self, c: Change) -> None:
+        d = c.data
+        event = d.get("event")
+        step = Step(c.at, str(event), c.actor, c.why, c.version)
+        old = self.cases.get(c.key)
+        if event == "open":
+            if old is not None:
+                raise CaseError("open: the case is open already (a new finding opens a new case)" if old.open else
+                                "open: a closed case is not reopened (a new finding opens a new case)")
+            account, finding, name = [*c.key.split("|", 2), "", ""][:3]
+            if not account or finding not in FINDINGS or not name:
+                raise CaseError(f"open: the key is not account|finding|name (findings: {', '.join(FINDINGS)})")
+            names = _names(d.get("names", [name]))
+            self.cases[c.key] = Case(c.key, account, finding, names, "open", c.at, _num(d, "deadline", 0.0),
+                                     _num(d, "first_seen", c.at), _num(d, "last_seen", c.at), int(_num(d, "hits", 0)),
+                                     _servers(d.get("servers", [])), steps=(step,))
+            return
+        if old is None:
+            raise CaseError(f"{event}: no such case")
+        allowed = _FROM.get(str(event))
+        if allowed is None:
+            raise CaseError(f"{event!r}: not an event of a case ({', '.join(['open', *_FROM])})")
+        if old.state not in allowed:
+            raise CaseError(f"{event}: not from state {old.state} (only from {', '.join(allowed)})")
+        steps = (*old.steps, step)
+        if event == "notify":
+            new = replace(old, state="notified", notified_at=c.at, deadline=_num(d, "deadline"), steps=steps)
+        elif event == "remind":
+            new = replace(old, reminded_at=c.at, steps=steps)
+        elif event == "extend":
+            until = _num(d, "deadline")
+            if until <= c.at:
+                raise CaseError("extend: the new deadline is not in the future")
+            state = "notified" if old.state in ("open", "escalated") else old.state  # an escalated case's block lifts
+            new = replace(old, state=state, deadline=until, escalated_at=0.0 if state == "notified" else old.escalated_at,
+                          steps=steps)
+        elif event == "appeal":
+            new = replace(old, state="appealed", escalated_at=0.0, steps=steps)
+        elif event == "appeal-rejected":
+            new = replace(old, state="notified", deadline=_num(d, "deadline", old.deadline), steps=steps)
+        elif event == "appeal-upheld":
+            new = replace(old, state="closed", closed_at=c.at, close_reason="appeal-upheld", steps=steps)
+        elif event == "escalate":
+            if not (0 < old.deadline <= c.at):
+                raise CaseError("escalate: the deadline has not passed")
+            new = replace(old, state="escalated", escalated_at=c.at, steps=steps)
+        elif event == "evidence":
+            new = replace(old, first_seen=min(old.first_seen, _num(d, "first_seen")), last_seen=max(old.last_seen, _num(d, "last_seen")),
+                          hits=old.hits + int(_num(d, "hits", 0)),
+                          servers=tuple(dict.fromkeys((*old.servers, *_servers(d.get("servers", []))))), steps=steps)
+        else:  # close
+            reason = d.get("reason")
+            if reason not in CLOSE_REASONS:
+                raise CaseError(f"close: reason {reason!r} is not one of {', '.join(CLOSE_REASONS)}")
+            new = replace(old, state="closed", closed_at=c.at, close_reason=str(reason), steps=steps)
+        self.cases[c.key] = new
+
+    # -- what the overlay and the periodic pass read -----------------------------------------
+
+    def escalated(self) -> list[Case]:
+        return [c for c in self.cases.values() if c.state == "escalated"]
+
+    def open_cases(self) -> list[Case]:
+        return [c for c in self.cases.values() if c.open]
+
+    def by_state(self) -> dict[str, int]:
+        out = dict.fromkeys(STATES, 0)
+        for c in self.cases.values():
+            out[c.state] += 1
+        return out
+
+
+def event(key: str, name: str, actor: str, why: str, at: float, **data: Any) -> Entry:
+    """The row of one event (``name``) of case ``key``; checked against ``store`` by the caller's
+    fold (a refused row changes nothing)."""
+    op = "end" if name in ("close", "appeal-upheld") else "set"
+    return Entry(KIND, key, op, {"event": name, **data}, at, actor, why)
