@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from beiand.cli import audit, block, check_config, fleet, install_files, isms, lab, logs, records, replay, run
+from beiand.cli import audit, block, cases, check_config, fleet, install_files, isms, lab, logs, records, replay, run
 from beiand.cli.common import CliError, err, out, policy_args
 from beiand.sinks import OutputClosed
 
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_parsers(sub)
     audit.add_parsers(sub)
     isms.add_parsers(sub)
+    cases.add_parsers(sub)
     run.add_parsers(sub)
     lab.add_parsers(sub, run=main)
     check_config.add_parsers(sub)

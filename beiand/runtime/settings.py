@@ -321,6 +321,18 @@ class StoreSection:
 
 
 @dataclass(frozen=True)
+class CasesSection:
+    """Sponsor cases (issue 31; docs/cases.md): from a finding to 整改 or 取消接入."""
+
+    rectify_days: int = _f(10, "Working days (工作日) a customer has to file or correct the filing after the notice (整改期); "
+                           "10 is a common practice of providers' 专项核查: set your own.", min=1, max=365)
+    remind_days: int = _f(2, "Working days before the deadline that the reminder goes out.", min=0, max=30)
+    holidays_file: Path | None = _f(None, "The official holiday arrangement (节假日安排, 调休), CSV date,kind[,name] or TOML "
+                                    "[[day]] (docs/cases.md); unset: only weekends are days off.")
+    resolve_after_days: int = _f(30, "A case whose names were not served for this many days closes as not-served.", min=1)
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonSection = field(default_factory=DaemonSection)
     capture: CaptureSection = field(default_factory=CaptureSection)
@@ -334,6 +346,7 @@ class Config:
     connections: ConnectionsSection = field(default_factory=ConnectionsSection)
     isms: IsmsSection = field(default_factory=IsmsSection)
     store: StoreSection = field(default_factory=StoreSection)
+    cases: CasesSection = field(default_factory=CasesSection)
     path: str = ""  # the file it came from
     warnings: tuple[str, ...] = ()  # file:line: field: deprecated settings that were given
 
@@ -525,7 +538,9 @@ def _resolve(cfg: Config, base: Path) -> Config:
                               cert_file=fix(cfg.store.cert_file), key_file=fix(cfg.store.key_file))
     if cfg.store.url and "://" not in cfg.store.url and not cfg.store.url.startswith("sqlite:"):
         sto = dataclasses.replace(sto, url=str(fix(Path(cfg.store.url))))
-    return dataclasses.replace(cfg, records=rec, inventory=inv, accesslog=al, daemon=dm, server=srv, isms=isms, store=sto)
+    cases = dataclasses.replace(cfg.cases, holidays_file=fix(cfg.cases.holidays_file))
+    return dataclasses.replace(cfg, records=rec, inventory=inv, accesslog=al, daemon=dm, server=srv, isms=isms, store=sto,
+                               cases=cases)
 
 
 def _semantic(cfg: Config, text: str, path: str, warnings: list[str] | None = None) -> list[str]:
@@ -628,6 +643,13 @@ def _semantic(cfg: Config, text: str, path: str, warnings: list[str] | None = No
         if im.upload_url and not re.match(r"^(s?ftp|ftps)://[^@/:\s]+@[^/\s]+(/.*)?$", im.upload_url):
             bad("isms.upload_url", f"{im.upload_url!r}: expected sftp://, ftp:// or ftps://user@host[:port]/dir "
                 "(no password in the URL: upload_key_file)")
+    if cfg.cases.holidays_file is not None:
+        from beiand.policy.workdays import CalendarError, load_calendar
+
+        try:
+            load_calendar(cfg.cases.holidays_file)
+        except CalendarError as exc:
+            bad("cases.holidays_file", "; ".join(exc.problems[:5]))
     for name in cfg.capture.interfaces:
         if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,15}", name):
             bad("capture.interfaces", f"{name!r}: not an interface name")

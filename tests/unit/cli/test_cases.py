@@ -1,0 +1,69 @@
+"""``beiand cases`` on a real SQLite decision store (issue 31): open, notify with a deadline in
+working days, extend, appeal, close, list, show, and the report to the 通管局 as XLSX/CSV/JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from beiand.cli import main
+
+KEY = "cust-7|unfiled|shop.example.com"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = main(list(argv))
+    got = capsys.readouterr()
+    return rc, got.out, got.err
+
+
+def test_a_case_by_hand_from_opening_to_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    st = ["--state-dir", str(tmp_path / "state")]
+    rc, o, _ = run(capsys, "cases", "open", "--account", "cust-7", "--finding", "unfiled", "--name", "shop.example.com",
+                   "--name", "www.shop.example.com", "--reason", "上级下发", "--by", "alice", *st)
+    assert rc == 0 and o.startswith(f"case {KEY} opened")
+    rc, o, _ = run(capsys, "cases", "notify", KEY, "--reason", "mail to ops@cust-7", *st)
+    assert rc == 0 and "整改期限" in o and "10 working days" in o
+    # a step that does not follow is refused with the reason, and nothing is written
+    rc, _, e = run(capsys, "cases", "appeal", KEY, "--reason", "x", "--upheld", *st)
+    assert rc == 2 and "appeal-upheld: not from state notified (only from appealed)" in e and "nothing was written" in e
+    rc, _, e = run(capsys, "cases", "extend", "nope|unfiled|x.example", "--until", "2099-01-01", "--reason", "r", *st)
+    assert rc == 2 and "no such case" in e
+    assert run(capsys, "cases", "appeal", KEY, "--reason", "we filed it last week", "--by", "cust-7", *st)[0] == 0
+    rc, o, _ = run(capsys, "cases", "appeal", KEY, "--reason", "no filing found", "--rejected", "--until", "2099-01-01", *st)
+    assert rc == 0 and "now notified" in o and "2099-01-01" in o
+    assert run(capsys, "cases", "close", KEY, "--reason", "rectified", "--note", "京ICP备12345678号-1", *st)[0] == 0
+    rc, o, _ = run(capsys, "cases", "show", KEY, "--json", *st)
+    case = json.loads(o)
+    assert case["state"] == "closed" and case["close_reason"] == "rectified"
+    assert [s["event"] for s in case["steps"]] == ["open", "notify", "appeal", "appeal-rejected", "close"]
+    assert case["steps"][0]["by"] == "alice" and case["steps"][2]["by"] == "cust-7"
+    rc, o, e = run(capsys, "cases", "list", *st)
+    assert rc == 0 and KEY in o and "closed 1" in e
+    since = time.strftime("%Y-%m-%d", time.localtime(time.time() - 86400))
+    rc, o, _ = run(capsys, "cases", "report", "--from", since, "--format", "json", *st)
+    (row,) = json.loads(o)
+    assert row["域名"] == "shop.example.com, www.shop.example.com" and row["处理结果"] == "已整改"
+    assert row["问题类型"].startswith("未备案")
+    xlsx = tmp_path / "report.xlsx"
+    assert run(capsys, "cases", "report", "--from", since, "--format", "xlsx", "--output", str(xlsx), *st)[0] == 0
+    from openpyxl import load_workbook
+
+    ws = load_workbook(xlsx).active
+    assert ws is not None
+    rows = list(ws.iter_rows(values_only=True))
+    assert rows[0] == ("域名", "主办单位/客户", "发现时间", "问题类型", "通知时间", "整改期限", "处理结果", "处理时间")
+    assert rows[1][0] == "shop.example.com, www.shop.example.com" and rows[1][6] == "已整改"
+
+
+def test_a_bad_holiday_calendar_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hol = tmp_path / "holidays.csv"
+    hol.write_text("date,kind\n2026-02-30,休\n", encoding="utf-8")
+    cfg = tmp_path / "beiand.toml"
+    cfg.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n[cases]\nholidays_file = "{hol}"\n', encoding="utf-8")
+    rc, _, e = run(capsys, "check-config", str(cfg))
+    assert rc == 2 and "cases.holidays_file" in e and "2026-02-30" in e
