@@ -326,10 +326,8 @@ class CasesSection:
 
     rectify_days: int = _f(10, "Working days (工作日) a customer has to file or correct the filing after the notice (整改期); "
                            "10 is a common practice of providers' 专项核查: set your own.", min=1, max=365)
-    remind_days: int = _f(2, "Working days before the deadline that the reminder goes out.", min=0, max=30)
     holidays_file: Path | None = _f(None, "The official holiday arrangement (节假日安排, 调休), CSV date,kind[,name] or TOML "
                                     "[[day]] (docs/cases.md); unset: only weekends are days off.")
-    resolve_after_days: int = _f(30, "A case whose names were not served for this many days closes as not-served.", min=1)
 
 
 @dataclass(frozen=True)
