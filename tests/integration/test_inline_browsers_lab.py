@@ -137,9 +137,12 @@ def test_a_quic_clienthello_in_three_initial_packets_is_judged(lab) -> None:  # 
     finally:
         frames = server.stop()
     assert got[FILED] == "ok", got
-    assert got[UNFILED].startswith("failed"), got
     if lab["mode"] == "inline":
+        assert got[UNFILED].startswith("failed"), got
         assert UNFILED not in [n for n, _, _ in named(frames, outgoing=False)]  # the server never had the whole ClientHello
+    # passive (a mirror): the drop is a race with the server, won nearly always but not always (a full
+    # `make test` here once saw the handshake finish first, as issue 36 saw Chromium): the decision is
+    # what passive promises, and the access log below must show it
     deadline = time.monotonic() + 15  # the access log: the unfiled flow named quic-sni, not an unnamed connection
     while time.monotonic() < deadline:
         recs = [r for r in query(lab["wd"] / "log", Query()) if r.name == UNFILED and r.kind == "quic-sni"]
