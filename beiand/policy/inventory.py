@@ -10,7 +10,7 @@ import csv
 import ipaddress
 import socket
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +135,43 @@ def _entry(cells: dict[str, str], where: str, problems: list[str]) -> HostedPref
     return HostedPrefix(prefix, account, cells.get("site", "").strip(), state, mode, where, house)
 
 
+def csv_rows(p: Path, raw: bytes, headers: Mapping[str, str], required: Sequence[str], expected: str, expected_zh: str,
+             error: type[FileProblems], problems: list[str]) -> Iterator[tuple[str, dict[str, str]]]:
+    """The rows of a CSV file with English or Chinese headers (UTF-8, else GB18030), each as
+    (``file:line``, field → cell), blank and ``#`` lines left out. A header without the
+    ``required`` fields raises ``error``; a row the csv module cannot read, or with more cells
+    than the header, is a problem appended to ``problems`` in line order (issue 17: never a traceback)."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("gb18030", errors="replace")
+    reader = csv.reader(text.splitlines())
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise error([f"{p}:1: header: {exc}"]) from None
+    if header is None:
+        raise error([f"{p}:1: header: empty file; expected {expected}"])
+    cols = [headers.get(h.strip().lower()) for h in header]
+    if any(r not in cols for r in required):
+        raise error([f"{p}:1: header: expected {expected} ({expected_zh}); got {header!r}"])
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # a field over the limit
+            problems.append(f"{p}:{reader.line_num}: row: {exc}")
+            continue
+        line = reader.line_num
+        if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
+            continue
+        if len(row) > len(cols):
+            problems.append(f"{p}:{line}: row: {len(row)} fields, the header has {len(cols)}")
+            continue
+        yield f"{p}:{line}", {c: v for c, v in zip(cols, row, strict=False) if c}
+
+
 def load_inventory(path: str | Path) -> Inventory:
     """Read a CSV (``prefix,account,site,state,mode``) or TOML (``[[prefix]]`` tables) inventory."""
     p = Path(path)
@@ -164,36 +201,9 @@ def load_inventory(path: str | Path) -> Inventory:
             if e:
                 entries.append(e)
     else:
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            text = raw.decode("gb18030", errors="replace")
-        reader = csv.reader(text.splitlines())
-        try:
-            header = next(reader, None)
-        except csv.Error as exc:
-            raise InventoryError([f"{p}:1: header: {exc}"]) from None
-        if header is None:
-            raise InventoryError([f"{p}:1: header: empty file; expected prefix,account,site,state,mode"])
-        cols = [_HEADERS.get(h.strip().lower()) for h in header]
-        if "prefix" not in cols or "account" not in cols:
-            raise InventoryError([
-                f"{p}:1: header: expected prefix,account,site,state,mode (地址段,用户账号,机房,状态,模式); got {header!r}"])
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:  # issue 17: a field over the limit, not a traceback
-                problems.append(f"{p}:{reader.line_num}: row: {exc}")
-                continue
-            line = reader.line_num
-            if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
-                continue
-            if len(row) > len(cols):
-                problems.append(f"{p}:{line}: row: {len(row)} fields, the header has {len(cols)}")
-                continue
-            e = _entry({c: v for c, v in zip(cols, row, strict=False) if c}, f"{p}:{line}", problems)
+        for where, cells in csv_rows(p, raw, _HEADERS, ("prefix", "account"), "prefix,account,site,state,mode",
+                                     "地址段,用户账号,机房,状态,模式", InventoryError, problems):
+            e = _entry(cells, where, problems)
             if e:
                 entries.append(e)
     seen: dict[str, str] = {}

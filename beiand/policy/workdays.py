@@ -15,13 +15,13 @@ Dates are Beijing dates (UTC+8): a deadline ends at the end of its working day i
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 
 from beiand.errors import FileProblems
+from beiand.policy.inventory import csv_rows
 
 BEIJING = dt.timezone(dt.timedelta(hours=8))
 _KINDS = {"holiday": True, "休": True, "放假": True, "假": True, "workday": False, "班": False, "上班": False, "调休上班": False}
@@ -117,19 +117,7 @@ def load_calendar(path: str | Path | None) -> WorkCalendar:
                 continue
             rows.append((f"{p}:[[day]] #{i}", {k: str(v) for k, v in item.items()}))
     else:
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            text = raw.decode("gb18030", errors="replace")
-        reader = csv.reader(text.splitlines())
-        header = next(reader, None)
-        cols = [_HEADERS.get(h.strip().lower()) for h in header or ()]
-        if "date" not in cols or "kind" not in cols:
-            raise CalendarError([f"{p}:1: header: expected date,kind[,name] (日期,类型,名称); got {header!r}"])
-        for row in reader:
-            if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
-                continue
-            rows.append((f"{p}:{reader.line_num}", {c: v for c, v in zip(cols, row, strict=False) if c}))
+        rows += csv_rows(p, raw, _HEADERS, ("date", "kind"), "date,kind[,name]", "日期,类型,名称", CalendarError, problems)
     holidays: dict[dt.date, str] = {}
     workdays: dict[dt.date, str] = {}
     for where, cells in rows:

@@ -75,3 +75,16 @@ def test_adding_and_counting_working_days_agree(holidays: set[dt.date], workdays
     assert cal.between(start, end) == n
     assert n == 0 or cal.is_workday(end)
     assert cal.add(start, n + 1) > end
+
+
+def test_a_row_the_header_cannot_hold_is_named(tmp_path: Path) -> None:
+    """The calendar reads CSV as the inventory does (policy.inventory.csv_rows): a row with more
+    cells than the header is named, not cut short silently."""
+    p = tmp_path / "h.csv"
+    p.write_text("date,kind\n2026-05-01,休,劳动节\n", encoding="utf-8")
+    with pytest.raises(CalendarError) as exc:
+        load_calendar(p)
+    assert exc.value.problems == [f"{p}:2: row: 3 fields, the header has 2"]
+    (tmp_path / "e.csv").write_text("", encoding="utf-8")
+    with pytest.raises(CalendarError, match="empty file; expected date,kind"):
+        load_calendar(tmp_path / "e.csv")
