@@ -11,7 +11,7 @@ from typing import Any
 from beiand.cli.block import _config
 from beiand.cli.common import CliError, out, table
 from beiand.cli.logs import DEFAULT_CONFIG, fmt_time
-from beiand.runtime.decisions import import_legacy, lag, open_decisions, subdomains
+from beiand.runtime.decisions import fleet_rows, import_legacy, lag, open_decisions, subdomains
 from beiand.store import SCHEMA_VERSION, StoreError
 from beiand.store.connect import open_store
 
@@ -64,11 +64,7 @@ def cmd_store_status(args: argparse.Namespace) -> int:
 def cmd_fleet_status(args: argparse.Namespace) -> int:
     cfg = _config(args)
     try:
-        store = open_decisions(cfg, migrate=False, import_files=False, create=False)
-        try:
-            head, gws = store.head(), store.gateways()
-        finally:
-            store.close()
+        url, head, gws = fleet_rows(cfg)
     except StoreError as exc:
         raise CliError(str(exc)) from None
     now = time.time()
@@ -77,9 +73,9 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
     for r in rows:
         r["state"] = "silent" if r["heartbeat_age_s"] > stale_after else ("behind" if r["behind"] else "current")
     if args.json:
-        out(json.dumps({"store": store.url, "version": head, "gateways": rows}, ensure_ascii=False, indent=2))
+        out(json.dumps({"store": url, "version": head, "gateways": rows}, ensure_ascii=False, indent=2))
     else:
-        out(f"decision store {store.url}: version {head}")
+        out(f"decision store {url}: version {head}")
         table([[r["gateway"], r["version"], r["behind"], fmt_time(int(r["heartbeat_at"] * 1000)), f"{r['heartbeat_age_s']:.1f}",
                 fmt_time(int(r["applied_at"] * 1000)) if r["applied_at"] else "-", r["state"], r["host"], r["beiand"]]
                for r in rows], ["gateway", "applies", "behind", "last heartbeat", "age (s)", "applied at", "state", "host",

@@ -197,16 +197,12 @@ def fleet_of(cfg: Config) -> dict[str, Any]:
     import urllib.request
 
     from beiand.isms.fleet import house_states, view
-    from beiand.runtime.decisions import open_decisions
+    from beiand.runtime.decisions import fleet_rows
     from beiand.store import StoreError
 
     res: dict[str, Any] = {}
     try:
-        store = open_decisions(cfg, migrate=False, import_files=False, create=False)
-        try:
-            rows, head = store.gateways(), store.head()
-        finally:
-            store.close()
+        _url, head, rows = fleet_rows(cfg)
     except StoreError as exc:
         res["store_error"] = str(exc)
         rows, head = [], 0

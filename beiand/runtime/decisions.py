@@ -466,6 +466,16 @@ def _shown(cfg: Config) -> str:
     return redact(u) if is_postgres(u) else f"sqlite:{sqlite_path(u, cfg.daemon.state_dir)}"
 
 
+def fleet_rows(cfg: Config) -> tuple[str, int, list[dict[str, Any]]]:
+    """(the store as shown to people, its last version, every gateway's heartbeat), read without
+    creating or migrating anything (``fleet status``, ``isms status``); StoreError when it does not answer."""
+    store = open_decisions(cfg, migrate=False, import_files=False, create=False)
+    try:
+        return store.url, store.head(), store.gateways()
+    finally:
+        store.close()
+
+
 def lag(gateways: list[dict[str, Any]], head: int, now: float | None = None) -> list[dict[str, Any]]:
     """``fleet status``: each gateway with how far behind the store it is (versions, seconds since
     its heartbeat)."""

@@ -43,10 +43,11 @@ from beiand.isms.reports import filed_domain
 from beiand.isms.service import Ack
 from beiand.isms.transport.upload import Uploader
 from beiand.isms.wire.codes import AckResult, AckType
+from beiand.runtime.http import start as start_http
 from beiand.runtime.isms import IsmsRuntime
 from beiand.runtime.sdnotify import sd_notify, watchdog_interval
 from beiand.runtime.settings import Config, IsmsSection
-from beiand.runtime.wiring import State, StateError, file_mtime, load_state, read_secret, records_source
+from beiand.runtime.wiring import State, StateError, file_mtime, http_limits, load_state, read_secret, records_source
 from beiand.store import StoreError
 
 log = logging.getLogger("beiand.isms")
@@ -380,10 +381,9 @@ class Serve:
         except (StateError, OSError) as exc:
             log.error("%s: server.token_file: %s", self.config_path, exc)
             return 2
-        runner = web.AppRunner(_app(cu, registry, token, lambda: setattr(self, "reload_requested", "POST /api/v1/reload")),
-                               access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+        # the daemon's bounded server (runtime/http.py: header timeouts, connection cap, body size)
+        served = await start_http(_app(cu, registry, token, lambda: setattr(self, "reload_requested", "POST /api/v1/reload")),
+                                  host.strip("[]"), int(port), http_limits(cfg))
         log.info("isms serve: the CU of %s for %s; metrics on %s", cfg.isms.idc_id, cu.store.decisions.url if cu.store.decisions
                  else "?", cfg.isms.metrics_listen)
         await cu.tick()
@@ -416,7 +416,7 @@ class Serve:
             sd_notify("STOPPING=1")
             if feeder is not None:
                 feeder.cancel()
-            await runner.cleanup()
+            await served.close()
             await cu.close()  # no new command from here
             with contextlib.suppress(Exception):  # the last acks: settled, sent once more, kept on disk
                 await asyncio.get_running_loop().run_in_executor(None, cu.sync)
