@@ -56,9 +56,53 @@ def lo_socket(ns: str) -> socket.socket:
     return in_netns(ns, make)
 
 
-def latency(n: int) -> None:
+def first_blocks(daemons: list[Any], socks: list[socket.socket], server: str, payload: bytes, order: str, port: list[int],
+                 act: Any) -> list[float]:
+    """While every gateway is sent ``payload`` (a QUIC Initial) to ``server``:443 every 5 ms, each
+    flow on a new client port (``port``: the last one used; a flow already named is not judged
+    again), run ``act`` (it returns True when it did what it should); then, per gateway, the
+    seconds from ``act`` returning to the capture time of the first flow its access log records
+    as blocked under ``order``."""
     from beiand.accesslog import Query, query
-    from beiand.lab.traffic import quic_initial_datagrams, udp
+    from beiand.lab.traffic import udp
+
+    stop = threading.Event()
+
+    def send() -> None:
+        while not stop.is_set():
+            port[0] = port[0] + 1 if port[0] < 65535 else 1024
+            frame = udp(f"10.9.{port[0] % 200}.2", server, port[0], 443, payload)
+            for s in socks:
+                s.send(frame)
+            time.sleep(0.005)
+
+    t = threading.Thread(target=send)
+    t.start()
+    try:
+        time.sleep(0.05)
+        assert act(), f"{order}: the action failed"
+        returned = time.time()
+        firsts: dict[int, float] = {}
+        deadline = time.monotonic() + 30
+        while len(firsts) < len(daemons) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            for k, d in enumerate(daemons):
+                if k in firsts:
+                    continue
+                hits = [r.ts_ms for r in query(d.wd / "log", Query(since_ms=int((returned - 10) * 1000)))
+                        if r.order == order and r.action == "block"]
+                if hits:
+                    firsts[k] = min(hits) / 1000
+    finally:
+        stop.set()
+        t.join()
+    if len(firsts) < len(daemons):
+        raise SystemExit(f"{order}: not applied on every gateway within 30 s: {firsts}")
+    return [firsts[k] - returned for k in sorted(firsts)]
+
+
+def latency(n: int) -> None:
+    from beiand.lab.traffic import quic_initial_datagrams
     from tests.integration.test_fleet_decisions import Fleet
 
     wd = Path(tempfile.mkdtemp(prefix="beiand-bench-decisions-"))
@@ -73,37 +117,8 @@ def latency(n: int) -> None:
         port = [1024]  # every flow a new one, across orders (a flow already named is not judged again)
         for i in range(n):
             order = f"京通管〔2026〕{1000 + i}号"
-            stop = threading.Event()
-
-            def send(i: int = i, stop: threading.Event = stop) -> None:
-                while not stop.is_set():
-                    port[0] = port[0] + 1 if port[0] < 65535 else 1024
-                    frame = udp(f"10.9.{port[0] % 200}.2", "198.51.100.10", port[0], 443, payloads[i])
-                    for s in socks:
-                        s.send(frame)
-                    time.sleep(0.005)
-
-            t = threading.Thread(target=send)
-            t.start()
-            time.sleep(0.05)
-            assert f.cli(["block", "add", f"site{i}.example.cn", "--order", order]) == 0
-            returned = time.time()
-            firsts: dict[int, float] = {}
-            deadline = time.monotonic() + 30
-            while len(firsts) < len(f.daemons) and time.monotonic() < deadline:
-                time.sleep(0.1)
-                for k, d in enumerate(f.daemons):
-                    if k in firsts:
-                        continue
-                    hits = [r.ts_ms for r in query(d.wd / "log", Query(since_ms=int((returned - 10) * 1000)))
-                            if r.order == order and r.action == "block"]
-                    if hits:
-                        firsts[k] = min(hits) / 1000
-            stop.set()
-            t.join()
-            if len(firsts) < len(f.daemons):
-                raise SystemExit(f"order {i}: not applied on every gateway within 30 s: {firsts}")
-            lat = [firsts[k] - returned for k in sorted(firsts)]
+            lat = first_blocks(f.daemons, socks, "198.51.100.10", payloads[i], order, port,
+                               lambda i=i, order=order: f.cli(["block", "add", f"site{i}.example.cn", "--order", order]) == 0)
             figures += lat
             print(f"order {i + 1:3d}: " + "  ".join(f"gw{k} {x * 1000:6.0f} ms" for k, x in enumerate(lat)), flush=True)
         print(f"orders applied on all three gateways: {n} orders x 3 gateways, from `block add` returning to the first "

@@ -27,7 +27,6 @@ import resource
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -35,12 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-from bench_decisions import lo_socket, pct
+from bench_decisions import first_blocks, lo_socket, pct
 
 
 def latency(n: int) -> None:
-    from beiand.accesslog import Query, query
-    from beiand.lab.traffic import quic_initial_datagrams, udp
+    from beiand.lab.traffic import quic_initial_datagrams
     from tests import isms_double as dbl
     from tests.integration.test_isms_serve import SERVER, CuFleet, wait_for
 
@@ -59,40 +57,19 @@ def latency(n: int) -> None:
         for i in range(n):
             cid = 5000 + i
             name = f"site{20 + i}.example.cn"
-            payload = quic_initial_datagrams(name)[0]
-            stop = threading.Event()
+            sent: list[float] = []
 
-            def send(payload: bytes = payload, stop: threading.Event = stop) -> None:
-                while not stop.is_set():
-                    port[0] = port[0] + 1 if port[0] < 65535 else 1024
-                    frame = udp(f"10.9.{port[0] % 200}.2", SERVER["H1"], port[0], 443, payload)
-                    for s in socks:
-                        s.send(frame)
-                    time.sleep(0.005)
+            def command(cid: int = cid, name: str = name, sent: list[float] = sent) -> bool:
+                code, msg = f.send(dbl.command_xml(cid, 2, [(1, name, "")]))
+                sent.append(time.time())
+                if code:
+                    print(f"command {cid}: idc_command answered {code}: {msg}")
+                return code == 0
 
-            t = threading.Thread(target=send)
-            t.start()
-            time.sleep(0.05)
-            code, msg = f.send(dbl.command_xml(cid, 2, [(1, name, "")]))
-            returned = time.time()
-            assert code == 0, msg
-            firsts: dict[int, float] = {}
-            deadline = time.monotonic() + 30
-            while len(firsts) < len(f.daemons) and time.monotonic() < deadline:
-                time.sleep(0.1)
-                for k, d in enumerate(f.daemons):
-                    if k not in firsts:
-                        hits = [r.ts_ms for r in query(d.wd / "log", Query(since_ms=int((returned - 10) * 1000)))
-                                if r.order == f"isms:{cid}" and r.action == "block"]
-                        if hits:
-                            firsts[k] = min(hits) / 1000
-            stop.set()
-            t.join()
-            if len(firsts) < len(f.daemons):
-                raise SystemExit(f"command {cid}: not applied on every gateway within 30 s: {firsts}")
+            lat = first_blocks(f.daemons, socks, SERVER["H1"], quic_initial_datagrams(name)[0], f"isms:{cid}", port, command)
+            returned = sent[0]
             wait_for(lambda cid=cid: f.acks_of(cid), f"the ack of {cid}", 30)
             acked = time.time()
-            lat = [firsts[k] - returned for k in sorted(firsts)]
             figures.append(max(lat))
             ack_lat.append(acked - returned)
             print(f"command {i + 1:3d}: " + "  ".join(f"gw{k} {x * 1000:6.0f} ms" for k, x in enumerate(lat))
