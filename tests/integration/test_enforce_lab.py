@@ -144,7 +144,23 @@ print("|".join(out))
 
 def keepalive(lb: Lab, host: str, ip: str, sport: int, n: int) -> list[str]:
     r = lb.run(lb.cli, [sys.executable, "-c", KEEPALIVE, host, ip, str(sport), str(n)], capture_output=True, text=True)
+    server_closed(lb, sport)
     return r.stdout.strip().split("|")
+
+
+def server_closed(lb: Lab, sport: int) -> None:
+    """Wait until the server has no socket left for the client's port: the client's RST went
+    through the gateway (its conntrack saw the connection end). Without this wait, a next
+    connection's SYN on the same 4-tuple can overtake the RST on a loaded machine (the two are
+    forwarded from different CPUs' backlogs), ride the old conntrack entry with its ``decided``
+    mark, and never be queued: the kernel's resync, not beiand, decides then (it failed once in CI)."""
+    deadline = time.monotonic() + 15
+    while True:
+        out = lb.run(lb.srv, ["ss", "-Htn", "state", "all", f"( dport = :{sport} )"], capture_output=True, text=True).stdout
+        if not out.strip():
+            return
+        assert time.monotonic() < deadline, f"the server still holds the connection from port {sport}: {out}"
+        time.sleep(0.05)
 
 
 def test_only_the_packet_with_the_name_waits_in_the_queue(lab) -> None:  # type: ignore[no-untyped-def]
