@@ -59,6 +59,7 @@ class Overlay(StrEnum):
     ISMS_NOFILTER = "isms-nofilter"  # an entry of the regulator's noFilter list: exempt
     EXEMPTION = "exemption"  # the operator's exemption (豁免, ``beiand exempt add``)
     GRACE = "grace"  # the grace period for a newly seen name (``enforce.grace_seconds``)
+    CASE = "case"  # a sponsor case past its 整改 deadline (取消接入 for that site, ``beiand cases``)
 
 
 # Decisions the enforcer carries out even with its breaker open: the authority's and the regulator's

@@ -21,7 +21,7 @@ from typing import Any
 from beiand.cli.block import _config, _operator, decisions
 from beiand.cli.common import CliError, err, out, table
 from beiand.cli.logs import DEFAULT_CONFIG, fmt_time, parse_time
-from beiand.policy.cases import CLOSE_REASONS, FINDINGS, KIND, Case, CaseStore, case_key, event
+from beiand.policy.cases import CLOSE_REASONS, FINDINGS, KIND, Case, CaseStore, case_row, event
 from beiand.store import Entry, StoreError
 
 # The report's columns (the provider's usual template to the 通管局), Chinese first
@@ -87,14 +87,6 @@ def _case(cs: CaseStore, key: str) -> Case:
     return c
 
 
-def _row(c: Case) -> dict[str, Any]:
-    return {"key": c.key, "account": c.account, "finding": c.finding, "names": list(c.names), "state": c.state,
-            "opened_at": c.opened_at, "deadline": c.deadline or None, "notified_at": c.notified_at or None,
-            "escalated_at": c.escalated_at or None, "closed_at": c.closed_at or None, "close_reason": c.close_reason or None,
-            "first_seen": c.first_seen, "last_seen": c.last_seen, "hits": c.hits, "servers": list(c.servers),
-            "steps": [{"at": s.at, "event": s.event, "by": s.actor, "why": s.why, "version": s.version} for s in c.steps]}
-
-
 def _t(ts: float) -> str:
     return fmt_time(int(ts * 1000)) if ts else "-"
 
@@ -102,9 +94,17 @@ def _t(ts: float) -> str:
 def cmd_open(args: argparse.Namespace) -> int:
     if args.finding not in FINDINGS:
         raise CliError(f"--finding {args.finding!r}: one of {', '.join(FINDINGS)}")
-    key = case_key(args.account.strip(), args.finding, args.name[0].strip().lower().rstrip("."))
+    account, name = args.account.strip(), args.name[0].strip().lower().rstrip(".")
     now = time.time()
-    c = _write(args, lambda cs: event(key, "open", _operator(args), args.reason or "", now, names=list(args.name)))
+
+    def make(cs: CaseStore) -> Entry:
+        last = cs.current(account, args.finding, name)
+        if last is not None and last.open:
+            raise CliError(f"case {last.key} is open already ({last.state})")
+        return event(cs.next_key(account, args.finding, name), "open", _operator(args), args.reason or "", now,
+                     names=list(args.name))
+
+    c = _write(args, make)
     out(f"case {c.key} opened: {FINDINGS[c.finding]}; {', '.join(c.names)}")
     return 0
 
@@ -157,7 +157,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     cases = sorted((c for c in cs.cases.values() if not args.state or c.state == args.state), key=lambda c: c.opened_at)
     if args.json:
         for c in cases:
-            out(json.dumps(_row(c), ensure_ascii=False))
+            out(json.dumps(case_row(c), ensure_ascii=False))
         return 0
     table([[c.key, c.state, _t(c.opened_at), _t(c.deadline), c.hits, ", ".join(c.names[:3])] for c in cases],
           ["case", "state", "opened", "deadline", "hits", "names"])
@@ -170,7 +170,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     cs, _url = _fold(args)
     c = _case(cs, args.key)
     if args.json:
-        out(json.dumps(_row(c), ensure_ascii=False, indent=2))
+        out(json.dumps(case_row(c), ensure_ascii=False, indent=2))
         return 0
     out(f"case      {c.key}\nfinding   {FINDINGS[c.finding]}\nnames     {', '.join(c.names)}\nstate     {c.state}"
         f"{' (' + c.close_reason + ')' if c.close_reason else ''}\nopened    {_t(c.opened_at)}\ndeadline  {_t(c.deadline)}\n"

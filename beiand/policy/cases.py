@@ -20,12 +20,19 @@ reminder sent before the deadline. A case is never reopened: a new finding opens
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+import orjson
+
 from beiand.errors import BeiandError
+from beiand.policy.source import Version, version
 from beiand.records.domains import DomainError, normalise_domain
 from beiand.store import Change, Entry
 
@@ -40,6 +47,9 @@ FINDINGS = {
     "no-number": "首页未悬挂备案号 (Order 33 art. 13, Order 292 art. 12)",
     "authority": "上级下发未备案网站 (the authority's list)",
 }
+# Findings about the filing itself: a filing that makes the name filed here resolves them (the
+# block lifts with the records reload; the periodic pass closes the case as rectified).
+LIFTED_BY_FILING = frozenset({"unfiled", "mismatch", "inactive", "authority"})
 STATES = ("open", "notified", "appealed", "escalated", "closed")
 # event → the states it may follow
 _FROM = {
@@ -54,6 +64,9 @@ _FROM = {
     "close": ("open", "notified", "appealed", "escalated"),
 }
 CLOSE_REASONS = ("rectified", "not-served", "withdrawn", "appeal-upheld", "cancelled-by-provider", "other")
+# A case closed for one of these is a person's judgment that the finding was wrong: the daemon does
+# not open the same finding again by itself (a person can, with ``beiand cases open``).
+SETTLED_BY_PERSON = ("withdrawn", "appeal-upheld")
 
 
 class CaseError(BeiandError, ValueError):
@@ -100,8 +113,16 @@ class Case:
         return self.state in ("open", "notified") and 0 < self.deadline <= now
 
 
-def case_key(account: str, finding: str, name: str) -> str:
-    return f"{account}|{finding}|{name}"
+def case_key(account: str, finding: str, name: str, n: int = 1) -> str:
+    """``account|finding|name``; the n-th case of that finding (n > 1: the ones before it closed)
+    ends in ``#n``: a case is never reopened."""
+    return f"{account}|{finding}|{name}" + (f"#{n}" if n > 1 else "")
+
+
+def key_parts(key: str) -> tuple[str, str, str]:
+    """(account, finding, name) of a case key (a ``#n`` suffix dropped)."""
+    account, finding, name = [*key.split("|", 2), "", ""][:3]
+    return account, finding, name.split("#", 1)[0]
 
 
 def _num(d: dict[str, Any], k: str, default: float | None = None) -> float:
@@ -137,6 +158,7 @@ class CaseStore:
         self.version = 0
         self.refused: list[str] = []  # the rows refused, the last 100, each with why
         self.refused_total = 0
+        self.latest: dict[str, str] = {}  # account|finding|name → the key of its last case (``#n``)
 
     def apply(self, changes: Iterable[Change]) -> int:
         n = 0
@@ -163,13 +185,17 @@ class CaseStore:
             if old is not None:
                 raise CaseError("open: the case is open already (a new finding opens a new case)" if old.open else
                                 "open: a closed case is not reopened (a new finding opens a new case)")
-            account, finding, name = [*c.key.split("|", 2), "", ""][:3]
+            account, finding, name = key_parts(c.key)
             if not account or finding not in FINDINGS or not name:
                 raise CaseError(f"open: the key is not account|finding|name (findings: {', '.join(FINDINGS)})")
             names = _names(d.get("names", [name]))
             self.cases[c.key] = Case(c.key, account, finding, names, "open", c.at, _num(d, "deadline", 0.0),
                                      _num(d, "first_seen", c.at), _num(d, "last_seen", c.at), int(_num(d, "hits", 0)),
                                      _servers(d.get("servers", [])), steps=(step,))
+            base = "|".join(key_parts(c.key))
+            held = self.latest.get(base)
+            if held is None or _seq(held) < _seq(c.key):
+                self.latest[base] = c.key
             return
         if old is None:
             raise CaseError(f"{event}: no such case")
@@ -213,6 +239,17 @@ class CaseStore:
 
     # -- what the overlay and the periodic pass read -----------------------------------------
 
+    def current(self, account: str, finding: str, name: str) -> Case | None:
+        """The last case of this finding (open or closed), None when there never was one."""
+        base = case_key(account, finding, name)
+        k = self.latest.get(base)
+        return self.cases.get(k) if k is not None else None
+
+    def next_key(self, account: str, finding: str, name: str) -> str:
+        """The key a new case of this finding gets (``#n`` after the closed ones)."""
+        last = self.current(account, finding, name)
+        return case_key(account, finding, name, 1 if last is None else _seq(last.key) + 1)
+
     def escalated(self) -> list[Case]:
         return [c for c in self.cases.values() if c.state == "escalated"]
 
@@ -224,6 +261,128 @@ class CaseStore:
         for c in self.cases.values():
             out[c.state] += 1
         return out
+
+
+def _seq(key: str) -> int:
+    _, _, n = key.rpartition("#")
+    return int(n) if n.isdigit() and "#" in key else 1
+
+
+def case_row(c: Case) -> dict[str, Any]:
+    """A case as ``cases list/show --json`` and ``/api/v1/cases`` give it."""
+    return {"key": c.key, "account": c.account, "finding": c.finding, "finding_text": FINDINGS[c.finding],
+            "names": list(c.names), "state": c.state, "opened_at": c.opened_at, "deadline": c.deadline or None,
+            "notified_at": c.notified_at or None, "reminded_at": c.reminded_at or None, "escalated_at": c.escalated_at or None,
+            "closed_at": c.closed_at or None, "close_reason": c.close_reason or None, "first_seen": c.first_seen,
+            "last_seen": c.last_seen, "hits": c.hits, "servers": list(c.servers),
+            "steps": [{"at": s.at, "event": s.event, "by": s.actor, "why": s.why, "version": s.version} for s in c.steps]}
+
+
+class CaseSnapshot:
+    """The cases as a part of the gateway's folded state (``runtime.decisions.Folded``): every case,
+    folded from the store, and the snapshot file ``<state_dir>/cases.json`` that holds only what
+    the workers enforce (the escalated cases: their names blocked per flow, :class:`~beiand.policy.
+    overlays.CaseLayer`). The snapshot does not hold the whole history, so a gateway that starts
+    folds the cases from the store again (version 0) while its workers enforce the file as it is."""
+
+    FILE = "cases.json"
+    WHAT = "case"
+
+    def __init__(self, state_dir: Path | None, load: bool = True) -> None:
+        self.path = Path(state_dir) / self.FILE if state_dir is not None else None
+        self.cases = CaseStore()
+        self.seen: Version | None = None
+        self.snapshot_store: str | None = None
+        self.escalated: dict[str, tuple[str, tuple[str, ...]]] = {}  # key → (account, names)
+        # The version of the snapshot read at start: the cases themselves are not in it, so until
+        # they are folded from the store again (:meth:`fold_all`, ``complete``) it stands for theirs.
+        self.loaded = 0
+        self.complete = True
+        if load and self.path is not None:
+            self.reload()
+
+    @property
+    def version(self) -> int:
+        return self.cases.version if self.complete else max(self.cases.version, self.loaded)
+
+    @version.setter
+    def version(self, v: int) -> None:
+        if self.complete:
+            self.cases.version = v
+
+    def fold_all(self, changes: Iterable[Change]) -> bool:
+        """Fold every case row of the store (a gateway that started from its snapshot)."""
+        self.cases = CaseStore()
+        self.complete = True
+        return self.apply(changes)
+
+    @property
+    def refused_total(self) -> int:
+        return self.cases.refused_total
+
+    @property
+    def refused(self) -> list[str]:
+        return self.cases.refused
+
+    def apply(self, changes: Iterable[Change]) -> bool:
+        """Fold ``changes``; True when the escalated cases (what the workers enforce) changed."""
+        if not self.cases.apply(changes):
+            return False
+        now = {c.key: (c.account, c.names) for c in self.cases.cases.values() if c.state == "escalated"}
+        if now == self.escalated:
+            return False
+        self.escalated = now
+        return True
+
+    def reload(self) -> bool:
+        """Read the snapshot's escalated cases (a gateway starting: enforced until the store answers).
+        The cases themselves are folded from the store: the version stays 0."""
+        if self.path is None:
+            return False
+        v = version(self.path)
+        if v == self.seen:
+            return False
+        self.seen = v
+        if v is None:
+            return False
+        self.escalated, self.snapshot_store, self.loaded = read_snapshot(self.path)
+        self.complete = False
+        return True
+
+    def snapshot(self, store: str | None) -> None:
+        """Write the escalated cases (atomic, fsynced) with the store version they come from."""
+        if self.path is None:
+            return
+        write_snapshot(self.path, self.escalated, self.version, store)
+        with contextlib.suppress(OSError):
+            self.seen = version(self.path)
+
+
+def write_snapshot(path: Path, escalated: dict[str, tuple[str, tuple[str, ...]]], store_version: int, store: str | None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(orjson.dumps({"snapshot": {"version": store_version, "store": store, "written": time.time()},
+                              "escalated": [[k, a, list(n)] for k, (a, n) in sorted(escalated.items())]}))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_snapshot(path: Path) -> tuple[dict[str, tuple[str, tuple[str, ...]]], str | None, int]:
+    """The escalated cases of a snapshot file, the store it was written from and the store's
+    version it holds; CaseError names what is wrong with a damaged one."""
+    try:
+        doc = orjson.loads(path.read_bytes())
+        rows = doc["escalated"]
+        out = {str(k): (str(a), tuple(str(x) for x in n)) for k, a, n in rows}
+        store = doc.get("snapshot", {}).get("store")
+        held = int(doc.get("snapshot", {}).get("version", 0))
+    except FileNotFoundError:
+        return {}, None, 0
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CaseError(f"{path}: not a snapshot of cases ({type(exc).__name__}: {exc})") from None
+    return out, None if store is None else str(store), held
 
 
 def event(key: str, name: str, actor: str, why: str, at: float, **data: Any) -> Entry:

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from beiand.accesslog.columns import order_column
-from beiand.model import Action, AddressRule, Decision, Kind, MetricKey, MetricValues, Observation, Overlay, Transport, VerdictKind
+from beiand.model import Action, AddressRule, Decision, Kind, MetricKey, MetricValues, Mode, Observation, Overlay, Transport, VerdictKind
+from beiand.policy.cases import LIFTED_BY_FILING, CaseError, CaseSnapshot, key_parts, read_snapshot
 from beiand.policy.inventory import HostedPrefix
 from beiand.policy.orders import ExemptionStore, OrderError, OrderStore
 from beiand.policy.source import CHANGES, changed, version
@@ -39,15 +40,20 @@ class Effect:
     BLOCK = "block"  # like a closure order: blocked in every mode, past the breaker and grace
     EXEMPT = "exempt"  # an allowlist entry: the verdict becomes exempt
     FLAG = "flag"  # a monitor: flagged (never blocked by it), the command named in the record
+    # a sponsor case past its deadline: blocked per flow where the prefix enforces, flagged
+    # elsewhere; nothing once the records say the name is filed (rectified: the block lifts at once)
+    CASE = "case"
 
 
 # Which overlay wins when several match: a closure order, then a regulator's block, its
 # exemption (noFilter), its monitor.
 # An operator's exemption ranks with noFilter: it never lifts the authority's or the regulator's block.
-PRIORITY = {Overlay.ORDER: 4, Overlay.ISMS_FILTER: 3, Overlay.ISMS_BLACKLIST: 3, Overlay.ISMS_NOFILTER: 2,
-            Overlay.EXEMPTION: 2, Overlay.ISMS_MONITOR: 1}
+# A sponsor case's escalation ranks below an exemption (the operator's judgment wins) and above a monitor.
+PRIORITY = {Overlay.ORDER: 5, Overlay.ISMS_FILTER: 4, Overlay.ISMS_BLACKLIST: 4, Overlay.ISMS_NOFILTER: 3,
+            Overlay.EXEMPTION: 3, Overlay.CASE: 2, Overlay.ISMS_MONITOR: 1}
 _EFFECT = {Overlay.ORDER: Effect.BLOCK, Overlay.ISMS_FILTER: Effect.BLOCK, Overlay.ISMS_BLACKLIST: Effect.BLOCK,
-           Overlay.ISMS_NOFILTER: Effect.EXEMPT, Overlay.EXEMPTION: Effect.EXEMPT, Overlay.ISMS_MONITOR: Effect.FLAG}
+           Overlay.ISMS_NOFILTER: Effect.EXEMPT, Overlay.EXEMPTION: Effect.EXEMPT, Overlay.ISMS_MONITOR: Effect.FLAG,
+           Overlay.CASE: Effect.CASE}
 
 
 class Hit(NamedTuple):
@@ -227,6 +233,81 @@ class ExemptionLayer(OrderLayer):
         return math.inf
 
 
+class CaseLayer:
+    """Sponsor cases past their deadline (取消接入 for the site, ``beiand cases``; issue 31) as an
+    overlay: the escalated cases of the snapshot ``<state_dir>/cases.json`` the supervisor writes
+    from the decision store (or of cases folded in memory). A case covers its names exactly (not
+    the names below them) on its own account's prefixes; what it does there is :data:`Effect.CASE`."""
+
+    name = "case"
+
+    def __init__(self, snapshot: CaseSnapshot) -> None:
+        self.snapshot = snapshot
+        self.errors = 0
+        self.error = ""
+        self._names: dict[str, tuple[str, str]] = {}  # name → (account, case key)
+        self._index()
+
+    @classmethod
+    def from_state_dir(cls, state_dir: Path) -> CaseLayer:
+        layer = cls(CaseSnapshot(state_dir, load=False))
+        layer.reload()
+        return layer
+
+    def _index(self) -> None:
+        self._names = {n: (account, key) for key, (account, names) in sorted(self.snapshot.escalated.items()) for n in names}
+
+    def prepare(self) -> None:
+        pass  # a snapshot of escalated cases is small: read under the lock
+
+    def reload(self) -> bool:
+        snap = self.snapshot
+        if snap.path is None:  # folded in memory: what it holds now
+            before = self._names
+            self._index()
+            if self._names == before:
+                return False
+            changed()
+            return True
+        v = version(snap.path)
+        if v == snap.seen:
+            return False
+        snap.seen = v
+        try:
+            snap.escalated, snap.snapshot_store, _ = read_snapshot(snap.path) if v is not None else ({}, None, 0)
+        except CaseError as exc:  # a damaged file keeps the cases in force
+            self.errors += 1
+            self.error = str(exc)
+            log.error("%s (the escalated cases in force are kept; read again when the file changes)", exc)
+            return False
+        self.error = ""
+        self._index()
+        changed()
+        return True
+
+    def match(self, obs: Observation) -> Hit | None:
+        v = self._names.get(obs.name) if obs.name else None
+        return hit(Overlay.CASE, v[1]) if v is not None else None
+
+    def addresses(self, ts: float) -> list[AddressRule]:
+        return []  # per flow, never the host
+
+    def next_change(self, ts: float) -> float:
+        return math.inf
+
+    def keyed(self) -> bool:
+        return True
+
+    def rule_names(self) -> Collection[str]:
+        return {"=" + n for n in self._names}
+
+    def address_clear(self, ip: str) -> bool:
+        return True
+
+    def metrics(self) -> Mapping[str, float]:
+        return {"rules": len(self.snapshot.escalated), "errors": self.errors}
+
+
 class Grace:
     """``enforce.grace_seconds``: a name first met (at the observation's time) is flagged, not
     blocked, for that long: a policy rule on observation time, never on the wall clock."""
@@ -251,8 +332,22 @@ class Grace:
         return d
 
 
+
+
 def apply_hit(d: Decision, h: Hit) -> Decision:
     """The decision once an overlay's rule decided it."""
+    if h.effect == Effect.CASE:
+        # Only the case's own account; an exemption never. A case about the filing itself (unfiled,
+        # mismatched, inactive, the authority's list) holds only while the records still say the
+        # name is not filed here: a filing that arrives with a records reload lifts the block on the
+        # next flow. A case about a filed site (no 备案号, resolving away, a shell) holds until closed.
+        account, finding, _ = key_parts(h.ref)
+        v = d.verdict.verdict
+        if account != d.account or v is VerdictKind.EXEMPT or (v is VerdictKind.FILED and finding in LIFTED_BY_FILING):
+            return d
+        if d.mode is Mode.ENFORCE:
+            return d._replace(action=Action.BLOCK, rule=f"{h.by}:{h.ref}", by=h.by, ref=h.ref)
+        return d._replace(action=Action.FLAG, rule=f"{h.by}:would-block:{h.ref}", by=h.by, ref=h.ref)
     if h.effect == Effect.BLOCK:
         return d._replace(action=Action.BLOCK, rule=f"{h.by}:{h.ref}", by=h.by, ref=h.ref)
     if h.effect == Effect.EXEMPT:  # noFilter: an allowlist entry

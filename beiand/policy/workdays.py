@@ -64,6 +64,16 @@ class WorkCalendar:
                 n -= 1
         return d
 
+    def before(self, deadline: float, n: int) -> float:
+        """The start (Beijing time) of the ``n``-th working day before the day ``deadline`` falls
+        on, as Unix seconds: when a reminder ``n`` working days before the deadline goes out."""
+        d = dt.datetime.fromtimestamp(deadline, BEIJING).date()
+        while n > 0:
+            d -= dt.timedelta(days=1)
+            if self.is_workday(d):
+                n -= 1
+        return dt.datetime(d.year, d.month, d.day, tzinfo=BEIJING).timestamp()
+
     def between(self, a: dt.date, b: dt.date) -> int:
         """Working days after ``a`` up to and including ``b`` (0 when ``b`` is not after ``a``)."""
         n, d = 0, a

@@ -30,6 +30,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from beiand import __version__
 from beiand.isms.store import CommandStore
 from beiand.isms.wire.profile import ProfileError, load_profile
+from beiand.policy.cases import KIND as CASE_KIND
+from beiand.policy.cases import CaseError, CaseSnapshot
 from beiand.policy.orders import ExemptionStore, OrderError, OrderStore, legacy_entries, parse_file
 from beiand.policy.source import version
 from beiand.records.importer import gc_paused
@@ -174,20 +176,21 @@ def import_legacy(store: DecisionStore, state_dir: Path, subdomains: bool = True
 
 
 class Folded:
-    """Closure orders, exemptions and the regulator's commands folded from one store's rows."""
+    """Closure orders, exemptions, sponsor cases and the regulator's commands folded from one store's rows."""
 
     def __init__(self, state_dir: Path | None, subdomains: bool = True, house_id: str = "") -> None:
         self.orders = OrderStore(state_dir, load=False)
         self.exemptions = ExemptionStore(state_dir, load=False)
+        self.cases = CaseSnapshot(state_dir, load=False)
         self.commands = CommandStore(state_dir or Path("/nonexistent"), subdomains, house_id, load=False)
 
     @property
-    def parts(self) -> tuple[OrderStore, ExemptionStore, CommandStore]:
-        return self.orders, self.exemptions, self.commands
+    def parts(self) -> tuple[OrderStore, ExemptionStore, CaseSnapshot, CommandStore]:
+        return self.orders, self.exemptions, self.cases, self.commands
 
-    def named(self) -> list[tuple[str, OrderStore | CommandStore]]:
+    def named(self) -> list[tuple[str, OrderStore | CaseSnapshot | CommandStore]]:
         """Each part with the name of its snapshot (and overlay)."""
-        return [("order", self.orders), ("exemption", self.exemptions), ("isms", self.commands)]
+        return [("order", self.orders), ("exemption", self.exemptions), ("case", self.cases), ("isms", self.commands)]
 
     @property
     def version(self) -> int:
@@ -264,7 +267,7 @@ class Follower:
         for name, part in self.folded.named():
             try:
                 part.reload()
-            except (OrderError, ValueError) as exc:
+            except (OrderError, CaseError, ValueError) as exc:
                 log.error("decision snapshot: %s (the store's state replaces it once the store answers)", exc)
                 ok = False
                 self._stale.add(name)
@@ -282,7 +285,7 @@ class Follower:
     def _refold(self) -> None:
         """Fold everything again from the store, and write every snapshot."""
         self.folded = Folded(self.state_dir, subdomains(self.cfg), self.cfg.isms.house_id)
-        self._stale = {"order", "exemption", "isms"}
+        self._stale = {"order", "exemption", "case", "isms"}
         self.written = {}
 
     def _write(self, names: Sequence[str]) -> None:
@@ -298,6 +301,9 @@ class Follower:
         if self.store is None:
             self.store = self._open()
             self._check_origin()
+        # started from the snapshot: the cases are folded from the store once
+        if not self.folded.cases.complete and self.folded.cases.fold_all(self.store.changes(0, (CASE_KIND,))):
+            self._stale.add("case")
         changes = self.store.changes(self.folded.version)
         self.last_contact = time.time()
         with gc_paused():  # a fold re-indexes every order: no collection of the whole heap meanwhile

@@ -43,6 +43,10 @@ class DaemonView(Protocol):
 
     def close_breaker(self) -> None: ...
 
+    def cases(self, state: str, account: str) -> list[dict[str, Any]]: ...
+
+    def case(self, key: str) -> dict[str, Any] | None: ...
+
 
 @dataclass(frozen=True)
 class HttpLimits:
@@ -60,6 +64,7 @@ MAX_LIMIT = 100_000  # rows of /api/v1/observations (the view holds at most this
 MAX_SINCE_AGE = 10 * 365 * 86400.0  # since= reaches back at most ten years
 VERDICTS = frozenset({"filed", "unfiled", "mismatch", "inactive", "exempt", "not-hosted"})
 MAX_QUERY_VALUE = 1024
+CASE_STATES = ("open", "notified", "appealed", "escalated", "closed")
 
 log = logging.getLogger("beiand.http")
 
@@ -163,6 +168,20 @@ def make_app(d: DaemonView, limits: HttpLimits | None = None) -> web.Application
     async def close_breaker(req: web.Request) -> web.Response:
         return _guarded(req, d.token, d.close_breaker, {"breaker": "closing"})
 
+    async def cases(req: web.Request) -> web.Response:
+        state, account = req.query.get("state", ""), req.query.get("account", "")
+        if state and state not in CASE_STATES:
+            return _param_error(f"state={state[:40]!r}: expected one of {', '.join(CASE_STATES)}")
+        return web.json_response(d.cases(state, account), dumps=_dumps)
+
+    async def case(req: web.Request) -> web.Response:
+        c = d.case(req.match_info["key"])
+        if c is None:
+            return web.json_response({"error": f"no case {req.match_info['key'][:200]!r}"}, status=404)
+        return web.json_response(c, dumps=_dumps)
+
+    app.router.add_get("/api/v1/cases", cases)
+    app.router.add_get("/api/v1/cases/{key}", case)
     app.router.add_post("/api/v1/reload", reload)
     app.router.add_post("/api/v1/breaker/close", close_breaker)
     return app

@@ -328,6 +328,32 @@ class CasesSection:
                            "10 is a common practice of providers' 专项核查: set your own.", min=1, max=365)
     holidays_file: Path | None = _f(None, "The official holiday arrangement (节假日安排, 调休), CSV date,kind[,name] or TOML "
                                     "[[day]] (docs/cases.md); unset: only weekends are days off.")
+    auto_open: list[str] = _f(["unfiled", "mismatch", "inactive"], "The daemon's verdicts that open a case by themselves "
+                              "(unfiled, mismatch, inactive; [] : none, cases are opened by beiand cases open or audit --open-cases).")
+    pass_interval: float = _f(60.0, "Seconds between the periodic passes (new findings written, notices and reminders sent, "
+                              "deadlines escalated, cases resolved).", min=0.1, max=3600.0)
+    evidence_interval: float = _f(3600.0, "Seconds between two evidence rows of one case (first/last seen, hits, servers "
+                                  "added up in between).", min=1.0, max=86400.0)
+    remind_days: int = _f(2, "Working days before the deadline at which the reminder goes out (0: none).", min=0, max=60)
+    resolve_after_days: int = _f(30, "A case whose names were not served for this many days closes by itself (not-served; "
+                                 "0: never).", min=0, max=3650)
+    escalate: bool = _f(True, "At the deadline an unresolved case is escalated: its names blocked per flow in enforce "
+                        "prefixes (取消接入), flagged elsewhere. false: it stays notified for a person to act.")
+    contacts_file: Path | None = _f(None, "CSV account,email[,name] (or 用户账号,邮箱,联系人): where each account's notices go; "
+                                    "a case whose account has none waits, counted and alerted.")
+    templates_dir: Path | None = _f(None, "Notice templates <finding>.txt / reminder.txt / default.txt ($name, $deadline, ...; "
+                                    "docs/cases.md); unset: the built-in ones, Chinese first.")
+    smtp_host: str = _f("", "The operator's SMTP relay; empty: no mail (a person records the notice: beiand cases notify).")
+    smtp_port: int = _f(587, "The relay's port (submission, STARTTLS).", min=1, max=65535)
+    smtp_starttls: bool = _f(True, "STARTTLS before logging in (required by default: never a password in the clear).")
+    smtp_ca_file: Path | None = _f(None, "The CA (PEM) of the relay's certificate; unset: the system's.")
+    smtp_user: str = _f("", "The relay's login; empty: no login.")
+    smtp_password_file: Path | None = _f(None, "The file holding the relay's password (mode 0600, owned by beiand).")
+    smtp_timeout: float = _f(10.0, "Seconds to wait for the relay.", min=1.0, max=120.0)
+    mail_from: str = _f("", "The notices' From: address (required with smtp_host).")
+    notices_per_minute: int = _f(30, "At most this many notices a minute (the relay's and the customers' patience).", min=1,
+                                 max=10000)
+    notice_retry: float = _f(300.0, "Seconds before a notice that could not be sent is tried again.", min=1.0, max=86400.0)
 
 
 @dataclass(frozen=True)
@@ -536,7 +562,10 @@ def _resolve(cfg: Config, base: Path) -> Config:
                               cert_file=fix(cfg.store.cert_file), key_file=fix(cfg.store.key_file))
     if cfg.store.url and "://" not in cfg.store.url and not cfg.store.url.startswith("sqlite:"):
         sto = dataclasses.replace(sto, url=str(fix(Path(cfg.store.url))))
-    cases = dataclasses.replace(cfg.cases, holidays_file=fix(cfg.cases.holidays_file))
+    ca = cfg.cases
+    cases = dataclasses.replace(ca, holidays_file=fix(ca.holidays_file), contacts_file=fix(ca.contacts_file),
+                                templates_dir=fix(ca.templates_dir), smtp_ca_file=fix(ca.smtp_ca_file),
+                                smtp_password_file=fix(ca.smtp_password_file))
     return dataclasses.replace(cfg, records=rec, inventory=inv, accesslog=al, daemon=dm, server=srv, isms=isms, store=sto,
                                cases=cases)
 
@@ -560,7 +589,8 @@ def _semantic(cfg: Config, text: str, path: str, warnings: list[str] | None = No
 
     for dotted, secret in (("accesslog.hmac_key_file", cfg.accesslog.hmac_key_file), ("server.token_file", cfg.server.token_file),
                            ("accesslog.clickhouse.password_file", cfg.accesslog.clickhouse.password_file),
-                           ("store.password_file", cfg.store.password_file), ("store.key_file", cfg.store.key_file)):
+                           ("store.password_file", cfg.store.password_file), ("store.key_file", cfg.store.key_file),
+                           ("cases.smtp_password_file", cfg.cases.smtp_password_file)):
         why = secret_problem(secret) if secret is not None else None
         if why is None:
             continue
@@ -648,6 +678,32 @@ def _semantic(cfg: Config, text: str, path: str, warnings: list[str] | None = No
             load_calendar(cfg.cases.holidays_file)
         except CalendarError as exc:
             bad("cases.holidays_file", "; ".join(exc.problems[:5]))
+    ca = cfg.cases
+    for finding in ca.auto_open:
+        if finding not in ("unfiled", "mismatch", "inactive"):
+            bad("cases.auto_open", f"{finding!r}: one of unfiled, mismatch, inactive")
+    if ca.smtp_host and not ca.mail_from:
+        bad("cases.mail_from", "required with cases.smtp_host (the notices' From: address)")
+    if ca.smtp_user and ca.smtp_password_file is None:
+        bad("cases.smtp_password_file", "required with cases.smtp_user (never a password in the config)")
+    for dotted, p in (("cases.contacts_file", ca.contacts_file), ("cases.smtp_ca_file", ca.smtp_ca_file),
+                      ("cases.smtp_password_file", ca.smtp_password_file)):
+        if p is not None and not p.is_file():
+            bad(dotted, f"{p}: no such file")
+    if ca.templates_dir is not None:
+        from beiand.runtime.notices import NoticeError, Templates
+
+        try:
+            Templates(ca.templates_dir).check()
+        except NoticeError as exc:
+            bad("cases.templates_dir", str(exc))
+    if ca.contacts_file is not None and ca.contacts_file.is_file():
+        from beiand.runtime.notices import NoticeError, load_contacts
+
+        try:
+            load_contacts(ca.contacts_file)
+        except NoticeError as exc:
+            bad("cases.contacts_file", str(exc))
     for name in cfg.capture.interfaces:
         if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,15}", name):
             bad("capture.interfaces", f"{name!r}: not an interface name")

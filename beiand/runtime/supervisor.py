@@ -36,13 +36,15 @@ from beiand.isms.basicinfo import prefix_house
 from beiand.isms.reports import filed_domain
 from beiand.model import endpoint
 from beiand.policy import lookup_answer
+from beiand.policy.cases import case_row
 from beiand.policy.overlays import Decider, OrderLayer
 from beiand.records import normalise_domain
 from beiand.records.domains import DomainError
 from beiand.records.importer import canonical_ip
 from beiand.report.resource import ActiveResource
 from beiand.runtime import logsetup
-from beiand.runtime.decisions import Follower
+from beiand.runtime.casekeeper import CaseKeeper
+from beiand.runtime.decisions import Follower, open_decisions
 from beiand.runtime.housekeeping import Housekeeping
 from beiand.runtime.http import make_app
 from beiand.runtime.http import start as start_http
@@ -121,6 +123,9 @@ class Daemon:
         self.decisions.worker_versions = self._worker_versions
         self.decisions.houses = self._houses
         self.decisions.healthy = lambda: not self.ready()
+        # Sponsor cases (issue 31): opened from the view's rows, notices, deadlines, escalation
+        self.keeper = CaseKeeper(cfg, lambda: open_decisions(self.state.config), lambda: self.state.policy,
+                                 self.metrics.registry)
 
     def _houses(self) -> list[str]:
         """The houses (机房, ISMS houseId) this gateway serves, for the CU's DT 7: ``isms.house_id``,
@@ -228,6 +233,16 @@ class Daemon:
         rows.sort(key=lambda r: -r.hits)
         return [r.as_observation() for r in rows[:limit]]
 
+    def cases(self, state: str, account: str) -> list[dict[str, Any]]:
+        """``/api/v1/cases``: the cases as this gateway follows them (the decision store's fold)."""
+        rows = [c for c in list(self.decisions.folded.cases.cases.cases.values())
+                if (not state or c.state == state) and (not account or c.account == account)]
+        return [case_row(c) for c in sorted(rows, key=lambda c: c.opened_at)]
+
+    def case(self, key: str) -> dict[str, Any] | None:
+        c = self.decisions.folded.cases.cases.cases.get(key)
+        return case_row(c) if c is not None else None
+
     def status(self) -> dict[str, Any]:
         return {"version": __version__, "gateway": self.state.config.gateway, "config": self.config_path,
                 "records_loaded_at": self.state.loaded_at, "filings": self.state.index.stats().filings,
@@ -241,7 +256,7 @@ class Daemon:
                 "enforcement": {"inline": self.state.config.enforce.inline, "nftables": self.nft.via if self.nft else None,
                                 "orders": self._orders_in_force()},
                 "isms": self.isms.status() if self.isms is not None else None,
-                "decisions": self.decisions.status()}
+                "decisions": self.decisions.status(), "cases": self.keeper.status()}
 
     def _orders_in_force(self) -> int:
         for layer in self.decider.layers if self.decider is not None else ():
@@ -317,6 +332,8 @@ class Daemon:
             w.accesslog = msg.accesslog if msg.accesslog is not None else w.accesslog
             w.versions = {k.labels[-1]: v for k, v in msg.metrics.items() if k.metric == "beiand_overlay_version" and k.labels}
             self.metrics.breaker_open.set(1 if any(x.breaker for x in self.workers.values()) else 0)
+        if msg.rows:
+            self.keeper.observe(msg.rows)
         view = self.obs
         for row in msg.rows:
             key, (first, last, hits) = tuple(row[:7]), row[7:]
@@ -411,6 +428,7 @@ class Daemon:
                     self.isms.reload(new.config)
                 except (ValueError, OSError) as exc:
                     log.error("reload (%s): [isms] kept as it was: %s", why, exc)
+            self.keeper.reload(new.config)
             self.housekeeping.records_metrics()
             self.metrics.reloads.labels("success").inc()
             self.metrics.reload_ok.set(1)
@@ -442,6 +460,7 @@ class Daemon:
         # The store's state before the workers start (or, unreachable, the snapshot as it is).
         await loop.run_in_executor(None, self.decisions.first_sync)
         self.decisions.start()
+        self.keeper.start()
         self._setup_enforcement()
         limits = http_limits(cfg)
         host, port = cfg.listen()
@@ -470,6 +489,7 @@ class Daemon:
         for idx in sorted(self.workers):
             self._stop_worker(idx)
         self._teardown_enforcement()
+        await loop.run_in_executor(None, self.keeper.stop)
         await loop.run_in_executor(None, self.decisions.stop)
         sup.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -46,6 +46,12 @@ class View:
     def request_reload(self) -> None:
         pass
 
+    def cases(self, state: str, account: str) -> list[dict[str, Any]]:
+        return []
+
+    def case(self, key: str) -> dict[str, Any] | None:
+        return None
+
     def close_breaker(self) -> None:
         pass
 

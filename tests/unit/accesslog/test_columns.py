@@ -25,5 +25,5 @@ def test_the_order_column_reads_back_what_it_wrote(by: Overlay, ref: str) -> Non
 
 def test_what_each_overlay_writes() -> None:
     assert [order_column(UNFILED._replace(by=b, ref="7")) for b in Overlay] == [
-        "7", "isms:7", "isms-monitor:7", "isms-blacklist:7", "isms-nofilter:7", "exemption:7", ""]
+        "7", "isms:7", "isms-monitor:7", "isms-blacklist:7", "isms-nofilter:7", "exemption:7", "", "case:7"]
     assert order_column(UNFILED) == ""

@@ -104,7 +104,7 @@ def test_a_deleted_command_still_decides_what_came_before_its_deletion(tmp_path:
     s.save()
     r = CommandRules(tmp_path)
     assert r.match(obs("gone.example", ts=40.0)) is None  # not yet applied
-    assert r.match(obs("gone.example", ts=60.0)) == (Overlay.ISMS_FILTER, "5", "block", 3)
+    assert r.match(obs("gone.example", ts=60.0)) == (Overlay.ISMS_FILTER, "5", "block", 4)
     assert r.match(obs("gone.example", ts=90.0)) is None  # deleted
     assert r.match(obs("free.example", ts=60.0)).by is Overlay.ISMS_NOFILTER  # type: ignore[union-attr]
     assert r.match(obs("free.example", ts=90.0)) is None

@@ -1,6 +1,8 @@
 """The active-resource view's plumbing: workers pass rows on in small messages; the main process
 keeps a bounded view without scanning it per insert."""
 
+import types
+
 from beiand.model import Action, Decision, Kind, Mode, Observation, Transport, Verdict, VerdictKind
 from beiand.runtime import supervisor
 from beiand.runtime.ipc import Rows, Snapshot
@@ -49,6 +51,7 @@ def test_main_process_view_is_bounded_and_keeps_the_recent(monkeypatch):
     monkeypatch.setattr(supervisor, "MAX_VIEW_ROWS", 100)
     d = Daemon.__new__(Daemon)  # only the view: no config, no workers started
     d.obs = {}
+    d.keeper = types.SimpleNamespace(observe=lambda rows: None)  # type: ignore[assignment]
     w = Worker(0, None, None)  # type: ignore[arg-type]
     agg = _Aggregate()
     for i in range(250):

@@ -1,0 +1,410 @@
+"""The daemon's side of sponsor cases (issue 31; docs/cases.md): open them, notify, escalate, resolve.
+
+The supervisor hands every row of the active-resource view (name, server, account, verdict, first
+and last seen, hits: what the workers already send, so the verdict path does nothing more) to
+:meth:`CaseKeeper.observe`; a verdict in ``cases.auto_open`` on a hosted name is a finding. Every
+``cases.pass_interval`` seconds, :meth:`CaseKeeper.step`, in the keeper's own thread:
+
+1. under the decision store's write lock, folds the cases (one fold per store: every gateway of a
+   fleet sees one case, and two gateways that find the same site write one ``open``), opens a
+   case per new finding, adds evidence to an open one (at most one row per ``evidence_interval``),
+   closes what resolved (the records now file the name: rectified; not served for
+   ``resolve_after_days``: not-served) and escalates what is past its deadline (取消接入: the
+   ``case`` overlay blocks its names per flow in enforce prefixes);
+2. sends what is due, each notice in its own transaction (the case re-read first, so two gateways
+   with a relay never send one notice twice): the notice (the deadline is ``cases.rectify_days``
+   working days from it) and the reminder ``remind_days`` working days before the deadline. A
+   notice that cannot be sent (no contact for the account, a template that does not render, the
+   relay refusing) is logged, counted (``beiand_case_notices_total{result="failed"}``, the alert
+   ``BeiandCaseNoticesFailing``) and tried again after ``notice_retry``: the case stays open and is
+   never escalated without a notice.
+
+Without ``cases.smtp_host`` no mail is sent: a person sends the notice and records it
+(``beiand cases notify``), and the deadline runs from then.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from beiand.model import VerdictKind
+from beiand.policy.cases import KIND, LIFTED_BY_FILING, SETTLED_BY_PERSON, Case, CaseStore, event
+from beiand.policy.verdict import Policy
+from beiand.policy.workdays import CalendarError, WorkCalendar, load_calendar
+from beiand.runtime.notices import NoticeError, Relay, Templates, load_contacts, notice_values, send_mail
+from beiand.runtime.settings import Config
+from beiand.store import DecisionStore, Entry, StoreError
+
+log = logging.getLogger("beiand.cases")
+
+ACTOR = "beiand"  # who the daemon's own steps are by (the gateway is in every row too)
+DAY = 86400.0
+# A test's clock (the lab's end-to-end test moves it past a deadline): a file holding seconds to
+# add to the wall clock. Never set in production.
+CLOCK_ENV = "BEIAND_TEST_CLOCK_OFFSET_FILE"
+
+
+def wall_clock() -> float:
+    path = os.environ.get(CLOCK_ENV)
+    if not path:
+        return time.time()
+    try:
+        return time.time() + float(Path(path).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return time.time()
+
+
+@dataclass
+class Seen:
+    """What the workers saw of one finding since it was last written."""
+
+    first: float
+    last: float
+    hits: int = 0
+    servers: set[str] = field(default_factory=set)
+
+    def add(self, first: float, last: float, hits: int, server: str) -> None:
+        self.first = min(self.first, first)
+        self.last = max(self.last, last)
+        self.hits += hits
+        if len(self.servers) < 16:
+            self.servers.add(server)
+
+
+@dataclass
+class PassResult:
+    opened: int = 0
+    evidence: int = 0
+    resolved: int = 0
+    escalated: int = 0
+    notices: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+
+class CaseKeeper:
+    """See the module. ``opener`` gives a store connection (the keeper keeps it); ``policy`` the
+    records the daemon judges with now; ``clock`` the time of a pass."""
+
+    def __init__(self, cfg: Config, opener: Callable[[], DecisionStore], policy: Callable[[], Policy],
+                 registry: CollectorRegistry | None = None, clock: Callable[[], float] = wall_clock,
+                 send: Callable[[Relay, list[str], str, str], str] = send_mail) -> None:
+        self.cfg = cfg
+        self._open = opener
+        self.policy = policy
+        self.clock = clock
+        self.send = send
+        self.store: DecisionStore | None = None
+        self.cases = CaseStore()
+        self.auto = frozenset(self.cfg.cases.auto_open)
+        self.lock = threading.Lock()
+        self.pending: dict[tuple[str, str, str], Seen] = {}  # (account, finding, name) → seen since the last pass
+        self.unwritten: dict[str, Seen] = {}  # case key → evidence not written yet (evidence_interval)
+        self.evidence_at: dict[str, float] = {}  # case key → when its evidence was last written
+        self.seen_at: dict[str, float] = {}  # case key → when the workers last saw it (written or not)
+        self.retry_at: dict[str, float] = {}  # case key → when a failed notice may be tried again
+        self.errors: dict[str, str] = {}  # case key → why its last notice failed
+        self.minute: list[float] = []  # notices sent in the last minute (rate limit)
+        self.error = ""  # why the last pass failed
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.calendar = WorkCalendar()
+        self.templates = Templates(cfg.cases.templates_dir)
+        self.contacts: dict[str, list[str]] = {}
+        self.relay: Relay | None = None
+        self.reload(cfg)
+        r = registry or CollectorRegistry()
+        self.m_cases = Gauge("beiand_cases", "sponsor cases by state (issue 31)", ["state"], registry=r)
+        self.m_notices = Counter("beiand_case_notices", "notices and reminders to sponsors, by kind and result (sent, failed)",
+                                 ["kind", "result"], registry=r)
+        self.m_escalations = Counter("beiand_case_escalations", "cases escalated at their deadline (取消接入)", registry=r)
+        self.m_opened = Counter("beiand_cases_opened", "cases opened by the daemon, by finding", ["finding"], registry=r)
+        self.m_resolved = Counter("beiand_cases_resolved", "cases closed by the daemon, by reason", ["reason"], registry=r)
+        self.m_unsent = Gauge("beiand_case_notices_unsent", "open cases whose notice could not be sent (no contact, a "
+                              "template, the relay): they wait and are never escalated", registry=r)
+        self.m_pass = Gauge("beiand_case_pass_seconds", "how long the last periodic pass took", registry=r)
+        self.m_last = Gauge("beiand_case_pass_timestamp_seconds", "when the last periodic pass succeeded", registry=r)
+        self.m_errors = Counter("beiand_case_pass_errors", "periodic passes that failed (the store, the disk)", registry=r)
+
+    def reload(self, cfg: Config) -> None:
+        """The settings, calendar, templates and contacts of a (re)loaded config; a bad one keeps
+        the previous and is logged (check-config names it before a reload)."""
+        c = cfg.cases
+        try:
+            self.calendar = load_calendar(c.holidays_file)
+        except CalendarError as exc:
+            log.error("cases.holidays_file: %s (the calendar before it is kept)", "; ".join(exc.problems[:3]))
+        try:
+            self.contacts = load_contacts(c.contacts_file) if c.contacts_file is not None else {}
+        except NoticeError as exc:
+            log.error("cases.contacts_file: %s (the contacts before it are kept)", exc)
+        self.templates = Templates(c.templates_dir)
+        password = ""
+        if c.smtp_password_file is not None:
+            from beiand.runtime.wiring import StateError, read_secret
+
+            try:
+                password = read_secret(c.smtp_password_file, cfg.daemon.secret_permissions).decode().strip()
+            except (OSError, StateError) as exc:
+                log.error("cases.smtp_password_file: %s: no notice can be sent", exc)
+        self.relay = Relay(c.smtp_host, c.smtp_port, c.smtp_starttls, c.smtp_user, password, c.smtp_ca_file, c.smtp_timeout,
+                           c.mail_from) if c.smtp_host else None
+        self.cfg, self.auto = cfg, frozenset(c.auto_open)
+
+    # -- from the workers ---------------------------------------------------------------------
+
+    def observe(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Rows of the active-resource view (name, server, port, account, verdict, kind, action,
+        first, last, hits): the findings among them wait for the next pass."""
+        auto = self.auto
+        if not auto:
+            return
+        with self.lock:
+            pending = self.pending
+            for name, sip, _port, account, verdict, _kind, _action, first, last, hits in rows:
+                if verdict not in auto or not name or not account:
+                    continue
+                k = (account, verdict, name)
+                s = pending.get(k)
+                if s is None:
+                    if len(pending) >= 100_000:
+                        continue  # the access log has them all; the next rows bring them back
+                    pending[k] = s = Seen(first, last)
+                s.add(first, last, int(hits), sip)
+
+    # -- the periodic pass --------------------------------------------------------------------
+
+    def _store(self) -> DecisionStore:
+        if self.store is None:
+            self.store = self._open()
+        return self.store
+
+    def step(self) -> PassResult:
+        """One pass (see the module); StoreError when the store does not answer (the findings wait)."""
+        t0 = time.perf_counter()
+        now = self.clock()
+        res = PassResult()
+        with self.lock:
+            pending, self.pending = self.pending, {}
+        try:
+            store = self._store()
+            with store.transaction() as tx:
+                self.cases.apply(tx.changes(self.cases.version, (KIND,)))
+                entries = self._findings(pending, now, res) + self._lifecycle(now, res)
+                if entries:
+                    tx.append(entries)
+                    self.cases.apply(tx.changes(self.cases.version, (KIND,)))
+        except BaseException:
+            with self.lock:  # not written: they wait for the next pass
+                for k, s in pending.items():
+                    cur = self.pending.get(k)
+                    if cur is None:
+                        self.pending[k] = s
+                    else:
+                        cur.add(s.first, s.last, s.hits, next(iter(s.servers), ""))
+            self._drop_store()
+            raise
+        self._notices(now, res)
+        res.seconds = time.perf_counter() - t0
+        self._metrics(res)
+        return res
+
+    def _drop_store(self) -> None:
+        if self.store is not None:
+            try:
+                self.store.close()
+            except StoreError:
+                pass
+            self.store = None
+
+    def _findings(self, pending: dict[tuple[str, str, str], Seen], now: float, res: PassResult) -> list[Entry]:
+        out: list[Entry] = []
+        cs = self.cases
+        for (account, finding, name), s in pending.items():
+            last = cs.current(account, finding, name)
+            if last is None or not last.open:
+                if last is not None and last.close_reason in SETTLED_BY_PERSON:
+                    continue  # a person judged this finding: the daemon does not open it again
+                if finding in LIFTED_BY_FILING and self._filed(name, sorted(s.servers)[:1], now):
+                    continue  # filed since (a reload between the flow and this pass)
+                key = cs.next_key(account, finding, name)
+                out.append(event(key, "open", ACTOR, f"the daemon's verdict: {finding}", now, names=[name],
+                                 first_seen=s.first, last_seen=s.last, hits=s.hits, servers=sorted(s.servers)))
+                self.evidence_at[key] = now
+                self.seen_at[key] = s.last
+                res.opened += 1
+                self.m_opened.labels(finding).inc()
+                continue
+            self.seen_at[last.key] = max(self.seen_at.get(last.key, 0.0), s.last)
+            u = self.unwritten.get(last.key)
+            if u is None:
+                self.unwritten[last.key] = Seen(s.first, s.last, s.hits, set(s.servers))
+            else:
+                for srv in s.servers or {""}:
+                    u.add(s.first, s.last, 0, srv)
+                u.hits += s.hits
+        for key, u in list(self.unwritten.items()):
+            c = cs.cases.get(key)
+            if c is None or not c.open:
+                del self.unwritten[key]
+                self.seen_at.pop(key, None)
+                continue
+            if now - self.evidence_at.get(key, 0.0) < self.cfg.cases.evidence_interval:
+                continue
+            out.append(event(key, "evidence", ACTOR, "seen again", now, first_seen=u.first, last_seen=u.last, hits=u.hits,
+                             servers=sorted(u.servers - {""})))
+            self.evidence_at[key] = now
+            del self.unwritten[key]
+            res.evidence += 1
+        return out
+
+    def _filed(self, name: str, servers: Sequence[str], now: float) -> bool:
+        policy = self.policy()
+        for ip in servers or [""]:
+            try:
+                d, _prefix, _assumed = policy.lookup(name, ip, now)
+            except Exception:  # a name the records cannot judge: not filed
+                return False
+            if d.verdict.verdict is not VerdictKind.FILED:
+                return False
+        return True
+
+    def last_seen(self, c: Case) -> float:
+        return max(c.last_seen, self.seen_at.get(c.key, 0.0))
+
+    def _lifecycle(self, now: float, res: PassResult) -> list[Entry]:
+        """Resolutions and escalations due now."""
+        out: list[Entry] = []
+        resolve_after = self.cfg.cases.resolve_after_days * DAY
+        for c in self.cases.cases.values():
+            if not c.open:
+                continue
+            if c.finding in LIFTED_BY_FILING and all(self._filed(n, c.servers[:1], now) for n in c.names):
+                out.append(event(c.key, "close", ACTOR, "the records now file the name here (rectified)", now, reason="rectified"))
+                res.resolved += 1
+                self.m_resolved.labels("rectified").inc()
+            elif resolve_after and now - self.last_seen(c) >= resolve_after and c.state != "appealed":
+                out.append(event(c.key, "close", ACTOR, f"not served for {self.cfg.cases.resolve_after_days} days", now,
+                                 reason="not-served"))
+                res.resolved += 1
+                self.m_resolved.labels("not-served").inc()
+            elif self.cfg.cases.escalate and c.state == "notified" and c.due(now):
+                out.append(event(c.key, "escalate", ACTOR, "整改期限 passed without rectification: 取消接入 for the site", now))
+                res.escalated += 1
+                self.m_escalations.inc()
+        return out
+
+    # -- notices ------------------------------------------------------------------------------
+
+    def _due_notice(self, c: Case, now: float) -> str:
+        """"notice", "reminder" or "" for a case now."""
+        if c.state == "open" and not c.notified_at:
+            return "notice"
+        if c.state == "notified" and not c.reminded_at and self.cfg.cases.remind_days and c.deadline > now:
+            remind_from = self.calendar.before(c.deadline, self.cfg.cases.remind_days)
+            if now >= remind_from and c.notified_at < remind_from:
+                return "reminder"
+        return ""
+
+    def _notices(self, now: float, res: PassResult) -> None:
+        if self.relay is None:
+            return
+        t = time.monotonic()
+        self.minute = [x for x in self.minute if t - x < 60]
+        for c in list(self.cases.cases.values()):
+            if len(self.minute) >= self.cfg.cases.notices_per_minute:
+                return
+            kind = self._due_notice(c, now)
+            if not kind or self.retry_at.get(c.key, 0.0) > now:
+                continue
+            try:
+                self._send(c.key, kind, now)
+                res.notices += 1
+                self.errors.pop(c.key, None)
+                self.retry_at.pop(c.key, None)
+            except NoticeError as exc:
+                res.failed += 1
+                self.m_notices.labels(kind, "failed").inc()
+                if self.errors.get(c.key) != str(exc):
+                    log.error("case %s: the %s could not be sent: %s (the case stays %s; tried again in %.0f s)", c.key, kind,
+                              exc, c.state, self.cfg.cases.notice_retry)
+                self.errors[c.key] = str(exc)
+                self.retry_at[c.key] = now + self.cfg.cases.notice_retry
+            self.minute.append(time.monotonic())
+
+    def _send(self, key: str, kind: str, now: float) -> None:
+        """One notice, under the store's write lock: the case as the store holds it now, the mail,
+        then its row (never two notices for one step from two gateways)."""
+        assert self.relay is not None
+        store = self._store()
+        with store.transaction() as tx:
+            self.cases.apply(tx.changes(self.cases.version, (KIND,)))
+            c = self.cases.cases.get(key)
+            if c is None or self._due_notice(c, now) != kind:
+                return
+            to = self.contacts.get(c.account)
+            if not to:
+                raise NoticeError(f"no contact for account {c.account!r} (cases.contacts_file)")
+            deadline = c.deadline if kind == "reminder" else self.calendar.deadline(now, self.cfg.cases.rectify_days)
+            values = notice_values(c, deadline, self.cfg.cases.rectify_days, self.cfg.enforce.contact, self.cfg.enforce.provider_name)
+            subject, body = self.templates.render(kind, c.finding, values)
+            mid = self.send(self.relay, to, subject, body)
+            why = f"mail to {', '.join(to)} ({mid})"
+            tx.append([event(key, "notify", ACTOR, why, now, deadline=deadline) if kind == "notice"
+                       else event(key, "remind", ACTOR, why, now)])
+            self.cases.apply(tx.changes(self.cases.version, (KIND,)))
+        self.m_notices.labels(kind, "sent").inc()
+        log.info("case %s: %s sent to %s", key, kind, ", ".join(to))
+
+    def _metrics(self, res: PassResult) -> None:
+        for state, n in self.cases.by_state().items():
+            self.m_cases.labels(state).set(n)
+        self.m_unsent.set(sum(1 for k in self.errors if (c := self.cases.cases.get(k)) is not None and c.open))
+        self.m_pass.set(res.seconds)
+        self.m_last.set(time.time())
+
+    # -- the thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.cfg.cases.pass_interval):
+            try:
+                res = self.step()
+                self.error = ""
+                if res.opened or res.resolved or res.escalated or res.notices:
+                    log.info("cases: %d opened, %d resolved, %d escalated, %d notice(s) sent, %d failed (%.3f s)", res.opened,
+                             res.resolved, res.escalated, res.notices, res.failed, res.seconds)
+            except StoreError as exc:
+                self.m_errors.inc()
+                if str(exc) != self.error:
+                    log.error("cases: the decision store: %s (the findings wait for the next pass)", exc)
+                self.error = str(exc)
+            except Exception as exc:  # a bug must not stop the keeper: said, counted, tried again
+                self.m_errors.inc()
+                self.error = f"{type(exc).__name__}: {exc}"
+                log.exception("cases: periodic pass")
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="beiand-cases", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=40)
+            if self._thread.is_alive():
+                return
+        self._drop_store()
+
+    def status(self) -> dict[str, Any]:
+        """``/api/v1/status``'s cases: counts by state, notices waiting, the last error."""
+        return {"by_state": self.cases.by_state(), "version": self.cases.version, "notices_failing": len(self.errors),
+                "relay": f"{self.relay.host}:{self.relay.port}" if self.relay is not None else None, "error": self.error or None}
