@@ -78,6 +78,14 @@ PANELS = [
       (f"max(beiand_isms_gateways_behind{I})", "gateways behind"),
       (f"sum(beiand_isms_acks_waiting{I})", "acks waiting"),
       (f"max(beiand_isms_command_unapplied_seconds{I})", "oldest unapplied (s)")], False),  # the CU's: not a gateway's
+    # Sponsor cases (issue 31): the store's cases as this gateway's keeper last folded them
+    ("Sponsor cases by state (整改 → 取消接入)", "timeseries", "short",
+     [(f"max by (state) (beiand_cases{I})", "{{state}}")], False),
+    ("Sponsor notices, escalations, resolutions", "timeseries", "short",
+     [(f"sum by (kind, result) (increase(beiand_case_notices_total{I}[$__rate_interval]))", "{{kind}} {{result}}"),
+      (f"sum(increase(beiand_case_escalations_total{I}[$__rate_interval]))", "escalated (取消接入)"),
+      (f"sum by (reason) (increase(beiand_cases_resolved_total{I}[$__rate_interval]))", "closed: {{reason}}"),
+      (f"max(beiand_case_notices_unsent{I})", "notices unsent")], False),
 ]
 
 

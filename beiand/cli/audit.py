@@ -212,6 +212,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     rep = build(found, res, {"gateway": gateway, "window": window, "source": source, "probe": probe_meta}, authority)
     _emit(rep, args)
+    if args.open_cases:  # issue 31: the findings become sponsor cases in the decision store
+        from beiand.cli.cases import open_from_findings
+
+        opened, left = open_from_findings(args, found)
+        err(f"audit: {len(opened)} case(s) opened" + (f": {', '.join(opened[:10])}" if opened else "")
+            + (f"; {len(left)} finding(s) left out" if left else ""))
+        for why in left[:20]:
+            err(f"  {why}")
     return 1 if rep["findings"] else 0
 
 
@@ -322,4 +330,9 @@ def add_parsers(sub: Any) -> None:
     ap.add_argument("--report-dir", metavar="DIR", help="write report-<time>.{html,json} and latest.{html,json} here")
     ap.add_argument("--keep", type=int, default=90, help="reports kept in --report-dir")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--open-cases", action="store_true", help="open a sponsor case (beiand cases) per finding about a hosted "
+                    "site: unfiled, mismatch, cancelled, resolving away, no 备案号, the authority's list")
+    ap.add_argument("--state-dir", metavar="DIR", help="with --open-cases: the SQLite decision store in DIR")
+    ap.add_argument("--store", metavar="URL", help="with --open-cases: the decision store (default: store.url of the config)")
+    ap.add_argument("--by", metavar="WHO", help="with --open-cases: who opens them (default: the login)")
     ap.set_defaults(func=cmd_audit)

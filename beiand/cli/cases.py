@@ -22,6 +22,7 @@ from beiand.cli.block import _config, _operator, decisions
 from beiand.cli.common import CliError, err, out, table
 from beiand.cli.logs import DEFAULT_CONFIG, fmt_time, parse_time
 from beiand.policy.cases import CLOSE_REASONS, FINDINGS, KIND, Case, CaseStore, case_row, event
+from beiand.records.domains import DomainError, normalise_domain
 from beiand.store import Entry, StoreError
 
 # The report's columns (the provider's usual template to the 通管局), Chinese first
@@ -67,6 +68,69 @@ def _write(args: argparse.Namespace, make: Any) -> Case:
         store.close()
     err(f"decision store {store.url}: version {version}")
     return trial.cases[entry.key]
+
+
+# The audit's findings (report.audit.findings.KINDS) that open a case, by the case's finding
+AUDIT_FINDINGS = {
+    "unfiled-served": "unfiled", "dns-unfiled-points-here": "unfiled", "tls-san-unfiled": "unfiled",
+    "mismatch-served": "mismatch", "name-on-unlisted-ip": "mismatch", "cancelled-served": "inactive",
+    "dns-moved-away": "resolves-away", "homepage-no-number": "no-number", "homepage-wrong-number": "no-number",
+    "authority-listed-hosted": "authority",
+}
+
+
+def open_from_findings(args: argparse.Namespace, findings: list[Any]) -> tuple[list[str], list[str]]:
+    """``audit --open-cases``: a case per finding that names a site and its account, in one
+    transaction: (the keys opened, what was left out and why). A finding whose case is open already
+    adds nothing (its evidence is the daemon's); one a person closed as withdrawn is not opened again."""
+    from beiand.policy.cases import SETTLED_BY_PERSON
+    from beiand.store import Change
+
+    now = time.time()
+    who = _operator(args)
+    opened: list[str] = []
+    left: list[str] = []
+    store = decisions(args)
+    try:
+        with store.transaction() as tx:
+            cs = CaseStore()
+            cs.apply(tx.changes(0, (KIND,)))
+            entries: list[Entry] = []
+            for f in findings:
+                finding = AUDIT_FINDINGS.get(f.kind)
+                if finding is None:
+                    continue
+                if not f.account:
+                    left.append(f"{f.kind} {f.subject}: no account (not in hosted space here)")
+                    continue
+                try:
+                    name = normalise_domain(f.subject)
+                except DomainError:
+                    left.append(f"{f.kind} {f.subject}: not a name")
+                    continue
+                last = cs.current(f.account, finding, name)
+                if last is not None and (last.open or last.close_reason in SETTLED_BY_PERSON):
+                    left.append(f"{f.kind} {name}: case {last.key} is {last.state}" + (f" ({last.close_reason})" if
+                                                                                       last.close_reason else ""))
+                    continue
+                key = cs.next_key(f.account, finding, name)
+                servers = [x.strip() for x in f.server.split(",") if x.strip()]
+                e = event(key, "open", who, f"audit: {f.kind}: {f.detail}"[:500], now, names=[name],
+                          first_seen=f.first_seen or now, last_seen=f.last_seen or now, hits=f.hits, servers=servers)
+                cs.apply([Change(cs.version + 1, e.kind, e.key, e.op, e.data, e.at, e.actor, e.why, "")])
+                if cs.refused:
+                    left.append(f"{f.kind} {name}: {cs.refused[-1]}")
+                    cs.refused = []
+                    continue
+                entries.append(e)
+                opened.append(key)
+            if entries:
+                tx.append(entries)
+    except StoreError as exc:
+        raise CliError(f"{exc} (no case was opened)") from None
+    finally:
+        store.close()
+    return opened, left
 
 
 def _calendar(args: argparse.Namespace) -> Any:

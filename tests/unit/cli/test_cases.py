@@ -67,3 +67,25 @@ def test_a_bad_holiday_calendar_is_named(tmp_path: Path, capsys: pytest.CaptureF
     cfg.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n[cases]\nholidays_file = "{hol}"\n', encoding="utf-8")
     rc, _, e = run(capsys, "check-config", str(cfg))
     assert rc == 2 and "cases.holidays_file" in e and "2026-02-30" in e
+
+
+def test_audit_findings_open_cases_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from beiand.cli.cases import open_from_findings
+    from beiand.report.audit.findings import Finding
+
+    args = argparse.Namespace(config=None, state_dir=str(tmp_path / "state"), store=None, by="auditor")
+    found = [Finding("homepage-no-number", "www.shop.example.com", "no 备案号 on the homepage", account="cust-7", server="198.51.100.5"),
+             Finding("dns-moved-away", "gone.example.com", "resolves to 203.0.113.9", account="cust-7"),
+             Finding("unfiled-served", "x.example.xyz", "served", account=""),  # not hosted here: no account
+             Finding("filing-ip-not-hosted", "京ICP备1号-1", "…", account="cust-7"),  # not about a site: no case
+             Finding("authority-listed-hosted", "Bad Name!", "", account="cust-7")]
+    opened, left = open_from_findings(args, found)
+    assert opened == ["cust-7|no-number|www.shop.example.com", "cust-7|resolves-away|gone.example.com"]
+    assert any("x.example.xyz: no account" in w for w in left) and any("not a name" in w for w in left)
+    opened, left = open_from_findings(args, found)  # again: the cases are open already
+    assert opened == [] and any("case cust-7|no-number|www.shop.example.com is open" in w for w in left)
+    rc, o, _ = run(capsys, "cases", "show", "cust-7|no-number|www.shop.example.com", "--json", "--state-dir", str(tmp_path / "state"))
+    c = json.loads(o)
+    assert rc == 0 and c["servers"] == ["198.51.100.5"] and c["steps"][0]["by"] == "auditor" and "homepage-no-number" in c["steps"][0]["why"]
