@@ -214,9 +214,17 @@ class CaseKeeper:
             self._drop_store()
             raise
         self._notices(now, res)
+        self._prune()
         res.seconds = time.perf_counter() - t0
         self._metrics(res)
         return res
+
+    def _prune(self) -> None:
+        """Forget what is kept per case once the case is closed (the maps stay as large as the open cases)."""
+        cases = self.cases.cases
+        for m in (self.evidence_at, self.seen_at, self.retry_at, self.errors, self.unwritten):
+            for key in [k for k in m if (c := cases.get(k)) is None or not c.open]:
+                del m[key]
 
     def _drop_store(self) -> None:
         if self.store is not None:
@@ -234,6 +242,8 @@ class CaseKeeper:
             if last is None or not last.open:
                 if last is not None and last.close_reason in SETTLED_BY_PERSON:
                     continue  # a person judged this finding: the daemon does not open it again
+                if last is not None and last.close_reason == "rectified" and now - last.closed_at < DAY:
+                    continue  # filed a day ago: another gateway of the fleet may not have the new records yet
                 if finding in LIFTED_BY_FILING and self._filed(name, sorted(s.servers)[:1], now):
                     continue  # filed since (a reload between the flow and this pass)
                 key = cs.next_key(account, finding, name)

@@ -211,12 +211,15 @@ def send_mail(relay: Relay, to: list[str], subject: str, body: str) -> str:
     """Send one mail; the relay's message id. NoticeError says what failed (connect, STARTTLS,
     login, a refused recipient)."""
     msg = EmailMessage()
-    msg["From"] = relay.sender
-    msg["To"] = ", ".join(to)
-    msg["Subject"] = subject
-    msg["Date"] = email.utils.formatdate(localtime=True)
-    msg["Message-ID"] = email.utils.make_msgid(domain=relay.sender.rpartition("@")[2] or None)
-    msg.set_content(body)
+    try:
+        msg["From"] = relay.sender
+        msg["To"] = ", ".join(to)
+        msg["Subject"] = subject
+        msg["Date"] = email.utils.formatdate(localtime=True)
+        msg["Message-ID"] = email.utils.make_msgid(domain=relay.sender.rpartition("@")[2] or None)
+        msg.set_content(body)
+    except (ValueError, TypeError) as exc:  # a header with a line break (a template, an account name)
+        raise NoticeError(f"the mail cannot be built: {exc}") from None
     try:
         with smtplib.SMTP(relay.host, relay.port, timeout=relay.timeout) as s:
             s.ehlo()

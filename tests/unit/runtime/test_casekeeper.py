@@ -141,6 +141,14 @@ def test_the_lifecycle_open_notice_reminder_escalation_then_rectified(tmp_path: 
     assert c.state == "closed" and c.close_reason == "rectified"
     f.sync()
     assert layer.reload() and layer.metrics()["rules"] == 0
+    # A gateway of the fleet without the new records yet still judges it unfiled: no new case within
+    # a day of the rectification; a day later it is a new finding, a new case.
+    records.filed.discard("shop.example.xyz")
+    k.observe([row("shop.example.xyz", t=clock.t)])
+    assert k.step().opened == 0
+    clock.t += DAY + 1
+    k.observe([row("shop.example.xyz", t=clock.t)])
+    assert k.step().opened == 1 and cases(cfg).cases["cust-1|unfiled|shop.example.xyz#2"].state == "notified"
     f.stop()
     k.stop()
 

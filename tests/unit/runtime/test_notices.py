@@ -93,6 +93,12 @@ def test_any_contacts_file_reads_or_is_refused_by_name(tmp_path: Path, raw: byte
     assert all(k and all("@" in a for a in v) for k, v in got.items())
 
 
+def test_a_line_break_in_a_header_is_refused_not_sent() -> None:
+    r = Relay("localhost", 1, True, "", "", None, 1.0, "b@p.example")
+    with pytest.raises(NoticeError, match="cannot be built"):
+        send_mail(r, ["ops@cust1.example"], "x\nBcc: victim@example.com", "body")
+
+
 def test_mail_through_the_relay_with_starttls_and_login(tmp_path: Path) -> None:
     with SmtpRelay(tmp_path) as relay:
         r = Relay("localhost", relay.port, True, USER, PASSWORD, relay.ca_file, 5.0, "beian@provider.example")
