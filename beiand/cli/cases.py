@@ -117,10 +117,10 @@ def open_from_findings(args: argparse.Namespace, findings: list[Any]) -> tuple[l
                 servers = [x.strip() for x in f.server.split(",") if x.strip()]
                 e = event(key, "open", who, f"audit: {f.kind}: {f.detail}"[:500], now, names=[name],
                           first_seen=f.first_seen or now, last_seen=f.last_seen or now, hits=f.hits, servers=servers)
+                refused = cs.refused_total
                 cs.apply([Change(cs.version + 1, e.kind, e.key, e.op, e.data, e.at, e.actor, e.why, "")])
-                if cs.refused:
+                if cs.refused_total != refused:
                     left.append(f"{f.kind} {name}: {cs.refused[-1]}")
-                    cs.refused = []
                     continue
                 entries.append(e)
                 opened.append(key)
@@ -189,8 +189,26 @@ def cmd_notify(args: argparse.Namespace) -> int:
     return 0
 
 
+def deadline_arg(text: str, field: str) -> float:
+    """A deadline given on the command line: a date alone is the end of that day in Beijing time
+    (as the notices' deadlines), anything else as ``parse_time`` reads it."""
+    import datetime as dt
+    import re
+
+    from beiand.policy.workdays import BEIJING
+
+    t = text.strip()
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", t):
+        try:
+            d = dt.date.fromisoformat(t) + dt.timedelta(days=1)
+        except ValueError:
+            raise CliError(f"{field} {text!r}: not a date") from None
+        return dt.datetime(d.year, d.month, d.day, tzinfo=BEIJING).timestamp() - 0.001
+    return parse_time(t, field) / 1000
+
+
 def cmd_extend(args: argparse.Namespace) -> int:
-    until = parse_time(args.until, "--until") / 1000
+    until = deadline_arg(args.until, "--until")
     now = time.time()
     c = _write(args, lambda cs: event(_case(cs, args.key).key, "extend", _operator(args), args.reason, now, deadline=until))
     out(f"case {c.key}: deadline {_t(c.deadline)} ({c.state})")
@@ -203,7 +221,7 @@ def cmd_appeal(args: argparse.Namespace) -> int:
     data: dict[str, Any] = {}
     if args.rejected:
         cfg, cal = _calendar(args)
-        data["deadline"] = parse_time(args.until, "--until") / 1000 if args.until else cal.deadline(now, cfg.cases.rectify_days)
+        data["deadline"] = deadline_arg(args.until, "--until") if args.until else cal.deadline(now, cfg.cases.rectify_days)
     c = _write(args, lambda cs: event(_case(cs, args.key).key, name, _operator(args), args.reason, now, **data))
     out(f"case {c.key}: {name}; now {c.state}" + (f", deadline {_t(c.deadline)}" if c.state == "notified" else ""))
     return 0

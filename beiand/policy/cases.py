@@ -50,6 +50,10 @@ FINDINGS = {
 # Findings about the filing itself: a filing that makes the name filed here resolves them (the
 # block lifts with the records reload; the periodic pass closes the case as rectified).
 LIFTED_BY_FILING = frozenset({"unfiled", "mismatch", "inactive", "authority"})
+# Findings whose escalation blocks the site's flows. A shell (空壳) serves nothing and a name that
+# resolves away is not served here: their 取消接入 is done in the 备案 system, and blocking their
+# flows would only hit the customer at the moment they do what the notice asks.
+BLOCKING = frozenset({"unfiled", "mismatch", "inactive", "authority", "no-number"})
 STATES = ("open", "notified", "appealed", "escalated", "closed")
 # event → the states it may follow
 _FROM = {
@@ -59,8 +63,9 @@ _FROM = {
     "appeal": ("open", "notified", "escalated"),
     "appeal-rejected": ("appealed",),
     "appeal-upheld": ("appealed",),
-    "escalate": ("open", "notified"),
+    "escalate": ("notified",),
     "evidence": ("open", "notified", "appealed", "escalated"),
+    "sending": ("open", "notified"),
     "close": ("open", "notified", "appealed", "escalated"),
 }
 CLOSE_REASONS = ("rectified", "not-served", "withdrawn", "appeal-upheld", "cancelled-by-provider", "other")
@@ -103,6 +108,8 @@ class Case:
     closed_at: float = 0.0
     close_reason: str = ""
     steps: tuple[Step, ...] = field(default=())
+    sending_until: float = 0.0  # a gateway sends its notice until then (the claim of ``sending``)
+    evidence_rows: int = 0  # evidence rows folded in (added up, not kept as steps)
 
     @property
     def open(self) -> bool:
@@ -110,7 +117,7 @@ class Case:
 
     def due(self, now: float) -> bool:
         """Its deadline has passed and nothing holds it (an appeal does): to escalate."""
-        return self.state in ("open", "notified") and 0 < self.deadline <= now
+        return self.state == "notified" and self.notified_at > 0 and 0 < self.deadline <= now
 
 
 def case_key(account: str, finding: str, name: str, n: int = 1) -> str:
@@ -205,31 +212,39 @@ class CaseStore:
         if old.state not in allowed:
             raise CaseError(f"{event}: not from state {old.state} (only from {', '.join(allowed)})")
         steps = (*old.steps, step)
+        # A case is "notified" only once a notice went out: an extension or a rejected appeal of a
+        # case no notice reached leaves it open, so it is never escalated without a notice.
+        told = "notified" if old.notified_at else "open"
         if event == "notify":
-            new = replace(old, state="notified", notified_at=c.at, deadline=_num(d, "deadline"), steps=steps)
+            new = replace(old, state="notified", notified_at=c.at, deadline=_num(d, "deadline"), steps=steps, sending_until=0.0)
         elif event == "remind":
-            new = replace(old, reminded_at=c.at, steps=steps)
+            new = replace(old, reminded_at=c.at, steps=steps, sending_until=0.0)
+        elif event == "sending":
+            new = replace(old, sending_until=_num(d, "until"))
         elif event == "extend":
             until = _num(d, "deadline")
             if until <= c.at:
                 raise CaseError("extend: the new deadline is not in the future")
-            state = "notified" if old.state in ("open", "escalated") else old.state  # an escalated case's block lifts
-            new = replace(old, state=state, deadline=until, escalated_at=0.0 if state == "notified" else old.escalated_at,
-                          steps=steps)
+            state = told if old.state in ("open", "escalated", "notified") else old.state  # an escalated case's block lifts
+            new = replace(old, state=state, deadline=until, escalated_at=0.0 if state != "escalated" else old.escalated_at,
+                          reminded_at=0.0, steps=steps)
         elif event == "appeal":
             new = replace(old, state="appealed", escalated_at=0.0, steps=steps)
         elif event == "appeal-rejected":
-            new = replace(old, state="notified", deadline=_num(d, "deadline", old.deadline), steps=steps)
+            new = replace(old, state=told, deadline=_num(d, "deadline", old.deadline), reminded_at=0.0, steps=steps)
         elif event == "appeal-upheld":
             new = replace(old, state="closed", closed_at=c.at, close_reason="appeal-upheld", steps=steps)
         elif event == "escalate":
+            if not old.notified_at:
+                raise CaseError("escalate: no notice was sent (a case is never escalated without one)")
             if not (0 < old.deadline <= c.at):
                 raise CaseError("escalate: the deadline has not passed")
             new = replace(old, state="escalated", escalated_at=c.at, steps=steps)
-        elif event == "evidence":
+        elif event == "evidence":  # added up, not a step: a year of hourly rows would be a long case
             new = replace(old, first_seen=min(old.first_seen, _num(d, "first_seen")), last_seen=max(old.last_seen, _num(d, "last_seen")),
                           hits=old.hits + int(_num(d, "hits", 0)),
-                          servers=tuple(dict.fromkeys((*old.servers, *_servers(d.get("servers", []))))), steps=steps)
+                          servers=tuple(dict.fromkeys((*old.servers, *_servers(d.get("servers", [])))))[:32],
+                          evidence_rows=old.evidence_rows + 1)
         else:  # close
             reason = d.get("reason")
             if reason not in CLOSE_REASONS:
@@ -311,10 +326,16 @@ class CaseSnapshot:
             self.cases.version = v
 
     def fold_all(self, changes: Iterable[Change]) -> bool:
-        """Fold every case row of the store (a gateway that started from its snapshot)."""
-        self.cases = CaseStore()
-        self.complete = True
-        return self.apply(changes)
+        """Fold every case row of the store (a gateway that started from its snapshot), aside, then
+        swapped in: a reader never sees half of them."""
+        cs = CaseStore()
+        cs.apply(changes)
+        self.cases, self.complete = cs, True
+        now = {c.key: (c.account, c.names) for c in cs.cases.values() if c.state == "escalated" and c.finding in BLOCKING}
+        if now == self.escalated:
+            return False
+        self.escalated = now
+        return True
 
     @property
     def refused_total(self) -> int:
@@ -328,7 +349,7 @@ class CaseSnapshot:
         """Fold ``changes``; True when the escalated cases (what the workers enforce) changed."""
         if not self.cases.apply(changes):
             return False
-        now = {c.key: (c.account, c.names) for c in self.cases.cases.values() if c.state == "escalated"}
+        now = {c.key: (c.account, c.names) for c in self.cases.cases.values() if c.state == "escalated" and c.finding in BLOCKING}
         if now == self.escalated:
             return False
         self.escalated = now

@@ -245,7 +245,7 @@ class CaseLayer:
         self.snapshot = snapshot
         self.errors = 0
         self.error = ""
-        self._names: dict[str, tuple[str, str]] = {}  # name → (account, case key)
+        self._names: dict[str, str] = {}  # name → its cases' keys (CASE_SEP between them)
         self._index()
 
     @classmethod
@@ -255,7 +255,12 @@ class CaseLayer:
         return layer
 
     def _index(self) -> None:
-        self._names = {n: (account, key) for key, (account, names) in sorted(self.snapshot.escalated.items()) for n in names}
+        by_name: dict[str, list[str]] = {}
+        for key, (_account, names) in sorted(self.snapshot.escalated.items()):
+            for n in names:
+                by_name.setdefault(n, []).append(key)
+        # name → the keys of every case on it (one per account), in one reference: apply_hit picks the decision's account's
+        self._names = {n: CASE_SEP.join(keys) for n, keys in by_name.items()}
 
     def prepare(self) -> None:
         pass  # a snapshot of escalated cases is small: read under the lock
@@ -287,7 +292,7 @@ class CaseLayer:
 
     def match(self, obs: Observation) -> Hit | None:
         v = self._names.get(obs.name) if obs.name else None
-        return hit(Overlay.CASE, v[1]) if v is not None else None
+        return hit(Overlay.CASE, v) if v is not None else None
 
     def addresses(self, ts: float) -> list[AddressRule]:
         return []  # per flow, never the host
@@ -334,20 +339,32 @@ class Grace:
 
 
 
+CASE_SEP = "\x1f"  # between the keys of the cases on one name (a key holds no control character)
+
+
+def apply_case(d: Decision, h: Hit) -> Decision | None:
+    """The decision once an escalated case decided it; None when no case of the hit applies: only
+    the case of the decision's own account; never an exempt verdict; a case about the filing itself
+    (unfiled, mismatched, inactive, the authority's list) only while the records still say the name
+    is not filed here (a filing that arrives with a records reload lifts the block on the next
+    flow); a case about a filed site (no 备案号) until it is closed."""
+    v = d.verdict.verdict
+    if v is VerdictKind.EXEMPT:
+        return None
+    for ref in h.ref.split(CASE_SEP):
+        account, finding, _ = key_parts(ref)
+        if account != d.account or (v is VerdictKind.FILED and finding in LIFTED_BY_FILING):
+            continue
+        if d.mode is Mode.ENFORCE:
+            return d._replace(action=Action.BLOCK, rule=f"{h.by}:{ref}", by=h.by, ref=ref)
+        return d._replace(action=Action.FLAG, rule=f"{h.by}:would-block:{ref}", by=h.by, ref=ref)
+    return None
+
+
 def apply_hit(d: Decision, h: Hit) -> Decision:
     """The decision once an overlay's rule decided it."""
     if h.effect == Effect.CASE:
-        # Only the case's own account; an exemption never. A case about the filing itself (unfiled,
-        # mismatched, inactive, the authority's list) holds only while the records still say the
-        # name is not filed here: a filing that arrives with a records reload lifts the block on the
-        # next flow. A case about a filed site (no 备案号, resolving away, a shell) holds until closed.
-        account, finding, _ = key_parts(h.ref)
-        v = d.verdict.verdict
-        if account != d.account or v is VerdictKind.EXEMPT or (v is VerdictKind.FILED and finding in LIFTED_BY_FILING):
-            return d
-        if d.mode is Mode.ENFORCE:
-            return d._replace(action=Action.BLOCK, rule=f"{h.by}:{h.ref}", by=h.by, ref=h.ref)
-        return d._replace(action=Action.FLAG, rule=f"{h.by}:would-block:{h.ref}", by=h.by, ref=h.ref)
+        return apply_case(d, h) or d
     if h.effect == Effect.BLOCK:
         return d._replace(action=Action.BLOCK, rule=f"{h.by}:{h.ref}", by=h.by, ref=h.ref)
     if h.effect == Effect.EXEMPT:  # noFilter: an allowlist entry
@@ -428,10 +445,20 @@ class Decider:
         """``d`` (the records' decision for ``obs``) with the overlays in force at ``obs.ts``;
         ``grace`` False: a question, not traffic (a lookup neither meets a name nor is held by grace)."""
         best: Hit | None = None
+        case: Hit | None = None
         for layer in self.layers:
             h = layer.match(obs)
-            if h is not None and (best is None or h.priority > best.priority):
+            if h is None:
+                continue
+            if h.effect == Effect.CASE:  # it may not apply (another account's case): weighed below
+                case = h
+            elif best is None or h.priority > best.priority:
                 best = h
+        if case is not None and (best is None or case.priority > best.priority):
+            decided = apply_case(d, case)
+            if decided is not None:
+                return decided if obs.kind is not Kind.DNS_ANSWER else decided._replace(
+                    action=Action.FLAG if decided.action is Action.BLOCK else decided.action, rule=decided.rule + ":dns-answer")
         if best is None:
             return d if d.action is not Action.BLOCK else self._unmatched(obs, d, grace)
         d = apply_hit(d, best)

@@ -168,13 +168,21 @@ def make_app(d: DaemonView, limits: HttpLimits | None = None) -> web.Application
     async def close_breaker(req: web.Request) -> web.Response:
         return _guarded(req, d.token, d.close_breaker, {"breaker": "closing"})
 
+    # Cases name customers and where their notices went: only with the bearer token.
     async def cases(req: web.Request) -> web.Response:
+        if not _authorised(req, d.token):
+            return web.json_response({"error": "a bearer token (server.token_file) is required"}, status=401)
         state, account = req.query.get("state", ""), req.query.get("account", "")
         if state and state not in CASE_STATES:
             return _param_error(f"state={state[:40]!r}: expected one of {', '.join(CASE_STATES)}")
-        return web.json_response(d.cases(state, account), dumps=_dumps)
+        raw_limit = req.query.get("limit", "1000")
+        if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit[:12]) <= MAX_LIMIT:
+            return _param_error(f"limit={raw_limit[:40]!r}: expected an integer from 1 to {MAX_LIMIT}")
+        return web.json_response(d.cases(state, account)[: int(raw_limit)], dumps=_dumps)
 
     async def case(req: web.Request) -> web.Response:
+        if not _authorised(req, d.token):
+            return web.json_response({"error": "a bearer token (server.token_file) is required"}, status=401)
         c = d.case(req.match_info["key"])
         if c is None:
             return web.json_response({"error": f"no case {req.match_info['key'][:200]!r}"}, status=404)

@@ -18,7 +18,7 @@ import email.utils
 import smtplib
 import ssl
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -201,7 +201,7 @@ class Relay:
     port: int = 587
     starttls: bool = True
     user: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
     ca_file: Path | None = None
     timeout: float = 10.0
     sender: str = ""

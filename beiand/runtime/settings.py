@@ -332,8 +332,12 @@ class CasesSection:
                               "(unfiled, mismatch, inactive; [] : none, cases are opened by beiand cases open or audit --open-cases).")
     pass_interval: float = _f(60.0, "Seconds between the periodic passes (new findings written, notices and reminders sent, "
                               "deadlines escalated, cases resolved).", min=0.1, max=3600.0)
-    evidence_interval: float = _f(3600.0, "Seconds between two evidence rows of one case (first/last seen, hits, servers "
-                                  "added up in between).", min=1.0, max=86400.0)
+    evidence_interval: float = _f(86400.0, "Seconds between two evidence rows of one case from this gateway (first/last "
+                                  "seen, hits, servers added up in between).", min=1.0, max=30 * 86400.0)
+    min_hits: int = _f(5, "Records of a finding before the daemon opens a case for it (a name or two sent by anyone's "
+                       "probe is not a site served).", min=1)
+    max_new_per_account: int = _f(50, "New cases per account in one pass; more wait for the next passes (a client making up "
+                                  "names must not bury a customer in notices).", min=1)
     remind_days: int = _f(2, "Working days before the deadline at which the reminder goes out (0: none).", min=0, max=60)
     resolve_after_days: int = _f(30, "A case whose names were not served for this many days closes by itself (not-served; "
                                  "0: never).", min=0, max=3650)

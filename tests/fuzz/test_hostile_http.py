@@ -47,10 +47,11 @@ class View:
         pass
 
     def cases(self, state: str, account: str) -> list[dict[str, Any]]:
-        return []
+        return [{"key": f"cust-{i}|unfiled|x{i}.example", "state": state or "open", "account": account or f"cust-{i}"}
+                for i in range(5)]
 
     def case(self, key: str) -> dict[str, Any] | None:
-        return None
+        return {"key": key} if key == "cust-1|unfiled|x1.example" else None
 
     def close_breaker(self) -> None:
         pass
@@ -207,3 +208,23 @@ def test_fuzzed_requests_never_leave_a_traceback(caplog, batch):
 
 def teardown_module() -> None:
     print(f"\nhostile HTTP requests tried: {FUZZ['tried']}")
+
+
+def test_cases_need_the_token_and_bounded_answers():
+    async def authed(port: int, target: str, token: str = "t0ken") -> tuple[int, Any]:
+        out = await request(port, f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                                  "Connection: close\r\n\r\n".encode())
+        head, _, body = out.partition(b"\r\n\r\n")
+        return int(head.split()[1]), json.loads(body)
+
+    async def body(port, view, served):
+        assert (await get(port, "/api/v1/cases"))[0] == 401  # customers' contacts: never without the token
+        assert (await authed(port, "/api/v1/cases", "wrong"))[0] == 401
+        status, rows = await authed(port, "/api/v1/cases?state=escalated&limit=2")
+        assert status == 200 and len(rows) == 2 and rows[0]["state"] == "escalated"
+        assert (await authed(port, "/api/v1/cases?state=bogus"))[0] == 400
+        assert (await authed(port, "/api/v1/cases?limit=0"))[0] == 400
+        status, c = await authed(port, "/api/v1/cases/cust-1%7Cunfiled%7Cx1.example")
+        assert status == 200 and c["key"] == "cust-1|unfiled|x1.example"
+        assert (await authed(port, "/api/v1/cases/nope"))[0] == 404
+    serve(body)

@@ -89,3 +89,16 @@ def test_audit_findings_open_cases_once(tmp_path: Path, capsys: pytest.CaptureFi
     rc, o, _ = run(capsys, "cases", "show", "cust-7|no-number|www.shop.example.com", "--json", "--state-dir", str(tmp_path / "state"))
     c = json.loads(o)
     assert rc == 0 and c["servers"] == ["198.51.100.5"] and c["steps"][0]["by"] == "auditor" and "homepage-no-number" in c["steps"][0]["why"]
+
+
+def test_a_deadline_date_is_the_end_of_that_day_in_beijing() -> None:
+    import datetime as dt
+
+    from beiand.cli.cases import deadline_arg
+    from beiand.cli.common import CliError
+    from beiand.policy.workdays import BEIJING
+
+    assert deadline_arg("2026-05-08", "--until") == dt.datetime(2026, 5, 9, tzinfo=BEIJING).timestamp() - 0.001
+    assert deadline_arg("2026-05-08T12:00+08:00", "--until") == dt.datetime(2026, 5, 8, 12, tzinfo=BEIJING).timestamp()
+    with pytest.raises(CliError, match="not a date"):
+        deadline_arg("2026-02-30", "--until")

@@ -59,8 +59,8 @@ def test_what_does_not_follow_is_refused_by_name_and_changes_nothing() -> None:
     ))
     assert s.cases[KEY].state == "appealed" and len(s.cases) == 1
     why = [r.split(": ", 1)[1] for r in s.refused]
-    assert why == ["escalate: the deadline has not passed", "escalate: the deadline has not passed",
-                   "escalate: not from state appealed (only from open, notified)",
+    assert why == ["escalate: not from state open (only from notified)", "escalate: the deadline has not passed",
+                   "escalate: not from state appealed (only from notified)",
                    "open: the case is open already (a new finding opens a new case)",
                    "open: the key is not account|finding|name (findings: unfiled, mismatch, inactive, shell, resolves-away, "
                    "no-number, authority)",
@@ -68,7 +68,7 @@ def test_what_does_not_follow_is_refused_by_name_and_changes_nothing() -> None:
                    "close: reason 'because' is not one of " + ", ".join(CLOSE_REASONS),
                    "extend: the new deadline is not in the future",
                    "'teleport': not an event of a case (open, notify, remind, extend, appeal, appeal-rejected, appeal-upheld, "
-                   "escalate, evidence, close)"]
+                   "escalate, evidence, sending, close)"]
     s.apply(rows(*[event(KEY, "open", "x", "", T0)] * 12)[11:])  # version 12 again: folded already, ignored
     assert s.refused_total == 9
 
@@ -91,8 +91,13 @@ def test_any_sequence_of_events_leaves_a_case_in_a_state_it_can_be_in(seq: list[
     s.apply(rows(*entries))
     c = s.cases[KEY]
     assert c.state in STATES
-    assert len(c.steps) == len(entries) - s.refused_total
+    # every row the fold accepted is a step, but evidence (added up) and a claim to send
+    kept = [e for e in entries[1:] if e.data["event"] not in ("evidence", "sending")]
+    assert len(c.steps) == 1 + len(kept) - (s.refused_total - sum(1 for r in s.refused if r.split(": ", 1)[1].startswith(
+        ("evidence", "sending"))))
     closed_at = [x.at for x in c.steps if x.event in ("close", "appeal-upheld")]
     assert len(closed_at) <= 1 and (c.state == "closed") == bool(closed_at)
     if c.state == "escalated":
-        assert 0 < c.deadline <= c.escalated_at
+        assert 0 < c.deadline <= c.escalated_at and c.notified_at > 0  # never escalated without a notice
+    if c.state == "notified":
+        assert c.notified_at > 0

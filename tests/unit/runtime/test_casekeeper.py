@@ -51,7 +51,8 @@ def config(tmp_path: Path, gateway: str = "gw-1", **cases: Any) -> Config:
     contacts = tmp_path / "contacts.csv"
     if not contacts.exists():
         contacts.write_text("account,email\ncust-1,ops@cust1.example\n")
-    kw: dict[str, Any] = {"contacts_file": contacts, "rectify_days": 5, "remind_days": 2, **cases}
+    kw: dict[str, Any] = {"contacts_file": contacts, "rectify_days": 5, "remind_days": 2, "min_hits": 1, "evidence_interval": 3600.0,
+                          **cases}
     return Config(daemon=DaemonSection(gateway=gateway, state_dir=tmp_path / "state"), cases=CasesSection(**kw))
 
 
@@ -341,3 +342,181 @@ def test_notices_through_a_real_relay(tmp_path: Path) -> None:
         body = msg.get_content()
         assert body.index("整改期限") < body.index("deadline") and "未备案" in body and "Order 292 art. 4" in body
         k.stop()
+
+
+# -- what the review of the first version found ------------------------------------------------
+
+
+def test_an_extension_before_any_notice_never_escalates(tmp_path: Path) -> None:
+    cfg = config(tmp_path, smtp_host="localhost", mail_from="b@p.example")
+    clock, sent = Clock(MON), Sent()
+    k = keeper(cfg, clock, Records(), sent)
+    sent.fail = "smtp localhost:587: ConnectionRefusedError"
+    k.observe([row("a.example.xyz")])
+    k.step()
+    store = open_decisions(cfg)  # a person extends the case whose notice never went out
+    store.append([event("cust-1|unfiled|a.example.xyz", "extend", "ops", "asked", MON + 60, deadline=MON + DAY)])
+    store.close()
+    clock.t = MON + 2 * DAY
+    k.observe([row("a.example.xyz", t=clock.t)])
+    k.step()
+    c = cases(cfg).cases["cust-1|unfiled|a.example.xyz"]
+    assert c.state == "open" and not c.escalated_at  # still waiting for its notice
+    sent.fail = ""
+    clock.t += 7 * 3600  # past the backed-off retry
+    assert k.step().notices == 1
+    c = cases(cfg).cases[c.key]
+    # the notice carries the later of the two deadlines: the extension is not taken back
+    assert c.state == "notified" and c.deadline >= MON + DAY and not k.errors
+    k.stop()
+
+
+def test_a_commit_that_fails_leaves_the_keepers_fold_as_the_store_is(tmp_path: Path) -> None:
+    from contextlib import contextmanager
+
+    from beiand.store import StoreError
+
+    cfg = config(tmp_path)
+    fail = [True]
+
+    def opener() -> Any:
+        s = open_decisions(cfg)
+        real = s.transaction
+
+        @contextmanager
+        def tx() -> Any:
+            with real() as t:
+                yield t
+                if fail[0]:
+                    fail[0] = False
+                    raise StoreError("decision store x: the commit failed")  # rolled back
+
+        s.transaction = tx  # type: ignore[method-assign]
+        return s
+
+    k = CaseKeeper(cfg, opener, lambda: Records(), clock=Clock(MON))  # type: ignore[arg-type, return-value]
+    k.observe([row("a.example.xyz")])
+    with pytest.raises(StoreError):
+        k.step()
+    assert "cust-1|unfiled|a.example.xyz" not in k.cases.cases and not cases(cfg).cases
+    assert k.step().opened == 1 and cases(cfg).cases["cust-1|unfiled|a.example.xyz"].state == "open"
+    k.stop()
+
+
+def test_a_mail_is_sent_without_the_stores_write_lock(tmp_path: Path) -> None:
+    cfg = config(tmp_path, smtp_host="localhost", mail_from="b@p.example")
+    other: list[int] = []
+
+    def send(relay: Relay, to: list[str], subject: str, body: str) -> str:
+        s = open_decisions(cfg)  # another writer (a closure order, a heartbeat) while the relay talks
+        try:
+            other.append(s.append([event("cust-2|unfiled|z.example.xyz", "open", "ops", "", MON, names=["z.example.xyz"])]))
+        finally:
+            s.close()
+        return "<1@test>"
+
+    k = keeper(cfg, Clock(MON), Records(), send)
+    k.observe([row("a.example.xyz")])
+    assert k.step().notices == 1 and other
+    steps = [s.event for s in cases(cfg).cases["cust-1|unfiled|a.example.xyz"].steps]
+    assert steps == ["open", "notify"]  # the claim to send is not a step; the notice is
+    k.stop()
+
+
+def test_another_gateways_claim_to_send_is_respected(tmp_path: Path) -> None:
+    cfg = config(tmp_path, smtp_host="localhost", mail_from="b@p.example")
+    store = open_decisions(cfg)
+    store.append([event("cust-1|unfiled|a.example.xyz", "open", "x", "", MON, names=["a.example.xyz"]),
+                  event("cust-1|unfiled|a.example.xyz", "sending", "gw-2", "notice", MON, until=MON + 60)])
+    store.close()
+    clock, sent = Clock(MON + 1), Sent()
+    k = keeper(cfg, clock, Records(), sent)
+    assert k.step().notices == 0 and not sent.mails  # gw-2 is sending it
+    clock.t = MON + 61  # its claim ran out (it died mid-send): sent here
+    assert k.step().notices == 1 and len(sent.mails) == 1
+    k.stop()
+
+
+def test_cases_of_two_accounts_on_one_name_and_what_a_case_does_not_decide(tmp_path: Path) -> None:
+    snap = CaseSnapshot(None)
+    snap.escalated = {"alpha|unfiled|x.example.xyz": ("alpha", ("x.example.xyz",)),
+                      "beta|unfiled|x.example.xyz": ("beta", ("x.example.xyz",))}
+    layer = CaseLayer(snap)
+
+    class Pol:
+        inventory = None
+
+        def __init__(self, d: Decision) -> None:
+            self.d = d
+
+        def decide(self, o: Observation) -> Decision:
+            return self.d
+
+    from beiand.policy.overlays import Grace
+
+    obs = Observation(MON, "203.0.113.5", 50000, "198.51.100.11", 443, Transport.TCP, Kind.TLS_SNI, "x.example.xyz", "x.example.xyz")
+    base = Decision(Verdict(VerdictKind.UNFILED, None, "no-filing"), Action.BLOCK, "enforce:unfiled", Mode.ENFORCE, "alpha")
+    for account in ("alpha", "beta"):
+        d = Decider(Pol(base._replace(account=account)), [layer]).decide(obs)  # type: ignore[arg-type]
+        assert d.action is Action.BLOCK and d.ref == f"{account}|unfiled|x.example.xyz"
+    # a third account's site of that name: no case of its own; its grace holds as without the cases
+    dec = Decider(Pol(base._replace(account="gamma")), [layer], grace_seconds=3600)  # type: ignore[arg-type]
+    d = dec.decide(obs)
+    assert d.action is Action.FLAG and d.by == "grace"
+    assert isinstance(dec.grace, Grace)
+
+
+def test_a_case_about_a_filed_site_counts_its_flows_and_an_escalated_one_is_not_closed_as_not_served(tmp_path: Path) -> None:
+    cfg = config(tmp_path, smtp_host="localhost", mail_from="b@p.example", resolve_after_days=3)
+    store = open_decisions(cfg)
+    store.append([event("cust-1|no-number|www.a.example.com", "open", "audit", "", MON, names=["www.a.example.com"]),
+                  event("cust-1|shell|s.example.com", "open", "audit", "", MON, names=["s.example.com"])])
+    store.close()
+    clock, records = Clock(MON), Records()
+    records.filed |= {"www.a.example.com", "s.example.com"}
+    k = keeper(cfg, clock, records)
+    k.step()  # notices
+    for day in range(1, 12):  # served every day, filed (no 备案号 on its homepage)
+        clock.t = MON + day * DAY
+        k.observe([row("www.a.example.com", verdict="filed", t=clock.t)])
+        k.step()
+    cs = cases(cfg)
+    assert cs.cases["cust-1|no-number|www.a.example.com"].state == "escalated"  # not closed as not-served
+    assert cs.cases["cust-1|shell|s.example.com"].state == "escalated"
+    f = Follower(cfg)
+    f.sync()
+    assert list(f.folded.cases.escalated) == ["cust-1|no-number|www.a.example.com"]  # a shell's 取消接入 blocks nothing
+    clock.t += 30 * DAY  # no more flows: an escalated site is blocked, not gone
+    k.step()
+    assert cases(cfg).cases["cust-1|no-number|www.a.example.com"].state == "escalated"
+    f.stop()
+    k.stop()
+
+
+def test_made_up_names_few_hits_answers_and_odd_accounts_open_nothing(tmp_path: Path) -> None:
+    cfg = config(tmp_path, min_hits=5, max_new_per_account=3)
+    k = keeper(cfg, Clock(MON), Records())
+    k.observe([row("once.example.xyz", hits=1), ("dns.example.xyz", "198.51.100.11", 0, "cust-1", "unfiled", "dns-answer", "flag",
+                                                  MON, MON, 50), row("x.example.xyz", account="a|b", hits=9)])
+    assert k.step().opened == 0
+    k.observe([row("once.example.xyz", hits=4)])  # 5 in all: a site served
+    assert k.step().opened == 1
+    k.observe([row(f"made-up{i}.example.xyz", hits=9) for i in range(10)])
+    r = k.step()
+    assert r.opened == 3 and r.capped == 7 and k.m_capped._value.get() == 7
+    assert k.step().opened == 3  # the rest, a few at a time
+    assert len(cases(cfg).cases) == 7 and not any("|a|b" in key or key.startswith("a|b") for key in cases(cfg).cases)
+    k.stop()
+
+
+def test_a_password_file_that_is_not_text_is_said_not_a_crash(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    pw = tmp_path / "pw"
+    pw.write_bytes(b"\xff\xfe\n")
+    pw.chmod(0o600)
+    cfg = config(tmp_path, smtp_host="localhost", mail_from="b@p.example", smtp_user="u", smtp_password_file=pw)
+    k = keeper(cfg, Clock(MON), Records())
+    assert k.relay is not None and "secret" not in repr(k.relay) and "cases.smtp_password_file" in caplog.text
+    pw.write_text(" pass word \n")
+    k.reload(cfg)
+    assert k.relay is not None and k.relay.password == " pass word "  # only the line end is taken off
+    k.stop()
