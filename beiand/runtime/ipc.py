@@ -13,11 +13,18 @@ from typing import Any, NamedTuple
 from beiand.model import MetricKey
 from beiand.sinks.active import ViewRow
 
-__all__ = ["CloseBreaker", "MetricKey", "Ready", "Rows", "Snapshot", "ViewRow"]
+__all__ = ["CloseBreaker", "Go", "MetricKey", "Prepared", "Ready", "Rows", "Snapshot", "ViewRow"]
 
 
 class Ready(NamedTuple):
     """The worker's pipeline is built and capturing."""
+
+    pid: int
+
+
+class Prepared(NamedTuple):
+    """A replacement worker (a reload) is built and waits for :class:`Go`: it opens the access log
+    partition and reads the inline queue only once the worker it replaces has stopped."""
 
     pid: int
 
@@ -47,5 +54,9 @@ class CloseBreaker(NamedTuple):
     """Supervisor → worker: the operator closed the circuit breaker."""
 
 
-WorkerMessage = Ready | Rows | Snapshot
-SupervisorCommand = CloseBreaker
+class Go(NamedTuple):
+    """Supervisor → a prepared replacement worker: the worker before it has stopped."""
+
+
+WorkerMessage = Ready | Prepared | Rows | Snapshot
+SupervisorCommand = CloseBreaker | Go

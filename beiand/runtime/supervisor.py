@@ -30,7 +30,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from beiand import __version__
-from beiand.enforce.nfqueue import RuleSet, install_rules, remove_rules, rule_set
+from beiand.enforce.nfqueue import NfQueue, RuleSet, install_rules, remove_rules, rule_set
 from beiand.enforce.nft import Nft, NftError
 from beiand.isms.basicinfo import prefix_house
 from beiand.isms.reports import filed_domain
@@ -48,7 +48,7 @@ from beiand.runtime.decisions import Follower, open_decisions
 from beiand.runtime.housekeeping import Housekeeping
 from beiand.runtime.http import make_app
 from beiand.runtime.http import start as start_http
-from beiand.runtime.ipc import CloseBreaker, Ready, Snapshot, SupervisorCommand, WorkerMessage
+from beiand.runtime.ipc import CloseBreaker, Go, Prepared, Ready, Snapshot, SupervisorCommand, WorkerMessage
 from beiand.runtime.isms import IsmsRuntime
 from beiand.runtime.isms import check as isms_check
 from beiand.runtime.metrics import Metrics
@@ -115,6 +115,7 @@ class Daemon:
         cfg.accesslog.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.nft: Nft | None = None
         self.decider: Decider | None = None  # the overlays, for their address cuts and the status
+        self.queues: dict[int, NfQueue] = {}  # inline: each worker's queue, bound here (``_queue``)
         self._rules: RuleSet = {}
         self.isms: IsmsRuntime | None = None
         # The decision store: followed in a thread that writes the snapshot the workers read
@@ -171,6 +172,10 @@ class Daemon:
         if self._rules:
             remove_rules(self._rules)
             self._rules = {}
+        for q in self.queues.values():  # after the rules: no packet waits for a queue nobody reads
+            with contextlib.suppress(OSError):
+                q.close()
+        self.queues.clear()
         self.housekeeping.close()
         if self.nft is not None:
             self.nft.teardown()
@@ -278,15 +283,71 @@ class Daemon:
 
     # -- workers ----------------------------------------------------------------------------
 
-    def _start_worker(self, idx: int) -> None:
+    def _queue(self, idx: int, renew: bool = False) -> NfQueue | None:
+        """Inline: worker ``idx``'s queue, bound by this process so that it outlives the worker
+        (while a worker is replaced the kernel holds the packets for the next one, instead of
+        passing them unjudged as ``--queue-bypass`` does for a queue nobody holds). ``renew``: a
+        worker died with packets read and never answered; a new binding drops those."""
+        if not self.state.config.enforce.inline:
+            return None
+        q = self.queues.get(idx)
+        if q is not None and renew:
+            q.close()
+            q = None
+        if q is None:
+            q = self.queues[idx] = NfQueue(self.state.config.enforce.queue + idx)
+        return q
+
+    def _spawn(self, idx: int, handover: bool = False) -> tuple[multiprocessing.process.BaseProcess, Connection]:
         parent, child = self.ctx.Pipe(duplex=True)
-        inherited = [w.conn.fileno() for w in self.workers.values()]
-        proc = self.ctx.Process(target=worker_main, args=(idx, self.state, child, self.fanout_group, inherited), name=f"beiand-w{idx}",
-                                daemon=False)
+        queue = self._queue(idx)
+        # the other workers' pipes and queues: closed in the child (a queue held by another process
+        # could not be bound again after its worker died)
+        inherited = [w.conn.fileno() for w in self.workers.values()] + [q.fileno() for i, q in self.queues.items() if i != idx]
+        proc = self.ctx.Process(target=worker_main, args=(idx, self.state, child, self.fanout_group, inherited, queue,
+                                                          handover), name=f"beiand-w{idx}", daemon=False)
         proc.start()
         child.close()
+        return proc, parent
+
+    def _start_worker(self, idx: int) -> None:
+        proc, parent = self._spawn(idx)
+        self._adopt(idx, proc, parent)
+
+    def _adopt(self, idx: int, proc: multiprocessing.process.BaseProcess, parent: Connection) -> None:
         self.workers[idx] = Worker(idx, proc, parent, last_seen=time.monotonic())
         asyncio.get_running_loop().add_reader(parent.fileno(), self._on_worker_message, idx)
+
+    async def _replace_worker(self, idx: int, timeout: float = 60.0) -> None:
+        """A reload's replacement of worker ``idx`` with no gap in what is judged and logged: the new
+        worker is built and joins the capture while the old one still serves; the old one stops
+        (its log partition closed, every packet it read answered); then the new one opens the
+        partition and reads the queue the old one left (the kernel held what came meanwhile)."""
+        loop = asyncio.get_running_loop()
+        proc, parent = self._spawn(idx, handover=True)
+        deadline = time.monotonic() + timeout
+        prepared = False
+        while proc.is_alive() and time.monotonic() < deadline and not prepared:
+            if await loop.run_in_executor(None, parent.poll, 0.05):
+                try:
+                    prepared = isinstance(parent.recv(), Prepared)
+                except (EOFError, OSError):
+                    break
+        self._stop_worker(idx)
+        if not prepared:  # it died or hung while building: start one the ordinary way
+            log.error("worker %d: its replacement did not get ready (%s); starting a new one", idx,
+                      f"exit code {proc.exitcode}" if not proc.is_alive() else f"{timeout:.0f} s")
+            if proc.is_alive():
+                proc.kill()
+            proc.join()
+            parent.close()
+            self._start_worker(idx)
+            return
+        self._adopt(idx, proc, parent)
+        with contextlib.suppress(BrokenPipeError, OSError):
+            parent.send(Go())
+        while time.monotonic() < deadline and proc.is_alive() and not self.workers[idx].ready:
+            await asyncio.sleep(0.01)
 
     def _stop_worker(self, idx: int, timeout: float = 10) -> None:
         w = self.workers.pop(idx)
@@ -323,6 +384,8 @@ class Daemon:
         w.last_seen = time.monotonic()
         if isinstance(msg, Ready):
             w.ready, w.pid = True, msg.pid
+            return
+        if isinstance(msg, Prepared):  # read by _replace_worker before the worker is adopted
             return
         if isinstance(msg, Snapshot):  # a snapshot, not only rows of the view
             self.metrics.worker_snapshot(w.idx, w.pid, msg)
@@ -365,6 +428,8 @@ class Daemon:
                     self._stop_worker(idx)
                     self.restarts += 1
                     self.metrics.worker_restarts.inc()
+                    if w.proc.exitcode != 0:
+                        self._queue(idx, renew=True)  # packets it read and never answered: dropped with the old binding
                     self._start_worker(idx)
             self.metrics.workers.set(sum(1 for w in self.workers.values() if w.proc.is_alive()))
             healthy = not self.ready()
@@ -434,9 +499,13 @@ class Daemon:
             self.metrics.reload_ok.set(1)
             log.info("reload (%s): %d filings; replacing workers one at a time", why, new.index.stats().filings)
             for idx in sorted(self.workers):
-                self._stop_worker(idx)
                 if idx < new.config.workers:
-                    self._start_worker(idx)
+                    await self._replace_worker(idx)
+                else:
+                    self._stop_worker(idx)
+                    q = self.queues.pop(idx, None)
+                    if q is not None:
+                        q.close()
             for idx in range(new.config.workers):
                 if idx not in self.workers:
                     self._start_worker(idx)

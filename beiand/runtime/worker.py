@@ -30,7 +30,7 @@ from beiand.net.decoder import Decoder
 from beiand.policy.overlays import Decider
 from beiand.runtime.housekeeping import clickhouse_retire, every
 from beiand.runtime.inline import InlinePath
-from beiand.runtime.ipc import CloseBreaker, MetricKey, Ready, Rows, Snapshot, WorkerMessage
+from beiand.runtime.ipc import CloseBreaker, Go, MetricKey, Prepared, Ready, Rows, Snapshot, WorkerMessage
 from beiand.runtime.metrics import PER_WORKER
 from beiand.runtime.pipeline import Pipeline
 from beiand.runtime.wiring import (
@@ -151,8 +151,28 @@ class _Outbox:
         self.thread.join(timeout)
 
 
-def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inherited: Sequence[int] = ()) -> None:
-    """One capture worker: its own sockets, decoder, pipeline and log partition."""
+def _wait_for_go(conn: Connection, ppid: int, stopping: Callable[[], bool]) -> bool:
+    """A prepared replacement waits for the main process's :class:`Go`; False: told to stop, or
+    the main process is gone."""
+    conn.send(Prepared(os.getpid()))
+    while not stopping():
+        try:
+            if conn.poll(0.05) and isinstance(conn.recv(), Go):
+                return True
+        except (EOFError, OSError):
+            return False
+        if os.getppid() != ppid:
+            return False
+    return False
+
+
+def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inherited: Sequence[int] = (),
+                queue: NfQueue | None = None, handover: bool = False) -> None:
+    """One capture worker: its own sockets, decoder, pipeline and log partition. ``queue``: the
+    inline queue the main process bound (it outlives workers: while one is replaced, the kernel
+    holds the packets for the next instead of passing them unjudged). ``handover`` (a reload): the
+    worker builds what it can, joins the capture, says :class:`Prepared` and waits for :class:`Go`
+    (the worker it replaces has stopped) before it opens the log partition and reads the queue."""
     # The fork inherited the main process's event-loop signal wakeup fd: a signal to this
     # worker must not be read as one to the main process.
     signal.set_wakeup_fd(-1)
@@ -189,7 +209,6 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
     cfg = state.config
     inline = cfg.enforce.inline
     caps = live_captures(cfg, fanout_group)
-    alog, ch, sinks = access_log_sinks(cfg, idx, state.nat)
     agg = ActiveResourceAggregate()
     decoder = Decoder(decoder_config(cfg))
     enforcer = make_enforcer(cfg)
@@ -198,11 +217,16 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
     except StateError as exc:  # isms.profile: checked by the supervisor before it started the workers; changed since
         log.error("worker %d: %s; deciding without the overlays", idx, exc)
         decide = Decider(state.policy, grace_seconds=cfg.enforce.grace_seconds)
+    if handover and not _wait_for_go(conn, ppid, lambda: stop):
+        for cap in caps:
+            cap.close()
+        return
+    alog, ch, sinks = access_log_sinks(cfg, idx, state.nat)
     pipe = Pipeline(decoder, decide, [*sinks, agg], actor=enforcer.enforce, gateway=cfg.gateway)
     # Inline: the queue has its own thread (issue 22); it and the capture loop share the decoder
     # and the pipeline under this lock.
     lock = threading.Lock()
-    path = InlinePath(NfQueue(cfg.enforce.queue + idx), pipe, lock, inline_marks(cfg)) if inline else None
+    path = InlinePath(queue or NfQueue(cfg.enforce.queue + idx), pipe, lock, inline_marks(cfg)) if inline else None
     conn.send(Ready(os.getpid()))
     feed = pipe.feed
     next_snap = time.monotonic() + SNAPSHOT_INTERVAL
