@@ -250,7 +250,7 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         return {"version": __version__, "gateway": self.state.config.gateway, "config": self.config_path,
-                "records_loaded_at": self.state.loaded_at, "filings": self.state.index.stats().filings,
+                "records_loaded_at": self.state.loaded_at, "reloading": self._reloading, "filings": self.state.index.stats().filings,
                 "records": self.records_status(),
                 "workers": [{"worker": w.idx, "pid": w.pid, "ready": w.ready, "alive": w.proc.is_alive()}
                             for w in self.workers.values()], "worker_restarts": self.restarts,
@@ -327,12 +327,18 @@ class Daemon:
         proc, parent = self._spawn(idx, handover=True)
         deadline = time.monotonic() + timeout
         prepared = False
-        while proc.is_alive() and time.monotonic() < deadline and not prepared:
-            if await loop.run_in_executor(None, parent.poll, 0.05):
-                try:
-                    prepared = isinstance(parent.recv(), Prepared)
-                except (EOFError, OSError):
-                    break
+        try:
+            while proc.is_alive() and time.monotonic() < deadline and not prepared:
+                if await loop.run_in_executor(None, parent.poll, 0.05):
+                    try:
+                        prepared = isinstance(parent.recv(), Prepared)
+                    except (EOFError, OSError):
+                        break
+        except BaseException:  # the daemon stops meanwhile: the replacement goes, the old worker stays for the stop
+            proc.kill()
+            proc.join()
+            parent.close()
+            raise
         self._stop_worker(idx)
         if not prepared:  # it died or hung while building: start one the ordinary way
             log.error("worker %d: its replacement did not get ready (%s); starting a new one", idx,
@@ -555,14 +561,14 @@ class Daemon:
         await stop.wait()
         sd_notify("STOPPING=1")
         log.info("stopping: flushing the access log")
+        sup.cancel()  # first: a reload replacing a worker gives it up (its replacement is stopped)
+        with contextlib.suppress(asyncio.CancelledError):
+            await sup
         for idx in sorted(self.workers):
             self._stop_worker(idx)
         self._teardown_enforcement()
         await loop.run_in_executor(None, self.keeper.stop)
         await loop.run_in_executor(None, self.decisions.stop)
-        sup.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sup
         await served.close()
         if self.isms is not None:
             await self.isms.close()

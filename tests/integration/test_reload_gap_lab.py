@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,39 +26,7 @@ INVENTORY = """prefix,account,site,state,mode
 198.51.100.0/28,cust-enf,bj,active,enforce
 """
 FILED, UNFILED, IP = "www.example.com.cn", "unfiled.example.xyz", "198.51.100.11"
-FIRST_PORT = 43000
 
-# One request per connection, from a new source port each, for as long as the file "stop" is
-# absent; a line per connection: source port, host, what came back.
-CLIENT = r"""
-import socket, struct, sys, os, time
-ip, stop, first = sys.argv[1], sys.argv[2], int(sys.argv[3])
-hosts = sys.argv[4:]
-i = 0
-while not os.path.exists(stop):
-    host = hosts[i % len(hosts)]
-    sport = first + i
-    i += 1
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    s.settimeout(10)
-    try:
-        s.bind(("0.0.0.0", sport))
-        s.connect((ip, 80))
-        s.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while b"\r\n" not in data:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        got = data.split(b"\r\n", 1)[0].decode(errors="replace") or "closed"
-    except OSError as exc:
-        got = type(exc).__name__
-    s.close()
-    print(sport, host, got, flush=True)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -91,40 +58,49 @@ def reloaded(lb: Lab, before: float) -> bool:
     st = status(lb)
     workers = st["workers"]
     assert isinstance(workers, list)
-    return st["records_loaded_at"] != before and len(workers) == 2 and all(w["ready"] and w["alive"] for w in workers)
+    return (st["records_loaded_at"] != before and not st["reloading"] and len(workers) == 2
+            and all(w["ready"] and w["alive"] for w in workers))
+
+
+def curl(lb: Lab, name: str, scheme: str) -> tuple[int, str, int]:
+    port = 443 if scheme == "https" else 80
+    r = lb.run(lb.cli, ["curl", "-s", "-k", "-m", "5", "-o", "/dev/null", "-w", "%{http_code} %{local_port}", "--resolve",
+                        f"{name}:{port}:{IP}", f"{scheme}://{name}/"], capture_output=True, text=True)
+    code, _, local = r.stdout.partition(" ")
+    return r.returncode, code, int(local or 0)
 
 
 def test_no_flow_passes_unjudged_or_unlogged_through_reloads(lab) -> None:  # type: ignore[no-untyped-def]
+    """The moment a reload is reported (the new records in force), the workers are being replaced:
+    a flow then was served unjudged and not logged (5 of 5 before the fix)."""
     lb, wd, daemon = lab["lab"], lab["wd"], lab["daemon"]
-    stop = wd / "client.stop"
     t_ms = int(time.time() * 1000)
-    client = lb.spawn(lb.cli, [sys.executable, "-c", CLIENT, IP, str(stop), str(FIRST_PORT), UNFILED, FILED],
-                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        for _ in range(5):
-            before = status(lb)["records_loaded_at"]
-            assert isinstance(before, float)
-            daemon.send_signal(signal.SIGHUP)
-            deadline = time.monotonic() + 60
-            while not reloaded(lb, before):
-                assert time.monotonic() < deadline, f"no reload: {status(lb)}"
-                time.sleep(0.05)
-    finally:
-        stop.write_text("stop")
-        out, _ = client.communicate(timeout=60)
-    lines = [ln.split(" ", 2) for ln in out.decode().splitlines() if ln.strip()]
-    assert len(lines) >= 20, out[-2000:]
-    served = [ln for ln in lines if ln[1] == UNFILED and " 200" in ln[2]]
-    assert not served, f"an unfiled site served during a reload: {served}"
-    wrong = [ln for ln in lines if (ln[1] == UNFILED and " 451" not in ln[2]) or (ln[1] == FILED and " 200" not in ln[2])]
-    assert not wrong, f"{len(wrong)} of {len(lines)} answered otherwise: {wrong[:10]}"
-    # every flow in the access log, with its verdict
+    flows: list[tuple[str, str, int, str, int]] = []  # scheme, name, rc, code, client port
+    for i in range(6):
+        before = status(lb)["records_loaded_at"]
+        daemon.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while status(lb)["records_loaded_at"] == before:
+            assert time.monotonic() < deadline, f"no reload: {status(lb)}"
+        scheme = ("https", "http")[i % 2]
+        rc, code, port = curl(lb, UNFILED, scheme)  # at once: the workers are being replaced
+        flows.append((scheme, UNFILED, rc, code, port))
+        deadline = time.monotonic() + 60
+        while not reloaded(lb, before):
+            assert time.monotonic() < deadline, f"the reload did not end: {status(lb)}"
+            time.sleep(0.05)
+        rc, code, port = curl(lb, FILED, scheme)
+        flows.append((scheme, FILED, rc, code, port))
+    wrong = [f for f in flows if (f[1] == UNFILED and not ((f[0] == "https" and f[2] in (35, 56)) or f[3] == "451"))
+             or (f[1] == FILED and (f[2], f[3]) != (0, "200"))]
+    assert not wrong, f"answered otherwise (an unfiled site served during a reload?): {wrong}"
     deadline = time.monotonic() + 20
-    while True:
-        recs = {r.client_port: r for r in query(wd / "log", Query(since_ms=t_ms)) if r.server_ip == IP and r.kind == "http-host"}
-        missing = [ln for ln in lines if int(ln[0]) not in recs]
+    while True:  # every flow in the access log, with its verdict
+        recs = {r.client_port: r for r in query(wd / "log", Query(since_ms=t_ms))
+                if r.server_ip == IP and r.kind in ("tls-sni", "http-host")}
+        missing = [f for f in flows if f[4] not in recs]
         if not missing or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert not missing, f"{len(missing)} of {len(lines)} flows not in the access log: {missing[:10]}"
-    assert all(recs[int(ln[0])].verdict == ("unfiled" if ln[1] == UNFILED else "filed") for ln in lines)
+    assert not missing, f"flows not in the access log: {missing}"
+    assert all(recs[f[4]].verdict == ("unfiled" if f[1] == UNFILED else "filed") for f in flows)
