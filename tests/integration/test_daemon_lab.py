@@ -193,6 +193,12 @@ def test_sighup_with_a_broken_records_file_keeps_the_old_verdicts(lab) -> None: 
             break
         time.sleep(0.2)
     assert metric(http_get(lb, "/metrics")[1].decode(), "beiand_last_reload_successful") == 1
+    # The workers are replaced after the new records are in force (each replacement built beside
+    # the worker it replaces): the tests after this one find two workers again.
+    deadline = time.monotonic() + 30
+    while json.loads(http_get(lb, "/api/v1/status")[1])["reloading"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not json.loads(http_get(lb, "/api/v1/status")[1])["reloading"]
 
 
 def test_workers_capture_under_the_configured_realtime_priority(lab) -> None:  # type: ignore[no-untyped-def]
