@@ -18,6 +18,7 @@ next gains a rule: the supervisor writes nftables then) and ``metrics()``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections import OrderedDict
@@ -246,6 +247,7 @@ class CaseLayer:
         self.errors = 0
         self.error = ""
         self._names: dict[str, str] = {}  # name → its cases' keys (CASE_SEP between them)
+        self._hits: dict[str, Hit] = {}
         self._index()
 
     @classmethod
@@ -261,6 +263,7 @@ class CaseLayer:
                 by_name.setdefault(n, []).append(key)
         # name → the keys of every case on it (one per account), in one reference: apply_hit picks the decision's account's
         self._names = {n: CASE_SEP.join(keys) for n, keys in by_name.items()}
+        self._hits = {n: hit(Overlay.CASE, ref) for n, ref in self._names.items()}  # built once, not per flow
 
     def prepare(self) -> None:
         pass  # a snapshot of escalated cases is small: read under the lock
@@ -291,8 +294,7 @@ class CaseLayer:
         return True
 
     def match(self, obs: Observation) -> Hit | None:
-        v = self._names.get(obs.name) if obs.name else None
-        return hit(Overlay.CASE, v) if v is not None else None
+        return self._hits.get(obs.name) if obs.name else None
 
     def addresses(self, ts: float) -> list[AddressRule]:
         return []  # per flow, never the host
@@ -342,6 +344,16 @@ class Grace:
 CASE_SEP = "\x1f"  # between the keys of the cases on one name (a key holds no control character)
 
 
+@functools.lru_cache(maxsize=65536)
+def _case_refs(ref: str) -> tuple[tuple[str, str, bool], ...]:
+    """(key, account, lifted by a filing) of each case a CaseLayer hit names, parsed once per reference."""
+    out = []
+    for key in ref.split(CASE_SEP):
+        account, finding, _ = key_parts(key)
+        out.append((key, account, finding in LIFTED_BY_FILING))
+    return tuple(out)
+
+
 def apply_case(d: Decision, h: Hit) -> Decision | None:
     """The decision once an escalated case decided it; None when no case of the hit applies: only
     the case of the decision's own account; never an exempt verdict; a case about the filing itself
@@ -351,9 +363,8 @@ def apply_case(d: Decision, h: Hit) -> Decision | None:
     v = d.verdict.verdict
     if v is VerdictKind.EXEMPT:
         return None
-    for ref in h.ref.split(CASE_SEP):
-        account, finding, _ = key_parts(ref)
-        if account != d.account or (v is VerdictKind.FILED and finding in LIFTED_BY_FILING):
+    for ref, account, lifted in _case_refs(h.ref):
+        if account != d.account or (v is VerdictKind.FILED and lifted):
             continue
         if d.mode is Mode.ENFORCE:
             return d._replace(action=Action.BLOCK, rule=f"{h.by}:{ref}", by=h.by, ref=ref)
