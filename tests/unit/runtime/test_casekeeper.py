@@ -43,6 +43,18 @@ class Clock:
         return self.t
 
 
+class Pol:
+    """Records that decide every observation alike (the case overlay is what is tested)."""
+
+    inventory = None
+
+    def __init__(self, d: Decision) -> None:
+        self.d = d
+
+    def decide(self, o: Observation) -> Decision:
+        return self.d
+
+
 def row(name: str, account: str = "cust-1", verdict: str = "unfiled", t: float = MON, hits: int = 3) -> tuple[Any, ...]:
     return (name, "198.51.100.11", 443, account, verdict, "tls-sni", "flag", t - 60, t, hits)
 
@@ -115,15 +127,6 @@ def test_the_lifecycle_open_notice_reminder_escalation_then_rectified(tmp_path: 
     obs = Observation(MON, "203.0.113.5", 50000, "198.51.100.11", 443, Transport.TCP, Kind.TLS_SNI, "shop.example.xyz",
                       "shop.example.xyz")
     base = Decision(Verdict(VerdictKind.UNFILED, None, "no-filing"), Action.FLAG, "grace", Mode.ENFORCE, "cust-1")
-
-    class Pol:
-        inventory = None
-
-        def __init__(self, d: Decision) -> None:
-            self.d = d
-
-        def decide(self, o: Observation) -> Decision:
-            return self.d
 
     d = Decider(Pol(base), [layer]).decide(obs)  # type: ignore[arg-type]
     assert d.action is Action.BLOCK and d.by == "case" and d.ref == c.key
@@ -442,15 +445,6 @@ def test_cases_of_two_accounts_on_one_name_and_what_a_case_does_not_decide(tmp_p
     snap.escalated = {"alpha|unfiled|x.example.xyz": ("alpha", ("x.example.xyz",)),
                       "beta|unfiled|x.example.xyz": ("beta", ("x.example.xyz",))}
     layer = CaseLayer(snap)
-
-    class Pol:
-        inventory = None
-
-        def __init__(self, d: Decision) -> None:
-            self.d = d
-
-        def decide(self, o: Observation) -> Decision:
-            return self.d
 
     from beiand.policy.overlays import Grace
 
