@@ -65,17 +65,18 @@ class NfQueueError(BeiandError, OSError):
 
 
 class Marks(NamedTuple):
-    """beiand's three mark bits (packet and conntrack marks), from ``enforce.mark``."""
+    """beiand's four mark bits (packet and conntrack marks), from ``enforce.mark``."""
 
     decided: int
     seen: int
     first: int
+    more: int  # conntrack: a later request head of a decided HTTP/1.x connection is not complete: queue the rest
 
     @classmethod
     def from_base(cls, base: int) -> Marks:
-        if base <= 0 or base & (base - 1) or base > 1 << 29:
-            raise ValueError(f"enforce.mark: {base:#x} is not a single bit at most 1 << 29 (beiand uses it and the next two)")
-        return cls(base, base << 1, base << 2)
+        if base <= 0 or base & (base - 1) or base > 1 << 28:
+            raise ValueError(f"enforce.mark: {base:#x} is not a single bit at most 1 << 28 (beiand uses it and the next three)")
+        return cls(base, base << 1, base << 2, base << 3)
 
 
 DEFAULT_MARKS = Marks.from_base(0x10000000)  # enforce.mark's default
@@ -214,6 +215,15 @@ _TCP_HEADER_LENGTHS = range(20, 64, 4)
 CHAIN = "beiand"  # beiand's own filter chain: the jumps into it are the only rules in FORWARD
 
 
+def request_head_test(family: int) -> str:
+    """A u32 test true for a TCP segment whose payload starts with three upper-case letters (an
+    HTTP/1.x method token: GET, POST, …; issue 32): on a decided connection such a segment may be
+    a later request head (keep-alive) and is queued to be judged. The decoder checks the token."""
+    to_payload = "0>>22&0x3C@12>>26&0x3C@" if family == 4 else "52>>26&0x3C@"
+    first = "0" if family == 4 else "40"
+    return "&&".join(f"{to_payload}{first}>>{shift}&0xFF=0x41:0x5A" for shift in (24, 16, 8))
+
+
 def bare_tcp_tests(family: int) -> list[str]:
     """u32 tests, one per TCP header length, each true for a TCP packet without payload."""
     if family == 4:  # version 4, IHL 5; total length; data offset at 20 + 12
@@ -243,19 +253,27 @@ def rule_specs(tcp_ports: Sequence[int], udp_ports: Sequence[int], first_queue: 
     rules = []
     if tcp_ports:
         not_bare = [a for t in bare_tcp_tests(family) for a in ("-m", "u32", "!", "--u32", t)]
-        rules.append(Rule("filter", "FORWARD", ["-p", "tcp", "-m", "multiport", "--dports", ",".join(map(str, sorted(tcp_ports))),
-                                                *conn, *undecided, *not_bare, *comment, "-j", CHAIN]))
+        dports = ["-p", "tcp", "-m", "multiport", "--dports", ",".join(map(str, sorted(tcp_ports)))]
+        rules.append(Rule("filter", "FORWARD", [*dports, *conn, *undecided, *not_bare, *comment, "-j", CHAIN]))
+        # Issue 32: a decided connection's segment that starts like a request head (keep-alive), and
+        # the rest of a later head not complete yet (``more``), whatever the connection's length.
+        rules.append(Rule("filter", "FORWARD", [*dports, "-m", "connmark", "--mark", f"{marks.more:#x}/{marks.more:#x}",
+                                                *not_bare, *comment, "-j", CHAIN]))
+        rules.append(Rule("filter", "FORWARD", [*dports, "-m", "connmark", "--mark", f"{marks.decided:#x}/{marks.decided:#x}",
+                                                "-m", "u32", "--u32", request_head_test(family), *comment, "-j", CHAIN]))
     if udp_ports:
         rules.append(Rule("filter", "FORWARD", ["-p", "udp", "-m", "multiport", "--dports", ",".join(map(str, sorted(udp_ports))),
                                                 *conn, *undecided, *comment, "-j", CHAIN]))
     if rules:
-        d, s, f = (f"{m:#x}" for m in marks)
+        d, s, f = (f"{m:#x}" for m in marks[:3])
         rules += [
             Rule("filter", CHAIN, ["-m", "connmark", "!", "--mark", f"{s}/{s}", *comment, "-j", "MARK", "--or-mark", f]),
             Rule("filter", CHAIN, [*comment, "-j", "CONNMARK", "--or-mark", s]),
             Rule("filter", CHAIN, [*comment, "-j", "NFQUEUE", *target, "--queue-bypass"]),
+            # both bits from the verdict: ``decided``, and ``more`` set (a later head goes on) or cleared
             Rule("mangle", "POSTROUTING", ["-m", "mark", "--mark", f"{d}/{d}", *comment, "-j", "CONNMARK", "--save-mark",
-                                           "--nfmask", d, "--ctmask", d]),
+                                           "--nfmask", f"{marks.decided | marks.more:#x}", "--ctmask",
+                                           f"{marks.decided | marks.more:#x}"]),
         ]
     return rules
 

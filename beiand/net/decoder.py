@@ -25,7 +25,7 @@ from beiand.net import conns as connmod
 from beiand.net import dns as dnsmod
 from beiand.net.conns import NAMED, PENDING, WRITTEN, Conn, bound_url, client_first
 from beiand.net.errors import DecodeError, IpError, LinkError, QuicError
-from beiand.net.http import looks_like_http, parse_requests
+from beiand.net.http import looks_like_http, parse_requests_at
 from beiand.net.link import (
     BPF_MAX_GTPU_EXTENSIONS,
     BPF_MAX_MPLS_LABELS,
@@ -136,8 +136,8 @@ class Flow(Stream):
     decoder waits for a segment before it (bounded by the name budget, ``DecoderConfig.name_*``).
     ``segments``: data segments read (``DecoderConfig.name_packets``)."""
 
-    __slots__ = ("ack", "base", "client", "consumed", "data_ts", "dport", "fresh", "held", "segments", "server", "sport", "syn",
-                 "ts")
+    __slots__ = ("ack", "base", "client", "consumed", "data_ts", "dport", "fresh", "held", "later", "segments", "server", "sport",
+                 "syn", "ts")
 
     def __init__(self, base: int, syn: bool, ts: float, src: bytes, dst: bytes, sport: int, dport: int,
                  fresh: bool = False) -> None:
@@ -159,6 +159,7 @@ class Flow(Stream):
         self.consumed = 0
         self.ack = -1  # the ack of its first data segment: the server's ISN + 1 names the connection
         self.data_ts = ts  # the time of its first data (the name budget's clock; after a SYN: set then)
+        self.later = False  # a later request head of a named HTTP/1.x connection (keep-alive, issue 32)
 
     def add(self, seq: int, data: bytes, limit: int, max_holes: int = 64) -> int:
         """Add a segment; how much the contiguous prefix grew (0: not; -1: too many holes)."""
@@ -204,6 +205,11 @@ class Decoder:
         # connection's first is told from a new connection on the same 4-tuple (issue 36).
         self.done: dict[bytes, int | bytes] = {}
         self._done_old: dict[bytes, int | bytes] = {}
+        # HTTP/1.x connections already named, with the hosts named on them (issue 32): a later
+        # request head on one (keep-alive, pipelining) is read and judged too, not only the first.
+        self.http_hosts: OrderedDict[bytes, frozenset[str]] = OrderedDict()
+        self._next_head: tuple[Flow, int, bytes] | None = None  # the start of the head after the last complete one
+        self.http_body_end: dict[bytes, int] = {}  # a connection's request body ends there: no head before it
         self.drops: Counter[str] = Counter()  # what was dropped, by layer:reason
         self._seg: tuple[int, int, int] = (0, 0, 0)  # the TCP segment being decoded: seq, ack, payload length
         self.stats: Counter[str] = Counter()  # what was seen
@@ -772,6 +778,8 @@ class Decoder:
                 return
             self.done.pop(key, None)
             self._done_old.pop(key, None)
+            self.http_hosts.pop(key, None)
+            self.http_body_end.pop(key, None)
             self._new_flow(key, Flow(_U32.unpack_from(buf, l4 + 4)[0] + 1, True, ts, src, dst, sport, dport))
             return
         if l4 + doff == end:
@@ -783,14 +791,38 @@ class Decoder:
                         self._give_up(flow, ts, "closed")
             return
         ack = _U32.unpack_from(buf, l4 + 8)[0]
+        later = False
         if self._fresh and not self._same_tcp(key, ack):  # a new connection on this 4-tuple, like a SYN: decided afresh
             self._forget(key)
         elif key in self.done or key in self._done_old:
-            return
+            # Named already. An HTTP/1.x connection's later request heads are judged too (issue 32):
+            # a segment that starts with a method token starts one; a head not complete in it waits
+            # for the segments after it (held as a flow of its own).
+            if key not in self.http_hosts or (key not in self.flows and not looks_like_http(buf[l4 + doff : l4 + doff + 17])):
+                return
+            body_end = self.http_body_end.get(key)
+            if body_end is not None:
+                if (_U32.unpack_from(buf, l4 + 4)[0] - body_end) & 0xFFFFFFFF >= 0x80000000:
+                    return  # inside the body of the request before (Content-Length): not a head
+                del self.http_body_end[key]
+            later = True
         seq = _U32.unpack_from(buf, l4 + 4)[0]
         data = buf[l4 + doff : end]
         self._seg = (seq, ack, end - l4 - doff)
         flow = self.flows.get(key)
+        if later and flow is None:
+            flow = Flow(seq, False, ts, src, dst, sport, dport)
+            flow.later = True
+            ident = self._done_ident(key)
+            flow.ack = ident if isinstance(ident, int) else ack  # the connection's name (its server ISN + 1), kept
+            flow.buf = data[: self.config.max_flow_bytes]
+            flow.cost = len(flow.buf)
+            self.stats["http:later-head"] += 1
+            if self._examine(flow, ts):
+                self._mark_done(key, flow.ack)  # still named; a next head begun in the segment goes on
+            else:
+                self._new_flow(key, flow)
+            return
         if flow is None:
             # Most connections: the whole ClientHello or request head in the first segment.
             # Fresh: these are the connection's first bytes (as after a SYN), not a mid-stream join;
@@ -833,6 +865,8 @@ class Decoder:
                 self._mark_done(key, flow.ack)
                 self._give_up(flow, ts, "too-long")
                 return
+        if flow.later:  # bounded by its bytes (max_flow_bytes, the TCP budget), not the name budget: named already
+            return
         if not flow.held:
             # The name budget (issue 36): a flow still without its name is judged by its address now,
             # on this packet, rather than passed on unjudged once the kernel stops queuing it.
@@ -871,6 +905,8 @@ class Decoder:
         self.blocked.pop(key, None)
         self.done.pop(key, None)
         self._done_old.pop(key, None)
+        self.http_hosts.pop(key, None)
+        self.http_body_end.pop(key, None)
         old = self.flows.pop(key, None)
         if old is not None:
             self._tcp_budget.held -= old.cost
@@ -902,7 +938,16 @@ class Decoder:
         """Whether the flow the last frame touched needs no more packets (named or given up):
         inline, its later packets need not wait in the queue."""
         key = self._current
-        return isinstance(key, bytes) and (key in self.done or key in self._done_old)
+        return isinstance(key, bytes) and (key in self.done or key in self._done_old) and key not in self.flows
+
+    def reading_later(self) -> bool:
+        """Inline: the frame just decoded started (or continues) a later request head of a decided
+        HTTP/1.x connection that is not complete yet: its next segments must be queued too."""
+        key = self._current
+        if not isinstance(key, bytes):
+            return False
+        flow = self.flows.get(key)
+        return flow is not None and flow.later
 
     def _new_flow(self, key: bytes, flow: Flow) -> None:
         flows = self.flows
@@ -1045,15 +1090,31 @@ class Decoder:
             0, 0, 0, c.packets, c.octets, "", "", "")))
 
     def _mark_done(self, key: bytes, ident: int | bytes) -> None:
-        """The flow ``key`` needs no more packets; ``ident`` names its connection (see ``done``)."""
+        """The flow ``key`` needs no more packets; ``ident`` names its connection (see ``done``).
+        An HTTP/1.x flow whose last segment also began the next request head (pipelining) goes on
+        as a later head (issue 32)."""
         done = self.done
         done[key] = ident
         if len(done) > self.config.max_done // 2:
             self._done_old = done
             self.done = {}
+        nh = self._next_head
+        if nh is not None:
+            self._next_head = None
+            old, seq, data = nh
+            if not data:
+                self.http_body_end[key] = seq
+                return
+            flow = Flow(seq, False, old.ts, old.client, old.server, old.sport, old.dport)
+            flow.later = True
+            flow.ack = ident if isinstance(ident, int) else old.ack
+            flow.buf = data[: self.config.max_flow_bytes]
+            flow.cost = len(flow.buf)
+            self._new_flow(key, flow)
 
     def _examine(self, flow: Flow, ts: float) -> bool:
         """Look at the flow's first bytes; True when the flow needs no more bytes."""
+        self._next_head = None
         buf = flow.buf
         if not buf:
             return False
@@ -1066,11 +1127,12 @@ class Decoder:
                 self._emit_tls(flow, ts, hello, Kind.TLS_SNI, Transport.TCP)
                 return True
             if looks_like_http(buf[:17]):
-                reqs = parse_requests(buf)
+                reqs, rest = parse_requests_at(buf)
                 if reqs is None:
                     flow.held = False
                     return False
-                seen: set[str] = set()
+                named = self.http_hosts.get(self._current, frozenset()) if flow.later else frozenset()  # type: ignore[arg-type]
+                seen: set[str] = set(named)
                 for r in reqs:
                     if r.host and r.host not in seen:
                         seen.add(r.host)
@@ -1081,8 +1143,22 @@ class Decoder:
                                    bound_url(r.target, self.config.url_max, self.config.url_query), r.target[:512])
                 if not seen:
                     self._emit(flow, ts, Kind.IP_ONLY, Transport.TCP, "", "http-no-host")
+                key = self._current
+                if isinstance(key, bytes) and len(seen) <= 64:
+                    hosts = self.http_hosts
+                    hosts[key] = frozenset(seen)
+                    hosts.move_to_end(key)
+                    if len(hosts) > self.config.max_done // 2:
+                        self.http_body_end.pop(hosts.popitem(last=False)[0], None)
+                    if 0 < rest < len(buf) and looks_like_http(buf[rest:rest + 17]):
+                        self._next_head = flow, (flow.base + rest) & 0xFFFFFFFF, buf[rest:]  # the next head's start
+                    elif rest > len(buf):  # a body (Content-Length) goes on past these bytes: no head before its end
+                        self._next_head = flow, (flow.base + rest) & 0xFFFFFFFF, b""
                 return True
         except DecodeError as exc:
+            if flow.later:  # not a request head after all (a body that looks like one): the connection stays named
+                self.stats["http:later-not-a-head"] += 1
+                return True
             if self._may_hold(flow, ts):
                 return False
             self.drops[f"{exc.layer}:{exc.reason}"] += 1
@@ -1116,6 +1192,9 @@ class Decoder:
         return "budget-seconds" if ts - first_data >= cfg.name_seconds else ""
 
     def _give_up(self, flow: Flow, ts: float, why: str) -> None:
+        if flow.later:  # a later request head that never completed: the connection was judged by its first
+            self.stats["http:later-" + why] += 1
+            return
         if not flow.syn and not flow.fresh and why == "unknown-protocol":
             # Joined mid-stream (capture started late): not the connection's first bytes.
             self.stats["flow:midstream"] += 1

@@ -48,6 +48,13 @@ def host_of(authority: str) -> str:
 
 
 def parse_requests(buf: bytes) -> list[HttpRequest] | None:
+    return parse_requests_at(buf)[0]
+
+
+def parse_requests_at(buf: bytes) -> tuple[list[HttpRequest] | None, int]:
+    """``parse_requests`` and where the bytes after the last complete request start (its head and,
+    by Content-Length, its body; -1 when that cannot be known: a chunked body). Bytes from there on
+    are the start of the next request head (keep-alive, pipelining: issue 32)."""
     out: list[HttpRequest] = []
     off = 0
     n = len(buf)
@@ -62,7 +69,7 @@ def parse_requests(buf: bytes) -> list[HttpRequest] | None:
                 raise HttpError("head-too-long")
             if not out:
                 _check_line_start(buf, off)
-                return None
+                return None, 0
             break
         head = buf[off:end]
         out.append(_parse_head(head))
@@ -71,8 +78,8 @@ def parse_requests(buf: bytes) -> list[HttpRequest] | None:
         if m:
             off += int(m.group(1))
         elif _TE.search(head):
-            break  # chunked body: the next request is not where we could find it
-    return out
+            return out, -1  # chunked body: the next request is not where we could find it
+    return out, off
 
 
 def _check_line_start(buf: bytes, off: int) -> None:

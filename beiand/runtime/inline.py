@@ -88,7 +88,8 @@ class InlinePath:
         decoder = self.pipe.decoder
         feed, decide, settled, verdict = decoder.feed, self.pipe.decide, decoder.settled, queue.verdict
         block, blocked = decoder.block_current, decoder.blocked_current
-        first, decided = self.marks.first, self.marks.decided
+        first, decided, more = self.marks.first, self.marks.decided, self.marks.more
+        head_goes_on = decoder.reading_later
         clock = self.clock
         decode_ns = decide_ns = 0
         later: list[tuple[Observation, Decision, Outcome]] = []
@@ -111,10 +112,12 @@ class InlinePath:
                 if drop:
                     verdict(q.id, False)
                     continue
-                mark = q.mark & ~first
+                mark = q.mark & ~(first | more)
                 if settled():
                     mark |= decided
                     self.settled += 1
+                elif head_goes_on():  # a later request head goes on in the next segments: queue them (issue 32)
+                    mark |= decided | more
                 verdict(q.id, True, mark if mark != q.mark else None)
             tv = pc() - tv - decode_ns - decide_ns  # building the verdict messages
             t2 = pc()

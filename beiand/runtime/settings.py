@@ -233,10 +233,10 @@ class EnforceSection:
     inline: bool = _f(False, "Inline mode: first packets of watched flows go through NFQUEUE (rules installed by beiand).")
     queue: int = _f(0, "First NFQUEUE number (workers use queue..queue+workers-1).", min=0, max=65000)
     connbytes: int = _f(8, "Packets of a flow sent through the queue (iptables connbytes).", min=1, max=64)
-    mark: int = _f(0x10000000, "Inline: the lowest of the three packet/conntrack mark bits beiand uses (this bit and the "
-                   "next two: a flow's verdict is known, a packet of the connection was queued, the first queued packet); "
-                   "a power of two, at most 1 << 29; pick bits no other rule of the gateway uses.",
-                   min=1, max=1 << 29)
+    mark: int = _f(0x10000000, "Inline: the lowest of the four packet/conntrack mark bits beiand uses (this bit and the "
+                   "next three: a flow's verdict is known, a packet of the connection was queued, the first queued packet, "
+                   "a later HTTP request head goes on); a power of two, at most 1 << 28; pick bits no other rule of the "
+                   "gateway uses.", min=1, max=1 << 28)
     quic_block_seconds: int = _f(30, "How long a QUIC flow to an unfiled name is dropped (client falls back to TCP).", min=1)
     grace_seconds: int = _f(0, "Do not block names first seen less than this long ago.", min=0)
     max_blocks_per_minute: int = _f(600, "Circuit breaker: above this, enforcement falls back to dry-run.", min=1)

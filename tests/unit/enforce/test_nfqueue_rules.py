@@ -18,6 +18,7 @@ from beiand.enforce.nfqueue import (
     Queued,
     _attr,
     bare_tcp_tests,
+    request_head_test,
     rule_set,
     rule_specs,
 )
@@ -58,14 +59,18 @@ def u32(test: str, pkt: bytes) -> bool:
                     return False
                 val = struct.unpack_from("!I", pkt, base + int(arg, 0))[0]
             i += 2
-        if val != int(want, 0):
+        ok = False
+        for rng in want.split(","):  # value := range | value "," range; range := number | number ":" number
+            lo, _, hi = rng.partition(":")
+            ok = ok or int(lo, 0) <= val <= int(hi or lo, 0)
+        if not ok:
             return False
     return True
 
 
-def packet(v6: bool, flags: int, payload: int = 0, options: int = 0) -> bytes:
+def packet(v6: bool, flags: int, payload: int = 0, options: int = 0, data: bytes = b"") -> bytes:
     th = struct.pack("!HHIIBBHHH", 40000, 443, 1, 1, ((20 + options) // 4) << 4, flags, 65535, 0, 0) + b"\x01" * options
-    seg = th + b"x" * payload
+    seg = th + (data or b"x" * payload)
     if v6:
         return struct.pack("!IHBB", 0x60000000, len(seg), 6, 64) + b"\0" * 32 + seg
     return struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(seg), 0, 0x4000, 64, 6, 0) + b"\0" * 8 + seg
@@ -98,14 +103,33 @@ def test_ip_options_and_extension_headers_are_queued() -> None:
     assert queued(6, bytes(p6))
 
 
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("options", [0, 12, 40])
+def test_a_decided_connections_later_request_head_is_queued(family: int, options: int) -> None:
+    """Issue 32: on a decided connection, a segment starting with a method token is queued again."""
+    v6, test = family == 6, request_head_test(family)
+    for head in (b"GET /2 HTTP/1.1\r\n", b"POST /x", b"PROPFIND", b"FOO / HTTP/1.1"):
+        assert u32(test, packet(v6, ACK | PSH, data=head, options=options)), head
+    for other in (b"\x16\x03\x01\x02\x00", b"get / HTTP/1.1", b"{\"a\":1}", b"GE", b"G3T /"):
+        assert not u32(test, packet(v6, ACK | PSH, data=other, options=options)), other
+    assert not u32(test, packet(v6, ACK, options=options))  # a bare ACK: the read past its end fails
+
+
 def test_rules_are_bypass_connbytes_balanced_per_family() -> None:
     marks = Marks.from_base(0x100)
     rules = rule_set([443, 80], [443], 4, 2, 8, marks)
     assert set(rules) == {"iptables", "ip6tables"}
     for tool, specs in rules.items():
         jumps = [r.spec for r in specs if (r.table, r.chain) == ("filter", "FORWARD")]
-        assert len(jumps) == 2
-        tcp, udp = jumps
+        assert len(jumps) == 4
+        tcp, more, later, udp = jumps
+        # issue 32: the rest of a later head (``more`` on the connection), and a decided connection's later heads
+        i = more.index("connmark")
+        assert more[i + 1:i + 3] == ["--mark", "0x800/0x800"] and "--connbytes" not in more and more[-2:] == ["-j", CHAIN]
+        i = later.index("connmark")
+        family = 4 if tool == "iptables" else 6
+        assert later[i + 1:i + 3] == ["--mark", "0x100/0x100"] and request_head_test(family) in later and "--connbytes" not in later
+        jumps = [tcp, udp]
         for s in jumps:
             assert "0:8" in s and "beiand" in s and "--connbytes" in s and s[-2:] == ["-j", CHAIN]
             # a connection whose verdict is known is not queued again
@@ -122,14 +146,14 @@ def test_rules_are_bypass_connbytes_balanced_per_family() -> None:
         assert "--queue-bypass" in chain[2] and "4:5" in chain[2]
         (save,) = [r for r in specs if r.table == "mangle"]
         assert save.chain == "POSTROUTING" and save.spec[:4] == ["-m", "mark", "--mark", "0x100/0x100"]
-        assert save.spec[-6:] == ["CONNMARK", "--save-mark", "--nfmask", "0x100", "--ctmask", "0x100"]
+        assert save.spec[-6:] == ["CONNMARK", "--save-mark", "--nfmask", "0x900", "--ctmask", "0x900"]
     assert any("--queue-num" in r.spec for r in rule_specs([443], [], 0, 1, 8))
     assert rule_specs([], [], 0, 1, 8) == []
 
 
-def test_marks_are_three_bits_from_one() -> None:
-    assert Marks.from_base(0x10000000) == Marks(0x10000000, 0x20000000, 0x40000000)
-    for bad in (0, 3, 0x30, 1 << 30):
+def test_marks_are_four_bits_from_one() -> None:
+    assert Marks.from_base(0x10000000) == Marks(0x10000000, 0x20000000, 0x40000000, 0x80000000)
+    for bad in (0, 3, 0x30, 1 << 29):
         with pytest.raises(ValueError):
             Marks.from_base(bad)
 

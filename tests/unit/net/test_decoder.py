@@ -106,7 +106,8 @@ def test_split_without_syn_in_order():
 def test_http_split_and_pipelined():
     data = b"GET /a HTTP/1.1\r\nHost: one.example\r\n\r\nGET /b HTTP/1.1\r\nHost: two.example:8080\r\n\r\n"
     out, _ = run(t.tcp_session(C4, S4, 40000, 8080, data, segment=10))
-    assert [o.name for o in out] == ["one.example"]  # the first head completes before the second arrives
+    # the segment that completes the first head begins the second: read on to its end (issue 32)
+    assert [o.name for o in out] == ["one.example", "two.example"]
     out, _ = run(t.tcp_session(C4, S4, 40000, 8080, data, segment=len(data)))
     assert [o.name for o in out] == ["one.example", "two.example"]
 
@@ -541,3 +542,47 @@ def test_metrics_report_drops_evictions_budgets_and_flows_by_series():
     assert m[K("beiand_flows")] == d.flow_count == 2  # a gauge
     assert {k.metric for k in m} == {"beiand_decode_errors", "beiand_reassembly_evicted", "beiand_flow_name_budget_spent",
                                      "beiand_capture_bpf_unfollowed", "beiand_flows"}
+
+
+def keepalive(*segments: bytes, dport: int = 80) -> list[bytes]:
+    """A connection (SYN, SYN/ACK) and the client's segments one after the other, each its own send."""
+    pkts = [t.tcp(C4, S4, 40000, dport, 1000, 0, 0x02), t.tcp(S4, C4, dport, 40000, 5000, 1001, 0x12)]
+    seq = 1001
+    for seg in segments:
+        pkts.append(t.tcp(C4, S4, 40000, dport, seq, 5001, 0x18, seg))
+        pkts.append(t.tcp(S4, C4, dport, 40000, 5001, seq + len(seg), 0x18, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+        seq += len(seg)
+    return pkts
+
+
+def get(host: str, path: str = "/") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
+
+def test_every_request_head_of_a_keep_alive_connection_is_judged():
+    """Issue 32: a filed Host first, then an unfiled one on the same connection (each its own
+    segment): both are named, each on the segment that completes its head; a host named before on
+    the connection is not named again."""
+    out, d = run(keepalive(get("filed.example.com.cn"), get("unfiled.example.xyz", "/2"), get("filed.example.com.cn", "/3")))
+    assert [(o.name, o.kind) for o in out] == [("filed.example.com.cn", Kind.HTTP_HOST), ("unfiled.example.xyz", Kind.HTTP_HOST)]
+    second = out[1]
+    assert second.tcp_len == len(get("unfiled.example.xyz", "/2")) and second.url.endswith("/2")
+    assert d.stats["http:later-head"] == 2
+
+
+def test_a_later_head_split_over_segments_and_pipelined_heads():
+    head = get("split.example.xyz", "/s")
+    out, _ = run(keepalive(get("a.example"), head[:9], head[9:25], head[25:]))
+    assert [o.name for o in out] == ["a.example", "split.example.xyz"]
+    out, _ = run(keepalive(get("a.example"), get("b.example") + get("c.example") + get("d.example")[:10], get("d.example")[10:]))
+    assert [o.name for o in out] == ["a.example", "b.example", "c.example", "d.example"]
+    body = get("hidden.example")
+    post = f"POST /up HTTP/1.1\r\nHost: a.example\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    out, _ = run(keepalive(post, body[:20], body[20:], get("next.example")))  # a body that looks like a head is a body
+    assert [o.name for o in out] == ["a.example", "next.example"]
+
+
+def test_a_tls_connection_is_not_read_after_its_name():
+    hello = t.client_hello("tls.example.com")
+    out, d = run(keepalive(hello, b"GET / HTTP/1.1\r\nHost: x.example\r\n\r\n", dport=443))
+    assert [o.name for o in out] == ["tls.example.com"] and d.stats["http:later-head"] == 0

@@ -255,3 +255,27 @@ def test_metrics_report_the_queue_threads_own_counters() -> None:
     assert {k.labels for k in m if k.metric == "beiand_inline_seconds"} == {(s,) for s in STAGES}
     assert all(m[K("beiand_inline_seconds", (s,))] == getattr(p.times, s) / 1e9 > 0 for s in STAGES)
     assert len(m) == 3 + len(STAGES)
+
+
+def test_a_later_request_head_on_a_decided_connection_is_judged_and_its_rest_queued() -> None:
+    """Issue 32: keep-alive. A filed Host decides the connection; a later head is queued again by
+    the kernel (a method token on a decided connection): one for the same site passes; one split
+    over segments gets ``more`` (queue the rest) until it completes; an unfiled one is dropped."""
+    p, q = path()
+
+    def get(host: str, path: str = "/") -> bytes:
+        return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
+    first, second = get("www.example.cn"), get("www.example.cn", "/2")
+    split = get("unfiled.example.xyz", "/3")
+    seq = 100
+    q.waiting = [Queued(1, MARKS.first, ip(40000, seq, first))]
+    seq += len(first)
+    q.waiting += [Queued(2, MARKS.decided, ip(40000, seq, second))]
+    seq += len(second)
+    q.waiting += [Queued(3, MARKS.decided, ip(40000, seq, split[:12]))]
+    q.waiting += [Queued(4, MARKS.decided | MARKS.more, ip(40000, seq + 12, split[12:]))]
+    assert p.serve() == 4
+    assert q.sent == [[(1, True, MARKS.decided), (2, True, None),  # decided already: the mark is unchanged
+                       (3, True, MARKS.decided | MARKS.more),  # the rest of this head must be queued
+                       (4, False, None)]]  # its Host is not filed: only this request refused
