@@ -263,7 +263,8 @@ def main() -> None:
     ap.add_argument("--filed-count", type=int, default=500, help="connections per protocol and round")
     ap.add_argument("--conc", type=int, default=16, help="connections at a time in the rounds")
     ap.add_argument("--no-passive", action="store_true", help="skip the passive mode's run")
-    ap.add_argument("--protos", default="https,http", help="the rounds' clients: https, http, https-big, https-split")
+    ap.add_argument("--protos", default="https,http", help="the rounds' clients: https, http, https-big, https-split, "
+                    "http-keepalive (20 requests a connection: the later ones' latency, issue 32)")
     ap.add_argument("--no-effectiveness", action="store_true", help="only the alternated rounds")
     ap.add_argument("--realtime", type=int, default=0, help="capture.realtime_priority of the workers (SCHED_FIFO; 0: normal)")
     args = ap.parse_args()

@@ -7,6 +7,8 @@ MODE https-big: the same with a ClientHello past one MTU (about 2.8 KB, as a bro
      ML-KEM key share), written at once: one TSO/GSO super-packet (issue 36).
 MODE https-split: the ClientHello in two writes (TCP_NODELAY): two packets, the name in the second.
 MODE http:  connect, send a GET for NAME, read the answer.
+MODE http-keepalive: one connection, 20 GETs for NAME one after the other (issue 32: each later
+     request head is queued and judged too); the latencies are those of requests 2 to 20.
 Prints one JSON line: connections, how many received any byte from the server (TLS record /
 "hello from"), how many got the block page, resets, other errors, and first-byte latencies.
 """
@@ -23,7 +25,43 @@ sys.path.insert(0, sys.argv[6] if len(sys.argv) > 6 else ".")
 from beiand.lab.traffic import client_hello
 
 
+def keepalive(name: str, ip: str, res: dict, lock: threading.Lock, n: int = 20) -> None:  # type: ignore[type-arg]
+    s = socket.socket()
+    s.settimeout(3)
+    lats, outcome = [], "server-bytes"
+    try:
+        s.connect((ip, 80))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(n):
+            t0 = time.perf_counter()
+            s.sendall(f"GET /{i} HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
+            data = s.recv(65536)
+            if i:
+                lats.append(time.perf_counter() - t0)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")), 0)
+            while len(body) < length:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                body += chunk
+            if b"hello from" not in body:
+                outcome = "other"
+                break
+    except OSError:
+        outcome = "error"
+    finally:
+        s.close()
+    with lock:
+        res[outcome] = res.get(outcome, 0) + 1
+        if outcome == "server-bytes":
+            res.setdefault("lat", []).extend(lats)
+
+
 def one(mode: str, name: str, ip: str, res: dict, lock: threading.Lock) -> None:  # type: ignore[type-arg]
+    if mode == "http-keepalive":
+        keepalive(name, ip, res, lock)
+        return
     s = socket.socket()
     s.settimeout(3)
     outcome = "error"
