@@ -3,10 +3,43 @@ client namespace."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import pytest
+
+from beiand.lab.demo import build
+from beiand.lab.labdemo import wait_ready, write_config
 from beiand.lab.netns import Lab
+
+ENFORCED = """prefix,account,site,state,mode
+198.51.100.0/28,cust-enf,bj,active,enforce
+"""
+
+
+def daemon_lab(tmp_path_factory: Any, name: str, enforce: str, inventory: str = ENFORCED) -> Iterator[dict[str, Any]]:
+    """A module's lab: the namespaces, the servers, ``beiand run`` on the gateway with ``enforce``
+    (the lines of its ``[enforce]`` section); stopped with SIGTERM at the end."""
+    if os.geteuid() != 0:
+        pytest.fail("the lab needs root (network namespaces)")
+    wd = tmp_path_factory.mktemp(name)
+    files = build(wd / "samples")
+    Path(files["inventory"]).write_text(inventory)
+    cfg = write_config(wd, files, extra=f"\n[enforce]\n{enforce}\n")
+    with Lab() as lb:
+        lb.start_servers(wd)
+        with open(wd / "beiand.log", "ab") as logf:
+            daemon = lb.spawn(lb.gw, [sys.executable, "-m", "beiand.cli", "run", "--config", str(cfg)], stdout=logf, stderr=logf)
+        wait_ready(lb, daemon)
+        yield {"lab": lb, "daemon": daemon, "wd": wd}
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(30)
 
 
 def queued_tcp_packets(lb: Lab) -> int:

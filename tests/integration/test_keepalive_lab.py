@@ -3,53 +3,23 @@ filed Host first, then an unfiled one on the same keep-alive connection), inline
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from beiand.accesslog import Query, query
-from beiand.lab.demo import build
-from beiand.lab.labdemo import wait_ready, write_config
-from beiand.lab.netns import Lab
-from tests.integration.inlinelab import keepalive, queued_tcp_packets
+from tests.integration.inlinelab import daemon_lab, keepalive, queued_tcp_packets
 
 pytestmark = pytest.mark.integration
 
-INVENTORY = """prefix,account,site,state,mode
-198.51.100.0/28,cust-enf,bj,active,enforce
-"""
-
-
-def start(tmp_path_factory, inline: bool):  # type: ignore[no-untyped-def]
-    if os.geteuid() != 0:
-        pytest.fail("the lab needs root (network namespaces)")
-    wd = tmp_path_factory.mktemp("keepalive")
-    files = build(wd / "samples")
-    Path(files["inventory"]).write_text(INVENTORY)
-    cfg = write_config(wd, files, extra=f"\n[enforce]\ninline = {'true' if inline else 'false'}\nmax_blocks_per_minute = 100000\n")
-    with Lab() as lb:
-        lb.start_servers(wd)
-        with open(wd / "beiand.log", "ab") as logf:
-            daemon = lb.spawn(lb.gw, [sys.executable, "-m", "beiand.cli", "run", "--config", str(cfg)], stdout=logf, stderr=logf)
-        wait_ready(lb, daemon)
-        yield {"lab": lb, "daemon": daemon, "wd": wd}
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(30)
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):  # type: ignore[no-untyped-def]
-    yield from start(tmp_path_factory, inline=True)
+    yield from daemon_lab(tmp_path_factory, "keepalive", "inline = true\nmax_blocks_per_minute = 100000")
 
 
 @pytest.fixture(scope="module")
 def passive(tmp_path_factory):  # type: ignore[no-untyped-def]
-    yield from start(tmp_path_factory, inline=False)
+    yield from daemon_lab(tmp_path_factory, "keepalive-passive", "inline = false\nmax_blocks_per_minute = 100000")
 
 
 def test_every_request_head_of_a_keep_alive_connection_is_judged(lab) -> None:  # type: ignore[no-untyped-def]

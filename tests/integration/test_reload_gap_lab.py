@@ -7,46 +7,25 @@ Traffic sent through several reloads: no unfiled site served, every flow in the 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from beiand.accesslog import Query, query
-from beiand.lab.demo import build
-from beiand.lab.labdemo import http_get, wait_ready, write_config
+from beiand.lab.labdemo import http_get
 from beiand.lab.netns import Lab
+from tests.integration.inlinelab import daemon_lab
 
 pytestmark = pytest.mark.integration
 
-INVENTORY = """prefix,account,site,state,mode
-198.51.100.0/28,cust-enf,bj,active,enforce
-"""
 FILED, UNFILED, IP = "www.example.com.cn", "unfiled.example.xyz", "198.51.100.11"
 
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):  # type: ignore[no-untyped-def]
-    if os.geteuid() != 0:
-        pytest.fail("the lab needs root (network namespaces)")
-    wd = tmp_path_factory.mktemp("reloadgap")
-    files = build(wd / "samples")
-    Path(files["inventory"]).write_text(INVENTORY)
-    cfg = write_config(wd, files, extra='\n[enforce]\ninline = true\nmax_blocks_per_minute = 100000\n'
-                       'min_verdicts_for_share = 1000000\n')
-    with Lab() as lb:
-        lb.start_servers(wd)
-        with open(wd / "beiand.log", "ab") as logf:
-            daemon = lb.spawn(lb.gw, [sys.executable, "-m", "beiand.cli", "run", "--config", str(cfg)], stdout=logf, stderr=logf)
-        wait_ready(lb, daemon)
-        yield {"lab": lb, "daemon": daemon, "wd": wd}
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(30)
+    yield from daemon_lab(tmp_path_factory, "reloadgap", "inline = true\nmax_blocks_per_minute = 100000\nmin_verdicts_for_share = 1000000")
 
 
 def status(lb: Lab) -> dict[str, object]:
