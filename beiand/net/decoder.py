@@ -792,23 +792,30 @@ class Decoder:
             return
         ack = _U32.unpack_from(buf, l4 + 8)[0]
         later = False
+        skip = 0  # a later head after the end of a body inside this segment starts this far in
         if self._fresh and not self._same_tcp(key, ack):  # a new connection on this 4-tuple, like a SYN: decided afresh
             self._forget(key)
         elif key in self.done or key in self._done_old:
             # Named already. An HTTP/1.x connection's later request heads are judged too (issue 32):
             # a segment that starts with a method token starts one; a head not complete in it waits
             # for the segments after it (held as a flow of its own).
-            if key not in self.http_hosts or (key not in self.flows and not looks_like_http(buf[l4 + doff : l4 + doff + 17])):
+            if key not in self.http_hosts:
                 return
             body_end = self.http_body_end.get(key)
             if body_end is not None:
-                if (_U32.unpack_from(buf, l4 + 4)[0] - body_end) & 0xFFFFFFFF >= 0x80000000:
-                    return  # inside the body of the request before (Content-Length): not a head
+                into = (body_end - _U32.unpack_from(buf, l4 + 4)[0]) & 0xFFFFFFFF
+                if 0 < into < 0x80000000:  # the segment starts inside the body before (Content-Length)
+                    if l4 + doff + into >= end:
+                        return  # wholly inside it: not a head
+                    skip = into  # the body ends in it: a head may start right after
                 del self.http_body_end[key]
+            if key not in self.flows and not looks_like_http(buf[l4 + doff + skip : l4 + doff + skip + 17]):
+                return
             later = True
         seq = _U32.unpack_from(buf, l4 + 4)[0]
-        data = buf[l4 + doff : end]
+        data = buf[l4 + doff + skip : end]
         self._seg = (seq, ack, end - l4 - doff)
+        seq = (seq + skip) & 0xFFFFFFFF
         flow = self.flows.get(key)
         if later and flow is None:
             flow = Flow(seq, False, ts, src, dst, sport, dport)
@@ -1110,7 +1117,12 @@ class Decoder:
             flow.ack = ident if isinstance(ident, int) else old.ack
             flow.buf = data[: self.config.max_flow_bytes]
             flow.cost = len(flow.buf)
-            self._new_flow(key, flow)
+            # More heads than one parse reads (pipelining past parse_requests' limit) may already be
+            # complete: read them now, not when a segment that may never come arrives.
+            if self._examine(flow, flow.ts):
+                self._mark_done(key, flow.ack)
+            else:
+                self._new_flow(key, flow)
 
     def _examine(self, flow: Flow, ts: float) -> bool:
         """Look at the flow's first bytes; True when the flow needs no more bytes."""
@@ -1150,7 +1162,10 @@ class Decoder:
                     hosts.move_to_end(key)
                     if len(hosts) > self.config.max_done // 2:
                         self.http_body_end.pop(hosts.popitem(last=False)[0], None)
-                    if 0 < rest < len(buf) and looks_like_http(buf[rest:rest + 17]):
+                    if rest < 0:  # a chunked body: not followed, so no later head is read on this connection
+                        del hosts[key]
+                        self.stats["http:later-chunked"] += 1
+                    elif 0 < rest < len(buf) and looks_like_http(buf[rest:rest + 17]):
                         self._next_head = flow, (flow.base + rest) & 0xFFFFFFFF, buf[rest:]  # the next head's start
                     elif rest > len(buf):  # a body (Content-Length) goes on past these bytes: no head before its end
                         self._next_head = flow, (flow.base + rest) & 0xFFFFFFFF, b""

@@ -184,10 +184,13 @@ def load_contacts(path: Path) -> dict[str, list[str]]:
         for where, cells in csv_rows(path, raw, _CONTACT_HEADERS, ("account", "email"), "account,email[,name]",
                                      "用户账号,邮箱,联系人", ContactsError, problems):
             account, addr = cells.get("account", "").strip(), cells.get("email", "").strip()
-            if not account or "@" not in addr or not email.utils.parseaddr(addr)[1]:
-                problems.append(f"{where}: expected an account and a mail address, got {account!r}, {addr!r}")
+            if not account or "@" not in addr or not addr.isascii() or not email.utils.parseaddr(addr)[1]:
+                problems.append(f"{where}: expected an account and an (ASCII) mail address, got {account!r}, {addr!r}")
                 continue
-            out.setdefault(account, []).append(email.utils.formataddr((cells.get("name", "").strip(), addr)))
+            try:
+                out.setdefault(account, []).append(email.utils.formataddr((cells.get("name", "").strip(), addr)))
+            except (UnicodeError, ValueError) as exc:
+                problems.append(f"{where}: {addr!r}: {exc}")
     except ContactsError as exc:
         problems = exc.problems + problems
     if problems:

@@ -300,7 +300,12 @@ class Daemon:
 
     def _spawn(self, idx: int, handover: bool = False) -> tuple[multiprocessing.process.BaseProcess, Connection]:
         parent, child = self.ctx.Pipe(duplex=True)
-        queue = self._queue(idx)
+        try:
+            queue = self._queue(idx)
+        except OSError as exc:  # NfQueueError too: the worker binds its own (and says why it cannot)
+            log.error("worker %d: its queue could not be bound here (%s); the worker binds it", idx, exc)
+            self.queues.pop(idx, None)
+            queue = None
         # the other workers' pipes and queues: closed in the child (a queue held by another process
         # could not be bound again after its worker died)
         inherited = [w.conn.fileno() for w in self.workers.values()] + [q.fileno() for i, q in self.queues.items() if i != idx]
@@ -435,7 +440,11 @@ class Daemon:
                     self.restarts += 1
                     self.metrics.worker_restarts.inc()
                     if w.proc.exitcode != 0:
-                        self._queue(idx, renew=True)  # packets it read and never answered: dropped with the old binding
+                        try:
+                            self._queue(idx, renew=True)  # packets it read and never answered: dropped with the old binding
+                        except OSError as exc:  # NfQueueError too: the next worker binds its own, as before
+                            log.error("worker %d: its queue could not be bound again (%s)", idx, exc)
+                            self.queues.pop(idx, None)
                     self._start_worker(idx)
             self.metrics.workers.set(sum(1 for w in self.workers.values() if w.proc.is_alive()))
             healthy = not self.ready()

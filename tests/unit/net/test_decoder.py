@@ -586,3 +586,20 @@ def test_a_tls_connection_is_not_read_after_its_name():
     hello = t.client_hello("tls.example.com")
     out, d = run(keepalive(hello, b"GET / HTTP/1.1\r\nHost: x.example\r\n\r\n", dport=443))
     assert [o.name for o in out] == ["tls.example.com"] and d.stats["http:later-head"] == 0
+
+
+def test_later_heads_past_one_parse_after_a_body_and_never_in_a_chunked_body():
+    """Found in review (issue 32): 17 heads in one segment are all read; a head right after a
+    Content-Length body inside the same segment is read; a chunked body (not followed) is never
+    read as heads, so an upload to a filed site cannot be blocked for what its body says."""
+    many = b"".join(get("filed.example.cn", f"/{i}") for i in range(16)) + get("unfiled.example.xyz")
+    for segs in ((many,), (get("filed.example.cn"), many)):
+        out, _ = run(keepalive(*segs))
+        assert [o.name for o in out] == ["filed.example.cn", "unfiled.example.xyz"], segs[0][:40]
+    post = b"POST / HTTP/1.1\r\nHost: filed.example.cn\r\nContent-Length: 5\r\n\r\n"
+    for body in (b"HELLO", b"hello"):
+        out, _ = run(keepalive(post, body + get("unfiled.example.xyz")))
+        assert [o.name for o in out] == ["filed.example.cn", "unfiled.example.xyz"]
+    chunked = b"POST / HTTP/1.1\r\nHost: filed.example.cn\r\nTransfer-Encoding: chunked\r\n\r\n"
+    out, d = run(keepalive(chunked, get("in-the-body.example.xyz")))
+    assert [o.name for o in out] == ["filed.example.cn"] and d.stats["http:later-chunked"] == 1
