@@ -43,7 +43,7 @@ RULES = {
     "authority": "上级下发的未备案网站须停止接入：501号 第七条（四）、第十六条（四） / a site the authority lists as unfiled "
                  "must stop: 501号 art. 7(4), 16(4)",
 }
-TODO = {
+WHAT_TO_DO = {
     "unfiled": "请通过本接入商的备案系统提交备案，或停止该网站服务。/ File the site through this provider's 备案 system, or "
                "stop the service.",
     "mismatch": "请通过本接入商的备案系统变更备案的接入信息（接入商、IP 地址），或停止该网站服务。/ Correct the filing's access "
@@ -158,7 +158,7 @@ def notice_values(c: Case, deadline: float, days: int, contact: str, provider: s
     return {"name": c.names[0], "names": ", ".join(c.names), "account": c.account, "case_no": c.key,
             "finding": FINDINGS[c.finding], "rule": RULES[c.finding], "found": _fmt(c.first_seen or c.opened_at),
             "last_seen": _fmt(c.last_seen), "hits": str(c.hits), "deadline": _fmt(deadline), "days": str(days),
-            "todo": TODO[c.finding], "contact": contact or "-", "provider": provider or "-"}
+            "todo": WHAT_TO_DO[c.finding], "contact": contact or "-", "provider": provider or "-"}
 
 
 _CONTACT_HEADERS = {"account": "account", "用户账号": "account", "账号": "account", "email": "email", "邮箱": "email",
