@@ -265,12 +265,6 @@ class CaseStore:
         last = self.current(account, finding, name)
         return case_key(account, finding, name, 1 if last is None else _seq(last.key) + 1)
 
-    def escalated(self) -> list[Case]:
-        return [c for c in self.cases.values() if c.state == "escalated"]
-
-    def open_cases(self) -> list[Case]:
-        return [c for c in self.cases.values() if c.open]
-
     def by_state(self) -> dict[str, int]:
         out = dict.fromkeys(STATES, 0)
         for c in self.cases.values():

@@ -261,7 +261,7 @@ class CaseLayer:
         for key, (_account, names) in sorted(self.snapshot.escalated.items()):
             for n in names:
                 by_name.setdefault(n, []).append(key)
-        # name → the keys of every case on it (one per account), in one reference: apply_hit picks the decision's account's
+        # name → the keys of every case on it (one per account), in one reference: apply_case picks the decision's account's
         self._names = {n: CASE_SEP.join(keys) for n, keys in by_name.items()}
         self._hits = {n: hit(Overlay.CASE, ref) for n, ref in self._names.items()}  # built once, not per flow
 
@@ -373,9 +373,7 @@ def apply_case(d: Decision, h: Hit) -> Decision | None:
 
 
 def apply_hit(d: Decision, h: Hit) -> Decision:
-    """The decision once an overlay's rule decided it."""
-    if h.effect == Effect.CASE:
-        return apply_case(d, h) or d
+    """The decision once an overlay's rule decided it (a case's hit: :func:`apply_case`)."""
     if h.effect == Effect.BLOCK:
         return d._replace(action=Action.BLOCK, rule=f"{h.by}:{h.ref}", by=h.by, ref=h.ref)
     if h.effect == Effect.EXEMPT:  # noFilter: an allowlist entry

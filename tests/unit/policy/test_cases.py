@@ -38,7 +38,7 @@ def test_a_case_from_finding_to_cancellation_and_back() -> None:
     assert (c.state, c.close_reason, c.hits, c.first_seen) == ("closed", "rectified", 8, T0 - DAY)
     assert c.servers == ("198.51.100.11", "198.51.100.12")
     assert [(x.event, x.actor) for x in c.steps][3:5] == [("escalate", "beiand"), ("extend", "alice")]
-    assert s.by_state()["closed"] == 1 and s.escalated() == [] and s.open_cases() == []
+    assert s.by_state() == {"open": 0, "notified": 0, "appealed": 0, "escalated": 0, "closed": 1}
 
 
 def test_what_does_not_follow_is_refused_by_name_and_changes_nothing() -> None:
