@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from beiand.errors import BeiandError
+from beiand.net.http import METHOD_WORDS
 from beiand.net.link import (
     BPF_MAX_GTPU_EXTENSIONS,
     BPF_MAX_MPLS_LABELS,
@@ -76,6 +77,7 @@ from beiand.net.link import (
     VXLAN_PORT,
     Start,
 )
+from beiand.net.quic import FIRST_DRAFT, KNOWN_VERSIONS, LAST_DRAFT, MIN_INITIAL
 
 # Opcodes (linux/filter.h)
 LD, LDX, ST, STX, ALU, JMP, RET, MISC = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
@@ -91,7 +93,13 @@ MAX_INSNS = 4096  # BPF_MAXINSNS
 Insn = tuple[int, int, int, int]  # code, jt, jf, k
 
 # Scratch memory slots (M[]): each is stored before it is loaded on every path (the kernel checks).
-_M_TMP, _M_IHL, _M_TOTAL, _M_DOFF = 0, 1, 2, 3
+_M_TMP, _M_IHL, _M_TOTAL, _M_DOFF, _M_PAY = 0, 1, 2, 3, 4
+# Names on any port (issue 32): an odd port's segment is passed when it starts a ClientHello
+# (``16 03``, handshake type 1 at its sixth byte) or a request of a known method (its first word),
+# or carries fewer than ``_SHORT`` bytes (a first segment cut to hide what follows); a UDP
+# datagram when it is a padded long-header packet of a known QUIC version.
+_SHORT = 8
+_QUIC_UDP_LENGTH = 8 + MIN_INITIAL
 
 
 @dataclass
@@ -179,7 +187,8 @@ class _Condition(Protocol):
 
 def build(tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True, *,
           linktype: int = LINKTYPE_ETHERNET, condition: _Condition | None = None, connections: bool = False,
-          queued_udp: Iterable[int] = (), queued_tcp: Iterable[int] = ()) -> list[Insn]:
+          queued_udp: Iterable[int] = (), queued_tcp: Iterable[int] = (), any_port: bool = False,
+          queued_any_port: bool = False) -> list[Insn]:
     """The capture filter for frames of ``linktype`` (see the module's docstring).
 
     ``queued_udp``: inline, UDP ports whose datagrams arrive through NFQUEUE: never passed here,
@@ -188,6 +197,11 @@ def build(tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True, 
     for connection records either: the ring's fanout and NFQUEUE's balance pick a worker by
     different hashes, so a flow's SYN and its queued packet could reach two workers (two records,
     and a second decision on the ring's side); such a flow's record comes from the queue alone.
+
+    ``any_port`` (passive, issue 32): on the ports not watched, TCP segments that may start a name
+    and UDP datagrams that look like a QUIC Initial are passed too. ``queued_any_port`` (inline,
+    where those arrive through NFQUEUE): such datagrams are never passed here, connection records
+    or not.
 
     ``condition``: the operator's ``capture.filter`` (:class:`beiand.capture.filterexpr.Condition`),
     compiled in front: it falls through to ``start`` or jumps to ``reject``.
@@ -202,7 +216,7 @@ def build(tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True, 
         condition.emit(a, linktype)
     a.label("start")
     if lt.start is Start.ETHERNET and lt.offset == 0:
-        _fast_path(a, tcp, dns, connections, sorted(set(queued_tcp)))
+        _fast_path(a, tcp, dns, connections, sorted(set(queued_tcp)), any_port)
         a.label("generic")
         a.op(LDX | IMM, 0)
         a.ja("eth0")
@@ -219,7 +233,7 @@ def build(tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True, 
     queued = sorted(set(queued_udp))
     qtcp = sorted(set(queued_tcp))
     for level in range(MAX_DEPTH + 1):
-        _level(a, level, tcp, udp, dns, connections, queued, qtcp)
+        _level(a, level, tcp, udp, dns, connections, queued, qtcp, any_port, queued_any_port)
     a.label("accept")
     a.op(RET | K, SNAPLEN)
     a.label("reject")
@@ -227,7 +241,47 @@ def build(tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True, 
     return a.assemble()
 
 
-def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False, qtcp: list[int] | None = None) -> None:
+def _odd_content(a: _Asm, at: int) -> None:
+    """A TCP segment on a port not watched, X = the offset of its payload less ``at``, A = its
+    payload's length (0: not known, a TSO frame or a jumbogram): accepted when shorter than
+    ``_SHORT`` or when it starts a ClientHello or a known method's request."""
+    content, tls = a.fresh("content"), a.fresh("tls")
+    a.op(JMP | JEQ | K, 0, jt=content)
+    a.op(JMP | JGE | K, _SHORT, jt=content, jf="accept")
+    a.label(content)
+    a.op(LD | B | IND, at)
+    a.op(JMP | JEQ | K, 0x16, jt=tls)
+    a.op(LD | W | IND, at)
+    a.jeq_any(METHOD_WORDS, "accept")
+    a.ja("reject")
+    a.label(tls)
+    a.op(LD | B | IND, at + 1)
+    a.op(JMP | JEQ | K, 3, jf="reject")
+    a.op(LD | B | IND, at + 5)
+    a.op(JMP | JEQ | K, 1, jt="accept", jf="reject")
+
+
+def _quic_content(a: _Asm, hit: str, miss: str) -> None:
+    """A UDP datagram, X = its header: ``hit`` when it may be a client's QUIC Initial of a known
+    version (length, long header with the fixed bit, version), else ``miss``."""
+    drafts = a.fresh("drafts")
+    a.op(LD | H | IND, 4)
+    a.op(JMP | JGE | K, _QUIC_UDP_LENGTH, jf=miss)
+    a.op(LD | B | IND, 8)
+    a.op(ALU | AND | K, 0xC0)
+    a.op(JMP | JEQ | K, 0xC0, jf=miss)
+    a.op(LD | W | IND, 9)
+    a.jeq_any(KNOWN_VERSIONS, hit)
+    a.op(ALU | AND | K, 0xFFFFFF00)
+    a.op(JMP | JEQ | K, 0xFF000000, jt=drafts, jf=miss)
+    a.label(drafts)
+    a.op(LD | B | IND, 12)
+    a.op(JMP | JGE | K, FIRST_DRAFT, jf=miss)
+    a.op(JMP | JGT | K, LAST_DRAFT, jt=miss, jf=hit)
+
+
+def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False, qtcp: list[int] | None = None,
+               any_port: bool = False) -> None:
     """Ethernet + IPv4/IPv6 + TCP, not fragmented, no IPv6 extension header: most of a link's
     bulk, judged with absolute loads in about 20 instructions (the walk below takes twice that).
     The same rule as the walk's level 0; anything else goes to ``generic``."""
@@ -257,6 +311,19 @@ def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False, qt
         a.op(JMP | JSET | K, 0x05, jt="accept")  # FIN, RST on any port
         a.op(ALU | AND | K, 0x12)
         a.op(JMP | JEQ | K, 0x02, jt="accept")  # SYN without ACK
+    if any_port:  # the payload's first bytes (issue 32)
+        a.op(LD | B | IND, 26)
+        a.op(ALU | AND | K, 0xF0)
+        a.op(ALU | RSH | K, 2)
+        a.op(ALU | ADD | X)
+        a.op(MISC | TAX)  # X = IPv4 + TCP header lengths
+        a.op(LD | H | ABS, 16)
+        odd = a.fresh("odd4")
+        a.op(JMP | JEQ | K, 0, jt=odd)
+        a.op(JMP | JGT | X, 0, jf="reject")
+        a.op(ALU | SUB | X)
+        a.label(odd)
+        _odd_content(a, 14)
     a.ja("reject")
     a.label("fastdata4")
     a.op(LD | B | IND, 27)
@@ -290,6 +357,18 @@ def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False, qt
         a.op(JMP | JSET | K, 0x05, jt="accept")
         a.op(ALU | AND | K, 0x12)
         a.op(JMP | JEQ | K, 0x02, jt="accept")
+    if any_port:
+        a.op(LD | B | ABS, 66)
+        a.op(ALU | AND | K, 0xF0)
+        a.op(ALU | RSH | K, 2)
+        a.op(MISC | TAX)  # X = TCP header length
+        a.op(LD | H | ABS, 18)
+        odd = a.fresh("odd6")
+        a.op(JMP | JEQ | K, 0, jt=odd)
+        a.op(JMP | JGT | X, 0, jf="reject")
+        a.op(ALU | SUB | X)
+        a.label(odd)
+        _odd_content(a, 54)
     a.ja("reject")
     a.label("fastdata6")
     a.op(LD | B | ABS, 67)
@@ -304,7 +383,8 @@ def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False, qt
 
 
 def _level(a: _Asm, lv: int, tcp: list[int], udp: list[int], dns: bool, connections: bool = False,
-           queued: list[int] | None = None, qtcp: list[int] | None = None) -> None:
+           queued: list[int] | None = None, qtcp: list[int] | None = None, any_port: bool = False,
+           queued_any_port: bool = False) -> None:
     """The headers at encapsulation depth ``lv``; X holds the offset of the header being read."""
     deeper = lv < MAX_DEPTH
     nxt = lv + 1
@@ -439,6 +519,26 @@ def _level(a: _Asm, lv: int, tcp: list[int], udp: list[int], dns: bool, connecti
             a.op(JMP | JSET | K, 0x05, jt="accept")  # FIN, RST on any port
             a.op(ALU | AND | K, 0x12)
             a.op(JMP | JEQ | K, 0x02, jt="accept")  # SYN without ACK (the SYN+ACK adds nothing)
+        if any_port:  # the payload's first bytes (issue 32)
+            a.op(LD | B | IND, 12)
+            a.op(ALU | AND | K, 0xF0)
+            a.op(ALU | RSH | K, 2)  # TCP header length
+            a.op(ST, _M_DOFF)
+            a.op(ALU | ADD | X)
+            a.op(ST, _M_PAY)  # the payload's offset
+            a.op(LD | MEM, _M_DOFF)
+            if v == "4":
+                a.op(LDX | MEM, _M_IHL)
+                a.op(ALU | ADD | X)
+            a.op(MISC | TAX)  # X = the headers' length the total counts
+            a.op(LD | MEM, _M_TOTAL)
+            odd = a.fresh("odd")
+            a.op(JMP | JEQ | K, 0, jt=odd)
+            a.op(JMP | JGT | X, 0, jf="reject")
+            a.op(ALU | SUB | X)
+            a.label(odd)
+            a.op(LDX | MEM, _M_PAY)
+            _odd_content(a, 0)
         a.ja("reject")
         a.label(f"tcpdata{v}_{lv}")
         a.op(LD | B | IND, 13)
@@ -469,6 +569,10 @@ def _level(a: _Asm, lv: int, tcp: list[int], udp: list[int], dns: bool, connecti
         a.op(JMP | JEQ | K, VXLAN_PORT, jt=f"vxlan{lv}")
         a.op(JMP | JEQ | K, GENEVE_PORT, jt=f"geneve{lv}")
         a.op(JMP | JEQ | K, GTPU_PORT, jt=f"gtpu{lv}")
+    if any_port or queued_any_port:  # a QUIC Initial on a port not watched (issue 32): passed, or queued (inline)
+        miss = a.fresh("notquic")
+        _quic_content(a, "reject" if queued_any_port else "accept", miss)
+        a.label(miss)
     if connections:  # any other UDP, but a watched (QUIC) port's answers
         a.op(LD | H | IND, 0)
         a.jeq_any([*udp, *(queued or ())], "reject")
@@ -629,7 +733,7 @@ def run_counted(prog: list[Insn], pkt: bytes) -> tuple[int, int]:
 
 def reference(pkt: bytes, tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True,
               linktype: int = LINKTYPE_ETHERNET, connections: bool = False, queued_udp: Iterable[int] = (),
-              queued_tcp: Iterable[int] = ()) -> bool:
+              queued_tcp: Iterable[int] = (), any_port: bool = False, queued_any_port: bool = False) -> bool:
     """The rule :func:`build` compiles, written plainly (for the tests): a recursive walk of the
     same headers. A field beyond the captured bytes rejects, as in the kernel."""
     tcp, udp, queued, qtcp = frozenset(tcp_ports), frozenset(udp_ports), frozenset(queued_udp), frozenset(queued_tcp)
@@ -717,7 +821,25 @@ def reference(pkt: bytes, tcp_ports: Iterable[int], udp_ports: Iterable[int], dn
         if u16(l4) in qtcp or u16(l4 + 2) in qtcp:
             return False
         flags = u8(l4 + 13)
-        return connections and (bool(flags & 0x05) or flags & 0x12 == 0x02)
+        if connections and (flags & 0x05 or flags & 0x12 == 0x02):
+            return True
+        if not any_port:
+            return False
+        pay = l4 + ((u8(l4 + 12) & 0xF0) >> 2)
+        hdr = ihl + ((u8(l4 + 12) & 0xF0) >> 2)
+        if total and total <= hdr:
+            return False
+        if total and total - hdr < _SHORT:
+            return True
+        if u8(pay) == 0x16:
+            return u8(pay + 1) == 3 and u8(pay + 5) == 1
+        return int.from_bytes(bytes(u8(pay + i) for i in range(4)), "big") in METHOD_WORDS
+
+    def quic_(l4: int) -> bool:
+        if u16(l4 + 4) < _QUIC_UDP_LENGTH or u8(l4 + 8) & 0xC0 != 0xC0:
+            return False
+        version = int.from_bytes(bytes(u8(l4 + 9 + i) for i in range(4)), "big")
+        return version in KNOWN_VERSIONS or (version & 0xFFFFFF00 == 0xFF000000 and FIRST_DRAFT <= version & 0xFF <= LAST_DRAFT)
 
     def udp_(l4: int, lv: int) -> bool:
         if dns and u16(l4) == 53:
@@ -729,7 +851,7 @@ def reference(pkt: bytes, tcp_ports: Iterable[int], udp_ports: Iterable[int], dn
         if dport in queued:
             return False
         if lv >= MAX_DEPTH:
-            return connections and u16(l4) not in udp and u16(l4) not in queued
+            return odd_udp(l4)
         p = l4 + 8
         if dport == VXLAN_PORT:
             return bool(u8(p) & VXLAN_FLAG_VNI) and ether(p + VXLAN_HEADER, lv + 1)
@@ -759,6 +881,11 @@ def reference(pkt: bytes, tcp_ports: Iterable[int], udp_ports: Iterable[int], dn
                     if nxt:
                         return True
             return ip(o, lv + 1)
+        return odd_udp(l4)
+
+    def odd_udp(l4: int) -> bool:
+        if (any_port or queued_any_port) and quic_(l4):
+            return not queued_any_port
         return connections and u16(l4) not in udp and u16(l4) not in queued
 
     def gre(o: int, lv: int) -> bool:

@@ -95,7 +95,7 @@ class ReplayResult:
 
 def _replay(args: argparse.Namespace, policy: Policy | Decider, shard: tuple[int, int], json_out: BinaryIO | None) -> ReplayResult:
     """decode → decide → sinks over the files, for the flows of one shard (all of them when n is 1)."""
-    decoder = Decoder(DecoderConfig(tcp_ports=args.tcp_ports, udp_ports=args.udp_ports, all_tcp_ports=args.all_ports,
+    decoder = Decoder(DecoderConfig(tcp_ports=args.tcp_ports, udp_ports=args.udp_ports, any_port=not args.watched_ports_only,
                                     conns=args.connections, url_query=args.url_query))
     summary = Summary()
     sinks: list[Any] = [summary]
@@ -297,7 +297,10 @@ def add_parsers(sub: Any, policy_args: Callable[[argparse.ArgumentParser], None]
     rp.add_argument("--json", action="store_true", help="one JSON line per decision")
     rp.add_argument("--tcp-ports", type=_ports, default=DecoderConfig.tcp_ports, metavar="P,P", help="watched TCP ports")
     rp.add_argument("--udp-ports", type=_ports, default=DecoderConfig.udp_ports, metavar="P,P", help="watched UDP ports (QUIC)")
-    rp.add_argument("--all-ports", action="store_true", help="recognise TLS/HTTP by content on every TCP port")
+    rp.add_argument("--watched-ports-only", action="store_true",
+                    help="name flows on the watched ports only (by default a ClientHello, a request head and a QUIC Initial "
+                         "are recognised by their first bytes on any port, as the daemon does)")
+    rp.add_argument("--all-ports", action="store_true", help=argparse.SUPPRESS)  # the default since issue 32
     rp.add_argument("--workers", type=int, metavar="N",
                     help="worker processes, each taking a share of the flows (default: one per core for captures "
                          "of 64 MiB or more, else 1)")

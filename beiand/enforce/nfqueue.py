@@ -38,6 +38,8 @@ from itertools import pairwise
 from typing import NamedTuple
 
 from beiand.errors import BeiandError
+from beiand.net.http import METHOD_WORDS
+from beiand.net.quic import FIRST_DRAFT, KNOWN_VERSIONS, LAST_DRAFT, MIN_INITIAL
 
 log = logging.getLogger(__name__)
 
@@ -215,13 +217,45 @@ _TCP_HEADER_LENGTHS = range(20, 64, 4)
 CHAIN = "beiand"  # beiand's own filter chain: the jumps into it are the only rules in FORWARD
 
 
+def _payload_at(family: int, off: int) -> str:
+    """The u32 location of a TCP segment's payload byte ``off`` (IPv4 without options, IPv6
+    without extension headers)."""
+    return f"0>>22&0x3C@12>>26&0x3C@{off}" if family == 4 else f"52>>26&0x3C@{40 + off}"
+
+
 def request_head_test(family: int) -> str:
     """A u32 test true for a TCP segment whose payload starts with three upper-case letters (an
     HTTP/1.x method token: GET, POST, …; issue 32): on a decided connection such a segment may be
     a later request head (keep-alive) and is queued to be judged. The decoder checks the token."""
-    to_payload = "0>>22&0x3C@12>>26&0x3C@" if family == 4 else "52>>26&0x3C@"
-    first = "0" if family == 4 else "40"
-    return "&&".join(f"{to_payload}{first}>>{shift}&0xFF=0x41:0x5A" for shift in (24, 16, 8))
+    return "&&".join(f"{_payload_at(family, 0)}>>{shift}&0xFF=0x41:0x5A" for shift in (24, 16, 8))
+
+
+def method_word_test(family: int) -> str:
+    """A u32 test true for a TCP segment whose payload starts with a known method's first four
+    bytes (``GET ``, ``POST``, …; ``net.http.METHOD_WORDS``): on a port not watched, where another
+    protocol's upper-case commands (SMTP's EHLO) are not requests (issue 32)."""
+    return f"{_payload_at(family, 0)}=" + ",".join(f"{w:#x}" for w in METHOD_WORDS)
+
+
+def hello_start_test(family: int) -> str:
+    """A u32 test true for a TCP segment whose payload starts with a TLS handshake record (``16 03``)."""
+    return f"{_payload_at(family, 0)}>>16=0x1603"
+
+
+def long_payload_test(family: int) -> str:
+    """A u32 test true for a TCP segment with at least 8 bytes of payload (u32 fails a read past
+    the packet's end): negated, with the bare tests, a first segment of 1 to 7 bytes, perhaps cut
+    to hide what follows; the decoder reads it and what follows (``more``)."""
+    return f"{_payload_at(family, 4)}=0:0xFFFFFFFF"
+
+
+def quic_initial_test(family: int) -> str:
+    """A u32 test true for a UDP datagram that starts like a QUIC Initial of a known version: a long
+    header with the fixed bit, the version one beiand reads (``net.quic.known_version``)."""
+    at = "0>>22&0x3C@" if family == 4 else ""
+    first, version = ("8", "9") if family == 4 else ("48", "49")
+    versions = [f"{v:#x}" for v in KNOWN_VERSIONS] + [f"{0xFF000000 | FIRST_DRAFT:#x}:{0xFF000000 | LAST_DRAFT:#x}"]
+    return f"{at}{first}>>24&0xC0=0xC0&&{at}{version}=" + ",".join(versions)
 
 
 def bare_tcp_tests(family: int) -> list[str]:
@@ -239,11 +273,17 @@ class Rule(NamedTuple):
 
 
 def rule_specs(tcp_ports: Sequence[int], udp_ports: Sequence[int], first_queue: int, workers: int, packets: int,
-               family: int = 4, marks: Marks | None = None) -> list[Rule]:
+               family: int = 4, marks: Marks | None = None, any_port: bool = False) -> list[Rule]:
     """One family's rules, in the order a packet meets them: the jumps from FORWARD (watched ports,
     the flow's first packets, something to read, verdict not known yet), the chain (mark the first
     queued packet of a connection, remember that one was queued, queue), and the mangle rule that
-    saves beiand's ``decided`` packet mark into the conntrack."""
+    saves beiand's ``decided`` packet mark into the conntrack.
+
+    ``any_port`` (issue 32): on every other port, a client's segment among its connection's first
+    ``packets`` that starts a ClientHello or a known method's request, or carries 1 to 7 bytes, is
+    queued, and so is a datagram that starts like a QUIC Initial of a known version; a decided
+    connection's later request heads there too (known methods only). The decoder reads such a
+    connection once, at its first bytes: another protocol is decided at once and queued no more."""
     marks = marks or DEFAULT_MARKS
     target = (["--queue-num", str(first_queue)] if workers == 1
               else ["--queue-balance", f"{first_queue}:{first_queue + workers - 1}"])
@@ -257,10 +297,28 @@ def rule_specs(tcp_ports: Sequence[int], udp_ports: Sequence[int], first_queue: 
         rules.append(Rule("filter", "FORWARD", [*dports, *conn, *undecided, *not_bare, *comment, "-j", CHAIN]))
         # Issue 32: a decided connection's segment that starts like a request head (keep-alive), and
         # the rest of a later head not complete yet (``more``), whatever the connection's length.
-        rules.append(Rule("filter", "FORWARD", [*dports, "-m", "connmark", "--mark", f"{marks.more:#x}/{marks.more:#x}",
-                                                *not_bare, *comment, "-j", CHAIN]))
+        rules.append(Rule("filter", "FORWARD", [*(["-p", "tcp"] if any_port else dports), "-m", "connmark", "--mark",
+                                                f"{marks.more:#x}/{marks.more:#x}", *not_bare, *comment, "-j", CHAIN]))
         rules.append(Rule("filter", "FORWARD", [*dports, "-m", "connmark", "--mark", f"{marks.decided:#x}/{marks.decided:#x}",
                                                 "-m", "u32", "--u32", request_head_test(family), *comment, "-j", CHAIN]))
+    if any_port:
+        if not tcp_ports:
+            not_bare = [a for t in bare_tcp_tests(family) for a in ("-m", "u32", "!", "--u32", t)]
+            rules.append(Rule("filter", "FORWARD", ["-p", "tcp", "-m", "connmark", "--mark", f"{marks.more:#x}/{marks.more:#x}",
+                                                    *not_bare, *comment, "-j", CHAIN]))
+        odd = ["-p", "tcp", "-m", "multiport", "!", "--dports", ",".join(map(str, sorted({*tcp_ports, 53}))),
+               "-m", "conntrack", "--ctdir", "ORIGINAL", *conn]
+        for test in (hello_start_test(family), method_word_test(family)):
+            rules.append(Rule("filter", "FORWARD", [*odd, *undecided, "-m", "u32", "--u32", test, *comment, "-j", CHAIN]))
+        rules.append(Rule("filter", "FORWARD", [*odd, *undecided, *not_bare, "-m", "u32", "!", "--u32", long_payload_test(family),
+                                                *comment, "-j", CHAIN]))
+        rules.append(Rule("filter", "FORWARD", [*odd[:6], "-m", "connmark", "--mark", f"{marks.decided:#x}/{marks.decided:#x}",
+                                                "-m", "u32", "--u32", method_word_test(family), *comment, "-j", CHAIN]))
+        rules.append(Rule("filter", "FORWARD", [
+            "-p", "udp", "-m", "multiport", "!", "--dports", ",".join(map(str, sorted({*udp_ports, 53}))),
+            "-m", "conntrack", "--ctdir", "ORIGINAL", *conn, *undecided,
+            "-m", "length", "--length", f"{(20 if family == 4 else 40) + 8 + MIN_INITIAL}:65535",
+            "-m", "u32", "--u32", quic_initial_test(family), *comment, "-j", CHAIN]))
     if udp_ports:
         rules.append(Rule("filter", "FORWARD", ["-p", "udp", "-m", "multiport", "--dports", ",".join(map(str, sorted(udp_ports))),
                                                 *conn, *undecided, *comment, "-j", CHAIN]))
@@ -282,9 +340,9 @@ RuleSet = dict[str, list[Rule]]
 
 
 def rule_set(tcp_ports: Sequence[int], udp_ports: Sequence[int], first_queue: int, workers: int, packets: int,
-             marks: Marks | None = None) -> RuleSet:
+             marks: Marks | None = None, any_port: bool = False) -> RuleSet:
     """The rules of each tool (iptables, ip6tables)."""
-    return {tool: rule_specs(tcp_ports, udp_ports, first_queue, workers, packets, family, marks)
+    return {tool: rule_specs(tcp_ports, udp_ports, first_queue, workers, packets, family, marks, any_port)
             for tool, family in (("iptables", 4), ("ip6tables", 6))}
 
 

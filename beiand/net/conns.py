@@ -28,7 +28,7 @@ WHY_EARLY = "table-full"  # written before its window closed: the connection tab
 class Conn:
     """One flow of a five-tuple, from its first packet to its record."""
 
-    __slots__ = ("client", "cport", "data", "deadline", "first", "key", "last", "octets", "packets", "server",
+    __slots__ = ("client", "cport", "data", "deadline", "first", "key", "last", "octets", "packets", "seq1", "server",
                  "sport", "state", "syn", "tcp")
 
     def __init__(self, ts: float, deadline: float, tcp: bool, client: bytes, server: bytes, cport: int, sport: int,
@@ -44,6 +44,7 @@ class Conn:
         self.key = key  # client address, server address, client port, server port (the decoder's flow key)
         self.syn = syn
         self.data = False
+        self.seq1 = -1  # TCP: the sequence number of the client's first byte, from its SYN (-1: no SYN seen)
         self.packets = 0
         self.octets = 0
         self.state = PENDING

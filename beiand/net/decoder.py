@@ -25,7 +25,7 @@ from beiand.net import conns as connmod
 from beiand.net import dns as dnsmod
 from beiand.net.conns import NAMED, PENDING, WRITTEN, Conn, bound_url, client_first
 from beiand.net.errors import DecodeError, IpError, LinkError, QuicError
-from beiand.net.http import looks_like_http, parse_requests_at
+from beiand.net.http import head_prefix, looks_like_http, not_http_line, parse_requests_at, starts_request
 from beiand.net.link import (
     BPF_MAX_GTPU_EXTENSIONS,
     BPF_MAX_MPLS_LABELS,
@@ -66,9 +66,9 @@ from beiand.net.link import (
     Start,
 )
 from beiand.net.names import normalise_wire_name
-from beiand.net.quic import V1, QuicInitialReader, gquic_version, is_initial, parse_gquic_chlo, version_name
+from beiand.net.quic import MIN_INITIAL, V1, QuicInitialReader, gquic_version, initial_header, is_initial, parse_gquic_chlo, version_name
 from beiand.net.reassembly import Budget, Stream
-from beiand.net.tls import ClientHello, looks_like_tls, parse_client_hello
+from beiand.net.tls import ClientHello, looks_like_tls, parse_client_hello, sni_from_prefix, starts_client_hello
 
 __all__ = ["LINKTYPE_ETHERNET", "LINKTYPE_IPV4", "LINKTYPE_IPV6", "LINKTYPE_LINUX_SLL", "LINKTYPE_LINUX_SLL2", "LINKTYPE_LOOP",
            "LINKTYPE_NFLOG", "LINKTYPE_NULL", "LINKTYPE_RAW", "SUPPORTED_LINKTYPES", "Decoder", "DecoderConfig", "Flow"]
@@ -95,7 +95,15 @@ class DecoderConfig:
     tcp_ports: frozenset[int] = frozenset({80, 443, 8080, 8443})
     udp_ports: frozenset[int] = frozenset({443})  # QUIC
     dns_ports: frozenset[int] = frozenset({53})
-    all_tcp_ports: bool = False  # recognise by content on every TCP port
+    # Names on any port (issue 32): on a TCP port not watched, a connection whose first bytes start
+    # a ClientHello or a request head of a known method is named as on a watched one; on a UDP port
+    # not watched, a padded QUIC Initial of a known version. Other protocols there are not named
+    # (nor judged by address): an odd port's connection is looked at once, at its first bytes.
+    any_port: bool = True
+    # Whether an odd port's later segments reach the decoder (replay; inline, through the ``more``
+    # mark). A live passive capture passes only the segments that start a name (the kernel's filter
+    # keeps no state): a ClientHello or head cut over segments is then named from its first one.
+    odd_rest: bool = True
     max_flows: int = 65536
     max_flow_bytes: int = 16384  # enough for a post-quantum ClientHello split over segments
     flow_timeout: float = 30.0
@@ -136,8 +144,8 @@ class Flow(Stream):
     decoder waits for a segment before it (bounded by the name budget, ``DecoderConfig.name_*``).
     ``segments``: data segments read (``DecoderConfig.name_packets``)."""
 
-    __slots__ = ("ack", "base", "client", "consumed", "data_ts", "dport", "fresh", "held", "later", "segments", "server", "sport",
-                 "syn", "ts")
+    __slots__ = ("ack", "base", "client", "consumed", "data_ts", "dport", "fresh", "held", "later", "odd", "segments", "server",
+                 "sport", "syn", "ts")
 
     def __init__(self, base: int, syn: bool, ts: float, src: bytes, dst: bytes, sport: int, dport: int,
                  fresh: bool = False) -> None:
@@ -160,6 +168,7 @@ class Flow(Stream):
         self.ack = -1  # the ack of its first data segment: the server's ISN + 1 names the connection
         self.data_ts = ts  # the time of its first data (the name budget's clock; after a SYN: set then)
         self.later = False  # a later request head of a named HTTP/1.x connection (keep-alive, issue 32)
+        self.odd = False  # on a port not watched: another protocol is not named (issue 32)
 
     def add(self, seq: int, data: bytes, limit: int, max_holes: int = 64) -> int:
         """Add a segment; how much the contiguous prefix grew (0: not; -1: too many holes)."""
@@ -237,6 +246,7 @@ class Decoder:
         self._server_ports = cfg.tcp_ports | cfg.udp_ports | cfg.dns_ports
         self._tunnel_ports = frozenset({VXLAN_PORT, GENEVE_PORT, GTPU_PORT})
         self._fresh = False  # the frame being decoded starts its connection (``feed(fresh=True)``)
+        self._any_port = cfg.any_port
         # Inline: connections whose packet was dropped (their verdict: block), by 4-tuple, with the
         # time. Their later packets are dropped too: a dropped QUIC Initial's retransmission comes
         # marked first again (its conntrack entry died with it) and is the same connection.
@@ -658,6 +668,7 @@ class Decoder:
         sport = (buf[l4] << 8) | buf[l4 + 1]
         dport = (buf[l4 + 2] << 8) | buf[l4 + 3]
         conns = self.udp_conns
+        client: bytes | None = None  # the flow's client, where its first packet was seen
         if conns is not None and not (depth < MAX_DEPTH and dport in self._tunnel_ports):
             key = src + dst + buf[l4 : l4 + 4]
             c = conns.get(key)
@@ -672,6 +683,7 @@ class Decoder:
             c.last = ts
             c.packets += 1
             c.octets += end - l4 + (40 if v6 else 20)
+            client = c.client
         if sport in self.dns_ports:
             self._dns(ts, buf[l4 + 8 : end], src, dst, sport, dport, v6, Transport.UDP)
             return
@@ -699,6 +711,12 @@ class Decoder:
                 return
         if dport in self.dns_ports:
             self.stats["dns:query"] += 1
+            return
+        if self._any_port and end - l4 >= 8 + MIN_INITIAL and initial_header(buf[l4 + 8], _U32.unpack_from(buf, l4 + 9)[0]) \
+                and (client is None or client == src):
+            # a QUIC Initial on a port not watched (issue 32): read as on a watched one
+            self.stats["quic:odd-port"] += 1
+            self._quic(ts, buf[l4 + 8 : end], src, dst, sport, dport, v6)
             return
         self.stats["udp:other"] += 1
 
@@ -755,6 +773,9 @@ class Decoder:
             c.octets += end - l4 + (40 if v6 else 20)
             if not c.data and end - l4 > 20 and end - l4 > ((buf[l4 + 12] >> 4) << 2) and src == c.client:
                 c.data = True
+            if buf[l4 + 13] & 0x12 == SYN and src == c.client:  # where its first byte will be
+                c.seq1 = (_U32.unpack_from(buf, l4 + 4)[0] + 1) & 0xFFFFFFFF
+        odd = False
         if dport not in self.tcp_ports:
             if sport in self.dns_ports:
                 self._dns_tcp(ts, buf, l4, end, src, dst, sport, dport, v6)
@@ -762,9 +783,10 @@ class Decoder:
             if sport in self.tcp_ports:
                 self.server_to_client += 1
                 return
-            if not self.config.all_tcp_ports or dport in self.dns_ports:
+            if not self._any_port or dport in self.dns_ports:
                 self.stats["tcp:not-watched"] += 1
                 return
+            odd = True  # a port not watched: named only where its first bytes start a name (issue 32)
         doff = (buf[l4 + 12] >> 4) << 2
         if doff < 20 or l4 + doff > end:
             raise IpError("bad-tcp-offset")
@@ -780,6 +802,11 @@ class Decoder:
             self._done_old.pop(key, None)
             self.http_hosts.pop(key, None)
             self.http_body_end.pop(key, None)
+            if odd:  # nothing held before the first bytes (a port scan's SYNs hold no flow); the flow table holds no earlier one
+                old = self.flows.pop(key, None)
+                if old is not None:
+                    self._tcp_budget.held -= old.cost
+                return
             self._new_flow(key, Flow(_U32.unpack_from(buf, l4 + 4)[0] + 1, True, ts, src, dst, sport, dport))
             return
         if l4 + doff == end:
@@ -813,6 +840,17 @@ class Decoder:
                 return
             later = True
         seq = _U32.unpack_from(buf, l4 + 4)[0]
+        if odd and not later and key not in self.flows:
+            # An odd port's connection, its first segment seen: named where it starts a ClientHello or
+            # a request head and is the connection's first byte (where its SYN was seen: a STARTTLS
+            # ClientHello after SMTP's EHLO is not named, as it is not on any port); else never again.
+            c = conns.get(key) if conns is not None else None
+            if (c is not None and c.seq1 >= 0 and seq != c.seq1) or not (
+                    starts_client_hello(buf[l4 + doff : l4 + doff + 6]) or starts_request(buf[l4 + doff : l4 + doff + 4])):
+                self._mark_done(key, ack)
+                self.stats["tcp:odd-port-other"] += 1
+                return
+            self.stats["tcp:odd-port"] += 1
         data = buf[l4 + doff + skip : end]
         self._seg = (seq, ack, end - l4 - doff)
         seq = (seq + skip) & 0xFFFFFFFF
@@ -840,6 +878,13 @@ class Decoder:
             flow.ack = ack
             flow.buf = data[: self.config.max_flow_bytes]
             flow.cost = len(flow.buf)
+            if odd:
+                flow.odd = True
+                if not self.config.odd_rest:  # its later segments will not come (live passive): named from these bytes
+                    if not self._examine(flow, ts):
+                        self._from_prefix(flow, ts)
+                    self._mark_done(key, ack)
+                    return
             if self._examine(flow, ts):
                 self._mark_done(key, ack)
             else:
@@ -949,12 +994,13 @@ class Decoder:
 
     def reading_later(self) -> bool:
         """Inline: the frame just decoded started (or continues) a later request head of a decided
-        HTTP/1.x connection that is not complete yet: its next segments must be queued too."""
+        HTTP/1.x connection, or the first bytes of a flow on a port not watched (issue 32), that is
+        not complete yet: its next segments must be queued too (the ``more`` mark)."""
         key = self._current
         if not isinstance(key, bytes):
             return False
         flow = self.flows.get(key)
-        return flow is not None and flow.later
+        return flow is not None and (flow.later or flow.odd)
 
     def _new_flow(self, key: bytes, flow: Flow) -> None:
         flows = self.flows
@@ -1073,8 +1119,8 @@ class Decoder:
         if c.sport in self.dns_ports:
             return _WHY_DNS
         if c.tcp:
-            if c.sport not in self.tcp_ports and not self.config.all_tcp_ports:
-                return _WHY_PORT
+            if c.sport not in self.tcp_ports and (not self._any_port or not c.data):
+                return _WHY_PORT  # on a port not watched, its bytes not read (live: not captured) or none seen
             if not c.syn:
                 return _WHY_MIDSTREAM
             return _WHY_UNRECOGNISED if c.data else _WHY_NO_DATA
@@ -1139,6 +1185,9 @@ class Decoder:
                 self._emit_tls(flow, ts, hello, Kind.TLS_SNI, Transport.TCP)
                 return True
             if looks_like_http(buf[:17]):
+                if flow.odd and not flow.later and not_http_line(buf):
+                    self.stats["tcp:odd-port-not-http"] += 1  # another protocol's line (Redis' GET key): not named
+                    return True
                 reqs, rest = parse_requests_at(buf)
                 if reqs is None:
                     flow.held = False
@@ -1206,7 +1255,36 @@ class Decoder:
             return "budget-packets"
         return "budget-seconds" if ts - first_data >= cfg.name_seconds else ""
 
+    def _from_prefix(self, flow: Flow, ts: float) -> None:
+        """An odd port's first segment that does not hold a whole ClientHello or request head, the
+        rest of which will not come (a live passive capture): named from what it holds, where the
+        server_name extension or the Host line is in it; else judged by its address."""
+        buf = flow.buf
+        if looks_like_tls(buf):
+            sni = sni_from_prefix(buf)
+            if sni:
+                self._emit(flow, ts, Kind.TLS_SNI, Transport.TCP, sni, "partial-hello")
+                return
+        elif looks_like_http(buf[:17]):
+            try:
+                reqs, _ = parse_requests_at(head_prefix(buf))
+            except DecodeError:
+                reqs = None
+            if reqs and reqs[0].host:
+                r = reqs[0]
+                self._emit(flow, ts, Kind.HTTP_HOST, Transport.TCP, r.host, f"method={r.method} partial-head", r.method[:16],
+                           bound_url(r.target, self.config.url_max, self.config.url_query), r.target[:512])
+                return
+        else:
+            self._give_up(flow, ts, "unknown-protocol")
+            return
+        self.stats["flow:partial"] += 1
+        self._emit(flow, ts, Kind.IP_ONLY, Transport.TCP, "", "partial")
+
     def _give_up(self, flow: Flow, ts: float, why: str) -> None:
+        if flow.odd and why == "unknown-protocol":  # on a port not watched, another protocol: not judged
+            self.stats["tcp:odd-port-other"] += 1
+            return
         if flow.later:  # a later request head that never completed: the connection was judged by its first
             self.stats["http:later-" + why] += 1
             return

@@ -16,6 +16,8 @@ MAX_HEAD = 16384
 MAX_REQUESTS = 16
 _METHOD = re.compile(rb"^[A-Z][A-Z-]{1,15} ")
 _KNOWN = (b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC", b"PROP", b"MKCO")
+# the known methods' first four bytes as big-endian words (the kernel's filters test them: capture.bpf, enforce.nfqueue)
+METHOD_WORDS = tuple(int.from_bytes(k, "big") for k in _KNOWN)
 _CL = re.compile(rb"\r?\ncontent-length[ \t]*:[ \t]*(\d+)", re.I)
 _HOST = re.compile(rb"\r?\nhost[ \t]*:[ \t]*([^\r\n]*)", re.I)
 _TE = re.compile(rb"\r?\ntransfer-encoding[ \t]*:", re.I)
@@ -33,6 +35,32 @@ def looks_like_http(buf: bytes) -> bool:
     if len(buf) >= 4:
         return buf[:4] in _KNOWN or _METHOD.match(buf[:17]) is not None
     return bool(buf) and buf.isupper()
+
+
+def starts_request(buf: bytes) -> bool:
+    """Whether ``buf`` (at least one byte) may start a request line of a known method (GET, POST,
+    HEAD, PUT, DELETE, OPTIONS, PATCH, CONNECT, TRACE, PROPFIND/PROPPATCH, MKCOL): the test for a
+    flow's first bytes on a port not watched (issue 32), stricter than :func:`looks_like_http`
+    (SMTP's EHLO, FTP's USER and the like are not requests)."""
+    head = buf[:4]
+    n = len(head)
+    return n > 0 and any(k[:n] == head for k in _KNOWN)
+
+
+def not_http_line(buf: bytes) -> bool:
+    """Whether the first line of ``buf`` is complete and not an HTTP/1.x request line (a Redis
+    ``GET key``): on a port not watched, such bytes are another protocol, not a request."""
+    nl = buf.find(b"\n", 0, MAX_HEAD)
+    if nl < 0:
+        return False
+    line = buf[:nl].rstrip(b"\r\t ")
+    return not (line[-9:-1] == b" HTTP/1." and line[-1:] in (b"0", b"1"))
+
+
+def head_prefix(buf: bytes) -> bytes:
+    """The complete lines of an unfinished request head, closed as a head (what a prefix shows)."""
+    nl = buf.rfind(b"\n")
+    return buf[: nl + 1] + b"\r\n" if nl >= 0 else b""
 
 
 def host_of(authority: str) -> str:

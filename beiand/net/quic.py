@@ -133,6 +133,30 @@ def is_initial(buf: bytes) -> bool:
     return (buf[0] >> 4) & 3 == _initial_type(version)
 
 
+MIN_INITIAL = 1200  # RFC 9000 section 14.1: a client's Initial datagram is padded to at least this
+
+
+KNOWN_VERSIONS = (V1, V2, T050, T051)  # and the drafts FIRST_DRAFT..LAST_DRAFT (0xff0000NN)
+FIRST_DRAFT, LAST_DRAFT = 23, 34
+
+
+def known_version(version: int) -> bool:
+    """A version whose Initial beiand reads by its own keys: v1, v2, the drafts 23 to 34, T050/T051."""
+    return version in KNOWN_VERSIONS or (version & 0xFFFFFF00 == 0xFF000000 and FIRST_DRAFT <= version & 0xFF <= LAST_DRAFT)
+
+
+def starts_initial(buf: bytes) -> bool:
+    """A client's Initial by its first bytes, for UDP on a port not watched (issue 32): a padded
+    datagram (``MIN_INITIAL``) with a long header, the fixed bit, a known version and the Initial
+    type. Looser tests would take a game's or a VPN's datagrams for QUIC."""
+    return len(buf) >= MIN_INITIAL and initial_header(buf[0], int.from_bytes(buf[1:5], "big"))
+
+
+def initial_header(first: int, version: int) -> bool:
+    """A long header's first byte and version: an Initial of a known version (``starts_initial``)."""
+    return first & 0xC0 == 0xC0 and known_version(version) and (first >> 4) & 3 == _initial_type(version)
+
+
 class QuicInitialReader:
     """The client side of one QUIC connection's Initial packets, until the ClientHello is known."""
 

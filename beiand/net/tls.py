@@ -32,6 +32,51 @@ def looks_like_tls(buf: bytes) -> bool:
     return len(buf) >= 3 and buf[0] == 0x16 and buf[1] == 3
 
 
+def starts_client_hello(buf: bytes) -> bool:
+    """Whether ``buf`` (at least one byte) may be the start of a ClientHello's first record: a
+    handshake record of TLS 1.x (``16 03``) whose message, when its type is there, is a
+    ClientHello (1). The test for a flow's first bytes on a port not watched (issue 32): a
+    ServerHello (2) or any other protocol is not one."""
+    n = len(buf)
+    return n >= 1 and buf[0] == 0x16 and (n < 2 or buf[1] == 3) and (n < 6 or buf[5] == 1)
+
+
+def sni_from_prefix(buf: bytes) -> str | None:
+    """The SNI of a ClientHello of which only ``buf``, its first bytes, is known (the rest will not
+    come: a live capture passes only a flow's first segment on a port not watched, issue 32): the
+    name when the server_name extension lies whole within them, else None. Every length is
+    checked against what is there; nothing past it is guessed."""
+    n = len(buf)
+    if n < 9 or buf[0] != 0x16 or buf[1] != 3 or buf[5] != 1:
+        return None
+    rec_end = min(n, 5 + ((buf[3] << 8) | buf[4]))  # the first record's bytes (a later record is not followed)
+    b = buf[9:rec_end]
+    m = len(b)
+    off = 34
+    if off >= m:
+        return None
+    off += 1 + b[off]  # session id
+    if off + 2 > m:
+        return None
+    off += 2 + ((b[off] << 8) | b[off + 1])  # cipher suites
+    if off >= m:
+        return None
+    off += 1 + b[off]  # compression methods
+    off += 2  # extensions' total length
+    while off + 4 <= m:
+        etype, elen = _EXT_HEADER(b, off)
+        off += 4
+        if off + elen > m:
+            return None
+        if etype == EXT_SERVER_NAME:
+            try:
+                return _server_name(b, off, off + elen) or None
+            except TlsError:
+                return None
+        off += elen
+    return None
+
+
 def parse_client_hello(buf: bytes) -> ClientHello | None:
     """From TLS records (RFC 8446 section 5.1) to the ClientHello they carry."""
     n = len(buf)

@@ -67,6 +67,12 @@ class CaptureSection:
     tcp_ports: list[int] = _f([80, 443, 8080, 8443], "TCP ports whose client-to-server packets reach beiand (TLS, HTTP).",
                               min=1, max=65535)
     udp_ports: list[int] = _f([443], "UDP ports watched for QUIC Initials.", min=1, max=65535)
+    any_port: bool = _f(True, "Name flows on every other port too (issue 32; docs/enforcement.md \"Any port\"): a TCP "
+                        "connection whose first bytes start a TLS ClientHello or an HTTP/1.x request of a known method, "
+                        "and a UDP flow whose first datagram is a padded QUIC Initial of a known version, are named and "
+                        "judged as on the watched ports; other protocols there are neither named nor judged. The "
+                        "capture filter then passes such first segments (and segments of 1 to 7 bytes) on every port; "
+                        "inline, the queue takes them, one or two packets per connection. Off: the watched ports only.")
     dns: bool = _f(True, "Capture DNS answers (UDP and TCP port 53).")
     filter: str = _f("", "An extra condition on the outer headers, compiled into the kernel's BPF program in front of "
                      "beiand's own: `vlan ID`, `[src|dst] net CIDR`, `[src|dst] host IP`, with `and`, `or`, `not` and "

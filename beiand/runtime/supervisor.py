@@ -165,7 +165,7 @@ class Daemon:
         self.housekeeping.sync_addresses(force=True)
         if cfg.enforce.inline:
             self._rules = rule_set(cfg.capture.tcp_ports, cfg.capture.udp_ports, cfg.enforce.queue, cfg.workers,
-                                   cfg.enforce.connbytes, inline_marks(cfg))
+                                   cfg.enforce.connbytes, inline_marks(cfg), cfg.capture.any_port)
             install_rules(self._rules)
 
     def _teardown_enforcement(self) -> None:

@@ -92,6 +92,8 @@ def decoder_config(cfg: Config) -> DecoderConfig:
     ra = cfg.reassembly
     cn = cfg.connections
     return DecoderConfig(tcp_ports=frozenset(cfg.capture.tcp_ports), udp_ports=frozenset(cfg.capture.udp_ports),
+                         # passive, the capture filter passes an odd port's first segment only (capture.bpf)
+                         any_port=cfg.capture.any_port, odd_rest=cfg.enforce.inline,
                          max_flow_bytes=ra.max_flow_bytes, max_flow_holes=ra.max_holes, reassembly_tcp_bytes=ra.tcp_bytes,
                          reassembly_quic_bytes=ra.quic_bytes, reassembly_fragment_bytes=ra.fragment_bytes,
                          conns=cn.enabled, conn_window=cn.window, conn_udp_idle=cn.udp_idle_timeout,
@@ -316,7 +318,9 @@ def capture_filter(cfg: Config) -> list[Insn]:
                      connections=cfg.connections.enabled, condition=Condition(cfg.capture.filter) if cfg.capture.filter else None,
                      queued_udp=cfg.capture.udp_ports if inline else (),
                      # several workers: a watched flow's SYN and its queued packet may reach two of them
-                     queued_tcp=cfg.capture.tcp_ports if inline and cfg.workers > 1 else ())
+                     queued_tcp=cfg.capture.tcp_ports if inline and cfg.workers > 1 else (),
+                     # issue 32: passive, an odd port's first bytes; inline they come through the queue
+                     any_port=cfg.capture.any_port and not inline, queued_any_port=cfg.capture.any_port and inline)
 
 
 def live_captures(cfg: Config, fanout_group: int) -> list[LiveCapture]:

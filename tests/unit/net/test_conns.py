@@ -36,8 +36,11 @@ def test_ssh_on_an_odd_port_is_one_record_with_counts() -> None:
     assert len(got) == 1
     o = got[0]
     assert (o.client_ip, o.client_port, o.server_ip, o.server_port, o.transport) == (C, 40000, S, 2222, Transport.TCP)
-    assert o.ts == T0 and o.packets == 5 and o.detail == "not-named:unwatched-port"
+    # read at its first bytes (any port, issue 32): not TLS, HTTP or QUIC
+    assert o.ts == T0 and o.packets == 5 and o.detail == "not-named:unrecognised"
     assert o.octets == 3 * 40 + (40 + 21) + (40 + 11)
+    got = run(frames, any_port=False)
+    assert got[0].detail == "not-named:unwatched-port"
 
 
 def test_named_flow_is_one_record_carrying_the_connection() -> None:

@@ -124,10 +124,12 @@ def test_ip_only_once_per_flow_and_midstream_silence():
 
 
 def test_unwatched_and_server_to_client_ignored():
-    out, d = run([t.tcp(S4, C4, 443, 40000, 1, flags=0x18, payload=HELLO), t.tcp(C4, S4, 40000, 22, 1, payload=HELLO)])
+    frames = [t.tcp(S4, C4, 443, 40000, 1, flags=0x18, payload=HELLO), t.tcp(C4, S4, 40000, 22, 1, payload=HELLO)]
+    out, d = run(frames, config=DecoderConfig(any_port=False))
     assert out == [] and d.server_to_client == 1 and d.stats["tcp:not-watched"] == 1
-    out, _ = run([t.tcp(C4, S4, 40000, 2222, 1, payload=HELLO)], config=DecoderConfig(all_tcp_ports=True))
-    assert one(out).name == "tls.example.com"
+    # any port (the default since issue 32): the ClientHello to port 22 is named, the server's answer still skipped
+    out, d = run(frames)
+    assert one(out).name == "tls.example.com" and one(out).server_port == 22 and d.server_to_client == 1
 
 
 def test_dns_udp_tcp_and_fragments():
@@ -603,3 +605,96 @@ def test_later_heads_past_one_parse_after_a_body_and_never_in_a_chunked_body():
     chunked = b"POST / HTTP/1.1\r\nHost: filed.example.cn\r\nTransfer-Encoding: chunked\r\n\r\n"
     out, d = run(keepalive(chunked, get("in-the-body.example.xyz")))
     assert [o.name for o in out] == ["filed.example.cn"] and d.stats["http:later-chunked"] == 1
+
+
+# -- names on any port (issue 32) ----------------------------------------------------------------
+
+ODD = DecoderConfig(conns=True)  # any_port is the default
+
+
+def named(out):
+    return [(o.kind, o.name, o.server_port) for o in out if o.kind is not Kind.CONN]
+
+
+@pytest.mark.parametrize("port", [3000, 8888, 22, 65535])
+def test_tls_http_and_quic_are_named_on_any_port(port):
+    out, d = run(t.tcp_session(C4, S4, 40000, port, HELLO), config=ODD)
+    assert named(out) == [(Kind.TLS_SNI, "tls.example.com", port)] and d.stats["tcp:odd-port"] == 1
+    head = b"GET / HTTP/1.1\r\nHost: Odd.Example.XYZ.:8888\r\n\r\n"
+    out, _ = run(t.tcp_session(C4, S4, 40001, port, head), config=ODD)
+    assert named(out) == [(Kind.HTTP_HOST, "odd.example.xyz", port)]
+    out, d = run([t.udp(C4, S4, 50000, port, dg) for dg in t.quic_initial_datagrams("quic.example.com", big=True)], config=ODD)
+    assert named(out) == [(Kind.QUIC_SNI, "quic.example.com", port)] and d.stats["quic:odd-port"] >= 1
+
+
+def test_a_split_client_hello_and_a_split_request_line_on_an_odd_port_are_named():
+    for cut in (1, 3, 5, 7, 100):
+        out, _ = run(t.tcp_session(C4, S4, 40000, 3000, HELLO, segment=cut), config=DecoderConfig(conns=True, max_flow_bytes=1 << 14,
+                                                                                             name_packets=1000))
+        assert named(out) == [(Kind.TLS_SNI, "tls.example.com", 3000)], cut
+    head = b"GET / HTTP/1.1\r\nHost: split.example.xyz\r\n\r\n"
+    out, _ = run(t.tcp_session(C4, S4, 40000, 8888, head, segment=2), config=DecoderConfig(conns=True, name_packets=1000))
+    assert named(out) == [(Kind.HTTP_HOST, "split.example.xyz", 8888)]
+
+
+@pytest.mark.parametrize("first", [b"SSH-2.0-OpenSSH_9.2\r\n", b"EHLO mail.example.com\r\n", b"GET key\r\n", b"\x00\x00\x00\x2c",
+                                   b"\x16\x03\x03\x00\x40\x02\x00\x00\x3c" + b"\0" * 60, b"HTTP/1.1 200 OK\r\n\r\n"])
+def test_other_protocols_on_an_odd_port_are_not_named_nor_judged(first):
+    """SSH, SMTP, Redis, a binary protocol, a ServerHello, an answer: no name, no ip-only; its record says it."""
+    out, d = run(t.tcp_session(C4, S4, 40000, 6379, first + HELLO), config=ODD)
+    assert named(out) == [], out
+    assert [o.detail for o in out] == ["not-named:unrecognised"]
+
+
+def test_a_client_hello_after_an_odd_ports_first_bytes_is_not_named():
+    """STARTTLS: SMTP's EHLO first, a ClientHello later on the connection: the first bytes decide (as on any port)."""
+    frames = t.tcp_session(C4, S4, 40000, 587, b"EHLO x\r\n")
+    frames.append(t.tcp(C4, S4, 40000, 587, 1001 + 8, 5001, 0x18, HELLO))
+    out, _ = run(frames, config=ODD)
+    assert named(out) == []
+    # without the SYN (a capture joined late), the first segment seen decides
+    out, _ = run(frames[2:], config=ODD)
+    assert named(out) == []
+
+
+def test_an_odd_port_syn_scan_holds_no_flow():
+    frames = [t.tcp(C4, S4, 10000 + i, 1 + i, 7, 0, 0x02) for i in range(2000)]
+    _, d = run(frames, config=DecoderConfig())
+    assert not d.flows and d.stats["tcp:odd-port"] == 0
+
+
+def test_an_odd_ports_first_segment_alone_is_named_from_what_it_holds():
+    """Live passive: the capture filter passes an odd port's first segment only (``odd_rest`` False)."""
+    cfg = DecoderConfig(conns=True, odd_rest=False)
+    out, _ = run(t.tcp_session(C4, S4, 40000, 3000, HELLO, segment=200), config=cfg)
+    assert named(out) == [(Kind.TLS_SNI, "tls.example.com", 3000)] and "partial-hello" in out[0].detail
+    out, d = run(t.tcp_session(C4, S4, 40000, 3000, HELLO, segment=20), config=cfg)  # cut before the SNI
+    assert [(o.kind, o.detail) for o in out] == [(Kind.IP_ONLY, "partial")]
+    head = b"GET /x HTTP/1.1\r\nHost: part.example.xyz\r\nUser-Agent: " + b"a" * 3000 + b"\r\n\r\n"
+    out, _ = run(t.tcp_session(C4, S4, 40000, 8888, head), config=cfg)
+    assert named(out) == [(Kind.HTTP_HOST, "part.example.xyz", 8888)] and "partial-head" in out[0].detail
+    out, _ = run(t.tcp_session(C4, S4, 40000, 8888, b"GET /" + b"a" * 3000 + b" HTTP/1.1\r\n\r\n"), config=cfg)
+    assert [(o.kind, o.detail) for o in out] == [(Kind.IP_ONLY, "partial")]
+
+
+def test_keep_alive_heads_on_an_odd_port_are_named_too():
+    reqs = b"GET / HTTP/1.1\r\nHost: www.example.com.cn\r\n\r\n"
+    frames = t.tcp_session(C4, S4, 40000, 8888, reqs)
+    frames.append(t.tcp(C4, S4, 40000, 8888, 1001 + len(reqs), 5001, 0x18, b"GET /2 HTTP/1.1\r\nHost: unfiled.example.xyz\r\n\r\n"))
+    out, _ = run(frames, config=ODD)
+    assert [n for _, n, _ in named(out)] == ["www.example.com.cn", "unfiled.example.xyz"]
+
+
+def test_watched_ports_only_leaves_odd_ports_unnamed():
+    cfg = DecoderConfig(conns=True, any_port=False)
+    out, _ = run(t.tcp_session(C4, S4, 40000, 3000, HELLO), config=cfg)
+    assert named(out) == [] and out[0].detail == "not-named:unwatched-port"
+    out, _ = run([t.udp(C4, S4, 50000, 4433, dg) for dg in t.quic_initial_datagrams("quic.example.com")], config=cfg)
+    assert named(out) == []
+
+
+def test_a_small_or_unknown_udp_datagram_on_an_odd_port_is_not_quic():
+    dg = t.quic_initial_datagrams("quic.example.com")[0]
+    bad = [dg[:1000], bytes([dg[0]]) + b"\x0a\x0b\x0c\x0d" + dg[5:], bytes([dg[0] & 0x7F]) + dg[1:]]  # short, unknown version, short header
+    out, d = run([t.udp(C4, S4, 50000 + i, 4433, b) for i, b in enumerate(bad)], config=DecoderConfig())
+    assert out == [] and d.stats["quic:odd-port"] == 0 and d.stats["udp:other"] == 3
