@@ -230,11 +230,16 @@ def request_head_test(family: int) -> str:
     return "&&".join(f"{_payload_at(family, 0)}>>{shift}&0xFF=0x41:0x5A" for shift in (24, 16, 8))
 
 
-def method_word_test(family: int) -> str:
-    """A u32 test true for a TCP segment whose payload starts with a known method's first four
-    bytes (``GET ``, ``POST``, …; ``net.http.METHOD_WORDS``): on a port not watched, where another
-    protocol's upper-case commands (SMTP's EHLO) are not requests (issue 32)."""
-    return f"{_payload_at(family, 0)}=" + ",".join(f"{w:#x}" for w in METHOD_WORDS)
+U32_MAX_VALUES = 10  # xt_u32 takes at most this many values or ranges in one test
+
+
+def method_word_tests(family: int) -> list[str]:
+    """u32 tests, one of which is true for a TCP segment whose payload starts with a known method's
+    first four bytes (``GET ``, ``POST``, …; ``net.http.METHOD_WORDS``): on a port not watched,
+    where another protocol's upper-case commands (SMTP's EHLO) are not requests (issue 32)."""
+    words = sorted(METHOD_WORDS)
+    return [f"{_payload_at(family, 0)}=" + ",".join(f"{w:#x}" for w in words[i:i + U32_MAX_VALUES // 2 + 1])
+            for i in range(0, len(words), U32_MAX_VALUES // 2 + 1)]
 
 
 def hello_start_test(family: int) -> str:
@@ -308,12 +313,13 @@ def rule_specs(tcp_ports: Sequence[int], udp_ports: Sequence[int], first_queue: 
                                                     *not_bare, *comment, "-j", CHAIN]))
         odd = ["-p", "tcp", "-m", "multiport", "!", "--dports", ",".join(map(str, sorted({*tcp_ports, 53}))),
                "-m", "conntrack", "--ctdir", "ORIGINAL", *conn]
-        for test in (hello_start_test(family), method_word_test(family)):
+        for test in (hello_start_test(family), *method_word_tests(family)):
             rules.append(Rule("filter", "FORWARD", [*odd, *undecided, "-m", "u32", "--u32", test, *comment, "-j", CHAIN]))
         rules.append(Rule("filter", "FORWARD", [*odd, *undecided, *not_bare, "-m", "u32", "!", "--u32", long_payload_test(family),
                                                 *comment, "-j", CHAIN]))
-        rules.append(Rule("filter", "FORWARD", [*odd[:6], "-m", "connmark", "--mark", f"{marks.decided:#x}/{marks.decided:#x}",
-                                                "-m", "u32", "--u32", method_word_test(family), *comment, "-j", CHAIN]))
+        for test in method_word_tests(family):
+            rules.append(Rule("filter", "FORWARD", [*odd[:11], "-m", "connmark", "--mark", f"{marks.decided:#x}/{marks.decided:#x}",
+                                                    "-m", "u32", "--u32", test, *comment, "-j", CHAIN]))
         rules.append(Rule("filter", "FORWARD", [
             "-p", "udp", "-m", "multiport", "!", "--dports", ",".join(map(str, sorted({*udp_ports, 53}))),
             "-m", "conntrack", "--ctdir", "ORIGINAL", *conn, *undecided,

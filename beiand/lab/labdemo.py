@@ -27,16 +27,16 @@ QUIC_CLIENT = """
 import asyncio, ssl, sys
 from aioquic.asyncio import connect
 from aioquic.quic.configuration import QuicConfiguration
-async def main(name, ip):
+async def main(name, ip, port):
     c = QuicConfiguration(is_client=True, alpn_protocols=["h3"], verify_mode=ssl.CERT_NONE, server_name=name)
     try:
-        async with connect(ip, 443, configuration=c, wait_connected=True) as p:
+        async with connect(ip, port, configuration=c, wait_connected=True) as p:
             await p.ping()
         print("ok")
     except Exception as e:
         print("failed", type(e).__name__)
 try:
-    asyncio.run(asyncio.wait_for(main(sys.argv[1], sys.argv[2]), 5))
+    asyncio.run(asyncio.wait_for(main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 443), 5))
 except Exception as e:
     print("failed", type(e).__name__)
 """

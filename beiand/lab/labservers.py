@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from beiand.lab.netns import DNS_IP, SERVER_IPS, ZONE
+from beiand.lab.netns import DNS_IP, ODD_HTTP_PORT, ODD_QUIC_PORT, ODD_TLS_PORT, SERVER_IPS, ZONE
 
 
 def make_cert(directory: Path, names: list[str]) -> tuple[Path, Path]:
@@ -143,8 +143,10 @@ async def main(directory: Path, ready: Path) -> None:
     cert, key = make_cert(directory, sorted(ZONE))
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(cert, key)
+    # and on ports no one watches (issue 32): HTTP on ODD_HTTP_PORT, HTTPS on ODD_TLS_PORT, QUIC on ODD_QUIC_PORT
     for site in (web.TCPSite(runner, "0.0.0.0", 80), web.TCPSite(runner, "0.0.0.0", 8080),
-                 web.TCPSite(runner, "0.0.0.0", 443, ssl_context=tls)):
+                 web.TCPSite(runner, "0.0.0.0", 443, ssl_context=tls), web.TCPSite(runner, "0.0.0.0", ODD_HTTP_PORT),
+                 web.TCPSite(runner, "0.0.0.0", ODD_TLS_PORT, ssl_context=tls)):
         await site.start()
     loop = asyncio.get_running_loop()
     await loop.create_datagram_endpoint(_DnsUdp, local_addr=(DNS_IP, 53))
@@ -157,7 +159,8 @@ async def main(directory: Path, ready: Path) -> None:
         qc.load_cert_chain(str(cert), str(key))
         # One socket per address: a wildcard UDP socket would answer from the primary address.
         for ip in SERVER_IPS:
-            await serve(ip, 443, configuration=qc, create_protocol=_h3_protocol())
+            for port in (443, ODD_QUIC_PORT):
+                await serve(ip, port, configuration=qc, create_protocol=_h3_protocol())
     except ImportError:  # aioquic is a test dependency: no QUIC server without it
         pass
     ready.write_text("ok\n")

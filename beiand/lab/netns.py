@@ -30,6 +30,7 @@ CLIENT_IP, GW_CLIENT_IP, GW_HOSTED_IP = "192.0.2.2", "192.0.2.1", "198.51.100.1"
 DNS_IP = "198.51.100.53"
 SERVER_IPS = ["198.51.100.10", "198.51.100.11", "198.51.100.12", "198.51.100.13", "198.51.100.14", "198.51.100.20",
               "198.51.100.30", "198.51.100.31", DNS_IP]
+ODD_HTTP_PORT, ODD_TLS_PORT, ODD_QUIC_PORT = 8888, 3000, 4433  # the lab's sites on ports no one watches (issue 32)
 # name → address it is served from (and answered by the lab's DNS server)
 ZONE = {
     "www.example.com.cn": "198.51.100.10",  # filed for us

@@ -60,14 +60,14 @@ def queue_ids(lb: Lab) -> int:
 # the same 4-tuple can be used again at once. Prints what each answer began with.
 KEEPALIVE = r"""
 import socket, struct, sys
-hosts, ip, sport, n = sys.argv[1].split(","), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+hosts, (ip, _, port), sport, n = sys.argv[1].split(","), sys.argv[2].partition(":"), int(sys.argv[3]), int(sys.argv[4])
 pipeline = len(sys.argv) > 5
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 s.settimeout(5)
 s.bind(("0.0.0.0", sport))
-s.connect((ip, 80))
+s.connect((ip, int(port or 80)))
 out = []
 try:
     if pipeline:  # every request in one send
@@ -99,7 +99,8 @@ print("|".join(out))
 
 
 def keepalive(lb: Lab, host: str, ip: str, sport: int, n: int, pipeline: bool = False) -> list[str]:
-    """``host``: one Host, or several separated by commas (request i uses the i-th, in turn)."""
+    """``host``: one Host, or several separated by commas (request i uses the i-th, in turn);
+    ``ip``: the server's address, ``ip:port`` for another port than 80."""
     r = lb.run(lb.cli, [sys.executable, "-c", KEEPALIVE, host, ip, str(sport), str(n), *(["pipeline"] if pipeline else [])],
                capture_output=True, text=True)
     server_closed(lb, sport)

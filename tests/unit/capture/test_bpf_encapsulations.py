@@ -17,12 +17,13 @@ from beiand.capture import read_capture
 from beiand.capture.bpf import build, reference, run
 from beiand.lab import encap
 from beiand.lab import traffic as t
-from beiand.net.decoder import Decoder
+from beiand.net.decoder import Decoder, DecoderConfig
 from beiand.net.link import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW
 
 TCP, UDP = (80, 443, 8080, 8443), (443,)
-PROG = build(TCP, UDP)
+PROG = build(TCP, UDP, any_port=True)  # the passive daemon's (issue 32: names on any port)
 CORPUS = Path(__file__).parents[2] / "corpus"
+LIVE = DecoderConfig(odd_rest=False)  # a live passive decoder: an odd port's first segment is all it gets
 C4, S4, C6, S6 = "192.0.2.10", "198.51.100.10", "2001:db8:1::10", "2001:db8:100::10"
 
 
@@ -46,11 +47,16 @@ def inner_packets() -> dict[str, bytes]:
         out["ack" + v] = encap.strip_ether(t.tcp(c, s, 40000, 443, 1, flags=0x10))
         out["answer" + v] = encap.strip_ether(t.tcp(s, c, 443, 40000, 1, payload=b"\x17\x03\x03" + b"x" * 200))
         out["short-quic" + v] = encap.strip_ether(t.udp(c, s, 40002, 443, b"\x41" + b"\x00" * 60))
+        # issue 32: on ports not watched
+        out["oddtls" + v] = encap.strip_ether(t.tcp(c, s, 40005, 3000, 1, payload=hello))
+        out["oddhttp" + v] = encap.strip_ether(t.tcp(c, s, 40006, 8888, 1, payload=b"POST / HTTP/1.1\r\nHost: odd.example.com\r\n\r\n"))
+        out["oddquic" + v] = encap.strip_ether(t.udp(c, s, 40007, 4433, quic))
+        out["oddssh" + v] = encap.strip_ether(t.tcp(c, s, 40008, 22, 1, payload=b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"))
     return out
 
 
 def names(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> list[str]:
-    d = Decoder()
+    d = Decoder(LIVE)
     return [o.name for o in d.feed(1000.0, frame, linktype)]
 
 
@@ -75,7 +81,8 @@ def test_bulk_rejected_inside_encapsulations(kind: str, steps: list[str]) -> Non
 
 @settings(max_examples=250, deadline=None)
 @given(st.sampled_from(["tls4", "tls6", "http4", "http6", "dns4", "dns6", "dnstcp4", "dnstcp6", "quic4", "quic6",
-                        "draft6", "gquic4", "ack4", "answer6", "short-quic4"]),
+                        "draft6", "gquic4", "ack4", "answer6", "short-quic4", "oddtls4", "oddtls6", "oddhttp4", "oddhttp6",
+                        "oddquic4", "oddquic6", "oddssh4"]),
        st.lists(st.sampled_from(sorted(encap.STEPS)), max_size=4),
        st.lists(st.booleans(), max_size=4), st.booleans())
 @example("tls4", ["gtpu-ext", "mpls-pw"], [True, False], False)
@@ -86,20 +93,20 @@ def test_every_named_frame_is_accepted(kind: str, steps: list[str], v6: list[boo
         frame = encap.wrap(frame[14:], ["vlan"]) if frame[12:14] in (b"\x08\x00", b"\x86\xdd") else frame
     got = names(frame)
     ok = accepted(frame)
-    assert ok == reference(frame, TCP, UDP)
+    assert ok == reference(frame, TCP, UDP, any_port=True)
     if got:
         assert ok, f"decoder names {got} in {steps}, BPF drops it"
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(["tls4", "dns6", "quic4", "http6"]), st.lists(st.sampled_from(sorted(encap.STEPS)), max_size=2),
-       st.integers(0, 400), st.integers(0, 255), st.integers(0, 200))
+@given(st.sampled_from(["tls4", "dns6", "quic4", "http6", "oddtls4", "oddhttp6", "oddquic4"]),
+       st.lists(st.sampled_from(sorted(encap.STEPS)), max_size=2), st.integers(0, 400), st.integers(0, 255), st.integers(0, 200))
 def test_program_equals_the_plain_rule_on_damaged_encapsulations(kind: str, steps: list[str], pos: int, value: int, cut: int) -> None:
     frame = bytearray(encap.wrap(inner_packets()[kind], steps))
     if pos < len(frame):
         frame[pos] = value
     damaged = bytes(frame[: max(0, len(frame) - cut)])
-    assert accepted(damaged) == reference(damaged, TCP, UDP)
+    assert accepted(damaged) == reference(damaged, TCP, UDP, any_port=True)
     if names(damaged):
         assert accepted(damaged)
 
@@ -109,7 +116,7 @@ def test_program_equals_the_plain_rule_on_damaged_encapsulations(kind: str, step
     (LINKTYPE_LINUX_SLL, b"\x00\x00\x00\x01\x00\x06" + b"\x02" * 8 + b"\x08\x00"),
 ])
 def test_other_link_types(linktype: int, head: bytes) -> None:
-    prog = build(TCP, UDP, linktype=linktype)
+    prog = build(TCP, UDP, linktype=linktype, any_port=True)
     pkts = inner_packets()
     assert accepted(head + pkts["tls4"], prog) and names(head + pkts["tls4"], linktype)
     assert not accepted(head + pkts["ack4"], prog)
@@ -120,12 +127,12 @@ CASES = sorted(p / "input.pcap" for p in CORPUS.iterdir() if (p / "input.pcap").
 
 @pytest.mark.parametrize("capture", CASES, ids=[c.parent.name for c in CASES])
 def test_corpus_frames_named_are_accepted(capture: Path) -> None:
-    d = Decoder()
+    d = Decoder(LIVE)
     named = 0
     for ts, lt, frame in read_capture(capture):
         if d.feed(ts, frame, lt):
             named += 1
-            prog = PROG if lt == LINKTYPE_ETHERNET else build(TCP, UDP, linktype=lt)
+            prog = PROG if lt == LINKTYPE_ETHERNET else build(TCP, UDP, linktype=lt, any_port=True)
             assert accepted(frame, prog), f"{capture.parent.name}: frame at {ts} named but dropped by BPF"
     assert named
 

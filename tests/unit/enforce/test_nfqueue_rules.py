@@ -18,10 +18,16 @@ from beiand.enforce.nfqueue import (
     Queued,
     _attr,
     bare_tcp_tests,
+    hello_start_test,
+    long_payload_test,
+    U32_MAX_VALUES,
+    method_word_tests,
+    quic_initial_test,
     request_head_test,
     rule_set,
     rule_specs,
 )
+from beiand.lab import traffic as t
 
 SYN, ACK, FIN, RST, PSH = 0x02, 0x10, 0x01, 0x04, 0x08
 
@@ -229,3 +235,70 @@ def test_rules_an_older_beiand_left_are_removed_with_its_own(monkeypatch: pytest
     assert not any("ACCEPT" in c for c in deleted)  # someone else's rules stay
     sweep = next(i for i, c in enumerate(calls) if "-S" in c)
     assert calls.index(("iptables", "-F", CHAIN)) > sweep  # the jumps go before the chain
+
+
+# -- names on any port (issue 32) ----------------------------------------------------------------
+
+
+def udp_packet(v6: bool, payload: bytes) -> bytes:
+    seg = struct.pack("!HHHH", 40000, 4433, 8 + len(payload), 0) + payload
+    if v6:
+        return struct.pack("!IHBB", 0x60000000, len(seg), 17, 64) + b"\0" * 32 + seg
+    return struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(seg), 0, 0x4000, 64, 17, 0) + b"\0" * 8 + seg
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("options", [0, 12, 40])
+def test_an_odd_ports_first_bytes_are_queued_by_content(family: int, options: int) -> None:
+    v6 = family == 6
+
+    def first(data: bytes) -> bool:  # one of the three content rules (with the bare tests for the short one)
+        pkt = packet(v6, ACK | PSH, data=data, options=options)
+        short = queued(family, pkt) and not u32(long_payload_test(family), pkt)
+        return u32(hello_start_test(family), pkt) or any(u32(m, pkt) for m in method_word_tests(family)) or short
+
+    hello = t.client_hello("odd.example.com")
+    for data in (hello, hello[:1], hello[:3], hello[:7], b"GET / HTTP/1.1\r\n", b"POST", b"DELETE /x", b"MKCOL /d", b"G"):
+        assert first(data), data
+    for data in (b"SSH-2.0-OpenSSH_9.2", b"EHLO mail.example.com", b"\x17\x03\x03" + b"x" * 40, b"get / HTTP/1.1",
+                 b"FOO / HTTP/1.1\r\n", b"\x00" * 8):
+        assert not first(data), data
+    assert not first(b"") and not queued(family, packet(v6, ACK, options=options))
+    # a decided connection's later request: known methods only on an odd port (SMTP's commands are not)
+    later = method_word_tests(family)
+    assert any(u32(m, packet(v6, ACK | PSH, data=b"GET /2 HTTP/1.1\r\n", options=options)) for m in later)
+    assert not any(u32(m, packet(v6, ACK | PSH, data=b"RCPT TO:<a@b>", options=options)) for m in later)
+    assert all(m.count(",") < U32_MAX_VALUES for m in later)  # iptables refuses more
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_quic_initial_on_an_odd_port_is_queued_by_content(family: int) -> None:
+    v6 = family == 6
+    dg = t.quic_initial_datagrams("quic.example.com")[0]
+    assert u32(quic_initial_test(family), udp_packet(v6, dg))
+    draft = t.quic_initial("draft.example.com", 0xFF00001D, bytes.fromhex("afbfec289993d24c9e9786f19c6111e04390a899"))
+    assert u32(quic_initial_test(family), udp_packet(v6, draft))
+    for other in (b"\x40" + dg[1:], dg[:1] + b"\x0a\x0a\x0a\x0a" + dg[5:], b"\x01" + b"\0" * 1300):
+        assert not u32(quic_initial_test(family), udp_packet(v6, other))
+
+
+def test_any_port_rules() -> None:
+    marks = Marks.from_base(0x100)
+    for tool, specs in rule_set([443, 80], [443], 0, 1, 8, marks, any_port=True).items():
+        family = 4 if tool == "iptables" else 6
+        jumps = [r.spec for r in specs if (r.table, r.chain) == ("filter", "FORWARD")]
+        odd = [j for j in jumps if "!" in j[:6] and "--dports" in j]
+        assert len(odd) == 7
+        for j in odd:  # never a watched port (nor DNS), the client's direction
+            i = j.index("--dports")
+            assert j[i - 1] == "!" and j[i + 1] in ("53,80,443", "53,443") and "ORIGINAL" in j
+        tls, method1, method2, short, later1, later2, quic = odd
+        assert hello_start_test(family) in tls and [method_word_tests(family)[0]] == [a for a in method1 if a.startswith(("0>>", "52>>"))]
+        assert "0:8" in tls and "0:8" in method1 and method_word_tests(family)[1] in method2
+        later = later1
+        assert method_word_tests(family)[1] in later2
+        assert long_payload_test(family) in short and short[short.index(long_payload_test(family)) - 2] == "!"
+        assert "0x100/0x100" in later and "!" not in later[later.index("connmark"):later.index("connmark") + 2]
+        assert quic[1] == "udp" and quic_initial_test(family) in quic and ("1228:65535" if family == 4 else "1248:65535") in quic
+        (more,) = [j for j in jumps if "0x800/0x800" in j]
+        assert "--dports" not in more  # the rest of a flow's first bytes, on any port

@@ -1,0 +1,154 @@
+"""Issue 32 item 2: names on any port. The lab's sites also answer on ports no one watches (HTTP on
+8888, HTTPS on 3000, QUIC on UDP 4433); a filed and an unfiled name share one address. Inline, the
+filed site is served and the unfiled one is not, on each; another protocol on an odd port to an
+address no filing lists is neither named nor judged (it would be blocked by its address if it
+were); passive, the same flows are named and judged in the access log."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from beiand.accesslog import Query, query
+from beiand.lab.labdemo import QUIC_CLIENT
+from beiand.lab.netns import ODD_HTTP_PORT, ODD_QUIC_PORT, ODD_TLS_PORT, Lab
+from tests.integration.inlinelab import daemon_lab, keepalive, queue_ids
+
+pytestmark = pytest.mark.integration
+
+FILED, UNFILED, SHARED = "www.example.com.cn", "unfiled.example.xyz", "198.51.100.11"
+
+# A line protocol on an odd port (SSH's greeting, then commands): an echo server in the server namespace.
+ECHO_SERVER = r"""
+import socket, sys, threading
+srv = socket.create_server((sys.argv[1], int(sys.argv[2])))
+open(sys.argv[3], "w").close()
+def serve(c):
+    with c:
+        while data := c.recv(4096):
+            c.sendall(data)
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+ECHO_CLIENT = r"""
+import socket, sys
+lines = [b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n", b"EHLO mail.example.com\r\n", b"GET key\r\n",
+         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40, b"QUIT\r\n"]
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as s:
+    for line in lines:
+        s.sendall(line)
+        got = b""
+        while len(got) < len(line):
+            got += s.recv(4096)
+        assert got == line, (got, line)
+print("echoed", len(lines))
+"""
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):  # type: ignore[no-untyped-def]
+    yield from daemon_lab(tmp_path_factory, "anyport", "inline = true\nmax_blocks_per_minute = 100000")
+
+
+@pytest.fixture(scope="module")
+def passive(tmp_path_factory):  # type: ignore[no-untyped-def]
+    yield from daemon_lab(tmp_path_factory, "anyport-passive", "inline = false\nmax_blocks_per_minute = 100000")
+
+
+def curl(lb: Lab, name: str, ip: str, scheme: str, port: int, sport: int) -> tuple[int, bytes, str]:
+    r = lb.run(lb.cli, ["curl", "-s", "-k", "-m", "5", "--local-port", str(sport), "-o", "-", "-w", "\n%{http_code}",
+                        "--resolve", f"{name}:{port}:{ip}", f"{scheme}://{name}:{port}/"], capture_output=True)
+    body, _, code = r.stdout.rpartition(b"\n")
+    return r.returncode, body, code.decode()
+
+
+def quic(lb: Lab, name: str, ip: str, port: int) -> str:
+    return lb.run(lb.cli, [sys.executable, "-c", QUIC_CLIENT, name, ip, str(port)], capture_output=True, text=True).stdout.strip()
+
+
+def records(wd, t_ms: int, want, timeout: float = 20.0) -> list:  # type: ignore[no-untyped-def]
+    """The access-log records since ``t_ms`` once ``want(records)`` holds (or the timeout passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        recs = list(query(wd / "log", Query(since_ms=t_ms)))
+        if want(recs) or time.monotonic() > deadline:
+            return recs
+        time.sleep(0.2)
+
+
+def test_odd_port_sites_inline(lab) -> None:  # type: ignore[no-untyped-def]
+    """HTTP on 8888, HTTPS on 3000, QUIC on 4433: the filed name served, the unfiled one on the same
+    address refused (the block page, a reset, a dropped Initial), each in the access log."""
+    lb, wd = lab["lab"], lab["wd"]
+    t_ms = int(time.time() * 1000)
+    for i, (scheme, port) in enumerate((("http", ODD_HTTP_PORT), ("https", ODD_TLS_PORT))):
+        rc, body, code = curl(lb, FILED, SHARED, scheme, port, 42000 + 2 * i)
+        assert rc == 0 and code == "200" and f"hello from {FILED}".encode() in body, (scheme, rc, code, body[:200])
+        rc, body, code = curl(lb, UNFILED, SHARED, scheme, port, 42001 + 2 * i)
+        assert b"hello from" not in body and code != "200", (scheme, rc, code, body[:200])
+        if scheme == "http":
+            assert code == "451" and "未备案".encode() in body, body[:300]
+    assert quic(lb, FILED, "198.51.100.10", ODD_QUIC_PORT) == "ok"
+    assert quic(lb, "quic-unfiled.example.top", "198.51.100.14", ODD_QUIC_PORT).startswith("failed")
+    recs = records(wd, t_ms, lambda rs: len({(r.name, r.server_port) for r in rs if r.kind != "conn"}) >= 6)
+    got = {(r.name, r.server_port): (r.verdict, r.action) for r in recs if r.kind != "conn"}
+    assert got == {
+        (FILED, ODD_HTTP_PORT): ("filed", "log"), (UNFILED, ODD_HTTP_PORT): ("unfiled", "block"),
+        (FILED, ODD_TLS_PORT): ("filed", "log"), (UNFILED, ODD_TLS_PORT): ("unfiled", "block"),
+        (FILED, ODD_QUIC_PORT): ("filed", "log"), ("quic-unfiled.example.top", ODD_QUIC_PORT): ("unfiled", "block"),
+    }, got
+
+
+def test_a_keep_alive_host_switch_on_an_odd_port_is_refused(lab) -> None:  # type: ignore[no-untyped-def]
+    lb = lab["lab"]
+    answers = keepalive(lb, f"{FILED},{UNFILED}", f"{SHARED}:{ODD_HTTP_PORT}", 42010, 2)
+    assert answers[0].endswith("200") and answers[1].endswith("451"), answers
+    answers = keepalive(lb, f"{UNFILED},{FILED}", f"{SHARED}:{ODD_HTTP_PORT}", 42011, 2, pipeline=True)
+    assert answers[0].endswith("451") and not any("200" in a for a in answers[1:]), answers
+
+
+def test_another_protocol_on_an_odd_port_is_not_judged(lab, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A line protocol (SSH's greeting, SMTP's EHLO, Redis' GET key, bytes that start like TLS but
+    are not its first) to an address no filing lists: judged by its address it would be blocked;
+    it is neither named nor judged, and at most a packet or two of it waits in the queue."""
+    lb = lab["lab"]
+    ready = tmp_path / "echo-ready"
+    server = lb.spawn(lb.srv, [sys.executable, "-c", ECHO_SERVER, SHARED, "7777", str(ready)])
+    try:
+        deadline = time.monotonic() + 10
+        while not ready.exists():
+            assert time.monotonic() < deadline and server.poll() is None, "the echo server did not start"
+            time.sleep(0.05)
+        before = queue_ids(lb)
+        for _ in range(3):
+            r = lb.run(lb.cli, [sys.executable, "-c", ECHO_CLIENT, SHARED, "7777"], capture_output=True, text=True)
+            assert r.stdout.strip() == "echoed 5", r.stderr[-2000:]
+        assert queue_ids(lb) - before <= 2 * 3  # the first segment (and, short, the one after) per connection
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_odd_port_sites_passive(passive) -> None:  # type: ignore[no-untyped-def]
+    """Passive (the capture filter passes an odd port's first segment): named and judged the same."""
+    lb, wd = passive["lab"], passive["wd"]
+    t_ms = int(time.time() * 1000)
+    curl(lb, FILED, SHARED, "http", ODD_HTTP_PORT, 42100)
+    curl(lb, UNFILED, SHARED, "http", ODD_HTTP_PORT, 42101)
+    curl(lb, FILED, SHARED, "https", ODD_TLS_PORT, 42102)
+    curl(lb, UNFILED, SHARED, "https", ODD_TLS_PORT, 42103)
+    quic(lb, FILED, "198.51.100.10", ODD_QUIC_PORT)
+    quic(lb, "quic-unfiled.example.top", "198.51.100.14", ODD_QUIC_PORT)
+    keepalive(lb, f"{FILED},{UNFILED}", f"{SHARED}:{ODD_HTTP_PORT}", 42104, 2)
+    recs = records(wd, t_ms, lambda rs: len({(r.name, r.server_port, r.client_port) for r in rs if r.kind != "conn"}) >= 8)
+    got = {(r.name, r.server_port, r.client_port if r.transport == "tcp" else 0): (r.verdict, r.action)
+           for r in recs if r.kind != "conn"}
+    assert got == {
+        (FILED, ODD_HTTP_PORT, 42100): ("filed", "log"), (UNFILED, ODD_HTTP_PORT, 42101): ("unfiled", "block"),
+        (FILED, ODD_TLS_PORT, 42102): ("filed", "log"), (UNFILED, ODD_TLS_PORT, 42103): ("unfiled", "block"),
+        (FILED, ODD_QUIC_PORT, 0): ("filed", "log"), ("quic-unfiled.example.top", ODD_QUIC_PORT, 0): ("unfiled", "block"),
+        (FILED, ODD_HTTP_PORT, 42104): ("filed", "log"), (UNFILED, ODD_HTTP_PORT, 42104): ("unfiled", "block"),
+    }, got
