@@ -641,7 +641,7 @@ def test_a_split_client_hello_and_a_split_request_line_on_an_odd_port_are_named(
                                    b"\x16\x03\x03\x00\x40\x02\x00\x00\x3c" + b"\0" * 60, b"HTTP/1.1 200 OK\r\n\r\n"])
 def test_other_protocols_on_an_odd_port_are_not_named_nor_judged(first):
     """SSH, SMTP, Redis, a binary protocol, a ServerHello, an answer: no name, no ip-only; its record says it."""
-    out, d = run(t.tcp_session(C4, S4, 40000, 6379, first + HELLO), config=ODD)
+    out, _ = run(t.tcp_session(C4, S4, 40000, 6379, first + HELLO), config=ODD)
     assert named(out) == [], out
     assert [o.detail for o in out] == ["not-named:unrecognised"]
 
@@ -668,7 +668,7 @@ def test_an_odd_ports_first_segment_alone_is_named_from_what_it_holds():
     cfg = DecoderConfig(conns=True, odd_rest=False)
     out, _ = run(t.tcp_session(C4, S4, 40000, 3000, HELLO, segment=200), config=cfg)
     assert named(out) == [(Kind.TLS_SNI, "tls.example.com", 3000)] and "partial-hello" in out[0].detail
-    out, d = run(t.tcp_session(C4, S4, 40000, 3000, HELLO, segment=20), config=cfg)  # cut before the SNI
+    out, _ = run(t.tcp_session(C4, S4, 40000, 3000, HELLO, segment=20), config=cfg)  # cut before the SNI
     assert [(o.kind, o.detail) for o in out] == [(Kind.IP_ONLY, "partial")]
     head = b"GET /x HTTP/1.1\r\nHost: part.example.xyz\r\nUser-Agent: " + b"a" * 3000 + b"\r\n\r\n"
     out, _ = run(t.tcp_session(C4, S4, 40000, 8888, head), config=cfg)
