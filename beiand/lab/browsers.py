@@ -123,9 +123,9 @@ def _varint(d: bytes, p: int) -> tuple[int, int]:
     return v, p + ln
 
 
-def server_handshakes(frames: list[tuple[float, int, bytes]], ports: set[int]) -> int:
+def server_handshakes(frames: list[tuple[float, int, bytes]], ports: set[int], server_port: int = 443) -> int:
     """Server → client packets on the client ports given that carry the server's handshake: a TLS
-    ServerHello (TCP from 443) or a QUIC Handshake packet (UDP from 443). IPv4, Ethernet."""
+    ServerHello (TCP from ``server_port``) or a QUIC Handshake packet (UDP from it). IPv4, Ethernet."""
     n = 0
     for _, ptype, f in frames:
         if ptype == PACKET_OUTGOING or len(f) < 34 or f[12:14] != b"\x08\x00":
@@ -136,7 +136,7 @@ def server_handshakes(frames: list[tuple[float, int, bytes]], ports: set[int]) -
         if len(f) < l4 + 8:
             continue
         sport, dport = int.from_bytes(f[l4 : l4 + 2], "big"), int.from_bytes(f[l4 + 2 : l4 + 4], "big")
-        if sport != 443 or dport not in ports:
+        if sport != server_port or dport not in ports:
             continue
         if proto == 6:
             pay = f[l4 + ((f[l4 + 12] >> 4) * 4) :]
@@ -234,11 +234,11 @@ class Browsers:
             lines.append(f'user_pref("{k}", {val});')
         (self.firefox_profile / "user.js").write_text("\n".join(lines) + "\n")
 
-    def load(self, browser: str, name: str, ip: str, timeout: float = 25.0) -> Load:
-        """Load ``https://name/<unique path>`` with ``browser`` (``chromium-tcp``, ``chromium-quic``,
+    def load(self, browser: str, name: str, ip: str, timeout: float = 25.0, port: int = 443) -> Load:
+        """Load ``https://name[:port]/<unique path>`` with ``browser`` (``chromium-tcp``, ``chromium-quic``,
         ``firefox-tcp``), the name resolved to ``ip``; the captures tell what crossed."""
         path = f"/load-{uuid.uuid4().hex[:12]}"
-        url = f"https://{name}{path}"
+        url = f"https://{name}{path}" if port == 443 else f"https://{name}:{port}{path}"
         if browser.startswith("chromium"):
             argv = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -246,7 +246,7 @@ class Browsers:
                     f"--user-data-dir={self.chromium_profile}", "--ignore-certificate-errors",
                     f"--ignore-certificate-errors-spki-list={self.spki}",
                     f"--host-resolver-rules=MAP {name} {ip}", "--timeout=8000"]
-            argv += (["--enable-quic", f"--origin-to-force-quic-on={name}:443"] if browser == "chromium-quic"
+            argv += (["--enable-quic", f"--origin-to-force-quic-on={name}:{port}"] if browser == "chromium-quic"
                      else ["--disable-quic"])
             argv += ["--dump-dom", url]
         else:
@@ -264,7 +264,7 @@ class Browsers:
         served = self.requests.exists() and f"{name} {path}\n" in self.requests.read_text()
         hellos = [n for n, _, _ in named(sframes, outgoing=False)]
         ports = {p for n, p, _ in named(cframes, outgoing=True) if n == name}
-        return Load(browser, name, path, rc, served, hellos, ports, server_handshakes(cframes, ports), out[-2000:])
+        return Load(browser, name, path, rc, served, hellos, ports, server_handshakes(cframes, ports, port), out[-2000:])
 
 
 SHARED = "198.51.100.11"  # a filed and an unfiled name on one address

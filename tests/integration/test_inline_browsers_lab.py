@@ -21,6 +21,7 @@ import pytest
 
 from beiand.accesslog import Query, query
 from beiand.lab.browsers import FILED, SHARED, UNFILED, Browsers, Sniffer, enforcing_lab, named
+from beiand.lab.netns import ODD_QUIC_PORT, ODD_TLS_PORT
 
 pytestmark = pytest.mark.integration
 
@@ -38,18 +39,20 @@ def lab(request, tmp_path_factory):  # type: ignore[no-untyped-def]
 
 
 BROWSERS = ["chromium-tcp", "chromium-quic", "firefox-tcp"]
+# issue 32: the same sites on ports no one watches (HTTPS on 3000, QUIC on 4433)
+ODD = [("chromium-tcp", ODD_TLS_PORT), ("chromium-quic", ODD_QUIC_PORT), ("firefox-tcp", ODD_TLS_PORT)]
 
 
-@pytest.mark.parametrize("browser", BROWSERS)
-def test_a_browser_loads_the_filed_site_and_never_the_unfiled_one(lab, browser) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("browser", "port"), [(b, 443) for b in BROWSERS] + ODD)
+def test_a_browser_loads_the_filed_site_and_never_the_unfiled_one(lab, browser, port) -> None:  # type: ignore[no-untyped-def]
     if shutil.which(browser.split("-")[0] if browser.startswith("chromium") else "firefox-esr") is None:
         pytest.fail(f"{browser}: not installed (scripts/system-deps installs it)")
     b: Browsers = lab["browsers"]
     ports: set[int] = set()
-    for _ in range(LOADS):
-        filed = b.load(browser, FILED, SHARED)
+    for _ in range(LOADS if port == 443 else 1):
+        filed = b.load(browser, FILED, SHARED, port=port)
         assert filed.served, (lab["mode"], filed)
-        unfiled = b.load(browser, UNFILED, SHARED)
+        unfiled = b.load(browser, UNFILED, SHARED, port=port)
         assert unfiled.client_ports, unfiled  # the browser did try
         ports |= unfiled.client_ports
         if lab["mode"] == "inline":
