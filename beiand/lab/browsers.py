@@ -261,7 +261,8 @@ class Browsers:
         finally:
             cframes = client.stop()
             sframes = server.stop()
-        served = self.requests.exists() and f"{name} {path}\n" in self.requests.read_text()
+        host = name if port == 443 else f"{name}:{port}"  # the Host the server logs
+        served = self.requests.exists() and f"{host} {path}\n" in self.requests.read_text()
         hellos = [n for n, _, _ in named(sframes, outgoing=False)]
         ports = {p for n, p, _ in named(cframes, outgoing=True) if n == name}
         return Load(browser, name, path, rc, served, hellos, ports, server_handshakes(cframes, ports, port), out[-2000:])
