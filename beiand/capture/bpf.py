@@ -311,7 +311,9 @@ def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False, qt
         a.op(JMP | JSET | K, 0x05, jt="accept")  # FIN, RST on any port
         a.op(ALU | AND | K, 0x12)
         a.op(JMP | JEQ | K, 0x02, jt="accept")  # SYN without ACK
-    if any_port:  # the payload's first bytes (issue 32)
+    if any_port:  # the payload's first bytes (issue 32), but a watched port's answers (most of the bulk)
+        a.op(LD | H | IND, 14)
+        a.jeq_any(tcp, "reject")
         a.op(LD | B | IND, 26)
         a.op(ALU | AND | K, 0xF0)
         a.op(ALU | RSH | K, 2)
@@ -358,6 +360,8 @@ def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False, qt
         a.op(ALU | AND | K, 0x12)
         a.op(JMP | JEQ | K, 0x02, jt="accept")
     if any_port:
+        a.op(LD | H | ABS, 54)
+        a.jeq_any(tcp, "reject")
         a.op(LD | B | ABS, 66)
         a.op(ALU | AND | K, 0xF0)
         a.op(ALU | RSH | K, 2)
@@ -519,7 +523,9 @@ def _level(a: _Asm, lv: int, tcp: list[int], udp: list[int], dns: bool, connecti
             a.op(JMP | JSET | K, 0x05, jt="accept")  # FIN, RST on any port
             a.op(ALU | AND | K, 0x12)
             a.op(JMP | JEQ | K, 0x02, jt="accept")  # SYN without ACK (the SYN+ACK adds nothing)
-        if any_port:  # the payload's first bytes (issue 32)
+        if any_port:  # the payload's first bytes (issue 32), but a watched port's answers
+            a.op(LD | H | IND, 0)
+            a.jeq_any(tcp, "reject")
             a.op(LD | B | IND, 12)
             a.op(ALU | AND | K, 0xF0)
             a.op(ALU | RSH | K, 2)  # TCP header length
@@ -823,7 +829,7 @@ def reference(pkt: bytes, tcp_ports: Iterable[int], udp_ports: Iterable[int], dn
         flags = u8(l4 + 13)
         if connections and (flags & 0x05 or flags & 0x12 == 0x02):
             return True
-        if not any_port:
+        if not any_port or u16(l4) in tcp:
             return False
         pay = l4 + ((u8(l4 + 12) & 0xF0) >> 2)
         hdr = ihl + ((u8(l4 + 12) & 0xF0) >> 2)

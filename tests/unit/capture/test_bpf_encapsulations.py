@@ -107,7 +107,9 @@ def test_program_equals_the_plain_rule_on_damaged_encapsulations(kind: str, step
         frame[pos] = value
     damaged = bytes(frame[: max(0, len(frame) - cut)])
     assert accepted(damaged) == reference(damaged, TCP, UDP, any_port=True)
-    if names(damaged):
+    # An odd port's test reads the payload, which a frame cut below its IP length no longer holds; the
+    # kernel's filter always sees the whole packet (a capture's snap length cuts after it).
+    if names(damaged) and (cut == 0 or not kind.startswith("odd")):
         assert accepted(damaged)
 
 
