@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from beiand.errors import BeiandError
-from beiand.net.http import METHOD_WORDS
 from beiand.net.link import (
     BPF_MAX_GTPU_EXTENSIONS,
     BPF_MAX_MPLS_LABELS,
@@ -66,18 +65,22 @@ from beiand.net.link import (
     LINK_TYPES,
     LINKTYPE_ETHERNET,
     MAX_DEPTH,
+    METHOD_WORDS,
     MPLS_CONTROL_WORD,
     MPLS_LABEL,
     PPP_IPV4,
     PPP_IPV6,
     PPPOE_HEADER,
+    QUIC_FIRST_DRAFT,
+    QUIC_KNOWN_VERSIONS,
+    QUIC_LAST_DRAFT,
+    QUIC_MIN_INITIAL,
     VLAN_TAG,
     VXLAN_FLAG_VNI,
     VXLAN_HEADER,
     VXLAN_PORT,
     Start,
 )
-from beiand.net.quic import FIRST_DRAFT, KNOWN_VERSIONS, LAST_DRAFT, MIN_INITIAL
 
 # Opcodes (linux/filter.h)
 LD, LDX, ST, STX, ALU, JMP, RET, MISC = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
@@ -95,11 +98,12 @@ Insn = tuple[int, int, int, int]  # code, jt, jf, k
 # Scratch memory slots (M[]): each is stored before it is loaded on every path (the kernel checks).
 _M_TMP, _M_IHL, _M_TOTAL, _M_DOFF, _M_PAY = 0, 1, 2, 3, 4
 # Names on any port (issue 32): an odd port's segment is passed when it starts a ClientHello
-# (``16 03``, handshake type 1 at its sixth byte) or a request of a known method (its first word),
+# (``16 03``, handshake type 1 at its sixth byte) or a request of a known method (its first word;
+# or CR/LF, empty lines a server skips before one),
 # or carries fewer than ``_SHORT`` bytes (a first segment cut to hide what follows); a UDP
 # datagram when it is a padded long-header packet of a known QUIC version.
 _SHORT = 8
-_QUIC_UDP_LENGTH = 8 + MIN_INITIAL
+_QUIC_UDP_LENGTH = 8 + QUIC_MIN_INITIAL
 
 
 @dataclass
@@ -251,6 +255,7 @@ def _odd_content(a: _Asm, at: int) -> None:
     a.label(content)
     a.op(LD | B | IND, at)
     a.op(JMP | JEQ | K, 0x16, jt=tls)
+    a.jeq_any((0x0A, 0x0D), "accept")  # empty lines before a request line (RFC 9112 section 2.2)
     a.op(LD | W | IND, at)
     a.jeq_any(METHOD_WORDS, "accept")
     a.ja("reject")
@@ -271,13 +276,13 @@ def _quic_content(a: _Asm, hit: str, miss: str) -> None:
     a.op(ALU | AND | K, 0xC0)
     a.op(JMP | JEQ | K, 0xC0, jf=miss)
     a.op(LD | W | IND, 9)
-    a.jeq_any(KNOWN_VERSIONS, hit)
+    a.jeq_any(QUIC_KNOWN_VERSIONS, hit)
     a.op(ALU | AND | K, 0xFFFFFF00)
     a.op(JMP | JEQ | K, 0xFF000000, jt=drafts, jf=miss)
     a.label(drafts)
     a.op(LD | B | IND, 12)
-    a.op(JMP | JGE | K, FIRST_DRAFT, jf=miss)
-    a.op(JMP | JGT | K, LAST_DRAFT, jt=miss, jf=hit)
+    a.op(JMP | JGE | K, QUIC_FIRST_DRAFT, jf=miss)
+    a.op(JMP | JGT | K, QUIC_LAST_DRAFT, jt=miss, jf=hit)
 
 
 def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False, qtcp: list[int] | None = None,
@@ -839,13 +844,16 @@ def reference(pkt: bytes, tcp_ports: Iterable[int], udp_ports: Iterable[int], dn
             return True
         if u8(pay) == 0x16:
             return u8(pay + 1) == 3 and u8(pay + 5) == 1
+        if u8(pay) in (0x0A, 0x0D):
+            return True
         return int.from_bytes(bytes(u8(pay + i) for i in range(4)), "big") in METHOD_WORDS
 
     def quic_(l4: int) -> bool:
         if u16(l4 + 4) < _QUIC_UDP_LENGTH or u8(l4 + 8) & 0xC0 != 0xC0:
             return False
         version = int.from_bytes(bytes(u8(l4 + 9 + i) for i in range(4)), "big")
-        return version in KNOWN_VERSIONS or (version & 0xFFFFFF00 == 0xFF000000 and FIRST_DRAFT <= version & 0xFF <= LAST_DRAFT)
+        draft = version & 0xFFFFFF00 == 0xFF000000 and QUIC_FIRST_DRAFT <= version & 0xFF <= QUIC_LAST_DRAFT
+        return version in QUIC_KNOWN_VERSIONS or draft
 
     def udp_(l4: int, lv: int) -> bool:
         if dns and u16(l4) == 53:

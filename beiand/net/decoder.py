@@ -865,6 +865,8 @@ class Decoder:
             self.stats["http:later-head"] += 1
             if self._examine(flow, ts):
                 self._mark_done(key, flow.ack)  # still named; a next head begun in the segment goes on
+            elif len(flow.buf) >= self.config.max_flow_bytes:  # one packet (a GSO super-packet) past the bytes read
+                self._give_up(flow, ts, "too-long")
             else:
                 self._new_flow(key, flow)
             return
@@ -887,6 +889,9 @@ class Decoder:
                     return
             if self._examine(flow, ts):
                 self._mark_done(key, ack)
+            elif len(flow.buf) >= self.config.max_flow_bytes:  # one packet (a GSO super-packet) past the bytes read
+                self._mark_done(key, ack)
+                self._give_up(flow, ts, "too-long")
             else:
                 self._new_flow(key, flow)
             return
@@ -1266,14 +1271,7 @@ class Decoder:
                 self._emit(flow, ts, Kind.TLS_SNI, Transport.TCP, sni, "partial-hello")
                 return
         elif looks_like_http(buf[:17]):
-            try:
-                reqs, _ = parse_requests_at(head_prefix(buf))
-            except DecodeError:
-                reqs = None
-            if reqs and reqs[0].host:
-                r = reqs[0]
-                self._emit(flow, ts, Kind.HTTP_HOST, Transport.TCP, r.host, f"method={r.method} partial-head", r.method[:16],
-                           bound_url(r.target, self.config.url_max, self.config.url_query), r.target[:512])
+            if self._host_from_prefix(flow, ts, "partial-head"):
                 return
         else:
             self._give_up(flow, ts, "unknown-protocol")
@@ -1281,7 +1279,29 @@ class Decoder:
         self.stats["flow:partial"] += 1
         self._emit(flow, ts, Kind.IP_ONLY, Transport.TCP, "", "partial")
 
+    def _host_from_prefix(self, flow: Flow, ts: float, why: str) -> bool:
+        """A request head whose end never came within the bytes read: named from its complete lines
+        when the Host (or an absolute-form target) is among them. Whether it was."""
+        try:
+            reqs, _ = parse_requests_at(head_prefix(flow.buf))
+        except DecodeError:
+            return False
+        if not reqs or not reqs[0].host:
+            return False
+        r = reqs[0]
+        self._emit(flow, ts, Kind.HTTP_HOST, Transport.TCP, r.host, f"method={r.method} {why}", r.method[:16],
+                   bound_url(r.target, self.config.url_max, self.config.url_query), r.target[:512])
+        return True
+
     def _give_up(self, flow: Flow, ts: float, why: str) -> None:
+        if why == "too-long":  # longer than the bytes read (reassembly.max_flow_bytes): named from them if it can be
+            self.stats["flow:too-long"] += 1
+            if looks_like_http(flow.buf[:17]) and self._host_from_prefix(flow, ts, "too-long"):
+                return  # a request head (a later one too): its Host decides
+            sni = sni_from_prefix(flow.buf) if not flow.later and looks_like_tls(flow.buf) else None
+            if sni:
+                self._emit(flow, ts, Kind.TLS_SNI, Transport.TCP, sni, "too-long")
+                return
         if flow.odd and why == "unknown-protocol":  # on a port not watched, another protocol: not judged
             self.stats["tcp:odd-port-other"] += 1
             return

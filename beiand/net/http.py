@@ -11,13 +11,14 @@ import re
 from typing import NamedTuple
 
 from beiand.net.errors import HttpError
+from beiand.net.link import HTTP_METHOD_PREFIXES
 
 MAX_HEAD = 16384
 MAX_REQUESTS = 16
 _METHOD = re.compile(rb"^[A-Z][A-Z-]{1,15} ")
-_KNOWN = (b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC", b"PROP", b"MKCO")
-# the known methods' first four bytes as big-endian words (the kernel's filters test them: capture.bpf, enforce.nfqueue)
-METHOD_WORDS = tuple(int.from_bytes(k, "big") for k in _KNOWN)
+_KNOWN = HTTP_METHOD_PREFIXES
+_EOL = (b"\r", b"\n")
+_EOL_BYTES = b"\r\n"
 _CL = re.compile(rb"\r?\ncontent-length[ \t]*:[ \t]*(\d+)", re.I)
 _HOST = re.compile(rb"\r?\nhost[ \t]*:[ \t]*([^\r\n]*)", re.I)
 _TE = re.compile(rb"\r?\ntransfer-encoding[ \t]*:", re.I)
@@ -31,7 +32,13 @@ class HttpRequest(NamedTuple):
 
 
 def looks_like_http(buf: bytes) -> bool:
-    """True if ``buf`` starts like a request line (or could, being shorter than a method)."""
+    """True if ``buf`` starts like a request line (or could, being shorter than a method), after
+    any empty lines (RFC 9112 section 2.2: a server ignores CRLFs before a request line; a client
+    that sends them must not hide its Host)."""
+    if buf[:1] in _EOL:
+        buf = buf.lstrip(b"\r\n")
+        if not buf:
+            return True
     if len(buf) >= 4:
         return buf[:4] in _KNOWN or _METHOD.match(buf[:17]) is not None
     return bool(buf) and buf.isupper()
@@ -42,6 +49,10 @@ def starts_request(buf: bytes) -> bool:
     HEAD, PUT, DELETE, OPTIONS, PATCH, CONNECT, TRACE, PROPFIND/PROPPATCH, MKCOL): the test for a
     flow's first bytes on a port not watched (issue 32), stricter than :func:`looks_like_http`
     (SMTP's EHLO, FTP's USER and the like are not requests)."""
+    if buf[:1] in _EOL:
+        buf = buf.lstrip(b"\r\n")
+        if not buf:
+            return True
     head = buf[:4]
     n = len(head)
     return n > 0 and any(k[:n] == head for k in _KNOWN)
@@ -50,6 +61,7 @@ def starts_request(buf: bytes) -> bool:
 def not_http_line(buf: bytes) -> bool:
     """Whether the first line of ``buf`` is complete and not an HTTP/1.x request line (a Redis
     ``GET key``): on a port not watched, such bytes are another protocol, not a request."""
+    buf = buf.lstrip(b"\r\n")
     nl = buf.find(b"\n", 0, MAX_HEAD)
     if nl < 0:
         return False
@@ -86,7 +98,13 @@ def parse_requests_at(buf: bytes) -> tuple[list[HttpRequest] | None, int]:
     out: list[HttpRequest] = []
     off = 0
     n = len(buf)
-    while off < n and len(out) < MAX_REQUESTS:
+    while len(out) < MAX_REQUESTS:
+        while off < n and buf[off] in _EOL_BYTES:  # empty lines before a request line (RFC 9112 section 2.2)
+            off += 1
+        if off >= n:
+            if not out:
+                return None, 0
+            break
         end = buf.find(b"\r\n\r\n", off, off + MAX_HEAD)
         sep = 4
         if end < 0:

@@ -117,3 +117,14 @@ BPF_MAX_VLAN_TAGS = 3  # per Ethernet header
 BPF_MAX_MPLS_LABELS = 4
 BPF_MAX_GTPU_EXTENSIONS = 2
 # IPv6 extension headers: not followed at all; a packet with any is passed and counted.
+
+
+# Names on any port (issue 32): what the kernel's filters test of a flow's first bytes, shared by
+# the decoder (net.http, net.quic) and the capture filter (capture.bpf); the inline queue's rules
+# (enforce.nfqueue, which reads no frame code) keep a copy, tested equal.
+HTTP_METHOD_PREFIXES = (b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC", b"PROP", b"MKCO")
+METHOD_WORDS = tuple(int.from_bytes(k, "big") for k in HTTP_METHOD_PREFIXES)  # as big-endian words
+QUIC_V1, QUIC_V2, QUIC_T050, QUIC_T051 = 0x00000001, 0x6B3343CF, 0x54303530, 0x54303531
+QUIC_KNOWN_VERSIONS = (QUIC_V1, QUIC_V2, QUIC_T050, QUIC_T051)  # and the drafts QUIC_FIRST_DRAFT..QUIC_LAST_DRAFT (0xff0000NN)
+QUIC_FIRST_DRAFT, QUIC_LAST_DRAFT = 23, 34
+QUIC_MIN_INITIAL = 1200  # RFC 9000 section 14.1: a client's Initial datagram is padded to at least this

@@ -21,13 +21,20 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from beiand.net.errors import QuicError
+from beiand.net.link import (
+    QUIC_FIRST_DRAFT,
+    QUIC_KNOWN_VERSIONS,
+    QUIC_LAST_DRAFT,
+    QUIC_MIN_INITIAL,
+    QUIC_T050,
+    QUIC_T051,
+    QUIC_V1,
+    QUIC_V2,
+)
 from beiand.net.reassembly import Stream
 from beiand.net.tls import ClientHello, parse_handshake
 
-V1 = 0x00000001
-V2 = 0x6B3343CF
-T050 = 0x54303530
-T051 = 0x54303531
+V1, V2, T050, T051 = QUIC_V1, QUIC_V2, QUIC_T050, QUIC_T051
 # RFC 9001 section 5.2 (also drafts 33 and 34) and RFC 9369 section 3.3.1
 SALT_V1 = bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a")
 SALT_V2 = bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9")
@@ -133,11 +140,10 @@ def is_initial(buf: bytes) -> bool:
     return (buf[0] >> 4) & 3 == _initial_type(version)
 
 
-MIN_INITIAL = 1200  # RFC 9000 section 14.1: a client's Initial datagram is padded to at least this
+MIN_INITIAL = QUIC_MIN_INITIAL
 
 
-KNOWN_VERSIONS = (V1, V2, T050, T051)  # and the drafts FIRST_DRAFT..LAST_DRAFT (0xff0000NN)
-FIRST_DRAFT, LAST_DRAFT = 23, 34
+KNOWN_VERSIONS, FIRST_DRAFT, LAST_DRAFT = QUIC_KNOWN_VERSIONS, QUIC_FIRST_DRAFT, QUIC_LAST_DRAFT
 
 
 def known_version(version: int) -> bool:

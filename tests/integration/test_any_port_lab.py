@@ -14,7 +14,7 @@ import pytest
 from beiand.accesslog import Query, query
 from beiand.lab.labdemo import QUIC_CLIENT
 from beiand.lab.netns import ODD_HTTP_PORT, ODD_QUIC_PORT, ODD_TLS_PORT, Lab
-from tests.integration.inlinelab import daemon_lab, keepalive, queue_ids
+from tests.integration.inlinelab import daemon_lab, keepalive, queue_ids, server_closed
 
 pytestmark = pytest.mark.integration
 
@@ -152,3 +152,58 @@ def test_odd_port_sites_passive(passive) -> None:  # type: ignore[no-untyped-def
         (FILED, ODD_QUIC_PORT, 0): ("filed", "log"), ("quic-unfiled.example.top", ODD_QUIC_PORT, 0): ("unfiled", "block"),
         (FILED, ODD_HTTP_PORT, 42104): ("filed", "log"), (UNFILED, ODD_HTTP_PORT, 42104): ("unfiled", "block"),
     }, got
+
+
+# A keep-alive client's tricks after a filed first request: the unfiled request behind empty lines,
+# its method cut to one byte (two sends, Nagle off), a head longer than 16 KiB with its Host first.
+# Prints the first answer's status line, then what came for the second ("closed" if nothing).
+TRICK = r"""
+import socket, struct, sys, time
+ip, port, sport, trick = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s.settimeout(5)
+s.bind(("0.0.0.0", sport))
+s.connect((ip, port))
+def answer():
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError as exc:
+        return type(exc).__name__
+    return data.split(b"\r\n")[0].decode() if data else "closed"
+s.sendall(b"GET / HTTP/1.1\r\nHost: www.example.com.cn\r\n\r\n")
+out = [answer()]
+second = b"GET /2 HTTP/1.1\r\nHost: unfiled.example.xyz\r\n\r\n"
+try:
+    if trick == "crlf":
+        s.sendall(b"\r\n" + second)
+    elif trick == "cut":
+        s.sendall(second[:1]); time.sleep(0.2); s.sendall(second[1:])
+    elif trick == "long":
+        pad = b"".join(b"X-Pad-%d: " % i + b"a" * 7000 + b"\r\n" for i in range(3))  # each line within a server's limit
+        s.sendall(b"GET /2 HTTP/1.1\r\nHost: unfiled.example.xyz\r\n" + pad + b"\r\n")
+    out.append(answer())
+except OSError as exc:
+    out.append(type(exc).__name__)
+print("|".join(out))
+"""
+
+
+@pytest.mark.parametrize("port", [80, ODD_HTTP_PORT])
+@pytest.mark.parametrize("trick", ["crlf", "cut", "long"])
+def test_keep_alive_tricks_do_not_reach_the_unfiled_site(lab, port, trick) -> None:  # type: ignore[no-untyped-def]
+    lb = lab["lab"]
+    sport = 42200 + 10 * ["crlf", "cut", "long"].index(trick) + (port == ODD_HTTP_PORT)
+    out = lb.run(lb.cli, [sys.executable, "-c", TRICK, SHARED, str(port), str(sport), trick], capture_output=True,
+                 text=True).stdout.strip().split("|")
+    server_closed(lb, sport)
+    print(trick, port, out)
+    status = [o.split(" ")[1] if o.startswith("HTTP/") else o for o in out]
+    assert status[0] == "200" and len(out) == 2 and status[1] != "200", out

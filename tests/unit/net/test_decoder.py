@@ -698,3 +698,48 @@ def test_a_small_or_unknown_udp_datagram_on_an_odd_port_is_not_quic():
     bad = [dg[:1000], bytes([dg[0]]) + b"\x0a\x0b\x0c\x0d" + dg[5:], bytes([dg[0] & 0x7F]) + dg[1:]]  # short, unknown version, short header
     out, d = run([t.udp(C4, S4, 50000 + i, 4433, b) for i, b in enumerate(bad)], config=DecoderConfig())
     assert out == [] and d.stats["quic:odd-port"] == 0 and d.stats["udp:other"] == 3
+
+
+def test_client_tricks_that_would_hide_a_host():
+    """Issue 32: empty lines before a request line (first or later), a later method cut to one
+    byte, a head longer than the bytes read (first or later) with its Host in them."""
+    first = b"GET / HTTP/1.1\r\nHost: www.example.com.cn\r\n\r\n"
+    unfiled = b"GET /2 HTTP/1.1\r\nHost: unfiled.example.xyz\r\n\r\n"
+    out, _ = run(t.tcp_session(C4, S4, 40000, 80, b"\r\n\r\n" + unfiled))
+    assert named(out) == [(Kind.HTTP_HOST, "unfiled.example.xyz", 80)]
+    for port in (80, 8888):
+        frames = t.tcp_session(C4, S4, 40000, port, first)
+        seq = 1001 + len(first)
+        for piece in (b"\r\n", b"G", unfiled[1:]):  # CRLF, one byte, the rest: three segments
+            frames.append(t.tcp(C4, S4, 40000, port, seq, 5001, 0x18, piece))
+            seq += len(piece)
+        out, _ = run(frames, config=ODD)
+        assert [n for _, n, _ in named(out)] == ["www.example.com.cn", "unfiled.example.xyz"], port
+    pad = b"X-Pad: " + b"a" * 20000 + b"\r\n"
+    long_head = b"GET / HTTP/1.1\r\nHost: unfiled.example.xyz\r\n" + pad + b"\r\n"
+    out, _ = run(t.tcp_session(C4, S4, 40000, 80, long_head), config=DecoderConfig(name_packets=100))
+    assert named(out) == [(Kind.HTTP_HOST, "unfiled.example.xyz", 80)] and "too-long" in out[0].detail
+    frames = t.tcp_session(C4, S4, 40000, 80, first)
+    frames += t.tcp_session(C4, S4, 40000, 80, long_head, isn=1000 + len(first), handshake=False)
+    out, _ = run(frames, config=DecoderConfig(name_packets=100))
+    assert [n for _, n, _ in named(out)] == ["www.example.com.cn", "unfiled.example.xyz"]
+
+
+def test_a_name_past_the_bytes_read_in_one_packet_is_judged_at_once():
+    """Issue 32: one packet (a GSO super-packet) longer than max_flow_bytes, no SYN seen (inline): the
+    head or ClientHello is given up on that packet (named from its prefix), never left waiting."""
+    pad = b"".join(b"X-Pad-%d: " % i + b"a" * 7000 + b"\r\n" for i in range(3))
+    head = b"GET /2 HTTP/1.1\r\nHost: unfiled.example.xyz\r\n" + pad + b"\r\n"
+    d = Decoder(DecoderConfig())
+    out = d.feed(1000.0, t.tcp(C4, S4, 40000, 80, 1, 5001, 0x18, head), fresh=True)
+    assert named(out) == [(Kind.HTTP_HOST, "unfiled.example.xyz", 80)] and d.settled()
+    first = b"GET / HTTP/1.1\r\nHost: www.example.com.cn\r\n\r\n"
+    d = Decoder(DecoderConfig())
+    d.feed(1000.0, t.tcp(C4, S4, 40000, 80, 1, 5001, 0x18, first), fresh=True)
+    out = d.feed(1000.1, t.tcp(C4, S4, 40000, 80, 1 + len(first), 5001, 0x18, head))
+    assert named(out) == [(Kind.HTTP_HOST, "unfiled.example.xyz", 80)] and d.settled()
+    hello = t.client_hello("big.example.xyz", ["x" * 200] * 100)  # about 20 KB: SNI first
+    assert len(hello) > 16384
+    d = Decoder(DecoderConfig())
+    out = d.feed(1000.0, t.tcp(C4, S4, 40000, 443, 1, 5001, 0x18, hello), fresh=True)
+    assert [(o.kind, o.name, o.detail) for o in out] == [(Kind.TLS_SNI, "big.example.xyz", "too-long")]
