@@ -213,6 +213,11 @@ class NfQueue:
 # queued as before.
 _TCP_HEADER_LENGTHS = range(20, 64, 4)
 CHAIN = "beiand"  # beiand's own filter chain: the jumps into it are the only rules in FORWARD
+# The chain of the jumps that may start a name the next packets complete (a decided connection's
+# later request head, an odd port's first bytes; issue 32): the connection's ``more`` bit is set
+# here, as the packet is queued, so that its next packets are queued behind it. Set by the verdict
+# instead, the packets sent right after it (while it waited in the queue) would pass unjudged.
+MORE_CHAIN = "beiand-more"
 
 
 def _payload_at(family: int, off: int) -> str:
@@ -322,19 +327,19 @@ def rule_specs(tcp_ports: Sequence[int], udp_ports: Sequence[int], first_queue: 
         rules.append(Rule("filter", "FORWARD", [*(any_tcp if any_port else dports), "-m", "connmark", "--mark",
                                                 f"{marks.more:#x}/{marks.more:#x}", *not_bare, *comment, "-j", CHAIN]))
         rules.append(Rule("filter", "FORWARD", [*dports, "-m", "connmark", "--mark", f"{marks.decided:#x}/{marks.decided:#x}",
-                                                "-m", "u32", "--u32", request_head_test(family), *comment, "-j", CHAIN]))
+                                                "-m", "u32", "--u32", request_head_test(family), *comment, "-j", MORE_CHAIN]))
         # and, on any port read, what could hide one from these tests: empty lines before it, a
         # segment of 1 to 7 bytes (a method cut: the decoder holds it, ``more`` takes the rest),
         # IPv6 extension headers (the tests' offsets miss the payload)
         decided = ["-m", "connmark", "--mark", f"{marks.decided:#x}/{marks.decided:#x}"]
         ports = any_tcp if any_port else dports
         rules.append(Rule("filter", "FORWARD", [*ports, *decided, "-m", "u32", "--u32", eol_start_test(family), *comment,
-                                                "-j", CHAIN]))
+                                                "-j", MORE_CHAIN]))
         rules.append(Rule("filter", "FORWARD", [*ports, *decided, *not_bare, "-m", "u32", "!", "--u32", long_payload_test(family),
-                                                *comment, "-j", CHAIN]))
+                                                *comment, "-j", MORE_CHAIN]))
         if family == 6:
             rules.append(Rule("filter", "FORWARD", [*ports, *decided, "-m", "u32", "!", "--u32", IPV6_EXTENSIONS_TEST,
-                                                    *comment, "-j", CHAIN]))
+                                                    *comment, "-j", MORE_CHAIN]))
     if any_port:
         if not tcp_ports:
             not_bare = [a for t in bare_tcp_tests(family) for a in ("-m", "u32", "!", "--u32", t)]
@@ -343,15 +348,15 @@ def rule_specs(tcp_ports: Sequence[int], udp_ports: Sequence[int], first_queue: 
         odd = ["-p", "tcp", "-m", "multiport", "!", "--dports", ",".join(map(str, sorted({*tcp_ports, 53}))),
                "-m", "conntrack", "--ctdir", "ORIGINAL", *conn]
         for test in (hello_start_test(family), *method_word_tests(family), eol_start_test(family)):
-            rules.append(Rule("filter", "FORWARD", [*odd, *undecided, "-m", "u32", "--u32", test, *comment, "-j", CHAIN]))
+            rules.append(Rule("filter", "FORWARD", [*odd, *undecided, "-m", "u32", "--u32", test, *comment, "-j", MORE_CHAIN]))
         if family == 6:
             rules.append(Rule("filter", "FORWARD", [*odd, *undecided, "-m", "u32", "!", "--u32", IPV6_EXTENSIONS_TEST, *comment,
-                                                    "-j", CHAIN]))
+                                                    "-j", MORE_CHAIN]))
         rules.append(Rule("filter", "FORWARD", [*odd, *undecided, *not_bare, "-m", "u32", "!", "--u32", long_payload_test(family),
-                                                *comment, "-j", CHAIN]))
+                                                *comment, "-j", MORE_CHAIN]))
         for test in method_word_tests(family):
             rules.append(Rule("filter", "FORWARD", [*odd[:11], "-m", "connmark", "--mark", f"{marks.decided:#x}/{marks.decided:#x}",
-                                                    "-m", "u32", "--u32", test, *comment, "-j", CHAIN]))
+                                                    "-m", "u32", "--u32", test, *comment, "-j", MORE_CHAIN]))
         rules.append(Rule("filter", "FORWARD", [
             "-p", "udp", "-m", "multiport", "!", "--dports", ",".join(map(str, sorted({*udp_ports, 53}))),
             "-m", "conntrack", "--ctdir", "ORIGINAL", *conn, *undecided,
@@ -363,6 +368,8 @@ def rule_specs(tcp_ports: Sequence[int], udp_ports: Sequence[int], first_queue: 
     if rules:
         d, s, f = (f"{m:#x}" for m in marks[:3])
         rules += [
+            Rule("filter", MORE_CHAIN, [*comment, "-j", "CONNMARK", "--or-mark", f"{marks.more:#x}"]),
+            Rule("filter", MORE_CHAIN, [*comment, "-j", CHAIN]),
             Rule("filter", CHAIN, ["-m", "connmark", "!", "--mark", f"{s}/{s}", *comment, "-j", "MARK", "--or-mark", f]),
             Rule("filter", CHAIN, [*comment, "-j", "CONNMARK", "--or-mark", s]),
             Rule("filter", CHAIN, [*comment, "-j", "NFQUEUE", *target, "--queue-bypass"]),
@@ -397,9 +404,10 @@ def install_rules(rules: RuleSet) -> None:
         _remove(tool, specs)
         if specs:
             _run(tool, "-N", CHAIN)
+            _run(tool, "-N", MORE_CHAIN)
         position: dict[tuple[str, str], int] = {}
         for r in sorted(specs, key=lambda r: r.chain == "FORWARD"):
-            if r.chain == CHAIN:
+            if r.chain in (CHAIN, MORE_CHAIN):
                 args = ["-t", r.table, "-A", r.chain, *r.spec]
             else:  # first in the built-in chain, in the given order
                 n = position[(r.table, r.chain)] = position.get((r.table, r.chain), 0) + 1
@@ -443,13 +451,14 @@ def _sweep(tool: str) -> None:
 
 def _remove(tool: str, specs: Sequence[Rule]) -> None:
     for r in specs:
-        if r.chain != CHAIN:
+        if r.chain not in (CHAIN, MORE_CHAIN):
             for _ in range(8):
                 if _run(tool, "-t", r.table, "-D", r.chain, *r.spec).returncode != 0:
                     break
     _sweep(tool)  # what an older beiand left, which the specs of this one do not match
-    if _run(tool, "-F", CHAIN).returncode == 0:
-        _run(tool, "-X", CHAIN)
+    for chain in (MORE_CHAIN, CHAIN):  # the first jumps into the second
+        if _run(tool, "-F", chain).returncode == 0:
+            _run(tool, "-X", chain)
 
 
 def remove_rules(rules: RuleSet) -> None:

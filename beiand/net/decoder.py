@@ -144,8 +144,8 @@ class Flow(Stream):
     decoder waits for a segment before it (bounded by the name budget, ``DecoderConfig.name_*``).
     ``segments``: data segments read (``DecoderConfig.name_packets``)."""
 
-    __slots__ = ("ack", "base", "client", "consumed", "data_ts", "dport", "fresh", "held", "later", "odd", "segments", "server",
-                 "sport", "syn", "ts")
+    __slots__ = ("ack", "base", "client", "consumed", "data_ts", "dport", "fresh", "held", "later", "named", "odd", "segments",
+                 "server", "sport", "syn", "ts")
 
     def __init__(self, base: int, syn: bool, ts: float, src: bytes, dst: bytes, sport: int, dport: int,
                  fresh: bool = False) -> None:
@@ -169,6 +169,7 @@ class Flow(Stream):
         self.data_ts = ts  # the time of its first data (the name budget's clock; after a SYN: set then)
         self.later = False  # a later request head of a named HTTP/1.x connection (keep-alive, issue 32)
         self.odd = False  # on a port not watched: another protocol is not named (issue 32)
+        self.named = False  # named from its head's first lines, read on to the head's end (issue 32)
 
     def add(self, seq: int, data: bytes, limit: int, max_holes: int = 64) -> int:
         """Add a segment; how much the contiguous prefix grew (0: not; -1: too many holes)."""
@@ -1194,15 +1195,30 @@ class Decoder:
                     self.stats["tcp:odd-port-not-http"] += 1  # another protocol's line (Redis' GET key): not named
                     return True
                 reqs, rest = parse_requests_at(buf)
+                early = False
+                if reqs is None and (flow.later or flow.odd) and not flow.named:
+                    # A later head (or an odd port's first) not complete yet: named as soon as its Host
+                    # line is in, not only when its end comes. Inline, the kernel queues its next
+                    # packets from its first on (``more``), but one sent just before that can pass;
+                    # the Host read from what came first is not hidden by it. The flow is still read
+                    # to the head's end, for what follows it (a pipelined head).
+                    try:
+                        pre = parse_requests_at(head_prefix(buf))[0]
+                    except DecodeError:
+                        pre = None
+                    if pre and pre[0].host:
+                        reqs, rest, early = pre[:1], 0, True
+                        self.stats["http:named-unfinished"] += 1
                 if reqs is None:
                     flow.held = False
                     return False
-                named = self.http_hosts.get(self._current, frozenset()) if flow.later else frozenset()  # type: ignore[arg-type]
+                named = (self.http_hosts.get(self._current, frozenset())  # type: ignore[arg-type]
+                         if flow.later or flow.named else frozenset())
                 seen: set[str] = set(named)
                 for r in reqs:
                     if r.host and r.host not in seen:
                         seen.add(r.host)
-                        detail = f"method={r.method}"
+                        detail = f"method={r.method} unfinished" if early else f"method={r.method}"
                         # target: the request line's target, its own field (URL rules of the regulator's commands)
                         self._emit(flow, ts, Kind.HTTP_HOST, Transport.TCP, r.host,
                                    detail + " malformed-request-line" if r.malformed else detail, r.method[:16],
@@ -1223,6 +1239,10 @@ class Decoder:
                         self._next_head = flow, (flow.base + rest) & 0xFFFFFFFF, buf[rest:]  # the next head's start
                     elif rest > len(buf):  # a body (Content-Length) goes on past these bytes: no head before its end
                         self._next_head = flow, (flow.base + rest) & 0xFFFFFFFF, b""
+                if early:
+                    flow.named = True
+                    flow.held = False
+                    return False
                 return True
         except DecodeError as exc:
             if flow.later:  # not a request head after all (a body that looks like one): the connection stays named
@@ -1265,6 +1285,8 @@ class Decoder:
         rest of which will not come (a live passive capture): named from what it holds, where the
         server_name extension or the Host line is in it; else judged by its address."""
         buf = flow.buf
+        if flow.named:
+            return
         if looks_like_tls(buf):
             sni = sni_from_prefix(buf)
             if sni:
@@ -1294,6 +1316,9 @@ class Decoder:
         return True
 
     def _give_up(self, flow: Flow, ts: float, why: str) -> None:
+        if flow.named:  # named from its first lines already; its end never came
+            self.stats["http:unfinished-" + why] += 1
+            return
         if why == "too-long":  # longer than the bytes read (reassembly.max_flow_bytes): named from them if it can be
             self.stats["flow:too-long"] += 1
             if looks_like_http(flow.buf[:17]) and self._host_from_prefix(flow, ts, "too-long"):

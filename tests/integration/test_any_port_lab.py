@@ -204,6 +204,5 @@ def test_keep_alive_tricks_do_not_reach_the_unfiled_site(lab, port, trick) -> No
     out = lb.run(lb.cli, [sys.executable, "-c", TRICK, SHARED, str(port), str(sport), trick], capture_output=True,
                  text=True).stdout.strip().split("|")
     server_closed(lb, sport)
-    print(trick, port, out)
     status = [o.split(" ")[1] if o.startswith("HTTP/") else o for o in out]
     assert status[0] == "200" and len(out) == 2 and status[1] != "200", out

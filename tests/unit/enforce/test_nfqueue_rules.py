@@ -339,3 +339,22 @@ def test_the_rules_copy_of_what_names_a_flow_equals_the_decoders() -> None:
     assert nfqueue.METHOD_WORDS == link.METHOD_WORDS
     assert (nfqueue.KNOWN_VERSIONS, nfqueue.FIRST_DRAFT, nfqueue.LAST_DRAFT, nfqueue.MIN_INITIAL) == (
         link.QUIC_KNOWN_VERSIONS, link.QUIC_FIRST_DRAFT, link.QUIC_LAST_DRAFT, link.QUIC_MIN_INITIAL)
+
+
+def test_a_jump_that_may_start_a_name_sets_more_as_the_packet_is_queued() -> None:
+    """Issue 32: a later head's first packet, an odd port's first bytes: the connection's ``more`` bit
+    is set in the kernel as the packet is queued, so the packets sent right behind it are queued
+    too (set by the verdict, they passed unjudged while it waited)."""
+    from beiand.enforce.nfqueue import MORE_CHAIN
+
+    marks = Marks.from_base(0x100)
+    for specs in rule_set([443, 80], [443], 0, 1, 8, marks, any_port=True).values():
+        more_chain = [r.spec for r in specs if r.chain == MORE_CHAIN]
+        assert more_chain[0][-3:] == ["CONNMARK", "--or-mark", "0x800"] and more_chain[1][-2:] == ["-j", CHAIN]
+        jumps = [r.spec for r in specs if r.chain == "FORWARD"]
+        for j in jumps:
+            starts = any(t in j for t in (request_head_test(4), request_head_test(6), hello_start_test(4), hello_start_test(6)))
+            if starts:
+                assert j[-1] == MORE_CHAIN, j
+        assert [j for j in jumps if "0x800/0x800" in j][0][-1] == CHAIN  # the rest itself
+        assert [j for j in jumps if "--connbytes" in j and "--dports" in j and "!" not in j[:6] and j[1] == "tcp"][0][-1] == CHAIN

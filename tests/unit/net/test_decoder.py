@@ -672,7 +672,7 @@ def test_an_odd_ports_first_segment_alone_is_named_from_what_it_holds():
     assert [(o.kind, o.detail) for o in out] == [(Kind.IP_ONLY, "partial")]
     head = b"GET /x HTTP/1.1\r\nHost: part.example.xyz\r\nUser-Agent: " + b"a" * 3000 + b"\r\n\r\n"
     out, _ = run(t.tcp_session(C4, S4, 40000, 8888, head), config=cfg)
-    assert named(out) == [(Kind.HTTP_HOST, "part.example.xyz", 8888)] and "partial-head" in out[0].detail
+    assert named(out) == [(Kind.HTTP_HOST, "part.example.xyz", 8888)] and "unfinished" in out[0].detail
     out, _ = run(t.tcp_session(C4, S4, 40000, 8888, b"GET /" + b"a" * 3000 + b" HTTP/1.1\r\n\r\n"), config=cfg)
     assert [(o.kind, o.detail) for o in out] == [(Kind.IP_ONLY, "partial")]
 
@@ -743,3 +743,26 @@ def test_a_name_past_the_bytes_read_in_one_packet_is_judged_at_once():
     d = Decoder(DecoderConfig())
     out = d.feed(1000.0, t.tcp(C4, S4, 40000, 443, 1, 5001, 0x18, hello), fresh=True)
     assert [(o.kind, o.name, o.detail) for o in out] == [(Kind.TLS_SNI, "big.example.xyz", "too-long")]
+
+
+def test_a_later_head_is_named_from_its_first_lines_and_read_to_its_end():
+    """Issue 32: inline, a packet sent right after a later head's first one can pass before the
+    kernel queues the rest (a hole here): the Host in the first part names it all the same; and
+    the head is still read to its end, so a pipelined head after it is named too."""
+    first = b"GET / HTTP/1.1\r\nHost: www.example.com.cn\r\n\r\n"
+    pad = b"".join(b"X-Pad-%d: " % i + b"a" * 3000 + b"\r\n" for i in range(3))
+    second = b"GET /2 HTTP/1.1\r\nHost: unfiled.example.xyz\r\n" + pad + b"\r\n"
+    d = Decoder(DecoderConfig())
+    d.feed(1000.0, t.tcp(C4, S4, 40000, 80, 1, 5001, 0x18, first), fresh=True)
+    seq = 1 + len(first)
+    out = d.feed(1000.1, t.tcp(C4, S4, 40000, 80, seq, 5001, 0x18, second[:2000]))  # the rest never comes
+    assert [(o.name, o.detail) for o in out] == [("unfiled.example.xyz", "method=GET unfinished")] and d.reading_later()
+    filed2 = b"GET /3 HTTP/1.1\r\nHost: www.example.com.cn\r\n" + pad + b"\r\n"
+    third = b"GET /4 HTTP/1.1\r\nHost: unfiled.example.xyz\r\n\r\n"
+    d = Decoder(DecoderConfig())
+    d.feed(1000.0, t.tcp(C4, S4, 40000, 80, 1, 5001, 0x18, first), fresh=True)
+    names = []
+    for piece in (filed2[:2000], filed2[2000:] + third):
+        names += [o.name for o in d.feed(1000.1, t.tcp(C4, S4, 40000, 80, seq, 5001, 0x18, piece))]
+        seq += len(piece)
+    assert names == ["unfiled.example.xyz"] and d.settled()  # the filed Host was named on the connection already
