@@ -356,5 +356,5 @@ def test_a_jump_that_may_start_a_name_sets_more_as_the_packet_is_queued() -> Non
             starts = any(t in j for t in (request_head_test(4), request_head_test(6), hello_start_test(4), hello_start_test(6)))
             if starts:
                 assert j[-1] == MORE_CHAIN, j
-        assert [j for j in jumps if "0x800/0x800" in j][0][-1] == CHAIN  # the rest itself
-        assert [j for j in jumps if "--connbytes" in j and "--dports" in j and "!" not in j[:6] and j[1] == "tcp"][0][-1] == CHAIN
+        assert next(j for j in jumps if "0x800/0x800" in j)[-1] == CHAIN  # the rest itself
+        assert next(j for j in jumps if "--connbytes" in j and "--dports" in j and "!" not in j[:6] and j[1] == "tcp")[-1] == CHAIN
