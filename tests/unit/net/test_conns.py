@@ -87,7 +87,7 @@ def test_tcp_port_reuse_after_the_window_is_a_new_flow_and_within_it_is_coalesce
 
 
 def test_record_written_when_its_window_closes_not_before() -> None:
-    d = Decoder(DecoderConfig(conns=True, conn_window=5.0))
+    d = Decoder(DecoderConfig(conns=True, conn_window=5.0, conn_attempts="each"))
     assert d.feed(T0, t.tcp(C, S, 40000, 2222, 1, 0, 0x02)) == []
     assert conns(d.feed(T0 + 3, t.udp("192.0.2.99", "192.0.2.98", 1, 2, b""))) == []
     out = d.feed(T0 + 6.5, t.udp("192.0.2.99", "192.0.2.98", 1, 2, b""))
@@ -109,7 +109,14 @@ def test_flow_waiting_for_its_name_is_held_then_logged_once() -> None:
 def test_syn_only_and_midstream_and_unrecognised_reasons() -> None:
     # a SYN alone on a watched port: the name pipeline forgets it after flow_timeout, the record says so
     tick = t.udp("192.0.2.99", "192.0.2.98", 1, 2, b"")
-    got = conns(run([(T0, t.tcp(C, S, 40000, 443, 1, 0, 0x02)), (T0 + 40, tick), (T0 + 80, tick)]))
+    syn = [(T0, t.tcp(C, S, 40000, 443, 1, 0, 0x02)), (T0 + 40, tick), (T0 + 80, tick)]
+    got = conns(run(syn, conn_attempts="each"))
+    assert [o.detail for o in got if o.server_port == 443] == ["not-named:no-data"]
+    # summarised (the default): an attempt, never answered
+    got = conns(run(syn))
+    assert [o.detail.split()[:2] for o in got if o.server_port == 443] == [["not-named:attempts", "n=1"]]
+    # answered by the server's SYN+ACK, no data: established, a record of its own
+    got = conns(run([syn[0], (T0 + 0.01, t.tcp(S, C, 443, 40000, 7, 2, 0x12)), *syn[1:]]))
     assert [o.detail for o in got if o.server_port == 443] == ["not-named:no-data"]
     got = conns(run([(T0, t.tcp(C, S, 40000, 443, 1, 5, 0x18, b"\x00" * 50))]))
     assert [o.detail for o in got] == ["not-named:midstream"]
@@ -138,7 +145,7 @@ def test_off_by_default_and_when_off() -> None:
 
 def test_pending_table_is_bounded_oldest_written_early() -> None:
     frames = [(T0 + i * 0.001, t.tcp(C, S, 10000 + i, 2222, 1, 0, 0x02)) for i in range(50)]
-    d = Decoder(DecoderConfig(conns=True, conn_max=10))
+    d = Decoder(DecoderConfig(conns=True, conn_max=10, conn_attempts="each"))
     out: list[Observation] = []
     for ts, fr in frames:
         out += d.feed(ts, fr)
