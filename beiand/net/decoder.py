@@ -371,6 +371,11 @@ class Decoder:
         for budget in ("packets", "seconds"):
             m[MetricKey("beiand_flow_name_budget_spent", (budget,))] = stats["flow:budget-" + budget]
         m[MetricKey("beiand_flows")] = self.flow_count  # a gauge
+        if self.tcp_conns is not None:  # attempts summarised (issue 32)
+            refused = stats["conn:attempts-refused"]
+            m[MetricKey("beiand_connection_attempts", ("refused",))] = refused
+            m[MetricKey("beiand_connection_attempts", ("unanswered",))] = stats["conn:attempts"] - refused
+            m[MetricKey("beiand_connection_attempt_summaries")] = stats["conn:attempt-summaries"]
         return m
 
     # -- bounds (issue 17) ----------------------------------------------------------------
