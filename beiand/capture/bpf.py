@@ -11,8 +11,10 @@ extension headers), to the decoder's depth (``net/link.py`` declares both):
 - UDP to a watched port whose first byte is a QUIC long header or a Google QUIC public header
   with the version flag (the client's Initials, never the 1-RTT bulk);
 - IPv4 fragments of UDP and IPv6 fragments (the decoder reassembles them);
-- with ``connections`` (issue 19, connection records): TCP with SYN (without ACK), FIN or RST on
-  *any* port (a flow's start, or the end of one open before capture began), and UDP on any port but from a
+- with ``connections`` (issue 19, connection records): TCP with SYN, SYN+ACK, FIN or RST on
+  *any* port (a flow's start; the server's answer, one packet a connection, which tells an
+  established flow from an attempt, issue 32; the end of one open before capture began, or the
+  server's refusal), and UDP on any port but from a
   watched UDP port (classic BPF keeps no state, so it cannot pick a flow's first datagram: every
   datagram is passed, the decoder coalesces; QUIC's bulk, from or to a watched port, stays out).
 Everything else (server answers on watched ports, bulk ACKs, 1-RTT QUIC, other ports) stays in
@@ -313,9 +315,7 @@ def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False, qt
         a.jeq_any(qtcp, "reject")
     if connections:
         a.op(LD | B | IND, 27)
-        a.op(JMP | JSET | K, 0x05, jt="accept")  # FIN, RST on any port
-        a.op(ALU | AND | K, 0x12)
-        a.op(JMP | JEQ | K, 0x02, jt="accept")  # SYN without ACK
+        a.op(JMP | JSET | K, 0x07, jt="accept")  # SYN (with or without ACK), FIN, RST on any port
     if any_port:  # the payload's first bytes (issue 32), but a watched port's answers (most of the bulk)
         a.op(LD | H | IND, 14)
         a.jeq_any(tcp, "reject")
@@ -361,9 +361,7 @@ def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False, qt
         a.jeq_any(qtcp, "reject")
     if connections:
         a.op(LD | B | ABS, 67)
-        a.op(JMP | JSET | K, 0x05, jt="accept")
-        a.op(ALU | AND | K, 0x12)
-        a.op(JMP | JEQ | K, 0x02, jt="accept")
+        a.op(JMP | JSET | K, 0x07, jt="accept")
     if any_port:
         a.op(LD | H | ABS, 54)
         a.jeq_any(tcp, "reject")
@@ -525,9 +523,7 @@ def _level(a: _Asm, lv: int, tcp: list[int], udp: list[int], dns: bool, connecti
             a.jeq_any(qtcp, "reject")
         if connections:
             a.op(LD | B | IND, 13)
-            a.op(JMP | JSET | K, 0x05, jt="accept")  # FIN, RST on any port
-            a.op(ALU | AND | K, 0x12)
-            a.op(JMP | JEQ | K, 0x02, jt="accept")  # SYN without ACK (the SYN+ACK adds nothing)
+            a.op(JMP | JSET | K, 0x07, jt="accept")  # SYN, SYN+ACK (the server answered), FIN, RST on any port
         if any_port:  # the payload's first bytes (issue 32), but a watched port's answers
             a.op(LD | H | IND, 0)
             a.jeq_any(tcp, "reject")
@@ -832,7 +828,7 @@ def reference(pkt: bytes, tcp_ports: Iterable[int], udp_ports: Iterable[int], dn
         if u16(l4) in qtcp or u16(l4 + 2) in qtcp:
             return False
         flags = u8(l4 + 13)
-        if connections and (flags & 0x05 or flags & 0x12 == 0x02):
+        if connections and flags & 0x07:  # SYN, SYN+ACK, FIN, RST
             return True
         if not any_port or u16(l4) in tcp:
             return False

@@ -34,7 +34,9 @@ class CaptureReader:
     ``skip_tcp_from`` does in user space what the live daemon's kernel BPF program does: TCP
     packets from a watched port to an unwatched one (the server's answers) and bare ACKs of
     Ethernet/IPv4 and Ethernet/IPv6 frames are counted in ``prefiltered`` and never become frame
-    objects.
+    objects. A packet with SYN, FIN or RST is always kept: with connection records the kernel
+    passes them on any port (the server's SYN+ACK or RST tells an established flow from an
+    attempt, issue 32); without, the decoder counts a server's as it counts the kernel's.
 
     ``shard=(k, n)`` yields only the frames of shard ``k`` of ``n`` (see :func:`shard_key`): ``n``
     readers of one file, one per worker process, each see every packet of their flows and no
@@ -247,28 +249,28 @@ def _select(buf: bytes, o: int, end: int, linktype: int, watched: frozenset[int]
 
     The filter is the live BPF program's test, in user space (only with ``watched``, the watched
     TCP ports, and on Ethernet): TCP from a watched port to an unwatched one (the server's
-    answers) and bare ACKs (no payload, no SYN/FIN/RST). The two common frames (Ethernet + IPv4
+    answers) and bare ACKs, neither with SYN/FIN/RST (see :class:`CaptureReader`). The two common frames (Ethernet + IPv4
     without options, Ethernet + IPv6 carrying TCP or not) are read in place; the shard hashes
     the same address bytes as :func:`shard_key`. ``_pcap`` inlines this test in its loop; a test
     reads one capture as pcap and as pcapng and asserts both give the same frames.
     """
     incl = end - o
     if linktype == LINKTYPE_ETHERNET and incl >= 54 and buf[o + 12] == 8 and buf[o + 13] == 0 and buf[o + 14] == 0x45:
-        if nshards > 1 and hash(buf[o + 26 : o + 34]) % nshards != mine:
+        if nshards > 1 and (hash(buf[o + 26 : o + 30]) ^ hash(buf[o + 30 : o + 34])) % nshards != mine:
             return None
-        if watched and buf[o + 23] == 6:
+        if watched and buf[o + 23] == 6 and not buf[o + 47] & 7:  # no SYN, FIN, RST
             if ((buf[o + 36] << 8) | buf[o + 37]) not in watched and ((buf[o + 34] << 8) | buf[o + 35]) in watched:
                 return _FILTERED
-            if not buf[o + 47] & 7 and ((buf[o + 16] << 8) | buf[o + 17]) == 20 + ((buf[o + 46] >> 4) << 2):
-                return _FILTERED  # a bare ACK: no payload, no SYN/FIN/RST
+            if ((buf[o + 16] << 8) | buf[o + 17]) == 20 + ((buf[o + 46] >> 4) << 2):
+                return _FILTERED  # a bare ACK: no payload
         return True
     if linktype == LINKTYPE_ETHERNET and incl >= 74 and buf[o + 12] == 0x86 and buf[o + 13] == 0xDD and buf[o + 14] >> 4 == 6:
-        if nshards > 1 and hash(buf[o + 22 : o + 54]) % nshards != mine:
+        if nshards > 1 and (hash(buf[o + 22 : o + 38]) ^ hash(buf[o + 38 : o + 54])) % nshards != mine:
             return None
-        if watched and buf[o + 20] == 6:
+        if watched and buf[o + 20] == 6 and not buf[o + 67] & 7:
             if ((buf[o + 56] << 8) | buf[o + 57]) not in watched and ((buf[o + 54] << 8) | buf[o + 55]) in watched:
                 return _FILTERED
-            if not buf[o + 67] & 7 and ((buf[o + 18] << 8) | buf[o + 19]) == (buf[o + 66] >> 4) << 2:
+            if ((buf[o + 18] << 8) | buf[o + 19]) == (buf[o + 66] >> 4) << 2:
                 return _FILTERED  # a bare ACK
         return True
     if nshards > 1 and shard_key(buf[o:end], linktype) % nshards != mine:
@@ -307,23 +309,23 @@ def _scan(buf: bytes, pos: int, ether: bool, little: bool, filt: bool, watched: 
         # The two common frames inline (Ethernet + IPv4 without options, Ethernet + IPv6,
         # both carrying TCP): _select()'s test inlined, a call per record costs 7% of a replay.
         if ether and incl >= 54 and buf[o + 12] == 8 and buf[o + 13] == 0 and buf[o + 14] == 0x45:
-            if sharded and hash(buf[o + 26 : o + 34]) % nshards != mine:
+            if sharded and (hash(buf[o + 26 : o + 30]) ^ hash(buf[o + 30 : o + 34])) % nshards != mine:
                 continue
-            if filt and buf[o + 23] == 6:
+            if filt and buf[o + 23] == 6 and not buf[o + 47] & 7:  # no SYN, FIN, RST
                 if ((buf[o + 36] << 8) | buf[o + 37]) not in watched and ((buf[o + 34] << 8) | buf[o + 35]) in watched:
                     skipped += 1
                     continue
-                if not buf[o + 47] & 7 and ((buf[o + 16] << 8) | buf[o + 17]) == 20 + ((buf[o + 46] >> 4) << 2):
-                    skipped += 1  # a bare ACK: no payload, no SYN/FIN/RST
+                if ((buf[o + 16] << 8) | buf[o + 17]) == 20 + ((buf[o + 46] >> 4) << 2):
+                    skipped += 1  # a bare ACK: no payload
                     continue
         elif ether and incl >= 74 and buf[o + 12] == 0x86 and buf[o + 13] == 0xDD and buf[o + 14] >> 4 == 6:
-            if sharded and hash(buf[o + 22 : o + 54]) % nshards != mine:
+            if sharded and (hash(buf[o + 22 : o + 38]) ^ hash(buf[o + 38 : o + 54])) % nshards != mine:
                 continue
-            if filt and buf[o + 20] == 6:
+            if filt and buf[o + 20] == 6 and not buf[o + 67] & 7:
                 if ((buf[o + 56] << 8) | buf[o + 57]) not in watched and ((buf[o + 54] << 8) | buf[o + 55]) in watched:
                     skipped += 1
                     continue
-                if not buf[o + 67] & 7 and ((buf[o + 18] << 8) | buf[o + 19]) == (buf[o + 66] >> 4) << 2:
+                if ((buf[o + 18] << 8) | buf[o + 19]) == (buf[o + 66] >> 4) << 2:
                     skipped += 1  # a bare ACK
                     continue
         elif sharded and shard_key(buf[o:end], linktype) % nshards != mine:
@@ -335,9 +337,11 @@ def _scan(buf: bytes, pos: int, ether: bool, little: bool, filt: bool, watched: 
 def shard_key(frame: bytes, linktype: int) -> int:
     """Which worker a frame belongs to, as a number to take modulo the worker count.
 
-    Built from the outermost IP header's source and destination addresses only: every packet of
-    a TCP flow, a QUIC connection, a DNS exchange and every fragment of one datagram share them,
-    and so do all flows inside one tunnel, which the decoder opens. Frames with no IP header we
+    Built from the outermost IP header's source and destination addresses only, either way round
+    (the server's answers, its SYN+ACK or RST, go to the worker that has the client's packets:
+    connection records, issue 32): every packet of a TCP flow, a QUIC connection, a DNS exchange
+    and every fragment of one datagram share them, and so do all flows inside one tunnel, which
+    the decoder opens. Frames with no IP header we
     can find go to shard 0. ``hash()`` of bytes is salted per interpreter: the workers of one
     replay are forked from one process and agree; the value means nothing across processes.
     """
@@ -359,9 +363,9 @@ def shard_key(frame: bytes, linktype: int) -> int:
         return 0
     ver = frame[off] >> 4
     if ver == 4 and len(frame) >= off + 20:
-        return hash(frame[off + 12 : off + 20])
+        return hash(frame[off + 12 : off + 16]) ^ hash(frame[off + 16 : off + 20])
     if ver == 6 and len(frame) >= off + 40:
-        return hash(frame[off + 8 : off + 40])
+        return hash(frame[off + 8 : off + 24]) ^ hash(frame[off + 24 : off + 40])
     return 0
 
 

@@ -96,7 +96,7 @@ class ReplayResult:
 def _replay(args: argparse.Namespace, policy: Policy | Decider, shard: tuple[int, int], json_out: BinaryIO | None) -> ReplayResult:
     """decode → decide → sinks over the files, for the flows of one shard (all of them when n is 1)."""
     decoder = Decoder(DecoderConfig(tcp_ports=args.tcp_ports, udp_ports=args.udp_ports, any_port=not args.watched_ports_only,
-                                    conns=args.connections, url_query=args.url_query))
+                                    conns=args.connections, conn_attempts=args.attempts, url_query=args.url_query))
     summary = Summary()
     sinks: list[Any] = [summary]
     if json_out is not None:
@@ -306,6 +306,9 @@ def add_parsers(sub: Any, policy_args: Callable[[argparse.ArgumentParser], None]
                          "of 64 MiB or more, else 1)")
     rp.add_argument("--no-connections", dest="connections", action="store_false",
                     help="no connection records (issue 19): only named flows and DNS answers, as before")
+    rp.add_argument("--attempts", choices=("summarise", "each"), default="summarise",
+                    help="TCP flows never answered (a port scan's SYNs): one record per server address and window "
+                         "counting them (summarise, the default, as [connections] attempts), or a record each")
     rp.add_argument("--url-query", action="store_true", help="keep HTTP query strings in the records' URLs (personal data)")
     rp.add_argument("--top", type=int, default=20)
     rp.add_argument("--log-dir", metavar="DIR", help="write the access log (Order 292 art. 14) here, as the daemon does")

@@ -10,6 +10,14 @@ TCP and UDP, and turns it into a record once:
 
 Coalescing, not sampling: packets of the five-tuple, and new flows on it (a SYN again, a UDP
 datagram after the idle timeout) that start inside the window, are counted into the one record.
+
+Attempts (issue 32): a TCP flow whose SYN was seen and that the server never answered (no SYN+ACK
+from it, no data and no FIN from either side) when its record falls due is an *attempt*: refused
+(the server's RST came first) or unanswered. A flow that was never established is not anyone's
+access, and a port scan would otherwise write a record per SYN; with ``attempts = "summarise"``
+(the default) attempts are counted into one :class:`Attempts` summary per server address and
+window, written as one record (reason ``not-named:attempts ...``); ``"each"`` keeps a record per
+attempt. Every established flow keeps its own record either way.
 """
 
 from __future__ import annotations
@@ -23,13 +31,24 @@ WHY_MIDSTREAM = "midstream"  # TCP: joined an open connection (no SYN seen)
 WHY_UNRECOGNISED = "unrecognised"  # bytes seen, but neither TLS, HTTP nor QUIC
 WHY_DNS = "dns"  # a DNS exchange: its answers are logged as dns-answer records
 WHY_EARLY = "table-full"  # written before its window closed: the connection table was full
+WHY_ATTEMPTS = "attempts"  # a summary of the attempts (never established flows) at one server address
+
+# An attempts summary's bounds: distinct client addresses and server ports are counted exactly up
+# to these, beyond as a lower bound ("64+"); the summaries open at once hold at most the decoder's
+# ``conn_max`` addresses and ports in all (beyond, the oldest is written early).
+ATTEMPT_SOURCES = 64
+ATTEMPT_PORTS = 1024
+# The client of a summary of attempts from several addresses: the unspecified address of the
+# server's family (RFC 4291 section 2.5.2, RFC 1122 section 3.2.1.3), port 0. Every sink stores it
+# as it stores any address (the local log, ClickHouse's String columns, JSON lines).
+SEVERAL4, SEVERAL6 = "0.0.0.0", "::"
 
 
 class Conn:
     """One flow of a five-tuple, from its first packet to its record."""
 
-    __slots__ = ("client", "cport", "data", "deadline", "first", "key", "last", "octets", "packets", "seq1", "server",
-                 "sport", "state", "syn", "tcp")
+    __slots__ = ("answered", "client", "cport", "data", "deadline", "first", "key", "last", "octets", "packets",
+                 "refused", "seq1", "server", "sport", "state", "syn", "tcp")
 
     def __init__(self, ts: float, deadline: float, tcp: bool, client: bytes, server: bytes, cport: int, sport: int,
                  key: bytes, syn: bool) -> None:
@@ -43,11 +62,79 @@ class Conn:
         self.sport = sport
         self.key = key  # client address, server address, client port, server port (the decoder's flow key)
         self.syn = syn
-        self.data = False
+        self.data = False  # client bytes seen
         self.seq1 = -1  # TCP: the sequence number of the client's first byte, from its SYN (-1: no SYN seen)
+        # TCP: the server answered (its SYN+ACK; or data or a FIN from either side) / refused (its
+        # RST before any answer). A flow with its SYN seen and no answer is an attempt.
+        self.answered = False
+        self.refused = False
         self.packets = 0
         self.octets = 0
         self.state = PENDING
+
+
+class Attempts:
+    """The attempts at one server address counted while one summary is open (``window`` seconds
+    from the first one counted): one record for all of them, written when it closes."""
+
+    __slots__ = ("cport", "deadline", "first", "hi", "last", "lo", "n", "octets", "packets", "ports", "ports_over",
+                 "refused", "server", "sources", "sources_over")
+
+    def __init__(self, server: bytes, deadline: float, c: Conn) -> None:
+        self.server = server
+        self.deadline = deadline
+        self.first = self.last = c.first
+        self.lo = self.hi = c.sport
+        self.cport = c.cport
+        self.n = self.refused = self.packets = self.octets = 0
+        self.sources: set[bytes] = set()
+        self.ports: set[int] = set()
+        self.sources_over = self.ports_over = False
+
+    def add(self, c: Conn) -> int:
+        """Count one attempt in; returns the addresses and ports newly held (the decoder's bound)."""
+        self.n += 1
+        if c.refused:
+            self.refused += 1
+        self.packets += c.packets
+        self.octets += c.octets
+        if c.first < self.first:
+            self.first = c.first
+        elif c.first > self.last:
+            self.last = c.first
+        if c.sport < self.lo:
+            self.lo = c.sport
+        elif c.sport > self.hi:
+            self.hi = c.sport
+        if c.cport != self.cport:
+            self.cport = 0
+        held = 0
+        if c.client not in self.sources:
+            if len(self.sources) < ATTEMPT_SOURCES:
+                self.sources.add(c.client)
+                held += 1
+            else:
+                self.sources_over = True
+        if c.sport not in self.ports:
+            if len(self.ports) < ATTEMPT_PORTS:
+                self.ports.add(c.sport)
+                held += 1
+            else:
+                self.ports_over = True
+        return held
+
+    def detail(self) -> str:
+        """The record's reason: ``not-named:attempts`` and the counts (at most ~140 characters)."""
+        return (f"not-named:{WHY_ATTEMPTS} n={self.n} refused={self.refused} unanswered={self.n - self.refused} "
+                f"sources={len(self.sources)}{'+' if self.sources_over else ''} ports={self.lo}-{self.hi} "
+                f"distinct={len(self.ports)}{'+' if self.ports_over else ''} span={self.last - self.first:.1f}s")
+
+    def client(self) -> tuple[bytes | None, int]:
+        """The record's client: the only source address (and its port, when it used only one),
+        or None (several: the placeholder ``SEVERAL4``/``SEVERAL6``, port 0)."""
+        if len(self.sources) == 1 and not self.sources_over:
+            return next(iter(self.sources)), self.cport
+        return None, 0
 
 
 def client_first(tcp_flags: int, sport: int, dport: int, server_ports: frozenset[int]) -> bool:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from beiand.model import Kind, MetricKey, MetricValues, Observation, Transport
 from beiand.net import conns as connmod
 from beiand.net import dns as dnsmod
-from beiand.net.conns import NAMED, PENDING, WRITTEN, Conn, bound_url, client_first
+from beiand.net.conns import NAMED, PENDING, SEVERAL4, SEVERAL6, WRITTEN, Attempts, Conn, bound_url, client_first
 from beiand.net.errors import DecodeError, IpError, LinkError, QuicError
 from beiand.net.http import head_prefix, looks_like_http, not_http_line, parse_requests_at, starts_request
 from beiand.net.link import (
@@ -121,6 +121,9 @@ class DecoderConfig:
     conn_udp_idle: float = 60.0  # a UDP five-tuple silent this long starts a new flow
     conn_tcp_idle: float = 600.0  # a TCP five-tuple silent this long is forgotten (a later packet: a new flow)
     conn_max: int = 262144  # flows waiting for their record; beyond, the oldest is written early
+    # TCP attempts (SYN seen, never answered: net/conns.py, issue 32): "summarise" (one record per
+    # server address and window) or "each" (a record per attempt, as before)
+    conn_attempts: str = "summarise"
     url_max: int = 256  # HTTP: characters of the URL path kept
     url_query: bool = False  # HTTP: keep the query string (personal data: off by default)
     # The budget to find a flow's name (issue 36), besides ``max_flow_bytes``: packets of the flow
@@ -243,6 +246,11 @@ class Decoder:
         self.conn_pending: deque[Conn] = deque()
         self.conn_new = 0  # flows started (each gets one record)
         self._conn_window, self._conn_udp_idle = cfg.conn_window, cfg.conn_udp_idle
+        # Attempts being summarised (issue 32), by server address, oldest summary first; the
+        # addresses and ports they hold in all (bounded by conn_max).
+        self._summarise = cfg.conn_attempts == "summarise"
+        self.attempts: dict[bytes, Attempts] = {}
+        self._attempts_held = 0
         self._ntop_cache: dict[bytes, str] = {}  # server addresses in text (hosted ones repeat)
         self._server_ports = cfg.tcp_ports | cfg.udp_ports | cfg.dns_ports
         self._tunnel_ports = frozenset({VXLAN_PORT, GENEVE_PORT, GTPU_PORT})
@@ -345,7 +353,8 @@ class Decoder:
         """End of input: flows that never showed a name become ip-only observations."""
         self._seg = (0, 0, 0)  # no packet of theirs at hand
         for flow in list(self.flows.values()):
-            self._give_up(flow, flow.ts, "unknown-protocol" if flow.held else "incomplete")
+            if flow.buf:  # a SYN alone is no one's name (as when it expires, _expire): its connection record says so
+                self._give_up(flow, flow.ts, "unknown-protocol" if flow.held else "incomplete")
         if self.tcp_conns is not None:
             self._conn_sweep(self._clock, final=True)
         self.flows.clear()
@@ -373,6 +382,11 @@ class Decoder:
         for budget in ("packets", "seconds"):
             m[MetricKey("beiand_flow_name_budget_spent", (budget,))] = stats["flow:budget-" + budget]
         m[MetricKey("beiand_flows")] = self.flow_count  # a gauge
+        if self.tcp_conns is not None:  # attempts summarised (issue 32)
+            refused = stats["conn:attempts-refused"]
+            m[MetricKey("beiand_connection_attempts", ("refused",))] = refused
+            m[MetricKey("beiand_connection_attempts", ("unanswered",))] = stats["conn:attempts"] - refused
+            m[MetricKey("beiand_connection_attempt_summaries")] = stats["conn:attempt-summaries"]
         return m
 
     # -- bounds (issue 17) ----------------------------------------------------------------
@@ -772,6 +786,12 @@ class Decoder:
             c.last = ts
             c.packets += 1
             c.octets += end - l4 + (40 if v6 else 20)
+            if not c.answered:  # established: the server's SYN+ACK, data or a FIN; refused: the server's RST first
+                fl = buf[l4 + 13]
+                if fl & FIN or (fl & 0x12 == 0x12 and src == c.server) or end - l4 > ((buf[l4 + 12] >> 4) << 2) >= 20:
+                    c.answered = True
+                elif fl & RST and src == c.server:
+                    c.refused = True
             if not c.data and end - l4 > 20 and end - l4 > ((buf[l4 + 12] >> 4) << 2) and src == c.client:
                 c.data = True
             if buf[l4 + 13] & 0x12 == SYN and src == c.client:  # where its first byte will be
@@ -1070,7 +1090,10 @@ class Decoder:
             oldest = pend.popleft()
             if oldest.state == PENDING:
                 self.stats["conn:written-early"] += 1
-                self._conn_write(oldest, _WHY_EARLY)
+                if self._summarise and oldest.syn and not oldest.answered and oldest.tcp:
+                    self._conn_attempt(oldest, ts)
+                else:
+                    self._conn_write(oldest, _WHY_EARLY)
         if len(cur) > 2 * cfg.conn_max:  # the live table too: the older generation goes now
             self._conn_age("tcp" if tcp else "udp", ts)
         return c
@@ -1107,6 +1130,7 @@ class Decoder:
         pend = self.conn_pending
         wait = self.config.flow_timeout + 1.0
         flows, quic, write, why = self.flows, self.quic, self._conn_write, self._conn_why
+        summarise = self._summarise
         popleft = pend.popleft
         while pend:
             c = pend[0]
@@ -1119,7 +1143,16 @@ class Decoder:
                 c.deadline = now + 1.0
                 pend.append(c)
                 continue
-            write(c, why(c))
+            if summarise and c.syn and not c.answered and c.tcp:  # an attempt: into its server's summary
+                self._conn_attempt(c, now)
+            else:
+                write(c, why(c))
+        attempts = self.attempts
+        while attempts:
+            a = next(iter(attempts.values()))
+            if a.deadline > now and not final:
+                break
+            self._attempts_write(a)
 
     def _conn_why(self, c: Conn) -> str:
         if c.sport in self.dns_ports:
@@ -1131,6 +1164,37 @@ class Decoder:
                 return _WHY_MIDSTREAM
             return _WHY_UNRECOGNISED if c.data else _WHY_NO_DATA
         return _WHY_UNRECOGNISED if c.sport in self.udp_ports else _WHY_PORT
+
+    def _conn_attempt(self, c: Conn, now: float) -> None:
+        """Count an attempt (``c``: its SYN seen, never answered) into its server's open summary
+        (opened now, written ``conn_window`` later), instead of a record of its own."""
+        c.state = WRITTEN
+        a = self.attempts.get(c.server)
+        if a is None:
+            a = self.attempts[c.server] = Attempts(c.server, now + self._conn_window, c)
+        self._attempts_held += a.add(c)
+        stats = self.stats
+        stats["conn:attempts"] += 1
+        if c.refused:
+            stats["conn:attempts-refused"] += 1
+        limit = self.config.conn_max
+        # bounded: the oldest summaries are written early (their counts so far) past conn_max
+        # addresses and ports held, or conn_max / 4 servers
+        while self._attempts_held > limit or len(self.attempts) > max(16, limit >> 2):
+            stats["conn:attempt-summaries-early"] += 1
+            self._attempts_write(next(iter(self.attempts.values())))
+
+    def _attempts_write(self, a: Attempts) -> None:
+        """The summary of a server's attempts: one ``conn`` record (net/conns.py)."""
+        del self.attempts[a.server]
+        self._attempts_held -= len(a.sources) + len(a.ports)
+        self.stats["conn:attempt-summaries"] += 1
+        v6 = len(a.server) == 16
+        src, cport = a.client()
+        client = (SEVERAL6 if v6 else SEVERAL4) if src is None else _ntop(_AF6 if v6 else _AF4, src)
+        self._out.append(_tuple_new(Observation, (
+            a.first, client, cport, _ntop(_AF6 if v6 else _AF4, a.server), a.lo, _TCP, _CONN, "", "", (), a.detail(),
+            0, 0, 0, a.packets, a.octets, "", "", "")))
 
     def _conn_write(self, c: Conn, why: str) -> None:
         c.state = WRITTEN

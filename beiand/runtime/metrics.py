@@ -59,6 +59,15 @@ class Metrics:
                                           "flows into hosted space are counted as observations", ["direction"], registry=r)
         for direction in ("in", "out"):
             self.connection_records.labels(direction)
+        self.connection_attempts = Counter("beiand_connection_attempts", "TCP attempts (issue 32: a SYN never answered) "
+                                           "counted into an attempts summary instead of a record of their own "
+                                           "(connections.attempts = summarise), by outcome (refused: the server's RST; "
+                                           "unanswered)", ["outcome"], registry=r)
+        for outcome in ("refused", "unanswered"):
+            self.connection_attempts.labels(outcome)
+        self.connection_attempt_summaries = Counter("beiand_connection_attempt_summaries", "attempts summaries written (one "
+                                                    "record per server address and window; also counted in "
+                                                    "beiand_connection_records)", registry=r)
         self.decode_errors = Counter("beiand_decode_errors", "frames or flows dropped by the decoders, by reason", ["reason"],
                                      registry=r)
         self.reassembly_evicted = Counter("beiand_reassembly_evicted", "reassemblies dropped, oldest first, because a "

@@ -215,6 +215,13 @@ class ConnectionsSection:
                                  "without SYN is then a flow already open, logged again).", min=10.0, max=86400.0)
     max_pending: int = _f(262144, "Flows per worker waiting for their record; beyond, the oldest is written before its "
                           "window closes (counted: conn:written-early). About 0.4 KiB each.", min=1024, max=1 << 24)
+    attempts: str = _f("summarise", "TCP attempts: flows whose SYN was seen and that the server never answered (no "
+                       "SYN+ACK from it, no data, no FIN): unanswered, or refused by the server's RST. summarise: one record "
+                       "per server address and window counts them (reason not-named:attempts n=... refused=... "
+                       "unanswered=... sources=... ports=LO-HI distinct=...; a port scan writes a few records, not one per "
+                       "SYN); each: a record per attempt, as for an established flow (for operators who must keep every "
+                       "attempt: a scan then writes a record per SYN). Established flows always have their own record.",
+                       choices=("summarise", "each"))
     url_max_length: int = _f(256, "HTTP: characters of the URL path kept in a record (0: no URL).", min=0, max=8192)
     url_query: bool = _f(False, "HTTP: keep the query string in the URL. Off by default: it may hold personal data "
                          "(names, phone numbers, tokens).")

@@ -97,7 +97,8 @@ def decoder_config(cfg: Config) -> DecoderConfig:
                          max_flow_bytes=ra.max_flow_bytes, max_flow_holes=ra.max_holes, reassembly_tcp_bytes=ra.tcp_bytes,
                          reassembly_quic_bytes=ra.quic_bytes, reassembly_fragment_bytes=ra.fragment_bytes,
                          conns=cn.enabled, conn_window=cn.window, conn_udp_idle=cn.udp_idle_timeout,
-                         conn_tcp_idle=cn.tcp_idle_timeout, conn_max=cn.max_pending, url_max=cn.url_max_length,
+                         conn_tcp_idle=cn.tcp_idle_timeout, conn_max=cn.max_pending, conn_attempts=cfg.connections.attempts,
+                         url_max=cn.url_max_length,
                          url_query=cn.url_query, name_packets=name_packets(cfg), name_seconds=ra.name_seconds)
 
 

@@ -50,14 +50,16 @@ def test_program_equals_the_plain_rule_on_tcp_and_udp(sport: int, dport: int, pa
     assert accepted(pkt) == reference(pkt, TCP, UDP)
 
 
-# -- connection records (issue 19): SYN/FIN/RST on any port, UDP on any port but QUIC's answers --
+# -- connection records (issue 19): SYN, SYN+ACK, FIN, RST on any port, UDP on any port but QUIC's answers --
 
 CONN_PROG = build(TCP, UDP, connections=True)
 
 
 @pytest.mark.parametrize(("pkt", "want"), [
     (t.tcp("192.0.2.1", "198.51.100.1", 40000, 2222, 1, flags=0x02), True),  # SYN to an odd port
-    (t.tcp("198.51.100.1", "192.0.2.1", 2222, 40000, 1, flags=0x12), False),  # its SYN+ACK: the SYN said it all
+    (t.tcp("198.51.100.1", "192.0.2.1", 2222, 40000, 1, flags=0x12), True),  # its SYN+ACK: established, not an attempt
+    (t.tcp("198.51.100.1", "192.0.2.1", 443, 40000, 1, flags=0x12), True),  # a watched port's SYN+ACK too (issue 32)
+    (t.tcp("198.51.100.1", "192.0.2.1", 2222, 40000, 1, flags=0x10), False),  # the handshake's last ACK: nothing
     (t.tcp("192.0.2.1", "198.51.100.1", 40000, 2222, 1, flags=0x11), True),  # FIN: a flow open before the capture
     (t.tcp("198.51.100.1", "192.0.2.1", 2222, 40000, 1, flags=0x14), True),  # RST+ACK
     (t.tcp("192.0.2.1", "198.51.100.1", 40000, 2222, 1, flags=0x18, payload=b"SSH-2.0"), False),  # its bulk

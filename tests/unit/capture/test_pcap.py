@@ -77,13 +77,41 @@ def test_prefilter_changes_no_observation(tmp_path):
     from beiand.net.decoder import Decoder
 
     files = build(tmp_path)
+    # the demo's capture, and the servers' answers and bare ACKs a real link has (what the prefilter skips)
+    frames = [f for _, _, f in CaptureReader(files["pcap"])]
+    frames += [t.tcp("198.51.100.1", "192.0.2.1", 443, 40000 + i, 9, 2, flags=0x18, payload=b"x" * 100) for i in range(5)]
+    frames += [t.tcp("192.0.2.1", "198.51.100.1", 40000 + i, 443, 2, 10, flags=0x10) for i in range(5)]
+    t.write_pcap(tmp_path / "more.pcap", frames)
     results = []
     for skip in (frozenset(), frozenset({80, 443, 8080, 8443})):
         d = Decoder()
-        r = CaptureReader(files["pcap"], skip_tcp_from=skip)
+        r = CaptureReader(tmp_path / "more.pcap", skip_tcp_from=skip)
         obs = [o for ts, lt, f in r for o in d.feed(ts, f, lt)] + d.flush()
         results.append((obs, r.prefiltered))
-    assert results[0][0] == results[1][0] and results[0][1] == 0 and results[1][1] > 0
+    assert results[0][0] == results[1][0] and results[0][1] == 0 and results[1][1] == 10
+
+
+def test_prefilter_keeps_the_servers_syn_ack_fin_and_rst(tmp_path):
+    """Connection records (issue 32): the server's SYN+ACK or RST on a watched port tells an
+    established flow from an attempt; the live filter passes them, so replay's prefilter does too."""
+    from beiand.net.decoder import Decoder, DecoderConfig
+
+    c, s = "192.0.2.1", "198.51.100.1"
+    frames = [t.tcp(c, s, 40000, 443, 1, flags=0x02), t.tcp(s, c, 443, 40000, 9, 2, flags=0x12),
+              t.tcp(c, s, 40000, 443, 2, 10, flags=0x10),  # a bare ACK: skipped
+              t.tcp(s, c, 443, 40000, 10, 2, flags=0x18, payload=b"x" * 10),  # the server's bytes: skipped
+              t.tcp(s, c, 443, 40000, 20, 2, flags=0x11), t.tcp(c, s, 40001, 80, 1, flags=0x02),
+              t.tcp(s, c, 80, 40001, 0, 2, flags=0x14)]
+    t.write_pcap(tmp_path / "a.pcap", frames)
+    r = CaptureReader(tmp_path / "a.pcap", skip_tcp_from=frozenset({80, 443}))
+    kept = [f for _, _, f in r]
+    assert kept == [frames[i] for i in (0, 1, 4, 5, 6)] and r.prefiltered == 2
+    d = Decoder(DecoderConfig(conns=True))
+    for i, f in enumerate(kept):
+        d.feed(1.0 + i, f)
+    out = d.flush()
+    assert [(o.server_port, o.detail.split()[0]) for o in out] == [(443, "not-named:no-data"), (80, "not-named:attempts")]
+    assert "refused=1" in out[1].detail
 
 
 def test_nflog_in_pcap_and_pcapng(tmp_path):

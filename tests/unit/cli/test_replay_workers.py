@@ -84,6 +84,9 @@ def test_shard_key_keeps_flows_and_fragments_together():
     assert len({shard_key(f, 1) for f in frags}) == 1 and len(frags) > 2
     v6 = t.udp("2001:db8::1", "2001:db8::2", 5, 443, b"z")
     assert shard_key(v6, 1) == shard_key(v6[14:], 229)
+    # the server's answers (its SYN+ACK, its RST) go with the client's packets (connection records, issue 32)
+    assert shard_key(t.tcp("198.51.100.1", "10.0.0.1", 443, 1000, 9, 2, 0x12), 1) == shard_key(a, 1)
+    assert shard_key(t.udp("2001:db8::2", "2001:db8::1", 443, 5, b"z"), 1) == shard_key(v6, 1)
     assert shard_key(b"", 1) == shard_key(b"\x00\x01", 276) == shard_key(b"\x45", 101) == shard_key(b"x" * 60, 147) == 0
 
 

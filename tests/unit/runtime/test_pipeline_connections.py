@@ -9,7 +9,7 @@ from pathlib import Path
 
 from beiand.accesslog import AccessLog, LogConfig, Query, query
 from beiand.lab import traffic as t
-from beiand.model import AccessRecord, Kind, Observation
+from beiand.model import AccessRecord, Kind, MetricKey, Observation
 from beiand.net.decoder import Decoder, DecoderConfig
 from beiand.policy import Policy, PolicyConfig
 from beiand.policy.inventory import load_inventory
@@ -105,7 +105,9 @@ def test_http_method_and_url_reach_the_log(tmp_path: Path) -> None:
     recs = sorted(query(tmp_path / "log", Query()), key=lambda r: r.client_port)
     assert [(r.kind, r.method, r.url, r.direction) for r in recs] == [
         ("http-host", "POST", "/login", "in"), ("conn", "", "", "in")]
-    assert recs[1].gateway == "gw-1" and recs[1].reason == "not-named:unwatched-port"
+    # the SYN to 2222 was never answered: an attempt, in its server's summary (issue 32), from its one client
+    assert recs[1].gateway == "gw-1" and recs[1].reason.startswith("not-named:attempts n=1 refused=0 unanswered=1 sources=1 ")
+    assert (recs[1].client_ip, recs[1].client_port, recs[1].server_port) == (OUT, 40006, 2222)
 
 
 def test_json_lines_show_connection_records_in_time_order(tmp_path: Path) -> None:
@@ -122,12 +124,44 @@ def test_json_lines_show_connection_records_in_time_order(tmp_path: Path) -> Non
 
 def test_quiet_link_tick_writes_records_whose_window_closed(tmp_path: Path) -> None:
     col = Collect()
-    pipe = Pipeline(Decoder(DecoderConfig(conns=True, conn_window=2.0)), policy(tmp_path), [col])
+    pipe = Pipeline(Decoder(DecoderConfig(conns=True, conn_window=2.0, conn_attempts="each")), policy(tmp_path), [col])
     pipe.feed(T0, t.tcp(OUT, "198.51.100.5", 40000, 22, 1, 0, 0x02), 1)
     pipe.tick(T0 + 1.5)
     assert not col.recs
     pipe.tick(T0 + 3.0)
     assert [r.server_port for r in col.recs] == [22]
+
+
+def test_attempts_summary_reaches_the_connection_sinks_when_its_window_closes(tmp_path: Path) -> None:
+    """Issue 32: a scan's SYNs (refused by the server's RST, or unanswered) become one record per
+    server address, written by the pipeline's connection sinks (the daemon's path: worker → pipeline)
+    a window after the first attempt fell due; an established flow meanwhile keeps its own."""
+    col = Collect()
+    out = io.BytesIO()
+    pipe = Pipeline(Decoder(DecoderConfig(conns=True, conn_window=2.0)), policy(tmp_path), [col, JsonLines(out)])
+    srv = "198.51.100.5"
+    for i in range(50):
+        pipe.feed(T0 + i * 0.01, t.tcp(f"192.0.2.{100 + i % 3}", srv, 40000 + i, 1000 + i, 1, 0, 0x02), 1)
+        if i % 2:
+            pipe.feed(T0 + i * 0.01 + 0.001, t.tcp(srv, f"192.0.2.{100 + i % 3}", 1000 + i, 40000 + i, 0, 2, 0x14), 1)
+    for i, f in enumerate([t.tcp(OUT, srv, 41000, 22, 1, 0, 0x02), t.tcp(srv, OUT, 22, 41000, 9, 2, 0x12),
+                           t.tcp(OUT, srv, 41000, 22, 2, 10, 0x18, b"SSH-2.0-x\r\n")]):
+        pipe.feed(T0 + 0.6 + i * 0.001, f, 1)
+    pipe.tick(T0 + 2.7)  # the attempts fell due: counted, the summary opens; the established flow's record
+    assert [(r.server_port, r.client_port, r.reason.split()[0] == "not-named:attempts") for r in col.recs] == [
+        (22, 41000, False)]
+    pipe.tick(T0 + 3.5)
+    assert len(col.recs) == 1
+    pipe.tick(T0 + 5.0)
+    (r,) = col.recs[1:]
+    assert (r.kind, r.verdict, r.direction, r.account, r.server_ip, r.server_port, r.client_ip, r.client_port) == (
+        "conn", "unnamed", "in", "cust-1", srv, 1000, "0.0.0.0", 0)
+    assert r.reason == "not-named:attempts n=50 refused=25 unanswered=25 sources=3 ports=1000-1049 distinct=50 span=0.5s"
+    assert (r.packets, r.octets, r.ts_ms) == (75, 75 * 40, int(T0 * 1000))
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert [(x["client"], x["reason"].split()[0]) for x in lines] == [(f"{OUT}:41000", col.recs[0].reason),
+                                                                       ("0.0.0.0:0", "not-named:attempts")]
+    assert pipe.decoder.metrics()[MetricKey("beiand_connection_attempts", ("refused",))] == 25
 
 
 def test_no_connection_sink_no_records_built(tmp_path: Path) -> None:

@@ -43,6 +43,8 @@ SERIES_BEFORE = {
     ("beiand_capture_userspace_bytes", ("0",)), ("beiand_capture_userspace_packets", ("0",)),
     ("beiand_clickhouse_lost_records", ()), ("beiand_clickhouse_records_replayed", ()), ("beiand_clickhouse_records_spilled", ()),
     ("beiand_clickhouse_records_written", ()), ("beiand_clickhouse_spilling", ("0",)), ("beiand_clickhouse_write_errors", ()),
+    ("beiand_connection_attempt_summaries", ()), ("beiand_connection_attempts", ("refused",)),
+    ("beiand_connection_attempts", ("unanswered",)),  # issue 32
     ("beiand_connection_records", ("in",)), ("beiand_decisions", ("flag",)), ("beiand_decisions", ("log",)),
     ("beiand_decode_errors", ("decide:ValueError",)), ("beiand_decode_errors", ("link:truncated-ethernet",)),
     ("beiand_enforcement_actions", ("rst",)), ("beiand_enforcement_errors", ("page",)),
