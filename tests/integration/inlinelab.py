@@ -46,7 +46,7 @@ def queued_tcp_packets(lb: Lab) -> int:
     """TCP packets the kernel has sent into beiand's queue so far (the counter of the jump rule)."""
     out = lb.run(lb.gw, ["iptables", "-w", "-L", "FORWARD", "-v", "-x", "-n"], capture_output=True, text=True).stdout
     rows = [line.split() for line in out.splitlines()[2:]]
-    return sum(int(r[0]) for r in rows if len(r) > 3 and r[2] == "beiand" and r[3] in ("6", "tcp"))
+    return sum(int(r[0]) for r in rows if len(r) > 3 and r[2] in ("beiand", "beiand-more") and r[3] in ("6", "tcp"))
 
 
 def queue_ids(lb: Lab) -> int:

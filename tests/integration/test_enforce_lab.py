@@ -462,7 +462,8 @@ def test_rules_an_older_beiand_left_are_removed_on_install_and_on_stop() -> None
         in_netns(ns, lambda: install_rules(rules))
         for tool in ("iptables", "ip6tables"):
             fwd = ipt(tool, "-S", "FORWARD").stdout
-            assert "NFQUEUE" not in fwd and fwd.count("-j beiand") == 4 and "-A FORWARD -p tcp -j ACCEPT" in fwd, (tool, fwd)
+            jumps = len([r for r in rules[tool] if r.chain == "FORWARD"])
+            assert "NFQUEUE" not in fwd and fwd.count("-j beiand") == jumps and "-A FORWARD -p tcp -j ACCEPT" in fwd, (tool, fwd)
         leave_old_rules()  # an older beiand started again meanwhile, say
         in_netns(ns, lambda: remove_rules(rules))
         for tool in ("iptables", "ip6tables"):
