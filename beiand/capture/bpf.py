@@ -287,6 +287,21 @@ def _quic_content(a: _Asm, hit: str, miss: str) -> None:
     a.op(JMP | JGT | K, QUIC_LAST_DRAFT, jt=miss, jf=hit)
 
 
+def _headers_and_length(a: _Asm, v4: bool) -> None:
+    """The fast path's Ethernet + IPv4 (X = its header length) or IPv6 + TCP: X = the header bytes
+    the IP length counts (IPv4 and TCP headers; IPv6: the TCP header), A = that length field."""
+    if v4:
+        a.op(LD | B | IND, 26)
+    else:
+        a.op(LD | B | ABS, 66)
+    a.op(ALU | AND | K, 0xF0)
+    a.op(ALU | RSH | K, 2)
+    if v4:
+        a.op(ALU | ADD | X)
+    a.op(MISC | TAX)
+    a.op(LD | H | ABS, 16 if v4 else 18)
+
+
 def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False, qtcp: list[int] | None = None,
                any_port: bool = False) -> None:
     """Ethernet + IPv4/IPv6 + TCP, not fragmented, no IPv6 extension header: most of a link's
@@ -319,12 +334,7 @@ def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False, qt
     if any_port:  # the payload's first bytes (issue 32), but a watched port's answers (most of the bulk)
         a.op(LD | H | IND, 14)
         a.jeq_any(tcp, "reject")
-        a.op(LD | B | IND, 26)
-        a.op(ALU | AND | K, 0xF0)
-        a.op(ALU | RSH | K, 2)
-        a.op(ALU | ADD | X)
-        a.op(MISC | TAX)  # X = IPv4 + TCP header lengths
-        a.op(LD | H | ABS, 16)
+        _headers_and_length(a, True)
         odd = a.fresh("odd4")
         a.op(JMP | JEQ | K, 0, jt=odd)
         a.op(JMP | JGT | X, 0, jf="reject")
@@ -335,12 +345,7 @@ def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False, qt
     a.label("fastdata4")
     a.op(LD | B | IND, 27)
     a.op(JMP | JSET | K, 0x07, jt="accept")
-    a.op(LD | B | IND, 26)
-    a.op(ALU | AND | K, 0xF0)
-    a.op(ALU | RSH | K, 2)
-    a.op(ALU | ADD | X)
-    a.op(MISC | TAX)  # X = IPv4 + TCP header lengths
-    a.op(LD | H | ABS, 16)
+    _headers_and_length(a, True)
     a.op(JMP | JEQ | K, 0, jt="accept")
     a.op(JMP | JGT | X, 0, jt="accept", jf="reject")
     a.label("fast6")
@@ -365,11 +370,7 @@ def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False, qt
     if any_port:
         a.op(LD | H | ABS, 54)
         a.jeq_any(tcp, "reject")
-        a.op(LD | B | ABS, 66)
-        a.op(ALU | AND | K, 0xF0)
-        a.op(ALU | RSH | K, 2)
-        a.op(MISC | TAX)  # X = TCP header length
-        a.op(LD | H | ABS, 18)
+        _headers_and_length(a, False)
         odd = a.fresh("odd6")
         a.op(JMP | JEQ | K, 0, jt=odd)
         a.op(JMP | JGT | X, 0, jf="reject")
@@ -380,11 +381,7 @@ def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False, qt
     a.label("fastdata6")
     a.op(LD | B | ABS, 67)
     a.op(JMP | JSET | K, 0x07, jt="accept")
-    a.op(LD | B | ABS, 66)
-    a.op(ALU | AND | K, 0xF0)
-    a.op(ALU | RSH | K, 2)
-    a.op(MISC | TAX)
-    a.op(LD | H | ABS, 18)
+    _headers_and_length(a, False)
     a.op(JMP | JEQ | K, 0, jt="accept")
     a.op(JMP | JGT | X, 0, jt="accept", jf="reject")
 
