@@ -265,7 +265,9 @@ def _odd_content(a: _Asm, at: int) -> None:
     a.op(LD | B | IND, at + 1)
     a.op(JMP | JEQ | K, 3, jf="reject")
     a.op(LD | B | IND, at + 5)
-    a.op(JMP | JEQ | K, 1, jt="accept", jf="reject")
+    a.op(JMP | JEQ | K, 1, jt="accept")
+    a.op(LD | H | IND, at + 3)
+    a.op(JMP | JEQ | K, 0, jt="accept", jf="reject")  # an empty first record (OpenSSL reads through it)
 
 
 def _quic_content(a: _Asm, hit: str, miss: str) -> None:
@@ -836,7 +838,7 @@ def reference(pkt: bytes, tcp_ports: Iterable[int], udp_ports: Iterable[int], dn
         if total and total - hdr < _SHORT:
             return True
         if u8(pay) == 0x16:
-            return u8(pay + 1) == 3 and u8(pay + 5) == 1
+            return u8(pay + 1) == 3 and (u8(pay + 5) == 1 or u16(pay + 3) == 0)
         if u8(pay) in (0x0A, 0x0D):
             return True
         return int.from_bytes(bytes(u8(pay + i) for i in range(4)), "big") in METHOD_WORDS

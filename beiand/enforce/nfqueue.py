@@ -235,8 +235,10 @@ def request_head_test(family: int) -> str:
 
 # What the decoder names a flow by on any port (issue 32): a copy of beiand.net.link's, which this
 # package does not import (it reads no frame code); tests/unit/enforce checks the two are equal.
-METHOD_WORDS = (0x47455420, 0x504F5354, 0x48454144, 0x50555420, 0x44454C45, 0x4F505449, 0x50415443, 0x434F4E4E, 0x54524143,
-                0x50524F50, 0x4D4B434F)  # GET , POST, HEAD, PUT , DELE(TE), OPTI(ONS), PATC(H), CONN(ECT), TRAC(E), PROP…, MKCO(L)
+METHOD_WORDS = tuple(int.from_bytes(m, "big") for m in (
+    b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC", b"PROP", b"MKCO", b"COPY", b"LOCK", b"MOVE",
+    b"SEAR", b"UNLO", b"BIND", b"REBI", b"UNBI", b"ACL ", b"REPO", b"MKAC", b"CHEC", b"MERG", b"M-SE", b"NOTI", b"SUBS", b"UNSU",
+    b"PURG", b"MKCA", b"LINK", b"UNLI", b"SOUR", b"QUER"))  # every method's first four bytes, as big-endian words
 KNOWN_VERSIONS = (0x00000001, 0x6B3343CF, 0x54303530, 0x54303531)  # QUIC v1, v2, T050, T051
 FIRST_DRAFT, LAST_DRAFT = 23, 34  # and the drafts 0xff000017..0xff000022
 MIN_INITIAL = 1200
@@ -248,8 +250,8 @@ def method_word_tests(family: int) -> list[str]:
     first four bytes (``GET ``, ``POST``, …; ``net.http.METHOD_WORDS``): on a port not watched,
     where another protocol's upper-case commands (SMTP's EHLO) are not requests (issue 32)."""
     words = sorted(METHOD_WORDS)
-    return [f"{_payload_at(family, 0)}=" + ",".join(f"{w:#x}" for w in words[i:i + U32_MAX_VALUES // 2 + 1])
-            for i in range(0, len(words), U32_MAX_VALUES // 2 + 1)]
+    return [f"{_payload_at(family, 0)}=" + ",".join(f"{w:#x}" for w in words[i:i + U32_MAX_VALUES])
+            for i in range(0, len(words), U32_MAX_VALUES)]
 
 
 def hello_start_test(family: int) -> str:

@@ -1347,7 +1347,7 @@ class Decoder:
     def _from_prefix(self, flow: Flow, ts: float) -> None:
         """An odd port's first segment that does not hold a whole ClientHello or request head, the
         rest of which will not come (a live passive capture): named from what it holds, where the
-        server_name extension or the Host line is in it; else judged by its address."""
+        server_name extension or the Host line is in it; else left unnamed (counted)."""
         buf = flow.buf
         if flow.named:
             return
@@ -1362,8 +1362,9 @@ class Decoder:
         else:
             self._give_up(flow, ts, "unknown-protocol")
             return
-        self.stats["flow:partial"] += 1
-        self._emit(flow, ts, Kind.IP_ONLY, Transport.TCP, "", "partial")
+        # Not judged by its address either: a filed site's connection cut so (a big ClientHello, a
+        # long request line) on an address no filing lists would be reset for it. Counted.
+        self.stats["tcp:odd-port-partial"] += 1
 
     def _host_from_prefix(self, flow: Flow, ts: float, why: str) -> bool:
         """A request head whose end never came within the bytes read: named from its complete lines

@@ -45,10 +45,10 @@ def looks_like_http(buf: bytes) -> bool:
 
 
 def starts_request(buf: bytes) -> bool:
-    """Whether ``buf`` (at least one byte) may start a request line of a known method (GET, POST,
-    HEAD, PUT, DELETE, OPTIONS, PATCH, CONNECT, TRACE, PROPFIND/PROPPATCH, MKCOL): the test for a
-    flow's first bytes on a port not watched (issue 32), stricter than :func:`looks_like_http`
-    (SMTP's EHLO, FTP's USER and the like are not requests)."""
+    """Whether ``buf`` (at least one byte) may start a request line of a method a server takes
+    (``net.link.HTTP_METHOD_PREFIXES``), after any empty lines: the test for a flow's first bytes on
+    a port not watched (issue 32), stricter than :func:`looks_like_http` (SMTP's EHLO, FTP's USER
+    and the like are not requests)."""
     if buf[:1] in _EOL:
         buf = buf.lstrip(b"\r\n")
         if not buf:

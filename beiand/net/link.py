@@ -122,7 +122,12 @@ BPF_MAX_GTPU_EXTENSIONS = 2
 # Names on any port (issue 32): what the kernel's filters test of a flow's first bytes, shared by
 # the decoder (net.http, net.quic) and the capture filter (capture.bpf); the inline queue's rules
 # (enforce.nfqueue, which reads no frame code) keep a copy, tested equal.
-HTTP_METHOD_PREFIXES = (b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC", b"PROP", b"MKCO")
+# The first four bytes of every method a server's parser takes (llhttp's list: RFC 9110, WebDAV, CalDAV,
+# Subversion's, SSDP's, PURGE, QUERY): an odd port's request with any of them is named (issue 32).
+HTTP_METHOD_PREFIXES = (b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC", b"PROP", b"MKCO",
+                        b"COPY", b"LOCK", b"MOVE", b"SEAR", b"UNLO", b"BIND", b"REBI", b"UNBI", b"ACL ", b"REPO", b"MKAC",
+                        b"CHEC", b"MERG", b"M-SE", b"NOTI", b"SUBS", b"UNSU", b"PURG", b"MKCA", b"LINK", b"UNLI", b"SOUR",
+                        b"QUER")
 METHOD_WORDS = tuple(int.from_bytes(k, "big") for k in HTTP_METHOD_PREFIXES)  # as big-endian words
 QUIC_V1, QUIC_V2, QUIC_T050, QUIC_T051 = 0x00000001, 0x6B3343CF, 0x54303530, 0x54303531
 QUIC_KNOWN_VERSIONS = (QUIC_V1, QUIC_V2, QUIC_T050, QUIC_T051)  # and the drafts QUIC_FIRST_DRAFT..QUIC_LAST_DRAFT (0xff0000NN)

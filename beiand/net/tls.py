@@ -38,7 +38,7 @@ def starts_client_hello(buf: bytes) -> bool:
     ClientHello (1). The test for a flow's first bytes on a port not watched (issue 32): a
     ServerHello (2) or any other protocol is not one."""
     n = len(buf)
-    return n >= 1 and buf[0] == 0x16 and (n < 2 or buf[1] == 3) and (n < 6 or buf[5] == 1)
+    return n >= 1 and buf[0] == 0x16 and (n < 2 or buf[1] == 3) and (n < 6 or buf[5] == 1 or (buf[3] == 0 and buf[4] == 0))
 
 
 def sni_from_prefix(buf: bytes) -> str | None:
@@ -46,11 +46,15 @@ def sni_from_prefix(buf: bytes) -> str | None:
     come: a live capture passes only a flow's first segment on a port not watched, issue 32): the
     name when the server_name extension lies whole within them, else None. Every length is
     checked against what is there; nothing past it is guessed."""
-    n = len(buf)
-    if n < 9 or buf[0] != 0x16 or buf[1] != 3 or buf[5] != 1:
+    hs = bytearray()
+    off, n = 0, len(buf)
+    while off + 5 <= n and buf[off] == 0x16 and buf[off + 1] == 3:  # the handshake bytes of the records there
+        rl = (buf[off + 3] << 8) | buf[off + 4]
+        hs += buf[off + 5 : off + 5 + rl]
+        off += 5 + rl
+    if len(hs) < 4 or hs[0] != 1:
         return None
-    rec_end = min(n, 5 + ((buf[3] << 8) | buf[4]))  # the first record's bytes (a later record is not followed)
-    b = buf[9:rec_end]
+    b = bytes(hs[4:])
     m = len(b)
     off = 34
     if off >= m:
@@ -88,9 +92,9 @@ def parse_client_hello(buf: bytes) -> ClientHello | None:
     if buf[0] != 0x16 or buf[1] != 3:
         raise TlsError("not-handshake")
     rec_len = (buf[3] << 8) | buf[4]
-    if rec_len == 0 or rec_len > 16384 + 2048:
+    if rec_len > 16384 + 2048:
         raise TlsError("bad-record-length")
-    if n >= 9:
+    if n >= 9 and rec_len >= 4:
         if buf[5] != 1:
             raise TlsError("not-client-hello")
         hs_len = (buf[6] << 16) | (buf[7] << 8) | buf[8]
@@ -98,14 +102,16 @@ def parse_client_hello(buf: bytes) -> ClientHello | None:
             return parse_client_hello_body(buf[9 : 9 + hs_len])
         if hs_len > MAX_HELLO:
             raise TlsError("client-hello-too-long")
-    # Reassemble the handshake message across records.
+    # Reassemble the handshake message across records. A record may hold any part of it, even none:
+    # RFC 8446 section 5.1 forbids an empty handshake fragment, but OpenSSL accepts one (and a first
+    # record of one byte), so a client can put them before the name; they are read through.
     hs = bytearray()
     off = 0
     while off + 5 <= n:
         if buf[off] != 0x16 or buf[off + 1] != 3:
             raise TlsError("not-handshake")
         rl = (buf[off + 3] << 8) | buf[off + 4]
-        if rl == 0 or rl > 16384 + 2048:
+        if rl > 16384 + 2048:
             raise TlsError("bad-record-length")
         hs += buf[off + 5 : off + 5 + rl]
         off += 5 + rl

@@ -62,7 +62,7 @@ def _extensions_length_offset(b: bytes) -> int:
         (b"\x17\x03\x03\x00\x10", "not-handshake"),
         (b"GET / HTTP/1.1\r\n", "not-handshake"),
         (b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00", "not-client-hello"),
-        (b"\x16\x03\x01\x00\x00", "bad-record-length"),
+        (b"\x16\x03\x01\xff\xff", "bad-record-length"),  # an empty record is read through (OpenSSL does)
         (b"\x16\x03\x01\x00\x08\x01\x00\x00\x04\x03\x03\x00\x00", "truncated-client-hello"),
     ],
 )
@@ -70,3 +70,22 @@ def test_malformed(data, reason):
     with pytest.raises(TlsError) as exc:
         parse_client_hello(data)
     assert exc.value.reason == reason
+
+
+def test_records_a_server_reads_through_are_read_through() -> None:
+    """Issue 32: OpenSSL accepts an empty handshake record before the ClientHello, and the
+    ClientHello cut over records with one byte in the first; both hid the SNI (the lab's server
+    answered the unfiled name)."""
+    from beiand.lab.traffic import client_hello
+    from beiand.net.tls import sni_from_prefix, starts_client_hello
+
+    hello = client_hello("unfiled.example.xyz")
+    hs = hello[5:]
+    empty_first = b"\x16\x03\x01\x00\x00" + hello
+    one_byte_first = b"\x16\x03\x01\x00\x01" + hs[:1] + b"\x16\x03\x01" + (len(hs) - 1).to_bytes(2, "big") + hs[1:]
+    three = b"".join(b"\x16\x03\x01" + len(p).to_bytes(2, "big") + p for p in (hs[:2], b"", hs[2:40], hs[40:]))
+    for wire in (empty_first, one_byte_first, three):
+        got = parse_client_hello(wire)
+        assert got is not None and got.sni == "unfiled.example.xyz"
+        assert sni_from_prefix(wire[:len(wire) - 10]) == "unfiled.example.xyz"
+        assert starts_client_hello(wire[:6])
