@@ -25,7 +25,7 @@ from beiand.net import conns as connmod
 from beiand.net import dns as dnsmod
 from beiand.net.conns import NAMED, PENDING, SEVERAL4, SEVERAL6, WRITTEN, Attempts, Conn, bound_url, client_first
 from beiand.net.errors import DecodeError, IpError, LinkError, QuicError
-from beiand.net.http import head_prefix, looks_like_http, not_http_line, parse_requests_at, starts_request
+from beiand.net.http import Chunks, head_prefix, looks_like_http, not_http_line, parse_requests_at, starts_request
 from beiand.net.link import (
     BPF_MAX_GTPU_EXTENSIONS,
     BPF_MAX_MPLS_LABELS,
@@ -88,6 +88,7 @@ _WHY_DNS, _WHY_PORT, _WHY_MIDSTREAM, _WHY_UNRECOGNISED, _WHY_NO_DATA, _WHY_EARLY
     "not-named:" + w for w in (connmod.WHY_DNS, connmod.WHY_PORT, connmod.WHY_MIDSTREAM, connmod.WHY_UNRECOGNISED,
                                connmod.WHY_NO_DATA, connmod.WHY_EARLY))
 _AF4, _AF6 = socket.AF_INET, socket.AF_INET6
+MAX_HEAD_SCAN = 1 << 18  # a request head is read up to this long for its Host (servers refuse longer ones)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,10 @@ class DecoderConfig:
     # TCP attempts (SYN seen, never answered: net/conns.py, issue 32): "summarise" (one record per
     # server address and window) or "each" (a record per attempt, as before)
     conn_attempts: str = "summarise"
+    # A request body (Content-Length or chunked) up to this long is read to its end (inline: its
+    # segments queued, the ``more`` mark), so a head right after it, in the segment where it ends,
+    # is judged (issue 32); past it, a later head is read only from a segment that starts like one.
+    body_follow: int = 65536
     url_max: int = 256  # HTTP: characters of the URL path kept
     url_query: bool = False  # HTTP: keep the query string (personal data: off by default)
     # The budget to find a flow's name (issue 36), besides ``max_flow_bytes``: packets of the flow
@@ -147,8 +152,8 @@ class Flow(Stream):
     decoder waits for a segment before it (bounded by the name budget, ``DecoderConfig.name_*``).
     ``segments``: data segments read (``DecoderConfig.name_packets``)."""
 
-    __slots__ = ("ack", "base", "client", "consumed", "data_ts", "dport", "fresh", "held", "later", "named", "odd", "segments",
-                 "server", "sport", "syn", "ts")
+    __slots__ = ("ack", "base", "client", "consumed", "data_ts", "dport", "fresh", "held", "later", "line", "named", "odd",
+                 "scanned", "segments", "server", "sport", "syn", "ts")
 
     def __init__(self, base: int, syn: bool, ts: float, src: bytes, dst: bytes, sport: int, dport: int,
                  fresh: bool = False) -> None:
@@ -173,6 +178,8 @@ class Flow(Stream):
         self.later = False  # a later request head of a named HTTP/1.x connection (keep-alive, issue 32)
         self.odd = False  # on a port not watched: another protocol is not named (issue 32)
         self.named = False  # named from its head's first lines, read on to the head's end (issue 32)
+        self.line = b""  # a head read on past max_flow_bytes: its request line (the lines after it dropped)
+        self.scanned = 0  # and the bytes dropped so far
 
     def add(self, seq: int, data: bytes, limit: int, max_holes: int = 64) -> int:
         """Add a segment; how much the contiguous prefix grew (0: not; -1: too many holes)."""
@@ -221,8 +228,12 @@ class Decoder:
         # HTTP/1.x connections already named, with the hosts named on them (issue 32): a later
         # request head on one (keep-alive, pipelining) is read and judged too, not only the first.
         self.http_hosts: OrderedDict[bytes, frozenset[str]] = OrderedDict()
-        self._next_head: tuple[Flow, int, bytes] | None = None  # the start of the head after the last complete one
+        # the start of the head after the last complete one (its bytes; b"": a Content-Length body's
+        # end; a Chunks: where a chunked body goes on)
+        self._next_head: tuple[Flow, int, bytes | Chunks] | None = None
         self.http_body_end: dict[bytes, int] = {}  # a connection's request body ends there: no head before it
+        self.http_chunks: dict[bytes, tuple[int, Chunks]] = {}  # a chunked body read on: the next byte's seq, its state
+        self._body_left = 0  # the frame's connection: request body bytes still to read before a head (inline: queued)
         self.drops: Counter[str] = Counter()  # what was dropped, by layer:reason
         self._seg: tuple[int, int, int] = (0, 0, 0)  # the TCP segment being decoded: seq, ack, payload length
         self.stats: Counter[str] = Counter()  # what was seen
@@ -270,6 +281,7 @@ class Decoder:
         connection and is forgotten, as on a SYN."""
         self.packets += 1
         self._fresh = fresh
+        self._body_left = 0
         self.bytes += len(frame)
         out = self._out
         self._current = None
@@ -823,6 +835,7 @@ class Decoder:
             self._done_old.pop(key, None)
             self.http_hosts.pop(key, None)
             self.http_body_end.pop(key, None)
+            self.http_chunks.pop(key, None)
             if odd:  # nothing held before the first bytes (a port scan's SYNs hold no flow); the flow table holds no earlier one
                 old = self.flows.pop(key, None)
                 if old is not None:
@@ -849,11 +862,40 @@ class Decoder:
             # for the segments after it (held as a flow of its own).
             if key not in self.http_hosts:
                 return
+            chunks = self.http_chunks.get(key)
+            if chunks is not None:  # a chunked body read on, segment by segment, to its end
+                into = (chunks[0] - _U32.unpack_from(buf, l4 + 4)[0]) & 0xFFFFFFFF
+                if into >= 0x80000000:  # a segment missed before this one: its framing is lost
+                    del self.http_chunks[key]
+                    del self.http_hosts[key]  # no later head is read on it: a body is never read as one
+                    self.stats["http:chunked-lost"] += 1
+                    return
+                if l4 + doff + into >= end:
+                    return  # bytes read already (a retransmission)
+                else:
+                    try:
+                        k = chunks[1].feed(buf[l4 + doff + into : end])
+                    except DecodeError:
+                        k = -2
+                    if k == -1 and chunks[1].total <= self.config.body_follow:
+                        self.http_chunks[key] = ((_U32.unpack_from(buf, l4 + 4)[0] + end - l4 - doff) & 0xFFFFFFFF, chunks[1])
+                        self._body_left = 1
+                        return  # inside the body: not a head
+                    del self.http_chunks[key]
+                    if k < 0:  # its framing broken, or longer than read: no later head is read on it
+                        del self.http_hosts[key]
+                        self.stats["http:chunked-" + ("bad" if k == -2 else "too-long")] += 1
+                        return
+                    skip = into + k  # the body ends in it: a head may start right after
+                    if l4 + doff + skip >= end:
+                        return
             body_end = self.http_body_end.get(key)
             if body_end is not None:
-                into = (body_end - _U32.unpack_from(buf, l4 + 4)[0]) & 0xFFFFFFFF
+                seq0 = _U32.unpack_from(buf, l4 + 4)[0]
+                into = (body_end - seq0) & 0xFFFFFFFF
                 if 0 < into < 0x80000000:  # the segment starts inside the body before (Content-Length)
                     if l4 + doff + into >= end:
+                        self._body_left = into - (end - l4 - doff)
                         return  # wholly inside it: not a head
                     skip = into  # the body ends in it: a head may start right after
                 del self.http_body_end[key]
@@ -886,8 +928,10 @@ class Decoder:
             self.stats["http:later-head"] += 1
             if self._examine(flow, ts):
                 self._mark_done(key, flow.ack)  # still named; a next head begun in the segment goes on
-            elif len(flow.buf) >= self.config.max_flow_bytes:  # one packet (a GSO super-packet) past the bytes read
-                self._give_up(flow, ts, "too-long")
+            elif len(flow.buf) < self.config.max_flow_bytes:
+                self._new_flow(key, flow)
+            elif self._read_long_head(flow, ts, seq, data):  # one packet (a GSO super-packet) past the bytes read
+                self._mark_done(key, flow.ack)
             else:
                 self._new_flow(key, flow)
             return
@@ -910,9 +954,10 @@ class Decoder:
                     return
             if self._examine(flow, ts):
                 self._mark_done(key, ack)
-            elif len(flow.buf) >= self.config.max_flow_bytes:  # one packet (a GSO super-packet) past the bytes read
+            elif len(flow.buf) < self.config.max_flow_bytes:
+                self._new_flow(key, flow)
+            elif self._read_long_head(flow, ts, seq, data):  # one packet (a GSO super-packet) past the bytes read
                 self._mark_done(key, ack)
-                self._give_up(flow, ts, "too-long")
             else:
                 self._new_flow(key, flow)
             return
@@ -938,11 +983,13 @@ class Decoder:
                 self._mark_done(key, flow.ack)
                 return
             if len(flow.buf) >= self.config.max_flow_bytes:
-                del self.flows[key]
-                budget.held -= flow.cost
-                self._mark_done(key, flow.ack)
-                self._give_up(flow, ts, "too-long")
-                return
+                before = flow.cost
+                if self._read_long_head(flow, ts, seq, data):
+                    del self.flows[key]
+                    budget.held -= before
+                    self._mark_done(key, flow.ack)
+                    return
+                budget.held += flow.cost - before  # the lines dropped, the segment's rest read
         if flow.later:  # bounded by its bytes (max_flow_bytes, the TCP budget), not the name budget: named already
             return
         if not flow.held:
@@ -985,6 +1032,7 @@ class Decoder:
         self._done_old.pop(key, None)
         self.http_hosts.pop(key, None)
         self.http_body_end.pop(key, None)
+        self.http_chunks.pop(key, None)
         old = self.flows.pop(key, None)
         if old is not None:
             self._tcp_budget.held -= old.cost
@@ -1026,7 +1074,9 @@ class Decoder:
         if not isinstance(key, bytes):
             return False
         flow = self.flows.get(key)
-        return flow is not None and (flow.later or flow.odd)
+        if flow is not None:
+            return flow.later or flow.odd
+        return 0 < self._body_left <= self.config.body_follow  # a request body to read on (issue 32)
 
     def _new_flow(self, key: bytes, flow: Flow) -> None:
         flows = self.flows
@@ -1225,6 +1275,9 @@ class Decoder:
         if nh is not None:
             self._next_head = None
             old, seq, data = nh
+            if isinstance(data, Chunks):
+                self.http_chunks[key] = (seq, data)
+                return
             if not data:
                 self.http_body_end[key] = seq
                 return
@@ -1244,6 +1297,8 @@ class Decoder:
         """Look at the flow's first bytes; True when the flow needs no more bytes."""
         self._next_head = None
         buf = flow.buf
+        if flow.line:  # a head longer than the bytes read: its request line and the header lines since
+            return self._examine_long_head(flow, ts)
         if not buf:
             return False
         try:
@@ -1295,14 +1350,29 @@ class Decoder:
                     hosts[key] = frozenset(seen)
                     hosts.move_to_end(key)
                     if len(hosts) > self.config.max_done // 2:
-                        self.http_body_end.pop(hosts.popitem(last=False)[0], None)
-                    if rest < 0:  # a chunked body: not followed, so no later head is read on this connection
-                        del hosts[key]
-                        self.stats["http:later-chunked"] += 1
-                    elif 0 < rest < len(buf) and looks_like_http(buf[rest:rest + 17]):
+                        gone = hosts.popitem(last=False)[0]
+                        self.http_body_end.pop(gone, None)
+                        self.http_chunks.pop(gone, None)
+                    if rest < 0:  # a chunked body: read on to its end (Chunks), bounded by body_follow
+                        start = -rest - 1
+                        chunks = Chunks()
+                        try:
+                            k = chunks.feed(buf[start:])
+                        except DecodeError:
+                            k = -2
+                        if k >= 0:
+                            rest = start + k
+                        elif k == -1 and len(buf) < self.config.max_flow_bytes:
+                            self._next_head = flow, (flow.base + len(buf)) & 0xFFFFFFFF, chunks
+                            self._body_left = 1
+                        else:  # its framing broken or lost: no later head is read on this connection
+                            del hosts[key]
+                            self.stats["http:chunked-bad" if k == -2 else "http:chunked-lost"] += 1
+                    if 0 < rest < len(buf) and looks_like_http(buf[rest:rest + 17]):
                         self._next_head = flow, (flow.base + rest) & 0xFFFFFFFF, buf[rest:]  # the next head's start
                     elif rest > len(buf):  # a body (Content-Length) goes on past these bytes: no head before its end
                         self._next_head = flow, (flow.base + rest) & 0xFFFFFFFF, b""
+                        self._body_left = rest - len(buf)
                 if early:
                     flow.named = True
                     flow.held = False
@@ -1344,6 +1414,31 @@ class Decoder:
             return "budget-packets"
         return "budget-seconds" if ts - first_data >= cfg.name_seconds else ""
 
+    def _examine_long_head(self, flow: Flow, ts: float) -> bool:
+        """``_examine`` of a head read on past ``max_flow_bytes`` (``_read_long_head``): named once a
+        Host line is complete, judged without one at the head's end."""
+        buf = flow.buf
+        try:
+            reqs = parse_requests_at(flow.line + head_prefix(buf))[0]
+        except DecodeError:
+            reqs = None
+        if reqs and reqs[0].host:
+            r = reqs[0]
+            key = self._current
+            named = self.http_hosts.get(key, frozenset()) if isinstance(key, bytes) else frozenset()
+            if not (flow.later and r.host in named):
+                self._emit(flow, ts, Kind.HTTP_HOST, Transport.TCP, r.host, f"method={r.method} long-head", r.method[:16],
+                           bound_url(r.target, self.config.url_max, self.config.url_query), r.target[:512])
+            if isinstance(key, bytes) and len(named) < 64:  # its later heads are read too (by their first bytes)
+                self.http_hosts[key] = named | {r.host}
+                self.http_hosts.move_to_end(key)
+            return True
+        if buf[:1] == b"\n" or buf[:2] == b"\r\n" or b"\n\r\n" in buf or b"\n\n" in buf:  # its end, and no Host
+            if not flow.later:
+                self._emit(flow, ts, Kind.IP_ONLY, Transport.TCP, "", "http-no-host long-head")
+            return True
+        return False
+
     def _from_prefix(self, flow: Flow, ts: float) -> None:
         """An odd port's first segment that does not hold a whole ClientHello or request head, the
         rest of which will not come (a live passive capture): named from what it holds, where the
@@ -1365,6 +1460,42 @@ class Decoder:
         # Not judged by its address either: a filed site's connection cut so (a big ClientHello, a
         # long request line) on an address no filing lists would be reset for it. Counted.
         self.stats["tcp:odd-port-partial"] += 1
+
+    def _read_long_head(self, flow: Flow, ts: float, seq: int, data: bytes) -> bool:
+        """A flow whose bytes read are full (``max_flow_bytes``): True when it needs no more (named
+        or given up, as ``_examine`` says). A request head longer than that with no Host in it yet
+        is read on (issue 32: servers take heads of 32 KiB and more, and a Host after 16 KiB hid the
+        name): its complete header lines are dropped, the request line kept (``Flow.line``), and
+        the segment at hand read again past them; up to ``MAX_HEAD_SCAN`` bytes. False: read on."""
+        limit, holes = self.config.max_flow_bytes, self.config.max_flow_holes
+        while len(flow.buf) >= limit:
+            buf = flow.buf
+            if not flow.line:
+                nl = buf.find(b"\n")
+                if nl < 0 or not looks_like_http(buf[:17]) or not_http_line(buf):  # not a head, or a line past the limit
+                    self._give_up(flow, ts, "too-long")
+                    return True
+                flow.line = buf[: nl + 1]
+                cut = nl + 1
+            else:
+                cut = buf.rfind(b"\n") + 1
+            if cut <= 0 or flow.scanned + cut > MAX_HEAD_SCAN:  # one header line past the limit, or too long a head
+                self._give_up(flow, ts, "too-long")
+                return True
+            flow.scanned += cut
+            flow.buf = buf[cut:]
+            flow.base = (flow.base + cut) & 0xFFFFFFFF
+            flow.starts = [x - cut for x in flow.starts]
+            flow.cost -= cut
+            into = (flow.base - seq) & 0xFFFFFFFF  # what of this segment the full bytes left out, from the new start on
+            if into >= 0x80000000:  # the segment starts past the new start
+                flow.add(seq, data, limit, holes)
+            elif into < len(data):
+                flow.add(flow.base, data[into:], limit, holes)
+            self.stats["http:long-head"] += 1
+            if self._examine(flow, ts):
+                return True
+        return False
 
     def _host_from_prefix(self, flow: Flow, ts: float, why: str) -> bool:
         """A request head whose end never came within the bytes read: named from its complete lines

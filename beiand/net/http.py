@@ -93,8 +93,9 @@ def parse_requests(buf: bytes) -> list[HttpRequest] | None:
 
 def parse_requests_at(buf: bytes) -> tuple[list[HttpRequest] | None, int]:
     """``parse_requests`` and where the bytes after the last complete request start (its head and,
-    by Content-Length, its body; -1 when that cannot be known: a chunked body). Bytes from there on
-    are the start of the next request head (keep-alive, pipelining: issue 32)."""
+    by Content-Length, its body). Bytes from there on are the start of the next request head
+    (keep-alive, pipelining: issue 32). A chunked body: ``-(start + 1)``, where it starts (its
+    end is found by :class:`Chunks`)."""
     out: list[HttpRequest] = []
     off = 0
     n = len(buf)
@@ -124,7 +125,7 @@ def parse_requests_at(buf: bytes) -> tuple[list[HttpRequest] | None, int]:
         if m:
             off += int(m.group(1))
         elif _TE.search(head):
-            return out, -1  # chunked body: the next request is not where we could find it
+            return out, -(off + 1)  # a chunked body starts at off: where it ends, Chunks tells
     return out, off
 
 
@@ -165,3 +166,59 @@ def _parse_head(head: bytes) -> HttpRequest:
         if m:
             host = host_of(m.group(1).decode("latin-1"))
     return HttpRequest(method, target, host)
+
+
+MAX_CHUNK_LINE = 1024  # a chunk-size line with its extensions, or a trailer line
+
+
+class Chunks:
+    """The chunked transfer coding of a request body (RFC 9112 section 7.1), read as it comes:
+    :meth:`feed` returns where in the bytes given the body ends (after its last chunk and its
+    trailer section), or -1 while it goes on. Lenient as servers are (a bare LF ends a line).
+    A size line that is not hex raises :class:`HttpError`."""
+
+    __slots__ = ("left", "line", "phase", "total")
+
+    SIZE, DATA, DATA_END, TRAILER = 0, 1, 2, 3
+
+    def __init__(self) -> None:
+        self.phase = Chunks.SIZE
+        self.left = 0  # data bytes left in the chunk being read
+        self.line = b""  # the line being read (size or trailer) so far
+        self.total = 0  # bytes read
+
+    def feed(self, data: bytes) -> int:
+        n = len(data)
+        i = 0
+        while i < n:
+            if self.phase == Chunks.DATA:
+                take = min(self.left, n - i)
+                self.left -= take
+                i += take
+                if not self.left:
+                    self.phase = Chunks.DATA_END
+                continue
+            nl = data.find(b"\n", i)
+            if nl < 0:
+                self.line += data[i:]
+                if len(self.line) > MAX_CHUNK_LINE:
+                    raise HttpError("bad-chunk")
+                break
+            line = (self.line + data[i:nl]).rstrip(b"\r")
+            self.line = b""
+            i = nl + 1
+            if self.phase == Chunks.DATA_END:  # the CRLF after a chunk's data
+                if line:
+                    raise HttpError("bad-chunk")
+                self.phase = Chunks.SIZE
+            elif self.phase == Chunks.SIZE:
+                size = line.split(b";", 1)[0].strip(b" \t")
+                if not size or len(size) > 16 or size.strip(b"0123456789abcdefABCDEF"):
+                    raise HttpError("bad-chunk")
+                self.left = int(size, 16)
+                self.phase = Chunks.DATA if self.left else Chunks.TRAILER
+            elif not line:  # the empty line after the trailer section: the body ends here
+                self.total += i
+                return i
+        self.total += n
+        return -1

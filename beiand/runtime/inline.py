@@ -113,11 +113,11 @@ class InlinePath:
                     verdict(q.id, False)
                     continue
                 mark = q.mark & ~(first | more)
-                if settled():
+                if head_goes_on():  # a later request head (or the body before one) goes on in the next segments: queue them
+                    mark |= decided | more
+                elif settled():
                     mark |= decided
                     self.settled += 1
-                elif head_goes_on():  # a later request head goes on in the next segments: queue them (issue 32)
-                    mark |= decided | more
                 verdict(q.id, True, mark if mark != q.mark else None)
             tv = pc() - tv - decode_ns - decide_ns  # building the verdict messages
             t2 = pc()

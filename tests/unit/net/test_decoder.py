@@ -603,8 +603,33 @@ def test_later_heads_past_one_parse_after_a_body_and_never_in_a_chunked_body():
         out, _ = run(keepalive(post, body + get("unfiled.example.xyz")))
         assert [o.name for o in out] == ["filed.example.cn", "unfiled.example.xyz"]
     chunked = b"POST / HTTP/1.1\r\nHost: filed.example.cn\r\nTransfer-Encoding: chunked\r\n\r\n"
-    out, d = run(keepalive(chunked, get("in-the-body.example.xyz")))
-    assert [o.name for o in out] == ["filed.example.cn"] and d.stats["http:later-chunked"] == 1
+    out, d = run(keepalive(chunked, get("in-the-body.example.xyz")))  # not chunk framing: the server refuses it
+    assert [o.name for o in out] == ["filed.example.cn"] and d.stats["http:chunked-bad"] == 1
+
+
+def test_a_chunked_body_is_read_to_its_end_and_the_head_after_it_judged():
+    """Found by the attack run (issue 32): a chunked POST to a filed site, then an unfiled request
+    on the connection (after the answer, in the same segment as the body's end, or the body in
+    segments of its own) reached the unfiled site; the body's framing is now followed."""
+    chunked = b"POST /c HTTP/1.1\r\nHost: filed.example.cn\r\nTransfer-Encoding: chunked\r\n\r\n"
+    body = b"5\r\nhello\r\n3;ext=1\r\nGET\r\n0\r\nX-Trailer: a\r\n\r\n"
+    unfiled = get("unfiled.example.xyz")
+    for segs in ((chunked + body + unfiled,), (chunked, body + unfiled), (chunked, body, unfiled),
+                 (chunked + body[:7], body[7:20], body[20:] + unfiled), (chunked, body[:1], body[1:], unfiled)):
+        out, d = run(keepalive(*segs))
+        assert [o.name for o in out] == ["filed.example.cn", "unfiled.example.xyz"], segs
+    # a chunk whose data reads like a request is never taken for one
+    tricky = b"1e\r\n" + get("in-the-body.example.xyz")[:30] + b"\r\n0\r\n\r\n"
+    out, _ = run(keepalive(chunked, tricky[:5], tricky[5:], unfiled))
+    assert [o.name for o in out] == ["filed.example.cn", "unfiled.example.xyz"]
+    # inline, the body's segments are queued (more) until its end
+    d = Decoder(DecoderConfig())
+    d.feed(1000.0, t.tcp(C4, S4, 40000, 80, 1, 5001, 0x18, chunked), fresh=True)
+    assert d.reading_later() and d.settled()
+    d.feed(1000.1, t.tcp(C4, S4, 40000, 80, 1 + len(chunked), 5001, 0x18, body[:10]))
+    assert d.reading_later()
+    d.feed(1000.2, t.tcp(C4, S4, 40000, 80, 11 + len(chunked), 5001, 0x18, body[10:]))
+    assert not d.reading_later() and d.settled()
 
 
 # -- names on any port (issue 32) ----------------------------------------------------------------
@@ -718,7 +743,7 @@ def test_client_tricks_that_would_hide_a_host():
     pad = b"X-Pad: " + b"a" * 20000 + b"\r\n"
     long_head = b"GET / HTTP/1.1\r\nHost: unfiled.example.xyz\r\n" + pad + b"\r\n"
     out, _ = run(t.tcp_session(C4, S4, 40000, 80, long_head), config=DecoderConfig(name_packets=100))
-    assert named(out) == [(Kind.HTTP_HOST, "unfiled.example.xyz", 80)] and "too-long" in out[0].detail
+    assert named(out) == [(Kind.HTTP_HOST, "unfiled.example.xyz", 80)] and "long-head" in out[0].detail
     frames = t.tcp_session(C4, S4, 40000, 80, first)
     frames += t.tcp_session(C4, S4, 40000, 80, long_head, isn=1000 + len(first), handshake=False)
     out, _ = run(frames, config=DecoderConfig(name_packets=100))
@@ -766,3 +791,30 @@ def test_a_later_head_is_named_from_its_first_lines_and_read_to_its_end():
         names += [o.name for o in d.feed(1000.1, t.tcp(C4, S4, 40000, 80, seq, 5001, 0x18, piece))]
         seq += len(piece)
     assert names == ["unfiled.example.xyz"] and d.settled()  # the filed Host was named on the connection already
+
+
+def test_a_head_longer_than_the_bytes_read_is_read_on_for_its_host():
+    """Found by the attack run (issue 32): a keep-alive head with its Host after 16 KiB of header
+    lines (each line within a server's limit) reached the unfiled site; and a filed first head so
+    was reset (ip-only). The lines past the bytes read are dropped, the request line kept, the
+    Host read where it comes."""
+    pad = b"".join(b"X-Pad-%d: " % i + b"a" * 7000 + b"\r\n" for i in range(3))
+    first = b"GET / HTTP/1.1\r\nHost: www.example.com.cn\r\n\r\n"
+    late = b"GET /u HTTP/1.1\r\n" + pad + b"Host: unfiled.example.xyz\r\n\r\n"
+    small = b"GET /u HTTP/1.1\r\n" + b"".join(b"X-Pad-%d: " % i + b"a" * 900 + b"\r\n" for i in range(30)) + \
+        b"Host: unfiled.example.xyz\r\n\r\n"
+    for cfg, head in ((DecoderConfig(), late), (DecoderConfig(max_flow_bytes=4096), small)):
+        for segment in (1448, 100_000):  # segments, or one GSO packet
+            out, _ = run(keepalive(first, *[head[i:i + segment] for i in range(0, len(head), segment)]), config=cfg)
+            assert [(o.name, o.detail) for o in out] == [("www.example.com.cn", "method=GET"),
+                                                         ("unfiled.example.xyz", "method=GET long-head")], out
+    # a filed first head so: named, not reset by its address
+    filed = b"GET / HTTP/1.1\r\n" + pad + b"Host: www.example.com.cn\r\n\r\n"
+    d = Decoder(DecoderConfig())
+    out = d.feed(1000.0, t.tcp(C4, S4, 40000, 80, 1, 5001, 0x18, filed), fresh=True)
+    assert [(o.kind, o.name) for o in out] == [(Kind.HTTP_HOST, "www.example.com.cn")] and d.settled()
+    # no Host to its end: judged as a head without one; a header line past the bytes read: given up
+    out, _ = run(keepalive(b"GET / HTTP/1.1\r\n" + pad + b"\r\n"))
+    assert [(o.kind, o.detail) for o in out] == [(Kind.IP_ONLY, "http-no-host long-head")]
+    out, _ = run(keepalive(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 20000 + b"\r\nHost: x.example\r\n\r\n"))
+    assert [(o.kind, o.detail) for o in out] == [(Kind.IP_ONLY, "too-long")]

@@ -1,4 +1,8 @@
+from itertools import pairwise
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from beiand.net.errors import HttpError
 from beiand.net.http import HttpRequest, host_of, parse_requests
@@ -43,3 +47,34 @@ def test_malformed(data, reason):
 def test_host_of():
     assert host_of("a.example:80") == "a.example" and host_of("[::1]") == "::1" and host_of("2001:db8::1") == "2001:db8::1"
     assert HttpRequest("GET", "/", "x")._fields == ("method", "target", "host", "malformed")
+
+
+@given(st.lists(st.binary(min_size=1, max_size=40), max_size=6), st.lists(st.integers(0, 400), max_size=5),
+       st.booleans(), st.binary(max_size=30))
+def test_chunks_find_the_end_of_a_chunked_body_however_it_is_cut(chunks: list[bytes], cuts: list[int], trailer: bool,
+                                                                 after: bytes) -> None:
+    from beiand.net.http import Chunks
+
+    body = b"".join(f"{len(c):x}".encode() + (b";x=1" if i % 2 else b"") + b"\r\n" + c + b"\r\n" for i, c in enumerate(chunks))
+    body += b"0\r\n" + (b"X-T: 1\r\n" if trailer else b"") + b"\r\n"
+    wire = body + after
+    points = sorted({min(c, len(wire)) for c in cuts} | {0, len(wire)})
+    reader, got, pos = Chunks(), -1, 0
+    for a, b in pairwise(points):
+        k = reader.feed(wire[a:b])
+        if k >= 0:
+            got = a + k
+            break
+        pos = b
+    assert got == len(body), (got, len(body), pos)
+
+
+@given(st.binary(max_size=200))
+def test_chunks_on_any_bytes_end_raise_http_error_or_go_on(data: bytes) -> None:
+    from beiand.net.http import Chunks
+
+    try:
+        k = Chunks().feed(data)
+    except HttpError:
+        return
+    assert -1 <= k <= len(data)
