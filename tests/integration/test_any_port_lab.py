@@ -189,6 +189,20 @@ try:
     elif trick == "long":
         pad = b"".join(b"X-Pad-%d: " % i + b"a" * 7000 + b"\r\n" for i in range(3))  # each line within a server's limit
         s.sendall(b"GET /2 HTTP/1.1\r\nHost: unfiled.example.xyz\r\n" + pad + b"\r\n")
+    elif trick == "long-late":  # the Host after 16 KiB of header lines
+        pad = b"".join(b"X-Pad-%d: " % i + b"a" * 7000 + b"\r\n" for i in range(3))
+        s.sendall(b"GET /2 HTTP/1.1\r\n" + pad + b"Host: unfiled.example.xyz\r\n\r\n")
+    elif trick == "chunked":  # a chunked POST to the filed site first, then the unfiled request
+        s.sendall(b"POST /c HTTP/1.1\r\nHost: www.example.com.cn\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        out.append(answer())
+        s.sendall(second)
+    elif trick == "body":  # a filed POST's body ends in the segment that starts the unfiled request
+        s.sendall(b"POST /p HTTP/1.1\r\nHost: www.example.com.cn\r\nContent-Length: 5\r\n\r\n")
+        time.sleep(0.2)
+        s.sendall(b"hello" + second)
+        out.append(answer())
+    elif trick == "purge":  # a method llhttp takes, outside the common ones
+        s.sendall(b"PURGE /2 HTTP/1.1\r\nHost: unfiled.example.xyz\r\n\r\n")
     out.append(answer())
 except OSError as exc:
     out.append(type(exc).__name__)
@@ -196,13 +210,70 @@ print("|".join(out))
 """
 
 
+TRICKS = ["crlf", "cut", "long", "long-late", "chunked", "body", "purge"]
+
+
 @pytest.mark.parametrize("port", [80, ODD_HTTP_PORT])
-@pytest.mark.parametrize("trick", ["crlf", "cut", "long"])
+@pytest.mark.parametrize("trick", TRICKS)
 def test_keep_alive_tricks_do_not_reach_the_unfiled_site(lab, port, trick) -> None:  # type: ignore[no-untyped-def]
+    """The attack run's findings (issue 32) and item 1's open gaps: the filed requests are served,
+    the unfiled one never is."""
     lb = lab["lab"]
-    sport = 42200 + 10 * ["crlf", "cut", "long"].index(trick) + (port == ODD_HTTP_PORT)
+    sport = 42200 + 10 * TRICKS.index(trick) + (port == ODD_HTTP_PORT)
     out = lb.run(lb.cli, [sys.executable, "-c", TRICK, SHARED, str(port), str(sport), trick], capture_output=True,
                  text=True).stdout.strip().split("|")
     server_closed(lb, sport)
     status = [o.split(" ")[1] if o.startswith("HTTP/") else o for o in out]
-    assert status[0] == "200" and len(out) == 2 and status[1] != "200", out
+    filed = 3 if trick in ("chunked", "body") else 2
+    assert status[:filed - 1] == ["200"] * (filed - 1) and len(out) == filed and status[-1] != "200", out
+
+
+# A real OpenSSL handshake whose ClientHello records are reshaped as OpenSSL still accepts them: an
+# empty handshake record first, or the ClientHello's first byte alone in a record. Prints what came.
+TLS_TRICK = r"""
+import re, socket, ssl, struct, sys, time
+ip, port, trick = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+i, o = ssl.MemoryBIO(), ssl.MemoryBIO(); t = ctx.wrap_bio(i, o, server_hostname="unfiled.example.xyz")
+try:
+    t.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+ch = o.read(); hs = ch[5:]
+if trick == "zerorec":
+    wire = b"\x16\x03\x01\x00\x00" + ch
+else:
+    wire = b"\x16" + ch[1:3] + b"\x00\x01" + hs[:1] + b"\x16" + ch[1:3] + struct.pack(">H", len(hs) - 1) + hs[1:]
+s = socket.create_connection((ip, port), timeout=5)
+s.sendall(wire)
+try:
+    while True:
+        try:
+            t.do_handshake(); break
+        except ssl.SSLWantReadError:
+            d = s.recv(65536)
+            if not d:
+                raise ConnectionError("closed")
+            i.write(d); x = o.read(); x and s.sendall(x)
+    x = o.read(); x and s.sendall(x)
+    t.write(b"GET / HTTP/1.1\r\nHost: unfiled.example.xyz\r\nConnection: close\r\n\r\n"); s.sendall(o.read())
+    got = b""
+    while (d := s.recv(65536)):
+        i.write(d)
+        try:
+            while (r := t.read(65536)):
+                got += r
+        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+            pass
+    print("served" if b"hello from unfiled" in got else "handshake")
+except (OSError, ssl.SSLError, ConnectionError) as e:
+    print("refused", type(e).__name__)
+"""
+
+
+@pytest.mark.parametrize("port", [443, ODD_TLS_PORT])
+@pytest.mark.parametrize("trick", ["zerorec", "refrag1"])
+def test_tls_records_reshaped_do_not_hide_the_name(lab, port, trick) -> None:  # type: ignore[no-untyped-def]
+    lb = lab["lab"]
+    out = lb.run(lb.cli, [sys.executable, "-c", TLS_TRICK, SHARED, str(port), trick], capture_output=True, text=True)
+    assert out.stdout.startswith("refused"), (out.stdout, out.stderr[-1000:])
