@@ -71,6 +71,7 @@ class Marks(NamedTuple):
     seen: int
     first: int
     more: int  # conntrack: a later request head of a decided HTTP/1.x connection is not complete: queue the rest
+    # (``seen`` on a verdict's packet mark: keep ``more`` as it is; see rule_specs' mangle rules)
 
     @classmethod
     def from_base(cls, base: int) -> Marks:
@@ -375,10 +376,16 @@ def rule_specs(tcp_ports: Sequence[int], udp_ports: Sequence[int], first_queue: 
             Rule("filter", CHAIN, ["-m", "connmark", "!", "--mark", f"{s}/{s}", *comment, "-j", "MARK", "--or-mark", f]),
             Rule("filter", CHAIN, [*comment, "-j", "CONNMARK", "--or-mark", s]),
             Rule("filter", CHAIN, [*comment, "-j", "NFQUEUE", *target, "--queue-bypass"]),
-            # both bits from the verdict: ``decided``, and ``more`` set (a later head goes on) or cleared
-            Rule("mangle", "POSTROUTING", ["-m", "mark", "--mark", f"{d}/{d}", *comment, "-j", "CONNMARK", "--save-mark",
-                                           "--nfmask", f"{marks.decided | marks.more:#x}", "--ctmask",
-                                           f"{marks.decided | marks.more:#x}"]),
+            # both bits from the verdict: ``decided``, and ``more`` set (a later head goes on) or cleared;
+            # a verdict that also carries ``seen`` (a request head completed in the packet) saves
+            # ``decided`` alone and leaves ``more`` as the kernel set it: another head may have been
+            # queued meanwhile, its rest on the way (issue 32); the connection's next queued packet
+            # clears it
+            Rule("mangle", "POSTROUTING", ["-m", "mark", "--mark", f"{d}/{marks.decided | marks.seen:#x}", *comment, "-j",
+                                           "CONNMARK", "--save-mark", "--nfmask", f"{marks.decided | marks.more:#x}",
+                                           "--ctmask", f"{marks.decided | marks.more:#x}"]),
+            Rule("mangle", "POSTROUTING", ["-m", "mark", "--mark", f"{marks.decided | marks.seen:#x}/{marks.decided | marks.seen:#x}",
+                                           *comment, "-j", "CONNMARK", "--save-mark", "--nfmask", d, "--ctmask", d]),
         ]
     return rules
 

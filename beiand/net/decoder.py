@@ -234,6 +234,7 @@ class Decoder:
         self.http_body_end: dict[bytes, int] = {}  # a connection's request body ends there: no head before it
         self.http_chunks: dict[bytes, tuple[int, Chunks]] = {}  # a chunked body read on: the next byte's seq, its state
         self._body_left = 0  # the frame's connection: request body bytes still to read before a head (inline: queued)
+        self._head_done = False  # the frame completed an HTTP/1.x request head
         self.drops: Counter[str] = Counter()  # what was dropped, by layer:reason
         self._seg: tuple[int, int, int] = (0, 0, 0)  # the TCP segment being decoded: seq, ack, payload length
         self.stats: Counter[str] = Counter()  # what was seen
@@ -282,6 +283,7 @@ class Decoder:
         self.packets += 1
         self._fresh = fresh
         self._body_left = 0
+        self._head_done = False
         self.bytes += len(frame)
         out = self._out
         self._current = None
@@ -1066,6 +1068,11 @@ class Decoder:
         key = self._current
         return isinstance(key, bytes) and (key in self.done or key in self._done_old) and key not in self.flows
 
+    def head_done(self) -> bool:
+        """Inline: the frame just decoded completed an HTTP/1.x request head (issue 32): its verdict
+        leaves the connection's ``more`` mark as the kernel has it."""
+        return self._head_done
+
     def reading_later(self) -> bool:
         """Inline: the frame just decoded started (or continues) a later request head of a decided
         HTTP/1.x connection, or the first bytes of a flow on a port not watched (issue 32), that is
@@ -1377,6 +1384,7 @@ class Decoder:
                     flow.named = True
                     flow.held = False
                     return False
+                self._head_done = True
                 return True
         except DecodeError as exc:
             if flow.later:  # not a request head after all (a body that looks like one): the connection stays named

@@ -88,7 +88,8 @@ class InlinePath:
         decoder = self.pipe.decoder
         feed, decide, settled, verdict = decoder.feed, self.pipe.decide, decoder.settled, queue.verdict
         block, blocked = decoder.block_current, decoder.blocked_current
-        first, decided, more = self.marks.first, self.marks.decided, self.marks.more
+        first, decided, more, seen = self.marks.first, self.marks.decided, self.marks.more, self.marks.seen
+        head_done = decoder.head_done
         head_goes_on = decoder.reading_later
         clock = self.clock
         decode_ns = decide_ns = 0
@@ -116,7 +117,9 @@ class InlinePath:
                 if head_goes_on():  # a later request head (or the body before one) goes on in the next segments: queue them
                     mark |= decided | more
                 elif settled():
-                    mark |= decided
+                    # a request head completed here: ``more`` is left as the kernel has it (another head
+                    # may be queued behind this one, its rest on the way); the next queued packet clears it
+                    mark |= decided | seen if head_done() else decided
                     self.settled += 1
                 verdict(q.id, True, mark if mark != q.mark else None)
             tv = pc() - tv - decode_ns - decide_ns  # building the verdict messages

@@ -157,9 +157,12 @@ def test_rules_are_bypass_connbytes_balanced_per_family() -> None:
         assert chain[0][:5] == ["-m", "connmark", "!", "--mark", "0x200/0x200"] and chain[0][-3:] == ["MARK", "--or-mark", "0x400"]
         assert chain[1][-3:] == ["CONNMARK", "--or-mark", "0x200"]
         assert "--queue-bypass" in chain[2] and "4:5" in chain[2]
-        (save,) = [r for r in specs if r.table == "mangle"]
-        assert save.chain == "POSTROUTING" and save.spec[:4] == ["-m", "mark", "--mark", "0x100/0x100"]
+        save, keep = [r for r in specs if r.table == "mangle"]
+        assert save.chain == "POSTROUTING" and save.spec[:4] == ["-m", "mark", "--mark", "0x100/0x300"]
         assert save.spec[-6:] == ["CONNMARK", "--save-mark", "--nfmask", "0x900", "--ctmask", "0x900"]
+        # a verdict with ``seen`` too (a head completed): ``decided`` alone, ``more`` left as the kernel set it
+        assert keep.chain == "POSTROUTING" and keep.spec[:4] == ["-m", "mark", "--mark", "0x300/0x300"]
+        assert keep.spec[-6:] == ["CONNMARK", "--save-mark", "--nfmask", "0x100", "--ctmask", "0x100"]
     assert any("--queue-num" in r.spec for r in rule_specs([443], [], 0, 1, 8))
     assert rule_specs([], [], 0, 1, 8) == []
 

@@ -276,6 +276,8 @@ def test_a_later_request_head_on_a_decided_connection_is_judged_and_its_rest_que
     q.waiting += [Queued(3, MARKS.decided, ip(40000, seq, split[:12]))]
     q.waiting += [Queued(4, MARKS.decided | MARKS.more, ip(40000, seq + 12, split[12:]))]
     assert p.serve() == 4
-    assert q.sent == [[(1, True, MARKS.decided), (2, True, None),  # decided already: the mark is unchanged
+    # a head completed: decided, and ``seen`` (the kernel's ``more`` left as it is: another head may be
+    # queued behind this one, its rest on the way; issue 32)
+    assert q.sent == [[(1, True, MARKS.decided | MARKS.seen), (2, True, MARKS.decided | MARKS.seen),
                        (3, True, MARKS.decided | MARKS.more),  # the rest of this head must be queued
                        (4, False, None)]]  # its Host is not filed: only this request refused
