@@ -198,6 +198,11 @@ class ReassemblySection:
     name_seconds: float = _f(5.0, "The name budget in seconds since a flow's first data: past it, a ClientHello still not whole "
                              "is judged by its address alone (ip-only, reason budget-seconds) on the next packet.",
                              min=0.1, max=60.0)
+    body_follow: int = _f(65536, "An HTTP/1.x request body (Content-Length or chunked) up to this many bytes is read to its "
+                          "end, so that a request head in the segment where it ends is judged (issue 32); inline its "
+                          "segments wait in the queue (about 0.1 ms each). A longer body is not followed: a head hidden "
+                          "behind its end is judged only when its segment starts like a head. Raise it where clients "
+                          "must not get past beiand that way, at the cost of the uploads' speed.", min=0, max=1 << 30)
 
 
 @dataclass(frozen=True)

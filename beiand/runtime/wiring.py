@@ -99,7 +99,8 @@ def decoder_config(cfg: Config) -> DecoderConfig:
                          conns=cn.enabled, conn_window=cn.window, conn_udp_idle=cn.udp_idle_timeout,
                          conn_tcp_idle=cn.tcp_idle_timeout, conn_max=cn.max_pending, conn_attempts=cfg.connections.attempts,
                          url_max=cn.url_max_length,
-                         url_query=cn.url_query, name_packets=name_packets(cfg), name_seconds=ra.name_seconds)
+                         url_query=cn.url_query, name_packets=name_packets(cfg), name_seconds=ra.name_seconds,
+                         body_follow=ra.body_follow)
 
 
 def name_packets(cfg: Config) -> int:
