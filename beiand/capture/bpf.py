@@ -98,7 +98,7 @@ MAX_INSNS = 4096  # BPF_MAXINSNS
 Insn = tuple[int, int, int, int]  # code, jt, jf, k
 
 # Scratch memory slots (M[]): each is stored before it is loaded on every path (the kernel checks).
-_M_TMP, _M_IHL, _M_TOTAL, _M_DOFF, _M_PAY = 0, 1, 2, 3, 4
+_M_TMP, _M_IHL, _M_TOTAL, _M_DOFF, _M_PAY, _M_SPORT = 0, 1, 2, 3, 4, 5
 # Names on any port (issue 32): an odd port's segment is passed when it starts a ClientHello
 # (``16 03``, handshake type 1 at its sixth byte) or a request of a known method (its first word;
 # or CR/LF, empty lines a server skips before one),
@@ -240,6 +240,8 @@ def build(tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True, 
     qtcp = sorted(set(queued_tcp))
     for level in range(MAX_DEPTH + 1):
         _level(a, level, tcp, udp, dns, connections, queued, qtcp, any_port, queued_any_port)
+    if any_port:
+        _odd_content(a, tcp)
     a.label("accept")
     a.op(RET | K, SNAPLEN)
     a.label("reject")
@@ -247,11 +249,37 @@ def build(tcp_ports: Iterable[int], udp_ports: Iterable[int], dns: bool = True, 
     return a.assemble()
 
 
-def _odd_content(a: _Asm, at: int) -> None:
-    """A TCP segment on a port not watched, X = the offset of its payload less ``at``, A = its
-    payload's length (0: not known, a TSO frame or a jumbogram): accepted when shorter than
-    ``_SHORT`` or when it starts a ClientHello or a known method's request."""
+def _to_odd_content(a: _Asm, at: int) -> None:
+    """A TCP segment on a port not watched, A = the IP length field, X = the header bytes it
+    counts: on to ``_odd_content`` (one copy in the program, after every level: each copy took
+    about 100 instructions, and 13 watched ports made the program too long for the kernel) with A
+    = the payload's length (0: not known, a TSO frame or a jumbogram) and X = its offset, which
+    is ``at`` + X here (``at`` 0: M[_M_PAY] holds it)."""
+    known = a.fresh("odd")
+    a.op(JMP | JEQ | K, 0, jt=known)
+    a.op(JMP | JGT | X, 0, jf="reject")
+    a.op(ALU | SUB | X)
+    a.label(known)
+    if at:
+        a.op(ST, _M_TMP)
+        a.advance(at)
+        a.op(LD | MEM, _M_TMP)
+    else:
+        a.op(LDX | MEM, _M_PAY)
+    a.ja("oddcontent")
+
+
+def _odd_content(a: _Asm, tcp: list[int]) -> None:
+    """The segment ``_to_odd_content`` jumped here with (M[_M_SPORT]: its source port): rejected
+    from a watched port (a server's answer, most of the bulk); else accepted when shorter than
+    ``_SHORT`` or when it starts a ClientHello or a known method's request, or with CR/LF."""
+    at = 0
     content, tls = a.fresh("content"), a.fresh("tls")
+    a.label("oddcontent")
+    a.op(ST, _M_TMP)
+    a.op(LD | MEM, _M_SPORT)
+    a.jeq_any(tcp, "reject")
+    a.op(LD | MEM, _M_TMP)
     a.op(JMP | JEQ | K, 0, jt=content)
     a.op(JMP | JGE | K, _SHORT, jt=content, jf="accept")
     a.label(content)
@@ -335,14 +363,9 @@ def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False, qt
         a.op(JMP | JSET | K, 0x07, jt="accept")  # SYN (with or without ACK), FIN, RST on any port
     if any_port:  # the payload's first bytes (issue 32), but a watched port's answers (most of the bulk)
         a.op(LD | H | IND, 14)
-        a.jeq_any(tcp, "reject")
+        a.op(ST, _M_SPORT)
         _headers_and_length(a, True)
-        odd = a.fresh("odd4")
-        a.op(JMP | JEQ | K, 0, jt=odd)
-        a.op(JMP | JGT | X, 0, jf="reject")
-        a.op(ALU | SUB | X)
-        a.label(odd)
-        _odd_content(a, 14)
+        _to_odd_content(a, 14)
     a.ja("reject")
     a.label("fastdata4")
     a.op(LD | B | IND, 27)
@@ -371,14 +394,9 @@ def _fast_path(a: _Asm, tcp: list[int], dns: bool, connections: bool = False, qt
         a.op(JMP | JSET | K, 0x07, jt="accept")
     if any_port:
         a.op(LD | H | ABS, 54)
-        a.jeq_any(tcp, "reject")
+        a.op(ST, _M_SPORT)
         _headers_and_length(a, False)
-        odd = a.fresh("odd6")
-        a.op(JMP | JEQ | K, 0, jt=odd)
-        a.op(JMP | JGT | X, 0, jf="reject")
-        a.op(ALU | SUB | X)
-        a.label(odd)
-        _odd_content(a, 54)
+        _to_odd_content(a, 54)
     a.ja("reject")
     a.label("fastdata6")
     a.op(LD | B | ABS, 67)
@@ -525,7 +543,7 @@ def _level(a: _Asm, lv: int, tcp: list[int], udp: list[int], dns: bool, connecti
             a.op(JMP | JSET | K, 0x07, jt="accept")  # SYN, SYN+ACK (the server answered), FIN, RST on any port
         if any_port:  # the payload's first bytes (issue 32), but a watched port's answers
             a.op(LD | H | IND, 0)
-            a.jeq_any(tcp, "reject")
+            a.op(ST, _M_SPORT)
             a.op(LD | B | IND, 12)
             a.op(ALU | AND | K, 0xF0)
             a.op(ALU | RSH | K, 2)  # TCP header length
@@ -538,13 +556,7 @@ def _level(a: _Asm, lv: int, tcp: list[int], udp: list[int], dns: bool, connecti
                 a.op(ALU | ADD | X)
             a.op(MISC | TAX)  # X = the headers' length the total counts
             a.op(LD | MEM, _M_TOTAL)
-            odd = a.fresh("odd")
-            a.op(JMP | JEQ | K, 0, jt=odd)
-            a.op(JMP | JGT | X, 0, jf="reject")
-            a.op(ALU | SUB | X)
-            a.label(odd)
-            a.op(LDX | MEM, _M_PAY)
-            _odd_content(a, 0)
+            _to_odd_content(a, 0)
         a.ja("reject")
         a.label(f"tcpdata{v}_{lv}")
         a.op(LD | B | IND, 13)

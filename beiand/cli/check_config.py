@@ -40,6 +40,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     out(f"inventory: {len(inv)} hosted prefix(es)")
     if not cfg.capture.interfaces:
         err(f"{args.config}: capture.interfaces: none given: the daemon would capture nothing")
+    from beiand.runtime.wiring import capture_filter
+
+    try:  # the kernel filter the workers would attach (the kernel takes at most 4,096 instructions)
+        capture_filter(cfg)
+    except ValueError as exc:
+        err(f"{args.config}: capture: {exc}: fewer capture.tcp_ports (or workers = 1 inline), a simpler capture.filter, "
+            "or capture.any_port = false")
+        return 2
     if cfg.isms.enabled:
         from beiand.runtime.isms import check as isms_check
 

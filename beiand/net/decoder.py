@@ -705,7 +705,8 @@ class Decoder:
                 rkey = dst + src + buf[l4 + 2 : l4 + 4] + buf[l4 : l4 + 2]
                 c = conns.get(rkey)
                 if c is None or (ts - c.last > self._conn_udp_idle and ts >= c.first + self._conn_window):
-                    c = self._conn_start(ts, False, key, rkey, src, dst, sport, dport, 0, c)
+                    c = self._conn_start(ts, False, key, rkey, src, dst, sport, dport, 0, c, end - l4 >= 8 + MIN_INITIAL and
+                                         initial_header(buf[l4 + 8], _U32.unpack_from(buf, l4 + 9)[0]))
             elif ts - c.last > self._conn_udp_idle and ts >= c.first + self._conn_window:
                 c = self._conn_start(ts, False, key, dst + src + buf[l4 + 2 : l4 + 4] + buf[l4 : l4 + 2], src, dst, sport,
                                      dport, 0, c)
@@ -867,12 +868,10 @@ class Decoder:
             chunks = self.http_chunks.get(key)
             if chunks is not None:  # a chunked body read on, segment by segment, to its end
                 into = (chunks[0] - _U32.unpack_from(buf, l4 + 4)[0]) & 0xFFFFFFFF
-                if into >= 0x80000000:  # a segment missed before this one: its framing is lost
+                if into >= 0x80000000:  # a segment missed before this one: its framing is lost; heads by their first bytes
                     del self.http_chunks[key]
-                    del self.http_hosts[key]  # no later head is read on it: a body is never read as one
                     self.stats["http:chunked-lost"] += 1
-                    return
-                if l4 + doff + into >= end:
+                elif l4 + doff + into >= end:
                     return  # bytes read already (a retransmission)
                 else:
                     try:
@@ -884,10 +883,9 @@ class Decoder:
                         self._body_left = 1
                         return  # inside the body: not a head
                     del self.http_chunks[key]
-                    if k < 0:  # its framing broken, or longer than read: no later head is read on it
-                        del self.http_hosts[key]
+                    if k < 0:  # its framing broken, or longer than followed: later heads by their first bytes
                         self.stats["http:chunked-" + ("bad" if k == -2 else "too-long")] += 1
-                        return
+                        return  # this segment is the body's
                     skip = into + k  # the body ends in it: a head may start right after
                     if l4 + doff + skip >= end:
                         return
@@ -1105,7 +1103,7 @@ class Decoder:
     # -- connection records (issue 19) ----------------------------------------------------
 
     def _conn_start(self, ts: float, tcp: bool, key: bytes, rkey: bytes, src: bytes, dst: bytes, sport: int, dport: int,
-                    flags: int, old: Conn | None) -> Conn:
+                    flags: int, old: Conn | None, client: bool = False) -> Conn:
         """The flow a packet belongs to when the current generation does not hold it (or holds an
         earlier flow of the five-tuple that this packet starts anew): found in the older
         generation, or a new one. A flow is kept under the key of its first packet seen."""
@@ -1133,8 +1131,8 @@ class Decoder:
             cur.pop(rkey, None)
         if flags & SYN:
             first = not flags & ACK
-        else:
-            first = client_first(flags, sport, dport, self._server_ports)
+        else:  # ``client``: what the packet is says its sender is the client (a QUIC Initial), whatever the ports
+            first = client or client_first(flags, sport, dport, self._server_ports)
         if first:
             c = Conn(ts, ts + cfg.conn_window, tcp, src, dst, sport, dport, key, flags & SYN != 0)
         else:
@@ -1372,8 +1370,7 @@ class Decoder:
                         elif k == -1 and len(buf) < self.config.max_flow_bytes:
                             self._next_head = flow, (flow.base + len(buf)) & 0xFFFFFFFF, chunks
                             self._body_left = 1
-                        else:  # its framing broken or lost: no later head is read on this connection
-                            del hosts[key]
+                        else:  # its framing broken or lost: later heads are read by their first bytes
                             self.stats["http:chunked-bad" if k == -2 else "http:chunked-lost"] += 1
                     if 0 < rest < len(buf) and looks_like_http(buf[rest:rest + 17]):
                         self._next_head = flow, (flow.base + rest) & 0xFFFFFFFF, buf[rest:]  # the next head's start

@@ -121,11 +121,11 @@ def parse_requests_at(buf: bytes) -> tuple[list[HttpRequest] | None, int]:
         head = buf[off:end]
         out.append(_parse_head(head))
         off = end + sep
+        if _TE.search(head):  # RFC 9112 section 6.3: Transfer-Encoding wins over a Content-Length beside it
+            return out, -(off + 1)  # a chunked body starts at off: where it ends, Chunks tells
         m = _CL.search(head)
         if m:
             off += int(m.group(1))
-        elif _TE.search(head):
-            return out, -(off + 1)  # a chunked body starts at off: where it ends, Chunks tells
     return out, off
 
 

@@ -188,3 +188,10 @@ def test_on_any_port_every_frame_the_decoder_names_is_passed(sport: int, dport: 
 
 def test_any_port_programs_fit_the_kernel() -> None:
     assert max(len(ANY_PROG), len(ANY_CONN_PROG), len(INLINE_ANY_PROG)) < 4096
+
+
+def test_many_watched_ports_still_fit_with_names_on_any_port() -> None:
+    """Found in review (issue 32): the odd ports' test, copied at every level, made a program of 13
+    watched ports too long for the kernel; it is one block now."""
+    ports = list(range(8000, 8064))
+    assert len(build(ports, UDP, any_port=True, connections=True)) < 4096

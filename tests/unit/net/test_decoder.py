@@ -818,3 +818,20 @@ def test_a_head_longer_than_the_bytes_read_is_read_on_for_its_host():
     assert [(o.kind, o.detail) for o in out] == [(Kind.IP_ONLY, "http-no-host long-head")]
     out, _ = run(keepalive(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 20000 + b"\r\nHost: x.example\r\n\r\n"))
     assert [(o.kind, o.detail) for o in out] == [(Kind.IP_ONLY, "too-long")]
+
+
+def test_review_findings_transfer_encoding_chunked_after_a_long_body_and_quic_from_a_low_port():
+    """Found in review (issue 32): Content-Length beside Transfer-Encoding (the server reads it
+    chunked: RFC 9112 section 6.3); a chunked body past body_follow switched later heads off for
+    the connection; a QUIC Initial from a client port below 1024 was taken for the server's."""
+    post = b"POST / HTTP/1.1\r\nHost: filed.example.cn\r\nContent-Length: 200\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    out, _ = run(keepalive(post + get("unfiled.example.xyz")))
+    assert [o.name for o in out] == ["filed.example.cn", "unfiled.example.xyz"]
+    chunked = b"POST /c HTTP/1.1\r\nHost: filed.example.cn\r\nTransfer-Encoding: chunked\r\n\r\n"
+    big = b"".join(b"400\r\n" + b"x" * 1024 + b"\r\n" for _ in range(70)) + b"0\r\n\r\n"
+    out, d = run(keepalive(chunked, *[big[i:i + 1400] for i in range(0, len(big), 1400)], get("unfiled.example.xyz")))
+    assert [o.name for o in out] == ["filed.example.cn", "unfiled.example.xyz"] and d.stats["http:chunked-too-long"] == 1
+    for sport in (500, 123, 443):
+        out, _ = run([t.udp(C4, S4, sport, 4433, dg) for dg in t.quic_initial_datagrams("quic.example.com", big=True)],
+                     config=DecoderConfig(conns=True))
+        assert named(out) == [(Kind.QUIC_SNI, "quic.example.com", 4433)], sport

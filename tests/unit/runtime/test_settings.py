@@ -87,6 +87,10 @@ def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "Order 292" in capsys.readouterr().err
     assert main(["check-config", str(tmp_path / "missing.toml")]) == 2
     assert "cannot read" in capsys.readouterr().err
+    # a kernel filter longer than the kernel takes is said before the daemon starts (issue 32)
+    ports = ", ".join(str(p) for p in range(8000, 8300))
+    assert main(["check-config", str(cfg(tmp_path, f"[capture]\ntcp_ports = [{ports}]\n"))]) == 2
+    assert "capture: BPF program of" in capsys.readouterr().err
 
 
 # -- every setting is read by something (DESIGN.md: "a test fails for a config field that nothing reads") --
