@@ -25,7 +25,7 @@ from beiand.net import conns as connmod
 from beiand.net import dns as dnsmod
 from beiand.net.conns import NAMED, PENDING, SEVERAL4, SEVERAL6, WRITTEN, Attempts, Conn, bound_url, client_first
 from beiand.net.errors import DecodeError, IpError, LinkError, QuicError
-from beiand.net.http import Chunks, head_prefix, looks_like_http, not_http_line, parse_requests_at, starts_request
+from beiand.net.http import Chunks, body_headers, head_prefix, looks_like_http, not_http_line, parse_requests_at, starts_request
 from beiand.net.link import (
     BPF_MAX_GTPU_EXTENSIONS,
     BPF_MAX_MPLS_LABELS,
@@ -152,8 +152,8 @@ class Flow(Stream):
     decoder waits for a segment before it (bounded by the name budget, ``DecoderConfig.name_*``).
     ``segments``: data segments read (``DecoderConfig.name_packets``)."""
 
-    __slots__ = ("ack", "base", "client", "consumed", "data_ts", "dport", "fresh", "held", "later", "line", "named", "odd",
-                 "scanned", "segments", "server", "sport", "syn", "ts")
+    __slots__ = ("ack", "base", "body", "client", "consumed", "data_ts", "dport", "fresh", "held", "later", "line", "named",
+                 "odd", "scanned", "segments", "server", "sport", "syn", "ts")
 
     def __init__(self, base: int, syn: bool, ts: float, src: bytes, dst: bytes, sport: int, dport: int,
                  fresh: bool = False) -> None:
@@ -180,6 +180,7 @@ class Flow(Stream):
         self.named = False  # named from its head's first lines, read on to the head's end (issue 32)
         self.line = b""  # a head read on past max_flow_bytes: its request line (the lines after it dropped)
         self.scanned = 0  # and the bytes dropped so far
+        self.body = -1  # and what the dropped lines said of its body: a Content-Length, -2 chunked, -1 none
 
     def add(self, seq: int, data: bytes, limit: int, max_holes: int = 64) -> int:
         """Add a segment; how much the contiguous prefix grew (0: not; -1: too many holes)."""
@@ -1349,34 +1350,7 @@ class Decoder:
                                    bound_url(r.target, self.config.url_max, self.config.url_query), r.target[:512])
                 if not seen:
                     self._emit(flow, ts, Kind.IP_ONLY, Transport.TCP, "", "http-no-host")
-                key = self._current
-                if isinstance(key, bytes) and len(seen) <= 64:
-                    hosts = self.http_hosts
-                    hosts[key] = frozenset(seen)
-                    hosts.move_to_end(key)
-                    if len(hosts) > self.config.max_done // 2:
-                        gone = hosts.popitem(last=False)[0]
-                        self.http_body_end.pop(gone, None)
-                        self.http_chunks.pop(gone, None)
-                    if rest < 0:  # a chunked body: read on to its end (Chunks), bounded by body_follow
-                        start = -rest - 1
-                        chunks = Chunks()
-                        try:
-                            k = chunks.feed(buf[start:])
-                        except DecodeError:
-                            k = -2
-                        if k >= 0:
-                            rest = start + k
-                        elif k == -1 and len(buf) < self.config.max_flow_bytes:
-                            self._next_head = flow, (flow.base + len(buf)) & 0xFFFFFFFF, chunks
-                            self._body_left = 1
-                        else:  # its framing broken or lost: later heads are read by their first bytes
-                            self.stats["http:chunked-bad" if k == -2 else "http:chunked-lost"] += 1
-                    if 0 < rest < len(buf) and looks_like_http(buf[rest:rest + 17]):
-                        self._next_head = flow, (flow.base + rest) & 0xFFFFFFFF, buf[rest:]  # the next head's start
-                    elif rest > len(buf):  # a body (Content-Length) goes on past these bytes: no head before its end
-                        self._next_head = flow, (flow.base + rest) & 0xFFFFFFFF, b""
-                        self._body_left = rest - len(buf)
+                self._after_heads(flow, buf, seen, rest)
                 if early:
                     flow.named = True
                     flow.held = False
@@ -1419,30 +1393,83 @@ class Decoder:
             return "budget-packets"
         return "budget-seconds" if ts - first_data >= cfg.name_seconds else ""
 
+    def _after_heads(self, flow: Flow, buf: bytes, seen: set[str], rest: int) -> None:
+        """The heads of ``buf`` are judged (hosts ``seen``): the connection's later heads are read too,
+        from ``rest`` on (``parse_requests_at``'s: where the next head starts; its body's end; a
+        chunked body's start, negative)."""
+        key = self._current
+        if isinstance(key, bytes) and len(seen) <= 64:
+            hosts = self.http_hosts
+            hosts[key] = frozenset(seen)
+            hosts.move_to_end(key)
+            if len(hosts) > self.config.max_done // 2:
+                gone = hosts.popitem(last=False)[0]
+                self.http_body_end.pop(gone, None)
+                self.http_chunks.pop(gone, None)
+            if rest < 0:  # a chunked body: read on to its end (Chunks), bounded by body_follow
+                start = -rest - 1
+                chunks = Chunks()
+                try:
+                    k = chunks.feed(buf[start:])
+                except DecodeError:
+                    k = -2
+                if k >= 0:
+                    rest = start + k
+                elif k == -1 and len(buf) < self.config.max_flow_bytes:
+                    self._next_head = flow, (flow.base + len(buf)) & 0xFFFFFFFF, chunks
+                    self._body_left = 1
+                else:  # its framing broken or lost: later heads are read by their first bytes
+                    self.stats["http:chunked-bad" if k == -2 else "http:chunked-lost"] += 1
+            if 0 < rest < len(buf) and looks_like_http(buf[rest:rest + 17]):
+                self._next_head = flow, (flow.base + rest) & 0xFFFFFFFF, buf[rest:]  # the next head's start
+            elif rest > len(buf):  # a body (Content-Length) goes on past these bytes: no head before its end
+                self._next_head = flow, (flow.base + rest) & 0xFFFFFFFF, b""
+                self._body_left = rest - len(buf)
+
     def _examine_long_head(self, flow: Flow, ts: float) -> bool:
         """``_examine`` of a head read on past ``max_flow_bytes`` (``_read_long_head``): named once a
-        Host line is complete, judged without one at the head's end."""
+        Host line is complete (judged without one at its end), and read to its end, where its body
+        (by the Content-Length or Transfer-Encoding of all its lines) and a head after it are found."""
         buf = flow.buf
+        e = -1  # where the head ends in buf (after its empty line)
+        if buf[:2] == b"\r\n":
+            e = 2
+        elif buf[:1] == b"\n":
+            e = 1
+        else:
+            i = buf.find(b"\n\r\n")
+            k = buf.find(b"\n\n")
+            e = min(x for x in (i + 3 if i >= 0 else 1 << 30, k + 2 if k >= 0 else 1 << 30))
+            e = -1 if e == 1 << 30 else e
         try:
-            reqs = parse_requests_at(flow.line + head_prefix(buf))[0]
+            reqs = parse_requests_at(flow.line + head_prefix(buf if e < 0 else buf[: e - 2 if buf[e - 2 : e] == b"\r\n" else e - 1]))[0]
         except DecodeError:
             reqs = None
-        if reqs and reqs[0].host:
-            r = reqs[0]
-            key = self._current
-            named = self.http_hosts.get(key, frozenset()) if isinstance(key, bytes) else frozenset()
-            if not (flow.later and r.host in named):
-                self._emit(flow, ts, Kind.HTTP_HOST, Transport.TCP, r.host, f"method={r.method} long-head", r.method[:16],
+        key = self._current
+        named = self.http_hosts.get(key, frozenset()) if isinstance(key, bytes) else frozenset()
+        host = reqs[0].host if reqs and reqs[0].host else ""
+        if host and not flow.named:
+            flow.named = True
+            r = reqs[0]  # type: ignore[index]
+            if not (flow.later and host in named):
+                self._emit(flow, ts, Kind.HTTP_HOST, Transport.TCP, host, f"method={r.method} long-head", r.method[:16],
                            bound_url(r.target, self.config.url_max, self.config.url_query), r.target[:512])
-            if isinstance(key, bytes) and len(named) < 64:  # its later heads are read too (by their first bytes)
-                self.http_hosts[key] = named | {r.host}
+            if isinstance(key, bytes) and len(named) < 64:
+                self.http_hosts[key] = named = named | {host}
                 self.http_hosts.move_to_end(key)
-            return True
-        if buf[:1] == b"\n" or buf[:2] == b"\r\n" or b"\n\r\n" in buf or b"\n\n" in buf:  # its end, and no Host
-            if not flow.later:
-                self._emit(flow, ts, Kind.IP_ONLY, Transport.TCP, "", "http-no-host long-head")
-            return True
-        return False
+        if e < 0:
+            return False  # read on to its end
+        if not flow.named and not flow.later:
+            self._emit(flow, ts, Kind.IP_ONLY, Transport.TCP, "", "http-no-host long-head")
+        cl, chunked = body_headers(buf[:e])
+        if chunked or flow.body == -2:
+            rest = -(e + 1)
+        else:
+            rest = e + max(cl, flow.body, 0)
+        if isinstance(key, bytes):
+            self._after_heads(flow, buf, set(named), rest)
+        self._head_done = True
+        return True
 
     def _from_prefix(self, flow: Flow, ts: float) -> None:
         """An odd port's first segment that does not hold a whole ClientHello or request head, the
@@ -1487,6 +1514,9 @@ class Decoder:
             if cut <= 0 or flow.scanned + cut > MAX_HEAD_SCAN:  # one header line past the limit, or too long a head
                 self._give_up(flow, ts, "too-long")
                 return True
+            if flow.scanned:  # header lines dropped: their Content-Length / Transfer-Encoding kept
+                cl, chunked = body_headers(buf[:cut])
+                flow.body = -2 if chunked or flow.body == -2 else max(cl, flow.body)
             flow.scanned += cut
             flow.buf = buf[cut:]
             flow.base = (flow.base + cut) & 0xFFFFFFFF

@@ -129,6 +129,13 @@ def parse_requests_at(buf: bytes) -> tuple[list[HttpRequest] | None, int]:
     return out, off
 
 
+def body_headers(lines: bytes) -> tuple[int, bool]:
+    """The Content-Length (-1: none) and whether Transfer-Encoding is there, in header lines."""
+    lines = b"\n" + lines
+    m = _CL.search(lines)
+    return (int(m.group(1)) if m else -1), _TE.search(lines) is not None
+
+
 def _check_line_start(buf: bytes, off: int) -> None:
     first = buf[off : off + 17]
     if len(first) >= 4 and not looks_like_http(first):

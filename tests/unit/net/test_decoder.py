@@ -835,3 +835,20 @@ def test_review_findings_transfer_encoding_chunked_after_a_long_body_and_quic_fr
         out, _ = run([t.udp(C4, S4, sport, 4433, dg) for dg in t.quic_initial_datagrams("quic.example.com", big=True)],
                      config=DecoderConfig(conns=True))
         assert named(out) == [(Kind.QUIC_SNI, "quic.example.com", 4433)], sport
+
+
+def test_a_head_pipelined_behind_a_long_head_is_judged():
+    """Found in review (issue 32): a head longer than the bytes read was judged at its Host and not
+    read to its end, so a head pipelined behind it (and its body's end) was never read."""
+    pad = b"".join(b"X-Pad-%d: " % i + b"a" * 6000 + b"\r\n" for i in range(3))
+    long_filed = b"GET / HTTP/1.1\r\nHost: www.example.com.cn\r\n" + pad + b"\r\n"
+    unfiled = get("unfiled.example.xyz", "/2")
+    with_body = b"POST / HTTP/1.1\r\nHost: www.example.com.cn\r\n" + pad + b"Content-Length: 5\r\n\r\nhello"
+    chunked = b"POST / HTTP/1.1\r\nHost: www.example.com.cn\r\nTransfer-Encoding: chunked\r\n" + pad + b"\r\n5\r\nhello\r\n0\r\n\r\n"
+    for head in (long_filed, with_body, chunked):
+        wire = head + unfiled
+        for segment in (1400, 100_000):  # a later head (a first one has the name budget: 6 packets)
+            out, _ = run(keepalive(get("www.example.com.cn"), *[wire[i:i + segment] for i in range(0, len(wire), segment)]))
+            assert [o.name for o in out] == ["www.example.com.cn", "unfiled.example.xyz"], (head[:20], segment, out)
+        out, _ = run(keepalive(wire))  # a first head in one packet (GSO)
+        assert [o.name for o in out] == ["www.example.com.cn", "unfiled.example.xyz"], (head[:20], out)
