@@ -105,6 +105,8 @@ class DecoderConfig:
     # mark). A live passive capture passes only the segments that start a name (the kernel's filter
     # keeps no state): a ClientHello or head cut over segments is then named from its first one.
     odd_rest: bool = True
+    # The frames include NFQUEUE's (inline): a SYN does not start its 4-tuple afresh (``feed(fresh=True)`` does).
+    inline: bool = False
     max_flows: int = 65536
     max_flow_bytes: int = 16384  # enough for a post-quantum ClientHello split over segments
     flow_timeout: float = 30.0
@@ -269,6 +271,7 @@ class Decoder:
         self._tunnel_ports = frozenset({VXLAN_PORT, GENEVE_PORT, GTPU_PORT})
         self._fresh = False  # the frame being decoded starts its connection (``feed(fresh=True)``)
         self._any_port = cfg.any_port
+        self._inline = cfg.inline
         # Inline: connections whose packet was dropped (their verdict: block), by 4-tuple, with the
         # time. Their later packets are dropped too: a dropped QUIC Initial's retransmission comes
         # marked first again (its conntrack entry died with it) and is the same connection.
@@ -833,7 +836,10 @@ class Decoder:
         key = src + dst + buf[l4 : l4 + 4]
         self._current = key
         if flags & SYN:
-            if flags & ACK:
+            if flags & ACK or self._inline:
+                # Inline the SYN comes on the ring, in blocks, and may come after its connection's first
+                # queued packet: it would wipe what that one decided (issue 32's lab: a keep-alive head
+                # then passed unread). The queue's ``first`` mark starts a 4-tuple afresh there (issue 22).
                 return
             self.done.pop(key, None)
             self._done_old.pop(key, None)
@@ -908,9 +914,27 @@ class Decoder:
             # An odd port's connection, its first segment seen: named where it starts a ClientHello or
             # a request head and is the connection's first byte (where its SYN was seen: a STARTTLS
             # ClientHello after SMTP's EHLO is not named, as it is not on any port); else never again.
+            # Segments sent out of order (a later one first, to hide the name: issue 32's review) are
+            # held for the first: where the SYN was seen, up to the bytes read; inline without it (a
+            # fresh flow), within the name budget, as on a watched port (issue 22).
             c = conns.get(key) if conns is not None else None
-            if (c is not None and c.seq1 >= 0 and seq != c.seq1) or not (
-                    starts_client_hello(buf[l4 + doff : l4 + doff + 6]) or starts_request(buf[l4 + doff : l4 + doff + 4])):
+            name_like = starts_client_hello(buf[l4 + doff : l4 + doff + 6]) or starts_request(buf[l4 + doff : l4 + doff + 4])
+            if c is not None and c.seq1 >= 0:
+                into = (seq - c.seq1) & 0xFFFFFFFF
+                if into and into < self.config.max_flow_bytes:
+                    flow = Flow(c.seq1, True, ts, src, dst, sport, dport)  # as after its SYN: its first byte known
+                    flow.odd = True
+                    flow.ack = ack
+                    flow.segments = 1
+                    flow.add(seq, buf[l4 + doff : end], self.config.max_flow_bytes, self.config.max_flow_holes)
+                    self._new_flow(key, flow)
+                    self.stats["tcp:odd-port-held"] += 1
+                    return
+                if into or not name_like:
+                    self._mark_done(key, ack)
+                    self.stats["tcp:odd-port-other"] += 1
+                    return
+            elif not name_like and not self._fresh:
                 self._mark_done(key, ack)
                 self.stats["tcp:odd-port-other"] += 1
                 return
@@ -1002,6 +1026,9 @@ class Decoder:
                 budget.held -= flow.cost
                 self._mark_done(key, flow.ack)
                 self.stats["flow:" + spent] += 1
+                if flow.odd and not (looks_like_tls(flow.buf) or (flow.buf and looks_like_http(flow.buf[:17]))):
+                    self.stats["tcp:odd-port-other"] += 1  # another protocol on a port not watched: not judged
+                    return
                 if not flow.fresh:
                     # Passive, its start perhaps never captured: judged, but not on this packet's numbers
                     # (a live connection is not reset for the capture's loss; as at its expiry).
@@ -1550,6 +1577,10 @@ class Decoder:
         if flow.named:  # named from its first lines already; its end never came
             self.stats["http:unfinished-" + why] += 1
             return
+        if flow.odd and not (looks_like_tls(flow.buf) or (flow.buf and looks_like_http(flow.buf[:17]))):
+            # on a port not watched, bytes that do not start a name (or none): another protocol, not judged
+            self.stats["tcp:odd-port-other"] += 1
+            return
         if why == "too-long":  # longer than the bytes read (reassembly.max_flow_bytes): named from them if it can be
             self.stats["flow:too-long"] += 1
             if looks_like_http(flow.buf[:17]) and self._host_from_prefix(flow, ts, "too-long"):
@@ -1558,9 +1589,6 @@ class Decoder:
             if sni:
                 self._emit(flow, ts, Kind.TLS_SNI, Transport.TCP, sni, "too-long")
                 return
-        if flow.odd and why == "unknown-protocol":  # on a port not watched, another protocol: not judged
-            self.stats["tcp:odd-port-other"] += 1
-            return
         if flow.later:  # a later request head that never completed: the connection was judged by its first
             self.stats["http:later-" + why] += 1
             return

@@ -93,7 +93,7 @@ def decoder_config(cfg: Config) -> DecoderConfig:
     cn = cfg.connections
     return DecoderConfig(tcp_ports=frozenset(cfg.capture.tcp_ports), udp_ports=frozenset(cfg.capture.udp_ports),
                          # passive, the capture filter passes an odd port's first segment only (capture.bpf)
-                         any_port=cfg.capture.any_port, odd_rest=cfg.enforce.inline,
+                         any_port=cfg.capture.any_port, odd_rest=cfg.enforce.inline, inline=cfg.enforce.inline,
                          max_flow_bytes=ra.max_flow_bytes, max_flow_holes=ra.max_holes, reassembly_tcp_bytes=ra.tcp_bytes,
                          reassembly_quic_bytes=ra.quic_bytes, reassembly_fragment_bytes=ra.fragment_bytes,
                          conns=cn.enabled, conn_window=cn.window, conn_udp_idle=cn.udp_idle_timeout,

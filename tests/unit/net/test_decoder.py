@@ -852,3 +852,44 @@ def test_a_head_pipelined_behind_a_long_head_is_judged():
             assert [o.name for o in out] == ["www.example.com.cn", "unfiled.example.xyz"], (head[:20], segment, out)
         out, _ = run(keepalive(wire))  # a first head in one packet (GSO)
         assert [o.name for o in out] == ["www.example.com.cn", "unfiled.example.xyz"], (head[:20], out)
+
+
+def test_odd_port_segments_sent_out_of_order_are_held_for_the_first():
+    """Found in review (issue 32): on a port not watched, a later segment sent first (zapret's
+    'disorder') made the connection 'another protocol' before its first came. Where the SYN was
+    seen the later one waits for the first; inline without it (fresh), within the name budget."""
+    hello = t.client_hello("unfiled.example.xyz", ["h2"])
+    head = b"GET / HTTP/1.1\r\nHost: unfiled.example.xyz\r\n\r\n"
+    for port, data in ((3000, hello), (8888, head)):
+        out, d = run(t.tcp_session(C4, S4, 40000, port, data, segment=len(data) // 2 + 1, order=[1, 0]), config=ODD)
+        assert [n for _, n, _ in named(out)] == ["unfiled.example.xyz"], (port, dict(d.stats))
+        # inline, no SYN seen: the first queued packet is the later segment
+        d = Decoder(DecoderConfig())
+        cut = len(data) // 2
+        got = d.feed(1000.0, t.tcp(C4, S4, 40001, port, 1001 + cut, 5001, 0x18, data[cut:]), fresh=True)
+        assert got == [] and d.reading_later() and not d.settled()
+        got = d.feed(1000.1, t.tcp(C4, S4, 40001, port, 1001, 5001, 0x18, data[:cut]))
+        assert [o.name for o in got] == ["unfiled.example.xyz"] and d.settled()
+    # another protocol, inline without its SYN: held within the name budget, then let go, never judged
+    d = Decoder(DecoderConfig(name_packets=3))
+    out = []
+    for i in range(4):
+        out += d.feed(1000.0 + i, t.tcp(C4, S4, 40002, 5432, 1001 + 10 * i, 5001, 0x18, b"\x00\x00\x00\x08\x04\xd2\x16\x2f"[:8] + b"xx"),
+                      fresh=i == 0)
+    assert out == [] and d.settled() and d.stats["tcp:odd-port-other"] == 1
+
+
+def test_inline_a_syn_from_the_ring_after_the_first_queued_packet_wipes_nothing():
+    """Found in the lab (issue 32; failed one run in five): inline, the SYN comes on the ring in
+    blocks, after its connection's first queued packet; it wiped the connection's state, and a later
+    head cut to one byte was then held behind a hole and passed unjudged."""
+    first = b"GET / HTTP/1.1\r\nHost: www.example.com.cn\r\n\r\n"
+    for port in (80, 8888):
+        d = Decoder(DecoderConfig(conns=True, inline=True))
+        out = d.feed(1000.0, t.tcp(C4, S4, 40000, port, 1001, 5001, 0x18, first), fresh=True)
+        d.feed(1000.001, t.tcp(C4, S4, 40000, port, 1000, 0, 0x02))  # the SYN, late
+        seq = 1001 + len(first)
+        out += d.feed(1000.2, t.tcp(C4, S4, 40000, port, seq, 5001, 0x18, b"G"))
+        assert d.reading_later()
+        out += d.feed(1000.4, t.tcp(C4, S4, 40000, port, seq + 1, 5001, 0x18, get("unfiled.example.xyz")[1:]))
+        assert [o.name for o in out if o.name] == ["www.example.com.cn", "unfiled.example.xyz"], port
