@@ -255,6 +255,11 @@ def method_word_tests(family: int) -> list[str]:
             for i in range(0, len(words), U32_MAX_VALUES)]
 
 
+def hello_start_test(family: int) -> str:
+    """A u32 test true for a TCP segment whose payload starts with a TLS handshake record (``16 03``)."""
+    return f"{_payload_at(family, 0)}>>16=0x1603"
+
+
 def eol_start_test(family: int) -> str:
     """A u32 test true for a TCP segment whose payload starts with CR or LF: empty lines a server
     ignores before a request line (RFC 9112 section 2.2), sent to hide the method token behind."""
@@ -303,11 +308,11 @@ def rule_specs(tcp_ports: Sequence[int], udp_ports: Sequence[int], first_queue: 
     queued packet of a connection, remember that one was queued, queue), and the mangle rule that
     saves beiand's ``decided`` packet mark into the conntrack.
 
-    ``any_port`` (issue 32): on every other port, a client's data segment among its connection's
-    first ``packets`` is queued while the connection is undecided, and so is a datagram that
-    starts like a QUIC Initial of a known version; a decided connection's later request heads
-    there too (known methods only). The decoder reads such a connection once, at its first bytes:
-    another protocol is decided on its first segment and queued no more."""
+    ``any_port`` (issue 32): on every other port, a client's segment among its connection's first
+    ``packets`` that starts a ClientHello or a known method's request, or carries 1 to 7 bytes, is
+    queued, and so is a datagram that starts like a QUIC Initial of a known version; a decided
+    connection's later request heads there too (known methods only). The decoder reads such a
+    connection once, at its first bytes: another protocol is decided at once and queued no more."""
     marks = marks or DEFAULT_MARKS
     target = (["--queue-num", str(first_queue)] if workers == 1
               else ["--queue-balance", f"{first_queue}:{first_queue + workers - 1}"])
@@ -345,10 +350,13 @@ def rule_specs(tcp_ports: Sequence[int], udp_ports: Sequence[int], first_queue: 
                                                     *not_bare, *comment, "-j", CHAIN]))
         odd = ["-p", "tcp", "-m", "multiport", "!", "--dports", ",".join(map(str, sorted({*tcp_ports, 53}))),
                "-m", "conntrack", "--ctdir", "ORIGINAL", *conn]
-        # an undecided connection's client data among its first packets, whatever it starts with: the
-        # decoder decides another protocol on its first segment (one queued packet), and holds
-        # segments that came before the first (sent out of order to hide the name)
-        rules.append(Rule("filter", "FORWARD", [*odd, *undecided, *not_bare, *comment, "-j", CHAIN]))
+        for test in (hello_start_test(family), *method_word_tests(family), eol_start_test(family)):
+            rules.append(Rule("filter", "FORWARD", [*odd, *undecided, "-m", "u32", "--u32", test, *comment, "-j", MORE_CHAIN]))
+        if family == 6:
+            rules.append(Rule("filter", "FORWARD", [*odd, *undecided, "-m", "u32", "!", "--u32", IPV6_EXTENSIONS_TEST, *comment,
+                                                    "-j", MORE_CHAIN]))
+        rules.append(Rule("filter", "FORWARD", [*odd, *undecided, *not_bare, "-m", "u32", "!", "--u32", long_payload_test(family),
+                                                *comment, "-j", MORE_CHAIN]))
         for test in method_word_tests(family):
             rules.append(Rule("filter", "FORWARD", [*odd[:11], "-m", "connmark", "--mark", f"{marks.decided:#x}/{marks.decided:#x}",
                                                     "-m", "u32", "--u32", test, *comment, "-j", MORE_CHAIN]))

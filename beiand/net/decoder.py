@@ -915,13 +915,17 @@ class Decoder:
             # a request head and is the connection's first byte (where its SYN was seen: a STARTTLS
             # ClientHello after SMTP's EHLO is not named, as it is not on any port); else never again.
             # Segments sent out of order (a later one first, to hide the name: issue 32's review) are
-            # held for the first: where the SYN was seen, up to the bytes read; inline without it (a
-            # fresh flow), within the name budget, as on a watched port (issue 22).
+            # held for the first: where the SYN was seen, a TLS record up to the bytes read; inline
+            # without it (a fresh flow), within the name budget, as on a watched port (issue 22).
             c = conns.get(key) if conns is not None else None
             name_like = starts_client_hello(buf[l4 + doff : l4 + doff + 6]) or starts_request(buf[l4 + doff : l4 + doff + 4])
             if c is not None and c.seq1 >= 0:
                 into = (seq - c.seq1) & 0xFFFFFFFF
-                if into and into < self.config.max_flow_bytes:
+                if into and into < self.config.max_flow_bytes and (buf[l4 + doff] == 0x16 or not self._inline):
+                    # inline, a TLS record past the first byte (a ClientHello's records sent last first): the
+                    # kernel queues the first record too (it starts 16 03), and the held flow waits for it;
+                    # other bytes past the first, queued, follow an unqueued first: another protocol's
+                    # (SMTP's GET-like commands after EHLO). Replay reads every segment: any is held.
                     flow = Flow(c.seq1, True, ts, src, dst, sport, dport)  # as after its SYN: its first byte known
                     flow.odd = True
                     flow.ack = ack

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from beiand.enforce.nfqueue import (
     CHAIN,
     IPV6_EXTENSIONS_TEST,
-    MORE_CHAIN,
     NFQA_MARK,
     NFQA_PACKET_HDR,
     NFQA_PAYLOAD,
@@ -22,6 +21,7 @@ from beiand.enforce.nfqueue import (
     _attr,
     bare_tcp_tests,
     eol_start_test,
+    hello_start_test,
     long_payload_test,
     method_word_tests,
     quic_initial_test,
@@ -259,16 +259,25 @@ def udp_packet(v6: bool, payload: bytes) -> bytes:
 
 @pytest.mark.parametrize("family", [4, 6])
 @pytest.mark.parametrize("options", [0, 12, 40])
-def test_a_decided_odd_port_connections_later_requests_are_queued_by_their_method(family: int, options: int) -> None:
-    """An undecided odd-port connection's first data segments are queued whatever they start with
-    (the rule has no content test: segments sent out of order are read too); a decided one's later
-    request heads by their method (SMTP's commands are not requests)."""
+def test_an_odd_ports_first_bytes_are_queued_by_content(family: int, options: int) -> None:
     v6 = family == 6
+
+    def first(data: bytes) -> bool:  # one of the three content rules (with the bare tests for the short one)
+        pkt = packet(v6, ACK | PSH, data=data, options=options)
+        short = queued(family, pkt) and not u32(long_payload_test(family), pkt)
+        return u32(hello_start_test(family), pkt) or any(u32(m, pkt) for m in method_word_tests(family)) or short
+
+    hello = t.client_hello("odd.example.com")
+    for data in (hello, hello[:1], hello[:3], hello[:7], b"GET / HTTP/1.1\r\n", b"POST", b"DELETE /x", b"MKCOL /d", b"G"):
+        assert first(data), data
+    for data in (b"SSH-2.0-OpenSSH_9.2", b"EHLO mail.example.com", b"\x17\x03\x03" + b"x" * 40, b"get / HTTP/1.1",
+                 b"FOO / HTTP/1.1\r\n", b"\x00" * 8):
+        assert not first(data), data
+    assert not first(b"") and not queued(family, packet(v6, ACK, options=options))
+    # a decided connection's later request: known methods only on an odd port (SMTP's commands are not)
     later = method_word_tests(family)
-    for data in (b"GET /2 HTTP/1.1\r\n", b"POST", b"DELETE /x", b"MKCOL /d", b"PURGE /", b"M-SEARCH * HTTP/1.1"):
-        assert any(u32(m, packet(v6, ACK | PSH, data=data, options=options)) for m in later), data
-    for data in (b"RCPT TO:<a@b>", b"EHLO x", b"get / HTTP/1.1", b"FOO / HTTP/1.1"):
-        assert not any(u32(m, packet(v6, ACK | PSH, data=data, options=options)) for m in later), data
+    assert any(u32(m, packet(v6, ACK | PSH, data=b"GET /2 HTTP/1.1\r\n", options=options)) for m in later)
+    assert not any(u32(m, packet(v6, ACK | PSH, data=b"RCPT TO:<a@b>", options=options)) for m in later)
     assert all(m.count(",") < U32_MAX_VALUES for m in later)  # iptables refuses more
 
 
@@ -292,13 +301,16 @@ def test_any_port_rules() -> None:
         for j in odd:  # never a watched port (nor DNS), the client's direction
             i = j.index("--dports")
             assert j[i - 1] == "!" and j[i + 1] in ("53,80,443", "53,443") and "ORIGINAL" in j
-        (first,) = [j for j in odd if j[1] == "tcp" and j[j.index("connmark") + 1] == "!"]
-        # an undecided connection's first packets with data, whatever they start with
-        assert "0:8" in first and "--u32" in first and first[-1] == CHAIN
-        assert [first[k + 1] for k, a in enumerate(first) if a == "--u32"] == bare_tcp_tests(family)
-        later = [j for j in odd if j[1] == "tcp" and j[j.index("connmark") + 1] != "!"]
-        assert [next(a for a in j if a.startswith(("0>>", "52>>"))) for j in later] == method_word_tests(family)
-        assert all("0:8" not in j and j[-1] == MORE_CHAIN for j in later)
+        def with_test(test: str, undecided: bool, odd: list[list[str]] = odd) -> list[list[str]]:
+            return [j for j in odd if test in j and (j[j.index("connmark") + 1] == "!") is undecided]
+
+        for test in (hello_start_test(family), *method_word_tests(family), eol_start_test(family), long_payload_test(family)):
+            (first,) = with_test(test, True)
+            assert "0:8" in first
+        for test in method_word_tests(family):  # a decided connection's later heads
+            (later,) = with_test(test, False)
+            assert "0:8" not in later
+        assert len(with_test(IPV6_EXTENSIONS_TEST, True)) == (family == 6)
         (quic,) = [j for j in odd if j[1] == "udp"]
         assert quic_initial_test(family) in quic and ("1228:65535" if family == 4 else "1248:65535") in quic
         # the rest of a flow's first bytes, the decided connections' cut or CR/LF-led segments: any port, the client's side
@@ -344,7 +356,7 @@ def test_a_jump_that_may_start_a_name_sets_more_as_the_packet_is_queued() -> Non
         assert more_chain[0][-3:] == ["CONNMARK", "--or-mark", "0x800"] and more_chain[1][-2:] == ["-j", CHAIN]
         jumps = [r.spec for r in specs if r.chain == "FORWARD"]
         for j in jumps:
-            starts = any(t in j for t in (request_head_test(4), request_head_test(6), *method_word_tests(4), *method_word_tests(6)))
+            starts = any(t in j for t in (request_head_test(4), request_head_test(6), hello_start_test(4), hello_start_test(6)))
             if starts:
                 assert j[-1] == MORE_CHAIN, j
         assert next(j for j in jumps if "0x800/0x800" in j)[-1] == CHAIN  # the rest itself

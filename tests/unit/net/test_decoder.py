@@ -893,3 +893,17 @@ def test_inline_a_syn_from_the_ring_after_the_first_queued_packet_wipes_nothing(
         assert d.reading_later()
         out += d.feed(1000.4, t.tcp(C4, S4, 40000, port, seq + 1, 5001, 0x18, get("unfiled.example.xyz")[1:]))
         assert [o.name for o in out if o.name] == ["www.example.com.cn", "unfiled.example.xyz"], port
+
+
+def test_inline_a_clienthellos_records_sent_last_first_on_an_odd_port_are_named():
+    """The review's case (issue 32): two TLS records, the second sent first; inline with the SYN
+    seen on the ring, the kernel queues both (each starts 16 03): the second is held for the first."""
+    hello = t.client_hello("unfiled.example.xyz", ["h2"])
+    hs = hello[5:]
+    rec1, rec2 = b"\x16\x03\x01" + (100).to_bytes(2, "big") + hs[:100], b"\x16\x03\x01" + (len(hs) - 100).to_bytes(2, "big") + hs[100:]
+    d = Decoder(DecoderConfig(conns=True, inline=True))
+    d.feed(1000.0, t.tcp(C4, S4, 40000, 3000, 1000, 0, 0x02))  # the SYN, on the ring
+    out = d.feed(1000.1, t.tcp(C4, S4, 40000, 3000, 1001 + len(rec1), 5001, 0x18, rec2), fresh=True)
+    assert out == [] and d.reading_later()
+    out = d.feed(1000.2, t.tcp(C4, S4, 40000, 3000, 1001, 5001, 0x18, rec1))
+    assert [o.name for o in out] == ["unfiled.example.xyz"]
