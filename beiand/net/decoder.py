@@ -208,6 +208,16 @@ class FragmentBuffer(Stream):
         self.total = -1
 
 
+def _other_protocol(flow: Flow) -> bool:
+    """A flow on a port not watched whose bytes (if any) start no name: another protocol (issue 32)."""
+    return flow.odd and not (looks_like_tls(flow.buf) or (bool(flow.buf) and looks_like_http(flow.buf[:17])))
+
+
+def _client_initial(buf: bytes, l4: int, end: int) -> bool:
+    """The UDP datagram at ``l4`` is a client's QUIC Initial by its shape (padded, long header, a known version)."""
+    return end - l4 >= 8 + MIN_INITIAL and initial_header(buf[l4 + 8], _U32.unpack_from(buf, l4 + 9)[0])
+
+
 class Decoder:
     """Decodes frames into observations; one per connection or DNS answer, never per packet."""
 
@@ -709,8 +719,7 @@ class Decoder:
                 rkey = dst + src + buf[l4 + 2 : l4 + 4] + buf[l4 : l4 + 2]
                 c = conns.get(rkey)
                 if c is None or (ts - c.last > self._conn_udp_idle and ts >= c.first + self._conn_window):
-                    c = self._conn_start(ts, False, key, rkey, src, dst, sport, dport, 0, c, end - l4 >= 8 + MIN_INITIAL and
-                                         initial_header(buf[l4 + 8], _U32.unpack_from(buf, l4 + 9)[0]))
+                    c = self._conn_start(ts, False, key, rkey, src, dst, sport, dport, 0, c, _client_initial(buf, l4, end))
             elif ts - c.last > self._conn_udp_idle and ts >= c.first + self._conn_window:
                 c = self._conn_start(ts, False, key, dst + src + buf[l4 + 2 : l4 + 4] + buf[l4 : l4 + 2], src, dst, sport,
                                      dport, 0, c)
@@ -746,8 +755,7 @@ class Decoder:
         if dport in self.dns_ports:
             self.stats["dns:query"] += 1
             return
-        if self._any_port and end - l4 >= 8 + MIN_INITIAL and initial_header(buf[l4 + 8], _U32.unpack_from(buf, l4 + 9)[0]) \
-                and (client is None or client == src):
+        if self._any_port and _client_initial(buf, l4, end) and (client is None or client == src):
             # a QUIC Initial on a port not watched (issue 32): read as on a watched one
             self.stats["quic:odd-port"] += 1
             self._quic(ts, buf[l4 + 8 : end], src, dst, sport, dport, v6)
@@ -841,11 +849,7 @@ class Decoder:
                 # queued packet: it would wipe what that one decided (issue 32's lab: a keep-alive head
                 # then passed unread). The queue's ``first`` mark starts a 4-tuple afresh there (issue 22).
                 return
-            self.done.pop(key, None)
-            self._done_old.pop(key, None)
-            self.http_hosts.pop(key, None)
-            self.http_body_end.pop(key, None)
-            self.http_chunks.pop(key, None)
+            self._forget_named(key)
             if odd:  # nothing held before the first bytes (a port scan's SYNs hold no flow); the flow table holds no earlier one
                 old = self.flows.pop(key, None)
                 if old is not None:
@@ -955,14 +959,7 @@ class Decoder:
             flow.buf = data[: self.config.max_flow_bytes]
             flow.cost = len(flow.buf)
             self.stats["http:later-head"] += 1
-            if self._examine(flow, ts):
-                self._mark_done(key, flow.ack)  # still named; a next head begun in the segment goes on
-            elif len(flow.buf) < self.config.max_flow_bytes:
-                self._new_flow(key, flow)
-            elif self._read_long_head(flow, ts, seq, data):  # one packet (a GSO super-packet) past the bytes read
-                self._mark_done(key, flow.ack)
-            else:
-                self._new_flow(key, flow)
+            self._first_look(key, flow, ts, seq, data)  # the connection stays named; a next head begun in the segment goes on
             return
         if flow is None:
             # Most connections: the whole ClientHello or request head in the first segment.
@@ -981,14 +978,7 @@ class Decoder:
                         self._from_prefix(flow, ts)
                     self._mark_done(key, ack)
                     return
-            if self._examine(flow, ts):
-                self._mark_done(key, ack)
-            elif len(flow.buf) < self.config.max_flow_bytes:
-                self._new_flow(key, flow)
-            elif self._read_long_head(flow, ts, seq, data):  # one packet (a GSO super-packet) past the bytes read
-                self._mark_done(key, ack)
-            else:
-                self._new_flow(key, flow)
+            self._first_look(key, flow, ts, seq, data)
             return
         if flow.ack < 0:  # its first data after the SYN
             flow.ack = ack
@@ -1030,7 +1020,7 @@ class Decoder:
                 budget.held -= flow.cost
                 self._mark_done(key, flow.ack)
                 self.stats["flow:" + spent] += 1
-                if flow.odd and not (looks_like_tls(flow.buf) or (flow.buf and looks_like_http(flow.buf[:17]))):
+                if _other_protocol(flow):
                     self.stats["tcp:odd-port-other"] += 1  # another protocol on a port not watched: not judged
                     return
                 if not flow.fresh:
@@ -1038,6 +1028,15 @@ class Decoder:
                     # (a live connection is not reset for the capture's loss; as at its expiry).
                     self._seg = (0, 0, 0)
                 self._emit(flow, ts, Kind.IP_ONLY, Transport.TCP, "", spent)
+
+    def _first_look(self, key: bytes, flow: Flow, ts: float, seq: int, data: bytes) -> None:
+        """A new flow's first segment (``seq``, ``data``) read into it: the flow needs no more (named
+        or given up; also a head read on past the bytes read in this one packet, a GSO super-packet),
+        or is kept for the next segments."""
+        if self._examine(flow, ts) or (len(flow.buf) >= self.config.max_flow_bytes and self._read_long_head(flow, ts, seq, data)):
+            self._mark_done(key, flow.ack)
+        else:
+            self._new_flow(key, flow)
 
     def _same_tcp(self, key: bytes, ack: int) -> bool:
         """Whether a packet marked as its connection's first (inline) belongs to the connection the
@@ -1057,14 +1056,18 @@ class Decoder:
             self.stats["flow:first-again"] += 1
         return same
 
-    def _forget(self, key: bytes) -> None:
-        """Drop what is remembered of a 4-tuple: its connection ended, a new one starts."""
-        self.blocked.pop(key, None)
+    def _forget_named(self, key: bytes) -> None:
+        """Drop what decided a 4-tuple's TCP connection: named (``done``), its hosts and the body read on."""
         self.done.pop(key, None)
         self._done_old.pop(key, None)
         self.http_hosts.pop(key, None)
         self.http_body_end.pop(key, None)
         self.http_chunks.pop(key, None)
+
+    def _forget(self, key: bytes) -> None:
+        """Drop what is remembered of a 4-tuple: its connection ended, a new one starts."""
+        self.blocked.pop(key, None)
+        self._forget_named(key)
         old = self.flows.pop(key, None)
         if old is not None:
             self._tcp_budget.held -= old.cost
@@ -1462,18 +1465,15 @@ class Decoder:
         Host line is complete (judged without one at its end), and read to its end, where its body
         (by the Content-Length or Transfer-Encoding of all its lines) and a head after it are found."""
         buf = flow.buf
-        e = -1  # where the head ends in buf (after its empty line)
-        if buf[:2] == b"\r\n":
-            e = 2
-        elif buf[:1] == b"\n":
-            e = 1
+        # where the head ends in buf (after its empty line; -1: not yet), and its lines read so far
+        if buf[:2] == b"\r\n" or buf[:1] == b"\n":
+            e, lines = (2 if buf[:1] == b"\r" else 1), b""
         else:
-            i = buf.find(b"\n\r\n")
-            k = buf.find(b"\n\n")
-            e = min(x for x in (i + 3 if i >= 0 else 1 << 30, k + 2 if k >= 0 else 1 << 30))
-            e = -1 if e == 1 << 30 else e
+            ends = [i + n for i, n in ((buf.find(b"\n\r\n"), 3), (buf.find(b"\n\n"), 2)) if i >= 0]
+            e = min(ends) if ends else -1
+            lines = head_prefix(buf) if e < 0 else buf[:e]
         try:
-            reqs = parse_requests_at(flow.line + head_prefix(buf if e < 0 else buf[: e - 2 if buf[e - 2 : e] == b"\r\n" else e - 1]))[0]
+            reqs = parse_requests_at(flow.line + lines)[0]
         except DecodeError:
             reqs = None
         key = self._current
@@ -1581,8 +1581,7 @@ class Decoder:
         if flow.named:  # named from its first lines already; its end never came
             self.stats["http:unfinished-" + why] += 1
             return
-        if flow.odd and not (looks_like_tls(flow.buf) or (flow.buf and looks_like_http(flow.buf[:17]))):
-            # on a port not watched, bytes that do not start a name (or none): another protocol, not judged
+        if _other_protocol(flow):  # not judged
             self.stats["tcp:odd-port-other"] += 1
             return
         if why == "too-long":  # longer than the bytes read (reassembly.max_flow_bytes): named from them if it can be

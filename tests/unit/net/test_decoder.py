@@ -907,3 +907,12 @@ def test_inline_a_clienthellos_records_sent_last_first_on_an_odd_port_are_named(
     assert out == [] and d.reading_later()
     out = d.feed(1000.2, t.tcp(C4, S4, 40000, 3000, 1001, 5001, 0x18, rec1))
     assert [o.name for o in out] == ["unfiled.example.xyz"]
+
+
+def test_a_long_head_with_bare_lf_line_ends_is_named_at_its_end():
+    """A head past the bytes read whose lines end in a bare LF: its Host, in the part with its end,
+    is read (the lines before the empty line were cut so that no head end was found)."""
+    pad = b"".join(b"X-Pad-%d: " % i + b"a" * 6000 + b"\n" for i in range(3))
+    head = b"GET /u HTTP/1.1\n" + pad + b"Host: unfiled.example.xyz\n\n"
+    out, _ = run(keepalive(get("www.example.com.cn"), *[head[i:i + 1400] for i in range(0, len(head), 1400)]))
+    assert [o.name for o in out] == ["www.example.com.cn", "unfiled.example.xyz"], out
