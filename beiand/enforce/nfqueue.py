@@ -321,14 +321,15 @@ def rule_specs(tcp_ports: Sequence[int], udp_ports: Sequence[int], first_queue: 
     undecided = ["-m", "connmark", "!", "--mark", f"{marks.decided:#x}/{marks.decided:#x}"]
     any_tcp = ["-p", "tcp", "-m", "conntrack", "--ctdir", "ORIGINAL"]  # any port, the client's direction (not the answers)
     rules = []
+    not_bare = [a for t in bare_tcp_tests(family) for a in ("-m", "u32", "!", "--u32", t)]
+    dports = ["-p", "tcp", "-m", "multiport", "--dports", ",".join(map(str, sorted(tcp_ports)))]
+    # Issue 32: the rest of a later head not complete yet (``more``), whatever the connection's length
+    more_rule = Rule("filter", "FORWARD", [*(any_tcp if any_port else dports), "-m", "connmark", "--mark",
+                                           f"{marks.more:#x}/{marks.more:#x}", *not_bare, *comment, "-j", CHAIN])
     if tcp_ports:
-        not_bare = [a for t in bare_tcp_tests(family) for a in ("-m", "u32", "!", "--u32", t)]
-        dports = ["-p", "tcp", "-m", "multiport", "--dports", ",".join(map(str, sorted(tcp_ports)))]
         rules.append(Rule("filter", "FORWARD", [*dports, *conn, *undecided, *not_bare, *comment, "-j", CHAIN]))
-        # Issue 32: a decided connection's segment that starts like a request head (keep-alive), and
-        # the rest of a later head not complete yet (``more``), whatever the connection's length.
-        rules.append(Rule("filter", "FORWARD", [*(any_tcp if any_port else dports), "-m", "connmark", "--mark",
-                                                f"{marks.more:#x}/{marks.more:#x}", *not_bare, *comment, "-j", CHAIN]))
+        # and a decided connection's segment that starts like a request head (keep-alive)
+        rules.append(more_rule)
         rules.append(Rule("filter", "FORWARD", [*dports, "-m", "connmark", "--mark", f"{marks.decided:#x}/{marks.decided:#x}",
                                                 "-m", "u32", "--u32", request_head_test(family), *comment, "-j", MORE_CHAIN]))
         # and, on any port read, what could hide one from these tests: empty lines before it, a
@@ -344,10 +345,8 @@ def rule_specs(tcp_ports: Sequence[int], udp_ports: Sequence[int], first_queue: 
             rules.append(Rule("filter", "FORWARD", [*ports, *decided, "-m", "u32", "!", "--u32", IPV6_EXTENSIONS_TEST,
                                                     *comment, "-j", MORE_CHAIN]))
     if any_port:
-        if not tcp_ports:
-            not_bare = [a for t in bare_tcp_tests(family) for a in ("-m", "u32", "!", "--u32", t)]
-            rules.append(Rule("filter", "FORWARD", [*any_tcp, "-m", "connmark", "--mark", f"{marks.more:#x}/{marks.more:#x}",
-                                                    *not_bare, *comment, "-j", CHAIN]))
+        if not tcp_ports:  # the watched ports' rules carry it otherwise
+            rules.append(more_rule)
         odd = ["-p", "tcp", "-m", "multiport", "!", "--dports", ",".join(map(str, sorted({*tcp_ports, 53}))),
                "-m", "conntrack", "--ctdir", "ORIGINAL", *conn]
         for test in (hello_start_test(family), *method_word_tests(family), eol_start_test(family)):
