@@ -82,6 +82,7 @@ from beiand.net.link import (
     VXLAN_HEADER,
     VXLAN_PORT,
     Start,
+    quic_known_version,
 )
 
 # Opcodes (linux/filter.h)
@@ -859,8 +860,7 @@ def reference(pkt: bytes, tcp_ports: Iterable[int], udp_ports: Iterable[int], dn
         if u16(l4 + 4) < _QUIC_UDP_LENGTH or u8(l4 + 8) & 0xC0 != 0xC0:
             return False
         version = int.from_bytes(bytes(u8(l4 + 9 + i) for i in range(4)), "big")
-        draft = version & 0xFFFFFF00 == 0xFF000000 and QUIC_FIRST_DRAFT <= version & 0xFF <= QUIC_LAST_DRAFT
-        return version in QUIC_KNOWN_VERSIONS or draft
+        return quic_known_version(version)
 
     def udp_(l4: int, lv: int) -> bool:
         if dns and u16(l4) == 53:

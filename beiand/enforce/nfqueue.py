@@ -280,7 +280,7 @@ def long_payload_test(family: int) -> str:
 
 def quic_initial_test(family: int) -> str:
     """A u32 test true for a UDP datagram that starts like a QUIC Initial of a known version: a long
-    header with the fixed bit, the version one beiand reads (``net.quic.known_version``)."""
+    header with the fixed bit, the version one beiand reads (``net.link.quic_known_version``)."""
     at = "0>>22&0x3C@" if family == 4 else ""
     first, version = ("8", "9") if family == 4 else ("48", "49")
     versions = [f"{v:#x}" for v in KNOWN_VERSIONS] + [f"{0xFF000000 | FIRST_DRAFT:#x}:{0xFF000000 | LAST_DRAFT:#x}"]

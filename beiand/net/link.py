@@ -133,3 +133,9 @@ QUIC_V1, QUIC_V2, QUIC_T050, QUIC_T051 = 0x00000001, 0x6B3343CF, 0x54303530, 0x5
 QUIC_KNOWN_VERSIONS = (QUIC_V1, QUIC_V2, QUIC_T050, QUIC_T051)  # and the drafts QUIC_FIRST_DRAFT..QUIC_LAST_DRAFT (0xff0000NN)
 QUIC_FIRST_DRAFT, QUIC_LAST_DRAFT = 23, 34
 QUIC_MIN_INITIAL = 1200  # RFC 9000 section 14.1: a client's Initial datagram is padded to at least this
+
+
+def quic_known_version(version: int) -> bool:
+    """A QUIC version whose Initial beiand reads by its own keys: v1, v2, the drafts 23 to 34, T050/T051."""
+    return version in QUIC_KNOWN_VERSIONS or (version & 0xFFFFFF00 == 0xFF000000
+                                              and QUIC_FIRST_DRAFT <= version & 0xFF <= QUIC_LAST_DRAFT)

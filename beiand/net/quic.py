@@ -22,14 +22,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from beiand.net.errors import QuicError
 from beiand.net.link import (
-    QUIC_FIRST_DRAFT,
-    QUIC_KNOWN_VERSIONS,
-    QUIC_LAST_DRAFT,
     QUIC_MIN_INITIAL,
     QUIC_T050,
     QUIC_T051,
     QUIC_V1,
     QUIC_V2,
+    quic_known_version,
 )
 from beiand.net.reassembly import Stream
 from beiand.net.tls import ClientHello, parse_handshake
@@ -143,24 +141,10 @@ def is_initial(buf: bytes) -> bool:
 MIN_INITIAL = QUIC_MIN_INITIAL
 
 
-KNOWN_VERSIONS, FIRST_DRAFT, LAST_DRAFT = QUIC_KNOWN_VERSIONS, QUIC_FIRST_DRAFT, QUIC_LAST_DRAFT
-
-
-def known_version(version: int) -> bool:
-    """A version whose Initial beiand reads by its own keys: v1, v2, the drafts 23 to 34, T050/T051."""
-    return version in KNOWN_VERSIONS or (version & 0xFFFFFF00 == 0xFF000000 and FIRST_DRAFT <= version & 0xFF <= LAST_DRAFT)
-
-
-def starts_initial(buf: bytes) -> bool:
-    """A client's Initial by its first bytes, for UDP on a port not watched (issue 32): a padded
-    datagram (``MIN_INITIAL``) with a long header, the fixed bit, a known version and the Initial
-    type. Looser tests would take a game's or a VPN's datagrams for QUIC."""
-    return len(buf) >= MIN_INITIAL and initial_header(buf[0], int.from_bytes(buf[1:5], "big"))
-
-
 def initial_header(first: int, version: int) -> bool:
-    """A long header's first byte and version: an Initial of a known version (``starts_initial``)."""
-    return first & 0xC0 == 0xC0 and known_version(version) and (first >> 4) & 3 == _initial_type(version)
+    """A long header's first byte and version: an Initial of a known version (the shape of a client's
+    first datagram, for UDP on a port not watched, issue 32, with its length ``MIN_INITIAL``)."""
+    return first & 0xC0 == 0xC0 and quic_known_version(version) and (first >> 4) & 3 == _initial_type(version)
 
 
 class QuicInitialReader:
