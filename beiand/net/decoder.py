@@ -74,14 +74,26 @@ __all__ = ["LINKTYPE_ETHERNET", "LINKTYPE_IPV4", "LINKTYPE_IPV6", "LINKTYPE_LINU
            "LINKTYPE_NFLOG", "LINKTYPE_NULL", "LINKTYPE_RAW", "SUPPORTED_LINKTYPES", "Decoder", "DecoderConfig", "Flow"]
 SYN, ACK, FIN, RST = 0x02, 0x10, 0x01, 0x04
 MAX_DETAIL = 256  # Observation.detail: a log field, not a copy of the peer's ALPN list
-_U32 = struct.Struct("!I")
 _EMPTY: list[Observation] = []
 # Exception types a frame was seen to raise past the decoders' own errors (issue 17), counted by
 # name; any other type is counted as "other" so the metric's label set stays fixed.
 FRAME_EXCEPTIONS = frozenset({"KeyError", "TypeError", "RecursionError", "MemoryError", "AttributeError",
                               "ZeroDivisionError", "OverflowError", "UnicodeError", "AssertionError", "LookupError"})
-_ntop = socket.inet_ntop
+_inet_ntop = socket.inet_ntop
 _tuple_new = tuple.__new__
+
+
+def _ntop(af: int, addr: bytes) -> str:
+    """An address in text (socket.inet_ntop's spelling). IPv4 by hand: the compiled twin formats its
+    four bytes in C, where libc's inet_ntop cost ~2,000 instructions an address (issue 33)."""
+    if len(addr) == 4:
+        return f"{addr[0]}.{addr[1]}.{addr[2]}.{addr[3]}"
+    return _inet_ntop(af, addr)
+
+
+def _u32(buf: bytes, i: int) -> int:
+    """The big-endian 32-bit word at ``i`` (``struct.unpack_from("!I")``; past the end: IndexError)."""
+    return (buf[i] << 24) | (buf[i + 1] << 16) | (buf[i + 2] << 8) | buf[i + 3]
 _TCP, _UDP, _CONN = Transport.TCP, Transport.UDP, Kind.CONN
 # the reason of a connection record no name came for
 _WHY_DNS, _WHY_PORT, _WHY_MIDSTREAM, _WHY_UNRECOGNISED, _WHY_NO_DATA, _WHY_EARLY = (
@@ -215,7 +227,7 @@ def _other_protocol(flow: Flow) -> bool:
 
 def _client_initial(buf: bytes, l4: int, end: int) -> bool:
     """The UDP datagram at ``l4`` is a client's QUIC Initial by its shape (padded, long header, a known version)."""
-    return end - l4 >= 8 + MIN_INITIAL and initial_header(buf[l4 + 8], _U32.unpack_from(buf, l4 + 9)[0])
+    return end - l4 >= 8 + MIN_INITIAL and initial_header(buf[l4 + 8], _u32(buf, l4 + 9))
 
 
 class Decoder:
@@ -299,56 +311,59 @@ class Decoder:
         self._body_left = 0
         self._head_done = False
         self.bytes += len(frame)
+        # bytes, whatever buffer the frame came in: the compiled twin reads it typed (issue 33); a
+        # capture's frames are bytes already (pcap, the ring's slices, NFQUEUE's payloads)
+        buf = frame if type(frame) is bytes else bytes(frame)
         out = self._out
         self._current = None
         try:
             if linktype == LINKTYPE_ETHERNET:
                 # Fast path: Ethernet + IPv4 without options or fragments + TCP, the bulk of a link.
-                n = len(frame)
-                if n >= 42 and frame[12] == 8 and frame[13] == 0 and frame[14] == 0x45 \
-                        and not (frame[20] & 0x3F or frame[21]):
-                    proto = frame[23]
-                    total = (frame[16] << 8) | frame[17]
+                n = len(buf)
+                if n >= 42 and buf[12] == 8 and buf[13] == 0 and buf[14] == 0x45 \
+                        and not (buf[20] & 0x3F or buf[21]):
+                    proto = buf[23]
+                    total = (buf[16] << 8) | buf[17]
                     if total < 20:  # 0: a TSO frame as captured on the sender; else invalid
                         end = n if total == 0 else 34
                     else:
                         end = min(14 + total, n)
                     if proto == 6 and n >= 54:
-                        if ((frame[36] << 8) | frame[37]) not in self.tcp_ports and ((frame[34] << 8) | frame[35]) in self.tcp_ports \
+                        if ((buf[36] << 8) | buf[37]) not in self.tcp_ports and ((buf[34] << 8) | buf[35]) in self.tcp_ports \
                                 and self.tcp_conns is None:
                             self.server_to_client += 1  # the server's answer: nothing to name
                         else:
-                            self._tcp(ts, frame, 34, end, frame[26:30], frame[30:34], False)
+                            self._tcp(ts, buf, 34, end, buf[26:30], buf[30:34], False)
                     elif proto == 17:
-                        self._udp(ts, frame, 34, end, frame[26:30], frame[30:34], False, 0)
+                        self._udp(ts, buf, 34, end, buf[26:30], buf[30:34], False, 0)
                     else:
-                        self._ip(ts, frame, 14, 0)
-                elif n >= 62 and frame[12] == 0x86 and frame[13] == 0xDD and frame[14] >> 4 == 6 and frame[20] in (6, 17):
+                        self._ip(ts, buf, 14, 0)
+                elif n >= 62 and buf[12] == 0x86 and buf[13] == 0xDD and buf[14] >> 4 == 6 and buf[20] in (6, 17):
                     # Ethernet + IPv6 without extension headers, TCP or UDP
-                    plen = (frame[18] << 8) | frame[19]
+                    plen = (buf[18] << 8) | buf[19]
                     end = min(54 + plen, n) if plen else n
-                    if frame[20] == 6:
-                        self._tcp(ts, frame, 54, end, frame[22:38], frame[38:54], True)
+                    if buf[20] == 6:
+                        self._tcp(ts, buf, 54, end, buf[22:38], buf[38:54], True)
                     else:
-                        self._udp(ts, frame, 54, end, frame[22:38], frame[38:54], True, 0)
+                        self._udp(ts, buf, 54, end, buf[22:38], buf[38:54], True, 0)
                 else:
-                    self._ether(ts, frame, 0, 0)
+                    self._ether(ts, buf, 0, 0)
             else:
                 lt = LINK_TYPES.get(linktype)
                 if lt is None:
                     raise LinkError("unsupported-linktype")
                 off = lt.offset
-                if len(frame) <= off:
+                if len(buf) <= off:
                     raise LinkError("truncated-" + lt.name)
                 if lt.start is Start.IP:
-                    self._ip(ts, frame, off, 0)
+                    self._ip(ts, buf, off, 0)
                 elif lt.start is Start.ETHERTYPE:
                     et = lt.ethertype_at
-                    self._ethertype(ts, frame, off, (frame[et] << 8) | frame[et + 1], 0)
+                    self._ethertype(ts, buf, off, (buf[et] << 8) | buf[et + 1], 0)
                 elif lt.start is Start.NFLOG:
-                    self._nflog(ts, frame, off)
+                    self._nflog(ts, buf, off)
                 else:
-                    self._ether(ts, frame, off, 0)
+                    self._ether(ts, buf, off, 0)
         except DecodeError as exc:
             self.drops[f"{exc.layer}:{exc.reason}"] += 1
         except (IndexError, struct.error, ValueError):
@@ -625,7 +640,7 @@ class Decoder:
                     if nh != 17:
                         self.drops["ip:fragment-not-udp"] += 1
                         return
-                    ident = _U32.unpack_from(buf, l4 + 4)[0]
+                    ident = _u32(buf, l4 + 4)
                     self._fragment(ts, src, dst, ident, fo, more, buf[l4 + 8 : end], 6, depth)
                     return
                 else:
@@ -822,7 +837,7 @@ class Decoder:
             if not c.data and end - l4 > 20 and end - l4 > ((buf[l4 + 12] >> 4) << 2) and src == c.client:
                 c.data = True
             if buf[l4 + 13] & 0x12 == SYN and src == c.client:  # where its first byte will be
-                c.seq1 = (_U32.unpack_from(buf, l4 + 4)[0] + 1) & 0xFFFFFFFF
+                c.seq1 = (_u32(buf, l4 + 4) + 1) & 0xFFFFFFFF
         odd = False
         if dport not in self.tcp_ports:
             if sport in self.dns_ports:
@@ -855,7 +870,7 @@ class Decoder:
                 if old is not None:
                     self._tcp_budget.held -= old.cost
                 return
-            self._new_flow(key, Flow(_U32.unpack_from(buf, l4 + 4)[0] + 1, True, ts, src, dst, sport, dport))
+            self._new_flow(key, Flow(_u32(buf, l4 + 4) + 1, True, ts, src, dst, sport, dport))
             return
         if l4 + doff == end:
             if flags & (FIN | RST):
@@ -865,7 +880,7 @@ class Decoder:
                     if flow.buf:
                         self._give_up(flow, ts, "closed")
             return
-        ack = _U32.unpack_from(buf, l4 + 8)[0]
+        ack = _u32(buf, l4 + 8)
         later = False
         skip = 0  # a later head after the end of a body inside this segment starts this far in
         if self._fresh and not self._same_tcp(key, ack):  # a new connection on this 4-tuple, like a SYN: decided afresh
@@ -878,7 +893,7 @@ class Decoder:
                 return
             chunks = self.http_chunks.get(key)
             if chunks is not None:  # a chunked body read on, segment by segment, to its end
-                into = (chunks[0] - _U32.unpack_from(buf, l4 + 4)[0]) & 0xFFFFFFFF
+                into = (chunks[0] - _u32(buf, l4 + 4)) & 0xFFFFFFFF
                 if into >= 0x80000000:  # a segment missed before this one: its framing is lost; heads by their first bytes
                     del self.http_chunks[key]
                     self.stats["http:chunked-lost"] += 1
@@ -890,7 +905,7 @@ class Decoder:
                     except DecodeError:
                         k = -2
                     if k == -1 and chunks[1].total <= self.config.body_follow:
-                        self.http_chunks[key] = ((_U32.unpack_from(buf, l4 + 4)[0] + end - l4 - doff) & 0xFFFFFFFF, chunks[1])
+                        self.http_chunks[key] = ((_u32(buf, l4 + 4) + end - l4 - doff) & 0xFFFFFFFF, chunks[1])
                         self._body_left = 1
                         return  # inside the body: not a head
                     del self.http_chunks[key]
@@ -902,7 +917,7 @@ class Decoder:
                         return
             body_end = self.http_body_end.get(key)
             if body_end is not None:
-                seq0 = _U32.unpack_from(buf, l4 + 4)[0]
+                seq0 = _u32(buf, l4 + 4)
                 into = (body_end - seq0) & 0xFFFFFFFF
                 if 0 < into < 0x80000000:  # the segment starts inside the body before (Content-Length)
                     if l4 + doff + into >= end:
@@ -913,7 +928,7 @@ class Decoder:
             if key not in self.flows and not looks_like_http(buf[l4 + doff + skip : l4 + doff + skip + 17]):
                 return
             later = True
-        seq = _U32.unpack_from(buf, l4 + 4)[0]
+        seq = _u32(buf, l4 + 4)
         if odd and not later and key not in self.flows:
             # An odd port's connection, its first segment seen: named where it starts a ClientHello or
             # a request head and is the connection's first byte (where its SYN was seen: a STARTTLS
@@ -1619,9 +1634,9 @@ class Decoder:
         if len(detail) > MAX_DETAIL:
             detail = detail[: MAX_DETAIL - 3] + "..."
         packets, octets = self._conn_claim(flow, transport) if self.tcp_conns is not None else (0, 0)
-        self._out.append(Observation(
+        self._out.append(_tuple_new(Observation, (
             ts, _ntop(af, flow.client), flow.sport, _ntop(af, flow.server), flow.dport, transport, kind,
-            name, normalise_wire_name(name) if name else "", (), detail, seq, ack, ln, packets, octets, method, url, target))
+            name, normalise_wire_name(name) if name else "", (), detail, seq, ack, ln, packets, octets, method, url, target)))
 
     # -- DNS ------------------------------------------------------------------------------
 
@@ -1661,7 +1676,7 @@ class Decoder:
         flags = buf[l4 + 13]
         key = src + dst + buf[l4 : l4 + 4]
         self._current = key
-        seq = _U32.unpack_from(buf, l4 + 4)[0]
+        seq = _u32(buf, l4 + 4)
         flows = self.dns_flows
         budget = self._tcp_budget
         if flags & SYN:

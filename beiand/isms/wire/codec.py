@@ -17,11 +17,13 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import defusedxml.ElementTree as DET
-import xmlschema
 from defusedxml import DefusedXmlException
+
+if TYPE_CHECKING:
+    import xmlschema
 
 from beiand.errors import BeiandError
 from beiand.isms.wire.codes import CommandResult, CommandType
@@ -88,6 +90,10 @@ class XmlError(BeiandError, ValueError):
 
 @functools.lru_cache(maxsize=16)
 def schema(path: str) -> xmlschema.XMLSchema11:
+    # imported here: xmlschema takes a quarter of a second to import, and every command would pay
+    # it (`beiand replay` starts in about that; issue 33), not only those that validate ISMS XML
+    import xmlschema
+
     return xmlschema.XMLSchema11(path)
 
 
