@@ -6,7 +6,6 @@ Exit codes for automation: 0 clean, 1 findings, 2 could not run.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import json
 import os
@@ -21,8 +20,6 @@ from beiand.cli.logs import DEFAULT_CONFIG, parse_time, records_source, store_op
 from beiand.model import Decision, MetricValues, Observation, Outcome
 from beiand.policy import Decider, Policy
 from beiand.records.index import entry_addresses
-from beiand.report.audit import findings as passive_findings
-from beiand.report.audit import resources
 
 if TYPE_CHECKING:
     from beiand.report.audit.active import ProbeSettings
@@ -180,6 +177,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         if not summary and isinstance(src, LocalRecords):
             _explain_empty_window(src.directory, args)
     listed = _authority_entries(args.authority_list) if args.authority_list else []
+    from beiand.report.audit import findings as passive_findings
+    from beiand.report.audit import resources
+
     found = passive_findings(summary, index, inventory, policy.is_ours if policy.provider_checked else None)
     res = resources(summary)
     resolved: dict[str, list[str]] = {}
@@ -239,6 +239,7 @@ def _explain_empty_window(log_dir: Path, args: argparse.Namespace) -> None:
 
 def _probe(index: Any, inventory: Any, policy: Policy, settings: ProbeSettings, names: set[str], ips: set[str],
            resolved: dict[str, list[str]], meta: dict[str, Any], quiet: bool) -> list[Any]:
+    import asyncio
     import resource
 
     from beiand.report.audit.active import Prober

@@ -28,7 +28,6 @@ from beiand.cli.common import CliError, err, out, table
 from beiand.cli.logs import DEFAULT_CONFIG, config_from, fmt_time, parse_time, records_source, store_options, unreachable
 from beiand.model import AccessRecord
 from beiand.policy.orders import ExemptionStore, OrderError, OrderStore, end_entry, order_of, set_entry
-from beiand.runtime.decisions import open_decisions
 from beiand.runtime.settings import Config
 from beiand.store import Change, DecisionStore, StoreError
 
@@ -52,6 +51,8 @@ def decisions(args: argparse.Namespace) -> DecisionStore:
     """The decision store (``--store``, else the config's ``store.url``, else the SQLite file in the
     state directory), its schema brought up to date when safe and the files of a beiand before it
     imported once. Unreachable or unusable: a CliError (exit 2), never a local-only order."""
+    from beiand.runtime.decisions import open_decisions
+
     cfg = _config(args)
     try:
         return open_decisions(cfg)

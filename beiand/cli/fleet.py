@@ -11,7 +11,6 @@ from typing import Any
 from beiand.cli.block import _config
 from beiand.cli.common import CliError, out, table
 from beiand.cli.logs import DEFAULT_CONFIG, fmt_time
-from beiand.runtime.decisions import fleet_rows, import_legacy, lag, open_decisions, subdomains
 from beiand.store import SCHEMA_VERSION, StoreError
 from beiand.store.connect import open_store
 
@@ -19,7 +18,7 @@ from beiand.store.connect import open_store
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Every migration, safe or not (a gateway's start runs only the safe ones), then the one-time
     import of the files of a beiand before the store."""
-    from beiand.runtime.decisions import store_settings
+    from beiand.runtime.decisions import import_legacy, store_settings, subdomains
 
     cfg = _config(args)
     try:
@@ -43,6 +42,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_store_status(args: argparse.Namespace) -> int:
+    from beiand.runtime.decisions import open_decisions
+
     cfg = _config(args)
     try:
         store = open_decisions(cfg, migrate=False, import_files=False, create=False)
@@ -62,6 +63,8 @@ def cmd_store_status(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:
+    from beiand.runtime.decisions import fleet_rows, lag
+
     cfg = _config(args)
     try:
         url, head, gws = fleet_rows(cfg)
