@@ -42,10 +42,10 @@ cdef class Decoder:
     @cython.locals(sport=Py_ssize_t, dport=Py_ssize_t, c=Conn, fl=int, odd=bint, doff=Py_ssize_t, flags=int,
                    later=bint, skip=Py_ssize_t, into=cython.longlong, flow=Flow, grown=Py_ssize_t, before=Py_ssize_t,
                    budget=Budget, seq=cython.longlong, ack=cython.longlong)
-    cpdef _tcp(self, object ts, bytes buf, Py_ssize_t l4, Py_ssize_t end, bytes src, bytes dst, bint v6)
+    cpdef _tcp(self, object ts, bytes buf, Py_ssize_t l4, Py_ssize_t end, bytes src, bytes dst, bint v6, Py_ssize_t at=*)
 
     @cython.locals(sport=Py_ssize_t, dport=Py_ssize_t, c=Conn, p=Py_ssize_t, inner=Py_ssize_t, proto=int)
-    cpdef _udp(self, object ts, bytes buf, Py_ssize_t l4, Py_ssize_t end, bytes src, bytes dst, bint v6, int depth)
+    cpdef _udp(self, object ts, bytes buf, Py_ssize_t l4, Py_ssize_t end, bytes src, bytes dst, bint v6, int depth, Py_ssize_t at=*)
 
     cpdef _new_flow(self, bytes key, Flow flow)
     cpdef _forget_named(self, bytes key)
@@ -58,4 +58,5 @@ cdef class Decoder:
                            Py_ssize_t dport, int flags, Conn old, bint client=*)
 
 cpdef str _ntop(int af, bytes addr)
+@cython.locals(hi=cython.longlong)
 cpdef long long _u32(bytes buf, Py_ssize_t i) except -1

@@ -79,6 +79,7 @@ _EMPTY: list[Observation] = []
 # name; any other type is counted as "other" so the metric's label set stays fixed.
 FRAME_EXCEPTIONS = frozenset({"KeyError", "TypeError", "RecursionError", "MemoryError", "AttributeError",
                               "ZeroDivisionError", "OverflowError", "UnicodeError", "AssertionError", "LookupError"})
+_PORTS = struct.Struct("!HH")  # two ports, as in a flow's key
 _inet_ntop = socket.inet_ntop
 _tuple_new = tuple.__new__
 
@@ -93,7 +94,8 @@ def _ntop(af: int, addr: bytes) -> str:
 
 def _u32(buf: bytes, i: int) -> int:
     """The big-endian 32-bit word at ``i`` (``struct.unpack_from("!I")``; past the end: IndexError)."""
-    return (buf[i] << 24) | (buf[i + 1] << 16) | (buf[i + 2] << 8) | buf[i + 3]
+    hi = buf[i]  # the compiled twin: a 64-bit integer, so that the shift cannot overflow a C int
+    return (hi << 24) | (buf[i + 1] << 16) | (buf[i + 2] << 8) | buf[i + 3]
 _TCP, _UDP, _CONN = Transport.TCP, Transport.UDP, Kind.CONN
 # the reason of a connection record no name came for
 _WHY_DNS, _WHY_PORT, _WHY_MIDSTREAM, _WHY_UNRECOGNISED, _WHY_NO_DATA, _WHY_EARLY = (
@@ -333,9 +335,9 @@ class Decoder:
                                 and self.tcp_conns is None:
                             self.server_to_client += 1  # the server's answer: nothing to name
                         else:
-                            self._tcp(ts, buf, 34, end, buf[26:30], buf[30:34], False)
+                            self._tcp(ts, buf, 34, end, buf[26:30], buf[30:34], False, 26)
                     elif proto == 17:
-                        self._udp(ts, buf, 34, end, buf[26:30], buf[30:34], False, 0)
+                        self._udp(ts, buf, 34, end, buf[26:30], buf[30:34], False, 0, 26)
                     else:
                         self._ip(ts, buf, 14, 0)
                 elif n >= 62 and buf[12] == 0x86 and buf[13] == 0xDD and buf[14] >> 4 == 6 and buf[20] in (6, 17):
@@ -343,9 +345,9 @@ class Decoder:
                     plen = (buf[18] << 8) | buf[19]
                     end = min(54 + plen, n) if plen else n
                     if buf[20] == 6:
-                        self._tcp(ts, buf, 54, end, buf[22:38], buf[38:54], True)
+                        self._tcp(ts, buf, 54, end, buf[22:38], buf[38:54], True, 22)
                     else:
-                        self._udp(ts, buf, 54, end, buf[22:38], buf[38:54], True, 0)
+                        self._udp(ts, buf, 54, end, buf[22:38], buf[38:54], True, 0, 22)
                 else:
                     self._ether(ts, buf, 0, 0)
             else:
@@ -651,9 +653,10 @@ class Decoder:
         else:
             raise IpError("bad-version")
         if proto == 6:
-            self._tcp(ts, buf, l4, end, src, dst, v6)
+            # the addresses lie right before the ports where no option or extension header is between
+            self._tcp(ts, buf, l4, end, src, dst, v6, (l4 - 32 if v6 else l4 - 8) if l4 - off == (40 if v6 else 20) else -1)
         elif proto == 17:
-            self._udp(ts, buf, l4, end, src, dst, v6, depth)
+            self._udp(ts, buf, l4, end, src, dst, v6, depth, (l4 - 32 if v6 else l4 - 8) if l4 - off == (40 if v6 else 20) else -1)
         elif proto in IP_IN_IP:  # IP-in-IP, 6in4 (RFC 2003, RFC 4213)
             if depth >= MAX_DEPTH:
                 raise IpError("too-deep")
@@ -720,7 +723,8 @@ class Decoder:
 
     # -- transport ------------------------------------------------------------------------
 
-    def _udp(self, ts: float, buf: bytes, l4: int, end: int, src: bytes, dst: bytes, v6: bool, depth: int) -> None:
+    def _udp(self, ts: float, buf: bytes, l4: int, end: int, src: bytes, dst: bytes, v6: bool, depth: int, at: int = -1) -> None:
+        """``at``: as for :meth:`_tcp`."""
         if end - l4 < 8:
             raise IpError("truncated-udp")
         sport = (buf[l4] << 8) | buf[l4 + 1]
@@ -728,7 +732,7 @@ class Decoder:
         conns = self.udp_conns
         client: bytes | None = None  # the flow's client, where its first packet was seen
         if conns is not None and not (depth < MAX_DEPTH and dport in self._tunnel_ports):
-            key = src + dst + buf[l4 : l4 + 4]
+            key = buf[at : l4 + 4] if at >= 0 else src + dst + buf[l4 : l4 + 4]
             c = conns.get(key)
             if c is None:
                 rkey = dst + src + buf[l4 + 2 : l4 + 4] + buf[l4 : l4 + 2]
@@ -808,14 +812,16 @@ class Decoder:
                 self.stats["capture:bpf-unfollowed"] += 1
         self._ip(ts, buf, off, depth + 1)
 
-    def _tcp(self, ts: float, buf: bytes, l4: int, end: int, src: bytes, dst: bytes, v6: bool) -> None:
+    def _tcp(self, ts: float, buf: bytes, l4: int, end: int, src: bytes, dst: bytes, v6: bool, at: int = -1) -> None:
+        """``at``: where the addresses start when the ports follow them right away (the flow's key is
+        then one slice of the frame)."""
         if end - l4 < 20:
             raise IpError("truncated-tcp")
         sport = (buf[l4] << 8) | buf[l4 + 1]
         dport = (buf[l4 + 2] << 8) | buf[l4 + 3]
+        key = buf[at : l4 + 4] if at >= 0 else src + dst + buf[l4 : l4 + 4]  # client, server, their ports
         conns = self.tcp_conns
         if conns is not None:
-            key = src + dst + buf[l4 : l4 + 4]
             c = conns.get(key)
             if c is None:
                 rkey = dst + src + buf[l4 + 2 : l4 + 4] + buf[l4 : l4 + 2]
@@ -856,7 +862,6 @@ class Decoder:
         flags = buf[l4 + 13]
         if l4 + doff == end and not flags & (SYN | FIN | RST):
             return  # a bare ACK
-        key = src + dst + buf[l4 : l4 + 4]
         self._current = key
         if flags & SYN:
             if flags & ACK or self._inline:
@@ -1221,9 +1226,11 @@ class Decoder:
             cur, prev = self.udp_conns, self._udp_conns_old
         if cur is None:
             return 0, 0
-        cp, sp = flow.sport.to_bytes(2, "big"), flow.dport.to_bytes(2, "big")
-        key, rkey = flow.client + flow.server + cp + sp, flow.server + flow.client + sp + cp
-        c = cur.get(key) or cur.get(rkey) or prev.get(key) or prev.get(rkey)
+        key = flow.client + flow.server + _PORTS.pack(flow.sport, flow.dport)
+        c = cur.get(key)
+        if c is None:
+            rkey = flow.server + flow.client + _PORTS.pack(flow.dport, flow.sport)
+            c = cur.get(rkey) or prev.get(key) or prev.get(rkey)
         if c is None or c.state != PENDING:
             return 0, 0
         c.state = NAMED

@@ -247,3 +247,35 @@ def test_typed_walks_take_any_buffer_and_give_the_same(which: int, rnd: random.R
                           ("beiand.net.dns", "parse_dns", (data,)), ("beiand.net.dns", "read_name", (data, off)),
                           ("beiand.net.dns", "read_name", (data, 12))):
         assert _outcome(getattr(C[mod], fn), *args) == _outcome(getattr(P[mod], fn), *args), (mod, fn, kind)
+
+
+@SLOW
+@given(st.binary(min_size=0, max_size=24), st.integers(-2, 24))
+@example(b"\x80\x00\x00\x01", 0)  # the top bit set: a 32-bit C shift overflowed into a negative sequence number
+@example(b"\xff" * 16, 0)
+def test_typed_byte_helpers_give_the_same(blob: bytes, at: int) -> None:
+    """decoder.pxd types the frame's words and IPv4 text (issue 33): every byte value and every
+    offset, in range or not, gives the same value or error on both paths."""
+    c, p = C["beiand.net.decoder"], P["beiand.net.decoder"]
+    assert _outcome(c._u32, blob, at) == _outcome(p._u32, blob, at)
+    if len(blob) == 4:
+        assert c._ntop(2, blob) == p._ntop(2, blob) == str(ipaddress.ip_address(blob))
+    elif len(blob) == 16:
+        assert c._ntop(10, blob) == p._ntop(10, blob)
+
+
+@SLOW
+@given(st.lists(st.tuples(st.sampled_from(range(len(CORPUS_FRAMES))), st.binary(min_size=4, max_size=4),
+                          st.sampled_from([38, 42])), min_size=1, max_size=30))
+def test_sequence_numbers_with_the_top_bit_decode_the_same(edits: list[tuple[int, bytes, int]]) -> None:
+    """Frames whose TCP sequence or acknowledgement number (Ethernet + IPv4: bytes 38 and 42) is
+    rewritten to any 32-bit value (the compiled twin reads them as C integers) give the same
+    observations on both paths."""
+    frames = []
+    for i, word, at in edits:
+        ts, lt, f = CORPUS_FRAMES[i]
+        b = bytearray(f)
+        if len(b) >= 58:
+            b[at : at + 4] = word
+        frames.append((ts, lt, bytes(b)))
+    assert _decode(C, frames) == _decode(P, frames)
