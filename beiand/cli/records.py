@@ -1,5 +1,6 @@
-"""``beiand records check|lookup|holder``: validate filing exports, the verdict for names or IPs,
-and which account held a hosted address at a past time (the inventory history)."""
+"""``beiand records check|lookup|holder|check-access|ip-report``: validate filing exports, the verdict
+for names or IPs, which account held a hosted address at a past time (the inventory history), the
+check before access is opened (接入前核验, 501号 art. 11(三)1) and the IP地址备案 report (501号 art. 19)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from beiand.cli.common import CliError, err, out, parse_status_map, policy_args, policy_setup, table
+from beiand.cli.common import DEFAULT_CONFIG, CliError, err, out, parse_status_map, policy_args, policy_setup, table
 from beiand.policy import lookup_answer
 from beiand.records import ImportRefused, load_files, normalise_domain
 from beiand.records.domains import DomainError, is_ip_literal, registrable_domain
@@ -151,6 +152,57 @@ def cmd_records_holder(args: argparse.Namespace) -> int:
     return 0 if held.account or mappings else 1
 
 
+def cmd_records_check_access(args: argparse.Namespace) -> int:
+    """接入前核验 (501号 art. 11(三)1): exit 0 access may be opened, 1 it may not (each failed condition
+    named with its article), 2 the check could not be made."""
+    from beiand.policy.precheck import AccessCheck, AccessChecker, BatchError, CheckError, parse_request, read_batch
+
+    if args.batch and (args.filing or args.ip or args.name):
+        raise CliError("--batch FILE or --filing/--ip/--name, not both")
+    if not args.batch and not args.filing:
+        raise CliError("give --filing NUMBER (with --ip and/or --name), or --batch FILE")
+    checks: list[tuple[str, Any]] = []
+    try:
+        if args.batch:
+            checks = list(read_batch(args.batch))
+        else:
+            checks = [("", parse_request(args.filing, args.ip or [], args.name or []))]
+    except BatchError as exc:
+        raise CliError("; ".join(exc.problems)) from None
+    except CheckError as exc:
+        raise CliError(str(exc)) from None
+    setup = policy_setup(args, quiet=args.json)
+    try:
+        checker = AccessChecker(setup.policy)
+    except CheckError as exc:
+        raise CliError(str(exc)) from None
+    ts = time.time() if args.at is None else args.at
+    results: list[tuple[str, AccessCheck | CheckError]] = [
+        (where, checker.check(req, ts) if not isinstance(req, CheckError) else req) for where, req in checks]
+    if args.json:
+        for where, r in results:
+            row: dict[str, Any] = {"line": where} if where else {}
+            row.update(r.as_dict() if isinstance(r, AccessCheck) else {"error": str(r)})
+            out(json.dumps(row, ensure_ascii=False))
+    elif not args.batch:
+        r = results[0][1]
+        assert isinstance(r, AccessCheck)
+        f = r.filing
+        out(f"{r.filing_number}" + (f" ({f.sponsor}, 接入商 {f.access_provider or '-'})" if f else "") + ": "
+            + ("access may be opened (可以接入)" if r.may_open else "access may NOT be opened (不予接入)"))
+        table([[c.condition, {True: "ok", False: "FAILED", None: "-"}[c.ok], c.article, c.detail] for c in r.conditions],
+              ["condition", "result", "article", "detail"])
+    else:
+        table([[where, r.filing_number if isinstance(r, AccessCheck) else "-",
+                ("may open" if r.may_open else "may NOT open") if isinstance(r, AccessCheck) else "error",
+                "; ".join(f"{c.condition} ({c.article}): {c.detail}" for c in r.failed) if isinstance(r, AccessCheck)
+                else str(r)] for where, r in results], ["line", "filing no. (备案号)", "result", "failed conditions"])
+    if any(isinstance(r, CheckError) for _, r in results):
+        err(f"exit status 2: {sum(isinstance(r, CheckError) for _, r in results)} check(s) could not be made (listed above)")
+        return 2
+    return 0 if all(isinstance(r, AccessCheck) and r.may_open for _, r in results) else 1
+
+
 def add_parsers(sub: Any) -> None:
     rec = sub.add_parser("records", help="filing records (备案): check and look up")
     rsub = rec.add_subparsers(dest="records_command", required=True)
@@ -176,3 +228,23 @@ def add_parsers(sub: Any) -> None:
     hd.add_argument("--config", metavar="FILE", help="the config (default /etc/beiand/beiand.toml)")
     hd.add_argument("--json", action="store_true")
     hd.set_defaults(func=cmd_records_holder)
+    ca = rsub.add_parser("check-access", help="接入前核验 (501号 art. 11(三)1): may access be opened for a filing on these "
+                                             "addresses and names? exit 0 yes, 1 no (each failed condition named), 2 error")
+    ca.add_argument("--filing", metavar="NUMBER", help="the service's filing number (备案号), e.g. 京ICP备12345678号-1")
+    ca.add_argument("--ip", nargs="+", metavar="ADDR", help="the addresses access is opened on (the filing must list each)")
+    ca.add_argument("--name", nargs="+", metavar="NAME", help="the names served (the filing's domains must cover each)")
+    ca.add_argument("--batch", metavar="FILE", help="one check per row: CSV filing,ip,name (备案号,IP,域名; several in a cell "
+                                                   "separated by ; or spaces), JSON list or JSON lines of {filing, ips, names}")
+    ca.add_argument("--config", metavar="FILE", help="the records and provider names of this config (default "
+                                                    f"{DEFAULT_CONFIG} when no --records)")
+    ca.add_argument("--records", action="append", metavar="FILE", help="filing export; repeat for several "
+                                                                      "(default: records.files of the config)")
+    ca.add_argument("--provider", action="append", metavar="NAME",
+                    help="this provider's name as filings spell their 接入商; repeat for each legal entity "
+                         "(default: records.provider of the config)")
+    ca.add_argument("--status-map", action="append", metavar="WORD=STATUS",
+                    help="a status word of the export mapped to active, cancelled, revoked, access-pending or under-review")
+    ca.add_argument("--grace-days", type=int, help="grace for access-pending (接入审核中) filings, at most 45 days (default 30)")
+    ca.add_argument("--at", type=float, metavar="EPOCH", help="check at this time (default: now)")
+    ca.add_argument("--json", action="store_true", help="one JSON object per check")
+    ca.set_defaults(func=cmd_records_check_access, inventory=None, no_overlays=True, state_dir=None, allow=None, mode=None)
