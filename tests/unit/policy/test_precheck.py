@@ -86,7 +86,7 @@ def test_a_malformed_request_is_an_error_naming_the_field(filing: str, ips: list
 def test_without_a_provider_name_nothing_can_be_checked(tmp_path: Path) -> None:
     p = tmp_path / "r.csv"
     p.write_text(HEADER + ROWS[0] + "\n", encoding="utf-8")
-    with pytest.raises(CheckError, match="records.provider"):
+    with pytest.raises(CheckError, match=r"records\.provider"):
         AccessChecker(Policy(build_index(load_files([str(p)])), Inventory([])))
 
 
