@@ -203,6 +203,130 @@ def cmd_records_check_access(args: argparse.Namespace) -> int:
     return 0 if all(isinstance(r, AccessCheck) and r.may_open for _, r in results) else 1
 
 
+def cmd_records_ip_report(args: argparse.Namespace) -> int:
+    """IP地址备案 (501号 art. 19): the allocated blocks from the inventory history, what changed since
+    the last report and each change's five-working-day deadline; ``--mark-reported`` records that the
+    report was filed (a row of the decision store, shared by the fleet). Exit 0: nothing overdue,
+    1: a change past its deadline unreported, 2: could not run."""
+    import csv
+    import io
+    from pathlib import Path
+
+    from beiand.cli.block import _config, _operator, decisions
+    from beiand.cli.logs import parse_time
+    from beiand.policy.history import HistoryError, Holders, history_dir
+    from beiand.policy.workdays import CalendarError, load_calendar
+    from beiand.report import ipreport
+    from beiand.store import StoreError
+
+    cfg = _config(args)
+    sdir = cfg.daemon.state_dir
+    if not history_dir(sdir).is_dir():
+        raise CliError(f"{sdir}: no inventory history ({history_dir(sdir)}): the daemon records one at every inventory load "
+                       "(--state-dir DIR reads another state directory)")
+    now = parse_time(args.at, "--at") / 1000 if args.at else time.time()
+    holidays = args.holidays or cfg.cases.holidays_file
+    try:
+        calendar = load_calendar(holidays)
+    except CalendarError as exc:
+        raise CliError(f"{'--holidays' if args.holidays else 'cases.holidays_file'}: " + "; ".join(exc.problems[:5])) from None
+    try:
+        timeline = Holders(sdir).timeline(int(now * 1000))
+    except HistoryError as exc:
+        raise CliError(str(exc)) from None
+    store = decisions(args)
+    try:
+        report = ipreport.build(timeline, ipreport.last_report(store.changes(0, (ipreport.KIND,))), calendar, now)
+        if args.mark_reported:
+            if not report.loads:
+                raise CliError("no inventory load recorded: nothing to mark as reported (nothing was written)")
+            version = store.append([ipreport.reported_entry(report, _operator(args), args.reason or "IP地址备案 filed", now)])
+            err(f"decision store {store.url}: version {version}: the report is marked as filed ({len(report.blocks)} block(s), "
+                f"{len(report.changes)} change(s)); the next report compares with it")
+    except StoreError as exc:
+        raise CliError(f"{exc} (nothing was written)") from None
+    finally:
+        store.close()
+    fmt = args.format
+    if fmt == "xlsx":
+        if not args.output:
+            raise CliError("--format xlsx: give --output FILE")
+        from openpyxl import Workbook
+
+        wb = Workbook()
+        ws = wb.active
+        assert ws is not None
+        ws.title = "IP地址备案"
+        ws.append(list(ipreport.REPORT_COLUMNS))
+        for row in report.report_rows():
+            ws.append(row)
+        wc = wb.create_sheet("变更")
+        wc.append(list(ipreport.CHANGE_COLUMNS))
+        for row in report.change_rows():
+            wc.append(row)
+        wb.save(Path(args.output))
+        err(f"{args.output}: {len(report.blocks)} block(s), {len(report.changes)} change(s), {report.overdue} overdue")
+    else:
+        if fmt == "json":
+            text = json.dumps(report.as_dict(), ensure_ascii=False, indent=2)
+        elif fmt == "csv":
+            buf = io.StringIO()
+            w = csv.writer(buf)
+            w.writerow(ipreport.REPORT_COLUMNS)
+            w.writerows(report.report_rows())
+            text = buf.getvalue().rstrip("\n")
+        else:
+            text = _ip_report_text(report)
+        if args.output:
+            Path(args.output).write_text(text + "\n", encoding="utf-8")
+            err(f"{args.output}: {len(report.blocks)} block(s), {len(report.changes)} change(s), {report.overdue} overdue")
+        else:
+            out(text)
+    for w_ in report.warnings:
+        err(f"warning: {w_}")
+    if report.overdue and not args.mark_reported:
+        err(f"exit status 1: {report.overdue} change(s) past their deadline unreported ({ipreport.ARTICLE}: within "
+            f"{ipreport.DEADLINE_WORKING_DAYS} working days); file them, then --mark-reported")
+        return 1
+    return 0
+
+
+def _ip_report_text(report: Any) -> str:
+    from beiand.report import ipreport
+
+    last = report.last
+    lines = [f"IP地址备案 ({ipreport.ARTICLE}): {len(report.blocks)} allocated block(s), inventory in force since "
+             f"{ipreport.beijing_time(report.loaded_at) if report.loaded_at else '-'}",
+             f"last report (上次报备): {ipreport.beijing_time(last.at) + ' by ' + (last.actor or '-') if last else 'none recorded'}",
+             ""]
+    buf: list[str] = []
+    w = len(ipreport.BLOCK_COLUMNS)
+    rows = [r[:w] for r in report.block_rows()]
+    _capture(buf, rows, [f"{zh}" for zh in ipreport.BLOCK_COLUMNS])
+    lines += buf
+    lines.append("")
+    if report.changes:
+        lines.append(f"changes since the last report (变更), due within {ipreport.DEADLINE_WORKING_DAYS} working days: "
+                     f"{len(report.changes)}, {report.overdue} overdue")
+        buf = []
+        _capture(buf, report.change_rows(), list(ipreport.CHANGE_COLUMNS))
+        lines += buf
+    else:
+        lines.append("no change since the last report (无变更)")
+    return "\n".join(lines)
+
+
+def _capture(buf: list[str], rows: list[list[str]], header: list[str]) -> None:
+    """``table`` into ``buf`` (the text of a report may go to --output)."""
+    import contextlib
+    import io
+
+    s = io.StringIO()
+    with contextlib.redirect_stdout(s):
+        table(rows, header)
+    buf += s.getvalue().rstrip("\n").splitlines()
+
+
 def add_parsers(sub: Any) -> None:
     rec = sub.add_parser("records", help="filing records (备案): check and look up")
     rsub = rec.add_subparsers(dest="records_command", required=True)
@@ -248,3 +372,19 @@ def add_parsers(sub: Any) -> None:
     ca.add_argument("--at", type=float, metavar="EPOCH", help="check at this time (default: now)")
     ca.add_argument("--json", action="store_true", help="one JSON object per check")
     ca.set_defaults(func=cmd_records_check_access, inventory=None, no_overlays=True, state_dir=None, allow=None, mode=None)
+    ipr = rsub.add_parser("ip-report", help="IP地址备案 (501号 art. 19): the allocated blocks from the inventory history, "
+                                            "what changed since the last report and each change's five-working-day deadline")
+    ipr.add_argument("--config", metavar="FILE", help=f"(default {DEFAULT_CONFIG})")
+    ipr.add_argument("--state-dir", metavar="DIR", help="where the inventory history and the SQLite decision store are "
+                                                       "(default: daemon.state_dir of the config)")
+    ipr.add_argument("--store", metavar="URL", help="the decision store (default: store.url of the config)")
+    ipr.add_argument("--holidays", metavar="FILE", help="the holiday calendar (default: cases.holidays_file of the config)")
+    ipr.add_argument("--at", metavar="TIME", help="the report as of this time: 2026-12-07T10:00+08:00, epoch seconds, "
+                                                  "or 7d ago (default: now)")
+    ipr.add_argument("--format", choices=("text", "json", "csv", "xlsx"), default="text")
+    ipr.add_argument("--output", metavar="FILE", help="write the report there (required for xlsx)")
+    ipr.add_argument("--mark-reported", action="store_true", help="record in the decision store that this report was "
+                                                                  "filed: the next one lists what changed since")
+    ipr.add_argument("--by", metavar="WHO", help="who filed it (default: the login, SUDO_USER first)")
+    ipr.add_argument("--reason", metavar="TEXT", help="a note kept with the row (e.g. the 备案 system's receipt)")
+    ipr.set_defaults(func=cmd_records_ip_report)
