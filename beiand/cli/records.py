@@ -8,7 +8,7 @@ import argparse
 import json
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from beiand.cli.common import DEFAULT_CONFIG, CliError, err, out, parse_status_map, policy_args, policy_setup, table
 from beiand.policy import lookup_answer
@@ -16,6 +16,9 @@ from beiand.records import ImportRefused, load_files, normalise_domain
 from beiand.records.domains import DomainError, is_ip_literal, registrable_domain
 from beiand.records.importer import canonical_ip
 from beiand.records.index import RecordIndex
+
+if TYPE_CHECKING:
+    from beiand.report.ipreport import IpReport
 
 
 def cmd_records_check(args: argparse.Namespace) -> int:
@@ -291,7 +294,7 @@ def cmd_records_ip_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ip_report_text(report: Any) -> str:
+def _ip_report_text(report: IpReport) -> str:
     from beiand.report import ipreport
 
     last = report.last
@@ -328,7 +331,7 @@ def _capture(buf: list[str], rows: list[list[str]], header: list[str]) -> None:
 
 
 def add_parsers(sub: Any) -> None:
-    rec = sub.add_parser("records", help="filing records (备案): check and look up")
+    rec = sub.add_parser("records", help="filing records (备案): check, look up, 接入前核验 (check-access), IP地址备案 (ip-report)")
     rsub = rec.add_subparsers(dest="records_command", required=True)
     chk = rsub.add_parser("check", help="validate export files; counts and every rejected row")
     chk.add_argument("files", nargs="+", metavar="FILE")
