@@ -92,8 +92,8 @@ class IpReport:
     blocks: tuple[Block, ...]
     changes: tuple[BlockChange, ...]
     last: Reported | None
-    loaded_at: float  # when the inventory in force at ``now`` took effect (0: no load recorded)
-    loads: int  # loads read from the history
+    loaded_at: float  # when the inventory in force at ``now`` took effect, its content first (0: no load recorded)
+    loads: int  # loads read from the history (a reload of the same content counted with the load before it)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -178,7 +178,20 @@ def last_report(rows: Iterable[StoreRow]) -> Reported | None:
 
 def build(timeline: Sequence[tuple[int, Inventory]], last: Reported | None, calendar: WorkCalendar, now: float) -> IpReport:
     """The report at ``now`` from the recorded loads (``Holders.timeline``) and the last report."""
-    loads = [(ts / 1000.0, allocated(inv)) for ts, inv in timeline if ts / 1000.0 <= now]
+    # A reload of the same content (the history's copy is content-addressed: the same Inventory)
+    # changes nothing: only the first load of each run of equal ones is kept, each allocated once.
+    loads: list[tuple[float, dict[str, HostedPrefix]]] = []
+    seen: dict[int, dict[str, HostedPrefix]] = {}
+    prev: Inventory | None = None
+    for ts, inv in timeline:
+        if ts / 1000.0 > now:
+            continue
+        if inv is not prev:
+            alloc = seen.get(id(inv))
+            if alloc is None:
+                alloc = seen[id(inv)] = allocated(inv)
+            loads.append((ts / 1000.0, alloc))
+        prev = inv
     warnings: list[str] = []
     if not loads:
         return IpReport(now, (), (), last, 0.0, 0, ("no inventory load recorded yet (the daemon records one at every load)",))

@@ -98,3 +98,12 @@ def test_a_year_the_calendar_does_not_hold_is_warned_about() -> None:
     r = ipreport.build(timeline, None, CAL, t(2027, 1, 5))
     assert any("2027" in w for w in r.warnings)
     assert any("no holiday calendar" in w for w in ipreport.build(timeline, None, WorkCalendar(), t(2027, 1, 5)).warnings)
+
+
+def test_a_reload_of_the_same_content_changes_nothing() -> None:
+    ab = inv(A, B)  # the history hands the same Inventory for the same content (content-addressed copies)
+    timeline = [(int(t(2026, 11, 2) * 1000), inv(A)), (int(t(2026, 12, 4, 18) * 1000), ab), (int(t(2026, 12, 5) * 1000), ab),
+                (int(t(2026, 12, 9) * 1000), ab)]
+    r = ipreport.build(timeline, None, CAL, t(2026, 12, 10))
+    assert r.loaded_at == t(2026, 12, 4, 18) and r.loads == 2
+    assert {c.prefix: c.changed_at for c in r.changes}["203.0.113.0/28"] == t(2026, 12, 4, 18)
