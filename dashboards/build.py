@@ -86,6 +86,10 @@ PANELS = [
       (f"sum(increase(beiand_case_escalations_total{I}[$__rate_interval]))", "escalated (取消接入)"),
       (f"sum by (reason) (increase(beiand_cases_resolved_total{I}[$__rate_interval]))", "closed: {{reason}}"),
       (f"max(beiand_case_notices_unsent{I})", "notices unsent")], False),
+    # IP地址备案 (issue 35; docs/ip-report.md): changes of the allocated blocks not yet reported
+    ("IP地址备案: changes unreported, and past their five-working-day deadline (501号 art. 19)", "timeseries", "short",
+     [(f"max(beiand_ip_report_unreported_changes{I})", "unreported"),
+      (f"max(beiand_ip_report_overdue_changes{I})", "overdue")], False),
 ]
 
 

@@ -1,8 +1,8 @@
 """The ``beiand`` command line.
 
 Subcommands: ``run`` (the daemon), ``check-config``, ``logs``, ``block``, ``exempt``, ``store``, ``fleet``, ``enforce``, ``audit``,
-``records check|lookup``, ``replay``, ``lab``, ``demo``, ``install-files``; ``--version``. Exit codes: 0 ok, 1 findings or bad rows,
-2 could not run (bad arguments or unreadable input).
+``records check|lookup|holder|check-access|ip-report``, ``replay``, ``lab``, ``demo``, ``install-files``; ``--version``.
+Exit codes: 0 ok, 1 findings or bad rows, 2 could not run (bad arguments or unreadable input).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""``beiand records check|lookup|holder``: validate filing exports, the verdict for names or IPs,
-and which account held a hosted address at a past time (the inventory history)."""
+"""``beiand records check|lookup|holder|check-access|ip-report``: validate filing exports, the verdict
+for names or IPs, which account held a hosted address at a past time (the inventory history), the
+check before access is opened (接入前核验, 501号 art. 11(三)1) and the IP地址备案 report (501号 art. 19)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import argparse
 import json
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from beiand.cli.common import CliError, err, out, parse_status_map, policy_args, policy_setup, table
+from beiand.cli.common import DEFAULT_CONFIG, CliError, err, out, parse_status_map, policy_args, policy_setup, table
 from beiand.policy import lookup_answer
 from beiand.records import ImportRefused, load_files, normalise_domain
 from beiand.records.domains import DomainError, is_ip_literal, registrable_domain
 from beiand.records.importer import canonical_ip
 from beiand.records.index import RecordIndex
+
+if TYPE_CHECKING:
+    from beiand.report.ipreport import IpReport
 
 
 def cmd_records_check(args: argparse.Namespace) -> int:
@@ -151,8 +155,183 @@ def cmd_records_holder(args: argparse.Namespace) -> int:
     return 0 if held.account or mappings else 1
 
 
+def cmd_records_check_access(args: argparse.Namespace) -> int:
+    """接入前核验 (501号 art. 11(三)1): exit 0 access may be opened, 1 it may not (each failed condition
+    named with its article), 2 the check could not be made."""
+    from beiand.policy.precheck import AccessCheck, AccessChecker, BatchError, CheckError, parse_request, read_batch
+
+    if args.batch and (args.filing or args.ip or args.name):
+        raise CliError("--batch FILE or --filing/--ip/--name, not both")
+    if not args.batch and not args.filing:
+        raise CliError("give --filing NUMBER (with --ip and/or --name), or --batch FILE")
+    checks: list[tuple[str, Any]] = []
+    try:
+        if args.batch:
+            checks = list(read_batch(args.batch))
+        else:
+            checks = [("", parse_request(args.filing, args.ip or [], args.name or []))]
+    except BatchError as exc:
+        raise CliError("; ".join(exc.problems)) from None
+    except CheckError as exc:
+        raise CliError(str(exc)) from None
+    setup = policy_setup(args, quiet=args.json)
+    try:
+        checker = AccessChecker(setup.policy)
+    except CheckError as exc:
+        raise CliError(str(exc)) from None
+    ts = time.time() if args.at is None else args.at
+    results: list[tuple[str, AccessCheck | CheckError]] = [
+        (where, checker.check(req, ts) if not isinstance(req, CheckError) else req) for where, req in checks]
+    if args.json:
+        for where, r in results:
+            row: dict[str, Any] = {"line": where} if where else {}
+            row.update(r.as_dict() if isinstance(r, AccessCheck) else {"error": str(r)})
+            out(json.dumps(row, ensure_ascii=False))
+    elif not args.batch:
+        r = results[0][1]
+        assert isinstance(r, AccessCheck)
+        f = r.filing
+        out(f"{r.filing_number}" + (f" ({f.sponsor}, 接入商 {f.access_provider or '-'})" if f else "") + ": "
+            + ("access may be opened (可以接入)" if r.may_open else "access may NOT be opened (不予接入)"))
+        table([[c.condition, {True: "ok", False: "FAILED", None: "-"}[c.ok], c.article, c.detail] for c in r.conditions],
+              ["condition", "result", "article", "detail"])
+    else:
+        table([[where, r.filing_number if isinstance(r, AccessCheck) else "-",
+                ("may open" if r.may_open else "may NOT open") if isinstance(r, AccessCheck) else "error",
+                "; ".join(f"{c.condition} ({c.article}): {c.detail}" for c in r.failed) if isinstance(r, AccessCheck)
+                else str(r)] for where, r in results], ["line", "filing no. (备案号)", "result", "failed conditions"])
+    if any(isinstance(r, CheckError) for _, r in results):
+        err(f"exit status 2: {sum(isinstance(r, CheckError) for _, r in results)} check(s) could not be made (listed above)")
+        return 2
+    return 0 if all(isinstance(r, AccessCheck) and r.may_open for _, r in results) else 1
+
+
+def cmd_records_ip_report(args: argparse.Namespace) -> int:
+    """IP地址备案 (501号 art. 19): the allocated blocks from the inventory history, what changed since
+    the last report and each change's five-working-day deadline; ``--mark-reported`` records that the
+    report was filed (a row of the decision store, shared by the fleet). Exit 0: nothing overdue,
+    1: a change past its deadline unreported, 2: could not run."""
+    import csv
+    import io
+    from pathlib import Path
+
+    from beiand.cli.block import _config, _operator, decisions
+    from beiand.cli.logs import parse_time
+    from beiand.policy.history import HistoryError, Holders, history_dir
+    from beiand.policy.workdays import CalendarError, load_calendar
+    from beiand.report import ipreport
+    from beiand.store import StoreError
+
+    cfg = _config(args)
+    sdir = cfg.daemon.state_dir
+    if not history_dir(sdir).is_dir():
+        raise CliError(f"{sdir}: no inventory history ({history_dir(sdir)}): the daemon records one at every inventory load "
+                       "(--state-dir DIR reads another state directory)")
+    now = parse_time(args.at, "--at") / 1000 if args.at else time.time()
+    holidays = args.holidays or cfg.cases.holidays_file
+    try:
+        calendar = load_calendar(holidays)
+    except CalendarError as exc:
+        raise CliError(f"{'--holidays' if args.holidays else 'cases.holidays_file'}: " + "; ".join(exc.problems[:5])) from None
+    try:
+        timeline = Holders(sdir).timeline(int(now * 1000))
+    except HistoryError as exc:
+        raise CliError(str(exc)) from None
+    store = decisions(args)
+    try:
+        report = ipreport.build(timeline, ipreport.last_report(store.changes(0, (ipreport.KIND,))), calendar, now)
+        if args.mark_reported:
+            if not report.loads:
+                raise CliError("no inventory load recorded: nothing to mark as reported (nothing was written)")
+            version = store.append([ipreport.reported_entry(report, _operator(args), args.reason or "IP地址备案 filed", now)])
+            err(f"decision store {store.url}: version {version}: the report is marked as filed ({len(report.blocks)} block(s), "
+                f"{len(report.changes)} change(s)); the next report compares with it")
+    except StoreError as exc:
+        raise CliError(f"{exc} (nothing was written)") from None
+    finally:
+        store.close()
+    fmt = args.format
+    if fmt == "xlsx":
+        if not args.output:
+            raise CliError("--format xlsx: give --output FILE")
+        from openpyxl import Workbook
+
+        wb = Workbook()
+        ws = wb.active
+        assert ws is not None
+        ws.title = "IP地址备案"
+        ws.append(list(ipreport.REPORT_COLUMNS))
+        for row in report.report_rows():
+            ws.append(row)
+        wc = wb.create_sheet("变更")
+        wc.append(list(ipreport.CHANGE_COLUMNS))
+        for row in report.change_rows():
+            wc.append(row)
+        wb.save(Path(args.output))
+        err(f"{args.output}: {len(report.blocks)} block(s), {len(report.changes)} change(s), {report.overdue} overdue")
+    else:
+        if fmt == "json":
+            text = json.dumps(report.as_dict(), ensure_ascii=False, indent=2)
+        elif fmt == "csv":
+            buf = io.StringIO()
+            w = csv.writer(buf)
+            w.writerow(ipreport.REPORT_COLUMNS)
+            w.writerows(report.report_rows())
+            text = buf.getvalue().rstrip("\n")
+        else:
+            text = _ip_report_text(report)
+        if args.output:
+            Path(args.output).write_text(text + "\n", encoding="utf-8")
+            err(f"{args.output}: {len(report.blocks)} block(s), {len(report.changes)} change(s), {report.overdue} overdue")
+        else:
+            out(text)
+    for w_ in report.warnings:
+        err(f"warning: {w_}")
+    if report.overdue and not args.mark_reported:
+        err(f"exit status 1: {report.overdue} change(s) past their deadline unreported ({ipreport.ARTICLE}: within "
+            f"{ipreport.DEADLINE_WORKING_DAYS} working days); file them, then --mark-reported")
+        return 1
+    return 0
+
+
+def _ip_report_text(report: IpReport) -> str:
+    from beiand.report import ipreport
+
+    last = report.last
+    lines = [f"IP地址备案 ({ipreport.ARTICLE}): {len(report.blocks)} allocated block(s), inventory in force since "
+             f"{ipreport.beijing_time(report.loaded_at) if report.loaded_at else '-'}",
+             f"last report (上次报备): {ipreport.beijing_time(last.at) + ' by ' + (last.actor or '-') if last else 'none recorded'}",
+             ""]
+    buf: list[str] = []
+    w = len(ipreport.BLOCK_COLUMNS)
+    rows = [r[:w] for r in report.block_rows()]
+    _capture(buf, rows, [f"{zh}" for zh in ipreport.BLOCK_COLUMNS])
+    lines += buf
+    lines.append("")
+    if report.changes:
+        lines.append(f"changes since the last report (变更), due within {ipreport.DEADLINE_WORKING_DAYS} working days: "
+                     f"{len(report.changes)}, {report.overdue} overdue")
+        buf = []
+        _capture(buf, report.change_rows(), list(ipreport.CHANGE_COLUMNS))
+        lines += buf
+    else:
+        lines.append("no change since the last report (无变更)")
+    return "\n".join(lines)
+
+
+def _capture(buf: list[str], rows: list[list[str]], header: list[str]) -> None:
+    """``table`` into ``buf`` (the text of a report may go to --output)."""
+    import contextlib
+    import io
+
+    s = io.StringIO()
+    with contextlib.redirect_stdout(s):
+        table(rows, header)
+    buf += s.getvalue().rstrip("\n").splitlines()
+
+
 def add_parsers(sub: Any) -> None:
-    rec = sub.add_parser("records", help="filing records (备案): check and look up")
+    rec = sub.add_parser("records", help="filing records (备案): check, look up, 接入前核验 (check-access), IP地址备案 (ip-report)")
     rsub = rec.add_subparsers(dest="records_command", required=True)
     chk = rsub.add_parser("check", help="validate export files; counts and every rejected row")
     chk.add_argument("files", nargs="+", metavar="FILE")
@@ -176,3 +355,39 @@ def add_parsers(sub: Any) -> None:
     hd.add_argument("--config", metavar="FILE", help="the config (default /etc/beiand/beiand.toml)")
     hd.add_argument("--json", action="store_true")
     hd.set_defaults(func=cmd_records_holder)
+    ca = rsub.add_parser("check-access", help="接入前核验 (501号 art. 11(三)1): may access be opened for a filing on these "
+                                             "addresses and names? exit 0 yes, 1 no (each failed condition named), 2 error")
+    ca.add_argument("--filing", metavar="NUMBER", help="the service's filing number (备案号), e.g. 京ICP备12345678号-1")
+    ca.add_argument("--ip", nargs="+", metavar="ADDR", help="the addresses access is opened on (the filing must list each)")
+    ca.add_argument("--name", nargs="+", metavar="NAME", help="the names served (the filing's domains must cover each)")
+    ca.add_argument("--batch", metavar="FILE", help="one check per row: CSV filing,ip,name (备案号,IP,域名; several in a cell "
+                                                   "separated by ; or spaces), JSON list or JSON lines of {filing, ips, names}")
+    ca.add_argument("--config", metavar="FILE", help="the records and provider names of this config (default "
+                                                    f"{DEFAULT_CONFIG} when no --records)")
+    ca.add_argument("--records", action="append", metavar="FILE", help="filing export; repeat for several "
+                                                                      "(default: records.files of the config)")
+    ca.add_argument("--provider", action="append", metavar="NAME",
+                    help="this provider's name as filings spell their 接入商; repeat for each legal entity "
+                         "(default: records.provider of the config)")
+    ca.add_argument("--status-map", action="append", metavar="WORD=STATUS",
+                    help="a status word of the export mapped to active, cancelled, revoked, access-pending or under-review")
+    ca.add_argument("--grace-days", type=int, help="grace for access-pending (接入审核中) filings, at most 45 days (default 30)")
+    ca.add_argument("--at", type=float, metavar="EPOCH", help="check at this time (default: now)")
+    ca.add_argument("--json", action="store_true", help="one JSON object per check")
+    ca.set_defaults(func=cmd_records_check_access, inventory=None, no_overlays=True, state_dir=None, allow=None, mode=None)
+    ipr = rsub.add_parser("ip-report", help="IP地址备案 (501号 art. 19): the allocated blocks from the inventory history, "
+                                            "what changed since the last report and each change's five-working-day deadline")
+    ipr.add_argument("--config", metavar="FILE", help=f"(default {DEFAULT_CONFIG})")
+    ipr.add_argument("--state-dir", metavar="DIR", help="where the inventory history and the SQLite decision store are "
+                                                       "(default: daemon.state_dir of the config)")
+    ipr.add_argument("--store", metavar="URL", help="the decision store (default: store.url of the config)")
+    ipr.add_argument("--holidays", metavar="FILE", help="the holiday calendar (default: cases.holidays_file of the config)")
+    ipr.add_argument("--at", metavar="TIME", help="the report as of this time: 2026-12-07T10:00+08:00, epoch seconds, "
+                                                  "or 7d ago (default: now)")
+    ipr.add_argument("--format", choices=("text", "json", "csv", "xlsx"), default="text")
+    ipr.add_argument("--output", metavar="FILE", help="write the report there (required for xlsx)")
+    ipr.add_argument("--mark-reported", action="store_true", help="record in the decision store that this report was "
+                                                                  "filed: the next one lists what changed since")
+    ipr.add_argument("--by", metavar="WHO", help="who filed it (default: the login, SUDO_USER first)")
+    ipr.add_argument("--reason", metavar="TEXT", help="a note kept with the row (e.g. the 备案 system's receipt)")
+    ipr.set_defaults(func=cmd_records_ip_report)

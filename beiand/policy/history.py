@@ -120,6 +120,12 @@ class Holders:
             self._inv[name] = inv
         return inv
 
+    def timeline(self, until_ms: int | None = None) -> list[tuple[int, Inventory]]:
+        """Every recorded load up to ``until_ms`` (all when None), in time order, with the
+        inventory it put in force (the IP地址备案 report reads what changed from it)."""
+        return [(int(str(e["ts_ms"])), self._inventory(e)) for e in self.loads
+                if until_ms is None or int(str(e["ts_ms"])) <= until_ms]
+
     def at(self, ip: str, ts_ms: int) -> Held:
         i = bisect_right(self._times, ts_ms)
         if i == 0:

@@ -31,6 +31,7 @@ _HEADERS = {
     "prefix": "prefix", "地址段": "prefix", "account": "account", "用户账号": "account",
     "site": "site", "机房": "site", "state": "state", "状态": "state", "mode": "mode", "模式": "mode",
     "house": "house", "house_id": "house", "houseid": "house", "机房编号": "house",
+    "unit": "unit", "使用单位": "unit", "usage": "usage", "使用方式": "usage",
 }
 
 
@@ -47,6 +48,10 @@ class HostedPrefix:
     mode: Mode | None  # None: the configured default mode
     source: str = ""
     house: str = ""  # the ISMS houseId (机房编号) of the prefix, when the operator gives it (docs/isms.md)
+    # IP地址备案 (501号 art. 19; docs/ip-report.md): the unit that uses the block (使用单位; "": the
+    # account) and how it is used (使用方式), as reported to the authority
+    unit: str = ""
+    usage: str = ""
 
 
 class Inventory:
@@ -132,7 +137,8 @@ def _entry(cells: dict[str, str], where: str, problems: list[str]) -> HostedPref
     if len(house) > 64 or any(c.isspace() or c == "," for c in house):
         problems.append(f"{where}: house (机房编号): {house[:70]!r}: an ISMS houseId has no spaces or commas (at most 64 characters)")
         return None
-    return HostedPrefix(prefix, account, cells.get("site", "").strip(), state, mode, where, house)
+    return HostedPrefix(prefix, account, cells.get("site", "").strip(), state, mode, where, house,
+                        cells.get("unit", "").strip(), cells.get("usage", "").strip())
 
 
 def csv_rows(p: Path, raw: bytes, headers: Mapping[str, str], required: Sequence[str], expected: str, expected_zh: str,
@@ -193,7 +199,7 @@ def load_inventory(path: str | Path) -> Inventory:
             if not isinstance(item, dict):
                 problems.append(f"{p}:[[prefix]] #{i}: expected a table")
                 continue
-            unknown = set(item) - {"prefix", "account", "site", "state", "mode", "house"}
+            unknown = set(item) - {"prefix", "account", "site", "state", "mode", "house", "unit", "usage"}
             if unknown:
                 problems.append(f"{p}:[[prefix]] #{i}: {sorted(unknown)[0]}: unknown key")
                 continue

@@ -102,6 +102,8 @@ class Housekeeping:
         self._queued: _Job | None = None
         self._gone = False
         self._next_sync = 0.0
+        self._holders: tuple[tuple[str, int, int], Any] | None = None  # the inventory history, read again after a load
+        self._ip_report_error = ""
 
     def set_nft(self, nft: Nft | None, why: str = "") -> None:
         """Cut by address with ``nft``; None: nftables is unavailable (``why``), and the ISMS acks say so."""
@@ -277,6 +279,44 @@ class Housekeeping:
             return
         for k in KINDS:
             self.metrics.audit_findings.labels(k).set(by_kind.get(k, 0))
+
+    def ip_report_metrics(self) -> None:
+        """IP地址备案 (501号 art. 19; docs/ip-report.md): the changes of the allocated blocks since the
+        last report, from the inventory history and the decision store's ``ip-report`` rows, and those
+        past their five-working-day deadline (the alert ``BeiandIpReportOverdue``). Off the loop (an
+        executor); a store or a history that does not answer keeps the last values, logged once."""
+        from beiand.policy.history import HistoryError, Holders, history_dir
+        from beiand.policy.workdays import CalendarError, load_calendar
+        from beiand.report import ipreport
+        from beiand.runtime.decisions import open_decisions
+        from beiand.store import StoreError
+
+        cfg = self.state.config
+        now = self.clock()
+        try:
+            d = history_dir(cfg.daemon.state_dir)
+            stamp = (d / "loads.jsonl").stat()
+            key = (str(d), stamp.st_size, stamp.st_mtime_ns)
+            if self._holders is None or self._holders[0] != key:  # read again only after a load was recorded
+                self._holders = (key, Holders(cfg.daemon.state_dir))
+            calendar = load_calendar(cfg.cases.holidays_file)
+            store = open_decisions(cfg, migrate=False, import_files=False, create=False)
+            try:
+                rows = store.changes(0, (ipreport.KIND,))
+            finally:
+                store.close()
+            report = ipreport.build(self._holders[1].timeline(int(now * 1000)), ipreport.last_report(rows), calendar, now)
+        except (HistoryError, CalendarError, StoreError, OSError) as exc:
+            why = "; ".join(exc.problems[:3]) if isinstance(exc, CalendarError) else str(exc)
+            if why != self._ip_report_error:
+                log.error("ip-report metrics: %s (the last values are kept)", why)
+            self._ip_report_error = why
+            return
+        self._ip_report_error = ""
+        m = self.metrics
+        m.ip_report_unreported.set(len(report.changes))
+        m.ip_report_overdue.set(report.overdue)
+        m.ip_report_last.set(report.last.at if report.last is not None else 0)
 
     def records_age(self) -> tuple[float, float]:
         """(age of the records in service, records.max_age_hours) in seconds; 0 max: never stale."""

@@ -201,6 +201,13 @@ class Metrics:
         for stage in ("receive", "decode", "decide", "verdict", "record"):
             self.inline_seconds.labels(stage)
         self.audit_findings = Gauge("beiand_audit_findings", "findings of the last audit run, by kind", ["kind"], registry=r)
+        self.ip_report_unreported = Gauge("beiand_ip_report_unreported_changes", "changes of the allocated blocks (added, "
+                                          "removed, unit changed) since the last IP地址备案 report (beiand records ip-report "
+                                          "--mark-reported)", registry=r)
+        self.ip_report_overdue = Gauge("beiand_ip_report_overdue_changes", "of them, those past their deadline: five working "
+                                       "days after the change (501号 art. 19)", registry=r)
+        self.ip_report_last = Gauge("beiand_ip_report_last_reported_timestamp_seconds", "when the last IP地址备案 report was "
+                                    "marked as filed (0: never)", registry=r)
         Info("beiand_build", "beiand version", registry=r).info({"version": version})
         # Every counter and gauge by its name, for the MetricKeys of worker snapshots (ipc.py).
         self._counters = {next(iter(m.describe())).name: m for m in [*vars(self).values(), *self.worker_counters.values()]

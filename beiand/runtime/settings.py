@@ -345,7 +345,8 @@ class CasesSection:
     rectify_days: int = _f(10, "Working days (工作日) a customer has to file or correct the filing after the notice (整改期); "
                            "10 is a common practice of providers' 专项核查: set your own.", min=1, max=365)
     holidays_file: Path | None = _f(None, "The official holiday arrangement (节假日安排, 调休), CSV date,kind[,name] or TOML "
-                                    "[[day]] (docs/cases.md); unset: only weekends are days off.")
+                                    "[[day]] (docs/cases.md): the working days of the 整改 deadlines and of the IP地址备案 "
+                                    "deadlines (beiand records ip-report, docs/ip-report.md); unset: only weekends are days off.")
     auto_open: list[str] = _f(["unfiled", "mismatch", "inactive"], "The daemon's verdicts that open a case by themselves "
                               "(unfiled, mismatch, inactive; [] : none, cases are opened by beiand cases open or audit --open-cases).")
     pass_interval: float = _f(60.0, "Seconds between the periodic passes (new findings written, notices and reminders sent, "

@@ -429,6 +429,7 @@ class Daemon:
         wd = watchdog_interval()
         next_wd = 0.0
         next_retire = 0.0
+        next_ip_report = 0.0
         next_watch = 0.0
         while not self.stopping:
             await asyncio.sleep(0.2)
@@ -473,6 +474,9 @@ class Daemon:
                 if changed:
                     log.info("changed on disk: %s; reloading", ", ".join(changed))
                     await self.reload("file change")
+            if now >= next_ip_report:  # IP地址备案: changes past their deadline (501号 art. 19)
+                next_ip_report = now + 60
+                await asyncio.get_running_loop().run_in_executor(None, self.housekeeping.ip_report_metrics)
             if now >= next_retire:
                 next_retire = now + 3600
                 await asyncio.get_running_loop().run_in_executor(None, self.housekeeping.retire_and_verify)

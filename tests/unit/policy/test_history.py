@@ -45,3 +45,15 @@ def test_a_damaged_history_line_names_the_file_and_line(tmp_path: Path) -> None:
     (d / "loads.jsonl").write_text('{"ts_ms": 1, "file": ""}\nnot json\n')
     with pytest.raises(HistoryError, match=r"loads.jsonl:2"):
         Holders(tmp_path)
+
+
+def test_the_timeline_gives_every_load_in_time_order_up_to_a_time(tmp_path: Path) -> None:
+    inv = tmp_path / "inv.csv"
+    inv.write_text("prefix,account\n198.51.100.0/24,a\n", encoding="utf-8")
+    record_load(tmp_path, inv, 2000)
+    inv.write_text("prefix,account\n198.51.100.0/24,b\n203.0.113.0/24,c\n", encoding="utf-8")
+    record_load(tmp_path, inv, 1000)  # recorded out of order: sorted by time
+    record_load(tmp_path, None, 3000)
+    h = Holders(tmp_path)
+    assert [(ts, len(i)) for ts, i in h.timeline()] == [(1000, 2), (2000, 1), (3000, 0)]
+    assert [ts for ts, _ in h.timeline(2000)] == [1000, 2000]

@@ -62,3 +62,16 @@ def test_the_house_column_names_the_isms_house_of_each_prefix(tmp_path):
     p.write_text("prefix,account,house\n203.0.113.0/24,a,H 1\n", encoding="utf-8")
     with pytest.raises(InventoryError, match=r"inv.csv:2: house \(机房编号\)"):
         load_inventory(p)
+
+
+def test_the_unit_and_usage_columns_are_what_the_ip_report_files(tmp_path):
+    """Issue 35: 使用单位 and 使用方式 (IP地址备案, 501号 art. 19) are optional columns; none: ""."""
+    p = tmp_path / "inv.csv"
+    p.write_text("地址段,用户账号,使用单位,使用方式\n203.0.113.0/24,a,北京示例科技有限公司,IDC托管\n198.51.100.0/24,b,,\n",
+                 encoding="utf-8")
+    inv = load_inventory(p)
+    assert (inv.lookup("203.0.113.9").unit, inv.lookup("203.0.113.9").usage) == ("北京示例科技有限公司", "IDC托管")
+    assert (inv.lookup("198.51.100.1").unit, inv.lookup("198.51.100.1").usage) == ("", "")
+    t = tmp_path / "inv.toml"
+    t.write_text('[[prefix]]\nprefix = "203.0.113.0/24"\naccount = "a"\nunit = "U"\nusage = "专线"\n', encoding="utf-8")
+    assert load_inventory(t).lookup("203.0.113.1").usage == "专线"

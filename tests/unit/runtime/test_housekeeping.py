@@ -333,3 +333,50 @@ def wait_for(hk: Housekeeping, got: Callable[[], list[str]], timeout: float = 10
         time.sleep(0.02)
         hk.sync_addresses()
     return got()
+
+
+def test_ip_report_metrics_count_overdue_changes_until_the_report_is_marked_filed(tmp_path: Path) -> None:
+    """Issue 35: beiand_ip_report_overdue_changes (the alert BeiandIpReportOverdue) from the inventory
+    history and the decision store's ip-report rows; a report marked as filed clears it."""
+    import dataclasses
+    import datetime as dt
+
+    from beiand.policy.history import record_load
+    from beiand.policy.inventory import load_inventory
+    from beiand.policy.workdays import WorkCalendar
+    from beiand.report import ipreport
+    from beiand.runtime.decisions import open_decisions
+    from beiand.runtime.settings import Config
+
+    bj = dt.timezone(dt.timedelta(hours=8))
+    friday = dt.datetime(2026, 12, 4, 18, tzinfo=bj).timestamp()
+    inv = tmp_path / "inv.csv"
+    inv.write_text("prefix,account\n198.51.100.0/24,cust-1\n", encoding="utf-8")
+    record_load(tmp_path, inv, int(friday * 1000))
+    base = Config()
+    cfg = dataclasses.replace(base, daemon=dataclasses.replace(base.daemon, state_dir=tmp_path))
+    open_decisions(cfg).close()  # the store the daemon's follower creates at start
+    now = [dt.datetime(2026, 12, 11, 12, tzinfo=bj).timestamp()]
+    m = Metrics([], "test")
+    hk = Housekeeping(mock.Mock(config=cfg), m, clock=lambda: now[0])
+    elsewhere = dataclasses.replace(cfg, daemon=dataclasses.replace(cfg.daemon, state_dir=tmp_path / "none"))
+    Housekeeping(mock.Mock(config=elsewhere), m).ip_report_metrics()  # no history: logged, nothing set
+    assert m.registry.get_sample_value("beiand_ip_report_unreported_changes") == 0
+
+    def value(name: str) -> float | None:
+        return m.registry.get_sample_value(name)
+
+    hk.ip_report_metrics()
+    assert value("beiand_ip_report_unreported_changes") == 1 and value("beiand_ip_report_overdue_changes") == 0
+    now[0] = dt.datetime(2026, 12, 12, 0, tzinfo=bj).timestamp()  # the fifth working day is over
+    hk.ip_report_metrics()
+    assert value("beiand_ip_report_overdue_changes") == 1 and value("beiand_ip_report_last_reported_timestamp_seconds") == 0
+    store = open_decisions(cfg)
+    try:
+        report = ipreport.build([(int(friday * 1000), load_inventory(inv))], None, WorkCalendar(), now[0])
+        store.append([ipreport.reported_entry(report, "ops", "filed", now[0])])
+    finally:
+        store.close()
+    hk.ip_report_metrics()
+    assert value("beiand_ip_report_overdue_changes") == 0 and value("beiand_ip_report_unreported_changes") == 0
+    assert value("beiand_ip_report_last_reported_timestamp_seconds") == now[0]
