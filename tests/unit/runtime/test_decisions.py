@@ -21,7 +21,7 @@ def test_the_snapshot_holds_the_store_version_and_the_workers_version_is_the_low
     store = open_decisions(c)
     store.append([set_entry("order", "a.example", "1", "", 0.0, "ops")])
     f = Follower(c)
-    assert f.sync() == ["case", "exemption", "isms", "order"]  # the first contact writes every snapshot
+    assert f.sync() == ["authority", "case", "exemption", "isms", "order"]  # the first contact writes every snapshot
     snap = json.loads((tmp_path / "state" / "orders.json").read_text())
     assert snap["snapshot"]["version"] == 1 and [o[0] for o in snap["orders"]] == ["a.example"]
     assert f.applied() == 1  # no worker yet: the snapshot's
