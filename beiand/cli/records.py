@@ -1,5 +1,6 @@
-"""``beiand records check|lookup|holder``: validate filing exports, the verdict for names or IPs,
-and which account held a hosted address at a past time (the inventory history)."""
+"""``beiand records check|lookup|holder|authority``: validate filing exports, the verdict for names
+or IPs, which account held a hosted address at a past time (the inventory history), and the
+authority's lists of unfiled sites (``cli/authority.py``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from beiand.cli import authority
 from beiand.cli.common import CliError, err, out, parse_status_map, policy_args, policy_setup, table
 from beiand.policy import lookup_answer
 from beiand.records import ImportRefused, load_files, normalise_domain
@@ -176,3 +178,4 @@ def add_parsers(sub: Any) -> None:
     hd.add_argument("--config", metavar="FILE", help="the config (default /etc/beiand/beiand.toml)")
     hd.add_argument("--json", action="store_true")
     hd.set_defaults(func=cmd_records_holder)
+    authority.add_parsers(rsub)
