@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import time
@@ -114,11 +115,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     now = time.time()
     served = _served(args, cfg, f.entries, days, now)
     who = _operator(args)
+    # once per content (and list reference given for rows without one): the same file again writes nothing
+    digest = f.sha256 if not args.list else hashlib.sha256(f"{f.sha256}|{args.list}".encode()).hexdigest()
     results: list[tuple[AuthorityEntry, Assessment | None, list[str], str]] = []
     store = decisions(args)
     try:
         with store.transaction() as tx:
-            if tx.imported(f.path, f.sha256):
+            if tx.imported(f.path, digest):
                 err(f"{f.path}: imported already (sha256 {f.sha256[:16]}…): nothing written")
                 _summary(f.entries, [], already=True)
                 return 1 if f.rejected else 0
@@ -142,7 +145,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                 results.append((e, a, cases, ""))
             rows.append(imported_note(f, who, now, written, args.list or ""))
             tx.append(rows)
-            tx.note_import(f.path, f.sha256, len(rows))
+            tx.note_import(f.path, digest, len(rows))
             version = tx.head
     except StoreError as exc:
         raise CliError(f"{exc} (nothing was written)") from None

@@ -274,13 +274,15 @@ class AuthorityLists:
         return out
 
     def rejected(self, list_ref: str) -> list[dict[str, Any]]:
-        """The rows of the list's files that were not imported (each once, by its file:line)."""
-        out: dict[str, dict[str, Any]] = {}
+        """The rows of the list's files that were not imported: each once (the same bad cell in a
+        second file of the list, or the same file again, is the same entry), the first as named."""
+        out: dict[tuple[str, str], dict[str, Any]] = {}
         for c in self.imports:
             lists = c.data.get("lists", [])
             for r in c.data.get("rejected", []):
                 if r.get("list") == list_ref or (not r.get("list") and list_ref in lists):
-                    out.setdefault(str(r.get("source")), {**r, "at": c.at, "by": c.actor})
+                    key = (str(r.get("field")), str(r["site"])) if r.get("site") else ("", str(r.get("source")))
+                    out.setdefault(key, {**r, "at": c.at, "by": c.actor})
         return list(out.values())
 
     def in_force(self) -> list[Listed]:
