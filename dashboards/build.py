@@ -86,6 +86,10 @@ PANELS = [
       (f"sum(increase(beiand_case_escalations_total{I}[$__rate_interval]))", "escalated (取消接入)"),
       (f"sum by (reason) (increase(beiand_cases_resolved_total{I}[$__rate_interval]))", "closed: {{reason}}"),
       (f"max(beiand_case_notices_unsent{I})", "notices unsent")], False),
+    # The authority's lists (issue 35): the sites listed and in force, and the conflicts for a person
+    ("Authority's lists (上级下发未备案网站): entries in force, conflicts with the records", "timeseries", "short",
+     [("max(beiand_overlay_rules{overlay=\"authority\",instance=~\"$instance\"})", "entries in force"),
+      (f"max(beiand_authority_conflicts{I})", "conflicts (for a person)")], False),
 ]
 
 
