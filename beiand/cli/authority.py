@@ -1,4 +1,4 @@
-"""``beiand records authority import|list|report|settle``: the authority's lists of unfiled sites
+"""``beiand records authority import|list|report|settle|withdraw``: the authority's lists of unfiled sites
 (上级下发未备案网站, 501号 art. 5(7), 7(4); docs/authority.md).
 
 ``import FILE`` reads a list (CSV or XLSX, GB18030 or UTF-8, Chinese or English headers), names each
@@ -8,7 +8,8 @@ this gateway's records, inventory and access log, whether the site is hosted her
 hosted site the records do not file opens a sponsor case (``beiand cases``, finding ``authority``)
 and is blocked per flow in ``enforce`` prefixes (``authority.block``); a site the records file is a
 conflict for a person (``settle``), never blocked; anything else is "not hosted here". The same
-file imported again writes nothing. ``report LIST`` is the 处理结果 to the authority, entry by entry.
+file imported again writes nothing. ``report LIST`` is the 处理结果 to the authority, entry by entry;
+``withdraw`` ends a listing the authority took back.
 """
 
 from __future__ import annotations
@@ -351,9 +352,40 @@ def cmd_settle(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_withdraw(args: argparse.Namespace) -> int:
+    """The authority took a site off its list (or a person lifts a listing entered by mistake): an
+    ``end`` row; the listing stays in the history and the report, and every gateway stops applying it."""
+    from beiand.policy.orders import end_entry
+    from beiand.records.authority import site_target
+
+    try:
+        target, _ = site_target(args.site)
+    except ValueError as exc:
+        raise CliError(f"{args.site!r}: {exc}") from None
+    store = decisions(args)
+    try:
+        with store.transaction() as tx:
+            book = AuthorityBook(None, load=False)
+            book.apply(tx.changes(0, (KIND,)))
+            held = book.orders.get(target)
+            if held is None or held.order != args.list:
+                raise CliError(f"{target}: no listing on {args.list!r} in force" + (f" (it is listed on {held.order!r})" if held
+                                                                                     else "") + " (nothing was written)")
+            tx.append([end_entry(KIND, target, _operator(args), args.reason)])
+            version = tx.head
+    except StoreError as exc:
+        raise CliError(f"{exc} (nothing was written)") from None
+    finally:
+        store.close()
+    err(f"decision store {store.url}: version {version}")
+    out(f"{target}: listing on {args.list} withdrawn ({args.reason}); every gateway stops applying it")
+    return 0
+
+
 def add_parsers(rsub: Any) -> None:
     """``records authority …`` under ``beiand records``."""
-    ap = rsub.add_parser("authority", help="the authority's lists of unfiled sites (上级下发未备案网站): import, list, report, settle")
+    ap = rsub.add_parser("authority", help="the authority's lists of unfiled sites (上级下发未备案网站): import, list, report, settle, "
+                          "withdraw")
     asub = ap.add_subparsers(dest="authority_command", required=True)
 
     def store_args(x: argparse.ArgumentParser, by: bool = False, policy: bool = False) -> None:
@@ -391,3 +423,10 @@ def add_parsers(rsub: Any) -> None:
     st.add_argument("--reason", required=True, help="what was found (e.g. the filing checked in the MIIT system)")
     store_args(st, by=True)
     st.set_defaults(func=cmd_settle)
+    wd = asub.add_parser("withdraw", help="the authority took a site off its list: every gateway stops applying it (kept in the "
+                         "history and the report)")
+    wd.add_argument("list", metavar="LIST")
+    wd.add_argument("site", metavar="SITE")
+    wd.add_argument("--reason", required=True, help="e.g. the authority's notice withdrawing it")
+    store_args(wd, by=True)
+    wd.set_defaults(func=cmd_withdraw)

@@ -159,6 +159,16 @@ def test_an_authority_list_from_import_to_the_report(site: dict[str, str], tmp_p
     rc, _, e = run(capsys, "records", "authority", "report", "nope", "--config", site["config"])
     assert rc == 2 and "no such list" in e
 
+    # the authority takes the first off its list: every gateway stops applying it; the report says so
+    rc, _, e = run(capsys, "records", "authority", "withdraw", "TG-other", "shop.example.com", "--reason", "x", "--config", site["config"])
+    assert rc == 2 and "no listing on 'TG-other' in force" in e
+    rc, _, _ = run(capsys, "records", "authority", "withdraw", LIST, "shop.example.com", "--reason", "撤销通知", "--config", site["config"])
+    assert rc == 0
+    rc, o, _ = run(capsys, "records", "lookup", "www.shop.example.com", "--server", "198.51.100.9", "--config", site["config"], "--json")
+    assert json.loads(o)["by"] is None
+    rc, o, _ = run(capsys, "records", "authority", "report", LIST, "--format", "json", "--config", site["config"])
+    assert "已撤销" in next(r for r in json.loads(o) if r["网站域名/IP"] == "shop.example.com")["处理结果"]
+
 
 def test_xlsx_list_and_no_access_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from openpyxl import Workbook
