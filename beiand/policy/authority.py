@@ -64,6 +64,15 @@ class AuthorityBook(OrderStore):
     KIND = KIND
     WHAT = "authority list entry"
 
+    def apply(self, changes: Iterable[Change], *, index: bool = True) -> int:
+        """Fold the rows that list or withdraw a site; the notes (assessments, settlements,
+        imports) change no rule, so they move the version on without rewriting the snapshot."""
+        rows = list(changes)
+        n = super().apply([c for c in rows if c.op != "note"], index=index)
+        if rows and rows[-1].version > self.version:
+            self.version = rows[-1].version
+        return n
+
 
 class AuthorityLayer(OrderLayer):
     """The listed sites as an overlay (see the module): per flow, never by address (no nftables)."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from beiand.records.authority import read_list, site_target
 from beiand.records.formats.base import ImportRefused
@@ -102,3 +104,31 @@ def test_site_target() -> None:
     assert site_target("http://198.51.100.9/") == ("198.51.100.9", "address")
     with pytest.raises(ValueError, match="no host"):
         site_target("http:///x")
+
+
+@given(st.text(max_size=60))
+@example("http://[::1")
+@example("*.")
+@example("１２３.example.com")
+def test_site_target_names_or_refuses_and_is_idempotent(text: str) -> None:
+    try:
+        target, kind = site_target(text)
+    except ValueError:
+        return
+    assert site_target(target) == (target, kind)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=400))
+def test_any_bytes_give_entries_and_named_rows_or_one_refusal(data: bytes) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "list.csv"
+        p.write_bytes("清单编号,域名,下发日期\n".encode("gb18030") + data)
+        try:
+            f = read_list(p)
+        except ImportRefused:
+            return
+        assert all(i.line >= 2 and i.field for i in f.issues)
+        assert f.rows >= len(f.entries) + len(f.rejected)
