@@ -153,8 +153,9 @@ def assess(e: AuthorityEntry, policy: Policy, served: Iterable[Served], now: flo
     """Whether a listed site is hosted here and filed (docs/authority.md, "Hosted here").
 
     An address is hosted here when the inventory holds it. A name is hosted here when the access
-    log shows it (or a name below it) served from an address the inventory holds now, or when the
-    address the authority saw it on is one the inventory holds. Hosted, it is judged by the records
+    log shows it (or a name below it) on an address the inventory holds now (a connection named so,
+    or a DNS answer pointing it there: ``served``), or when the address the authority saw it on is
+    one the inventory holds. Hosted, it is judged by the records
     at each such address: filed (or exempt) at any of them is a conflict; else it is blocked (or
     flagged). Not hosted, a name the records still file through this provider is a conflict too
     (the authority and the records disagree: a person looks), anything else is ``not-hosted``."""
