@@ -194,3 +194,24 @@ def test_xlsx_list_and_no_access_log(tmp_path: Path, capsys: pytest.CaptureFixtu
     rc, o, _ = run(capsys, "cases", "list", "--json", "--state-dir", str(tmp_path / "state"))
     assert sorted(json.loads(x)["key"] for x in o.splitlines()) == ["cust-9|authority|198.51.100.21",
                                                                     "cust-9|authority|quiet.example.com"]
+
+
+def test_a_name_only_resolved_to_hosted_space_is_hosted_here(site: dict[str, str], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    now = int(time.time() * 1000)
+    with AccessLog(LogConfig(tmp_path / "log", worker=1, gateway="gw-1")) as log:
+        log.append(AccessRecord(now - 60_000, "cust-7", "203.0.113.5", 53000, "198.51.100.30", 0, "udp", "dns-answer",
+                                "dl.resolved.example.net", "unfiled", "flag", ""))
+    p = tmp_path / "one.csv"
+    p.write_text("list,domain,date\nTG-2,resolved.example.net,2026-12-01\n", encoding="utf-8")
+    rc, o, _ = run(capsys, "records", "authority", "import", str(p), "--config", site["config"])
+    assert rc == 0 and "1 imported: 1 blocked" in o
+    rc, o, _ = run(capsys, "records", "authority", "report", "TG-2", "--format", "json", "--config", site["config"])
+    (row,) = json.loads(o)
+    assert (row["是否本单位接入"], row["接入地址"], row["工单编号"]) == ("是", "198.51.100.30", "cust-7|authority|resolved.example.net")
+    # without an access log to show it, a name is not known to be hosted here
+    p2 = tmp_path / "two.csv"
+    p2.write_text("list,domain,date\nTG-3,resolved.example.net,2026-12-01\n", encoding="utf-8")
+    rc, o, _ = run(capsys, "records", "authority", "import", str(p2), "--config", site["config"], "--seen-days", "1",
+                   "--log-dir", str(tmp_path / "nolog"))
+    assert rc == 0 and "1 not hosted here" in o
