@@ -87,7 +87,7 @@ class AuthorityLayer(OrderLayer):
         self._hits: dict[str, Hit] = {}
 
     @classmethod
-    def from_state_dir_blocking(cls, state_dir: Path, block: bool) -> AuthorityLayer:
+    def from_state_dir(cls, state_dir: Path, block: bool = True) -> AuthorityLayer:
         layer = cls(AuthorityBook(state_dir, load=False), block)
         layer._read()
         return layer

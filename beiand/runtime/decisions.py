@@ -476,7 +476,7 @@ class Follower:
                 "orders": len(self.folded.orders.orders), "exemptions": len(self.folded.exemptions.orders),
                 "authority_entries": len(self.folded.authority.orders), "authority_conflicts": self.lists.conflicts(),
                 "commands": len(self.folded.commands.state.commands) + len(self.folded.commands.state.lists),
-                "refused_rows": (self.folded.orders.refused + self.folded.exemptions.refused
+                "refused_rows": (self.folded.orders.refused + self.folded.exemptions.refused + self.folded.authority.refused
                                  + self.folded.commands.refused_rows)[-10:]}
 
 

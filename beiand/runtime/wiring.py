@@ -281,7 +281,7 @@ def layers(cfg: Config, state_dir: Path | None = None, *, live: bool = False, in
                             AuthorityLayer(folded.authority, block)]
     else:
         out = [OrderLayer.from_state_dir(d), ExemptionLayer.from_state_dir(d), CaseLayer.from_state_dir(d),
-               AuthorityLayer.from_state_dir_blocking(d, block)]
+               AuthorityLayer.from_state_dir(d, block)]
     if cfg.isms.enabled:
         from beiand.isms.store import CommandRules, inventory_houses  # the ISMS stack only where it is on
         from beiand.isms.wire.profile import ProfileError, load_profile

@@ -107,7 +107,7 @@ def test_the_snapshot_carries_the_lists_to_the_workers(tmp_path: Path) -> None:
     book = AuthorityBook(tmp_path, load=False)
     book.apply(changes([listed_entry(entry("shop.example.com"), "0" * 64, "alice", T0)]))
     book.snapshot("sqlite:x")
-    layer = AuthorityLayer.from_state_dir_blocking(tmp_path, True)
+    layer = AuthorityLayer.from_state_dir(tmp_path, True)
     assert layer.store.orders["shop.example.com"].order == "TG-12" and layer.metrics()["rules"] == 1
     assert (tmp_path / "authority.json").exists() and layer.name == "authority"
 
