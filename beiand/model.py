@@ -60,6 +60,7 @@ class Overlay(StrEnum):
     EXEMPTION = "exemption"  # the operator's exemption (豁免, ``beiand exempt add``)
     GRACE = "grace"  # the grace period for a newly seen name (``enforce.grace_seconds``)
     CASE = "case"  # a sponsor case past its 整改 deadline (取消接入 for that site, ``beiand cases``)
+    AUTHORITY = "authority"  # the authority's list of unfiled sites (上级下发, ``beiand records authority import``)
 
 
 # Decisions the enforcer carries out even with its breaker open: the authority's and the regulator's

@@ -90,6 +90,10 @@ PANELS = [
     ("IP地址备案: changes unreported, and past their five-working-day deadline (501号 art. 19)", "timeseries", "short",
      [(f"max(beiand_ip_report_unreported_changes{I})", "unreported"),
       (f"max(beiand_ip_report_overdue_changes{I})", "overdue")], False),
+    # The authority's lists (issue 35): the sites listed and in force, and the conflicts for a person
+    ("Authority's lists (上级下发未备案网站): entries in force, conflicts with the records", "timeseries", "short",
+     [("max(beiand_overlay_rules{overlay=\"authority\",instance=~\"$instance\"})", "entries in force"),
+      (f"max(beiand_authority_conflicts{I})", "conflicts (for a person)")], False),
 ]
 
 

@@ -7,14 +7,16 @@ from beiand.model import Decision, Overlay
 
 # The access log's ``order`` column: one spelling, written here and read back here.
 _COLUMN = {Overlay.ISMS_FILTER: "isms:", Overlay.ISMS_MONITOR: "isms-monitor:", Overlay.ISMS_BLACKLIST: "isms-blacklist:",
-           Overlay.ISMS_NOFILTER: "isms-nofilter:", Overlay.EXEMPTION: "exemption:", Overlay.CASE: "case:"}
+           Overlay.ISMS_NOFILTER: "isms-nofilter:", Overlay.EXEMPTION: "exemption:", Overlay.CASE: "case:",
+           Overlay.AUTHORITY: "authority:"}
 _FROM_COLUMN = {v: k for k, v in _COLUMN.items()}
 
 
 def order_column(d: Decision) -> str:
     """The access log's ``order`` value of a decision: a closure order's number, ``isms:<id>``
     (filter), ``isms-monitor:<id>``, ``isms-blacklist:<id>``, ``isms-nofilter:<id>``, ``exemption:<ref>``,
-    ``case:<key>`` (a sponsor case past its deadline), or ""."""
+    ``case:<key>`` (a sponsor case past its deadline), ``authority:<list>`` (the authority's list of
+    unfiled sites), or ""."""
     by = d.by
     if not by or by == Overlay.GRACE:
         return ""

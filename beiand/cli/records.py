@@ -1,6 +1,7 @@
-"""``beiand records check|lookup|holder|check-access|ip-report``: validate filing exports, the verdict
-for names or IPs, which account held a hosted address at a past time (the inventory history), the
-check before access is opened (接入前核验, 501号 art. 11(三)1) and the IP地址备案 report (501号 art. 19)."""
+"""``beiand records check|lookup|holder|check-access|ip-report|authority``: validate filing exports,
+the verdict for names or IPs, which account held a hosted address at a past time (the inventory
+history), the check before access is opened (接入前核验, 501号 art. 11(三)1), the IP地址备案 report
+(501号 art. 19) and the authority's lists of unfiled sites (``cli/authority.py``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from beiand.cli import authority
 from beiand.cli.common import DEFAULT_CONFIG, CliError, err, out, parse_status_map, policy_args, policy_setup, table
 from beiand.policy import lookup_answer
 from beiand.records import ImportRefused, load_files, normalise_domain
@@ -391,3 +393,4 @@ def add_parsers(sub: Any) -> None:
     ipr.add_argument("--by", metavar="WHO", help="who filed it (default: the login, SUDO_USER first)")
     ipr.add_argument("--reason", metavar="TEXT", help="a note kept with the row (e.g. the 备案 system's receipt)")
     ipr.set_defaults(func=cmd_records_ip_report)
+    authority.add_parsers(rsub)

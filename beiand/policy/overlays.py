@@ -44,17 +44,22 @@ class Effect:
     # a sponsor case past its deadline: blocked per flow where the prefix enforces, flagged
     # elsewhere; nothing once the records say the name is filed (rectified: the block lifts at once)
     CASE = "case"
+    # a site on the authority's list (上级下发未备案网站): blocked per flow where the prefix enforces,
+    # flagged elsewhere, like a closure order from the time it was listed; nothing where the records
+    # file the name (a conflict for a person, never a silent block: policy.authority)
+    LISTED = "listed"
 
 
 # Which overlay wins when several match: a closure order, then a regulator's block, its
 # exemption (noFilter), its monitor.
 # An operator's exemption ranks with noFilter: it never lifts the authority's or the regulator's block.
 # A sponsor case's escalation ranks below an exemption (the operator's judgment wins) and above a monitor.
-PRIORITY = {Overlay.ORDER: 5, Overlay.ISMS_FILTER: 4, Overlay.ISMS_BLACKLIST: 4, Overlay.ISMS_NOFILTER: 3,
+# The authority's list ranks with the regulator's blocks: an operator's exemption does not lift it.
+PRIORITY = {Overlay.ORDER: 5, Overlay.ISMS_FILTER: 4, Overlay.ISMS_BLACKLIST: 4, Overlay.AUTHORITY: 4, Overlay.ISMS_NOFILTER: 3,
             Overlay.EXEMPTION: 3, Overlay.CASE: 2, Overlay.ISMS_MONITOR: 1}
 _EFFECT = {Overlay.ORDER: Effect.BLOCK, Overlay.ISMS_FILTER: Effect.BLOCK, Overlay.ISMS_BLACKLIST: Effect.BLOCK,
            Overlay.ISMS_NOFILTER: Effect.EXEMPT, Overlay.EXEMPTION: Effect.EXEMPT, Overlay.ISMS_MONITOR: Effect.FLAG,
-           Overlay.CASE: Effect.CASE}
+           Overlay.CASE: Effect.CASE, Overlay.AUTHORITY: Effect.LISTED}
 
 
 class Hit(NamedTuple):
@@ -376,6 +381,11 @@ def apply_hit(d: Decision, h: Hit) -> Decision:
     """The decision once an overlay's rule decided it (a case's hit: :func:`apply_case`)."""
     if h.effect == Effect.BLOCK:
         return d._replace(action=Action.BLOCK, rule=f"{h.by}:{h.ref}", by=h.by, ref=h.ref)
+    if h.effect == Effect.LISTED:  # per flow: blocked where the prefix enforces, flagged elsewhere
+        if d.mode is Mode.ENFORCE:
+            return d._replace(action=Action.BLOCK, rule=f"{h.by}:{h.ref}", by=h.by, ref=h.ref)
+        return d._replace(action=Action.FLAG if d.action is Action.LOG else d.action, rule=f"{h.by}:would-block:{h.ref}",
+                          by=h.by, ref=h.ref)
     if h.effect == Effect.EXEMPT:  # noFilter: an allowlist entry
         return d._replace(verdict=d.verdict._replace(verdict=VerdictKind.EXEMPT, reason=h.by), action=Action.LOG,
                           rule=f"{h.by}:{h.ref}", by=h.by, ref=h.ref)
@@ -386,6 +396,7 @@ def apply_hit(d: Decision, h: Hit) -> Decision:
 
 
 _NOT_HOSTED, _BLOCK = VerdictKind.NOT_HOSTED, Action.BLOCK
+_FILED_HERE = frozenset({VerdictKind.FILED, VerdictKind.EXEMPT})
 _CHANGES = CHANGES
 
 
@@ -461,6 +472,8 @@ class Decider:
                 continue
             if h.effect == Effect.CASE:  # it may not apply (another account's case): weighed below
                 case = h
+            elif h.by is Overlay.AUTHORITY and d.verdict.verdict in _FILED_HERE:
+                continue  # the records file it: a conflict for a person, never a block (policy.authority)
             elif best is None or h.priority > best.priority:
                 best = h
         if case is not None and (best is None or case.priority > best.priority):

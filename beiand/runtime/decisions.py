@@ -30,6 +30,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from beiand import __version__
 from beiand.isms.store import CommandStore
 from beiand.isms.wire.profile import ProfileError, load_profile
+from beiand.policy.authority import KIND as AUTHORITY_KIND
+from beiand.policy.authority import AuthorityBook, AuthorityLists
 from beiand.policy.cases import KIND as CASE_KIND
 from beiand.policy.cases import CaseError, CaseSnapshot
 from beiand.policy.orders import ExemptionStore, OrderError, OrderStore, legacy_entries, parse_file
@@ -176,21 +178,24 @@ def import_legacy(store: DecisionStore, state_dir: Path, subdomains: bool = True
 
 
 class Folded:
-    """Closure orders, exemptions, sponsor cases and the regulator's commands folded from one store's rows."""
+    """Closure orders, exemptions, sponsor cases, the authority's lists and the regulator's commands
+    folded from one store's rows."""
 
     def __init__(self, state_dir: Path | None, subdomains: bool = True, house_id: str = "") -> None:
         self.orders = OrderStore(state_dir, load=False)
         self.exemptions = ExemptionStore(state_dir, load=False)
         self.cases = CaseSnapshot(state_dir, load=False)
+        self.authority = AuthorityBook(state_dir, load=False)
         self.commands = CommandStore(state_dir or Path("/nonexistent"), subdomains, house_id, load=False)
 
     @property
-    def parts(self) -> tuple[OrderStore, ExemptionStore, CaseSnapshot, CommandStore]:
-        return self.orders, self.exemptions, self.cases, self.commands
+    def parts(self) -> tuple[OrderStore, ExemptionStore, CaseSnapshot, AuthorityBook, CommandStore]:
+        return self.orders, self.exemptions, self.cases, self.authority, self.commands
 
     def named(self) -> list[tuple[str, OrderStore | CaseSnapshot | CommandStore]]:
         """Each part with the name of its snapshot (and overlay)."""
-        return [("order", self.orders), ("exemption", self.exemptions), ("case", self.cases), ("isms", self.commands)]
+        return [("order", self.orders), ("exemption", self.exemptions), ("case", self.cases), ("authority", self.authority),
+                ("isms", self.commands)]
 
     @property
     def version(self) -> int:
@@ -255,6 +260,10 @@ class Follower:
         self.m_refused = Counter("beiand_decision_store_rows_refused", "rows of the store refused as invalid (the state "
                                  "before each kept)", registry=r)
         self.m_errors = Counter("beiand_decision_store_errors", "failed contacts with the decision store", registry=r)
+        self.m_conflicts = Gauge("beiand_authority_conflicts", "entries of the authority's lists of unfiled sites that the "
+                                 "records file (a conflict, never blocked): for a person to settle", registry=r)
+        self.lists = AuthorityLists()  # the authority's lists, folded for the conflicts (not a snapshot: no worker needs them)
+        self._lists_folded = False
         self._refused_seen = 0
         self._load_snapshot()
 
@@ -285,8 +294,9 @@ class Follower:
     def _refold(self) -> None:
         """Fold everything again from the store, and write every snapshot."""
         self.folded = Folded(self.state_dir, subdomains(self.cfg), self.cfg.isms.house_id)
-        self._stale = {"order", "exemption", "case", "isms"}
+        self._stale = {"order", "exemption", "case", "authority", "isms"}
         self.written = {}
+        self.lists, self._lists_folded = AuthorityLists(), False
 
     def _write(self, names: Sequence[str]) -> None:
         parts = dict(self.folded.named())  # the isms part is written with [isms] off too: its version is the gateway's
@@ -308,6 +318,10 @@ class Follower:
         self.last_contact = time.time()
         with gc_paused():  # a fold re-indexes every order: no collection of the whole heap meanwhile
             changed = self.folded.apply(changes) if changes else []
+        if not self._lists_folded or any(c.kind == AUTHORITY_KIND for c in changes):
+            self.lists.apply(self.store.changes(self.lists.version, (AUTHORITY_KIND,)))
+            self._lists_folded = True
+            self.m_conflicts.set(self.lists.conflicts())
         self._stale |= set(changed)
         for name, part in self.folded.named():  # a snapshot removed or edited by hand: written again
             if part.path is not None and version(part.path) != part.seen and name in self.written:
@@ -460,8 +474,9 @@ class Follower:
                 "version": self.folded.version, "applied": applied, "applied_at": self.applied_at or None,
                 "fails_static": not self.reachable, "snapshot_error": self.write_error or None,
                 "orders": len(self.folded.orders.orders), "exemptions": len(self.folded.exemptions.orders),
+                "authority_entries": len(self.folded.authority.orders), "authority_conflicts": self.lists.conflicts(),
                 "commands": len(self.folded.commands.state.commands) + len(self.folded.commands.state.lists),
-                "refused_rows": (self.folded.orders.refused + self.folded.exemptions.refused
+                "refused_rows": (self.folded.orders.refused + self.folded.exemptions.refused + self.folded.authority.refused
                                  + self.folded.commands.refused_rows)[-10:]}
 
 

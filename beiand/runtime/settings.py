@@ -380,6 +380,18 @@ class CasesSection:
 
 
 @dataclass(frozen=True)
+class AuthoritySection:
+    """The authority's lists of unfiled sites (上级下发未备案网站, 501号 art. 5(7), 7(4); docs/authority.md)."""
+
+    block: bool = _f(True, "A listed site that is hosted here and that the records do not file is blocked per flow in "
+                     "enforce prefixes (flagged elsewhere) from the time its list is imported, the list as the deciding rule "
+                     "(authority:<list> in the access log). false: its flows are flagged only, naming the list, and the "
+                     "sponsor case takes its course. A site the records file is never blocked by a list (a conflict).")
+    seen_days: int = _f(30, "How many days of the access log `beiand records authority import` reads to tell whether a "
+                        "listed name is served from hosted space here (docs/authority.md, \"Hosted here\").", min=1, max=366)
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonSection = field(default_factory=DaemonSection)
     capture: CaptureSection = field(default_factory=CaptureSection)
@@ -394,6 +406,7 @@ class Config:
     isms: IsmsSection = field(default_factory=IsmsSection)
     store: StoreSection = field(default_factory=StoreSection)
     cases: CasesSection = field(default_factory=CasesSection)
+    authority: AuthoritySection = field(default_factory=AuthoritySection)
     path: str = ""  # the file it came from
     warnings: tuple[str, ...] = ()  # file:line: field: deprecated settings that were given
 

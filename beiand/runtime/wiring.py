@@ -239,7 +239,8 @@ def make_enforcer(cfg: Config) -> Enforcer:
 
 def layers(cfg: Config, state_dir: Path | None = None, *, live: bool = False, inventory: Inventory | None = None) -> list[Layer]:
     """The overlays every command decides with: closure orders, the operator's exemptions, sponsor
-    cases past their deadline (issue 31) and, with ``[isms]`` on, the regulator's commands.
+    cases past their deadline (issue 31), the authority's lists of unfiled sites (``authority.block``)
+    and, with ``[isms]`` on, the regulator's commands.
 
     ``live`` (the daemon's workers and supervisor): read from the snapshot files in
     ``daemon.state_dir`` that the supervisor writes from the decision store (runtime.decisions);
@@ -251,6 +252,7 @@ def layers(cfg: Config, state_dir: Path | None = None, *, live: bool = False, in
     judge with what the store holds whether or not a daemon runs here; with the store unreachable,
     from the snapshot (logged). ``state_dir`` given: that directory's SQLite store, else its
     snapshot (a copy of a gateway's state). A damaged file is then a ``StateError`` naming it."""
+    from beiand.policy.authority import AuthorityLayer
     from beiand.policy.overlays import CaseLayer, ExemptionLayer
 
     d = state_dir if state_dir is not None else cfg.daemon.state_dir
@@ -273,10 +275,13 @@ def layers(cfg: Config, state_dir: Path | None = None, *, live: bool = False, in
                 store.close()
         except StoreError as exc:
             log.warning("%s: judging with the snapshot in %s", exc, d)
+    block = cfg.authority.block
     if folded is not None:
-        out: list[Layer] = [OrderLayer(folded.orders), ExemptionLayer(folded.exemptions), CaseLayer(folded.cases)]
+        out: list[Layer] = [OrderLayer(folded.orders), ExemptionLayer(folded.exemptions), CaseLayer(folded.cases),
+                            AuthorityLayer(folded.authority, block)]
     else:
-        out = [OrderLayer.from_state_dir(d), ExemptionLayer.from_state_dir(d), CaseLayer.from_state_dir(d)]
+        out = [OrderLayer.from_state_dir(d), ExemptionLayer.from_state_dir(d), CaseLayer.from_state_dir(d),
+               AuthorityLayer.from_state_dir(d, block)]
     if cfg.isms.enabled:
         from beiand.isms.store import CommandRules, inventory_houses  # the ISMS stack only where it is on
         from beiand.isms.wire.profile import ProfileError, load_profile

@@ -22,7 +22,7 @@ from beiand.errors import BeiandError
 
 # The kinds of row the store holds; a row of another kind is kept and ignored (a newer writer's).
 KINDS = ("order", "exemption", "isms-command", "isms-list", "isms-house", "isms-codes", "isms-setting", "isms-sequence",
-         "isms-refused", "case", "ip-report")
+         "isms-refused", "case", "ip-report", "authority")
 OPS = ("set", "end", "note")
 SCHEMA_VERSION = 1
 

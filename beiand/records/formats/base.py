@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import csv
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,16 @@ for _field, _names in {
 }.items():
     for _n in _names:
         HEADERS[_n.replace("_", "")] = _field
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """What a reader looks for in a header row: the spellings of each field (:data:`HEADERS` for a
+    filing export) and the fields of which at least one must be there, with what to say if none is."""
+
+    headers: Mapping[str, str]
+    any_of: tuple[str, ...]
+    missing: str  # e.g. "no filing number column (备案号 / number)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +103,12 @@ def detect_encoding(path: Path) -> tuple[str, bool]:
     raise ImportRefused(f"{path}: not UTF-8 and not GB18030: re-export the file as UTF-8 CSV")
 
 
-def _map_header(header: Iterable[object]) -> list[str | None]:
+def _map_header(header: Iterable[object], headers: Mapping[str, str] = HEADERS) -> list[str | None]:
     out: list[str | None] = []
     for h in header:
         key = str(h or "").strip().lstrip("\ufeff").lower().replace(" ", "").replace("_", "")
-        out.append(HEADERS.get(key))
+        out.append(headers.get(key))
     return out
+
+
+FILINGS = Table(HEADERS, ("number",), "no filing number column (备案号 / number)")

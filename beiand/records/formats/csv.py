@@ -11,19 +11,22 @@ from typing import TextIO
 
 from beiand.records.formats.base import (
     _TOO_LONG,
+    FILINGS,
     MAX_CELL,
     MAX_ITEM,
     ImportIssue,
     ImportRefused,
     ImportResult,
+    Table,
     _map_header,
     detect_encoding,
 )
 
 
-def rows(path: Path, result: ImportResult, span: tuple[int, int, int] | None = None
+def rows(path: Path, result: ImportResult, span: tuple[int, int, int] | None = None, *, table: Table = FILINGS
               ) -> Iterator[tuple[int, str, dict[str, str]]]:
-    """Rows of a CSV export; ``span`` = (start byte, end byte, line number at start) of a chunk."""
+    """Rows of a CSV export; ``span`` = (start byte, end byte, line number at start) of a chunk;
+    ``table``: the header spellings (a filing export's by default)."""
     enc, truncated = detect_encoding(path) if span is None else (result.encoding, False)
     result.encoding = enc
     if truncated:
@@ -36,9 +39,9 @@ def rows(path: Path, result: ImportResult, span: tuple[int, int, int] | None = N
             return
         except csv.Error as exc:
             raise ImportRefused(f"{path}:1: header: {exc}") from None
-        cols = _map_header(header)
-        if "number" not in cols:
-            raise ImportRefused(f"{path}:1: header: no filing number column (备案号 / number); got {header!r}")
+        cols = _map_header(header, table.headers)
+        if not any(f in cols for f in table.any_of):
+            raise ImportRefused(f"{path}:1: header: {table.missing}; got {header!r}")
         if span is not None:
             with path.open("rb") as fb:
                 fb.seek(span[0])

@@ -6,10 +6,11 @@ import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
-from beiand.records.formats.base import ImportRefused, ImportResult, _map_header
+from beiand.records.formats.base import FILINGS, ImportRefused, ImportResult, Table, _map_header
 
 
-def rows(path: Path, result: ImportResult) -> Iterator[tuple[int, str, dict[str, str]]]:
+def rows(path: Path, result: ImportResult, *, table: Table = FILINGS) -> Iterator[tuple[int, str, dict[str, str]]]:
+    """Rows of the first sheet; ``table``: the header spellings (a filing export's by default)."""
     import zipfile
 
     import openpyxl
@@ -24,9 +25,9 @@ def rows(path: Path, result: ImportResult) -> Iterator[tuple[int, str, dict[str,
         header = next(it, None)
         if header is None:
             return
-        cols = _map_header(header)
-        if "number" not in cols:
-            raise ImportRefused(f"{path}:row 1: header: no filing number column (备案号 / number)")
+        cols = _map_header(header, table.headers)
+        if not any(f in cols for f in table.any_of):
+            raise ImportRefused(f"{path}:row 1: header: {table.missing}")
         for i, row in enumerate(it, 2):
             if all(v is None or str(v).strip() == "" for v in row):
                 continue

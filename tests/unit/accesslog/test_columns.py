@@ -17,7 +17,7 @@ def test_the_order_column_reads_back_what_it_wrote(by: Overlay, ref: str) -> Non
     col = order_column(d)
     back = parse_order_column(col)
     if by is Overlay.ORDER and any(col.startswith(p) for p in ("isms:", "isms-monitor:", "isms-blacklist:", "isms-nofilter:",
-                                                                "exemption:")):
+                                                                "exemption:", "case:", "authority:")):
         return  # an order number spelled like a command reference: not one the authority issues
     assert back == (by, ref)
     assert parse_order_column("") == (None, "")
@@ -25,5 +25,5 @@ def test_the_order_column_reads_back_what_it_wrote(by: Overlay, ref: str) -> Non
 
 def test_what_each_overlay_writes() -> None:
     assert [order_column(UNFILED._replace(by=b, ref="7")) for b in Overlay] == [
-        "7", "isms:7", "isms-monitor:7", "isms-blacklist:7", "isms-nofilter:7", "exemption:7", "", "case:7"]
+        "7", "isms:7", "isms-monitor:7", "isms-blacklist:7", "isms-nofilter:7", "exemption:7", "", "case:7", "authority:7"]
     assert order_column(UNFILED) == ""

@@ -173,7 +173,7 @@ def test_orders_damaged_at_start_stop_a_question_but_not_the_daemon(tmp_path: Pa
     (tmp_path / "orders.json").write_text("{broken")
     with pytest.raises(StateError, match=r"orders\.json: damaged"):
         layers(Config(), tmp_path)
-    live, exemptions, _cases = layers(Config(), tmp_path, live=True)
+    live, exemptions, _cases, _authority = layers(Config(), tmp_path, live=True)
     assert exemptions.error == ""
     assert "damaged" in live.error and live.match(obs()) is None
     for _ in range(3):

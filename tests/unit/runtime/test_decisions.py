@@ -21,7 +21,7 @@ def test_the_snapshot_holds_the_store_version_and_the_workers_version_is_the_low
     store = open_decisions(c)
     store.append([set_entry("order", "a.example", "1", "", 0.0, "ops")])
     f = Follower(c)
-    assert f.sync() == ["case", "exemption", "isms", "order"]  # the first contact writes every snapshot
+    assert f.sync() == ["authority", "case", "exemption", "isms", "order"]  # the first contact writes every snapshot
     snap = json.loads((tmp_path / "state" / "orders.json").read_text())
     assert snap["snapshot"]["version"] == 1 and [o[0] for o in snap["orders"]] == ["a.example"]
     assert f.applied() == 1  # no worker yet: the snapshot's
@@ -181,4 +181,29 @@ def test_a_command_not_written_leaves_nothing_in_memory_and_no_ack(tmp_path: Pat
         Transaction.append = orig  # type: ignore[method-assign]
     assert not cs.state.lists and not cs.state.sequences
     assert store.head() == 0
+    store.close()
+
+
+def test_the_authoritys_lists_reach_the_workers_snapshot_and_conflicts_are_counted(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from beiand.policy.authority import CONFLICT, listed_entry, note
+    from beiand.records.authority import AuthorityEntry
+
+    c = cfg(tmp_path)
+    store = open_decisions(c)
+    e = AuthorityEntry("filed.example.com", "TG-1", "2026-12-01", "", "", "l.csv:2")
+    store.append([listed_entry(e, "0" * 64, "ops", 1.0), note(e.target, "assessed", "ops", "", 1.0, list="TG-1", outcome=CONFLICT)])
+    reg = CollectorRegistry()
+    f = Follower(c, reg)
+    f.sync()
+    snap = json.loads((tmp_path / "state" / "authority.json").read_text())
+    assert [o[:2] for o in snap["orders"]] == [["filed.example.com", "TG-1"]]
+    assert reg.get_sample_value("beiand_authority_conflicts") == 1 and f.status()["authority_conflicts"] == 1
+    store.append([set_entry("order", "a.example", "1", "", 0.0, "ops")])
+    assert f.sync() == ["order"]  # rows of another kind: the lists are not read again
+    store.append([note(e.target, "settled", "bob", "filing checked", 2.0, list="TG-1")])
+    assert f.sync() == []  # a note changes no rule: no snapshot written, but the conflict is settled
+    assert reg.get_sample_value("beiand_authority_conflicts") == 0
+    f.stop()
     store.close()
