@@ -60,3 +60,5 @@ cdef class Decoder:
 cpdef str _ntop(int af, bytes addr)
 @cython.locals(hi=cython.longlong)
 cpdef long long _u32(bytes buf, Py_ssize_t i) except -1
+cdef dict _TEXT
+cdef Py_ssize_t _TEXT_MAX

@@ -84,12 +84,19 @@ _inet_ntop = socket.inet_ntop
 _tuple_new = tuple.__new__
 
 
+_TEXT: dict[bytes, str] = {}  # addresses in text, as met (a client and a hosted server come back)
+_TEXT_MAX = 65536
+
+
 def _ntop(af: int, addr: bytes) -> str:
-    """An address in text (socket.inet_ntop's spelling). IPv4 by hand: the compiled twin formats its
-    four bytes in C, where libc's inet_ntop cost ~2,000 instructions an address (issue 33)."""
-    if len(addr) == 4:
-        return f"{addr[0]}.{addr[1]}.{addr[2]}.{addr[3]}"
-    return _inet_ntop(af, addr)
+    """An address in text (socket.inet_ntop's spelling), remembered: libc's inet_ntop cost ~2,000
+    instructions an address (issue 33). IPv4 by hand, formatted in C in the compiled twin."""
+    text = _TEXT.get(addr)
+    if text is None:
+        if len(_TEXT) >= _TEXT_MAX:
+            _TEXT.clear()
+        text = _TEXT[addr] = f"{addr[0]}.{addr[1]}.{addr[2]}.{addr[3]}" if len(addr) == 4 else _inet_ntop(af, addr)
+    return text
 
 
 def _u32(buf: bytes, i: int) -> int:

@@ -12,7 +12,6 @@ plaintext CHLO: :func:`parse_gquic_chlo` reads its SNI tag.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import struct
 
@@ -88,14 +87,14 @@ def _retry_type(version: int) -> int:
 
 
 def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
-    return hmac.new(salt, ikm, hashlib.sha256).digest()
+    return hmac.digest(salt, ikm, "sha256")  # one-shot, in C (hmac.new builds a Python HMAC object)
 
 
 def hkdf_expand_label(secret: bytes, label: bytes, length: int) -> bytes:
     # RFC 8446 section 7.1: HkdfLabel with an empty context; one block suffices (<= 32 bytes).
     full = b"tls13 " + label
     info = struct.pack("!HB", length, len(full)) + full + b"\x00"
-    return hmac.new(secret, info + b"\x01", hashlib.sha256).digest()[:length]
+    return hmac.digest(secret, info + b"\x01", "sha256")[:length]
 
 
 class InitialKeys:

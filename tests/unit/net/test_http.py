@@ -1,9 +1,11 @@
+import re
 from itertools import pairwise
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
+from beiand.net import http
 from beiand.net.errors import HttpError
 from beiand.net.http import HttpRequest, host_of, parse_requests
 
@@ -78,3 +80,34 @@ def test_chunks_on_any_bytes_end_raise_http_error_or_go_on(data: bytes) -> None:
     except HttpError:
         return
     assert -1 <= k <= len(data)
+
+
+# The header search replaced these regular expressions (issue 33): they stay here as the reference.
+_REF = {
+    b"content-length": re.compile(rb"\r?\ncontent-length[ \t]*:[ \t]*(\d+)", re.I),
+    b"host": re.compile(rb"\r?\nhost[ \t]*:[ \t]*([^\r\n]*)", re.I),
+    b"transfer-encoding": re.compile(rb"\r?\ntransfer-encoding[ \t]*:", re.I),
+}
+_PIECES = [b"\r\n", b"\n", b"\r", b" ", b"\t", b":", b"0", b"7", b"42", b"x", b"Host", b"hOsT", b"host", b"HOST",
+           b"Content-Length", b"content-LENGTH", b"Transfer-Encoding", b"transfer-encoding", b"a.example", b"-", b"\xc3\xa9",
+           b"\xff", b"Hostx", b"content-lengthy"]
+
+
+@given(st.lists(st.sampled_from(_PIECES), max_size=40))
+@example([b"\n", b"Content-Length", b" ", b":", b"x", b"\r\n", b"content-length", b":", b"\t", b"7"])  # a second line counts
+@example([b"\n", b"Host", b"\t", b" ", b":", b" ", b"a.example", b"\r", b"x"])
+def test_header_search_agrees_with_the_regular_expressions(pieces: list[bytes]) -> None:
+    head = b"".join(pieces)
+    low = head.lower()
+    for name, rx in _REF.items():
+        m = rx.search(head)
+        j = http._field(head, low, name, name == b"content-length")
+        assert (j >= 0) == (m is not None), (name, head)
+        if m is None:
+            continue
+        if name == b"content-length":
+            assert http._digits_at(head, j) == int(m.group(1))
+        elif name == b"host":
+            assert http._line_at(head, j) == m.group(1)
+    cl = _REF[b"content-length"].search(b"\n" + head)
+    assert http.body_headers(head) == (int(cl.group(1)) if cl else -1, _REF[b"transfer-encoding"].search(b"\n" + head) is not None)
