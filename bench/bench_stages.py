@@ -1,6 +1,6 @@
 """Where a worker's time goes, per stage, with and without the compiled hot path (issue 21).
 
-    python bench/bench_stages.py [CAPTURE.pcap] [--rounds N] [--packets N]
+    python bench/bench_stages.py [CAPTURE.pcap] [--rounds N] [--packets N] [--no-connections]
 
 CAPTURE is a ``bench/gen_capture.py`` capture (its ``.records.csv`` and ``.inventory.csv`` beside it);
 without one, one of ``--packets`` packets (default 1,000,000) is made in a temporary directory.
@@ -10,7 +10,9 @@ extensions when built), ``pure`` their ``.py`` twins (``beiand.extensions.pure_t
 
 Stages, each timed alone over the whole capture (the input of each made once, outside the timing):
   read     pcap records → frames, with the user-space prefilter replay uses (capture/pcap.py)
-  decode   frames → observations (net/decoder.py with the TLS/HTTP/DNS/QUIC parsers)
+  decode   frames → observations (net/decoder.py with the TLS/HTTP/DNS/QUIC parsers), with connection
+           records on as replay and the daemon have them (issue 33: their cost is measured here);
+           ``--no-connections``: off
   decide   observations → decisions (policy/verdict.py, records/index.py), decision cache as in a replay
   encode   decisions → access-log lines (accesslog/format.py)
 Prints per stage the best and worst seconds, the packets/s of the best, and the speed-up.
@@ -30,7 +32,7 @@ from beiand import extensions
 from beiand.model import Kind
 
 
-def stages(mods: dict[str, ModuleType], pcap: Path) -> dict[str, Any]:
+def stages(mods: dict[str, ModuleType], pcap: Path, conns: bool = True) -> dict[str, Any]:
     """Build the stage functions of one implementation; each returns its output for the next."""
     pcapmod = mods["beiand.capture.pcap"]
     dec = mods["beiand.net.decoder"]
@@ -50,7 +52,7 @@ def stages(mods: dict[str, ModuleType], pcap: Path) -> dict[str, Any]:
             return list(r)
 
     def decode(frames: list[tuple[float, int, bytes]]) -> list[Any]:
-        d = dec.Decoder()
+        d = dec.Decoder(dec.DecoderConfig(conns=conns))
         feed = d.feed
         out: list[Any] = []
         for ts, lt, frame in frames:
@@ -64,6 +66,8 @@ def stages(mods: dict[str, ModuleType], pcap: Path) -> dict[str, Any]:
         policy = verdict.Policy(index, inventory, verdict.PolicyConfig(provider="示例云计算有限公司"))
         out = []
         for o in obs:
+            if o.kind is Kind.CONN:  # a connection record: not decided (runtime/pipeline.py writes it as it is)
+                continue
             if o.kind is Kind.DNS_ANSWER:
                 hosted = [a for a in o.answers if inventory.lookup(a) is not None]
                 if not hosted:
@@ -87,6 +91,7 @@ def main() -> None:
     ap.add_argument("capture", type=Path, nargs="?")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--packets", type=int, default=1_000_000)
+    ap.add_argument("--no-connections", dest="conns", action="store_false", help="decode without connection records")
     a = ap.parse_args()
     if a.capture is None:
         import subprocess
@@ -99,7 +104,7 @@ def main() -> None:
     impls = extensions.implementations()
     if extensions.disabled():
         impls.pop("compiled")
-    fns = {name: stages(mods, a.capture) for name, mods in impls.items()}
+    fns = {name: stages(mods, a.capture, a.conns) for name, mods in impls.items()}
     times: dict[tuple[str, str], list[float]] = {}
     packets = 0
     for _ in range(a.rounds):
@@ -113,7 +118,8 @@ def main() -> None:
                 if stage == "read":
                     packets = len(data)
     load = os.getloadavg()[0]
-    print(f"{a.capture}: {packets:,} frames past the prefilter; {a.rounds} rounds alternating; load {load:.2f}")
+    print(f"{a.capture}: {packets:,} frames past the prefilter; connection records {'on' if a.conns else 'off'}; "
+          f"{a.rounds} rounds alternating; load {load:.2f}")
     print(f"{'stage':8s} " + "  ".join(f"{n + ' s (best-worst)':>24s}" for n in fns) + "   speed-up (best)")
     total = {n: 0.0 for n in fns}
     for stage in ("read", "decode", "decide", "encode"):

@@ -185,8 +185,9 @@ class Pipeline:
             if not hosted:
                 self.skipped["dns-answer-not-hosted"] += 1
                 return None, False
-            obs = obs._replace(server_ip=hosted[0], server_port=0,
-                               detail=(obs.detail + " " if obs.detail else "") + f"resolver={obs.server_ip}")
+            # obs._replace(server_ip=hosted[0], server_port=0, detail=...), without its keyword handling
+            detail = (obs.detail + " " if obs.detail else "") + f"resolver={obs.server_ip}"
+            obs = _tuple_new(Observation, (*obs[:3], hosted[0], 0, *obs[5:10], detail, *obs[11:]))
         decision = policy.decide(obs)
         if decision.verdict.verdict is VerdictKind.NOT_HOSTED:
             self.skipped["not-hosted"] += 1
