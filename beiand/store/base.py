@@ -22,9 +22,9 @@ from beiand.errors import BeiandError
 
 # The kinds of row the store holds; a row of another kind is kept and ignored (a newer writer's).
 KINDS = ("order", "exemption", "isms-command", "isms-list", "isms-house", "isms-codes", "isms-setting", "isms-sequence",
-         "isms-refused", "case")
+         "isms-refused", "case", "register")
 OPS = ("set", "end", "note")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class StoreError(BeiandError):
@@ -83,6 +83,21 @@ _TABLES = {
         gateway TEXT NOT NULL, source TEXT NOT NULL, sha256 TEXT NOT NULL, at DOUBLE PRECISION NOT NULL,
         rows BIGINT NOT NULL, PRIMARY KEY (gateway, source, sha256))""",
 }
+# The register (store/register.py): versions of the filing records, the inventory and the NAT feed;
+# each row's content once under its hash, one interval of versions per row, its lookup keys.
+_REGISTER = (
+    """CREATE TABLE beiand_register_versions (
+        version BIGINT PRIMARY KEY, kind TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, actor TEXT NOT NULL,
+        why TEXT NOT NULL, source TEXT NOT NULL, source_sha256 TEXT NOT NULL, sha256 TEXT NOT NULL, rows BIGINT NOT NULL,
+        summary TEXT NOT NULL, gateway TEXT NOT NULL)""",
+    "CREATE INDEX beiand_register_versions_at ON beiand_register_versions (at, version)",
+    "CREATE TABLE beiand_register_content (hash TEXT PRIMARY KEY, data TEXT NOT NULL)",
+    """CREATE TABLE beiand_register_rows (kind TEXT NOT NULL, key TEXT NOT NULL, hash TEXT NOT NULL,
+        valid_from BIGINT NOT NULL, valid_to BIGINT)""",
+    "CREATE INDEX beiand_register_rows_hash ON beiand_register_rows (hash)",
+    # the rows in force: what a new version is compared with, and what a gateway fetches
+    "CREATE UNIQUE INDEX beiand_register_rows_open ON beiand_register_rows (kind, key) WHERE valid_to IS NULL",
+)
 MIGRATIONS = [
     Migration(1, "decisions (append-only), gateways' heartbeats, one-time imports", True, {
         "sqlite": (_TABLES["meta"], _TABLES["decisions"], _TABLES["index"], _TABLES["gateways"], _TABLES["imports"],
@@ -95,6 +110,12 @@ MIGRATIONS = [
                        "RAISE EXCEPTION 'beiand_decisions is append-only: add a row instead'; END $$",
                        "CREATE TRIGGER beiand_decisions_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON beiand_decisions "
                        "FOR EACH STATEMENT EXECUTE FUNCTION beiand_append_only()"),
+    }),
+    Migration(2, "the register: versions of records, inventory and NAT feed, rows by content with their intervals", True, {
+        "sqlite": (*_REGISTER, "CREATE TABLE beiand_register_names (name TEXT NOT NULL, hash TEXT NOT NULL, "
+                   "PRIMARY KEY (name, hash)) WITHOUT ROWID"),
+        "postgresql": (*_REGISTER, "CREATE TABLE beiand_register_names (name TEXT NOT NULL, hash TEXT NOT NULL, "
+                       "PRIMARY KEY (name, hash))"),
     }),
 ]
 
@@ -220,6 +241,15 @@ class DecisionStore(ABC):
     def _insert(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
         cur.executemany(self._q("INSERT INTO beiand_decisions (version, kind, key, op, data, at, actor, why, gateway) "
                                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"), rows)
+
+    def _register_insert(self, cur: Any, table: str, cols: Sequence[str], rows: list[tuple[Any, ...]], conflict: str) -> None:
+        """Many rows into a register table (``conflict``: the key whose duplicates are skipped)."""
+        if not rows:
+            return
+        sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        if conflict:
+            sql += f" ON CONFLICT ({conflict}) DO NOTHING"
+        cur.executemany(self._q(sql), rows)
 
     def _imported(self, cur: Any, source: str, sha256: str) -> bool:
         """This content was imported (by any gateway, from any path: the same file copied to two

@@ -9,7 +9,7 @@ poll, in case a notification was lost with a connection.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from beiand.store.base import DecisionStore
@@ -81,6 +81,24 @@ class PostgresStore(DecisionStore):
     def _read(self) -> Iterator[Any]:
         with self._tx(False) as cur:
             yield cur
+
+    COPY_MIN = 1000  # rows from which COPY beats a pipelined INSERT (a 1M-filing export: seconds, not minutes)
+
+    def _register_insert(self, cur: Any, table: str, cols: Sequence[str], rows: list[tuple[Any, ...]], conflict: str) -> None:
+        if len(rows) < self.COPY_MIN:
+            super()._register_insert(cur, table, cols, rows, conflict)
+            return
+        names = ", ".join(cols)
+        target = table
+        if conflict:  # COPY knows no ON CONFLICT: through a temporary table dropped at commit
+            target = f"{table}_in"
+            cur.execute(f"CREATE TEMPORARY TABLE {target} (LIKE {table}) ON COMMIT DROP")
+        with cur.copy(f"COPY {target} ({names}) FROM STDIN") as cp:
+            for r in rows:
+                cp.write_row(r)
+        if conflict:
+            cur.execute(f"INSERT INTO {table} ({names}) SELECT DISTINCT {names} FROM {target} ON CONFLICT ({conflict}) DO NOTHING")
+            cur.execute(f"DROP TABLE {target}")
 
     def _notify(self, cur: Any, version: int) -> None:
         cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(version)))
