@@ -112,13 +112,20 @@ def policy_setup(args: argparse.Namespace, quiet: bool = False) -> PolicySetup:
                 cfg = load_config(path)
             except ConfigError as exc:
                 raise CliError(str(exc)) from None
-    records = args.records or ([str(p) for p in cfg.records.files] if cfg else [])
-    if not records:
-        raise CliError("no records: give --records FILE or --config FILE")
-    status_map = {**(cfg.records.status_map if cfg else {}), **parse_status_map(getattr(args, "status_map", None))}
-    index = load_records(records, strict=cfg.records.strict if cfg else False, quiet=quiet, status_map=status_map)
+    at = getattr(args, "register_at", None)
+    held = register_inputs(args, cfg, at) if at is not None and not args.records else None
     inv_path = args.inventory or (str(cfg.inventory.file) if cfg and cfg.inventory.file else None)
-    inventory = inventory_from(inv_path)
+    if held is not None:
+        index, held_inventory = held
+        inventory = held_inventory if held_inventory is not None and not args.inventory else inventory_from(inv_path)
+        inv_path = inv_path or ("register" if held_inventory is not None else None)
+    else:
+        records = args.records or ([str(p) for p in cfg.records.files] if cfg else [])
+        if not records:
+            raise CliError("no records: give --records FILE or --config FILE (or --at TIME: the register in the decision store)")
+        status_map = {**(cfg.records.status_map if cfg else {}), **parse_status_map(getattr(args, "status_map", None))}
+        index = load_records(records, strict=cfg.records.strict if cfg else False, quiet=quiet, status_map=status_map)
+        inventory = inventory_from(inv_path)
     try:
         base = policy_config(cfg) if cfg else PolicyConfig()
         providers = [p for p in (getattr(args, "provider", None) or ()) if p.strip()]
@@ -139,6 +146,42 @@ def policy_setup(args: argparse.Namespace, quiet: bool = False) -> PolicySetup:
         raise CliError(str(exc)) from None
     policy = Policy(index, inventory, pcfg)
     return PolicySetup(index, inventory, policy, cfg, inv_path is not None, overlays(args, cfg, policy))
+
+
+def register_inputs(args: argparse.Namespace, cfg: Config | None, at: float) -> tuple[RecordIndex, Inventory | None] | None:
+    """The records (and the inventory, when the register holds one) in force at ``at`` from the
+    decision store's register (``--at``: judge as the gateway judged then); None when the store
+    holds no register version then (the files are read as before). ``args.register_query``
+    (names, ip): only the filings that can decide those (a lookup), else the whole version."""
+    from beiand.runtime.decisions import open_decisions
+    from beiand.runtime.register import lookup_rows, state_at
+    from beiand.store import StoreError
+    from beiand.store.connect import is_postgres, sqlite_path
+
+    base = cfg or Config()
+    state = getattr(args, "state_dir", None)
+    if state:
+        base = dataclasses.replace(base, daemon=dataclasses.replace(base.daemon, state_dir=Path(state)),
+                                   store=dataclasses.replace(base.store, url=""))
+    if getattr(args, "store", None):
+        base = dataclasses.replace(base, store=dataclasses.replace(base.store, url=args.store))
+    if not is_postgres(base.store.url) and not sqlite_path(base.store.url, base.daemon.state_dir).exists():
+        return None
+    try:
+        store = open_decisions(base, migrate=False, import_files=False, create=False)
+        try:
+            query = getattr(args, "register_query", None)
+            held, version = lookup_rows(store, *query, at) if query is not None else state_at(store, at)
+        finally:
+            store.close()
+    except StoreError as exc:
+        raise CliError(f"--at: {exc}") from None
+    if not version or held.records is None:
+        return None
+    from beiand.policy.register import INVENTORY
+
+    err(f"records: register version {held.records.version} (in force at {at:.0f}: version {version})")
+    return held.index(), held.inventory() if INVENTORY in held.rows else None
 
 
 def overlays(args: argparse.Namespace, cfg: Config | None, policy: Policy) -> Decider:
