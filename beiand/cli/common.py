@@ -171,7 +171,7 @@ def register_inputs(args: argparse.Namespace, cfg: Config | None, at: float) -> 
         store = open_decisions(base, migrate=False, import_files=False, create=False)
         try:
             query = getattr(args, "register_query", None)
-            held, version = lookup_rows(store, *query, at) if query is not None else state_at(store, at)
+            held, version = lookup_rows(store, query[0], query[1], at) if query is not None else state_at(store, at)
         finally:
             store.close()
     except StoreError as exc:
@@ -189,8 +189,18 @@ def overlays(args: argparse.Namespace, cfg: Config | None, policy: Policy) -> De
     ``daemon.state_dir``), as the daemon decides; none with ``--no-overlays``, or with neither a
     config nor ``--state-dir`` (the records alone)."""
     state = getattr(args, "state_dir", None)
-    if getattr(args, "no_overlays", False) or (cfg is None and not state):
+    store = getattr(args, "store", None)
+    if getattr(args, "no_overlays", False) or (cfg is None and not state and not store):
         return Decider(policy)
+    if store:  # the orders and commands of that store (a fleet's PostgreSQL), as its gateways decide
+        base = cfg if cfg is not None else Config()
+        base = dataclasses.replace(base, store=dataclasses.replace(base.store, url=store))
+        if state:
+            base = dataclasses.replace(base, daemon=dataclasses.replace(base.daemon, state_dir=Path(state)))
+        try:
+            return decider(base, policy)
+        except (StateError, OSError) as exc:
+            raise CliError(f"--store: {exc}") from None
     try:
         return decider(cfg if cfg is not None else Config(), policy, Path(state) if state else None)
     except (StateError, OSError) as exc:
@@ -221,6 +231,8 @@ def policy_args(p: argparse.ArgumentParser) -> None:
                    help="decide with the overlays kept there, as the daemon does: closure orders (orders.json) and, with "
                         "[isms] on, the regulator's commands (isms/commands.json), each at the observation's time "
                         "(default: daemon.state_dir of the config)")
+    p.add_argument("--store", metavar="URL", help="the decision store (an SQLite file or postgresql://user@host/db): its "
+                   "orders and commands, and with --at its register's records and inventory (default: store.url of the config)")
     p.add_argument("--no-overlays", action="store_true", help="decide from the records alone (no orders, no commands, no grace)")
     p.add_argument("--allow", action="append", metavar="NAME", help="exempt name (allowlist)")
     p.add_argument("--grace-days", type=int, help="grace for access-pending (接入审核中) filings, at most 45 days (default 30)")

@@ -225,7 +225,7 @@ ZH_HEADERS = {
     "server_ip": "目的地址", "server_port": "目的端口", "transport": "协议", "kind": "识别方式", "name": "域名",
     "verdict": "备案核验结果", "action": "处置", "filing_number": "备案号", "gateway": "网关", "reason": "原因",
     "nat": "NAT映射地址", "calling_number": "主叫号码", "order": "指令编号", "direction": "方向", "method": "请求方法",
-    "url": "URL", "packets": "包数", "octets": "字节数", "holder": "当时地址持有账号",
+    "url": "URL", "packets": "包数", "octets": "字节数", "records_version": "备案数据版本", "holder": "当时地址持有账号",
 }
 
 

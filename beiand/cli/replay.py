@@ -258,6 +258,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
                            f"requires at least {RETENTION_FLOOR_DAYS} days")
     if args.workers is not None and not 1 <= args.workers <= 64:
         raise CliError(f"--workers {args.workers}: expected 1..64")
+    if args.at is not None:  # the register's records and inventory in force then (the decision store)
+        from beiand.cli.records import at_seconds
+
+        args.register_at = at_seconds(args.at)
     setup = policy_setup(args, quiet=args.json)
     policy = setup.decider or setup.policy  # the daemon's overlays from the state directory, at each packet's time
     n = _workers(args)
@@ -295,6 +299,9 @@ def add_parsers(sub: Any, policy_args: Callable[[argparse.ArgumentParser], None]
     rp.add_argument("files", nargs="+", metavar="FILE")
     policy_args(rp)
     rp.add_argument("--json", action="store_true", help="one JSON line per decision")
+    rp.add_argument("--at", metavar="TIME", help="judge with the records and inventory in force at this time, from the "
+                    "decision store's register (2026-11-20T08:00+08:00 or epoch seconds; orders and commands are always "
+                    "those in force at each packet's time)")
     rp.add_argument("--tcp-ports", type=_ports, default=DecoderConfig.tcp_ports, metavar="P,P", help="watched TCP ports")
     rp.add_argument("--udp-ports", type=_ports, default=DecoderConfig.udp_ports, metavar="P,P", help="watched UDP ports (QUIC)")
     rp.add_argument("--watched-ports-only", action="store_true",

@@ -374,7 +374,8 @@ def live_captures(cfg: Config, fanout_group: int) -> list[LiveCapture]:
                         block_timeout_ms=cfg.capture.ring_block_timeout_ms, version=cfg.capture.ring_version) for i in ifaces]
 
 
-def access_log_sinks(cfg: Config, idx: int, nat: NatTable | None = None) -> tuple[AccessLog, ClickHouseSink | None, list[Sink]]:
+def access_log_sinks(cfg: Config, idx: int, nat: NatTable | None = None,
+                     records_version: int = 0) -> tuple[AccessLog, ClickHouseSink | None, list[Sink]]:
     """A worker's access log (its own partition), ClickHouse when configured, and the sinks that
     feed them. The local chained log gets every record whatever else is configured (DESIGN.md,
     Fleet: the evidence of record); ClickHouse gets a copy of what the log has made durable, with
@@ -400,7 +401,8 @@ def access_log_sinks(cfg: Config, idx: int, nat: NatTable | None = None) -> tupl
                      on_commit=ch.committed if ch is not None else None)
     if ch is not None:  # what the log committed before a stop and the copy never got
         ch.backfill(al.directory, alog.sequence, key)
-    sinks: list[Sink] = [AccessLogSink(alog, cfg.gateway, nat=nat if nat else None)]
+    sinks: list[Sink] = [AccessLogSink(alog, cfg.gateway, nat=nat if nat else None,
+                                       records_version=str(records_version) if records_version else "")]
     return alog, ch, sinks
 
 

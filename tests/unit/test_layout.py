@@ -17,7 +17,6 @@ TESTED_ELSEWHERE = {
     "cli.common": "cli/test_main.py",
     "cli.install_files": "runtime/test_installfiles.py",
     "cli.lab": "lab/test_demo.py",
-    "cli.records": "cli/test_main.py",
     "cli.run": "integration/test_daemon_lab.py",
     "isms.answers": "integration/test_isms_answers.py",
     "isms.reload": "integration/test_isms_reload.py",
