@@ -250,6 +250,9 @@ class Applier:
             self._down(exc)
         except OSError as exc:  # the disk: the copy in force stays, tried again
             log.error("register copy not written under %s: %s", self.state_dir, exc)
+        except Exception as exc:  # a bug must not stop following: say it, and judge with the copy meanwhile
+            log.exception("register follower")
+            self._down(exc)
         self._wake.wait(wait)
         self._wake.clear()
 
