@@ -38,7 +38,6 @@ from beiand.records.importer import gc_paused
 from beiand.runtime.settings import Config
 from beiand.store import DecisionStore, Entry, StoreError, StoreSettings, open_store
 from beiand.store.connect import is_postgres
-from beiand.store.register import NOTE_KIND as REGISTER_NOTE
 
 log = logging.getLogger("beiand.decisions")
 
@@ -237,7 +236,6 @@ class Follower:
         self.houses: Callable[[], list[str]] = list
         self.healthy: Callable[[], bool] = lambda: True
         self.extra_state: Callable[[], dict[str, Any]] = dict  # more for the heartbeat (the register version applied)
-        self.on_register: Callable[[], None] = lambda: None  # a register version was published: fetch it
         self._beat: tuple[int, bool, str] = (-1, False, "")  # the applied version and health the last heartbeat carried
         self.stopped = False  # the last heartbeat says so: the CU counts the gateway down at once
         self._stop = threading.Event()
@@ -311,8 +309,6 @@ class Follower:
         self.last_contact = time.time()
         with gc_paused():  # a fold re-indexes every order: no collection of the whole heap meanwhile
             changed = self.folded.apply(changes) if changes else []
-        if any(c.kind == REGISTER_NOTE for c in changes):
-            self.on_register()
         self._stale |= set(changed)
         for name, part in self.folded.named():  # a snapshot removed or edited by hand: written again
             if part.path is not None and version(part.path) != part.seen and name in self.written:

@@ -5,8 +5,8 @@ versions, applying the version in force, and judging with a past one.
   ``records.source = "store"``): validate as a reload does (named bad rows, the reload guard
   against the version in force), then publish the records, the inventory and the NAT feed as
   versions of the register (``store.register``).
-* :class:`Applier` (a thread of the supervisor, ``records.source = "store"``): polls the register's
-  version (woken early by the decision follower when a ``register`` row arrives), fetches each kind
+* :class:`Applier` (a thread of the supervisor, ``records.source = "store"``): waits for news of a
+  version (PostgreSQL ``NOTIFY`` on the register's channel, with a poll besides), fetches each kind
   by content, checks it, writes the gateway's copy under ``<daemon.state_dir>/register/`` and asks
   for a reload, which builds the new state to the side while the workers keep judging with the
   old one. With the store unreachable the copy stays in force and the gateway starts from it.
@@ -221,13 +221,15 @@ class Applier:
             self.fetched = 0
 
     def wake(self) -> None:
-        """News of a version (a ``register`` row seen by the decision follower)."""
+        """News of a version (this gateway imported its drop)."""
         self._wake.set()
 
     def sync(self) -> bool:
         """Fetch a newer version into the copy; True when the copy changed."""
         if self.store is None:
             self.store = self._open()
+            if hasattr(self.store, "channel"):
+                self.store.channel = reg.CHANNEL
         head = reg.head(self.store)
         self.m_head.set(head)
         changed = False
@@ -253,7 +255,15 @@ class Applier:
         except Exception as exc:  # a bug must not stop following: say it, and judge with the copy meanwhile
             log.exception("register follower")
             self._down(exc)
-        self._wake.wait(wait)
+        store = self.store
+        if store is not None and store.dialect == "postgresql":
+            try:  # NOTIFY on the register's channel, or the poll interval
+                store.wait(wait)
+            except StoreError as exc:
+                self._down(exc)
+                self._wake.wait(wait)
+        else:
+            self._wake.wait(wait)
         self._wake.clear()
 
     def _down(self, exc: BaseException) -> None:

@@ -143,8 +143,6 @@ class Daemon:
         self.decisions.houses = self._houses
         self.decisions.healthy = lambda: not self.ready()
         self.decisions.extra_state = lambda: {"register": self.state.register_version}
-        if self.register is not None:
-            self.decisions.on_register = self.register.wake
         # Sponsor cases (issue 31): opened from the view's rows, notices, deadlines, escalation
         self.keeper = CaseKeeper(cfg, lambda: open_decisions(self.state.config), lambda: self.state.policy,
                                  self.metrics.registry)
@@ -294,7 +292,11 @@ class Daemon:
         return {"filings": st.index.stats().filings, "files": [str(p) for p in st.config.records.files],
                 "loaded_at": st.loaded_at, "age_seconds": age, "max_age_seconds": max_age,
                 "stale": bool(max_age and age > max_age), "max_loss": st.config.records.max_loss,
-                "reload_refused": None if self.refused is None else {**self.refused, "count": self.refused_count}}
+                "reload_refused": None if self.refused is None else {**self.refused, "count": self.refused_count},
+                # issue 35: the register version judged with (0: none kept) and, records.source = "store",
+                # whether the store answers or this gateway judges with its copy
+                "source": st.config.records.source, "register_version": st.register_version,
+                "register": self.register.status() if self.register is not None else None}
 
     def lookup(self, name: str, ip: str, server: str) -> dict[str, Any]:
         st = self.state

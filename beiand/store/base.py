@@ -22,7 +22,7 @@ from beiand.errors import BeiandError
 
 # The kinds of row the store holds; a row of another kind is kept and ignored (a newer writer's).
 KINDS = ("order", "exemption", "isms-command", "isms-list", "isms-house", "isms-codes", "isms-setting", "isms-sequence",
-         "isms-refused", "case", "register")
+         "isms-refused", "case")
 OPS = ("set", "end", "note")
 SCHEMA_VERSION = 2
 
@@ -208,6 +208,9 @@ class DecisionStore(ABC):
 
     def _notify(self, cur: Any, version: int) -> None:  # noqa: B027 (SQLite has no channel: followers poll)
         """Tell the followers (PostgreSQL: NOTIFY, delivered at commit)."""
+
+    def _signal(self, cur: Any, channel: str, payload: str) -> None:  # noqa: B027 (SQLite has no channel: followers poll)
+        """News on another channel than the decisions' (the register's: ``store.register``)."""
 
     def _error(self, exc: BaseException) -> StoreError:
         return StoreError(f"decision store {self.url}: {exc}")

@@ -31,6 +31,7 @@ class PostgresStore(DecisionStore):
         self._params = params  # password, sslmode, sslrootcert, connect_timeout …
         self._conn: Any = None
         self._listen: Any = None
+        self.channel = CHANNEL  # what wait() listens on (the register's follower: store.register.CHANNEL)
 
     def _connect(self) -> Any:
         import psycopg
@@ -103,6 +104,9 @@ class PostgresStore(DecisionStore):
     def _notify(self, cur: Any, version: int) -> None:
         cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(version)))
 
+    def _signal(self, cur: Any, channel: str, payload: str) -> None:
+        cur.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
     def wait(self, timeout: float) -> bool:
         """Block until a NOTIFY or ``timeout``; a lost listening connection is opened again."""
         import psycopg
@@ -111,7 +115,7 @@ class PostgresStore(DecisionStore):
             if self._listen is None or self._listen.closed:
                 self._listen = psycopg.connect(self._dsn, **self._params, **KEEPALIVE, autocommit=True,
                                                application_name=f"beiand {self.gateway} follower"[:63])
-                self._listen.execute(f"LISTEN {CHANNEL}")
+                self._listen.execute(f"LISTEN {self.channel}")
                 return True  # listening from now: what changed before is read by the caller
             got = False
             for _ in self._listen.notifies(timeout=timeout, stop_after=1):

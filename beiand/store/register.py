@@ -17,8 +17,10 @@ nothing in a new version; a changed one ends its interval and opens another. A r
 lookup at any past version reads the few rows that matter, not the whole export.
 
 A gateway fetches a version by its content (:func:`fetch`: the rows in force at it, checked
-against the version's SHA-256), never through the notification: publishing adds a ``register``
-note to the decision rows, whose ``NOTIFY`` (PostgreSQL) only says that a new version exists.
+against the version's SHA-256), never through the notification: publishing ``NOTIFY``s
+:data:`CHANNEL` (PostgreSQL) with the version's number only, to say that a new one exists;
+followers poll besides (and SQLite has no channel). The decision rows are not touched: their
+versions stay the orders' and commands'.
 
 This module knows rows only; what a row means, whether a new version may replace the one in force
 (the reload guard) and how its change is summarised are the caller's (``check``).
@@ -35,10 +37,10 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from beiand.store.base import DecisionStore, Entry, StoreError, Transaction
+from beiand.store.base import DecisionStore, StoreError, Transaction
 
 REGISTER_KINDS = ("records", "inventory", "nat")
-NOTE_KIND = "register"  # the decision row that says a version was published (followers wake on it)
+CHANNEL = "beiand_register"  # PostgreSQL NOTIFY: a version was published (its number; fetched by content)
 HASH_CHARS = 32  # 128 bits of SHA-256 in hex: the content's name
 
 
@@ -186,8 +188,8 @@ def publish(store: DecisionStore, kind: str, rows: Sequence[RegisterRow], *, at:
             v = Version(version, kind, when, actor, why, source, source_sha256, sha, len(by_key), summary, store.gateway)
             cur.execute(q(f"INSERT INTO beiand_register_versions ({_VERSION_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
                         (*v[:9], orjson.dumps(summary).decode(), store.gateway))
-            # the followers' news: a new version exists (they fetch it by content, not from the note)
-            tx.append([Entry(NOTE_KIND, kind, "note", {"version": version, "sha256": sha}, when, actor, why)])
+            # the followers' news: a new version exists (they fetch it by content, not from the news)
+            store._signal(cur, CHANNEL, str(version))
             return v
     except StoreError:
         raise
