@@ -350,7 +350,7 @@ class _Writer:
                               *([self.holder(r) or "-"] if self.holders is not None else []),
                               f"{r.client_ip}:{r.client_port}", f"{r.server_ip}:{r.server_port}", r.nat or "-", r.transport,
                               r.kind, r.name or "-", r.verdict or "-", r.action, r.filing_number or "-",
-                              f"{r.method} {r.url}".strip() or "-"])
+                              f"{r.method} {r.url}".strip() or "-", r.records_version or "-"])
 
     def _drain(self) -> None:
         if self._lines and self._bin is not None:
@@ -364,7 +364,8 @@ class _Writer:
         if self.fmt == "table":
             table(self.rows, [*(["gateway"] if self.fleet else []), "time", "account",
                               *(["holder then"] if self.holders is not None else []), "client", "server",
-                              "nat", "proto", "kind", "name", "verdict", "action", "filing no. (备案号)", "request"])
+                              "nat", "proto", "kind", "name", "verdict", "action", "filing no. (备案号)", "request",
+                              "records v"])
 
 
 def _context(args: argparse.Namespace) -> tuple[NatTable | None, Holders | None]:

@@ -72,13 +72,14 @@ def test_one_register_every_gateway_any_day(fleet: Fleet, capsys: pytest.Capture
     t_v1 = time.time()
     frame = udp("10.9.0.2", "198.51.100.10", 31999, 443, quic_initial_datagrams(GONE)[0])
     logged = judged(f.daemons[0], GONE)
-    assert logged.verdict == "filed"
+    assert logged.verdict == "filed" and logged.records_version == "2"  # the register version that decided it
     time.sleep(0.2)
 
     assert f.cli(["records", "import", str(v2), "--by", "ops", "--why", "day 2"]) == 0
     wait_for(lambda: _applied(f, 3), "register version 3 on all three")
     for d in f.daemons:
-        assert judged(d, GONE).verdict == "unfiled"
+        r = judged(d, GONE)
+        assert (r.verdict, r.records_version) == ("unfiled", "3")
         assert judged(d, KEPT).verdict == "filed"
 
     capsys.readouterr()
@@ -106,6 +107,14 @@ def test_one_register_every_gateway_any_day(fleet: Fleet, capsys: pytest.Capture
     assert json.loads(capsys.readouterr().out)["verdict"] == "filed"
     assert f.cli([*look, "--at", f"{time.time():.3f}"]) == 1
     assert json.loads(capsys.readouterr().out)["verdict"] == "unfiled"
+
+    # logs query shows which version decided each record
+    from beiand.cli import main
+
+    capsys.readouterr()
+    assert main(["logs", "query", "--log-dir", str(f.daemons[0].wd / "log"), "--name", GONE, "--format", "jsonl"]) == 0
+    shown = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert {(r["verdict"], r["records_version"]) for r in shown} == {("filed", "2"), ("unfiled", "3")}
 
     cap = tmp_path / "then.pcap"
     _pcap(cap, [(logged.ts_ms / 1000, frame)])
