@@ -164,8 +164,9 @@ def fetch_all(store: DecisionStore, version: int) -> Applied:
     return Applied(version, rec, rows)
 
 
-def write_copy(state_dir: Path, store: DecisionStore, version: int) -> list[str]:
-    """Fetch what changed since the copy and keep it; the kinds written."""
+def write_copy(state_dir: Path, store: DecisionStore, version: int, *, verify: bool = False) -> list[str]:
+    """Fetch what changed since the copy and keep it; the kinds written. ``verify``: check each
+    copy's content, not only its header (a copy found damaged is fetched again)."""
     written = []
     for kind in KINDS:
         v = reg.in_force(store, kind, version)
@@ -174,7 +175,7 @@ def write_copy(state_dir: Path, store: DecisionStore, version: int) -> list[str]
         p = copy_path(state_dir, kind)
         if p.exists():
             try:
-                held, _ = reg.read_snapshot(p)
+                held = reg.read_snapshot(p)[0] if verify else reg.read_header(p)
                 if held.version == v.version and held.sha256 == v.sha256:
                     continue
             except StoreError as exc:
@@ -215,10 +216,14 @@ class Applier:
                             registry=r)
         self.m_up = Gauge("beiand_register_store_up", "1 while the register's store answers; 0: the gateway judges with its "
                           "copy (fails static)", registry=r)
+        self._verify = False  # the copy is checked whole at the next fetch (found damaged)
         try:
             self.fetched = read_copy(self.state_dir).version
-        except StoreError:
+        except StoreError as exc:
             self.fetched = 0
+            self._verify = any(copy_path(self.state_dir, k).exists() for k in KINDS)
+            if self._verify:
+                log.error("%s: fetched again from the store", exc)
 
     def wake(self) -> None:
         """News of a version (this gateway imported its drop)."""
@@ -234,7 +239,8 @@ class Applier:
         self.m_head.set(head)
         changed = False
         if head != self.fetched:
-            written = write_copy(self.state_dir, self.store, head)
+            written = write_copy(self.state_dir, self.store, head, verify=self._verify)
+            self._verify = False
             changed = bool(written) or self.fetched == 0
             if written:
                 log.info("register: version %d fetched (%s)", head, ", ".join(written))

@@ -353,6 +353,18 @@ def write_snapshot(path: Path, v: Version, rows: Iterable[tuple[str, str]]) -> N
     os.replace(tmp, path)
 
 
+def read_header(path: Path) -> Version:
+    """The version a gateway's copy says it holds (its first line only: whether to fetch again;
+    :func:`read_snapshot` checks the content before it is used)."""
+    try:
+        with path.open("rb") as f:
+            return Version(**orjson.loads(f.readline()))
+    except OSError as exc:
+        raise StoreError(f"register snapshot {path}: {exc.strerror}") from None
+    except (orjson.JSONDecodeError, TypeError) as exc:
+        raise StoreError(f"register snapshot {path}:1: not a version header ({exc})") from None
+
+
 def read_snapshot(path: Path) -> tuple[Version, list[tuple[str, str]]]:
     """A gateway's copy, checked against the SHA-256 its header names (StoreError: damaged)."""
     try:

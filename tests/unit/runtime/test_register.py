@@ -65,6 +65,10 @@ def test_import_then_a_gateway_applies_the_version_and_fails_static(tmp_path: Pa
     copy.write_bytes(copy.read_bytes()[:-20])
     with pytest.raises(StoreError, match="damaged"):
         read_copy(cfg.daemon.state_dir)
+    # … and fetched again whole by the next follower
+    again = Applier(cfg, lambda: open_decisions(cfg), reloads.append)
+    again.step(0.0)
+    assert read_copy(cfg.daemon.state_dir).version == 2 and again.fetched == 2
 
 
 def test_a_version_losing_too_much_is_refused_by_the_gateway_too(tmp_path: Path) -> None:
