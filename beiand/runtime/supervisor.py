@@ -97,6 +97,8 @@ class Daemon:
         self.config_path = config_path
         first = load_config_state(config_path)
         self.metrics = Metrics(first.capture.interfaces, __version__)
+        self.refused: dict[str, Any] | None = None  # the last refused reload (or drop import), until one succeeds
+        self.refused_count = 0
         # The register (records, inventory, NAT feed as versions in the decision store): with
         # records.source = "store" this gateway applies the version in force, fetched by content
         # into its copy before the state is built (unreachable: the copy as it is).
@@ -125,8 +127,6 @@ class Daemon:
         self._reload_requested = ""  # why, while a reload waits
         self._reloading = False
         self._notified_ready = False
-        self.refused: dict[str, Any] | None = None  # the last refused reload, until one succeeds
-        self.refused_count = 0
         self.metrics.retention.set(cfg.accesslog.retention_days * 86400)
         self.housekeeping.records_metrics()
         self.metrics.reload_ok.set(1)
@@ -194,7 +194,7 @@ class Daemon:
         except StoreError as exc:
             log.error("register: the drop (%s) was not imported: %s", ", ".join(files), exc)
             if isinstance(exc, ImportProblem):
-                self.refused_count = getattr(self, "refused_count", 0) + 1
+                self.refused_count += 1
                 self.metrics.records_reload_refused.inc()
                 self.refused = {"at": time.time(), "trigger": "drop", "files": files, "reason": str(exc),
                                 "filings_offered": None, "filings_in_service": None}
