@@ -191,6 +191,8 @@ def history(a: argparse.Namespace) -> None:
         print(f"history: {a.days} daily exports of {a.filings} filings, {a.change:.1%} changed a day (SQLite)")
         print(f"  store after day 1: {sizes[0] / 1e6:.1f} MB; after day {a.days}: {sizes[-1] / 1e6:.1f} MB: "
               f"{sizes[-1] / sizes[0]:.2f}x (bar ≤ 3x); rows {counts}")
+        print(f"  (the export file itself: {path.stat().st_size / 1e6:.1f} MB; the store after day {a.days} is "
+              f"{sizes[-1] / path.stat().st_size:.2f}x it: rows, hashes, lookup keys and their indexes)")
         times.sort()
         print(f"  publish per day: median {times[len(times) // 2]:.1f} s, max {times[-1]:.1f} s")
         lat = []
