@@ -96,6 +96,8 @@ class PolicySetup:
     # The policy with the overlays (closure orders, the regulator's commands, grace) read from the
     # state directory: the daemon's own decider (issue 26: replay and lookups decide as it did).
     decider: Decider | None = None
+    # The register version the records and inventory are in force at (``--at``; 0: files as given)
+    register_version: int = 0
 
 
 def policy_setup(args: argparse.Namespace, quiet: bool = False) -> PolicySetup:
@@ -115,8 +117,9 @@ def policy_setup(args: argparse.Namespace, quiet: bool = False) -> PolicySetup:
     at = getattr(args, "register_at", None)
     held = register_inputs(args, cfg, at) if at is not None and not args.records else None
     inv_path = args.inventory or (str(cfg.inventory.file) if cfg and cfg.inventory.file else None)
+    register_version = 0
     if held is not None:
-        index, held_inventory = held
+        index, held_inventory, register_version = held
         inventory = held_inventory if held_inventory is not None and not args.inventory else inventory_from(inv_path)
         inv_path = inv_path or ("register" if held_inventory is not None else None)
     else:
@@ -145,14 +148,16 @@ def policy_setup(args: argparse.Namespace, quiet: bool = False) -> PolicySetup:
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     policy = Policy(index, inventory, pcfg)
-    return PolicySetup(index, inventory, policy, cfg, inv_path is not None, overlays(args, cfg, policy))
+    return PolicySetup(index, inventory, policy, cfg, inv_path is not None, overlays(args, cfg, policy), register_version)
 
 
-def register_inputs(args: argparse.Namespace, cfg: Config | None, at: float) -> tuple[RecordIndex, Inventory | None] | None:
+def register_inputs(args: argparse.Namespace, cfg: Config | None,
+                    at: float) -> tuple[RecordIndex, Inventory | None, int] | None:
     """The records (and the inventory, when the register holds one) in force at ``at`` from the
     decision store's register (``--at``: judge as the gateway judged then); None when the store
     holds no register version then (the files are read as before). ``args.register_query``
-    (names, ip): only the filings that can decide those (a lookup), else the whole version."""
+    (names, ips): only the filings that can decide those (a lookup), else the whole version. With
+    the register version they are in force at."""
     from beiand.runtime.decisions import open_decisions
     from beiand.runtime.register import lookup_rows, state_at
     from beiand.store import StoreError
@@ -181,7 +186,7 @@ def register_inputs(args: argparse.Namespace, cfg: Config | None, at: float) -> 
     from beiand.policy.register import INVENTORY
 
     err(f"records: register version {held.records.version} (in force at {at:.0f}: version {version})")
-    return held.index(), held.inventory() if INVENTORY in held.rows else None
+    return held.index(), held.inventory() if INVENTORY in held.rows else None, version
 
 
 def overlays(args: argparse.Namespace, cfg: Config | None, policy: Policy) -> Decider:

@@ -114,7 +114,8 @@ def _replay(args: argparse.Namespace, policy: Policy | Decider, shard: tuple[int
                                        retention_days=args.retention_days))
         except (LogConfigError, OSError) as exc:
             raise CliError(f"--log-dir {args.log_dir}: {exc}") from None
-        sinks.append(AccessLogSink(alog, alog.cfg.gateway))
+        version = getattr(args, "register_version", 0)  # --at: the register version, as the daemon's records carry it
+        sinks.append(AccessLogSink(alog, alog.cfg.gateway, records_version=str(version) if version else ""))
     pipe = Pipeline(decoder, policy, sinks, gateway=alog.cfg.gateway if alog is not None else (args.gateway or ""))
     readers = []
     result = ReplayResult()
@@ -263,6 +264,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
         args.register_at = at_seconds(args.at)
     setup = policy_setup(args, quiet=args.json)
+    args.register_version = setup.register_version
     policy = setup.decider or setup.policy  # the daemon's overlays from the state directory, at each packet's time
     n = _workers(args)
     res = _replay(args, policy, (0, 1), sys.stdout.buffer if args.json else None) if n == 1 else _sharded(args, policy, n)

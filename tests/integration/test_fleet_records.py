@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from beiand.accesslog import Query, query
 from beiand.lab.traffic import quic_initial_datagrams, udp
 from beiand.records.generate import OUR_PROVIDER
 from tests.integration.nsdaemon import metric, write_records
@@ -119,9 +120,12 @@ def test_one_register_every_gateway_any_day(fleet: Fleet, capsys: pytest.Capture
     cap = tmp_path / "then.pcap"
     _pcap(cap, [(logged.ts_ms / 1000, frame)])
     replay = ["replay", str(cap), "--provider", OUR_PROVIDER, "--json", "--no-connections"]
-    f.cli([*replay, "--at", f"{logged.ts_ms / 1000:.3f}"])
+    f.cli([*replay, "--at", f"{logged.ts_ms / 1000:.3f}", "--log-dir", str(tmp_path / "replayed")])
     then = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert [(r["name"], r["verdict"]) for r in then] == [(GONE, logged.verdict)]
+    # the replay's own access log says it judged with the version the gateway judged with then
+    again = [r for r in query(tmp_path / "replayed", Query()) if r.kind == "quic-sni"]
+    assert [(r.name, r.verdict, r.records_version) for r in again] == [(GONE, "filed", logged.records_version)]
     f.cli([*replay, "--at", f"{time.time():.3f}"])
     now = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert [(r["name"], r["verdict"]) for r in now] == [(GONE, "unfiled")]
