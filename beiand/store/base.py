@@ -98,6 +98,8 @@ _REGISTER = (
     # the rows in force: what a new version is compared with, and what a gateway fetches
     "CREATE UNIQUE INDEX beiand_register_rows_open ON beiand_register_rows (kind, key) WHERE valid_to IS NULL",
 )
+_ROWS = "beiand_register_rows"
+_REGISTER_TABLES = ("beiand_register_versions", "beiand_register_content", _ROWS, "beiand_register_names")
 MIGRATIONS = [
     Migration(1, "decisions (append-only), gateways' heartbeats, one-time imports", True, {
         "sqlite": (_TABLES["meta"], _TABLES["decisions"], _TABLES["index"], _TABLES["gateways"], _TABLES["imports"],
@@ -113,9 +115,30 @@ MIGRATIONS = [
     }),
     Migration(2, "the register: versions of records, inventory and NAT feed, rows by content with their intervals", True, {
         "sqlite": (*_REGISTER, "CREATE TABLE beiand_register_names (name TEXT NOT NULL, hash TEXT NOT NULL, "
-                   "PRIMARY KEY (name, hash)) WITHOUT ROWID"),
+                   "PRIMARY KEY (name, hash)) WITHOUT ROWID",
+                   *(f"CREATE TRIGGER {t}_no_delete BEFORE DELETE ON {t} "
+                     f"BEGIN SELECT RAISE(ABORT, '{t}: the register keeps its history: nothing is deleted'); END"
+                     for t in _REGISTER_TABLES),
+                   *(f"CREATE TRIGGER {t}_no_update BEFORE UPDATE ON {t} "
+                     f"BEGIN SELECT RAISE(ABORT, '{t} is append-only'); END" for t in _REGISTER_TABLES if t != _ROWS),
+                   # a row's interval is closed once (valid_to: NULL → the version that ended it), nothing else changes
+                   f"CREATE TRIGGER {_ROWS}_close_only BEFORE UPDATE ON {_ROWS} WHEN OLD.valid_to IS NOT NULL "
+                   "OR NEW.valid_to IS NULL OR NEW.kind != OLD.kind OR NEW.key != OLD.key OR NEW.hash != OLD.hash "
+                   "OR NEW.valid_from != OLD.valid_from "
+                   f"BEGIN SELECT RAISE(ABORT, '{_ROWS}: an interval is only ever closed once'); END"),
         "postgresql": (*_REGISTER, "CREATE TABLE beiand_register_names (name TEXT NOT NULL, hash TEXT NOT NULL, "
-                       "PRIMARY KEY (name, hash))"),
+                       "PRIMARY KEY (name, hash))",
+                       "CREATE FUNCTION beiand_register_history() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                       "RAISE EXCEPTION '%: the register keeps its history: nothing is changed or deleted', TG_TABLE_NAME; "
+                       "END $$",
+                       *(f"CREATE TRIGGER {t}_history BEFORE DELETE OR TRUNCATE{' OR UPDATE' if t != _ROWS else ''} ON {t} "
+                         "FOR EACH STATEMENT EXECUTE FUNCTION beiand_register_history()" for t in _REGISTER_TABLES),
+                       "CREATE FUNCTION beiand_register_close() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                       "IF OLD.valid_to IS NULL AND NEW.valid_to IS NOT NULL AND NEW.kind = OLD.kind AND NEW.key = OLD.key "
+                       "AND NEW.hash = OLD.hash AND NEW.valid_from = OLD.valid_from THEN RETURN NEW; END IF; "
+                       f"RAISE EXCEPTION '{_ROWS}: an interval is only ever closed once'; END $$",
+                       f"CREATE TRIGGER {_ROWS}_close_only BEFORE UPDATE ON {_ROWS} "
+                       "FOR EACH ROW EXECUTE FUNCTION beiand_register_close()"),
     }),
 ]
 

@@ -430,6 +430,11 @@ def test_the_register_on_both_backends_bulk_and_row_by_row(tmp_path: Path, url: 
         assert (d.added, d.removed, [k for k, _, _ in d.changed]) == (["knew"], ["k00007"], ["k00001"])
         assert reg.size(store)["beiand_register_rows"] == 3002
         assert store.head() == 0  # the decision rows are the orders' and commands' only
+        for sql in ("DELETE FROM beiand_register_rows", "UPDATE beiand_register_rows SET valid_to = 9 WHERE key = 'k00007'",
+                    "UPDATE beiand_register_content SET data = 'x'"):
+            with pytest.raises(StoreError, match="register"), store.transaction() as tx:
+                tx.cur.execute(sql)
+        assert dict(reg.fetch(store, "records", 1)[1]) == first
     finally:
         store.close()
         listener.close()

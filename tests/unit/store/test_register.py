@@ -105,3 +105,20 @@ def test_a_key_twice_or_an_unknown_kind_is_refused(tmp_path: Path) -> None:
         reg.publish(s, "records", [reg.RegisterRow("a", "1"), reg.RegisterRow("a", "2")])
     with pytest.raises(StoreError, match="not one of"):
         reg.publish(s, "orders", rows({"a": "1"}))
+
+
+def test_history_is_never_rewritten(tmp_path: Path) -> None:
+    """Nothing of the register is deleted or changed; an interval is only ever closed once."""
+    import sqlite3
+
+    s = _store(tmp_path)
+    reg.publish(s, "records", rows({"a": "1", "b": "2"}))
+    reg.publish(s, "records", rows({"a": "1"}))
+    c = sqlite3.connect(tmp_path / "s.sqlite")
+    for sql in ("DELETE FROM beiand_register_rows", "DELETE FROM beiand_register_content",
+                "UPDATE beiand_register_versions SET actor = 'x'", "UPDATE beiand_register_rows SET valid_to = 9 WHERE key = 'b'",
+                "UPDATE beiand_register_rows SET hash = 'x' WHERE key = 'a'"):
+        with pytest.raises(sqlite3.DatabaseError, match="register"):
+            c.execute(sql)
+    c.close()
+    assert dict(reg.rows_at(s, "records", 1)) == {"a": "1", "b": "2"}
