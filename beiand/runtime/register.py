@@ -173,6 +173,7 @@ def write_copy(state_dir: Path, store: DecisionStore, version: int, *, verify: b
         if v is None:
             continue
         p = copy_path(state_dir, kind)
+        held: reg.Version | None = None
         if p.exists():
             try:
                 held = reg.read_snapshot(p)[0] if verify else reg.read_header(p)
@@ -180,9 +181,24 @@ def write_copy(state_dir: Path, store: DecisionStore, version: int, *, verify: b
                     continue
             except StoreError as exc:
                 log.error("%s (fetched again)", exc)
-        got, rows = reg.fetch(store, kind, v.version)
+                held = None
+        if held is not None and held.version < v.version:
+            # the change since the copy (a daily export: thousands of rows, not the million)
+            try:
+                _, rows_held = reg.read_snapshot(p)
+                ended, begun = reg.changes_between(store, kind, held.version, v.version)
+                rows = reg.apply_changes(rows_held, ended, begun)
+                if reg.content_sha256(rows.items()) == v.sha256:
+                    reg.write_snapshot(p, v, rows.items())
+                    written.append(f"{kind} v{v.version} ({len(ended)} ended, {len(begun)} begun)")
+                    continue
+                log.error("register %s: the copy at v%d with the change to v%d is not v%d's content: fetched whole",
+                          kind, held.version, v.version, v.version)
+            except StoreError as exc:
+                log.error("%s (fetched whole)", exc)
+        got, whole = reg.fetch(store, kind, v.version)
         assert got is not None
-        reg.write_snapshot(p, got, rows)
+        reg.write_snapshot(p, got, whole)
         written.append(f"{kind} v{got.version}")
     mark = Path(state_dir) / DIR / "version"
     mark.parent.mkdir(parents=True, exist_ok=True, mode=0o750)

@@ -294,6 +294,34 @@ def fetch(store: DecisionStore, kind: str, version: int) -> tuple[Version | None
     return v, rows
 
 
+def changes_between(store: DecisionStore, kind: str, held: int, version: int) -> tuple[list[str], list[tuple[str, str]]]:
+    """What a copy of ``kind`` at version ``held`` needs to be the one at ``version``: the keys of
+    the rows that ended, and the rows (key, data) that began (a gateway fetches the change, not
+    the whole export; :func:`apply_changes` and the SHA-256 check make the copy)."""
+    try:
+        with store._read() as cur:
+            cur.execute(store._q("SELECT key FROM beiand_register_rows WHERE kind = ? AND valid_from <= ? AND valid_to > ? "
+                                 "AND valid_to <= ?"), (kind, held, held, version))
+            ended = [k for (k,) in cur.fetchall()]
+            cur.execute(store._q("SELECT r.key, c.data FROM beiand_register_rows r JOIN beiand_register_content c "
+                                 "ON c.hash = r.hash WHERE r.kind = ? AND r.valid_from > ? AND r.valid_from <= ? "
+                                 "AND (r.valid_to IS NULL OR r.valid_to > ?)"), (kind, held, version, version))
+            begun = [(k, d) for k, d in cur.fetchall()]
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise store._error(exc) from None
+    return ended, begun
+
+
+def apply_changes(rows: Iterable[tuple[str, str]], ended: Sequence[str], begun: Sequence[tuple[str, str]]) -> dict[str, str]:
+    out = dict(rows)
+    for k in ended:
+        out.pop(k, None)
+    out.update(begun)
+    return out
+
+
 def rows_named(store: DecisionStore, kind: str, names: Sequence[str], version: int) -> list[tuple[str, str]]:
     """(key, data) of the rows of ``kind`` in force at ``version`` listed under any of ``names``."""
     if not names:

@@ -26,7 +26,8 @@ def _config(tmp_path: Path, source: str = "store") -> Path:
     return p
 
 
-def test_import_then_a_gateway_applies_the_version_and_fails_static(tmp_path: Path) -> None:
+def test_import_then_a_gateway_applies_the_version_and_fails_static(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", "beiand.register")
     conf = _config(tmp_path)
     cfg = load_config(conf)
     write_csv(str(tmp_path / "a.csv"), GenConfig(filings=300))
@@ -51,6 +52,19 @@ def test_import_then_a_gateway_applies_the_version_and_fails_static(tmp_path: Pa
     assert state.inventory.lookup("198.51.100.7") is not None
     ap.step(0.0)
     assert reloads == ["register version 2"]  # nothing new: no reload
+    # the next export: the gateway fetches the change, not the whole export
+    lines = (tmp_path / "a.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    (tmp_path / "a2.csv").write_text("".join(lines[:-5]), encoding="utf-8")
+    store = open_decisions(cfg)
+    done, _ = import_files(cfg, store, [str(tmp_path / "a2.csv")])
+    store.close()
+    assert done[0].version.version == 3
+    ap.step(0.0)
+    assert reloads[-1] == "register version 3"
+    assert len(read_copy(cfg.daemon.state_dir).index().filings) == done[0].version.rows < 300
+    assert "records v3 (" in caplog.text and "ended" in caplog.text  # the change applied to the copy
+    reloads.clear()
+    reloads.append("register version 2")
 
     # the store gone: the copy keeps judging, a new start too
     def gone() -> Config:
@@ -58,8 +72,8 @@ def test_import_then_a_gateway_applies_the_version_and_fails_static(tmp_path: Pa
 
     down = Applier(cfg, gone, reloads.append)  # type: ignore[arg-type]
     down.first_sync()
-    assert not down.reachable and down.fetched == 2 and down.status()["fails_static"]
-    assert load_state(str(conf)).register_version == 2
+    assert not down.reachable and down.fetched == 3 and down.status()["fails_static"]
+    assert load_state(str(conf)).register_version == 3
     # a damaged copy is never used
     copy = cfg.daemon.state_dir / "register" / "records.snapshot"
     copy.write_bytes(copy.read_bytes()[:-20])
@@ -68,7 +82,7 @@ def test_import_then_a_gateway_applies_the_version_and_fails_static(tmp_path: Pa
     # … and fetched again whole by the next follower
     again = Applier(cfg, lambda: open_decisions(cfg), reloads.append)
     again.step(0.0)
-    assert read_copy(cfg.daemon.state_dir).version == 2 and again.fetched == 2
+    assert read_copy(cfg.daemon.state_dir).version == 3 and again.fetched == 3
 
 
 def test_a_version_losing_too_much_is_refused_by_the_gateway_too(tmp_path: Path) -> None:

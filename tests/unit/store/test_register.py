@@ -50,6 +50,13 @@ def test_every_version_reads_back_as_published_and_history_is_rows_not_copies(tm
         assert got is not None and got.version == version and dict(content) == snap
         for key, data in snap.items():  # found by its lookup key, at that version only as it was then
             assert (key, data) in reg.rows_named(s, "records", [data], version)
+    # a copy at any version, with the change since, is the later version (what a gateway fetches)
+    vs = sorted(published)
+    for a in vs:
+        for b in vs:
+            if a < b:
+                ended, begun = reg.changes_between(s, "records", a, b)
+                assert reg.apply_changes(reg.rows_at(s, "records", a), ended, begun) == published[b]
     # one interval per row and content: never more than the rows that changed
     changes = sum(len(snap) for snap in list(published.values())[:1]) + sum(
         len({k for k in b if a.get(k) != b[k]}) for a, b in zip(list(published.values()), list(published.values())[1:],
