@@ -142,7 +142,8 @@ class Daemon:
         self.decisions.worker_versions = self._worker_versions
         self.decisions.houses = self._houses
         self.decisions.healthy = lambda: not self.ready()
-        self.decisions.extra_state = lambda: {"register": self.state.register_version}
+        self.register_applied = self.state.register_version  # what every worker judges with (after a reload's swap)
+        self.decisions.extra_state = lambda: {"register": self.register_applied}
         # Sponsor cases (issue 31): opened from the view's rows, notices, deadlines, escalation
         self.keeper = CaseKeeper(cfg, lambda: open_decisions(self.state.config), lambda: self.state.policy,
                                  self.metrics.registry)
@@ -586,8 +587,6 @@ class Daemon:
                 return False
             await asyncio.get_running_loop().run_in_executor(None, self._record_history, new)
             self.state = self.housekeeping.state = new
-            if self.register is not None:
-                self.register.set_applied(new.register_version)
             if self.decider is not None:
                 self.decider.rebind(new.policy)
             note_inventory(new)
@@ -614,6 +613,10 @@ class Daemon:
             for idx in range(new.config.workers):
                 if idx not in self.workers:
                     self._start_worker(idx)
+            # every worker judges with the new state now: the register version it applies
+            self.register_applied = new.register_version
+            if self.register is not None:
+                self.register.set_applied(new.register_version)
             return True
         finally:
             self._reloading = False
