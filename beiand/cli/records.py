@@ -145,12 +145,15 @@ def cmd_records_holder(args: argparse.Namespace) -> int:
     sdir = Path(args.state_dir) if args.state_dir else (cfg.daemon.state_dir if cfg is not None else None)
     if sdir is None:
         raise CliError(f"--state-dir: not given, and no config at {args.config or DEFAULT_CONFIG} to take daemon.state_dir from")
-    if not history_dir(sdir).is_dir():
-        raise CliError(f"--state-dir {sdir}: no inventory history ({history_dir(sdir)}): the daemon records one at every load")
-    try:
-        held = Holders(sdir).at(ip, ts)
-    except HistoryError as exc:
-        raise CliError(str(exc)) from None
+    held = _held_in_register(cfg, sdir, bool(args.state_dir), ip, ts)  # the register's inventory then (issue 35)
+    if held is None:
+        if not history_dir(sdir).is_dir():
+            raise CliError(f"--state-dir {sdir}: no inventory history ({history_dir(sdir)}) and no inventory in the "
+                           "decision store's register: the daemon records one at every load")
+        try:
+            held = Holders(sdir).at(ip, ts)
+        except HistoryError as exc:
+            raise CliError(str(exc)) from None
     nat_path = args.nat or (str(cfg.inventory.nat_file) if cfg is not None and cfg.inventory.nat_file else "")
     mappings = []
     if nat_path:
@@ -305,6 +308,42 @@ def store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", metavar="DIR", help="the gateway's state directory: its SQLite decision store")
     p.add_argument("--store", metavar="URL", help="the decision store: an SQLite file or postgresql://user@host/db "
                    "(default: store.url of the config)")
+
+
+def _held_in_register(cfg: Any, state_dir: Any, state_given: bool, ip: str, ts_ms: int) -> Any:
+    """Who held ``ip`` at ``ts_ms`` by the inventory in force then in the decision store's register
+    (None: the register holds no inventory then, or there is no store: the history files answer)."""
+    import dataclasses
+    from pathlib import Path
+
+    from beiand.policy.history import Held
+    from beiand.policy.register import inventory_of
+    from beiand.runtime.decisions import open_decisions
+    from beiand.runtime.settings import Config
+    from beiand.store import StoreError
+    from beiand.store import register as reg
+    from beiand.store.connect import is_postgres, sqlite_path
+
+    base = cfg if cfg is not None else Config()
+    if state_given:
+        base = dataclasses.replace(base, daemon=dataclasses.replace(base.daemon, state_dir=Path(state_dir)),
+                                   store=dataclasses.replace(base.store, url=""))
+    if not is_postgres(base.store.url) and not sqlite_path(base.store.url, base.daemon.state_dir).exists():
+        return None
+    try:
+        store = open_decisions(base, migrate=False, import_files=False, create=False)
+        try:
+            v, rows = reg.fetch(store, "inventory", reg.version_at(store, ts_ms / 1000))
+        finally:
+            store.close()
+    except StoreError as exc:
+        err(f"warning: {exc}: the inventory history files answer")
+        return None
+    if v is None:
+        return None
+    hit = inventory_of(rows).lookup(ip)
+    return Held(hit.account if hit else "", hit, int(v.at * 1000),
+                f"register v{v.version}: {v.source} (sha256 {v.source_sha256[:16]})")
 
 
 def add_parsers(sub: Any) -> None:

@@ -48,3 +48,22 @@ def test_import_log_diff_and_lookup_at(tmp_path: Path, capsys: pytest.CaptureFix
     assert json.loads(capsys.readouterr().out)["verdict"] == "filed"
     assert main([*look, "--at", str(time.time())]) == 1
     assert json.loads(capsys.readouterr().out)["verdict"] == "unfiled"
+
+
+def test_holder_at_a_time_from_the_register(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, inv1, inv2 = tmp_path / "a.csv", tmp_path / "inv1.csv", tmp_path / "inv2.csv"
+    write_csv(str(a), GenConfig(filings=20))
+    inv1.write_text("prefix,account,site,state,mode\n198.51.100.0/24,cust-old,bj-1,active,\n", encoding="utf-8")
+    inv2.write_text("prefix,account,site,state,mode\n198.51.100.0/24,cust-new,bj-1,active,\n", encoding="utf-8")
+    st = ["--state-dir", str(tmp_path / "state")]
+    assert main(["records", "import", str(a), "--inventory", str(inv1), *st]) == 0
+    t1 = time.time()
+    time.sleep(0.05)
+    assert main(["records", "import", "--inventory", str(inv2), *st]) == 0
+    capsys.readouterr()
+    assert main(["records", "holder", "198.51.100.7", "--at", f"{t1:.3f}", "--json", *st]) == 0
+    then = json.loads(capsys.readouterr().out)
+    assert then["account"] == "cust-old" and then["inventory"].startswith("register v2: ")
+    assert main(["records", "holder", "198.51.100.7", "--json", *st]) == 0
+    assert json.loads(capsys.readouterr().out)["account"] == "cust-new"
+    assert main(["records", "holder", "203.0.113.1", "--json", *st]) == 1
