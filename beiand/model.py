@@ -237,6 +237,9 @@ class AccessRecord(NamedTuple):
     # Issue 26: what the enforcer did with a block ("" nothing to do, done, breaker-open, failed):
     # ``action`` is what was done (a block not carried out is logged ``flag``), this says why.
     outcome: str = ""
+    # Issue 35: the register version (records, inventory, NAT feed in the decision store) the
+    # decision was made with; "" where none is kept (such a record is written without the field).
+    records_version: str = ""
 
 
 class MetricKey(NamedTuple):

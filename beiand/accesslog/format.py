@@ -62,7 +62,10 @@ INT_FIELDS = frozenset({"ts_ms", "client_port", "server_port", "packets", "octet
 NFIELDS_V1 = FIELDS.index("order") + 1
 # Records written before issue 26 end at ``octets`` (no ``outcome``).
 NFIELDS_V2 = FIELDS.index("octets") + 1
-_SHAPES = frozenset({NFIELDS, NFIELDS_V2, NFIELDS_V1})
+# Records written before issue 35 end at ``outcome``; so does, since, a record without a register
+# version (``records_version`` ""), so that a gateway that keeps none writes the lines it wrote before.
+NFIELDS_V3 = FIELDS.index("outcome") + 1
+_SHAPES = frozenset({NFIELDS, NFIELDS_V3, NFIELDS_V2, NFIELDS_V1})
 _INT_AT = tuple(i for i, f in enumerate(FIELDS) if f in INT_FIELDS)
 _TABS = NFIELDS - 1
 
@@ -79,23 +82,32 @@ def _esc(s: str) -> str:
 
 
 _FMT = "\t".join(["%s"] * NFIELDS) + "\n"
+_FMT_V3 = "\t".join(["%s"] * NFIELDS_V3) + "\n"
 
 
 def encode_batch(recs: list[AccessRecord]) -> list[bytes]:
-    """Records as lines (with newlines). Fast path: no escaping needed, checked once for the batch."""
-    fmt = _FMT
-    lines = [(fmt % r).encode("utf-8", "surrogateescape") for r in recs]
+    """Records as lines (with newlines). Fast path: no escaping needed, checked once for the batch.
+    A record without a register version is written without that last field (:data:`NFIELDS_V3`)."""
+    if recs and recs[0][-1] and all(r[-1] for r in recs):
+        fmt, tabs = _FMT, _TABS
+        lines = [(fmt % r).encode("utf-8", "surrogateescape") for r in recs]
+    elif not any(r[-1] for r in recs):
+        fmt, tabs = _FMT_V3, _TABS - 1
+        lines = [(fmt % r[:-1]).encode("utf-8", "surrogateescape") for r in recs]
+    else:
+        return [encode(r) for r in recs]
     joined = b"".join(lines)
-    if joined.count(b"\t") != _TABS * len(recs) or joined.count(b"\n") != len(recs) or b"\\" in joined or b"\r" in joined:
+    if joined.count(b"\t") != tabs * len(recs) or joined.count(b"\n") != len(recs) or b"\\" in joined or b"\r" in joined:
         return [encode(r) for r in recs]
     return lines
 
 
 def encode(rec: AccessRecord) -> bytes:
     """One record as a line (with its newline). Tabs, newlines and backslashes in fields are escaped."""
-    line = "\t".join(map(str, rec))
-    if line.count("\t") != _TABS or "\n" in line or "\\" in line or "\r" in line:
-        line = "\t".join(_esc(str(v)) for v in rec)
+    fields = rec if rec[-1] else rec[:-1]
+    line = "\t".join(map(str, fields))
+    if line.count("\t") != len(fields) - 1 or "\n" in line or "\\" in line or "\r" in line:
+        line = "\t".join(_esc(str(v)) for v in fields)
     return line.encode("utf-8", "surrogateescape") + b"\n"
 
 
@@ -123,7 +135,8 @@ def decode(line: bytes | str) -> AccessRecord:
     parts = text.rstrip("\n").split("\t")
     n = len(parts)
     if n != NFIELDS and n not in _SHAPES:
-        raise ValueError(f"expected {NFIELDS} fields (or {NFIELDS_V2} before issue 26, {NFIELDS_V1} before issue 19), got {n}")
+        raise ValueError(f"expected {NFIELDS} fields (or {NFIELDS_V3} without a register version, {NFIELDS_V2} before "
+                         f"issue 26, {NFIELDS_V1} before issue 19), got {n}")
     v: list[Any] = [_unesc(p) for p in parts] if "\\" in text else parts
     for i in _INT_AT:
         if i < n:

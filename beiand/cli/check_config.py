@@ -34,6 +34,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         index = load_records([str(p) for p in cfg.records.files], strict=cfg.records.strict, quiet=True,
                              status_map=cfg.records.status_map)
         out(f"records: {index.stats().filings} filings (备案) from {len(cfg.records.files)} file(s)")
+    elif cfg.records.source == "store":
+        out("records: the register's version in force in the decision store (records.source = \"store\")")
     else:
         err(f"{args.config}: records.files: none given: every name would be judged unfiled")
     inv = inventory_from(str(cfg.inventory.file) if cfg.inventory.file else None)

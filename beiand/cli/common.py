@@ -96,6 +96,8 @@ class PolicySetup:
     # The policy with the overlays (closure orders, the regulator's commands, grace) read from the
     # state directory: the daemon's own decider (issue 26: replay and lookups decide as it did).
     decider: Decider | None = None
+    # The register version the records and inventory are in force at (``--at``; 0: files as given)
+    register_version: int = 0
 
 
 def policy_setup(args: argparse.Namespace, quiet: bool = False) -> PolicySetup:
@@ -112,13 +114,21 @@ def policy_setup(args: argparse.Namespace, quiet: bool = False) -> PolicySetup:
                 cfg = load_config(path)
             except ConfigError as exc:
                 raise CliError(str(exc)) from None
-    records = args.records or ([str(p) for p in cfg.records.files] if cfg else [])
-    if not records:
-        raise CliError("no records: give --records FILE or --config FILE")
-    status_map = {**(cfg.records.status_map if cfg else {}), **parse_status_map(getattr(args, "status_map", None))}
-    index = load_records(records, strict=cfg.records.strict if cfg else False, quiet=quiet, status_map=status_map)
+    at = getattr(args, "register_at", None)
+    held = register_inputs(args, cfg, at) if at is not None and not args.records else None
     inv_path = args.inventory or (str(cfg.inventory.file) if cfg and cfg.inventory.file else None)
-    inventory = inventory_from(inv_path)
+    register_version = 0
+    if held is not None:
+        index, held_inventory, register_version = held
+        inventory = held_inventory if held_inventory is not None and not args.inventory else inventory_from(inv_path)
+        inv_path = inv_path or ("register" if held_inventory is not None else None)
+    else:
+        records = args.records or ([str(p) for p in cfg.records.files] if cfg else [])
+        if not records:
+            raise CliError("no records: give --records FILE or --config FILE (or --at TIME: the register in the decision store)")
+        status_map = {**(cfg.records.status_map if cfg else {}), **parse_status_map(getattr(args, "status_map", None))}
+        index = load_records(records, strict=cfg.records.strict if cfg else False, quiet=quiet, status_map=status_map)
+        inventory = inventory_from(inv_path)
     try:
         base = policy_config(cfg) if cfg else PolicyConfig()
         providers = [p for p in (getattr(args, "provider", None) or ()) if p.strip()]
@@ -138,7 +148,45 @@ def policy_setup(args: argparse.Namespace, quiet: bool = False) -> PolicySetup:
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     policy = Policy(index, inventory, pcfg)
-    return PolicySetup(index, inventory, policy, cfg, inv_path is not None, overlays(args, cfg, policy))
+    return PolicySetup(index, inventory, policy, cfg, inv_path is not None, overlays(args, cfg, policy), register_version)
+
+
+def register_inputs(args: argparse.Namespace, cfg: Config | None,
+                    at: float) -> tuple[RecordIndex, Inventory | None, int] | None:
+    """The records (and the inventory, when the register holds one) in force at ``at`` from the
+    decision store's register (``--at``: judge as the gateway judged then); None when the store
+    holds no register version then (the files are read as before). ``args.register_query``
+    (names, ips): only the filings that can decide those (a lookup), else the whole version. With
+    the register version they are in force at."""
+    from beiand.runtime.decisions import open_decisions
+    from beiand.runtime.register import lookup_rows, state_at
+    from beiand.store import StoreError
+    from beiand.store.connect import is_postgres, sqlite_path
+
+    base = cfg or Config()
+    state = getattr(args, "state_dir", None)
+    if state:
+        base = dataclasses.replace(base, daemon=dataclasses.replace(base.daemon, state_dir=Path(state)),
+                                   store=dataclasses.replace(base.store, url=""))
+    if getattr(args, "store", None):
+        base = dataclasses.replace(base, store=dataclasses.replace(base.store, url=args.store))
+    if not is_postgres(base.store.url) and not sqlite_path(base.store.url, base.daemon.state_dir).exists():
+        return None
+    try:
+        store = open_decisions(base, migrate=False, import_files=False, create=False)
+        try:
+            query = getattr(args, "register_query", None)
+            held, version = lookup_rows(store, query[0], query[1], at) if query is not None else state_at(store, at)
+        finally:
+            store.close()
+    except StoreError as exc:
+        raise CliError(f"--at: {exc}") from None
+    if not version or held.records is None:
+        return None
+    from beiand.policy.register import INVENTORY
+
+    err(f"records: register version {held.records.version} (in force at {at:.0f}: version {version})")
+    return held.index(), held.inventory() if INVENTORY in held.rows else None, version
 
 
 def overlays(args: argparse.Namespace, cfg: Config | None, policy: Policy) -> Decider:
@@ -146,8 +194,18 @@ def overlays(args: argparse.Namespace, cfg: Config | None, policy: Policy) -> De
     ``daemon.state_dir``), as the daemon decides; none with ``--no-overlays``, or with neither a
     config nor ``--state-dir`` (the records alone)."""
     state = getattr(args, "state_dir", None)
-    if getattr(args, "no_overlays", False) or (cfg is None and not state):
+    store = getattr(args, "store", None)
+    if getattr(args, "no_overlays", False) or (cfg is None and not state and not store):
         return Decider(policy)
+    if store:  # the orders and commands of that store (a fleet's PostgreSQL), as its gateways decide
+        base = cfg if cfg is not None else Config()
+        base = dataclasses.replace(base, store=dataclasses.replace(base.store, url=store))
+        if state:
+            base = dataclasses.replace(base, daemon=dataclasses.replace(base.daemon, state_dir=Path(state)))
+        try:
+            return decider(base, policy)
+        except (StateError, OSError) as exc:
+            raise CliError(f"--store: {exc}") from None
     try:
         return decider(cfg if cfg is not None else Config(), policy, Path(state) if state else None)
     except (StateError, OSError) as exc:
@@ -178,6 +236,8 @@ def policy_args(p: argparse.ArgumentParser) -> None:
                    help="decide with the overlays kept there, as the daemon does: closure orders (orders.json) and, with "
                         "[isms] on, the regulator's commands (isms/commands.json), each at the observation's time "
                         "(default: daemon.state_dir of the config)")
+    p.add_argument("--store", metavar="URL", help="the decision store (an SQLite file or postgresql://user@host/db): its "
+                   "orders and commands, and with --at its register's records and inventory (default: store.url of the config)")
     p.add_argument("--no-overlays", action="store_true", help="decide from the records alone (no orders, no commands, no grace)")
     p.add_argument("--allow", action="append", metavar="NAME", help="exempt name (allowlist)")
     p.add_argument("--grace-days", type=int, help="grace for access-pending (接入审核中) filings, at most 45 days (default 30)")

@@ -74,15 +74,18 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = lag(gws, head, now)
     stale_after = max(3 * cfg.store.heartbeat_interval, 15.0)
     for r in rows:
+        # the register version (records, inventory, NAT feed) its workers judge with (issue 35)
+        r["register"] = r["state"].get("register") if isinstance(r["state"], dict) else None
         r["state"] = "silent" if r["heartbeat_age_s"] > stale_after else ("behind" if r["behind"] else "current")
     if args.json:
         out(json.dumps({"store": url, "version": head, "gateways": rows}, ensure_ascii=False, indent=2))
     else:
         out(f"decision store {url}: version {head}")
         table([[r["gateway"], r["version"], r["behind"], fmt_time(int(r["heartbeat_at"] * 1000)), f"{r['heartbeat_age_s']:.1f}",
-                fmt_time(int(r["applied_at"] * 1000)) if r["applied_at"] else "-", r["state"], r["host"], r["beiand"]]
-               for r in rows], ["gateway", "applies", "behind", "last heartbeat", "age (s)", "applied at", "state", "host",
-                                "beiand"])
+                fmt_time(int(r["applied_at"] * 1000)) if r["applied_at"] else "-", r["register"] or "-", r["state"], r["host"],
+                r["beiand"]]
+               for r in rows], ["gateway", "applies", "behind", "last heartbeat", "age (s)", "applied at", "register", "state",
+                                "host", "beiand"])
     return 0 if all(r["state"] == "current" for r in rows) else 1
 
 

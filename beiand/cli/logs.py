@@ -225,7 +225,7 @@ ZH_HEADERS = {
     "server_ip": "目的地址", "server_port": "目的端口", "transport": "协议", "kind": "识别方式", "name": "域名",
     "verdict": "备案核验结果", "action": "处置", "filing_number": "备案号", "gateway": "网关", "reason": "原因",
     "nat": "NAT映射地址", "calling_number": "主叫号码", "order": "指令编号", "direction": "方向", "method": "请求方法",
-    "url": "URL", "packets": "包数", "octets": "字节数", "holder": "当时地址持有账号",
+    "url": "URL", "packets": "包数", "octets": "字节数", "records_version": "备案数据版本", "holder": "当时地址持有账号",
 }
 
 
@@ -350,7 +350,7 @@ class _Writer:
                               *([self.holder(r) or "-"] if self.holders is not None else []),
                               f"{r.client_ip}:{r.client_port}", f"{r.server_ip}:{r.server_port}", r.nat or "-", r.transport,
                               r.kind, r.name or "-", r.verdict or "-", r.action, r.filing_number or "-",
-                              f"{r.method} {r.url}".strip() or "-"])
+                              f"{r.method} {r.url}".strip() or "-", r.records_version or "-"])
 
     def _drain(self) -> None:
         if self._lines and self._bin is not None:
@@ -364,7 +364,8 @@ class _Writer:
         if self.fmt == "table":
             table(self.rows, [*(["gateway"] if self.fleet else []), "time", "account",
                               *(["holder then"] if self.holders is not None else []), "client", "server",
-                              "nat", "proto", "kind", "name", "verdict", "action", "filing no. (备案号)", "request"])
+                              "nat", "proto", "kind", "name", "verdict", "action", "filing no. (备案号)", "request",
+                              "records v"])
 
 
 def _context(args: argparse.Namespace) -> tuple[NatTable | None, Holders | None]:

@@ -70,15 +70,37 @@ def cmd_records_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def at_seconds(text: str) -> float:
+    """``--at``: epoch seconds, or a time as ``logs query`` reads it."""
+    from beiand.cli.logs import parse_time
+
+    try:
+        return float(text)
+    except ValueError:
+        return parse_time(text, "--at") / 1000
+
+
 def cmd_records_lookup(args: argparse.Namespace) -> int:
-    setup = policy_setup(args, quiet=args.json)
-    policy = setup.policy
-    ts = time.time() if args.at is None else args.at
+    ts = time.time() if args.at is None else at_seconds(args.at)
     server_ip = ""
     if args.server is not None:
         server_ip = canonical_ip(args.server) or ""
         if not server_ip:
             raise CliError(f"--server {args.server!r} is not an IP address")
+    if args.at is not None:  # the register's records in force then, where the decision store keeps them
+        names, ips = [], []
+        for q in args.query:
+            if is_ip_literal(q.strip("[]")):
+                ips.append(canonical_ip(q) or "")
+            else:
+                try:
+                    names.append(normalise_domain(q))
+                except DomainError:
+                    pass
+        args.register_at = ts
+        args.register_query = (names, [*ips, server_ip])
+    setup = policy_setup(args, quiet=args.json)
+    policy = setup.policy
     results: list[dict[str, Any]] = []
     for q in args.query:
         if is_ip_literal(q.strip("[]")):
@@ -129,12 +151,15 @@ def cmd_records_holder(args: argparse.Namespace) -> int:
     sdir = Path(args.state_dir) if args.state_dir else (cfg.daemon.state_dir if cfg is not None else None)
     if sdir is None:
         raise CliError(f"--state-dir: not given, and no config at {args.config or DEFAULT_CONFIG} to take daemon.state_dir from")
-    if not history_dir(sdir).is_dir():
-        raise CliError(f"--state-dir {sdir}: no inventory history ({history_dir(sdir)}): the daemon records one at every load")
-    try:
-        held = Holders(sdir).at(ip, ts)
-    except HistoryError as exc:
-        raise CliError(str(exc)) from None
+    held = _held_in_register(cfg, sdir, bool(args.state_dir), ip, ts)  # the register's inventory then (issue 35)
+    if held is None:
+        if not history_dir(sdir).is_dir():
+            raise CliError(f"--state-dir {sdir}: no inventory history ({history_dir(sdir)}) and no inventory in the "
+                           "decision store's register: the daemon records one at every load")
+        try:
+            held = Holders(sdir).at(ip, ts)
+        except HistoryError as exc:
+            raise CliError(str(exc)) from None
     nat_path = args.nat or (str(cfg.inventory.nat_file) if cfg is not None and cfg.inventory.nat_file else "")
     mappings = []
     if nat_path:
@@ -332,6 +357,176 @@ def _capture(buf: list[str], rows: list[list[str]], header: list[str]) -> None:
     buf += s.getvalue().rstrip("\n").splitlines()
 
 
+def _register_store(args: argparse.Namespace) -> Any:
+    from beiand.cli.block import decisions
+
+    return decisions(args)
+
+
+def _cfg(args: argparse.Namespace) -> Any:
+    from beiand.cli.block import _config
+
+    return _config(args)
+
+
+def cmd_records_import(args: argparse.Namespace) -> int:
+    """Validate exports (and an inventory, a NAT feed) and publish them as versions of the register
+    in the decision store: every gateway with records.source = "store" applies them."""
+    from beiand.cli.block import _operator
+    from beiand.runtime.register import ImportProblem, import_files
+    from beiand.store import StoreError
+
+    cfg = _cfg(args)
+    if args.max_loss is not None:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, records=dataclasses.replace(cfg.records, max_loss=args.max_loss))
+    if not (args.files or args.inventory or args.nat):
+        raise CliError("nothing to import: give export FILEs, --inventory FILE or --nat FILE")
+    store = _register_store(args)
+    try:
+        done, skipped = import_files(cfg, store, args.files, args.inventory or "", args.nat or "", actor=_operator(args),
+                                     why=args.why or "")
+    except ImportProblem as exc:
+        err(f"error: {exc}")
+        return 1
+    except StoreError as exc:
+        raise CliError(f"{exc} (nothing was published)") from None
+    finally:
+        store.close()
+    for e in skipped[: args.max_warnings]:
+        err(f"warning: skipped {e}")
+    if len(skipped) > args.max_warnings:
+        err(f"warning: … {len(skipped) - args.max_warnings} more skipped row(s)")
+    rows = [_version_row(d.version) | {"published": d.new} for d in done]
+    if args.json:
+        for r in rows:
+            out(json.dumps(r, ensure_ascii=False))
+    else:
+        for d in done:
+            v = d.version
+            if d.new:
+                out(f"{d.kind}: version {v.version} published: {v.rows} rows ({_summary(v.summary)}), sha256 {v.sha256[:16]}")
+            else:
+                out(f"{d.kind}: the same content as version {v.version} in force: nothing published")
+    return 0
+
+
+def _summary(s: dict[str, Any]) -> str:
+    parts = [f"{s.get(k, 0)} {w}" for k, w in (("added", "added"), ("removed", "removed"), ("changed", "changed"))]
+    more = [f"{s[k]} {k.replace('_', ' ')}" for k in ("status_changed", "names_changed", "addresses_changed") if s.get(k)]
+    return ", ".join(parts + more)
+
+
+def _version_row(v: Any) -> dict[str, Any]:
+    from beiand.cli.logs import fmt_time
+
+    return {"version": v.version, "kind": v.kind, "at": fmt_time(int(v.at * 1000)), "by": v.actor, "why": v.why,
+            "source": v.source, "source_sha256": v.source_sha256, "sha256": v.sha256, "rows": v.rows, "summary": v.summary,
+            "gateway": v.gateway}
+
+
+def cmd_records_log(args: argparse.Namespace) -> int:
+    """The register's versions, newest first."""
+    from beiand.store import StoreError
+    from beiand.store import register as reg
+
+    store = _register_store(args)
+    try:
+        vs = reg.versions(store, args.kind or "", args.limit)
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+    rows = [_version_row(v) for v in vs]
+    if args.json:
+        for r in rows:
+            out(json.dumps(r, ensure_ascii=False))
+    else:
+        table([[r["version"], r["kind"], r["at"], r["by"] or "-", r["rows"], _summary(r["summary"]), r["sha256"][:16],
+                r["source"] or "-"] for r in rows], ["version", "kind", "at", "by", "rows", "changes", "sha256", "source"])
+    return 0
+
+
+def cmd_records_diff(args: argparse.Namespace) -> int:
+    """What changed in the register from V1 to V2: rows added, removed and changed, per kind."""
+    from beiand.store import StoreError
+    from beiand.store import register as reg
+
+    store = _register_store(args)
+    try:
+        kinds = [args.kind] if args.kind else list(reg.REGISTER_KINDS)
+        deltas = {k: reg.diff(store, k, args.v1, args.v2) for k in kinds}
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+    any_change = False
+    for kind, d in deltas.items():
+        items = ([{"kind": kind, "change": "added", "key": k, "after": json.loads(d.added_data[k])} for k in d.added]
+                 + [{"kind": kind, "change": "removed", "key": k, "before": json.loads(d.removed_data[k])} for k in d.removed]
+                 + [{"kind": kind, "change": "changed", "key": k, "before": json.loads(a), "after": json.loads(b)}
+                    for k, a, b in d.changed])
+        any_change |= bool(items)
+        if args.json:
+            for it in items:
+                out(json.dumps(it, ensure_ascii=False))
+            continue
+        out(f"{kind}: {len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} changed (v{args.v1} → v{args.v2})")
+        for it in items[: args.max_rows]:
+            what = it.get("after", it.get("before"))
+            if it["change"] == "changed":
+                a, b = it["before"], it["after"]
+                what = {i: (x, y) for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y}
+            out(f"  {it['change']:8} {it['key']}  {json.dumps(what, ensure_ascii=False)}")
+        if len(items) > args.max_rows:
+            out(f"  … {len(items) - args.max_rows} more (--max-rows, --json)")
+    return 1 if any_change else 0
+
+
+def store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="the config (default /etc/beiand/beiand.toml)")
+    p.add_argument("--state-dir", metavar="DIR", help="the gateway's state directory: its SQLite decision store")
+    p.add_argument("--store", metavar="URL", help="the decision store: an SQLite file or postgresql://user@host/db "
+                   "(default: store.url of the config)")
+
+
+def _held_in_register(cfg: Any, state_dir: Any, state_given: bool, ip: str, ts_ms: int) -> Any:
+    """Who held ``ip`` at ``ts_ms`` by the inventory in force then in the decision store's register
+    (None: the register holds no inventory then, or there is no store: the history files answer)."""
+    import dataclasses
+    from pathlib import Path
+
+    from beiand.policy.history import Held
+    from beiand.policy.register import inventory_of
+    from beiand.runtime.decisions import open_decisions
+    from beiand.runtime.settings import Config
+    from beiand.store import StoreError
+    from beiand.store import register as reg
+    from beiand.store.connect import is_postgres, sqlite_path
+
+    base = cfg if cfg is not None else Config()
+    if state_given:
+        base = dataclasses.replace(base, daemon=dataclasses.replace(base.daemon, state_dir=Path(state_dir)),
+                                   store=dataclasses.replace(base.store, url=""))
+    if not is_postgres(base.store.url) and not sqlite_path(base.store.url, base.daemon.state_dir).exists():
+        return None
+    try:
+        store = open_decisions(base, migrate=False, import_files=False, create=False)
+        try:
+            v, rows = reg.fetch(store, "inventory", reg.version_at(store, ts_ms / 1000))
+        finally:
+            store.close()
+    except StoreError as exc:
+        err(f"warning: {exc}: the inventory history files answer")
+        return None
+    if v is None:
+        return None
+    hit = inventory_of(rows).lookup(ip)
+    return Held(hit.account if hit else "", hit, int(v.at * 1000),
+                f"register v{v.version}: {v.source} (sha256 {v.source_sha256[:16]})")
+
+
 def add_parsers(sub: Any) -> None:
     rec = sub.add_parser("records", help="filing records (备案): check, look up, 接入前核验 (check-access), IP地址备案 (ip-report)")
     rsub = rec.add_subparsers(dest="records_command", required=True)
@@ -346,9 +541,36 @@ def add_parsers(sub: Any) -> None:
     lk.add_argument("query", nargs="+", metavar="NAME|IP")
     policy_args(lk)
     lk.add_argument("--server", metavar="IP", help="the server address the name is served from")
-    lk.add_argument("--at", type=float, metavar="EPOCH", help="judge at this time (default: now)")
+    lk.add_argument("--at", metavar="TIME", help="judge at this time, with the records and inventory then in force where "
+                    "the decision store's register keeps them (2026-11-20T08:00+08:00, epoch seconds; default: now)")
     lk.add_argument("--json", action="store_true")
     lk.set_defaults(func=cmd_records_lookup)
+    im = rsub.add_parser("import", help="validate exports (and the inventory, the NAT feed) and publish them as versions "
+                         "of the register in the decision store")
+    im.add_argument("files", nargs="*", metavar="FILE")
+    im.add_argument("--inventory", metavar="FILE", help="the hosted inventory (CSV or TOML)")
+    im.add_argument("--nat", metavar="FILE", help="the NAT / elastic-IP mapping feed")
+    im.add_argument("--by", metavar="WHO", help="who imports (default: the login, SUDO_USER first)")
+    im.add_argument("--why", metavar="TEXT", help="why (kept with the version)")
+    im.add_argument("--max-loss", type=float, metavar="SHARE", help="the reload guard (default: records.max_loss)")
+    im.add_argument("--max-warnings", type=int, default=50)
+    im.add_argument("--json", action="store_true")
+    store_args(im)
+    im.set_defaults(func=cmd_records_import)
+    lg = rsub.add_parser("log", help="the register's versions: who, when, what changed")
+    lg.add_argument("--kind", choices=("records", "inventory", "nat"))
+    lg.add_argument("--limit", type=int, default=0)
+    lg.add_argument("--json", action="store_true")
+    store_args(lg)
+    lg.set_defaults(func=cmd_records_log)
+    df = rsub.add_parser("diff", help="what changed between two register versions (exit 1: something did)")
+    df.add_argument("v1", type=int, metavar="V1")
+    df.add_argument("v2", type=int, metavar="V2")
+    df.add_argument("--kind", choices=("records", "inventory", "nat"))
+    df.add_argument("--max-rows", type=int, default=50)
+    df.add_argument("--json", action="store_true")
+    store_args(df)
+    df.set_defaults(func=cmd_records_diff)
     hd = rsub.add_parser("holder", help="which account held an address at a time (the inventory history)")
     hd.add_argument("ip", metavar="IP")
     hd.add_argument("--at", metavar="TIME", help="2026-11-20T08:00+08:00, epoch seconds, or 7d ago (default: now)")

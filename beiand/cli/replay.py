@@ -114,7 +114,8 @@ def _replay(args: argparse.Namespace, policy: Policy | Decider, shard: tuple[int
                                        retention_days=args.retention_days))
         except (LogConfigError, OSError) as exc:
             raise CliError(f"--log-dir {args.log_dir}: {exc}") from None
-        sinks.append(AccessLogSink(alog, alog.cfg.gateway))
+        version = getattr(args, "register_version", 0)  # --at: the register version, as the daemon's records carry it
+        sinks.append(AccessLogSink(alog, alog.cfg.gateway, records_version=str(version) if version else ""))
     pipe = Pipeline(decoder, policy, sinks, gateway=alog.cfg.gateway if alog is not None else (args.gateway or ""))
     readers = []
     result = ReplayResult()
@@ -265,7 +266,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
                            f"requires at least {RETENTION_FLOOR_DAYS} days")
     if args.workers is not None and not 1 <= args.workers <= 64:
         raise CliError(f"--workers {args.workers}: expected 1..64")
+    if args.at is not None:  # the register's records and inventory in force then (the decision store)
+        from beiand.cli.records import at_seconds
+
+        args.register_at = at_seconds(args.at)
     setup = policy_setup(args, quiet=args.json)
+    args.register_version = setup.register_version
     policy = setup.decider or setup.policy  # the daemon's overlays from the state directory, at each packet's time
     n = _workers(args)
     res = _replay(args, policy, (0, 1), sys.stdout.buffer if args.json else None) if n == 1 else _sharded(args, policy, n)
@@ -302,6 +308,9 @@ def add_parsers(sub: Any, policy_args: Callable[[argparse.ArgumentParser], None]
     rp.add_argument("files", nargs="+", metavar="FILE")
     policy_args(rp)
     rp.add_argument("--json", action="store_true", help="one JSON line per decision")
+    rp.add_argument("--at", metavar="TIME", help="judge with the records and inventory in force at this time, from the "
+                    "decision store's register (2026-11-20T08:00+08:00 or epoch seconds; orders and commands are always "
+                    "those in force at each packet's time)")
     rp.add_argument("--tcp-ports", type=_ports, default=DecoderConfig.tcp_ports, metavar="P,P", help="watched TCP ports")
     rp.add_argument("--udp-ports", type=_ports, default=DecoderConfig.udp_ports, metavar="P,P", help="watched UDP ports (QUIC)")
     rp.add_argument("--watched-ports-only", action="store_true",

@@ -240,7 +240,8 @@ class Follower:
         # gateway serves and whether it captures (DT 7), and the version it applies (the acks).
         self.houses: Callable[[], list[str]] = list
         self.healthy: Callable[[], bool] = lambda: True
-        self._beat: tuple[int, bool] = (-1, False)  # the applied version and health the last heartbeat carried
+        self.extra_state: Callable[[], dict[str, Any]] = dict  # more for the heartbeat (the register version applied)
+        self._beat: tuple[int, bool, str] = (-1, False, "")  # the applied version and health the last heartbeat carried
         self.stopped = False  # the last heartbeat says so: the CU counts the gateway down at once
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -405,15 +406,17 @@ class Follower:
         v = self.applied()
         self.m_applied.set(v)
         healthy = bool(self.healthy())
-        if not force and now < self._next_heartbeat and (v, healthy) == self._beat:
+        extra = self.extra_state()
+        if not force and now < self._next_heartbeat and (v, healthy, repr(extra)) == self._beat:
             return  # a change goes out at once: the CU acks a command when every gateway in scope applies it
         self._next_heartbeat = now + self.cfg.store.heartbeat_interval
         self.store.heartbeat(v, self.applied_at, os.uname().nodename, __version__,
                              {"folded": self.folded.version, "workers": self.worker_versions(), "pid": os.getpid(),
                               "houses": sorted(set(self.houses())), "healthy": healthy,
                               "isms": self.cfg.isms.enabled, "refused": self.folded.commands.refused_versions[-100:],
-                              "heartbeat_interval": self.cfg.store.heartbeat_interval, "stopped": self.stopped})
-        self._beat = (v, healthy)
+                              "heartbeat_interval": self.cfg.store.heartbeat_interval, "stopped": self.stopped,
+                              **extra})
+        self._beat = (v, healthy, repr(extra))
 
     def step(self, wait: float) -> None:
         """One round: sync, heartbeat, then wait for news (``wait`` s at most)."""

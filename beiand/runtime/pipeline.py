@@ -235,7 +235,7 @@ class Pipeline:
         rec = _tuple_new(AccessRecord, (
             int(obs.ts * 1000), prefix.account, obs.client_ip, obs.client_port, obs.server_ip, obs.server_port, obs.transport,
             obs.kind, obs.name or obs.name_seen, verdict, "log", filing, self.gateway, reason, "", "", "", direction,
-            obs.method, obs.url, obs.packets, obs.octets, ""))
+            obs.method, obs.url, obs.packets, obs.octets, "", ""))  # outcome, records_version (the access-log sink adds it)
         self.connections[direction] += 1
         for s in self.conn_sinks:
             try:

@@ -112,6 +112,16 @@ class RecordsSection:
                          "/readyz and /api/v1/status. The new config's value applies; at start there is nothing to compare.",
                          min=0.0, max=1.0)
     strict: bool = _f(False, "Refuse a file with any bad row (default: skip bad rows, report them).")
+    source: str = _f("files", "Where the gateway takes the records, inventory and NAT feed it judges with. files: records.files, "
+                     "inventory.file and inventory.nat_file as loaded (one gateway; each loaded version is also kept in the "
+                     "decision store's register when records.history is on). store: the register's version in force in the "
+                     "decision store (a fleet: every gateway applies the same version, fetched by content and kept in "
+                     "daemon.state_dir/register, so the gateway starts and judges while the store is unreachable); the "
+                     "files, where given, are then the drop: a change there is imported as a new version (the reload "
+                     "guard first), as `beiand records import` does.", choices=("files", "store"))
+    history: bool = _f(True, "records.source = files: keep every loaded version of the records, inventory and NAT feed in "
+                       "the decision store's register (rows with the versions they were in force: `beiand records log`, "
+                       "`diff`, `lookup --at`, `replay --at`). A failure to keep one is logged, never fatal.")
     max_age_hours: float = _f(48.0, "Records in service older than this are stale (beiand_records_stale, the BeiandRecordsStale "
                               "alert, /readyz details). Age: now minus the mtime of the oldest records file when it was "
                               "loaded (exports carry no export time of their own). 0: never stale.", min=0.0)

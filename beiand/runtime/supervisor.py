@@ -52,19 +52,24 @@ from beiand.runtime.ipc import CloseBreaker, Go, Prepared, Ready, Snapshot, Supe
 from beiand.runtime.isms import IsmsRuntime
 from beiand.runtime.isms import check as isms_check
 from beiand.runtime.metrics import Metrics
+from beiand.runtime.register import Applier, ImportProblem, import_files, record_loaded
 from beiand.runtime.sdnotify import sd_notify, watchdog_interval
+from beiand.runtime.settings import Config
 from beiand.runtime.wiring import (
     RecordsRefused,
+    State,
     StateError,
     decider,
     file_mtime,
     http_limits,
     inline_marks,
+    load_config_state,
     load_state,
     note_inventory,
     read_secret,
 )
 from beiand.runtime.worker import worker_main
+from beiand.store import StoreError
 
 log = logging.getLogger("beiand")
 MAX_VIEW_ROWS = 100_000  # the main process's active-resource view
@@ -90,10 +95,25 @@ class Worker:
 class Daemon:
     def __init__(self, config_path: str) -> None:
         self.config_path = config_path
+        first = load_config_state(config_path)
+        self.metrics = Metrics(first.capture.interfaces, __version__)
+        self.refused: dict[str, Any] | None = None  # the last refused reload (or drop import), until one succeeds
+        self.refused_count = 0
+        # The register (records, inventory, NAT feed as versions in the decision store): with
+        # records.source = "store" this gateway applies the version in force, fetched by content
+        # into its copy before the state is built (unreachable: the copy as it is).
+        self.register: Applier | None = None
+        self._drop: dict[str, float] = {}
+        if first.records.source == "store":
+            self.register = Applier(first, lambda: open_decisions(first), self.request_reload, self.metrics.registry)
+            self._import_drop(first, at_start=True)
+            self.register.first_sync()
         self.state = load_state(config_path)
+        self._record_history(self.state)
+        if self.register is not None:
+            self.register.set_applied(self.state.register_version)
         note_inventory(self.state)
         cfg = self.state.config
-        self.metrics = Metrics(cfg.capture.interfaces, __version__)
         self.housekeeping = Housekeeping(self.state, self.metrics)
         self.token = (read_secret(cfg.server.token_file, cfg.daemon.secret_permissions).decode().strip()
                       if cfg.server.token_file else "")
@@ -107,8 +127,6 @@ class Daemon:
         self._reload_requested = ""  # why, while a reload waits
         self._reloading = False
         self._notified_ready = False
-        self.refused: dict[str, Any] | None = None  # the last refused reload, until one succeeds
-        self.refused_count = 0
         self.metrics.retention.set(cfg.accesslog.retention_days * 86400)
         self.housekeeping.records_metrics()
         self.metrics.reload_ok.set(1)
@@ -124,9 +142,73 @@ class Daemon:
         self.decisions.worker_versions = self._worker_versions
         self.decisions.houses = self._houses
         self.decisions.healthy = lambda: not self.ready()
+        self.register_applied = self.state.register_version  # what every worker judges with (after a reload's swap)
+        self.decisions.extra_state = lambda: {"register": self.register_applied}
         # Sponsor cases (issue 31): opened from the view's rows, notices, deadlines, escalation
         self.keeper = CaseKeeper(cfg, lambda: open_decisions(self.state.config), lambda: self.state.policy,
                                  self.metrics.registry)
+
+    def _record_history(self, state: State) -> None:
+        """records.source = "files" with records.history: keep the loaded version in the register
+        (its version then rides in every access-log record); a failure is logged, never fatal."""
+        cfg = state.config
+        if cfg.records.source != "files" or not cfg.records.history:
+            return
+        try:
+            store = open_decisions(cfg)
+            try:
+                state.register_version = record_loaded(cfg, store, state.index, state.inventory, state.nat)
+            finally:
+                store.close()
+        except (StoreError, OSError) as exc:
+            log.error("register: the loaded records were not kept in the decision store's history (%s); they judge as loaded",
+                      exc)
+
+    def _drop_files(self, cfg: Config) -> list[str]:
+        return [*map(str, cfg.records.files), *([str(cfg.inventory.file)] if cfg.inventory.file else []),
+                *([str(cfg.inventory.nat_file)] if cfg.inventory.nat_file else [])]
+
+    def _import_drop(self, cfg: Config, at_start: bool = False) -> None:
+        """records.source = "store": the watched files are the drop; a change (or, at start, files
+        this gateway has not imported as they are) is imported as a new version of the register,
+        through the reload guard. Refused: logged and counted, the version in force stays."""
+        files = self._drop_files(cfg)
+        mtimes = {p: file_mtime(p) for p in files}
+        if not files or mtimes == self._drop:
+            return
+        self._drop = mtimes
+        mark = cfg.daemon.state_dir / "register" / "drop-imported"
+        seen = ""
+        with contextlib.suppress(OSError):
+            seen = mark.read_text()
+        digest = ",".join(f"{p}={m}" for p, m in sorted(mtimes.items()))
+        if at_start and seen == digest:
+            return  # imported as they are before this start: another gateway's version since is not undone
+        try:
+            store = open_decisions(cfg)
+            try:
+                done, skipped = import_files(cfg, store, [str(p) for p in cfg.records.files],
+                                             str(cfg.inventory.file or ""), str(cfg.inventory.nat_file or ""),
+                                             actor=f"beiand run ({cfg.gateway})", why="drop directory")
+            finally:
+                store.close()
+        except StoreError as exc:
+            log.error("register: the drop (%s) was not imported: %s", ", ".join(files), exc)
+            if isinstance(exc, ImportProblem):
+                self.refused_count += 1
+                self.metrics.records_reload_refused.inc()
+                self.refused = {"at": time.time(), "trigger": "drop", "files": files, "reason": str(exc),
+                                "filings_offered": None, "filings_in_service": None}
+            return
+        for e in skipped[:20]:
+            log.warning("records: skipped %s", e)
+        with contextlib.suppress(OSError):
+            mark.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            mark.write_text(digest)
+        log.info("register: the drop imported: %s", "; ".join(
+            f"{d.kind} v{d.version.version}" + ("" if d.new else " (in force already)") for d in done))
+        if self.register is not None:
+            self.register.wake()
 
     def _houses(self) -> list[str]:
         """The houses (机房, ISMS houseId) this gateway serves, for the CU's DT 7: ``isms.house_id``,
@@ -211,7 +293,11 @@ class Daemon:
         return {"filings": st.index.stats().filings, "files": [str(p) for p in st.config.records.files],
                 "loaded_at": st.loaded_at, "age_seconds": age, "max_age_seconds": max_age,
                 "stale": bool(max_age and age > max_age), "max_loss": st.config.records.max_loss,
-                "reload_refused": None if self.refused is None else {**self.refused, "count": self.refused_count}}
+                "reload_refused": None if self.refused is None else {**self.refused, "count": self.refused_count},
+                # issue 35: the register version judged with (0: none kept) and, records.source = "store",
+                # whether the store answers or this gateway judges with its copy
+                "source": st.config.records.source, "register_version": st.register_version,
+                "register": self.register.status() if self.register is not None else None}
 
     def lookup(self, name: str, ip: str, server: str) -> dict[str, Any]:
         st = self.state
@@ -470,6 +556,8 @@ class Daemon:
                 next_watch = now + (interval or 5.0)
                 self.housekeeping.records_metrics()
                 self.housekeeping.audit_metrics()
+                if self.register is not None and interval:
+                    await asyncio.get_running_loop().run_in_executor(None, self._import_drop, self.state.config)
                 changed = [p for p, m in self.state.mtimes.items() if file_mtime(p) != m] if interval else []
                 if changed:
                     log.info("changed on disk: %s; reloading", ", ".join(changed))
@@ -501,6 +589,7 @@ class Daemon:
                 # Do not retry the same broken files every few seconds: wait for the next change.
                 self.state.mtimes = {p: file_mtime(p) for p in self.state.mtimes}
                 return False
+            await asyncio.get_running_loop().run_in_executor(None, self._record_history, new)
             self.state = self.housekeeping.state = new
             if self.decider is not None:
                 self.decider.rebind(new.policy)
@@ -528,6 +617,10 @@ class Daemon:
             for idx in range(new.config.workers):
                 if idx not in self.workers:
                     self._start_worker(idx)
+            # every worker judges with the new state now: the register version it applies
+            self.register_applied = new.register_version
+            if self.register is not None:
+                self.register.set_applied(new.register_version)
             return True
         finally:
             self._reloading = False
@@ -548,6 +641,8 @@ class Daemon:
         # The store's state before the workers start (or, unreachable, the snapshot as it is).
         await loop.run_in_executor(None, self.decisions.first_sync)
         self.decisions.start()
+        if self.register is not None:
+            self.register.start()
         self.keeper.start()
         self._setup_enforcement()
         limits = http_limits(cfg)
@@ -582,6 +677,8 @@ class Daemon:
         self._teardown_enforcement()
         await loop.run_in_executor(None, self.keeper.stop)
         await loop.run_in_executor(None, self.decisions.stop)
+        if self.register is not None:
+            await loop.run_in_executor(None, self.register.stop)
         await served.close()
         if self.isms is not None:
             await self.isms.close()

@@ -127,6 +127,9 @@ class State:
     # their own): the oldest of records.files, taken when they were loaded, so records kept in
     # service after a refused reload keep ageing.
     records_mtime: float = 0.0
+    # The register version the records, inventory and NAT feed are in force at (0: not kept in the
+    # decision store's register): each access-log record carries it.
+    register_version: int = 0
 
 
 class StateError(BeiandError):
@@ -143,6 +146,14 @@ class RecordsRefused(StateError):
         self.in_service = in_service
 
 
+def load_config_state(config_path: str) -> Config:
+    """The config alone, as ``load_state`` reads it (StateError: invalid)."""
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        raise StateError(str(exc)) from None
+
+
 def load_state(config_path: str, previous: State | None = None) -> State:
     """Config, records, inventory and policy, built to the side.
 
@@ -156,6 +167,8 @@ def load_state(config_path: str, previous: State | None = None) -> State:
         raise StateError(str(exc)) from None
     for w in cfg.warnings:
         log.warning("config: %s", w)
+    if cfg.records.source == "store":
+        return _state_from_register(config_path, cfg, previous)
     files = [str(p) for p in cfg.records.files]
     in_service = len(previous.index.filings) if previous is not None else 0
     result = None
@@ -186,6 +199,33 @@ def load_state(config_path: str, previous: State | None = None) -> State:
     mtimes = {p: file_mtime(p) for p in watched}
     records_mtime = min((mtimes[p] for p in files), default=0.0)
     return State(cfg, index, inv, Policy(index, inv, pcfg), time.time(), nat, mtimes, records_mtime)
+
+
+def _state_from_register(config_path: str, cfg: Config, previous: State | None) -> State:
+    """``records.source = "store"``: the register's version as this gateway's copy holds it (the
+    supervisor's ``register.Applier`` fetched it by content), guarded like a reload of files."""
+    from beiand.runtime.register import read_copy
+    from beiand.store import StoreError
+
+    try:
+        applied = read_copy(cfg.daemon.state_dir)
+        index = applied.index()
+    except StoreError as exc:
+        raise StateError(f"records: {exc} (records.source = \"store\": the gateway fetches the register's version from "
+                         "the decision store; `beiand records import FILE` publishes one)") from None
+    in_service = len(previous.index.filings) if previous is not None else 0
+    if previous is not None and in_service and len(index.filings) < in_service * (1.0 - cfg.records.max_loss):
+        raise RecordsRefused(f"records refused: register version {applied.version}: {len(index.filings)} filings against "
+                             f"{in_service} in service (records.max_loss = {cfg.records.max_loss:g})",
+                             [f"register v{applied.version}"], len(index.filings), in_service)
+    try:
+        pcfg = policy_config(cfg)
+    except ConfigError as exc:
+        raise StateError(f"policy: {exc}") from None
+    inv, nat = applied.inventory(), applied.nat()
+    mtimes = {p: file_mtime(p) for p in [config_path]}
+    v = applied.records
+    return State(cfg, index, inv, Policy(index, inv, pcfg), time.time(), nat, mtimes, v.at if v else 0.0, applied.version)
 
 
 def note_inventory(state: State) -> None:
@@ -339,7 +379,8 @@ def live_captures(cfg: Config, fanout_group: int) -> list[LiveCapture]:
                         block_timeout_ms=cfg.capture.ring_block_timeout_ms, version=cfg.capture.ring_version) for i in ifaces]
 
 
-def access_log_sinks(cfg: Config, idx: int, nat: NatTable | None = None) -> tuple[AccessLog, ClickHouseSink | None, list[Sink]]:
+def access_log_sinks(cfg: Config, idx: int, nat: NatTable | None = None,
+                     records_version: int = 0) -> tuple[AccessLog, ClickHouseSink | None, list[Sink]]:
     """A worker's access log (its own partition), ClickHouse when configured, and the sinks that
     feed them. The local chained log gets every record whatever else is configured (DESIGN.md,
     Fleet: the evidence of record); ClickHouse gets a copy of what the log has made durable, with
@@ -365,7 +406,8 @@ def access_log_sinks(cfg: Config, idx: int, nat: NatTable | None = None) -> tupl
                      on_commit=ch.committed if ch is not None else None)
     if ch is not None:  # what the log committed before a stop and the copy never got
         ch.backfill(al.directory, alog.sequence, key)
-    sinks: list[Sink] = [AccessLogSink(alog, cfg.gateway, nat=nat if nat else None)]
+    sinks: list[Sink] = [AccessLogSink(alog, cfg.gateway, nat=nat if nat else None,
+                                       records_version=str(records_version) if records_version else "")]
     return alog, ch, sinks
 
 

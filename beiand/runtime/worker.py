@@ -221,7 +221,7 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
         for cap in caps:
             cap.close()
         return
-    alog, ch, sinks = access_log_sinks(cfg, idx, state.nat)
+    alog, ch, sinks = access_log_sinks(cfg, idx, state.nat, state.register_version)
     pipe = Pipeline(decoder, decide, [*sinks, agg], actor=enforcer.enforce, gateway=cfg.gateway)
     # Inline: the queue has its own thread (issue 22); it and the capture loop share the decoder
     # and the pipeline under this lock.

@@ -29,7 +29,7 @@ _NOT_DONE = frozenset({Outcome.BREAKER_OPEN, Outcome.FAILED})
 
 
 def to_record(obs: Observation, d: Decision, gateway: str = "", nat: NatTable | None = None,
-              outcome: Outcome = Outcome.NONE) -> AccessRecord:
+              outcome: Outcome = Outcome.NONE, records_version: str = "") -> AccessRecord:
     """The access-log record of a decision: ``action`` is what was done (a block the enforcer could
     not carry out is ``flag``), ``outcome`` says what the enforcer did and ``order`` what decided it."""
     f = d.verdict.filing
@@ -44,25 +44,29 @@ def to_record(obs: Observation, d: Decision, gateway: str = "", nat: NatTable | 
         order_column(d) if d.by else "",
         # issue 19: a named flow is also its connection record (a DNS answer is not a flow)
         "" if obs.kind is Kind.DNS_ANSWER else "in", obs.method, obs.url, obs.packets, obs.octets, outcome,
+        records_version,  # issue 35: the register version that decided it
     )
 
 
 class AccessLogSink:
     """Sink: one record per decision into hosted space, written through any :class:`RecordWriter`."""
 
-    def __init__(self, writer: RecordWriter, gateway: str = "", nat: NatTable | None = None) -> None:
+    def __init__(self, writer: RecordWriter, gateway: str = "", nat: NatTable | None = None, records_version: str = "") -> None:
         self.writer = writer
         self.gateway = gateway
         self.nat = nat  # None: no mappings (the field stays empty)
+        self.records_version = records_version  # the register version this worker's state is (issue 35)
 
     def on_decision(self, obs: Observation, decision: Decision, outcome: Outcome = Outcome.NONE) -> None:
-        self.writer.append(to_record(obs, decision, self.gateway, self.nat, outcome))
+        self.writer.append(to_record(obs, decision, self.gateway, self.nat, outcome, self.records_version))
 
     def on_connection(self, rec: AccessRecord) -> None:
         """A connection record (issue 19), built by the pipeline (with its gateway); the NAT side added here."""
         nat = self.nat
         if nat is not None and not rec.nat:
             rec = rec._replace(nat=nat.record_nat(rec.client_ip, rec.client_port, rec.server_ip, rec.server_port, rec.ts_ms))
+        if self.records_version and not rec.records_version:
+            rec = rec._replace(records_version=self.records_version)
         self.writer.append(rec)
 
     def flush(self) -> None:

@@ -60,16 +60,19 @@ log = logging.getLogger("beiand.accesslog.clickhouse")  # the name operators fil
 
 COLUMNS = ("ts_ms", "account", "client_ip", "client_port", "server_ip", "server_port", "transport", "kind", "name", "verdict",
            "action", "filing_number", "gateway", "reason", "nat", "calling_number", "order_no",
-           "direction", "method", "url", "packets", "octets", "outcome")
+           "direction", "method", "url", "packets", "octets", "outcome", "records_version")
 # Records spilled before issue 19 carry the first 17 columns only.
 COLUMNS_V1 = COLUMNS[:COLUMNS.index("order_no") + 1]
 # Records spilled before issue 26 end at octets (no outcome).
 COLUMNS_V2 = COLUMNS[:COLUMNS.index("octets") + 1]
+# Records without a register version (and every record before issue 35) end at outcome.
+COLUMNS_V3 = COLUMNS[:COLUMNS.index("outcome") + 1]
 # The chain fields (issue 27): the log partition, the worker's record number, the position in
 # the partition (an anchor's count), the chain head after the record (64 hex digits).
 CHAIN_COLUMNS = ("`partition`", "seq", "pos", "link")
 # Columns added since the table was first documented: added to an existing table at start.
 ADDED_COLUMNS = ("direction String", "method String", "url String", "packets UInt64", "octets UInt64", "outcome String",
+                 "records_version String",
                  "`partition` String", "seq UInt64", "pos UInt64", "link String")
 # The lawful request (Order 292 art. 14): who reached this server address and port at that time.
 # Then gateway, worker, seq: a record's identity, so ReplacingMergeTree folds a record sent twice.
@@ -127,7 +130,7 @@ def _columns() -> str:
     return """    ts_ms UInt64, account String, client_ip String, client_port UInt16, server_ip String, server_port UInt16,
     transport String, kind String, name String, verdict String, action String, filing_number String,
     gateway String, reason String, nat String, calling_number String, order_no String,
-    direction String, method String, url String, packets UInt64, octets UInt64, outcome String,
+    direction String, method String, url String, packets UInt64, octets UInt64, outcome String, records_version String,
     `partition` String, seq UInt64, pos UInt64, link String,
     batch String, worker UInt16,
     day Date DEFAULT toDate(toDateTime(intDiv(ts_ms, 1000)), 'UTC')"""
@@ -793,7 +796,7 @@ class ClickHouseSink:
 
 
 # A spilled line of an older beiand, by the fields it holds (the sink adds batch and worker).
-SHAPES = {len(COLUMNS_V1): COLUMNS_V1, len(COLUMNS_V2): COLUMNS_V2, len(COLUMNS): COLUMNS}
+SHAPES = {len(COLUMNS_V1): COLUMNS_V1, len(COLUMNS_V2): COLUMNS_V2, len(COLUMNS_V3): COLUMNS_V3, len(COLUMNS): COLUMNS}
 # A row of the copy (issue 27): the record's fields, its chain fields, its worker.
 CHAINED = (*COLUMNS, *CHAIN_COLUMNS, "worker")
 _GATEWAY = COLUMNS.index("gateway")
@@ -806,7 +809,11 @@ def chain_rows(c: Committed) -> list[bytes]:
     hx = b"".join(c.links).hex().encode()  # one call for the frame, not one per record
     w = b"%d" % c.worker
     seq, pos = c.seq, c.pos
-    return [b"%s%s%d\t%d\t%s\t%s\n" % (ln[:-1], part, seq + i, pos + i, hx[64 * i:64 * i + 64], w)
+    # a line without a register version (issue 35) gets the empty column: every row of the copy
+    # has every column (verify joins it back without it: ``_VERSION_JOIN``)
+    short = len(COLUMNS) - 2
+    return [b"%s%s%s%d\t%d\t%s\t%s\n" % (ln[:-1], b"\t" if ln.count(b"\t") == short else b"", part, seq + i, pos + i,
+                                           hx[64 * i:64 * i + 64], w)
             for i, ln in enumerate(c.lines)]
 
 
@@ -933,8 +940,11 @@ class ClickHouseReader:
 
         where = self._where(since_ms, until_ms, gateways)
         ints = {"ts_ms", "client_port", "server_port", "packets", "octets"}
-        joined = ", '\\t', ".join(f"toString({c})" if c in ints else c for c in COLUMNS)
-        plain = f"(match(line, '[\\\\n\\\\r\\\\\\\\]') = 0 AND length(line) - length(replaceAll(line, '\\t', '')) = {len(COLUMNS) - 1})"
+        # the line as the log wrote it: a record without a register version ends at outcome (issue 35)
+        joined = ", '\\t', ".join(f"toString({c})" if c in ints else c for c in COLUMNS[:-1])
+        joined += ", if(records_version = '', '', concat('\\t', records_version))"
+        plain = (f"(match(line, '[\\\\n\\\\r\\\\\\\\]') = 0 AND length(line) - length(replaceAll(line, '\\t', '')) = "
+                 f"if(records_version = '', {len(COLUMNS) - 2}, {len(COLUMNS) - 1}))")
         # The records that are not a plain join (rare): read apart as TabSeparated, once, when the
         # first one comes, decoded here.
         apart: dict[tuple[str, int, int], CopyRow] = {}

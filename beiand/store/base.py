@@ -24,7 +24,7 @@ from beiand.errors import BeiandError
 KINDS = ("order", "exemption", "isms-command", "isms-list", "isms-house", "isms-codes", "isms-setting", "isms-sequence",
          "isms-refused", "case", "ip-report", "authority")
 OPS = ("set", "end", "note")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class StoreError(BeiandError):
@@ -83,6 +83,23 @@ _TABLES = {
         gateway TEXT NOT NULL, source TEXT NOT NULL, sha256 TEXT NOT NULL, at DOUBLE PRECISION NOT NULL,
         rows BIGINT NOT NULL, PRIMARY KEY (gateway, source, sha256))""",
 }
+# The register (store/register.py): versions of the filing records, the inventory and the NAT feed;
+# each row's content once under its hash, one interval of versions per row, its lookup keys.
+_REGISTER = (
+    """CREATE TABLE beiand_register_versions (
+        version BIGINT PRIMARY KEY, kind TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, actor TEXT NOT NULL,
+        why TEXT NOT NULL, source TEXT NOT NULL, source_sha256 TEXT NOT NULL, sha256 TEXT NOT NULL, rows BIGINT NOT NULL,
+        summary TEXT NOT NULL, gateway TEXT NOT NULL)""",
+    "CREATE INDEX beiand_register_versions_at ON beiand_register_versions (at, version)",
+    "CREATE TABLE beiand_register_content (hash TEXT PRIMARY KEY, data TEXT NOT NULL)",
+    """CREATE TABLE beiand_register_rows (kind TEXT NOT NULL, key TEXT NOT NULL, hash TEXT NOT NULL,
+        valid_from BIGINT NOT NULL, valid_to BIGINT)""",
+    "CREATE INDEX beiand_register_rows_hash ON beiand_register_rows (hash)",
+    # the rows in force: what a new version is compared with, and what a gateway fetches
+    "CREATE UNIQUE INDEX beiand_register_rows_open ON beiand_register_rows (kind, key) WHERE valid_to IS NULL",
+)
+_ROWS = "beiand_register_rows"
+_REGISTER_TABLES = ("beiand_register_versions", "beiand_register_content", _ROWS, "beiand_register_names")
 MIGRATIONS = [
     Migration(1, "decisions (append-only), gateways' heartbeats, one-time imports", True, {
         "sqlite": (_TABLES["meta"], _TABLES["decisions"], _TABLES["index"], _TABLES["gateways"], _TABLES["imports"],
@@ -95,6 +112,33 @@ MIGRATIONS = [
                        "RAISE EXCEPTION 'beiand_decisions is append-only: add a row instead'; END $$",
                        "CREATE TRIGGER beiand_decisions_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON beiand_decisions "
                        "FOR EACH STATEMENT EXECUTE FUNCTION beiand_append_only()"),
+    }),
+    Migration(2, "the register: versions of records, inventory and NAT feed, rows by content with their intervals", True, {
+        "sqlite": (*_REGISTER, "CREATE TABLE beiand_register_names (name TEXT NOT NULL, hash TEXT NOT NULL, "
+                   "PRIMARY KEY (name, hash)) WITHOUT ROWID",
+                   *(f"CREATE TRIGGER {t}_no_delete BEFORE DELETE ON {t} "
+                     f"BEGIN SELECT RAISE(ABORT, '{t}: the register keeps its history: nothing is deleted'); END"
+                     for t in _REGISTER_TABLES),
+                   *(f"CREATE TRIGGER {t}_no_update BEFORE UPDATE ON {t} "
+                     f"BEGIN SELECT RAISE(ABORT, '{t} is append-only'); END" for t in _REGISTER_TABLES if t != _ROWS),
+                   # a row's interval is closed once (valid_to: NULL → the version that ended it), nothing else changes
+                   f"CREATE TRIGGER {_ROWS}_close_only BEFORE UPDATE ON {_ROWS} WHEN OLD.valid_to IS NOT NULL "
+                   "OR NEW.valid_to IS NULL OR NEW.kind != OLD.kind OR NEW.key != OLD.key OR NEW.hash != OLD.hash "
+                   "OR NEW.valid_from != OLD.valid_from "
+                   f"BEGIN SELECT RAISE(ABORT, '{_ROWS}: an interval is only ever closed once'); END"),
+        "postgresql": (*_REGISTER, "CREATE TABLE beiand_register_names (name TEXT NOT NULL, hash TEXT NOT NULL, "
+                       "PRIMARY KEY (name, hash))",
+                       "CREATE FUNCTION beiand_register_history() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                       "RAISE EXCEPTION '%: the register keeps its history: nothing is changed or deleted', TG_TABLE_NAME; "
+                       "END $$",
+                       *(f"CREATE TRIGGER {t}_history BEFORE DELETE OR TRUNCATE{' OR UPDATE' if t != _ROWS else ''} ON {t} "
+                         "FOR EACH STATEMENT EXECUTE FUNCTION beiand_register_history()" for t in _REGISTER_TABLES),
+                       "CREATE FUNCTION beiand_register_close() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                       "IF OLD.valid_to IS NULL AND NEW.valid_to IS NOT NULL AND NEW.kind = OLD.kind AND NEW.key = OLD.key "
+                       "AND NEW.hash = OLD.hash AND NEW.valid_from = OLD.valid_from THEN RETURN NEW; END IF; "
+                       f"RAISE EXCEPTION '{_ROWS}: an interval is only ever closed once'; END $$",
+                       f"CREATE TRIGGER {_ROWS}_close_only BEFORE UPDATE ON {_ROWS} "
+                       "FOR EACH ROW EXECUTE FUNCTION beiand_register_close()"),
     }),
 ]
 
@@ -188,6 +232,9 @@ class DecisionStore(ABC):
     def _notify(self, cur: Any, version: int) -> None:  # noqa: B027 (SQLite has no channel: followers poll)
         """Tell the followers (PostgreSQL: NOTIFY, delivered at commit)."""
 
+    def _signal(self, cur: Any, channel: str, payload: str) -> None:  # noqa: B027 (SQLite has no channel: followers poll)
+        """News on another channel than the decisions' (the register's: ``store.register``)."""
+
     def _error(self, exc: BaseException) -> StoreError:
         return StoreError(f"decision store {self.url}: {exc}")
 
@@ -220,6 +267,15 @@ class DecisionStore(ABC):
     def _insert(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
         cur.executemany(self._q("INSERT INTO beiand_decisions (version, kind, key, op, data, at, actor, why, gateway) "
                                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"), rows)
+
+    def _register_insert(self, cur: Any, table: str, cols: Sequence[str], rows: list[tuple[Any, ...]], conflict: str) -> None:
+        """Many rows into a register table (``conflict``: the key whose duplicates are skipped)."""
+        if not rows:
+            return
+        sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        if conflict:
+            sql += f" ON CONFLICT ({conflict}) DO NOTHING"
+        cur.executemany(self._q(sql), rows)
 
     def _imported(self, cur: Any, source: str, sha256: str) -> bool:
         """This content was imported (by any gateway, from any path: the same file copied to two

@@ -399,3 +399,42 @@ def test_tls_verify_full_and_a_password_from_a_private_file(tmp_path: Path) -> N
             open_decisions(nossl)
     finally:
         pg.stop()
+
+
+def test_the_register_on_both_backends_bulk_and_row_by_row(tmp_path: Path, url: str) -> None:
+    """Issue 35: the register's publication (PostgreSQL's COPY beyond a thousand rows), fetch by
+    content, lookup keys and diff give the same on SQLite and PostgreSQL; a publication NOTIFYs."""
+    from beiand.store import register as reg
+
+    store = open_decisions(config(tmp_path, url))
+    listener = open_decisions(config(tmp_path, url))
+    try:
+        if listener.dialect == "postgresql":
+            listener.channel = reg.CHANNEL  # type: ignore[attr-defined]
+            listener.wait(0.1)  # listening from now
+        first = {f"k{i:05d}": f'["v{i}"]' for i in range(3000)}
+        v1 = reg.publish(store, "records", [reg.RegisterRow(k, d, (k, "shared")) for k, d in first.items()])
+        if listener.dialect == "postgresql":
+            assert listener.wait(10)  # news of the version, not its content
+        second = {**{k: d for k, d in first.items() if k != "k00007"}, "k00001": '["changed"]', "knew": '["new"]'}
+        v2 = reg.publish(store, "records", [reg.RegisterRow(k, d, (k,)) for k, d in second.items()])
+        assert (v1.version, v2.version) == (1, 2) and v2.summary == {"added": 1, "removed": 1, "changed": 1}
+        for version, snap in ((1, first), (2, second)):
+            got, rows = reg.fetch(store, "records", version)
+            assert got is not None and dict(rows) == snap
+        assert dict(reg.rows_named(store, "records", ["k00007", "k00001"], 1)) == {"k00007": first["k00007"],
+                                                                                   "k00001": first["k00001"]}
+        assert dict(reg.rows_named(store, "records", ["k00007", "k00001"], 2)) == {"k00001": '["changed"]'}
+        assert len(reg.rows_named(store, "records", ["shared"], 2)) == 2998  # content kept from version 1
+        d = reg.diff(store, "records", 1, 2)
+        assert (d.added, d.removed, [k for k, _, _ in d.changed]) == (["knew"], ["k00007"], ["k00001"])
+        assert reg.size(store)["beiand_register_rows"] == 3002
+        assert store.head() == 0  # the decision rows are the orders' and commands' only
+        for sql in ("DELETE FROM beiand_register_rows", "UPDATE beiand_register_rows SET valid_to = 9 WHERE key = 'k00007'",
+                    "UPDATE beiand_register_content SET data = 'x'"):
+            with pytest.raises(StoreError, match="register"), store.transaction() as tx:
+                tx.cur.execute(sql)
+        assert dict(reg.fetch(store, "records", 1)[1]) == first
+    finally:
+        store.close()
+        listener.close()

@@ -43,8 +43,21 @@ def test_batch_encoding_equals_one_by_one(rs: list[AccessRecord]) -> None:
 def test_tabs_newlines_and_backslashes_are_escaped() -> None:
     r = AccessRecord(1, "a\tb", "c\nd", 1, "e\\f", 2, "tcp", "k", "n\r", "v", "a", "f")
     line = encode(r)
-    assert line.count(b"\t") == len(AccessRecord._fields) - 1
+    assert line.count(b"\t") == len(AccessRecord._fields) - 2  # no register version: written without the field
     assert decode(line) == r
+    v = r._replace(records_version="7\t")
+    assert encode(v).count(b"\t") == len(AccessRecord._fields) - 1 and decode(encode(v)) == v
+
+
+def test_a_record_without_a_register_version_is_the_line_written_before_issue_35() -> None:
+    from beiand.accesslog.format import NFIELDS_V3
+
+    r = AccessRecord(1, "acct", "10.0.0.1", 1, "198.51.100.1", 443, "udp", "quic-sni", "a.example.cn", "filed", "log", "f",
+                     outcome="done")
+    assert encode(r).count(b"\t") == NFIELDS_V3 - 1 and encode_batch([r, r]) == [encode(r)] * 2
+    v = r._replace(records_version="3")
+    assert encode(v) == encode(r)[:-1] + b"\t3\n" and encode_batch([v, r]) == [encode(v), encode(r)]
+    assert decode(encode(v)) == v and decode(encode(r)) == r
 
 
 @pytest.mark.parametrize("bad", [b"", b"1\t2\n", b"x" * 50, "\t".join(["notanint"] * 17).encode()])
@@ -108,7 +121,7 @@ def test_a_line_written_before_connection_records_reads_with_the_new_fields_at_t
     old = b"\t".join(line.rstrip(b"\n").split(b"\t")[:NFIELDS_V1]) + b"\n"
     got = decode(old)
     assert got[:NFIELDS_V1] == r[:NFIELDS_V1]
-    assert got[NFIELDS_V1:] == ("", "", "", 0, 0, "")
+    assert got[NFIELDS_V1:] == ("", "", "", 0, 0, "", "")
 
 
 @given(records)
@@ -122,7 +135,7 @@ def test_a_line_written_before_outcomes_reads_with_the_outcome_empty(r: AccessRe
     assert got.outcome == ""
 
 
-@pytest.mark.parametrize("n", [1, 16, 18, 21, 24])
+@pytest.mark.parametrize("n", [1, 16, 18, 21, 25])
 def test_a_line_with_a_field_count_of_no_version_is_refused(n: int) -> None:
     with pytest.raises(ValueError, match="fields"):
         decode("\t".join(["1"] * n) + "\n")

@@ -16,14 +16,14 @@ from beiand.runtime.settings import Config, DaemonSection
 def test_store_migrate_then_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     st = ["--state-dir", str(tmp_path)]
     assert main(["store", "migrate", *st]) == 0
-    assert "schema 0 → 1" in capsys.readouterr().out
+    assert "schema 0 → 2" in capsys.readouterr().out
     assert main(["store", "migrate", *st]) == 0
     assert "up to date" in capsys.readouterr().out
     assert main(["block", "add", "a.example", "--order", "1", *st]) == 0
     capsys.readouterr()
     assert main(["store", "status", "--json", *st]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["version"] == 1 and info["schema"] == 1
+    assert info["version"] == 1 and info["schema"] == 2
 
 
 def test_fleet_status_names_a_silent_gateway_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -75,7 +75,7 @@ def test_check_config_names_the_store_and_warns_when_it_does_not_answer(tmp_path
     assert main(["block", "add", "a.example", "--order", "1", "--config", str(cfg)]) == 0
     capsys.readouterr()
     assert main(["check-config", str(cfg)]) == 0
-    assert "(schema 1, version 1, 0 gateway(s) following it)" in capsys.readouterr().out
+    assert "(schema 2, version 1, 0 gateway(s) following it)" in capsys.readouterr().out
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

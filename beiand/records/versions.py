@@ -1,0 +1,110 @@
+"""Filing records as versions of the register (``store.register``; DESIGN.md, Fleet).
+
+A filing is a register row keyed by its number; its data is the filing as canonical JSON without
+the file and line it came from (a filing moved to another line of the next export is the same
+filing: no new row); its lookup keys are the names and single addresses it lists, and ``~4`` /
+``~6`` when it lists ranges or prefixes (a lookup reads those few too). Publishing goes through the
+reload guard (``records.max_loss`` against the version in force) and keeps a summary of what
+changed: filings added and removed, statuses changed, names or addresses changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from beiand.model import Filing, FilingStatus, ServiceType
+from beiand.records.formats.base import ImportRefused
+from beiand.store.base import DecisionStore
+from beiand.store.register import Delta, RegisterRow, Version, publish
+
+KIND = "records"
+RANGE_KEYS = ("~4", "~6")  # the lookup keys of filings listing a range or prefix of that family
+
+
+def filing_row(f: Filing) -> RegisterRow:
+    data = orjson.dumps([f.number, f.sponsor, f.service_type.value, list(f.domains), list(f.ips), f.access_provider,
+                         f.status.value, f.reviewed, f.service_name, f.province]).decode()
+    names = [*f.domains]
+    for ip in f.ips:
+        if "-" in ip or "/" in ip:
+            names.append(RANGE_KEYS[1] if ":" in ip else RANGE_KEYS[0])
+        else:
+            names.append(ip)
+    return RegisterRow(f.number, data, tuple(names))
+
+
+_STYPES = {t.value: t for t in ServiceType}
+_STATUSES = {s.value: s for s in FilingStatus}
+
+
+def filing_of(data: str, source: str = "") -> Filing:
+    n, sponsor, stype, domains, ips, provider, status, reviewed, sname, province = orjson.loads(data)
+    return Filing(n, sponsor, _STYPES[stype], tuple(domains), tuple(ips), provider, _STATUSES[status], reviewed, sname,
+                  province, source)
+
+
+def filings_of(rows: Iterable[tuple[str, str]], source: str = "") -> list[Filing]:
+    """The filings of register rows (key, data), in key order (the same list on every gateway)."""
+    return [filing_of(d, source) for _, d in sorted(rows)]
+
+
+def lookup_keys(name: str, ip: str = "") -> list[str]:
+    """The register keys under which the filings that may decide ``name`` (and ``ip``) are listed."""
+    keys = []
+    cand = name
+    while cand:  # the name and every parent: the index's suffix walk (records.index)
+        keys.append(cand)
+        dot = cand.find(".")
+        cand = cand[dot + 1:] if dot >= 0 else ""
+    if ip:
+        keys += [ip, RANGE_KEYS[1] if ":" in ip else RANGE_KEYS[0]]
+    return keys
+
+
+def summarise(delta: Delta, max_loss: float | None = None, offered: str = "") -> dict[str, Any]:
+    """What a new export changes (kept with the version, shown by ``records log``); with
+    ``max_loss``, refuse one that loses more than that share of the filings in force (the reload
+    guard: a truncated export must never turn filed sites "unfiled")."""
+    new = delta.in_force - len(delta.removed) + len(delta.added)
+    if max_loss is not None and delta.in_force and new < delta.in_force * (1.0 - max_loss):
+        old = delta.in_force
+        raise ImportRefused(f"{offered or 'the new records'}: {new} filings, {old - new} fewer than the {old} in force "
+                            f"({(old - new) / old:.0%} > the allowed {max_loss:.0%}): refused, the current records stay")
+    status = names = addresses = other = 0
+    for _, before, after in delta.changed:
+        a, b = orjson.loads(before), orjson.loads(after)
+        s, n, i = a[6] != b[6], a[3] != b[3], a[4] != b[4]
+        status += s
+        names += n
+        addresses += i
+        other += not (s or n or i)
+    return {"filings": new, "status_changed": status, "names_changed": names, "addresses_changed": addresses,
+            "other_changed": other}
+
+
+def file_sha256(paths: Sequence[str | Path]) -> str:
+    """The SHA-256 of the export files as imported (of the one file, or of their hashes in order)."""
+    digests = []
+    for p in paths:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        digests.append(h.hexdigest())
+    return digests[0] if len(digests) == 1 else hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+def publish_filings(store: DecisionStore, filings: Sequence[Filing], *, sources: Sequence[str | Path], max_loss: float | None,
+                    actor: str = "", why: str = "", at: float | None = None) -> Version:
+    """Publish an export's filings as the register's new records version (guarded by ``max_loss``;
+    None: not guarded). Raises ImportRefused (guard), ``store.register.Unchanged`` (the same
+    content is in force) or StoreError."""
+    shown = ", ".join(str(p) for p in sources)
+    return publish(store, KIND, [filing_row(f) for f in filings], at=at, actor=actor, why=why, source=shown,
+                   source_sha256=file_sha256(sources) if sources else "",
+                   check=lambda d: summarise(d, max_loss, shown))

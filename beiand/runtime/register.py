@@ -1,0 +1,372 @@
+"""The register on a gateway (DESIGN.md, Fleet: "filing records, inventory"): importing exports as
+versions, applying the version in force, and judging with a past one.
+
+* :func:`import_files` (``beiand records import``, and the watched files of a gateway whose
+  ``records.source = "store"``): validate as a reload does (named bad rows, the reload guard
+  against the version in force), then publish the records, the inventory and the NAT feed as
+  versions of the register (``store.register``).
+* :class:`Applier` (a thread of the supervisor, ``records.source = "store"``): waits for news of a
+  version (PostgreSQL ``NOTIFY`` on the register's channel, with a poll besides), fetches each kind
+  by content, checks it, writes the gateway's copy under ``<daemon.state_dir>/register/`` and asks
+  for a reload, which builds the new state to the side while the workers keep judging with the
+  old one. With the store unreachable the copy stays in force and the gateway starts from it.
+* :func:`state_at` / :func:`lookup_policy`: the records and inventory in force at a past time
+  (``replay --at``, ``records lookup --at``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from beiand.policy.inventory import Inventory, InventoryError, load_inventory
+from beiand.policy.nat import NatError, NatTable, load_nat
+from beiand.policy.register import INVENTORY, NAT, inventory_of, nat_of, publish_inventory, publish_nat
+from beiand.records import ImportRefused, load_files
+from beiand.records.index import RecordIndex
+from beiand.records.versions import KIND as RECORDS
+from beiand.records.versions import filings_of, lookup_keys, publish_filings
+from beiand.runtime.settings import Config
+from beiand.store import DecisionStore, StoreError
+from beiand.store import register as reg
+
+log = logging.getLogger("beiand.register")
+
+DIR = "register"
+KINDS = (RECORDS, INVENTORY, NAT)
+
+
+class ImportProblem(StoreError):
+    """An import refused (the reload guard, no valid filing, a bad inventory): nothing published."""
+
+
+@dataclass(frozen=True)
+class Imported:
+    kind: str
+    version: reg.Version
+    new: bool  # False: the same content was in force (nothing published)
+
+
+def import_files(cfg: Config, store: DecisionStore, records: Sequence[str] = (), inventory: str = "", nat: str = "", *,
+                 actor: str = "", why: str = "", strict: bool | None = None) -> tuple[list[Imported], list[str]]:
+    """Validate and publish; (what was published or found in force, the skipped rows named). Every
+    file is read and checked before anything is published; the records are guarded against the
+    version in force (``records.max_loss``). Raises ImportProblem or StoreError."""
+    skipped: list[str] = []
+    filings = None
+    if records:
+        try:
+            result = load_files(records, strict=cfg.records.strict if strict is None else strict,
+                                status_map=cfg.records.status_map)
+        except (ImportRefused, ValueError) as exc:
+            raise ImportProblem(f"records refused: {exc}") from None
+        if not result.filings:
+            raise ImportProblem(f"records refused: no valid filing in {', '.join(records)} ({result.rows} row(s), "
+                                f"{len(result.errors)} error(s)): the version in force stays")
+        filings = result.filings
+        skipped = [str(e) for e in result.errors]
+    inv = None
+    if inventory:
+        try:
+            inv = load_inventory(inventory)
+        except InventoryError as exc:
+            raise ImportProblem("inventory refused: " + "; ".join(exc.problems[:20])) from None
+    feed = None
+    if nat:
+        try:
+            feed = load_nat(nat)
+        except NatError as exc:
+            raise ImportProblem("NAT feed refused: " + "; ".join(exc.problems[:20])) from None
+    done: list[Imported] = []
+    steps: list[tuple[str, Callable[[], reg.Version]]] = []
+    if filings is not None:
+        steps.append((RECORDS, lambda: publish_filings(store, filings, sources=records, max_loss=cfg.records.max_loss,
+                                                       actor=actor, why=why)))
+    if inv is not None:
+        steps.append((INVENTORY, lambda: publish_inventory(store, inv, sources=[inventory], actor=actor, why=why)))
+    if feed is not None:
+        steps.append((NAT, lambda: publish_nat(store, feed, sources=[nat], actor=actor, why=why)))
+    for kind, step in steps:
+        try:
+            done.append(Imported(kind, step(), True))
+        except reg.Unchanged as exc:
+            done.append(Imported(kind, exc.version, False))
+        except ImportRefused as exc:
+            raise ImportProblem(f"records refused: {exc} (records.max_loss = {cfg.records.max_loss:g})") from None
+    return done, skipped
+
+
+# -- a gateway's copy --------------------------------------------------------------------------
+
+
+def copy_path(state_dir: Path, kind: str) -> Path:
+    return Path(state_dir) / DIR / f"{kind}.snapshot"
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The register as this gateway holds it: the version of each kind (None: none published)."""
+
+    version: int  # the register version all of these are in force at
+    records: reg.Version | None
+    rows: dict[str, list[tuple[str, str]]]
+
+    def index(self) -> RecordIndex:
+        v = self.records
+        return RecordIndex(filings_of(self.rows.get(RECORDS, ()), f"register v{v.version}" if v else ""),
+                           loaded_at=v.at if v else 0.0, sources=[f"register v{v.version}: {v.source}"] if v else [])
+
+    def inventory(self) -> Inventory:
+        return inventory_of(self.rows.get(INVENTORY, ()), "register")
+
+    def nat(self) -> NatTable:
+        return nat_of(self.rows.get(NAT, ()), "register")
+
+
+def read_copy(state_dir: Path) -> Applied:
+    """This gateway's copy (StoreError: none, or damaged)."""
+    rows: dict[str, list[tuple[str, str]]] = {}
+    versions: dict[str, reg.Version] = {}
+    at = 0
+    for kind in KINDS:
+        p = copy_path(state_dir, kind)
+        if not p.exists():
+            continue
+        v, r = reg.read_snapshot(p)
+        versions[kind], rows[kind] = v, r
+        at = max(at, v.version)
+    head = Path(state_dir) / DIR / "version"
+    try:
+        at = max(at, int(head.read_text().strip() or 0))
+    except (OSError, ValueError):
+        pass
+    if RECORDS not in versions:
+        raise StoreError(f"{copy_path(state_dir, RECORDS)}: no copy of the register's records on this gateway yet")
+    return Applied(at, versions.get(RECORDS), rows)
+
+
+def fetch_all(store: DecisionStore, version: int) -> Applied:
+    """Every kind in force at ``version``, fetched by content and checked."""
+    rows: dict[str, list[tuple[str, str]]] = {}
+    rec = None
+    for kind in KINDS:
+        v, r = reg.fetch(store, kind, version)
+        if v is not None:
+            rows[kind] = r
+            if kind == RECORDS:
+                rec = v
+    return Applied(version, rec, rows)
+
+
+def write_copy(state_dir: Path, store: DecisionStore, version: int, *, verify: bool = False) -> list[str]:
+    """Fetch what changed since the copy and keep it; the kinds written. ``verify``: check each
+    copy's content, not only its header (a copy found damaged is fetched again)."""
+    written = []
+    for kind in KINDS:
+        v = reg.in_force(store, kind, version)
+        if v is None:
+            continue
+        p = copy_path(state_dir, kind)
+        held: reg.Version | None = None
+        if p.exists():
+            try:
+                held = reg.read_snapshot(p)[0] if verify else reg.read_header(p)
+                if held.version == v.version and held.sha256 == v.sha256:
+                    continue
+            except StoreError as exc:
+                log.error("%s (fetched again)", exc)
+                held = None
+        if held is not None and held.version < v.version:
+            # the change since the copy (a daily export: thousands of rows, not the million)
+            try:
+                _, rows_held = reg.read_snapshot(p)
+                ended, begun = reg.changes_between(store, kind, held.version, v.version)
+                rows = reg.apply_changes(rows_held, ended, begun)
+                if reg.content_sha256(rows.items()) == v.sha256:
+                    reg.write_snapshot(p, v, rows.items())
+                    written.append(f"{kind} v{v.version} ({len(ended)} ended, {len(begun)} begun)")
+                    continue
+                log.error("register %s: the copy at v%d with the change to v%d is not v%d's content: fetched whole",
+                          kind, held.version, v.version, v.version)
+            except StoreError as exc:
+                log.error("%s (fetched whole)", exc)
+        got, whole = reg.fetch(store, kind, v.version)
+        assert got is not None
+        reg.write_snapshot(p, got, whole)
+        written.append(f"{kind} v{got.version}")
+    mark = Path(state_dir) / DIR / "version"
+    mark.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    tmp = mark.with_name("version.tmp")
+    tmp.write_text(f"{version}\n")
+    tmp.replace(mark)
+    return written
+
+
+class Applier:
+    """The supervisor's follower of the register (``records.source = "store"``; see the module)."""
+
+    def __init__(self, cfg: Config, opener: Callable[[], DecisionStore], reload: Callable[[str], None],
+                 registry: CollectorRegistry | None = None) -> None:
+        self.cfg = cfg
+        self.state_dir = cfg.daemon.state_dir
+        self._open = opener
+        self._reload = reload
+        self.store: DecisionStore | None = None
+        self.fetched = 0  # the register version of this gateway's copy
+        self.applied = 0  # the version the workers judge with (set by the supervisor after a reload)
+        self.reachable = False
+        self.error = ""
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        r = registry or CollectorRegistry()
+        self.m_applied = Gauge("beiand_register_applied_version", "the register version (records, inventory, NAT feed) "
+                               "this gateway judges with", registry=r)
+        self.m_head = Gauge("beiand_register_head_version", "the register's last version in the decision store, as last read",
+                            registry=r)
+        self.m_up = Gauge("beiand_register_store_up", "1 while the register's store answers; 0: the gateway judges with its "
+                          "copy (fails static)", registry=r)
+        self._verify = False  # the copy is checked whole at the next fetch (found damaged)
+        try:
+            self.fetched = read_copy(self.state_dir).version
+        except StoreError as exc:
+            self.fetched = 0
+            self._verify = any(copy_path(self.state_dir, k).exists() for k in KINDS)
+            if self._verify:
+                log.error("%s: fetched again from the store", exc)
+
+    def wake(self) -> None:
+        """News of a version (this gateway imported its drop)."""
+        self._wake.set()
+
+    def sync(self) -> bool:
+        """Fetch a newer version into the copy; True when the copy changed."""
+        if self.store is None:
+            self.store = self._open()
+            if hasattr(self.store, "channel"):
+                self.store.channel = reg.CHANNEL
+        head = reg.head(self.store)
+        self.m_head.set(head)
+        changed = False
+        if head != self.fetched:
+            written = write_copy(self.state_dir, self.store, head, verify=self._verify)
+            self._verify = False
+            changed = bool(written) or self.fetched == 0
+            if written:
+                log.info("register: version %d fetched (%s)", head, ", ".join(written))
+            self.fetched = head
+        if not self.reachable:
+            self.reachable, self.error = True, ""
+            self.m_up.set(1)
+        return changed
+
+    def step(self, wait: float) -> None:
+        try:
+            if self.sync():
+                self._reload(f"register version {self.fetched}")
+        except StoreError as exc:
+            self._down(exc)
+        except OSError as exc:  # the disk: the copy in force stays, tried again
+            log.error("register copy not written under %s: %s", self.state_dir, exc)
+        except Exception as exc:  # a bug must not stop following: say it, and judge with the copy meanwhile
+            log.exception("register follower")
+            self._down(exc)
+        store = self.store
+        if store is not None and store.dialect == "postgresql":
+            try:  # NOTIFY on the register's channel, or the poll interval
+                store.wait(wait)
+            except StoreError as exc:
+                self._down(exc)
+                self._wake.wait(wait)
+        else:
+            self._wake.wait(wait)
+        self._wake.clear()
+
+    def _down(self, exc: BaseException) -> None:
+        msg = str(exc) or type(exc).__name__
+        if self.reachable or msg != self.error:
+            log.error("%s: judging with this gateway's copy of the register (version %d)", msg, self.fetched)
+        self.reachable, self.error = False, msg
+        self.m_up.set(0)
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def first_sync(self) -> None:
+        try:
+            self.sync()
+        except StoreError as exc:
+            self._down(exc)
+
+    def set_applied(self, version: int) -> None:
+        self.applied = version
+        self.m_applied.set(version)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.step(self.cfg.store.poll_interval)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="beiand-register", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=40)
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def status(self) -> dict[str, Any]:
+        return {"applied": self.applied, "fetched": self.fetched, "reachable": self.reachable, "error": self.error or None,
+                "fails_static": not self.reachable}
+
+
+# -- the past ----------------------------------------------------------------------------------
+
+
+def state_at(store: DecisionStore, ts: float) -> tuple[Applied, int]:
+    """The register in force at ``ts`` (whole: ``replay --at``), and its version (0: none then)."""
+    v = reg.version_at(store, ts)
+    return fetch_all(store, v), v
+
+
+def lookup_rows(store: DecisionStore, names: Sequence[str], ips: Sequence[str], ts: float) -> tuple[Applied, int]:
+    """Only the filings that can decide ``names`` (and ``ip``) at ``ts``, and the whole inventory
+    then (``records lookup --at``: a few rows, not the whole export)."""
+    v = reg.version_at(store, ts)
+    keys = sorted({k for n in names for k in lookup_keys(n)} | {k for ip in ips if ip for k in lookup_keys("", ip)})
+    rows = {RECORDS: reg.rows_named(store, RECORDS, keys, v)}
+    rec = reg.in_force(store, RECORDS, v)
+    for kind in (INVENTORY, NAT):
+        got, r = reg.fetch(store, kind, v)
+        if got is not None:
+            rows[kind] = r
+    return Applied(v, rec, rows), v
+
+
+def record_loaded(cfg: Config, store: DecisionStore, index: RecordIndex, inventory: Inventory, nat: NatTable, *,
+                  actor: str = "beiand run") -> int:
+    """``records.source = "files"`` with ``records.history``: keep what was just loaded (validated
+    and guarded by the load: not guarded again) as versions; the register version in force."""
+    records = [str(p) for p in cfg.records.files]
+    steps: list[Callable[[], reg.Version]] = [
+        lambda: publish_filings(store, index.filings, sources=records, max_loss=None, actor=actor, why="loaded")]
+    if cfg.inventory.file:
+        steps.append(lambda: publish_inventory(store, inventory, sources=[str(cfg.inventory.file)], actor=actor, why="loaded"))
+    if cfg.inventory.nat_file:
+        steps.append(lambda: publish_nat(store, nat, sources=[str(cfg.inventory.nat_file)], actor=actor, why="loaded"))
+    for step in steps:
+        try:
+            step()
+        except reg.Unchanged:
+            continue
+    return reg.head(store)

@@ -1,0 +1,230 @@
+"""The register's bars (issue 35): one export published and applied by three gateways; 184 daily
+exports kept as history, its size against one export, and ``records lookup --at`` on any day.
+
+    python bench/bench_records_versions.py apply [--filings 1000000] [--postgres]
+    python bench/bench_records_versions.py history [--filings 1000000] [--days 184] [--change 0.005] [--lookups 20]
+
+``apply``: a generated export is imported (validated, guarded, published) as version 1, then a
+second export (0.5% changed) as version 2; three gateways (an ``Applier`` and the state built from
+its copy, each with its own state directory, in this process) fetch each by content and build the
+index their workers judge with. While a gateway applies version 2, a thread keeps judging with the
+index in service: every verdict comes from a whole version (the old one until the swap). Printed:
+import time, time to applied per gateway, lookups served during the apply. ``--postgres`` runs a
+PostgreSQL 15 of its own (Debian's binaries, as the tests do; run as root); else the store is SQLite.
+
+``history``: ``--days`` daily exports, each changing ``--change`` of the filings (status flips,
+renamed domains, changed addresses, removed filings replaced by new ones), published day after
+day into an SQLite store (PostgreSQL would hold the same rows; SQLite's file size is exact and
+the run shorter). Printed: the store's size after day 1 and after the last day, their ratio (bar
+≤ 3x), publish time per day, and ``records lookup --at`` latency (the CLI, in process) on random
+days (bar ≤ 5 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from beiand.model import Filing, FilingStatus
+from beiand.records import load_file
+from beiand.records.generate import OUR_PROVIDER, GenConfig, write_csv
+from beiand.records.index import RecordIndex
+from beiand.records.versions import publish_filings
+from beiand.runtime.decisions import open_decisions
+from beiand.runtime.register import Applier, import_files, read_copy
+from beiand.runtime.settings import Config, parse_config
+from beiand.store import register as reg
+
+
+def _config(state: Path, url: str = "") -> Config:
+    store = f'[store]\nurl = "{url}"\npoll_interval = 0.2\n' if url else ""
+    return parse_config(f'[daemon]\nstate_dir = "{state}"\n[records]\nsource = "store"\nmax_loss = 0.2\n{store}', "bench.toml")
+
+
+@contextlib.contextmanager
+def _postgres(tmp: Path) -> Iterator[str]:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.integration.postgres import Postgres
+
+    tmp.chmod(0o755)
+    pg = Postgres(tmp / "pg")
+    pg.start()
+    try:
+        yield pg.create_db("bench")
+    finally:
+        pg.stop()
+
+
+def _changed(filings: list[Filing], share: float, rng: random.Random, day: int) -> list[Filing]:
+    """The next day's export: ``share`` of the filings changed (a quarter each: status, domains,
+    addresses, removed and replaced by a new filing)."""
+    out = list(filings)
+    for i in rng.sample(range(len(out)), int(len(out) * share)):
+        f = out[i]
+        what = rng.randrange(4)
+        if what == 0:
+            out[i] = f._replace(status=FilingStatus.CANCELLED if f.status is FilingStatus.ACTIVE else FilingStatus.ACTIVE)
+        elif what == 1:
+            out[i] = f._replace(domains=(f"d{day}x{i}.example.cn", *f.domains[1:]))
+        elif what == 2:
+            out[i] = f._replace(ips=(f"10.{day % 250}.{i % 250}.{(i // 250) % 250}",))
+        else:
+            out[i] = f._replace(number=f"京ICP备{90_000_000 + day * 100_000 + i % 100_000}号-1",
+                                domains=(f"n{day}x{i}.example.cn",))
+    return out
+
+
+def _judge(index: RecordIndex, name: str, stop: threading.Event, served: list[int]) -> None:
+    """Verdicts from the index in service until ``stop``: each from one whole version."""
+    while not stop.is_set():
+        assert index.covering(name) is not None
+        served[0] += 1
+
+
+def _apply_one(job: tuple[Config, float]) -> tuple[int, int, float]:
+    """One gateway: fetch the new version by content into its copy, build the index its reload
+    swaps in; (version, filings, seconds since ``job[1]``)."""
+    g, since = job
+    ap = Applier(g, lambda: open_decisions(g), lambda why: None)
+    ap.step(0.0)
+    index = read_copy(g.daemon.state_dir).index()  # the state a reload builds to the side
+    ap.stop()
+    return ap.fetched, len(index.filings), time.time() - since
+
+
+def apply(a: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="beiand-bench-reg-"))
+    try:
+        with (_postgres(tmp) if a.postgres else contextlib.nullcontext("")) as url:
+            store_url = url or str(tmp / "fleet.sqlite")
+            gen = GenConfig(filings=a.filings, hosted_v4="10.0.0.0/8", ip_share=0.15)
+            e1, e2 = tmp / "day1.csv", tmp / "day2.csv"
+            t = time.perf_counter()
+            write_csv(str(e1), gen)
+            print(f"generated {a.filings} filings ({e1.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.1f} s",
+                  file=sys.stderr)
+            ops = _config(tmp / "ops", store_url)
+            gws = [_config(tmp / f"gw{i}", store_url) for i in range(3)]
+            print(f"store: {'PostgreSQL ' + url.rsplit('@', 1)[-1] if url else 'SQLite ' + store_url}")
+            for n, export in ((1, e1), (2, e2)):
+                if n == 2:
+                    rng = random.Random(2)
+                    first = load_file(e1).filings
+                    with e2.open("w", encoding="utf-8") as f:  # the next day's export, 0.5% changed
+                        f.write("备案号,主办单位,服务类型,网站名称,域名,IP,接入商,状态,审核时间\n")
+                        for x in _changed(first, 0.005, rng, 2):
+                            f.write(f"{x.number},{x.sponsor},{x.service_type.value},{x.service_name},{'、'.join(x.domains)},"
+                                    f"{'、'.join(x.ips)},{x.access_provider},{x.status.value},{x.reviewed}\n")
+                store = open_decisions(ops)
+                t0 = time.perf_counter()
+                done, _ = import_files(ops, store, [str(export)], actor="bench")
+                t1 = time.perf_counter()
+                store.close()
+                v = done[0].version
+                print(f"version {v.version}: import (parse, validate, guard, publish) {t1 - t0:.1f} s, {v.rows} rows, "
+                      f"{v.summary.get('added')} added, {v.summary.get('removed')} removed, {v.summary.get('changed')} changed")
+                served = [0]
+                stop = threading.Event()
+                if n == 2:  # the old version keeps judging while the new one is applied
+                    old = read_copy(gws[0].daemon.state_dir).index()
+                    probe = old.filings[len(old.filings) // 2].domains[0]
+
+                    th = threading.Thread(target=_judge, args=(old, probe, stop, served))
+                    th.start()
+                # each gateway a process of its own, all at once (as three machines would)
+                with multiprocessing.get_context("fork").Pool(3) as pool:
+                    got = pool.map(_apply_one, [(g, time.time()) for g in gws])
+                print(f"  import + applied on all three: {t1 - t0 + max(x[2] for x in got):.1f} s (bar ≤ 60 s)")
+                for i, (version, n_filings, took) in enumerate(got):
+                    print(f"  gw{i}: applied version {version} ({n_filings} filings) {took:.1f} s "
+                          "after the import returned")
+                if n == 2:
+                    stop.set()
+                    th.join()
+                    print(f"  verdicts served from version 1 while version 2 was applied: {served[0]} (none failed)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def history(a: argparse.Namespace) -> None:
+    from beiand.cli.main import main as cli
+
+    tmp = Path(tempfile.mkdtemp(prefix="beiand-bench-hist-"))
+    try:
+        path = tmp / "day1.csv"
+        write_csv(str(path), GenConfig(filings=a.filings, hosted_v4="10.0.0.0/8", ip_share=0.15))
+        filings = load_file(path).filings
+        cfg = _config(tmp / "state")
+        store = open_decisions(cfg)
+        db = tmp / "state" / "decisions.sqlite"
+        rng = random.Random(1)
+        times: list[float] = []
+        at: list[float] = []
+        sizes: list[int] = []
+        day_s = 86_400.0
+        start = time.time() - a.days * day_s
+        for day in range(a.days):
+            if day:
+                filings = _changed(filings, a.change, rng, day)
+            t = time.perf_counter()
+            publish_filings(store, filings, sources=[path], max_loss=None, at=start + day * day_s)
+            times.append(time.perf_counter() - t)
+            at.append(start + day * day_s)
+            if day == 0 or day == a.days - 1:
+                with store._read() as cur:  # the bench measures the file: the WAL folded in first
+                    cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                sizes.append(db.stat().st_size + (os.stat(f"{db}-wal").st_size if Path(f"{db}-wal").exists() else 0))
+            if day % 10 == 0:
+                print(f"day {day + 1}: published in {times[-1]:.1f} s", file=sys.stderr)
+        counts = reg.size(store)
+        store.close()
+        print(f"history: {a.days} daily exports of {a.filings} filings, {a.change:.1%} changed a day (SQLite)")
+        print(f"  store after day 1: {sizes[0] / 1e6:.1f} MB; after day {a.days}: {sizes[-1] / 1e6:.1f} MB: "
+              f"{sizes[-1] / sizes[0]:.2f}x (bar ≤ 3x); rows {counts}")
+        print(f"  (the export file itself: {path.stat().st_size / 1e6:.1f} MB; the store after day {a.days} is "
+              f"{sizes[-1] / path.stat().st_size:.2f}x it: rows, hashes, lookup keys and their indexes)")
+        times.sort()
+        print(f"  publish per day: median {times[len(times) // 2]:.1f} s, max {times[-1]:.1f} s")
+        lat = []
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+            for _ in range(a.lookups):
+                day = rng.randrange(a.days)
+                name = rng.choice(filings).domains[0] if filings[0].domains else "a.example.cn"
+                t = time.perf_counter()
+                cli(["records", "lookup", name, "--at", f"{at[day] + 3600:.0f}", "--state-dir", str(tmp / "state"),
+                     "--no-overlays", "--provider", OUR_PROVIDER, "--json"])
+                lat.append(time.perf_counter() - t)
+        lat.sort()
+        print(f"  records lookup --at a random day ({a.lookups} lookups, the CLI in process): median {lat[len(lat) // 2]:.3f} s, "
+              f"max {lat[-1]:.3f} s (bar ≤ 5 s)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("apply")
+    p.add_argument("--filings", type=int, default=1_000_000)
+    p.add_argument("--postgres", action="store_true", help="a PostgreSQL of its own (root; Debian's postgresql)")
+    h = sub.add_parser("history")
+    h.add_argument("--filings", type=int, default=1_000_000)
+    h.add_argument("--days", type=int, default=184)
+    h.add_argument("--change", type=float, default=0.005)
+    h.add_argument("--lookups", type=int, default=20)
+    a = ap.parse_args()
+    apply(a) if a.what == "apply" else history(a)
+
+
+if __name__ == "__main__":
+    main()

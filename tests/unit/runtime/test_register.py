@@ -1,0 +1,121 @@
+"""The register on a gateway (issue 35): an import is validated and guarded before anything is
+published; a gateway with ``records.source = "store"`` fetches the version by content into its
+copy, builds its state from it, and keeps judging with the copy while the store is unreachable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from beiand.records.generate import GenConfig, write_csv, write_inventory
+from beiand.runtime.decisions import open_decisions
+from beiand.runtime.register import Applier, ImportProblem, import_files, read_copy, record_loaded
+from beiand.runtime.settings import Config, load_config
+from beiand.runtime.wiring import RecordsRefused, load_state
+from beiand.store import StoreError
+from beiand.store import register as reg
+
+
+def _config(tmp_path: Path, source: str = "store") -> Path:
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    p = tmp_path / "beiand.toml"
+    p.write_text(f'[daemon]\nstate_dir = "{state}"\ngateway = "gw-t"\n[records]\nsource = "{source}"\n'
+                 f'[accesslog]\ndirectory = "{tmp_path / "log"}"\n')
+    return p
+
+
+def test_import_then_a_gateway_applies_the_version_and_fails_static(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", "beiand.register")
+    conf = _config(tmp_path)
+    cfg = load_config(conf)
+    write_csv(str(tmp_path / "a.csv"), GenConfig(filings=300))
+    write_inventory(str(tmp_path / "inv.csv"), GenConfig())
+    store = open_decisions(cfg)
+    done, skipped = import_files(cfg, store, [str(tmp_path / "a.csv")], str(tmp_path / "inv.csv"), actor="alice")
+    assert [(d.kind, d.version.version, d.new) for d in done] == [("records", 1, True), ("inventory", 2, True)]
+    assert skipped == []
+    # a truncated export: refused before anything is written, named
+    write_csv(str(tmp_path / "b.csv"), GenConfig(filings=20))
+    with pytest.raises(ImportProblem, match=r"max_loss"):
+        import_files(cfg, store, [str(tmp_path / "b.csv")])
+    assert reg.head(store) == 2
+    store.close()
+
+    reloads: list[str] = []
+    ap = Applier(cfg, lambda: open_decisions(cfg), reloads.append)
+    ap.step(0.0)
+    assert ap.fetched == 2 and reloads == ["register version 2"] and ap.reachable
+    state = load_state(str(conf))
+    assert state.register_version == 2 and len(state.index.filings) == 300
+    assert state.inventory.lookup("198.51.100.7") is not None
+    ap.step(0.0)
+    assert reloads == ["register version 2"]  # nothing new: no reload
+    # the next export: the gateway fetches the change, not the whole export
+    lines = (tmp_path / "a.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    (tmp_path / "a2.csv").write_text("".join(lines[:-5]), encoding="utf-8")
+    store = open_decisions(cfg)
+    done, _ = import_files(cfg, store, [str(tmp_path / "a2.csv")])
+    store.close()
+    assert done[0].version.version == 3
+    ap.step(0.0)
+    assert reloads[-1] == "register version 3"
+    assert len(read_copy(cfg.daemon.state_dir).index().filings) == done[0].version.rows < 300
+    assert "records v3 (" in caplog.text and "ended" in caplog.text  # the change applied to the copy
+    reloads.clear()
+    reloads.append("register version 2")
+
+    # the store gone: the copy keeps judging, a new start too
+    def gone() -> Config:
+        raise StoreError("decision store sqlite:/nowhere: unreachable")
+
+    down = Applier(cfg, gone, reloads.append)  # type: ignore[arg-type]
+    down.first_sync()
+    assert not down.reachable and down.fetched == 3 and down.status()["fails_static"]
+    assert load_state(str(conf)).register_version == 3
+    # a damaged copy is never used
+    copy = cfg.daemon.state_dir / "register" / "records.snapshot"
+    copy.write_bytes(copy.read_bytes()[:-20])
+    with pytest.raises(StoreError, match="damaged"):
+        read_copy(cfg.daemon.state_dir)
+    # … and fetched again whole by the next follower
+    again = Applier(cfg, lambda: open_decisions(cfg), reloads.append)
+    again.step(0.0)
+    assert read_copy(cfg.daemon.state_dir).version == 3 and again.fetched == 3
+
+
+def test_a_version_losing_too_much_is_refused_by_the_gateway_too(tmp_path: Path) -> None:
+    conf = _config(tmp_path)
+    cfg = load_config(conf)
+    write_csv(str(tmp_path / "a.csv"), GenConfig(filings=200))
+    store = open_decisions(cfg)
+    import_files(cfg, store, [str(tmp_path / "a.csv")])
+    ap = Applier(cfg, lambda: open_decisions(cfg), lambda why: None)
+    ap.step(0.0)
+    first = load_state(str(conf))
+    write_csv(str(tmp_path / "b.csv"), GenConfig(filings=20))
+    with pytest.raises(ImportProblem):  # refused at the import …
+        import_files(cfg, store, [str(tmp_path / "b.csv")])
+    # … and, published unguarded (a writer without the guard), refused by the gateway's reload
+    from beiand.records import load_files
+    from beiand.records.versions import publish_filings
+
+    publish_filings(store, load_files([tmp_path / "b.csv"]).filings, sources=[tmp_path / "b.csv"], max_loss=None)
+    ap.step(0.0)
+    with pytest.raises(RecordsRefused, match="max_loss"):
+        load_state(str(conf), first)
+    store.close()
+
+
+def test_one_gateway_keeps_what_it_loaded_as_versions(tmp_path: Path) -> None:
+    conf = tmp_path / "beiand.toml"
+    write_csv(str(tmp_path / "a.csv"), GenConfig(filings=100))
+    conf.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n[records]\nfiles = ["{tmp_path / "a.csv"}"]\n'
+                    f'[accesslog]\ndirectory = "{tmp_path / "log"}"\n')
+    state = load_state(str(conf))
+    assert state.register_version == 0  # files mode: loaded as today
+    store = open_decisions(state.config)
+    assert record_loaded(state.config, store, state.index, state.inventory, state.nat) == 1
+    assert record_loaded(state.config, store, state.index, state.inventory, state.nat) == 1  # unchanged: no new version
+    store.close()
