@@ -390,11 +390,11 @@ def add_parsers(rsub: Any) -> None:
 
     def store_args(x: argparse.ArgumentParser, by: bool = False, policy: bool = False) -> None:
         if policy:
-            policy_args(x)  # --config, --records, --inventory, --state-dir (the store's too), ...
+            policy_args(x)  # --config, --records, --inventory, --state-dir, --store (the decision store), ...
         else:
             x.add_argument("--config", metavar="FILE", help="(default /etc/beiand/beiand.toml)")
             x.add_argument("--state-dir", metavar="DIR", help="the gateway's state directory: its SQLite decision store")
-        x.add_argument("--store", metavar="URL", help="the decision store (default: store.url of the config)")
+            x.add_argument("--store", metavar="URL", help="the decision store (default: store.url of the config)")
         if by:
             x.add_argument("--by", metavar="WHO", help="who acts (default: the login, SUDO_USER first)")
 
