@@ -33,7 +33,7 @@ _LOG, _FLAG, _BLOCK = Action.LOG, Action.FLAG, Action.BLOCK
 # filing decides, the verdict and the server alone (one decision per server and reason, shared by names).
 _NAME, _TIME, _SERVER = 0, 1, 2
 # A NamedTuple built as its own ``__new__`` builds it (``tuple.__new__(cls, values)``): the same value
-# without the Python frame of the generated ``__new__``.
+# without the Python frame of the generated ``__new__``, but no defaults: every field is given.
 _new = tuple.__new__
 # What each reason a filing is judged with means: (verdict, rank, timed). Coverage precedence
 # (REGULATIONS.md, "Website and APP filings can overlap"): over every filing covering a name, filed
@@ -368,14 +368,14 @@ class _Policy:
 
     def _decision(self, verdict: Verdict, server: _Server) -> Decision:
         if server.prefix is None:
-            return _new(Decision, (verdict, _LOG, "pass:not-hosted", server.mode, "", ""))
+            return _new(Decision, (verdict, _LOG, "pass:not-hosted", server.mode, "", "", "", ""))
         v = verdict.verdict
         rule = _PASS.get(v)
         if rule is not None:
-            return _new(Decision, (verdict, _LOG, rule, server.mode, server.account, server.site))
+            return _new(Decision, (verdict, _LOG, rule, server.mode, server.account, server.site, "", ""))
         if v is _MISMATCH and verdict.reason == "ip-not-listed":
             # Filed through us, served from an unlisted IP: drift to correct, not a block.
-            return _new(Decision, (verdict, _FLAG, "flag:ip-not-listed", server.mode, server.account, server.site))
+            return _new(Decision, (verdict, _FLAG, "flag:ip-not-listed", server.mode, server.account, server.site, "", ""))
         mode = server.mode
         if mode is _ENFORCE:
             action, rules = _BLOCK, _ENFORCE_RULES
@@ -384,7 +384,7 @@ class _Policy:
         else:
             action, rules = _FLAG, _MONITOR_RULES
         rule = rules[1][v] if server.pending else rules[0][v]
-        return _new(Decision, (verdict, action, rule, mode, server.account, server.site))
+        return _new(Decision, (verdict, action, rule, mode, server.account, server.site, "", ""))
 
 
 class Policy(_Policy):
