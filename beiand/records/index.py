@@ -96,7 +96,8 @@ class _Intervals:
 class RecordIndex:
     """Immutable once built; a reload builds a new one and swaps the reference."""
 
-    __slots__ = ("_ranges_of", "_v4", "_v6", "by_domain", "by_ip", "filings", "loaded_at", "n_ranges", "sources", "unmapped")
+    __slots__ = ("_labels_max", "_labels_min", "_ranges_of", "_v4", "_v6", "by_domain", "by_ip", "filings", "loaded_at", "n_ranges",
+                 "sources", "unmapped")
 
     def __init__(self, filings: Sequence[Filing], loaded_at: float = 0.0, sources: Sequence[str] = ()) -> None:
         self.filings = list(filings)
@@ -127,36 +128,54 @@ class RecordIndex:
         self._v6 = _Intervals(ranges[6]) if ranges[6] else None
         self._ranges_of = ranges_of
         self.n_ranges = len(ranges[4]) + len(ranges[6])
+        # The fewest and the most labels of a listed domain: a suffix with more or fewer cannot be
+        # listed, so the walk probes only between them (never the bare top-level label, nor the
+        # labels of a deep subdomain above the deepest listing).
+        labels = {d.count(".") + 1 for d in by_domain}
+        self._labels_min = min(labels, default=1)
+        self._labels_max = max(labels, default=0)
 
     def covering(self, name: str) -> tuple[str, tuple[Filing, ...]] | None:
         """The most specific listed domain covering ``name`` and its filings, or ``None``."""
-        get = self.by_domain.get
-        cand = name
-        while True:
-            hit = get(cand)
+        by_domain = self.by_domain
+        start, labels = self._first_probe(name)
+        while labels >= self._labels_min:
+            cand = name[start:]
+            hit = by_domain.get(cand)
             if hit is not None:
                 return cand, (hit if type(hit) is tuple else (hit,))  # type: ignore[return-value]
-            dot = cand.find(".")
-            if dot < 0:
-                return None
-            cand = cand[dot + 1 :]
+            start = name.find(".", start) + 1
+            labels -= 1
+        return None
 
     def covering_all(self, name: str) -> tuple[Filing, ...]:
         """Every filing covering ``name``: its own listing and every parent listing, most specific first.
 
         The walk cannot leave the registrable domain: no filing lists a public suffix.
         """
-        get = self.by_domain.get
+        by_domain = self.by_domain
         out: tuple[Filing, ...] = ()
-        cand = name
-        while True:
-            hit = get(cand)
+        start, labels = self._first_probe(name)
+        while labels >= self._labels_min:
+            hit = by_domain.get(name[start:])
             if hit is not None:
                 out += hit if type(hit) is tuple else (hit,)  # type: ignore[operator]
-            dot = cand.find(".")
-            if dot < 0:
-                return out
-            cand = cand[dot + 1 :]
+            start = name.find(".", start) + 1
+            labels -= 1
+        return out
+
+    def _first_probe(self, name: str) -> tuple[int, int]:
+        """Where the suffix walk of ``name`` starts probing, and how many labels that suffix has.
+
+        Each suffix starts after a dot and has one label fewer than the one before it; a suffix with
+        more labels than any listed domain is passed over without a probe.
+        """
+        start = 0
+        labels = name.count(".") + 1
+        while labels > self._labels_max and labels > 1:
+            start = name.find(".", start) + 1
+            labels -= 1
+        return start, labels
 
     def by_address(self, ip: str) -> tuple[Filing, ...]:
         """Every filing listing ``ip``: as an address, in a range or in a CIDR prefix."""
@@ -183,7 +202,10 @@ class RecordIndex:
             fam, x = _ip_int(ip)
         except OSError:
             return False
-        return any(v == fam and lo <= x <= hi for v, lo, hi in ivs)
+        for v, lo, hi in ivs:  # noqa: SIM110 (a generator in a cpdef method: Cython cannot compile its closure)
+            if v == fam and lo <= x <= hi:
+                return True
+        return False
 
     def has_address(self, ip: str) -> bool:
         return ip in self.by_ip or (bool(ip) and bool(self.by_address(ip)))

@@ -8,6 +8,7 @@ With the extensions off, both sides are the ``.py`` source and the tests still r
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 from pathlib import Path
@@ -279,3 +280,62 @@ def test_sequence_numbers_with_the_top_bit_decode_the_same(edits: list[tuple[int
             b[at : at + 4] = word
         frames.append((ts, lt, bytes(b)))
     assert _decode(C, frames) == _decode(P, frames)
+
+
+LABEL = st.sampled_from(["a", "b", "ab", "", "x1", "中"])
+DOMAIN = st.lists(LABEL, min_size=1, max_size=5).map(".".join)
+
+
+def _walk(by_domain: dict[str, Any], name: str) -> list[str]:
+    """The listed suffixes of ``name``, most specific first: the plain walk (every suffix probed)."""
+    out, cand = [], name
+    while True:
+        if cand in by_domain:
+            out.append(cand)
+        dot = cand.find(".")
+        if dot < 0:
+            return out
+        cand = cand[dot + 1:]
+
+
+@SLOW
+@given(st.lists(st.tuples(st.lists(DOMAIN, max_size=3), st.lists(st.sampled_from(["198.51.100.7", "198.51.100.0/30",
+                                                                                "2001:db8::1-2001:db8::9"]), max_size=2)),
+                max_size=6),
+       st.lists(DOMAIN, min_size=1, max_size=8), st.sampled_from(["198.51.100.7", "198.51.100.2", "2001:db8::5", "", "x"]))
+@example([(["ab.a"], [])], ["b.ab.a", "a", ""], "198.51.100.7")
+@example([([], [])], ["a.b", "", "."], "")
+def test_suffix_walks_and_address_probes_are_the_same(specs: list[tuple[list[str], list[str]]], names: list[str], ip: str) -> None:
+    """index.pxd types the suffix walk (issue 33), which probes only suffixes with as many labels as
+    some listing: both twins give what the plain walk over every suffix gives."""
+    from beiand.model import Filing, FilingStatus, ServiceType
+
+    filings = [Filing(f"京ICP备{i:08d}号-1", "s", ServiceType.WEBSITE, tuple(ds), tuple(ips), "p", FilingStatus.ACTIVE)
+               for i, (ds, ips) in enumerate(specs)]
+    c, p = C["beiand.records.index"].RecordIndex(filings), P["beiand.records.index"].RecordIndex(filings)
+    def filings_of(d: str) -> tuple[Any, ...]:
+        hit = p.by_domain[d]
+        return hit if type(hit) is tuple else (hit,)
+
+    for name in names:
+        listed = _walk(p.by_domain, name)
+        assert c.covering_all(name) == p.covering_all(name) == tuple(f for d in listed for f in filings_of(d)), name
+        assert c.covering(name) == p.covering(name) == ((listed[0], filings_of(listed[0])) if listed else None), name
+    assert _outcome(c.by_address, ip) == _outcome(p.by_address, ip)
+    assert _outcome(c.has_address, ip) == _outcome(p.has_address, ip)
+    assert [_outcome(c.lists_ip, f, ip) for f in filings] == [_outcome(p.lists_ip, f, ip) for f in filings]
+
+
+@SLOW
+@given(st.lists(st.tuples(st.sampled_from([*NAMES, ""]), st.text("abc.-", max_size=8), st.integers(0, 255), st.booleans(),
+                          st.sampled_from([1_600_000_000.0, 1_700_000_000.5, 1_900_000_000])), min_size=1, max_size=20))
+def test_lookups_verdicts_and_judgements_are_the_same(rows: list[tuple[str, str, int, bool, float]]) -> None:
+    """verdict.pxd types the policy (issue 33): its uncached entry points, on servers inside and outside
+    the inventory (and none), at times around the pending grace, give the same on both paths."""
+    for name, prefix, last, v6, ts in rows:
+        server = "" if last == 0 else (str(ipaddress.ip_address("2001:db8:100::1") + last) if v6 else f"198.51.100.{last}")
+        full = (prefix + "." + name) if prefix and not prefix.startswith(".") else name
+        got = [(_outcome(p.lookup, full, server, ts), _outcome(functools.partial(p.lookup, no_inventory_means_hosted=True), full, server, ts),
+                _outcome(p.verdict, full, server, ts), _outcome(p.judge, full, server, ts, p.inventory.lookup(server) if server else None))
+               for p in POLICIES]
+        assert got[0] == got[1], (full, server, ts)

@@ -153,3 +153,21 @@ def test_access_cancelled_is_its_own_status_not_cancelled() -> None:
 
     assert STATUS["取消接入"] is STATUS["已取消接入"] is FilingStatus.ACCESS_CANCELLED
     assert STATUS["注销"] is STATUS["已注销"] is FilingStatus.CANCELLED
+
+
+def test_every_decision_has_every_field(policy):
+    """Issue 33 builds decisions with tuple.__new__ (no Python __new__, so no field defaults): each
+    path still gives a whole Decision, the overlay fields empty, and a whole Verdict."""
+    from beiand.model import Decision, Verdict
+
+    cases = [("filed.cn", "198.51.100.1"), ("unfiled.cn", "198.51.100.1"), ("notfiled.cn", "198.51.100.8"), ("other.cn", "198.51.100.1"),
+             ("pinned.cn", "198.51.100.6"), ("pending.cn", "198.51.100.1"), ("allowed.example", "198.51.100.1"),
+             ("x.trusted.example", "198.51.100.1"), ("filed.cn", "198.51.100.99"), ("", "198.51.100.8"), ("", "198.51.100.1"),
+             ("filed.cn", "192.0.2.1"), ("filed.cn", "203.0.113.1"), ("unfiled.cn", "203.0.113.5"), ("unfiled.cn", "198.51.100.200"),
+             ("filed.cn", "8.8.8.8")]
+    for name, server in cases:
+        for d in (policy.decide(obs(name, server)), policy.judge(name, server, 1.7e9, INV.lookup(server)),
+                  policy.lookup(name, server, 1.7e9)[0]):
+            assert len(d) == len(Decision._fields) and (d.by, d.ref) == ("", ""), (name, server, d)
+            assert d == Decision(d.verdict, d.action, d.rule, d.mode, d.account, d.site), (name, server)
+            assert len(d.verdict) == len(Verdict._fields), (name, server)
