@@ -95,11 +95,13 @@ def run_rates(lab: Lab, wd: Path, pcap: Path, names_in_pcap: int, packets: int, 
             drops = metric(after, "beiand_capture_kernel_drops_total") - metric(before, "beiand_capture_kernel_drops_total")
             kpk = metric(after, "beiand_capture_kernel_packets_total") - metric(before, "beiand_capture_kernel_packets_total")
             obs = metric(after, "beiand_observations_total") - metric(before, "beiand_observations_total")
+            cpu = metric(after, "beiand_worker_cpu_seconds_total") - metric(before, "beiand_worker_cpu_seconds_total")
             lat = st["decision_latency_seconds"]
             achieved = packets / sent_time
             print(f"workers={workers} offered {rate:>7,} pps (achieved {achieved:>9,.0f} pps, "
                   f"{names_in_pcap / sent_time:>8,.0f} names/s): kernel passed {kpk:,.0f}, drops {drops:,.0f}, "
-                  f"decisions {obs:,.0f}; decision latency p50 {lat.get('p50', 0) * 1e3:.2f} ms p99 {lat.get('p99', 0) * 1e3:.2f} ms"
+                  f"decisions {obs:,.0f}; decision latency p50 {lat.get('p50', 0) * 1e3:.2f} ms p99 {lat.get('p99', 0) * 1e3:.2f} ms; "
+                  f"workers' CPU {cpu:.2f} s, {cpu / obs * 1e6 if obs else 0:.1f} µs a decision (the daemon's counters)"
                   + (f"  [tcpreplay rc {r.returncode}]" if r.returncode else ""))
     finally:
         d.terminate()

@@ -29,6 +29,8 @@ WORKER_COUNTERS = {
                                            "so that the worker waits quietly again"),
     "view_dropped": ("active_view_dropped", "decisions left out of the active-resource view because more distinct "
                                             "services changed than it could pass on (the access log has them all)"),
+    "cpu_seconds": ("worker_cpu_seconds", "CPU time (user and system, all its threads) of the capture worker process: "
+                                          "beside beiand_observations_total, the CPU a name costs (issue 33)"),
 }
 
 

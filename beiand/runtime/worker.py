@@ -241,6 +241,8 @@ def worker_main(idx: int, state: State, conn: Connection, fanout_group: int, inh
 
     def snapshot(crashes: int = 0, crash_lost: int = 0, died: str = "") -> Snapshot:
         m = worker_metrics(idx, parts)
+        cpu = os.times()  # this process: the capture loop, the queue thread, the log's committer
+        m[MetricKey("beiand_worker_cpu_seconds", (str(idx),))] = cpu.user + cpu.system
         if crashes:
             m[MetricKey("beiand_worker_crashes")] = crashes
             m[MetricKey("beiand_worker_crash_lost_records")] = crash_lost
