@@ -209,10 +209,17 @@ def _state_from_register(config_path: str, cfg: Config, previous: State | None) 
 
     try:
         applied = read_copy(cfg.daemon.state_dir)
-        index = applied.index()
     except StoreError as exc:
         raise StateError(f"records: {exc} (records.source = \"store\": the gateway fetches the register's version from "
                          "the decision store; `beiand records import FILE` publishes one)") from None
+    try:
+        index = applied.index()
+        inv, nat = applied.inventory(), applied.nat()
+    except (ValueError, KeyError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
+        # a copy that passed its SHA-256 but does not decode: never judged with (start fails, a
+        # reload keeps the state in service)
+        raise StateError(f"records: register version {applied.version}: this gateway's copy under "
+                         f"{cfg.daemon.state_dir / 'register'} does not decode ({type(exc).__name__}: {exc}): not applied") from None
     in_service = len(previous.index.filings) if previous is not None else 0
     if previous is not None and in_service and len(index.filings) < in_service * (1.0 - cfg.records.max_loss):
         raise RecordsRefused(f"records refused: register version {applied.version}: {len(index.filings)} filings against "
@@ -222,7 +229,6 @@ def _state_from_register(config_path: str, cfg: Config, previous: State | None) 
         pcfg = policy_config(cfg)
     except ConfigError as exc:
         raise StateError(f"policy: {exc}") from None
-    inv, nat = applied.inventory(), applied.nat()
     mtimes = {p: file_mtime(p) for p in [config_path]}
     v = applied.records
     return State(cfg, index, inv, Policy(index, inv, pcfg), time.time(), nat, mtimes, v.at if v else 0.0, applied.version)

@@ -408,7 +408,9 @@ def read_snapshot(path: Path) -> tuple[Version, list[tuple[str, str]]]:
     if hashlib.sha256(body).hexdigest() != v.sha256:
         raise StoreError(f"register snapshot {path}: content does not match its SHA-256 (damaged): not used")
     rows = []
-    for line in body.decode().splitlines():
-        key, _, data = line.partition("\t")
+    # b"\n" only: str.splitlines() also splits on U+2028, U+2029, U+0085 (and \r, \x1c…), which
+    # orjson writes unescaped inside a row's JSON (a sponsor's name may hold one)
+    for line in body.split(b"\n")[:-1] if body else []:
+        key, _, data = line.decode().partition("\t")
         rows.append((key, data))
     return v, rows

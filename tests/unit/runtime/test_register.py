@@ -12,7 +12,7 @@ from beiand.records.generate import GenConfig, write_csv, write_inventory
 from beiand.runtime.decisions import open_decisions
 from beiand.runtime.register import Applier, ImportProblem, import_files, read_copy, record_loaded
 from beiand.runtime.settings import Config, load_config
-from beiand.runtime.wiring import RecordsRefused, load_state
+from beiand.runtime.wiring import RecordsRefused, StateError, load_state
 from beiand.store import StoreError
 from beiand.store import register as reg
 
@@ -119,3 +119,45 @@ def test_one_gateway_keeps_what_it_loaded_as_versions(tmp_path: Path) -> None:
     assert record_loaded(state.config, store, state.index, state.inventory, state.nat) == 1
     assert record_loaded(state.config, store, state.index, state.inventory, state.nat) == 1  # unchanged: no new version
     store.close()
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\x85"])
+def test_a_name_with_a_line_separator_reaches_the_gateway(tmp_path: Path, sep: str) -> None:
+    conf = _config(tmp_path)
+    cfg = load_config(conf)
+    write_csv(str(tmp_path / "a.csv"), GenConfig(filings=50))
+    lines = (tmp_path / "a.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    header = lines[0].split(",")
+    i = next(k for k, h in enumerate(header) if "主办单位" in h or "sponsor" in h.lower())
+    cells = lines[1].split(",")
+    cells[i] = cells[i][:2] + sep + cells[i][2:]
+    lines[1] = ",".join(cells)
+    (tmp_path / "a.csv").write_text("".join(lines), encoding="utf-8")
+    store = open_decisions(cfg)
+    import_files(cfg, store, [str(tmp_path / "a.csv")])
+    store.close()
+    Applier(cfg, lambda: open_decisions(cfg), lambda why: None).step(0.0)
+    state = load_state(str(conf))
+    assert len(state.index.filings) == 50
+    assert any(sep in f.sponsor for f in state.index.filings)
+
+
+def test_a_copy_that_does_not_decode_fails_static_named(tmp_path: Path) -> None:
+    """A copy whose SHA-256 matches but whose rows do not decode (a writer's bug): start fails with
+    a StateError naming it, a reload keeps the state in service."""
+    conf = _config(tmp_path)
+    cfg = load_config(conf)
+    write_csv(str(tmp_path / "a.csv"), GenConfig(filings=50))
+    store = open_decisions(cfg)
+    import_files(cfg, store, [str(tmp_path / "a.csv")])
+    store.close()
+    Applier(cfg, lambda: open_decisions(cfg), lambda why: None).step(0.0)
+    first = load_state(str(conf))
+    p = cfg.daemon.state_dir / "register" / "records.snapshot"
+    v, rows = reg.read_snapshot(p)
+    bad = [(k, "{not json") if n == 0 else (k, d) for n, (k, d) in enumerate(rows)]
+    reg.write_snapshot(p, v._replace(sha256=reg.content_sha256(bad)), bad)
+    with pytest.raises(StateError, match=r"register version 1: .* does not decode"):
+        load_state(str(conf))
+    with pytest.raises(StateError):
+        load_state(str(conf), first)

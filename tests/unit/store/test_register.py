@@ -129,3 +129,15 @@ def test_history_is_never_rewritten(tmp_path: Path) -> None:
             c.execute(sql)
     c.close()
     assert dict(reg.rows_at(s, "records", 1)) == {"a": "1", "b": "2"}
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\x85", "\x1c", "\r", "\x0b"])
+def test_a_copy_with_a_line_separator_in_a_row_reads_back(tmp_path: Path, sep: str) -> None:
+    """orjson writes U+2028, U+2029 and U+0085 unescaped: the copy is split on b"\\n" only."""
+    s = _store(tmp_path)
+    reg.publish(s, "records", rows({"a": f'["x{sep}y"]', "b": "2"}))
+    v, content = reg.fetch(s, "records", 1)
+    assert v is not None
+    p = tmp_path / "copy"
+    reg.write_snapshot(p, v, content)
+    assert reg.read_snapshot(p) == (v, sorted(content))
