@@ -176,13 +176,13 @@ class Daemon:
         mtimes = {p: file_mtime(p) for p in files}
         if not files or mtimes == self._drop:
             return
-        self._drop = mtimes
         mark = cfg.daemon.state_dir / "register" / "drop-imported"
         seen = ""
         with contextlib.suppress(OSError):
             seen = mark.read_text()
         digest = ",".join(f"{p}={m}" for p, m in sorted(mtimes.items()))
         if at_start and seen == digest:
+            self._drop = mtimes
             return  # imported as they are before this start: another gateway's version since is not undone
         try:
             store = open_decisions(cfg)
@@ -194,12 +194,16 @@ class Daemon:
                 store.close()
         except StoreError as exc:
             log.error("register: the drop (%s) was not imported: %s", ", ".join(files), exc)
-            if isinstance(exc, ImportProblem):
+            if isinstance(exc, ImportProblem):  # refused: not tried again until the files change
+                self._drop = mtimes
                 self.refused_count += 1
                 self.metrics.records_reload_refused.inc()
                 self.refused = {"at": time.time(), "trigger": "drop", "files": files, "reason": str(exc),
                                 "filings_offered": None, "filings_in_service": None}
+            else:  # the store failed (unreachable, busy): the same files are tried at the next poll
+                self.metrics.register_drop_failures.inc()
             return
+        self._drop = mtimes
         for e in skipped[:20]:
             log.warning("records: skipped %s", e)
         with contextlib.suppress(OSError):
