@@ -141,3 +141,28 @@ def test_a_copy_with_a_line_separator_in_a_row_reads_back(tmp_path: Path, sep: s
     p = tmp_path / "copy"
     reg.write_snapshot(p, v, content)
     assert reg.read_snapshot(p) == (v, sorted(content))
+
+
+def test_a_version_is_in_force_from_its_commit_not_before(tmp_path: Path) -> None:
+    """A version's time is taken under the write lock, after the work (a long import waiting for the
+    lock is not "in force" from when it started), never before the version it follows; and the
+    version in force at a time is the last one that, with every one before it, was published by then."""
+    import time
+
+    s = _store(tmp_path)
+    seen: list[float] = []
+
+    def check(delta: reg.Delta) -> dict[str, object]:
+        seen.append(time.time())  # under the lock
+        return {}
+
+    v1 = reg.publish(s, "records", rows({"a": "1"}), check=check)
+    assert v1.at >= seen[0]
+    assert reg.versions(s)[0].at == v1.at
+    v2 = reg.publish(s, "inventory", rows({"p": "x"}))
+    assert v2.at >= v1.at and reg.version_at(s, v2.at) == 2 and reg.version_at(s, v1.at) == 1
+    # times out of order (given by the caller): a later number is never in force before an earlier one
+    reg.publish(s, "records", rows({"a": "2"}), at=v2.at + 300)
+    reg.publish(s, "records", rows({"a": "3"}), at=v2.at + 200)
+    assert reg.version_at(s, v2.at + 250) == 2
+    assert reg.version_at(s, v2.at + 300) == 4
