@@ -353,10 +353,32 @@ def lookup_rows(store: DecisionStore, names: Sequence[str], ips: Sequence[str], 
     return Applied(v, rec, rows), v
 
 
+def history_owner(cfg: Config, store: DecisionStore) -> str:
+    """Why this gateway may not keep its loaded files in ``store``'s register ("": it may). The
+    register of ``records.source = "files"`` is one gateway's history: a PostgreSQL store is a
+    fleet's (its gateways take the register with ``records.source = "store"``), and a register
+    holding another gateway's versions is not written to (histories would interleave, and gateways
+    following the register would apply versions no guard saw)."""
+    if store.dialect != "sqlite":
+        return (f"the decision store is {store.dialect}, a fleet's: a files-mode gateway keeps no history there "
+                "(records.source = \"store\" shares one register; docs/fleet.md)")
+    others = sorted({v.gateway for v in reg.versions(store)} - {cfg.gateway})
+    if others:
+        return (f"the register in {store.url} holds versions of {', '.join(others[:3])}: a files-mode gateway keeps its "
+                "history in a store of its own (docs/fleet.md)")
+    return ""
+
+
 def record_loaded(cfg: Config, store: DecisionStore, index: RecordIndex, inventory: Inventory, nat: NatTable, *,
                   actor: str = "beiand run") -> int:
     """``records.source = "files"`` with ``records.history``: keep what was just loaded (validated
-    and guarded by the load: not guarded again) as versions; the register version in force."""
+    and guarded by the load: not guarded again) as versions; the register version what was loaded
+    is in force at (the latest of the versions published or found for it; 0: not kept, see
+    :func:`history_owner`)."""
+    why_not = history_owner(cfg, store)
+    if why_not:
+        log.warning("register: the loaded records are not kept as history: %s", why_not)
+        return 0
     records = [str(p) for p in cfg.records.files]
     steps: list[Callable[[], reg.Version]] = [
         lambda: publish_filings(store, index.filings, sources=records, max_loss=None, actor=actor, why="loaded")]
@@ -364,9 +386,10 @@ def record_loaded(cfg: Config, store: DecisionStore, index: RecordIndex, invento
         steps.append(lambda: publish_inventory(store, inventory, sources=[str(cfg.inventory.file)], actor=actor, why="loaded"))
     if cfg.inventory.nat_file:
         steps.append(lambda: publish_nat(store, nat, sources=[str(cfg.inventory.nat_file)], actor=actor, why="loaded"))
+    version = 0
     for step in steps:
         try:
-            step()
-        except reg.Unchanged:
-            continue
-    return reg.head(store)
+            version = max(version, step().version)
+        except reg.Unchanged as exc:
+            version = max(version, exc.version.version)
+    return version

@@ -161,3 +161,38 @@ def test_a_copy_that_does_not_decode_fails_static_named(tmp_path: Path) -> None:
         load_state(str(conf))
     with pytest.raises(StateError):
         load_state(str(conf), first)
+
+
+def _files_gateway(tmp_path: Path, name: str, records: Path, store: Path) -> Path:
+    (tmp_path / name).mkdir()
+    p = tmp_path / f"{name}.toml"
+    p.write_text(f'[daemon]\nstate_dir = "{tmp_path / name}"\ngateway = "{name}"\n[store]\nurl = "sqlite:{store}"\n'
+                 f'[records]\nfiles = ["{records}"]\n[accesslog]\ndirectory = "{tmp_path / name / "log"}"\n')
+    return p
+
+
+def test_files_gateways_sharing_a_store_do_not_interleave_their_history(tmp_path: Path) -> None:
+    """records.source = "files" with records.history: the register is one gateway's history; a
+    second gateway on the same store keeps none (its records would interleave, and store-mode
+    gateways would follow them unguarded), and each gets the version it published or found."""
+    from beiand.policy.nat import NatMapping, NatTable
+    from beiand.policy.register import publish_nat
+    from beiand.runtime.register import lookup_rows
+
+    write_csv(str(tmp_path / "x.csv"), GenConfig(filings=100))
+    lines = (tmp_path / "x.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    (tmp_path / "y.csv").write_text("".join(lines[:-10]), encoding="utf-8")
+    shared = tmp_path / "shared.sqlite"
+    a = load_state(str(_files_gateway(tmp_path, "gw-a", tmp_path / "x.csv", shared)))
+    b = load_state(str(_files_gateway(tmp_path, "gw-b", tmp_path / "y.csv", shared)))
+    s = open_decisions(a.config)
+    assert record_loaded(a.config, s, a.index, a.inventory, a.nat) == 1
+    assert record_loaded(b.config, s, b.index, b.inventory, b.nat) == 0  # not kept: gw-a's register
+    assert [v.gateway for v in reg.versions(s)] == ["gw-a"]
+    held, _ = lookup_rows(s, [], [], 2e9)
+    assert held.records is not None and held.records.rows == len(a.index.filings)
+    # the version found in force for what gw-a loaded, not the register's head
+    publish_nat(s, NatTable([NatMapping("203.0.113.1", 1000, 1999, "10.0.0.5", 2000, "c", 0, 10)]), sources=[])
+    assert reg.head(s) == 2
+    assert record_loaded(a.config, s, a.index, a.inventory, a.nat) == 1
+    s.close()
