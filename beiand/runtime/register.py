@@ -17,6 +17,8 @@ versions, applying the version in force, and judging with a past one.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -129,26 +131,73 @@ class Applied:
         return nat_of(self.rows.get(NAT, ()), "register")
 
 
-def read_copy(state_dir: Path) -> Applied:
-    """This gateway's copy (StoreError: none, or damaged)."""
+# The copy fetched (``register/<kind>.snapshot``, the follower's) is kept apart from the last one
+# applied (``register/applied/``): a version the running gateway refused (the reload guard) is
+# refused again after a restart, which starts from the version it judged with. A load reads a
+# candidate (``register/candidate/``: hard links to the fetched files, taken under the follower's
+# lock, so a fetch meanwhile does not change what is read) and keeps it as the applied copy once
+# accepted.
+CANDIDATE = "candidate"
+APPLIED = "applied"
+_COPY_LOCK = threading.Lock()  # the follower's writes against a load's taking of the candidate
+
+
+def read_copy(state_dir: Path, where: Path | None = None) -> Applied:
+    """This gateway's copy (StoreError: none, or damaged): the one fetched, or the one under
+    ``where`` (the candidate, the applied copy)."""
+    base = where if where is not None else Path(state_dir) / DIR
     rows: dict[str, list[tuple[str, str]]] = {}
     versions: dict[str, reg.Version] = {}
     at = 0
     for kind in KINDS:
-        p = copy_path(state_dir, kind)
+        p = base / copy_path(state_dir, kind).name
         if not p.exists():
             continue
         v, r = reg.read_snapshot(p)
         versions[kind], rows[kind] = v, r
         at = max(at, v.version)
-    head = Path(state_dir) / DIR / "version"
+    head = base / "version"
     try:
         at = max(at, int(head.read_text().strip() or 0))
     except (OSError, ValueError):
         pass
     if RECORDS not in versions:
-        raise StoreError(f"{copy_path(state_dir, RECORDS)}: no copy of the register's records on this gateway yet")
+        raise StoreError(f"{base / copy_path(state_dir, RECORDS).name}: no copy of the register's records on this gateway yet")
     return Applied(at, versions.get(RECORDS), rows)
+
+
+def take_candidate(state_dir: Path) -> Path:
+    """The fetched copy as it is now, linked under ``register/candidate/`` for a load to read."""
+    top = Path(state_dir) / DIR
+    cand = top / CANDIDATE
+    with _COPY_LOCK:
+        cand.mkdir(parents=True, exist_ok=True, mode=0o750)
+        for name in [copy_path(state_dir, k).name for k in KINDS] + ["version"]:
+            dst = cand / name
+            dst.unlink(missing_ok=True)
+            src = top / name
+            if src.exists():
+                try:
+                    os.link(src, dst)
+                except OSError:  # a file system without hard links: a copy
+                    shutil.copy2(src, dst)
+    return cand
+
+
+def applied_copy(state_dir: Path) -> Path:
+    return Path(state_dir) / DIR / APPLIED
+
+
+def accept_candidate(state_dir: Path) -> None:
+    """The candidate read is the copy applied now (what the next start guards the fetched one against)."""
+    cand, done = Path(state_dir) / DIR / CANDIDATE, applied_copy(state_dir)
+    done.mkdir(parents=True, exist_ok=True, mode=0o750)
+    for name in [copy_path(state_dir, k).name for k in KINDS] + ["version"]:
+        src = cand / name
+        if src.exists():
+            os.replace(src, done / name)
+        else:
+            (done / name).unlink(missing_ok=True)
 
 
 def fetch_all(store: DecisionStore, version: int) -> Applied:
@@ -167,6 +216,11 @@ def fetch_all(store: DecisionStore, version: int) -> Applied:
 def write_copy(state_dir: Path, store: DecisionStore, version: int, *, verify: bool = False) -> list[str]:
     """Fetch what changed since the copy and keep it; the kinds written. ``verify``: check each
     copy's content, not only its header (a copy found damaged is fetched again)."""
+    with _COPY_LOCK:
+        return _write_copy(state_dir, store, version, verify)
+
+
+def _write_copy(state_dir: Path, store: DecisionStore, version: int, verify: bool) -> list[str]:
     written = []
     for kind in KINDS:
         v = reg.in_force(store, kind, version)

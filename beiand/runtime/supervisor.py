@@ -109,6 +109,8 @@ class Daemon:
             self._import_drop(first, at_start=True)
             self.register.first_sync()
         self.state = load_state(config_path)
+        if self.state.register_refused is not None:  # refused before this start: still refused, and said so
+            self._refused(self.state.register_refused, "start")
         self._record_history(self.state)
         if self.register is not None:
             self.register.set_applied(self.state.register_version)
@@ -147,6 +149,12 @@ class Daemon:
         # Sponsor cases (issue 31): opened from the view's rows, notices, deadlines, escalation
         self.keeper = CaseKeeper(cfg, lambda: open_decisions(self.state.config), lambda: self.state.policy,
                                  self.metrics.registry)
+
+    def _refused(self, exc: RecordsRefused, why: str) -> None:
+        self.refused_count += 1
+        self.metrics.records_reload_refused.inc()
+        self.refused = {"at": time.time(), "trigger": why, "files": exc.files, "reason": str(exc),
+                        "filings_offered": exc.offered, "filings_in_service": exc.in_service}
 
     def _record_history(self, state: State) -> None:
         """records.source = "files" with records.history: keep the loaded version in the register
@@ -586,10 +594,7 @@ class Daemon:
                 self.metrics.reloads.labels("failure").inc()
                 self.metrics.reload_ok.set(0)
                 if isinstance(exc, RecordsRefused):
-                    self.refused_count += 1
-                    self.metrics.records_reload_refused.inc()
-                    self.refused = {"at": time.time(), "trigger": why, "files": exc.files, "reason": str(exc),
-                                    "filings_offered": exc.offered, "filings_in_service": exc.in_service}
+                    self._refused(exc, why)
                 # Do not retry the same broken files every few seconds: wait for the next change.
                 self.state.mtimes = {p: file_mtime(p) for p in self.state.mtimes}
                 return False

@@ -196,3 +196,39 @@ def test_files_gateways_sharing_a_store_do_not_interleave_their_history(tmp_path
     assert reg.head(s) == 2
     assert record_loaded(a.config, s, a.index, a.inventory, a.nat) == 1
     s.close()
+
+
+def test_a_version_refused_by_the_running_gateway_is_refused_after_a_restart_too(tmp_path: Path) -> None:
+    """The copy fetched is kept apart from the last one applied: a restart starts from the version
+    the gateway judged with, guards the fetched one against it and says it refused it."""
+    conf = _config(tmp_path)
+    cfg = load_config(conf)
+    write_csv(str(tmp_path / "a.csv"), GenConfig(filings=200))
+    store = open_decisions(cfg)
+    import_files(cfg, store, [str(tmp_path / "a.csv")])
+    Applier(cfg, lambda: open_decisions(cfg), lambda why: None).step(0.0)
+    first = load_state(str(conf))
+    assert first.register_refused is None
+    from beiand.records import load_files
+    from beiand.records.versions import publish_filings
+
+    write_csv(str(tmp_path / "b.csv"), GenConfig(filings=20))
+    publish_filings(store, load_files([tmp_path / "b.csv"]).filings, sources=[tmp_path / "b.csv"], max_loss=None)
+    store.close()
+    Applier(cfg, lambda: open_decisions(cfg), lambda why: None).step(0.0)
+    with pytest.raises(RecordsRefused):
+        load_state(str(conf), first)  # the running gateway refuses version 2
+    # a restart: the follower first, then the state with nothing in service
+    Applier(cfg, lambda: open_decisions(cfg), lambda why: None).first_sync()
+    again = load_state(str(conf))
+    assert len(again.index.filings) == 200 and again.register_version == 1
+    refused = again.register_refused
+    assert refused is not None and refused.offered == 20 and refused.in_service == 200 and "register version 2" in str(refused)
+    # a version the guard accepts is applied, and becomes the one a restart starts from
+    store = open_decisions(cfg)
+    import_files(cfg, store, [str(tmp_path / "a.csv")], strict=False)  # the whole export again: version 3
+    store.close()
+    Applier(cfg, lambda: open_decisions(cfg), lambda why: None).step(0.0)
+    third = load_state(str(conf), again)
+    assert third.register_version == 3 and third.register_refused is None
+    assert load_state(str(conf)).register_version == 3
