@@ -422,7 +422,10 @@ def read_snapshot(path: Path) -> tuple[Version, list[tuple[str, str]]]:
     rows = []
     # b"\n" only: str.splitlines() also splits on U+2028, U+2029, U+0085 (and \r, \x1c…), which
     # orjson writes unescaped inside a row's JSON (a sponsor's name may hold one)
-    for line in body.split(b"\n")[:-1] if body else []:
-        key, _, data = line.decode().partition("\t")
+    for n, line in enumerate(body.split(b"\n")[:-1] if body else [], start=2):
+        try:
+            key, _, data = line.decode().partition("\t")
+        except UnicodeDecodeError as exc:
+            raise StoreError(f"register snapshot {path}:{n}: not UTF-8 ({exc.reason}): not used") from None
         rows.append((key, data))
     return v, rows

@@ -4,8 +4,10 @@ nothing, a gateway's copy is checked by its SHA-256."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -166,3 +168,15 @@ def test_a_version_is_in_force_from_its_commit_not_before(tmp_path: Path) -> Non
     reg.publish(s, "records", rows({"a": "3"}), at=v2.at + 200)
     assert reg.version_at(s, v2.at + 250) == 2
     assert reg.version_at(s, v2.at + 300) == 4
+
+
+def test_a_copy_that_is_not_utf8_is_refused_by_line(tmp_path: Path) -> None:
+    s = _store(tmp_path)
+    reg.publish(s, "records", rows({"a": "1"}))
+    v, _ = reg.fetch(s, "records", 1)
+    assert v is not None
+    body = b"a\t\xff\n"
+    p = tmp_path / "copy"
+    p.write_bytes(orjson.dumps(v._replace(sha256=hashlib.sha256(body).hexdigest())._asdict()) + b"\n" + body)
+    with pytest.raises(StoreError, match=r"copy:2: not UTF-8"):
+        reg.read_snapshot(p)
