@@ -151,11 +151,18 @@ def policy_setup(args: argparse.Namespace, quiet: bool = False) -> PolicySetup:
     return PolicySetup(index, inventory, policy, cfg, inv_path is not None, overlays(args, cfg, policy), register_version)
 
 
+def _utc(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
 def register_inputs(args: argparse.Namespace, cfg: Config | None,
                     at: float) -> tuple[RecordIndex, Inventory | None, int] | None:
     """The records (and the inventory, when the register holds one) in force at ``at`` from the
     decision store's register (``--at``: judge as the gateway judged then); None when the store
-    holds no register version then (the files are read as before). ``args.register_query``
+    keeps no register (the files are read as before); a CliError naming the first version's time
+    when ``at`` is before it. ``args.register_query``
     (names, ips): only the filings that can decide those (a lookup), else the whole version. With
     the register version they are in force at."""
     from beiand.runtime.decisions import open_decisions
@@ -172,17 +179,25 @@ def register_inputs(args: argparse.Namespace, cfg: Config | None,
         base = dataclasses.replace(base, store=dataclasses.replace(base.store, url=args.store))
     if not is_postgres(base.store.url) and not sqlite_path(base.store.url, base.daemon.state_dir).exists():
         return None
+    from beiand.store import register as reg
+
     try:
         store = open_decisions(base, migrate=False, import_files=False, create=False)
         try:
             query = getattr(args, "register_query", None)
             held, version = lookup_rows(store, query[0], query[1], at) if query is not None else state_at(store, at)
+            published = reg.versions(store, "records") if held.records is None else []
         finally:
             store.close()
     except StoreError as exc:
         raise CliError(f"--at: {exc}") from None
-    if not version or held.records is None:
-        return None
+    if held.records is None:
+        if not published:
+            return None  # the store keeps no register: the files, as before
+        # judging a past time with today's files would answer for a register that was not in force
+        first = published[-1]
+        raise CliError(f"--at {_utc(at)}: no register version of the records was in force then; the first version "
+                       f"({first.version}) was published at {_utc(first.at)}: give a later --at, or --records FILE")
     from beiand.policy.register import INVENTORY
 
     err(f"records: register version {held.records.version} (in force at {at:.0f}: version {version})")

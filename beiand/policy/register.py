@@ -25,13 +25,17 @@ NAT = "nat"
 
 
 def prefix_row(p: HostedPrefix) -> RegisterRow:
-    data = orjson.dumps([p.prefix, p.account, p.site, p.state.value, p.mode.value if p.mode else "", p.house]).decode()
-    return RegisterRow(p.prefix, data, (p.prefix,))
+    cells: list[str] = [p.prefix, p.account, p.site, p.state.value, p.mode.value if p.mode else "", p.house]
+    if p.unit or p.usage:  # 使用单位, 使用方式 (docs/ip-report.md); without them a row keeps its 6-element content
+        cells += [p.unit, p.usage]
+    return RegisterRow(p.prefix, orjson.dumps(cells).decode(), (p.prefix,))
 
 
 def prefix_of(data: str, source: str = "") -> HostedPrefix:
-    prefix, account, site, state, mode, house = orjson.loads(data)
-    return HostedPrefix(prefix, account, site, PrefixState(state), Mode(mode) if mode else None, source, house)
+    cells = orjson.loads(data)
+    prefix, account, site, state, mode, house = cells[:6]
+    unit, usage = cells[6:8] if len(cells) >= 8 else ("", "")
+    return HostedPrefix(prefix, account, site, PrefixState(state), Mode(mode) if mode else None, source, house, unit, usage)
 
 
 def inventory_of(rows: Iterable[tuple[str, str]], source: str = "") -> Inventory:

@@ -117,6 +117,9 @@ class Metrics:
         self.records_reload_refused = Counter("beiand_records_reload_refused", "reloads whose records were refused (more than "
                                               "records.max_loss of the filings lost, empty or unreadable): the old index serves",
                                               registry=r)
+        self.register_drop_failures = Counter("beiand_register_drop_import_failures", "imports of the drop (records.source = "
+                                              "\"store\") that failed in the decision store (unreachable, busy): the same "
+                                              "files are tried again at the next poll", registry=r)
         self.reloads = Counter("beiand_reloads", "reloads of config, records and inventory, by result", ["result"], registry=r)
         self.reload_ok = Gauge("beiand_last_reload_successful", "1 if the last reload succeeded (the old state is kept otherwise)",
                                registry=r)

@@ -17,6 +17,8 @@ versions, applying the version in force, and judging with a past one.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -129,26 +131,73 @@ class Applied:
         return nat_of(self.rows.get(NAT, ()), "register")
 
 
-def read_copy(state_dir: Path) -> Applied:
-    """This gateway's copy (StoreError: none, or damaged)."""
+# The copy fetched (``register/<kind>.snapshot``, the follower's) is kept apart from the last one
+# applied (``register/applied/``): a version the running gateway refused (the reload guard) is
+# refused again after a restart, which starts from the version it judged with. A load reads a
+# candidate (``register/candidate/``: hard links to the fetched files, taken under the follower's
+# lock, so a fetch meanwhile does not change what is read) and keeps it as the applied copy once
+# accepted.
+CANDIDATE = "candidate"
+APPLIED = "applied"
+_COPY_LOCK = threading.Lock()  # the follower's writes against a load's taking of the candidate
+
+
+def read_copy(state_dir: Path, where: Path | None = None) -> Applied:
+    """This gateway's copy (StoreError: none, or damaged): the one fetched, or the one under
+    ``where`` (the candidate, the applied copy)."""
+    base = where if where is not None else Path(state_dir) / DIR
     rows: dict[str, list[tuple[str, str]]] = {}
     versions: dict[str, reg.Version] = {}
     at = 0
     for kind in KINDS:
-        p = copy_path(state_dir, kind)
+        p = base / copy_path(state_dir, kind).name
         if not p.exists():
             continue
         v, r = reg.read_snapshot(p)
         versions[kind], rows[kind] = v, r
         at = max(at, v.version)
-    head = Path(state_dir) / DIR / "version"
+    head = base / "version"
     try:
         at = max(at, int(head.read_text().strip() or 0))
     except (OSError, ValueError):
         pass
     if RECORDS not in versions:
-        raise StoreError(f"{copy_path(state_dir, RECORDS)}: no copy of the register's records on this gateway yet")
+        raise StoreError(f"{base / copy_path(state_dir, RECORDS).name}: no copy of the register's records on this gateway yet")
     return Applied(at, versions.get(RECORDS), rows)
+
+
+def take_candidate(state_dir: Path) -> Path:
+    """The fetched copy as it is now, linked under ``register/candidate/`` for a load to read."""
+    top = Path(state_dir) / DIR
+    cand = top / CANDIDATE
+    with _COPY_LOCK:
+        cand.mkdir(parents=True, exist_ok=True, mode=0o750)
+        for name in [copy_path(state_dir, k).name for k in KINDS] + ["version"]:
+            dst = cand / name
+            dst.unlink(missing_ok=True)
+            src = top / name
+            if src.exists():
+                try:
+                    os.link(src, dst)
+                except OSError:  # a file system without hard links: a copy
+                    shutil.copy2(src, dst)
+    return cand
+
+
+def applied_copy(state_dir: Path) -> Path:
+    return Path(state_dir) / DIR / APPLIED
+
+
+def accept_candidate(state_dir: Path) -> None:
+    """The candidate read is the copy applied now (what the next start guards the fetched one against)."""
+    cand, done = Path(state_dir) / DIR / CANDIDATE, applied_copy(state_dir)
+    done.mkdir(parents=True, exist_ok=True, mode=0o750)
+    for name in [copy_path(state_dir, k).name for k in KINDS] + ["version"]:
+        src = cand / name
+        if src.exists():
+            os.replace(src, done / name)
+        else:
+            (done / name).unlink(missing_ok=True)
 
 
 def fetch_all(store: DecisionStore, version: int) -> Applied:
@@ -167,6 +216,11 @@ def fetch_all(store: DecisionStore, version: int) -> Applied:
 def write_copy(state_dir: Path, store: DecisionStore, version: int, *, verify: bool = False) -> list[str]:
     """Fetch what changed since the copy and keep it; the kinds written. ``verify``: check each
     copy's content, not only its header (a copy found damaged is fetched again)."""
+    with _COPY_LOCK:
+        return _write_copy(state_dir, store, version, verify)
+
+
+def _write_copy(state_dir: Path, store: DecisionStore, version: int, verify: bool) -> list[str]:
     written = []
     for kind in KINDS:
         v = reg.in_force(store, kind, version)
@@ -353,10 +407,32 @@ def lookup_rows(store: DecisionStore, names: Sequence[str], ips: Sequence[str], 
     return Applied(v, rec, rows), v
 
 
+def history_owner(cfg: Config, store: DecisionStore) -> str:
+    """Why this gateway may not keep its loaded files in ``store``'s register ("": it may). The
+    register of ``records.source = "files"`` is one gateway's history: a PostgreSQL store is a
+    fleet's (its gateways take the register with ``records.source = "store"``), and a register
+    holding another gateway's versions is not written to (histories would interleave, and gateways
+    following the register would apply versions no guard saw)."""
+    if store.dialect != "sqlite":
+        return (f"the decision store is {store.dialect}, a fleet's: a files-mode gateway keeps no history there "
+                "(records.source = \"store\" shares one register; docs/fleet.md)")
+    others = sorted({v.gateway for v in reg.versions(store)} - {cfg.gateway})
+    if others:
+        return (f"the register in {store.url} holds versions of {', '.join(others[:3])}: a files-mode gateway keeps its "
+                "history in a store of its own (docs/fleet.md)")
+    return ""
+
+
 def record_loaded(cfg: Config, store: DecisionStore, index: RecordIndex, inventory: Inventory, nat: NatTable, *,
                   actor: str = "beiand run") -> int:
     """``records.source = "files"`` with ``records.history``: keep what was just loaded (validated
-    and guarded by the load: not guarded again) as versions; the register version in force."""
+    and guarded by the load: not guarded again) as versions; the register version what was loaded
+    is in force at (the latest of the versions published or found for it; 0: not kept, see
+    :func:`history_owner`)."""
+    why_not = history_owner(cfg, store)
+    if why_not:
+        log.warning("register: the loaded records are not kept as history: %s", why_not)
+        return 0
     records = [str(p) for p in cfg.records.files]
     steps: list[Callable[[], reg.Version]] = [
         lambda: publish_filings(store, index.filings, sources=records, max_loss=None, actor=actor, why="loaded")]
@@ -364,9 +440,10 @@ def record_loaded(cfg: Config, store: DecisionStore, index: RecordIndex, invento
         steps.append(lambda: publish_inventory(store, inventory, sources=[str(cfg.inventory.file)], actor=actor, why="loaded"))
     if cfg.inventory.nat_file:
         steps.append(lambda: publish_nat(store, nat, sources=[str(cfg.inventory.nat_file)], actor=actor, why="loaded"))
+    version = 0
     for step in steps:
         try:
-            step()
-        except reg.Unchanged:
-            continue
-    return reg.head(store)
+            version = max(version, step().version)
+        except reg.Unchanged as exc:
+            version = max(version, exc.version.version)
+    return version

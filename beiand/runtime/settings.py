@@ -121,7 +121,9 @@ class RecordsSection:
                      "guard first), as `beiand records import` does.", choices=("files", "store"))
     history: bool = _f(True, "records.source = files: keep every loaded version of the records, inventory and NAT feed in "
                        "the decision store's register (rows with the versions they were in force: `beiand records log`, "
-                       "`diff`, `lookup --at`, `replay --at`). A failure to keep one is logged, never fatal.")
+                       "`diff`, `lookup --at`, `replay --at`). Only in a store of the gateway's own: SQLite, with no other gateway's "
+                       "versions (a fleet shares one register with records.source = store). A failure to keep one is "
+                       "logged, never fatal.")
     max_age_hours: float = _f(48.0, "Records in service older than this are stale (beiand_records_stale, the BeiandRecordsStale "
                               "alert, /readyz details). Age: now minus the mtime of the oldest records file when it was "
                               "loaded (exports carry no export time of their own). 0: never stale.", min=0.0)

@@ -109,6 +109,8 @@ class Daemon:
             self._import_drop(first, at_start=True)
             self.register.first_sync()
         self.state = load_state(config_path)
+        if self.state.register_refused is not None:  # refused before this start: still refused, and said so
+            self._refused(self.state.register_refused, "start")
         self._record_history(self.state)
         if self.register is not None:
             self.register.set_applied(self.state.register_version)
@@ -148,6 +150,12 @@ class Daemon:
         self.keeper = CaseKeeper(cfg, lambda: open_decisions(self.state.config), lambda: self.state.policy,
                                  self.metrics.registry)
 
+    def _refused(self, exc: RecordsRefused, why: str) -> None:
+        self.refused_count += 1
+        self.metrics.records_reload_refused.inc()
+        self.refused = {"at": time.time(), "trigger": why, "files": exc.files, "reason": str(exc),
+                        "filings_offered": exc.offered, "filings_in_service": exc.in_service}
+
     def _record_history(self, state: State) -> None:
         """records.source = "files" with records.history: keep the loaded version in the register
         (its version then rides in every access-log record); a failure is logged, never fatal."""
@@ -176,13 +184,13 @@ class Daemon:
         mtimes = {p: file_mtime(p) for p in files}
         if not files or mtimes == self._drop:
             return
-        self._drop = mtimes
         mark = cfg.daemon.state_dir / "register" / "drop-imported"
         seen = ""
         with contextlib.suppress(OSError):
             seen = mark.read_text()
         digest = ",".join(f"{p}={m}" for p, m in sorted(mtimes.items()))
         if at_start and seen == digest:
+            self._drop = mtimes
             return  # imported as they are before this start: another gateway's version since is not undone
         try:
             store = open_decisions(cfg)
@@ -194,12 +202,16 @@ class Daemon:
                 store.close()
         except StoreError as exc:
             log.error("register: the drop (%s) was not imported: %s", ", ".join(files), exc)
-            if isinstance(exc, ImportProblem):
+            if isinstance(exc, ImportProblem):  # refused: not tried again until the files change
+                self._drop = mtimes
                 self.refused_count += 1
                 self.metrics.records_reload_refused.inc()
                 self.refused = {"at": time.time(), "trigger": "drop", "files": files, "reason": str(exc),
                                 "filings_offered": None, "filings_in_service": None}
+            else:  # the store failed (unreachable, busy): the same files are tried at the next poll
+                self.metrics.register_drop_failures.inc()
             return
+        self._drop = mtimes
         for e in skipped[:20]:
             log.warning("records: skipped %s", e)
         with contextlib.suppress(OSError):
@@ -582,10 +594,7 @@ class Daemon:
                 self.metrics.reloads.labels("failure").inc()
                 self.metrics.reload_ok.set(0)
                 if isinstance(exc, RecordsRefused):
-                    self.refused_count += 1
-                    self.metrics.records_reload_refused.inc()
-                    self.refused = {"at": time.time(), "trigger": why, "files": exc.files, "reason": str(exc),
-                                    "filings_offered": exc.offered, "filings_in_service": exc.in_service}
+                    self._refused(exc, why)
                 # Do not retry the same broken files every few seconds: wait for the next change.
                 self.state.mtimes = {p: file_mtime(p) for p in self.state.mtimes}
                 return False

@@ -45,6 +45,7 @@ from beiand.sinks.accesslog import AccessLogSink
 if TYPE_CHECKING:
     from beiand.accesslog.source import RecordSource
     from beiand.runtime.http import HttpLimits
+    from beiand.runtime.register import Applied
     from beiand.sinks.clickhouse import ClickHouseSink
     from beiand.sinks.fleet import FleetRecords
 
@@ -130,6 +131,9 @@ class State:
     # The register version the records, inventory and NAT feed are in force at (0: not kept in the
     # decision store's register): each access-log record carries it.
     register_version: int = 0
+    # records.source = "store", at start: the fetched version refused against the one last applied
+    # (the state is that one); the supervisor reports it as a refused reload
+    register_refused: RecordsRefused | None = None
 
 
 class StateError(BeiandError):
@@ -203,29 +207,67 @@ def load_state(config_path: str, previous: State | None = None) -> State:
 
 def _state_from_register(config_path: str, cfg: Config, previous: State | None) -> State:
     """``records.source = "store"``: the register's version as this gateway's copy holds it (the
-    supervisor's ``register.Applier`` fetched it by content), guarded like a reload of files."""
-    from beiand.runtime.register import read_copy
+    supervisor's ``register.Applier`` fetched it by content), guarded like a reload of files. At
+    start (no ``previous``) the fetched version is guarded against the last one applied (kept
+    apart): refused, the gateway starts from the applied one and the state says so."""
+    from beiand.runtime.register import accept_candidate, applied_copy, read_copy, take_candidate
     from beiand.store import StoreError
+    from beiand.store.register import read_header
 
+    sd = cfg.daemon.state_dir
     try:
-        applied = read_copy(cfg.daemon.state_dir)
-        index = applied.index()
-    except StoreError as exc:
+        applied = read_copy(sd, take_candidate(sd))
+    except (StoreError, OSError) as exc:
         raise StateError(f"records: {exc} (records.source = \"store\": the gateway fetches the register's version from "
                          "the decision store; `beiand records import FILE` publishes one)") from None
+    index, inv, nat = _register_state(cfg, applied)
+    refused: RecordsRefused | None = None
     in_service = len(previous.index.filings) if previous is not None else 0
-    if previous is not None and in_service and len(index.filings) < in_service * (1.0 - cfg.records.max_loss):
-        raise RecordsRefused(f"records refused: register version {applied.version}: {len(index.filings)} filings against "
-                             f"{in_service} in service (records.max_loss = {cfg.records.max_loss:g})",
-                             [f"register v{applied.version}"], len(index.filings), in_service)
+    if previous is None:  # a start: the last version applied is what the fetched one is guarded against
+        held = None
+        last = applied_copy(sd) / "records.snapshot"
+        if last.exists():
+            try:
+                held = read_header(last)
+            except StoreError as exc:
+                log.error("%s: the fetched version is applied unguarded", exc)
+        if held is not None and applied.records is not None and held.version != applied.records.version:
+            in_service = held.rows
+    if in_service and len(index.filings) < in_service * (1.0 - cfg.records.max_loss):
+        refused = RecordsRefused(f"records refused: register version {applied.version}: {len(index.filings)} filings "
+                                 f"against {in_service} in service (records.max_loss = {cfg.records.max_loss:g})",
+                                 [f"register v{applied.version}"], len(index.filings), in_service)
+        if previous is not None:
+            raise refused
+        try:  # a start: from the version last applied (it passed the guard then)
+            applied = read_copy(sd, applied_copy(sd))
+        except StoreError as exc:
+            raise StateError(f"{refused}; the copy last applied: {exc}") from None
+        index, inv, nat = _register_state(cfg, applied)
+        log.error("%s: starting from register version %d, the one last applied", refused, applied.version)
     try:
         pcfg = policy_config(cfg)
     except ConfigError as exc:
         raise StateError(f"policy: {exc}") from None
-    inv, nat = applied.inventory(), applied.nat()
+    if refused is None:
+        try:
+            accept_candidate(sd)
+        except OSError as exc:
+            log.error("register: the copy applied is not kept under %s: %s", sd, exc)
     mtimes = {p: file_mtime(p) for p in [config_path]}
     v = applied.records
-    return State(cfg, index, inv, Policy(index, inv, pcfg), time.time(), nat, mtimes, v.at if v else 0.0, applied.version)
+    return State(cfg, index, inv, Policy(index, inv, pcfg), time.time(), nat, mtimes, v.at if v else 0.0, applied.version,
+                 refused)
+
+
+def _register_state(cfg: Config, applied: Applied) -> tuple[RecordIndex, Inventory, NatTable]:
+    try:
+        return applied.index(), applied.inventory(), applied.nat()
+    except (ValueError, KeyError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
+        # a copy that passed its SHA-256 but does not decode: never judged with (start fails, a
+        # reload keeps the state in service)
+        raise StateError(f"records: register version {applied.version}: this gateway's copy under "
+                         f"{cfg.daemon.state_dir / 'register'} does not decode ({type(exc).__name__}: {exc}): not applied") from None
 
 
 def note_inventory(state: State) -> None:

@@ -144,7 +144,6 @@ def publish(store: DecisionStore, kind: str, rows: Sequence[RegisterRow], *, at:
     """
     if kind not in REGISTER_KINDS:
         raise StoreError(f"register: kind {kind!r} is not one of {', '.join(REGISTER_KINDS)}")
-    when = time.time() if at is None else at
     by_key: dict[str, RegisterRow] = {}
     for r in rows:
         if r.key in by_key:
@@ -185,6 +184,13 @@ def publish(store: DecisionStore, kind: str, rows: Sequence[RegisterRow], *, at:
                                    conflict="name, hash")
             store._register_insert(cur, "beiand_register_rows", ("kind", "key", "hash", "valid_from"),
                                    [(kind, k, hashes[k], version) for k in opened], conflict="")
+            # the version's time: under the write lock, after its rows are written (a long import is
+            # not "in force" from when it began), never before the version it follows (`--at`
+            # resolves by it: :func:`version_at`)
+            when = at
+            if when is None:
+                cur.execute(q("SELECT coalesce(max(at), 0) FROM beiand_register_versions"))
+                when = max(time.time(), float(cur.fetchone()[0]))
             v = Version(version, kind, when, actor, why, source, source_sha256, sha, len(by_key), summary, store.gateway)
             cur.execute(q(f"INSERT INTO beiand_register_versions ({_VERSION_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
                         (*v[:9], orjson.dumps(summary).decode(), store.gateway))
@@ -239,10 +245,16 @@ def head(store: DecisionStore) -> int:
 
 
 def version_at(store: DecisionStore, ts: float) -> int:
-    """The register version in force at time ``ts`` (0: before the first)."""
+    """The register version in force at time ``ts`` (0: before the first): the last one that, with
+    every version before it, was published by ``ts`` (a version is the rows of all before it: one
+    published later is never in force earlier, whatever time a caller gave it)."""
     try:
         with store._read() as cur:
-            cur.execute(store._q("SELECT coalesce(max(version), 0) FROM beiand_register_versions WHERE at <= ?"), (ts,))
+            cur.execute(store._q("SELECT min(version) FROM beiand_register_versions WHERE at > ?"), (ts,))
+            later = cur.fetchone()[0]
+            if later is not None:
+                return int(later) - 1
+            cur.execute("SELECT coalesce(max(version), 0) FROM beiand_register_versions")
             return int(cur.fetchone()[0])
     except StoreError:
         raise
@@ -408,7 +420,12 @@ def read_snapshot(path: Path) -> tuple[Version, list[tuple[str, str]]]:
     if hashlib.sha256(body).hexdigest() != v.sha256:
         raise StoreError(f"register snapshot {path}: content does not match its SHA-256 (damaged): not used")
     rows = []
-    for line in body.decode().splitlines():
-        key, _, data = line.partition("\t")
+    # b"\n" only: str.splitlines() also splits on U+2028, U+2029, U+0085 (and \r, \x1c…), which
+    # orjson writes unescaped inside a row's JSON (a sponsor's name may hold one)
+    for n, line in enumerate(body.split(b"\n")[:-1] if body else [], start=2):
+        try:
+            key, _, data = line.decode().partition("\t")
+        except UnicodeDecodeError as exc:
+            raise StoreError(f"register snapshot {path}:{n}: not UTF-8 ({exc.reason}): not used") from None
         rows.append((key, data))
     return v, rows

@@ -438,3 +438,28 @@ def test_the_register_on_both_backends_bulk_and_row_by_row(tmp_path: Path, url: 
     finally:
         store.close()
         listener.close()
+
+
+def test_register_times_follow_the_versions_and_files_history_stays_off_a_shared_store(tmp_path: Path, url: str) -> None:
+    """Issue 35 review: a version's time is taken under the lock, never before the one it follows
+    (both dialects); a files-mode gateway keeps its history only in an SQLite store of its own."""
+    from beiand.runtime.register import history_owner, record_loaded
+    from beiand.store import register as reg
+
+    cfg = config(tmp_path, url)
+    s = open_decisions(cfg)
+    v1 = reg.publish(s, "records", [reg.RegisterRow("a", "1")])
+    v2 = reg.publish(s, "inventory", [reg.RegisterRow("p", "x")])
+    assert v1.at <= v2.at and reg.version_at(s, v2.at) == 2 and reg.version_at(s, v1.at - 1) == 0
+    why = history_owner(cfg, s)
+    if url.startswith("postgresql://"):
+        assert "postgresql" in why
+        from beiand.policy.inventory import Inventory
+        from beiand.policy.nat import NatTable
+        from beiand.records.index import RecordIndex
+
+        assert record_loaded(cfg, s, RecordIndex([]), Inventory([]), NatTable([])) == 0 and reg.head(s) == 2
+    else:
+        assert why == ""
+        assert history_owner(config(tmp_path, url, gateway="gw-b"), s).startswith("the register in")
+    s.close()

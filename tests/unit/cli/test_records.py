@@ -67,3 +67,19 @@ def test_holder_at_a_time_from_the_register(tmp_path: Path, capsys: pytest.Captu
     assert main(["records", "holder", "198.51.100.7", "--json", *st]) == 0
     assert json.loads(capsys.readouterr().out)["account"] == "cust-new"
     assert main(["records", "holder", "203.0.113.1", "--json", *st]) == 1
+
+
+def test_at_a_time_before_the_first_version_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--at`` before the register's first version: named, never judged with today's files."""
+    from datetime import UTC, datetime
+
+    a = tmp_path / "a.csv"
+    write_csv(str(a), GenConfig(filings=20))
+    st = ["--state-dir", str(tmp_path / "state")]
+    before = time.time() - 3600
+    assert main(["records", "import", str(a), *st]) == 0
+    capsys.readouterr()
+    assert main(["records", "lookup", "site.example.cn", "--no-overlays", "--json", "--at", f"{before:.0f}", *st]) == 2
+    msg = capsys.readouterr().err
+    when = datetime.fromtimestamp(round(before), UTC).isoformat(timespec="seconds")
+    assert "no register version" in msg and when in msg and "first version" in msg, msg

@@ -12,7 +12,7 @@ from beiand.records.generate import GenConfig, write_csv, write_inventory
 from beiand.runtime.decisions import open_decisions
 from beiand.runtime.register import Applier, ImportProblem, import_files, read_copy, record_loaded
 from beiand.runtime.settings import Config, load_config
-from beiand.runtime.wiring import RecordsRefused, load_state
+from beiand.runtime.wiring import RecordsRefused, StateError, load_state
 from beiand.store import StoreError
 from beiand.store import register as reg
 
@@ -119,3 +119,116 @@ def test_one_gateway_keeps_what_it_loaded_as_versions(tmp_path: Path) -> None:
     assert record_loaded(state.config, store, state.index, state.inventory, state.nat) == 1
     assert record_loaded(state.config, store, state.index, state.inventory, state.nat) == 1  # unchanged: no new version
     store.close()
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\x85"])
+def test_a_name_with_a_line_separator_reaches_the_gateway(tmp_path: Path, sep: str) -> None:
+    conf = _config(tmp_path)
+    cfg = load_config(conf)
+    write_csv(str(tmp_path / "a.csv"), GenConfig(filings=50))
+    lines = (tmp_path / "a.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    header = lines[0].split(",")
+    i = next(k for k, h in enumerate(header) if "主办单位" in h or "sponsor" in h.lower())
+    cells = lines[1].split(",")
+    cells[i] = cells[i][:2] + sep + cells[i][2:]
+    lines[1] = ",".join(cells)
+    (tmp_path / "a.csv").write_text("".join(lines), encoding="utf-8")
+    store = open_decisions(cfg)
+    import_files(cfg, store, [str(tmp_path / "a.csv")])
+    store.close()
+    Applier(cfg, lambda: open_decisions(cfg), lambda why: None).step(0.0)
+    state = load_state(str(conf))
+    assert len(state.index.filings) == 50
+    assert any(sep in f.sponsor for f in state.index.filings)
+
+
+def test_a_copy_that_does_not_decode_fails_static_named(tmp_path: Path) -> None:
+    """A copy whose SHA-256 matches but whose rows do not decode (a writer's bug): start fails with
+    a StateError naming it, a reload keeps the state in service."""
+    conf = _config(tmp_path)
+    cfg = load_config(conf)
+    write_csv(str(tmp_path / "a.csv"), GenConfig(filings=50))
+    store = open_decisions(cfg)
+    import_files(cfg, store, [str(tmp_path / "a.csv")])
+    store.close()
+    Applier(cfg, lambda: open_decisions(cfg), lambda why: None).step(0.0)
+    first = load_state(str(conf))
+    p = cfg.daemon.state_dir / "register" / "records.snapshot"
+    v, rows = reg.read_snapshot(p)
+    bad = [(k, "{not json") if n == 0 else (k, d) for n, (k, d) in enumerate(rows)]
+    reg.write_snapshot(p, v._replace(sha256=reg.content_sha256(bad)), bad)
+    with pytest.raises(StateError, match=r"register version 1: .* does not decode"):
+        load_state(str(conf))
+    with pytest.raises(StateError):
+        load_state(str(conf), first)
+
+
+def _files_gateway(tmp_path: Path, name: str, records: Path, store: Path) -> Path:
+    (tmp_path / name).mkdir()
+    p = tmp_path / f"{name}.toml"
+    p.write_text(f'[daemon]\nstate_dir = "{tmp_path / name}"\ngateway = "{name}"\n[store]\nurl = "sqlite:{store}"\n'
+                 f'[records]\nfiles = ["{records}"]\n[accesslog]\ndirectory = "{tmp_path / name / "log"}"\n')
+    return p
+
+
+def test_files_gateways_sharing_a_store_do_not_interleave_their_history(tmp_path: Path) -> None:
+    """records.source = "files" with records.history: the register is one gateway's history; a
+    second gateway on the same store keeps none (its records would interleave, and store-mode
+    gateways would follow them unguarded), and each gets the version it published or found."""
+    from beiand.policy.nat import NatMapping, NatTable
+    from beiand.policy.register import publish_nat
+    from beiand.runtime.register import lookup_rows
+
+    write_csv(str(tmp_path / "x.csv"), GenConfig(filings=100))
+    lines = (tmp_path / "x.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    (tmp_path / "y.csv").write_text("".join(lines[:-10]), encoding="utf-8")
+    shared = tmp_path / "shared.sqlite"
+    a = load_state(str(_files_gateway(tmp_path, "gw-a", tmp_path / "x.csv", shared)))
+    b = load_state(str(_files_gateway(tmp_path, "gw-b", tmp_path / "y.csv", shared)))
+    s = open_decisions(a.config)
+    assert record_loaded(a.config, s, a.index, a.inventory, a.nat) == 1
+    assert record_loaded(b.config, s, b.index, b.inventory, b.nat) == 0  # not kept: gw-a's register
+    assert [v.gateway for v in reg.versions(s)] == ["gw-a"]
+    held, _ = lookup_rows(s, [], [], 2e9)
+    assert held.records is not None and held.records.rows == len(a.index.filings)
+    # the version found in force for what gw-a loaded, not the register's head
+    publish_nat(s, NatTable([NatMapping("203.0.113.1", 1000, 1999, "10.0.0.5", 2000, "c", 0, 10)]), sources=[])
+    assert reg.head(s) == 2
+    assert record_loaded(a.config, s, a.index, a.inventory, a.nat) == 1
+    s.close()
+
+
+def test_a_version_refused_by_the_running_gateway_is_refused_after_a_restart_too(tmp_path: Path) -> None:
+    """The copy fetched is kept apart from the last one applied: a restart starts from the version
+    the gateway judged with, guards the fetched one against it and says it refused it."""
+    conf = _config(tmp_path)
+    cfg = load_config(conf)
+    write_csv(str(tmp_path / "a.csv"), GenConfig(filings=200))
+    store = open_decisions(cfg)
+    import_files(cfg, store, [str(tmp_path / "a.csv")])
+    Applier(cfg, lambda: open_decisions(cfg), lambda why: None).step(0.0)
+    first = load_state(str(conf))
+    assert first.register_refused is None
+    from beiand.records import load_files
+    from beiand.records.versions import publish_filings
+
+    write_csv(str(tmp_path / "b.csv"), GenConfig(filings=20))
+    publish_filings(store, load_files([tmp_path / "b.csv"]).filings, sources=[tmp_path / "b.csv"], max_loss=None)
+    store.close()
+    Applier(cfg, lambda: open_decisions(cfg), lambda why: None).step(0.0)
+    with pytest.raises(RecordsRefused):
+        load_state(str(conf), first)  # the running gateway refuses version 2
+    # a restart: the follower first, then the state with nothing in service
+    Applier(cfg, lambda: open_decisions(cfg), lambda why: None).first_sync()
+    again = load_state(str(conf))
+    assert len(again.index.filings) == 200 and again.register_version == 1
+    refused = again.register_refused
+    assert refused is not None and refused.offered == 20 and refused.in_service == 200 and "register version 2" in str(refused)
+    # a version the guard accepts is applied, and becomes the one a restart starts from
+    store = open_decisions(cfg)
+    import_files(cfg, store, [str(tmp_path / "a.csv")], strict=False)  # the whole export again: version 3
+    store.close()
+    Applier(cfg, lambda: open_decisions(cfg), lambda why: None).step(0.0)
+    third = load_state(str(conf), again)
+    assert third.register_version == 3 and third.register_refused is None
+    assert load_state(str(conf)).register_version == 3

@@ -181,3 +181,42 @@ def test_without_nftables_the_isms_acks_an_address_filter_partial(tmp_path, monk
     d._share_cuts()
     out = d.isms.store.apply_security(SecurityCommand(1, 2, 0, (Rule(5, "203.0.113.5"), Rule(7, "22"), Rule(8, "1"))), 1.0)
     assert out.result == 1 and "nftables unavailable (neither python3-nftables" in out.msg, out
+
+
+def test_a_drop_not_imported_because_the_store_failed_is_tried_again(tmp_path, monkeypatch):
+    """records.source = "store": a drop whose import failed (the store briefly unreachable) is
+    imported at the next poll, and the failure is counted; a refused one is not tried again."""
+    from beiand.records.generate import GenConfig, write_csv
+    from beiand.runtime import supervisor as sup
+    from beiand.runtime.metrics import Metrics
+    from beiand.runtime.settings import load_config
+    from beiand.store import StoreError
+    from beiand.store import register as reg
+
+    write_csv(str(tmp_path / "a.csv"), GenConfig(filings=30))
+    conf = tmp_path / "beiand.toml"
+    conf.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\ngateway = "gw-t"\n'
+                    f'[records]\nsource = "store"\nfiles = ["{tmp_path / "a.csv"}"]\n'
+                    f'[accesslog]\ndirectory = "{tmp_path / "log"}"\n')
+    cfg = load_config(conf)
+    d = sup.Daemon.__new__(sup.Daemon)
+    d.metrics, d.refused, d.refused_count, d.register, d._drop = Metrics([], "test"), None, 0, None, {}
+    real = sup.open_decisions
+
+    def down(c):
+        raise StoreError("decision store: unreachable")
+
+    monkeypatch.setattr(sup, "open_decisions", down)
+    d._import_drop(cfg)
+    assert d.metrics.registry.get_sample_value("beiand_register_drop_import_failures_total") == 1
+    assert d.refused is None  # not a refusal: the store failed
+    monkeypatch.setattr(sup, "open_decisions", real)
+    d._import_drop(cfg)  # the same files, the store back: imported now
+    store = real(cfg)
+    assert reg.head(store) == 1
+    store.close()
+    write_csv(str(tmp_path / "a.csv"), GenConfig(filings=3))  # refused (records.max_loss): not tried again
+    d._import_drop(cfg)
+    assert d.refused is not None and d.refused_count == 1
+    d._import_drop(cfg)
+    assert d.refused_count == 1

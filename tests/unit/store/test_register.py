@@ -4,8 +4,10 @@ nothing, a gateway's copy is checked by its SHA-256."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -129,3 +131,52 @@ def test_history_is_never_rewritten(tmp_path: Path) -> None:
             c.execute(sql)
     c.close()
     assert dict(reg.rows_at(s, "records", 1)) == {"a": "1", "b": "2"}
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\x85", "\x1c", "\r", "\x0b"])
+def test_a_copy_with_a_line_separator_in_a_row_reads_back(tmp_path: Path, sep: str) -> None:
+    """orjson writes U+2028, U+2029 and U+0085 unescaped: the copy is split on b"\\n" only."""
+    s = _store(tmp_path)
+    reg.publish(s, "records", rows({"a": f'["x{sep}y"]', "b": "2"}))
+    v, content = reg.fetch(s, "records", 1)
+    assert v is not None
+    p = tmp_path / "copy"
+    reg.write_snapshot(p, v, content)
+    assert reg.read_snapshot(p) == (v, sorted(content))
+
+
+def test_a_version_is_in_force_from_its_commit_not_before(tmp_path: Path) -> None:
+    """A version's time is taken under the write lock, after the work (a long import waiting for the
+    lock is not "in force" from when it started), never before the version it follows; and the
+    version in force at a time is the last one that, with every one before it, was published by then."""
+    import time
+
+    s = _store(tmp_path)
+    seen: list[float] = []
+
+    def check(delta: reg.Delta) -> dict[str, object]:
+        seen.append(time.time())  # under the lock
+        return {}
+
+    v1 = reg.publish(s, "records", rows({"a": "1"}), check=check)
+    assert v1.at >= seen[0]
+    assert reg.versions(s)[0].at == v1.at
+    v2 = reg.publish(s, "inventory", rows({"p": "x"}))
+    assert v2.at >= v1.at and reg.version_at(s, v2.at) == 2 and reg.version_at(s, v1.at) == 1
+    # times out of order (given by the caller): a later number is never in force before an earlier one
+    reg.publish(s, "records", rows({"a": "2"}), at=v2.at + 300)
+    reg.publish(s, "records", rows({"a": "3"}), at=v2.at + 200)
+    assert reg.version_at(s, v2.at + 250) == 2
+    assert reg.version_at(s, v2.at + 300) == 4
+
+
+def test_a_copy_that_is_not_utf8_is_refused_by_line(tmp_path: Path) -> None:
+    s = _store(tmp_path)
+    reg.publish(s, "records", rows({"a": "1"}))
+    v, _ = reg.fetch(s, "records", 1)
+    assert v is not None
+    body = b"a\t\xff\n"
+    p = tmp_path / "copy"
+    p.write_bytes(orjson.dumps(v._replace(sha256=hashlib.sha256(body).hexdigest())._asdict()) + b"\n" + body)
+    with pytest.raises(StoreError, match=r"copy:2: not UTF-8"):
+        reg.read_snapshot(p)
