@@ -32,7 +32,7 @@ from beiand.policy.cases import LIFTED_BY_FILING, CaseError, CaseSnapshot, key_p
 from beiand.policy.inventory import HostedPrefix
 from beiand.policy.orders import ExemptionStore, OrderError, OrderStore
 from beiand.policy.source import CHANGES, changed, version
-from beiand.policy.verdict import Policy
+from beiand.policy.verdict import Policy, files_here
 
 log = logging.getLogger(__name__)
 
@@ -396,7 +396,6 @@ def apply_hit(d: Decision, h: Hit) -> Decision:
 
 
 _NOT_HOSTED, _BLOCK = VerdictKind.NOT_HOSTED, Action.BLOCK
-_FILED_HERE = frozenset({VerdictKind.FILED, VerdictKind.EXEMPT})
 _CHANGES = CHANGES
 
 
@@ -472,8 +471,10 @@ class Decider:
                 continue
             if h.effect == Effect.CASE:  # it may not apply (another account's case): weighed below
                 case = h
-            elif h.by is Overlay.AUTHORITY and d.verdict.verdict in _FILED_HERE:
-                continue  # the records file it: a conflict for a person, never a block (policy.authority)
+            elif h.by is Overlay.AUTHORITY and files_here(d.verdict):
+                # the records file it here (drift included: an unlisted address, access pending): a
+                # conflict for a person, never a block (policy.authority)
+                continue
             elif best is None or h.priority > best.priority:
                 best = h
         if case is not None and (best is None or case.priority > best.priority):

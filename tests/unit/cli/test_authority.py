@@ -94,7 +94,9 @@ def test_an_authority_list_from_import_to_the_report(site: dict[str, str], tmp_p
     d = live.decide(Observation(time.time(), "203.0.113.5", 40101, "198.51.100.7", 443, Transport.TCP, Kind.TLS_SNI,
                                 "filed.example.com", "filed.example.com"))
     assert (d.action, d.by) == (Action.LOG, "")
-    assert filed_elsewhere["action"] == "block"  # on an address its filing does not list, the records do not file it
+    # on an address its filing does not list, the filing is still ours (drift, flagged by the records):
+    # never blocked by the list (issue 35)
+    assert (filed_elsewhere["reason"], filed_elsewhere["action"], filed_elsewhere["by"]) == ("ip-not-listed", "flag", None)
 
     # the 处理结果 report holds all four
     xlsx = tmp_path / "result.xlsx"
