@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -243,3 +244,39 @@ def policy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grace-days", type=int, help="grace for access-pending (接入审核中) filings, at most 45 days (default 30)")
     p.add_argument("--status-map", action="append", metavar="WORD=STATUS",
                    help="a status word of the export mapped to active, cancelled, revoked, access-pending or under-review")
+
+
+def write_report(rows: Sequence[Sequence[object]], columns: Sequence[str], fmt: str, output: str | None, sheet: str,
+                 noun: str) -> None:
+    """A report for the authority (处理结果, 备案核查处理情况) as JSON, CSV or XLSX, with Chinese headers:
+    CSV to ``output`` with a BOM (Excel then reads the headers right) or to standard output; XLSX
+    needs ``output``. ``noun``: what a row is, for the line that says what was written."""
+    if fmt == "json":
+        out(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], ensure_ascii=False, indent=2))
+    elif fmt == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(columns)
+        w.writerows(rows)
+        if output:
+            Path(output).write_text(buf.getvalue(), encoding="utf-8-sig")
+            err(f"{output}: {len(rows)} {noun}")
+        else:
+            out(buf.getvalue().rstrip("\n"))
+    else:
+        if not output:
+            raise CliError(f"--format {fmt}: give --output FILE")
+        from openpyxl import Workbook
+
+        wb = Workbook()
+        ws = wb.active
+        assert ws is not None
+        ws.title = sheet
+        ws.append(list(columns))
+        for r in rows:
+            ws.append(list(r))
+        wb.save(Path(output))
+        err(f"{output}: {len(rows)} {noun}")
