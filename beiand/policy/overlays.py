@@ -350,12 +350,13 @@ CASE_SEP = "\x1f"  # between the keys of the cases on one name (a key holds no c
 
 
 @functools.lru_cache(maxsize=65536)
-def _case_refs(ref: str) -> tuple[tuple[str, str, bool], ...]:
-    """(key, account, lifted by a filing) of each case a CaseLayer hit names, parsed once per reference."""
+def _case_refs(ref: str) -> tuple[tuple[str, str, bool, bool], ...]:
+    """(key, account, lifted by a filing, the authority's list) of each case a CaseLayer hit names,
+    parsed once per reference."""
     out = []
     for key in ref.split(CASE_SEP):
         account, finding, _ = key_parts(key)
-        out.append((key, account, finding in LIFTED_BY_FILING))
+        out.append((key, account, finding in LIFTED_BY_FILING, finding == "authority"))
     return tuple(out)
 
 
@@ -364,12 +365,14 @@ def apply_case(d: Decision, h: Hit) -> Decision | None:
     the case of the decision's own account; never an exempt verdict; a case about the filing itself
     (unfiled, mismatched, inactive, the authority's list) only while the records still say the name
     is not filed here (a filing that arrives with a records reload lifts the block on the next
-    flow); a case about a filed site (no 备案号) until it is closed."""
+    flow); a case about a filed site (no 备案号) until it is closed. A case of the authority's list
+    never blocks a name the records file here, a filing of ours served from an address it does not
+    list included (a conflict for a person: policy.authority; issue 35)."""
     v = d.verdict.verdict
     if v is VerdictKind.EXEMPT:
         return None
-    for ref, account, lifted in _case_refs(h.ref):
-        if account != d.account or (v is VerdictKind.FILED and lifted):
+    for ref, account, lifted, listed in _case_refs(h.ref):
+        if account != d.account or (v is VerdictKind.FILED and lifted) or (listed and files_here(d.verdict)):
             continue
         if d.mode is Mode.ENFORCE:
             return d._replace(action=Action.BLOCK, rule=f"{h.by}:{ref}", by=h.by, ref=ref)

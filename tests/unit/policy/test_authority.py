@@ -194,3 +194,21 @@ def test_the_lists_fold_with_assessments_settlements_and_rejected_rows() -> None
     lists.apply(changes([listed_entry(entry("shop.example.com", "TG-13"), "1" * 64, "alice", T0 + 9),
                          Entry(KIND, "filed.example.com", "end", {}, T0 + 9, "alice", "withdrawn")], first=7))
     assert sorted((e.target, e.list_ref) for e in lists.in_force()) == [("shop.example.com", "TG-13")]
+
+
+def test_an_escalated_authority_case_never_blocks_a_filing_of_ours_drifting() -> None:
+    """A case an import opened (before issue 35's fix) on a name the records file through this
+    provider, served from an address the filing does not list: once escalated, the case does not
+    block it (the records file it: a conflict for a person); a mismatch case of the daemon's own on
+    the same drift still does (its finding is the drift)."""
+    from beiand.policy.cases import CaseSnapshot
+    from beiand.policy.overlays import CaseLayer
+
+    def decide(key: str) -> tuple[Action, str]:
+        snap = CaseSnapshot(None, load=False)
+        snap.escalated = {key: ("cust-7", ("filed.example.com",))}
+        d = Decider(policy(), [CaseLayer(snap)]).decide(obs("filed.example.com", "198.51.100.9"))
+        return d.action, d.by
+
+    assert decide("cust-7|authority|filed.example.com") == (Action.FLAG, "")
+    assert decide("cust-7|mismatch|filed.example.com") == (Action.BLOCK, Overlay.CASE)
