@@ -979,8 +979,9 @@ class ClickHouseReader:
         sql = ("SELECT runningDifference(seq) = 1 AND runningDifference(pos) = 1 AND "
                "runningDifference(cityHash64(gateway, worker, `partition`)) = 0, "
                f"gateway, worker, `partition`, seq, pos, link, if({plain}, line, '') FROM (SELECT gateway, worker, "
-               f"`partition`, seq, pos, link, concat({joined}) AS line FROM {self.database}.{self.table} PREWHERE seq > 0{where} "
-               "ORDER BY gateway, worker, seq) FORMAT TabSeparatedRaw")
+               # records_version: the outer test of a plain row reads it
+               f"`partition`, seq, pos, link, records_version, concat({joined}) AS line FROM {self.database}.{self.table} "
+               f"PREWHERE seq > 0{where} ORDER BY gateway, worker, seq) FORMAT TabSeparatedRaw")
         key: tuple[bytes, bytes, bytes] = (b"", b"", b"")  # the run's gateway, worker, partition
         links: list[bytes] = []
         lines: list[bytes] = []
