@@ -15,16 +15,14 @@ file imported again writes nothing. ``report LIST`` is the 处理结果 to the a
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-import io
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 from beiand.cli.block import _operator, decisions
-from beiand.cli.common import CliError, err, out, policy_args, policy_setup, table
+from beiand.cli.common import CliError, err, out, policy_args, policy_setup, table, write_report
 from beiand.cli.logs import fmt_time
 from beiand.policy.authority import (
     BLOCKED,
@@ -264,33 +262,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise CliError(f"{args.list!r}: no such list in the decision store" + (f" (lists: {', '.join(sorted(known)[:10])})"
                                                                                  if known else " (none imported yet)"))
     rows = report_rows(lists, cs, args.list)
-    if args.format == "json":
-        out(json.dumps([dict(zip(REPORT_COLUMNS, r, strict=True)) for r in rows], ensure_ascii=False, indent=2))
-    elif args.format == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(REPORT_COLUMNS)
-        w.writerows(rows)
-        text = buf.getvalue()
-        if args.output:
-            Path(args.output).write_text(text, encoding="utf-8-sig")  # a BOM: Excel reads the Chinese headers right
-            err(f"{args.output}: {len(rows)} entr(ies)")
-        else:
-            out(text.rstrip("\n"))
-    else:
-        if not args.output:
-            raise CliError("--format xlsx: give --output FILE")
-        from openpyxl import Workbook
-
-        wb = Workbook()
-        ws = wb.active
-        assert ws is not None
-        ws.title = "处理结果"
-        ws.append(list(REPORT_COLUMNS))
-        for r in rows:
-            ws.append(r)
-        wb.save(Path(args.output))
-        err(f"{args.output}: {len(rows)} entr(ies)")
+    write_report(rows, REPORT_COLUMNS, args.format, args.output, "处理结果", "entr(ies)")
     return 0
 
 

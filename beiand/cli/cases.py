@@ -11,15 +11,12 @@ the reason (exit 2) and nothing is written.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 from beiand.cli.block import _config, _operator, decisions
-from beiand.cli.common import CliError, err, out, table
+from beiand.cli.common import CliError, err, out, table, write_report
 from beiand.cli.logs import DEFAULT_CONFIG, fmt_time, parse_time
 from beiand.policy.cases import CLOSE_REASONS, FINDINGS, KIND, Case, CaseStore, case_row, event
 from beiand.records.domains import DomainError, normalise_domain
@@ -281,28 +278,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     until = parse_time(args.until, "--to") / 1000 if args.until else time.time()
     cs, _url = _fold(args)
     rows = report_rows(cs, since, until)
-    if args.format == "json":
-        out(json.dumps([dict(zip(REPORT_COLUMNS, r, strict=True)) for r in rows], ensure_ascii=False, indent=2))
-    elif args.format == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(REPORT_COLUMNS)
-        w.writerows(rows)
-        out(buf.getvalue().rstrip("\n"))
-    else:
-        if not args.output:
-            raise CliError("--format xlsx: give --output FILE")
-        from openpyxl import Workbook
-
-        wb = Workbook()
-        ws = wb.active
-        assert ws is not None
-        ws.title = "备案核查处理情况"
-        ws.append(list(REPORT_COLUMNS))
-        for r in rows:
-            ws.append(r)
-        wb.save(Path(args.output))
-        err(f"{args.output}: {len(rows)} case(s)")
+    write_report(rows, REPORT_COLUMNS, args.format, args.output, "备案核查处理情况", "case(s)")
     return 0
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from beiand.errors import BeiandError
 from beiand.model import Mode
@@ -258,3 +260,60 @@ def policy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grace-days", type=int, help="grace for access-pending (接入审核中) filings, at most 45 days (default 30)")
     p.add_argument("--status-map", action="append", metavar="WORD=STATUS",
                    help="a status word of the export mapped to active, cancelled, revoked, access-pending or under-review")
+
+
+# What makes a spreadsheet run a cell instead of showing it (OWASP, "CSV Injection"): the reports'
+# values come from the authority's files, the inventory and the operator, none of them code.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(row: Iterable[object]) -> list[object]:
+    """A row for a CSV report: a value starting like a formula behind an apostrophe (Excel then shows
+    it as text); "-" alone (nothing yet) as it is."""
+    return ["'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) and v != "-" else v for v in row]
+
+
+def sheet_append(ws: Any, row: Iterable[object]) -> None:
+    """One row appended to an openpyxl sheet, every text a string cell: openpyxl makes a formula of
+    any text starting with "=" (a string cell is shown, never run, so nothing else needs a mark)."""
+    ws.append(list(row))
+    for cell in ws[ws.max_row]:
+        if cell.data_type == "f":
+            cell.data_type = "s"
+
+
+def write_report(rows: Sequence[Sequence[object]], columns: Sequence[str], fmt: str, output: str | None, sheet: str,
+                 noun: str) -> None:
+    """A report for the authority (处理结果, 备案核查处理情况) as JSON, CSV or XLSX, with Chinese headers:
+    CSV to ``output`` with a BOM (Excel then reads the headers right) or to standard output; XLSX
+    needs ``output``. ``noun``: what a row is, for the line that says what was written. Text is
+    never written as a formula (:func:`csv_text`, :func:`sheet_append`)."""
+    if fmt == "json":
+        out(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], ensure_ascii=False, indent=2))
+    elif fmt == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(columns)
+        w.writerows(csv_text(r) for r in rows)
+        if output:
+            Path(output).write_text(buf.getvalue(), encoding="utf-8-sig")
+            err(f"{output}: {len(rows)} {noun}")
+        else:
+            out(buf.getvalue().rstrip("\n"))
+    else:
+        if not output:
+            raise CliError(f"--format {fmt}: give --output FILE")
+        from openpyxl import Workbook
+
+        wb = Workbook()
+        ws = wb.active
+        assert ws is not None
+        ws.title = sheet
+        ws.append(list(columns))
+        for r in rows:
+            sheet_append(ws, r)
+        wb.save(Path(output))
+        err(f"{output}: {len(rows)} {noun}")

@@ -12,7 +12,18 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from beiand.cli import authority
-from beiand.cli.common import DEFAULT_CONFIG, CliError, err, out, parse_status_map, policy_args, policy_setup, table
+from beiand.cli.common import (
+    DEFAULT_CONFIG,
+    CliError,
+    csv_text,
+    err,
+    out,
+    parse_status_map,
+    policy_args,
+    policy_setup,
+    sheet_append,
+    table,
+)
 from beiand.policy import lookup_answer
 from beiand.records import ImportRefused, load_files, normalise_domain
 from beiand.records.domains import DomainError, is_ip_literal, registrable_domain
@@ -289,11 +300,11 @@ def cmd_records_ip_report(args: argparse.Namespace) -> int:
         ws.title = "IP地址备案"
         ws.append(list(ipreport.REPORT_COLUMNS))
         for row in report.report_rows():
-            ws.append(row)
+            sheet_append(ws, row)
         wc = wb.create_sheet("变更")
         wc.append(list(ipreport.CHANGE_COLUMNS))
         for row in report.change_rows():
-            wc.append(row)
+            sheet_append(wc, row)
         wb.save(Path(args.output))
         err(f"{args.output}: {len(report.blocks)} block(s), {len(report.changes)} change(s), {report.overdue} overdue")
     else:
@@ -303,7 +314,7 @@ def cmd_records_ip_report(args: argparse.Namespace) -> int:
             buf = io.StringIO()
             w = csv.writer(buf)
             w.writerow(ipreport.REPORT_COLUMNS)
-            w.writerows(report.report_rows())
+            w.writerows(csv_text(r) for r in report.report_rows())
             text = buf.getvalue().rstrip("\n")
         else:
             text = _ip_report_text(report)

@@ -36,7 +36,7 @@ from typing import Any
 from beiand.model import AddressRule, Observation, Overlay, VerdictKind
 from beiand.policy.orders import OrderStore
 from beiand.policy.overlays import PRIORITY, Effect, Hit, OrderLayer
-from beiand.policy.verdict import Policy
+from beiand.policy.verdict import Policy, files_here
 from beiand.records.authority import AuthorityEntry, AuthorityFile
 from beiand.records.domains import is_ip_literal
 from beiand.store import Change, Entry
@@ -156,7 +156,8 @@ def assess(e: AuthorityEntry, policy: Policy, served: Iterable[Served], now: flo
     log shows it (or a name below it) on an address the inventory holds now (a connection named so,
     or a DNS answer pointing it there: ``served``), or when the address the authority saw it on is
     one the inventory holds. Hosted, it is judged by the records
-    at each such address: filed (or exempt) at any of them is a conflict; else it is blocked (or
+    at each such address: filed here (or exempt) at any of them is a conflict, a filing of ours
+    served from an address it does not list included (``verdict.files_here``); else it is blocked (or
     flagged). Not hosted, a name the records still file through this provider is a conflict too
     (the authority and the records disagree: a person looks), anything else is ``not-hosted``."""
     inv = policy.inventory
@@ -188,7 +189,7 @@ def assess(e: AuthorityEntry, policy: Policy, served: Iterable[Served], now: flo
         if prefix is not None and prefix.account not in accounts:
             accounts.append(prefix.account)
         v = d.verdict.verdict
-        if v in (VerdictKind.FILED, VerdictKind.EXEMPT) and not filing:
+        if files_here(d.verdict) and not filing:  # drift of a filing of ours too (an unlisted address)
             verdict, filing = v.value, (d.verdict.filing.number if d.verdict.filing else d.verdict.reason)
         verdict = verdict or v.value
     outcome = CONFLICT if filing else (BLOCKED if block else FLAGGED)

@@ -32,7 +32,7 @@ from beiand.policy.cases import LIFTED_BY_FILING, CaseError, CaseSnapshot, key_p
 from beiand.policy.inventory import HostedPrefix
 from beiand.policy.orders import ExemptionStore, OrderError, OrderStore
 from beiand.policy.source import CHANGES, changed, version
-from beiand.policy.verdict import Policy
+from beiand.policy.verdict import Policy, files_here
 
 log = logging.getLogger(__name__)
 
@@ -350,12 +350,13 @@ CASE_SEP = "\x1f"  # between the keys of the cases on one name (a key holds no c
 
 
 @functools.lru_cache(maxsize=65536)
-def _case_refs(ref: str) -> tuple[tuple[str, str, bool], ...]:
-    """(key, account, lifted by a filing) of each case a CaseLayer hit names, parsed once per reference."""
+def _case_refs(ref: str) -> tuple[tuple[str, str, bool, bool], ...]:
+    """(key, account, lifted by a filing, the authority's list) of each case a CaseLayer hit names,
+    parsed once per reference."""
     out = []
     for key in ref.split(CASE_SEP):
         account, finding, _ = key_parts(key)
-        out.append((key, account, finding in LIFTED_BY_FILING))
+        out.append((key, account, finding in LIFTED_BY_FILING, finding == "authority"))
     return tuple(out)
 
 
@@ -364,12 +365,14 @@ def apply_case(d: Decision, h: Hit) -> Decision | None:
     the case of the decision's own account; never an exempt verdict; a case about the filing itself
     (unfiled, mismatched, inactive, the authority's list) only while the records still say the name
     is not filed here (a filing that arrives with a records reload lifts the block on the next
-    flow); a case about a filed site (no 备案号) until it is closed."""
+    flow); a case about a filed site (no 备案号) until it is closed. A case of the authority's list
+    never blocks a name the records file here, a filing of ours served from an address it does not
+    list included (a conflict for a person: policy.authority; issue 35)."""
     v = d.verdict.verdict
     if v is VerdictKind.EXEMPT:
         return None
-    for ref, account, lifted in _case_refs(h.ref):
-        if account != d.account or (v is VerdictKind.FILED and lifted):
+    for ref, account, lifted, listed in _case_refs(h.ref):
+        if account != d.account or (v is VerdictKind.FILED and lifted) or (listed and files_here(d.verdict)):
             continue
         if d.mode is Mode.ENFORCE:
             return d._replace(action=Action.BLOCK, rule=f"{h.by}:{ref}", by=h.by, ref=ref)
@@ -396,7 +399,6 @@ def apply_hit(d: Decision, h: Hit) -> Decision:
 
 
 _NOT_HOSTED, _BLOCK = VerdictKind.NOT_HOSTED, Action.BLOCK
-_FILED_HERE = frozenset({VerdictKind.FILED, VerdictKind.EXEMPT})
 _CHANGES = CHANGES
 
 
@@ -472,8 +474,10 @@ class Decider:
                 continue
             if h.effect == Effect.CASE:  # it may not apply (another account's case): weighed below
                 case = h
-            elif h.by is Overlay.AUTHORITY and d.verdict.verdict in _FILED_HERE:
-                continue  # the records file it: a conflict for a person, never a block (policy.authority)
+            elif h.by is Overlay.AUTHORITY and files_here(d.verdict):
+                # the records file it here (drift included: an unlisted address, access pending): a
+                # conflict for a person, never a block (policy.authority)
+                continue
             elif best is None or h.priority > best.priority:
                 best = h
         if case is not None and (best is None or case.priority > best.priority):

@@ -50,6 +50,12 @@ _JUDGED: dict[str, tuple[VerdictKind, int, bool]] = {
     "filed": (_FILED, 4, False),
     "filed-provider-unchecked": (_FILED, 4, False),
 }
+# The reasons a filing covering the name gives only once it was found ours (or with no provider to
+# check): filed, or filed but drifting (served from an address it does not list, access pending
+# within its grace). An authority's list naming such a site disagrees with the records: a conflict
+# for a person, never a block nor a case (policy.authority, issue 35). An expired pending access
+# filing is not among them: the records themselves stop it, as another provider's filing.
+FILED_HERE_REASONS = frozenset({"filed", "filed-provider-unchecked", "access-pending-grace", "ip-not-listed"})
 # Separators between the legal entities named in one 接入商 cell (a site on several clouds).
 _PROVIDER_SPLIT = re.compile(r"[;,、；，|/\n]+")
 
@@ -70,6 +76,12 @@ def provider_names(cell: str) -> frozenset[str]:
             out.update(part.split())
     out.discard("")
     return frozenset(out)
+
+
+def files_here(verdict: Verdict) -> bool:
+    """Whether the records file the name here (a filing of ours covers it, drifting or not) or the
+    allowlist exempts it: what an authority's list never blocks (a conflict for a person)."""
+    return verdict.verdict is VerdictKind.EXEMPT or (verdict.filing is not None and verdict.reason in FILED_HERE_REASONS)
 
 
 class PolicyError(BeiandError, ValueError):

@@ -529,7 +529,7 @@ class ClickHouseSink:
         self._copied(lines)
 
     def _copied(self, lines: list[bytes]) -> None:
-        if lines[-1].count(b"\t") + 1 == len(CHAINED):
+        if _is_chained(lines[-1]):
             self._save_copied(_seq_of(lines[-1]))
 
     def _spill_frames(self) -> list[tuple[Path, int, bytes]]:
@@ -604,7 +604,7 @@ class ClickHouseSink:
         if bid in self._uncertain:
             return
         tokens = [bid]
-        if lines and lines[0].count(b"\t") + 1 == len(CHAINED):
+        if lines and _is_chained(lines[0]):
             lo, hi = _seq_of(lines[0]), _seq_of(lines[-1])
             tokens.append(f"seq:{lo}-{hi}")
             self._uncertain_seqs.append((lo, hi))
@@ -621,7 +621,7 @@ class ClickHouseSink:
         a listed batch's."""
         if bid in self._uncertain:
             return True
-        if not self._uncertain_seqs or lines[0].count(b"\t") + 1 != len(CHAINED):
+        if not self._uncertain_seqs or not _is_chained(lines[0]):
             return False
         lo, hi = _seq_of(lines[0]), _seq_of(lines[-1])
         return any(a <= hi and lo <= b for a, b in self._uncertain_seqs)
@@ -698,7 +698,7 @@ class ClickHouseSink:
 
     async def _insert(self, lines: list[bytes], bid: str) -> None:
         nf = lines[0].count(b"\t") + 1
-        chained = nf == len(CHAINED)
+        chained = nf in CHAINED_SHAPES  # this version's rows, or an older one's spilled before an upgrade
         batch = lines
         first_try = bid in self._unsent
         self._unsent.discard(bid)
@@ -725,7 +725,7 @@ class ClickHouseSink:
                 await self._wait_mutations()
         if chained:  # rows as they are (each ends with its worker): no copy per row
             body = b"".join(lines)
-            cols = ",".join(CHAINED)
+            cols = ",".join(CHAINED_SHAPES[nf])
         else:
             tail = f"\t{bid}\t{self.worker}\n".encode()
             body = b"".join(ln[:-1] + tail for ln in lines)
@@ -799,6 +799,12 @@ class ClickHouseSink:
 SHAPES = {len(COLUMNS_V1): COLUMNS_V1, len(COLUMNS_V2): COLUMNS_V2, len(COLUMNS_V3): COLUMNS_V3, len(COLUMNS): COLUMNS}
 # A row of the copy (issue 27): the record's fields, its chain fields, its worker.
 CHAINED = (*COLUMNS, *CHAIN_COLUMNS, "worker")
+# A row of the copy spilled before issue 35 (no records_version): still sent after an upgrade,
+# with its own columns (the table fills records_version with '', as chain_rows does for a line
+# without one).
+CHAINED_V3 = (*COLUMNS_V3, *CHAIN_COLUMNS, "worker")
+# The rows of the copy by the fields they hold: the columns they are inserted with.
+CHAINED_SHAPES = {len(CHAINED): CHAINED, len(CHAINED_V3): CHAINED_V3}
 _GATEWAY = COLUMNS.index("gateway")
 
 
@@ -840,6 +846,11 @@ def table_outdated(engine: str, sorting_key: str) -> str:
     if "ReplacingMergeTree" in engine and sorting_key.replace(" ", "") == want.replace(" ", ""):
         return ""
     return f"is {engine or 'unknown'} ORDER BY ({sorting_key}), not ReplacingMergeTree ORDER BY {ORDER_BY}"
+
+
+def _is_chained(line: bytes) -> bool:
+    """Whether a row is one of the copy's (its chain fields end it), of this version or an older one."""
+    return line.count(b"\t") + 1 in CHAINED_SHAPES
 
 
 def _seq_of(line: bytes) -> int:
@@ -968,9 +979,9 @@ class ClickHouseReader:
         sql = ("SELECT runningDifference(seq) = 1 AND runningDifference(pos) = 1 AND "
                "runningDifference(cityHash64(gateway, worker, `partition`)) = 0, "
                f"gateway, worker, `partition`, seq, pos, link, if({plain}, line, '') FROM (SELECT gateway, worker, "
+               # records_version: the outer test of a plain row reads it
                f"`partition`, seq, pos, link, records_version, concat({joined}) AS line FROM {self.database}.{self.table} "
-               f"PREWHERE seq > 0{where} "
-               "ORDER BY gateway, worker, seq) FORMAT TabSeparatedRaw")
+               f"PREWHERE seq > 0{where} ORDER BY gateway, worker, seq) FORMAT TabSeparatedRaw")
         key: tuple[bytes, bytes, bytes] = (b"", b"", b"")  # the run's gateway, worker, partition
         links: list[bytes] = []
         lines: list[bytes] = []

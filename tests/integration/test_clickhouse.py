@@ -14,7 +14,7 @@ import pytest
 from beiand.accesslog import AccessLog, LogConfig, Query, query, verify
 from beiand.accesslog.copy import verify_copy
 from beiand.accesslog.format import DAY_MS
-from beiand.sinks.clickhouse import ClickHouseReader, ClickHouseSink
+from beiand.sinks.clickhouse import CHAINED, COLUMNS, ClickHouseReader, ClickHouseSink
 from tests.integration.clickhouse import ClickHouse, started
 from tests.unit.accesslog.helpers import DAY0, rec
 
@@ -106,6 +106,34 @@ def test_a_replay_cut_short_is_not_sent_twice(server: ClickHouse, tmp_path: Path
     sink.close()
     assert sink.stats.skipped_duplicates == 1000
     assert server.query("SELECT count(), uniqExact(gateway, worker, seq) FROM beiand.crash").split() == ["1000", "1000"]
+
+
+def test_a_spill_of_the_previous_version_is_sent_after_the_upgrade(server: ClickHouse, tmp_path: Path) -> None:
+    """Issue 35: rows of the copy spilled by the beiand before records_version (28 fields) are
+    inserted by the upgraded one with their own columns, records_version left empty."""
+    spill = tmp_path / "spill"
+    first = ClickHouseSink("http://127.0.0.1:1", spill, table="upgraded", batch_records=100, interval=0.05, max_backoff=0.2)
+    with logged(tmp_path / "log", first) as log:
+        for i in range(300):
+            log.append(rec(i))
+    first.close()
+    assert first.stats.spilled == 300
+    at = COLUMNS.index("records_version")
+    frames = [[b"\t".join(f[:at] + f[at + 1:]) for f in (ln.split(b"\t") for ln in p.splitlines(keepends=True))]
+              for _, _, p in first._spill_frames()]
+    shutil.rmtree(spill)
+    old = AccessLog(LogConfig(spill, worker=0, seal=False, anchors=False), start=False)
+    for lines in frames:
+        assert {ln.count(b"\t") + 1 for ln in lines} == {len(CHAINED) - 1}
+        old.write_lines(lines)
+    old.flush()
+    old.close()
+    sink = ClickHouseSink(server.url, spill, table="upgraded", batch_records=100, interval=0.05, max_backoff=0.2)
+    wait_for(lambda: not sink.spilling, "the spill replayed", 30)
+    sink.close()
+    assert sink.stats.replayed == 300
+    assert server.query("SELECT count(), uniqExact(gateway, worker, seq), countIf(records_version = '') "
+                        "FROM beiand.upgraded").split() == ["300", "300", "300"]
 
 
 def _spill_ids(sink: ClickHouseSink) -> list[str]:

@@ -94,7 +94,9 @@ def test_an_authority_list_from_import_to_the_report(site: dict[str, str], tmp_p
     d = live.decide(Observation(time.time(), "203.0.113.5", 40101, "198.51.100.7", 443, Transport.TCP, Kind.TLS_SNI,
                                 "filed.example.com", "filed.example.com"))
     assert (d.action, d.by) == (Action.LOG, "")
-    assert filed_elsewhere["action"] == "block"  # on an address its filing does not list, the records do not file it
+    # on an address its filing does not list, the filing is still ours (drift, flagged by the records):
+    # never blocked by the list (issue 35)
+    assert (filed_elsewhere["reason"], filed_elsewhere["action"], filed_elsewhere["by"]) == ("ip-not-listed", "flag", None)
 
     # the 处理结果 report holds all four
     xlsx = tmp_path / "result.xlsx"
@@ -215,3 +217,40 @@ def test_a_name_only_resolved_to_hosted_space_is_hosted_here(site: dict[str, str
     rc, o, _ = run(capsys, "records", "authority", "import", str(p2), "--config", site["config"], "--seen-days", "1",
                    "--log-dir", str(tmp_path / "nolog"))
     assert rc == 0 and "1 not hosted here" in o
+
+
+FORMULA = '=HYPERLINK("http://evil.example/","点击核实")'
+
+
+def test_a_formula_in_a_lists_garbage_row_is_text_in_the_report(site: dict[str, str], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A site cell of the authority's file that a spreadsheet would run (=, +, -, @: OWASP "CSV
+    Injection") goes into the 处理结果 report as text: an XLSX string cell, a CSV value behind an
+    apostrophe; the JSON keeps it as it was."""
+    text = ("清单编号,网站域名,IP地址,下发日期,处理期限\n"
+            f'{LIST},"{FORMULA.replace(chr(34), chr(34) * 2)}",,2026-12-01,2026-12-10\n'
+            f"{LIST},@SUM(1+1)*cmd,,2026-12-01,2026-12-10\n")
+    (tmp_path / "l2.csv").write_bytes(text.encode("gb18030"))
+    assert run(capsys, "records", "authority", "import", str(tmp_path / "l2.csv"), "--config", site["config"], "--by", "a")[0] == 1
+    xlsx = tmp_path / "r.xlsx"
+    assert run(capsys, "records", "authority", "report", LIST, "--config", site["config"], "--format", "xlsx",
+               "--output", str(xlsx))[0] == 0
+    from openpyxl import load_workbook
+
+    ws = load_workbook(xlsx).active
+    assert ws is not None
+    cells = {c.value: c.data_type for row in ws.iter_rows() for c in row if c.column == 2}
+    assert cells[FORMULA] == "s" and cells["@SUM(1+1)*cmd"] == "s"
+    assert all(t != "f" for row in ws.iter_rows() for t in (c.data_type for c in row))
+    _, o, _ = run(capsys, "records", "authority", "report", LIST, "--config", site["config"], "--format", "csv")
+    import csv
+    import io
+
+    sites = [r[1] for r in csv.reader(io.StringIO(o))]
+    assert "'" + FORMULA in sites and "'@SUM(1+1)*cmd" in sites and FORMULA not in sites
+    out = tmp_path / "r.csv"
+    assert run(capsys, "records", "authority", "report", LIST, "--config", site["config"], "--format", "csv",
+               "--output", str(out))[0] == 0
+    assert "'" + FORMULA in [r[1] for r in csv.reader(io.StringIO(out.read_text(encoding="utf-8-sig")))]
+    _, o, _ = run(capsys, "records", "authority", "report", LIST, "--config", site["config"], "--format", "json")
+    assert FORMULA in [r["网站域名/IP"] for r in json.loads(o)]

@@ -102,3 +102,27 @@ def test_a_deadline_date_is_the_end_of_that_day_in_beijing() -> None:
     assert deadline_arg("2026-05-08T12:00+08:00", "--until") == dt.datetime(2026, 5, 8, 12, tzinfo=BEIJING).timestamp()
     with pytest.raises(CliError, match="not a date"):
         deadline_arg("2026-02-30", "--until")
+
+
+def test_the_report_writes_a_formula_as_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A cell a spreadsheet would run (an account named ``=HYPERLINK(…)``: OWASP "CSV Injection")
+    is an XLSX string cell and a CSV value behind an apostrophe; "-" (nothing yet) stays "-"."""
+    st = ["--state-dir", str(tmp_path / "state")]
+    formula = '=HYPERLINK("http://evil.example/","x")'
+    assert run(capsys, "cases", "open", "--account", formula, "--finding", "unfiled", "--name", "shop.example.com",
+               "--reason", "r", "--by", "alice", *st)[0] == 0
+    since = time.strftime("%Y-%m-%d", time.localtime(time.time() - 86400))
+    xlsx = tmp_path / "report.xlsx"
+    assert run(capsys, "cases", "report", "--from", since, "--format", "xlsx", "--output", str(xlsx), *st)[0] == 0
+    from openpyxl import load_workbook
+
+    ws = load_workbook(xlsx).active
+    assert ws is not None
+    cell = ws.cell(2, 2)
+    assert (cell.value, cell.data_type) == (formula, "s")
+    _, o, _ = run(capsys, "cases", "report", "--from", since, "--format", "csv", *st)
+    import csv
+    import io
+
+    row = list(csv.reader(io.StringIO(o)))[1]
+    assert row[1] == "'" + formula and row[4] == "-"

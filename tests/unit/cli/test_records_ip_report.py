@@ -95,3 +95,27 @@ def test_errors_exit_2(tmp_path: Path, state: Path, capsys) -> None:
     bad.write_text("日期,类型\n2026-13-01,休\n", encoding="utf-8")
     assert main(["records", "ip-report", "--state-dir", str(state), "--holidays", str(bad)]) == 2
     assert "--holidays" in capsys.readouterr().err
+
+
+def test_a_formula_in_the_inventory_is_text_in_the_report(tmp_path: Path, capsys) -> None:
+    """使用单位 and 使用方式 come from the operator's inventory (a customer's name): a value a
+    spreadsheet would run (OWASP "CSV Injection") is an XLSX string cell and a CSV value behind an
+    apostrophe."""
+    sd, inv = tmp_path / "state", tmp_path / "inventory.csv"
+    formula = '=HYPERLINK("http://evil.example/","x")'
+    inv.write_text(HEADER + f'198.51.100.0/24,cust-1,bj,active,"{formula.replace(chr(34), chr(34) * 2)}",+cmd|x\n',
+                   encoding="utf-8")
+    record_load(sd, inv, ms(2026, 11, 2, 9))
+    (tmp_path / "holidays.csv").write_text("日期,类型,名称\n", encoding="utf-8")
+    xlsx = tmp_path / "ip.xlsx"
+    assert run(sd, "--at", "2026-11-03T10:00+08:00", "--format", "xlsx", "--output", str(xlsx)) == 0
+    from openpyxl import load_workbook
+
+    wb = load_workbook(xlsx)
+    cells = [c for ws in wb.worksheets for r in ws.iter_rows() for c in r]
+    assert [(c.value, c.data_type) for c in cells if c.value == formula] == [(formula, "s")] * 2  # 地址 sheet and 变更
+    assert all(c.data_type != "f" for c in cells)
+    out = tmp_path / "ip.csv"
+    assert run(sd, "--at", "2026-11-03T10:00+08:00", "--format", "csv", "--output", str(out)) == 0
+    rows = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert rows[1][3] == "'" + formula and "'+cmd|x" in rows[1]

@@ -6,7 +6,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from beiand.model import Action, Filing, FilingStatus, Kind, Mode, Observation, Overlay, PrefixState, ServiceType, Transport
+from beiand.model import (
+    Action,
+    Filing,
+    FilingStatus,
+    Kind,
+    Mode,
+    Observation,
+    Overlay,
+    PrefixState,
+    ServiceType,
+    Transport,
+    VerdictKind,
+)
 from beiand.policy import Decider, Policy, PolicyConfig
 from beiand.policy.authority import (
     BLOCKED,
@@ -79,9 +91,39 @@ def test_a_name_the_records_file_is_never_blocked_by_a_list() -> None:
     assert (d.action, d.by, d.rule) == (Action.LOG, "", "pass:filed")
     d = dec.decide(obs("allowed.example.com", "198.51.100.9"))
     assert d.action is Action.LOG and d.by == ""
-    # on an address its filing does not list, the records do not file it here: the list decides
+    # on an address its filing does not list, the filing is still ours (drift to correct, flagged by
+    # the records): a conflict for a person, never a block by the list (issue 35)
     d = dec.decide(obs("filed.example.com", "198.51.100.9"))
-    assert (d.action, d.by) == (Action.BLOCK, Overlay.AUTHORITY)
+    assert (d.verdict.verdict, d.verdict.reason) == (VerdictKind.MISMATCH, "ip-not-listed")
+    assert (d.action, d.by, d.rule) == (Action.FLAG, "", "flag:ip-not-listed")
+
+
+def test_a_filing_of_ours_drifting_is_never_blocked_by_a_list_but_another_providers_is() -> None:
+    theirs = Filing("京ICP备87654321号-1", "别家公司", ServiceType.WEBSITE, ("theirs.example.com",), ("198.51.100.9",), "别家云",
+                    FilingStatus.ACTIVE)
+    pending = Filing("京ICP备11112222号-1", "示例公司", ServiceType.WEBSITE, ("pending.example.com",), ("198.51.100.9",), "示例云",
+                     FilingStatus.ACCESS_PENDING, reviewed="2027-01-14")
+    inv = policy().inventory
+    p = Policy(RecordIndex([FILED, theirs, pending]), inv, PolicyConfig(provider="示例云"))
+    book = AuthorityBook(None, load=False)
+    book.apply(changes([listed_entry(entry(t), "0" * 64, "alice", T0)
+                        for t in ("filed.example.com", "theirs.example.com", "pending.example.com")]))
+    dec = Decider(p, [AuthorityLayer(book, True)])
+    # ours, served from an unlisted address (MISMATCH ip-not-listed), in an enforce prefix: flagged by the records only
+    d = dec.decide(obs("filed.example.com", "198.51.100.9"))
+    assert d.verdict.reason == "ip-not-listed" and d.action is not Action.BLOCK and d.by == ""
+    assert dec.lookup("filed.example.com", "198.51.100.9", T0 + 10)[0].action is not Action.BLOCK
+    # ours, access pending within its grace
+    d = dec.decide(obs("pending.example.com", "198.51.100.9"))
+    assert d.verdict.reason == "access-pending-grace" and (d.action, d.by) == (Action.LOG, "")
+    # another provider's filing: not filed here, the list decides
+    d = dec.decide(obs("theirs.example.com", "198.51.100.9"))
+    assert d.verdict.reason == "other-provider" and (d.action, d.by) == (Action.BLOCK, Overlay.AUTHORITY)
+    # assess: a conflict with the filing at the unlisted address, no case; another provider's: blocked
+    a = assess(entry("filed.example.com"), p, [Served("filed.example.com", "198.51.100.9", 3, T0, T0)], T0 + 10)
+    assert (a.outcome, a.filing, a.verdict) == (CONFLICT, "京ICP备12345678号-1", "mismatch")
+    a = assess(entry("theirs.example.com"), p, [Served("theirs.example.com", "198.51.100.9", 3, T0, T0)], T0 + 10)
+    assert (a.outcome, a.filing) == (BLOCKED, "")
 
 
 def test_block_false_flags_only_and_names_the_list() -> None:
@@ -152,3 +194,21 @@ def test_the_lists_fold_with_assessments_settlements_and_rejected_rows() -> None
     lists.apply(changes([listed_entry(entry("shop.example.com", "TG-13"), "1" * 64, "alice", T0 + 9),
                          Entry(KIND, "filed.example.com", "end", {}, T0 + 9, "alice", "withdrawn")], first=7))
     assert sorted((e.target, e.list_ref) for e in lists.in_force()) == [("shop.example.com", "TG-13")]
+
+
+def test_an_escalated_authority_case_never_blocks_a_filing_of_ours_drifting() -> None:
+    """A case an import opened (before issue 35's fix) on a name the records file through this
+    provider, served from an address the filing does not list: once escalated, the case does not
+    block it (the records file it: a conflict for a person); a mismatch case of the daemon's own on
+    the same drift still does (its finding is the drift)."""
+    from beiand.policy.cases import CaseSnapshot
+    from beiand.policy.overlays import CaseLayer
+
+    def decide(key: str) -> tuple[Action, str]:
+        snap = CaseSnapshot(None, load=False)
+        snap.escalated = {key: ("cust-7", ("filed.example.com",))}
+        d = Decider(policy(), [CaseLayer(snap)]).decide(obs("filed.example.com", "198.51.100.9"))
+        return d.action, d.by
+
+    assert decide("cust-7|authority|filed.example.com") == (Action.FLAG, "")
+    assert decide("cust-7|mismatch|filed.example.com") == (Action.BLOCK, Overlay.CASE)

@@ -20,8 +20,8 @@ import pytest
 
 import beiand.accesslog.reader as reader
 import beiand.accesslog.store as store
-from beiand.accesslog.store import Committed
-from beiand.sinks.clickhouse import CHAINED, COLUMNS, ClickHouseSink
+from beiand.accesslog.store import AccessLog, Committed, LogConfig
+from beiand.sinks.clickhouse import CHAINED, COLUMNS, ClickHouseSink, chain_rows
 
 SEQ = CHAINED.index("seq")
 
@@ -36,6 +36,7 @@ class FakeClickHouse:
         self.lose_answers = 0  # that many inserts land, then the connection drops before the answer
         self.got: Counter[int] = Counter()
         self.requests: list[str] = []
+        self.columns: list[int] = []  # each insert's columns
         self.lock = threading.Lock()
         fake = self
 
@@ -81,7 +82,13 @@ class FakeClickHouse:
                 if self.fail_inserts:
                     self.fail_inserts -= 1
                     return 500, b"Too many parts"
-                self.got.update(int(ln.split(b"\t")[SEQ]) for ln in body.splitlines())
+                # ClickHouse refuses a row whose fields are not the columns named
+                ncols = q[q.index("(") + 1:q.index(")")].count(",") + 1
+                if any(ln.count(b"\t") + 1 != ncols for ln in body.splitlines()):
+                    self.requests.append("refused")
+                    return 400, b"Code: 27. Cannot parse input: expected \\t before: \\n"
+                self.columns.append(ncols)
+                self.got.update(int(ln.rsplit(b"\t", 4)[1]) for ln in body.splitlines())  # seq, pos, link, worker
                 if self.lose_answers:
                     self.lose_answers -= 1
                     return 0, b""
@@ -274,3 +281,35 @@ def test_a_batch_that_may_have_landed_is_looked_up_even_when_the_spill_splits_it
     finally:
         sink.close()
     assert sorted(fake.got) == list(range(1, 11)) and set(fake.got.values()) == {1}, fake.got
+
+
+def test_a_spill_of_the_previous_version_is_sent_after_the_upgrade(tmp_path: Path, fake: FakeClickHouse) -> None:
+    """Rows of the copy spilled by the beiand before issue 35 (23 record fields, no records_version,
+    then partition, seq, pos, link, worker: 28 fields) are sent by the upgraded one with the columns
+    they hold: ClickHouse took none of them (30 fields for 26 columns), the spill stuck for ever and
+    the committed records never reached the fleet's copy. A frame of each shape, in one replay."""
+    frame = Frames()
+    version_at = COLUMNS.index("records_version")
+
+    def previous(c: Committed) -> list[bytes]:
+        return [b"\t".join(f[:version_at] + f[version_at + 1:]) for f in (ln.split(b"\t") for ln in chain_rows(c))]
+
+    spill = AccessLog(LogConfig(tmp_path / "spill", worker=0, seal=False, anchors=False), start=False)
+    old = previous(frame(10))
+    assert {ln.count(b"\t") + 1 for ln in old} == {len(CHAINED) - 1}
+    spill.write_lines(old)
+    spill.write_lines(chain_rows(frame(10)))  # the upgraded one's own, spilled after it
+    spill.flush()
+    spill.close()
+    (tmp_path / "spill" / "copied-w0.seq").write_text("20\n")
+    sink = ClickHouseSink(fake.url, tmp_path / "spill", interval=0.02, batch_records=10, max_backoff=0.1)
+    try:
+        assert sink.spilling
+        sink.backfill(tmp_path, 20)
+        wait_for(lambda: not sink.spilling, "the spill to be replayed")
+    finally:
+        sink.close()
+    assert "refused" not in fake.requests, fake.requests
+    assert fake.columns == [len(CHAINED) - 1, len(CHAINED)]
+    assert sorted(fake.got) == list(range(1, 21)) and set(fake.got.values()) == {1}
+    assert sink.copied == 20 and sink._spill_frames() == []  # the spill went once all of it was in
