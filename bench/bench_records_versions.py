@@ -79,7 +79,8 @@ def _changed(filings: list[Filing], share: float, rng: random.Random, day: int) 
         elif what == 2:
             out[i] = f._replace(ips=(f"10.{day % 250}.{i % 250}.{(i // 250) % 250}",))
         else:
-            out[i] = f._replace(number=f"京ICP备{90_000_000 + day * 100_000 + i % 100_000}号-1",
+            # a 10-digit sponsor number, one per (day, row): two replaced rows of a day never share one
+            out[i] = f._replace(number=f"京ICP备{9_000_000_000 + day * 10_000_000 + i}号-1",
                                 domains=(f"n{day}x{i}.example.cn",))
     return out
 
