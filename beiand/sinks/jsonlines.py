@@ -59,6 +59,8 @@ class JsonLines:
         self._seq = 0
         self._latest = 0.0
         self.write = self.out.write if not reorder else self._hold
+        # a line whose time its writer knows: held by that time, not parsed back from the line
+        self._put: Callable[[float, bytes], None] = self._hold_at if reorder else self._put_now
         self.dumps: Callable[[Any], bytes]
         try:
             import orjson
@@ -82,8 +84,7 @@ class JsonLines:
         ts = round(ts, 6)
         # Enum members serialise as their values (orjson does it natively, json as str subclasses).
         line = self.dumps({
-            "ts": ts, "client": f"[{client_ip}]:{client_port}" if ":" in client_ip else f"{client_ip}:{client_port}",
-            "server": f"[{server_ip}]:{server_port}" if ":" in server_ip else f"{server_ip}:{server_port}",
+            "ts": ts, "client": endpoint(client_ip, client_port), "server": endpoint(server_ip, server_port),
             "transport": transport, "kind": kind, "name_seen": name_seen, "name": name,
             "answers": answers, "detail": detail, "verdict": v.verdict, "reason": v.reason,
             "action": action, "rule": rule, "mode": mode, "account": account,
@@ -91,10 +92,7 @@ class JsonLines:
             "direction": "" if kind is Kind.DNS_ANSWER else "in", "method": method, "url": url,
             "packets": packets, "octets": octets,
         })
-        if self.reorder:
-            self._hold_at(ts, line)
-        else:
-            self.write(line)
+        self._put(ts, line)
 
     def on_connection(self, rec: AccessRecord) -> None:
         try:
@@ -108,10 +106,7 @@ class JsonLines:
                 "method": rec.method, "url": rec.url,
                 "packets": rec.packets, "octets": rec.octets,
             })
-            if self.reorder:
-                self._hold_at(ts, line)
-            else:
-                self.write(line)
+            self._put(ts, line)
         except BrokenPipeError:
             raise OutputClosed from None
 
@@ -119,6 +114,9 @@ class JsonLines:
     def held(self) -> int:
         """Bytes of lines held back in memory (at most ``hold_bytes`` after each line)."""
         return self._held_bytes
+
+    def _put_now(self, ts: float, line: bytes) -> None:
+        self.out.write(line)
 
     def _hold(self, line: bytes) -> None:
         self._hold_at(float(line[6 : line.index(b",", 6)]), line)  # line_ts, inline
