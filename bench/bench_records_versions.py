@@ -33,22 +33,23 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 from beiand.model import Filing, FilingStatus
 from beiand.records import load_file
 from beiand.records.generate import OUR_PROVIDER, GenConfig, write_csv
-from beiand.records.index import RecordIndex
 from beiand.records.versions import publish_filings
 from beiand.runtime.decisions import open_decisions
-from beiand.runtime.register import Applier, import_files, read_copy
+from beiand.runtime.register import Applier, import_files
 from beiand.runtime.settings import Config, parse_config
 from beiand.store import register as reg
 
 
-def _config(state: Path, url: str = "") -> Config:
+def _config(state: Path, url: str = "", gateway: str = "ops") -> Config:
     store = f'[store]\nurl = "{url}"\npoll_interval = 0.2\n' if url else ""
-    return parse_config(f'[daemon]\nstate_dir = "{state}"\n[records]\nsource = "store"\nmax_loss = 0.2\n{store}', "bench.toml")
+    return parse_config(f'[daemon]\ngateway = "{gateway}"\nstate_dir = "{state}"\n[records]\nsource = "store"\n'
+                        f'max_loss = 0.2\n{store}', "bench.toml")
 
 
 @contextlib.contextmanager
@@ -85,22 +86,58 @@ def _changed(filings: list[Filing], share: float, rng: random.Random, day: int) 
     return out
 
 
-def _judge(index: RecordIndex, name: str, stop: threading.Event, served: list[int]) -> None:
-    """Verdicts from the index in service until ``stop``: each from one whole version."""
-    while not stop.is_set():
-        assert index.covering(name) is not None
-        served[0] += 1
+def _gateway(g: Config, names: tuple[str, str], news: Any, ready: Any) -> None:
+    """One gateway, a process of its own (as a machine of its own would be): its ``Applier``
+    follows the register (NOTIFY, and the poll besides) and each version it fetches is built to
+    the side into the state its workers judge with, as the supervisor's reload does
+    (``wiring._state_from_register``), then swapped in. Meanwhile a thread judges, paced (the
+    workers are processes of their own on a gateway; here they would take the cores the three
+    gateways share): a name of version 1 only and a name of version 2 only, from the state in
+    service; both answers must come from one whole version. Each swap is sent to ``news``:
+    (gateway, version, filings, wall time, this gateway's CPU seconds for the fetch and build,
+    verdicts served before the swap, verdicts seen mixing versions)."""
+    from beiand.runtime.wiring import _state_from_register
 
+    served = [0, 0]
+    holder: list[Any] = [None]
+    stop = threading.Event()
 
-def _apply_one(job: tuple[Config, float]) -> tuple[int, int, float]:
-    """One gateway: fetch the new version by content into its copy, build the index its reload
-    swaps in; (version, filings, seconds since ``job[1]``)."""
-    g, since = job
-    ap = Applier(g, lambda: open_decisions(g), lambda why: None)
-    ap.step(0.0)
-    index = read_copy(g.daemon.state_dir).index()  # the state a reload builds to the side
+    def judge() -> None:
+        old, new = names
+        while not stop.is_set():
+            st = holder[0]
+            if st is None:
+                time.sleep(0.005)
+                continue
+            for _ in range(500):
+                a, b = st.index.covering(old) is not None, st.index.covering(new) is not None
+                served[0] += 1
+                served[1] += a == b  # one of the two, never both or neither: one whole version
+            time.sleep(0.01)
+
+    th = threading.Thread(target=judge, daemon=True)
+    th.start()
+
+    def reload(why: str) -> None:
+        t = time.thread_time()
+        st = _state_from_register(str(g.daemon.state_dir / "beiand.toml"), g, holder[0])
+        before = served[0]
+        holder[0] = st
+        news.put((g.gateway, st.register_version, len(st.index.filings), time.time(), cpu[0] + time.thread_time() - t,
+                  before, served[1]))
+
+    cpu = [0.0]
+    ap = Applier(g, lambda: open_decisions(g), reload)
+    ready.put(g.gateway)
+    while True:
+        t = time.thread_time()
+        ap.step(g.store.poll_interval)
+        cpu[0] = time.thread_time() - t  # the fetch and copy of this step (the reload adds its own)
+        if ap.fetched >= 2 and holder[0] is not None and holder[0].register_version >= 2:
+            break
+    stop.set()
+    th.join()
     ap.stop()
-    return ap.fetched, len(index.filings), time.time() - since
 
 
 def apply(a: argparse.Namespace) -> None:
@@ -112,47 +149,54 @@ def apply(a: argparse.Namespace) -> None:
             e1, e2 = tmp / "day1.csv", tmp / "day2.csv"
             t = time.perf_counter()
             write_csv(str(e1), gen)
-            print(f"generated {a.filings} filings ({e1.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.1f} s",
-                  file=sys.stderr)
+            first = load_file(e1).filings
+            rng = random.Random(2)
+            second = _changed(first, 0.005, rng, 2)
+            with e2.open("w", encoding="utf-8") as f:  # the next day's export, 0.5% changed
+                f.write("备案号,主办单位,服务类型,网站名称,域名,IP,接入商,状态,审核时间\n")
+                for x in second:
+                    f.write(f"{x.number},{x.sponsor},{x.service_type.value},{x.service_name},{'、'.join(x.domains)},"
+                            f"{'、'.join(x.ips)},{x.access_provider},{x.status.value},{x.reviewed}\n")
+            # a name version 1 lists and version 2 does not, and one the other way round
+            now = {d for x in second for d in x.domains}
+            was = {d for x in first for d in x.domains}
+            names = (next(d for x in first for d in x.domains if d not in now),
+                     next(d for x in second for d in x.domains if d not in was))
+            del first, second, now, was
+            print(f"generated {a.filings} filings ({e1.stat().st_size / 1e6:.0f} MB) and the next day's in "
+                  f"{time.perf_counter() - t:.1f} s", file=sys.stderr)
             ops = _config(tmp / "ops", store_url)
-            gws = [_config(tmp / f"gw{i}", store_url) for i in range(3)]
-            print(f"store: {'PostgreSQL ' + url.rsplit('@', 1)[-1] if url else 'SQLite ' + store_url}")
+            gws = [_config(tmp / f"gw{i}", store_url, f"gw{i}") for i in range(3)]
+            store = open_decisions(ops)  # the schema, before the gateways follow it
+            store.close()
+            print(f"store: {'PostgreSQL ' + url.rsplit('@', 1)[-1] if url else 'SQLite ' + store_url}; "
+                  f"{os.cpu_count()} cores for the importer and the three gateways; load {os.getloadavg()[0]:.2f}")
+            ctx = multiprocessing.get_context("fork")
+            news, ready = ctx.Queue(), ctx.Queue()
+            procs = [ctx.Process(target=_gateway, args=(g, names, news, ready)) for g in gws]
+            for p in procs:
+                p.start()
+            for _ in procs:
+                ready.get(timeout=120)
             for n, export in ((1, e1), (2, e2)):
-                if n == 2:
-                    rng = random.Random(2)
-                    first = load_file(e1).filings
-                    with e2.open("w", encoding="utf-8") as f:  # the next day's export, 0.5% changed
-                        f.write("备案号,主办单位,服务类型,网站名称,域名,IP,接入商,状态,审核时间\n")
-                        for x in _changed(first, 0.005, rng, 2):
-                            f.write(f"{x.number},{x.sponsor},{x.service_type.value},{x.service_name},{'、'.join(x.domains)},"
-                                    f"{'、'.join(x.ips)},{x.access_provider},{x.status.value},{x.reviewed}\n")
                 store = open_decisions(ops)
-                t0 = time.perf_counter()
+                t0 = time.time()
                 done, _ = import_files(ops, store, [str(export)], actor="bench")
-                t1 = time.perf_counter()
+                t1 = time.time()
                 store.close()
                 v = done[0].version
                 print(f"version {v.version}: import (parse, validate, guard, publish) {t1 - t0:.1f} s, {v.rows} rows, "
                       f"{v.summary.get('added')} added, {v.summary.get('removed')} removed, {v.summary.get('changed')} changed")
-                served = [0]
-                stop = threading.Event()
-                if n == 2:  # the old version keeps judging while the new one is applied
-                    old = read_copy(gws[0].daemon.state_dir).index()
-                    probe = old.filings[len(old.filings) // 2].domains[0]
-
-                    th = threading.Thread(target=_judge, args=(old, probe, stop, served))
-                    th.start()
-                # each gateway a process of its own, all at once (as three machines would)
-                with multiprocessing.get_context("fork").Pool(3) as pool:
-                    got = pool.map(_apply_one, [(g, time.time()) for g in gws])
-                print(f"  import + applied on all three: {t1 - t0 + max(x[2] for x in got):.1f} s (bar ≤ 60 s)")
-                for i, (version, n_filings, took) in enumerate(got):
-                    print(f"  gw{i}: applied version {version} ({n_filings} filings) {took:.1f} s "
-                          "after the import returned")
-                if n == 2:
-                    stop.set()
-                    th.join()
-                    print(f"  verdicts served from version 1 while version 2 was applied: {served[0]} (none failed)")
+                got = [news.get(timeout=600) for _ in gws]
+                assert all(x[1] == v.version for x in got), got
+                print(f"  import + applied on all three: {max(x[3] for x in got) - t0:.1f} s (bar ≤ 60 s)")
+                for gw, version, n_filings, when, cpu, before, mixed in sorted(got):
+                    print(f"  {gw}: version {version} ({n_filings} filings) in service {when - t1:.1f} s after the import "
+                          f"returned; its fetch and build {cpu:.1f} s of CPU" +
+                          (f"; {before} verdicts from version 1 until then, {mixed} mixing versions" if n == 2 else ""))
+                    assert not mixed
+            for p in procs:
+                p.join(timeout=60)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -31,6 +31,7 @@ from beiand.policy.inventory import Inventory, InventoryError, load_inventory
 from beiand.policy.nat import NatError, NatTable, load_nat
 from beiand.policy.register import INVENTORY, NAT, inventory_of, nat_of, publish_inventory, publish_nat
 from beiand.records import ImportRefused, load_files
+from beiand.records.importer import gc_paused
 from beiand.records.index import RecordIndex
 from beiand.records.versions import KIND as RECORDS
 from beiand.records.versions import filings_of, lookup_keys, publish_filings
@@ -145,7 +146,11 @@ _COPY_LOCK = threading.Lock()  # the follower's writes against a load's taking o
 def read_copy(state_dir: Path, where: Path | None = None) -> Applied:
     """This gateway's copy (StoreError: none, or damaged): the one fetched, or the one under
     ``where`` (the candidate, the applied copy)."""
-    base = where if where is not None else Path(state_dir) / DIR
+    with gc_paused():  # a million rows: no cycle among them
+        return _read_copy(state_dir, where if where is not None else Path(state_dir) / DIR)
+
+
+def _read_copy(state_dir: Path, base: Path) -> Applied:
     rows: dict[str, list[tuple[str, str]]] = {}
     versions: dict[str, reg.Version] = {}
     at = 0
@@ -216,7 +221,7 @@ def fetch_all(store: DecisionStore, version: int) -> Applied:
 def write_copy(state_dir: Path, store: DecisionStore, version: int, *, verify: bool = False) -> list[str]:
     """Fetch what changed since the copy and keep it; the kinds written. ``verify``: check each
     copy's content, not only its header (a copy found damaged is fetched again)."""
-    with _COPY_LOCK:
+    with _COPY_LOCK, gc_paused():  # a million rows read, changed and written: no cycle among them
         return _write_copy(state_dir, store, version, verify)
 
 
@@ -242,18 +247,19 @@ def _write_copy(state_dir: Path, store: DecisionStore, version: int, verify: boo
                 _, rows_held = reg.read_snapshot(p)
                 ended, begun = reg.changes_between(store, kind, held.version, v.version)
                 rows = reg.apply_changes(rows_held, ended, begun)
-                if reg.content_sha256(rows.items()) == v.sha256:
-                    reg.write_snapshot(p, v, rows.items())
-                    written.append(f"{kind} v{v.version} ({len(ended)} ended, {len(begun)} begun)")
-                    continue
-                log.error("register %s: the copy at v%d with the change to v%d is not v%d's content: fetched whole",
-                          kind, held.version, v.version, v.version)
             except StoreError as exc:
                 log.error("%s (fetched whole)", exc)
-        got, whole = reg.fetch(store, kind, v.version)
-        assert got is not None
-        reg.write_snapshot(p, got, whole)
-        written.append(f"{kind} v{got.version}")
+            else:
+                try:  # kept only when it hashes to the version's content
+                    reg.write_snapshot(p, v, rows.items(), check=True)
+                    written.append(f"{kind} v{v.version} ({len(ended)} ended, {len(begun)} begun)")
+                    continue
+                except StoreError:
+                    log.error("register %s: the copy at v%d with the change to v%d is not v%d's content: fetched whole",
+                              kind, held.version, v.version, v.version)
+        # the whole version, checked against its SHA-256 as it is written (a damaged store is never kept)
+        reg.write_snapshot(p, v, reg.rows_at(store, kind, v.version), check=True)
+        written.append(f"{kind} v{v.version}")
     mark = Path(state_dir) / DIR / "version"
     mark.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
     tmp = mark.with_name("version.tmp")

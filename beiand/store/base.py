@@ -268,14 +268,22 @@ class DecisionStore(ABC):
         cur.executemany(self._q("INSERT INTO beiand_decisions (version, kind, key, op, data, at, actor, why, gateway) "
                                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"), rows)
 
-    def _register_insert(self, cur: Any, table: str, cols: Sequence[str], rows: list[tuple[Any, ...]], conflict: str) -> None:
-        """Many rows into a register table (``conflict``: the key whose duplicates are skipped)."""
-        if not rows:
-            return
-        sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-        if conflict:
-            sql += f" ON CONFLICT ({conflict}) DO NOTHING"
-        cur.executemany(self._q(sql), rows)
+    def _register_insert(self, cur: Any, table: str, cols: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+        """Many new rows into a register table."""
+        if rows:
+            cur.executemany(self._q(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"), rows)
+
+    def _register_content(self, cur: Any, rows: list[tuple[str, str]]) -> set[str]:
+        """Store the (hash, data) rows whose hash is not stored yet; the hashes stored now (a content
+        seen in an earlier version is kept once, with the lookup keys it had then)."""
+        have: set[str] = set()
+        for i in range(0, len(rows), 500):
+            part = [h for h, _ in rows[i:i + 500]]
+            cur.execute(self._q(f"SELECT hash FROM beiand_register_content WHERE hash IN ({', '.join('?' * len(part))})"), part)
+            have.update(h for (h,) in cur.fetchall())
+        new = [r for r in rows if r[0] not in have]
+        self._register_insert(cur, "beiand_register_content", ("hash", "data"), new)
+        return {h for h, _ in new}
 
     def _imported(self, cur: Any, source: str, sha256: str) -> bool:
         """This content was imported (by any gateway, from any path: the same file copied to two

@@ -85,21 +85,28 @@ class PostgresStore(DecisionStore):
 
     COPY_MIN = 1000  # rows from which COPY beats a pipelined INSERT (a 1M-filing export: seconds, not minutes)
 
-    def _register_insert(self, cur: Any, table: str, cols: Sequence[str], rows: list[tuple[Any, ...]], conflict: str) -> None:
+    def _register_insert(self, cur: Any, table: str, cols: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
         if len(rows) < self.COPY_MIN:
-            super()._register_insert(cur, table, cols, rows, conflict)
+            super()._register_insert(cur, table, cols, rows)
             return
-        names = ", ".join(cols)
-        target = table
-        if conflict:  # COPY knows no ON CONFLICT: through a temporary table dropped at commit
-            target = f"{table}_in"
-            cur.execute(f"CREATE TEMPORARY TABLE {target} (LIKE {table}) ON COMMIT DROP")
-        with cur.copy(f"COPY {target} ({names}) FROM STDIN") as cp:
+        with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as cp:
             for r in rows:
                 cp.write_row(r)
-        if conflict:
-            cur.execute(f"INSERT INTO {table} ({names}) SELECT DISTINCT {names} FROM {target} ON CONFLICT ({conflict}) DO NOTHING")
-            cur.execute(f"DROP TABLE {target}")
+
+    def _register_content(self, cur: Any, rows: list[tuple[str, str]]) -> set[str]:
+        if len(rows) < self.COPY_MIN:
+            return super()._register_content(cur, rows)
+        # COPY knows no ON CONFLICT: through a temporary table dropped at commit, one statement
+        # keeping the new contents and naming them
+        cur.execute("CREATE TEMPORARY TABLE beiand_register_content_in (LIKE beiand_register_content) ON COMMIT DROP")
+        with cur.copy("COPY beiand_register_content_in (hash, data) FROM STDIN") as cp:
+            for r in rows:
+                cp.write_row(r)
+        cur.execute("INSERT INTO beiand_register_content (hash, data) SELECT hash, data FROM beiand_register_content_in "
+                    "ON CONFLICT (hash) DO NOTHING RETURNING hash")
+        new = {h for (h,) in cur.fetchall()}
+        cur.execute("DROP TABLE beiand_register_content_in")
+        return new
 
     def _notify(self, cur: Any, version: int) -> None:
         cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(version)))

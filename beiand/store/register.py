@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -91,15 +91,21 @@ def row_hash(data: str) -> str:
     return hashlib.sha256(data.encode()).hexdigest()[:HASH_CHARS]
 
 
+_CHUNK = 20_000  # lines joined at a time: one encode and one hash update each, not four calls a row
+
+
+def _lines(ordered: Sequence[tuple[str, str]]) -> Iterator[bytes]:
+    """``key<TAB>data<LF>`` lines of rows already sorted by key, as a few large chunks."""
+    for i in range(0, len(ordered), _CHUNK):
+        yield "".join([f"{k}\t{d}\n" for k, d in ordered[i:i + _CHUNK]]).encode()
+
+
 def content_sha256(rows: Iterable[tuple[str, str]]) -> str:
     """The SHA-256 of a snapshot: its (key, data) lines sorted by key (what a gateway writes and
     checks after fetching; the same whatever order the rows came in)."""
     h = hashlib.sha256()
-    for key, data in sorted(rows):
-        h.update(key.encode())
-        h.update(b"\t")
-        h.update(data.encode())
-        h.update(b"\n")
+    for chunk in _lines(sorted(rows)):
+        h.update(chunk)
     return h.hexdigest()
 
 
@@ -150,7 +156,10 @@ def publish(store: DecisionStore, kind: str, rows: Sequence[RegisterRow], *, at:
             raise StoreError(f"register {kind}: key {r.key!r} twice in one snapshot")
         by_key[r.key] = r
     hashes = {k: row_hash(r.data) for k, r in by_key.items()}
-    sha = content_sha256((k, r.data) for k, r in by_key.items())
+    h = hashlib.sha256()  # content_sha256, sorting the keys alone (unique: the same order)
+    for chunk in _lines([(k, by_key[k].data) for k in sorted(by_key)]):
+        h.update(chunk)
+    sha = h.hexdigest()
     try:
         with store.transaction() as tx:
             q = store._q
@@ -176,14 +185,13 @@ def publish(store: DecisionStore, kind: str, rows: Sequence[RegisterRow], *, at:
                 cur.executemany(q("UPDATE beiand_register_rows SET valid_to = ? WHERE kind = ? AND key = ? AND valid_to IS NULL"),
                                 [(version, kind, k) for k in ended])
             opened = added + changed_keys
-            new_content = {hashes[k]: by_key[k] for k in opened}
-            store._register_insert(cur, "beiand_register_content", ("hash", "data"),
-                                   [(h, r.data) for h, r in new_content.items()], conflict="hash")
+            content = {hashes[k]: by_key[k] for k in opened}
+            # a content stored before (a row back to what it was) is kept once, its lookup keys with it
+            stored = store._register_content(cur, [(h, r.data) for h, r in content.items()])
             store._register_insert(cur, "beiand_register_names", ("name", "hash"),
-                                   [(n, h) for h, r in new_content.items() for n in dict.fromkeys(r.names)],
-                                   conflict="name, hash")
+                                   [(n, h) for h, r in content.items() if h in stored for n in dict.fromkeys(r.names)])
             store._register_insert(cur, "beiand_register_rows", ("kind", "key", "hash", "valid_from"),
-                                   [(kind, k, hashes[k], version) for k in opened], conflict="")
+                                   [(kind, k, hashes[k], version) for k in opened])
             # the version's time: under the write lock, after its rows are written (a long import is
             # not "in force" from when it began), never before the version it follows (`--at`
             # resolves by it: :func:`version_at`)
@@ -377,18 +385,25 @@ def size(store: DecisionStore) -> dict[str, int]:
 # -- a gateway's copy --------------------------------------------------------------------------
 
 
-def write_snapshot(path: Path, v: Version, rows: Iterable[tuple[str, str]]) -> None:
+def write_snapshot(path: Path, v: Version, rows: Iterable[tuple[str, str]], *, check: bool = False) -> None:
     """Keep a fetched version on this gateway (what it judges with while the store is unreachable,
     and what it starts from): a header line (the version), then ``key<TAB>data`` lines sorted by
-    key; written beside and renamed, fsynced."""
+    key; written beside and renamed, fsynced. ``check``: the lines must hash to the version's
+    SHA-256 (StoreError, nothing replaced: a damaged fetch or a wrong change is never kept)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    h = hashlib.sha256()
     with os.fdopen(fd, "wb") as f:
         f.write(orjson.dumps(v._asdict()) + b"\n")
-        for key, data in sorted(rows):
-            f.write(f"{key}\t{data}\n".encode())
+        for chunk in _lines(sorted(rows)):
+            h.update(chunk)
+            f.write(chunk)
         f.flush()
+        if check and h.hexdigest() != v.sha256:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"register {v.kind} version {v.version}: content SHA-256 {h.hexdigest()[:16]}… is not the "
+                             f"published {v.sha256[:16]}…: not kept")
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
@@ -419,13 +434,21 @@ def read_snapshot(path: Path) -> tuple[Version, list[tuple[str, str]]]:
         raise StoreError(f"register snapshot {path}:1: not a version header ({exc})") from None
     if hashlib.sha256(body).hexdigest() != v.sha256:
         raise StoreError(f"register snapshot {path}: content does not match its SHA-256 (damaged): not used")
-    rows = []
     # b"\n" only: str.splitlines() also splits on U+2028, U+2029, U+0085 (and \r, \x1c…), which
     # orjson writes unescaped inside a row's JSON (a sponsor's name may hold one)
-    for n, line in enumerate(body.split(b"\n")[:-1] if body else [], start=2):
-        try:
-            key, _, data = line.decode().partition("\t")
-        except UnicodeDecodeError as exc:
-            raise StoreError(f"register snapshot {path}:{n}: not UTF-8 ({exc.reason}): not used") from None
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        for n, line in enumerate(body.split(b"\n"), start=2):
+            try:
+                line.decode()
+            except UnicodeDecodeError as exc:
+                raise StoreError(f"register snapshot {path}:{n}: not UTF-8 ({exc.reason}): not used") from None
+        raise
+    if not text:
+        return v, []
+    rows = []
+    for line in text[:-1].split("\n") if text.endswith("\n") else text.split("\n"):
+        key, _, data = line.partition("\t")
         rows.append((key, data))
     return v, rows

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from beiand.model import FilingStatus
+from beiand.model import Filing, FilingStatus, ServiceType
 from beiand.records import load_files
 from beiand.records.formats.base import ImportRefused
 from beiand.records.generate import GenConfig, write_csv
@@ -30,6 +30,30 @@ def test_a_filing_round_trips_without_its_line(export: Path) -> None:
         assert filing_of(filing_row(f).data, f.source) == f
     moved = fs[0]._replace(source="other.csv:99")
     assert filing_row(moved) == filing_row(fs[0])  # the same filing on another line: the same row
+
+
+def test_a_row_is_the_same_text_and_keys_as_published_before() -> None:
+    """A register keeps rows by the hash of their text: the text of a filing must never change
+    between releases (a store written by one would see every filing "changed" by the next)."""
+    f = Filing("京ICP备12345678号-1", "某某科技有限公司", ServiceType.WEBSITE, ("a.example.cn", "b.example.cn"),
+               ("198.51.100.7", "198.51.100.0/28", "2001:db8::1-2001:db8::9"), "某接入商", FilingStatus.ACTIVE,
+               "2024-01-02", "站点\u2028名", "京", "x.csv:7")
+    row = filing_row(f)
+    assert row.data == ('["京ICP备12345678号-1","某某科技有限公司","website",["a.example.cn","b.example.cn"],'
+                        '["198.51.100.7","198.51.100.0/28","2001:db8::1-2001:db8::9"],"某接入商","active","2024-01-02",'
+                        '"站点\u2028名","京"]')
+    assert row.names == ("a.example.cn", "b.example.cn", "198.51.100.7", "~4", "~6")
+    assert filing_of(row.data, "x.csv:7") == f
+
+
+def test_many_rows_come_back_in_key_order(export: Path) -> None:
+    fs = load_files([export]).filings
+    rows = [(f.number, filing_row(f).data) for f in fs]
+    many = [(f"{i:07d}", d) for i, (_, d) in enumerate(rows * 120)]  # past one parse chunk (20,000 rows)
+    got = filings_of(reversed(many), "v")
+    assert len(got) == len(many) and [g.source for g in got[:1]] == ["v"]
+    assert [(f.number, f.service_type, f.status) for f in got] == [
+        (f.number, f.service_type, f.status) for f in (fs * 120)]
 
 
 def test_lookup_keys_cover_the_suffix_walk_and_ranges() -> None:
