@@ -156,8 +156,8 @@ def publish(store: DecisionStore, kind: str, rows: Sequence[RegisterRow], *, at:
             raise StoreError(f"register {kind}: key {r.key!r} twice in one snapshot")
         by_key[r.key] = r
     hashes = {k: row_hash(r.data) for k, r in by_key.items()}
-    h = hashlib.sha256()  # content_sha256, sorting the keys alone (unique: the same order)
-    for chunk in _lines([(k, by_key[k].data) for k in sorted(by_key)]):
+    h = hashlib.sha256()  # content_sha256 (the keys are unique: sorted by key alone)
+    for chunk in _lines([(k, r[1]) for k, r in sorted(by_key.items())]):
         h.update(chunk)
     sha = h.hexdigest()
     try:
@@ -169,9 +169,15 @@ def publish(store: DecisionStore, kind: str, rows: Sequence[RegisterRow], *, at:
                 raise Unchanged(f"register {kind}: the same content as version {head.version} in force: nothing published",
                                 head)
             old = _in_force(tx, kind)
-            added = [k for k in by_key if k not in old]
-            removed = [k for k in old if k not in by_key]
-            changed_keys = [k for k, h in hashes.items() if k in old and old[k] != h]
+            added: list[str] = []
+            changed_keys: list[str] = []
+            for k, h in hashes.items():
+                was = old.get(k)
+                if was is None:
+                    added.append(k)
+                elif was != h:
+                    changed_keys.append(k)
+            removed = [k for k in old if k not in hashes] if len(old) > len(hashes) - len(added) else []
             need = [old[k] for k in changed_keys] + [old[k] for k in removed]
             before = _data(tx, need) if need else {}
             delta = Delta(len(old), added, removed, [(k, before.get(old[k], ""), by_key[k].data) for k in changed_keys],
