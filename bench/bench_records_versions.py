@@ -33,8 +33,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from beiand.model import Filing, FilingStatus
 from beiand.records import load_file
