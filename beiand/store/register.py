@@ -171,11 +171,11 @@ def publish(store: DecisionStore, kind: str, rows: Sequence[RegisterRow], *, at:
             old = _in_force(tx, kind)
             added: list[str] = []
             changed_keys: list[str] = []
-            for k, h in hashes.items():
+            for k, now in hashes.items():
                 was = old.get(k)
                 if was is None:
                     added.append(k)
-                elif was != h:
+                elif was != now:
                     changed_keys.append(k)
             removed = [k for k in old if k not in hashes] if len(old) > len(hashes) - len(added) else []
             need = [old[k] for k in changed_keys] + [old[k] for k in removed]
@@ -445,9 +445,9 @@ def read_snapshot(path: Path) -> tuple[Version, list[tuple[str, str]]]:
     try:
         text = body.decode()
     except UnicodeDecodeError:
-        for n, line in enumerate(body.split(b"\n"), start=2):
+        for n, raw_line in enumerate(body.split(b"\n"), start=2):
             try:
-                line.decode()
+                raw_line.decode()
             except UnicodeDecodeError as exc:
                 raise StoreError(f"register snapshot {path}:{n}: not UTF-8 ({exc.reason}): not used") from None
         raise
