@@ -118,7 +118,7 @@ def publish_filings(store: DecisionStore, filings: Sequence[Filing], *, sources:
     None: not guarded). Raises ImportRefused (guard), ``store.register.Unchanged`` (the same
     content is in force) or StoreError."""
     shown = ", ".join(str(p) for p in sources)
-    with gc_paused():
-            return publish(store, KIND, [filing_row(f) for f in filings], at=at, actor=actor, why=why, source=shown,
+    with gc_paused():  # a million rows, hashes and keys: no cycle among them
+        return publish(store, KIND, [filing_row(f) for f in filings], at=at, actor=actor, why=why, source=shown,
                        source_sha256=file_sha256(sources) if sources else "",
                        check=lambda d: summarise(d, max_loss, shown))
