@@ -216,11 +216,13 @@ def build(timeline: Sequence[tuple[int, Inventory]], last: Reported | None, cale
     changes: list[BlockChange] = []
 
     def change(kind: str, prefix: str, unit: str, old: str, at: float) -> None:
-        day = dt.datetime.fromtimestamp(at, BEIJING).date()
-        if not calendar.covers(day) and calendar.years:
-            warnings.append(f"{prefix}: the holiday calendar ({calendar.source}) does not hold {day.year}: its deadline "
-                            "counts weekends only")
         deadline = calendar.deadline(at, DEADLINE_WORKING_DAYS)
+        # the working days counted run from the change to its deadline (30 December: into January)
+        days = (dt.datetime.fromtimestamp(at, BEIJING).date(), dt.datetime.fromtimestamp(deadline, BEIJING).date())
+        missing = sorted({d.year for d in days if not calendar.covers(d)})
+        if missing and calendar.years:
+            warnings.append(f"{prefix}: the holiday calendar ({calendar.source}) does not hold "
+                            f"{' or '.join(map(str, missing))}: its deadline counts weekends only there")
         start, end = _range(prefix)
         changes.append(BlockChange(kind, prefix, start, end, unit, old, at, deadline, now > deadline))
 

@@ -107,3 +107,15 @@ def test_a_reload_of_the_same_content_changes_nothing() -> None:
     r = ipreport.build(timeline, None, CAL, t(2026, 12, 10))
     assert r.loaded_at == t(2026, 12, 4, 18) and r.loads == 2
     assert {c.prefix: c.changed_at for c in r.changes}["203.0.113.0/28"] == t(2026, 12, 4, 18)
+
+
+def test_a_deadline_in_a_year_the_calendar_does_not_hold_is_warned() -> None:
+    """Review of issue 35: a change on 30 December is due in January; a calendar of this year only
+    cannot count next year's holidays (春节 adjustments), and the report must say so."""
+    timeline = [(int(t(2026, 11, 2) * 1000), inv(A)), (int(t(2026, 12, 30, 10) * 1000), inv(A, B))]
+    last = ipreport.Reported(t(2026, 11, 3), "ops", 1, {"198.51.100.0/24": ("cust-1 有限公司", "IDC托管")})
+    r = ipreport.build(timeline, last, CAL, t(2026, 12, 31))
+    assert r.changes[0].deadline > t(2027, 1, 1)
+    assert any("2027" in w and "203.0.113.0/28" in w for w in r.warnings), r.warnings
+    inside = [(int(t(2026, 11, 2) * 1000), inv(A)), (int(t(2026, 12, 1, 10) * 1000), inv(A, B))]
+    assert not ipreport.build(inside, last, CAL, t(2026, 12, 2)).warnings
