@@ -305,6 +305,12 @@ class Applier:
         """News of a version (this gateway imported its drop)."""
         self._wake.set()
 
+    def recheck(self) -> None:
+        """A load from the copy failed: check the copy whole at the next step, and fetch again
+        what is damaged (a copy whose header is intact says nothing changed otherwise)."""
+        self._verify = True
+        self._wake.set()
+
     def sync(self) -> bool:
         """Fetch a newer version into the copy; True when the copy changed."""
         if self.store is None:
@@ -314,7 +320,7 @@ class Applier:
         head = reg.head(self.store)
         self.m_head.set(head)
         changed = False
-        if head != self.fetched:
+        if head != self.fetched or self._verify:
             written = write_copy(self.state_dir, self.store, head, verify=self._verify)
             self._verify = False
             changed = bool(written) or self.fetched == 0

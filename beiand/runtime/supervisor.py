@@ -595,6 +595,8 @@ class Daemon:
                 self.metrics.reload_ok.set(0)
                 if isinstance(exc, RecordsRefused):
                     self._refused(exc, why)
+                elif self.register is not None:  # a copy damaged under an intact header: fetched again
+                    self.register.recheck()
                 # Do not retry the same broken files every few seconds: wait for the next change.
                 self.state.mtimes = {p: file_mtime(p) for p in self.state.mtimes}
                 return False

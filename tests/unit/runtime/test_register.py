@@ -232,3 +232,35 @@ def test_a_version_refused_by_the_running_gateway_is_refused_after_a_restart_too
     third = load_state(str(conf), again)
     assert third.register_version == 3 and third.register_refused is None
     assert load_state(str(conf)).register_version == 3
+
+
+def test_a_copy_damaged_under_its_header_is_fetched_again_when_a_load_fails(tmp_path: Path) -> None:
+    """Review of issue 35: a copy whose header still names the version in force but whose rows were
+    damaged on disk was not fetched again until the next version: every reload failed meanwhile.
+    A failed load asks the follower to check its copy whole (``recheck``): fetched again, reloaded."""
+    conf = _config(tmp_path)
+    cfg = load_config(conf)
+    write_csv(str(tmp_path / "a.csv"), GenConfig(filings=50))
+    store = open_decisions(cfg)
+    import_files(cfg, store, [str(tmp_path / "a.csv")])
+    store.close()
+    reloads: list[str] = []
+    ap = Applier(cfg, lambda: open_decisions(cfg), reloads.append)
+    ap.step(0.0)
+    assert reloads == ["register version 1"]
+    p = cfg.daemon.state_dir / "register" / "records.snapshot"
+    raw = bytearray(p.read_bytes())
+    raw[-10] ^= 0x01  # a bit flipped in the last row; the header is intact
+    p.write_bytes(bytes(raw))
+    with pytest.raises(StateError, match="damaged"):
+        load_state(str(conf))
+    ap.step(0.0)
+    assert reloads == ["register version 1"]  # the header says nothing changed
+    ap.recheck()
+    ap.step(0.0)
+    assert reloads == ["register version 1", "register version 1"]
+    assert load_state(str(conf)).register_version == 1
+    ap.recheck()
+    ap.step(0.0)
+    assert len(reloads) == 2  # a sound copy checked again: nothing fetched, no reload (no loop)
+    ap.stop()
