@@ -34,7 +34,7 @@ from beiand.records import ImportRefused, load_files
 from beiand.records.importer import gc_paused
 from beiand.records.index import RecordIndex
 from beiand.records.versions import KIND as RECORDS
-from beiand.records.versions import filings_of, lookup_keys, publish_filings
+from beiand.records.versions import file_sha256, filings_of, lookup_keys, publish_filings
 from beiand.runtime.settings import Config
 from beiand.store import DecisionStore, StoreError
 from beiand.store import register as reg
@@ -57,10 +57,17 @@ class Imported:
 
 
 def import_files(cfg: Config, store: DecisionStore, records: Sequence[str] = (), inventory: str = "", nat: str = "", *,
-                 actor: str = "", why: str = "", strict: bool | None = None) -> tuple[list[Imported], list[str]]:
+                 actor: str = "", why: str = "", strict: bool | None = None,
+                 republish: bool = True) -> tuple[list[Imported], list[str]]:
     """Validate and publish; (what was published or found in force, the skipped rows named). Every
     file is read and checked before anything is published; the records are guarded against the
-    version in force (``records.max_loss``). Raises ImportProblem or StoreError."""
+    version in force (``records.max_loss``). ``republish=False``: a file whose content the register
+    published before (by SHA-256, from any gateway) is not published again, even when a later
+    version replaced it (a drop found at start must not undo the fleet's newer version). Raises
+    ImportProblem or StoreError."""
+    done: list[Imported] = []
+    if not republish:
+        records, inventory, nat = _unpublished(store, done, records, inventory, nat)
     skipped: list[str] = []
     filings = None
     if records:
@@ -86,7 +93,6 @@ def import_files(cfg: Config, store: DecisionStore, records: Sequence[str] = (),
             feed = load_nat(nat)
         except NatError as exc:
             raise ImportProblem("NAT feed refused: " + "; ".join(exc.problems[:20])) from None
-    done: list[Imported] = []
     steps: list[tuple[str, Callable[[], reg.Version]]] = []
     if filings is not None:
         steps.append((RECORDS, lambda: publish_filings(store, filings, sources=records, max_loss=cfg.records.max_loss,
@@ -103,6 +109,27 @@ def import_files(cfg: Config, store: DecisionStore, records: Sequence[str] = (),
         except ImportRefused as exc:
             raise ImportProblem(f"records refused: {exc} (records.max_loss = {cfg.records.max_loss:g})") from None
     return done, skipped
+
+
+def _unpublished(store: DecisionStore, done: list[Imported], records: Sequence[str], inventory: str,
+                 nat: str) -> tuple[Sequence[str], str, str]:
+    """The files among these whose content no version of their kind was published from; for each
+    other, the version it was published as goes to ``done`` (not new)."""
+    out: list[Any] = []
+    for kind, files in ((RECORDS, list(records)), (INVENTORY, [inventory] if inventory else []), (NAT, [nat] if nat else [])):
+        if files:
+            try:
+                sha = file_sha256(files)
+            except OSError:  # read (and named) by the import
+                sha = ""
+            was = next((v for v in reg.versions(store, kind) if sha and v.source_sha256 == sha), None)
+            if was is not None:
+                log.warning("register: %s: the register published this content as %s version %d already "
+                            "(since replaced or in force): not published again", ", ".join(files), kind, was.version)
+                done.append(Imported(kind, was, False))
+                files = []
+        out.append(files)
+    return out[0], out[1][0] if out[1] else "", out[2][0] if out[2] else ""
 
 
 # -- a gateway's copy --------------------------------------------------------------------------

@@ -197,7 +197,8 @@ class Daemon:
             try:
                 done, skipped = import_files(cfg, store, [str(p) for p in cfg.records.files],
                                              str(cfg.inventory.file or ""), str(cfg.inventory.nat_file or ""),
-                                             actor=f"beiand run ({cfg.gateway})", why="drop directory")
+                                             actor=f"beiand run ({cfg.gateway})", why="drop directory",
+                                             republish=not at_start)
             finally:
                 store.close()
         except StoreError as exc:

@@ -220,3 +220,44 @@ def test_a_drop_not_imported_because_the_store_failed_is_tried_again(tmp_path, m
     assert d.refused is not None and d.refused_count == 1
     d._import_drop(cfg)
     assert d.refused_count == 1
+
+
+def test_a_stale_drop_at_start_does_not_undo_a_newer_version(tmp_path):
+    """Review of issue 35: a store-mode gateway starting without its mark (a new state directory)
+    whose drop still holds an export the register already published, and replaced since, published
+    it again: the whole fleet went back to the old records. At start, an export the register has
+    published before is not published again; a change of the drop while running still is (an
+    operator's deliberate revert)."""
+    import os
+
+    from beiand.records.generate import GenConfig, write_csv
+    from beiand.runtime import supervisor as sup
+    from beiand.runtime.decisions import open_decisions
+    from beiand.runtime.metrics import Metrics
+    from beiand.runtime.register import import_files
+    from beiand.runtime.settings import load_config
+    from beiand.store import register as reg
+
+    old, new = tmp_path / "old.csv", tmp_path / "new.csv"
+    write_csv(str(old), GenConfig(filings=40))
+    write_csv(str(new), GenConfig(filings=44))
+    conf = tmp_path / "beiand.toml"
+    conf.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\ngateway = "gw-t"\n'
+                    f'[records]\nsource = "store"\nfiles = ["{old}"]\n'
+                    f'[accesslog]\ndirectory = "{tmp_path / "log"}"\n')
+    cfg = load_config(conf)
+    store = open_decisions(cfg)
+    import_files(cfg, store, [str(old)])  # version 1: this export, once
+    import_files(cfg, store, [str(new)])  # version 2: the next one, from another gateway
+    store.close()
+    d = sup.Daemon.__new__(sup.Daemon)
+    d.metrics, d.refused, d.refused_count, d.register, d._drop = Metrics([], "test"), None, 0, None, {}
+    d._import_drop(cfg, at_start=True)
+    store = open_decisions(cfg)
+    assert reg.head(store) == 2 and reg.in_force(store, "records", 2).rows == 44  # not undone
+    store.close()
+    os.utime(old, (os.path.getmtime(old) + 5, os.path.getmtime(old) + 5))  # touched while running: imported
+    d._import_drop(cfg)
+    store = open_decisions(cfg)
+    assert reg.head(store) == 3 and reg.in_force(store, "records", 3).rows == 40
+    store.close()
