@@ -5,12 +5,16 @@ exports kept as history, its size against one export, and ``records lookup --at`
     python bench/bench_records_versions.py history [--filings 1000000] [--days 184] [--change 0.005] [--lookups 20]
 
 ``apply``: a generated export is imported (validated, guarded, published) as version 1, then a
-second export (0.5% changed) as version 2; three gateways (an ``Applier`` and the state built from
-its copy, each with its own state directory, in this process) fetch each by content and build the
-index their workers judge with. While a gateway applies version 2, a thread keeps judging with the
-index in service: every verdict comes from a whole version (the old one until the swap). Printed:
-import time, time to applied per gateway, lookups served during the apply. ``--postgres`` runs a
-PostgreSQL 15 of its own (Debian's binaries, as the tests do; run as root); else the store is SQLite.
+second export (0.5% changed) as version 2, by an importer in this process. Three gateways, each a
+process of its own started before the first import with its own state directory, follow the
+register as a running gateway does (NOTIFY on PostgreSQL, the poll besides): each fetches the
+version by content into its copy and builds the state its workers judge with to the side, then
+swaps it in. A paced thread in each keeps judging from the state in service: verdicts come from
+the old version until the swap. Printed: import time, the time from the import's start until the
+last gateway judges with the new version (the bar), each gateway's time after the import returned
+and its CPU for the fetch and build, and the verdicts served during the step that fetched version 2
+with the longest gap between two. ``--postgres`` runs a PostgreSQL 15 of its own (Debian's binaries,
+as the tests do; run as root); else the store is SQLite.
 
 ``history``: ``--days`` daily exports, each changing ``--change`` of the filings (status flips,
 renamed domains, changed addresses, removed filings replaced by new ones), published day after
@@ -92,49 +96,50 @@ def _gateway(g: Config, names: tuple[str, str], news: Any, ready: Any) -> None:
     the side into the state its workers judge with, as the supervisor's reload does
     (``wiring._state_from_register``), then swapped in. Meanwhile a thread judges, paced (the
     workers are processes of their own on a gateway; here they would take the cores the three
-    gateways share): a name of version 1 only and a name of version 2 only, from the state in
-    service; both answers must come from one whole version. Each swap is sent to ``news``:
-    (gateway, version, filings, wall time, this gateway's CPU seconds for the fetch and build,
-    verdicts served before the swap, verdicts seen mixing versions)."""
+    gateways share), a name of version 1 only and a name of version 2 only, from the state in
+    service. Each swap is sent to ``news``: (gateway, version, filings, wall time, the CPU seconds
+    of the step that fetched and built it, the verdicts served during that step and the longest
+    gap between two of them, the verdicts that did not answer as the version in service should)."""
     from beiand.runtime.wiring import _state_from_register
 
-    served = [0, 0]
     holder: list[Any] = [None]
+    served = [0]
+    wrong = [0]
+    gap = [0.0]
     stop = threading.Event()
 
     def judge() -> None:
         old, new = names
+        last = time.perf_counter()
         while not stop.is_set():
             st = holder[0]
-            if st is None:
-                time.sleep(0.005)
-                continue
-            for _ in range(500):
-                a, b = st.index.covering(old) is not None, st.index.covering(new) is not None
-                served[0] += 1
-                served[1] += a == b  # one of the two, never both or neither: one whole version
+            if st is not None:
+                v2 = st.register_version >= 2
+                for _ in range(500):
+                    a, b = st.index.covering(old) is not None, st.index.covering(new) is not None
+                    served[0] += 1
+                    wrong[0] += (a, b) != (not v2, v2)  # each answer as the version in service says
             time.sleep(0.01)
+            now = time.perf_counter()
+            gap[0] = max(gap[0], now - last)
+            last = now
 
     th = threading.Thread(target=judge, daemon=True)
     th.start()
+    step = [0.0, 0]  # the CPU clock and the verdicts served when the current step began
 
     def reload(why: str) -> None:
-        t = time.thread_time()
         st = _state_from_register(str(g.daemon.state_dir / "beiand.toml"), g, holder[0])
-        before = served[0]
+        during, longest = served[0] - step[1], gap[0]
         holder[0] = st
-        news.put((g.gateway, st.register_version, len(st.index.filings), time.time(), cpu[0] + time.thread_time() - t,
-                  before, served[1]))
+        news.put((g.gateway, st.register_version, len(st.index.filings), time.time(), time.thread_time() - step[0],
+                  during, longest, wrong[0]))
 
-    cpu = [0.0]
     ap = Applier(g, lambda: open_decisions(g), reload)
     ready.put(g.gateway)
-    while True:
-        t = time.thread_time()
+    while not (holder[0] is not None and holder[0].register_version >= 2):
+        step[0], step[1], gap[0] = time.thread_time(), served[0], 0.0
         ap.step(g.store.poll_interval)
-        cpu[0] = time.thread_time() - t  # the fetch and copy of this step (the reload adds its own)
-        if ap.fetched >= 2 and holder[0] is not None and holder[0].register_version >= 2:
-            break
     stop.set()
     th.join()
     ap.stop()
@@ -190,11 +195,12 @@ def apply(a: argparse.Namespace) -> None:
                 got = [news.get(timeout=600) for _ in gws]
                 assert all(x[1] == v.version for x in got), got
                 print(f"  import + applied on all three: {max(x[3] for x in got) - t0:.1f} s (bar ≤ 60 s)")
-                for gw, version, n_filings, when, cpu, before, mixed in sorted(got):
+                for gw, version, n_filings, when, cpu, during, longest, wrong in sorted(got):
                     print(f"  {gw}: version {version} ({n_filings} filings) in service {when - t1:.1f} s after the import "
                           f"returned; its fetch and build {cpu:.1f} s of CPU" +
-                          (f"; {before} verdicts from version 1 until then, {mixed} mixing versions" if n == 2 else ""))
-                    assert not mixed
+                          (f"; meanwhile {during} verdicts from version 1, at most {longest * 1000:.0f} ms between two, "
+                           f"{wrong} not as the version in service says" if n == 2 else ""))
+                    assert not wrong
             for p in procs:
                 p.join(timeout=60)
     finally:

@@ -59,8 +59,11 @@ def _filings_of(ordered: list[tuple[str, str]], source: str) -> list[Filing]:
     new = tuple.__new__
     stypes, statuses = _STYPES, _STATUSES
     for i in range(0, len(ordered), 20_000):  # one JSON parse per 20,000 rows, not one a row
-        for n, sponsor, stype, domains, ips, provider, status, reviewed, sname, province in orjson.loads(
-                "[" + ",".join([d for _, d in ordered[i:i + 20_000]]) + "]"):
+        part = ordered[i:i + 20_000]
+        parsed = orjson.loads("[" + ",".join([d for _, d in part]) + "]")
+        if len(parsed) != len(part):  # a row holding "[…],[…]" is one row, never two filings
+            raise ValueError(f"rows {part[0][0]}…{part[-1][0]}: {len(parsed)} filings in {len(part)} rows")
+        for n, sponsor, stype, domains, ips, provider, status, reviewed, sname, province in parsed:
             out.append(new(Filing, (n, sponsor, stypes[stype], tuple(domains), tuple(ips), provider, statuses[status],
                                     reviewed, sname, province, source)))
     return out

@@ -347,10 +347,17 @@ class Applier:
         head = reg.head(self.store)
         self.m_head.set(head)
         changed = False
-        if head != self.fetched or self._verify:
-            written = write_copy(self.state_dir, self.store, head, verify=self._verify)
-            self._verify = False
-            changed = bool(written) or self.fetched == 0
+        # taken before the fetch: a recheck asked meanwhile (another thread) is kept for the next step
+        verify, self._verify = self._verify, False
+        if head != self.fetched or verify:
+            try:
+                written = write_copy(self.state_dir, self.store, head, verify=verify)
+            except BaseException:
+                self._verify = self._verify or verify
+                raise
+            # the first version fetched is loaded even when the copy held it already; after that,
+            # only a copy that changed (a recheck of a sound copy, or of nothing, asks for no reload)
+            changed = bool(written) or (self.fetched == 0 and head != 0)
             if written:
                 log.info("register: version %d fetched (%s)", head, ", ".join(written))
             self.fetched = head

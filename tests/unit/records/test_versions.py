@@ -82,3 +82,13 @@ def test_publish_summarises_and_guards(tmp_path: Path, export: Path) -> None:
     name = fs[1].domains[0]
     assert [k for k, _ in reg.rows_named(s, "records", lookup_keys(name), 1)] == [fs[1].number]
     assert fs[1].number not in [k for k, _ in reg.rows_named(s, "records", lookup_keys(name), 2)]
+
+
+def test_a_row_holding_two_filings_is_refused(export: Path) -> None:
+    """Rows are parsed many at a time: a row whose data is two arrays must not become two filings."""
+    f = load_files([export]).filings[0]
+    data = filing_row(f).data
+    with pytest.raises(ValueError, match="2 filings in 1 rows"):
+        filings_of([(f.number, f"{data},{data}")])
+    with pytest.raises(ValueError):
+        filings_of([(f.number, "{not json")])

@@ -264,3 +264,47 @@ def test_a_copy_damaged_under_its_header_is_fetched_again_when_a_load_fails(tmp_
     ap.step(0.0)
     assert len(reloads) == 2  # a sound copy checked again: nothing fetched, no reload (no loop)
     ap.stop()
+
+
+def test_a_recheck_with_nothing_published_asks_for_no_reload(tmp_path: Path) -> None:
+    """Review of issue 35: with the follower at version 0 (a store with nothing published), every
+    recheck asked for a reload; a reload failing for another reason (a bad config) rechecked again:
+    recheck, reload, fail, without end. Only a copy that changed asks for a reload."""
+    conf = _config(tmp_path)
+    cfg = load_config(conf)
+    reloads: list[str] = []
+    ap = Applier(cfg, lambda: open_decisions(cfg), reloads.append)
+    ap.step(0.0)
+    for _ in range(3):
+        ap.recheck()
+        ap.step(0.0)
+    assert reloads == [] and ap.fetched == 0
+    ap.stop()
+
+
+def test_a_recheck_asked_during_a_fetch_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of issue 35: a recheck arriving while the follower was inside a fetch was cleared
+    when the fetch ended (the damaged copy then stayed until the next version)."""
+    from beiand.runtime import register as rt
+
+    conf = _config(tmp_path)
+    cfg = load_config(conf)
+    write_csv(str(tmp_path / "a.csv"), GenConfig(filings=20))
+    store = open_decisions(cfg)
+    import_files(cfg, store, [str(tmp_path / "a.csv")])
+    store.close()
+    ap = Applier(cfg, lambda: open_decisions(cfg), lambda why: None)
+    real = rt.write_copy
+    seen: list[bool] = []
+
+    def during(*a: object, **k: bool) -> list[str]:
+        seen.append(bool(k.get("verify")))
+        if len(seen) == 1:
+            ap.recheck()  # the supervisor's, from another thread, while this fetch runs
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rt, "write_copy", during)
+    ap.step(0.0)
+    ap.step(0.0)
+    assert seen == [False, True]
+    ap.stop()
