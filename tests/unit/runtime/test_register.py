@@ -26,6 +26,17 @@ def _config(tmp_path: Path, source: str = "store") -> Path:
     return p
 
 
+def _published(tmp_path: Path, filings: int) -> tuple[Path, Config]:
+    """A store-mode gateway's config file and config, with one export of ``filings`` published."""
+    conf = _config(tmp_path)
+    cfg = load_config(conf)
+    write_csv(str(tmp_path / "a.csv"), GenConfig(filings=filings))
+    store = open_decisions(cfg)
+    import_files(cfg, store, [str(tmp_path / "a.csv")])
+    store.close()
+    return conf, cfg
+
+
 def test_import_then_a_gateway_applies_the_version_and_fails_static(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO", "beiand.register")
     conf = _config(tmp_path)
@@ -145,12 +156,7 @@ def test_a_name_with_a_line_separator_reaches_the_gateway(tmp_path: Path, sep: s
 def test_a_copy_that_does_not_decode_fails_static_named(tmp_path: Path) -> None:
     """A copy whose SHA-256 matches but whose rows do not decode (a writer's bug): start fails with
     a StateError naming it, a reload keeps the state in service."""
-    conf = _config(tmp_path)
-    cfg = load_config(conf)
-    write_csv(str(tmp_path / "a.csv"), GenConfig(filings=50))
-    store = open_decisions(cfg)
-    import_files(cfg, store, [str(tmp_path / "a.csv")])
-    store.close()
+    conf, cfg = _published(tmp_path, 50)
     Applier(cfg, lambda: open_decisions(cfg), lambda why: None).step(0.0)
     first = load_state(str(conf))
     p = cfg.daemon.state_dir / "register" / "records.snapshot"
@@ -238,12 +244,7 @@ def test_a_copy_damaged_under_its_header_is_fetched_again_when_a_load_fails(tmp_
     """Review of issue 35: a copy whose header still names the version in force but whose rows were
     damaged on disk was not fetched again until the next version: every reload failed meanwhile.
     A failed load asks the follower to check its copy whole (``recheck``): fetched again, reloaded."""
-    conf = _config(tmp_path)
-    cfg = load_config(conf)
-    write_csv(str(tmp_path / "a.csv"), GenConfig(filings=50))
-    store = open_decisions(cfg)
-    import_files(cfg, store, [str(tmp_path / "a.csv")])
-    store.close()
+    conf, cfg = _published(tmp_path, 50)
     reloads: list[str] = []
     ap = Applier(cfg, lambda: open_decisions(cfg), reloads.append)
     ap.step(0.0)
@@ -287,12 +288,7 @@ def test_a_recheck_asked_during_a_fetch_is_kept(tmp_path: Path, monkeypatch: pyt
     when the fetch ended (the damaged copy then stayed until the next version)."""
     from beiand.runtime import register as rt
 
-    conf = _config(tmp_path)
-    cfg = load_config(conf)
-    write_csv(str(tmp_path / "a.csv"), GenConfig(filings=20))
-    store = open_decisions(cfg)
-    import_files(cfg, store, [str(tmp_path / "a.csv")])
-    store.close()
+    _, cfg = _published(tmp_path, 20)
     ap = Applier(cfg, lambda: open_decisions(cfg), lambda why: None)
     real = rt.write_copy
     seen: list[bool] = []
