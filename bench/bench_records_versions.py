@@ -90,6 +90,12 @@ def _changed(filings: list[Filing], share: float, rng: random.Random, day: int) 
     return out
 
 
+# A worker's verdicts per 10 ms: enough to show service through the apply, little enough that three
+# workers do not take the 2 cores the importer, PostgreSQL and the three gateways share here (on a
+# gateway, the workers judge on cores of their own).
+PACE = 100
+
+
 def _judge(st: Any, names: tuple[str, str], served: Any, wrong: Any, gap: Any, stop: Any) -> None:
     """A worker: judges, paced, a name of version 1 only and a name of version 2 only with the state
     it was forked with, until told to stop; counts the verdicts, those not as that version says,
@@ -99,9 +105,9 @@ def _judge(st: Any, names: tuple[str, str], served: Any, wrong: Any, gap: Any, s
     last = time.perf_counter()
     while not stop.is_set():
         bad = 0
-        for _ in range(500):
+        for _ in range(PACE):
             bad += (st.index.covering(old) is not None, st.index.covering(new) is not None) != (not v2, v2)
-        served.value += 500
+        served.value += PACE
         wrong.value += bad
         time.sleep(0.01)
         now = time.perf_counter()
