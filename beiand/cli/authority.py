@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from beiand.cli.block import _operator, decisions
+from beiand.cli.block import _operator, decisions, transaction
 from beiand.cli.common import CliError, err, out, policy_args, policy_setup, table, write_report
 from beiand.cli.logs import fmt_time
 from beiand.policy.authority import (
@@ -303,23 +303,15 @@ def cmd_settle(args: argparse.Namespace) -> int:
         target, _ = site_target(args.site)
     except ValueError as exc:
         raise CliError(f"{args.site!r}: {exc}") from None
-    store = decisions(args)
-    try:
-        with store.transaction() as tx:
-            lists = AuthorityLists()
-            lists.apply(tx.changes(0, (KIND,)))
-            e = lists.entries.get((args.list, target))
-            if e is None:
-                raise CliError(f"{target}: not on list {args.list!r} (nothing was written)")
-            if e.outcome != CONFLICT:
-                raise CliError(f"{target}: not a conflict on list {args.list!r} ({e.outcome or 'not assessed'}; nothing was written)")
-            tx.append([note(target, "settled", _operator(args), args.reason, time.time(), list=args.list)])
-            version = tx.head
-    except StoreError as exc:
-        raise CliError(f"{exc} (nothing was written)") from None
-    finally:
-        store.close()
-    err(f"decision store {store.url}: version {version}")
+    with transaction(args) as tx:
+        lists = AuthorityLists()
+        lists.apply(tx.changes(0, (KIND,)))
+        e = lists.entries.get((args.list, target))
+        if e is None:
+            raise CliError(f"{target}: not on list {args.list!r} (nothing was written)")
+        if e.outcome != CONFLICT:
+            raise CliError(f"{target}: not a conflict on list {args.list!r} ({e.outcome or 'not assessed'}; nothing was written)")
+        tx.append([note(target, "settled", _operator(args), args.reason, time.time(), list=args.list)])
     out(f"{target} on list {args.list}: conflict settled ({args.reason})")
     return 0
 
@@ -334,22 +326,14 @@ def cmd_withdraw(args: argparse.Namespace) -> int:
         target, _ = site_target(args.site)
     except ValueError as exc:
         raise CliError(f"{args.site!r}: {exc}") from None
-    store = decisions(args)
-    try:
-        with store.transaction() as tx:
-            book = AuthorityBook(None, load=False)
-            book.apply(tx.changes(0, (KIND,)))
-            held = book.orders.get(target)
-            if held is None or held.order != args.list:
-                raise CliError(f"{target}: no listing on {args.list!r} in force" + (f" (it is listed on {held.order!r})" if held
-                                                                                     else "") + " (nothing was written)")
-            tx.append([end_entry(KIND, target, _operator(args), args.reason)])
-            version = tx.head
-    except StoreError as exc:
-        raise CliError(f"{exc} (nothing was written)") from None
-    finally:
-        store.close()
-    err(f"decision store {store.url}: version {version}")
+    with transaction(args) as tx:
+        book = AuthorityBook(None, load=False)
+        book.apply(tx.changes(0, (KIND,)))
+        held = book.orders.get(target)
+        if held is None or held.order != args.list:
+            raise CliError(f"{target}: no listing on {args.list!r} in force" + (f" (it is listed on {held.order!r})" if held
+                                                                                 else "") + " (nothing was written)")
+        tx.append([end_entry(KIND, target, _operator(args), args.reason)])
     out(f"{target}: listing on {args.list} withdrawn ({args.reason}); every gateway stops applying it")
     return 0
 

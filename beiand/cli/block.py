@@ -12,6 +12,7 @@ execution report: what was blocked under each order, when and how often, from th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import getpass
 import ipaddress
@@ -19,7 +20,7 @@ import json
 import os
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from beiand.cli.logs import DEFAULT_CONFIG, config_from, fmt_time, parse_time, r
 from beiand.model import AccessRecord
 from beiand.policy.orders import ExemptionStore, OrderError, OrderStore, end_entry, order_of, set_entry
 from beiand.runtime.settings import Config
-from beiand.store import Change, DecisionStore, StoreError
+from beiand.store import Change, DecisionStore, StoreError, Transaction
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -58,6 +59,23 @@ def decisions(args: argparse.Namespace) -> DecisionStore:
         return open_decisions(cfg)
     except StoreError as exc:
         raise CliError(f"{exc} (nothing was written)") from None
+
+
+@contextlib.contextmanager
+def transaction(args: argparse.Namespace) -> Iterator[Transaction]:
+    """A transaction of the decision store (:func:`decisions`), under its write lock: a StoreError is
+    a CliError saying nothing was written; the store is closed after, and the version committed
+    said on stderr."""
+    store = decisions(args)
+    try:
+        with store.transaction() as tx:
+            yield tx
+            version = tx.head
+    except StoreError as exc:
+        raise CliError(f"{exc} (nothing was written)") from None
+    finally:
+        store.close()
+    err(f"decision store {store.url}: version {version}")
 
 
 def _book(store: DecisionStore, kind: str, changes: list[Change] | None = None) -> OrderStore:
@@ -132,24 +150,16 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_remove(args: argparse.Namespace) -> int:
     kind = _kind(args)
     target = _target(args.target)
-    store = decisions(args)
-    try:
-        with store.transaction() as tx:  # the write lock: nobody lifts it meanwhile
-            book = _book(store, kind, tx.changes(0, (kind,)))
-            o = book.orders.get(target)
-            if o is None:
-                raise CliError(f"{target}: no {book.WHAT} for it")
-            tx.append([end_entry(kind, target, _operator(args), args.reason or "")])
-            version = tx.head
-    except StoreError as exc:
-        raise CliError(f"{exc} (nothing was written)") from None
-    finally:
-        store.close()
+    with transaction(args) as tx:  # the write lock: nobody lifts it meanwhile
+        book = _book(tx.store, kind, tx.changes(0, (kind,)))
+        o = book.orders.get(target)
+        if o is None:
+            raise CliError(f"{target}: no {book.WHAT} for it")
+        tx.append([end_entry(kind, target, _operator(args), args.reason or "")])
     if kind == "exemption":
         out(f"exemption {o.order} for {o.target} lifted (kept in the history with who, when and why)")
     else:
         out(f"closure order {o.order} for {o.target} lifted (kept in the order history with who, when and why)")
-    err(f"decision store {store.url}: version {version}")
     return 0
 
 

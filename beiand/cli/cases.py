@@ -15,7 +15,7 @@ import json
 import time
 from typing import Any
 
-from beiand.cli.block import _config, _operator, decisions
+from beiand.cli.block import _config, _operator, decisions, transaction
 from beiand.cli.common import CliError, err, out, table, write_report
 from beiand.cli.logs import DEFAULT_CONFIG, fmt_time, parse_time
 from beiand.policy.cases import CLOSE_REASONS, FINDINGS, KIND, Case, CaseStore, case_row, event
@@ -44,26 +44,18 @@ def _fold(args: argparse.Namespace) -> tuple[CaseStore, str]:
 def _write(args: argparse.Namespace, make: Any) -> Case:
     """Under the store's write lock: fold the cases, make the row from the case as it is now
     (``make(cases) -> Entry``), check it follows (folded on a copy), then write it."""
-    store = decisions(args)
-    try:
-        with store.transaction() as tx:
-            cs = CaseStore()
-            cs.apply(tx.changes(0, (KIND,)))
-            entry: Entry = make(cs)
-            from beiand.store import Change
+    with transaction(args) as tx:
+        cs = CaseStore()
+        cs.apply(tx.changes(0, (KIND,)))
+        entry: Entry = make(cs)
+        from beiand.store import Change
 
-            trial = CaseStore()
-            trial.cases, trial.version = dict(cs.cases), tx.head
-            trial.apply([Change(tx.head + 1, entry.kind, entry.key, entry.op, entry.data, entry.at, entry.actor, entry.why, "")])
-            if trial.refused:
-                raise CliError(trial.refused[-1].split(": ", 1)[1] + " (nothing was written)")
-            tx.append([entry])
-            version = tx.head
-    except StoreError as exc:
-        raise CliError(f"{exc} (nothing was written)") from None
-    finally:
-        store.close()
-    err(f"decision store {store.url}: version {version}")
+        trial = CaseStore()
+        trial.cases, trial.version = dict(cs.cases), tx.head
+        trial.apply([Change(tx.head + 1, entry.kind, entry.key, entry.op, entry.data, entry.at, entry.actor, entry.why, "")])
+        if trial.refused:
+            raise CliError(trial.refused[-1].split(": ", 1)[1] + " (nothing was written)")
+        tx.append([entry])
     return trial.cases[entry.key]
 
 
